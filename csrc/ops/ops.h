@@ -1,0 +1,218 @@
+/* The op table: every numerical op diffice's networks use, forward and backward, behind one interface.
+ * A backend (reference C, fast CPU with oneDNN, later CUDA) is a table of these functions plus its private state;
+ * model code calls be->ops->name(be, ...) and never knows which device runs it (ggml's backend idea).
+ *
+ * Conventions, for every op:
+ *  - tensors are dense float32, row-major, NCHW for images, (N, C, T) for token sequences, (rows, cols) for
+ *    matrices; outputs are allocated by the caller with the right shape (the op checks and fails otherwise);
+ *  - backward functions OVERWRITE their outputs (dx, dweight, ...); a NULL optional output is skipped;
+ *  - every function returns DFC_OK or a status with a message in err; none allocates per call except backend
+ *    caches (oneDNN primitives) and bounded scratch. */
+#ifndef DIFFICE_OPS_H
+#define DIFFICE_OPS_H
+
+#include <stdint.h>
+
+#include "../core/error.h"
+#include "../core/tensor.h"
+
+typedef struct dfc_backend dfc_backend;
+
+typedef struct dfc_conv2d_params {
+    int stride_h, stride_w;
+    int pad_h, pad_w;
+} dfc_conv2d_params;
+
+typedef struct dfc_pool2d_params {
+    int kernel_h, kernel_w;
+    int stride_h, stride_w;
+    int pad_h, pad_w;
+} dfc_pool2d_params;
+
+typedef enum { DFC_ACT_RELU = 0, DFC_ACT_SILU = 1, DFC_ACT_SIGMOID = 2 } dfc_activation;
+typedef enum { DFC_BINARY_ADD = 0, DFC_BINARY_MUL = 1 } dfc_binary;
+
+typedef struct dfc_ops {
+    /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
+     * Ho = (H + 2 pad_h - KH) / stride_h + 1. */
+    dfc_status (*conv2d_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight,
+                                 const dfc_tensor *bias, dfc_conv2d_params p, dfc_tensor *y, dfc_error *err);
+    /* dx (N, Ci, H, W) from dy; dx's shape gives H, W (several input sizes map to one output size at stride 2). */
+    dfc_status (*conv2d_backward_input)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight,
+                                        dfc_conv2d_params p, dfc_tensor *dx, dfc_error *err);
+    /* dweight (Co, Ci, KH, KW) and dbias (Co) or NULL. */
+    dfc_status (*conv2d_backward_weight)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                         dfc_conv2d_params p, dfc_tensor *dweight, dfc_tensor *dbias,
+                                         dfc_error *err);
+
+    /* linear: x (M, In), weight (Out, In), bias (Out) or NULL -> y (M, Out) = x W^T + b. */
+    dfc_status (*linear_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight,
+                                 const dfc_tensor *bias, dfc_tensor *y, dfc_error *err);
+    dfc_status (*linear_backward_input)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight,
+                                        dfc_tensor *dx, dfc_error *err);
+    dfc_status (*linear_backward_weight)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                         dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err);
+
+    /* group norm over (N, C, ...) with `groups` dividing C; gamma, beta (C) or both NULL.
+     * mean, rstd (N, groups) are optional outputs (saved statistics). */
+    dfc_status (*group_norm_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
+                                     const dfc_tensor *beta, int groups, float eps, dfc_tensor *y,
+                                     dfc_tensor *mean, dfc_tensor *rstd, dfc_error *err);
+    /* mean, rstd: the saved statistics, or NULL to recompute them from x. dgamma, dbeta optional. */
+    dfc_status (*group_norm_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                      const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
+                                      int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma,
+                                      dfc_tensor *dbeta, dfc_error *err);
+
+    /* batch norm, inference form: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, per channel of
+     * (N, C, ...). gamma, beta may be NULL (1 and 0). */
+    dfc_status (*batch_norm_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
+                                     const dfc_tensor *beta, const dfc_tensor *running_mean,
+                                     const dfc_tensor *running_var, float eps, dfc_tensor *y, dfc_error *err);
+    dfc_status (*batch_norm_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                      const dfc_tensor *gamma, const dfc_tensor *running_mean,
+                                      const dfc_tensor *running_var, float eps, dfc_tensor *dx,
+                                      dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err);
+
+    /* elementwise activation, any shape; backward from the forward's input x. y may alias x, dx may alias dy. */
+    dfc_status (*activation_forward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
+                                     dfc_error *err);
+    dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
+                                      const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
+
+    /* softmax over the last axis; backward from the forward's output y. */
+    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
+    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
+                                   dfc_error *err);
+
+    /* y = a (op) b, b broadcast to a's shape: b has a's ndim and each of its dims is 1 or equal to a's
+     * (per-channel (1,C,1,1), per-sample (N,1,1,1), per-sample-channel (N,C,1,1), full). y may alias a.
+     * Backward: da (a's shape) and db (b's shape, summed over broadcast dims), either NULL. */
+    dfc_status (*binary_forward)(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b,
+                                 dfc_tensor *y, dfc_error *err);
+    dfc_status (*binary_backward)(dfc_backend *be, dfc_binary kind, const dfc_tensor *dy, const dfc_tensor *a,
+                                  const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+
+    /* channel concat of n tensors (N, Ci, ...) into (N, sum Ci, ...); split is its inverse (and its backward). */
+    dfc_status (*concat_channels)(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y,
+                                  dfc_error *err);
+    dfc_status (*split_channels)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n,
+                                 dfc_error *err);
+
+    /* nearest-neighbour upsample x2: (N, C, H, W) -> (N, C, 2H, 2W). */
+    dfc_status (*upsample_nearest2x_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
+    dfc_status (*upsample_nearest2x_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
+                                              dfc_error *err);
+
+    /* average pool, no padding, floor mode (PyTorch AvgPool2d(k, s)). */
+    dfc_status (*avg_pool2d_forward)(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
+                                     dfc_error *err);
+    dfc_status (*avg_pool2d_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_pool2d_params p, dfc_tensor *dx,
+                                      dfc_error *err);
+
+    /* max pool with implicit -inf padding, floor mode (PyTorch MaxPool2d(k, s, p)); backward recomputes the
+     * argmax from x (first maximum in scan order wins, as PyTorch). */
+    dfc_status (*max_pool2d_forward)(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
+                                     dfc_error *err);
+    dfc_status (*max_pool2d_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                      dfc_pool2d_params p, dfc_tensor *dx, dfc_error *err);
+
+    /* global average pool: (N, C, H, W) -> (N, C). */
+    dfc_status (*global_avg_pool_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
+    dfc_status (*global_avg_pool_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
+                                           dfc_error *err);
+
+    /* bilinear resize, align_corners=False, no antialiasing; sizes from y (forward) and dx (backward). */
+    dfc_status (*resize_bilinear_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
+    dfc_status (*resize_bilinear_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
+                                           dfc_error *err);
+
+    /* guided-diffusion QKV attention: qkv (N, 3C, T) -> y (N, C, T) with `heads` heads of ch = C / heads,
+     * scaling 1/sqrt(ch), softmax over keys. legacy_order != 0: per head [q|k|v] interleaved
+     * (QKVAttentionLegacy); 0: q, k, v blocks of C (QKVAttention). Backward recomputes the weights. */
+    dfc_status (*attention_forward)(dfc_backend *be, const dfc_tensor *qkv, int heads, int legacy_order,
+                                    dfc_tensor *y, dfc_error *err);
+    dfc_status (*attention_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *qkv, int heads,
+                                     int legacy_order, dfc_tensor *dqkv, dfc_error *err);
+
+    /* sinusoidal timestep embedding, float32 as guided-diffusion: t (N) -> y (N, dim),
+     * [cos(t f_k), sin(t f_k)], f_k = exp(-ln(max_period) k / half), zero column if dim is odd.
+     * No backward: t is an integer timestep. */
+    dfc_status (*timestep_embedding)(dfc_backend *be, const dfc_tensor *t, float max_period, dfc_tensor *y,
+                                     dfc_error *err);
+
+    /* cross-entropy of log-softmax(logits (N, K)) at integer targets (N) -> per-sample loss (N).
+     * Backward: dlogits = dloss[n] * (softmax - onehot). */
+    dfc_status (*cross_entropy_forward)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                        dfc_tensor *loss, dfc_error *err);
+    dfc_status (*cross_entropy_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
+                                         const int64_t *targets, dfc_tensor *dlogits, dfc_error *err);
+
+    /* mean squared error per sample: a, b (N, ...) -> loss (N) = mean over non-batch dims of (a - b)^2.
+     * Backward: da = dloss[n] * 2 (a - b) / M (db = -da), either NULL. */
+    dfc_status (*mse_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
+                              dfc_error *err);
+    dfc_status (*mse_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
+                               dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+} dfc_ops;
+
+
+/* Every op's name, in table order: lets the reference table and declarations be generated, so a backend table
+ * cannot silently miss an op. */
+#define DFC_OP_LIST(X) \
+    X(conv2d_forward) \
+    X(conv2d_backward_input) \
+    X(conv2d_backward_weight) \
+    X(linear_forward) \
+    X(linear_backward_input) \
+    X(linear_backward_weight) \
+    X(group_norm_forward) \
+    X(group_norm_backward) \
+    X(batch_norm_forward) \
+    X(batch_norm_backward) \
+    X(activation_forward) \
+    X(activation_backward) \
+    X(softmax_forward) \
+    X(softmax_backward) \
+    X(binary_forward) \
+    X(binary_backward) \
+    X(concat_channels) \
+    X(split_channels) \
+    X(upsample_nearest2x_forward) \
+    X(upsample_nearest2x_backward) \
+    X(avg_pool2d_forward) \
+    X(avg_pool2d_backward) \
+    X(max_pool2d_forward) \
+    X(max_pool2d_backward) \
+    X(global_avg_pool_forward) \
+    X(global_avg_pool_backward) \
+    X(resize_bilinear_forward) \
+    X(resize_bilinear_backward) \
+    X(attention_forward) \
+    X(attention_backward) \
+    X(timestep_embedding) \
+    X(cross_entropy_forward) \
+    X(cross_entropy_backward) \
+    X(mse_forward) \
+    X(mse_backward)
+
+/* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
+#define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;
+
+struct dfc_backend {
+    const char *name;   /* "ref", "cpu", "cuda" */
+    const dfc_ops *ops;
+    int num_threads;    /* threads the backend's kernels may use */
+    void *impl;         /* backend-private state (oneDNN engine and stream, ...) */
+};
+
+/* Creates a backend by name: "ref" (plain C oracle, single thread) or "cpu" (oneDNN + OpenMP).
+ * num_threads <= 0 uses every core. */
+dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
+void dfc_backend_destroy(dfc_backend *be);
+
+/* The tables, defined in ref_backend.c and cpu_backend.c. */
+extern const dfc_ops dfc_ref_ops;
+extern const dfc_ops dfc_cpu_ops;
+
+#endif

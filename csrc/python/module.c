@@ -1,0 +1,119 @@
+/* diffice._C: the CPython/NumPy module. Only binding code lives under csrc/python/. */
+#include "pyutil.h"
+
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+/* ---- Backend type ---- */
+
+static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", "num_threads", NULL};
+    const char *name = "cpu";
+    int num_threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|si", kwlist, &name, &num_threads))
+        return -1;
+    if (self->be) {
+        dfc_backend_destroy(self->be);
+        self->be = NULL;
+    }
+    dfc_error err = {0};
+    if (dfc_backend_create(name, num_threads, &self->be, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    return 0;
+}
+
+static void backend_dealloc(DfcBackendObject *self)
+{
+    dfc_backend_destroy(self->be);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *backend_repr(DfcBackendObject *self)
+{
+    if (!self->be)
+        return PyUnicode_FromString("Backend(<uninitialised>)");
+    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", self->be->name, self->be->num_threads);
+}
+
+static PyObject *backend_get_name(DfcBackendObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(self->be ? self->be->name : "");
+}
+
+static PyObject *backend_get_num_threads(DfcBackendObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->be ? self->be->num_threads : 0);
+}
+
+static PyGetSetDef backend_getset[] = {
+    {"name", (getter)backend_get_name, NULL, "backend name ('ref' or 'cpu')", NULL},
+    {"num_threads", (getter)backend_get_num_threads, NULL, "threads the backend's kernels use", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject DfcBackend_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "diffice._C.Backend",
+    .tp_basicsize = sizeof(DfcBackendObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Backend(name='cpu', num_threads=0): an op table ('ref': plain C oracle; 'cpu': oneDNN + OpenMP).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)backend_init,
+    .tp_dealloc = (destructor)backend_dealloc,
+    .tp_repr = (reprfunc)backend_repr,
+    .tp_getset = backend_getset,
+};
+
+/* ---- module ---- */
+
+static PyObject *build_info(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    const dnnl_version_t *v = dnnl_version();
+    return Py_BuildValue("{s:s,s:i,s:s}", "onednn", v ? "available" : "missing", "onednn_major", v ? v->major : 0,
+                         "cuda", "not built");
+}
+
+static PyMethodDef module_methods[] = {
+    {"build_info", build_info, METH_NOARGS, "build_info() -> dict: how this extension was built."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "diffice._C", "diffice's C core: op tables, networks, samplers, file readers.", -1,
+    module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    import_array();
+    if (PyType_Ready(&DfcBackend_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m)
+        return NULL;
+    PyMethodDef *tables[] = {dfc_methods_elementwise, dfc_methods_conv, dfc_methods_norm, dfc_methods_spatial,
+                             dfc_methods_attention,   dfc_methods_loss, dfc_methods_io};
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        if (PyModule_AddFunctions(m, tables[i]) < 0)
+            goto fail;
+    }
+    Py_INCREF(&DfcBackend_Type);
+    if (PyModule_AddObject(m, "Backend", (PyObject *)&DfcBackend_Type) < 0) {
+        Py_DECREF(&DfcBackend_Type);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,169 @@
+#include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <math.h>
+
+void dfc_py_refs_release(dfc_py_refs *refs)
+{
+    for (int i = 0; i < refs->count; i++)
+        Py_CLEAR(refs->refs[i]);
+    refs->count = 0;
+}
+
+int dfc_py_backend(PyObject *obj, void *out)
+{
+    if (!PyObject_TypeCheck(obj, &DfcBackend_Type)) {
+        PyErr_Format(PyExc_TypeError, "backend must be a diffice._C.Backend, got %s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    *(dfc_backend **)out = ((DfcBackendObject *)obj)->be;
+    return 1;
+}
+
+static const char *shape_string(PyArrayObject *a, char *buf, size_t len)
+{
+    size_t pos = (size_t)snprintf(buf, len, "(");
+    for (int i = 0; i < PyArray_NDIM(a) && pos < len; i++)
+        pos += (size_t)snprintf(buf + pos, len - pos, i ? ", %lld" : "%lld", (long long)PyArray_DIM(a, i));
+    if (pos < len)
+        snprintf(buf + pos, len - pos, PyArray_NDIM(a) == 1 ? ",)" : ")");
+    return buf;
+}
+
+int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min, int ndim_max, int check_finite,
+                  dfc_py_refs *refs, dfc_tensor *t)
+{
+    char shape[128];
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a numpy.ndarray of float32, got %s", op, name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_FLOAT32) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must have dtype float32, got %s", op, name,
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        return -1;
+    }
+    int ndim = PyArray_NDIM(a);
+    if (ndim < ndim_min || ndim > ndim_max || ndim > DFC_MAX_DIMS) {
+        if (ndim_min == ndim_max)
+            PyErr_Format(PyExc_ValueError, "%s: %s must have %d dimensions, got %d (shape %s)", op, name, ndim_min,
+                         ndim, shape_string(a, shape, sizeof shape));
+        else
+            PyErr_Format(PyExc_ValueError, "%s: %s must have %d to %d dimensions, got %d (shape %s)", op, name,
+                         ndim_min, ndim_max, ndim, shape_string(a, shape, sizeof shape));
+        return -1;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: %s must be C-contiguous and aligned (use numpy.ascontiguousarray), got strides of a "
+                     "view with shape %s", op, name, shape_string(a, shape, sizeof shape));
+        return -1;
+    }
+    if (PyArray_SIZE(a) == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %s is empty (shape %s)", op, name, shape_string(a, shape, sizeof shape));
+        return -1;
+    }
+    const float *data = PyArray_DATA(a);
+    if (check_finite) {
+        npy_intp n = PyArray_SIZE(a);
+        for (npy_intp i = 0; i < n; i++) {
+            if (!isfinite(data[i])) {
+                PyErr_Format(PyExc_ValueError, "%s: %s contains a non-finite value (%f at flat index %lld)", op,
+                             name, (double)data[i], (long long)i);
+                return -1;
+            }
+        }
+    }
+    if (refs->count >= DFC_PY_MAX_ARGS) {
+        PyErr_SetString(PyExc_RuntimeError, "diffice: too many array arguments in one call");
+        return -1;
+    }
+    Py_INCREF(obj);
+    refs->refs[refs->count++] = obj;
+    t->data = (float *)data;
+    t->ndim = ndim;
+    for (int i = 0; i < DFC_MAX_DIMS; i++)
+        t->shape[i] = i < ndim ? (int64_t)PyArray_DIM(a, i) : 1;
+    return 0;
+}
+
+int dfc_py_optional_tensor(PyObject *obj, const char *op, const char *name, int ndim_min, int ndim_max,
+                           int check_finite, dfc_py_refs *refs, dfc_tensor *t)
+{
+    if (obj == NULL || obj == Py_None) {
+        t->data = NULL;
+        t->ndim = 0;
+        return 0;
+    }
+    return dfc_py_tensor(obj, op, name, ndim_min, ndim_max, check_finite, refs, t);
+}
+
+PyObject *dfc_py_new_tensor(int ndim, const int64_t *shape, dfc_tensor *t)
+{
+    npy_intp dims[DFC_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 0) {
+            PyErr_Format(PyExc_ValueError, "diffice: output dimension %d would be %lld (must be positive)", i,
+                         (long long)shape[i]);
+            return NULL;
+        }
+        dims[i] = (npy_intp)shape[i];
+    }
+    PyObject *arr = PyArray_ZEROS(ndim, dims, NPY_FLOAT32, 0);
+    if (!arr)
+        return NULL;
+    t->data = PyArray_DATA((PyArrayObject *)arr);
+    t->ndim = ndim;
+    for (int i = 0; i < DFC_MAX_DIMS; i++)
+        t->shape[i] = i < ndim ? shape[i] : 1;
+    return arr;
+}
+
+int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t n, dfc_py_refs *refs,
+                        const int64_t **out)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!a) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of integers", op, name);
+        return -1;
+    }
+    if (PyArray_DIM(a, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must have %lld entries, got %lld", op, name, (long long)n,
+                     (long long)PyArray_DIM(a, 0));
+        Py_DECREF(a);
+        return -1;
+    }
+    if (refs->count >= DFC_PY_MAX_ARGS) {
+        Py_DECREF(a);
+        PyErr_SetString(PyExc_RuntimeError, "diffice: too many array arguments in one call");
+        return -1;
+    }
+    refs->refs[refs->count++] = (PyObject *)a;
+    *out = PyArray_DATA(a);
+    return 0;
+}
+
+PyObject *dfc_py_raise(const dfc_error *err)
+{
+    PyObject *type;
+    switch (err->code) {
+    case DFC_ERR_SHAPE:
+    case DFC_ERR_VALUE:
+    case DFC_ERR_FORMAT: type = PyExc_ValueError; break;
+    case DFC_ERR_IO: type = PyExc_OSError; break;
+    case DFC_ERR_NOMEM: type = PyExc_MemoryError; break;
+    case DFC_ERR_NOT_IMPLEMENTED: type = PyExc_NotImplementedError; break;
+    case DFC_ERR_INTERRUPTED: type = PyExc_KeyboardInterrupt; break;
+    case DFC_ERR_NUMERIC: type = PyExc_FloatingPointError; break;
+    default: type = PyExc_RuntimeError; break;
+    }
+    PyErr_SetString(type, err->message[0] ? err->message : dfc_status_name(err->code));
+    return NULL;
+}

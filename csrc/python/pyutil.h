@@ -1,0 +1,75 @@
+/* Helpers shared by the binding files: argument checking at the boundary, output allocation, error conversion.
+ * Every binding follows one pattern: parse, check (each failure names the op and the argument), release the GIL,
+ * call the op table, convert a failed status into an exception. */
+#ifndef DIFFICE_PYUTIL_H
+#define DIFFICE_PYUTIL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "../ops/ops.h"
+
+/* The Python object wrapping a dfc_backend (diffice._C.Backend). */
+typedef struct {
+    PyObject_HEAD
+    dfc_backend *be;
+} DfcBackendObject;
+
+extern PyTypeObject DfcBackend_Type;
+
+/* Arrays borrowed for one call; released together (like a small arena of references). */
+#define DFC_PY_MAX_ARGS 24
+typedef struct {
+    PyObject *refs[DFC_PY_MAX_ARGS];
+    int count;
+} dfc_py_refs;
+
+void dfc_py_refs_release(dfc_py_refs *refs);
+
+/* "O&" converter: a diffice._C.Backend -> dfc_backend*. */
+int dfc_py_backend(PyObject *obj, void *out);
+
+/* Views a numpy float32, C-contiguous, aligned array of ndim in [ndim_min, ndim_max] as a tensor.
+ * check_finite rejects NaN/Inf. On failure sets TypeError/ValueError naming op and argument, returns -1. */
+int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min, int ndim_max, int check_finite,
+                  dfc_py_refs *refs, dfc_tensor *t);
+
+/* As dfc_py_tensor, but None gives a tensor with data == NULL. */
+int dfc_py_optional_tensor(PyObject *obj, const char *op, const char *name, int ndim_min, int ndim_max,
+                           int check_finite, dfc_py_refs *refs, dfc_tensor *t);
+
+/* A new zero-filled float32 array of the given shape, viewed as t, returned as a new reference for the caller to
+ * hand back to Python (or drop on failure). NULL with an exception set on failure. */
+PyObject *dfc_py_new_tensor(int ndim, const int64_t *shape, dfc_tensor *t);
+
+/* Reads an int64 numpy array (any integer dtype is converted) of shape (n,) into a borrowed pointer. */
+int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t n, dfc_py_refs *refs,
+                        const int64_t **out);
+
+/* Sets the Python exception that matches err->code; returns NULL. */
+PyObject *dfc_py_raise(const dfc_error *err);
+
+/* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
+ * the matching exception. Use: dfc_error err = {0}; DFC_PY_RUN(out, err, be->ops->x(be, ..., &err)); */
+#define DFC_PY_RUN(out, err, call)              \
+    do {                                        \
+        dfc_status dfc_run_status_;             \
+        Py_BEGIN_ALLOW_THREADS                  \
+        dfc_run_status_ = (call);               \
+        Py_END_ALLOW_THREADS                    \
+        if (dfc_run_status_ != DFC_OK) {        \
+            Py_CLEAR(out);                      \
+            dfc_py_raise(&(err));               \
+        }                                       \
+    } while (0)
+
+/* Method tables of the binding files, added to the module in module.c. */
+extern PyMethodDef dfc_methods_elementwise[];
+extern PyMethodDef dfc_methods_conv[];
+extern PyMethodDef dfc_methods_norm[];
+extern PyMethodDef dfc_methods_spatial[];
+extern PyMethodDef dfc_methods_attention[];
+extern PyMethodDef dfc_methods_loss[];
+extern PyMethodDef dfc_methods_io[];
+
+#endif

@@ -1,0 +1,39 @@
+"""Loads the C extension, making sure the oneDNN shared library it links against is found first."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+
+def _preload_onednn() -> None:
+    # libdnnl.so.3 lives in <prefix>/lib of whichever environment holds the onednn-cpu-gomp wheel, which is not
+    # on the loader path of a venv or an editable install; loading it by absolute path lets _C resolve it by soname.
+    candidates = []
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("onednn-cpu-gomp")
+        for f in dist.files or []:
+            if str(f).endswith("libdnnl.so.3"):
+                candidates.append(str(dist.locate_file(f)))
+    except Exception:
+        pass
+    candidates.append(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))
+    for path in candidates:
+        if os.path.exists(path):
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+_preload_onednn()
+
+try:
+    from . import _C  # noqa: E402
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"diffice's C extension could not be loaded ({exc}). Reinstall with `pip install .`; it needs the "
+        "onednn-cpu-gomp wheel (oneDNN 3.2, GNU OpenMP) in the same environment."
+    ) from exc
+
+__all__ = ["_C"]

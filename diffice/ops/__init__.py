@@ -1,0 +1,12 @@
+"""diffice.ops: the C core's tensor ops on numpy float32 arrays (NCHW), forward and backward.
+
+Every function takes ``backend='cpu'`` (oneDNN + OpenMP) or ``backend='ref'`` (the plain C reference kernels
+the fast ones are tested against). Inputs must be float32, C-contiguous and finite; anything else raises
+TypeError/ValueError naming the argument. Backward functions return gradients with respect to the inputs
+(and parameters), given the gradient ``dy`` of the output.
+"""
+from . import _elementwise
+from ._backend import BACKENDS, get_backend
+from ._elementwise import *  # noqa: F401,F403
+
+__all__ = ["BACKENDS", "get_backend", *_elementwise.__all__]

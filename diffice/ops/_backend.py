@@ -1,0 +1,27 @@
+"""Backend selection for the ops: one diffice._C.Backend per (name, thread count) and Python thread."""
+from __future__ import annotations
+
+import threading
+
+from .._native import _C
+
+BACKENDS = ("cpu", "ref")
+_local = threading.local()
+
+
+def get_backend(name: str = "cpu", num_threads: int = 0) -> "_C.Backend":
+    """The backend ``name`` ('cpu': oneDNN + OpenMP, 'ref': plain C reference kernels) for this Python thread.
+
+    num_threads <= 0 uses every core. Backends hold per-thread state (oneDNN stream), so each Python thread gets
+    its own.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    cache = getattr(_local, "backends", None)
+    if cache is None:
+        cache = _local.backends = {}
+    key = (name, int(num_threads))
+    backend = cache.get(key)
+    if backend is None:
+        backend = cache[key] = _C.Backend(name, int(num_threads))
+    return backend

@@ -1,0 +1,51 @@
+"""Shared test helpers: fresh random inputs, relative error against float64 references, the shared/ folder."""
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import torch  # test-only reference; .ci/run installs the CPU wheel
+
+torch.set_num_threads(2)
+
+SHARED = Path(os.environ.get("DIFFICE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def rel_err(got: np.ndarray, want) -> float:
+    """max |got - want| / max |want|: the error relative to the scale of the reference (fp32 supports ~1e-6)."""
+    want = want.detach().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"shape {got.shape} != reference shape {want.shape}"
+    scale = max(np.abs(want).max(), 1e-30)
+    return float(np.abs(got - want).max() / scale)
+
+
+# Fresh random inputs every run; DIFFICE_TEST_SEED=<n> replays a failing run (the seed is in pytest's header).
+RUN_SEED = int(os.environ.get("DIFFICE_TEST_SEED", np.random.SeedSequence().entropy % (2**31)))
+
+
+def pytest_report_header(config):
+    return f"diffice test seed: DIFFICE_TEST_SEED={RUN_SEED}"
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A generator seeded from the run seed and the test's id: fresh per run, reproducible with the seed."""
+    return np.random.default_rng([RUN_SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
+    """A float64 torch copy of a, for references computed in double precision."""
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=requires_grad)
+
+
+BACKENDS = ["ref", "cpu"]
