@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from ._native import _C
 from . import ops
+from .diffusion import GaussianDiffusion
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "build_info", "__version__"]
+__all__ = ["ops", "GaussianDiffusion", "build_info", "__version__"]
 
 
 def build_info() -> dict:

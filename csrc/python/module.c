@@ -96,7 +96,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
-    if (PyType_Ready(&DfcBackend_Type) < 0)
+    if (PyType_Ready(&DfcBackend_Type) < 0 || PyType_Ready(&DfcDiffusion_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
@@ -110,6 +110,11 @@ PyMODINIT_FUNC PyInit__C(void)
     Py_INCREF(&DfcBackend_Type);
     if (PyModule_AddObject(m, "Backend", (PyObject *)&DfcBackend_Type) < 0) {
         Py_DECREF(&DfcBackend_Type);
+        goto fail;
+    }
+    Py_INCREF(&DfcDiffusion_Type);
+    if (PyModule_AddObject(m, "Diffusion", (PyObject *)&DfcDiffusion_Type) < 0) {
+        Py_DECREF(&DfcDiffusion_Type);
         goto fail;
     }
     return m;

@@ -16,6 +16,7 @@ typedef struct {
 } DfcBackendObject;
 
 extern PyTypeObject DfcBackend_Type;
+extern PyTypeObject DfcDiffusion_Type;
 
 /* Arrays borrowed for one call; released together (like a small arena of references). */
 #define DFC_PY_MAX_ARGS 24
