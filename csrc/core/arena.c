@@ -3,37 +3,95 @@
 #include <stdlib.h>
 #include <string.h>
 
-dfc_status dfc_arena_init(dfc_arena *arena, size_t capacity, dfc_error *err)
+static size_t round_up(size_t n) { return (n + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN; }
+
+void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit)
 {
     memset(arena, 0, sizeof *arena);
-    if (capacity == 0)
-        return DFC_OK;
-    size_t rounded = (capacity + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN;
-    arena->base = aligned_alloc(DFC_ARENA_ALIGN, rounded);
-    if (!arena->base)
-        return dfc_fail(err, DFC_ERR_NOMEM, "arena: cannot allocate %zu bytes", rounded);
-    arena->capacity = rounded;
-    return DFC_OK;
+    arena->chunk_size = round_up(chunk_size ? chunk_size : ((size_t)64 << 20));
+    arena->limit = limit;
 }
 
 void dfc_arena_free(dfc_arena *arena)
 {
-    free(arena->base);
+    for (int i = 0; i < arena->num_chunks; i++)
+        free(arena->chunks[i].base);
+    free(arena->chunks);
+    size_t chunk_size = arena->chunk_size, limit = arena->limit;
     memset(arena, 0, sizeof *arena);
+    arena->chunk_size = chunk_size;
+    arena->limit = limit;
+}
+
+size_t dfc_arena_capacity(const dfc_arena *arena)
+{
+    size_t total = 0;
+    for (int i = 0; i < arena->num_chunks; i++)
+        total += arena->chunks[i].capacity;
+    return total;
+}
+
+/* Makes chunk `index` (after the current one: free by the bump discipline) at least `bytes` large. */
+static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *err)
+{
+    if (index < arena->num_chunks && arena->chunks[index].capacity >= bytes)
+        return 1;
+    size_t want = bytes > arena->chunk_size ? bytes : arena->chunk_size;
+    size_t held = dfc_arena_capacity(arena) - (index < arena->num_chunks ? arena->chunks[index].capacity : 0);
+    if (arena->limit && held + want > arena->limit) {
+        dfc_fail(err, DFC_ERR_NOMEM, "arena: %zu more bytes would pass the memory limit of %zu bytes (%zu held)",
+                 want, arena->limit, held);
+        return 0;
+    }
+    if (index >= arena->max_chunks) {
+        int grown = arena->max_chunks ? 2 * arena->max_chunks : 8;
+        dfc_arena_chunk *chunks = realloc(arena->chunks, (size_t)grown * sizeof *chunks);
+        if (!chunks) {
+            dfc_fail(err, DFC_ERR_NOMEM, "arena: out of memory");
+            return 0;
+        }
+        arena->chunks = chunks;
+        arena->max_chunks = grown;
+    }
+    unsigned char *base = aligned_alloc(DFC_ARENA_ALIGN, want);
+    if (!base) {
+        dfc_fail(err, DFC_ERR_NOMEM, "arena: cannot allocate %zu bytes", want);
+        return 0;
+    }
+    if (index < arena->num_chunks) {
+        free(arena->chunks[index].base);  /* too small for this request; unused since it is past the mark */
+    } else {
+        arena->num_chunks = index + 1;
+    }
+    arena->chunks[index].base = base;
+    arena->chunks[index].capacity = want;
+    return 1;
 }
 
 void *dfc_arena_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
 {
-    size_t rounded = (bytes + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN;
-    if (rounded < bytes || arena->capacity - arena->used < rounded) {
-        dfc_fail(err, DFC_ERR_NOMEM, "arena: request of %zu bytes exceeds the %zu bytes left of %zu", bytes,
-                 arena->capacity - arena->used, arena->capacity);
+    size_t rounded = round_up(bytes ? bytes : 1);
+    if (rounded < bytes) {
+        dfc_fail(err, DFC_ERR_NOMEM, "arena: request of %zu bytes is too large", bytes);
         return NULL;
     }
-    void *p = arena->base + arena->used;
-    arena->used += rounded;
-    if (arena->used > arena->peak)
-        arena->peak = arena->used;
+    int index = arena->current;
+    size_t offset = arena->offset;
+    if (arena->num_chunks == 0 || arena->chunks[index].capacity - offset < rounded) {
+        if (arena->num_chunks > 0)
+            index++, offset = 0;
+        if (!ensure_chunk(arena, index, rounded, err))
+            return NULL;
+        /* the bytes left unused at the end of the previous chunk count as used until the mark is reset */
+        if (index != arena->current)
+            arena->in_use += arena->chunks[arena->current].capacity - arena->offset;
+    }
+    void *p = arena->chunks[index].base + offset;
+    arena->current = index;
+    arena->offset = offset + rounded;
+    arena->in_use += rounded;
+    if (arena->in_use > arena->peak)
+        arena->peak = arena->in_use;
     return p;
 }
 
@@ -47,4 +105,25 @@ dfc_tensor dfc_arena_tensor(dfc_arena *arena, int ndim, const int64_t *shape, df
     }
     t.data = dfc_arena_alloc(arena, n * sizeof(float), err);
     return t;
+}
+
+dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err)
+{
+    dfc_tensor t = dfc_arena_tensor(arena, ndim, shape, err);
+    if (t.data)
+        memset(t.data, 0, (size_t)dfc_numel(&t) * sizeof(float));
+    return t;
+}
+
+dfc_arena_mark dfc_arena_get_mark(const dfc_arena *arena)
+{
+    dfc_arena_mark m = {arena->current, arena->offset, arena->in_use};
+    return m;
+}
+
+void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark)
+{
+    arena->current = mark.chunk;
+    arena->offset = mark.offset;
+    arena->in_use = mark.in_use;
 }

@@ -1,5 +1,6 @@
-/* A bump allocator: networks and samplers take all scratch memory from one arena, sized once, so the step loop
- * never calls malloc and peak memory is known. Marks let a caller release everything allocated after a point. */
+/* A bump allocator in chunks: networks and samplers take their activations and scratch from an arena, reset it
+ * to a mark between calls, and so reach a steady state with no malloc at all. Chunks never move (a new chunk is
+ * added when one is full), so tensors allocated earlier stay valid. Peak use is tracked for memory reports. */
 #ifndef DIFFICE_ARENA_H
 #define DIFFICE_ARENA_H
 
@@ -11,23 +12,43 @@
 
 #define DFC_ARENA_ALIGN 64
 
-typedef struct dfc_arena {
+typedef struct dfc_arena_chunk {
     unsigned char *base;
     size_t capacity;
-    size_t used;
-    size_t peak;
+} dfc_arena_chunk;
+
+typedef struct dfc_arena {
+    dfc_arena_chunk *chunks;
+    int num_chunks, max_chunks;
+    int current;          /* chunk being filled */
+    size_t offset;        /* bytes used in the current chunk */
+    size_t in_use;        /* bytes handed out and not released, over all chunks */
+    size_t peak;          /* highest in_use seen */
+    size_t chunk_size;    /* default size of a new chunk */
+    size_t limit;         /* most bytes the chunks may hold in all (0: no limit) */
 } dfc_arena;
 
-dfc_status dfc_arena_init(dfc_arena *arena, size_t capacity, dfc_error *err);
+typedef struct dfc_arena_mark {
+    int chunk;
+    size_t offset, in_use;
+} dfc_arena_mark;
+
+void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit);
 void dfc_arena_free(dfc_arena *arena);
 
-/* Returns NULL and sets err when the arena is full (never grows: growth would invalidate views). */
+/* 64-byte aligned, uninitialised; NULL with err set when the allocation fails or passes the limit. */
 void *dfc_arena_alloc(dfc_arena *arena, size_t bytes, dfc_error *err);
 
-/* Allocates an uninitialised tensor of the given shape; on failure data is NULL and err is set. */
+/* An uninitialised tensor of the given shape; data NULL and err set on failure. */
 dfc_tensor dfc_arena_tensor(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err);
+/* The same, zero-filled. */
+dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err);
 
-static inline size_t dfc_arena_mark(const dfc_arena *arena) { return arena->used; }
-static inline void dfc_arena_reset(dfc_arena *arena, size_t mark) { arena->used = mark; }
+dfc_arena_mark dfc_arena_get_mark(const dfc_arena *arena);
+/* Releases everything allocated after the mark (the memory stays with the arena for reuse). */
+void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark);
+
+/* Bytes the arena holds from the system. */
+size_t dfc_arena_capacity(const dfc_arena *arena);
 
 #endif

@@ -96,8 +96,11 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
-    if (PyType_Ready(&DfcBackend_Type) < 0 || PyType_Ready(&DfcDiffusion_Type) < 0)
-        return NULL;
+    PyTypeObject *types[] = {&DfcBackend_Type, &DfcDiffusion_Type, &DfcUNet_Type};
+    const char *type_names[] = {"Backend", "Diffusion", "UNet"};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (PyType_Ready(types[i]) < 0)
+            return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
@@ -107,15 +110,12 @@ PyMODINIT_FUNC PyInit__C(void)
         if (PyModule_AddFunctions(m, tables[i]) < 0)
             goto fail;
     }
-    Py_INCREF(&DfcBackend_Type);
-    if (PyModule_AddObject(m, "Backend", (PyObject *)&DfcBackend_Type) < 0) {
-        Py_DECREF(&DfcBackend_Type);
-        goto fail;
-    }
-    Py_INCREF(&DfcDiffusion_Type);
-    if (PyModule_AddObject(m, "Diffusion", (PyObject *)&DfcDiffusion_Type) < 0) {
-        Py_DECREF(&DfcDiffusion_Type);
-        goto fail;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(m, type_names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            goto fail;
+        }
     }
     return m;
 fail:

@@ -17,6 +17,7 @@ typedef struct {
 
 extern PyTypeObject DfcBackend_Type;
 extern PyTypeObject DfcDiffusion_Type;
+extern PyTypeObject DfcUNet_Type;
 
 /* Arrays borrowed for one call; released together (like a small arena of references). */
 #define DFC_PY_MAX_ARGS 24

@@ -1,0 +1,206 @@
+#include "layers.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- parameter sets ---- */
+
+int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_error *err, const char *fmt, ...)
+{
+    if (set->count == set->capacity) {
+        int grown = set->capacity ? 2 * set->capacity : 64;
+        dfc_param_info *infos = realloc(set->infos, (size_t)grown * sizeof *infos);
+        if (!infos) {
+            dfc_fail(err, DFC_ERR_NOMEM, "parameters: out of memory");
+            return -1;
+        }
+        set->infos = infos;
+        set->capacity = grown;
+    }
+    dfc_param_info *info = &set->infos[set->count];
+    memset(info, 0, sizeof *info);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(info->name, sizeof info->name, fmt, ap);
+    va_end(ap);
+    info->ndim = ndim;
+    int64_t n = 1;
+    for (int i = 0; i < DFC_MAX_DIMS; i++) {
+        info->shape[i] = i < ndim ? shape[i] : 1;
+        n *= info->shape[i];
+    }
+    info->offset = set->total;
+    set->total += n;
+    return set->count++;
+}
+
+dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err)
+{
+    free(set->data);
+    set->data = calloc((size_t)(set->total > 0 ? set->total : 1), sizeof(float));
+    if (!set->data)
+        return dfc_fail(err, DFC_ERR_NOMEM, "parameters: cannot allocate %lld floats", (long long)set->total);
+    return DFC_OK;
+}
+
+dfc_tensor dfc_param_view(const dfc_param_set *set, int index)
+{
+    const dfc_param_info *info = &set->infos[index];
+    dfc_tensor t = {set->data + info->offset, info->ndim, {1, 1, 1, 1}};
+    for (int i = 0; i < info->ndim; i++)
+        t.shape[i] = info->shape[i];
+    return t;
+}
+
+void dfc_param_set_free(dfc_param_set *set)
+{
+    free(set->infos);
+    free(set->data);
+    memset(set, 0, sizeof *set);
+}
+
+dfc_tensor dfc_param_grad(const dfc_param_set *set, const dfc_tensor *p, float *grads)
+{
+    dfc_tensor g = *p;
+    g.data = (grads && p->data) ? grads + (p->data - set->data) : NULL;
+    return g;
+}
+
+/* ---- allocation helpers ---- */
+
+dfc_tensor dfc_alloc_like(dfc_arena *arena, const dfc_tensor *x, dfc_error *err)
+{
+    return dfc_arena_tensor(arena, x->ndim, x->shape, err);
+}
+
+dfc_tensor dfc_alloc4(dfc_arena *arena, int64_t n, int64_t c, int64_t h, int64_t w, dfc_error *err)
+{
+    int64_t shape[4] = {n, c, h, w};
+    return dfc_arena_tensor(arena, 4, shape, err);
+}
+
+dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err)
+{
+    int64_t shape[2] = {n, c};
+    return dfc_arena_tensor(arena, 2, shape, err);
+}
+
+dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
+                       dfc_error *err)
+{
+    *y = dfc_alloc_like(arena, a, err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->binary_forward(be, DFC_BINARY_ADD, a, b, y, err);
+}
+
+/* ---- conv ---- */
+
+/* A 1-D conv weight (Co, Ci, K) is the 2-D weight (Co, Ci, 1, K) acting on (N, C, 1, T)... guided-diffusion only
+ * uses 1x1 1-D convs, which are simply (Co, Ci, 1, 1) on (N, C, T, 1). */
+static dfc_tensor as_conv_weight(const dfc_tensor *w)
+{
+    dfc_tensor t = *w;
+    for (int i = w->ndim; i < 4; i++)
+        t.shape[i] = 1;
+    t.ndim = 4;
+    return t;
+}
+
+static dfc_tensor as_image(const dfc_tensor *x)
+{
+    dfc_tensor t = *x;
+    for (int i = x->ndim; i < 4; i++)
+        t.shape[i] = 1;
+    t.ndim = 4;
+    return t;
+}
+
+dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
+                                  dfc_tensor *y, dfc_error *err)
+{
+    dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x);
+    int64_t ho = (xi.shape[2] + 2 * l->p.pad_h - w.shape[2]) / l->p.stride_h + 1;
+    int64_t wo = (xi.shape[3] + 2 * l->p.pad_w - w.shape[3]) / l->p.stride_w + 1;
+    dfc_tensor yi = dfc_alloc4(arena, xi.shape[0], w.shape[0], ho, wo, err);
+    DFC_CHECK_ALLOC(yi);
+    DFC_TRY(be->ops->conv2d_forward(be, &xi, &w, l->bias.data ? &l->bias : NULL, l->p, &yi, err));
+    *y = yi;
+    if (x->ndim == 3) { /* keep (N, C, T) sequences as sequences */
+        y->ndim = 3;
+        y->shape[3] = 1;
+    }
+    return DFC_OK;
+}
+
+dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
+                                   const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                   dfc_error *err)
+{
+    dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x), dyi = as_image(dy);
+    if (dx) {
+        *dx = dfc_alloc_like(arena, x, err);
+        DFC_CHECK_ALLOC(*dx);
+        dfc_tensor dxi = as_image(dx);
+        DFC_TRY(be->ops->conv2d_backward_input(be, &dyi, &w, l->p, &dxi, err));
+    }
+    if (g.grads) {
+        dfc_tensor dw = dfc_param_grad(g.set, &l->weight, g.grads), db = dfc_param_grad(g.set, &l->bias, g.grads);
+        dfc_tensor dwi = as_conv_weight(&dw);
+        DFC_TRY(be->ops->conv2d_backward_weight(be, &dyi, &xi, l->p, &dwi, db.data ? &db : NULL, err));
+    }
+    return DFC_OK;
+}
+
+/* ---- linear ---- */
+
+dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
+                                    dfc_arena *arena, dfc_tensor *y, dfc_error *err)
+{
+    *y = dfc_alloc2(arena, x->shape[0], l->weight.shape[0], err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->linear_forward(be, x, &l->weight, l->bias.data ? &l->bias : NULL, y, err);
+}
+
+dfc_status dfc_linear_layer_backward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
+                                     const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                     dfc_error *err)
+{
+    if (dx) {
+        *dx = dfc_alloc_like(arena, x, err);
+        DFC_CHECK_ALLOC(*dx);
+        DFC_TRY(be->ops->linear_backward_input(be, dy, &l->weight, dx, err));
+    }
+    if (g.grads) {
+        dfc_tensor dw = dfc_param_grad(g.set, &l->weight, g.grads), db = dfc_param_grad(g.set, &l->bias, g.grads);
+        DFC_TRY(be->ops->linear_backward_weight(be, dy, x, &dw, db.data ? &db : NULL, err));
+    }
+    return DFC_OK;
+}
+
+/* ---- group norm ---- */
+
+dfc_status dfc_group_norm_layer_forward(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x,
+                                        dfc_arena *arena, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd,
+                                        dfc_error *err)
+{
+    *y = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*y);
+    *mean = dfc_alloc2(arena, x->shape[0], l->groups, err);
+    DFC_CHECK_ALLOC(*mean);
+    *rstd = dfc_alloc2(arena, x->shape[0], l->groups, err);
+    DFC_CHECK_ALLOC(*rstd);
+    return be->ops->group_norm_forward(be, x, &l->weight, &l->bias, l->groups, l->eps, y, mean, rstd, err);
+}
+
+dfc_status dfc_group_norm_layer_backward(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x,
+                                         const dfc_tensor *mean, const dfc_tensor *rstd, const dfc_tensor *dy,
+                                         dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err)
+{
+    *dx = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*dx);
+    dfc_tensor dgamma = dfc_param_grad(g.set, &l->weight, g.grads), dbeta = dfc_param_grad(g.set, &l->bias, g.grads);
+    return be->ops->group_norm_backward(be, dy, x, &l->weight, mean, rstd, l->groups, l->eps, dx,
+                                        dgamma.data ? &dgamma : NULL, dbeta.data ? &dbeta : NULL, err);
+}

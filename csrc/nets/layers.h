@@ -1,0 +1,104 @@
+/* Parameterised layers shared by every network (UNet, SonoNet, ResNet, segmenter): each is its parameters
+ * (views into the network's single parameter buffer) plus a forward that allocates its output from an arena and
+ * a backward that produces the input gradient and, when asked, the parameter gradients. Forward and backward
+ * of each layer sit side by side. Parameter gradients are written into a gradient buffer laid out exactly like
+ * the parameter buffer, so the gradient of a view is found by offset (dfc_param_grad). */
+#ifndef DIFFICE_LAYERS_H
+#define DIFFICE_LAYERS_H
+
+#include "../core/arena.h"
+#include "../ops/ops.h"
+
+/* A network's parameters: one buffer, named views in registration order (the PyTorch module paths). */
+#define DFC_PARAM_NAME_LEN 96
+
+typedef struct dfc_param_info {
+    char name[DFC_PARAM_NAME_LEN];
+    int ndim;
+    int64_t shape[DFC_MAX_DIMS];
+    int64_t offset; /* in floats, into the parameter buffer */
+} dfc_param_info;
+
+typedef struct dfc_param_set {
+    dfc_param_info *infos;
+    int count, capacity;
+    int64_t total;   /* floats */
+    float *data;     /* the parameter buffer (allocated by dfc_param_set_allocate) */
+} dfc_param_set;
+
+/* Registers a parameter (name formatted printf-style); records its offset; returns 0 on out-of-memory. */
+int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Allocates the zeroed buffer once all parameters are registered. */
+dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
+/* Points every registered view at the buffer: call after allocation (views are bound by index). */
+dfc_tensor dfc_param_view(const dfc_param_set *set, int index);
+void dfc_param_set_free(dfc_param_set *set);
+
+/* The gradient view of parameter view p, in a buffer laid out like set->data (NULL data if grads is NULL). */
+dfc_tensor dfc_param_grad(const dfc_param_set *set, const dfc_tensor *p, float *grads);
+
+/* ---- layers ---- */
+
+typedef struct dfc_conv_layer {
+    dfc_tensor weight;  /* (Co, Ci, KH, KW); a 1-D conv's (Co, Ci, 1) weight is viewed with KW = 1 */
+    dfc_tensor bias;    /* (Co), data NULL when absent */
+    dfc_conv2d_params p;
+} dfc_conv_layer;
+
+typedef struct dfc_linear_layer {
+    dfc_tensor weight;  /* (Out, In) */
+    dfc_tensor bias;    /* (Out) */
+} dfc_linear_layer;
+
+typedef struct dfc_group_norm_layer {
+    dfc_tensor weight, bias; /* (C) */
+    int groups;
+    float eps;
+} dfc_group_norm_layer;
+
+/* Gradient outputs of a backward: where the parameter gradients go (grads NULL: not wanted). */
+typedef struct dfc_grad_target {
+    const dfc_param_set *set;
+    float *grads;
+} dfc_grad_target;
+
+dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
+                                  dfc_tensor *y, dfc_error *err);
+/* dx may be NULL (no input gradient wanted). */
+dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
+                                   const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                   dfc_error *err);
+
+/* x (M, In) -> y (M, Out). */
+dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
+                                    dfc_arena *arena, dfc_tensor *y, dfc_error *err);
+dfc_status dfc_linear_layer_backward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
+                                     const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                     dfc_error *err);
+
+/* y = GN(x); mean and rstd (N, groups) are allocated and returned for the backward. */
+dfc_status dfc_group_norm_layer_forward(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x,
+                                        dfc_arena *arena, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd,
+                                        dfc_error *err);
+dfc_status dfc_group_norm_layer_backward(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x,
+                                         const dfc_tensor *mean, const dfc_tensor *rstd, const dfc_tensor *dy,
+                                         dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err);
+
+/* Shape helpers: a tensor of x's shape with channels (dim 1) replaced, and an (N, C, H, W) of given sizes. */
+dfc_tensor dfc_alloc_like(dfc_arena *arena, const dfc_tensor *x, dfc_error *err);
+dfc_tensor dfc_alloc4(dfc_arena *arena, int64_t n, int64_t c, int64_t h, int64_t w, dfc_error *err);
+dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err);
+
+/* y = a + b (same shapes), allocated. */
+dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
+                       dfc_error *err);
+
+/* Fails with DFC_ERR_NOMEM if an arena allocation returned NULL data (err already set). */
+#define DFC_CHECK_ALLOC(t)                                 \
+    do {                                                   \
+        if (!(t).data)                                     \
+            return err && err->code ? err->code : DFC_ERR_NOMEM; \
+    } while (0)
+
+#endif

@@ -1,0 +1,787 @@
+#include "unet.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GN_GROUPS 32      /* guided-diffusion normalization(): GroupNorm32(32, C) */
+#define GN_EPS 1e-5f      /* PyTorch's GroupNorm default, which GroupNorm32 keeps */
+#define MAX_LAYERS_PER_BLOCK 3
+
+/* ---- structure ---- */
+
+typedef enum { LAYER_CONV, LAYER_RES, LAYER_ATTN, LAYER_DOWN, LAYER_UP } layer_kind;
+
+typedef struct resblock {
+    int cin, cout;
+    int updown;                 /* -1: avg-pool down, +1: nearest up, 0: none */
+    dfc_group_norm_layer in_norm;
+    dfc_conv_layer in_conv;
+    dfc_linear_layer emb;
+    dfc_group_norm_layer out_norm;
+    dfc_conv_layer out_conv;
+    int has_skip_conv;
+    dfc_conv_layer skip_conv;
+} resblock;
+
+typedef struct attnblock {
+    int channels, heads;
+    dfc_group_norm_layer norm;
+    dfc_conv_layer qkv, proj;
+} attnblock;
+
+typedef struct layer {
+    layer_kind kind;
+    dfc_conv_layer conv;        /* LAYER_CONV (stem), LAYER_DOWN (3x3 stride 2), LAYER_UP (after nearest x2) */
+    resblock res;
+    attnblock attn;
+} layer;
+
+typedef struct block {
+    int first, count;           /* layers [first, first + count) */
+    int skip_channels;          /* output blocks: channels of the skip concatenated before the block */
+} block;
+
+struct dfc_unet {
+    dfc_unet_config cfg;
+    dfc_param_set params;
+    dfc_linear_layer time_linear1, time_linear2;
+    layer *layers;
+    int num_layers;
+    block *input_blocks, *output_blocks, middle;
+    int num_input_blocks, num_output_blocks;
+    dfc_group_norm_layer out_norm;
+    dfc_conv_layer out_conv;
+};
+
+/* The structure is walked twice with the same code: once to register parameter names and shapes, once, after the
+ * buffer exists, to bind the views (guided-diffusion's module order, which is also its state_dict order). */
+typedef struct builder {
+    dfc_unet *u;
+    int binding;
+    int next_param;
+    int next_layer;
+    dfc_error *err;
+    int failed;
+} builder;
+
+static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
+{
+    dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
+    if (b->failed)
+        return t;
+    if (b->binding)
+        return dfc_param_view(&b->u->params, b->next_param++);
+    if (dfc_param_register(&b->u->params, ndim, shape, b->err, "%s%s", prefix, suffix) < 0)
+        b->failed = 1;
+    return t;
+}
+
+static dfc_group_norm_layer build_norm(builder *b, int channels, const char *prefix)
+{
+    int64_t shape[1] = {channels};
+    dfc_group_norm_layer l = {param(b, 1, shape, prefix, ".weight"), param(b, 1, shape, prefix, ".bias"), GN_GROUPS,
+                              GN_EPS};
+    return l;
+}
+
+static dfc_conv_layer build_conv(builder *b, int cin, int cout, int kernel, int stride, int ndim,
+                                 const char *prefix)
+{
+    int64_t wshape[4] = {cout, cin, kernel, kernel}, bshape[1] = {cout};
+    dfc_conv_layer l;
+    l.weight = param(b, ndim, wshape, prefix, ".weight");
+    l.bias = param(b, 1, bshape, prefix, ".bias");
+    l.p.stride_h = l.p.stride_w = stride;
+    l.p.pad_h = l.p.pad_w = kernel / 2;
+    return l;
+}
+
+static dfc_linear_layer build_linear(builder *b, int in, int out, const char *prefix)
+{
+    int64_t wshape[2] = {out, in}, bshape[1] = {out};
+    dfc_linear_layer l = {param(b, 2, wshape, prefix, ".weight"), param(b, 1, bshape, prefix, ".bias")};
+    return l;
+}
+
+static layer *next_layer(builder *b, layer_kind kind)
+{
+    layer *l = &b->u->layers[b->next_layer++];
+    if (!b->binding) {
+        memset(l, 0, sizeof *l);
+        l->kind = kind;
+    }
+    return l;
+}
+
+static void add_resblock(builder *b, int cin, int cout, int updown, const char *prefix)
+{
+    char name[DFC_PARAM_NAME_LEN];
+    const dfc_unet_config *c = &b->u->cfg;
+    layer *l = next_layer(b, LAYER_RES);
+    resblock *r = &l->res;
+    r->cin = cin;
+    r->cout = cout;
+    r->updown = updown;
+    snprintf(name, sizeof name, "%s.in_layers.0", prefix);
+    r->in_norm = build_norm(b, cin, name);
+    snprintf(name, sizeof name, "%s.in_layers.2", prefix);
+    r->in_conv = build_conv(b, cin, cout, 3, 1, 4, name);
+    snprintf(name, sizeof name, "%s.emb_layers.1", prefix);
+    r->emb = build_linear(b, 4 * c->model_channels, c->use_scale_shift_norm ? 2 * cout : cout, name);
+    snprintf(name, sizeof name, "%s.out_layers.0", prefix);
+    r->out_norm = build_norm(b, cout, name);
+    snprintf(name, sizeof name, "%s.out_layers.3", prefix);
+    r->out_conv = build_conv(b, cout, cout, 3, 1, 4, name);
+    r->has_skip_conv = cin != cout;
+    if (r->has_skip_conv) {
+        snprintf(name, sizeof name, "%s.skip_connection", prefix);
+        r->skip_conv = build_conv(b, cin, cout, 1, 1, 4, name);
+    }
+}
+
+static void add_attention(builder *b, int channels, int num_heads, const char *prefix)
+{
+    char name[DFC_PARAM_NAME_LEN];
+    const dfc_unet_config *c = &b->u->cfg;
+    layer *l = next_layer(b, LAYER_ATTN);
+    attnblock *a = &l->attn;
+    a->channels = channels;
+    a->heads = c->num_head_channels > 0 ? channels / c->num_head_channels : num_heads;
+    snprintf(name, sizeof name, "%s.norm", prefix);
+    a->norm = build_norm(b, channels, name);
+    snprintf(name, sizeof name, "%s.qkv", prefix);
+    a->qkv = build_conv(b, channels, 3 * channels, 1, 1, 3, name);    /* Conv1d: weight (3C, C, 1) */
+    snprintf(name, sizeof name, "%s.proj_out", prefix);
+    a->proj = build_conv(b, channels, channels, 1, 1, 3, name);
+}
+
+static void add_conv_layer(builder *b, layer_kind kind, int cin, int cout, int stride, const char *prefix)
+{
+    layer *l = next_layer(b, kind);
+    l->conv = build_conv(b, cin, cout, 3, stride, 4, prefix);
+}
+
+static void build(builder *b)
+{
+    dfc_unet *u = b->u;
+    const dfc_unet_config *c = &u->cfg;
+    char prefix[DFC_PARAM_NAME_LEN];
+    int mc = c->model_channels;
+    u->time_linear1 = build_linear(b, mc, 4 * mc, "time_embed.0");
+    u->time_linear2 = build_linear(b, 4 * mc, 4 * mc, "time_embed.2");
+
+    int skip_stack[4 * DFC_UNET_MAX_LEVELS * 16], depth = 0;
+    int ch = c->level_channels[0], nb = 0;
+    /* input blocks */
+    u->input_blocks[nb].first = b->next_layer;
+    add_conv_layer(b, LAYER_CONV, c->in_channels, ch, 1, "input_blocks.0.0");
+    u->input_blocks[nb].count = 1;
+    skip_stack[depth++] = ch;
+    nb++;
+    for (int level = 0; level < c->num_levels; level++) {
+        for (int r = 0; r < c->num_res_blocks; r++) {
+            u->input_blocks[nb].first = b->next_layer;
+            snprintf(prefix, sizeof prefix, "input_blocks.%d.0", nb);
+            add_resblock(b, ch, c->level_channels[level], 0, prefix);
+            ch = c->level_channels[level];
+            if (c->attention[level]) {
+                snprintf(prefix, sizeof prefix, "input_blocks.%d.1", nb);
+                add_attention(b, ch, c->num_heads, prefix);
+            }
+            u->input_blocks[nb].count = b->next_layer - u->input_blocks[nb].first;
+            skip_stack[depth++] = ch;
+            nb++;
+        }
+        if (level != c->num_levels - 1) {
+            u->input_blocks[nb].first = b->next_layer;
+            snprintf(prefix, sizeof prefix, "input_blocks.%d.0", nb);
+            if (c->resblock_updown)
+                add_resblock(b, ch, ch, -1, prefix);
+            else {
+                snprintf(prefix, sizeof prefix, "input_blocks.%d.0.op", nb);
+                add_conv_layer(b, LAYER_DOWN, ch, ch, 2, prefix);
+            }
+            u->input_blocks[nb].count = 1;
+            skip_stack[depth++] = ch;
+            nb++;
+        }
+    }
+    u->num_input_blocks = nb;
+    /* middle block */
+    u->middle.first = b->next_layer;
+    add_resblock(b, ch, ch, 0, "middle_block.0");
+    add_attention(b, ch, c->num_heads, "middle_block.1");
+    add_resblock(b, ch, ch, 0, "middle_block.2");
+    u->middle.count = 3;
+    /* output blocks */
+    int heads_up = c->num_heads_upsample > 0 ? c->num_heads_upsample : c->num_heads;
+    nb = 0;
+    for (int level = c->num_levels - 1; level >= 0; level--) {
+        for (int i = 0; i <= c->num_res_blocks; i++) {
+            int skip = skip_stack[--depth];
+            block *blk = &u->output_blocks[nb];
+            blk->first = b->next_layer;
+            blk->skip_channels = skip;
+            int k = 0;
+            snprintf(prefix, sizeof prefix, "output_blocks.%d.%d", nb, k++);
+            add_resblock(b, ch + skip, c->level_channels[level], 0, prefix);
+            ch = c->level_channels[level];
+            if (c->attention[level]) {
+                snprintf(prefix, sizeof prefix, "output_blocks.%d.%d", nb, k++);
+                add_attention(b, ch, heads_up, prefix);
+            }
+            if (level > 0 && i == c->num_res_blocks) {
+                snprintf(prefix, sizeof prefix, "output_blocks.%d.%d", nb, k++);
+                if (c->resblock_updown)
+                    add_resblock(b, ch, ch, +1, prefix);
+                else {
+                    snprintf(prefix + strlen(prefix), sizeof prefix - strlen(prefix), ".conv");
+                    add_conv_layer(b, LAYER_UP, ch, ch, 1, prefix);
+                }
+            }
+            blk->count = b->next_layer - blk->first;
+            nb++;
+        }
+    }
+    u->num_output_blocks = nb;
+    u->out_norm = build_norm(b, ch, "out.0");
+    u->out_conv = build_conv(b, ch, c->out_channels, 3, 1, 4, "out.2");
+}
+
+static dfc_status validate_config(const dfc_unet_config *c, dfc_error *err)
+{
+    const char *op = "UNet config";
+    if (c->in_channels < 1 || c->out_channels < 1 || c->model_channels < 1 || c->num_res_blocks < 1)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: in/out/model channels and num_res_blocks must be positive", op);
+    if (c->num_levels < 1 || c->num_levels > DFC_UNET_MAX_LEVELS || c->num_res_blocks > 16)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: %d levels (1..%d) and %d res blocks (1..16) per level", op,
+                        c->num_levels, DFC_UNET_MAX_LEVELS, c->num_res_blocks);
+    for (int l = 0; l < c->num_levels; l++) {
+        int ch = c->level_channels[l];
+        if (ch < GN_GROUPS || ch % GN_GROUPS)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: level %d has %d channels; GroupNorm32 needs a multiple of 32", op,
+                            l, ch);
+        if (c->attention[l] || l == c->num_levels - 1) {
+            int heads[2] = {c->num_heads, c->num_heads_upsample > 0 ? c->num_heads_upsample : c->num_heads};
+            for (int h = 0; h < 2; h++) {
+                int divisor = c->num_head_channels > 0 ? c->num_head_channels : heads[h];
+                if (divisor < 1 || ch % divisor)
+                    return dfc_fail(err, DFC_ERR_VALUE,
+                                    "%s: attention at level %d: %d channels do not split into %s %d", op, l, ch,
+                                    c->num_head_channels > 0 ? "heads of" : "heads:", divisor);
+            }
+        }
+    }
+    if (c->model_channels % 2)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: model_channels must be even, got %d", op, c->model_channels);
+    return DFC_OK;
+}
+
+dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_unet **out, dfc_error *err)
+{
+    *out = NULL;
+    DFC_TRY(validate_config(cfg, err));
+    dfc_unet *u = calloc(1, sizeof *u);
+    if (!u)
+        return dfc_fail(err, DFC_ERR_NOMEM, "UNet: out of memory");
+    u->cfg = *cfg;
+    int levels = cfg->num_levels, nrb = cfg->num_res_blocks;
+    int max_layers = 4 + (levels * nrb + levels) * 2 + 3 + levels * (nrb + 1) * 3;
+    u->layers = calloc((size_t)max_layers, sizeof *u->layers);
+    u->input_blocks = calloc((size_t)(1 + levels * nrb + levels), sizeof *u->input_blocks);
+    u->output_blocks = calloc((size_t)(levels * (nrb + 1)), sizeof *u->output_blocks);
+    if (!u->layers || !u->input_blocks || !u->output_blocks) {
+        dfc_unet_destroy(u);
+        return dfc_fail(err, DFC_ERR_NOMEM, "UNet: out of memory");
+    }
+    builder b = {u, 0, 0, 0, err, 0};
+    build(&b);
+    u->num_layers = b.next_layer;
+    if (b.failed || dfc_param_set_allocate(&u->params, err) != DFC_OK) {
+        dfc_unet_destroy(u);
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    }
+    builder bind = {u, 1, 0, 0, err, 0};
+    build(&bind);
+    *out = u;
+    return DFC_OK;
+}
+
+void dfc_unet_destroy(dfc_unet *u)
+{
+    if (!u)
+        return;
+    dfc_param_set_free(&u->params);
+    free(u->layers);
+    free(u->input_blocks);
+    free(u->output_blocks);
+    free(u);
+}
+
+const dfc_unet_config *dfc_unet_get_config(const dfc_unet *u) { return &u->cfg; }
+dfc_param_set *dfc_unet_params(dfc_unet *u) { return &u->params; }
+
+/* ---- forward and backward, layer by layer ---- */
+
+/* What a layer's backward needs from its forward. */
+typedef struct layer_tape {
+    dfc_tensor x;                                       /* the layer's input */
+    /* resblock */
+    dfc_tensor in_mean, in_rstd, h1, a1r, xr, h2, e, out_mean, out_rstd, n2, h3, a3;
+    /* attention: GN statistics and output hn, qkv, attention output a */
+    dfc_tensor mean, rstd, hn, qkv, a;
+    /* up layer: upsampled input */
+    dfc_tensor xu;
+} layer_tape;
+
+struct dfc_unet_tape {
+    layer_tape *layers;
+    dfc_tensor x, temb, l1, l1_act, emb, emb_act;
+    dfc_tensor head_x, head_mean, head_rstd, head_n, head_a;
+};
+
+static dfc_status silu_new(dfc_backend *be, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
+{
+    *y = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->activation_forward(be, DFC_ACT_SILU, x, y, err);
+}
+
+static dfc_status silu_backward_new(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_arena *arena,
+                                    dfc_tensor *dx, dfc_error *err)
+{
+    *dx = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*dx);
+    return be->ops->activation_backward(be, DFC_ACT_SILU, dy, x, dx, err);
+}
+
+/* guided-diffusion's up/down resampling inside ResBlocks: nearest x2 or 2x2 average pooling. */
+static const dfc_pool2d_params POOL2 = {2, 2, 2, 2, 0, 0};
+
+static dfc_status resample_new(dfc_backend *be, int updown, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y,
+                               dfc_error *err)
+{
+    if (updown > 0) {
+        *y = dfc_alloc4(arena, x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3], err);
+        DFC_CHECK_ALLOC(*y);
+        return be->ops->upsample_nearest2x_forward(be, x, y, err);
+    }
+    *y = dfc_alloc4(arena, x->shape[0], x->shape[1], x->shape[2] / 2, x->shape[3] / 2, err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->avg_pool2d_forward(be, x, POOL2, y, err);
+}
+
+static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_tensor *dy, const dfc_tensor *x,
+                                        dfc_arena *arena, dfc_tensor *dx, dfc_error *err)
+{
+    *dx = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*dx);
+    if (updown > 0)
+        return be->ops->upsample_nearest2x_backward(be, dy, dx, err);
+    return be->ops->avg_pool2d_backward(be, dy, POOL2, dx, err);
+}
+
+/* emb_out (N, 2C) -> (1 + scale) as (N, C, 1, 1) and shift as (N, C, 1, 1). */
+static dfc_status split_scale_shift(const dfc_tensor *e, int64_t c, dfc_arena *arena, dfc_tensor *one_plus_scale,
+                                    dfc_tensor *shift, dfc_error *err)
+{
+    int64_t n = e->shape[0];
+    *one_plus_scale = dfc_alloc4(arena, n, c, 1, 1, err);
+    DFC_CHECK_ALLOC(*one_plus_scale);
+    *shift = dfc_alloc4(arena, n, c, 1, 1, err);
+    DFC_CHECK_ALLOC(*shift);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < c; j++) {
+            one_plus_scale->data[i * c + j] = 1.0f + e->data[i * 2 * c + j];
+            shift->data[i * c + j] = e->data[i * 2 * c + c + j];
+        }
+    return DFC_OK;
+}
+
+static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x,
+                                   const dfc_tensor *emb_act, dfc_arena *arena, layer_tape *s, dfc_tensor *out,
+                                   dfc_error *err)
+{
+    dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, h4, skip;
+    dfc_tensor in_mean, in_rstd, out_mean, out_rstd, n2 = {0};
+    DFC_TRY(dfc_group_norm_layer_forward(be, &r->in_norm, x, arena, &h1, &in_mean, &in_rstd, err));
+    DFC_TRY(silu_new(be, &h1, arena, &a1, err));
+    if (r->updown) {
+        DFC_TRY(resample_new(be, r->updown, &a1, arena, &a1r, err));
+        DFC_TRY(resample_new(be, r->updown, x, arena, &xr, err));
+    } else {
+        a1r = a1;
+        xr = *x;
+    }
+    DFC_TRY(dfc_conv_layer_forward(be, &r->in_conv, &a1r, arena, &h2, err));
+    DFC_TRY(dfc_linear_layer_forward(be, &r->emb, emb_act, arena, &e, err));
+    int64_t n = h2.shape[0], c = r->cout;
+    if (r->emb.weight.shape[0] == 2 * c) {
+        /* scale-shift norm: h = GN(h) (1 + scale) + shift */
+        dfc_tensor one_plus_scale, shift, scaled;
+        DFC_TRY(dfc_group_norm_layer_forward(be, &r->out_norm, &h2, arena, &n2, &out_mean, &out_rstd, err));
+        DFC_TRY(split_scale_shift(&e, c, arena, &one_plus_scale, &shift, err));
+        scaled = dfc_alloc_like(arena, &n2, err);
+        DFC_CHECK_ALLOC(scaled);
+        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_MUL, &n2, &one_plus_scale, &scaled, err));
+        DFC_TRY(dfc_add_new(be, &scaled, &shift, arena, &h3, err));
+    } else {
+        /* additive: h = GN(h + emb) */
+        dfc_tensor e4 = dfc_tensor4(e.data, n, c, 1, 1), h2e;
+        DFC_TRY(dfc_add_new(be, &h2, &e4, arena, &h2e, err));
+        DFC_TRY(dfc_group_norm_layer_forward(be, &r->out_norm, &h2e, arena, &h3, &out_mean, &out_rstd, err));
+        h2 = h2e;  /* the out norm's input, for the backward */
+    }
+    DFC_TRY(silu_new(be, &h3, arena, &a3, err));
+    DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &a3, arena, &h4, err));
+    if (r->has_skip_conv)
+        DFC_TRY(dfc_conv_layer_forward(be, &r->skip_conv, &xr, arena, &skip, err));
+    else
+        skip = xr;
+    DFC_TRY(dfc_add_new(be, &skip, &h4, arena, out, err));
+    if (s) {
+        s->x = *x;
+        s->in_mean = in_mean;
+        s->in_rstd = in_rstd;
+        s->h1 = h1;
+        s->a1r = a1r;
+        s->xr = xr;
+        s->h2 = h2;
+        s->e = e;
+        s->out_mean = out_mean;
+        s->out_rstd = out_rstd;
+        s->n2 = n2;
+        s->h3 = h3;
+        s->a3 = a3;
+    }
+    return DFC_OK;
+}
+
+/* d_emb_act: accumulated gradient of silu(emb) over all resblocks, or NULL when parameter gradients are off. */
+static dfc_status resblock_backward(dfc_backend *be, const resblock *r, const layer_tape *s, const dfc_tensor *dout,
+                                    const dfc_tensor *emb_act, dfc_arena *arena, dfc_grad_target g,
+                                    dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+{
+    int64_t n = s->h2.shape[0], c = r->cout;
+    dfc_tensor da3, dh3, dh2, de, da1r, da1, dh1, dx_norm, dxr;
+    DFC_TRY(dfc_conv_layer_backward(be, &r->out_conv, &s->a3, dout, arena, &da3, g, err));
+    DFC_TRY(silu_backward_new(be, &da3, &s->h3, arena, &dh3, err));
+    de = dfc_alloc2(arena, n, r->emb.weight.shape[0], err);
+    DFC_CHECK_ALLOC(de);
+    if (r->emb.weight.shape[0] == 2 * c) {
+        /* h3 = n2 (1 + scale) + shift: dn2 = dh3 (1 + scale); dscale = sum_hw dh3 n2; dshift = sum_hw dh3 */
+        dfc_tensor one_plus_scale, shift, dn2, dscale = dfc_alloc4(arena, n, c, 1, 1, err);
+        DFC_CHECK_ALLOC(dscale);
+        dfc_tensor dshift = dfc_alloc4(arena, n, c, 1, 1, err);
+        DFC_CHECK_ALLOC(dshift);
+        DFC_TRY(split_scale_shift(&s->e, c, arena, &one_plus_scale, &shift, err));
+        dn2 = dfc_alloc_like(arena, &s->n2, err);
+        DFC_CHECK_ALLOC(dn2);
+        DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_MUL, &dh3, &s->n2, &one_plus_scale, &dn2, &dscale, err));
+        DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_ADD, &dh3, &s->n2, &shift, NULL, &dshift, err));
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < c; j++) {
+                de.data[i * 2 * c + j] = dscale.data[i * c + j];
+                de.data[i * 2 * c + c + j] = dshift.data[i * c + j];
+            }
+        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dn2, arena,
+                                              &dh2, g, err));
+    } else {
+        /* h3 = GN(h2 + e): the gradient of the sum goes to both */
+        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dh3, arena,
+                                              &dh2, g, err));
+        dfc_tensor de4 = dfc_tensor4(de.data, n, c, 1, 1);
+        DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_ADD, &dh2, &s->h2, &de4, NULL, &de4, err));
+    }
+    if (g.grads || d_emb_act) {
+        dfc_tensor d_emb_part;
+        DFC_TRY(dfc_linear_layer_backward(be, &r->emb, emb_act, &de, arena, d_emb_act ? &d_emb_part : NULL, g,
+                                          err));
+        if (d_emb_act)
+            DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, d_emb_act, &d_emb_part, d_emb_act, err));
+    }
+    DFC_TRY(dfc_conv_layer_backward(be, &r->in_conv, &s->a1r, &dh2, arena, &da1r, g, err));
+    if (r->updown)
+        DFC_TRY(resample_backward_new(be, r->updown, &da1r, &s->h1, arena, &da1, err));
+    else
+        da1 = da1r;
+    DFC_TRY(silu_backward_new(be, &da1, &s->h1, arena, &dh1, err));
+    DFC_TRY(dfc_group_norm_layer_backward(be, &r->in_norm, &s->x, &s->in_mean, &s->in_rstd, &dh1, arena, &dx_norm,
+                                          g, err));
+    /* skip path: d(skip(xr)) = dout */
+    if (r->has_skip_conv)
+        DFC_TRY(dfc_conv_layer_backward(be, &r->skip_conv, &s->xr, dout, arena, &dxr, g, err));
+    else
+        dxr = *dout;
+    dfc_tensor dx_skip;
+    if (r->updown)
+        DFC_TRY(resample_backward_new(be, r->updown, &dxr, &s->x, arena, &dx_skip, err));
+    else
+        dx_skip = dxr;
+    return dfc_add_new(be, &dx_norm, &dx_skip, arena, dx, err);
+}
+
+static dfc_tensor as_sequence(const dfc_tensor *x)
+{
+    return dfc_tensor3(x->data, x->shape[0], x->shape[1], dfc_inner_size(x, 2));
+}
+
+static dfc_status attention_forward(dfc_backend *be, const dfc_unet *u, const attnblock *ab, const dfc_tensor *x,
+                                    dfc_arena *arena, layer_tape *s, dfc_tensor *out, dfc_error *err)
+{
+    dfc_tensor xs = as_sequence(x), hn, mean, rstd, qkv, a, h;
+    DFC_TRY(dfc_group_norm_layer_forward(be, &ab->norm, &xs, arena, &hn, &mean, &rstd, err));
+    DFC_TRY(dfc_conv_layer_forward(be, &ab->qkv, &hn, arena, &qkv, err));
+    a = dfc_alloc_like(arena, &xs, err);
+    DFC_CHECK_ALLOC(a);
+    DFC_TRY(be->ops->attention_forward(be, &qkv, ab->heads, u->cfg.legacy_attention, &a, err));
+    DFC_TRY(dfc_conv_layer_forward(be, &ab->proj, &a, arena, &h, err));
+    dfc_tensor y;
+    DFC_TRY(dfc_add_new(be, &xs, &h, arena, &y, err));
+    *out = *x;
+    out->data = y.data;
+    if (s) {
+        s->x = xs;
+        s->mean = mean;
+        s->rstd = rstd;
+        s->hn = hn;
+        s->qkv = qkv;
+        s->a = a;
+    }
+    return DFC_OK;
+}
+
+static dfc_status attention_backward(dfc_backend *be, const dfc_unet *u, const attnblock *ab, const layer_tape *s,
+                                     const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g, dfc_tensor *dx,
+                                     dfc_error *err)
+{
+    dfc_tensor dys = as_sequence(dout), da, dqkv, dhn, dxn;
+    DFC_TRY(dfc_conv_layer_backward(be, &ab->proj, &s->a, &dys, arena, &da, g, err));
+    dqkv = dfc_alloc_like(arena, &s->qkv, err);
+    DFC_CHECK_ALLOC(dqkv);
+    DFC_TRY(be->ops->attention_backward(be, &da, &s->qkv, ab->heads, u->cfg.legacy_attention, &dqkv, err));
+    DFC_TRY(dfc_conv_layer_backward(be, &ab->qkv, &s->hn, &dqkv, arena, &dhn, g, err));
+    DFC_TRY(dfc_group_norm_layer_backward(be, &ab->norm, &s->x, &s->mean, &s->rstd, &dhn, arena, &dxn, g, err));
+    dfc_tensor sum;
+    DFC_TRY(dfc_add_new(be, &dxn, &dys, arena, &sum, err));
+    *dx = *dout;
+    dx->data = sum.data;
+    return DFC_OK;
+}
+
+static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer *l, const dfc_tensor *x,
+                                const dfc_tensor *emb_act, dfc_arena *arena, layer_tape *s, dfc_tensor *out,
+                                dfc_error *err)
+{
+    switch (l->kind) {
+    case LAYER_RES:
+        return resblock_forward(be, &l->res, x, emb_act, arena, s, out, err);
+    case LAYER_ATTN:
+        return attention_forward(be, u, &l->attn, x, arena, s, out, err);
+    case LAYER_CONV:
+    case LAYER_DOWN:
+        if (s)
+            s->x = *x;
+        return dfc_conv_layer_forward(be, &l->conv, x, arena, out, err);
+    case LAYER_UP: {
+        dfc_tensor xu;
+        DFC_TRY(resample_new(be, +1, x, arena, &xu, err));
+        if (s) {
+            s->x = *x;
+            s->xu = xu;
+        }
+        return dfc_conv_layer_forward(be, &l->conv, &xu, arena, out, err);
+    }
+    }
+    return dfc_fail(err, DFC_ERR_VALUE, "UNet: unknown layer kind %d", (int)l->kind);
+}
+
+static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer *l, const layer_tape *s,
+                                 const dfc_tensor *dout, const dfc_tensor *emb_act, dfc_arena *arena,
+                                 dfc_grad_target g, dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+{
+    switch (l->kind) {
+    case LAYER_RES:
+        return resblock_backward(be, &l->res, s, dout, emb_act, arena, g, d_emb_act, dx, err);
+    case LAYER_ATTN:
+        return attention_backward(be, u, &l->attn, s, dout, arena, g, dx, err);
+    case LAYER_CONV:
+    case LAYER_DOWN:
+        return dfc_conv_layer_backward(be, &l->conv, &s->x, dout, arena, dx, g, err);
+    case LAYER_UP: {
+        dfc_tensor dxu;
+        DFC_TRY(dfc_conv_layer_backward(be, &l->conv, &s->xu, dout, arena, &dxu, g, err));
+        return resample_backward_new(be, +1, &dxu, &s->x, arena, dx, err);
+    }
+    }
+    return dfc_fail(err, DFC_ERR_VALUE, "UNet: unknown layer kind %d", (int)l->kind);
+}
+
+static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_tensor *x,
+                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_unet_tape *tape, dfc_tensor *out,
+                                dfc_error *err)
+{
+    dfc_tensor h = *x;
+    for (int i = blk->first; i < blk->first + blk->count; i++) {
+        dfc_tensor next;
+        DFC_TRY(layer_forward(be, u, &u->layers[i], &h, emb_act, arena, tape ? &tape->layers[i] : NULL, &next,
+                              err));
+        h = next;
+    }
+    *out = h;
+    return DFC_OK;
+}
+
+static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_unet_tape *tape,
+                                 const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g,
+                                 dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+{
+    dfc_tensor dh = *dout;
+    for (int i = blk->first + blk->count - 1; i >= blk->first; i--) {
+        dfc_tensor next;
+        DFC_TRY(layer_backward(be, u, &u->layers[i], &tape->layers[i], &dh, &tape->emb_act, arena, g, d_emb_act,
+                               &next, err));
+        dh = next;
+    }
+    *dx = dh;
+    return DFC_OK;
+}
+
+static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error *err)
+{
+    const char *op = "UNet.forward";
+    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
+    if (x->shape[1] != u->cfg.in_channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the model takes %d", op,
+                        (long long)x->shape[1], u->cfg.in_channels);
+    int64_t divisor = (int64_t)1 << (u->cfg.num_levels - 1);
+    if (x->shape[2] % divisor || x->shape[3] % divisor)
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lldx%lld; with %d levels height and width must be multiples of "
+                        "%lld", op, (long long)x->shape[2], (long long)x->shape[3], u->cfg.num_levels,
+                        (long long)divisor);
+    return DFC_OK;
+}
+
+dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
+                            const float *t, dfc_unet_tape **tape_out, dfc_tensor *y, dfc_error *err)
+{
+    DFC_TRY(check_input(u, x, err));
+    int64_t n = x->shape[0];
+    int64_t want[4] = {n, u->cfg.out_channels, x->shape[2], x->shape[3]};
+    DFC_TRY(dfc_check_shape(y, "UNet.forward", "y", 4, want, err));
+    dfc_unet_tape *tape = NULL;
+    if (tape_out) {
+        tape = dfc_arena_alloc(arena, sizeof *tape, err);
+        layer_tape *layers = dfc_arena_alloc(arena, (size_t)u->num_layers * sizeof *layers, err);
+        if (!tape || !layers)
+            return err && err->code ? err->code : DFC_ERR_NOMEM;
+        memset(tape, 0, sizeof *tape);
+        memset(layers, 0, (size_t)u->num_layers * sizeof *layers);
+        tape->layers = layers;
+        tape->x = *x;
+        *tape_out = tape;
+    }
+    /* time embedding: Linear(mc -> 4mc), SiLU, Linear(4mc -> 4mc); each resblock applies SiLU(emb) first */
+    int mc = u->cfg.model_channels;
+    dfc_tensor t_vec = dfc_tensor1((float *)t, n), temb = dfc_alloc2(arena, n, mc, err), l1, l1_act, emb, emb_act;
+    DFC_CHECK_ALLOC(temb);
+    DFC_TRY(be->ops->timestep_embedding(be, &t_vec, 10000.0f, &temb, err));
+    DFC_TRY(dfc_linear_layer_forward(be, &u->time_linear1, &temb, arena, &l1, err));
+    DFC_TRY(silu_new(be, &l1, arena, &l1_act, err));
+    DFC_TRY(dfc_linear_layer_forward(be, &u->time_linear2, &l1_act, arena, &emb, err));
+    DFC_TRY(silu_new(be, &emb, arena, &emb_act, err));
+
+    dfc_tensor skips[4 * DFC_UNET_MAX_LEVELS * 16];
+    dfc_tensor h = *x;
+    for (int b = 0; b < u->num_input_blocks; b++) {
+        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, &emb_act, arena, tape, &h, err));
+        skips[b] = h;
+    }
+    DFC_TRY(block_forward(be, u, &u->middle, &h, &emb_act, arena, tape, &h, err));
+    for (int b = 0; b < u->num_output_blocks; b++) {
+        const dfc_tensor *skip = &skips[u->num_input_blocks - 1 - b];
+        dfc_tensor cat = dfc_alloc4(arena, n, h.shape[1] + skip->shape[1], h.shape[2], h.shape[3], err);
+        DFC_CHECK_ALLOC(cat);
+        const dfc_tensor *parts[2] = {&h, skip};
+        DFC_TRY(be->ops->concat_channels(be, parts, 2, &cat, err));
+        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, &emb_act, arena, tape, &h, err));
+    }
+    /* head: GN, SiLU, conv */
+    dfc_tensor hn, mean, rstd, a;
+    DFC_TRY(dfc_group_norm_layer_forward(be, &u->out_norm, &h, arena, &hn, &mean, &rstd, err));
+    DFC_TRY(silu_new(be, &hn, arena, &a, err));
+    DFC_TRY(be->ops->conv2d_forward(be, &a, &u->out_conv.weight, &u->out_conv.bias, u->out_conv.p, y, err));
+    if (tape) {
+        tape->temb = temb;
+        tape->l1 = l1;
+        tape->l1_act = l1_act;
+        tape->emb = emb;
+        tape->emb_act = emb_act;
+        tape->head_x = h;
+        tape->head_mean = mean;
+        tape->head_rstd = rstd;
+        tape->head_n = hn;
+        tape->head_a = a;
+    }
+    return DFC_OK;
+}
+
+dfc_status dfc_unet_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_unet_tape *tape,
+                             const dfc_tensor *dy, dfc_tensor *dx, float *grads, dfc_error *err)
+{
+    if (!tape)
+        return dfc_fail(err, DFC_ERR_VALUE, "UNet.backward: no tape (run the forward with a tape first)");
+    int64_t n = tape->x.shape[0];
+    int64_t want[4] = {n, u->cfg.out_channels, tape->x.shape[2], tape->x.shape[3]};
+    DFC_TRY(dfc_check_shape(dy, "UNet.backward", "dy", 4, want, err));
+    if (dx)
+        DFC_TRY(dfc_check_shape(dx, "UNet.backward", "dx", 4, tape->x.shape, err));
+    dfc_grad_target g = {&u->params, grads};
+    dfc_tensor d_emb_act = {0}, *d_emb = NULL;
+    if (grads) {
+        d_emb_act = dfc_arena_zeros(arena, 2, tape->emb_act.shape, err);
+        DFC_CHECK_ALLOC(d_emb_act);
+        d_emb = &d_emb_act;
+    }
+    /* head */
+    dfc_tensor da, dhn, dh;
+    DFC_TRY(dfc_conv_layer_backward(be, &u->out_conv, &tape->head_a, dy, arena, &da, g, err));
+    DFC_TRY(silu_backward_new(be, &da, &tape->head_n, arena, &dhn, err));
+    DFC_TRY(dfc_group_norm_layer_backward(be, &u->out_norm, &tape->head_x, &tape->head_mean, &tape->head_rstd, &dhn,
+                                          arena, &dh, g, err));
+    /* output blocks, last first; each splits its input gradient into h's and the skip's */
+    dfc_tensor dskips[4 * DFC_UNET_MAX_LEVELS * 16];
+    for (int b = u->num_output_blocks - 1; b >= 0; b--) {
+        const block *blk = &u->output_blocks[b];
+        dfc_tensor dcat, dpart, dskip;
+        DFC_TRY(block_backward(be, u, blk, tape, &dh, arena, g, d_emb, &dcat, err));
+        int64_t ch = dcat.shape[1] - blk->skip_channels;
+        dpart = dfc_alloc4(arena, n, ch, dcat.shape[2], dcat.shape[3], err);
+        DFC_CHECK_ALLOC(dpart);
+        dskip = dfc_alloc4(arena, n, blk->skip_channels, dcat.shape[2], dcat.shape[3], err);
+        DFC_CHECK_ALLOC(dskip);
+        dfc_tensor *parts[2] = {&dpart, &dskip};
+        DFC_TRY(be->ops->split_channels(be, &dcat, parts, 2, err));
+        dskips[u->num_input_blocks - 1 - b] = dskip;
+        dh = dpart;
+    }
+    DFC_TRY(block_backward(be, u, &u->middle, tape, &dh, arena, g, d_emb, &dh, err));
+    /* input blocks, last first: each output also fed an output block through the skip */
+    for (int b = u->num_input_blocks - 1; b >= 0; b--) {
+        dfc_tensor total;
+        DFC_TRY(dfc_add_new(be, &dh, &dskips[b], arena, &total, err));
+        DFC_TRY(block_backward(be, u, &u->input_blocks[b], tape, &total, arena, g, d_emb, &dh, err));
+    }
+    if (dx)
+        memcpy(dx->data, dh.data, (size_t)dfc_numel(dx) * sizeof(float));
+    if (grads) {
+        /* time embedding: emb_act = silu(emb), emb = L2(silu(L1(temb))) */
+        dfc_tensor demb, dl1_act, dl1;
+        DFC_TRY(silu_backward_new(be, &d_emb_act, &tape->emb, arena, &demb, err));
+        DFC_TRY(dfc_linear_layer_backward(be, &u->time_linear2, &tape->l1_act, &demb, arena, &dl1_act, g, err));
+        DFC_TRY(silu_backward_new(be, &dl1_act, &tape->l1, arena, &dl1, err));
+        DFC_TRY(dfc_linear_layer_backward(be, &u->time_linear1, &tape->temb, &dl1, arena, NULL, g, err));
+    }
+    return DFC_OK;
+}

@@ -1,0 +1,292 @@
+/* Bindings for the networks (diffice._C.UNet). Parameters are exposed as numpy views into the C buffer, so
+ * loading and saving checkpoints happen in Python while the math stays in C. */
+#include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../nets/unet.h"
+
+typedef struct {
+    PyObject_HEAD
+    dfc_unet *unet;
+    size_t last_peak_bytes;   /* arena peak of the last forward/vjp/gradients call */
+} UNetObject;
+
+static int dict_int(PyObject *dict, const char *key, int *out, int required)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v) {
+        if (required)
+            PyErr_Format(PyExc_KeyError, "UNet config: missing key '%s'", key);
+        return required ? -1 : 0;
+    }
+    long value = PyLong_AsLong(v);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    *out = (int)value;
+    return 0;
+}
+
+static int dict_int_list(PyObject *dict, const char *key, int *out, int max, int *count)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "UNet config: missing key '%s'", key);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(v, "UNet config: expected a list of ints");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > max) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "UNet config: '%s' has %zd entries, at most %d are supported", key, n, max);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (value == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = (int)value;
+    }
+    Py_DECREF(seq);
+    *count = (int)n;
+    return 0;
+}
+
+static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"config", NULL};
+    PyObject *cfg_dict;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!", kwlist, &PyDict_Type, &cfg_dict))
+        return -1;
+    dfc_unet_config c;
+    memset(&c, 0, sizeof c);
+    int n_attention = 0;
+    if (dict_int(cfg_dict, "in_channels", &c.in_channels, 1) < 0 ||
+        dict_int(cfg_dict, "model_channels", &c.model_channels, 1) < 0 ||
+        dict_int(cfg_dict, "out_channels", &c.out_channels, 1) < 0 ||
+        dict_int(cfg_dict, "num_res_blocks", &c.num_res_blocks, 1) < 0 ||
+        dict_int(cfg_dict, "num_heads", &c.num_heads, 1) < 0 ||
+        dict_int(cfg_dict, "num_head_channels", &c.num_head_channels, 1) < 0 ||
+        dict_int(cfg_dict, "num_heads_upsample", &c.num_heads_upsample, 1) < 0 ||
+        dict_int(cfg_dict, "legacy_attention", &c.legacy_attention, 1) < 0 ||
+        dict_int(cfg_dict, "use_scale_shift_norm", &c.use_scale_shift_norm, 1) < 0 ||
+        dict_int(cfg_dict, "resblock_updown", &c.resblock_updown, 1) < 0 ||
+        dict_int_list(cfg_dict, "level_channels", c.level_channels, DFC_UNET_MAX_LEVELS, &c.num_levels) < 0 ||
+        dict_int_list(cfg_dict, "attention", c.attention, DFC_UNET_MAX_LEVELS, &n_attention) < 0)
+        return -1;
+    if (n_attention != c.num_levels) {
+        PyErr_Format(PyExc_ValueError, "UNet config: 'attention' has %d entries for %d levels", n_attention,
+                     c.num_levels);
+        return -1;
+    }
+    dfc_unet_destroy(self->unet);
+    self->unet = NULL;
+    dfc_error err = {0};
+    if (dfc_unet_create(&c, &self->unet, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    return 0;
+}
+
+static void unet_dealloc(UNetObject *self)
+{
+    dfc_unet_destroy(self->unet);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int unet_ready(UNetObject *self)
+{
+    if (!self->unet) {
+        PyErr_SetString(PyExc_RuntimeError, "UNet: not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* parameters() -> dict name -> writable numpy view into the parameter buffer (keeps the UNet alive). */
+static PyObject *unet_parameters(UNetObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!unet_ready(self))
+        return NULL;
+    dfc_param_set *set = dfc_unet_params(self->unet);
+    PyObject *dict = PyDict_New();
+    if (!dict)
+        return NULL;
+    for (int i = 0; i < set->count; i++) {
+        const dfc_param_info *info = &set->infos[i];
+        npy_intp dims[DFC_MAX_DIMS];
+        for (int d = 0; d < info->ndim; d++)
+            dims[d] = (npy_intp)info->shape[d];
+        PyObject *arr = PyArray_SimpleNewFromData(info->ndim, dims, NPY_FLOAT32, set->data + info->offset);
+        if (!arr)
+            goto fail;
+        Py_INCREF(self);
+        if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0 ||
+            PyDict_SetItemString(dict, info->name, arr) < 0) {
+            Py_DECREF(arr);
+            goto fail;
+        }
+        Py_DECREF(arr);
+    }
+    return dict;
+fail:
+    Py_DECREF(dict);
+    return NULL;
+}
+
+static PyObject *unet_parameter_count(UNetObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!unet_ready(self))
+        return NULL;
+    return PyLong_FromLongLong((long long)dfc_unet_params(self->unet)->total);
+}
+
+/* Parses (backend, x, t[, v]) and checks t: one float timestep per sample. */
+static int parse_call(UNetObject *self, PyObject *args, int with_v, dfc_backend **be, dfc_tensor *x, dfc_tensor *t,
+                      dfc_tensor *v, dfc_py_refs *refs, const char *op)
+{
+    PyObject *x_obj, *t_obj, *v_obj = NULL;
+    if (!unet_ready(self))
+        return -1;
+    if (with_v ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, be, &x_obj, &t_obj, &v_obj)
+               : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, be, &x_obj, &t_obj))
+        return -1;
+    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, refs, x) < 0 || dfc_py_tensor(t_obj, op, "t", 1, 1, 1, refs, t) < 0)
+        return -1;
+    if (t->shape[0] != x->shape[0]) {
+        PyErr_Format(PyExc_ValueError, "%s: t has %lld timesteps for a batch of %lld", op, (long long)t->shape[0],
+                     (long long)x->shape[0]);
+        return -1;
+    }
+    if (with_v && dfc_py_tensor(v_obj, op, "v", 4, 4, 1, refs, v) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *unet_forward(UNetObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    dfc_tensor x, t, y;
+    dfc_py_refs refs = {0};
+    PyObject *out = NULL;
+    if (parse_call(self, args, 0, &be, &x, &t, NULL, &refs, "UNet.forward") < 0)
+        goto done;
+    int64_t shape[4] = {x.shape[0], dfc_unet_get_config(self->unet)->out_channels, x.shape[2], x.shape[3]};
+    if (!(out = dfc_py_new_tensor(4, shape, &y)))
+        goto done;
+    dfc_error err = {0};
+    dfc_arena arena;
+    dfc_arena_init(&arena, 0, 0);
+    DFC_PY_RUN(out, err, dfc_unet_forward(self->unet, be, &arena, &x, t.data, NULL, &y, &err));
+    self->last_peak_bytes = arena.peak;
+    dfc_arena_free(&arena);
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+static dfc_status forward_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
+                                   const float *t, const dfc_tensor *v, dfc_tensor *dx, float *grads,
+                                   dfc_error *err)
+{
+    int64_t shape[4] = {x->shape[0], dfc_unet_get_config(u)->out_channels, x->shape[2], x->shape[3]};
+    dfc_tensor y = dfc_arena_tensor(arena, 4, shape, err);
+    DFC_CHECK_ALLOC(y);
+    dfc_unet_tape *tape = NULL;
+    DFC_TRY(dfc_unet_forward(u, be, arena, x, t, &tape, &y, err));
+    return dfc_unet_backward(u, be, arena, tape, v, dx, grads, err);
+}
+
+/* vjp(backend, x, t, v) -> d sum(v * forward(x, t)) / dx */
+static PyObject *unet_vjp(UNetObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    dfc_tensor x, t, v, dx;
+    dfc_py_refs refs = {0};
+    PyObject *out = NULL;
+    if (parse_call(self, args, 1, &be, &x, &t, &v, &refs, "UNet.vjp") < 0)
+        goto done;
+    if (!(out = dfc_py_new_tensor(4, x.shape, &dx)))
+        goto done;
+    dfc_error err = {0};
+    dfc_arena arena;
+    dfc_arena_init(&arena, 0, 0);
+    DFC_PY_RUN(out, err, forward_backward(self->unet, be, &arena, &x, t.data, &v, &dx, NULL, &err));
+    self->last_peak_bytes = arena.peak;
+    dfc_arena_free(&arena);
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+/* gradients(backend, x, t, v) -> (dx, flat parameter gradient in parameter-buffer order) */
+static PyObject *unet_gradients(UNetObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    dfc_tensor x, t, v, dx, flat;
+    dfc_py_refs refs = {0};
+    PyObject *dx_obj = NULL, *grads_obj = NULL, *result = NULL;
+    if (parse_call(self, args, 1, &be, &x, &t, &v, &refs, "UNet.gradients") < 0)
+        goto done;
+    int64_t total = dfc_unet_params(self->unet)->total;
+    if (!(dx_obj = dfc_py_new_tensor(4, x.shape, &dx)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
+        goto done;
+    dfc_error err = {0};
+    dfc_arena arena;
+    dfc_arena_init(&arena, 0, 0);
+    result = PyTuple_Pack(2, dx_obj, grads_obj);
+    if (result)
+        DFC_PY_RUN(result, err, forward_backward(self->unet, be, &arena, &x, t.data, &v, &dx, flat.data, &err));
+    self->last_peak_bytes = arena.peak;
+    dfc_arena_free(&arena);
+done:
+    Py_XDECREF(dx_obj);
+    Py_XDECREF(grads_obj);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
+static PyObject *unet_get_peak(UNetObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->last_peak_bytes);
+}
+
+static PyMethodDef unet_methods[] = {
+    {"parameters", (PyCFunction)unet_parameters, METH_NOARGS,
+     "parameters() -> dict of writable float32 views, keyed by guided-diffusion state_dict names, in order"},
+    {"parameter_count", (PyCFunction)unet_parameter_count, METH_NOARGS, "number of parameters (floats)"},
+    {"forward", (PyCFunction)unet_forward, METH_VARARGS, "forward(backend, x, t) -> y"},
+    {"vjp", (PyCFunction)unet_vjp, METH_VARARGS, "vjp(backend, x, t, v) -> dx"},
+    {"gradients", (PyCFunction)unet_gradients, METH_VARARGS,
+     "gradients(backend, x, t, v) -> (dx, flat parameter gradients)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef unet_getset[] = {
+    {"last_peak_bytes", (getter)unet_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject DfcUNet_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "diffice._C.UNet",
+    .tp_basicsize = sizeof(UNetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "UNet(config): guided-diffusion's UNetModel in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)unet_init,
+    .tp_dealloc = (destructor)unet_dealloc,
+    .tp_methods = unet_methods,
+    .tp_getset = unet_getset,
+};

@@ -1,0 +1,119 @@
+"""The C UNet against a PyTorch transcription of guided-diffusion's UNetModel with the same weights."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from diffice.unet import UNet, infer_config
+from conftest import randn, rel_err
+from gd_reference import UNetModel
+
+
+def small_config(scale_shift=True, updown=True, new_order=False, learn_sigma=True, in_channels=1, **over):
+    cfg = dict(in_channels=in_channels, model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
+               attention_resolutions=(2,), num_heads=2, num_head_channels=-1, num_heads_upsample=-1,
+               use_new_attention_order=new_order, use_scale_shift_norm=scale_shift, resblock_updown=updown,
+               learn_sigma=learn_sigma)
+    cfg.update(over)
+    return cfg
+
+
+def torch_model(unet: UNet) -> UNetModel:
+    cfg = dict(unet.config)
+    model = UNetModel(cfg).double()
+    state = {k: torch.from_numpy(v.astype(np.float64)) for k, v in unet.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+FLAGS = list(itertools.product([True, False], repeat=4))  # scale_shift, updown, new_order, learn_sigma
+
+
+@pytest.mark.parametrize("scale_shift, updown, new_order, learn_sigma", FLAGS)
+def test_forward_vjp_and_weight_gradients_match_pytorch(rng, scale_shift, updown, new_order, learn_sigma):
+    in_channels = 3 if (scale_shift ^ updown) else 1  # grayscale and RGB both covered
+    cfg = small_config(scale_shift, updown, new_order, learn_sigma, in_channels)
+    unet = UNet.random(cfg, seed=int(rng.integers(1 << 30)))
+    model = torch_model(unet)
+    x = randn(rng, 3, in_channels, 48, 64)
+    t = np.array([0, 999, 298])
+    v = randn(rng, 3, unet.config["out_channels"], 48, 64)
+
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y_ref = model(xt, torch.from_numpy(t))
+    (y_ref * torch.from_numpy(v).double()).sum().backward()
+
+    assert rel_err(unet.forward(x, t), y_ref) <= 1e-4
+    dx, grads = unet.gradients(x, t, v)
+    assert rel_err(dx, xt.grad) <= 1e-4
+    assert rel_err(unet.vjp(x, t, v), xt.grad) <= 1e-4
+    worst = max((rel_err(grads[name], p.grad), name) for name, p in model.named_parameters())
+    assert worst[0] <= 1e-4, worst
+
+
+def test_four_levels_non_square_and_head_channels(rng):
+    cfg = small_config(channel_mult=(1, 1, 2, 2), attention_resolutions=(4, 8), num_head_channels=32,
+                       num_res_blocks=2, in_channels=1)
+    unet = UNet.random(cfg, seed=3)
+    model = torch_model(unet)
+    x = randn(rng, 2, 1, 32, 40)
+    t = np.array([5, 600])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y_ref = model(xt, torch.from_numpy(t))
+    v = randn(rng, *y_ref.shape)
+    (y_ref * torch.from_numpy(v).double()).sum().backward()
+    assert rel_err(unet.forward(x, t), y_ref) <= 1e-4
+    assert rel_err(unet.vjp(x, t, v), xt.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("attention, tensors, params", [
+    ((4, 8, 16), 492, 105_198_598), ((8, 16), 462, 103_880_198), ((), 402, 95_661_318)])
+def test_method_md_tensor_counts(attention, tensors, params):
+    cfg = dict(in_channels=3, model_channels=128, num_res_blocks=2, channel_mult=(1, 1, 2, 3, 4),
+               attention_resolutions=attention, learn_sigma=True)
+    unet = UNet(cfg)
+    assert len(unet.parameter_shapes()) == tensors
+    assert unet.num_parameters() == params
+
+
+def test_six_level_count_and_keys_match_pytorch():
+    cfg = dict(in_channels=3, model_channels=128, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4),
+               attention_resolutions=(8, 16, 32), learn_sigma=True)
+    unet = UNet(cfg)
+    assert (len(unet.parameter_shapes()), unet.num_parameters()) == (566, 138_289_926)
+    ref = UNetModel(unet.config).state_dict()
+    assert list(ref.keys()) == list(unet.parameter_shapes().keys())
+    assert all(tuple(ref[k].shape) == s for k, s in unet.parameter_shapes().items())
+
+
+@pytest.mark.parametrize("flags", FLAGS[::3])
+def test_infer_config_roundtrip(flags):
+    cfg = small_config(*flags, channel_mult=(1, 2, 3), attention_resolutions=(1, 4), num_res_blocks=2)
+    unet = UNet(cfg)
+    inferred = infer_config(unet.state_dict(), num_heads=2, use_new_attention_order=flags[2])
+    assert inferred == unet.config
+
+
+def test_state_dict_mismatch_lists_keys():
+    unet = UNet(small_config())
+    sd = unet.state_dict()
+    sd.pop("out.2.bias")
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    sd["out.0.weight"] = np.zeros(7, np.float32)
+    with pytest.raises(ValueError) as info:
+        unet.load_state_dict(sd)
+    msg = str(info.value)
+    assert "out.2.bias" in msg and "extra.weight" in msg and "out.0.weight" in msg
+
+
+def test_bad_inputs():
+    unet = UNet.random(small_config(), seed=0)
+    with pytest.raises(ValueError, match="channels"):
+        unet.forward(np.zeros((1, 3, 16, 16), np.float32), [0])
+    with pytest.raises(ValueError, match="multiples"):
+        unet.forward(np.zeros((1, 1, 18, 16), np.float32), [0])
+    with pytest.raises(ValueError, match="timesteps|shape"):
+        unet.forward(np.zeros((2, 1, 16, 16), np.float32), [0, 1, 2])
+    with pytest.raises(ValueError, match="GroupNorm32"):
+        UNet(small_config(model_channels=48))
