@@ -1,0 +1,226 @@
+"""conv2d and linear, forward and backward, against PyTorch autograd (float64 reference)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffice import ops
+from conftest import BACKENDS, randn, rel_err, t64
+
+TOL = 1e-5
+
+# (N, Ci, H, W, Co, kernel, stride, padding); kernel/stride/padding are ints or (h, w) pairs.
+CONV_CASES = [
+    (3, 5, 13, 19, 7, 1, 1, 0),
+    (3, 5, 13, 19, 7, 3, 1, 1),
+    (3, 7, 13, 19, 11, 3, 2, 1),
+    (3, 11, 13, 19, 5, 5, 1, 2),
+    (3, 5, 13, 19, 7, 5, 2, 2),
+    (3, 5, 13, 19, 11, 3, 2, 0),
+    (3, 7, 14, 20, 5, 1, 2, 0),  # even sizes at stride 2: the last row and column are never read
+    (3, 5, 13, 19, 7, 7, 2, 3),  # ResNet stem geometry
+    (3, 3, 13, 19, 11, (3, 5), (1, 2), (1, 2)),  # non-square kernel, per-axis stride and padding
+    (1, 5, 4, 6, 7, 3, 1, 0),  # output 2x4 from a tiny input
+]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv_reference(x, w, b, dy, stride, padding):
+    xt, wt = t64(x, requires_grad=True), t64(w, requires_grad=True)
+    bt = t64(b, requires_grad=True) if b is not None else None
+    yt = F.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    yt.backward(t64(dy))
+    return yt, xt.grad, wt.grad, bt.grad if bt is not None else None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)).replace(" ", ""))
+def test_conv2d_forward_backward(rng, backend, with_bias, case):
+    n, ci, h, w, co, k, stride, padding = case
+    kh, kw = _pair(k)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    x = randn(rng, n, ci, h, w)
+    weight = randn(rng, co, ci, kh, kw, scale=0.3)
+    bias = randn(rng, co) if with_bias else None
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    dy = randn(rng, n, co, ho, wo)
+    yt, dxt, dwt, dbt = _conv_reference(x, weight, bias, dy, (sh, sw), (ph, pw))
+
+    y = ops.conv2d(x, weight, bias, stride=stride, padding=padding, backend=backend)
+    assert rel_err(y, yt) <= TOL
+    dx = ops.conv2d_backward_input(dy, weight, x.shape, stride=stride, padding=padding, backend=backend)
+    assert rel_err(dx, dxt) <= TOL
+    dw, db = ops.conv2d_backward_weight(dy, x, weight.shape, bias=with_bias, stride=stride, padding=padding,
+                                        backend=backend)
+    assert rel_err(dw, dwt) <= TOL
+    if with_bias:
+        assert rel_err(db, dbt) <= TOL
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_repeated_calls_use_new_data(rng, backend):
+    """The cpu backend caches primitives per shape: later calls, interleaved with other shapes, must see new data."""
+    shapes = [(2, 5, 13, 19), (2, 5, 7, 9)]
+    weight = randn(rng, 7, 5, 3, 3)
+    for _ in range(2):
+        for shape in shapes:
+            x = randn(rng, *shape)
+            want = F.conv2d(t64(x), t64(weight), padding=1)
+            assert rel_err(ops.conv2d(x, weight, padding=1, backend=backend), want) <= TOL
+            weight = randn(rng, 7, 5, 3, 3)
+
+
+def test_conv2d_backends_in_parallel_threads(rng):
+    """Two Python threads, each with its own cpu backend (get_backend is per thread), run convolutions at once."""
+    x = randn(rng, 3, 5, 13, 19)
+    weights = [randn(rng, 7, 5, 3, 3), randn(rng, 11, 5, 5, 5)]
+    wants = [F.conv2d(t64(x), t64(w), padding=1) for w in weights]
+    errors = [[], []]
+
+    def work(i):
+        for _ in range(20):
+            errors[i].append(rel_err(ops.conv2d(x, weights[i], padding=1), wants[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors[0]) == len(errors[1]) == 20
+    assert max(errors[0] + errors[1]) <= TOL
+
+
+# (leading dims of x, In, Out)
+LINEAR_CASES = [((3,), 11, 7), ((13,), 5, 19), ((1,), 64, 3), ((3, 5), 7, 11), ((), 11, 5), ((2, 3, 4), 5, 7)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=str)
+def test_linear_forward_backward(rng, backend, with_bias, case):
+    lead, fin, fout = case
+    x = randn(rng, *lead, fin)
+    weight = randn(rng, fout, fin, scale=0.3)
+    bias = randn(rng, fout) if with_bias else None
+    dy = randn(rng, *lead, fout)
+    xt, wt = t64(x, requires_grad=True), t64(weight, requires_grad=True)
+    bt = t64(bias, requires_grad=True) if with_bias else None
+    yt = F.linear(xt, wt, bt)
+    yt.backward(t64(dy))
+
+    assert rel_err(ops.linear(x, weight, bias, backend=backend), yt) <= TOL
+    assert rel_err(ops.linear_backward_input(dy, weight, backend=backend), xt.grad) <= TOL
+    dw, db = ops.linear_backward_weight(dy, x, bias=with_bias, backend=backend)
+    assert rel_err(dw, wt.grad) <= TOL
+    if with_bias:
+        assert rel_err(db, bt.grad) <= TOL
+    else:
+        assert db is None
+
+
+def test_linear_cache_eviction(rng):
+    """More distinct shapes than the cpu backend's primitive cache holds, then the first again."""
+    weight = randn(rng, 3, 4)
+    for rows in list(range(1, 150)) + [1, 2]:
+        x = randn(rng, rows, 4)
+        assert rel_err(ops.linear(x, weight), F.linear(t64(x), t64(weight))) <= TOL
+
+
+# ---- bad inputs: each error names the op and the argument ----
+
+X = np.zeros((3, 5, 13, 19), np.float32)
+W = np.zeros((7, 5, 3, 3), np.float32)
+
+
+def _conv(x=X, w=W, b=None, **kw):
+    return lambda backend: ops.conv2d(x, w, b, backend=backend, **kw)
+
+
+def _nan_weight():
+    w = W.copy()
+    w[1, 2, 0, 1] = np.nan
+    return w
+
+
+BAD_CONV = {
+    "channel mismatch": (_conv(w=np.zeros((7, 6, 3, 3), np.float32)), ValueError,
+                         ["conv2d_forward", "weight has 6 input channels but x has 5"]),
+    "weight rank": (_conv(w=np.zeros((7, 5, 3), np.float32)), ValueError, ["conv2d_forward", "weight", "4 dim"]),
+    "x rank": (_conv(x=np.zeros((5, 13, 19), np.float32)), ValueError, ["conv2d_forward", "x", "4 dim"]),
+    "float64": (_conv(x=X.astype(np.float64)), TypeError, ["conv2d_forward", "x", "float32"]),
+    "non-contiguous": (_conv(x=np.zeros((3, 5, 13, 38), np.float32)[..., ::2]), ValueError,
+                       ["conv2d_forward", "x", "contiguous"]),
+    "nan": (_conv(w=_nan_weight()), ValueError, ["conv2d_forward", "weight", "non-finite"]),
+    "kernel too large": (_conv(x=np.zeros((1, 5, 4, 19), np.float32), w=np.zeros((7, 5, 7, 3), np.float32),
+                               padding=1), ValueError, ["conv2d_forward", "kernel height 7", "padded input height 6"]),
+    "bias shape": (_conv(b=np.zeros(5, np.float32)), ValueError, ["conv2d_forward", "bias", "(7,)"]),
+    "negative padding": (_conv(padding=(1, -1)), ValueError, ["conv2d_forward", "padding"]),
+    "zero stride": (_conv(stride=0), ValueError, ["conv2d_forward", "stride"]),
+    "float stride": (_conv(stride=1.5), TypeError, ["conv2d_forward", "stride"]),
+    "backward_input dy inconsistent": (
+        lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 6, 10), np.float32), W, X.shape, stride=2, padding=1,
+                                             backend=be),
+        ValueError, ["conv2d_backward_input", "dy has shape (3, 7, 6, 10), expected (3, 7, 7, 10)"]),
+    "backward_input channel mismatch": (
+        lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 13, 19), np.float32), W, (3, 4, 13, 19), padding=1,
+                                             backend=be),
+        ValueError, ["conv2d_backward_input", "weight has 5 input channels but dx has 4"]),
+    "backward_input bad x_shape": (
+        lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 13, 19), np.float32), W, (3, 5, 13), backend=be),
+        ValueError, ["conv2d_backward_input", "x_shape"]),
+    "backward_weight channel mismatch": (
+        lambda be: ops.conv2d_backward_weight(np.zeros((3, 7, 13, 19), np.float32), X, (7, 6, 3, 3), padding=1,
+                                              backend=be),
+        ValueError, ["conv2d_backward_weight", "dweight has 6 input channels but x has 5"]),
+    "backward_weight batch mismatch": (
+        lambda be: ops.conv2d_backward_weight(np.zeros((2, 7, 13, 19), np.float32), X, W.shape, padding=1,
+                                              backend=be),
+        ValueError, ["conv2d_backward_weight", "dy has shape (2, 7, 13, 19), expected (3, 7, 13, 19)"]),
+    "linear feature mismatch": (
+        lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 6), np.float32), backend=be),
+        ValueError, ["linear_forward", "weight has 6 input features but x has 5"]),
+    "linear bias shape": (
+        lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 5), np.float32),
+                              np.zeros(5, np.float32), backend=be),
+        ValueError, ["linear_forward", "bias"]),
+    "linear weight rank": (
+        lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 5, 1), np.float32), backend=be),
+        ValueError, ["linear_forward", "weight", "2 dim"]),
+    "linear float64": (
+        lambda be: ops.linear(np.zeros((3, 5), np.float64), np.zeros((7, 5), np.float32), backend=be),
+        TypeError, ["linear_forward", "x", "float32"]),
+    "linear non-contiguous": (
+        lambda be: ops.linear(np.zeros((2, 3, 10), np.float32)[..., ::2], np.zeros((7, 5), np.float32), backend=be),
+        ValueError, ["linear_forward", "x", "contiguous"]),
+    "linear backward_input mismatch": (
+        lambda be: ops.linear_backward_input(np.zeros((3, 6), np.float32), np.zeros((7, 5), np.float32),
+                                             backend=be),
+        ValueError, ["linear_backward_input", "dy has shape (3, 6), expected (3, 7)"]),
+    "linear backward_weight rows": (
+        lambda be: ops.linear_backward_weight(np.zeros((4, 7), np.float32), np.zeros((3, 5), np.float32),
+                                              backend=be),
+        ValueError, ["linear_backward_weight", "dy"]),
+    "linear nan": (
+        lambda be: ops.linear_backward_weight(np.full((3, 7), np.inf, np.float32), np.zeros((3, 5), np.float32),
+                                              backend=be),
+        ValueError, ["linear_backward_weight", "dy", "non-finite"]),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", BAD_CONV)
+def test_bad_inputs_raise_naming_op_and_argument(backend, name):
+    call, exc, words = BAD_CONV[name]
+    with pytest.raises(exc) as info:
+        call(backend)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
