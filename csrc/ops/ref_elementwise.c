@@ -1,5 +1,7 @@
 /* Reference elementwise kernels: activations, softmax, broadcast add/mul, channel concat/split. */
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "ref.h"
 
@@ -73,65 +75,229 @@ dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const d
     return DFC_OK;
 }
 
+/* ---- softmax over the last axis ---- */
+
 dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    (void)be;
-    (void)x;
-    (void)y;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "softmax_forward: not implemented on the ref backend");
+    const char *op = "softmax";
+    DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
+    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
+    const int64_t cols = x->shape[x->ndim - 1], rows = dfc_numel(x) / cols;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x->data + r * cols;
+        float *yr = y->data + r * cols;
+        float max = xr[0];
+        for (int64_t j = 1; j < cols; j++)
+            max = xr[j] > max ? xr[j] : max;
+        /* Subtracting the row max keeps every exp() argument <= 0: no overflow. */
+        double sum = 0.0;
+        for (int64_t j = 0; j < cols; j++)
+            sum += exp((double)xr[j] - max);
+        for (int64_t j = 0; j < cols; j++)
+            yr[j] = (float)(exp((double)xr[j] - max) / sum);
+    }
+    return DFC_OK;
 }
 
-dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx, dfc_error *err)
+/* dx = y (dy - sum_j dy_j y_j), per row. */
+dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
+                                dfc_error *err)
 {
-    (void)be;
-    (void)dy;
-    (void)y;
-    (void)dx;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "softmax_backward: not implemented on the ref backend");
+    const char *op = "softmax_backward";
+    DFC_TRY(dfc_check_ndim(y, op, "y", 1, DFC_MAX_DIMS, err));
+    DFC_TRY(dfc_check_same_shape(y, dy, op, "y", "dy", err));
+    DFC_TRY(dfc_check_same_shape(y, dx, op, "y", "dx", err));
+    const int64_t cols = y->shape[y->ndim - 1], rows = dfc_numel(y) / cols;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *yr = y->data + r * cols, *dyr = dy->data + r * cols;
+        float *dxr = dx->data + r * cols;
+        double dot = 0.0;
+        for (int64_t j = 0; j < cols; j++)
+            dot += (double)dyr[j] * yr[j];
+        for (int64_t j = 0; j < cols; j++)
+            dxr[j] = (float)(yr[j] * (dyr[j] - dot));
+    }
+    return DFC_OK;
 }
 
-dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y, dfc_error *err)
+/* ---- broadcast add / mul ---- */
+
+static const char *binary_name(dfc_binary kind)
 {
-    (void)be;
-    (void)kind;
-    (void)a;
-    (void)b;
-    (void)y;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "binary_forward: not implemented on the ref backend");
+    return kind == DFC_BINARY_ADD ? "add" : kind == DFC_BINARY_MUL ? "mul" : "binary";
 }
 
-dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tensor *dy, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err)
+/* b must have a's ndim with each dim 1 or equal to a's. Fills b's element strides, 0 on broadcast dims, over the
+ * 4 padded dims (unused trailing dims have size 1 in both). */
+static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc_tensor *b,
+                                  int64_t b_strides[DFC_MAX_DIMS], dfc_error *err)
 {
-    (void)be;
-    (void)kind;
-    (void)dy;
-    (void)a;
-    (void)b;
-    (void)da;
-    (void)db;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "binary_backward: not implemented on the ref backend");
+    DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
+    DFC_TRY(dfc_check_ndim(b, op, "b", 1, DFC_MAX_DIMS, err));
+    int ok = a->ndim == b->ndim;
+    for (int d = 0; ok && d < a->ndim; d++)
+        ok = b->shape[d] == 1 || b->shape[d] == a->shape[d];
+    if (!ok) {
+        char sa[96], sb[96];
+        return dfc_fail(err, DFC_ERR_SHAPE,
+                        "%s: b with shape %s cannot be broadcast to a's shape %s (b needs a's number of dimensions, "
+                        "each 1 or equal to a's)", op, dfc_shape_str(b, sb, sizeof sb), dfc_shape_str(a, sa, sizeof sa));
+    }
+    int64_t stride = 1;
+    for (int d = DFC_MAX_DIMS - 1; d >= 0; d--) {
+        b_strides[d] = b->shape[d] == 1 ? 0 : stride;
+        stride *= b->shape[d];
+    }
+    return DFC_OK;
+}
+
+static dfc_status check_binary_kind(dfc_binary kind, dfc_error *err)
+{
+    if (kind != DFC_BINARY_ADD && kind != DFC_BINARY_MUL)
+        return dfc_fail(err, DFC_ERR_VALUE, "binary: unknown kind %d", (int)kind);
+    return DFC_OK;
+}
+
+dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b,
+                              dfc_tensor *y, dfc_error *err)
+{
+    const char *op = binary_name(kind);
+    int64_t bs[DFC_MAX_DIMS];
+    DFC_TRY(check_binary_kind(kind, err));
+    DFC_TRY(check_broadcast(op, a, b, bs, err));
+    DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
+    const int64_t *sh = a->shape;
+    const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3];
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
+        const float *ar = a->data + r * cols, *br = b->data + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
+        float *yr = y->data + r * cols;
+        for (int64_t j = 0; j < cols; j++) {
+            const float bv = br[j * bs[3]];
+            yr[j] = kind == DFC_BINARY_ADD ? ar[j] + bv : ar[j] * bv;
+        }
+    }
+    return DFC_OK;
+}
+
+/* add: da = dy, db = sum dy;  mul: da = dy b, db = sum dy a; sums over b's broadcast dims, in double.
+ * db is computed first (from dy), so da may alias dy. */
+dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tensor *dy, const dfc_tensor *a,
+                               const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err)
+{
+    char name[32];
+    snprintf(name, sizeof name, "%s_backward", binary_name(kind));
+    const char *op = name;
+    int64_t bs[DFC_MAX_DIMS];
+    DFC_TRY(check_binary_kind(kind, err));
+    DFC_TRY(check_broadcast(op, a, b, bs, err));
+    DFC_TRY(dfc_check_same_shape(a, dy, op, "a", "dy", err));
+    if (da && da->data)
+        DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
+    if (db && db->data)
+        DFC_TRY(dfc_check_same_shape(b, db, op, "b", "db", err));
+    const int64_t *sh = a->shape, *bsh = b->shape;
+    /* a's strides, to walk the broadcast dims under one element of b. */
+    const int64_t as[DFC_MAX_DIMS] = {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1};
+    if (db && db->data) {
+        /* For each element of b, sum over the a-indices that map to it: dims where b is 1 but a is not. */
+        int64_t rep[DFC_MAX_DIMS];
+        for (int d = 0; d < DFC_MAX_DIMS; d++)
+            rep[d] = bsh[d] == 1 ? sh[d] : 1;
+        const int64_t nb = dfc_numel(b);
+        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+        for (int64_t e = 0; e < nb; e++) {
+            const int64_t j0 = e / (bsh[1] * bsh[2] * bsh[3]), j1 = (e / (bsh[2] * bsh[3])) % bsh[1];
+            const int64_t j2 = (e / bsh[3]) % bsh[2], j3 = e % bsh[3];
+            const int64_t base = j0 * as[0] + j1 * as[1] + j2 * as[2] + j3 * as[3];
+            double sum = 0.0;
+            for (int64_t k0 = 0; k0 < rep[0]; k0++)
+                for (int64_t k1 = 0; k1 < rep[1]; k1++)
+                    for (int64_t k2 = 0; k2 < rep[2]; k2++)
+                        for (int64_t k3 = 0; k3 < rep[3]; k3++) {
+                            const int64_t i = base + k0 * as[0] + k1 * as[1] + k2 * as[2] + k3 * as[3];
+                            sum += kind == DFC_BINARY_ADD ? (double)dy->data[i] : (double)dy->data[i] * a->data[i];
+                        }
+            db->data[e] = (float)sum;
+        }
+    }
+    if (da && da->data) {
+        const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3];
+        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
+            const float *dyr = dy->data + r * cols, *br = b->data + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
+            float *dar = da->data + r * cols;
+            for (int64_t j = 0; j < cols; j++)
+                dar[j] = kind == DFC_BINARY_ADD ? dyr[j] : dyr[j] * br[j * bs[3]];
+        }
+    }
+    return DFC_OK;
+}
+
+/* ---- channel concat / split ---- */
+
+/* Every part must match `whole` on all dims but the channel one (dim 1), and the channels must add up. */
+static dfc_status check_channel_parts(const char *op, const char *part_name, const char *whole_name,
+                                      const dfc_tensor *whole, const dfc_tensor *const *parts, int n, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(whole, op, whole_name, 2, DFC_MAX_DIMS, err));
+    if (n < 1)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: needs at least one tensor in %s, got %d", op, part_name, n);
+    int64_t channels = 0;
+    for (int k = 0; k < n; k++) {
+        const dfc_tensor *t = parts[k];
+        if (!t || !t->data)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: %s[%d] is missing", op, part_name, k);
+        int ok = t->ndim == whole->ndim;
+        for (int d = 0; ok && d < whole->ndim; d++)
+            ok = d == 1 || t->shape[d] == whole->shape[d];
+        if (!ok) {
+            char st[96], sw[96];
+            return dfc_fail(err, DFC_ERR_SHAPE,
+                            "%s: %s[%d] has shape %s, which differs from %s's shape %s outside the channel dim 1", op,
+                            part_name, k, dfc_shape_str(t, st, sizeof st), whole_name,
+                            dfc_shape_str(whole, sw, sizeof sw));
+        }
+        channels += t->shape[1];
+    }
+    if (channels != whole->shape[1])
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: the channels of %s add up to %lld, but %s has %lld", op, part_name,
+                        (long long)channels, whole_name, (long long)whole->shape[1]);
+    return DFC_OK;
 }
 
 dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y, dfc_error *err)
 {
-    (void)be;
-    (void)xs;
-    (void)n;
-    (void)y;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "concat_channels: not implemented on the ref backend");
+    DFC_TRY(check_channel_parts("concat", "xs", "y", y, xs, n, err));
+    const int64_t batch = y->shape[0], inner = dfc_inner_size(y, 2), y_sample = y->shape[1] * inner;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t s = 0; s < batch; s++) {
+        int64_t offset = 0;
+        for (int k = 0; k < n; k++) {
+            const int64_t len = xs[k]->shape[1] * inner;
+            memcpy(y->data + s * y_sample + offset, xs[k]->data + s * len, (size_t)len * sizeof(float));
+            offset += len;
+        }
+    }
+    return DFC_OK;
 }
 
 dfc_status ref_split_channels(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n, dfc_error *err)
 {
-    (void)be;
-    (void)x;
-    (void)ys;
-    (void)n;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "split_channels: not implemented on the ref backend");
+    DFC_TRY(check_channel_parts("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
+    const int64_t batch = x->shape[0], inner = dfc_inner_size(x, 2), x_sample = x->shape[1] * inner;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t s = 0; s < batch; s++) {
+        int64_t offset = 0;
+        for (int k = 0; k < n; k++) {
+            const int64_t len = ys[k]->shape[1] * inner;
+            memcpy(ys[k]->data + s * len, x->data + s * x_sample + offset, (size_t)len * sizeof(float));
+            offset += len;
+        }
+    }
+    return DFC_OK;
 }

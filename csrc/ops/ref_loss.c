@@ -1,45 +1,124 @@
-/* Reference kernels (stub: to be written). */
+/* Reference loss kernels: per-sample cross-entropy on logits and mean squared error. Sums in double. */
+#include <math.h>
+
 #include "ref.h"
 
-dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *loss, dfc_error *err)
+/* ---- cross-entropy ---- */
+
+static dfc_status check_cross_entropy(const char *op, const dfc_tensor *logits, const int64_t *targets,
+                                      dfc_error *err)
 {
-    (void)be;
-    (void)logits;
-    (void)targets;
-    (void)loss;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "cross_entropy_forward: not implemented on the ref backend");
+    DFC_TRY(dfc_check_ndim(logits, op, "logits", 2, 2, err));
+    const int64_t n = logits->shape[0], k = logits->shape[1];
+    if (!targets)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: targets is missing", op);
+    for (int64_t i = 0; i < n; i++) {
+        if (targets[i] < 0 || targets[i] >= k)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: targets[%lld] = %lld is out of range [0, %lld) for %lld classes",
+                            op, (long long)i, (long long)targets[i], (long long)k, (long long)k);
+    }
+    return DFC_OK;
 }
 
-dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
+/* log(sum_j exp(row_j)) with the row max taken out, so no exp() overflows. */
+static double log_sum_exp(const float *row, int64_t k)
 {
-    (void)be;
-    (void)dloss;
-    (void)logits;
-    (void)targets;
-    (void)dlogits;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "cross_entropy_backward: not implemented on the ref backend");
+    float max = row[0];
+    for (int64_t j = 1; j < k; j++)
+        max = row[j] > max ? row[j] : max;
+    double sum = 0.0;
+    for (int64_t j = 0; j < k; j++)
+        sum += exp((double)row[j] - max);
+    return max + log(sum);
 }
 
-dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss, dfc_error *err)
+/* loss[n] = logsumexp(logits[n]) - logits[n, target[n]]. */
+dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                     dfc_tensor *loss, dfc_error *err)
 {
-    (void)be;
-    (void)a;
-    (void)b;
-    (void)loss;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "mse_forward: not implemented on the ref backend");
+    const char *op = "cross_entropy";
+    DFC_TRY(check_cross_entropy(op, logits, targets, err));
+    const int64_t n = logits->shape[0], k = logits->shape[1];
+    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = logits->data + i * k;
+        loss->data[i] = (float)(log_sum_exp(row, k) - row[targets[i]]);
+    }
+    return DFC_OK;
 }
 
-dfc_status ref_mse_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err)
+dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
+                                      const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    (void)be;
-    (void)dloss;
-    (void)a;
-    (void)b;
-    (void)da;
-    (void)db;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "mse_backward: not implemented on the ref backend");
+    const char *op = "cross_entropy_backward";
+    DFC_TRY(check_cross_entropy(op, logits, targets, err));
+    const int64_t n = logits->shape[0], k = logits->shape[1];
+    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
+    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = logits->data + i * k;
+        float *drow = dlogits->data + i * k;
+        const double lse = log_sum_exp(row, k), scale = dloss->data[i];
+        for (int64_t j = 0; j < k; j++)
+            drow[j] = (float)(scale * (exp((double)row[j] - lse) - (j == targets[i] ? 1.0 : 0.0)));
+    }
+    return DFC_OK;
+}
+
+/* ---- mean squared error ---- */
+
+static dfc_status check_mse(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
+    return dfc_check_same_shape(a, b, op, "a", "b", err);
+}
+
+/* loss[n] = mean over the non-batch dims of (a - b)^2; a 1-D a has one value per sample. */
+dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
+                           dfc_error *err)
+{
+    const char *op = "mse";
+    DFC_TRY(check_mse(op, a, b, err));
+    const int64_t n = a->shape[0], m = dfc_inner_size(a, 1);
+    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *ar = a->data + i * m, *br = b->data + i * m;
+        double sum = 0.0;
+        for (int64_t j = 0; j < m; j++) {
+            const double d = (double)ar[j] - br[j];
+            sum += d * d;
+        }
+        loss->data[i] = (float)(sum / (double)m);
+    }
+    return DFC_OK;
+}
+
+/* da = dloss[n] 2 (a - b) / M, db = -da. */
+dfc_status ref_mse_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
+                            dfc_tensor *da, dfc_tensor *db, dfc_error *err)
+{
+    const char *op = "mse_backward";
+    DFC_TRY(check_mse(op, a, b, err));
+    const int64_t n = a->shape[0], m = dfc_inner_size(a, 1);
+    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
+    float *das = da && da->data ? da->data : NULL, *dbs = db && db->data ? db->data : NULL;
+    if (das)
+        DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
+    if (dbs)
+        DFC_TRY(dfc_check_same_shape(a, db, op, "a", "db", err));
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const double scale = 2.0 * dloss->data[i] / (double)m;
+        for (int64_t j = i * m; j < (i + 1) * m; j++) {
+            const double g = scale * ((double)a->data[j] - b->data[j]);
+            if (das)
+                das[j] = (float)g;
+            if (dbs)
+                dbs[j] = (float)-g;
+        }
+    }
+    return DFC_OK;
 }

@@ -1,64 +1,260 @@
-/* Reference kernels (stub: to be written). */
+/* Reference normalisation kernels: group norm (training form, per-sample statistics) and batch norm
+ * (inference form, running statistics). Statistics and reductions accumulate in double. */
+#include <math.h>
+#include <stdlib.h>
+
 #include "ref.h"
 
-dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd, dfc_error *err)
+static inline int present(const dfc_tensor *t)
 {
-    (void)be;
-    (void)x;
-    (void)gamma;
-    (void)beta;
-    (void)groups;
-    (void)eps;
-    (void)y;
-    (void)mean;
-    (void)rstd;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "group_norm_forward: not implemented on the ref backend");
+    return t && t->data;
 }
 
-dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err)
+/* ---- group norm ---- */
+
+/* x (N, C, ...), groups dividing C; gamma, beta (C) each optional; mean, rstd (N, groups) both or neither. */
+static dfc_status check_group_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma,
+                                   const dfc_tensor *beta, const dfc_tensor *mean, const dfc_tensor *rstd, int groups,
+                                   float eps, dfc_error *err)
 {
-    (void)be;
-    (void)dy;
-    (void)x;
-    (void)gamma;
-    (void)mean;
-    (void)rstd;
-    (void)groups;
-    (void)eps;
-    (void)dx;
-    (void)dgamma;
-    (void)dbeta;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "group_norm_backward: not implemented on the ref backend");
+    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
+    const int64_t n = x->shape[0], c = x->shape[1];
+    if (groups <= 0 || c % groups != 0)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: groups (%d) must be positive and divide the channel count C (%lld)",
+                        op, groups, (long long)c);
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
+    if (present(gamma))
+        DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
+    if (present(beta))
+        DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
+    if (present(mean) != present(rstd))
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: mean and rstd must be given together (got only %s)", op,
+                        present(mean) ? "mean" : "rstd");
+    const int64_t stats_shape[2] = {n, groups};
+    if (present(mean)) {
+        DFC_TRY(dfc_check_shape(mean, op, "mean", 2, stats_shape, err));
+        DFC_TRY(dfc_check_shape(rstd, op, "rstd", 2, stats_shape, err));
+    }
+    return DFC_OK;
 }
 
-dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta, const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps, dfc_tensor *y, dfc_error *err)
+/* Mean and 1/sqrt(biased variance + eps) of `count` contiguous values, two passes in double. */
+static void group_stats(const float *xs, int64_t count, double eps, double *mean_out, double *rstd_out)
 {
-    (void)be;
-    (void)x;
-    (void)gamma;
-    (void)beta;
-    (void)running_mean;
-    (void)running_var;
-    (void)eps;
-    (void)y;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "batch_norm_forward: not implemented on the ref backend");
+    double sum = 0.0;
+    for (int64_t i = 0; i < count; i++)
+        sum += xs[i];
+    const double mean = sum / (double)count;
+    double sq = 0.0;
+    for (int64_t i = 0; i < count; i++) {
+        double d = xs[i] - mean;
+        sq += d * d;
+    }
+    *mean_out = mean;
+    *rstd_out = 1.0 / sqrt(sq / (double)count + eps);
 }
 
-dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err)
+/* y = (x - mean_g) rstd_g gamma_c + beta_c over each (sample, group) block of C/groups channels. */
+dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
+                                  const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
+                                  dfc_tensor *rstd, dfc_error *err)
 {
-    (void)be;
-    (void)dy;
-    (void)x;
-    (void)gamma;
-    (void)running_mean;
-    (void)running_var;
-    (void)eps;
-    (void)dx;
-    (void)dgamma;
-    (void)dbeta;
-    (void)err;
-    return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "batch_norm_backward: not implemented on the ref backend");
+    const char *op = "group_norm";
+    DFC_TRY(check_group_norm(op, x, gamma, beta, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
+    const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
+    const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
+    const float *gs = present(gamma) ? gamma->data : NULL, *bs = present(beta) ? beta->data : NULL;
+    float *means = present(mean) ? mean->data : NULL, *rstds = present(rstd) ? rstd->data : NULL;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const float *xb = x->data + blk * count;
+        float *yb = y->data + blk * count;
+        double m, r;
+        group_stats(xb, count, eps, &m, &r);
+        const int64_t c0 = (blk % groups) * cpg;
+        for (int64_t cc = 0; cc < cpg; cc++) {
+            const double g = gs ? gs[c0 + cc] : 1.0, b = bs ? bs[c0 + cc] : 0.0;
+            for (int64_t i = cc * inner; i < (cc + 1) * inner; i++)
+                yb[i] = (float)((xb[i] - m) * r * g + b);
+        }
+        if (means) {
+            means[blk] = (float)m;
+            rstds[blk] = (float)r;
+        }
+    }
+    return DFC_OK;
+}
+
+/* With xhat = (x - mean) rstd and g = dy gamma, over each group of M values:
+ *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  dgamma_c = sum dy xhat,  dbeta_c = sum dy.
+ * Three plain loops: statistics per (sample, group), dx per (sample, group), dgamma/dbeta per channel. */
+dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                   const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
+                                   int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta,
+                                   dfc_error *err)
+{
+    const char *op = "group_norm_backward";
+    DFC_TRY(check_group_norm(op, x, gamma, NULL, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
+    const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
+    if (present(dx))
+        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
+    if (present(dgamma))
+        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
+    if (present(dbeta))
+        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
+    const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
+    const float *gs = present(gamma) ? gamma->data : NULL;
+    float *dxs = present(dx) ? dx->data : NULL;
+    float *dgs = present(dgamma) ? dgamma->data : NULL, *dbs = present(dbeta) ? dbeta->data : NULL;
+
+    double *stats = malloc((size_t)blocks * 2 * sizeof *stats); /* mean, rstd per (sample, group) */
+    if (!stats)
+        return dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate %lld statistics", op, (long long)blocks * 2);
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        if (present(mean)) {
+            stats[2 * blk] = mean->data[blk];
+            stats[2 * blk + 1] = rstd->data[blk];
+        } else {
+            group_stats(x->data + blk * count, count, eps, &stats[2 * blk], &stats[2 * blk + 1]);
+        }
+    }
+
+    if (dxs) {
+        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            const float *xb = x->data + blk * count, *dyb = dy->data + blk * count;
+            float *dxb = dxs + blk * count;
+            const double m = stats[2 * blk], r = stats[2 * blk + 1];
+            const int64_t c0 = (blk % groups) * cpg;
+            double sum_g = 0.0, sum_g_xhat = 0.0;
+            for (int64_t cc = 0; cc < cpg; cc++) {
+                const double g = gs ? gs[c0 + cc] : 1.0;
+                for (int64_t i = cc * inner; i < (cc + 1) * inner; i++) {
+                    sum_g += dyb[i] * g;
+                    sum_g_xhat += dyb[i] * g * (xb[i] - m) * r;
+                }
+            }
+            const double mean_g = sum_g / (double)count, mean_g_xhat = sum_g_xhat / (double)count;
+            for (int64_t cc = 0; cc < cpg; cc++) {
+                const double g = gs ? gs[c0 + cc] : 1.0;
+                for (int64_t i = cc * inner; i < (cc + 1) * inner; i++) {
+                    const double xhat = (xb[i] - m) * r;
+                    dxb[i] = (float)(r * (dyb[i] * g - mean_g - xhat * mean_g_xhat));
+                }
+            }
+        }
+    }
+
+    if (dgs || dbs) {
+        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+        for (int64_t ch = 0; ch < c; ch++) {
+            double sum_dy = 0.0, sum_dy_xhat = 0.0;
+            for (int64_t s = 0; s < n; s++) {
+                const int64_t blk = s * groups + ch / cpg, off = (s * c + ch) * inner;
+                const double m = stats[2 * blk], r = stats[2 * blk + 1];
+                for (int64_t i = 0; i < inner; i++) {
+                    sum_dy += dy->data[off + i];
+                    sum_dy_xhat += dy->data[off + i] * (x->data[off + i] - m) * r;
+                }
+            }
+            if (dgs)
+                dgs[ch] = (float)sum_dy_xhat;
+            if (dbs)
+                dbs[ch] = (float)sum_dy;
+        }
+    }
+    free(stats);
+    return DFC_OK;
+}
+
+/* ---- batch norm (inference) ---- */
+
+static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma,
+                                   const dfc_tensor *beta, const dfc_tensor *running_mean,
+                                   const dfc_tensor *running_var, float eps, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
+    const int64_t c = x->shape[1];
+    DFC_TRY(dfc_check_shape(running_mean, op, "running_mean", 1, &c, err));
+    DFC_TRY(dfc_check_shape(running_var, op, "running_var", 1, &c, err));
+    if (present(gamma))
+        DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
+    if (present(beta))
+        DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
+    for (int64_t ch = 0; ch < c; ch++) {
+        if (!((double)running_var->data[ch] + eps > 0.0))
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: running_var[%lld] + eps = %g must be positive", op,
+                            (long long)ch, (double)running_var->data[ch] + eps);
+    }
+    return DFC_OK;
+}
+
+dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
+                                  const dfc_tensor *beta, const dfc_tensor *running_mean,
+                                  const dfc_tensor *running_var, float eps, dfc_tensor *y, dfc_error *err)
+{
+    const char *op = "batch_norm";
+    DFC_TRY(check_batch_norm(op, x, gamma, beta, running_mean, running_var, eps, err));
+    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
+    const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
+    const float *gs = present(gamma) ? gamma->data : NULL, *bs = present(beta) ? beta->data : NULL;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t nc = 0; nc < n * c; nc++) {
+        const int64_t ch = nc % c;
+        const double inv = 1.0 / sqrt((double)running_var->data[ch] + eps);
+        const double g = gs ? gs[ch] : 1.0, b = bs ? bs[ch] : 0.0, m = running_mean->data[ch];
+        const float *xp = x->data + nc * inner;
+        float *yp = y->data + nc * inner;
+        for (int64_t i = 0; i < inner; i++)
+            yp[i] = (float)((xp[i] - m) * inv * g + b);
+    }
+    return DFC_OK;
+}
+
+/* Running statistics are constants: dx = dy gamma inv, dgamma_c = sum dy (x - mean) inv, dbeta_c = sum dy. */
+dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                   const dfc_tensor *gamma, const dfc_tensor *running_mean,
+                                   const dfc_tensor *running_var, float eps, dfc_tensor *dx, dfc_tensor *dgamma,
+                                   dfc_tensor *dbeta, dfc_error *err)
+{
+    const char *op = "batch_norm_backward";
+    DFC_TRY(check_batch_norm(op, x, gamma, NULL, running_mean, running_var, eps, err));
+    DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
+    const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
+    if (present(dx))
+        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
+    if (present(dgamma))
+        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
+    if (present(dbeta))
+        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
+    const float *gs = present(gamma) ? gamma->data : NULL;
+    float *dxs = present(dx) ? dx->data : NULL;
+    float *dgs = present(dgamma) ? dgamma->data : NULL, *dbs = present(dbeta) ? dbeta->data : NULL;
+    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double inv = 1.0 / sqrt((double)running_var->data[ch] + eps);
+        const double g = gs ? gs[ch] : 1.0, m = running_mean->data[ch];
+        double sum_dy = 0.0, sum_dy_xhat = 0.0;
+        for (int64_t s = 0; s < n; s++) {
+            const int64_t off = (s * c + ch) * inner;
+            const float *xp = x->data + off, *dyp = dy->data + off;
+            for (int64_t i = 0; i < inner; i++) {
+                sum_dy += dyp[i];
+                sum_dy_xhat += dyp[i] * (xp[i] - m) * inv;
+                if (dxs)
+                    dxs[off + i] = (float)(dyp[i] * g * inv);
+            }
+        }
+        if (dgs)
+            dgs[ch] = (float)sum_dy_xhat;
+        if (dbs)
+            dbs[ch] = (float)sum_dy;
+    }
+    return DFC_OK;
 }

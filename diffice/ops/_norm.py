@@ -1,0 +1,81 @@
+"""Normalisation ops: group norm (per-sample statistics, as torch.nn.GroupNorm) and inference batch norm."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .._native import _C
+from ._backend import get_backend
+
+__all__ = ["group_norm", "group_norm_backward", "batch_norm", "batch_norm_backward"]
+
+
+def group_norm(
+    x: np.ndarray,
+    groups: int,
+    gamma: Optional[np.ndarray] = None,
+    beta: Optional[np.ndarray] = None,
+    *,
+    eps: float = 1e-5,
+    backend: str = "cpu",
+    return_stats: bool = False,
+):
+    """Group norm over x (N, C, ...) (images (N, C, H, W), sequences (N, C, T)); ``groups`` must divide C.
+
+    Each (sample, group) block of C/groups channels is normalised by its mean and biased variance:
+    y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c]. gamma, beta: (C,) or None (1 and 0).
+    Returns y (x's shape), or (y, mean, rstd) with mean, rstd = 1/sqrt(var + eps) of shape (N, groups) when
+    return_stats is true (pass them to group_norm_backward to skip recomputing them).
+    """
+    y, mean, rstd = _C.group_norm_forward(get_backend(backend), x, int(groups), gamma, beta, float(eps))
+    return (y, mean, rstd) if return_stats else y
+
+
+def group_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    groups: int,
+    gamma: Optional[np.ndarray] = None,
+    *,
+    eps: float = 1e-5,
+    mean: Optional[np.ndarray] = None,
+    rstd: Optional[np.ndarray] = None,
+    backend: str = "cpu",
+):
+    """Gradients of group_norm given dy (x's shape): returns (dx, dgamma, dbeta).
+
+    dgamma, dbeta (C,) are None when gamma is None (no affine parameters). mean, rstd (N, groups): the saved
+    statistics from group_norm(..., return_stats=True), or None to recompute them from x with eps.
+    """
+    return _C.group_norm_backward(get_backend(backend), dy, x, int(groups), gamma, mean, rstd, float(eps))
+
+
+def batch_norm(
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: Optional[np.ndarray] = None,
+    beta: Optional[np.ndarray] = None,
+    *,
+    eps: float = 1e-5,
+    backend: str = "cpu",
+) -> np.ndarray:
+    """Inference batch norm over x (N, C, ...): y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * gamma[c]
+    + beta[c]. running_mean, running_var, gamma, beta: (C,); gamma, beta None mean 1 and 0."""
+    return _C.batch_norm_forward(get_backend(backend), x, running_mean, running_var, gamma, beta, float(eps))
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: Optional[np.ndarray] = None,
+    *,
+    eps: float = 1e-5,
+    backend: str = "cpu",
+):
+    """Gradients of batch_norm (running statistics are constants): returns (dx (x's shape), dgamma (C,),
+    dbeta (C,)). dgamma is the gradient of the scale even when gamma is None (then taken as 1)."""
+    return _C.batch_norm_backward(get_backend(backend), dy, x, running_mean, running_var, gamma, float(eps))

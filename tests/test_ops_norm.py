@@ -1,0 +1,155 @@
+"""Group norm and inference batch norm against PyTorch autograd (float64 reference)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffice import ops
+from conftest import BACKENDS, randn, rel_err, t64
+
+GN_TOL = 1e-4  # the brief's group-norm tolerance; measured errors are ~1e-6
+
+GN_CASES = [
+    # (shape, groups)
+    ((3, 64, 13, 19), 32),
+    ((3, 96, 13, 19), 32),
+    ((2, 96, 29), 32),
+    ((3, 35, 13, 19), 1),
+    ((3, 35, 13, 19), 5),
+    ((3, 35, 13, 19), 7),
+    ((3, 35, 29), 5),
+    ((3, 35, 29), 35),
+    ((4, 12), 3),
+]
+
+
+def _gn_reference(x, groups, gamma, beta, dy, eps=1e-5):
+    xt = t64(x, requires_grad=True)
+    gt = t64(gamma, requires_grad=True) if gamma is not None else None
+    bt = t64(beta, requires_grad=True) if beta is not None else None
+    yt = F.group_norm(xt, groups, gt, bt, eps=eps)
+    yt.backward(t64(dy))
+    return yt, xt.grad, gt.grad if gt is not None else None, bt.grad if bt is not None else None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, groups", GN_CASES)
+def test_group_norm_affine(rng, backend, shape, groups):
+    c = shape[1]
+    x = randn(rng, *shape, scale=2.0) + np.float32(0.5)
+    gamma, beta, dy = randn(rng, c), randn(rng, c), randn(rng, *shape)
+    yt, dxt, dgt, dbt = _gn_reference(x, groups, gamma, beta, dy)
+    y, mean, rstd = ops.group_norm(x, groups, gamma, beta, backend=backend, return_stats=True)
+    assert mean.shape == rstd.shape == (shape[0], groups)
+    assert rel_err(y, yt) <= GN_TOL
+    xg = t64(x).reshape(shape[0], groups, -1)
+    assert rel_err(mean, xg.mean(-1)) <= 1e-6
+    assert rel_err(rstd, 1.0 / torch.sqrt(xg.var(-1, unbiased=False) + 1e-5)) <= 1e-6
+    # with the saved statistics and recomputing them
+    for saved in [dict(mean=mean, rstd=rstd), {}]:
+        dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, backend=backend, **saved)
+        assert rel_err(dx, dxt) <= GN_TOL
+        assert rel_err(dgamma, dgt) <= GN_TOL
+        assert rel_err(dbeta, dbt) <= GN_TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_without_affine(rng, backend):
+    shape, groups = (3, 35, 13, 19), 7
+    x, dy = randn(rng, *shape), randn(rng, *shape)
+    yt, dxt, _, _ = _gn_reference(x, groups, None, None, dy, eps=1e-3)
+    assert rel_err(ops.group_norm(x, groups, eps=1e-3, backend=backend), yt) <= GN_TOL
+    dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, eps=1e-3, backend=backend)
+    assert dgamma is None and dbeta is None
+    assert rel_err(dx, dxt) <= GN_TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_large_mean_small_spread(rng, backend):
+    # |mean| >> std: a naive E[x^2] - E[x]^2 in float would cancel catastrophically.
+    shape, groups = (2, 64, 11, 13), 32
+    x = randn(rng, *shape, scale=0.01) + np.float32(300.0)
+    gamma, beta, dy = randn(rng, 64), randn(rng, 64), randn(rng, *shape)
+    yt, dxt, dgt, dbt = _gn_reference(x, groups, gamma, beta, dy)
+    assert rel_err(ops.group_norm(x, groups, gamma, beta, backend=backend), yt) <= GN_TOL
+    dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, backend=backend)
+    assert rel_err(dx, dxt) <= GN_TOL
+    assert rel_err(dgamma, dgt) <= GN_TOL
+    assert rel_err(dbeta, dbt) <= GN_TOL
+
+
+def test_group_norm_backends_agree(rng):
+    x, dy = randn(rng, 3, 64, 13, 19), randn(rng, 3, 64, 13, 19)
+    gamma, beta = randn(rng, 64), randn(rng, 64)
+    y_ref = ops.group_norm(x, 32, gamma, beta, backend="ref")
+    y_cpu = ops.group_norm(x, 32, gamma, beta, backend="cpu")
+    assert rel_err(y_cpu, y_ref) <= 1e-6
+    for got, want in zip(ops.group_norm_backward(dy, x, 32, gamma, backend="cpu"),
+                         ops.group_norm_backward(dy, x, 32, gamma, backend="ref")):
+        assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_bad_inputs(backend):
+    x = np.zeros((2, 35, 4, 4), np.float32)
+    with pytest.raises(ValueError) as info:
+        ops.group_norm(x, 32, backend=backend)
+    assert "group_norm" in str(info.value) and "groups (32)" in str(info.value) and "35" in str(info.value)
+    with pytest.raises(ValueError, match="groups"):
+        ops.group_norm(x, 0, backend=backend)
+    with pytest.raises(ValueError, match="group_norm: gamma"):
+        ops.group_norm(x, 5, np.ones(34, np.float32), backend=backend)
+    with pytest.raises(ValueError, match="group_norm: beta"):
+        ops.group_norm(x, 5, None, np.ones((35, 1), np.float32), backend=backend)
+    with pytest.raises(TypeError, match="group_norm: x.*float32"):
+        ops.group_norm(x.astype(np.float64), 5, backend=backend)
+    with pytest.raises(ValueError, match="group_norm: x"):
+        ops.group_norm(np.zeros(35, np.float32), 5, backend=backend)
+    with pytest.raises(ValueError, match="group_norm_backward: dy"):
+        ops.group_norm_backward(np.zeros((2, 35, 4, 5), np.float32), x, 5, backend=backend)
+    with pytest.raises(ValueError, match="group_norm_backward: mean"):
+        ops.group_norm_backward(x, x, 5, mean=np.zeros((2, 7), np.float32), rstd=np.ones((2, 5), np.float32),
+                                backend=backend)
+    with pytest.raises(ValueError, match="mean and rstd"):
+        ops.group_norm_backward(x, x, 5, mean=np.zeros((2, 5), np.float32), backend=backend)
+
+
+# ---- batch norm ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 7, 13, 19), (3, 11, 29), (5, 11)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_inference(rng, backend, shape, affine):
+    c = shape[1]
+    x, dy = randn(rng, *shape, scale=2.0), randn(rng, *shape)
+    rmean = randn(rng, c)
+    rvar = (rng.random(c) * 2 + 0.1).astype(np.float32)
+    gamma, beta = (randn(rng, c), randn(rng, c)) if affine else (None, None)
+    eps = 1.001e-5
+    xt = t64(x, requires_grad=True)
+    gt = t64(gamma if affine else np.ones(c, np.float32), requires_grad=True)
+    bt = t64(beta if affine else np.zeros(c, np.float32), requires_grad=True)
+    yt = F.batch_norm(xt, t64(rmean), t64(rvar), gt, bt, training=False, eps=eps)
+    yt.backward(t64(dy))
+    y = ops.batch_norm(x, rmean, rvar, gamma, beta, eps=eps, backend=backend)
+    assert rel_err(y, yt) <= 1e-5
+    dx, dgamma, dbeta = ops.batch_norm_backward(dy, x, rmean, rvar, gamma, eps=eps, backend=backend)
+    assert rel_err(dx, xt.grad) <= 1e-5
+    assert rel_err(dgamma, gt.grad) <= 1e-5
+    assert rel_err(dbeta, bt.grad) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_bad_inputs(backend):
+    x = np.zeros((2, 5, 4, 4), np.float32)
+    ones = np.ones(5, np.float32)
+    with pytest.raises(ValueError, match="batch_norm: running_mean"):
+        ops.batch_norm(x, np.zeros(4, np.float32), ones, backend=backend)
+    with pytest.raises(ValueError, match="batch_norm: running_var"):
+        ops.batch_norm(x, ones, -ones, backend=backend)
+    with pytest.raises(ValueError, match="batch_norm: gamma"):
+        ops.batch_norm(x, ones, ones, np.ones(6, np.float32), backend=backend)
+    with pytest.raises(TypeError, match="batch_norm: running_var"):
+        ops.batch_norm(x, ones, ones.astype(np.float64), backend=backend)
+    with pytest.raises(ValueError, match="batch_norm_backward: dy"):
+        ops.batch_norm_backward(np.zeros((2, 5, 4, 3), np.float32), x, ones, ones, backend=backend)
