@@ -5,8 +5,10 @@ the fast ones are tested against). Inputs must be float32, C-contiguous and fini
 TypeError/ValueError naming the argument. Backward functions return gradients with respect to the inputs
 (and parameters), given the gradient ``dy`` of the output.
 """
-from . import _elementwise
+from . import _attention, _elementwise, _spatial
+from ._attention import *  # noqa: F401,F403
 from ._backend import BACKENDS, get_backend
 from ._elementwise import *  # noqa: F401,F403
+from ._spatial import *  # noqa: F401,F403
 
-__all__ = ["BACKENDS", "get_backend", *_elementwise.__all__]
+__all__ = ["BACKENDS", "get_backend", *_elementwise.__all__, *_spatial.__all__, *_attention.__all__]
