@@ -1,0 +1,126 @@
+"""Spatial ops on NCHW float32 arrays: nearest x2 upsample, average / max / global pooling, bilinear resize."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+
+from .._native import _C
+from ._backend import get_backend
+
+__all__ = [
+    "upsample_nearest2x",
+    "upsample_nearest2x_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "resize_bilinear",
+    "resize_bilinear_backward",
+]
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def _pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
+    """An int or a pair of ints as (height, width)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def _shape4(shape: Sequence[int], op: str, name: str = "x_shape") -> Tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a sequence of 4 ints (N, C, H, W), got {shape!r}") from None
+    if len(dims) != 4:
+        raise ValueError(f"{op}: {name} must have 4 entries (N, C, H, W), got {shape!r}")
+    return dims  # type: ignore[return-value]
+
+
+def upsample_nearest2x(x: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """Nearest-neighbour upsampling by 2: x (N, C, H, W) -> (N, C, 2H, 2W), each pixel copied to a 2x2 block
+    (F.interpolate(x, scale_factor=2, mode="nearest"))."""
+    return _C.upsample_nearest2x_forward(get_backend(backend), x)
+
+
+def upsample_nearest2x_backward(dy: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of upsample_nearest2x: dy (N, C, 2H, 2W) -> dx (N, C, H, W), the sum of each 2x2 block."""
+    return _C.upsample_nearest2x_backward(get_backend(backend), dy)
+
+
+def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, *, backend: str = "cpu"
+               ) -> np.ndarray:
+    """Average pooling without padding, floor mode (torch AvgPool2d(kernel, stride)).
+
+    x (N, C, H, W) -> (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). kernel and stride are ints or (h, w) pairs;
+    stride defaults to kernel.
+    """
+    k = _pair(kernel, "avg_pool2d", "kernel")
+    s = k if stride is None else _pair(stride, "avg_pool2d", "stride")
+    return _C.avg_pool2d_forward(get_backend(backend), x, k, s)
+
+
+def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel: IntPair = 2, stride: IntPair | None = None,
+                        *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of avg_pool2d: dy (N, C, Ho, Wo) -> dx of x_shape (N, C, H, W). Rows and columns no window covers
+    (odd sizes) get zero."""
+    op = "avg_pool2d_backward"
+    k = _pair(kernel, op, "kernel")
+    s = k if stride is None else _pair(stride, op, "stride")
+    return _C.avg_pool2d_backward(get_backend(backend), dy, _shape4(x_shape, op), k, s)
+
+
+def max_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *,
+               backend: str = "cpu") -> np.ndarray:
+    """Max pooling with implicit -inf padding, floor mode (torch MaxPool2d(kernel, stride, padding)).
+
+    x (N, C, H, W) -> (N, C, (H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1). stride defaults to kernel;
+    padding must be at most half the kernel.
+    """
+    k = _pair(kernel, "max_pool2d", "kernel")
+    s = k if stride is None else _pair(stride, "max_pool2d", "stride")
+    p = _pair(padding, "max_pool2d", "padding")
+    return _C.max_pool2d_forward(get_backend(backend), x, k, s, p)
+
+
+def max_pool2d_backward(dy: np.ndarray, x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None,
+                        padding: IntPair = 0, *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of max_pool2d at x: each dy element goes to its window's first maximum in row-major scan order
+    (PyTorch's rule), recomputed from x. Returns dx of x's shape."""
+    op = "max_pool2d_backward"
+    k = _pair(kernel, op, "kernel")
+    s = k if stride is None else _pair(stride, op, "stride")
+    p = _pair(padding, op, "padding")
+    return _C.max_pool2d_backward(get_backend(backend), dy, x, k, s, p)
+
+
+def global_avg_pool(x: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """Mean over height and width: x (N, C, H, W) -> (N, C)."""
+    return _C.global_avg_pool_forward(get_backend(backend), x)
+
+
+def global_avg_pool_backward(dy: np.ndarray, x_shape: Sequence[int], *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of global_avg_pool: dy (N, C) -> dx of x_shape (N, C, H, W), dy / (H W) everywhere."""
+    op = "global_avg_pool_backward"
+    return _C.global_avg_pool_backward(get_backend(backend), dy, _shape4(x_shape, op))
+
+
+def resize_bilinear(x: np.ndarray, size: Tuple[int, int], *, backend: str = "cpu") -> np.ndarray:
+    """Bilinear resize to size=(H_out, W_out), align_corners=False, no antialiasing: exactly
+    F.interpolate(x, size=size, mode="bilinear", align_corners=False). Up or down, any aspect ratio.
+    x (N, C, H, W) -> (N, C, H_out, W_out)."""
+    return _C.resize_bilinear_forward(get_backend(backend), x, _pair(size, "resize_bilinear", "size"))
+
+
+def resize_bilinear_backward(dy: np.ndarray, x_shape: Sequence[int], *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of resize_bilinear: dy (N, C, H_out, W_out) -> dx of x_shape (N, C, H, W)."""
+    op = "resize_bilinear_backward"
+    return _C.resize_bilinear_backward(get_backend(backend), dy, _shape4(x_shape, op))
