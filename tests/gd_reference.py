@@ -22,8 +22,9 @@ def timestep_embedding(timesteps, dim, max_period=10000):
 
 
 class GroupNorm32(nn.GroupNorm):
+    # upstream computes in float32 for its fp16 mode; this reference runs in float64 throughout
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(x)
 
 
 def normalization(channels):
@@ -203,7 +204,8 @@ class UNetModel(nn.Module):
 
     def forward(self, x, timesteps):
         hs = []
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        # the embedding is computed in float32 as upstream, then used at the model's precision
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         h = x
         for module in self.input_blocks:
             h = module(h, emb)

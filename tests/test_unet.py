@@ -11,7 +11,9 @@ from gd_reference import UNetModel
 
 
 def small_config(scale_shift=True, updown=True, new_order=False, learn_sigma=True, in_channels=1, **over):
-    cfg = dict(in_channels=in_channels, model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
+    # 64 channels: with 32 (one channel per GroupNorm group) some gradients are exactly zero, which fp32 only
+    # reproduces to round-off, so nothing could be said about their relative error
+    cfg = dict(in_channels=in_channels, model_channels=64, num_res_blocks=1, channel_mult=(1, 2),
                attention_resolutions=(2,), num_heads=2, num_head_channels=-1, num_heads_upsample=-1,
                use_new_attention_order=new_order, use_scale_shift_norm=scale_shift, resblock_updown=updown,
                learn_sigma=learn_sigma)
@@ -36,9 +38,9 @@ def test_forward_vjp_and_weight_gradients_match_pytorch(rng, scale_shift, updown
     cfg = small_config(scale_shift, updown, new_order, learn_sigma, in_channels)
     unet = UNet.random(cfg, seed=int(rng.integers(1 << 30)))
     model = torch_model(unet)
-    x = randn(rng, 3, in_channels, 48, 64)
+    x = randn(rng, 3, in_channels, 32, 40)
     t = np.array([0, 999, 298])
-    v = randn(rng, 3, unet.config["out_channels"], 48, 64)
+    v = randn(rng, 3, unet.config["out_channels"], 32, 40)
 
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     y_ref = model(xt, torch.from_numpy(t))
@@ -48,23 +50,43 @@ def test_forward_vjp_and_weight_gradients_match_pytorch(rng, scale_shift, updown
     dx, grads = unet.gradients(x, t, v)
     assert rel_err(dx, xt.grad) <= 1e-4
     assert rel_err(unet.vjp(x, t, v), xt.grad) <= 1e-4
-    worst = max((rel_err(grads[name], p.grad), name) for name, p in model.named_parameters())
+    assert worst_module_gradient_error(grads, model) <= 1e-4
+
+
+def worst_module_gradient_error(grads, model):
+    """Largest relative error of a module's parameter gradients (weight and bias together).
+
+    Per module rather than per tensor: a conv bias followed by a one-channel-per-group GroupNorm has an exactly
+    zero gradient, which fp32 reproduces only to round-off relative to the module's other gradients.
+    """
+    modules = {}
+    for name, p in model.named_parameters():
+        modules.setdefault(name.rsplit(".", 1)[0], []).append((grads[name].ravel(), p.grad.numpy().ravel()))
+    errors = []
+    for module, pairs in modules.items():
+        got = np.concatenate([g for g, _ in pairs])
+        want = np.concatenate([w for _, w in pairs])
+        errors.append((rel_err(got, want), module))
+    worst = max(errors)
     assert worst[0] <= 1e-4, worst
+    return worst[0]
 
 
 def test_four_levels_non_square_and_head_channels(rng):
-    cfg = small_config(channel_mult=(1, 1, 2, 2), attention_resolutions=(4, 8), num_head_channels=32,
-                       num_res_blocks=2, in_channels=1)
+    cfg = small_config(model_channels=32, channel_mult=(2, 2, 4, 4), attention_resolutions=(4, 8),
+                       num_head_channels=32, num_res_blocks=2, in_channels=1)
     unet = UNet.random(cfg, seed=3)
     model = torch_model(unet)
-    x = randn(rng, 2, 1, 32, 40)
+    x = randn(rng, 2, 1, 48, 64)
     t = np.array([5, 600])
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     y_ref = model(xt, torch.from_numpy(t))
     v = randn(rng, *y_ref.shape)
     (y_ref * torch.from_numpy(v).double()).sum().backward()
     assert rel_err(unet.forward(x, t), y_ref) <= 1e-4
-    assert rel_err(unet.vjp(x, t, v), xt.grad) <= 1e-4
+    dx, grads = unet.gradients(x, t, v)
+    assert rel_err(dx, xt.grad) <= 1e-4
+    assert worst_module_gradient_error(grads, model) <= 1e-4
 
 
 @pytest.mark.parametrize("attention, tensors, params", [
@@ -89,7 +111,8 @@ def test_six_level_count_and_keys_match_pytorch():
 
 @pytest.mark.parametrize("flags", FLAGS[::3])
 def test_infer_config_roundtrip(flags):
-    cfg = small_config(*flags, channel_mult=(1, 2, 3), attention_resolutions=(1, 4), num_res_blocks=2)
+    cfg = small_config(*flags, channel_mult=(1, 2, 3), attention_resolutions=(1, 4), num_res_blocks=2,
+                       model_channels=32)
     unet = UNet(cfg)
     inferred = infer_config(unet.state_dict(), num_heads=2, use_new_attention_order=flags[2])
     assert inferred == unet.config
@@ -112,8 +135,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="channels"):
         unet.forward(np.zeros((1, 3, 16, 16), np.float32), [0])
     with pytest.raises(ValueError, match="multiples"):
-        unet.forward(np.zeros((1, 1, 18, 16), np.float32), [0])
+        unet.forward(np.zeros((1, 1, 17, 16), np.float32), [0])
     with pytest.raises(ValueError, match="timesteps|shape"):
         unet.forward(np.zeros((2, 1, 16, 16), np.float32), [0, 1, 2])
     with pytest.raises(ValueError, match="GroupNorm32"):
-        UNet(small_config(model_channels=48))
+        UNet(small_config(model_channels=40))
