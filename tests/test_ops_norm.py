@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from diffice import ops
 from conftest import BACKENDS, randn, rel_err, t64
 
-GN_TOL = 1e-4  # the brief's group-norm tolerance; measured errors are ~1e-6
+GN_TOL = 1e-5  # tighter than the project's 1e-4 for group norm: measured errors are ~2e-7
 
 GN_CASES = [
     # (shape, groups)
@@ -73,6 +73,20 @@ def test_group_norm_large_mean_small_spread(rng, backend):
     yt, dxt, dgt, dbt = _gn_reference(x, groups, gamma, beta, dy)
     assert rel_err(ops.group_norm(x, groups, gamma, beta, backend=backend), yt) <= GN_TOL
     dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, backend=backend)
+    assert rel_err(dx, dxt) <= GN_TOL
+    assert rel_err(dgamma, dgt) <= GN_TOL
+    assert rel_err(dbeta, dbt) <= GN_TOL
+
+
+def test_group_norm_unet_like_size(rng):
+    # A UNet level's group size (4 channels x 56 x 72 = 16128 values per group): long sums must stay accurate.
+    shape, groups = (2, 128, 56, 72), 32
+    x = randn(rng, *shape, scale=3.0) + np.float32(1.0)
+    gamma, beta, dy = randn(rng, 128), randn(rng, 128), randn(rng, *shape)
+    yt, dxt, dgt, dbt = _gn_reference(x, groups, gamma, beta, dy)
+    y, mean, rstd = ops.group_norm(x, groups, gamma, beta, backend="cpu", return_stats=True)
+    assert rel_err(y, yt) <= GN_TOL
+    dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, mean=mean, rstd=rstd, backend="cpu")
     assert rel_err(dx, dxt) <= GN_TOL
     assert rel_err(dgamma, dgt) <= GN_TOL
     assert rel_err(dbeta, dbt) <= GN_TOL

@@ -129,10 +129,15 @@ static const char *binary_name(dfc_binary kind)
     return kind == DFC_BINARY_ADD ? "add" : kind == DFC_BINARY_MUL ? "mul" : "binary";
 }
 
-/* b must have a's ndim with each dim 1 or equal to a's. Fills b's element strides, 0 on broadcast dims, over the
- * 4 padded dims (unused trailing dims have size 1 in both). */
-static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc_tensor *b,
-                                  int64_t b_strides[DFC_MAX_DIMS], dfc_error *err)
+/* a's and b's shapes right-aligned to 4 dims (leading 1s, so the last real dim is the contiguous inner loop),
+ * and b's element strides over them, 0 on broadcast dims. */
+typedef struct {
+    int64_t a[DFC_MAX_DIMS], b[DFC_MAX_DIMS], b_stride[DFC_MAX_DIMS];
+} broadcast_dims;
+
+/* b must have a's ndim with each dim 1 or equal to a's. */
+static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc_tensor *b, broadcast_dims *bd,
+                                  dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_ndim(b, op, "b", 1, DFC_MAX_DIMS, err));
@@ -145,10 +150,15 @@ static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc
                         "%s: b with shape %s cannot be broadcast to a's shape %s (b needs a's number of dimensions, "
                         "each 1 or equal to a's)", op, dfc_shape_str(b, sb, sizeof sb), dfc_shape_str(a, sa, sizeof sa));
     }
+    const int lead = DFC_MAX_DIMS - a->ndim;
+    for (int d = 0; d < DFC_MAX_DIMS; d++) {
+        bd->a[d] = d < lead ? 1 : a->shape[d - lead];
+        bd->b[d] = d < lead ? 1 : b->shape[d - lead];
+    }
     int64_t stride = 1;
     for (int d = DFC_MAX_DIMS - 1; d >= 0; d--) {
-        b_strides[d] = b->shape[d] == 1 ? 0 : stride;
-        stride *= b->shape[d];
+        bd->b_stride[d] = bd->b[d] == 1 ? 0 : stride;
+        stride *= bd->b[d];
     }
     return DFC_OK;
 }
@@ -160,23 +170,29 @@ static dfc_status check_binary_kind(dfc_binary kind, dfc_error *err)
     return DFC_OK;
 }
 
+/* Start of b's row for row r (dims 0..2) of a. */
+static inline const float *b_row(const broadcast_dims *bd, const float *b, int64_t r)
+{
+    const int64_t *sh = bd->a, *bs = bd->b_stride;
+    const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
+    return b + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
+}
+
 dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b,
                               dfc_tensor *y, dfc_error *err)
 {
     const char *op = binary_name(kind);
-    int64_t bs[DFC_MAX_DIMS];
+    broadcast_dims bd;
     DFC_TRY(check_binary_kind(kind, err));
-    DFC_TRY(check_broadcast(op, a, b, bs, err));
+    DFC_TRY(check_broadcast(op, a, b, &bd, err));
     DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
-    const int64_t *sh = a->shape;
-    const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3];
+    const int64_t rows = bd.a[0] * bd.a[1] * bd.a[2], cols = bd.a[3], step = bd.b_stride[3];
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
-        const float *ar = a->data + r * cols, *br = b->data + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
+        const float *ar = a->data + r * cols, *br = b_row(&bd, b->data, r);
         float *yr = y->data + r * cols;
         for (int64_t j = 0; j < cols; j++) {
-            const float bv = br[j * bs[3]];
+            const float bv = br[j * step];
             yr[j] = kind == DFC_BINARY_ADD ? ar[j] + bv : ar[j] * bv;
         }
     }
@@ -188,22 +204,20 @@ dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor
 dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tensor *dy, const dfc_tensor *a,
                                const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err)
 {
-    char name[32];
-    snprintf(name, sizeof name, "%s_backward", binary_name(kind));
-    const char *op = name;
-    int64_t bs[DFC_MAX_DIMS];
+    char op[32];
+    snprintf(op, sizeof op, "%s_backward", binary_name(kind));
+    broadcast_dims bd;
     DFC_TRY(check_binary_kind(kind, err));
-    DFC_TRY(check_broadcast(op, a, b, bs, err));
+    DFC_TRY(check_broadcast(op, a, b, &bd, err));
     DFC_TRY(dfc_check_same_shape(a, dy, op, "a", "dy", err));
     if (da && da->data)
         DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
     if (db && db->data)
         DFC_TRY(dfc_check_same_shape(b, db, op, "b", "db", err));
-    const int64_t *sh = a->shape, *bsh = b->shape;
-    /* a's strides, to walk the broadcast dims under one element of b. */
-    const int64_t as[DFC_MAX_DIMS] = {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1};
+    const int64_t *sh = bd.a, *bsh = bd.b;
     if (db && db->data) {
         /* For each element of b, sum over the a-indices that map to it: dims where b is 1 but a is not. */
+        const int64_t as[DFC_MAX_DIMS] = {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1}; /* a's strides */
         int64_t rep[DFC_MAX_DIMS];
         for (int d = 0; d < DFC_MAX_DIMS; d++)
             rep[d] = bsh[d] == 1 ? sh[d] : 1;
@@ -225,14 +239,13 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
         }
     }
     if (da && da->data) {
-        const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3];
+        const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3], step = bd.b_stride[3];
         #pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
-            const float *dyr = dy->data + r * cols, *br = b->data + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
+            const float *dyr = dy->data + r * cols, *br = b_row(&bd, b->data, r);
             float *dar = da->data + r * cols;
             for (int64_t j = 0; j < cols; j++)
-                dar[j] = kind == DFC_BINARY_ADD ? dyr[j] : dyr[j] * br[j * bs[3]];
+                dar[j] = kind == DFC_BINARY_ADD ? dyr[j] : dyr[j] * br[j * step];
         }
     }
     return DFC_OK;
