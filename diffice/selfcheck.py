@@ -1,0 +1,86 @@
+"""`diffice check`: every op on the fast CPU backend against the plain C reference kernels, on random inputs.
+
+A quick way to see that an installation computes what it should (the test suite compares with PyTorch).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+from . import ops
+
+
+def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
+    def r(*shape):  # inputs are drawn once, before any op runs, so both backends see the same ones
+        return rng.standard_normal(shape).astype(np.float32)
+
+    x, w, b = r(3, 7, 13, 19), r(11, 7, 3, 3), r(11)
+    dy_conv = r(3, 11, 7, 10)
+    m, lw, lb = r(5, 24), r(9, 24), r(9)
+    g = r(3, 64, 13, 19)
+    gamma, beta = r(64), r(64)
+    qkv = r(2, 3 * 64, 35)
+    logits, targets = r(6, 5), rng.integers(0, 5, 6)
+    dy_linear, bn_mean, bn_var, bn_gamma, bn_beta = r(5, 9), r(7), np.abs(r(7)) + 0.1, r(7), r(7)
+    per_channel, per_sample_channel, dy_attention = r(7), r(3, 7, 1, 1), r(2, 64, 35)
+    return [
+        ("conv2d", lambda be: ops.conv2d(x, w, b, stride=2, padding=1, backend=be)),
+        ("conv2d_backward_input", lambda be: ops.conv2d_backward_input(dy_conv, w, x.shape, stride=2, padding=1,
+                                                                       backend=be)),
+        ("conv2d_backward_weight", lambda be: ops.conv2d_backward_weight(dy_conv, x, w.shape, stride=2, padding=1,
+                                                                         backend=be)),
+        ("linear", lambda be: ops.linear(m, lw, lb, backend=be)),
+        ("linear_backward", lambda be: (ops.linear_backward_input(dy_linear, lw, backend=be),)),
+        ("group_norm", lambda be: ops.group_norm(g, 32, gamma, beta, backend=be)),
+        ("group_norm_backward", lambda be: ops.group_norm_backward(g, g, 32, gamma, backend=be)),
+        ("batch_norm", lambda be: ops.batch_norm(x, bn_mean, bn_var, bn_gamma, bn_beta, backend=be)),
+        ("silu / backward", lambda be: (ops.silu(x, backend=be), ops.silu_backward(x, x, backend=be))),
+        ("softmax / backward", lambda be: (ops.softmax(x, backend=be), ops.softmax_backward(x, x, backend=be))),
+        ("add / mul broadcast", lambda be: (ops.add(x, per_channel, backend=be),
+                                                  ops.mul(x, per_sample_channel, backend=be))),
+        ("concat / split", lambda be: (ops.concat([x, x], backend=be), *ops.split(x, [3, 4], backend=be))),
+        ("upsample_nearest2x", lambda be: ops.upsample_nearest2x(x, backend=be)),
+        ("avg_pool2d", lambda be: ops.avg_pool2d(x, 2, backend=be)),
+        ("max_pool2d 3x3/2", lambda be: ops.max_pool2d(x, 3, 2, 1, backend=be)),
+        ("global_avg_pool", lambda be: ops.global_avg_pool(x, backend=be)),
+        ("resize_bilinear", lambda be: ops.resize_bilinear(x, (29, 7), backend=be)),
+        ("attention (legacy)", lambda be: ops.attention(qkv, 4, backend=be)),
+        ("attention_backward", lambda be: ops.attention_backward(dy_attention, qkv, 4, legacy_order=False,
+                                                                 backend=be)),
+        ("timestep_embedding", lambda be: ops.timestep_embedding(np.array([0, 298, 999]), 128, backend=be)),
+        ("cross_entropy / backward", lambda be: (np.float32(ops.cross_entropy(logits, targets, backend=be)),
+                                                 ops.cross_entropy_backward(logits, targets, backend=be))),
+        ("mse / backward", lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)),
+                                       *ops.mse_backward(x, x * 0.5, backend=be))),
+    ]
+
+
+def _flatten(result) -> List[np.ndarray]:
+    if isinstance(result, (tuple, list)):
+        return [np.asarray(a) for a in result if a is not None]
+    return [np.asarray(result)]
+
+
+def run_selfcheck(seed: int = 0, tolerance: float = 1e-4, verbose: bool = True) -> bool:
+    """Runs every op on 'cpu' and 'ref'; True when all agree within `tolerance` (max error / max magnitude)."""
+    rng = np.random.default_rng(seed)
+    ok = True
+    rows = []
+    for name, fn in _cases(rng):
+        t0 = time.perf_counter()
+        fast = _flatten(fn("cpu"))
+        t1 = time.perf_counter()
+        ref = _flatten(fn("ref"))
+        t2 = time.perf_counter()
+        err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(fast, ref))
+        passed = err <= tolerance and all(a.shape == b.shape for a, b in zip(fast, ref))
+        ok &= passed
+        rows.append((name, err, (t1 - t0) * 1e3, (t2 - t1) * 1e3, passed))
+    if verbose:
+        print(f"{'op':28s} {'rel. diff':>10s} {'cpu ms':>8s} {'ref ms':>8s}")
+        for name, err, tc, tr, passed in rows:
+            print(f"{name:28s} {err:10.2e} {tc:8.2f} {tr:8.2f}  {'ok' if passed else 'MISMATCH'}")
+        print("all ops agree" if ok else "some ops disagree")
+    return ok
