@@ -1,0 +1,125 @@
+"""Weight files: safetensors (read/write), numpy .npz and PyTorch checkpoints (read), all parsed in C.
+
+Every loader returns ``dict[str, np.ndarray]``: float32 arrays keyed by PyTorch module path, in file order.
+float16/bfloat16/float64 and integer tensors are converted to float32 (float16/bfloat16 exactly).
+
+Nothing in a file is ever executed: PyTorch checkpoints are read by a restricted unpickler that only knows the
+globals ``torch.save`` writes for a state_dict and refuses any other by name. torch is not needed at runtime.
+
+Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError, a malformed file ValueError whose
+message starts with the path and names the problem.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from typing import Union
+
+import numpy as np
+
+from ._native import _C
+
+__all__ = [
+    "load_weights",
+    "load_safetensors",
+    "load_safetensors_metadata",
+    "save_safetensors",
+    "load_npz",
+    "load_torch",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _checked_path(path: PathLike) -> str:
+    if isinstance(path, bytes):
+        raise TypeError("path must be a str or os.PathLike, got bytes")
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.path.exists(p):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)
+    if os.path.isdir(p):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), p)
+    return p
+
+
+def _load(path: PathLike, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    return _C.load_weights(_checked_path(path), fmt)
+
+
+def load_weights(path: PathLike) -> dict[str, np.ndarray]:
+    """Loads any supported weights file, choosing the format from its first bytes (not its extension).
+
+    A zip holding ``<archive>/data.pkl`` is a PyTorch checkpoint, a zip of ``.npy`` members an npz, a pickle a
+    legacy PyTorch checkpoint; anything else is read as safetensors.
+    """
+    return _load(path, "auto")[0]
+
+
+def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
+    """Reads a .safetensors file (dtypes F32/F16/BF16/F64 and integer/bool, all returned as float32)."""
+    return _load(path, "safetensors")[0]
+
+
+def load_safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """The ``__metadata__`` string map of a .safetensors file ({} when it has none)."""
+    return _load(path, "safetensors")[1]
+
+
+def load_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """Reads an .npz (np.savez or np.savez_compressed) like np.load: keys lose ".npy" ("arr_0").
+
+    Little-endian float16/32/64, integer and bool arrays are returned as float32; fortran-ordered arrays are
+    returned C-ordered with the same values. Big-endian, object and structured dtypes raise ValueError.
+    """
+    return _load(path, "npz")[0]
+
+
+def load_torch(path: PathLike) -> dict[str, np.ndarray]:
+    """Reads a ``torch.save``'d state_dict (zip format, torch >= 1.6, or the legacy format) without torch.
+
+    The state_dict is the saved dict itself, or, when the saved dict has one, its ``'state_dict'`` entry, else
+    its ``'model'`` entry, else its ``'ema'`` entry (the first of these that is a dict). Entries that are not
+    tensors (``_metadata``, epoch counters, ...) are skipped. When every tensor name starts with ``module.``
+    (DistributedDataParallel) that prefix is removed. Non-contiguous tensors come back dense with the same
+    values; int64 buffers such as ``num_batches_tracked`` come back as float32.
+    """
+    return _load(path, "torch")[0]
+
+
+def save_safetensors(
+    path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Writes ``tensors`` as float32 safetensors (header sorted by name, as the reference writer does).
+
+    tensors: name -> array with 0 to 4 dims; float or integer arrays are converted to float32.
+    metadata: optional str -> str map stored as ``__metadata__``.
+    The file is written to a temporary name in the same folder and renamed into place, so a reader never sees
+    a half-written file.
+    """
+    if isinstance(path, bytes):
+        raise TypeError("path must be a str or os.PathLike, got bytes")
+    p = os.fspath(path)
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"save_safetensors: tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+    names, arrays = [], []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"save_safetensors: tensor names must be str, got {type(name).__name__}")
+        a = np.asarray(value)
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"save_safetensors: tensor '{name}' has dtype {a.dtype}; expected a float or integer array")
+        a = np.asarray(a, dtype=np.float32, order="C")
+        if not a.flags.aligned:
+            a = a.copy()
+        names.append(name)
+        arrays.append(a)
+    meta = {} if metadata is None else metadata
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"save_safetensors: metadata must be a mapping of str -> str, got {type(meta).__name__}")
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"save_safetensors: metadata must map str -> str, got {k!r}: {v!r}")
+    _C.save_safetensors(p, names, arrays, list(meta.keys()), list(meta.values()))
