@@ -1,0 +1,121 @@
+"""UNet forward and input-VJP: diffice vs PyTorch eager on the CPU, same weights, same threads, same run.
+
+Every measurement runs in its own subprocess so that its peak memory (RSS) is its own.
+
+    python benchmarks/unet.py                      # paper-size model at 224x288 and the small 64-channel model
+    python benchmarks/unet.py --configs small --batches 1 10 --repeats 3
+
+Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIGS = {
+    # the DiME-size denoiser at the paper's image size (METHOD.md 1.1-1.2)
+    "paper": dict(size=(224, 288), unet=dict(in_channels=1, model_channels=128, num_res_blocks=2,
+                                             channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16),
+                                             learn_sigma=True, num_heads=4)),
+    # what a sampler test can afford
+    "small": dict(size=(56, 72), unet=dict(in_channels=1, model_channels=64, num_res_blocks=2,
+                                           channel_mult=(1, 2, 2, 2), attention_resolutions=(4, 8),
+                                           learn_sigma=True, num_heads=4)),
+}
+
+
+def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from diffice.unet import UNet
+
+    spec = CONFIGS[config]
+    h, w = spec["size"]
+    unet = UNet.random(spec["unet"], seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, h, w)).astype(np.float32)
+    t = np.full(batch, 300)
+    v = rng.standard_normal((batch, unet.config["out_channels"], h, w)).astype(np.float32)
+    if impl == "torch":
+        import torch
+        from gd_reference import UNetModel
+
+        torch.set_num_threads(threads)
+        model = UNetModel(unet.config)
+        model.load_state_dict({k: torch.from_numpy(a) for k, a in unet.state_dict().items()})
+        model.eval()
+        del unet
+        xt, tt, vt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(v)
+
+        def run():
+            if mode == "forward":
+                with torch.no_grad():
+                    return model(xt, tt)
+            xg = xt.clone().requires_grad_(True)
+            (model(xg, tt) * vt).sum().backward()
+            return xg.grad
+    else:
+        def run():
+            return unet.forward(x, t) if mode == "forward" else unet.vjp(x, t, v)
+
+    run()  # warm-up: oneDNN kernel generation, first-touch of memory
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return dict(seconds=times[len(times) // 2], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def measure(impl, config, batch, mode, repeats, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", impl, config, str(batch), mode, str(repeats), str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
+        return dict(error=f"exit {done.returncode}: {tail[0][:120]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, config, batch, mode, repeats, threads = sys.argv[2:8]
+        print(json.dumps(worker(impl, config, int(batch), mode, int(repeats), int(threads))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["small", "paper"], choices=sorted(CONFIGS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--modes", nargs="+", default=["forward", "vjp"], choices=["forward", "vjp"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    print(f"threads: {args.threads}; median of {args.repeats} after a warm-up; peak RSS per process\n")
+    print("| model | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in args.configs:
+        for batch in args.batches:
+            for mode in args.modes:
+                d = measure("diffice", config, batch, mode, args.repeats, args.threads)
+                t = measure("torch", config, batch, mode, args.repeats, args.threads)
+                def cell(r, key, fmt):
+                    return r["error"] if "error" in r else format(r[key], fmt)
+                ratio = (f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-")
+                h, w = CONFIGS[config]["size"]
+                print(f"| {config} {h}x{w} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | "
+                      f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
+                      f"{cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
