@@ -9,7 +9,7 @@ import torch
 from diffice import ops
 from conftest import BACKENDS, randn, rel_err, t64
 
-ATTN_TOL = 1e-5  # the brief allows 1e-4; measured errors are ~1e-7..1e-6
+ATTN_TOL = 2e-5  # the brief allows 1e-4; measured: ref ~6e-8, cpu up to ~2e-6
 
 
 # ---- float64 transcriptions of guided-diffusion unet.py (the .float() before the softmax dropped: all float64) ----

@@ -1,27 +1,57 @@
 /* Fast CPU guided-diffusion QKV attention: the products are batched oneDNN matmuls over the heads of one sample
  * (q, k, v slices and their transposes expressed through strides, no copies), the softmax an OpenMP loop over
- * rows of a heads x T x T float32 weight buffer. */
+ * rows of a heads x T x T float32 weight buffer. Every product writes a row-major C: oneDNN falls back to a
+ * reference kernel for a transposed (column-strided) output, about 500x slower at T = 1008. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "attention_layout.h"
 #include "cpu.h"
 
-/* Rows of length T in place: P = softmax(S). Row max subtracted first; the sum in double. */
+/* exp(x) for x <= 0 (logits minus their row max), within 1 ulp of the correctly rounded float and free of float
+ * branches so the softmax loop vectorises (under the default -ftrapping-math gcc will not if-convert a float
+ * compare). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, 2^n built in the
+ * exponent bits. x is clamped at -87 (exp = 1.6e-38, nothing next to the row max's 1) by an unsigned compare of
+ * its bits, which for negative floats grow with |x|. */
+static inline float softmax_expf(float x)
+{
+    union { float f; uint32_t u; } in = {.f = x};
+    const uint32_t minus_87 = 0xc2ae0000u;
+    in.u = in.u < minus_87 ? in.u : minus_87;
+    x = in.f;
+    const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+    float r = x - n * 0.693359375f;  /* ln 2 in two parts, the first exact in 9 bits */
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+/* Rows of length T in place: P = softmax(S), the row max subtracted first. */
 static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t T)
 {
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         float *row = S + r * T;
         float max = row[0];
+        #pragma omp simd reduction(max : max)
         for (int64_t s = 1; s < T; s++)
             max = row[s] > max ? row[s] : max;
-        double sum = 0.0;
+        float sum = 0.0f;
+        #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < T; s++) {
-            row[s] = expf(row[s] - max);
+            row[s] = softmax_expf(row[s] - max);
             sum += row[s];
         }
-        const float inv = (float)(1.0 / sum);
+        const float inv = 1.0f / sum;
         for (int64_t s = 0; s < T; s++)
             row[s] *= inv;
     }
@@ -34,12 +64,12 @@ static void softmax_backward_rows(const dfc_backend *be, const float *P, float *
     for (int64_t r = 0; r < rows; r++) {
         const float *p = P + r * T;
         float *d = dP + r * T;
-        double dot = 0.0;
+        float dot = 0.0f;
+        #pragma omp simd reduction(+ : dot)
         for (int64_t s = 0; s < T; s++)
-            dot += (double)p[s] * d[s];
-        const float dotf = (float)dot;
+            dot += p[s] * d[s];
         for (int64_t s = 0; s < T; s++)
-            d[s] = p[s] * (d[s] - dotf);
+            d[s] = p[s] * (d[s] - dot);
     }
 }
 
@@ -78,8 +108,7 @@ dfc_status cpu_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int hea
         return DFC_ERR_NOMEM;
     dfc_status st = DFC_OK;
     for (int64_t n = 0; n < l.N && st == DFC_OK; n++) {
-        st = attention_weights(be, &l, qkv->data, n, P, err);
-        if (st != DFC_OK)
+        if ((st = attention_weights(be, &l, qkv->data, n, P, err)) != DFC_OK)
             break;
         /* y_h (c, t) = sum_s v_h(c, s) P_h(t, s) */
         float *v = qkv->data + dfc_attention_q_offset(&l, n, 0) + 2 * l.kv_stride;
