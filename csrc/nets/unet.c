@@ -399,9 +399,10 @@ static dfc_status split_scale_shift(const dfc_tensor *e, int64_t c, dfc_arena *a
     return DFC_OK;
 }
 
+/* Intermediates come from arena, the output from out_arena (the same arena when a tape keeps everything). */
 static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x,
-                                   const dfc_tensor *emb_act, dfc_arena *arena, layer_tape *s, dfc_tensor *out,
-                                   dfc_error *err)
+                                   const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena,
+                                   layer_tape *s, dfc_tensor *out, dfc_error *err)
 {
     dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, h4, skip;
     dfc_tensor in_mean, in_rstd, out_mean, out_rstd, n2 = {0};
@@ -439,7 +440,7 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
         DFC_TRY(dfc_conv_layer_forward(be, &r->skip_conv, &xr, arena, &skip, err));
     else
         skip = xr;
-    DFC_TRY(dfc_add_new(be, &skip, &h4, arena, out, err));
+    DFC_TRY(dfc_add_new(be, &skip, &h4, out_arena, out, err));
     if (s) {
         s->x = *x;
         s->in_mean = in_mean;
@@ -528,7 +529,8 @@ static dfc_tensor as_sequence(const dfc_tensor *x)
 }
 
 static dfc_status attention_forward(dfc_backend *be, const dfc_unet *u, const attnblock *ab, const dfc_tensor *x,
-                                    dfc_arena *arena, layer_tape *s, dfc_tensor *out, dfc_error *err)
+                                    dfc_arena *arena, dfc_arena *out_arena, layer_tape *s, dfc_tensor *out,
+                                    dfc_error *err)
 {
     dfc_tensor xs = as_sequence(x), hn, mean, rstd, qkv, a, h;
     DFC_TRY(dfc_group_norm_layer_forward(be, &ab->norm, &xs, arena, &hn, &mean, &rstd, err));
@@ -538,7 +540,7 @@ static dfc_status attention_forward(dfc_backend *be, const dfc_unet *u, const at
     DFC_TRY(be->ops->attention_forward(be, &qkv, ab->heads, u->cfg.legacy_attention, &a, err));
     DFC_TRY(dfc_conv_layer_forward(be, &ab->proj, &a, arena, &h, err));
     dfc_tensor y;
-    DFC_TRY(dfc_add_new(be, &xs, &h, arena, &y, err));
+    DFC_TRY(dfc_add_new(be, &xs, &h, out_arena, &y, err));
     *out = *x;
     out->data = y.data;
     if (s) {
@@ -571,19 +573,19 @@ static dfc_status attention_backward(dfc_backend *be, const dfc_unet *u, const a
 }
 
 static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer *l, const dfc_tensor *x,
-                                const dfc_tensor *emb_act, dfc_arena *arena, layer_tape *s, dfc_tensor *out,
-                                dfc_error *err)
+                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena, layer_tape *s,
+                                dfc_tensor *out, dfc_error *err)
 {
     switch (l->kind) {
     case LAYER_RES:
-        return resblock_forward(be, &l->res, x, emb_act, arena, s, out, err);
+        return resblock_forward(be, &l->res, x, emb_act, arena, out_arena, s, out, err);
     case LAYER_ATTN:
-        return attention_forward(be, u, &l->attn, x, arena, s, out, err);
+        return attention_forward(be, u, &l->attn, x, arena, out_arena, s, out, err);
     case LAYER_CONV:
     case LAYER_DOWN:
         if (s)
             s->x = *x;
-        return dfc_conv_layer_forward(be, &l->conv, x, arena, out, err);
+        return dfc_conv_layer_forward(be, &l->conv, x, out_arena, out, err);
     case LAYER_UP: {
         dfc_tensor xu;
         DFC_TRY(resample_new(be, +1, x, arena, &xu, err));
@@ -591,7 +593,7 @@ static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer 
             s->x = *x;
             s->xu = xu;
         }
-        return dfc_conv_layer_forward(be, &l->conv, &xu, arena, out, err);
+        return dfc_conv_layer_forward(be, &l->conv, &xu, out_arena, out, err);
     }
     }
     return dfc_fail(err, DFC_ERR_VALUE, "UNet: unknown layer kind %d", (int)l->kind);
@@ -618,19 +620,27 @@ static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer
     return dfc_fail(err, DFC_ERR_VALUE, "UNet: unknown layer kind %d", (int)l->kind);
 }
 
+/* Without a tape, a block's intermediates live in scratch, which is released when the block is done; only its
+ * output goes to arena. With a tape (scratch NULL) everything stays in arena for the backward. */
 static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_tensor *x,
-                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_unet_tape *tape, dfc_tensor *out,
-                                dfc_error *err)
+                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *scratch,
+                                dfc_unet_tape *tape, dfc_tensor *out, dfc_error *err)
 {
+    dfc_arena *tmp = scratch ? scratch : arena;
+    dfc_arena_mark mark = dfc_arena_get_mark(tmp);
     dfc_tensor h = *x;
-    for (int i = blk->first; i < blk->first + blk->count; i++) {
+    dfc_status st = DFC_OK;
+    for (int i = blk->first; i < blk->first + blk->count && st == DFC_OK; i++) {
+        dfc_arena *out_arena = i == blk->first + blk->count - 1 ? arena : tmp;
         dfc_tensor next;
-        DFC_TRY(layer_forward(be, u, &u->layers[i], &h, emb_act, arena, tape ? &tape->layers[i] : NULL, &next,
-                              err));
+        st = layer_forward(be, u, &u->layers[i], &h, emb_act, tmp, out_arena, tape ? &tape->layers[i] : NULL,
+                           &next, err);
         h = next;
     }
+    if (scratch)
+        dfc_arena_reset(scratch, mark);
     *out = h;
-    return DFC_OK;
+    return st;
 }
 
 static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_unet_tape *tape,
@@ -663,9 +673,12 @@ static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error 
     return DFC_OK;
 }
 
-dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
-                            const float *t, dfc_unet_tape **tape_out, dfc_tensor *y, dfc_error *err)
+dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                            const dfc_tensor *x, const float *t, dfc_unet_tape **tape_out, dfc_tensor *y,
+                            dfc_error *err)
 {
+    if (tape_out)
+        scratch = NULL; /* the backward needs every intermediate */
     DFC_TRY(check_input(u, x, err));
     int64_t n = x->shape[0];
     int64_t want[4] = {n, u->cfg.out_channels, x->shape[2], x->shape[3]};
@@ -695,17 +708,17 @@ dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena
     dfc_tensor skips[4 * DFC_UNET_MAX_LEVELS * 16];
     dfc_tensor h = *x;
     for (int b = 0; b < u->num_input_blocks; b++) {
-        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, &emb_act, arena, tape, &h, err));
+        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, &emb_act, arena, scratch, tape, &h, err));
         skips[b] = h;
     }
-    DFC_TRY(block_forward(be, u, &u->middle, &h, &emb_act, arena, tape, &h, err));
+    DFC_TRY(block_forward(be, u, &u->middle, &h, &emb_act, arena, scratch, tape, &h, err));
     for (int b = 0; b < u->num_output_blocks; b++) {
         const dfc_tensor *skip = &skips[u->num_input_blocks - 1 - b];
         dfc_tensor cat = dfc_alloc4(arena, n, h.shape[1] + skip->shape[1], h.shape[2], h.shape[3], err);
         DFC_CHECK_ALLOC(cat);
         const dfc_tensor *parts[2] = {&h, skip};
         DFC_TRY(be->ops->concat_channels(be, parts, 2, &cat, err));
-        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, &emb_act, arena, tape, &h, err));
+        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, &emb_act, arena, scratch, tape, &h, err));
     }
     /* head: GN, SiLU, conv */
     dfc_tensor hn, mean, rstd, a;

@@ -37,10 +37,12 @@ const dfc_unet_config *dfc_unet_get_config(const dfc_unet *u);
 dfc_param_set *dfc_unet_params(dfc_unet *u);
 
 /* y = UNet(x, t): x (N, in, H, W) with H, W divisible by 2^(levels-1), t (N) original timesteps (as float),
- * y (N, out, H, W) allocated by the caller. Intermediates come from arena (the caller resets it). With tape
- * non-NULL, everything the backward needs is kept in the arena and *tape points at it. */
-dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
-                            const float *t, dfc_unet_tape **tape, dfc_tensor *y, dfc_error *err);
+ * y (N, out, H, W) allocated by the caller. Block outputs come from arena, each block's intermediates from
+ * scratch, released after the block (the caller resets both afterwards). With tape non-NULL, everything the
+ * backward needs is kept in arena (scratch is not used) and *tape points at it. */
+dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                            const dfc_tensor *x, const float *t, dfc_unet_tape **tape, dfc_tensor *y,
+                            dfc_error *err);
 
 /* From the tape of a forward and dy = dL/dy: dx = dL/dx (if not NULL, caller allocated) and, if grads is not NULL,
  * dL/dparams into grads (laid out like the parameter buffer; every entry is written). */

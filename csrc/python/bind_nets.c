@@ -13,7 +13,46 @@ typedef struct {
     PyObject_HEAD
     dfc_unet *unet;
     size_t last_peak_bytes;   /* arena peak of the last forward/vjp/gradients call */
+    /* Activation memory kept between calls, so a steady loop neither mallocs nor page-faults. A call that finds
+     * it in use by another thread runs with arenas of its own instead of waiting. */
+    dfc_arena main, scratch;
+    PyThread_type_lock lock;
 } UNetObject;
+
+typedef struct {
+    dfc_arena *main, *scratch;
+    dfc_arena own_main, own_scratch;
+    int shared;
+} workspace;
+
+static void workspace_acquire(UNetObject *self, workspace *w)
+{
+    w->shared = self->lock && PyThread_acquire_lock(self->lock, NOWAIT_LOCK);
+    if (w->shared) {
+        w->main = &self->main;
+        w->scratch = &self->scratch;
+    } else {
+        dfc_arena_init(&w->own_main, 0, 0);
+        dfc_arena_init(&w->own_scratch, 0, 0);
+        w->main = &w->own_main;
+        w->scratch = &w->own_scratch;
+    }
+    dfc_arena_mark empty = {0, 0, 0};
+    dfc_arena_reset(w->main, empty);
+    dfc_arena_reset(w->scratch, empty);
+    w->main->peak = w->scratch->peak = 0;
+}
+
+static void workspace_release(UNetObject *self, workspace *w)
+{
+    self->last_peak_bytes = w->main->peak + w->scratch->peak;
+    if (w->shared) {
+        PyThread_release_lock(self->lock);
+    } else {
+        dfc_arena_free(&w->own_main);
+        dfc_arena_free(&w->own_scratch);
+    }
+}
 
 static int dict_int(PyObject *dict, const char *key, int *out, int required)
 {
@@ -88,6 +127,14 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
     }
     dfc_unet_destroy(self->unet);
     self->unet = NULL;
+    if (!self->lock) {
+        dfc_arena_init(&self->main, 0, 0);
+        dfc_arena_init(&self->scratch, 0, 0);
+        if (!(self->lock = PyThread_allocate_lock())) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     dfc_error err = {0};
     if (dfc_unet_create(&c, &self->unet, &err) != DFC_OK) {
         dfc_py_raise(&err);
@@ -99,6 +146,11 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
 static void unet_dealloc(UNetObject *self)
 {
     dfc_unet_destroy(self->unet);
+    if (self->lock) {
+        dfc_arena_free(&self->main);
+        dfc_arena_free(&self->scratch);
+        PyThread_free_lock(self->lock);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -185,11 +237,10 @@ static PyObject *unet_forward(UNetObject *self, PyObject *args)
     if (!(out = dfc_py_new_tensor(4, shape, &y)))
         goto done;
     dfc_error err = {0};
-    dfc_arena arena;
-    dfc_arena_init(&arena, 0, 0);
-    DFC_PY_RUN(out, err, dfc_unet_forward(self->unet, be, &arena, &x, t.data, NULL, &y, &err));
-    self->last_peak_bytes = arena.peak;
-    dfc_arena_free(&arena);
+    workspace w;
+    workspace_acquire(self, &w);
+    DFC_PY_RUN(out, err, dfc_unet_forward(self->unet, be, w.main, w.scratch, &x, t.data, NULL, &y, &err));
+    workspace_release(self, &w);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -203,7 +254,7 @@ static dfc_status forward_backward(const dfc_unet *u, dfc_backend *be, dfc_arena
     dfc_tensor y = dfc_arena_tensor(arena, 4, shape, err);
     DFC_CHECK_ALLOC(y);
     dfc_unet_tape *tape = NULL;
-    DFC_TRY(dfc_unet_forward(u, be, arena, x, t, &tape, &y, err));
+    DFC_TRY(dfc_unet_forward(u, be, arena, NULL, x, t, &tape, &y, err));
     return dfc_unet_backward(u, be, arena, tape, v, dx, grads, err);
 }
 
@@ -219,11 +270,10 @@ static PyObject *unet_vjp(UNetObject *self, PyObject *args)
     if (!(out = dfc_py_new_tensor(4, x.shape, &dx)))
         goto done;
     dfc_error err = {0};
-    dfc_arena arena;
-    dfc_arena_init(&arena, 0, 0);
-    DFC_PY_RUN(out, err, forward_backward(self->unet, be, &arena, &x, t.data, &v, &dx, NULL, &err));
-    self->last_peak_bytes = arena.peak;
-    dfc_arena_free(&arena);
+    workspace w;
+    workspace_acquire(self, &w);
+    DFC_PY_RUN(out, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, NULL, &err));
+    workspace_release(self, &w);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -242,18 +292,35 @@ static PyObject *unet_gradients(UNetObject *self, PyObject *args)
     if (!(dx_obj = dfc_py_new_tensor(4, x.shape, &dx)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
         goto done;
     dfc_error err = {0};
-    dfc_arena arena;
-    dfc_arena_init(&arena, 0, 0);
+    workspace w;
+    workspace_acquire(self, &w);
     result = PyTuple_Pack(2, dx_obj, grads_obj);
     if (result)
-        DFC_PY_RUN(result, err, forward_backward(self->unet, be, &arena, &x, t.data, &v, &dx, flat.data, &err));
-    self->last_peak_bytes = arena.peak;
-    dfc_arena_free(&arena);
+        DFC_PY_RUN(result, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, flat.data, &err));
+    workspace_release(self, &w);
 done:
     Py_XDECREF(dx_obj);
     Py_XDECREF(grads_obj);
     dfc_py_refs_release(&refs);
     return result;
+}
+
+/* release_memory(): hands the kept activation memory back to the system (it is re-acquired on the next call). */
+static PyObject *unet_release_memory(UNetObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (self->lock && PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        dfc_arena_free(&self->main);
+        dfc_arena_free(&self->scratch);
+        PyThread_release_lock(self->lock);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *unet_get_held(UNetObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dfc_arena_capacity(&self->main) + dfc_arena_capacity(&self->scratch));
 }
 
 static PyObject *unet_get_peak(UNetObject *self, void *closure)
@@ -268,6 +335,8 @@ static PyMethodDef unet_methods[] = {
     {"parameter_count", (PyCFunction)unet_parameter_count, METH_NOARGS, "number of parameters (floats)"},
     {"forward", (PyCFunction)unet_forward, METH_VARARGS, "forward(backend, x, t) -> y"},
     {"vjp", (PyCFunction)unet_vjp, METH_VARARGS, "vjp(backend, x, t, v) -> dx"},
+    {"release_memory", (PyCFunction)unet_release_memory, METH_NOARGS,
+     "release_memory(): free the activation memory kept between calls"},
     {"gradients", (PyCFunction)unet_gradients, METH_VARARGS,
      "gradients(backend, x, t, v) -> (dx, flat parameter gradients)"},
     {NULL, NULL, 0, NULL},
@@ -275,6 +344,7 @@ static PyMethodDef unet_methods[] = {
 
 static PyGetSetDef unet_getset[] = {
     {"last_peak_bytes", (getter)unet_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
+    {"held_bytes", (getter)unet_get_held, NULL, "activation memory kept for the next call (bytes)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
