@@ -204,3 +204,44 @@ dfc_status dfc_group_norm_layer_backward(dfc_backend *be, const dfc_group_norm_l
     return be->ops->group_norm_backward(be, dy, x, &l->weight, mean, rstd, l->groups, l->eps, dx,
                                         dgamma.data ? &dgamma : NULL, dbeta.data ? &dbeta : NULL, err);
 }
+
+/* ---- batch norm (inference) ---- */
+
+dfc_status dfc_batch_norm_layer_forward(dfc_backend *be, const dfc_batch_norm_layer *l, const dfc_tensor *x,
+                                        dfc_arena *arena, dfc_tensor *y, dfc_error *err)
+{
+    *y = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->batch_norm_forward(be, x, l->weight.data ? &l->weight : NULL, l->bias.data ? &l->bias : NULL,
+                                       &l->running_mean, &l->running_var, l->eps, y, err);
+}
+
+dfc_status dfc_batch_norm_layer_backward(dfc_backend *be, const dfc_batch_norm_layer *l, const dfc_tensor *x,
+                                         const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                         dfc_error *err)
+{
+    *dx = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*dx);
+    dfc_tensor dgamma = dfc_param_grad(g.set, &l->weight, g.grads), dbeta = dfc_param_grad(g.set, &l->bias, g.grads);
+    return be->ops->batch_norm_backward(be, dy, x, l->weight.data ? &l->weight : NULL, &l->running_mean,
+                                        &l->running_var, l->eps, dx, dgamma.data ? &dgamma : NULL,
+                                        dbeta.data ? &dbeta : NULL, err);
+}
+
+/* ---- activations ---- */
+
+dfc_status dfc_activation_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_arena *arena,
+                              dfc_tensor *y, dfc_error *err)
+{
+    *y = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->activation_forward(be, kind, x, y, err);
+}
+
+dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
+                                       const dfc_tensor *x, dfc_arena *arena, dfc_tensor *dx, dfc_error *err)
+{
+    *dx = dfc_alloc_like(arena, x, err);
+    DFC_CHECK_ALLOC(*dx);
+    return be->ops->activation_backward(be, kind, dy, x, dx, err);
+}

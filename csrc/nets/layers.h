@@ -57,6 +57,12 @@ typedef struct dfc_group_norm_layer {
     float eps;
 } dfc_group_norm_layer;
 
+/* Batch norm in inference form (running statistics), as SonoNet and ResNet use it. gamma/beta data may be NULL. */
+typedef struct dfc_batch_norm_layer {
+    dfc_tensor weight, bias, running_mean, running_var; /* (C) */
+    float eps;
+} dfc_batch_norm_layer;
+
 /* Gradient outputs of a backward: where the parameter gradients go (grads NULL: not wanted). */
 typedef struct dfc_grad_target {
     const dfc_param_set *set;
@@ -84,6 +90,19 @@ dfc_status dfc_group_norm_layer_forward(dfc_backend *be, const dfc_group_norm_la
 dfc_status dfc_group_norm_layer_backward(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x,
                                          const dfc_tensor *mean, const dfc_tensor *rstd, const dfc_tensor *dy,
                                          dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err);
+
+dfc_status dfc_batch_norm_layer_forward(dfc_backend *be, const dfc_batch_norm_layer *l, const dfc_tensor *x,
+                                        dfc_arena *arena, dfc_tensor *y, dfc_error *err);
+/* dgamma/dbeta go to the gradient buffer when g.grads is set; running statistics get no gradient. */
+dfc_status dfc_batch_norm_layer_backward(dfc_backend *be, const dfc_batch_norm_layer *l, const dfc_tensor *x,
+                                         const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
+                                         dfc_error *err);
+
+/* y = act(x), allocated; backward from the forward's input x. */
+dfc_status dfc_activation_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_arena *arena,
+                              dfc_tensor *y, dfc_error *err);
+dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
+                                       const dfc_tensor *x, dfc_arena *arena, dfc_tensor *dx, dfc_error *err);
 
 /* Shape helpers: a tensor of x's shape with channels (dim 1) replaced, and an (N, C, H, W) of given sizes. */
 dfc_tensor dfc_alloc_like(dfc_arena *arena, const dfc_tensor *x, dfc_error *err);

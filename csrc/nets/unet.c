@@ -343,17 +343,13 @@ struct dfc_unet_tape {
 
 static dfc_status silu_new(dfc_backend *be, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
 {
-    *y = dfc_alloc_like(arena, x, err);
-    DFC_CHECK_ALLOC(*y);
-    return be->ops->activation_forward(be, DFC_ACT_SILU, x, y, err);
+    return dfc_activation_new(be, DFC_ACT_SILU, x, arena, y, err);
 }
 
 static dfc_status silu_backward_new(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_arena *arena,
                                     dfc_tensor *dx, dfc_error *err)
 {
-    *dx = dfc_alloc_like(arena, x, err);
-    DFC_CHECK_ALLOC(*dx);
-    return be->ops->activation_backward(be, DFC_ACT_SILU, dy, x, dx, err);
+    return dfc_activation_backward_new(be, DFC_ACT_SILU, dy, x, arena, dx, err);
 }
 
 /* guided-diffusion's up/down resampling inside ResBlocks: nearest x2 or 2x2 average pooling. */

@@ -96,11 +96,6 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
-    PyTypeObject *types[] = {&DfcBackend_Type, &DfcDiffusion_Type, &DfcUNet_Type};
-    const char *type_names[] = {"Backend", "Diffusion", "UNet"};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        if (PyType_Ready(types[i]) < 0)
-            return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
@@ -110,13 +105,15 @@ PyMODINIT_FUNC PyInit__C(void)
         if (PyModule_AddFunctions(m, tables[i]) < 0)
             goto fail;
     }
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, type_names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
+    PyTypeObject *types[] = {&DfcBackend_Type, &DfcDiffusion_Type, &DfcUNet_Type};
+    const char *type_names[] = {"Backend", "Diffusion", "UNet"};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (dfc_py_add_type(m, types[i], type_names[i]) < 0)
             goto fail;
-        }
-    }
+    int (*registrations[])(PyObject *) = {dfc_register_sononet, dfc_register_resnet, dfc_register_classifier};
+    for (size_t i = 0; i < sizeof registrations / sizeof registrations[0]; i++)
+        if (registrations[i](m) < 0)
+            goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -167,3 +167,15 @@ PyObject *dfc_py_raise(const dfc_error *err)
     PyErr_SetString(type, err->message[0] ? err->message : dfc_status_name(err->code));
     return NULL;
 }
+
+int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
+{
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}

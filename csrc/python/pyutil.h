@@ -74,4 +74,13 @@ extern PyMethodDef dfc_methods_attention[];
 extern PyMethodDef dfc_methods_loss[];
 extern PyMethodDef dfc_methods_io[];
 
+/* Network binding files register their types and functions on the module (0 on success, -1 with an
+ * exception); each file owns its part of the module. */
+int dfc_register_sononet(PyObject *module);
+int dfc_register_resnet(PyObject *module);
+int dfc_register_classifier(PyObject *module);
+
+/* Adds a ready type to the module under its short name; -1 with an exception on failure. */
+int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name);
+
 #endif
