@@ -12,47 +12,8 @@
 typedef struct {
     PyObject_HEAD
     dfc_unet *unet;
-    size_t last_peak_bytes;   /* arena peak of the last forward/vjp/gradients call */
-    /* Activation memory kept between calls, so a steady loop neither mallocs nor page-faults. A call that finds
-     * it in use by another thread runs with arenas of its own instead of waiting. */
-    dfc_arena main, scratch;
-    PyThread_type_lock lock;
+    dfc_py_workspace ws;
 } UNetObject;
-
-typedef struct {
-    dfc_arena *main, *scratch;
-    dfc_arena own_main, own_scratch;
-    int shared;
-} workspace;
-
-static void workspace_acquire(UNetObject *self, workspace *w)
-{
-    w->shared = self->lock && PyThread_acquire_lock(self->lock, NOWAIT_LOCK);
-    if (w->shared) {
-        w->main = &self->main;
-        w->scratch = &self->scratch;
-    } else {
-        dfc_arena_init(&w->own_main, 0, 0);
-        dfc_arena_init(&w->own_scratch, 0, 0);
-        w->main = &w->own_main;
-        w->scratch = &w->own_scratch;
-    }
-    dfc_arena_mark empty = {0, 0, 0};
-    dfc_arena_reset(w->main, empty);
-    dfc_arena_reset(w->scratch, empty);
-    w->main->peak = w->scratch->peak = 0;
-}
-
-static void workspace_release(UNetObject *self, workspace *w)
-{
-    self->last_peak_bytes = w->main->peak + w->scratch->peak;
-    if (w->shared) {
-        PyThread_release_lock(self->lock);
-    } else {
-        dfc_arena_free(&w->own_main);
-        dfc_arena_free(&w->own_scratch);
-    }
-}
 
 static int dict_int(PyObject *dict, const char *key, int *out, int required)
 {
@@ -127,14 +88,8 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
     }
     dfc_unet_destroy(self->unet);
     self->unet = NULL;
-    if (!self->lock) {
-        dfc_arena_init(&self->main, 0, 0);
-        dfc_arena_init(&self->scratch, 0, 0);
-        if (!(self->lock = PyThread_allocate_lock())) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
+    if (dfc_py_workspace_init(&self->ws) < 0)
+        return -1;
     dfc_error err = {0};
     if (dfc_unet_create(&c, &self->unet, &err) != DFC_OK) {
         dfc_py_raise(&err);
@@ -146,11 +101,7 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
 static void unet_dealloc(UNetObject *self)
 {
     dfc_unet_destroy(self->unet);
-    if (self->lock) {
-        dfc_arena_free(&self->main);
-        dfc_arena_free(&self->scratch);
-        PyThread_free_lock(self->lock);
-    }
+    dfc_py_workspace_free(&self->ws);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -237,10 +188,10 @@ static PyObject *unet_forward(UNetObject *self, PyObject *args)
     if (!(out = dfc_py_new_tensor(4, shape, &y)))
         goto done;
     dfc_error err = {0};
-    workspace w;
-    workspace_acquire(self, &w);
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
     DFC_PY_RUN(out, err, dfc_unet_forward(self->unet, be, w.main, w.scratch, &x, t.data, NULL, &y, &err));
-    workspace_release(self, &w);
+    dfc_py_workspace_release(&self->ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -270,10 +221,10 @@ static PyObject *unet_vjp(UNetObject *self, PyObject *args)
     if (!(out = dfc_py_new_tensor(4, x.shape, &dx)))
         goto done;
     dfc_error err = {0};
-    workspace w;
-    workspace_acquire(self, &w);
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
     DFC_PY_RUN(out, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, NULL, &err));
-    workspace_release(self, &w);
+    dfc_py_workspace_release(&self->ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -292,12 +243,12 @@ static PyObject *unet_gradients(UNetObject *self, PyObject *args)
     if (!(dx_obj = dfc_py_new_tensor(4, x.shape, &dx)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
         goto done;
     dfc_error err = {0};
-    workspace w;
-    workspace_acquire(self, &w);
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
     result = PyTuple_Pack(2, dx_obj, grads_obj);
     if (result)
         DFC_PY_RUN(result, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, flat.data, &err));
-    workspace_release(self, &w);
+    dfc_py_workspace_release(&self->ws, &w);
 done:
     Py_XDECREF(dx_obj);
     Py_XDECREF(grads_obj);
@@ -305,28 +256,23 @@ done:
     return result;
 }
 
-/* release_memory(): hands the kept activation memory back to the system (it is re-acquired on the next call). */
 static PyObject *unet_release_memory(UNetObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (self->lock && PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
-        dfc_arena_free(&self->main);
-        dfc_arena_free(&self->scratch);
-        PyThread_release_lock(self->lock);
-    }
+    dfc_py_workspace_release_memory(&self->ws);
     Py_RETURN_NONE;
 }
 
 static PyObject *unet_get_held(UNetObject *self, void *closure)
 {
     (void)closure;
-    return PyLong_FromSize_t(dfc_arena_capacity(&self->main) + dfc_arena_capacity(&self->scratch));
+    return PyLong_FromSize_t(dfc_py_workspace_held(&self->ws));
 }
 
 static PyObject *unet_get_peak(UNetObject *self, void *closure)
 {
     (void)closure;
-    return PyLong_FromSize_t(self->last_peak_bytes);
+    return PyLong_FromSize_t(self->ws.last_peak_bytes);
 }
 
 static PyMethodDef unet_methods[] = {

@@ -179,3 +179,72 @@ int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
     }
     return 0;
 }
+
+/* ---- network workspaces ---- */
+
+int dfc_py_workspace_init(dfc_py_workspace *ws)
+{
+    if (ws->lock)
+        return 0;
+    dfc_arena_init(&ws->main, 0, 0);
+    dfc_arena_init(&ws->scratch, 0, 0);
+    ws->last_peak_bytes = 0;
+    if (!(ws->lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+void dfc_py_workspace_free(dfc_py_workspace *ws)
+{
+    if (!ws->lock)
+        return;
+    dfc_arena_free(&ws->main);
+    dfc_arena_free(&ws->scratch);
+    PyThread_free_lock(ws->lock);
+    ws->lock = NULL;
+}
+
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w)
+{
+    w->shared = ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK);
+    if (w->shared) {
+        w->main = &ws->main;
+        w->scratch = &ws->scratch;
+    } else {
+        dfc_arena_init(&w->own_main, 0, 0);
+        dfc_arena_init(&w->own_scratch, 0, 0);
+        w->main = &w->own_main;
+        w->scratch = &w->own_scratch;
+    }
+    dfc_arena_mark empty = {0, 0, 0};
+    dfc_arena_reset(w->main, empty);
+    dfc_arena_reset(w->scratch, empty);
+    w->main->peak = w->scratch->peak = 0;
+}
+
+void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w)
+{
+    ws->last_peak_bytes = w->main->peak + w->scratch->peak;
+    if (w->shared) {
+        PyThread_release_lock(ws->lock);
+    } else {
+        dfc_arena_free(&w->own_main);
+        dfc_arena_free(&w->own_scratch);
+    }
+}
+
+void dfc_py_workspace_release_memory(dfc_py_workspace *ws)
+{
+    if (ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK)) {
+        dfc_arena_free(&ws->main);
+        dfc_arena_free(&ws->scratch);
+        PyThread_release_lock(ws->lock);
+    }
+}
+
+size_t dfc_py_workspace_held(const dfc_py_workspace *ws)
+{
+    return dfc_arena_capacity(&ws->main) + dfc_arena_capacity(&ws->scratch);
+}

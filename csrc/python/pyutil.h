@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "../core/arena.h"
 #include "../ops/ops.h"
 
 /* The Python object wrapping a dfc_backend (diffice._C.Backend). */
@@ -64,6 +65,27 @@ PyObject *dfc_py_raise(const dfc_error *err);
             dfc_py_raise(&(err));               \
         }                                       \
     } while (0)
+
+/* Activation memory a network object keeps between calls, so a steady loop neither mallocs nor page-faults.
+ * A call that finds it in use by another thread runs with arenas of its own instead of waiting. */
+typedef struct {
+    dfc_arena main, scratch;
+    PyThread_type_lock lock;
+    size_t last_peak_bytes;   /* arena peak of the last call */
+} dfc_py_workspace;
+
+typedef struct {
+    dfc_arena *main, *scratch;
+    dfc_arena own_main, own_scratch;
+    int shared;
+} dfc_py_arenas;
+
+int dfc_py_workspace_init(dfc_py_workspace *ws);          /* idempotent; -1 with MemoryError */
+void dfc_py_workspace_free(dfc_py_workspace *ws);
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w);   /* without the GIL is fine */
+void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w);
+void dfc_py_workspace_release_memory(dfc_py_workspace *ws);
+size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
 
 /* Method tables of the binding files, added to the module in module.c. */
 extern PyMethodDef dfc_methods_elementwise[];
