@@ -542,7 +542,11 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     if (bias && !bias->data)
         bias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
-    float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data, bias ? bias->data : y->data, y->data};
+    float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};
+    int n = 2;
+    if (bias)
+        buffers[n++] = bias->data;
+    buffers[n] = y->data;
     return conv_run(be, PRIM_CONV_FORWARD, x, weight, y, bias != NULL, p, buffers, "conv2d_forward", err);
 }
 
@@ -561,7 +565,7 @@ dfc_status cpu_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
         dbias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p,
                              err));
-    float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL};
+    float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL}; /* slot order */
     return conv_run(be, PRIM_CONV_BACKWARD_WEIGHTS, x, dweight, dy, dbias != NULL, p, buffers,
                     "conv2d_backward_weight", err);
 }
