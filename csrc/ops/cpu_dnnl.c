@@ -295,6 +295,30 @@ done:
 
 /* ---- matrix products ---- */
 
+/* Below this many rows of A, oneDNN's default (brgemm) matmul spends most of its time repacking B on every call;
+ * its gemm-based implementation reads B in place: 2-5x faster for 1-10 rows on AVX-512, and no slower up to ~16. */
+#define MATMUL_FEW_ROWS 16
+
+/* Moves pd to oneDNN's gemm-based implementation if it offers one; otherwise leaves the default. */
+static dfc_status prefer_gemm_impl(dnnl_engine_t engine, dnnl_primitive_desc_t *pd, const_dnnl_memory_desc_t a_md,
+                                   const_dnnl_memory_desc_t b_md, const_dnnl_memory_desc_t bias_md,
+                                   const_dnnl_memory_desc_t c_md, const_dnnl_primitive_attr_t attr, dfc_error *err)
+{
+    dfc_status st = DFC_OK;
+    do {
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(*pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+            strncmp(impl, "gemm:", 5) == 0)
+            return DFC_OK;
+    } while (dnnl_primitive_desc_next_impl(*pd) == dnnl_success);
+    /* None found: the iteration ended on the slowest implementation; start over from the default. */
+    dnnl_primitive_desc_destroy(*pd);
+    *pd = NULL;
+    DNNL_TRY(dnnl_matmul_primitive_desc_create(pd, engine, a_md, b_md, bias_md, c_md, attr), "matmul");
+done:
+    return st;
+}
+
 /* A matmul C[b] = alpha A[b] B[b] (+ bias) (+ C[b] when beta = 1), strides as in dfc_dnnl_matmul; bias (n) or
  * NULL. Slots: A, B, [bias], C. */
 static dfc_status matmul_entry(dfc_backend *be, const prim_key *key, int64_t batch, int64_t m, int64_t n, int64_t k,
@@ -331,6 +355,8 @@ static dfc_status matmul_entry(dfc_backend *be, const prim_key *key, int64_t bat
         DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, post_ops), "matmul post-ops");
     }
     DNNL_TRY(dnnl_matmul_primitive_desc_create(&e->pd, s->engine, a_md, b_md, bias_md, c_md, attr), "matmul");
+    if (m < MATMUL_FEW_ROWS)
+        TRY_GOTO(prefer_gemm_impl(s->engine, &e->pd, a_md, b_md, bias_md, c_md, attr, err));
     TRY_GOTO(entry_finish(s, e, "matmul", err));
     TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_SRC, 0, a_md, err));
     TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_WEIGHTS, 0, b_md, err));
@@ -516,7 +542,11 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     if (bias && !bias->data)
         bias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
-    float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data, bias ? bias->data : y->data, y->data};
+    float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};
+    int n = 2;
+    if (bias)
+        buffers[n++] = bias->data;
+    buffers[n] = y->data;
     return conv_run(be, PRIM_CONV_FORWARD, x, weight, y, bias != NULL, p, buffers, "conv2d_forward", err);
 }
 
@@ -535,7 +565,7 @@ dfc_status cpu_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
         dbias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p,
                              err));
-    float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL};
+    float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL}; /* slot order */
     return conv_run(be, PRIM_CONV_BACKWARD_WEIGHTS, x, dweight, dy, dbias != NULL, p, buffers,
                     "conv2d_backward_weight", err);
 }
