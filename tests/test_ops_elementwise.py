@@ -40,7 +40,7 @@ def test_sigmoid_extreme_inputs_stay_finite():
         ([1.0, 2.0], TypeError, ["x", "numpy.ndarray"]),
         (np.zeros((2, 3, 4, 5, 6), dtype=np.float32), ValueError, ["x", "dimensions", "5"]),
         (np.zeros((4, 6), dtype=np.float32)[:, ::2], ValueError, ["x", "contiguous"]),
-        (np.array([1.0, np.nan], dtype=np.float32), ValueError, ["x", "non-finite"]),
+        (np.array([1.0, np.nan], dtype=np.float32), ValueError, ["x", "non-finite", "nan at flat index 1"]),
         (np.zeros((0, 3), dtype=np.float32), ValueError, ["x", "empty"]),
     ],
 )

@@ -84,8 +84,11 @@ int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min,
         }
         for (npy_intp i = start; i < n; i++) {
             if (!isfinite(data[i])) {
-                PyErr_Format(PyExc_ValueError, "%s: %s contains a non-finite value (%f at flat index %lld)", op,
-                             name, (double)data[i], (long long)i);
+                /* PyErr_Format has no %f: format the value first */
+                char value[32];
+                snprintf(value, sizeof value, "%g", (double)data[i]);
+                PyErr_Format(PyExc_ValueError, "%s: %s contains a non-finite value (%s at flat index %lld)", op,
+                             name, value, (long long)i);
                 return -1;
             }
         }
