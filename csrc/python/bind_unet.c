@@ -281,3 +281,13 @@ PyTypeObject DfcUNet_Type = {
     .tp_methods = unet_methods,
     .tp_getset = unet_getset,
 };
+
+dfc_unet *dfc_py_unwrap_unet(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &DfcUNet_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected a diffice._C.UNet, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    UNetObject *u = (UNetObject *)obj;
+    return unet_ready(u) ? u->unet : NULL;
+}
