@@ -374,7 +374,8 @@ static dfc_status parse_file(const uint8_t *data, size_t size, file_format forma
     if (size == 0)
         return dfc_fail(err, DFC_ERR_FORMAT, "file is empty");
     int zip = dfc_zip_magic(data, size);
-    int pickle = data[0] == 0x80; /* PROTO opcode */
+    /* PROTO opcode; a safetensors header length can also start with byte 0x80, but its JSON starts at byte 8 */
+    int pickle = data[0] == 0x80 && !(size > 8 && data[8] == '{');
     switch (format) {
     case FORMAT_SAFETENSORS: return dfc_safetensors_parse(data, size, w, err);
     case FORMAT_NPZ:

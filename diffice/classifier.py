@@ -1,0 +1,403 @@
+"""The standard-plane classifier f(x) = l(s(x), x) of Diff-ICE and its loss, on the C core.
+
+- ``Segmenter``: the UNet-style segmentation network s (the role DTU-Net plays in the paper): images
+  (N, 1, H, W) in [-1, 1] -> per-pixel class logits (N, K, H, W).
+- ``PlaneClassifier``: f(x) = l([x, maps(s(x))]) with maps the per-pixel softmax over the K classes (or the raw
+  logits); l is any classifier network whose first output is logits (N, n_classes) and whose first conv takes
+  1 + K channels (SonoNet-16 with an SP/NSP head in the paper; ``SmallClassifier`` here as a stand-in).
+- ``classification_loss``: the guidance loss Lc(logits, y) per sample, cross-entropy or DiME's logit form.
+
+All images are float32 (N, C, H, W) numpy arrays; the networks run in C (diffice._C.Network).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from ._native import _C
+from .ops._backend import get_backend
+
+__all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassifier", "classification_loss"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def classification_loss(logits: np.ndarray, targets, kind: str = "ce") -> Tuple[np.ndarray, np.ndarray]:
+    """Per-sample classification loss towards targets, and the gradient of its sum over the batch.
+
+    logits: float32 (N, C); targets: integer class indices (N,) in [0, C) ({0, 1} for a single binary logit).
+    kind: "ce" -- cross-entropy -log softmax(logits)_y (for C == 1, BCE -log sigmoid(l_y));
+          "logit" -- DiME's use_logits form -l_y, with l_y = logits[y] for C > 2, the binary logit difference
+          logits[y] - logits[1 - y] for C == 2, and +-logit (sign by target) for C == 1.
+    Returns (loss (N,) float32, dlogits (N, C) float32 = d sum(loss) / d logits).
+    """
+    if kind not in ("ce", "logit"):
+        raise ValueError(f"classification_loss: kind must be 'ce' or 'logit', got {kind!r}")
+    return _C.classification_loss(logits, targets, kind)
+
+
+def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> Optional[str]:
+    missing = [k for k in params if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in params]
+    misshaped = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
+                 for k, v in params.items() if k in state_dict and tuple(np.shape(state_dict[k])) != v.shape]
+    if not (missing or unexpected or misshaped):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if misshaped:
+        parts.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
+    return f"{what} state_dict does not match the model: " + "; ".join(parts)
+
+
+class _Network:
+    """Parameter handling and calls shared by the wrappers of diffice._C.Network objects."""
+
+    _what = "network"
+
+    def __init__(self, c: "_C.Network", backend: str = "cpu") -> None:
+        self._c = c
+        self._params = c.parameters()
+        self.backend = backend
+
+    def parameter_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {k: v.shape for k, v in self._params.items()}
+
+    def num_parameters(self) -> int:
+        return int(self._c.parameter_count())
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of every parameter, keyed by PyTorch state_dict names, in order."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
+        """Copies weights in; any missing, unexpected or mis-shaped key is an error listing all of them."""
+        message = _mismatch_error(self._what, self._params, state_dict)
+        if message:
+            raise ValueError(message)
+        for k, v in self._params.items():
+            value = np.asarray(state_dict[k], dtype=np.float32)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{self._what} state_dict: '{k}' contains non-finite values")
+            v[...] = value
+
+    def save(self, path: PathLike) -> None:
+        """Writes the parameters as safetensors with PyTorch key names."""
+        from .io import save_safetensors
+
+        save_safetensors(path, self.state_dict(), metadata={"format": f"diffice {self._what}",
+                                                            "diffice_config": repr(self._config_repr())})
+
+    def _config_repr(self) -> dict:
+        return {}
+
+    def _grads_dict(self, flat: np.ndarray) -> Dict[str, np.ndarray]:
+        grads, offset = {}, 0
+        for name, p in self._params.items():
+            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+        return grads
+
+    def _randomize(self, seed: int) -> None:
+        """Uniform +-1/sqrt(fan_in) weights, norm scales near 1, small biases: every path matters in tests."""
+        rng = np.random.default_rng(seed)
+        for name, p in self._params.items():
+            if p.ndim == 1 and name.endswith(".weight"):  # GroupNorm / BatchNorm scale
+                p[...] = 1.0 + 0.1 * rng.standard_normal(p.shape)
+            elif name.endswith(".weight"):
+                fan_in = int(np.prod(p.shape[1:]))
+                p[...] = rng.uniform(-1, 1, p.shape) / np.sqrt(fan_in)
+            elif name.endswith("running_var"):
+                p[...] = rng.uniform(0.5, 1.5, p.shape)
+            else:
+                p[...] = 0.1 * rng.standard_normal(p.shape)
+
+    @property
+    def last_peak_bytes(self) -> int:
+        """Activation memory (arena peak) of the last forward/vjp/gradients call."""
+        return int(self._c.last_peak_bytes)
+
+
+class Segmenter(_Network):
+    """The UNet-style segmenter s (csrc/nets/segmenter.h): x (N, in_channels, H, W) in [-1, 1] -> logits
+    (N, classes, H, W). H and W must be multiples of 2^(levels-1).
+
+    Level l has width * 2^l channels; every conv is followed by GroupNorm(groups) and ReLU, so ``groups`` must
+    divide ``width``. Parameter names are the module paths of tests/classifier_reference.py's Segmenter.
+    """
+
+    _what = "Segmenter"
+
+    def __init__(self, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
+                 backend: str = "cpu") -> None:
+        self.config = dict(classes=int(classes), width=int(width), levels=int(levels), groups=int(groups),
+                           in_channels=int(in_channels))
+        super().__init__(_C.segmenter_create(self.config), backend)
+
+    def _config_repr(self) -> dict:
+        return self.config
+
+    @staticmethod
+    def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict:
+        """classes, width, levels and in_channels from the tensor shapes; groups (not stored) is given."""
+        def shape(key):
+            if key not in state_dict:
+                raise ValueError(f"not a segmenter checkpoint: missing '{key}'")
+            return tuple(np.shape(state_dict[key]))
+
+        stem = shape("encoder.0.0.weight")
+        levels = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.(\d+)\.", k)))
+        return dict(classes=shape("head.weight")[0], width=stem[0], levels=levels, groups=groups,
+                    in_channels=stem[1])
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], groups: int = 8,
+                        backend: str = "cpu") -> "Segmenter":
+        seg = cls(**cls.infer_config(state_dict, groups), backend=backend)
+        seg.load_state_dict(state_dict)
+        return seg
+
+    @classmethod
+    def from_file(cls, path: PathLike, groups: int = 8, backend: str = "cpu") -> "Segmenter":
+        """Loads a .safetensors, .pt/.pth (no torch needed) or .npz checkpoint of the segmenter."""
+        from .io import load_weights
+
+        state_dict = load_weights(path)
+        try:
+            return cls.from_state_dict(state_dict, groups, backend)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
+
+    @classmethod
+    def random(cls, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
+               seed: int = 0, backend: str = "cpu") -> "Segmenter":
+        """Random weights, for tests and benchmarks."""
+        seg = cls(classes, width, levels, groups, in_channels, backend)
+        seg._randomize(seed)
+        return seg
+
+    @property
+    def classes(self) -> int:
+        return self.config["classes"]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x float32 (N, in_channels, H, W) -> per-pixel class logits (N, classes, H, W)."""
+        return self._c.forward(get_backend(self.backend), x)[0]
+
+    __call__ = forward
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Per-pixel labels (N, H, W) int64: the argmax of the logits over the classes."""
+        return np.argmax(self.forward(x), axis=1)
+
+    def vjp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """d sum(v * forward(x)) / dx, shape of x; v (N, classes, H, W)."""
+        return self._c.vjp(get_backend(self.backend), x, (v,))
+
+    def gradients(self, x: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """(dx, {name: d sum(v * forward(x)) / d param})."""
+        dx, flat = self._c.gradients(get_backend(self.backend), x, (v,))
+        return dx, self._grads_dict(flat)
+
+    def __repr__(self) -> str:
+        return f"Segmenter({self.config}, parameters={self.num_parameters():,})"
+
+
+class SmallClassifier(_Network):
+    """A small conv classifier (conv3x3 + ReLU + 2x2 max pool, conv3x3 + ReLU, global average pool, linear), the
+    stand-in for l in tests: x (N, in_channels, H, W), H and W even -> logits (N, num_classes)."""
+
+    _what = "SmallClassifier"
+
+    def __init__(self, in_channels: int, width: int = 8, num_classes: int = 2, backend: str = "cpu") -> None:
+        self.config = dict(in_channels=int(in_channels), width=int(width), num_classes=int(num_classes))
+        super().__init__(_C.small_classifier_create(self.config), backend)
+
+    def _config_repr(self) -> dict:
+        return self.config
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], backend: str = "cpu") -> "SmallClassifier":
+        if "features.0.weight" not in state_dict or "fc.weight" not in state_dict:
+            raise ValueError("not a SmallClassifier checkpoint: missing 'features.0.weight' or 'fc.weight'")
+        w0, fc = np.shape(state_dict["features.0.weight"]), np.shape(state_dict["fc.weight"])
+        net = cls(in_channels=w0[1], width=w0[0], num_classes=fc[0], backend=backend)
+        net.load_state_dict(state_dict)
+        return net
+
+    @classmethod
+    def random(cls, in_channels: int, width: int = 8, num_classes: int = 2, seed: int = 0,
+               backend: str = "cpu") -> "SmallClassifier":
+        net = cls(in_channels, width, num_classes, backend)
+        net._randomize(seed)
+        return net
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._c.forward(get_backend(self.backend), x)[0]
+
+    __call__ = forward
+
+
+@dataclass
+class PlaneClassifierOutput:
+    """What f(x) computes for a batch of N images of H x W.
+
+    logits: (N, n_classes) -- l's logits (SP/NSP for n_classes = 2);
+    probabilities: (N, n_classes) -- softmax of the logits (sigmoid for a single logit);
+    segmentation: (N, K, H, W) -- s's per-pixel class logits;
+    segmentation_labels: (N, H, W) int64 -- their argmax over the K classes.
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    segmentation: np.ndarray
+    segmentation_labels: np.ndarray
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    if z.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-z))
+    else:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+    return p.astype(np.float32)
+
+
+def _network_of(obj: Any, what: str) -> "_C.Network":
+    c = getattr(obj, "_c", obj)
+    if not isinstance(c, _C.Network):
+        raise TypeError(f"PlaneClassifier: the {what} must be a diffice network (an object with a "
+                        f"diffice._C.Network, such as Segmenter or SonoNet), got {type(obj).__name__}")
+    return c
+
+
+def _default_classifier_factory(state_dict: Mapping[str, np.ndarray]):
+    import diffice
+
+    sononet = getattr(diffice, "SonoNet", None)
+    if sononet is None or not hasattr(sononet, "from_state_dict"):
+        raise ValueError("no classifier_factory given and diffice.SonoNet.from_state_dict is not available")
+    return sononet.from_state_dict(state_dict)
+
+
+class PlaneClassifier(_Network):
+    """The standard-plane classifier f(x) = l(s(x), x) (csrc/nets/plane_classifier.h).
+
+    segmenter: a Segmenter with K classes (1 input channel for ultrasound images in [-1, 1]);
+    classifier: any diffice network whose first output is logits (N, n_classes) and whose first conv takes
+        1 + K channels: [image, K segmentation maps] (diffice.SonoNet with in_channels = 1 + K, or
+        SmallClassifier).
+    grad_through_segmenter: True: the gradient w.r.t. x also flows through the maps into s (the paper's Fig. 2);
+        False: s is a constant (SASN runs it under no_grad), x's gradient comes through l's image channel only.
+    segmentation_input: "probabilities" (per-pixel softmax over the K classes) or "logits" (s's raw output).
+
+    The two networks are shared, not copied: the composite keeps them alive, and weights loaded into either show
+    up in the composite. Parameter names are the children's with the prefixes "segmenter." and "classifier.".
+    """
+
+    _what = "PlaneClassifier"
+
+    def __init__(self, segmenter: Segmenter, classifier: Any, grad_through_segmenter: bool = True,
+                 segmentation_input: str = "probabilities", backend: str = "cpu") -> None:
+        if segmentation_input not in ("probabilities", "logits"):
+            raise ValueError(f"PlaneClassifier: segmentation_input must be 'probabilities' or 'logits', "
+                             f"got {segmentation_input!r}")
+        self.segmenter = segmenter
+        self.classifier = classifier
+        self.grad_through_segmenter = bool(grad_through_segmenter)
+        self.segmentation_input = segmentation_input
+        config = dict(grad_through_segmenter=int(self.grad_through_segmenter),
+                      seg_input=0 if segmentation_input == "probabilities" else 1)
+        c = _C.plane_classifier_create(_network_of(segmenter, "segmenter"), _network_of(classifier, "classifier"),
+                                       config)
+        super().__init__(c, backend)
+
+    def _config_repr(self) -> dict:
+        return dict(segmenter=getattr(self.segmenter, "config", None),
+                    classifier=getattr(self.classifier, "config", None),
+                    grad_through_segmenter=self.grad_through_segmenter, segmentation_input=self.segmentation_input)
+
+    # ---- construction ----
+    @staticmethod
+    def split_state_dict(state_dict: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """(segmenter's, classifier's) entries with their prefixes removed; any other key is an error."""
+        seg, cls, other = {}, {}, []
+        for k, v in state_dict.items():
+            if k.startswith("segmenter."):
+                seg[k[len("segmenter."):]] = v
+            elif k.startswith("classifier."):
+                cls[k[len("classifier."):]] = v
+            else:
+                other.append(k)
+        if other:
+            raise ValueError(f"PlaneClassifier state_dict: unexpected keys ({len(other)}) without a 'segmenter.' or "
+                             f"'classifier.' prefix: {other}")
+        return seg, cls
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray],
+                        classifier_factory: Optional[Callable[[Mapping[str, np.ndarray]], Any]] = None,
+                        groups: int = 8, grad_through_segmenter: bool = True,
+                        segmentation_input: str = "probabilities", backend: str = "cpu") -> "PlaneClassifier":
+        """Builds both networks from one state_dict (keys "segmenter.*" and "classifier.*").
+
+        classifier_factory(classifier_state_dict) builds l (default: diffice.SonoNet.from_state_dict);
+        groups: the segmenter's GroupNorm groups (not recorded in the weights).
+        """
+        seg_sd, cls_sd = cls.split_state_dict(state_dict)
+        segmenter = Segmenter.from_state_dict(seg_sd, groups, backend)
+        classifier = (classifier_factory or _default_classifier_factory)(cls_sd)
+        return cls(segmenter, classifier, grad_through_segmenter, segmentation_input, backend)
+
+    @classmethod
+    def from_file(cls, path: PathLike, classifier_factory: Optional[Callable[[Mapping[str, np.ndarray]], Any]] = None,
+                  groups: int = 8, grad_through_segmenter: bool = True, segmentation_input: str = "probabilities",
+                  backend: str = "cpu") -> "PlaneClassifier":
+        """Loads a single .safetensors / .pt / .npz holding both networks under the prefixes."""
+        from .io import load_weights
+
+        state_dict = load_weights(path)
+        try:
+            return cls.from_state_dict(state_dict, classifier_factory, groups, grad_through_segmenter,
+                                       segmentation_input, backend)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
+
+    # ---- computation ----
+    def forward(self, x: np.ndarray) -> PlaneClassifierOutput:
+        """x float32 (N, 1, H, W) in [-1, 1] -> logits, probabilities, segmentation logits and labels."""
+        logits, seg = self._c.forward(get_backend(self.backend), x)
+        return PlaneClassifierOutput(logits, _probabilities(logits), seg, np.argmax(seg, axis=1))
+
+    __call__ = forward
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(N, n_classes) logits only."""
+        return self._c.forward(get_backend(self.backend), x)[0]
+
+    def vjp(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: Optional[np.ndarray] = None) -> np.ndarray:
+        """d [sum(dlogits * logits) + sum(dsegmentation * segmentation)] / dx, shape of x.
+
+        dsegmentation (N, K, H, W) needs grad_through_segmenter; either gradient may be None (not both).
+        """
+        return self._c.vjp(get_backend(self.backend), x, (dlogits, dsegmentation))
+
+    def gradients(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: Optional[np.ndarray] = None
+                  ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """(dx, {name: gradient}) of the same scalar as vjp; without grad_through_segmenter the segmenter's
+        parameter gradients are zero."""
+        dx, flat = self._c.gradients(get_backend(self.backend), x, (dlogits, dsegmentation))
+        return dx, self._grads_dict(flat)
+
+    def __repr__(self) -> str:
+        return (f"PlaneClassifier(segmenter={self.segmenter!r}, classifier={self.classifier!r}, "
+                f"grad_through_segmenter={self.grad_through_segmenter}, "
+                f"segmentation_input={self.segmentation_input!r})")
