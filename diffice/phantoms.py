@@ -24,40 +24,50 @@ Geometry is in units of ``L = min(H, W / 1.25)`` pixels (the height for the defa
 image top, the probe (fan apex) sits above it on the vertical centre line. Sampled parameters (uniform unless
 noted; every one can be fixed with a keyword argument of the same name):
 
-=====================  ===================================  =================================================
-parameter              range                                meaning
-=====================  ===================================  =================================================
-head_length            [0.30, 0.42]                         semi-axis along the midline (occipito-frontal), L
-aspect                 [0.74, 0.90]                         across / along semi-axis ratio (cephalic index)
-head_center            x in [-0.08, 0.08], depth in         centre of the head, L (depth scaled by H / L)
-                       [0.47, 0.57] * H / L
-rotation_deg           [-30, 30]                            angle of the midline from horizontal
-anterior               -1 or +1 (p = 1/2)                   the frontal bone points left (-1) or right (+1)
-fan_half_angle_deg     [36, 46]                             half opening angle of the sector
-fan_apex               [0.15, 0.45]                         height of the virtual apex above the image top, L
-fan_top                [0.00, 0.06]                         first sample below the apex (r0 - apex), L
-skull_thickness        [0.014, 0.022]                       bone thickness (x1.6 on the probe side), L
-fluid_margin           [0.04, 0.30]                         width of the fluid around the head / head size
-brain_db               [-31, -25]                           parenchyma echo level, dB below bone
-thalami_db             [-40, -35]                           thalami echo level (hypoechoic), dB
-csp_db                 [-50, -40]                           CSP content echo level (anechoic), dB
-csp_center, csp_size   s in [0.28, 0.38]; half sizes        CSP on the midline (s) and its half length along
-                       [0.07, 0.11] x [0.05, 0.08]          the midline (/ head_length) and across (/ b)
-thalami_center         s in [-0.10, 0.02], |t| [0.13, 0.18] thalamus centres (pair mirrored about t = 0)
-thalami_size           [0.14, 0.19] x [0.10, 0.14]          thalamus semi-axes (s, t)
-gain_db                [-4, 4]                              overall brightness
-dynamic_range_db       [38, 52]                             log-compression range (contrast)
-depth_slope_db         [-16, 0]                             net depth attenuation after TGC, dB per L
-tgc_db                 5 knots, N(0, 2.5) each              time-gain variation along depth, dB
-haze_db                [0, 8]                               near-field reverberation haze, dB
-speckle                [0.6, 1.2]                           speckle strength (scale of log-Rayleigh speckle)
-speckle_corr           [0.10, 0.30]                         speckle correlation (3-tap smoothing weight)
-shadow_db              [250, 600]                           shadow loss per unit bone path, dB / L (cap 30)
-blur                   [0, 0.5] if sharp, else [1.3, 2.4]   Gaussian blur sigma, pixels at H = 64 (scaled)
-=====================  ===================================  =================================================
+====================  ==================================  ====================================================
+parameter             range                               meaning
+====================  ==================================  ====================================================
+head_length           [0.30, 0.42]                        semi-axis along the midline (occipito-frontal), L
+aspect                [0.74, 0.90]                        across / along semi-axis ratio (cephalic index)
+head_center           x [-0.08, 0.08],                    centre of the head, L (x from the vertical centre
+                      depth [0.47, 0.57] * H / L          line, depth from the image top)
+rotation_deg          [-30, 30]                           angle of the midline from horizontal
+anterior              -1 or +1 (p = 1/2)                  the frontal bone points left (-1) or right (+1)
+fan_half_angle_deg    [36, 46]                            half opening angle of the sector
+fan_apex              [0.15, 0.45]                        height of the virtual apex above the image top, L
+fan_top               [0, 0.06]                           first sample below the apex (r0 - apex), L
+skull_thickness       [0.022, 0.032]                      bone thickness, L (x1.6 where it faces the probe)
+fluid_margin          [0.04, 0.30]                        width of the amniotic fluid around the head / b
+brain_db              [-35, -30]                          parenchyma echo level, dB below normal-incidence bone
+thalami_contrast_db   [-5, -1]                            thalami relative to the parenchyma, dB (inside a
+                                                          +7 dB rim of deep grey matter, so they read darker)
+thalami_size          [0.18, 0.24] x [0.13, 0.18]         thalamus semi-axes (s, t)
+thalami_center        s [-0.10, 0.02],                    thalamus centres (the pair mirrored about t = 0)
+                      |t| = size_t + [0.01, 0.04]
+csp_center            s [0.28, 0.38]                      CSP centre on the midline
+csp_size              [0.08, 0.12] x [0.06, 0.09]         CSP half length (s) and half width (t)
+csp_db                [-50, -40]                          CSP content echo level (anechoic), dB
+brightness            [0.13, 0.28]                        display level in [0, 1] of the mean parenchyma
+                                                          echo (the sonographer's gain)
+dynamic_range_db      [38, 52]                            log-compression range (contrast)
+depth_slope_db        [-12, 0]                            net depth attenuation after TGC, dB per L
+tgc_db                5 knots, N(0, 2.5) each             time-gain variation along depth, dB
+haze_db               [0, 8]                              near-field reverberation haze, dB
+speckle               [0.8, 1.3]                          speckle strength (scale of the log-speckle, dB)
+speckle_corr          [0.05, 0.20]                        speckle correlation (3-tap smoothing weight)
+shadow_db             [60, 200]                           shadow loss per unit bone path, dB / L (cap 20 dB)
+blur                  [0, 0.4] if sharp, else [0.8, 1.5]  Gaussian blur sigma in pixels at H = 64 (scaled
+                                                          with H); ``sharp`` iff blur <= 0.6
+====================  ==================================  ====================================================
+
+Fixed (not sampled): the posterior fossa (cerebellar hemispheres at s = -0.58, |t| = 0.21, semi-axes 0.13 x 0.17;
+vermis at s = -0.60, 0.10 x 0.08; cisterna magna at s = -0.84, 0.13 x 0.30), and the echo levels of bone (-1 dB
+at normal incidence, down to -29 dB where the beam grazes it), midline (-9 dB), tissue (-25 dB) and fluid (-45 dB).
+Texture details (sulcal echoes, choroid plexus position, abdominal-wall layers, noise fields) are drawn from the
+same generator but not recorded.
 
 Concepts and label rule. Each image has four boolean concepts: ``TH`` (thalami visible), ``CSP`` (cavum septi
-pellucidi visible), ``FP`` (posterior fossa visible) and ``sharp`` (``blur <= 0.9``). The label is::
+pellucidi visible), ``FP`` (posterior fossa visible) and ``sharp`` (``blur <= 0.6``). The label is::
 
     standard plane (1)  <=>  TH and CSP and not FP and sharp
 
@@ -74,6 +84,11 @@ has one failure mode, drawn with ``FAILURE_MODES`` probabilities:
 ``CSP=False``) or the blur recomputes the label with the rule, so the label always equals the rule. Masks contain
 only visible structures, clipped to the field of view (a visible structure always has at least one pixel).
 Structures are kept inside the field of view: the head is pulled towards the image centre (and shrunk) if needed.
+
+Masks, one channel per ``STRUCTURES`` entry: ``head`` (filled, out to the outer bone surface, like the HC18 head
+masks), ``skull`` (the bone ring), ``midline`` (at least a pixel wide), ``thalami`` (both), ``csp``,
+``posterior_fossa`` (cerebellum and cisterna magna). Each is the scan-line coverage of the shape, scan-converted
+like the image and thresholded at 1/2.
 
 Reproducibility: ``generate(n, seed=s)`` gives image i a generator seeded with ``SeedSequence(s).spawn(n)[i]``, so
 image i depends only on (s, i), never on n.
@@ -93,7 +108,7 @@ STRUCTURES: Tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "po
 CONCEPTS: Tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
 FAILURE_MODES: Dict[str, float] = {"tilted": 0.40, "no_csp": 0.20, "no_th": 0.15, "blurred": 0.25}
 MIN_SIZE = 32
-SHARP_MAX_BLUR = 0.65         # blur sigma (pixels at H = 64) above which an image is not sharp
+SHARP_MAX_BLUR = 0.6          # blur sigma (pixels at H = 64) above which an image is not sharp
 _EXTRA_BLUR_P = 0.15          # chance that a tilted / no_csp / no_th image is also blurred
 _SPECKLE_GRAIN = 96    # speckle cells per L (fixed physical grain, whatever the image size)
 _MAX_GRID = 112               # scan-line samples per L (caps the cost and the speckle grain of large images)
@@ -174,7 +189,7 @@ def _sample_params(rng: np.random.Generator, size: Tuple[int, int], standard: Op
         "thalami_contrast_db": -5.0 + 4.0 * u[18],
         "csp_db": -50.0 + 10.0 * u[19],
         "csp_center": 0.28 + 0.10 * u[20],
-        "csp_size": (0.07 + 0.04 * u[21], 0.05 + 0.03 * u[22]),
+        "csp_size": (0.08 + 0.04 * u[21], 0.06 + 0.03 * u[22]),
         "thalami_size": (0.18 + 0.06 * u[25], 0.13 + 0.05 * u[26]),
         "thalami_center": (-0.10 + 0.12 * u[23], 0.14 + 0.05 * u[26] + 0.03 * u[24]),
         "brightness": 0.13 + 0.15 * u[27],
@@ -221,7 +236,7 @@ def _sample_params(rng: np.random.Generator, size: Tuple[int, int], standard: Op
     for k in CONCEPTS:
         if k in overrides:
             concepts[k] = bool(overrides[k])
-    blur = 0.4 * blur_u if concepts["sharp"] else 0.9 + 0.7 * blur_u
+    blur = 0.4 * blur_u if concepts["sharp"] else 0.8 + 0.7 * blur_u
     if "blur" in overrides:
         blur = float(overrides["blur"])
         if not (blur >= 0.0 and math.isfinite(blur)):
@@ -233,7 +248,20 @@ def _sample_params(rng: np.random.Generator, size: Tuple[int, int], standard: Op
     p["blur"] = float(blur)
     p["failure_mode"] = mode
     p.update(concepts)
-    return p
+    return {k: _plain(v) for k, v in p.items()}
+
+
+def _plain(v):
+    """numpy scalars (and tuples of them) as plain Python numbers, so parameter dicts print and serialise."""
+    if isinstance(v, (tuple, list, np.ndarray)):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    return v
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -553,8 +581,8 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
     if p["FP"]:
         cist_w = _soft(cist, edge) * brain
         paint(cist_w, -45.0)
-        paint(_soft(hemi, edge), float(p["brain_db"]) + 6.0 + 3.0 * fine)
-        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 14.0 + 3.0 * fine)               # bright hemisphere rims
+        paint(_soft(hemi, edge), float(p["brain_db"]) + 4.0 + 3.0 * fine)
+        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 9.0 + 3.0 * fine)               # bright hemisphere rims
         paint(_soft(vermis, edge), -10.0 + 2.0 * fine)
         cover["posterior_fossa"] = np.maximum(_soft(np.minimum(hemi, vermis), edge), cist_w)
 
@@ -657,6 +685,8 @@ def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_f
     if n <= 0:
         raise ValueError(f"n must be a positive integer, got {n}")
     size = _check_size(size)
+    if "standard" in params:
+        raise ValueError("generate() takes standard_fraction, not standard (use generate_one for one image)")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     try:

@@ -81,7 +81,7 @@ def _check_masks(b, size):
         fov = P.field_of_view(b.params[i], size)
         assert not (b.masks[i] & ~fov).any(), "a mask leaves the field of view"
         assert (b.images[i, 0][~fov] == -1.0).all(), "the image is not black outside the field of view"
-        assert fov.mean() > 0.4
+        assert fov.mean() > 0.25
         for name in ("head", "skull", "midline"):
             assert b.masks[i, names.index(name)].any(), name
         for name, concept in (("thalami", "TH"), ("csp", "CSP"), ("posterior_fossa", "FP")):
@@ -195,6 +195,7 @@ def test_overrides(seed):
     (dict(n=2, head_size=0.3), "unknown phantom parameters"),
     (dict(n=2, failure_mode="upside_down"), "failure_mode must be"),
     (dict(n=2, blur=-1.0), "blur must be"),
+    (dict(n=2, standard=True), "standard_fraction, not standard"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
