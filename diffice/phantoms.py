@@ -526,7 +526,7 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
     thick = float(p["skull_thickness"]) * (1.0 + 0.6 * np.clip(-cos_inc, 0.0, 1.0))
     paint(_soft(sd_in - thick - 0.015, edge), -21.0 + 2.0 * fine)                # scalp
     brain = _soft(sd_in, edge)
-    paint(brain, float(p["brain_db"]) + 2.0 * medium + 1.0 * fine + 6.0 * np.exp(sd_in * (1.0 / 0.02)))
+    paint(brain, float(p["brain_db"]) + 2.0 * medium + 1.0 * fine + 6.0 * np.exp(np.minimum(sd_in, 0.0) * (1.0 / 0.02)))
 
     # short bright sulcal / insular echoes, roughly parallel to the midline
     for _ in range(2 + int(rng.integers(0, 4))):
@@ -582,7 +582,7 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
         cist_w = _soft(cist, edge) * brain
         paint(cist_w, -45.0)
         paint(_soft(hemi, edge), float(p["brain_db"]) + 4.0 + 3.0 * fine)
-        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 9.0 + 3.0 * fine)               # bright hemisphere rims
+        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 9.0 + 3.0 * fine)   # brighter rims
         paint(_soft(vermis, edge), -10.0 + 2.0 * fine)
         cover["posterior_fossa"] = np.maximum(_soft(np.minimum(hemi, vermis), edge), cist_w)
 

@@ -1,4 +1,4 @@
-"""diffice.phantoms: determinism, shapes and ranges, the label rule, masks, the posterior-fossa signal, bad arguments."""
+"""diffice.phantoms: determinism, shapes and ranges, the label rule, masks, the posterior-fossa signal, bad input."""
 import math
 
 import numpy as np
@@ -66,7 +66,7 @@ def test_dtypes_and_ranges(seed):
     assert (b.images == -1.0).any() and b.images.max() > 0.5
 
 
-@pytest.mark.parametrize("size", [(32, 40), (33, 47), (64, 64), (48, 96), (96, 48), (224, 288)])
+@pytest.mark.parametrize("size", [(32, 40), (33, 47), (64, 64), (48, 96), (96, 48), (120, 40), (224, 288)])
 def test_sizes(size, seed):
     b = P.generate(2, size=size, seed=seed)
     H, W = size
