@@ -8,15 +8,16 @@ files), ``diffice.GaussianDiffusion`` (guided-diffusion's schedule and posterior
 from __future__ import annotations
 
 from ._native import _C
-from . import io, ops
+from . import io, ops, phantoms
 from .diffusion import GaussianDiffusion
 from .unet import UNet
 from .classifier import PlaneClassifier, Segmenter, classification_loss
+from .explain import Explainer
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "build_info", "__version__",
-           "Segmenter", "PlaneClassifier", "classification_loss"]
+__all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
+           "Segmenter", "PlaneClassifier", "classification_loss", "Explainer"]
 
 
 def build_info() -> dict:
