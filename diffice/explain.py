@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 
 from ._native import _C
+from .classifier import classification_loss
 from .diffusion import GaussianDiffusion
 from .ops._backend import get_backend
 from .unet import UNet
@@ -121,21 +122,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def class_loss_and_grad(logits: np.ndarray, targets: np.ndarray, kind: str = "ce"):
-    """Per-sample Lc and d(sum Lc)/dlogits: cross-entropy towards targets, or DiME's -logit_y."""
-    n = len(logits)
-    if kind == "ce":
-        p = _softmax(logits)
-        loss = -np.log(np.maximum(p[np.arange(n), targets], 1e-300))
-        grad = p.copy()
-        grad[np.arange(n), targets] -= 1.0
-    else:
-        loss = -logits[np.arange(n), targets].astype(np.float64)
-        grad = np.zeros(logits.shape, np.float64)
-        grad[np.arange(n), targets] = -1.0
-    return loss.astype(np.float32), grad.astype(np.float32)
-
-
 class PythonGuidance:
     """The guiding loss computed by calling the classifier and perceptual objects from the sampler (for any
     classifier with forward/vjp, e.g. a user's model); diffice's own networks use the native guidance."""
@@ -147,7 +133,7 @@ class PythonGuidance:
 
     def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
         logits = _logits(self.classifier, x0)
-        loss_c, dlogits = class_loss_and_grad(logits, self.targets[rows], self.kind)
+        loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
         grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
         loss_p = np.zeros(len(rows), np.float32)
         if self.perceptual is not None and lambda_p != 0.0:
