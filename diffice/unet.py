@@ -14,6 +14,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._native import _C
+from .network import NetworkBase
 from .ops._backend import get_backend
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -101,7 +102,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_h
     ))
 
 
-class UNet:
+class UNet(NetworkBase):
     """guided-diffusion's UNetModel (unconditional), computed by the C core.
 
     Attributes:
@@ -110,11 +111,11 @@ class UNet:
             use_new_attention_order, use_scale_shift_norm, resblock_updown, learn_sigma.
     """
 
+    _what = "UNet"
+
     def __init__(self, config: Optional[Mapping] = None, backend: str = "cpu") -> None:
         self.config = _full_config(config or {})
-        self.backend = backend
-        self._c = _C.UNet(_c_config(self.config))
-        self._params = self._c.parameters()
+        super().__init__(_C.UNet(_c_config(self.config)), backend)
 
     # ---- construction ----
     @classmethod
@@ -147,55 +148,11 @@ class UNet:
         Unlike guided-diffusion's zero-initialised output convs, every weight is non-zero, so every path matters.
         """
         unet = cls(config, backend=backend)
-        rng = np.random.default_rng(seed)
-        for name, p in unet._params.items():
-            if re.search(r"(in_layers\.0|out_layers\.0|norm|out\.0)\.weight$", name):
-                p[...] = 1.0 + 0.1 * rng.standard_normal(p.shape)
-            elif name.endswith(".weight"):
-                fan_in = int(np.prod(p.shape[1:]))
-                p[...] = rng.uniform(-1, 1, p.shape) / np.sqrt(fan_in)
-            else:
-                p[...] = 0.1 * rng.standard_normal(p.shape)
+        unet._randomize(seed)
         return unet
 
-    # ---- parameters ----
-    def parameter_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        return {k: v.shape for k, v in self._params.items()}
-
-    def num_parameters(self) -> int:
-        return int(self._c.parameter_count())
-
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of every parameter, keyed by guided-diffusion state_dict names."""
-        return {k: v.copy() for k, v in self._params.items()}
-
-    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
-        """Copies weights in; any missing, unexpected or mis-shaped key is an error listing all of them."""
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
-        misshaped = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
-                     for k, v in self._params.items() if k in state_dict and tuple(np.shape(state_dict[k])) != v.shape]
-        if missing or unexpected or misshaped:
-            parts = []
-            if missing:
-                parts.append(f"missing keys ({len(missing)}): {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-            if misshaped:
-                parts.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
-            raise ValueError("UNet state_dict does not match the model: " + "; ".join(parts))
-        for k, v in self._params.items():
-            value = np.asarray(state_dict[k], dtype=np.float32)
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"UNet state_dict: '{k}' contains non-finite values")
-            v[...] = value
-
-    def save(self, path: PathLike) -> None:
-        """Writes safetensors with guided-diffusion key names (loads into PyTorch's UNetModel)."""
-        from .io import save_safetensors
-
-        save_safetensors(path, self.state_dict(), metadata={"format": "guided-diffusion UNetModel",
-                                                            "diffice_config": repr(self.config)})
+    def _config_repr(self) -> dict:
+        return dict(self.config)
 
     # ---- computation ----
     def _timesteps(self, t, n: int) -> np.ndarray:
@@ -222,16 +179,7 @@ class UNet:
     def gradients(self, x: np.ndarray, t, v: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """(dx, {name: d sum(v * forward) / d param}) for training."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._timesteps(t, len(x)), v)
-        grads, offset = {}, 0
-        for name, p in self._params.items():
-            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
-            offset += p.size
-        return dx, grads
-
-    @property
-    def last_peak_bytes(self) -> int:
-        """Activation memory (arena peak) of the last forward/vjp/gradients call."""
-        return int(self._c.last_peak_bytes)
+        return dx, self._grads_dict(flat)
 
     def __repr__(self) -> str:
         return f"UNet({self.config}, parameters={self.num_parameters():,})"

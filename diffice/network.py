@@ -1,0 +1,95 @@
+"""The common base of diffice's network wrappers: parameters by PyTorch state_dict name, strict loading, saving."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> Optional[str]:
+    missing = [k for k in params if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in params]
+    misshaped = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
+                 for k, v in params.items() if k in state_dict and tuple(np.shape(state_dict[k])) != v.shape]
+    if not (missing or unexpected or misshaped):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if misshaped:
+        parts.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
+    return f"{what} state_dict does not match the model: " + "; ".join(parts)
+
+
+class NetworkBase:
+    """Parameter handling shared by the Python wrappers of C networks (diffice._C.Network and diffice._C.UNet):
+    named parameter views, state_dict load/save with strict key checks, random initialisation for tests."""
+
+    _what = "network"
+
+    def __init__(self, c: Any, backend: str = "cpu") -> None:
+        self._c = c
+        self._params = c.parameters()
+        self.backend = backend
+
+    def parameter_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {k: v.shape for k, v in self._params.items()}
+
+    def num_parameters(self) -> int:
+        return int(self._c.parameter_count())
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of every parameter, keyed by PyTorch state_dict names, in order."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
+        """Copies weights in; any missing, unexpected or mis-shaped key is an error listing all of them."""
+        message = _mismatch_error(self._what, self._params, state_dict)
+        if message:
+            raise ValueError(message)
+        for k, v in self._params.items():
+            value = np.asarray(state_dict[k], dtype=np.float32)
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{self._what} state_dict: '{k}' contains non-finite values")
+            v[...] = value
+
+    def save(self, path: PathLike) -> None:
+        """Writes the parameters as safetensors with PyTorch key names."""
+        from .io import save_safetensors
+
+        save_safetensors(path, self.state_dict(), metadata={"format": f"diffice {self._what}",
+                                                            "diffice_config": repr(self._config_repr())})
+
+    def _config_repr(self) -> dict:
+        return {}
+
+    def _grads_dict(self, flat: np.ndarray) -> Dict[str, np.ndarray]:
+        grads, offset = {}, 0
+        for name, p in self._params.items():
+            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+        return grads
+
+    def _randomize(self, seed: int) -> None:
+        """Uniform +-1/sqrt(fan_in) weights, norm scales near 1, small biases: every path matters in tests."""
+        rng = np.random.default_rng(seed)
+        for name, p in self._params.items():
+            if p.ndim == 1 and name.endswith(".weight"):  # GroupNorm / BatchNorm scale
+                p[...] = 1.0 + 0.1 * rng.standard_normal(p.shape)
+            elif name.endswith(".weight"):
+                fan_in = int(np.prod(p.shape[1:]))
+                p[...] = rng.uniform(-1, 1, p.shape) / np.sqrt(fan_in)
+            elif name.endswith("running_var"):
+                p[...] = rng.uniform(0.5, 1.5, p.shape)
+            else:
+                p[...] = 0.1 * rng.standard_normal(p.shape)
+
+    @property
+    def last_peak_bytes(self) -> int:
+        """Activation memory (arena peak) of the last forward/vjp/gradients call."""
+        return int(self._c.last_peak_bytes)
