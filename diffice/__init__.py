@@ -11,10 +11,12 @@ from ._native import _C
 from . import io, ops
 from .diffusion import GaussianDiffusion
 from .unet import UNet
+from .sononet import SonoNet, TargetClassView, sononet_preprocess
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "build_info", "__version__"]
+__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "build_info", "__version__",
+           "SonoNet", "TargetClassView", "sononet_preprocess"]
 
 
 def build_info() -> dict:
