@@ -88,7 +88,65 @@ def linear_cases(batch: int, rng: np.random.Generator) -> List[Case]:
     return cases
 
 
-SUITES = {"conv2d": conv2d_cases, "linear": linear_cases}
+# guided-diffusion's GroupNorm32 at the UNet's first and deepest levels
+GROUP_NORM_SHAPES = [(128, 112, 144), (512, 28, 36)]
+
+
+def group_norm_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+    cases = []
+    for c, h, w in GROUP_NORM_SHAPES:
+        x, xt = _inputs(rng, batch, c, h, w)
+        g, gt = _inputs(rng, c)
+        b, bt = _inputs(rng, c)
+        dy, dyt = _inputs(rng, batch, c, h, w)
+        _, mean, rstd = torch.ops.aten.native_group_norm(xt, gt, bt, batch, c, h * w, 32, 1e-5)
+        flops = 8.0 * batch * c * h * w  # nominal: a few passes over the data; the op is memory bound
+        shape = f"{c}x{h}x{w}, 32 groups"
+        cases.append(Case("group_norm forward", shape, batch, flops,
+                          lambda x=x, g=g, b=b: ops.group_norm(x, 32, g, b),
+                          lambda xt=xt, gt=gt, bt=bt: F.group_norm(xt, 32, gt, bt)))
+        cases.append(Case("group_norm backward", shape, batch, flops,
+                          lambda dy=dy, x=x, g=g: ops.group_norm_backward(dy, x, 32, g),
+                          lambda dyt=dyt, xt=xt, gt=gt, mean=mean, rstd=rstd, c=c, hw=h * w:
+                          torch.ops.aten.native_group_norm_backward(dyt, xt, mean, rstd, gt, batch, c, hw, 32,
+                                                                    [True, True, True])))
+    return cases
+
+
+def _torch_legacy_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """guided-diffusion's QKVAttentionLegacy, as a researcher runs it in PyTorch eager."""
+    bs, width, length = qkv.shape
+    ch = width // (3 * heads)
+    q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
+    scale = 1 / ch ** 0.25
+    weight = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+    return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+
+
+def attention_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+    c, h, w, heads = 512, 28, 36, 4
+    t = h * w
+    qkv, qkvt = _inputs(rng, batch, 3 * c, t)
+    dy, dyt = _inputs(rng, batch, c, t)
+    flops = 4.0 * batch * t * t * c  # QK^T and WV
+    shape = f"C={c}, T={h}x{w}, {heads} heads"
+
+    def torch_backward(qkvt=qkvt, dyt=dyt):
+        with torch.enable_grad():
+            q = qkvt.clone().requires_grad_(True)
+            _torch_legacy_attention(q, heads).backward(dyt)
+            return q.grad
+
+    return [
+        Case("attention forward", shape, batch, flops, lambda: ops.attention(qkv, heads),
+             lambda: _torch_legacy_attention(qkvt, heads)),
+        Case("attention backward", shape, batch, 2 * flops, lambda: ops.attention_backward(dy, qkv, heads),
+             torch_backward),
+    ]
+
+
+SUITES = {"conv2d": conv2d_cases, "linear": linear_cases, "group_norm": group_norm_cases,
+          "attention": attention_cases}
 
 
 def time_case(case: Case, repeats: int, warmup: int) -> tuple:

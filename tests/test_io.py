@@ -174,7 +174,10 @@ def test_safetensors_save_errors(tmp_path):
         dio.save_safetensors(tmp_path / "a.safetensors", {"__metadata__": np.zeros(2, np.float32)})
     with pytest.raises(OSError, match="no_such_dir"):
         dio.save_safetensors(tmp_path / "no_such_dir" / "a.safetensors", {"w": np.zeros(2, np.float32)})
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OSError, match="adir"):
+        dio.save_safetensors(tmp_path / "adir", {"w": np.zeros(2, np.float32)})
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"], "temporary file left behind"
 
 
 def test_safetensors_matches_reference_package(tmp_path, rng):

@@ -7,7 +7,8 @@
 
 /* ---- parameter sets ---- */
 
-int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_error *err, const char *fmt, ...)
+static int register_va(dfc_param_set *set, int ndim, const int64_t *shape, float *external, dfc_error *err,
+                       const char *fmt, va_list ap)
 {
     if (set->count == set->capacity) {
         int grown = set->capacity ? 2 * set->capacity : 64;
@@ -21,10 +22,8 @@ int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_e
     }
     dfc_param_info *info = &set->infos[set->count];
     memset(info, 0, sizeof *info);
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(info->name, sizeof info->name, fmt, ap);
-    va_end(ap);
+    info->external = external;
     info->ndim = ndim;
     int64_t n = 1;
     for (int i = 0; i < DFC_MAX_DIMS; i++) {
@@ -34,6 +33,31 @@ int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_e
     info->offset = set->total;
     set->total += n;
     return set->count++;
+}
+
+int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_error *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int index = register_va(set, ndim, shape, NULL, err, fmt, ap);
+    va_end(ap);
+    return index;
+}
+
+int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external,
+                                dfc_error *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int index = register_va(set, ndim, shape, external, err, fmt, ap);
+    va_end(ap);
+    return index;
+}
+
+float *dfc_param_data(const dfc_param_set *set, int index)
+{
+    const dfc_param_info *info = &set->infos[index];
+    return info->external ? info->external : set->data + info->offset;
 }
 
 dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err)
@@ -48,7 +72,7 @@ dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err)
 dfc_tensor dfc_param_view(const dfc_param_set *set, int index)
 {
     const dfc_param_info *info = &set->infos[index];
-    dfc_tensor t = {set->data + info->offset, info->ndim, {1, 1, 1, 1}};
+    dfc_tensor t = {dfc_param_data(set, index), info->ndim, {1, 1, 1, 1}};
     for (int i = 0; i < info->ndim; i++)
         t.shape[i] = info->shape[i];
     return t;

@@ -16,7 +16,8 @@ typedef struct dfc_param_info {
     char name[DFC_PARAM_NAME_LEN];
     int ndim;
     int64_t shape[DFC_MAX_DIMS];
-    int64_t offset; /* in floats, into the parameter buffer */
+    int64_t offset; /* in floats, into the parameter buffer (and the gradient buffer) */
+    float *external; /* non-NULL: the values live elsewhere (a composite network's child), not in data */
 } dfc_param_info;
 
 typedef struct dfc_param_set {
@@ -29,6 +30,12 @@ typedef struct dfc_param_set {
 /* Registers a parameter (name formatted printf-style); records its offset; returns 0 on out-of-memory. */
 int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_error *err, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* Registers a parameter whose values another set owns (a child network of a composite): it takes an offset in
+ * this set's layout, so gradients of the composite are one buffer, but no space in this set's data. */
+int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external,
+                                dfc_error *err, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Where parameter `index`'s values are. */
+float *dfc_param_data(const dfc_param_set *set, int index);
 /* Allocates the zeroed buffer once all parameters are registered. */
 dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
 /* Points every registered view at the buffer: call after allocation (views are bound by index). */

@@ -35,6 +35,8 @@ DFC_DECLARE_CPU_OP(group_norm_forward)
 DFC_DECLARE_CPU_OP(group_norm_backward)
 DFC_DECLARE_CPU_OP(attention_forward)
 DFC_DECLARE_CPU_OP(attention_backward)
+DFC_DECLARE_CPU_OP(activation_forward)
+DFC_DECLARE_CPU_OP(activation_backward)
 #undef DFC_DECLARE_CPU_OP
 
 #endif

@@ -8,34 +8,10 @@
 
 #include "attention_layout.h"
 #include "cpu.h"
-
-/* exp(x) for x <= 0 (logits minus their row max), within 1 ulp of the correctly rounded float and free of float
- * branches so the softmax loop vectorises (under the default -ftrapping-math gcc will not if-convert a float
- * compare). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, 2^n built in the
- * exponent bits. x is clamped at -87 (exp = 1.6e-38, nothing next to the row max's 1) by an unsigned compare of
- * its bits, which for negative floats grow with |x|. */
-static inline float softmax_expf(float x)
-{
-    union { float f; uint32_t u; } in = {.f = x};
-    const uint32_t minus_87 = 0xc2ae0000u;
-    in.u = in.u < minus_87 ? in.u : minus_87;
-    x = in.f;
-    const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
-    const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
-    float r = x - n * 0.693359375f;  /* ln 2 in two parts, the first exact in 9 bits */
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return p * two_n.f;
-}
+#include "fast_math.h"
 
 /* Rows of length T in place: P = softmax(S), the row max subtracted first. */
+DFC_VECTOR_CLONES
 static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t T)
 {
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -48,7 +24,7 @@ static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t 
         float sum = 0.0f;
         #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < T; s++) {
-            row[s] = softmax_expf(row[s] - max);
+            row[s] = dfc_expf_nonpositive(row[s] - max);
             sum += row[s];
         }
         const float inv = 1.0f / sum;
@@ -58,6 +34,7 @@ static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t 
 }
 
 /* dS = P * (dP - rowsum(P * dP)), in place over dP. */
+DFC_VECTOR_CLONES
 static void softmax_backward_rows(const dfc_backend *be, const float *P, float *dP, int64_t rows, int64_t T)
 {
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "cpu.h"
+#include "fast_math.h"
 #include "ref.h"
 
 static inline int present(const dfc_tensor *t)
@@ -59,6 +60,7 @@ static void block_stats(const float *xs, int64_t count, double eps, double *mean
     *rstd_out = 1.0 / sqrt(var + eps);
 }
 
+DFC_VECTOR_CLONES
 dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
                                   const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
                                   dfc_tensor *rstd, dfc_error *err)
@@ -102,6 +104,7 @@ dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
  *   B = -r^3 sum(g (x - m)) / M,  C = -r sum(g) / M;
  * sum(g) and sum(g (x - m)) come from the per-channel sums S_dy[n, c] and S_dyx[n, c] = sum dy (x - m), which also
  * give dbeta_c = sum_n S_dy[n, c] and dgamma_c = sum_n r_n S_dyx[n, c]. */
+DFC_VECTOR_CLONES
 dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
                                    const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
                                    int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta,

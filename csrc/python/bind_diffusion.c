@@ -212,3 +212,15 @@ PyTypeObject DfcDiffusion_Type = {
     .tp_methods = diffusion_methods,
     .tp_getset = diffusion_getset,
 };
+
+dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &DfcDiffusion_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected a diffice._C.Diffusion, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    DiffusionObject *d = (DiffusionObject *)obj;
+    if (!d->d)
+        PyErr_SetString(PyExc_RuntimeError, "Diffusion: not initialised");
+    return d->d;
+}

@@ -8,6 +8,7 @@
 #include <Python.h>
 
 #include "../core/arena.h"
+#include "../nets/net.h"
 #include "../ops/ops.h"
 
 /* The Python object wrapping a dfc_backend (diffice._C.Backend). */
@@ -101,6 +102,22 @@ extern PyMethodDef dfc_methods_io[];
 int dfc_register_sononet(PyObject *module);
 int dfc_register_resnet(PyObject *module);
 int dfc_register_classifier(PyObject *module);
+int dfc_register_sampler(PyObject *module);
+
+/* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
+extern PyTypeObject DfcNetwork_Type;
+PyObject *dfc_py_wrap_net(dfc_net *net);
+/* The C network inside a diffice._C.Network (borrowed; NULL with TypeError otherwise). Composite networks that
+ * take child networks must keep a reference to the child Python objects for as long as they live. */
+dfc_net *dfc_py_unwrap_net(PyObject *obj);
+/* The C objects inside diffice._C.UNet / diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
+struct dfc_unet;
+struct dfc_diffusion;
+struct dfc_unet *dfc_py_unwrap_unet(PyObject *obj);
+struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
+
+/* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
+PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
 
 /* Adds a ready type to the module under its short name; -1 with an exception on failure. */
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name);

@@ -1,4 +1,4 @@
-/* Bindings for the networks (diffice._C.UNet). Parameters are exposed as numpy views into the C buffer, so
+/* Bindings for the guided-diffusion UNet (diffice._C.UNet). Parameters are exposed as numpy views into the C buffer, so
  * loading and saving checkpoints happen in Python while the math stays in C. */
 #include "pyutil.h"
 
@@ -118,32 +118,7 @@ static int unet_ready(UNetObject *self)
 static PyObject *unet_parameters(UNetObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!unet_ready(self))
-        return NULL;
-    dfc_param_set *set = dfc_unet_params(self->unet);
-    PyObject *dict = PyDict_New();
-    if (!dict)
-        return NULL;
-    for (int i = 0; i < set->count; i++) {
-        const dfc_param_info *info = &set->infos[i];
-        npy_intp dims[DFC_MAX_DIMS];
-        for (int d = 0; d < info->ndim; d++)
-            dims[d] = (npy_intp)info->shape[d];
-        PyObject *arr = PyArray_SimpleNewFromData(info->ndim, dims, NPY_FLOAT32, set->data + info->offset);
-        if (!arr)
-            goto fail;
-        Py_INCREF(self);
-        if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0 ||
-            PyDict_SetItemString(dict, info->name, arr) < 0) {
-            Py_DECREF(arr);
-            goto fail;
-        }
-        Py_DECREF(arr);
-    }
-    return dict;
-fail:
-    Py_DECREF(dict);
-    return NULL;
+    return unet_ready(self) ? dfc_py_params_dict((PyObject *)self, dfc_unet_params(self->unet)) : NULL;
 }
 
 static PyObject *unet_parameter_count(UNetObject *self, PyObject *noargs)
@@ -306,3 +281,13 @@ PyTypeObject DfcUNet_Type = {
     .tp_methods = unet_methods,
     .tp_getset = unet_getset,
 };
+
+dfc_unet *dfc_py_unwrap_unet(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &DfcUNet_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected a diffice._C.UNet, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    UNetObject *u = (UNetObject *)obj;
+    return unet_ready(u) ? u->unet : NULL;
+}

@@ -1,0 +1,462 @@
+#include "sampler.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+/* What each noise draw is for; with the iteration and step it keys the counter-based generator (rng.h). */
+enum { STREAM_Q_SAMPLE = 1, STREAM_STEP = 2, STREAM_DIME_CHAIN = 3, STREAM_MASK_Q_SAMPLE = 4 };
+
+typedef struct pass {
+    const dfc_sampler_config *cfg;
+    const dfc_unet *unet;
+    const dfc_diffusion *d;
+    const dfc_guidance *g;
+    dfc_backend *be;
+    dfc_arena *steps;         /* reset after every reverse step */
+    dfc_arena *scratch;       /* UNet block intermediates */
+    const dfc_tensor *x_all;  /* the original inputs (N, C, H, W) */
+    const uint64_t *keys;     /* (N) */
+    int iteration;
+    int lambda_index;
+    int64_t n;                /* active rows in this pass */
+    const int64_t *rows;      /* their positions in the original batch */
+    int64_t channels, height, width, m;
+    dfc_progress_fn progress;
+    void *progress_user;
+    dfc_sampler_outputs *out;
+    int64_t batch;            /* N */
+} pass;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fill_noise(const pass *p, int stream, int step, int inner, float *out)
+{
+    for (int64_t b = 0; b < p->n; b++) {
+        dfc_noise_stream s = {p->cfg->seed, p->keys[p->rows[b]], (uint32_t)stream, (uint32_t)p->iteration,
+                              (uint32_t)step, (uint32_t)inner};
+        dfc_gaussian_noise(&s, out + b * p->m, p->m);
+    }
+}
+
+static dfc_tensor image_view(const pass *p, float *data)
+{
+    return dfc_tensor4(data, p->n, p->channels, p->height, p->width);
+}
+
+/* x_all's rows of this pass, gathered. */
+static void gather_rows(const pass *p, const float *all, float *out)
+{
+    for (int64_t b = 0; b < p->n; b++)
+        memcpy(out + b * p->m, all + p->rows[b] * p->m, (size_t)p->m * sizeof(float));
+}
+
+static void fill_indices(const pass *p, int64_t i, int64_t *indices, float *timesteps)
+{
+    for (int64_t b = 0; b < p->n; b++) {
+        indices[b] = i;
+        timesteps[b] = (float)p->d->timestep_map[i];
+    }
+}
+
+/* The model's output at respaced index i and the posterior it implies. With tape non-NULL the UNet keeps its
+ * activations for a VJP (the x_t-gradient baseline). */
+typedef struct step_state {
+    dfc_tensor model_out, mean, variance, log_variance, x0;
+    int64_t *indices;
+    float *timesteps;
+    dfc_unet_tape *tape;
+} step_state;
+
+static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s,
+                          dfc_error *err)
+{
+    const int64_t out_c = dfc_unet_get_config(p->unet)->out_channels;
+    s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
+    s->timesteps = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    s->model_out = dfc_alloc4(p->steps, p->n, out_c, p->height, p->width, err);
+    s->mean = dfc_alloc_like(p->steps, z, err);
+    s->variance = dfc_alloc_like(p->steps, z, err);
+    s->log_variance = dfc_alloc_like(p->steps, z, err);
+    s->x0 = dfc_alloc_like(p->steps, z, err);
+    if (!s->indices || !s->timesteps || !s->model_out.data || !s->mean.data || !s->variance.data ||
+        !s->log_variance.data || !s->x0.data)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    fill_indices(p, i, s->indices, s->timesteps);
+    s->tape = NULL;
+    DFC_TRY(dfc_unet_forward(p->unet, p->be, p->steps, keep_tape ? NULL : p->scratch, z, s->timesteps,
+                             keep_tape ? &s->tape : NULL, &s->model_out, err));
+    p->out->unet_evaluations += p->n;
+    return dfc_diffusion_p_mean_variance(p->d, &s->model_out, z, s->indices, p->cfg->clip, &s->mean, &s->variance,
+                                         &s->log_variance, &s->x0, err);
+}
+
+/* z <- mean + 1[i != 0] sigma noise (unguided), or mean - variance g + ... (guided) */
+static dfc_status reverse_step(const pass *p, const step_state *s, const dfc_tensor *grad, int stream, int step,
+                               int inner, dfc_tensor *z, dfc_error *err)
+{
+    dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
+    DFC_CHECK_ALLOC(noise);
+    fill_noise(p, stream, step, inner, noise.data);
+    return dfc_diffusion_sample_step(p->d, &s->mean, &s->variance, &s->log_variance, grad, &noise, s->indices, z,
+                                     err);
+}
+
+/* The guiding gradient at x_for_grad (x0_hat, or FastDiME's previous estimate, or DiME's chain result). */
+static dfc_status guidance_gradient(const pass *p, const dfc_tensor *x_for_grad, int64_t i, dfc_tensor *grad,
+                                    dfc_error *err)
+{
+    float *lambda_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    float *loss_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    float *loss_p = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    if (!lambda_c || !loss_c || !loss_p)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    for (int64_t b = 0; b < p->n; b++)
+        lambda_c[b] = p->cfg->lambda_c[p->lambda_index];
+    DFC_TRY(p->g->loss_and_grad(p->g->ctx, p->be, p->steps, x_for_grad, p->rows, lambda_c, p->cfg->lambda_p, grad,
+                                loss_c, loss_p, err));
+    if (p->cfg->scale_grads || p->cfg->method == DFC_METHOD_DIME) {
+        /* the gradient at the clean image stands in for the one at the noisy z: divide by sqrt(abar) */
+        float inv = (float)(1.0 / p->d->sqrt_alphas_cumprod[i]);
+        int64_t total = dfc_numel(grad);
+        for (int64_t j = 0; j < total; j++)
+            grad->data[j] *= inv;
+    }
+    return DFC_OK;
+}
+
+/* DiME's l1/l2 terms on the noisy z against the original x: l1 sum |z - x|, l2 sum over pixels of the
+ * channel-wise norm ||z - x||. */
+static void add_noisy_distance_terms(const pass *p, const dfc_tensor *z, const float *x_orig, dfc_tensor *grad)
+{
+    const float l1 = p->cfg->lambda_l1, l2 = p->cfg->lambda_l2;
+    if (l1 == 0.0f && l2 == 0.0f)
+        return;
+    const int64_t hw = p->height * p->width;
+    for (int64_t b = 0; b < p->n; b++) {
+        for (int64_t k = 0; k < hw; k++) {
+            double norm2 = 0.0;
+            for (int64_t c = 0; c < p->channels; c++) {
+                int64_t j = b * p->m + c * hw + k;
+                double diff = (double)z->data[j] - x_orig[j];
+                norm2 += diff * diff;
+            }
+            float inv_norm = norm2 > 0.0 ? (float)(1.0 / sqrt(norm2)) : 0.0f;
+            for (int64_t c = 0; c < p->channels; c++) {
+                int64_t j = b * p->m + c * hw + k;
+                float diff = z->data[j] - x_orig[j];
+                grad->data[j] += l1 * (float)((diff > 0.0f) - (diff < 0.0f)) + l2 * diff * inv_norm;
+            }
+        }
+    }
+}
+
+/* The x_t-gradient baseline: g_z = d L(x0_hat(z)) / dz through the clip and the UNet:
+ * x0 = recip z - recipm1 eps(z), so g_z = mask (recip g - J_eps^T (recipm1 g)), mask = 1 where x0 was not clipped. */
+static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const step_state *s, int64_t i,
+                                     dfc_tensor *grad, dfc_error *err)
+{
+    const float recip = (float)p->d->sqrt_recip_alphas_cumprod[i];
+    const float recipm1 = (float)p->d->sqrt_recipm1_alphas_cumprod[i];
+    const int64_t out_c = s->model_out.shape[1], hw = p->height * p->width;
+    dfc_tensor v = dfc_arena_zeros(p->steps, 4, s->model_out.shape, err);
+    dfc_tensor dz = dfc_alloc_like(p->steps, z, err);
+    DFC_CHECK_ALLOC(v);
+    DFC_CHECK_ALLOC(dz);
+    for (int64_t b = 0; b < p->n; b++) {
+        for (int64_t j = 0; j < p->m; j++) {
+            int64_t at = b * p->m + j;
+            float unclipped = recip * z->data[at] - recipm1 * s->model_out.data[b * out_c * hw + j];
+            float mask = (!p->cfg->clip || (unclipped >= -1.0f && unclipped <= 1.0f)) ? 1.0f : 0.0f;
+            float g = mask * grad->data[at];
+            v.data[b * out_c * hw + j] = -recipm1 * g; /* eps channels; the variance channels get no gradient */
+            grad->data[at] = recip * g;
+        }
+    }
+    DFC_TRY(dfc_unet_backward(p->unet, p->be, p->steps, s->tape, &v, &dz, NULL, err));
+    for (int64_t j = 0; j < dfc_numel(grad); j++)
+        grad->data[j] += dz.data[j];
+    return DFC_OK;
+}
+
+/* FastDiME's self-optimised mask: B = 1 where the dilated, per-sample normalised |x0_hat - x| is below the
+ * threshold (1 keeps the original). */
+static dfc_status fastdime_mask(const pass *p, const dfc_tensor *x0, const float *x_in, float *keep, dfc_error *err)
+{
+    const int64_t hw = p->height * p->width;
+    dfc_tensor m = dfc_alloc4(p->steps, p->n, 1, p->height, p->width, err);
+    dfc_tensor dil = dfc_alloc4(p->steps, p->n, 1, p->height, p->width, err);
+    DFC_CHECK_ALLOC(m);
+    DFC_CHECK_ALLOC(dil);
+    for (int64_t b = 0; b < p->n; b++) {
+        float max = 0.0f;
+        for (int64_t k = 0; k < hw; k++) {
+            float sum = 0.0f;
+            for (int64_t c = 0; c < p->channels; c++) {
+                int64_t j = b * p->m + c * hw + k;
+                sum += fabsf((x0->data[j] + 1.0f) / 2.0f - (x_in[j] + 1.0f) / 2.0f);
+            }
+            m.data[b * hw + k] = sum;
+            max = sum > max ? sum : max;
+        }
+        if (max > 0.0f)
+            for (int64_t k = 0; k < hw; k++)
+                m.data[b * hw + k] /= max;
+    }
+    int k = p->cfg->mask_dilation, pad = (k - 1) / 2;
+    dfc_pool2d_params pool = {k, k, 1, 1, pad, pad};
+    DFC_TRY(p->be->ops->max_pool2d_forward(p->be, &m, pool, &dil, err));
+    for (int64_t b = 0; b < p->n; b++)
+        for (int64_t k2 = 0; k2 < hw; k2++)
+            keep[b * hw + k2] = dil.data[b * hw + k2] < p->cfg->mask_threshold ? 1.0f : 0.0f;
+    return DFC_OK;
+}
+
+/* a <- a (1 - keep) + keep b, keep per pixel (broadcast over channels) */
+static void blend_keep(const pass *p, float *a, const float *b, const float *keep)
+{
+    const int64_t hw = p->height * p->width;
+    for (int64_t r = 0; r < p->n; r++)
+        for (int64_t c = 0; c < p->channels; c++)
+            for (int64_t k = 0; k < hw; k++) {
+                int64_t j = r * p->m + c * hw + k;
+                float w = keep[r * hw + k];
+                a[j] = a[j] * (1.0f - w) + w * b[j];
+            }
+}
+
+/* DiME's clean estimate: an unguided reverse chain from z (at index i - 1) to 0. */
+static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int step, dfc_tensor *x_c,
+                             dfc_error *err)
+{
+    memcpy(x_c->data, z->data, (size_t)dfc_numel(z) * sizeof(float));
+    for (int64_t j = i - 1; j >= 0; j--) {
+        dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
+        step_state s;
+        DFC_TRY(denoise(p, x_c, j, 0, &s, err));
+        DFC_TRY(reverse_step(p, &s, NULL, STREAM_DIME_CHAIN, step, (int)j, x_c, err));
+        dfc_arena_reset(p->steps, mark);
+    }
+    return DFC_OK;
+}
+
+/* Marks rows that became non-finite (first step only) and resets them to 0 so nothing downstream sees NaN;
+ * other rows are untouched (every op works per sample). */
+static void check_finite(const pass *p, dfc_tensor *z, int step)
+{
+    for (int64_t b = 0; b < p->n; b++) {
+        float *row = z->data + b * p->m;
+        int bad = 0;
+        for (int64_t j = 0; j < p->m; j++)
+            bad |= !isfinite(row[j]);
+        if (!bad)
+            continue;
+        int *mark = &p->out->nonfinite_step[(int64_t)p->iteration * p->batch + p->rows[b]];
+        if (*mark < 0)
+            *mark = step;
+        memset(row, 0, (size_t)p->m * sizeof(float));
+    }
+}
+
+static void record_step(const pass *p, int step, const dfc_tensor *z, const dfc_tensor *x0)
+{
+    if (!p->out->steps_xt || !p->out->steps_x0)
+        return;
+    int64_t base = ((int64_t)p->iteration * p->cfg->tau + step) * p->batch;
+    for (int64_t b = 0; b < p->n; b++) {
+        memcpy(p->out->steps_xt + (base + p->rows[b]) * p->m, z->data + b * p->m, (size_t)p->m * sizeof(float));
+        memcpy(p->out->steps_x0 + (base + p->rows[b]) * p->m, x0->data + b * p->m, (size_t)p->m * sizeof(float));
+    }
+}
+
+/* One guided reverse process from x_in (the rows of this pass) to z. */
+static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in, dfc_tensor *z, dfc_error *err)
+{
+    const dfc_sampler_config *cfg = p->cfg;
+    dfc_tensor x_c = dfc_alloc_like(persist, z, err), x_orig = dfc_alloc_like(persist, z, err);
+    dfc_tensor x_in_t = image_view(p, (float *)x_in);
+    float *keep = dfc_arena_alloc(persist, (size_t)(p->n * p->height * p->width) * sizeof(float), err);
+    DFC_CHECK_ALLOC(x_c);
+    DFC_CHECK_ALLOC(x_orig);
+    if (!keep)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    gather_rows(p, p->x_all->data, x_orig.data);
+    memcpy(x_c.data, x_in, (size_t)dfc_numel(z) * sizeof(float));
+    int mask_active = 0;
+
+    /* z_tau = q_sample(x_in, tau) */
+    {
+        dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
+        dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
+        int64_t *indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
+        DFC_CHECK_ALLOC(noise);
+        if (!indices)
+            return err && err->code ? err->code : DFC_ERR_NOMEM;
+        fill_noise(p, STREAM_Q_SAMPLE, 0, 0, noise.data);
+        for (int64_t b = 0; b < p->n; b++)
+            indices[b] = cfg->tau;
+        DFC_TRY(dfc_diffusion_q_sample(p->d, &x_in_t, indices, &noise, z, err));
+        dfc_arena_reset(p->steps, mark);
+    }
+    const int xt = cfg->method == DFC_METHOD_DIFF_ICE_XT;
+    for (int step = 0; step < cfg->tau; step++) {
+        const int64_t i = cfg->tau - 1 - step;
+        dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
+        step_state s;
+        DFC_TRY(denoise(p, z, i, xt, &s, err));
+        dfc_tensor grad = dfc_alloc_like(p->steps, z, err);
+        DFC_CHECK_ALLOC(grad);
+        const dfc_tensor *at = (cfg->grad_at_previous || cfg->method == DFC_METHOD_DIME) ? &x_c : &s.x0;
+        DFC_TRY(guidance_gradient(p, at, i, &grad, err));
+        if (xt)
+            DFC_TRY(chain_through_unet(p, z, &s, i, &grad, err));
+        add_noisy_distance_terms(p, z, x_orig.data, &grad);
+        DFC_TRY(reverse_step(p, &s, &grad, STREAM_STEP, step, 0, z, err));
+        if (cfg->method == DFC_METHOD_DIME) {
+            if (i > 0)
+                DFC_TRY(dime_chain(p, z, i, step, &x_c, err));
+        } else if (cfg->grad_at_previous) {
+            memcpy(x_c.data, s.x0.data, (size_t)dfc_numel(z) * sizeof(float));
+        }
+        if (cfg->method == DFC_METHOD_FASTDIME && step >= cfg->mask_warmup) {
+            /* q_sample at index i although z is now at i - 1: FastDiME's off-by-one, kept as upstream */
+            DFC_TRY(fastdime_mask(p, &s.x0, x_in, keep, err));
+            mask_active = 1;
+            dfc_tensor noise = dfc_alloc_like(p->steps, z, err), x_noisy = dfc_alloc_like(p->steps, z, err);
+            DFC_CHECK_ALLOC(noise);
+            DFC_CHECK_ALLOC(x_noisy);
+            fill_noise(p, STREAM_MASK_Q_SAMPLE, step, 0, noise.data);
+            DFC_TRY(dfc_diffusion_q_sample(p->d, &x_in_t, s.indices, &noise, &x_noisy, err));
+            blend_keep(p, x_c.data, x_in, keep);
+            blend_keep(p, z->data, x_noisy.data, keep);
+        }
+        check_finite(p, z, step);
+        record_step(p, step, z, &s.x0);
+        dfc_arena_reset(p->steps, mark);
+        if (p->progress &&
+            p->progress(p->progress_user, p->iteration, p->lambda_index, step + 1, cfg->tau, (int)p->n))
+            return dfc_fail(err, DFC_ERR_INTERRUPTED, "sampler: interrupted at iteration %d, step %d",
+                            p->iteration + 1, step + 1);
+    }
+    if (mask_active)
+        blend_keep(p, z->data, x_in, keep);
+    return DFC_OK;
+}
+
+dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusion *d, dfc_error *err)
+{
+    const char *op = "sampler";
+    if (cfg->method < DFC_METHOD_DIFF_ICE || cfg->method > DFC_METHOD_FASTDIME)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: unknown method %d", op, (int)cfg->method);
+    if (cfg->iterations < 1 || cfg->iterations > 1000)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: iterations must be in [1, 1000], got %d", op, cfg->iterations);
+    if (cfg->tau < 1 || cfg->tau >= d->num_timesteps)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: tau must be in [1, %d) (the respaced steps), got %d", op,
+                        d->num_timesteps, cfg->tau);
+    if (cfg->num_lambdas < 1 || cfg->num_lambdas > DFC_MAX_LAMBDAS)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: between 1 and %d lambda_c values are needed, got %d", op,
+                        DFC_MAX_LAMBDAS, cfg->num_lambdas);
+    for (int k = 0; k < cfg->num_lambdas; k++)
+        if (!isfinite(cfg->lambda_c[k]) || cfg->lambda_c[k] < 0.0f)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: lambda_c[%d] = %g must be finite and >= 0", op, k,
+                            (double)cfg->lambda_c[k]);
+    if (!isfinite(cfg->lambda_p) || cfg->lambda_p < 0.0f || !isfinite(cfg->lambda_l1) || cfg->lambda_l1 < 0.0f ||
+        !isfinite(cfg->lambda_l2) || cfg->lambda_l2 < 0.0f)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: lambda_p, lambda_l1 and lambda_l2 must be finite and >= 0", op);
+    if (cfg->method == DFC_METHOD_FASTDIME) {
+        if (cfg->mask_dilation < 1 || cfg->mask_dilation % 2 == 0 || cfg->mask_dilation > 255)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: mask_dilation must be odd and in [1, 255], got %d", op,
+                            cfg->mask_dilation);
+        if (!(cfg->mask_threshold >= 0.0f && cfg->mask_threshold <= 1.0f))
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: mask_threshold must be in [0, 1]", op);
+    }
+    return DFC_OK;
+}
+
+dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, const dfc_diffusion *d,
+                           const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
+                           const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
+                           dfc_sampler_outputs *out, dfc_error *err)
+{
+    DFC_TRY(dfc_sampler_validate(cfg, d, err));
+    DFC_TRY(dfc_check_ndim(x, "sampler", "x", 4, 4, err));
+    if (x->shape[1] != dfc_unet_get_config(unet)->in_channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the UNet takes %d",
+                        (long long)x->shape[1], dfc_unet_get_config(unet)->in_channels);
+    const int64_t n = x->shape[0], m = dfc_inner_size(x, 1), L = cfg->iterations;
+    for (int64_t j = 0; j < L * n; j++)
+        out->nonfinite_step[j] = -1;
+    out->unet_evaluations = 0;
+
+    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals */
+    dfc_arena persist, steps, scratch;
+    dfc_arena_init(&persist, 0, 0);
+    dfc_arena_init(&steps, 0, 0);
+    dfc_arena_init(&scratch, 0, 0);
+    dfc_status st = DFC_OK;
+    int64_t *all_rows = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
+    int64_t *active = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
+    float *prob = dfc_arena_alloc(&persist, (size_t)n * sizeof(float), err);
+    int *is_target = dfc_arena_alloc(&persist, (size_t)n * sizeof(int), err);
+    float *pass_in = dfc_arena_alloc(&persist, (size_t)(n * m) * sizeof(float), err);
+    if (!all_rows || !active || !prob || !is_target || !pass_in) {
+        st = err && err->code ? err->code : DFC_ERR_NOMEM;
+        goto done;
+    }
+    for (int64_t b = 0; b < n; b++)
+        all_rows[b] = b;
+    if ((st = guidance->classify(guidance->ctx, be, &steps, x, all_rows, prob, is_target, err)) != DFC_OK)
+        goto done;
+    memcpy(out->prob_target, prob, (size_t)n * sizeof(float));
+    dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
+
+    for (int l = 0; l < L; l++) {
+        double t0 = now_seconds();
+        const float *iteration_in = l == 0 ? x->data : out->counterfactuals + (int64_t)(l - 1) * n * m;
+        float *iteration_out = out->counterfactuals + (int64_t)l * n * m;
+        int64_t num_active = n;
+        for (int64_t b = 0; b < n; b++)
+            active[b] = b;
+        for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
+            pass p = {cfg, unet, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
+                      x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n};
+            dfc_arena_mark mark = dfc_arena_get_mark(&persist);
+            dfc_tensor z = dfc_arena_tensor(&persist, 4, (int64_t[]){num_active, x->shape[1], x->shape[2],
+                                                                        x->shape[3]}, err);
+            if (!z.data) {
+                st = err && err->code ? err->code : DFC_ERR_NOMEM;
+                goto done;
+            }
+            gather_rows(&p, iteration_in, pass_in);
+            if ((st = run_pass(&p, &persist, pass_in, &z, err)) != DFC_OK)
+                goto done;
+            if ((st = guidance->classify(guidance->ctx, be, &steps, &z, active, prob, is_target, err)) != DFC_OK)
+                goto done;
+            dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
+            int64_t still = 0;
+            for (int64_t b = 0; b < num_active; b++) {
+                int64_t row = active[b];
+                memcpy(iteration_out + row * m, z.data + b * m, (size_t)m * sizeof(float));
+                out->prob_target[(int64_t)(l + 1) * n + row] = prob[b];
+                out->lambda_used[(int64_t)l * n + row] = cfg->lambda_c[k];
+                out->flipped[(int64_t)l * n + row] = is_target[b];
+                if (!is_target[b])
+                    active[still++] = row;
+            }
+            num_active = still;
+            dfc_arena_reset(&persist, mark);
+        }
+        out->iteration_seconds[l] = now_seconds() - t0;
+    }
+done:
+    out->peak_bytes = persist.peak + steps.peak + scratch.peak;
+    dfc_arena_free(&persist);
+    dfc_arena_free(&steps);
+    dfc_arena_free(&scratch);
+    return st;
+}

@@ -1,0 +1,422 @@
+/* Bindings for the sampler: diffice._C.sample (the whole guided reverse process in one call) and
+ * diffice._C.gaussian_noise (the sampler's noise, so tests can reproduce a step bit for bit).
+ *
+ * The guidance is either a native one (a capsule holding a dfc_guidance, made by the classifier/perceptual
+ * bindings) or any Python object with loss_and_grad(x0, rows, lambda_c, lambda_p) -> (grad, loss_c, loss_p) and
+ * classify(x, rows) -> (prob_target, is_target): the latter lets researchers guide with their own models. */
+#include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../diffusion/sampler.h"
+
+#define GUIDANCE_CAPSULE "diffice.guidance"
+
+/* ---- Python-object guidance: trampolines that take the GIL for the call ---- */
+
+typedef struct {
+    PyObject *object;
+    PyObject *progress;       /* callable or NULL */
+    int64_t channels, height, width;
+    /* the first Python exception raised inside a callback, re-raised after the run */
+    PyObject *exc_type, *exc_value, *exc_tb;
+} py_bridge;
+
+static void keep_exception(py_bridge *b)
+{
+    if (b->exc_type) {
+        PyErr_Clear();
+        return;
+    }
+    PyErr_Fetch(&b->exc_type, &b->exc_value, &b->exc_tb);
+}
+
+static PyObject *rows_array(const int64_t *rows, int64_t n)
+{
+    npy_intp dims[1] = {n};
+    PyObject *a = PyArray_SimpleNew(1, dims, NPY_INT64);
+    if (a)
+        memcpy(PyArray_DATA((PyArrayObject *)a), rows, (size_t)n * sizeof(int64_t));
+    return a;
+}
+
+static PyObject *copy_tensor(const dfc_tensor *t)
+{
+    dfc_tensor copy;
+    PyObject *a = dfc_py_new_tensor(t->ndim, t->shape, &copy);
+    if (a)
+        memcpy(copy.data, t->data, (size_t)dfc_numel(t) * sizeof(float));
+    return a;
+}
+
+/* Copies a float array-like of exactly `count` values into out. */
+static int read_floats(PyObject *obj, const char *what, float *out, int64_t count)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 5, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    if (PyArray_SIZE(a) != count) {
+        PyErr_Format(PyExc_ValueError, "guidance: %s has %lld values, expected %lld", what,
+                     (long long)PyArray_SIZE(a), (long long)count);
+        Py_DECREF(a);
+        return -1;
+    }
+    memcpy(out, PyArray_DATA(a), (size_t)count * sizeof(float));
+    Py_DECREF(a);
+    return 0;
+}
+
+static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0,
+                                   const int64_t *rows, const float *lambda_c, float lambda_p, dfc_tensor *grad,
+                                   float *loss_class, float *loss_perceptual, dfc_error *err)
+{
+    (void)be;
+    (void)arena;
+    py_bridge *b = ctx;
+    int64_t n = x0->shape[0];
+    dfc_status st = DFC_OK;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *x_obj = copy_tensor(x0), *rows_obj = rows_array(rows, n), *lam = NULL, *result = NULL;
+    dfc_tensor lam_t;
+    int64_t lam_shape[1] = {n};
+    if (x_obj && rows_obj && (lam = dfc_py_new_tensor(1, lam_shape, &lam_t))) {
+        memcpy(lam_t.data, lambda_c, (size_t)n * sizeof(float));
+        result = PyObject_CallMethod(b->object, "loss_and_grad", "OOOd", x_obj, rows_obj, lam, (double)lambda_p);
+    }
+    if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3) {
+        if (result)
+            PyErr_SetString(PyExc_TypeError, "guidance.loss_and_grad must return (grad, loss_class, loss_perceptual)");
+        keep_exception(b);
+        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad failed");
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "grad", grad->data, dfc_numel(grad)) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 1), "loss_class", loss_class, n) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 2), "loss_perceptual", loss_perceptual, n) < 0) {
+        keep_exception(b);
+        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad returned bad values");
+    }
+    Py_XDECREF(x_obj);
+    Py_XDECREF(rows_obj);
+    Py_XDECREF(lam);
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+    return st;
+}
+
+static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
+                              const int64_t *rows, float *prob_target, int *is_target, dfc_error *err)
+{
+    (void)be;
+    (void)arena;
+    py_bridge *b = ctx;
+    int64_t n = x->shape[0];
+    dfc_status st = DFC_OK;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *x_obj = copy_tensor(x), *rows_obj = rows_array(rows, n), *result = NULL;
+    if (x_obj && rows_obj)
+        result = PyObject_CallMethod(b->object, "classify", "OO", x_obj, rows_obj);
+    PyArrayObject *flags = NULL;
+    if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
+        if (result)
+            PyErr_SetString(PyExc_TypeError, "guidance.classify must return (prob_target, is_target)");
+        keep_exception(b);
+        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify failed");
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "prob_target", prob_target, n) < 0 ||
+               !(flags = (PyArrayObject *)PyArray_FROMANY(PyTuple_GET_ITEM(result, 1), NPY_INT32, 1, 1,
+                                                          NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)) ||
+               PyArray_SIZE(flags) != n) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "guidance: is_target must have %lld values", (long long)n);
+        keep_exception(b);
+        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify returned bad values");
+    } else {
+        memcpy(is_target, PyArray_DATA(flags), (size_t)n * sizeof(int));
+    }
+    Py_XDECREF(flags);
+    Py_XDECREF(x_obj);
+    Py_XDECREF(rows_obj);
+    Py_XDECREF(result);
+    PyGILState_Release(gil);
+    return st;
+}
+
+/* Called after every reverse step: reports progress and checks for Ctrl-C (stops within one step). */
+static int py_progress(void *user, int iteration, int lambda_index, int step, int steps_per_pass, int active)
+{
+    py_bridge *b = user;
+    int stop = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    if (PyErr_CheckSignals() < 0) {
+        keep_exception(b);
+        stop = 1;
+    } else if (b->progress) {
+        PyObject *r = PyObject_CallFunction(b->progress, "iiiii", iteration, lambda_index, step, steps_per_pass,
+                                            active);
+        if (!r) {
+            keep_exception(b);
+            stop = 1;
+        } else {
+            stop = PyObject_IsTrue(r) == 1;
+            Py_DECREF(r);
+        }
+    }
+    PyGILState_Release(gil);
+    return stop;
+}
+
+/* ---- config ---- */
+
+static int get_int(PyObject *d, const char *key, int *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "sampler config: missing '%s'", key);
+        return -1;
+    }
+    long x = PyLong_AsLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *out = (int)x;
+    return 0;
+}
+
+static int get_float(PyObject *d, const char *key, float *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "sampler config: missing '%s'", key);
+        return -1;
+    }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = (float)x;
+    return 0;
+}
+
+static int parse_config(PyObject *d, dfc_sampler_config *c)
+{
+    memset(c, 0, sizeof *c);
+    int method;
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "sampler config must be a dict");
+        return -1;
+    }
+    if (get_int(d, "method", &method) < 0 || get_int(d, "iterations", &c->iterations) < 0 ||
+        get_int(d, "tau", &c->tau) < 0 || get_float(d, "lambda_p", &c->lambda_p) < 0 ||
+        get_float(d, "lambda_l1", &c->lambda_l1) < 0 || get_float(d, "lambda_l2", &c->lambda_l2) < 0 ||
+        get_int(d, "grad_at_previous", &c->grad_at_previous) < 0 || get_int(d, "scale_grads", &c->scale_grads) < 0 ||
+        get_int(d, "clip", &c->clip) < 0 || get_int(d, "mask_dilation", &c->mask_dilation) < 0 ||
+        get_float(d, "mask_threshold", &c->mask_threshold) < 0 || get_int(d, "mask_warmup", &c->mask_warmup) < 0 ||
+        get_int(d, "record_steps", &c->record_steps) < 0)
+        return -1;
+    c->method = (dfc_sampler_method)method;
+    PyObject *seed = PyDict_GetItemString(d, "seed");
+    c->seed = seed ? PyLong_AsUnsignedLongLongMask(seed) : 0;
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *lambdas = PyDict_GetItemString(d, "lambda_c");
+    PyObject *seq = lambdas ? PySequence_Fast(lambdas, "sampler config: lambda_c must be a sequence") : NULL;
+    if (!seq) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "sampler config: missing 'lambda_c'");
+        return -1;
+    }
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    if (k < 1 || k > DFC_MAX_LAMBDAS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "sampler config: lambda_c needs 1 to %d values, got %zd", DFC_MAX_LAMBDAS, k);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        c->lambda_c[i] = (float)v;
+    }
+    c->num_lambdas = (int)k;
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *zeros(int ndim, const npy_intp *dims, int type)
+{
+    return PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
+}
+
+/* sample(config, unet, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict */
+static PyObject *py_sample(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *cfg_obj, *unet_obj, *diff_obj, *guidance_obj, *x_obj, *keys_obj, *progress = Py_None;
+    dfc_backend *be;
+    if (!PyArg_ParseTuple(args, "OOOOO&OO|O", &cfg_obj, &unet_obj, &diff_obj, &guidance_obj, dfc_py_backend, &be,
+                          &x_obj, &keys_obj, &progress))
+        return NULL;
+    dfc_sampler_config cfg;
+    dfc_unet *unet = dfc_py_unwrap_unet(unet_obj);
+    dfc_diffusion *diffusion = unet ? dfc_py_unwrap_diffusion(diff_obj) : NULL;
+    if (!unet || !diffusion || parse_config(cfg_obj, &cfg) < 0)
+        return NULL;
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "sample: progress must be callable or None");
+        return NULL;
+    }
+    dfc_error err = {0};
+    if (dfc_sampler_validate(&cfg, diffusion, &err) != DFC_OK)
+        return dfc_py_raise(&err);
+
+    dfc_py_refs refs = {0};
+    dfc_tensor x;
+    PyObject *result = NULL, *arrays[8] = {NULL};
+    PyArrayObject *keys = NULL;
+    if (dfc_py_tensor(x_obj, "sample", "x", 4, 4, 1, &refs, &x) < 0)
+        goto done;
+    keys = (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!keys || PyArray_SIZE(keys) != x.shape[0]) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "sample: sample_keys must have one entry per image (%lld)",
+                         (long long)x.shape[0]);
+        goto done;
+    }
+    for (int64_t j = 0; j < dfc_numel(&x); j++) {
+        if (x.data[j] < -1.0f || x.data[j] > 1.0f) {
+            PyErr_Format(PyExc_ValueError, "sample: x must be in [-1, 1]; image %lld has a value outside",
+                         (long long)(j / dfc_inner_size(&x, 1)));
+            goto done;
+        }
+    }
+    const npy_intp L = cfg.iterations, N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
+    npy_intp cf_dims[5] = {L, N, C, H, W}, prob_dims[2] = {L + 1, N}, ln_dims[2] = {L, N}, it_dims[1] = {L};
+    npy_intp step_dims[6] = {L, cfg.tau, N, C, H, W};
+    arrays[0] = zeros(5, cf_dims, NPY_FLOAT32);
+    arrays[1] = zeros(2, prob_dims, NPY_FLOAT32);
+    arrays[2] = zeros(2, ln_dims, NPY_FLOAT32);
+    arrays[3] = zeros(2, ln_dims, NPY_INT32);
+    arrays[4] = zeros(2, ln_dims, NPY_INT32);
+    arrays[5] = zeros(1, it_dims, NPY_FLOAT64);
+    if (cfg.record_steps) {
+        arrays[6] = zeros(6, step_dims, NPY_FLOAT32);
+        arrays[7] = zeros(6, step_dims, NPY_FLOAT32);
+    }
+    for (int i = 0; i < (cfg.record_steps ? 8 : 6); i++)
+        if (!arrays[i])
+            goto done;
+    dfc_sampler_outputs out = {
+        .counterfactuals = PyArray_DATA((PyArrayObject *)arrays[0]),
+        .prob_target = PyArray_DATA((PyArrayObject *)arrays[1]),
+        .lambda_used = PyArray_DATA((PyArrayObject *)arrays[2]),
+        .flipped = PyArray_DATA((PyArrayObject *)arrays[3]),
+        .nonfinite_step = PyArray_DATA((PyArrayObject *)arrays[4]),
+        .iteration_seconds = PyArray_DATA((PyArrayObject *)arrays[5]),
+        .steps_xt = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[6]) : NULL,
+        .steps_x0 = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[7]) : NULL,
+    };
+    py_bridge bridge = {guidance_obj, progress == Py_None ? NULL : progress, C, H, W, NULL, NULL, NULL};
+    dfc_guidance guidance;
+    if (PyCapsule_IsValid(guidance_obj, GUIDANCE_CAPSULE)) {
+        guidance = *(dfc_guidance *)PyCapsule_GetPointer(guidance_obj, GUIDANCE_CAPSULE);
+    } else {
+        if (!PyObject_HasAttrString(guidance_obj, "loss_and_grad") || !PyObject_HasAttrString(guidance_obj, "classify")) {
+            PyErr_SetString(PyExc_TypeError, "sample: guidance must be a native guidance or have loss_and_grad() "
+                                             "and classify() methods");
+            goto done;
+        }
+        guidance.ctx = &bridge;
+        guidance.loss_and_grad = py_loss_and_grad;
+        guidance.classify = py_classify;
+    }
+    dfc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dfc_sampler_run(&cfg, unet, diffusion, &guidance, be, &x, PyArray_DATA(keys), py_progress, &bridge, &out,
+                         &err);
+    Py_END_ALLOW_THREADS
+    if (bridge.exc_type) {
+        /* a Python error inside a callback (or Ctrl-C) is the real cause: raise it */
+        PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
+        goto done;
+    }
+    if (st != DFC_OK) {
+        dfc_py_raise(&err);
+        goto done;
+    }
+    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:n,s:L}", "counterfactuals", arrays[0], "prob_target",
+                           arrays[1], "lambda_used", arrays[2], "flipped", arrays[3], "nonfinite_step", arrays[4],
+                           "iteration_seconds", arrays[5], "peak_bytes", (Py_ssize_t)out.peak_bytes,
+                           "unet_evaluations", (long long)out.unet_evaluations);
+    if (result && cfg.record_steps &&
+        (PyDict_SetItemString(result, "steps_xt", arrays[6]) < 0 ||
+         PyDict_SetItemString(result, "steps_x0", arrays[7]) < 0))
+        Py_CLEAR(result);
+done:
+    for (int i = 0; i < 8; i++)
+        Py_XDECREF(arrays[i]);
+    Py_XDECREF(keys);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
+/* gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> (N, *shape) float32 */
+static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long long seed;
+    PyObject *keys_obj, *shape_obj;
+    unsigned int stream, iteration, step, inner;
+    if (!PyArg_ParseTuple(args, "KOIIIIO", &seed, &keys_obj, &stream, &iteration, &step, &inner, &shape_obj))
+        return NULL;
+    PyArrayObject *keys = (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1,
+                                                           NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!keys)
+        return NULL;
+    npy_intp dims[DFC_MAX_DIMS];
+    dims[0] = PyArray_SIZE(keys);
+    Py_ssize_t nd = PySequence_Size(shape_obj);
+    if (nd < 1 || nd > DFC_MAX_DIMS - 1) {
+        Py_DECREF(keys);
+        PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape must have 1 to 3 dimensions");
+        return NULL;
+    }
+    int64_t per = 1;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *item = PySequence_GetItem(shape_obj, i);
+        long v = item ? PyLong_AsLong(item) : -1;
+        Py_XDECREF(item);
+        if (v <= 0) {
+            Py_DECREF(keys);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape entries must be positive");
+            return NULL;
+        }
+        dims[i + 1] = v;
+        per *= v;
+    }
+    PyObject *out = PyArray_SimpleNew((int)nd + 1, dims, NPY_FLOAT32);
+    if (out) {
+        const uint64_t *k = PyArray_DATA(keys);
+        float *data = PyArray_DATA((PyArrayObject *)out);
+        for (npy_intp b = 0; b < dims[0]; b++) {
+            dfc_noise_stream s = {seed, k[b], stream, iteration, step, inner};
+            dfc_gaussian_noise(&s, data + b * per, per);
+        }
+    }
+    Py_DECREF(keys);
+    return out;
+}
+
+static PyMethodDef sampler_methods[] = {
+    {"sample", py_sample, METH_VARARGS,
+     "sample(config, unet, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict of outputs"},
+    {"gaussian_noise", py_gaussian_noise, METH_VARARGS,
+     "gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> the sampler's noise"},
+    {NULL, NULL, 0, NULL},
+};
+
+int dfc_register_sampler(PyObject *module)
+{
+    return PyModule_AddFunctions(module, sampler_methods);
+}

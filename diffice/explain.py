@@ -1,0 +1,240 @@
+"""Diff-ICE counterfactual explanations and their baselines (the sampler runs in C).
+
+    explainer = Explainer(unet, diffusion, classifier, perceptual, method="diff-ice")
+    result = explainer.explain(x, target=1, seed=0)       # x: (N, 1, H, W) float32 in [-1, 1]
+    result.counterfactuals[-1]                              # (N, 1, H, W): the last iteration's counterfactuals
+
+Methods (METHOD.md sections 3-5; the paper's baselines use the same loss and hyperparameters):
+
+=================  =============================================================================================
+``diff-ice``       L iterations (default 5) of the guided reverse process, each starting from the previous output;
+                   the gradient of lambda_c Lc(f(x0_hat), y) + lambda_p Lp(x0_hat, x) at the one-step estimate
+                   x0_hat, with x always the original input.
+``diff-ice-1``     one iteration (FastDiME without its mask).
+``diff-ice-1-xt``  one iteration; the gradient of the same loss w.r.t. the noisy z, through the UNet.
+``dime``           DiME: the clean estimate from an unguided reverse chain at every step, 1/sqrt(abar) scaling.
+``fastdime``       FastDiME with its self-optimised mask (for localised changes).
+=================  =============================================================================================
+
+The classifier is any object with ``forward(x)`` returning logits (N, K) or a result with ``.logits`` (and
+optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; the perceptual loss any object with
+``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
+so does a user's model wrapped in these two methods.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+from ._native import _C
+from .diffusion import GaussianDiffusion
+from .ops._backend import get_backend
+from .unet import UNet
+
+METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+
+
+@dataclasses.dataclass
+class ExplainerConfig:
+    """Every parameter of the method (defaults: the paper's, METHOD.md section 9 where it is open)."""
+
+    method: str = "diff-ice"
+    iterations: int = 5                     # L; forced to 1 for the single-pass baselines
+    tau: int = 120                          # respaced noise level (of 400)
+    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)   # searched in order per iteration
+    lambda_p: float = 30.0
+    lambda_l1: float = 0.0                  # DiME's l1 term on the noisy image (0: off, as the paper)
+    lambda_l2: float = 0.0
+    class_loss: str = "ce"                  # "ce" (cross-entropy towards y) or "logit" (DiME's -logit_y)
+    grad_at: str = "current"                # "current" x0_hat (paper eq. 3) or "previous" (FastDiME's CelebA code)
+    scale_grads: bool = False               # divide by sqrt(abar) (always on for DiME)
+    clip: bool = True                       # clamp x0_hat to [-1, 1]
+    mask_dilation: int = 5                  # FastDiME mask
+    mask_threshold: float = 0.15
+    mask_warmup: int = 30
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.class_loss not in ("ce", "logit"):
+            raise ValueError(f"class_loss must be 'ce' or 'logit', got {self.class_loss!r}")
+        if self.grad_at not in ("current", "previous"):
+            raise ValueError(f"grad_at must be 'current' or 'previous', got {self.grad_at!r}")
+        if len(tuple(self.lambda_c)) == 0:
+            raise ValueError("lambda_c must list at least one value")
+
+    def c_config(self, seed: int, record_steps: bool) -> dict:
+        single = self.method != "diff-ice"
+        return dict(
+            method=METHODS[self.method], iterations=1 if single else int(self.iterations), tau=int(self.tau),
+            lambda_c=[float(v) for v in self.lambda_c], lambda_p=float(self.lambda_p),
+            lambda_l1=float(self.lambda_l1), lambda_l2=float(self.lambda_l2),
+            grad_at_previous=int(self.grad_at == "previous"), scale_grads=int(bool(self.scale_grads)),
+            clip=int(bool(self.clip)), mask_dilation=int(self.mask_dilation),
+            mask_threshold=float(self.mask_threshold), mask_warmup=int(self.mask_warmup), seed=int(seed) & (2**64 - 1),
+            record_steps=int(bool(record_steps)),
+        )
+
+
+@dataclasses.dataclass
+class ExplanationResult:
+    """Counterfactuals of one batch. L iterations, N images of shape (C, H, W).
+
+    counterfactuals: (L, N, C, H, W) in [-1, 1]-ish (the sampler does not clamp its output)
+    prob_target: (L + 1, N): the classifier's target probability for the input and each iteration
+    lambda_used: (L, N); flipped: (L, N) bool (classified as the target)
+    segmentation: (L + 1, N, H, W) predicted labels when the classifier segments, else None
+    nonfinite_step: (L, N): -1, or the reverse step where the image became non-finite
+    iteration_seconds: (L,); peak_bytes: the sampler's arena peak; steps_xt / steps_x0 when recorded
+    """
+
+    counterfactuals: np.ndarray
+    prob_target: np.ndarray
+    lambda_used: np.ndarray
+    flipped: np.ndarray
+    nonfinite_step: np.ndarray
+    iteration_seconds: np.ndarray
+    peak_bytes: int
+    unet_evaluations: int
+    segmentation: Optional[np.ndarray] = None
+    steps_xt: Optional[np.ndarray] = None
+    steps_x0: Optional[np.ndarray] = None
+
+
+def image_keys(x: np.ndarray) -> np.ndarray:
+    """A 64-bit key per image from its pixels: the sampler's noise follows the image, not its batch position."""
+    return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).digest(),
+                                    "little") for img in x], dtype=np.uint64)
+
+
+def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
+    out = classifier.forward(x)
+    return np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_loss_and_grad(logits: np.ndarray, targets: np.ndarray, kind: str = "ce"):
+    """Per-sample Lc and d(sum Lc)/dlogits: cross-entropy towards targets, or DiME's -logit_y."""
+    n = len(logits)
+    if kind == "ce":
+        p = _softmax(logits)
+        loss = -np.log(np.maximum(p[np.arange(n), targets], 1e-300))
+        grad = p.copy()
+        grad[np.arange(n), targets] -= 1.0
+    else:
+        loss = -logits[np.arange(n), targets].astype(np.float64)
+        grad = np.zeros(logits.shape, np.float64)
+        grad[np.arange(n), targets] = -1.0
+    return loss.astype(np.float32), grad.astype(np.float32)
+
+
+class PythonGuidance:
+    """The guiding loss computed by calling the classifier and perceptual objects from the sampler (for any
+    classifier with forward/vjp, e.g. a user's model); diffice's own networks use the native guidance."""
+
+    def __init__(self, classifier: Any, perceptual: Any, x: np.ndarray, targets: np.ndarray, class_loss: str):
+        self.classifier, self.perceptual = classifier, perceptual
+        self.x, self.targets, self.kind = x, targets, class_loss
+        self._reference_rows: Optional[bytes] = None
+
+    def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
+        logits = _logits(self.classifier, x0)
+        loss_c, dlogits = class_loss_and_grad(logits, self.targets[rows], self.kind)
+        grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
+        loss_p = np.zeros(len(rows), np.float32)
+        if self.perceptual is not None and lambda_p != 0.0:
+            if self._reference_rows != rows.tobytes():  # a pass keeps its rows: features of x are cached per pass
+                self.perceptual.set_reference(np.ascontiguousarray(self.x[rows]))
+                self._reference_rows = rows.tobytes()
+            loss_p, grad_p = self.perceptual.loss_and_grad(x0)
+            grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
+        return grad, loss_c, loss_p
+
+    def classify(self, x, rows):
+        p = _softmax(_logits(self.classifier, x))
+        targets = self.targets[rows]
+        return p[np.arange(len(rows)), targets].astype(np.float32), (p.argmax(axis=1) == targets).astype(np.int32)
+
+
+ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
+
+
+class Explainer:
+    """Generates counterfactual explanations with Diff-ICE or a baseline.
+
+    Args:
+        unet: the denoiser (guided-diffusion UNet, learn_sigma or not).
+        diffusion: the Gaussian diffusion (its respacing defines tau's scale: tau=120 of "400").
+        classifier: f, see the module docstring; outputs logits over classes, the target is a class index.
+        perceptual: Lp, or None (lambda_p is then ignored).
+        Remaining keyword arguments: ExplainerConfig fields.
+    """
+
+    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, classifier: Any, perceptual: Any = None,
+                 backend: str = "cpu", **config: Any) -> None:
+        self.unet, self.diffusion = unet, diffusion
+        self.classifier, self.perceptual = classifier, perceptual
+        self.backend = backend
+        self.config = ExplainerConfig(**config)
+        self.config.validate()
+        if self.config.tau >= diffusion.num_timesteps:
+            raise ValueError(f"tau={self.config.tau} must be below the {diffusion.num_timesteps} respaced steps")
+        if unet.config["learn_sigma"] != diffusion.learn_sigma:
+            raise ValueError(f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion "
+                             f"{diffusion.learn_sigma}")
+
+    def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,
+                keys: Optional[np.ndarray] = None, record_steps: bool = False,
+                progress: Optional[ProgressFn] = None) -> ExplanationResult:
+        """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
+
+        Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
+        its pixels (or `keys`), not on the batch it is in. progress(iteration, lambda_index, step, steps, active)
+        is called after every reverse step; returning True stops the run (KeyboardInterrupt also stops it
+        within one step).
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise TypeError(f"x must be float32, got {x.dtype}")
+        if x.ndim != 4:
+            raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x contains non-finite values")
+        x = np.ascontiguousarray(x)
+        n = len(x)
+        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
+        keys = image_keys(x) if keys is None else np.asarray(keys, dtype=np.uint64)
+        guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
+        cfg = self.config.c_config(seed, record_steps)
+        if self.perceptual is None:
+            cfg["lambda_p"] = 0.0
+        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys,
+                        progress)
+        result = ExplanationResult(
+            counterfactuals=out["counterfactuals"], prob_target=out["prob_target"], lambda_used=out["lambda_used"],
+            flipped=out["flipped"].astype(bool), nonfinite_step=out["nonfinite_step"],
+            iteration_seconds=out["iteration_seconds"], peak_bytes=int(out["peak_bytes"]),
+            unet_evaluations=int(out["unet_evaluations"]), steps_xt=out.get("steps_xt"),
+            steps_x0=out.get("steps_x0"))
+        result.segmentation = self._segmentations(x, result.counterfactuals)
+        return result
+
+    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> Optional[np.ndarray]:
+        first = self.classifier.forward(x)
+        if not hasattr(first, "segmentation_labels") and not hasattr(first, "segmentation"):
+            return None
+
+        def labels(out):
+            if hasattr(out, "segmentation_labels"):
+                return np.asarray(out.segmentation_labels)
+            return np.asarray(out.segmentation).argmax(axis=1)
+
+        return np.stack([labels(first)] + [labels(self.classifier.forward(np.ascontiguousarray(cf))) for cf in cfs])

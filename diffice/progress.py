@@ -1,0 +1,58 @@
+"""A small progress bar for long runs (no dependency): one line on stderr, redrawn in place on a terminal and
+printed every few seconds otherwise (logs, notebooks)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressBar:
+    """ProgressBar(total, label); update(done, note) redraws; close() ends the line."""
+
+    def __init__(self, total: int, label: str = "", stream: Optional[TextIO] = None, enabled: bool = True,
+                 min_interval: float = 0.2) -> None:
+        self.total = max(1, int(total))
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.done = 0
+        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.min_interval = min_interval if self.interactive else 5.0
+        self._last = 0.0
+
+    def update(self, done: int, note: str = "", force: bool = False) -> None:
+        self.done = min(int(done), self.total)
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self.min_interval and self.done < self.total):
+            return
+        self._last = now
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * self.done / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        eta_text = format_seconds(eta) if eta == eta else "--:--"
+        line = (f"{self.label} [{bar}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}% "
+                f"elapsed {format_seconds(elapsed)} eta {eta_text} {note}")
+        if self.interactive:
+            self.stream.write("\r" + line[:200].ljust(100))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(self.done, force=True)
+            if self.interactive:
+                self.stream.write("\n")
+                self.stream.flush()

@@ -1,0 +1,207 @@
+"""`diffice explain`: counterfactuals for a folder of images, resumable.
+
+Every finished image gets its PNGs and a JSON record, each written atomically (temporary file + rename); the
+results table (results.csv) is rebuilt from the records after every batch. A run stopped at any moment (Ctrl-C, a
+crash, a killed job) restarts where it stopped: images with a record are skipped, nothing finished is redone or
+lost, nothing half-written is left behind. Images that cannot be read are listed in errors.csv and skipped.
+
+Config (TOML; every key is also a command-line flag, which wins):
+
+    [models]
+    unet = "ddpm.safetensors"           # guided-diffusion UNet (.safetensors / .pt / .npz)
+    num_heads = 4                        # attention layout (not inferable from the weights)
+    num_head_channels = -1
+    use_new_attention_order = false
+    classifier = "classifier.safetensors"
+    classifier_kind = "plane"            # "plane" (segmenter + SonoNet), "sononet" (+ target_class)
+    target_class = 5                     # sononet: the class used as the standard plane (5 = Brain (Tv.))
+    perceptual = "resnet50.pt"           # optional
+    perceptual_kind = "resnet50-radimagenet"   # resnet50 | resnet18 | resnet50-radimagenet | resnet18-radimagenet
+    perceptual_variant = "mse"           # "mse" (DiME's form) or "normalized" (MONAI's)
+    perceptual_taps = ["layer4"]
+
+    [diffusion]
+    steps = 1000
+    schedule = "linear"
+    respacing = "400"
+
+    [method]                             # diffice.explain.ExplainerConfig
+    method = "diff-ice"
+    iterations = 5
+    tau = 120
+    lambda_c = [40, 60, 80]
+    lambda_p = 30
+
+    [run]
+    image_size = [224, 288]
+    batch_size = 10
+    seed = 0
+    target = 1                           # the class the counterfactuals move towards
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .data import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
+from .explain import ExplainerConfig
+
+RUN_DEFAULTS: Dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
+MODEL_DEFAULTS: Dict[str, Any] = dict(
+    unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
+    classifier_kind="plane", target_class=5, perceptual=None, perceptual_kind="resnet50-radimagenet",
+    perceptual_variant="mse", perceptual_taps=["layer4"])
+DIFFUSION_DEFAULTS: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
+SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RUN_DEFAULTS,
+            "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
+
+
+def load_config(path: Optional[str], overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The config file's sections over the defaults, then command-line overrides (flat keys) over both."""
+    cfg = {name: dict(defaults) for name, defaults in SECTIONS.items()}
+    if path:
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            import tomli as tomllib  # type: ignore
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except Exception as exc:
+            raise ValueError(f"{path}: not a valid TOML config ({exc})") from None
+        for section, values in data.items():
+            if section not in cfg or not isinstance(values, dict):
+                raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(cfg)}")
+            unknown = set(values) - set(cfg[section])
+            if unknown:
+                raise ValueError(f"{path}: unknown keys in [{section}]: {sorted(unknown)}")
+            cfg[section].update(values)
+        base = Path(path).resolve().parent
+        for key in ("unet", "classifier", "perceptual"):  # model paths are relative to the config file
+            value = cfg["models"][key]
+            if value and not os.path.isabs(value):
+                cfg["models"][key] = str(base / value)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        for section in cfg.values():
+            if key in section:
+                section[key] = value
+                break
+        else:
+            raise ValueError(f"unknown option {key}")
+    return cfg
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]], fields: List[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]
+
+
+def rebuild_results(out_dir: Path) -> List[Dict[str, Any]]:
+    """results.csv from every finished image's record: one row per image and iteration (0 = the input)."""
+    rows = []
+    for record_path in sorted((out_dir / "records").glob("*.json")):
+        record = json.loads(record_path.read_text())
+        for it in record["iterations"]:
+            rows.append({"image": record["image"], **it})
+    _write_csv(out_dir / "results.csv", rows, RESULT_FIELDS)
+    return rows
+
+
+def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
+                models: Any = None) -> Dict[str, Any]:
+    """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
+
+    models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
+    """
+    from .explain import Explainer
+    from .models import load_run_models
+    from .progress import ProgressBar
+
+    out = Path(out_dir)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    files = list_images(images_dir)
+    done = {p.stem for p in (out / "records").glob("*.json")}
+    todo = [f for f in files if f.stem not in done]
+    if len({f.stem for f in files}) != len(files):
+        raise ValueError(f"{images_dir}: two images share a file name stem; rename one (outputs are named by stem)")
+    run = cfg["run"]
+    size = tuple(int(v) for v in run["image_size"])
+    unet, diffusion, classifier, perceptual = models or load_run_models(cfg)
+    method = {k: v for k, v in cfg["method"].items()}
+    explainer = Explainer(unet, diffusion, classifier, perceptual, **method)
+    iterations = 1 if explainer.config.method != "diff-ice" else explainer.config.iterations
+    steps_per_image = iterations * explainer.config.tau
+    batch_size = max(1, int(run["batch_size"]))
+    errors: List[Dict[str, Any]] = []
+    bar = ProgressBar(len(todo) * steps_per_image, label="explain", enabled=progress)
+    finished = 0
+    skipped = len(files) - len(todo)
+    t_start = time.monotonic()
+    for start in range(0, len(todo), batch_size):
+        batch_files, batch = [], []
+        for f in todo[start:start + batch_size]:
+            try:
+                batch.append(load_image(f, size))
+                batch_files.append(f)
+            except (ImageReadError, ValueError, OSError) as exc:
+                errors.append({"image": f.name, "error": str(exc)})
+        if not batch:
+            continue
+        x = np.stack(batch).astype(np.float32)
+        base = finished * steps_per_image
+
+        def on_step(iteration, lambda_index, step, steps, active, base=base, n=len(batch)):
+            bar.update(base + n * (iteration * steps + step),
+                       note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
+                            f"step {step}/{steps} active {active}")
+
+        t0 = time.monotonic()
+        result = explainer.explain(x, target=int(run["target"]), seed=int(run["seed"]), progress=on_step)
+        seconds = time.monotonic() - t0
+        for b, f in enumerate(batch_files):
+            img_dir = out / f.stem
+            cfs = result.counterfactuals[:, b]
+            for l in range(len(cfs)):
+                save_png(img_dir / f"iteration_{l + 1}.png", cfs[l])
+            save_png(img_dir / "input.png", x[b])
+            save_png(img_dir / "strip.png", strip([x[b]] + list(cfs)))
+            iterations_rows = [dict(iteration=0, lambda_c="", prob_target=float(result.prob_target[0, b]),
+                                    flipped="", nonfinite_step="", seconds="")]
+            for l in range(len(cfs)):
+                iterations_rows.append(dict(
+                    iteration=l + 1, lambda_c=float(result.lambda_used[l, b]),
+                    prob_target=float(result.prob_target[l + 1, b]), flipped=bool(result.flipped[l, b]),
+                    nonfinite_step=int(result.nonfinite_step[l, b]), seconds=round(seconds / len(batch_files), 3)))
+            record = dict(image=f.name, target=int(run["target"]), iterations=iterations_rows)
+            # the record is written last: its presence means every file of this image is complete
+            atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())
+        finished += len(batch_files)
+        bar.update(finished * steps_per_image, note=f"images {finished}/{len(todo)}", force=True)
+        rebuild_results(out)
+    bar.close()
+    rows = rebuild_results(out)
+    if errors:
+        _write_csv(out / "errors.csv", errors, ["image", "error"])
+        for e in errors:
+            print(f"diffice explain: skipped {e['image']}: {e['error']}", file=sys.stderr)
+    return dict(images=len(files), explained=finished, skipped_done=skipped, failed=len(errors), rows=len(rows),
+                seconds=time.monotonic() - t_start)

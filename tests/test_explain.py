@@ -1,0 +1,240 @@
+"""The C sampler: one guided step against a numpy reference, lambda_c search semantics, determinism, batch
+independence, the baselines' distinctive properties, bad inputs, interruption."""
+import numpy as np
+import pytest
+import torch
+
+from diffice import _C, GaussianDiffusion, UNet
+from diffice.explain import Explainer, class_loss_and_grad, image_keys
+from diffice.ops import get_backend
+from gd_reference import UNetModel
+
+H, W = 16, 24
+
+
+class LinearClassifier:
+    """logits_k = <w_k, x> + b_k: a classifier whose gradient is known exactly."""
+
+    def __init__(self, seed=0, classes=2):
+        rng = np.random.default_rng(seed)
+        self.w = (rng.standard_normal((classes, 1, H, W)) / (H * W) ** 0.5).astype(np.float32)
+        self.b = np.zeros(classes, np.float32)
+
+    def forward(self, x):
+        return np.einsum("nchw,kchw->nk", x, self.w) + self.b
+
+    def vjp(self, x, dlogits):
+        return np.einsum("nk,kchw->nchw", dlogits, self.w).astype(np.float32)
+
+
+class PixelL2:
+    """Lp(a, b) = mean (a - b)^2 per sample."""
+
+    def set_reference(self, b):
+        self.b = b.copy()
+
+    def loss_and_grad(self, a):
+        d = a - self.b
+        m = d[0].size
+        return (d ** 2).reshape(len(a), -1).mean(axis=1).astype(np.float32), (2 * d / m).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
+               learn_sigma=True, num_heads=1)
+    unet = UNet.random(cfg, seed=4)
+    diffusion = GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+    return unet, diffusion
+
+
+def images(rng, n):
+    return np.clip(rng.standard_normal((n, 1, H, W)) * 0.5, -1, 1).astype(np.float32)
+
+
+def test_one_guided_step_matches_numpy_reference(tiny, rng):
+    """tau = 2: q_sample at index 2, then steps at i = 1 (with noise) and i = 0 (without), by hand."""
+    unet, d = tiny
+    clf, perc = LinearClassifier(), PixelL2()
+    x = images(rng, 3)
+    ex = Explainer(unet, d, clf, perc, method="diff-ice-1", tau=2, lambda_c=(7.0,), lambda_p=3.0)
+    res = ex.explain(x, target=1, seed=11, record_steps=True)
+    keys = image_keys(x)
+    z = d.q_sample(x, 2, _C.gaussian_noise(11, keys, 1, 0, 0, 0, (1, H, W)))
+    perc.set_reference(x)
+    for step, i in enumerate([1, 0]):
+        out = unet.forward(z, d.model_timesteps([i] * 3))
+        mean, var, logvar, x0 = d.p_mean_variance(out, z, i)
+        _, dlogits = class_loss_and_grad(clf.forward(x0), np.ones(3, np.int64))
+        g = clf.vjp(x0, 7.0 * dlogits) + 3.0 * perc.loss_and_grad(x0)[1]
+        noise = _C.gaussian_noise(11, keys, 2, 0, step, 0, (1, H, W))
+        z = mean - var * g + (i != 0) * np.exp(0.5 * logvar) * noise
+        np.testing.assert_allclose(res.steps_x0[0, step], x0, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(res.steps_xt[0, step], z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.counterfactuals[0], z, rtol=1e-5, atol=1e-5)
+
+
+class ScriptedGuidance:
+    """Zero gradient; classify says 'flipped' for the rows listed per pass, and records what it was asked."""
+
+    def __init__(self, flips_per_pass):
+        self.flips_per_pass = flips_per_pass
+        self.passes = []
+        self.calls = 0
+
+    def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
+        if not self.passes or self.passes[-1][0] != tuple(rows) or self.passes[-1][1] != float(lambda_c[0]):
+            self.passes.append((tuple(rows), float(lambda_c[0])))
+        n = len(rows)
+        return np.zeros_like(x0), np.zeros(n, np.float32), np.zeros(n, np.float32)
+
+    def classify(self, x, rows):
+        self.calls += 1
+        if self.calls == 1:  # the input
+            return np.zeros(len(rows), np.float32), np.zeros(len(rows), np.int32)
+        flips = self.flips_per_pass[self.calls - 2]
+        is_target = np.array([r in flips for r in rows], np.int32)
+        return is_target.astype(np.float32), is_target
+
+
+def test_lambda_search_retries_only_unflipped_samples(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 4)
+    # iteration 1: pass 1 flips {0, 2}; pass 2 (rows 1, 3) flips {3}; pass 3 (row 1) flips nothing
+    # iteration 2: pass 1 flips everything
+    guidance = ScriptedGuidance([{0, 2}, {3}, set(), {0, 1, 2, 3}])
+    cfg = Explainer(unet, d, LinearClassifier(), method="diff-ice", iterations=2, tau=2,
+                    lambda_c=(1.0, 2.0, 3.0)).config.c_config(0, False)
+    out = _C.sample(cfg, unet._c, d._c, guidance, get_backend("cpu"), x, image_keys(x))
+    assert [p for p in guidance.passes] == [((0, 1, 2, 3), 1.0), ((1, 3), 2.0), ((1,), 3.0), ((0, 1, 2, 3), 1.0)]
+    np.testing.assert_array_equal(out["lambda_used"], [[1, 3, 1, 2], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(out["flipped"], [[1, 0, 1, 1], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(out["prob_target"][1], [1, 0, 1, 1])
+
+
+def test_retry_uses_the_same_noise(tiny, rng):
+    """A sample that retries with the next lambda starts from the same z_tau: with no guidance, the same result."""
+    unet, d = tiny
+    x = images(rng, 2)
+    guidance = ScriptedGuidance([set(), set()])
+    cfg = Explainer(unet, d, LinearClassifier(), method="diff-ice-1", tau=3, lambda_c=(1.0, 2.0),
+                    lambda_p=0.0).config.c_config(5, False)
+    out = _C.sample(cfg, unet._c, d._c, guidance, get_backend("cpu"), x, image_keys(x))
+    cfg["lambda_c"] = [1.0]
+    once = _C.sample(cfg, unet._c, d._c, ScriptedGuidance([set()]), get_backend("cpu"), x, image_keys(x))
+    np.testing.assert_array_equal(out["counterfactuals"], once["counterfactuals"])
+
+
+def test_deterministic_and_batch_independent(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 3)
+    ex = Explainer(unet, d, LinearClassifier(), PixelL2(), method="diff-ice", iterations=2, tau=4,
+                   lambda_c=(5.0, 10.0), lambda_p=1.0)
+    a = ex.explain(x, seed=3)
+    b = ex.explain(x, seed=3)
+    np.testing.assert_array_equal(a.counterfactuals, b.counterfactuals)
+    assert not np.array_equal(ex.explain(x, seed=4).counterfactuals, a.counterfactuals)
+    alone = ex.explain(np.ascontiguousarray(x[1:2]), seed=3)
+    np.testing.assert_allclose(alone.counterfactuals[:, 0], a.counterfactuals[:, 1], rtol=0, atol=1e-4)
+    swapped = ex.explain(np.ascontiguousarray(x[::-1]), seed=3)
+    np.testing.assert_allclose(swapped.counterfactuals[:, ::-1], a.counterfactuals, rtol=0, atol=1e-4)
+
+
+def test_result_shapes_and_probabilities(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 2)
+    clf = LinearClassifier()
+    res = Explainer(unet, d, clf, PixelL2(), iterations=3, tau=3).explain(x, target=[1, 0])
+    assert res.counterfactuals.shape == (3, 2, 1, H, W)
+    assert res.prob_target.shape == (4, 2) and res.lambda_used.shape == (3, 2)
+    p = np.exp(clf.forward(x)) / np.exp(clf.forward(x)).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(res.prob_target[0], [p[0, 1], p[1, 0]], rtol=1e-5)
+    assert res.peak_bytes > 0 and np.all(res.iteration_seconds > 0) and np.all(res.nonfinite_step == -1)
+    assert res.unet_evaluations >= 3 * 3 * 2
+
+
+def test_dime_runs_its_nested_chain(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 2)
+    tau = 4
+    res = Explainer(unet, d, LinearClassifier(), PixelL2(), method="dime", tau=tau, lambda_c=(1e-3,),
+                    lambda_p=0.0).explain(x)
+    # tau guided steps plus an unguided chain to 0 after each step but the last: tau + tau (tau - 1) / 2 per image
+    assert res.unet_evaluations == 2 * (tau + tau * (tau - 1) // 2)
+    assert res.counterfactuals.shape[0] == 1
+
+
+def test_fastdime_mask_keeps_unchanged_pixels(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 2)
+    res = Explainer(unet, d, LinearClassifier(), PixelL2(), method="fastdime", tau=6, mask_warmup=0,
+                    mask_threshold=1.0, mask_dilation=3, lambda_c=(1.0,)).explain(x)
+    # a threshold of 1 keeps every pixel whose dilated difference is below the per-image maximum
+    kept = np.isclose(res.counterfactuals[0], x, atol=0)
+    assert kept.mean() > 0.5
+
+
+def test_xt_gradient_is_the_chain_rule_through_the_unet(tiny, rng):
+    """tau = 1: the single step is z0 = mean - var * g_z with g_z = dL(x0_hat(z)) / dz, checked with torch autograd
+    through the reference UNet."""
+    unet, d = tiny
+    clf = LinearClassifier(seed=2)
+    x = images(rng, 2)
+    lam = 3.0
+    res = Explainer(unet, d, clf, None, method="diff-ice-1-xt", tau=1, lambda_c=(lam,), lambda_p=0.0,
+                    clip=False).explain(x, target=1, seed=1, record_steps=True)
+    keys = image_keys(x)
+    z = d.q_sample(x, 1, _C.gaussian_noise(1, keys, 1, 0, 0, 0, (1, H, W)))
+    model = UNetModel(unet.config).double()
+    model.load_state_dict({k: torch.from_numpy(v).double() for k, v in unet.state_dict().items()})
+    zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    out = model(zt, torch.tensor(d.model_timesteps([0, 0])))
+    x0 = d.sqrt_recip_alphas_cumprod[0] * zt - d.sqrt_recipm1_alphas_cumprod[0] * out[:, :1]
+    logits = torch.einsum("nchw,kchw->nk", x0, torch.from_numpy(clf.w).double())
+    loss = lam * torch.nn.functional.cross_entropy(logits, torch.ones(2, dtype=torch.long), reduction="sum")
+    loss.backward()
+    mean, var, _, _ = d.p_mean_variance(unet.forward(z, d.model_timesteps([0, 0])), z, 0, clip=False)
+    want = mean - var * zt.grad.numpy()
+    np.testing.assert_allclose(res.counterfactuals[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs(tiny, rng):
+    unet, d = tiny
+    clf = LinearClassifier()
+    with pytest.raises(ValueError, match="tau"):
+        Explainer(unet, d, clf, tau=40)
+    with pytest.raises(ValueError, match="method"):
+        Explainer(unet, d, clf, method="magic")
+    with pytest.raises(ValueError, match="lambda_c"):
+        Explainer(unet, d, clf, lambda_c=())
+    ex = Explainer(unet, d, clf, tau=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        ex.explain(np.full((1, 1, H, W), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        ex.explain(np.full((1, 1, H, W), 3.0, np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        ex.explain(np.zeros((1, 3, H, W), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        ex.explain(np.zeros((1, 1, H, W)))
+
+
+def test_progress_and_interruption(tiny, rng):
+    unet, d = tiny
+    x = images(rng, 1)
+    seen = []
+    ex = Explainer(unet, d, LinearClassifier(), tau=3, iterations=2, lambda_c=(1.0,))
+    ex.explain(x, progress=lambda *a: seen.append(a))
+    assert [s[2] for s in seen] == [1, 2, 3, 1, 2, 3] and {s[0] for s in seen} == {0, 1}
+    with pytest.raises(KeyboardInterrupt):
+        ex.explain(x, progress=lambda it, k, step, steps, active: step == 2)
+
+
+def test_guidance_errors_surface(tiny, rng):
+    unet, d = tiny
+
+    class Broken(LinearClassifier):
+        def vjp(self, x, dlogits):
+            raise RuntimeError("my model failed")
+
+    with pytest.raises(RuntimeError, match="my model failed"):
+        Explainer(unet, d, Broken(), tau=2).explain(images(rng, 1))
