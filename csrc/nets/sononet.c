@@ -227,12 +227,14 @@ static dfc_status unit_forward(dfc_backend *be, const conv_unit *u, flow *f, dfc
     return DFC_OK;
 }
 
-/* dout: gradient of the unit's output (after the pool, if any); dx (allocated here) only when want_dx. */
+/* dout: gradient of the unit's output (after the pool, if any), ours to overwrite when dout_owned (not the
+ * caller's); dx (allocated here) only when want_dx. */
 static dfc_status unit_backward(dfc_backend *be, const conv_unit *u, const unit_tape *t, const dfc_tensor *dout,
-                                dfc_arena *arena, dfc_grad_target g, int want_dx, dfc_tensor *dx, dfc_error *err)
+                                int dout_owned, dfc_arena *arena, dfc_grad_target g, int want_dx, dfc_tensor *dx,
+                                dfc_error *err)
 {
     dfc_tensor dact = *dout, dconv;
-    int own = 0;    /* dact is ours to overwrite */
+    int own = dout_owned;
     if (u->pool_after) {
         dact = dfc_alloc_like(arena, &t->act, err);
         DFC_CHECK_ALLOC(dact);
@@ -344,6 +346,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
     dfc_grad_target g = {&net->params, grads};
 
     dfc_tensor dh = {0};
+    int dh_owned = 1;
     if (dlogits->data || dcam->data) {
         dfc_tensor dmap = dfc_alloc_like(arena, &tape->cam, err);
         DFC_CHECK_ALLOC(dmap);
@@ -356,18 +359,21 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
         }
         dh = dmap;
         for (int i = NUM_UNITS - 1; i >= NUM_FEATURE_UNITS; i--)
-            DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, arena, g, 1, &dh, err));
+            DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, 1, arena, g, 1, &dh, err));
         if (dfeatures->data)
             DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &dh, dfeatures, &dh, err));
     } else if (dfeatures->data) {
         dh = *dfeatures;
+        dh_owned = 0;
     } else { /* no output contributes */
         if (dx)
             memset(dx->data, 0, (size_t)dfc_numel(dx) * sizeof(float));
         return DFC_OK;
     }
-    for (int i = NUM_FEATURE_UNITS - 1; i >= 0; i--)
-        DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, arena, g, i > 0 || dx, &dh, err));
+    for (int i = NUM_FEATURE_UNITS - 1; i >= 0; i--) {
+        DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, dh_owned, arena, g, i > 0 || dx, &dh, err));
+        dh_owned = 1;
+    }
     if (!dx)
         return DFC_OK;
     if (s->cfg.standardize)
