@@ -2,8 +2,9 @@
 
 The numerical work runs in the C extension ``diffice._C``; this package is the thin Python layer on top:
 ``diffice.ops`` (tensor ops, forward and backward), ``diffice.io`` (safetensors / npz / PyTorch checkpoint
-files), ``diffice.GaussianDiffusion`` (guided-diffusion's schedule and posterior) and ``diffice.UNet``
-(guided-diffusion's denoiser).
+files), ``GaussianDiffusion`` (guided-diffusion's schedule and posterior), ``UNet`` (guided-diffusion's
+denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classifier f = l(s(x), x)),
+``Explainer`` (Diff-ICE and its baselines), ``phantoms`` (synthetic fetal-head images), ``train_ddpm``.
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from . import io, ops, phantoms
 from .diffusion import GaussianDiffusion
 from .unet import UNet
 from .classifier import PlaneClassifier, Segmenter, classification_loss
+from .sononet import SonoNet, TargetClassView, sononet_preprocess
 from .explain import Explainer
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
-           "Segmenter", "PlaneClassifier", "classification_loss", "Explainer"]
+           "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
+           "sononet_preprocess", "Explainer"]
 
 
 def build_info() -> dict:

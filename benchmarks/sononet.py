@@ -1,0 +1,112 @@
+"""SonoNet-16 forward and input gradient: diffice vs PyTorch eager on the CPU, same weights, same threads, same run.
+
+Every measurement runs in its own subprocess so that its peak memory (RSS) is its own.
+
+    python benchmarks/sononet.py                       # SonoNet-16 at 224x288, batch 10
+    python benchmarks/sononet.py --k 16 32 --batches 1 10 --repeats 5
+
+The input gradient is the sampler's call: d sum(dlogits * logits) / dx through the standardisation.
+Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (224, 288)
+
+
+def worker(impl: str, k: int, batch: int, mode: str, repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from diffice.sononet import SonoNet
+
+    h, w = SIZE
+    net = SonoNet.random(k, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 1, h, w)).astype(np.float32)
+    dlogits = rng.standard_normal((batch, 14)).astype(np.float32)
+    if impl == "torch":
+        import torch
+        from sononet_reference import SonoNetReference
+
+        torch.set_num_threads(threads)
+        model = SonoNetReference(k)
+        model.load_state_dict({n: torch.from_numpy(a) for n, a in net.state_dict().items()}, strict=False)
+        model.eval()
+        del net
+        xt, dt = torch.from_numpy(x), torch.from_numpy(dlogits)
+
+        def run():
+            if mode == "forward":
+                with torch.no_grad():
+                    return model(xt)
+            xg = xt.clone().requires_grad_(True)
+            (model(xg)[0] * dt).sum().backward()
+            return xg.grad
+    else:
+        def run():
+            return net.forward(x) if mode == "forward" else net.vjp(x, dlogits=dlogits)
+
+    run()  # warm-up: oneDNN kernel generation, first-touch of memory
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return dict(seconds=times[len(times) // 2], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def measure(impl, k, batch, mode, repeats, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", impl, str(k), str(batch), mode, str(repeats), str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
+        return dict(error=f"exit {done.returncode}: {tail[0][:120]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, k, batch, mode, repeats, threads = sys.argv[2:8]
+        print(json.dumps(worker(impl, int(k), int(batch), mode, int(repeats), int(threads))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", nargs="+", type=int, default=[16])
+    parser.add_argument("--batches", nargs="+", type=int, default=[10])
+    parser.add_argument("--modes", nargs="+", default=["forward", "vjp"], choices=["forward", "vjp"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    print(f"threads: {args.threads}; median of {args.repeats} after a warm-up; peak RSS per process\n")
+    print("| model | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in args.k:
+        for batch in args.batches:
+            for mode in args.modes:
+                d = measure("diffice", k, batch, mode, args.repeats, args.threads)
+                t = measure("torch", k, batch, mode, args.repeats, args.threads)
+
+                def cell(r, key, fmt):
+                    return r["error"] if "error" in r else format(r[key], fmt)
+
+                ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
+                call = "forward" if mode == "forward" else "input gradient"
+                print(f"| SonoNet-{k} {SIZE[0]}x{SIZE[1]} | {batch} | {call} | {cell(d, 'seconds', '.3f')} | "
+                      f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
+                      f"{cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
