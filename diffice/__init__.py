@@ -11,10 +11,11 @@ from ._native import _C
 from . import io, ops
 from .diffusion import GaussianDiffusion
 from .unet import UNet
+from .train import train_ddpm
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "build_info", "__version__"]
+__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "train_ddpm", "build_info", "__version__"]
 
 
 def build_info() -> dict:

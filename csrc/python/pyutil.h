@@ -102,6 +102,7 @@ extern PyMethodDef dfc_methods_io[];
 int dfc_register_sononet(PyObject *module);
 int dfc_register_resnet(PyObject *module);
 int dfc_register_classifier(PyObject *module);
+int dfc_register_train(PyObject *module);
 
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;
