@@ -262,10 +262,10 @@ def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndar
 class _Batches:
     """Batches drawn epoch by epoch from random permutations (guided-diffusion's shuffled loader, no drop)."""
 
-    def __init__(self, n: int, rng: np.random.Generator) -> None:
+    def __init__(self, n: int, rng: np.random.Generator, perm: Optional[np.ndarray] = None, pos: int = 0) -> None:
         self.n, self.rng = n, rng
-        self.perm = rng.permutation(n)
-        self.pos = 0
+        self.perm = rng.permutation(n) if perm is None else np.asarray(perm, dtype=np.int64)
+        self.pos = int(pos)
 
     def next(self, batch_size: int) -> np.ndarray:
         out = []
@@ -536,9 +536,7 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
             raise ValueError(f"train_ddpm: the run was started with {int(saved['num_images'])} images, got {n}")
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(str(saved["rng_state"]))
-        batches = _Batches.__new__(_Batches)
-        batches.n, batches.rng = n, rng
-        batches.perm, batches.pos = saved["perm"].astype(np.int64), int(saved["pos"])
+        batches = _Batches(n, rng, saved["perm"], int(saved["pos"]))
     opt = AdamW(params, lr=lr, weight_decay=weight_decay, num_threads=threads)
     ema = EMA(params, ema_rate, num_threads=threads)
     if saved is not None:

@@ -73,7 +73,7 @@ def test_q_sample_matches_reference(rng):
 def test_training_step_gradients_match_pytorch(rng, learn_sigma):
     unet = UNet.random(small_config(learn_sigma=learn_sigma), seed=int(rng.integers(1 << 30)))
     model = torch_model(unet)
-    x0, noise = images_in_range(rng, 3, 1, 16, 16), randn(rng, 3, 1, 16, 16)
+    x0, noise = images_in_range(rng, 3, 1, 8, 12), randn(rng, 3, 1, 8, 12)
     t = np.array([0, 1, 600])
     loss_fn = DiffusionLoss(learn_sigma=learn_sigma)
     terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
@@ -122,19 +122,23 @@ def _params_in_one_buffer(rng):
 def test_adamw_matches_torch(rng):
     params = _params_in_one_buffer(rng)
     start = [p.copy() for p in params]
-    ref = [t64(p, requires_grad=True) for p in params]
+    ref64 = [t64(p, requires_grad=True) for p in params]
+    ref32 = [torch.tensor(p, requires_grad=True) for p in params]  # the same float32 storage as ours
     kw = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.05)
     opt = AdamW(params, **kw)
-    topt = torch.optim.AdamW(ref, **kw)
+    topts = [torch.optim.AdamW(ref64, **kw), torch.optim.AdamW(ref32, foreach=False, **kw)]
     for step in range(6):
         grads = [randn(rng, *p.shape, scale=10.0 ** (step % 3 - 1)) for p in params]
-        for r, g in zip(ref, grads):
-            r.grad = t64(g)
-        topt.step()
+        for r64, r32, g in zip(ref64, ref32, grads):
+            r64.grad, r32.grad = t64(g), torch.from_numpy(g)
+        for topt in topts:
+            topt.step()
         opt.step(np.concatenate([g.ravel() for g in grads]))
-    for p, p0, r in zip(params, start, ref):
-        assert rel_err(p - p0, r.detach().numpy() - p0) <= 1e-5
-    state = [topt.state[r] for r in ref]
+    # updates relative to their size: float32 rounding of parameters near 1 is ~1e-5 of an update of 1e-2
+    for p, p0, r64, r32 in zip(params, start, ref64, ref32):
+        assert rel_err(p - p0, r32.detach().numpy() - p0) <= 1e-5
+        assert rel_err(p - p0, r64.detach().numpy() - p0) <= 1e-4
+    state = [topts[0].state[r] for r in ref64]
     assert rel_err(opt.exp_avg, np.concatenate([s["exp_avg"].numpy().ravel() for s in state])) <= 1e-6
     assert rel_err(opt.exp_avg_sq, np.concatenate([s["exp_avg_sq"].numpy().ravel() for s in state])) <= 1e-6
     assert opt.num_steps == 6
@@ -234,26 +238,27 @@ def log_losses(path):
 
 
 def test_loss_falls_on_blobs(tmp_path):
-    result = train_ddpm(blobs(), tmp_path, TINY, steps=60, batch_size=8, lr=2e-3, ema_rate=0.99,
-                        checkpoint_every=1000, log_every=20, progress=False)
+    # 30 steps (seconds on a shared 2-core machine): from about 1 (a zero output) to well under half of it
+    result = train_ddpm(blobs(), tmp_path, TINY, steps=30, batch_size=4, lr=3e-3, ema_rate=0.99,
+                        checkpoint_every=1000, log_every=10, progress=False)
     losses = log_losses(result.log_path)
-    assert result.step == 60 and len(losses) == 60
-    assert losses[-10:].mean() < 0.5 * losses[:10].mean(), (losses[:10].mean(), losses[-10:].mean())
+    assert result.step == 30 and len(losses) == 30
+    assert losses[-10:].mean() < 0.5 * losses[:5].mean(), (losses[:5].mean(), losses[-10:].mean())
     assert result.plot_path is not None and result.plot_path.exists()
     ema = load_safetensors(result.ema_path)
     assert set(ema) == set(load_safetensors(result.model_path))
-    assert load_safetensors_metadata(result.ema_path)["step"] == "60"
+    assert load_safetensors_metadata(result.ema_path)["step"] == "30"
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     kw = dict(config=TINY, batch_size=3, lr=1e-3, ema_rate=0.9, checkpoint_every=2, progress=False)
     data = blobs(n=5)
-    whole = train_ddpm(data, tmp_path / "whole", steps=5, **kw)
-    train_ddpm(data, tmp_path / "parts", steps=3, **kw)
+    whole = train_ddpm(data, tmp_path / "whole", steps=4, **kw)
+    train_ddpm(data, tmp_path / "parts", steps=2, **kw)
     with pytest.raises(FileExistsError):
-        train_ddpm(data, tmp_path / "parts", steps=5, **kw)
-    parts = train_ddpm(data, tmp_path / "parts", steps=5, resume=True, **kw)
-    assert parts.step == whole.step == 5
+        train_ddpm(data, tmp_path / "parts", steps=4, **kw)
+    parts = train_ddpm(data, tmp_path / "parts", steps=4, resume=True, **kw)  # crosses an epoch of 5 images
+    assert parts.step == whole.step == 4
     for name in ("model_path", "ema_path"):
         a, b = load_safetensors(getattr(whole, name)), load_safetensors(getattr(parts, name))
         for k in a:

@@ -34,7 +34,7 @@ void dfc_adamw_update(const dfc_adamw_config *cfg, int64_t step, float *param, c
     const float beta2 = (float)cfg->beta2, one_minus_beta2 = (float)(1.0 - cfg->beta2);
     const double bias_correction1 = 1.0 - pow(cfg->beta1, (double)step);
     const double bias_correction2 = 1.0 - pow(cfg->beta2, (double)step);
-    const float step_size = (float)(cfg->lr / bias_correction1);
+    const float neg_step_size = (float)(-cfg->lr / bias_correction1);
     const float bias_correction2_sqrt = (float)sqrt(bias_correction2);
     const float eps = (float)cfg->eps;
     #pragma omp parallel for simd num_threads(threads(num_threads)) schedule(static)
@@ -42,11 +42,11 @@ void dfc_adamw_update(const dfc_adamw_config *cfg, int64_t step, float *param, c
         float g = grad[i];
         float p = param[i] * decay;                       /* decoupled weight decay */
         float m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i]); /* lerp(m, g, 1 - beta1) */
-        float v = exp_avg_sq[i] * beta2 + one_minus_beta2 * (g * g);
+        float v = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g; /* addcmul: value * t1 * t2 */
         float denom = sqrtf(v) / bias_correction2_sqrt + eps;
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        param[i] = p - step_size * (m / denom);
+        param[i] = p + neg_step_size * m / denom;                  /* addcdiv: value * t1 / t2 */
     }
 }
 
