@@ -474,7 +474,8 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
             moments, step, RNG and data order), ``loss.csv`` (one row per step) and ``loss.png`` go. Files are
             written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
         config: UNet config (:data:`diffice.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
-            learn_sigma defaults to True). Ignored on resume (the saved one is used).
+            learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
+            loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
         steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.
         weight_decay: AdamW's decoupled weight decay (the paper: 0.05). ema_rate: 0.9999 as guided-diffusion.
         grad_clip: clip the global gradient norm to this (0: off). augment: random horizontal flips and shifts
@@ -501,8 +502,12 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
                               f"--resume) or choose another folder")
 
     saved = dict(np.load(state_path, allow_pickle=False)) if resume else None
-    if saved is not None:
+    if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
         config = json.loads(str(saved["config"]))
+        hparams = json.loads(str(saved["hparams"]))
+        diffusion_steps = hparams["diffusion_steps"]
+        noise_schedule = hparams.get("noise_schedule", noise_schedule)
+        loss_type = hparams["loss_type"]
     cfg = dict(config or {})
     cfg.setdefault("in_channels", channels)
     cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
@@ -566,7 +571,8 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
                      pos=np.int64(batches.pos), num_images=np.int64(n),
                      hparams=np.str_(json.dumps(dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate,
                                                      grad_clip=grad_clip, batch_size=batch_size,
-                                                     diffusion_steps=diffusion_steps, loss_type=loss_type))),
+                                                     diffusion_steps=diffusion_steps, loss_type=loss_type,
+                                                     noise_schedule=noise_schedule))),
                      **opt.state_dict())
         for final, temp in tmp.items():
             os.replace(temp, final)
