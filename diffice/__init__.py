@@ -15,12 +15,13 @@ from .unet import UNet
 from .classifier import PlaneClassifier, Segmenter, classification_loss
 from .sononet import SonoNet, TargetClassView, sononet_preprocess
 from .explain import Explainer
+from .train import train_ddpm
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
            "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer"]
+           "sononet_preprocess", "Explainer", "train_ddpm"]
 
 
 def build_info() -> dict:

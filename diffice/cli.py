@@ -54,6 +54,30 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
 
 
+def _int_list(text: str) -> List[int]:
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def _cmd_train_ddpm(args: argparse.Namespace) -> int:
+    from .train import train_ddpm
+
+    config = dict(model_channels=args.model_channels, num_res_blocks=args.num_res_blocks,
+                  channel_mult=tuple(_int_list(args.channel_mult)),
+                  attention_resolutions=tuple(_int_list(args.attention_ds)), num_heads=args.num_heads,
+                  num_head_channels=args.num_head_channels, learn_sigma=args.learn_sigma,
+                  use_scale_shift_norm=True, resblock_updown=True)
+    result = train_ddpm(args.images, args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        weight_decay=args.weight_decay, ema_rate=args.ema_rate, grad_clip=args.grad_clip,
+                        seed=args.seed, augment=args.augment, checkpoint_every=args.checkpoint_every,
+                        log_every=args.log_every, resume=args.resume, progress=not args.quiet,
+                        size=tuple(args.size) if args.size else None, diffusion_steps=args.diffusion_steps,
+                        loss_type=args.loss_type)
+    if not args.quiet:
+        print(f"step {result.step}: loss {result.last_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "
+              f"{result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffice", description="Diffusion-based iterative counterfactual "
                                      "explanations (Diff-ICE) with a C core.")
@@ -72,6 +96,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_explain)
+
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    p = train.add_parser("ddpm", help="the guided-diffusion UNet as an unconditional DDPM (the Diff-ICE denoiser)",
+                         description="Trains guided-diffusion's UNet on grayscale images (resized to --size, scaled "
+                         "to [-1, 1]). Writes model.safetensors, ema.safetensors, train_state.npz, loss.csv and "
+                         "loss.png into --out; Ctrl-C saves a checkpoint, --resume continues it.")
+    p.add_argument("--images", required=True, help="folder of PNG/JPEG images, or a .npy array (N, H, W) in [-1, 1]")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
+    p.add_argument("--steps", type=int, default=300_000, help="total training steps (paper: 300K)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (paper: 16)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
+    p.add_argument("--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its saved model config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--diffusion-steps", type=int, default=1000, help="diffusion steps T (linear schedule)")
+    p.add_argument("--loss-type", choices=["mse", "rescaled_mse"], default="mse")
+    g = p.add_argument_group("UNet (guided-diffusion flags)")
+    g.add_argument("--model-channels", type=int, default=128)
+    g.add_argument("--num-res-blocks", type=int, default=2)
+    g.add_argument("--channel-mult", default="1,1,2,3,4", help="comma-separated level multipliers")
+    g.add_argument("--attention-ds", default="8,16",
+                   help="downsample factors with attention, comma-separated (image_size // attention_resolutions)")
+    g.add_argument("--num-heads", type=int, default=4)
+    g.add_argument("--num-head-channels", type=int, default=-1)
+    g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
+                   help="fixed variance: the model predicts eps only and the loss is the mse")
+    p.set_defaults(func=_cmd_train_ddpm)
     return parser
 
 

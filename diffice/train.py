@@ -1,0 +1,626 @@
+"""Training guided-diffusion's DDPM (the Diff-ICE denoiser) on the C core.
+
+The recipe is guided-diffusion's ``TrainLoop`` for the unconditional model: t uniform in [0, T) over the full
+(un-respaced) diffusion, x_t = q_sample(x_0, t, noise), the loss of ``GaussianDiffusion.training_losses``
+(mse of the predicted noise, plus the variational bound term with a frozen mean when the variance is learned),
+AdamW, an EMA of the weights. Unlike guided-diffusion the gradient is clipped by its global norm (grad_clip,
+0 turns it off). Images are float32 (N, 1, H, W) in [-1, 1].
+
+The optimiser state (AdamW moments, EMA) lives in numpy arrays owned by the C objects, so a checkpoint saves it
+as it is and ``resume=True`` continues bit for bit (same machine, same thread count).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from ._native import _C
+from .diffusion import GaussianDiffusion
+from .io import load_safetensors, load_safetensors_metadata, save_safetensors
+from .ops._backend import get_backend
+from .unet import UNet
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss_and_gradients",
+           "init_guided_diffusion", "load_images", "train_ddpm", "TrainResult"]
+
+_LOSS_TYPES = {"mse": 0, "rescaled_mse": 1}
+_VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# ---- optimiser state ----
+
+def _param_list(params) -> List[np.ndarray]:
+    if isinstance(params, Mapping):
+        return list(params.values())
+    return list(params)
+
+
+class AdamW:
+    """torch.optim.AdamW over a list of parameter arrays (updated in place) and one flat gradient.
+
+    params: the network's parameter views (``unet._params``, a dict in registration order) or a list of writable
+    float32 arrays; grads: float32, ``sum(p.size)`` values in the same order (``UNet.gradients``' flat buffer).
+    State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, num_threads: int = 0) -> None:
+        self.params = _param_list(params)
+        size = sum(p.size for p in self.params)
+        self._c = _C.AdamW(size, lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
+                           weight_decay=float(weight_decay), num_threads=int(num_threads))
+
+    def step(self, grads: np.ndarray) -> None:
+        self._c.step(self.params, grads)
+
+    lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
+    weight_decay = property(lambda self: self._c.weight_decay,
+                            lambda self, v: setattr(self._c, "weight_decay", v))
+    num_steps = property(lambda self: self._c.num_steps, lambda self, v: setattr(self._c, "num_steps", v))
+    exp_avg = property(lambda self: self._c.exp_avg)
+    exp_avg_sq = property(lambda self: self._c.exp_avg_sq)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return {"exp_avg": self._c.exp_avg.copy(), "exp_avg_sq": self._c.exp_avg_sq.copy(),
+                "num_steps": np.int64(self._c.num_steps)}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        for name in ("exp_avg", "exp_avg_sq"):
+            value = np.asarray(state[name])
+            if value.shape != self._c.exp_avg.shape:
+                raise ValueError(f"AdamW state '{name}' has shape {value.shape}, expected {self._c.exp_avg.shape}")
+            getattr(self._c, name)[...] = value
+        self._c.num_steps = int(state["num_steps"])
+
+
+class EMA:
+    """Exponential moving average of parameters (guided-diffusion's ``update_ema``), starting from a copy.
+
+    ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
+    """
+
+    def __init__(self, params, rate: float = 0.9999, num_threads: int = 0) -> None:
+        self.params = _param_list(params)
+        self._c = _C.EMA(self.params, float(rate), num_threads=int(num_threads))
+
+    def update(self) -> None:
+        self._c.update(self.params)
+
+    rate = property(lambda self: self._c.rate, lambda self, v: setattr(self._c, "rate", v))
+    values = property(lambda self: self._c.values)
+
+
+def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0) -> float:
+    """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
+    min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_."""
+    return float(_C.clip_grad_norm(grads, float(max_norm), num_threads=int(num_threads)))
+
+
+# ---- the loss ----
+
+class LossTerms(NamedTuple):
+    """Per-sample terms (N,) float32, and d(sum_b w_b loss_b)/d model_output (None when not asked for)."""
+
+    loss: np.ndarray
+    mse: np.ndarray
+    vb: np.ndarray
+    grad: Optional[np.ndarray]
+
+
+class DiffusionLoss:
+    """guided-diffusion's ``training_losses`` (eps prediction, LossType.MSE or RESCALED_MSE) on the C core.
+
+    Args:
+        steps, schedule, respacing: the diffusion, as :class:`GaussianDiffusion` (training uses no respacing).
+        learn_sigma: model output (N, 2C, H, W) = (eps, v) and loss = mse + vb (vb: variational bound in bits per
+            dim with the mean frozen: KL for t > 0, discretized Gaussian decoder NLL at t = 0); otherwise
+            (N, C, H, W) and loss = mse.
+        loss_type: "mse" (vb as is; guided-diffusion's default) or "rescaled_mse" (vb * num_timesteps / 1000).
+    """
+
+    def __init__(self, steps: int = 1000, schedule: str = "linear", respacing: str = "", learn_sigma: bool = True,
+                 loss_type: str = "mse", fixed_variance: str = "large") -> None:
+        if loss_type not in _LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {sorted(_LOSS_TYPES)}, got {loss_type!r}")
+        self.diffusion = GaussianDiffusion(steps, schedule, respacing, learn_sigma, fixed_variance)
+        self.loss_type = loss_type
+        self._c = _C.TrainingLoss(int(steps), schedule, str(respacing),
+                                  _VARIANCE_TYPES[self.diffusion.variance_type], _LOSS_TYPES[loss_type])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.diffusion.num_timesteps
+
+    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t, model_output: np.ndarray,
+                 weights: Optional[np.ndarray] = None, grad: bool = True) -> LossTerms:
+        """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
+        idx = self.diffusion._indices(t, len(x_start))
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+        return LossTerms(*self._c.compute(x_start, x_t, noise, idx, model_output, w, bool(grad)))
+
+
+def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, t: np.ndarray,
+                       noise: np.ndarray) -> Tuple[LossTerms, np.ndarray]:
+    """One training step's loss (batch mean) and the flat parameter gradient, in the UNet's parameter order.
+
+    x_start, noise (N, C, H, W) float32; t (N,) timesteps of the (un-respaced) training diffusion.
+    """
+    n = len(x_start)
+    x_t = loss_fn.diffusion.q_sample(x_start, t, noise)
+    t_model = loss_fn.diffusion.model_timesteps(t).astype(np.float32)
+    out = unet.forward(x_t, t_model)
+    terms = loss_fn(x_start, x_t, noise, t, out, np.full(n, 1.0 / n, np.float32))
+    # the forward is run again with a tape: the loss gradient needs the output first
+    _, flat = unet._c.gradients(get_backend(unet.backend), x_t, t_model, terms.grad)
+    return terms, flat
+
+
+# ---- initialisation ----
+
+_ZERO_MODULES = re.compile(r"(out_layers\.3|proj_out|^out\.2)\.(weight|bias)$")
+
+
+def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
+    """guided-diffusion's initial weights: PyTorch's defaults (conv/linear U(+-1/sqrt(fan_in)), GroupNorm 1 and 0)
+    with the zero_module layers (each ResBlock's last conv, attention proj_out, the output conv) zeroed."""
+    rng = np.random.default_rng(seed)
+    params = unet._params
+    for name, p in params.items():
+        base = name.rsplit(".", 1)[0]
+        weight = params.get(base + ".weight")
+        if _ZERO_MODULES.search(name):
+            p[...] = 0.0
+        elif weight is not None and weight.ndim == 1:  # GroupNorm
+            p[...] = 1.0 if name.endswith(".weight") else 0.0
+        else:
+            fan_in = int(np.prod(weight.shape[1:])) if weight is not None else int(np.prod(p.shape[1:]))
+            bound = 1.0 / math.sqrt(fan_in)
+            p[...] = rng.uniform(-bound, bound, p.shape)
+
+
+# ---- data ----
+
+def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
+
+    size: (H, W) to resize to (bicubic); None keeps the size, which must then be the same for every image.
+    A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
+    """
+    path = Path(folder)
+    if path.is_file() and path.suffix == ".npy":
+        data = np.load(path, allow_pickle=False).astype(np.float32)
+        return _check_images(data[:, None] if data.ndim == 3 else data, str(path))
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder not found: {path}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("reading images needs Pillow (pip install pillow); or pass a .npy array") from None
+    images = []
+    for f in files:
+        with Image.open(f) as img:
+            if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the precision
+                img, scale = img.convert("F"), 65535.0
+            else:
+                img, scale = img.convert("L"), 255.0
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
+            a = np.asarray(img, dtype=np.float32) / scale
+        if images and a.shape != images[0].shape:
+            raise ValueError(f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
+                             f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all")
+        images.append(a)
+    return np.clip(np.stack(images)[:, None] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def _check_images(images: np.ndarray, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"{what}: images must be (N, C, H, W), got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"{what}: images must be floats in [-1, 1], got dtype {images.dtype}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if not np.all(np.isfinite(images)) or images.min() < -1.0001 or images.max() > 1.0001:
+        raise ValueError(f"{what}: images must be finite and in [-1, 1], got [{images.min()}, {images.max()}]")
+    return images
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Random horizontal flips and shifts of up to max_shift pixels (edges reflected), per sample."""
+    n, _, h, w = x.shape
+    flips = rng.random(n) < 0.5
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2)) if max_shift > 0 else np.zeros((n, 2), int)
+    out = np.empty_like(x)
+    for b in range(n):
+        img = x[b, :, :, ::-1] if flips[b] else x[b]
+        dy, dx = int(shifts[b, 0]), int(shifts[b, 1])
+        if dy or dx:
+            padded = np.pad(img, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)), mode="reflect")
+            img = padded[:, max_shift - dy:max_shift - dy + h, max_shift - dx:max_shift - dx + w]
+        out[b] = img
+    return out
+
+
+class _Batches:
+    """Batches drawn epoch by epoch from random permutations (guided-diffusion's shuffled loader, no drop)."""
+
+    def __init__(self, n: int, rng: np.random.Generator, perm: Optional[np.ndarray] = None, pos: int = 0) -> None:
+        self.n, self.rng = n, rng
+        self.perm = rng.permutation(n) if perm is None else np.asarray(perm, dtype=np.int64)
+        self.pos = int(pos)
+
+    def next(self, batch_size: int) -> np.ndarray:
+        out = []
+        while len(out) < batch_size:
+            if self.pos == self.n:
+                self.perm, self.pos = self.rng.permutation(self.n), 0
+            take = min(batch_size - len(out), self.n - self.pos)
+            out.extend(self.perm[self.pos:self.pos + take])
+            self.pos += take
+        return np.asarray(out, dtype=np.int64)
+
+
+# ---- progress, log, plot ----
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    s = int(round(seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + (f"{h}:{m:02d}:{s:02d}" if h or d else f"{m:02d}:{s:02d}")
+
+
+class _Progress:
+    """A one-line progress bar on stderr: steps, loss, it/s, ETA (a line every log_every steps when not a tty)."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None) -> None:
+        self.total, self.start, self.enabled, self.log_every = total, start, enabled, max(1, log_every)
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self.last_draw = 0.0
+        self.recent: List[float] = []
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        self.recent = (self.recent + [loss])[-self.log_every:]
+        now = time.perf_counter()
+        done = step == self.total
+        if self.tty and not done and now - self.last_draw < 0.2:
+            return
+        if not self.tty and not done and step % self.log_every:
+            return
+        self.last_draw = now
+        rate = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        frac = step / max(self.total, 1)
+        width = 24
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        line = (f"train {step}/{self.total} [{bar}] {100 * frac:3.0f}% loss {np.mean(self.recent):.4f} "
+                f"{rate:.2f} it/s ETA {_duration(eta)}")
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
+
+
+def _read_log(path: Path) -> List[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_loss(log_path: PathLike, png_path: PathLike) -> bool:
+    """Loss per step (and a moving average) from the CSV log as a PNG: matplotlib if installed, else Pillow.
+    Returns False when neither is available or the log is empty."""
+    rows = _read_log(Path(log_path))
+    if not rows:
+        return False
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    smooth_steps = steps[window - 1:]
+    tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        ax.plot(steps, loss, color="#9ecae1", linewidth=0.8, label="loss")
+        ax.plot(smooth_steps, smooth, color="#08519c", linewidth=1.5, label=f"mean of {window}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        if np.all(loss > 0):
+            ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+    except ImportError:
+        try:
+            _plot_pillow(steps, loss, smooth_steps, smooth, tmp)
+        except ImportError:
+            return False
+    os.replace(tmp, png_path)
+    return True
+
+
+def _plot_pillow(steps, loss, smooth_steps, smooth, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 700, 400, 70, 20, 20, 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    log = bool(np.all(loss > 0))
+    ys = np.log10(loss) if log else loss
+    ys_smooth = np.log10(smooth) if log else smooth
+    lo, hi = float(ys.min()), float(ys.max())
+    hi = hi if hi > lo else lo + 1.0
+    s0, s1 = float(steps.min()), float(max(steps.max(), steps.min() + 1))
+
+    def xy(s, v):
+        return (left + (s - s0) / (s1 - s0) * (width - left - right),
+                top + (hi - v) / (hi - lo) * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for s, v, color, w in ((steps, ys, (158, 202, 225), 1), (smooth_steps, ys_smooth, (8, 81, 156), 2)):
+        points = [xy(a, b) for a, b in zip(s, v)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=w)
+    fmt = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.3g}")
+    draw.text((5, top), fmt(hi), fill="black")
+    draw.text((5, height - bottom - 10), fmt(lo), fill="black")
+    draw.text((left, height - bottom + 5), str(int(s0)), fill="black")
+    draw.text((width - right - 60, height - bottom + 5), str(int(s1)), fill="black")
+    draw.text((width // 2 - 40, height - bottom + 20), "step" + ("  (loss, log scale)" if log else "  (loss)"),
+              fill="black")
+    img.save(path, format="PNG")
+
+
+# ---- the training loop ----
+
+@dataclass
+class TrainResult:
+    """What a training run left behind."""
+
+    step: int             # steps done in total (including those before a resume)
+    interrupted: bool     # stopped by Ctrl-C (a checkpoint was saved)
+    last_loss: float
+    model_path: Path      # raw weights (guided-diffusion key names)
+    ema_path: Path        # EMA weights
+    state_path: Path      # optimiser state, RNG, data order (for resume)
+    log_path: Path        # CSV, one row per step
+    plot_path: Optional[Path]
+
+
+class _StopFlag:
+    """Ctrl-C sets the flag (the step in flight finishes, a checkpoint is saved); a second Ctrl-C raises."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> Dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for name, p in unet._params.items():
+        out[name] = flat[offset:offset + p.size].reshape(p.shape)
+        offset += p.size
+    return out
+
+
+def _config_json(config: Mapping) -> str:
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
+
+
+def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: Optional[Mapping] = None,
+               steps: int = 300_000, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
+               ema_rate: float = 0.9999, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
+               checkpoint_every: int = 1000, log_every: int = 10, resume: bool = False, progress: bool = True,
+               size: Optional[Tuple[int, int]] = None, diffusion_steps: int = 1000, noise_schedule: str = "linear",
+               loss_type: str = "mse", max_shift: Optional[int] = None, backend: str = "cpu") -> TrainResult:
+    """Trains guided-diffusion's UNet as an unconditional DDPM (Diff-ICE: 1000 steps, lr 1e-4, batch 16).
+
+    Args:
+        images: float32 (N, 1, H, W) in [-1, 1], or a folder of images / a .npy file (see :func:`load_images`,
+            resized to ``size``).
+        out_dir: where ``model.safetensors`` (raw weights), ``ema.safetensors``, ``train_state.npz`` (optimiser
+            moments, step, RNG and data order), ``loss.csv`` (one row per step) and ``loss.png`` go. Files are
+            written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
+        config: UNet config (:data:`diffice.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
+            learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
+            loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
+        steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.
+        weight_decay: AdamW's decoupled weight decay (the paper: 0.05). ema_rate: 0.9999 as guided-diffusion.
+        grad_clip: clip the global gradient norm to this (0: off). augment: random horizontal flips and shifts
+            of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
+        log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path, ema_path = out / "model.safetensors", out / "ema.safetensors"
+    state_path, log_path, plot_path = out / "train_state.npz", out / "loss.csv", out / "loss.png"
+    if isinstance(images, np.ndarray):
+        data = _check_images(images, "train_ddpm")
+    else:
+        data = _check_images(load_images(images, size), os.fspath(images))
+    n, channels, h, w = data.shape
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
+                        ("log_every", log_every)):
+        if int(value) < 1:
+            raise ValueError(f"train_ddpm: {name} must be >= 1, got {value}")
+    if resume and not state_path.exists():
+        raise FileNotFoundError(f"train_ddpm: nothing to resume in {out} (no {state_path.name})")
+    if not resume and state_path.exists():
+        raise FileExistsError(f"train_ddpm: {out} already holds a training run; resume it (resume=True, "
+                              f"--resume) or choose another folder")
+
+    saved = dict(np.load(state_path, allow_pickle=False)) if resume else None
+    if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
+        config = json.loads(str(saved["config"]))
+        hparams = json.loads(str(saved["hparams"]))
+        diffusion_steps = hparams["diffusion_steps"]
+        noise_schedule = hparams.get("noise_schedule", noise_schedule)
+        loss_type = hparams["loss_type"]
+    cfg = dict(config or {})
+    cfg.setdefault("in_channels", channels)
+    cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
+    unet = UNet(cfg, backend=backend)
+    if unet.config["in_channels"] != channels:
+        raise ValueError(f"train_ddpm: the UNet takes {unet.config['in_channels']} channel(s), the images have "
+                         f"{channels}")
+    multiple = 2 ** (len(unet.config["channel_mult"]) - 1)
+    if h % multiple or w % multiple:
+        raise ValueError(f"train_ddpm: image size {h}x{w} must be a multiple of {multiple} for "
+                         f"{len(unet.config['channel_mult'])} UNet levels")
+    loss_fn = DiffusionLoss(diffusion_steps, noise_schedule, "", unet.config["learn_sigma"], loss_type)
+    threads = get_backend(backend).num_threads
+    params = list(unet._params.values())
+    shift = max(1, min(h, w) // 32) if max_shift is None else int(max_shift)
+
+    if saved is None:
+        init_guided_diffusion(unet, seed)
+        rng = np.random.default_rng(seed)
+        batches = _Batches(n, rng)
+        start = 0
+    else:
+        start = int(saved["step"])
+        for path in (model_path, ema_path):
+            meta_step = load_safetensors_metadata(path).get("step")
+            if meta_step != str(start):
+                raise ValueError(f"train_ddpm: {path.name} is from step {meta_step} but {state_path.name} from "
+                                 f"step {start}; the checkpoint is inconsistent")
+        unet.load_state_dict(load_safetensors(model_path))
+        if int(saved["num_images"]) != n:
+            raise ValueError(f"train_ddpm: the run was started with {int(saved['num_images'])} images, got {n}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(saved["rng_state"]))
+        batches = _Batches(n, rng, saved["perm"], int(saved["pos"]))
+    opt = AdamW(params, lr=lr, weight_decay=weight_decay, num_threads=threads)
+    ema = EMA(params, ema_rate, num_threads=threads)
+    if saved is not None:
+        opt.load_state_dict(saved)
+        ema_state = load_safetensors(ema_path)
+        ema.values[...] = np.concatenate([ema_state[k].ravel() for k in unet._params])
+        rows = [r for r in _read_log(log_path) if int(r["step"]) <= start]
+    else:
+        rows = []
+    # the log holds the steps up to the checkpoint (a crashed run may have logged further)
+    with open(log_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def save(step: int) -> None:
+        meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config),
+                "step": str(step)}
+        # written under temporary names first, then renamed together: the three files stay consistent
+        tmp = {p: p.with_name("." + p.name + ".new") for p in (model_path, ema_path, state_path)}
+        save_safetensors(tmp[model_path], unet.state_dict(), metadata=meta)
+        save_safetensors(tmp[ema_path], _state_dict_from_flat(unet, ema.values),
+                         metadata=dict(meta, ema_rate=repr(ema.rate)))
+        with open(tmp[state_path], "wb") as f:
+            np.savez(f, step=np.int64(step), config=np.str_(_config_json(unet.config)),
+                     rng_state=np.str_(json.dumps(rng.bit_generator.state)), perm=batches.perm,
+                     pos=np.int64(batches.pos), num_images=np.int64(n),
+                     hparams=np.str_(json.dumps(dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate,
+                                                     grad_clip=grad_clip, batch_size=batch_size,
+                                                     diffusion_steps=diffusion_steps, loss_type=loss_type,
+                                                     noise_schedule=noise_schedule))),
+                     **opt.state_dict())
+        for final, temp in tmp.items():
+            os.replace(temp, final)
+
+    bar = _Progress(steps, start, progress, log_every)
+    step, last_loss, interrupted = start, float("nan"), False
+    log_file = open(log_path, "a", newline="")
+    writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+    t0 = time.perf_counter()
+    try:
+        with _StopFlag() as stop:
+            while step < steps:
+                x0 = data[batches.next(batch_size)]
+                if augment:
+                    x0 = _augment(x0, rng, shift)
+                t = rng.integers(0, loss_fn.num_timesteps, size=batch_size)
+                noise = rng.standard_normal(x0.shape, dtype=np.float32)
+                terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
+                norm = clip_grad_norm(grads, grad_clip, num_threads=threads)
+                last_loss = float(np.mean(terms.loss))
+                if not (math.isfinite(last_loss) and math.isfinite(norm)):
+                    raise FloatingPointError(f"train_ddpm: non-finite loss ({last_loss}) or gradient norm ({norm}) "
+                                             f"at step {step + 1}; the last checkpoint is kept")
+                opt.step(grads)
+                ema.update()
+                step += 1
+                writer.writerow(dict(step=step, loss=f"{last_loss:.6g}", mse=f"{float(np.mean(terms.mse)):.6g}",
+                                     vb=f"{float(np.mean(terms.vb)):.6g}", grad_norm=f"{norm:.6g}",
+                                     lr=f"{opt.lr:.6g}", seconds=f"{time.perf_counter() - t0:.3f}"))
+                if step % log_every == 0:
+                    log_file.flush()
+                bar.update(step, last_loss)
+                if stop.stop:
+                    interrupted = True
+                    break
+                if step % checkpoint_every == 0 and step < steps:
+                    log_file.flush()
+                    save(step)
+                    plot_loss(log_path, plot_path)
+    finally:
+        bar.close()
+        log_file.close()
+    if step > start or not model_path.exists():
+        save(step)
+    if interrupted and progress:
+        print(f"interrupted: checkpoint saved at step {step} in {out}; continue with resume=True (--resume)",
+              file=sys.stderr)
+    plotted = plot_loss(log_path, plot_path)
+    return TrainResult(step=step, interrupted=interrupted, last_loss=last_loss, model_path=model_path,
+                       ema_path=ema_path, state_path=state_path, log_path=log_path,
+                       plot_path=plot_path if plotted else None)
