@@ -231,6 +231,62 @@ done:
     return result;
 }
 
+/* train_step(backend, x, t, grad_fn) -> (loss_info, flat parameter gradients): one forward with a tape, then
+ * grad_fn(output) -> (dL/doutput, loss_info) in Python (the training loss), then the backward: one forward per
+ * training step instead of two. */
+static PyObject *unet_train_step(UNetObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    PyObject *x_obj, *t_obj, *grad_fn, *result = NULL, *y_obj = NULL, *grads_obj = NULL, *answer = NULL;
+    dfc_tensor x, t, y, dy, flat;
+    dfc_py_refs refs = {0};
+    if (!unet_ready(self) || !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &x_obj, &t_obj, &grad_fn))
+        return NULL;
+    if (dfc_py_tensor(x_obj, "UNet.train_step", "x", 4, 4, 1, &refs, &x) < 0 ||
+        dfc_py_tensor(t_obj, "UNet.train_step", "t", 1, 1, 1, &refs, &t) < 0)
+        goto done;
+    if (t.shape[0] != x.shape[0]) {
+        PyErr_Format(PyExc_ValueError, "UNet.train_step: t has %lld timesteps for a batch of %lld",
+                     (long long)t.shape[0], (long long)x.shape[0]);
+        goto done;
+    }
+    int64_t yshape[4] = {x.shape[0], dfc_unet_get_config(self->unet)->out_channels, x.shape[2], x.shape[3]};
+    int64_t total = dfc_unet_params(self->unet)->total;
+    if (!(y_obj = dfc_py_new_tensor(4, yshape, &y)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
+        goto done;
+    dfc_error err = {0};
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_unet_tape *tape = NULL;
+    dfc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dfc_unet_forward(self->unet, be, w.main, NULL, &x, t.data, &tape, &y, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DFC_OK) {
+        dfc_py_raise(&err);
+    } else if ((answer = PyObject_CallFunctionObjArgs(grad_fn, y_obj, NULL))) {
+        if (!PyTuple_Check(answer) || PyTuple_GET_SIZE(answer) != 2) {
+            PyErr_SetString(PyExc_TypeError, "UNet.train_step: grad_fn must return (dL/doutput, info)");
+        } else if (dfc_py_tensor(PyTuple_GET_ITEM(answer, 0), "UNet.train_step", "dL/doutput", 4, 4, 1, &refs,
+                                 &dy) == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            st = dfc_unet_backward(self->unet, be, w.main, tape, &dy, NULL, flat.data, &err);
+            Py_END_ALLOW_THREADS
+            if (st != DFC_OK)
+                dfc_py_raise(&err);
+            else
+                result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
+        }
+    }
+    dfc_py_workspace_release(&self->ws, &w);
+done:
+    Py_XDECREF(answer);
+    Py_XDECREF(y_obj);
+    Py_XDECREF(grads_obj);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
 static PyObject *unet_release_memory(UNetObject *self, PyObject *noargs)
 {
     (void)noargs;
@@ -256,6 +312,8 @@ static PyMethodDef unet_methods[] = {
     {"parameter_count", (PyCFunction)unet_parameter_count, METH_NOARGS, "number of parameters (floats)"},
     {"forward", (PyCFunction)unet_forward, METH_VARARGS, "forward(backend, x, t) -> y"},
     {"vjp", (PyCFunction)unet_vjp, METH_VARARGS, "vjp(backend, x, t, v) -> dx"},
+    {"train_step", (PyCFunction)unet_train_step, METH_VARARGS,
+     "train_step(backend, x, t, grad_fn) -> (info, flat parameter gradients); grad_fn(y) -> (dL/dy, info)"},
     {"release_memory", (PyCFunction)unet_release_memory, METH_NOARGS,
      "release_memory(): free the activation memory kept between calls"},
     {"gradients", (PyCFunction)unet_gradients, METH_VARARGS,
