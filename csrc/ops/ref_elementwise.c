@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ref.h"
+#include "softmax_row.h"
 
 static const char *activation_name(dfc_activation kind)
 {
@@ -87,13 +88,8 @@ dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor 
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x->data + r * cols;
         float *yr = y->data + r * cols;
-        float max = xr[0];
-        for (int64_t j = 1; j < cols; j++)
-            max = xr[j] > max ? xr[j] : max;
-        /* Subtracting the row max keeps every exp() argument <= 0: no overflow. */
-        double sum = 0.0;
-        for (int64_t j = 0; j < cols; j++)
-            sum += exp((double)xr[j] - max);
+        float max;
+        const double sum = dfc_row_sum_exp(xr, cols, &max);
         for (int64_t j = 0; j < cols; j++)
             yr[j] = (float)(exp((double)xr[j] - max) / sum);
     }
