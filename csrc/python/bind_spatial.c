@@ -84,6 +84,22 @@ done:
     return out;
 }
 
+/* The backwards whose dx shape dy does not determine (several input sizes pool or resize to one output size):
+ * dy of dy_ndim dims and the forward's x_shape -> dx of x_shape. */
+static PyObject *backward_to_x_shape(dfc_backend *be, dfc_py_op1 run, const char *op, int dy_ndim, PyObject *dy_obj,
+                                     PyObject *shape_obj)
+{
+    dfc_py_refs refs = {0};
+    dfc_tensor dy;
+    PyObject *out = NULL;
+    int64_t shape[4];
+    if (dfc_py_tensor(dy_obj, op, "dy", dy_ndim, dy_ndim, 1, &refs, &dy) == 0 &&
+        parse_x_shape(shape_obj, op, &dy, shape) == 0)
+        out = dfc_py_run_op1(be, run, &dy, 4, shape);
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
 static PyObject *py_upsample_nearest2x_forward(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -231,14 +247,7 @@ static PyObject *py_global_avg_pool_backward(PyObject *self, PyObject *args)
     PyObject *dy_obj, *shape_obj;
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &shape_obj))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor dy;
-    PyObject *out = NULL;
-    int64_t shape[4];
-    if (dfc_py_tensor(dy_obj, op, "dy", 2, 2, 1, &refs, &dy) == 0 && parse_x_shape(shape_obj, op, &dy, shape) == 0)
-        out = dfc_py_run_op1(be, be->ops->global_avg_pool_backward, &dy, 4, shape);
-    dfc_py_refs_release(&refs);
-    return out;
+    return backward_to_x_shape(be, be->ops->global_avg_pool_backward, op, 2, dy_obj, shape_obj);
 }
 
 static int check_size(const char *op, long long h, long long w)
@@ -278,14 +287,7 @@ static PyObject *py_resize_bilinear_backward(PyObject *self, PyObject *args)
     PyObject *dy_obj, *shape_obj;
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &shape_obj))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor dy;
-    PyObject *out = NULL;
-    int64_t shape[4];
-    if (dfc_py_tensor(dy_obj, op, "dy", 4, 4, 1, &refs, &dy) == 0 && parse_x_shape(shape_obj, op, &dy, shape) == 0)
-        out = dfc_py_run_op1(be, be->ops->resize_bilinear_backward, &dy, 4, shape);
-    dfc_py_refs_release(&refs);
-    return out;
+    return backward_to_x_shape(be, be->ops->resize_bilinear_backward, op, 4, dy_obj, shape_obj);
 }
 
 PyMethodDef dfc_methods_spatial[] = {
