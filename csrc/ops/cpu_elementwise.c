@@ -1,22 +1,14 @@
 /* Fast CPU activations: the same formulas as the reference kernels, with a vectorised exp (fast_math.h) in place of
  * libm's scalar expf, which dominated SiLU. */
+#include "activation_check.h"
 #include "cpu.h"
 #include "fast_math.h"
-
-static dfc_status check_activation(dfc_activation kind, const dfc_tensor *x, const dfc_tensor *other,
-                                   const char *other_name, dfc_error *err)
-{
-    if (kind != DFC_ACT_RELU && kind != DFC_ACT_SILU && kind != DFC_ACT_SIGMOID)
-        return dfc_fail(err, DFC_ERR_VALUE, "activation: unknown kind %d", (int)kind);
-    const char *op = kind == DFC_ACT_RELU ? "relu" : kind == DFC_ACT_SILU ? "silu" : "sigmoid";
-    return dfc_check_same_shape(x, other, op, "x", other_name, err);
-}
 
 DFC_VECTOR_CLONES
 dfc_status cpu_activation_forward(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
                                   dfc_error *err)
 {
-    DFC_TRY(check_activation(kind, x, y, "y", err));
+    DFC_TRY(dfc_activation_check(kind, x, y, "y", err));
     const int64_t n = dfc_numel(x);
     const float *xs = x->data;
     float *ys = y->data;
@@ -44,8 +36,8 @@ DFC_VECTOR_CLONES
 dfc_status cpu_activation_backward(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy, const dfc_tensor *x,
                                    dfc_tensor *dx, dfc_error *err)
 {
-    DFC_TRY(check_activation(kind, x, dy, "dy", err));
-    DFC_TRY(check_activation(kind, x, dx, "dx", err));
+    DFC_TRY(dfc_activation_check(kind, x, dy, "dy", err));
+    DFC_TRY(dfc_activation_check(kind, x, dx, "dx", err));
     const int64_t n = dfc_numel(x);
     const float *xs = x->data, *dys = dy->data;
     float *dxs = dx->data;

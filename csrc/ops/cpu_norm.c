@@ -2,44 +2,14 @@
  * Forward: one statistics pass (shifted sums in double, so no cancellation when |mean| >> std) and one fused
  * normalise-scale-shift pass. Backward: one pass for the per-channel sums of dy and dy (x - mean), one fused dx
  * pass; dgamma/dbeta are reduced per channel from those sums afterwards, so no thread writes a shared total.
- * The reference kernels in ref_norm.c are the oracle; shapes are checked there the same way. */
+ * The reference kernels in ref_norm.c are the oracle; both check arguments through norm_check.h. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "cpu.h"
 #include "fast_math.h"
+#include "norm_check.h"
 #include "ref.h"
-
-static inline int present(const dfc_tensor *t)
-{
-    return t && t->data;
-}
-
-static dfc_status check_group_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma,
-                                   const dfc_tensor *beta, const dfc_tensor *mean, const dfc_tensor *rstd, int groups,
-                                   float eps, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
-    const int64_t n = x->shape[0], c = x->shape[1];
-    if (groups <= 0 || c % groups != 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: groups (%d) must be positive and divide the channel count C (%lld)",
-                        op, groups, (long long)c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
-    if (present(gamma))
-        DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
-    if (present(beta))
-        DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
-    if (present(mean) != present(rstd))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: mean and rstd must be given together (got only %s)", op,
-                        present(mean) ? "mean" : "rstd");
-    const int64_t stats_shape[2] = {n, groups};
-    if (present(mean)) {
-        DFC_TRY(dfc_check_shape(mean, op, "mean", 2, stats_shape, err));
-        DFC_TRY(dfc_check_shape(rstd, op, "rstd", 2, stats_shape, err));
-    }
-    return DFC_OK;
-}
 
 /* Mean and 1/sqrt(var + eps) in one vectorisable pass: sums of (x - x[0]) and its square in double. Shifting by a
  * sample of the data keeps the shifted mean of the order of the std, so E[d^2] - E[d]^2 does not cancel. */
@@ -66,12 +36,12 @@ dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
                                   dfc_tensor *rstd, dfc_error *err)
 {
     const char *op = "group_norm";
-    DFC_TRY(check_group_norm(op, x, gamma, beta, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_group_norm_check(op, x, gamma, beta, mean, rstd, groups, eps, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
-    const float *gs = present(gamma) ? gamma->data : NULL, *bs = present(beta) ? beta->data : NULL;
-    float *means = present(mean) ? mean->data : NULL, *rstds = present(rstd) ? rstd->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
+    float *means = dfc_present(mean) ? mean->data : NULL, *rstds = dfc_present(rstd) ? rstd->data : NULL;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const float *xb = x->data + blk * count;
@@ -111,20 +81,15 @@ dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
                                    dfc_error *err)
 {
     const char *op = "group_norm_backward";
-    DFC_TRY(check_group_norm(op, x, gamma, NULL, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_group_norm_check(op, x, gamma, NULL, mean, rstd, groups, eps, err));
     DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
-    if (present(dx))
-        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
-    if (present(dgamma))
-        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
-    if (present(dbeta))
-        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
+    DFC_TRY(dfc_norm_grads_check(op, x, dx, dgamma, dbeta, err));
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
-    const float *gs = present(gamma) ? gamma->data : NULL;
-    const float *means = present(mean) ? mean->data : NULL, *rstds = present(rstd) ? rstd->data : NULL;
-    float *dxs = present(dx) ? dx->data : NULL;
-    float *dgs = present(dgamma) ? dgamma->data : NULL, *dbs = present(dbeta) ? dbeta->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL;
+    const float *means = dfc_present(mean) ? mean->data : NULL, *rstds = dfc_present(rstd) ? rstd->data : NULL;
+    float *dxs = dfc_present(dx) ? dx->data : NULL;
+    float *dgs = dfc_present(dgamma) ? dgamma->data : NULL, *dbs = dfc_present(dbeta) ? dbeta->data : NULL;
 
     /* Scratch: S_dy and S_dyx per (sample, channel), r per (sample, group). */
     double *sum_dy = malloc((size_t)(2 * n * c + blocks) * sizeof(double));

@@ -3,24 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "activation_check.h"
 #include "ref.h"
-
-static const char *activation_name(dfc_activation kind)
-{
-    switch (kind) {
-    case DFC_ACT_RELU: return "relu";
-    case DFC_ACT_SILU: return "silu";
-    case DFC_ACT_SIGMOID: return "sigmoid";
-    }
-    return "activation";
-}
-
-static dfc_status check_activation(dfc_activation kind, dfc_error *err)
-{
-    if (kind != DFC_ACT_RELU && kind != DFC_ACT_SILU && kind != DFC_ACT_SIGMOID)
-        return dfc_fail(err, DFC_ERR_VALUE, "activation: unknown kind %d", (int)kind);
-    return DFC_OK;
-}
+#include "softmax_row.h"
 
 /* Stable for large |x|: exp of a non-positive argument only. */
 static inline float sigmoidf(float x)
@@ -34,9 +19,7 @@ static inline float sigmoidf(float x)
 dfc_status ref_activation_forward(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
                                   dfc_error *err)
 {
-    const char *op = activation_name(kind);
-    DFC_TRY(check_activation(kind, err));
-    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
+    DFC_TRY(dfc_activation_check(kind, x, y, "y", err));
     const int64_t n = dfc_numel(x);
     const float *xs = x->data;
     float *ys = y->data;
@@ -56,10 +39,8 @@ dfc_status ref_activation_forward(dfc_backend *be, dfc_activation kind, const df
 dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy, const dfc_tensor *x,
                                    dfc_tensor *dx, dfc_error *err)
 {
-    const char *op = activation_name(kind);
-    DFC_TRY(check_activation(kind, err));
-    DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
-    DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
+    DFC_TRY(dfc_activation_check(kind, x, dy, "dy", err));
+    DFC_TRY(dfc_activation_check(kind, x, dx, "dx", err));
     const int64_t n = dfc_numel(x);
     const float *xs = x->data, *dys = dy->data;
     float *dxs = dx->data;
@@ -87,13 +68,8 @@ dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor 
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x->data + r * cols;
         float *yr = y->data + r * cols;
-        float max = xr[0];
-        for (int64_t j = 1; j < cols; j++)
-            max = xr[j] > max ? xr[j] : max;
-        /* Subtracting the row max keeps every exp() argument <= 0: no overflow. */
-        double sum = 0.0;
-        for (int64_t j = 0; j < cols; j++)
-            sum += exp((double)xr[j] - max);
+        float max;
+        const double sum = dfc_row_sum_exp(xr, cols, &max);
         for (int64_t j = 0; j < cols; j++)
             yr[j] = (float)(exp((double)xr[j] - max) / sum);
     }

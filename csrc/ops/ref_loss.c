@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "ref.h"
+#include "softmax_row.h"
 
 /* ---- cross-entropy ---- */
 
@@ -23,12 +24,8 @@ static dfc_status check_cross_entropy(const char *op, const dfc_tensor *logits, 
 /* log(sum_j exp(row_j)) with the row max taken out, so no exp() overflows. */
 static double log_sum_exp(const float *row, int64_t k)
 {
-    float max = row[0];
-    for (int64_t j = 1; j < k; j++)
-        max = row[j] > max ? row[j] : max;
-    double sum = 0.0;
-    for (int64_t j = 0; j < k; j++)
-        sum += exp((double)row[j] - max);
+    float max;
+    const double sum = dfc_row_sum_exp(row, k, &max);
     return max + log(sum);
 }
 

@@ -3,19 +3,13 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "norm_check.h"
 #include "ref.h"
 
-static inline int present(const dfc_tensor *t)
-{
-    return t && t->data;
-}
+/* ---- argument checks (shared with cpu_norm.c through norm_check.h) ---- */
 
-/* ---- group norm ---- */
-
-/* x (N, C, ...), groups dividing C; gamma, beta (C) each optional; mean, rstd (N, groups) both or neither. */
-static dfc_status check_group_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma,
-                                   const dfc_tensor *beta, const dfc_tensor *mean, const dfc_tensor *rstd, int groups,
-                                   float eps, dfc_error *err)
+dfc_status dfc_group_norm_check(const char *op, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
+                                const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
     const int64_t n = x->shape[0], c = x->shape[1];
@@ -24,20 +18,35 @@ static dfc_status check_group_norm(const char *op, const dfc_tensor *x, const df
                         op, groups, (long long)c);
     if (!(eps >= 0.0f) || !isfinite(eps))
         return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
-    if (present(gamma))
+    if (dfc_present(gamma))
         DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
-    if (present(beta))
+    if (dfc_present(beta))
         DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
-    if (present(mean) != present(rstd))
+    if (dfc_present(mean) != dfc_present(rstd))
         return dfc_fail(err, DFC_ERR_VALUE, "%s: mean and rstd must be given together (got only %s)", op,
-                        present(mean) ? "mean" : "rstd");
+                        dfc_present(mean) ? "mean" : "rstd");
     const int64_t stats_shape[2] = {n, groups};
-    if (present(mean)) {
+    if (dfc_present(mean)) {
         DFC_TRY(dfc_check_shape(mean, op, "mean", 2, stats_shape, err));
         DFC_TRY(dfc_check_shape(rstd, op, "rstd", 2, stats_shape, err));
     }
     return DFC_OK;
 }
+
+dfc_status dfc_norm_grads_check(const char *op, const dfc_tensor *x, const dfc_tensor *dx, const dfc_tensor *dgamma,
+                                const dfc_tensor *dbeta, dfc_error *err)
+{
+    const int64_t c = x->shape[1];
+    if (dfc_present(dx))
+        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
+    if (dfc_present(dgamma))
+        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
+    if (dfc_present(dbeta))
+        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
+    return DFC_OK;
+}
+
+/* ---- group norm ---- */
 
 /* Mean and 1/sqrt(biased variance + eps) of `count` contiguous values, two passes in double. */
 static void group_stats(const float *xs, int64_t count, double eps, double *mean_out, double *rstd_out)
@@ -61,12 +70,12 @@ dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
                                   dfc_tensor *rstd, dfc_error *err)
 {
     const char *op = "group_norm";
-    DFC_TRY(check_group_norm(op, x, gamma, beta, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_group_norm_check(op, x, gamma, beta, mean, rstd, groups, eps, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
-    const float *gs = present(gamma) ? gamma->data : NULL, *bs = present(beta) ? beta->data : NULL;
-    float *means = present(mean) ? mean->data : NULL, *rstds = present(rstd) ? rstd->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
+    float *means = dfc_present(mean) ? mean->data : NULL, *rstds = dfc_present(rstd) ? rstd->data : NULL;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const float *xb = x->data + blk * count;
@@ -96,26 +105,21 @@ dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
                                    dfc_error *err)
 {
     const char *op = "group_norm_backward";
-    DFC_TRY(check_group_norm(op, x, gamma, NULL, mean, rstd, groups, eps, err));
+    DFC_TRY(dfc_group_norm_check(op, x, gamma, NULL, mean, rstd, groups, eps, err));
     DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
-    if (present(dx))
-        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
-    if (present(dgamma))
-        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
-    if (present(dbeta))
-        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
+    DFC_TRY(dfc_norm_grads_check(op, x, dx, dgamma, dbeta, err));
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
-    const float *gs = present(gamma) ? gamma->data : NULL;
-    float *dxs = present(dx) ? dx->data : NULL;
-    float *dgs = present(dgamma) ? dgamma->data : NULL, *dbs = present(dbeta) ? dbeta->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL;
+    float *dxs = dfc_present(dx) ? dx->data : NULL;
+    float *dgs = dfc_present(dgamma) ? dgamma->data : NULL, *dbs = dfc_present(dbeta) ? dbeta->data : NULL;
 
     double *stats = malloc((size_t)blocks * 2 * sizeof *stats); /* mean, rstd per (sample, group) */
     if (!stats)
         return dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate %lld statistics", op, (long long)blocks * 2);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
-        if (present(mean)) {
+        if (dfc_present(mean)) {
             stats[2 * blk] = mean->data[blk];
             stats[2 * blk + 1] = rstd->data[blk];
         } else {
@@ -181,9 +185,9 @@ static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const df
     const int64_t c = x->shape[1];
     DFC_TRY(dfc_check_shape(running_mean, op, "running_mean", 1, &c, err));
     DFC_TRY(dfc_check_shape(running_var, op, "running_var", 1, &c, err));
-    if (present(gamma))
+    if (dfc_present(gamma))
         DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
-    if (present(beta))
+    if (dfc_present(beta))
         DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
     if (!(eps >= 0.0f) || !isfinite(eps))
         return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
@@ -203,7 +207,7 @@ dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
     DFC_TRY(check_batch_norm(op, x, gamma, beta, running_mean, running_var, eps, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
-    const float *gs = present(gamma) ? gamma->data : NULL, *bs = present(beta) ? beta->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t nc = 0; nc < n * c; nc++) {
         const int64_t ch = nc % c;
@@ -227,15 +231,10 @@ dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
     DFC_TRY(check_batch_norm(op, x, gamma, NULL, running_mean, running_var, eps, err));
     DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
-    if (present(dx))
-        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
-    if (present(dgamma))
-        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
-    if (present(dbeta))
-        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
-    const float *gs = present(gamma) ? gamma->data : NULL;
-    float *dxs = present(dx) ? dx->data : NULL;
-    float *dgs = present(dgamma) ? dgamma->data : NULL, *dbs = present(dbeta) ? dbeta->data : NULL;
+    DFC_TRY(dfc_norm_grads_check(op, x, dx, dgamma, dbeta, err));
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL;
+    float *dxs = dfc_present(dx) ? dx->data : NULL;
+    float *dgs = dfc_present(dgamma) ? dgamma->data : NULL, *dbs = dfc_present(dbeta) ? dbeta->data : NULL;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t ch = 0; ch < c; ch++) {
         const double inv = 1.0 / sqrt((double)running_var->data[ch] + eps);

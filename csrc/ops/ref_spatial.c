@@ -71,6 +71,17 @@ static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool
     return DFC_OK;
 }
 
+/* in (N, C, H, W) at full resolution and out (N, C, Ho, Wo) pooled from it: checks both against p, gives Ho, Wo. */
+static dfc_status check_pool_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
+                                    const char *out_name, dfc_pool2d_params p, int64_t *Ho, int64_t *Wo,
+                                    dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(in, op, in_name, 4, 4, err));
+    DFC_TRY(pool_output_size(op, in, p, Ho, Wo, err));
+    const int64_t want[4] = {in->shape[0], in->shape[1], *Ho, *Wo};
+    return dfc_check_shape(out, op, out_name, 4, want, err);
+}
+
 static dfc_status check_no_padding(const char *op, dfc_pool2d_params p, dfc_error *err)
 {
     if (p.pad_h != 0 || p.pad_w != 0)
@@ -83,12 +94,9 @@ dfc_status ref_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
 {
     const char *op = "avg_pool2d";
     int64_t Ho, Wo;
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
     DFC_TRY(check_no_padding(op, p, err));
-    DFC_TRY(pool_output_size(op, x, p, &Ho, &Wo, err));
+    DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, Ho, Wo};
-    DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
     const double inv_area = 1.0 / ((double)p.kernel_h * p.kernel_w);
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -114,12 +122,9 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
 {
     const char *op = "avg_pool2d_backward";
     int64_t Ho, Wo;
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
     DFC_TRY(check_no_padding(op, p, err));
-    DFC_TRY(pool_output_size(op, dx, p, &Ho, &Wo, err));
+    DFC_TRY(check_pool_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
     const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-    const int64_t want[4] = {N, C, Ho, Wo};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
     const float inv_area = (float)(1.0 / ((double)p.kernel_h * p.kernel_w));
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -167,11 +172,8 @@ dfc_status ref_max_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
 {
     const char *op = "max_pool2d";
     int64_t Ho, Wo;
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    DFC_TRY(pool_output_size(op, x, p, &Ho, &Wo, err));
+    DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, Ho, Wo};
-    DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
@@ -189,12 +191,9 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
 {
     const char *op = "max_pool2d_backward";
     int64_t Ho, Wo;
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    DFC_TRY(pool_output_size(op, x, p, &Ho, &Wo, err));
+    DFC_TRY(check_pool_shapes(op, x, "x", dy, "dy", p, &Ho, &Wo, err));
     DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, Ho, Wo};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {

@@ -65,6 +65,16 @@ static int conv_out_size(const char *op, const char *x_name, const char *axis, i
     return 0;
 }
 
+/* Output height and width of x (N, Ci, H, W) convolved by a kernel of w_shape (Co, Ci, KH, KW) under p. */
+static int conv_out_hw(const char *op, const char *x_name, const int64_t *x_shape, const int64_t *w_shape,
+                       dfc_conv2d_params p, int64_t *ho, int64_t *wo)
+{
+    if (conv_out_size(op, x_name, "height", x_shape[2], w_shape[2], p.stride_h, p.pad_h, ho) < 0 ||
+        conv_out_size(op, x_name, "width", x_shape[3], w_shape[3], p.stride_w, p.pad_w, wo) < 0)
+        return -1;
+    return 0;
+}
+
 /* The ops take NULL for an absent optional tensor. */
 static dfc_tensor *present(dfc_tensor *t)
 {
@@ -89,8 +99,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 ||
         dfc_py_tensor(w_obj, op, "weight", 4, 4, 1, &refs, &w) < 0 ||
         dfc_py_optional_tensor(b_obj, op, "bias", 1, 1, 1, &refs, &b) < 0 ||
-        conv_out_size(op, "x", "height", x.shape[2], w.shape[2], p.stride_h, p.pad_h, &ho) < 0 ||
-        conv_out_size(op, "x", "width", x.shape[3], w.shape[3], p.stride_w, p.pad_w, &wo) < 0)
+        conv_out_hw(op, "x", x.shape, w.shape, p, &ho, &wo) < 0)
         goto done;
     const int64_t y_shape[4] = {x.shape[0], w.shape[0], ho, wo};
     out = dfc_py_new_tensor(4, y_shape, &y);
@@ -120,8 +129,7 @@ static PyObject *py_conv2d_backward_input(PyObject *self, PyObject *args)
     PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 4, 4, 1, &refs, &dy) < 0 ||
         dfc_py_tensor(w_obj, op, "weight", 4, 4, 1, &refs, &w) < 0 ||
-        conv_out_size(op, "x_shape", "height", x_shape[2], w.shape[2], p.stride_h, p.pad_h, &ho) < 0 ||
-        conv_out_size(op, "x_shape", "width", x_shape[3], w.shape[3], p.stride_w, p.pad_w, &wo) < 0)
+        conv_out_hw(op, "x_shape", x_shape, w.shape, p, &ho, &wo) < 0)
         goto done;
     out = dfc_py_new_tensor(4, x_shape, &dx);
     if (!out)
@@ -148,27 +156,17 @@ static PyObject *py_conv2d_backward_weight(PyObject *self, PyObject *args)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, dw, db = {0};
-    PyObject *dw_obj = NULL, *db_obj = NULL, *out = NULL;
+    PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 4, 4, 1, &refs, &dy) < 0 ||
         dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 ||
-        conv_out_size(op, "x", "height", x.shape[2], w_shape[2], p.stride_h, p.pad_h, &ho) < 0 ||
-        conv_out_size(op, "x", "width", x.shape[3], w_shape[3], p.stride_w, p.pad_w, &wo) < 0)
+        conv_out_hw(op, "x", x.shape, w_shape, p, &ho, &wo) < 0)
         goto done;
-    dw_obj = dfc_py_new_tensor(4, w_shape, &dw);
-    if (!dw_obj)
+    out = dfc_py_new_tuple(2, (dfc_py_output[]){{4, w_shape, &dw}, {1, has_bias ? w_shape : NULL, &db}});
+    if (!out)
         goto done;
-    if (has_bias) {
-        db_obj = dfc_py_new_tensor(1, w_shape, &db);
-        if (!db_obj)
-            goto done;
-    }
     dfc_error err = {0};
-    DFC_PY_RUN(dw_obj, err, be->ops->conv2d_backward_weight(be, &dy, &x, p, &dw, present(&db), &err));
-    if (dw_obj)
-        out = PyTuple_Pack(2, dw_obj, db_obj ? db_obj : Py_None);
+    DFC_PY_RUN(out, err, be->ops->conv2d_backward_weight(be, &dy, &x, p, &dw, present(&db), &err));
 done:
-    Py_XDECREF(dw_obj);
-    Py_XDECREF(db_obj);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -208,18 +206,13 @@ static PyObject *py_linear_backward_input(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &w_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor dy, w, dx;
+    dfc_tensor dy, w;
     PyObject *out = NULL;
-    if (dfc_py_tensor(dy_obj, op, "dy", 2, 2, 1, &refs, &dy) < 0 ||
-        dfc_py_tensor(w_obj, op, "weight", 2, 2, 1, &refs, &w) < 0)
-        goto done;
-    const int64_t dx_shape[2] = {dy.shape[0], w.shape[1]};
-    out = dfc_py_new_tensor(2, dx_shape, &dx);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->linear_backward_input(be, &dy, &w, &dx, &err));
-done:
+    if (dfc_py_tensor(dy_obj, op, "dy", 2, 2, 1, &refs, &dy) == 0 &&
+        dfc_py_tensor(w_obj, op, "weight", 2, 2, 1, &refs, &w) == 0) {
+        const int64_t dx_shape[2] = {dy.shape[0], w.shape[1]};
+        out = dfc_py_run_op2(be, be->ops->linear_backward_input, &dy, &w, 2, dx_shape);
+    }
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -235,26 +228,17 @@ static PyObject *py_linear_backward_weight(PyObject *self, PyObject *args)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, dw, db = {0};
-    PyObject *dw_obj = NULL, *db_obj = NULL, *out = NULL;
+    PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 2, 2, 1, &refs, &dy) < 0 ||
         dfc_py_tensor(x_obj, op, "x", 2, 2, 1, &refs, &x) < 0)
         goto done;
     const int64_t dw_shape[2] = {dy.shape[1], x.shape[1]};
-    dw_obj = dfc_py_new_tensor(2, dw_shape, &dw);
-    if (!dw_obj)
+    out = dfc_py_new_tuple(2, (dfc_py_output[]){{2, dw_shape, &dw}, {1, has_bias ? dw_shape : NULL, &db}});
+    if (!out)
         goto done;
-    if (has_bias) {
-        db_obj = dfc_py_new_tensor(1, dw_shape, &db);
-        if (!db_obj)
-            goto done;
-    }
     dfc_error err = {0};
-    DFC_PY_RUN(dw_obj, err, be->ops->linear_backward_weight(be, &dy, &x, &dw, present(&db), &err));
-    if (dw_obj)
-        out = PyTuple_Pack(2, dw_obj, db_obj ? db_obj : Py_None);
+    DFC_PY_RUN(out, err, be->ops->linear_backward_weight(be, &dy, &x, &dw, present(&db), &err));
 done:
-    Py_XDECREF(dw_obj);
-    Py_XDECREF(db_obj);
     dfc_py_refs_release(&refs);
     return out;
 }

@@ -78,16 +78,10 @@ static PyObject *py_softmax_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &x_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor x, y;
+    dfc_tensor x;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) < 0)
-        goto done;
-    out = dfc_py_new_tensor(x.ndim, x.shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->softmax_forward(be, &x, &y, &err));
-done:
+    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) == 0)
+        out = dfc_py_run_op1(be, be->ops->softmax_forward, &x, x.ndim, x.shape);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -100,17 +94,11 @@ static PyObject *py_softmax_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &y_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor dy, y, dx;
+    dfc_tensor dy, y;
     PyObject *out = NULL;
-    if (dfc_py_tensor(dy_obj, "softmax_backward", "dy", 1, 4, 1, &refs, &dy) < 0 ||
-        dfc_py_tensor(y_obj, "softmax_backward", "y", 1, 4, 1, &refs, &y) < 0)
-        goto done;
-    out = dfc_py_new_tensor(y.ndim, y.shape, &dx);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->softmax_backward(be, &dy, &y, &dx, &err));
-done:
+    if (dfc_py_tensor(dy_obj, "softmax_backward", "dy", 1, 4, 1, &refs, &dy) == 0 &&
+        dfc_py_tensor(y_obj, "softmax_backward", "y", 1, 4, 1, &refs, &y) == 0)
+        out = dfc_py_run_op2(be, be->ops->softmax_backward, &dy, &y, y.ndim, y.shape);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -168,24 +156,17 @@ static PyObject *py_binary_backward(PyObject *self, PyObject *args)
     snprintf(op, sizeof op, "%s_backward", kind_name);
     dfc_py_refs refs = {0};
     dfc_tensor dy, a, b, da, db;
-    PyObject *out = NULL, *da_obj = NULL, *db_obj = NULL;
+    PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 1, 4, 1, &refs, &dy) < 0 ||
         dfc_py_tensor(a_obj, op, "a", 1, 4, 1, &refs, &a) < 0 ||
         dfc_py_tensor(b_obj, op, "b", 1, 4, 1, &refs, &b) < 0)
         goto done;
-    da_obj = dfc_py_new_tensor(a.ndim, a.shape, &da);
-    db_obj = da_obj ? dfc_py_new_tensor(b.ndim, b.shape, &db) : NULL;
-    if (!db_obj)
-        goto done;
-    out = Py_BuildValue("(NN)", da_obj, db_obj);
-    da_obj = db_obj = NULL;
+    out = dfc_py_new_tuple(2, (dfc_py_output[]){{a.ndim, a.shape, &da}, {b.ndim, b.shape, &db}});
     if (!out)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, be->ops->binary_backward(be, kind, &dy, &a, &b, &da, &db, &err));
 done:
-    Py_XDECREF(da_obj);
-    Py_XDECREF(db_obj);
     dfc_py_refs_release(&refs);
     return out;
 }

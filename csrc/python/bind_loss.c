@@ -77,16 +77,11 @@ static PyObject *py_mse_forward(PyObject *self, PyObject *args)
         return NULL;
     const char *op = "mse";
     dfc_py_refs refs = {0};
-    dfc_tensor a, b, loss;
+    dfc_tensor a, b;
     PyObject *out = NULL;
-    if (dfc_py_tensor(a_obj, op, "a", 1, 4, 1, &refs, &a) < 0 || dfc_py_tensor(b_obj, op, "b", 1, 4, 1, &refs, &b) < 0)
-        goto done;
-    out = dfc_py_new_tensor(1, a.shape, &loss);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->mse_forward(be, &a, &b, &loss, &err));
-done:
+    if (dfc_py_tensor(a_obj, op, "a", 1, 4, 1, &refs, &a) == 0 &&
+        dfc_py_tensor(b_obj, op, "b", 1, 4, 1, &refs, &b) == 0)
+        out = dfc_py_run_op2(be, be->ops->mse_forward, &a, &b, 1, a.shape);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -101,23 +96,16 @@ static PyObject *py_mse_backward(PyObject *self, PyObject *args)
     const char *op = "mse_backward";
     dfc_py_refs refs = {0};
     dfc_tensor dloss, a, b, da, db;
-    PyObject *out = NULL, *da_obj = NULL, *db_obj = NULL;
+    PyObject *out = NULL;
     if (dfc_py_tensor(dloss_obj, op, "dloss", 1, 1, 1, &refs, &dloss) < 0 ||
         dfc_py_tensor(a_obj, op, "a", 1, 4, 1, &refs, &a) < 0 || dfc_py_tensor(b_obj, op, "b", 1, 4, 1, &refs, &b) < 0)
         goto done;
-    da_obj = dfc_py_new_tensor(a.ndim, a.shape, &da);
-    db_obj = da_obj ? dfc_py_new_tensor(a.ndim, a.shape, &db) : NULL;
-    if (!db_obj)
-        goto done;
-    out = Py_BuildValue("(NN)", da_obj, db_obj);
-    da_obj = db_obj = NULL;
+    out = dfc_py_new_tuple(2, (dfc_py_output[]){{a.ndim, a.shape, &da}, {a.ndim, a.shape, &db}});
     if (!out)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, be->ops->mse_backward(be, &dloss, &a, &b, &da, &db, &err));
 done:
-    Py_XDECREF(da_obj);
-    Py_XDECREF(db_obj);
     dfc_py_refs_release(&refs);
     return out;
 }

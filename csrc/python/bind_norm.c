@@ -13,7 +13,7 @@ static PyObject *py_group_norm_forward(PyObject *self, PyObject *args)
     const char *op = "group_norm";
     dfc_py_refs refs = {0};
     dfc_tensor x, gamma, beta, y, mean, rstd;
-    PyObject *out = NULL, *y_obj = NULL, *mean_obj = NULL, *rstd_obj = NULL;
+    PyObject *out = NULL;
     if (groups <= 0) {
         PyErr_Format(PyExc_ValueError, "%s: groups must be positive, got %d", op, groups);
         goto done;
@@ -23,21 +23,13 @@ static PyObject *py_group_norm_forward(PyObject *self, PyObject *args)
         dfc_py_optional_tensor(beta_obj, op, "beta", 1, 1, 1, &refs, &beta) < 0)
         goto done;
     const int64_t stats_shape[2] = {x.shape[0], groups};
-    y_obj = dfc_py_new_tensor(x.ndim, x.shape, &y);
-    mean_obj = y_obj ? dfc_py_new_tensor(2, stats_shape, &mean) : NULL;
-    rstd_obj = mean_obj ? dfc_py_new_tensor(2, stats_shape, &rstd) : NULL;
-    if (!rstd_obj)
-        goto done;
-    out = Py_BuildValue("(NNN)", y_obj, mean_obj, rstd_obj); /* steals the three */
-    y_obj = mean_obj = rstd_obj = NULL;
+    out = dfc_py_new_tuple(3, (dfc_py_output[]){{x.ndim, x.shape, &y}, {2, stats_shape, &mean},
+                                                {2, stats_shape, &rstd}});
     if (!out)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, be->ops->group_norm_forward(be, &x, &gamma, &beta, groups, eps, &y, &mean, &rstd, &err));
 done:
-    Py_XDECREF(y_obj);
-    Py_XDECREF(mean_obj);
-    Py_XDECREF(rstd_obj);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -56,7 +48,7 @@ static PyObject *py_group_norm_backward(PyObject *self, PyObject *args)
     const char *op = "group_norm_backward";
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, gamma, mean, rstd, dx, dgamma = {0}, dbeta = {0};
-    PyObject *out = NULL, *dx_obj = NULL, *dgamma_obj = NULL, *dbeta_obj = NULL;
+    PyObject *out = NULL;
     if (groups <= 0) {
         PyErr_Format(PyExc_ValueError, "%s: groups must be positive, got %d", op, groups);
         goto done;
@@ -67,30 +59,14 @@ static PyObject *py_group_norm_backward(PyObject *self, PyObject *args)
         dfc_py_optional_tensor(mean_obj, op, "mean", 2, 2, 1, &refs, &mean) < 0 ||
         dfc_py_optional_tensor(rstd_obj, op, "rstd", 2, 2, 1, &refs, &rstd) < 0)
         goto done;
-    dx_obj = dfc_py_new_tensor(x.ndim, x.shape, &dx);
-    if (!dx_obj)
-        goto done;
-    if (gamma.data) {
-        dgamma_obj = dfc_py_new_tensor(1, &x.shape[1], &dgamma);
-        dbeta_obj = dgamma_obj ? dfc_py_new_tensor(1, &x.shape[1], &dbeta) : NULL;
-        if (!dbeta_obj)
-            goto done;
-    } else {
-        Py_INCREF(Py_None);
-        Py_INCREF(Py_None);
-        dgamma_obj = dbeta_obj = Py_None;
-    }
-    out = Py_BuildValue("(NNN)", dx_obj, dgamma_obj, dbeta_obj);
-    dx_obj = dgamma_obj = dbeta_obj = NULL;
+    const int64_t *c_shape = gamma.data ? &x.shape[1] : NULL; /* no gamma: dgamma, dbeta are None */
+    out = dfc_py_new_tuple(3, (dfc_py_output[]){{x.ndim, x.shape, &dx}, {1, c_shape, &dgamma}, {1, c_shape, &dbeta}});
     if (!out)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, be->ops->group_norm_backward(be, &dy, &x, &gamma, &mean, &rstd, groups, eps, &dx, &dgamma,
                                                       &dbeta, &err));
 done:
-    Py_XDECREF(dx_obj);
-    Py_XDECREF(dgamma_obj);
-    Py_XDECREF(dbeta_obj);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -136,29 +112,21 @@ static PyObject *py_batch_norm_backward(PyObject *self, PyObject *args)
     const char *op = "batch_norm_backward";
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, rm, rv, gamma, dx, dgamma, dbeta;
-    PyObject *out = NULL, *dx_obj = NULL, *dgamma_obj = NULL, *dbeta_obj = NULL;
+    PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 2, 4, 1, &refs, &dy) < 0 ||
         dfc_py_tensor(x_obj, op, "x", 2, 4, 1, &refs, &x) < 0 ||
         dfc_py_tensor(rm_obj, op, "running_mean", 1, 1, 1, &refs, &rm) < 0 ||
         dfc_py_tensor(rv_obj, op, "running_var", 1, 1, 1, &refs, &rv) < 0 ||
         dfc_py_optional_tensor(gamma_obj, op, "gamma", 1, 1, 1, &refs, &gamma) < 0)
         goto done;
-    dx_obj = dfc_py_new_tensor(x.ndim, x.shape, &dx);
-    dgamma_obj = dx_obj ? dfc_py_new_tensor(1, &x.shape[1], &dgamma) : NULL;
-    dbeta_obj = dgamma_obj ? dfc_py_new_tensor(1, &x.shape[1], &dbeta) : NULL;
-    if (!dbeta_obj)
-        goto done;
-    out = Py_BuildValue("(NNN)", dx_obj, dgamma_obj, dbeta_obj);
-    dx_obj = dgamma_obj = dbeta_obj = NULL;
+    out = dfc_py_new_tuple(3, (dfc_py_output[]){{x.ndim, x.shape, &dx}, {1, &x.shape[1], &dgamma},
+                                                {1, &x.shape[1], &dbeta}});
     if (!out)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, be->ops->batch_norm_backward(be, &dy, &x, &gamma, &rm, &rv, eps, &dx, &dgamma, &dbeta,
                                                       &err));
 done:
-    Py_XDECREF(dx_obj);
-    Py_XDECREF(dgamma_obj);
-    Py_XDECREF(dbeta_obj);
     dfc_py_refs_release(&refs);
     return out;
 }

@@ -60,6 +60,46 @@ static int pool_output_size(const char *op, const int64_t x_shape[4], dfc_pool2d
     return 0;
 }
 
+/* The average and max pooling forwards: x (N, C, H, W) -> y (N, C, Ho, Wo) by the same rule and op signature. */
+typedef dfc_status (*pool2d_forward_op)(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
+                                        dfc_error *err);
+
+static PyObject *pool2d_forward(dfc_backend *be, pool2d_forward_op run, const char *op, PyObject *x_obj,
+                                dfc_pool2d_params p)
+{
+    dfc_py_refs refs = {0};
+    dfc_tensor x, y;
+    PyObject *out = NULL;
+    int64_t ho, wo;
+    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 || pool_output_size(op, x.shape, p, &ho, &wo) < 0)
+        goto done;
+    const int64_t shape[4] = {x.shape[0], x.shape[1], ho, wo};
+    out = dfc_py_new_tensor(4, shape, &y);
+    if (!out)
+        goto done;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, run(be, &x, p, &y, &err));
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+/* The backwards whose dx shape dy does not determine (several input sizes pool or resize to one output size):
+ * dy of dy_ndim dims and the forward's x_shape -> dx of x_shape. */
+static PyObject *backward_to_x_shape(dfc_backend *be, dfc_py_op1 run, const char *op, int dy_ndim, PyObject *dy_obj,
+                                     PyObject *shape_obj)
+{
+    dfc_py_refs refs = {0};
+    dfc_tensor dy;
+    PyObject *out = NULL;
+    int64_t shape[4];
+    if (dfc_py_tensor(dy_obj, op, "dy", dy_ndim, dy_ndim, 1, &refs, &dy) == 0 &&
+        parse_x_shape(shape_obj, op, &dy, shape) == 0)
+        out = dfc_py_run_op1(be, run, &dy, 4, shape);
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
 static PyObject *py_upsample_nearest2x_forward(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -68,17 +108,12 @@ static PyObject *py_upsample_nearest2x_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &x_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor x, y;
+    dfc_tensor x;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, "upsample_nearest2x", "x", 4, 4, 1, &refs, &x) < 0)
-        goto done;
-    const int64_t shape[4] = {x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3]};
-    out = dfc_py_new_tensor(4, shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->upsample_nearest2x_forward(be, &x, &y, &err));
-done:
+    if (dfc_py_tensor(x_obj, "upsample_nearest2x", "x", 4, 4, 1, &refs, &x) == 0) {
+        const int64_t shape[4] = {x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3]};
+        out = dfc_py_run_op1(be, be->ops->upsample_nearest2x_forward, &x, 4, shape);
+    }
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -92,7 +127,7 @@ static PyObject *py_upsample_nearest2x_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &dy_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor dy, dx;
+    dfc_tensor dy;
     PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, op, "dy", 4, 4, 1, &refs, &dy) < 0)
         goto done;
@@ -102,11 +137,7 @@ static PyObject *py_upsample_nearest2x_backward(PyObject *self, PyObject *args)
         goto done;
     }
     const int64_t shape[4] = {dy.shape[0], dy.shape[1], dy.shape[2] / 2, dy.shape[3] / 2};
-    out = dfc_py_new_tensor(4, shape, &dx);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->upsample_nearest2x_backward(be, &dy, &dx, &err));
+    out = dfc_py_run_op1(be, be->ops->upsample_nearest2x_backward, &dy, 4, shape);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -122,21 +153,7 @@ static PyObject *py_avg_pool2d_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O(ii)(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w, &p.stride_h,
                           &p.stride_w))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor x, y;
-    PyObject *out = NULL;
-    int64_t ho, wo;
-    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 || pool_output_size(op, x.shape, p, &ho, &wo) < 0)
-        goto done;
-    const int64_t shape[4] = {x.shape[0], x.shape[1], ho, wo};
-    out = dfc_py_new_tensor(4, shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->avg_pool2d_forward(be, &x, p, &y, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return out;
+    return pool2d_forward(be, be->ops->avg_pool2d_forward, op, x_obj, p);
 }
 
 static PyObject *py_avg_pool2d_backward(PyObject *self, PyObject *args)
@@ -176,21 +193,7 @@ static PyObject *py_max_pool2d_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O(ii)(ii)(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w,
                           &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor x, y;
-    PyObject *out = NULL;
-    int64_t ho, wo;
-    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 || pool_output_size(op, x.shape, p, &ho, &wo) < 0)
-        goto done;
-    const int64_t shape[4] = {x.shape[0], x.shape[1], ho, wo};
-    out = dfc_py_new_tensor(4, shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->max_pool2d_forward(be, &x, p, &y, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return out;
+    return pool2d_forward(be, be->ops->max_pool2d_forward, op, x_obj, p);
 }
 
 static PyObject *py_max_pool2d_backward(PyObject *self, PyObject *args)
@@ -228,16 +231,10 @@ static PyObject *py_global_avg_pool_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &x_obj))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor x, y;
+    dfc_tensor x;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, "global_avg_pool", "x", 4, 4, 1, &refs, &x) < 0)
-        goto done;
-    out = dfc_py_new_tensor(2, x.shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->global_avg_pool_forward(be, &x, &y, &err));
-done:
+    if (dfc_py_tensor(x_obj, "global_avg_pool", "x", 4, 4, 1, &refs, &x) == 0)
+        out = dfc_py_run_op1(be, be->ops->global_avg_pool_forward, &x, 2, x.shape);
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -250,20 +247,7 @@ static PyObject *py_global_avg_pool_backward(PyObject *self, PyObject *args)
     PyObject *dy_obj, *shape_obj;
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &shape_obj))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor dy, dx;
-    PyObject *out = NULL;
-    int64_t shape[4];
-    if (dfc_py_tensor(dy_obj, op, "dy", 2, 2, 1, &refs, &dy) < 0 || parse_x_shape(shape_obj, op, &dy, shape) < 0)
-        goto done;
-    out = dfc_py_new_tensor(4, shape, &dx);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->global_avg_pool_backward(be, &dy, &dx, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return out;
+    return backward_to_x_shape(be, be->ops->global_avg_pool_backward, op, 2, dy_obj, shape_obj);
 }
 
 static int check_size(const char *op, long long h, long long w)
@@ -285,17 +269,12 @@ static PyObject *py_resize_bilinear_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O(LL)", dfc_py_backend, &be, &x_obj, &out_h, &out_w))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor x, y;
+    dfc_tensor x;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) < 0 || check_size(op, out_h, out_w) < 0)
-        goto done;
-    const int64_t shape[4] = {x.shape[0], x.shape[1], out_h, out_w};
-    out = dfc_py_new_tensor(4, shape, &y);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->resize_bilinear_forward(be, &x, &y, &err));
-done:
+    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, &refs, &x) == 0 && check_size(op, out_h, out_w) == 0) {
+        const int64_t shape[4] = {x.shape[0], x.shape[1], out_h, out_w};
+        out = dfc_py_run_op1(be, be->ops->resize_bilinear_forward, &x, 4, shape);
+    }
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -308,20 +287,7 @@ static PyObject *py_resize_bilinear_backward(PyObject *self, PyObject *args)
     PyObject *dy_obj, *shape_obj;
     if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &shape_obj))
         return NULL;
-    dfc_py_refs refs = {0};
-    dfc_tensor dy, dx;
-    PyObject *out = NULL;
-    int64_t shape[4];
-    if (dfc_py_tensor(dy_obj, op, "dy", 4, 4, 1, &refs, &dy) < 0 || parse_x_shape(shape_obj, op, &dy, shape) < 0)
-        goto done;
-    out = dfc_py_new_tensor(4, shape, &dx);
-    if (!out)
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, be->ops->resize_bilinear_backward(be, &dy, &dx, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return out;
+    return backward_to_x_shape(be, be->ops->resize_bilinear_backward, op, 4, dy_obj, shape_obj);
 }
 
 PyMethodDef dfc_methods_spatial[] = {

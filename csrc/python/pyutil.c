@@ -261,3 +261,48 @@ size_t dfc_py_workspace_held(const dfc_py_workspace *ws)
 {
     return dfc_arena_capacity(&ws->main) + dfc_arena_capacity(&ws->scratch);
 }
+
+/* ---- shapes most op bindings share ---- */
+
+PyObject *dfc_py_new_tuple(int n, const dfc_py_output *outs)
+{
+    PyObject *tuple = PyTuple_New(n);
+    if (!tuple)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *item = Py_None;
+        if (outs[i].shape)
+            item = dfc_py_new_tensor(outs[i].ndim, outs[i].shape, outs[i].t);
+        else
+            Py_INCREF(item);
+        if (!item) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, i, item); /* steals */
+    }
+    return tuple;
+}
+
+PyObject *dfc_py_run_op1(dfc_backend *be, dfc_py_op1 op, const dfc_tensor *x, int ndim, const int64_t *shape)
+{
+    dfc_tensor y;
+    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
+    if (!out)
+        return NULL;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, op(be, x, &y, &err));
+    return out;
+}
+
+PyObject *dfc_py_run_op2(dfc_backend *be, dfc_py_op2 op, const dfc_tensor *a, const dfc_tensor *b, int ndim,
+                         const int64_t *shape)
+{
+    dfc_tensor y;
+    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
+    if (!out)
+        return NULL;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, op(be, a, b, &y, &err));
+    return out;
+}

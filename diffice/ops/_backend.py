@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import threading
+from typing import Tuple, Union
+
+import numpy as np
 
 from .._native import _C
 
@@ -25,3 +28,17 @@ def get_backend(name: str = "cpu", num_threads: int = 0) -> "_C.Backend":
     if backend is None:
         backend = cache[key] = _C.Backend(name, int(num_threads))
     return backend
+
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def int_pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
+    """An int or an (h, w) pair of ints as (h, w); TypeError naming op and argument otherwise."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints (h, w), got {value!r}")

@@ -1,12 +1,12 @@
 """Convolution and linear layers: conv2d (NCHW, groups=1) and linear (y = x W^T + b), forward and backward."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from .._native import _C
-from ._backend import get_backend
+from ._backend import IntPair, get_backend, int_pair
 
 __all__ = [
     "conv2d",
@@ -16,19 +16,6 @@ __all__ = [
     "linear_backward_input",
     "linear_backward_weight",
 ]
-
-IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
-    """An int or an (h, w) pair of ints as (h, w)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{op}: {name} must be an int or a pair of ints (h, w), got {value!r}")
 
 
 def conv2d(
@@ -45,8 +32,8 @@ def conv2d(
     x: (N, Ci, H, W); weight: (Co, Ci, KH, KW); bias: (Co,) or None; stride, padding: int or (h, w).
     Returns y: (N, Co, Ho, Wo) with Ho = (H + 2 pad_h - KH) // stride_h + 1 (Wo likewise).
     """
-    sh, sw = _pair(stride, "conv2d_forward", "stride")
-    ph, pw = _pair(padding, "conv2d_forward", "padding")
+    sh, sw = int_pair(stride, "conv2d_forward", "stride")
+    ph, pw = int_pair(padding, "conv2d_forward", "padding")
     return _C.conv2d_forward(get_backend(backend), x, weight, bias, sh, sw, ph, pw)
 
 
@@ -65,8 +52,8 @@ def conv2d_backward_input(
     input's shape (needed because several H map to one Ho when the stride is above 1).
     Returns dx: x_shape.
     """
-    sh, sw = _pair(stride, "conv2d_backward_input", "stride")
-    ph, pw = _pair(padding, "conv2d_backward_input", "padding")
+    sh, sw = int_pair(stride, "conv2d_backward_input", "stride")
+    ph, pw = int_pair(padding, "conv2d_backward_input", "padding")
     return _C.conv2d_backward_input(get_backend(backend), dy, weight, tuple(x_shape), sh, sw, ph, pw)
 
 
@@ -85,8 +72,8 @@ def conv2d_backward_weight(
     dy: (N, Co, Ho, Wo); x: (N, Ci, H, W), the forward input; weight_shape: (Co, Ci, KH, KW).
     Returns (dweight (Co, Ci, KH, KW), dbias (Co,)), or (dweight, None) when bias is False.
     """
-    sh, sw = _pair(stride, "conv2d_backward_weight", "stride")
-    ph, pw = _pair(padding, "conv2d_backward_weight", "padding")
+    sh, sw = int_pair(stride, "conv2d_backward_weight", "stride")
+    ph, pw = int_pair(padding, "conv2d_backward_weight", "padding")
     return _C.conv2d_backward_weight(get_backend(backend), dy, x, tuple(weight_shape), bool(bias), sh, sw, ph, pw)
 
 

@@ -1,12 +1,12 @@
 """Spatial ops on NCHW float32 arrays: nearest x2 upsample, average / max / global pooling, bilinear resize."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Tuple
 
 import numpy as np
 
 from .._native import _C
-from ._backend import get_backend
+from ._backend import IntPair, get_backend, int_pair
 
 __all__ = [
     "upsample_nearest2x",
@@ -20,19 +20,6 @@ __all__ = [
     "resize_bilinear",
     "resize_bilinear_backward",
 ]
-
-IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
-    """An int or a pair of ints as (height, width)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
 
 
 def _shape4(shape: Sequence[int], op: str, name: str = "x_shape") -> Tuple[int, int, int, int]:
@@ -63,8 +50,8 @@ def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None
     x (N, C, H, W) -> (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). kernel and stride are ints or (h, w) pairs;
     stride defaults to kernel.
     """
-    k = _pair(kernel, "avg_pool2d", "kernel")
-    s = k if stride is None else _pair(stride, "avg_pool2d", "stride")
+    k = int_pair(kernel, "avg_pool2d", "kernel")
+    s = k if stride is None else int_pair(stride, "avg_pool2d", "stride")
     return _C.avg_pool2d_forward(get_backend(backend), x, k, s)
 
 
@@ -73,8 +60,8 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel: IntPair 
     """Gradient of avg_pool2d: dy (N, C, Ho, Wo) -> dx of x_shape (N, C, H, W). Rows and columns no window covers
     (odd sizes) get zero."""
     op = "avg_pool2d_backward"
-    k = _pair(kernel, op, "kernel")
-    s = k if stride is None else _pair(stride, op, "stride")
+    k = int_pair(kernel, op, "kernel")
+    s = k if stride is None else int_pair(stride, op, "stride")
     return _C.avg_pool2d_backward(get_backend(backend), dy, _shape4(x_shape, op), k, s)
 
 
@@ -85,9 +72,9 @@ def max_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None
     x (N, C, H, W) -> (N, C, (H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1). stride defaults to kernel;
     padding must be at most half the kernel.
     """
-    k = _pair(kernel, "max_pool2d", "kernel")
-    s = k if stride is None else _pair(stride, "max_pool2d", "stride")
-    p = _pair(padding, "max_pool2d", "padding")
+    k = int_pair(kernel, "max_pool2d", "kernel")
+    s = k if stride is None else int_pair(stride, "max_pool2d", "stride")
+    p = int_pair(padding, "max_pool2d", "padding")
     return _C.max_pool2d_forward(get_backend(backend), x, k, s, p)
 
 
@@ -96,9 +83,9 @@ def max_pool2d_backward(dy: np.ndarray, x: np.ndarray, kernel: IntPair = 2, stri
     """Gradient of max_pool2d at x: each dy element goes to its window's first maximum in row-major scan order
     (PyTorch's rule), recomputed from x. Returns dx of x's shape."""
     op = "max_pool2d_backward"
-    k = _pair(kernel, op, "kernel")
-    s = k if stride is None else _pair(stride, op, "stride")
-    p = _pair(padding, op, "padding")
+    k = int_pair(kernel, op, "kernel")
+    s = k if stride is None else int_pair(stride, op, "stride")
+    p = int_pair(padding, op, "padding")
     return _C.max_pool2d_backward(get_backend(backend), dy, x, k, s, p)
 
 
@@ -117,7 +104,7 @@ def resize_bilinear(x: np.ndarray, size: Tuple[int, int], *, backend: str = "cpu
     """Bilinear resize to size=(H_out, W_out), align_corners=False, no antialiasing: exactly
     F.interpolate(x, size=size, mode="bilinear", align_corners=False). Up or down, any aspect ratio.
     x (N, C, H, W) -> (N, C, H_out, W_out)."""
-    return _C.resize_bilinear_forward(get_backend(backend), x, _pair(size, "resize_bilinear", "size"))
+    return _C.resize_bilinear_forward(get_backend(backend), x, int_pair(size, "resize_bilinear", "size"))
 
 
 def resize_bilinear_backward(dy: np.ndarray, x_shape: Sequence[int], *, backend: str = "cpu") -> np.ndarray:
