@@ -210,6 +210,78 @@ done:
     return result;
 }
 
+/* train_step(backend, x, grad_fn) -> (info, flat parameter gradients): one forward with a tape, then
+ * grad_fn(outputs) -> (douts, info) in Python (the training loss), then the backward. */
+static PyObject *network_train_step(NetworkObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    PyObject *x_obj, *grad_fn, *outputs_obj = NULL, *answer = NULL, *grads_obj = NULL, *result = NULL;
+    dfc_tensor x, flat, outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
+    dfc_py_refs refs = {0};
+    if (!network_ready(self) || !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &x_obj, &grad_fn))
+        return NULL;
+    if (dfc_py_tensor(x_obj, "Network.train_step", "x", 4, 4, 1, &refs, &x) < 0)
+        goto done;
+    int64_t total = self->net->params.total;
+    if (!(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
+        goto done;
+    dfc_error err = {0};
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
+    void *tape = NULL;
+    dfc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = self->net->vt->forward(self->net, be, w.main, NULL, &x, &tape, outputs, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DFC_OK) {
+        dfc_py_raise(&err);
+        goto release;
+    }
+    const int n = self->net->num_outputs;
+    if (!(outputs_obj = PyTuple_New(n)))
+        goto release;
+    for (int k = 0; k < n; k++) {
+        dfc_tensor copy;
+        PyObject *arr = dfc_py_new_tensor(outputs[k].ndim, outputs[k].shape, &copy);
+        if (!arr)
+            goto release;
+        memcpy(copy.data, outputs[k].data, (size_t)dfc_numel(&copy) * sizeof(float));
+        PyTuple_SET_ITEM(outputs_obj, k, arr);
+    }
+    if (!(answer = PyObject_CallFunctionObjArgs(grad_fn, outputs_obj, NULL)))
+        goto release;
+    if (!PyTuple_Check(answer) || PyTuple_GET_SIZE(answer) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(answer, 0)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(answer, 0)) != n) {
+        PyErr_Format(PyExc_TypeError, "Network.train_step: grad_fn must return (douts, info), douts a tuple of %d", n);
+        goto release;
+    }
+    for (int k = 0; k < n; k++) {
+        if (dfc_py_optional_tensor(PyTuple_GET_ITEM(PyTuple_GET_ITEM(answer, 0), k), "Network.train_step",
+                                   self->net->output_names[k], 1, 4, 1, &refs, &douts[k]) < 0)
+            goto release;
+        if (douts[k].data && dfc_check_shape(&douts[k], "Network.train_step", self->net->output_names[k],
+                                             outputs[k].ndim, outputs[k].shape, &err) != DFC_OK) {
+            dfc_py_raise(&err);
+            goto release;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = self->net->vt->backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DFC_OK)
+        dfc_py_raise(&err);
+    else
+        result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
+release:
+    dfc_py_workspace_release(&self->ws, &w);
+done:
+    Py_XDECREF(outputs_obj);
+    Py_XDECREF(answer);
+    Py_XDECREF(grads_obj);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
 static PyObject *network_release_memory(NetworkObject *self, PyObject *noargs)
 {
     (void)noargs;
@@ -267,6 +339,8 @@ static PyMethodDef network_methods[] = {
      "vjp(backend, x, douts) -> dx; douts: one gradient (array or None) per output"},
     {"gradients", (PyCFunction)network_gradients, METH_VARARGS,
      "gradients(backend, x, douts) -> (dx, flat parameter gradients in parameter order)"},
+    {"train_step", (PyCFunction)network_train_step, METH_VARARGS,
+     "train_step(backend, x, grad_fn) -> (info, flat gradients); grad_fn(outputs) -> (douts, info)"},
     {"release_memory", (PyCFunction)network_release_memory, METH_NOARGS,
      "release_memory(): free the activation memory kept between calls"},
     {NULL, NULL, 0, NULL},
