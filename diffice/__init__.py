@@ -11,10 +11,13 @@ from ._native import _C
 from . import io, ops
 from .diffusion import GaussianDiffusion
 from .unet import UNet
+from .resnet import ResNetFeatures
+from .perceptual import PerceptualLoss, pixel_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "build_info", "__version__"]
+__all__ = ["ops", "io", "GaussianDiffusion", "UNet", "ResNetFeatures", "PerceptualLoss", "pixel_loss", "build_info",
+           "__version__"]
 
 
 def build_info() -> dict:
