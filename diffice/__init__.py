@@ -16,12 +16,14 @@ from .classifier import PlaneClassifier, Segmenter, classification_loss
 from .sononet import SonoNet, TargetClassView, sononet_preprocess
 from .explain import Explainer
 from .train import train_ddpm
+from .resnet import ResNetFeatures
+from .perceptual import PerceptualLoss, pixel_loss
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
            "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer", "train_ddpm"]
+           "sononet_preprocess", "Explainer", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "pixel_loss"]
 
 
 def build_info() -> dict:

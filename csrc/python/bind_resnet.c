@@ -1,8 +1,292 @@
-/* Bindings for the resnet networks (to be written). */
+/* Bindings for the ResNet feature networks (resnet_create -> diffice._C.Network), the perceptual loss
+ * (diffice._C.PerceptualLoss, which runs a wrapped feature network) and the pixel losses (pixel_loss). */
 #include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../nets/perceptual.h"
+#include "../nets/resnet.h"
+
+static int config_int(PyObject *dict, const char *key, int *out)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "ResNet config: missing key '%s'", key);
+        return -1;
+    }
+    long value = PyLong_AsLong(v);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    *out = (int)value;
+    return 0;
+}
+
+/* resnet_create({"depth", "layout": 0 torchvision / 1 radimagenet, "in_channels", "taps": [stage, ...]}) */
+static PyObject *py_resnet_create(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *cfg_dict;
+    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
+        return NULL;
+    dfc_resnet_config c;
+    memset(&c, 0, sizeof c);
+    int layout = 0;
+    if (config_int(cfg_dict, "depth", &c.depth) < 0 || config_int(cfg_dict, "layout", &layout) < 0 ||
+        config_int(cfg_dict, "in_channels", &c.in_channels) < 0)
+        return NULL;
+    c.layout = (dfc_resnet_layout)layout;
+    PyObject *taps = PyDict_GetItemString(cfg_dict, "taps");
+    if (!taps)
+        return PyErr_Format(PyExc_KeyError, "ResNet config: missing key 'taps'");
+    PyObject *seq = PySequence_Fast(taps, "ResNet config: 'taps' must be a list of stage indices");
+    if (!seq)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long stage = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (stage == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (stage < 0 || stage >= DFC_RESNET_STAGES) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "ResNet config: tap %ld is not a stage index 0..%d", stage,
+                                DFC_RESNET_STAGES - 1);
+        }
+        c.taps |= 1u << stage;
+    }
+    Py_DECREF(seq);
+    dfc_net *net = NULL;
+    dfc_error err = {0};
+    if (dfc_resnet_create(&c, &net, &err) != DFC_OK)
+        return dfc_py_raise(&err);
+    return dfc_py_wrap_net(net);
+}
+
+/* ---- PerceptualLoss ---- */
+
+typedef struct {
+    PyObject_HEAD
+    dfc_perceptual *loss;
+    PyObject *network;   /* the diffice._C.Network the loss runs (kept alive) */
+    dfc_py_workspace ws;
+} PerceptualObject;
+
+static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"network", "variant", "weight", NULL};
+    PyObject *network;
+    int variant;
+    float weight;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oif", kwlist, &network, &variant, &weight))
+        return -1;
+    dfc_net *net = dfc_py_unwrap_net(network);
+    if (!net)
+        return -1;
+    if (self->loss || self->network) {
+        PyErr_SetString(PyExc_RuntimeError, "PerceptualLoss: already initialised");
+        return -1;
+    }
+    if (dfc_py_workspace_init(&self->ws) < 0)
+        return -1;
+    dfc_error err = {0};
+    if (dfc_perceptual_create(net, (dfc_perceptual_variant)variant, weight, &self->loss, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    Py_INCREF(network);
+    self->network = network;
+    return 0;
+}
+
+static void perceptual_dealloc(PerceptualObject *self)
+{
+    dfc_perceptual_destroy(self->loss);
+    Py_XDECREF(self->network);
+    dfc_py_workspace_free(&self->ws);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int perceptual_ready(PerceptualObject *self)
+{
+    if (!self->loss) {
+        PyErr_SetString(PyExc_RuntimeError, "PerceptualLoss: not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* set_reference(backend, b) */
+static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    PyObject *b_obj;
+    if (!perceptual_ready(self) || !PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &b_obj))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor b;
+    PyObject *out = NULL;
+    if (dfc_py_tensor(b_obj, "PerceptualLoss.set_reference", "b", 4, 4, 1, &refs, &b) < 0)
+        goto done;
+    out = Py_None;
+    Py_INCREF(out);
+    dfc_error err = {0};
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
+    DFC_PY_RUN(out, err, dfc_perceptual_set_reference(self->loss, be, w.main, w.scratch, &b, &err));
+    dfc_py_workspace_release(&self->ws, &w);
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+/* loss(backend, a, with_grad) -> (loss (N,), da or None) */
+static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
+{
+    dfc_backend *be;
+    PyObject *a_obj;
+    int with_grad;
+    if (!perceptual_ready(self) || !PyArg_ParseTuple(args, "O&Op", dfc_py_backend, &be, &a_obj, &with_grad))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor a, loss, da = {0};
+    PyObject *loss_obj = NULL, *da_obj = NULL, *result = NULL;
+    if (dfc_py_tensor(a_obj, "PerceptualLoss.loss", "a", 4, 4, 1, &refs, &a) < 0)
+        goto done;
+    if (!(loss_obj = dfc_py_new_tensor(1, a.shape, &loss)))
+        goto done;
+    if (with_grad) {
+        if (!(da_obj = dfc_py_new_tensor(4, a.shape, &da)))
+            goto done;
+    } else {
+        da_obj = Py_None;
+        Py_INCREF(da_obj);
+    }
+    if (!(result = PyTuple_Pack(2, loss_obj, da_obj)))
+        goto done;
+    dfc_error err = {0};
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(&self->ws, &w);
+    DFC_PY_RUN(result, err, dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss,
+                                                with_grad ? &da : NULL, &err));
+    dfc_py_workspace_release(&self->ws, &w);
+done:
+    Py_XDECREF(loss_obj);
+    Py_XDECREF(da_obj);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
+static PyObject *perceptual_release_memory(PerceptualObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    dfc_py_workspace_release_memory(&self->ws);
+    Py_RETURN_NONE;
+}
+
+static PyObject *perceptual_get_has_reference(PerceptualObject *self, void *closure)
+{
+    (void)closure;
+    return perceptual_ready(self) ? PyBool_FromLong(dfc_perceptual_has_reference(self->loss)) : NULL;
+}
+
+static PyObject *perceptual_get_network(PerceptualObject *self, void *closure)
+{
+    (void)closure;
+    if (!perceptual_ready(self))
+        return NULL;
+    Py_INCREF(self->network);
+    return self->network;
+}
+
+static PyObject *perceptual_get_peak(PerceptualObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->ws.last_peak_bytes);
+}
+
+static PyMethodDef perceptual_methods[] = {
+    {"set_reference", (PyCFunction)perceptual_set_reference, METH_VARARGS,
+     "set_reference(backend, b): compute and keep the reference image's features"},
+    {"loss", (PyCFunction)perceptual_loss, METH_VARARGS,
+     "loss(backend, a, with_grad) -> (per-sample loss (N,), d sum(loss) / da or None)"},
+    {"release_memory", (PyCFunction)perceptual_release_memory, METH_NOARGS,
+     "release_memory(): free the activation memory kept between calls"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef perceptual_getset[] = {
+    {"has_reference", (getter)perceptual_get_has_reference, NULL, "whether set_reference was called", NULL},
+    {"network", (getter)perceptual_get_network, NULL, "the feature network (diffice._C.Network)", NULL},
+    {"last_peak_bytes", (getter)perceptual_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DfcPerceptual_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "diffice._C.PerceptualLoss",
+    .tp_basicsize = sizeof(PerceptualObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PerceptualLoss(network, variant, weight): variant 0 = mse (DiME), 1 = normalized (MONAI).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)perceptual_init,
+    .tp_dealloc = (destructor)perceptual_dealloc,
+    .tp_methods = perceptual_methods,
+    .tp_getset = perceptual_getset,
+};
+
+/* ---- pixel losses ---- */
+
+/* pixel_loss(backend, kind, a, b, with_grad) -> (loss (N,), da or None); kind 0 l1, 1 l2, 2 l2 channel norm */
+static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    int kind, with_grad;
+    PyObject *a_obj, *b_obj;
+    if (!PyArg_ParseTuple(args, "O&iOOp", dfc_py_backend, &be, &kind, &a_obj, &b_obj, &with_grad))
+        return NULL;
+    const char *op = "pixel_loss";
+    dfc_py_refs refs = {0};
+    dfc_tensor a, b, loss, da = {0};
+    PyObject *loss_obj = NULL, *da_obj = NULL, *result = NULL;
+    if (dfc_py_tensor(a_obj, op, "a", 2, 4, 1, &refs, &a) < 0 || dfc_py_tensor(b_obj, op, "b", 2, 4, 1, &refs, &b) < 0)
+        goto done;
+    if (!(loss_obj = dfc_py_new_tensor(1, a.shape, &loss)))
+        goto done;
+    if (with_grad) {
+        if (!(da_obj = dfc_py_new_tensor(a.ndim, a.shape, &da)))
+            goto done;
+    } else {
+        da_obj = Py_None;
+        Py_INCREF(da_obj);
+    }
+    if (!(result = PyTuple_Pack(2, loss_obj, da_obj)))
+        goto done;
+    dfc_error err = {0};
+    DFC_PY_RUN(result, err, dfc_pixel_loss(be, (dfc_pixel_loss_kind)kind, &a, &b, &loss, with_grad ? &da : NULL,
+                                           &err));
+done:
+    Py_XDECREF(loss_obj);
+    Py_XDECREF(da_obj);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
+static PyMethodDef resnet_functions[] = {
+    {"resnet_create", py_resnet_create, METH_VARARGS,
+     "resnet_create(config) -> Network; config: depth, layout (0 torchvision, 1 radimagenet), in_channels, "
+     "taps (stage indices: 0 stem, 1..4 layer1..4)"},
+    {"pixel_loss", py_pixel_loss, METH_VARARGS,
+     "pixel_loss(backend, kind, a, b, with_grad) -> (loss (N,), da or None); kind 0 l1, 1 l2, 2 l2 channel norm"},
+    {NULL, NULL, 0, NULL},
+};
 
 int dfc_register_resnet(PyObject *module)
 {
-    (void)module;
-    return 0;
+    if (PyModule_AddFunctions(module, resnet_functions) < 0)
+        return -1;
+    return dfc_py_add_type(module, &DfcPerceptual_Type, "PerceptualLoss");
 }

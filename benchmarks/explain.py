@@ -1,0 +1,159 @@
+"""Diff-ICE and its baselines: diffice (the C sampler with diffice's networks) vs the PyTorch eager implementation
+in benchmarks/torch_sampler.py, same weights, same threads, same run. The paper's Table 1 columns: batch time,
+total time for the image set, peak memory.
+
+Small configuration for the CPU (random weights: this measures the work, not the explanations): the 64-channel
+UNet at 56x72, a plane classifier f = SonoNet-8(segmenter), a ResNet-18 perceptual loss, 1000 training steps
+respaced to 100, tau 20. One lambda_c value so both implementations do exactly one pass per iteration.
+
+    python benchmarks/explain.py                      # every method, batch 4
+    python benchmarks/explain.py --methods diff-ice-1 --batch 10 --images 40
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (56, 72)
+UNET = dict(in_channels=1, model_channels=64, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(4, 8),
+            learn_sigma=True, num_heads=4)
+CLASSES = 4  # segmentation classes
+METHODS = {"diff-ice": ("diff-ice", 5), "diff-ice-1": ("diff-ice-1", 1), "diff-ice-1-xt": ("diff-ice-1-xt", 1),
+           "dime": ("dime", 1)}
+
+
+def build_diffice(seed: int = 0):
+    sys.path.insert(0, str(ROOT))
+    import diffice
+    from diffice.perceptual import PerceptualLoss
+    from diffice.resnet import ResNetFeatures
+
+    unet = diffice.UNet.random(UNET, seed=seed)
+    diffusion = diffice.GaussianDiffusion(1000, "linear", "100")
+    seg = diffice.Segmenter(classes=CLASSES, width=16, levels=3, groups=8)
+    seg._randomize(seed + 1)
+    l = diffice.SonoNet.random(k=8, in_channels=1 + CLASSES, num_classes=2, seed=seed + 2)
+    clf = diffice.PlaneClassifier(seg, l)
+    feats = ResNetFeatures.random(depth=18, layout="torchvision", in_channels=1, taps=("layer2",), seed=seed + 3)
+    perceptual = PerceptualLoss(feats, variant="mse")
+    return unet, diffusion, clf, perceptual
+
+
+def build_torch(unet, clf, perceptual):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from classifier_reference import Segmenter as TorchSegmenter
+    from gd_reference import UNetModel
+    from resnet_reference import ResNet
+    from sononet_reference import SonoNetReference
+
+    def load(module, state):
+        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+        return module.eval()
+
+    model = load(UNetModel(unet.config), unet.state_dict())
+    seg = load(TorchSegmenter(**{k: v for k, v in clf.segmenter.config.items()}), clf.segmenter.state_dict())
+    l = load(SonoNetReference(k=8, in_channels=1 + CLASSES, num_classes=2), clf.classifier.state_dict())
+    resnet = load(ResNet(depth=18, layout="torchvision", in_channels=1, taps=("layer2",)),
+                  perceptual.features.state_dict())
+
+    class PlaneClassifier(torch.nn.Module):
+        def forward(self, x):
+            maps = torch.softmax(seg(x), dim=1)
+            return l(torch.cat([x, maps], dim=1))[0]
+
+    def perceptual_loss(a, b):  # DiME's form: sum over the batch of the mean squared feature difference
+        fa, fb = resnet(a)[0], resnet(b)[0]
+        return ((fa - fb) ** 2).flatten(1).mean(dim=1).sum()
+
+    for p in list(model.parameters()) + list(seg.parameters()) + list(l.parameters()) + list(resnet.parameters()):
+        p.requires_grad_(False)
+    return model, PlaneClassifier(), perceptual_loss
+
+
+def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
+    name, iterations = METHODS[method]
+    unet, diffusion, clf, perceptual = build_diffice()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 1) + SIZE).astype(np.float32)
+    if impl == "diffice":
+        from diffice.explain import Explainer
+
+        ex = Explainer(unet, diffusion, clf, perceptual, method=name, iterations=iterations, tau=tau,
+                       lambda_c=(60.0,), lambda_p=30.0)
+        t0 = time.perf_counter()
+        res = ex.explain(x, target=1, seed=0)
+        seconds = time.perf_counter() - t0
+        arena = res.peak_bytes
+    else:
+        import torch
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from torch_sampler import TorchDiffusion, explain
+
+        torch.set_num_threads(threads)
+        model, tclf, tperc = build_torch(unet, clf, perceptual)
+        td = TorchDiffusion(1000, 100)
+        xt = torch.from_numpy(x)
+        kind = {"diff-ice": "diff-ice", "diff-ice-1": "diff-ice", "diff-ice-1-xt": "xt", "dime": "dime"}[method]
+        t0 = time.perf_counter()
+        explain(model, td, tclf, tperc, xt, 1, iterations=iterations, tau=tau, lambdas=(60.0,), lambda_p=30.0,
+                method=kind)
+        seconds = time.perf_counter() - t0
+        arena = 0
+    return dict(seconds=seconds, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                arena_mb=arena / 2**20)
+
+
+def measure(impl, method, batch, tau, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", impl, method, str(batch), str(tau), str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
+        return dict(error=f"exit {done.returncode}: {tail[0][:160]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, method, batch, tau, threads = sys.argv[2:7]
+        print(json.dumps(worker(impl, method, int(batch), int(tau), int(threads))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tau", type=int, default=20)
+    parser.add_argument("--images", type=int, default=423, help="image-set size for the total-time column")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    print(f"{SIZE[0]}x{SIZE[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
+          f"{args.threads} threads; total time = batch time x {args.images} / batch\n")
+    print("| method | impl | batch time (s) | total time (h) | peak RSS (MB) | sampler arena (MB) | time ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for method in args.methods:
+        rows = {impl: measure(impl, method, args.batch, args.tau, args.threads) for impl in ("diffice", "torch")}
+        for impl, r in rows.items():
+            if "error" in r:
+                print(f"| {method} | {impl} | {r['error']} | | | | |")
+                continue
+            ratio = ""
+            if impl == "diffice" and "seconds" in rows["torch"]:
+                ratio = f"{r['seconds'] / rows['torch']['seconds']:.2f}"
+            total = r["seconds"] * args.images / args.batch / 3600
+            print(f"| {method} | {impl} | {r['seconds']:.1f} | {total:.2f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['arena_mb']:.0f} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

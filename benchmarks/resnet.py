@@ -1,0 +1,113 @@
+"""ResNet-50 features (layer4 tap) forward and input gradient: diffice vs PyTorch eager on the CPU, same weights,
+same threads, same run. The perceptual loss's cost per guidance step is one forward + input gradient.
+
+Every measurement runs in its own subprocess so that its peak memory (RSS) is its own.
+
+    python benchmarks/resnet.py                          # 224x288, batch 10, both layouts
+    python benchmarks/resnet.py --batches 1 10 --repeats 5
+
+Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from diffice import ResNetFeatures
+
+    h, w = size
+    net = ResNetFeatures.random(50, layout, 1, ("layer4",), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, 1, h, w)).astype(np.float32)
+    feat = net.forward(x)["layer4"]
+    v = rng.standard_normal(feat.shape).astype(np.float32)
+    if impl == "torch":
+        import torch
+        from resnet_reference import ResNet
+
+        torch.set_num_threads(threads)
+        model = ResNet(50, layout, 1, ("layer4",)).eval()
+        model.load_state_dict({k: torch.from_numpy(a) for k, a in net.state_dict().items()}, strict=False)
+        del net
+        xt, vt = torch.from_numpy(x), torch.from_numpy(v)
+
+        def run():
+            if mode == "forward":
+                with torch.no_grad():
+                    return model(xt)["layer4"]
+            xg = xt.clone().requires_grad_(True)
+            (model(xg)["layer4"] * vt).sum().backward()
+            return xg.grad
+    else:
+        def run():
+            return net.forward(x) if mode == "forward" else net.vjp(x, {"layer4": v})
+
+    run()  # warm-up: oneDNN kernel generation, first-touch of memory
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return dict(seconds=times[len(times) // 2], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def measure(impl, layout, batch, size, mode, repeats, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--worker", impl, layout, str(batch), f"{size[0]}x{size[1]}", mode, str(repeats),
+           str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
+        return dict(error=f"exit {done.returncode}: {tail[0][:120]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        impl, layout, batch, size, mode, repeats, threads = sys.argv[2:9]
+        h, w = (int(s) for s in size.split("x"))
+        print(json.dumps(worker(impl, layout, int(batch), (h, w), mode, int(repeats), int(threads))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layouts", nargs="+", default=["radimagenet"], choices=["torchvision", "radimagenet"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[10])
+    parser.add_argument("--size", default="224x288", help="HxW")
+    parser.add_argument("--modes", nargs="+", default=["forward", "vjp"], choices=["forward", "vjp"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    size = tuple(int(s) for s in args.size.split("x"))
+    print(f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; "
+          f"median of {args.repeats} after a warm-up; peak RSS per process\n")
+    print("| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for layout in args.layouts:
+        for batch in args.batches:
+            for mode in args.modes:
+                d = measure("diffice", layout, batch, size, mode, args.repeats, args.threads)
+                t = measure("torch", layout, batch, size, mode, args.repeats, args.threads)
+
+                def cell(r, key, fmt):
+                    return r["error"] if "error" in r else format(r[key], fmt)
+                ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
+                print(f"| {layout} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | {cell(t, 'seconds', '.3f')} | "
+                      f"{ratio} | {cell(d, 'peak_rss_mb', '.0f')} | {cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+/* Perceptual and pixel losses for guidance (METHOD.md sections 3 and 8). Every loss is per sample and the guidance
+ * gradient is that of their SUM over the batch, so a sample's gradient neither depends on the other samples nor
+ * shrinks with the batch size.
+ *
+ * Perceptual loss of a against a fixed reference b through a feature network phi (any dfc_net; its outputs are
+ * the tapped layers), weight c:
+ *  - MSE (DiME): L_n = c * sum over layers of mean over (C, h, w) of (phi(a)_n - phi(b)_n)^2;
+ *  - NORMALIZED (MONAI RadImageNetPerceptualSimilarity): f^ = f / (sqrt(sum_c f^2) + 1e-10) at every position,
+ *    L_n = c * sum over layers of mean over (h, w) of sum_c (f^_a - f^_b)^2.
+ * The reference's features are computed once (Diff-ICE always compares with the original image) and cached. */
+#ifndef DIFFICE_PERCEPTUAL_H
+#define DIFFICE_PERCEPTUAL_H
+
+#include "net.h"
+
+typedef enum { DFC_PERCEPTUAL_MSE = 0, DFC_PERCEPTUAL_NORMALIZED = 1 } dfc_perceptual_variant;
+
+typedef struct dfc_perceptual dfc_perceptual;
+
+/* net is borrowed: it must outlive the loss. */
+dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight,
+                                 dfc_perceptual **out, dfc_error *err);
+void dfc_perceptual_destroy(dfc_perceptual *p);
+
+/* Runs the network on b (N, in_channels, H, W) and keeps its features. arena and scratch are working memory,
+ * left as found. */
+dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                        const dfc_tensor *b, dfc_error *err);
+int dfc_perceptual_has_reference(const dfc_perceptual *p);
+
+/* loss (N) = per-sample losses of a (b's shape) against the reference; da (a's shape, may be NULL) = d sum(loss)/da.
+ * Both caller allocated and overwritten. */
+dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                               const dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
+
+/* Pixel losses per sample, over all non-batch elements of a and b (same shape, (N, ...)):
+ *  L1: sum |a - b|, gradient sign(a - b) (0 where equal);
+ *  L2: sum (a - b)^2, gradient 2 (a - b);
+ *  L2_CHANNEL_NORM (DiME's l2 term, torch.norm(a - b, p=2, dim=1).sum()): sum over positions of the norm over
+ *    channels (dim 1) of a - b, gradient (a - b) / norm (0 where the norm is 0, as PyTorch).
+ * loss (N) and da (may be NULL) are caller allocated and overwritten. */
+typedef enum { DFC_PIXEL_L1 = 0, DFC_PIXEL_L2 = 1, DFC_PIXEL_L2_CHANNEL_NORM = 2 } dfc_pixel_loss_kind;
+
+dfc_status dfc_pixel_loss(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a, const dfc_tensor *b,
+                          dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
+
+#endif
