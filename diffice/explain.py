@@ -152,6 +152,22 @@ class PythonGuidance:
 
 ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
 
+_VARIANTS = ("mse", "normalized")
+
+
+def _native_parts(classifier: Any, perceptual: Any):
+    """(classifier network, feature network or None, variant, weight) when both run in C, else None."""
+    net = getattr(classifier, "_c", None)
+    if not isinstance(net, _C.Network):
+        return None
+    if perceptual is None:
+        return net, None, 0, 1.0
+    features = getattr(getattr(perceptual, "features", None), "_c", None)
+    variant = getattr(perceptual, "variant", None)
+    if not isinstance(features, _C.Network) or variant not in _VARIANTS:
+        return None
+    return net, features, _VARIANTS.index(variant), float(getattr(perceptual, "weight", 1.0))
+
 
 class Explainer:
     """Generates counterfactual explanations with Diff-ICE or a baseline.
@@ -161,11 +177,19 @@ class Explainer:
         diffusion: the Gaussian diffusion (its respacing defines tau's scale: tau=120 of "400").
         classifier: f, see the module docstring; outputs logits over classes, the target is a class index.
         perceptual: Lp, or None (lambda_p is then ignored).
+        guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
+            (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
         Remaining keyword arguments: ExplainerConfig fields.
     """
 
     def __init__(self, unet: UNet, diffusion: GaussianDiffusion, classifier: Any, perceptual: Any = None,
-                 backend: str = "cpu", **config: Any) -> None:
+                 backend: str = "cpu", guidance: str = "auto", **config: Any) -> None:
+        if guidance not in ("auto", "native", "python"):
+            raise ValueError(f"guidance must be 'auto', 'native' or 'python', got {guidance!r}")
+        self._native = _native_parts(classifier, perceptual) if guidance != "python" else None
+        if guidance == "native" and self._native is None:
+            raise ValueError("guidance='native' needs diffice networks: a classifier running in C (PlaneClassifier, "
+                             "SonoNet, ...) and a PerceptualLoss (or None)")
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
         self.backend = backend
@@ -198,7 +222,11 @@ class Explainer:
         n = len(x)
         targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
         keys = image_keys(x) if keys is None else np.asarray(keys, dtype=np.uint64)
-        guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
+        if self._native is not None:  # the whole loss in C: no Python in the step loop
+            net, features, variant, weight = self._native
+            guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets)
+        else:
+            guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
         if self.perceptual is None:
             cfg["lambda_p"] = 0.0

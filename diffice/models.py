@@ -36,7 +36,9 @@ def load_perceptual(kind: str, path: str, variant: str, taps) -> Any:
     if name not in depths or layout not in ("", "radimagenet"):
         raise ValueError(f"models.perceptual_kind must be resnet50, resnet18, resnet50-radimagenet or "
                          f"resnet18-radimagenet, got {kind!r}")
-    features = ResNetFeatures.from_file(path, depth=depths[name], layout=layout or "torchvision", taps=tuple(taps))
+    features = ResNetFeatures.from_file(path, layout=layout or "torchvision", taps=tuple(taps))
+    if features.depth != depths[name]:
+        raise ValueError(f"{path}: a ResNet-{features.depth}, but models.perceptual_kind says {kind!r}")
     return PerceptualLoss(features, variant=variant)
 
 

@@ -239,3 +239,24 @@ def test_guidance_errors_surface(tiny, rng):
 
     with pytest.raises(RuntimeError, match="my model failed"):
         Explainer(unet, d, Broken(), tau=2).explain(images(rng, 1))
+
+
+def test_native_guidance_matches_python_guidance(tiny, rng):
+    """diffice's own networks: the loss computed in C gives the same counterfactuals as through Python."""
+    from diffice import PerceptualLoss, PlaneClassifier, ResNetFeatures, Segmenter, SonoNet
+
+    unet, d = tiny
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(1)
+    clf = PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2))
+    perc = PerceptualLoss(ResNetFeatures.random(depth=18, in_channels=1, taps=("layer1",), seed=3), variant="mse")
+    x = images(rng, 3)
+    kw = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0), lambda_p=2.0)
+    native = Explainer(unet, d, clf, perc, guidance="native", **kw).explain(x, seed=2)
+    python = Explainer(unet, d, clf, perc, guidance="python", **kw).explain(x, seed=2)
+    np.testing.assert_allclose(native.counterfactuals, python.counterfactuals, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(native.prob_target, python.prob_target, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(native.lambda_used, python.lambda_used)
+    assert native.segmentation.shape == (3, 3, H, W)
+    with pytest.raises(ValueError, match="native"):
+        Explainer(unet, d, LinearClassifier(), guidance="native")

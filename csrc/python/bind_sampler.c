@@ -11,6 +11,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include "../diffusion/guidance.h"
 #include "../diffusion/sampler.h"
 
 #define GUIDANCE_CAPSULE "diffice.guidance"
@@ -408,9 +409,96 @@ static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
     return out;
 }
 
+
+/* ---- native guidance: diffice's networks, no Python in the step loop ---- */
+
+typedef struct {
+    dfc_guidance iface;           /* what the sampler calls; ctx = the model guidance */
+    dfc_model_guidance *guidance;
+    dfc_perceptual *perceptual;   /* private to this guidance (its reference follows the sampler's passes) */
+    PyObject *classifier, *features;  /* the Network objects whose C nets are used, kept alive */
+} native_guidance;
+
+static void native_guidance_free(PyObject *capsule)
+{
+    native_guidance *g = PyCapsule_GetPointer(capsule, GUIDANCE_CAPSULE);
+    if (!g)
+        return;
+    dfc_model_guidance_destroy(g->guidance);
+    dfc_perceptual_destroy(g->perceptual);
+    Py_XDECREF(g->classifier);
+    Py_XDECREF(g->features);
+    PyMem_Free(g);
+}
+
+/* model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets) -> capsule */
+static PyObject *py_model_guidance(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *clf_obj, *feat_obj, *x_obj, *targets_obj;
+    const char *kind_name;
+    int variant;
+    float weight;
+    if (!PyArg_ParseTuple(args, "OsOifOO", &clf_obj, &kind_name, &feat_obj, &variant, &weight, &x_obj,
+                          &targets_obj))
+        return NULL;
+    dfc_class_loss_kind kind;
+    if (strcmp(kind_name, "ce") == 0)
+        kind = DFC_CLASS_LOSS_CE;
+    else if (strcmp(kind_name, "logit") == 0)
+        kind = DFC_CLASS_LOSS_LOGIT;
+    else {
+        PyErr_Format(PyExc_ValueError, "model_guidance: class_loss must be 'ce' or 'logit', got '%s'", kind_name);
+        return NULL;
+    }
+    dfc_net *classifier = dfc_py_unwrap_net(clf_obj);
+    dfc_net *features = (classifier && feat_obj != Py_None) ? dfc_py_unwrap_net(feat_obj) : NULL;
+    if (!classifier || (feat_obj != Py_None && !features))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor x;
+    const int64_t *targets;
+    PyObject *capsule = NULL;
+    if (dfc_py_tensor(x_obj, "model_guidance", "x", 4, 4, 1, &refs, &x) < 0 ||
+        dfc_py_int64_vector(targets_obj, "model_guidance", "targets", x.shape[0], &refs, &targets) < 0)
+        goto done;
+    native_guidance *g = PyMem_Calloc(1, sizeof *g);
+    if (!g) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    dfc_error err = {0};
+    if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant, weight, &g->perceptual, &err) !=
+                         DFC_OK) ||
+        dfc_model_guidance_create(classifier, kind, g->perceptual, &x, targets, &g->guidance, &err) != DFC_OK) {
+        dfc_perceptual_destroy(g->perceptual);
+        PyMem_Free(g);
+        dfc_py_raise(&err);
+        goto done;
+    }
+    g->iface = dfc_model_guidance_interface(g->guidance);
+    Py_INCREF(clf_obj);
+    g->classifier = clf_obj;
+    Py_XINCREF(features ? feat_obj : NULL);
+    g->features = features ? feat_obj : NULL;
+    capsule = PyCapsule_New(g, GUIDANCE_CAPSULE, native_guidance_free);
+    if (!capsule) {
+        dfc_model_guidance_destroy(g->guidance);
+        dfc_perceptual_destroy(g->perceptual);
+        Py_XDECREF(g->classifier);
+        Py_XDECREF(g->features);
+        PyMem_Free(g);
+    }
+done:
+    dfc_py_refs_release(&refs);
+    return capsule;
+}
+
 static PyMethodDef sampler_methods[] = {
     {"sample", py_sample, METH_VARARGS,
      "sample(config, unet, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict of outputs"},
+    {"model_guidance", py_model_guidance, METH_VARARGS,
+     "model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets) -> native guidance"},
     {"gaussian_noise", py_gaussian_noise, METH_VARARGS,
      "gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> the sampler's noise"},
     {NULL, NULL, 0, NULL},

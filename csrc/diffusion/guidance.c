@@ -1,0 +1,199 @@
+/* The sampler's guiding loss from diffice's own networks, entirely in C:
+ *   loss = sum_b lambda_c[b] Lc(f(x0_b), y_b) + lambda_p Lp(x0_b, x_b),
+ * f any dfc_net whose first output is logits, Lc cross-entropy or DiME's logit form (class_loss.h), Lp a perceptual
+ * loss (perceptual.h) against the ORIGINAL images. The perceptual reference follows the rows of the current pass
+ * (all images, then the ones retrying with the next lambda_c): its features are computed once per pass. */
+#include "guidance.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dfc_model_guidance {
+    const dfc_net *classifier;
+    dfc_class_loss_kind kind;
+    dfc_perceptual *perceptual;   /* borrowed, may be NULL */
+    int64_t n, m;                 /* images and values per image of the original batch */
+    int64_t shape[4];
+    float *x;                     /* copy of the original batch */
+    int64_t *targets;             /* (n) */
+    int64_t *reference_rows;      /* the rows whose features the perceptual loss holds; count < 0: none */
+    int64_t reference_count;
+    dfc_arena reference_arena, reference_scratch;
+};
+
+dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
+                                     const dfc_tensor *x, const int64_t *targets, dfc_model_guidance **out,
+                                     dfc_error *err)
+{
+    *out = NULL;
+    DFC_TRY(dfc_check_ndim(x, "guidance", "x", 4, 4, err));
+    if (x->shape[1] != classifier->in_channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "guidance: images have %lld channels, the classifier takes %d",
+                        (long long)x->shape[1], classifier->in_channels);
+    dfc_model_guidance *g = calloc(1, sizeof *g);
+    if (!g)
+        return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
+    g->classifier = classifier;
+    g->kind = kind;
+    g->perceptual = perceptual;
+    g->n = x->shape[0];
+    g->m = dfc_inner_size(x, 1);
+    memcpy(g->shape, x->shape, sizeof g->shape);
+    g->x = malloc((size_t)(g->n * g->m) * sizeof(float));
+    g->targets = malloc((size_t)g->n * sizeof(int64_t));
+    g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
+    g->reference_count = -1;
+    dfc_arena_init(&g->reference_arena, 0, 0);
+    dfc_arena_init(&g->reference_scratch, 0, 0);
+    if (!g->x || !g->targets || !g->reference_rows) {
+        dfc_model_guidance_destroy(g);
+        return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
+    }
+    memcpy(g->x, x->data, (size_t)(g->n * g->m) * sizeof(float));
+    memcpy(g->targets, targets, (size_t)g->n * sizeof(int64_t));
+    *out = g;
+    return DFC_OK;
+}
+
+void dfc_model_guidance_destroy(dfc_model_guidance *g)
+{
+    if (!g)
+        return;
+    free(g->x);
+    free(g->targets);
+    free(g->reference_rows);
+    dfc_arena_free(&g->reference_arena);
+    dfc_arena_free(&g->reference_scratch);
+    free(g);
+}
+
+static dfc_status gather(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
+                         dfc_tensor *out, dfc_error *err)
+{
+    int64_t shape[4] = {count, g->shape[1], g->shape[2], g->shape[3]};
+    *out = dfc_arena_tensor(arena, 4, shape, err);
+    DFC_CHECK_ALLOC(*out);
+    for (int64_t b = 0; b < count; b++) {
+        if (rows[b] < 0 || rows[b] >= g->n)
+            return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld",
+                            (long long)rows[b], (long long)g->n);
+        memcpy(out->data + b * g->m, g->x + rows[b] * g->m, (size_t)g->m * sizeof(float));
+    }
+    return DFC_OK;
+}
+
+/* Makes the perceptual loss compare with the original images of these rows. */
+static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc_arena *arena, const int64_t *rows,
+                                     int64_t count, dfc_error *err)
+{
+    if (g->reference_count == count && memcmp(g->reference_rows, rows, (size_t)count * sizeof(int64_t)) == 0)
+        return DFC_OK;
+    dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_tensor b;
+    dfc_status st = gather(g, rows, count, arena, &b, err);
+    if (st == DFC_OK)
+        st = dfc_perceptual_set_reference(g->perceptual, be, &g->reference_arena, &g->reference_scratch, &b, err);
+    dfc_arena_reset(arena, mark);
+    if (st != DFC_OK) {
+        g->reference_count = -1;
+        return st;
+    }
+    memcpy(g->reference_rows, rows, (size_t)count * sizeof(int64_t));
+    g->reference_count = count;
+    return DFC_OK;
+}
+
+static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
+                                 int64_t **out, dfc_error *err)
+{
+    *out = dfc_arena_alloc(arena, (size_t)count * sizeof(int64_t), err);
+    if (!*out)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    for (int64_t b = 0; b < count; b++)
+        (*out)[b] = g->targets[rows[b]];
+    return DFC_OK;
+}
+
+dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0,
+                                            const int64_t *rows, const float *lambda_c, float lambda_p,
+                                            dfc_tensor *grad, float *loss_class, float *loss_perceptual,
+                                            dfc_error *err)
+{
+    dfc_model_guidance *g = ctx;
+    const int64_t n = x0->shape[0];
+    int64_t *targets;
+    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
+    /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
+    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
+    void *tape = NULL;
+    DFC_TRY(g->classifier->vt->forward(g->classifier, be, arena, NULL, x0, &tape, outputs, err));
+    const dfc_tensor *logits = &outputs[0];
+    if (logits->ndim != 2 || logits->shape[0] != n)
+        return dfc_fail(err, DFC_ERR_SHAPE, "guidance: the classifier's first output must be logits (N, classes)");
+    dfc_tensor loss = dfc_tensor1(loss_class, n), dlogits = dfc_alloc_like(arena, logits, err);
+    DFC_CHECK_ALLOC(dlogits);
+    DFC_TRY(dfc_class_loss(g->kind, logits, targets, &loss, &dlogits, err));
+    const int64_t k = logits->shape[1];
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t j = 0; j < k; j++)
+            dlogits.data[b * k + j] *= lambda_c[b];
+    memset(douts, 0, sizeof douts);
+    douts[0] = dlogits;
+    DFC_TRY(g->classifier->vt->backward(g->classifier, be, arena, tape, douts, grad, NULL, err));
+    /* perceptual fidelity to the original images */
+    for (int64_t b = 0; b < n; b++)
+        loss_perceptual[b] = 0.0f;
+    if (g->perceptual && lambda_p != 0.0f) {
+        DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
+        dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);
+        DFC_CHECK_ALLOC(dp);
+        DFC_TRY(dfc_perceptual_loss(g->perceptual, be, arena, NULL, x0, &lp, &dp, err));
+        const int64_t total = dfc_numel(grad);
+        for (int64_t j = 0; j < total; j++)
+            grad->data[j] += lambda_p * dp.data[j];
+    }
+    return DFC_OK;
+}
+
+dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
+                                       const int64_t *rows, float *prob_target, int *is_target, dfc_error *err)
+{
+    dfc_model_guidance *g = ctx;
+    const int64_t n = x->shape[0];
+    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS];
+    DFC_TRY(g->classifier->vt->forward(g->classifier, be, arena, NULL, x, NULL, outputs, err));
+    const dfc_tensor *logits = &outputs[0];
+    const int64_t k = logits->shape[1];
+    for (int64_t b = 0; b < n; b++) {
+        const float *z = logits->data + b * k;
+        const int64_t y = g->targets[rows[b]];
+        if (y < 0 || y >= (k == 1 ? 2 : k))
+            return dfc_fail(err, DFC_ERR_VALUE, "guidance: target %lld of image %lld is not a class of the "
+                            "classifier (%lld logits)", (long long)y, (long long)rows[b], (long long)k);
+        if (k == 1) {  /* one binary logit: p(class 1) = sigmoid(z) */
+            double p1 = 1.0 / (1.0 + exp(-(double)z[0]));
+            prob_target[b] = (float)(y == 1 ? p1 : 1.0 - p1);
+            is_target[b] = (p1 > 0.5) == (y == 1);
+            continue;
+        }
+        double max = z[0], sum = 0.0;
+        int64_t argmax = 0;
+        for (int64_t j = 1; j < k; j++)
+            if (z[j] > max) {
+                max = z[j];
+                argmax = j;
+            }
+        for (int64_t j = 0; j < k; j++)
+            sum += exp((double)z[j] - max);
+        prob_target[b] = (float)(exp((double)z[y] - max) / sum);
+        is_target[b] = argmax == y;
+    }
+    return DFC_OK;
+}
+
+dfc_guidance dfc_model_guidance_interface(dfc_model_guidance *g)
+{
+    dfc_guidance iface = {g, dfc_model_guidance_loss_and_grad, dfc_model_guidance_classify};
+    return iface;
+}
