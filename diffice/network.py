@@ -89,6 +89,10 @@ class NetworkBase:
             else:
                 p[...] = 0.1 * rng.standard_normal(p.shape)
 
+    def release_memory(self) -> None:
+        """Frees the activation memory kept between calls (it is taken again by the next call)."""
+        self._c.release_memory()
+
     @property
     def last_peak_bytes(self) -> int:
         """Activation memory (arena peak) of the last forward/vjp/gradients call."""

@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._native import _C
+from .network import NetworkBase
 from .ops._backend import get_backend
 
 __all__ = ["ResNetFeatures", "STAGES", "LAYOUTS"]
@@ -78,7 +79,7 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> Tuple[int, str]:
                      f"{'bottleneck' if bottleneck else 'basic'} blocks")
 
 
-class ResNetFeatures:
+class ResNetFeatures(NetworkBase):
     """A ResNet feature extractor computed by the C core.
 
     Attributes:
@@ -98,10 +99,10 @@ class ResNetFeatures:
             raise ValueError(f"ResNet in_channels must be 1 or 3, got {in_channels!r}")
         self.depth, self.layout, self.in_channels = int(depth), layout, int(in_channels)
         self.taps = _normalize_taps(taps)
-        self.backend = backend
-        self._c = _C.resnet_create(dict(depth=self.depth, layout=LAYOUTS.index(layout), in_channels=self.in_channels,
-                                        taps=[STAGES.index(t) for t in self.taps]))
-        self._params = self._c.parameters()
+        self._what = f"ResNet-{self.depth} ({layout})"
+        super().__init__(_C.resnet_create(dict(depth=self.depth, layout=LAYOUTS.index(layout),
+                                               in_channels=self.in_channels,
+                                               taps=[STAGES.index(t) for t in self.taps])), backend)
 
     # ---- construction ----
     @classmethod
@@ -154,42 +155,13 @@ class ResNetFeatures:
                 p[...] = 0.1 * rng.standard_normal(p.shape)
         return net
 
-    # ---- parameters ----
-    def parameter_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        return {k: v.shape for k, v in self._params.items()}
-
-    def num_parameters(self) -> int:
-        return int(self._c.parameter_count())
-
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of every parameter and BatchNorm statistic, keyed by state_dict names."""
-        return {k: v.copy() for k, v in self._params.items()}
-
     def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
-        """Copies weights in; any missing, unexpected or mis-shaped key is an error listing all of them.
+        """Copies weights in (``fc.*`` and ``num_batches_tracked`` entries are ignored); any missing, unexpected or
+        mis-shaped key is an error listing all of them."""
+        super().load_state_dict(_clean_state_dict(state_dict))
 
-        ``fc.*`` and ``num_batches_tracked`` entries are ignored.
-        """
-        sd = _clean_state_dict(state_dict)
-        missing = [k for k in self._params if k not in sd]
-        unexpected = [k for k in sd if k not in self._params]
-        misshaped = [f"{k}: checkpoint {tuple(np.shape(sd[k]))}, model {v.shape}"
-                     for k, v in self._params.items() if k in sd and tuple(np.shape(sd[k])) != v.shape]
-        if missing or unexpected or misshaped:
-            parts = []
-            if missing:
-                parts.append(f"missing keys ({len(missing)}): {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-            if misshaped:
-                parts.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
-            raise ValueError(f"ResNet-{self.depth} ({self.layout}) state_dict does not match the model: "
-                             + "; ".join(parts))
-        for k, v in self._params.items():
-            value = np.asarray(sd[k], dtype=np.float32)
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"ResNet state_dict: '{k}' contains non-finite values")
-            v[...] = value
+    def _config_repr(self) -> dict:
+        return dict(depth=self.depth, layout=self.layout, in_channels=self.in_channels, taps=list(self.taps))
 
     # ---- computation ----
     def forward(self, x: np.ndarray) -> Dict[str, np.ndarray]:
@@ -213,20 +185,7 @@ class ResNetFeatures:
                   ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same sum; BatchNorm statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dfeatures))
-        grads, offset = {}, 0
-        for name, p in self._params.items():
-            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
-            offset += p.size
-        return dx, grads
-
-    @property
-    def last_peak_bytes(self) -> int:
-        """Activation memory (arena peak) of the last forward/vjp/gradients call."""
-        return int(self._c.last_peak_bytes)
-
-    def release_memory(self) -> None:
-        """Frees the activation memory kept between calls."""
-        self._c.release_memory()
+        return dx, self._grads_dict(flat)
 
     def __repr__(self) -> str:
         return (f"ResNetFeatures(depth={self.depth}, layout={self.layout!r}, in_channels={self.in_channels}, "

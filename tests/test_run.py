@@ -89,3 +89,43 @@ def test_config_errors(tmp_path):
     good.write_text('[models]\nunet = "m.safetensors"\n[method]\ntau = 50\n')
     cfg = load_config(str(good), {"tau": 60})
     assert cfg["method"]["tau"] == 60 and cfg["models"]["unet"] == str(tmp_path / "m.safetensors")
+
+
+def test_cli_explain_with_model_files(tmp_path, rng, models):
+    """`diffice explain` end to end: a UNet, a plane classifier and a perceptual ResNet from files."""
+    from diffice import PlaneClassifier, ResNetFeatures, Segmenter, SonoNet
+    from diffice.cli import main
+
+    unet = models[0]
+    unet.save(tmp_path / "ddpm.safetensors")
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(1)
+    PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2)).save(tmp_path / "f.safetensors")
+    ResNetFeatures.random(depth=18, in_channels=1, taps=("layer1",), seed=3).save(tmp_path / "resnet.safetensors")
+    (tmp_path / "run.toml").write_text(f"""
+[models]
+unet = "ddpm.safetensors"
+num_heads = 1
+classifier = "f.safetensors"
+classifier_kind = "plane"
+perceptual = "resnet.safetensors"
+perceptual_kind = "resnet18"
+perceptual_taps = ["layer1"]
+[diffusion]
+respacing = "40"
+[method]
+iterations = 2
+tau = 3
+lambda_c = [10, 20]
+lambda_p = 1.0
+[run]
+image_size = [{H}, {W}]
+batch_size = 2
+""")
+    write_images(tmp_path / "in", rng, 3)
+    code = main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "out"), "--quiet", "--tau", "2"])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert len(rows) == 3 * 3
+    assert main(["explain", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
