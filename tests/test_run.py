@@ -46,22 +46,29 @@ def test_outputs_and_results_table(tmp_path, rng, models):
     assert "broken.png" in (tmp_path / "out" / "errors.csv").read_text()
 
 
-def test_interrupted_run_resumes_without_loss(tmp_path, rng, models):
+def test_interrupted_run_resumes_without_loss(tmp_path, rng, models, monkeypatch):
     write_images(tmp_path / "in", rng, 5)
     unet, diffusion, clf, perc = models
+    from diffice import explain as explain_module
+
+    calls = {"explain": 0}
+    original = explain_module.Explainer.explain
+
+    def counting_explain(self, *args, **kwargs):
+        calls["explain"] += 1
+        return original(self, *args, **kwargs)
 
     class Interrupting(LinearClassifier):
-        calls = 0
-
         def vjp(self, x, dlogits):
-            Interrupting.calls += 1
-            if Interrupting.calls == 20:  # in the second batch
+            if calls["explain"] == 2:  # in the middle of the second batch, as a Ctrl-C would
                 raise KeyboardInterrupt
             return super().vjp(x, dlogits)
 
+    monkeypatch.setattr(explain_module.Explainer, "explain", counting_explain)
     with pytest.raises(KeyboardInterrupt):
         run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False,
                     models=(unet, diffusion, Interrupting(), perc))
+    monkeypatch.undo()
     records = sorted(p.stem for p in (tmp_path / "out" / "records").glob("*.json"))
     assert records == ["img0", "img1"]
     assert not list((tmp_path / "out").rglob("*.tmp"))
