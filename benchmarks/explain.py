@@ -73,7 +73,7 @@ def build_torch(unet, clf, perceptual):
             return l(torch.cat([x, maps], dim=1))[0]
 
     def perceptual_loss(a, b):  # DiME's form: sum over the batch of the mean squared feature difference
-        fa, fb = resnet(a)[0], resnet(b)[0]
+        fa, fb = resnet(a)["layer2"], resnet(b)["layer2"]
         return ((fa - fb) ** 2).flatten(1).mean(dim=1).sum()
 
     for p in list(model.parameters()) + list(seg.parameters()) + list(l.parameters()) + list(resnet.parameters()):

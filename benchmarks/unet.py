@@ -35,6 +35,10 @@ CONFIGS = {
 def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads: int) -> dict:
     import numpy as np
 
+    # a run too large for the machine fails with an allocation error instead of waking the kernel's OOM killer
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 9 // 10
+    resource.setrlimit(resource.RLIMIT_AS, (limit + (8 << 30), limit + (8 << 30)))
+
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
     from diffice.unet import UNet

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static size_t round_up(size_t n) { return (n + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN; }
 
@@ -126,4 +127,12 @@ void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark)
     arena->current = mark.chunk;
     arena->offset = mark.offset;
     arena->in_use = mark.in_use;
+}
+
+size_t dfc_default_memory_limit(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0)
+        return 0; /* unknown: no limit */
+    return (size_t)pages / 10 * 9 * (size_t)page;
 }

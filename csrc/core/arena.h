@@ -34,6 +34,10 @@ typedef struct dfc_arena_mark {
 } dfc_arena_mark;
 
 void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit);
+
+/* 90% of the machine's physical memory: the limit of the arenas that hold activations, so a batch too large for
+ * the machine fails with a clear error instead of being killed by the kernel's out-of-memory handler. */
+size_t dfc_default_memory_limit(void);
 void dfc_arena_free(dfc_arena *arena);
 
 /* 64-byte aligned, uninitialised; NULL with err set when the allocation fails or passes the limit. */

@@ -395,9 +395,9 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, 
 
     /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals */
     dfc_arena persist, steps, scratch;
-    dfc_arena_init(&persist, 0, 0);
-    dfc_arena_init(&steps, 0, 0);
-    dfc_arena_init(&scratch, 0, 0);
+    dfc_arena_init(&persist, 0, dfc_default_memory_limit());
+    dfc_arena_init(&steps, 0, dfc_default_memory_limit());
+    dfc_arena_init(&scratch, 0, dfc_default_memory_limit());
     dfc_status st = DFC_OK;
     int64_t *all_rows = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
     int64_t *active = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);

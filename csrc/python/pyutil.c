@@ -199,8 +199,8 @@ int dfc_py_workspace_init(dfc_py_workspace *ws)
 {
     if (ws->lock)
         return 0;
-    dfc_arena_init(&ws->main, 0, 0);
-    dfc_arena_init(&ws->scratch, 0, 0);
+    dfc_arena_init(&ws->main, 0, dfc_default_memory_limit());
+    dfc_arena_init(&ws->scratch, 0, dfc_default_memory_limit());
     ws->last_peak_bytes = 0;
     if (!(ws->lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
@@ -226,8 +226,8 @@ void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w)
         w->main = &ws->main;
         w->scratch = &ws->scratch;
     } else {
-        dfc_arena_init(&w->own_main, 0, 0);
-        dfc_arena_init(&w->own_scratch, 0, 0);
+        dfc_arena_init(&w->own_main, 0, dfc_default_memory_limit());
+        dfc_arena_init(&w->own_scratch, 0, dfc_default_memory_limit());
         w->main = &w->own_main;
         w->scratch = &w->own_scratch;
     }
