@@ -54,6 +54,22 @@ int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *sha
     return index;
 }
 
+dfc_tensor dfc_param_build(dfc_param_set *set, int binding, int *next, int *failed, dfc_error *err, int ndim,
+                           const int64_t *shape, const char *fmt, ...)
+{
+    dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
+    if (*failed)
+        return t;
+    if (binding)
+        return dfc_param_view(set, (*next)++);
+    va_list ap;
+    va_start(ap, fmt);
+    if (register_va(set, ndim, shape, NULL, err, fmt, ap) < 0)
+        *failed = 1;
+    va_end(ap);
+    return t;
+}
+
 float *dfc_param_data(const dfc_param_set *set, int index)
 {
     const dfc_param_info *info = &set->infos[index];

@@ -36,6 +36,12 @@ int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *sha
                                 dfc_error *err, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Where parameter `index`'s values are. */
 float *dfc_param_data(const dfc_param_set *set, int index);
+/* Networks are built twice with the same code: first registering each parameter (name, shape) in state_dict order,
+ * then, once the buffer exists, binding the views in the same order. With binding 0 this registers the named
+ * parameter (setting *failed on error) and returns an empty view; with binding 1 it returns view *next and
+ * advances it. */
+dfc_tensor dfc_param_build(dfc_param_set *set, int binding, int *next, int *failed, dfc_error *err, int ndim,
+                           const int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
 /* Allocates the zeroed buffer once all parameters are registered. */
 dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
 /* Points every registered view at the buffer: call after allocation (views are bound by index). */

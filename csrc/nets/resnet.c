@@ -63,14 +63,8 @@ typedef struct builder {
 
 static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
 {
-    dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
-    if (b->failed)
-        return t;
-    if (b->binding)
-        return dfc_param_view(&b->r->base.params, b->next_param++);
-    if (dfc_param_register(&b->r->base.params, ndim, shape, b->err, "%s%s", prefix, suffix) < 0)
-        b->failed = 1;
-    return t;
+    return dfc_param_build(&b->r->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s", prefix,
+                           suffix);
 }
 
 static dfc_conv_layer build_conv(builder *b, int cin, int cout, int kernel, int stride, const char *prefix)

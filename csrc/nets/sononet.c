@@ -125,14 +125,8 @@ typedef struct builder {
 
 static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
 {
-    dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
-    if (b->failed)
-        return t;
-    if (b->binding)
-        return dfc_param_view(&b->s->base.params, b->next_param++);
-    if (dfc_param_register(&b->s->base.params, ndim, shape, b->err, "%s.%s", prefix, suffix) < 0)
-        b->failed = 1;
-    return t;
+    return dfc_param_build(&b->s->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s.%s", prefix,
+                           suffix);
 }
 
 /* conv at `conv_prefix` + BN at `bn_prefix` (PyTorch Sequential indices) */

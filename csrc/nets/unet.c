@@ -67,14 +67,8 @@ typedef struct builder {
 
 static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
 {
-    dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
-    if (b->failed)
-        return t;
-    if (b->binding)
-        return dfc_param_view(&b->u->params, b->next_param++);
-    if (dfc_param_register(&b->u->params, ndim, shape, b->err, "%s%s", prefix, suffix) < 0)
-        b->failed = 1;
-    return t;
+    return dfc_param_build(&b->u->params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s", prefix,
+                           suffix);
 }
 
 static dfc_group_norm_layer build_norm(builder *b, int channels, const char *prefix)
