@@ -72,6 +72,23 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+class MaxPool(nn.Module):
+    """MaxPool2d(3, 2, 1) that records how close its windows come to a tie: min_gap is the smallest difference,
+    relative to the input's rms, between the two largest values of a window whose maximum is positive (a float32
+    network may route such a window's gradient to the other value)."""
+
+    min_gap = float("inf")
+
+    def forward(self, v):
+        with torch.no_grad():
+            windows = nn.functional.unfold(nn.functional.pad(v, (1, 1, 1, 1), value=-float("inf")), 3, stride=2)
+            top = windows.view(v.shape[0], v.shape[1], 9, -1).topk(2, dim=2).values
+            gap = (top[:, :, 0] - top[:, :, 1])[top[:, :, 0] > 0]
+            if gap.numel():
+                MaxPool.min_gap = min(MaxPool.min_gap, (gap.min() / v.pow(2).mean().sqrt()).item())
+        return nn.functional.max_pool2d(v, 3, 2, 1)
+
+
 class ResNet(nn.Module):
     """Feature taps of a ResNet; with_fc adds torchvision's avgpool/fc head (unused, only for its state_dict)."""
 
@@ -84,7 +101,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=bias)
         self.bn1 = nn.BatchNorm2d(64, eps=eps)
         self.relu = ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = MaxPool()
         inplanes = 64
         for s, count in enumerate(BLOCKS[depth]):
             planes, stride = 64 << s, (1 if s == 0 else 2)

@@ -7,7 +7,7 @@ import torch
 from diffice import ResNetFeatures
 from diffice.io import save_safetensors
 from diffice.resnet import infer_architecture
-from conftest import randn, rel_err
+from conftest import BACKENDS, randn, rel_err
 import resnet_reference
 from resnet_reference import STAGES, ResNet
 
@@ -22,8 +22,8 @@ def torch_model(net: ResNetFeatures) -> ResNet:
     return model
 
 
-def worst_module_gradient_error(grads, model):
-    """Largest relative error of a module's parameter gradients (weight and bias together)."""
+def module_gradient_errors(grads, model):
+    """Relative error of each module's parameter gradients (weight and bias together)."""
     modules = {}
     for name, p in model.named_parameters():
         if p.grad is None:  # a stage after the last tap: checked to be exactly zero elsewhere
@@ -34,57 +34,71 @@ def worst_module_gradient_error(grads, model):
         got = np.concatenate([g for g, _ in pairs])
         want = np.concatenate([w for _, w in pairs])
         errors.append((rel_err(got, want), module))
-    worst = max(errors)
-    assert worst[0] <= 1e-4, worst
-    return worst[0]
+    return errors
 
 
-KINK = 1e-7  # relative distance from a ReLU kink within which float32 round-off may take the other side
+# Relative distance (to the rms of a ReLU's input) from the kink within which a backend's round-off may put a value
+# on the other side: the reference kernels accumulate in double, the fast ones in float32.
+KINK = {"ref": 4e-7, "cpu": 2e-6}
 
 
-def well_conditioned_input(model, draw, rng, attempts=12):
-    """(x, dfeat, features, model with gradients) for an input whose gradient does not depend on which side of a
-    ReLU kink values within KINK lie on: with ~10^6 ReLU inputs, some always lie within float32 round-off of the
-    kink, and occasionally one of them matters for the gradient (then a 1e-4 comparison is meaningless)."""
+def kink_insensitive(compute, kink, attempts=12):
+    """compute() -> (dx, ...) from a fresh random input; returns the first result whose dx does not change (2e-5)
+    when every ReLU input within kink of the kink is moved to either side, and whose max-pool windows have no
+    near-tie (within kink).
+
+    With ~10^5..10^6 ReLU inputs and max-pool windows, some lie within float32 round-off of a kink or a tie, and
+    where one of them matters for the gradient (it moves that activation's whole gradient, a few % of everything
+    upstream), no elementwise 1e-4 comparison of gradients means anything; such inputs are skipped in favour of
+    another draw.
+    """
     for _ in range(attempts):
-        x = draw()
-        dfeat = None
-        grads = []
-        for shift in (0.0, KINK, -KINK):
+        results = []
+        resnet_reference.MaxPool.min_gap = float("inf")
+        for shift in (0.0, kink, -kink):
             resnet_reference.ReLU.shift = shift
             try:
-                model.zero_grad()
-                xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-                ref = model(xt)
-                if dfeat is None:
-                    dfeat = {t: randn(rng, *ref[t].shape) for t in model.taps}
-                sum(((ref[t] * torch.from_numpy(dfeat[t]).double()).sum() for t in model.taps)).backward()
+                results.append(compute(first=not results))
             finally:
                 resnet_reference.ReLU.shift = 0.0
-            grads.append(xt.grad)
-            if shift == 0.0:
-                result = (x, dfeat, {t: v.detach() for t, v in ref.items()}, xt)
-                param_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        if all(rel_err(g.numpy(), grads[0]) <= 2e-5 for g in grads[1:]):
-            for n, p in model.named_parameters():
-                p.grad = param_grads.get(n)
-            return result
-    raise AssertionError("no well-conditioned input found")
+        if resnet_reference.MaxPool.min_gap > kink and \
+                all(rel_err(r[0], results[0][0]) <= 2e-5 for r in results[1:]):
+            return results[0]
+    raise AssertionError("no input with a gradient insensitive to ReLU and max-pool round-off found")
 
 
-def check_against_torch(net, draw, rng, backend="cpu"):
+def check_against_torch(net, draw, rng, backend):
+    """Features, input gradient and parameter gradients against the float64 reference, to 1e-4."""
     net.backend = backend
     model = torch_model(net)
-    x, dfeat, ref, xt = well_conditioned_input(model, draw, rng)
+    state = {}
+
+    def compute(first):
+        if first:
+            state["x"] = draw()
+        model.zero_grad()
+        xt = torch.tensor(state["x"], dtype=torch.float64, requires_grad=True)
+        ref = model(xt)
+        if first:
+            state["dfeat"] = {t: randn(rng, *ref[t].shape) for t in model.taps}
+        sum(((ref[t] * torch.from_numpy(state["dfeat"][t]).double()).sum() for t in model.taps)).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return xt.grad.numpy(), {t: v.detach() for t, v in ref.items()}, grads
+
+    want_dx, ref, want_grads = kink_insensitive(compute, KINK[backend])
+    for n, p in model.named_parameters():
+        p.grad = want_grads.get(n)
+    x, dfeat = state["x"], state["dfeat"]
 
     feats = net.forward(x)
     assert list(feats) == list(net.taps)
     for t in net.taps:
         assert rel_err(feats[t], ref[t]) <= 1e-4, t
     dx, grads = net.gradients(x, dfeat)
-    assert rel_err(dx, xt.grad) <= 1e-4
-    assert rel_err(net.vjp(x, dfeat), xt.grad) <= 1e-4
-    worst_module_gradient_error(grads, model)
+    assert rel_err(dx, want_dx) <= 1e-4
+    assert np.array_equal(net.vjp(x, dfeat), dx)
+    worst = max(module_gradient_errors(grads, model))
+    assert worst[0] <= 1e-4, worst
     # BatchNorm statistics and the stages after the last tap get no gradient
     last = max(STAGES.index(t) for t in net.taps)
     for name, g in grads.items():
@@ -92,25 +106,34 @@ def check_against_torch(net, draw, rng, backend="cpu"):
             assert not np.any(g), name
 
 
-@pytest.mark.parametrize("taps", TAP_SETS)
-@pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("layout", ["torchvision", "radimagenet"])
-@pytest.mark.parametrize("depth", [18, 50])
-def test_features_and_gradients_match_pytorch(rng, depth, layout, in_channels, taps):
+# (depth, layout, in_channels, taps, backend): every ResNet-18 combination on both backends; ResNet-50 (slow in
+# float64 PyTorch) on a covering subset. The reference kernels run at the full test size; the fast backend's float32
+# round-off allows fewer ReLU inputs for a round-off-insensitive gradient (kink_insensitive), so it runs smaller.
+CASES = [(18, layout, c, taps, backend) for layout in ("torchvision", "radimagenet") for c in (1, 3)
+         for taps in TAP_SETS for backend in BACKENDS] + [
+    (50, "torchvision", 1, TAP_SETS[0], "ref"), (50, "radimagenet", 3, TAP_SETS[1], "ref"),
+    (50, "torchvision", 3, TAP_SETS[1], "cpu"), (50, "radimagenet", 1, TAP_SETS[0], "cpu"),
+    (50, "torchvision", 1, TAP_SETS[1], "cpu"), (50, "radimagenet", 3, TAP_SETS[0], "cpu")]
+
+# (grayscale size, RGB size): the more ReLU inputs and the larger the round-off, the rarer a round-off-insensitive
+# gradient; ResNet-50 has ~4x ResNet-18's activations
+SIZES = {(18, "ref"): ((64, 80), (72, 56)), (18, "cpu"): ((32, 40), (40, 28)),
+         (50, "ref"): ((64, 80), (48, 40)), (50, "cpu"): ((24, 32), (32, 24))}
+
+
+@pytest.mark.parametrize("depth, layout, in_channels, taps, backend", CASES)
+def test_features_and_gradients_match_pytorch(rng, depth, layout, in_channels, taps, backend):
     net = ResNetFeatures.random(depth, layout, in_channels, taps, seed=int(rng.integers(1 << 30)))
-    h, w = (64, 80) if in_channels == 1 else (72, 56)
-    check_against_torch(net, lambda: rng.uniform(-1, 1, (3, in_channels, h, w)).astype(np.float32), rng)
+    h, w = SIZES[depth, backend][in_channels == 3]
+    check_against_torch(net, lambda: rng.uniform(-1, 1, (3, in_channels, h, w)).astype(np.float32), rng, backend)
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "radimagenet"])
 def test_reference_backend_and_odd_sizes(rng, layout):
     """The reference kernels give the same network; odd sizes exercise floor rounding of every stride."""
     net = ResNetFeatures.random(18, layout, 3, ("stem", "layer1", "layer3", "layer4"), seed=int(rng.integers(1 << 30)))
-    def draw():
-        return rng.uniform(-1, 1, (3, 3, 45, 67)).astype(np.float32)
-
-    check_against_torch(net, draw, rng, backend="ref")
-    check_against_torch(net, draw, rng, backend="cpu")
+    check_against_torch(net, lambda: rng.uniform(-1, 1, (3, 3, 45, 67)).astype(np.float32), rng, backend="ref")
+    check_against_torch(net, lambda: rng.uniform(-1, 1, (3, 3, 29, 37)).astype(np.float32), rng, backend="cpu")
 
 
 def test_partial_output_gradients(rng):
