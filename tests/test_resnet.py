@@ -42,7 +42,7 @@ def module_gradient_errors(grads, model):
 KINK = {"ref": 4e-7, "cpu": 2e-6}
 
 
-def kink_insensitive(compute, kink, attempts=12):
+def kink_insensitive(compute, kink, attempts=40):
     """compute() -> (dx, ...) from a fresh random input; returns the first result whose dx does not change (2e-5)
     when every ReLU input within kink of the kink is moved to either side, and whose max-pool windows have no
     near-tie (within kink).
@@ -50,7 +50,8 @@ def kink_insensitive(compute, kink, attempts=12):
     With ~10^5..10^6 ReLU inputs and max-pool windows, some lie within float32 round-off of a kink or a tie, and
     where one of them matters for the gradient (it moves that activation's whole gradient, a few % of everything
     upstream), no elementwise 1e-4 comparison of gradients means anything; such inputs are skipped in favour of
-    another draw.
+    another draw. Measured: 30% of ResNet-50 draws at batch 3 (the worst case here) are insensitive, so 40 attempts
+    fail to find one with probability 0.7^40 < 1e-6; the expected cost is ~3 draws.
     """
     for _ in range(attempts):
         results = []
