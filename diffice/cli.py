@@ -54,6 +54,24 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import load_demo_models, run_demo
+
+    models = load_demo_models(args.models)
+    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet)
+    return 0
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from .phantoms import write_dataset
+
+    counts = write_dataset(args.out, args.n, tuple(args.size), args.seed, args.standard_fraction,
+                           progress=not args.quiet)
+    print(f"diffice phantoms: {counts['standard']} standard and {counts['non_standard']} non-standard planes in "
+          f"{args.out} (images/, masks/, classes.txt, labels.csv)")
+    return 0
+
+
 def _int_list(text: str) -> List[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
@@ -78,6 +96,45 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _cmd_train_supervised(args: argparse.Namespace) -> int:
+    import json
+
+    from .train_networks import train_supervised
+
+    metrics = train_supervised(
+        args.model, args.images, args.out, masks=getattr(args, "masks", None), labels=getattr(args, "labels", None),
+        size=tuple(args.size) if args.size else None, segmenter=getattr(args, "segmenter", None),
+        concepts=[c for c in getattr(args, "concepts", "").split(",") if c],
+        negative=[c for c in getattr(args, "negative", "").split(",") if c], width=getattr(args, "width", 16),
+        levels=getattr(args, "levels", 3), groups=getattr(args, "groups", 8), k=getattr(args, "k", 8),
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, seed=args.seed, augment=args.augment, val_fraction=args.val_fraction,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(metrics["validation"], indent=2))
+    print(f"wrote {args.out}/model.safetensors, metrics.json, loss.csv, loss.png")
+    return 130 if metrics["interrupted"] else 0
+
+
+def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.ArgumentParser:
+    p = train.add_parser(kind, help=help_text, description=help_text)
+    p.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/BMP)")
+    p.add_argument("--out", required=True, help="output folder (model.safetensors, metrics.json, loss.csv/png)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (and masks) to H x W")
+    p.add_argument("--steps", type=int, default=2000, help="AdamW steps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_supervised)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffice", description="Diffusion-based iterative counterfactual "
                                      "explanations (Diff-ICE) with a C core.")
@@ -97,6 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=_cmd_explain)
 
+
+    p = sub.add_parser("demo", help="Diff-ICE on non-standard-plane phantoms with the bundled models (minutes)",
+                       description="Explains non-standard-plane fetal-head phantoms (or your --images, resized to "
+                                   "64x80) towards the standard plane with Diff-ICE and the models bundled in "
+                                   "the package; prints a per-iteration table and writes figure.png (the "
+                                   "paper's Figure 3) and results.csv to --out. Resumable.")
+    p.add_argument("--out", default="diffice-demo", help="output folder (default: ./diffice-demo)")
+    p.add_argument("--images", default=None, help="explain the images in this folder instead of phantoms")
+    p.add_argument("--n", type=int, default=6, help="number of phantoms (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("phantoms", help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
+                       description="Seeded procedural fetal-head phantoms (diffice.phantoms) written as 8-bit PNG "
+                                   "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
+                                   "the concepts TH, CSP, FP, sharp.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=1000, help="number of images")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_phantoms)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     p = train.add_parser("ddpm", help="the guided-diffusion UNet as an unconditional DDPM (the Diff-ICE denoiser)",
@@ -131,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
                    help="fixed variance: the model predicts eps only and the loss is the mse")
     p.set_defaults(func=_cmd_train_ddpm)
+
+    p = _add_supervised_parser(train, "segmenter", "the segmentation network s (per-pixel cross-entropy)")
+    p.add_argument("--masks", required=True, help="folder of label maps with the images' file names (PNG, values "
+                                                  "= class indices; names from classes.txt beside it)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first level")
+    p.add_argument("--levels", type=int, default=3, help="resolution levels")
+    p.add_argument("--groups", type=int, default=8, help="GroupNorm groups (must divide --width)")
+    p = _add_supervised_parser(train, "classifier", "the standard-plane classifier f = l(s(x), x): s frozen, "
+                                                    "l a SonoNet-k on [x, s's maps] (cross-entropy on 'label')")
+    p.add_argument("--labels", required=True, help="CSV with 'file' and 'label' (1 = standard plane) columns")
+    p.add_argument("--segmenter", required=True, help="a segmenter from 'diffice train segmenter'")
+    p.add_argument("--k", type=int, default=8, help="SonoNet width k")
+    p = _add_supervised_parser(train, "oracle", "the concept oracle: a SonoNet-k with one binary head per concept")
+    p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
+    p.add_argument("--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
+    p.add_argument("--negative", default="FP", help="concepts that must be absent in a standard plane")
+    p.add_argument("--k", type=int, default=8, help="SonoNet width k")
     return parser
 
 

@@ -5,7 +5,7 @@ neither depends on the other samples of the batch nor shrinks with the batch siz
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -87,3 +87,39 @@ def pixel_loss(a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str =
     if kind not in PIXEL_LOSSES:
         raise ValueError(f"pixel_loss: kind must be one of {PIXEL_LOSSES}, got {kind!r}")
     return _C.pixel_loss(get_backend(backend), PIXEL_LOSSES.index(kind), a, b, True)
+
+
+class PixelLoss:
+    """Lp as a pixel distance to the reference: the mean over pixels of |a - b| ("l1") or (a - b)^2 ("l2"),
+    times weight; the stand-in for the perceptual loss where no pretrained feature network is at hand (the demo
+    models: no ImageNet/RadImageNet weights can ship). Same interface as :class:`PerceptualLoss`."""
+
+    def __init__(self, kind: str = "l2", weight: float = 1.0, backend: str = "cpu") -> None:
+        if kind not in ("l1", "l2"):
+            raise ValueError(f"PixelLoss: kind must be 'l1' or 'l2', got {kind!r}")
+        self.kind, self.weight, self.backend = kind, float(weight), backend
+        self._reference: Optional[np.ndarray] = None
+
+    def set_reference(self, b: np.ndarray) -> None:
+        self._reference = np.ascontiguousarray(b, dtype=np.float32)
+
+    @property
+    def has_reference(self) -> bool:
+        return self._reference is not None
+
+    def loss_and_grad(self, a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """a (N, C, H, W) like the reference -> (loss (N,), d sum(loss) / da)."""
+        if self._reference is None:
+            raise ValueError("PixelLoss: set_reference(x) first")
+        if np.shape(a) != self._reference.shape:
+            raise ValueError(f"PixelLoss: a has shape {np.shape(a)}, the reference {self._reference.shape}")
+        loss, grad = pixel_loss(np.ascontiguousarray(a, np.float32), self._reference, self.kind,
+                                backend=self.backend)
+        scale = self.weight / float(np.prod(self._reference.shape[1:]))
+        return (loss * scale).astype(np.float32), (grad * scale).astype(np.float32)
+
+    def loss(self, a: np.ndarray) -> np.ndarray:
+        return self.loss_and_grad(a)[0]
+
+    def __repr__(self) -> str:
+        return f"PixelLoss(kind={self.kind!r}, weight={self.weight})"

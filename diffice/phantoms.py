@@ -97,12 +97,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 __all__ = ["PhantomBatch", "Phantom", "generate", "generate_one", "standard_plane_rule", "field_of_view",
-           "STRUCTURES", "CONCEPTS", "FAILURE_MODES", "MIN_SIZE"]
+           "STRUCTURES", "CONCEPTS", "FAILURE_MODES", "MIN_SIZE", "SEGMENTATION_CLASSES", "label_map",
+           "write_dataset"]
 
 STRUCTURES: Tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "posterior_fossa")
 CONCEPTS: Tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
@@ -612,7 +614,8 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
     offset = float(p["brightness"]) * dyn - brain_mean
     img = np.clip((level + offset) * (1.0 / dyn), 0.0, 1.0)
     img = _gaussian_blur(img, float(p["blur"]) * H / 64.0)
-    image = np.where(conv.fov, 2.0 * img - 1.0, -1.0).astype(np.float32)[None]
+    # the separable blur's float32 sums can overshoot [0, 1] by an ulp or two
+    image = np.where(conv.fov, np.clip(2.0 * img - 1.0, -1.0, 1.0), -1.0).astype(np.float32)[None]
     masks = np.zeros((len(STRUCTURES), H, W), bool)
     present = [ch for ch, name in enumerate(STRUCTURES) if name in cover]
     masks[present] = np.moveaxis(conv(np.stack([cover[STRUCTURES[ch]] for ch in present], axis=-1)) >= 0.5,
@@ -665,7 +668,7 @@ def generate_one(rng: np.random.Generator, size: Tuple[int, int] = (64, 80), sta
 
 
 def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_fraction: float = 0.5,
-             **params: Any) -> PhantomBatch:
+             _first: int = 0, **params: Any) -> PhantomBatch:
     """n phantoms, fully determined by `seed`; image i depends only on (seed, i).
 
     Args:
@@ -702,7 +705,8 @@ def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_f
     concepts = {k: np.empty(n, bool) for k in CONCEPTS}
     labels = np.empty(n, np.int64)
     plist: List[Dict[str, Any]] = []
-    for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(n)):
+    # _first: images _first .. _first + n - 1 of the seed's sequence (write_dataset's chunks)
+    for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(_first + n)[_first:]):
         rng = np.random.default_rng(child)
         standard = bool(rng.random() < frac)
         ph = generate_one(rng, size, standard, **params) if "failure_mode" not in params else \
@@ -713,3 +717,68 @@ def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_f
         plist.append(ph.params)
     return PhantomBatch(images=images, masks=masks, structure_names=STRUCTURES, concepts=concepts,
                         labels=labels, params=plist)
+
+
+SEGMENTATION_CLASSES: Tuple[str, ...] = ("background", "skull", "thalami", "csp", "posterior_fossa")
+LABELS_FIELDS: Tuple[str, ...] = ("file", "label", "TH", "CSP", "FP", "sharp", "failure_mode")
+
+
+def label_map(masks: np.ndarray, classes: Tuple[str, ...] = SEGMENTATION_CLASSES) -> np.ndarray:
+    """(n, len(STRUCTURES), H, W) structure masks -> (n, H, W) uint8 label maps over ``classes`` (index 0 is the
+    background; later classes are painted over earlier ones)."""
+    index = {name: i for i, name in enumerate(STRUCTURES)}
+    unknown = [c for c in classes[1:] if c not in index]
+    if unknown:
+        raise ValueError(f"label_map: unknown structures {unknown}; known: {list(STRUCTURES)}")
+    labels = np.zeros((masks.shape[0],) + masks.shape[2:], np.uint8)
+    for c, name in enumerate(classes):
+        if c:
+            labels[masks[:, index[name]].astype(bool)] = c
+    return labels
+
+
+def write_dataset(out_dir, n: int, size: Tuple[int, int] = (64, 80), seed: int = 0,
+                  standard_fraction: float = 0.5, progress: bool = False) -> Dict[str, int]:
+    """Writes n phantoms as a training set in the formats diffice's training commands read (and a researcher's
+    own data would use):
+
+    - ``images/NNNNNN.png``: 8-bit grayscale images;
+    - ``masks/NNNNNN.png``: 8-bit label maps over :data:`SEGMENTATION_CLASSES` (0 background, 1 skull,
+      2 thalami, 3 csp, 4 posterior_fossa); ``classes.txt`` names them, one per line;
+    - ``labels.csv``: file, label (1 = standard plane), the concepts TH, CSP, FP, sharp (0/1), failure_mode.
+
+    The images are those of ``generate(n, size, seed, standard_fraction)``. Every file is written atomically.
+    Returns the number of standard and non-standard planes.
+    """
+    import csv
+    import io
+
+    from .data import atomic_write_bytes, save_png
+    from .progress import ProgressBar
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "classes.txt", ("\n".join(SEGMENTATION_CLASSES) + "\n").encode())
+    width = max(6, len(str(n - 1)))
+    rows: List[Dict[str, Any]] = []
+    bar = ProgressBar(n, label="phantoms", enabled=progress)
+    for start in range(0, n, 256):  # generate() in chunks: memory stays small for any n
+        batch = generate(min(256, n - start), size, seed, standard_fraction, _first=start)
+        maps = label_map(batch.masks)
+        for j in range(len(batch)):
+            i = start + j
+            name = f"{i:0{width}d}.png"
+            save_png(out / "images" / name, batch.images[j])
+            save_png(out / "masks" / name, maps[j])
+            rows.append(dict(file=name, label=int(batch.labels[j]), failure_mode=batch.params[j]["failure_mode"],
+                             **{k: int(batch.concepts[k][j]) for k in CONCEPTS}))
+            bar.update(i + 1)
+    bar.close()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(LABELS_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    labels = np.array([r["label"] for r in rows])
+    return {"standard": int(labels.sum()), "non_standard": int(len(labels) - labels.sum())}

@@ -28,6 +28,7 @@ class ProgressBar:
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.min_interval = min_interval if self.interactive else 5.0
         self._last = 0.0
+        self._printed = -1  # the `done` of the last line drawn
 
     def update(self, done: int, note: str = "", force: bool = False) -> None:
         self.done = min(int(done), self.total)
@@ -35,6 +36,7 @@ class ProgressBar:
         if not self.enabled or (not force and now - self._last < self.min_interval and self.done < self.total):
             return
         self._last = now
+        self._printed = self.done
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
@@ -52,7 +54,8 @@ class ProgressBar:
 
     def close(self) -> None:
         if self.enabled:
-            self.update(self.done, force=True)
+            if self._printed != self.done:
+                self.update(self.done, force=True)
             if self.interactive:
                 self.stream.write("\n")
                 self.stream.flush()

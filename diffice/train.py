@@ -295,8 +295,10 @@ def _duration(seconds: float) -> str:
 class _Progress:
     """A one-line progress bar on stderr: steps, loss, it/s, ETA (a line every log_every steps when not a tty)."""
 
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None) -> None:
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None,
+                 label: str = "train") -> None:
         self.total, self.start, self.enabled, self.log_every = total, start, enabled, max(1, log_every)
+        self.label = label
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.perf_counter()
@@ -319,7 +321,7 @@ class _Progress:
         frac = step / max(self.total, 1)
         width = 24
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        line = (f"train {step}/{self.total} [{bar}] {100 * frac:3.0f}% loss {np.mean(self.recent):.4f} "
+        line = (f"{self.label} {step}/{self.total} [{bar}] {100 * frac:3.0f}% loss {np.mean(self.recent):.4f} "
                 f"{rate:.2f} it/s ETA {_duration(eta)}")
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         self.stream.flush()

@@ -1,0 +1,248 @@
+"""`diffice demo`: Diff-ICE on fetal-head phantoms with the models that ship in the package.
+
+The bundled models (``diffice/demo_models/``, trained by diffice on phantoms at 64x80 with
+``scripts/train_demo_models.sh``; validation numbers in ``demo.json`` and the README):
+
+- ``ddpm.safetensors``: guided-diffusion UNet (EMA weights), learned sigma, 1000 linear steps;
+- ``classifier.safetensors``: f = l(s(x), x), a Segmenter s (background, skull, thalami, csp, posterior_fossa) and
+  l a SonoNet-8 on [x, s's probability maps], 2 logits (0 = non-standard plane, 1 = standard plane);
+- ``oracle.safetensors``: an independently trained SonoNet-12 with one head per concept (TH, CSP, FP, sharp),
+  the judge of the counterfactuals (its quality score QS, :class:`diffice.oracle.ConceptOracle`).
+
+The demo's Diff-ICE settings are the paper's scaled to the small models: L = 5 iterations, tau = 30 of 100
+respaced steps (the paper: 120 of 400, the same 30%), lambda_c searched in {40, 60, 80}, and -- no pretrained
+perceptual network can ship -- Lp the mean squared pixel distance to the input with lambda_p = DEMO_LAMBDA_P.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
+
+import numpy as np
+
+from .diffusion import GaussianDiffusion
+from .unet import UNet
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MODELS_DIR = Path(__file__).with_name("demo_models")
+DEMO_SIZE = (64, 80)
+DEMO_LAMBDA_P = 30.0
+DEMO_METHOD: Dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0],
+                                   lambda_p=DEMO_LAMBDA_P)
+DEMO_DIFFUSION: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
+DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training: seed 1)
+FILES = ("ddpm.safetensors", "classifier.safetensors", "oracle.safetensors", "demo.json")
+
+__all__ = ["DemoModels", "load_demo_models", "run_demo", "demo_phantoms", "DEMO_METHOD", "DEMO_DIFFUSION"]
+
+
+@dataclass
+class DemoModels:
+    """What :func:`load_demo_models` returns. ``info``: how they were trained and their validation numbers."""
+
+    unet: UNet
+    diffusion: GaussianDiffusion
+    classifier: Any          # diffice.PlaneClassifier (class 1 = standard plane)
+    oracle: Any              # diffice.oracle.ConceptOracle
+    perceptual: Any          # diffice.perceptual.PixelLoss (the demo's Lp)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def segmentation_classes(self) -> List[str]:
+        return list(getattr(self.classifier.segmenter, "class_names", None) or [])
+
+    def explainer(self, **overrides: Any):
+        """A diffice.Explainer with the demo settings (DEMO_METHOD); keyword arguments override them."""
+        from .explain import Explainer
+
+        return Explainer(self.unet, self.diffusion, self.classifier, self.perceptual,
+                         **dict(DEMO_METHOD, **overrides))
+
+
+def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") -> DemoModels:
+    """The bundled phantom models (or those in `folder`, with the same file names), ready for Explainer."""
+    from .models import load_model
+    from .perceptual import PixelLoss
+
+    root = Path(folder) if folder is not None else MODELS_DIR
+    missing = [f for f in FILES if not (root / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"demo models missing in {root}: {missing} (train them with "
+                                f"scripts/train_demo_models.sh WORKDIR, then 'python -m diffice.demo pack WORKDIR')")
+    info = json.loads((root / "demo.json").read_text())
+    unet = UNet.from_file(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]))
+    unet.backend = backend
+    diffusion = GaussianDiffusion(DEMO_DIFFUSION["steps"], DEMO_DIFFUSION["schedule"], DEMO_DIFFUSION["respacing"],
+                                  learn_sigma=unet.config["learn_sigma"])
+    classifier = load_model(root / "classifier.safetensors", backend)
+    oracle = load_model(root / "oracle.safetensors", backend)
+    return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
+
+
+def demo_phantoms(n: int = 6, seed: int = DEMO_PHANTOM_SEED):
+    """n non-standard-plane phantoms (64x80), one of each failure mode in turn (tilted, no_csp, no_th, blurred)."""
+    from .phantoms import FAILURE_MODES, PhantomBatch, generate
+
+    modes = list(FAILURE_MODES)
+    parts = [generate(1, DEMO_SIZE, seed + i, standard_fraction=0.0, failure_mode=modes[i % len(modes)])
+             for i in range(n)]
+    return PhantomBatch(images=np.concatenate([p.images for p in parts]),
+                        masks=np.concatenate([p.masks for p in parts]), structure_names=parts[0].structure_names,
+                        concepts={k: np.concatenate([p.concepts[k] for p in parts]) for k in parts[0].concepts},
+                        labels=np.concatenate([p.labels for p in parts]), params=[p.params[0] for p in parts])
+
+
+def _demo_config(images_batch: int, seed: int) -> Dict[str, Dict[str, Any]]:
+    from .run import load_config
+
+    cfg = load_config(None, {})
+    cfg["method"].update(DEMO_METHOD)
+    cfg["diffusion"].update(DEMO_DIFFUSION)
+    cfg["run"].update(image_size=list(DEMO_SIZE), batch_size=images_batch, seed=seed, target=1)
+    return cfg
+
+
+def _load_pngs(folder: Path, names: Sequence[str]) -> np.ndarray:
+    from .data import load_image
+
+    return np.stack([load_image(folder / n, DEMO_SIZE) for n in names]).astype(np.float32)
+
+
+def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = None, n: int = 6, seed: int = 0,
+             models: Optional[DemoModels] = None, progress: bool = True, stream: Optional[TextIO] = None,
+             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Explains n non-standard-plane phantoms (or every image in `images`, resized to 64x80) towards the standard
+    plane and writes, to out_dir: ``inputs/`` (the phantoms), one folder per image (input, iterations, strip),
+    ``results.csv`` (per image and iteration), ``figure.png`` (the paper's Figure 3: input and each iteration,
+    segmentation overlaid, p(SP) above) and ``summary.json``. Prints the per-iteration table to `stream`.
+
+    Resumable like ``diffice explain`` (images already done are kept). Returns the summary dict.
+    """
+    from .data import list_images, save_png
+    from .figures import path_figure
+    from .run import run_explain
+
+    stream = stream or sys.stdout
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = models or load_demo_models()
+    if images is None:
+        batch = demo_phantoms(n)
+        folder = out / "inputs"
+        names = []
+        for i in range(len(batch)):
+            name = f"phantom_{i:02d}_{batch.params[i]['failure_mode']}.png"
+            if not (folder / name).exists():
+                save_png(folder / name, batch.images[i])
+            names.append(name)
+    else:
+        folder = Path(images)
+        names = [p.name for p in list_images(folder)]
+    cfg = _demo_config(images_batch=max(1, len(names)), seed=seed)
+    if overrides:
+        cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})
+    explainer_models = (models.unet, models.diffusion, models.classifier, models.perceptual)
+    summary_run = run_explain(cfg, str(folder), str(out), progress=progress, models=explainer_models)
+
+    # everything below reads the records: a resumed run reports the same as an uninterrupted one
+    stems = [Path(nm).stem for nm in names]
+    records = [json.loads((out / "records" / f"{s}.json").read_text()) for s in stems
+               if (out / "records" / f"{s}.json").exists()]
+    done = [r["image"] for r in records]
+    stems = [Path(nm).stem for nm in done]
+    L = len(records[0]["iterations"]) - 1 if records else 0
+    x = _load_pngs(folder, done)
+    cfs = np.stack([_load_pngs(out / s, [f"iteration_{l + 1}.png" for l in range(L)]) for s in stems], axis=1) \
+        if records else np.zeros((0,) + x.shape)
+    prob = np.array([[r["iterations"][l]["prob_target"] for r in records] for l in range(L + 1)])
+    lambdas = np.array([[r["iterations"][l + 1]["lambda_c"] for r in records] for l in range(L)])
+    flipped = np.array([[bool(r["iterations"][l + 1]["flipped"]) for r in records] for l in range(L)])
+    # the oracle and the segmentation are re-computed on the saved 8-bit PNGs
+    qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
+    seg = np.stack([models.classifier.forward(x).segmentation_labels] +
+                   [models.classifier.forward(cfs[l]).segmentation_labels for l in range(L)])
+    distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
+
+    rows = [dict(iteration=0, mean_p_sp=float(prob[0].mean()), flip_ratio=float(np.mean(prob[0] > 0.5)),
+                 lambda_c="", mean_oracle_qs=float(qs[0].mean()), mean_l1_to_input=0.0)]
+    for l in range(L):
+        used = {float(v): int(np.sum(lambdas[l] == v)) for v in sorted(set(lambdas[l].tolist()))}
+        rows.append(dict(iteration=l + 1, mean_p_sp=float(prob[l + 1].mean()),
+                         flip_ratio=float(flipped[l].mean()),
+                         lambda_c=" ".join(f"{v:g}x{c}" for v, c in used.items()),
+                         mean_oracle_qs=float(qs[l + 1].mean()), mean_l1_to_input=float(distance[l].mean())))
+    print(f"Diff-ICE on {len(records)} image(s) towards the standard plane (class 1), "
+          f"L={L}, tau={cfg['method']['tau']}/{cfg['diffusion']['respacing']}, lambda_p={cfg['method']['lambda_p']}",
+          file=stream)
+    print(f"{'iteration':>9}  {'p(SP)':>6}  {'flip ratio':>10}  {'oracle QS':>9}  {'L1 to x':>7}  lambda_c used",
+          file=stream)
+    for r in rows:
+        print(f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
+              f"{r['mean_l1_to_input']:7.3f}  {r['lambda_c']}", file=stream)
+    with open(out / "iterations.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    if records:
+        fig = path_figure(x, cfs, prob, seg, row_titles=[s[:24] for s in stems], scale=2,
+                          class_names=models.segmentation_classes or None)
+        save_png(out / "figure.png", fig)
+    summary = dict(images=len(records), explained_now=summary_run["explained"], iterations=rows,
+                   seconds=summary_run["seconds"], out=str(out), figure=str(out / "figure.png"))
+    from .data import atomic_write_bytes
+
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    print(f"wrote {out / 'figure.png'}, {out / 'results.csv'}, {out / 'iterations.csv'} "
+          f"({summary_run['seconds']:.0f} s)", file=stream)
+    return summary
+
+
+# ---- packing freshly trained models into the package ----
+
+def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
+    """Copies the models trained by scripts/train_demo_models.sh in workdir into diffice/demo_models (the DDPM's
+    EMA weights), with demo.json: the training commands' settings and validation numbers."""
+    from .io import load_safetensors, load_safetensors_metadata, save_safetensors
+
+    work = Path(workdir)
+    dest = Path(dest) if dest is not None else MODELS_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    ema = work / "ddpm" / "ema.safetensors"
+    meta = load_safetensors_metadata(ema)
+    save_safetensors(dest / "ddpm.safetensors", load_safetensors(ema),
+                     metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")})
+    info: Dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
+                                         ema_rate=meta.get("ema_rate"))}
+    for part in ("classifier", "oracle", "segmenter"):
+        metrics = json.loads((work / part / "metrics.json").read_text())
+        info[part] = metrics
+        if part != "segmenter":  # the segmenter is inside the classifier's file
+            shutil.copyfile(work / part / "model.safetensors", dest / f"{part}.safetensors")
+    info["trained_by"] = "scripts/train_demo_models.sh"
+    (dest / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m diffice.demo")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("pack", help="copy trained demo models from WORKDIR into the package")
+    q.add_argument("workdir")
+    q.add_argument("--dest", default=None)
+    args = p.parse_args(argv)
+    print(json.dumps(pack(args.workdir, args.dest), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,51 @@
+"""The concept oracle: an independently trained network with one binary head per concept (TH, CSP, FP, sharp for
+the phantoms), used to judge counterfactuals by something other than the classifier that guided them.
+
+Its quality score QS(x) = P(TH) P(CSP) (1 - P(FP)) P(sharp) is the probability, under independent heads, that x
+meets the standard-plane rule (diffice.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+from .sononet import SonoNet
+
+DEFAULT_NEGATIVE = ("FP",)
+
+
+class ConceptOracle:
+    """network: a SonoNet (or any diffice network whose forward returns logits (N, C) first) with C = len(concepts)
+    outputs, each a concept's logit; negative: the concepts that must be absent in a standard plane."""
+
+    def __init__(self, network: SonoNet, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
+        n = getattr(network, "num_classes", None)
+        if n is not None and n != len(concepts):
+            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts {list(concepts)}")
+        unknown = [c for c in negative if c not in concepts]
+        if unknown:
+            raise ValueError(f"ConceptOracle: negative concepts {unknown} are not among {list(concepts)}")
+        self.network = network
+        self.concepts = list(concepts)
+        self.negative = list(negative)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C)."""
+        return self.network.forward(np.ascontiguousarray(x, np.float32))[0]
+
+    def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """{concept: P(concept present) (N,)}."""
+        p = 1.0 / (1.0 + np.exp(-self.logits(x).astype(np.float64)))
+        return {c: p[:, i] for i, c in enumerate(self.concepts)}
+
+    def quality_score(self, x: np.ndarray) -> np.ndarray:
+        """QS (N,) in [0, 1]: the product over concepts of P (1 - P for the negative ones)."""
+        probs = self.concept_probabilities(x)
+        qs = np.ones(len(x))
+        for c, p in probs.items():
+            qs *= (1.0 - p) if c in self.negative else p
+        return qs
+
+    def __repr__(self) -> str:
+        return f"ConceptOracle(concepts={self.concepts}, negative={self.negative}, network={self.network!r})"
