@@ -58,7 +58,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import load_demo_models, run_demo
 
     models = load_demo_models(args.models)
-    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet)
+    overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
+    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet,
+             overrides=overrides)
     return 0
 
 
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=6, help="number of phantoms (default 6)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
+    p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
+    p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 
@@ -229,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
     p.add_argument("--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
     p.add_argument("--negative", default="FP", help="concepts that must be absent in a standard plane")
+    p.add_argument("--segmenter", default=None, help="optional: a segmenter (trained apart from f's) whose maps "
+                                                     "the oracle sees beside the image; frozen")
     p.add_argument("--k", type=int, default=8, help="SonoNet width k")
     return parser
 
