@@ -13,7 +13,7 @@ for part in $parts; do
     data)
       diffice phantoms --out train_set --n 6000 --size 64 80 --seed 1 --quiet ;;
     ddpm)  # guided-diffusion UNet, 1.37M parameters; learned sigma, 1000 linear steps
-      diffice train ddpm --images train_set/images --out ddpm --steps 4000 --batch-size 8 --lr 2e-4 \
+      diffice train ddpm --images train_set/images --out ddpm --steps 3000 --batch-size 8 --lr 2e-4 \
         --weight-decay 0.05 --ema-rate 0.999 --checkpoint-every 250 --model-channels 32 --channel-mult 1,2,2 \
         --num-res-blocks 1 --attention-ds 4 --num-heads 4 --seed 0 ;;
     segmenter)
