@@ -17,13 +17,15 @@ from .sononet import SonoNet, TargetClassView, sononet_preprocess
 from .explain import Explainer
 from .train import train_ddpm
 from .resnet import ResNetFeatures
-from .perceptual import PerceptualLoss, pixel_loss
+from .perceptual import PerceptualLoss, PixelLoss, pixel_loss
+from .demo import load_demo_models
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
            "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "pixel_loss"]
+           "sononet_preprocess", "Explainer", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "PixelLoss", "pixel_loss",
+           "load_demo_models"]
 
 
 def build_info() -> dict:

@@ -11,14 +11,14 @@ The bundled models (``diffice/demo_models/``, trained by diffice on phantoms at 
 
 The demo's Diff-ICE settings are the paper's scaled to the small models: L = 5 iterations, tau = 30 of 100
 respaced steps (the paper: 120 of 400, the same 30%), lambda_c searched in {40, 60, 80}, and -- no pretrained
-perceptual network can ship -- Lp the mean squared pixel distance to the input with lambda_p = DEMO_LAMBDA_P.
+perceptual network can ship -- Lp the mean squared pixel distance to the input with lambda_p = DEMO_LAMBDA_P
+(3000; of 30, 300 and 3000 tried on the demo phantoms, the one that kept the anatomy: see the README).
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 MODELS_DIR = Path(__file__).with_name("demo_models")
 DEMO_SIZE = (64, 80)
-DEMO_LAMBDA_P = 30.0
+DEMO_LAMBDA_P = 3000.0  # on the per-pixel mean squared distance: chosen on phantoms (README)
 DEMO_METHOD: Dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0],
                                    lambda_p=DEMO_LAMBDA_P)
 DEMO_DIFFUSION: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
@@ -67,11 +67,12 @@ class DemoModels:
 
 
 def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") -> DemoModels:
-    """The bundled phantom models (or those in `folder`, with the same file names), ready for Explainer."""
+    """The bundled phantom models (or those in `folder`, or in $DIFFICE_DEMO_MODELS, with the same file names),
+    ready for Explainer."""
     from .models import load_model
     from .perceptual import PixelLoss
 
-    root = Path(folder) if folder is not None else MODELS_DIR
+    root = Path(folder or os.environ.get("DIFFICE_DEMO_MODELS") or MODELS_DIR)
     missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
         raise FileNotFoundError(f"demo models missing in {root}: {missing} (train them with "
@@ -217,15 +218,19 @@ def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
     dest.mkdir(parents=True, exist_ok=True)
     ema = work / "ddpm" / "ema.safetensors"
     meta = load_safetensors_metadata(ema)
+    # float16 files: half the size; the networks compute in float32 (README: the shipped models' accuracy)
     save_safetensors(dest / "ddpm.safetensors", load_safetensors(ema),
-                     metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")})
+                     metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")},
+                     dtype="float16")
     info: Dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
                                          ema_rate=meta.get("ema_rate"))}
     for part in ("classifier", "oracle", "segmenter", "oracle_segmenter"):
         metrics = json.loads((work / part / "metrics.json").read_text())
         info[part] = metrics
         if part in ("classifier", "oracle"):  # the segmenters are inside these files
-            shutil.copyfile(work / part / "model.safetensors", dest / f"{part}.safetensors")
+            source = work / part / "model.safetensors"
+            save_safetensors(dest / f"{part}.safetensors", load_safetensors(source),
+                             metadata=load_safetensors_metadata(source), dtype="float16")
     info["trained_by"] = "scripts/train_demo_models.sh"
     (dest / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -90,12 +90,15 @@ def load_torch(path: PathLike) -> dict[str, np.ndarray]:
 
 
 def save_safetensors(
-    path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+    path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
+    dtype: str = "float32",
 ) -> None:
-    """Writes ``tensors`` as float32 safetensors (header sorted by name, as the reference writer does).
+    """Writes ``tensors`` as safetensors (header sorted by name, as the reference writer does).
 
-    tensors: name -> array with 0 to 4 dims; float or integer arrays are converted to float32.
+    tensors: name -> array with 0 to 4 dims; float or integer arrays are converted to ``dtype``.
     metadata: optional str -> str map stored as ``__metadata__``.
+    dtype: "float32" (F32) or "float16" (F16: half the size, rounded to nearest; a value beyond float16's range
+    is an error naming the tensor). Every reader of diffice returns float32 either way.
     The file is written to a temporary name in the same folder and renamed into place, so a reader never sees
     a half-written file.
     """
@@ -104,6 +107,8 @@ def save_safetensors(
     p = os.fspath(path)
     if not isinstance(tensors, Mapping):
         raise TypeError(f"save_safetensors: tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"save_safetensors: dtype must be 'float32' or 'float16', got {dtype!r}")
     names, arrays = [], []
     for name, value in tensors.items():
         if not isinstance(name, str):
@@ -111,7 +116,14 @@ def save_safetensors(
         a = np.asarray(value)
         if a.dtype.kind not in "fiub":
             raise TypeError(f"save_safetensors: tensor '{name}' has dtype {a.dtype}; expected a float or integer array")
-        a = np.asarray(a, dtype=np.float32, order="C")
+        if dtype == "float16":
+            with np.errstate(over="ignore"):
+                h = np.asarray(a, dtype=np.float16, order="C")
+            if np.any(np.isinf(h) & ~np.isinf(np.asarray(a, np.float64))):
+                raise ValueError(f"save_safetensors: tensor '{name}' has values beyond float16's range (65504)")
+            a = h
+        else:
+            a = np.asarray(a, dtype=np.float32, order="C")
         if not a.flags.aligned:
             a = a.copy()
         names.append(name)
@@ -122,4 +134,4 @@ def save_safetensors(
     for k, v in meta.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"save_safetensors: metadata must map str -> str, got {k!r}: {v!r}")
-    _C.save_safetensors(p, names, arrays, list(meta.keys()), list(meta.values()))
+    _C.save_safetensors(p, names, arrays, list(meta.keys()), list(meta.values()), dtype == "float16")

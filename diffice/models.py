@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -124,9 +123,7 @@ def save_model(path: str, model: Any, metadata: Optional[Dict[str, str]] = None)
     """Writes the model's weights as safetensors (PyTorch key names) with its description, atomically."""
     from .io import save_safetensors
 
-    tmp = Path(path).with_name("." + Path(path).name + ".new")
-    save_safetensors(tmp, _weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
-    os.replace(tmp, path)
+    save_safetensors(path, _weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
 
 
 def load_model(path: str, backend: str = "cpu") -> Any:

@@ -23,9 +23,9 @@ for part in $parts; do
       diffice train classifier --images train_set/images --labels train_set/labels.csv \
         --segmenter segmenter/model.safetensors --out classifier --k 8 --steps 1500 --batch-size 16 \
         --lr 1e-3 --seed 0 ;;
-    oracle)  # another architecture and seed: its own segmenter (4 levels of 12) + SonoNet-12, one head per concept
+    oracle)  # trained apart from f: its own segmenter (another seed) + SonoNet-12 (f: SonoNet-8), one head per concept
       diffice train segmenter --images train_set/images --masks train_set/masks --out oracle_segmenter \
-        --width 12 --levels 4 --groups 4 --steps 1500 --batch-size 16 --lr 2e-3 --seed 7
+        --width 16 --levels 3 --steps 1500 --batch-size 16 --lr 2e-3 --seed 7
       diffice train oracle --images train_set/images --labels train_set/labels.csv --out oracle --k 12 \
         --segmenter oracle_segmenter/model.safetensors --steps 2000 --batch-size 16 --lr 1e-3 --seed 7 ;;
     pack)

@@ -737,3 +737,23 @@ def test_pathlike_and_str(tmp_path, rng):
     assert os.path.exists(tmp_path / "s.safetensors")
     for p in [tmp_path / "s.safetensors", str(tmp_path / "s.safetensors")]:
         np.testing.assert_array_equal(dio.load_safetensors(p)["w"], t["w"])
+
+
+def test_save_safetensors_float16_reads_back_in_every_reader(tmp_path, rng):
+    from safetensors.numpy import load_file
+
+    tensors = {"w": randn(rng, 3, 5, 2), "b": randn(rng, 7), "scalar": np.float32(2.5)}
+    path = tmp_path / "half.safetensors"
+    dio.save_safetensors(path, tensors, metadata={"k": "v"}, dtype="float16")
+    theirs = load_file(str(path))
+    assert all(theirs[k].dtype == np.float16 for k in theirs)
+    ours = dio.load_safetensors(path)
+    for k, v in tensors.items():
+        want = np.asarray(v, np.float16)
+        assert ours[k].dtype == np.float32 and np.array_equal(ours[k], want.astype(np.float32))
+        assert np.array_equal(theirs[k], want)
+    assert path.stat().st_size < 8 * 16 + 200 + 2 * 38  # header + 38 halves
+    with pytest.raises(ValueError, match="'big' has values beyond float16's range"):
+        dio.save_safetensors(tmp_path / "x.safetensors", {"big": np.array([1e6], np.float32)}, dtype="float16")
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
+        dio.save_safetensors(tmp_path / "x.safetensors", tensors, dtype="bfloat16")

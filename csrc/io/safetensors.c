@@ -690,8 +690,9 @@ static int open_temp(const char *path, char *tmp, size_t len)
 
 dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count,
                                 const char *const *meta_keys, const char *const *meta_values, size_t meta_count,
-                                dfc_error *err)
+                                int half, dfc_error *err)
 {
+    const size_t elem_size = half ? 2 : sizeof(float);
     text header = {0};
     const dfc_weight **order = NULL;
     const char *const **meta_order_ptrs = NULL;
@@ -728,7 +729,7 @@ dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_
         }
         meta_order_ptrs[i] = &meta_keys[i];
     }
-    /* The reference sorts by dtype alignment, then name; all ours are F32, so by name. */
+    /* The reference sorts by dtype alignment, then name; ours share one dtype, so by name. */
     qsort(order, count, sizeof *order, item_name_order);
     qsort(meta_order_ptrs, meta_count, sizeof *meta_order_ptrs, meta_order);
     for (size_t i = 1; i < count; i++) {
@@ -766,12 +767,12 @@ dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_
         if (i || meta_count)
             text_puts(&header, ",");
         text_put_json_string(&header, t->name);
-        text_puts(&header, ":{\"dtype\":\"F32\",\"shape\":[");
+        text_puts(&header, half ? ":{\"dtype\":\"F16\",\"shape\":[" : ":{\"dtype\":\"F32\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)t->shape[d]);
             text_puts(&header, num);
         }
-        uint64_t end = offset + (uint64_t)numel * sizeof(float);
+        uint64_t end = offset + (uint64_t)numel * elem_size;
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
                  (unsigned long long)end);
         text_puts(&header, num);
@@ -807,7 +808,7 @@ dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_
     for (size_t i = 0; i < count && st == DFC_OK; i++) {
         int64_t numel;
         dfc_checked_numel(order[i]->ndim, order[i]->shape, &numel);
-        st = write_all(fd, order[i]->data, (size_t)numel * sizeof(float), tmp, err);
+        st = write_all(fd, order[i]->data, (size_t)numel * elem_size, tmp, err);
     }
     if (st == DFC_OK && fsync(fd) != 0) {
         char reason[256];

@@ -79,11 +79,13 @@ dfc_status dfc_load_torch(const char *path, dfc_weights **out, dfc_error *err);
 
 /* ---- writer ---- */
 
-/* Writes float32 tensors (items[i].name/ndim/shape/data; numel is recomputed) as safetensors, header sorted by
- * name like the reference implementation and padded with spaces to a multiple of 8, with optional string
- * metadata (meta_count pairs, may be 0). Written to a temporary file in the same folder, then renamed. */
+/* Writes tensors (items[i].name/ndim/shape/data; numel is recomputed) as safetensors, header sorted by name like
+ * the reference implementation and padded with spaces to a multiple of 8, with optional string metadata
+ * (meta_count pairs, may be 0). Written to a temporary file in the same folder, then renamed.
+ * half = 0: data holds numel float32 values (dtype F32); half = 1: numel IEEE binary16 values (dtype F16, half
+ * the size; the caller rounds). */
 dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count,
                                 const char *const *meta_keys, const char *const *meta_values, size_t meta_count,
-                                dfc_error *err);
+                                int half, dfc_error *err);
 
 #endif

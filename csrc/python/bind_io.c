@@ -127,9 +127,11 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *path_bytes = NULL, *names_obj, *arrays_obj, *meta_keys_obj, *meta_values_obj;
-    if (!PyArg_ParseTuple(args, "O&OOOO", PyUnicode_FSConverter, &path_bytes, &names_obj, &arrays_obj,
-                          &meta_keys_obj, &meta_values_obj))
+    int half = 0;
+    if (!PyArg_ParseTuple(args, "O&OOOO|p", PyUnicode_FSConverter, &path_bytes, &names_obj, &arrays_obj,
+                          &meta_keys_obj, &meta_values_obj, &half))
         return NULL;
+    const int npy_type = half ? NPY_FLOAT16 : NPY_FLOAT32;
     PyObject *result = NULL;
     /* Own tuples, so nothing can change under the call while the GIL is released. */
     PyObject *names = PySequence_Tuple(names_obj), *arrays = names ? PySequence_Tuple(arrays_obj) : NULL;
@@ -156,10 +158,10 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
         if (!name)
             goto done;
         PyObject *obj = PyTuple_GET_ITEM(arrays, i);
-        if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != npy_type ||
             !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || !PyArray_ISALIGNED((PyArrayObject *)obj)) {
-            PyErr_Format(PyExc_TypeError, "save_safetensors: tensor '%s' must be a C-contiguous float32 numpy array",
-                         name);
+            PyErr_Format(PyExc_TypeError, "save_safetensors: tensor '%s' must be a C-contiguous %s numpy array",
+                         name, half ? "float16" : "float32");
             goto done;
         }
         PyArrayObject *a = (PyArrayObject *)obj;
@@ -185,7 +187,7 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
     dfc_error err = {0};
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dfc_save_safetensors(path, items, (size_t)count, mk, mv, (size_t)meta_count, &err);
+    st = dfc_save_safetensors(path, items, (size_t)count, mk, mv, (size_t)meta_count, half, &err);
     Py_END_ALLOW_THREADS
     if (st != DFC_OK) {
         dfc_py_raise(&err);
@@ -209,6 +211,7 @@ PyMethodDef dfc_methods_io[] = {
     {"load_weights", py_load_weights, METH_VARARGS,
      "load_weights(path, format) -> (dict name -> float32 array, dict metadata); format: auto/safetensors/npz/torch."},
     {"save_safetensors", py_save_safetensors, METH_VARARGS,
-     "save_safetensors(path, names, arrays, metadata_keys, metadata_values): float32 C-contiguous arrays."},
+     "save_safetensors(path, names, arrays, metadata_keys, metadata_values, half=False): C-contiguous float32 "
+     "arrays (float16 with half=True)."},
     {NULL, NULL, 0, NULL},
 };

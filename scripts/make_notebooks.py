@@ -1,0 +1,180 @@
+"""Writes notebooks/*.ipynb (without outputs) from the cell sources below: the notebooks are code, reviewed here.
+
+    python scripts/make_notebooks.py
+
+The test suite executes every notebook (tests/test_notebooks.py) on the bundled demo models.
+"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+OUT = Path(__file__).resolve().parents[1] / "notebooks"
+
+SETUP = """import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import diffice
+from diffice.demo import demo_phantoms
+from diffice.figures import overlay
+
+models = diffice.load_demo_models()
+print(models.unet.config["model_channels"], "channels;", models.info["classifier"]["validation"])"""
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": [
+        new_markdown_cell("# Quickstart\n\nCounterfactual explanations with Diff-ICE on the bundled phantom models: "
+                          "non-standard-plane (NSP) fetal-head phantoms, moved towards the standard plane (SP) by an "
+                          "unconditional DDPM guided by the plane classifier f and a fidelity loss."),
+        new_code_cell(SETUP),
+        new_code_cell("""batch = demo_phantoms(3)                    # one tilted, one without CSP, one without thalami
+x = batch.images                             # (3, 1, 64, 80) float32 in [-1, 1]
+explainer = models.explainer(iterations=3)   # the demo settings (tau 30 of 100, lambda_c 40/60/80), L = 3
+result = explainer.explain(x, target=1, seed=0)
+print("p(SP) per iteration (rows) and image (columns):")
+print(np.round(result.prob_target, 3))
+print("flipped:", result.flipped[-1], " lambda_c used:", result.lambda_used[-1])"""),
+        new_code_cell("""fig, axes = plt.subplots(len(x), 1 + result.counterfactuals.shape[0], figsize=(10, 6))
+for i in range(len(x)):
+    for j in range(axes.shape[1]):
+        img = x[i] if j == 0 else result.counterfactuals[j - 1, i]
+        axes[i, j].imshow(img[0], cmap="gray", vmin=-1, vmax=1)
+        axes[i, j].set_title(("input" if j == 0 else f"iteration {j}") + f"\\np(SP)={result.prob_target[j, i]:.2f}",
+                             fontsize=8)
+        axes[i, j].axis("off")
+fig.tight_layout()"""),
+        new_code_cell("""# the oracle (trained apart from f, one head per concept) judges whether the change is real
+qs_in = models.oracle.quality_score(x)
+qs_cf = models.oracle.quality_score(result.counterfactuals[-1])
+print("oracle QS input :", np.round(qs_in, 3))
+print("oracle QS after :", np.round(qs_cf, 3))
+assert result.counterfactuals.shape == (3, 3, 1, 64, 80)"""),
+    ],
+    "02_iteration_paths.ipynb": [
+        new_markdown_cell("# Iteration paths (the paper's Figure 3)\n\nEach row: an NSP phantom and the output of "
+                          "each Diff-ICE iteration, with f's segmentation overlaid and f's p(SP) above."),
+        new_code_cell(SETUP),
+        new_code_cell("""batch = demo_phantoms(4)
+x = batch.images
+result = models.explainer().explain(x, target=1, seed=1)    # L = 5
+L = result.counterfactuals.shape[0]
+seg = result.segmentation                                  # (L + 1, N, H, W) label maps
+fig, axes = plt.subplots(len(x), L + 1, figsize=(2 * (L + 1), 1.8 * len(x)))
+for i in range(len(x)):
+    for j in range(L + 1):
+        img = x[i] if j == 0 else result.counterfactuals[j - 1, i]
+        axes[i, j].imshow(overlay(img, seg[j, i], scale=1))
+        axes[i, j].set_title(("input" if j == 0 else f"it {j}") + f" p={result.prob_target[j, i]:.2f}", fontsize=8)
+        axes[i, j].axis("off")
+    axes[i, 0].set_ylabel(batch.params[i]["failure_mode"])
+fig.tight_layout()
+print("classes:", models.segmentation_classes)"""),
+        new_code_cell("""# the same figure as diffice demo writes it (Pillow only)
+from diffice.figures import path_figure
+grid = path_figure(x, result.counterfactuals, result.prob_target, seg, class_names=models.segmentation_classes)
+plt.figure(figsize=(12, 6)); plt.imshow(grid); plt.axis("off")
+assert grid.ndim == 3 and grid.shape[2] == 3"""),
+    ],
+    "03_quality_vs_concepts.ipynb": [
+        new_markdown_cell("# Quality difference by input quality and concept (Figures 4 and S2)\n\n"
+                          "QD = QS_O(counterfactual) - QS_O(input), QS_O the oracle's quality score, against the "
+                          "input's QS_O, per failure mode (which concept the input lacks); MQD over the inputs with "
+                          "QS_O < 0.5."),
+        new_code_cell(SETUP),
+        new_code_cell("""from diffice import phantoms
+modes = ["tilted", "no_csp", "no_th", "blurred"]
+parts = [phantoms.generate(3, (64, 80), seed=100 + k, standard_fraction=0.0, failure_mode=m)
+         for k, m in enumerate(modes)]
+x = np.concatenate([p.images for p in parts])
+mode_of = np.repeat(modes, 3)
+result = models.explainer(iterations=2).explain(x, target=1, seed=0)
+qs_in = models.oracle.quality_score(x)
+qs_cf = np.stack([models.oracle.quality_score(cf) for cf in result.counterfactuals])   # (L, N)
+qd = qs_cf - qs_in
+low = qs_in < 0.5
+mqd = np.where(low, qd, 0.0).sum(axis=1) / len(x)
+print("MQD per iteration:", np.round(mqd, 3))
+for m in modes:
+    sel = mode_of == m
+    print(f"{m:8s} QS in {qs_in[sel].mean():.3f}  QD last {qd[-1, sel].mean():+.3f}")"""),
+        new_code_cell("""fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+for m in modes:
+    sel = mode_of == m
+    axes[0].scatter(qs_in[sel], qd[-1, sel], label=m)
+axes[0].axhline(0, color="gray", lw=0.5)
+axes[0].set_xlabel("QS of the input"); axes[0].set_ylabel("QD (last iteration)"); axes[0].legend()
+probs = {c: (models.oracle.concept_probabilities(x)[c], models.oracle.concept_probabilities(result.counterfactuals[-1])[c])
+         for c in models.oracle.concepts}
+axes[1].bar(list(probs), [float(np.mean(b - a)) for a, b in probs.values()])
+axes[1].set_ylabel("mean change of P(concept)")
+fig.tight_layout()
+assert qd.shape == (2, 12)"""),
+    ],
+    "04_ablation_strip.ipynb": [
+        new_markdown_cell("# Ablation strip (Figure S1)\n\nOne input through Diff-ICE, its single-iteration "
+                          "variants and DiME, with and without the fidelity loss Lp."),
+        new_code_cell(SETUP),
+        new_code_cell("""x = demo_phantoms(1).images
+variants = [("Diff-ICE (L=5)", dict(method="diff-ice")),
+            ("Diff-ICE_1", dict(method="diff-ice-1")),
+            ("Diff-ICE_1-x_t", dict(method="diff-ice-1-xt")),
+            ("DiME (tau=10)", dict(method="dime", tau=10)),
+            ("Diff-ICE, lambda_p=0", dict(method="diff-ice", lambda_p=0.0))]
+outputs = []
+for name, kw in variants:
+    r = models.explainer(**kw).explain(x, target=1, seed=0)
+    outputs.append((name, r.counterfactuals[-1, 0], r.prob_target[-1, 0], float(np.abs(r.counterfactuals[-1, 0] - x[0]).mean())))
+fig, axes = plt.subplots(1, len(outputs) + 1, figsize=(2.2 * (len(outputs) + 1), 2.4))
+axes[0].imshow(x[0, 0], cmap="gray", vmin=-1, vmax=1); axes[0].set_title("input", fontsize=8); axes[0].axis("off")
+for ax, (name, img, p, l1) in zip(axes[1:], outputs):
+    ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1); ax.axis("off")
+    ax.set_title(f"{name}\\np(SP)={p:.2f} L1={l1:.2f}", fontsize=7)
+fig.tight_layout()
+for name, _, p, l1 in outputs:
+    print(f"{name:22s} p(SP) {p:.3f}  L1 to input {l1:.3f}")"""),
+    ],
+    "05_tables.ipynb": [
+        new_markdown_cell("# Tables (Tables 1 and 2)\n\nMethods side by side, and Diff-ICE per iteration, on "
+                          "non-standard-plane phantoms: flip ratio (FR), mean change of p(SP), mean oracle quality "
+                          "difference (MQD), L1 distance to the input, time per image."),
+        new_code_cell(SETUP),
+        new_code_cell("""import time
+x = demo_phantoms(4).images
+qs_in = models.oracle.quality_score(x)
+rows = []
+runs = {}
+for method in ["diff-ice", "diff-ice-1", "diff-ice-1-xt"]:
+    t0 = time.perf_counter()
+    r = models.explainer(method=method, iterations=3).explain(x, target=1, seed=0)
+    seconds = time.perf_counter() - t0
+    runs[method] = r
+    cf = r.counterfactuals[-1]
+    qd = models.oracle.quality_score(cf) - qs_in
+    rows.append((method, r.flipped[-1].mean(), (r.prob_target[-1] - r.prob_target[0]).mean(),
+                 np.where(qs_in < 0.5, qd, 0).sum() / len(x), np.abs(cf - x).mean(), seconds / len(x)))
+print(f"{'method':14s} {'FR':>5s} {'dp(SP)':>7s} {'MQD':>7s} {'L1':>6s} {'s/img':>6s}")
+for m, fr, dp, mqd, l1, s in rows:
+    print(f"{m:14s} {fr:5.2f} {dp:+7.3f} {mqd:+7.3f} {l1:6.3f} {s:6.2f}")"""),
+        new_code_cell("""r = runs["diff-ice"]
+print(f"{'iteration':>9s} {'FR':>5s} {'p(SP)':>6s} {'MQD':>7s}")
+for l in range(r.counterfactuals.shape[0]):
+    qd = models.oracle.quality_score(r.counterfactuals[l]) - qs_in
+    print(f"{l + 1:9d} {r.flipped[l].mean():5.2f} {r.prob_target[l + 1].mean():6.3f} "
+          f"{np.where(qs_in < 0.5, qd, 0).sum() / len(x):+7.3f}")
+assert len(rows) == 3"""),
+    ],
+}
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                "language": "python"}})
+        nbformat.write(nb, OUT / name)
+        print("wrote", OUT / name)
+
+
+if __name__ == "__main__":
+    main()
