@@ -72,6 +72,43 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .metrics import evaluate_results, format_report
+
+    root = Path(args.results_dir)
+    classifier = oracle = inception = sononet = None
+    from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
+    if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
+        from .demo import load_demo_models
+
+        demo = load_demo_models(args.demo_models)
+        classifier, oracle = demo.classifier, demo.oracle
+    if args.classifier or args.oracle:
+        from .models import load_model
+
+        classifier = load_model(args.classifier) if args.classifier else classifier
+        oracle = load_model(args.oracle) if args.oracle else oracle
+    if args.inception:
+        from .inception import InceptionV3
+
+        inception = InceptionV3.from_file(args.inception)
+    if args.sononet:
+        from .sononet import SonoNet
+
+        sononet = SonoNet.from_file(args.sononet)
+    report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
+    print(format_report(report))
+    if args.json:
+        from .data import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(report, indent=1) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _int_list(text: str) -> List[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
@@ -167,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("metrics", help="evaluation metrics (FID, FSD, SonoSim, MQD, BKL, MAD, FR, COUT) of a "
+                                       "results folder, per iteration",
+                       description="Computes the paper's metrics (METHOD.md section 7) for every iteration of a "
+                                   "folder written by 'diffice explain' or 'diffice demo', from its saved PNGs. "
+                                   "Each number is printed with the subset it was computed on; metrics whose "
+                                   "network is not given are reported as skipped, with the reason.")
+    p.add_argument("results_dir", help="the --out folder of 'diffice explain' / 'diffice demo'")
+    p.add_argument("--classifier", help="the guiding classifier f (a diffice model file; default for demo "
+                                        "results: the demo classifier)")
+    p.add_argument("--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo "
+                                    "oracle)")
+    p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")
+    p.add_argument("--inception", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for FID)")
+    p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and "
+                                     "SonoSim)")
+    p.add_argument("--no-cout", action="store_true", help="skip COUT (about 50 classifier calls per image)")
+    p.add_argument("--json", help="also write the metrics, with their subsets, to this JSON file")
+    p.set_defaults(func=_cmd_metrics)
 
     p = sub.add_parser("phantoms", help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
                        description="Seeded procedural fetal-head phantoms (diffice.phantoms) written as 8-bit PNG "
