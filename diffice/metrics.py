@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -63,9 +63,16 @@ def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> Tuple[np.ndarray,
     return mu, (sigma + sigma.T) / 2
 
 
+def _round_off_floor(lam: np.ndarray) -> float:
+    """Eigenvalues of a symmetric d x d matrix below d eps |lambda|_max are round-off around 0 (their square roots,
+    about 1e-8 of the scale each, would otherwise add up over the null space of a singular covariance)."""
+    return lam.size * np.finfo(np.float64).eps * float(np.abs(lam).max(initial=0.0))
+
+
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh(s)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    w = np.where(w > _round_off_floor(w), w, 0.0)
+    return (v * np.sqrt(w)) @ v.T
 
 
 def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
@@ -81,7 +88,7 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     if worst < 0 and np.sqrt(-worst) > FD_IMAG_TOL and -worst > 1e-9 * scale:
         raise ValueError(f"frechet_distance: the covariances are not positive semi-definite (sqrtm would have an "
                          f"imaginary component {np.sqrt(-worst):.3g} > {FD_IMAG_TOL})")
-    return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
+    return float(np.sqrt(np.where(lam > _round_off_floor(lam), lam, 0.0)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -116,7 +123,20 @@ def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _fd_of_features(real: np.ndarray, fake: np.ndarray) -> float:
-    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+    """frechet_distance of the two sets' statistics. With fewer samples than dimensions (FID of a few hundred
+    images: d = 2048) tr sqrtm(S1 S2) is the nuclear norm of A B^T / sqrt((n1 - 1)(n2 - 1)), A and B the centred
+    features (S1 S2 = A^T A B^T B / c has the nonzero eigenvalues of (A B^T)(A B^T)^T): exact, and far cheaper than
+    two d x d eigendecompositions."""
+    mu1, sigma1 = feature_statistics(real)
+    mu2, sigma2 = feature_statistics(fake)
+    n1, n2, d = len(real), len(fake), mu1.size
+    if max(n1, n2) >= d:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    a = np.asarray(real, dtype=np.float64) - mu1
+    b = np.asarray(fake, dtype=np.float64) - mu2
+    tr_covmean = float(np.linalg.svd(a @ b.T, compute_uv=False).sum()) / np.sqrt((n1 - 1) * (n2 - 1))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 # ---- realism ----
