@@ -36,7 +36,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
            "class_probabilities", "flip_ratio", "mad", "bkl", "cout", "mqd", "evaluate", "evaluate_results",
-           "load_results", "format_report", "METRICS"]
+           "load_results", "classifier_input", "inception_input", "format_report", "METRICS"]
 
 METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", "FR", "COUT")
 
@@ -268,13 +268,13 @@ def _skip(reason: str) -> Dict[str, Any]:
 def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], classifier: Any = None,
              oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: Optional[np.ndarray] = None,
              fid_x: Optional[np.ndarray] = None, fid_cfs: Optional[np.ndarray] = None,
-             with_cout: bool = True) -> Dict[str, Dict[str, Any]]:
+             with_cout: bool = True, flipped_by: str = "f") -> Dict[str, Dict[str, Any]]:
     """Every metric for inputs x (N, 1, H, W) and their counterfactuals cfs (N, 1, H, W), both in [-1, 1].
 
     target: the class the counterfactuals move towards (int or (N,)). flipped (N,) bool: which counterfactuals
     are valid (f classifies them as the target); computed with the classifier when not given. fid_x / fid_cfs:
     Inception inputs (N, 3, H, W) in [0, 1] (default: fid_images of x / cfs). A metric whose network is None, or
-    whose subset is too small, is {"skipped": reason}.
+    whose subset is too small, is {"skipped": reason}. flipped_by: who judged `flipped`, for the subset texts.
     """
     x = np.asarray(x, dtype=np.float32)
     cfs = np.asarray(cfs, dtype=np.float32)
@@ -311,7 +311,7 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
     flipped_known = flipped is not None
     flipped = np.asarray(flipped, dtype=bool) if flipped_known else np.zeros(n, dtype=bool)
     nf = int(flipped.sum())
-    fake_what = f"real: all {n} inputs; counterfactuals: the {nf} flipped ones"
+    fake_what = f"real: all {n} inputs; counterfactuals: the {nf} flipped ones (judged by {flipped_by})"
     too_few = (f"needs at least 2 inputs and 2 flipped counterfactuals (have {n} and {nf})"
                if flipped_known else no_f + " to tell which counterfactuals flipped")
     enough = flipped_known and n >= 2 and nf >= 2
@@ -332,7 +332,8 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
         m["FSD"] = (_value(fsd(x, cfs[flipped], sononet), fake_what, nf) if enough else _skip(too_few))
         if flipped_known and nf >= 1:
             m["SonoSim"] = _value(float(np.mean(sonosim(x[flipped], cfs[flipped], sononet))),
-                                  f"pairs (input, flipped counterfactual) ({nf} of {n})", nf)
+                                  f"pairs (input, flipped counterfactual) ({nf} of {n}; judged by {flipped_by})",
+                                  nf)
         else:
             m["SonoSim"] = _skip(too_few if not flipped_known else f"no flipped counterfactual (0 of {n})")
 
@@ -353,38 +354,54 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
 
 # ---- results folders (diffice explain / diffice demo) ----
 
-def _load_rgb01(path: Path) -> np.ndarray:
-    """pytorch-fid's image loading: PIL convert('RGB'), ToTensor -> (3, H, W) float32 in [0, 1]."""
+def _read_png(path: Path) -> np.ndarray:
+    """An 8-bit image as pytorch-fid reads it: (1, H, W) uint8 for grayscale ('L'; PIL's convert('RGB') would
+    only replicate it), else (3, H, W) uint8 of convert('RGB')."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    try:
+        with Image.open(path) as img:
+            a = np.asarray(img if img.mode == "L" else img.convert("RGB"), dtype=np.uint8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the image ({exc})") from None
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def classifier_input(images_u8: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1] (RGB averaged), as diffice.data.load_image."""
+    a = images_u8.astype(np.float32)
+    if a.shape[1] != 1:
+        a = a[:, :3].mean(axis=1, keepdims=True)
+    return a / 127.5 - 1.0
+
+
+def inception_input(images_u8: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) uint8 -> (N, 3, H, W) float32 in [0, 1]: pytorch-fid's ToTensor of convert('RGB')."""
+    a = images_u8.astype(np.float32) / 255.0
+    return np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a
 
 
 def load_results(results_dir: PathLike) -> Dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
-    Returns dict(images [names], target (N,), x (N, 1, H, W) in [-1, 1], cfs (L, N, 1, H, W), x_rgb (N, 3, H, W)
-    and cfs_rgb (L, N, 3, H, W) in [0, 1] (pytorch-fid's loading), recorded_flipped (L, N) bool).
+    Returns dict(images [names], target (N,) int64, pixels (L + 1, N, C, H, W) uint8 -- index 0 the inputs, k the
+    counterfactuals of iteration k, C = 1 for grayscale PNGs --, recorded_flipped (L, N) bool: the run's verdict).
     """
-    from .data import load_image
-
     root = Path(results_dir)
     record_paths = sorted((root / "records").glob("*.json"))
     if not record_paths:
         raise FileNotFoundError(f"{root}: no records/*.json (not a results folder of 'diffice explain' or "
                                 f"'diffice demo', or nothing has finished yet)")
-    names, targets, xs, cfs, xs_rgb, cfs_rgb, flipped = [], [], [], [], [], [], []
+    names, targets, pixels, flipped = [], [], [], []
     num_iterations = None
     for rp in record_paths:
         try:
             record = json.loads(rp.read_text())
             rows = record["iterations"]
             target = int(record["target"])
+            stem = Path(record["image"]).stem
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{rp}: not a diffice record ({exc})") from None
-        stem = Path(record["image"]).stem
         L = len(rows) - 1
         if num_iterations is None:
             num_iterations = L
@@ -394,40 +411,56 @@ def load_results(results_dir: PathLike) -> Dict[str, Any]:
         for p in paths:
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing (the record {rp.name} says the image is finished)")
-        from PIL import Image
-
-        with Image.open(paths[0]) as img:
-            size = (img.height, img.width)
+        images = [_read_png(p) for p in paths]
+        if len({a.shape for a in images}) != 1:
+            raise ValueError(f"{root / stem}: the input and its counterfactuals differ in size or channels")
         names.append(record["image"])
         targets.append(target)
-        xs.append(load_image(paths[0], size))
-        xs_rgb.append(_load_rgb01(paths[0]))
-        cfs.append([load_image(p, size) for p in paths[1:]])
-        cfs_rgb.append([_load_rgb01(p) for p in paths[1:]])
-        flipped.append([bool(r.get("flipped")) if r.get("flipped") != "" else False for r in rows[1:]])
-    shapes = {a.shape for a in xs}
+        pixels.append(np.stack(images))
+        flipped.append([r.get("flipped") is True or r.get("flipped") in ("True", "true", 1) for r in rows[1:]])
+    shapes = {a.shape[1:] for a in pixels}
     if len(shapes) != 1:
-        raise ValueError(f"{root}: the images have different sizes {sorted(shapes)}")
-    return dict(images=names, target=np.array(targets, dtype=np.int64), x=np.stack(xs),
-                cfs=np.stack(cfs, axis=1), x_rgb=np.stack(xs_rgb), cfs_rgb=np.stack(cfs_rgb, axis=1),
+        raise ValueError(f"{root}: the images differ in size or channels: {sorted(shapes)}")
+    if not num_iterations:
+        raise ValueError(f"{root}: the records hold no counterfactual iterations")
+    return dict(images=names, target=np.array(targets, dtype=np.int64), pixels=np.stack(pixels, axis=1),
                 recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T)
+
+
+class _FeatureMemo:
+    """Inception features of the last image array asked for: the inputs' features serve every iteration."""
+
+    def __init__(self, net: Any) -> None:
+        self.net, self.key, self.value = net, None, None
+
+    def features(self, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
+        if images is not self.key:
+            self.key, self.value = images, self.net.features(images, batch_size)
+        return self.value
 
 
 def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any = None, inception: Any = None,
                      sononet: Any = None, with_cout: bool = True) -> Dict[str, Any]:
-    """Every metric for every iteration of a results folder (see load_results). The counterfactuals' validity
-    (FR, and which are 'flipped' for FID/FSD/SonoSim) is re-judged by the classifier on the saved 8-bit PNGs;
-    without a classifier the run's recorded 'flipped' is used for the realism metrics.
+    """Every metric for every iteration of a results folder (see load_results), from its saved 8-bit PNGs. Which
+    counterfactuals flipped (for FID, FSD, SonoSim) is judged by the classifier on those PNGs; without a
+    classifier the run's recorded verdict is used (and the subsets say so).
 
     Returns dict(results_dir, images, iterations=[{"iteration": k, "metrics": {name: result}}]).
     """
     data = load_results(results_dir)
+    pixels = data["pixels"]
+    x = classifier_input(pixels[0])
+    x01 = inception_input(pixels[0]) if inception is not None else None
+    memo = _FeatureMemo(inception) if inception is not None else None
     out = []
-    for k in range(data["cfs"].shape[0]):
-        flipped = None if classifier is not None else data["recorded_flipped"][k]
-        metrics = evaluate(data["x"], data["cfs"][k], data["target"], classifier, oracle, inception, sononet,
-                           flipped=flipped, fid_x=data["x_rgb"], fid_cfs=data["cfs_rgb"][k], with_cout=with_cout)
-        out.append({"iteration": k + 1, "metrics": metrics})
+    for k in range(1, pixels.shape[0]):
+        cf = classifier_input(pixels[k])
+        cf01 = inception_input(pixels[k]) if inception is not None else None
+        flipped = None if classifier is not None else data["recorded_flipped"][k - 1]
+        metrics = evaluate(x, cf, data["target"], classifier, oracle, memo, sononet, flipped=flipped, fid_x=x01,
+                           fid_cfs=cf01, with_cout=with_cout,
+                           flipped_by="f" if classifier is not None else "the run's record")
+        out.append({"iteration": k, "metrics": metrics})
     return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
 
 

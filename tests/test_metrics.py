@@ -271,10 +271,15 @@ def test_metrics_command_on_results_folder(tmp_path, rng, capsys):
             assert ("value" in r and r["subset"]) or r["skipped"]
     # the same numbers from the library on the PNGs as saved (8-bit)
     data = metrics.load_results(tmp_path / "run")
-    assert data["cfs"].shape == (2, 3, 1, 16, 16) and np.abs(data["x"] - x).max() <= 1 / 255 + 1e-6
+    assert data["pixels"].shape == (3, 3, 1, 16, 16) and data["pixels"].dtype == np.uint8
+    xs = metrics.classifier_input(data["pixels"][0])
+    assert np.abs(xs - x).max() <= 1 / 255 + 1e-6
+    from diffice.data import load_image
     from diffice.models import load_model
 
-    m2 = metrics.evaluate(data["x"], data["cfs"][1], 1, oracle=load_model(tmp_path / "o.safetensors"))
+    assert np.abs(xs[0] - load_image(tmp_path / "run" / "img_00" / "input.png", (16, 16))).max() <= 1e-6
+    m2 = metrics.evaluate(xs, metrics.classifier_input(data["pixels"][2]), 1,
+                          oracle=load_model(tmp_path / "o.safetensors"))
     assert report["iterations"][1]["metrics"]["MQD"]["value"] == pytest.approx(m2["MQD"]["value"], rel=1e-9)
 
 
@@ -286,12 +291,27 @@ def test_realism_uses_recorded_flips_without_classifier(tmp_path, rng):
     net = SonoNet.random(k=4)
     report = metrics.evaluate_results(tmp_path / "run", sononet=net)
     fsd = report["iterations"][0]["metrics"]["FSD"]
-    assert fsd["n"] == 3 and "the 3 flipped" in fsd["subset"]
+    assert fsd["n"] == 3 and "the 3 flipped ones (judged by the run's record)" in fsd["subset"]
     data = metrics.load_results(tmp_path / "run")
-    assert fsd["value"] == pytest.approx(metrics.fsd(data["x"], data["cfs"][0][flipped[0]], net), rel=1e-12)
+    xs, cf = (metrics.classifier_input(p) for p in data["pixels"])
+    assert fsd["value"] == pytest.approx(metrics.fsd(xs, cf[flipped[0]], net), rel=1e-12)
     assert "no classifier" in report["iterations"][0]["metrics"]["FR"]["skipped"]
 
 
 def test_missing_results_are_errors(tmp_path, capsys):
     assert main(["metrics", str(tmp_path)]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_inception_input_is_pytorch_fid_loading(tmp_path, rng):
+    """PIL convert('RGB') -> ToTensor, for a grayscale PNG as diffice writes them and for an RGB one."""
+    from PIL import Image
+
+    gray = rng.integers(0, 256, (9, 11), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    for name in ("g.png", "c.png"):
+        want = np.asarray(Image.open(tmp_path / name).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
+        got = metrics.inception_input(metrics._read_png(tmp_path / name)[None])[0]
+        assert np.array_equal(got, want)
