@@ -84,8 +84,11 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
         from .demo import load_demo_models
 
-        demo = load_demo_models(args.demo_models)
-        classifier, oracle = demo.classifier, demo.oracle
+        try:
+            demo = load_demo_models(args.demo_models)
+            classifier, oracle = demo.classifier, demo.oracle
+        except FileNotFoundError as exc:
+            print(f"diffice metrics: {exc}; the metrics that need them are skipped", file=sys.stderr)
     if args.classifier or args.oracle:
         from .models import load_model
 

@@ -315,3 +315,36 @@ def test_inception_input_is_pytorch_fid_loading(tmp_path, rng):
         want = np.asarray(Image.open(tmp_path / name).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
         got = metrics.inception_input(metrics._read_png(tmp_path / name)[None])[0]
         assert np.array_equal(got, want)
+
+
+def test_demo_results_use_the_demo_models(tmp_path, rng, monkeypatch, capsys):
+    """A folder written by `diffice demo` (inputs/, summary.json) is judged by the demo classifier and oracle."""
+    import diffice.demo
+
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32) - 0.5
+    write_results(tmp_path / "demo", x, np.clip(x[None] + 1.0, -1, 1))
+    (tmp_path / "demo" / "inputs").mkdir()
+    (tmp_path / "demo" / "summary.json").write_text("{}")
+    asked = []
+
+    class Demo:
+        classifier, oracle = MeanClassifier(), MeanOracle()
+
+    def fake_load(folder=None, backend="cpu"):
+        asked.append(folder)
+        return Demo()
+
+    monkeypatch.setattr(diffice.demo, "load_demo_models", fake_load)
+    assert main(["metrics", str(tmp_path / "demo"), "--demo-models", "somewhere", "--no-cout"]) == 0
+    out = capsys.readouterr().out
+    assert asked == ["somewhere"]
+    assert "FR: inputs f classifies as not the target" in out and "MQD: all 3 inputs" in out
+    assert "COUT: skipped: not requested" in out
+
+    def missing(folder=None, backend="cpu"):
+        raise FileNotFoundError("demo models missing in nowhere")
+
+    monkeypatch.setattr(diffice.demo, "load_demo_models", missing)
+    assert main(["metrics", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    assert "demo models missing" in captured.err and "FR: skipped: no classifier given" in captured.out
