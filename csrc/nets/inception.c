@@ -280,9 +280,12 @@ static dfc_status pool_forward(dfc_backend *be, pool_kind kind, const dfc_tensor
 {
     const dfc_tensor xv = *x_in, *x = &xv;
     dfc_pool2d_params p = {3, 3, 1, 1, 1, 1};
-    if (kind == POOL_MAX_3X3_S2)
-        p.stride_h = p.stride_w = 2, p.pad_h = p.pad_w = 0;
-    int64_t ho = (x->shape[2] + 2 * p.pad_h - 3) / p.stride_h + 1, wo = (x->shape[3] + 2 * p.pad_w - 3) / p.stride_w + 1;
+    if (kind == POOL_MAX_3X3_S2) {
+        p.stride_h = p.stride_w = 2;
+        p.pad_h = p.pad_w = 0;
+    }
+    int64_t ho = (x->shape[2] + 2 * p.pad_h - 3) / p.stride_h + 1;
+    int64_t wo = (x->shape[3] + 2 * p.pad_w - 3) / p.stride_w + 1;
     *y = dfc_alloc4(arena, x->shape[0], x->shape[1], ho, wo, err);
     DFC_CHECK_ALLOC(*y);
     if (kind == POOL_AVG_3X3_S1)
