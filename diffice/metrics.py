@@ -216,13 +216,16 @@ def bkl(p_target_cf: np.ndarray) -> float:
     return float(np.mean(1.0 - np.asarray(p_target_cf)))
 
 
-def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, steps: int = COUT_STEPS) -> np.ndarray:
+def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: Optional[Union[int, np.ndarray]] = None,
+         steps: int = COUT_STEPS) -> np.ndarray:
     """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1].
 
     x, cf (N, C, H, W) in [-1, 1]. Per image: the mask sum_c |cf - x| (min-max normalised) orders the pixels,
     most changed first; with step = max(1, H W // steps), x_k = cf M_k + x (1 - M_k) where M_k holds the first
-    min(k step, H W) pixels, k = 0 .. ceil(H W / step). c_k = p(x_k) of x's predicted class, c'_k = 1 - c_k;
-    AUC is the trapezoid rule (first/2 + middle + last/2) times step / (H W); COUT = AUC(c') - AUC(c).
+    min(k step, H W) pixels, k = 0 .. ceil(H W / step). c_k = p(x_k) of x's predicted class; c'_k = 1 - c_k for
+    a binary classifier (ACE's binary form), p(x_k) of the target class (N,) for more classes (its multi-class
+    form). AUC is the trapezoid rule (first/2 + middle + last/2) times step / (H W); COUT = AUC(c') - AUC(c).
+    Pixels with equal change keep their row-major order (a stable sort; ACE's torch.argsort leaves ties open).
     """
     x = np.asarray(x, dtype=np.float32)
     cf = np.asarray(cf, dtype=np.float32)
@@ -230,6 +233,7 @@ def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, steps: int = COUT_STEPS
         raise ValueError(f"cout: x and cf must be (N, C, H, W) of one shape, got {x.shape} and {cf.shape}")
     n, _, h, w = x.shape
     hw = h * w
+    targets = None if target is None else np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
     step = max(1, hw // steps)
     ks = np.minimum(np.arange(0, -(-hw // step) + 1) * step, hw)
     out = np.empty(n)
@@ -244,8 +248,14 @@ def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, steps: int = COUT_STEPS
         path = cf[i][None] * inserted + x[i][None] * (1.0 - inserted)
         p = class_probabilities(classifier, path)
         c = p[:, int(np.argmax(p[0]))]  # k = 0 is x itself: its predicted class
+        if p.shape[1] > 2:
+            if targets is None:
+                raise ValueError("cout: a classifier with more than 2 classes needs the target class")
+            c_prime = p[:, targets[i]]
+        else:
+            c_prime = 1.0 - c
         auc = lambda s: (s[0] / 2 + s[1:-1].sum() + s[-1] / 2) * step / hw  # noqa: E731
-        out[i] = auc(1.0 - c) - auc(c)
+        out[i] = auc(c_prime) - auc(c)
     return out
 
 
@@ -302,7 +312,7 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
             m["FR"] = _value(flip_ratio(p_cf[sel], target[sel]), what, k)
             m["MAD"] = _value(mad(pt_x[sel], pt_cf[sel]), what, k)
             m["BKL"] = _value(bkl(pt_cf[sel]), what, k)
-            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel]))), what, k) if with_cout
+            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], target[sel]))), what, k) if with_cout
                          else _skip("not requested"))
     else:
         for name in ("FR", "MAD", "BKL", "COUT"):

@@ -175,8 +175,9 @@ def test_oracle_metrics(rng):
     assert m["MQD"]["n"] == 7
 
 
-def cout_reference(f, x, cf):
-    """ACE's COUT loop, transcribed with torch (binary: c = p of x's predicted class, c' = 1 - c)."""
+def cout_reference(f, x, cf, target=None):
+    """ACE's COUT loop, transcribed with torch (binary: c = p of x's predicted class, c' = 1 - c; more classes:
+    c = p of x's class, c' = p of the target)."""
     xt, ct = torch.tensor(x, dtype=torch.float64), torch.tensor(cf, dtype=torch.float64)
     _, _, h, w = xt.shape
     step = max(1, h * w // 50)
@@ -185,18 +186,24 @@ def cout_reference(f, x, cf):
         mask = (ct[i] - xt[i]).abs().sum(0).flatten()
         mask = (mask - mask.min()) / (mask.max() - mask.min())
         order = torch.argsort(mask, descending=True, stable=True)
-        y0 = int(f.p1(x[i:i + 1])[0] > 0.5)
-        scores = []
+        y0 = int(f.p1(x[i:i + 1])[0] > 0.5) if target is None else int(np.argmax(f.logits(x[i:i + 1])[0]))
+        scores, primes = [], []
         for k in list(range(0, h * w, step)) + [h * w]:
             m = torch.zeros(h * w, dtype=torch.float64)
             m[order[:k]] = 1
             m = m.view(1, h, w)
             xk = (ct[i] * m + xt[i] * (1 - m)).numpy()[None].astype(np.float32)
-            p1 = f.p1(xk)[0]
-            scores.append(p1 if y0 == 1 else 1 - p1)
-        c = np.array(scores)
+            if target is None:
+                p1 = f.p1(xk)[0]
+                scores.append(p1 if y0 == 1 else 1 - p1)
+                primes.append(1 - scores[-1])
+            else:
+                p = special.softmax(f.logits(xk)[0].astype(np.float64))
+                scores.append(p[y0])
+                primes.append(p[target])
+        c, c_prime = np.array(scores), np.array(primes)
         auc = lambda s: (s[0] / 2 + s[1:-1].sum() + s[-1] / 2) * step / (h * w)  # noqa: E731
-        out.append(auc(1 - c) - auc(c))
+        out.append(auc(c_prime) - auc(c))
     return np.array(out)
 
 
@@ -211,6 +218,21 @@ def test_cout_matches_ace_loop(rng, size):
     # no change: c is constant, COUT = (1 - c) - c
     c = 1 - f.p1(x)
     assert np.allclose(metrics.cout(f, x, x), np.where(c >= 0.5, (1 - c) - c, c - (1 - c)), atol=1e-6)
+
+
+class ThreeClassifier(MeanClassifier):
+    def logits(self, x):
+        m = np.asarray(x, np.float64).mean(axis=(1, 2, 3))
+        return np.stack([-self.a * m, self.a * m, 0.3 + 0 * m], axis=1).astype(np.float32)
+
+
+def test_cout_multiclass_uses_the_target_probability(rng):
+    f = ThreeClassifier(a=5.0)
+    x = (rng.uniform(-1, 1, (2, 1, 6, 9)) - 0.4).astype(np.float32)
+    cf = np.clip(x + rng.uniform(0, 1.5, x.shape), -1, 1).astype(np.float32)
+    assert rel_err(metrics.cout(f, x, cf, target=1), cout_reference(f, x, cf, target=1)) <= 1e-6
+    with pytest.raises(ValueError, match="target"):
+        metrics.cout(f, x, cf)
 
 
 def test_edge_cases_one_image_and_no_flips(rng):
