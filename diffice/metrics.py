@@ -298,6 +298,9 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
 
     if classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
+        if target.min() < 0 or target.max() >= p_x.shape[1]:
+            raise ValueError(f"evaluate: target classes {sorted(set(target.tolist()))} are not all among the "
+                             f"classifier's {p_x.shape[1]} classes")
         rows = np.arange(n)
         pt_x, pt_cf = p_x[rows, target], p_cf[rows, target]
         if flipped is None:

@@ -370,3 +370,11 @@ def test_demo_results_use_the_demo_models(tmp_path, rng, monkeypatch, capsys):
     assert main(["metrics", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
     assert "demo models missing" in captured.err and "FR: skipped: no classifier given" in captured.out
+
+
+def test_target_outside_the_classifier_is_an_error(rng):
+    x = rng.uniform(-1, 1, (2, 1, 4, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="target classes"):
+        metrics.evaluate(x, x, 2, classifier=MeanClassifier())
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.evaluate(x, x[:1], 1)
