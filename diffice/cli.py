@@ -111,6 +111,15 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
             classifier, oracle = demo.classifier, demo.oracle
         except FileNotFoundError as exc:
             print(f"diffice metrics: {exc}; the metrics that need them are skipped", file=sys.stderr)
+    settings = root / "run_settings.json"
+    if not from_demo and not args.classifier and settings.is_file():  # the classifier that guided the run
+        m = json.loads(settings.read_text()).get("models", {})
+        if m.get("classifier") and Path(m["classifier"]).is_file():
+            from .models import load_classifier
+
+            classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"],
+                                         m.get("target_class", 5))
+            print(f"diffice metrics: classifier {m['classifier']} (from {settings})", file=sys.stderr)
     if args.classifier or args.oracle:
         from .models import load_model
 
@@ -239,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Each number is printed with the subset it was computed on; metrics whose "
                                    "network is not given are reported as skipped, with the reason.")
     p.add_argument("results_dir", help="the --out folder of 'diffice explain' / 'diffice demo'")
-    p.add_argument("--classifier", help="the guiding classifier f (a diffice model file; default for demo "
-                                        "results: the demo classifier)")
+    p.add_argument("--classifier", help="the guiding classifier f (a diffice model file; default: the demo "
+                                        "classifier for demo results, else the run's own from run_settings.json)")
     p.add_argument("--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo "
                                     "oracle)")
     p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")

@@ -378,3 +378,17 @@ def test_target_outside_the_classifier_is_an_error(rng):
         metrics.evaluate(x, x, 2, classifier=MeanClassifier())
     with pytest.raises(ValueError, match="one shape"):
         metrics.evaluate(x, x[:1], 1)
+
+
+def test_explain_results_default_to_the_run_classifier(tmp_path, rng, capsys):
+    """`diffice explain` writes run_settings.json; its classifier judges the run when --classifier is not given."""
+    x = rng.uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)
+    write_results(tmp_path / "run", x, x[None].copy())
+    seg = Segmenter.random(classes=3, width=8, levels=2, groups=4)
+    save_model(tmp_path / "f.safetensors", PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2)))
+    (tmp_path / "run" / "run_settings.json").write_text(json.dumps(
+        {"models": {"classifier": str(tmp_path / "f.safetensors"), "classifier_kind": "plane", "target_class": 5}}))
+    assert main(["metrics", str(tmp_path / "run"), "--no-cout"]) == 0
+    captured = capsys.readouterr()
+    assert "f.safetensors (from" in captured.err
+    assert "FR: skipped: no classifier" not in captured.out
