@@ -94,6 +94,55 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .metrics import evaluate_results, format_report
+
+    root = Path(args.results_dir)
+    classifier = oracle = inception = sononet = None
+    from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
+    if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
+        from .demo import load_demo_models
+
+        try:
+            demo = load_demo_models(args.demo_models)
+            classifier, oracle = demo.classifier, demo.oracle
+        except FileNotFoundError as exc:
+            print(f"diffice metrics: {exc}; the metrics that need them are skipped", file=sys.stderr)
+    settings = root / "run_settings.json"
+    if not from_demo and not args.classifier and settings.is_file():  # the classifier that guided the run
+        m = json.loads(settings.read_text()).get("models", {})
+        if m.get("classifier") and Path(m["classifier"]).is_file():
+            from .models import load_classifier
+
+            classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"],
+                                         m.get("target_class", 5))
+            print(f"diffice metrics: classifier {m['classifier']} (from {settings})", file=sys.stderr)
+    if args.classifier or args.oracle:
+        from .models import load_model
+
+        classifier = load_model(args.classifier) if args.classifier else classifier
+        oracle = load_model(args.oracle) if args.oracle else oracle
+    if args.inception:
+        from .inception import InceptionV3
+
+        inception = InceptionV3.from_file(args.inception)
+    if args.sononet:
+        from .sononet import SonoNet
+
+        sononet = SonoNet.from_file(args.sononet)
+    report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
+    print(format_report(report))
+    if args.json:
+        from .data import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(report, indent=1) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _int_list(text: str) -> List[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
@@ -191,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("metrics", help="evaluation metrics (FID, FSD, SonoSim, MQD, BKL, MAD, FR, COUT) of a "
+                                       "results folder, per iteration",
+                       description="Computes the paper's metrics (METHOD.md section 7) for every iteration of a "
+                                   "folder written by 'diffice explain' or 'diffice demo', from its saved PNGs. "
+                                   "Each number is printed with the subset it was computed on; metrics whose "
+                                   "network is not given are reported as skipped, with the reason.")
+    p.add_argument("results_dir", help="the --out folder of 'diffice explain' / 'diffice demo'")
+    p.add_argument("--classifier", help="the guiding classifier f (a diffice model file; default: the demo "
+                                        "classifier for demo results, else the run's own from run_settings.json)")
+    p.add_argument("--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo "
+                                    "oracle)")
+    p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")
+    p.add_argument("--inception", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for FID)")
+    p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and "
+                                     "SonoSim)")
+    p.add_argument("--no-cout", action="store_true", help="skip COUT (about 50 classifier calls per image)")
+    p.add_argument("--json", help="also write the metrics, with their subsets, to this JSON file")
+    p.set_defaults(func=_cmd_metrics)
 
     p = sub.add_parser("pairs", help="blinded (input, counterfactual) reading sheet as HTML; --score tallies answers",
                        description="Makes a self-contained HTML page of randomised (input, counterfactual) pairs "

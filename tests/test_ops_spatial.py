@@ -55,6 +55,24 @@ def test_avg_pool2d(rng, backend, shape, kernel, stride):
         assert np.all(dx[:, :, 12, :] == 0) and np.all(dx[:, :, :, 18] == 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 5, 9, 11), 3, 1, 1),        # FID Inception's branch_pool: 3x3/1, pad 1, count_include_pad=False
+        ((3, 4, 8, 7), 3, 2, 1),
+        ((1, 3, 6, 9), (4, 3), (2, 1), (2, 1)),
+        ((2, 2, 1, 1), 3, 1, 1),          # a 1x1 image: every window holds the one pixel
+    ],
+)
+def test_avg_pool2d_padding_not_counted(rng, backend, shape, kernel, stride, padding):
+    x = randn(rng, *shape)
+    yt, dy, dxt = torch_forward_backward(
+        lambda a: F.avg_pool2d(a, kernel, stride, padding, count_include_pad=False), x, rng)
+    assert rel_err(ops.avg_pool2d(x, kernel, stride, padding, backend=backend), yt) <= TOL
+    assert rel_err(ops.avg_pool2d_backward(dy, x.shape, kernel, stride, padding, backend=backend), dxt) <= TOL
+
+
 # ---- max pool ----
 
 MAX_POOL_CASES = [

@@ -104,7 +104,8 @@ typedef struct dfc_ops {
     dfc_status (*upsample_nearest2x_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
                                               dfc_error *err);
 
-    /* average pool, no padding, floor mode (PyTorch AvgPool2d(k, s)). */
+    /* average pool, floor mode; padding (at most half the kernel) is not counted: each window averages the pixels
+     * inside the image (PyTorch AvgPool2d(k, s, p, count_include_pad=False); with p = 0, AvgPool2d(k, s)). */
     dfc_status (*avg_pool2d_forward)(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                      dfc_error *err);
     dfc_status (*avg_pool2d_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_pool2d_params p, dfc_tensor *dx,

@@ -82,50 +82,54 @@ static dfc_status check_pool_shapes(const char *op, const dfc_tensor *in, const 
     return dfc_check_shape(out, op, out_name, 4, want, err);
 }
 
-static dfc_status check_no_padding(const char *op, dfc_pool2d_params p, dfc_error *err)
+/* Rows [*lo, *hi) of the input that window i covers, clipped to the image (the padding holds no values). */
+static void window_range(int64_t i, int stride, int pad, int kernel, int64_t size, int64_t *lo, int64_t *hi)
 {
-    if (p.pad_h != 0 || p.pad_w != 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: padding is not supported, got %dx%d", op, p.pad_h, p.pad_w);
-    return DFC_OK;
+    int64_t start = i * stride - pad, end = start + kernel;
+    *lo = start < 0 ? 0 : start;
+    *hi = end > size ? size : end;
 }
 
+/* Padding, where given, adds no values and no count: each window averages only the pixels inside the image
+ * (PyTorch's count_include_pad=False, which pytorch-fid's FID Inception uses). Without padding every window is
+ * inside, and the divisor is the kernel area. */
 dfc_status ref_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                   dfc_error *err)
 {
     const char *op = "avg_pool2d";
     int64_t Ho, Wo;
-    DFC_TRY(check_no_padding(op, p, err));
     DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const double inv_area = 1.0 / ((double)p.kernel_h * p.kernel_w);
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * H * W;
         float *yp = y->data + pl * Ho * Wo;
         for (int64_t i = 0; i < Ho; i++) {
+            int64_t h0, h1;
+            window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
             for (int64_t j = 0; j < Wo; j++) {
+                int64_t w0, w1;
+                window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
                 double sum = 0.0;
-                for (int a = 0; a < p.kernel_h; a++)
-                    for (int b = 0; b < p.kernel_w; b++)
-                        sum += xp[(i * p.stride_h + a) * W + j * p.stride_w + b];
-                yp[i * Wo + j] = (float)(sum * inv_area);
+                for (int64_t h = h0; h < h1; h++)
+                    for (int64_t w = w0; w < w1; w++)
+                        sum += xp[h * W + w];
+                yp[i * Wo + j] = (float)(sum / (double)((h1 - h0) * (w1 - w0)));
             }
         }
     }
     return DFC_OK;
 }
 
-/* Each window spreads dy / area over its inputs; rows/cols no window covers get zero. */
+/* Each window spreads dy / (pixels it covers) over them; rows/cols no window covers get zero. */
 dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_pool2d_params p, dfc_tensor *dx,
                                    dfc_error *err)
 {
     const char *op = "avg_pool2d_backward";
     int64_t Ho, Wo;
-    DFC_TRY(check_no_padding(op, p, err));
     DFC_TRY(check_pool_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
     const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-    const float inv_area = (float)(1.0 / ((double)p.kernel_h * p.kernel_w));
     const int64_t planes = N * C;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
@@ -133,11 +137,15 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
         float *dxp = dx->data + pl * H * W;
         memset(dxp, 0, (size_t)(H * W) * sizeof *dxp);
         for (int64_t i = 0; i < Ho; i++) {
+            int64_t h0, h1;
+            window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
             for (int64_t j = 0; j < Wo; j++) {
-                const float g = dyp[i * Wo + j] * inv_area;
-                for (int a = 0; a < p.kernel_h; a++)
-                    for (int b = 0; b < p.kernel_w; b++)
-                        dxp[(i * p.stride_h + a) * W + j * p.stride_w + b] += g;
+                int64_t w0, w1;
+                window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
+                const float g = (float)(dyp[i * Wo + j] / (double)((h1 - h0) * (w1 - w0)));
+                for (int64_t h = h0; h < h1; h++)
+                    for (int64_t w = w0; w < w1; w++)
+                        dxp[h * W + w] += g;
             }
         }
     }

@@ -150,8 +150,8 @@ static PyObject *py_avg_pool2d_forward(PyObject *self, PyObject *args)
     dfc_backend *be;
     PyObject *x_obj;
     dfc_pool2d_params p = {0};
-    if (!PyArg_ParseTuple(args, "O&O(ii)(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w, &p.stride_h,
-                          &p.stride_w))
+    if (!PyArg_ParseTuple(args, "O&O(ii)(ii)|(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w,
+                          &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
         return NULL;
     return pool2d_forward(be, be->ops->avg_pool2d_forward, op, x_obj, p);
 }
@@ -163,8 +163,8 @@ static PyObject *py_avg_pool2d_backward(PyObject *self, PyObject *args)
     dfc_backend *be;
     PyObject *dy_obj, *shape_obj;
     dfc_pool2d_params p = {0};
-    if (!PyArg_ParseTuple(args, "O&OO(ii)(ii)", dfc_py_backend, &be, &dy_obj, &shape_obj, &p.kernel_h, &p.kernel_w,
-                          &p.stride_h, &p.stride_w))
+    if (!PyArg_ParseTuple(args, "O&OO(ii)(ii)|(ii)", dfc_py_backend, &be, &dy_obj, &shape_obj, &p.kernel_h,
+                          &p.kernel_w, &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor dy, dx;
@@ -296,9 +296,9 @@ PyMethodDef dfc_methods_spatial[] = {
     {"upsample_nearest2x_backward", py_upsample_nearest2x_backward, METH_VARARGS,
      "upsample_nearest2x_backward(backend, dy) -> dx (N, C, H/2, W/2)."},
     {"avg_pool2d_forward", py_avg_pool2d_forward, METH_VARARGS,
-     "avg_pool2d_forward(backend, x, (kh, kw), (sh, sw)) -> y."},
+     "avg_pool2d_forward(backend, x, (kh, kw), (sh, sw)[, (ph, pw)]) -> y; padding not counted in the average."},
     {"avg_pool2d_backward", py_avg_pool2d_backward, METH_VARARGS,
-     "avg_pool2d_backward(backend, dy, x_shape, (kh, kw), (sh, sw)) -> dx."},
+     "avg_pool2d_backward(backend, dy, x_shape, (kh, kw), (sh, sw)[, (ph, pw)]) -> dx."},
     {"max_pool2d_forward", py_max_pool2d_forward, METH_VARARGS,
      "max_pool2d_forward(backend, x, (kh, kw), (sh, sw), (ph, pw)) -> y."},
     {"max_pool2d_backward", py_max_pool2d_backward, METH_VARARGS,

@@ -111,7 +111,7 @@ PyMODINIT_FUNC PyInit__C(void)
         if (dfc_py_add_type(m, types[i], type_names[i]) < 0)
             goto fail;
     int (*registrations[])(PyObject *) = {dfc_register_sononet, dfc_register_resnet, dfc_register_classifier,
-                                          dfc_register_sampler, dfc_register_train};
+                                          dfc_register_sampler, dfc_register_train, dfc_register_inception};
     for (size_t i = 0; i < sizeof registrations / sizeof registrations[0]; i++)
         if (registrations[i](m) < 0)
             goto fail;

@@ -104,6 +104,7 @@ int dfc_register_resnet(PyObject *module);
 int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
 int dfc_register_train(PyObject *module);
+int dfc_register_inception(PyObject *module);
 
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;

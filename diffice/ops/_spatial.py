@@ -43,26 +43,29 @@ def upsample_nearest2x_backward(dy: np.ndarray, *, backend: str = "cpu") -> np.n
     return _C.upsample_nearest2x_backward(get_backend(backend), dy)
 
 
-def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, *, backend: str = "cpu"
-               ) -> np.ndarray:
-    """Average pooling without padding, floor mode (torch AvgPool2d(kernel, stride)).
+def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *,
+               backend: str = "cpu") -> np.ndarray:
+    """Average pooling, floor mode (torch AvgPool2d(kernel, stride, padding, count_include_pad=False)).
 
-    x (N, C, H, W) -> (N, C, (H - kh) // sh + 1, (W - kw) // sw + 1). kernel and stride are ints or (h, w) pairs;
-    stride defaults to kernel.
+    x (N, C, H, W) -> (N, C, (H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1). kernel, stride and padding are
+    ints or (h, w) pairs; stride defaults to kernel; padding (at most half the kernel) is not counted in the
+    average: each window averages the pixels inside the image.
     """
     k = int_pair(kernel, "avg_pool2d", "kernel")
     s = k if stride is None else int_pair(stride, "avg_pool2d", "stride")
-    return _C.avg_pool2d_forward(get_backend(backend), x, k, s)
+    p = int_pair(padding, "avg_pool2d", "padding")
+    return _C.avg_pool2d_forward(get_backend(backend), x, k, s, p)
 
 
 def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel: IntPair = 2, stride: IntPair | None = None,
-                        *, backend: str = "cpu") -> np.ndarray:
+                        padding: IntPair = 0, *, backend: str = "cpu") -> np.ndarray:
     """Gradient of avg_pool2d: dy (N, C, Ho, Wo) -> dx of x_shape (N, C, H, W). Rows and columns no window covers
     (odd sizes) get zero."""
     op = "avg_pool2d_backward"
     k = int_pair(kernel, op, "kernel")
     s = k if stride is None else int_pair(stride, op, "stride")
-    return _C.avg_pool2d_backward(get_backend(backend), dy, _shape4(x_shape, op), k, s)
+    p = int_pair(padding, op, "padding")
+    return _C.avg_pool2d_backward(get_backend(backend), dy, _shape4(x_shape, op), k, s, p)
 
 
 def max_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *,
