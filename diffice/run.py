@@ -166,6 +166,8 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     method = {k: v for k, v in cfg["method"].items()}
     config = ExplainerConfig(**method)
     config.validate()
+    if executor is not None and models is not None:
+        raise ValueError("run_explain: give models (loaded here) or an executor (models from cfg), not both")
     executor = executor or LocalExecutor(models)
     iterations = 1 if config.method != "diff-ice" else config.iterations
     steps_per_image = iterations * config.tau
