@@ -6,6 +6,7 @@ time of the units (cluster start-up timed separately), and a check that every st
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,8 @@ def main() -> None:
     p.add_argument("--phantoms", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--methods", nargs="+", default=["diff-ice", "diff-ice-1", "diff-ice-1-xt", "dime"])
+    p.add_argument("--no-local", action="store_true", help="skip the run in this process (compare the clusters)")
     args = p.parse_args()
 
     from diffice.cluster import open_executor
@@ -33,7 +36,7 @@ def main() -> None:
 models = "demo"
 {models}
 phantoms = {args.phantoms}
-method = ["diff-ice", "diff-ice-1", "diff-ice-1-xt", "dime"]
+method = {json.dumps(args.methods)}
 iterations = [2]
 tau = [3]
 [diffusion]
@@ -42,7 +45,8 @@ respacing = "10"
 batch_size = {args.batch_size}
 """)
     rows, blobs = [], {}
-    for label, cluster in [("this process", None)] + [(f"local:{n}", f"local:{n}") for n in args.workers]:
+    local = [] if args.no_local else [("this process", None)]
+    for label, cluster in local + [(f"local:{n}", f"local:{n}") for n in args.workers]:
         spec = load_sweep(str(work / "sweep.toml"), dict(out=str(work / label.replace(":", "-").replace(" ", "-"))))
         t0 = time.perf_counter()
         executor = open_executor(cluster=cluster, options=dict(dashboard_address=":0")) if cluster else None
@@ -58,10 +62,11 @@ batch_size = {args.batch_size}
             blobs[label] = store.counterfactual_blobs()
         rows.append((label, summary["ran"], started, seconds))
         print(f"{label:>14}: {summary['ran']} units in {seconds:.1f} s (+{started:.1f} s start-up)", flush=True)
-    same = all(b == blobs["this process"] for b in blobs.values())
+    first = next(iter(blobs.values()))
+    same = all(b == first for b in blobs.values())
     print(f"identical counterfactual bytes in every store: {same}")
     base = rows[0][3]
-    print("| run | units | start-up (s) | units wall time (s) | speed-up vs this process |")
+    print(f"| run | units | start-up (s) | units wall time (s) | speed-up vs {rows[0][0]} |")
     print("|---|---:|---:|---:|---:|")
     for label, n, started, seconds in rows:
         print(f"| {label} | {n} | {started:.1f} | {seconds:.1f} | {base / seconds:.2f} |")
