@@ -10,15 +10,10 @@ import pytest
 
 from diffice.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
 from diffice.sweep import SweepStore, run_sweep
-from test_sweep import RESULT_ROWS, check_consistent, make_models, reference, spec_for  # noqa: F401
+from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install "
                                                         "'diffice[distributed]')")
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return make_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +140,16 @@ def test_slurm_and_pbs_job_scripts_request_the_resources():
 
     with pytest.raises(ValueError, match="unknown keys in \\[cluster\\]"):
         cluster_options({"cluster": {"gpu": 1}})
+
+
+def test_cli_sweep_on_a_local_cluster(tmp_path, models_dir, reference, capsys):
+    """`diffice sweep --cluster local:2` end to end: dashboard line, the reference bytes, the tables."""
+    from diffice.cli import main
+
+    spec = spec_for(tmp_path, models_dir, name="cli", extra='[cluster]\ndashboard_address = ":0"\n')
+    assert main(["sweep", "--config", str(tmp_path / "cli.toml"), "--cluster", "local:2"]) == 0
+    captured = capsys.readouterr()
+    assert "running on Dask scheduler tcp://" in captured.err and "dashboard: http" in captured.err
+    assert "sweep [" in captured.err and "8/8" in captured.err  # one progress bar over the cluster
+    assert "Table 1" in captured.out
+    assert stored(spec)[:2] == tuple(reference[2:])

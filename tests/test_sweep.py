@@ -55,20 +55,27 @@ lambda_p = [1.0, 0]
 """
 
 
+_SHARED = {}  # made once per session, also for tests/test_distributed.py (which imports these fixtures)
+
+
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    return make_models(tmp_path_factory.mktemp("models"))
+    if "models" not in _SHARED:
+        _SHARED["models"] = make_models(tmp_path_factory.mktemp("models"))
+    return _SHARED["models"]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, models_dir):
     """The sweep run once, in order, in this process: what every other schedule must reproduce."""
-    spec = spec_for(tmp_path_factory.mktemp("reference"), models_dir)
-    summary = run_sweep(spec, progress=False)
-    with SweepStore(spec.store_path) as store:
-        blobs = store.counterfactual_blobs()
-        rows = store.db.execute(RESULT_ROWS).fetchall()
-    return spec, summary, blobs, rows
+    if "reference" not in _SHARED:
+        spec = spec_for(tmp_path_factory.mktemp("reference"), models_dir)
+        summary = run_sweep(spec, progress=False)
+        with SweepStore(spec.store_path) as store:
+            blobs = store.counterfactual_blobs()
+            rows = store.db.execute(RESULT_ROWS).fetchall()
+        _SHARED["reference"] = spec, summary, blobs, rows
+    return _SHARED["reference"]
 
 
 RESULT_ROWS = ("SELECT config_id, image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM results "
