@@ -64,7 +64,6 @@ class DistributedUnavailable(RuntimeError):
 
 def _import_distributed():
     try:
-        import distributed  # noqa: F401
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise DistributedUnavailable(
@@ -76,6 +75,7 @@ def _import_distributed():
 # ---- the unit of work ----
 
 _MODELS: Dict[str, Tuple[Any, Any, Any, Any]] = {}
+_LOADS = 0  # how many times this process loaded models (tests: once per worker)
 
 
 def models_spec(cfg: Dict[str, Dict[str, Any]], demo: Optional[str] = None) -> Dict[str, Any]:
@@ -87,6 +87,8 @@ def models_spec(cfg: Dict[str, Dict[str, Any]], demo: Optional[str] = None) -> D
 
 
 def _load(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
+    global _LOADS
+    _LOADS += 1
     if spec["source"] == "demo":
         from .demo import load_demo_models
 

@@ -40,6 +40,14 @@ def test_local_cluster_gives_the_local_results(tmp_path, models_dir, reference, 
     assert len(workers) == 2  # both worker processes ran units
     check_consistent(spec.store_path)
 
+    def models_loaded():
+        from diffice import cluster as c
+
+        return len(c._MODELS), c._LOADS
+
+    # each worker loaded the models once and reused them for all its units
+    assert set(cluster.client.run(models_loaded).values()) == {(1, 1)}
+
 
 def test_killed_worker_loses_and_corrupts_nothing(tmp_path, models_dir, reference, cluster):
     spec = spec_for(tmp_path, models_dir, name="killed")

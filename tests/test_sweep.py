@@ -8,7 +8,7 @@ import pytest
 from diffice import PlaneClassifier, Segmenter, SonoNet, UNet
 from diffice.cluster import LocalExecutor
 from diffice.explain import Explainer
-from diffice.sweep import (SweepStore, compute_tables, format_tables, load_sweep, register_column, run_sweep,
+from diffice.sweep import (SweepStore, compute_tables, load_sweep, register_column, run_sweep,
                            TABLE_COLUMNS, Column)
 
 H, W = 16, 24
