@@ -58,6 +58,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from .explain import METHODS, ExplainerConfig, image_keys
+from .progress import format_seconds
 
 __all__ = ["SweepSpec", "load_sweep", "run_sweep", "SweepStore", "ConfigResults", "Column", "TABLE_COLUMNS",
            "register_column", "compute_tables", "format_tables", "print_tables", "STORE_NAME"]
@@ -557,8 +558,6 @@ def _metrics(r: ConfigResults, l: int) -> List[str]:
 
 
 def _efficiency(r: ConfigResults) -> List[str]:
-    from .progress import format_seconds
-
     total = float(r.batch_seconds.sum())
     return [_mean_std(r.batch_seconds), format_seconds(total) if len(r.batch_seconds) else "-",
             f"{r.peak_bytes.max() / 2**20:.0f}" if len(r.peak_bytes) else "-"]
@@ -601,8 +600,6 @@ def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
         rows = []
         for l in range(1, c["iterations"] + 1):
             its = r.iteration_seconds[:, l - 1] if len(r.iteration_seconds) else np.zeros(0)
-            from .progress import format_seconds
-
             rows.append([str(l), _n(r)] + _metrics(r, l) +
                         [_mean_std(its), format_seconds(float(its.sum())) if len(its) else "-"])
         tables.append(dict(title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text})",
