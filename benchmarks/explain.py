@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import in_subprocess, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (56, 72)
@@ -111,18 +112,12 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
                 method=kind)
         seconds = time.perf_counter() - t0
         arena = 0
-    return dict(seconds=seconds, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return dict(seconds=seconds, peak_rss_mb=peak_rss_mb(),
                 arena_mb=arena / 2**20)
 
 
-def measure(impl, method, batch, tau, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", impl, method, str(batch), str(tau), str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
-        return dict(error=f"exit {done.returncode}: {tail[0][:160]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(impl, method, batch, tau, threads) -> dict:
+    return in_subprocess(__file__, [impl, method, batch, tau, threads], threads)
 
 
 def main() -> None:

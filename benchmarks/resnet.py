@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import in_subprocess, median_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,25 +56,11 @@ def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: 
         def run():
             return net.forward(x) if mode == "forward" else net.vjp(x, {"layer4": v})
 
-    run()  # warm-up: oneDNN kernel generation, first-touch of memory
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return dict(seconds=times[len(times) // 2], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return median_seconds(run, repeats)
 
 
 def measure(impl, layout, batch, size, mode, repeats, threads) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", impl, layout, str(batch), f"{size[0]}x{size[1]}", mode, str(repeats),
-           str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
-        return dict(error=f"exit {done.returncode}: {tail[0][:120]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_subprocess(__file__, [impl, layout, batch, f"{size[0]}x{size[1]}", mode, repeats,threads], threads)
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import in_subprocess, median_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (224, 288)
@@ -57,24 +57,11 @@ def worker(impl: str, k: int, batch: int, mode: str, repeats: int, threads: int)
         def run():
             return net.forward(x) if mode == "forward" else net.vjp(x, dlogits=dlogits)
 
-    run()  # warm-up: oneDNN kernel generation, first-touch of memory
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return dict(seconds=times[len(times) // 2], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return median_seconds(run, repeats)
 
 
 def measure(impl, k, batch, mode, repeats, threads) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", impl, str(k), str(batch), mode, str(repeats), str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["killed"]
-        return dict(error=f"exit {done.returncode}: {tail[0][:120]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_subprocess(__file__, [impl, k, batch, mode, repeats, threads], threads)
 
 
 def main() -> None:

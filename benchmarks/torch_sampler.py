@@ -4,7 +4,6 @@ returning logits, a perceptual loss module, the same equations as diffice's C sa
 The noise comes from torch's generator, so results differ from diffice's in their randomness, not in the work."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np

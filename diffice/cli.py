@@ -110,7 +110,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import load_demo_models, run_demo
 
     models = load_demo_models(args.models)
-    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet)
+    overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
+    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet,
+             overrides=overrides)
+    return 0
+
+
+def _cmd_pairs(args: argparse.Namespace) -> int:
+    from .pairs import key_path, make_sheet, score_answers
+
+    if args.score:
+        if not args.key:
+            raise ValueError("--score needs --key SHEET.key.json (written beside the sheet)")
+        r = score_answers(args.score, args.key)
+        print(f"counterfactual preferred in {r['counterfactual_preferred']} of {r['answered']} answered pairs "
+              f"({r['unanswered']} unanswered); exact binomial p = {r['p_value']:.3g} against chance; "
+              f"readers: {', '.join(x or '(unnamed)' for x in r['readers'])}")
+        return 0
+    if not args.results or not args.out:
+        raise ValueError("give RESULTS_DIR and --out SHEET.html (or --score ANSWERS.csv --key KEY.json)")
+    key = make_sheet(args.results, args.out, n=args.n, seed=args.seed, iteration=args.iteration,
+                     flipped_only=args.flipped_only)
+    print(f"wrote {args.out} ({len(key['pairs'])} pairs; give it to the reader) and {key_path(args.out)} "
+          f"(the key: keep it)")
     return 0
 
 
@@ -231,8 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=6, help="number of phantoms (default 6)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
+    p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
+    p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("pairs", help="blinded (input, counterfactual) reading sheet as HTML; --score tallies answers",
+                       description="Makes a self-contained HTML page of randomised (input, counterfactual) pairs "
+                                   "from a results folder (diffice explain / demo) where a reader clicks the "
+                                   "better image and downloads the answers as CSV; the key is written beside it. "
+                                   "--score ANSWERS.csv --key SHEET.key.json tallies the answers.")
+    p.add_argument("results", nargs="?", help="results folder of diffice explain or diffice demo")
+    p.add_argument("--out", help="the sheet to write (e.g. sheet.html); the key goes to sheet.key.json")
+    p.add_argument("--n", type=int, default=50, help="number of pairs (default 50; all images if fewer)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the draw and the sides (default: random)")
+    p.add_argument("--iteration", type=int, default=None, help="which iteration's counterfactual (default: last)")
+    p.add_argument("--flipped-only", action="store_true", help="only counterfactuals classified as the target")
+    p.add_argument("--score", metavar="ANSWERS.csv", help="tally a reader's downloaded answers")
+    p.add_argument("--key", metavar="KEY.json", help="the sheet's key (with --score)")
+    p.set_defaults(func=_cmd_pairs)
 
     p = sub.add_parser("phantoms", help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
                        description="Seeded procedural fetal-head phantoms (diffice.phantoms) written as 8-bit PNG "
@@ -295,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
     p.add_argument("--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
     p.add_argument("--negative", default="FP", help="concepts that must be absent in a standard plane")
+    p.add_argument("--segmenter", default=None, help="optional: a segmenter (trained apart from f's) whose maps "
+                                                     "the oracle sees beside the image; frozen")
     p.add_argument("--k", type=int, default=8, help="SonoNet width k")
     return parser
 

@@ -107,6 +107,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round((np.clip(a, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Writes via a temporary file in the same folder and a rename: readers never see half a file."""
     path = Path(path)
@@ -117,6 +123,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 - umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

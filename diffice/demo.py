@@ -221,10 +221,10 @@ def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
                      metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")})
     info: Dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
                                          ema_rate=meta.get("ema_rate"))}
-    for part in ("classifier", "oracle", "segmenter"):
+    for part in ("classifier", "oracle", "segmenter", "oracle_segmenter"):
         metrics = json.loads((work / part / "metrics.json").read_text())
         info[part] = metrics
-        if part != "segmenter":  # the segmenter is inside the classifier's file
+        if part in ("classifier", "oracle"):  # the segmenters are inside these files
             shutil.copyfile(work / part / "model.safetensors", dest / f"{part}.safetensors")
     info["trained_by"] = "scripts/train_demo_models.sh"
     (dest / "demo.json").write_text(json.dumps(info, indent=2) + "\n")

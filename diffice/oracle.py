@@ -6,20 +6,19 @@ meets the standard-plane rule (diffice.phantoms.standard_plane_rule); ``negative
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
-
-from .sononet import SonoNet
 
 DEFAULT_NEGATIVE = ("FP",)
 
 
 class ConceptOracle:
-    """network: a SonoNet (or any diffice network whose forward returns logits (N, C) first) with C = len(concepts)
-    outputs, each a concept's logit; negative: the concepts that must be absent in a standard plane."""
+    """network: a SonoNet, a PlaneClassifier (its own segmenter + SonoNet) or any diffice network whose forward
+    returns logits (N, C) (first, or as ``.logits``) with C = len(concepts) outputs, each a concept's logit;
+    negative: the concepts that must be absent in a standard plane."""
 
-    def __init__(self, network: SonoNet, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
+    def __init__(self, network: Any, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
         n = getattr(network, "num_classes", None)
         if n is not None and n != len(concepts):
             raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts {list(concepts)}")
@@ -32,7 +31,8 @@ class ConceptOracle:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C)."""
-        return self.network.forward(np.ascontiguousarray(x, np.float32))[0]
+        out = self.network.forward(np.ascontiguousarray(x, np.float32))
+        return np.asarray(out.logits if hasattr(out, "logits") else out[0])
 
     def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         """{concept: P(concept present) (N,)}."""

@@ -18,13 +18,14 @@ class ProgressBar:
     """ProgressBar(total, label); update(done, note) redraws; close() ends the line."""
 
     def __init__(self, total: int, label: str = "", stream: Optional[TextIO] = None, enabled: bool = True,
-                 min_interval: float = 0.2) -> None:
+                 min_interval: float = 0.2, start: int = 0) -> None:
         self.total = max(1, int(total))
+        self.first = int(start)  # work done before this bar (a resumed run): not counted in the rate
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.start = time.monotonic()
-        self.done = 0
+        self.done = self.first
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.min_interval = min_interval if self.interactive else 5.0
         self._last = 0.0
@@ -38,7 +39,7 @@ class ProgressBar:
         self._last = now
         self._printed = self.done
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.first) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         width = 24
         filled = int(width * self.done / self.total)

@@ -143,6 +143,29 @@ def rebuild_results(out_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
+def _settings(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """What decides a run's results (the batch size does not: each image's noise follows its pixels)."""
+    run = {k: v for k, v in cfg["run"].items() if k != "batch_size"}
+    return json.loads(json.dumps(dict(models=cfg["models"], diffusion=cfg["diffusion"], method=cfg["method"],
+                                      run=run), default=list))
+
+
+def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
+    """A resumed run must use the settings of the records already there (run_settings.json)."""
+    path = out / "run_settings.json"
+    now = _settings(cfg)
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = [f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+                for section, values in now.items() for key, value in values.items()
+                if before.get(section, {}).get(key) != value]
+        if diff:
+            raise ValueError(f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
+                             f"output folder, or the same settings to resume")
+    else:
+        atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
+
+
 def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
                 models: Any = None, executor: Any = None) -> Dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
@@ -155,8 +178,9 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     from .progress import ProgressBar
 
     out = Path(out_dir)
-    (out / "records").mkdir(parents=True, exist_ok=True)
     files = list_images(images_dir)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    _check_same_settings(out, cfg)
     done = {p.stem for p in (out / "records").glob("*.json")}
     todo = [f for f in files if f.stem not in done]
     if len({f.stem for f in files}) != len(files):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 

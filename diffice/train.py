@@ -30,6 +30,7 @@ from ._native import _C
 from .diffusion import GaussianDiffusion
 from .io import load_safetensors, load_safetensors_metadata, save_safetensors
 from .ops._backend import get_backend
+from .progress import ProgressBar
 from .unet import UNet
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -282,54 +283,18 @@ class _Batches:
 
 # ---- progress, log, plot ----
 
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    s = int(round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return (f"{d}d " if d else "") + (f"{h}:{m:02d}:{s:02d}" if h or d else f"{m:02d}:{s:02d}")
-
-
-class _Progress:
-    """A one-line progress bar on stderr: steps, loss, it/s, ETA (a line every log_every steps when not a tty)."""
+class _Progress(ProgressBar):
+    """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
 
     def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None,
                  label: str = "train") -> None:
-        self.total, self.start, self.enabled, self.log_every = total, start, enabled, max(1, log_every)
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0
+        super().__init__(total, label=label, stream=stream, enabled=enabled, start=start)
+        self.log_every = max(1, log_every)
         self.recent: List[float] = []
 
-    def update(self, step: int, loss: float) -> None:
-        if not self.enabled:
-            return
+    def update(self, step: int, loss: float) -> None:  # type: ignore[override]
         self.recent = (self.recent + [loss])[-self.log_every:]
-        now = time.perf_counter()
-        done = step == self.total
-        if self.tty and not done and now - self.last_draw < 0.2:
-            return
-        if not self.tty and not done and step % self.log_every:
-            return
-        self.last_draw = now
-        rate = (step - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        frac = step / max(self.total, 1)
-        width = 24
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        line = (f"{self.label} {step}/{self.total} [{bar}] {100 * frac:3.0f}% loss {np.mean(self.recent):.4f} "
-                f"{rate:.2f} it/s ETA {_duration(eta)}")
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        super().update(step, note=f"loss {np.mean(self.recent):.4f}")
 
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]

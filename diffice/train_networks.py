@@ -465,8 +465,9 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
     kind "classifier": the plane classifier f = l(s(x), x), s the trained ``segmenter`` file (frozen), l a
         SonoNet-k on [x, s's K probability maps] with a 2-logit head, cross-entropy on the ``labels`` CSV column
         ``label`` (1 = standard plane);
-    kind "oracle": a SonoNet-k on x alone with one logit per concept (binary cross-entropy on the CSV's concept
-        columns): the independent judge of :class:`diffice.oracle.ConceptOracle`.
+    kind "oracle": one logit per concept (binary cross-entropy on the CSV's concept columns), the independent
+        judge of :class:`diffice.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one trained
+        separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
     A seeded val_fraction of the images is held out for the validation numbers.
     """
     from .classifier import PlaneClassifier, Segmenter
@@ -501,19 +502,25 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
     elif kind == "segmenter":
         model = Segmenter(classes=len(data.classes), width=width, levels=levels, groups=groups)
         model.class_names = list(data.classes)
-    elif kind == "classifier":
-        seg = load_model(segmenter)
-        if not isinstance(seg, Segmenter):
-            raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(seg).__name__})")
-        n_classes = int(data.labels.max()) + 1
-        if n_classes < 2:
-            raise ValueError(f"{labels}: the label column has a single class")
-        model = PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], n_classes, standardize=False))
     else:
-        model = ConceptOracle(SonoNet(k, 1, len(concepts), standardize=False), concepts, negative)
+        seg = None
+        if segmenter is not None:
+            seg = load_model(segmenter)
+            if not isinstance(seg, Segmenter):
+                raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(seg).__name__})")
+        if kind == "classifier":
+            n_classes = int(data.labels.max()) + 1
+            if n_classes < 2:
+                raise ValueError(f"{labels}: the label column has a single class")
+            model = PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], n_classes, standardize=False))
+        elif seg is not None:
+            model = ConceptOracle(PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], len(concepts),
+                                                               standardize=False)), concepts, negative)
+        else:
+            model = ConceptOracle(SonoNet(k, 1, len(concepts), standardize=False), concepts, negative)
     if not resume:
-        init_for_training(model.classifier if kind == "classifier" else
-                          model.network if kind == "oracle" else model, seed)
+        head = model.network if kind == "oracle" else model
+        init_for_training(head.classifier if isinstance(head, PlaneClassifier) else head, seed)
 
     if kind == "segmenter":
         net, target, frozen = model, "masks", None
@@ -521,19 +528,18 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
         def loss_grad(outputs, y):
             loss, g = pixel_cross_entropy_grad(outputs[0], y)
             return loss, (g,)
-    elif kind == "classifier":
-        # s is frozen: no gradient through it while training (its weights get none either way)
-        net = PlaneClassifier(model.segmenter, model.classifier, grad_through_segmenter=False)
-        target, frozen = "labels", "segmenter."
-
-        def loss_grad(outputs, y):
-            loss, g = cross_entropy_grad(outputs[0], y)
-            return loss, (g, None)
     else:
-        net, target, frozen = model.network, "concepts", None
+        plane = model if kind == "classifier" else model.network
+        if isinstance(plane, PlaneClassifier):  # s is frozen: no gradient through it while training
+            net, frozen = PlaneClassifier(plane.segmenter, plane.classifier, grad_through_segmenter=False), \
+                "segmenter."
+        else:
+            net, frozen = plane, None
+        target = "labels" if kind == "classifier" else "concepts"
+        loss_fn = cross_entropy_grad if kind == "classifier" else binary_cross_entropy_grad
 
         def loss_grad(outputs, y):
-            loss, g = binary_cross_entropy_grad(outputs[0], y)
+            loss, g = loss_fn(outputs[0], y)
             return loss, (g,) + (None,) * (len(outputs) - 1)
 
     if train_set.images.shape[0] < 1:

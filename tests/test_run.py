@@ -136,3 +136,13 @@ batch_size = 2
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == 3 * 3
     assert main(["explain", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, rng, models):
+    write_images(tmp_path / "in", rng, 2)
+    run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False, models=models)
+    # the batch size does not change results: resuming with another one is fine
+    assert run_explain(config(batch_size=1), tmp_path / "in", tmp_path / "out", progress=False,
+                       models=models)["skipped_done"] == 2
+    with pytest.raises(ValueError, match=r"other settings \(method.tau: 3 -> 4"):
+        run_explain(config(tau=4), tmp_path / "in", tmp_path / "out", progress=False, models=models)
