@@ -43,15 +43,67 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .run import SECTIONS, load_config, run_explain
+    from .cluster import DistributedUnavailable, cluster_options
+    from .run import SECTIONS, load_config, read_toml, run_explain
 
     keys = {k for defaults in SECTIONS.values() for k in defaults}
     overrides = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     cfg = load_config(args.config, overrides)
-    summary = run_explain(cfg, args.images, args.out, progress=not args.quiet)
+    try:
+        options = cluster_options(read_toml(args.config) if args.config else None, args.config or "config")
+        with _executor(args, options) as executor:
+            summary = run_explain(cfg, args.images, args.out, progress=not args.quiet, executor=executor)
+    except DistributedUnavailable as exc:
+        print(f"diffice explain: error: {exc}", file=sys.stderr)
+        return 2
     print(f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
           f"{summary['failed']} failed; results in {args.out}/results.csv")
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
+
+
+class _executor:
+    """`with _executor(args, cluster_options) as ex`: the executor for --scheduler / --cluster (None: this machine)."""
+
+    def __init__(self, args: argparse.Namespace, options) -> None:
+        self.args, self.options, self.ex = args, options, None
+
+    def __enter__(self):
+        from .cluster import open_executor
+
+        if not (self.args.scheduler or self.args.cluster):
+            return None
+        self.ex = open_executor(self.args.scheduler, self.args.cluster, self.options)
+        return self.ex
+
+    def __exit__(self, *exc) -> None:
+        if self.ex is not None:
+            self.ex.close()
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("running on a Dask cluster (pip install 'diffice[distributed]')")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--cluster", metavar="KIND", help="local:N (N worker processes here), slurm or pbs "
+                   "(dask-jobqueue; jobs, cores, memory, gpus, queue, walltime from the config's [cluster])")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .cluster import DistributedUnavailable
+    from .sweep import load_sweep, print_tables, run_sweep
+
+    spec = load_sweep(args.config, dict(out=args.out, batch_size=args.batch_size))
+    try:
+        if not args.tables_only:
+            with _executor(args, spec.cluster) as executor:
+                summary = run_sweep(spec, executor=executor, progress=not args.quiet)
+            print(f"diffice sweep: {summary['ran']} units run, {summary['skipped_done']} already done "
+                  f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
+                  file=sys.stderr)
+        print_tables(spec.store_path)
+    except (DistributedUnavailable, RuntimeError) as exc:
+        print(f"diffice sweep: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -222,8 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_flags(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("sweep", help="a grid of methods and settings over an image set, with the paper's tables",
+                       description="Runs every configuration of the grid in --config ([sweep], [[grid]]; see "
+                       "diffice.sweep) over its image set into one SQLite results store (OUT/results.sqlite), "
+                       "resumably, then prints Table 1 (methods), Table 2 (Diff-ICE per iteration) and Table S3 "
+                       "(ablation) and writes them to OUT/tables.md.")
+    p.add_argument("--config", required=True, help="TOML sweep config")
+    p.add_argument("--out", help="output folder (default: [sweep] out, relative to the config file)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per unit (default: [run] batch_size)")
+    p.add_argument("--tables-only", action="store_true", help="print the tables of the store; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_flags(p)
+    p.set_defaults(func=_cmd_sweep)
 
 
     p = sub.add_parser("demo", help="Diff-ICE on non-standard-plane phantoms with the bundled models (minutes)",

@@ -65,28 +65,45 @@ SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RU
             "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
 
 
-def load_config(path: Optional[str], overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """The config file's sections over the defaults, then command-line overrides (flat keys) over both."""
+def read_toml(path: str) -> Dict[str, Any]:
+    """A TOML file as a dict; FileNotFoundError / ValueError naming the file."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a valid TOML config ({exc})") from None
+
+
+# sections a run config may hold that other modules read (diffice.cluster: [cluster]; diffice.sweep: the rest)
+OTHER_SECTIONS = ("cluster",)
+
+
+def load_config(path: Optional[str], overrides: Dict[str, Any],
+                data: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
+
+    data: the file's parsed TOML when the caller has read it already (diffice.sweep), else it is read from path.
+    Sections in OTHER_SECTIONS are left to their readers.
+    """
     cfg = {name: dict(defaults) for name, defaults in SECTIONS.items()}
+    if path and data is None:
+        data = read_toml(path)
+    for section, values in (data or {}).items():
+        if section in OTHER_SECTIONS:
+            continue
+        if section not in cfg or not isinstance(values, dict):
+            raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(cfg)}")
+        unknown = set(values) - set(cfg[section])
+        if unknown:
+            raise ValueError(f"{path}: unknown keys in [{section}]: {sorted(unknown)}")
+        cfg[section].update(values)
     if path:
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib  # type: ignore
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except Exception as exc:
-            raise ValueError(f"{path}: not a valid TOML config ({exc})") from None
-        for section, values in data.items():
-            if section not in cfg or not isinstance(values, dict):
-                raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(cfg)}")
-            unknown = set(values) - set(cfg[section])
-            if unknown:
-                raise ValueError(f"{path}: unknown keys in [{section}]: {sorted(unknown)}")
-            cfg[section].update(values)
         base = Path(path).resolve().parent
         for key in ("unet", "classifier", "perceptual"):  # model paths are relative to the config file
             value = cfg["models"][key]
@@ -150,13 +167,14 @@ def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
 
 
 def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
-                models: Any = None) -> Dict[str, Any]:
+                models: Any = None, executor: Any = None) -> Dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
 
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
+    executor: where the batches run (diffice.cluster.open_executor: a Dask cluster); default this process.
+    Whatever runs them, only this process writes the outputs, one finished batch at a time.
     """
-    from .explain import Explainer
-    from .models import load_run_models
+    from .cluster import LocalExecutor, batches, describe, models_spec
     from .progress import ProgressBar
 
     out = Path(out_dir)
@@ -169,55 +187,50 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
         raise ValueError(f"{images_dir}: two images share a file name stem; rename one (outputs are named by stem)")
     run = cfg["run"]
     size = tuple(int(v) for v in run["image_size"])
-    unet, diffusion, classifier, perceptual = models or load_run_models(cfg)
     method = {k: v for k, v in cfg["method"].items()}
-    explainer = Explainer(unet, diffusion, classifier, perceptual, **method)
-    iterations = 1 if explainer.config.method != "diff-ice" else explainer.config.iterations
-    steps_per_image = iterations * explainer.config.tau
+    config = ExplainerConfig(**method)
+    config.validate()
+    if executor is not None and models is not None:
+        raise ValueError("run_explain: give models (loaded here) or an executor (models from cfg), not both")
+    executor = executor or LocalExecutor(models)
+    iterations = 1 if config.method != "diff-ice" else config.iterations
+    steps_per_image = iterations * config.tau
     batch_size = max(1, int(run["batch_size"]))
     errors: List[Dict[str, Any]] = []
     bar = ProgressBar(len(todo) * steps_per_image, label="explain", enabled=progress)
     finished = 0
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
-    for start in range(0, len(todo), batch_size):
-        batch_files, batch = [], []
-        for f in todo[start:start + batch_size]:
-            try:
-                batch.append(load_image(f, size))
-                batch_files.append(f)
-            except (ImageReadError, ValueError, OSError) as exc:
-                errors.append({"image": f.name, "error": str(exc)})
-        if not batch:
-            continue
-        x = np.stack(batch).astype(np.float32)
-        base = finished * steps_per_image
+    pending: Dict[str, Any] = {}
+    spec = models_spec(cfg)
 
-        def on_step(iteration, lambda_index, step, steps, active, base=base, n=len(batch)):
-            bar.update(base + n * (iteration * steps + step),
-                       note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
-                            f"step {step}/{steps} active {active}")
+    def tasks():
+        for b, chunk in enumerate(batches(todo, batch_size)):
+            batch_files, batch = [], []
+            for f in chunk:
+                try:
+                    batch.append(load_image(f, size))
+                    batch_files.append(f)
+                except (ImageReadError, ValueError, OSError) as exc:
+                    errors.append({"image": f.name, "error": str(exc)})
+            if not batch:
+                continue
+            x = np.stack(batch).astype(np.float32)
+            pending[f"batch{b:05d}"] = (batch_files, x)
+            yield dict(unit=f"batch{b:05d}", models=spec, method=method, x=x, target=int(run["target"]),
+                       seed=int(run["seed"]))
 
-        t0 = time.monotonic()
-        result = explainer.explain(x, target=int(run["target"]), seed=int(run["seed"]), progress=on_step)
-        seconds = time.monotonic() - t0
-        for b, f in enumerate(batch_files):
-            img_dir = out / f.stem
-            cfs = result.counterfactuals[:, b]
-            for l in range(len(cfs)):
-                save_png(img_dir / f"iteration_{l + 1}.png", cfs[l])
-            save_png(img_dir / "input.png", x[b])
-            save_png(img_dir / "strip.png", strip([x[b]] + list(cfs)))
-            iterations_rows = [dict(iteration=0, lambda_c="", prob_target=float(result.prob_target[0, b]),
-                                    flipped="", nonfinite_step="", seconds="")]
-            for l in range(len(cfs)):
-                iterations_rows.append(dict(
-                    iteration=l + 1, lambda_c=float(result.lambda_used[l, b]),
-                    prob_target=float(result.prob_target[l + 1, b]), flipped=bool(result.flipped[l, b]),
-                    nonfinite_step=int(result.nonfinite_step[l, b]), seconds=round(seconds / len(batch_files), 3)))
-            record = dict(image=f.name, target=int(run["target"]), iterations=iterations_rows)
-            # the record is written last: its presence means every file of this image is complete
-            atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())
+    def on_step(task, iteration, lambda_index, step, steps, active):
+        n = len(task["x"])
+        bar.update(finished * steps_per_image + n * (iteration * steps + step),
+                   note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
+                        f"step {step}/{steps} active {active}")
+
+    if todo and executor.description != "this machine":
+        describe(executor)
+    for result in executor.run(tasks(), progress=on_step if progress else None):
+        batch_files, x = pending.pop(result["unit"])
+        _write_batch(out, batch_files, x, result, int(run["target"]))
         finished += len(batch_files)
         bar.update(finished * steps_per_image, note=f"images {finished}/{len(todo)}", force=True)
         rebuild_results(out)
@@ -229,3 +242,25 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
             print(f"diffice explain: skipped {e['image']}: {e['error']}", file=sys.stderr)
     return dict(images=len(files), explained=finished, skipped_done=skipped, failed=len(errors), rows=len(rows),
                 seconds=time.monotonic() - t_start)
+
+
+def _write_batch(out: Path, batch_files: List[Path], x: np.ndarray, result: Dict[str, Any], target: int) -> None:
+    """Every image's PNGs, then its record (its presence means every file of this image is complete)."""
+    seconds = float(result["batch_seconds"])
+    for b, f in enumerate(batch_files):
+        img_dir = out / f.stem
+        cfs = result["counterfactuals"][:, b]
+        for l in range(len(cfs)):
+            save_png(img_dir / f"iteration_{l + 1}.png", cfs[l])
+        save_png(img_dir / "input.png", x[b])
+        save_png(img_dir / "strip.png", strip([x[b]] + list(cfs)))
+        iterations_rows = [dict(iteration=0, lambda_c="", prob_target=float(result["prob_target"][0, b]),
+                                flipped="", nonfinite_step="", seconds="")]
+        for l in range(len(cfs)):
+            iterations_rows.append(dict(
+                iteration=l + 1, lambda_c=float(result["lambda_used"][l, b]),
+                prob_target=float(result["prob_target"][l + 1, b]), flipped=bool(result["flipped"][l, b]),
+                nonfinite_step=int(result["nonfinite_step"][l, b]),
+                seconds=round(seconds / len(batch_files), 3)))
+        record = dict(image=f.name, target=target, iterations=iterations_rows)
+        atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())

@@ -1,0 +1,163 @@
+"""Dask scale-out (issue 10): a LocalCluster of 2 worker processes gives the local run's bytes, a worker killed
+mid-run loses and corrupts nothing, `diffice explain` on a cluster, the clear message without Dask, the SLURM and PBS
+job scripts (no SLURM here: dask-jobqueue's generated script is checked for the requested resources)."""
+import builtins
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from diffice.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
+from diffice.sweep import SweepStore, run_sweep
+from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
+
+distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install "
+                                                        "'diffice[distributed]')")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes, as `--cluster local:2` makes it."""
+    executor = open_executor(cluster="local:2", options=dict(dashboard_address=":0"))
+    executor.client.wait_for_workers(2, timeout=60)
+    yield executor
+    executor.close()
+
+
+def stored(spec):
+    with SweepStore(spec.store_path) as store:
+        return store.counterfactual_blobs(), store.db.execute(RESULT_ROWS).fetchall(), \
+            {r[0] for r in store.db.execute("SELECT worker FROM units")}
+
+
+def test_local_cluster_gives_the_local_results(tmp_path, models_dir, reference, cluster):
+    spec = spec_for(tmp_path, models_dir, name="dask")
+    summary = run_sweep(spec, executor=cluster, progress=False)
+    assert summary["ran"] == reference[1]["units"]
+    blobs, rows, workers = stored(spec)
+    assert blobs == reference[2] and rows == reference[3]
+    assert len(workers) == 2  # both worker processes ran units
+    check_consistent(spec.store_path)
+
+    def models_loaded():
+        from diffice import cluster as c
+
+        return len(c._MODELS), c._LOADS
+
+    # each worker loaded the models once and reused them for all its units
+    assert set(cluster.client.run(models_loaded).values()) == {(1, 1)}
+
+
+def test_killed_worker_loses_and_corrupts_nothing(tmp_path, models_dir, reference, cluster):
+    spec = spec_for(tmp_path, models_dir, name="killed")
+    client = cluster.client
+    killed = []
+
+    def kill_a_busy_worker(done, total, executor):
+        if killed:
+            return
+        processing = client.processing()
+        busy = [w for w, keys in processing.items() if keys] or list(processing)
+        pids = client.run(os.getpid)
+        victim = busy[0]
+        killed.append((victim, list(processing[victim])))
+        os.kill(pids[victim], signal.SIGKILL)  # the nanny starts a fresh worker; Dask re-runs its unit
+
+    run_sweep(spec, executor=cluster, progress=False, on_unit=kill_a_busy_worker)
+    assert killed
+    blobs, rows, _ = stored(spec)
+    assert blobs == reference[2] and rows == reference[3]
+    check_consistent(spec.store_path)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_explain_on_a_cluster_matches_local(tmp_path, models_dir, cluster, rng):
+    from PIL import Image
+
+    from diffice.run import load_config, run_explain
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "in" / f"img{i}.png")
+    cfg = load_config(None, dict(unet=str(models_dir / "ddpm.safetensors"), num_heads=1,
+                                 classifier=str(models_dir / "f.safetensors"), perceptual_kind="pixel-l2",
+                                 respacing="10", image_size=[16, 24], batch_size=2, tau=3, iterations=2,
+                                 lambda_c=[5.0, 50.0], lambda_p=1.0))
+    run_explain(cfg, tmp_path / "in", tmp_path / "local", progress=False)
+    summary = run_explain(cfg, tmp_path / "in", tmp_path / "dask", progress=False, executor=cluster)
+    assert summary["explained"] == 3
+    for i in range(3):
+        for name in ("iteration_1.png", "iteration_2.png", "input.png"):
+            assert (tmp_path / "dask" / f"img{i}" / name).read_bytes() == \
+                (tmp_path / "local" / f"img{i}" / name).read_bytes()
+    assert (tmp_path / "dask" / "results.csv").read_text().count("\n") == 3 * 3 + 1
+
+
+def test_without_dask_the_options_say_so(tmp_path, models_dir, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.split(".")[0] in ("dask", "distributed", "dask_jobqueue"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    with pytest.raises(DistributedUnavailable, match="pip install"):
+        open_executor(cluster="local:2")
+    with pytest.raises(DistributedUnavailable, match="pip install"):
+        open_executor(scheduler="tcp://127.0.0.1:8786")
+    assert isinstance(open_executor(), LocalExecutor)  # no option: this machine, as before
+    from diffice.cli import main
+
+    spec = spec_for(tmp_path, models_dir, name="nodask")
+    path = tmp_path / "nodask.toml"
+    for flags in (["--cluster", "local:2"], ["--scheduler", "tcp://127.0.0.1:1"]):
+        assert main(["sweep", "--config", str(path), "--quiet"] + flags) == 2
+        err = capsys.readouterr().err
+        assert "need Dask, which is not installed" in err and "diffice[distributed]" in err
+    assert main(["explain", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--cluster", "slurm"]) == 2
+    assert "need Dask" in capsys.readouterr().err
+    assert not spec.store_path.exists()
+
+
+def test_slurm_and_pbs_job_scripts_request_the_resources():
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed")
+    options = dict(cores=8, memory="32GB", gpus=2, queue="gpu", account="proj42", walltime="02:30:00",
+                   job_script_prologue=["source ~/venv/bin/activate"], dashboard_address=":0")
+    cluster = make_cluster("slurm", options)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A proj42", "#SBATCH -n 1", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=30G", "#SBATCH -t 02:30:00", "#SBATCH --gres=gpu:2", "source ~/venv/bin/activate"):
+        assert line in script, (line, script)
+    assert "--resources diffice_unit=1" in script and "--memory-limit 29.80GiB" in script
+    cluster = make_cluster("pbs", dict(options, gpus=1))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#PBS -q gpu", "#PBS -A proj42", "#PBS -l select=1:ncpus=8:mem=32GB:ngpus=1",
+                 "#PBS -l walltime=02:30:00"):
+        assert line in script, (line, script)
+    with pytest.raises(ValueError, match="local:N, slurm or pbs"):
+        make_cluster("sge", options)
+    from diffice.cluster import cluster_options
+
+    with pytest.raises(ValueError, match="unknown keys in \\[cluster\\]"):
+        cluster_options({"cluster": {"gpu": 1}})
+
+
+def test_cli_sweep_on_a_local_cluster(tmp_path, models_dir, reference, capsys):
+    """`diffice sweep --cluster local:2` end to end: dashboard line, the reference bytes, the tables."""
+    from diffice.cli import main
+
+    spec = spec_for(tmp_path, models_dir, name="cli", extra='[cluster]\ndashboard_address = ":0"\n')
+    assert main(["sweep", "--config", str(tmp_path / "cli.toml"), "--cluster", "local:2"]) == 0
+    captured = capsys.readouterr()
+    assert "running on Dask scheduler tcp://" in captured.err and "dashboard: http" in captured.err
+    assert "sweep [" in captured.err and "8/8" in captured.err  # one progress bar over the cluster
+    assert "Table 1" in captured.out
+    assert stored(spec)[:2] == tuple(reference[2:])
