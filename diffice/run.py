@@ -126,6 +126,16 @@ def rebuild_results(out_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
+    writing a temporary file and renaming it: never an output, only litter."""
+    for tmp in list(out.glob(".*.tmp")) + list(out.glob("*/.*.tmp")):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
                 models: Any = None) -> Dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
@@ -138,6 +148,7 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
 
     out = Path(out_dir)
     (out / "records").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     files = list_images(images_dir)
     done = {p.stem for p in (out / "records").glob("*.json")}
     todo = [f for f in files if f.stem not in done]
