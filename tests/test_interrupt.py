@@ -147,6 +147,8 @@ def test_sigint_stops_within_a_step(tmp_path, model_dir):
     elapsed = time.monotonic() - t0
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert elapsed < 5.0, f"took {elapsed:.1f} s to stop after SIGINT"
+    # a reverse step of this UNet takes milliseconds and the whole run minutes; the bound leaves room for the
+    # interpreter's exit on a loaded machine or under ASan (typically under 1 s)
+    assert elapsed < 20.0, f"took {elapsed:.1f} s to stop after SIGINT"
     assert not list(out.rglob("*.tmp"))
     check_outputs_intact(out)
