@@ -63,7 +63,10 @@ batch_size = 1
 def start(cmd):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default: a test runner started as a background job inherits it ignored, and Python then
+    # installs no KeyboardInterrupt handler (as a user's `nohup diffice explain &` intends)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_records(out: Path, count: int, proc, timeout: float = 300.0) -> None:
@@ -106,7 +109,11 @@ def test_sigkill_mid_run_loses_nothing_finished(tmp_path, model_dir):
     killed_at = []
     for kill_after in (2, 5):  # kill twice, at different points, then let it finish
         proc = start(cmd)
-        wait_for_records(out, kill_after, proc)
+        try:
+            wait_for_records(out, kill_after, proc)
+        except BaseException:
+            proc.kill()
+            raise
         time.sleep(0.07 * kill_after)  # somewhere inside the next image
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -136,15 +143,20 @@ def test_sigint_stops_within_a_step(tmp_path, model_dir):
     cmd = write_run(tmp_path, model_dir, n_images=3, tau=399, iterations=3)
     proc = start(cmd)
     out = tmp_path / "out"
-    deadline = time.monotonic() + 120
-    while not (out / "records").exists() and time.monotonic() < deadline:  # the run has started
-        time.sleep(0.05)
-    time.sleep(3.0)  # inside the sampler
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    elapsed = time.monotonic() - t0
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "records").exists() and time.monotonic() < deadline:  # the run has started
+            time.sleep(0.05)
+        time.sleep(3.0)  # inside the sampler
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
     # a reverse step of this UNet takes milliseconds and the whole run minutes; the bound leaves room for the
