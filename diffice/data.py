@@ -16,6 +16,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
+# Images are decoded to float64 (24 bytes a pixel for RGB): a small compressed file claiming a huge canvas is
+# refused before decoding. 2^25 pixels (e.g. 8192 x 4096) is far above any ultrasound frame.
+MAX_IMAGE_PIXELS = 1 << 25
+
 
 class ImageReadError(ValueError):
     """An input image could not be read or converted; the message names the file and the reason."""
@@ -40,6 +44,10 @@ def _read_pixels(path: Path) -> np.ndarray:
             raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from None
         try:
             ds = pydicom.dcmread(str(path))
+            claimed = int(getattr(ds, "Rows", 0) or 0) * int(getattr(ds, "Columns", 0) or 0) * \
+                max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
+            if claimed > 4 * MAX_IMAGE_PIXELS:
+                raise ValueError(f"{claimed} pixels is over the {4 * MAX_IMAGE_PIXELS}-pixel limit")
             pixels = ds.pixel_array.astype(np.float64)
         except Exception as exc:
             raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
@@ -54,10 +62,15 @@ def _read_pixels(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: reading images needs Pillow (pip install Pillow)") from None
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(f"{path}: image of {img.width} x {img.height} pixels is over the "
+                                     f"{MAX_IMAGE_PIXELS}-pixel limit")
             img.load()
             if img.mode in ("I;16", "I;16B", "I", "F"):
                 return np.asarray(img, dtype=np.float64)
             return np.asarray(img.convert("RGB"), dtype=np.float64)
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from None
 
@@ -86,7 +99,12 @@ def load_image(path: PathLike, size: Tuple[int, int]) -> np.ndarray:
     """One image as float32 (1, H, W) in [-1, 1]: grayscale, resized to size, scaled by its type's range
     (8-bit: /255; 16-bit and float: min-max of the image)."""
     path = Path(path)
-    pixels = to_gray(_read_pixels(path))
+    pixels = _read_pixels(path)
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4) or pixels.ndim not in (2, 3):
+        raise ImageReadError(f"{path}: expected a 2-D grayscale or RGB image, got pixel array shape {pixels.shape}")
+    if pixels.size > MAX_IMAGE_PIXELS * 4:
+        raise ImageReadError(f"{path}: {pixels.size} pixel values is over the limit")
+    pixels = to_gray(pixels)
     if pixels.size == 0 or not np.all(np.isfinite(pixels)):
         raise ImageReadError(f"{path}: empty image or non-finite pixel values")
     hi = pixels.max()

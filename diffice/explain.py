@@ -25,6 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import math
+import numbers
+import threading
+import weakref
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -32,7 +37,7 @@ import numpy as np
 from ._native import _C
 from .classifier import classification_loss
 from .diffusion import GaussianDiffusion
-from .ops._backend import get_backend
+from .ops._backend import BACKENDS, get_backend
 from .unet import UNet
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
@@ -64,8 +69,23 @@ class ExplainerConfig:
             raise ValueError(f"class_loss must be 'ce' or 'logit', got {self.class_loss!r}")
         if self.grad_at not in ("current", "previous"):
             raise ValueError(f"grad_at must be 'current' or 'previous', got {self.grad_at!r}")
-        if len(tuple(self.lambda_c)) == 0:
-            raise ValueError("lambda_c must list at least one value")
+        if isinstance(self.lambda_c, (str, bytes)) or len(tuple(self.lambda_c)) == 0:
+            raise ValueError(f"lambda_c must list at least one value, got {self.lambda_c!r}")
+        for name in ("iterations", "tau", "mask_dilation", "mask_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.tau < 1:
+            raise ValueError(f"tau must be >= 1 (a respaced step count), got {self.tau}")
+        for i, v in enumerate(tuple(self.lambda_c)):
+            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"lambda_c[{i}] must be a finite number >= 0, got {v!r}")
+        for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
         single = self.method != "diff-ice"
@@ -122,6 +142,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# A perceptual object keeps the reference images of its last set_reference() call: two explainers sharing one from
+# two threads must not compute a loss against the other's reference. Its set_reference + loss_and_grad pair runs
+# under this lock, and the reference is set again whenever another guidance set it last.
+_REFERENCE_LOCK = threading.Lock()
+_reference_owner: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_guidance_ids = itertools.count()
+
+
 class PythonGuidance:
     """The guiding loss computed by calling the classifier and perceptual objects from the sampler (for any
     classifier with forward/vjp, e.g. a user's model); diffice's own networks use the native guidance."""
@@ -129,7 +157,23 @@ class PythonGuidance:
     def __init__(self, classifier: Any, perceptual: Any, x: np.ndarray, targets: np.ndarray, class_loss: str):
         self.classifier, self.perceptual = classifier, perceptual
         self.x, self.targets, self.kind = x, targets, class_loss
-        self._reference_rows: Optional[bytes] = None
+        self._id = next(_guidance_ids)
+
+    def _perceptual_loss(self, x0, rows):
+        """(loss, grad) of the perceptual object against x[rows], setting the reference when it is not ours."""
+        with _REFERENCE_LOCK:
+            token = (self._id, rows.tobytes())
+            try:
+                current = _reference_owner.get(self.perceptual)
+            except TypeError:  # not weak-referenceable: always set the reference
+                current = None
+            if current != token:  # a pass keeps its rows: features of x are cached per pass
+                self.perceptual.set_reference(np.ascontiguousarray(self.x[rows]))
+                try:
+                    _reference_owner[self.perceptual] = token
+                except TypeError:
+                    pass
+            return self.perceptual.loss_and_grad(x0)
 
     def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
         logits = _logits(self.classifier, x0)
@@ -137,10 +181,7 @@ class PythonGuidance:
         grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
         loss_p = np.zeros(len(rows), np.float32)
         if self.perceptual is not None and lambda_p != 0.0:
-            if self._reference_rows != rows.tobytes():  # a pass keeps its rows: features of x are cached per pass
-                self.perceptual.set_reference(np.ascontiguousarray(self.x[rows]))
-                self._reference_rows = rows.tobytes()
-            loss_p, grad_p = self.perceptual.loss_and_grad(x0)
+            loss_p, grad_p = self._perceptual_loss(x0, rows)
             grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
         return grad, loss_c, loss_p
 
@@ -192,6 +233,8 @@ class Explainer:
                              "SonoNet, ...) and a PerceptualLoss (or None)")
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.config = ExplainerConfig(**config)
         self.config.validate()
@@ -218,10 +261,27 @@ class Explainer:
             raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise ValueError("x contains non-finite values")
+        if len(x) == 0:
+            raise ValueError(f"x holds no images (shape {x.shape})")
+        if x.shape[1] != self.unet.config["in_channels"]:
+            raise ValueError(f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}")
+        if x.min() < -1.0 or x.max() > 1.0:
+            bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
+            raise ValueError(f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]")
         x = np.ascontiguousarray(x)
         n = len(x)
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
-        keys = image_keys(x) if keys is None else np.asarray(keys, dtype=np.uint64)
+        targets = self._check_targets(target, x)
+        if keys is None:
+            keys = image_keys(x)
+        else:
+            keys = np.asarray(keys)
+            if keys.shape != (n,) or not np.issubdtype(keys.dtype, np.integer):
+                raise ValueError(f"keys must be {n} integers (one per image), got {keys.dtype} {keys.shape}")
+            keys = keys.astype(np.uint64)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
         if self._native is not None:  # the whole loss in C: no Python in the step loop
             net, features, variant, weight = self._native
             guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets)
@@ -240,6 +300,26 @@ class Explainer:
             steps_x0=out.get("steps_x0"))
         result.segmentation = self._segmentations(x, result.counterfactuals)
         return result
+
+    def _check_targets(self, target: Any, x: np.ndarray) -> np.ndarray:
+        """target as (N,) int64 after checking it is one class index, or one per image, of the classifier."""
+        t = np.asarray(target)
+        if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
+            raise TypeError(f"target must be an int class index or one per image, got {target!r}")
+        if t.ndim > 1 or (t.ndim == 1 and len(t) != len(x)):
+            raise ValueError(f"target must be an int or {len(x)} ints (one per image), got shape {t.shape}")
+        targets = np.broadcast_to(t.astype(np.int64), (len(x),)).copy()
+        classes = self._num_classes(x)
+        if targets.min() < 0 or (classes is not None and targets.max() >= max(classes, 2)):
+            bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))][0]
+            raise ValueError(f"target {bad} is not a class of the classifier "
+                             f"({'0..' + str(max(classes, 2) - 1) if classes is not None else '>= 0'})")
+        return targets
+
+    def _num_classes(self, x: np.ndarray) -> Optional[int]:
+        """The classifier's number of outputs (a single logit means two classes), from one forward of x[:1]."""
+        logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
+        return int(logits.shape[1]) if logits.ndim == 2 else None
 
     def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> Optional[np.ndarray]:
         first = self.classifier.forward(x)

@@ -166,6 +166,16 @@ def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
         atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
+    writing a temporary file and renaming it: never an output, only litter."""
+    for tmp in list(out.glob(".*.tmp")) + list(out.glob("*/.*.tmp")):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
                 models: Any = None, executor: Any = None) -> Dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
@@ -180,6 +190,7 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     out = Path(out_dir)
     files = list_images(images_dir)
     (out / "records").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     _check_same_settings(out, cfg)
     done = {p.stem for p in (out / "records").glob("*.json")}
     todo = [f for f in files if f.stem not in done]

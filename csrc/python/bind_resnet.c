@@ -72,7 +72,19 @@ typedef struct {
     dfc_perceptual *loss;
     PyObject *network;   /* the diffice._C.Network the loss runs (kept alive) */
     dfc_py_workspace ws;
+    PyThread_type_lock state_lock; /* held by set_reference (which replaces the reference features) and loss (which
+                                    * reads them): calls from several threads take turns instead of racing */
 } PerceptualObject;
+
+/* Takes self->state_lock without holding the GIL (another thread may hold the lock while it waits for the GIL). */
+static void perceptual_lock(PyThread_type_lock lock)
+{
+    if (PyThread_acquire_lock(lock, NOWAIT_LOCK))
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+}
 
 static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -91,6 +103,10 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
     }
     if (dfc_py_workspace_init(&self->ws) < 0)
         return -1;
+    if (!self->state_lock && !(self->state_lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
     dfc_error err = {0};
     if (dfc_perceptual_create(net, (dfc_perceptual_variant)variant, weight, &self->loss, &err) != DFC_OK) {
         dfc_py_raise(&err);
@@ -106,6 +122,8 @@ static void perceptual_dealloc(PerceptualObject *self)
     dfc_perceptual_destroy(self->loss);
     Py_XDECREF(self->network);
     dfc_py_workspace_free(&self->ws);
+    if (self->state_lock)
+        PyThread_free_lock(self->state_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -134,9 +152,11 @@ static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args
     Py_INCREF(out);
     dfc_error err = {0};
     dfc_py_arenas w;
+    perceptual_lock(self->state_lock);
     dfc_py_workspace_acquire(&self->ws, &w);
     DFC_PY_RUN(out, err, dfc_perceptual_set_reference(self->loss, be, w.main, w.scratch, &b, &err));
     dfc_py_workspace_release(&self->ws, &w);
+    PyThread_release_lock(self->state_lock);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -168,10 +188,12 @@ static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
+    perceptual_lock(self->state_lock);
     dfc_py_workspace_acquire(&self->ws, &w);
     DFC_PY_RUN(result, err, dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss,
                                                 with_grad ? &da : NULL, &err));
     dfc_py_workspace_release(&self->ws, &w);
+    PyThread_release_lock(self->state_lock);
 done:
     Py_XDECREF(loss_obj);
     Py_XDECREF(da_obj);

@@ -25,6 +25,7 @@ static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs
         dfc_py_raise(&err);
         return -1;
     }
+    self->owner = PyThread_get_thread_ident();
     return 0;
 }
 

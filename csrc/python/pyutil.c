@@ -20,7 +20,18 @@ int dfc_py_backend(PyObject *obj, void *out)
         PyErr_Format(PyExc_TypeError, "backend must be a diffice._C.Backend, got %s", Py_TYPE(obj)->tp_name);
         return 0;
     }
-    *(dfc_backend **)out = ((DfcBackendObject *)obj)->be;
+    DfcBackendObject *b = (DfcBackendObject *)obj;
+    if (!b->be) {
+        PyErr_SetString(PyExc_RuntimeError, "backend: diffice._C.Backend is not initialised");
+        return 0;
+    }
+    if (b->owner != PyThread_get_thread_ident()) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "backend: this Backend('%s') was created in another thread and holds that thread's state; "
+                     "use diffice.ops.get_backend() in each thread", b->be->name);
+        return 0;
+    }
+    *(dfc_backend **)out = b->be;
     return 1;
 }
 

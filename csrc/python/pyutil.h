@@ -15,6 +15,8 @@
 typedef struct {
     PyObject_HEAD
     dfc_backend *be;
+    unsigned long owner; /* PyThread_get_thread_ident() of the thread that created it: a backend holds per-thread
+                          * state (oneDNN stream, primitive cache), so dfc_py_backend refuses it elsewhere */
 } DfcBackendObject;
 
 extern PyTypeObject DfcBackend_Type;
