@@ -13,7 +13,7 @@ What it does:
    the image upsampled 4x (nearest) to the 224x288 it was trained on; its VJP is the adjoint of that upsampling;
 3. picks the --n images whose (upsampled, downsized) version SonoNet-16 gives the lowest Brain (Tv.) probability
    among those it does not classify as Brain (Tv.), and explains them with Diff-ICE (L=5, tau=30 of 100 respaced
-   steps, lambda_c in {40, 60, 80}; Lp = mean squared pixel distance, lambda_p=30: no RadImageNet weights here);
+   steps, lambda_c in {40, 60, 80}; Lp = mean squared pixel distance, --lambda-p (30): no RadImageNet weights);
 4. reports per iteration the flip ratio and the mean change of the Brain (Tv.) probability, writes
    WORK/hc18_figure.png and WORK/hc18_results.json.
 
@@ -71,6 +71,8 @@ def main() -> int:
     p.add_argument("--size", type=int, nargs=2, default=[56, 72])
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lambda-p", type=float, default=30.0, help="weight of Lp (mean squared pixel distance)")
+    p.add_argument("--tag", default="", help="suffix of the figure and results file names")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def main() -> int:
           f"explaining {len(pick)} of the {len(candidates)} others", flush=True)
     x = np.ascontiguousarray(images[pick])
     explainer = Explainer(unet, diffusion, view, PixelLoss("l2"), method="diff-ice", iterations=5, tau=30,
-                          lambda_c=(40.0, 60.0, 80.0), lambda_p=30.0)
+                          lambda_c=(40.0, 60.0, 80.0), lambda_p=args.lambda_p)
     t1 = time.time()
     res = explainer.explain(x, target=1, seed=args.seed)
     explain_seconds = time.time() - t1
@@ -120,13 +122,13 @@ def main() -> int:
               f"{r['mean_l1_to_input']:8.3f}")
     fig = path_figure(x, res.counterfactuals, res.prob_target, None,
                       row_titles=[f"HC18 #{i}" for i in pick], scale=3)
-    save_png(work / "hc18_figure.png", fig)
+    save_png(work / f"hc18_figure{args.tag}.png", fig)
     summary = dict(images=len(images), size=list(size), ddpm_steps=result.step, train_seconds=train_seconds,
                    explain_seconds=explain_seconds, explained=[int(i) for i in pick],
                    input_prob=float(res.prob_target[0].mean()), iterations=rows,
-                   classified_brain_tv=float(np.mean(probs >= 0.5)))
-    (work / "hc18_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {work / 'hc18_figure.png'} and {work / 'hc18_results.json'}")
+                   classified_brain_tv=float(np.mean(probs >= 0.5)), lambda_p=args.lambda_p)
+    (work / f"hc18_results{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {work / f'hc18_figure{args.tag}.png'} and {work / f'hc18_results{args.tag}.json'}")
     return 0
 
 

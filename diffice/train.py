@@ -292,9 +292,9 @@ class _Progress(ProgressBar):
         self.log_every = max(1, log_every)
         self.recent: List[float] = []
 
-    def update(self, step: int, loss: float) -> None:  # type: ignore[override]
+    def step_done(self, step: int, loss: float) -> None:
         self.recent = (self.recent + [loss])[-self.log_every:]
-        super().update(step, note=f"loss {np.mean(self.recent):.4f}")
+        self.update(step, note=f"loss {np.mean(self.recent):.4f}")
 
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
@@ -573,7 +573,7 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
                                      lr=f"{opt.lr:.6g}", seconds=f"{time.perf_counter() - t0:.3f}"))
                 if step % log_every == 0:
                     log_file.flush()
-                bar.update(step, last_loss)
+                bar.step_done(step, last_loss)
                 if stop.stop:
                     interrupted = True
                     break

@@ -158,7 +158,7 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                 if writer is not None:
                     writer.writerow(dict(step=step, loss=f"{loss:.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
                                          seconds=f"{time.perf_counter() - t0:.3f}"))
-                bar.update(step, float(loss))
+                bar.step_done(step, float(loss))
                 if stop.stop:
                     interrupted = True
                     break

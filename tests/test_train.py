@@ -318,3 +318,12 @@ def test_cli_trains_on_a_folder_of_pngs(tmp_path, capsys):
     assert main(args[:-1] + ["--resume", "--steps", "3"]) == 0
     assert int(np.load(out / "train_state.npz")["step"]) == 3
     assert "step 3" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_does_nothing_and_reports(tmp_path, capsys):
+    """A resumed run that is already at its last step saves nothing new and closes its progress bar cleanly."""
+    kw = dict(config=TINY, batch_size=2, checkpoint_every=2, progress=True)
+    done = train_ddpm(blobs(n=3), tmp_path, steps=2, **kw)
+    again = train_ddpm(blobs(n=3), tmp_path, steps=2, resume=True, **kw)
+    assert again.step == done.step == 2 and not again.interrupted
+    assert "train" in capsys.readouterr().err
