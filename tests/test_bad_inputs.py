@@ -84,8 +84,16 @@ def _check_named(exc: BaseException, path: Path) -> None:
         f"{type(exc).__name__} does not name {path}: {exc}"
 
 
+# One folder for every example's files, removed when the module's tests are done (at interpreter exit).
+_SCRATCH = tempfile.TemporaryDirectory(prefix="diffice-bad-inputs-")
+
+
+def _fresh_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH.name))
+
+
 def _write(data: bytes, name: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="diffice-bad-"))
+    d = _fresh_dir("bad-")
     p = d / name
     p.write_bytes(data)
     return p
@@ -129,7 +137,7 @@ def test_load_image_refuses_a_huge_canvas_before_decoding(tmp_path):
                       max_size=5, unique=True),
        suffixes=st.lists(st.sampled_from([".png", ".PNG", ".txt", ".jpeg", "", ".dcm"]), min_size=5, max_size=5))
 def test_list_images_any_folder(names, suffixes):
-    d = Path(tempfile.mkdtemp(prefix="diffice-list-"))
+    d = _fresh_dir("list-")
     for name, suffix in zip(names, suffixes):
         (d / (name + suffix)).write_bytes(b"x")
     expected = sorted(d / (n + s) for n, s in zip(names, suffixes)
@@ -150,7 +158,7 @@ def test_list_images_missing_folder(tmp_path):
 @given(bad=st.one_of(st.binary(max_size=256), corrupted("png")), position=st.integers(0, 2),
        csv_text=st.one_of(st.none(), st.text(max_size=80)))
 def test_load_training_set_with_a_bad_file(bad, position, csv_text):
-    d = Path(tempfile.mkdtemp(prefix="diffice-train-"))
+    d = _fresh_dir("train-")
     images = d / "images"
     images.mkdir()
     for i in range(3):
