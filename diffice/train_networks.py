@@ -117,6 +117,11 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
             writer.writeheader()
             writer.writerows(rows)
 
+    # frozen weights get zero gradients, so Adam never moves them; only AdamW's decay would: their values are
+    # put back after each step from this one copy (taken after a resume's load)
+    frozen_values = {n: v.copy() for n, v in net._params.items() if frozen and weight_decay and
+                     n.startswith(frozen_prefix)}
+
     def save(step: int) -> None:
         meta = dict(metadata or {}, step=str(step))
         tmp_model, tmp_state = out / ".model.safetensors.new", out / ".train_state.npz.new"
@@ -147,12 +152,9 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     raise FloatingPointError(f"train_network: non-finite loss ({loss}) or gradient norm ({norm}) "
                                              f"at step {step + 1}; the last checkpoint is kept")
-                if frozen and weight_decay:  # AdamW's decay would move frozen weights: restore them
-                    keep = [net._params[n].copy() for n in names if n.startswith(frozen_prefix)]
                 opt.step(flat)
-                if frozen and weight_decay:
-                    for n, v in zip([n for n in names if n.startswith(frozen_prefix)], keep):
-                        net._params[n][...] = v
+                for n, v in frozen_values.items():
+                    net._params[n][...] = v
                 step += 1
                 history.append(float(loss))
                 if writer is not None:
