@@ -14,7 +14,7 @@ import torch.nn.functional as F
 class TorchDiffusion:
     """The respaced linear schedule and the learned-range posterior, as guided-diffusion computes them."""
 
-    def __init__(self, steps: int = 1000, respacing: int = 400):
+    def __init__(self, steps: int = 1000, respacing: int = 400, device: str = "cpu"):
         scale = 1000 / steps
         base_betas = np.linspace(scale * 1e-4, scale * 0.02, steps)
         stride = (steps - 1) / (respacing - 1)
@@ -23,12 +23,12 @@ class TorchDiffusion:
         for j in keep:
             betas.append(1 - ac[j] / last)
             last = ac[j]
-        self.timestep_map = torch.tensor(keep)
+        self.timestep_map = torch.tensor(keep, device=device)
         b = np.array(betas)
         acp = np.cumprod(1 - b)
         prev = np.append(1.0, acp[:-1])
         pv = b * (1 - prev) / (1 - acp)
-        f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+        f = lambda a: torch.tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         self.sqrt_ac, self.sqrt_1mac = f(np.sqrt(acp)), f(np.sqrt(1 - acp))
         self.recip, self.recipm1 = f(np.sqrt(1 / acp)), f(np.sqrt(1 / acp - 1))
         self.logvar_min = f(np.log(np.append(pv[1], pv[1:])))
@@ -64,7 +64,10 @@ def guided_pass(model, diffusion: TorchDiffusion, classifier, perceptual, x_in, 
                 generator, method="diff-ice"):
     """One guided reverse process from x_in; method 'diff-ice' (gradient at x0_hat), 'xt' (through the UNet) or
     'dime' (nested unguided chain, 1/sqrt(abar) scaling)."""
-    z = diffusion.q_sample(x_in, tau, torch.randn(x_in.shape, generator=generator))
+    def randn():  # on the images' device, from the generator of that device
+        return torch.randn(x_in.shape, generator=generator, device=x_in.device)
+
+    z = diffusion.q_sample(x_in, tau, randn())
     x_c = x_in.clone()
     for i in range(tau - 1, -1, -1):
         if method == "xt":
@@ -82,13 +85,13 @@ def guided_pass(model, diffusion: TorchDiffusion, classifier, perceptual, x_in, 
             if method == "dime":
                 g = g / diffusion.sqrt_ac[i]
         with torch.no_grad():
-            noise = torch.randn(z.shape, generator=generator) if i > 0 else torch.zeros_like(z)
+            noise = randn() if i > 0 else torch.zeros_like(z)
             z = mean - var * g + torch.exp(0.5 * logvar) * noise
             if method == "dime" and i > 0:
                 x_c = z.clone()
                 for j in range(i - 1, -1, -1):
                     m2, _, lv2, _ = diffusion.p_mean_variance(model, x_c, j)
-                    n2 = torch.randn(z.shape, generator=generator) if j > 0 else torch.zeros_like(z)
+                    n2 = randn() if j > 0 else torch.zeros_like(z)
                     x_c = m2 + torch.exp(0.5 * lv2) * n2
     return z.detach()
 
@@ -97,13 +100,13 @@ def explain(model, diffusion, classifier, perceptual, x, target, iterations=5, t
             lambdas: Sequence[float] = (40, 60, 80), lambda_p=30.0, method="diff-ice", seed=0,
             on_iteration: Callable[[int], None] = None):
     """Diff-ICE (method 'diff-ice', L iterations) or a single-pass baseline, with the per-iteration lambda_c search."""
-    generator = torch.Generator().manual_seed(seed)
-    target = torch.as_tensor(target).expand(len(x)).long()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    target = torch.as_tensor(target, device=x.device).expand(len(x)).long()
     current = x
     results = []
     for it in range(iterations):
         out = current.clone()
-        active = torch.arange(len(x))
+        active = torch.arange(len(x), device=x.device)
         for lam in lambdas:
             cf = guided_pass(model, diffusion, classifier, perceptual, current[active], x[active], target[active], tau,
                              lam, lambda_p, generator, method)

@@ -123,11 +123,11 @@ class ResNet(nn.Module):
         if self.in_channels == 1:
             x01 = x01.repeat(1, 3, 1, 1)
         if self.layout == "torchvision":
-            mean = torch.tensor([0.485, 0.456, 0.406], dtype=x.dtype).view(1, 3, 1, 1)
-            std = torch.tensor([0.229, 0.224, 0.225], dtype=x.dtype).view(1, 3, 1, 1)
+            mean = torch.tensor([0.485, 0.456, 0.406], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             return (x01 - mean) / std
         bgr = x01[:, [2, 1, 0]]  # MONAI: RGB -> BGR, then subtract_mean
-        return bgr - torch.tensor([0.406, 0.456, 0.485], dtype=x.dtype).view(1, 3, 1, 1)
+        return bgr - torch.tensor([0.406, 0.456, 0.485], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
 
     def forward(self, x):
         h = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
