@@ -15,6 +15,15 @@ torch.set_num_threads(2)
 SHARED = Path(os.environ.get("DIFFICE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def env_without_sanitizer_preload(**extra: str) -> dict:
+    """os.environ for programs that are not Python: without the gcc libasan that the sanitized suite preloads
+    (README, Build options). Programs with their own sanitizer runtime (the clang-built fuzz harnesses) or with a
+    fixed memory layout (chromedriver) abort under it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    env.update(extra)
+    return env
+
+
 def rel_err(got: np.ndarray, want) -> float:
     """max |got - want| / max |want|: the error relative to the scale of the reference (fp32 supports ~1e-6)."""
     want = want.detach().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import diffice.io as dio
+from conftest import env_without_sanitizer_preload
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 CORPUS = FUZZ / "corpus"
@@ -59,14 +60,6 @@ def test_corpus_through_python_loaders(reader):
     assert refused and (loaded or reader == "pickle")  # a bare data.pkl is no checkpoint
 
 
-def _clang_env(**extra: str) -> dict:
-    """The environment for clang and the harnesses: without the gcc libasan that the sanitized suite preloads
-    into Python (README, Build options), which clashes with the clang sanitizer runtime the harnesses link."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
-    env.update(extra)
-    return env
-
-
 def _libfuzzer_available() -> str | None:
     """None when clang can build a libFuzzer + ASan binary here, else why not."""
     cc = os.environ.get("CC", "clang")
@@ -75,7 +68,7 @@ def _libfuzzer_available() -> str | None:
     probe = subprocess.run([cc, "-fsanitize=fuzzer,address,undefined", "-x", "c", "-", "-o", os.devnull],
                            input="#include <stdint.h>\n#include <stddef.h>\n"
                                  "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n){(void)d;(void)n;return 0;}\n",
-                           capture_output=True, text=True, env=_clang_env())
+                           capture_output=True, text=True, env=env_without_sanitizer_preload())
     if probe.returncode != 0:
         return f"{cc} cannot link libFuzzer: {probe.stderr.strip()[:200]}"
     if not Path("/usr/include/zlib.h").exists():
@@ -95,6 +88,6 @@ def fuzz_out(tmp_path_factory):
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_libfuzzer_harness(harness, fuzz_out):
     done = subprocess.run([str(FUZZ / "run.sh"), str(SECONDS_EACH), harness], capture_output=True, text=True,
-                          env=_clang_env(FUZZ_OUT=str(fuzz_out)), timeout=SECONDS_EACH + 600)
+                          env=env_without_sanitizer_preload(FUZZ_OUT=str(fuzz_out)), timeout=SECONDS_EACH + 600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert f"fuzz_{harness}" in done.stdout and "ok:" in done.stdout, done.stdout

@@ -10,6 +10,7 @@ import pytest
 from diffice.cli import main
 from diffice.data import save_png
 from diffice.pairs import binomial_two_sided_p, key_path, make_sheet, score_answers
+from conftest import env_without_sanitizer_preload
 
 
 def results_folder(root, n, rng):
@@ -91,7 +92,8 @@ def _browser(download_dir):
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
                                               "download.prompt_for_download": False})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver"), env=env_without_sanitizer_preload()),
+                            options=options)
 
 
 def test_reader_clicks_in_a_real_browser_and_downloads_the_csv(tmp_path, rng, capsys):
