@@ -25,14 +25,15 @@ class ImageReadError(ValueError):
     """An input image could not be read or converted; the message names the file and the reason."""
 
 
-def list_images(folder: PathLike) -> List[Path]:
-    """The image files directly in `folder`, sorted by name. Raises if the folder is missing or has no images."""
+def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
+    """The image files directly in `folder` (those whose lower-cased suffix is one of `suffixes`), sorted by name.
+    Raises if the folder is missing or has no images."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise ValueError(f"no images ({', '.join(suffixes)}) in {folder}")
     return files
 
 

@@ -11,14 +11,10 @@ as it is and ``resume=True`` continues bit for bit (same machine, same thread co
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +23,11 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from ._native import _C
+from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
+from .checkpoints import plot_loss  # noqa: F401  (diffice.train.plot_loss, where it was)
+from .data import list_images
 from .diffusion import GaussianDiffusion
-from .io import load_safetensors, load_safetensors_metadata, save_safetensors
+from .io import load_safetensors
 from .ops._backend import get_backend
 from .progress import ProgressBar
 from .unet import UNet
@@ -40,7 +39,7 @@ __all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss
 
 _LOSS_TYPES = {"mse": 0, "rescaled_mse": 1}
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load_images reads (Pillow; no DICOM)
 
 
 # ---- optimiser state ----
@@ -208,11 +207,7 @@ def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.
     if path.is_file() and path.suffix == ".npy":
         data = np.load(path, allow_pickle=False).astype(np.float32)
         return _check_images(data[:, None] if data.ndim == 3 else data, str(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder not found: {path}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    files = list_images(path, IMAGE_SUFFIXES)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
@@ -281,7 +276,7 @@ class _Batches:
         return np.asarray(out, dtype=np.int64)
 
 
-# ---- progress, log, plot ----
+# ---- progress, log ----
 
 class _Progress(ProgressBar):
     """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
@@ -300,83 +295,6 @@ class _Progress(ProgressBar):
 LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
 
 
-def _read_log(path: Path) -> List[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def plot_loss(log_path: PathLike, png_path: PathLike) -> bool:
-    """Loss per step (and a moving average) from the CSV log as a PNG: matplotlib if installed, else Pillow.
-    Returns False when neither is available or the log is empty."""
-    rows = _read_log(Path(log_path))
-    if not rows:
-        return False
-    steps = np.array([int(r["step"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
-    window = max(1, len(loss) // 50)
-    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    smooth_steps = steps[window - 1:]
-    tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        ax.plot(steps, loss, color="#9ecae1", linewidth=0.8, label="loss")
-        ax.plot(smooth_steps, smooth, color="#08519c", linewidth=1.5, label=f"mean of {window}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        if np.all(loss > 0):
-            ax.set_yscale("log")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        plt.close(fig)
-    except ImportError:
-        try:
-            _plot_pillow(steps, loss, smooth_steps, smooth, tmp)
-        except ImportError:
-            return False
-    os.replace(tmp, png_path)
-    return True
-
-
-def _plot_pillow(steps, loss, smooth_steps, smooth, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    width, height, left, right, top, bottom = 700, 400, 70, 20, 20, 40
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    log = bool(np.all(loss > 0))
-    ys = np.log10(loss) if log else loss
-    ys_smooth = np.log10(smooth) if log else smooth
-    lo, hi = float(ys.min()), float(ys.max())
-    hi = hi if hi > lo else lo + 1.0
-    s0, s1 = float(steps.min()), float(max(steps.max(), steps.min() + 1))
-
-    def xy(s, v):
-        return (left + (s - s0) / (s1 - s0) * (width - left - right),
-                top + (hi - v) / (hi - lo) * (height - top - bottom))
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for s, v, color, w in ((steps, ys, (158, 202, 225), 1), (smooth_steps, ys_smooth, (8, 81, 156), 2)):
-        points = [xy(a, b) for a, b in zip(s, v)]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=w)
-    fmt = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.3g}")
-    draw.text((5, top), fmt(hi), fill="black")
-    draw.text((5, height - bottom - 10), fmt(lo), fill="black")
-    draw.text((left, height - bottom + 5), str(int(s0)), fill="black")
-    draw.text((width - right - 60, height - bottom + 5), str(int(s1)), fill="black")
-    draw.text((width // 2 - 40, height - bottom + 20), "step" + ("  (loss, log scale)" if log else "  (loss)"),
-              fill="black")
-    img.save(path, format="PNG")
-
-
 # ---- the training loop ----
 
 @dataclass
@@ -391,29 +309,6 @@ class TrainResult:
     state_path: Path      # optimiser state, RNG, data order (for resume)
     log_path: Path        # CSV, one row per step
     plot_path: Optional[Path]
-
-
-class _StopFlag:
-    """Ctrl-C sets the flag (the step in flight finishes, a checkpoint is saved); a second Ctrl-C raises."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.previous = None
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> Dict[str, np.ndarray]:
@@ -451,26 +346,18 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
             of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
         log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path, ema_path = out / "model.safetensors", out / "ema.safetensors"
-    state_path, log_path, plot_path = out / "train_state.npz", out / "loss.csv", out / "loss.png"
+    run = TrainingRun(out_dir, "train_ddpm", LOG_FIELDS, ("model.safetensors", "ema.safetensors"),
+                      resume_hint="resume=True, --resume", continue_hint="continue with resume=True (--resume)")
+    model_path, ema_path = run.model_paths
     if isinstance(images, np.ndarray):
         data = _check_images(images, "train_ddpm")
     else:
         data = _check_images(load_images(images, size), os.fspath(images))
     n, channels, h, w = data.shape
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
-                        ("log_every", log_every)):
-        if int(value) < 1:
-            raise ValueError(f"train_ddpm: {name} must be >= 1, got {value}")
-    if resume and not state_path.exists():
-        raise FileNotFoundError(f"train_ddpm: nothing to resume in {out} (no {state_path.name})")
-    if not resume and state_path.exists():
-        raise FileExistsError(f"train_ddpm: {out} already holds a training run; resume it (resume=True, "
-                              f"--resume) or choose another folder")
+    check_positive("train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every,
+                   log_every=log_every)
 
-    saved = dict(np.load(state_path, allow_pickle=False)) if resume else None
+    saved = run.load(resume)
     if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
         config = json.loads(str(saved["config"]))
         hparams = json.loads(str(saved["hparams"]))
@@ -499,12 +386,7 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
         batches = _Batches(n, rng)
         start = 0
     else:
-        start = int(saved["step"])
-        for path in (model_path, ema_path):
-            meta_step = load_safetensors_metadata(path).get("step")
-            if meta_step != str(start):
-                raise ValueError(f"train_ddpm: {path.name} is from step {meta_step} but {state_path.name} from "
-                                 f"step {start}; the checkpoint is inconsistent")
+        start = run.resumed_step(saved)
         unet.load_state_dict(load_safetensors(model_path))
         if int(saved["num_images"]) != n:
             raise ValueError(f"train_ddpm: the run was started with {int(saved['num_images'])} images, got {n}")
@@ -517,42 +399,27 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
         opt.load_state_dict(saved)
         ema_state = load_safetensors(ema_path)
         ema.values[...] = np.concatenate([ema_state[k].ravel() for k in unet._params])
-        rows = [r for r in _read_log(log_path) if int(r["step"]) <= start]
-    else:
-        rows = []
-    # the log holds the steps up to the checkpoint (a crashed run may have logged further)
-    with open(log_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    run.restart_log(saved is not None)
 
     def save(step: int) -> None:
         meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config),
                 "step": str(step)}
-        # written under temporary names first, then renamed together: the three files stay consistent
-        tmp = {p: p.with_name("." + p.name + ".new") for p in (model_path, ema_path, state_path)}
-        save_safetensors(tmp[model_path], unet.state_dict(), metadata=meta)
-        save_safetensors(tmp[ema_path], _state_dict_from_flat(unet, ema.values),
-                         metadata=dict(meta, ema_rate=repr(ema.rate)))
-        with open(tmp[state_path], "wb") as f:
-            np.savez(f, step=np.int64(step), config=np.str_(_config_json(unet.config)),
-                     rng_state=np.str_(json.dumps(rng.bit_generator.state)), perm=batches.perm,
-                     pos=np.int64(batches.pos), num_images=np.int64(n),
-                     hparams=np.str_(json.dumps(dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate,
-                                                     grad_clip=grad_clip, batch_size=batch_size,
-                                                     diffusion_steps=diffusion_steps, loss_type=loss_type,
-                                                     noise_schedule=noise_schedule))),
-                     **opt.state_dict())
-        for final, temp in tmp.items():
-            os.replace(temp, final)
+        hparams = dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate, grad_clip=grad_clip,
+                       batch_size=batch_size, diffusion_steps=diffusion_steps, loss_type=loss_type,
+                       noise_schedule=noise_schedule)
+        run.save(step, {model_path: lambda: (unet.state_dict(), meta),
+                        ema_path: lambda: (_state_dict_from_flat(unet, ema.values),
+                                           dict(meta, ema_rate=repr(ema.rate)))},
+                 lambda: dict(config=np.str_(_config_json(unet.config)),
+                              rng_state=np.str_(json.dumps(rng.bit_generator.state)), perm=batches.perm,
+                              pos=np.int64(batches.pos), num_images=np.int64(n), hparams=np.str_(json.dumps(hparams)),
+                              **opt.state_dict()))
 
     bar = _Progress(steps, start, progress, log_every)
     step, last_loss, interrupted = start, float("nan"), False
-    log_file = open(log_path, "a", newline="")
-    writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-    t0 = time.perf_counter()
     try:
-        with _StopFlag() as stop:
+        with run.logging(), StopFlag() as stop:
+            t0 = time.perf_counter()
             while step < steps:
                 x0 = data[batches.next(batch_size)]
                 if augment:
@@ -562,34 +429,26 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
                 terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
                 norm = clip_grad_norm(grads, grad_clip, num_threads=threads)
                 last_loss = float(np.mean(terms.loss))
-                if not (math.isfinite(last_loss) and math.isfinite(norm)):
-                    raise FloatingPointError(f"train_ddpm: non-finite loss ({last_loss}) or gradient norm ({norm}) "
-                                             f"at step {step + 1}; the last checkpoint is kept")
+                check_finite("train_ddpm", last_loss, norm, step)
                 opt.step(grads)
                 ema.update()
                 step += 1
-                writer.writerow(dict(step=step, loss=f"{last_loss:.6g}", mse=f"{float(np.mean(terms.mse)):.6g}",
-                                     vb=f"{float(np.mean(terms.vb)):.6g}", grad_norm=f"{norm:.6g}",
-                                     lr=f"{opt.lr:.6g}", seconds=f"{time.perf_counter() - t0:.3f}"))
+                run.log(dict(step=step, loss=f"{last_loss:.6g}", mse=f"{float(np.mean(terms.mse)):.6g}",
+                             vb=f"{float(np.mean(terms.vb)):.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
+                             seconds=f"{time.perf_counter() - t0:.3f}"))
                 if step % log_every == 0:
-                    log_file.flush()
+                    run.flush_log()
                 bar.step_done(step, last_loss)
                 if stop.stop:
                     interrupted = True
                     break
-                if step % checkpoint_every == 0 and step < steps:
-                    log_file.flush()
-                    save(step)
-                    plot_loss(log_path, plot_path)
+                run.checkpoint_if_due(step, steps, checkpoint_every, save)
     finally:
         bar.close()
-        log_file.close()
-    if step > start or not model_path.exists():
-        save(step)
+    run.save_final(step, save)
     if interrupted and progress:
-        print(f"interrupted: checkpoint saved at step {step} in {out}; continue with resume=True (--resume)",
-              file=sys.stderr)
-    plotted = plot_loss(log_path, plot_path)
+        run.say_interrupted(step)
+    plotted = run.plot()
     return TrainResult(step=step, interrupted=interrupted, last_loss=last_loss, model_path=model_path,
-                       ema_path=ema_path, state_path=state_path, log_path=log_path,
-                       plot_path=plot_path if plotted else None)
+                       ema_path=ema_path, state_path=run.state_path, log_path=run.log_path,
+                       plot_path=run.plot_path if plotted else None)

@@ -8,18 +8,19 @@ import csv
 import json
 import math
 import os
-import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .io import load_safetensors, load_safetensors_metadata, save_safetensors
+from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
+from .io import load_safetensors
 from .network import NetworkBase
 from .ops._backend import get_backend
-from .train import AdamW, _Progress, _read_log, _StopFlag, clip_grad_norm, plot_loss
+from .train import AdamW, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,9 +77,7 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
     steps, at the end and on Ctrl-C, atomically; resume=True continues such a run bit for bit.
     Returns {"loss": the losses of the steps run now, "step": steps done in total, "interrupted": bool}.
     """
-    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-        if int(value) < 1:
-            raise ValueError(f"train_network: {name} must be >= 1, got {value}")
+    check_positive("train_network", steps=steps, checkpoint_every=checkpoint_every, log_every=log_every)
     names = list(net._params)
     frozen = None
     if frozen_prefix:
@@ -90,32 +89,16 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
     be = get_backend(net.backend)
     opt = AdamW(net._params, lr=lr, weight_decay=weight_decay, num_threads=be.num_threads)
     rng = np.random.default_rng(seed)
-    out = Path(out_dir) if out_dir is not None else None
-    start, rows = 0, []
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model_path, state_path = out / "model.safetensors", out / "train_state.npz"
-        log_path, plot_path = out / "loss.csv", out / "loss.png"
-        if resume and not state_path.exists():
-            raise FileNotFoundError(f"train_network: nothing to resume in {out} (no {state_path.name})")
-        if not resume and state_path.exists():
-            raise FileExistsError(f"train_network: {out} already holds a training run; resume it (--resume) or "
-                                  f"choose another folder")
-        if resume:
-            saved = dict(np.load(state_path, allow_pickle=False))
-            start = int(saved["step"])
-            meta_step = load_safetensors_metadata(model_path).get("step")
-            if meta_step != str(start):
-                raise ValueError(f"train_network: {model_path.name} is from step {meta_step} but {state_path.name} "
-                                 f"from step {start}; the checkpoint is inconsistent")
-            net.load_state_dict(load_safetensors(model_path))
+    run = TrainingRun(out_dir, "train_network", SUPERVISED_LOG_FIELDS) if out_dir is not None else None
+    start = 0
+    if run is not None:
+        saved = run.load(resume)
+        if saved is not None:
+            start = run.resumed_step(saved)
+            net.load_state_dict(load_safetensors(run.model_paths[0]))
             opt.load_state_dict(saved)
             rng.bit_generator.state = json.loads(str(saved["rng_state"]))
-            rows = [r for r in _read_log(log_path) if int(r["step"]) <= start]
-        with open(log_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUPERVISED_LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        run.restart_log(saved is not None)
 
     # frozen weights get zero gradients, so Adam never moves them; only AdamW's decay would: their values are
     # put back after each step from this one copy (taken after a resume's load)
@@ -123,23 +106,16 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                      n.startswith(frozen_prefix)}
 
     def save(step: int) -> None:
-        meta = dict(metadata or {}, step=str(step))
-        tmp_model, tmp_state = out / ".model.safetensors.new", out / ".train_state.npz.new"
-        save_safetensors(tmp_model, net.state_dict(), metadata=meta)
-        with open(tmp_state, "wb") as f:
-            np.savez(f, step=np.int64(step), rng_state=np.str_(json.dumps(rng.bit_generator.state)),
-                     **opt.state_dict())
-        os.replace(tmp_model, model_path)
-        os.replace(tmp_state, state_path)
+        assert run is not None
+        run.save(step, {run.model_paths[0]: lambda: (net.state_dict(), dict(metadata or {}, step=str(step)))},
+                 lambda: dict(rng_state=np.str_(json.dumps(rng.bit_generator.state)), **opt.state_dict()))
 
     bar = _Progress(steps, start, progress, log_every, label=label)
     history: List[float] = []
     step, interrupted = start, False
-    log_file = open(log_path, "a", newline="") if out is not None else None
-    writer = csv.DictWriter(log_file, fieldnames=SUPERVISED_LOG_FIELDS) if log_file else None
-    t0 = time.perf_counter()
     try:
-        with _StopFlag() as stop:
+        with run.logging() if run is not None else nullcontext(), StopFlag() as stop:
+            t0 = time.perf_counter()
             while step < steps:
                 x, targets = batches(rng)
                 opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
@@ -149,36 +125,28 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                     for a, b in frozen:
                         flat[a:b] = 0.0
                 norm = clip_grad_norm(flat, grad_clip, num_threads=be.num_threads)
-                if not (math.isfinite(loss) and math.isfinite(norm)):
-                    raise FloatingPointError(f"train_network: non-finite loss ({loss}) or gradient norm ({norm}) "
-                                             f"at step {step + 1}; the last checkpoint is kept")
+                check_finite("train_network", loss, norm, step)
                 opt.step(flat)
                 for n, v in frozen_values.items():
                     net._params[n][...] = v
                 step += 1
                 history.append(float(loss))
-                if writer is not None:
-                    writer.writerow(dict(step=step, loss=f"{loss:.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
-                                         seconds=f"{time.perf_counter() - t0:.3f}"))
+                if run is not None:
+                    run.log(dict(step=step, loss=f"{loss:.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
+                                 seconds=f"{time.perf_counter() - t0:.3f}"))
                 bar.step_done(step, float(loss))
                 if stop.stop:
                     interrupted = True
                     break
-                if out is not None and step % checkpoint_every == 0 and step < steps:
-                    log_file.flush()
-                    save(step)
-                    plot_loss(log_path, plot_path)
+                if run is not None:
+                    run.checkpoint_if_due(step, steps, checkpoint_every, save)
     finally:
         bar.close()
-        if log_file:
-            log_file.close()
-    if out is not None:
-        if step > start or not model_path.exists():
-            save(step)
-        plot_loss(log_path, plot_path)
+    if run is not None:
+        run.save_final(step, save)
+        run.plot()
         if interrupted and progress:
-            print(f"interrupted: checkpoint saved at step {step} in {out}; run again with --resume",
-                  file=sys.stderr)
+            run.say_interrupted(step)
     return {"loss": history, "step": step, "interrupted": interrupted}
 
 
