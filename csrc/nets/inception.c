@@ -49,24 +49,9 @@ typedef struct dfc_inception {
     block blocks[NUM_BLOCKS];    /* Mixed_5b .. Mixed_7c */
 } dfc_inception;
 
-/* Walked twice with the same code (as resnet.c): registering names and shapes in state_dict order, then binding. */
-typedef struct builder {
-    dfc_inception *net;
-    int binding;
-    int next_param;
-    dfc_error *err;
-    int failed;
-} builder;
-
-static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
-{
-    return dfc_param_build(&b->net->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s",
-                           prefix, suffix);
-}
-
 /* BasicConv2d(cin, cout, kernel (kh, kw), stride, padding (ph, pw)) named "<block>.<name>" (or "<name>"). */
-static basic_conv build_basic(builder *b, const char *block_name, const char *name, int cin, int cout, int kh,
-                              int kw, int stride, int ph, int pw)
+static basic_conv build_basic(dfc_param_builder *b, const char *block_name, const char *name, int cin, int cout,
+                              int kh, int kw, int stride, int ph, int pw)
 {
     char prefix[DFC_PARAM_NAME_LEN];
     if (block_name)
@@ -76,38 +61,38 @@ static basic_conv build_basic(builder *b, const char *block_name, const char *na
     basic_conv c;
     memset(&c, 0, sizeof c);
     int64_t wshape[4] = {cout, cin, kh, kw}, cshape[1] = {cout};
-    c.conv.weight = param(b, 4, wshape, prefix, ".conv.weight");
+    c.conv.weight = dfc_builder_param(b, 4, wshape, "%s.conv.weight", prefix);
     c.conv.p.stride_h = c.conv.p.stride_w = stride;
     c.conv.p.pad_h = ph;
     c.conv.p.pad_w = pw;
-    c.bn.weight = param(b, 1, cshape, prefix, ".bn.weight");
-    c.bn.bias = param(b, 1, cshape, prefix, ".bn.bias");
-    c.bn.running_mean = param(b, 1, cshape, prefix, ".bn.running_mean");
-    c.bn.running_var = param(b, 1, cshape, prefix, ".bn.running_var");
+    c.bn.weight = dfc_builder_param(b, 1, cshape, "%s.bn.weight", prefix);
+    c.bn.bias = dfc_builder_param(b, 1, cshape, "%s.bn.bias", prefix);
+    c.bn.running_mean = dfc_builder_param(b, 1, cshape, "%s.bn.running_mean", prefix);
+    c.bn.running_var = dfc_builder_param(b, 1, cshape, "%s.bn.running_var", prefix);
     c.bn.eps = 0.001f; /* torchvision BasicConv2d: BatchNorm2d(eps=0.001) */
     return c;
 }
 
 /* A square k x k conv with padding k / 2 at stride 1, or without padding at stride 2. */
-static basic_conv sq(builder *b, const char *blk, const char *name, int cin, int cout, int k, int stride)
+static basic_conv sq(dfc_param_builder *b, const char *blk, const char *name, int cin, int cout, int k, int stride)
 {
     int pad = stride == 1 ? k / 2 : 0;
     return build_basic(b, blk, name, cin, cout, k, k, stride, pad, pad);
 }
 
 /* 1 x 7 (wide) and 7 x 1 (tall) convs with "same" padding. */
-static basic_conv wide(builder *b, const char *blk, const char *name, int cin, int cout, int k)
+static basic_conv wide(dfc_param_builder *b, const char *blk, const char *name, int cin, int cout, int k)
 {
     return build_basic(b, blk, name, cin, cout, 1, k, 1, 0, k / 2);
 }
 
-static basic_conv tall(builder *b, const char *blk, const char *name, int cin, int cout, int k)
+static basic_conv tall(dfc_param_builder *b, const char *blk, const char *name, int cin, int cout, int k)
 {
     return build_basic(b, blk, name, cin, cout, k, 1, 1, k / 2, 0);
 }
 
 /* FIDInceptionA (torchvision InceptionA): 64 + 64 + 96 + pool_features channels. */
-static void build_a(builder *b, block *blk, const char *n, int cin, int pool_features)
+static void build_a(dfc_param_builder *b, block *blk, const char *n, int cin, int pool_features)
 {
     blk->num_branches = 4;
     branch *br = blk->br;
@@ -126,7 +111,7 @@ static void build_a(builder *b, block *blk, const char *n, int cin, int pool_fea
 }
 
 /* InceptionB (grid reduction 35 -> 17): 384 + 96 + cin channels. */
-static void build_b(builder *b, block *blk, const char *n, int cin)
+static void build_b(dfc_param_builder *b, block *blk, const char *n, int cin)
 {
     blk->num_branches = 3;
     branch *br = blk->br;
@@ -140,7 +125,7 @@ static void build_b(builder *b, block *blk, const char *n, int cin)
 }
 
 /* FIDInceptionC (torchvision InceptionC, factorised 7x7): 4 x 192 channels. */
-static void build_c(builder *b, block *blk, const char *n, int cin, int c7)
+static void build_c(dfc_param_builder *b, block *blk, const char *n, int cin, int c7)
 {
     blk->num_branches = 4;
     branch *br = blk->br;
@@ -162,7 +147,7 @@ static void build_c(builder *b, block *blk, const char *n, int cin, int c7)
 }
 
 /* InceptionD (grid reduction 17 -> 8): 320 + 192 + cin channels. */
-static void build_d(builder *b, block *blk, const char *n, int cin)
+static void build_d(dfc_param_builder *b, block *blk, const char *n, int cin)
 {
     blk->num_branches = 3;
     branch *br = blk->br;
@@ -178,7 +163,7 @@ static void build_d(builder *b, block *blk, const char *n, int cin)
 }
 
 /* FIDInceptionE_1 / E_2 (torchvision InceptionE): 320 + 768 + 768 + 192 = 2048 channels. */
-static void build_e(builder *b, block *blk, const char *n, int cin, pool_kind pool)
+static void build_e(dfc_param_builder *b, block *blk, const char *n, int cin, pool_kind pool)
 {
     blk->num_branches = 4;
     branch *br = blk->br;
@@ -200,9 +185,10 @@ static void build_e(builder *b, block *blk, const char *n, int cin, pool_kind po
     br[3].chain[0] = sq(b, n, "branch_pool", cin, 192, 1, 1);
 }
 
-static void build(builder *b)
+/* Walked twice by dfc_param_set_build (b->owner: the dfc_inception), in state_dict order. */
+static void build(dfc_param_builder *b)
 {
-    dfc_inception *net = b->net;
+    dfc_inception *net = b->owner;
     net->stem[0] = sq(b, NULL, "Conv2d_1a_3x3", 3, 32, 3, 2);
     net->stem[1] = build_basic(b, NULL, "Conv2d_2a_3x3", 32, 32, 3, 3, 1, 0, 0); /* unpadded */
     net->stem[2] = sq(b, NULL, "Conv2d_2b_3x3", 32, 64, 3, 1);
@@ -247,14 +233,11 @@ dfc_status dfc_inception_create(const dfc_inception_config *cfg, dfc_net **out, 
     if (!net)
         return dfc_fail(err, DFC_ERR_NOMEM, "Inception: out of memory");
     net->cfg = *cfg;
-    builder b = {net, 0, 0, err, 0};
-    build(&b);
-    if (b.failed || dfc_param_set_allocate(&net->base.params, err) != DFC_OK) {
+    dfc_status st = dfc_param_set_build(&net->base.params, build, net, err);
+    if (st != DFC_OK) {
         inception_destroy(&net->base);
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+        return st;
     }
-    builder bind = {net, 1, 0, err, 0};
-    build(&bind);
     net->base.vt = &INCEPTION_VTABLE;
     net->base.in_channels = cfg->in_channels;
     net->base.num_outputs = 1;
@@ -380,10 +363,7 @@ static dfc_status input_forward(dfc_backend *be, const dfc_inception *net, const
 static dfc_status check_input(const dfc_inception *net, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "Inception.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != net->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the network takes %d", op,
-                        (long long)x->shape[1], net->cfg.in_channels);
+    DFC_TRY(dfc_check_image_input(x, op, "network", net->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 1 || x->shape[3] < 1)
         return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is empty", op);
     if (net->cfg.resize == 0 && (x->shape[2] < 75 || x->shape[3] < 75))

@@ -54,20 +54,30 @@ int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *sha
     return index;
 }
 
-dfc_tensor dfc_param_build(dfc_param_set *set, int binding, int *next, int *failed, dfc_error *err, int ndim,
-                           const int64_t *shape, const char *fmt, ...)
+dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shape, const char *fmt, ...)
 {
     dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
-    if (*failed)
+    if (b->failed)
         return t;
-    if (binding)
-        return dfc_param_view(set, (*next)++);
+    if (b->binding)
+        return dfc_param_view(b->set, b->next++);
     va_list ap;
     va_start(ap, fmt);
-    if (register_va(set, ndim, shape, NULL, err, fmt, ap) < 0)
-        *failed = 1;
+    if (register_va(b->set, ndim, shape, NULL, b->err, fmt, ap) < 0)
+        b->failed = 1;
     va_end(ap);
     return t;
+}
+
+dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, void *owner, dfc_error *err)
+{
+    dfc_param_builder b = {set, owner, 0, 0, 0, err};
+    build(&b);
+    if (b.failed || dfc_param_set_allocate(set, err) != DFC_OK) /* either has reported into err */
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    b.binding = 1;
+    build(&b);
+    return DFC_OK;
 }
 
 float *dfc_param_data(const dfc_param_set *set, int index)
@@ -125,6 +135,16 @@ dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err)
 {
     int64_t shape[2] = {n, c};
     return dfc_arena_tensor(arena, 2, shape, err);
+}
+
+dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels,
+                                 dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
+    if (x->shape[1] != channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the %s takes %d", op, (long long)x->shape[1],
+                        what, channels);
+    return DFC_OK;
 }
 
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,

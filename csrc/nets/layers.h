@@ -37,11 +37,26 @@ int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *sha
 /* Where parameter `index`'s values are. */
 float *dfc_param_data(const dfc_param_set *set, int index);
 /* Networks are built twice with the same code: first registering each parameter (name, shape) in state_dict order,
- * then, once the buffer exists, binding the views in the same order. With binding 0 this registers the named
- * parameter (setting *failed on error) and returns an empty view; with binding 1 it returns view *next and
- * advances it. */
-dfc_tensor dfc_param_build(dfc_param_set *set, int binding, int *next, int *failed, dfc_error *err, int ndim,
-                           const int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+ * then, once the buffer exists, binding the views in the same order. A network's build walks its structure and
+ * takes each parameter from dfc_builder_param; dfc_param_set_build runs it around the allocation. */
+typedef struct dfc_param_builder {
+    dfc_param_set *set;
+    void *owner;    /* the network being built, for its build function */
+    int binding;    /* 0: registering names and shapes; 1: binding views to the allocated buffer */
+    int next;       /* binding: index of the next view */
+    int failed;     /* registering: a registration failed (err is set); later parameters are skipped */
+    dfc_error *err;
+} dfc_param_builder;
+
+typedef void (*dfc_param_build_fn)(dfc_param_builder *b);
+
+/* Registering: registers the named parameter and returns an empty view (data NULL). Binding: returns the next
+ * view. */
+dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Runs build registering, allocates set's buffer, runs build again binding; owner is handed to build as b->owner.
+ * On failure the set holds whatever was registered (the caller frees it with its network). */
+dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, void *owner, dfc_error *err);
 /* Allocates the zeroed buffer once all parameters are registered. */
 dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
 /* Points every registered view at the buffer: call after allocation (views are bound by index). */
@@ -121,6 +136,10 @@ dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, con
 dfc_tensor dfc_alloc_like(dfc_arena *arena, const dfc_tensor *x, dfc_error *err);
 dfc_tensor dfc_alloc4(dfc_arena *arena, int64_t n, int64_t c, int64_t h, int64_t w, dfc_error *err);
 dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err);
+
+/* x must be (N, channels, H, W); otherwise "<op>: x has C channels, the <what> takes <channels>". */
+dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels,
+                                 dfc_error *err);
 
 /* y = a + b (same shapes), allocated. */
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,

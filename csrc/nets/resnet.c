@@ -51,52 +51,40 @@ static int depth_layout(int depth, int counts[4], int *bottleneck)
     return 0;
 }
 
-/* The structure is walked twice with the same code (as unet.c): once to register the parameter names and shapes
- * in state_dict order, once, after the buffer exists, to bind the views. */
-typedef struct builder {
-    dfc_resnet *r;
-    int binding;
-    int next_param;
-    dfc_error *err;
-    int failed;
-} builder;
-
-static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
-{
-    return dfc_param_build(&b->r->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s", prefix,
-                           suffix);
-}
-
-static dfc_conv_layer build_conv(builder *b, int cin, int cout, int kernel, int stride, const char *prefix)
+/* Walked twice by dfc_param_set_build (b->owner: the dfc_resnet), in state_dict order. */
+static dfc_conv_layer build_conv(dfc_param_builder *b, int cin, int cout, int kernel, int stride, const char *prefix)
 {
     int64_t wshape[4] = {cout, cin, kernel, kernel}, bshape[1] = {cout};
     dfc_conv_layer l;
+    const dfc_resnet *r = b->owner;
     memset(&l, 0, sizeof l);
-    l.weight = param(b, 4, wshape, prefix, ".weight");
-    if (b->r->cfg.layout == DFC_RESNET_RADIMAGENET) /* Keras convs keep their biases */
-        l.bias = param(b, 1, bshape, prefix, ".bias");
+    l.weight = dfc_builder_param(b, 4, wshape, "%s.weight", prefix);
+    if (r->cfg.layout == DFC_RESNET_RADIMAGENET) /* Keras convs keep their biases */
+        l.bias = dfc_builder_param(b, 1, bshape, "%s.bias", prefix);
     l.p.stride_h = l.p.stride_w = stride;
     l.p.pad_h = l.p.pad_w = kernel / 2;
     return l;
 }
 
-static dfc_batch_norm_layer build_bn(builder *b, int channels, const char *prefix)
+static dfc_batch_norm_layer build_bn(dfc_param_builder *b, int channels, const char *prefix)
 {
     int64_t shape[1] = {channels};
+    const dfc_resnet *r = b->owner;
     dfc_batch_norm_layer l;
-    l.weight = param(b, 1, shape, prefix, ".weight");
-    l.bias = param(b, 1, shape, prefix, ".bias");
-    l.running_mean = param(b, 1, shape, prefix, ".running_mean");
-    l.running_var = param(b, 1, shape, prefix, ".running_var");
-    l.eps = b->r->cfg.layout == DFC_RESNET_RADIMAGENET ? 1.001e-5f : 1e-5f; /* Keras' default vs PyTorch's */
+    l.weight = dfc_builder_param(b, 1, shape, "%s.weight", prefix);
+    l.bias = dfc_builder_param(b, 1, shape, "%s.bias", prefix);
+    l.running_mean = dfc_builder_param(b, 1, shape, "%s.running_mean", prefix);
+    l.running_var = dfc_builder_param(b, 1, shape, "%s.running_var", prefix);
+    l.eps = r->cfg.layout == DFC_RESNET_RADIMAGENET ? 1.001e-5f : 1e-5f; /* Keras' default vs PyTorch's */
     return l;
 }
 
-static void build_block(builder *b, block *blk, int bottleneck, int cin, int width, int stride, int first_of_stage,
-                        const char *prefix)
+static void build_block(dfc_param_builder *b, block *blk, int bottleneck, int cin, int width, int stride,
+                        int first_of_stage, const char *prefix)
 {
     char name[DFC_PARAM_NAME_LEN];
-    int keras = b->r->cfg.layout == DFC_RESNET_RADIMAGENET;
+    const dfc_resnet *r = b->owner;
+    int keras = r->cfg.layout == DFC_RESNET_RADIMAGENET;
     int cout = bottleneck ? 4 * width : width;
     blk->bottleneck = bottleneck;
     if (bottleneck) {
@@ -127,9 +115,9 @@ static void build_block(builder *b, block *blk, int bottleneck, int cin, int wid
     }
 }
 
-static void build(builder *b)
+static void build(dfc_param_builder *b)
 {
-    dfc_resnet *r = b->r;
+    dfc_resnet *r = b->owner;
     int counts[4], bottleneck = 0;
     depth_layout(r->cfg.depth, counts, &bottleneck);
     r->conv1 = build_conv(b, 3, 64, 7, 2, "conv1");
@@ -189,14 +177,11 @@ dfc_status dfc_resnet_create(const dfc_resnet_config *cfg, dfc_net **out, dfc_er
         resnet_destroy(&r->base);
         return dfc_fail(err, DFC_ERR_NOMEM, "ResNet: out of memory");
     }
-    builder b = {r, 0, 0, err, 0};
-    build(&b);
-    if (b.failed || dfc_param_set_allocate(&r->base.params, err) != DFC_OK) {
+    dfc_status st = dfc_param_set_build(&r->base.params, build, r, err);
+    if (st != DFC_OK) {
         resnet_destroy(&r->base);
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+        return st;
     }
-    builder bind = {r, 1, 0, err, 0};
-    build(&bind);
 
     r->base.vt = &RESNET_VTABLE;
     r->base.in_channels = cfg->in_channels;
@@ -422,10 +407,7 @@ static dfc_status block_backward(dfc_backend *be, const block *blk, const block_
 static dfc_status check_input(const dfc_resnet *r, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "ResNet.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != r->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the network takes %d", op,
-                        (long long)x->shape[1], r->cfg.in_channels);
+    DFC_TRY(dfc_check_image_input(x, op, "network", r->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 1 || x->shape[3] < 1)
         return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is empty", op);
     return DFC_OK;

@@ -31,43 +31,30 @@ typedef struct segmenter {
 static const char *const OUTPUT_NAMES[] = {"logits"};
 static const dfc_pool2d_params POOL2 = {2, 2, 2, 2, 0, 0};
 
-/* Built twice with the same code (as unet.c): first registering names and shapes, then binding the views. */
-typedef struct builder {
-    segmenter *s;
-    int binding;
-    int next_param;
-    dfc_error *err;
-    int failed;
-} builder;
-
-static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
-{
-    return dfc_param_build(&b->s->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s", prefix,
-                           suffix);
-}
-
-static dfc_conv_layer build_conv(builder *b, int cin, int cout, int kernel, int bias, const char *prefix)
+/* Walked twice by dfc_param_set_build (b->owner: the segmenter), in state_dict order. */
+static dfc_conv_layer build_conv(dfc_param_builder *b, int cin, int cout, int kernel, int bias, const char *prefix)
 {
     int64_t wshape[4] = {cout, cin, kernel, kernel}, bshape[1] = {cout};
     dfc_conv_layer l;
     memset(&l, 0, sizeof l);
-    l.weight = param(b, 4, wshape, prefix, ".weight");
+    l.weight = dfc_builder_param(b, 4, wshape, "%s.weight", prefix);
     if (bias)
-        l.bias = param(b, 1, bshape, prefix, ".bias");
+        l.bias = dfc_builder_param(b, 1, bshape, "%s.bias", prefix);
     l.p.stride_h = l.p.stride_w = 1;
     l.p.pad_h = l.p.pad_w = kernel / 2;
     return l;
 }
 
-static dfc_group_norm_layer build_norm(builder *b, int channels, const char *prefix)
+static dfc_group_norm_layer build_norm(dfc_param_builder *b, int channels, const char *prefix)
 {
     int64_t shape[1] = {channels};
-    dfc_group_norm_layer l = {param(b, 1, shape, prefix, ".weight"), param(b, 1, shape, prefix, ".bias"),
-                              b->s->cfg.groups, DFC_SEGMENTER_GN_EPS};
+    const segmenter *s = b->owner;
+    dfc_group_norm_layer l = {dfc_builder_param(b, 1, shape, "%s.weight", prefix),
+                              dfc_builder_param(b, 1, shape, "%s.bias", prefix), s->cfg.groups, DFC_SEGMENTER_GN_EPS};
     return l;
 }
 
-static double_conv build_double_conv(builder *b, int cin, int cout, const char *prefix)
+static double_conv build_double_conv(dfc_param_builder *b, int cin, int cout, const char *prefix)
 {
     char name[DFC_PARAM_NAME_LEN];
     double_conv d;
@@ -84,9 +71,9 @@ static double_conv build_double_conv(builder *b, int cin, int cout, const char *
 
 static int level_width(const dfc_segmenter_config *c, int level) { return c->width << level; }
 
-static void build(builder *b)
+static void build(dfc_param_builder *b)
 {
-    segmenter *s = b->s;
+    segmenter *s = b->owner;
     const dfc_segmenter_config *c = &s->cfg;
     char prefix[DFC_PARAM_NAME_LEN];
     for (int l = 0; l < c->levels; l++) {
@@ -141,14 +128,11 @@ dfc_status dfc_segmenter_create(const dfc_segmenter_config *cfg, dfc_net **out, 
     s->base.output_names[0] = OUTPUT_NAMES[0];
     s->base.in_channels = cfg->in_channels;
     s->cfg = *cfg;
-    builder b = {s, 0, 0, err, 0};
-    build(&b);
-    if (b.failed || dfc_param_set_allocate(&s->base.params, err) != DFC_OK) {
+    dfc_status st = dfc_param_set_build(&s->base.params, build, s, err);
+    if (st != DFC_OK) {
         segmenter_destroy(&s->base);
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+        return st;
     }
-    builder bind = {s, 1, 0, err, 0};
-    build(&bind);
     *out = &s->base;
     return DFC_OK;
 }
@@ -210,10 +194,7 @@ static dfc_status double_conv_backward(dfc_backend *be, const double_conv *d, co
 static dfc_status check_input(const segmenter *s, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "Segmenter.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != s->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the segmenter takes %d", op,
-                        (long long)x->shape[1], s->cfg.in_channels);
+    DFC_TRY(dfc_check_image_input(x, op, "segmenter", s->cfg.in_channels, err));
     int64_t divisor = (int64_t)1 << (s->cfg.levels - 1);
     if (x->shape[2] < divisor || x->shape[3] < divisor || x->shape[2] % divisor || x->shape[3] % divisor)
         return dfc_fail(err, DFC_ERR_SHAPE,

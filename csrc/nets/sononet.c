@@ -113,46 +113,33 @@ dfc_status dfc_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
     return DFC_OK;
 }
 
-/* ---- structure: registered once for names and shapes, then walked again to bind the views ---- */
-
-typedef struct builder {
-    sononet *s;
-    int binding;
-    int next_param;
-    dfc_error *err;
-    int failed;
-} builder;
-
-static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
-{
-    return dfc_param_build(&b->s->base.params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s.%s", prefix,
-                           suffix);
-}
+/* ---- structure: walked twice by dfc_param_set_build (b->owner: the sononet), registering then binding ---- */
 
 /* conv at `conv_prefix` + BN at `bn_prefix` (PyTorch Sequential indices) */
-static void build_unit(builder *b, conv_unit *u, int cin, int cout, int kernel, const char *conv_prefix,
+static void build_unit(dfc_param_builder *b, conv_unit *u, int cin, int cout, int kernel, const char *conv_prefix,
                        const char *bn_prefix)
 {
     int64_t wshape[4] = {cout, cin, kernel, kernel}, cshape[1] = {cout};
-    u->conv.weight = param(b, 4, wshape, conv_prefix, "weight");
+    u->conv.weight = dfc_builder_param(b, 4, wshape, "%s.weight", conv_prefix);
     u->conv.bias = (dfc_tensor){NULL, 1, {cout, 1, 1, 1}};
     u->conv.p = (dfc_conv2d_params){1, 1, kernel / 2, kernel / 2};
-    u->bn.weight = param(b, 1, cshape, bn_prefix, "weight");
-    u->bn.bias = param(b, 1, cshape, bn_prefix, "bias");
-    u->bn.running_mean = param(b, 1, cshape, bn_prefix, "running_mean");
-    u->bn.running_var = param(b, 1, cshape, bn_prefix, "running_var");
+    u->bn.weight = dfc_builder_param(b, 1, cshape, "%s.weight", bn_prefix);
+    u->bn.bias = dfc_builder_param(b, 1, cshape, "%s.bias", bn_prefix);
+    u->bn.running_mean = dfc_builder_param(b, 1, cshape, "%s.running_mean", bn_prefix);
+    u->bn.running_var = dfc_builder_param(b, 1, cshape, "%s.running_var", bn_prefix);
     u->bn.eps = DFC_SONONET_BN_EPS;
 }
 
-static void build(builder *b)
+static void build(dfc_param_builder *b)
 {
-    const dfc_sononet_config *c = &b->s->cfg;
+    sononet *s = b->owner;
+    const dfc_sononet_config *c = &s->cfg;
     char conv_name[DFC_PARAM_NAME_LEN], bn_name[DFC_PARAM_NAME_LEN];
     int cin = c->in_channels, i = 0;
     for (int block = 0; block < NUM_BLOCKS; block++) {
         int width = BLOCK_WIDTH[block] * c->k;
         for (int layer = 0; layer < BLOCK_LAYERS[block]; layer++, i++) {
-            conv_unit *u = &b->s->units[i];
+            conv_unit *u = &s->units[i];
             snprintf(conv_name, sizeof conv_name, "features.%d.%d.0", block, layer);
             snprintf(bn_name, sizeof bn_name, "features.%d.%d.1", block, layer);
             build_unit(b, u, cin, width, 3, conv_name, bn_name);
@@ -161,10 +148,10 @@ static void build(builder *b)
             cin = width;
         }
     }
-    build_unit(b, &b->s->units[i], 8 * c->k, 4 * c->k, 1, "adaption.0", "adaption.1");
-    b->s->units[i++].relu = 1;
-    build_unit(b, &b->s->units[i], 4 * c->k, c->num_classes, 1, "adaption.3", "adaption.4");
-    b->s->units[i].relu = 0;
+    build_unit(b, &s->units[i], 8 * c->k, 4 * c->k, 1, "adaption.0", "adaption.1");
+    s->units[i++].relu = 1;
+    build_unit(b, &s->units[i], 4 * c->k, c->num_classes, 1, "adaption.3", "adaption.4");
+    s->units[i].relu = 0;
 }
 
 /* ---- inference memory ---- */
@@ -254,10 +241,7 @@ static dfc_status unit_backward(dfc_backend *be, const conv_unit *u, const unit_
 static dfc_status check_input(const sononet *s, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "SonoNet.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != s->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the network takes %d", op,
-                        (long long)x->shape[1], s->cfg.in_channels);
+    DFC_TRY(dfc_check_image_input(x, op, "network", s->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 16 || x->shape[3] < 16)
         return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lld images of %lldx%lld; SonoNet needs at least one image of "
                         "16x16 or more (four 2x2 pools)", op, (long long)x->shape[0], (long long)x->shape[2],
@@ -405,14 +389,11 @@ dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_
     s->base.output_names[1] = "cam";
     s->base.output_names[2] = "features";
     s->base.in_channels = cfg->in_channels;
-    builder b = {s, 0, 0, err, 0};
-    build(&b);
-    if (b.failed || dfc_param_set_allocate(&s->base.params, err) != DFC_OK) {
+    dfc_status st = dfc_param_set_build(&s->base.params, build, s, err);
+    if (st != DFC_OK) {
         sononet_destroy(&s->base);
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+        return st;
     }
-    b.binding = 1;
-    build(&b);
     *out = &s->base;
     return DFC_OK;
 }

@@ -54,53 +54,40 @@ struct dfc_unet {
     dfc_conv_layer out_conv;
 };
 
-/* The structure is walked twice with the same code: once to register parameter names and shapes, once, after the
- * buffer exists, to bind the views (guided-diffusion's module order, which is also its state_dict order). */
-typedef struct builder {
-    dfc_unet *u;
-    int binding;
-    int next_param;
-    int next_layer;
-    dfc_error *err;
-    int failed;
-} builder;
-
-static dfc_tensor param(builder *b, int ndim, const int64_t *shape, const char *prefix, const char *suffix)
-{
-    return dfc_param_build(&b->u->params, b->binding, &b->next_param, &b->failed, b->err, ndim, shape, "%s%s", prefix,
-                           suffix);
-}
-
-static dfc_group_norm_layer build_norm(builder *b, int channels, const char *prefix)
+/* The structure is walked twice by dfc_param_set_build (b->owner: the dfc_unet), registering then binding, in
+ * guided-diffusion's module order, which is also its state_dict order. */
+static dfc_group_norm_layer build_norm(dfc_param_builder *b, int channels, const char *prefix)
 {
     int64_t shape[1] = {channels};
-    dfc_group_norm_layer l = {param(b, 1, shape, prefix, ".weight"), param(b, 1, shape, prefix, ".bias"), GN_GROUPS,
-                              GN_EPS};
+    dfc_group_norm_layer l = {dfc_builder_param(b, 1, shape, "%s.weight", prefix),
+                              dfc_builder_param(b, 1, shape, "%s.bias", prefix), GN_GROUPS, GN_EPS};
     return l;
 }
 
-static dfc_conv_layer build_conv(builder *b, int cin, int cout, int kernel, int stride, int ndim,
+static dfc_conv_layer build_conv(dfc_param_builder *b, int cin, int cout, int kernel, int stride, int ndim,
                                  const char *prefix)
 {
     int64_t wshape[4] = {cout, cin, kernel, kernel}, bshape[1] = {cout};
     dfc_conv_layer l;
-    l.weight = param(b, ndim, wshape, prefix, ".weight");
-    l.bias = param(b, 1, bshape, prefix, ".bias");
+    l.weight = dfc_builder_param(b, ndim, wshape, "%s.weight", prefix);
+    l.bias = dfc_builder_param(b, 1, bshape, "%s.bias", prefix);
     l.p.stride_h = l.p.stride_w = stride;
     l.p.pad_h = l.p.pad_w = kernel / 2;
     return l;
 }
 
-static dfc_linear_layer build_linear(builder *b, int in, int out, const char *prefix)
+static dfc_linear_layer build_linear(dfc_param_builder *b, int in, int out, const char *prefix)
 {
     int64_t wshape[2] = {out, in}, bshape[1] = {out};
-    dfc_linear_layer l = {param(b, 2, wshape, prefix, ".weight"), param(b, 1, bshape, prefix, ".bias")};
+    dfc_linear_layer l = {dfc_builder_param(b, 2, wshape, "%s.weight", prefix),
+                          dfc_builder_param(b, 1, bshape, "%s.bias", prefix)};
     return l;
 }
 
-static layer *next_layer(builder *b, layer_kind kind)
+static layer *next_layer(dfc_param_builder *b, layer_kind kind)
 {
-    layer *l = &b->u->layers[b->next_layer++];
+    dfc_unet *u = b->owner;
+    layer *l = &u->layers[u->num_layers++];
     if (!b->binding) {
         memset(l, 0, sizeof *l);
         l->kind = kind;
@@ -108,10 +95,10 @@ static layer *next_layer(builder *b, layer_kind kind)
     return l;
 }
 
-static void add_resblock(builder *b, int cin, int cout, int updown, const char *prefix)
+static void add_resblock(dfc_param_builder *b, int cin, int cout, int updown, const char *prefix)
 {
     char name[DFC_PARAM_NAME_LEN];
-    const dfc_unet_config *c = &b->u->cfg;
+    const dfc_unet_config *c = &((const dfc_unet *)b->owner)->cfg;
     layer *l = next_layer(b, LAYER_RES);
     resblock *r = &l->res;
     r->cin = cin;
@@ -134,10 +121,10 @@ static void add_resblock(builder *b, int cin, int cout, int updown, const char *
     }
 }
 
-static void add_attention(builder *b, int channels, int num_heads, const char *prefix)
+static void add_attention(dfc_param_builder *b, int channels, int num_heads, const char *prefix)
 {
     char name[DFC_PARAM_NAME_LEN];
-    const dfc_unet_config *c = &b->u->cfg;
+    const dfc_unet_config *c = &((const dfc_unet *)b->owner)->cfg;
     layer *l = next_layer(b, LAYER_ATTN);
     attnblock *a = &l->attn;
     a->channels = channels;
@@ -150,17 +137,18 @@ static void add_attention(builder *b, int channels, int num_heads, const char *p
     a->proj = build_conv(b, channels, channels, 1, 1, 3, name);
 }
 
-static void add_conv_layer(builder *b, layer_kind kind, int cin, int cout, int stride, const char *prefix)
+static void add_conv_layer(dfc_param_builder *b, layer_kind kind, int cin, int cout, int stride, const char *prefix)
 {
     layer *l = next_layer(b, kind);
     l->conv = build_conv(b, cin, cout, 3, stride, 4, prefix);
 }
 
-static void build(builder *b)
+static void build(dfc_param_builder *b)
 {
-    dfc_unet *u = b->u;
+    dfc_unet *u = b->owner;
     const dfc_unet_config *c = &u->cfg;
     char prefix[DFC_PARAM_NAME_LEN];
+    u->num_layers = 0; /* next_layer counts the layers again on each pass */
     int mc = c->model_channels;
     u->time_linear1 = build_linear(b, mc, 4 * mc, "time_embed.0");
     u->time_linear2 = build_linear(b, 4 * mc, 4 * mc, "time_embed.2");
@@ -168,14 +156,14 @@ static void build(builder *b)
     int skip_stack[4 * DFC_UNET_MAX_LEVELS * 16], depth = 0;
     int ch = c->level_channels[0], nb = 0;
     /* input blocks */
-    u->input_blocks[nb].first = b->next_layer;
+    u->input_blocks[nb].first = u->num_layers;
     add_conv_layer(b, LAYER_CONV, c->in_channels, ch, 1, "input_blocks.0.0");
     u->input_blocks[nb].count = 1;
     skip_stack[depth++] = ch;
     nb++;
     for (int level = 0; level < c->num_levels; level++) {
         for (int r = 0; r < c->num_res_blocks; r++) {
-            u->input_blocks[nb].first = b->next_layer;
+            u->input_blocks[nb].first = u->num_layers;
             snprintf(prefix, sizeof prefix, "input_blocks.%d.0", nb);
             add_resblock(b, ch, c->level_channels[level], 0, prefix);
             ch = c->level_channels[level];
@@ -183,12 +171,12 @@ static void build(builder *b)
                 snprintf(prefix, sizeof prefix, "input_blocks.%d.1", nb);
                 add_attention(b, ch, c->num_heads, prefix);
             }
-            u->input_blocks[nb].count = b->next_layer - u->input_blocks[nb].first;
+            u->input_blocks[nb].count = u->num_layers - u->input_blocks[nb].first;
             skip_stack[depth++] = ch;
             nb++;
         }
         if (level != c->num_levels - 1) {
-            u->input_blocks[nb].first = b->next_layer;
+            u->input_blocks[nb].first = u->num_layers;
             snprintf(prefix, sizeof prefix, "input_blocks.%d.0", nb);
             if (c->resblock_updown)
                 add_resblock(b, ch, ch, -1, prefix);
@@ -203,7 +191,7 @@ static void build(builder *b)
     }
     u->num_input_blocks = nb;
     /* middle block */
-    u->middle.first = b->next_layer;
+    u->middle.first = u->num_layers;
     add_resblock(b, ch, ch, 0, "middle_block.0");
     add_attention(b, ch, c->num_heads, "middle_block.1");
     add_resblock(b, ch, ch, 0, "middle_block.2");
@@ -215,7 +203,7 @@ static void build(builder *b)
         for (int i = 0; i <= c->num_res_blocks; i++) {
             int skip = skip_stack[--depth];
             block *blk = &u->output_blocks[nb];
-            blk->first = b->next_layer;
+            blk->first = u->num_layers;
             blk->skip_channels = skip;
             int k = 0;
             snprintf(prefix, sizeof prefix, "output_blocks.%d.%d", nb, k++);
@@ -234,7 +222,7 @@ static void build(builder *b)
                     add_conv_layer(b, LAYER_UP, ch, ch, 1, prefix);
                 }
             }
-            blk->count = b->next_layer - blk->first;
+            blk->count = u->num_layers - blk->first;
             nb++;
         }
     }
@@ -289,15 +277,11 @@ dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_unet **out, dfc_error
         dfc_unet_destroy(u);
         return dfc_fail(err, DFC_ERR_NOMEM, "UNet: out of memory");
     }
-    builder b = {u, 0, 0, 0, err, 0};
-    build(&b);
-    u->num_layers = b.next_layer;
-    if (b.failed || dfc_param_set_allocate(&u->params, err) != DFC_OK) {
+    dfc_status st = dfc_param_set_build(&u->params, build, u, err);
+    if (st != DFC_OK) {
         dfc_unet_destroy(u);
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+        return st;
     }
-    builder bind = {u, 1, 0, 0, err, 0};
-    build(&bind);
     *out = u;
     return DFC_OK;
 }
@@ -651,10 +635,7 @@ static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block
 static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "UNet.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != u->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the model takes %d", op,
-                        (long long)x->shape[1], u->cfg.in_channels);
+    DFC_TRY(dfc_check_image_input(x, op, "model", u->cfg.in_channels, err));
     int64_t divisor = (int64_t)1 << (u->cfg.num_levels - 1);
     if (x->shape[2] % divisor || x->shape[3] % divisor)
         return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lldx%lld; with %d levels height and width must be multiples of "

@@ -44,13 +44,6 @@ static int config_int(PyObject *dict, const char *what, const char *key, int has
     return 0;
 }
 
-static PyObject *wrap_or_raise(dfc_status st, dfc_net *net, const dfc_error *err)
-{
-    if (st != DFC_OK)
-        return dfc_py_raise(err);
-    return dfc_py_wrap_net(net);
-}
-
 /* segmenter_create(config) -> Network; config: classes, width, levels, groups[, in_channels=1] */
 static PyObject *py_segmenter_create(PyObject *self, PyObject *args)
 {
@@ -67,7 +60,7 @@ static PyObject *py_segmenter_create(PyObject *self, PyObject *args)
     dfc_error err = {0};
     dfc_net *net = NULL;
     dfc_status st = dfc_segmenter_create(&c, &net, &err);
-    return wrap_or_raise(st, net, &err);
+    return dfc_py_created_net(st, net, &err);
 }
 
 /* small_classifier_create(config) -> Network; config: in_channels, width, num_classes */
@@ -86,7 +79,7 @@ static PyObject *py_small_classifier_create(PyObject *self, PyObject *args)
     dfc_error err = {0};
     dfc_net *net = NULL;
     dfc_status st = dfc_small_classifier_create(&c, &net, &err);
-    return wrap_or_raise(st, net, &err);
+    return dfc_py_created_net(st, net, &err);
 }
 
 /* The composite's release hook: drops its references to the child Network objects (called with the GIL held, from
@@ -122,7 +115,7 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
     dfc_net *net = NULL;
     /* on failure the hook has already dropped `children` */
     dfc_status st = dfc_plane_classifier_create(&c, seg, cls, release_children, children, &net, &err);
-    return wrap_or_raise(st, net, &err);
+    return dfc_py_created_net(st, net, &err);
 }
 
 /* classification_loss(logits, targets, kind) -> (loss (N), dlogits (N, C)); kind "ce" or "logit" */

@@ -3,22 +3,6 @@
 
 #include "../nets/inception.h"
 
-static int config_int(PyObject *dict, const char *key, int *out)
-{
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v)
-        return 0; /* keep the default */
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    if (value < INT32_MIN || value > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "inception_create: config '%s' is out of range", key);
-        return -1;
-    }
-    *out = (int)value;
-    return 0;
-}
-
 /* inception_create(config: dict with in_channels (default 3), resize (default 299; 0: none)) -> Network */
 static PyObject *inception_create(PyObject *self, PyObject *args)
 {
@@ -27,13 +11,14 @@ static PyObject *inception_create(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
         return NULL;
     dfc_inception_config c = {3, 299};
-    if (config_int(cfg_dict, "in_channels", &c.in_channels) < 0 || config_int(cfg_dict, "resize", &c.resize) < 0)
+    const char *op = "inception_create";
+    if (dfc_py_config_int(cfg_dict, op, "in_channels", &c.in_channels) < 0 ||
+        dfc_py_config_int(cfg_dict, op, "resize", &c.resize) < 0)
         return NULL;
     dfc_error err = {0};
     dfc_net *net = NULL;
-    if (dfc_inception_create(&c, &net, &err) != DFC_OK)
-        return dfc_py_raise(&err);
-    return dfc_py_wrap_net(net);
+    dfc_status st = dfc_inception_create(&c, &net, &err);
+    return dfc_py_created_net(st, net, &err);
 }
 
 static PyMethodDef inception_functions[] = {

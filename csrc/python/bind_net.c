@@ -382,6 +382,13 @@ PyObject *dfc_py_wrap_net(dfc_net *net)
     return (PyObject *)self;
 }
 
+PyObject *dfc_py_created_net(dfc_status st, dfc_net *net, const dfc_error *err)
+{
+    if (st != DFC_OK)
+        return dfc_py_raise(err);
+    return dfc_py_wrap_net(net);
+}
+
 dfc_net *dfc_py_unwrap_net(PyObject *obj)
 {
     if (!PyObject_TypeCheck(obj, &DfcNetwork_Type)) {

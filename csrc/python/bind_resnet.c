@@ -60,9 +60,8 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
     Py_DECREF(seq);
     dfc_net *net = NULL;
     dfc_error err = {0};
-    if (dfc_resnet_create(&c, &net, &err) != DFC_OK)
-        return dfc_py_raise(&err);
-    return dfc_py_wrap_net(net);
+    dfc_status st = dfc_resnet_create(&c, &net, &err);
+    return dfc_py_created_net(st, net, &err);
 }
 
 /* ---- PerceptualLoss ---- */

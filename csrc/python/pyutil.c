@@ -192,6 +192,22 @@ PyObject *dfc_py_raise(const dfc_error *err)
     return NULL;
 }
 
+int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v)
+        return 0;
+    long value = PyLong_AsLong(v);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    if (value < INT32_MIN || value > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: config '%s' is out of range", op, key);
+        return -1;
+    }
+    *out = (int)value;
+    return 0;
+}
+
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
 {
     if (PyType_Ready(type) < 0)

@@ -55,6 +55,10 @@ int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t
 /* Sets the Python exception that matches err->code; returns NULL. */
 PyObject *dfc_py_raise(const dfc_error *err);
 
+/* dict[key] as an int where present; a missing key leaves *out (the caller's default). -1 with an exception
+ * ("<op>: config '<key>' is out of range" past int32). */
+int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out);
+
 /* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
  * the matching exception. Use: dfc_error err = {0}; DFC_PY_RUN(out, err, be->ops->x(be, ..., &err)); */
 #define DFC_PY_RUN(out, err, call)              \
@@ -111,6 +115,8 @@ int dfc_register_inception(PyObject *module);
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;
 PyObject *dfc_py_wrap_net(dfc_net *net);
+/* The result of a network factory: the wrapped net if st is DFC_OK, else NULL with err's exception. */
+PyObject *dfc_py_created_net(dfc_status st, dfc_net *net, const dfc_error *err);
 /* The C network inside a diffice._C.Network (borrowed; NULL with TypeError otherwise). Composite networks that
  * take child networks must keep a reference to the child Python objects for as long as they live. */
 dfc_net *dfc_py_unwrap_net(PyObject *obj);
