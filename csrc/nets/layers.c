@@ -59,8 +59,17 @@ dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shap
     dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
     if (b->failed)
         return t;
-    if (b->binding)
+    if (b->binding) {
+        /* the second walk must retrace the first: a build function that branched differently is a bug, reported
+         * instead of reading past the registered parameters */
+        if (b->next >= b->set->count || b->set->infos[b->next].ndim != ndim) {
+            b->failed = 1;
+            dfc_fail(b->err, DFC_ERR_VALUE, "parameters: the binding pass differs from the registering pass at "
+                     "parameter %d of %d", b->next, b->set->count);
+            return t;
+        }
         return dfc_param_view(b->set, b->next++);
+    }
     va_list ap;
     va_start(ap, fmt);
     if (register_va(b->set, ndim, shape, NULL, b->err, fmt, ap) < 0)
@@ -77,7 +86,9 @@ dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, voi
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     b.binding = 1;
     build(&b);
-    return DFC_OK;
+    if (!b.failed && b.next != set->count)
+        dfc_fail(err, DFC_ERR_VALUE, "parameters: the binding pass visited %d of %d parameters", b.next, set->count);
+    return b.failed || b.next != set->count ? (err && err->code ? err->code : DFC_ERR_VALUE) : DFC_OK;
 }
 
 float *dfc_param_data(const dfc_param_set *set, int index)
