@@ -1,0 +1,32 @@
+#!/bin/bash
+# The whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer, in a separate checkout of HEAD (the
+# normal in-place build stays as it is). Every sanitizer report, from the test process or from a process the tests
+# start, goes to a log file; the run fails if pytest fails or if any report was written.
+#   scripts/sanitized_suite.sh [WORKTREE [pytest args...]]      (default /tmp/diffice-asan, all of tests/)
+set -euo pipefail
+repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+tree=${1:-/tmp/diffice-asan}
+shift || true
+if [ -d "$tree" ]; then
+    git -C "$tree" checkout -q --detach "$(git -C "$repo" rev-parse HEAD)"
+else
+    git -C "$repo" worktree add -q --detach "$tree" HEAD
+fi
+cd "$tree"
+DIFFICE_SANITIZE=1 python setup.py -q build_ext --inplace -j2 >/dev/null
+logs=$(mktemp -d /tmp/diffice-sanitizer-logs.XXXXXX)
+# libasan first (the interpreter is not instrumented); libstdc++ with it, or ASan's __cxa_throw interceptor finds
+# nothing to call and aborts the first C++ extension that throws (matplotlib's font module)
+status=0
+LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+ASAN_OPTIONS=detect_leaks=0:log_path=$logs/asan \
+UBSAN_OPTIONS=print_stacktrace=1:log_path=$logs/ubsan \
+DIFFICE_SHARED=${DIFFICE_SHARED:-$repo/../shared} \
+    python -m pytest -q -p no:cacheprovider "${@:-tests}" || status=$?
+if compgen -G "$logs/*" >/dev/null; then
+    echo "sanitizer reports in $logs:" >&2
+    ls "$logs" >&2
+    exit 1
+fi
+echo "no sanitizer report (logs: $logs)"
+exit $status
