@@ -13,7 +13,7 @@ else
     git -C "$repo" worktree add -q --detach "$tree" HEAD
 fi
 cd "$tree"
-DIFFICE_SANITIZE=1 python setup.py -q build_ext --inplace -j2 >/dev/null
+DIFFICE_SANITIZE=1 python setup.py -q build_ext --inplace --force -j2 >/dev/null  # --force: an earlier plain build is not reused
 logs=$(mktemp -d /tmp/diffice-sanitizer-logs.XXXXXX)
 # libasan first (the interpreter is not instrumented); libstdc++ with it, or ASan's __cxa_throw interceptor finds
 # nothing to call and aborts the first C++ extension that throws (matplotlib's font module)
