@@ -139,7 +139,7 @@ static PyObject *py_classification_loss(PyObject *self, PyObject *args)
     dfc_py_refs refs = {0};
     dfc_tensor logits, loss, dlogits;
     const int64_t *targets;
-    PyObject *loss_obj = NULL, *dlogits_obj = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (dfc_py_tensor(logits_obj, op, "logits", 2, 2, 1, &refs, &logits) < 0)
         goto done;
     if (PyArray_Check(targets_obj) && !PyArray_ISINTEGER((PyArrayObject *)targets_obj)) {
@@ -149,15 +149,11 @@ static PyObject *py_classification_loss(PyObject *self, PyObject *args)
     }
     if (dfc_py_int64_vector(targets_obj, op, "targets", logits.shape[0], &refs, &targets) < 0)
         goto done;
-    if (!(loss_obj = dfc_py_new_tensor(1, logits.shape, &loss)) ||
-        !(dlogits_obj = dfc_py_new_tensor(2, logits.shape, &dlogits)) ||
-        !(result = PyTuple_Pack(2, loss_obj, dlogits_obj)))
+    if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, logits.shape, &loss}, {2, logits.shape, &dlogits}})))
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(result, err, dfc_class_loss(kind, &logits, targets, &loss, &dlogits, &err));
 done:
-    Py_XDECREF(loss_obj);
-    Py_XDECREF(dlogits_obj);
     dfc_py_refs_release(&refs);
     return result;
 }

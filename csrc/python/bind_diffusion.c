@@ -20,10 +20,16 @@ static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwarg
     const char *schedule = "linear", *respacing = "";
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|issi", kwlist, &steps, &schedule, &respacing, &variance_type))
         return -1;
-    dfc_diffusion_destroy(self->d);
-    self->d = NULL;
+    return dfc_py_diffusion_reset(&self->d, steps, schedule, respacing, variance_type);
+}
+
+int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
+                           int variance_type)
+{
+    dfc_diffusion_destroy(*d);
+    *d = NULL;
     dfc_error err = {0};
-    if (dfc_diffusion_create(steps, schedule, respacing, (dfc_variance_type)variance_type, &self->d, &err) != DFC_OK) {
+    if (dfc_diffusion_create(steps, schedule, respacing, (dfc_variance_type)variance_type, d, &err) != DFC_OK) {
         dfc_py_raise(&err);
         return -1;
     }
@@ -124,23 +130,20 @@ static PyObject *diffusion_p_mean_variance(DiffusionObject *self, PyObject *args
     dfc_py_refs refs = {0};
     dfc_tensor mo, x_t, mean, var, logvar, x0;
     const int64_t *indices;
-    PyObject *outs[4] = {NULL, NULL, NULL, NULL}, *result = NULL;
+    PyObject *result = NULL;
     if (dfc_py_tensor(mo_obj, "p_mean_variance", "model_output", 2, 4, 1, &refs, &mo) < 0 ||
         dfc_py_tensor(xt_obj, "p_mean_variance", "x_t", 2, 4, 1, &refs, &x_t) < 0 ||
         dfc_py_int64_vector(idx_obj, "p_mean_variance", "indices", x_t.shape[0], &refs, &indices) < 0)
         goto done;
-    dfc_tensor *views[4] = {&mean, &var, &logvar, &x0};
-    for (int i = 0; i < 4; i++)
-        if (!(outs[i] = dfc_py_new_tensor(x_t.ndim, x_t.shape, views[i])))
-            goto done;
+    const int ndim = x_t.ndim;
+    const int64_t *shape = x_t.shape;
+    if (!(result = dfc_py_new_tuple(4, (dfc_py_output[]){{ndim, shape, &mean}, {ndim, shape, &var},
+                                                          {ndim, shape, &logvar}, {ndim, shape, &x0}})))
+        goto done;
     dfc_error err = {0};
-    result = PyTuple_Pack(4, outs[0], outs[1], outs[2], outs[3]);
-    if (result)
-        DFC_PY_RUN(result, err,
-                   dfc_diffusion_p_mean_variance(self->d, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0, &err));
+    DFC_PY_RUN(result, err,
+               dfc_diffusion_p_mean_variance(self->d, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0, &err));
 done:
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(outs[i]);
     dfc_py_refs_release(&refs);
     return result;
 }
@@ -220,7 +223,5 @@ dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj)
         return NULL;
     }
     DiffusionObject *d = (DiffusionObject *)obj;
-    if (!d->d)
-        PyErr_SetString(PyExc_RuntimeError, "Diffusion: not initialised");
-    return d->d;
+    return dfc_py_ready(d->d, "Diffusion: not initialised") ? d->d : NULL;
 }

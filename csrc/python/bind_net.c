@@ -8,25 +8,20 @@
 #include <numpy/arrayobject.h>
 
 typedef struct {
-    PyObject_HEAD
+    DfcWorkspaceObject base; /* the object head and the workspace */
     dfc_net *net;
-    dfc_py_workspace ws;
 } NetworkObject;
 
 static void network_dealloc(NetworkObject *self)
 {
     dfc_net_destroy(self->net);
-    dfc_py_workspace_free(&self->ws);
+    dfc_py_workspace_free(&self->base.ws);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int network_ready(NetworkObject *self)
 {
-    if (!self->net) {
-        PyErr_SetString(PyExc_RuntimeError, "Network: not initialised (create networks with their factory functions)");
-        return 0;
-    }
-    return 1;
+    return dfc_py_ready(self->net, "Network: not initialised (create networks with their factory functions)");
 }
 
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set)
@@ -107,6 +102,23 @@ static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_b
     return 0;
 }
 
+/* The net's outputs copied out of the arena into a new tuple of arrays; NULL with an exception on failure. */
+static PyObject *outputs_tuple(const dfc_net *net, const dfc_tensor *outputs)
+{
+    PyObject *result = PyTuple_New(net->num_outputs);
+    for (int k = 0; result && k < net->num_outputs; k++) {
+        dfc_tensor copy;
+        PyObject *arr = dfc_py_new_tensor(outputs[k].ndim, outputs[k].shape, &copy);
+        if (!arr) {
+            Py_CLEAR(result);
+            break;
+        }
+        memcpy(copy.data, outputs[k].data, (size_t)dfc_numel(&copy) * sizeof(float));
+        PyTuple_SET_ITEM(result, k, arr);
+    }
+    return result;
+}
+
 static dfc_status forward_call(const dfc_net *net, dfc_backend *be, dfc_py_arenas *w, const dfc_tensor *x,
                                dfc_tensor *outputs, dfc_error *err)
 {
@@ -124,26 +136,16 @@ static PyObject *network_forward(NetworkObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
     st = forward_call(self->net, be, &w, &x, outputs, &err);
     Py_END_ALLOW_THREADS
-    if (st == DFC_OK && (result = PyTuple_New(self->net->num_outputs))) {
-        for (int k = 0; k < self->net->num_outputs; k++) {
-            dfc_tensor copy;
-            PyObject *arr = dfc_py_new_tensor(outputs[k].ndim, outputs[k].shape, &copy);
-            if (!arr) {
-                Py_CLEAR(result);
-                break;
-            }
-            memcpy(copy.data, outputs[k].data, (size_t)dfc_numel(&copy) * sizeof(float));
-            PyTuple_SET_ITEM(result, k, arr);
-        }
-    } else if (st != DFC_OK) {
+    if (st == DFC_OK)
+        result = outputs_tuple(self->net, outputs);
+    else
         dfc_py_raise(&err);
-    }
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return result;
@@ -163,51 +165,40 @@ static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_aren
     return net->vt->backward(net, be, arena, tape, douts, dx, grads, err);
 }
 
-/* vjp(backend, x, douts) -> dx */
-static PyObject *network_vjp(NetworkObject *self, PyObject *args)
+/* vjp and gradients: (backend, x, douts) -> dx, or with_grads (dx, flat parameter gradients). */
+static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_grads, const char *op)
 {
     dfc_backend *be;
-    dfc_tensor x, dx, douts[DFC_NET_MAX_OUTPUTS];
+    dfc_tensor x, dx, flat = {0}, douts[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
-    PyObject *out = NULL;
-    if (parse_call(self, args, 1, &be, &x, douts, &refs, "Network.vjp") < 0)
+    PyObject *result = NULL;
+    if (parse_call(self, args, 1, &be, &x, douts, &refs, op) < 0)
         goto done;
-    if (!(out = dfc_py_new_tensor(4, x.shape, &dx)))
+    int64_t total = self->net->params.total;
+    result = with_grads ? dfc_py_new_tuple(2, (dfc_py_output[]){{4, x.shape, &dx}, {1, &total, &flat}})
+                        : dfc_py_new_tensor(4, x.shape, &dx);
+    if (!result)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
-    DFC_PY_RUN(out, err, forward_backward(self->net, be, w.main, &x, douts, &dx, NULL, &err));
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
+    DFC_PY_RUN(result, err, forward_backward(self->net, be, w.main, &x, douts, &dx, flat.data, &err));
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
-    return out;
+    return result;
+}
+
+/* vjp(backend, x, douts) -> dx */
+static PyObject *network_vjp(NetworkObject *self, PyObject *args)
+{
+    return backward_call(self, args, 0, "Network.vjp");
 }
 
 /* gradients(backend, x, douts) -> (dx, flat parameter gradients in registration order) */
 static PyObject *network_gradients(NetworkObject *self, PyObject *args)
 {
-    dfc_backend *be;
-    dfc_tensor x, dx, flat, douts[DFC_NET_MAX_OUTPUTS];
-    dfc_py_refs refs = {0};
-    PyObject *dx_obj = NULL, *grads_obj = NULL, *result = NULL;
-    if (parse_call(self, args, 1, &be, &x, douts, &refs, "Network.gradients") < 0)
-        goto done;
-    int64_t total = self->net->params.total;
-    if (!(dx_obj = dfc_py_new_tensor(4, x.shape, &dx)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
-        goto done;
-    if (!(result = PyTuple_Pack(2, dx_obj, grads_obj)))
-        goto done;
-    dfc_error err = {0};
-    dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
-    DFC_PY_RUN(result, err, forward_backward(self->net, be, w.main, &x, douts, &dx, flat.data, &err));
-    dfc_py_workspace_release(&self->ws, &w);
-done:
-    Py_XDECREF(dx_obj);
-    Py_XDECREF(grads_obj);
-    dfc_py_refs_release(&refs);
-    return result;
+    return backward_call(self, args, 1, "Network.gradients");
 }
 
 /* train_step(backend, x, grad_fn) -> (info, flat parameter gradients): one forward with a tape, then
@@ -227,7 +218,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     void *tape = NULL;
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -238,16 +229,8 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
         goto release;
     }
     const int n = self->net->num_outputs;
-    if (!(outputs_obj = PyTuple_New(n)))
+    if (!(outputs_obj = outputs_tuple(self->net, outputs)))
         goto release;
-    for (int k = 0; k < n; k++) {
-        dfc_tensor copy;
-        PyObject *arr = dfc_py_new_tensor(outputs[k].ndim, outputs[k].shape, &copy);
-        if (!arr)
-            goto release;
-        memcpy(copy.data, outputs[k].data, (size_t)dfc_numel(&copy) * sizeof(float));
-        PyTuple_SET_ITEM(outputs_obj, k, arr);
-    }
     if (!(answer = PyObject_CallFunctionObjArgs(grad_fn, outputs_obj, NULL)))
         goto release;
     if (!PyTuple_Check(answer) || PyTuple_GET_SIZE(answer) != 2 || !PyTuple_Check(PyTuple_GET_ITEM(answer, 0)) ||
@@ -273,20 +256,13 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
     else
         result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
 release:
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     Py_XDECREF(outputs_obj);
     Py_XDECREF(answer);
     Py_XDECREF(grads_obj);
     dfc_py_refs_release(&refs);
     return result;
-}
-
-static PyObject *network_release_memory(NetworkObject *self, PyObject *noargs)
-{
-    (void)noargs;
-    dfc_py_workspace_release_memory(&self->ws);
-    Py_RETURN_NONE;
 }
 
 static PyObject *network_get_kind(NetworkObject *self, void *closure)
@@ -318,18 +294,6 @@ static PyObject *network_get_in_channels(NetworkObject *self, void *closure)
     return network_ready(self) ? PyLong_FromLong(self->net->in_channels) : NULL;
 }
 
-static PyObject *network_get_peak(NetworkObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSize_t(self->ws.last_peak_bytes);
-}
-
-static PyObject *network_get_held(NetworkObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSize_t(dfc_py_workspace_held(&self->ws));
-}
-
 static PyMethodDef network_methods[] = {
     {"parameters", (PyCFunction)network_parameters, METH_NOARGS,
      "parameters() -> dict of writable float32 views, keyed by state_dict names, in order"},
@@ -341,8 +305,7 @@ static PyMethodDef network_methods[] = {
      "gradients(backend, x, douts) -> (dx, flat parameter gradients in parameter order)"},
     {"train_step", (PyCFunction)network_train_step, METH_VARARGS,
      "train_step(backend, x, grad_fn) -> (info, flat gradients); grad_fn(outputs) -> (douts, info)"},
-    {"release_memory", (PyCFunction)network_release_memory, METH_NOARGS,
-     "release_memory(): free the activation memory kept between calls"},
+    DFC_PY_WS_RELEASE_MEMORY_METHOD,
     {NULL, NULL, 0, NULL},
 };
 
@@ -350,8 +313,8 @@ static PyGetSetDef network_getset[] = {
     {"kind", (getter)network_get_kind, NULL, "network kind", NULL},
     {"output_names", (getter)network_get_output_names, NULL, "names of the forward's outputs", NULL},
     {"in_channels", (getter)network_get_in_channels, NULL, "input channels", NULL},
-    {"last_peak_bytes", (getter)network_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
-    {"held_bytes", (getter)network_get_held, NULL, "activation memory kept for the next call (bytes)", NULL},
+    DFC_PY_WS_PEAK_GETSET,
+    DFC_PY_WS_HELD_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -374,8 +337,8 @@ PyObject *dfc_py_wrap_net(dfc_net *net)
         return NULL;
     }
     self->net = net;
-    memset(&self->ws, 0, sizeof self->ws);
-    if (dfc_py_workspace_init(&self->ws) < 0) {
+    memset(&self->base.ws, 0, sizeof self->base.ws);
+    if (dfc_py_workspace_init(&self->base.ws) < 0) {
         Py_DECREF(self);
         return NULL;
     }

@@ -10,20 +10,6 @@
 #include "../nets/perceptual.h"
 #include "../nets/resnet.h"
 
-static int config_int(PyObject *dict, const char *key, int *out)
-{
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v) {
-        PyErr_Format(PyExc_KeyError, "ResNet config: missing key '%s'", key);
-        return -1;
-    }
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    *out = (int)value;
-    return 0;
-}
-
 /* resnet_create({"depth", "layout": 0 torchvision / 1 radimagenet, "in_channels", "taps": [stage, ...]}) */
 static PyObject *py_resnet_create(PyObject *self, PyObject *args)
 {
@@ -34,8 +20,10 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
     dfc_resnet_config c;
     memset(&c, 0, sizeof c);
     int layout = 0;
-    if (config_int(cfg_dict, "depth", &c.depth) < 0 || config_int(cfg_dict, "layout", &layout) < 0 ||
-        config_int(cfg_dict, "in_channels", &c.in_channels) < 0)
+    const char *what = "ResNet";
+    if (dfc_py_config_required_int(cfg_dict, what, "depth", &c.depth) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "layout", &layout) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "in_channels", &c.in_channels) < 0)
         return NULL;
     c.layout = (dfc_resnet_layout)layout;
     PyObject *taps = PyDict_GetItemString(cfg_dict, "taps");
@@ -67,10 +55,9 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
 /* ---- PerceptualLoss ---- */
 
 typedef struct {
-    PyObject_HEAD
+    DfcWorkspaceObject base; /* the object head and the workspace */
     dfc_perceptual *loss;
     PyObject *network;   /* the diffice._C.Network the loss runs (kept alive) */
-    dfc_py_workspace ws;
     PyThread_type_lock state_lock; /* held by set_reference (which replaces the reference features) and loss (which
                                     * reads them): calls from several threads take turns instead of racing */
 } PerceptualObject;
@@ -100,7 +87,7 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
         PyErr_SetString(PyExc_RuntimeError, "PerceptualLoss: already initialised");
         return -1;
     }
-    if (dfc_py_workspace_init(&self->ws) < 0)
+    if (dfc_py_workspace_init(&self->base.ws) < 0)
         return -1;
     if (!self->state_lock && !(self->state_lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
@@ -120,7 +107,7 @@ static void perceptual_dealloc(PerceptualObject *self)
 {
     dfc_perceptual_destroy(self->loss);
     Py_XDECREF(self->network);
-    dfc_py_workspace_free(&self->ws);
+    dfc_py_workspace_free(&self->base.ws);
     if (self->state_lock)
         PyThread_free_lock(self->state_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -128,11 +115,7 @@ static void perceptual_dealloc(PerceptualObject *self)
 
 static int perceptual_ready(PerceptualObject *self)
 {
-    if (!self->loss) {
-        PyErr_SetString(PyExc_RuntimeError, "PerceptualLoss: not initialised");
-        return 0;
-    }
-    return 1;
+    return dfc_py_ready(self->loss, "PerceptualLoss: not initialised");
 }
 
 /* set_reference(backend, b) */
@@ -152,9 +135,9 @@ static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args
     dfc_error err = {0};
     dfc_py_arenas w;
     perceptual_lock(self->state_lock);
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     DFC_PY_RUN(out, err, dfc_perceptual_set_reference(self->loss, be, w.main, w.scratch, &b, &err));
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:
     dfc_py_refs_release(&refs);
@@ -171,40 +154,23 @@ static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor a, loss, da = {0};
-    PyObject *loss_obj = NULL, *da_obj = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (dfc_py_tensor(a_obj, "PerceptualLoss.loss", "a", 4, 4, 1, &refs, &a) < 0)
         goto done;
-    if (!(loss_obj = dfc_py_new_tensor(1, a.shape, &loss)))
-        goto done;
-    if (with_grad) {
-        if (!(da_obj = dfc_py_new_tensor(4, a.shape, &da)))
-            goto done;
-    } else {
-        da_obj = Py_None;
-        Py_INCREF(da_obj);
-    }
-    if (!(result = PyTuple_Pack(2, loss_obj, da_obj)))
+    const int64_t *da_shape = with_grad ? a.shape : NULL; /* da is None without the gradient */
+    if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {4, da_shape, &da}})))
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
     perceptual_lock(self->state_lock);
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     DFC_PY_RUN(result, err, dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss,
                                                 with_grad ? &da : NULL, &err));
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:
-    Py_XDECREF(loss_obj);
-    Py_XDECREF(da_obj);
     dfc_py_refs_release(&refs);
     return result;
-}
-
-static PyObject *perceptual_release_memory(PerceptualObject *self, PyObject *noargs)
-{
-    (void)noargs;
-    dfc_py_workspace_release_memory(&self->ws);
-    Py_RETURN_NONE;
 }
 
 static PyObject *perceptual_get_has_reference(PerceptualObject *self, void *closure)
@@ -222,26 +188,19 @@ static PyObject *perceptual_get_network(PerceptualObject *self, void *closure)
     return self->network;
 }
 
-static PyObject *perceptual_get_peak(PerceptualObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSize_t(self->ws.last_peak_bytes);
-}
-
 static PyMethodDef perceptual_methods[] = {
     {"set_reference", (PyCFunction)perceptual_set_reference, METH_VARARGS,
      "set_reference(backend, b): compute and keep the reference image's features"},
     {"loss", (PyCFunction)perceptual_loss, METH_VARARGS,
      "loss(backend, a, with_grad) -> (per-sample loss (N,), d sum(loss) / da or None)"},
-    {"release_memory", (PyCFunction)perceptual_release_memory, METH_NOARGS,
-     "release_memory(): free the activation memory kept between calls"},
+    DFC_PY_WS_RELEASE_MEMORY_METHOD,
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef perceptual_getset[] = {
     {"has_reference", (getter)perceptual_get_has_reference, NULL, "whether set_reference was called", NULL},
     {"network", (getter)perceptual_get_network, NULL, "the feature network (diffice._C.Network)", NULL},
-    {"last_peak_bytes", (getter)perceptual_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
+    DFC_PY_WS_PEAK_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -272,26 +231,16 @@ static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
     const char *op = "pixel_loss";
     dfc_py_refs refs = {0};
     dfc_tensor a, b, loss, da = {0};
-    PyObject *loss_obj = NULL, *da_obj = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (dfc_py_tensor(a_obj, op, "a", 2, 4, 1, &refs, &a) < 0 || dfc_py_tensor(b_obj, op, "b", 2, 4, 1, &refs, &b) < 0)
         goto done;
-    if (!(loss_obj = dfc_py_new_tensor(1, a.shape, &loss)))
-        goto done;
-    if (with_grad) {
-        if (!(da_obj = dfc_py_new_tensor(a.ndim, a.shape, &da)))
-            goto done;
-    } else {
-        da_obj = Py_None;
-        Py_INCREF(da_obj);
-    }
-    if (!(result = PyTuple_Pack(2, loss_obj, da_obj)))
+    const int64_t *da_shape = with_grad ? a.shape : NULL; /* da is None without the gradient */
+    if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {a.ndim, da_shape, &da}})))
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(result, err, dfc_pixel_loss(be, (dfc_pixel_loss_kind)kind, &a, &b, &loss, with_grad ? &da : NULL,
                                            &err));
 done:
-    Py_XDECREF(loss_obj);
-    Py_XDECREF(da_obj);
     dfc_py_refs_release(&refs);
     return result;
 }

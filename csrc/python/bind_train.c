@@ -166,11 +166,7 @@ static void adamw_dealloc(AdamWObject *self)
 
 static int adamw_ready(AdamWObject *self)
 {
-    if (!self->exp_avg) {
-        PyErr_SetString(PyExc_RuntimeError, "AdamW: not initialised");
-        return 0;
-    }
-    return 1;
+    return dfc_py_ready(self->exp_avg, "AdamW: not initialised");
 }
 
 /* step(params, grads): one AdamW step; params a sequence of writable float32 arrays, grads flat, same order. */
@@ -364,15 +360,16 @@ static void ema_dealloc(EMAObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int ema_ready(EMAObject *self)
+{
+    return dfc_py_ready(self->values, "EMA: not initialised");
+}
+
 /* update(params): values = rate * values + (1 - rate) * params */
 static PyObject *ema_update(EMAObject *self, PyObject *args)
 {
     PyObject *params_obj;
-    if (!self->values) {
-        PyErr_SetString(PyExc_RuntimeError, "EMA: not initialised");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "O", &params_obj))
+    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O", &params_obj))
         return NULL;
     segment_list params;
     if (segments_from(params_obj, "EMA.update", "params", 0, &params) < 0)
@@ -416,10 +413,8 @@ static int ema_set_rate(EMAObject *self, PyObject *value, void *closure)
 static PyObject *ema_get_values(EMAObject *self, void *closure)
 {
     (void)closure;
-    if (!self->values) {
-        PyErr_SetString(PyExc_RuntimeError, "EMA: not initialised");
+    if (!ema_ready(self))
         return NULL;
-    }
     Py_INCREF(self->values);
     return (PyObject *)self->values;
 }
@@ -496,13 +491,8 @@ static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
                      loss_type);
         return -1;
     }
-    dfc_diffusion_destroy(self->d);
-    self->d = NULL;
-    dfc_error err = {0};
-    if (dfc_diffusion_create(steps, schedule, respacing, (dfc_variance_type)variance_type, &self->d, &err) != DFC_OK) {
-        dfc_py_raise(&err);
+    if (dfc_py_diffusion_reset(&self->d, steps, schedule, respacing, variance_type) < 0)
         return -1;
-    }
     self->type = (dfc_loss_type)loss_type;
     return 0;
 }
@@ -520,16 +510,13 @@ static PyObject *loss_compute(TrainingLossObject *self, PyObject *args)
     const char *op = "training_losses";
     PyObject *x0_obj, *xt_obj, *noise_obj, *idx_obj, *mo_obj, *w_obj;
     int want_grad = 1;
-    if (!self->d) {
-        PyErr_SetString(PyExc_RuntimeError, "TrainingLoss: not initialised");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "OOOOOO|p", &x0_obj, &xt_obj, &noise_obj, &idx_obj, &mo_obj, &w_obj, &want_grad))
+    if (!dfc_py_ready(self->d, "TrainingLoss: not initialised") ||
+        !PyArg_ParseTuple(args, "OOOOOO|p", &x0_obj, &xt_obj, &noise_obj, &idx_obj, &mo_obj, &w_obj, &want_grad))
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor x0, xt, noise, mo, dmo = {0}, loss, mse, vb, weights = {0};
     const int64_t *indices;
-    PyObject *outs[4] = {NULL, NULL, NULL, NULL}, *result = NULL;
+    PyObject *result = NULL;
     if (dfc_py_tensor(x0_obj, op, "x_start", 2, 4, 1, &refs, &x0) < 0 ||
         dfc_py_tensor(xt_obj, op, "x_t", 2, 4, 1, &refs, &xt) < 0 ||
         dfc_py_tensor(noise_obj, op, "noise", 2, 4, 1, &refs, &noise) < 0 ||
@@ -543,25 +530,15 @@ static PyObject *loss_compute(TrainingLossObject *self, PyObject *args)
         goto done;
     }
     int64_t n = x0.shape[0];
-    if (!(outs[0] = dfc_py_new_tensor(1, &n, &loss)) || !(outs[1] = dfc_py_new_tensor(1, &n, &mse)) ||
-        !(outs[2] = dfc_py_new_tensor(1, &n, &vb)))
+    const int64_t *dmo_shape = want_grad ? mo.shape : NULL; /* d_model_output is None without the gradient */
+    if (!(result = dfc_py_new_tuple(4, (dfc_py_output[]){{1, &n, &loss}, {1, &n, &mse}, {1, &n, &vb},
+                                                          {mo.ndim, dmo_shape, &dmo}})))
         goto done;
-    if (want_grad) {
-        if (!(outs[3] = dfc_py_new_tensor(mo.ndim, mo.shape, &dmo)))
-            goto done;
-    } else {
-        outs[3] = Py_None;
-        Py_INCREF(Py_None);
-    }
-    result = PyTuple_Pack(4, outs[0], outs[1], outs[2], outs[3]);
     dfc_error err = {0};
-    if (result)
-        DFC_PY_RUN(result, err,
-                   dfc_diffusion_training_losses(self->d, self->type, &x0, &xt, &noise, indices, &mo, weights.data,
-                                                 loss.data, mse.data, vb.data, want_grad ? &dmo : NULL, &err));
+    DFC_PY_RUN(result, err,
+               dfc_diffusion_training_losses(self->d, self->type, &x0, &xt, &noise, indices, &mo, weights.data,
+                                             loss.data, mse.data, vb.data, want_grad ? &dmo : NULL, &err));
 done:
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(outs[i]);
     dfc_py_refs_release(&refs);
     return result;
 }

@@ -10,25 +10,9 @@
 #include "../nets/unet.h"
 
 typedef struct {
-    PyObject_HEAD
+    DfcWorkspaceObject base; /* the object head and the workspace */
     dfc_unet *unet;
-    dfc_py_workspace ws;
 } UNetObject;
-
-static int dict_int(PyObject *dict, const char *key, int *out, int required)
-{
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v) {
-        if (required)
-            PyErr_Format(PyExc_KeyError, "UNet config: missing key '%s'", key);
-        return required ? -1 : 0;
-    }
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    *out = (int)value;
-    return 0;
-}
 
 static int dict_int_list(PyObject *dict, const char *key, int *out, int max, int *count)
 {
@@ -68,16 +52,17 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
     dfc_unet_config c;
     memset(&c, 0, sizeof c);
     int n_attention = 0;
-    if (dict_int(cfg_dict, "in_channels", &c.in_channels, 1) < 0 ||
-        dict_int(cfg_dict, "model_channels", &c.model_channels, 1) < 0 ||
-        dict_int(cfg_dict, "out_channels", &c.out_channels, 1) < 0 ||
-        dict_int(cfg_dict, "num_res_blocks", &c.num_res_blocks, 1) < 0 ||
-        dict_int(cfg_dict, "num_heads", &c.num_heads, 1) < 0 ||
-        dict_int(cfg_dict, "num_head_channels", &c.num_head_channels, 1) < 0 ||
-        dict_int(cfg_dict, "num_heads_upsample", &c.num_heads_upsample, 1) < 0 ||
-        dict_int(cfg_dict, "legacy_attention", &c.legacy_attention, 1) < 0 ||
-        dict_int(cfg_dict, "use_scale_shift_norm", &c.use_scale_shift_norm, 1) < 0 ||
-        dict_int(cfg_dict, "resblock_updown", &c.resblock_updown, 1) < 0 ||
+    const char *what = "UNet";
+    if (dfc_py_config_required_int(cfg_dict, what, "in_channels", &c.in_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "model_channels", &c.model_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "out_channels", &c.out_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_res_blocks", &c.num_res_blocks) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads", &c.num_heads) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_head_channels", &c.num_head_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads_upsample", &c.num_heads_upsample) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "legacy_attention", &c.legacy_attention) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "use_scale_shift_norm", &c.use_scale_shift_norm) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "resblock_updown", &c.resblock_updown) < 0 ||
         dict_int_list(cfg_dict, "level_channels", c.level_channels, DFC_UNET_MAX_LEVELS, &c.num_levels) < 0 ||
         dict_int_list(cfg_dict, "attention", c.attention, DFC_UNET_MAX_LEVELS, &n_attention) < 0)
         return -1;
@@ -88,7 +73,7 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
     }
     dfc_unet_destroy(self->unet);
     self->unet = NULL;
-    if (dfc_py_workspace_init(&self->ws) < 0)
+    if (dfc_py_workspace_init(&self->base.ws) < 0)
         return -1;
     dfc_error err = {0};
     if (dfc_unet_create(&c, &self->unet, &err) != DFC_OK) {
@@ -101,17 +86,13 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
 static void unet_dealloc(UNetObject *self)
 {
     dfc_unet_destroy(self->unet);
-    dfc_py_workspace_free(&self->ws);
+    dfc_py_workspace_free(&self->base.ws);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int unet_ready(UNetObject *self)
 {
-    if (!self->unet) {
-        PyErr_SetString(PyExc_RuntimeError, "UNet: not initialised");
-        return 0;
-    }
-    return 1;
+    return dfc_py_ready(self->unet, "UNet: not initialised");
 }
 
 /* parameters() -> dict name -> writable numpy view into the parameter buffer (keeps the UNet alive). */
@@ -129,15 +110,16 @@ static PyObject *unet_parameter_count(UNetObject *self, PyObject *noargs)
     return PyLong_FromLongLong((long long)dfc_unet_params(self->unet)->total);
 }
 
-/* Parses (backend, x, t[, v]) and checks t: one float timestep per sample. */
-static int parse_call(UNetObject *self, PyObject *args, int with_v, dfc_backend **be, dfc_tensor *x, dfc_tensor *t,
-                      dfc_tensor *v, dfc_py_refs *refs, const char *op)
+/* Parses (backend, x, t[, last]) and checks t: one float timestep per sample. With v, last is the array v; with fn,
+ * last is returned as it is (train_step's grad_fn, borrowed); with neither, there is no last argument. */
+static int parse_call(UNetObject *self, PyObject *args, dfc_backend **be, dfc_tensor *x, dfc_tensor *t, dfc_tensor *v,
+                      PyObject **fn, dfc_py_refs *refs, const char *op)
 {
-    PyObject *x_obj, *t_obj, *v_obj = NULL;
+    PyObject *x_obj, *t_obj, *last = NULL;
     if (!unet_ready(self))
         return -1;
-    if (with_v ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, be, &x_obj, &t_obj, &v_obj)
-               : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, be, &x_obj, &t_obj))
+    if ((v || fn) ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, be, &x_obj, &t_obj, &last)
+                  : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, be, &x_obj, &t_obj))
         return -1;
     if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, refs, x) < 0 || dfc_py_tensor(t_obj, op, "t", 1, 1, 1, refs, t) < 0)
         return -1;
@@ -146,9 +128,20 @@ static int parse_call(UNetObject *self, PyObject *args, int with_v, dfc_backend 
                      (long long)x->shape[0]);
         return -1;
     }
-    if (with_v && dfc_py_tensor(v_obj, op, "v", 4, 4, 1, refs, v) < 0)
+    if (v && dfc_py_tensor(last, op, "v", 4, 4, 1, refs, v) < 0)
         return -1;
+    if (fn)
+        *fn = last;
     return 0;
+}
+
+/* The shape of forward(x, t): x's batch and spatial size, the UNet's out_channels. */
+static void output_shape(const dfc_unet *u, const dfc_tensor *x, int64_t shape[4])
+{
+    shape[0] = x->shape[0];
+    shape[1] = dfc_unet_get_config(u)->out_channels;
+    shape[2] = x->shape[2];
+    shape[3] = x->shape[3];
 }
 
 static PyObject *unet_forward(UNetObject *self, PyObject *args)
@@ -157,16 +150,17 @@ static PyObject *unet_forward(UNetObject *self, PyObject *args)
     dfc_tensor x, t, y;
     dfc_py_refs refs = {0};
     PyObject *out = NULL;
-    if (parse_call(self, args, 0, &be, &x, &t, NULL, &refs, "UNet.forward") < 0)
+    if (parse_call(self, args, &be, &x, &t, NULL, NULL, &refs, "UNet.forward") < 0)
         goto done;
-    int64_t shape[4] = {x.shape[0], dfc_unet_get_config(self->unet)->out_channels, x.shape[2], x.shape[3]};
+    int64_t shape[4];
+    output_shape(self->unet, &x, shape);
     if (!(out = dfc_py_new_tensor(4, shape, &y)))
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     DFC_PY_RUN(out, err, dfc_unet_forward(self->unet, be, w.main, w.scratch, &x, t.data, NULL, &y, &err));
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -176,7 +170,8 @@ static dfc_status forward_backward(const dfc_unet *u, dfc_backend *be, dfc_arena
                                    const float *t, const dfc_tensor *v, dfc_tensor *dx, float *grads,
                                    dfc_error *err)
 {
-    int64_t shape[4] = {x->shape[0], dfc_unet_get_config(u)->out_channels, x->shape[2], x->shape[3]};
+    int64_t shape[4];
+    output_shape(u, x, shape);
     dfc_tensor y = dfc_arena_tensor(arena, 4, shape, err);
     DFC_CHECK_ALLOC(y);
     dfc_unet_tape *tape = NULL;
@@ -184,51 +179,40 @@ static dfc_status forward_backward(const dfc_unet *u, dfc_backend *be, dfc_arena
     return dfc_unet_backward(u, be, arena, tape, v, dx, grads, err);
 }
 
-/* vjp(backend, x, t, v) -> d sum(v * forward(x, t)) / dx */
-static PyObject *unet_vjp(UNetObject *self, PyObject *args)
+/* vjp and gradients: (backend, x, t, v) -> dx, or with_grads (dx, flat parameter gradients). */
+static PyObject *backward_call(UNetObject *self, PyObject *args, int with_grads, const char *op)
 {
     dfc_backend *be;
-    dfc_tensor x, t, v, dx;
+    dfc_tensor x, t, v, dx, flat = {0};
     dfc_py_refs refs = {0};
-    PyObject *out = NULL;
-    if (parse_call(self, args, 1, &be, &x, &t, &v, &refs, "UNet.vjp") < 0)
+    PyObject *result = NULL;
+    if (parse_call(self, args, &be, &x, &t, &v, NULL, &refs, op) < 0)
         goto done;
-    if (!(out = dfc_py_new_tensor(4, x.shape, &dx)))
+    int64_t total = dfc_unet_params(self->unet)->total;
+    result = with_grads ? dfc_py_new_tuple(2, (dfc_py_output[]){{4, x.shape, &dx}, {1, &total, &flat}})
+                        : dfc_py_new_tensor(4, x.shape, &dx);
+    if (!result)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
-    DFC_PY_RUN(out, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, NULL, &err));
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
+    DFC_PY_RUN(result, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, flat.data, &err));
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
-    return out;
+    return result;
+}
+
+/* vjp(backend, x, t, v) -> d sum(v * forward(x, t)) / dx */
+static PyObject *unet_vjp(UNetObject *self, PyObject *args)
+{
+    return backward_call(self, args, 0, "UNet.vjp");
 }
 
 /* gradients(backend, x, t, v) -> (dx, flat parameter gradient in parameter-buffer order) */
 static PyObject *unet_gradients(UNetObject *self, PyObject *args)
 {
-    dfc_backend *be;
-    dfc_tensor x, t, v, dx, flat;
-    dfc_py_refs refs = {0};
-    PyObject *dx_obj = NULL, *grads_obj = NULL, *result = NULL;
-    if (parse_call(self, args, 1, &be, &x, &t, &v, &refs, "UNet.gradients") < 0)
-        goto done;
-    int64_t total = dfc_unet_params(self->unet)->total;
-    if (!(dx_obj = dfc_py_new_tensor(4, x.shape, &dx)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
-        goto done;
-    dfc_error err = {0};
-    dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
-    result = PyTuple_Pack(2, dx_obj, grads_obj);
-    if (result)
-        DFC_PY_RUN(result, err, forward_backward(self->unet, be, w.main, &x, t.data, &v, &dx, flat.data, &err));
-    dfc_py_workspace_release(&self->ws, &w);
-done:
-    Py_XDECREF(dx_obj);
-    Py_XDECREF(grads_obj);
-    dfc_py_refs_release(&refs);
-    return result;
+    return backward_call(self, args, 1, "UNet.gradients");
 }
 
 /* train_step(backend, x, t, grad_fn) -> (loss_info, flat parameter gradients): one forward with a tape, then
@@ -237,26 +221,19 @@ done:
 static PyObject *unet_train_step(UNetObject *self, PyObject *args)
 {
     dfc_backend *be;
-    PyObject *x_obj, *t_obj, *grad_fn, *result = NULL, *y_obj = NULL, *grads_obj = NULL, *answer = NULL;
+    PyObject *grad_fn, *result = NULL, *y_obj = NULL, *grads_obj = NULL, *answer = NULL;
     dfc_tensor x, t, y, dy, flat;
     dfc_py_refs refs = {0};
-    if (!unet_ready(self) || !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &x_obj, &t_obj, &grad_fn))
-        return NULL;
-    if (dfc_py_tensor(x_obj, "UNet.train_step", "x", 4, 4, 1, &refs, &x) < 0 ||
-        dfc_py_tensor(t_obj, "UNet.train_step", "t", 1, 1, 1, &refs, &t) < 0)
+    if (parse_call(self, args, &be, &x, &t, NULL, &grad_fn, &refs, "UNet.train_step") < 0)
         goto done;
-    if (t.shape[0] != x.shape[0]) {
-        PyErr_Format(PyExc_ValueError, "UNet.train_step: t has %lld timesteps for a batch of %lld",
-                     (long long)t.shape[0], (long long)x.shape[0]);
-        goto done;
-    }
-    int64_t yshape[4] = {x.shape[0], dfc_unet_get_config(self->unet)->out_channels, x.shape[2], x.shape[3]};
+    int64_t yshape[4];
+    output_shape(self->unet, &x, yshape);
     int64_t total = dfc_unet_params(self->unet)->total;
     if (!(y_obj = dfc_py_new_tensor(4, yshape, &y)) || !(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &w);
     dfc_unet_tape *tape = NULL;
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -278,32 +255,13 @@ static PyObject *unet_train_step(UNetObject *self, PyObject *args)
                 result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
         }
     }
-    dfc_py_workspace_release(&self->ws, &w);
+    dfc_py_workspace_release(&self->base.ws, &w);
 done:
     Py_XDECREF(answer);
     Py_XDECREF(y_obj);
     Py_XDECREF(grads_obj);
     dfc_py_refs_release(&refs);
     return result;
-}
-
-static PyObject *unet_release_memory(UNetObject *self, PyObject *noargs)
-{
-    (void)noargs;
-    dfc_py_workspace_release_memory(&self->ws);
-    Py_RETURN_NONE;
-}
-
-static PyObject *unet_get_held(UNetObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSize_t(dfc_py_workspace_held(&self->ws));
-}
-
-static PyObject *unet_get_peak(UNetObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSize_t(self->ws.last_peak_bytes);
 }
 
 static PyMethodDef unet_methods[] = {
@@ -314,16 +272,15 @@ static PyMethodDef unet_methods[] = {
     {"vjp", (PyCFunction)unet_vjp, METH_VARARGS, "vjp(backend, x, t, v) -> dx"},
     {"train_step", (PyCFunction)unet_train_step, METH_VARARGS,
      "train_step(backend, x, t, grad_fn) -> (info, flat parameter gradients); grad_fn(y) -> (dL/dy, info)"},
-    {"release_memory", (PyCFunction)unet_release_memory, METH_NOARGS,
-     "release_memory(): free the activation memory kept between calls"},
+    DFC_PY_WS_RELEASE_MEMORY_METHOD,
     {"gradients", (PyCFunction)unet_gradients, METH_VARARGS,
      "gradients(backend, x, t, v) -> (dx, flat parameter gradients)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef unet_getset[] = {
-    {"last_peak_bytes", (getter)unet_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL},
-    {"held_bytes", (getter)unet_get_held, NULL, "activation memory kept for the next call (bytes)", NULL},
+    DFC_PY_WS_PEAK_GETSET,
+    DFC_PY_WS_HELD_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -14,6 +14,15 @@ void dfc_py_refs_release(dfc_py_refs *refs)
     refs->count = 0;
 }
 
+int dfc_py_ready(const void *ptr, const char *message)
+{
+    if (!ptr) {
+        PyErr_SetString(PyExc_RuntimeError, message);
+        return 0;
+    }
+    return 1;
+}
+
 int dfc_py_backend(PyObject *obj, void *out)
 {
     if (!PyObject_TypeCheck(obj, &DfcBackend_Type)) {
@@ -208,6 +217,20 @@ int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out)
     return 0;
 }
 
+int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "%s config: missing key '%s'", what, key);
+        return -1;
+    }
+    long value = PyLong_AsLong(v);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    *out = (int)value;
+    return 0;
+}
+
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
 {
     if (PyType_Ready(type) < 0)
@@ -287,6 +310,25 @@ void dfc_py_workspace_release_memory(dfc_py_workspace *ws)
 size_t dfc_py_workspace_held(const dfc_py_workspace *ws)
 {
     return dfc_arena_capacity(&ws->main) + dfc_arena_capacity(&ws->scratch);
+}
+
+PyObject *dfc_py_ws_release_memory(PyObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    dfc_py_workspace_release_memory(&((DfcWorkspaceObject *)self)->ws);
+    Py_RETURN_NONE;
+}
+
+PyObject *dfc_py_ws_get_peak(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(((DfcWorkspaceObject *)self)->ws.last_peak_bytes);
+}
+
+PyObject *dfc_py_ws_get_held(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(dfc_py_workspace_held(&((DfcWorkspaceObject *)self)->ws));
 }
 
 /* ---- shapes most op bindings share ---- */

@@ -32,6 +32,9 @@ typedef struct {
 
 void dfc_py_refs_release(dfc_py_refs *refs);
 
+/* 1 where ptr (an object's C state) is set; else 0 with RuntimeError(message), e.g. "UNet: not initialised". */
+int dfc_py_ready(const void *ptr, const char *message);
+
 /* "O&" converter: a diffice._C.Backend -> dfc_backend*. */
 int dfc_py_backend(PyObject *obj, void *out);
 
@@ -58,6 +61,10 @@ PyObject *dfc_py_raise(const dfc_error *err);
 /* dict[key] as an int where present; a missing key leaves *out (the caller's default). -1 with an exception
  * ("<op>: config '<key>' is out of range" past int32). */
 int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out);
+
+/* dict[key] as an int (cast, no range check); a missing key is a KeyError "<what> config: missing key '<key>'".
+ * 0, or -1 with an exception. */
+int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out);
 
 /* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
  * the matching exception. Use: dfc_error err = {0}; DFC_PY_RUN(out, err, be->ops->x(be, ..., &err)); */
@@ -94,6 +101,28 @@ void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w);
 void dfc_py_workspace_release_memory(dfc_py_workspace *ws);
 size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
 
+/* The head of every Python object that keeps a workspace (diffice._C.Network, UNet, PerceptualLoss): their structs
+ * start with a DfcWorkspaceObject member, so the method and getters below serve all of them. */
+typedef struct {
+    PyObject_HEAD
+    dfc_py_workspace ws;
+} DfcWorkspaceObject;
+
+/* release_memory() -> None: frees the activation memory kept between calls. */
+PyObject *dfc_py_ws_release_memory(PyObject *self, PyObject *noargs);
+/* last_peak_bytes / held_bytes getters. */
+PyObject *dfc_py_ws_get_peak(PyObject *self, void *closure);
+PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
+
+/* Their PyMethodDef / PyGetSetDef entries. */
+#define DFC_PY_WS_RELEASE_MEMORY_METHOD                                         \
+    {"release_memory", dfc_py_ws_release_memory, METH_NOARGS,                   \
+     "release_memory(): free the activation memory kept between calls"}
+#define DFC_PY_WS_PEAK_GETSET                                                   \
+    {"last_peak_bytes", dfc_py_ws_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL}
+#define DFC_PY_WS_HELD_GETSET                                                   \
+    {"held_bytes", dfc_py_ws_get_held, NULL, "activation memory kept for the next call (bytes)", NULL}
+
 /* Method tables of the binding files, added to the module in module.c. */
 extern PyMethodDef dfc_methods_elementwise[];
 extern PyMethodDef dfc_methods_conv[];
@@ -125,6 +154,10 @@ struct dfc_unet;
 struct dfc_diffusion;
 struct dfc_unet *dfc_py_unwrap_unet(PyObject *obj);
 struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
+/* Replaces *d (destroyed first) by a new diffusion with guided-diffusion's tables for (steps, schedule, respacing,
+ * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
+int dfc_py_diffusion_reset(struct dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
+                           int variance_type);
 
 /* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
