@@ -15,6 +15,33 @@ torch.set_num_threads(2)
 SHARED = Path(os.environ.get("DIFFICE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+# The smallest real models the sampler tests share: a 2-level UNet and a plane classifier (segmenter + SonoNet-4).
+TINY_UNET_CONFIG = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1),
+                        attention_resolutions=(), learn_sigma=True, num_heads=1)
+
+
+def tiny_unet():
+    from diffice import UNet
+
+    return UNet.random(TINY_UNET_CONFIG, seed=4)
+
+
+def tiny_plane_classifier():
+    from diffice import PlaneClassifier, Segmenter, SonoNet
+
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(1)
+    return PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2))
+
+
+def write_tiny_models(folder: Path) -> Path:
+    """tiny_unet() and tiny_plane_classifier() as folder/ddpm.safetensors and folder/f.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_unet().save(folder / "ddpm.safetensors")
+    tiny_plane_classifier().save(folder / "f.safetensors")
+    return folder
+
+
 def env_without_sanitizer_preload(**extra: str) -> dict:
     """os.environ for programs that are not Python: without the gcc libasan that the sanitized suite preloads
     (README, Build options). Programs with their own sanitizer runtime (the clang-built fuzz harnesses) or with a

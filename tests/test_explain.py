@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffice import _C, GaussianDiffusion, UNet
+from diffice import _C, GaussianDiffusion
 from diffice import classification_loss
 from diffice.explain import Explainer, image_keys
 from diffice.ops import get_backend
+from conftest import tiny_plane_classifier, tiny_unet
 from gd_reference import UNetModel
 
 H, W = 16, 24
@@ -42,9 +43,7 @@ class PixelL2:
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
-               learn_sigma=True, num_heads=1)
-    unet = UNet.random(cfg, seed=4)
+    unet = tiny_unet()
     diffusion = GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
     return unet, diffusion
 
@@ -243,12 +242,10 @@ def test_guidance_errors_surface(tiny, rng):
 
 def test_native_guidance_matches_python_guidance(tiny, rng):
     """diffice's own networks: the loss computed in C gives the same counterfactuals as through Python."""
-    from diffice import PerceptualLoss, PlaneClassifier, ResNetFeatures, Segmenter, SonoNet
+    from diffice import PerceptualLoss, ResNetFeatures
 
     unet, d = tiny
-    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
-    seg._randomize(1)
-    clf = PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2))
+    clf = tiny_plane_classifier()
     perc = PerceptualLoss(ResNetFeatures.random(depth=18, in_channels=1, taps=("layer1",), seed=3), variant="mse")
     x = images(rng, 3)
     kw = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0), lambda_p=2.0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffice import PlaneClassifier, Segmenter, SonoNet, UNet
+from conftest import write_tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 16, 24
@@ -23,14 +23,7 @@ H, W = 16, 24
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
-               learn_sigma=True, num_heads=1)
-    UNet.random(cfg, seed=4).save(d / "ddpm.safetensors")
-    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
-    seg._randomize(1)
-    PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2)).save(d / "f.safetensors")
-    return d
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def write_run(tmp_path: Path, model_dir: Path, n_images: int, tau: int, iterations: int) -> list:

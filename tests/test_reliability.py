@@ -10,25 +10,21 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from diffice import (_C, GaussianDiffusion, PerceptualLoss, PlaneClassifier, ResNetFeatures, Segmenter, SonoNet,
-                     UNet)
+from diffice import _C, GaussianDiffusion, PerceptualLoss, ResNetFeatures, Segmenter, UNet
 from diffice.explain import Explainer
 from diffice.ops import get_backend
+from conftest import tiny_plane_classifier, tiny_unet
 from test_explain import H, W, LinearClassifier, PixelL2, images
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
-               learn_sigma=True, num_heads=1)
-    return UNet.random(cfg, seed=4), GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+    return tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
 
 
 @pytest.fixture(scope="module")
 def nets():
-    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
-    seg._randomize(1)
-    clf = PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2))
+    clf = tiny_plane_classifier()
     perc = PerceptualLoss(ResNetFeatures.random(depth=18, in_channels=1, taps=("layer1",), seed=3), variant="mse")
     return clf, perc
 

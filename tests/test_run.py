@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffice import GaussianDiffusion, UNet
+from diffice import GaussianDiffusion
 from diffice.run import load_config, run_explain
+from conftest import tiny_plane_classifier, tiny_unet
 from test_explain import H, W, LinearClassifier, PixelL2
 
 
 @pytest.fixture(scope="module")
 def models():
-    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
-               learn_sigma=True, num_heads=1)
-    return UNet.random(cfg, seed=4), GaussianDiffusion(1000, "linear", "40"), LinearClassifier(), PixelL2()
+    return tiny_unet(), GaussianDiffusion(1000, "linear", "40"), LinearClassifier(), PixelL2()
 
 
 def write_images(folder, rng, n):
@@ -100,14 +99,12 @@ def test_config_errors(tmp_path):
 
 def test_cli_explain_with_model_files(tmp_path, rng, models):
     """`diffice explain` end to end: a UNet, a plane classifier and a perceptual ResNet from files."""
-    from diffice import PlaneClassifier, ResNetFeatures, Segmenter, SonoNet
+    from diffice import ResNetFeatures
     from diffice.cli import main
 
     unet = models[0]
     unet.save(tmp_path / "ddpm.safetensors")
-    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
-    seg._randomize(1)
-    PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2)).save(tmp_path / "f.safetensors")
+    tiny_plane_classifier().save(tmp_path / "f.safetensors")
     ResNetFeatures.random(depth=18, in_channels=1, taps=("layer1",), seed=3).save(tmp_path / "resnet.safetensors")
     (tmp_path / "run.toml").write_text(f"""
 [models]

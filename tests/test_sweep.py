@@ -5,25 +5,13 @@ import sqlite3
 import numpy as np
 import pytest
 
-from diffice import PlaneClassifier, Segmenter, SonoNet, UNet
+from conftest import write_tiny_models
 from diffice.cluster import LocalExecutor
 from diffice.explain import Explainer
 from diffice.sweep import (SweepStore, compute_tables, load_sweep, register_column, run_sweep,
                            TABLE_COLUMNS, Column)
 
 H, W = 16, 24
-
-
-def make_models(folder):
-    """A tiny UNet and plane classifier written where a sweep config can name them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1), attention_resolutions=(),
-               learn_sigma=True, num_heads=1)
-    UNet.random(cfg, seed=4).save(folder / "ddpm.safetensors")
-    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
-    seg._randomize(1)
-    PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2, seed=2)).save(folder / "f.safetensors")
-    return folder
 
 
 def sweep_toml(models, out, extra="", sweep_extra=""):
@@ -61,7 +49,7 @@ _SHARED = {}  # made once per session, also for tests/test_distributed.py (which
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     if "models" not in _SHARED:
-        _SHARED["models"] = make_models(tmp_path_factory.mktemp("models"))
+        _SHARED["models"] = write_tiny_models(tmp_path_factory.mktemp("models"))
     return _SHARED["models"]
 
 
