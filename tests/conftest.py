@@ -42,6 +42,23 @@ def write_tiny_models(folder: Path) -> Path:
     return folder
 
 
+def interrupt_training_step(monkeypatch, module, step: int = 2):
+    """Makes `module.clip_grad_norm` (called once per training step) send SIGINT to this process on its step-th
+    call, as Ctrl-C during that step. Returns the original, to put back with monkeypatch.setattr."""
+    import signal
+
+    calls, clip = [], module.clip_grad_norm
+
+    def clip_and_interrupt(grads, max_norm=0.0, num_threads=0):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return clip(grads, max_norm, num_threads)
+
+    monkeypatch.setattr(module, "clip_grad_norm", clip_and_interrupt)
+    return clip
+
+
 def env_without_sanitizer_preload(**extra: str) -> dict:
     """os.environ for programs that are not Python: without the gcc libasan that the sanitized suite preloads
     (README, Build options). Programs with their own sanitizer runtime (the clang-built fuzz harnesses) or with a

@@ -2,7 +2,6 @@
 one step's parameter gradients vs PyTorch autograd through the reference UNet, AdamW / EMA / clipping vs torch,
 and the training loop (the loss falls, resume is bitwise, Ctrl-C saves, the CLI)."""
 import csv
-import os
 import signal
 
 import numpy as np
@@ -15,7 +14,7 @@ from diffice.io import load_safetensors, load_safetensors_metadata
 from diffice.train import (AdamW, DiffusionLoss, EMA, clip_grad_norm, init_guided_diffusion, loss_and_gradients,
                            train_ddpm)
 from diffice.unet import UNet
-from conftest import randn, rel_err, t64
+from conftest import interrupt_training_step, randn, rel_err, t64
 from test_unet import small_config, torch_model, worst_module_gradient_error
 from train_reference import GaussianDiffusion as RefDiffusion
 
@@ -270,15 +269,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, monkeypatch):
-    calls = []
-
-    def clip_and_interrupt(grads, max_norm=0.0, num_threads=0):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the second step
-        return clip_grad_norm(grads, max_norm, num_threads)
-
-    monkeypatch.setattr(train_mod, "clip_grad_norm", clip_and_interrupt)
+    interrupt_training_step(monkeypatch, train_mod, step=2)
     result = train_ddpm(blobs(n=4), tmp_path, TINY, steps=50, batch_size=2, progress=False)
     assert result.interrupted and result.step == 2
     assert int(np.load(result.state_path)["step"]) == 2

@@ -5,7 +5,7 @@ import torch
 from diffice import Segmenter, phantoms
 from diffice.train_networks import (binary_cross_entropy_grad, pixel_cross_entropy_grad, segmentation_labels,
                                     train_network)
-from conftest import rel_err, randn
+from conftest import interrupt_training_step, rel_err, randn
 
 CLASSES = ["background", "skull", "thalami", "csp", "posterior_fossa"]
 
@@ -98,21 +98,10 @@ def _supervised(kind, phantom_set, out, steps, **kw):
 
 @pytest.mark.parametrize("kind", ["segmenter", "oracle"])
 def test_ctrl_c_then_resume_continues_bit_for_bit(kind, phantom_set, tmp_path, monkeypatch):
-    import os
-    import signal
-
     import diffice.train_networks as tn
 
     _supervised(kind, phantom_set, tmp_path / "full", 4)
-    calls, clip = [], tn.clip_grad_norm
-
-    def clip_and_interrupt(grads, max_norm=0.0, num_threads=0):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the second step
-        return clip(grads, max_norm, num_threads)
-
-    monkeypatch.setattr(tn, "clip_grad_norm", clip_and_interrupt)
+    clip = interrupt_training_step(monkeypatch, tn, step=2)
     assert _supervised(kind, phantom_set, tmp_path / "split", 4)["interrupted"]
     monkeypatch.setattr(tn, "clip_grad_norm", clip)
     assert int(np.load(tmp_path / "split" / "train_state.npz")["step"]) == 2
