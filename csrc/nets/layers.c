@@ -86,9 +86,12 @@ dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, voi
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     b.binding = 1;
     build(&b);
-    if (!b.failed && b.next != set->count)
-        dfc_fail(err, DFC_ERR_VALUE, "parameters: the binding pass visited %d of %d parameters", b.next, set->count);
-    return b.failed || b.next != set->count ? (err && err->code ? err->code : DFC_ERR_VALUE) : DFC_OK;
+    if (b.failed) /* dfc_builder_param has reported into err */
+        return err && err->code ? err->code : DFC_ERR_VALUE;
+    if (b.next != set->count)
+        return dfc_fail(err, DFC_ERR_VALUE, "parameters: the binding pass visited %d of %d parameters", b.next,
+                        set->count);
+    return DFC_OK;
 }
 
 float *dfc_param_data(const dfc_param_set *set, int index)

@@ -59,7 +59,7 @@ dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shap
 dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, void *owner, dfc_error *err);
 /* Allocates the zeroed buffer once all parameters are registered. */
 dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
-/* Points every registered view at the buffer: call after allocation (views are bound by index). */
+/* The view of parameter `index` (its data valid once the buffer is allocated). */
 dfc_tensor dfc_param_view(const dfc_param_set *set, int index);
 void dfc_param_set_free(dfc_param_set *set);
 
