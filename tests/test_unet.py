@@ -140,6 +140,9 @@ def test_bad_inputs():
         unet.forward(np.zeros((2, 1, 16, 16), np.float32), [0, 1, 2])
     with pytest.raises(ValueError, match="GroupNorm32"):
         UNet(small_config(model_channels=40))
+    # past int32 the C config would wrap around: refused, naming the key
+    with pytest.raises(ValueError, match="UNet: config 'model_channels' is out of range"):
+        UNet(small_config(model_channels=2**32 + 32))
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -219,16 +219,11 @@ int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out)
 
 int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out)
 {
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v) {
+    if (!PyDict_GetItemString(dict, key)) {
         PyErr_Format(PyExc_KeyError, "%s config: missing key '%s'", what, key);
         return -1;
     }
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    *out = (int)value;
-    return 0;
+    return dfc_py_config_int(dict, what, key, out);
 }
 
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)

@@ -62,8 +62,8 @@ PyObject *dfc_py_raise(const dfc_error *err);
  * ("<op>: config '<key>' is out of range" past int32). */
 int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out);
 
-/* dict[key] as an int (cast, no range check); a missing key is a KeyError "<what> config: missing key '<key>'".
- * 0, or -1 with an exception. */
+/* dfc_py_config_int where the key must be present: a missing key is a KeyError "<what> config: missing key
+ * '<key>'". 0, or -1 with an exception. */
 int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out);
 
 /* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
