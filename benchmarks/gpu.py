@@ -150,9 +150,8 @@ def main() -> None:
     parser.add_argument("--dime-tau", type=int, default=20, help="tau at which DiME is timed (see above)")
     parser.add_argument("--methods", nargs="+", default=["diff-ice-1", "diff-ice-1-xt", "dime", "diff-ice"],
                         choices=list(METHODS))
-    parser.add_argument("--fp32", action="store_true", default=True,
-                        help="also time Diff-ICE_1 with TF32 off (default on)")
-    parser.add_argument("--no-fp32", dest="fp32", action="store_false")
+    parser.add_argument("--no-fp32", dest="fp32", action="store_false",
+                        help="skip the Diff-ICE_1 row with TF32 off")
     parser.add_argument("--jsonl", type=Path, help="append each row here as soon as it is measured")
     args = parser.parse_args()
 
