@@ -1,0 +1,38 @@
+"""The package's build configuration: pyproject.toml gives setuptools nothing deprecated."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_has_no_deprecated_setuptools_configuration(monkeypatch):
+    # The build isolates itself with the newest setuptools; a deprecated field (e.g. project.license as a TOML
+    # table, unsupported after 2027-02-18) warns there long before it fails.
+    setuptools = pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+    from setuptools.warnings import SetuptoolsDeprecationWarning
+
+    assert tuple(int(v) for v in setuptools.__version__.split(".")[:2]) >= (77, 0), \
+        "the test extra requires setuptools>=77 (the version pyproject.toml's build-system asks for)"
+    monkeypatch.chdir(ROOT)  # readme and license-files are relative to the project
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SetuptoolsDeprecationWarning)
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert dist.metadata.license_expression == "Apache-2.0"
+    assert "LICENSE" in dist.metadata.license_files
+
+
+def test_no_build_or_test_output_is_tracked():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    bad = [f for f in tracked.stdout.splitlines()
+           if f.endswith((".whl", ".so", ".o", ".pyc", ".egg-info")) or f.startswith(("build/", "dist/"))]
+    assert bad == []
