@@ -1,5 +1,5 @@
-/* Element types of weight files and their conversion to float32. */
-#include "io_internal.h"
+/* Element types of weight files and their conversion to float32 (declared in weight_set.h). */
+#include "weight_set.h"
 
 size_t dfc_dtype_size(dfc_dtype dt)
 {

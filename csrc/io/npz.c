@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "io_internal.h"
+#include "npz.h"
 
 typedef struct {
     const char *s;

@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "io_internal.h"
+#include "safetensors.h"
 
 #define HEADER_MAX ((uint64_t)100 * 1000 * 1000) /* the reference refuses headers over 100 MB too */
 #define JSON_MAX_DEPTH 16                        /* safetensors needs 3 */

@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "io_internal.h"
+#include "torch_pickle.h"
 
 #define MAX_STACK ((size_t)1 << 24)
 #define MAX_MARKS 4096
