@@ -22,24 +22,55 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if run_selfcheck(seed=args.seed, verbose=True) else 1
 
 
+def _bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+# flags named apart from their config key
+_FLAG_NAMES = {"preset": ["--models", "--preset"]}
+_FILE_KEYS = ("unet", "classifier", "perceptual")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config key (e.g. --lambda-c 40 60 80, --tau 120), documented with its default."""
-    from .run import SECTIONS
+    """One flag per config key (e.g. --lambda-c 40 60 80, --tau 120), with its description, allowed values and
+    default (diffice.run.CONFIG_HELP, CONFIG_CHOICES, SECTIONS)."""
+    from .run import CONFIG_CHOICES, CONFIG_HELP, SECTIONS
 
     for section, defaults in SECTIONS.items():
         group = parser.add_argument_group(f"[{section}] (config file section; flags override it)")
         for key, default in defaults.items():
-            flag = "--" + key.replace("_", "-")
-            kwargs = dict(dest=key, default=None, help=f"default: {default!r}")
+            flags = _FLAG_NAMES.get(key, ["--" + key.replace("_", "-")])
+            text = CONFIG_HELP[key].replace("%", "%%")
+            if default is None:
+                shown = "none"
+            elif isinstance(default, (list, tuple)):
+                shown = " ".join(str(v) for v in default)
+            else:
+                shown = str(default).lower() if isinstance(default, bool) else default
+            kwargs = dict(dest=key, default=None, help=f"{text} (default: {shown}; [{section}] {key})")
             if isinstance(default, bool):
-                kwargs["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
-                kwargs["metavar"] = "BOOL"
+                kwargs["type"] = _bool
+                kwargs["metavar"] = "{true,false}"
             elif isinstance(default, (list, tuple)):
                 kwargs["nargs"] = "+"
                 kwargs["type"] = type(default[0]) if default else str
+                kwargs["metavar"] = "N" if kwargs["type"] is int else "X"
             elif isinstance(default, (int, float)):
                 kwargs["type"] = type(default)
-            group.add_argument(flag, **kwargs)
+                kwargs["metavar"] = "N" if kwargs["type"] is int else "X"
+            if key in _FILE_KEYS:
+                kwargs["metavar"] = "FILE"
+            if key == "image_size":
+                kwargs.update(nargs=2, metavar=("H", "W"))
+            if key in CONFIG_CHOICES:
+                kwargs["choices"] = CONFIG_CHOICES[key]
+                kwargs.pop("metavar", None)
+            group.add_argument(*flags, **kwargs)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -166,7 +197,13 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     settings = root / "run_settings.json"
     if not from_demo and not args.classifier and settings.is_file():  # the classifier that guided the run
         m = json.loads(settings.read_text()).get("models", {})
-        if m.get("classifier") and Path(m["classifier"]).is_file():
+        if m.get("preset") == "demo":  # diffice explain --models demo: the demo's classifier and oracle
+            from .demo import load_demo_models
+
+            demo = load_demo_models(args.demo_models)
+            classifier, oracle = demo.classifier, demo.oracle
+            print(f"diffice metrics: the demo models (from {settings})", file=sys.stderr)
+        elif m.get("classifier") and Path(m["classifier"]).is_file():
             from .models import load_classifier
 
             classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"],
@@ -269,8 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
     p = sub.add_parser("explain", help="counterfactual explanations for a folder of images (resumable)",
                        description="Generates Diff-ICE counterfactuals (or a baseline) for every image in --images "
-                       "and writes PNGs, per-image records and results.csv to --out. Stopped runs resume.")
-    p.add_argument("--config", help="TOML config (sections [models], [diffusion], [method], [run])")
+                       "and writes PNGs, per-image records and results.csv to --out. Stopped runs resume. The "
+                       "models: --unet FILE --classifier FILE and an Lp (--perceptual FILE, or --perceptual-kind "
+                       "pixel-l2), or [models] in --config; or --models demo for the models bundled with diffice "
+                       "(64x80 fetal-head phantoms). Every config key is a flag below; flags win over the file.",
+                       epilog="--target vs --target-class: --target is the class the counterfactuals move towards, "
+                       "an index of f's outputs (1 = standard plane); --target-class is only for --classifier-kind "
+                       "sononet and picks which of SonoNet's 14 classes is the standard plane, which makes f a "
+                       "2-output classifier. Example: diffice explain --models demo --images scans/ --out results/")
+    p.add_argument("--config", help="TOML config (sections [models], [diffusion], [method], [run]; see "
+                   "diffice/run.py)")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -80,10 +80,17 @@ _LOADS = 0  # how many times this process loaded models (tests: once per worker)
 
 def models_spec(cfg: Dict[str, Dict[str, Any]], demo: Optional[str] = None) -> Dict[str, Any]:
     """A JSON-able description of a run's models that every worker can load: the [models] and [diffusion]
-    sections of a run config, or the demo models (demo: "bundled" or a folder with the demo file names)."""
+    sections of a run config, or the demo models (demo: "bundled" or a folder with the demo file names; also
+    [models] preset = "demo", which is the bundled ones)."""
+    preset = cfg["models"].get("preset")
+    if demo is None and preset is not None:
+        if preset != "demo":
+            raise ValueError(f"models.preset must be \"demo\", got {preset!r}")
+        demo = "bundled"
     if demo is not None:
         return dict(source="demo", folder=None if demo == "bundled" else str(demo))
-    return dict(source="files", models=dict(cfg["models"]), diffusion=dict(cfg["diffusion"]))
+    models = {k: v for k, v in cfg["models"].items() if k != "preset"}
+    return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
 
 
 def _load(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:

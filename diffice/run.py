@@ -8,6 +8,7 @@ lost, nothing half-written is left behind. Images that cannot be read are listed
 Config (TOML; every key is also a command-line flag, which wins):
 
     [models]
+    # preset = "demo"                    # the bundled demo models instead of the files below (preset_defaults)
     unet = "ddpm.safetensors"           # guided-diffusion UNet (.safetensors / .pt / .npz)
     num_heads = 4                        # attention layout (not inferable from the weights)
     num_head_channels = -1
@@ -17,6 +18,7 @@ Config (TOML; every key is also a command-line flag, which wins):
     target_class = 5                     # sononet: the class used as the standard plane (5 = Brain (Tv.))
     perceptual = "resnet50.pt"           # optional
     perceptual_kind = "resnet50-radimagenet"   # resnet50 | resnet18 | resnet50-radimagenet | resnet18-radimagenet
+                                         # | pixel-l1 | pixel-l2 (no file); lambda_p > 0 needs one of them
     perceptual_variant = "mse"           # "mse" (DiME's form) or "normalized" (MONAI's)
     perceptual_taps = ["layer4"]
 
@@ -37,6 +39,8 @@ Config (TOML; every key is also a command-line flag, which wins):
     batch_size = 10
     seed = 0
     target = 1                           # the class the counterfactuals move towards
+
+Every key's description and allowed values: CONFIG_HELP and CONFIG_CHOICES below (``diffice explain --help``).
 """
 from __future__ import annotations
 
@@ -53,16 +57,88 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .data import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
-from .explain import ExplainerConfig
+from .explain import METHODS, ExplainerConfig
 
 RUN_DEFAULTS: Dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
 MODEL_DEFAULTS: Dict[str, Any] = dict(
-    unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
+    preset=None, unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
     classifier_kind="plane", target_class=5, perceptual=None, perceptual_kind="resnet50-radimagenet",
     perceptual_variant="mse", perceptual_taps=["layer4"])
 DIFFUSION_DEFAULTS: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
 SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RUN_DEFAULTS,
             "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
+
+PIXEL_KINDS = ("pixel-l1", "pixel-l2")  # Lp without a network file (diffice.perceptual.PixelLoss)
+
+# The allowed values of the enumerated keys (argparse choices of `diffice explain`; checked by their readers).
+CONFIG_CHOICES: Dict[str, List[Any]] = dict(
+    preset=["demo"],
+    classifier_kind=["plane", "sononet"],
+    perceptual_kind=["resnet50", "resnet18", "resnet50-radimagenet", "resnet18-radimagenet", *PIXEL_KINDS],
+    perceptual_variant=["mse", "normalized"],
+    perceptual_taps=["stem", "layer1", "layer2", "layer3", "layer4"],
+    schedule=["linear", "cosine"],
+    method=list(METHODS),
+    class_loss=["ce", "logit"],
+    grad_at=["current", "previous"],
+)
+
+# What every config key means: the help of its `diffice explain` flag (the default is appended there).
+CONFIG_HELP: Dict[str, str] = dict(
+    # [models]
+    preset="'demo': the models bundled with diffice (the phantom DDPM, plane classifier f and the demo's pixel "
+           "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
+           "tau 30 of 100 respaced steps, lambda_c 40 60 80, lambda_p 3000, 64x80 images) become the defaults, "
+           "and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points it at another folder "
+           "of demo models",
+    unet="the guided-diffusion UNet, the denoiser (.safetensors / .pt / .npz); required unless --models demo",
+    num_heads="attention heads of the UNet (not inferable from its weights)",
+    num_head_channels="channels per attention head of the UNet (-1: use num_heads)",
+    use_new_attention_order="the UNet's attention splits qkv before the heads (guided-diffusion's option)",
+    classifier="the guiding classifier f (a diffice model file, or SonoNet weights with --classifier-kind "
+               "sononet); required unless --models demo",
+    classifier_kind="plane: diffice's standard-plane classifier f = l(s(x), x), 2 outputs (0 = non-standard, "
+                    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class",
+    target_class="only with --classifier-kind sononet: which of SonoNet's 14 classes counts as the standard "
+                 "plane (5 = 'Brain (Tv.)'); f then has 2 outputs, 0 = any other class, 1 = this one. Not the "
+                 "direction of the counterfactuals: that is --target",
+    perceptual="the perceptual network of Lp (ResNet weights); not needed for the pixel-l1/pixel-l2 kinds. With "
+               "no Lp, lambda_p must be 0",
+    perceptual_kind="the Lp: a ResNet's features (torchvision or Keras-converted RadImageNet layout; needs "
+                    "--perceptual) or the mean pixel distance to the input (pixel-l1, pixel-l2; no file)",
+    perceptual_variant="feature distance of a ResNet Lp: mse (DiME's) or normalized (MONAI's, unit-norm "
+                       "feature vectors)",
+    perceptual_taps="the ResNet stages whose features Lp compares",
+    # [diffusion]
+    steps="training diffusion steps T of the UNet",
+    schedule="the noise schedule the UNet was trained with",
+    respacing="sampling steps: 'K' (K evenly spaced, e.g. 400), 'a,b,...' (section counts), 'ddimK', or '' "
+              "(none); tau counts these steps",
+    # [method]
+    method="diff-ice (L iterations), diff-ice-1 (one), diff-ice-1-xt (gradient through the UNet), dime, "
+           "fastdime (with its mask)",
+    iterations="Diff-ICE's L: iterations, each starting from the previous output (1 for the other methods)",
+    tau="noise level each iteration starts from, in respaced steps (must be below the respacing)",
+    lambda_c="classifier-loss weights, tried in order until an image is classified as --target",
+    lambda_p="weight of Lp, the fidelity to the input; > 0 needs an Lp (--perceptual FILE, or --perceptual-kind "
+             "pixel-l2); 0: no fidelity term",
+    lambda_l1="DiME's l1 term on the noisy image (0: off)",
+    lambda_l2="DiME's l2 term on the noisy image (0: off)",
+    class_loss="ce: cross-entropy towards --target; logit: DiME's -logit of --target",
+    grad_at="the x0 estimate the guiding gradient is taken at: current (the paper) or previous (FastDiME's code)",
+    scale_grads="divide the guiding gradient by sqrt(alpha_bar) (always on for dime)",
+    clip="clamp the x0 estimate to [-1, 1]",
+    mask_dilation="fastdime: max-pool size (odd) that dilates its mask of the change from the input",
+    mask_threshold="fastdime: pixels whose dilated change (0..1 of the largest) is below this keep the input",
+    mask_warmup="fastdime: reverse steps before the mask is applied",
+    # [run]
+    image_size="every image is converted to grayscale and resized to this (the models' size)",
+    batch_size="images explained together (does not change the results)",
+    seed="sampler seed (each image's noise also follows its pixels)",
+    target="the class the counterfactuals move towards: an index of f's outputs. Both classifier kinds have 2 "
+           "(0 = not a standard plane, 1 = standard plane), so 1 asks what would make each image a standard plane. "
+           "Not a SonoNet class: that is --target-class",
+)
 
 
 def read_toml(path: str) -> Dict[str, Any]:
@@ -84,16 +160,23 @@ def read_toml(path: str) -> Dict[str, Any]:
 OTHER_SECTIONS = ("cluster",)
 
 
-def load_config(path: Optional[str], overrides: Dict[str, Any],
-                data: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
-    """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
+def preset_defaults(name: str) -> Dict[str, Dict[str, Any]]:
+    """The defaults a [models] preset puts over SECTIONS (the config file and flags still win).
 
-    data: the file's parsed TOML when the caller has read it already (diffice.sweep), else it is read from path.
-    Sections in OTHER_SECTIONS are left to their readers.
+    "demo": the bundled demo models (diffice.demo: the phantom DDPM, the plane classifier f and the pixel Lp,
+    64x80 images) with the demo's [method], [diffusion] and image size.
     """
-    cfg = {name: dict(defaults) for name, defaults in SECTIONS.items()}
-    if path and data is None:
-        data = read_toml(path)
+    if name != "demo":
+        raise ValueError(f"models.preset must be one of {CONFIG_CHOICES['preset']}, got {name!r}")
+    from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
+
+    return dict(models=dict(perceptual_kind="pixel-l2"), diffusion=dict(DEMO_DIFFUSION), method=dict(DEMO_METHOD),
+                run=dict(image_size=list(DEMO_SIZE)))
+
+
+def _merge(path: Optional[str], data: Optional[Dict[str, Any]], overrides: Dict[str, Any],
+           preset: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Dict[str, Any]]:
+    cfg = {name: dict(defaults, **(preset or {}).get(name, {})) for name, defaults in SECTIONS.items()}
     for section, values in (data or {}).items():
         if section in OTHER_SECTIONS:
             continue
@@ -119,6 +202,46 @@ def load_config(path: Optional[str], overrides: Dict[str, Any],
         else:
             raise ValueError(f"unknown option {key}")
     return cfg
+
+
+def load_config(path: Optional[str], overrides: Dict[str, Any],
+                data: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
+
+    data: the file's parsed TOML when the caller has read it already (diffice.sweep), else it is read from path.
+    Sections in OTHER_SECTIONS are left to their readers. With [models] preset (--models demo) the preset's
+    defaults (:func:`preset_defaults`) replace SECTIONS' and the other model keys must stay unset.
+    """
+    if path and data is None:
+        data = read_toml(path)
+    cfg = _merge(path, data, overrides)
+    name = cfg["models"]["preset"]
+    if name is None:
+        return cfg
+    preset = preset_defaults(name)
+    cfg = _merge(path, data, overrides, preset)
+    models = dict(MODEL_DEFAULTS, **preset["models"])
+    chosen = sorted(k for k, v in cfg["models"].items() if k != "preset" and v != models[k])
+    if chosen:
+        raise ValueError(f"models.preset = {name!r} chooses every model; remove models.{', models.'.join(chosen)} "
+                         f"(or the preset)")
+    changed = sorted(k for k, v in cfg["diffusion"].items() if str(v) != str(preset["diffusion"][k]))
+    if changed:
+        raise ValueError(f"models.preset = {name!r}: the bundled DDPM samples with the [diffusion] "
+                         f"{preset['diffusion']}; remove diffusion.{', diffusion.'.join(changed)}")
+    return cfg
+
+
+def check_lambda_p(models: Dict[str, Any], lambda_p: float, source: str = "") -> None:
+    """ValueError when lambda_p > 0 but the [models] section configures no Lp (which would ignore lambda_p)."""
+    if not lambda_p > 0 or models.get("preset") or models["perceptual"] or models["perceptual_kind"] in PIXEL_KINDS:
+        return
+    where = f"{source}: " if source else ""
+    raise ValueError(f"{where}method.lambda_p = {lambda_p:g} but no perceptual loss Lp is configured "
+                     f"(models.perceptual is empty and models.perceptual_kind = {models['perceptual_kind']!r} "
+                     f"needs that file): give models.perceptual (--perceptual FILE), or set models.perceptual_kind "
+                     f"= \"pixel-l2\" (--perceptual-kind pixel-l2: the mean squared pixel distance, no file), or "
+                     f"method.lambda_p = 0 (--lambda-p 0: no fidelity term)")
 
 
 def _write_csv(path: Path, rows: List[Dict[str, Any]], fields: List[str]) -> None:
@@ -150,8 +273,9 @@ def _settings(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
                                       run=run), default=list))
 
 
-def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
-    """A resumed run must use the settings of the records already there (run_settings.json)."""
+def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> bool:
+    """A resumed run must use the settings of the records already there (run_settings.json). Returns whether
+    there is no run_settings.json yet (the caller writes it once the run has started: :func:`_write_settings`)."""
     path = out / "run_settings.json"
     now = _settings(cfg)
     if path.exists():
@@ -162,8 +286,52 @@ def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
         if diff:
             raise ValueError(f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
                              f"output folder, or the same settings to resume")
-    else:
-        atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
+        return False
+    return True
+
+
+def _write_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
+    atomic_write_bytes(out / "run_settings.json", (json.dumps(_settings(cfg), indent=1) + "\n").encode())
+
+
+class OutputFolderError(OSError):
+    """The output folder cannot be created or written (the message names it and the system's reason)."""
+
+
+def _output_error(out: Path, exc: OSError) -> OutputFolderError:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and Path(exc.filename) != out:
+        reason += f" ({exc.filename})"
+    return OutputFolderError(f"cannot write the output folder {out}: {reason}")
+
+
+def _make_output_folder(out: Path) -> List[Path]:
+    """Creates out/records (and out, and its missing parents); returns the folders created, outermost first.
+    OutputFolderError naming out and the reason when it cannot."""
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"cannot write the output folder {out}: it is a file, not a folder")
+    created: List[Path] = []
+    missing, p = [], out / "records"
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    except OSError as exc:
+        _remove_created(created)
+        raise _output_error(out, exc) from None
+    return created
+
+
+def _remove_created(created: List[Path]) -> None:
+    """Removes the folders this run created, innermost first, where they are still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -184,16 +352,12 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     executor: where the batches run (diffice.cluster.open_executor: a Dask cluster); default this process.
     Whatever runs them, only this process writes the outputs, one finished batch at a time.
     """
-    from .cluster import LocalExecutor, batches, describe, models_spec
-    from .progress import ProgressBar
+    from .cluster import LocalExecutor, _load, models_spec
+    from .explain import Explainer
 
+    # start-up: everything is checked (images, settings, models) before anything is written to out
     out = Path(out_dir)
     files = list_images(images_dir)
-    (out / "records").mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
-    _check_same_settings(out, cfg)
-    done = {p.stem for p in (out / "records").glob("*.json")}
-    todo = [f for f in files if f.stem not in done]
     if len({f.stem for f in files}) != len(files):
         raise ValueError(f"{images_dir}: two images share a file name stem; rename one (outputs are named by stem)")
     run = cfg["run"]
@@ -203,7 +367,45 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     config.validate()
     if executor is not None and models is not None:
         raise ValueError("run_explain: give models (loaded here) or an executor (models from cfg), not both")
+    if models is None:
+        check_lambda_p(cfg["models"], config.lambda_p)
+    new_settings = _check_same_settings(out, cfg) if out.is_dir() else True
+    done = {p.stem for p in (out / "records").glob("*.json")}
+    todo = [f for f in files if f.stem not in done]
+    spec = models_spec(cfg)
     executor = executor or LocalExecutor(models)
+    if todo and isinstance(executor, LocalExecutor):  # load the models here and now: a bad file fails now
+        if executor.models is None:
+            executor.models = _load(spec)
+        Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
+    created = _make_output_folder(out)
+    try:
+        return _run(cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings)
+    except BaseException:
+        # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
+        if not any((out / "records").glob("*.json")):
+            if new_settings:
+                try:
+                    (out / "run_settings.json").unlink()
+                except OSError:
+                    pass
+            _remove_created(created)
+        raise
+
+
+def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: List[Path], method: Dict[str, Any],
+         config: ExplainerConfig, size: Any, spec: Dict[str, Any], executor: Any, progress: bool,
+         new_settings: bool) -> Dict[str, Any]:
+    from .cluster import batches, describe
+    from .progress import ProgressBar
+
+    if new_settings:
+        try:
+            _write_settings(out, cfg)
+        except OSError as exc:
+            raise _output_error(out, exc) from None
+    _remove_stale_temporaries(out)
+    run = cfg["run"]
     iterations = 1 if config.method != "diff-ice" else config.iterations
     steps_per_image = iterations * config.tau
     batch_size = max(1, int(run["batch_size"]))
@@ -213,7 +415,6 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
     pending: Dict[str, Any] = {}
-    spec = models_spec(cfg)
 
     def tasks():
         for b, chunk in enumerate(batches(todo, batch_size)):

@@ -149,7 +149,7 @@ def load_sweep(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     """Reads a sweep config (the module docstring). overrides: flat keys over [sweep] and the run config (e.g.
     out, batch_size); data: the parsed TOML instead of reading path (relative paths: from the working folder)."""
     from .cluster import cluster_options
-    from .run import load_config, read_toml
+    from .run import check_lambda_p, load_config, read_toml
 
     source = str(path) if path else "sweep config"
     data = dict(read_toml(path) if data is None else data)
@@ -192,6 +192,8 @@ def load_sweep(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     unique: Dict[str, Dict[str, Any]] = {}
     for c in configs:
         unique.setdefault(config_id(c), c)
+    if demo is None:  # the demo models bring their pixel Lp
+        check_lambda_p(cfg["models"], max((float(c["lambda_p"]) for c in configs), default=0.0), source)
     base = {}
     for name in TABLE1_AXES:
         value = _canonical(method)[name]

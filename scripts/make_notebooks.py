@@ -11,9 +11,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 OUT = Path(__file__).resolve().parents[1] / "notebooks"
 
-SETUP = """import numpy as np
-import matplotlib
-matplotlib.use("Agg")
+# %matplotlib inline: figures show in Jupyter, and in a headless kernel (the tests) they become image/png outputs
+SETUP = """%matplotlib inline
+import numpy as np
 import matplotlib.pyplot as plt
 import diffice
 from diffice.demo import demo_phantoms

@@ -1,6 +1,8 @@
-"""The command line: `diffice info` and `diffice check` (every op, fast backend vs reference kernels)."""
+"""The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of `diffice explain`."""
 import subprocess
 import sys
+
+import pytest
 
 from diffice.cli import main
 
@@ -28,3 +30,48 @@ def test_unknown_command_is_a_usage_error():
     done = subprocess.run([sys.executable, "-m", "diffice", "frobnicate"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def _explain_parser():
+    from diffice.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["explain"]
+
+
+def test_explain_help_describes_every_flag_and_its_allowed_values():
+    from diffice.explain import METHODS
+    from diffice.run import SECTIONS
+
+    actions = {a.dest: a for a in _explain_parser()._actions}
+    for section, defaults in SECTIONS.items():
+        for key in defaults:
+            text = actions[key].help
+            assert not text.startswith("default:") and len(text.split("(default:")[0]) > 20, key
+            assert f"[{section}] {key}" in text, key
+    choices = {k: actions[k].choices for k in ("classifier_kind", "perceptual_kind", "perceptual_variant", "method",
+                                               "schedule", "class_loss", "grad_at", "preset", "perceptual_taps")}
+    assert choices["classifier_kind"] == ["plane", "sononet"]
+    assert choices["perceptual_kind"] == ["resnet50", "resnet18", "resnet50-radimagenet", "resnet18-radimagenet",
+                                          "pixel-l1", "pixel-l2"]
+    assert choices["method"] == list(METHODS) and choices["preset"] == ["demo"]
+    assert all(choices.values())
+    assert actions["preset"].option_strings[0] == "--models"
+    # --target (the direction of the counterfactuals) and --target-class (SonoNet's class that is the standard
+    # plane) say what they are, and each points at the other
+    target, target_class = actions["target"].help, actions["target_class"].help
+    assert "towards" in target and "--target-class" in target
+    assert "sononet" in target_class and "14 classes" in target_class and "--target" in target_class
+    helptext = _explain_parser().format_help()
+    assert "--models {demo}" in helptext and "--clip {true,false}" in helptext
+
+
+def test_explain_flags_refuse_values_outside_their_choices(capsys):
+    base = ["explain", "--images", "in", "--out", "out"]
+    for flag, value in (("--classifier-kind", "resnet"), ("--perceptual-kind", "vgg16"), ("--method", "dime2"),
+                        ("--clip", "maybe"), ("--models", "bundled")):
+        with pytest.raises(SystemExit) as exc:
+            main(base + [flag, value])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and value in err

@@ -19,8 +19,14 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
     # the kernel imports this checkout's diffice, whether installed or built in place
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # as in Jupyter: the notebooks choose the inline backend
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    # every figure a cell draws is shown in the notebook (not drawn into a non-interactive backend and lost)
+    for c in code:
+        if "plt.subplots(" in c.source or "plt.figure(" in c.source:
+            shown = [o for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert shown, f"no figure shown by the cell:\n{c.source[:200]}"

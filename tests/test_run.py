@@ -1,6 +1,7 @@
 """`diffice explain`'s runner: outputs, results table, unreadable images, interruption and resumption."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,143 @@ def test_resuming_with_other_settings_is_refused(tmp_path, rng, models):
                        models=models)["skipped_done"] == 2
     with pytest.raises(ValueError, match=r"other settings \(method.tau: 3 -> 4"):
         run_explain(config(tau=4), tmp_path / "in", tmp_path / "out", progress=False, models=models)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    from conftest import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def file_flags(model_files, *extra):
+    """`diffice explain` flags for the tiny model files, a pixel Lp and a short run."""
+    return ["--unet", str(model_files / "ddpm.safetensors"), "--num-heads", "1", "--classifier",
+            str(model_files / "f.safetensors"), "--perceptual-kind", "pixel-l2", "--respacing", "10", "--tau", "2",
+            "--iterations", "1", "--lambda-c", "5", "--lambda-p", "1", "--image-size", str(H), str(W), "--quiet",
+            *extra]
+
+
+def test_lambda_p_without_a_perceptual_loss_is_an_error(tmp_path, rng, model_files):
+    """lambda_p > 0 with no Lp file or pixel kind used to be ignored silently (the explainer drops lambda_p)."""
+    write_images(tmp_path / "in", rng, 1)
+    cfg = load_config(None, dict(unet=str(model_files / "ddpm.safetensors"), num_heads=1,
+                                 classifier=str(model_files / "f.safetensors"), respacing="10", image_size=[H, W],
+                                 tau=2, iterations=1, lambda_c=[5.0], lambda_p=30.0))
+    with pytest.raises(ValueError, match=r"method.lambda_p = 30 .*models.perceptual.*pixel-l2"):
+        run_explain(cfg, tmp_path / "in", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    cfg["method"]["lambda_p"] = 0.0  # no fidelity term: said explicitly
+    assert run_explain(cfg, tmp_path / "in", tmp_path / "out0", progress=False)["explained"] == 1
+    cfg["method"]["lambda_p"], cfg["models"]["perceptual_kind"] = 30.0, "pixel-l2"  # an explicit pixel Lp
+    assert run_explain(cfg, tmp_path / "in", tmp_path / "out1", progress=False)["explained"] == 1
+    # the same for a sweep over files models
+    from diffice.sweep import load_sweep
+
+    data = {"models": {"unet": "u.safetensors", "classifier": "f.safetensors"}, "sweep": {"phantoms": 2},
+            "method": {"lambda_p": 0.0}}
+    assert load_sweep(None, data=dict(data, sweep={"phantoms": 2, "lambda_p": [0.0]}))
+    with pytest.raises(ValueError, match="lambda_p = 30"):
+        load_sweep(None, data=dict(data, sweep={"phantoms": 2, "lambda_p": [0.0, 30.0]}))
+
+
+def test_unwritable_out_is_a_one_line_error_naming_it(tmp_path, rng, model_files, capsys):
+    from diffice.cli import main
+
+    write_images(tmp_path / "in", rng, 1)
+    (tmp_path / "afile").write_text("not a folder")
+    for out, reason in ((tmp_path / "afile" / "out", "Not a directory"), (tmp_path / "afile", "a file"),
+                        (Path("/proc/diffice-no-such-dir/out"), "No such file or directory")):
+        assert main(["explain", "--images", str(tmp_path / "in"), "--out", str(out)] + file_flags(model_files)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"diffice explain: error: cannot write the output folder {out}: ") and reason in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_a_run_failing_at_start_up_leaves_nothing_behind(tmp_path, rng, model_files, capsys):
+    from diffice.cli import main
+
+    write_images(tmp_path / "in", rng, 2)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    images = ["--images", str(tmp_path / "in")]
+    out = tmp_path / "results" / "run1"  # its parent does not exist either
+    failing = [
+        file_flags(model_files, "--unet", str(tmp_path / "bad.safetensors")),   # a bad model file
+        file_flags(model_files, "--classifier", str(tmp_path / "missing.safetensors")),
+        file_flags(model_files, "--tau", "0"),                                     # bad settings
+        file_flags(model_files, "--tau", "10"),                                    # tau >= the 10 respaced steps
+        file_flags(model_files, "--image-size", "4", "4"),                         # too small for the UNet
+    ]
+    for flags in failing:
+        assert main(["explain"] + images + ["--out", str(out)] + flags) == 2, flags
+        assert not (tmp_path / "results").exists(), flags
+    assert main(["explain", "--images", str(tmp_path / "missing"), "--out", str(out)] + file_flags(model_files)) == 2
+    assert not (tmp_path / "results").exists()
+    capsys.readouterr()
+
+    # a folder that was there before is kept, and so are a previous run's results
+    (tmp_path / "mine").mkdir()
+    assert main(["explain"] + images + ["--out", str(tmp_path / "mine")] + failing[0]) == 2
+    assert list((tmp_path / "mine").iterdir()) == []
+    assert main(["explain"] + images + ["--out", str(out)] + file_flags(model_files)) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["explain"] + images + ["--out", str(out)] + failing[0]) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+    # where the models load elsewhere (a Dask cluster), a run whose first batch fails also takes back its start
+    class FailingExecutor:
+        description = "a cluster"
+        dashboard = None
+
+        def run(self, tasks, progress=None):
+            next(iter(tasks))
+            raise RuntimeError("the workers cannot load the models")
+
+    cfg = load_config(None, dict(unet=str(tmp_path / "bad.safetensors"), classifier="f", lambda_p=0.0,
+                                 image_size=[H, W]))
+    with pytest.raises(RuntimeError, match="workers"):
+        run_explain(cfg, tmp_path / "in", tmp_path / "cluster" / "out", progress=False, executor=FailingExecutor())
+    assert not (tmp_path / "cluster").exists()
+    with pytest.raises(RuntimeError, match="workers"):
+        run_explain(cfg, tmp_path / "in", tmp_path / "mine", progress=False, executor=FailingExecutor())
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng, capsys):
+    from diffice.cli import main
+    from diffice.cluster import models_spec
+    from diffice.demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
+
+    cfg = load_config(None, {"preset": "demo"})
+    assert {k: cfg["method"][k] for k in DEMO_METHOD} == DEMO_METHOD
+    assert cfg["diffusion"] == DEMO_DIFFUSION and cfg["run"]["image_size"] == list(DEMO_SIZE)
+    assert cfg["models"]["perceptual_kind"] == "pixel-l2"
+    assert models_spec(cfg) == dict(source="demo", folder=None)
+    assert load_config(None, {"preset": "demo", "lambda_p": 300.0, "tau": 20})["method"]["lambda_p"] == 300.0
+    toml = tmp_path / "demo.toml"
+    toml.write_text('[models]\npreset = "demo"\n[method]\ntau = 20\n')
+    cfg = load_config(str(toml), {})
+    assert cfg["method"]["tau"] == 20 and cfg["method"]["lambda_p"] == DEMO_METHOD["lambda_p"]
+    with pytest.raises(ValueError, match=r"chooses every model; remove models.unet"):
+        load_config(None, {"preset": "demo", "unet": "x.safetensors"})
+    with pytest.raises(ValueError, match=r"remove diffusion.respacing"):
+        load_config(None, {"preset": "demo", "respacing": "50"})
+    with pytest.raises(ValueError, match="preset"):
+        load_config(None, {"preset": "other"})
+
+    write_images(tmp_path / "in", rng, 2)
+    out = tmp_path / "out"
+    assert main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(out), "--quiet",
+                 "--iterations", "1", "--tau", "2"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 * 2
+    settings = json.loads((out / "run_settings.json").read_text())
+    assert settings["models"]["preset"] == "demo" and settings["method"]["lambda_p"] == DEMO_METHOD["lambda_p"]
+    with Image.open(out / "img0" / "iteration_1.png") as im:
+        assert im.size == (DEMO_SIZE[1], DEMO_SIZE[0])
+    capsys.readouterr()
+    # diffice metrics judges such a run with the demo's classifier and oracle
+    assert main(["metrics", str(out), "--no-cout"]) == 0
+    report = capsys.readouterr().out
+    assert "MQD: skipped" not in report and "FR: skipped" not in report
