@@ -32,6 +32,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from .probabilities import probabilities
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
@@ -187,18 +189,10 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
-    """f's class probabilities (N, C) float64: softmax of its logits (C >= 2), or for one logit l the two
-    probabilities (1 - sigmoid(l), sigmoid(l)). x (N, 1, H, W) in [-1, 1]."""
-    parts = []
-    for i in range(0, len(x), BATCH):
-        z = _logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32))
-        if z.shape[1] == 1:
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            parts.append(np.stack([1.0 - p1, p1], axis=1))
-        else:
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            parts.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(parts)
+    """f's class probabilities (N, max(C, 2)) float64 (diffice.probabilities.probabilities of its logits: softmax
+    for C >= 2, for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))). x (N, 1, H, W) in [-1, 1]."""
+    return np.concatenate([probabilities(_logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32)),
+                                         axis=1) for i in range(0, len(x), BATCH)])
 
 
 def flip_ratio(p_cf: np.ndarray, target: np.ndarray) -> float:
