@@ -21,6 +21,7 @@ import numpy as np
 from ._native import _C
 from .network import NetworkBase
 from .ops._backend import get_backend
+from .probabilities import probabilities
 
 __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassifier", "classification_loss"]
 
@@ -166,7 +167,8 @@ class PlaneClassifierOutput:
     """What f(x) computes for a batch of N images of H x W.
 
     logits: (N, n_classes) -- l's logits (SP/NSP for n_classes = 2);
-    probabilities: (N, n_classes) -- softmax of the logits (sigmoid for a single logit);
+    probabilities: (N, max(n_classes, 2)) -- diffice.probabilities.probabilities of the logits: softmax, or for
+        a single logit l the two classes' (1 - sigmoid(l), sigmoid(l));
     segmentation: (N, K, H, W) -- s's per-pixel class logits;
     segmentation_labels: (N, H, W) int64 -- their argmax over the K classes.
     """
@@ -175,16 +177,6 @@ class PlaneClassifierOutput:
     probabilities: np.ndarray
     segmentation: np.ndarray
     segmentation_labels: np.ndarray
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    if z.shape[1] == 1:
-        p = 1.0 / (1.0 + np.exp(-z))
-    else:
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
-    return p.astype(np.float32)
 
 
 def _network_of(obj: Any, what: str) -> "_C.Network":
@@ -291,7 +283,8 @@ class PlaneClassifier(NetworkBase):
     def forward(self, x: np.ndarray) -> PlaneClassifierOutput:
         """x float32 (N, 1, H, W) in [-1, 1] -> logits, probabilities, segmentation logits and labels."""
         logits, seg = self._c.forward(get_backend(self.backend), x)
-        return PlaneClassifierOutput(logits, _probabilities(logits), seg, np.argmax(seg, axis=1))
+        return PlaneClassifierOutput(logits, probabilities(logits, axis=1).astype(np.float32), seg,
+                                     np.argmax(seg, axis=1))
 
     __call__ = forward
 

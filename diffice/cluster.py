@@ -126,6 +126,7 @@ def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any
     peak_bytes (the sampler's memory peak), unet_evaluations.
     """
     from .explain import Explainer, _logits
+    from .probabilities import predicted_class
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
     explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])
@@ -134,7 +135,7 @@ def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any
     t0 = time.perf_counter()
     result = explainer.explain(x, target=target, seed=int(task["seed"]), progress=progress)
     seconds = time.perf_counter() - t0
-    input_is_target = _logits(classifier, x).argmax(axis=1) == target
+    input_is_target = predicted_class(_logits(classifier, x), axis=1) == target
     return dict(unit=task["unit"], worker=f"{socket.gethostname()}:{os.getpid()}",
                 counterfactuals=result.counterfactuals, prob_target=result.prob_target,
                 lambda_used=result.lambda_used, flipped=result.flipped, nonfinite_step=result.nonfinite_step,

@@ -17,7 +17,8 @@ Methods (METHOD.md sections 3-5; the paper's baselines use the same loss and hyp
 =================  =============================================================================================
 
 The classifier is any object with ``forward(x)`` returning logits (N, K) or a result with ``.logits`` (and
-optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; the perceptual loss any object with
+optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; K = 1 is one binary logit (classes 0 and 1, p(1) =
+sigmoid; diffice.probabilities holds the convention); the perceptual loss any object with
 ``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
 so does a user's model wrapped in these two methods.
 """
@@ -38,6 +39,7 @@ from ._native import _C
 from .classifier import classification_loss
 from .diffusion import GaussianDiffusion
 from .ops._backend import BACKENDS, get_backend
+from .probabilities import num_classes, predicted_class, probabilities
 from .unet import UNet
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
@@ -136,12 +138,6 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float32)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # A perceptual object keeps the reference images of its last set_reference() call: two explainers sharing one from
 # two threads must not compute a loss against the other's reference. Its set_reference + loss_and_grad pair runs
 # under this lock, and the reference is set again whenever another guidance set it last.
@@ -186,9 +182,10 @@ class PythonGuidance:
         return grad, loss_c, loss_p
 
     def classify(self, x, rows):
-        p = _softmax(_logits(self.classifier, x))
+        logits = _logits(self.classifier, x)
         targets = self.targets[rows]
-        return p[np.arange(len(rows)), targets].astype(np.float32), (p.argmax(axis=1) == targets).astype(np.int32)
+        p = probabilities(logits, axis=1)[np.arange(len(rows)), targets]
+        return p.astype(np.float32), (predicted_class(logits, axis=1) == targets).astype(np.int32)
 
 
 ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
@@ -216,7 +213,8 @@ class Explainer:
     Args:
         unet: the denoiser (guided-diffusion UNet, learn_sigma or not).
         diffusion: the Gaussian diffusion (its respacing defines tau's scale: tau=120 of "400").
-        classifier: f, see the module docstring; outputs logits over classes, the target is a class index.
+        classifier: f, see the module docstring; outputs logits over classes (or one binary logit), the target is
+            a class index.
         perceptual: Lp, or None (lambda_p is then ignored).
         guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
             (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
@@ -309,17 +307,19 @@ class Explainer:
         if t.ndim > 1 or (t.ndim == 1 and len(t) != len(x)):
             raise ValueError(f"target must be an int or {len(x)} ints (one per image), got shape {t.shape}")
         targets = np.broadcast_to(t.astype(np.int64), (len(x),)).copy()
-        classes = self._num_classes(x)
-        if targets.min() < 0 or (classes is not None and targets.max() >= max(classes, 2)):
-            bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))][0]
-            raise ValueError(f"target {bad} is not a class of the classifier "
-                             f"({'0..' + str(max(classes, 2) - 1) if classes is not None else '>= 0'})")
+        outputs = self._num_outputs(x)
+        classes = None if outputs is None else num_classes(outputs)
+        bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))]
+        if len(bad):
+            what = ("class indices are >= 0" if classes is None else
+                    f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else ""))
+            raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
         return targets
 
-    def _num_classes(self, x: np.ndarray) -> Optional[int]:
-        """The classifier's number of outputs (a single logit means two classes), from one forward of x[:1]."""
+    def _num_outputs(self, x: np.ndarray) -> Optional[int]:
+        """The classifier's number of logits (one means two classes), from one forward of x[:1]."""
         logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
-        return int(logits.shape[1]) if logits.ndim == 2 else None
+        return int(logits.shape[1]) if logits.ndim == 2 and logits.shape[1] >= 1 else None
 
     def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> Optional[np.ndarray]:
         first = self.classifier.forward(x)

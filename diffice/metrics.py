@@ -19,6 +19,11 @@ Oracle validity (an independent concept oracle, :class:`diffice.oracle.ConceptOr
   - **QS(x)**, **QS(cf)**, **QD** = QS(cf) - QS(x) (mean over inputs with QS(x) < 0.5);
   - **MQD** = (1/N) sum_i 1[QS(x_i) < 0.5] (QS(cf_i) - QS(x_i)) over all N inputs.
 
+Counterfactuals whose sampler step went non-finite (``nonfinite_step >= 0``: the sampler zeroed the image and went
+on) are no counterfactuals: they are excluded from every metric (``exclude`` of :func:`evaluate`; a results
+folder's records say which), and the subsets and :func:`format_report` say how many were excluded. The inputs all
+stay in FID's and FSD's real set.
+
 Images: ``x`` and counterfactuals are float32 (N, 1, H, W) in [-1, 1] for the classifiers (diffice's convention);
 Inception takes (N, 3, H, W) in [0, 1] (:func:`fid_images`). Every metric of :func:`evaluate` is a dict
 ``{"value": float, "subset": "...", "n": int}`` or ``{"skipped": "reason"}``.
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
+
+from .probabilities import probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -187,18 +194,10 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
-    """f's class probabilities (N, C) float64: softmax of its logits (C >= 2), or for one logit l the two
-    probabilities (1 - sigmoid(l), sigmoid(l)). x (N, 1, H, W) in [-1, 1]."""
-    parts = []
-    for i in range(0, len(x), BATCH):
-        z = _logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32))
-        if z.shape[1] == 1:
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            parts.append(np.stack([1.0 - p1, p1], axis=1))
-        else:
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            parts.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(parts)
+    """f's class probabilities (N, max(C, 2)) float64 (diffice.probabilities.probabilities of its logits: softmax
+    for C >= 2, for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))). x (N, 1, H, W) in [-1, 1]."""
+    return np.concatenate([probabilities(_logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32)),
+                                         axis=1) for i in range(0, len(x), BATCH)])
 
 
 def flip_ratio(p_cf: np.ndarray, target: np.ndarray) -> float:
@@ -278,25 +277,46 @@ def _skip(reason: str) -> Dict[str, Any]:
 def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], classifier: Any = None,
              oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: Optional[np.ndarray] = None,
              fid_x: Optional[np.ndarray] = None, fid_cfs: Optional[np.ndarray] = None,
-             with_cout: bool = True, flipped_by: str = "f") -> Dict[str, Dict[str, Any]]:
+             with_cout: bool = True, flipped_by: str = "f",
+             exclude: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Any]]:
     """Every metric for inputs x (N, 1, H, W) and their counterfactuals cfs (N, 1, H, W), both in [-1, 1].
 
     target: the class the counterfactuals move towards (int or (N,)). flipped (N,) bool: which counterfactuals
     are valid (f classifies them as the target); computed with the classifier when not given. fid_x / fid_cfs:
     Inception inputs (N, 3, H, W) in [0, 1] (default: fid_images of x / cfs). A metric whose network is None, or
     whose subset is too small, is {"skipped": reason}. flipped_by: who judged `flipped`, for the subset texts.
+    exclude (N,) bool: counterfactuals that are left out of every metric (those whose sampler step went
+    non-finite); their inputs stay in FID's and FSD's real set.
     """
     x = np.asarray(x, dtype=np.float32)
     cfs = np.asarray(cfs, dtype=np.float32)
     if x.shape != cfs.shape or x.ndim != 4 or len(x) == 0:
         raise ValueError(f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and "
                          f"{cfs.shape}")
+    n_all = len(x)
+    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
+    if exclude is None:
+        exclude = np.zeros(n_all, dtype=bool)
+    exclude = np.asarray(exclude)
+    if exclude.shape != (n_all,) or exclude.dtype != bool:
+        raise ValueError(f"evaluate: exclude must be ({n_all},) bool, got {exclude.dtype} {exclude.shape}")
+    ne = int(exclude.sum())
+    note = f"; {ne} excluded: their sampler step went non-finite" if ne else ""
+    real_x, real_fid = x, fid_x  # the real set: every input
+    keep = ~exclude
+    x, cfs, target = x[keep], cfs[keep], target[keep]
+    if fid_cfs is not None:
+        fid_cfs = np.asarray(fid_cfs)[keep]
+    if flipped is not None:
+        flipped = np.asarray(flipped, dtype=bool)[keep]
     n = len(x)
-    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
     m: Dict[str, Dict[str, Any]] = {}
     no_f = "no classifier given (--classifier)"
 
-    if classifier is not None:
+    if classifier is not None and n == 0:
+        for name in ("FR", "MAD", "BKL", "COUT"):
+            m[name] = _skip(f"every counterfactual is excluded (0 of {n_all}{note})")
+    elif classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
         if target.min() < 0 or target.max() >= p_x.shape[1]:
             raise ValueError(f"evaluate: target classes {sorted(set(target.tolist()))} are not all among the "
@@ -307,10 +327,10 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
             flipped = np.argmax(p_cf, axis=1) == target
         sel = np.argmax(p_x, axis=1) != target  # the inputs f classifies as not the target
         k = int(sel.sum())
-        what = f"inputs f classifies as not the target ({k} of {n})"
+        what = f"inputs f classifies as not the target ({k} of {n}{note})"
         if k == 0:
             for name in ("FR", "MAD", "BKL", "COUT"):
-                m[name] = _skip(f"no input is classified as not the target (0 of {n})")
+                m[name] = _skip(f"no input is classified as not the target (0 of {n}{note})")
         else:
             m["FR"] = _value(flip_ratio(p_cf[sel], target[sel]), what, k)
             m["MAD"] = _value(mad(pt_x[sel], pt_cf[sel]), what, k)
@@ -324,17 +344,18 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
     flipped_known = flipped is not None
     flipped = np.asarray(flipped, dtype=bool) if flipped_known else np.zeros(n, dtype=bool)
     nf = int(flipped.sum())
-    fake_what = f"real: all {n} inputs; counterfactuals: the {nf} flipped ones (judged by {flipped_by})"
-    too_few = (f"needs at least 2 inputs and 2 flipped counterfactuals (have {n} and {nf})"
+    fake_what = (f"real: all {n_all} inputs; counterfactuals: the {nf} flipped ones (judged by {flipped_by})"
+                 f"{note}")
+    too_few = (f"needs at least 2 inputs and 2 flipped counterfactuals (have {n_all} and {nf}{note})"
                if flipped_known else no_f + " to tell which counterfactuals flipped")
-    enough = flipped_known and n >= 2 and nf >= 2
+    enough = flipped_known and n_all >= 2 and nf >= 2
 
     if inception is None:
         m["FID"] = _skip("no Inception weights given (--inception pt_inception-2015-12-05-6726825d.pth)")
     elif not enough:
         m["FID"] = _skip(too_few)
     else:
-        fx = fid_images(x) if fid_x is None else fid_x
+        fx = fid_images(real_x) if real_fid is None else real_fid
         fc = fid_images(cfs) if fid_cfs is None else fid_cfs
         m["FID"] = _value(fid(fx, fc[flipped], inception), fake_what, nf)
 
@@ -342,26 +363,30 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
         m["FSD"] = _skip("no SonoNet weights given (--sononet)")
         m["SonoSim"] = _skip("no SonoNet weights given (--sononet)")
     else:
-        m["FSD"] = (_value(fsd(x, cfs[flipped], sononet), fake_what, nf) if enough else _skip(too_few))
+        m["FSD"] = (_value(fsd(real_x, cfs[flipped], sononet), fake_what, nf) if enough else _skip(too_few))
         if flipped_known and nf >= 1:
             m["SonoSim"] = _value(float(np.mean(sonosim(x[flipped], cfs[flipped], sononet))),
-                                  f"pairs (input, flipped counterfactual) ({nf} of {n}; judged by {flipped_by})",
-                                  nf)
+                                  f"pairs (input, flipped counterfactual) ({nf} of {n}; judged by {flipped_by}"
+                                  f"{note})", nf)
         else:
-            m["SonoSim"] = _skip(too_few if not flipped_known else f"no flipped counterfactual (0 of {n})")
+            m["SonoSim"] = _skip(too_few if not flipped_known else f"no flipped counterfactual (0 of {n}{note})")
 
     if oracle is None:
         for name in ("MQD", "QS_x", "QS_cf", "QD"):
             m[name] = _skip("no oracle given (--oracle)")
+    elif n == 0:
+        for name in ("MQD", "QS_x", "QS_cf", "QD"):
+            m[name] = _skip(f"every counterfactual is excluded (0 of {n_all}{note})")
     else:
         qs_x = np.concatenate([oracle.quality_score(x[i:i + BATCH]) for i in range(0, n, BATCH)])
         qs_cf = np.concatenate([oracle.quality_score(cfs[i:i + BATCH]) for i in range(0, n, BATCH)])
         low = qs_x < QS_THRESHOLD
-        m["MQD"] = _value(mqd(qs_x, qs_cf), f"all {n} inputs; terms where QS(x) < 0.5 ({int(low.sum())})", n)
-        m["QS_x"] = _value(qs_x.mean(), f"all {n} inputs", n)
-        m["QS_cf"] = _value(qs_cf.mean(), f"all {n} counterfactuals", n)
+        m["MQD"] = _value(mqd(qs_x, qs_cf), f"all {n} inputs; terms where QS(x) < 0.5 ({int(low.sum())}){note}", n)
+        m["QS_x"] = _value(qs_x.mean(), f"all {n} inputs{note}", n)
+        m["QS_cf"] = _value(qs_cf.mean(), f"all {n} counterfactuals{note}", n)
         m["QD"] = (_value(float(np.mean(qs_cf[low] - qs_x[low])), f"inputs with QS(x) < 0.5 ({int(low.sum())} of "
-                          f"{n})", int(low.sum())) if low.any() else _skip(f"no input has QS(x) < 0.5 (0 of {n})"))
+                          f"{n}{note})", int(low.sum())) if low.any()
+                   else _skip(f"no input has QS(x) < 0.5 (0 of {n}{note})"))
     return {name: m[name] for name in METRICS}
 
 
@@ -398,14 +423,15 @@ def load_results(results_dir: PathLike) -> Dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
     Returns dict(images [names], target (N,) int64, pixels (L + 1, N, C, H, W) uint8 -- index 0 the inputs, k the
-    counterfactuals of iteration k, C = 1 for grayscale PNGs --, recorded_flipped (L, N) bool: the run's verdict).
+    counterfactuals of iteration k, C = 1 for grayscale PNGs --, recorded_flipped (L, N) bool: the run's verdict,
+    nonfinite (L, N) bool: the record's nonfinite_step >= 0, the sampler zeroed that counterfactual).
     """
     root = Path(results_dir)
     record_paths = sorted((root / "records").glob("*.json"))
     if not record_paths:
         raise FileNotFoundError(f"{root}: no records/*.json (not a results folder of 'diffice explain' or "
                                 f"'diffice demo', or nothing has finished yet)")
-    names, targets, pixels, flipped = [], [], [], []
+    names, targets, pixels, flipped, nonfinite = [], [], [], [], []
     num_iterations = None
     for rp in record_paths:
         try:
@@ -431,13 +457,19 @@ def load_results(results_dir: PathLike) -> Dict[str, Any]:
         targets.append(target)
         pixels.append(np.stack(images))
         flipped.append([r.get("flipped") is True or r.get("flipped") in ("True", "true", 1) for r in rows[1:]])
+        try:
+            nonfinite.append([r.get("nonfinite_step") not in (None, "") and int(r["nonfinite_step"]) >= 0
+                              for r in rows[1:]])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{rp}: not a diffice record (nonfinite_step: {exc})") from None
     shapes = {a.shape[1:] for a in pixels}
     if len(shapes) != 1:
         raise ValueError(f"{root}: the images differ in size or channels: {sorted(shapes)}")
     if not num_iterations:
         raise ValueError(f"{root}: the records hold no counterfactual iterations")
     return dict(images=names, target=np.array(targets, dtype=np.int64), pixels=np.stack(pixels, axis=1),
-                recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T)
+                recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T,
+                nonfinite=np.array(nonfinite, dtype=bool).reshape(len(names), num_iterations).T)
 
 
 class _FeatureMemo:
@@ -456,9 +488,11 @@ def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any 
                      sononet: Any = None, with_cout: bool = True) -> Dict[str, Any]:
     """Every metric for every iteration of a results folder (see load_results), from its saved 8-bit PNGs. Which
     counterfactuals flipped (for FID, FSD, SonoSim) is judged by the classifier on those PNGs; without a
-    classifier the run's recorded verdict is used (and the subsets say so).
+    classifier the run's recorded verdict is used (and the subsets say so). Counterfactuals whose sampler step
+    went non-finite (the records' nonfinite_step) are excluded from every metric of their iteration.
 
-    Returns dict(results_dir, images, iterations=[{"iteration": k, "metrics": {name: result}}]).
+    Returns dict(results_dir, images, iterations=[{"iteration": k, "excluded_nonfinite": count,
+    "excluded_images": [names], "metrics": {name: result}}]).
     """
     data = load_results(results_dir)
     pixels = data["pixels"]
@@ -470,15 +504,19 @@ def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any 
         cf = classifier_input(pixels[k])
         cf01 = inception_input(pixels[k]) if inception is not None else None
         flipped = None if classifier is not None else data["recorded_flipped"][k - 1]
+        excluded = data["nonfinite"][k - 1]
         metrics = evaluate(x, cf, data["target"], classifier, oracle, memo, sononet, flipped=flipped, fid_x=x01,
                            fid_cfs=cf01, with_cout=with_cout,
-                           flipped_by="f" if classifier is not None else "the run's record")
-        out.append({"iteration": k, "metrics": metrics})
+                           flipped_by="f" if classifier is not None else "the run's record", exclude=excluded)
+        out.append({"iteration": k, "excluded_nonfinite": int(excluded.sum()),
+                    "excluded_images": [name for name, e in zip(data["images"], excluded) if e],
+                    "metrics": metrics})
     return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
 
 
 def format_report(report: Dict[str, Any]) -> str:
-    """A per-iteration table of the values, then each metric's subset (or why it was skipped)."""
+    """A per-iteration table of the values, the counterfactuals excluded (non-finite), then each metric's subset
+    (or why it was skipped)."""
     lines = [f"metrics of {report['results_dir']} ({report['images']} images)"]
     its = report["iterations"]
     shown = [m for m in METRICS if any("value" in it["metrics"][m] for it in its)]
@@ -488,6 +526,10 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append(f"{it['iteration']:>9}" + "".join(f"  {it['metrics'][m]['value']:8.4f}"
                                                          if "value" in it["metrics"][m] else f"  {'-':>8}"
                                                          for m in shown))
+    excluded = [f"[{it['iteration']}] {it.get('excluded_nonfinite', 0)}"
+                + (f" ({', '.join(it['excluded_images'])})" if it.get("excluded_images") else "") for it in its]
+    lines.append(f"excluded from every metric (the sampler's step went non-finite), per iteration: "
+                 f"{', '.join(excluded)}")
     lines.append("subsets (iteration: subset):")
     for m in METRICS:
         subsets = [(it["iteration"], it["metrics"][m]) for it in its]

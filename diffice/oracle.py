@@ -10,6 +10,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from .probabilities import sigmoid
+
 DEFAULT_NEGATIVE = ("FP",)
 
 
@@ -35,8 +37,9 @@ class ConceptOracle:
         return np.asarray(out.logits if hasattr(out, "logits") else out[0])
 
     def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        """{concept: P(concept present) (N,)}."""
-        p = 1.0 / (1.0 + np.exp(-self.logits(x).astype(np.float64)))
+        """{concept: P(concept present) (N,)}: each head is its own binary classifier, sigmoid of its logit (the
+        single-logit convention of diffice.probabilities, per concept)."""
+        p = sigmoid(self.logits(x))
         return {c: p[:, i] for i, c in enumerate(self.concepts)}
 
     def quality_score(self, x: np.ndarray) -> np.ndarray:

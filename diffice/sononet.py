@@ -8,7 +8,8 @@ and a global average pool. Batch norm uses running statistics with eps 1e-4. Wit
 channel is standardised separately.
 
 Outputs of :meth:`SonoNet.forward` (a :class:`ClassifierOutput`):
-  logits (N, classes), probabilities (softmax), predicted (argmax), cam (N, classes, H/16, W/16): the map before
+  logits (N, classes), probabilities and predicted (diffice.probabilities: softmax and argmax, or for a single
+  logit l the two classes' (1 - sigmoid(l), sigmoid(l)) and l > 0), cam (N, classes, H/16, W/16): the map before
   the average pool (class-activation map), features (N, 8k, H/16, W/16): the last conv block's output.
 
 Parameter names (the layout of the common PyTorch port; state_dict order), block B in 0..4, layer I in the block:
@@ -31,6 +32,7 @@ import numpy as np
 
 from ._native import _C
 from .ops._backend import get_backend
+from .probabilities import predicted_class, probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -55,16 +57,18 @@ INPUT_SIZE = (224, 288)                  # (H, W)
 class ClassifierOutput(NamedTuple):
     """What a classifier's forward returns. cam and features are None where a classifier has none."""
     logits: np.ndarray          # (N, classes)
-    probabilities: np.ndarray   # (N, classes), softmax of logits
-    predicted: np.ndarray       # (N,) int64, argmax of logits
+    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.probabilities.probabilities of the logits
+    predicted: np.ndarray       # (N,) int64, diffice.probabilities.predicted_class (argmax; l > 0 for one logit)
     cam: Optional[np.ndarray] = None       # (N, classes, h, w)
     features: Optional[np.ndarray] = None  # (N, C, h, w)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    return probabilities(logits, axis=1).astype(np.float32)
+
+
+def _output(logits: np.ndarray, cam: Optional[np.ndarray], features: Optional[np.ndarray]) -> "ClassifierOutput":
+    return ClassifierOutput(logits, _probabilities(logits), predicted_class(logits, axis=1), cam, features)
 
 
 def _conv_names() -> Tuple[Tuple[str, str], ...]:
@@ -203,7 +207,7 @@ class SonoNet:
     def forward(self, x: np.ndarray) -> ClassifierOutput:
         """x (N, in_channels, H, W) float32 (H, W >= 16; 224x288 for the released weights) -> ClassifierOutput."""
         logits, cam, features = self._c.forward(get_backend(self.backend), x)
-        return ClassifierOutput(logits, _softmax(logits), logits.argmax(axis=1), cam, features)
+        return _output(logits, cam, features)
 
     __call__ = forward
 
@@ -212,8 +216,8 @@ class SonoNet:
         return self._c.forward(get_backend(self.backend), x)[0]
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(N, classes) softmax probabilities."""
-        return _softmax(self.logits(x))
+        """(N, max(classes, 2)) class probabilities (see ClassifierOutput)."""
+        return _probabilities(self.logits(x))
 
     def _douts(self, dlogits, dcam, dfeatures) -> tuple:
         if dlogits is None and dcam is None and dfeatures is None:
@@ -363,7 +367,7 @@ class TargetClassView:
         logits, _ = self._binary(out.logits)
         cam = getattr(out, "cam", None)
         features = getattr(out, "features", None)
-        return ClassifierOutput(logits, _softmax(logits), logits.argmax(axis=1), cam, features)
+        return _output(logits, cam, features)
 
     __call__ = forward
 
@@ -372,7 +376,7 @@ class TargetClassView:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(N, 2): [1 - p_target, p_target] of the wrapped classifier."""
-        return _softmax(self.logits(x))
+        return _probabilities(self.logits(x))
 
     def vjp(self, x: np.ndarray, dlogits: np.ndarray) -> np.ndarray:
         """d sum(dlogits * binary_logits) / dx (dlogits (N, 2)), through the wrapped classifier's vjp."""

@@ -481,7 +481,9 @@ class ConfigResults:
     prob_target (N, L + 1): f's target probability of the input and each iteration; input_is_target (N,) bool;
     flipped, lambda_used, nonfinite_step (N, L); per unit: batch_seconds (U,), iteration_seconds (U, L),
     peak_bytes (U,). ``validity`` is the paper's subset for FR / MAD / BKL: the inputs f does not already classify
-    as the target. counterfactuals(l) and inputs() load images from the store (for image metrics such as FID).
+    as the target. ``finite(l)``: the images whose counterfactual of iteration l is one (the sampler's step did not
+    go non-finite; the others were zeroed and are excluded from every column, image metrics such as FID
+    included). counterfactuals(l) and inputs() load images from the store.
     """
 
     config: Dict[str, Any]
@@ -500,6 +502,10 @@ class ConfigResults:
     def validity(self) -> np.ndarray:
         return ~self.input_is_target
 
+    def finite(self, iteration: int) -> np.ndarray:
+        """(N,) bool: the counterfactual of iteration (1..L) did not go non-finite in the sampler."""
+        return self.nonfinite_step[:, iteration - 1] < 0
+
     def counterfactuals(self, iteration: int) -> np.ndarray:
         return self.store.counterfactuals(self.config["config_id"], iteration, self.image_ids)
 
@@ -512,7 +518,8 @@ class ConfigResults:
 @dataclasses.dataclass
 class Column:
     """A metric column of the tables: compute(results, iteration) -> a number (or None: not available).
-    `subset` names the images it is computed over (printed under the tables)."""
+    `subset` names the images it is computed over (printed under the tables); a column leaves out the images
+    whose counterfactual went non-finite (ConfigResults.finite)."""
 
     name: str
     compute: Callable[[ConfigResults, int], Optional[float]]
@@ -522,12 +529,13 @@ class Column:
 
 def _on_validity(fn: Callable[[ConfigResults, int, np.ndarray], float]) -> Callable[[ConfigResults, int], Any]:
     def compute(r: ConfigResults, l: int) -> Optional[float]:
-        s = r.validity
+        s = r.validity & r.finite(l)
         return float(fn(r, l, s)) if s.any() else None
     return compute
 
 
-VALIDITY = "inputs f does not classify as the target (the paper's subset)"
+VALIDITY = ("inputs f does not classify as the target (the paper's subset), less those whose counterfactual went "
+            "non-finite")
 TABLE_COLUMNS: List[Column] = [
     Column("FR", _on_validity(lambda r, l, s: r.flipped[s, l - 1].mean()), subset=VALIDITY),
     Column("dp", _on_validity(lambda r, l, s: (r.prob_target[s, l] - r.prob_target[s, 0]).mean()),
@@ -573,8 +581,12 @@ def _method(c: Dict[str, Any]) -> str:
     return f"{c['method']} (L={c['iterations']})" if c["method"] == "diff-ice" else c["method"]
 
 
-def _n(r: ConfigResults) -> str:
-    return f"{int(r.validity.sum())}/{len(r.image_ids)}"
+def _n(r: ConfigResults, l: int) -> str:
+    """validity subset (finite counterfactuals) / images done, and how many went non-finite at iteration l."""
+    finite = r.finite(l) if len(r.image_ids) else np.zeros(0, bool)
+    excluded = int((~finite).sum())
+    return f"{int((r.validity & finite).sum())}/{len(r.image_ids)}" + (f" ({excluded} non-finite)" if excluded
+                                                                         else "")
 
 
 def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
@@ -592,8 +604,9 @@ def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
                 f"lambda_p={base.get('lambda_p', 0):g}" if base else ""
     t1 = dict(title="Table 1: methods" + (f" ({base_text})" if base_text else ""),
               header=["Method", "n"] + metric_names + eff,
-              rows=[[_method(c), _n(results[c["config_id"]])] + _metrics(results[c["config_id"]], c["iterations"])
-                    + _efficiency(results[c["config_id"]]) for c in at_base])
+              rows=[[_method(c), _n(results[c["config_id"]], c["iterations"])]
+                    + _metrics(results[c["config_id"]], c["iterations"]) + _efficiency(results[c["config_id"]])
+                    for c in at_base])
     tables = [t1]
     for c in at_base:
         if c["method"] != "diff-ice":
@@ -602,7 +615,7 @@ def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
         rows = []
         for l in range(1, c["iterations"] + 1):
             its = r.iteration_seconds[:, l - 1] if len(r.iteration_seconds) else np.zeros(0)
-            rows.append([str(l), _n(r)] + _metrics(r, l) +
+            rows.append([str(l), _n(r, l)] + _metrics(r, l) +
                         [_mean_std(its), format_seconds(float(its.sum())) if len(its) else "-"])
         tables.append(dict(title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text})",
                            header=["Iteration", "n"] + metric_names + ["Batch time (s)", "Iteration time"],
@@ -612,10 +625,12 @@ def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
     tables.append(dict(title="Table S3: ablation (every configuration, last iteration)",
                        header=["Method", "tau", "Lp", "lambda_c", "n"] + metric_names + eff,
                        rows=[[_method(c), str(c["tau"]), f"yes ({c['lambda_p']:g})" if c["lambda_p"] else "no",
-                              _lc(c), _n(results[c["config_id"]])] + _metrics(results[c["config_id"]],
-                                                                             c["iterations"])
+                              _lc(c), _n(results[c["config_id"]], c["iterations"])]
+                             + _metrics(results[c["config_id"]], c["iterations"])
                              + _efficiency(results[c["config_id"]]) for c in s3]))
-    notes = [f"n: validity subset / images done. {c.name}: {c.subset}" for c in TABLE_COLUMNS[:1]] + \
+    notes = [f"n: validity subset / images done, and (k non-finite): the images whose counterfactual went "
+             f"non-finite in the sampler (zeroed), excluded from every column. {c.name}: {c.subset}"
+             for c in TABLE_COLUMNS[:1]] + \
             [f"{c.name}: {c.subset}" for c in TABLE_COLUMNS[1:]] + \
             ["Batch time: the sampler's wall time per unit (one batch), mean +- std over units; Total time: their "
              "sum; Peak MB: the sampler's memory peak (largest over units)."]

@@ -20,6 +20,7 @@ from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
 from .io import load_safetensors
 from .network import NetworkBase
 from .ops._backend import get_backend
+from .probabilities import predicted_class, probabilities, sigmoid
 from .train import AdamW, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -27,18 +28,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 BatchFn = Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 
-def _softmax_last(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
-    """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient."""
-    p = _softmax_last(logits.astype(np.float64))
+    """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient (M, K); for a single logit
+    (K = 1, targets 0/1) the binary cross-entropy of diffice.probabilities' convention."""
+    p = probabilities(logits, axis=-1)
     m = len(targets)
-    loss = float(-np.log(np.maximum(p[np.arange(m), targets], 1e-12)).mean())
-    p[np.arange(m), targets] -= 1.0
+    rows = np.arange(m)
+    loss = float(-np.log(np.maximum(p[rows, targets], 1e-12)).mean())
+    p[rows, targets] -= 1.0
+    if logits.shape[-1] == 1:  # d/dl -log p_t = p_1 - [t = 1]
+        p = p[:, 1:]
     return loss, (p / m).astype(np.float32)
 
 
@@ -55,7 +54,7 @@ def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[
     z = logits.astype(np.float64)
     t = targets.astype(np.float64)
     loss = float(np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))))
-    grad = (1.0 / (1.0 + np.exp(-z)) - t) / z.size
+    grad = (sigmoid(z) - t) / z.size
     return loss, grad.astype(np.float32)
 
 
@@ -381,10 +380,6 @@ def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool
 SUPERVISED_KINDS = ("segmenter", "classifier", "oracle")
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-
-
 def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([fn(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
 
@@ -402,11 +397,11 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> Dict[str, Any]:
         return dict(pixel_accuracy=float(np.mean(pred == data.masks)), dice=dice,
                     mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None)
     if kind == "classifier":
-        pred = _predict_in_batches(lambda x: np.argmax(model.logits(x), axis=1), data.images)
+        pred = _predict_in_batches(lambda x: predicted_class(model.logits(x), axis=1), data.images)
         return dict(accuracy=float(np.mean(pred == data.labels)),
                     balanced_accuracy=balanced_accuracy(pred, data.labels))
     if kind == "oracle":
-        p = _predict_in_batches(lambda x: _sigmoid(model.logits(x)), data.images)
+        p = _predict_in_batches(lambda x: sigmoid(model.logits(x)), data.images)
         hits = (p > 0.5) == (data.concepts > 0.5)
         out: Dict[str, Any] = dict(concept_accuracy={c: float(hits[:, i].mean())
                                                      for i, c in enumerate(data.concept_names)})

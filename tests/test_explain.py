@@ -257,3 +257,116 @@ def test_native_guidance_matches_python_guidance(tiny, rng):
     assert native.segmentation.shape == (3, 3, H, W)
     with pytest.raises(ValueError, match="native"):
         Explainer(unet, d, LinearClassifier(), guidance="native")
+
+
+# ---- single-logit (C = 1) and two-logit classifiers: one probability convention on both guidance paths ----
+
+def reference_probabilities(logits):
+    """torch: softmax for C >= 2; for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))."""
+    z = torch.tensor(np.asarray(logits, np.float64))
+    if z.shape[1] == 1:
+        s = torch.sigmoid(z)
+        return torch.cat([1 - s, s], dim=1).numpy()
+    return torch.softmax(z, dim=1).numpy()
+
+
+def native_classifier(classes, x, scale=30.0):
+    """A diffice network with `classes` logits (the native guidance runs it in C): a SonoNet-4 whose last batch
+    norm is rescaled so that its logits on x are centred at 0 and spread over about +-0.2 (not saturated)."""
+    from diffice import SonoNet
+
+    net = SonoNet.random(k=4, in_channels=1, num_classes=classes, seed=2, standardize=False)
+    z = logits_of(net, x)
+    sd = net.state_dict()
+    gamma, beta = sd["adaption.4.weight"], sd["adaption.4.bias"]
+    sd["adaption.4.weight"] = (scale * gamma).astype(np.float32)
+    sd["adaption.4.bias"] = (-scale * (z.mean(axis=0) - beta)).astype(np.float32)
+    net.load_state_dict(sd)
+    return net
+
+
+def logits_of(clf, x):
+    out = clf.forward(np.ascontiguousarray(x))
+    return np.asarray(getattr(out, "logits", out), np.float64)
+
+
+@pytest.mark.parametrize("classes", [1, 2])
+@pytest.mark.parametrize("guidance", ["python", "native"])
+def test_target_probability_and_flips_for_one_and_two_logits(tiny, rng, classes, guidance):
+    """prob_target is p(target) of the input and of each counterfactual (sigmoid / 1 - sigmoid for one logit),
+    flipped is 'the predicted class is the target' (l > 0 for one logit), for targets 0 and 1."""
+    unet, d = tiny
+    x = images(rng, 4)
+    clf = LinearClassifier(seed=5, classes=classes) if guidance == "python" else native_classifier(classes, x)
+    ex = Explainer(unet, d, clf, guidance=guidance, iterations=2, tau=2, lambda_c=(20.0,))
+    for target in ([0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]):
+        res = ex.explain(x, target=target, seed=1)
+        rows = np.arange(len(x))
+        for l, imgs in enumerate([x] + list(res.counterfactuals)):
+            z = logits_of(clf, imgs)
+            p = reference_probabilities(z)[rows, target]
+            np.testing.assert_allclose(res.prob_target[l], p, rtol=1e-4, atol=1e-6)
+            if l == 0:
+                continue
+            predicted = (z[:, 0] > 0).astype(int) if classes == 1 else z.argmax(axis=1)
+            clear = np.abs(z[:, 0] if classes == 1 else z[:, 1] - z[:, 0]) > 1e-4  # not on the boundary
+            np.testing.assert_array_equal(res.flipped[l - 1][clear], (predicted == target)[clear])
+            np.testing.assert_array_equal(res.flipped[l - 1][clear], (res.prob_target[l] > 0.5)[clear])
+
+
+@pytest.mark.parametrize("classes", [1, 2])
+def test_python_guidance_loss_and_gradient_are_cross_entropy(rng, classes):
+    """Lc is BCE-with-logits for one logit and cross-entropy for two (torch, float64); the gradient w.r.t. the
+    image, scaled by lambda_c, raises every target probability."""
+    from diffice.explain import PythonGuidance
+
+    clf = LinearClassifier(seed=7, classes=classes)
+    clf.b[:] = rng.uniform(-0.5, 0.5, classes).astype(np.float32)
+    x0 = images(rng, 4)
+    targets = np.array([0, 1, 1, 0])
+    lam = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    g = PythonGuidance(clf, None, x0, targets, "ce")
+    grad, loss_c, loss_p = g.loss_and_grad(x0, np.arange(4), lam, 0.0)
+    xt = torch.tensor(x0.astype(np.float64), requires_grad=True)
+    logits = torch.einsum("nchw,kchw->nk", xt, torch.tensor(clf.w, dtype=torch.float64)) + torch.tensor(clf.b)
+    t = torch.tensor(targets)
+    if classes == 1:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], t.double(), reduction="none")
+    else:
+        loss = torch.nn.functional.cross_entropy(logits, t, reduction="none")
+    (loss * torch.tensor(lam, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(loss_c, loss.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(loss_p, 0)
+    before, _ = g.classify(x0, np.arange(4))
+    step = grad / np.linalg.norm(grad.reshape(4, -1), axis=1)[:, None, None, None]
+    after, _ = g.classify(np.ascontiguousarray(x0 - 0.05 * step), np.arange(4))
+    assert np.all(after > before)
+
+
+def test_single_logit_native_guidance_matches_python_guidance(tiny, rng):
+    """A one-logit diffice classifier: the C guidance (BCE, sigmoid) and the Python one give the same run."""
+    unet, d = tiny
+    x = images(rng, 4)
+    clf = native_classifier(1, x)
+    kw = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0))
+    native = Explainer(unet, d, clf, guidance="native", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
+    python = Explainer(unet, d, clf, guidance="python", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
+    np.testing.assert_allclose(native.counterfactuals, python.counterfactuals, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(native.prob_target, python.prob_target, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(native.lambda_used, python.lambda_used)
+    np.testing.assert_array_equal(native.flipped, python.flipped)
+
+
+@pytest.mark.parametrize("guidance", ["python", "native"])
+def test_target_out_of_range_names_the_value_and_the_classes(tiny, rng, guidance):
+    unet, d = tiny
+    x = images(rng, 3)
+    for classes, want in ((1, "2 classes"), (2, "2 classes"), (3, "3 classes")):
+        clf = LinearClassifier(classes=classes) if guidance == "python" else native_classifier(classes, x)
+        ex = Explainer(unet, d, clf, guidance=guidance, tau=2)
+        bad = max(classes, 2)
+        with pytest.raises(ValueError, match=rf"target {bad} is not a class .*{want}"):
+            ex.explain(x, target=[1, 0, bad])  # the bad value, not the first target past the logit count
+        with pytest.raises(ValueError, match=rf"target -1 is not a class .*{want}"):
+            ex.explain(x, target=[1, -1, 0])

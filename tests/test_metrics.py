@@ -256,8 +256,9 @@ def test_edge_cases_one_image_and_no_flips(rng):
 
 # ---- results folders and the CLI ----
 
-def write_results(root: Path, x, cfs, target=1, flipped=None):
-    """The layout diffice explain writes (diffice/run.py): records/<stem>.json, <stem>/input.png, iteration_k.png."""
+def write_results(root: Path, x, cfs, target=1, flipped=None, nonfinite_step=None):
+    """The layout diffice explain writes (diffice/run.py): records/<stem>.json, <stem>/input.png, iteration_k.png.
+    nonfinite_step (L, N): the sampler's record (-1: the counterfactual stayed finite)."""
     (root / "records").mkdir(parents=True)
     for i in range(x.shape[0]):
         stem = f"img_{i:02d}"
@@ -266,7 +267,8 @@ def write_results(root: Path, x, cfs, target=1, flipped=None):
         for k in range(cfs.shape[0]):
             save_png(root / stem / f"iteration_{k + 1}.png", cfs[k, i])
             rows.append(dict(iteration=k + 1, lambda_c=40.0, prob_target=0.6,
-                             flipped=bool(flipped[k, i]) if flipped is not None else True, nonfinite_step=-1,
+                             flipped=bool(flipped[k, i]) if flipped is not None else True,
+                             nonfinite_step=int(nonfinite_step[k, i]) if nonfinite_step is not None else -1,
                              seconds=1.0))
         (root / "records" / f"{stem}.json").write_text(json.dumps(dict(image=stem + ".png", target=target,
                                                                        iterations=rows)))
@@ -320,6 +322,49 @@ def test_realism_uses_recorded_flips_without_classifier(tmp_path, rng):
     xs, cf = (metrics.classifier_input(p) for p in data["pixels"])
     assert fsd["value"] == pytest.approx(metrics.fsd(xs, cf[flipped[0]], net), rel=1e-12)
     assert "no classifier" in report["iterations"][0]["metrics"]["FR"]["skipped"]
+
+
+def test_nonfinite_counterfactuals_are_excluded_from_every_metric(tmp_path, rng):
+    """A counterfactual whose sampler step went non-finite (zeroed by the sampler) is in no metric of its
+    iteration; the report says how many (and which) were excluded; the inputs stay FSD's real set."""
+    n = 6
+    x = np.clip(rng.uniform(-1, 1, (n, 1, 16, 16)) - 0.3, -1, 1).astype(np.float32)
+    cfs = np.clip(x[None] + np.array([0.6, 0.9])[:, None, None, None, None], -1, 1).astype(np.float32)
+    nonfinite_step = np.full((2, n), -1)
+    nonfinite_step[0, [1, 4]] = [3, 0]  # iteration 1: images 1 and 4 went non-finite; the sampler zeroed them
+    cfs[0, [1, 4]] = 0.0
+    write_results(tmp_path / "run", x, cfs, nonfinite_step=nonfinite_step)
+    f, net, oracle = MeanClassifier(), SonoNet.random(k=4), MeanOracle()
+    report = metrics.evaluate_results(tmp_path / "run", classifier=f, sononet=net, oracle=oracle, with_cout=False)
+    first, second = report["iterations"]
+    assert first["excluded_nonfinite"] == 2 and first["excluded_images"] == ["img_01.png", "img_04.png"]
+    assert second["excluded_nonfinite"] == 0 and second["excluded_images"] == []
+    data = metrics.load_results(tmp_path / "run")
+    np.testing.assert_array_equal(data["nonfinite"], nonfinite_step >= 0)
+    xs, cf1 = metrics.classifier_input(data["pixels"][0]), metrics.classifier_input(data["pixels"][1])
+    keep = nonfinite_step[0] < 0
+    m = first["metrics"]
+    want = metrics.evaluate(xs[keep], cf1[keep], 1, classifier=f, oracle=oracle, with_cout=False)
+    px, pc = f.p1(xs[keep]), f.p1(cf1[keep])
+    sel = px < 0.5
+    assert m["FR"]["n"] == sel.sum() and "2 excluded" in m["FR"]["subset"]
+    for name in ("FR", "MAD", "BKL", "MQD", "QS_x", "QS_cf"):
+        assert m[name]["value"] == pytest.approx(want[name]["value"], rel=1e-12), name
+    assert m["BKL"]["value"] == pytest.approx(np.mean(1 - pc[sel]), rel=1e-6)
+    flipped = f.p1(cf1) > 0.5
+    assert m["FSD"]["n"] == int((flipped & keep).sum())
+    assert m["FSD"]["value"] == pytest.approx(metrics.fsd(xs, cf1[flipped & keep], net), rel=1e-9)
+    assert "2 excluded" in m["FSD"]["subset"] and "2 excluded" in m["SonoSim"]["subset"]
+    assert "excluded" not in second["metrics"]["FR"]["subset"]
+    text = metrics.format_report(report)
+    assert "non-finite" in text and "[1] 2 (img_01.png, img_04.png), [2] 0" in text
+    # evaluate's own exclude, and every counterfactual excluded
+    direct = metrics.evaluate(xs, cf1, 1, classifier=f, with_cout=False, exclude=~keep)
+    assert direct["FR"] == m["FR"]
+    none_left = metrics.evaluate(xs, cf1, 1, classifier=f, oracle=oracle, exclude=np.ones(n, bool))
+    assert all("every counterfactual is excluded" in none_left[k]["skipped"] for k in ("FR", "BKL", "MQD"))
+    with pytest.raises(ValueError, match="exclude"):
+        metrics.evaluate(xs, cf1, 1, classifier=f, exclude=np.ones(n - 1, bool))
 
 
 def test_missing_results_are_errors(tmp_path, capsys):

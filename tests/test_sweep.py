@@ -274,3 +274,42 @@ def test_sweep_killed_hard_resumes_identically(tmp_path, models_dir, reference):
     with SweepStore(spec.store_path) as store:
         assert store.counterfactual_blobs() == reference[2]
         assert store.db.execute(RESULT_ROWS).fetchall() == reference[3]
+
+
+def test_columns_exclude_nonfinite_counterfactuals():
+    """Images whose counterfactual went non-finite (the sampler zeroed it) are in no column of that iteration, and
+    the n column says how many were excluded."""
+    from diffice.sweep import ConfigResults
+
+    config = dict(config_id="c", label="c", method="diff-ice", iterations=2, tau=3, lambda_c=[5.0], lambda_p=1.0)
+    results = ConfigResults(
+        config=config, store=None, image_ids=np.arange(5),
+        prob_target=np.array([[0.1, 0.9, 0.9], [0.2, 0.8, 0.7], [0.3, 0.4, 0.2], [0.1, 0.5, 0.3], [0.9, 0.9, 0.9]]),
+        input_is_target=np.array([False, False, False, False, True]),
+        flipped=np.array([[1, 1], [1, 1], [0, 0], [0, 1], [1, 1]], bool), lambda_used=np.full((5, 2), 5.0),
+        nonfinite_step=np.array([[-1, -1], [-1, -1], [-1, 2], [0, 0], [-1, 1]]),
+        batch_seconds=np.array([1.0]), iteration_seconds=np.array([[0.5, 0.5]]), peak_bytes=np.array([2**20]))
+
+    class Store:
+        def meta(self, key):
+            return None
+
+        def configs(self):
+            return [config]
+
+        def results(self, c):
+            return results
+
+    np.testing.assert_array_equal(results.finite(1), [True, True, True, False, True])
+    t1, t2, s3 = compute_tables(Store())
+    col = {name: t2["header"].index(name) for name in ("n", "FR", "MAD", "BKL")}
+    it1, it2 = t2["rows"]
+    # iteration 1: images 0-2 (3 excluded: non-finite; 4: already the target)
+    assert it1[col["n"]] == "3/5 (1 non-finite)"
+    assert it1[col["FR"]] == f"{2 / 3:.3f}" and it1[col["BKL"]] == f"{np.mean([0.1, 0.2, 0.6]):.3f}"
+    assert it1[col["MAD"]] == f"{np.mean([0.8, 0.6, 0.1]):.3f}"
+    # iteration 2: images 0-1 (2 and 3 non-finite, 4 non-finite and the target anyway)
+    assert it2[col["n"]] == "2/5 (3 non-finite)" and it2[col["FR"]] == "1.000"
+    assert it2[col["BKL"]] == f"{np.mean([0.1, 0.3]):.3f}"
+    assert t1["rows"][0][t1["header"].index("n")] == "2/5 (3 non-finite)"  # the last iteration
+    assert any("non-finite" in note for note in t1["notes"])

@@ -171,23 +171,8 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
         if (y < 0 || y >= (k == 1 ? 2 : k))
             return dfc_fail(err, DFC_ERR_VALUE, "guidance: target %lld of image %lld is not a class of the "
                             "classifier (%lld logits)", (long long)y, (long long)rows[b], (long long)k);
-        if (k == 1) {  /* one binary logit: p(class 1) = sigmoid(z) */
-            double p1 = 1.0 / (1.0 + exp(-(double)z[0]));
-            prob_target[b] = (float)(y == 1 ? p1 : 1.0 - p1);
-            is_target[b] = (p1 > 0.5) == (y == 1);
-            continue;
-        }
-        double max = z[0], sum = 0.0;
-        int64_t argmax = 0;
-        for (int64_t j = 1; j < k; j++)
-            if (z[j] > max) {
-                max = z[j];
-                argmax = j;
-            }
-        for (int64_t j = 0; j < k; j++)
-            sum += exp((double)z[j] - max);
-        prob_target[b] = (float)(exp((double)z[y] - max) / sum);
-        is_target[b] = argmax == y;
+        prob_target[b] = (float)dfc_class_probability(z, k, y);
+        is_target[b] = dfc_predicted_class(z, k) == y;
     }
     return DFC_OK;
 }

@@ -48,6 +48,29 @@ static double sample_loss(dfc_class_loss_kind kind, const float *z, int64_t c, i
     return lse - z[y];
 }
 
+double dfc_class_probability(const float *z, int64_t c, int64_t y)
+{
+    if (c == 1)
+        return sigmoid(y == 1 ? (double)z[0] : -(double)z[0]); /* 1 - sigmoid(v) = sigmoid(-v) */
+    double m = z[0], sum = 0.0;
+    for (int64_t k = 1; k < c; k++)
+        m = fmax(m, z[k]);
+    for (int64_t k = 0; k < c; k++)
+        sum += exp((double)z[k] - m);
+    return exp((double)z[y] - m) / sum;
+}
+
+int64_t dfc_predicted_class(const float *z, int64_t c)
+{
+    if (c == 1)
+        return z[0] > 0.0f;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; k++)
+        if (z[k] > z[best])
+            best = k;
+    return best;
+}
+
 dfc_status dfc_class_loss(dfc_class_loss_kind kind, const dfc_tensor *logits, const int64_t *targets,
                           dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err)
 {
