@@ -138,12 +138,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import load_demo_models, run_demo
+    from .demo import DEMO_N, load_demo_models, run_demo
 
     models = load_demo_models(args.models)
     overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
-    run_demo(args.out, images=args.images, n=args.n, seed=args.seed, models=models, progress=not args.quiet,
-             overrides=overrides)
+    run_demo(args.out, images=args.images, n=DEMO_N if args.n is None else args.n, seed=args.seed, models=models,
+             progress=not args.quiet, overrides=overrides)
     return 0
 
 
@@ -340,11 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="Diff-ICE on non-standard-plane phantoms with the bundled models (minutes)",
                        description="Explains non-standard-plane fetal-head phantoms (or your --images, resized to "
                                    "64x80) towards the standard plane with Diff-ICE and the models bundled in "
-                                   "the package; prints a per-iteration table and writes figure.png (the "
-                                   "paper's Figure 3) and results.csv to --out. Resumable.")
+                                   "the package; prints a per-iteration table (p(SP), flip ratio, oracle QS, "
+                                   "MQD with a 95% bootstrap interval) and writes figure.png (the paper's Figure "
+                                   "3, first 6 images) and results.csv to --out. Resumable.")
     p.add_argument("--out", default="diffice-demo", help="output folder (default: ./diffice-demo)")
     p.add_argument("--images", default=None, help="explain the images in this folder instead of phantoms")
-    p.add_argument("--n", type=int, default=6, help="number of phantoms (default 6)")
+    p.add_argument("--n", type=int, default=None, help="number of phantoms (default 24: diffice.demo.DEMO_N)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")

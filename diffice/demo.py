@@ -13,6 +13,8 @@ The demo's Diff-ICE settings are the paper's scaled to the small models: L = 5 i
 respaced steps (the paper: 120 of 400, the same 30%), lambda_c searched in {40, 60, 80}, and -- no pretrained
 perceptual network can ship -- Lp the mean squared pixel distance to the input with lambda_p = DEMO_LAMBDA_P
 (3000; of 30, 300 and 3000 tried on the demo phantoms, the one that kept the anatomy: see the README).
+By default DEMO_N = 24 phantoms, so that the per-iteration MQD (the paper's Table 2 column) comes with a 95%
+interval narrow enough to read (:func:`mqd_interval`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Union
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -38,9 +40,16 @@ DEMO_METHOD: Dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lamb
                                    lambda_p=DEMO_LAMBDA_P)
 DEMO_DIFFUSION: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
 DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training: seed 1)
+DEMO_N = 24             # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
+DEMO_BATCH = 8          # images per sampler call: a stopped demo keeps every finished batch (resumable)
+DEMO_FIGURE_ROWS = 6    # figure.png shows the first 6 images (the phantoms cycle through the 4 failure modes)
+CI_LEVEL = 0.95         # MQD's interval: percentile bootstrap over the images
+CI_RESAMPLES = 10_000
+CI_SEED = 0             # fixed: a resumed demo reports the same interval
 FILES = ("ddpm.safetensors", "classifier.safetensors", "oracle.safetensors", "demo.json")
 
-__all__ = ["DemoModels", "load_demo_models", "run_demo", "demo_phantoms", "DEMO_METHOD", "DEMO_DIFFUSION"]
+__all__ = ["DemoModels", "load_demo_models", "run_demo", "demo_phantoms", "mqd_interval", "DEMO_METHOD",
+           "DEMO_DIFFUSION"]
 
 
 @dataclass
@@ -87,7 +96,7 @@ def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") ->
     return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
 
 
-def demo_phantoms(n: int = 6, seed: int = DEMO_PHANTOM_SEED):
+def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED):
     """n non-standard-plane phantoms (64x80), one of each failure mode in turn (tilted, no_csp, no_th, blurred)."""
     from .phantoms import FAILURE_MODES, PhantomBatch, generate
 
@@ -98,6 +107,23 @@ def demo_phantoms(n: int = 6, seed: int = DEMO_PHANTOM_SEED):
                         masks=np.concatenate([p.masks for p in parts]), structure_names=parts[0].structure_names,
                         concepts={k: np.concatenate([p.concepts[k] for p in parts]) for k in parts[0].concepts},
                         labels=np.concatenate([p.labels for p in parts]), params=[p.params[0] for p in parts])
+
+
+def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
+                 seed: int = CI_SEED) -> Tuple[float, float, float]:
+    """(MQD, low, high): the paper's MQD of the N inputs (:func:`diffice.metrics.mqd`) and its percentile bootstrap
+    interval at `level`: mqd of `resamples` resamples of the N images with replacement (each image's QS(x) and
+    QS(cf) together), their (1 - level) / 2 and (1 + level) / 2 quantiles. Seeded: the same QS give the same
+    interval."""
+    from .metrics import mqd
+
+    qs_x, qs_cf = np.asarray(qs_x, dtype=np.float64), np.asarray(qs_cf, dtype=np.float64)
+    if qs_x.shape != qs_cf.shape or qs_x.ndim != 1 or len(qs_x) == 0:
+        raise ValueError(f"mqd_interval: qs_x and qs_cf must be (N,) with N >= 1, got {qs_x.shape} and {qs_cf.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(qs_x), size=(resamples, len(qs_x)))
+    boot = np.array([mqd(qs_x[i], qs_cf[i]) for i in idx])
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return mqd(qs_x, qs_cf), float(low), float(high)
 
 
 def _demo_config(images_batch: int, seed: int) -> Dict[str, Dict[str, Any]]:
@@ -116,15 +142,18 @@ def _load_pngs(folder: Path, names: Sequence[str]) -> np.ndarray:
     return np.stack([load_image(folder / n, DEMO_SIZE) for n in names]).astype(np.float32)
 
 
-def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = None, n: int = 6, seed: int = 0,
+def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = None, n: int = DEMO_N, seed: int = 0,
              models: Optional[DemoModels] = None, progress: bool = True, stream: Optional[TextIO] = None,
              overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Explains n non-standard-plane phantoms (or every image in `images`, resized to 64x80) towards the standard
     plane and writes, to out_dir: ``inputs/`` (the phantoms), one folder per image (input, iterations, strip),
-    ``results.csv`` (per image and iteration), ``figure.png`` (the paper's Figure 3: input and each iteration,
-    segmentation overlaid, p(SP) above) and ``summary.json``. Prints the per-iteration table to `stream`.
+    ``results.csv`` (per image and iteration), ``iterations.csv`` (the table), ``figure.png`` (the paper's
+    Figure 3 for the first DEMO_FIGURE_ROWS images: input and each iteration, segmentation overlaid, p(SP) above)
+    and ``summary.json``. Prints the per-iteration table to `stream`: f's p(SP) and flip ratio, the oracle's QS,
+    the paper's MQD with its 95% percentile bootstrap interval (:func:`mqd_interval`), the L1 change, lambda_c.
 
-    Resumable like ``diffice explain`` (images already done are kept). Returns the summary dict.
+    Resumable like ``diffice explain``: images are explained DEMO_BATCH at a time and every finished batch is
+    kept. Returns the summary dict.
     """
     from .data import list_images, save_png
     from .figures import path_figure
@@ -146,7 +175,7 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
     else:
         folder = Path(images)
         names = [p.name for p in list_images(folder)]
-    cfg = _demo_config(images_batch=max(1, len(names)), seed=seed)
+    cfg = _demo_config(images_batch=DEMO_BATCH, seed=seed)
     if overrides:
         cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})
     explainer_models = (models.unet, models.diffusion, models.classifier, models.perceptual)
@@ -165,39 +194,51 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
     prob = np.array([[r["iterations"][l]["prob_target"] for r in records] for l in range(L + 1)])
     lambdas = np.array([[r["iterations"][l + 1]["lambda_c"] for r in records] for l in range(L)])
     flipped = np.array([[bool(r["iterations"][l + 1]["flipped"]) for r in records] for l in range(L)])
-    # the oracle and the segmentation are re-computed on the saved 8-bit PNGs
+    # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
-    seg = np.stack([models.classifier.forward(x).segmentation_labels] +
-                   [models.classifier.forward(cfs[l]).segmentation_labels for l in range(L)])
     distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
 
     rows = [dict(iteration=0, mean_p_sp=float(prob[0].mean()), flip_ratio=float(np.mean(prob[0] > 0.5)),
-                 lambda_c="", mean_oracle_qs=float(qs[0].mean()), mean_l1_to_input=0.0)]
+                 lambda_c="", mean_oracle_qs=float(qs[0].mean()), mqd="", mqd_ci_low="", mqd_ci_high="",
+                 mean_l1_to_input=0.0)]
     for l in range(L):
         used = {float(v): int(np.sum(lambdas[l] == v)) for v in sorted(set(lambdas[l].tolist()))}
+        m, low, high = mqd_interval(qs[0], qs[l + 1])
         rows.append(dict(iteration=l + 1, mean_p_sp=float(prob[l + 1].mean()),
                          flip_ratio=float(flipped[l].mean()),
                          lambda_c=" ".join(f"{v:g}x{c}" for v, c in used.items()),
-                         mean_oracle_qs=float(qs[l + 1].mean()), mean_l1_to_input=float(distance[l].mean())))
+                         mean_oracle_qs=float(qs[l + 1].mean()), mqd=m, mqd_ci_low=low, mqd_ci_high=high,
+                         mean_l1_to_input=float(distance[l].mean())))
     print(f"Diff-ICE on {len(records)} image(s) towards the standard plane (class 1), "
           f"L={L}, tau={cfg['method']['tau']}/{cfg['diffusion']['respacing']}, lambda_p={cfg['method']['lambda_p']}",
           file=stream)
-    print(f"{'iteration':>9}  {'p(SP)':>6}  {'flip ratio':>10}  {'oracle QS':>9}  {'L1 to x':>7}  lambda_c used",
-          file=stream)
+    print(f"{'iteration':>9}  {'p(SP)':>6}  {'flip ratio':>10}  {'oracle QS':>9}  {'MQD [95% CI]':<23}  "
+          f"{'L1 to x':>7}  lambda_c used", file=stream)
     for r in rows:
+        interval = "" if r["mqd"] == "" else f"{r['mqd']:6.3f} [{r['mqd_ci_low']:6.3f}, {r['mqd_ci_high']:6.3f}]"
         print(f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
-              f"{r['mean_l1_to_input']:7.3f}  {r['lambda_c']}", file=stream)
+              f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}", file=stream)
+    if records:
+        print(f"MQD: the paper's, (1/N) sum 1[QS(x) < 0.5] (QS(cf) - QS(x)) over the N = {len(records)} images, "
+              f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples)",
+              file=stream)
     with open(out / "iterations.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
 
     if records:
-        fig = path_figure(x, cfs, prob, seg, row_titles=[s[:24] for s in stems], scale=2,
-                          class_names=models.segmentation_classes or None)
+        k = min(DEMO_FIGURE_ROWS, len(records))  # the first k images: a rule, not a choice by hand
+        seg = np.stack([models.classifier.forward(x[:k]).segmentation_labels] +
+                       [models.classifier.forward(cfs[l, :k]).segmentation_labels for l in range(L)])
+        fig = path_figure(x[:k], cfs[:, :k], prob[:, :k], seg, row_titles=[s[:24] for s in stems[:k]],
+                          scale=2, class_names=models.segmentation_classes or None)
         save_png(out / "figure.png", fig)
     summary = dict(images=len(records), explained_now=summary_run["explained"], iterations=rows,
-                   seconds=summary_run["seconds"], out=str(out), figure=str(out / "figure.png"))
+                   seconds=summary_run["seconds"], out=str(out), figure=str(out / "figure.png"),
+                   figure_rows=stems[:DEMO_FIGURE_ROWS],
+                   mqd_interval=f"{CI_LEVEL:.0%} percentile bootstrap over the images, {CI_RESAMPLES} resamples, "
+                                f"seed {CI_SEED}")
     from .data import atomic_write_bytes
 
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -8,7 +8,7 @@ from PIL import Image
 
 from diffice import PlaneClassifier, phantoms
 from diffice.cli import main
-from diffice.demo import DEMO_SIZE, MODELS_DIR, demo_phantoms, load_demo_models, run_demo
+from diffice.demo import DEMO_SIZE, MODELS_DIR, demo_phantoms, load_demo_models, mqd_interval, run_demo
 from diffice.oracle import ConceptOracle
 
 QUICK = dict(iterations=2, tau=4)  # the demo's settings, shortened for a test
@@ -46,21 +46,72 @@ def test_demo_phantoms_are_non_standard_planes():
     assert [p["failure_mode"] for p in b.params] == ["tilted", "no_csp", "no_th", "blurred", "tilted"]
 
 
+def _png(path):
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=np.float32)[None, None] / 127.5 - 1.0
+
+
 def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
-    summary = run_demo(tmp_path, n=2, models=models, progress=False, overrides=QUICK)
+    n = 3
+    summary = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
     out = capsys.readouterr().out
-    assert "flip ratio" in out and "oracle QS" in out
-    assert summary["images"] == 2 and summary["explained_now"] == 2 and len(summary["iterations"]) == 3
+    assert "flip ratio" in out and "oracle QS" in out and "MQD [95% CI]" in out and "bootstrap" in out
+    assert summary["images"] == n and summary["explained_now"] == n and len(summary["iterations"]) == 3
     fig = np.asarray(Image.open(tmp_path / "figure.png"))
-    assert fig.ndim == 3 and fig.shape[0] > 2 * DEMO_SIZE[0] and fig.shape[1] > 3 * DEMO_SIZE[1]
+    assert fig.ndim == 3 and fig.shape[0] > n * DEMO_SIZE[0] and fig.shape[1] > 3 * DEMO_SIZE[1]
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert len(rows) == 2 * 3
+    assert len(rows) == n * 3
     table = list(csv.DictReader(open(tmp_path / "iterations.csv")))
     for r, s in zip(table, summary["iterations"]):
         assert float(r["flip_ratio"]) == pytest.approx(s["flip_ratio"])
-    again = run_demo(tmp_path, n=2, models=models, progress=False, overrides=QUICK)
+    # MQD and its interval, from the saved PNGs and the oracle, without diffice.metrics or the demo's code: the
+    # paper's MQD is the mean of 1[QS(x) < 0.5] (QS(cf) - QS(x)); with 3 images, each image's term is the
+    # resample mean of the 1/27 > 2.5% of resamples that draw it 3 times, so the 95% percentile interval is
+    # [smallest term, largest term]
+    stems = sorted(p.stem for p in (tmp_path / "records").glob("*.json"))
+    qs_x = np.array([models.oracle.quality_score(_png(tmp_path / s / "input.png"))[0] for s in stems], np.float64)
+    assert table[0]["mqd"] == "" and summary["iterations"][0]["mqd"] == ""
+    for k in (1, 2):
+        qs_cf = np.array([models.oracle.quality_score(_png(tmp_path / s / f"iteration_{k}.png"))[0]
+                          for s in stems], np.float64)
+        terms = np.where(qs_x < 0.5, qs_cf - qs_x, 0.0)
+        row = summary["iterations"][k]
+        assert row["mqd"] == pytest.approx(terms.mean(), abs=1e-6)
+        assert (row["mqd_ci_low"], row["mqd_ci_high"]) == pytest.approx((terms.min(), terms.max()), abs=1e-6)
+        assert float(table[k]["mqd"]) == pytest.approx(row["mqd"])
+        assert f"{row['mqd']:6.3f} [{row['mqd_ci_low']:6.3f}, {row['mqd_ci_high']:6.3f}]" in out
+    again = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
     assert again["explained_now"] == 0 and again["iterations"] == summary["iterations"]
-    assert json.loads((tmp_path / "summary.json").read_text())["images"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["images"] == n
+
+
+def test_run_demo_figure_shows_the_first_six_images(models, tmp_path, capsys):
+    """More images than the figure shows: figure.png has the first 6 rows, the table counts them all."""
+    summary = run_demo(tmp_path, n=7, models=models, progress=False, overrides=dict(iterations=1, tau=1))
+    assert summary["images"] == 7 and len(summary["figure_rows"]) == 6
+    assert summary["figure_rows"] == sorted(p.stem for p in (tmp_path / "records").glob("*.json"))[:6]
+    with Image.open(tmp_path / "figure.png") as im:
+        h = im.size[1]
+    one_row = 2 * DEMO_SIZE[0] + 14 + 4  # scale 2, a title line and padding per row (figures.path_figure)
+    assert 6 * one_row < h < 7 * one_row
+    assert "Diff-ICE on 7 image(s)" in capsys.readouterr().out
+
+
+def test_mqd_interval_is_the_percentile_bootstrap(rng):
+    """Against scipy.stats.bootstrap (percentile method) of the paper's MQD terms."""
+    stats = pytest.importorskip("scipy.stats")
+    qs_x = rng.uniform(0, 0.8, 30)          # some inputs at QS >= 0.5: their terms are 0
+    qs_cf = np.clip(qs_x + rng.normal(0.3, 0.3, 30), 0, 1)
+    terms = np.where(qs_x < 0.5, qs_cf - qs_x, 0.0)
+    m, low, high = mqd_interval(qs_x, qs_cf)
+    assert m == pytest.approx(terms.mean(), abs=1e-12)
+    ref = stats.bootstrap((terms,), np.mean, confidence_level=0.95, n_resamples=20000, method="percentile",
+                          random_state=1).confidence_interval
+    se = terms.std(ddof=1) / np.sqrt(len(terms))
+    assert low == pytest.approx(ref.low, abs=0.15 * se) and high == pytest.approx(ref.high, abs=0.15 * se)
+    assert low < m < high
+    assert mqd_interval(qs_x, qs_cf) == (m, low, high)  # seeded: a resumed demo prints the same interval
+    assert mqd_interval(qs_x[:1], qs_cf[:1]) == pytest.approx((terms[0],) * 3)
 
 
 def test_cli_demo_on_own_images(tmp_path, capsys):
