@@ -14,7 +14,7 @@ from .diffusion import GaussianDiffusion
 from .unet import UNet
 from .classifier import PlaneClassifier, Segmenter, classification_loss
 from .sononet import SonoNet, TargetClassView, sononet_preprocess
-from .explain import Explainer
+from .explain import Explainer, SuspiciousRunWarning
 from .train import train_ddpm
 from .resnet import ResNetFeatures
 from .perceptual import PerceptualLoss, PixelLoss, pixel_loss
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
            "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "PixelLoss", "pixel_loss",
+           "sononet_preprocess", "Explainer", "SuspiciousRunWarning", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "PixelLoss", "pixel_loss",
            "load_demo_models"]
 
 

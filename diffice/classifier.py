@@ -83,10 +83,16 @@ class Segmenter(NetworkBase):
 
     @classmethod
     def from_file(cls, path: PathLike, groups: int = 8, backend: str = "cpu") -> "Segmenter":
-        """Loads a .safetensors, .pt/.pth (no torch needed) or .npz checkpoint of the segmenter."""
-        from .io import load_weights
+        """Loads a .safetensors, .pt/.pth (no torch needed) or .npz checkpoint of the segmenter. A file written by
+        diffice (a 'diffice_model' description in its metadata) is rebuilt from it, its groups included."""
+        from .io import _load
 
-        state_dict = load_weights(path)
+        state_dict, meta = _load(path, "auto")
+        if "diffice_model" in meta:
+            from .models import model_from_description
+
+            return model_from_description(path, state_dict, meta, backend, expect="Segmenter",
+                                          what="Segmenter.from_file")
         try:
             return cls.from_state_dict(state_dict, groups, backend)
         except ValueError as exc:
@@ -269,10 +275,19 @@ class PlaneClassifier(NetworkBase):
     def from_file(cls, path: PathLike, classifier_factory: Optional[Callable[[Mapping[str, np.ndarray]], Any]] = None,
                   groups: int = 8, grad_through_segmenter: bool = True, segmentation_input: str = "probabilities",
                   backend: str = "cpu") -> "PlaneClassifier":
-        """Loads a single .safetensors / .pt / .npz holding both networks under the prefixes."""
-        from .io import load_weights
+        """Loads a single .safetensors / .pt / .npz holding both networks under the prefixes.
 
-        state_dict = load_weights(path)
+        A file written by diffice (with a 'diffice_model' description in its metadata: diffice train classifier,
+        save_model, .save()) is rebuilt from that description, its own settings included (the arguments are for
+        files without one; diffice.models' loader rule); a description of another model type is a ValueError."""
+        from .io import _load
+
+        state_dict, meta = _load(path, "auto")
+        if "diffice_model" in meta:
+            from .models import model_from_description
+
+            return model_from_description(path, state_dict, meta, backend, expect="PlaneClassifier",
+                                          what="PlaneClassifier.from_file")
         try:
             return cls.from_state_dict(state_dict, classifier_factory, groups, grad_through_segmenter,
                                        segmentation_input, backend)

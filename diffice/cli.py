@@ -73,6 +73,37 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, **kwargs)
 
 
+class _run_warnings:
+    """`with _run_warnings("explain"):` prints every SuspiciousRunWarning raised inside plainly on stderr as
+    "diffice explain: WARNING: ..." (each one, whatever the warning filters say); other warnings show as usual."""
+
+    def __init__(self, command: str) -> None:
+        import warnings
+
+        self.command, self._catch = command, warnings.catch_warnings(record=True)
+
+    def __enter__(self) -> "_run_warnings":
+        import warnings
+
+        from .explain import SuspiciousRunWarning
+
+        self.caught = self._catch.__enter__()
+        warnings.simplefilter("always", SuspiciousRunWarning)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import warnings
+
+        from .explain import SuspiciousRunWarning
+
+        self._catch.__exit__(*exc)
+        for w in self.caught:
+            if issubclass(w.category, SuspiciousRunWarning):
+                print(f"diffice {self.command}: WARNING: {w.message}", file=sys.stderr, flush=True)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .cluster import DistributedUnavailable, cluster_options
     from .run import SECTIONS, load_config, read_toml, run_explain
@@ -82,13 +113,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     try:
         options = cluster_options(read_toml(args.config) if args.config else None, args.config or "config")
-        with _executor(args, options) as executor:
+        with _run_warnings("explain"), _executor(args, options) as executor:
             summary = run_explain(cfg, args.images, args.out, progress=not args.quiet, executor=executor)
     except DistributedUnavailable as exc:
         print(f"diffice explain: error: {exc}", file=sys.stderr)
         return 2
     print(f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
-          f"{summary['failed']} failed; results in {args.out}/results.csv")
+          f"{summary['failed']} failed; results in {args.out}/results.csv"
+          + (f" (WARNING above, recorded in {args.out}/warnings.json)" if summary.get("warnings") else ""))
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
 
 
@@ -125,7 +157,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.config, dict(out=args.out, batch_size=args.batch_size))
     try:
         if not args.tables_only:
-            with _executor(args, spec.cluster) as executor:
+            with _run_warnings("sweep"), _executor(args, spec.cluster) as executor:
                 summary = run_sweep(spec, executor=executor, progress=not args.quiet)
             print(f"diffice sweep: {summary['ran']} units run, {summary['skipped_done']} already done "
                   f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
@@ -142,8 +174,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     models = load_demo_models(args.models)
     overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
-    run_demo(args.out, images=args.images, n=DEMO_N if args.n is None else args.n, seed=args.seed, models=models,
-             progress=not args.quiet, overrides=overrides)
+    with _run_warnings("demo"):
+        run_demo(args.out, images=args.images, n=DEMO_N if args.n is None else args.n, seed=args.seed,
+                 models=models, progress=not args.quiet, overrides=overrides)
     return 0
 
 
@@ -185,6 +218,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
     root = Path(args.results_dir)
     classifier = oracle = inception = sononet = None
+    if (root / "warnings.json").is_file():  # diffice.run.record_warning: the run itself looked wrong
+        for w in json.loads((root / "warnings.json").read_text()):
+            print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}",
+                  file=sys.stderr)
     from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
     if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
         from .demo import load_demo_models

@@ -122,24 +122,25 @@ def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any
     ``method`` (ExplainerConfig fields), ``x`` (N, C, H, W) float32 in [-1, 1], ``target``, ``seed``.
     Returns the unit id, ``worker`` (host:pid) and numpy arrays: counterfactuals (L, N, C, H, W) float32,
     prob_target (L + 1, N), lambda_used (L, N), flipped (L, N) bool, nonfinite_step (L, N), input_is_target (N,)
-    bool (f's argmax on the input), iteration_seconds (L,); batch_seconds (wall time of the sampler),
-    peak_bytes (the sampler's memory peak), unet_evaluations.
+    bool (f's verdict on the input), first_step_target (N,) bool and first_step_prob (N,) (f on x0_hat at the first
+    guided step: diffice.explain.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time of the
+    sampler), peak_bytes (the sampler's memory peak), unet_evaluations. The SuspiciousRunWarning check is left to
+    the caller, over the whole run.
     """
-    from .explain import Explainer, _logits
-    from .probabilities import predicted_class
+    from .explain import Explainer
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
     explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])
     x = np.require(task["x"], np.float32, ["C_CONTIGUOUS", "ALIGNED", "OWNDATA"])  # Dask may hand a view
     target = int(task["target"])
     t0 = time.perf_counter()
-    result = explainer.explain(x, target=target, seed=int(task["seed"]), progress=progress)
+    result = explainer.explain(x, target=target, seed=int(task["seed"]), progress=progress, warn=False)
     seconds = time.perf_counter() - t0
-    input_is_target = predicted_class(_logits(classifier, x), axis=1) == target
     return dict(unit=task["unit"], worker=f"{socket.gethostname()}:{os.getpid()}",
                 counterfactuals=result.counterfactuals, prob_target=result.prob_target,
                 lambda_used=result.lambda_used, flipped=result.flipped, nonfinite_step=result.nonfinite_step,
-                input_is_target=input_is_target, iteration_seconds=np.asarray(result.iteration_seconds),
+                input_is_target=result.input_is_target, first_step_target=result.first_step_target,
+                first_step_prob=result.first_step_prob, iteration_seconds=np.asarray(result.iteration_seconds),
                 batch_seconds=seconds, peak_bytes=int(result.peak_bytes),
                 unet_evaluations=int(result.unet_evaluations))
 

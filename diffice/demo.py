@@ -78,7 +78,7 @@ class DemoModels:
 def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") -> DemoModels:
     """The bundled phantom models (or those in `folder`, or in $DIFFICE_DEMO_MODELS, with the same file names),
     ready for Explainer."""
-    from .models import load_model
+    from .models import load_model, load_unet
     from .perceptual import PixelLoss
 
     root = Path(folder or os.environ.get("DIFFICE_DEMO_MODELS") or MODELS_DIR)
@@ -87,12 +87,12 @@ def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") ->
         raise FileNotFoundError(f"demo models missing in {root}: {missing} (train them with "
                                 f"scripts/train_demo_models.sh WORKDIR, then 'python -m diffice.demo pack WORKDIR')")
     info = json.loads((root / "demo.json").read_text())
-    unet = UNet.from_file(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]))
-    unet.backend = backend
+    unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
     diffusion = GaussianDiffusion(DEMO_DIFFUSION["steps"], DEMO_DIFFUSION["schedule"], DEMO_DIFFUSION["respacing"],
                                   learn_sigma=unet.config["learn_sigma"])
-    classifier = load_model(root / "classifier.safetensors", backend)
-    oracle = load_model(root / "oracle.safetensors", backend)
+    classifier = load_model(root / "classifier.safetensors", backend, expect="PlaneClassifier",
+                            what="the demo's classifier")
+    oracle = load_model(root / "oracle.safetensors", backend, expect="ConceptOracle", what="the demo's oracle")
     return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
 
 

@@ -30,6 +30,7 @@ import itertools
 import math
 import numbers
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -43,6 +44,55 @@ from .probabilities import num_classes, predicted_class, probabilities
 from .unet import UNet
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+
+
+class SuspiciousRunWarning(UserWarning):
+    """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
+
+    Emitted by :meth:`Explainer.explain` for its batch and by ``diffice explain`` / ``diffice sweep`` /
+    :func:`diffice.run.run_explain` / :func:`diffice.sweep.run_sweep` once for the whole run (the CLI also prints it
+    to stderr and records it: ``warnings.json`` in the output folder, the ``warnings`` entry of the sweep store's
+    meta table and tables.md). It names the likely causes: wrong preprocessing, wrong target, wrong classifier file.
+    """
+
+
+SUSPICIOUS_CAUSES = ("likely causes: wrong preprocessing (the classifier built with other settings than it was "
+                     "trained with, e.g. a file loaded without its own metadata, or images scaled differently from "
+                     "its training images), the wrong target class ([run] target, [models] target_class), or the "
+                     "wrong classifier file ([models] classifier, classifier_kind); the flip ratio, MAD and BKL of "
+                     "such a run mean nothing")
+
+
+def suspicious_run_message(input_is_target: np.ndarray, first_step_target: Optional[np.ndarray] = None,
+                           target: Any = None, lambda_c: Optional[float] = None) -> Optional[str]:
+    """Why a run looks wrong, or None. Two checks, over every image of the run:
+
+    1. every input is already classified as the target before any guidance (iteration 0: f's argmax on the
+       input is the target); there is nothing to explain;
+    2. every image is classified as the target at the first guided step of iteration 1's first lambda_c pass:
+       the one-step clean estimate x0_hat of the input noised to tau (the point the first guided gradient is taken
+       at, before guidance has changed anything) is f's target for all images (the sampler's
+       ``first_step_target``). A working classifier calls a barely denoised non-target input non-target.
+
+    input_is_target, first_step_target: bool arrays (N,) over the run's images (first_step_target None: check 1
+    only); target, lambda_c: named in the message.
+    """
+    inputs = np.asarray(input_is_target, dtype=bool).ravel()
+    n = inputs.size
+    if n == 0:
+        return None
+    cls = "" if target is None else f" {target}"
+    if inputs.all():
+        return (f"every input ({n} of {n}) is already classified as the target class{cls} before any guidance "
+                f"(iteration 0): every 'counterfactual' will count as flipped; {SUSPICIOUS_CAUSES}")
+    first = None if first_step_target is None else np.asarray(first_step_target, dtype=bool).ravel()
+    if first is not None and first.size == n and first.all():
+        lam = "" if lambda_c is None else f", lambda_c = {lambda_c:g}"
+        return (f"every image ({n} of {n}) is already classified as the target class{cls} at the first guided "
+                f"step of iteration 1 (the one-step estimate x0_hat of the noised input, before guidance had "
+                f"changed anything{lam}), although only {int(inputs.sum())} of the {n} inputs are: the images "
+                f"'flip' without being changed; {SUSPICIOUS_CAUSES}")
+    return None
 
 
 @dataclasses.dataclass
@@ -109,6 +159,9 @@ class ExplanationResult:
     counterfactuals: (L, N, C, H, W) in [-1, 1]-ish (the sampler does not clamp its output)
     prob_target: (L + 1, N): the classifier's target probability for the input and each iteration
     lambda_used: (L, N); flipped: (L, N) bool (classified as the target)
+    input_is_target: (N,) bool: the input is already classified as the target
+    first_step_prob, first_step_target: (N,): the target probability / classification of x0_hat at the first
+        guided step of iteration 1's first lambda_c pass (see :func:`suspicious_run_message`)
     segmentation: (L + 1, N, H, W) predicted labels when the classifier segments, else None
     nonfinite_step: (L, N): -1, or the reverse step where the image became non-finite
     iteration_seconds: (L,); peak_bytes: the sampler's arena peak; steps_xt / steps_x0 when recorded
@@ -122,6 +175,9 @@ class ExplanationResult:
     iteration_seconds: np.ndarray
     peak_bytes: int
     unet_evaluations: int
+    input_is_target: Optional[np.ndarray] = None
+    first_step_prob: Optional[np.ndarray] = None
+    first_step_target: Optional[np.ndarray] = None
     segmentation: Optional[np.ndarray] = None
     steps_xt: Optional[np.ndarray] = None
     steps_x0: Optional[np.ndarray] = None
@@ -244,13 +300,15 @@ class Explainer:
 
     def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,
                 keys: Optional[np.ndarray] = None, record_steps: bool = False,
-                progress: Optional[ProgressFn] = None) -> ExplanationResult:
+                progress: Optional[ProgressFn] = None, warn: bool = True) -> ExplanationResult:
         """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
         its pixels (or `keys`), not on the batch it is in. progress(iteration, lambda_index, step, steps, active)
         is called after every reverse step; returning True stops the run (KeyboardInterrupt also stops it
-        within one step).
+        within one step). warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target
+        at iteration 0, or at the first guided step (:func:`suspicious_run_message`); the result carries what the
+        checks use (input_is_target, first_step_target) either way.
         """
         x = np.asarray(x)
         if x.dtype != np.float32:
@@ -286,6 +344,7 @@ class Explainer:
         else:
             guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
+        cfg["classify_first_step"] = 1
         if self.perceptual is None:
             cfg["lambda_p"] = 0.0
         out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys,
@@ -294,9 +353,16 @@ class Explainer:
             counterfactuals=out["counterfactuals"], prob_target=out["prob_target"], lambda_used=out["lambda_used"],
             flipped=out["flipped"].astype(bool), nonfinite_step=out["nonfinite_step"],
             iteration_seconds=out["iteration_seconds"], peak_bytes=int(out["peak_bytes"]),
-            unet_evaluations=int(out["unet_evaluations"]), steps_xt=out.get("steps_xt"),
-            steps_x0=out.get("steps_x0"))
+            unet_evaluations=int(out["unet_evaluations"]), input_is_target=out["input_is_target"].astype(bool),
+            first_step_prob=out["first_step_prob"], first_step_target=out["first_step_target"].astype(bool),
+            steps_xt=out.get("steps_xt"), steps_x0=out.get("steps_x0"))
         result.segmentation = self._segmentations(x, result.counterfactuals)
+        if warn:
+            message = suspicious_run_message(result.input_is_target, result.first_step_target,
+                                             target=int(targets[0]) if np.all(targets == targets[0]) else None,
+                                             lambda_c=float(tuple(self.config.lambda_c)[0]))
+            if message:
+                warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
         return result
 
     def _check_targets(self, target: Any, x: np.ndarray) -> np.ndarray:

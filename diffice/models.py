@@ -1,28 +1,50 @@
-"""Loading the models a run needs from the paths and kinds in its config (see diffice.run)."""
+"""Loading the models a run needs from the paths and kinds in its config (see diffice.run).
+
+The loader rule (every path that loads a model file goes through :func:`load_model` / :func:`load_classifier` /
+:func:`load_unet`: the Python API, ``diffice explain | sweep | metrics | demo``, the cluster workers, and the
+classes' ``from_file``):
+
+- a file written by diffice (``diffice train segmenter|classifier|oracle``, :func:`save_model`, ``.save()``) carries
+  its structure in the safetensors metadata ``diffice_model`` and is rebuilt from it, every setting included
+  (SonoNet's ``standardize``, the segmenter's GroupNorm groups, ...); nothing is taken from defaults;
+- a UNet from ``diffice train ddpm`` carries its attention layout in ``diffice_config``, which wins over the
+  layout arguments (``[models] num_heads`` ...);
+- only a third-party file without that metadata (the SonoNet authors' weights, a guided-diffusion / DiME
+  checkpoint, a PyTorch state_dict) is built by the class's ``from_file`` from the caller's settings;
+- a file whose description contradicts what the caller asked for (``classifier_kind = "sononet"`` and a plane
+  classifier file) is a ValueError naming the file.
+"""
 from __future__ import annotations
 
+import ast
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .diffusion import GaussianDiffusion
 from .unet import UNet
 
 
-def load_classifier(kind: str, path: str, target_class: int = 5) -> Any:
+CLASSIFIER_KINDS = {"plane": "PlaneClassifier", "sononet": "SonoNet"}
+
+
+def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = "cpu") -> Any:
     """'plane': the standard-plane classifier f = l(s(x), x) (2 classes, 1 = SP);
-    'sononet': SonoNet-k with `target_class` viewed as the positive class of a binary classifier."""
+    'sononet': SonoNet-k with `target_class` viewed as the positive class of a binary classifier.
+
+    A diffice file is built from its own description (the module docstring's rule); its type must be the kind's
+    (PlaneClassifier / SonoNet), else ValueError naming the file."""
     if not path:
         raise ValueError("models.classifier: a classifier file is required")
-    if kind == "plane":
-        from .classifier import PlaneClassifier
-
-        return PlaneClassifier.from_file(path)
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"models.classifier_kind must be 'plane' or 'sononet', got {kind!r}")
+    model = load_model(path, backend, expect=CLASSIFIER_KINDS[kind], what=f"models.classifier_kind = {kind!r}")
     if kind == "sononet":
-        from .sononet import SonoNet, TargetClassView
+        from .sononet import TargetClassView
 
-        return TargetClassView(SonoNet.from_file(path), target=int(target_class))
-    raise ValueError(f"models.classifier_kind must be 'plane' or 'sononet', got {kind!r}")
+        return TargetClassView(model, target=int(target_class))
+    return model
 
 
 def load_perceptual(kind: str, path: str, variant: str, taps) -> Any:
@@ -52,8 +74,8 @@ def load_run_models(cfg: Dict[str, Dict[str, Any]]) -> Tuple[UNet, GaussianDiffu
     m, d = cfg["models"], cfg["diffusion"]
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
-    unet = UNet.from_file(m["unet"], num_heads=int(m["num_heads"]), num_head_channels=int(m["num_head_channels"]),
-                          use_new_attention_order=bool(m["use_new_attention_order"]))
+    unet = load_unet(m["unet"], num_heads=int(m["num_heads"]), num_head_channels=int(m["num_head_channels"]),
+                     use_new_attention_order=bool(m["use_new_attention_order"]))
     diffusion = GaussianDiffusion(int(d["steps"]), d["schedule"], str(d["respacing"]),
                                   learn_sigma=unet.config["learn_sigma"])
     classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"])
@@ -126,23 +148,103 @@ def save_model(path: str, model: Any, metadata: Optional[Dict[str, str]] = None)
     save_safetensors(path, _weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
 
 
-def load_model(path: str, backend: str = "cpu") -> Any:
-    """Any model saved by :func:`save_model` or ``diffice train segmenter|classifier|oracle`` (its structure from
-    the file's metadata); a guided-diffusion UNet checkpoint as a :class:`diffice.UNet`."""
-    from .io import load_safetensors, load_safetensors_metadata
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def read_model_file(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """(tensors, metadata) of any weights file (metadata {} for .pt/.npz); FileNotFoundError naming the file."""
+    from .io import _load
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"model file not found: {p}")
-    meta = load_safetensors_metadata(p)
-    if "diffice_model" not in meta:
-        if meta.get("format") == "guided-diffusion UNetModel" or "diffice_config" in meta:
-            return UNet.from_file(p)
-        raise ValueError(f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
-                         f"training commands); load it with the model's class, e.g. Segmenter.from_file")
+    return _load(p, "auto")
+
+
+def _type_name(spec: Any) -> str:
+    return spec.get("type", "?") if isinstance(spec, dict) else "?"
+
+
+def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, str],
+                           backend: str = "cpu", expect: Union[None, str, Sequence[str]] = None,
+                           what: str = "") -> Any:
+    """The model a file's 'diffice_model' metadata describes, with its weights. expect: the type name(s) the caller
+    needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and `what` asked)."""
+    p = os.fspath(path)
     try:
-        model = build_model(json.loads(meta["diffice_model"]), backend)
-        _weights_of(model).load_state_dict(load_safetensors(p))
+        spec = json.loads(meta["diffice_model"])
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{p}: unreadable 'diffice_model' description in its metadata ({exc})") from None
+    wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
+    if wanted and _type_name(spec) not in wanted:
+        hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(_type_name(spec))
+        raise ValueError(f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
+                         f"{what or 'the caller'} needs a {' or '.join(wanted)}"
+                         + (f"; use classifier_kind = {hint!r} for this file" if hint else
+                            "; give the right file"))
+    try:
+        model = build_model(spec, backend)
+        _weights_of(model).load_state_dict(state_dict)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{p}: {exc}") from None
     return model
+
+
+def unet_layout(meta: Mapping[str, str], path: PathLike) -> Optional[Dict[str, Any]]:
+    """The attention layout a UNet file records in 'diffice_config' (JSON from diffice train ddpm, a Python dict
+    from UNet.save), or None."""
+    text = meta.get("diffice_config")
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        try:
+            config = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{os.fspath(path)}: unreadable 'diffice_config' in its metadata") from None
+    keys = ("num_heads", "num_head_channels", "use_new_attention_order", "num_heads_upsample")
+    return {k: config[k] for k in keys if isinstance(config, dict) and k in config}
+
+
+def load_unet(path: PathLike, num_heads: int = 4, num_head_channels: int = -1, use_new_attention_order: bool = False,
+              num_heads_upsample: int = -1, backend: str = "cpu") -> UNet:
+    """A guided-diffusion UNet. The structure comes from the tensor shapes; the attention layout, which no shape
+    shows, from the file's own 'diffice_config' (diffice train ddpm, UNet.save) when it has one, else from the
+    arguments (third-party checkpoints). The same as UNet.from_file."""
+    return UNet.from_file(path, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample, backend)
+
+
+def load_model(path: PathLike, backend: str = "cpu", expect: Union[None, str, Sequence[str]] = None,
+               what: str = "") -> Any:
+    """Any model file, by the module docstring's rule: a diffice model from its 'diffice_model' description (saved by
+    :func:`save_model`, ``.save()`` or ``diffice train segmenter|classifier|oracle``); a guided-diffusion UNet
+    checkpoint as a :class:`diffice.UNet` (its own attention layout when it records one); with `expect` (type
+    names, e.g. "PlaneClassifier"), a third-party file without a description through that class's from_file
+    (a SonoNet from the authors' weights) and a described file of another type a ValueError naming the file."""
+    p = Path(path)
+    state_dict, meta = read_model_file(p)
+    if "diffice_model" in meta:
+        return model_from_description(p, state_dict, meta, backend, expect, what)
+    wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
+    if len(wanted) == 1 and wanted[0] in _FALLBACKS:  # a third-party file: the class builds it
+        return _FALLBACKS[wanted[0]](p, backend)
+    if meta.get("format") in ("guided-diffusion UNetModel", "diffice UNet") and (not wanted or "UNet" in wanted):
+        return load_unet(p, backend=backend)
+    raise ValueError(f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
+                     f"training commands); load it with the model's class, e.g. Segmenter.from_file")
+
+
+def _plane_from_file(path: Path, backend: str) -> Any:
+    from .classifier import PlaneClassifier
+
+    return PlaneClassifier.from_file(path, backend=backend)
+
+
+def _sononet_from_file(path: Path, backend: str) -> Any:
+    from .sononet import SonoNet
+
+    return SonoNet.from_file(path, backend=backend)
+
+
+_FALLBACKS = {"PlaneClassifier": _plane_from_file, "SonoNet": _sononet_from_file}

@@ -1,6 +1,7 @@
 """The common base of diffice's network wrappers: parameters by PyTorch state_dict name, strict loading, saving."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -59,11 +60,17 @@ class NetworkBase:
             v[...] = value
 
     def save(self, path: PathLike) -> None:
-        """Writes the parameters as safetensors with PyTorch key names."""
+        """Writes the parameters as safetensors with PyTorch key names, and the description diffice.models.load_model
+        rebuilds the network from (every setting, not only the shapes) where it has one."""
         from .io import save_safetensors
+        from .models import model_spec
 
-        save_safetensors(path, self.state_dict(), metadata={"format": f"diffice {self._what}",
-                                                            "diffice_config": repr(self._config_repr())})
+        metadata = {"format": f"diffice {self._what}", "diffice_config": repr(self._config_repr())}
+        try:
+            metadata["diffice_model"] = json.dumps(model_spec(self))
+        except TypeError:  # a network diffice.models cannot describe (the UNet: its diffice_config is enough)
+            pass
+        save_safetensors(path, self.state_dict(), metadata=metadata)
 
     def _config_repr(self) -> dict:
         return {}

@@ -351,6 +351,10 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
     executor: where the batches run (diffice.cluster.open_executor: a Dask cluster); default this process.
     Whatever runs them, only this process writes the outputs, one finished batch at a time.
+
+    When the images explained now look like a broken setup (every input already the target, or every image the
+    target at the first guided step: diffice.explain.suspicious_run_message), a SuspiciousRunWarning is emitted,
+    appended to out_dir/warnings.json and listed in the summary's "warnings".
     """
     from .cluster import LocalExecutor, _load, models_spec
     from .explain import Explainer
@@ -415,6 +419,7 @@ def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: Lis
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
     pending: Dict[str, Any] = {}
+    checks: List[Dict[str, Any]] = []
 
     def tasks():
         for b, chunk in enumerate(batches(todo, batch_size)):
@@ -443,6 +448,7 @@ def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: Lis
     for result in executor.run(tasks(), progress=on_step if progress else None):
         batch_files, x = pending.pop(result["unit"])
         _write_batch(out, batch_files, x, result, int(run["target"]))
+        checks.append({k: result.get(k) for k in ("input_is_target", "first_step_target")})
         finished += len(batch_files)
         bar.update(finished * steps_per_image, note=f"images {finished}/{len(todo)}", force=True)
         rebuild_results(out)
@@ -452,8 +458,45 @@ def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: Lis
         _write_csv(out / "errors.csv", errors, ["image", "error"])
         for e in errors:
             print(f"diffice explain: skipped {e['image']}: {e['error']}", file=sys.stderr)
+    found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]))
+    if found:
+        record_warning(out / WARNINGS_FILE, found, images=finished)
     return dict(images=len(files), explained=finished, skipped_done=skipped, failed=len(errors), rows=len(rows),
-                seconds=time.monotonic() - t_start)
+                seconds=time.monotonic() - t_start, warnings=[found] if found else [])
+
+
+WARNINGS_FILE = "warnings.json"
+
+
+def check_run(results: List[Dict[str, Any]], target: int, lambda_c: Optional[float], label: str = "",
+              stacklevel: int = 3) -> Optional[str]:
+    """diffice.explain.suspicious_run_message over every image of these unit results (diffice.cluster.compute_unit:
+    their input_is_target and first_step_target); emits it as a SuspiciousRunWarning (prefixed with label) and
+    returns it (None: nothing suspicious)."""
+    import warnings
+
+    from .explain import SuspiciousRunWarning, suspicious_run_message
+
+    if not results:
+        return None
+    inputs = np.concatenate([np.asarray(r["input_is_target"], bool).ravel() for r in results])
+    first = None
+    if all(r.get("first_step_target") is not None for r in results):
+        first = np.concatenate([np.asarray(r["first_step_target"], bool).ravel() for r in results])
+    message = suspicious_run_message(inputs, first, target=target, lambda_c=lambda_c)
+    if message and label:
+        message = f"{label}: {message}"
+    if message:
+        warnings.warn(message, SuspiciousRunWarning, stacklevel=stacklevel)
+    return message
+
+
+def record_warning(path: Path, message: str, **details: Any) -> None:
+    """Appends a warning to a JSON list file (the run's warnings.json), atomically."""
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append(dict(warning="SuspiciousRunWarning", message=message,
+                        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details))
+    atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
 
 
 def _write_batch(out: Path, batch_files: List[Path], x: np.ndarray, result: Dict[str, Any], target: int) -> None:

@@ -148,14 +148,21 @@ class SonoNet:
         """Loads the authors' .npz (arr_0 ... arr_74) or a state_dict file (.pt/.pth/.safetensors/.npz).
 
         Any mismatch (not a weights file, missing or extra arrays, wrong shapes) is a ValueError naming the file.
+        A file written by diffice (a 'diffice_model' description in its metadata: diffice train, save, save_model)
+        is rebuilt from that description, its own standardize included (`standardize` is for files without one,
+        such as the authors' weights); a description of another model type is a ValueError.
         """
-        from .io import load_weights
+        from .io import _load
 
         try:
-            arrays = load_weights(path)
+            arrays, meta = _load(path, "auto")
         except ValueError as exc:
             msg = str(exc)
             raise ValueError(msg if os.fspath(path) in msg else f"{os.fspath(path)}: {msg}") from None
+        if "diffice_model" in meta:
+            from .models import model_from_description
+
+            return model_from_description(path, arrays, meta, backend, expect="SonoNet", what="SonoNet.from_file")
         try:
             if any(re.fullmatch(r"arr_\d+", name) for name in arrays):
                 return cls.from_state_dict(authors_npz_to_state_dict(arrays), standardize, backend)
@@ -199,9 +206,11 @@ class SonoNet:
         """Writes safetensors with the PyTorch-port names (loads with SonoNet.from_file or into the port)."""
         from .io import save_safetensors
 
+        from .models import model_metadata
+
         save_safetensors(path, self.state_dict(), metadata={
             "format": "SonoNet", "k": str(self.k), "in_channels": str(self.in_channels),
-            "num_classes": str(self.num_classes)})
+            "num_classes": str(self.num_classes), "diffice_model": model_metadata(self)["diffice_model"]})
 
     # ---- computation ----
     def forward(self, x: np.ndarray) -> ClassifierOutput:

@@ -384,6 +384,14 @@ class SweepStore:
                 known.add(cid)
                 position += 1
 
+    def add_warning(self, message: str) -> None:
+        """Appends a warning about the run (diffice.explain.SuspiciousRunWarning) to meta 'warnings'."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'warnings'").fetchone()
+            entries = json.loads(row[0]) if row else []
+            entries.append(dict(message=message, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('warnings', ?)", (json.dumps(entries),))
+
     def finished_units(self) -> set:
         return {r[0] for r in self.db.execute("SELECT unit_id FROM units")}
 
@@ -663,6 +671,9 @@ def print_tables(store_path: os.PathLike, stream: Optional[TextIO] = None) -> st
 
     with SweepStore(store_path) as store:
         text = format_tables(compute_tables(store))
+        recorded = store.meta("warnings") or []
+    if recorded:
+        text += "\n" + "\n".join(f"- WARNING ({w['at']}): {w['message']}" for w in recorded) + "\n"
     atomic_write_bytes(Path(store_path).with_name("tables.md"), text.encode())
     print(text, file=stream or sys.stdout)
     return text
@@ -710,6 +721,10 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
     executor: where units run (diffice.cluster.open_executor; default: this process, with `models` -- a loaded
     (unet, diffusion, classifier, perceptual) -- or the spec's models loaded once). on_unit(done, total,
     executor) is called after each unit is written (tests, notebooks).
+
+    When the units run now look like a broken setup (diffice.explain.suspicious_run_message: every input already
+    the target, or, per configuration, every image the target at the first guided step), a SuspiciousRunWarning is
+    emitted, stored in the store's meta 'warnings' (printed with the tables) and listed in the summary's "warnings".
     """
     from .cluster import LocalExecutor, describe
     from .progress import ProgressBar
@@ -736,6 +751,7 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
             describe(executor, stream)
         bar = ProgressBar(len(todo), label="sweep", enabled=progress, stream=stream)
         finished = 0
+        checks: Dict[str, List[Dict[str, Any]]] = {}
 
         def on_step(task, iteration, lambda_index, step, steps, active):
             u = by_id[task["unit"]]
@@ -744,10 +760,35 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
 
         for result in executor.run(tasks, progress=on_step if progress else None):
             store.write_unit(by_id[result["unit"]], result)
+            checks.setdefault(by_id[result["unit"]]["config_id"], []).append(
+                {k: result.get(k) for k in ("input_is_target", "first_step_target")})
             finished += 1
             bar.update(finished, note=f"units (last: {result['worker']})", force=True)
             if on_unit is not None:
                 on_unit(finished, len(todo), executor)
         bar.close()
+        found = _check_sweep(checks, spec.configs, int(run["target"]))
+        for message in found:
+            store.add_warning(message)
     return dict(units=len(units), ran=finished, skipped_done=len(units) - len(todo), images=len(names),
-                configs=len(spec.configs), seconds=time.monotonic() - t_start, store=str(spec.store_path))
+                configs=len(spec.configs), seconds=time.monotonic() - t_start, store=str(spec.store_path),
+                warnings=found)
+
+
+def _check_sweep(checks: Dict[str, List[Dict[str, Any]]], configs: Sequence[Dict[str, Any]],
+                 target: int) -> List[str]:
+    """The SuspiciousRunWarning checks over the units run now: every input already the target (once, over all
+    configurations), else every image the target at the first guided step (per configuration)."""
+    from .run import check_run
+
+    everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]
+    message = check_run(everything, target, None, stacklevel=4)
+    if message:
+        return [message]
+    found = []
+    for c in configs:
+        rs = checks.get(config_id(c))
+        message = check_run(rs or [], target, float(c["lambda_c"][0]), label=config_label(c), stacklevel=4)
+        if message:
+            found.append(message)
+    return found

@@ -131,13 +131,19 @@ class UNet(NetworkBase):
     def from_file(cls, path: PathLike, num_heads: int = 4, num_head_channels: int = -1,
                   use_new_attention_order: bool = False, num_heads_upsample: int = -1,
                   backend: str = "cpu") -> "UNet":
-        """Loads a .safetensors, .pt/.pth (zip or legacy, no torch needed) or .npz checkpoint."""
-        from .io import load_weights
+        """Loads a .safetensors, .pt/.pth (zip or legacy, no torch needed) or .npz checkpoint.
 
-        state_dict = load_weights(path)
+        The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
+        from diffice train ddpm or UNet.save records its own in 'diffice_config', which wins."""
+        from .io import _load
+        from .models import unet_layout
+
+        state_dict, meta = _load(path, "auto")
+        layout = dict(num_heads=num_heads, num_head_channels=num_head_channels,
+                      use_new_attention_order=use_new_attention_order, num_heads_upsample=num_heads_upsample)
+        layout.update(unet_layout(meta, path) or {})
         try:
-            return cls.from_state_dict(state_dict, num_heads, num_head_channels, use_new_attention_order,
-                                       num_heads_upsample, backend)
+            return cls.from_state_dict(state_dict, backend=backend, **layout)
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 

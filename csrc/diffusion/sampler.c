@@ -274,6 +274,26 @@ static void record_step(const pass *p, int step, const dfc_tensor *z, const dfc_
     }
 }
 
+/* classify_first_step: the classifier's verdict on x0_hat at the first reverse step of iteration 1's first lambda_c
+ * pass (every image is in it), the estimate the first guided gradient is taken at: a diagnostic for runs whose
+ * classifier already calls the barely denoised inputs the target (wrong preprocessing, target or classifier). */
+static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_error *err)
+{
+    if (!p->cfg->classify_first_step || p->iteration != 0 || p->lambda_index != 0 || !p->out->first_step_prob ||
+        !p->out->first_step_target)
+        return DFC_OK;
+    float *prob = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    int *is_target = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int), err);
+    if (!prob || !is_target)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    DFC_TRY(p->g->classify(p->g->ctx, p->be, p->steps, x0, p->rows, prob, is_target, err));
+    for (int64_t b = 0; b < p->n; b++) {
+        p->out->first_step_prob[p->rows[b]] = prob[b];
+        p->out->first_step_target[p->rows[b]] = is_target[b];
+    }
+    return DFC_OK;
+}
+
 /* One guided reverse process from x_in (the rows of this pass) to z. */
 static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in, dfc_tensor *z, dfc_error *err)
 {
@@ -309,6 +329,8 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
         dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
         step_state s;
         DFC_TRY(denoise(p, z, i, xt, &s, err));
+        if (step == 0)
+            DFC_TRY(classify_first_step(p, &s.x0, err));
         dfc_tensor grad = dfc_alloc_like(p->steps, z, err);
         DFC_CHECK_ALLOC(grad);
         const dfc_tensor *at = (cfg->grad_at_previous || cfg->method == DFC_METHOD_DIME) ? &x_c : &s.x0;
@@ -413,6 +435,8 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, 
     if ((st = guidance->classify(guidance->ctx, be, &steps, x, all_rows, prob, is_target, err)) != DFC_OK)
         goto done;
     memcpy(out->prob_target, prob, (size_t)n * sizeof(float));
+    if (out->input_is_target)
+        memcpy(out->input_is_target, is_target, (size_t)n * sizeof(int));
     dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
 
     for (int l = 0; l < L; l++) {

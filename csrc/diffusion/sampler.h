@@ -46,6 +46,8 @@ typedef struct dfc_sampler_config {
     int mask_warmup;                 /* FastDiME mask: first step index (counted from the start) using the mask */
     uint64_t seed;
     int record_steps;                /* keep x_t and x0_hat of every step of the final pass (for figures) */
+    int classify_first_step;         /* classify x0_hat at the first reverse step of iteration 1's first lambda_c
+                                      * pass (outputs first_step_prob / first_step_target; one classifier call) */
 } dfc_sampler_config;
 
 /* The guiding loss. rows[b] is the position in the ORIGINAL batch of row b of x0 (for its reference image and
@@ -73,6 +75,10 @@ typedef struct dfc_sampler_outputs {
     int *nonfinite_step;      /* (L, N): -1, or the first step index where the sample became non-finite */
     float *steps_xt;          /* record_steps: (L, tau, N, C, H, W) z after each step of the kept pass; or NULL */
     float *steps_x0;          /* record_steps: (L, tau, N, C, H, W) x0_hat at each step; or NULL */
+    int *input_is_target;     /* (N) the input is classified as the target; or NULL */
+    float *first_step_prob;   /* classify_first_step: (N) target probability of x0_hat at the first reverse step
+                               * of iteration 1's first lambda_c pass (before any guidance acted); or NULL */
+    int *first_step_target;   /* classify_first_step: (N) that x0_hat is classified as the target; or NULL */
     double *iteration_seconds;/* (L) */
     size_t peak_bytes;        /* arena peak over the whole call */
     int64_t unet_evaluations;

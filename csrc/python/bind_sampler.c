@@ -213,6 +213,9 @@ static int parse_config(PyObject *d, dfc_sampler_config *c)
         get_float(d, "mask_threshold", &c->mask_threshold) < 0 || get_int(d, "mask_warmup", &c->mask_warmup) < 0 ||
         get_int(d, "record_steps", &c->record_steps) < 0)
         return -1;
+    if (PyDict_GetItemString(d, "classify_first_step") &&  /* optional: 0 when absent */
+        get_int(d, "classify_first_step", &c->classify_first_step) < 0)
+        return -1;
     c->method = (dfc_sampler_method)method;
     PyObject *seed = PyDict_GetItemString(d, "seed");
     c->seed = seed ? PyLong_AsUnsignedLongLongMask(seed) : 0;
@@ -273,7 +276,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
 
     dfc_py_refs refs = {0};
     dfc_tensor x;
-    PyObject *result = NULL, *arrays[8] = {NULL};
+    PyObject *result = NULL, *arrays[11] = {NULL};
     PyArrayObject *keys = NULL;
     if (dfc_py_tensor(x_obj, "sample", "x", 4, 4, 1, &refs, &x) < 0)
         goto done;
@@ -293,7 +296,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     }
     const npy_intp L = cfg.iterations, N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
     npy_intp cf_dims[5] = {L, N, C, H, W}, prob_dims[2] = {L + 1, N}, ln_dims[2] = {L, N}, it_dims[1] = {L};
-    npy_intp step_dims[6] = {L, cfg.tau, N, C, H, W};
+    npy_intp step_dims[6] = {L, cfg.tau, N, C, H, W}, n_dims[1] = {N};
     arrays[0] = zeros(5, cf_dims, NPY_FLOAT32);
     arrays[1] = zeros(2, prob_dims, NPY_FLOAT32);
     arrays[2] = zeros(2, ln_dims, NPY_FLOAT32);
@@ -304,8 +307,13 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         arrays[6] = zeros(6, step_dims, NPY_FLOAT32);
         arrays[7] = zeros(6, step_dims, NPY_FLOAT32);
     }
-    for (int i = 0; i < (cfg.record_steps ? 8 : 6); i++)
-        if (!arrays[i])
+    arrays[8] = zeros(1, n_dims, NPY_INT32);
+    if (cfg.classify_first_step) {
+        arrays[9] = zeros(1, n_dims, NPY_FLOAT32);
+        arrays[10] = zeros(1, n_dims, NPY_INT32);
+    }
+    for (int i = 0; i < 11; i++)
+        if (!arrays[i] && (i < 6 || i == 8 || (i < 8 ? cfg.record_steps : cfg.classify_first_step)))
             goto done;
     dfc_sampler_outputs out = {
         .counterfactuals = PyArray_DATA((PyArrayObject *)arrays[0]),
@@ -316,6 +324,9 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         .iteration_seconds = PyArray_DATA((PyArrayObject *)arrays[5]),
         .steps_xt = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[6]) : NULL,
         .steps_x0 = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[7]) : NULL,
+        .input_is_target = PyArray_DATA((PyArrayObject *)arrays[8]),
+        .first_step_prob = cfg.classify_first_step ? PyArray_DATA((PyArrayObject *)arrays[9]) : NULL,
+        .first_step_target = cfg.classify_first_step ? PyArray_DATA((PyArrayObject *)arrays[10]) : NULL,
     };
     py_bridge bridge = {guidance_obj, progress == Py_None ? NULL : progress, C, H, W, NULL, NULL, NULL};
     dfc_guidance guidance;
@@ -353,8 +364,13 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         (PyDict_SetItemString(result, "steps_xt", arrays[6]) < 0 ||
          PyDict_SetItemString(result, "steps_x0", arrays[7]) < 0))
         Py_CLEAR(result);
+    if (result && (PyDict_SetItemString(result, "input_is_target", arrays[8]) < 0 ||
+                   (cfg.classify_first_step &&
+                    (PyDict_SetItemString(result, "first_step_prob", arrays[9]) < 0 ||
+                     PyDict_SetItemString(result, "first_step_target", arrays[10]) < 0))))
+        Py_CLEAR(result);
 done:
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 11; i++)
         Py_XDECREF(arrays[i]);
     Py_XDECREF(keys);
     dfc_py_refs_release(&refs);

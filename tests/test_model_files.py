@@ -1,0 +1,284 @@
+"""Model files load by their own metadata everywhere (issue 14, item 2), and a run that looks broken says so.
+
+- `diffice explain` and `diffice sweep` with the bundled demo models as files compute what the Python API computes on
+  the same pixels (the CLI once rebuilt the classifier's SonoNet with standardize=True against the file's metadata:
+  p_target 1.0 at iteration 0, every "counterfactual" flipped);
+- one loader (diffice.models): the file's description wins, third-party files go through the class's from_file, a
+  description of another kind is an error naming the file;
+- SuspiciousRunWarning: every input already the target, or every image the target at the first guided step.
+Tiny runs: 64x80 phantoms, 20 respaced steps, tau 2, one iteration.
+"""
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from diffice import GaussianDiffusion, PlaneClassifier, SonoNet, SuspiciousRunWarning, UNet
+from diffice.cli import main
+from diffice.data import load_image, save_png
+from diffice.demo import MODELS_DIR, demo_phantoms, load_demo_models
+from diffice.explain import Explainer
+from diffice.models import load_classifier, load_model, load_run_models
+
+SIZE = (64, 80)
+METHOD = dict(method="diff-ice", iterations=1, tau=2, lambda_c=[40.0], lambda_p=3000.0)
+
+
+def run_toml(images=None, out=None, target=1, kind="plane", sweep=False):
+    text = f"""
+[models]
+unet = "{MODELS_DIR / 'ddpm.safetensors'}"
+classifier = "{MODELS_DIR / 'classifier.safetensors'}"
+classifier_kind = "{kind}"
+perceptual_kind = "pixel-l2"
+[diffusion]
+respacing = "20"
+[method]
+method = "diff-ice"
+iterations = 1
+tau = 2
+lambda_c = [40]
+lambda_p = 3000
+[run]
+image_size = [{SIZE[0]}, {SIZE[1]}]
+batch_size = 2
+seed = 0
+target = {target}
+"""
+    if sweep:
+        text += f'[sweep]\nimages = "{images}"\nout = "{out}"\nstore_format = "float16"\nmethod = ["diff-ice"]\n'
+    return text
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo_models()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """images/: three phantoms (f: two non-standard, one standard plane); nsp/: the two non-standard ones."""
+    root = tmp_path_factory.mktemp("pngs")
+    batch = demo_phantoms(3)
+    for i, image in enumerate(batch.images):
+        save_png(root / "images" / f"p{i}.png", image)
+    return root
+
+
+def pixels(folder, names):
+    return np.stack([load_image(folder / n, SIZE) for n in names]).astype(np.float32)
+
+
+def api_explain(demo, x, target=1):
+    diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
+    return Explainer(demo.unet, diffusion, demo.classifier, demo.perceptual, **METHOD).explain(x, target=target,
+                                                                                               seed=0)
+
+
+@pytest.fixture(scope="module")
+def nsp_folder(folders, demo):
+    """The phantoms f does not classify as the standard plane (class 1), alone in a folder."""
+    names = sorted(p.name for p in (folders / "images").iterdir())
+    p = demo.classifier.forward(pixels(folders / "images", names)).probabilities[:, 1]
+    assert (p < 0.5).sum() >= 2 and (p > 0.5).sum() >= 1, p  # the phantoms of demo_phantoms(3)
+    out = folders / "nsp"
+    out.mkdir()
+    for n, q in zip(names, p):
+        if q < 0.5:
+            (out / n).write_bytes((folders / "images" / n).read_bytes())
+    return out
+
+
+# ---- (a) diffice explain == the API on the same pixels ----
+
+def test_cli_explain_with_bundled_model_files_matches_the_api(tmp_path, folders, demo, capsys):
+    (tmp_path / "run.toml").write_text(run_toml())
+    out = tmp_path / "out"
+    assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(folders / "images"),
+                 "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    names = sorted({r["image"] for r in rows})
+    x = pixels(folders / "images", names)
+    want = api_explain(demo, x)
+    got0 = np.array([float(r["prob_target"]) for n in names for r in rows if r["image"] == n and r["iteration"] == "0"])
+    got1 = np.array([float(r["prob_target"]) for n in names for r in rows if r["image"] == n and r["iteration"] == "1"])
+    np.testing.assert_allclose(got0, demo.classifier.forward(x).probabilities[:, 1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got0, want.prob_target[0], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got1, want.prob_target[1], rtol=0, atol=1e-4)
+    assert 0.0 < got0.min() and got0.max() < 1.0 and not (got0 > 0.5).all()  # not saturated
+    # a normal run: no warning
+    assert "WARNING" not in err and not (out / "warnings.json").exists()
+
+
+# ---- (b) diffice sweep == the API on the same pixels ----
+
+def test_cli_sweep_with_bundled_model_files_matches_the_api(tmp_path, folders, demo, capsys):
+    from diffice.sweep import SweepStore
+
+    out = tmp_path / "sweep"
+    (tmp_path / "sweep.toml").write_text(run_toml(folders / "images", out, sweep=True))
+    assert main(["sweep", "--config", str(tmp_path / "sweep.toml"), "--quiet"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    with SweepStore(out / "results.sqlite") as store:
+        names = store.image_names()
+        [config] = store.configs()
+        r = store.results(config)
+        assert store.meta("warnings") is None
+    x = pixels(folders / "images", names)
+    want = api_explain(demo, x)
+    np.testing.assert_allclose(r.prob_target[:, 0], demo.classifier.forward(x).probabilities[:, 1], rtol=0,
+                               atol=1e-4)
+    np.testing.assert_allclose(r.prob_target[:, 0], want.prob_target[0], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(r.prob_target[:, 1], want.prob_target[1], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(r.input_is_target, want.input_is_target)
+
+
+# ---- (c) the guard ----
+
+class FlipsOnAnyChange:
+    """A classifier that calls its reference images class 0 and anything else class 1 (a broken f: everything the
+    sampler makes 'flips' at once)."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def forward(self, a):
+        same = np.array([any(np.array_equal(img, r) for r in self.x) for img in a])
+        return np.stack([np.where(same, 2.0, -2.0), np.where(same, -2.0, 2.0)], axis=1).astype(np.float32)
+
+    def vjp(self, a, dlogits):
+        return np.zeros_like(a)
+
+
+def test_explainer_warns_when_every_input_is_already_the_target(nsp_folder, demo):
+    x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
+    with pytest.warns(SuspiciousRunWarning, match=r"every input \(2 of 2\) is already classified as the target "
+                                                  r"class 0.*wrong preprocessing.*wrong target.*classifier file"):
+        result = api_explain(demo, x, target=0)
+    assert result.input_is_target.all()
+
+
+def test_explainer_warns_when_every_image_flips_at_the_first_guided_step(nsp_folder, demo):
+    x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
+    diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
+    explainer = Explainer(demo.unet, diffusion, FlipsOnAnyChange(x), None, **METHOD)
+    with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\) is already classified as the target "
+                                                  r"class 1 at the first guided step.*lambda_c = 40.*wrong target"):
+        result = explainer.explain(x, target=1, seed=0)
+    assert result.first_step_target.all() and not result.input_is_target.any()
+    assert result.first_step_prob.shape == (2,) and (result.first_step_prob > 0.5).all()
+
+
+def test_no_warning_in_a_normal_run(nsp_folder, demo):
+    x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SuspiciousRunWarning)
+        result = api_explain(demo, x, target=1)
+    assert not result.input_is_target.any() and not result.first_step_target.all()
+    np.testing.assert_allclose(result.first_step_prob, demo.classifier.forward(x).probabilities[:, 1], atol=0.5)
+
+
+def test_cli_explain_prints_and_records_the_warning(tmp_path, nsp_folder, capsys):
+    (tmp_path / "run.toml").write_text(run_toml(target=0))
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the command prints it whatever the filters say
+        assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(nsp_folder), "--out",
+                     str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "diffice explain: WARNING: every input (2 of 2) is already classified as the target" in captured.err
+    assert "warnings.json" in captured.out
+    [entry] = json.loads((out / "warnings.json").read_text())
+    assert entry["warning"] == "SuspiciousRunWarning" and "every input (2 of 2)" in entry["message"]
+    assert main(["metrics", str(out), "--no-cout"]) == 0
+    assert "diffice metrics: WARNING recorded by the run" in capsys.readouterr().err
+
+
+def test_run_explain_checks_the_whole_run_across_batches(tmp_path, nsp_folder, demo):
+    from diffice.run import load_config, run_explain
+
+    x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
+    cfg = load_config(None, dict(METHOD, image_size=list(SIZE), batch_size=1, perceptual_kind="pixel-l2"))
+    diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
+    models = (demo.unet, diffusion, FlipsOnAnyChange(x), None)
+    with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\).*first guided step"):
+        summary = run_explain(cfg, str(nsp_folder), str(tmp_path / "out"), progress=False, models=models)
+    assert len(summary["warnings"]) == 1
+    assert "first guided step" in json.loads((tmp_path / "out" / "warnings.json").read_text())[0]["message"]
+
+
+def test_cli_sweep_prints_and_records_the_warning(tmp_path, nsp_folder, capsys):
+    from diffice.sweep import SweepStore
+
+    out = tmp_path / "sweep"
+    (tmp_path / "sweep.toml").write_text(run_toml(nsp_folder, out, target=0, sweep=True))
+    assert main(["sweep", "--config", str(tmp_path / "sweep.toml"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "diffice sweep: WARNING: every input (2 of 2) is already classified as the target" in captured.err
+    with SweepStore(out / "results.sqlite") as store:
+        [entry] = store.meta("warnings")
+    assert "every input (2 of 2)" in entry["message"]
+    assert "WARNING" in (out / "tables.md").read_text() and "WARNING" in captured.out
+
+
+# ---- the loader ----
+
+def test_classifier_files_load_by_their_own_description(tmp_path, demo):
+    x = demo_phantoms(2).images.astype(np.float32)
+    want = demo.classifier.forward(x).logits
+    path = MODELS_DIR / "classifier.safetensors"
+    for loaded in (load_classifier("plane", str(path)), PlaneClassifier.from_file(path), load_model(path)):
+        assert loaded.classifier.standardize is False
+        np.testing.assert_array_equal(loaded.forward(x).logits, want)
+    with pytest.raises(ValueError, match=r"classifier.safetensors: the file holds a PlaneClassifier.*'sononet'.*"
+                                         r"classifier_kind = 'plane'"):
+        load_classifier("sononet", str(path))
+    with pytest.raises(ValueError, match=r"oracle.safetensors: the file holds a ConceptOracle"):
+        SonoNet.from_file(MODELS_DIR / "oracle.safetensors")
+
+
+def test_cli_refuses_a_classifier_file_of_another_kind(tmp_path, folders, capsys):
+    (tmp_path / "run.toml").write_text(run_toml(kind="sononet"))
+    assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(folders / "images"),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "classifier.safetensors: the file holds a PlaneClassifier" in capsys.readouterr().err
+
+
+def test_sononet_save_keeps_standardize_and_third_party_files_still_load(tmp_path, rng):
+    from diffice.io import save_safetensors
+
+    net = SonoNet.random(4, 1, 14, standardize=False, seed=3)
+    x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
+    net.save(tmp_path / "s.safetensors")
+    for again in (SonoNet.from_file(tmp_path / "s.safetensors"),
+                  load_classifier("sononet", str(tmp_path / "s.safetensors"), 5).classifier):
+        assert again.standardize is False
+        np.testing.assert_array_equal(again.forward(x).logits, net.forward(x).logits)
+    # a state_dict without a description (the authors' weights, a PyTorch port): standardize=True as before
+    np.savez(tmp_path / "plain.npz", **net.state_dict())
+    save_safetensors(tmp_path / "plain.safetensors", net.state_dict())
+    for name in ("plain.npz", "plain.safetensors"):
+        view = load_classifier("sononet", str(tmp_path / name), 5)
+        assert view.classifier.standardize is True and view.target == 5
+
+
+def test_unet_attention_layout_comes_from_the_file(tmp_path, rng):
+    """A DDPM from diffice train ddpm records num_heads; [models] num_heads (default 4) does not override it."""
+    from diffice.io import save_safetensors
+    from diffice.run import load_config
+    from diffice.train import _config_json
+
+    unet = UNet.random(dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
+                            attention_resolutions=(2,), learn_sigma=True, num_heads=2), seed=1)
+    save_safetensors(tmp_path / "ddpm.safetensors", unet.state_dict(),
+                     metadata={"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config)})
+    cfg = load_config(None, dict(unet=str(tmp_path / "ddpm.safetensors"), classifier=str(MODELS_DIR /
+                                 "classifier.safetensors"), perceptual_kind="pixel-l2"))
+    assert cfg["models"]["num_heads"] == 4
+    loaded = load_run_models(cfg)[0]
+    assert loaded.config["num_heads"] == 2
+    x = rng.standard_normal((1, 1, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x, [10]), unet.forward(x, [10]))
