@@ -2,13 +2,28 @@
 
 Images become float32 (1, H, W) arrays in [-1, 1] (grayscale: RGB is averaged, as the SonoNet authors do), resized
 bilinearly to the model's size; outputs are written back as 8-bit grayscale PNGs, atomically.
+
+Pixel values are brought to [0, 1] (then mapped to [-1, 1]) by one rule, chosen by the type of the stored pixels
+(see :func:`to_unit`):
+
+- integer pixels are divided by the largest value of their bit depth: 8-bit files (PNG, JPEG, BMP, 8-bit TIFF,
+  palette and RGB images) by 255, 16-bit PNG and TIFF by 65535, DICOM by 2**BitsStored - 1 (12-bit data in 16-bit
+  words: by 4095); signed integers are shifted by 2**(bits - 1) first. A 16-bit PNG/TIFF whose values only use
+  12 bits therefore comes out dark: the file declares 16 bits (save it as 8 bits, or as a float TIFF in [0, 1]);
+- floating-point pixels (32-bit float TIFF) are taken as they are when every value lies in [0, 1], divided by 255
+  when they lie in [0, 255], and otherwise stretched to [0, 1] by the image's own minimum and maximum;
+- NaN or infinite values make the file unreadable (:class:`ImageReadError` naming it).
+
+Resizing to the model's size that changes the aspect ratio (width / height) by more than a factor
+:data:`MAX_ASPECT_CHANGE` stretches the anatomy: :class:`AspectRatioWarning` names the file and both sizes.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -21,8 +36,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 MAX_IMAGE_PIXELS = 1 << 25
 
 
+# load_image warns when resizing changes the aspect ratio (width / height) by more than this factor either way.
+MAX_ASPECT_CHANGE = 1.1
+
+
 class ImageReadError(ValueError):
     """An input image could not be read or converted; the message names the file and the reason."""
+
+
+class AspectRatioWarning(UserWarning):
+    """An image was resized to a size whose aspect ratio differs by more than MAX_ASPECT_CHANGE from its own (the
+    anatomy is stretched); the message names the file, its size and the size it was resized to."""
 
 
 def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
@@ -37,7 +61,27 @@ def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> L
     return files
 
 
-def _read_pixels(path: Path) -> np.ndarray:
+IntegerRange = Optional[Tuple[float, float]]
+
+
+def _bits_range(bits: int, signed: bool) -> Tuple[float, float]:
+    """The values an integer of `bits` bits holds: [0, 2**bits - 1], or [-2**(bits-1), 2**(bits-1) - 1] signed."""
+    return (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0) if signed else (0.0, 2.0 ** bits - 1.0)
+
+
+def _dtype_range(dtype: np.dtype) -> IntegerRange:
+    """An integer dtype's full range; None for floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return (0.0, 1.0)
+    if dtype.kind in "iu":
+        return _bits_range(8 * dtype.itemsize, dtype.kind == "i")
+    return None
+
+
+def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange]:
+    """The file's pixels in their stored type ((H, W) or (H, W, 3|4)) and, for integer pixels, the range of their
+    bit depth (None for floating-point pixels)."""
     if path.suffix.lower() == ".dcm":
         try:
             import pydicom
@@ -49,14 +93,18 @@ def _read_pixels(path: Path) -> np.ndarray:
                 max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
             if claimed > 4 * MAX_IMAGE_PIXELS:
                 raise ValueError(f"{claimed} pixels is over the {4 * MAX_IMAGE_PIXELS}-pixel limit")
-            pixels = ds.pixel_array.astype(np.float64)
+            pixels = np.asarray(ds.pixel_array)
+            value_range = _dtype_range(pixels.dtype)
+            bits = int(getattr(ds, "BitsStored", 0) or 0)
+            if value_range is not None and 1 <= bits < 8 * pixels.dtype.itemsize:
+                value_range = _bits_range(bits, pixels.dtype.kind == "i")  # e.g. 12-bit data in 16-bit words
         except Exception as exc:
             raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
         if pixels.ndim == 4:  # a multi-frame RGB cine: the first frame
             pixels = pixels[0]
         if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):  # multi-frame grayscale
             pixels = pixels[0]
-        return pixels
+        return pixels, value_range
     try:
         from PIL import Image
     except ImportError:
@@ -67,13 +115,85 @@ def _read_pixels(path: Path) -> np.ndarray:
                 raise ImageReadError(f"{path}: image of {img.width} x {img.height} pixels is over the "
                                      f"{MAX_IMAGE_PIXELS}-pixel limit")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I", "F"):
-                return np.asarray(img, dtype=np.float64)
-            return np.asarray(img.convert("RGB"), dtype=np.float64)
+            if img.mode == "F":
+                return np.asarray(img), None
+            if img.mode.startswith("I;16"):
+                pixels = np.asarray(img)
+                return pixels, _dtype_range(pixels.dtype)
+            if img.mode == "I":  # 32-bit integers holding a 16-bit PNG (Pillow < 10) or an integer TIFF
+                if img.format == "PNG":
+                    value_range = _bits_range(16, False)
+                else:
+                    tags = getattr(img, "tag_v2", {})
+                    bits = tags.get(258, (32,))
+                    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+                    sample_format = tags.get(339, (1,))
+                    sample_format = int(sample_format[0] if isinstance(sample_format, tuple) else sample_format)
+                    value_range = _bits_range(min(max(bits, 1), 32), sample_format == 2)
+                return np.asarray(img), value_range
+            return np.asarray(img.convert("RGB")), _bits_range(8, False)
     except ImageReadError:
         raise
     except Exception as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from None
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The file's pixels in their stored type, (H, W) or (H, W, 3|4)."""
+    return _decode(path)[0]
+
+
+def to_unit(pixels: np.ndarray, integer_range: IntegerRange = None) -> np.ndarray:
+    """Pixel values -> float64 in [0, 1] by the module's rule. integer_range: (lo, hi) of the stored integers' bit
+    depth, mapped to 0 and 1 (values outside are clipped); None for floating-point pixels, which are kept when
+    they lie in [0, 1], divided by 255 when they lie in [0, 255], else stretched by their own min and max (a
+    constant image becomes 0). Non-finite values are a ValueError."""
+    a = np.asarray(pixels, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{int(np.size(a) - np.count_nonzero(np.isfinite(a)))} non-finite pixel values "
+                         f"(NaN or infinity)")
+    if integer_range is not None:
+        lo, hi = integer_range
+        return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    if a.size == 0:
+        return a
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    if lo >= 0.0 and hi <= 255.0:
+        return a / 255.0
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def read_unit(path: PathLike) -> np.ndarray:
+    """One image file as grayscale float64 (H, W) in [0, 1] at its own size (RGB averaged; values by the module's
+    rule). Raises ImageReadError naming the file."""
+    path = Path(path)
+    pixels, integer_range = _decode(path)
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4) or pixels.ndim not in (2, 3):
+        raise ImageReadError(f"{path}: expected a 2-D grayscale or RGB image, got pixel array shape {pixels.shape}")
+    if pixels.size > MAX_IMAGE_PIXELS * 4:
+        raise ImageReadError(f"{path}: {pixels.size} pixel values is over the limit")
+    if pixels.size == 0:
+        raise ImageReadError(f"{path}: empty image")
+    try:
+        return to_gray(to_unit(pixels, integer_range))
+    except ValueError as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
+
+
+def warn_aspect_change(path: PathLike, shape: Tuple[int, int], size: Tuple[int, int]) -> None:
+    """AspectRatioWarning when resizing an image of shape (H, W) to size (H, W) changes its aspect ratio by more
+    than MAX_ASPECT_CHANGE."""
+    (h, w), (th, tw) = shape, size
+    if min(h, w, th, tw) <= 0:
+        return
+    change = (tw / th) / (w / h)
+    change = max(change, 1.0 / change)
+    if change > MAX_ASPECT_CHANGE:
+        warnings.warn(f"{os.fspath(path)}: resized from {h} x {w} to {th} x {tw} pixels (height x width), which "
+                      f"changes its aspect ratio by a factor of {change:.2f} and stretches the anatomy; crop or pad "
+                      f"it to the model's aspect ratio first", AspectRatioWarning, stacklevel=3)
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:
@@ -97,23 +217,16 @@ def resize(gray: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 def load_image(path: PathLike, size: Tuple[int, int]) -> np.ndarray:
-    """One image as float32 (1, H, W) in [-1, 1]: grayscale, resized to size, scaled by its type's range
-    (8-bit: /255; 16-bit and float: min-max of the image)."""
+    """One image as float32 (1, H, W) in [-1, 1]: grayscale, resized bilinearly to size = (H, W).
+
+    Values are scaled by the type of the stored pixels (the module docstring has the rule): integers by their bit
+    depth (8-bit / 255, 16-bit / 65535, DICOM by BitsStored), floats as they are in [0, 1], / 255 in [0, 255],
+    else by the image's min and max. Raises ImageReadError naming the file (unreadable, not 2-D, NaN or infinite
+    values); warns (AspectRatioWarning) when the resize changes the aspect ratio by more than MAX_ASPECT_CHANGE.
+    """
     path = Path(path)
-    pixels = _read_pixels(path)
-    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4) or pixels.ndim not in (2, 3):
-        raise ImageReadError(f"{path}: expected a 2-D grayscale or RGB image, got pixel array shape {pixels.shape}")
-    if pixels.size > MAX_IMAGE_PIXELS * 4:
-        raise ImageReadError(f"{path}: {pixels.size} pixel values is over the limit")
-    pixels = to_gray(pixels)
-    if pixels.size == 0 or not np.all(np.isfinite(pixels)):
-        raise ImageReadError(f"{path}: empty image or non-finite pixel values")
-    hi = pixels.max()
-    if hi <= 255.0 and pixels.min() >= 0.0:
-        unit = pixels / 255.0
-    else:
-        lo = pixels.min()
-        unit = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    unit = read_unit(path)
+    warn_aspect_change(path, unit.shape, size)
     unit = np.clip(resize(unit, size), 0.0, 1.0)
     return (unit * 2.0 - 1.0).astype(np.float32)[None]
 

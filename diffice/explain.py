@@ -271,7 +271,7 @@ class Explainer:
         diffusion: the Gaussian diffusion (its respacing defines tau's scale: tau=120 of "400").
         classifier: f, see the module docstring; outputs logits over classes (or one binary logit), the target is
             a class index.
-        perceptual: Lp, or None (lambda_p is then ignored).
+        perceptual: Lp, or None (then lambda_p must be 0: a weight on a missing loss is an error).
         guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
             (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
         Remaining keyword arguments: ExplainerConfig fields.
@@ -297,6 +297,10 @@ class Explainer:
         if unet.config["learn_sigma"] != diffusion.learn_sigma:
             raise ValueError(f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion "
                              f"{diffusion.learn_sigma}")
+        if perceptual is None and self.config.lambda_p != 0.0:
+            raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
+                             f"(diffice.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to guide "
+                             f"by the classifier alone")
 
     def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,
                 keys: Optional[np.ndarray] = None, record_steps: bool = False,
@@ -345,8 +349,6 @@ class Explainer:
             guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
         cfg["classify_first_step"] = 1
-        if self.perceptual is None:
-            cfg["lambda_p"] = 0.0
         out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys,
                         progress)
         result = ExplanationResult(

@@ -25,7 +25,7 @@ import numpy as np
 from ._native import _C
 from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
 from .checkpoints import plot_loss  # noqa: F401  (diffice.train.plot_loss, where it was)
-from .data import list_images
+from .data import list_images, read_unit, warn_aspect_change
 from .diffusion import GaussianDiffusion
 from .io import load_safetensors
 from .ops._backend import get_backend
@@ -200,7 +200,10 @@ def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
 def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
 
-    size: (H, W) to resize to (bicubic); None keeps the size, which must then be the same for every image.
+    Grayscale and pixel values as diffice.data.load_image (RGB averaged; integers scaled by their bit depth, floats
+    by their range: the rule in diffice.data's docstring), so the DDPM trains on what ``diffice explain`` feeds it.
+    size: (H, W) to resize to (bicubic; AspectRatioWarning when that stretches an image); None keeps the size,
+    which must then be the same for every image.
     A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
     """
     path = Path(folder)
@@ -214,14 +217,11 @@ def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.
         raise ImportError("reading images needs Pillow (pip install pillow); or pass a .npy array") from None
     images = []
     for f in files:
-        with Image.open(f) as img:
-            if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the precision
-                img, scale = img.convert("F"), 65535.0
-            else:
-                img, scale = img.convert("L"), 255.0
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
-            a = np.asarray(img, dtype=np.float32) / scale
+        a = read_unit(f).astype(np.float32)
+        if size is not None and a.shape != (size[0], size[1]):
+            warn_aspect_change(f, a.shape, size)
+            img = Image.fromarray(a).resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
+            a = np.asarray(img, dtype=np.float32)
         if images and a.shape != images[0].shape:
             raise ValueError(f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
                              f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all")

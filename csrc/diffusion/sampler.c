@@ -375,8 +375,9 @@ dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusi
     const char *op = "sampler";
     if (cfg->method < DFC_METHOD_DIFF_ICE || cfg->method > DFC_METHOD_FASTDIME)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: unknown method %d", op, (int)cfg->method);
-    if (cfg->iterations < 1 || cfg->iterations > 1000)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: iterations must be in [1, 1000], got %d", op, cfg->iterations);
+    if (cfg->iterations < 1 || cfg->iterations > DFC_SAMPLER_MAX_ITERATIONS)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: iterations must be in [1, %d], got %d", op,
+                        DFC_SAMPLER_MAX_ITERATIONS, cfg->iterations);
     if (cfg->tau < 1 || cfg->tau >= d->num_timesteps)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: tau must be in [1, %d) (the respaced steps), got %d", op,
                         d->num_timesteps, cfg->tau);

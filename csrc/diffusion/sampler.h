@@ -22,6 +22,7 @@
 #include "schedule.h"
 
 #define DFC_MAX_LAMBDAS 8
+#define DFC_SAMPLER_MAX_ITERATIONS 1000 /* L at most */
 
 typedef enum {
     DFC_METHOD_DIFF_ICE = 0,

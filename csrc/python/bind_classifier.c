@@ -17,33 +17,6 @@
 #include "../nets/plane_classifier.h"
 #include "../nets/segmenter.h"
 
-/* config[key] as an int; a missing key is an error unless a default is given (has_default). */
-static int config_int(PyObject *dict, const char *what, const char *key, int has_default, int fallback, int *out)
-{
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v) {
-        if (!has_default) {
-            PyErr_Format(PyExc_KeyError, "%s config: missing key '%s'", what, key);
-            return -1;
-        }
-        *out = fallback;
-        return 0;
-    }
-    if (!PyLong_Check(v)) {
-        PyErr_Format(PyExc_TypeError, "%s config: '%s' must be an int, got %s", what, key, Py_TYPE(v)->tp_name);
-        return -1;
-    }
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    if (value < -(1L << 30) || value > (1L << 30)) {
-        PyErr_Format(PyExc_ValueError, "%s config: '%s' = %ld is out of range", what, key, value);
-        return -1;
-    }
-    *out = (int)value;
-    return 0;
-}
-
 /* segmenter_create(config) -> Network; config: classes, width, levels, groups[, in_channels=1] */
 static PyObject *py_segmenter_create(PyObject *self, PyObject *args)
 {
@@ -53,9 +26,12 @@ static PyObject *py_segmenter_create(PyObject *self, PyObject *args)
         return NULL;
     dfc_segmenter_config c;
     const char *what = "Segmenter";
-    if (config_int(d, what, "in_channels", 1, 1, &c.in_channels) < 0 ||
-        config_int(d, what, "classes", 0, 0, &c.classes) < 0 || config_int(d, what, "width", 0, 0, &c.width) < 0 ||
-        config_int(d, what, "levels", 0, 0, &c.levels) < 0 || config_int(d, what, "groups", 0, 0, &c.groups) < 0)
+    c.in_channels = 1;
+    if (dfc_py_config_int(d, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_required_int(d, what, "classes", 1, INT_MAX, &c.classes) < 0 ||
+        dfc_py_config_required_int(d, what, "width", 1, INT_MAX, &c.width) < 0 ||
+        dfc_py_config_required_int(d, what, "levels", 1, INT_MAX, &c.levels) < 0 ||
+        dfc_py_config_required_int(d, what, "groups", 1, INT_MAX, &c.groups) < 0)
         return NULL;
     dfc_error err = {0};
     dfc_net *net = NULL;
@@ -72,9 +48,9 @@ static PyObject *py_small_classifier_create(PyObject *self, PyObject *args)
         return NULL;
     dfc_small_classifier_config c;
     const char *what = "SmallClassifier";
-    if (config_int(d, what, "in_channels", 0, 0, &c.in_channels) < 0 ||
-        config_int(d, what, "width", 0, 0, &c.width) < 0 ||
-        config_int(d, what, "num_classes", 0, 0, &c.num_classes) < 0)
+    if (dfc_py_config_required_int(d, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_required_int(d, what, "width", 1, INT_MAX, &c.width) < 0 ||
+        dfc_py_config_required_int(d, what, "num_classes", 1, INT_MAX, &c.num_classes) < 0)
         return NULL;
     dfc_error err = {0};
     dfc_net *net = NULL;
@@ -102,10 +78,11 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
         return NULL;
     }
     dfc_plane_classifier_config c;
-    int seg_input;
+    int seg_input = DFC_SEG_INPUT_PROBABILITIES;
     const char *what = "PlaneClassifier";
-    if (config_int(d, what, "grad_through_segmenter", 1, 1, &c.grad_through_segmenter) < 0 ||
-        config_int(d, what, "seg_input", 1, 0, &seg_input) < 0)
+    c.grad_through_segmenter = 1;
+    if (dfc_py_config_int(d, what, "grad_through_segmenter", 0, 1, &c.grad_through_segmenter) < 0 ||
+        dfc_py_config_int(d, what, "seg_input", DFC_SEG_INPUT_PROBABILITIES, DFC_SEG_INPUT_LOGITS, &seg_input) < 0)
         return NULL;
     c.seg_input = (dfc_seg_input)seg_input;
     PyObject *children = PyTuple_Pack(2, seg_obj, cls_obj);

@@ -16,11 +16,14 @@ typedef struct {
 static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"steps", "schedule", "respacing", "variance_type", NULL};
-    int steps = 1000, variance_type = 0;
+    dfc_py_int_arg steps = {"Diffusion: steps", 1, INT_MAX, 1000};
+    dfc_py_int_arg variance_type = {"Diffusion: variance_type", DFC_VAR_LEARNED_RANGE, DFC_VAR_FIXED_SMALL,
+                                    DFC_VAR_LEARNED_RANGE};
     const char *schedule = "linear", *respacing = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|issi", kwlist, &steps, &schedule, &respacing, &variance_type))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&ssO&", kwlist, dfc_py_int_converter, &steps, &schedule,
+                                     &respacing, dfc_py_int_converter, &variance_type))
         return -1;
-    return dfc_py_diffusion_reset(&self->d, steps, schedule, respacing, variance_type);
+    return dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value);
 }
 
 int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, const char *respacing,

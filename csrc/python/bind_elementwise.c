@@ -239,18 +239,15 @@ static PyObject *py_split_channels(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "%s: sizes must hold 1 to %d entries, got %zd", op, MAX_PARTS, n);
         goto done;
     }
-    int64_t total = 0;
+    int64_t total = 0, sizes[MAX_PARTS];
     for (Py_ssize_t k = 0; k < n; k++) {
-        long long size = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, k));
-        if (size == -1 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "%s: sizes[%zd] must be an int", op, k);
+        char name[48];
+        snprintf(name, sizeof name, "%s: sizes[%zd]", op, k);
+        long long size;
+        if (dfc_py_int64(PySequence_Fast_GET_ITEM(seq, k), name, 1, x.shape[1], &size) < 0)
             goto done;
-        }
-        if (size <= 0) {
-            PyErr_Format(PyExc_ValueError, "%s: sizes[%zd] = %lld must be positive", op, k, size);
-            goto done;
-        }
-        total += size;
+        sizes[k] = size;
+        total += size; /* MAX_PARTS sizes of at most x's channels: no overflow */
     }
     if (total != x.shape[1]) {
         PyErr_Format(PyExc_ValueError, "%s: sizes add up to %lld, but x has %lld channels", op, (long long)total,
@@ -263,7 +260,7 @@ static PyObject *py_split_channels(PyObject *self, PyObject *args)
     for (Py_ssize_t k = 0; k < n; k++) {
         int64_t shape[DFC_MAX_DIMS];
         for (int d = 0; d < DFC_MAX_DIMS; d++)
-            shape[d] = d == 1 ? PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, k)) : x.shape[d];
+            shape[d] = d == 1 ? sizes[k] : x.shape[d];
         PyObject *part = dfc_py_new_tensor(x.ndim, shape, &parts[k]);
         if (!part) {
             Py_CLEAR(out);

@@ -11,9 +11,9 @@ static PyObject *inception_create(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
         return NULL;
     dfc_inception_config c = {3, 299};
-    const char *op = "inception_create";
-    if (dfc_py_config_int(cfg_dict, op, "in_channels", &c.in_channels) < 0 ||
-        dfc_py_config_int(cfg_dict, op, "resize", &c.resize) < 0)
+    const char *what = "Inception";
+    if (dfc_py_config_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_int(cfg_dict, what, "resize", 0, INT_MAX, &c.resize) < 0)
         return NULL;
     dfc_error err = {0};
     dfc_net *net = NULL;

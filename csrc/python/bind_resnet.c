@@ -21,31 +21,17 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
     memset(&c, 0, sizeof c);
     int layout = 0;
     const char *what = "ResNet";
-    if (dfc_py_config_required_int(cfg_dict, what, "depth", &c.depth) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "layout", &layout) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "in_channels", &c.in_channels) < 0)
+    int taps[DFC_RESNET_STAGES], n_taps = 0;
+    if (dfc_py_config_required_int(cfg_dict, what, "depth", 1, INT_MAX, &c.depth) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "layout", DFC_RESNET_TORCHVISION, DFC_RESNET_RADIMAGENET,
+                                   &layout) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_int_list(cfg_dict, what, "taps", 0, DFC_RESNET_STAGES - 1, DFC_RESNET_STAGES, taps,
+                               &n_taps) < 0)
         return NULL;
     c.layout = (dfc_resnet_layout)layout;
-    PyObject *taps = PyDict_GetItemString(cfg_dict, "taps");
-    if (!taps)
-        return PyErr_Format(PyExc_KeyError, "ResNet config: missing key 'taps'");
-    PyObject *seq = PySequence_Fast(taps, "ResNet config: 'taps' must be a list of stage indices");
-    if (!seq)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        long stage = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (stage == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-        if (stage < 0 || stage >= DFC_RESNET_STAGES) {
-            Py_DECREF(seq);
-            return PyErr_Format(PyExc_ValueError, "ResNet config: tap %ld is not a stage index 0..%d", stage,
-                                DFC_RESNET_STAGES - 1);
-        }
-        c.taps |= 1u << stage;
-    }
-    Py_DECREF(seq);
+    for (int i = 0; i < n_taps; i++)
+        c.taps |= 1u << taps[i];
     dfc_net *net = NULL;
     dfc_error err = {0};
     dfc_status st = dfc_resnet_create(&c, &net, &err);
@@ -76,9 +62,10 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
 {
     static char *kwlist[] = {"network", "variant", "weight", NULL};
     PyObject *network;
-    int variant;
+    dfc_py_int_arg variant = {"PerceptualLoss: variant (0 mse, 1 normalized)", DFC_PERCEPTUAL_MSE,
+                              DFC_PERCEPTUAL_NORMALIZED, 0};
     float weight;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oif", kwlist, &network, &variant, &weight))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&f", kwlist, &network, dfc_py_int_converter, &variant, &weight))
         return -1;
     dfc_net *net = dfc_py_unwrap_net(network);
     if (!net)
@@ -94,7 +81,7 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
         return -1;
     }
     dfc_error err = {0};
-    if (dfc_perceptual_create(net, (dfc_perceptual_variant)variant, weight, &self->loss, &err) != DFC_OK) {
+    if (dfc_perceptual_create(net, (dfc_perceptual_variant)variant.value, weight, &self->loss, &err) != DFC_OK) {
         dfc_py_raise(&err);
         return -1;
     }

@@ -169,25 +169,11 @@ static int py_progress(void *user, int iteration, int lambda_index, int step, in
 
 /* ---- config ---- */
 
-static int get_int(PyObject *d, const char *key, int *out)
-{
-    PyObject *v = PyDict_GetItemString(d, key);
-    if (!v) {
-        PyErr_Format(PyExc_KeyError, "sampler config: missing '%s'", key);
-        return -1;
-    }
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    *out = (int)x;
-    return 0;
-}
-
 static int get_float(PyObject *d, const char *key, float *out)
 {
     PyObject *v = PyDict_GetItemString(d, key);
     if (!v) {
-        PyErr_Format(PyExc_KeyError, "sampler config: missing '%s'", key);
+        PyErr_Format(PyExc_KeyError, "sampler config: missing key '%s'", key);
         return -1;
     }
     double x = PyFloat_AsDouble(v);
@@ -205,13 +191,19 @@ static int parse_config(PyObject *d, dfc_sampler_config *c)
         PyErr_SetString(PyExc_TypeError, "sampler config must be a dict");
         return -1;
     }
-    if (get_int(d, "method", &method) < 0 || get_int(d, "iterations", &c->iterations) < 0 ||
-        get_int(d, "tau", &c->tau) < 0 || get_float(d, "lambda_p", &c->lambda_p) < 0 ||
-        get_float(d, "lambda_l1", &c->lambda_l1) < 0 || get_float(d, "lambda_l2", &c->lambda_l2) < 0 ||
-        get_int(d, "grad_at_previous", &c->grad_at_previous) < 0 || get_int(d, "scale_grads", &c->scale_grads) < 0 ||
-        get_int(d, "clip", &c->clip) < 0 || get_int(d, "mask_dilation", &c->mask_dilation) < 0 ||
-        get_float(d, "mask_threshold", &c->mask_threshold) < 0 || get_int(d, "mask_warmup", &c->mask_warmup) < 0 ||
-        get_int(d, "record_steps", &c->record_steps) < 0)
+    const char *what = "sampler";
+    if (dfc_py_config_required_int(d, what, "method", DFC_METHOD_DIFF_ICE, DFC_METHOD_FASTDIME, &method) < 0 ||
+        dfc_py_config_required_int(d, what, "iterations", 1, DFC_SAMPLER_MAX_ITERATIONS, &c->iterations) < 0 ||
+        dfc_py_config_required_int(d, what, "tau", 1, INT_MAX, &c->tau) < 0 ||
+        get_float(d, "lambda_p", &c->lambda_p) < 0 || get_float(d, "lambda_l1", &c->lambda_l1) < 0 ||
+        get_float(d, "lambda_l2", &c->lambda_l2) < 0 ||
+        dfc_py_config_required_int(d, what, "grad_at_previous", 0, 1, &c->grad_at_previous) < 0 ||
+        dfc_py_config_required_int(d, what, "scale_grads", 0, 1, &c->scale_grads) < 0 ||
+        dfc_py_config_required_int(d, what, "clip", 0, 1, &c->clip) < 0 ||
+        dfc_py_config_required_int(d, what, "mask_dilation", 0, INT_MAX, &c->mask_dilation) < 0 ||
+        get_float(d, "mask_threshold", &c->mask_threshold) < 0 ||
+        dfc_py_config_required_int(d, what, "mask_warmup", 0, INT_MAX, &c->mask_warmup) < 0 ||
+        dfc_py_config_required_int(d, what, "record_steps", 0, 1, &c->record_steps) < 0)
         return -1;
     if (PyDict_GetItemString(d, "classify_first_step") &&  /* optional: 0 when absent */
         get_int(d, "classify_first_step", &c->classify_first_step) < 0)
@@ -225,7 +217,7 @@ static int parse_config(PyObject *d, dfc_sampler_config *c)
     PyObject *seq = lambdas ? PySequence_Fast(lambdas, "sampler config: lambda_c must be a sequence") : NULL;
     if (!seq) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_KeyError, "sampler config: missing 'lambda_c'");
+            PyErr_SetString(PyExc_KeyError, "sampler config: missing key 'lambda_c'");
         return -1;
     }
     Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
@@ -381,43 +373,55 @@ done:
 static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
 {
     (void)self;
-    unsigned long long seed;
-    PyObject *keys_obj, *shape_obj;
-    unsigned int stream, iteration, step, inner;
-    if (!PyArg_ParseTuple(args, "KOIIIIO", &seed, &keys_obj, &stream, &iteration, &step, &inner, &shape_obj))
+    unsigned long long seed; /* taken modulo 2**64, as the sampler config's seed */
+    PyObject *keys_obj, *shape_obj, *counter_objs[4];
+    if (!PyArg_ParseTuple(args, "KOOOOOO", &seed, &keys_obj, &counter_objs[0], &counter_objs[1], &counter_objs[2],
+                          &counter_objs[3], &shape_obj))
         return NULL;
+    static const char *const counter_names[4] = {"gaussian_noise: stream", "gaussian_noise: iteration",
+                                                 "gaussian_noise: step", "gaussian_noise: inner_step"};
+    uint32_t counters[4];
+    for (int i = 0; i < 4; i++) {
+        long long v;
+        if (dfc_py_int64(counter_objs[i], counter_names[i], 0, UINT32_MAX, &v) < 0)
+            return NULL;
+        counters[i] = (uint32_t)v;
+    }
+    Py_ssize_t nd = PySequence_Check(shape_obj) ? PySequence_Size(shape_obj) : -1;
+    if (nd < 1 || nd > DFC_MAX_DIMS - 1) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape must have 1 to 3 dimensions");
+        return NULL;
+    }
+    npy_intp dims[DFC_MAX_DIMS];
+    int64_t per = 1;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *item = PySequence_GetItem(shape_obj, i);
+        char name[64];
+        snprintf(name, sizeof name, "gaussian_noise: shape[%zd]", i);
+        long long v;
+        int bad = !item || dfc_py_int64(item, name, 1, INT32_MAX, &v) < 0;
+        Py_XDECREF(item);
+        if (bad)
+            return NULL;
+        if (per > INT64_MAX / v / (int64_t)sizeof(float)) {
+            PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape is too large");
+            return NULL;
+        }
+        dims[i + 1] = (npy_intp)v;
+        per *= v;
+    }
     PyArrayObject *keys = (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1,
                                                            NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     if (!keys)
         return NULL;
-    npy_intp dims[DFC_MAX_DIMS];
     dims[0] = PyArray_SIZE(keys);
-    Py_ssize_t nd = PySequence_Size(shape_obj);
-    if (nd < 1 || nd > DFC_MAX_DIMS - 1) {
-        Py_DECREF(keys);
-        PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape must have 1 to 3 dimensions");
-        return NULL;
-    }
-    int64_t per = 1;
-    for (Py_ssize_t i = 0; i < nd; i++) {
-        PyObject *item = PySequence_GetItem(shape_obj, i);
-        long v = item ? PyLong_AsLong(item) : -1;
-        Py_XDECREF(item);
-        if (v <= 0) {
-            Py_DECREF(keys);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape entries must be positive");
-            return NULL;
-        }
-        dims[i + 1] = v;
-        per *= v;
-    }
     PyObject *out = PyArray_SimpleNew((int)nd + 1, dims, NPY_FLOAT32);
     if (out) {
         const uint64_t *k = PyArray_DATA(keys);
         float *data = PyArray_DATA((PyArrayObject *)out);
         for (npy_intp b = 0; b < dims[0]; b++) {
-            dfc_noise_stream s = {seed, k[b], stream, iteration, step, inner};
+            dfc_noise_stream s = {seed, k[b], counters[0], counters[1], counters[2], counters[3]};
             dfc_gaussian_noise(&s, data + b * per, per);
         }
     }
@@ -453,10 +457,11 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
     (void)self;
     PyObject *clf_obj, *feat_obj, *x_obj, *targets_obj;
     const char *kind_name;
-    int variant;
+    dfc_py_int_arg variant = {"model_guidance: variant (0 mse, 1 normalized)", DFC_PERCEPTUAL_MSE,
+                              DFC_PERCEPTUAL_NORMALIZED, 0};
     float weight;
-    if (!PyArg_ParseTuple(args, "OsOifOO", &clf_obj, &kind_name, &feat_obj, &variant, &weight, &x_obj,
-                          &targets_obj))
+    if (!PyArg_ParseTuple(args, "OsOO&fOO", &clf_obj, &kind_name, &feat_obj, dfc_py_int_converter, &variant, &weight,
+                          &x_obj, &targets_obj))
         return NULL;
     dfc_class_loss_kind kind;
     if (strcmp(kind_name, "ce") == 0)
@@ -484,7 +489,7 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
         goto done;
     }
     dfc_error err = {0};
-    if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant, weight, &g->perceptual, &err) !=
+    if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant.value, weight, &g->perceptual, &err) !=
                          DFC_OK) ||
         dfc_model_guidance_create(classifier, kind, g->perceptual, &x, targets, &g->guidance, &err) != DFC_OK) {
         dfc_perceptual_destroy(g->perceptual);

@@ -11,11 +11,11 @@ static PyObject *sononet_create(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
         return NULL;
     dfc_sononet_config c = {16, 1, 14, 1};
-    const char *op = "sononet_create";
-    if (dfc_py_config_int(cfg_dict, op, "k", &c.k) < 0 ||
-        dfc_py_config_int(cfg_dict, op, "in_channels", &c.in_channels) < 0 ||
-        dfc_py_config_int(cfg_dict, op, "num_classes", &c.num_classes) < 0 ||
-        dfc_py_config_int(cfg_dict, op, "standardize", &c.standardize) < 0)
+    const char *what = "SonoNet";
+    if (dfc_py_config_int(cfg_dict, what, "k", 1, INT_MAX, &c.k) < 0 ||
+        dfc_py_config_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_int(cfg_dict, what, "num_classes", 1, INT_MAX, &c.num_classes) < 0 ||
+        dfc_py_config_int(cfg_dict, what, "standardize", 0, 1, &c.standardize) < 0)
         return NULL;
     dfc_error err = {0};
     dfc_net *net = NULL;

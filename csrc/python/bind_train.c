@@ -133,9 +133,9 @@ static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", "num_threads", NULL};
     long long size;
     dfc_adamw_config cfg = {1e-3, 0.9, 0.999, 1e-8, 1e-2}; /* torch.optim.AdamW defaults */
-    int num_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|d(dd)ddi", kwlist, &size, &cfg.lr, &cfg.beta1, &cfg.beta2,
-                                     &cfg.eps, &cfg.weight_decay, &num_threads))
+    dfc_py_int_arg num_threads = {"AdamW: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|d(dd)ddO&", kwlist, &size, &cfg.lr, &cfg.beta1, &cfg.beta2,
+                                     &cfg.eps, &cfg.weight_decay, dfc_py_int_converter, &num_threads))
         return -1;
     if (size < 1) {
         PyErr_Format(PyExc_ValueError, "AdamW: size must be positive, got %lld", size);
@@ -153,7 +153,7 @@ static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
     self->cfg = cfg;
     self->size = size;
     self->num_steps = 0;
-    self->num_threads = num_threads;
+    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -244,13 +244,13 @@ static PyObject *adamw_get_num_steps(AdamWObject *self, void *closure)
 static int adamw_set_num_steps(AdamWObject *self, PyObject *value, void *closure)
 {
     (void)closure;
-    long long v = value ? PyLong_AsLongLong(value) : -1;
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (v < 0) {
-        PyErr_SetString(PyExc_ValueError, "AdamW: num_steps must be a non-negative integer");
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "AdamW: num_steps cannot be deleted");
         return -1;
     }
+    long long v;
+    if (dfc_py_int64(value, "AdamW: num_steps", 0, INT64_MAX, &v) < 0)
+        return -1;
     self->num_steps = v;
     return 0;
 }
@@ -325,8 +325,9 @@ static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"params", "rate", "num_threads", NULL};
     PyObject *params_obj;
     double rate;
-    int num_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|i", kwlist, &params_obj, &rate, &num_threads))
+    dfc_py_int_arg num_threads = {"EMA: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|O&", kwlist, &params_obj, &rate, dfc_py_int_converter,
+                                     &num_threads))
         return -1;
     if (check_rate(rate) < 0)
         return -1;
@@ -350,7 +351,7 @@ static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
     }
     segments_free(&params);
     self->rate = rate;
-    self->num_threads = num_threads;
+    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -451,9 +452,11 @@ static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"grads", "max_norm", "num_threads", NULL};
     PyObject *grads_obj;
     double max_norm = 0.0;
-    int num_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|di", kwlist, &grads_obj, &max_norm, &num_threads))
+    dfc_py_int_arg threads = {"clip_grad_norm: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dO&", kwlist, &grads_obj, &max_norm, dfc_py_int_converter,
+                                     &threads))
         return NULL;
+    const int num_threads = threads.value;
     PyArrayObject *grads;
     int clip = max_norm > 0.0;
     if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0)
@@ -481,19 +484,19 @@ typedef struct {
 static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"steps", "schedule", "respacing", "variance_type", "loss_type", NULL};
-    int steps = 1000, variance_type = 0, loss_type = 0;
+    dfc_py_int_arg steps = {"TrainingLoss: steps", 1, INT_MAX, 1000};
+    dfc_py_int_arg variance_type = {"TrainingLoss: variance_type", DFC_VAR_LEARNED_RANGE, DFC_VAR_FIXED_SMALL,
+                                    DFC_VAR_LEARNED_RANGE};
+    dfc_py_int_arg loss_type = {"TrainingLoss: loss_type (0 mse, 1 rescaled_mse)", DFC_LOSS_MSE,
+                                DFC_LOSS_RESCALED_MSE, DFC_LOSS_MSE};
     const char *schedule = "linear", *respacing = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|issii", kwlist, &steps, &schedule, &respacing, &variance_type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&ssO&O&", kwlist, dfc_py_int_converter, &steps, &schedule,
+                                     &respacing, dfc_py_int_converter, &variance_type, dfc_py_int_converter,
                                      &loss_type))
         return -1;
-    if (loss_type != DFC_LOSS_MSE && loss_type != DFC_LOSS_RESCALED_MSE) {
-        PyErr_Format(PyExc_ValueError, "TrainingLoss: loss_type must be 0 (mse) or 1 (rescaled_mse), got %d",
-                     loss_type);
+    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0)
         return -1;
-    }
-    if (dfc_py_diffusion_reset(&self->d, steps, schedule, respacing, variance_type) < 0)
-        return -1;
-    self->type = (dfc_loss_type)loss_type;
+    self->type = (dfc_loss_type)loss_type.value;
     return 0;
 }
 

@@ -14,35 +14,6 @@ typedef struct {
     dfc_unet *unet;
 } UNetObject;
 
-static int dict_int_list(PyObject *dict, const char *key, int *out, int max, int *count)
-{
-    PyObject *v = PyDict_GetItemString(dict, key);
-    if (!v) {
-        PyErr_Format(PyExc_KeyError, "UNet config: missing key '%s'", key);
-        return -1;
-    }
-    PyObject *seq = PySequence_Fast(v, "UNet config: expected a list of ints");
-    if (!seq)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > max) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "UNet config: '%s' has %zd entries, at most %d are supported", key, n, max);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (value == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        out[i] = (int)value;
-    }
-    Py_DECREF(seq);
-    *count = (int)n;
-    return 0;
-}
-
 static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"config", NULL};
@@ -53,18 +24,20 @@ static int unet_init(UNetObject *self, PyObject *args, PyObject *kwargs)
     memset(&c, 0, sizeof c);
     int n_attention = 0;
     const char *what = "UNet";
-    if (dfc_py_config_required_int(cfg_dict, what, "in_channels", &c.in_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "model_channels", &c.model_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "out_channels", &c.out_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_res_blocks", &c.num_res_blocks) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_heads", &c.num_heads) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_head_channels", &c.num_head_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_heads_upsample", &c.num_heads_upsample) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "legacy_attention", &c.legacy_attention) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "use_scale_shift_norm", &c.use_scale_shift_norm) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "resblock_updown", &c.resblock_updown) < 0 ||
-        dict_int_list(cfg_dict, "level_channels", c.level_channels, DFC_UNET_MAX_LEVELS, &c.num_levels) < 0 ||
-        dict_int_list(cfg_dict, "attention", c.attention, DFC_UNET_MAX_LEVELS, &n_attention) < 0)
+    /* num_heads, num_head_channels, num_heads_upsample: -1 is guided-diffusion's "not set" */
+    if (dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "model_channels", 1, INT_MAX, &c.model_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "out_channels", 1, INT_MAX, &c.out_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_res_blocks", 1, INT_MAX, &c.num_res_blocks) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads", -1, INT_MAX, &c.num_heads) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_head_channels", -1, INT_MAX, &c.num_head_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads_upsample", -1, INT_MAX, &c.num_heads_upsample) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "legacy_attention", 0, 1, &c.legacy_attention) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "use_scale_shift_norm", 0, 1, &c.use_scale_shift_norm) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "resblock_updown", 0, 1, &c.resblock_updown) < 0 ||
+        dfc_py_config_int_list(cfg_dict, what, "level_channels", 1, INT_MAX, DFC_UNET_MAX_LEVELS, c.level_channels,
+                               &c.num_levels) < 0 ||
+        dfc_py_config_int_list(cfg_dict, what, "attention", 0, 1, DFC_UNET_MAX_LEVELS, c.attention, &n_attention) < 0)
         return -1;
     if (n_attention != c.num_levels) {
         PyErr_Format(PyExc_ValueError, "UNet config: 'attention' has %d entries for %d levels", n_attention,

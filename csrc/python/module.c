@@ -13,15 +13,15 @@ static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs
 {
     static char *kwlist[] = {"name", "num_threads", NULL};
     const char *name = "cpu";
-    int num_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|si", kwlist, &name, &num_threads))
+    dfc_py_int_arg num_threads = {"Backend: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sO&", kwlist, &name, dfc_py_int_converter, &num_threads))
         return -1;
     if (self->be) {
         dfc_backend_destroy(self->be);
         self->be = NULL;
     }
     dfc_error err = {0};
-    if (dfc_backend_create(name, num_threads, &self->be, &err) != DFC_OK) {
+    if (dfc_backend_create(name, num_threads.value, &self->be, &err) != DFC_OK) {
         dfc_py_raise(&err);
         return -1;
     }

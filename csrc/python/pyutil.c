@@ -161,11 +161,32 @@ PyObject *dfc_py_new_tensor(int ndim, const int64_t *shape, dfc_tensor *t)
 int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t n, dfc_py_refs *refs,
                         const int64_t **out)
 {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    /* integers only: a float array would be truncated and a uint64 past int64 wrap to a negative value */
+    PyArrayObject *src = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!src || (PyArray_SIZE(src) > 0 && !PyArray_ISINTEGER(src) && !PyArray_ISBOOL(src))) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of integers%s%s", op, name,
+                     src ? ", got dtype " : "", src ? PyArray_DESCR(src)->typeobj->tp_name : "");
+        Py_XDECREF(src);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY((PyObject *)src, NPY_INT64, 1, 1,
+                                                        NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    const int was_unsigned = PyArray_ISUNSIGNED(src);
+    Py_DECREF(src);
     if (!a) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of integers", op, name);
         return -1;
+    }
+    const int64_t *values = PyArray_DATA(a);
+    for (npy_intp k = 0; was_unsigned && k < PyArray_DIM(a, 0); k++) {
+        if (values[k] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: %s[%lld] = %llu is out of range", op, name, (long long)k,
+                         (unsigned long long)values[k]);
+            Py_DECREF(a);
+            return -1;
+        }
     }
     if (PyArray_DIM(a, 0) != n) {
         PyErr_Format(PyExc_ValueError, "%s: %s must have %lld entries, got %lld", op, name, (long long)n,
@@ -201,29 +222,96 @@ PyObject *dfc_py_raise(const dfc_error *err)
     return NULL;
 }
 
-int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out)
+int dfc_py_int64(PyObject *obj, const char *name, long long min, long long max, long long *out)
+{
+    PyObject *index = PyNumber_Index(obj); /* ints, numpy integers; a float or a str is a TypeError */
+    if (!index) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: expected an integer, got %.100s", name, Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(index, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        Py_DECREF(index);
+        return -1;
+    }
+    if (overflow || value < min || value > max) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an integer in [%lld, %lld], got %S", name, min, max, index);
+        Py_DECREF(index);
+        return -1;
+    }
+    Py_DECREF(index);
+    *out = value;
+    return 0;
+}
+
+int dfc_py_int(PyObject *obj, const char *name, int min, int max, int *out)
+{
+    long long value;
+    if (dfc_py_int64(obj, name, min, max, &value) < 0)
+        return -1;
+    *out = (int)value; /* in [min, max], so it fits */
+    return 0;
+}
+
+int dfc_py_int_converter(PyObject *obj, void *arg)
+{
+    dfc_py_int_arg *a = arg;
+    return dfc_py_int(obj, a->name, a->min, a->max, &a->value) < 0 ? 0 : 1;
+}
+
+int dfc_py_config_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out)
 {
     PyObject *v = PyDict_GetItemString(dict, key);
     if (!v)
         return 0;
-    long value = PyLong_AsLong(v);
-    if (value == -1 && PyErr_Occurred())
-        return -1;
-    if (value < INT32_MIN || value > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s: config '%s' is out of range", op, key);
-        return -1;
-    }
-    *out = (int)value;
-    return 0;
+    char name[160];
+    snprintf(name, sizeof name, "%s config '%s'", what, key);
+    return dfc_py_int(v, name, min, max, out);
 }
 
-int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out)
+int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out)
 {
     if (!PyDict_GetItemString(dict, key)) {
         PyErr_Format(PyExc_KeyError, "%s config: missing key '%s'", what, key);
         return -1;
     }
-    return dfc_py_config_int(dict, what, key, out);
+    return dfc_py_config_int(dict, what, key, min, max, out);
+}
+
+int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count,
+                           int *out, int *count)
+{
+    PyObject *v = PyDict_GetItemString(dict, key);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "%s config: missing key '%s'", what, key);
+        return -1;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "%s config '%s' must be a list of integers", what, key);
+    PyObject *seq = PySequence_Fast(v, name);
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > max_count) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "%s config '%s': %zd entries, at most %d are supported", what, key, n,
+                     max_count);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s config '%s[%zd]'", what, key, i);
+        if (dfc_py_int(PySequence_Fast_GET_ITEM(seq, i), name, min, max, &out[i]) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    *count = (int)n;
+    return 0;
 }
 
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)

@@ -58,13 +58,39 @@ int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t
 /* Sets the Python exception that matches err->code; returns NULL. */
 PyObject *dfc_py_raise(const dfc_error *err);
 
-/* dict[key] as an int where present; a missing key leaves *out (the caller's default). -1 with an exception
- * ("<op>: config '<key>' is out of range" past int32). */
-int dfc_py_config_int(PyObject *dict, const char *op, const char *key, int *out);
+/* The one reader for an integer that crosses from Python into C (a config value, a list entry, a keyword
+ * setting): obj (an int, or anything with __index__ such as a numpy integer) as a value in [min, max]. Nothing
+ * wraps around: a value outside, however large, is a ValueError "<name>: expected an integer in [min, max], got
+ * <value>", and a non-integer (a float, a str) a TypeError "<name>: expected an integer, got <type>". 0, or -1 with
+ * the exception set. name says what the value is, e.g. "UNet config 'model_channels'". */
+int dfc_py_int64(PyObject *obj, const char *name, long long min, long long max, long long *out);
+
+/* dfc_py_int64 into an int. */
+int dfc_py_int(PyObject *obj, const char *name, int min, int max, int *out);
+
+/* An int keyword (or positional) argument read through dfc_py_int by PyArg_Parse*'s "O&": the converter takes a
+ * dfc_py_int_arg holding the name, the range and the default, and leaves the value in it. Use:
+ *   dfc_py_int_arg steps = {"Diffusion: steps", 1, INT_MAX, 1000};
+ *   PyArg_ParseTupleAndKeywords(args, kwargs, "|O&", kwlist, dfc_py_int_converter, &steps); ... steps.value */
+typedef struct {
+    const char *name;
+    int min, max;
+    int value;
+} dfc_py_int_arg;
+int dfc_py_int_converter(PyObject *obj, void *arg);
+
+/* dict[key] through dfc_py_int, named "<what> config '<key>'", where present; a missing key leaves *out (the
+ * caller's default). 0, or -1 with an exception. */
+int dfc_py_config_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out);
 
 /* dfc_py_config_int where the key must be present: a missing key is a KeyError "<what> config: missing key
  * '<key>'". 0, or -1 with an exception. */
-int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int *out);
+int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out);
+
+/* dict[key] (required) as a sequence of at most max_count ints, each through dfc_py_int (named "<what> config
+ * '<key>[i]'"), into out[0..*count). 0, or -1 with an exception. */
+int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count,
+                           int *out, int *count);
 
 /* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
  * the matching exception. Use: dfc_error err = {0}; DFC_PY_RUN(out, err, be->ops->x(be, ..., &err)); */

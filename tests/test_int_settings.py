@@ -1,0 +1,160 @@
+"""Integer settings crossing from Python into C (issue 14, item 4): every one goes through one checked reader
+(dfc_py_int in csrc/python/pyutil.c), so a value past int32 or outside the setting's range is a ValueError naming
+the key, never a silent wrap-around (iterations = 2**32 + 5 used to run 5 iterations)."""
+import numpy as np
+import pytest
+
+from diffice import _C, GaussianDiffusion, Segmenter, UNet
+from diffice.explain import Explainer
+from conftest import TINY_UNET_CONFIG, tiny_unet
+
+H, W = 16, 24
+
+
+class ZeroClassifier:
+    def forward(self, x):
+        return np.zeros((len(x), 2), np.float32)
+
+    def vjp(self, x, dlogits):
+        return np.zeros_like(x)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+
+
+def expected(name, lo, hi, got):
+    return rf"{name}: expected an integer in \[{lo}, {hi}\], got {got}"
+
+
+def test_iterations_past_int32_is_refused(tiny):
+    unet, d = tiny
+    ex = Explainer(unet, d, ZeroClassifier(), iterations=2**32 + 5, tau=2, lambda_c=(1.0,))
+    with pytest.raises(ValueError, match=expected("sampler config 'iterations'", 1, 1000, 2**32 + 5)):
+        ex.explain(np.zeros((1, 1, H, W), np.float32))
+
+
+@pytest.mark.parametrize("key, value, lo, hi", [
+    ("iterations", 2**32 + 1, 1, 1000),
+    ("tau", 2**32 + 2, 1, 2**31 - 1),
+    ("method", 2**32, 0, 3),
+    ("clip", 2**32 + 1, 0, 1),
+    ("grad_at_previous", 2**33, 0, 1),
+    ("record_steps", -1, 0, 1),      # negative: no sense for a switch (it used to count as on)
+    ("mask_warmup", -1, 0, 2**31 - 1),
+    ("mask_dilation", -3, 0, 2**31 - 1),
+])
+def test_sampler_config_ints_are_checked(tiny, monkeypatch, key, value, lo, hi):
+    unet, d = tiny
+    ex = Explainer(unet, d, ZeroClassifier(), method="diff-ice", iterations=1, tau=2, lambda_c=(1.0,))
+    c_config = ex.config.c_config
+    monkeypatch.setattr(ex.config, "c_config", lambda seed, record: {**c_config(seed, record), key: value})
+    with pytest.raises(ValueError, match=expected(f"sampler config '{key}'", lo, hi, value)):
+        ex.explain(np.zeros((1, 1, H, W), np.float32))
+
+
+def test_fastdime_negative_mask_warmup_is_refused(tiny):
+    unet, d = tiny
+    ex = Explainer(unet, d, ZeroClassifier(), method="fastdime", tau=2, lambda_c=(1.0,), mask_warmup=-1)
+    with pytest.raises(ValueError, match="sampler config 'mask_warmup'"):
+        ex.explain(np.zeros((1, 1, H, W), np.float32))
+
+
+def test_unet_channel_mult_past_int32_is_refused():
+    # 32 * (2**27 + 1) = 2**32 + 32 channels used to wrap to a valid 32-channel level
+    with pytest.raises(ValueError, match=expected(r"UNet config 'level_channels\[1\]'", 1, 2**31 - 1, 2**32 + 32)):
+        UNet(dict(TINY_UNET_CONFIG, channel_mult=(1, 2**27 + 1)))
+
+
+def _c_unet_config(**over):
+    cfg = dict(in_channels=1, model_channels=32, out_channels=2, num_res_blocks=1, level_channels=[32, 32],
+               attention=[0, 0], num_heads=1, num_head_channels=-1, num_heads_upsample=-1, legacy_attention=1,
+               use_scale_shift_norm=1, resblock_updown=1)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("level_channels", [32, 2**32 + 32], expected(r"UNet config 'level_channels\[1\]'", 1, 2**31 - 1, 2**32 + 32)),
+    ("level_channels", [2**64 + 32, 32], expected(r"UNet config 'level_channels\[0\]'", 1, 2**31 - 1, 2**64 + 32)),
+    ("attention", [0, 2**32], expected(r"UNet config 'attention\[1\]'", 0, 1, 2**32)),
+    ("attention", [-1, 0], expected(r"UNet config 'attention\[0\]'", 0, 1, -1)),
+    ("legacy_attention", 2**32, expected("UNet config 'legacy_attention'", 0, 1, 2**32)),
+    ("resblock_updown", -1, expected("UNet config 'resblock_updown'", 0, 1, -1)),
+    ("num_heads_upsample", 2**32 - 1, expected("UNet config 'num_heads_upsample'", -1, 2**31 - 1, 2**32 - 1)),
+])
+def test_c_unet_config_ints_are_checked(key, value, match):
+    _C.UNet(_c_unet_config())  # the base config is valid
+    with pytest.raises(ValueError, match=match):
+        _C.UNet(_c_unet_config(**{key: value}))
+
+
+def test_classifier_config_reader():
+    # the classifier bindings had a reader of their own (limit 2**30, another message): now the shared one
+    with pytest.raises(ValueError, match=expected("Segmenter config 'width'", 1, 2**31 - 1, 2**32 + 8)):
+        Segmenter(classes=3, width=2**32 + 8, levels=2, groups=4)
+    with pytest.raises(ValueError, match=expected("Segmenter config 'in_channels'", 1, 2**31 - 1, -1)):
+        _C.segmenter_create(dict(classes=3, width=8, levels=2, groups=4, in_channels=-1))
+    with pytest.raises(ValueError, match=expected("SmallClassifier config 'num_classes'", 1, 2**31 - 1, 2**40)):
+        _C.small_classifier_create(dict(in_channels=4, width=8, num_classes=2**40))
+    with pytest.raises(TypeError, match="Segmenter config 'classes': expected an integer, got float"):
+        _C.segmenter_create(dict(classes=3.0, width=8, levels=2, groups=4))
+    seg = _C.segmenter_create(dict(classes=3, width=8, levels=2, groups=4))
+    cls = _C.small_classifier_create(dict(in_channels=4, width=8, num_classes=2))
+    for value in (-1, 2):  # a switch: -1 and 2 used to count as on
+        with pytest.raises(ValueError, match=expected("PlaneClassifier config 'grad_through_segmenter'", 0, 1, value)):
+            _C.plane_classifier_create(seg, cls, dict(grad_through_segmenter=value))
+
+
+def test_other_network_configs():
+    with pytest.raises(ValueError, match=expected("SonoNet config 'standardize'", 0, 1, -1)):
+        _C.sononet_create(dict(k=4, in_channels=1, num_classes=2, standardize=-1))
+    with pytest.raises(ValueError, match=expected(r"ResNet config 'taps\[0\]'", 0, 4, 2**32 + 1)):
+        _C.resnet_create(dict(depth=18, layout=0, in_channels=1, taps=[2**32 + 1]))
+    with pytest.raises(ValueError, match=expected("ResNet config 'layout'", 0, 1, 2**32)):
+        _C.resnet_create(dict(depth=18, layout=2**32, in_channels=1, taps=[4]))
+
+
+def test_keyword_settings():
+    # these raised OverflowError without the name before; now a ValueError naming the argument
+    with pytest.raises(ValueError, match=expected("Diffusion: steps", 1, 2**31 - 1, 2**32 + 100)):
+        _C.Diffusion(2**32 + 100)
+    with pytest.raises(ValueError, match=expected("Diffusion: variance_type", 0, 2, 2**32)):
+        _C.Diffusion(100, variance_type=2**32)
+    with pytest.raises(ValueError, match=r"TrainingLoss: loss_type \(0 mse, 1 rescaled_mse\): expected an integer"):
+        _C.TrainingLoss(100, loss_type=2**32)
+    with pytest.raises(ValueError, match="Backend: num_threads: expected an integer"):
+        _C.Backend("cpu", 2**40)
+    with pytest.raises(ValueError, match="AdamW: num_threads: expected an integer"):
+        _C.AdamW(4, num_threads=2**32)
+    opt = _C.AdamW(4)
+    with pytest.raises(ValueError, match=expected("AdamW: num_steps", 0, 2**63 - 1, 2**64)):
+        opt.num_steps = 2**64
+    with pytest.raises(ValueError, match="clip_grad_norm: num_threads: expected an integer"):
+        _C.clip_grad_norm(np.ones(4, np.float32), 1.0, num_threads=-2**40)
+    features = _C.resnet_create(dict(depth=18, layout=0, in_channels=1, taps=[1]))
+    with pytest.raises(ValueError, match=r"PerceptualLoss: variant \(0 mse, 1 normalized\): expected an integer"):
+        _C.PerceptualLoss(features, 2**32, 1.0)
+
+
+def test_gaussian_noise_counters_do_not_wrap():
+    keys = np.array([7], np.uint64)
+    # stream 2**32 + 1 used to give stream 1's noise
+    with pytest.raises(ValueError, match=expected("gaussian_noise: stream", 0, 2**32 - 1, 2**32 + 1)):
+        _C.gaussian_noise(1, keys, 2**32 + 1, 0, 0, 0, (2, 2))
+    with pytest.raises(ValueError, match=expected("gaussian_noise: step", 0, 2**32 - 1, -1)):
+        _C.gaussian_noise(1, keys, 1, 0, -1, 0, (2, 2))
+    with pytest.raises(ValueError, match=expected(r"gaussian_noise: shape\[1\]", 1, 2**31 - 1, 0)):
+        _C.gaussian_noise(1, keys, 1, 0, 0, 0, (2, 0))
+    assert _C.gaussian_noise(1, keys, 2**32 - 1, 0, 0, 0, (2, 2)).shape == (1, 2, 2)
+
+
+def test_integer_arrays_are_not_truncated():
+    logits = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="classification_loss: targets must be a 1-D array of integers"):
+        _C.classification_loss(logits, [0.5, 1.7], "ce")  # used to be read as [0, 1]
+    with pytest.raises(ValueError, match=r"classification_loss: targets\[0\] = 9223372036854775808 is out of range"):
+        _C.classification_loss(logits, np.array([2**63, 1], np.uint64), "ce")
+    loss, _ = _C.classification_loss(logits, np.array([2, 1], np.uint8), "ce")
+    assert loss.shape == (2,)
