@@ -5,6 +5,7 @@ Environment switches:
   DIFFICE_MARCH=native    add -march=native (faster own kernels; the build then only runs on this CPU family)
   DIFFICE_SANITIZE=1      build with AddressSanitizer + UndefinedBehaviorSanitizer
   DIFFICE_DEBUG=1         -O0 -g
+  DIFFICE_WERROR=1        compiler warnings are errors (.ci/run builds this way)
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def _extension() -> Extension:
         cflags += ["-O0", "-g"]
     else:
         cflags += ["-O3"]
+    if os.environ.get("DIFFICE_WERROR") == "1":
+        cflags.append("-Werror")
     if os.environ.get("DIFFICE_MARCH"):
         cflags.append("-march=" + os.environ["DIFFICE_MARCH"])
     if os.environ.get("DIFFICE_SANITIZE") == "1":

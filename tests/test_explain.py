@@ -103,7 +103,7 @@ def test_lambda_search_retries_only_unflipped_samples(tiny, rng):
     # iteration 1: pass 1 flips {0, 2}; pass 2 (rows 1, 3) flips {3}; pass 3 (row 1) flips nothing
     # iteration 2: pass 1 flips everything
     guidance = ScriptedGuidance([{0, 2}, {3}, set(), {0, 1, 2, 3}])
-    cfg = Explainer(unet, d, LinearClassifier(), method="diff-ice", iterations=2, tau=2,
+    cfg = Explainer(unet, d, LinearClassifier(), lambda_p=0.0, method="diff-ice", iterations=2, tau=2,
                     lambda_c=(1.0, 2.0, 3.0)).config.c_config(0, False)
     out = _C.sample(cfg, unet._c, d._c, guidance, get_backend("cpu"), x, image_keys(x))
     assert [p for p in guidance.passes] == [((0, 1, 2, 3), 1.0), ((1, 3), 2.0), ((1,), 3.0), ((0, 1, 2, 3), 1.0)]
@@ -202,12 +202,16 @@ def test_bad_inputs(tiny, rng):
     unet, d = tiny
     clf = LinearClassifier()
     with pytest.raises(ValueError, match="tau"):
-        Explainer(unet, d, clf, tau=40)
+        Explainer(unet, d, clf, lambda_p=0.0, tau=40)
     with pytest.raises(ValueError, match="method"):
-        Explainer(unet, d, clf, method="magic")
+        Explainer(unet, d, clf, lambda_p=0.0, method="magic")
     with pytest.raises(ValueError, match="lambda_c"):
-        Explainer(unet, d, clf, lambda_c=())
-    ex = Explainer(unet, d, clf, tau=2)
+        Explainer(unet, d, clf, lambda_p=0.0, lambda_c=())
+    with pytest.raises(ValueError, match=r"lambda_p=30 but no perceptual loss"):  # the default lambda_p, no Lp
+        Explainer(unet, d, clf, tau=2)
+    with pytest.raises(ValueError, match=r"lambda_p=0.5 but no perceptual loss"):
+        Explainer(unet, d, clf, None, tau=2, lambda_p=0.5)
+    ex = Explainer(unet, d, clf, lambda_p=0.0, tau=2)
     with pytest.raises(ValueError, match="non-finite"):
         ex.explain(np.full((1, 1, H, W), np.nan, np.float32))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -222,7 +226,7 @@ def test_progress_and_interruption(tiny, rng):
     unet, d = tiny
     x = images(rng, 1)
     seen = []
-    ex = Explainer(unet, d, LinearClassifier(), tau=3, iterations=2, lambda_c=(1.0,))
+    ex = Explainer(unet, d, LinearClassifier(), lambda_p=0.0, tau=3, iterations=2, lambda_c=(1.0,))
     ex.explain(x, progress=lambda *a: seen.append(a))
     assert [s[2] for s in seen] == [1, 2, 3, 1, 2, 3] and {s[0] for s in seen} == {0, 1}
     with pytest.raises(KeyboardInterrupt):
@@ -237,7 +241,7 @@ def test_guidance_errors_surface(tiny, rng):
             raise RuntimeError("my model failed")
 
     with pytest.raises(RuntimeError, match="my model failed"):
-        Explainer(unet, d, Broken(), tau=2).explain(images(rng, 1))
+        Explainer(unet, d, Broken(), lambda_p=0.0, tau=2).explain(images(rng, 1))
 
 
 def test_native_guidance_matches_python_guidance(tiny, rng):
@@ -256,7 +260,7 @@ def test_native_guidance_matches_python_guidance(tiny, rng):
     np.testing.assert_array_equal(native.lambda_used, python.lambda_used)
     assert native.segmentation.shape == (3, 3, H, W)
     with pytest.raises(ValueError, match="native"):
-        Explainer(unet, d, LinearClassifier(), guidance="native")
+        Explainer(unet, d, LinearClassifier(), lambda_p=0.0, guidance="native")
 
 
 # ---- single-logit (C = 1) and two-logit classifiers: one probability convention on both guidance paths ----
@@ -298,7 +302,7 @@ def test_target_probability_and_flips_for_one_and_two_logits(tiny, rng, classes,
     unet, d = tiny
     x = images(rng, 4)
     clf = LinearClassifier(seed=5, classes=classes) if guidance == "python" else native_classifier(classes, x)
-    ex = Explainer(unet, d, clf, guidance=guidance, iterations=2, tau=2, lambda_c=(20.0,))
+    ex = Explainer(unet, d, clf, lambda_p=0.0, guidance=guidance, iterations=2, tau=2, lambda_c=(20.0,))
     for target in ([0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]):
         res = ex.explain(x, target=target, seed=1)
         rows = np.arange(len(x))
@@ -350,8 +354,8 @@ def test_single_logit_native_guidance_matches_python_guidance(tiny, rng):
     x = images(rng, 4)
     clf = native_classifier(1, x)
     kw = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0))
-    native = Explainer(unet, d, clf, guidance="native", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
-    python = Explainer(unet, d, clf, guidance="python", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
+    native = Explainer(unet, d, clf, lambda_p=0.0, guidance="native", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
+    python = Explainer(unet, d, clf, lambda_p=0.0, guidance="python", **kw).explain(x, target=[0, 1, 1, 0], seed=2)
     np.testing.assert_allclose(native.counterfactuals, python.counterfactuals, rtol=0, atol=1e-4)
     np.testing.assert_allclose(native.prob_target, python.prob_target, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(native.lambda_used, python.lambda_used)
@@ -364,7 +368,7 @@ def test_target_out_of_range_names_the_value_and_the_classes(tiny, rng, guidance
     x = images(rng, 3)
     for classes, want in ((1, "2 classes"), (2, "2 classes"), (3, "3 classes")):
         clf = LinearClassifier(classes=classes) if guidance == "python" else native_classifier(classes, x)
-        ex = Explainer(unet, d, clf, guidance=guidance, tau=2)
+        ex = Explainer(unet, d, clf, lambda_p=0.0, guidance=guidance, tau=2)
         bad = max(classes, 2)
         with pytest.raises(ValueError, match=rf"target {bad} is not a class .*{want}"):
             ex.explain(x, target=[1, 0, bad])  # the bad value, not the first target past the logit count

@@ -108,6 +108,7 @@ respacing = "40"
 iterations = 1
 tau = 1
 lambda_c = [1]
+lambda_p = 0
 [run]
 image_size = [16, 24]
 batch_size = 1

@@ -164,7 +164,7 @@ def test_explainer_warns_when_every_input_is_already_the_target(nsp_folder, demo
 def test_explainer_warns_when_every_image_flips_at_the_first_guided_step(nsp_folder, demo):
     x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
     diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
-    explainer = Explainer(demo.unet, diffusion, FlipsOnAnyChange(x), None, **METHOD)
+    explainer = Explainer(demo.unet, diffusion, FlipsOnAnyChange(x), None, **dict(METHOD, lambda_p=0.0))
     with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\) is already classified as the target "
                                                   r"class 1 at the first guided step.*lambda_c = 40.*wrong target"):
         result = explainer.explain(x, target=1, seed=0)

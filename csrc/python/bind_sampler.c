@@ -203,10 +203,8 @@ static int parse_config(PyObject *d, dfc_sampler_config *c)
         dfc_py_config_required_int(d, what, "mask_dilation", 0, INT_MAX, &c->mask_dilation) < 0 ||
         get_float(d, "mask_threshold", &c->mask_threshold) < 0 ||
         dfc_py_config_required_int(d, what, "mask_warmup", 0, INT_MAX, &c->mask_warmup) < 0 ||
-        dfc_py_config_required_int(d, what, "record_steps", 0, 1, &c->record_steps) < 0)
-        return -1;
-    if (PyDict_GetItemString(d, "classify_first_step") &&  /* optional: 0 when absent */
-        get_int(d, "classify_first_step", &c->classify_first_step) < 0)
+        dfc_py_config_required_int(d, what, "record_steps", 0, 1, &c->record_steps) < 0 ||
+        dfc_py_config_int(d, what, "classify_first_step", 0, 1, &c->classify_first_step) < 0) /* optional: 0 */
         return -1;
     c->method = (dfc_sampler_method)method;
     PyObject *seed = PyDict_GetItemString(d, "seed");
