@@ -34,7 +34,7 @@ UNET_BASE = dict(num_head_channels=-1, num_heads_upsample=-1, use_new_attention_
                  use_scale_shift_norm=True, resblock_updown=True, learn_sigma=True, num_heads=4, in_channels=1,
                  out_channels=2)
 CONFIGS = {
-    # METHOD.md 1.1-1.2; attention at 1/8 and 1/16 as benchmarks/unet.py's "paper" model
+    # docs/method.md 1.1-1.2; attention at 1/8 and 1/16 as benchmarks/unet.py's "paper" model
     "paper": dict(size=(224, 288), unet=dict(UNET_BASE, model_channels=128, num_res_blocks=2,
                                              channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16)),
                   sononet_k=16, segmenter=dict(width=32, levels=4, groups=8), resnet_depth=50),

@@ -1,6 +1,6 @@
 """Diff-ICE and its baselines written in PyTorch eager, as a researcher would write them (the comparison point of
 benchmarks/explain.py and benchmarks/gpu.py): guided-diffusion's UNet (tests/gd_reference.py), a classifier module
-returning logits, a perceptual loss module, the same equations as diffice's C sampler (METHOD.md sections 3-5).
+returning logits, a perceptual loss module, the same equations as diffice's C sampler (docs/method.md sections 3-5).
 The noise comes from torch's generator, so results differ from diffice's in their randomness, not in the work."""
 from __future__ import annotations
 

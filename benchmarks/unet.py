@@ -22,7 +22,7 @@ from harness import in_subprocess, median_seconds  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
-    # the DiME-size denoiser at the paper's image size (METHOD.md 1.1-1.2)
+    # the DiME-size denoiser at the paper's image size (docs/method.md 1.1-1.2)
     "paper": dict(size=(224, 288), unet=dict(in_channels=1, model_channels=128, num_res_blocks=2,
                                              channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16),
                                              learn_sigma=True, num_heads=4)),

@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="evaluation metrics (FID, FSD, SonoSim, MQD, BKL, MAD, FR, COUT) of a "
                                        "results folder, per iteration",
-                       description="Computes the paper's metrics (METHOD.md section 7) for every iteration of a "
+                       description="Computes the paper's metrics (docs/method.md section 7) for every iteration of a "
                                    "folder written by 'diffice explain' or 'diffice demo', from its saved PNGs. "
                                    "Each number is printed with the subset it was computed on; metrics whose "
                                    "network is not given are reported as skipped, with the reason.")

@@ -4,7 +4,7 @@
     result = explainer.explain(x, target=1, seed=0)       # x: (N, 1, H, W) float32 in [-1, 1]
     result.counterfactuals[-1]                              # (N, 1, H, W): the last iteration's counterfactuals
 
-Methods (METHOD.md sections 3-5; the paper's baselines use the same loss and hyperparameters):
+Methods (docs/method.md sections 3-5; the paper's baselines use the same loss and hyperparameters):
 
 =================  =============================================================================================
 ``diff-ice``       L iterations (default 5) of the guided reverse process, each starting from the previous output;
@@ -97,7 +97,7 @@ def suspicious_run_message(input_is_target: np.ndarray, first_step_target: Optio
 
 @dataclasses.dataclass
 class ExplainerConfig:
-    """Every parameter of the method (defaults: the paper's, METHOD.md section 9 where it is open)."""
+    """Every parameter of the method (defaults: the paper's, docs/method.md section 9 where it is open)."""
 
     method: str = "diff-ice"
     iterations: int = 5                     # L; forced to 1 for the single-pass baselines

@@ -1,4 +1,4 @@
-"""The FID Inception-v3 on the C core: pytorch-fid's feature network for FID (METHOD.md section 7).
+"""The FID Inception-v3 on the C core: pytorch-fid's feature network for FID (docs/method.md section 7).
 
 torchvision's Inception3 with the blocks of the TensorFlow FID graph (pytorch-fid's FIDInceptionA, C, E_1, E_2:
 average pools that do not count their padding, a max pool in Mixed_7c's pool branch), forward only. Weights load

@@ -1,4 +1,4 @@
-"""Evaluation metrics of counterfactual explanations (the paper's Tables 1, 2, S3; METHOD.md section 7).
+"""Evaluation metrics of counterfactual explanations (the paper's Tables 1, 2, S3; docs/method.md section 7).
 
 Realism
   - **FID**: Fréchet distance between pool3 features of the FID Inception-v3 (:class:`diffice.inception.InceptionV3`,

@@ -1,4 +1,4 @@
-"""Perceptual and pixel losses for counterfactual guidance (METHOD.md sections 3 and 8), computed in C.
+"""Perceptual and pixel losses for counterfactual guidance (docs/method.md sections 3 and 8), computed in C.
 
 Every loss is per sample, and gradients are those of the SUM of the per-sample losses, so a sample's gradient
 neither depends on the other samples of the batch nor shrinks with the batch size.

@@ -1,4 +1,4 @@
-"""ResNet feature networks on the C core: the backbone of the perceptual loss (METHOD.md sections 3 and 8).
+"""ResNet feature networks on the C core: the backbone of the perceptual loss (docs/method.md sections 3 and 8).
 
 Two weight layouts, with the PyTorch state_dict key names of each, so checkpoints load without a mapping:
 

@@ -57,7 +57,7 @@ def _c_config(cfg: dict) -> dict:
 
 def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_head_channels: int = -1,
                  use_new_attention_order: bool = False, num_heads_upsample: int = -1) -> dict:
-    """The UNet config a guided-diffusion state_dict was built with (METHOD.md 1.2-1.5)."""
+    """The UNet config a guided-diffusion state_dict was built with (docs/method.md 1.2-1.5)."""
     def shape(key):
         if key not in state_dict:
             raise ValueError(f"not a guided-diffusion UNet checkpoint: missing '{key}'")

@@ -1,7 +1,7 @@
 """PyTorch references for the ResNet feature networks and the perceptual losses (torchvision is not installed).
 
 ``ResNet`` follows torchvision.models.resnet module for module (same attribute names, so the same state_dict
-keys) and, with layout="radimagenet", the Keras ResNet50 converted to PyTorch as METHOD.md section 8 describes
+keys) and, with layout="radimagenet", the Keras ResNet50 converted to PyTorch as docs/method.md section 8 describes
 it: biases on every conv, BatchNorm eps 1.001e-5, stride on the first 1x1 conv of a bottleneck, a downsample in
 block 0 of every stage. The input normalisation is torchvision's ImageNet mean/std or MONAI's
 RadImageNetPerceptualSimilarity (RGB -> BGR, caffe mean, no std), both from x in [-1, 1].

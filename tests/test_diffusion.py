@@ -1,4 +1,5 @@
-"""GaussianDiffusion against an independent numpy transcription of guided-diffusion, and METHOD.md's table."""
+"""GaussianDiffusion against an independent numpy transcription of guided-diffusion, and the table of
+docs/method.md section 2.5."""
 import math
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_tables_match_guided_diffusion(steps, schedule, respacing):
 
 
 def test_method_md_table():
-    """METHOD.md section 2: T=1000 respaced to 400."""
+    """docs/method.md section 2.5: T=1000 respaced to 400."""
     d = GaussianDiffusion(1000, "linear", "400")
     rows = [  # i, t, beta, abar, sqrt abar, log beta~ clipped, log beta
         (0, 0, 1e-4, 0.9999, 0.99995, -9.42408, -9.21034),

@@ -1,4 +1,4 @@
-/* The guided reverse processes of Diff-ICE and its baselines (METHOD.md sections 3-5 and 9), entirely in C:
+/* The guided reverse processes of Diff-ICE and its baselines (docs/method.md sections 3-5 and 9), entirely in C:
  * one call generates every counterfactual of a batch, over L iterations and the lambda_c search.
  *
  *   Diff-ICE:      each iteration noises its input to tau (q_sample), then for i = tau-1 .. 0 runs the UNet, forms

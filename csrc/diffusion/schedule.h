@@ -1,6 +1,6 @@
 /* Gaussian diffusion as openai/guided-diffusion defines it (gaussian_diffusion.py, respace.py): the beta schedule,
  * timestep respacing, every derived array in float64, q_sample and p_mean_variance in float32 with the same
- * operation order as the reference, so results match PyTorch bit-closely. See METHOD.md section 2. */
+ * operation order as the reference, so results match PyTorch bit-closely. See docs/method.md section 2. */
 #ifndef DIFFICE_SCHEDULE_H
 #define DIFFICE_SCHEDULE_H
 

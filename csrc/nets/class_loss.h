@@ -1,7 +1,7 @@
 /* The classification loss Lc(f(x), y) that guides the counterfactual sampler, per sample, with its gradient.
  *
  * logits (N, C), targets y (N) -> loss (N) and dlogits = d(sum_n loss[n]) / dlogits (N, C): the loss is summed
- * over the batch before differentiating (METHOD.md 10.9), so each sample's gradient is its own.
+ * over the batch before differentiating (docs/method.md section 3.4), so each sample's gradient is its own.
  *
  * The signed logit of the target (DiME's l_y):
  *   C == 1 (one binary logit z):      l_y = z if y == 1, -z if y == 0;

@@ -1,6 +1,6 @@
 /* The FID Inception-v3 (pytorch-fid's FIDInceptionV3: torchvision's Inception3 with the blocks FIDInceptionA, C,
  * E_1 and E_2 of the TensorFlow FID graph), forward only, behind the generic dfc_net interface. Its one output,
- * "pool3", is the 2048-d global average of Mixed_7c: the features FID compares (METHOD.md section 7).
+ * "pool3", is the 2048-d global average of Mixed_7c: the features FID compares (docs/method.md section 7).
  *
  * Input: x (N, in_channels, H, W) with values in [0, 1] (pytorch-fid's ToTensor range), in_channels 1 (replicated
  * to RGB, as PIL's convert('RGB') does for a grayscale image) or 3. Inside: bilinear resize to resize x resize

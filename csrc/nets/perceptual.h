@@ -1,4 +1,4 @@
-/* Perceptual and pixel losses for guidance (METHOD.md sections 3 and 8). Every loss is per sample and the guidance
+/* Perceptual and pixel losses for guidance (docs/method.md sections 3 and 8). Every loss is per sample and the guidance
  * gradient is that of their SUM over the batch, so a sample's gradient neither depends on the other samples nor
  * shrinks with the batch size.
  *

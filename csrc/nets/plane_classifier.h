@@ -1,4 +1,4 @@
-/* The standard-plane classifier of Diff-ICE, f(x) = l(s(x), x) (paper section 3; METHOD.md section 6), as a
+/* The standard-plane classifier of Diff-ICE, f(x) = l(s(x), x) (paper section 3; docs/method.md section 6), as a
  * composite dfc_net of two child nets:
  *   s: a segmenter, x (N, 1, H, W) -> segmentation logits (N, K, H, W) (its output 0);
  *   l: any classifier net whose input is [x, m] (N, 1 + K, H, W), m the K segmentation maps, and whose output 0

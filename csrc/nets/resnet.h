@@ -1,6 +1,6 @@
 /* ResNet feature networks (ResNet-18/34 with BasicBlocks, ResNet-50/101/152 with Bottlenecks, no avgpool/fc) in two
  * weight layouts, behind the generic dfc_net interface. The outputs are the features after any of the stages
- * stem (after the max pool), layer1 .. layer4, as the perceptual loss taps them (METHOD.md sections 3 and 8).
+ * stem (after the max pool), layer1 .. layer4, as the perceptual loss taps them (docs/method.md sections 3 and 8).
  *
  * Layouts (parameter names are the PyTorch state_dict keys of each, so checkpoints load without a mapping):
  *  - torchvision: convs without bias, BatchNorm eps 1e-5, a downsampling block's stride on its 3x3 conv,

@@ -1,7 +1,7 @@
 /* The guided-diffusion UNetModel (openai/guided-diffusion unet.py) as DiME configures it, unconditional:
  * forward, the vector-Jacobian product with respect to the input image, and gradients of every parameter.
  * Parameters are named by their PyTorch state_dict keys, so a checkpoint loads without a mapping table.
- * Layer structure and numerics: METHOD.md sections 1.3-1.5. */
+ * Layer structure and numerics: docs/method.md sections 1.3-1.5. */
 #ifndef DIFFICE_UNET_H
 #define DIFFICE_UNET_H
 
