@@ -109,6 +109,11 @@ def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED):
                         labels=np.concatenate([p.labels for p in parts]), params=[p.params[0] for p in parts])
 
 
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN for no values (an iteration whose every counterfactual went non-finite)."""
+    return float(np.mean(values)) if np.size(values) else float("nan")
+
+
 def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
                  seed: int = CI_SEED) -> Tuple[float, float, float]:
     """(MQD, low, high): the paper's MQD of the N inputs (:func:`diffice.metrics.mqd`) and its percentile bootstrap
@@ -194,6 +199,10 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
     prob = np.array([[r["iterations"][l]["prob_target"] for r in records] for l in range(L + 1)])
     lambdas = np.array([[r["iterations"][l + 1]["lambda_c"] for r in records] for l in range(L)])
     flipped = np.array([[bool(r["iterations"][l + 1]["flipped"]) for r in records] for l in range(L)])
+    # counterfactuals whose step went non-finite (the sampler zeroed them) are left out of their iteration's row,
+    # as diffice.metrics does
+    finite = np.array([[int(r["iterations"][l + 1]["nonfinite_step"]) < 0 for r in records] for l in range(L)],
+                      dtype=bool).reshape(L, len(records))
     # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
     distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
@@ -202,13 +211,15 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
                  lambda_c="", mean_oracle_qs=float(qs[0].mean()), mqd="", mqd_ci_low="", mqd_ci_high="",
                  mean_l1_to_input=0.0)]
     for l in range(L):
-        used = {float(v): int(np.sum(lambdas[l] == v)) for v in sorted(set(lambdas[l].tolist()))}
-        m, low, high = mqd_interval(qs[0], qs[l + 1])
-        rows.append(dict(iteration=l + 1, mean_p_sp=float(prob[l + 1].mean()),
-                         flip_ratio=float(flipped[l].mean()),
+        keep = finite[l]
+        used = {float(v): int(np.sum(lambdas[l, keep] == v)) for v in sorted(set(lambdas[l, keep].tolist()))}
+        m, low, high = mqd_interval(qs[0, keep], qs[l + 1, keep]) if keep.any() else (np.nan,) * 3
+        rows.append(dict(iteration=l + 1, mean_p_sp=_mean(prob[l + 1, keep]),
+                         flip_ratio=_mean(flipped[l, keep]),
                          lambda_c=" ".join(f"{v:g}x{c}" for v, c in used.items()),
-                         mean_oracle_qs=float(qs[l + 1].mean()), mqd=m, mqd_ci_low=low, mqd_ci_high=high,
-                         mean_l1_to_input=float(distance[l].mean())))
+                         mean_oracle_qs=_mean(qs[l + 1, keep]), mqd=m, mqd_ci_low=low, mqd_ci_high=high,
+                         mean_l1_to_input=_mean(distance[l, keep]), excluded_nonfinite=int((~keep).sum())))
+    rows[0]["excluded_nonfinite"] = 0
     print(f"Diff-ICE on {len(records)} image(s) towards the standard plane (class 1), "
           f"L={L}, tau={cfg['method']['tau']}/{cfg['diffusion']['respacing']}, lambda_p={cfg['method']['lambda_p']}",
           file=stream)
@@ -218,6 +229,10 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
         interval = "" if r["mqd"] == "" else f"{r['mqd']:6.3f} [{r['mqd_ci_low']:6.3f}, {r['mqd_ci_high']:6.3f}]"
         print(f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
               f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}", file=stream)
+    excluded = [f"{r['iteration']}: {r['excluded_nonfinite']}" for r in rows if r["excluded_nonfinite"]]
+    if excluded:
+        print(f"left out of their iteration's row (the sampler's step went non-finite; iteration: images): "
+              f"{', '.join(excluded)}", file=stream)
     if records:
         print(f"MQD: the paper's, (1/N) sum 1[QS(x) < 0.5] (QS(cf) - QS(x)) over the N = {len(records)} images, "
               f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples)",

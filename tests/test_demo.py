@@ -83,6 +83,21 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     again = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
     assert again["explained_now"] == 0 and again["iterations"] == summary["iterations"]
     assert json.loads((tmp_path / "summary.json").read_text())["images"] == n
+    # a counterfactual whose step went non-finite (the sampler zeroed it) leaves its iteration's row, and the
+    # table says how many were left out
+    record = tmp_path / "records" / f"{stems[0]}.json"
+    rec = json.loads(record.read_text())
+    rec["iterations"][1]["nonfinite_step"] = 2
+    record.write_text(json.dumps(rec))
+    capsys.readouterr()
+    bad = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
+    assert bad["iterations"][1]["excluded_nonfinite"] == 1 and bad["iterations"][2]["excluded_nonfinite"] == 0
+    qs_cf = np.array([models.oracle.quality_score(_png(tmp_path / s / "iteration_1.png"))[0] for s in stems[1:]])
+    terms = np.where(qs_x[1:] < 0.5, qs_cf - qs_x[1:], 0.0)
+    assert bad["iterations"][1]["mqd"] == pytest.approx(terms.mean(), abs=1e-6)
+    assert bad["iterations"][1]["mean_oracle_qs"] == pytest.approx(qs_cf.mean(), abs=1e-6)
+    assert bad["iterations"][2] == summary["iterations"][2] | {"excluded_nonfinite": 0}
+    assert "non-finite; iteration: images): 1: 1" in capsys.readouterr().out
 
 
 def test_run_demo_figure_shows_the_first_six_images(models, tmp_path, capsys):
