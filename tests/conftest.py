@@ -102,3 +102,13 @@ def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
 
 
 BACKENDS = ["ref", "cpu"]
+
+
+def torch_class_probabilities(logits) -> np.ndarray:
+    """The probability convention in torch, float64: softmax for C >= 2; for one logit l the two classes'
+    (1 - sigmoid(l), sigmoid(l))."""
+    z = torch.tensor(np.asarray(logits, np.float64))
+    if z.shape[1] == 1:
+        s = torch.sigmoid(z)
+        return torch.cat([1 - s, s], dim=1).numpy()
+    return torch.softmax(z, dim=1).numpy()

@@ -8,7 +8,7 @@ from diffice import _C, GaussianDiffusion
 from diffice import classification_loss
 from diffice.explain import Explainer, image_keys
 from diffice.ops import get_backend
-from conftest import tiny_plane_classifier, tiny_unet
+from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
 from gd_reference import UNetModel
 
 H, W = 16, 24
@@ -265,15 +265,6 @@ def test_native_guidance_matches_python_guidance(tiny, rng):
 
 # ---- single-logit (C = 1) and two-logit classifiers: one probability convention on both guidance paths ----
 
-def reference_probabilities(logits):
-    """torch: softmax for C >= 2; for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))."""
-    z = torch.tensor(np.asarray(logits, np.float64))
-    if z.shape[1] == 1:
-        s = torch.sigmoid(z)
-        return torch.cat([1 - s, s], dim=1).numpy()
-    return torch.softmax(z, dim=1).numpy()
-
-
 def native_classifier(classes, x, scale=30.0):
     """A diffice network with `classes` logits (the native guidance runs it in C): a SonoNet-4 whose last batch
     norm is rescaled so that its logits on x are centred at 0 and spread over about +-0.2 (not saturated)."""
@@ -308,7 +299,7 @@ def test_target_probability_and_flips_for_one_and_two_logits(tiny, rng, classes,
         rows = np.arange(len(x))
         for l, imgs in enumerate([x] + list(res.counterfactuals)):
             z = logits_of(clf, imgs)
-            p = reference_probabilities(z)[rows, target]
+            p = torch_class_probabilities(z)[rows, target]
             np.testing.assert_allclose(res.prob_target[l], p, rtol=1e-4, atol=1e-6)
             if l == 0:
                 continue

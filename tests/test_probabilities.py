@@ -5,16 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_plane_classifier, tiny_unet
+from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
 from diffice.probabilities import predicted_class, probabilities, sigmoid
-
-
-def torch_probabilities(z):
-    t = torch.tensor(np.asarray(z, np.float64))
-    if t.shape[1] == 1:
-        s = torch.sigmoid(t)
-        return torch.cat([1 - s, s], dim=1).numpy()
-    return torch.softmax(t, dim=1).numpy()
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3])
@@ -25,7 +17,7 @@ def test_probabilities_and_predicted_class(rng, classes):
     with np.errstate(over="raise", invalid="raise"):  # no overflow for large logits of either sign
         p = probabilities(z, axis=1)
     assert p.shape == (7, max(classes, 2)) and p.dtype == np.float64
-    np.testing.assert_allclose(p, torch_probabilities(z), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(p, torch_class_probabilities(z), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
     want = (z[:, 0] > 0).astype(np.int64) if classes == 1 else z.argmax(axis=1)
     np.testing.assert_array_equal(predicted_class(z, axis=1), want)
@@ -57,10 +49,10 @@ def test_sononet_and_plane_classifier_outputs(rng, classes):
                             SonoNet.random(k=4, in_channels=4, num_classes=classes, seed=4, standardize=False))
     for clf in (net, plane):
         out = clf.forward(x)
-        want = torch_probabilities(out.logits)
+        want = torch_class_probabilities(out.logits)
         assert out.probabilities.shape == (3, max(classes, 2))
         np.testing.assert_allclose(out.probabilities, want, rtol=1e-5)
-    np.testing.assert_allclose(net.probabilities(x), torch_probabilities(net.logits(x)), rtol=1e-5)
+    np.testing.assert_allclose(net.probabilities(x), torch_class_probabilities(net.logits(x)), rtol=1e-5)
     logits = net.forward(x).logits
     want = (logits[:, 0] > 0) if classes == 1 else logits.argmax(axis=1)
     np.testing.assert_array_equal(net.forward(x).predicted, want)
@@ -113,7 +105,7 @@ def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
     x = np.concatenate([np.full((2, 1, 16, 24), -0.3, np.float32), np.full((2, 1, 16, 24), 0.3, np.float32)])
     models = (tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True), OneLogit(), None)
     for target, want in ((1, [False, False, True, True]), (0, [True, True, False, False])):
-        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0]), x=x, target=target, seed=0)
+        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x, target=target, seed=0)
         out = compute_unit(task, models=models)
         np.testing.assert_array_equal(out["input_is_target"], want)
         np.testing.assert_allclose(out["prob_target"][0], probabilities(OneLogit().forward(x))[:, target],
