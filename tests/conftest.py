@@ -5,10 +5,14 @@ import os
 import zlib
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Before torch: the torch wheel's libgomp.so.1 is the one diffice then runs on, and libgomp reads its wait policy
+# once, when it loads; diffice's own PASSIVE default would come too late (README, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # test-only reference; .ci/run installs the CPU wheel
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import torch  # noqa: E402  test-only reference; .ci/run installs the CPU wheel
 
 torch.set_num_threads(2)
 
