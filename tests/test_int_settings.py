@@ -4,7 +4,9 @@ the key, never a silent wrap-around (iterations = 2**32 + 5 used to run 5 iterat
 import numpy as np
 import pytest
 
-from diffice import _C, GaussianDiffusion, Segmenter, UNet
+from diffice import _C, GaussianDiffusion, ResNetFeatures, Segmenter, UNet
+from diffice.classifier import SmallClassifier
+from diffice.inception import InceptionV3
 from diffice.explain import Explainer
 from conftest import TINY_UNET_CONFIG, tiny_unet
 
@@ -158,3 +160,57 @@ def test_integer_arrays_are_not_truncated():
         _C.classification_loss(logits, np.array([2**63, 1], np.uint64), "ce")
     loss, _ = _C.classification_loss(logits, np.array([2, 1], np.uint8), "ce")
     assert loss.shape == (2,)
+
+
+# ---- the Python side: settings converted before they reach C (issue 14: a float is not silently truncated) ----
+
+@pytest.mark.parametrize("key, value, match", [
+    ("model_channels", 32.7, r"UNet config 'model_channels': expected an integer, got 32\.7"),  # was 32 channels
+    ("num_res_blocks", 1.5, r"UNet config 'num_res_blocks': expected an integer, got 1\.5"),
+    ("num_heads", True, r"UNet config 'num_heads': expected an integer, got True"),
+    ("in_channels", "1", r"UNet config 'in_channels': expected an integer, got '1'"),
+    ("num_head_channels", float("nan"), r"UNet config 'num_head_channels': expected an integer, got nan"),
+    ("attention_resolutions", (2.5,), r"UNet config 'attention_resolutions\[0\]': expected an integer, got 2\.5"),
+    ("channel_mult", (1, 1.3), r"UNet config 'channel_mult\[1\]': 1\.3 x model_channels 32 = 41\.6 channels, not a "
+                               r"whole number"),
+    ("channel_mult", (1, None), r"UNet config 'channel_mult\[1\]': expected a number, got None"),
+    ("use_scale_shift_norm", "false", r"UNet config 'use_scale_shift_norm': expected true or false, got 'false'"),
+    ("resblock_updown", 2, r"UNet config 'resblock_updown': expected true or false, got 2"),
+    ("learn_sigma", "no", r"UNet config 'learn_sigma': expected true or false, got 'no'"),
+])
+def test_unet_python_config_is_not_truncated(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        UNet(dict(TINY_UNET_CONFIG, **{key: value}))
+
+
+def test_unet_integral_floats_are_taken():
+    unet = UNet(dict(TINY_UNET_CONFIG, model_channels=64.0, num_res_blocks=np.float32(1), channel_mult=(1, 1.5),
+                     attention_resolutions=(2.0,), num_heads=np.int64(1), use_scale_shift_norm=np.bool_(False)))
+    cfg = unet.config
+    assert cfg["model_channels"] == 64 and type(cfg["model_channels"]) is int
+    assert type(cfg["num_res_blocks"]) is int and cfg["attention_resolutions"] == (2,)
+    assert cfg["use_scale_shift_norm"] is False
+    assert unet.state_dict()["input_blocks.3.0.out_layers.3.weight"].shape[0] == 96  # 1.5 x 64 channels
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Segmenter(classes=3, width=8.5, levels=2, groups=4), r"Segmenter config 'width': expected an integer, "
+                                                                  r"got 8\.5"),
+    (lambda: Segmenter(classes=3, width=8, levels=True, groups=4), "Segmenter config 'levels': expected an integer"),
+    (lambda: SmallClassifier(4.2), r"SmallClassifier config 'in_channels': expected an integer, got 4\.2"),
+    (lambda: InceptionV3(resize=299.5), r"Inception config 'resize': expected an integer, got 299\.5"),
+    (lambda: InceptionV3(in_channels=True), "InceptionV3: in_channels must be 1 or 3, got True"),
+    (lambda: ResNetFeatures(depth=18.5), r"ResNet depth must be one of .*, got 18\.5"),
+    (lambda: GaussianDiffusion(100.5, "linear", "10"), r"Diffusion: steps: expected an integer, got 100\.5"),
+])
+def test_network_python_configs_are_not_truncated(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_network_integral_floats_are_taken():
+    seg = Segmenter(classes=3.0, width=np.float64(8), levels=2, groups=np.int32(4))
+    assert seg.config == dict(classes=3, width=8, levels=2, groups=4, in_channels=1)
+    assert all(type(v) is int for v in seg.config.values())
+    assert SmallClassifier(4.0).config["in_channels"] == 4
+    assert GaussianDiffusion(100.0, "linear", "10").steps == 100
