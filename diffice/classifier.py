@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ._native import _C
-from .network import NetworkBase
+from .network import NetworkBase, config_int
 from .ops._backend import get_backend
 from .probabilities import probabilities
 
@@ -54,8 +54,8 @@ class Segmenter(NetworkBase):
 
     def __init__(self, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
                  backend: str = "cpu") -> None:
-        self.config = dict(classes=int(classes), width=int(width), levels=int(levels), groups=int(groups),
-                           in_channels=int(in_channels))
+        self.config = {key: config_int(f"Segmenter config '{key}'", value) for key, value in
+                       dict(classes=classes, width=width, levels=levels, groups=groups, in_channels=in_channels).items()}
         super().__init__(_C.segmenter_create(self.config), backend)
 
     def _config_repr(self) -> dict:
@@ -140,7 +140,8 @@ class SmallClassifier(NetworkBase):
     _what = "SmallClassifier"
 
     def __init__(self, in_channels: int, width: int = 8, num_classes: int = 2, backend: str = "cpu") -> None:
-        self.config = dict(in_channels=int(in_channels), width=int(width), num_classes=int(num_classes))
+        self.config = {key: config_int(f"SmallClassifier config '{key}'", value) for key, value in
+                       dict(in_channels=in_channels, width=width, num_classes=num_classes).items()}
         super().__init__(_C.small_classifier_create(self.config), backend)
 
     def _config_repr(self) -> dict:

@@ -14,6 +14,14 @@ Pixel values are brought to [0, 1] (then mapped to [-1, 1]) by one rule, chosen 
   when they lie in [0, 255], and otherwise stretched to [0, 1] by the image's own minimum and maximum;
 - NaN or infinite values make the file unreadable (:class:`ImageReadError` naming it).
 
+DICOM (pydicom) adds, in this order: a cine (NumberOfFrames > 1) gives its first frame; RGB (YBR arrives as RGB)
+is averaged to gray; signed pixels (PixelRepresentation 1) of BitsStored bits are shifted by 2**(BitsStored - 1)
+and divided by 2**BitsStored - 1; MONOCHROME1 is inverted (unit -> 1 - unit): its lowest value is displayed white.
+RescaleSlope / RescaleIntercept (the modality LUT) are linear, so the bit-depth scaling above gives the same image
+with or without them, except that a negative slope inverts it (with MONOCHROME1: twice, so not at all); a slope of
+0 is an ImageReadError naming RescaleSlope. Windowing (WindowCenter / WindowWidth, VOI LUTs) is not applied.
+PALETTE COLOR images are refused, naming PhotometricInterpretation.
+
 Resizing to the model's size that changes the aspect ratio (width / height) by more than a factor
 :data:`MAX_ASPECT_CHANGE` stretches the anatomy: :class:`AspectRatioWarning` names the file and both sizes.
 """
@@ -79,32 +87,75 @@ def _dtype_range(dtype: np.dtype) -> IntegerRange:
     return None
 
 
-def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange]:
-    """The file's pixels in their stored type ((H, W) or (H, W, 3|4)) and, for integer pixels, the range of their
-    bit depth (None for floating-point pixels)."""
-    if path.suffix.lower() == ".dcm":
+def _dicom_number(ds, key: str, default: float) -> float:
+    """A numeric DICOM attribute (DS, IS or US), default where absent or empty; ValueError naming it otherwise."""
+    value = getattr(ds, key, None)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{key} {value!r} is not a finite number")
+    return number
+
+
+def _decode_dicom(path: Path) -> Tuple[np.ndarray, IntegerRange, bool]:
+    """A DICOM file's first frame in its stored type, its integer range (by BitsStored) and whether it is shown
+    inverted (MONOCHROME1, or a negative RescaleSlope): the DICOM rules of the module docstring."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install pydicom, or diffice[dicom])") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
+    try:
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise ValueError("no pixel data (PixelData)")
+        rows, columns = (int(_dicom_number(ds, key, 0)) for key in ("Rows", "Columns"))
+        frames = max(1, int(_dicom_number(ds, "NumberOfFrames", 1)))
+        samples = max(1, int(_dicom_number(ds, "SamplesPerPixel", 1)))
+        if rows * columns > MAX_IMAGE_PIXELS:
+            raise ValueError(f"image of {columns} x {rows} pixels is over the {MAX_IMAGE_PIXELS}-pixel limit")
+        photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
+        if photometric == "PALETTE COLOR":
+            raise ValueError("PhotometricInterpretation 'PALETTE COLOR' is not supported (convert the image to "
+                             "MONOCHROME2 or RGB)")
+        slope = _dicom_number(ds, "RescaleSlope", 1.0)
+        if slope == 0.0:
+            raise ValueError("RescaleSlope 0 maps every pixel to one value")
         try:
-            import pydicom
-        except ImportError:
-            raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from None
-        try:
-            ds = pydicom.dcmread(str(path))
-            claimed = int(getattr(ds, "Rows", 0) or 0) * int(getattr(ds, "Columns", 0) or 0) * \
-                max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
-            if claimed > 4 * MAX_IMAGE_PIXELS:
-                raise ValueError(f"{claimed} pixels is over the {4 * MAX_IMAGE_PIXELS}-pixel limit")
+            from pydicom.pixels import pixel_array  # pydicom >= 3: decodes only the frame asked for
+        except ImportError:  # pydicom 2: every frame
+            if rows * columns * frames * samples > 4 * MAX_IMAGE_PIXELS:
+                raise ValueError(f"{frames} frames of {columns} x {rows} pixels is over the "
+                                 f"{4 * MAX_IMAGE_PIXELS}-value limit") from None
             pixels = np.asarray(ds.pixel_array)
-            value_range = _dtype_range(pixels.dtype)
-            bits = int(getattr(ds, "BitsStored", 0) or 0)
-            if value_range is not None and 1 <= bits < 8 * pixels.dtype.itemsize:
-                value_range = _bits_range(bits, pixels.dtype.kind == "i")  # e.g. 12-bit data in 16-bit words
-        except Exception as exc:
-            raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
-        if pixels.ndim == 4:  # a multi-frame RGB cine: the first frame
-            pixels = pixels[0]
-        if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):  # multi-frame grayscale
-            pixels = pixels[0]
-        return pixels, value_range
+            if frames > 1:
+                pixels = pixels[0]
+            if photometric.startswith("YBR_FULL") and not ds.file_meta.TransferSyntaxUID.is_compressed:
+                from pydicom.pixel_data_handlers.util import convert_color_space
+                pixels = convert_color_space(pixels, photometric, "RGB")
+        else:
+            pixels = np.asarray(pixel_array(ds, index=0) if frames > 1 else pixel_array(ds))  # YBR comes as RGB
+        value_range = _dtype_range(pixels.dtype)
+        bits = int(_dicom_number(ds, "BitsStored", 0))
+        if value_range is not None and 1 <= bits < 8 * pixels.dtype.itemsize:
+            value_range = _bits_range(bits, pixels.dtype.kind == "i")  # e.g. 12-bit data in 16-bit words
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
+    return pixels, value_range, (photometric == "MONOCHROME1") != (slope < 0.0)
+
+
+def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange, bool]:
+    """The file's pixels in their stored type ((H, W) or (H, W, 3|4)), for integer pixels the range of their
+    bit depth (None for floating-point pixels), and whether the image is shown inverted (its lowest value white:
+    DICOM MONOCHROME1)."""
+    if path.suffix.lower() == ".dcm":
+        return _decode_dicom(path)
     try:
         from PIL import Image
     except ImportError:
@@ -116,10 +167,10 @@ def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange]:
                                      f"{MAX_IMAGE_PIXELS}-pixel limit")
             img.load()
             if img.mode == "F":
-                return np.asarray(img), None
+                return np.asarray(img), None, False
             if img.mode.startswith("I;16"):
                 pixels = np.asarray(img)
-                return pixels, _dtype_range(pixels.dtype)
+                return pixels, _dtype_range(pixels.dtype), False
             if img.mode == "I":  # 32-bit integers holding a 16-bit PNG (Pillow < 10) or an integer TIFF
                 if img.format == "PNG":
                     value_range = _bits_range(16, False)
@@ -130,8 +181,8 @@ def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange]:
                     sample_format = tags.get(339, (1,))
                     sample_format = int(sample_format[0] if isinstance(sample_format, tuple) else sample_format)
                     value_range = _bits_range(min(max(bits, 1), 32), sample_format == 2)
-                return np.asarray(img), value_range
-            return np.asarray(img.convert("RGB")), _bits_range(8, False)
+                return np.asarray(img), value_range, False
+            return np.asarray(img.convert("RGB")), _bits_range(8, False), False
     except ImageReadError:
         raise
     except Exception as exc:
@@ -139,7 +190,7 @@ def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange]:
 
 
 def _read_pixels(path: Path) -> np.ndarray:
-    """The file's pixels in their stored type, (H, W) or (H, W, 3|4)."""
+    """The file's pixels in their stored type, (H, W) or (H, W, 3|4) (a DICOM cine: its first frame)."""
     return _decode(path)[0]
 
 
@@ -169,7 +220,7 @@ def read_unit(path: PathLike) -> np.ndarray:
     """One image file as grayscale float64 (H, W) in [0, 1] at its own size (RGB averaged; values by the module's
     rule). Raises ImageReadError naming the file."""
     path = Path(path)
-    pixels, integer_range = _decode(path)
+    pixels, integer_range, inverted = _decode(path)
     if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4) or pixels.ndim not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2-D grayscale or RGB image, got pixel array shape {pixels.shape}")
     if pixels.size > MAX_IMAGE_PIXELS * 4:
@@ -177,9 +228,10 @@ def read_unit(path: PathLike) -> np.ndarray:
     if pixels.size == 0:
         raise ImageReadError(f"{path}: empty image")
     try:
-        return to_gray(to_unit(pixels, integer_range))
+        gray = to_gray(to_unit(pixels, integer_range))
     except ValueError as exc:
         raise ImageReadError(f"{path}: {exc}") from None
+    return 1.0 - gray if inverted else gray
 
 
 def warn_aspect_change(path: PathLike, shape: Tuple[int, int], size: Tuple[int, int]) -> None:

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from ._native import _C
+from .network import config_int
 
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
 
@@ -45,7 +46,7 @@ class GaussianDiffusion:
         if fixed_variance not in ("large", "small"):
             raise ValueError(f"fixed_variance must be 'large' or 'small', got {fixed_variance!r}")
         variance_type = "learned_range" if learn_sigma else "fixed_" + fixed_variance
-        self.steps = int(steps)
+        self.steps = config_int("Diffusion: steps", steps)  # 1000.5 is an error, not 1000 steps
         self.schedule = schedule
         self.respacing = str(respacing)
         self.learn_sigma = bool(learn_sigma)

@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Union
 import numpy as np
 
 from ._native import _C
-from .network import NetworkBase
+from .network import NetworkBase, config_int
 from .ops._backend import get_backend
 
 __all__ = ["InceptionV3", "FID_WEIGHTS_NAME", "FID_RESIZE", "FEATURES"]
@@ -58,9 +58,9 @@ class InceptionV3(NetworkBase):
     _what = "Inception-v3 (FID)"
 
     def __init__(self, in_channels: int = 3, resize: int = FID_RESIZE, backend: str = "cpu") -> None:
-        if in_channels not in (1, 3):
+        if isinstance(in_channels, (bool, np.bool_)) or in_channels not in (1, 3):
             raise ValueError(f"InceptionV3: in_channels must be 1 or 3, got {in_channels!r}")
-        self.in_channels, self.resize = int(in_channels), int(resize)
+        self.in_channels, self.resize = int(in_channels), config_int("Inception config 'resize'", resize)
         super().__init__(_C.inception_create(dict(in_channels=self.in_channels, resize=self.resize)), backend)
 
     @classmethod

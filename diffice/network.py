@@ -2,12 +2,37 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def config_int(name: str, value: Any) -> int:
+    """A user's integer setting as an int, before it reaches C: an int or a numpy integer as it is, a float only
+    when integral (32.0). A bool, a non-integral or non-finite float (32.7 would silently build a 32-channel model)
+    or anything else is a ValueError "<name>: expected an integer, got <value>"; name says what the value is, e.g.
+    "UNet config 'model_channels'". The range is checked in C (dfc_py_int), naming it the same way."""
+    if not isinstance(value, (bool, np.bool_)):
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+    raise ValueError(f"{name}: expected an integer, got {value!r}")
+
+
+def config_bool(name: str, value: Any) -> bool:
+    """A user's on/off setting: a bool, a numpy bool, or the integers 0 and 1; anything else (the string "false",
+    which bool() takes as true, or 2) is a ValueError "<name>: expected true or false, got <value>"."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
 
 
 def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> Optional[str]:

@@ -91,11 +91,11 @@ class ResNetFeatures(NetworkBase):
 
     def __init__(self, depth: int = 50, layout: str = "torchvision", in_channels: int = 1,
                  taps: Union[str, Sequence[str]] = ("layer4",), backend: str = "cpu") -> None:
-        if depth not in _BLOCKS:
+        if isinstance(depth, (bool, np.bool_)) or depth not in _BLOCKS:
             raise ValueError(f"ResNet depth must be one of {tuple(_BLOCKS)}, got {depth!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"ResNet layout must be one of {LAYOUTS}, got {layout!r}")
-        if in_channels not in (1, 3):
+        if isinstance(in_channels, (bool, np.bool_)) or in_channels not in (1, 3):
             raise ValueError(f"ResNet in_channels must be 1 or 3, got {in_channels!r}")
         self.depth, self.layout, self.in_channels = int(depth), layout, int(in_channels)
         self.taps = _normalize_taps(taps)

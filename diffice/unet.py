@@ -7,6 +7,8 @@ Images are float32 (N, C, H, W); timesteps are the ORIGINAL (un-respaced) intege
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -14,7 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ._native import _C
-from .network import NetworkBase
+from .network import NetworkBase, config_bool, config_int
 from .ops._backend import get_backend
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -26,32 +28,68 @@ DEFAULT_CONFIG = dict(
 )
 
 
+_INT_KEYS = ("in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads", "num_head_channels",
+             "num_heads_upsample")
+_BOOL_KEYS = ("use_new_attention_order", "use_scale_shift_norm", "resblock_updown")
+
+
 def _full_config(config: Mapping) -> dict:
+    """DEFAULT_CONFIG updated by config, every integer and switch checked (config_int, config_bool: 32.7 channels
+    or "false" are a ValueError naming the key, not 32 channels or on); ranges are checked in C."""
     unknown = set(config) - set(DEFAULT_CONFIG) - {"learn_sigma"}
     if unknown:
         raise ValueError(f"UNet config: unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(config)
+    for key in _INT_KEYS:
+        cfg[key] = config_int(f"UNet config '{key}'", cfg[key])
+    for key in _BOOL_KEYS:
+        cfg[key] = config_bool(f"UNet config '{key}'", cfg[key])
     if "learn_sigma" in config:
-        cfg["out_channels"] = cfg["in_channels"] * (2 if config["learn_sigma"] else 1)
+        cfg["out_channels"] = cfg["in_channels"] * (2 if config_bool("UNet config 'learn_sigma'",
+                                                                     config["learn_sigma"]) else 1)
     cfg["channel_mult"] = tuple(cfg["channel_mult"])
-    cfg["attention_resolutions"] = tuple(sorted(int(r) for r in cfg["attention_resolutions"]))
+    _level_channels(cfg)  # checked now
+    cfg["attention_resolutions"] = tuple(sorted(config_int(f"UNet config 'attention_resolutions[{i}]'", r)
+                                                for i, r in enumerate(cfg["attention_resolutions"])))
     cfg["learn_sigma"] = cfg["out_channels"] == 2 * cfg["in_channels"]
     return cfg
 
 
+def _level_channels(cfg: dict) -> list:
+    """channel_mult[l] * model_channels for every level. A multiplier may be fractional (a checkpoint whose level
+    widths are not multiples of model_channels: 48 / 32 = 1.5), but the product must be a whole channel count:
+    1.3 x 32 is a ValueError naming channel_mult[l], not 41 channels."""
+    mc = cfg["model_channels"]
+    out = []
+    for i, m in enumerate(cfg["channel_mult"]):
+        name = f"UNet config 'channel_mult[{i}]'"
+        if isinstance(m, (bool, np.bool_)) or not isinstance(m, numbers.Real) or not math.isfinite(m):
+            raise ValueError(f"{name}: expected a number, got {m!r}")
+        if isinstance(m, numbers.Integral):
+            out.append(int(m) * mc)
+            continue
+        channels = float(m) * mc
+        whole = round(channels)
+        if abs(channels - whole) > 1e-6 * max(1.0, abs(channels)):
+            raise ValueError(f"{name}: {m!r} x model_channels {mc} = {channels:g} channels, not a whole number")
+        out.append(int(whole))
+    return out
+
+
 def _c_config(cfg: dict) -> dict:
-    mc = int(cfg["model_channels"])
+    """The C UNet's config from a checked _full_config."""
+    mc = cfg["model_channels"]
     levels = len(cfg["channel_mult"])
     return dict(
-        in_channels=int(cfg["in_channels"]), model_channels=mc, out_channels=int(cfg["out_channels"]),
-        num_res_blocks=int(cfg["num_res_blocks"]),
-        level_channels=[int(m * mc) for m in cfg["channel_mult"]],
+        in_channels=cfg["in_channels"], model_channels=mc, out_channels=cfg["out_channels"],
+        num_res_blocks=cfg["num_res_blocks"],
+        level_channels=_level_channels(cfg),
         attention=[int(2**level in cfg["attention_resolutions"]) for level in range(levels)],
-        num_heads=int(cfg["num_heads"]), num_head_channels=int(cfg["num_head_channels"]),
-        num_heads_upsample=int(cfg["num_heads_upsample"]),
+        num_heads=cfg["num_heads"], num_head_channels=cfg["num_head_channels"],
+        num_heads_upsample=cfg["num_heads_upsample"],
         legacy_attention=int(not cfg["use_new_attention_order"]),
-        use_scale_shift_norm=int(bool(cfg["use_scale_shift_norm"])), resblock_updown=int(bool(cfg["resblock_updown"])),
+        use_scale_shift_norm=int(cfg["use_scale_shift_norm"]), resblock_updown=int(cfg["resblock_updown"]),
     )
 
 

@@ -124,3 +124,151 @@ batch_size = 1
     for name in ("wide_a.png", "wide_b.png"):
         assert sum(str(images / name) in l and "8 x 48" in l and "16 x 24" in l for l in lines) == 1
     assert "fine.png" not in proc.stderr
+
+
+# ---- DICOM (pydicom writes real files: file meta, Explicit VR Little Endian, an ultrasound SOP class) ----
+
+def _dicom(path: Path, pixels: np.ndarray, *, bits_stored=None, photometric="MONOCHROME2", frames=None,
+           **attributes) -> Path:
+    """Writes `pixels` ((rows, columns), (frames, rows, columns), RGB with a last axis of 3) as a DICOM file;
+    PixelRepresentation follows the dtype (1 for signed), BitsAllocated its size, BitsStored defaults to it."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
+                             generate_uid)
+
+    pixels = np.ascontiguousarray(pixels)
+    rgb = photometric == "RGB"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage if frames else UltrasoundImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.BitsAllocated = 8 * pixels.dtype.itemsize
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.SamplesPerPixel = 3 if rgb else 1
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    try:
+        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)  # pydicom 2
+    assert pydicom.dcmread(path).Modality == "US"
+    return path
+
+
+def _row(values, dtype) -> np.ndarray:
+    return np.tile(np.array(values, dtype), (4, 1))  # 4 x 4, one value a column: no resize at (4, 4)
+
+
+@pytest.mark.parametrize("name, pixels, bits_stored, unit", [
+    ("u8", _row([0, 51, 102, 255], np.uint8), None, np.array([0, 51, 102, 255]) / 255),
+    # 12 bits in 16-bit words: / 4095, not / 65535 (and not the image's own max)
+    ("u12", _row([0, 1000, 2048, 4095], np.uint16), 12, np.array([0, 1000, 2048, 4095]) / 4095),
+    ("u12_dim", _row([0, 100, 200, 300], np.uint16), 12, np.array([0, 100, 200, 300]) / 4095),
+    ("u16", _row([0, 1000, 30000, 65535], np.uint16), None, np.array([0, 1000, 30000, 65535]) / 65535),
+    # signed: shifted by 2**(bits - 1), then / (2**bits - 1)
+    ("s16", _row([-32768, -16384, 0, 32767], np.int16), None, np.array([0, 16384, 32768, 65535]) / 65535),
+    ("s12", _row([-2048, -1000, 0, 2047], np.int16), 12, np.array([0, 1048, 2048, 4095]) / 4095),
+])
+def test_dicom_grayscale_by_bits_stored(tmp_path, name, pixels, bits_stored, unit):
+    x = load_image(_dicom(tmp_path / f"{name}.dcm", pixels, bits_stored=bits_stored), (4, 4))
+    assert x.shape == (1, 4, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], np.tile(unit, (4, 1)) * 2 - 1, atol=1e-6)
+
+
+def test_dicom_rgb_is_averaged(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 30, 60, 255  # mean 115
+    x = load_image(_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"), (4, 4))
+    np.testing.assert_allclose(x[0], np.full((4, 4), 115 / 255 * 2 - 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("columns", [4, 3])  # 3 columns: a frame must not be taken for RGB
+def test_dicom_grayscale_cine_gives_its_first_frame(tmp_path, columns):
+    cine = np.stack([np.full((4, columns), v, np.uint8) for v in (51, 204, 255)])
+    x = load_image(_dicom(tmp_path / "cine.dcm", cine, frames=3), (4, columns))
+    np.testing.assert_allclose(x[0], np.full((4, columns), 51 / 255 * 2 - 1), atol=1e-6)
+
+
+def test_dicom_rgb_cine_gives_its_first_frame(tmp_path):
+    cine = np.zeros((2, 4, 4, 3), np.uint8)
+    cine[0] = 102
+    cine[1] = 255
+    x = load_image(_dicom(tmp_path / "rgb_cine.dcm", cine, photometric="RGB", frames=2), (4, 4))
+    np.testing.assert_allclose(x[0], np.full((4, 4), 102 / 255 * 2 - 1), atol=1e-6)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    # MONOCHROME1: the lowest value is displayed white, so 0 -> 1 (then +1 in [-1, 1]) and the maximum -> 0
+    x = load_image(_dicom(tmp_path / "m1.dcm", _row([0, 51, 1000, 4095], np.uint16), bits_stored=12,
+                          photometric="MONOCHROME1"), (4, 4))
+    np.testing.assert_allclose(x[0, 0], (1 - np.array([0, 51, 1000, 4095]) / 4095) * 2 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("slope, intercept, photometric, inverted", [
+    ("2", "-100", "MONOCHROME2", False),     # a linear rescale keeps the image: the full range maps to [0, 1]
+    ("0.5", "1024", "MONOCHROME2", False),
+    ("-1", "4095", "MONOCHROME2", True),     # a negative slope turns high stored values dark
+    ("-1", "0", "MONOCHROME1", False),       # ... and MONOCHROME1 back
+])
+def test_dicom_rescale_slope_and_intercept(tmp_path, slope, intercept, photometric, inverted):
+    stored = np.array([0, 1000, 2048, 4095])
+    path = _dicom(tmp_path / "rescaled.dcm", _row(stored, np.uint16), bits_stored=12, photometric=photometric,
+                  RescaleSlope=slope, RescaleIntercept=intercept)
+    unit = stored / 4095
+    np.testing.assert_allclose(load_image(path, (4, 4))[0, 0], (1 - unit if inverted else unit) * 2 - 1, atol=1e-6)
+
+
+def test_dicom_zero_rescale_slope_names_the_key(tmp_path):
+    path = _dicom(tmp_path / "flat.dcm", _row([0, 1, 2, 3], np.uint8), RescaleSlope="0", RescaleIntercept="0")
+    with pytest.raises(ImageReadError, match=r"flat\.dcm: .*RescaleSlope 0"):
+        load_image(path, (4, 4))
+
+
+def test_dicom_palette_color_is_refused_naming_the_key(tmp_path):
+    path = _dicom(tmp_path / "palette.dcm", _row([0, 1, 2, 3], np.uint8), photometric="PALETTE COLOR")
+    with pytest.raises(ImageReadError, match=r"palette\.dcm: .*PhotometricInterpretation 'PALETTE COLOR'"):
+        load_image(path, (4, 4))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a dicom file\n" * 10, b"\x89PNG\r\n\x1a\n" + bytes(200)])
+def test_dcm_that_is_not_dicom_names_the_file(tmp_path, content):
+    pytest.importorskip("pydicom")
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=r"scan\.dcm: not a readable DICOM image") as info:
+        load_image(path, (4, 4))
+    assert str(path) in str(info.value)
+
+
+def test_dicom_without_pixel_data_names_the_file(tmp_path):
+    path = _dicom(tmp_path / "nopixels.dcm", _row([0, 1, 2, 3], np.uint8))
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match=r"nopixels\.dcm: not a readable DICOM image \(no pixel data"):
+        load_image(path, (4, 4))
+
+
+def test_dicom_without_pydicom_says_how_to_install_it(tmp_path, monkeypatch):
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(b"DICM")
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # `import pydicom` now raises ImportError
+    with pytest.raises(ImageReadError, match=r"scan\.dcm: reading DICOM needs pydicom \(pip install pydicom"):
+        load_image(path, (4, 4))

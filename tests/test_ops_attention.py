@@ -180,7 +180,7 @@ def test_timestep_embedding_input_types(rng, backend):
         (lambda: ops.timestep_embedding(np.zeros((2, 2)), 8), ValueError, ["timestep_embedding", "t", "(N,)"]),
         (lambda: ops.timestep_embedding(["a"], 8), TypeError, ["timestep_embedding", "t"]),
         (lambda: ops.timestep_embedding([1.0, np.nan], 8), ValueError, ["timestep_embedding", "t", "non-finite"]),
-        (lambda: ops.timestep_embedding([1], 1), ValueError, ["timestep_embedding", "dim", "at least 2"]),
+        (lambda: ops.timestep_embedding([1], 1), ValueError, ["timestep_embedding", "dim", "[2, 2147483647]"]),
         (lambda: ops.timestep_embedding([1], 8.0), TypeError, ["timestep_embedding", "dim"]),
         (lambda: ops.timestep_embedding([1], 8, max_period=0.5), ValueError, ["timestep_embedding", "max_period"]),
         (lambda: ops.timestep_embedding([], 8), ValueError, ["timestep_embedding", "t", "empty"]),

@@ -59,7 +59,7 @@ static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool
         return dfc_fail(err, DFC_ERR_VALUE, "%s: kernel must be positive, got %dx%d", op, p.kernel_h, p.kernel_w);
     if (p.stride_h < 1 || p.stride_w < 1)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: stride must be positive, got %dx%d", op, p.stride_h, p.stride_w);
-    if (p.pad_h < 0 || p.pad_w < 0 || 2 * p.pad_h > p.kernel_h || 2 * p.pad_w > p.kernel_w)
+    if (p.pad_h < 0 || p.pad_w < 0 || p.pad_h > p.kernel_h / 2 || p.pad_w > p.kernel_w / 2) /* no 2 * pad overflow */
         return dfc_fail(err, DFC_ERR_VALUE, "%s: padding %dx%d must be between 0 and half the kernel %dx%d", op,
                         p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
     const int64_t H = x->shape[2], W = x->shape[3];

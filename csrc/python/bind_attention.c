@@ -19,9 +19,12 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args)
     const char *op = "attention";
     dfc_backend *be;
     PyObject *qkv_obj;
-    int heads, legacy_order;
-    if (!PyArg_ParseTuple(args, "O&Oip", dfc_py_backend, &be, &qkv_obj, &heads, &legacy_order))
+    dfc_py_int_arg heads_arg = {"attention: heads", 1, INT_MAX, 1};
+    int legacy_order;
+    if (!PyArg_ParseTuple(args, "O&OO&p", dfc_py_backend, &be, &qkv_obj, dfc_py_int_converter, &heads_arg,
+                          &legacy_order))
         return NULL;
+    const int heads = heads_arg.value;
     dfc_py_refs refs = {0};
     dfc_tensor qkv, y;
     PyObject *out = NULL;
@@ -45,9 +48,12 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args)
     const char *op = "attention_backward";
     dfc_backend *be;
     PyObject *dy_obj, *qkv_obj;
-    int heads, legacy_order;
-    if (!PyArg_ParseTuple(args, "O&OOip", dfc_py_backend, &be, &dy_obj, &qkv_obj, &heads, &legacy_order))
+    dfc_py_int_arg heads_arg = {"attention_backward: heads", 1, INT_MAX, 1};
+    int legacy_order;
+    if (!PyArg_ParseTuple(args, "O&OOO&p", dfc_py_backend, &be, &dy_obj, &qkv_obj, dfc_py_int_converter, &heads_arg,
+                          &legacy_order))
         return NULL;
+    const int heads = heads_arg.value;
     dfc_py_refs refs = {0};
     dfc_tensor dy, qkv, dqkv;
     PyObject *out = NULL;
@@ -70,19 +76,16 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args)
     const char *op = "timestep_embedding";
     dfc_backend *be;
     PyObject *t_obj;
-    long long dim;
+    dfc_py_int_arg dim_arg = {"timestep_embedding: dim", 2, INT_MAX, 2};
     double max_period;
-    if (!PyArg_ParseTuple(args, "O&OLd", dfc_py_backend, &be, &t_obj, &dim, &max_period))
+    if (!PyArg_ParseTuple(args, "O&OO&d", dfc_py_backend, &be, &t_obj, dfc_py_int_converter, &dim_arg, &max_period))
         return NULL;
+    const long long dim = dim_arg.value;
     dfc_py_refs refs = {0};
     dfc_tensor t, y;
     PyObject *out = NULL;
     if (dfc_py_tensor(t_obj, op, "t", 1, 1, 1, &refs, &t) < 0)
         goto done;
-    if (dim < 2) {
-        PyErr_Format(PyExc_ValueError, "%s: dim must be at least 2, got %lld", op, dim);
-        goto done;
-    }
     const int64_t shape[2] = {t.shape[0], dim};
     out = dfc_py_new_tensor(2, shape, &y);
     if (!out)

@@ -4,6 +4,15 @@
 
 #include "../ops/conv_check.h"
 
+/* stride (h, w) and padding (h, w) read through dfc_py_int: a value past int32 (stride=2**40) is a ValueError
+ * naming the op, the argument and its range, not a bare OverflowError. */
+#define CONV_INT_ARGS(OP)                                                 \
+    dfc_py_int_arg sh = {OP ": stride[0]", 1, INT_MAX, 1}, sw = {OP ": stride[1]", 1, INT_MAX, 1}, \
+                   ph = {OP ": padding[0]", 0, INT_MAX, 0}, pw = {OP ": padding[1]", 0, INT_MAX, 0}
+#define CONV_INT_FORMAT "O&O&O&O&"
+#define CONV_INT_CONVERTERS \
+    dfc_py_int_converter, &sh, dfc_py_int_converter, &sw, dfc_py_int_converter, &ph, dfc_py_int_converter, &pw
+
 /* Fills p from the Python ints, rejecting strides < 1 and negative padding with a message naming the argument. */
 static int conv_params(const char *op, int stride_h, int stride_w, int pad_h, int pad_w, dfc_conv2d_params *p)
 {
@@ -87,10 +96,11 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
     const char *op = "conv2d_forward";
     dfc_backend *be;
     PyObject *x_obj, *w_obj, *b_obj;
-    int sh, sw, ph, pw;
+    CONV_INT_ARGS("conv2d_forward");
     dfc_conv2d_params p;
-    if (!PyArg_ParseTuple(args, "O&OOOiiii", dfc_py_backend, &be, &x_obj, &w_obj, &b_obj, &sh, &sw, &ph, &pw) ||
-        conv_params(op, sh, sw, ph, pw, &p) < 0)
+    if (!PyArg_ParseTuple(args, "O&OOO" CONV_INT_FORMAT, dfc_py_backend, &be, &x_obj, &w_obj, &b_obj,
+                          CONV_INT_CONVERTERS) ||
+        conv_params(op, sh.value, sw.value, ph.value, pw.value, &p) < 0)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor x, w, b, y;
@@ -118,11 +128,13 @@ static PyObject *py_conv2d_backward_input(PyObject *self, PyObject *args)
     const char *op = "conv2d_backward_input";
     dfc_backend *be;
     PyObject *dy_obj, *w_obj, *shape_obj;
-    int sh, sw, ph, pw;
+    CONV_INT_ARGS("conv2d_backward_input");
     dfc_conv2d_params p;
     int64_t x_shape[4], ho, wo;
-    if (!PyArg_ParseTuple(args, "O&OOOiiii", dfc_py_backend, &be, &dy_obj, &w_obj, &shape_obj, &sh, &sw, &ph, &pw) ||
-        conv_params(op, sh, sw, ph, pw, &p) < 0 || shape_tuple(shape_obj, op, "x_shape", 4, x_shape) < 0)
+    if (!PyArg_ParseTuple(args, "O&OOO" CONV_INT_FORMAT, dfc_py_backend, &be, &dy_obj, &w_obj, &shape_obj,
+                          CONV_INT_CONVERTERS) ||
+        conv_params(op, sh.value, sw.value, ph.value, pw.value, &p) < 0 ||
+        shape_tuple(shape_obj, op, "x_shape", 4, x_shape) < 0)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor dy, w, dx;
@@ -147,12 +159,14 @@ static PyObject *py_conv2d_backward_weight(PyObject *self, PyObject *args)
     const char *op = "conv2d_backward_weight";
     dfc_backend *be;
     PyObject *dy_obj, *x_obj, *shape_obj;
-    int has_bias, sh, sw, ph, pw;
+    int has_bias;
+    CONV_INT_ARGS("conv2d_backward_weight");
     dfc_conv2d_params p;
     int64_t w_shape[4], ho, wo;
-    if (!PyArg_ParseTuple(args, "O&OOOpiiii", dfc_py_backend, &be, &dy_obj, &x_obj, &shape_obj, &has_bias, &sh, &sw,
-                          &ph, &pw) ||
-        conv_params(op, sh, sw, ph, pw, &p) < 0 || shape_tuple(shape_obj, op, "weight_shape", 4, w_shape) < 0)
+    if (!PyArg_ParseTuple(args, "O&OOOp" CONV_INT_FORMAT, dfc_py_backend, &be, &dy_obj, &x_obj, &shape_obj,
+                          &has_bias, CONV_INT_CONVERTERS) ||
+        conv_params(op, sh.value, sw.value, ph.value, pw.value, &p) < 0 ||
+        shape_tuple(shape_obj, op, "weight_shape", 4, w_shape) < 0)
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, dw, db = {0};

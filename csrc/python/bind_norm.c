@@ -6,10 +6,12 @@ static PyObject *py_group_norm_forward(PyObject *self, PyObject *args)
     (void)self;
     dfc_backend *be;
     PyObject *x_obj, *gamma_obj, *beta_obj;
-    int groups;
+    dfc_py_int_arg groups_arg = {"group_norm: groups", 1, INT_MAX, 1};
     float eps;
-    if (!PyArg_ParseTuple(args, "O&OiOOf", dfc_py_backend, &be, &x_obj, &groups, &gamma_obj, &beta_obj, &eps))
+    if (!PyArg_ParseTuple(args, "O&OO&OOf", dfc_py_backend, &be, &x_obj, dfc_py_int_converter, &groups_arg,
+                          &gamma_obj, &beta_obj, &eps))
         return NULL;
+    const int groups = groups_arg.value;
     const char *op = "group_norm";
     dfc_py_refs refs = {0};
     dfc_tensor x, gamma, beta, y, mean, rstd;
@@ -40,11 +42,12 @@ static PyObject *py_group_norm_backward(PyObject *self, PyObject *args)
     (void)self;
     dfc_backend *be;
     PyObject *dy_obj, *x_obj, *gamma_obj, *mean_obj, *rstd_obj;
-    int groups;
+    dfc_py_int_arg groups_arg = {"group_norm_backward: groups", 1, INT_MAX, 1};
     float eps;
-    if (!PyArg_ParseTuple(args, "O&OOiOOOf", dfc_py_backend, &be, &dy_obj, &x_obj, &groups, &gamma_obj, &mean_obj,
-                          &rstd_obj, &eps))
+    if (!PyArg_ParseTuple(args, "O&OOO&OOOf", dfc_py_backend, &be, &dy_obj, &x_obj, dfc_py_int_converter,
+                          &groups_arg, &gamma_obj, &mean_obj, &rstd_obj, &eps))
         return NULL;
+    const int groups = groups_arg.value;
     const char *op = "group_norm_backward";
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, gamma, mean, rstd, dx, dgamma = {0}, dbeta = {0};

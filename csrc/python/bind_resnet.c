@@ -211,9 +211,11 @@ static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
 {
     (void)self;
     dfc_backend *be;
-    int kind, with_grad;
+    dfc_py_int_arg kind = {"pixel_loss: kind (0 l1, 1 l2, 2 l2 channel norm)", 0, 2, 0};
+    int with_grad;
     PyObject *a_obj, *b_obj;
-    if (!PyArg_ParseTuple(args, "O&iOOp", dfc_py_backend, &be, &kind, &a_obj, &b_obj, &with_grad))
+    if (!PyArg_ParseTuple(args, "O&O&OOp", dfc_py_backend, &be, dfc_py_int_converter, &kind, &a_obj, &b_obj,
+                          &with_grad))
         return NULL;
     const char *op = "pixel_loss";
     dfc_py_refs refs = {0};
@@ -225,7 +227,7 @@ static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
     if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {a.ndim, da_shape, &da}})))
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(result, err, dfc_pixel_loss(be, (dfc_pixel_loss_kind)kind, &a, &b, &loss, with_grad ? &da : NULL,
+    DFC_PY_RUN(result, err, dfc_pixel_loss(be, (dfc_pixel_loss_kind)kind.value, &a, &b, &loss, with_grad ? &da : NULL,
                                            &err));
 done:
     dfc_py_refs_release(&refs);

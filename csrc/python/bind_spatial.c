@@ -2,6 +2,20 @@
  * Output sizes are computed (and their arguments checked, naming the op) here; the ops check them again. */
 #include "pyutil.h"
 
+/* kernel, stride and padding (h, w) of a pooling read through dfc_py_int: a value past int32 (kernel=2**40) is a
+ * ValueError naming the op, the argument and its range, not a bare OverflowError. Use:
+ *   POOL_INT_ARGS("max_pool2d"); PyArg_ParseTuple(args, "O&O" POOL_INT_FORMAT, ..., POOL_INT_CONVERTERS);
+ *   dfc_pool2d_params p = POOL_PARAMS; */
+#define POOL_INT_ARGS(OP)                                                                             \
+    dfc_py_int_arg kh = {OP ": kernel[0]", 1, INT_MAX, 1}, kw = {OP ": kernel[1]", 1, INT_MAX, 1},     \
+                   sh = {OP ": stride[0]", 1, INT_MAX, 1}, sw = {OP ": stride[1]", 1, INT_MAX, 1},     \
+                   ph = {OP ": padding[0]", 0, INT_MAX, 0}, pw = {OP ": padding[1]", 0, INT_MAX, 0}
+#define POOL_INT_FORMAT "(O&O&)(O&O&)"
+#define POOL_INT_CONVERTERS                                                                                 \
+    dfc_py_int_converter, &kh, dfc_py_int_converter, &kw, dfc_py_int_converter, &sh, dfc_py_int_converter, &sw
+#define POOL_PAD_CONVERTERS dfc_py_int_converter, &ph, dfc_py_int_converter, &pw
+#define POOL_PARAMS {kh.value, kw.value, sh.value, sw.value, ph.value, pw.value}
+
 /* A backward's x_shape argument: four positive ints whose batch and channels match dy's. */
 static int parse_x_shape(PyObject *obj, const char *op, const dfc_tensor *dy, int64_t shape[4])
 {
@@ -44,7 +58,7 @@ static int pool_output_size(const char *op, const int64_t x_shape[4], dfc_pool2d
                      p.kernel_w, p.stride_h, p.stride_w);
         return -1;
     }
-    if (p.pad_h < 0 || p.pad_w < 0 || 2 * p.pad_h > p.kernel_h || 2 * p.pad_w > p.kernel_w) {
+    if (p.pad_h < 0 || p.pad_w < 0 || p.pad_h > p.kernel_h / 2 || p.pad_w > p.kernel_w / 2) { /* no 2 * pad overflow */
         PyErr_Format(PyExc_ValueError, "%s: padding (%d, %d) must be between 0 and half the kernel (%d, %d)", op,
                      p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
         return -1;
@@ -149,10 +163,11 @@ static PyObject *py_avg_pool2d_forward(PyObject *self, PyObject *args)
     const char *op = "avg_pool2d";
     dfc_backend *be;
     PyObject *x_obj;
-    dfc_pool2d_params p = {0};
-    if (!PyArg_ParseTuple(args, "O&O(ii)(ii)|(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w,
-                          &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
+    POOL_INT_ARGS("avg_pool2d");
+    if (!PyArg_ParseTuple(args, "O&O" POOL_INT_FORMAT "|(O&O&)", dfc_py_backend, &be, &x_obj, POOL_INT_CONVERTERS,
+                          POOL_PAD_CONVERTERS))
         return NULL;
+    const dfc_pool2d_params p = POOL_PARAMS;
     return pool2d_forward(be, be->ops->avg_pool2d_forward, op, x_obj, p);
 }
 
@@ -162,10 +177,11 @@ static PyObject *py_avg_pool2d_backward(PyObject *self, PyObject *args)
     const char *op = "avg_pool2d_backward";
     dfc_backend *be;
     PyObject *dy_obj, *shape_obj;
-    dfc_pool2d_params p = {0};
-    if (!PyArg_ParseTuple(args, "O&OO(ii)(ii)|(ii)", dfc_py_backend, &be, &dy_obj, &shape_obj, &p.kernel_h,
-                          &p.kernel_w, &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
+    POOL_INT_ARGS("avg_pool2d_backward");
+    if (!PyArg_ParseTuple(args, "O&OO" POOL_INT_FORMAT "|(O&O&)", dfc_py_backend, &be, &dy_obj, &shape_obj,
+                          POOL_INT_CONVERTERS, POOL_PAD_CONVERTERS))
         return NULL;
+    const dfc_pool2d_params p = POOL_PARAMS;
     dfc_py_refs refs = {0};
     dfc_tensor dy, dx;
     PyObject *out = NULL;
@@ -189,10 +205,11 @@ static PyObject *py_max_pool2d_forward(PyObject *self, PyObject *args)
     const char *op = "max_pool2d";
     dfc_backend *be;
     PyObject *x_obj;
-    dfc_pool2d_params p;
-    if (!PyArg_ParseTuple(args, "O&O(ii)(ii)(ii)", dfc_py_backend, &be, &x_obj, &p.kernel_h, &p.kernel_w,
-                          &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
+    POOL_INT_ARGS("max_pool2d");
+    if (!PyArg_ParseTuple(args, "O&O" POOL_INT_FORMAT "(O&O&)", dfc_py_backend, &be, &x_obj, POOL_INT_CONVERTERS,
+                          POOL_PAD_CONVERTERS))
         return NULL;
+    const dfc_pool2d_params p = POOL_PARAMS;
     return pool2d_forward(be, be->ops->max_pool2d_forward, op, x_obj, p);
 }
 
@@ -202,10 +219,11 @@ static PyObject *py_max_pool2d_backward(PyObject *self, PyObject *args)
     const char *op = "max_pool2d_backward";
     dfc_backend *be;
     PyObject *dy_obj, *x_obj;
-    dfc_pool2d_params p;
-    if (!PyArg_ParseTuple(args, "O&OO(ii)(ii)(ii)", dfc_py_backend, &be, &dy_obj, &x_obj, &p.kernel_h, &p.kernel_w,
-                          &p.stride_h, &p.stride_w, &p.pad_h, &p.pad_w))
+    POOL_INT_ARGS("max_pool2d_backward");
+    if (!PyArg_ParseTuple(args, "O&OO" POOL_INT_FORMAT "(O&O&)", dfc_py_backend, &be, &dy_obj, &x_obj,
+                          POOL_INT_CONVERTERS, POOL_PAD_CONVERTERS))
         return NULL;
+    const dfc_pool2d_params p = POOL_PARAMS;
     dfc_py_refs refs = {0};
     dfc_tensor dy, x, dx;
     PyObject *out = NULL;
@@ -265,9 +283,12 @@ static PyObject *py_resize_bilinear_forward(PyObject *self, PyObject *args)
     const char *op = "resize_bilinear";
     dfc_backend *be;
     PyObject *x_obj;
-    long long out_h, out_w;
-    if (!PyArg_ParseTuple(args, "O&O(LL)", dfc_py_backend, &be, &x_obj, &out_h, &out_w))
+    dfc_py_int_arg size_h = {"resize_bilinear: size[0]", 1, INT_MAX, 1}, size_w = {"resize_bilinear: size[1]", 1,
+                                                                                   INT_MAX, 1};
+    if (!PyArg_ParseTuple(args, "O&O(O&O&)", dfc_py_backend, &be, &x_obj, dfc_py_int_converter, &size_h,
+                          dfc_py_int_converter, &size_w))
         return NULL;
+    const long long out_h = size_h.value, out_w = size_w.value;
     dfc_py_refs refs = {0};
     dfc_tensor x;
     PyObject *out = NULL;

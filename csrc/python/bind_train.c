@@ -131,16 +131,14 @@ typedef struct {
 static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", "num_threads", NULL};
-    long long size;
+    dfc_py_int64_arg size_arg = {"AdamW: size", 1, PY_SSIZE_T_MAX, 1};
     dfc_adamw_config cfg = {1e-3, 0.9, 0.999, 1e-8, 1e-2}; /* torch.optim.AdamW defaults */
     dfc_py_int_arg num_threads = {"AdamW: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|d(dd)ddO&", kwlist, &size, &cfg.lr, &cfg.beta1, &cfg.beta2,
-                                     &cfg.eps, &cfg.weight_decay, dfc_py_int_converter, &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|d(dd)ddO&", kwlist, dfc_py_int64_converter, &size_arg, &cfg.lr,
+                                     &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, dfc_py_int_converter,
+                                     &num_threads))
         return -1;
-    if (size < 1) {
-        PyErr_Format(PyExc_ValueError, "AdamW: size must be positive, got %lld", size);
-        return -1;
-    }
+    const long long size = size_arg.value;
     dfc_error err = {0};
     if (dfc_adamw_check(&cfg, &err) != DFC_OK) {
         dfc_py_raise(&err);

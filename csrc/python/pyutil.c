@@ -263,6 +263,12 @@ int dfc_py_int_converter(PyObject *obj, void *arg)
     return dfc_py_int(obj, a->name, a->min, a->max, &a->value) < 0 ? 0 : 1;
 }
 
+int dfc_py_int64_converter(PyObject *obj, void *arg)
+{
+    dfc_py_int64_arg *a = arg;
+    return dfc_py_int64(obj, a->name, a->min, a->max, &a->value) < 0 ? 0 : 1;
+}
+
 int dfc_py_config_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out)
 {
     PyObject *v = PyDict_GetItemString(dict, key);

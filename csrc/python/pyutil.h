@@ -79,6 +79,14 @@ typedef struct {
 } dfc_py_int_arg;
 int dfc_py_int_converter(PyObject *obj, void *arg);
 
+/* The same for an int64 argument (a size): dfc_py_int64_arg {name, min, max, default}, dfc_py_int64_converter. */
+typedef struct {
+    const char *name;
+    long long min, max;
+    long long value;
+} dfc_py_int64_arg;
+int dfc_py_int64_converter(PyObject *obj, void *arg);
+
 /* dict[key] through dfc_py_int, named "<what> config '<key>'", where present; a missing key leaves *out (the
  * caller's default). 0, or -1 with an exception. */
 int dfc_py_config_int(PyObject *dict, const char *what, const char *key, int min, int max, int *out);

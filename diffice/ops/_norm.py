@@ -28,7 +28,7 @@ def group_norm(
     Returns y (x's shape), or (y, mean, rstd) with mean, rstd = 1/sqrt(var + eps) of shape (N, groups) when
     return_stats is true (pass them to group_norm_backward to skip recomputing them).
     """
-    y, mean, rstd = _C.group_norm_forward(get_backend(backend), x, int(groups), gamma, beta, float(eps))
+    y, mean, rstd = _C.group_norm_forward(get_backend(backend), x, groups, gamma, beta, float(eps))
     return (y, mean, rstd) if return_stats else y
 
 
@@ -48,7 +48,7 @@ def group_norm_backward(
     dgamma, dbeta (C,) are None when gamma is None (no affine parameters). mean, rstd (N, groups): the saved
     statistics from group_norm(..., return_stats=True), or None to recompute them from x with eps.
     """
-    return _C.group_norm_backward(get_backend(backend), dy, x, int(groups), gamma, mean, rstd, float(eps))
+    return _C.group_norm_backward(get_backend(backend), dy, x, groups, gamma, mean, rstd, float(eps))
 
 
 def batch_norm(
