@@ -201,7 +201,7 @@ def test_run_explain_checks_the_whole_run_across_batches(tmp_path, nsp_folder, d
     from diffice.run import load_config, run_explain
 
     x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
-    cfg = load_config(None, dict(METHOD, image_size=list(SIZE), batch_size=1, perceptual_kind="pixel-l2"))
+    cfg = load_config(None, dict(METHOD, image_size=list(SIZE), batch_size=1, lambda_p=0.0))
     diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
     models = (demo.unet, diffusion, FlipsOnAnyChange(x), None)
     with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\).*first guided step"):
