@@ -13,6 +13,9 @@ else
     git -C "$repo" worktree add -q --detach "$tree" HEAD
 fi
 cd "$tree"
+# build_ext runs in this environment, not pip's isolated one: it needs the oneDNN headers wheel here
+python -c "import importlib.metadata as m; m.distribution('onednn-devel-cpu-gomp')" 2>/dev/null ||
+    python -m pip install -q "onednn-devel-cpu-gomp==2023.2.0" "onednn-cpu-gomp==2023.2.0"
 DIFFICE_SANITIZE=1 python setup.py -q build_ext --inplace --force -j2 >/dev/null  # --force: an earlier plain build is not reused
 logs=$(mktemp -d /tmp/diffice-sanitizer-logs.XXXXXX)
 # libasan first (the interpreter is not instrumented); libstdc++ with it, or ASan's __cxa_throw interceptor finds
