@@ -39,8 +39,6 @@ phantoms = {args.phantoms}
 method = {json.dumps(args.methods)}
 iterations = [2]
 tau = [3]
-[diffusion]
-respacing = "10"
 [run]
 batch_size = {args.batch_size}
 """)

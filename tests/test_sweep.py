@@ -115,6 +115,20 @@ lambda_c = [[400]]
             load_sweep(str(bad))
 
 
+def test_demo_sweep_refuses_model_settings_it_would_ignore(tmp_path):
+    """[sweep] models = "demo" chooses the model files and their schedule: a [models] section or [diffusion]
+    values in the same file would be ignored, so they are errors (they were silently ignored)."""
+    base = '[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n'
+    for extra, match in [('[diffusion]\nrespacing = "10"\n', "diffusion.respacing"),
+                         ('[models]\nclassifier = "f.safetensors"\n', r"remove the \[models\] section")]:
+        path = tmp_path / "demo.toml"
+        path.write_text(base + extra)
+        with pytest.raises(ValueError, match=match):
+            load_sweep(str(path))
+    path.write_text(base + '[diffusion]\nrespacing = "100"\n')  # the demo's own value is fine
+    assert load_sweep(str(path)).models["source"] == "demo"
+
+
 class ReversedExecutor(LocalExecutor):
     """Runs the units last first: a different schedule."""
 
