@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .diffusion import GaussianDiffusion
+from .network import config_bool, config_int
 from .unet import UNet
 
 
@@ -43,7 +44,7 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     if kind == "sononet":
         from .sononet import TargetClassView
 
-        return TargetClassView(model, target=int(target_class))
+        return TargetClassView(model, target=config_int("models.target_class", target_class))
     return model
 
 
@@ -74,9 +75,12 @@ def load_run_models(cfg: Dict[str, Dict[str, Any]]) -> Tuple[UNet, GaussianDiffu
     m, d = cfg["models"], cfg["diffusion"]
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
-    unet = load_unet(m["unet"], num_heads=int(m["num_heads"]), num_head_channels=int(m["num_head_channels"]),
-                     use_new_attention_order=bool(m["use_new_attention_order"]))
-    diffusion = GaussianDiffusion(int(d["steps"]), d["schedule"], str(d["respacing"]),
+    steps = config_int("diffusion.steps", d["steps"])  # every setting is checked before a file is read
+    unet = load_unet(m["unet"], num_heads=config_int("models.num_heads", m["num_heads"]),
+                     num_head_channels=config_int("models.num_head_channels", m["num_head_channels"]),
+                     use_new_attention_order=config_bool("models.use_new_attention_order",
+                                                         m["use_new_attention_order"]))
+    diffusion = GaussianDiffusion(steps, d["schedule"], str(d["respacing"]),
                                   learn_sigma=unet.config["learn_sigma"])
     classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"])
     perceptual = load_perceptual(m["perceptual_kind"], m["perceptual"], m["perceptual_variant"],
@@ -121,8 +125,9 @@ def build_model(spec: Dict[str, Any], backend: str = "cpu") -> Any:
         seg.class_names = spec.get("class_names")
         return seg
     if kind == "SonoNet":
-        return SonoNet(int(spec["k"]), int(spec["in_channels"]), int(spec["num_classes"]),
-                       bool(spec["standardize"]), backend)
+        return SonoNet(*(config_int(f"SonoNet description '{key}'", spec[key])
+                         for key in ("k", "in_channels", "num_classes")),
+                       config_bool("SonoNet description 'standardize'", spec["standardize"]), backend)
     if kind == "SmallClassifier":
         return SmallClassifier(**spec["config"], backend=backend)
     if kind == "PlaneClassifier":

@@ -265,3 +265,22 @@ def test_op_int_arguments_take_no_floats():
     # the largest padding a pooling takes (half its kernel) with a huge kernel: no 2 * padding overflow in the check
     with pytest.raises(ValueError, match="max_pool2d: padding"):
         ops.max_pool2d(X4, 3, 1, 2**30 + 1)
+
+
+def test_model_loading_settings_are_not_truncated(tmp_path):
+    """diffice.models: [models]/[diffusion] integers and a file's SonoNet description go through config_int."""
+    from diffice.models import build_model, load_run_models
+    from diffice.run import load_config
+
+    with pytest.raises(ValueError, match=r"SonoNet description 'k': expected an integer, got 8\.5"):
+        build_model(dict(type="SonoNet", k=8.5, in_channels=1, num_classes=2, standardize=False))
+    with pytest.raises(ValueError, match=r"SonoNet description 'standardize': expected true or false"):
+        build_model(dict(type="SonoNet", k=8, in_channels=1, num_classes=2, standardize="false"))
+    unet = tmp_path / "ddpm.safetensors"
+    unet.write_bytes(b"")  # never read: the settings are checked first
+    for key, value, match in [("num_heads", 1.5, r"models\.num_heads: expected an integer, got 1\.5"),
+                              ("steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5")]:
+        cfg = load_config(None, {key: value})
+        cfg["models"]["unet"] = str(unet)
+        with pytest.raises(ValueError, match=match):
+            load_run_models(cfg)
