@@ -175,23 +175,14 @@ def load_sweep(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
     if sweep["models"] is not None:
         if sweep["models"] != "demo":
             raise ValueError(f"{source}: [sweep] models must be \"demo\" (or leave it out and use [models])")
-        from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
-
         demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
-        # the demo models choose the model files and their sampling schedule: a file that says otherwise would be
-        # ignored, so it is refused (as diffice explain --models demo does)
+        # the demo models choose the model files: a [models] section would be ignored, so it is refused
         if data.get("models"):
             raise ValueError(f"{source}: [sweep] models = \"demo\" chooses every model; remove the [models] "
                              f"section (or models = \"demo\")")
-        changed = sorted(k for k, v in (data.get("diffusion") or {}).items()
-                         if str(v) != str(DEMO_DIFFUSION.get(k)))
-        if changed:
-            raise ValueError(f"{source}: [sweep] models = \"demo\": the bundled DDPM samples with the [diffusion] "
-                             f"{DEMO_DIFFUSION}; remove diffusion.{', diffusion.'.join(changed)}")
-        # the demo's [method] and image size are the defaults; the file's own values win
-        data["method"] = dict(DEMO_METHOD, **(data.get("method") or {}))
-        data["diffusion"] = dict(DEMO_DIFFUSION, **(data.get("diffusion") or {}))
-        data["run"] = dict(dict(image_size=list(DEMO_SIZE)), **(data.get("run") or {}))
+        # as diffice explain --models demo: the demo's [method], [diffusion] and image size are the defaults, and
+        # [diffusion] values other than the bundled DDPM's are refused (diffice.run.load_config)
+        data["models"] = dict(preset="demo")
     cfg = load_config(path, overrides, data=data)
     method = cfg["method"]
     configs: List[Dict[str, Any]] = []
