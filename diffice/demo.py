@@ -161,6 +161,7 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
     kept. Returns the summary dict.
     """
     from .data import list_images, save_png
+    from .metrics import went_nonfinite
     from .figures import path_figure
     from .run import run_explain
 
@@ -201,8 +202,8 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = No
     flipped = np.array([[bool(r["iterations"][l + 1]["flipped"]) for r in records] for l in range(L)])
     # counterfactuals whose step went non-finite (the sampler zeroed them) are left out of their iteration's row,
     # as diffice.metrics does
-    finite = np.array([[int(r["iterations"][l + 1]["nonfinite_step"]) < 0 for r in records] for l in range(L)],
-                      dtype=bool).reshape(L, len(records))
+    finite = ~np.array([[went_nonfinite(r["iterations"][l + 1]) for r in records] for l in range(L)],
+                       dtype=bool).reshape(L, len(records))
     # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
     distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])

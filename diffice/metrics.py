@@ -419,6 +419,13 @@ def inception_input(images_u8: np.ndarray) -> np.ndarray:
     return np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a
 
 
+def went_nonfinite(row: Dict[str, Any]) -> bool:
+    """Whether an iteration row of a run's record (records/<image>.json: "iterations"[k], k >= 1) says the
+    sampler's step went non-finite (nonfinite_step >= 0: the counterfactual was zeroed). ValueError / TypeError on
+    a value that is not an integer."""
+    return row.get("nonfinite_step") not in (None, "") and int(row["nonfinite_step"]) >= 0
+
+
 def load_results(results_dir: PathLike) -> Dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
@@ -458,8 +465,7 @@ def load_results(results_dir: PathLike) -> Dict[str, Any]:
         pixels.append(np.stack(images))
         flipped.append([r.get("flipped") is True or r.get("flipped") in ("True", "true", 1) for r in rows[1:]])
         try:
-            nonfinite.append([r.get("nonfinite_step") not in (None, "") and int(r["nonfinite_step"]) >= 0
-                              for r in rows[1:]])
+            nonfinite.append([went_nonfinite(r) for r in rows[1:]])
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{rp}: not a diffice record (nonfinite_step: {exc})") from None
     shapes = {a.shape[1:] for a in pixels}
