@@ -491,11 +491,16 @@ def check_run(results: List[Dict[str, Any]], target: int, lambda_c: Optional[flo
     return message
 
 
+def warning_entry(message: str, **details: Any) -> Dict[str, Any]:
+    """A SuspiciousRunWarning as recorded with a run's results (warnings.json, the sweep store's meta)."""
+    return dict(warning="SuspiciousRunWarning", message=message,
+                at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details)
+
+
 def record_warning(path: Path, message: str, **details: Any) -> None:
     """Appends a warning to a JSON list file (the run's warnings.json), atomically."""
     entries = json.loads(path.read_text()) if path.is_file() else []
-    entries.append(dict(warning="SuspiciousRunWarning", message=message,
-                        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details))
+    entries.append(warning_entry(message, **details))
     atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
 
 

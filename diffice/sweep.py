@@ -387,10 +387,12 @@ class SweepStore:
 
     def add_warning(self, message: str) -> None:
         """Appends a warning about the run (diffice.explain.SuspiciousRunWarning) to meta 'warnings'."""
+        from .run import warning_entry
+
         with self._transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'warnings'").fetchone()
             entries = json.loads(row[0]) if row else []
-            entries.append(dict(message=message, at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            entries.append(warning_entry(message))
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('warnings', ?)", (json.dumps(entries),))
 
     def finished_units(self) -> set:
