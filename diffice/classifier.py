@@ -28,18 +28,20 @@ __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassi
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def classification_loss(logits: np.ndarray, targets, kind: str = "ce") -> Tuple[np.ndarray, np.ndarray]:
+def classification_loss(logits: np.ndarray, targets, kind: str = "ce", *, backend: str = "cpu"
+                        ) -> Tuple[np.ndarray, np.ndarray]:
     """Per-sample classification loss towards targets, and the gradient of its sum over the batch.
 
     logits: float32 (N, C); targets: integer class indices (N,) in [0, C) ({0, 1} for a single binary logit).
     kind: "ce" -- cross-entropy -log softmax(logits)_y (for C == 1, BCE -log sigmoid(l_y));
           "logit" -- DiME's use_logits form -l_y, with l_y = logits[y] for C > 2, the binary logit difference
           logits[y] - logits[1 - y] for C == 2, and +-logit (sign by target) for C == 1.
-    Returns (loss (N,) float32, dlogits (N, C) float32 = d sum(loss) / d logits).
+    Returns (loss (N,) float32, dlogits (N, C) float32 = d sum(loss) / d logits), computed by the op table's
+    cross_entropy / logit_loss on ``backend``.
     """
     if kind not in ("ce", "logit"):
         raise ValueError(f"classification_loss: kind must be 'ce' or 'logit', got {kind!r}")
-    return _C.classification_loss(logits, targets, kind)
+    return _C.classification_loss(logits, targets, kind, get_backend(backend))
 
 
 class Segmenter(NetworkBase):

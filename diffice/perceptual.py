@@ -11,12 +11,12 @@ import numpy as np
 
 from ._native import _C
 from .ops._backend import get_backend
+from .ops._net import PIXEL_LOSSES
 from .resnet import ResNetFeatures
 
 __all__ = ["PerceptualLoss", "pixel_loss", "PERCEPTUAL_VARIANTS", "PIXEL_LOSSES"]
 
 PERCEPTUAL_VARIANTS = ("mse", "normalized")
-PIXEL_LOSSES = ("l1", "l2", "l2_channel_norm")
 
 
 class PerceptualLoss:

@@ -11,7 +11,7 @@
  *   DFC_CLASS_LOSS_CE:    cross-entropy towards y: -log softmax(z)_y for C >= 2, -log sigmoid(l_y) (BCE) for
  *                         C == 1 (for C == 2 both are -log sigmoid(l_y));
  *   DFC_CLASS_LOSS_LOGIT: DiME/FastDiME's use_logits form, -l_y.
- * Plain host loops: (N, C) is tiny next to the networks around it. */
+ * The arithmetic is the op table's (cross_entropy: softmax, or BCE for one logit; logit_loss). */
 #ifndef DIFFICE_CLASS_LOSS_H
 #define DIFFICE_CLASS_LOSS_H
 
@@ -19,11 +19,17 @@
 
 #include "../core/error.h"
 #include "../core/tensor.h"
+#include "../ops/ops.h"
 
 typedef enum { DFC_CLASS_LOSS_CE = 0, DFC_CLASS_LOSS_LOGIT = 1 } dfc_class_loss_kind;
 
-/* loss (N) and dlogits (N, C) are caller allocated; either may be NULL. targets must lie in [0, C) ({0, 1} when
+/* loss (N) and dlogits (N, C) are caller allocated; dlogits may be NULL. targets must lie in [0, C) ({0, 1} when
  * C == 1). */
+dfc_status dfc_classification_loss(dfc_backend *be, dfc_class_loss_kind kind, const dfc_tensor *logits,
+                                   const int64_t *targets, dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err);
+
+/* Host forms of the above and of the class_probability op, kept for guidance.c until it calls those (then delete):
+ * dfc_class_loss runs dfc_classification_loss on the reference kernels, one thread. */
 dfc_status dfc_class_loss(dfc_class_loss_kind kind, const dfc_tensor *logits, const int64_t *targets,
                           dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err);
 

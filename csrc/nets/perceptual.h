@@ -33,15 +33,4 @@ int dfc_perceptual_has_reference(const dfc_perceptual *p);
 dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                const dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
 
-/* Pixel losses per sample, over all non-batch elements of a and b (same shape, (N, ...)):
- *  L1: sum |a - b|, gradient sign(a - b) (0 where equal);
- *  L2: sum (a - b)^2, gradient 2 (a - b);
- *  L2_CHANNEL_NORM (DiME's l2 term, torch.norm(a - b, p=2, dim=1).sum()): sum over positions of the norm over
- *    channels (dim 1) of a - b, gradient (a - b) / norm (0 where the norm is 0, as PyTorch).
- * loss (N) and da (may be NULL) are caller allocated and overwritten. */
-typedef enum { DFC_PIXEL_L1 = 0, DFC_PIXEL_L2 = 1, DFC_PIXEL_L2_CHANNEL_NORM = 2 } dfc_pixel_loss_kind;
-
-dfc_status dfc_pixel_loss(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a, const dfc_tensor *b,
-                          dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
-
 #endif

@@ -1,62 +1,9 @@
 #include "plane_classifier.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "segmenter.h"
-
-/* ---- softmax over channels ---- */
-
-/* The op table's softmax runs over the last axis; segmentation maps need it over dim 1 of (N, K, H, W). */
-dfc_status dfc_channel_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
-{
-    const char *op = "channel_softmax";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
-    int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
-    const float *xs = x->data;
-    float *ys = y->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t i = 0; i < n * inner; i++) {
-        int64_t base = (i / inner) * c * inner + i % inner;
-        float m = xs[base];
-        for (int64_t k = 1; k < c; k++)
-            m = fmaxf(m, xs[base + k * inner]);
-        double sum = 0.0;
-        for (int64_t k = 0; k < c; k++) {
-            float e = expf(xs[base + k * inner] - m);
-            ys[base + k * inner] = e;
-            sum += e;
-        }
-        float inv = (float)(1.0 / sum);
-        for (int64_t k = 0; k < c; k++)
-            ys[base + k * inner] *= inv;
-    }
-    return DFC_OK;
-}
-
-dfc_status dfc_channel_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
-                                        dfc_error *err)
-{
-    const char *op = "channel_softmax_backward";
-    DFC_TRY(dfc_check_ndim(y, op, "y", 2, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(dy, y, op, "dy", "y", err));
-    DFC_TRY(dfc_check_same_shape(dx, y, op, "dx", "y", err));
-    int64_t n = y->shape[0], c = y->shape[1], inner = dfc_inner_size(y, 2);
-    const float *ys = y->data, *dys = dy->data;
-    float *dxs = dx->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t i = 0; i < n * inner; i++) {
-        int64_t base = (i / inner) * c * inner + i % inner;
-        double dot = 0.0;
-        for (int64_t k = 0; k < c; k++)
-            dot += (double)dys[base + k * inner] * ys[base + k * inner];
-        for (int64_t k = 0; k < c; k++)
-            dxs[base + k * inner] = ys[base + k * inner] * (float)(dys[base + k * inner] - dot);
-    }
-    return DFC_OK;
-}
 
 /* ---- f(x) = l(s(x), x) ---- */
 
@@ -216,7 +163,7 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     if (f->cfg.seg_input == DFC_SEG_INPUT_PROBABILITIES) {
         maps = dfc_alloc_like(tmp, s, err);
         DFC_CHECK_ALLOC(maps);
-        DFC_TRY(dfc_channel_softmax_forward(be, s, &maps, err));
+        DFC_TRY(be->ops->softmax_forward(be, s, 1, &maps, err)); /* over the K classes */
     }
     dfc_tensor cat = dfc_alloc4(tmp, n, f->cls->in_channels, h, w, err);
     DFC_CHECK_ALLOC(cat);
@@ -295,7 +242,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         if (f->cfg.seg_input == DFC_SEG_INPUT_PROBABILITIES) {
             dseg_logits = dfc_alloc_like(arena, &tape->seg_logits, err);
             DFC_CHECK_ALLOC(dseg_logits);
-            DFC_TRY(dfc_channel_softmax_backward(be, &dmaps, &tape->maps, &dseg_logits, err));
+            DFC_TRY(be->ops->softmax_backward(be, &dmaps, &tape->maps, 1, &dseg_logits, err));
         } else {
             dseg_logits = dmaps;
         }

@@ -37,12 +37,6 @@ dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, d
 
 const dfc_plane_classifier_config *dfc_plane_classifier_get_config(const dfc_net *net);
 
-/* Softmax over the channels (dim 1) of x (N, C, ...), for every position: y may not alias x.
- * The backward takes the forward's output y: dx = y (dy - sum_c dy y). */
-dfc_status dfc_channel_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-dfc_status dfc_channel_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
-                                        dfc_error *err);
-
 /* A small convolutional classifier, the stand-in for l in tests (and a minimal baseline):
  *   features.0: conv3x3 in -> width (bias), ReLU, 2x2/2 max pool, features.3: conv3x3 width -> 2 width (bias),
  *   ReLU, global average pool, fc: linear 2 width -> num_classes.

@@ -1,7 +1,6 @@
 /* SonoNet-k as a dfc_net: structure, parameter names and outputs are described in sononet.h. */
 #include "sononet.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,78 +39,8 @@ typedef struct sononet_tape {
     unit_tape units[NUM_UNITS];
 } sononet_tape;
 
-/* ---- standardisation: y = 255 (x - mean) / std per (n, c) plane, std with ddof 0 ---- */
-
-dfc_status dfc_standardize_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
-{
-    const char *op = "standardize";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
-    int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
-    int64_t constant = -1;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xs = x->data + p * m;
-        float *ys = y->data + p * m;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < m; i++)
-            sum += xs[i];
-        double mean = sum / (double)m;
-        for (int64_t i = 0; i < m; i++)
-            sq += ((double)xs[i] - mean) * ((double)xs[i] - mean);
-        double std = sqrt(sq / (double)m);
-        if (!(std > 0.0)) {
-            #pragma omp critical(dfc_standardize)
-            constant = p;
-            continue;
-        }
-        double scale = 255.0 / std;
-        for (int64_t i = 0; i < m; i++)
-            ys[i] = (float)(((double)xs[i] - mean) * scale);
-    }
-    if (constant >= 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: image %lld channel %lld is constant (standard deviation 0)", op,
-                        (long long)(constant / x->shape[1]), (long long)(constant % x->shape[1]));
-    return DFC_OK;
-}
-
-/* With xh = (x - mean) / std: dx = (255 / std) (dy - mean(dy) - xh mean(dy xh)), as for a layer norm. */
-dfc_status dfc_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_tensor *dx,
-                                    dfc_error *err)
-{
-    const char *op = "standardize_backward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    DFC_TRY(dfc_check_same_shape(dy, x, op, "dy", "x", err));
-    DFC_TRY(dfc_check_same_shape(dx, x, op, "dx", "x", err));
-    int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t p = 0; p < planes; p++) {
-        const float *xs = x->data + p * m, *dys = dy->data + p * m;
-        float *dxs = dx->data + p * m;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < m; i++)
-            sum += xs[i];
-        double mean = sum / (double)m;
-        for (int64_t i = 0; i < m; i++)
-            sq += ((double)xs[i] - mean) * ((double)xs[i] - mean);
-        double std = sqrt(sq / (double)m);
-        if (!(std > 0.0)) {  /* the forward refused this plane; keep the gradient finite */
-            memset(dxs, 0, (size_t)m * sizeof(float));
-            continue;
-        }
-        double rstd = 1.0 / std, sum_dy = 0.0, sum_dy_xh = 0.0;
-        for (int64_t i = 0; i < m; i++) {
-            sum_dy += dys[i];
-            sum_dy_xh += dys[i] * ((double)xs[i] - mean) * rstd;
-        }
-        double mean_dy = sum_dy / (double)m, mean_dy_xh = sum_dy_xh / (double)m;
-        for (int64_t i = 0; i < m; i++) {
-            double xh = ((double)xs[i] - mean) * rstd;
-            dxs[i] = (float)(255.0 * rstd * ((double)dys[i] - mean_dy - xh * mean_dy_xh));
-        }
-    }
-    return DFC_OK;
-}
+/* SonoNet's input standardisation: y = 255 (x - mean) / std per (n, c) plane (the standardize op) */
+#define STANDARDIZE_SCALE 255.0f
 
 /* ---- structure: walked twice by dfc_param_set_build (b->owner: the sononet), registering then binding ---- */
 
@@ -271,7 +200,7 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
     if (s->cfg.standardize) {
         dfc_tensor y = dfc_alloc_like(flow_out(&f), x, err);
         DFC_CHECK_ALLOC(y);
-        DFC_TRY(dfc_standardize_forward(be, x, &y, err));
+        DFC_TRY(be->ops->standardize_forward(be, x, STANDARDIZE_SCALE, &y, err));
         flow_advance(&f);
         h = y;
     }
@@ -355,7 +284,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
     if (!dx)
         return DFC_OK;
     if (s->cfg.standardize)
-        return dfc_standardize_backward(be, &dh, &tape->input, dx, err);
+        return be->ops->standardize_backward(be, &dh, &tape->input, STANDARDIZE_SCALE, dx, err);
     memcpy(dx->data, dh.data, (size_t)dfc_numel(dx) * sizeof(float));
     return DFC_OK;
 }

@@ -32,11 +32,4 @@ typedef struct dfc_sononet_config {
 /* Builds the network with zeroed parameters (set them through net->params before use). */
 dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_error *err);
 
-/* The standardisation layer on its own, for networks that standardise part of their input: every (n, c) plane
- * of x (N, C, H, W) becomes y = 255 (x - mean) / std, std the population (ddof 0) standard deviation; a constant
- * plane is an error. The backward takes the forward's input x and writes dx (both may not alias). */
-dfc_status dfc_standardize_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-dfc_status dfc_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_tensor *dx,
-                                    dfc_error *err);
-
 #endif

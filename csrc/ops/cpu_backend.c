@@ -38,4 +38,17 @@ const dfc_ops dfc_cpu_ops = {
     .cross_entropy_backward = ref_cross_entropy_backward,
     .mse_forward = ref_mse_forward,
     .mse_backward = ref_mse_backward,
+    /* network ops (issue 15, netops) */
+    .logit_loss_forward = ref_logit_loss_forward,
+    .logit_loss_backward = ref_logit_loss_backward,
+    .bce_with_logits_forward = ref_bce_with_logits_forward,
+    .bce_with_logits_backward = ref_bce_with_logits_backward,
+    .class_probability = ref_class_probability,
+    .standardize_forward = ref_standardize_forward,
+    .standardize_backward = ref_standardize_backward,
+    .normalized_distance_forward = cpu_normalized_distance_forward,
+    .normalized_distance_backward = cpu_normalized_distance_backward,
+    .pixel_loss_forward = ref_pixel_loss_forward,
+    .pixel_loss_backward = ref_pixel_loss_backward,
+    .fill = ref_fill,
 };

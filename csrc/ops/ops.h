@@ -31,6 +31,7 @@ typedef struct dfc_pool2d_params {
 
 typedef enum { DFC_ACT_RELU = 0, DFC_ACT_SILU = 1, DFC_ACT_SIGMOID = 2 } dfc_activation;
 typedef enum { DFC_BINARY_ADD = 0, DFC_BINARY_MUL = 1 } dfc_binary;
+typedef enum { DFC_PIXEL_L1 = 0, DFC_PIXEL_L2 = 1, DFC_PIXEL_L2_CHANNEL_NORM = 2 } dfc_pixel_loss_kind;
 
 typedef struct dfc_ops {
     /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
@@ -80,10 +81,10 @@ typedef struct dfc_ops {
     dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
                                       const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
 
-    /* softmax over the last axis; backward from the forward's output y. */
-    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
-                                   dfc_error *err);
+    /* softmax over one axis (negative counts from the end: -1 is the last); backward from the forward's output y. */
+    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err);
+    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis,
+                                   dfc_tensor *dx, dfc_error *err);
 
     /* y = a (op) b, b broadcast to a's shape: b has a's ndim and each of its dims is 1 or equal to a's
      * (per-channel (1,C,1,1), per-sample (N,1,1,1), per-sample-channel (N,C,1,1), full). y may alias a.
@@ -143,7 +144,8 @@ typedef struct dfc_ops {
                                      dfc_error *err);
 
     /* cross-entropy of log-softmax(logits (N, K)) at integer targets (N) -> per-sample loss (N).
-     * Backward: dlogits = dloss[n] * (softmax - onehot). */
+     * Backward: dlogits = dloss[n] * (softmax - onehot). K == 1 is one binary logit z (the probability rule below,
+     * targets in {0, 1}): the binary cross-entropy -log sigmoid(+-z), dlogits = dloss[n] (sigmoid(z) - target). */
     dfc_status (*cross_entropy_forward)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
                                         dfc_tensor *loss, dfc_error *err);
     dfc_status (*cross_entropy_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
@@ -155,6 +157,57 @@ typedef struct dfc_ops {
                               dfc_error *err);
     dfc_status (*mse_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                                dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+
+    /* ---- network ops (issue 15, netops): losses, standardisation and the class-probability rule ---- */
+
+    /* The signed logit of the target l_y of logits (N, C) at integer targets (N) -> loss (N) = -l_y (DiME's
+     * use_logits loss): C == 1: l_y = +-z (sign by target in {0, 1}); C == 2: z_y - z_(1-y); C > 2: z_y.
+     * Backward: dlogits = dloss[n] d(-l_y)/dz. */
+    dfc_status (*logit_loss_forward)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                     dfc_tensor *loss, dfc_error *err);
+    dfc_status (*logit_loss_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
+                                      const int64_t *targets, dfc_tensor *dlogits, dfc_error *err);
+
+    /* binary cross-entropy with logits, elementwise against targets t in [0, 1] of logits' shape (N, ...), averaged
+     * per sample: loss (N) = mean over non-batch dims of max(z, 0) - z t + log(1 + exp(-|z|)).
+     * Backward: dlogits = dloss[n] (sigmoid(z) - t) / M. */
+    dfc_status (*bce_with_logits_forward)(dfc_backend *be, const dfc_tensor *logits, const dfc_tensor *targets,
+                                          dfc_tensor *loss, dfc_error *err);
+    dfc_status (*bce_with_logits_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
+                                           const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err);
+
+    /* The probability rule of logits (N, C): C >= 2: p = softmax(z), predicted = argmax (the first on ties);
+     * C == 1: one binary logit, p(1) = sigmoid(z), p(0) = 1 - sigmoid(z), predicted = z > 0.
+     * -> prob (N) = p(targets[n]) (targets in [0, max(C, 2))) and predicted (N) class indices, either NULL.
+     * No backward: a decision, not a loss. */
+    dfc_status (*class_probability)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                    dfc_tensor *prob, int64_t *predicted, dfc_error *err);
+
+    /* per-plane standardisation of x (N, C, H, W): y = scale (x - mean) / std over each (n, c) plane, std with
+     * ddof 0; a constant plane is an error. Backward from the forward's input x (layer-norm form). */
+    dfc_status (*standardize_forward)(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y,
+                                      dfc_error *err);
+    dfc_status (*standardize_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, float scale,
+                                       dfc_tensor *dx, dfc_error *err);
+
+    /* normalised feature distance (MONAI's perceptual similarity): a, b (N, C, ...) unit-normalised over channels
+     * at every position, f^ = f / (sqrt(sum_c f^2) + 1e-10), loss (N) = mean over positions of sum_c (a^ - b^)^2.
+     * Backward: da = dloss[n] d loss[n] / da (b is a constant reference: no db). */
+    dfc_status (*normalized_distance_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
+                                              dfc_tensor *loss, dfc_error *err);
+    dfc_status (*normalized_distance_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a,
+                                               const dfc_tensor *b, dfc_tensor *da, dfc_error *err);
+
+    /* pixel distances per sample over the non-batch elements of a, b (N, C, ...): loss (N) =
+     * L1: sum |a - b|; L2: sum (a - b)^2; L2_CHANNEL_NORM: sum over positions of the norm over channels of a - b.
+     * Backward: da = dloss[n] * (sign(a - b) | 2 (a - b) | (a - b) / norm, 0 where the norm is 0). */
+    dfc_status (*pixel_loss_forward)(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a,
+                                     const dfc_tensor *b, dfc_tensor *loss, dfc_error *err);
+    dfc_status (*pixel_loss_backward)(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *dloss,
+                                      const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *da, dfc_error *err);
+
+    /* y = value everywhere (any shape). */
+    dfc_status (*fill)(dfc_backend *be, float value, dfc_tensor *y, dfc_error *err);
 } dfc_ops;
 
 
@@ -195,7 +248,20 @@ typedef struct dfc_ops {
     X(cross_entropy_forward) \
     X(cross_entropy_backward) \
     X(mse_forward) \
-    X(mse_backward)
+    X(mse_backward) \
+    /* network ops (issue 15, netops) */ \
+    X(logit_loss_forward) \
+    X(logit_loss_backward) \
+    X(bce_with_logits_forward) \
+    X(bce_with_logits_backward) \
+    X(class_probability) \
+    X(standardize_forward) \
+    X(standardize_backward) \
+    X(normalized_distance_forward) \
+    X(normalized_distance_backward) \
+    X(pixel_loss_forward) \
+    X(pixel_loss_backward) \
+    X(fill)
 
 /* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
 #define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;

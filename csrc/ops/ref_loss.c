@@ -1,25 +1,12 @@
-/* Reference loss kernels: per-sample cross-entropy on logits and mean squared error. Sums in double. */
+/* Reference loss kernels: per-sample cross-entropy on logits (one logit: binary) and mean squared error. Sums in
+ * double. */
 #include <math.h>
 
 #include "ref.h"
+#include "net_ops.h"
 #include "softmax_row.h"
 
 /* ---- cross-entropy ---- */
-
-static dfc_status check_cross_entropy(const char *op, const dfc_tensor *logits, const int64_t *targets,
-                                      dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(logits, op, "logits", 2, 2, err));
-    const int64_t n = logits->shape[0], k = logits->shape[1];
-    if (!targets)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: targets is missing", op);
-    for (int64_t i = 0; i < n; i++) {
-        if (targets[i] < 0 || targets[i] >= k)
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: targets[%lld] = %lld is out of range [0, %lld) for %lld classes",
-                            op, (long long)i, (long long)targets[i], (long long)k, (long long)k);
-    }
-    return DFC_OK;
-}
 
 /* log(sum_j exp(row_j)) with the row max taken out, so no exp() overflows. */
 static double log_sum_exp(const float *row, int64_t k)
@@ -29,18 +16,21 @@ static double log_sum_exp(const float *row, int64_t k)
     return max + log(sum);
 }
 
-/* loss[n] = logsumexp(logits[n]) - logits[n, target[n]]. */
+/* loss[n] = logsumexp(logits[n]) - logits[n, target[n]]; one logit: -log sigmoid(l_y). */
 dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
                                      dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "cross_entropy";
-    DFC_TRY(check_cross_entropy(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
-        loss->data[i] = (float)(log_sum_exp(row, k) - row[targets[i]]);
+        if (k == 1)
+            loss->data[i] = (float)dfc_neg_log_sigmoid(dfc_target_logit(row, k, targets[i]));
+        else
+            loss->data[i] = (float)(log_sum_exp(row, k) - row[targets[i]]);
     }
     return DFC_OK;
 }
@@ -49,7 +39,7 @@ dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, 
                                       const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
     const char *op = "cross_entropy_backward";
-    DFC_TRY(check_cross_entropy(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
@@ -57,6 +47,11 @@ dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, 
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
         float *drow = dlogits->data + i * k;
+        if (k == 1) { /* d/dz softplus(-sign z) = -sign sigmoid(-l_y) (= sigmoid(z) - target) */
+            const double ly = dfc_target_logit(row, k, targets[i]);
+            drow[0] = (float)(dloss->data[i] * (targets[i] == 1 ? -1.0 : 1.0) * dfc_sigmoid(-ly));
+            continue;
+        }
         const double lse = log_sum_exp(row, k), scale = dloss->data[i];
         for (int64_t j = 0; j < k; j++)
             drow[j] = (float)(scale * (exp((double)row[j] - lse) - (j == targets[i] ? 1.0 : 0.0)));

@@ -75,13 +75,16 @@ static PyObject *py_softmax_forward(PyObject *self, PyObject *args)
     (void)self;
     dfc_backend *be;
     PyObject *x_obj;
-    if (!PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &x_obj))
+    int axis = -1;
+    if (!PyArg_ParseTuple(args, "O&O|i", dfc_py_backend, &be, &x_obj, &axis))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor x;
+    dfc_tensor x, y;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) == 0)
-        out = dfc_py_run_op1(be, be->ops->softmax_forward, &x, x.ndim, x.shape);
+    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) == 0 && (out = dfc_py_new_tensor(x.ndim, x.shape, &y))) {
+        dfc_error err = {0};
+        DFC_PY_RUN(out, err, be->ops->softmax_forward(be, &x, axis, &y, &err));
+    }
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -91,14 +94,18 @@ static PyObject *py_softmax_backward(PyObject *self, PyObject *args)
     (void)self;
     dfc_backend *be;
     PyObject *dy_obj, *y_obj;
-    if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &dy_obj, &y_obj))
+    int axis = -1;
+    if (!PyArg_ParseTuple(args, "O&OO|i", dfc_py_backend, &be, &dy_obj, &y_obj, &axis))
         return NULL;
     dfc_py_refs refs = {0};
-    dfc_tensor dy, y;
+    dfc_tensor dy, y, dx;
     PyObject *out = NULL;
     if (dfc_py_tensor(dy_obj, "softmax_backward", "dy", 1, 4, 1, &refs, &dy) == 0 &&
-        dfc_py_tensor(y_obj, "softmax_backward", "y", 1, 4, 1, &refs, &y) == 0)
-        out = dfc_py_run_op2(be, be->ops->softmax_backward, &dy, &y, y.ndim, y.shape);
+        dfc_py_tensor(y_obj, "softmax_backward", "y", 1, 4, 1, &refs, &y) == 0 &&
+        (out = dfc_py_new_tensor(y.ndim, y.shape, &dx))) {
+        dfc_error err = {0};
+        DFC_PY_RUN(out, err, be->ops->softmax_backward(be, &dy, &y, axis, &dx, &err));
+    }
     dfc_py_refs_release(&refs);
     return out;
 }
@@ -282,8 +289,8 @@ PyMethodDef dfc_methods_elementwise[] = {
      "activation_forward(backend, kind, x) -> y; kind in relu/silu/sigmoid."},
     {"activation_backward", py_activation_backward, METH_VARARGS,
      "activation_backward(backend, kind, dy, x) -> dx."},
-    {"softmax_forward", py_softmax_forward, METH_VARARGS, "softmax_forward(backend, x) -> y, over the last axis."},
-    {"softmax_backward", py_softmax_backward, METH_VARARGS, "softmax_backward(backend, dy, y) -> dx."},
+    {"softmax_forward", py_softmax_forward, METH_VARARGS, "softmax_forward(backend, x, axis=-1) -> y, over one axis."},
+    {"softmax_backward", py_softmax_backward, METH_VARARGS, "softmax_backward(backend, dy, y, axis=-1) -> dx."},
     {"binary_forward", py_binary_forward, METH_VARARGS,
      "binary_forward(backend, kind, a, b) -> y = a (+|*) b; kind in add/mul; b has a's ndim, dims 1 or equal."},
     {"binary_backward", py_binary_backward, METH_VARARGS,

@@ -206,6 +206,17 @@ static PyTypeObject DfcPerceptual_Type = {
 
 /* ---- pixel losses ---- */
 
+/* loss (N) and, if da is set, da = d sum(loss) / da: loss holds the backward's dloss = 1 until the forward. */
+static dfc_status pixel_loss_and_grad(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a,
+                                      const dfc_tensor *b, dfc_tensor *loss, dfc_tensor *da, dfc_error *err)
+{
+    if (da) {
+        DFC_TRY(be->ops->fill(be, 1.0f, loss, err));
+        DFC_TRY(be->ops->pixel_loss_backward(be, kind, loss, a, b, da, err));
+    }
+    return be->ops->pixel_loss_forward(be, kind, a, b, loss, err);
+}
+
 /* pixel_loss(backend, kind, a, b, with_grad) -> (loss (N,), da or None); kind 0 l1, 1 l2, 2 l2 channel norm */
 static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
 {
@@ -227,8 +238,8 @@ static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
     if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {a.ndim, da_shape, &da}})))
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(result, err, dfc_pixel_loss(be, (dfc_pixel_loss_kind)kind.value, &a, &b, &loss, with_grad ? &da : NULL,
-                                           &err));
+    DFC_PY_RUN(result, err, pixel_loss_and_grad(be, (dfc_pixel_loss_kind)kind.value, &a, &b, &loss,
+                                                with_grad ? &da : NULL, &err));
 done:
     dfc_py_refs_release(&refs);
     return result;

@@ -1,0 +1,73 @@
+/* The arithmetic the network-side kernels share (ref_net.c, ref_loss.c, cpu_net.c): the class-probability rule
+ * over one sample's logits and the checks of class targets. Private to csrc/ops (and to class_loss.c's per-sample
+ * helpers until their last caller moves to the class_probability op). */
+#ifndef DIFFICE_NET_OPS_H
+#define DIFFICE_NET_OPS_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "ops.h"
+#include "softmax_row.h"
+
+#define DFC_NORMALIZE_EPS 1e-10 /* MONAI's normalize_tensor */
+
+/* Stable for either sign: exp of a non-positive argument only. */
+static inline double dfc_sigmoid(double v) { return v >= 0 ? 1.0 / (1.0 + exp(-v)) : exp(v) / (1.0 + exp(v)); }
+
+/* -log sigmoid(v) = softplus(-v), without overflow for either sign. */
+static inline double dfc_neg_log_sigmoid(double v) { return fmax(-v, 0.0) + log1p(exp(-fabs(v))); }
+
+/* The signed logit of target y (DiME's l_y): c == 1: +-z (sign by y in {0, 1}); c == 2: z_y - z_(1-y); c > 2: z_y. */
+static inline double dfc_target_logit(const float *z, int64_t c, int64_t y)
+{
+    if (c == 1)
+        return y == 1 ? (double)z[0] : -(double)z[0];
+    if (c == 2)
+        return (double)z[y] - z[1 - y];
+    return z[y];
+}
+
+/* p(y) under the rule: c >= 2 softmax(z)_y; c == 1 sigmoid(+-z) (1 - sigmoid(v) = sigmoid(-v)). */
+static inline double dfc_class_probability_row(const float *z, int64_t c, int64_t y)
+{
+    if (c == 1)
+        return dfc_sigmoid(dfc_target_logit(z, c, y));
+    float max;
+    const double sum = dfc_row_sum_exp(z, c, &max);
+    return exp((double)z[y] - max) / sum;
+}
+
+/* argmax (the first on ties) for c >= 2; z > 0 for one logit. */
+static inline int64_t dfc_predicted_class_row(const float *z, int64_t c)
+{
+    if (c == 1)
+        return z[0] > 0.0f;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; k++)
+        if (z[k] > z[best])
+            best = k;
+    return best;
+}
+
+/* logits (N, C) with C >= 1 and targets (N) in [0, max(C, 2)): one logit stands for two classes. */
+static inline dfc_status dfc_check_class_targets(const char *op, const dfc_tensor *logits, const int64_t *targets,
+                                                 dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(logits, op, "logits", 2, 2, err));
+    const int64_t n = logits->shape[0], c = logits->shape[1], classes = c == 1 ? 2 : c;
+    if (c < 1)
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: logits have no classes", op);
+    if (!targets)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: targets is missing", op);
+    for (int64_t i = 0; i < n; i++)
+        if (targets[i] < 0 || targets[i] >= classes)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: targets[%lld] = %lld is out of range [0, %lld) for %lld logits",
+                            op, (long long)i, (long long)targets[i], (long long)classes, (long long)c);
+    return DFC_OK;
+}
+
+/* a, b (N, C, ...) of one shape. */
+dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err);
+
+#endif

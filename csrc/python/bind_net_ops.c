@@ -1,0 +1,211 @@
+/* Bindings for the network-side ops (issue 15, netops): the logit loss, BCE with logits, the class-probability rule,
+ * per-plane standardisation, the normalised feature distance, pixel distances. Integer targets are checked for
+ * their dtype by the Python wrappers (diffice/ops/_net.py); here only their count. */
+#include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+/* Reads objs[0..n) as tensors named names[i] (1 to 4 dims, finite) into ts; 0 or -1 with an exception. */
+static int read_tensors(const char *op, int n, PyObject *const *objs, const char *const *names, dfc_py_refs *refs,
+                        dfc_tensor *ts)
+{
+    for (int i = 0; i < n; i++)
+        if (dfc_py_tensor(objs[i], op, names[i], 1, 4, 1, refs, &ts[i]) < 0)
+            return -1;
+    return 0;
+}
+
+/* ---- logit loss: (backend, [dloss,] logits, targets) ---- */
+
+static PyObject *logit_loss(PyObject *args, int backward)
+{
+    const char *op = backward ? "logit_loss_backward" : "logit_loss";
+    dfc_backend *be;
+    PyObject *objs[2] = {NULL, NULL}, *targets_obj;
+    if (backward ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &targets_obj)
+                 : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &targets_obj))
+        return NULL;
+    static const char *const names[] = {"dloss", "logits"};
+    dfc_py_refs refs = {0};
+    dfc_tensor ts[2], out_t;
+    const int64_t *targets;
+    PyObject *out = NULL;
+    if (read_tensors(op, 2 - !backward, objs + !backward, names + !backward, &refs, ts + !backward) < 0 ||
+        dfc_py_int64_vector(targets_obj, op, "targets", ts[1].shape[0], &refs, &targets) < 0)
+        goto done;
+    if (!(out = backward ? dfc_py_new_tensor(2, ts[1].shape, &out_t) : dfc_py_new_tensor(1, ts[1].shape, &out_t)))
+        goto done;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, backward ? be->ops->logit_loss_backward(be, &ts[0], &ts[1], targets, &out_t, &err)
+                                  : be->ops->logit_loss_forward(be, &ts[1], targets, &out_t, &err));
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+static PyObject *py_logit_loss_forward(PyObject *self, PyObject *args) { (void)self; return logit_loss(args, 0); }
+static PyObject *py_logit_loss_backward(PyObject *self, PyObject *args) { (void)self; return logit_loss(args, 1); }
+
+/* ---- BCE with logits: (backend, [dloss,] logits, targets) ---- */
+
+static PyObject *bce_with_logits(PyObject *args, int backward)
+{
+    const char *op = backward ? "bce_with_logits_backward" : "bce_with_logits";
+    dfc_backend *be;
+    PyObject *objs[3] = {NULL, NULL, NULL};
+    if (backward ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &objs[2])
+                 : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &objs[2]))
+        return NULL;
+    static const char *const names[] = {"dloss", "logits", "targets"};
+    dfc_py_refs refs = {0};
+    dfc_tensor ts[3], out_t;
+    PyObject *out = NULL;
+    if (read_tensors(op, 3 - !backward, objs + !backward, names + !backward, &refs, ts + !backward) < 0)
+        goto done;
+    if (!(out = backward ? dfc_py_new_tensor(ts[1].ndim, ts[1].shape, &out_t)
+                         : dfc_py_new_tensor(1, ts[1].shape, &out_t)))
+        goto done;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, backward ? be->ops->bce_with_logits_backward(be, &ts[0], &ts[1], &ts[2], &out_t, &err)
+                                  : be->ops->bce_with_logits_forward(be, &ts[1], &ts[2], &out_t, &err));
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+static PyObject *py_bce_with_logits_forward(PyObject *self, PyObject *args) { (void)self; return bce_with_logits(args, 0); }
+static PyObject *py_bce_with_logits_backward(PyObject *self, PyObject *args) { (void)self; return bce_with_logits(args, 1); }
+
+/* ---- class_probability(backend, logits, targets) -> (prob (N,) float32, predicted (N,) int64) ---- */
+
+static PyObject *py_class_probability(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *op = "class_probability";
+    dfc_backend *be;
+    PyObject *logits_obj, *targets_obj;
+    if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &logits_obj, &targets_obj))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor logits, prob;
+    const int64_t *targets;
+    PyObject *prob_obj = NULL, *predicted_obj = NULL, *out = NULL;
+    if (dfc_py_tensor(logits_obj, op, "logits", 2, 2, 1, &refs, &logits) < 0 ||
+        dfc_py_int64_vector(targets_obj, op, "targets", logits.shape[0], &refs, &targets) < 0)
+        goto done;
+    npy_intp n = (npy_intp)logits.shape[0];
+    if (!(prob_obj = dfc_py_new_tensor(1, logits.shape, &prob)) ||
+        !(predicted_obj = PyArray_SimpleNew(1, &n, NPY_INT64)))
+        goto done;
+    int64_t *predicted = PyArray_DATA((PyArrayObject *)predicted_obj);
+    dfc_error err = {0};
+    DFC_PY_RUN(prob_obj, err, be->ops->class_probability(be, &logits, targets, &prob, predicted, &err));
+    if (prob_obj)
+        out = PyTuple_Pack(2, prob_obj, predicted_obj);
+done:
+    Py_XDECREF(prob_obj);
+    Py_XDECREF(predicted_obj);
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+/* ---- standardize(backend, x, scale), standardize_backward(backend, dy, x, scale) ---- */
+
+static PyObject *standardize(PyObject *args, int backward)
+{
+    const char *op = backward ? "standardize_backward" : "standardize";
+    dfc_backend *be;
+    PyObject *objs[2] = {NULL, NULL};
+    float scale;
+    if (backward ? !PyArg_ParseTuple(args, "O&OOf", dfc_py_backend, &be, &objs[0], &objs[1], &scale)
+                 : !PyArg_ParseTuple(args, "O&Of", dfc_py_backend, &be, &objs[1], &scale))
+        return NULL;
+    static const char *const names[] = {"dy", "x"};
+    dfc_py_refs refs = {0};
+    dfc_tensor ts[2], out_t;
+    PyObject *out = NULL;
+    if (read_tensors(op, 2 - !backward, objs + !backward, names + !backward, &refs, ts + !backward) == 0 &&
+        (out = dfc_py_new_tensor(ts[1].ndim, ts[1].shape, &out_t))) {
+        dfc_error err = {0};
+        DFC_PY_RUN(out, err, backward ? be->ops->standardize_backward(be, &ts[0], &ts[1], scale, &out_t, &err)
+                                      : be->ops->standardize_forward(be, &ts[1], scale, &out_t, &err));
+    }
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+static PyObject *py_standardize_forward(PyObject *self, PyObject *args) { (void)self; return standardize(args, 0); }
+static PyObject *py_standardize_backward(PyObject *self, PyObject *args) { (void)self; return standardize(args, 1); }
+
+/* ---- per-sample distances of a to b: normalized_distance and pixel_loss ([kind,] [dloss,] a, b) ---- */
+
+static PyObject *distance(PyObject *args, int pixel, int backward)
+{
+    const char *op = pixel ? (backward ? "pixel_loss_backward" : "pixel_loss")
+                           : (backward ? "normalized_distance_backward" : "normalized_distance");
+    dfc_backend *be;
+    dfc_py_int_arg kind = {"pixel_loss: kind (0 l1, 1 l2, 2 l2 channel norm)", 0, 2, 0};
+    PyObject *objs[3] = {NULL, NULL, NULL};
+    int ok = pixel ? (backward ? PyArg_ParseTuple(args, "O&O&OOO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
+                                                  &objs[0], &objs[1], &objs[2])
+                               : PyArg_ParseTuple(args, "O&O&OO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
+                                                  &objs[1], &objs[2]))
+                   : (backward ? PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &objs[2])
+                               : PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &objs[2]));
+    if (!ok)
+        return NULL;
+    static const char *const names[] = {"dloss", "a", "b"};
+    dfc_py_refs refs = {0};
+    dfc_tensor ts[3], out_t;
+    PyObject *out = NULL;
+    if (read_tensors(op, 3 - !backward, objs + !backward, names + !backward, &refs, ts + !backward) < 0)
+        goto done;
+    if (!(out = backward ? dfc_py_new_tensor(ts[1].ndim, ts[1].shape, &out_t)
+                         : dfc_py_new_tensor(1, ts[1].shape, &out_t)))
+        goto done;
+    const dfc_pixel_loss_kind k = (dfc_pixel_loss_kind)kind.value;
+    dfc_error err = {0};
+    if (pixel)
+        DFC_PY_RUN(out, err, backward ? be->ops->pixel_loss_backward(be, k, &ts[0], &ts[1], &ts[2], &out_t, &err)
+                                      : be->ops->pixel_loss_forward(be, k, &ts[1], &ts[2], &out_t, &err));
+    else
+        DFC_PY_RUN(out, err, backward ? be->ops->normalized_distance_backward(be, &ts[0], &ts[1], &ts[2], &out_t, &err)
+                                      : be->ops->normalized_distance_forward(be, &ts[1], &ts[2], &out_t, &err));
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+static PyObject *py_normalized_distance_forward(PyObject *self, PyObject *args) { (void)self; return distance(args, 0, 0); }
+static PyObject *py_normalized_distance_backward(PyObject *self, PyObject *args) { (void)self; return distance(args, 0, 1); }
+static PyObject *py_pixel_loss_forward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 0); }
+static PyObject *py_pixel_loss_backward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 1); }
+
+PyMethodDef dfc_methods_net_ops[] = {
+    {"logit_loss_forward", py_logit_loss_forward, METH_VARARGS,
+     "logit_loss_forward(backend, logits (N, C), targets (N,)) -> per-sample -l_y (N,)."},
+    {"logit_loss_backward", py_logit_loss_backward, METH_VARARGS,
+     "logit_loss_backward(backend, dloss (N,), logits, targets) -> dlogits (N, C)."},
+    {"bce_with_logits_forward", py_bce_with_logits_forward, METH_VARARGS,
+     "bce_with_logits_forward(backend, logits (N, ...), targets (logits' shape)) -> per-sample mean BCE (N,)."},
+    {"bce_with_logits_backward", py_bce_with_logits_backward, METH_VARARGS,
+     "bce_with_logits_backward(backend, dloss (N,), logits, targets) -> dlogits."},
+    {"class_probability", py_class_probability, METH_VARARGS,
+     "class_probability(backend, logits (N, C), targets (N,)) -> (p(target) (N,), predicted class (N,) int64)."},
+    {"standardize_forward", py_standardize_forward, METH_VARARGS,
+     "standardize_forward(backend, x (N, C, H, W), scale) -> scale (x - mean) / std per (n, c) plane."},
+    {"standardize_backward", py_standardize_backward, METH_VARARGS,
+     "standardize_backward(backend, dy, x, scale) -> dx."},
+    {"normalized_distance_forward", py_normalized_distance_forward, METH_VARARGS,
+     "normalized_distance_forward(backend, a (N, C, ...), b) -> per-sample channel-normalised distance (N,)."},
+    {"normalized_distance_backward", py_normalized_distance_backward, METH_VARARGS,
+     "normalized_distance_backward(backend, dloss (N,), a, b) -> da."},
+    {"pixel_loss_forward", py_pixel_loss_forward, METH_VARARGS,
+     "pixel_loss_forward(backend, kind (0 l1, 1 l2, 2 l2 channel norm), a, b) -> per-sample distance (N,)."},
+    {"pixel_loss_backward", py_pixel_loss_backward, METH_VARARGS,
+     "pixel_loss_backward(backend, kind, dloss (N,), a, b) -> da."},
+    {NULL, NULL, 0, NULL},
+};

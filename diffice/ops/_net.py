@@ -1,0 +1,93 @@
+"""Network-side ops: the logit loss, binary cross-entropy with logits, the class-probability rule, per-plane
+standardisation, the normalised feature distance and pixel distances. Per-sample losses (N,) in float32; the
+backward functions take the gradient dloss (N,) of those per-sample losses."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from .._native import _C
+from ._backend import get_backend
+from ._loss import _targets
+
+__all__ = [
+    "logit_loss", "logit_loss_backward", "bce_with_logits", "bce_with_logits_backward", "class_probability",
+    "standardize", "standardize_backward", "normalized_distance", "normalized_distance_backward",
+    "pixel_loss", "pixel_loss_backward", "PIXEL_LOSSES",
+]
+
+PIXEL_LOSSES = ("l1", "l2", "l2_channel_norm")
+
+
+def logit_loss(logits: np.ndarray, targets, *, backend: str = "cpu") -> np.ndarray:
+    """Per-sample -l_y, the signed logit of the target (DiME's use_logits loss), of logits float32 (N, C) at integer
+    targets (N,): C == 1: l_y = z if y == 1 else -z; C == 2: z_y - z_(1-y); C > 2: z_y. Returns (N,) float32."""
+    return _C.logit_loss_forward(get_backend(backend), logits, _targets("logit_loss", targets))
+
+
+def logit_loss_backward(dloss: np.ndarray, logits: np.ndarray, targets, *, backend: str = "cpu") -> np.ndarray:
+    """dlogits (N, C) = dloss[n] d(-l_y)/dlogits for dloss float32 (N,)."""
+    return _C.logit_loss_backward(get_backend(backend), dloss, logits, _targets("logit_loss_backward", targets))
+
+
+def bce_with_logits(logits: np.ndarray, targets: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """Per-sample mean over the non-batch dims of the binary cross-entropy with logits (as
+    torch.nn.functional.binary_cross_entropy_with_logits): logits and targets (in [0, 1]) float32 (N, ...) of one
+    shape. Returns (N,) float32."""
+    return _C.bce_with_logits_forward(get_backend(backend), logits, targets)
+
+
+def bce_with_logits_backward(dloss: np.ndarray, logits: np.ndarray, targets: np.ndarray, *,
+                             backend: str = "cpu") -> np.ndarray:
+    """dlogits (logits' shape) = dloss[n] (sigmoid(logits) - targets) / M, M the elements per sample."""
+    return _C.bce_with_logits_backward(get_backend(backend), dloss, logits, targets)
+
+
+def class_probability(logits: np.ndarray, targets, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+    """The probability rule of diffice.probabilities through the op table: logits float32 (N, C), integer targets
+    (N,) in [0, max(C, 2)). Returns (p(target) (N,) float32, predicted class (N,) int64): softmax and argmax (the
+    first on ties) for C >= 2, sigmoid and z > 0 for one logit."""
+    return _C.class_probability(get_backend(backend), logits, _targets("class_probability", targets))
+
+
+def standardize(x: np.ndarray, scale: float = 1.0, *, backend: str = "cpu") -> np.ndarray:
+    """scale (x - mean) / std over every (n, c) plane of x float32 (N, C, H, W), std with ddof 0; a constant plane
+    raises ValueError. SonoNet uses scale 255."""
+    return _C.standardize_forward(get_backend(backend), x, float(scale))
+
+
+def standardize_backward(dy: np.ndarray, x: np.ndarray, scale: float = 1.0, *, backend: str = "cpu") -> np.ndarray:
+    """Gradient of standardize at x: dx = (scale / std) (dy - mean(dy) - xh mean(dy xh)), xh = (x - mean) / std."""
+    return _C.standardize_backward(get_backend(backend), dy, x, float(scale))
+
+
+def normalized_distance(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """MONAI's perceptual feature distance per sample: a, b float32 (N, C, ...) unit-normalised over channels at every
+    position (f / (|f| + 1e-10)), then the mean over positions of sum_c (a^ - b^)^2. Returns (N,) float32."""
+    return _C.normalized_distance_forward(get_backend(backend), a, b)
+
+
+def normalized_distance_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray, *,
+                                 backend: str = "cpu") -> np.ndarray:
+    """da (a's shape) = dloss[n] d normalized_distance[n] / da; b is a constant reference."""
+    return _C.normalized_distance_backward(get_backend(backend), dloss, a, b)
+
+
+def _pixel_kind(kind: str) -> int:
+    if kind not in PIXEL_LOSSES:
+        raise ValueError(f"pixel_loss: kind must be one of {PIXEL_LOSSES}, got {kind!r}")
+    return PIXEL_LOSSES.index(kind)
+
+
+def pixel_loss(a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str = "cpu") -> np.ndarray:
+    """Per-sample pixel distance of a to b (float32 (N, C, ...), one shape): "l1" sum |a - b|, "l2" sum (a - b)^2,
+    "l2_channel_norm" the sum over positions of the norm over channels of a - b. Returns (N,) float32."""
+    return _C.pixel_loss_forward(get_backend(backend), _pixel_kind(kind), a, b)
+
+
+def pixel_loss_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray, kind: str = "l1", *,
+                            backend: str = "cpu") -> np.ndarray:
+    """da = dloss[n] times sign(a - b) ("l1"), 2 (a - b) ("l2") or (a - b) / norm ("l2_channel_norm", 0 where the
+    norm is 0)."""
+    return _C.pixel_loss_backward(get_backend(backend), _pixel_kind(kind), dloss, a, b)
