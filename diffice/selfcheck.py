@@ -25,6 +25,10 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
     logits, targets = r(6, 5), rng.integers(0, 5, 6)
     dy_linear, bn_mean, bn_var, bn_gamma, bn_beta = r(5, 9), r(7), np.abs(r(7)) + 0.1, r(7), r(7)
     per_channel, per_sample_channel, dy_attention = r(7), r(3, 7, 1, 1), r(2, 64, 35)
+    # network ops (issue 15, netops)
+    one_logit, bce_targets, dloss3, dloss6 = r(6, 1), (r(3, 7, 13, 19) > 0).astype(np.float32), r(3), r(6)
+    feats_a, feats_b = r(3, 70, 5, 31), r(3, 70, 5, 31)
+    binary_targets = rng.integers(0, 2, 6)
     return [
         ("conv2d", lambda be: ops.conv2d(x, w, b, stride=2, padding=1, backend=be)),
         ("conv2d_backward_input", lambda be: ops.conv2d_backward_input(dy_conv, w, x.shape, stride=2, padding=1,
@@ -54,6 +58,25 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
                                                  ops.cross_entropy_backward(logits, targets, backend=be))),
         ("mse / backward", lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)),
                                        *ops.mse_backward(x, x * 0.5, backend=be))),
+        # network ops (issue 15, netops)
+        ("softmax axis 1 / backward", lambda be: (ops.softmax(x, 1, backend=be),
+                                                  ops.softmax_backward(x, x, 1, backend=be))),
+        ("cross_entropy of one logit", lambda be: (
+            ops.cross_entropy(one_logit, binary_targets, reduction="none", backend=be),
+            ops.cross_entropy_backward(one_logit, binary_targets, backend=be))),
+        ("logit_loss / backward", lambda be: (ops.logit_loss(logits, targets, backend=be),
+                                              ops.logit_loss_backward(dloss6, logits, targets, backend=be))),
+        ("bce_with_logits / backward", lambda be: (ops.bce_with_logits(x, bce_targets, backend=be),
+                                                   ops.bce_with_logits_backward(dloss3, x, bce_targets, backend=be))),
+        ("class_probability", lambda be: ops.class_probability(logits, targets, backend=be)),
+        ("standardize / backward", lambda be: (ops.standardize(x, 255.0, backend=be),
+                                               ops.standardize_backward(x, x, 255.0, backend=be))),
+        ("normalized_distance / bwd", lambda be: (
+            ops.normalized_distance(feats_a, feats_b, backend=be),
+            ops.normalized_distance_backward(dloss3, feats_a, feats_b, backend=be))),
+        ("pixel_loss l2 ch. norm / bwd", lambda be: (
+            ops.pixel_loss(x, x * 0.5, "l2_channel_norm", backend=be),
+            ops.pixel_loss_backward(dloss3, x, x * 0.5, "l2_channel_norm", backend=be))),
     ]
 
 

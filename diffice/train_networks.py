@@ -16,11 +16,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import ops
 from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
 from .io import load_safetensors
 from .network import NetworkBase
 from .ops._backend import get_backend
-from .probabilities import predicted_class, probabilities, sigmoid
+from .probabilities import predicted_class, sigmoid
 from .train import AdamW, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -30,15 +31,11 @@ BatchFn = Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
     """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient (M, K); for a single logit
-    (K = 1, targets 0/1) the binary cross-entropy of diffice.probabilities' convention."""
-    p = probabilities(logits, axis=-1)
-    m = len(targets)
-    rows = np.arange(m)
-    loss = float(-np.log(np.maximum(p[rows, targets], 1e-12)).mean())
-    p[rows, targets] -= 1.0
-    if logits.shape[-1] == 1:  # d/dl -log p_t = p_1 - [t = 1]
-        p = p[:, 1:]
-    return loss, (p / m).astype(np.float32)
+    (K = 1, targets 0/1) the binary cross-entropy of diffice.probabilities' convention. The C cross_entropy op
+    (float32 per-sample losses, their mean in float64)."""
+    z = np.ascontiguousarray(logits, dtype=np.float32)
+    t = np.asarray(targets, dtype=np.int64)
+    return ops.cross_entropy(z, t, reduction="mean"), ops.cross_entropy_backward(z, t, reduction="mean")
 
 
 def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> Tuple[float, np.ndarray]:
@@ -50,12 +47,13 @@ def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> Tuple[fl
 
 
 def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
-    """Mean BCE-with-logits over every entry of logits (N, C) against 0/1 targets (N, C), and its gradient."""
-    z = logits.astype(np.float64)
-    t = targets.astype(np.float64)
-    loss = float(np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))))
-    grad = (sigmoid(z) - t) / z.size
-    return loss, grad.astype(np.float32)
+    """Mean BCE-with-logits over every entry of logits (N, C) against 0/1 targets (N, C), and its gradient, by the
+    C bce_with_logits op (per-sample means of equal size, so their mean is the mean over every entry)."""
+    z = np.ascontiguousarray(logits, dtype=np.float32)
+    t = np.ascontiguousarray(targets, dtype=np.float32)
+    n = z.shape[0]
+    loss = float(ops.bce_with_logits(z, t).astype(np.float64).mean())
+    return loss, ops.bce_with_logits_backward(np.full(n, 1.0 / n, np.float32), z, t)
 
 
 SUPERVISED_LOG_FIELDS = ["step", "loss", "grad_norm", "lr", "seconds"]

@@ -72,7 +72,7 @@ def test_training_cross_entropy_is_torch(rng, classes):
         loss = torch.nn.functional.cross_entropy(zt, torch.tensor(t))
     loss.backward()
     got, grad = cross_entropy_grad(z, t)
-    assert got == pytest.approx(loss.item(), rel=1e-10)
+    assert got == pytest.approx(loss.item(), rel=1e-6)  # the C cross_entropy op: float32 per-sample losses
     assert grad.shape == z.shape
     np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-6, atol=1e-9)
 

@@ -1,0 +1,196 @@
+"""The network-side ops (softmax over any axis, the logit loss, binary cross-entropy with logits, cross-entropy of one
+logit, the class-probability rule, per-plane standardisation, the normalised feature distance, pixel losses)
+against PyTorch autograd in float64, on both backends, and the fast kernels against the reference ones."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffice import ops
+from diffice.probabilities import predicted_class, probabilities
+from conftest import BACKENDS, randn, rel_err, t64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, axis", [((3, 5, 13, 19), 1), ((3, 5, 13, 19), 0), ((3, 5, 13, 19), -2),
+                                         ((2, 7, 11), 1), ((5, 11), 0), ((7,), -1), ((3, 5, 13, 19), 3)])
+def test_softmax_over_any_axis(rng, backend, shape, axis):
+    x, dy = randn(rng, *shape, scale=3.0), randn(rng, *shape)
+    xt = t64(x, requires_grad=True)
+    yt = torch.softmax(xt, dim=axis)
+    yt.backward(t64(dy))
+    y = ops.softmax(x, axis, backend=backend)
+    assert rel_err(y, yt) <= 1e-6
+    assert rel_err(ops.softmax_backward(dy, y, axis, backend=backend), xt.grad) <= 1e-5
+
+
+def test_softmax_axis_out_of_range():
+    with pytest.raises(ValueError, match="softmax: axis 2 is out of range for a 2-D tensor"):
+        ops.softmax(np.zeros((2, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="softmax_backward: axis -3"):
+        ops.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), -3)
+
+
+def torch_logit_loss(z, y):
+    c = z.shape[1]
+    rows = torch.arange(z.shape[0])
+    if c == 1:
+        ly = torch.where(y == 1, z[:, 0], -z[:, 0])
+    elif c == 2:
+        ly = z[rows, y] - z[rows, 1 - y]
+    else:
+        ly = z[rows, y]
+    return -ly
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, c", [(7, 1), (5, 2), (9, 13)])
+def test_logit_loss(rng, backend, n, c):
+    logits, dloss = randn(rng, n, c, scale=3.0), randn(rng, n)
+    targets = rng.integers(0, max(c, 2), n)
+    zt = t64(logits, requires_grad=True)
+    want = torch_logit_loss(zt, torch.from_numpy(targets))
+    want.backward(t64(dloss))
+    assert rel_err(ops.logit_loss(logits, targets, backend=backend), want) <= 1e-6
+    assert rel_err(ops.logit_loss_backward(dloss, logits, targets, backend=backend), zt.grad) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_of_one_logit_is_binary(rng, backend):
+    """One logit stands for two classes (the probability rule): BCE with logits towards targets 0/1."""
+    logits, dloss = randn(rng, 9, 1, scale=3.0), randn(rng, 9)
+    logits[0] = 40.0
+    targets = rng.integers(0, 2, 9)
+    zt = t64(logits, requires_grad=True)
+    want = F.binary_cross_entropy_with_logits(zt[:, 0], t64(targets), reduction="none")
+    want.backward(t64(dloss))
+    loss = ops.cross_entropy(logits, targets, reduction="none", backend=backend)
+    assert rel_err(loss, want) <= 1e-6
+    grad = ops.cross_entropy_backward(logits, targets, reduction="none", dloss=dloss, backend=backend)
+    assert rel_err(grad, zt.grad) <= 1e-6
+    with pytest.raises(ValueError, match=r"cross_entropy: targets\[0\] = 2 is out of range \[0, 2\)"):
+        ops.cross_entropy(logits, np.full(9, 2), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5, 7), (5,)])
+def test_bce_with_logits(rng, backend, shape):
+    logits, dloss = randn(rng, *shape, scale=4.0), randn(rng, shape[0])
+    targets = rng.integers(0, 2, shape).astype(np.float32)
+    targets.flat[0] = 0.25  # soft targets too
+    zt = t64(logits, requires_grad=True)
+    want = F.binary_cross_entropy_with_logits(zt, t64(targets), reduction="none").reshape(shape[0], -1).mean(1)
+    want.backward(t64(dloss))
+    assert rel_err(ops.bce_with_logits(logits, targets, backend=backend), want) <= 1e-6
+    assert rel_err(ops.bce_with_logits_backward(dloss, logits, targets, backend=backend), zt.grad) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, c", [(7, 1), (6, 2), (11, 5)])
+def test_class_probability_is_the_probability_rule(rng, backend, n, c):
+    logits = randn(rng, n, c, scale=3.0)
+    logits[0] = 0.0  # a tie: the first class wins, and z = 0 is class 0 for one logit
+    targets = rng.integers(0, max(c, 2), n)
+    prob, predicted = ops.class_probability(logits, targets, backend=backend)
+    want = probabilities(logits.astype(np.float64))[np.arange(n), targets]
+    assert prob.dtype == np.float32 and predicted.dtype == np.int64
+    assert rel_err(prob, want) <= 1e-6
+    np.testing.assert_array_equal(predicted, predicted_class(logits))
+    with pytest.raises(ValueError, match=r"class_probability: targets\[0\] = -1"):
+        ops.class_probability(logits, np.full(n, -1), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 2, 13, 19), (1, 5, 8, 8)])
+def test_standardize(rng, backend, shape):
+    x, dy = randn(rng, *shape, scale=2.0) + 3.0, randn(rng, *shape)
+    xt = t64(x, requires_grad=True)
+    mean = xt.mean(dim=(2, 3), keepdim=True)
+    std = ((xt - mean) ** 2).mean(dim=(2, 3), keepdim=True).sqrt()
+    yt = 255.0 * (xt - mean) / std
+    yt.backward(t64(dy))
+    assert rel_err(ops.standardize(x, 255.0, backend=backend), yt) <= 1e-6
+    assert rel_err(ops.standardize_backward(dy, x, 255.0, backend=backend), xt.grad) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_standardize_refuses_a_constant_plane(rng, backend):
+    x = randn(rng, 2, 3, 5, 5)
+    x[1, 2] = 0.5
+    with pytest.raises(ValueError, match="standardize: image 1 channel 2 is constant"):
+        ops.standardize(x, backend=backend)
+    dx = ops.standardize_backward(randn(rng, 2, 3, 5, 5), x, backend=backend)
+    assert np.all(dx[1, 2] == 0) and np.all(np.isfinite(dx))
+
+
+def torch_normalized_distance(a, b):
+    def unit(f):
+        return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+    d = (unit(a) - unit(b)).pow(2).sum(dim=1)
+    return d.reshape(d.shape[0], -1).mean(dim=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 7, 13, 19), (3, 5, 1, 129), (1, 64, 3, 3), (2, 3, 11)])
+def test_normalized_distance(rng, backend, shape):
+    a, b, dloss = randn(rng, *shape), randn(rng, *shape), randn(rng, shape[0])
+    at = t64(a, requires_grad=True)
+    want = torch_normalized_distance(at, t64(b))
+    want.backward(t64(dloss))
+    assert rel_err(ops.normalized_distance(a, b, backend=backend), want) <= 1e-6
+    assert rel_err(ops.normalized_distance_backward(dloss, a, b, backend=backend), at.grad) <= 1e-5
+
+
+def torch_pixel_loss(a, b, kind):
+    d = a - b
+    if kind == "l1":
+        return d.abs().reshape(d.shape[0], -1).sum(1)
+    if kind == "l2":
+        return d.pow(2).reshape(d.shape[0], -1).sum(1)
+    return torch.norm(d, p=2, dim=1).reshape(d.shape[0], -1).sum(1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["l1", "l2", "l2_channel_norm"])
+@pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 5, 7)])
+def test_pixel_loss(rng, backend, kind, shape):
+    a, b, dloss = randn(rng, *shape), randn(rng, *shape), randn(rng, shape[0])
+    at = t64(a, requires_grad=True)
+    want = torch_pixel_loss(at, t64(b), kind)
+    want.backward(t64(dloss))
+    assert rel_err(ops.pixel_loss(a, b, kind, backend=backend), want) <= 1e-6
+    assert rel_err(ops.pixel_loss_backward(dloss, a, b, kind, backend=backend), at.grad) <= 1e-6
+
+
+@pytest.mark.parametrize("case", [
+    lambda be, r: ops.normalized_distance_backward(r(3), r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
+    lambda be, r: ops.normalized_distance(r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
+    lambda be, r: ops.softmax(r(3, 6, 17, 5), 1, backend=be),
+])
+def test_fast_kernels_match_the_reference(rng, case):
+    draws = []
+
+    def r(*shape):
+        draws.append(randn(rng, *shape))
+        return draws[-1]
+
+    want = case("ref", r)
+    drawn = iter(list(draws))
+    got = case("cpu", lambda *shape: next(drawn))
+    assert rel_err(got, want) <= 1e-6
+
+
+def test_bad_inputs_name_the_op_and_argument(rng):
+    a = randn(rng, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="normalized_distance: b has shape"):
+        ops.normalized_distance(a, randn(rng, 2, 3, 4, 5))
+    with pytest.raises(ValueError, match="pixel_loss: kind"):
+        ops.pixel_loss(a, a, "l3")
+    with pytest.raises(ValueError, match="bce_with_logits: targets has shape"):
+        ops.bce_with_logits(a, randn(rng, 2, 3))
+    with pytest.raises(TypeError, match="logit_loss: targets.*integer"):
+        ops.logit_loss(randn(rng, 2, 3), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"logit_loss: targets\[1\] = 3"):
+        ops.logit_loss(randn(rng, 2, 3), np.array([0, 3]))
+    with pytest.raises(ValueError, match="standardize: x"):
+        ops.standardize(randn(rng, 2, 3))
