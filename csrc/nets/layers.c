@@ -161,6 +161,14 @@ dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char
     return DFC_OK;
 }
 
+dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_error *err)
+{
+    if (!data || count <= 0)
+        return DFC_OK;
+    dfc_tensor t = dfc_tensor1(data, count);
+    return be->ops->fill(be, 0.0f, &t, err);
+}
+
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
                        dfc_error *err)
 {

@@ -141,6 +141,10 @@ dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err);
 dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels,
                                  dfc_error *err);
 
+/* count floats at data (a gradient buffer, an absent gradient) set to zero by the backend's fill; nothing if data
+ * is NULL or count 0. */
+dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_error *err);
+
 /* y = a + b (same shapes), allocated. */
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
                        dfc_error *err);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "layers.h"
 #include "segmenter.h"
 
 /* ---- f(x) = l(s(x), x) ---- */
@@ -187,12 +188,6 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     return DFC_OK;
 }
 
-static void zero_floats(float *p, int64_t count)
-{
-    if (p && count > 0)
-        memset(p, 0, (size_t)count * sizeof(float));
-}
-
 static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
                                             const void *tape_ptr, const dfc_tensor *douts, dfc_tensor *dx,
                                             float *grads, dfc_error *err)
@@ -233,7 +228,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         dfc_tensor *parts[2] = {&dx_img, &dmaps};
         DFC_TRY(be->ops->split_channels(be, &dcat, parts, 2, err));
     } else {
-        zero_floats(cls_grads, f->cls->params.total);
+        DFC_TRY(dfc_zero_floats(be, cls_grads, f->cls->params.total, err));
     }
 
     /* s: the maps' gradient through the softmax, plus the segmentation output's own */
@@ -263,7 +258,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         DFC_TRY(f->seg->vt->backward(f->seg, be, arena, tape->seg_tape, seg_douts, dx ? &dx_seg : NULL, seg_grads,
                                      err));
     } else {
-        zero_floats(seg_grads, f->seg->params.total);
+        DFC_TRY(dfc_zero_floats(be, seg_grads, f->seg->params.total, err));
     }
 
     if (dx) {
@@ -272,7 +267,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         else if (dx_img.data || dx_seg.data)
             memcpy(dx->data, dx_img.data ? dx_img.data : dx_seg.data, (size_t)dfc_numel(dx) * sizeof(float));
         else
-            zero_floats(dx->data, dfc_numel(dx));
+            DFC_TRY(dfc_zero_floats(be, dx->data, dfc_numel(dx), err));
     }
     return DFC_OK;
 }
@@ -397,9 +392,8 @@ static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be,
     if (dx)
         DFC_TRY(dfc_check_shape(dx, op, "dx", 4, t->x.shape, err));
     if (!douts[0].data) {
-        zero_floats(dx ? dx->data : NULL, dx ? dfc_numel(dx) : 0);
-        zero_floats(grads, net->params.total);
-        return DFC_OK;
+        DFC_TRY(dfc_zero_floats(be, dx ? dx->data : NULL, dx ? dfc_numel(dx) : 0, err));
+        return dfc_zero_floats(be, grads, net->params.total, err);
     }
     int64_t want[2] = {t->x.shape[0], c->cfg.num_classes};
     DFC_TRY(dfc_check_shape(&douts[0], op, "dlogits", 2, want, err));

@@ -468,7 +468,7 @@ static dfc_status resnet_backward(const dfc_net *net, dfc_backend *be, dfc_arena
     if (!dx && !grads)
         return DFC_OK;
     if (grads) /* running statistics and the stages after the last contributing tap get zero gradients */
-        memset(grads, 0, (size_t)r->base.params.total * sizeof(float));
+        DFC_TRY(dfc_zero_floats(be, grads, r->base.params.total, err));
     dfc_grad_target g = {&r->base.params, grads};
     dfc_tensor dh = {0}; /* data NULL: no gradient has reached this point yet */
     for (int stage = r->last_stage; stage >= 0; stage--) {
@@ -488,7 +488,7 @@ static dfc_status resnet_backward(const dfc_net *net, dfc_backend *be, dfc_arena
             DFC_TRY(block_backward(be, &r->blocks[i], &t->blocks[i], &dh, arena, g, &dh, err));
     }
     if (!dh.data) /* every output gradient was absent */
-        return dx ? (memset(dx->data, 0, (size_t)dfc_numel(dx) * sizeof(float)), DFC_OK) : DFC_OK;
+        return dx ? dfc_zero_floats(be, dx->data, dfc_numel(dx), err) : DFC_OK;
     dfc_tensor dxn;
     DFC_TRY(stem_backward(be, r, t, &dh, arena, g, dx ? &dxn : NULL, err));
     return dx ? normalize_backward(be, r, &dxn, arena, dx, err) : DFC_OK;

@@ -274,10 +274,8 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
         DFC_TRY(dfc_check_shape(dx, op, "dx", 4, tape->x.shape, err));
     if (!douts[0].data) { /* the only output does not contribute: every gradient is zero */
         if (dx)
-            memset(dx->data, 0, (size_t)dfc_numel(dx) * sizeof(float));
-        if (grads)
-            memset(grads, 0, (size_t)net->params.total * sizeof(float));
-        return DFC_OK;
+            DFC_TRY(dfc_zero_floats(be, dx->data, dfc_numel(dx), err));
+        return dfc_zero_floats(be, grads, net->params.total, err);
     }
     DFC_TRY(dfc_check_shape(&douts[0], op, "dlogits", 4, want, err));
     dfc_grad_target g = {&net->params, grads};

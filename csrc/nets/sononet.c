@@ -249,7 +249,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
     if (dx)
         DFC_TRY(dfc_check_shape(dx, "SonoNet.backward", "dx", 4, tape->input.shape, err));
     if (grads) /* every entry is written: running statistics (and unreached layers) get zero */
-        memset(grads, 0, (size_t)net->params.total * sizeof(float));
+        DFC_TRY(dfc_zero_floats(be, grads, net->params.total, err));
     dfc_grad_target g = {&net->params, grads};
 
     dfc_tensor dh = {0};
@@ -273,9 +273,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
         dh = *dfeatures;
         dh_owned = 0;
     } else { /* no output contributes */
-        if (dx)
-            memset(dx->data, 0, (size_t)dfc_numel(dx) * sizeof(float));
-        return DFC_OK;
+        return dx ? dfc_zero_floats(be, dx->data, dfc_numel(dx), err) : DFC_OK;
     }
     for (int i = NUM_FEATURE_UNITS - 1; i >= 0; i--) {
         DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, dh_owned, arena, g, i > 0 || dx, &dh, err));

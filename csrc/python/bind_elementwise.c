@@ -81,7 +81,8 @@ static PyObject *py_softmax_forward(PyObject *self, PyObject *args)
     dfc_py_refs refs = {0};
     dfc_tensor x, y;
     PyObject *out = NULL;
-    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) == 0 && (out = dfc_py_new_tensor(x.ndim, x.shape, &y))) {
+    if (dfc_py_tensor(x_obj, "softmax", "x", 1, 4, 1, &refs, &x) == 0 &&
+        (out = dfc_py_new_tensor(x.ndim, x.shape, &y))) {
         dfc_error err = {0};
         DFC_PY_RUN(out, err, be->ops->softmax_forward(be, &x, axis, &y, &err));
     }

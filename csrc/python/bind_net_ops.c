@@ -76,8 +76,16 @@ done:
     return out;
 }
 
-static PyObject *py_bce_with_logits_forward(PyObject *self, PyObject *args) { (void)self; return bce_with_logits(args, 0); }
-static PyObject *py_bce_with_logits_backward(PyObject *self, PyObject *args) { (void)self; return bce_with_logits(args, 1); }
+static PyObject *py_bce_with_logits_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bce_with_logits(args, 0);
+}
+static PyObject *py_bce_with_logits_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return bce_with_logits(args, 1);
+}
 
 /* ---- class_probability(backend, logits, targets) -> (prob (N,) float32, predicted (N,) int64) ---- */
 
@@ -179,8 +187,16 @@ done:
     return out;
 }
 
-static PyObject *py_normalized_distance_forward(PyObject *self, PyObject *args) { (void)self; return distance(args, 0, 0); }
-static PyObject *py_normalized_distance_backward(PyObject *self, PyObject *args) { (void)self; return distance(args, 0, 1); }
+static PyObject *py_normalized_distance_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return distance(args, 0, 0);
+}
+static PyObject *py_normalized_distance_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return distance(args, 0, 1);
+}
 static PyObject *py_pixel_loss_forward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 0); }
 static PyObject *py_pixel_loss_backward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 1); }
 
