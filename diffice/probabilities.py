@@ -5,7 +5,7 @@ A classifier's logits (N, C) over its classes:
 - C >= 2: the classes are 0 .. C - 1, p = softmax(logits), the predicted class is the argmax of the logits;
 - C == 1: a single binary logit l for two classes: p(class 1) = sigmoid(l), p(class 0) = 1 - sigmoid(l), the
   predicted class is 1 where l > 0, else 0; valid targets are 0 and 1, and the guidance loss is binary
-  cross-entropy (csrc/nets/class_loss.c).
+  cross-entropy (the C cross_entropy op; csrc/nets/class_loss.c).
 
 :func:`probabilities` therefore returns max(C, 2) columns. Multi-label heads (the concept oracle: one logit per
 concept, each present or absent on its own) use :func:`sigmoid` per entry instead.

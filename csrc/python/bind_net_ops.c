@@ -49,44 +49,6 @@ done:
 static PyObject *py_logit_loss_forward(PyObject *self, PyObject *args) { (void)self; return logit_loss(args, 0); }
 static PyObject *py_logit_loss_backward(PyObject *self, PyObject *args) { (void)self; return logit_loss(args, 1); }
 
-/* ---- BCE with logits: (backend, [dloss,] logits, targets) ---- */
-
-static PyObject *bce_with_logits(PyObject *args, int backward)
-{
-    const char *op = backward ? "bce_with_logits_backward" : "bce_with_logits";
-    dfc_backend *be;
-    PyObject *objs[3] = {NULL, NULL, NULL};
-    if (backward ? !PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &objs[2])
-                 : !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &objs[2]))
-        return NULL;
-    static const char *const names[] = {"dloss", "logits", "targets"};
-    dfc_py_refs refs = {0};
-    dfc_tensor ts[3], out_t;
-    PyObject *out = NULL;
-    if (read_tensors(op, 3 - !backward, objs + !backward, names + !backward, &refs, ts + !backward) < 0)
-        goto done;
-    if (!(out = backward ? dfc_py_new_tensor(ts[1].ndim, ts[1].shape, &out_t)
-                         : dfc_py_new_tensor(1, ts[1].shape, &out_t)))
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, backward ? be->ops->bce_with_logits_backward(be, &ts[0], &ts[1], &ts[2], &out_t, &err)
-                                  : be->ops->bce_with_logits_forward(be, &ts[1], &ts[2], &out_t, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return out;
-}
-
-static PyObject *py_bce_with_logits_forward(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return bce_with_logits(args, 0);
-}
-static PyObject *py_bce_with_logits_backward(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return bce_with_logits(args, 1);
-}
-
 /* ---- class_probability(backend, logits, targets) -> (prob (N,) float32, predicted (N,) int64) ---- */
 
 static PyObject *py_class_probability(PyObject *self, PyObject *args)
@@ -148,24 +110,31 @@ static PyObject *standardize(PyObject *args, int backward)
 static PyObject *py_standardize_forward(PyObject *self, PyObject *args) { (void)self; return standardize(args, 0); }
 static PyObject *py_standardize_backward(PyObject *self, PyObject *args) { (void)self; return standardize(args, 1); }
 
-/* ---- per-sample distances of a to b: normalized_distance and pixel_loss ([kind,] [dloss,] a, b) ---- */
+/* ---- per-sample losses of a pair (x, y): BCE with logits (logits, targets), the normalised distance and pixel
+ * losses (a, b); (backend, [kind,] [dloss,] x, y) -> loss (N,) or the gradient with respect to x ---- */
 
-static PyObject *distance(PyObject *args, int pixel, int backward)
+typedef enum { PAIR_BCE, PAIR_NORMALIZED, PAIR_PIXEL } pair_loss;
+
+static PyObject *pair_loss_op(PyObject *args, pair_loss which, int backward)
 {
-    const char *op = pixel ? (backward ? "pixel_loss_backward" : "pixel_loss")
-                           : (backward ? "normalized_distance_backward" : "normalized_distance");
+    static const char *const op_names[3][2] = {{"bce_with_logits", "bce_with_logits_backward"},
+                                               {"normalized_distance", "normalized_distance_backward"},
+                                               {"pixel_loss", "pixel_loss_backward"}};
+    static const char *const bce_names[] = {"dloss", "logits", "targets"}, *const ab_names[] = {"dloss", "a", "b"};
+    const char *op = op_names[which][backward];
+    const char *const *names = which == PAIR_BCE ? bce_names : ab_names;
     dfc_backend *be;
     dfc_py_int_arg kind = {"pixel_loss: kind (0 l1, 1 l2, 2 l2 channel norm)", 0, 2, 0};
     PyObject *objs[3] = {NULL, NULL, NULL};
-    int ok = pixel ? (backward ? PyArg_ParseTuple(args, "O&O&OOO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
-                                                  &objs[0], &objs[1], &objs[2])
-                               : PyArg_ParseTuple(args, "O&O&OO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
-                                                  &objs[1], &objs[2]))
-                   : (backward ? PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &objs[2])
-                               : PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &objs[2]));
+    int ok = which == PAIR_PIXEL
+                 ? (backward ? PyArg_ParseTuple(args, "O&O&OOO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
+                                                &objs[0], &objs[1], &objs[2])
+                             : PyArg_ParseTuple(args, "O&O&OO", dfc_py_backend, &be, dfc_py_int_converter, &kind,
+                                                &objs[1], &objs[2]))
+                 : (backward ? PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &objs[0], &objs[1], &objs[2])
+                             : PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &objs[1], &objs[2]));
     if (!ok)
         return NULL;
-    static const char *const names[] = {"dloss", "a", "b"};
     dfc_py_refs refs = {0};
     dfc_tensor ts[3], out_t;
     PyObject *out = NULL;
@@ -175,30 +144,41 @@ static PyObject *distance(PyObject *args, int pixel, int backward)
                          : dfc_py_new_tensor(1, ts[1].shape, &out_t)))
         goto done;
     const dfc_pixel_loss_kind k = (dfc_pixel_loss_kind)kind.value;
+    const dfc_tensor *d = &ts[0], *x = &ts[1], *y = &ts[2];
+    const dfc_ops *o = be->ops;
     dfc_error err = {0};
-    if (pixel)
-        DFC_PY_RUN(out, err, backward ? be->ops->pixel_loss_backward(be, k, &ts[0], &ts[1], &ts[2], &out_t, &err)
-                                      : be->ops->pixel_loss_forward(be, k, &ts[1], &ts[2], &out_t, &err));
-    else
-        DFC_PY_RUN(out, err, backward ? be->ops->normalized_distance_backward(be, &ts[0], &ts[1], &ts[2], &out_t, &err)
-                                      : be->ops->normalized_distance_forward(be, &ts[1], &ts[2], &out_t, &err));
+    switch (which) {
+    case PAIR_BCE:
+        DFC_PY_RUN(out, err, backward ? o->bce_with_logits_backward(be, d, x, y, &out_t, &err)
+                                      : o->bce_with_logits_forward(be, x, y, &out_t, &err));
+        break;
+    case PAIR_NORMALIZED:
+        DFC_PY_RUN(out, err, backward ? o->normalized_distance_backward(be, d, x, y, &out_t, &err)
+                                      : o->normalized_distance_forward(be, x, y, &out_t, &err));
+        break;
+    case PAIR_PIXEL:
+        DFC_PY_RUN(out, err, backward ? o->pixel_loss_backward(be, k, d, x, y, &out_t, &err)
+                                      : o->pixel_loss_forward(be, k, x, y, &out_t, &err));
+        break;
+    }
 done:
     dfc_py_refs_release(&refs);
     return out;
 }
 
-static PyObject *py_normalized_distance_forward(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return distance(args, 0, 0);
-}
-static PyObject *py_normalized_distance_backward(PyObject *self, PyObject *args)
-{
-    (void)self;
-    return distance(args, 0, 1);
-}
-static PyObject *py_pixel_loss_forward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 0); }
-static PyObject *py_pixel_loss_backward(PyObject *self, PyObject *args) { (void)self; return distance(args, 1, 1); }
+#define PAIR_BINDING(name, which, backward)                        \
+    static PyObject *py_##name(PyObject *self, PyObject *args)     \
+    {                                                              \
+        (void)self;                                                \
+        return pair_loss_op(args, which, backward);                \
+    }
+PAIR_BINDING(bce_with_logits_forward, PAIR_BCE, 0)
+PAIR_BINDING(bce_with_logits_backward, PAIR_BCE, 1)
+PAIR_BINDING(normalized_distance_forward, PAIR_NORMALIZED, 0)
+PAIR_BINDING(normalized_distance_backward, PAIR_NORMALIZED, 1)
+PAIR_BINDING(pixel_loss_forward, PAIR_PIXEL, 0)
+PAIR_BINDING(pixel_loss_backward, PAIR_PIXEL, 1)
+#undef PAIR_BINDING
 
 PyMethodDef dfc_methods_net_ops[] = {
     {"logit_loss_forward", py_logit_loss_forward, METH_VARARGS,
