@@ -37,6 +37,8 @@ DFC_DECLARE_CPU_OP(attention_forward)
 DFC_DECLARE_CPU_OP(attention_backward)
 DFC_DECLARE_CPU_OP(activation_forward)
 DFC_DECLARE_CPU_OP(activation_backward)
+DFC_DECLARE_CPU_OP(softmax_forward)
+DFC_DECLARE_CPU_OP(softmax_backward)
 DFC_DECLARE_CPU_OP(normalized_distance_forward)
 DFC_DECLARE_CPU_OP(normalized_distance_backward)
 #undef DFC_DECLARE_CPU_OP

@@ -58,28 +58,11 @@ dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const d
 
 /* ---- softmax over one axis ---- */
 
-/* x viewed as (outer, k, inner) around axis (negative counts from the end). */
-typedef struct {
-    int64_t outer, k, inner;
-} softmax_axis;
-
-static dfc_status softmax_layout(const char *op, const dfc_tensor *x, int axis, softmax_axis *s, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
-    const int a = axis < 0 ? axis + x->ndim : axis;
-    if (a < 0 || a >= x->ndim)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: axis %d is out of range for a %d-D tensor", op, axis, x->ndim);
-    s->k = x->shape[a];
-    s->inner = dfc_inner_size(x, a + 1);
-    s->outer = s->k * s->inner > 0 ? dfc_numel(x) / (s->k * s->inner) : 0;
-    return DFC_OK;
-}
-
 dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "softmax";
-    softmax_axis s;
-    DFC_TRY(softmax_layout(op, x, axis, &s, err));
+    dfc_softmax_axis s;
+    DFC_TRY(dfc_softmax_layout(op, x, axis, &s, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t k = s.k, inner = s.inner;
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -111,8 +94,8 @@ dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc
                                 dfc_error *err)
 {
     const char *op = "softmax_backward";
-    softmax_axis s;
-    DFC_TRY(softmax_layout(op, y, axis, &s, err));
+    dfc_softmax_axis s;
+    DFC_TRY(dfc_softmax_layout(op, y, axis, &s, err));
     DFC_TRY(dfc_check_same_shape(y, dy, op, "y", "dy", err));
     DFC_TRY(dfc_check_same_shape(y, dx, op, "y", "dx", err));
     const int64_t k = s.k, inner = s.inner;

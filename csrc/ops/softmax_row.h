@@ -1,10 +1,12 @@
 /* The numerically stable core of softmax and log-sum-exp over one row, shared by the reference kernels
- * (ref_elementwise.c softmax, ref_loss.c cross-entropy). Private to csrc/ops. */
+ * (ref_elementwise.c softmax, ref_loss.c cross-entropy), and the softmax axis layout. Private to csrc/ops. */
 #ifndef DIFFICE_SOFTMAX_ROW_H
 #define DIFFICE_SOFTMAX_ROW_H
 
 #include <math.h>
 #include <stdint.h>
+
+#include "../core/tensor.h"
 
 /* sum_j exp(row_j - max) in double, with max = max_j row_j stored in *max_out. Subtracting the row max keeps every
  * exp() argument <= 0: no overflow. */
@@ -18,6 +20,24 @@ static inline double dfc_row_sum_exp(const float *row, int64_t k, float *max_out
         sum += exp((double)row[j] - max);
     *max_out = max;
     return sum;
+}
+
+/* x viewed as (outer, k, inner) around the softmax axis (negative counts from the end). */
+typedef struct {
+    int64_t outer, k, inner;
+} dfc_softmax_axis;
+
+static inline dfc_status dfc_softmax_layout(const char *op, const dfc_tensor *x, int axis, dfc_softmax_axis *s,
+                                            dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
+    const int a = axis < 0 ? axis + x->ndim : axis;
+    if (a < 0 || a >= x->ndim)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: axis %d is out of range for a %d-D tensor", op, axis, x->ndim);
+    s->k = x->shape[a];
+    s->inner = dfc_inner_size(x, a + 1);
+    s->outer = s->k * s->inner > 0 ? dfc_numel(x) / (s->k * s->inner) : 0;
+    return DFC_OK;
 }
 
 #endif
