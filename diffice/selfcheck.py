@@ -77,6 +77,7 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
         ("pixel_loss l2 ch. norm / bwd", lambda be: (
             ops.pixel_loss(x, x * 0.5, "l2_channel_norm", backend=be),
             ops.pixel_loss_backward(dloss3, x, x * 0.5, "l2_channel_norm", backend=be))),
+        ("fill", lambda be: ops.fill(x, 0.25, backend=be)),
     ]
 
 

@@ -180,6 +180,13 @@ def test_fast_kernels_match_the_reference(rng, case):
     assert rel_err(got, want) <= 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fill(rng, backend):
+    like = randn(rng, 3, 5, 7)
+    np.testing.assert_array_equal(ops.fill(like, -2.5, backend=backend), np.full((3, 5, 7), -2.5, np.float32))
+    assert not np.any(ops.fill(randn(rng, 4), 0.0, backend=backend))
+
+
 def test_bad_inputs_name_the_op_and_argument(rng):
     a = randn(rng, 2, 3, 4, 4)
     with pytest.raises(ValueError, match="normalized_distance: b has shape"):

@@ -1,5 +1,5 @@
 /* Bindings for the network-side ops (issue 15, netops): the logit loss, BCE with logits, the class-probability rule,
- * per-plane standardisation, the normalised feature distance, pixel distances. Integer targets are checked for
+ * per-plane standardisation, the normalised feature distance, pixel distances, fill. Integer targets are checked for
  * their dtype by the Python wrappers (diffice/ops/_net.py); here only their count. */
 #include "pyutil.h"
 
@@ -180,6 +180,27 @@ PAIR_BINDING(pixel_loss_forward, PAIR_PIXEL, 0)
 PAIR_BINDING(pixel_loss_backward, PAIR_PIXEL, 1)
 #undef PAIR_BINDING
 
+/* fill(backend, like, value) -> a new array of like's shape, every entry value */
+static PyObject *py_fill(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    PyObject *like_obj;
+    float value;
+    if (!PyArg_ParseTuple(args, "O&Of", dfc_py_backend, &be, &like_obj, &value))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor like, y;
+    PyObject *out = NULL;
+    if (dfc_py_tensor(like_obj, "fill", "like", 1, 4, 0, &refs, &like) == 0 &&
+        (out = dfc_py_new_tensor(like.ndim, like.shape, &y))) {
+        dfc_error err = {0};
+        DFC_PY_RUN(out, err, be->ops->fill(be, value, &y, &err));
+    }
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
 PyMethodDef dfc_methods_net_ops[] = {
     {"logit_loss_forward", py_logit_loss_forward, METH_VARARGS,
      "logit_loss_forward(backend, logits (N, C), targets (N,)) -> per-sample -l_y (N,)."},
@@ -203,5 +224,6 @@ PyMethodDef dfc_methods_net_ops[] = {
      "pixel_loss_forward(backend, kind (0 l1, 1 l2, 2 l2 channel norm), a, b) -> per-sample distance (N,)."},
     {"pixel_loss_backward", py_pixel_loss_backward, METH_VARARGS,
      "pixel_loss_backward(backend, kind, dloss (N,), a, b) -> da."},
+    {"fill", py_fill, METH_VARARGS, "fill(backend, like, value) -> an array of like's shape, every entry value."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,11 +1,12 @@
 """Network-side ops: the logit loss, binary cross-entropy with logits, the class-probability rule, per-plane
-standardisation, the normalised feature distance and pixel distances. Per-sample losses (N,) in float32; the
+standardisation, the normalised feature distance, pixel distances and fill. Per-sample losses (N,) in float32; the
 backward functions take the gradient dloss (N,) of those per-sample losses."""
 from __future__ import annotations
 
 from typing import Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._native import _C
 from ._backend import get_backend
@@ -14,19 +15,20 @@ from ._loss import _targets
 __all__ = [
     "logit_loss", "logit_loss_backward", "bce_with_logits", "bce_with_logits_backward", "class_probability",
     "standardize", "standardize_backward", "normalized_distance", "normalized_distance_backward",
-    "pixel_loss", "pixel_loss_backward", "PIXEL_LOSSES",
+    "pixel_loss", "pixel_loss_backward", "PIXEL_LOSSES", "fill",
 ]
 
 PIXEL_LOSSES = ("l1", "l2", "l2_channel_norm")
 
 
-def logit_loss(logits: np.ndarray, targets, *, backend: str = "cpu") -> np.ndarray:
+def logit_loss(logits: np.ndarray, targets: ArrayLike, *, backend: str = "cpu") -> np.ndarray:
     """Per-sample -l_y, the signed logit of the target (DiME's use_logits loss), of logits float32 (N, C) at integer
     targets (N,): C == 1: l_y = z if y == 1 else -z; C == 2: z_y - z_(1-y); C > 2: z_y. Returns (N,) float32."""
     return _C.logit_loss_forward(get_backend(backend), logits, _targets("logit_loss", targets))
 
 
-def logit_loss_backward(dloss: np.ndarray, logits: np.ndarray, targets, *, backend: str = "cpu") -> np.ndarray:
+def logit_loss_backward(dloss: np.ndarray, logits: np.ndarray, targets: ArrayLike, *,
+                        backend: str = "cpu") -> np.ndarray:
     """dlogits (N, C) = dloss[n] d(-l_y)/dlogits for dloss float32 (N,)."""
     return _C.logit_loss_backward(get_backend(backend), dloss, logits, _targets("logit_loss_backward", targets))
 
@@ -44,7 +46,8 @@ def bce_with_logits_backward(dloss: np.ndarray, logits: np.ndarray, targets: np.
     return _C.bce_with_logits_backward(get_backend(backend), dloss, logits, targets)
 
 
-def class_probability(logits: np.ndarray, targets, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+def class_probability(logits: np.ndarray, targets: ArrayLike, *,
+                      backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """The probability rule of diffice.probabilities through the op table: logits float32 (N, C), integer targets
     (N,) in [0, max(C, 2)). Returns (p(target) (N,) float32, predicted class (N,) int64): softmax and argmax (the
     first on ties) for C >= 2, sigmoid and z > 0 for one logit."""
@@ -91,3 +94,8 @@ def pixel_loss_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray, kind: s
     """da = dloss[n] times sign(a - b) ("l1"), 2 (a - b) ("l2") or (a - b) / norm ("l2_channel_norm", 0 where the
     norm is 0)."""
     return _C.pixel_loss_backward(get_backend(backend), _pixel_kind(kind), dloss, a, b)
+
+
+def fill(like: np.ndarray, value: float, *, backend: str = "cpu") -> np.ndarray:
+    """A new float32 array of like's shape (1-4 dims) with every entry value (the op nets/ zero gradients with)."""
+    return _C.fill(get_backend(backend), like, float(value))
