@@ -56,17 +56,20 @@ class AdamW:
     params: the network's parameter views (``unet._params``, a dict in registration order) or a list of writable
     float32 arrays; grads: float32, ``sum(p.size)`` values in the same order (``UNet.gradients``' flat buffer).
     State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
+    Each step runs the adamw_step op on ``get_backend(backend, num_threads)``.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, num_threads: int = 0) -> None:
+                 weight_decay: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> None:
         self.params = _param_list(params)
         size = sum(p.size for p in self.params)
         self._c = _C.AdamW(size, lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
-                           weight_decay=float(weight_decay), num_threads=int(num_threads))
+                           weight_decay=float(weight_decay))
+        self._backend = (backend, int(num_threads))
+        get_backend(*self._backend)  # an unknown name fails here, not at the first step
 
     def step(self, grads: np.ndarray) -> None:
-        self._c.step(self.params, grads)
+        self._c.step(get_backend(*self._backend), self.params, grads)
 
     lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
     weight_decay = property(lambda self: self._c.weight_decay,
@@ -92,23 +95,27 @@ class EMA:
     """Exponential moving average of parameters (guided-diffusion's ``update_ema``), starting from a copy.
 
     ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
+    Each update runs the ema_update op on ``get_backend(backend, num_threads)``.
     """
 
-    def __init__(self, params, rate: float = 0.9999, num_threads: int = 0) -> None:
+    def __init__(self, params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
         self.params = _param_list(params)
-        self._c = _C.EMA(self.params, float(rate), num_threads=int(num_threads))
+        self._c = _C.EMA(self.params, float(rate))
+        self._backend = (backend, int(num_threads))
+        get_backend(*self._backend)
 
     def update(self) -> None:
-        self._c.update(self.params)
+        self._c.update(get_backend(*self._backend), self.params)
 
     rate = property(lambda self: self._c.rate, lambda self, v: setattr(self._c, "rate", v))
     values = property(lambda self: self._c.values)
 
 
-def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0) -> float:
+def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> float:
     """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
-    min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_."""
-    return float(_C.clip_grad_norm(grads, float(max_norm), num_threads=int(num_threads)))
+    min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ (the sum_squares and scale ops on
+    ``get_backend(backend, num_threads)``)."""
+    return float(_C.clip_grad_norm(get_backend(backend, int(num_threads)), grads, float(max_norm)))
 
 
 # ---- the loss ----
@@ -393,8 +400,8 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(str(saved["rng_state"]))
         batches = _Batches(n, rng, saved["perm"], int(saved["pos"]))
-    opt = AdamW(params, lr=lr, weight_decay=weight_decay, num_threads=threads)
-    ema = EMA(params, ema_rate, num_threads=threads)
+    opt = AdamW(params, lr=lr, weight_decay=weight_decay, backend=backend)
+    ema = EMA(params, ema_rate, backend=backend)
     if saved is not None:
         opt.load_state_dict(saved)
         ema_state = load_safetensors(ema_path)

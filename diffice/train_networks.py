@@ -86,7 +86,7 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
         if not frozen:
             raise ValueError(f"train_network: no parameter name starts with the frozen prefix {frozen_prefix!r}")
     be = get_backend(net.backend)
-    opt = AdamW(net._params, lr=lr, weight_decay=weight_decay, num_threads=be.num_threads)
+    opt = AdamW(net._params, lr=lr, weight_decay=weight_decay, backend=net.backend)
     rng = np.random.default_rng(seed)
     run = TrainingRun(out_dir, "train_network", SUPERVISED_LOG_FIELDS) if out_dir is not None else None
     start = 0

@@ -11,6 +11,7 @@
 #ifndef DIFFICE_OPS_H
 #define DIFFICE_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../core/error.h"
@@ -31,6 +32,14 @@ typedef struct dfc_pool2d_params {
 
 typedef enum { DFC_ACT_RELU = 0, DFC_ACT_SILU = 1, DFC_ACT_SIGMOID = 2 } dfc_activation;
 typedef enum { DFC_BINARY_ADD = 0, DFC_BINARY_MUL = 1 } dfc_binary;
+
+/* AdamW's hyperparameters (torch.optim.AdamW's; the scalars stay double as torch's Python floats). */
+typedef struct dfc_adamw_config {
+    double lr;            /* 1e-4 in the Diff-ICE paper */
+    double beta1, beta2;  /* torch defaults 0.9, 0.999 (guided-diffusion keeps them) */
+    double eps;           /* torch default 1e-8 */
+    double weight_decay;  /* decoupled: p *= 1 - lr * weight_decay before the Adam step (0.05 in the paper) */
+} dfc_adamw_config;
 
 typedef struct dfc_ops {
     /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
@@ -155,6 +164,21 @@ typedef struct dfc_ops {
                               dfc_error *err);
     dfc_status (*mse_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                                dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+
+    /* ---- optimizer ops (csrc/ops/ref_optim.c, cpu_optim.c): in place over same-shape tensors, no gradient ---- */
+    /* One AdamW step (torch.optim.AdamW, single-tensor form): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
+     * v = beta2 v + (1 - beta2) g^2; p += -lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).
+     * step: the 1-based count of this step; exp_avg, exp_avg_sq are zero before the first step. */
+    dfc_status (*adamw_step)(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, dfc_tensor *param,
+                             const dfc_tensor *grad, dfc_tensor *exp_avg, dfc_tensor *exp_avg_sq, dfc_error *err);
+    /* ema = rate ema + (1 - rate) param, rate in [0, 1] (guided-diffusion's update_ema). */
+    dfc_status (*ema_update)(dfc_backend *be, double rate, dfc_tensor *ema, const dfc_tensor *param,
+                             dfc_error *err);
+    /* *sum = sum of x^2 over every element, accumulated in double; the same result for any thread count (training
+     * resumes bit for bit). */
+    dfc_status (*sum_squares)(dfc_backend *be, const dfc_tensor *x, double *sum, dfc_error *err);
+    /* x *= factor (gradient clipping). */
+    dfc_status (*scale)(dfc_backend *be, dfc_tensor *x, float factor, dfc_error *err);
 } dfc_ops;
 
 
@@ -195,25 +219,88 @@ typedef struct dfc_ops {
     X(cross_entropy_forward) \
     X(cross_entropy_backward) \
     X(mse_forward) \
-    X(mse_backward)
+    X(mse_backward) \
+    /* optimizer ops */ \
+    X(adamw_step) \
+    X(ema_update) \
+    X(sum_squares) \
+    X(scale)
+
+/* The number of ops; ops.h fails to compile when struct dfc_ops has a member DFC_OP_LIST lacks (or the
+ * reverse), so a table generated from the list is the whole table. */
+#define DFC_COUNT_OP_(name) +1
+enum { DFC_NUM_OPS = 0 DFC_OP_LIST(DFC_COUNT_OP_) };
+_Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
+               "struct dfc_ops and DFC_OP_LIST must name the same ops");
 
 /* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
 #define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;
+/* One table entry, .name = prefix_name. A backend with a kernel for every op (ref, a future cuda) builds its table
+ * as {DFC_OP_LIST(ENTRY)} with ENTRY(name) = DFC_OP_ENTRY_(prefix, name): a missing prefix_name does not link. */
+#define DFC_OP_ENTRY_(prefix, name) .name = prefix##_##name,
+
+/* ---- the backend: the op table plus its lifecycle and memory (ggml's ggml_backend_i and buffer interface) ----
+ * Memory functions move bytes between the host and backend memory (for the host backends they are malloc and
+ * memcpy); ops take tensors whose data is backend memory. */
+typedef struct dfc_backend_iface {
+    const char *name;   /* "ref", "cpu", "cuda": the key dfc_backend_create looks up */
+    const dfc_ops *ops;
+    /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
+    dfc_status (*create)(dfc_backend *be, dfc_error *err);
+    void (*destroy)(dfc_backend *be);
+    /* Returns when every op issued so far has finished (the CPU backends' ops finish before they return). */
+    dfc_status (*synchronize)(dfc_backend *be, dfc_error *err);
+    /* bytes of backend memory, DFC_BACKEND_ALIGN-aligned and uninitialised; NULL with err set on failure. */
+    void *(*alloc)(dfc_backend *be, size_t bytes, dfc_error *err);
+    void (*free)(dfc_backend *be, void *ptr);   /* ptr from alloc, or NULL */
+    dfc_status (*zero)(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err);
+    dfc_status (*copy_from_host)(dfc_backend *be, void *dst, const void *host_src, size_t bytes, dfc_error *err);
+    dfc_status (*copy_to_host)(dfc_backend *be, void *host_dst, const void *src, size_t bytes, dfc_error *err);
+    dfc_status (*copy)(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
+} dfc_backend_iface;
+
+#define DFC_BACKEND_ALIGN 64
+
+/* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
+ * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
+ * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not link. */
+#define DFC_BACKEND_IFACE_(prefix, memory)                                                                        \
+    {                                                                                                             \
+        .name = #prefix, .ops = &dfc_##prefix##_ops, .create = prefix##_backend_create,                           \
+        .destroy = prefix##_backend_destroy, .synchronize = prefix##_backend_synchronize,                         \
+        .alloc = memory##_alloc, .free = memory##_free, .zero = memory##_zero,                                    \
+        .copy_from_host = memory##_copy_from_host, .copy_to_host = memory##_copy_to_host, .copy = memory##_copy,  \
+    }
+
+/* Host memory (aligned_alloc, memset, memcpy): the memory functions of the ref and cpu backends. */
+void *dfc_host_alloc(dfc_backend *be, size_t bytes, dfc_error *err);
+void dfc_host_free(dfc_backend *be, void *ptr);
+dfc_status dfc_host_zero(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy_from_host(dfc_backend *be, void *dst, const void *host_src, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy_to_host(dfc_backend *be, void *host_dst, const void *src, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
 
 struct dfc_backend {
-    const char *name;   /* "ref", "cpu", "cuda" */
-    const dfc_ops *ops;
-    int num_threads;    /* threads the backend's kernels may use */
-    void *impl;         /* backend-private state (oneDNN engine and stream, ...) */
+    const dfc_backend_iface *iface;  /* lifecycle, memory, name */
+    const dfc_ops *ops;              /* iface->ops, at hand for be->ops->name(be, ...) */
+    int num_threads;                 /* threads the backend's kernels may use: the one thread policy */
+    void *impl;                      /* backend-private state (oneDNN engine and stream, ...) */
 };
 
-/* Creates a backend by name: "ref" (plain C oracle, single thread) or "cpu" (oneDNN + OpenMP).
- * num_threads <= 0 uses every core. */
+/* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP), from the registry in
+ * backend.c. num_threads <= 0 uses every core. */
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
 void dfc_backend_destroy(dfc_backend *be);
+static inline const char *dfc_backend_name(const dfc_backend *be) { return be->iface->name; }
 
-/* The tables, defined in ref_backend.c and cpu_backend.c. */
+/* The tables and interfaces, defined in ref_backend.c and cpu_backend.c. */
 extern const dfc_ops dfc_ref_ops;
 extern const dfc_ops dfc_cpu_ops;
+extern const dfc_backend_iface dfc_ref_backend_iface;
+extern const dfc_backend_iface dfc_cpu_backend_iface;
+
+/* AdamW's hyperparameter ranges as torch.optim.AdamW checks them (lr >= 0, eps >= 0, betas in [0, 1),
+ * weight_decay >= 0), all finite; defined in ref_optim.c. */
+dfc_status dfc_adamw_check(const dfc_adamw_config *cfg, dfc_error *err);
 
 #endif

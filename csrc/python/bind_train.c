@@ -1,5 +1,6 @@
 /* Bindings for training: diffice._C.AdamW and diffice._C.EMA (optimiser state as numpy arrays, so a checkpoint
- * saves and restores it), grad_norm / clip_grad_norm, and diffice._C.TrainingLoss (guided-diffusion's
+ * saves and restores it; each step runs on the backend it is given, which owns the thread count), clip_grad_norm,
+ * and diffice._C.TrainingLoss (guided-diffusion's
  * training_losses on its own diffusion tables). */
 #include "pyutil.h"
 
@@ -124,19 +125,16 @@ typedef struct {
     dfc_adamw_config cfg;
     int64_t size;
     int64_t num_steps;
-    int num_threads;
     PyArrayObject *exp_avg, *exp_avg_sq;
 } AdamWObject;
 
 static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", "num_threads", NULL};
+    static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", NULL};
     dfc_py_int64_arg size_arg = {"AdamW: size", 1, PY_SSIZE_T_MAX, 1};
     dfc_adamw_config cfg = {1e-3, 0.9, 0.999, 1e-8, 1e-2}; /* torch.optim.AdamW defaults */
-    dfc_py_int_arg num_threads = {"AdamW: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|d(dd)ddO&", kwlist, dfc_py_int64_converter, &size_arg, &cfg.lr,
-                                     &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, dfc_py_int_converter,
-                                     &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|d(dd)dd", kwlist, dfc_py_int64_converter, &size_arg, &cfg.lr,
+                                     &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay))
         return -1;
     const long long size = size_arg.value;
     dfc_error err = {0};
@@ -151,7 +149,6 @@ static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
     self->cfg = cfg;
     self->size = size;
     self->num_steps = 0;
-    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -167,11 +164,13 @@ static int adamw_ready(AdamWObject *self)
     return dfc_py_ready(self->exp_avg, "AdamW: not initialised");
 }
 
-/* step(params, grads): one AdamW step; params a sequence of writable float32 arrays, grads flat, same order. */
+/* step(backend, params, grads): one AdamW step; params a sequence of writable float32 arrays, grads flat, same
+ * order. */
 static PyObject *adamw_step(AdamWObject *self, PyObject *args)
 {
+    dfc_backend *be;
     PyObject *params_obj, *grads_obj;
-    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "OO", &params_obj, &grads_obj))
+    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &params_obj, &grads_obj))
         return NULL;
     segment_list params;
     PyArrayObject *grads;
@@ -189,16 +188,21 @@ static PyObject *adamw_step(AdamWObject *self, PyObject *args)
     }
     const float *g = PyArray_DATA(grads);
     float *m = PyArray_DATA(self->exp_avg), *v = PyArray_DATA(self->exp_avg_sq);
-    int64_t step = ++self->num_steps;
+    int64_t step = self->num_steps + 1;
+    dfc_error err = {0};
+    dfc_status st = DFC_OK;
     Py_BEGIN_ALLOW_THREADS
     int64_t offset = 0;
-    for (int k = 0; k < params.count; k++) {
-        dfc_adamw_update(&self->cfg, step, params.items[k].data, g + offset, m + offset, v + offset,
-                         params.items[k].n, self->num_threads);
+    for (int k = 0; k < params.count && st == DFC_OK; k++) {
+        st = dfc_adamw_update(be, &self->cfg, step, params.items[k].data, g + offset, m + offset, v + offset,
+                              params.items[k].n, &err);
         offset += params.items[k].n;
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
+    self->num_steps = step;
     Py_RETURN_NONE;
 }
 
@@ -264,7 +268,8 @@ static PyObject *adamw_get_array(AdamWObject *self, void *closure)
 
 static PyMethodDef adamw_methods[] = {
     {"step", (PyCFunction)adamw_step, METH_VARARGS,
-     "step(params, grads): one AdamW step; params: sequence of writable float32 arrays, grads: flat float32"},
+     "step(backend, params, grads): one AdamW step on backend; params: sequence of writable float32 arrays, "
+     "grads: flat float32"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -288,7 +293,7 @@ static PyTypeObject AdamW_Type = {
     .tp_name = "diffice._C.AdamW",
     .tp_basicsize = sizeof(AdamWObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "AdamW(size, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, num_threads=0): "
+    .tp_doc = "AdamW(size, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2): "
               "torch.optim.AdamW over a flat parameter layout.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)adamw_init,
@@ -302,7 +307,6 @@ static PyTypeObject AdamW_Type = {
 typedef struct {
     PyObject_HEAD
     double rate;
-    int num_threads;
     PyArrayObject *values;
 } EMAObject;
 
@@ -317,15 +321,13 @@ static int check_rate(double rate)
     return 0;
 }
 
-/* EMA(params, rate, num_threads=0): starts as a copy of params (guided-diffusion copies the master params). */
+/* EMA(params, rate): starts as a copy of params (guided-diffusion copies the master params). */
 static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"params", "rate", "num_threads", NULL};
+    static char *kwlist[] = {"params", "rate", NULL};
     PyObject *params_obj;
     double rate;
-    dfc_py_int_arg num_threads = {"EMA: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|O&", kwlist, &params_obj, &rate, dfc_py_int_converter,
-                                     &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od", kwlist, &params_obj, &rate))
         return -1;
     if (check_rate(rate) < 0)
         return -1;
@@ -349,7 +351,6 @@ static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
     }
     segments_free(&params);
     self->rate = rate;
-    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -364,11 +365,12 @@ static int ema_ready(EMAObject *self)
     return dfc_py_ready(self->values, "EMA: not initialised");
 }
 
-/* update(params): values = rate * values + (1 - rate) * params */
+/* update(backend, params): values = rate * values + (1 - rate) * params */
 static PyObject *ema_update(EMAObject *self, PyObject *args)
 {
+    dfc_backend *be;
     PyObject *params_obj;
-    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O", &params_obj))
+    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &params_obj))
         return NULL;
     segment_list params;
     if (segments_from(params_obj, "EMA.update", "params", 0, &params) < 0)
@@ -381,13 +383,17 @@ static PyObject *ema_update(EMAObject *self, PyObject *args)
         return NULL;
     }
     float *ema = PyArray_DATA(self->values);
+    dfc_error err = {0};
+    dfc_status st = DFC_OK;
     Py_BEGIN_ALLOW_THREADS
-    for (int k = 0; k < params.count; k++) {
-        dfc_ema_update(ema, params.items[k].data, params.items[k].n, self->rate, self->num_threads);
+    for (int k = 0; k < params.count && st == DFC_OK; k++) {
+        st = dfc_ema_update(be, ema, params.items[k].data, params.items[k].n, self->rate, &err);
         ema += params.items[k].n;
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -419,7 +425,8 @@ static PyObject *ema_get_values(EMAObject *self, void *closure)
 }
 
 static PyMethodDef ema_methods[] = {
-    {"update", (PyCFunction)ema_update, METH_VARARGS, "update(params): values = rate values + (1 - rate) params"},
+    {"update", (PyCFunction)ema_update, METH_VARARGS,
+     "update(backend, params): values = rate values + (1 - rate) params"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -434,7 +441,7 @@ static PyTypeObject EMA_Type = {
     .tp_name = "diffice._C.EMA",
     .tp_basicsize = sizeof(EMAObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "EMA(params, rate, num_threads=0): exponential moving average of parameters (update_ema).",
+    .tp_doc = "EMA(params, rate): exponential moving average of parameters (update_ema).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)ema_init,
     .tp_dealloc = (destructor)ema_dealloc,
@@ -447,27 +454,29 @@ static PyTypeObject EMA_Type = {
 static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"grads", "max_norm", "num_threads", NULL};
+    static char *kwlist[] = {"backend", "grads", "max_norm", NULL};
+    dfc_backend *be;
     PyObject *grads_obj;
     double max_norm = 0.0;
-    dfc_py_int_arg threads = {"clip_grad_norm: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dO&", kwlist, &grads_obj, &max_norm, dfc_py_int_converter,
-                                     &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O|d", kwlist, dfc_py_backend, &be, &grads_obj, &max_norm))
         return NULL;
-    const int num_threads = threads.value;
     PyArrayObject *grads;
     int clip = max_norm > 0.0;
     if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0)
         return NULL;
     float *g = PyArray_DATA(grads);
     int64_t n = (int64_t)PyArray_SIZE(grads);
-    double norm;
+    double sum_squares = 0.0, norm = 0.0;
+    dfc_error err = {0};
+    dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    norm = sqrt(dfc_sum_squares(g, n, num_threads));
-    double factor = dfc_clip_factor(norm, max_norm);
-    if (clip && factor < 1.0 && isfinite(norm))
-        dfc_scale(g, n, (float)factor, num_threads);
+    st = dfc_add_sum_squares(be, g, n, &sum_squares, &err);
+    norm = sqrt(sum_squares);
+    if (st == DFC_OK)
+        st = dfc_clip_scale(be, g, n, norm, max_norm, &err);
     Py_END_ALLOW_THREADS
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
     return PyFloat_FromDouble(norm);
 }
 
@@ -578,7 +587,7 @@ static PyTypeObject TrainingLoss_Type = {
 
 static PyMethodDef train_functions[] = {
     {"clip_grad_norm", (PyCFunction)(void (*)(void))py_grad_norm, METH_VARARGS | METH_KEYWORDS,
-     "clip_grad_norm(grads, max_norm=0.0, num_threads=0) -> the global L2 norm before clipping; scales grads in "
+     "clip_grad_norm(backend, grads, max_norm=0.0) -> the global L2 norm before clipping; scales grads in "
      "place by min(1, max_norm / (norm + 1e-6)) when max_norm > 0 (torch.nn.utils.clip_grad_norm_)"},
     {NULL, NULL, 0, NULL},
 };

@@ -39,13 +39,13 @@ static PyObject *backend_repr(DfcBackendObject *self)
 {
     if (!self->be)
         return PyUnicode_FromString("Backend(<uninitialised>)");
-    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", self->be->name, self->be->num_threads);
+    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", dfc_backend_name(self->be), self->be->num_threads);
 }
 
 static PyObject *backend_get_name(DfcBackendObject *self, void *closure)
 {
     (void)closure;
-    return PyUnicode_FromString(self->be ? self->be->name : "");
+    return PyUnicode_FromString(self->be ? dfc_backend_name(self->be) : "");
 }
 
 static PyObject *backend_get_num_threads(DfcBackendObject *self, void *closure)

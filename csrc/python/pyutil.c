@@ -37,7 +37,7 @@ int dfc_py_backend(PyObject *obj, void *out)
     if (b->owner != PyThread_get_thread_ident()) {
         PyErr_Format(PyExc_RuntimeError,
                      "backend: this Backend('%s') was created in another thread and holds that thread's state; "
-                     "use diffice.ops.get_backend() in each thread", b->be->name);
+                     "use diffice.ops.get_backend() in each thread", dfc_backend_name(b->be));
         return 0;
     }
     *(dfc_backend **)out = b->be;
