@@ -69,7 +69,7 @@ class AdamW:
         get_backend(*self._backend)  # an unknown name fails here, not at the first step
 
     def step(self, grads: np.ndarray) -> None:
-        self._c.step(get_backend(*self._backend), self.params, grads)
+        self._c.step(self.params, grads, get_backend(*self._backend))
 
     lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
     weight_decay = property(lambda self: self._c.weight_decay,
@@ -105,7 +105,7 @@ class EMA:
         get_backend(*self._backend)
 
     def update(self) -> None:
-        self._c.update(get_backend(*self._backend), self.params)
+        self._c.update(self.params, get_backend(*self._backend))
 
     rate = property(lambda self: self._c.rate, lambda self, v: setattr(self._c, "rate", v))
     values = property(lambda self: self._c.values)
@@ -115,7 +115,7 @@ def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 
     """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
     min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ (the sum_squares and scale ops on
     ``get_backend(backend, num_threads)``)."""
-    return float(_C.clip_grad_norm(get_backend(backend, int(num_threads)), grads, float(max_norm)))
+    return float(_C.clip_grad_norm(grads, float(max_norm), backend=get_backend(backend, int(num_threads))))
 
 
 # ---- the loss ----

@@ -125,3 +125,19 @@ def test_unknown_backend_names_the_registered_ones():
     with pytest.raises(ValueError, match=r"unknown backend 'gpu' \(expected one of 'ref', 'cpu'\)"):
         _C.Backend("gpu")
     assert [_C.Backend(name).name for name in ("ref", "cpu")] == ["ref", "cpu"]
+
+
+def test_training_objects_without_a_backend_make_a_cpu_one(rng):
+    """diffice._C.AdamW / EMA / clip_grad_norm given no backend run on a 'cpu' backend of their num_threads."""
+    p, g = randn(rng, 257), randn(rng, 257)
+    results = []
+    for backend in (None, ops.get_backend("cpu")):
+        q = p.copy()
+        opt, ema = _C.AdamW(q.size, num_threads=2), _C.EMA([q], 0.5, num_threads=1)
+        opt.step([q], g, backend)
+        ema.update([q], backend)
+        grads = g.copy()
+        norm = _C.clip_grad_norm(grads, 1.0, num_threads=3, backend=backend)
+        results.append((q, ema.values.copy(), grads, norm))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

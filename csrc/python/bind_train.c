@@ -1,6 +1,5 @@
 /* Bindings for training: diffice._C.AdamW and diffice._C.EMA (optimiser state as numpy arrays, so a checkpoint
- * saves and restores it; each step runs on the backend it is given, which owns the thread count), clip_grad_norm,
- * and diffice._C.TrainingLoss (guided-diffusion's
+ * saves and restores it), clip_grad_norm, and diffice._C.TrainingLoss (guided-diffusion's
  * training_losses on its own diffusion tables). */
 #include "pyutil.h"
 
@@ -112,6 +111,23 @@ static int flat_array(PyObject *obj, const char *op, const char *name, int64_t e
     return 0;
 }
 
+/* The backend a training call runs its ops on: backend_obj (a diffice._C.Backend) when given, else a "cpu" backend
+ * of num_threads threads made for this call and left in *owned for the caller to destroy. 0, or -1 with an
+ * exception. */
+static int call_backend(PyObject *backend_obj, int num_threads, dfc_backend **be, dfc_backend **owned)
+{
+    *owned = NULL;
+    if (backend_obj && backend_obj != Py_None)
+        return dfc_py_backend(backend_obj, be) ? 0 : -1;
+    dfc_error err = {0};
+    if (dfc_backend_create("cpu", num_threads, owned, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    *be = *owned;
+    return 0;
+}
+
 static PyArrayObject *zeros_float32(int64_t n)
 {
     npy_intp dims[1] = {(npy_intp)n};
@@ -125,16 +141,19 @@ typedef struct {
     dfc_adamw_config cfg;
     int64_t size;
     int64_t num_steps;
+    int num_threads;  /* of the backend a step makes when it is given none */
     PyArrayObject *exp_avg, *exp_avg_sq;
 } AdamWObject;
 
 static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", NULL};
+    static char *kwlist[] = {"size", "lr", "betas", "eps", "weight_decay", "num_threads", NULL};
     dfc_py_int64_arg size_arg = {"AdamW: size", 1, PY_SSIZE_T_MAX, 1};
     dfc_adamw_config cfg = {1e-3, 0.9, 0.999, 1e-8, 1e-2}; /* torch.optim.AdamW defaults */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|d(dd)dd", kwlist, dfc_py_int64_converter, &size_arg, &cfg.lr,
-                                     &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay))
+    dfc_py_int_arg num_threads = {"AdamW: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|d(dd)ddO&", kwlist, dfc_py_int64_converter, &size_arg, &cfg.lr,
+                                     &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, dfc_py_int_converter,
+                                     &num_threads))
         return -1;
     const long long size = size_arg.value;
     dfc_error err = {0};
@@ -149,6 +168,7 @@ static int adamw_init(AdamWObject *self, PyObject *args, PyObject *kwargs)
     self->cfg = cfg;
     self->size = size;
     self->num_steps = 0;
+    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -164,13 +184,13 @@ static int adamw_ready(AdamWObject *self)
     return dfc_py_ready(self->exp_avg, "AdamW: not initialised");
 }
 
-/* step(backend, params, grads): one AdamW step; params a sequence of writable float32 arrays, grads flat, same
- * order. */
+/* step(params, grads, backend=None): one AdamW step; params a sequence of writable float32 arrays, grads flat,
+ * same order. */
 static PyObject *adamw_step(AdamWObject *self, PyObject *args)
 {
-    dfc_backend *be;
-    PyObject *params_obj, *grads_obj;
-    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &params_obj, &grads_obj))
+    dfc_backend *be, *owned;
+    PyObject *params_obj, *grads_obj, *backend_obj = NULL;
+    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "OO|O", &params_obj, &grads_obj, &backend_obj))
         return NULL;
     segment_list params;
     PyArrayObject *grads;
@@ -182,7 +202,8 @@ static PyObject *adamw_step(AdamWObject *self, PyObject *args)
         segments_free(&params);
         return NULL;
     }
-    if (flat_array(grads_obj, "AdamW.step", "grads", self->size, 0, &grads) < 0) {
+    if (flat_array(grads_obj, "AdamW.step", "grads", self->size, 0, &grads) < 0 ||
+        call_backend(backend_obj, self->num_threads, &be, &owned) < 0) {
         segments_free(&params);
         return NULL;
     }
@@ -200,6 +221,7 @@ static PyObject *adamw_step(AdamWObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    dfc_backend_destroy(owned);
     if (st != DFC_OK)
         return dfc_py_raise(&err);
     self->num_steps = step;
@@ -268,8 +290,8 @@ static PyObject *adamw_get_array(AdamWObject *self, void *closure)
 
 static PyMethodDef adamw_methods[] = {
     {"step", (PyCFunction)adamw_step, METH_VARARGS,
-     "step(backend, params, grads): one AdamW step on backend; params: sequence of writable float32 arrays, "
-     "grads: flat float32"},
+     "step(params, grads, backend=None): one AdamW step (on a 'cpu' backend of num_threads when backend is None); "
+     "params: sequence of writable float32 arrays, grads: flat float32"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -293,7 +315,7 @@ static PyTypeObject AdamW_Type = {
     .tp_name = "diffice._C.AdamW",
     .tp_basicsize = sizeof(AdamWObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "AdamW(size, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2): "
+    .tp_doc = "AdamW(size, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, num_threads=0): "
               "torch.optim.AdamW over a flat parameter layout.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)adamw_init,
@@ -307,6 +329,7 @@ static PyTypeObject AdamW_Type = {
 typedef struct {
     PyObject_HEAD
     double rate;
+    int num_threads;  /* of the backend an update makes when it is given none */
     PyArrayObject *values;
 } EMAObject;
 
@@ -321,13 +344,15 @@ static int check_rate(double rate)
     return 0;
 }
 
-/* EMA(params, rate): starts as a copy of params (guided-diffusion copies the master params). */
+/* EMA(params, rate, num_threads=0): starts as a copy of params (guided-diffusion copies the master params). */
 static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"params", "rate", NULL};
+    static char *kwlist[] = {"params", "rate", "num_threads", NULL};
     PyObject *params_obj;
     double rate;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od", kwlist, &params_obj, &rate))
+    dfc_py_int_arg num_threads = {"EMA: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Od|O&", kwlist, &params_obj, &rate, dfc_py_int_converter,
+                                     &num_threads))
         return -1;
     if (check_rate(rate) < 0)
         return -1;
@@ -351,6 +376,7 @@ static int ema_init(EMAObject *self, PyObject *args, PyObject *kwargs)
     }
     segments_free(&params);
     self->rate = rate;
+    self->num_threads = num_threads.value;
     return 0;
 }
 
@@ -365,12 +391,12 @@ static int ema_ready(EMAObject *self)
     return dfc_py_ready(self->values, "EMA: not initialised");
 }
 
-/* update(backend, params): values = rate * values + (1 - rate) * params */
+/* update(params, backend=None): values = rate * values + (1 - rate) * params */
 static PyObject *ema_update(EMAObject *self, PyObject *args)
 {
-    dfc_backend *be;
-    PyObject *params_obj;
-    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &params_obj))
+    dfc_backend *be, *owned;
+    PyObject *params_obj, *backend_obj = NULL;
+    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O|O", &params_obj, &backend_obj))
         return NULL;
     segment_list params;
     if (segments_from(params_obj, "EMA.update", "params", 0, &params) < 0)
@@ -379,6 +405,10 @@ static PyObject *ema_update(EMAObject *self, PyObject *args)
     if (params.total != size) {
         PyErr_Format(PyExc_ValueError, "EMA.update: params hold %lld values, the average has %lld",
                      (long long)params.total, (long long)size);
+        segments_free(&params);
+        return NULL;
+    }
+    if (call_backend(backend_obj, self->num_threads, &be, &owned) < 0) {
         segments_free(&params);
         return NULL;
     }
@@ -392,6 +422,7 @@ static PyObject *ema_update(EMAObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    dfc_backend_destroy(owned);
     if (st != DFC_OK)
         return dfc_py_raise(&err);
     Py_RETURN_NONE;
@@ -426,7 +457,8 @@ static PyObject *ema_get_values(EMAObject *self, void *closure)
 
 static PyMethodDef ema_methods[] = {
     {"update", (PyCFunction)ema_update, METH_VARARGS,
-     "update(backend, params): values = rate values + (1 - rate) params"},
+     "update(params, backend=None): values = rate values + (1 - rate) params (on a 'cpu' backend of num_threads "
+     "when backend is None)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -441,7 +473,7 @@ static PyTypeObject EMA_Type = {
     .tp_name = "diffice._C.EMA",
     .tp_basicsize = sizeof(EMAObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "EMA(params, rate): exponential moving average of parameters (update_ema).",
+    .tp_doc = "EMA(params, rate, num_threads=0): exponential moving average of parameters (update_ema).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)ema_init,
     .tp_dealloc = (destructor)ema_dealloc,
@@ -454,15 +486,18 @@ static PyTypeObject EMA_Type = {
 static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"backend", "grads", "max_norm", NULL};
-    dfc_backend *be;
-    PyObject *grads_obj;
+    static char *kwlist[] = {"grads", "max_norm", "num_threads", "backend", NULL};
+    dfc_backend *be, *owned;
+    PyObject *grads_obj, *backend_obj = NULL;
     double max_norm = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O|d", kwlist, dfc_py_backend, &be, &grads_obj, &max_norm))
+    dfc_py_int_arg threads = {"clip_grad_norm: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dO&O", kwlist, &grads_obj, &max_norm, dfc_py_int_converter,
+                                     &threads, &backend_obj))
         return NULL;
     PyArrayObject *grads;
     int clip = max_norm > 0.0;
-    if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0)
+    if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0 ||
+        call_backend(backend_obj, threads.value, &be, &owned) < 0)
         return NULL;
     float *g = PyArray_DATA(grads);
     int64_t n = (int64_t)PyArray_SIZE(grads);
@@ -475,6 +510,7 @@ static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs)
     if (st == DFC_OK)
         st = dfc_clip_scale(be, g, n, norm, max_norm, &err);
     Py_END_ALLOW_THREADS
+    dfc_backend_destroy(owned);
     if (st != DFC_OK)
         return dfc_py_raise(&err);
     return PyFloat_FromDouble(norm);
@@ -587,7 +623,8 @@ static PyTypeObject TrainingLoss_Type = {
 
 static PyMethodDef train_functions[] = {
     {"clip_grad_norm", (PyCFunction)(void (*)(void))py_grad_norm, METH_VARARGS | METH_KEYWORDS,
-     "clip_grad_norm(backend, grads, max_norm=0.0) -> the global L2 norm before clipping; scales grads in "
+     "clip_grad_norm(grads, max_norm=0.0, num_threads=0, backend=None) -> the global L2 norm before clipping "
+     "(on backend, else a 'cpu' backend of num_threads); scales grads in "
      "place by min(1, max_norm / (norm + 1e-6)) when max_norm > 0 (torch.nn.utils.clip_grad_norm_)"},
     {NULL, NULL, 0, NULL},
 };
