@@ -10,9 +10,14 @@
 
 #include "ops.h"
 
-/* Every backend this build has; a CUDA build appends &dfc_cuda_backend_iface. */
-static const dfc_backend_iface *const registry[] = {&dfc_ref_backend_iface, &dfc_cpu_backend_iface};
+/* Every backend this build has, the default first; a CUDA build appends &dfc_cuda_backend_iface. */
+static const dfc_backend_iface *const registry[] = {&dfc_cpu_backend_iface, &dfc_ref_backend_iface};
 #define REGISTRY_SIZE ((int)(sizeof registry / sizeof registry[0]))
+
+const char *dfc_backend_registered(int index)
+{
+    return index >= 0 && index < REGISTRY_SIZE ? registry[index]->name : NULL;
+}
 
 /* The one thread policy: num_threads <= 0 means every core. */
 static int default_threads(int num_threads)

@@ -291,6 +291,8 @@ struct dfc_backend {
  * backend.c. num_threads <= 0 uses every core. */
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
 void dfc_backend_destroy(dfc_backend *be);
+/* The name of the index-th backend in the registry (0: the default), NULL past the last. */
+const char *dfc_backend_registered(int index);
 static inline const char *dfc_backend_name(const dfc_backend *be) { return be->iface->name; }
 
 /* The tables and interfaces, defined in ref_backend.c and cpu_backend.c. */

@@ -1,4 +1,4 @@
-/* diffice._C.arena_roundtrip: drives an arena of a backend's memory through that backend's memory functions, so
+/* diffice._C.backend_names: the backend registry; diffice._C.arena_roundtrip: drives an arena of a backend's memory through that backend's memory functions, so
  * tests can check that arenas get their memory from the backend (and what the memory interface does). */
 #include "pyutil.h"
 
@@ -68,7 +68,26 @@ done:
     return result;
 }
 
+/* backend_names() -> tuple of the registered backends' names, the default first */
+static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    PyObject *names = PyList_New(0);
+    for (int i = 0; names && dfc_backend_registered(i); i++) {
+        PyObject *name = PyUnicode_FromString(dfc_backend_registered(i));
+        if (!name || PyList_Append(names, name) < 0)
+            Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    PyObject *result = names ? PyList_AsTuple(names) : NULL;
+    Py_XDECREF(names);
+    return result;
+}
+
 PyMethodDef dfc_methods_backend[] = {
+    {"backend_names", py_backend_names, METH_NOARGS,
+     "backend_names() -> tuple of the backends this build has (the default first)"},
     {"arena_roundtrip", py_arena_roundtrip, METH_VARARGS,
      "arena_roundtrip(backend, x, chunk_bytes, limit_bytes) -> (copy, zeros, num_chunks, capacity_bytes, "
      "peak_bytes): x through an arena of the backend's memory and back"},

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._native import _C
 
-BACKENDS = ("cpu", "ref")
+BACKENDS: Tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
 
