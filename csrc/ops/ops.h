@@ -1,6 +1,7 @@
 /* The op table: every numerical op diffice's networks use, forward and backward, behind one interface.
- * A backend (reference C, fast CPU with oneDNN, later CUDA) is a table of these functions plus its private state;
- * model code calls be->ops->name(be, ...) and never knows which device runs it (ggml's backend idea).
+ * A backend (reference C, fast CPU with oneDNN, later CUDA) is a table of these functions, an interface for its
+ * lifecycle and memory (dfc_backend_iface, below) and its private state; model code calls be->ops->name(be, ...)
+ * and never knows which device runs it (ggml's backend idea).
  *
  * Conventions, for every op:
  *  - tensors are dense float32, row-major, NCHW for images, (N, C, T) for token sequences, (rows, cols) for
@@ -233,7 +234,8 @@ enum { DFC_NUM_OPS = 0 DFC_OP_LIST(DFC_COUNT_OP_) };
 _Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
                "struct dfc_ops and DFC_OP_LIST must name the same ops");
 
-/* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
+/* Declares prefix_name with exactly the table's signature: DFC_DECLARE_OP_(ref, conv2d_forward) declares
+ * ref_conv2d_forward. */
 #define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;
 /* One table entry, .name = prefix_name. A backend with a kernel for every op (ref, a future cuda) builds its table
  * as {DFC_OP_LIST(ENTRY)} with ENTRY(name) = DFC_OP_ENTRY_(prefix, name): a missing prefix_name does not link. */
@@ -263,7 +265,7 @@ typedef struct dfc_backend_iface {
 
 /* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
  * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
- * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not link. */
+ * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
 #define DFC_BACKEND_IFACE_(prefix, memory)                                                                        \
     {                                                                                                             \
         .name = #prefix, .ops = &dfc_##prefix##_ops, .create = prefix##_backend_create,                           \
