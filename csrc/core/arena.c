@@ -137,9 +137,9 @@ dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc
     if (!t.data)
         return t;
     const size_t bytes = (size_t)dfc_numel(&t) * sizeof(float);
-    if (!arena->backend)
-        memset(t.data, 0, bytes);
-    else if (arena->backend->iface->zero(arena->backend, t.data, bytes, err) != DFC_OK)
+    dfc_status st = arena->backend ? arena->backend->iface->zero(arena->backend, t.data, bytes, err)
+                                   : dfc_host_zero(NULL, t.data, bytes, err);
+    if (st != DFC_OK)
         t.data = NULL;
     return t;
 }
