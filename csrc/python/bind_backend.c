@@ -1,5 +1,6 @@
-/* diffice._C.backend_names: the backend registry; diffice._C.arena_roundtrip: drives an arena of a backend's memory through that backend's memory functions, so
- * tests can check that arenas get their memory from the backend (and what the memory interface does). */
+/* diffice._C.backend_names: the backend registry. diffice._C.arena_roundtrip: drives an arena of a backend's memory
+ * through that backend's memory functions, so tests can check that arenas get their memory from the backend (and
+ * what the memory interface does). */
 #include "pyutil.h"
 
 #define NO_IMPORT_ARRAY

@@ -111,16 +111,16 @@ static int flat_array(PyObject *obj, const char *op, const char *name, int64_t e
     return 0;
 }
 
-/* The backend a training call runs its ops on: backend_obj (a diffice._C.Backend) when given, else a "cpu" backend
- * of num_threads threads made for this call and left in *owned for the caller to destroy. 0, or -1 with an
- * exception. */
+/* The backend a training call runs its ops on: backend_obj (a diffice._C.Backend) when given, else the default
+ * backend ('cpu') of num_threads threads made for this call and left in *owned for the caller to destroy. 0, or -1
+ * with an exception. */
 static int call_backend(PyObject *backend_obj, int num_threads, dfc_backend **be, dfc_backend **owned)
 {
     *owned = NULL;
     if (backend_obj && backend_obj != Py_None)
         return dfc_py_backend(backend_obj, be) ? 0 : -1;
     dfc_error err = {0};
-    if (dfc_backend_create("cpu", num_threads, owned, &err) != DFC_OK) {
+    if (dfc_backend_create(dfc_backend_registered(0), num_threads, owned, &err) != DFC_OK) {
         dfc_py_raise(&err);
         return -1;
     }
