@@ -192,6 +192,9 @@ struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
  * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
 int dfc_py_diffusion_reset(struct dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
                            int variance_type);
+/* Creates *be as the "ref" backend (every core) unless it exists: 0, or -1 with the exception. For objects whose
+ * arithmetic runs through the op table without a backend argument (Diffusion, TrainingLoss). */
+int dfc_py_reference_backend(dfc_backend **be);
 
 /* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
