@@ -92,8 +92,8 @@ static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int kee
     DFC_TRY(dfc_unet_forward(p->unet, p->be, p->steps, keep_tape ? NULL : p->scratch, z, s->timesteps,
                              keep_tape ? &s->tape : NULL, &s->model_out, err));
     p->out->unet_evaluations += p->n;
-    return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean, &s->variance,
-                                         &s->log_variance, &s->x0, err);
+    return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean,
+                                         &s->variance, &s->log_variance, &s->x0, err);
 }
 
 /* z <- mean + 1[i != 0] sigma noise (unguided), or mean - variance g + ... (guided) */

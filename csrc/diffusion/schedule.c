@@ -226,7 +226,7 @@ done:
     return st;
 }
 
-/* ---- per-sample math: the coefficients of each row's timestep, gathered here; the arithmetic is the op table's ---- */
+/* ---- per-sample math: each row's coefficients gathered here, the arithmetic in the backend's ops ---- */
 
 static dfc_status check_indices(const dfc_diffusion *d, const int64_t *indices, int64_t n, const char *op,
                                 dfc_error *err)

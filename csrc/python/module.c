@@ -101,7 +101,8 @@ PyMODINIT_FUNC PyInit__C(void)
     if (!m)
         return NULL;
     PyMethodDef *tables[] = {dfc_methods_elementwise, dfc_methods_conv, dfc_methods_norm, dfc_methods_spatial,
-                             dfc_methods_attention,   dfc_methods_loss, dfc_methods_io};
+                             dfc_methods_attention,   dfc_methods_loss, dfc_methods_io,
+                             dfc_methods_diffusion_ops};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         if (PyModule_AddFunctions(m, tables[i]) < 0)
             goto fail;

@@ -165,6 +165,7 @@ extern PyMethodDef dfc_methods_spatial[];
 extern PyMethodDef dfc_methods_attention[];
 extern PyMethodDef dfc_methods_loss[];
 extern PyMethodDef dfc_methods_io[];
+extern PyMethodDef dfc_methods_diffusion_ops[];
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an
  * exception); each file owns its part of the module. */
