@@ -37,6 +37,10 @@ DFC_DECLARE_CPU_OP(attention_forward)
 DFC_DECLARE_CPU_OP(attention_backward)
 DFC_DECLARE_CPU_OP(activation_forward)
 DFC_DECLARE_CPU_OP(activation_backward)
+/* diffusion arithmetic */
+DFC_DECLARE_CPU_OP(q_sample)
+DFC_DECLARE_CPU_OP(p_mean_variance_forward)
+DFC_DECLARE_CPU_OP(sample_step)
 #undef DFC_DECLARE_CPU_OP
 
 #endif

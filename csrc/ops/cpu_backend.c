@@ -39,10 +39,10 @@ const dfc_ops dfc_cpu_ops = {
     .mse_forward = ref_mse_forward,
     .mse_backward = ref_mse_backward,
     /* diffusion arithmetic */
-    .q_sample = ref_q_sample,
-    .p_mean_variance_forward = ref_p_mean_variance_forward,
+    .q_sample = cpu_q_sample,
+    .p_mean_variance_forward = cpu_p_mean_variance_forward,
     .p_mean_variance_backward = ref_p_mean_variance_backward,
-    .sample_step = ref_sample_step,
+    .sample_step = cpu_sample_step,
     .row_scale = ref_row_scale,
     .row_axpy = ref_row_axpy,
     .change_map = ref_change_map,

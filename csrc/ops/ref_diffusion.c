@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "diffusion_check.h"
 #include "ref.h"
 #include "softmax_row.h"
 
@@ -35,15 +36,21 @@ static int present(const dfc_tensor *t) { return t && t->data; }
 
 /* ---- q_sample ---- */
 
-dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
-                        const float *sqrt_one_minus_abar, dfc_tensor *x_t, dfc_error *err)
+dfc_status dfc_q_sample_check(const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
+                              const float *sqrt_one_minus_abar, const dfc_tensor *x_t, dfc_error *err)
 {
     const char *op = "q_sample";
     DFC_TRY(dfc_check_ndim(x0, op, "x0", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x0, noise, op, "x0", "noise", err));
     DFC_TRY(dfc_check_same_shape(x0, x_t, op, "x0", "x_t", err));
     DFC_TRY(check_rows(op, "sqrt_abar", sqrt_abar, err));
-    DFC_TRY(check_rows(op, "sqrt_one_minus_abar", sqrt_one_minus_abar, err));
+    return check_rows(op, "sqrt_one_minus_abar", sqrt_one_minus_abar, err);
+}
+
+dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
+                        const float *sqrt_one_minus_abar, dfc_tensor *x_t, dfc_error *err)
+{
+    DFC_TRY(dfc_q_sample_check(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, err));
     const int64_t n = x0->shape[0], m = dfc_inner_size(x0, 1);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
@@ -68,20 +75,30 @@ static dfc_status check_posterior(const char *op, const dfc_posterior_coefs *c, 
     return check_rows(op, learned ? "max_log" : "log_variance", learned ? c->max_log : c->log_variance, err);
 }
 
-dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                       const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
-                                       dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
-                                       dfc_error *err)
+dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                     const dfc_posterior_coefs *coefs, int learned, const dfc_tensor *mean,
+                                     const dfc_tensor *variance, const dfc_tensor *log_variance,
+                                     const dfc_tensor *pred_xstart, dfc_error *err)
 {
     const char *op = "p_mean_variance";
     DFC_TRY(check_model_output(op, model_output, x_t, learned, err));
     DFC_TRY(check_posterior(op, coefs, learned, err));
     DFC_TRY(dfc_check_same_shape(x_t, mean, op, "x_t", "mean", err));
-    dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
+    const dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
     const char *names[] = {"variance", "log_variance", "pred_xstart"};
     for (int i = 0; i < 3; i++)
         if (present(optional[i]))
             DFC_TRY(dfc_check_same_shape(x_t, optional[i], op, "x_t", names[i], err));
+    return DFC_OK;
+}
+
+dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                       const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                       dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
+                                       dfc_error *err)
+{
+    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart,
+                                      err));
     float *var_out = present(variance) ? variance->data : NULL;
     float *log_out = present(log_variance) ? log_variance->data : NULL;
     float *x0_out = present(pred_xstart) ? pred_xstart->data : NULL;
@@ -155,9 +172,9 @@ dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pre
 
 /* ---- the reverse step ---- */
 
-dfc_status ref_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
-                           const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
-                           const float *noise_weight, dfc_tensor *x_prev, dfc_error *err)
+dfc_status dfc_sample_step_check(const dfc_tensor *mean, const dfc_tensor *variance, const dfc_tensor *log_variance,
+                                 const dfc_tensor *grad, const dfc_tensor *noise, const float *noise_weight,
+                                 const dfc_tensor *x_prev, dfc_error *err)
 {
     const char *op = "sample_step";
     DFC_TRY(dfc_check_ndim(mean, op, "mean", 1, DFC_MAX_DIMS, err));
@@ -165,11 +182,19 @@ dfc_status ref_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_te
     DFC_TRY(dfc_check_same_shape(mean, noise, op, "mean", "noise", err));
     DFC_TRY(dfc_check_same_shape(mean, x_prev, op, "mean", "x_prev", err));
     DFC_TRY(check_rows(op, "noise_weight", noise_weight, err));
-    const int guided = present(grad);
-    if (guided) {
+    if (present(grad)) {
         DFC_TRY(dfc_check_same_shape(mean, grad, op, "mean", "grad", err));
         DFC_TRY(dfc_check_same_shape(mean, variance, op, "mean", "variance", err));
     }
+    return DFC_OK;
+}
+
+dfc_status ref_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
+                           const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
+                           const float *noise_weight, dfc_tensor *x_prev, dfc_error *err)
+{
+    DFC_TRY(dfc_sample_step_check(mean, variance, log_variance, grad, noise, noise_weight, x_prev, err));
+    const int guided = present(grad);
     const int64_t n = mean->shape[0], m = dfc_inner_size(mean, 1);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
