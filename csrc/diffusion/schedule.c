@@ -285,19 +285,28 @@ static dfc_posterior_coefs posterior_coefs(const dfc_diffusion *d, const int64_t
     return c;
 }
 
+/* Checks x_t and the indices, then gathers the coefficients p_mean_variance needs into *block (8 n floats, for the
+ * caller to free) viewed by *c. */
+static dfc_status gather_posterior(const dfc_diffusion *d, const dfc_tensor *x_t, const int64_t *indices,
+                                   const char *op, float **block, dfc_posterior_coefs *c, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x_t, op, "x_t", 2, DFC_MAX_DIMS, err));
+    const int64_t n = x_t->shape[0];
+    DFC_TRY(check_indices(d, indices, n, op, err));
+    if (!(*block = row_arrays(n, 8, op, err)))
+        return err ? err->code : DFC_ERR_NOMEM;
+    *c = posterior_coefs(d, indices, n, *block);
+    return DFC_OK;
+}
+
 dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *model_output,
                                          const dfc_tensor *x_t, const int64_t *indices, int clip, dfc_tensor *mean,
                                          dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                          dfc_error *err)
 {
-    const char *op = "p_mean_variance";
-    DFC_TRY(dfc_check_ndim(x_t, op, "x_t", 2, DFC_MAX_DIMS, err));
-    const int64_t n = x_t->shape[0];
-    DFC_TRY(check_indices(d, indices, n, op, err));
-    float *block = row_arrays(n, 8, op, err);
-    if (!block)
-        return err ? err->code : DFC_ERR_NOMEM;
-    const dfc_posterior_coefs c = posterior_coefs(d, indices, n, block);
+    float *block;
+    dfc_posterior_coefs c;
+    DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance", &block, &c, err));
     dfc_status st = be->ops->p_mean_variance_forward(be, model_output, x_t, &c,
                                                      d->variance_type == DFC_VAR_LEARNED_RANGE, clip, mean,
                                                      variance, log_variance, pred_xstart, err);
@@ -310,14 +319,9 @@ dfc_status dfc_diffusion_pred_xstart_backward(const dfc_diffusion *d, dfc_backen
                                               const dfc_tensor *x_t, const int64_t *indices, int clip,
                                               dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err)
 {
-    const char *op = "p_mean_variance_backward";
-    DFC_TRY(dfc_check_ndim(x_t, op, "x_t", 2, DFC_MAX_DIMS, err));
-    const int64_t n = x_t->shape[0];
-    DFC_TRY(check_indices(d, indices, n, op, err));
-    float *block = row_arrays(n, 8, op, err);
-    if (!block)
-        return err ? err->code : DFC_ERR_NOMEM;
-    const dfc_posterior_coefs c = posterior_coefs(d, indices, n, block);
+    float *block;
+    dfc_posterior_coefs c;
+    DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance_backward", &block, &c, err));
     dfc_status st = be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c,
                                                       d->variance_type == DFC_VAR_LEARNED_RANGE, clip, dx_t,
                                                       d_model_output, err);

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "diffusion_check.h"
+#include "diffusion_rows.h"
 #include "ref.h"
 #include "softmax_row.h"
 
@@ -53,11 +53,8 @@ dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
     DFC_TRY(dfc_q_sample_check(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, err));
     const int64_t n = x0->shape[0], m = dfc_inner_size(x0, 1);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t b = 0; b < n; b++) {
-        const float a = sqrt_abar[b], s = sqrt_one_minus_abar[b];
-        for (int64_t j = b * m; j < (b + 1) * m; j++)
-            x_t->data[j] = a * x0->data[j] + s * noise->data[j];
-    }
+    for (int64_t b = 0; b < n; b++)
+        dfc_q_sample_span(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, b, m, 0, m);
     return DFC_OK;
 }
 
@@ -99,39 +96,13 @@ dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_
 {
     DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart,
                                       err));
-    float *var_out = present(variance) ? variance->data : NULL;
-    float *log_out = present(log_variance) ? log_variance->data : NULL;
-    float *x0_out = present(pred_xstart) ? pred_xstart->data : NULL;
+    float *var_out = dfc_optional_data(variance), *log_out = dfc_optional_data(log_variance);
+    float *x0_out = dfc_optional_data(pred_xstart);
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t b = 0; b < n; b++) {
-        const float *eps = model_output->data + b * m * (learned ? 2 : 1);
-        const float *v = learned ? eps + m : NULL;
-        const float *xs = x_t->data + b * m;
-        const float recip = coefs->sqrt_recip_abar[b], recipm1 = coefs->sqrt_recipm1_abar[b];
-        const float coef1 = coefs->coef1[b], coef2 = coefs->coef2[b];
-        for (int64_t j = 0; j < m; j++) {
-            float lv, var;
-            if (learned) {
-                float frac = (v[j] + 1.0f) / 2.0f; /* not clamped, as guided-diffusion */
-                lv = frac * coefs->max_log[b] + (1.0f - frac) * coefs->min_log[b];
-                var = expf(lv);
-            } else {
-                lv = coefs->log_variance[b];
-                var = coefs->variance[b];
-            }
-            float x0 = recip * xs[j] - recipm1 * eps[j];
-            if (clip)
-                x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-            mean->data[b * m + j] = coef1 * x0 + coef2 * xs[j];
-            if (var_out)
-                var_out[b * m + j] = var;
-            if (log_out)
-                log_out[b * m + j] = lv;
-            if (x0_out)
-                x0_out[b * m + j] = x0;
-        }
-    }
+    for (int64_t b = 0; b < n; b++)
+        dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b, m,
+                                 0, m);
     return DFC_OK;
 }
 
@@ -144,7 +115,7 @@ dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pre
     DFC_TRY(check_model_output(op, model_output, x_t, learned, err));
     DFC_TRY(check_posterior(op, coefs, learned, err));
     DFC_TRY(dfc_check_same_shape(x_t, d_pred_xstart, op, "x_t", "d_pred_xstart", err));
-    float *dx = present(dx_t) ? dx_t->data : NULL, *dmo = present(d_model_output) ? d_model_output->data : NULL;
+    float *dx = dfc_optional_data(dx_t), *dmo = dfc_optional_data(d_model_output);
     if (dx)
         DFC_TRY(dfc_check_same_shape(x_t, dx_t, op, "x_t", "dx_t", err));
     if (dmo)
@@ -194,26 +165,19 @@ dfc_status ref_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_te
                            const float *noise_weight, dfc_tensor *x_prev, dfc_error *err)
 {
     DFC_TRY(dfc_sample_step_check(mean, variance, log_variance, grad, noise, noise_weight, x_prev, err));
-    const int guided = present(grad);
     const int64_t n = mean->shape[0], m = dfc_inner_size(mean, 1);
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t b = 0; b < n; b++) {
-        const float w = noise_weight[b];
-        for (int64_t j = b * m; j < (b + 1) * m; j++) {
-            float mu = mean->data[j];
-            if (guided)
-                mu = mu - variance->data[j] * grad->data[j]; /* DiME's condition_mean: descend the loss */
-            x_prev->data[j] = mu + w * expf(0.5f * log_variance->data[j]) * noise->data[j];
-        }
-    }
+    for (int64_t b = 0; b < n; b++)
+        dfc_sample_step_span(mean, variance, log_variance, grad, noise, noise_weight, x_prev, b, m, 0, m);
     return DFC_OK;
 }
 
 /* ---- per-row scale and axpy ---- */
 
-dfc_status ref_row_scale(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y, dfc_error *err)
+/* y = alpha[b] x, or y += alpha[b] x when accumulate */
+static dfc_status row_linear(dfc_backend *be, const char *op, const float *alpha, const dfc_tensor *x, dfc_tensor *y,
+                             int accumulate, dfc_error *err)
 {
-    const char *op = "row_scale";
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     DFC_TRY(check_rows(op, "alpha", alpha, err));
@@ -221,22 +185,18 @@ dfc_status ref_row_scale(dfc_backend *be, const dfc_tensor *x, const float *alph
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t j = b * m; j < (b + 1) * m; j++)
-            y->data[j] = x->data[j] * alpha[b];
+            y->data[j] = accumulate ? y->data[j] + alpha[b] * x->data[j] : x->data[j] * alpha[b];
     return DFC_OK;
+}
+
+dfc_status ref_row_scale(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y, dfc_error *err)
+{
+    return row_linear(be, "row_scale", alpha, x, y, 0, err);
 }
 
 dfc_status ref_row_axpy(dfc_backend *be, const float *alpha, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "row_axpy";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
-    DFC_TRY(check_rows(op, "alpha", alpha, err));
-    const int64_t n = x->shape[0], m = dfc_inner_size(x, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t j = b * m; j < (b + 1) * m; j++)
-            y->data[j] += alpha[b] * x->data[j];
-    return DFC_OK;
+    return row_linear(be, "row_axpy", alpha, x, y, 1, err);
 }
 
 /* ---- FastDiME's mask ---- */
