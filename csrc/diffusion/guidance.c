@@ -5,7 +5,6 @@
  * (all images, then the ones retrying with the next lambda_c): its features are computed once per pass. */
 #include "guidance.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
