@@ -83,7 +83,7 @@ def vb_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int], scale: fl
                    decoder_nll=(idx == 0).astype(np.intc), scale=float(scale))
 
 
-def _rows(values: RowValues, n: int, dtype=np.float32) -> np.ndarray:
+def _rows(values: RowValues, n: int, dtype: type = np.float32) -> np.ndarray:
     """A per-row (n,) array: a scalar is repeated."""
     a = np.asarray(values, dtype=dtype)
     return np.full(n, a, dtype=dtype) if a.ndim == 0 else np.ascontiguousarray(a)
