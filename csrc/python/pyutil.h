@@ -158,12 +158,7 @@ PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
     {"held_bytes", dfc_py_ws_get_held, NULL, "activation memory kept for the next call (bytes)", NULL}
 
 /* Method tables of the binding files, added to the module in module.c. */
-extern PyMethodDef dfc_methods_elementwise[];
-extern PyMethodDef dfc_methods_conv[];
-extern PyMethodDef dfc_methods_norm[];
-extern PyMethodDef dfc_methods_spatial[];
-extern PyMethodDef dfc_methods_attention[];
-extern PyMethodDef dfc_methods_loss[];
+extern PyMethodDef dfc_methods_ops[]; /* bind_ops.c: every op of the table */
 extern PyMethodDef dfc_methods_io[];
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an
