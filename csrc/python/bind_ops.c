@@ -8,7 +8,8 @@
  *     ARGS(...),     the Python arguments after the backend, in order, by kind:
  *                      TENSOR(n, ndim_min, ndim_max)  float32 C-contiguous finite array; OPTIONAL(...) also None
  *                      INOUT(n, ndim_min, ndim_max)   as TENSOR, writable: the op updates it in place
- *                      INT(n, min, max)  FLOAT(n)  BOOL(n)  PAIR(n, min, max) an (h, w) pair of ints
+ *                      INT(n, min, max)  INT64(n, min, max)  FLOAT(n) (a double)  BOOL(n)
+ *                      PAIR(n, min, max) an (h, w) pair of ints
  *                      SHAPE(n, ndim)  a shape of positive ints      INT64S(n, i) integers, one per row of arg i
  *                      KIND(n, "a|b")  a name -> its index; the label is then a format ("%s_backward")
  *                      TENSORS(n, ndim_min, ndim_max) a list of arrays     OBJECT(n) anything (read by SHAPES)
@@ -16,9 +17,16 @@
  *                    an output never given one is returned as None (and passed to the op as NULL).
  *                    REQUIRE(cond, "fmt", ...) raises ValueError "label: <fmt>"; TRY(helper(...)) for shared rules.
  *     CALL(...))     the op's arguments between be and err: T(i) tensor, OPT(i) tensor or NULL, I(i) int/bool/kind,
- *                    F(i) float, V(i) int64 vector, LIST(i) tensors and count, O(j) output j or NULL, OUTS all.
+ *                    L(i) int64, F(i) float or double, V(i) int64 vector, LIST(i) tensors and count,
+ *                    O(j) output j or NULL, OUTS all outputs and their count.
  *   D(i, d) is dimension d of arg i (a TENSOR, SHAPE, or the first of TENSORS); P(i, k) entry k of a PAIR.
- *   outputs: how many arrays are returned (1: the array, more: a tuple); OUT_LIST: a list as SHAPES sets c->nout.
+ *   outputs: how many arrays are returned (0: None, 1: the array, more: a tuple); OUT_LIST: a list of c->nout.
+ * For example, the whole binding of linear_forward (x (M, In), weight (Out, In), bias (Out) or None -> y (M, Out)):
+ *   X(linear_forward, "linear_forward", 1, "linear_forward(backend, x, weight, bias_or_None) -> y.",
+ *     ARGS(TENSOR("x", 2, 2), TENSOR("weight", 2, 2), OPTIONAL("bias", 1, 1)), SHAPES(DIMS(0, D(0, 0), D(1, 0))),
+ *     CALL(T(0), T(1), OPT(2), O(0)))
+ * and an in-place op without outputs: X(ema_update, "ema_update", 0, "...", ARGS(FLOAT("rate"), INOUT("ema", 1, 4),
+ *     TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2))). Then wrap diffice._C.<name> in diffice/ops.
  * Output-shape arithmetic belongs in SHAPES (or in the Python wrapper, passed in as a SHAPE); checks of the inputs
  * against each other belong in the op, which reports them for every caller. */
 #include "pyutil.h"
@@ -34,8 +42,8 @@
 
 #include "../ops/conv_check.h"
 
-enum arg_kind { A_END, A_TENSOR, A_OPTIONAL, A_INOUT, A_INT, A_FLOAT, A_BOOL, A_PAIR, A_SHAPE, A_INT64S, A_KIND,
-                A_TENSORS, A_OBJECT };
+enum arg_kind { A_END, A_TENSOR, A_OPTIONAL, A_INOUT, A_INT, A_INT64, A_FLOAT, A_BOOL, A_PAIR, A_SHAPE, A_INT64S,
+                A_KIND, A_TENSORS, A_OBJECT };
 
 typedef struct {
     enum arg_kind kind;
@@ -50,7 +58,8 @@ typedef struct {
 typedef struct {
     dfc_tensor t; /* TENSOR/OPTIONAL/INOUT; SHAPE (data NULL); TENSORS: the first part */
     int i;        /* INT, BOOL, KIND; TENSORS: how many */
-    float f;
+    long long l;
+    double f;
     int pair[2];
     const int64_t *ints;
     PyObject *obj;
@@ -85,6 +94,7 @@ struct op_call {
 #define OPTIONAL(n, lo, hi) {A_OPTIONAL, n, lo, hi, NULL}
 #define INOUT(n, lo, hi) {A_INOUT, n, lo, hi, NULL}
 #define INT(n, lo, hi) {A_INT, n, lo, hi, NULL}
+#define INT64(n, lo, hi) {A_INT64, n, lo, hi, NULL}
 #define FLOAT(n) {A_FLOAT, n, 0, 0, NULL}
 #define BOOL(n) {A_BOOL, n, 0, 0, NULL}
 #define PAIR(n, lo, hi) {A_PAIR, n, lo, hi, NULL}
@@ -102,6 +112,7 @@ struct op_call {
 #define OPT(i) (c->a[i].t.data ? &c->a[i].t : NULL)
 #undef I /* <complex.h>'s imaginary unit, via numpy; nothing here is complex */
 #define I(n) (c->a[n].i)
+#define L(i) (c->a[i].l)
 #define F(i) (c->a[i].f)
 #define V(i) (c->a[i].ints)
 #define P(i, k) (c->a[i].pair[k])
@@ -461,6 +472,7 @@ static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject 
         return 0;
     case A_OPTIONAL: return dfc_py_optional_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, 1, &c->refs, &v->t);
     case A_INT: return dfc_py_int(obj, name, (int)s->lo, (int)s->hi, &v->i);
+    case A_INT64: return dfc_py_int64(obj, name, s->lo, s->hi, &v->l);
     case A_BOOL: return (v->i = PyObject_IsTrue(obj)) < 0 ? -1 : 0;
     case A_FLOAT: {
         const double value = PyFloat_AsDouble(obj);
@@ -468,7 +480,7 @@ static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject 
             PyErr_Format(PyExc_TypeError, "%s: expected a number, got %.100s", name, Py_TYPE(obj)->tp_name);
             return -1;
         }
-        v->f = (float)value;
+        v->f = value;
         return 0;
     }
     case A_PAIR: {
@@ -504,13 +516,16 @@ static PyObject *new_outputs(op_call *c, int nout, int as_list)
     PyObject *items[MAX_OUTS];
     for (int j = 0; j < c->nout; j++) {
         c->o_ptrs[j] = &c->o[j];
-        items[j] = c->out_ndim[j] ? dfc_py_new_tensor(c->out_ndim[j], c->out_shape[j], &c->o[j]) : (Py_INCREF(Py_None), Py_None);
+        items[j] = c->out_ndim[j] ? dfc_py_new_tensor(c->out_ndim[j], c->out_shape[j], &c->o[j])
+                                  : (Py_INCREF(Py_None), Py_None);
         if (!items[j]) {
             while (j--)
                 Py_DECREF(items[j]);
             return NULL;
         }
     }
+    if (nout == 0)
+        Py_RETURN_NONE;
     if (nout == 1)
         return items[0];
     PyObject *out = as_list ? PyList_New(c->nout) : PyTuple_New(c->nout);
@@ -557,6 +572,7 @@ done:
 #define DEFINE_OP(name, label, nout, doc, args, shapes, call)                                  \
     static int name##_shapes(op_call *c)                                                       \
     {                                                                                          \
+        (void)c; /* an op without outputs has no shape rule */                                 \
         shapes;                                                                                \
         return 0;                                                                              \
     }                                                                                          \
