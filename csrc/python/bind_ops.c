@@ -452,15 +452,18 @@ static int parse_tensors(op_call *c, const arg_spec *s, PyObject *obj, arg_value
         c->part_ptrs[k] = &c->parts[k];
     }
     Py_DECREF(seq);
-    v->t = c->parts[0];
-    v->i = (int)n;
+    if (status == 0) {
+        v->t = c->parts[0];
+        v->i = (int)n;
+    }
     return status;
 }
 
 static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject *obj, arg_value *v)
 {
-    char name[80];
-    snprintf(name, sizeof name, "%s: %s", c->label, s->name);
+    char name[80]; /* "label: name", for the scalar readers' messages */
+    if (s->kind == A_INT || s->kind == A_INT64 || s->kind == A_FLOAT || s->kind == A_PAIR)
+        snprintf(name, sizeof name, "%s: %s", c->label, s->name);
     switch (s->kind) {
     case A_TENSOR:
     case A_INOUT:
@@ -542,7 +545,10 @@ static PyObject *new_outputs(op_call *c, int nout, int as_list)
 
 static PyObject *run_op(const op_desc *op, PyObject *args)
 {
-    op_call c = {.nout = op->nout == OUT_LIST ? 0 : op->nout};
+    op_call c; /* not zero-filled whole: it is kilobytes, and every field is written before it is read */
+    c.nout = op->nout == OUT_LIST ? 0 : op->nout;
+    c.refs.count = 0;
+    memset(c.out_ndim, 0, sizeof c.out_ndim);
     snprintf(c.label, sizeof c.label, "%s", op->label);
     int nargs = 0;
     while (nargs < MAX_ARGS && op->args[nargs].kind != A_END)
