@@ -97,10 +97,10 @@ typedef struct dfc_ops {
     dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
                                       const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
 
-    /* softmax over the last axis; backward from the forward's output y. */
-    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
-                                   dfc_error *err);
+    /* softmax over one axis (negative: counted from the end, -1 the last); backward from the forward's output y. */
+    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err);
+    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis,
+                                   dfc_tensor *dx, dfc_error *err);
 
     /* y = a (op) b, b broadcast to a's shape: b has a's ndim and each of its dims is 1 or equal to a's
      * (per-channel (1,C,1,1), per-sample (N,1,1,1), per-sample-channel (N,C,1,1), full). y may alias a.
