@@ -10,6 +10,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 
 from . import ops
+from ._native import _C
 
 
 def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
@@ -64,6 +65,39 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
     ]
 
 
+def _diffusion_cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
+    """The diffusion ops (q_sample, p_mean_variance, the reverse step, the sampler's per-row ops, the vb loss)."""
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    n, shape = 3, (3, 3, 13, 11)
+    x, noise, g, mo = r(*shape), r(*shape), r(*shape), r(n, 6, 13, 11)
+    idx = np.array([0, 41, 99])
+    arrays = _C.Diffusion(1000, "linear", "100", 0).arrays()
+    post, vb = ops.posterior_coefs(arrays, idx), ops.vb_coefs(arrays, idx)
+    alpha, logits, targets = r(n), r(n, 5), rng.integers(0, 5, n)
+    x_pixels = (rng.integers(0, 256, shape) / 127.5 - 1).astype(np.float32)
+    bad = x.copy()
+    bad[1, 0, 2, 3] = np.nan
+    return [
+        ("q_sample", lambda be: ops.q_sample(x, noise, post.coef1, post.coef2, backend=be)),
+        ("p_mean_variance / backward", lambda be: (*ops.p_mean_variance(mo, x, post, backend=be),
+                                                   *ops.p_mean_variance_backward(g, mo, x, post, backend=be))),
+        ("sample_step", lambda be: ops.sample_step(x, np.abs(g), noise, g, x, [0, 1, 1], backend=be)),
+        ("row_scale / row_axpy", lambda be: (ops.row_scale(x, alpha, backend=be),
+                                             ops.row_axpy(alpha, x, g, backend=be))),
+        ("change_map / masked_blend", lambda be: (ops.change_map(x, g, backend=be),
+                                                  ops.masked_blend(x, g, np.abs(noise[:, :1]), 0.5, backend=be))),
+        ("distance_penalty / backward", lambda be: (ops.distance_penalty(x, g, 0.3, 0.7, backend=be),
+                                                    ops.distance_penalty_backward(x, g, 0.3, 0.7, backend=be))),
+        ("nonfinite_rows", lambda be: tuple(np.asarray(a, np.float32) for a in ops.nonfinite_rows(bad, backend=be))),
+        ("target_probability", lambda be: tuple(np.asarray(a, np.float32)
+                                                for a in ops.target_probability(logits, targets, backend=be))),
+        ("diffusion_vb / backward", lambda be: (ops.diffusion_vb(mo, x_pixels, x, vb, backend=be),
+                                                ops.diffusion_vb_backward(mo, x_pixels, x, vb, backend=be))),
+    ]
+
+
 def _flatten(result) -> List[np.ndarray]:
     if isinstance(result, (tuple, list)):
         return [np.asarray(a) for a in result if a is not None]
@@ -75,7 +109,7 @@ def run_selfcheck(seed: int = 0, tolerance: float = 1e-4, verbose: bool = True) 
     rng = np.random.default_rng(seed)
     ok = True
     rows = []
-    for name, fn in _cases(rng):
+    for name, fn in _cases(rng) + _diffusion_cases(rng):
         t0 = time.perf_counter()
         fast = _flatten(fn("cpu"))
         t1 = time.perf_counter()

@@ -81,6 +81,17 @@ def test_softmax_forward_backward(rng, backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, axis", [((3, 5, 13, 19), 1), ((3, 5, 13, 19), -3), ((7, 11), 0), ((3, 5, 29), -2)])
+def test_softmax_over_any_axis(rng, backend, shape, axis):
+    x = randn(rng, *shape, scale=4.0)
+    dy = randn(rng, *shape)
+    y = ops.softmax(x, axis=axis, backend=backend)
+    assert rel_err(y, torch.softmax(t64(x), dim=axis)) <= 1e-6
+    want = torch._softmax_backward_data(t64(dy), t64(y), axis, torch.float64)
+    assert rel_err(ops.softmax_backward(dy, y, axis=axis, backend=backend), want) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_large_inputs_stay_finite(backend):
     x = np.array([[1e4, 0.0, -1e4], [88.0, 89.0, 90.0]], np.float32)
     y = ops.softmax(x, backend=backend)
@@ -92,6 +103,10 @@ def test_softmax_bad_inputs():
         ops.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32))
     with pytest.raises(TypeError, match="softmax: x"):
         ops.softmax(np.zeros((2, 3), np.float16))
+    with pytest.raises(ValueError, match="softmax: axis 2 is out of range for 2 dimensions"):
+        ops.softmax(np.zeros((2, 3), np.float32), axis=2)
+    with pytest.raises(TypeError, match="softmax: axis: expected an integer, got float"):
+        ops.softmax(np.zeros((2, 3), np.float32), axis=1.0)
 
 
 # ---- broadcast add / mul ----

@@ -39,6 +39,10 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
     X(activation_backward) \
     X(attention_forward) \
     X(attention_backward) \
+    /* diffusion arithmetic */ \
+    X(q_sample) \
+    X(p_mean_variance_forward) \
+    X(sample_step) \
     /* optimizer ops */ \
     X(adamw_step) \
     X(ema_update) \

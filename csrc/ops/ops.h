@@ -42,6 +42,23 @@ typedef struct dfc_adamw_config {
     double weight_decay;  /* decoupled: p *= 1 - lr * weight_decay before the Adam step (0.05 in the paper) */
 } dfc_adamw_config;
 
+/* Per-row coefficients of the posterior q(x_{t-1} | x_t, x_0) and the model's variance at each row's timestep, as
+ * guided-diffusion's _extract_into_tensor casts them from the float64 schedule (host arrays of N entries). */
+typedef struct dfc_posterior_coefs {
+    const float *sqrt_recip_abar, *sqrt_recipm1_abar; /* pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps */
+    const float *coef1, *coef2;                       /* mean = coef1 pred_xstart + coef2 x_t */
+    const float *min_log, *max_log;   /* learned range: log beta~ (clipped) .. log beta */
+    const float *variance, *log_variance; /* fixed variances (unused for the learned range) */
+} dfc_posterior_coefs;
+
+/* The same coefficients in float64 for the training loss's variational bound (host arrays of N entries), plus
+ * which rows take the decoder NLL (timestep 0) instead of the KL, and the scale of vb (RESCALED_MSE: K / 1000). */
+typedef struct dfc_vb_coefs {
+    const double *sqrt_recip_abar, *sqrt_recipm1_abar, *coef1, *coef2, *min_log, *max_log;
+    const int *decoder_nll;
+    double scale;
+} dfc_vb_coefs;
+
 typedef struct dfc_ops {
     /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
      * Ho = (H + 2 pad_h - KH) / stride_h + 1. */
@@ -90,10 +107,10 @@ typedef struct dfc_ops {
     dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
                                       const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
 
-    /* softmax over the last axis; backward from the forward's output y. */
-    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
-                                   dfc_error *err);
+    /* softmax over one axis (negative: counted from the end, -1 the last); backward from the forward's output y. */
+    dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err);
+    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis,
+                                   dfc_tensor *dx, dfc_error *err);
 
     /* y = a (op) b, b broadcast to a's shape: b has a's ndim and each of its dims is 1 or equal to a's
      * (per-channel (1,C,1,1), per-sample (N,1,1,1), per-sample-channel (N,C,1,1), full). y may alias a.
@@ -165,6 +182,74 @@ typedef struct dfc_ops {
                               dfc_error *err);
     dfc_status (*mse_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                                dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+    /* ---- diffusion arithmetic (docs/method.md sections 2-5): the sampler's and the training loss's numbers.
+     * Rows are the first dim (samples); m = values per row. Per-row coefficients (float *, double *) and flags
+     * (int *) are HOST arrays of N entries, as cross_entropy's targets: a device backend copies them in (and
+     * copies the int flags that nonfinite_rows and target_probability write back out). ---- */
+
+    /* x_t = sqrt_abar[b] x0 + sqrt_one_minus_abar[b] noise. No backward: the forward process is not
+     * differentiated (d x_t / d x0 would be row_scale by sqrt_abar). */
+    dfc_status (*q_sample)(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
+                           const float *sqrt_one_minus_abar, dfc_tensor *x_t, dfc_error *err);
+    /* guided-diffusion's p_mean_variance for eps prediction, float32 in its operation order: model_output
+     * (N, 2C, ...) = (eps, v) when learned (log_variance = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2,
+     * unclamped), (N, C, ...) = eps otherwise (the fixed variances); pred_xstart clamped to [-1, 1] when clip.
+     * mean, variance, log_variance, pred_xstart shaped like x_t; all but mean may be NULL.
+     * Backward carries d pred_xstart only (the sampler's x_t-gradient): through the clip (zero where it clamped),
+     * dx_t = sqrt_recip_abar g, d model_output = (-sqrt_recipm1_abar g, 0 for v); either output may be NULL. */
+    dfc_status (*p_mean_variance_forward)(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                          const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                          dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
+                                          dfc_error *err);
+    dfc_status (*p_mean_variance_backward)(dfc_backend *be, const dfc_tensor *d_pred_xstart,
+                                           const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                           const dfc_posterior_coefs *coefs, int learned, int clip,
+                                           dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err);
+    /* a reverse step x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (noise_weight is
+     * [i != 0]); grad NULL: unguided (variance unused). x_prev may alias mean. No backward (a sample). */
+    dfc_status (*sample_step)(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
+                              const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
+                              const float *noise_weight, dfc_tensor *x_prev, dfc_error *err);
+    /* y = alpha[b] x, any shape (N, ...); y may alias x. Linear, so its backward is itself (dx = alpha dy). */
+    dfc_status (*row_scale)(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y,
+                            dfc_error *err);
+    /* y += alpha[b] x. Backward: dx = alpha dy (row_scale), dy passes to the old y unchanged. */
+    dfc_status (*row_axpy)(dfc_backend *be, const float *alpha, const dfc_tensor *x, dfc_tensor *y,
+                           dfc_error *err);
+    /* FastDiME's change map: a, b (N, C, H, W) in [-1, 1] -> y (N, 1, H, W) = sum over C of
+     * |(a + 1) / 2 - (b + 1) / 2|, divided by its per-sample maximum when that is > 0. No backward (a mask). */
+    dfc_status (*change_map)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
+                             dfc_error *err);
+    /* FastDiME's masked blend: keep = [mask < threshold] per pixel, mask (N, 1, H, W) broadcast over C of a, b
+     * (N, C, H, W); y = a (1 - keep) + keep b. y may alias a. No backward (the sampler does not differentiate it). */
+    dfc_status (*masked_blend)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *mask,
+                               float threshold, dfc_tensor *y, dfc_error *err);
+    /* DiME's distance terms, a, b (N, C, H, W): loss[b] = lambda_l1 sum |a - b| + lambda_l2 sum over pixels of the
+     * channel norm ||a - b|| (norms accumulated in double). Backward: da = dloss[b] (lambda_l1 sign(a - b) +
+     * lambda_l2 (a - b) / ||a - b||), 0 where the norm is 0. */
+    dfc_status (*distance_penalty_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
+                                           float lambda_l1, float lambda_l2, dfc_tensor *loss, dfc_error *err);
+    dfc_status (*distance_penalty_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a,
+                                            const dfc_tensor *b, float lambda_l1, float lambda_l2, dfc_tensor *da,
+                                            dfc_error *err);
+    /* non-finite detection: nonfinite[b] = row b of x holds a NaN or an infinity; such rows are set to 0 in place
+     * (every later op works per sample, so the others are untouched). */
+    dfc_status (*nonfinite_rows)(dfc_backend *be, dfc_tensor *x, int *nonfinite, dfc_error *err);
+    /* the flip decision, with class_loss.h's convention: logits (N, K), targets (N) -> prob (N) = p(target)
+     * (softmax for K >= 2, sigmoid of +-z for K == 1; in double) and is_target[b] = argmax == target (first on
+     * ties; z > 0 for K == 1). No backward. */
+    dfc_status (*target_probability)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                     dfc_tensor *prob, int *is_target, dfc_error *err);
+    /* the training loss's variational bound in bits per dimension with the mean frozen (guided-diffusion's
+     * _vb_terms_bpd): model_output (N, 2C, ...) = (eps, v), x_start, x_t (N, C, ...) -> vb (N) =
+     * scale mean_j term_j / ln 2, term = KL(q || p) (normal_kl) or, where decoder_nll, the discretized Gaussian
+     * NLL of x_start; in double. Backward: d_v (N, C, ...) = dvb[b] d vb / d v (the gradient reaches v only). */
+    dfc_status (*diffusion_vb_forward)(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_start,
+                                       const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb,
+                                       dfc_error *err);
+    dfc_status (*diffusion_vb_backward)(dfc_backend *be, const dfc_tensor *dvb, const dfc_tensor *model_output,
+                                        const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_vb_coefs *coefs,
+                                        dfc_tensor *d_v, dfc_error *err);
 
     /* ---- optimizer ops (csrc/ops/ref_optim.c, cpu_optim.c): in place over same-shape tensors, no gradient ---- */
     /* One AdamW step (torch.optim.AdamW, single-tensor form): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
@@ -221,6 +306,21 @@ typedef struct dfc_ops {
     X(cross_entropy_backward) \
     X(mse_forward) \
     X(mse_backward) \
+    /* diffusion arithmetic */ \
+    X(q_sample) \
+    X(p_mean_variance_forward) \
+    X(p_mean_variance_backward) \
+    X(sample_step) \
+    X(row_scale) \
+    X(row_axpy) \
+    X(change_map) \
+    X(masked_blend) \
+    X(distance_penalty_forward) \
+    X(distance_penalty_backward) \
+    X(nonfinite_rows) \
+    X(target_probability) \
+    X(diffusion_vb_forward) \
+    X(diffusion_vb_backward) \
     /* optimizer ops */ \
     X(adamw_step) \
     X(ema_update) \

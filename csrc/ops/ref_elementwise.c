@@ -5,7 +5,6 @@
 
 #include "activation_check.h"
 #include "ref.h"
-#include "softmax_row.h"
 
 /* Stable for large |x|: exp of a non-positive argument only. */
 static inline float sigmoidf(float x)
@@ -56,44 +55,71 @@ dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const d
     return DFC_OK;
 }
 
-/* ---- softmax over the last axis ---- */
+/* ---- softmax over one axis ---- */
 
-dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
+/* x viewed as (outer, n, inner) around the softmax axis (negative counts from the end): element (o, j, i) sits at
+ * (o n + j) inner + i, so each (o, i) is one independent row of n values with stride inner. */
+static dfc_status softmax_rows(const char *op, const dfc_tensor *x, int axis, int64_t *outer, int64_t *n,
+                               int64_t *inner, dfc_error *err)
+{
+    const int a = axis < 0 ? axis + x->ndim : axis;
+    if (a < 0 || a >= x->ndim)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: axis %d is out of range for %d dimensions", op, axis, x->ndim);
+    *outer = *inner = 1;
+    for (int d = 0; d < x->ndim; d++) {
+        if (d < a)
+            *outer *= x->shape[d];
+        else if (d > a)
+            *inner *= x->shape[d];
+    }
+    *n = x->shape[a];
+    return DFC_OK;
+}
+
+dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "softmax";
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
-    const int64_t cols = x->shape[x->ndim - 1], rows = dfc_numel(x) / cols;
+    int64_t outer, n, inner;
+    DFC_TRY(softmax_rows(op, x, axis, &outer, &n, &inner, err));
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x->data + r * cols;
-        float *yr = y->data + r * cols;
-        float max;
-        const double sum = dfc_row_sum_exp(xr, cols, &max);
-        for (int64_t j = 0; j < cols; j++)
-            yr[j] = (float)(exp((double)xr[j] - max) / sum);
+    for (int64_t r = 0; r < outer * inner; r++) {
+        const int64_t base = (r / inner) * n * inner + r % inner;
+        const float *xr = x->data + base;
+        float *yr = y->data + base;
+        float max = xr[0];
+        for (int64_t j = 1; j < n; j++)
+            max = xr[j * inner] > max ? xr[j * inner] : max;
+        double sum = 0.0; /* every exp() argument <= 0: no overflow */
+        for (int64_t j = 0; j < n; j++)
+            sum += exp((double)xr[j * inner] - max);
+        for (int64_t j = 0; j < n; j++)
+            yr[j * inner] = (float)(exp((double)xr[j * inner] - max) / sum);
     }
     return DFC_OK;
 }
 
 /* dx = y (dy - sum_j dy_j y_j), per row. */
-dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, dfc_tensor *dx,
+dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis, dfc_tensor *dx,
                                 dfc_error *err)
 {
     const char *op = "softmax_backward";
     DFC_TRY(dfc_check_ndim(y, op, "y", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(y, dy, op, "y", "dy", err));
     DFC_TRY(dfc_check_same_shape(y, dx, op, "y", "dx", err));
-    const int64_t cols = y->shape[y->ndim - 1], rows = dfc_numel(y) / cols;
+    int64_t outer, n, inner;
+    DFC_TRY(softmax_rows(op, y, axis, &outer, &n, &inner, err));
     #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *yr = y->data + r * cols, *dyr = dy->data + r * cols;
-        float *dxr = dx->data + r * cols;
+    for (int64_t r = 0; r < outer * inner; r++) {
+        const int64_t base = (r / inner) * n * inner + r % inner;
+        const float *yr = y->data + base, *dyr = dy->data + base;
+        float *dxr = dx->data + base;
         double dot = 0.0;
-        for (int64_t j = 0; j < cols; j++)
-            dot += (double)dyr[j] * yr[j];
-        for (int64_t j = 0; j < cols; j++)
-            dxr[j] = (float)(yr[j] * (dyr[j] - dot));
+        for (int64_t j = 0; j < n; j++)
+            dot += (double)dyr[j * inner] * yr[j * inner];
+        for (int64_t j = 0; j < n; j++)
+            dxr[j * inner] = (float)(yr[j * inner] * (dyr[j * inner] - dot));
     }
     return DFC_OK;
 }

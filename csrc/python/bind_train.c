@@ -522,6 +522,7 @@ typedef struct {
     PyObject_HEAD
     dfc_diffusion *d;
     dfc_loss_type type;
+    dfc_backend *be; /* runs the loss's ops: the reference kernels */
 } TrainingLossObject;
 
 static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
@@ -537,7 +538,8 @@ static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
                                      &respacing, dfc_py_int_converter, &variance_type, dfc_py_int_converter,
                                      &loss_type))
         return -1;
-    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0)
+    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0 ||
+        dfc_py_reference_backend(&self->be) < 0)
         return -1;
     self->type = (dfc_loss_type)loss_type.value;
     return 0;
@@ -546,6 +548,7 @@ static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
 static void loss_dealloc(TrainingLossObject *self)
 {
     dfc_diffusion_destroy(self->d);
+    dfc_backend_destroy(self->be);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -582,8 +585,9 @@ static PyObject *loss_compute(TrainingLossObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(result, err,
-               dfc_diffusion_training_losses(self->d, self->type, &x0, &xt, &noise, indices, &mo, weights.data,
-                                             loss.data, mse.data, vb.data, want_grad ? &dmo : NULL, &err));
+               dfc_diffusion_training_losses(self->d, self->be, self->type, &x0, &xt, &noise, indices, &mo,
+                                             weights.data, loss.data, mse.data, vb.data, want_grad ? &dmo : NULL,
+                                             &err));
 done:
     dfc_py_refs_release(&refs);
     return result;

@@ -441,26 +441,3 @@ PyObject *dfc_py_new_tuple(int n, const dfc_py_output *outs)
     }
     return tuple;
 }
-
-PyObject *dfc_py_run_op1(dfc_backend *be, dfc_py_op1 op, const dfc_tensor *x, int ndim, const int64_t *shape)
-{
-    dfc_tensor y;
-    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
-    if (!out)
-        return NULL;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, op(be, x, &y, &err));
-    return out;
-}
-
-PyObject *dfc_py_run_op2(dfc_backend *be, dfc_py_op2 op, const dfc_tensor *a, const dfc_tensor *b, int ndim,
-                         const int64_t *shape)
-{
-    dfc_tensor y;
-    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
-    if (!out)
-        return NULL;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, op(be, a, b, &y, &err));
-    return out;
-}

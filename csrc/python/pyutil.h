@@ -158,13 +158,9 @@ PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
     {"held_bytes", dfc_py_ws_get_held, NULL, "activation memory kept for the next call (bytes)", NULL}
 
 /* Method tables of the binding files, added to the module in module.c. */
-extern PyMethodDef dfc_methods_elementwise[];
-extern PyMethodDef dfc_methods_conv[];
-extern PyMethodDef dfc_methods_norm[];
-extern PyMethodDef dfc_methods_spatial[];
-extern PyMethodDef dfc_methods_attention[];
-extern PyMethodDef dfc_methods_loss[];
+extern PyMethodDef dfc_methods_ops[]; /* bind_ops.c: every op of the table */
 extern PyMethodDef dfc_methods_io[];
+extern PyMethodDef dfc_methods_diffusion_ops[];
 extern PyMethodDef dfc_methods_optim[];   /* bind_optim_ops.c */
 extern PyMethodDef dfc_methods_backend[]; /* bind_backend.c */
 
@@ -194,6 +190,9 @@ struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
  * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
 int dfc_py_diffusion_reset(struct dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
                            int variance_type);
+/* Creates *be as the "ref" backend (every core) unless it exists: 0, or -1 with the exception. For objects whose
+ * arithmetic runs through the op table without a backend argument (Diffusion, TrainingLoss). */
+int dfc_py_reference_backend(dfc_backend **be);
 
 /* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
@@ -201,7 +200,7 @@ PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
 /* Adds a ready type to the module under its short name; -1 with an exception on failure. */
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name);
 
-/* ---- shapes most op bindings share ---- */
+/* ---- several outputs at once (the network bindings) ---- */
 
 /* One output of a binding that returns several: a new array of shape[0..ndim) viewed as *t, or None where shape is
  * NULL (t is then left as it is, e.g. {0} for an absent optional gradient). */
@@ -214,17 +213,5 @@ typedef struct {
 /* A tuple of new zero-filled arrays (or None) as outs[0..n) describe; NULL with an exception on failure.
  * Use: out = dfc_py_new_tuple(2, (dfc_py_output[]){{a.ndim, a.shape, &da}, {b.ndim, b.shape, &db}}); */
 PyObject *dfc_py_new_tuple(int n, const dfc_py_output *outs);
-
-/* Op-table entries with one tensor input (softmax, upsample, global pool, resize) or two (softmax_backward,
- * linear_backward_input, mse) and one output, no other arguments. */
-typedef dfc_status (*dfc_py_op1)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-typedef dfc_status (*dfc_py_op2)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
-                                 dfc_error *err);
-
-/* Runs such an op (GIL released) on checked inputs into a new array of shape[0..ndim), returned as a new reference;
- * NULL with the matching exception on failure. */
-PyObject *dfc_py_run_op1(dfc_backend *be, dfc_py_op1 op, const dfc_tensor *x, int ndim, const int64_t *shape);
-PyObject *dfc_py_run_op2(dfc_backend *be, dfc_py_op2 op, const dfc_tensor *a, const dfc_tensor *b, int ndim,
-                         const int64_t *shape);
 
 #endif

@@ -44,14 +44,15 @@ def sigmoid_backward(dy: np.ndarray, x: np.ndarray, *, backend: str = "cpu") -> 
     return _C.activation_backward(get_backend(backend), "sigmoid", dy, x)
 
 
-def softmax(x: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
-    """Softmax over the last axis (row max subtracted first, so large inputs do not overflow). x: 1-4 dims."""
-    return _C.softmax_forward(get_backend(backend), x)
+def softmax(x: np.ndarray, *, axis: int = -1, backend: str = "cpu") -> np.ndarray:
+    """Softmax over ``axis`` (negative counts from the end; the max along it is subtracted first, so large inputs do
+    not overflow). x: 1-4 dims. Returns an array of x's shape."""
+    return _C.softmax_forward(get_backend(backend), x, axis)
 
 
-def softmax_backward(dy: np.ndarray, y: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
-    """Gradient of softmax from its output y: dx = y (dy - sum(dy y, last axis))."""
-    return _C.softmax_backward(get_backend(backend), dy, y)
+def softmax_backward(dy: np.ndarray, y: np.ndarray, *, axis: int = -1, backend: str = "cpu") -> np.ndarray:
+    """Gradient of softmax over ``axis`` from its output y: dx = y (dy - sum(dy y, axis))."""
+    return _C.softmax_backward(get_backend(backend), dy, y, axis)
 
 
 def _broadcast_b(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
