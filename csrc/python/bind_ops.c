@@ -52,7 +52,7 @@ typedef struct {
     const char *choices; /* KIND: "relu|silu|sigmoid", index = the enum value */
 } arg_spec;
 
-#define MAX_ARGS 8
+#define MAX_ARGS 10 /* adamw_step: 4 tensors, the step and 5 hyperparameters */
 #define MAX_OUTS (DFC_PY_MAX_ARGS - 1) /* a split's parts; a concat's inputs take one reference slot each */
 
 typedef struct {
@@ -376,7 +376,19 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                  \
     X(mse_backward, "mse_backward", 2, "mse_backward(backend, dloss (N,), a, b) -> (da, db).",                       \
       ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1); LIKE(1, 1)),             \
-      CALL(T(0), T(1), T(2), O(0), O(1)))
+      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                            \
+    /* optimizer ops (in place; sum_squares, whose result is a double, is bound in bind_optim_ops.c) */              \
+    X(adamw_step, "adamw_step", 0,                                                                                   \
+      "adamw_step(backend, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay): one AdamW " \
+      "step, in place on param, exp_avg, exp_avg_sq.",                                                               \
+      ARGS(INOUT("param", 1, 4), TENSOR("grad", 1, 4), INOUT("exp_avg", 1, 4), INOUT("exp_avg_sq", 1, 4),            \
+           INT64("step", 1, INT64_MAX), FLOAT("lr"), FLOAT("beta1"), FLOAT("beta2"), FLOAT("eps"),                   \
+           FLOAT("weight_decay")),                                                                                   \
+      SHAPES(), CALL(&(dfc_adamw_config){F(5), F(6), F(7), F(8), F(9)}, L(4), T(0), T(1), T(2), T(3)))               \
+    X(ema_update, "ema_update", 0, "ema_update(backend, rate, ema, param): ema = rate ema + (1 - rate) param.",     \
+      ARGS(FLOAT("rate"), INOUT("ema", 1, 4), TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2)))              \
+    X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.",                                        \
+      ARGS(INOUT("x", 1, 4), FLOAT("factor")), SHAPES(), CALL(T(0), (float)F(1)))
 
 /* ---- the one function every entry runs through ---- */
 

@@ -15,6 +15,12 @@ from ._backend import get_backend
 __all__ = ["adamw_step", "ema_update", "sum_squares", "scale"]
 
 
+def _copy(a):
+    """A fresh array for an in-place op to update; anything but a float32 array is passed on for the op to refuse
+    with its message."""
+    return a.copy(order="C") if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
+
+
 def adamw_step(
     param: np.ndarray,
     grad: np.ndarray,
@@ -33,14 +39,18 @@ def adamw_step(
     param, grad, exp_avg, exp_avg_sq: float32 arrays of one shape (any, up to 4 dims); the moments are zero before
     the first step. lr, eps, weight_decay >= 0, betas in [0, 1). Returns (param, exp_avg, exp_avg_sq) after the step.
     """
-    return _C.adamw_step(get_backend(backend), param, grad, exp_avg, exp_avg_sq, int(step), float(lr),
-                         float(betas[0]), float(betas[1]), float(eps), float(weight_decay))
+    param, exp_avg, exp_avg_sq = _copy(param), _copy(exp_avg), _copy(exp_avg_sq)
+    _C.adamw_step(get_backend(backend), param, grad, exp_avg, exp_avg_sq, int(step), float(lr), float(betas[0]),
+                  float(betas[1]), float(eps), float(weight_decay))
+    return param, exp_avg, exp_avg_sq
 
 
 def ema_update(ema: np.ndarray, param: np.ndarray, rate: float, *, backend: str = "cpu") -> np.ndarray:
     """rate * ema + (1 - rate) * param (guided-diffusion's update_ema); ema, param float32 of one shape,
     rate in [0, 1]."""
-    return _C.ema_update(get_backend(backend), ema, param, float(rate))
+    ema = _copy(ema)
+    _C.ema_update(get_backend(backend), float(rate), ema, param)
+    return ema
 
 
 def sum_squares(x: np.ndarray, *, backend: str = "cpu") -> float:
@@ -51,4 +61,6 @@ def sum_squares(x: np.ndarray, *, backend: str = "cpu") -> float:
 
 def scale(x: np.ndarray, factor: float, *, backend: str = "cpu") -> np.ndarray:
     """x * factor (float32; the factor is rounded to float32 as the op takes it)."""
-    return _C.scale(get_backend(backend), x, float(factor))
+    x = _copy(x)
+    _C.scale(get_backend(backend), x, float(factor))
+    return x
