@@ -38,4 +38,7 @@ const dfc_ops dfc_cpu_ops = {
     .cross_entropy_backward = ref_cross_entropy_backward,
     .mse_forward = ref_mse_forward,
     .mse_backward = ref_mse_backward,
+    /* UNet ops (issue 15, unetnet) */
+    .scale_shift_forward = ref_scale_shift_forward,
+    .scale_shift_backward = ref_scale_shift_backward,
 };

@@ -277,6 +277,50 @@ done:
     return out;
 }
 
+/* ---- UNet ops (issue 15, unetnet) ---- */
+
+/* scale_shift_forward(backend, x, ss) -> y = x (1 + scale) + shift */
+static PyObject *py_scale_shift_forward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    PyObject *x_obj, *ss_obj, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &x_obj, &ss_obj))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor x, ss;
+    if (dfc_py_tensor(x_obj, "scale_shift", "x", 2, 4, 1, &refs, &x) == 0 &&
+        dfc_py_tensor(ss_obj, "scale_shift", "ss", 2, 2, 1, &refs, &ss) == 0)
+        out = dfc_py_run_op2(be, be->ops->scale_shift_forward, &x, &ss, x.ndim, x.shape);
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
+/* scale_shift_backward(backend, dy, x, ss) -> (dx, dss) */
+static PyObject *py_scale_shift_backward(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *op = "scale_shift_backward";
+    dfc_backend *be;
+    PyObject *dy_obj, *x_obj, *ss_obj, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O&OOO", dfc_py_backend, &be, &dy_obj, &x_obj, &ss_obj))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor dy, x, ss, dx, dss;
+    if (dfc_py_tensor(dy_obj, op, "dy", 2, 4, 1, &refs, &dy) < 0 ||
+        dfc_py_tensor(x_obj, op, "x", 2, 4, 1, &refs, &x) < 0 ||
+        dfc_py_tensor(ss_obj, op, "ss", 2, 2, 1, &refs, &ss) < 0)
+        goto done;
+    out = dfc_py_new_tuple(2, (dfc_py_output[]){{x.ndim, x.shape, &dx}, {ss.ndim, ss.shape, &dss}});
+    if (!out)
+        goto done;
+    dfc_error err = {0};
+    DFC_PY_RUN(out, err, be->ops->scale_shift_backward(be, &dy, &x, &ss, &dx, &dss, &err));
+done:
+    dfc_py_refs_release(&refs);
+    return out;
+}
+
 PyMethodDef dfc_methods_elementwise[] = {
     {"activation_forward", py_activation_forward, METH_VARARGS,
      "activation_forward(backend, kind, x) -> y; kind in relu/silu/sigmoid."},
@@ -292,5 +336,10 @@ PyMethodDef dfc_methods_elementwise[] = {
      "concat_channels(backend, xs) -> y: arrays (N, Ci, ...) joined along axis 1."},
     {"split_channels", py_split_channels, METH_VARARGS,
      "split_channels(backend, x, sizes) -> list of arrays (N, sizes[k], ...), the inverse of concat."},
+    /* UNet ops (issue 15, unetnet) */
+    {"scale_shift_forward", py_scale_shift_forward, METH_VARARGS,
+     "scale_shift_forward(backend, x, ss) -> y = x (1 + scale) + shift; x (N, C, ...), ss (N, 2C) = [scale|shift]."},
+    {"scale_shift_backward", py_scale_shift_backward, METH_VARARGS,
+     "scale_shift_backward(backend, dy, x, ss) -> (dx, dss); dss = [sum dy x | sum dy] over x's spatial dims."},
     {NULL, NULL, 0, NULL},
 };
