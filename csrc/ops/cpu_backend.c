@@ -53,4 +53,7 @@ const dfc_ops dfc_cpu_ops = {
     .target_probability = ref_target_probability,
     .diffusion_vb_forward = ref_diffusion_vb_forward,
     .diffusion_vb_backward = ref_diffusion_vb_backward,
+    /* UNet ops (issue 15, unetnet) */
+    .scale_shift_forward = ref_scale_shift_forward,
+    .scale_shift_backward = ref_scale_shift_backward,
 };

@@ -240,6 +240,15 @@ typedef struct dfc_ops {
     dfc_status (*diffusion_vb_backward)(dfc_backend *be, const dfc_tensor *dvb, const dfc_tensor *model_output,
                                         const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_vb_coefs *coefs,
                                         dfc_tensor *d_v, dfc_error *err);
+
+    /* ---- UNet ops (issue 15, unetnet) ---- */
+    /* guided-diffusion's scale-shift norm (use_scale_shift_norm), per sample and channel: x (N, C, ...),
+     * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch.
+     * Backward: dx = dy (1 + scale) and dss = [sum dy x | sum dy] over x's non-(N, C) dims, either NULL. */
+    dfc_status (*scale_shift_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
+                                      dfc_error *err);
+    dfc_status (*scale_shift_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                       const dfc_tensor *ss, dfc_tensor *dx, dfc_tensor *dss, dfc_error *err);
 } dfc_ops;
 
 
@@ -295,7 +304,10 @@ typedef struct dfc_ops {
     X(nonfinite_rows) \
     X(target_probability) \
     X(diffusion_vb_forward) \
-    X(diffusion_vb_backward)
+    X(diffusion_vb_backward) \
+    /* UNet ops (issue 15, unetnet) */ \
+    X(scale_shift_forward) \
+    X(scale_shift_backward)
 
 /* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
 #define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;
