@@ -53,7 +53,7 @@ def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Map
 
 
 class NetworkBase:
-    """Parameter handling shared by the Python wrappers of C networks (diffice._C.Network and diffice._C.UNet):
+    """Parameter handling shared by the Python wrappers of C networks (diffice._C.Network, the UNet's included):
     named parameter views, state_dict load/save with strict key checks, random initialisation for tests."""
 
     _what = "network"

@@ -26,6 +26,7 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
     logits, targets = r(6, 5), rng.integers(0, 5, 6)
     dy_linear, bn_mean, bn_var, bn_gamma, bn_beta = r(5, 9), r(7), np.abs(r(7)) + 0.1, r(7), r(7)
     per_channel, per_sample_channel, dy_attention = r(7), r(3, 7, 1, 1), r(2, 64, 35)
+    scale_shift = r(3, 14)
     grad = r(*x.shape)
     return [
         ("conv2d", lambda be: ops.conv2d(x, w, b, stride=2, padding=1, backend=be)),
@@ -56,6 +57,9 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
                                                  ops.cross_entropy_backward(logits, targets, backend=be))),
         ("mse / backward", lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)),
                                        *ops.mse_backward(x, x * 0.5, backend=be))),
+        # UNet ops (issue 15, unetnet)
+        ("scale_shift / backward", lambda be: (ops.scale_shift(x, scale_shift, backend=be),
+                                               *ops.scale_shift_backward(x, x, scale_shift, backend=be))),
         # optimizer ops
         ("adamw_step / ema_update", lambda be: (*ops.adamw_step(x, grad, x * 0.1, x * x, 3, weight_decay=0.05,
                                                                 backend=be),

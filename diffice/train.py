@@ -171,11 +171,11 @@ def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, 
     x_t = loss_fn.diffusion.q_sample(x_start, t, noise)
     t_model = loss_fn.diffusion.model_timesteps(t).astype(np.float32)
 
-    def loss_gradient(out):  # called between the UNet's forward (kept on its tape) and its backward
-        terms = loss_fn(x_start, x_t, noise, t, out, np.full(n, 1.0 / n, np.float32))
-        return terms.grad, terms
+    def loss_gradient(outputs):  # called between the UNet's forward (kept on its tape) and its backward
+        terms = loss_fn(x_start, x_t, noise, t, outputs[0], np.full(n, 1.0 / n, np.float32))
+        return (terms.grad,), terms
 
-    terms, flat = unet._c.train_step(get_backend(unet.backend), x_t, t_model, loss_gradient)
+    terms, flat = unet._c.train_step(get_backend(unet.backend), x_t, loss_gradient, t_model)
     return terms, flat
 
 

@@ -141,7 +141,8 @@ def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_h
 
 
 class UNet(NetworkBase):
-    """guided-diffusion's UNetModel (unconditional), computed by the C core.
+    """guided-diffusion's UNetModel (unconditional), computed by the C core: a diffice._C.Network conditioned on
+    the timesteps (its one output, "model_output", is what forward returns).
 
     Attributes:
         config: dict with in_channels, model_channels, out_channels, num_res_blocks, channel_mult,
@@ -153,7 +154,7 @@ class UNet(NetworkBase):
 
     def __init__(self, config: Optional[Mapping] = None, backend: str = "cpu") -> None:
         self.config = _full_config(config or {})
-        super().__init__(_C.UNet(_c_config(self.config)), backend)
+        super().__init__(_C.unet_create(_c_config(self.config)), backend)
 
     # ---- construction ----
     @classmethod
@@ -212,17 +213,17 @@ class UNet(NetworkBase):
 
         Returns (N, out_channels, H, W): eps (and the variance interpolation v with learn_sigma).
         """
-        return self._c.forward(get_backend(self.backend), x, self._timesteps(t, len(x)))
+        return self._c.forward(get_backend(self.backend), x, self._timesteps(t, len(x)))[0]
 
     __call__ = forward
 
     def vjp(self, x: np.ndarray, t, v: np.ndarray) -> np.ndarray:
         """d sum(v * forward(x, t)) / dx, shape of x (no gradient through t)."""
-        return self._c.vjp(get_backend(self.backend), x, self._timesteps(t, len(x)), v)
+        return self._c.vjp(get_backend(self.backend), x, (v,), self._timesteps(t, len(x)))
 
     def gradients(self, x: np.ndarray, t, v: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """(dx, {name: d sum(v * forward) / d param}) for training."""
-        dx, flat = self._c.gradients(get_backend(self.backend), x, self._timesteps(t, len(x)), v)
+        dx, flat = self._c.gradients(get_backend(self.backend), x, (v,), self._timesteps(t, len(x)))
         return dx, self._grads_dict(flat)
 
     def __repr__(self) -> str:

@@ -87,9 +87,9 @@ def _c_unet_config(**over):
     ("num_heads_upsample", 2**32 - 1, expected("UNet config 'num_heads_upsample'", -1, 2**31 - 1, 2**32 - 1)),
 ])
 def test_c_unet_config_ints_are_checked(key, value, match):
-    _C.UNet(_c_unet_config())  # the base config is valid
+    _C.unet_create(_c_unet_config())  # the base config is valid
     with pytest.raises(ValueError, match=match):
-        _C.UNet(_c_unet_config(**{key: value}))
+        _C.unet_create(_c_unet_config(**{key: value}))
 
 
 def test_classifier_config_reader():

@@ -9,7 +9,7 @@ enum { STREAM_Q_SAMPLE = 1, STREAM_STEP = 2, STREAM_DIME_CHAIN = 3, STREAM_MASK_
 
 typedef struct pass {
     const dfc_sampler_config *cfg;
-    const dfc_unet *unet;
+    const dfc_net *denoiser;  /* conditioned on the timesteps: the UNet */
     const dfc_diffusion *d;
     const dfc_guidance *g;
     dfc_backend *be;
@@ -70,27 +70,26 @@ typedef struct step_state {
     dfc_tensor model_out, mean, variance, log_variance, x0;
     int64_t *indices;
     float *timesteps;
-    dfc_unet_tape *tape;
+    void *tape;
 } step_state;
 
 static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s,
                           dfc_error *err)
 {
-    const int64_t out_c = dfc_unet_get_config(p->unet)->out_channels;
     s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
     s->timesteps = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
-    s->model_out = dfc_alloc4(p->steps, p->n, out_c, p->height, p->width, err);
     s->mean = dfc_alloc_like(p->steps, z, err);
     s->variance = dfc_alloc_like(p->steps, z, err);
     s->log_variance = dfc_alloc_like(p->steps, z, err);
     s->x0 = dfc_alloc_like(p->steps, z, err);
-    if (!s->indices || !s->timesteps || !s->model_out.data || !s->mean.data || !s->variance.data ||
+    if (!s->indices || !s->timesteps || !s->mean.data || !s->variance.data ||
         !s->log_variance.data || !s->x0.data)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     fill_indices(p, i, s->indices, s->timesteps);
     s->tape = NULL;
-    DFC_TRY(dfc_unet_forward(p->unet, p->be, p->steps, keep_tape ? NULL : p->scratch, z, s->timesteps,
-                             keep_tape ? &s->tape : NULL, &s->model_out, err));
+    dfc_tensor t = dfc_tensor1(s->timesteps, p->n);
+    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &t,
+                            keep_tape ? &s->tape : NULL, &s->model_out, err));
     p->out->unet_evaluations += p->n;
     return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean,
                                          &s->variance, &s->log_variance, &s->x0, err);
@@ -159,7 +158,7 @@ static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const s
     /* grad <- mask recip g (the direct path), v <- -mask recipm1 g (the eps channels; v's are 0) */
     DFC_TRY(dfc_diffusion_pred_xstart_backward(p->d, p->be, grad, &s->model_out, z, s->indices, p->cfg->clip, grad,
                                                &v, err));
-    DFC_TRY(dfc_unet_backward(p->unet, p->be, p->steps, s->tape, &v, &dz, NULL, err));
+    DFC_TRY(p->denoiser->vt->backward(p->denoiser, p->be, p->steps, s->tape, &v, &dz, NULL, err));
     return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
 
@@ -351,16 +350,19 @@ dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusi
     return DFC_OK;
 }
 
-dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, const dfc_diffusion *d,
+dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
                            const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
                            const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
                            dfc_sampler_outputs *out, dfc_error *err)
 {
     DFC_TRY(dfc_sampler_validate(cfg, d, err));
     DFC_TRY(dfc_check_ndim(x, "sampler", "x", 4, 4, err));
-    if (x->shape[1] != dfc_unet_get_config(unet)->in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the UNet takes %d",
-                        (long long)x->shape[1], dfc_unet_get_config(unet)->in_channels);
+    if (!dfc_net_is_conditioned(denoiser) || denoiser->num_outputs != 1)
+        return dfc_fail(err, DFC_ERR_VALUE, "sampler: the denoiser (%s) must take timesteps and give one output",
+                        denoiser->vt->kind);
+    if (x->shape[1] != denoiser->in_channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the %s takes %d",
+                        (long long)x->shape[1], denoiser->vt->kind, denoiser->in_channels);
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1), L = cfg->iterations;
     for (int64_t j = 0; j < L * n; j++)
         out->nonfinite_step[j] = -1;
@@ -398,7 +400,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, 
         for (int64_t b = 0; b < n; b++)
             active[b] = b;
         for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
-            pass p = {cfg, unet, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
+            pass p = {cfg, denoiser, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
                       x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n};
             dfc_arena_mark mark = dfc_arena_get_mark(&persist);
             dfc_tensor z = dfc_arena_tensor(&persist, 4, (int64_t[]){num_active, x->shape[1], x->shape[2],

@@ -330,8 +330,9 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
     return DFC_OK;
 }
 
-static const dfc_net_vtable PLANE_CLASSIFIER_VT = {"plane_classifier", plane_classifier_forward,
-                                                   plane_classifier_backward, plane_classifier_destroy};
+static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier", .forward = plane_classifier_forward,
+                                                   .backward = plane_classifier_backward,
+                                                   .destroy = plane_classifier_destroy};
 
 /* ---- the small stand-in classifier ---- */
 
@@ -474,5 +475,6 @@ static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be,
     return DFC_OK;
 }
 
-static const dfc_net_vtable SMALL_CLASSIFIER_VT = {"small_classifier", small_classifier_forward,
-                                                   small_classifier_backward, small_classifier_destroy};
+static const dfc_net_vtable SMALL_CLASSIFIER_VT = {.kind = "small_classifier", .forward = small_classifier_forward,
+                                                   .backward = small_classifier_backward,
+                                                   .destroy = small_classifier_destroy};

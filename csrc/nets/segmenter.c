@@ -323,4 +323,5 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     return DFC_OK;
 }
 
-static const dfc_net_vtable SEGMENTER_VT = {"segmenter", segmenter_forward, segmenter_backward, segmenter_destroy};
+static const dfc_net_vtable SEGMENTER_VT = {.kind = "segmenter", .forward = segmenter_forward,
+                                            .backward = segmenter_backward, .destroy = segmenter_destroy};

@@ -368,7 +368,8 @@ static void sononet_destroy(dfc_net *net)
     free(net);
 }
 
-static const dfc_net_vtable SONONET_VTABLE = {"sononet", sononet_forward, sononet_backward, sononet_destroy};
+static const dfc_net_vtable SONONET_VTABLE = {.kind = "sononet", .forward = sononet_forward,
+                                              .backward = sononet_backward, .destroy = sononet_destroy};
 
 dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_error *err)
 {

@@ -251,6 +251,15 @@ typedef struct dfc_ops {
                                         const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_vb_coefs *coefs,
                                         dfc_tensor *d_v, dfc_error *err);
 
+    /* ---- UNet ops (issue 15, unetnet) ---- */
+    /* guided-diffusion's scale-shift norm (use_scale_shift_norm), per sample and channel: x (N, C, ...),
+     * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch.
+     * Backward: dx = dy (1 + scale) and dss = [sum dy x | sum dy] over x's non-(N, C) dims, either NULL. */
+    dfc_status (*scale_shift_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
+                                      dfc_error *err);
+    dfc_status (*scale_shift_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                       const dfc_tensor *ss, dfc_tensor *dx, dfc_tensor *dss, dfc_error *err);
+
     /* ---- optimizer ops (csrc/ops/ref_optim.c, cpu_optim.c): in place over same-shape tensors, no gradient ---- */
     /* One AdamW step (torch.optim.AdamW, single-tensor form): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
      * v = beta2 v + (1 - beta2) g^2; p += -lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).
@@ -321,6 +330,9 @@ typedef struct dfc_ops {
     X(target_probability) \
     X(diffusion_vb_forward) \
     X(diffusion_vb_backward) \
+    /* UNet ops (issue 15, unetnet) */ \
+    X(scale_shift_forward) \
+    X(scale_shift_backward) \
     /* optimizer ops */ \
     X(adamw_step) \
     X(ema_update) \

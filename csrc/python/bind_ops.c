@@ -376,6 +376,13 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                  \
     X(mse_backward, "mse_backward", 2, "mse_backward(backend, dloss (N,), a, b) -> (da, db).",                       \
       ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1); LIKE(1, 1)),             \
+      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                           \
+    X(scale_shift_forward, "scale_shift", 1,                                                                         \
+      "scale_shift_forward(backend, x, ss) -> y = x (1 + scale) + shift; x (N, C, ...), ss (N, 2C) = [scale|shift].", \
+      ARGS(TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 0)), CALL(T(0), T(1), O(0)))                        \
+    X(scale_shift_backward, "scale_shift_backward", 2,                                                               \
+      "scale_shift_backward(backend, dy, x, ss) -> (dx, dss); dss = [sum dy x | sum dy] over x's spatial dims.",     \
+      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 1); LIKE(1, 2)),                \
       CALL(T(0), T(1), T(2), O(0), O(1)))                                                                            \
     /* optimizer ops (in place; sum_squares, whose result is a double, is bound in bind_optim_ops.c) */              \
     X(adamw_step, "adamw_step", 0,                                                                                   \

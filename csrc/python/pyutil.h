@@ -21,7 +21,6 @@ typedef struct {
 
 extern PyTypeObject DfcBackend_Type;
 extern PyTypeObject DfcDiffusion_Type;
-extern PyTypeObject DfcUNet_Type;
 
 /* Arrays borrowed for one call; released together (like a small arena of references). */
 #define DFC_PY_MAX_ARGS 24
@@ -172,6 +171,7 @@ int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
 int dfc_register_train(PyObject *module);
 int dfc_register_inception(PyObject *module);
+int dfc_register_net(PyObject *module); /* unet_create */
 
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;
@@ -181,10 +181,8 @@ PyObject *dfc_py_created_net(dfc_status st, dfc_net *net, const dfc_error *err);
 /* The C network inside a diffice._C.Network (borrowed; NULL with TypeError otherwise). Composite networks that
  * take child networks must keep a reference to the child Python objects for as long as they live. */
 dfc_net *dfc_py_unwrap_net(PyObject *obj);
-/* The C objects inside diffice._C.UNet / diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
-struct dfc_unet;
+/* The C object inside a diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
 struct dfc_diffusion;
-struct dfc_unet *dfc_py_unwrap_unet(PyObject *obj);
 struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
 /* Replaces *d (destroyed first) by a new diffusion with guided-diffusion's tables for (steps, schedule, respacing,
  * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
