@@ -231,7 +231,7 @@ def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Optiona
     0.00049 for |value| <= 1, to each tolerance). store_inputs=False leaves x out (the inputs are then not checked).
     explainer: recorded in the environment (backend, guidance, model classes).
     """
-    from .explain import image_keys
+    from .explain.explainer import image_keys
     from .io import save_safetensors
 
     if dtype not in ("float32", "float16"):

@@ -1,5 +1,5 @@
 """Hypothesis on the Python side of the readers (issue 9): random bytes and corrupted copies of valid files given to
-the image readers (diffice.data.load_image / list_images, diffice.train_networks.load_training_set) and the weight
+the image readers (diffice.data.images.load_image / list_images, diffice.train.networks.load_training_set) and the weight
 loaders (diffice.io.load_weights, load_safetensors). Always a Python exception naming the file, never a crash or
 a hang; a crash in C would kill the test process (and show up as a failure of the whole run)."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 import diffice.io as dio
-from diffice.data import MAX_IMAGE_PIXELS, ImageReadError, list_images, load_image
-from diffice.train_networks import load_training_set
+from diffice.data.images import MAX_IMAGE_PIXELS, ImageReadError, list_images, load_image
+from diffice.train.networks import load_training_set
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     derandomize=False)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import diffice
 from diffice import PlaneClassifier, Segmenter, classification_loss
-from diffice.classifier import SmallClassifier
+from diffice.models.classifier import SmallClassifier
 from conftest import BACKENDS, randn, rel_err
 import classifier_reference as ref
 

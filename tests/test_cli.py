@@ -40,8 +40,8 @@ def _explain_parser():
 
 
 def test_explain_help_describes_every_flag_and_its_allowed_values():
-    from diffice.explain import METHODS
-    from diffice.run import SECTIONS
+    from diffice.explain.explainer import METHODS
+    from diffice.explain.config import SECTIONS
 
     actions = {a.dest: a for a in _explain_parser()._actions}
     for section, defaults in SECTIONS.items():

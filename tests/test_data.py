@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffice.data import ImageReadError, list_images, load_image, save_png, strip, to_uint8
+from diffice.data.images import ImageReadError, list_images, load_image, save_png, strip, to_uint8
 
 
 def test_png_jpeg_tiff_rgb_and_16_bit(tmp_path, rng):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffice.diffusion import GaussianDiffusion
+from diffice.models.diffusion import GaussianDiffusion
 from conftest import randn
 
 

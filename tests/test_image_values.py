@@ -1,5 +1,5 @@
 """Pixel values and sizes of input images (issue 14, item 5): one rule by the stored pixel type (integers by their
-bit depth, floats by their range, diffice.data's docstring), and a warning naming the image when resizing to the
+bit depth, floats by their range, diffice.data.images's docstring), and a warning naming the image when resizing to the
 model's size stretches it."""
 import os
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffice.data import AspectRatioWarning, ImageReadError, load_image
+from diffice.data.images import AspectRatioWarning, ImageReadError, load_image
 from conftest import write_tiny_models
 
 # one row of values per file kind, and what each value becomes in [0, 1]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from diffice.cli import main
-from diffice.data import save_png
-from diffice.pairs import binomial_two_sided_p, key_path, make_sheet, score_answers
+from diffice.data.images import save_png
+from diffice.evaluation.pairs import binomial_two_sided_p, key_path, make_sheet, score_answers
 from conftest import env_without_sanitizer_preload
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diffice import _C, GaussianDiffusion, PerceptualLoss, ResNetFeatures, Segmenter, UNet
-from diffice.explain import Explainer
+from diffice.explain.explainer import Explainer
 from diffice.ops import get_backend
 from conftest import tiny_plane_classifier, tiny_unet
 from test_explain import H, W, LinearClassifier, PixelL2, images

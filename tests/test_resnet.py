@@ -6,7 +6,7 @@ import torch
 
 from diffice import ResNetFeatures
 from diffice.io import save_safetensors
-from diffice.resnet import infer_architecture
+from diffice.models.resnet import infer_architecture
 from conftest import BACKENDS, randn, rel_err
 import resnet_reference
 from resnet_reference import STAGES, ResNet

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffice
-from diffice.sononet import CLASSES, ClassifierOutput, SonoNet, TargetClassView, sononet_preprocess
+from diffice.models.sononet import CLASSES, ClassifierOutput, SonoNet, TargetClassView, sononet_preprocess
 from conftest import BACKENDS, SHARED, randn, rel_err
 from sononet_reference import SonoNetReference, float32_gates
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import diffice.train as train_mod
+import diffice.train.ddpm as train_mod
 from diffice.cli import main
 from diffice.io import load_safetensors, load_safetensors_metadata
-from diffice.train import (AdamW, DiffusionLoss, EMA, clip_grad_norm, init_guided_diffusion, loss_and_gradients,
+from diffice.train.ddpm import (AdamW, DiffusionLoss, EMA, clip_grad_norm, init_guided_diffusion, loss_and_gradients,
                            train_ddpm)
-from diffice.unet import UNet
+from diffice.models.unet import UNet
 from conftest import interrupt_training_step, randn, rel_err, t64
 from test_unet import small_config, torch_model, worst_module_gradient_error
 from train_reference import GaussianDiffusion as RefDiffusion

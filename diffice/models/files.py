@@ -1,4 +1,4 @@
-"""Loading the models a run needs from the paths and kinds in its config (see diffice.run).
+"""Loading the models a run needs from the paths and kinds in its config (see diffice.explain.run).
 
 The loader rule (every path that loads a model file goes through :func:`load_model` / :func:`load_classifier` /
 :func:`load_unet`: the Python API, ``diffice explain | sweep | metrics | demo``, the cluster workers, and the
@@ -16,18 +16,21 @@ classes' ``from_file``):
 """
 from __future__ import annotations
 
-import ast
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+from ..io import _load, save_safetensors
+from .classifier import PlaneClassifier, build_network
+from .description import (CLASSIFIER_KINDS, model_from_description, model_metadata, model_spec,  # noqa: F401
+                          unet_layout, weights_of)  # re-exported: diffice.models.files was their home
 from .diffusion import GaussianDiffusion
 from .network import config_bool, config_int
+from .oracle import ConceptOracle
+from .perceptual import PerceptualLoss, PixelLoss
+from .resnet import ResNetFeatures
+from .sononet import SonoNet, TargetClassView
 from .unet import UNet
-
-
-CLASSIFIER_KINDS = {"plane": "PlaneClassifier", "sononet": "SonoNet"}
 
 
 def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = "cpu") -> Any:
@@ -42,8 +45,6 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
         raise ValueError(f"models.classifier_kind must be 'plane' or 'sononet', got {kind!r}")
     model = load_model(path, backend, expect=CLASSIFIER_KINDS[kind], what=f"models.classifier_kind = {kind!r}")
     if kind == "sononet":
-        from .sononet import TargetClassView
-
         return TargetClassView(model, target=config_int("models.target_class", target_class))
     return model
 
@@ -51,15 +52,11 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
 def load_perceptual(kind: str, path: str, variant: str, taps) -> Any:
     """Lp from a ResNet feature network: kind 'resnet50' / 'resnet18' (torchvision layout) or
     'resnet50-radimagenet' / 'resnet18-radimagenet' (Keras-converted RadImageNet layout); 'pixel-l1' /
-    'pixel-l2': the mean pixel distance (no file; see diffice.perceptual.PixelLoss)."""
-    from .perceptual import PerceptualLoss, PixelLoss
-
+    'pixel-l2': the mean pixel distance (no file; see diffice.models.perceptual.PixelLoss)."""
     if kind in ("pixel-l1", "pixel-l2"):
         return PixelLoss(kind.split("-")[1])
     if not path:
         return None
-    from .resnet import ResNetFeatures
-
     name, _, layout = kind.partition("-")
     depths = {"resnet50": 50, "resnet18": 18}
     if name not in depths or layout not in ("", "radimagenet"):
@@ -90,67 +87,17 @@ def load_run_models(cfg: Dict[str, Dict[str, Any]]) -> Tuple[UNet, GaussianDiffu
 
 # ---- any network diffice trains, saved with what rebuilds it (safetensors metadata "diffice_model") ----
 
-def model_spec(model: Any) -> Dict[str, Any]:
-    """A JSON-able description from which :func:`build_model` rebuilds the model's structure."""
-    from .classifier import PlaneClassifier, Segmenter, SmallClassifier
-    from .oracle import ConceptOracle
-    from .sononet import SonoNet
-
-    if isinstance(model, Segmenter):
-        return dict(type="Segmenter", config=dict(model.config), class_names=getattr(model, "class_names", None))
-    if isinstance(model, SonoNet):
-        return dict(type="SonoNet", k=model.k, in_channels=model.in_channels, num_classes=model.num_classes,
-                    standardize=model.standardize)
-    if isinstance(model, SmallClassifier):
-        return dict(type="SmallClassifier", config=dict(model.config))
-    if isinstance(model, PlaneClassifier):
-        return dict(type="PlaneClassifier", segmenter=model_spec(model.segmenter),
-                    classifier=model_spec(model.classifier), grad_through_segmenter=model.grad_through_segmenter,
-                    segmentation_input=model.segmentation_input)
-    if isinstance(model, ConceptOracle):
-        return dict(type="ConceptOracle", network=model_spec(model.network), concepts=model.concepts,
-                    negative=model.negative)
-    raise TypeError(f"model_spec: cannot describe a {type(model).__name__}")
-
-
 def build_model(spec: Dict[str, Any], backend: str = "cpu") -> Any:
-    """A model with the structure of spec (weights uninitialised)."""
-    from .classifier import PlaneClassifier, Segmenter, SmallClassifier
-    from .oracle import ConceptOracle
-    from .sononet import SonoNet
-
-    kind = spec.get("type")
-    if kind == "Segmenter":
-        seg = Segmenter(**spec["config"], backend=backend)
-        seg.class_names = spec.get("class_names")
-        return seg
-    if kind == "SonoNet":
-        return SonoNet(*(config_int(f"SonoNet description '{key}'", spec[key])
-                         for key in ("k", "in_channels", "num_classes")),
-                       config_bool("SonoNet description 'standardize'", spec["standardize"]), backend)
-    if kind == "SmallClassifier":
-        return SmallClassifier(**spec["config"], backend=backend)
-    if kind == "PlaneClassifier":
-        return PlaneClassifier(build_model(spec["segmenter"], backend), build_model(spec["classifier"], backend),
-                               bool(spec["grad_through_segmenter"]), spec["segmentation_input"], backend)
-    if kind == "ConceptOracle":
-        return ConceptOracle(build_model(spec["network"], backend), spec["concepts"], spec["negative"])
-    raise ValueError(f"unknown model type {kind!r} in a diffice_model description")
-
-
-def _weights_of(model: Any) -> Any:
-    return model.network if type(model).__name__ == "ConceptOracle" else model
-
-
-def model_metadata(model: Any) -> Dict[str, str]:
-    return {"format": "diffice model", "diffice_model": json.dumps(model_spec(model))}
+    """A model with the structure of spec (weights uninitialised): any network build_network knows, or a
+    ConceptOracle."""
+    if spec.get("type") == "ConceptOracle":
+        return ConceptOracle.from_description(spec, backend)
+    return build_network(spec, backend)
 
 
 def save_model(path: str, model: Any, metadata: Optional[Dict[str, str]] = None) -> None:
     """Writes the model's weights as safetensors (PyTorch key names) with its description, atomically."""
-    from .io import save_safetensors
-
-    save_safetensors(path, _weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
+    save_safetensors(path, weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -158,58 +105,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def read_model_file(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """(tensors, metadata) of any weights file (metadata {} for .pt/.npz); FileNotFoundError naming the file."""
-    from .io import _load
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"model file not found: {p}")
     return _load(p, "auto")
-
-
-def _type_name(spec: Any) -> str:
-    return spec.get("type", "?") if isinstance(spec, dict) else "?"
-
-
-def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, str],
-                           backend: str = "cpu", expect: Union[None, str, Sequence[str]] = None,
-                           what: str = "") -> Any:
-    """The model a file's 'diffice_model' metadata describes, with its weights. expect: the type name(s) the caller
-    needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and `what` asked)."""
-    p = os.fspath(path)
-    try:
-        spec = json.loads(meta["diffice_model"])
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{p}: unreadable 'diffice_model' description in its metadata ({exc})") from None
-    wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
-    if wanted and _type_name(spec) not in wanted:
-        hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(_type_name(spec))
-        raise ValueError(f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
-                         f"{what or 'the caller'} needs a {' or '.join(wanted)}"
-                         + (f"; use classifier_kind = {hint!r} for this file" if hint else
-                            "; give the right file"))
-    try:
-        model = build_model(spec, backend)
-        _weights_of(model).load_state_dict(state_dict)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{p}: {exc}") from None
-    return model
-
-
-def unet_layout(meta: Mapping[str, str], path: PathLike) -> Optional[Dict[str, Any]]:
-    """The attention layout a UNet file records in 'diffice_config' (JSON from diffice train ddpm, a Python dict
-    from UNet.save), or None."""
-    text = meta.get("diffice_config")
-    if text is None:
-        return None
-    try:
-        config = json.loads(text)
-    except ValueError:
-        try:
-            config = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"{os.fspath(path)}: unreadable 'diffice_config' in its metadata") from None
-    keys = ("num_heads", "num_head_channels", "use_new_attention_order", "num_heads_upsample")
-    return {k: config[k] for k in keys if isinstance(config, dict) and k in config}
 
 
 def load_unet(path: PathLike, num_heads: int = 4, num_head_channels: int = -1, use_new_attention_order: bool = False,
@@ -230,26 +129,14 @@ def load_model(path: PathLike, backend: str = "cpu", expect: Union[None, str, Se
     p = Path(path)
     state_dict, meta = read_model_file(p)
     if "diffice_model" in meta:
-        return model_from_description(p, state_dict, meta, backend, expect, what)
+        return model_from_description(p, state_dict, meta, build_model, backend, expect, what)
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
     if len(wanted) == 1 and wanted[0] in _FALLBACKS:  # a third-party file: the class builds it
-        return _FALLBACKS[wanted[0]](p, backend)
+        return _FALLBACKS[wanted[0]](p, backend=backend)
     if meta.get("format") in ("guided-diffusion UNetModel", "diffice UNet") and (not wanted or "UNet" in wanted):
         return load_unet(p, backend=backend)
     raise ValueError(f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
                      f"training commands); load it with the model's class, e.g. Segmenter.from_file")
 
 
-def _plane_from_file(path: Path, backend: str) -> Any:
-    from .classifier import PlaneClassifier
-
-    return PlaneClassifier.from_file(path, backend=backend)
-
-
-def _sononet_from_file(path: Path, backend: str) -> Any:
-    from .sononet import SonoNet
-
-    return SonoNet.from_file(path, backend=backend)
-
-
-_FALLBACKS = {"PlaneClassifier": _plane_from_file, "SonoNet": _sononet_from_file}
+_FALLBACKS = {"PlaneClassifier": PlaneClassifier.from_file, "SonoNet": SonoNet.from_file}

@@ -14,7 +14,7 @@ process, or on a Dask worker -- and returns plain numpy arrays; the caller (``di
   sends only its images and method settings.
 - **Units are fixed before anything runs** (consecutive batches of the sorted image list, per configuration):
   which worker runs a unit, and in which order, cannot change its batch, and the sampler's noise follows each
-  image's pixels and the seed (:func:`diffice.explain.image_keys`), so the results are identical to a run on one
+  image's pixels and the seed (:func:`diffice.explain.explainer.image_keys`), so the results are identical to a run on one
   machine -- bit for bit where the workers have the same CPU kind and thread count as that machine.
 - At most a few units per worker are queued at a time (each carries its images inline, so a lost worker loses
   nothing that cannot be re-sent, and the scheduler's memory stays bounded whatever the grid size).
@@ -101,7 +101,7 @@ def _load(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
 
         m = load_demo_models(spec["folder"])
         return m.unet, m.diffusion, m.classifier, m.perceptual
-    from .models import load_run_models
+    from ..models.files import load_run_models
 
     return load_run_models(dict(models=spec["models"], diffusion=spec["diffusion"]))
 
@@ -123,11 +123,11 @@ def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any
     Returns the unit id, ``worker`` (host:pid) and numpy arrays: counterfactuals (L, N, C, H, W) float32,
     prob_target (L + 1, N), lambda_used (L, N), flipped (L, N) bool, nonfinite_step (L, N), input_is_target (N,)
     bool (f's verdict on the input), first_step_target (N,) bool and first_step_prob (N,) (f on x0_hat at the first
-    guided step: diffice.explain.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time of the
+    guided step: diffice.explain.explainer.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time of the
     sampler), peak_bytes (the sampler's memory peak), unet_evaluations. The SuspiciousRunWarning check is left to
     the caller, over the whole run.
     """
-    from .explain import Explainer
+    from .explainer import Explainer
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
     explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])

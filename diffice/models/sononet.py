@@ -8,7 +8,7 @@ and a global average pool. Batch norm uses running statistics with eps 1e-4. Wit
 channel is standardised separately.
 
 Outputs of :meth:`SonoNet.forward` (a :class:`ClassifierOutput`):
-  logits (N, classes), probabilities and predicted (diffice.probabilities: softmax and argmax, or for a single
+  logits (N, classes), probabilities and predicted (diffice.models.probabilities: softmax and argmax, or for a single
   logit l the two classes' (1 - sigmoid(l), sigmoid(l)) and l > 0), cam (N, classes, H/16, W/16): the map before
   the average pool (class-activation map), features (N, 8k, H/16, W/16): the last conv block's output.
 
@@ -30,8 +30,11 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from ._native import _C
-from .ops._backend import get_backend
+from .._native import _C
+from ..io import _load, save_safetensors
+from ..ops._backend import get_backend
+from .description import Description, model_from_description, model_metadata
+from .network import config_bool, config_int
 from .probabilities import predicted_class, probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -57,8 +60,8 @@ INPUT_SIZE = (224, 288)                  # (H, W)
 class ClassifierOutput(NamedTuple):
     """What a classifier's forward returns. cam and features are None where a classifier has none."""
     logits: np.ndarray          # (N, classes)
-    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.probabilities.probabilities of the logits
-    predicted: np.ndarray       # (N,) int64, diffice.probabilities.predicted_class (argmax; l > 0 for one logit)
+    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.models.probabilities.probabilities of the logits
+    predicted: np.ndarray       # (N,) int64, diffice.models.probabilities.predicted_class (argmax; l > 0 for one logit)
     cam: Optional[np.ndarray] = None       # (N, classes, h, w)
     features: Optional[np.ndarray] = None  # (N, C, h, w)
 
@@ -143,6 +146,17 @@ class SonoNet:
         net.load_state_dict(state_dict)
         return net
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="SonoNet", k=self.k, in_channels=self.in_channels, num_classes=self.num_classes,
+                    standardize=self.standardize)
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> "SonoNet":
+        return cls(*(config_int(f"SonoNet description '{key}'", spec[key])
+                     for key in ("k", "in_channels", "num_classes")),
+                   config_bool("SonoNet description 'standardize'", spec["standardize"]), backend)
+
     @classmethod
     def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> "SonoNet":
         """Loads the authors' .npz (arr_0 ... arr_74) or a state_dict file (.pt/.pth/.safetensors/.npz).
@@ -152,17 +166,14 @@ class SonoNet:
         is rebuilt from that description, its own standardize included (`standardize` is for files without one,
         such as the authors' weights); a description of another model type is a ValueError.
         """
-        from .io import _load
-
         try:
             arrays, meta = _load(path, "auto")
         except ValueError as exc:
             msg = str(exc)
             raise ValueError(msg if os.fspath(path) in msg else f"{os.fspath(path)}: {msg}") from None
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, arrays, meta, backend, expect="SonoNet", what="SonoNet.from_file")
+            return model_from_description(path, arrays, meta, cls.from_description, backend, expect="SonoNet",
+                                          what="SonoNet.from_file")
         try:
             if any(re.fullmatch(r"arr_\d+", name) for name in arrays):
                 return cls.from_state_dict(authors_npz_to_state_dict(arrays), standardize, backend)
@@ -204,10 +215,6 @@ class SonoNet:
 
     def save(self, path: PathLike) -> None:
         """Writes safetensors with the PyTorch-port names (loads with SonoNet.from_file or into the port)."""
-        from .io import save_safetensors
-
-        from .models import model_metadata
-
         save_safetensors(path, self.state_dict(), metadata={
             "format": "SonoNet", "k": str(self.k), "in_channels": str(self.in_channels),
             "num_classes": str(self.num_classes), "diffice_model": model_metadata(self)["diffice_model"]})

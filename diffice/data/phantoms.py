@@ -753,8 +753,8 @@ def write_dataset(out_dir, n: int, size: Tuple[int, int] = (64, 80), seed: int =
     import csv
     import io
 
-    from .data import atomic_write_bytes, save_png
-    from .progress import ProgressBar
+    from .images import atomic_write_bytes, save_png
+    from ..progress import ProgressBar
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

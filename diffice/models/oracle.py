@@ -2,7 +2,7 @@
 the phantoms), used to judge counterfactuals by something other than the classifier that guided them.
 
 Its quality score QS(x) = P(TH) P(CSP) (1 - P(FP)) P(sharp) is the probability, under independent heads, that x
-meets the standard-plane rule (diffice.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
+meets the standard-plane rule (diffice.data.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from .classifier import build_network
+from .description import Description
 from .probabilities import sigmoid
 
 DEFAULT_NEGATIVE = ("FP",)
@@ -31,6 +33,15 @@ class ConceptOracle:
         self.concepts = list(concepts)
         self.negative = list(negative)
 
+    def describe(self) -> Description:
+        """What rebuilds this oracle and its network (diffice.models.description)."""
+        return dict(type="ConceptOracle", network=self.network.describe(), concepts=self.concepts,
+                    negative=self.negative)
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> "ConceptOracle":
+        return cls(build_network(spec["network"], backend), spec["concepts"], spec["negative"])
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C)."""
         out = self.network.forward(np.ascontiguousarray(x, np.float32))
@@ -38,7 +49,7 @@ class ConceptOracle:
 
     def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         """{concept: P(concept present) (N,)}: each head is its own binary classifier, sigmoid of its logit (the
-        single-logit convention of diffice.probabilities, per concept)."""
+        single-logit convention of diffice.models.probabilities, per concept)."""
         p = sigmoid(self.logits(x))
         return {c: p[:, i] for i, c in enumerate(self.concepts)}
 

@@ -1,5 +1,5 @@
-"""The checkpoint and resume bookkeeping shared by the training loops (:func:`diffice.train.train_ddpm`,
-:func:`diffice.train_networks.train_network`).
+"""The checkpoint and resume bookkeeping shared by the training loops (:func:`diffice.train.ddpm.train_ddpm`,
+:func:`diffice.train.networks.train_network`).
 
 A run folder holds the model file(s) (safetensors, ``step`` in their metadata), ``train_state.npz`` (``step`` and
 whatever else a loop needs to continue bit for bit), ``loss.csv`` (one row per step) and ``loss.png``. A checkpoint
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .io import load_safetensors_metadata, save_safetensors
+from ..io import load_safetensors_metadata, save_safetensors
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -23,9 +23,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .network import NetworkBase
-from .ops._backend import get_backend
+from ..ops._backend import get_backend
 
 __all__ = ["ResNetFeatures", "STAGES", "LAYOUTS"]
 
@@ -123,7 +123,7 @@ class ResNetFeatures(NetworkBase):
     def from_file(cls, path: PathLike, layout: Optional[str] = None, taps: Union[str, Sequence[str]] = ("layer4",),
                   in_channels: int = 1, backend: str = "cpu") -> "ResNetFeatures":
         """Loads a .pt/.pth (zip or legacy, no torch needed), .safetensors or .npz state_dict."""
-        from .io import load_weights
+        from ..io import load_weights
 
         state_dict = load_weights(path)
         try:

@@ -9,8 +9,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ._native import _C
-from .ops._backend import get_backend
+from .._native import _C
+from ..ops._backend import get_backend
 from .resnet import ResNetFeatures
 
 __all__ = ["PerceptualLoss", "pixel_loss", "PERCEPTUAL_VARIANTS", "PIXEL_LOSSES"]

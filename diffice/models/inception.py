@@ -19,9 +19,9 @@ from typing import Dict, Mapping, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .network import NetworkBase, config_int
-from .ops._backend import get_backend
+from ..ops._backend import get_backend
 
 __all__ = ["InceptionV3", "FID_WEIGHTS_NAME", "FID_RESIZE", "FEATURES"]
 
@@ -75,7 +75,7 @@ class InceptionV3(NetworkBase):
                   backend: str = "cpu") -> "InceptionV3":
         """Loads pytorch-fid's pt_inception-2015-12-05-6726825d.pth (no torch needed) or the same keys in a
         .safetensors / .npz file."""
-        from .io import load_weights
+        from ..io import load_weights
 
         state_dict = load_weights(path)
         try:

@@ -22,15 +22,15 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
-from .checkpoints import plot_loss  # noqa: F401  (diffice.train.plot_loss, where it was)
-from .data import list_images, read_unit, warn_aspect_change
-from .diffusion import GaussianDiffusion
-from .io import load_safetensors
-from .ops._backend import get_backend
-from .progress import ProgressBar
-from .unet import UNet
+from .checkpoints import plot_loss  # noqa: F401  (diffice.train.ddpm.plot_loss, where it was)
+from ..data.images import list_images, read_unit, warn_aspect_change
+from ..models.diffusion import GaussianDiffusion
+from ..io import load_safetensors
+from ..ops._backend import get_backend
+from ..progress import ProgressBar
+from ..models.unet import UNet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -200,8 +200,8 @@ def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
 def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
 
-    Grayscale and pixel values as diffice.data.load_image (RGB averaged; integers scaled by their bit depth, floats
-    by their range: the rule in diffice.data's docstring), so the DDPM trains on what ``diffice explain`` feeds it.
+    Grayscale and pixel values as diffice.data.images.load_image (RGB averaged; integers scaled by their bit depth, floats
+    by their range: the rule in diffice.data.images's docstring), so the DDPM trains on what ``diffice explain`` feeds it.
     size: (H, W) to resize to (bicubic; AspectRatioWarning when that stretches an image); None keeps the size,
     which must then be the same for every image.
     A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
@@ -337,7 +337,7 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
         out_dir: where ``model.safetensors`` (raw weights), ``ema.safetensors``, ``train_state.npz`` (optimiser
             moments, step, RNG and data order), ``loss.csv`` (one row per step) and ``loss.png`` go. Files are
             written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
-        config: UNet config (:data:`diffice.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
+        config: UNet config (:data:`diffice.models.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
             learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
             loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
         steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.

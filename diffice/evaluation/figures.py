@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .data import to_uint8
+from ..data.images import to_uint8
 
 # one colour per segmentation class (class 0 is the background and stays uncoloured)
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .network import config_int
 
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}

@@ -85,15 +85,15 @@ class NetworkBase:
             v[...] = value
 
     def save(self, path: PathLike) -> None:
-        """Writes the parameters as safetensors with PyTorch key names, and the description diffice.models.load_model
+        """Writes the parameters as safetensors with PyTorch key names, and the description diffice.models.files.load_model
         rebuilds the network from (every setting, not only the shapes) where it has one."""
-        from .io import save_safetensors
-        from .models import model_spec
+        from ..io import save_safetensors
+        from .description import model_spec
 
         metadata = {"format": f"diffice {self._what}", "diffice_config": repr(self._config_repr())}
         try:
             metadata["diffice_model"] = json.dumps(model_spec(self))
-        except TypeError:  # a network diffice.models cannot describe (the UNet: its diffice_config is enough)
+        except TypeError:  # a network diffice.models.files cannot describe (the UNet: its diffice_config is enough)
             pass
         save_safetensors(path, self.state_dict(), metadata=metadata)
 

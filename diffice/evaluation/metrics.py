@@ -1,7 +1,7 @@
 """Evaluation metrics of counterfactual explanations (the paper's Tables 1, 2, S3; docs/method.md section 7).
 
 Realism
-  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3 (:class:`diffice.inception.InceptionV3`,
+  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3 (:class:`diffice.models.inception.InceptionV3`,
     pytorch-fid's network and preprocessing: PIL ``convert('RGB')``, [0, 1], bilinear resize to 299, 2x - 1) of
     the real images (all inputs) and of the flipped counterfactuals. Statistics: mean and ``np.cov`` (N - 1).
   - **FSD**: the same Fréchet distance on SonoNet-k features: the last conv block's output (N, 8k, h, w), global
@@ -15,7 +15,7 @@ as NSP, 330 of 423)
   - **BKL**: mean 1 - p_target(cf) (a bounded remapping of KL(onehot(target) || p(cf)));
   - **COUT**: counterfactual transition (ACE), per image AUC(1 - c) - AUC(c) of c = p of x's predicted class while
     the pixels that changed most are inserted from cf into x, in [-1, 1].
-Oracle validity (an independent concept oracle, :class:`diffice.oracle.ConceptOracle`, quality score QS in [0, 1])
+Oracle validity (an independent concept oracle, :class:`diffice.models.oracle.ConceptOracle`, quality score QS in [0, 1])
   - **QS(x)**, **QS(cf)**, **QD** = QS(cf) - QS(x) (mean over inputs with QS(x) < 0.5);
   - **MQD** = (1/N) sum_i 1[QS(x_i) < 0.5] (QS(cf_i) - QS(x_i)) over all N inputs.
 
@@ -37,12 +37,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from .probabilities import probabilities
+from ..models.probabilities import probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
-           "class_probabilities", "flip_ratio", "mad", "bkl", "cout", "mqd", "evaluate", "evaluate_results",
+           "class_probabilities", "flip_ratio", "flip_ratio_of", "mad", "bkl", "cout", "mqd", "evaluate", "evaluate_results",
            "load_results", "classifier_input", "inception_input", "format_report", "METRICS"]
 
 METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", "FR", "COUT")
@@ -160,7 +160,7 @@ def fid_images(images: np.ndarray) -> np.ndarray:
 
 def fid(real_images: np.ndarray, cf_images: np.ndarray, inception: Any, batch_size: int = 50) -> float:
     """FID between two image sets, each (N, 3, H, W) in [0, 1] (pytorch-fid's ToTensor range; see fid_images),
-    N >= 2. inception: a diffice.inception.InceptionV3 (resize 299 for the standard FID)."""
+    N >= 2. inception: a diffice.models.inception.InceptionV3 (resize 299 for the standard FID)."""
     return _fd_of_features(inception.features(real_images, batch_size), inception.features(cf_images, batch_size))
 
 
@@ -194,7 +194,7 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
-    """f's class probabilities (N, max(C, 2)) float64 (diffice.probabilities.probabilities of its logits: softmax
+    """f's class probabilities (N, max(C, 2)) float64 (diffice.models.probabilities.probabilities of its logits: softmax
     for C >= 2, for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))). x (N, 1, H, W) in [-1, 1]."""
     return np.concatenate([probabilities(_logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32)),
                                          axis=1) for i in range(0, len(x), BATCH)])
@@ -202,7 +202,13 @@ def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 def flip_ratio(p_cf: np.ndarray, target: np.ndarray) -> float:
     """Fraction of counterfactuals whose predicted class (argmax of p_cf (N, C)) is the target (N,)."""
-    return float(np.mean(np.argmax(p_cf, axis=1) == np.asarray(target)))
+    return flip_ratio_of(np.argmax(p_cf, axis=1) == np.asarray(target))
+
+
+def flip_ratio_of(flipped: np.ndarray) -> float:
+    """FR from the verdicts themselves: the fraction of counterfactuals (N,) bool that f classifies as the target
+    (a run's or a sweep's recorded ``flipped``)."""
+    return float(np.mean(np.asarray(flipped, dtype=bool)))
 
 
 def mad(p_target_x: np.ndarray, p_target_cf: np.ndarray) -> float:
@@ -406,7 +412,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def classifier_input(images_u8: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1] (RGB averaged), as diffice.data.load_image."""
+    """(N, C, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1] (RGB averaged), as diffice.data.images.load_image."""
     a = images_u8.astype(np.float32)
     if a.shape[1] != 1:
         a = a[:, :3].mean(axis=1, keepdims=True)

@@ -18,10 +18,13 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
+from .description import Description, model_from_description
 from .network import NetworkBase, config_int
-from .ops._backend import get_backend
+from ..io import _load
+from ..ops._backend import get_backend
 from .probabilities import probabilities
+from .sononet import SonoNet
 
 __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassifier", "classification_loss"]
 
@@ -81,18 +84,24 @@ class Segmenter(NetworkBase):
         seg.load_state_dict(state_dict)
         return seg
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="Segmenter", config=dict(self.config), class_names=getattr(self, "class_names", None))
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> "Segmenter":
+        seg = cls(**spec["config"], backend=backend)
+        seg.class_names = spec.get("class_names")
+        return seg
+
     @classmethod
     def from_file(cls, path: PathLike, groups: int = 8, backend: str = "cpu") -> "Segmenter":
         """Loads a .safetensors, .pt/.pth (no torch needed) or .npz checkpoint of the segmenter. A file written by
         diffice (a 'diffice_model' description in its metadata) is rebuilt from it, its groups included."""
-        from .io import _load
-
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, state_dict, meta, backend, expect="Segmenter",
-                                          what="Segmenter.from_file")
+            return model_from_description(path, state_dict, meta, cls.from_description, backend,
+                                          expect="Segmenter", what="Segmenter.from_file")
         try:
             return cls.from_state_dict(state_dict, groups, backend)
         except ValueError as exc:
@@ -147,6 +156,14 @@ class SmallClassifier(NetworkBase):
     def _config_repr(self) -> dict:
         return self.config
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="SmallClassifier", config=dict(self.config))
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> "SmallClassifier":
+        return cls(**spec["config"], backend=backend)
+
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], backend: str = "cpu") -> "SmallClassifier":
         if "features.0.weight" not in state_dict or "fc.weight" not in state_dict:
@@ -174,7 +191,7 @@ class PlaneClassifierOutput:
     """What f(x) computes for a batch of N images of H x W.
 
     logits: (N, n_classes) -- l's logits (SP/NSP for n_classes = 2);
-    probabilities: (N, max(n_classes, 2)) -- diffice.probabilities.probabilities of the logits: softmax, or for
+    probabilities: (N, max(n_classes, 2)) -- diffice.models.probabilities.probabilities of the logits: softmax, or for
         a single logit l the two classes' (1 - sigmoid(l), sigmoid(l));
     segmentation: (N, K, H, W) -- s's per-pixel class logits;
     segmentation_labels: (N, H, W) int64 -- their argmax over the K classes.
@@ -194,13 +211,8 @@ def _network_of(obj: Any, what: str) -> "_C.Network":
     return c
 
 
-def _default_classifier_factory(state_dict: Mapping[str, np.ndarray]):
-    import diffice
-
-    sononet = getattr(diffice, "SonoNet", None)
-    if sononet is None or not hasattr(sononet, "from_state_dict"):
-        raise ValueError("no classifier_factory given and diffice.SonoNet.from_state_dict is not available")
-    return sononet.from_state_dict(state_dict)
+def _default_classifier_factory(state_dict: Mapping[str, np.ndarray]) -> SonoNet:
+    return SonoNet.from_state_dict(state_dict)
 
 
 class PlaneClassifier(NetworkBase):
@@ -239,6 +251,17 @@ class PlaneClassifier(NetworkBase):
         return dict(segmenter=getattr(self.segmenter, "config", None),
                     classifier=getattr(self.classifier, "config", None),
                     grad_through_segmenter=self.grad_through_segmenter, segmentation_input=self.segmentation_input)
+
+    def describe(self) -> Description:
+        """What rebuilds this network and both of its parts (diffice.models.description)."""
+        return dict(type="PlaneClassifier", segmenter=self.segmenter.describe(),
+                    classifier=self.classifier.describe(), grad_through_segmenter=self.grad_through_segmenter,
+                    segmentation_input=self.segmentation_input)
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> "PlaneClassifier":
+        return cls(build_network(spec["segmenter"], backend), build_network(spec["classifier"], backend),
+                   bool(spec["grad_through_segmenter"]), spec["segmentation_input"], backend)
 
     # ---- construction ----
     @staticmethod
@@ -280,15 +303,11 @@ class PlaneClassifier(NetworkBase):
 
         A file written by diffice (with a 'diffice_model' description in its metadata: diffice train classifier,
         save_model, .save()) is rebuilt from that description, its own settings included (the arguments are for
-        files without one; diffice.models' loader rule); a description of another model type is a ValueError."""
-        from .io import _load
-
+        files without one; diffice.models.files' loader rule); a description of another model type is a ValueError."""
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, state_dict, meta, backend, expect="PlaneClassifier",
-                                          what="PlaneClassifier.from_file")
+            return model_from_description(path, state_dict, meta, cls.from_description, backend,
+                                          expect="PlaneClassifier", what="PlaneClassifier.from_file")
         try:
             return cls.from_state_dict(state_dict, classifier_factory, groups, grad_through_segmenter,
                                        segmentation_input, backend)
@@ -326,3 +345,14 @@ class PlaneClassifier(NetworkBase):
         return (f"PlaneClassifier(segmenter={self.segmenter!r}, classifier={self.classifier!r}, "
                 f"grad_through_segmenter={self.grad_through_segmenter}, "
                 f"segmentation_input={self.segmentation_input!r})")
+
+
+def build_network(spec: Description, backend: str = "cpu") -> Any:
+    """The network a 'diffice_model' description describes (weights uninitialised): a Segmenter, SmallClassifier,
+    SonoNet or PlaneClassifier."""
+    kind = spec.get("type")
+    builders = {"Segmenter": Segmenter, "SmallClassifier": SmallClassifier, "SonoNet": SonoNet,
+                "PlaneClassifier": PlaneClassifier}
+    if kind not in builders:
+        raise ValueError(f"unknown model type {kind!r} in a diffice_model description")
+    return builders[kind].from_description(spec, backend)

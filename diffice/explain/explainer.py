@@ -18,7 +18,7 @@ Methods (docs/method.md sections 3-5; the paper's baselines use the same loss an
 
 The classifier is any object with ``forward(x)`` returning logits (N, K) or a result with ``.logits`` (and
 optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; K = 1 is one binary logit (classes 0 and 1, p(1) =
-sigmoid; diffice.probabilities holds the convention); the perceptual loss any object with
+sigmoid; diffice.models.probabilities holds the convention); the perceptual loss any object with
 ``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
 so does a user's model wrapped in these two methods.
 """
@@ -36,21 +36,32 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ._native import _C
-from .classifier import classification_loss
-from .diffusion import GaussianDiffusion
-from .ops._backend import BACKENDS, get_backend
-from .probabilities import num_classes, predicted_class, probabilities
-from .unet import UNet
+from .._native import _C
+from ..models.classifier import classification_loss
+from ..models.diffusion import GaussianDiffusion
+from ..ops._backend import BACKENDS, get_backend
+from ..models.probabilities import num_classes, predicted_class, probabilities
+from ..models.unet import UNet
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+
+
+def is_iterative(method: str) -> bool:
+    """Whether a method iterates: only Diff-ICE runs L > 1 iterations, each from the previous output (docs/method.md
+    section 3); every other method is a single pass, whatever its ``iterations`` setting."""
+    return method == "diff-ice"
+
+
+def iterations_run(method: str, iterations: int) -> int:
+    """L, the iterations `method` runs: `iterations` for Diff-ICE, 1 for a single-pass method (:func:`is_iterative`)."""
+    return int(iterations) if is_iterative(method) else 1
 
 
 class SuspiciousRunWarning(UserWarning):
     """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
 
     Emitted by :meth:`Explainer.explain` for its batch and by ``diffice explain`` / ``diffice sweep`` /
-    :func:`diffice.run.run_explain` / :func:`diffice.sweep.run_sweep` once for the whole run (the CLI also prints it
+    :func:`diffice.explain.run.run_explain` / :func:`diffice.explain.sweep.run_sweep` once for the whole run (the CLI also prints it
     to stderr and records it: ``warnings.json`` in the output folder, the ``warnings`` entry of the sweep store's
     meta table and tables.md). It names the likely causes: wrong preprocessing, wrong target, wrong classifier file.
     """
@@ -140,9 +151,8 @@ class ExplainerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
-        single = self.method != "diff-ice"
         return dict(
-            method=METHODS[self.method], iterations=1 if single else int(self.iterations), tau=int(self.tau),
+            method=METHODS[self.method], iterations=iterations_run(self.method, self.iterations), tau=int(self.tau),
             lambda_c=[float(v) for v in self.lambda_c], lambda_p=float(self.lambda_p),
             lambda_l1=float(self.lambda_l1), lambda_l2=float(self.lambda_l2),
             grad_at_previous=int(self.grad_at == "previous"), scale_grads=int(bool(self.scale_grads)),
@@ -299,7 +309,7 @@ class Explainer:
                              f"{diffusion.learn_sigma}")
         if perceptual is None and self.config.lambda_p != 0.0:
             raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
-                             f"(diffice.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to guide "
+                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to guide "
                              f"by the classifier alone")
 
     def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .data import atomic_write_bytes
+from ..data.images import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
