@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from diffice import GaussianDiffusion, SonoNet, TargetClassView, UNet, train_ddpm  # noqa: E402
 from diffice.data.images import save_png  # noqa: E402
-from diffice.explain.explainer import Explainer  # noqa: E402
 from diffice.evaluation.figures import path_figure  # noqa: E402
+from diffice.explain.explainer import Explainer  # noqa: E402
 from diffice.models.perceptual import PixelLoss  # noqa: E402
 from diffice.train.ddpm import load_images  # noqa: E402
 

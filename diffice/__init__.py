@@ -8,7 +8,7 @@ denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classi
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from . import io, ops
 from ._native import _C
@@ -31,6 +31,6 @@ __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "
            "PerceptualLoss", "PixelLoss", "pixel_loss", "load_demo_models"]
 
 
-def build_info() -> Dict[str, Any]:
+def build_info() -> dict[str, Any]:
     """How the C core was built: oneDNN version, CUDA availability."""
     return dict(_C.build_info())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -82,7 +81,7 @@ class _run_warnings:
 
         self.command, self._catch = command, warnings.catch_warnings(record=True)
 
-    def __enter__(self) -> "_run_warnings":
+    def __enter__(self) -> _run_warnings:
         import warnings
 
         from .explain.explainer import SuspiciousRunWarning
@@ -271,7 +270,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> List[int]:
+def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
@@ -354,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "sononet and picks which of SonoNet's 14 classes is the standard plane, which makes f a "
                        "2-output classifier. Example: diffice explain --models demo --images scans/ --out results/")
     p.add_argument("--config", help="TOML config (sections [models], [diffusion], [method], [run]; see "
-                   "diffice/run.py)")
+                   "diffice/explain/config.py)")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -493,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -65,7 +65,8 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     table = list(csv.DictReader(open(tmp_path / "iterations.csv")))
     for r, s in zip(table, summary["iterations"]):
         assert float(r["flip_ratio"]) == pytest.approx(s["flip_ratio"])
-    # MQD and its interval, from the saved PNGs and the oracle, without diffice.evaluation.metrics or the demo's code: the
+    # MQD and its interval, from the saved PNGs and the oracle, without diffice.evaluation.metrics or the demo's code:
+    # the
     # paper's MQD is the mean of 1[QS(x) < 0.5] (QS(cf) - QS(x)); with 3 images, each image's term is the
     # resample mean of the 1/27 > 2.5% of resamples that draw it 3 times, so the 95% percentile interval is
     # [smallest term, largest term]

@@ -7,10 +7,10 @@ import signal
 
 import numpy as np
 import pytest
+from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
 
 from diffice.explain.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
 from diffice.explain.sweep import SweepStore, run_sweep
-from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install "
                                                         "'diffice[distributed]')")

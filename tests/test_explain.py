@@ -3,13 +3,12 @@ independence, the baselines' distinctive properties, bad inputs, interruption.""
 import numpy as np
 import pytest
 import torch
-
-from diffice import _C, GaussianDiffusion
-from diffice import classification_loss
-from diffice.explain.explainer import Explainer, image_keys
-from diffice.ops import get_backend
 from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
 from gd_reference import UNetModel
+
+from diffice import _C, GaussianDiffusion, classification_loss
+from diffice.explain.explainer import Explainer, image_keys
+from diffice.ops import get_backend
 
 H, W = 16, 24
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_models
 from PIL import Image
 
 from diffice.data.images import AspectRatioWarning, ImageReadError, load_image
-from conftest import write_tiny_models
 
 # one row of values per file kind, and what each value becomes in [0, 1]
 UNIT = np.array([0.0, 0.25, 0.5, 1.0])
@@ -134,8 +134,12 @@ def _dicom(path: Path, pixels: np.ndarray, *, bits_stored=None, photometric="MON
     PixelRepresentation follows the dtype (1 for signed), BitsAllocated its size, BitsStored defaults to it."""
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
-                             generate_uid)
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
 
     pixels = np.ascontiguousarray(pixels)
     rgb = photometric == "RGB"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import ast
 import importlib.util
 from pathlib import Path
-from typing import Dict, List, Optional, Set
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "diffice"
 
 
-def module_files() -> Dict[str, Path]:
+def module_files() -> dict[str, Path]:
     """{dotted name: source file} of every module and package of diffice."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -28,7 +27,7 @@ def module_files() -> Dict[str, Path]:
     return out
 
 
-def _is_module(name: str, modules: Dict[str, Path]) -> bool:
+def _is_module(name: str, modules: dict[str, Path]) -> bool:
     """A .py module, or a compiled one (diffice._C) that the interpreter finds."""
     if name in modules:
         return True
@@ -38,12 +37,12 @@ def _is_module(name: str, modules: Dict[str, Path]) -> bool:
         return False
 
 
-def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The diffice modules `name` imports anywhere in its source (module level, functions, classes)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: Set[str] = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        targets: List[str] = []
+        targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -67,12 +66,12 @@ def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
     return found
 
 
-def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One circle of the graph as [a, b, ..., a], or None (depth-first search, colouring nodes)."""
-    state: Dict[str, int] = {}  # 1: on the current path, 2: done
-    path: List[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
 
-    def visit(node: str) -> Optional[List[str]]:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         path.append(node)
         for nxt in sorted(graph[node]):
@@ -94,7 +93,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
     return None
 
 
-def import_graph() -> Dict[str, Set[str]]:
+def import_graph() -> dict[str, set[str]]:
     modules = module_files()
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
 
@@ -121,7 +120,7 @@ def test_the_orchestration_flows_one_way():
     """The layering issue 15 names: cluster does not reach run or the demo command, run does not reach sweep."""
     graph = import_graph()
 
-    def reaches(start: str) -> Set[str]:
+    def reaches(start: str) -> set[str]:
         seen, todo = set(), [start]
         while todo:
             for nxt in graph[todo.pop()]:

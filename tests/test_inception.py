@@ -4,10 +4,10 @@ pytorch-fid's key layout. Small inputs (>= 75 px, or a small resize) keep it fas
 import numpy as np
 import pytest
 import torch
-
 from conftest import BACKENDS, rel_err
-from diffice.models.inception import FID_WEIGHTS_NAME, InceptionV3
 from inception_reference import FIDInception
+
+from diffice.models.inception import FID_WEIGHTS_NAME, InceptionV3
 
 TOL = 1e-4  # float32 through 94 conv layers vs float64
 

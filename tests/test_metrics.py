@@ -1,4 +1,5 @@
-"""diffice.evaluation.metrics against independent computations: pytorch-fid's scipy sqrtm formula for the Fréchet distance,
+"""diffice.evaluation.metrics against independent computations: pytorch-fid's scipy sqrtm formula for the Fréchet
+distance,
 the PyTorch FID Inception transcription, scipy/numpy float64 for the validity and oracle metrics, a direct
 transcription of ACE's COUT loop; edge cases (one image, identical sets, singular covariances, no flipped
 counterfactuals); and `diffice metrics` on a results folder."""
@@ -9,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
+from inception_reference import FIDInception
 from scipy import linalg, special
 
-from conftest import rel_err
 from diffice import PlaneClassifier, Segmenter, SonoNet
-from diffice.evaluation import metrics
 from diffice.cli import main
 from diffice.data.images import save_png
-from diffice.models.inception import InceptionV3
+from diffice.evaluation import metrics
 from diffice.models.files import save_model
+from diffice.models.inception import InceptionV3
 from diffice.models.oracle import ConceptOracle
-from inception_reference import FIDInception
 
 
 def pytorch_fid_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
@@ -258,7 +259,8 @@ def test_edge_cases_one_image_and_no_flips(rng):
 # ---- results folders and the CLI ----
 
 def write_results(root: Path, x, cfs, target=1, flipped=None, nonfinite_step=None):
-    """The layout diffice explain writes (diffice/run.py): records/<stem>.json, <stem>/input.png, iteration_k.png.
+    """The layout diffice explain writes (diffice/explain/run.py): records/<stem>.json, <stem>/input.png,
+    iteration_k.png.
     nonfinite_step (L, N): the sampler's record (-1: the counterfactual stayed finite)."""
     (root / "records").mkdir(parents=True)
     for i in range(x.shape[0]):

@@ -268,8 +268,8 @@ def test_sononet_save_keeps_standardize_and_third_party_files_still_load(tmp_pat
 
 def test_unet_attention_layout_comes_from_the_file(tmp_path, rng):
     """A DDPM from diffice train ddpm records num_heads; [models] num_heads (default 4) does not override it."""
-    from diffice.io import save_safetensors
     from diffice.explain.config import load_config
+    from diffice.io import save_safetensors
     from diffice.train.ddpm import _config_json
 
     unet = UNet.random(dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),

@@ -4,8 +4,8 @@ loss and its validation, the sweep's 'input is the target', the metrics."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
+
 from diffice.models.probabilities import predicted_class, probabilities, sigmoid
 
 
@@ -105,7 +105,8 @@ def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
     x = np.concatenate([np.full((2, 1, 16, 24), -0.3, np.float32), np.full((2, 1, 16, 24), 0.3, np.float32)])
     models = (tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True), OneLogit(), None)
     for target, want in ((1, [False, False, True, True]), (0, [True, True, False, False])):
-        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x, target=target, seed=0)
+        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x,
+                    target=target, seed=0)
         out = compute_unit(task, models=models)
         np.testing.assert_array_equal(out["input_is_target"], want)
         np.testing.assert_allclose(out["prob_target"][0], probabilities(OneLogit().forward(x))[:, target],

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_plane_classifier, tiny_unet
 from PIL import Image
+from test_explain import H, LinearClassifier, PixelL2, W
 
 from diffice import GaussianDiffusion
 from diffice.explain.config import load_config
 from diffice.explain.run import run_explain
-from conftest import tiny_plane_classifier, tiny_unet
-from test_explain import H, W, LinearClassifier, PixelL2
 
 
 @pytest.fixture(scope="module")

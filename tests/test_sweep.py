@@ -4,12 +4,19 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import write_tiny_models
+
 from diffice.explain.cluster import LocalExecutor
 from diffice.explain.explainer import Explainer
-from diffice.explain.sweep import (SweepStore, compute_tables, load_sweep, register_column, run_sweep,
-                           TABLE_COLUMNS, Column)
+from diffice.explain.sweep import (
+    TABLE_COLUMNS,
+    Column,
+    SweepStore,
+    compute_tables,
+    load_sweep,
+    register_column,
+    run_sweep,
+)
 
 H, W = 16, 24
 

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_plane_classifier, tiny_unet
 
 from diffice import GaussianDiffusion, PixelLoss
 from diffice.explain.explainer import Explainer
-from diffice.testing import (EXACT, UPDATE_ENV, assert_matches_reference,
-                             check_explainer_regression, compare_runs, load_reference, main, run_settings,
-                             save_reference)
-from conftest import tiny_plane_classifier, tiny_unet
+from diffice.testing import (
+    EXACT,
+    UPDATE_ENV,
+    assert_matches_reference,
+    check_explainer_regression,
+    compare_runs,
+    load_reference,
+    main,
+    run_settings,
+    save_reference,
+)
 
 DEMO_REFERENCE = Path(__file__).with_name("data") / "demo_regression.safetensors"
 H, W = 16, 24

@@ -1,7 +1,8 @@
 """Evaluation metrics of counterfactual explanations (the paper's Tables 1, 2, S3; docs/method.md section 7).
 
 Realism
-  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3 (:class:`diffice.models.inception.InceptionV3`,
+  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3
+  (:class:`diffice.models.inception.InceptionV3`,
     pytorch-fid's network and preprocessing: PIL ``convert('RGB')``, [0, 1], bilinear resize to 299, 2x - 1) of
     the real images (all inputs) and of the flipped counterfactuals. Statistics: mean and ``np.cov`` (N - 1).
   - **FSD**: the same Fréchet distance on SonoNet-k features: the last conv block's output (N, 8k, h, w), global
@@ -15,7 +16,8 @@ as NSP, 330 of 423)
   - **BKL**: mean 1 - p_target(cf) (a bounded remapping of KL(onehot(target) || p(cf)));
   - **COUT**: counterfactual transition (ACE), per image AUC(1 - c) - AUC(c) of c = p of x's predicted class while
     the pixels that changed most are inserted from cf into x, in [-1, 1].
-Oracle validity (an independent concept oracle, :class:`diffice.models.oracle.ConceptOracle`, quality score QS in [0, 1])
+Oracle validity (an independent concept oracle, :class:`diffice.models.oracle.ConceptOracle`, quality score QS in [0,
+1])
   - **QS(x)**, **QS(cf)**, **QD** = QS(cf) - QS(x) (mean over inputs with QS(x) < 0.5);
   - **MQD** = (1/N) sum_i 1[QS(x_i) < 0.5] (QS(cf_i) - QS(x_i)) over all N inputs.
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -42,7 +44,8 @@ from ..models.probabilities import probabilities
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
-           "class_probabilities", "flip_ratio", "flip_ratio_of", "mad", "bkl", "cout", "mqd", "evaluate", "evaluate_results",
+           "class_probabilities", "flip_ratio", "flip_ratio_of", "mad", "bkl", "cout", "mqd", "evaluate",
+           "evaluate_results",
            "load_results", "classifier_input", "inception_input", "format_report", "METRICS"]
 
 METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", "FR", "COUT")
@@ -57,7 +60,7 @@ BATCH = 32                # images per network call
 
 # ---- Fréchet distance ----
 
-def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> Tuple[np.ndarray, np.ndarray]:
+def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
@@ -119,7 +122,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
-def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """features (N, d), N >= 2 -> (mean (d,), covariance (d, d) normalised by N - 1), in float64."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
@@ -221,7 +224,7 @@ def bkl(p_target_cf: np.ndarray) -> float:
     return float(np.mean(1.0 - np.asarray(p_target_cf)))
 
 
-def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: Optional[Union[int, np.ndarray]] = None,
+def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: int | np.ndarray | None = None,
          steps: int = COUT_STEPS) -> np.ndarray:
     """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1].
 
@@ -272,19 +275,19 @@ def mqd(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) ->
 
 # ---- everything for one set of counterfactuals ----
 
-def _value(value: float, subset: str, n: int) -> Dict[str, Any]:
+def _value(value: float, subset: str, n: int) -> dict[str, Any]:
     return {"value": float(value), "subset": subset, "n": int(n)}
 
 
-def _skip(reason: str) -> Dict[str, Any]:
+def _skip(reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
-def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], classifier: Any = None,
-             oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: Optional[np.ndarray] = None,
-             fid_x: Optional[np.ndarray] = None, fid_cfs: Optional[np.ndarray] = None,
+def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifier: Any = None,
+             oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: np.ndarray | None = None,
+             fid_x: np.ndarray | None = None, fid_cfs: np.ndarray | None = None,
              with_cout: bool = True, flipped_by: str = "f",
-             exclude: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Any]]:
+             exclude: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Every metric for inputs x (N, 1, H, W) and their counterfactuals cfs (N, 1, H, W), both in [-1, 1].
 
     target: the class the counterfactuals move towards (int or (N,)). flipped (N,) bool: which counterfactuals
@@ -316,7 +319,7 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
     if flipped is not None:
         flipped = np.asarray(flipped, dtype=bool)[keep]
     n = len(x)
-    m: Dict[str, Dict[str, Any]] = {}
+    m: dict[str, dict[str, Any]] = {}
     no_f = "no classifier given (--classifier)"
 
     if classifier is not None and n == 0:
@@ -425,14 +428,14 @@ def inception_input(images_u8: np.ndarray) -> np.ndarray:
     return np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a
 
 
-def went_nonfinite(row: Dict[str, Any]) -> bool:
+def went_nonfinite(row: dict[str, Any]) -> bool:
     """Whether an iteration row of a run's record (records/<image>.json: "iterations"[k], k >= 1) says the
     sampler's step went non-finite (nonfinite_step >= 0: the counterfactual was zeroed). ValueError / TypeError on
     a value that is not an integer."""
     return row.get("nonfinite_step") not in (None, "") and int(row["nonfinite_step"]) >= 0
 
 
-def load_results(results_dir: PathLike) -> Dict[str, Any]:
+def load_results(results_dir: PathLike) -> dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
     Returns dict(images [names], target (N,) int64, pixels (L + 1, N, C, H, W) uint8 -- index 0 the inputs, k the
@@ -497,7 +500,7 @@ class _FeatureMemo:
 
 
 def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any = None, inception: Any = None,
-                     sononet: Any = None, with_cout: bool = True) -> Dict[str, Any]:
+                     sononet: Any = None, with_cout: bool = True) -> dict[str, Any]:
     """Every metric for every iteration of a results folder (see load_results), from its saved 8-bit PNGs. Which
     counterfactuals flipped (for FID, FSD, SonoSim) is judged by the classifier on those PNGs; without a
     classifier the run's recorded verdict is used (and the subsets say so). Counterfactuals whose sampler step
@@ -526,7 +529,7 @@ def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any 
     return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """A per-iteration table of the values, the counterfactuals excluded (non-finite), then each metric's subset
     (or why it was skipped)."""
     lines = [f"metrics of {report['results_dir']} ({report['images']} images)"]

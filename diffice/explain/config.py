@@ -48,25 +48,24 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
 from .explainer import METHODS, ExplainerConfig
 
-
-RUN_DEFAULTS: Dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
-MODEL_DEFAULTS: Dict[str, Any] = dict(
+RUN_DEFAULTS: dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
+MODEL_DEFAULTS: dict[str, Any] = dict(
     preset=None, unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
     classifier_kind="plane", target_class=5, perceptual=None, perceptual_kind="resnet50-radimagenet",
     perceptual_variant="mse", perceptual_taps=["layer4"])
-DIFFUSION_DEFAULTS: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
+DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
 SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RUN_DEFAULTS,
             "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
 
 PIXEL_KINDS = ("pixel-l1", "pixel-l2")  # Lp without a network file (diffice.models.perceptual.PixelLoss)
 
 # The allowed values of the enumerated keys (argparse choices of `diffice explain`; checked by their readers).
-CONFIG_CHOICES: Dict[str, List[Any]] = dict(
+CONFIG_CHOICES: dict[str, list[Any]] = dict(
     preset=["demo"],
     classifier_kind=["plane", "sononet"],
     perceptual_kind=["resnet50", "resnet18", "resnet50-radimagenet", "resnet18-radimagenet", *PIXEL_KINDS],
@@ -79,7 +78,7 @@ CONFIG_CHOICES: Dict[str, List[Any]] = dict(
 )
 
 # What every config key means: the help of its `diffice explain` flag (the default is appended there).
-CONFIG_HELP: Dict[str, str] = dict(
+CONFIG_HELP: dict[str, str] = dict(
     # [models]
     preset="'demo': the models bundled with diffice (the phantom DDPM, plane classifier f and the demo's pixel "
            "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
@@ -136,7 +135,7 @@ CONFIG_HELP: Dict[str, str] = dict(
 )
 
 
-def read_toml(path: str) -> Dict[str, Any]:
+def read_toml(path: str) -> dict[str, Any]:
     """A TOML file as a dict; FileNotFoundError / ValueError naming the file."""
     try:
         import tomllib
@@ -151,11 +150,12 @@ def read_toml(path: str) -> Dict[str, Any]:
         raise ValueError(f"{path}: not a valid TOML config ({exc})") from None
 
 
-# sections a run config may hold that other modules read (diffice.explain.cluster: [cluster]; diffice.explain.sweep: the rest)
+# sections a run config may hold that other modules read (diffice.explain.cluster: [cluster]; diffice.explain.sweep:
+# the rest)
 OTHER_SECTIONS = ("cluster",)
 
 
-def preset_defaults(name: str) -> Dict[str, Dict[str, Any]]:
+def preset_defaults(name: str) -> dict[str, dict[str, Any]]:
     """The defaults a [models] preset puts over SECTIONS (the config file and flags still win).
 
     "demo": the bundled demo models (diffice.explain.demo: the phantom DDPM, the plane classifier f and the pixel Lp,
@@ -168,8 +168,8 @@ def preset_defaults(name: str) -> Dict[str, Dict[str, Any]]:
                 run=dict(image_size=list(DEMO_SIZE)))
 
 
-def _merge(path: Optional[str], data: Optional[Dict[str, Any]], overrides: Dict[str, Any],
-           preset: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Dict[str, Any]]:
+def _merge(path: str | None, data: dict[str, Any] | None, overrides: dict[str, Any],
+           preset: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     cfg = {name: dict(defaults, **(preset or {}).get(name, {})) for name, defaults in SECTIONS.items()}
     for section, values in (data or {}).items():
         if section in OTHER_SECTIONS:
@@ -198,8 +198,8 @@ def _merge(path: Optional[str], data: Optional[Dict[str, Any]], overrides: Dict[
     return cfg
 
 
-def load_config(path: Optional[str], overrides: Dict[str, Any],
-                data: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+def load_config(path: str | None, overrides: dict[str, Any],
+                data: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
 
     data: the file's parsed TOML when the caller has read it already (diffice.explain.sweep), else it is read from path.
@@ -226,7 +226,7 @@ def load_config(path: Optional[str], overrides: Dict[str, Any],
     return cfg
 
 
-def check_lambda_p(models: Dict[str, Any], lambda_p: float, source: str = "") -> None:
+def check_lambda_p(models: dict[str, Any], lambda_p: float, source: str = "") -> None:
     """ValueError when lambda_p > 0 but the [models] section configures no Lp (which would ignore lambda_p)."""
     if not lambda_p > 0 or models.get("preset") or models["perceptual"] or models["perceptual_kind"] in PIXEL_KINDS:
         return

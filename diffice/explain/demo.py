@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -36,9 +37,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 MODELS_DIR = Path(__file__).resolve().parents[1] / "demo_models"
 DEMO_SIZE = (64, 80)
 DEMO_LAMBDA_P = 3000.0  # on the per-pixel mean squared distance: chosen on phantoms (README)
-DEMO_METHOD: Dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0],
+DEMO_METHOD: dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0],
                                    lambda_p=DEMO_LAMBDA_P)
-DEMO_DIFFUSION: Dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
+DEMO_DIFFUSION: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
 DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training: seed 1)
 DEMO_N = 24             # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
 DEMO_BATCH = 8          # images per sampler call: a stopped demo keeps every finished batch (resumable)
@@ -61,10 +62,10 @@ class DemoModels:
     classifier: Any          # diffice.PlaneClassifier (class 1 = standard plane)
     oracle: Any              # diffice.models.oracle.ConceptOracle
     perceptual: Any          # diffice.models.perceptual.PixelLoss (the demo's Lp)
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def segmentation_classes(self) -> List[str]:
+    def segmentation_classes(self) -> list[str]:
         return list(getattr(self.classifier.segmenter, "class_names", None) or [])
 
     def explainer(self, **overrides: Any):
@@ -75,7 +76,7 @@ class DemoModels:
                          **dict(DEMO_METHOD, **overrides))
 
 
-def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") -> DemoModels:
+def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> DemoModels:
     """The bundled phantom models (or those in `folder`, or in $DIFFICE_DEMO_MODELS, with the same file names),
     ready for Explainer."""
     from ..models.files import load_model, load_unet
@@ -85,7 +86,8 @@ def load_demo_models(folder: Optional[PathLike] = None, backend: str = "cpu") ->
     missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
         raise FileNotFoundError(f"demo models missing in {root}: {missing} (train them with "
-                                f"scripts/train_demo_models.sh WORKDIR, then 'python -m diffice.explain.demo pack WORKDIR')")
+                                f"scripts/train_demo_models.sh WORKDIR, then "
+                                f"'python -m diffice.explain.demo pack WORKDIR')")
     info = json.loads((root / "demo.json").read_text())
     unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
     diffusion = GaussianDiffusion(DEMO_DIFFUSION["steps"], DEMO_DIFFUSION["schedule"], DEMO_DIFFUSION["respacing"],
@@ -115,8 +117,9 @@ def _mean(values: np.ndarray) -> float:
 
 
 def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
-                 seed: int = CI_SEED) -> Tuple[float, float, float]:
-    """(MQD, low, high): the paper's MQD of the N inputs (:func:`diffice.evaluation.metrics.mqd`) and its percentile bootstrap
+                 seed: int = CI_SEED) -> tuple[float, float, float]:
+    """(MQD, low, high): the paper's MQD of the N inputs (:func:`diffice.evaluation.metrics.mqd`) and its percentile
+    bootstrap
     interval at `level`: mqd of `resamples` resamples of the N images with replacement (each image's QS(x) and
     QS(cf) together), their (1 - level) / 2 and (1 + level) / 2 quantiles. Seeded: the same QS give the same
     interval."""
@@ -133,7 +136,7 @@ def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, r
 
 # ---- packing freshly trained models into the package ----
 
-def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
+def pack(workdir: PathLike, dest: PathLike | None = None) -> dict[str, Any]:
     """Copies the models trained by scripts/train_demo_models.sh in workdir into diffice/demo_models (the DDPM's
     EMA weights), with demo.json: the training commands' settings and validation numbers."""
     from ..io import load_safetensors, load_safetensors_metadata, save_safetensors
@@ -147,7 +150,7 @@ def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
     save_safetensors(dest / "ddpm.safetensors", load_safetensors(ema),
                      metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")},
                      dtype="float16")
-    info: Dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
+    info: dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
                                          ema_rate=meta.get("ema_rate"))}
     for part in ("classifier", "oracle", "segmenter", "oracle_segmenter"):
         metrics = json.loads((work / part / "metrics.json").read_text())
@@ -161,7 +164,7 @@ def pack(workdir: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
     return info
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m diffice.explain.demo")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -14,12 +15,27 @@ from ..data.images import atomic_write_bytes, list_images, load_image, save_png
 from ..evaluation.figures import path_figure
 from ..evaluation.metrics import went_nonfinite
 from .config import load_config
-from .demo import (CI_LEVEL, CI_RESAMPLES, CI_SEED, DEMO_BATCH, DEMO_DIFFUSION, DEMO_FIGURE_ROWS, DEMO_METHOD, DEMO_N,
-                   DEMO_SIZE, DemoModels, PathLike, _mean, demo_phantoms, load_demo_models, mqd_interval)
+from .demo import (
+    CI_LEVEL,
+    CI_RESAMPLES,
+    CI_SEED,
+    DEMO_BATCH,
+    DEMO_DIFFUSION,
+    DEMO_FIGURE_ROWS,
+    DEMO_METHOD,
+    DEMO_N,
+    DEMO_SIZE,
+    DemoModels,
+    PathLike,
+    _mean,
+    demo_phantoms,
+    load_demo_models,
+    mqd_interval,
+)
 from .run import run_explain
 
 
-def _demo_config(images_batch: int, seed: int) -> Dict[str, Dict[str, Any]]:
+def _demo_config(images_batch: int, seed: int) -> dict[str, dict[str, Any]]:
     cfg = load_config(None, {})
     cfg["method"].update(DEMO_METHOD)
     cfg["diffusion"].update(DEMO_DIFFUSION)
@@ -31,9 +47,9 @@ def _load_pngs(folder: Path, names: Sequence[str]) -> np.ndarray:
     return np.stack([load_image(folder / n, DEMO_SIZE) for n in names]).astype(np.float32)
 
 
-def run_demo(out_dir: PathLike = "diffice-demo", images: Optional[PathLike] = None, n: int = DEMO_N, seed: int = 0,
-             models: Optional[DemoModels] = None, progress: bool = True, stream: Optional[TextIO] = None,
-             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def run_demo(out_dir: PathLike = "diffice-demo", images: PathLike | None = None, n: int = DEMO_N, seed: int = 0,
+             models: DemoModels | None = None, progress: bool = True, stream: TextIO | None = None,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Explains n non-standard-plane phantoms (or every image in `images`, resized to 64x80) towards the standard
     plane and writes, to out_dir: ``inputs/`` (the phantoms), one folder per image (input, iterations, strip),
     ``results.csv`` (per image and iteration), ``iterations.csv`` (the table), ``figure.png`` (the paper's

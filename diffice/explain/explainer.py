@@ -32,16 +32,17 @@ import numbers
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .._native import _C
 from ..models.classifier import classification_loss
 from ..models.diffusion import GaussianDiffusion
-from ..ops._backend import BACKENDS, get_backend
 from ..models.probabilities import num_classes, predicted_class, probabilities
 from ..models.unet import UNet
+from ..ops._backend import BACKENDS, get_backend
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
 
@@ -61,7 +62,8 @@ class SuspiciousRunWarning(UserWarning):
     """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
 
     Emitted by :meth:`Explainer.explain` for its batch and by ``diffice explain`` / ``diffice sweep`` /
-    :func:`diffice.explain.run.run_explain` / :func:`diffice.explain.sweep.run_sweep` once for the whole run (the CLI also prints it
+    :func:`diffice.explain.run.run_explain` / :func:`diffice.explain.sweep.run_sweep` once for the whole run (the CLI
+    also prints it
     to stderr and records it: ``warnings.json`` in the output folder, the ``warnings`` entry of the sweep store's
     meta table and tables.md). It names the likely causes: wrong preprocessing, wrong target, wrong classifier file.
     """
@@ -74,8 +76,8 @@ SUSPICIOUS_CAUSES = ("likely causes: wrong preprocessing (the classifier built w
                      "such a run mean nothing")
 
 
-def suspicious_run_message(input_is_target: np.ndarray, first_step_target: Optional[np.ndarray] = None,
-                           target: Any = None, lambda_c: Optional[float] = None) -> Optional[str]:
+def suspicious_run_message(input_is_target: np.ndarray, first_step_target: np.ndarray | None = None,
+                           target: Any = None, lambda_c: float | None = None) -> str | None:
     """Why a run looks wrong, or None. Two checks, over every image of the run:
 
     1. every input is already classified as the target before any guidance (iteration 0: f's argmax on the
@@ -185,12 +187,12 @@ class ExplanationResult:
     iteration_seconds: np.ndarray
     peak_bytes: int
     unet_evaluations: int
-    input_is_target: Optional[np.ndarray] = None
-    first_step_prob: Optional[np.ndarray] = None
-    first_step_target: Optional[np.ndarray] = None
-    segmentation: Optional[np.ndarray] = None
-    steps_xt: Optional[np.ndarray] = None
-    steps_x0: Optional[np.ndarray] = None
+    input_is_target: np.ndarray | None = None
+    first_step_prob: np.ndarray | None = None
+    first_step_target: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+    steps_xt: np.ndarray | None = None
+    steps_x0: np.ndarray | None = None
 
 
 def image_keys(x: np.ndarray) -> np.ndarray:
@@ -208,7 +210,7 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 # two threads must not compute a loss against the other's reference. Its set_reference + loss_and_grad pair runs
 # under this lock, and the reference is set again whenever another guidance set it last.
 _REFERENCE_LOCK = threading.Lock()
-_reference_owner: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_reference_owner: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _guidance_ids = itertools.count()
 
 
@@ -309,12 +311,12 @@ class Explainer:
                              f"{diffusion.learn_sigma}")
         if perceptual is None and self.config.lambda_p != 0.0:
             raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
-                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to guide "
-                             f"by the classifier alone")
+                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to "
+                             f"guide by the classifier alone")
 
-    def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,
-                keys: Optional[np.ndarray] = None, record_steps: bool = False,
-                progress: Optional[ProgressFn] = None, warn: bool = True) -> ExplanationResult:
+    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray = 1, seed: int = 0,
+                keys: np.ndarray | None = None, record_steps: bool = False,
+                progress: ProgressFn | None = None, warn: bool = True) -> ExplanationResult:
         """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
@@ -394,12 +396,12 @@ class Explainer:
             raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
         return targets
 
-    def _num_outputs(self, x: np.ndarray) -> Optional[int]:
+    def _num_outputs(self, x: np.ndarray) -> int | None:
         """The classifier's number of logits (one means two classes), from one forward of x[:1]."""
         logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
         return int(logits.shape[1]) if logits.ndim == 2 and logits.shape[1] >= 1 else None
 
-    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> Optional[np.ndarray]:
+    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> np.ndarray | None:
         first = self.classifier.forward(x)
         if not hasattr(first, "segmentation_labels") and not hasattr(first, "segmentation"):
             return None

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_
 from .config import check_lambda_p
 from .explainer import ExplainerConfig, iterations_run
 
-def _write_csv(path: Path, rows: List[Dict[str, Any]], fields: List[str]) -> None:
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
@@ -35,7 +36,7 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], fields: List[str]) -> Non
 RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]
 
 
-def rebuild_results(out_dir: Path) -> List[Dict[str, Any]]:
+def rebuild_results(out_dir: Path) -> list[dict[str, Any]]:
     """results.csv from every finished image's record: one row per image and iteration (0 = the input)."""
     rows = []
     for record_path in sorted((out_dir / "records").glob("*.json")):
@@ -46,14 +47,14 @@ def rebuild_results(out_dir: Path) -> List[Dict[str, Any]]:
     return rows
 
 
-def _settings(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What decides a run's results (the batch size does not: each image's noise follows its pixels)."""
     run = {k: v for k, v in cfg["run"].items() if k != "batch_size"}
     return json.loads(json.dumps(dict(models=cfg["models"], diffusion=cfg["diffusion"], method=cfg["method"],
                                       run=run), default=list))
 
 
-def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> bool:
+def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
     """A resumed run must use the settings of the records already there (run_settings.json). Returns whether
     there is no run_settings.json yet (the caller writes it once the run has started: :func:`_write_settings`)."""
     path = out / "run_settings.json"
@@ -70,7 +71,7 @@ def _check_same_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> bool:
     return True
 
 
-def _write_settings(out: Path, cfg: Dict[str, Dict[str, Any]]) -> None:
+def _write_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> None:
     atomic_write_bytes(out / "run_settings.json", (json.dumps(_settings(cfg), indent=1) + "\n").encode())
 
 
@@ -85,12 +86,12 @@ def _output_error(out: Path, exc: OSError) -> OutputFolderError:
     return OutputFolderError(f"cannot write the output folder {out}: {reason}")
 
 
-def _make_output_folder(out: Path) -> List[Path]:
+def _make_output_folder(out: Path) -> list[Path]:
     """Creates out/records (and out, and its missing parents); returns the folders created, outermost first.
     OutputFolderError naming out and the reason when it cannot."""
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"cannot write the output folder {out}: it is a file, not a folder")
-    created: List[Path] = []
+    created: list[Path] = []
     missing, p = [], out / "records"
     while not os.path.lexists(p) and p != p.parent:
         missing.append(p)
@@ -105,7 +106,7 @@ def _make_output_folder(out: Path) -> List[Path]:
     return created
 
 
-def _remove_created(created: List[Path]) -> None:
+def _remove_created(created: list[Path]) -> None:
     """Removes the folders this run created, innermost first, where they are still empty."""
     for folder in reversed(created):
         try:
@@ -124,8 +125,8 @@ def _remove_stale_temporaries(out: Path) -> None:
             pass
 
 
-def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
-                models: Any = None, executor: Any = None) -> Dict[str, Any]:
+def run_explain(cfg: dict[str, dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
+                models: Any = None, executor: Any = None) -> dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
 
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
@@ -133,7 +134,8 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
     Whatever runs them, only this process writes the outputs, one finished batch at a time.
 
     When the images explained now look like a broken setup (every input already the target, or every image the
-    target at the first guided step: diffice.explain.explainer.suspicious_run_message), a SuspiciousRunWarning is emitted,
+    target at the first guided step: diffice.explain.explainer.suspicious_run_message), a SuspiciousRunWarning is
+    emitted,
     appended to out_dir/warnings.json and listed in the summary's "warnings".
     """
     from .cluster import LocalExecutor, _load, models_spec
@@ -177,11 +179,11 @@ def run_explain(cfg: Dict[str, Dict[str, Any]], images_dir: str, out_dir: str, p
         raise
 
 
-def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: List[Path], method: Dict[str, Any],
-         config: ExplainerConfig, size: Any, spec: Dict[str, Any], executor: Any, progress: bool,
-         new_settings: bool) -> Dict[str, Any]:
-    from .cluster import batches, describe
+def _run(cfg: dict[str, dict[str, Any]], out: Path, files: list[Path], todo: list[Path], method: dict[str, Any],
+         config: ExplainerConfig, size: Any, spec: dict[str, Any], executor: Any, progress: bool,
+         new_settings: bool) -> dict[str, Any]:
     from ..progress import ProgressBar
+    from .cluster import batches, describe
 
     if new_settings:
         try:
@@ -193,13 +195,13 @@ def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: Lis
     iterations = iterations_run(config.method, config.iterations)
     steps_per_image = iterations * config.tau
     batch_size = max(1, int(run["batch_size"]))
-    errors: List[Dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     bar = ProgressBar(len(todo) * steps_per_image, label="explain", enabled=progress)
     finished = 0
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
-    pending: Dict[str, Any] = {}
-    checks: List[Dict[str, Any]] = []
+    pending: dict[str, Any] = {}
+    checks: list[dict[str, Any]] = []
 
     def tasks():
         for b, chunk in enumerate(batches(todo, batch_size)):
@@ -248,9 +250,10 @@ def _run(cfg: Dict[str, Dict[str, Any]], out: Path, files: List[Path], todo: Lis
 WARNINGS_FILE = "warnings.json"
 
 
-def check_run(results: List[Dict[str, Any]], target: int, lambda_c: Optional[float], label: str = "",
-              stacklevel: int = 3) -> Optional[str]:
-    """diffice.explain.explainer.suspicious_run_message over every image of these unit results (diffice.explain.cluster.compute_unit:
+def check_run(results: list[dict[str, Any]], target: int, lambda_c: float | None, label: str = "",
+              stacklevel: int = 3) -> str | None:
+    """diffice.explain.explainer.suspicious_run_message over every image of these unit results
+    (diffice.explain.cluster.compute_unit:
     their input_is_target and first_step_target); emits it as a SuspiciousRunWarning (prefixed with label) and
     returns it (None: nothing suspicious)."""
     import warnings
@@ -271,7 +274,7 @@ def check_run(results: List[Dict[str, Any]], target: int, lambda_c: Optional[flo
     return message
 
 
-def warning_entry(message: str, **details: Any) -> Dict[str, Any]:
+def warning_entry(message: str, **details: Any) -> dict[str, Any]:
     """A SuspiciousRunWarning as recorded with a run's results (warnings.json, the sweep store's meta)."""
     return dict(warning="SuspiciousRunWarning", message=message,
                 at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details)
@@ -284,7 +287,7 @@ def record_warning(path: Path, message: str, **details: Any) -> None:
     atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
 
 
-def _write_batch(out: Path, batch_files: List[Path], x: np.ndarray, result: Dict[str, Any], target: int) -> None:
+def _write_batch(out: Path, batch_files: list[Path], x: np.ndarray, result: dict[str, Any], target: int) -> None:
     """Every image's PNGs, then its record (its presence means every file of this image is complete)."""
     seconds = float(result["batch_seconds"])
     for b, f in enumerate(batch_files):

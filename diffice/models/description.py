@@ -11,10 +11,11 @@ from __future__ import annotations
 import ast
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
-Description = Dict[str, Any]
+Description = dict[str, Any]
 Builder = Callable[[Description, str], Any]  # (description, backend) -> model, weights uninitialised
 
 CLASSIFIER_KINDS = {"plane": "PlaneClassifier", "sononet": "SonoNet"}  # [models] classifier_kind -> type
@@ -28,7 +29,7 @@ def model_spec(model: Any) -> Description:
     return dict(describe())
 
 
-def model_metadata(model: Any) -> Dict[str, str]:
+def model_metadata(model: Any) -> dict[str, str]:
     return {"format": "diffice model", "diffice_model": json.dumps(model_spec(model))}
 
 
@@ -42,7 +43,7 @@ def _type_name(spec: Any) -> str:
 
 
 def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, str], build: Builder,
-                           backend: str = "cpu", expect: Union[None, str, Sequence[str]] = None,
+                           backend: str = "cpu", expect: None | str | Sequence[str] = None,
                            what: str = "") -> Any:
     """The model a file's 'diffice_model' metadata describes, built by `build`, with its weights. expect: the type
     name(s) the caller needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and
@@ -67,7 +68,7 @@ def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: 
     return model
 
 
-def unet_layout(meta: Mapping[str, str], path: PathLike) -> Optional[Dict[str, Any]]:
+def unet_layout(meta: Mapping[str, str], path: PathLike) -> dict[str, Any] | None:
     """The attention layout a UNet file records in 'diffice_config' (JSON from diffice train ddpm, a Python dict
     from UNet.save), or None."""
     text = meta.get("diffice_config")

@@ -5,7 +5,7 @@ original training timestep. Images are float32 (N, C, H, W) in [-1, 1].
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class GaussianDiffusion:
         return MeanVariance(*self._c.p_mean_variance(model_output, x_t, self._indices(i, len(x_t)), bool(clip)))
 
     def p_sample(self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike, noise: np.ndarray,
-                 clip: bool = True, grad: Optional[np.ndarray] = None) -> np.ndarray:
+                 clip: bool = True, grad: np.ndarray | None = None) -> np.ndarray:
         """One reverse step: mean - variance * grad + 1[i != 0] sigma noise (grad: the guidance loss gradient)."""
         idx = self._indices(i, len(x_t))
         out = self._c.p_mean_variance(model_output, x_t, idx, bool(clip))

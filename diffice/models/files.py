@@ -17,13 +17,20 @@ classes' ``from_file``):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 from ..io import _load, save_safetensors
 from .classifier import PlaneClassifier, build_network
-from .description import (CLASSIFIER_KINDS, model_from_description, model_metadata, model_spec,  # noqa: F401
-                          unet_layout, weights_of)  # re-exported: diffice.models.files was their home
+from .description import (  # noqa: F401
+    CLASSIFIER_KINDS,
+    model_from_description,
+    model_metadata,
+    model_spec,
+    unet_layout,  # re-exported: diffice.models.files was their home
+    weights_of,
+)
 from .diffusion import GaussianDiffusion
 from .network import config_bool, config_int
 from .oracle import ConceptOracle
@@ -68,7 +75,7 @@ def load_perceptual(kind: str, path: str, variant: str, taps) -> Any:
     return PerceptualLoss(features, variant=variant)
 
 
-def load_run_models(cfg: Dict[str, Dict[str, Any]]) -> Tuple[UNet, GaussianDiffusion, Any, Any]:
+def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffusion, Any, Any]:
     m, d = cfg["models"], cfg["diffusion"]
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
@@ -87,7 +94,7 @@ def load_run_models(cfg: Dict[str, Dict[str, Any]]) -> Tuple[UNet, GaussianDiffu
 
 # ---- any network diffice trains, saved with what rebuilds it (safetensors metadata "diffice_model") ----
 
-def build_model(spec: Dict[str, Any], backend: str = "cpu") -> Any:
+def build_model(spec: dict[str, Any], backend: str = "cpu") -> Any:
     """A model with the structure of spec (weights uninitialised): any network build_network knows, or a
     ConceptOracle."""
     if spec.get("type") == "ConceptOracle":
@@ -95,7 +102,7 @@ def build_model(spec: Dict[str, Any], backend: str = "cpu") -> Any:
     return build_network(spec, backend)
 
 
-def save_model(path: str, model: Any, metadata: Optional[Dict[str, str]] = None) -> None:
+def save_model(path: str, model: Any, metadata: dict[str, str] | None = None) -> None:
     """Writes the model's weights as safetensors (PyTorch key names) with its description, atomically."""
     save_safetensors(path, weights_of(model).state_dict(), metadata=dict(metadata or {}, **model_metadata(model)))
 
@@ -103,7 +110,7 @@ def save_model(path: str, model: Any, metadata: Optional[Dict[str, str]] = None)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def read_model_file(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def read_model_file(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     """(tensors, metadata) of any weights file (metadata {} for .pt/.npz); FileNotFoundError naming the file."""
     p = Path(path)
     if not p.is_file():
@@ -119,7 +126,7 @@ def load_unet(path: PathLike, num_heads: int = 4, num_head_channels: int = -1, u
     return UNet.from_file(path, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample, backend)
 
 
-def load_model(path: PathLike, backend: str = "cpu", expect: Union[None, str, Sequence[str]] = None,
+def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequence[str] = None,
                what: str = "") -> Any:
     """Any model file, by the module docstring's rule: a diffice model from its 'diffice_model' description (saved by
     :func:`save_model`, ``.save()`` or ``diffice train segmenter|classifier|oracle``); a guided-diffusion UNet

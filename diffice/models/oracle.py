@@ -6,7 +6,8 @@ meets the standard-plane rule (diffice.data.phantoms.standard_plane_rule); ``neg
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ class ConceptOracle:
     def __init__(self, network: Any, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
         n = getattr(network, "num_classes", None)
         if n is not None and n != len(concepts):
-            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts {list(concepts)}")
+            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts "
+                             f"{list(concepts)}")
         unknown = [c for c in negative if c not in concepts]
         if unknown:
             raise ValueError(f"ConceptOracle: negative concepts {unknown} are not among {list(concepts)}")
@@ -39,7 +41,7 @@ class ConceptOracle:
                     negative=self.negative)
 
     @classmethod
-    def from_description(cls, spec: Description, backend: str = "cpu") -> "ConceptOracle":
+    def from_description(cls, spec: Description, backend: str = "cpu") -> ConceptOracle:
         return cls(build_network(spec["network"], backend), spec["concepts"], spec["negative"])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -47,7 +49,7 @@ class ConceptOracle:
         out = self.network.forward(np.ascontiguousarray(x, np.float32))
         return np.asarray(out.logits if hasattr(out, "logits") else out[0])
 
-    def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+    def concept_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """{concept: P(concept present) (N,)}: each head is its own binary classifier, sigmoid of its logit (the
         single-logit convention of diffice.models.probabilities, per concept)."""
         p = sigmoid(self.logits(x))

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -42,7 +43,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["SonoNet", "ClassifierOutput", "TargetClassView", "sononet_preprocess", "CLASSES"]
 
 #: The 14 SonoNet classes, in output index order.
-CLASSES: Tuple[str, ...] = (
+CLASSES: tuple[str, ...] = (
     "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys", "Lips", "LVOT",
     "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
 )
@@ -62,19 +63,19 @@ class ClassifierOutput(NamedTuple):
     logits: np.ndarray          # (N, classes)
     probabilities: np.ndarray   # (N, max(classes, 2)), diffice.models.probabilities.probabilities of the logits
     predicted: np.ndarray       # (N,) int64, diffice.models.probabilities.predicted_class (argmax; l > 0 for one logit)
-    cam: Optional[np.ndarray] = None       # (N, classes, h, w)
-    features: Optional[np.ndarray] = None  # (N, C, h, w)
+    cam: np.ndarray | None = None       # (N, classes, h, w)
+    features: np.ndarray | None = None  # (N, C, h, w)
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
     return probabilities(logits, axis=1).astype(np.float32)
 
 
-def _output(logits: np.ndarray, cam: Optional[np.ndarray], features: Optional[np.ndarray]) -> "ClassifierOutput":
+def _output(logits: np.ndarray, cam: np.ndarray | None, features: np.ndarray | None) -> ClassifierOutput:
     return ClassifierOutput(logits, _probabilities(logits), predicted_class(logits, axis=1), cam, features)
 
 
-def _conv_names() -> Tuple[Tuple[str, str], ...]:
+def _conv_names() -> tuple[tuple[str, str], ...]:
     """(conv prefix, batch-norm prefix) of the 15 conv layers, in order."""
     names = [(f"features.{b}.{i}.0", f"features.{b}.{i}.1") for b, n in enumerate(_BLOCK_LAYERS) for i in range(n)]
     return tuple(names + [("adaption.0", "adaption.1"), ("adaption.3", "adaption.4")])
@@ -110,7 +111,7 @@ class SonoNet:
     # ---- construction ----
     @classmethod
     def random(cls, k: int = 16, in_channels: int = 1, num_classes: int = 14, standardize: bool = True,
-               seed: int = 0, backend: str = "cpu") -> "SonoNet":
+               seed: int = 0, backend: str = "cpu") -> SonoNet:
         """Random weights with non-trivial batch-norm statistics (for tests and benchmarks).
 
         Conv weights are He-uniform; BN gamma near 1, beta and running means small, running variances in
@@ -134,7 +135,7 @@ class SonoNet:
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], standardize: bool = True,
-                        backend: str = "cpu") -> "SonoNet":
+                        backend: str = "cpu") -> SonoNet:
         """From a state_dict with the PyTorch-port names; k, in_channels and classes come from the shapes."""
         first, last = "features.0.0.0.weight", "adaption.3.weight"
         for key in (first, last):
@@ -152,13 +153,13 @@ class SonoNet:
                     standardize=self.standardize)
 
     @classmethod
-    def from_description(cls, spec: Description, backend: str = "cpu") -> "SonoNet":
+    def from_description(cls, spec: Description, backend: str = "cpu") -> SonoNet:
         return cls(*(config_int(f"SonoNet description '{key}'", spec[key])
                      for key in ("k", "in_channels", "num_classes")),
                    config_bool("SonoNet description 'standardize'", spec["standardize"]), backend)
 
     @classmethod
-    def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> "SonoNet":
+    def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> SonoNet:
         """Loads the authors' .npz (arr_0 ... arr_74) or a state_dict file (.pt/.pth/.safetensors/.npz).
 
         Any mismatch (not a weights file, missing or extra arrays, wrong shapes) is a ValueError naming the file.
@@ -185,7 +186,7 @@ class SonoNet:
     def num_parameters(self) -> int:
         return int(self._c.parameter_count())
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer, keyed by the PyTorch-port names."""
         return {k: v.copy() for k, v in self._params.items()}
 
@@ -241,13 +242,13 @@ class SonoNet:
         return tuple(None if d is None else np.ascontiguousarray(d, dtype=np.float32)
                      for d in (dlogits, dcam, dfeatures))
 
-    def vjp(self, x: np.ndarray, dlogits: Optional[np.ndarray] = None, dcam: Optional[np.ndarray] = None,
-            dfeatures: Optional[np.ndarray] = None) -> np.ndarray:
+    def vjp(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
+            dfeatures: np.ndarray | None = None) -> np.ndarray:
         """d/dx of sum(dlogits * logits) + sum(dcam * cam) + sum(dfeatures * features); shape of x."""
         return self._c.vjp(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
 
-    def gradients(self, x: np.ndarray, dlogits: Optional[np.ndarray] = None, dcam: Optional[np.ndarray] = None,
-                  dfeatures: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
+                  dfeatures: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same scalar as vjp; running statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
         grads, offset = {}, 0
@@ -270,7 +271,7 @@ class SonoNet:
                 f"standardize={self.standardize}, parameters={self.num_parameters():,})")
 
 
-def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The authors' 75 arrays (per conv: weight, BN beta, gamma, running mean, inv_std) as a PyTorch-port state_dict.
 
     running_var = 1 / inv_std^2 - 1e-4 (inv_std = 1 / sqrt(var + 1e-4)).
@@ -284,7 +285,7 @@ def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> Dict[str, np.
         raise ValueError(f"not the authors' SonoNet .npz: it has {len(arrays)} arrays, expected arr_0 ... "
                          f"arr_{want - 1}" + (f"; missing {missing[:5]}" if missing else "")
                          + (f"; unexpected {extra[:5]}" if extra else ""))
-    state: Dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
     for i, (conv, bn) in enumerate(names):
         w, beta, gamma, mean, inv_std = (np.asarray(arrays[keys[5 * i + j]], dtype=np.float64) for j in range(5))
         if w.ndim != 4 or any(a.shape != (w.shape[0],) for a in (beta, gamma, mean, inv_std)):
@@ -364,7 +365,7 @@ class TargetClassView:
         name = names[self.target] if names is not None and len(names) > self.target else f"class {self.target}"
         self.CLASSES = (f"not {name}", name)
 
-    def _binary(self, logits: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _binary(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(binary logits (N, 2), softmax over the other classes (N, K) with 0 at the target)."""
         z = np.asarray(logits, dtype=np.float64)
         others = np.delete(z, self.target, axis=1)

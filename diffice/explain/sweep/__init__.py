@@ -1,12 +1,14 @@
 """`diffice sweep`: a grid of methods and settings over an image set, in one resumable SQLite results store, with
 the paper's tables (Table 1: methods, Table 2: Diff-ICE per iteration, Table S3: ablation).
 
-Config (TOML): the sections of ``diffice explain`` ([models], [diffusion], [method], [run]; see diffice.explain.run) plus
+Config (TOML): the sections of ``diffice explain`` ([models], [diffusion], [method], [run]; see diffice.explain.run)
+plus
 
     [sweep]
     models = "demo"              # the bundled demo models (64x80) instead of [models]; demo_models = "DIR" for others
     images = "images/"           # an image folder (relative to this file), or:
-    phantoms = 12                # N non-standard-plane phantoms (diffice.explain.demo.demo_phantoms), resized to image_size
+    phantoms = 12                # N non-standard-plane phantoms (diffice.explain.demo.demo_phantoms), resized to
+    image_size
     out = "sweep-results"        # results.sqlite and tables.md go here (relative to this file; --out wins)
     store_format = "png"         # counterfactuals as 8-bit PNG, or "float16" (raw little-endian (C, H, W))
     # the main grid: any ExplainerConfig field as a list (a single value is a one-value axis; missing: [method])

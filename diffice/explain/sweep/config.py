@@ -7,14 +7,14 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from ..cluster import cluster_options, models_spec
 from ..config import check_lambda_p, load_config, read_toml
 from ..explainer import ExplainerConfig, is_iterative, iterations_run
 
 STORE_NAME = "results.sqlite"
-SWEEP_DEFAULTS: Dict[str, Any] = dict(models=None, demo_models=None, images=None, phantoms=None, phantom_seed=None,
+SWEEP_DEFAULTS: dict[str, Any] = dict(models=None, demo_models=None, images=None, phantoms=None, phantom_seed=None,
                                       out="sweep-results", store_format="png")
 METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
 TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
@@ -28,13 +28,13 @@ class SweepSpec:
     configuration (ExplainerConfig fields, deduplicated, in grid order); base: Table 1's (tau, lambda_c,
     lambda_p); models: a diffice.explain.cluster.models_spec; cluster: the [cluster] options."""
 
-    cfg: Dict[str, Dict[str, Any]]
-    sweep: Dict[str, Any]
-    configs: List[Dict[str, Any]]
-    base: Dict[str, Any]
-    models: Dict[str, Any]
+    cfg: dict[str, dict[str, Any]]
+    sweep: dict[str, Any]
+    configs: list[dict[str, Any]]
+    base: dict[str, Any]
+    models: dict[str, Any]
     out: Path
-    cluster: Dict[str, Any]
+    cluster: dict[str, Any]
     source: str = "config"
 
     @property
@@ -42,7 +42,7 @@ class SweepSpec:
         return self.out / STORE_NAME
 
 
-def _canonical(params: Dict[str, Any]) -> Dict[str, Any]:
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     p = {k: params[k] for k in METHOD_FIELDS}
     p["lambda_c"] = [float(v) for v in p["lambda_c"]]
     p["lambda_p"] = float(p["lambda_p"])
@@ -51,19 +51,19 @@ def _canonical(params: Dict[str, Any]) -> Dict[str, Any]:
     return p
 
 
-def config_id(params: Dict[str, Any]) -> str:
+def config_id(params: dict[str, Any]) -> str:
     """A stable id of a configuration: a hash of its canonical parameters."""
     text = json.dumps(_canonical(params), sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
-def config_label(p: Dict[str, Any]) -> str:
+def config_label(p: dict[str, Any]) -> str:
     lc = "/".join(f"{v:g}" for v in p["lambda_c"])
     it = f" L={p['iterations']}" if is_iterative(p["method"]) else ""
     return f"{p['method']}{it} tau={p['tau']} lc={lc} lp={p['lambda_p']:g}"
 
 
-def _axis(name: str, value: Any, where: str) -> List[Any]:
+def _axis(name: str, value: Any, where: str) -> list[Any]:
     if name not in METHOD_FIELDS:
         raise ValueError(f"{where}: {name!r} is not a method setting; axes: {METHOD_FIELDS}")
     if name == "lambda_c":
@@ -80,7 +80,7 @@ def _axis(name: str, value: Any, where: str) -> List[Any]:
     return values
 
 
-def _expand(axes: Dict[str, List[Any]], method: Dict[str, Any], where: str) -> List[Dict[str, Any]]:
+def _expand(axes: dict[str, list[Any]], method: dict[str, Any], where: str) -> list[dict[str, Any]]:
     names = list(axes)
     out = []
     for combo in itertools.product(*(axes[n] for n in names)):
@@ -93,15 +93,15 @@ def _expand(axes: Dict[str, List[Any]], method: Dict[str, Any], where: str) -> L
     return out
 
 
-def load_sweep(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
-               data: Optional[Dict[str, Any]] = None) -> SweepSpec:
+def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
+               data: dict[str, Any] | None = None) -> SweepSpec:
     """Reads a sweep config (the module docstring). overrides: flat keys over [sweep] and the run config (e.g.
     out, batch_size); data: the parsed TOML instead of reading path (relative paths: from the working folder)."""
 
     source = str(path) if path else "sweep config"
     data = dict(read_toml(path) if data is None else data)
     sweep = dict(SWEEP_DEFAULTS)
-    axes_main: Dict[str, List[Any]] = {}
+    axes_main: dict[str, list[Any]] = {}
     for key, value in (data.pop("sweep", None) or {}).items():
         if key in SWEEP_DEFAULTS:
             sweep[key] = value
@@ -132,12 +132,12 @@ def load_sweep(path: Optional[str], overrides: Optional[Dict[str, Any]] = None,
         data["models"] = dict(preset="demo")
     cfg = load_config(path, overrides, data=data)
     method = cfg["method"]
-    configs: List[Dict[str, Any]] = []
+    configs: list[dict[str, Any]] = []
     configs += _expand(axes_main, method, f"{source} [sweep]")
     for i, grid in enumerate(grids):
         configs += _expand({k: _axis(k, v, f"{source} [[grid]] {i + 1}") for k, v in grid.items()}, method,
                            f"{source} [[grid]] {i + 1}")
-    unique: Dict[str, Dict[str, Any]] = {}
+    unique: dict[str, dict[str, Any]] = {}
     for c in configs:
         unique.setdefault(config_id(c), c)
     if demo is None:  # the demo models bring their pixel Lp

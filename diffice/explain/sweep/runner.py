@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -18,10 +19,9 @@ from ..run import check_run
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
-
 # ---- images ----
 
-def load_sweep_images(spec: SweepSpec, stream: Optional[TextIO] = None) -> Tuple[List[str], np.ndarray]:
+def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[list[str], np.ndarray]:
     """The image set: names (sorted) and pixels (N, 1, H, W) float32 in [-1, 1] at [run] image_size. Unreadable
     files are reported on `stream` and left out."""
     size = tuple(int(v) for v in spec.cfg["run"]["image_size"])
@@ -52,7 +52,7 @@ def load_sweep_images(spec: SweepSpec, stream: Optional[TextIO] = None) -> Tuple
 
 # ---- running ----
 
-def plan_units(configs: Sequence[Dict[str, Any]], n_images: int, batch_size: int) -> List[Dict[str, Any]]:
+def plan_units(configs: Sequence[dict[str, Any]], n_images: int, batch_size: int) -> list[dict[str, Any]]:
     """Every unit of the sweep: per configuration (in order), consecutive batches of the sorted image set."""
     chunks = batches(list(range(n_images)), batch_size)
     return [dict(unit=f"{config_id(c)}-b{b:04d}", config_id=config_id(c), batch=b, image_ids=list(ids), method=c)
@@ -64,9 +64,9 @@ class _StoreLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
-    def __enter__(self) -> "_StoreLock":
+    def __enter__(self) -> _StoreLock:
         import fcntl
 
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -83,15 +83,16 @@ class _StoreLock:
 
 
 def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, models: Any = None,
-              stream: Optional[TextIO] = None, on_unit: Optional[Callable[[int, int, Any], None]] = None
-              ) -> Dict[str, Any]:
+              stream: TextIO | None = None, on_unit: Callable[[int, int, Any], None] | None = None
+              ) -> dict[str, Any]:
     """Runs every unit of the sweep not yet in the store (spec.store_path) and returns a summary dict.
 
     executor: where units run (diffice.explain.cluster.open_executor; default: this process, with `models` -- a loaded
     (unet, diffusion, classifier, perceptual) -- or the spec's models loaded once). on_unit(done, total,
     executor) is called after each unit is written (tests, notebooks).
 
-    When the units run now look like a broken setup (diffice.explain.explainer.suspicious_run_message: every input already
+    When the units run now look like a broken setup (diffice.explain.explainer.suspicious_run_message: every input
+    already
     the target, or, per configuration, every image the target at the first guided step), a SuspiciousRunWarning is
     emitted, stored in the store's meta 'warnings' (printed with the tables) and listed in the summary's "warnings".
     """
@@ -117,7 +118,7 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
             describe(executor, stream)
         bar = ProgressBar(len(todo), label="sweep", enabled=progress, stream=stream)
         finished = 0
-        checks: Dict[str, List[Dict[str, Any]]] = {}
+        checks: dict[str, list[dict[str, Any]]] = {}
 
         def on_step(task, iteration, lambda_index, step, steps, active):
             u = by_id[task["unit"]]
@@ -141,8 +142,8 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
                 warnings=found)
 
 
-def _check_sweep(checks: Dict[str, List[Dict[str, Any]]], configs: Sequence[Dict[str, Any]],
-                 target: int) -> List[str]:
+def _check_sweep(checks: dict[str, list[dict[str, Any]]], configs: Sequence[dict[str, Any]],
+                 target: int) -> list[str]:
     """The SuspiciousRunWarning checks over the units run now: every input already the target (once, over all
     configurations), else every image the target at the first guided step (per configuration)."""
     everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]

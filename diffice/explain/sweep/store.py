@@ -9,8 +9,9 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class SweepStore:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "SweepStore":
+    def __enter__(self) -> SweepStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -115,8 +116,8 @@ class SweepStore:
             return None
         return None if row is None else json.loads(row[0])
 
-    def initialise(self, meta: Dict[str, Any], names: Sequence[str], x: np.ndarray,
-                   configs: Sequence[Dict[str, Any]]) -> None:
+    def initialise(self, meta: dict[str, Any], names: Sequence[str], x: np.ndarray,
+                   configs: Sequence[dict[str, Any]]) -> None:
         """Creates the store's meta, images and configs, or checks that they agree with an existing store
         (ValueError naming what changed; configurations may be added)."""
         fmt = meta["store_format"]
@@ -164,7 +165,7 @@ class SweepStore:
     def finished_units(self) -> set:
         return {r[0] for r in self.db.execute("SELECT unit_id FROM units")}
 
-    def write_unit(self, unit: Dict[str, Any], result: Dict[str, Any]) -> bool:
+    def write_unit(self, unit: dict[str, Any], result: dict[str, Any]) -> bool:
         """Writes one finished unit in one transaction; False (nothing written) when it is already there."""
         fmt = self.meta("store_format")
         cid, ids = unit["config_id"], unit["image_ids"]
@@ -191,17 +192,17 @@ class SweepStore:
         return True
 
     # -- reading --
-    def configs(self) -> List[Dict[str, Any]]:
+    def configs(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT config_id, label, params FROM configs ORDER BY position").fetchall()
         return [dict(json.loads(p), config_id=cid, label=label) for cid, label, p in rows]
 
-    def image_names(self) -> List[str]:
+    def image_names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM images ORDER BY image_id")]
 
-    def _shape(self) -> Tuple[int, ...]:
+    def _shape(self) -> tuple[int, ...]:
         return tuple(self.meta("image_shape"))
 
-    def inputs(self, image_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+    def inputs(self, image_ids: Sequence[int] | None = None) -> np.ndarray:
         """The inputs as explained (N, C, H, W) float32, in image_id order (or the given ids')."""
         fmt, shape = self.meta("store_format"), self._shape()
         rows = dict(self.db.execute("SELECT image_id, input FROM images").fetchall())
@@ -209,7 +210,7 @@ class SweepStore:
         return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape,
                                                                                                 np.float32)
 
-    def counterfactuals(self, config: str, iteration: int, image_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+    def counterfactuals(self, config: str, iteration: int, image_ids: Sequence[int] | None = None) -> np.ndarray:
         """The counterfactuals (N, C, H, W) float32 of one configuration and iteration (1..L), for the finished
         images in image_id order (or the given ids')."""
         fmt, shape = self.meta("store_format"), self._shape()
@@ -219,12 +220,12 @@ class SweepStore:
         return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape,
                                                                                                 np.float32)
 
-    def counterfactual_blobs(self) -> Dict[Tuple[str, int, int], bytes]:
+    def counterfactual_blobs(self) -> dict[tuple[str, int, int], bytes]:
         """Every stored counterfactual's bytes by (config_id, image_id, iteration) (bitwise comparisons)."""
         return {(c, i, l): bytes(b) for c, i, l, b in self.db.execute(
             "SELECT config_id, image_id, iteration, counterfactual FROM results WHERE iteration > 0")}
 
-    def results(self, config: Dict[str, Any]) -> "ConfigResults":
+    def results(self, config: dict[str, Any]) -> ConfigResults:
         cid = config["config_id"]
         L = int(config["iterations"])
         rows = self.db.execute("SELECT image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM "
@@ -263,7 +264,7 @@ class ConfigResults:
     included). counterfactuals(l) and inputs() load images from the store.
     """
 
-    config: Dict[str, Any]
+    config: dict[str, Any]
     store: SweepStore
     image_ids: np.ndarray
     prob_target: np.ndarray

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -17,7 +17,6 @@ from ..explainer import METHODS, is_iterative
 from .config import TABLE1_AXES
 from .store import ConfigResults, SweepStore
 
-
 # ---- the tables ----
 
 @dataclasses.dataclass
@@ -27,13 +26,13 @@ class Column:
     whose counterfactual went non-finite (ConfigResults.finite)."""
 
     name: str
-    compute: Callable[[ConfigResults, int], Optional[float]]
+    compute: Callable[[ConfigResults, int], float | None]
     fmt: str = "{:.3f}"
     subset: str = ""
 
 
 def _on_validity(fn: Callable[[ConfigResults, int, np.ndarray], float]) -> Callable[[ConfigResults, int], Any]:
-    def compute(r: ConfigResults, l: int) -> Optional[float]:
+    def compute(r: ConfigResults, l: int) -> float | None:
         s = r.validity & r.finite(l)
         return float(fn(r, l, s)) if s.any() else None
     return compute
@@ -41,7 +40,7 @@ def _on_validity(fn: Callable[[ConfigResults, int, np.ndarray], float]) -> Calla
 
 VALIDITY = ("inputs f does not classify as the target (the paper's subset), less those whose counterfactual went "
             "non-finite")
-TABLE_COLUMNS: List[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' definitions, on f's recorded verdicts
+TABLE_COLUMNS: list[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' definitions, on f's recorded verdicts
     Column("FR", _on_validity(lambda r, l, s: flip_ratio_of(r.flipped[s, l - 1])), subset=VALIDITY),
     Column("dp", _on_validity(lambda r, l, s: (r.prob_target[s, l] - r.prob_target[s, 0]).mean()),
            subset=VALIDITY + "; mean change of f's target probability"),
@@ -51,7 +50,7 @@ TABLE_COLUMNS: List[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' def
 ]
 
 
-def register_column(column: Column, position: Optional[int] = None) -> None:
+def register_column(column: Column, position: int | None = None) -> None:
     """Adds a metric column to every table (e.g. FID from diffice.evaluation.metrics); replaces one of the same name."""
     for i, c in enumerate(TABLE_COLUMNS):
         if c.name == column.name:
@@ -64,25 +63,25 @@ def _mean_std(a: np.ndarray) -> str:
     return f"{a.mean():.2f} +- {a.std():.2f}" if len(a) else "-"
 
 
-def _fmt(column: Column, value: Optional[float]) -> str:
+def _fmt(column: Column, value: float | None) -> str:
     return "-" if value is None or value != value else column.fmt.format(value)
 
 
-def _metrics(r: ConfigResults, l: int) -> List[str]:
+def _metrics(r: ConfigResults, l: int) -> list[str]:
     return [_fmt(c, c.compute(r, l) if len(r.image_ids) else None) for c in TABLE_COLUMNS]
 
 
-def _efficiency(r: ConfigResults) -> List[str]:
+def _efficiency(r: ConfigResults) -> list[str]:
     total = float(r.batch_seconds.sum())
     return [_mean_std(r.batch_seconds), format_seconds(total) if len(r.batch_seconds) else "-",
             f"{r.peak_bytes.max() / 2**20:.0f}" if len(r.peak_bytes) else "-"]
 
 
-def _lc(c: Dict[str, Any]) -> str:
+def _lc(c: dict[str, Any]) -> str:
     return "/".join(f"{v:g}" for v in c["lambda_c"])
 
 
-def _method(c: Dict[str, Any]) -> str:
+def _method(c: dict[str, Any]) -> str:
     return f"{c['method']} (L={c['iterations']})" if is_iterative(c["method"]) else c["method"]
 
 
@@ -94,7 +93,7 @@ def _n(r: ConfigResults, l: int) -> str:
                                                                          else "")
 
 
-def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
+def compute_tables(store: SweepStore) -> list[dict[str, Any]]:
     """Table 1 (methods at the base setting), Table 2 (Diff-ICE per iteration), Table S3 (every configuration)
     as dicts: title, header (list), rows (lists of strings), notes."""
     base = store.meta("base") or {}
@@ -144,7 +143,7 @@ def compute_tables(store: SweepStore) -> List[Dict[str, Any]]:
     return tables
 
 
-def format_tables(tables: List[Dict[str, Any]]) -> str:
+def format_tables(tables: list[dict[str, Any]]) -> str:
     """The tables as Markdown (aligned, readable as plain text)."""
     out = []
     for t in tables:
@@ -162,7 +161,7 @@ def format_tables(tables: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def print_tables(store_path: os.PathLike, stream: Optional[TextIO] = None) -> str:
+def print_tables(store_path: os.PathLike, stream: TextIO | None = None) -> str:
     """Prints the tables of a results store and writes them to tables.md beside it; returns the text."""
     with SweepStore(store_path) as store:
         text = format_tables(compute_tables(store))
