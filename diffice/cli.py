@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -51,7 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 shown = " ".join(str(v) for v in default)
             else:
                 shown = str(default).lower() if isinstance(default, bool) else default
-            kwargs = dict(dest=key, default=None, help=f"{text} (default: {shown}; [{section}] {key})")
+            kwargs: dict[str, Any] = dict(dest=key, default=None,
+                                          help=f"{text} (default: {shown}; [{section}] {key})")
             if isinstance(default, bool):
                 kwargs["type"] = _bool
                 kwargs["metavar"] = "{true,false}"

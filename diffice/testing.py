@@ -485,6 +485,7 @@ def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "
 
 def _failure_message(c: Comparison, max_report: int, current_env: Mapping[str, Any] | None) -> str:
     ref = c.reference
+    assert ref is not None, "a failure is reported against a reference"
     L, N = c.lambda_equal.shape
     t = c.tolerances
     kinds: dict[str, int] = {}

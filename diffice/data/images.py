@@ -266,7 +266,7 @@ def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if gray.shape == (h, w):
         return gray
     img = Image.fromarray(gray.astype(np.float32), mode="F")
-    return np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float64)
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
 def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:

@@ -504,12 +504,13 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     fine = _polar_noise(rng, nr, nphi, fan.r1 - fan.r0, arc, 0.035)
     cover = {}                             # coverage of each mask structure on the scan lines
 
+    # maternal tissue, abdominal-wall layers near the probe
+    Ldb = -25.0 + 4.5 * coarse + 2.0 * medium + 6.0 * np.clip(medium - 0.8, 0.0, 1.0)
+
     def paint(w, level):                   # alpha-blend an echo level (dB) with coverage w
         nonlocal Ldb
         Ldb += w * (level - Ldb)
 
-    # maternal tissue, abdominal-wall layers near the probe
-    Ldb = -25.0 + 4.5 * coarse + 2.0 * medium + 6.0 * np.clip(medium - 0.8, 0.0, 1.0)
     for _ in range(3):
         rb, wid, amp, ph0 = fan.r0 + 0.02 + 0.16 * rng.random(), 0.004 + 0.010 * rng.random(), \
             6.0 + 8.0 * rng.random(), 6.0 * rng.random()

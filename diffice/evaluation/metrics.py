@@ -303,7 +303,7 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
         raise ValueError(f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and "
                          f"{cfs.shape}")
     n_all = len(x)
-    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
+    targets: np.ndarray = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
     if exclude is None:
         exclude = np.zeros(n_all, dtype=bool)
     exclude = np.asarray(exclude)
@@ -313,7 +313,8 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
     note = f"; {ne} excluded: their sampler step went non-finite" if ne else ""
     real_x, real_fid = x, fid_x  # the real set: every input
     keep = ~exclude
-    x, cfs, target = x[keep], cfs[keep], target[keep]
+    x, cfs = x[keep], cfs[keep]
+    targets = targets[keep]  # from here on: (N,) int64
     if fid_cfs is not None:
         fid_cfs = np.asarray(fid_cfs)[keep]
     if flipped is not None:
@@ -327,24 +328,24 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
             m[name] = _skip(f"every counterfactual is excluded (0 of {n_all}{note})")
     elif classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
-        if target.min() < 0 or target.max() >= p_x.shape[1]:
-            raise ValueError(f"evaluate: target classes {sorted(set(target.tolist()))} are not all among the "
+        if targets.min() < 0 or targets.max() >= p_x.shape[1]:
+            raise ValueError(f"evaluate: target classes {sorted(set(targets.tolist()))} are not all among the "
                              f"classifier's {p_x.shape[1]} classes")
         rows = np.arange(n)
-        pt_x, pt_cf = p_x[rows, target], p_cf[rows, target]
+        pt_x, pt_cf = p_x[rows, targets], p_cf[rows, targets]
         if flipped is None:
-            flipped = np.argmax(p_cf, axis=1) == target
-        sel = np.argmax(p_x, axis=1) != target  # the inputs f classifies as not the target
+            flipped = np.argmax(p_cf, axis=1) == targets
+        sel = np.argmax(p_x, axis=1) != targets  # the inputs f classifies as not the target
         k = int(sel.sum())
         what = f"inputs f classifies as not the target ({k} of {n}{note})"
         if k == 0:
             for name in ("FR", "MAD", "BKL", "COUT"):
                 m[name] = _skip(f"no input is classified as not the target (0 of {n}{note})")
         else:
-            m["FR"] = _value(flip_ratio(p_cf[sel], target[sel]), what, k)
+            m["FR"] = _value(flip_ratio(p_cf[sel], targets[sel]), what, k)
             m["MAD"] = _value(mad(pt_x[sel], pt_cf[sel]), what, k)
             m["BKL"] = _value(bkl(pt_cf[sel]), what, k)
-            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], target[sel]))), what, k) if with_cout
+            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], targets[sel]))), what, k) if with_cout
                          else _skip("not requested"))
     else:
         for name in ("FR", "MAD", "BKL", "COUT"):
@@ -491,11 +492,14 @@ class _FeatureMemo:
     """Inception features of the last image array asked for: the inputs' features serve every iteration."""
 
     def __init__(self, net: Any) -> None:
-        self.net, self.key, self.value = net, None, None
+        self.net = net
+        self.key: np.ndarray | None = None
+        self.value: np.ndarray | None = None
 
     def features(self, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
         if images is not self.key:
             self.key, self.value = images, self.net.features(images, batch_size)
+        assert self.value is not None
         return self.value
 
 

@@ -255,7 +255,7 @@ def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
     gpus = int(opts["gpus"] or 0)
     directives = list(opts["job_extra_directives"] or [])
     if kind == "slurm":
-        cls = dask_jobqueue.SLURMCluster
+        cls: Any = dask_jobqueue.SLURMCluster
         if gpus:
             directives.append(f"--gres=gpu:{gpus}")
         resource_spec = {}
@@ -281,7 +281,7 @@ def open_executor(scheduler: str | None = None, cluster: str | None = None,
     tcp://host:8786) or to a new `cluster` ("local:N", "slurm", "pbs"; jobs from options["jobs"])."""
     if scheduler and cluster:
         raise ValueError("give either --scheduler or --cluster, not both")
-    if not scheduler and not cluster:
+    if not cluster:
         return LocalExecutor(models)
     if models is not None:
         raise ValueError("models loaded in this process cannot be sent to a cluster; give them in the config")

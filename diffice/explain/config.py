@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,10 @@ CONFIG_HELP: dict[str, str] = dict(
 
 def read_toml(path: str) -> dict[str, Any]:
     """A TOML file as a dict; FileNotFoundError / ValueError naming the file."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore
+    else:
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -189,9 +190,9 @@ def _merge(path: str | None, data: dict[str, Any] | None, overrides: dict[str, A
     for key, value in overrides.items():
         if value is None:
             continue
-        for section in cfg.values():
-            if key in section:
-                section[key] = value
+        for entries in cfg.values():
+            if key in entries:
+                entries[key] = value
                 break
         else:
             raise ValueError(f"unknown option {key}")

@@ -29,8 +29,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
 from ..models.diffusion import GaussianDiffusion
 from ..models.unet import UNet
+from .explainer import Explainer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -68,10 +70,8 @@ class DemoModels:
     def segmentation_classes(self) -> list[str]:
         return list(getattr(self.classifier.segmenter, "class_names", None) or [])
 
-    def explainer(self, **overrides: Any):
+    def explainer(self, **overrides: Any) -> Explainer:
         """A diffice.Explainer with the demo settings (DEMO_METHOD); keyword arguments override them."""
-        from .explainer import Explainer
-
         return Explainer(self.unet, self.diffusion, self.classifier, self.perceptual,
                          **dict(DEMO_METHOD, **overrides))
 
@@ -98,10 +98,8 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
     return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
 
 
-def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED):
+def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED) -> PhantomBatch:
     """n non-standard-plane phantoms (64x80), one of each failure mode in turn (tilted, no_csp, no_th, blurred)."""
-    from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
-
     modes = list(FAILURE_MODES)
     parts = [generate(1, DEMO_SIZE, seed + i, standard_fraction=0.0, failure_mode=modes[i % len(modes)])
              for i in range(n)]

@@ -223,7 +223,7 @@ class PythonGuidance:
         self.x, self.targets, self.kind = x, targets, class_loss
         self._id = next(_guidance_ids)
 
-    def _perceptual_loss(self, x0, rows):
+    def _perceptual_loss(self, x0: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(loss, grad) of the perceptual object against x[rows], setting the reference when it is not ours."""
         with _REFERENCE_LOCK:
             token = (self._id, rows.tobytes())
@@ -239,7 +239,8 @@ class PythonGuidance:
                     pass
             return self.perceptual.loss_and_grad(x0)
 
-    def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
+    def loss_and_grad(self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray,
+                      lambda_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x0)
         loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
         grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
@@ -249,7 +250,7 @@ class PythonGuidance:
             grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
         return grad, loss_c, loss_p
 
-    def classify(self, x, rows):
+    def classify(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x)
         targets = self.targets[rows]
         p = probabilities(logits, axis=1)[np.arange(len(rows)), targets]
@@ -261,7 +262,7 @@ ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
 _VARIANTS = ("mse", "normalized")
 
 
-def _native_parts(classifier: Any, perceptual: Any):
+def _native_parts(classifier: Any, perceptual: Any) -> tuple[Any, Any, int, float] | None:
     """(classifier network, feature network or None, variant, weight) when both run in C, else None."""
     net = getattr(classifier, "_c", None)
     if not isinstance(net, _C.Network):
@@ -406,7 +407,7 @@ class Explainer:
         if not hasattr(first, "segmentation_labels") and not hasattr(first, "segmentation"):
             return None
 
-        def labels(out):
+        def labels(out: Any) -> np.ndarray:
             if hasattr(out, "segmentation_labels"):
                 return np.asarray(out.segmentation_labels)
             return np.asarray(out.segmentation).argmax(axis=1)

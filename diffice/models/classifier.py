@@ -32,7 +32,8 @@ __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassi
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def classification_loss(logits: np.ndarray, targets, kind: str = "ce") -> tuple[np.ndarray, np.ndarray]:
+def classification_loss(logits: np.ndarray, targets: int | np.ndarray,
+                        kind: str = "ce") -> tuple[np.ndarray, np.ndarray]:
     """Per-sample classification loss towards targets, and the gradient of its sum over the batch.
 
     logits: float32 (N, C); targets: integer class indices (N,) in [0, C) ({0, 1} for a single binary logit).
@@ -60,15 +61,16 @@ class Segmenter(NetworkBase):
                  backend: str = "cpu") -> None:
         given = dict(classes=classes, width=width, levels=levels, groups=groups, in_channels=in_channels)
         self.config = {key: config_int(f"Segmenter config '{key}'", value) for key, value in given.items()}
+        self.class_names: list[str] | None = None  # the segmentation classes, when a training run named them
         super().__init__(_C.segmenter_create(self.config), backend)
 
     def _config_repr(self) -> dict:
         return self.config
 
     @staticmethod
-    def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict:
+    def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict[str, int]:
         """classes, width, levels and in_channels from the tensor shapes; groups (not stored) is given."""
-        def shape(key):
+        def shape(key: str) -> tuple[int, ...]:
             if key not in state_dict:
                 raise ValueError(f"not a segmenter checkpoint: missing '{key}'")
             return tuple(np.shape(state_dict[key]))
@@ -352,7 +354,7 @@ def build_network(spec: Description, backend: str = "cpu") -> Any:
     """The network a 'diffice_model' description describes (weights uninitialised): a Segmenter, SmallClassifier,
     SonoNet or PlaneClassifier."""
     kind = spec.get("type")
-    builders = {"Segmenter": Segmenter, "SmallClassifier": SmallClassifier, "SonoNet": SonoNet,
+    builders: dict[str, Any] = {"Segmenter": Segmenter, "SmallClassifier": SmallClassifier, "SonoNet": SonoNet,
                 "PlaneClassifier": PlaneClassifier}
     if kind not in builders:
         raise ValueError(f"unknown model type {kind!r} in a diffice_model description")

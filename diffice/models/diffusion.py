@@ -52,6 +52,7 @@ class GaussianDiffusion:
         self.learn_sigma = bool(learn_sigma)
         self.variance_type = variance_type
         self._c = _C.Diffusion(self.steps, schedule, self.respacing, _VARIANCE_TYPES[variance_type])
+        self.timestep_map: np.ndarray  # set from the C tables below, with betas, alphas_cumprod, ...
         for name, value in self._c.arrays().items():
             value.setflags(write=False)
             setattr(self, name, value)

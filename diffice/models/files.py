@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from ..io import _load, save_safetensors
 from .classifier import PlaneClassifier, build_network
@@ -56,7 +56,7 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     return model
 
 
-def load_perceptual(kind: str, path: str, variant: str, taps) -> Any:
+def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str]) -> Any:
     """Lp from a ResNet feature network: kind 'resnet50' / 'resnet18' (torchvision layout) or
     'resnet50-radimagenet' / 'resnet18-radimagenet' (Keras-converted RadImageNet layout); 'pixel-l1' /
     'pixel-l2': the mean pixel distance (no file; see diffice.models.perceptual.PixelLoss)."""
@@ -146,4 +146,4 @@ def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequen
                      f"training commands); load it with the model's class, e.g. Segmenter.from_file")
 
 
-_FALLBACKS = {"PlaneClassifier": PlaneClassifier.from_file, "SonoNet": SonoNet.from_file}
+_FALLBACKS: dict[str, Callable[..., Any]] = {"PlaneClassifier": PlaneClassifier.from_file, "SonoNet": SonoNet.from_file}

@@ -22,7 +22,7 @@ def config_int(name: str, value: Any) -> int:
         if isinstance(value, numbers.Integral):
             return int(value)
         if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-            return int(value)
+            return int(float(value))
     raise ValueError(f"{name}: expected an integer, got {value!r}")
 
 

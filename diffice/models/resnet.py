@@ -69,8 +69,8 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> tuple[int, str]:
         raise ValueError("not a ResNet state_dict: missing 'conv1.weight'")
     counts = []
     for stage in range(1, 5):
-        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        counts.append(len(blocks))
+        indices = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        counts.append(len(indices))
     bottleneck = "layer1.0.conv3.weight" in state_dict
     for depth, blocks in _BLOCKS.items():
         if blocks == tuple(counts) and (depth >= 50) == bottleneck:

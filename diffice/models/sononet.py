@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
@@ -154,9 +154,10 @@ class SonoNet:
 
     @classmethod
     def from_description(cls, spec: Description, backend: str = "cpu") -> SonoNet:
-        return cls(*(config_int(f"SonoNet description '{key}'", spec[key])
-                     for key in ("k", "in_channels", "num_classes")),
-                   config_bool("SonoNet description 'standardize'", spec["standardize"]), backend)
+        k, in_channels, num_classes = (config_int(f"SonoNet description '{key}'", spec[key])
+                                       for key in ("k", "in_channels", "num_classes"))
+        return cls(k, in_channels, num_classes, config_bool("SonoNet description 'standardize'", spec["standardize"]),
+                   backend)
 
     @classmethod
     def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> SonoNet:
@@ -236,7 +237,8 @@ class SonoNet:
         """(N, max(classes, 2)) class probabilities (see ClassifierOutput)."""
         return _probabilities(self.logits(x))
 
-    def _douts(self, dlogits, dcam, dfeatures) -> tuple:
+    def _douts(self, dlogits: np.ndarray | None, dcam: np.ndarray | None,
+               dfeatures: np.ndarray | None) -> tuple[Any, ...]:
         if dlogits is None and dcam is None and dfeatures is None:
             raise ValueError("SonoNet.vjp: give at least one of dlogits, dcam, dfeatures")
         return tuple(None if d is None else np.ascontiguousarray(d, dtype=np.float32)
@@ -329,11 +331,13 @@ def sononet_preprocess(frame: np.ndarray, crop: bool = True) -> np.ndarray:
         raise ValueError("sononet_preprocess: frame contains NaN or Inf")
     size = (INPUT_SIZE[1], INPUT_SIZE[0])   # Pillow takes (W, H)
     if a.dtype == np.uint8:
-        resized = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.BILINEAR), np.float64)
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.Resampling.BILINEAR),
+                             np.float64)
     else:
         channels = [a] if a.ndim == 2 else [a[:, :, c] for c in range(3)]
         resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
-                                       .resize(size, Image.BILINEAR), np.float64) for c in channels], axis=-1)
+                                       .resize(size, Image.Resampling.BILINEAR), np.float64)
+                            for c in channels], axis=-1)
     gray = resized.mean(axis=2) if resized.ndim == 3 else resized
     std = gray.std()
     if not std > 0:
@@ -352,7 +356,7 @@ class TargetClassView:
 
     num_classes = 2
 
-    def __init__(self, classifier, target: int = 5) -> None:
+    def __init__(self, classifier: Any, target: int = 5) -> None:
         n = getattr(classifier, "num_classes", None)
         if not isinstance(target, (int, np.integer)) or isinstance(target, bool):
             raise TypeError(f"TargetClassView: target must be an int, got {type(target).__name__}")

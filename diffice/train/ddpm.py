@@ -16,10 +16,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple, TextIO, Union
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from .checkpoints import (
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
+Params = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]  # a state_dict, or the arrays in order
 
 __all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss_and_gradients",
            "init_guided_diffusion", "load_images", "train_ddpm", "TrainResult"]
@@ -50,7 +51,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load
 
 # ---- optimiser state ----
 
-def _param_list(params) -> list[np.ndarray]:
+def _param_list(params: Params) -> list[np.ndarray]:
     if isinstance(params, Mapping):
         return list(params.values())
     return list(params)
@@ -64,7 +65,7 @@ class AdamW:
     State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, num_threads: int = 0) -> None:
         self.params = _param_list(params)
         size = sum(p.size for p in self.params)
@@ -100,7 +101,7 @@ class EMA:
     ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
     """
 
-    def __init__(self, params, rate: float = 0.9999, num_threads: int = 0) -> None:
+    def __init__(self, params: Params, rate: float = 0.9999, num_threads: int = 0) -> None:
         self.params = _param_list(params)
         self._c = _C.EMA(self.params, float(rate), num_threads=int(num_threads))
 
@@ -152,7 +153,7 @@ class DiffusionLoss:
     def num_timesteps(self) -> int:
         return self.diffusion.num_timesteps
 
-    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t, model_output: np.ndarray,
+    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t: np.ndarray, model_output: np.ndarray,
                  weights: np.ndarray | None = None, grad: bool = True) -> LossTerms:
         """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
         idx = self.diffusion._indices(t, len(x_start))
@@ -170,7 +171,8 @@ def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, 
     x_t = loss_fn.diffusion.q_sample(x_start, t, noise)
     t_model = loss_fn.diffusion.model_timesteps(t).astype(np.float32)
 
-    def loss_gradient(out):  # called between the UNet's forward (kept on its tape) and its backward
+    # called between the UNet's forward (kept on its tape) and its backward
+    def loss_gradient(out: np.ndarray) -> tuple[np.ndarray | None, LossTerms]:
         terms = loss_fn(x_start, x_t, noise, t, out, np.full(n, 1.0 / n, np.float32))
         return terms.grad, terms
 
@@ -223,7 +225,7 @@ def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.nda
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("reading images needs Pillow (pip install pillow); or pass a .npy array") from None
-    images = []
+    images: list[np.ndarray] = []
     for f in files:
         a = read_unit(f).astype(np.float32)
         if size is not None and a.shape != (size[0], size[1]):
@@ -252,7 +254,7 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
 def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
     """Random horizontal flips and shifts of up to max_shift pixels (edges reflected), per sample."""
     n, _, h, w = x.shape
-    flips = rng.random(n) < 0.5
+    flips = np.asarray(rng.random(n) < 0.5)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2)) if max_shift > 0 else np.zeros((n, 2), int)
     out = np.empty_like(x)
     for b in range(n):
@@ -274,7 +276,7 @@ class _Batches:
         self.pos = int(pos)
 
     def next(self, batch_size: int) -> np.ndarray:
-        out = []
+        out: list[int] = []
         while len(out) < batch_size:
             if self.pos == self.n:
                 self.perm, self.pos = self.rng.permutation(self.n), 0
@@ -289,7 +291,7 @@ class _Batches:
 class _Progress(ProgressBar):
     """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
 
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None,
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None,
                  label: str = "train") -> None:
         super().__init__(total, label=label, stream=stream, enabled=enabled, start=start)
         self.log_every = max(1, log_every)

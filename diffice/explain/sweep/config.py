@@ -99,7 +99,9 @@ def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
     out, batch_size); data: the parsed TOML instead of reading path (relative paths: from the working folder)."""
 
     source = str(path) if path else "sweep config"
-    data = dict(read_toml(path) if data is None else data)
+    if data is None and not path:
+        raise ValueError("load_sweep: give the config's path or its parsed TOML (data)")
+    data = dict(read_toml(str(path)) if data is None else data)
     sweep = dict(SWEEP_DEFAULTS)
     axes_main: dict[str, list[Any]] = {}
     for key, value in (data.pop("sweep", None) or {}).items():

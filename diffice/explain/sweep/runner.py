@@ -24,7 +24,8 @@ from .store import SweepStore
 def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[list[str], np.ndarray]:
     """The image set: names (sorted) and pixels (N, 1, H, W) float32 in [-1, 1] at [run] image_size. Unreadable
     files are reported on `stream` and left out."""
-    size = tuple(int(v) for v in spec.cfg["run"]["image_size"])
+    height, width = (int(v) for v in spec.cfg["run"]["image_size"])
+    size = (height, width)
     if spec.sweep["phantoms"] is not None:
         n = int(spec.sweep["phantoms"])
         if n < 1:

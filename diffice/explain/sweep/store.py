@@ -202,7 +202,7 @@ class SweepStore:
     def _shape(self) -> tuple[int, ...]:
         return tuple(self.meta("image_shape"))
 
-    def inputs(self, image_ids: Sequence[int] | None = None) -> np.ndarray:
+    def inputs(self, image_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """The inputs as explained (N, C, H, W) float32, in image_id order (or the given ids')."""
         fmt, shape = self.meta("store_format"), self._shape()
         rows = dict(self.db.execute("SELECT image_id, input FROM images").fetchall())
@@ -210,7 +210,8 @@ class SweepStore:
         return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape,
                                                                                                 np.float32)
 
-    def counterfactuals(self, config: str, iteration: int, image_ids: Sequence[int] | None = None) -> np.ndarray:
+    def counterfactuals(self, config: str, iteration: int,
+                        image_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """The counterfactuals (N, C, H, W) float32 of one configuration and iteration (1..L), for the finished
         images in image_id order (or the given ids')."""
         fmt, shape = self.meta("store_format"), self._shape()
