@@ -281,13 +281,14 @@ def open_executor(scheduler: str | None = None, cluster: str | None = None,
     tcp://host:8786) or to a new `cluster` ("local:N", "slurm", "pbs"; jobs from options["jobs"])."""
     if scheduler and cluster:
         raise ValueError("give either --scheduler or --cluster, not both")
-    if not cluster:
+    if not scheduler and not cluster:
         return LocalExecutor(models)
     if models is not None:
         raise ValueError("models loaded in this process cannot be sent to a cluster; give them in the config")
     Client, _, _ = _import_distributed()
     if scheduler:
         return DaskExecutor(Client(scheduler), restrict=False)
+    assert cluster, "open_executor: the one option left is cluster"
     opts = dict(CLUSTER_DEFAULTS, **(options or {}))
     made = make_cluster(cluster, opts)
     try:

@@ -49,7 +49,7 @@ METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastd
 
 def is_iterative(method: str) -> bool:
     """Whether a method iterates: only Diff-ICE runs L > 1 iterations, each from the previous output (docs/method.md
-    section 3); every other method is a single pass, whatever its ``iterations`` setting."""
+    section 4.2); every other method is a single pass, whatever its ``iterations`` setting."""
     return method == "diff-ice"
 
 
