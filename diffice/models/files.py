@@ -23,12 +23,12 @@ from typing import Any, Callable, Union
 
 from ..io import _load, save_safetensors
 from .classifier import PlaneClassifier, build_network
-from .description import (  # noqa: F401
+from .description import (
     CLASSIFIER_KINDS,
     model_from_description,
     model_metadata,
     model_spec,
-    unet_layout,  # re-exported: diffice.models.files was their home
+    unet_layout,
     weights_of,
 )
 from .diffusion import GaussianDiffusion
@@ -38,6 +38,10 @@ from .perceptual import PerceptualLoss, PixelLoss
 from .resnet import ResNetFeatures
 from .sononet import SonoNet, TargetClassView
 from .unet import UNet
+
+# model_spec, model_metadata, unet_layout: defined in diffice.models.description, still importable from here
+__all__ = ["load_classifier", "load_perceptual", "load_run_models", "build_model", "save_model", "read_model_file",
+           "load_unet", "load_model", "model_spec", "model_metadata", "unet_layout", "CLASSIFIER_KINDS"]
 
 
 def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = "cpu") -> Any:
