@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffice.unet import UNet, infer_config
+from diffice.models.unet import UNet, infer_config
 from conftest import randn, rel_err
 from gd_reference import UNetModel
 

@@ -17,11 +17,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
-from .io import load_safetensors
-from .network import NetworkBase
-from .ops._backend import get_backend
-from .probabilities import predicted_class, probabilities, sigmoid
-from .train import AdamW, _Progress, clip_grad_norm
+from ..io import load_safetensors
+from ..models.network import NetworkBase
+from ..ops._backend import get_backend
+from ..models.probabilities import predicted_class, probabilities, sigmoid
+from .ddpm import AdamW, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -30,7 +30,7 @@ BatchFn = Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
     """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient (M, K); for a single logit
-    (K = 1, targets 0/1) the binary cross-entropy of diffice.probabilities' convention."""
+    (K = 1, targets 0/1) the binary cross-entropy of diffice.models.probabilities' convention."""
     p = probabilities(logits, axis=-1)
     m = len(targets)
     rows = np.arange(m)
@@ -245,8 +245,8 @@ def load_training_set(images: PathLike, size: Optional[Tuple[int, int]] = None, 
     labels: a CSV with a ``file`` column; label_column (integers) and concept_columns (0/1) are read from it.
     Every problem (a missing mask, a file without a CSV row, a bad value) is a ValueError naming the file.
     """
-    from .data import _read_pixels, list_images, load_image
-    from .progress import ProgressBar
+    from ..data.images import _read_pixels, list_images, load_image
+    from ..progress import ProgressBar
 
     files = list_images(images)
     if size is None:
@@ -355,7 +355,7 @@ def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool
                   max_shift: Optional[int] = None) -> BatchFn:
     """batches(rng) -> (x, targets): batch_size images drawn with replacement, randomly flipped and shifted
     (masks moved with their images). target: "masks", "labels" or "concepts"."""
-    from .train import _augment
+    from .ddpm import _augment
 
     y_all = getattr(data, target)
     if y_all is None:
@@ -423,7 +423,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
                      val_fraction: float = 0.1, checkpoint_every: int = 500, resume: bool = False,
                      progress: bool = True) -> Dict[str, Any]:
     """Trains one of the image networks on a folder and writes ``model.safetensors`` (loads with
-    :func:`diffice.models.load_model`), ``metrics.json`` (validation numbers), ``loss.csv``/``loss.png`` and
+    :func:`diffice.models.files.load_model`), ``metrics.json`` (validation numbers), ``loss.csv``/``loss.png`` and
     ``train_state.npz`` (for resume) to out_dir.
 
     kind "segmenter": a :class:`Segmenter` (width, levels, groups) on ``masks`` (per-pixel cross-entropy);
@@ -431,14 +431,14 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
         SonoNet-k on [x, s's K probability maps] with a 2-logit head, cross-entropy on the ``labels`` CSV column
         ``label`` (1 = standard plane);
     kind "oracle": one logit per concept (binary cross-entropy on the CSV's concept columns), the independent
-        judge of :class:`diffice.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one trained
+        judge of :class:`diffice.models.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one trained
         separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
     A seeded val_fraction of the images is held out for the validation numbers.
     """
-    from .classifier import PlaneClassifier, Segmenter
-    from .models import build_model, load_model, model_metadata
-    from .oracle import ConceptOracle
-    from .sononet import SonoNet
+    from ..models.classifier import PlaneClassifier, Segmenter
+    from ..models.files import build_model, load_model, model_metadata
+    from ..models.oracle import ConceptOracle
+    from ..models.sononet import SonoNet
 
     if kind not in SUPERVISED_KINDS:
         raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
@@ -461,7 +461,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
         saved = out / "model.safetensors"
         if not saved.is_file():
             raise FileNotFoundError(f"train {kind}: nothing to resume in {out} (no {saved.name})")
-        from .io import load_safetensors_metadata
+        from ..io import load_safetensors_metadata
 
         model = build_model(json.loads(load_safetensors_metadata(saved)["diffice_model"]))
     elif kind == "segmenter":
@@ -516,7 +516,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
     metrics = dict(kind=kind, step=result["step"], interrupted=result["interrupted"], image_size=[h, w],
                    train_images=len(train_set), validation_images=len(val_set),
                    validation=evaluate(kind, model, val_set))
-    from .data import atomic_write_bytes
+    from ..data.images import atomic_write_bytes
 
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     return metrics

@@ -30,8 +30,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class AspectRatioWarning(UserWarning):
     anatomy is stretched); the message names the file, its size and the size it was resized to."""
 
 
-def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
+def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
     """The image files directly in `folder` (those whose lower-cased suffix is one of `suffixes`), sorted by name.
     Raises if the folder is missing or has no images."""
     folder = Path(folder)
@@ -69,10 +70,10 @@ def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> L
     return files
 
 
-IntegerRange = Optional[Tuple[float, float]]
+IntegerRange = Optional[tuple[float, float]]
 
 
-def _bits_range(bits: int, signed: bool) -> Tuple[float, float]:
+def _bits_range(bits: int, signed: bool) -> tuple[float, float]:
     """The values an integer of `bits` bits holds: [0, 2**bits - 1], or [-2**(bits-1), 2**(bits-1) - 1] signed."""
     return (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0) if signed else (0.0, 2.0 ** bits - 1.0)
 
@@ -101,7 +102,7 @@ def _dicom_number(ds, key: str, default: float) -> float:
     return number
 
 
-def _decode_dicom(path: Path) -> Tuple[np.ndarray, IntegerRange, bool]:
+def _decode_dicom(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
     """A DICOM file's first frame in its stored type, its integer range (by BitsStored) and whether it is shown
     inverted (MONOCHROME1, or a negative RescaleSlope): the DICOM rules of the module docstring."""
     try:
@@ -150,7 +151,7 @@ def _decode_dicom(path: Path) -> Tuple[np.ndarray, IntegerRange, bool]:
     return pixels, value_range, (photometric == "MONOCHROME1") != (slope < 0.0)
 
 
-def _decode(path: Path) -> Tuple[np.ndarray, IntegerRange, bool]:
+def _decode(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
     """The file's pixels in their stored type ((H, W) or (H, W, 3|4)), for integer pixels the range of their
     bit depth (None for floating-point pixels), and whether the image is shown inverted (its lowest value white:
     DICOM MONOCHROME1)."""
@@ -234,7 +235,7 @@ def read_unit(path: PathLike) -> np.ndarray:
     return 1.0 - gray if inverted else gray
 
 
-def warn_aspect_change(path: PathLike, shape: Tuple[int, int], size: Tuple[int, int]) -> None:
+def warn_aspect_change(path: PathLike, shape: tuple[int, int], size: tuple[int, int]) -> None:
     """AspectRatioWarning when resizing an image of shape (H, W) to size (H, W) changes its aspect ratio by more
     than MAX_ASPECT_CHANGE."""
     (h, w), (th, tw) = shape, size
@@ -257,7 +258,7 @@ def to_gray(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def resize(gray: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (Pillow's, with its antialiasing when shrinking) to size = (H, W)."""
     from PIL import Image
 
@@ -265,10 +266,10 @@ def resize(gray: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     if gray.shape == (h, w):
         return gray
     img = Image.fromarray(gray.astype(np.float32), mode="F")
-    return np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float64)
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
-def load_image(path: PathLike, size: Tuple[int, int]) -> np.ndarray:
+def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
     """One image as float32 (1, H, W) in [-1, 1]: grayscale, resized bilinearly to size = (H, W).
 
     Values are scaled by the type of the stored pixels (the module docstring has the rule): integers by their bit

@@ -8,7 +8,7 @@ and a global average pool. Batch norm uses running statistics with eps 1e-4. Wit
 channel is standardised separately.
 
 Outputs of :meth:`SonoNet.forward` (a :class:`ClassifierOutput`):
-  logits (N, classes), probabilities and predicted (diffice.probabilities: softmax and argmax, or for a single
+  logits (N, classes), probabilities and predicted (diffice.models.probabilities: softmax and argmax, or for a single
   logit l the two classes' (1 - sigmoid(l), sigmoid(l)) and l > 0), cam (N, classes, H/16, W/16): the map before
   the average pool (class-activation map), features (N, 8k, H/16, W/16): the last conv block's output.
 
@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from ._native import _C
-from .ops._backend import get_backend
+from .._native import _C
+from ..io import _load, save_safetensors
+from ..ops._backend import get_backend
+from .description import Description, model_from_description, model_metadata
+from .network import config_bool, config_int
 from .probabilities import predicted_class, probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,7 +43,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["SonoNet", "ClassifierOutput", "TargetClassView", "sononet_preprocess", "CLASSES"]
 
 #: The 14 SonoNet classes, in output index order.
-CLASSES: Tuple[str, ...] = (
+CLASSES: tuple[str, ...] = (
     "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys", "Lips", "LVOT",
     "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
 )
@@ -57,21 +61,21 @@ INPUT_SIZE = (224, 288)                  # (H, W)
 class ClassifierOutput(NamedTuple):
     """What a classifier's forward returns. cam and features are None where a classifier has none."""
     logits: np.ndarray          # (N, classes)
-    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.probabilities.probabilities of the logits
-    predicted: np.ndarray       # (N,) int64, diffice.probabilities.predicted_class (argmax; l > 0 for one logit)
-    cam: Optional[np.ndarray] = None       # (N, classes, h, w)
-    features: Optional[np.ndarray] = None  # (N, C, h, w)
+    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.models.probabilities.probabilities of the logits
+    predicted: np.ndarray       # (N,) int64, diffice.models.probabilities.predicted_class (argmax; l > 0 for one logit)
+    cam: np.ndarray | None = None       # (N, classes, h, w)
+    features: np.ndarray | None = None  # (N, C, h, w)
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
     return probabilities(logits, axis=1).astype(np.float32)
 
 
-def _output(logits: np.ndarray, cam: Optional[np.ndarray], features: Optional[np.ndarray]) -> "ClassifierOutput":
+def _output(logits: np.ndarray, cam: np.ndarray | None, features: np.ndarray | None) -> ClassifierOutput:
     return ClassifierOutput(logits, _probabilities(logits), predicted_class(logits, axis=1), cam, features)
 
 
-def _conv_names() -> Tuple[Tuple[str, str], ...]:
+def _conv_names() -> tuple[tuple[str, str], ...]:
     """(conv prefix, batch-norm prefix) of the 15 conv layers, in order."""
     names = [(f"features.{b}.{i}.0", f"features.{b}.{i}.1") for b, n in enumerate(_BLOCK_LAYERS) for i in range(n)]
     return tuple(names + [("adaption.0", "adaption.1"), ("adaption.3", "adaption.4")])
@@ -107,7 +111,7 @@ class SonoNet:
     # ---- construction ----
     @classmethod
     def random(cls, k: int = 16, in_channels: int = 1, num_classes: int = 14, standardize: bool = True,
-               seed: int = 0, backend: str = "cpu") -> "SonoNet":
+               seed: int = 0, backend: str = "cpu") -> SonoNet:
         """Random weights with non-trivial batch-norm statistics (for tests and benchmarks).
 
         Conv weights are He-uniform; BN gamma near 1, beta and running means small, running variances in
@@ -131,7 +135,7 @@ class SonoNet:
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], standardize: bool = True,
-                        backend: str = "cpu") -> "SonoNet":
+                        backend: str = "cpu") -> SonoNet:
         """From a state_dict with the PyTorch-port names; k, in_channels and classes come from the shapes."""
         first, last = "features.0.0.0.weight", "adaption.3.weight"
         for key in (first, last):
@@ -143,8 +147,20 @@ class SonoNet:
         net.load_state_dict(state_dict)
         return net
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="SonoNet", k=self.k, in_channels=self.in_channels, num_classes=self.num_classes,
+                    standardize=self.standardize)
+
     @classmethod
-    def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> "SonoNet":
+    def from_description(cls, spec: Description, backend: str = "cpu") -> SonoNet:
+        k, in_channels, num_classes = (config_int(f"SonoNet description '{key}'", spec[key])
+                                       for key in ("k", "in_channels", "num_classes"))
+        return cls(k, in_channels, num_classes, config_bool("SonoNet description 'standardize'", spec["standardize"]),
+                   backend)
+
+    @classmethod
+    def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> SonoNet:
         """Loads the authors' .npz (arr_0 ... arr_74) or a state_dict file (.pt/.pth/.safetensors/.npz).
 
         Any mismatch (not a weights file, missing or extra arrays, wrong shapes) is a ValueError naming the file.
@@ -152,17 +168,14 @@ class SonoNet:
         is rebuilt from that description, its own standardize included (`standardize` is for files without one,
         such as the authors' weights); a description of another model type is a ValueError.
         """
-        from .io import _load
-
         try:
             arrays, meta = _load(path, "auto")
         except ValueError as exc:
             msg = str(exc)
             raise ValueError(msg if os.fspath(path) in msg else f"{os.fspath(path)}: {msg}") from None
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, arrays, meta, backend, expect="SonoNet", what="SonoNet.from_file")
+            return model_from_description(path, arrays, meta, cls.from_description, backend, expect="SonoNet",
+                                          what="SonoNet.from_file")
         try:
             if any(re.fullmatch(r"arr_\d+", name) for name in arrays):
                 return cls.from_state_dict(authors_npz_to_state_dict(arrays), standardize, backend)
@@ -174,7 +187,7 @@ class SonoNet:
     def num_parameters(self) -> int:
         return int(self._c.parameter_count())
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer, keyed by the PyTorch-port names."""
         return {k: v.copy() for k, v in self._params.items()}
 
@@ -204,10 +217,6 @@ class SonoNet:
 
     def save(self, path: PathLike) -> None:
         """Writes safetensors with the PyTorch-port names (loads with SonoNet.from_file or into the port)."""
-        from .io import save_safetensors
-
-        from .models import model_metadata
-
         save_safetensors(path, self.state_dict(), metadata={
             "format": "SonoNet", "k": str(self.k), "in_channels": str(self.in_channels),
             "num_classes": str(self.num_classes), "diffice_model": model_metadata(self)["diffice_model"]})
@@ -228,19 +237,20 @@ class SonoNet:
         """(N, max(classes, 2)) class probabilities (see ClassifierOutput)."""
         return _probabilities(self.logits(x))
 
-    def _douts(self, dlogits, dcam, dfeatures) -> tuple:
+    def _douts(self, dlogits: np.ndarray | None, dcam: np.ndarray | None,
+               dfeatures: np.ndarray | None) -> tuple[Any, ...]:
         if dlogits is None and dcam is None and dfeatures is None:
             raise ValueError("SonoNet.vjp: give at least one of dlogits, dcam, dfeatures")
         return tuple(None if d is None else np.ascontiguousarray(d, dtype=np.float32)
                      for d in (dlogits, dcam, dfeatures))
 
-    def vjp(self, x: np.ndarray, dlogits: Optional[np.ndarray] = None, dcam: Optional[np.ndarray] = None,
-            dfeatures: Optional[np.ndarray] = None) -> np.ndarray:
+    def vjp(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
+            dfeatures: np.ndarray | None = None) -> np.ndarray:
         """d/dx of sum(dlogits * logits) + sum(dcam * cam) + sum(dfeatures * features); shape of x."""
         return self._c.vjp(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
 
-    def gradients(self, x: np.ndarray, dlogits: Optional[np.ndarray] = None, dcam: Optional[np.ndarray] = None,
-                  dfeatures: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
+                  dfeatures: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same scalar as vjp; running statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
         grads, offset = {}, 0
@@ -263,7 +273,7 @@ class SonoNet:
                 f"standardize={self.standardize}, parameters={self.num_parameters():,})")
 
 
-def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The authors' 75 arrays (per conv: weight, BN beta, gamma, running mean, inv_std) as a PyTorch-port state_dict.
 
     running_var = 1 / inv_std^2 - 1e-4 (inv_std = 1 / sqrt(var + 1e-4)).
@@ -277,7 +287,7 @@ def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> Dict[str, np.
         raise ValueError(f"not the authors' SonoNet .npz: it has {len(arrays)} arrays, expected arr_0 ... "
                          f"arr_{want - 1}" + (f"; missing {missing[:5]}" if missing else "")
                          + (f"; unexpected {extra[:5]}" if extra else ""))
-    state: Dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
     for i, (conv, bn) in enumerate(names):
         w, beta, gamma, mean, inv_std = (np.asarray(arrays[keys[5 * i + j]], dtype=np.float64) for j in range(5))
         if w.ndim != 4 or any(a.shape != (w.shape[0],) for a in (beta, gamma, mean, inv_std)):
@@ -321,11 +331,13 @@ def sononet_preprocess(frame: np.ndarray, crop: bool = True) -> np.ndarray:
         raise ValueError("sononet_preprocess: frame contains NaN or Inf")
     size = (INPUT_SIZE[1], INPUT_SIZE[0])   # Pillow takes (W, H)
     if a.dtype == np.uint8:
-        resized = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.BILINEAR), np.float64)
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.Resampling.BILINEAR),
+                             np.float64)
     else:
         channels = [a] if a.ndim == 2 else [a[:, :, c] for c in range(3)]
         resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
-                                       .resize(size, Image.BILINEAR), np.float64) for c in channels], axis=-1)
+                                       .resize(size, Image.Resampling.BILINEAR), np.float64)
+                            for c in channels], axis=-1)
     gray = resized.mean(axis=2) if resized.ndim == 3 else resized
     std = gray.std()
     if not std > 0:
@@ -344,7 +356,7 @@ class TargetClassView:
 
     num_classes = 2
 
-    def __init__(self, classifier, target: int = 5) -> None:
+    def __init__(self, classifier: Any, target: int = 5) -> None:
         n = getattr(classifier, "num_classes", None)
         if not isinstance(target, (int, np.integer)) or isinstance(target, bool):
             raise TypeError(f"TargetClassView: target must be an int, got {type(target).__name__}")
@@ -357,7 +369,7 @@ class TargetClassView:
         name = names[self.target] if names is not None and len(names) > self.target else f"class {self.target}"
         self.CLASSES = (f"not {name}", name)
 
-    def _binary(self, logits: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _binary(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(binary logits (N, 2), softmax over the other classes (N, K) with 0 at the target)."""
         z = np.asarray(logits, dtype=np.float64)
         others = np.delete(z, self.target, axis=1)

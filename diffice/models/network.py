@@ -5,7 +5,8 @@ import json
 import math
 import numbers
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
 
@@ -21,7 +22,7 @@ def config_int(name: str, value: Any) -> int:
         if isinstance(value, numbers.Integral):
             return int(value)
         if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-            return int(value)
+            return int(float(value))
     raise ValueError(f"{name}: expected an integer, got {value!r}")
 
 
@@ -35,7 +36,7 @@ def config_bool(name: str, value: Any) -> bool:
     raise ValueError(f"{name}: expected true or false, got {value!r}")
 
 
-def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> Optional[str]:
+def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> str | None:
     missing = [k for k in params if k not in state_dict]
     unexpected = [k for k in state_dict if k not in params]
     misshaped = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
@@ -63,13 +64,13 @@ class NetworkBase:
         self._params = c.parameters()
         self.backend = backend
 
-    def parameter_shapes(self) -> Dict[str, Tuple[int, ...]]:
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self._params.items()}
 
     def num_parameters(self) -> int:
         return int(self._c.parameter_count())
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter, keyed by PyTorch state_dict names, in order."""
         return {k: v.copy() for k, v in self._params.items()}
 
@@ -85,22 +86,23 @@ class NetworkBase:
             v[...] = value
 
     def save(self, path: PathLike) -> None:
-        """Writes the parameters as safetensors with PyTorch key names, and the description diffice.models.load_model
+        """Writes the parameters as safetensors with PyTorch key names, and the description
+        diffice.models.files.load_model
         rebuilds the network from (every setting, not only the shapes) where it has one."""
-        from .io import save_safetensors
-        from .models import model_spec
+        from ..io import save_safetensors
+        from .description import model_spec
 
         metadata = {"format": f"diffice {self._what}", "diffice_config": repr(self._config_repr())}
         try:
             metadata["diffice_model"] = json.dumps(model_spec(self))
-        except TypeError:  # a network diffice.models cannot describe (the UNet: its diffice_config is enough)
+        except TypeError:  # a network diffice.models.files cannot describe (the UNet: its diffice_config is enough)
             pass
         save_safetensors(path, self.state_dict(), metadata=metadata)
 
     def _config_repr(self) -> dict:
         return {}
 
-    def _grads_dict(self, flat: np.ndarray) -> Dict[str, np.ndarray]:
+    def _grads_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         grads, offset = {}, 0
         for name, p in self._params.items():
             grads[name] = flat[offset:offset + p.size].reshape(p.shape)

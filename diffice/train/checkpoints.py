@@ -1,5 +1,5 @@
-"""The checkpoint and resume bookkeeping shared by the training loops (:func:`diffice.train.train_ddpm`,
-:func:`diffice.train_networks.train_network`).
+"""The checkpoint and resume bookkeeping shared by the training loops (:func:`diffice.train.ddpm.train_ddpm`,
+:func:`diffice.train.networks.train_network`).
 
 A run folder holds the model file(s) (safetensors, ``step`` in their metadata), ``train_state.npz`` (``step`` and
 whatever else a loop needs to continue bit for bit), ``loss.csv`` (one row per step) and ``loss.png``. A checkpoint
@@ -15,18 +15,19 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
+from typing import Any, Callable, TextIO, Union
 
 import numpy as np
 
-from .io import load_safetensors_metadata, save_safetensors
+from ..io import load_safetensors_metadata, save_safetensors
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 # what a model file of a checkpoint holds: its tensors and its safetensors metadata (built only when written)
-ModelContents = Callable[[], Tuple[Mapping[str, np.ndarray], Mapping[str, str]]]
+ModelContents = Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, str]]]
 
 __all__ = ["StopFlag", "TrainingRun", "check_positive", "check_finite", "read_log", "plot_loss"]
 
@@ -57,7 +58,7 @@ class StopFlag:
         self.stop = False
         self.previous: Any = None
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)
@@ -97,17 +98,17 @@ class TrainingRun:
         self.out.mkdir(parents=True, exist_ok=True)
         self.who = who
         self.log_fields = list(log_fields)
-        self.model_paths: List[Path] = [self.out / name for name in model_files]
+        self.model_paths: list[Path] = [self.out / name for name in model_files]
         self.state_path = self.out / "train_state.npz"
         self.log_path, self.plot_path = self.out / "loss.csv", self.out / "loss.png"
         self.resume_hint, self.continue_hint = resume_hint, continue_hint
         self.start = 0  # the step the run continues from
-        self._log_file: Optional[TextIO] = None
-        self._writer: Optional[csv.DictWriter] = None
+        self._log_file: TextIO | None = None
+        self._writer: csv.DictWriter | None = None
 
     # ---- starting or resuming ----
 
-    def load(self, resume: bool) -> Optional[Dict[str, np.ndarray]]:
+    def load(self, resume: bool) -> dict[str, np.ndarray] | None:
         """The saved ``train_state.npz`` (resume) or None (a new run); refuses to resume an empty folder or to
         start over a run."""
         if resume and not self.state_path.exists():
@@ -193,7 +194,7 @@ class TrainingRun:
             self._log_file.flush()
 
 
-def read_log(path: Path) -> List[dict]:
+def read_log(path: Path) -> list[dict]:
     """The rows of a ``loss.csv`` (dicts of strings); [] when there is none."""
     if not path.exists():
         return []

@@ -98,7 +98,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -106,9 +106,9 @@ __all__ = ["PhantomBatch", "Phantom", "generate", "generate_one", "standard_plan
            "STRUCTURES", "CONCEPTS", "FAILURE_MODES", "MIN_SIZE", "SEGMENTATION_CLASSES", "label_map",
            "write_dataset"]
 
-STRUCTURES: Tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "posterior_fossa")
-CONCEPTS: Tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
-FAILURE_MODES: Dict[str, float] = {"tilted": 0.40, "no_csp": 0.20, "no_th": 0.15, "blurred": 0.25}
+STRUCTURES: tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "posterior_fossa")
+CONCEPTS: tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
+FAILURE_MODES: dict[str, float] = {"tilted": 0.40, "no_csp": 0.20, "no_th": 0.15, "blurred": 0.25}
 MIN_SIZE = 32
 SHARP_MAX_BLUR = 0.6          # blur sigma (pixels at H = 64) above which an image is not sharp
 _EXTRA_BLUR_P = 0.15          # chance that a tilted / no_csp / no_th image is also blurred
@@ -128,9 +128,9 @@ class Phantom:
 
     image: np.ndarray
     masks: np.ndarray
-    concepts: Dict[str, bool]
+    concepts: dict[str, bool]
     label: int
-    params: Dict[str, Any]
+    params: dict[str, Any]
 
 
 @dataclass
@@ -141,10 +141,10 @@ class PhantomBatch:
 
     images: np.ndarray
     masks: np.ndarray
-    structure_names: Tuple[str, ...]
-    concepts: Dict[str, np.ndarray]
+    structure_names: tuple[str, ...]
+    concepts: dict[str, np.ndarray]
     labels: np.ndarray
-    params: List[Dict[str, Any]] = field(default_factory=list)
+    params: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -153,7 +153,7 @@ class PhantomBatch:
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks
 
-def _check_size(size) -> Tuple[int, int]:
+def _check_size(size) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size)
         ok = all(float(v) == int(v) for v in size)
@@ -169,14 +169,14 @@ def _check_size(size) -> Tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # Parameters
 
-def _sample_params(rng: np.random.Generator, size: Tuple[int, int], standard: Optional[bool],
-                   overrides: Dict[str, Any]) -> Dict[str, Any]:
+def _sample_params(rng: np.random.Generator, size: tuple[int, int], standard: bool | None,
+                   overrides: dict[str, Any]) -> dict[str, Any]:
     """Draw every parameter (a fixed number of draws in a fixed order, so overriding one never shifts the others),
     then apply the overrides and derive the concepts."""
     u = rng.random(40)
     depth = size[0] / min(size[0], size[1] / 1.25)
     mode_u, concept_u, blur_u = u[0], u[1:5], u[5]
-    p: Dict[str, Any] = {
+    p: dict[str, Any] = {
         "head_length": 0.30 + 0.12 * u[6],
         "aspect": 0.74 + 0.16 * u[7],
         "head_center": (-0.08 + 0.16 * u[8], (0.47 + 0.10 * u[9]) * depth),
@@ -273,7 +273,7 @@ class _Head:
     """Head-local frame: s along the midline (anterior +), t across it (+ = away from the probe), both
     normalised by the semi-axes a (along) and b (across)."""
 
-    def __init__(self, p: Dict[str, Any]) -> None:
+    def __init__(self, p: dict[str, Any]) -> None:
         self.a = float(p["head_length"])
         self.b = self.a * float(p["aspect"])
         self.cx, self.cy = (float(v) for v in p["head_center"])
@@ -305,7 +305,7 @@ def _soft(sd, edge: float):
     return np.clip(0.5 - sd * (1.0 / edge), 0.0, 1.0)
 
 
-def _key_points(p: Dict[str, Any]) -> np.ndarray:
+def _key_points(p: dict[str, Any]) -> np.ndarray:
     """Local (s, t) points that must lie inside the field of view: the extremes of every inner structure."""
     cs, (hl, hw) = float(p["csp_center"]), p["csp_size"]
     ts, tt = p["thalami_center"]
@@ -319,7 +319,7 @@ def _key_points(p: Dict[str, Any]) -> np.ndarray:
 class _Fan:
     """The sector: lines from a virtual apex `apex` above the image top, radii r0..r1, angles -half..half."""
 
-    def __init__(self, p: Dict[str, Any], depth: float) -> None:
+    def __init__(self, p: dict[str, Any], depth: float) -> None:
         self.apex = float(p["fan_apex"])
         self.half = math.radians(float(p["fan_half_angle_deg"]))
         self.r0 = self.apex + float(p["fan_top"])
@@ -335,7 +335,7 @@ class _Fan:
                 & (np.abs(phi) <= self.half - margin / np.maximum(r, 1e-6)))
 
 
-def _fit_head(p: Dict[str, Any], fan: _Fan, depth: float, half_width: float) -> None:
+def _fit_head(p: dict[str, Any], fan: _Fan, depth: float, half_width: float) -> None:
     """Pull the head towards the image centre (and shrink it) until every inner structure is inside the fan and
     the image, with a margin. Deterministic: no random draws."""
     home = np.array([0.0, 0.52 * depth])
@@ -400,7 +400,7 @@ def _gaussian_blur(img, sigma: float):
     return img
 
 
-def _speckle_db(rng: np.random.Generator, size: Tuple[int, int], density: float, corr: float):
+def _speckle_db(rng: np.random.Generator, size: tuple[int, int], density: float, corr: float):
     """Speckle in dB: 10 log10 of the intensity of a correlated complex Gaussian field (the Rayleigh envelope,
     squared), made at a fixed physical grain (`density` cells per pixel) and resampled in intensity to the
     pixels, so small images average several speckle cells per pixel as a downsampled scan does; images with
@@ -434,12 +434,12 @@ def _resample_matrix(n: int, m: int) -> np.ndarray:
     return w
 
 
-def _unit(size: Tuple[int, int]) -> float:
+def _unit(size: tuple[int, int]) -> float:
     """Pixels per unit length L."""
     return min(size[0], size[1] / 1.25)
 
 
-def _pixel_polar(fan: _Fan, size: Tuple[int, int], L: float):
+def _pixel_polar(fan: _Fan, size: tuple[int, int], L: float):
     """Radius and angle of every pixel centre from the fan apex, and the field-of-view mask."""
     H, W = size
     px = ((np.arange(W) + 0.5 - W / 2) / L).astype(np.float32)
@@ -451,7 +451,7 @@ def _pixel_polar(fan: _Fan, size: Tuple[int, int], L: float):
 class _ScanConverter:
     """Bilinear lookup of polar-grid (scan line) arrays at the pixel centres; `fov` marks pixels in the sector."""
 
-    def __init__(self, fan: _Fan, nr: int, nphi: int, size: Tuple[int, int], L: float) -> None:
+    def __init__(self, fan: _Fan, nr: int, nphi: int, size: tuple[int, int], L: float) -> None:
         pr, pphi, self.fov = _pixel_polar(fan, size, L)
         fi = np.clip((pr - fan.r0) * ((nr - 1) / (fan.r1 - fan.r0)), 0.0, nr - 1.0001)
         fj = np.clip((pphi + fan.half) * ((nphi - 1) / (2 * fan.half)), 0.0, nphi - 1.0001)
@@ -474,7 +474,7 @@ class _ScanConverter:
 # ----------------------------------------------------------------------------------------------------------------
 # Rendering
 
-def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
+def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     """Image (1, H, W) float32 and masks (K, H, W) bool of the phantom with parameters p (p's head geometry is
     updated in place if it has to be pulled into the field of view)."""
     H, W = size
@@ -504,12 +504,13 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
     fine = _polar_noise(rng, nr, nphi, fan.r1 - fan.r0, arc, 0.035)
     cover = {}                             # coverage of each mask structure on the scan lines
 
+    # maternal tissue, abdominal-wall layers near the probe
+    Ldb = -25.0 + 4.5 * coarse + 2.0 * medium + 6.0 * np.clip(medium - 0.8, 0.0, 1.0)
+
     def paint(w, level):                   # alpha-blend an echo level (dB) with coverage w
         nonlocal Ldb
         Ldb += w * (level - Ldb)
 
-    # maternal tissue, abdominal-wall layers near the probe
-    Ldb = -25.0 + 4.5 * coarse + 2.0 * medium + 6.0 * np.clip(medium - 0.8, 0.0, 1.0)
     for _ in range(3):
         rb, wid, amp, ph0 = fan.r0 + 0.02 + 0.16 * rng.random(), 0.004 + 0.010 * rng.random(), \
             6.0 + 8.0 * rng.random(), 6.0 * rng.random()
@@ -632,7 +633,7 @@ def _render(rng: np.random.Generator, p: Dict[str, Any], size: Tuple[int, int]):
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 
-def field_of_view(params: Dict[str, Any], size: Tuple[int, int]) -> np.ndarray:
+def field_of_view(params: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: the pixels inside the fan of a phantom with these parameters (its ``params`` dict); the
     image is -1 outside it."""
     size = _check_size(size)
@@ -640,7 +641,7 @@ def field_of_view(params: Dict[str, Any], size: Tuple[int, int]) -> np.ndarray:
     return _pixel_polar(_Fan(params, size[0] / L), size, L)[2]
 
 
-def generate_one(rng: np.random.Generator, size: Tuple[int, int] = (64, 80), standard: Optional[bool] = None,
+def generate_one(rng: np.random.Generator, size: tuple[int, int] = (64, 80), standard: bool | None = None,
                  **params: Any) -> Phantom:
     """One phantom drawn with `rng` (a ``numpy.random.Generator``).
 
@@ -667,7 +668,7 @@ def generate_one(rng: np.random.Generator, size: Tuple[int, int] = (64, 80), sta
     return Phantom(image=image, masks=masks, concepts=concepts, label=label, params=p)
 
 
-def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_fraction: float = 0.5,
+def generate(n: int, size: tuple[int, int] = (64, 80), seed: int = 0, standard_fraction: float = 0.5,
              _first: int = 0, **params: Any) -> PhantomBatch:
     """n phantoms, fully determined by `seed`; image i depends only on (seed, i).
 
@@ -704,7 +705,7 @@ def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_f
     masks = np.empty((n, len(STRUCTURES), H, W), bool)
     concepts = {k: np.empty(n, bool) for k in CONCEPTS}
     labels = np.empty(n, np.int64)
-    plist: List[Dict[str, Any]] = []
+    plist: list[dict[str, Any]] = []
     # _first: images _first .. _first + n - 1 of the seed's sequence (write_dataset's chunks)
     for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(_first + n)[_first:]):
         rng = np.random.default_rng(child)
@@ -719,11 +720,11 @@ def generate(n: int, size: Tuple[int, int] = (64, 80), seed: int = 0, standard_f
                         labels=labels, params=plist)
 
 
-SEGMENTATION_CLASSES: Tuple[str, ...] = ("background", "skull", "thalami", "csp", "posterior_fossa")
-LABELS_FIELDS: Tuple[str, ...] = ("file", "label", "TH", "CSP", "FP", "sharp", "failure_mode")
+SEGMENTATION_CLASSES: tuple[str, ...] = ("background", "skull", "thalami", "csp", "posterior_fossa")
+LABELS_FIELDS: tuple[str, ...] = ("file", "label", "TH", "CSP", "FP", "sharp", "failure_mode")
 
 
-def label_map(masks: np.ndarray, classes: Tuple[str, ...] = SEGMENTATION_CLASSES) -> np.ndarray:
+def label_map(masks: np.ndarray, classes: tuple[str, ...] = SEGMENTATION_CLASSES) -> np.ndarray:
     """(n, len(STRUCTURES), H, W) structure masks -> (n, H, W) uint8 label maps over ``classes`` (index 0 is the
     background; later classes are painted over earlier ones)."""
     index = {name: i for i, name in enumerate(STRUCTURES)}
@@ -737,8 +738,8 @@ def label_map(masks: np.ndarray, classes: Tuple[str, ...] = SEGMENTATION_CLASSES
     return labels
 
 
-def write_dataset(out_dir, n: int, size: Tuple[int, int] = (64, 80), seed: int = 0,
-                  standard_fraction: float = 0.5, progress: bool = False) -> Dict[str, int]:
+def write_dataset(out_dir, n: int, size: tuple[int, int] = (64, 80), seed: int = 0,
+                  standard_fraction: float = 0.5, progress: bool = False) -> dict[str, int]:
     """Writes n phantoms as a training set in the formats diffice's training commands read (and a researcher's
     own data would use):
 
@@ -753,15 +754,15 @@ def write_dataset(out_dir, n: int, size: Tuple[int, int] = (64, 80), seed: int =
     import csv
     import io
 
-    from .data import atomic_write_bytes, save_png
-    from .progress import ProgressBar
+    from ..progress import ProgressBar
+    from .images import atomic_write_bytes, save_png
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "classes.txt", ("\n".join(SEGMENTATION_CLASSES) + "\n").encode())
     width = max(6, len(str(n - 1)))
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     bar = ProgressBar(n, label="phantoms", enabled=progress)
     for start in range(0, n, 256):  # generate() in chunks: memory stays small for any n
         batch = generate(min(256, n - start), size, seed, standard_fraction, _first=start)

@@ -1,7 +1,8 @@
 """Evaluation metrics of counterfactual explanations (the paper's Tables 1, 2, S3; docs/method.md section 7).
 
 Realism
-  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3 (:class:`diffice.inception.InceptionV3`,
+  - **FID**: Fréchet distance between pool3 features of the FID Inception-v3
+  (:class:`diffice.models.inception.InceptionV3`,
     pytorch-fid's network and preprocessing: PIL ``convert('RGB')``, [0, 1], bilinear resize to 299, 2x - 1) of
     the real images (all inputs) and of the flipped counterfactuals. Statistics: mean and ``np.cov`` (N - 1).
   - **FSD**: the same Fréchet distance on SonoNet-k features: the last conv block's output (N, 8k, h, w), global
@@ -15,7 +16,8 @@ as NSP, 330 of 423)
   - **BKL**: mean 1 - p_target(cf) (a bounded remapping of KL(onehot(target) || p(cf)));
   - **COUT**: counterfactual transition (ACE), per image AUC(1 - c) - AUC(c) of c = p of x's predicted class while
     the pixels that changed most are inserted from cf into x, in [-1, 1].
-Oracle validity (an independent concept oracle, :class:`diffice.oracle.ConceptOracle`, quality score QS in [0, 1])
+Oracle validity (an independent concept oracle, :class:`diffice.models.oracle.ConceptOracle`, quality score QS in [0,
+1])
   - **QS(x)**, **QS(cf)**, **QD** = QS(cf) - QS(x) (mean over inputs with QS(x) < 0.5);
   - **MQD** = (1/N) sum_i 1[QS(x_i) < 0.5] (QS(cf_i) - QS(x_i)) over all N inputs.
 
@@ -33,16 +35,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
-from .probabilities import probabilities
+from ..models.probabilities import probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
-           "class_probabilities", "flip_ratio", "mad", "bkl", "cout", "mqd", "evaluate", "evaluate_results",
+           "class_probabilities", "flip_ratio", "flip_ratio_of", "mad", "bkl", "cout", "mqd", "evaluate",
+           "evaluate_results",
            "load_results", "classifier_input", "inception_input", "format_report", "METRICS"]
 
 METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", "FR", "COUT")
@@ -57,7 +60,7 @@ BATCH = 32                # images per network call
 
 # ---- Fréchet distance ----
 
-def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> Tuple[np.ndarray, np.ndarray]:
+def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
@@ -119,7 +122,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
-def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """features (N, d), N >= 2 -> (mean (d,), covariance (d, d) normalised by N - 1), in float64."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
@@ -160,7 +163,7 @@ def fid_images(images: np.ndarray) -> np.ndarray:
 
 def fid(real_images: np.ndarray, cf_images: np.ndarray, inception: Any, batch_size: int = 50) -> float:
     """FID between two image sets, each (N, 3, H, W) in [0, 1] (pytorch-fid's ToTensor range; see fid_images),
-    N >= 2. inception: a diffice.inception.InceptionV3 (resize 299 for the standard FID)."""
+    N >= 2. inception: a diffice.models.inception.InceptionV3 (resize 299 for the standard FID)."""
     return _fd_of_features(inception.features(real_images, batch_size), inception.features(cf_images, batch_size))
 
 
@@ -194,7 +197,7 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
-    """f's class probabilities (N, max(C, 2)) float64 (diffice.probabilities.probabilities of its logits: softmax
+    """f's class probabilities (N, max(C, 2)) float64 (diffice.models.probabilities.probabilities of its logits: softmax
     for C >= 2, for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))). x (N, 1, H, W) in [-1, 1]."""
     return np.concatenate([probabilities(_logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32)),
                                          axis=1) for i in range(0, len(x), BATCH)])
@@ -202,7 +205,13 @@ def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
 
 def flip_ratio(p_cf: np.ndarray, target: np.ndarray) -> float:
     """Fraction of counterfactuals whose predicted class (argmax of p_cf (N, C)) is the target (N,)."""
-    return float(np.mean(np.argmax(p_cf, axis=1) == np.asarray(target)))
+    return flip_ratio_of(np.argmax(p_cf, axis=1) == np.asarray(target))
+
+
+def flip_ratio_of(flipped: np.ndarray) -> float:
+    """FR from the verdicts themselves: the fraction of counterfactuals (N,) bool that f classifies as the target
+    (a run's or a sweep's recorded ``flipped``)."""
+    return float(np.mean(np.asarray(flipped, dtype=bool)))
 
 
 def mad(p_target_x: np.ndarray, p_target_cf: np.ndarray) -> float:
@@ -215,7 +224,7 @@ def bkl(p_target_cf: np.ndarray) -> float:
     return float(np.mean(1.0 - np.asarray(p_target_cf)))
 
 
-def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: Optional[Union[int, np.ndarray]] = None,
+def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: int | np.ndarray | None = None,
          steps: int = COUT_STEPS) -> np.ndarray:
     """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1].
 
@@ -266,19 +275,19 @@ def mqd(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) ->
 
 # ---- everything for one set of counterfactuals ----
 
-def _value(value: float, subset: str, n: int) -> Dict[str, Any]:
+def _value(value: float, subset: str, n: int) -> dict[str, Any]:
     return {"value": float(value), "subset": subset, "n": int(n)}
 
 
-def _skip(reason: str) -> Dict[str, Any]:
+def _skip(reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
-def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], classifier: Any = None,
-             oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: Optional[np.ndarray] = None,
-             fid_x: Optional[np.ndarray] = None, fid_cfs: Optional[np.ndarray] = None,
+def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifier: Any = None,
+             oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: np.ndarray | None = None,
+             fid_x: np.ndarray | None = None, fid_cfs: np.ndarray | None = None,
              with_cout: bool = True, flipped_by: str = "f",
-             exclude: Optional[np.ndarray] = None) -> Dict[str, Dict[str, Any]]:
+             exclude: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Every metric for inputs x (N, 1, H, W) and their counterfactuals cfs (N, 1, H, W), both in [-1, 1].
 
     target: the class the counterfactuals move towards (int or (N,)). flipped (N,) bool: which counterfactuals
@@ -294,7 +303,7 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
         raise ValueError(f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and "
                          f"{cfs.shape}")
     n_all = len(x)
-    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
+    targets: np.ndarray = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
     if exclude is None:
         exclude = np.zeros(n_all, dtype=bool)
     exclude = np.asarray(exclude)
@@ -304,13 +313,14 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
     note = f"; {ne} excluded: their sampler step went non-finite" if ne else ""
     real_x, real_fid = x, fid_x  # the real set: every input
     keep = ~exclude
-    x, cfs, target = x[keep], cfs[keep], target[keep]
+    x, cfs = x[keep], cfs[keep]
+    targets = targets[keep]  # from here on: (N,) int64
     if fid_cfs is not None:
         fid_cfs = np.asarray(fid_cfs)[keep]
     if flipped is not None:
         flipped = np.asarray(flipped, dtype=bool)[keep]
     n = len(x)
-    m: Dict[str, Dict[str, Any]] = {}
+    m: dict[str, dict[str, Any]] = {}
     no_f = "no classifier given (--classifier)"
 
     if classifier is not None and n == 0:
@@ -318,24 +328,24 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: Union[int, np.ndarray], cla
             m[name] = _skip(f"every counterfactual is excluded (0 of {n_all}{note})")
     elif classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
-        if target.min() < 0 or target.max() >= p_x.shape[1]:
-            raise ValueError(f"evaluate: target classes {sorted(set(target.tolist()))} are not all among the "
+        if targets.min() < 0 or targets.max() >= p_x.shape[1]:
+            raise ValueError(f"evaluate: target classes {sorted(set(targets.tolist()))} are not all among the "
                              f"classifier's {p_x.shape[1]} classes")
         rows = np.arange(n)
-        pt_x, pt_cf = p_x[rows, target], p_cf[rows, target]
+        pt_x, pt_cf = p_x[rows, targets], p_cf[rows, targets]
         if flipped is None:
-            flipped = np.argmax(p_cf, axis=1) == target
-        sel = np.argmax(p_x, axis=1) != target  # the inputs f classifies as not the target
+            flipped = np.argmax(p_cf, axis=1) == targets
+        sel = np.argmax(p_x, axis=1) != targets  # the inputs f classifies as not the target
         k = int(sel.sum())
         what = f"inputs f classifies as not the target ({k} of {n}{note})"
         if k == 0:
             for name in ("FR", "MAD", "BKL", "COUT"):
                 m[name] = _skip(f"no input is classified as not the target (0 of {n}{note})")
         else:
-            m["FR"] = _value(flip_ratio(p_cf[sel], target[sel]), what, k)
+            m["FR"] = _value(flip_ratio(p_cf[sel], targets[sel]), what, k)
             m["MAD"] = _value(mad(pt_x[sel], pt_cf[sel]), what, k)
             m["BKL"] = _value(bkl(pt_cf[sel]), what, k)
-            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], target[sel]))), what, k) if with_cout
+            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], targets[sel]))), what, k) if with_cout
                          else _skip("not requested"))
     else:
         for name in ("FR", "MAD", "BKL", "COUT"):
@@ -406,7 +416,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def classifier_input(images_u8: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1] (RGB averaged), as diffice.data.load_image."""
+    """(N, C, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1] (RGB averaged), as diffice.data.images.load_image."""
     a = images_u8.astype(np.float32)
     if a.shape[1] != 1:
         a = a[:, :3].mean(axis=1, keepdims=True)
@@ -419,14 +429,14 @@ def inception_input(images_u8: np.ndarray) -> np.ndarray:
     return np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a
 
 
-def went_nonfinite(row: Dict[str, Any]) -> bool:
+def went_nonfinite(row: dict[str, Any]) -> bool:
     """Whether an iteration row of a run's record (records/<image>.json: "iterations"[k], k >= 1) says the
     sampler's step went non-finite (nonfinite_step >= 0: the counterfactual was zeroed). ValueError / TypeError on
     a value that is not an integer."""
     return row.get("nonfinite_step") not in (None, "") and int(row["nonfinite_step"]) >= 0
 
 
-def load_results(results_dir: PathLike) -> Dict[str, Any]:
+def load_results(results_dir: PathLike) -> dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
     Returns dict(images [names], target (N,) int64, pixels (L + 1, N, C, H, W) uint8 -- index 0 the inputs, k the
@@ -482,16 +492,19 @@ class _FeatureMemo:
     """Inception features of the last image array asked for: the inputs' features serve every iteration."""
 
     def __init__(self, net: Any) -> None:
-        self.net, self.key, self.value = net, None, None
+        self.net = net
+        self.key: np.ndarray | None = None
+        self.value: np.ndarray | None = None
 
     def features(self, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
         if images is not self.key:
             self.key, self.value = images, self.net.features(images, batch_size)
+        assert self.value is not None
         return self.value
 
 
 def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any = None, inception: Any = None,
-                     sononet: Any = None, with_cout: bool = True) -> Dict[str, Any]:
+                     sononet: Any = None, with_cout: bool = True) -> dict[str, Any]:
     """Every metric for every iteration of a results folder (see load_results), from its saved 8-bit PNGs. Which
     counterfactuals flipped (for FID, FSD, SonoSim) is judged by the classifier on those PNGs; without a
     classifier the run's recorded verdict is used (and the subsets say so). Counterfactuals whose sampler step
@@ -520,7 +533,7 @@ def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any 
     return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
 
 
-def format_report(report: Dict[str, Any]) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """A per-iteration table of the values, the counterfactuals excluded (non-finite), then each metric's subset
     (or why it was skipped)."""
     lines = [f"metrics of {report['results_dir']} ({report['images']} images)"]

@@ -14,7 +14,8 @@ process, or on a Dask worker -- and returns plain numpy arrays; the caller (``di
   sends only its images and method settings.
 - **Units are fixed before anything runs** (consecutive batches of the sorted image list, per configuration):
   which worker runs a unit, and in which order, cannot change its batch, and the sampler's noise follows each
-  image's pixels and the seed (:func:`diffice.explain.image_keys`), so the results are identical to a run on one
+  image's pixels and the seed (:func:`diffice.explain.explainer.image_keys`), so the results are identical to a run on
+  one
   machine -- bit for bit where the workers have the same CPU kind and thread count as that machine.
 - At most a few units per worker are queued at a time (each carries its images inline, so a lost worker loses
   nothing that cannot be re-sent, and the scheduler's memory stays bounded whatever the grid size).
@@ -29,7 +30,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,7 +41,7 @@ __all__ = ["compute_unit", "load_models", "DistributedUnavailable", "LocalExecut
 INSTALL_HINT = "pip install 'diffice[distributed]'  (or: pip install 'dask[distributed]' dask-jobqueue)"
 UNIT_RESOURCE = "diffice_unit"  # one unit at a time per worker process: a unit already uses every core (OpenMP)
 
-CLUSTER_DEFAULTS: Dict[str, Any] = dict(
+CLUSTER_DEFAULTS: dict[str, Any] = dict(
     cores=1,                      # cores per job (SLURM --cpus-per-task, PBS ncpus)
     memory="8GB",                 # memory per job
     processes=1,                  # worker processes per job (each runs one unit at a time)
@@ -74,11 +76,11 @@ def _import_distributed():
 
 # ---- the unit of work ----
 
-_MODELS: Dict[str, Tuple[Any, Any, Any, Any]] = {}
+_MODELS: dict[str, tuple[Any, Any, Any, Any]] = {}
 _LOADS = 0  # how many times this process loaded models (tests: once per worker)
 
 
-def models_spec(cfg: Dict[str, Dict[str, Any]], demo: Optional[str] = None) -> Dict[str, Any]:
+def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict[str, Any]:
     """A JSON-able description of a run's models that every worker can load: the [models] and [diffusion]
     sections of a run config, or the demo models (demo: "bundled" or a folder with the demo file names; also
     [models] preset = "demo", which is the bundled ones)."""
@@ -93,7 +95,7 @@ def models_spec(cfg: Dict[str, Dict[str, Any]], demo: Optional[str] = None) -> D
     return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
 
 
-def _load(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
+def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     global _LOADS
     _LOADS += 1
     if spec["source"] == "demo":
@@ -101,12 +103,12 @@ def _load(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
 
         m = load_demo_models(spec["folder"])
         return m.unet, m.diffusion, m.classifier, m.perceptual
-    from .models import load_run_models
+    from ..models.files import load_run_models
 
     return load_run_models(dict(models=spec["models"], diffusion=spec["diffusion"]))
 
 
-def load_models(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
+def load_models(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """(unet, diffusion, classifier, perceptual) for a :func:`models_spec`, loaded once per (worker) process."""
     key = json.dumps(spec, sort_keys=True)
     if key not in _MODELS:
@@ -114,8 +116,8 @@ def load_models(spec: Dict[str, Any]) -> Tuple[Any, Any, Any, Any]:
     return _MODELS[key]
 
 
-def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any]] = None,
-                 progress: Optional[Callable[..., Any]] = None) -> Dict[str, Any]:
+def compute_unit(task: dict[str, Any], models: tuple[Any, Any, Any, Any] | None = None,
+                 progress: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Explains one image batch with one configuration.
 
     task: ``unit`` (an id, echoed back), ``models`` (a :func:`models_spec`; ignored when `models` is given),
@@ -123,11 +125,12 @@ def compute_unit(task: Dict[str, Any], models: Optional[Tuple[Any, Any, Any, Any
     Returns the unit id, ``worker`` (host:pid) and numpy arrays: counterfactuals (L, N, C, H, W) float32,
     prob_target (L + 1, N), lambda_used (L, N), flipped (L, N) bool, nonfinite_step (L, N), input_is_target (N,)
     bool (f's verdict on the input), first_step_target (N,) bool and first_step_prob (N,) (f on x0_hat at the first
-    guided step: diffice.explain.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time of the
+    guided step: diffice.explain.explainer.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time
+    of the
     sampler), peak_bytes (the sampler's memory peak), unet_evaluations. The SuspiciousRunWarning check is left to
     the caller, over the whole run.
     """
-    from .explain import Explainer
+    from .explainer import Explainer
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
     explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])
@@ -151,14 +154,14 @@ class LocalExecutor:
     """Runs units one after the other in this process with the models given, or those of the first task's spec
     (loaded once, held by this executor only)."""
 
-    dashboard: Optional[str] = None
+    dashboard: str | None = None
     description = "this machine"
 
-    def __init__(self, models: Optional[Tuple[Any, Any, Any, Any]] = None) -> None:
+    def __init__(self, models: tuple[Any, Any, Any, Any] | None = None) -> None:
         self.models = models
 
-    def run(self, tasks: Iterable[Dict[str, Any]],
-            progress: Optional[Callable[..., Any]] = None) -> Iterator[Dict[str, Any]]:
+    def run(self, tasks: Iterable[dict[str, Any]],
+            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
         """Yields each task's :func:`compute_unit` result in task order. progress(task, *step_args) is called
         after every reverse step of the sampler."""
         for task in tasks:
@@ -184,8 +187,8 @@ class DaskExecutor:
     def workers(self) -> int:
         return len(self.client.scheduler_info().get("workers", {}))
 
-    def run(self, tasks: Iterable[Dict[str, Any]],
-            progress: Optional[Callable[..., Any]] = None) -> Iterator[Dict[str, Any]]:
+    def run(self, tasks: Iterable[dict[str, Any]],
+            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
         """Yields each task's :func:`compute_unit` result as it completes (any order)."""
         _, _, as_completed = _import_distributed()
         pending = iter(tasks)
@@ -218,7 +221,7 @@ class DaskExecutor:
             self.cluster.close()
 
 
-def cluster_options(data: Optional[Dict[str, Any]], source: str = "config") -> Dict[str, Any]:
+def cluster_options(data: dict[str, Any] | None, source: str = "config") -> dict[str, Any]:
     """The [cluster] section over CLUSTER_DEFAULTS; ValueError naming unknown keys."""
     values = dict((data or {}).get("cluster", {}) or {})
     unknown = set(values) - set(CLUSTER_DEFAULTS)
@@ -227,7 +230,7 @@ def cluster_options(data: Optional[Dict[str, Any]], source: str = "config") -> D
     return dict(CLUSTER_DEFAULTS, **values)
 
 
-def make_cluster(kind: str, options: Optional[Dict[str, Any]] = None) -> Any:
+def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
     """A Dask cluster object, not yet scaled: kind "local:N" (a LocalCluster of N worker processes, started) or
     "slurm" / "pbs" (a dask-jobqueue cluster; its job script is ``cluster.job_script()``)."""
     opts = dict(CLUSTER_DEFAULTS, **(options or {}))
@@ -252,7 +255,7 @@ def make_cluster(kind: str, options: Optional[Dict[str, Any]] = None) -> Any:
     gpus = int(opts["gpus"] or 0)
     directives = list(opts["job_extra_directives"] or [])
     if kind == "slurm":
-        cls = dask_jobqueue.SLURMCluster
+        cls: Any = dask_jobqueue.SLURMCluster
         if gpus:
             directives.append(f"--gres=gpu:{gpus}")
         resource_spec = {}
@@ -271,9 +274,9 @@ def make_cluster(kind: str, options: Optional[Dict[str, Any]] = None) -> Any:
     return cls(**kwargs)
 
 
-def open_executor(scheduler: Optional[str] = None, cluster: Optional[str] = None,
-                  options: Optional[Dict[str, Any]] = None,
-                  models: Optional[Tuple[Any, Any, Any, Any]] = None) -> Any:
+def open_executor(scheduler: str | None = None, cluster: str | None = None,
+                  options: dict[str, Any] | None = None,
+                  models: tuple[Any, Any, Any, Any] | None = None) -> Any:
     """A LocalExecutor (neither option), or a DaskExecutor connected to `scheduler` (an address such as
     tcp://host:8786) or to a new `cluster` ("local:N", "slurm", "pbs"; jobs from options["jobs"])."""
     if scheduler and cluster:
@@ -285,6 +288,7 @@ def open_executor(scheduler: Optional[str] = None, cluster: Optional[str] = None
     Client, _, _ = _import_distributed()
     if scheduler:
         return DaskExecutor(Client(scheduler), restrict=False)
+    assert cluster, "open_executor: the one option left is cluster"
     opts = dict(CLUSTER_DEFAULTS, **(options or {}))
     made = make_cluster(cluster, opts)
     try:
@@ -306,7 +310,7 @@ def describe(executor: Any, stream: Any = None) -> None:
     print(line, file=stream, flush=True)
 
 
-def batches(items: Sequence[Any], size: int) -> List[Sequence[Any]]:
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """Consecutive chunks of `size` (the last may be shorter): the units' image batches."""
     size = max(1, int(size))
     return [items[i:i + size] for i in range(0, len(items), size)]

@@ -18,7 +18,7 @@ Methods (docs/method.md sections 3-5; the paper's baselines use the same loss an
 
 The classifier is any object with ``forward(x)`` returning logits (N, K) or a result with ``.logits`` (and
 optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; K = 1 is one binary logit (classes 0 and 1, p(1) =
-sigmoid; diffice.probabilities holds the convention); the perceptual loss any object with
+sigmoid; diffice.models.probabilities holds the convention); the perceptual loss any object with
 ``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
 so does a user's model wrapped in these two methods.
 """
@@ -32,25 +32,38 @@ import numbers
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ._native import _C
-from .classifier import classification_loss
-from .diffusion import GaussianDiffusion
-from .ops._backend import BACKENDS, get_backend
-from .probabilities import num_classes, predicted_class, probabilities
-from .unet import UNet
+from .._native import _C
+from ..models.classifier import classification_loss
+from ..models.diffusion import GaussianDiffusion
+from ..models.probabilities import num_classes, predicted_class, probabilities
+from ..models.unet import UNet
+from ..ops._backend import BACKENDS, get_backend
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+
+
+def is_iterative(method: str) -> bool:
+    """Whether a method iterates: only Diff-ICE runs L > 1 iterations, each from the previous output (docs/method.md
+    section 4.2); every other method is a single pass, whatever its ``iterations`` setting."""
+    return method == "diff-ice"
+
+
+def iterations_run(method: str, iterations: int) -> int:
+    """L, the iterations `method` runs: `iterations` for Diff-ICE, 1 for a single-pass method (:func:`is_iterative`)."""
+    return int(iterations) if is_iterative(method) else 1
 
 
 class SuspiciousRunWarning(UserWarning):
     """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
 
     Emitted by :meth:`Explainer.explain` for its batch and by ``diffice explain`` / ``diffice sweep`` /
-    :func:`diffice.run.run_explain` / :func:`diffice.sweep.run_sweep` once for the whole run (the CLI also prints it
+    :func:`diffice.explain.run.run_explain` / :func:`diffice.explain.sweep.run_sweep` once for the whole run (the CLI
+    also prints it
     to stderr and records it: ``warnings.json`` in the output folder, the ``warnings`` entry of the sweep store's
     meta table and tables.md). It names the likely causes: wrong preprocessing, wrong target, wrong classifier file.
     """
@@ -63,8 +76,8 @@ SUSPICIOUS_CAUSES = ("likely causes: wrong preprocessing (the classifier built w
                      "such a run mean nothing")
 
 
-def suspicious_run_message(input_is_target: np.ndarray, first_step_target: Optional[np.ndarray] = None,
-                           target: Any = None, lambda_c: Optional[float] = None) -> Optional[str]:
+def suspicious_run_message(input_is_target: np.ndarray, first_step_target: np.ndarray | None = None,
+                           target: Any = None, lambda_c: float | None = None) -> str | None:
     """Why a run looks wrong, or None. Two checks, over every image of the run:
 
     1. every input is already classified as the target before any guidance (iteration 0: f's argmax on the
@@ -140,9 +153,8 @@ class ExplainerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
-        single = self.method != "diff-ice"
         return dict(
-            method=METHODS[self.method], iterations=1 if single else int(self.iterations), tau=int(self.tau),
+            method=METHODS[self.method], iterations=iterations_run(self.method, self.iterations), tau=int(self.tau),
             lambda_c=[float(v) for v in self.lambda_c], lambda_p=float(self.lambda_p),
             lambda_l1=float(self.lambda_l1), lambda_l2=float(self.lambda_l2),
             grad_at_previous=int(self.grad_at == "previous"), scale_grads=int(bool(self.scale_grads)),
@@ -175,12 +187,12 @@ class ExplanationResult:
     iteration_seconds: np.ndarray
     peak_bytes: int
     unet_evaluations: int
-    input_is_target: Optional[np.ndarray] = None
-    first_step_prob: Optional[np.ndarray] = None
-    first_step_target: Optional[np.ndarray] = None
-    segmentation: Optional[np.ndarray] = None
-    steps_xt: Optional[np.ndarray] = None
-    steps_x0: Optional[np.ndarray] = None
+    input_is_target: np.ndarray | None = None
+    first_step_prob: np.ndarray | None = None
+    first_step_target: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+    steps_xt: np.ndarray | None = None
+    steps_x0: np.ndarray | None = None
 
 
 def image_keys(x: np.ndarray) -> np.ndarray:
@@ -198,7 +210,7 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 # two threads must not compute a loss against the other's reference. Its set_reference + loss_and_grad pair runs
 # under this lock, and the reference is set again whenever another guidance set it last.
 _REFERENCE_LOCK = threading.Lock()
-_reference_owner: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_reference_owner: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _guidance_ids = itertools.count()
 
 
@@ -211,7 +223,7 @@ class PythonGuidance:
         self.x, self.targets, self.kind = x, targets, class_loss
         self._id = next(_guidance_ids)
 
-    def _perceptual_loss(self, x0, rows):
+    def _perceptual_loss(self, x0: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(loss, grad) of the perceptual object against x[rows], setting the reference when it is not ours."""
         with _REFERENCE_LOCK:
             token = (self._id, rows.tobytes())
@@ -227,7 +239,8 @@ class PythonGuidance:
                     pass
             return self.perceptual.loss_and_grad(x0)
 
-    def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
+    def loss_and_grad(self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray,
+                      lambda_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x0)
         loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
         grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
@@ -237,7 +250,7 @@ class PythonGuidance:
             grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
         return grad, loss_c, loss_p
 
-    def classify(self, x, rows):
+    def classify(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x)
         targets = self.targets[rows]
         p = probabilities(logits, axis=1)[np.arange(len(rows)), targets]
@@ -249,7 +262,7 @@ ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
 _VARIANTS = ("mse", "normalized")
 
 
-def _native_parts(classifier: Any, perceptual: Any):
+def _native_parts(classifier: Any, perceptual: Any) -> tuple[Any, Any, int, float] | None:
     """(classifier network, feature network or None, variant, weight) when both run in C, else None."""
     net = getattr(classifier, "_c", None)
     if not isinstance(net, _C.Network):
@@ -299,12 +312,12 @@ class Explainer:
                              f"{diffusion.learn_sigma}")
         if perceptual is None and self.config.lambda_p != 0.0:
             raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
-                             f"(diffice.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to guide "
-                             f"by the classifier alone")
+                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to "
+                             f"guide by the classifier alone")
 
-    def explain(self, x: np.ndarray, target: Union[int, Sequence[int], np.ndarray] = 1, seed: int = 0,
-                keys: Optional[np.ndarray] = None, record_steps: bool = False,
-                progress: Optional[ProgressFn] = None, warn: bool = True) -> ExplanationResult:
+    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray = 1, seed: int = 0,
+                keys: np.ndarray | None = None, record_steps: bool = False,
+                progress: ProgressFn | None = None, warn: bool = True) -> ExplanationResult:
         """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
@@ -384,17 +397,17 @@ class Explainer:
             raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
         return targets
 
-    def _num_outputs(self, x: np.ndarray) -> Optional[int]:
+    def _num_outputs(self, x: np.ndarray) -> int | None:
         """The classifier's number of logits (one means two classes), from one forward of x[:1]."""
         logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
         return int(logits.shape[1]) if logits.ndim == 2 and logits.shape[1] >= 1 else None
 
-    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> Optional[np.ndarray]:
+    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> np.ndarray | None:
         first = self.classifier.forward(x)
         if not hasattr(first, "segmentation_labels") and not hasattr(first, "segmentation"):
             return None
 
-        def labels(out):
+        def labels(out: Any) -> np.ndarray:
             if hasattr(out, "segmentation_labels"):
                 return np.asarray(out.segmentation_labels)
             return np.asarray(out.segmentation).argmax(axis=1)

@@ -5,12 +5,10 @@ neither depends on the other samples of the batch nor shrinks with the batch siz
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 
-from ._native import _C
-from .ops._backend import get_backend
+from .._native import _C
+from ..ops._backend import get_backend
 from .resnet import ResNetFeatures
 
 __all__ = ["PerceptualLoss", "pixel_loss", "PERCEPTUAL_VARIANTS", "PIXEL_LOSSES"]
@@ -59,7 +57,7 @@ class PerceptualLoss:
 
     __call__ = loss
 
-    def loss_and_grad(self, a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def loss_and_grad(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-sample losses (N,), d sum(losses) / da with a's shape)."""
         return self._c.loss(get_backend(self.backend), a, True)
 
@@ -73,7 +71,7 @@ class PerceptualLoss:
 
 
 def pixel_loss(a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str = "cpu"
-               ) -> Tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample pixel distance of a to b (same shape (N, C, ...), float32) and d sum(loss) / da.
 
     kind:
@@ -98,7 +96,7 @@ class PixelLoss:
         if kind not in ("l1", "l2"):
             raise ValueError(f"PixelLoss: kind must be 'l1' or 'l2', got {kind!r}")
         self.kind, self.weight, self.backend = kind, float(weight), backend
-        self._reference: Optional[np.ndarray] = None
+        self._reference: np.ndarray | None = None
 
     def set_reference(self, b: np.ndarray) -> None:
         self._reference = np.ascontiguousarray(b, dtype=np.float32)
@@ -107,7 +105,7 @@ class PixelLoss:
     def has_reference(self) -> bool:
         return self._reference is not None
 
-    def loss_and_grad(self, a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def loss_and_grad(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """a (N, C, H, W) like the reference -> (loss (N,), d sum(loss) / da)."""
         if self._reference is None:
             raise ValueError("PixelLoss: set_reference(x) first")

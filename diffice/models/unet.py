@@ -15,9 +15,9 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .network import NetworkBase, config_bool, config_int
-from .ops._backend import get_backend
+from ..ops._backend import get_backend
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -174,8 +174,8 @@ class UNet(NetworkBase):
 
         The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
         from diffice train ddpm or UNet.save records its own in 'diffice_config', which wins."""
-        from .io import _load
-        from .models import unet_layout
+        from ..io import _load
+        from .description import unet_layout
 
         state_dict, meta = _load(path, "auto")
         layout = dict(num_heads=num_heads, num_head_channels=num_head_channels,

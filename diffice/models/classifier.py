@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
+from ..io import _load
+from ..ops._backend import get_backend
+from .description import Description, model_from_description
 from .network import NetworkBase, config_int
-from .ops._backend import get_backend
 from .probabilities import probabilities
+from .sononet import SonoNet
 
 __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassifier", "classification_loss"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def classification_loss(logits: np.ndarray, targets, kind: str = "ce") -> Tuple[np.ndarray, np.ndarray]:
+def classification_loss(logits: np.ndarray, targets: int | np.ndarray,
+                        kind: str = "ce") -> tuple[np.ndarray, np.ndarray]:
     """Per-sample classification loss towards targets, and the gradient of its sum over the batch.
 
     logits: float32 (N, C); targets: integer class indices (N,) in [0, C) ({0, 1} for a single binary logit).
@@ -54,17 +59,18 @@ class Segmenter(NetworkBase):
 
     def __init__(self, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
                  backend: str = "cpu") -> None:
-        self.config = {key: config_int(f"Segmenter config '{key}'", value) for key, value in
-                       dict(classes=classes, width=width, levels=levels, groups=groups, in_channels=in_channels).items()}
+        given = dict(classes=classes, width=width, levels=levels, groups=groups, in_channels=in_channels)
+        self.config = {key: config_int(f"Segmenter config '{key}'", value) for key, value in given.items()}
+        self.class_names: list[str] | None = None  # the segmentation classes, when a training run named them
         super().__init__(_C.segmenter_create(self.config), backend)
 
     def _config_repr(self) -> dict:
         return self.config
 
     @staticmethod
-    def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict:
+    def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict[str, int]:
         """classes, width, levels and in_channels from the tensor shapes; groups (not stored) is given."""
-        def shape(key):
+        def shape(key: str) -> tuple[int, ...]:
             if key not in state_dict:
                 raise ValueError(f"not a segmenter checkpoint: missing '{key}'")
             return tuple(np.shape(state_dict[key]))
@@ -76,23 +82,29 @@ class Segmenter(NetworkBase):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], groups: int = 8,
-                        backend: str = "cpu") -> "Segmenter":
+                        backend: str = "cpu") -> Segmenter:
         seg = cls(**cls.infer_config(state_dict, groups), backend=backend)
         seg.load_state_dict(state_dict)
         return seg
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="Segmenter", config=dict(self.config), class_names=getattr(self, "class_names", None))
+
     @classmethod
-    def from_file(cls, path: PathLike, groups: int = 8, backend: str = "cpu") -> "Segmenter":
+    def from_description(cls, spec: Description, backend: str = "cpu") -> Segmenter:
+        seg = cls(**spec["config"], backend=backend)
+        seg.class_names = spec.get("class_names")
+        return seg
+
+    @classmethod
+    def from_file(cls, path: PathLike, groups: int = 8, backend: str = "cpu") -> Segmenter:
         """Loads a .safetensors, .pt/.pth (no torch needed) or .npz checkpoint of the segmenter. A file written by
         diffice (a 'diffice_model' description in its metadata) is rebuilt from it, its groups included."""
-        from .io import _load
-
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, state_dict, meta, backend, expect="Segmenter",
-                                          what="Segmenter.from_file")
+            return model_from_description(path, state_dict, meta, cls.from_description, backend,
+                                          expect="Segmenter", what="Segmenter.from_file")
         try:
             return cls.from_state_dict(state_dict, groups, backend)
         except ValueError as exc:
@@ -100,7 +112,7 @@ class Segmenter(NetworkBase):
 
     @classmethod
     def random(cls, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
-               seed: int = 0, backend: str = "cpu") -> "Segmenter":
+               seed: int = 0, backend: str = "cpu") -> Segmenter:
         """Random weights, for tests and benchmarks."""
         seg = cls(classes, width, levels, groups, in_channels, backend)
         seg._randomize(seed)
@@ -124,7 +136,7 @@ class Segmenter(NetworkBase):
         """d sum(v * forward(x)) / dx, shape of x; v (N, classes, H, W)."""
         return self._c.vjp(get_backend(self.backend), x, (v,))
 
-    def gradients(self, x: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: d sum(v * forward(x)) / d param})."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, (v,))
         return dx, self._grads_dict(flat)
@@ -147,8 +159,16 @@ class SmallClassifier(NetworkBase):
     def _config_repr(self) -> dict:
         return self.config
 
+    def describe(self) -> Description:
+        """What rebuilds this network (diffice.models.description)."""
+        return dict(type="SmallClassifier", config=dict(self.config))
+
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], backend: str = "cpu") -> "SmallClassifier":
+    def from_description(cls, spec: Description, backend: str = "cpu") -> SmallClassifier:
+        return cls(**spec["config"], backend=backend)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], backend: str = "cpu") -> SmallClassifier:
         if "features.0.weight" not in state_dict or "fc.weight" not in state_dict:
             raise ValueError("not a SmallClassifier checkpoint: missing 'features.0.weight' or 'fc.weight'")
         w0, fc = np.shape(state_dict["features.0.weight"]), np.shape(state_dict["fc.weight"])
@@ -158,7 +178,7 @@ class SmallClassifier(NetworkBase):
 
     @classmethod
     def random(cls, in_channels: int, width: int = 8, num_classes: int = 2, seed: int = 0,
-               backend: str = "cpu") -> "SmallClassifier":
+               backend: str = "cpu") -> SmallClassifier:
         net = cls(in_channels, width, num_classes, backend)
         net._randomize(seed)
         return net
@@ -174,7 +194,7 @@ class PlaneClassifierOutput:
     """What f(x) computes for a batch of N images of H x W.
 
     logits: (N, n_classes) -- l's logits (SP/NSP for n_classes = 2);
-    probabilities: (N, max(n_classes, 2)) -- diffice.probabilities.probabilities of the logits: softmax, or for
+    probabilities: (N, max(n_classes, 2)) -- diffice.models.probabilities.probabilities of the logits: softmax, or for
         a single logit l the two classes' (1 - sigmoid(l), sigmoid(l));
     segmentation: (N, K, H, W) -- s's per-pixel class logits;
     segmentation_labels: (N, H, W) int64 -- their argmax over the K classes.
@@ -186,7 +206,7 @@ class PlaneClassifierOutput:
     segmentation_labels: np.ndarray
 
 
-def _network_of(obj: Any, what: str) -> "_C.Network":
+def _network_of(obj: Any, what: str) -> _C.Network:
     c = getattr(obj, "_c", obj)
     if not isinstance(c, _C.Network):
         raise TypeError(f"PlaneClassifier: the {what} must be a diffice network (an object with a "
@@ -194,13 +214,8 @@ def _network_of(obj: Any, what: str) -> "_C.Network":
     return c
 
 
-def _default_classifier_factory(state_dict: Mapping[str, np.ndarray]):
-    import diffice
-
-    sononet = getattr(diffice, "SonoNet", None)
-    if sononet is None or not hasattr(sononet, "from_state_dict"):
-        raise ValueError("no classifier_factory given and diffice.SonoNet.from_state_dict is not available")
-    return sononet.from_state_dict(state_dict)
+def _default_classifier_factory(state_dict: Mapping[str, np.ndarray]) -> SonoNet:
+    return SonoNet.from_state_dict(state_dict)
 
 
 class PlaneClassifier(NetworkBase):
@@ -240,9 +255,20 @@ class PlaneClassifier(NetworkBase):
                     classifier=getattr(self.classifier, "config", None),
                     grad_through_segmenter=self.grad_through_segmenter, segmentation_input=self.segmentation_input)
 
+    def describe(self) -> Description:
+        """What rebuilds this network and both of its parts (diffice.models.description)."""
+        return dict(type="PlaneClassifier", segmenter=self.segmenter.describe(),
+                    classifier=self.classifier.describe(), grad_through_segmenter=self.grad_through_segmenter,
+                    segmentation_input=self.segmentation_input)
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> PlaneClassifier:
+        return cls(build_network(spec["segmenter"], backend), build_network(spec["classifier"], backend),
+                   bool(spec["grad_through_segmenter"]), spec["segmentation_input"], backend)
+
     # ---- construction ----
     @staticmethod
-    def split_state_dict(state_dict: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    def split_state_dict(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(segmenter's, classifier's) entries with their prefixes removed; any other key is an error."""
         seg, cls, other = {}, {}, []
         for k, v in state_dict.items():
@@ -259,9 +285,9 @@ class PlaneClassifier(NetworkBase):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray],
-                        classifier_factory: Optional[Callable[[Mapping[str, np.ndarray]], Any]] = None,
+                        classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
                         groups: int = 8, grad_through_segmenter: bool = True,
-                        segmentation_input: str = "probabilities", backend: str = "cpu") -> "PlaneClassifier":
+                        segmentation_input: str = "probabilities", backend: str = "cpu") -> PlaneClassifier:
         """Builds both networks from one state_dict (keys "segmenter.*" and "classifier.*").
 
         classifier_factory(classifier_state_dict) builds l (default: diffice.SonoNet.from_state_dict);
@@ -273,22 +299,18 @@ class PlaneClassifier(NetworkBase):
         return cls(segmenter, classifier, grad_through_segmenter, segmentation_input, backend)
 
     @classmethod
-    def from_file(cls, path: PathLike, classifier_factory: Optional[Callable[[Mapping[str, np.ndarray]], Any]] = None,
+    def from_file(cls, path: PathLike, classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
                   groups: int = 8, grad_through_segmenter: bool = True, segmentation_input: str = "probabilities",
-                  backend: str = "cpu") -> "PlaneClassifier":
+                  backend: str = "cpu") -> PlaneClassifier:
         """Loads a single .safetensors / .pt / .npz holding both networks under the prefixes.
 
         A file written by diffice (with a 'diffice_model' description in its metadata: diffice train classifier,
         save_model, .save()) is rebuilt from that description, its own settings included (the arguments are for
-        files without one; diffice.models' loader rule); a description of another model type is a ValueError."""
-        from .io import _load
-
+        files without one; diffice.models.files' loader rule); a description of another model type is a ValueError."""
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            from .models import model_from_description
-
-            return model_from_description(path, state_dict, meta, backend, expect="PlaneClassifier",
-                                          what="PlaneClassifier.from_file")
+            return model_from_description(path, state_dict, meta, cls.from_description, backend,
+                                          expect="PlaneClassifier", what="PlaneClassifier.from_file")
         try:
             return cls.from_state_dict(state_dict, classifier_factory, groups, grad_through_segmenter,
                                        segmentation_input, backend)
@@ -308,15 +330,15 @@ class PlaneClassifier(NetworkBase):
         """(N, n_classes) logits only."""
         return self._c.forward(get_backend(self.backend), x)[0]
 
-    def vjp(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: Optional[np.ndarray] = None) -> np.ndarray:
+    def vjp(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: np.ndarray | None = None) -> np.ndarray:
         """d [sum(dlogits * logits) + sum(dsegmentation * segmentation)] / dx, shape of x.
 
         dsegmentation (N, K, H, W) needs grad_through_segmenter; either gradient may be None (not both).
         """
         return self._c.vjp(get_backend(self.backend), x, (dlogits, dsegmentation))
 
-    def gradients(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: Optional[np.ndarray] = None
-                  ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same scalar as vjp; without grad_through_segmenter the segmenter's
         parameter gradients are zero."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, (dlogits, dsegmentation))
@@ -326,3 +348,14 @@ class PlaneClassifier(NetworkBase):
         return (f"PlaneClassifier(segmenter={self.segmenter!r}, classifier={self.classifier!r}, "
                 f"grad_through_segmenter={self.grad_through_segmenter}, "
                 f"segmentation_input={self.segmentation_input!r})")
+
+
+def build_network(spec: Description, backend: str = "cpu") -> Any:
+    """The network a 'diffice_model' description describes (weights uninitialised): a Segmenter, SmallClassifier,
+    SonoNet or PlaneClassifier."""
+    kind = spec.get("type")
+    builders: dict[str, Any] = {"Segmenter": Segmenter, "SmallClassifier": SmallClassifier, "SonoNet": SonoNet,
+                "PlaneClassifier": PlaneClassifier}
+    if kind not in builders:
+        raise ValueError(f"unknown model type {kind!r} in a diffice_model description")
+    return builders[kind].from_description(spec, backend)

@@ -17,11 +17,11 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
-from .data import atomic_write_bytes
+from ..data.images import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -34,7 +34,7 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _candidate_pairs(results_dir: Path, iteration: Optional[int], flipped_only: bool) -> List[Dict[str, Any]]:
+def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: bool) -> list[dict[str, Any]]:
     records = sorted((results_dir / "records").glob("*.json"))
     if not records:
         raise ValueError(f"{results_dir}: no records/*.json (not a folder written by diffice explain / demo)")
@@ -59,9 +59,9 @@ def _candidate_pairs(results_dir: Path, iteration: Optional[int], flipped_only: 
     return pairs
 
 
-def make_sheet(results_dir: PathLike, out_html: PathLike, n: int = 50, seed: Optional[int] = None,
-               iteration: Optional[int] = None, flipped_only: bool = False, title: str = "Image quality reading",
-               scale: int = 4) -> Dict[str, Any]:
+def make_sheet(results_dir: PathLike, out_html: PathLike, n: int = 50, seed: int | None = None,
+               iteration: int | None = None, flipped_only: bool = False, title: str = "Image quality reading",
+               scale: int = 4) -> dict[str, Any]:
     """Writes out_html (the sheet) and out_html with suffix ``.key.json`` (the key). Pairs: up to n images of the
     results folder (all if fewer), drawn at random; each pair's sides randomised. iteration: which counterfactual
     (default: each image's last). Returns the key."""
@@ -164,7 +164,7 @@ def binomial_two_sided_p(k: int, n: int) -> float:
     return float(min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-9))))
 
 
-def score_answers(answers_csv: PathLike, key_json: PathLike) -> Dict[str, Any]:
+def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
     """Tallies one reader's CSV against the key: how often the counterfactual was preferred, with the exact
     binomial p-value against chance. Unanswered pairs are counted apart."""
     key = json.loads(Path(key_json).read_text())

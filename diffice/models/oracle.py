@@ -2,14 +2,17 @@
 the phantoms), used to judge counterfactuals by something other than the classifier that guided them.
 
 Its quality score QS(x) = P(TH) P(CSP) (1 - P(FP)) P(sharp) is the probability, under independent heads, that x
-meets the standard-plane rule (diffice.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
+meets the standard-plane rule (diffice.data.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from .classifier import build_network
+from .description import Description
 from .probabilities import sigmoid
 
 DEFAULT_NEGATIVE = ("FP",)
@@ -23,7 +26,8 @@ class ConceptOracle:
     def __init__(self, network: Any, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
         n = getattr(network, "num_classes", None)
         if n is not None and n != len(concepts):
-            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts {list(concepts)}")
+            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts "
+                             f"{list(concepts)}")
         unknown = [c for c in negative if c not in concepts]
         if unknown:
             raise ValueError(f"ConceptOracle: negative concepts {unknown} are not among {list(concepts)}")
@@ -31,14 +35,23 @@ class ConceptOracle:
         self.concepts = list(concepts)
         self.negative = list(negative)
 
+    def describe(self) -> Description:
+        """What rebuilds this oracle and its network (diffice.models.description)."""
+        return dict(type="ConceptOracle", network=self.network.describe(), concepts=self.concepts,
+                    negative=self.negative)
+
+    @classmethod
+    def from_description(cls, spec: Description, backend: str = "cpu") -> ConceptOracle:
+        return cls(build_network(spec["network"], backend), spec["concepts"], spec["negative"])
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C)."""
         out = self.network.forward(np.ascontiguousarray(x, np.float32))
         return np.asarray(out.logits if hasattr(out, "logits") else out[0])
 
-    def concept_probabilities(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+    def concept_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """{concept: P(concept present) (N,)}: each head is its own binary classifier, sigmoid of its logit (the
-        single-logit convention of diffice.probabilities, per concept)."""
+        single-logit convention of diffice.models.probabilities, per concept)."""
         p = sigmoid(self.logits(x))
         return {c: p[:, i] for i, c in enumerate(self.concepts)}
 

@@ -15,13 +15,14 @@ resize to resize x resize (299 for FID; align_corners=False, no antialiasing), 2
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Union
+from collections.abc import Mapping
+from typing import Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
+from ..ops._backend import get_backend
 from .network import NetworkBase, config_int
-from .ops._backend import get_backend
 
 __all__ = ["InceptionV3", "FID_WEIGHTS_NAME", "FID_RESIZE", "FEATURES"]
 
@@ -33,7 +34,7 @@ FEATURES = 2048       # pool3, pytorch-fid's default dims
 _IGNORED_PREFIXES = ("fc.", "AuxLogits.")
 
 
-def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     keys = list(state_dict)
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
     out = {}
@@ -65,17 +66,17 @@ class InceptionV3(NetworkBase):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], in_channels: int = 3, resize: int = FID_RESIZE,
-                        backend: str = "cpu") -> "InceptionV3":
+                        backend: str = "cpu") -> InceptionV3:
         net = cls(in_channels, resize, backend)
         net.load_state_dict(state_dict)
         return net
 
     @classmethod
     def from_file(cls, path: PathLike, in_channels: int = 3, resize: int = FID_RESIZE,
-                  backend: str = "cpu") -> "InceptionV3":
+                  backend: str = "cpu") -> InceptionV3:
         """Loads pytorch-fid's pt_inception-2015-12-05-6726825d.pth (no torch needed) or the same keys in a
         .safetensors / .npz file."""
-        from .io import load_weights
+        from ..io import load_weights
 
         state_dict = load_weights(path)
         try:
@@ -85,7 +86,7 @@ class InceptionV3(NetworkBase):
 
     @classmethod
     def random(cls, in_channels: int = 3, resize: int = FID_RESIZE, seed: int = 0,
-               backend: str = "cpu") -> "InceptionV3":
+               backend: str = "cpu") -> InceptionV3:
         """Random weights for tests: He-uniform convs, BatchNorm with non-trivial statistics, activations O(1)."""
         net = cls(in_channels, resize, backend)
         rng = np.random.default_rng(seed)

@@ -5,11 +5,11 @@ original training timestep. Images are float32 (N, C, H, W) in [-1, 1].
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 from .network import config_int
 
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
@@ -52,6 +52,7 @@ class GaussianDiffusion:
         self.learn_sigma = bool(learn_sigma)
         self.variance_type = variance_type
         self._c = _C.Diffusion(self.steps, schedule, self.respacing, _VARIANCE_TYPES[variance_type])
+        self.timestep_map: np.ndarray  # set from the C tables below, with betas, alphas_cumprod, ...
         for name, value in self._c.arrays().items():
             value.setflags(write=False)
             setattr(self, name, value)
@@ -93,7 +94,7 @@ class GaussianDiffusion:
         return MeanVariance(*self._c.p_mean_variance(model_output, x_t, self._indices(i, len(x_t)), bool(clip)))
 
     def p_sample(self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike, noise: np.ndarray,
-                 clip: bool = True, grad: Optional[np.ndarray] = None) -> np.ndarray:
+                 clip: bool = True, grad: np.ndarray | None = None) -> np.ndarray:
         """One reverse step: mean - variance * grad + 1[i != 0] sigma noise (grad: the guidance loss gradient)."""
         idx = self._indices(i, len(x_t))
         out = self._c.p_mean_variance(model_output, x_t, idx, bool(clip))

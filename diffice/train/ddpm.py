@@ -16,23 +16,30 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, TextIO, Union
 
 import numpy as np
 
-from ._native import _C
-from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
-from .checkpoints import plot_loss  # noqa: F401  (diffice.train.plot_loss, where it was)
-from .data import list_images, read_unit, warn_aspect_change
-from .diffusion import GaussianDiffusion
-from .io import load_safetensors
-from .ops._backend import get_backend
-from .progress import ProgressBar
-from .unet import UNet
+from .._native import _C
+from ..data.images import list_images, read_unit, warn_aspect_change
+from ..io import load_safetensors
+from ..models.diffusion import GaussianDiffusion
+from ..models.unet import UNet
+from ..ops._backend import get_backend
+from ..progress import ProgressBar
+from .checkpoints import (
+    StopFlag,
+    TrainingRun,
+    check_finite,
+    check_positive,
+    plot_loss,  # noqa: F401  (diffice.train.ddpm.plot_loss, where it was)
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
+Params = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]  # a state_dict, or the arrays in order
 
 __all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss_and_gradients",
            "init_guided_diffusion", "load_images", "train_ddpm", "TrainResult"]
@@ -44,7 +51,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load
 
 # ---- optimiser state ----
 
-def _param_list(params) -> List[np.ndarray]:
+def _param_list(params: Params) -> list[np.ndarray]:
     if isinstance(params, Mapping):
         return list(params.values())
     return list(params)
@@ -59,7 +66,7 @@ class AdamW:
     Each step runs the adamw_step op on ``get_backend(backend, num_threads)``.
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> None:
         self.params = _param_list(params)
         size = sum(p.size for p in self.params)
@@ -78,7 +85,7 @@ class AdamW:
     exp_avg = property(lambda self: self._c.exp_avg)
     exp_avg_sq = property(lambda self: self._c.exp_avg_sq)
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {"exp_avg": self._c.exp_avg.copy(), "exp_avg_sq": self._c.exp_avg_sq.copy(),
                 "num_steps": np.int64(self._c.num_steps)}
 
@@ -98,7 +105,7 @@ class EMA:
     Each update runs the ema_update op on ``get_backend(backend, num_threads)``.
     """
 
-    def __init__(self, params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
+    def __init__(self, params: Params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
         self.params = _param_list(params)
         self._c = _C.EMA(self.params, float(rate))
         self._backend = (backend, int(num_threads))
@@ -126,7 +133,7 @@ class LossTerms(NamedTuple):
     loss: np.ndarray
     mse: np.ndarray
     vb: np.ndarray
-    grad: Optional[np.ndarray]
+    grad: np.ndarray | None
 
 
 class DiffusionLoss:
@@ -153,8 +160,8 @@ class DiffusionLoss:
     def num_timesteps(self) -> int:
         return self.diffusion.num_timesteps
 
-    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t, model_output: np.ndarray,
-                 weights: Optional[np.ndarray] = None, grad: bool = True) -> LossTerms:
+    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t: np.ndarray, model_output: np.ndarray,
+                 weights: np.ndarray | None = None, grad: bool = True) -> LossTerms:
         """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
         idx = self.diffusion._indices(t, len(x_start))
         w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
@@ -162,7 +169,7 @@ class DiffusionLoss:
 
 
 def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, t: np.ndarray,
-                       noise: np.ndarray) -> Tuple[LossTerms, np.ndarray]:
+                       noise: np.ndarray) -> tuple[LossTerms, np.ndarray]:
     """One training step's loss (batch mean) and the flat parameter gradient, in the UNet's parameter order.
 
     x_start, noise (N, C, H, W) float32; t (N,) timesteps of the (un-respaced) training diffusion.
@@ -171,7 +178,8 @@ def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, 
     x_t = loss_fn.diffusion.q_sample(x_start, t, noise)
     t_model = loss_fn.diffusion.model_timesteps(t).astype(np.float32)
 
-    def loss_gradient(outputs):  # called between the UNet's forward (kept on its tape) and its backward
+    # called between the UNet's forward (kept on its tape) and its backward
+    def loss_gradient(outputs: list[np.ndarray]) -> tuple[tuple[np.ndarray | None], LossTerms]:
         terms = loss_fn(x_start, x_t, noise, t, outputs[0], np.full(n, 1.0 / n, np.float32))
         return (terms.grad,), terms
 
@@ -204,11 +212,13 @@ def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
 
 # ---- data ----
 
-def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
 
-    Grayscale and pixel values as diffice.data.load_image (RGB averaged; integers scaled by their bit depth, floats
-    by their range: the rule in diffice.data's docstring), so the DDPM trains on what ``diffice explain`` feeds it.
+    Grayscale and pixel values as diffice.data.images.load_image (RGB averaged; integers scaled by their bit depth,
+    floats
+    by their range: the rule in diffice.data.images's docstring), so the DDPM trains on what ``diffice explain`` feeds
+    it.
     size: (H, W) to resize to (bicubic; AspectRatioWarning when that stretches an image); None keeps the size,
     which must then be the same for every image.
     A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
@@ -222,7 +232,7 @@ def load_images(folder: PathLike, size: Optional[Tuple[int, int]] = None) -> np.
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("reading images needs Pillow (pip install pillow); or pass a .npy array") from None
-    images = []
+    images: list[np.ndarray] = []
     for f in files:
         a = read_unit(f).astype(np.float32)
         if size is not None and a.shape != (size[0], size[1]):
@@ -251,7 +261,7 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
 def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
     """Random horizontal flips and shifts of up to max_shift pixels (edges reflected), per sample."""
     n, _, h, w = x.shape
-    flips = rng.random(n) < 0.5
+    flips = np.asarray(rng.random(n) < 0.5)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2)) if max_shift > 0 else np.zeros((n, 2), int)
     out = np.empty_like(x)
     for b in range(n):
@@ -267,13 +277,13 @@ def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndar
 class _Batches:
     """Batches drawn epoch by epoch from random permutations (guided-diffusion's shuffled loader, no drop)."""
 
-    def __init__(self, n: int, rng: np.random.Generator, perm: Optional[np.ndarray] = None, pos: int = 0) -> None:
+    def __init__(self, n: int, rng: np.random.Generator, perm: np.ndarray | None = None, pos: int = 0) -> None:
         self.n, self.rng = n, rng
         self.perm = rng.permutation(n) if perm is None else np.asarray(perm, dtype=np.int64)
         self.pos = int(pos)
 
     def next(self, batch_size: int) -> np.ndarray:
-        out = []
+        out: list[int] = []
         while len(out) < batch_size:
             if self.pos == self.n:
                 self.perm, self.pos = self.rng.permutation(self.n), 0
@@ -288,11 +298,11 @@ class _Batches:
 class _Progress(ProgressBar):
     """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
 
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream=None,
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None,
                  label: str = "train") -> None:
         super().__init__(total, label=label, stream=stream, enabled=enabled, start=start)
         self.log_every = max(1, log_every)
-        self.recent: List[float] = []
+        self.recent: list[float] = []
 
     def step_done(self, step: int, loss: float) -> None:
         self.recent = (self.recent + [loss])[-self.log_every:]
@@ -315,10 +325,10 @@ class TrainResult:
     ema_path: Path        # EMA weights
     state_path: Path      # optimiser state, RNG, data order (for resume)
     log_path: Path        # CSV, one row per step
-    plot_path: Optional[Path]
+    plot_path: Path | None
 
 
-def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> Dict[str, np.ndarray]:
+def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for name, p in unet._params.items():
         out[name] = flat[offset:offset + p.size].reshape(p.shape)
@@ -330,12 +340,12 @@ def _config_json(config: Mapping) -> str:
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
 
 
-def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: Optional[Mapping] = None,
+def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping | None = None,
                steps: int = 300_000, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
                ema_rate: float = 0.9999, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
                checkpoint_every: int = 1000, log_every: int = 10, resume: bool = False, progress: bool = True,
-               size: Optional[Tuple[int, int]] = None, diffusion_steps: int = 1000, noise_schedule: str = "linear",
-               loss_type: str = "mse", max_shift: Optional[int] = None, backend: str = "cpu") -> TrainResult:
+               size: tuple[int, int] | None = None, diffusion_steps: int = 1000, noise_schedule: str = "linear",
+               loss_type: str = "mse", max_shift: int | None = None, backend: str = "cpu") -> TrainResult:
     """Trains guided-diffusion's UNet as an unconditional DDPM (Diff-ICE: 1000 steps, lr 1e-4, batch 16).
 
     Args:
@@ -344,7 +354,7 @@ def train_ddpm(images: Union[np.ndarray, PathLike], out_dir: PathLike, config: O
         out_dir: where ``model.safetensors`` (raw weights), ``ema.safetensors``, ``train_state.npz`` (optimiser
             moments, step, RNG and data order), ``loss.csv`` (one row per step) and ``loss.png`` go. Files are
             written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
-        config: UNet config (:data:`diffice.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
+        config: UNet config (:data:`diffice.models.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
             learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
             loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
         steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
+from ..ops._backend import get_backend
 from .network import NetworkBase
-from .ops._backend import get_backend
 
 __all__ = ["ResNetFeatures", "STAGES", "LAYOUTS"]
 
@@ -36,7 +37,7 @@ LAYOUTS = ("torchvision", "radimagenet")
 _BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-def _normalize_taps(taps: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+def _normalize_taps(taps: str | Sequence[str]) -> tuple[str, ...]:
     names = (taps,) if isinstance(taps, str) else tuple(taps)
     unknown = [t for t in names if t not in STAGES]
     if unknown or not names:
@@ -48,7 +49,7 @@ def _normalize_taps(taps: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return tuple(sorted(names, key=STAGES.index))
 
 
-def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drops what the feature network has no use for: the classifier (fc.*) and BatchNorm's num_batches_tracked;
     strips a DataParallel 'module.' prefix."""
     keys = list(state_dict)
@@ -62,14 +63,14 @@ def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndar
     return out
 
 
-def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> Tuple[int, str]:
+def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> tuple[int, str]:
     """(depth, layout) of a ResNet state_dict: bottleneck blocks have a conv3, the Keras conversion conv biases."""
     if "conv1.weight" not in state_dict:
         raise ValueError("not a ResNet state_dict: missing 'conv1.weight'")
     counts = []
     for stage in range(1, 5):
-        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        counts.append(len(blocks))
+        indices = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        counts.append(len(indices))
     bottleneck = "layer1.0.conv3.weight" in state_dict
     for depth, blocks in _BLOCKS.items():
         if blocks == tuple(counts) and (depth >= 50) == bottleneck:
@@ -90,7 +91,7 @@ class ResNetFeatures(NetworkBase):
     """
 
     def __init__(self, depth: int = 50, layout: str = "torchvision", in_channels: int = 1,
-                 taps: Union[str, Sequence[str]] = ("layer4",), backend: str = "cpu") -> None:
+                 taps: str | Sequence[str] = ("layer4",), backend: str = "cpu") -> None:
         if isinstance(depth, (bool, np.bool_)) or depth not in _BLOCKS:
             raise ValueError(f"ResNet depth must be one of {tuple(_BLOCKS)}, got {depth!r}")
         if layout not in LAYOUTS:
@@ -106,9 +107,9 @@ class ResNetFeatures(NetworkBase):
 
     # ---- construction ----
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], layout: Optional[str] = None,
-                        taps: Union[str, Sequence[str]] = ("layer4",), in_channels: int = 1,
-                        backend: str = "cpu") -> "ResNetFeatures":
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], layout: str | None = None,
+                        taps: str | Sequence[str] = ("layer4",), in_channels: int = 1,
+                        backend: str = "cpu") -> ResNetFeatures:
         """Builds the network a state_dict describes (depth and, unless given, layout are inferred) and loads it.
 
         torchvision's ``fc.*`` and BatchNorm's ``num_batches_tracked`` are ignored.
@@ -120,10 +121,10 @@ class ResNetFeatures(NetworkBase):
         return net
 
     @classmethod
-    def from_file(cls, path: PathLike, layout: Optional[str] = None, taps: Union[str, Sequence[str]] = ("layer4",),
-                  in_channels: int = 1, backend: str = "cpu") -> "ResNetFeatures":
+    def from_file(cls, path: PathLike, layout: str | None = None, taps: str | Sequence[str] = ("layer4",),
+                  in_channels: int = 1, backend: str = "cpu") -> ResNetFeatures:
         """Loads a .pt/.pth (zip or legacy, no torch needed), .safetensors or .npz state_dict."""
-        from .io import load_weights
+        from ..io import load_weights
 
         state_dict = load_weights(path)
         try:
@@ -133,7 +134,7 @@ class ResNetFeatures(NetworkBase):
 
     @classmethod
     def random(cls, depth: int = 50, layout: str = "torchvision", in_channels: int = 1,
-               taps: Union[str, Sequence[str]] = ("layer4",), seed: int = 0, backend: str = "cpu") -> "ResNetFeatures":
+               taps: str | Sequence[str] = ("layer4",), seed: int = 0, backend: str = "cpu") -> ResNetFeatures:
         """Random weights for tests and benchmarks: He-uniform convs, BatchNorm with non-trivial statistics.
 
         Each residual branch's last BatchNorm is scaled down (0.2) so activations stay O(1) through deep networks.
@@ -164,7 +165,7 @@ class ResNetFeatures(NetworkBase):
         return dict(depth=self.depth, layout=self.layout, in_channels=self.in_channels, taps=list(self.taps))
 
     # ---- computation ----
-    def forward(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """x (N, in_channels, H, W) float32 in [-1, 1] -> {tap: features (N, C, h, w)}."""
         outputs = self._c.forward(get_backend(self.backend), x)
         return dict(zip(self.taps, outputs))
@@ -182,7 +183,7 @@ class ResNetFeatures(NetworkBase):
         return self._c.vjp(get_backend(self.backend), x, self._douts(dfeatures))
 
     def gradients(self, x: np.ndarray, dfeatures: Mapping[str, np.ndarray]
-                  ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same sum; BatchNorm statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dfeatures))
         return dx, self._grads_dict(flat)
