@@ -42,3 +42,9 @@ def int_pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{op}: {name} must be an int or a pair of ints (h, w), got {value!r}")
+
+
+def fresh_copy(a: object) -> object:
+    """A fresh C-ordered copy of a float32 array, for an in-place op to update so the caller's array is left
+    unchanged; anything else is passed on for the op to refuse with its message (naming op and argument)."""
+    return a.copy(order="C") if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
