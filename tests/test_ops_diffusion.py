@@ -263,3 +263,29 @@ def test_bad_inputs_name_the_op_and_argument(rng):
         ops.masked_blend(x, x, x, 0.5)
     with pytest.raises(ValueError, match="target_probability.*targets"):
         ops.target_probability(randn(rng, 2, 3), [0, 3])
+
+
+def test_binder_row_vectors_and_typed_outputs(rng):
+    """The table-driven binder's per-row host vectors, int32 flag outputs and double result (bind_ops.c)."""
+    be = ops.get_backend("cpu")
+    x = randn(rng, 2, 3, 4, 4)
+    coefs = ops.vb_coefs(_schedule().arrays(), [0, 3])
+    mo = randn(rng, 2, 6, 4, 4, scale=0.1)
+    with pytest.raises(ValueError, match=r"diffusion_vb: coef1 must have 2 entries \(one per row of x_start\), got 3"):
+        ops.diffusion_vb(mo, x, x, coefs._replace(coef1=np.ones(3)))
+    with pytest.raises(ValueError, match=r"decoder_nll\[1\] = 4294967296 is outside a C int"):
+        ops.diffusion_vb(mo, x, x, coefs._replace(decoder_nll=np.array([1, 2**32])))
+    with pytest.raises(TypeError, match="decoder_nll must be a 1-D array of integers"):
+        ops.diffusion_vb(mo, x, x, coefs._replace(decoder_nll=np.array([1.0, 0.0])))
+    with pytest.raises(TypeError, match=r"q_sample: sqrt_abar must be a 1-D array of float32 values \(one per row"):
+        _C.q_sample(be, x, x, object(), np.ones(2, np.float32))
+    # a vector before the argument whose rows it follows, and an in-place update of a writable array only
+    y = x.copy()
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="row_axpy: y must be writable"):
+        _C.row_axpy(be, np.ones(2, np.float32), x, y)
+    x[1, 0, 0, 0] = np.nan
+    flags = _C.nonfinite_rows(be, x)
+    assert flags.dtype == np.int32 and flags.tolist() == [0, 1] and not x[1].any()
+    total = _C.sum_squares(be, x)
+    assert type(total) is float and abs(total - float((x.astype(np.float64) ** 2).sum())) <= 1e-12 * total

@@ -8,17 +8,25 @@
  *     ARGS(...),     the Python arguments after the backend, in order, by kind:
  *                      TENSOR(n, ndim_min, ndim_max)  float32 C-contiguous finite array; OPTIONAL(...) also None
  *                      INOUT(n, ndim_min, ndim_max)   as TENSOR, writable: the op updates it in place
+ *                      INOUT_NONFINITE(n, ndim_min, ndim_max)  as INOUT, NaN and infinity allowed (the op finds them)
  *                      INT(n, min, max)  INT64(n, min, max)  FLOAT(n) (a double)  BOOL(n)
  *                      PAIR(n, min, max) an (h, w) pair of ints
- *                      SHAPE(n, ndim)  a shape of positive ints      INT64S(n, i) integers, one per row of arg i
+ *                      SHAPE(n, ndim)  a shape of positive ints
+ *                      FLOATS(n, i) DOUBLES(n, i) INTS(n, i) INT64S(n, i)  a host vector of float32, float64, C int,
+ *                                      int64 with one entry per row of arg i (before or after it): numbers are
+ *                                      rounded to a float type; the int kinds take integers only, none wrapping
  *                      KIND(n, "a|b")  a name -> its index; the label is then a format ("%s_backward")
  *                      TENSORS(n, ndim_min, ndim_max) a list of arrays     OBJECT(n) anything (read by SHAPES)
- *     SHAPES(...),   statements giving each output j its shape: LIKE(j, i) (arg i's shape), DIMS(j, d0, d1, ...);
- *                    an output never given one is returned as None (and passed to the op as NULL).
+ *     SHAPES(...),   statements giving each output j its shape: LIKE(j, i) (arg i's shape), DIMS(j, d0, d1, ...)
+ *                    (float32 arrays), INT_ROWS(j, i) (an int32 array, a C int per row of arg i), SCALAR(j) (a
+ *                    double, returned as a Python float); an output never given one is returned as None (and passed
+ *                    to the op as NULL).
  *                    REQUIRE(cond, "fmt", ...) raises ValueError "label: <fmt>"; TRY(helper(...)) for shared rules.
  *     CALL(...))     the op's arguments between be and err: T(i) tensor, OPT(i) tensor or NULL, I(i) int/bool/kind,
- *                    L(i) int64, F(i) float or double, V(i) int64 vector, LIST(i) tensors and count,
- *                    O(j) output j or NULL, OUTS all outputs and their count.
+ *                    L(i) int64, F(i) float or double, VF(i) VD(i) VI(i) V(i) a float, double, int, int64 vector,
+ *                    LIST(i) tensors and count, O(j) output j or NULL, OI(j) int output j (int *), OD(j) double
+ *                    output j (double *), OUTS all outputs and their count. A struct of several arguments is a
+ *                    compound literal: &(dfc_vb_coefs){VD(3), ..., VI(9), F(10)}.
  *   D(i, d) is dimension d of arg i (a TENSOR, SHAPE, or the first of TENSORS); P(i, k) entry k of a PAIR.
  *   outputs: how many arrays are returned (0: None, 1: the array, more: a tuple); OUT_LIST: a list of c->nout.
  * For example, the whole binding of linear_forward (x (M, In), weight (Out, In), bias (Out) or None -> y (M, Out)):
@@ -42,17 +50,17 @@
 
 #include "../ops/conv_check.h"
 
-enum arg_kind { A_END, A_TENSOR, A_OPTIONAL, A_INOUT, A_INT, A_INT64, A_FLOAT, A_BOOL, A_PAIR, A_SHAPE, A_INT64S,
-                A_KIND, A_TENSORS, A_OBJECT };
+enum arg_kind { A_END, A_TENSOR, A_OPTIONAL, A_INOUT, A_INOUT_NONFINITE, A_INT, A_INT64, A_FLOAT, A_BOOL, A_PAIR,
+                A_SHAPE, A_ROWS, A_KIND, A_TENSORS, A_OBJECT };
 
 typedef struct {
     enum arg_kind kind;
     const char *name;
-    long long lo, hi;    /* ndim range (tensors), value range (ints), ndim (SHAPE), row argument (INT64S) */
+    long long lo, hi;    /* ndim range (tensors), value range (ints), ndim (SHAPE), row argument, numpy type (ROWS) */
     const char *choices; /* KIND: "relu|silu|sigmoid", index = the enum value */
 } arg_spec;
 
-#define MAX_ARGS 10 /* adamw_step: 4 tensors, the step and 5 hyperparameters */
+#define MAX_ARGS 13 /* p_mean_variance_backward: 3 tensors, 8 coefficient vectors, 2 flags */
 #define MAX_OUTS (DFC_PY_MAX_ARGS - 1) /* a split's parts; a concat's inputs take one reference slot each */
 
 typedef struct {
@@ -61,7 +69,7 @@ typedef struct {
     long long l;
     double f;
     int pair[2];
-    const int64_t *ints;
+    const void *rows; /* ROWS */
     PyObject *obj;
 } arg_value;
 
@@ -83,7 +91,10 @@ struct op_call {
     int nout;
     int out_ndim[MAX_OUTS]; /* 0: None */
     int64_t out_shape[MAX_OUTS][DFC_MAX_DIMS];
+    enum { OUT_FLOAT32, OUT_INT, OUT_DOUBLE } out_kind[MAX_OUTS];
     dfc_tensor o[MAX_OUTS];
+    int *out_ints[MAX_OUTS];
+    double out_double[MAX_OUTS];
     dfc_tensor *o_ptrs[MAX_OUTS];
     dfc_py_refs refs;
 };
@@ -93,13 +104,17 @@ struct op_call {
 #define TENSOR(n, lo, hi) {A_TENSOR, n, lo, hi, NULL}
 #define OPTIONAL(n, lo, hi) {A_OPTIONAL, n, lo, hi, NULL}
 #define INOUT(n, lo, hi) {A_INOUT, n, lo, hi, NULL}
+#define INOUT_NONFINITE(n, lo, hi) {A_INOUT_NONFINITE, n, lo, hi, NULL}
 #define INT(n, lo, hi) {A_INT, n, lo, hi, NULL}
 #define INT64(n, lo, hi) {A_INT64, n, lo, hi, NULL}
 #define FLOAT(n) {A_FLOAT, n, 0, 0, NULL}
 #define BOOL(n) {A_BOOL, n, 0, 0, NULL}
 #define PAIR(n, lo, hi) {A_PAIR, n, lo, hi, NULL}
 #define SHAPE(n, ndim) {A_SHAPE, n, ndim, ndim, NULL}
-#define INT64S(n, rows_of) {A_INT64S, n, rows_of, 0, NULL}
+#define FLOATS(n, rows_of) {A_ROWS, n, rows_of, NPY_FLOAT32, NULL}
+#define DOUBLES(n, rows_of) {A_ROWS, n, rows_of, NPY_FLOAT64, NULL}
+#define INTS(n, rows_of) {A_ROWS, n, rows_of, NPY_INT, NULL}
+#define INT64S(n, rows_of) {A_ROWS, n, rows_of, NPY_INT64, NULL}
 #define KIND(n, choices) {A_KIND, n, 0, 0, choices}
 #define TENSORS(n, lo, hi) {A_TENSORS, n, lo, hi, NULL}
 #define OBJECT(n) {A_OBJECT, n, 0, 0, NULL}
@@ -114,17 +129,24 @@ struct op_call {
 #define I(n) (c->a[n].i)
 #define L(i) (c->a[i].l)
 #define F(i) (c->a[i].f)
-#define V(i) (c->a[i].ints)
+#define VF(i) ((const float *)c->a[i].rows)
+#define VD(i) ((const double *)c->a[i].rows)
+#define VI(i) ((const int *)c->a[i].rows)
+#define V(i) ((const int64_t *)c->a[i].rows)
 #define P(i, k) (c->a[i].pair[k])
 #define D(i, d) ((long long)c->a[i].t.shape[d])
 #define LIST(n) c->part_ptrs, c->a[n].i
 #define O(j) (c->out_ndim[j] ? &c->o[j] : NULL)
+#define OI(j) (c->out_ints[j])
+#define OD(j) (&c->out_double[j])
 #define OUTS c->o_ptrs, c->nout
 #define CONV(stride, pad) ((dfc_conv2d_params){P(stride, 0), P(stride, 1), P(pad, 0), P(pad, 1)})
 #define POOL(kernel, stride, pad) \
     ((dfc_pool2d_params){P(kernel, 0), P(kernel, 1), P(stride, 0), P(stride, 1), P(pad, 0), P(pad, 1)})
 
 #define LIKE(j, i) set_out(c, j, c->a[i].t.ndim, c->a[i].t.shape)
+#define INT_ROWS(j, i) (set_out(c, j, 1, c->a[i].t.shape), c->out_kind[j] = OUT_INT)
+#define SCALAR(j) (set_out(c, j, 1, (const int64_t[]){1}), c->out_kind[j] = OUT_DOUBLE)
 #define DIMS(j, ...) \
     set_out(c, j, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__})
 #define TRY(x)              \
@@ -141,6 +163,7 @@ struct op_call {
 static void set_out(op_call *c, int j, int ndim, const int64_t *shape)
 {
     c->out_ndim[j] = ndim;
+    c->out_kind[j] = OUT_FLOAT32;
     memcpy(c->out_shape[j], shape, (size_t)ndim * sizeof *shape);
 }
 
@@ -227,6 +250,24 @@ static int split_outs(op_call *c)
     c->nout = (int)n;
     return 0;
 }
+
+/* ---- argument groups several entries share ---- */
+
+/* ops.h's dfc_posterior_coefs: eight float32 vectors with one entry per row of argument i, as arguments k..k+7. */
+#define POSTERIOR_COEF_NAMES \
+    "sqrt_recip_abar, sqrt_recipm1_abar, coef1, coef2, min_log, max_log, variance, log_variance"
+#define POSTERIOR_COEF_ARGS(i)                                                                                 \
+    FLOATS("sqrt_recip_abar", i), FLOATS("sqrt_recipm1_abar", i), FLOATS("coef1", i), FLOATS("coef2", i),      \
+        FLOATS("min_log", i), FLOATS("max_log", i), FLOATS("variance", i), FLOATS("log_variance", i)
+#define POSTERIOR_COEFS(k)                                                                                     \
+    (&(dfc_posterior_coefs){VF(k), VF(k + 1), VF(k + 2), VF(k + 3), VF(k + 4), VF(k + 5), VF(k + 6), VF(k + 7)})
+
+/* ops.h's dfc_vb_coefs: six float64 vectors and decoder_nll (C ints) per row of argument i, then the scale. */
+#define VB_COEF_NAMES "sqrt_recip_abar, sqrt_recipm1_abar, coef1, coef2, min_log, max_log, decoder_nll, scale"
+#define VB_COEF_ARGS(i)                                                                                        \
+    DOUBLES("sqrt_recip_abar", i), DOUBLES("sqrt_recipm1_abar", i), DOUBLES("coef1", i), DOUBLES("coef2", i),  \
+        DOUBLES("min_log", i), DOUBLES("max_log", i), INTS("decoder_nll", i), FLOAT("scale")
+#define VB_COEFS(k) (&(dfc_vb_coefs){VD(k), VD(k + 1), VD(k + 2), VD(k + 3), VD(k + 4), VD(k + 5), VI(k + 6), F(k + 7)})
 
 /* ---- the table: one entry per op ---- */
 
@@ -384,7 +425,67 @@ static int split_outs(op_call *c)
       "scale_shift_backward(backend, dy, x, ss) -> (dx, dss); dss = [sum dy x | sum dy] over x's spatial dims.",     \
       ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 1); LIKE(1, 2)),                \
       CALL(T(0), T(1), T(2), O(0), O(1)))                                                                            \
-    /* optimizer ops (in place; sum_squares, whose result is a double, is bound in bind_optim_ops.c) */              \
+    /* diffusion ops: per-row factors and coefficients are host vectors, one entry per row of the images */          \
+    X(q_sample, "q_sample", 1,                                                                                       \
+      "q_sample(backend, x0, noise, sqrt_abar, sqrt_one_minus_abar) -> x_t = sqrt_abar[b] x0 + "                     \
+      "sqrt_one_minus_abar[b] noise; the factors float32 (N,).",                                                     \
+      ARGS(TENSOR("x0", 1, 4), TENSOR("noise", 1, 4), FLOATS("sqrt_abar", 0), FLOATS("sqrt_one_minus_abar", 0)),     \
+      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), VF(2), VF(3), O(0)))                                                      \
+    X(p_mean_variance_forward, "p_mean_variance", 4,                                                                 \
+      "p_mean_variance_forward(backend, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, clip) -> (mean, "      \
+      "variance, log_variance, pred_xstart); the coefficients float32 (N,) (ops.h's dfc_posterior_coefs).",          \
+      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(1), BOOL("learned"),               \
+           BOOL("clip")),                                                                                            \
+      SHAPES(LIKE(0, 1); LIKE(1, 1); LIKE(2, 1); LIKE(3, 1)),                                                        \
+      CALL(T(0), T(1), POSTERIOR_COEFS(2), I(10), I(11), O(0), O(1), O(2), O(3)))                                    \
+    X(p_mean_variance_backward, "p_mean_variance_backward", 2,                                                       \
+      "p_mean_variance_backward(backend, d_pred_xstart, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, "      \
+      "clip) -> (dx_t, d_model_output).",                                                                            \
+      ARGS(TENSOR("d_pred_xstart", 2, 4), TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(2), \
+           BOOL("learned"), BOOL("clip")),                                                                           \
+      SHAPES(LIKE(0, 2); LIKE(1, 1)), CALL(T(0), T(1), T(2), POSTERIOR_COEFS(3), I(11), I(12), O(0), O(1)))          \
+    X(sample_step, "sample_step", 1,                                                                                 \
+      "sample_step(backend, mean, variance, log_variance, grad_or_None, noise, noise_weight (N,)) -> x_prev.",       \
+      ARGS(TENSOR("mean", 1, 4), TENSOR("variance", 1, 4), TENSOR("log_variance", 1, 4), OPTIONAL("grad", 1, 4),     \
+           TENSOR("noise", 1, 4), FLOATS("noise_weight", 0)),                                                        \
+      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), T(2), OPT(3), T(4), VF(5), O(0)))                                         \
+    X(row_scale, "row_scale", 1, "row_scale(backend, x, alpha (N,)) -> alpha[b] x.",                                 \
+      ARGS(TENSOR("x", 1, 4), FLOATS("alpha", 0)), SHAPES(LIKE(0, 0)), CALL(T(0), VF(1), O(0)))                      \
+    X(row_axpy, "row_axpy", 0, "row_axpy(backend, alpha (N,), x, y): y += alpha[b] x, in place.",                    \
+      ARGS(FLOATS("alpha", 1), TENSOR("x", 1, 4), INOUT("y", 1, 4)), SHAPES(), CALL(VF(0), T(1), T(2)))              \
+    X(change_map, "change_map", 1, "change_map(backend, a, b) -> FastDiME's change map (N, 1, H, W).",               \
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4)), SHAPES(DIMS(0, D(0, 0), 1, D(0, 2), D(0, 3))),                     \
+      CALL(T(0), T(1), O(0)))                                                                                        \
+    X(masked_blend, "masked_blend", 1,                                                                               \
+      "masked_blend(backend, a, b, mask (N, 1, H, W), threshold) -> a (1 - keep) + keep b, keep = mask < threshold.",\
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), TENSOR("mask", 4, 4), FLOAT("threshold")), SHAPES(LIKE(0, 0)),      \
+      CALL(T(0), T(1), T(2), (float)F(3), O(0)))                                                                     \
+    X(distance_penalty_forward, "distance_penalty", 1,                                                               \
+      "distance_penalty_forward(backend, a, b, lambda_l1, lambda_l2) -> loss (N,).",                                 \
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")),                            \
+      SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), (float)F(2), (float)F(3), O(0)))                                    \
+    X(distance_penalty_backward, "distance_penalty_backward", 1,                                                     \
+      "distance_penalty_backward(backend, dloss (N,), a, b, lambda_l1, lambda_l2) -> da.",                           \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")),     \
+      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), T(2), (float)F(3), (float)F(4), O(0)))                                    \
+    X(nonfinite_rows, "nonfinite_rows", 1,                                                                           \
+      "nonfinite_rows(backend, x) -> flags (N,) int32: rows of x holding a NaN or infinity, set to 0 in place.",     \
+      ARGS(INOUT_NONFINITE("x", 1, 4)), SHAPES(INT_ROWS(0, 0)), CALL(T(0), OI(0)))                                   \
+    X(target_probability, "target_probability", 2,                                                                   \
+      "target_probability(backend, logits (N, K), targets (N,)) -> (p(target) (N,), argmax == target (N,) int32).",  \
+      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0)); INT_ROWS(1, 0)),                  \
+      CALL(T(0), V(1), O(0), OI(1)))                                                                                 \
+    X(diffusion_vb_forward, "diffusion_vb", 1,                                                                       \
+      "diffusion_vb_forward(backend, model_output, x_start, x_t, " VB_COEF_NAMES ") -> vb (N,); the coefficients "   \
+      "float64 (N,), decoder_nll int (N,) (ops.h's dfc_vb_coefs).",                                                  \
+      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4), VB_COEF_ARGS(1)),             \
+      SHAPES(DIMS(0, D(1, 0))), CALL(T(0), T(1), T(2), VB_COEFS(3), O(0)))                                           \
+    X(diffusion_vb_backward, "diffusion_vb_backward", 1,                                                             \
+      "diffusion_vb_backward(backend, dvb (N,), model_output, x_start, x_t, " VB_COEF_NAMES ") -> d_v.",             \
+      ARGS(TENSOR("dvb", 1, 1), TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4),          \
+           VB_COEF_ARGS(2)),                                                                                         \
+      SHAPES(LIKE(0, 2)), CALL(T(0), T(1), T(2), T(3), VB_COEFS(4), O(0)))                                           \
+    /* optimizer ops (in place but sum_squares) */                                                                   \
     X(adamw_step, "adamw_step", 0,                                                                                   \
       "adamw_step(backend, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay): one AdamW " \
       "step, in place on param, exp_avg, exp_avg_sq.",                                                               \
@@ -395,7 +496,9 @@ static int split_outs(op_call *c)
     X(ema_update, "ema_update", 0, "ema_update(backend, rate, ema, param): ema = rate ema + (1 - rate) param.",     \
       ARGS(FLOAT("rate"), INOUT("ema", 1, 4), TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2)))              \
     X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.",                                        \
-      ARGS(INOUT("x", 1, 4), FLOAT("factor")), SHAPES(), CALL(T(0), (float)F(1)))
+      ARGS(INOUT("x", 1, 4), FLOAT("factor")), SHAPES(), CALL(T(0), (float)F(1)))                               \
+    X(sum_squares, "sum_squares", 1, "sum_squares(backend, x) -> the sum of x^2 (a float, accumulated in double).", \
+      ARGS(TENSOR("x", 1, DFC_MAX_DIMS)), SHAPES(SCALAR(0)), CALL(T(0), OD(0)))
 
 /* ---- the one function every entry runs through ---- */
 
@@ -478,6 +581,50 @@ static int parse_tensors(op_call *c, const arg_spec *s, PyObject *obj, arg_value
     return status;
 }
 
+/* A ROWS argument: a 1-D host array of s->hi (a numpy type) with one entry per row of argument s->lo. */
+static int parse_rows(op_call *c, const op_desc *op, const arg_spec *s, PyObject *obj, arg_value *v)
+{
+    const int64_t rows = c->a[s->lo].t.shape[0];
+    const int type = (int)s->hi;
+    if (type == NPY_INT64 || type == NPY_INT) {
+        const int64_t *values;
+        TRY(dfc_py_int64_vector(obj, c->label, s->name, rows, &c->refs, &values));
+        v->rows = values;
+        if (type == NPY_INT64)
+            return 0;
+        for (int64_t k = 0; k < rows; k++)
+            REQUIRE(values[k] >= INT_MIN && values[k] <= INT_MAX, "%s[%lld] = %lld is outside a C int", s->name,
+                    (long long)k, (long long)values[k]);
+        obj = c->refs.refs[c->refs.count - 1]; /* the int64 copy: converted below without wrapping */
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    const char *type_name = type == NPY_FLOAT32 ? "float32" : type == NPY_FLOAT64 ? "float64" : "int";
+    if (!a) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of %s values (one per row of %s), got %.100s",
+                     c->label, s->name, type_name, op->args[s->lo].name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const int ndim = PyArray_NDIM(a);
+    const long long got = ndim == 1 ? (long long)PyArray_DIM(a, 0) : -1;
+    if (got != rows) {
+        Py_DECREF(a);
+        if (ndim != 1)
+            return op_fail(c, "%s must be a 1-D array of %s values (one per row of %s), got %d dims", s->name,
+                           type_name, op->args[s->lo].name, ndim);
+        return op_fail(c, "%s must have %lld entries (one per row of %s), got %lld", s->name, (long long)rows,
+                       op->args[s->lo].name, got);
+    }
+    if (c->refs.count >= DFC_PY_MAX_ARGS) {
+        Py_DECREF(a);
+        PyErr_SetString(PyExc_RuntimeError, "diffice: too many array arguments in one call");
+        return -1;
+    }
+    c->refs.refs[c->refs.count++] = (PyObject *)a;
+    v->rows = PyArray_DATA(a);
+    return 0;
+}
+
 static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject *obj, arg_value *v)
 {
     char name[80]; /* "label: name", for the scalar readers' messages */
@@ -486,8 +633,10 @@ static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject 
     switch (s->kind) {
     case A_TENSOR:
     case A_INOUT:
-        TRY(dfc_py_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, 1, &c->refs, &v->t));
-        if (s->kind == A_INOUT && !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
+    case A_INOUT_NONFINITE:
+        TRY(dfc_py_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, s->kind != A_INOUT_NONFINITE, &c->refs,
+                          &v->t));
+        if (s->kind != A_TENSOR && !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
             PyErr_Format(PyExc_ValueError, "%s: %s must be writable (it is updated in place)", c->label, s->name);
             return -1;
         }
@@ -522,7 +671,7 @@ static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject 
         return status;
     }
     case A_SHAPE: return parse_shape(c, s, obj, &v->t);
-    case A_INT64S: return dfc_py_int64_vector(obj, c->label, s->name, c->a[s->lo].t.shape[0], &c->refs, &v->ints);
+    case A_ROWS: return parse_rows(c, op, s, obj, v);
     case A_KIND: return parse_kind(c, op, s, obj, &v->i);
     case A_TENSORS: return parse_tensors(c, s, obj, v);
     case A_OBJECT: v->obj = obj; return 0;
@@ -538,8 +687,15 @@ static PyObject *new_outputs(op_call *c, int nout, int as_list)
     PyObject *items[MAX_OUTS];
     for (int j = 0; j < c->nout; j++) {
         c->o_ptrs[j] = &c->o[j];
-        items[j] = c->out_ndim[j] ? dfc_py_new_tensor(c->out_ndim[j], c->out_shape[j], &c->o[j])
-                                  : (Py_INCREF(Py_None), Py_None);
+        if (c->out_ndim[j] && c->out_kind[j] == OUT_INT) {
+            items[j] = PyArray_ZEROS(1, (npy_intp[]){(npy_intp)c->out_shape[j][0]}, NPY_INT, 0);
+            c->out_ints[j] = items[j] ? PyArray_DATA((PyArrayObject *)items[j]) : NULL;
+        } else if (c->out_ndim[j] && c->out_kind[j] == OUT_FLOAT32) {
+            items[j] = dfc_py_new_tensor(c->out_ndim[j], c->out_shape[j], &c->o[j]);
+        } else { /* None, or a double filled in after the call (out_scalars) */
+            c->out_double[j] = 0.0;
+            items[j] = (Py_INCREF(Py_None), Py_None);
+        }
         if (!items[j]) {
             while (j--)
                 Py_DECREF(items[j]);
@@ -558,6 +714,23 @@ static PyObject *new_outputs(op_call *c, int nout, int as_list)
             PyTuple_SET_ITEM(out, j, items[j]);
         else
             Py_DECREF(items[j]);
+    }
+    return out;
+}
+
+/* out with each SCALAR output's None replaced by the double the op wrote; NULL (out dropped) on failure. */
+static PyObject *out_scalars(op_call *c, PyObject *out)
+{
+    for (int j = 0; out && j < c->nout; j++) {
+        if (!c->out_ndim[j] || c->out_kind[j] != OUT_DOUBLE)
+            continue;
+        PyObject *value = PyFloat_FromDouble(c->out_double[j]);
+        if (!value || (!PyTuple_Check(out) && !PyList_Check(out))) {
+            Py_DECREF(out); /* the single output's None */
+            return value;
+        }
+        if ((PyTuple_Check(out) ? PyTuple_SetItem(out, j, value) : PyList_SetItem(out, j, value)) < 0) /* steals */
+            Py_CLEAR(out);
     }
     return out;
 }
@@ -581,13 +754,16 @@ static PyObject *run_op(const op_desc *op, PyObject *args)
     if (!dfc_py_backend(PyTuple_GET_ITEM(args, 0), &be))
         return NULL;
     PyObject *out = NULL;
-    for (int k = 0; k < nargs; k++)
-        if (parse_arg(&c, op, &op->args[k], PyTuple_GET_ITEM(args, k + 1), &c.a[k]) < 0)
-            goto done;
+    for (int pass = 0; pass < 2; pass++) /* a vector after the argument whose rows it follows */
+        for (int k = 0; k < nargs; k++)
+            if ((op->args[k].kind == A_ROWS) == pass &&
+                parse_arg(&c, op, &op->args[k], PyTuple_GET_ITEM(args, k + 1), &c.a[k]) < 0)
+                goto done;
     if (op->shapes(&c) < 0 || !(out = new_outputs(&c, op->nout, op->nout == OUT_LIST)))
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err, op->call(be, &c, &err));
+    out = out_scalars(&c, out);
 done:
     dfc_py_refs_release(&c.refs);
     return out;

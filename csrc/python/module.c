@@ -100,8 +100,7 @@ PyMODINIT_FUNC PyInit__C(void)
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
-    PyMethodDef *tables[] = {dfc_methods_ops, dfc_methods_io, dfc_methods_diffusion_ops, dfc_methods_optim,
-                             dfc_methods_backend};
+    PyMethodDef *tables[] = {dfc_methods_ops, dfc_methods_io, dfc_methods_backend};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         if (PyModule_AddFunctions(m, tables[i]) < 0)
             goto fail;

@@ -159,8 +159,6 @@ PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
 /* Method tables of the binding files, added to the module in module.c. */
 extern PyMethodDef dfc_methods_ops[]; /* bind_ops.c: every op of the table */
 extern PyMethodDef dfc_methods_io[];
-extern PyMethodDef dfc_methods_diffusion_ops[];
-extern PyMethodDef dfc_methods_optim[];   /* bind_optim_ops.c */
 extern PyMethodDef dfc_methods_backend[]; /* bind_backend.c */
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an

@@ -4,7 +4,8 @@ decision and the training loss's variational bound (docs/method.md sections 2-5)
 
 Per-row coefficients are (N,) arrays gathered from the float64 schedule at each row's timestep;
 :func:`posterior_coefs` and :func:`vb_coefs` gather them from ``diffice._C.Diffusion(...).arrays()`` as the C
-sampler and training loss do (float32 for sampling, float64 for the loss).
+sampler and training loss do (float32 for sampling, float64 for the loss). The ops take them as named vectors in
+the field order of these tuples (ops.h's dfc_posterior_coefs, dfc_vb_coefs), so ``*coefs`` is their argument list.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._native import _C
-from ._backend import get_backend
+from ._backend import fresh_copy, get_backend
 
 __all__ = [
     "PosteriorCoefs", "VbCoefs", "posterior_coefs", "vb_coefs", "q_sample", "p_mean_variance",
@@ -89,15 +90,6 @@ def _rows(values: RowValues, n: int, dtype: type = np.float32) -> np.ndarray:
     return np.full(n, a, dtype=dtype) if a.ndim == 0 else np.ascontiguousarray(a)
 
 
-def _posterior_rows(coefs: PosteriorCoefs) -> np.ndarray:
-    return np.stack([np.asarray(c, dtype=np.float32) for c in coefs])
-
-
-def _vb_rows(coefs: VbCoefs) -> Tuple[np.ndarray, np.ndarray, float]:
-    rows = np.stack([np.asarray(c, dtype=np.float64) for c in coefs[:6]])
-    return rows, np.asarray(coefs.decoder_nll, dtype=np.intc), float(coefs.scale)
-
-
 def q_sample(x0: np.ndarray, noise: np.ndarray, sqrt_abar: RowValues, sqrt_one_minus_abar: RowValues, *,
              backend: str = "cpu") -> np.ndarray:
     """x_t = sqrt_abar[b] x0 + sqrt_one_minus_abar[b] noise; x0, noise float32 (N, ...)."""
@@ -109,16 +101,15 @@ def p_mean_variance(model_output: np.ndarray, x_t: np.ndarray, coefs: PosteriorC
                     clip: bool = True, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, variance, log_variance, pred_xstart), each shaped like x_t (N, C, ...), from model_output
     (N, 2C, ...) = (eps, v) when learned, else (N, C, ...) = eps; pred_xstart clamped to [-1, 1] when clip."""
-    return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, _posterior_rows(coefs),
-                                      bool(learned), bool(clip))
+    return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, *coefs, bool(learned), bool(clip))
 
 
 def p_mean_variance_backward(d_pred_xstart: np.ndarray, model_output: np.ndarray, x_t: np.ndarray,
                              coefs: PosteriorCoefs, *, learned: bool = True, clip: bool = True,
                              backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """(dx_t, d_model_output) from d_pred_xstart, through the clip (zero where it clamped); the v channels get 0."""
-    return _C.p_mean_variance_backward(get_backend(backend), d_pred_xstart, model_output, x_t,
-                                       _posterior_rows(coefs), bool(learned), bool(clip))
+    return _C.p_mean_variance_backward(get_backend(backend), d_pred_xstart, model_output, x_t, *coefs,
+                                       bool(learned), bool(clip))
 
 
 def sample_step(mean: np.ndarray, variance: np.ndarray, log_variance: np.ndarray, grad: Optional[np.ndarray],
@@ -136,7 +127,9 @@ def row_scale(x: np.ndarray, alpha: RowValues, *, backend: str = "cpu") -> np.nd
 
 def row_axpy(alpha: RowValues, x: np.ndarray, y: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
     """y + alpha[b] x (a new array), x and y (N, ...)."""
-    return _C.row_axpy(get_backend(backend), _rows(alpha, x.shape[0]), x, y)
+    y = fresh_copy(y)
+    _C.row_axpy(get_backend(backend), _rows(alpha, x.shape[0]), x, y)
+    return y
 
 
 def change_map(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
@@ -166,8 +159,8 @@ def distance_penalty_backward(a: np.ndarray, b: np.ndarray, lambda_l1: float, la
 
 def nonfinite_rows(x: np.ndarray, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """(a copy of x (N, ...) with every row holding a NaN or infinity set to 0, those rows as a bool (N,))."""
-    y, flags = _C.nonfinite_rows(get_backend(backend), np.ascontiguousarray(x, dtype=np.float32))
-    return y, flags.astype(bool)
+    y = np.array(x, dtype=np.float32, order="C")  # a copy: the op zeroes the rows in place
+    return y, _C.nonfinite_rows(get_backend(backend), y).astype(bool)
 
 
 def target_probability(logits: np.ndarray, targets, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
@@ -181,13 +174,11 @@ def diffusion_vb(model_output: np.ndarray, x_start: np.ndarray, x_t: np.ndarray,
                  backend: str = "cpu") -> np.ndarray:
     """guided-diffusion's vb term in bits per dimension with the mean frozen, per sample (N,), for model_output
     (N, 2C, ...) = (eps, v) and x_start, x_t (N, C, ...) in [-1, 1]."""
-    rows, nll, scale = _vb_rows(coefs)
-    return _C.diffusion_vb_forward(get_backend(backend), model_output, x_start, x_t, rows, nll, scale)
+    return _C.diffusion_vb_forward(get_backend(backend), model_output, x_start, x_t, *coefs)
 
 
 def diffusion_vb_backward(model_output: np.ndarray, x_start: np.ndarray, x_t: np.ndarray, coefs: VbCoefs, *,
                           dvb: RowValues = 1.0, backend: str = "cpu") -> np.ndarray:
     """d (sum_b dvb[b] vb[b]) / d v, (N, C, ...): the gradient reaches the v channels only."""
-    rows, nll, scale = _vb_rows(coefs)
     return _C.diffusion_vb_backward(get_backend(backend), _rows(dvb, x_start.shape[0]), model_output, x_start, x_t,
-                                    rows, nll, scale)
+                                    *coefs)

@@ -10,15 +10,10 @@ from typing import Tuple
 import numpy as np
 
 from .._native import _C
+from ._backend import fresh_copy as _copy
 from ._backend import get_backend
 
 __all__ = ["adamw_step", "ema_update", "sum_squares", "scale"]
-
-
-def _copy(a):
-    """A fresh array for an in-place op to update; anything but a float32 array is passed on for the op to refuse
-    with its message."""
-    return a.copy(order="C") if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
 
 
 def adamw_step(
