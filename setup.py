@@ -1,7 +1,6 @@
 """Builds diffice._C, the C core, against the CPython and NumPy C APIs and oneDNN (CPU).
 
 Environment switches:
-  DIFFICE_CUDA=auto|0|1   compile the CUDA sources (csrc/cuda) where nvcc is found (auto), never (0), or require it (1)
   DIFFICE_MARCH=native    add -march=native (faster own kernels; the build then only runs on this CPU family)
   DIFFICE_SANITIZE=1      build with AddressSanitizer + UndefinedBehaviorSanitizer
   DIFFICE_DEBUG=1         -O0 -g
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -53,18 +51,6 @@ def _onednn_paths() -> tuple[str, str]:
     return include, lib
 
 
-def _cuda_enabled() -> bool:
-    mode = os.environ.get("DIFFICE_CUDA", "auto").lower()
-    nvcc = shutil.which("nvcc")
-    if mode in ("0", "off", "no", "false"):
-        return False
-    if mode in ("1", "on", "yes", "true"):
-        if not nvcc:
-            sys.exit("diffice: DIFFICE_CUDA=1 but nvcc was not found on PATH")
-        return True
-    return nvcc is not None
-
-
 def _extension() -> Extension:
     import numpy
 
@@ -88,9 +74,6 @@ def _extension() -> Extension:
         cflags += san
         ldflags += san
     define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    if _cuda_enabled():
-        # The CUDA backend (csrc/cuda) is a later milestone; the switch is honoured once its sources exist.
-        define_macros.append(("DIFFICE_CUDA_REQUESTED", "1"))
     return Extension(
         "diffice._C",
         sources=sources,

@@ -35,8 +35,8 @@ METHODS = {"diff-ice": ("diff-ice", 5), "diff-ice-1": ("diff-ice-1", 1), "diff-i
 def build_diffice(seed: int = 0):
     sys.path.insert(0, str(ROOT))
     import diffice
-    from diffice.perceptual import PerceptualLoss
-    from diffice.resnet import ResNetFeatures
+    from diffice.models.perceptual import PerceptualLoss
+    from diffice.models.resnet import ResNetFeatures
 
     unet = diffice.UNet.random(UNET, seed=seed)
     diffusion = diffice.GaussianDiffusion(1000, "linear", "100")
@@ -88,7 +88,7 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, 1) + SIZE).astype(np.float32)
     if impl == "diffice":
-        from diffice.explain import Explainer
+        from diffice.explain.explainer import Explainer
 
         ex = Explainer(unet, diffusion, clf, perceptual, method=name, iterations=iterations, tau=tau,
                        lambda_c=(60.0,), lambda_p=30.0)

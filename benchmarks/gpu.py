@@ -81,7 +81,6 @@ def build_torch(config: str, device: str):
 
 def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int, device: str) -> dict:
     import torch
-
     from torch_sampler import TorchDiffusion, explain
 
     torch.backends.cudnn.allow_tf32 = bool(tf32)

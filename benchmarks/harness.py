@@ -8,7 +8,8 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 
 def peak_rss_mb() -> float:

@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffice import GaussianDiffusion, SonoNet, TargetClassView, UNet, train_ddpm  # noqa: E402
-from diffice.data import save_png  # noqa: E402
-from diffice.explain import Explainer  # noqa: E402
-from diffice.figures import path_figure  # noqa: E402
-from diffice.perceptual import PixelLoss  # noqa: E402
-from diffice.train import load_images  # noqa: E402
+from diffice.data.images import save_png  # noqa: E402
+from diffice.evaluation.figures import path_figure  # noqa: E402
+from diffice.explain.explainer import Explainer  # noqa: E402
+from diffice.models.perceptual import PixelLoss  # noqa: E402
+from diffice.train.ddpm import load_images  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 BRAIN_TV = 5

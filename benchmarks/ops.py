@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def _inputs(rng: np.random.Generator, *shape: int) -> tuple:
 CONV_SHAPES = [(128, 128, 112, 144), (256, 256, 56, 72), (512, 512, 28, 36)]
 
 
-def conv2d_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+def conv2d_cases(batch: int, rng: np.random.Generator) -> list[Case]:
     cases = []
     for ci, co, h, w in CONV_SHAPES:
         x, xt = _inputs(rng, batch, ci, h, w)
@@ -69,7 +69,7 @@ def conv2d_cases(batch: int, rng: np.random.Generator) -> List[Case]:
 LINEAR_SHAPES = [(1, 256, 1024), (1, 1024, 2048), (28 * 36, 512, 1536)]
 
 
-def linear_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+def linear_cases(batch: int, rng: np.random.Generator) -> list[Case]:
     cases = []
     for rows, fin, fout in LINEAR_SHAPES:
         m = rows * batch
@@ -92,7 +92,7 @@ def linear_cases(batch: int, rng: np.random.Generator) -> List[Case]:
 GROUP_NORM_SHAPES = [(128, 112, 144), (512, 28, 36)]
 
 
-def group_norm_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+def group_norm_cases(batch: int, rng: np.random.Generator) -> list[Case]:
     cases = []
     for c, h, w in GROUP_NORM_SHAPES:
         x, xt = _inputs(rng, batch, c, h, w)
@@ -123,7 +123,7 @@ def _torch_legacy_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
 
 
-def attention_cases(batch: int, rng: np.random.Generator) -> List[Case]:
+def attention_cases(batch: int, rng: np.random.Generator) -> list[Case]:
     c, h, w, heads = 512, 28, 36, 4
     t = h * w
     qkv, qkvt = _inputs(rng, batch, 3 * c, t)

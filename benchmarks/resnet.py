@@ -80,7 +80,8 @@ def main() -> None:
     size = tuple(int(s) for s in args.size.split("x"))
     print(f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; "
           f"median of {args.repeats} after a warm-up; peak RSS per process\n")
-    print("| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |")
+    print("| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB "
+          "| torch RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for layout in args.layouts:
         for batch in args.batches:

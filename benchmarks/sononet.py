@@ -28,7 +28,7 @@ def worker(impl: str, k: int, batch: int, mode: str, repeats: int, threads: int)
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from diffice.sononet import SonoNet
+    from diffice.models.sononet import SonoNet
 
     h, w = SIZE
     net = SonoNet.random(k, seed=0)

@@ -26,8 +26,8 @@ def main() -> None:
     p.add_argument("--no-local", action="store_true", help="skip the run in this process (compare the clusters)")
     args = p.parse_args()
 
-    from diffice.cluster import open_executor
-    from diffice.sweep import SweepStore, load_sweep, run_sweep
+    from diffice.explain.cluster import open_executor
+    from diffice.explain.sweep import SweepStore, load_sweep, run_sweep
 
     work = Path(tempfile.mkdtemp(prefix="diffice-sweep-bench-"))
     models = f'demo_models = "{Path(args.models).resolve()}"' if args.models else ""

@@ -4,7 +4,8 @@ returning logits, a perceptual loss module, the same equations as diffice's C sa
 The noise comes from torch's generator, so results differ from diffice's in their randomness, not in the work."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 import torch

@@ -42,7 +42,7 @@ def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from diffice.unet import UNet
+    from diffice.models.unet import UNet
 
     spec = CONFIGS[config]
     h, w = spec["size"]

@@ -8,26 +8,29 @@ denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classi
 """
 from __future__ import annotations
 
+from typing import Any
+
+from . import io, ops
 from ._native import _C
-from . import io, ops, phantoms
-from .diffusion import GaussianDiffusion
-from .unet import UNet
-from .classifier import PlaneClassifier, Segmenter, classification_loss
-from .sononet import SonoNet, TargetClassView, sononet_preprocess
-from .explain import Explainer, SuspiciousRunWarning
-from .train import train_ddpm
-from .resnet import ResNetFeatures
-from .perceptual import PerceptualLoss, PixelLoss, pixel_loss
-from .demo import load_demo_models
+from .data import phantoms
+from .explain.demo import load_demo_models
+from .explain.explainer import Explainer, SuspiciousRunWarning
+from .models.classifier import PlaneClassifier, Segmenter, classification_loss
+from .models.diffusion import GaussianDiffusion
+from .models.perceptual import PerceptualLoss, PixelLoss, pixel_loss
+from .models.resnet import ResNetFeatures
+from .models.sononet import SonoNet, TargetClassView, sononet_preprocess
+from .models.unet import UNet
+from .train.ddpm import train_ddpm
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
            "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer", "SuspiciousRunWarning", "train_ddpm", "ResNetFeatures", "PerceptualLoss", "PixelLoss", "pixel_loss",
-           "load_demo_models"]
+           "sononet_preprocess", "Explainer", "SuspiciousRunWarning", "train_ddpm", "ResNetFeatures",
+           "PerceptualLoss", "PixelLoss", "pixel_loss", "load_demo_models"]
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """How the C core was built: oneDNN version, CUDA availability."""
     return dict(_C.build_info())

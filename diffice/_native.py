@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import sys
+from typing import Any
 
 
 def _preload_onednn() -> None:
@@ -35,11 +37,11 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 _preload_onednn()
 
 try:
-    from . import _C  # noqa: E402
+    _C: Any = importlib.import_module(f"{__package__}._C")  # untyped: its Python wrappers carry the types
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         f"diffice's C extension could not be loaded ({exc}). Reinstall with `pip install .`; it needs the "
         "onednn-cpu-gomp wheel (oneDNN 3.2, GNU OpenMP) in the same environment."
     ) from exc
 
-__all__ = ["_C"]
+__all__ = ["_C"]  # what the package's modules import (from ._native import _C)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -38,8 +38,8 @@ _FILE_KEYS = ("unet", "classifier", "perceptual")
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config key (e.g. --lambda-c 40 60 80, --tau 120), with its description, allowed values and
-    default (diffice.run.CONFIG_HELP, CONFIG_CHOICES, SECTIONS)."""
-    from .run import CONFIG_CHOICES, CONFIG_HELP, SECTIONS
+    default (diffice.explain.config: CONFIG_HELP, CONFIG_CHOICES, SECTIONS)."""
+    from .explain.config import CONFIG_CHOICES, CONFIG_HELP, SECTIONS
 
     for section, defaults in SECTIONS.items():
         group = parser.add_argument_group(f"[{section}] (config file section; flags override it)")
@@ -52,7 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 shown = " ".join(str(v) for v in default)
             else:
                 shown = str(default).lower() if isinstance(default, bool) else default
-            kwargs = dict(dest=key, default=None, help=f"{text} (default: {shown}; [{section}] {key})")
+            kwargs: dict[str, Any] = dict(dest=key, default=None,
+                                          help=f"{text} (default: {shown}; [{section}] {key})")
             if isinstance(default, bool):
                 kwargs["type"] = _bool
                 kwargs["metavar"] = "{true,false}"
@@ -82,10 +83,10 @@ class _run_warnings:
 
         self.command, self._catch = command, warnings.catch_warnings(record=True)
 
-    def __enter__(self) -> "_run_warnings":
+    def __enter__(self) -> _run_warnings:
         import warnings
 
-        from .explain import SuspiciousRunWarning
+        from .explain.explainer import SuspiciousRunWarning
 
         self.caught = self._catch.__enter__()
         warnings.simplefilter("always", SuspiciousRunWarning)
@@ -94,7 +95,7 @@ class _run_warnings:
     def __exit__(self, *exc) -> None:
         import warnings
 
-        from .explain import SuspiciousRunWarning
+        from .explain.explainer import SuspiciousRunWarning
 
         self._catch.__exit__(*exc)
         for w in self.caught:
@@ -105,8 +106,9 @@ class _run_warnings:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .cluster import DistributedUnavailable, cluster_options
-    from .run import SECTIONS, load_config, read_toml, run_explain
+    from .explain.cluster import DistributedUnavailable, cluster_options
+    from .explain.config import SECTIONS, load_config, read_toml
+    from .explain.run import run_explain
 
     keys = {k for defaults in SECTIONS.values() for k in defaults}
     overrides = {k: v for k, v in vars(args).items() if k in keys and v is not None}
@@ -131,7 +133,7 @@ class _executor:
         self.args, self.options, self.ex = args, options, None
 
     def __enter__(self):
-        from .cluster import open_executor
+        from .explain.cluster import open_executor
 
         if not (self.args.scheduler or self.args.cluster):
             return None
@@ -151,8 +153,8 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .cluster import DistributedUnavailable
-    from .sweep import load_sweep, print_tables, run_sweep
+    from .explain.cluster import DistributedUnavailable
+    from .explain.sweep import load_sweep, print_tables, run_sweep
 
     spec = load_sweep(args.config, dict(out=args.out, batch_size=args.batch_size))
     try:
@@ -170,7 +172,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_N, load_demo_models, run_demo
+    from .explain.demo import DEMO_N, load_demo_models
+    from .explain.demo_run import run_demo
 
     models = load_demo_models(args.models)
     overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
@@ -181,7 +184,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
-    from .pairs import key_path, make_sheet, score_answers
+    from .evaluation.pairs import key_path, make_sheet, score_answers
 
     if args.score:
         if not args.key:
@@ -201,7 +204,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from .phantoms import write_dataset
+    from .data.phantoms import write_dataset
 
     counts = write_dataset(args.out, args.n, tuple(args.size), args.seed, args.standard_fraction,
                            progress=not args.quiet)
@@ -214,17 +217,17 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .metrics import evaluate_results, format_report
+    from .evaluation.metrics import evaluate_results, format_report
 
     root = Path(args.results_dir)
     classifier = oracle = inception = sononet = None
-    if (root / "warnings.json").is_file():  # diffice.run.record_warning: the run itself looked wrong
+    if (root / "warnings.json").is_file():  # diffice.explain.run.record_warning: the run itself looked wrong
         for w in json.loads((root / "warnings.json").read_text()):
             print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}",
                   file=sys.stderr)
     from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
     if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
-        from .demo import load_demo_models
+        from .explain.demo import load_demo_models
 
         try:
             demo = load_demo_models(args.demo_models)
@@ -235,46 +238,46 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     if not from_demo and not args.classifier and settings.is_file():  # the classifier that guided the run
         m = json.loads(settings.read_text()).get("models", {})
         if m.get("preset") == "demo":  # diffice explain --models demo: the demo's classifier and oracle
-            from .demo import load_demo_models
+            from .explain.demo import load_demo_models
 
             demo = load_demo_models(args.demo_models)
             classifier, oracle = demo.classifier, demo.oracle
             print(f"diffice metrics: the demo models (from {settings})", file=sys.stderr)
         elif m.get("classifier") and Path(m["classifier"]).is_file():
-            from .models import load_classifier
+            from .models.files import load_classifier
 
             classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"],
                                          m.get("target_class", 5))
             print(f"diffice metrics: classifier {m['classifier']} (from {settings})", file=sys.stderr)
     if args.classifier or args.oracle:
-        from .models import load_model
+        from .models.files import load_model
 
         classifier = load_model(args.classifier) if args.classifier else classifier
         oracle = load_model(args.oracle) if args.oracle else oracle
     if args.inception:
-        from .inception import InceptionV3
+        from .models.inception import InceptionV3
 
         inception = InceptionV3.from_file(args.inception)
     if args.sononet:
-        from .sononet import SonoNet
+        from .models.sononet import SonoNet
 
         sononet = SonoNet.from_file(args.sononet)
     report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
     print(format_report(report))
     if args.json:
-        from .data import atomic_write_bytes
+        from .data.images import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(report, indent=1) + "\n").encode())
         print(f"wrote {args.json}")
     return 0
 
 
-def _int_list(text: str) -> List[int]:
+def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
 def _cmd_train_ddpm(args: argparse.Namespace) -> int:
-    from .train import train_ddpm
+    from .train.ddpm import train_ddpm
 
     config = dict(model_channels=args.model_channels, num_res_blocks=args.num_res_blocks,
                   channel_mult=tuple(_int_list(args.channel_mult)),
@@ -296,7 +299,7 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
 def _cmd_train_supervised(args: argparse.Namespace) -> int:
     import json
 
-    from .train_networks import train_supervised
+    from .train.networks import train_supervised
 
     metrics = train_supervised(
         args.model, args.images, args.out, masks=getattr(args, "masks", None), labels=getattr(args, "labels", None),
@@ -352,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "sononet and picks which of SonoNet's 14 classes is the standard plane, which makes f a "
                        "2-output classifier. Example: diffice explain --models demo --images scans/ --out results/")
     p.add_argument("--config", help="TOML config (sections [models], [diffusion], [method], [run]; see "
-                   "diffice/run.py)")
+                   "diffice/explain/config.py)")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a grid of methods and settings over an image set, with the paper's tables",
                        description="Runs every configuration of the grid in --config ([sweep], [[grid]]; see "
-                       "diffice.sweep) over its image set into one SQLite results store (OUT/results.sqlite), "
+                       "diffice.explain.sweep) over its image set into one SQLite results store (OUT/results.sqlite), "
                        "resumably, then prints Table 1 (methods), Table 2 (Diff-ICE per iteration) and Table S3 "
                        "(ablation) and writes them to OUT/tables.md.")
     p.add_argument("--config", required=True, help="TOML sweep config")
@@ -382,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "3, first 6 images) and results.csv to --out. Resumable.")
     p.add_argument("--out", default="diffice-demo", help="output folder (default: ./diffice-demo)")
     p.add_argument("--images", default=None, help="explain the images in this folder instead of phantoms")
-    p.add_argument("--n", type=int, default=None, help="number of phantoms (default 24: diffice.demo.DEMO_N)")
+    p.add_argument("--n", type=int, default=None, help="number of phantoms (default 24: diffice.explain.demo.DEMO_N)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
@@ -425,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pairs)
 
     p = sub.add_parser("phantoms", help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
-                       description="Seeded procedural fetal-head phantoms (diffice.phantoms) written as 8-bit PNG "
+                       description="Seeded procedural fetal-head phantoms (diffice.data.phantoms) written as 8-bit PNG "
                                    "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
                                    "the concepts TH, CSP, FP, sharp.")
     p.add_argument("--out", required=True, help="output folder")
@@ -491,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 
 def format_seconds(seconds: float) -> str:
@@ -17,7 +17,7 @@ def format_seconds(seconds: float) -> str:
 class ProgressBar:
     """ProgressBar(total, label); update(done, note) redraws; close() ends the line."""
 
-    def __init__(self, total: int, label: str = "", stream: Optional[TextIO] = None, enabled: bool = True,
+    def __init__(self, total: int, label: str = "", stream: TextIO | None = None, enabled: bool = True,
                  min_interval: float = 0.2, start: int = 0) -> None:
         self.total = max(1, int(total))
         self.first = int(start)  # work done before this bar (a resumed run): not counted in the rate

@@ -10,6 +10,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 
 from . import ops
+from ._native import _C
 
 
 def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
@@ -25,6 +26,8 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
     logits, targets = r(6, 5), rng.integers(0, 5, 6)
     dy_linear, bn_mean, bn_var, bn_gamma, bn_beta = r(5, 9), r(7), np.abs(r(7)) + 0.1, r(7), r(7)
     per_channel, per_sample_channel, dy_attention = r(7), r(3, 7, 1, 1), r(2, 64, 35)
+    scale_shift = r(3, 14)
+    grad = r(*x.shape)
     # network ops (issue 15, netops)
     one_logit, bce_targets, dloss3, dloss6 = r(6, 1), (r(3, 7, 13, 19) > 0).astype(np.float32), r(3), r(6)
     feats_a, feats_b = r(3, 70, 5, 31), r(3, 70, 5, 31)
@@ -58,9 +61,18 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
                                                  ops.cross_entropy_backward(logits, targets, backend=be))),
         ("mse / backward", lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)),
                                        *ops.mse_backward(x, x * 0.5, backend=be))),
+        # UNet ops (issue 15, unetnet)
+        ("scale_shift / backward", lambda be: (ops.scale_shift(x, scale_shift, backend=be),
+                                               *ops.scale_shift_backward(x, x, scale_shift, backend=be))),
+        # optimizer ops
+        ("adamw_step / ema_update", lambda be: (*ops.adamw_step(x, grad, x * 0.1, x * x, 3, weight_decay=0.05,
+                                                                backend=be),
+                                                ops.ema_update(x, grad, 0.999, backend=be))),
+        ("sum_squares / scale", lambda be: (np.float32(ops.sum_squares(x, backend=be)),
+                                            ops.scale(x, 0.25, backend=be))),
         # network ops (issue 15, netops)
-        ("softmax axis 1 / backward", lambda be: (ops.softmax(x, 1, backend=be),
-                                                  ops.softmax_backward(x, x, 1, backend=be))),
+        ("softmax axis 1 / backward", lambda be: (ops.softmax(x, axis=1, backend=be),
+                                                  ops.softmax_backward(x, x, axis=1, backend=be))),
         ("cross_entropy of one logit", lambda be: (
             ops.cross_entropy(one_logit, binary_targets, reduction="none", backend=be),
             ops.cross_entropy_backward(one_logit, binary_targets, backend=be))),
@@ -68,16 +80,45 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
                                               ops.logit_loss_backward(dloss6, logits, targets, backend=be))),
         ("bce_with_logits / backward", lambda be: (ops.bce_with_logits(x, bce_targets, backend=be),
                                                    ops.bce_with_logits_backward(dloss3, x, bce_targets, backend=be))),
-        ("class_probability", lambda be: ops.class_probability(logits, targets, backend=be)),
         ("standardize / backward", lambda be: (ops.standardize(x, 255.0, backend=be),
                                                ops.standardize_backward(x, x, 255.0, backend=be))),
         ("normalized_distance / bwd", lambda be: (
             ops.normalized_distance(feats_a, feats_b, backend=be),
             ops.normalized_distance_backward(dloss3, feats_a, feats_b, backend=be))),
-        ("pixel_loss l2 ch. norm / bwd", lambda be: (
-            ops.pixel_loss(x, x * 0.5, "l2_channel_norm", backend=be),
-            ops.pixel_loss_backward(dloss3, x, x * 0.5, "l2_channel_norm", backend=be))),
         ("fill", lambda be: ops.fill(x, 0.25, backend=be)),
+    ]
+
+
+def _diffusion_cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
+    """The diffusion ops (q_sample, p_mean_variance, the reverse step, the sampler's per-row ops, the vb loss)."""
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    n, shape = 3, (3, 3, 13, 11)
+    x, noise, g, mo = r(*shape), r(*shape), r(*shape), r(n, 6, 13, 11)
+    idx = np.array([0, 41, 99])
+    arrays = _C.Diffusion(1000, "linear", "100", 0).arrays()
+    post, vb = ops.posterior_coefs(arrays, idx), ops.vb_coefs(arrays, idx)
+    alpha, logits, targets = r(n), r(n, 5), rng.integers(0, 5, n)
+    x_pixels = (rng.integers(0, 256, shape) / 127.5 - 1).astype(np.float32)
+    bad = x.copy()
+    bad[1, 0, 2, 3] = np.nan
+    return [
+        ("q_sample", lambda be: ops.q_sample(x, noise, post.coef1, post.coef2, backend=be)),
+        ("p_mean_variance / backward", lambda be: (*ops.p_mean_variance(mo, x, post, backend=be),
+                                                   *ops.p_mean_variance_backward(g, mo, x, post, backend=be))),
+        ("sample_step", lambda be: ops.sample_step(x, np.abs(g), noise, g, x, [0, 1, 1], backend=be)),
+        ("row_scale / row_axpy", lambda be: (ops.row_scale(x, alpha, backend=be),
+                                             ops.row_axpy(alpha, x, g, backend=be))),
+        ("change_map / masked_blend", lambda be: (ops.change_map(x, g, backend=be),
+                                                  ops.masked_blend(x, g, np.abs(noise[:, :1]), 0.5, backend=be))),
+        ("distance_penalty / backward", lambda be: (ops.distance_penalty(x, g, 0.3, 0.7, backend=be),
+                                                    ops.distance_penalty_backward(x, g, 0.3, 0.7, backend=be))),
+        ("nonfinite_rows", lambda be: tuple(np.asarray(a, np.float32) for a in ops.nonfinite_rows(bad, backend=be))),
+        ("target_probability", lambda be: tuple(np.asarray(a, np.float32)
+                                                for a in ops.target_probability(logits, targets, backend=be))),
+        ("diffusion_vb / backward", lambda be: (ops.diffusion_vb(mo, x_pixels, x, vb, backend=be),
+                                                ops.diffusion_vb_backward(mo, x_pixels, x, vb, backend=be))),
     ]
 
 
@@ -92,7 +133,7 @@ def run_selfcheck(seed: int = 0, tolerance: float = 1e-4, verbose: bool = True) 
     rng = np.random.default_rng(seed)
     ok = True
     rows = []
-    for name, fn in _cases(rng):
+    for name, fn in _cases(rng) + _diffusion_cases(rng):
         t0 = time.perf_counter()
         fast = _flatten(fn("cpu"))
         t1 = time.perf_counter()

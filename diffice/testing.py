@@ -48,8 +48,9 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -60,7 +61,7 @@ __all__ = ["check_explainer_regression", "assert_matches_reference", "save_refer
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Defaults of every comparison (see the module docstring for how they were chosen).
-DEFAULT_TOLERANCES: Dict[str, float] = dict(
+DEFAULT_TOLERANCES: dict[str, float] = dict(
     atol=0.1,          # per pixel of a counterfactual: |new - ref| <= atol + rtol |ref|
     rtol=0.0,
     mean_atol=0.005,   # mean |new - ref| over one counterfactual's pixels
@@ -68,7 +69,7 @@ DEFAULT_TOLERANCES: Dict[str, float] = dict(
     input_atol=1e-4,   # per pixel of the inputs given vs the stored ones
 )
 #: Bitwise equality (same machine and build; a float32 reference file).
-EXACT: Dict[str, float] = dict(atol=0.0, rtol=0.0, mean_atol=0.0, prob_atol=0.0, input_atol=0.0)
+EXACT: dict[str, float] = dict(atol=0.0, rtol=0.0, mean_atol=0.0, prob_atol=0.0, input_atol=0.0)
 #: What each level compares: "pixels" everything, "probabilities" all but the counterfactuals' pixels, "flips" only
 #: whether each image reached the target in each iteration and whether it stayed finite.
 LEVELS = ("pixels", "probabilities", "flips")
@@ -94,10 +95,10 @@ class Reference:
     lambda_used: np.ndarray
     flipped: np.ndarray
     nonfinite_step: np.ndarray
-    x: Optional[np.ndarray]
+    x: np.ndarray | None
     keys: np.ndarray
-    settings: Dict[str, Any]
-    environment: Dict[str, Any]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
     dtype: str
 
     @property
@@ -120,7 +121,7 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=default))
 
 
-def _targets(target: Any, n: int) -> List[int]:
+def _targets(target: Any, n: int) -> list[int]:
     t = np.asarray(target)
     if t.dtype == bool or not np.issubdtype(t.dtype, np.integer) or t.ndim > 1 or (t.ndim == 1 and len(t) != n):
         raise ValueError(f"target must be an int or {n} ints (one per image), got {target!r}")
@@ -128,7 +129,7 @@ def _targets(target: Any, n: int) -> List[int]:
 
 
 def run_settings(explainer: Any, x: np.ndarray, target: Any = 1, seed: int = 0,
-                 extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What defines a run of `explainer` on x: the method's parameters (ExplainerConfig), the diffusion's schedule,
     the inputs' shape, target (one per image), seed, and `extra` (your own JSON-able entries: a model version, a
     preprocessing option). check_explainer_regression stores these and fails when any differs."""
@@ -136,7 +137,7 @@ def run_settings(explainer: Any, x: np.ndarray, target: Any = 1, seed: int = 0,
     method = _json(dataclasses.asdict(explainer.config))
     method["perceptual"] = explainer.perceptual is not None
     d = explainer.diffusion
-    settings: Dict[str, Any] = dict(
+    settings: dict[str, Any] = dict(
         method=method,
         diffusion=dict(steps=int(d.steps), schedule=str(d.schedule), respacing=str(d.respacing),
                        variance_type=str(d.variance_type)),
@@ -157,7 +158,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> List[str]:
+def _cpu_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -170,7 +171,7 @@ def _cpu_flags() -> List[str]:
     return []
 
 
-def environment(explainer: Any = None) -> Dict[str, Any]:
+def environment(explainer: Any = None) -> dict[str, Any]:
     """The machine and versions a run was made with (stored with a reference and shown when a comparison fails:
     differences here explain differences in the last bits)."""
     from . import __version__, build_info
@@ -179,7 +180,7 @@ def environment(explainer: Any = None) -> Dict[str, Any]:
         cpus = len(os.sched_getaffinity(0))  # the C core runs one thread per CPU the process may use
     except AttributeError:
         cpus = os.cpu_count() or 1
-    env: Dict[str, Any] = dict(diffice=__version__, numpy=np.__version__, python=platform.python_version(),
+    env: dict[str, Any] = dict(diffice=__version__, numpy=np.__version__, python=platform.python_version(),
                                system=platform.system(), machine=platform.machine(), cpu=_cpu_model(),
                                cpu_flags=_cpu_flags(), threads=cpus,
                                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),
@@ -202,7 +203,7 @@ def _describe_environment(env: Mapping[str, Any]) -> str:
     return text + (", " + ", ".join(extra) if extra else "")
 
 
-def _as_arrays(run: Any) -> Dict[str, np.ndarray]:
+def _as_arrays(run: Any) -> dict[str, np.ndarray]:
     missing = [f for f in _FIELDS if getattr(run, f, None) is None]
     if missing:
         raise TypeError(f"expected an ExplanationResult (or a Reference), got {type(run).__name__} without "
@@ -219,8 +220,8 @@ def _as_arrays(run: Any) -> Dict[str, np.ndarray]:
     return out
 
 
-def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Optional[Mapping[str, Any]] = None, *,
-                   target: Any = 1, seed: int = 0, keys: Optional[np.ndarray] = None, dtype: str = "float32",
+def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Mapping[str, Any] | None = None, *,
+                   target: Any = 1, seed: int = 0, keys: np.ndarray | None = None, dtype: str = "float32",
                    store_inputs: bool = True, explainer: Any = None) -> Path:
     """Writes `result` (an ExplanationResult of x) as a reference file (safetensors; parent folders are made, the
     file is replaced atomically) and returns its path.
@@ -231,7 +232,7 @@ def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Optiona
     0.00049 for |value| <= 1, to each tolerance). store_inputs=False leaves x out (the inputs are then not checked).
     explainer: recorded in the environment (backend, guidance, model classes).
     """
-    from .explain import image_keys
+    from .explain.explainer import image_keys
     from .io import save_safetensors
 
     if dtype not in ("float32", "float16"):
@@ -329,16 +330,16 @@ class Comparison:
     prob_diff: (L + 1, N); lambda_equal / flipped_equal / nonfinite_equal: (L, N) bool.
     """
 
-    reference: Optional[Reference]
+    reference: Reference | None
     level: str
-    tolerances: Dict[str, float]
-    pixel_max: Optional[np.ndarray]
-    pixel_mean: Optional[np.ndarray]
+    tolerances: dict[str, float]
+    pixel_max: np.ndarray | None
+    pixel_mean: np.ndarray | None
     prob_diff: np.ndarray
     lambda_equal: np.ndarray
     flipped_equal: np.ndarray
     nonfinite_equal: np.ndarray
-    mismatches: List[Mismatch]
+    mismatches: list[Mismatch]
 
     @property
     def ok(self) -> bool:
@@ -361,7 +362,7 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _tolerances(overrides: Mapping[str, Optional[float]]) -> Dict[str, float]:
+def _tolerances(overrides: Mapping[str, float | None]) -> dict[str, float]:
     tol = dict(DEFAULT_TOLERANCES)
     for k, v in overrides.items():
         if v is None:
@@ -378,7 +379,7 @@ def _g(v: float) -> str:
     return "never" if v < 0 else f"{v:.4g}"
 
 
-def _input_mismatches(x: np.ndarray, ref: Reference, input_atol: float) -> List[Mismatch]:
+def _input_mismatches(x: np.ndarray, ref: Reference, input_atol: float) -> list[Mismatch]:
     """One Mismatch per image of x that differs from the stored inputs by more than input_atol (+ rounding)."""
     if ref.x is None:
         return []
@@ -398,10 +399,10 @@ def _input_mismatches(x: np.ndarray, ref: Reference, input_atol: float) -> List[
     return out
 
 
-def compare_runs(result: Any, reference: Union[PathLike, Reference], *, level: str = "pixels",
-                 atol: Optional[float] = None, rtol: Optional[float] = None, mean_atol: Optional[float] = None,
-                 prob_atol: Optional[float] = None, x: Optional[np.ndarray] = None,
-                 input_atol: Optional[float] = None) -> Comparison:
+def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "pixels",
+                 atol: float | None = None, rtol: float | None = None, mean_atol: float | None = None,
+                 prob_atol: float | None = None, x: np.ndarray | None = None,
+                 input_atol: float | None = None) -> Comparison:
     """Every distance between `result` (an ExplanationResult, or another Reference) and the reference, and the
     mismatches over the tolerances (defaults: DEFAULT_TOLERANCES). x: the inputs of `result`, checked against the
     stored ones. Raises nothing for a mismatch (see assert_matches_reference); ValueError when the shapes differ."""
@@ -415,7 +416,7 @@ def compare_runs(result: Any, reference: Union[PathLike, Reference], *, level: s
         raise ValueError(f"the run has counterfactuals of shape {new['counterfactuals'].shape} (L, N, C, H, W), the "
                          f"reference {ref.path} {old['counterfactuals'].shape} ({L} iterations of {N} images)")
     L, N = new["counterfactuals"].shape[:2]
-    out: List[Mismatch] = []
+    out: list[Mismatch] = []
 
     def excess(d, t):
         return d / t if t > 0 else (math.inf if d > 0 else 0.0)
@@ -482,11 +483,12 @@ def compare_runs(result: Any, reference: Union[PathLike, Reference], *, level: s
                       nonfinite_equal, out)
 
 
-def _failure_message(c: Comparison, max_report: int, current_env: Optional[Mapping[str, Any]]) -> str:
+def _failure_message(c: Comparison, max_report: int, current_env: Mapping[str, Any] | None) -> str:
     ref = c.reference
+    assert ref is not None, "a failure is reported against a reference"
     L, N = c.lambda_equal.shape
     t = c.tolerances
-    kinds: Dict[str, int] = {}
+    kinds: dict[str, int] = {}
     for m in c.mismatches:
         kinds[m.what] = kinds.get(m.what, 0) + 1
     tol = {"pixels": f"atol {t['atol']:g} + rtol {t['rtol']:g} |ref| per pixel, mean_atol {t['mean_atol']:g}, "
@@ -509,11 +511,11 @@ def _failure_message(c: Comparison, max_report: int, current_env: Optional[Mappi
     return "\n".join(lines)
 
 
-def assert_matches_reference(result: Any, reference: Union[PathLike, Reference], *, level: str = "pixels",
-                             atol: Optional[float] = None, rtol: Optional[float] = None,
-                             mean_atol: Optional[float] = None, prob_atol: Optional[float] = None,
-                             x: Optional[np.ndarray] = None, input_atol: Optional[float] = None,
-                             settings: Optional[Mapping[str, Any]] = None, max_report: int = 8) -> Comparison:
+def assert_matches_reference(result: Any, reference: PathLike | Reference, *, level: str = "pixels",
+                             atol: float | None = None, rtol: float | None = None,
+                             mean_atol: float | None = None, prob_atol: float | None = None,
+                             x: np.ndarray | None = None, input_atol: float | None = None,
+                             settings: Mapping[str, Any] | None = None, max_report: int = 8) -> Comparison:
     """Raises AssertionError listing the worst differences (image, iteration, distance, tolerance) when `result`
     does not match the reference within the tolerances; returns the Comparison otherwise.
 
@@ -538,16 +540,16 @@ def assert_matches_reference(result: Any, reference: Union[PathLike, Reference],
     return c
 
 
-def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, Mapping):
-        out: Dict[str, Any] = {}
+        out: dict[str, Any] = {}
         for k, v in d.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: d}
 
 
-def settings_differences(settings: Mapping[str, Any], reference: Union[PathLike, Reference]) -> List[str]:
+def settings_differences(settings: Mapping[str, Any], reference: PathLike | Reference) -> list[str]:
     """'name: value (reference: value)' for every setting that differs from the stored ones."""
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     now, then = _flatten(_json(dict(settings))), _flatten(ref.settings)
@@ -572,17 +574,17 @@ def _assert_settings_match(settings: Mapping[str, Any], ref: Reference) -> None:
 
 # ---- the one-call check ----
 
-def _update_requested(update: Optional[bool]) -> bool:
+def _update_requested(update: bool | None) -> bool:
     if update is not None:
         return bool(update)
     return os.environ.get(UPDATE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def check_explainer_regression(explainer: Any, x: np.ndarray, reference: PathLike, *, target: Any = 1,
-                               seed: int = 0, level: str = "pixels", atol: Optional[float] = None,
-                               rtol: Optional[float] = None, mean_atol: Optional[float] = None,
-                               prob_atol: Optional[float] = None, input_atol: Optional[float] = None,
-                               settings: Optional[Mapping[str, Any]] = None, update: Optional[bool] = None,
+                               seed: int = 0, level: str = "pixels", atol: float | None = None,
+                               rtol: float | None = None, mean_atol: float | None = None,
+                               prob_atol: float | None = None, input_atol: float | None = None,
+                               settings: Mapping[str, Any] | None = None, update: bool | None = None,
                                dtype: str = "float32", store_inputs: bool = True, max_report: int = 8) -> Any:
     """Explains x with `explainer` and asserts the run matches the reference file; returns the ExplanationResult.
 
@@ -666,7 +668,7 @@ def _show(ref: Reference) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m diffice.testing",

@@ -16,8 +16,8 @@ SETUP = """%matplotlib inline
 import numpy as np
 import matplotlib.pyplot as plt
 import diffice
-from diffice.demo import demo_phantoms
-from diffice.figures import overlay
+from diffice.explain.demo import demo_phantoms
+from diffice.evaluation.figures import overlay
 
 models = diffice.load_demo_models()
 print(models.unet.config["model_channels"], "channels;", models.info["classifier"]["validation"])"""
@@ -71,7 +71,7 @@ for i in range(len(x)):
 fig.tight_layout()
 print("classes:", models.segmentation_classes)"""),
         new_code_cell("""# the same figure as diffice demo writes it (Pillow only)
-from diffice.figures import path_figure
+from diffice.evaluation.figures import path_figure
 grid = path_figure(x, result.counterfactuals, result.prob_target, seg, class_names=models.segmentation_classes)
 plt.figure(figsize=(12, 6)); plt.imshow(grid); plt.axis("off")
 assert grid.ndim == 3 and grid.shape[2] == 3"""),

@@ -2,7 +2,7 @@
 
     python scripts/make_phantom_figure.py [--seed 3] [--out docs/phantoms.png]
 
-Needs Pillow (only this script does; diffice.phantoms itself needs numpy alone). Images are drawn from one
+Needs Pillow (only this script does; diffice.data.phantoms itself needs numpy alone). Images are drawn from one
 seeded batch in order: the first 8 standard planes, and non-standard planes filling a quota per failure mode
 (3 tilted, 2 no_csp, 1 no_th, 2 blurred) so that every mode is shown.
 """

@@ -22,7 +22,8 @@ class DoubleConv(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Nearest x2, conv3x3 (halves the channels; no bias: the next conv and GroupNorm make it all but redundant), concatenate [skip, up], DoubleConv."""
+    """Nearest x2, conv3x3 (halves the channels; no bias: the next conv and GroupNorm make it all but redundant),
+    concatenate [skip, up], DoubleConv."""
 
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()

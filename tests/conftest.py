@@ -11,7 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 import torch  # noqa: E402  test-only reference; .ci/run installs the CPU wheel
 
 torch.set_num_threads(2)

@@ -1,5 +1,6 @@
 """Hypothesis on the Python side of the readers (issue 9): random bytes and corrupted copies of valid files given to
-the image readers (diffice.data.load_image / list_images, diffice.train_networks.load_training_set) and the weight
+the image readers (diffice.data.images.load_image / list_images, diffice.train.networks.load_training_set) and the
+weight
 loaders (diffice.io.load_weights, load_safetensors). Always a Python exception naming the file, never a crash or
 a hang; a crash in C would kill the test process (and show up as a failure of the whole run)."""
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import diffice.io as dio
-from diffice.data import MAX_IMAGE_PIXELS, ImageReadError, list_images, load_image
-from diffice.train_networks import load_training_set
+from diffice.data.images import MAX_IMAGE_PIXELS, ImageReadError, list_images, load_image
+from diffice.train.networks import load_training_set
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     derandomize=False)
@@ -199,7 +201,7 @@ def test_weight_loaders_random_and_corrupted(data, loader):
 @given(claim=st.integers(0, 2**64 - 1), shape=st.lists(st.integers(0, 2**40), min_size=0, max_size=4))
 def test_safetensors_size_claims(claim, shape):
     """Header lengths and shapes up to a terabyte and beyond: refused from the header, before allocating."""
-    header = ('{"x":{"dtype":"F32","shape":%s,"data_offsets":[0,%d]}}' % (list(shape), claim)).encode()
+    header = f'{{"x":{{"dtype":"F32","shape":{list(shape)},"data_offsets":[0,{claim}]}}}}'.encode()
     p = _write(struct.pack("<Q", len(header)) + header + b"\0" * 16, "claim.safetensors")
     numel = int(np.prod(shape, dtype=object)) if shape else 1
     try:

@@ -3,16 +3,16 @@ built from the same weights (tests/classifier_reference.py), in float64."""
 import gc
 import re
 
+import classifier_reference as ref
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, randn, rel_err
 
 import diffice
 from diffice import PlaneClassifier, Segmenter, classification_loss
-from diffice.classifier import SmallClassifier
-from conftest import BACKENDS, randn, rel_err
-import classifier_reference as ref
+from diffice.models.classifier import SmallClassifier
 
 TOL = 1e-4
 ATTEMPTS = 3

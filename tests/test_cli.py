@@ -1,4 +1,5 @@
-"""The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of `diffice explain`."""
+"""The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of
+`diffice explain`."""
 import subprocess
 import sys
 
@@ -40,8 +41,8 @@ def _explain_parser():
 
 
 def test_explain_help_describes_every_flag_and_its_allowed_values():
-    from diffice.explain import METHODS
-    from diffice.run import SECTIONS
+    from diffice.explain.config import SECTIONS
+    from diffice.explain.explainer import METHODS
 
     actions = {a.dest: a for a in _explain_parser()._actions}
     for section, defaults in SECTIONS.items():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffice.data import ImageReadError, list_images, load_image, save_png, strip, to_uint8
+from diffice.data.images import ImageReadError, list_images, load_image, save_png, strip, to_uint8
 
 
 def test_png_jpeg_tiff_rgb_and_16_bit(tmp_path, rng):
@@ -11,7 +11,7 @@ def test_png_jpeg_tiff_rgb_and_16_bit(tmp_path, rng):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=95)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "c.tif")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 200)).save(tmp_path / "d.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 200).save(tmp_path / "d.png")
     files = list_images(tmp_path)
     assert [f.name for f in files] == ["a.png", "b.jpg", "c.tif", "d.png"]
     for f in files:

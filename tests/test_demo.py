@@ -8,8 +8,9 @@ from PIL import Image
 
 from diffice import PlaneClassifier, phantoms
 from diffice.cli import main
-from diffice.demo import DEMO_SIZE, MODELS_DIR, demo_phantoms, load_demo_models, mqd_interval, run_demo
-from diffice.oracle import ConceptOracle
+from diffice.explain.demo import DEMO_SIZE, MODELS_DIR, demo_phantoms, load_demo_models, mqd_interval
+from diffice.explain.demo_run import run_demo
+from diffice.models.oracle import ConceptOracle
 
 QUICK = dict(iterations=2, tau=4)  # the demo's settings, shortened for a test
 
@@ -64,7 +65,8 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     table = list(csv.DictReader(open(tmp_path / "iterations.csv")))
     for r, s in zip(table, summary["iterations"]):
         assert float(r["flip_ratio"]) == pytest.approx(s["flip_ratio"])
-    # MQD and its interval, from the saved PNGs and the oracle, without diffice.metrics or the demo's code: the
+    # MQD and its interval, from the saved PNGs and the oracle, without diffice.evaluation.metrics or the demo's code:
+    # the
     # paper's MQD is the mean of 1[QS(x) < 0.5] (QS(cf) - QS(x)); with 3 images, each image's term is the
     # resample mean of the 1/27 > 2.5% of resamples that draw it 3 times, so the 95% percentile interval is
     # [smallest term, largest term]

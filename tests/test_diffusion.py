@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from diffice.diffusion import GaussianDiffusion
 from conftest import randn
+
+from diffice.models.diffusion import GaussianDiffusion
 
 
 def reference_space_timesteps(num_timesteps, section_counts):
@@ -42,7 +42,8 @@ def reference_tables(steps, schedule, respacing):
         scale = 1000 / steps
         betas = np.linspace(scale * 0.0001, scale * 0.02, steps, dtype=np.float64)
     else:
-        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        def f(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         betas = np.array([min(1 - f((i + 1) / steps) / f(i / steps), 0.999) for i in range(steps)])
     use = reference_space_timesteps(steps, respacing) if respacing else set(range(steps))
     ac = np.cumprod(1.0 - betas)

@@ -7,10 +7,10 @@ import signal
 
 import numpy as np
 import pytest
-
-from diffice.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
-from diffice.sweep import SweepStore, run_sweep
 from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
+
+from diffice.explain.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
+from diffice.explain.sweep import SweepStore, run_sweep
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install "
                                                         "'diffice[distributed]')")
@@ -41,7 +41,7 @@ def test_local_cluster_gives_the_local_results(tmp_path, models_dir, reference, 
     check_consistent(spec.store_path)
 
     def models_loaded():
-        from diffice import cluster as c
+        from diffice.explain import cluster as c
 
         return len(c._MODELS), c._LOADS
 
@@ -75,7 +75,8 @@ def test_killed_worker_loses_and_corrupts_nothing(tmp_path, models_dir, referenc
 def test_explain_on_a_cluster_matches_local(tmp_path, models_dir, cluster, rng):
     from PIL import Image
 
-    from diffice.run import load_config, run_explain
+    from diffice.explain.config import load_config
+    from diffice.explain.run import run_explain
 
     (tmp_path / "in").mkdir()
     for i in range(3):
@@ -144,7 +145,7 @@ def test_slurm_and_pbs_job_scripts_request_the_resources():
         assert line in script, (line, script)
     with pytest.raises(ValueError, match="local:N, slurm or pbs"):
         make_cluster("sge", options)
-    from diffice.cluster import cluster_options
+    from diffice.explain.cluster import cluster_options
 
     with pytest.raises(ValueError, match="unknown keys in \\[cluster\\]"):
         cluster_options({"cluster": {"gpu": 1}})

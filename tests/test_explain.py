@@ -3,13 +3,12 @@ independence, the baselines' distinctive properties, bad inputs, interruption.""
 import numpy as np
 import pytest
 import torch
-
-from diffice import _C, GaussianDiffusion
-from diffice import classification_loss
-from diffice.explain import Explainer, image_keys
-from diffice.ops import get_backend
 from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
 from gd_reference import UNetModel
+
+from diffice import _C, GaussianDiffusion, classification_loss
+from diffice.explain.explainer import Explainer, image_keys
+from diffice.ops import get_backend
 
 H, W = 16, 24
 
@@ -313,7 +312,7 @@ def test_target_probability_and_flips_for_one_and_two_logits(tiny, rng, classes,
 def test_python_guidance_loss_and_gradient_are_cross_entropy(rng, classes):
     """Lc is BCE-with-logits for one logit and cross-entropy for two (torch, float64); the gradient w.r.t. the
     image, scaled by lambda_c, raises every target probability."""
-    from diffice.explain import PythonGuidance
+    from diffice.explain.explainer import PythonGuidance
 
     clf = LinearClassifier(seed=7, classes=classes)
     clf.b[:] = rng.uniform(-0.5, 0.5, classes).astype(np.float32)

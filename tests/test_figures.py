@@ -1,7 +1,7 @@
 """Path figures: shape, overlay colours, text rows."""
 import numpy as np
 
-from diffice.figures import PALETTE, overlay, path_figure
+from diffice.evaluation.figures import PALETTE, overlay, path_figure
 
 
 def test_overlay_colours_labelled_pixels_only(rng):

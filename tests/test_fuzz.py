@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import env_without_sanitizer_preload
 
 import diffice.io as dio
-from conftest import env_without_sanitizer_preload
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 CORPUS = FUZZ / "corpus"

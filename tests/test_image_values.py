@@ -1,5 +1,5 @@
 """Pixel values and sizes of input images (issue 14, item 5): one rule by the stored pixel type (integers by their
-bit depth, floats by their range, diffice.data's docstring), and a warning naming the image when resizing to the
+bit depth, floats by their range, diffice.data.images's docstring), and a warning naming the image when resizing to the
 model's size stretches it."""
 import os
 import subprocess
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_models
 from PIL import Image
 
-from diffice.data import AspectRatioWarning, ImageReadError, load_image
-from conftest import write_tiny_models
+from diffice.data.images import AspectRatioWarning, ImageReadError, load_image
 
 # one row of values per file kind, and what each value becomes in [0, 1]
 UNIT = np.array([0.0, 0.25, 0.5, 1.0])
@@ -134,8 +134,12 @@ def _dicom(path: Path, pixels: np.ndarray, *, bits_stored=None, photometric="MON
     PixelRepresentation follows the dtype (1 for signed), BitsAllocated its size, BitsStored defaults to it."""
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
-                             generate_uid)
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
 
     pixels = np.ascontiguousarray(pixels)
     rgb = photometric == "RGB"

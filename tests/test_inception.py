@@ -1,13 +1,13 @@
-"""The FID Inception-v3 (diffice.inception, csrc/nets/inception.c) against a PyTorch float64 transcription of
+"""The FID Inception-v3 (diffice.models.inception, csrc/nets/inception.c) against a PyTorch float64 transcription of
 pytorch-fid's network (tests/inception_reference.py) with random weights, and its loading from a .pth file with
 pytorch-fid's key layout. Small inputs (>= 75 px, or a small resize) keep it fast."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import BACKENDS, rel_err
-from diffice.inception import FID_WEIGHTS_NAME, InceptionV3
 from inception_reference import FIDInception
+
+from diffice.models.inception import FID_WEIGHTS_NAME, InceptionV3
 
 TOL = 1e-4  # float32 through 94 conv layers vs float64
 

@@ -3,12 +3,12 @@
 the key, never a silent wrap-around (iterations = 2**32 + 5 used to run 5 iterations)."""
 import numpy as np
 import pytest
+from conftest import TINY_UNET_CONFIG, tiny_unet
 
 from diffice import _C, GaussianDiffusion, ResNetFeatures, Segmenter, UNet, ops
-from diffice.classifier import SmallClassifier
-from diffice.inception import InceptionV3
-from diffice.explain import Explainer
-from conftest import TINY_UNET_CONFIG, tiny_unet
+from diffice.explain.explainer import Explainer
+from diffice.models.classifier import SmallClassifier
+from diffice.models.inception import InceptionV3
 
 H, W = 16, 24
 
@@ -87,9 +87,9 @@ def _c_unet_config(**over):
     ("num_heads_upsample", 2**32 - 1, expected("UNet config 'num_heads_upsample'", -1, 2**31 - 1, 2**32 - 1)),
 ])
 def test_c_unet_config_ints_are_checked(key, value, match):
-    _C.UNet(_c_unet_config())  # the base config is valid
+    _C.unet_create(_c_unet_config())  # the base config is valid
     with pytest.raises(ValueError, match=match):
-        _C.UNet(_c_unet_config(**{key: value}))
+        _C.unet_create(_c_unet_config(**{key: value}))
 
 
 def test_classifier_config_reader():
@@ -268,9 +268,9 @@ def test_op_int_arguments_take_no_floats():
 
 
 def test_model_loading_settings_are_not_truncated(tmp_path):
-    """diffice.models: [models]/[diffusion] integers and a file's SonoNet description go through config_int."""
-    from diffice.models import build_model, load_run_models
-    from diffice.run import load_config
+    """diffice.models.files: [models]/[diffusion] integers and a file's SonoNet description go through config_int."""
+    from diffice.explain.config import load_config
+    from diffice.models.files import build_model, load_run_models
 
     with pytest.raises(ValueError, match=r"SonoNet description 'k': expected an integer, got 8\.5"):
         build_model(dict(type="SonoNet", k=8.5, in_channels=1, num_classes=2, standardize=False))

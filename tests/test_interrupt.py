@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import write_tiny_models
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 16, 24

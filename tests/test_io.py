@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED, randn
 
 from diffice import io as dio
-
-from conftest import SHARED, randn
 
 # ---------------------------------------------------------------- helpers
 
@@ -97,7 +96,8 @@ def torch_legacy_file(path: Path, obj, storages: list[tuple[str, int, bytes]], b
                       sys_info: dict = SYS_INFO) -> Path:
     """storages: (key, element count written in the file, raw bytes) in file order."""
     parts = [LEGACY_MAGIC, pickle.dumps(1001, protocol=2), pickle.dumps(sys_info, protocol=2),
-             body if body is not None else _pickle(obj, legacy=True), pickle.dumps([k for k, _, _ in storages], protocol=2)]
+             body if body is not None else _pickle(obj, legacy=True),
+             pickle.dumps([k for k, _, _ in storages], protocol=2)]
     for _, count, data in storages:
         parts += [struct.pack("<q", count), data]
     path.write_bytes(b"".join(parts))
@@ -349,7 +349,8 @@ def test_npz_rejects_unsupported_arrays(tmp_path):
         z.writestr("notes.txt", b"hello")
     must_fail(tmp_path / "txt.npz", "not a .npy array", dio.load_npz)
     # A header claiming a huge shape in a tiny member is refused before allocating.
-    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", 70) + b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(70)
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", 70) + header.ljust(70)
     with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
         z.writestr("w.npy", npy)
     must_fail(tmp_path / "huge.npz", "needs 4000000000000 bytes")
@@ -365,7 +366,8 @@ def test_npz_rejects_malformed_npy_headers(tmp_path):
         "extra": ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", "malformed"),
         "missing": ("{'descr': '<f4', 'shape': (2,), }", "malformed"),
         "notuple": ("{'descr': '<f4', 'fortran_order': False, 'shape': (2), }", "malformed"),
-        "size": ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", "needs 12 bytes of data, the member has 8"),
+        "size": ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+                 "needs 12 bytes of data, the member has 8"),
     }
     for name, (header, match) in cases.items():
         with zipfile.ZipFile(tmp_path / f"{name}.npz", "w") as z:
@@ -482,7 +484,7 @@ def test_torch_handmade_views(tmp_path):
         "dims mismatch": ({"w": _Tensor(s, 0, (2, 2), (1,))}, {"0": data.tobytes()}, "mismatched size and stride"),
         "negative": ({"w": _Tensor(s, 0, (-2,), (1,))}, {"0": data.tobytes()}, "non-negative"),
     }
-    for name, (obj, records, match) in bad.items():
+    for _name, (obj, records, match) in bad.items():
         must_fail(torch_zip_file(tmp_path / "checkpoint.pt", obj, records), match)
     pkl = _pickle({"a": _Tensor(s, 0, (2,), (1,)), "b": _Tensor(s, 2, (2,), (1,))}, legacy=False)
     pkl = pkl.replace(b"X\x01\x00\x00\x00b", b"X\x01\x00\x00\x00a")
@@ -505,7 +507,7 @@ def test_torch_legacy_handmade(tmp_path):
         "missing": ([], {}, "storage '140' has no data"),
         "big endian": ([("140", 6, data.tobytes())], {"sys_info": {**SYS_INFO, "little_endian": False}}, "big-endian"),
     }
-    for name, (storages, kw, match) in cases.items():
+    for _name, (storages, kw, match) in cases.items():
         must_fail(torch_legacy_file(tmp_path / "checkpoint.pt", obj, storages, **kw), match)
     (tmp_path / "p.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     must_fail(tmp_path / "p.pkl", "not a PyTorch checkpoint")

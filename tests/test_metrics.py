@@ -1,4 +1,5 @@
-"""diffice.metrics against independent computations: pytorch-fid's scipy sqrtm formula for the Fréchet distance,
+"""diffice.evaluation.metrics against independent computations: pytorch-fid's scipy sqrtm formula for the Fréchet
+distance,
 the PyTorch FID Inception transcription, scipy/numpy float64 for the validity and oracle metrics, a direct
 transcription of ACE's COUT loop; edge cases (one image, identical sets, singular covariances, no flipped
 counterfactuals); and `diffice metrics` on a results folder."""
@@ -9,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
+from inception_reference import FIDInception
 from scipy import linalg, special
 
-from conftest import rel_err
-from diffice import PlaneClassifier, Segmenter, SonoNet, metrics
+from diffice import PlaneClassifier, Segmenter, SonoNet
 from diffice.cli import main
-from diffice.data import save_png
-from diffice.inception import InceptionV3
-from diffice.models import save_model
-from diffice.oracle import ConceptOracle
-from inception_reference import FIDInception
+from diffice.data.images import save_png
+from diffice.evaluation import metrics
+from diffice.models.files import save_model
+from diffice.models.inception import InceptionV3
+from diffice.models.oracle import ConceptOracle
 
 
 def pytorch_fid_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
@@ -257,7 +259,8 @@ def test_edge_cases_one_image_and_no_flips(rng):
 # ---- results folders and the CLI ----
 
 def write_results(root: Path, x, cfs, target=1, flipped=None, nonfinite_step=None):
-    """The layout diffice explain writes (diffice/run.py): records/<stem>.json, <stem>/input.png, iteration_k.png.
+    """The layout diffice explain writes (diffice/explain/run.py): records/<stem>.json, <stem>/input.png,
+    iteration_k.png.
     nonfinite_step (L, N): the sampler's record (-1: the counterfactual stayed finite)."""
     (root / "records").mkdir(parents=True)
     for i in range(x.shape[0]):
@@ -300,8 +303,8 @@ def test_metrics_command_on_results_folder(tmp_path, rng, capsys):
     assert data["pixels"].shape == (3, 3, 1, 16, 16) and data["pixels"].dtype == np.uint8
     xs = metrics.classifier_input(data["pixels"][0])
     assert np.abs(xs - x).max() <= 1 / 255 + 1e-6
-    from diffice.data import load_image
-    from diffice.models import load_model
+    from diffice.data.images import load_image
+    from diffice.models.files import load_model
 
     assert np.abs(xs[0] - load_image(tmp_path / "run" / "img_00" / "input.png", (16, 16))).max() <= 1e-6
     m2 = metrics.evaluate(xs, metrics.classifier_input(data["pixels"][2]), 1,
@@ -388,7 +391,7 @@ def test_inception_input_is_pytorch_fid_loading(tmp_path, rng):
 
 def test_demo_results_use_the_demo_models(tmp_path, rng, monkeypatch, capsys):
     """A folder written by `diffice demo` (inputs/, summary.json) is judged by the demo classifier and oracle."""
-    import diffice.demo
+    import diffice.explain.demo
 
     x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32) - 0.5
     write_results(tmp_path / "demo", x, np.clip(x[None] + 1.0, -1, 1))
@@ -403,7 +406,7 @@ def test_demo_results_use_the_demo_models(tmp_path, rng, monkeypatch, capsys):
         asked.append(folder)
         return Demo()
 
-    monkeypatch.setattr(diffice.demo, "load_demo_models", fake_load)
+    monkeypatch.setattr(diffice.explain.demo, "load_demo_models", fake_load)
     assert main(["metrics", str(tmp_path / "demo"), "--demo-models", "somewhere", "--no-cout"]) == 0
     out = capsys.readouterr().out
     assert asked == ["somewhere"]
@@ -413,7 +416,7 @@ def test_demo_results_use_the_demo_models(tmp_path, rng, monkeypatch, capsys):
     def missing(folder=None, backend="cpu"):
         raise FileNotFoundError("demo models missing in nowhere")
 
-    monkeypatch.setattr(diffice.demo, "load_demo_models", missing)
+    monkeypatch.setattr(diffice.explain.demo, "load_demo_models", missing)
     assert main(["metrics", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
     assert "demo models missing" in captured.err and "FR: skipped: no classifier given" in captured.out

@@ -3,7 +3,7 @@
 - `diffice explain` and `diffice sweep` with the bundled demo models as files compute what the Python API computes on
   the same pixels (the CLI once rebuilt the classifier's SonoNet with standardize=True against the file's metadata:
   p_target 1.0 at iteration 0, every "counterfactual" flipped);
-- one loader (diffice.models): the file's description wins, third-party files go through the class's from_file, a
+- one loader (diffice.models.files): the file's description wins, third-party files go through the class's from_file, a
   description of another kind is an error naming the file;
 - SuspiciousRunWarning: every input already the target, or every image the target at the first guided step.
 Tiny runs: 64x80 phantoms, 20 respaced steps, tau 2, one iteration.
@@ -17,10 +17,10 @@ import pytest
 
 from diffice import GaussianDiffusion, PlaneClassifier, SonoNet, SuspiciousRunWarning, UNet
 from diffice.cli import main
-from diffice.data import load_image, save_png
-from diffice.demo import MODELS_DIR, demo_phantoms, load_demo_models
-from diffice.explain import Explainer
-from diffice.models import load_classifier, load_model, load_run_models
+from diffice.data.images import load_image, save_png
+from diffice.explain.demo import MODELS_DIR, demo_phantoms, load_demo_models
+from diffice.explain.explainer import Explainer
+from diffice.models.files import load_classifier, load_model, load_run_models
 
 SIZE = (64, 80)
 METHOD = dict(method="diff-ice", iterations=1, tau=2, lambda_c=[40.0], lambda_p=3000.0)
@@ -116,7 +116,7 @@ def test_cli_explain_with_bundled_model_files_matches_the_api(tmp_path, folders,
 # ---- (b) diffice sweep == the API on the same pixels ----
 
 def test_cli_sweep_with_bundled_model_files_matches_the_api(tmp_path, folders, demo, capsys):
-    from diffice.sweep import SweepStore
+    from diffice.explain.sweep import SweepStore
 
     out = tmp_path / "sweep"
     (tmp_path / "sweep.toml").write_text(run_toml(folders / "images", out, sweep=True))
@@ -198,7 +198,8 @@ def test_cli_explain_prints_and_records_the_warning(tmp_path, nsp_folder, capsys
 
 
 def test_run_explain_checks_the_whole_run_across_batches(tmp_path, nsp_folder, demo):
-    from diffice.run import load_config, run_explain
+    from diffice.explain.config import load_config
+    from diffice.explain.run import run_explain
 
     x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
     cfg = load_config(None, dict(METHOD, image_size=list(SIZE), batch_size=1, lambda_p=0.0))
@@ -211,7 +212,7 @@ def test_run_explain_checks_the_whole_run_across_batches(tmp_path, nsp_folder, d
 
 
 def test_cli_sweep_prints_and_records_the_warning(tmp_path, nsp_folder, capsys):
-    from diffice.sweep import SweepStore
+    from diffice.explain.sweep import SweepStore
 
     out = tmp_path / "sweep"
     (tmp_path / "sweep.toml").write_text(run_toml(nsp_folder, out, target=0, sweep=True))
@@ -267,9 +268,9 @@ def test_sononet_save_keeps_standardize_and_third_party_files_still_load(tmp_pat
 
 def test_unet_attention_layout_comes_from_the_file(tmp_path, rng):
     """A DDPM from diffice train ddpm records num_heads; [models] num_heads (default 4) does not override it."""
+    from diffice.explain.config import load_config
     from diffice.io import save_safetensors
-    from diffice.run import load_config
-    from diffice.train import _config_json
+    from diffice.train.ddpm import _config_json
 
     unet = UNet.random(dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
                             attention_resolutions=(2,), learn_sigma=True, num_heads=2), seed=1)

@@ -81,6 +81,17 @@ def test_softmax_forward_backward(rng, backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, axis", [((3, 5, 13, 19), 1), ((3, 5, 13, 19), -3), ((7, 11), 0), ((3, 5, 29), -2)])
+def test_softmax_over_any_axis(rng, backend, shape, axis):
+    x = randn(rng, *shape, scale=4.0)
+    dy = randn(rng, *shape)
+    y = ops.softmax(x, axis=axis, backend=backend)
+    assert rel_err(y, torch.softmax(t64(x), dim=axis)) <= 1e-6
+    want = torch._softmax_backward_data(t64(dy), t64(y), axis, torch.float64)
+    assert rel_err(ops.softmax_backward(dy, y, axis=axis, backend=backend), want) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_large_inputs_stay_finite(backend):
     x = np.array([[1e4, 0.0, -1e4], [88.0, 89.0, 90.0]], np.float32)
     y = ops.softmax(x, backend=backend)
@@ -92,6 +103,10 @@ def test_softmax_bad_inputs():
         ops.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32))
     with pytest.raises(TypeError, match="softmax: x"):
         ops.softmax(np.zeros((2, 3), np.float16))
+    with pytest.raises(ValueError, match="softmax: axis 2 is out of range for 2 dimensions"):
+        ops.softmax(np.zeros((2, 3), np.float32), axis=2)
+    with pytest.raises(TypeError, match="softmax: axis: expected an integer, got float"):
+        ops.softmax(np.zeros((2, 3), np.float32), axis=1.0)
 
 
 # ---- broadcast add / mul ----
@@ -211,3 +226,46 @@ def test_concat_split_bad_inputs(backend):
         ops.split(a, [2, 4], backend=backend)
     with pytest.raises(ValueError, match=r"split: sizes\[1\]: expected an integer in \[1, 5\], got 0"):
         ops.split(a, [5, 0], backend=backend)
+
+
+# ---- UNet ops (issue 15, unetnet) ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 5, 13, 19), (2, 7, 29), (4, 3)])
+def test_scale_shift_forward_backward(rng, backend, shape):
+    """guided-diffusion's out_norm(h) * (1 + scale) + shift with scale, shift = chunk(emb_out, 2, dim=1)."""
+    n, c = shape[:2]
+    x, ss, dy = randn(rng, *shape), randn(rng, n, 2 * c), randn(rng, *shape)
+    xt, sst = t64(x, requires_grad=True), t64(ss, requires_grad=True)
+    scale, shift = torch.chunk(sst.reshape(n, 2 * c, *([1] * (len(shape) - 2))), 2, dim=1)
+    yt = xt * (1 + scale) + shift
+    yt.backward(t64(dy))
+    assert rel_err(ops.scale_shift(x, ss, backend=backend), yt) <= 1e-6
+    dx, dss = ops.scale_shift_backward(dy, x, ss, backend=backend)
+    assert rel_err(dx, xt.grad) <= 1e-6 and rel_err(dss, sst.grad) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_shift_is_the_float32_mul_then_add(rng, backend):
+    # the UNet's numbers before the op existed: binary mul by (1 + scale), then binary add of shift, in float32
+    x, ss, dy = randn(rng, 2, 5, 7, 3), randn(rng, 2, 10), randn(rng, 2, 5, 7, 3)
+    one_plus_scale = (np.float32(1) + ss[:, :5]).reshape(2, 5, 1, 1)
+    shift = np.ascontiguousarray(ss[:, 5:]).reshape(2, 5, 1, 1)
+    want = ops.add(ops.mul(x, one_plus_scale, backend=backend), shift, backend=backend)
+    assert np.array_equal(ops.scale_shift(x, ss, backend=backend), want)
+    dx, dss = ops.scale_shift_backward(dy, x, ss, backend=backend)
+    dx_mul, dscale = ops.mul_backward(dy, x, one_plus_scale, backend=backend)
+    _, dshift = ops.add_backward(dy, x, shift, backend=backend)
+    assert np.array_equal(dx, dx_mul)
+    assert np.array_equal(dss, np.concatenate([dscale.reshape(2, 5), dshift.reshape(2, 5)], axis=1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_shift_bad_inputs(backend):
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"scale_shift: ss has shape \(2, 3\), expected \(2, 6\)"):
+        ops.scale_shift(x, np.zeros((2, 3), np.float32), backend=backend)
+    with pytest.raises(ValueError, match="scale_shift_backward.*dy"):
+        ops.scale_shift_backward(np.zeros((2, 3, 4, 5), np.float32), x, np.zeros((2, 6), np.float32), backend=backend)
+    with pytest.raises(TypeError, match="scale_shift.*ss.*float32"):
+        ops.scale_shift(x, np.zeros((2, 6)), backend=backend)

@@ -1,13 +1,13 @@
 """The network-side ops (softmax over any axis, the logit loss, binary cross-entropy with logits, cross-entropy of one
-logit, the class-probability rule, per-plane standardisation, the normalised feature distance, pixel losses)
-against PyTorch autograd in float64, on both backends, and the fast kernels against the reference ones."""
+logit, per-plane standardisation, the normalised feature distance, fill) and the pixel losses composed of
+distance_penalty and mse, against PyTorch autograd in float64, on both backends, and the fast kernels against the
+reference ones. (The flip decision, target_probability, is tested in test_ops_diffusion.py.)"""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from diffice import ops
-from diffice.probabilities import predicted_class, probabilities
+from diffice import ops, pixel_loss
 from conftest import BACKENDS, randn, rel_err, t64
 
 
@@ -19,16 +19,16 @@ def test_softmax_over_any_axis(rng, backend, shape, axis):
     xt = t64(x, requires_grad=True)
     yt = torch.softmax(xt, dim=axis)
     yt.backward(t64(dy))
-    y = ops.softmax(x, axis, backend=backend)
+    y = ops.softmax(x, axis=axis, backend=backend)
     assert rel_err(y, yt) <= 1e-6
-    assert rel_err(ops.softmax_backward(dy, y, axis, backend=backend), xt.grad) <= 1e-5
+    assert rel_err(ops.softmax_backward(dy, y, axis=axis, backend=backend), xt.grad) <= 1e-5
 
 
 def test_softmax_axis_out_of_range():
-    with pytest.raises(ValueError, match="softmax: axis 2 is out of range for a 2-D tensor"):
-        ops.softmax(np.zeros((2, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="softmax: axis 2 is out of range for 2 dimensions"):
+        ops.softmax(np.zeros((2, 3), np.float32), axis=2)
     with pytest.raises(ValueError, match="softmax_backward: axis -3"):
-        ops.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), -3)
+        ops.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), axis=-3)
 
 
 def torch_logit_loss(z, y):
@@ -86,21 +86,6 @@ def test_bce_with_logits(rng, backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n, c", [(7, 1), (6, 2), (11, 5)])
-def test_class_probability_is_the_probability_rule(rng, backend, n, c):
-    logits = randn(rng, n, c, scale=3.0)
-    logits[0] = 0.0  # a tie: the first class wins, and z = 0 is class 0 for one logit
-    targets = rng.integers(0, max(c, 2), n)
-    prob, predicted = ops.class_probability(logits, targets, backend=backend)
-    want = probabilities(logits.astype(np.float64))[np.arange(n), targets]
-    assert prob.dtype == np.float32 and predicted.dtype == np.int64
-    assert rel_err(prob, want) <= 1e-6
-    np.testing.assert_array_equal(predicted, predicted_class(logits))
-    with pytest.raises(ValueError, match=r"class_probability: targets\[0\] = -1"):
-        ops.class_probability(logits, np.full(n, -1), backend=backend)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 2, 13, 19), (1, 5, 8, 8)])
 def test_standardize(rng, backend, shape):
     x, dy = randn(rng, *shape, scale=2.0) + 3.0, randn(rng, *shape)
@@ -152,20 +137,22 @@ def torch_pixel_loss(a, b, kind):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["l1", "l2", "l2_channel_norm"])
-@pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 5, 7)])
-def test_pixel_loss(rng, backend, kind, shape):
-    a, b, dloss = randn(rng, *shape), randn(rng, *shape), randn(rng, shape[0])
+@pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 5, 7), (4, 3)])
+def test_pixel_loss_of_any_rank(rng, backend, kind, shape):
+    """diffice.pixel_loss through distance_penalty (l1, l2_channel_norm) and mse (l2), below four dims too."""
+    a, b = randn(rng, *shape), randn(rng, *shape)
     at = t64(a, requires_grad=True)
     want = torch_pixel_loss(at, t64(b), kind)
-    want.backward(t64(dloss))
-    assert rel_err(ops.pixel_loss(a, b, kind, backend=backend), want) <= 1e-6
-    assert rel_err(ops.pixel_loss_backward(dloss, a, b, kind, backend=backend), at.grad) <= 1e-6
+    want.sum().backward()
+    loss, grad = pixel_loss(a, b, kind, backend=backend)
+    assert rel_err(loss, want) <= 1e-6
+    assert rel_err(grad, at.grad) <= 1e-6
 
 
 @pytest.mark.parametrize("case", [
     lambda be, r: ops.normalized_distance_backward(r(3), r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
     lambda be, r: ops.normalized_distance(r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
-    lambda be, r: ops.softmax(r(3, 6, 17, 5), 1, backend=be),
+    lambda be, r: ops.softmax(r(3, 6, 17, 5), axis=1, backend=be),
 ])
 def test_fast_kernels_match_the_reference(rng, case):
     draws = []
@@ -192,7 +179,7 @@ def test_bad_inputs_name_the_op_and_argument(rng):
     with pytest.raises(ValueError, match="normalized_distance: b has shape"):
         ops.normalized_distance(a, randn(rng, 2, 3, 4, 5))
     with pytest.raises(ValueError, match="pixel_loss: kind"):
-        ops.pixel_loss(a, a, "l3")
+        pixel_loss(a, a, "l3")
     with pytest.raises(ValueError, match="bce_with_logits: targets has shape"):
         ops.bce_with_logits(a, randn(rng, 2, 3))
     with pytest.raises(TypeError, match="logit_loss: targets.*integer"):

@@ -36,3 +36,19 @@ def test_no_build_or_test_output_is_tracked():
     bad = [f for f in tracked.stdout.splitlines()
            if f.endswith((".whl", ".so", ".o", ".pyc", ".egg-info")) or f.startswith(("build/", "dist/"))]
     assert bad == []
+
+
+def test_the_wheel_gets_every_subpackage_the_typing_marker_and_the_demo_models(monkeypatch):
+    """pyproject.toml's package discovery finds every folder of diffice/ that holds modules (the subpackages of
+    issue 15), and its package data ships py.typed (PEP 561) and the bundled demo models."""
+    pytest.importorskip("setuptools")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(ROOT)
+    dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "diffice").rglob("*.py")}
+    assert folders <= set(dist.packages), f"not in the wheel: {sorted(folders - set(dist.packages))}"
+    assert "diffice.demo_models" in dist.packages
+    assert (ROOT / "diffice" / "py.typed").is_file() and "py.typed" in dist.package_data["diffice"]
+    assert {"*.safetensors", "*.json"} <= set(dist.package_data["diffice.demo_models"])

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import env_without_sanitizer_preload
 
 from diffice.cli import main
-from diffice.data import save_png
-from diffice.pairs import binomial_two_sided_p, key_path, make_sheet, score_answers
-from conftest import env_without_sanitizer_preload
+from diffice.data.images import save_png
+from diffice.evaluation.pairs import binomial_two_sided_p, key_path, make_sheet, score_answers
 
 
 def results_folder(root, n, rng):

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
-from diffice import PerceptualLoss, ResNetFeatures, pixel_loss
 from conftest import BACKENDS, randn, rel_err
 from resnet_reference import perceptual_loss as torch_perceptual_loss
 from test_resnet import KINK, SIZES, kink_insensitive, torch_model
+
+from diffice import PerceptualLoss, ResNetFeatures, pixel_loss
 
 WEIGHT = 30.0  # Diff-ICE's lambda_p (DiME's l_perc)
 

@@ -1,4 +1,5 @@
-"""diffice.phantoms: determinism, shapes and ranges, the label rule, masks, the posterior-fossa signal, bad input."""
+"""diffice.data.phantoms: determinism, shapes and ranges, the label rule, masks, the posterior-fossa signal, bad
+input."""
 import math
 
 import numpy as np

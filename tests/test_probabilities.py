@@ -1,12 +1,12 @@
-"""diffice.probabilities: the one logits -> probabilities convention (softmax for C >= 2, sigmoid for a single
+"""diffice.models.probabilities: the one logits -> probabilities convention (softmax for C >= 2, sigmoid for a single
 logit), against torch, and the places that use it: SonoNet / PlaneClassifier outputs, the classifier training
 loss and its validation, the sweep's 'input is the target', the metrics."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
-from diffice.probabilities import predicted_class, probabilities, sigmoid
+
+from diffice.models.probabilities import predicted_class, probabilities, sigmoid
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3])
@@ -61,7 +61,7 @@ def test_sononet_and_plane_classifier_outputs(rng, classes):
 @pytest.mark.parametrize("classes", [1, 3])
 def test_training_cross_entropy_is_torch(rng, classes):
     """One logit: binary cross-entropy with logits (targets 0/1); more: cross-entropy; mean over the batch."""
-    from diffice.train_networks import cross_entropy_grad
+    from diffice.train.networks import cross_entropy_grad
 
     z = rng.standard_normal((6, classes)).astype(np.float32) * 2
     t = rng.integers(0, max(classes, 2), 6)
@@ -79,7 +79,7 @@ def test_training_cross_entropy_is_torch(rng, classes):
 
 def test_classifier_validation_uses_the_predicted_class(rng):
     """train_networks.evaluate('classifier'): a one-logit model predicts class 1 where its logit is > 0."""
-    from diffice.train_networks import TrainingSet, evaluate
+    from diffice.train.networks import TrainingSet, evaluate
 
     class OneLogit:
         def logits(self, x):
@@ -91,9 +91,9 @@ def test_classifier_validation_uses_the_predicted_class(rng):
 
 
 def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
-    """diffice.cluster.compute_unit: 'f classifies the input as the target' is l > 0 == target for one logit."""
+    """diffice.explain.cluster.compute_unit: 'f classifies the input as the target' is l > 0 == target for one logit."""
     from diffice import GaussianDiffusion
-    from diffice.cluster import compute_unit
+    from diffice.explain.cluster import compute_unit
 
     class OneLogit:
         def forward(self, x):
@@ -105,7 +105,8 @@ def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
     x = np.concatenate([np.full((2, 1, 16, 24), -0.3, np.float32), np.full((2, 1, 16, 24), 0.3, np.float32)])
     models = (tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True), OneLogit(), None)
     for target, want in ((1, [False, False, True, True]), (0, [True, True, False, False])):
-        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x, target=target, seed=0)
+        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x,
+                    target=target, seed=0)
         out = compute_unit(task, models=models)
         np.testing.assert_array_equal(out["input_is_target"], want)
         np.testing.assert_allclose(out["prob_target"][0], probabilities(OneLogit().forward(x))[:, target],
@@ -114,7 +115,7 @@ def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
 
 def test_metrics_single_logit_is_the_two_logit_classifier(rng):
     """f with one logit l and f with logits (0, l) are the same classifier: the same validity metrics."""
-    from diffice import metrics
+    from diffice.evaluation import metrics
 
     class One:
         def forward(self, x):

@@ -9,12 +9,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import tiny_plane_classifier, tiny_unet
+from test_explain import H, LinearClassifier, PixelL2, W, images
 
 from diffice import _C, GaussianDiffusion, PerceptualLoss, ResNetFeatures, Segmenter, UNet
-from diffice.explain import Explainer
+from diffice.explain.explainer import Explainer
 from diffice.ops import get_backend
-from conftest import tiny_plane_classifier, tiny_unet
-from test_explain import H, W, LinearClassifier, PixelL2, images
 
 
 @pytest.fixture(scope="module")

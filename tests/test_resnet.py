@@ -2,14 +2,14 @@
 conversion with the same weights: features, input gradients and weight gradients, every tap, both layouts."""
 import numpy as np
 import pytest
+import resnet_reference
 import torch
+from conftest import BACKENDS, randn, rel_err
+from resnet_reference import STAGES, ResNet
 
 from diffice import ResNetFeatures
 from diffice.io import save_safetensors
-from diffice.resnet import infer_architecture
-from conftest import BACKENDS, randn, rel_err
-import resnet_reference
-from resnet_reference import STAGES, ResNet
+from diffice.models.resnet import infer_architecture
 
 TAP_SETS = [("stem", "layer2", "layer4"), ("layer1", "layer3")]  # together: every stage
 
@@ -82,7 +82,7 @@ def check_against_torch(net, draw, rng, backend):
         ref = model(xt)
         if first:
             state["dfeat"] = {t: randn(rng, *ref[t].shape) for t in model.taps}
-        sum(((ref[t] * torch.from_numpy(state["dfeat"][t]).double()).sum() for t in model.taps)).backward()
+        sum((ref[t] * torch.from_numpy(state["dfeat"][t]).double()).sum() for t in model.taps).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return xt.grad.numpy(), {t: v.detach() for t, v in ref.items()}, grads
 

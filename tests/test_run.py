@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_plane_classifier, tiny_unet
 from PIL import Image
+from test_explain import H, LinearClassifier, PixelL2, W
 
 from diffice import GaussianDiffusion
-from diffice.run import load_config, run_explain
-from conftest import tiny_plane_classifier, tiny_unet
-from test_explain import H, W, LinearClassifier, PixelL2
+from diffice.explain.config import load_config
+from diffice.explain.run import run_explain
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_outputs_and_results_table(tmp_path, rng, models):
 def test_interrupted_run_resumes_without_loss(tmp_path, rng, models, monkeypatch):
     write_images(tmp_path / "in", rng, 5)
     unet, diffusion, clf, perc = models
-    from diffice import explain as explain_module
+    from diffice.explain import explainer as explain_module
 
     calls = {"explain": 0}
     original = explain_module.Explainer.explain
@@ -175,7 +176,7 @@ def test_lambda_p_without_a_perceptual_loss_is_an_error(tmp_path, rng, model_fil
     cfg["method"]["lambda_p"], cfg["models"]["perceptual_kind"] = 30.0, "pixel-l2"  # an explicit pixel Lp
     assert run_explain(cfg, tmp_path / "in", tmp_path / "out1", progress=False)["explained"] == 1
     # the same for a sweep over files models
-    from diffice.sweep import load_sweep
+    from diffice.explain.sweep import load_sweep
 
     data = {"models": {"unet": "u.safetensors", "classifier": "f.safetensors"}, "sweep": {"phantoms": 2},
             "method": {"lambda_p": 0.0}}
@@ -249,8 +250,8 @@ def test_a_run_failing_at_start_up_leaves_nothing_behind(tmp_path, rng, model_fi
 
 def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng, capsys):
     from diffice.cli import main
-    from diffice.cluster import models_spec
-    from diffice.demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
+    from diffice.explain.cluster import models_spec
+    from diffice.explain.demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
 
     cfg = load_config(None, {"preset": "demo"})
     assert {k: cfg["method"][k] for k in DEMO_METHOD} == DEMO_METHOD

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import diffice
-from diffice.sononet import CLASSES, ClassifierOutput, SonoNet, TargetClassView, sononet_preprocess
 from conftest import BACKENDS, SHARED, randn, rel_err
 from sononet_reference import SonoNetReference, float32_gates
+
+import diffice
+from diffice.models.sononet import CLASSES, ClassifierOutput, SonoNet, TargetClassView, sononet_preprocess
 
 WEIGHTS = SHARED / "weights" / "sononet" / "SonoNet16.npz"
 REFERENCE = SHARED / "weights" / "sononet" / "reference_13_frames.npz"

@@ -4,12 +4,19 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import write_tiny_models
-from diffice.cluster import LocalExecutor
-from diffice.explain import Explainer
-from diffice.sweep import (SweepStore, compute_tables, load_sweep, register_column, run_sweep,
-                           TABLE_COLUMNS, Column)
+
+from diffice.explain.cluster import LocalExecutor
+from diffice.explain.explainer import Explainer
+from diffice.explain.sweep import (
+    TABLE_COLUMNS,
+    Column,
+    SweepStore,
+    compute_tables,
+    load_sweep,
+    register_column,
+    run_sweep,
+)
 
 H, W = 16, 24
 
@@ -146,12 +153,12 @@ def test_store_results_and_tables(reference):
         x = store.inputs()
         assert x.shape == (3, 1, H, W) and x.dtype == np.float32
         # the stored results are the Explainer's on the same batch (float16 in the store)
-        from diffice.cluster import load_models
+        from diffice.explain.cluster import load_models
 
         unet, diffusion, clf, perc = load_models(spec.models)
         c = configs[0]
         ex = Explainer(unet, diffusion, clf, perc, **{k: v for k, v in c.items() if k not in ("config_id", "label")})
-        from diffice.sweep import load_sweep_images
+        from diffice.explain.sweep import load_sweep_images
 
         _, pixels = load_sweep_images(spec)
         res = ex.explain(pixels[:2], target=1, seed=7)
@@ -186,7 +193,7 @@ def test_interrupted_unit_is_never_half_written_and_resume_is_identical(tmp_path
                                                                          reference):
     _, _, want, want_rows = reference
     spec = spec_for(tmp_path, models_dir, name="cut")
-    from diffice import sweep as sweep_module
+    from diffice.explain.sweep import store as sweep_module
 
     calls = {"n": 0}
     original = sweep_module.encode_image
@@ -220,7 +227,7 @@ def test_store_refuses_other_settings_and_concurrent_writers(tmp_path, models_di
     changed.cfg["run"]["seed"] = 8
     with pytest.raises(ValueError, match="seed"):
         run_sweep(changed, progress=False)
-    from diffice.sweep import _StoreLock
+    from diffice.explain.sweep.runner import _StoreLock
 
     with _StoreLock(spec.store_path):
         with pytest.raises(RuntimeError, match="another diffice sweep"):
@@ -293,7 +300,7 @@ def test_sweep_killed_hard_resumes_identically(tmp_path, models_dir, reference):
 def test_columns_exclude_nonfinite_counterfactuals():
     """Images whose counterfactual went non-finite (the sampler zeroed it) are in no column of that iteration, and
     the n column says how many were excluded."""
-    from diffice.sweep import ConfigResults
+    from diffice.explain.sweep import ConfigResults
 
     config = dict(config_id="c", label="c", method="diff-ice", iterations=2, tau=3, lambda_c=[5.0], lambda_p=1.0)
     results = ConfigResults(

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_plane_classifier, tiny_unet
 
 from diffice import GaussianDiffusion, PixelLoss
-from diffice.explain import Explainer
-from diffice.testing import (EXACT, UPDATE_ENV, assert_matches_reference,
-                             check_explainer_regression, compare_runs, load_reference, main, run_settings,
-                             save_reference)
-from conftest import tiny_plane_classifier, tiny_unet
+from diffice.explain.explainer import Explainer
+from diffice.testing import (
+    EXACT,
+    UPDATE_ENV,
+    assert_matches_reference,
+    check_explainer_regression,
+    compare_runs,
+    load_reference,
+    main,
+    run_settings,
+    save_reference,
+)
 
 DEMO_REFERENCE = Path(__file__).with_name("data") / "demo_regression.safetensors"
 H, W = 16, 24
@@ -228,7 +236,7 @@ def test_bundled_models_match_the_committed_reference():
     """The demo models, 4 phantoms (one of each failure mode), 2 iterations at tau 10 of 100, against
     tests/data/demo_regression.safetensors (float16, 124 KB): with the default tolerances, which cover the
     drift measured across thread counts and oneDNN kernels (diffice/testing.py's docstring)."""
-    from diffice.demo import demo_phantoms, load_demo_models
+    from diffice.explain.demo import demo_phantoms, load_demo_models
 
     explainer = load_demo_models().explainer(iterations=2, tau=10)
     result = check_explainer_regression(explainer, demo_phantoms(4).images, DEMO_REFERENCE, target=1, seed=0,

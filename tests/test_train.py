@@ -7,16 +7,23 @@ import signal
 import numpy as np
 import pytest
 import torch
-
-import diffice.train as train_mod
-from diffice.cli import main
-from diffice.io import load_safetensors, load_safetensors_metadata
-from diffice.train import (AdamW, DiffusionLoss, EMA, clip_grad_norm, init_guided_diffusion, loss_and_gradients,
-                           train_ddpm)
-from diffice.unet import UNet
 from conftest import interrupt_training_step, randn, rel_err, t64
 from test_unet import small_config, torch_model, worst_module_gradient_error
 from train_reference import GaussianDiffusion as RefDiffusion
+
+import diffice.train.ddpm as train_mod
+from diffice.cli import main
+from diffice.io import load_safetensors, load_safetensors_metadata
+from diffice.models.unet import UNet
+from diffice.train.ddpm import (
+    EMA,
+    AdamW,
+    DiffusionLoss,
+    clip_grad_norm,
+    init_guided_diffusion,
+    loss_and_gradients,
+    train_ddpm,
+)
 
 # the smallest UNet the loop tests train: one 32-channel level pair, no attention
 TINY = dict(model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_resolutions=(), num_heads=1)

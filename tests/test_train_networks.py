@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from diffice import Segmenter, phantoms
-from diffice.train_networks import (binary_cross_entropy_grad, pixel_cross_entropy_grad, segmentation_labels,
+from diffice.train.networks import (binary_cross_entropy_grad, pixel_cross_entropy_grad, segmentation_labels,
                                     train_network)
 from conftest import interrupt_training_step, rel_err, randn
 
@@ -48,9 +48,9 @@ import json
 import pytest
 
 from diffice.cli import main
-from diffice.models import load_model
-from diffice.oracle import ConceptOracle
-from diffice.train_networks import load_training_set, train_supervised
+from diffice.models.files import load_model
+from diffice.models.oracle import ConceptOracle
+from diffice.train.networks import load_training_set, train_supervised
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def _supervised(kind, phantom_set, out, steps, **kw):
 
 @pytest.mark.parametrize("kind", ["segmenter", "oracle"])
 def test_ctrl_c_then_resume_continues_bit_for_bit(kind, phantom_set, tmp_path, monkeypatch):
-    import diffice.train_networks as tn
+    import diffice.train.networks as tn
 
     _supervised(kind, phantom_set, tmp_path / "full", 4)
     clip = interrupt_training_step(monkeypatch, tn, step=2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffice.unet import UNet, infer_config
+from diffice.models.unet import UNet, infer_config
 from conftest import randn, rel_err
 from gd_reference import UNetModel
 
@@ -193,3 +193,40 @@ def test_from_file_errors_name_the_file(tmp_path):
         UNet.from_file(path)
     with pytest.raises(FileNotFoundError):
         UNet.from_file(tmp_path / "missing.pt")
+
+
+def test_one_network_interface_with_a_conditioning_input(rng):
+    """The UNet is a diffice._C.Network conditioned on its timesteps; the classifiers take no conditioning input,
+    and the sampler takes only a conditioned network as its denoiser."""
+    from diffice import _C, Explainer, GaussianDiffusion, PixelLoss
+    from diffice.ops import get_backend
+    from conftest import tiny_plane_classifier
+
+    unet = UNet.random(small_config(), seed=3)
+    be = get_backend("cpu")
+    x = randn(rng, 2, 1, 16, 16)
+    assert isinstance(unet._c, _C.Network) and unet._c.conditioned and unet._c.kind == "unet"
+    assert unet._c.output_names == ("model_output",)
+    # timesteps of any numeric dtype are the same float32 timesteps
+    y = unet._c.forward(be, x, np.array([3, 999], np.int64))[0]
+    assert np.array_equal(y, unet.forward(x, [3.0, 999.0]))
+    with pytest.raises(ValueError, match="unet.forward: the network needs its conditioning input"):
+        unet._c.forward(be, x)
+    with pytest.raises(ValueError, match=r"conditioning input must have shape \(2,\)"):
+        unet._c.forward(be, x, np.zeros(3, np.float32))
+    clf = tiny_plane_classifier()
+    assert not clf._c.conditioned
+    with pytest.raises(ValueError, match="plane_classifier.forward: got a conditioning input"):
+        clf._c.forward(be, randn(rng, 1, 1, 16, 16), np.zeros(1, np.float32))
+    d = GaussianDiffusion(1000, "linear", "10", learn_sigma=True)
+    cfg = Explainer(unet, d, clf, PixelLoss("l2"), iterations=1, tau=1, lambda_c=(1.0,)).config.c_config(0, False)
+
+    class NoGuidance:
+        def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
+            return np.zeros_like(x0), np.zeros(len(rows), np.float32), np.zeros(len(rows), np.float32)
+
+        def classify(self, x, rows):
+            return np.zeros(len(rows), np.float32), np.zeros(len(rows), np.int32)
+
+    with pytest.raises(ValueError, match=r"the denoiser \(plane_classifier\) must take timesteps"):
+        _C.sample(cfg, clf._c, d._c, NoGuidance(), be, np.clip(x, -1, 1), np.arange(2, dtype=np.uint64))

@@ -4,24 +4,47 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../ops/ops.h"
+
+_Static_assert(DFC_ARENA_ALIGN <= DFC_BACKEND_ALIGN, "backend memory must be aligned for the arena");
+
 static size_t round_up(size_t n) { return (n + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN; }
 
-void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit)
+/* A chunk's memory: the backend's, or the host's (the host functions take no backend). */
+static void *chunk_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
+{
+    if (arena->backend)
+        return arena->backend->iface->alloc(arena->backend, bytes, err);
+    return dfc_host_alloc(NULL, bytes, err);
+}
+
+static void chunk_free(dfc_arena *arena, void *base)
+{
+    if (arena->backend)
+        arena->backend->iface->free(arena->backend, base);
+    else
+        dfc_host_free(NULL, base);
+}
+
+void dfc_arena_init_backend(dfc_arena *arena, dfc_backend *be, size_t chunk_size, size_t limit)
 {
     memset(arena, 0, sizeof *arena);
     arena->chunk_size = round_up(chunk_size ? chunk_size : ((size_t)64 << 20));
     arena->limit = limit;
+    arena->backend = be;
+}
+
+void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit)
+{
+    dfc_arena_init_backend(arena, NULL, chunk_size, limit);
 }
 
 void dfc_arena_free(dfc_arena *arena)
 {
     for (int i = 0; i < arena->num_chunks; i++)
-        free(arena->chunks[i].base);
+        chunk_free(arena, arena->chunks[i].base);
     free(arena->chunks);
-    size_t chunk_size = arena->chunk_size, limit = arena->limit;
-    memset(arena, 0, sizeof *arena);
-    arena->chunk_size = chunk_size;
-    arena->limit = limit;
+    dfc_arena_init_backend(arena, arena->backend, arena->chunk_size, arena->limit);
 }
 
 size_t dfc_arena_capacity(const dfc_arena *arena)
@@ -54,13 +77,13 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
         arena->chunks = chunks;
         arena->max_chunks = grown;
     }
-    unsigned char *base = aligned_alloc(DFC_ARENA_ALIGN, want);
+    unsigned char *base = chunk_alloc(arena, want, err);
     if (!base) {
-        dfc_fail(err, DFC_ERR_NOMEM, "arena: cannot allocate %zu bytes", want);
+        dfc_error_prefix(err, "arena: ");
         return 0;
     }
     if (index < arena->num_chunks) {
-        free(arena->chunks[index].base);  /* too small for this request; unused since it is past the mark */
+        chunk_free(arena, arena->chunks[index].base); /* too small for this request; unused: past the mark */
     } else {
         arena->num_chunks = index + 1;
     }
@@ -111,8 +134,13 @@ dfc_tensor dfc_arena_tensor(dfc_arena *arena, int ndim, const int64_t *shape, df
 dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err)
 {
     dfc_tensor t = dfc_arena_tensor(arena, ndim, shape, err);
-    if (t.data)
-        memset(t.data, 0, (size_t)dfc_numel(&t) * sizeof(float));
+    if (!t.data)
+        return t;
+    const size_t bytes = (size_t)dfc_numel(&t) * sizeof(float);
+    dfc_status st = arena->backend ? arena->backend->iface->zero(arena->backend, t.data, bytes, err)
+                                   : dfc_host_zero(NULL, t.data, bytes, err);
+    if (st != DFC_OK)
+        t.data = NULL;
     return t;
 }
 

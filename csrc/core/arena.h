@@ -1,6 +1,8 @@
 /* A bump allocator in chunks: networks and samplers take their activations and scratch from an arena, reset it
  * to a mark between calls, and so reach a steady state with no malloc at all. Chunks never move (a new chunk is
- * added when one is full), so tensors allocated earlier stay valid. Peak use is tracked for memory reports. */
+ * added when one is full), so tensors allocated earlier stay valid. Peak use is tracked for memory reports.
+ * The chunks come from a backend's allocator (dfc_arena_init_backend), so an arena can hold device memory, or
+ * from host memory (dfc_arena_init). */
 #ifndef DIFFICE_ARENA_H
 #define DIFFICE_ARENA_H
 
@@ -11,6 +13,8 @@
 #include "tensor.h"
 
 #define DFC_ARENA_ALIGN 64
+
+typedef struct dfc_backend dfc_backend; /* ops/ops.h */
 
 typedef struct dfc_arena_chunk {
     unsigned char *base;
@@ -26,6 +30,7 @@ typedef struct dfc_arena {
     size_t peak;          /* highest in_use seen */
     size_t chunk_size;    /* default size of a new chunk */
     size_t limit;         /* most bytes the chunks may hold in all (0: no limit) */
+    dfc_backend *backend; /* whose memory the chunks are (NULL: host memory); not owned */
 } dfc_arena;
 
 typedef struct dfc_arena_mark {
@@ -33,7 +38,11 @@ typedef struct dfc_arena_mark {
     size_t offset, in_use;
 } dfc_arena_mark;
 
+/* An arena of host memory. chunk_size 0: 64 MiB; limit 0: no limit. */
 void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit);
+/* An arena of backend memory (be->iface->alloc), which only be's ops and memory functions may touch; be must
+ * outlive the arena's chunks (dfc_arena_free). be NULL: host memory, as dfc_arena_init. */
+void dfc_arena_init_backend(dfc_arena *arena, dfc_backend *be, size_t chunk_size, size_t limit);
 
 /* 90% of the machine's physical memory: the limit of the arenas that hold activations, so a batch too large for
  * the machine fails with a clear error instead of being killed by the kernel's out-of-memory handler. */
@@ -45,7 +54,7 @@ void *dfc_arena_alloc(dfc_arena *arena, size_t bytes, dfc_error *err);
 
 /* An uninitialised tensor of the given shape; data NULL and err set on failure. */
 dfc_tensor dfc_arena_tensor(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err);
-/* The same, zero-filled. */
+/* The same, zero-filled (through the backend's memory functions for a backend arena). */
 dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err);
 
 dfc_arena_mark dfc_arena_get_mark(const dfc_arena *arena);

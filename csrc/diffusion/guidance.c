@@ -5,7 +5,6 @@
  * (all images, then the ones retrying with the next lambda_c): its features are computed once per pass. */
 #include "guidance.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,17 +126,14 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
     /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
     void *tape = NULL;
-    DFC_TRY(g->classifier->vt->forward(g->classifier, be, arena, NULL, x0, &tape, outputs, err));
+    DFC_TRY(dfc_net_forward(g->classifier, be, arena, NULL, x0, NULL, &tape, outputs, err));
     const dfc_tensor *logits = &outputs[0];
     if (logits->ndim != 2 || logits->shape[0] != n)
         return dfc_fail(err, DFC_ERR_SHAPE, "guidance: the classifier's first output must be logits (N, classes)");
     dfc_tensor loss = dfc_tensor1(loss_class, n), dlogits = dfc_alloc_like(arena, logits, err);
     DFC_CHECK_ALLOC(dlogits);
-    DFC_TRY(dfc_class_loss(g->kind, logits, targets, &loss, &dlogits, err));
-    const int64_t k = logits->shape[1];
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t j = 0; j < k; j++)
-            dlogits.data[b * k + j] *= lambda_c[b];
+    DFC_TRY(dfc_classification_loss(be, g->kind, logits, targets, &loss, &dlogits, err));
+    DFC_TRY(be->ops->row_scale(be, &dlogits, lambda_c, &dlogits, err));
     memset(douts, 0, sizeof douts);
     douts[0] = dlogits;
     DFC_TRY(g->classifier->vt->backward(g->classifier, be, arena, tape, douts, grad, NULL, err));
@@ -148,10 +144,13 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
         DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
         dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);
         DFC_CHECK_ALLOC(dp);
+        float *lambda_p_rows = dfc_arena_alloc(arena, (size_t)n * sizeof(float), err);
+        if (!lambda_p_rows)
+            return err && err->code ? err->code : DFC_ERR_NOMEM;
+        for (int64_t b = 0; b < n; b++)
+            lambda_p_rows[b] = lambda_p;
         DFC_TRY(dfc_perceptual_loss(g->perceptual, be, arena, NULL, x0, &lp, &dp, err));
-        const int64_t total = dfc_numel(grad);
-        for (int64_t j = 0; j < total; j++)
-            grad->data[j] += lambda_p * dp.data[j];
+        DFC_TRY(be->ops->row_axpy(be, lambda_p_rows, &dp, grad, err));
     }
     return DFC_OK;
 }
@@ -162,19 +161,19 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
     dfc_model_guidance *g = ctx;
     const int64_t n = x->shape[0];
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS];
-    DFC_TRY(g->classifier->vt->forward(g->classifier, be, arena, NULL, x, NULL, outputs, err));
+    DFC_TRY(dfc_net_forward(g->classifier, be, arena, NULL, x, NULL, NULL, outputs, err));
     const dfc_tensor *logits = &outputs[0];
+    if (logits->ndim != 2 || logits->shape[0] != n)
+        return dfc_fail(err, DFC_ERR_SHAPE, "guidance: the classifier's first output must be logits (N, classes)");
     const int64_t k = logits->shape[1];
-    for (int64_t b = 0; b < n; b++) {
-        const float *z = logits->data + b * k;
-        const int64_t y = g->targets[rows[b]];
-        if (y < 0 || y >= (k == 1 ? 2 : k))
+    int64_t *targets;
+    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
+    for (int64_t b = 0; b < n; b++)
+        if (targets[b] < 0 || targets[b] >= (k == 1 ? 2 : k))
             return dfc_fail(err, DFC_ERR_VALUE, "guidance: target %lld of image %lld is not a class of the "
-                            "classifier (%lld logits)", (long long)y, (long long)rows[b], (long long)k);
-        prob_target[b] = (float)dfc_class_probability(z, k, y);
-        is_target[b] = dfc_predicted_class(z, k) == y;
-    }
-    return DFC_OK;
+                            "classifier (%lld logits)", (long long)targets[b], (long long)rows[b], (long long)k);
+    dfc_tensor prob = dfc_tensor1(prob_target, n);
+    return be->ops->target_probability(be, logits, targets, &prob, is_target, err);
 }
 
 dfc_guidance dfc_model_guidance_interface(dfc_model_guidance *g)

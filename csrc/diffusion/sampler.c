@@ -9,7 +9,7 @@ enum { STREAM_Q_SAMPLE = 1, STREAM_STEP = 2, STREAM_DIME_CHAIN = 3, STREAM_MASK_
 
 typedef struct pass {
     const dfc_sampler_config *cfg;
-    const dfc_unet *unet;
+    const dfc_net *denoiser;  /* conditioned on the timesteps: the UNet */
     const dfc_diffusion *d;
     const dfc_guidance *g;
     dfc_backend *be;
@@ -70,30 +70,29 @@ typedef struct step_state {
     dfc_tensor model_out, mean, variance, log_variance, x0;
     int64_t *indices;
     float *timesteps;
-    dfc_unet_tape *tape;
+    void *tape;
 } step_state;
 
 static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s,
                           dfc_error *err)
 {
-    const int64_t out_c = dfc_unet_get_config(p->unet)->out_channels;
     s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
     s->timesteps = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
-    s->model_out = dfc_alloc4(p->steps, p->n, out_c, p->height, p->width, err);
     s->mean = dfc_alloc_like(p->steps, z, err);
     s->variance = dfc_alloc_like(p->steps, z, err);
     s->log_variance = dfc_alloc_like(p->steps, z, err);
     s->x0 = dfc_alloc_like(p->steps, z, err);
-    if (!s->indices || !s->timesteps || !s->model_out.data || !s->mean.data || !s->variance.data ||
+    if (!s->indices || !s->timesteps || !s->mean.data || !s->variance.data ||
         !s->log_variance.data || !s->x0.data)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     fill_indices(p, i, s->indices, s->timesteps);
     s->tape = NULL;
-    DFC_TRY(dfc_unet_forward(p->unet, p->be, p->steps, keep_tape ? NULL : p->scratch, z, s->timesteps,
-                             keep_tape ? &s->tape : NULL, &s->model_out, err));
+    dfc_tensor t = dfc_tensor1(s->timesteps, p->n);
+    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &t,
+                            keep_tape ? &s->tape : NULL, &s->model_out, err));
     p->out->unet_evaluations += p->n;
-    return dfc_diffusion_p_mean_variance(p->d, &s->model_out, z, s->indices, p->cfg->clip, &s->mean, &s->variance,
-                                         &s->log_variance, &s->x0, err);
+    return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean,
+                                         &s->variance, &s->log_variance, &s->x0, err);
 }
 
 /* z <- mean + 1[i != 0] sigma noise (unguided), or mean - variance g + ... (guided) */
@@ -103,8 +102,8 @@ static dfc_status reverse_step(const pass *p, const step_state *s, const dfc_ten
     dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
     DFC_CHECK_ALLOC(noise);
     fill_noise(p, stream, step, inner, noise.data);
-    return dfc_diffusion_sample_step(p->d, &s->mean, &s->variance, &s->log_variance, grad, &noise, s->indices, z,
-                                     err);
+    return dfc_diffusion_sample_step(p->d, p->be, &s->mean, &s->variance, &s->log_variance, grad, &noise,
+                                     s->indices, z, err);
 }
 
 /* The guiding gradient at x_for_grad (x0_hat, or FastDiME's previous estimate, or DiME's chain result). */
@@ -114,120 +113,73 @@ static dfc_status guidance_gradient(const pass *p, const dfc_tensor *x_for_grad,
     float *lambda_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
     float *loss_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
     float *loss_p = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
-    if (!lambda_c || !loss_c || !loss_p)
+    float *inv_sqrt_abar = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    if (!lambda_c || !loss_c || !loss_p || !inv_sqrt_abar)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
-    for (int64_t b = 0; b < p->n; b++)
+    for (int64_t b = 0; b < p->n; b++) {
         lambda_c[b] = p->cfg->lambda_c[p->lambda_index];
+        inv_sqrt_abar[b] = (float)(1.0 / p->d->sqrt_alphas_cumprod[i]);
+    }
     DFC_TRY(p->g->loss_and_grad(p->g->ctx, p->be, p->steps, x_for_grad, p->rows, lambda_c, p->cfg->lambda_p, grad,
                                 loss_c, loss_p, err));
     if (p->cfg->scale_grads || p->cfg->method == DFC_METHOD_DIME) {
         /* the gradient at the clean image stands in for the one at the noisy z: divide by sqrt(abar) */
-        float inv = (float)(1.0 / p->d->sqrt_alphas_cumprod[i]);
-        int64_t total = dfc_numel(grad);
-        for (int64_t j = 0; j < total; j++)
-            grad->data[j] *= inv;
+        DFC_TRY(p->be->ops->row_scale(p->be, grad, inv_sqrt_abar, grad, err));
     }
     return DFC_OK;
 }
 
 /* DiME's l1/l2 terms on the noisy z against the original x: l1 sum |z - x|, l2 sum over pixels of the
- * channel-wise norm ||z - x||. */
-static void add_noisy_distance_terms(const pass *p, const dfc_tensor *z, const float *x_orig, dfc_tensor *grad)
+ * channel-wise norm ||z - x||; their gradient is added to grad. */
+static dfc_status add_noisy_distance_terms(const pass *p, const dfc_tensor *z, const dfc_tensor *x_orig,
+                                           dfc_tensor *grad, dfc_error *err)
 {
     const float l1 = p->cfg->lambda_l1, l2 = p->cfg->lambda_l2;
     if (l1 == 0.0f && l2 == 0.0f)
-        return;
-    const int64_t hw = p->height * p->width;
-    for (int64_t b = 0; b < p->n; b++) {
-        for (int64_t k = 0; k < hw; k++) {
-            double norm2 = 0.0;
-            for (int64_t c = 0; c < p->channels; c++) {
-                int64_t j = b * p->m + c * hw + k;
-                double diff = (double)z->data[j] - x_orig[j];
-                norm2 += diff * diff;
-            }
-            float inv_norm = norm2 > 0.0 ? (float)(1.0 / sqrt(norm2)) : 0.0f;
-            for (int64_t c = 0; c < p->channels; c++) {
-                int64_t j = b * p->m + c * hw + k;
-                float diff = z->data[j] - x_orig[j];
-                grad->data[j] += l1 * (float)((diff > 0.0f) - (diff < 0.0f)) + l2 * diff * inv_norm;
-            }
-        }
-    }
+        return DFC_OK;
+    dfc_tensor ones = dfc_arena_tensor(p->steps, 1, &p->n, err), dz = dfc_alloc_like(p->steps, z, err);
+    DFC_CHECK_ALLOC(ones);
+    DFC_CHECK_ALLOC(dz);
+    for (int64_t b = 0; b < p->n; b++)
+        ones.data[b] = 1.0f;
+    DFC_TRY(p->be->ops->distance_penalty_backward(p->be, &ones, z, x_orig, l1, l2, &dz, err));
+    return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
 
 /* The x_t-gradient baseline: g_z = d L(x0_hat(z)) / dz through the clip and the UNet:
  * x0 = recip z - recipm1 eps(z), so g_z = mask (recip g - J_eps^T (recipm1 g)), mask = 1 where x0 was not clipped. */
-static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const step_state *s, int64_t i,
-                                     dfc_tensor *grad, dfc_error *err)
+static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const step_state *s, dfc_tensor *grad,
+                                     dfc_error *err)
 {
-    const float recip = (float)p->d->sqrt_recip_alphas_cumprod[i];
-    const float recipm1 = (float)p->d->sqrt_recipm1_alphas_cumprod[i];
-    const int64_t out_c = s->model_out.shape[1], hw = p->height * p->width;
-    dfc_tensor v = dfc_arena_zeros(p->steps, 4, s->model_out.shape, err);
+    dfc_tensor v = dfc_alloc_like(p->steps, &s->model_out, err);
     dfc_tensor dz = dfc_alloc_like(p->steps, z, err);
     DFC_CHECK_ALLOC(v);
     DFC_CHECK_ALLOC(dz);
-    for (int64_t b = 0; b < p->n; b++) {
-        for (int64_t j = 0; j < p->m; j++) {
-            int64_t at = b * p->m + j;
-            float unclipped = recip * z->data[at] - recipm1 * s->model_out.data[b * out_c * hw + j];
-            float mask = (!p->cfg->clip || (unclipped >= -1.0f && unclipped <= 1.0f)) ? 1.0f : 0.0f;
-            float g = mask * grad->data[at];
-            v.data[b * out_c * hw + j] = -recipm1 * g; /* eps channels; the variance channels get no gradient */
-            grad->data[at] = recip * g;
-        }
-    }
-    DFC_TRY(dfc_unet_backward(p->unet, p->be, p->steps, s->tape, &v, &dz, NULL, err));
-    for (int64_t j = 0; j < dfc_numel(grad); j++)
-        grad->data[j] += dz.data[j];
-    return DFC_OK;
+    /* grad <- mask recip g (the direct path), v <- -mask recipm1 g (the eps channels; v's are 0) */
+    DFC_TRY(dfc_diffusion_pred_xstart_backward(p->d, p->be, grad, &s->model_out, z, s->indices, p->cfg->clip, grad,
+                                               &v, err));
+    DFC_TRY(p->denoiser->vt->backward(p->denoiser, p->be, p->steps, s->tape, &v, &dz, NULL, err));
+    return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
 
 /* FastDiME's self-optimised mask: B = 1 where the dilated, per-sample normalised |x0_hat - x| is below the
  * threshold (1 keeps the original). */
-static dfc_status fastdime_mask(const pass *p, const dfc_tensor *x0, const float *x_in, float *keep, dfc_error *err)
+static dfc_status fastdime_mask(const pass *p, const dfc_tensor *x0, const dfc_tensor *x_in, dfc_tensor *dilated,
+                                dfc_error *err)
 {
-    const int64_t hw = p->height * p->width;
     dfc_tensor m = dfc_alloc4(p->steps, p->n, 1, p->height, p->width, err);
-    dfc_tensor dil = dfc_alloc4(p->steps, p->n, 1, p->height, p->width, err);
     DFC_CHECK_ALLOC(m);
-    DFC_CHECK_ALLOC(dil);
-    for (int64_t b = 0; b < p->n; b++) {
-        float max = 0.0f;
-        for (int64_t k = 0; k < hw; k++) {
-            float sum = 0.0f;
-            for (int64_t c = 0; c < p->channels; c++) {
-                int64_t j = b * p->m + c * hw + k;
-                sum += fabsf((x0->data[j] + 1.0f) / 2.0f - (x_in[j] + 1.0f) / 2.0f);
-            }
-            m.data[b * hw + k] = sum;
-            max = sum > max ? sum : max;
-        }
-        if (max > 0.0f)
-            for (int64_t k = 0; k < hw; k++)
-                m.data[b * hw + k] /= max;
-    }
+    DFC_TRY(p->be->ops->change_map(p->be, x0, x_in, &m, err));
     int k = p->cfg->mask_dilation, pad = (k - 1) / 2;
     dfc_pool2d_params pool = {k, k, 1, 1, pad, pad};
-    DFC_TRY(p->be->ops->max_pool2d_forward(p->be, &m, pool, &dil, err));
-    for (int64_t b = 0; b < p->n; b++)
-        for (int64_t k2 = 0; k2 < hw; k2++)
-            keep[b * hw + k2] = dil.data[b * hw + k2] < p->cfg->mask_threshold ? 1.0f : 0.0f;
-    return DFC_OK;
+    return p->be->ops->max_pool2d_forward(p->be, &m, pool, dilated, err);
 }
 
-/* a <- a (1 - keep) + keep b, keep per pixel (broadcast over channels) */
-static void blend_keep(const pass *p, float *a, const float *b, const float *keep)
+/* a <- a (1 - keep) + keep b with keep = [dilated mask < threshold] per pixel (broadcast over channels) */
+static dfc_status blend_keep(const pass *p, dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *dilated,
+                             dfc_error *err)
 {
-    const int64_t hw = p->height * p->width;
-    for (int64_t r = 0; r < p->n; r++)
-        for (int64_t c = 0; c < p->channels; c++)
-            for (int64_t k = 0; k < hw; k++) {
-                int64_t j = r * p->m + c * hw + k;
-                float w = keep[r * hw + k];
-                a[j] = a[j] * (1.0f - w) + w * b[j];
-            }
+    return p->be->ops->masked_blend(p->be, a, b, dilated, p->cfg->mask_threshold, a, err);
 }
 
 /* DiME's clean estimate: an unguided reverse chain from z (at index i - 1) to 0. */
@@ -247,20 +199,18 @@ static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int 
 
 /* Marks rows that became non-finite (first step only) and resets them to 0 so nothing downstream sees NaN;
  * other rows are untouched (every op works per sample). */
-static void check_finite(const pass *p, dfc_tensor *z, int step)
+static dfc_status check_finite(const pass *p, dfc_tensor *z, int step, dfc_error *err)
 {
+    int *bad = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int), err);
+    if (!bad)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    DFC_TRY(p->be->ops->nonfinite_rows(p->be, z, bad, err));
     for (int64_t b = 0; b < p->n; b++) {
-        float *row = z->data + b * p->m;
-        int bad = 0;
-        for (int64_t j = 0; j < p->m; j++)
-            bad |= !isfinite(row[j]);
-        if (!bad)
-            continue;
         int *mark = &p->out->nonfinite_step[(int64_t)p->iteration * p->batch + p->rows[b]];
-        if (*mark < 0)
+        if (bad[b] && *mark < 0)
             *mark = step;
-        memset(row, 0, (size_t)p->m * sizeof(float));
     }
+    return DFC_OK;
 }
 
 static void record_step(const pass *p, int step, const dfc_tensor *z, const dfc_tensor *x0)
@@ -300,11 +250,10 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
     const dfc_sampler_config *cfg = p->cfg;
     dfc_tensor x_c = dfc_alloc_like(persist, z, err), x_orig = dfc_alloc_like(persist, z, err);
     dfc_tensor x_in_t = image_view(p, (float *)x_in);
-    float *keep = dfc_arena_alloc(persist, (size_t)(p->n * p->height * p->width) * sizeof(float), err);
+    dfc_tensor dilated = dfc_alloc4(persist, p->n, 1, p->height, p->width, err); /* FastDiME's mask */
     DFC_CHECK_ALLOC(x_c);
     DFC_CHECK_ALLOC(x_orig);
-    if (!keep)
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    DFC_CHECK_ALLOC(dilated);
     gather_rows(p, p->x_all->data, x_orig.data);
     memcpy(x_c.data, x_in, (size_t)dfc_numel(z) * sizeof(float));
     int mask_active = 0;
@@ -320,7 +269,7 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
         fill_noise(p, STREAM_Q_SAMPLE, 0, 0, noise.data);
         for (int64_t b = 0; b < p->n; b++)
             indices[b] = cfg->tau;
-        DFC_TRY(dfc_diffusion_q_sample(p->d, &x_in_t, indices, &noise, z, err));
+        DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, &x_in_t, indices, &noise, z, err));
         dfc_arena_reset(p->steps, mark);
     }
     const int xt = cfg->method == DFC_METHOD_DIFF_ICE_XT;
@@ -336,8 +285,8 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
         const dfc_tensor *at = (cfg->grad_at_previous || cfg->method == DFC_METHOD_DIME) ? &x_c : &s.x0;
         DFC_TRY(guidance_gradient(p, at, i, &grad, err));
         if (xt)
-            DFC_TRY(chain_through_unet(p, z, &s, i, &grad, err));
-        add_noisy_distance_terms(p, z, x_orig.data, &grad);
+            DFC_TRY(chain_through_unet(p, z, &s, &grad, err));
+        DFC_TRY(add_noisy_distance_terms(p, z, &x_orig, &grad, err));
         DFC_TRY(reverse_step(p, &s, &grad, STREAM_STEP, step, 0, z, err));
         if (cfg->method == DFC_METHOD_DIME) {
             if (i > 0)
@@ -347,17 +296,17 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
         }
         if (cfg->method == DFC_METHOD_FASTDIME && step >= cfg->mask_warmup) {
             /* q_sample at index i although z is now at i - 1: FastDiME's off-by-one, kept as upstream */
-            DFC_TRY(fastdime_mask(p, &s.x0, x_in, keep, err));
+            DFC_TRY(fastdime_mask(p, &s.x0, &x_in_t, &dilated, err));
             mask_active = 1;
             dfc_tensor noise = dfc_alloc_like(p->steps, z, err), x_noisy = dfc_alloc_like(p->steps, z, err);
             DFC_CHECK_ALLOC(noise);
             DFC_CHECK_ALLOC(x_noisy);
             fill_noise(p, STREAM_MASK_Q_SAMPLE, step, 0, noise.data);
-            DFC_TRY(dfc_diffusion_q_sample(p->d, &x_in_t, s.indices, &noise, &x_noisy, err));
-            blend_keep(p, x_c.data, x_in, keep);
-            blend_keep(p, z->data, x_noisy.data, keep);
+            DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, &x_in_t, s.indices, &noise, &x_noisy, err));
+            DFC_TRY(blend_keep(p, &x_c, &x_in_t, &dilated, err));
+            DFC_TRY(blend_keep(p, z, &x_noisy, &dilated, err));
         }
-        check_finite(p, z, step);
+        DFC_TRY(check_finite(p, z, step, err));
         record_step(p, step, z, &s.x0);
         dfc_arena_reset(p->steps, mark);
         if (p->progress &&
@@ -366,7 +315,7 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
                             p->iteration + 1, step + 1);
     }
     if (mask_active)
-        blend_keep(p, z->data, x_in, keep);
+        return blend_keep(p, z, &x_in_t, &dilated, err);
     return DFC_OK;
 }
 
@@ -401,16 +350,19 @@ dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusi
     return DFC_OK;
 }
 
-dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, const dfc_diffusion *d,
+dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
                            const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
                            const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
                            dfc_sampler_outputs *out, dfc_error *err)
 {
     DFC_TRY(dfc_sampler_validate(cfg, d, err));
     DFC_TRY(dfc_check_ndim(x, "sampler", "x", 4, 4, err));
-    if (x->shape[1] != dfc_unet_get_config(unet)->in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the UNet takes %d",
-                        (long long)x->shape[1], dfc_unet_get_config(unet)->in_channels);
+    if (!dfc_net_is_conditioned(denoiser) || denoiser->num_outputs != 1)
+        return dfc_fail(err, DFC_ERR_VALUE, "sampler: the denoiser (%s) must take timesteps and give one output",
+                        denoiser->vt->kind);
+    if (x->shape[1] != denoiser->in_channels)
+        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the %s takes %d",
+                        (long long)x->shape[1], denoiser->vt->kind, denoiser->in_channels);
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1), L = cfg->iterations;
     for (int64_t j = 0; j < L * n; j++)
         out->nonfinite_step[j] = -1;
@@ -448,7 +400,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, 
         for (int64_t b = 0; b < n; b++)
             active[b] = b;
         for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
-            pass p = {cfg, unet, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
+            pass p = {cfg, denoiser, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
                       x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n};
             dfc_arena_mark mark = dfc_arena_get_mark(&persist);
             dfc_tensor z = dfc_arena_tensor(&persist, 4, (int64_t[]){num_active, x->shape[1], x->shape[2],

@@ -18,7 +18,7 @@
 
 #include "../core/arena.h"
 #include "../core/rng.h"
-#include "../nets/unet.h"
+#include "../nets/net.h"
 #include "schedule.h"
 
 #define DFC_MAX_LAMBDAS 8
@@ -87,8 +87,9 @@ typedef struct dfc_sampler_outputs {
 
 dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusion *d, dfc_error *err);
 
-/* x (N, C, H, W) in [-1, 1]; sample_keys (N) identify the images for the noise. */
-dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_unet *unet, const dfc_diffusion *d,
+/* x (N, C, H, W) in [-1, 1]; sample_keys (N) identify the images for the noise. denoiser: any dfc_net conditioned
+ * on the original timesteps with one output, the model output (N, C or 2C, H, W) (the UNet). */
+dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
                            const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
                            const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
                            dfc_sampler_outputs *out, dfc_error *err);

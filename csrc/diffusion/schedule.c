@@ -226,7 +226,7 @@ done:
     return st;
 }
 
-/* ---- per-sample math ---- */
+/* ---- per-sample math: each row's coefficients gathered here, the arithmetic in the backend's ops ---- */
 
 static dfc_status check_indices(const dfc_diffusion *d, const int64_t *indices, int64_t n, const char *op,
                                 dfc_error *err)
@@ -238,108 +238,112 @@ static dfc_status check_indices(const dfc_diffusion *d, const int64_t *indices, 
     return DFC_OK;
 }
 
-dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, const dfc_tensor *x0, const int64_t *indices,
-                                  const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err)
+/* count float arrays of n entries in one block (free the first); NULL with err set when out of memory */
+static float *row_arrays(int64_t n, int count, const char *op, dfc_error *err)
+{
+    float *block = malloc((size_t)(n > 0 ? n : 1) * (size_t)count * sizeof(float));
+    if (!block)
+        dfc_fail(err, DFC_ERR_NOMEM, "%s: out of memory", op);
+    return block;
+}
+
+/* _extract_into_tensor: the float64 table entry of each row's timestep, cast to float32 */
+static void gather_rows(const double *table, const int64_t *indices, int64_t n, float *out)
+{
+    for (int64_t b = 0; b < n; b++)
+        out[b] = (float)table[indices[b]];
+}
+
+dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *x0,
+                                  const int64_t *indices, const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err)
 {
     const char *op = "q_sample";
-    DFC_TRY(dfc_check_same_shape(x0, noise, op, "x0", "noise", err));
-    DFC_TRY(dfc_check_same_shape(x0, x_t, op, "x0", "x_t", err));
-    int64_t n = x0->shape[0], m = dfc_inner_size(x0, 1);
+    DFC_TRY(dfc_check_ndim(x0, op, "x0", 1, DFC_MAX_DIMS, err));
+    const int64_t n = x0->shape[0];
     DFC_TRY(check_indices(d, indices, n, op, err));
-    for (int64_t b = 0; b < n; b++) {
-        /* _extract_into_tensor casts the float64 table entry to float32 */
-        float a = (float)d->sqrt_alphas_cumprod[indices[b]];
-        float s = (float)d->sqrt_one_minus_alphas_cumprod[indices[b]];
-        const float *xs = x0->data + b * m, *ns = noise->data + b * m;
-        float *out = x_t->data + b * m;
-        for (int64_t j = 0; j < m; j++)
-            out[j] = a * xs[j] + s * ns[j];
-    }
+    float *a = row_arrays(n, 2, op, err), *s = a + n;
+    if (!a)
+        return err ? err->code : DFC_ERR_NOMEM;
+    gather_rows(d->sqrt_alphas_cumprod, indices, n, a);
+    gather_rows(d->sqrt_one_minus_alphas_cumprod, indices, n, s);
+    dfc_status st = be->ops->q_sample(be, x0, noise, a, s, x_t, err);
+    free(a);
+    return st;
+}
+
+/* The coefficients p_mean_variance needs at each row's timestep, in `block` (8 n floats). */
+static dfc_posterior_coefs posterior_coefs(const dfc_diffusion *d, const int64_t *indices, int64_t n, float *block)
+{
+    const double *tables[8] = {d->sqrt_recip_alphas_cumprod, d->sqrt_recipm1_alphas_cumprod,
+                               d->posterior_mean_coef1, d->posterior_mean_coef2,
+                               d->posterior_log_variance_clipped, d->log_betas,
+                               d->fixed_variance, d->fixed_log_variance};
+    for (int k = 0; k < 8; k++)
+        gather_rows(tables[k], indices, n, block + k * n);
+    dfc_posterior_coefs c = {block, block + n, block + 2 * n, block + 3 * n,
+                             block + 4 * n, block + 5 * n, block + 6 * n, block + 7 * n};
+    return c;
+}
+
+/* Checks x_t and the indices, then gathers the coefficients p_mean_variance needs into *block (8 n floats, for the
+ * caller to free) viewed by *c. */
+static dfc_status gather_posterior(const dfc_diffusion *d, const dfc_tensor *x_t, const int64_t *indices,
+                                   const char *op, float **block, dfc_posterior_coefs *c, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x_t, op, "x_t", 2, DFC_MAX_DIMS, err));
+    const int64_t n = x_t->shape[0];
+    DFC_TRY(check_indices(d, indices, n, op, err));
+    if (!(*block = row_arrays(n, 8, op, err)))
+        return err ? err->code : DFC_ERR_NOMEM;
+    *c = posterior_coefs(d, indices, n, *block);
     return DFC_OK;
 }
 
-dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, const dfc_tensor *model_output,
+dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *model_output,
                                          const dfc_tensor *x_t, const int64_t *indices, int clip, dfc_tensor *mean,
                                          dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                          dfc_error *err)
 {
-    const char *op = "p_mean_variance";
-    DFC_TRY(dfc_check_ndim(x_t, op, "x_t", 2, DFC_MAX_DIMS, err));
-    int learned = d->variance_type == DFC_VAR_LEARNED_RANGE;
-    int64_t out_shape[DFC_MAX_DIMS];
-    for (int i = 0; i < x_t->ndim; i++)
-        out_shape[i] = x_t->shape[i];
-    out_shape[1] *= learned ? 2 : 1;
-    if (dfc_check_shape(model_output, op, "model_output", x_t->ndim, out_shape, err) != DFC_OK) {
-        dfc_error_prefix(err, "%s", learned ? "(learned sigma: 2C channels) " : "(fixed variance: C channels) ");
-        return err ? err->code : DFC_ERR_SHAPE;
-    }
-    DFC_TRY(dfc_check_same_shape(x_t, mean, op, "x_t", "mean", err));
-    dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
-    const char *names[] = {"variance", "log_variance", "pred_xstart"};
-    for (int i = 0; i < 3; i++)
-        if (optional[i] && optional[i]->data)
-            DFC_TRY(dfc_check_same_shape(x_t, optional[i], op, "x_t", names[i], err));
-    int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1);
-    DFC_TRY(check_indices(d, indices, n, op, err));
-    for (int64_t b = 0; b < n; b++) {
-        int64_t i = indices[b];
-        const float *eps = model_output->data + b * m * (learned ? 2 : 1);
-        const float *v = learned ? eps + m : NULL;
-        const float *xs = x_t->data + b * m;
-        float min_log = (float)d->posterior_log_variance_clipped[i], max_log = (float)d->log_betas[i];
-        float fixed_var = (float)d->fixed_variance[i], fixed_log = (float)d->fixed_log_variance[i];
-        float recip = (float)d->sqrt_recip_alphas_cumprod[i], recipm1 = (float)d->sqrt_recipm1_alphas_cumprod[i];
-        float coef1 = (float)d->posterior_mean_coef1[i], coef2 = (float)d->posterior_mean_coef2[i];
-        for (int64_t j = 0; j < m; j++) {
-            float lv, var;
-            if (learned) {
-                float frac = (v[j] + 1.0f) / 2.0f; /* not clamped, as guided-diffusion */
-                lv = frac * max_log + (1.0f - frac) * min_log;
-                var = expf(lv);
-            } else {
-                lv = fixed_log;
-                var = fixed_var;
-            }
-            float x0 = recip * xs[j] - recipm1 * eps[j];
-            if (clip)
-                x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-            mean->data[b * m + j] = coef1 * x0 + coef2 * xs[j];
-            if (variance && variance->data)
-                variance->data[b * m + j] = var;
-            if (log_variance && log_variance->data)
-                log_variance->data[b * m + j] = lv;
-            if (pred_xstart && pred_xstart->data)
-                pred_xstart->data[b * m + j] = x0;
-        }
-    }
-    return DFC_OK;
+    float *block;
+    dfc_posterior_coefs c;
+    DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance", &block, &c, err));
+    dfc_status st = be->ops->p_mean_variance_forward(be, model_output, x_t, &c,
+                                                     d->variance_type == DFC_VAR_LEARNED_RANGE, clip, mean,
+                                                     variance, log_variance, pred_xstart, err);
+    free(block);
+    return st;
 }
 
-dfc_status dfc_diffusion_sample_step(const dfc_diffusion *d, const dfc_tensor *mean, const dfc_tensor *variance,
-                                     const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
-                                     const int64_t *indices, dfc_tensor *x_prev, dfc_error *err)
+dfc_status dfc_diffusion_pred_xstart_backward(const dfc_diffusion *d, dfc_backend *be,
+                                              const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
+                                              const dfc_tensor *x_t, const int64_t *indices, int clip,
+                                              dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err)
+{
+    float *block;
+    dfc_posterior_coefs c;
+    DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance_backward", &block, &c, err));
+    dfc_status st = be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c,
+                                                      d->variance_type == DFC_VAR_LEARNED_RANGE, clip, dx_t,
+                                                      d_model_output, err);
+    free(block);
+    return st;
+}
+
+dfc_status dfc_diffusion_sample_step(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *mean,
+                                     const dfc_tensor *variance, const dfc_tensor *log_variance,
+                                     const dfc_tensor *grad, const dfc_tensor *noise, const int64_t *indices,
+                                     dfc_tensor *x_prev, dfc_error *err)
 {
     const char *op = "sample_step";
     DFC_TRY(dfc_check_ndim(mean, op, "mean", 2, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(mean, log_variance, op, "mean", "log_variance", err));
-    DFC_TRY(dfc_check_same_shape(mean, noise, op, "mean", "noise", err));
-    DFC_TRY(dfc_check_same_shape(mean, x_prev, op, "mean", "x_prev", err));
-    int guided = grad && grad->data;
-    if (guided) {
-        DFC_TRY(dfc_check_same_shape(mean, grad, op, "mean", "grad", err));
-        DFC_TRY(dfc_check_same_shape(mean, variance, op, "mean", "variance", err));
-    }
-    int64_t n = mean->shape[0], m = dfc_inner_size(mean, 1);
+    const int64_t n = mean->shape[0];
     DFC_TRY(check_indices(d, indices, n, op, err));
-    for (int64_t b = 0; b < n; b++) {
-        float nonzero = indices[b] != 0 ? 1.0f : 0.0f;
-        for (int64_t j = b * m; j < (b + 1) * m; j++) {
-            float mu = mean->data[j];
-            if (guided)
-                mu = mu - variance->data[j] * grad->data[j];  /* DiME's condition_mean: descend the loss */
-            x_prev->data[j] = mu + nonzero * expf(0.5f * log_variance->data[j]) * noise->data[j];
-        }
-    }
-    return DFC_OK;
+    float *noise_weight = row_arrays(n, 1, op, err);
+    if (!noise_weight)
+        return err ? err->code : DFC_ERR_NOMEM;
+    for (int64_t b = 0; b < n; b++)
+        noise_weight[b] = indices[b] != 0 ? 1.0f : 0.0f; /* no noise at the last step */
+    dfc_status st = be->ops->sample_step(be, mean, variance, log_variance, grad, noise, noise_weight, x_prev, err);
+    free(noise_weight);
+    return st;
 }

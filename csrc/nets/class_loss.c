@@ -1,7 +1,5 @@
 #include "class_loss.h"
 
-#include "../ops/net_ops.h"
-
 dfc_status dfc_classification_loss(dfc_backend *be, dfc_class_loss_kind kind, const dfc_tensor *logits,
                                    const int64_t *targets, dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err)
 {
@@ -22,16 +20,3 @@ dfc_status dfc_classification_loss(dfc_backend *be, dfc_class_loss_kind kind, co
         return be->ops->cross_entropy_forward(be, logits, targets, loss, err);
     return be->ops->logit_loss_forward(be, logits, targets, loss, err);
 }
-
-/* ---- host forms for guidance.c, until it calls dfc_classification_loss and the class_probability op ---- */
-
-dfc_status dfc_class_loss(dfc_class_loss_kind kind, const dfc_tensor *logits, const int64_t *targets,
-                          dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err)
-{
-    dfc_backend host = {.name = "ref", .ops = &dfc_ref_ops, .num_threads = 1};
-    return dfc_classification_loss(&host, kind, logits, targets, loss, dlogits, err);
-}
-
-double dfc_class_probability(const float *z, int64_t c, int64_t y) { return dfc_class_probability_row(z, c, y); }
-
-int64_t dfc_predicted_class(const float *z, int64_t c) { return dfc_predicted_class_row(z, c); }

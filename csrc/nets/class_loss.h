@@ -28,16 +28,5 @@ typedef enum { DFC_CLASS_LOSS_CE = 0, DFC_CLASS_LOSS_LOGIT = 1 } dfc_class_loss_
 dfc_status dfc_classification_loss(dfc_backend *be, dfc_class_loss_kind kind, const dfc_tensor *logits,
                                    const int64_t *targets, dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err);
 
-/* Host forms of the above and of the class_probability op, kept for guidance.c until it calls those (then delete):
- * dfc_class_loss runs dfc_classification_loss on the reference kernels, one thread. */
-dfc_status dfc_class_loss(dfc_class_loss_kind kind, const dfc_tensor *logits, const int64_t *targets,
-                          dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err);
-
-/* The class-probability convention (diffice/probabilities.py is its Python twin), for one sample's c logits z:
- * c >= 2: p = softmax(z), the predicted class argmax(z) (the first on ties);
- * c == 1: one binary logit for two classes, p(1) = sigmoid(z), p(0) = 1 - sigmoid(z), the predicted class z > 0.
- * y must lie in [0, max(c, 2)). */
-double dfc_class_probability(const float *z, int64_t c, int64_t y);
-int64_t dfc_predicted_class(const float *z, int64_t c);
-
 #endif
+

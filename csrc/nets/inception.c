@@ -315,14 +315,14 @@ typedef struct stage_memory {
     dfc_arena_mark arena_start, tmp_start;
 } stage_memory;
 
-static dfc_status keep_stage_output(stage_memory *m, dfc_tensor *h, dfc_error *err)
+static dfc_status keep_stage_output(dfc_backend *be, stage_memory *m, dfc_tensor *h, dfc_error *err)
 {
     if (m->tmp == m->arena)
         return DFC_OK;
     dfc_arena_reset(m->arena, m->arena_start);
     dfc_tensor kept = dfc_arena_tensor(m->arena, h->ndim, h->shape, err);
     DFC_CHECK_ALLOC(kept);
-    memcpy(kept.data, h->data, (size_t)dfc_numel(h) * sizeof(float));
+    DFC_TRY(dfc_copy_tensor(be, &kept, h, err));
     dfc_arena_reset(m->tmp, m->tmp_start);
     *h = kept;
     return DFC_OK;
@@ -384,16 +384,16 @@ static dfc_status inception_forward(const dfc_net *base, dfc_backend *be, dfc_ar
     m.tmp_start = dfc_arena_get_mark(m.tmp);
     dfc_tensor h;
     DFC_TRY(input_forward(be, net, x, m.tmp, &h, err));
-    DFC_TRY(keep_stage_output(&m, &h, err));
+    DFC_TRY(keep_stage_output(be, &m, &h, err));
     for (int i = 0; i < STEM_CONVS; i++) {
         DFC_TRY(basic_forward(be, &net->stem[i], &h, m.tmp, &h, err));
         if (i == 2 || i == 4) /* max pool 3x3/2 after Conv2d_2b_3x3 and Conv2d_4a_3x3 */
             DFC_TRY(pool_forward(be, POOL_MAX_3X3_S2, &h, m.tmp, &h, err));
-        DFC_TRY(keep_stage_output(&m, &h, err));
+        DFC_TRY(keep_stage_output(be, &m, &h, err));
     }
     for (int i = 0; i < NUM_BLOCKS; i++) {
         DFC_TRY(block_forward(be, &net->blocks[i], &h, m.tmp, &h, err));
-        DFC_TRY(keep_stage_output(&m, &h, err));
+        DFC_TRY(keep_stage_output(be, &m, &h, err));
     }
     /* pool3: adaptive average pool to 1x1 */
     outputs[0] = dfc_alloc2(arena, h.shape[0], h.shape[1], err);

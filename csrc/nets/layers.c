@@ -169,6 +169,15 @@ dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_erro
     return be->ops->fill(be, 0.0f, &t, err);
 }
 
+dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err)
+{
+    const int64_t n = dfc_numel(src);
+    if (dfc_numel(dst) != n)
+        return dfc_fail(err, DFC_ERR_SHAPE, "copy: the destination holds %lld values, the source %lld",
+                        (long long)dfc_numel(dst), (long long)n);
+    return be->iface->copy(be, dst->data, src->data, (size_t)n * sizeof(float), err);
+}
+
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
                        dfc_error *err)
 {

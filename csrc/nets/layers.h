@@ -145,6 +145,9 @@ dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char
  * is NULL or count 0. */
 dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_error *err);
 
+/* dst = src, tensors of one element count, through the backend's copy between its buffers (nets/ touch no element). */
+dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err);
+
 /* y = a + b (same shapes), allocated. */
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,
                        dfc_error *err);

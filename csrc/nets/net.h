@@ -1,7 +1,8 @@
-/* One interface for the image networks (SonoNet, ResNet features, segmenter, plane classifier): x in, a few
- * named outputs out, a backward from output gradients to the input gradient and the parameter gradients.
+/* One interface for every network (SonoNet, ResNet features, segmenter, plane classifier, the UNet denoiser): x in,
+ * a few named outputs out, a backward from output gradients to the input gradient and the parameter gradients.
+ * A network may also take a conditioning input beside x (the UNet: its timesteps); dfc_net_forward runs either kind.
  * Networks compose through it (the plane classifier runs a segmenter and a SonoNet), and the sampler and the
- * Python binding drive any of them the same way. The UNet, which also takes timesteps, has its own entry points. */
+ * Python binding drive any of them the same way. */
 #ifndef DIFFICE_NET_H
 #define DIFFICE_NET_H
 
@@ -22,6 +23,12 @@ typedef struct dfc_net_vtable {
     dfc_status (*backward)(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
                            const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err);
     void (*destroy)(dfc_net *net);
+    /* Networks with a conditioning input set this (NULL: none) and a forward that refuses to run without it.
+     * cond (N) float32, one value per sample (the UNet's original timesteps); otherwise as forward. The backward
+     * (the VJP with respect to x and the parameters; none flows to cond) is the same entry as for any network. */
+    dfc_status (*forward_conditioned)(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                      const dfc_tensor *x, const dfc_tensor *cond, void **tape, dfc_tensor *outputs,
+                                      dfc_error *err);
 } dfc_net_vtable;
 
 struct dfc_net {
@@ -31,6 +38,33 @@ struct dfc_net {
     const char *output_names[DFC_NET_MAX_OUTPUTS];
     int in_channels;
 };
+
+static inline int dfc_net_is_conditioned(const dfc_net *net)
+{
+    return net->vt->forward_conditioned != NULL;
+}
+
+/* The forward of any network: cond is the conditioning input of a network that takes one ((N) float32, one per
+ * sample of x), NULL for the others; either mismatch is an error naming the network. */
+static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                         const dfc_tensor *x, const dfc_tensor *cond, void **tape,
+                                         dfc_tensor *outputs, dfc_error *err)
+{
+    if (!dfc_net_is_conditioned(net)) {
+        if (cond)
+            return dfc_fail(err, DFC_ERR_VALUE, "%s.forward: got a conditioning input, but the network takes none",
+                            net->vt->kind);
+        return net->vt->forward(net, be, arena, scratch, x, tape, outputs, err);
+    }
+    if (!cond)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s.forward: the network needs its conditioning input (one value per "
+                        "sample, e.g. timesteps)", net->vt->kind);
+    if (cond->ndim != 1 || x->ndim < 1 || cond->shape[0] != x->shape[0])
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s.forward: the conditioning input must have shape (%lld,), one value "
+                        "per sample of x, got %d dims with %lld values", net->vt->kind,
+                        (long long)(x->ndim ? x->shape[0] : 0), cond->ndim, (long long)cond->shape[0]);
+    return net->vt->forward_conditioned(net, be, arena, scratch, x, cond, tape, outputs, err);
+}
 
 static inline void dfc_net_destroy(dfc_net *net)
 {

@@ -84,7 +84,7 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
     dfc_arena_mark am = dfc_arena_get_mark(arena), sm = scratch ? dfc_arena_get_mark(scratch) : am;
     dfc_tensor feats[DFC_NET_MAX_OUTPUTS];
     float *data = NULL;
-    dfc_status st = net->vt->forward(net, be, arena, scratch, b, NULL, feats, err);
+    dfc_status st = dfc_net_forward(net, be, arena, scratch, b, NULL, NULL, feats, err);
     int64_t total = 0;
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++)
         total += dfc_numel(&feats[k]);
@@ -97,7 +97,7 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
         ref[k] = feats[k];
         ref[k].data = data + offset;
         offset += dfc_numel(&feats[k]);
-        memcpy(ref[k].data, feats[k].data, (size_t)dfc_numel(&feats[k]) * sizeof(float));
+        st = dfc_copy_tensor(be, &ref[k], &feats[k], err);
     }
     reset_both(arena, am, scratch, sm);
     if (st != DFC_OK) {
@@ -145,7 +145,7 @@ dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_are
     if (st == DFC_OK)
         st = be->ops->fill(be, 0.0f, loss, err);
     if (st == DFC_OK)
-        st = net->vt->forward(net, be, arena, da ? NULL : scratch, a, da ? &tape : NULL, feats, err);
+        st = dfc_net_forward(net, be, arena, da ? NULL : scratch, a, NULL, da ? &tape : NULL, feats, err);
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++) {
         dfc_tensor *df = NULL;
         if (da) {

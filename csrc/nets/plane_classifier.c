@@ -147,8 +147,8 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     }
     int through = f->cfg.grad_through_segmenter;
     dfc_tensor seg_out[DFC_NET_MAX_OUTPUTS], cls_out[DFC_NET_MAX_OUTPUTS];
-    DFC_TRY(f->seg->vt->forward(f->seg, be, arena, scratch, x, tape && through ? &tape->seg_tape : NULL, seg_out,
-                                err));
+    DFC_TRY(dfc_net_forward(f->seg, be, arena, scratch, x, NULL, tape && through ? &tape->seg_tape : NULL, seg_out,
+                            err));
     const dfc_tensor *s = &seg_out[0];
     int64_t n = x->shape[0], h = x->shape[2], w = x->shape[3];
     if (s->ndim != 4 || s->shape[0] != n || s->shape[2] != h || s->shape[3] != w ||
@@ -170,7 +170,7 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     DFC_CHECK_ALLOC(cat);
     const dfc_tensor *parts[2] = {x, &maps};
     DFC_TRY(be->ops->concat_channels(be, parts, 2, &cat, err));
-    DFC_TRY(f->cls->vt->forward(f->cls, be, arena, scratch, &cat, tape ? &tape->cls_tape : NULL, cls_out, err));
+    DFC_TRY(dfc_net_forward(f->cls, be, arena, scratch, &cat, NULL, tape ? &tape->cls_tape : NULL, cls_out, err));
     if (tmp == scratch)
         dfc_arena_reset(scratch, mark);
     const dfc_tensor *logits = &cls_out[0];
@@ -265,15 +265,16 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         if (dx_img.data && dx_seg.data)
             DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &dx_img, &dx_seg, dx, err));
         else if (dx_img.data || dx_seg.data)
-            memcpy(dx->data, dx_img.data ? dx_img.data : dx_seg.data, (size_t)dfc_numel(dx) * sizeof(float));
+            DFC_TRY(dfc_copy_tensor(be, dx, dx_img.data ? &dx_img : &dx_seg, err));
         else
             DFC_TRY(dfc_zero_floats(be, dx->data, dfc_numel(dx), err));
     }
     return DFC_OK;
 }
 
-static const dfc_net_vtable PLANE_CLASSIFIER_VT = {"plane_classifier", plane_classifier_forward,
-                                                   plane_classifier_backward, plane_classifier_destroy};
+static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier", .forward = plane_classifier_forward,
+                                                   .backward = plane_classifier_backward,
+                                                   .destroy = plane_classifier_destroy};
 
 /* ---- the small stand-in classifier ---- */
 
@@ -410,10 +411,9 @@ static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be,
     DFC_TRY(be->ops->max_pool2d_backward(be, &dp1, &t->a1, POOL2, &da1, err));
     DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, &da1, &t->a1, arena, &dc1, err));
     DFC_TRY(dfc_conv_layer_backward(be, &c->conv1, &t->x, &dc1, arena, dx ? &dxi : NULL, g, err));
-    if (dx)
-        memcpy(dx->data, dxi.data, (size_t)dfc_numel(dx) * sizeof(float));
-    return DFC_OK;
+    return dx ? dfc_copy_tensor(be, dx, &dxi, err) : DFC_OK;
 }
 
-static const dfc_net_vtable SMALL_CLASSIFIER_VT = {"small_classifier", small_classifier_forward,
-                                                   small_classifier_backward, small_classifier_destroy};
+static const dfc_net_vtable SMALL_CLASSIFIER_VT = {.kind = "small_classifier", .forward = small_classifier_forward,
+                                                   .backward = small_classifier_backward,
+                                                   .destroy = small_classifier_destroy};

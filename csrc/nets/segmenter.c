@@ -309,7 +309,7 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
         if (l == 0) {
             DFC_TRY(double_conv_backward(be, &s->encoder[0], &tape->enc[0], &dout, arena, g, dx ? &din : NULL, err));
             if (dx)
-                memcpy(dx->data, din.data, (size_t)dfc_numel(dx) * sizeof(float));
+                DFC_TRY(dfc_copy_tensor(be, dx, &din, err));
             break;
         }
         DFC_TRY(double_conv_backward(be, &s->encoder[l], &tape->enc[l], &dout, arena, g, &din, err));
@@ -321,4 +321,5 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     return DFC_OK;
 }
 
-static const dfc_net_vtable SEGMENTER_VT = {"segmenter", segmenter_forward, segmenter_backward, segmenter_destroy};
+static const dfc_net_vtable SEGMENTER_VT = {.kind = "segmenter", .forward = segmenter_forward,
+                                            .backward = segmenter_backward, .destroy = segmenter_destroy};

@@ -209,7 +209,7 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
     if (f.release && f.cur == 1) {  /* the features are an output: they must live in arena */
         dfc_tensor kept = dfc_alloc_like(arena, &h, err);
         DFC_CHECK_ALLOC(kept);
-        memcpy(kept.data, h.data, (size_t)dfc_numel(&h) * sizeof(float));
+        DFC_TRY(dfc_copy_tensor(be, &kept, &h, err));
         h = kept;
     }
     f.release = 0;                  /* the adaptation layer is small: everything after this stays in arena */
@@ -262,7 +262,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
             if (dcam->data)
                 DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &dmap, dcam, &dmap, err));
         } else {
-            memcpy(dmap.data, dcam->data, (size_t)dfc_numel(&dmap) * sizeof(float));
+            DFC_TRY(dfc_copy_tensor(be, &dmap, dcam, err));
         }
         dh = dmap;
         for (int i = NUM_UNITS - 1; i >= NUM_FEATURE_UNITS; i--)
@@ -283,8 +283,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
         return DFC_OK;
     if (s->cfg.standardize)
         return be->ops->standardize_backward(be, &dh, &tape->input, STANDARDIZE_SCALE, dx, err);
-    memcpy(dx->data, dh.data, (size_t)dfc_numel(dx) * sizeof(float));
-    return DFC_OK;
+    return dfc_copy_tensor(be, dx, &dh, err);
 }
 
 static void sononet_destroy(dfc_net *net)
@@ -295,7 +294,8 @@ static void sononet_destroy(dfc_net *net)
     free(net);
 }
 
-static const dfc_net_vtable SONONET_VTABLE = {"sononet", sononet_forward, sononet_backward, sononet_destroy};
+static const dfc_net_vtable SONONET_VTABLE = {.kind = "sononet", .forward = sononet_forward,
+                                              .backward = sononet_backward, .destroy = sononet_destroy};
 
 dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_error *err)
 {

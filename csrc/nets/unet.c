@@ -42,9 +42,9 @@ typedef struct block {
     int skip_channels;          /* output blocks: channels of the skip concatenated before the block */
 } block;
 
-struct dfc_unet {
+typedef struct dfc_unet {
+    dfc_net base;               /* params, outputs, vtable */
     dfc_unet_config cfg;
-    dfc_param_set params;
     dfc_linear_layer time_linear1, time_linear2;
     layer *layers;
     int num_layers;
@@ -52,7 +52,7 @@ struct dfc_unet {
     int num_input_blocks, num_output_blocks;
     dfc_group_norm_layer out_norm;
     dfc_conv_layer out_conv;
-};
+} dfc_unet;
 
 /* The structure is walked twice by dfc_param_set_build (b->owner: the dfc_unet), registering then binding, in
  * guided-diffusion's module order, which is also its state_dict order. */
@@ -260,7 +260,21 @@ static dfc_status validate_config(const dfc_unet_config *c, dfc_error *err)
     return DFC_OK;
 }
 
-dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_unet **out, dfc_error *err)
+static void unet_destroy(dfc_net *net)
+{
+    dfc_unet *u = (dfc_unet *)net;
+    if (!u)
+        return;
+    dfc_param_set_free(&u->base.params);
+    free(u->layers);
+    free(u->input_blocks);
+    free(u->output_blocks);
+    free(u);
+}
+
+static const dfc_net_vtable UNET_VTABLE;
+
+dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_net **out, dfc_error *err)
 {
     *out = NULL;
     DFC_TRY(validate_config(cfg, err));
@@ -268,37 +282,27 @@ dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_unet **out, dfc_error
     if (!u)
         return dfc_fail(err, DFC_ERR_NOMEM, "UNet: out of memory");
     u->cfg = *cfg;
+    u->base.vt = &UNET_VTABLE;
+    u->base.num_outputs = 1;
+    u->base.output_names[0] = "model_output";
+    u->base.in_channels = cfg->in_channels;
     int levels = cfg->num_levels, nrb = cfg->num_res_blocks;
     int max_layers = 4 + (levels * nrb + levels) * 2 + 3 + levels * (nrb + 1) * 3;
     u->layers = calloc((size_t)max_layers, sizeof *u->layers);
     u->input_blocks = calloc((size_t)(1 + levels * nrb + levels), sizeof *u->input_blocks);
     u->output_blocks = calloc((size_t)(levels * (nrb + 1)), sizeof *u->output_blocks);
     if (!u->layers || !u->input_blocks || !u->output_blocks) {
-        dfc_unet_destroy(u);
+        unet_destroy(&u->base);
         return dfc_fail(err, DFC_ERR_NOMEM, "UNet: out of memory");
     }
-    dfc_status st = dfc_param_set_build(&u->params, build, u, err);
+    dfc_status st = dfc_param_set_build(&u->base.params, build, u, err);
     if (st != DFC_OK) {
-        dfc_unet_destroy(u);
+        unet_destroy(&u->base);
         return st;
     }
-    *out = u;
+    *out = &u->base;
     return DFC_OK;
 }
-
-void dfc_unet_destroy(dfc_unet *u)
-{
-    if (!u)
-        return;
-    dfc_param_set_free(&u->params);
-    free(u->layers);
-    free(u->input_blocks);
-    free(u->output_blocks);
-    free(u);
-}
-
-const dfc_unet_config *dfc_unet_get_config(const dfc_unet *u) { return &u->cfg; }
-dfc_param_set *dfc_unet_params(dfc_unet *u) { return &u->params; }
 
 /* ---- forward and backward, layer by layer ---- */
 
@@ -313,11 +317,11 @@ typedef struct layer_tape {
     dfc_tensor xu;
 } layer_tape;
 
-struct dfc_unet_tape {
+typedef struct unet_tape {
     layer_tape *layers;
     dfc_tensor x, temb, l1, l1_act, emb, emb_act;
     dfc_tensor head_x, head_mean, head_rstd, head_n, head_a;
-};
+} unet_tape;
 
 static dfc_status silu_new(dfc_backend *be, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
 {
@@ -356,23 +360,6 @@ static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_t
     return be->ops->avg_pool2d_backward(be, dy, POOL2, dx, err);
 }
 
-/* emb_out (N, 2C) -> (1 + scale) as (N, C, 1, 1) and shift as (N, C, 1, 1). */
-static dfc_status split_scale_shift(const dfc_tensor *e, int64_t c, dfc_arena *arena, dfc_tensor *one_plus_scale,
-                                    dfc_tensor *shift, dfc_error *err)
-{
-    int64_t n = e->shape[0];
-    *one_plus_scale = dfc_alloc4(arena, n, c, 1, 1, err);
-    DFC_CHECK_ALLOC(*one_plus_scale);
-    *shift = dfc_alloc4(arena, n, c, 1, 1, err);
-    DFC_CHECK_ALLOC(*shift);
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < c; j++) {
-            one_plus_scale->data[i * c + j] = 1.0f + e->data[i * 2 * c + j];
-            shift->data[i * c + j] = e->data[i * 2 * c + c + j];
-        }
-    return DFC_OK;
-}
-
 /* Intermediates come from arena, the output from out_arena (the same arena when a tape keeps everything). */
 static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x,
                                    const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena,
@@ -393,14 +380,11 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
     DFC_TRY(dfc_linear_layer_forward(be, &r->emb, emb_act, arena, &e, err));
     int64_t n = h2.shape[0], c = r->cout;
     if (r->emb.weight.shape[0] == 2 * c) {
-        /* scale-shift norm: h = GN(h) (1 + scale) + shift */
-        dfc_tensor one_plus_scale, shift, scaled;
+        /* scale-shift norm: h = GN(h) (1 + scale) + shift, [scale | shift] = e */
         DFC_TRY(dfc_group_norm_layer_forward(be, &r->out_norm, &h2, arena, &n2, &out_mean, &out_rstd, err));
-        DFC_TRY(split_scale_shift(&e, c, arena, &one_plus_scale, &shift, err));
-        scaled = dfc_alloc_like(arena, &n2, err);
-        DFC_CHECK_ALLOC(scaled);
-        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_MUL, &n2, &one_plus_scale, &scaled, err));
-        DFC_TRY(dfc_add_new(be, &scaled, &shift, arena, &h3, err));
+        h3 = dfc_alloc_like(arena, &n2, err);
+        DFC_CHECK_ALLOC(h3);
+        DFC_TRY(be->ops->scale_shift_forward(be, &n2, &e, &h3, err));
     } else {
         /* additive: h = GN(h + emb) */
         dfc_tensor e4 = dfc_tensor4(e.data, n, c, 1, 1), h2e;
@@ -445,21 +429,10 @@ static dfc_status resblock_backward(dfc_backend *be, const resblock *r, const la
     de = dfc_alloc2(arena, n, r->emb.weight.shape[0], err);
     DFC_CHECK_ALLOC(de);
     if (r->emb.weight.shape[0] == 2 * c) {
-        /* h3 = n2 (1 + scale) + shift: dn2 = dh3 (1 + scale); dscale = sum_hw dh3 n2; dshift = sum_hw dh3 */
-        dfc_tensor one_plus_scale, shift, dn2, dscale = dfc_alloc4(arena, n, c, 1, 1, err);
-        DFC_CHECK_ALLOC(dscale);
-        dfc_tensor dshift = dfc_alloc4(arena, n, c, 1, 1, err);
-        DFC_CHECK_ALLOC(dshift);
-        DFC_TRY(split_scale_shift(&s->e, c, arena, &one_plus_scale, &shift, err));
-        dn2 = dfc_alloc_like(arena, &s->n2, err);
+        /* h3 = n2 (1 + scale) + shift: dn2 = dh3 (1 + scale), de = [sum_hw dh3 n2 | sum_hw dh3] */
+        dfc_tensor dn2 = dfc_alloc_like(arena, &s->n2, err);
         DFC_CHECK_ALLOC(dn2);
-        DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_MUL, &dh3, &s->n2, &one_plus_scale, &dn2, &dscale, err));
-        DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_ADD, &dh3, &s->n2, &shift, NULL, &dshift, err));
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < c; j++) {
-                de.data[i * 2 * c + j] = dscale.data[i * c + j];
-                de.data[i * 2 * c + c + j] = dshift.data[i * c + j];
-            }
+        DFC_TRY(be->ops->scale_shift_backward(be, &dh3, &s->n2, &s->e, &dn2, &de, err));
         DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dn2, arena,
                                               &dh2, g, err));
     } else {
@@ -598,7 +571,7 @@ static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer
  * output goes to arena. With a tape (scratch NULL) everything stays in arena for the backward. */
 static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_tensor *x,
                                 const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *scratch,
-                                dfc_unet_tape *tape, dfc_tensor *out, dfc_error *err)
+                                unet_tape *tape, dfc_tensor *out, dfc_error *err)
 {
     dfc_arena *tmp = scratch ? scratch : arena;
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
@@ -617,7 +590,7 @@ static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block 
     return st;
 }
 
-static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_unet_tape *tape,
+static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block *blk, const unet_tape *tape,
                                  const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g,
                                  dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
 {
@@ -644,17 +617,18 @@ static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error 
     return DFC_OK;
 }
 
-dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                            const dfc_tensor *x, const float *t, dfc_unet_tape **tape_out, dfc_tensor *y,
-                            dfc_error *err)
+/* outputs[0] = UNet(x, t): the model output (N, out_channels, H, W) from arena; block intermediates from scratch
+ * unless a tape keeps everything in arena. t: the original timesteps (N). */
+static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
+                                           dfc_arena *scratch, const dfc_tensor *x, const dfc_tensor *t,
+                                           void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
+    const dfc_unet *u = (const dfc_unet *)net;
     if (tape_out)
         scratch = NULL; /* the backward needs every intermediate */
     DFC_TRY(check_input(u, x, err));
     int64_t n = x->shape[0];
-    int64_t want[4] = {n, u->cfg.out_channels, x->shape[2], x->shape[3]};
-    DFC_TRY(dfc_check_shape(y, "UNet.forward", "y", 4, want, err));
-    dfc_unet_tape *tape = NULL;
+    unet_tape *tape = NULL;
     if (tape_out) {
         tape = dfc_arena_alloc(arena, sizeof *tape, err);
         layer_tape *layers = dfc_arena_alloc(arena, (size_t)u->num_layers * sizeof *layers, err);
@@ -668,9 +642,9 @@ dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena
     }
     /* time embedding: Linear(mc -> 4mc), SiLU, Linear(4mc -> 4mc); each resblock applies SiLU(emb) first */
     int mc = u->cfg.model_channels;
-    dfc_tensor t_vec = dfc_tensor1((float *)t, n), temb = dfc_alloc2(arena, n, mc, err), l1, l1_act, emb, emb_act;
+    dfc_tensor temb = dfc_alloc2(arena, n, mc, err), l1, l1_act, emb, emb_act;
     DFC_CHECK_ALLOC(temb);
-    DFC_TRY(be->ops->timestep_embedding(be, &t_vec, 10000.0f, &temb, err));
+    DFC_TRY(be->ops->timestep_embedding(be, t, 10000.0f, &temb, err));
     DFC_TRY(dfc_linear_layer_forward(be, &u->time_linear1, &temb, arena, &l1, err));
     DFC_TRY(silu_new(be, &l1, arena, &l1_act, err));
     DFC_TRY(dfc_linear_layer_forward(be, &u->time_linear2, &l1_act, arena, &emb, err));
@@ -695,6 +669,9 @@ dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena
     dfc_tensor hn, mean, rstd, a;
     DFC_TRY(dfc_group_norm_layer_forward(be, &u->out_norm, &h, arena, &hn, &mean, &rstd, err));
     DFC_TRY(silu_new(be, &hn, arena, &a, err));
+    dfc_tensor *y = &outputs[0];
+    *y = dfc_alloc4(arena, n, u->cfg.out_channels, x->shape[2], x->shape[3], err);
+    DFC_CHECK_ALLOC(*y);
     DFC_TRY(be->ops->conv2d_forward(be, &a, &u->out_conv.weight, &u->out_conv.bias, u->out_conv.p, y, err));
     if (tape) {
         tape->temb = temb;
@@ -711,17 +688,31 @@ dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena
     return DFC_OK;
 }
 
-dfc_status dfc_unet_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_unet_tape *tape,
-                             const dfc_tensor *dy, dfc_tensor *dx, float *grads, dfc_error *err)
+/* Without its timesteps the UNet cannot run: dfc_net_forward passes them to the conditioned forward. */
+static dfc_status unet_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                               const dfc_tensor *x, void **tape, dfc_tensor *outputs, dfc_error *err)
 {
+    return dfc_net_forward(net, be, arena, scratch, x, NULL, tape, outputs, err);
+}
+
+/* From the tape of a conditioned forward and dy = douts[0] = dL/d(model output): dx = dL/dx (if not NULL, caller
+ * allocated) and, if grads is not NULL, dL/dparams into grads (parameter-buffer layout; every entry is written). */
+static dfc_status unet_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape_ptr,
+                                const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
+{
+    const dfc_unet *u = (const dfc_unet *)net;
+    const unet_tape *tape = tape_ptr;
+    const dfc_tensor *dy = &douts[0];
     if (!tape)
         return dfc_fail(err, DFC_ERR_VALUE, "UNet.backward: no tape (run the forward with a tape first)");
+    if (!dy->data)
+        return dfc_fail(err, DFC_ERR_VALUE, "UNet.backward: no gradient for its output");
     int64_t n = tape->x.shape[0];
     int64_t want[4] = {n, u->cfg.out_channels, tape->x.shape[2], tape->x.shape[3]};
     DFC_TRY(dfc_check_shape(dy, "UNet.backward", "dy", 4, want, err));
     if (dx)
         DFC_TRY(dfc_check_shape(dx, "UNet.backward", "dx", 4, tape->x.shape, err));
-    dfc_grad_target g = {&u->params, grads};
+    dfc_grad_target g = {&u->base.params, grads};
     dfc_tensor d_emb_act = {0}, *d_emb = NULL;
     if (grads) {
         d_emb_act = dfc_arena_zeros(arena, 2, tape->emb_act.shape, err);
@@ -757,8 +748,8 @@ dfc_status dfc_unet_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *aren
         DFC_TRY(dfc_add_new(be, &dh, &dskips[b], arena, &total, err));
         DFC_TRY(block_backward(be, u, &u->input_blocks[b], tape, &total, arena, g, d_emb, &dh, err));
     }
-    if (dx)
-        memcpy(dx->data, dh.data, (size_t)dfc_numel(dx) * sizeof(float));
+    if (dx) /* a one-part concat: the copy goes through the op table, wherever the backend keeps the data */
+        DFC_TRY(be->ops->concat_channels(be, (const dfc_tensor *const[]){&dh}, 1, dx, err));
     if (grads) {
         /* time embedding: emb_act = silu(emb), emb = L2(silu(L1(temb))) */
         dfc_tensor demb, dl1_act, dl1;
@@ -769,3 +760,6 @@ dfc_status dfc_unet_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *aren
     }
     return DFC_OK;
 }
+
+static const dfc_net_vtable UNET_VTABLE = {.kind = "unet", .forward = unet_forward, .backward = unet_backward,
+                                           .destroy = unet_destroy, .forward_conditioned = unet_forward_conditioned};

@@ -1,11 +1,11 @@
-/* The guided-diffusion UNetModel (openai/guided-diffusion unet.py) as DiME configures it, unconditional:
- * forward, the vector-Jacobian product with respect to the input image, and gradients of every parameter.
- * Parameters are named by their PyTorch state_dict keys, so a checkpoint loads without a mapping table.
- * Layer structure and numerics: docs/method.md sections 1.3-1.5. */
+/* The guided-diffusion UNetModel (openai/guided-diffusion unet.py) as DiME configures it, unconditional, as a
+ * dfc_net conditioned on the timesteps: forward, the vector-Jacobian product with respect to the input image, and
+ * gradients of every parameter. Parameters are named by their PyTorch state_dict keys, so a checkpoint loads
+ * without a mapping table. Layer structure and numerics: docs/method.md sections 1.3-1.5. */
 #ifndef DIFFICE_UNET_H
 #define DIFFICE_UNET_H
 
-#include "layers.h"
+#include "net.h"
 
 #define DFC_UNET_MAX_LEVELS 8
 
@@ -25,28 +25,11 @@ typedef struct dfc_unet_config {
     int resblock_updown;
 } dfc_unet_config;
 
-typedef struct dfc_unet dfc_unet;
-typedef struct dfc_unet_tape dfc_unet_tape;
-
-/* Builds the network with zeroed parameters; fails on inconsistent configs (e.g. channels not divisible by the 32
- * GroupNorm groups, heads not dividing channels). */
-dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_unet **out, dfc_error *err);
-void dfc_unet_destroy(dfc_unet *u);
-
-const dfc_unet_config *dfc_unet_get_config(const dfc_unet *u);
-dfc_param_set *dfc_unet_params(dfc_unet *u);
-
-/* y = UNet(x, t): x (N, in, H, W) with H, W divisible by 2^(levels-1), t (N) original timesteps (as float),
- * y (N, out, H, W) allocated by the caller. Block outputs come from arena, each block's intermediates from
- * scratch, released after the block (the caller resets both afterwards). With tape non-NULL, everything the
- * backward needs is kept in arena (scratch is not used) and *tape points at it. */
-dfc_status dfc_unet_forward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                            const dfc_tensor *x, const float *t, dfc_unet_tape **tape, dfc_tensor *y,
-                            dfc_error *err);
-
-/* From the tape of a forward and dy = dL/dy: dx = dL/dx (if not NULL, caller allocated) and, if grads is not NULL,
- * dL/dparams into grads (laid out like the parameter buffer; every entry is written). */
-dfc_status dfc_unet_backward(const dfc_unet *u, dfc_backend *be, dfc_arena *arena, const dfc_unet_tape *tape,
-                             const dfc_tensor *dy, dfc_tensor *dx, float *grads, dfc_error *err);
+/* Builds the network with zeroed parameters (set them through net->params); fails on inconsistent configs (e.g.
+ * channels not divisible by the 32 GroupNorm groups, heads not dividing channels).
+ * Run it with dfc_net_forward and its conditioning input t (N) float32, the ORIGINAL (un-respaced) timesteps:
+ * x (N, in_channels, H, W) with H, W divisible by 2^(levels-1) -> one output "model_output"
+ * (N, out_channels, H, W): eps, then the variance interpolation v with learn_sigma. */
+dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_net **out, dfc_error *err);
 
 #endif

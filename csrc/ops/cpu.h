@@ -24,23 +24,38 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
                            dfc_matmul_operand a, dfc_matmul_operand b, dfc_matmul_operand c, float alpha,
                            float beta, dfc_error *err);
 
+/* The ops with a kernel of their own here (cpu_<op>); every other op runs its reference kernel, which is already
+ * the fast one for the memory-bound elementwise ops (cpu_backend.c builds the table from this list). */
+#define DFC_CPU_FAST_OPS(X) \
+    X(conv2d_forward) \
+    X(conv2d_backward_input) \
+    X(conv2d_backward_weight) \
+    X(linear_forward) \
+    X(linear_backward_input) \
+    X(linear_backward_weight) \
+    X(group_norm_forward) \
+    X(group_norm_backward) \
+    X(activation_forward) \
+    X(activation_backward) \
+    X(softmax_forward) \
+    X(softmax_backward) \
+    X(attention_forward) \
+    X(attention_backward) \
+    /* diffusion arithmetic */ \
+    X(q_sample) \
+    X(p_mean_variance_forward) \
+    X(sample_step) \
+    /* optimizer ops */ \
+    X(adamw_step) \
+    X(ema_update) \
+    X(sum_squares) \
+    X(scale) \
+    /* network ops */ \
+    X(normalized_distance_forward) \
+    X(normalized_distance_backward)
+
 #define DFC_DECLARE_CPU_OP(name) DFC_DECLARE_OP_(cpu, name)
-DFC_DECLARE_CPU_OP(conv2d_forward)
-DFC_DECLARE_CPU_OP(conv2d_backward_input)
-DFC_DECLARE_CPU_OP(conv2d_backward_weight)
-DFC_DECLARE_CPU_OP(linear_forward)
-DFC_DECLARE_CPU_OP(linear_backward_input)
-DFC_DECLARE_CPU_OP(linear_backward_weight)
-DFC_DECLARE_CPU_OP(group_norm_forward)
-DFC_DECLARE_CPU_OP(group_norm_backward)
-DFC_DECLARE_CPU_OP(attention_forward)
-DFC_DECLARE_CPU_OP(attention_backward)
-DFC_DECLARE_CPU_OP(activation_forward)
-DFC_DECLARE_CPU_OP(activation_backward)
-DFC_DECLARE_CPU_OP(softmax_forward)
-DFC_DECLARE_CPU_OP(softmax_backward)
-DFC_DECLARE_CPU_OP(normalized_distance_forward)
-DFC_DECLARE_CPU_OP(normalized_distance_backward)
+DFC_CPU_FAST_OPS(DFC_DECLARE_CPU_OP)
 #undef DFC_DECLARE_CPU_OP
 
 #endif

@@ -1,6 +1,5 @@
-/* The arithmetic the network-side kernels share (ref_net.c, ref_loss.c, cpu_net.c): the class-probability rule
- * over one sample's logits and the checks of class targets. Private to csrc/ops (and to class_loss.c's per-sample
- * helpers until their last caller moves to the class_probability op). */
+/* The arithmetic the network-side kernels share (ref_net.c, ref_loss.c, cpu_net.c, ref_diffusion.c's flip decision):
+ * the class-probability rule over one sample's logits and the checks of class targets. Private to csrc/ops. */
 #ifndef DIFFICE_NET_OPS_H
 #define DIFFICE_NET_OPS_H
 

@@ -1,6 +1,7 @@
 /* The op table: every numerical op diffice's networks use, forward and backward, behind one interface.
- * A backend (reference C, fast CPU with oneDNN, later CUDA) is a table of these functions plus its private state;
- * model code calls be->ops->name(be, ...) and never knows which device runs it (ggml's backend idea).
+ * A backend (reference C, fast CPU with oneDNN, later CUDA) is a table of these functions, an interface for its
+ * lifecycle and memory (dfc_backend_iface, below) and its private state; model code calls be->ops->name(be, ...)
+ * and never knows which device runs it (ggml's backend idea).
  *
  * Conventions, for every op:
  *  - tensors are dense float32, row-major, NCHW for images, (N, C, T) for token sequences, (rows, cols) for
@@ -11,6 +12,7 @@
 #ifndef DIFFICE_OPS_H
 #define DIFFICE_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../core/error.h"
@@ -31,7 +33,31 @@ typedef struct dfc_pool2d_params {
 
 typedef enum { DFC_ACT_RELU = 0, DFC_ACT_SILU = 1, DFC_ACT_SIGMOID = 2 } dfc_activation;
 typedef enum { DFC_BINARY_ADD = 0, DFC_BINARY_MUL = 1 } dfc_binary;
-typedef enum { DFC_PIXEL_L1 = 0, DFC_PIXEL_L2 = 1, DFC_PIXEL_L2_CHANNEL_NORM = 2 } dfc_pixel_loss_kind;
+
+/* AdamW's hyperparameters (torch.optim.AdamW's; the scalars stay double as torch's Python floats). */
+typedef struct dfc_adamw_config {
+    double lr;            /* 1e-4 in the Diff-ICE paper */
+    double beta1, beta2;  /* torch defaults 0.9, 0.999 (guided-diffusion keeps them) */
+    double eps;           /* torch default 1e-8 */
+    double weight_decay;  /* decoupled: p *= 1 - lr * weight_decay before the Adam step (0.05 in the paper) */
+} dfc_adamw_config;
+
+/* Per-row coefficients of the posterior q(x_{t-1} | x_t, x_0) and the model's variance at each row's timestep, as
+ * guided-diffusion's _extract_into_tensor casts them from the float64 schedule (host arrays of N entries). */
+typedef struct dfc_posterior_coefs {
+    const float *sqrt_recip_abar, *sqrt_recipm1_abar; /* pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps */
+    const float *coef1, *coef2;                       /* mean = coef1 pred_xstart + coef2 x_t */
+    const float *min_log, *max_log;   /* learned range: log beta~ (clipped) .. log beta */
+    const float *variance, *log_variance; /* fixed variances (unused for the learned range) */
+} dfc_posterior_coefs;
+
+/* The same coefficients in float64 for the training loss's variational bound (host arrays of N entries), plus
+ * which rows take the decoder NLL (timestep 0) instead of the KL, and the scale of vb (RESCALED_MSE: K / 1000). */
+typedef struct dfc_vb_coefs {
+    const double *sqrt_recip_abar, *sqrt_recipm1_abar, *coef1, *coef2, *min_log, *max_log;
+    const int *decoder_nll;
+    double scale;
+} dfc_vb_coefs;
 
 typedef struct dfc_ops {
     /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
@@ -81,7 +107,7 @@ typedef struct dfc_ops {
     dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
                                       const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
 
-    /* softmax over one axis (negative counts from the end: -1 is the last); backward from the forward's output y. */
+    /* softmax over one axis (negative: counted from the end, -1 the last); backward from the forward's output y. */
     dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err);
     dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis,
                                    dfc_tensor *dx, dfc_error *err);
@@ -157,8 +183,101 @@ typedef struct dfc_ops {
                               dfc_error *err);
     dfc_status (*mse_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                                dfc_tensor *da, dfc_tensor *db, dfc_error *err);
+    /* ---- diffusion arithmetic (docs/method.md sections 2-5): the sampler's and the training loss's numbers.
+     * Rows are the first dim (samples); m = values per row. Per-row coefficients (float *, double *) and flags
+     * (int *) are HOST arrays of N entries, as cross_entropy's targets: a device backend copies them in (and
+     * copies the int flags that nonfinite_rows and target_probability write back out). ---- */
 
-    /* ---- network ops (issue 15, netops): losses, standardisation and the class-probability rule ---- */
+    /* x_t = sqrt_abar[b] x0 + sqrt_one_minus_abar[b] noise. No backward: the forward process is not
+     * differentiated (d x_t / d x0 would be row_scale by sqrt_abar). */
+    dfc_status (*q_sample)(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
+                           const float *sqrt_one_minus_abar, dfc_tensor *x_t, dfc_error *err);
+    /* guided-diffusion's p_mean_variance for eps prediction, float32 in its operation order: model_output
+     * (N, 2C, ...) = (eps, v) when learned (log_variance = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2,
+     * unclamped), (N, C, ...) = eps otherwise (the fixed variances); pred_xstart clamped to [-1, 1] when clip.
+     * mean, variance, log_variance, pred_xstart shaped like x_t; all but mean may be NULL.
+     * Backward carries d pred_xstart only (the sampler's x_t-gradient): through the clip (zero where it clamped),
+     * dx_t = sqrt_recip_abar g, d model_output = (-sqrt_recipm1_abar g, 0 for v); either output may be NULL. */
+    dfc_status (*p_mean_variance_forward)(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                          const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                          dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
+                                          dfc_error *err);
+    dfc_status (*p_mean_variance_backward)(dfc_backend *be, const dfc_tensor *d_pred_xstart,
+                                           const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                           const dfc_posterior_coefs *coefs, int learned, int clip,
+                                           dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err);
+    /* a reverse step x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (noise_weight is
+     * [i != 0]); grad NULL: unguided (variance unused). x_prev may alias mean. No backward (a sample). */
+    dfc_status (*sample_step)(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
+                              const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
+                              const float *noise_weight, dfc_tensor *x_prev, dfc_error *err);
+    /* y = alpha[b] x, any shape (N, ...); y may alias x. Linear, so its backward is itself (dx = alpha dy). */
+    dfc_status (*row_scale)(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y,
+                            dfc_error *err);
+    /* y += alpha[b] x. Backward: dx = alpha dy (row_scale), dy passes to the old y unchanged. */
+    dfc_status (*row_axpy)(dfc_backend *be, const float *alpha, const dfc_tensor *x, dfc_tensor *y,
+                           dfc_error *err);
+    /* FastDiME's change map: a, b (N, C, H, W) in [-1, 1] -> y (N, 1, H, W) = sum over C of
+     * |(a + 1) / 2 - (b + 1) / 2|, divided by its per-sample maximum when that is > 0. No backward (a mask). */
+    dfc_status (*change_map)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
+                             dfc_error *err);
+    /* FastDiME's masked blend: keep = [mask < threshold] per pixel, mask (N, 1, H, W) broadcast over C of a, b
+     * (N, C, H, W); y = a (1 - keep) + keep b. y may alias a. No backward (the sampler does not differentiate it). */
+    dfc_status (*masked_blend)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *mask,
+                               float threshold, dfc_tensor *y, dfc_error *err);
+    /* DiME's distance terms, a, b (N, C, H, W): loss[b] = lambda_l1 sum |a - b| + lambda_l2 sum over pixels of the
+     * channel norm ||a - b|| (norms accumulated in double); weights (1, 0) and (0, 1) are also the perceptual pixel
+     * losses l1 and l2_channel_norm (their squared l2 is mse). Backward: da = dloss[b] (lambda_l1 sign(a - b) +
+     * lambda_l2 (a - b) / ||a - b||), 0 where the norm is 0. */
+    dfc_status (*distance_penalty_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
+                                           float lambda_l1, float lambda_l2, dfc_tensor *loss, dfc_error *err);
+    dfc_status (*distance_penalty_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a,
+                                            const dfc_tensor *b, float lambda_l1, float lambda_l2, dfc_tensor *da,
+                                            dfc_error *err);
+    /* non-finite detection: nonfinite[b] = row b of x holds a NaN or an infinity; such rows are set to 0 in place
+     * (every later op works per sample, so the others are untouched). */
+    dfc_status (*nonfinite_rows)(dfc_backend *be, dfc_tensor *x, int *nonfinite, dfc_error *err);
+    /* the flip decision, with class_loss.h's convention: logits (N, K), targets (N) -> prob (N) = p(target)
+     * (softmax for K >= 2, sigmoid of +-z for K == 1; in double) and is_target[b] = argmax == target (first on
+     * ties; z > 0 for K == 1). No backward. */
+    dfc_status (*target_probability)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
+                                     dfc_tensor *prob, int *is_target, dfc_error *err);
+    /* the training loss's variational bound in bits per dimension with the mean frozen (guided-diffusion's
+     * _vb_terms_bpd): model_output (N, 2C, ...) = (eps, v), x_start, x_t (N, C, ...) -> vb (N) =
+     * scale mean_j term_j / ln 2, term = KL(q || p) (normal_kl) or, where decoder_nll, the discretized Gaussian
+     * NLL of x_start; in double. Backward: d_v (N, C, ...) = dvb[b] d vb / d v (the gradient reaches v only). */
+    dfc_status (*diffusion_vb_forward)(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_start,
+                                       const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb,
+                                       dfc_error *err);
+    dfc_status (*diffusion_vb_backward)(dfc_backend *be, const dfc_tensor *dvb, const dfc_tensor *model_output,
+                                        const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_vb_coefs *coefs,
+                                        dfc_tensor *d_v, dfc_error *err);
+
+    /* ---- UNet ops (issue 15, unetnet) ---- */
+    /* guided-diffusion's scale-shift norm (use_scale_shift_norm), per sample and channel: x (N, C, ...),
+     * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch.
+     * Backward: dx = dy (1 + scale) and dss = [sum dy x | sum dy] over x's non-(N, C) dims, either NULL. */
+    dfc_status (*scale_shift_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
+                                      dfc_error *err);
+    dfc_status (*scale_shift_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
+                                       const dfc_tensor *ss, dfc_tensor *dx, dfc_tensor *dss, dfc_error *err);
+
+    /* ---- optimizer ops (csrc/ops/ref_optim.c, cpu_optim.c): in place over same-shape tensors, no gradient ---- */
+    /* One AdamW step (torch.optim.AdamW, single-tensor form): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
+     * v = beta2 v + (1 - beta2) g^2; p += -lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps).
+     * step: the 1-based count of this step; exp_avg, exp_avg_sq are zero before the first step. */
+    dfc_status (*adamw_step)(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, dfc_tensor *param,
+                             const dfc_tensor *grad, dfc_tensor *exp_avg, dfc_tensor *exp_avg_sq, dfc_error *err);
+    /* ema = rate ema + (1 - rate) param, rate in [0, 1] (guided-diffusion's update_ema). */
+    dfc_status (*ema_update)(dfc_backend *be, double rate, dfc_tensor *ema, const dfc_tensor *param,
+                             dfc_error *err);
+    /* *sum = sum of x^2 over every element, accumulated in double; the same result for any thread count (training
+     * resumes bit for bit). */
+    dfc_status (*sum_squares)(dfc_backend *be, const dfc_tensor *x, double *sum, dfc_error *err);
+    /* x *= factor (gradient clipping). */
+    dfc_status (*scale)(dfc_backend *be, dfc_tensor *x, float factor, dfc_error *err);
+
+    /* ---- network ops (issue 15, netops): classification losses, standardisation, feature distance, fill ---- */
 
     /* The signed logit of the target l_y of logits (N, C) at integer targets (N) -> loss (N) = -l_y (DiME's
      * use_logits loss): C == 1: l_y = +-z (sign by target in {0, 1}); C == 2: z_y - z_(1-y); C > 2: z_y.
@@ -176,13 +295,6 @@ typedef struct dfc_ops {
     dfc_status (*bce_with_logits_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                            const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err);
 
-    /* The probability rule of logits (N, C): C >= 2: p = softmax(z), predicted = argmax (the first on ties);
-     * C == 1: one binary logit, p(1) = sigmoid(z), p(0) = 1 - sigmoid(z), predicted = z > 0.
-     * -> prob (N) = p(targets[n]) (targets in [0, max(C, 2))) and predicted (N) class indices, either NULL.
-     * No backward: a decision, not a loss. */
-    dfc_status (*class_probability)(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
-                                    dfc_tensor *prob, int64_t *predicted, dfc_error *err);
-
     /* per-plane standardisation of x (N, C, H, W): y = scale (x - mean) / std over each (n, c) plane, std with
      * ddof 0; a constant plane is an error. Backward from the forward's input x (layer-norm form). */
     dfc_status (*standardize_forward)(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y,
@@ -197,14 +309,6 @@ typedef struct dfc_ops {
                                               dfc_tensor *loss, dfc_error *err);
     dfc_status (*normalized_distance_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a,
                                                const dfc_tensor *b, dfc_tensor *da, dfc_error *err);
-
-    /* pixel distances per sample over the non-batch elements of a, b (N, C, ...): loss (N) =
-     * L1: sum |a - b|; L2: sum (a - b)^2; L2_CHANNEL_NORM: sum over positions of the norm over channels of a - b.
-     * Backward: da = dloss[n] * (sign(a - b) | 2 (a - b) | (a - b) / norm, 0 where the norm is 0). */
-    dfc_status (*pixel_loss_forward)(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a,
-                                     const dfc_tensor *b, dfc_tensor *loss, dfc_error *err);
-    dfc_status (*pixel_loss_backward)(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *dloss,
-                                      const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *da, dfc_error *err);
 
     /* y = value everywhere (any shape). */
     dfc_status (*fill)(dfc_backend *be, float value, dfc_tensor *y, dfc_error *err);
@@ -249,37 +353,118 @@ typedef struct dfc_ops {
     X(cross_entropy_backward) \
     X(mse_forward) \
     X(mse_backward) \
+    /* diffusion arithmetic */ \
+    X(q_sample) \
+    X(p_mean_variance_forward) \
+    X(p_mean_variance_backward) \
+    X(sample_step) \
+    X(row_scale) \
+    X(row_axpy) \
+    X(change_map) \
+    X(masked_blend) \
+    X(distance_penalty_forward) \
+    X(distance_penalty_backward) \
+    X(nonfinite_rows) \
+    X(target_probability) \
+    X(diffusion_vb_forward) \
+    X(diffusion_vb_backward) \
+    /* UNet ops (issue 15, unetnet) */ \
+    X(scale_shift_forward) \
+    X(scale_shift_backward) \
+    /* optimizer ops */ \
+    X(adamw_step) \
+    X(ema_update) \
+    X(sum_squares) \
+    X(scale) \
     /* network ops (issue 15, netops) */ \
     X(logit_loss_forward) \
     X(logit_loss_backward) \
     X(bce_with_logits_forward) \
     X(bce_with_logits_backward) \
-    X(class_probability) \
     X(standardize_forward) \
     X(standardize_backward) \
     X(normalized_distance_forward) \
     X(normalized_distance_backward) \
-    X(pixel_loss_forward) \
-    X(pixel_loss_backward) \
     X(fill)
 
-/* Declares prefix_name with exactly the table's signature, e.g. DFC_DECLARE_OPS(ref) declares ref_conv2d_forward. */
+/* The number of ops; ops.h fails to compile when struct dfc_ops has a member DFC_OP_LIST lacks (or the
+ * reverse), so a table generated from the list is the whole table. */
+#define DFC_COUNT_OP_(name) +1
+enum { DFC_NUM_OPS = 0 DFC_OP_LIST(DFC_COUNT_OP_) };
+_Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
+               "struct dfc_ops and DFC_OP_LIST must name the same ops");
+
+/* Declares prefix_name with exactly the table's signature: DFC_DECLARE_OP_(ref, conv2d_forward) declares
+ * ref_conv2d_forward. */
 #define DFC_DECLARE_OP_(prefix, name) extern __typeof__(*((dfc_ops *)0)->name) prefix##_##name;
+/* One table entry, .name = prefix_name. A backend with a kernel for every op (ref, a future cuda) builds its table
+ * as {DFC_OP_LIST(ENTRY)} with ENTRY(name) = DFC_OP_ENTRY_(prefix, name): a missing prefix_name does not link. */
+#define DFC_OP_ENTRY_(prefix, name) .name = prefix##_##name,
+
+/* ---- the backend: the op table plus its lifecycle and memory (ggml's ggml_backend_i and buffer interface) ----
+ * Memory functions move bytes between the host and backend memory (for the host backends they are malloc and
+ * memcpy); ops take tensors whose data is backend memory. */
+typedef struct dfc_backend_iface {
+    const char *name;   /* "ref", "cpu", "cuda": the key dfc_backend_create looks up */
+    const dfc_ops *ops;
+    /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
+    dfc_status (*create)(dfc_backend *be, dfc_error *err);
+    void (*destroy)(dfc_backend *be);
+    /* Returns when every op issued so far has finished (the CPU backends' ops finish before they return). */
+    dfc_status (*synchronize)(dfc_backend *be, dfc_error *err);
+    /* bytes of backend memory, DFC_BACKEND_ALIGN-aligned and uninitialised; NULL with err set on failure. */
+    void *(*alloc)(dfc_backend *be, size_t bytes, dfc_error *err);
+    void (*free)(dfc_backend *be, void *ptr);   /* ptr from alloc, or NULL */
+    dfc_status (*zero)(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err);
+    dfc_status (*copy_from_host)(dfc_backend *be, void *dst, const void *host_src, size_t bytes, dfc_error *err);
+    dfc_status (*copy_to_host)(dfc_backend *be, void *host_dst, const void *src, size_t bytes, dfc_error *err);
+    dfc_status (*copy)(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
+} dfc_backend_iface;
+
+#define DFC_BACKEND_ALIGN 64
+
+/* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
+ * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
+ * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
+#define DFC_BACKEND_IFACE_(prefix, memory)                                                                        \
+    {                                                                                                             \
+        .name = #prefix, .ops = &dfc_##prefix##_ops, .create = prefix##_backend_create,                           \
+        .destroy = prefix##_backend_destroy, .synchronize = prefix##_backend_synchronize,                         \
+        .alloc = memory##_alloc, .free = memory##_free, .zero = memory##_zero,                                    \
+        .copy_from_host = memory##_copy_from_host, .copy_to_host = memory##_copy_to_host, .copy = memory##_copy,  \
+    }
+
+/* Host memory (aligned_alloc, memset, memcpy): the memory functions of the ref and cpu backends. */
+void *dfc_host_alloc(dfc_backend *be, size_t bytes, dfc_error *err);
+void dfc_host_free(dfc_backend *be, void *ptr);
+dfc_status dfc_host_zero(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy_from_host(dfc_backend *be, void *dst, const void *host_src, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy_to_host(dfc_backend *be, void *host_dst, const void *src, size_t bytes, dfc_error *err);
+dfc_status dfc_host_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
 
 struct dfc_backend {
-    const char *name;   /* "ref", "cpu", "cuda" */
-    const dfc_ops *ops;
-    int num_threads;    /* threads the backend's kernels may use */
-    void *impl;         /* backend-private state (oneDNN engine and stream, ...) */
+    const dfc_backend_iface *iface;  /* lifecycle, memory, name */
+    const dfc_ops *ops;              /* iface->ops, at hand for be->ops->name(be, ...) */
+    int num_threads;                 /* threads the backend's kernels may use: the one thread policy */
+    void *impl;                      /* backend-private state (oneDNN engine and stream, ...) */
 };
 
-/* Creates a backend by name: "ref" (plain C oracle, single thread) or "cpu" (oneDNN + OpenMP).
- * num_threads <= 0 uses every core. */
+/* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP), from the registry in
+ * backend.c. num_threads <= 0 uses every core. */
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
 void dfc_backend_destroy(dfc_backend *be);
+/* The name of the index-th backend in the registry (0: the default), NULL past the last. */
+const char *dfc_backend_registered(int index);
+static inline const char *dfc_backend_name(const dfc_backend *be) { return be->iface->name; }
 
-/* The tables, defined in ref_backend.c and cpu_backend.c. */
+/* The tables and interfaces, defined in ref_backend.c and cpu_backend.c. */
 extern const dfc_ops dfc_ref_ops;
 extern const dfc_ops dfc_cpu_ops;
+extern const dfc_backend_iface dfc_ref_backend_iface;
+extern const dfc_backend_iface dfc_cpu_backend_iface;
+
+/* AdamW's hyperparameter ranges as torch.optim.AdamW checks them (lr >= 0, eps >= 0, betas in [0, 1),
+ * weight_decay >= 0), all finite; defined in ref_optim.c. */
+dfc_status dfc_adamw_check(const dfc_adamw_config *cfg, dfc_error *err);
 
 #endif

@@ -1,5 +1,5 @@
-/* Reference kernels of the network-side ops: the logit loss, BCE with logits, the class-probability rule,
- * per-plane standardisation, the normalised feature distance, pixel distances, fill. Sums in double. */
+/* Reference kernels of the network-side ops: the logit loss, BCE with logits, per-plane standardisation, the
+ * normalised feature distance, fill. Sums in double. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -89,29 +89,6 @@ dfc_status ref_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dloss
         const double scale = dloss->data[i] / (double)m;
         for (int64_t j = i * m; j < (i + 1) * m; j++)
             dlogits->data[j] = (float)(scale * (dfc_sigmoid(logits->data[j]) - targets->data[j]));
-    }
-    return DFC_OK;
-}
-
-/* ---- the class-probability rule ---- */
-
-dfc_status ref_class_probability(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
-                                 dfc_tensor *prob, int64_t *predicted, dfc_error *err)
-{
-    const char *op = "class_probability";
-    DFC_TRY(dfc_check_ndim(logits, op, "logits", 2, 2, err));
-    const int64_t n = logits->shape[0], c = logits->shape[1];
-    if (prob && prob->data) {
-        DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
-        DFC_TRY(dfc_check_shape(prob, op, "prob", 1, &n, err));
-    }
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        const float *z = logits->data + i * c;
-        if (prob && prob->data)
-            prob->data[i] = (float)dfc_class_probability_row(z, c, targets[i]);
-        if (predicted)
-            predicted[i] = dfc_predicted_class_row(z, c);
     }
     return DFC_OK;
 }
@@ -262,80 +239,6 @@ dfc_status ref_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
             }
         }
     }
-    return DFC_OK;
-}
-
-/* ---- pixel distances ---- */
-
-static dfc_status check_pixel_loss(const char *op, dfc_pixel_loss_kind kind, const dfc_tensor *a,
-                                   const dfc_tensor *b, dfc_error *err)
-{
-    if (kind != DFC_PIXEL_L1 && kind != DFC_PIXEL_L2 && kind != DFC_PIXEL_L2_CHANNEL_NORM)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: unknown kind %d", op, (int)kind);
-    DFC_TRY(dfc_check_ndim(a, op, "a", 2, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(a, b, op, "a", "b", err);
-}
-
-/* One sample's distance and, where d is set, dloss times its gradient. */
-static double pixel_sample(dfc_pixel_loss_kind kind, const float *ap, const float *bp, int64_t c, int64_t hw,
-                           double dloss, float *d)
-{
-    double sum = 0.0;
-    if (kind == DFC_PIXEL_L2_CHANNEL_NORM) {
-        for (int64_t q = 0; q < hw; q++) {
-            double sq = 0.0;
-            for (int64_t ch = 0; ch < c; ch++) {
-                const double diff = (double)ap[ch * hw + q] - bp[ch * hw + q];
-                sq += diff * diff;
-            }
-            const double norm = sqrt(sq);
-            sum += norm;
-            for (int64_t ch = 0; d && ch < c; ch++)
-                d[ch * hw + q] = norm > 0.0 ? (float)(dloss * ((double)ap[ch * hw + q] - bp[ch * hw + q]) / norm)
-                                            : 0.0f;
-        }
-        return sum;
-    }
-    for (int64_t j = 0; j < c * hw; j++) {
-        const double diff = (double)ap[j] - bp[j];
-        if (kind == DFC_PIXEL_L1) {
-            sum += fabs(diff);
-            if (d)
-                d[j] = (float)(dloss * (diff > 0.0 ? 1.0 : diff < 0.0 ? -1.0 : 0.0));
-        } else {
-            sum += diff * diff;
-            if (d)
-                d[j] = (float)(dloss * 2.0 * diff);
-        }
-    }
-    return sum;
-}
-
-dfc_status ref_pixel_loss_forward(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *a,
-                                  const dfc_tensor *b, dfc_tensor *loss, dfc_error *err)
-{
-    const char *op = "pixel_loss";
-    DFC_TRY(check_pixel_loss(op, kind, a, b, err));
-    const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        loss->data[i] = (float)pixel_sample(kind, a->data + i * c * hw, b->data + i * c * hw, c, hw, 0.0, NULL);
-    return DFC_OK;
-}
-
-dfc_status ref_pixel_loss_backward(dfc_backend *be, dfc_pixel_loss_kind kind, const dfc_tensor *dloss,
-                                   const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *da, dfc_error *err)
-{
-    const char *op = "pixel_loss_backward";
-    DFC_TRY(check_pixel_loss(op, kind, a, b, err));
-    const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        pixel_sample(kind, a->data + i * c * hw, b->data + i * c * hw, c, hw, dloss->data[i],
-                     da->data + i * c * hw);
     return DFC_OK;
 }
 

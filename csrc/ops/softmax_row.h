@@ -33,7 +33,7 @@ static inline dfc_status dfc_softmax_layout(const char *op, const dfc_tensor *x,
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
     const int a = axis < 0 ? axis + x->ndim : axis;
     if (a < 0 || a >= x->ndim)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: axis %d is out of range for a %d-D tensor", op, axis, x->ndim);
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: axis %d is out of range for %d dimensions", op, axis, x->ndim);
     s->k = x->shape[a];
     s->inner = dfc_inner_size(x, a + 1);
     s->outer = s->k * s->inner > 0 ? dfc_numel(x) / (s->k * s->inner) : 0;

@@ -11,6 +11,7 @@
 typedef struct {
     PyObject_HEAD
     dfc_diffusion *d;
+    dfc_backend *be; /* runs q_sample, p_mean_variance and sample_step: the reference kernels */
 } DiffusionObject;
 
 static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwargs)
@@ -23,7 +24,21 @@ static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwarg
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&ssO&", kwlist, dfc_py_int_converter, &steps, &schedule,
                                      &respacing, dfc_py_int_converter, &variance_type))
         return -1;
-    return dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value);
+    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0)
+        return -1;
+    return dfc_py_reference_backend(&self->be);
+}
+
+int dfc_py_reference_backend(dfc_backend **be)
+{
+    if (*be)
+        return 0;
+    dfc_error err = {0};
+    if (dfc_backend_create("ref", 0, be, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    return 0;
 }
 
 int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
@@ -42,6 +57,7 @@ int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, c
 static void diffusion_dealloc(DiffusionObject *self)
 {
     dfc_diffusion_destroy(self->d);
+    dfc_backend_destroy(self->be);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -118,7 +134,7 @@ static PyObject *diffusion_q_sample(DiffusionObject *self, PyObject *args)
     if (!out)
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(out, err, dfc_diffusion_q_sample(self->d, &x0, indices, &noise, &x_t, &err));
+    DFC_PY_RUN(out, err, dfc_diffusion_q_sample(self->d, self->be, &x0, indices, &noise, &x_t, &err));
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -145,7 +161,8 @@ static PyObject *diffusion_p_mean_variance(DiffusionObject *self, PyObject *args
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(result, err,
-               dfc_diffusion_p_mean_variance(self->d, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0, &err));
+               dfc_diffusion_p_mean_variance(self->d, self->be, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0,
+                                             &err));
 done:
     dfc_py_refs_release(&refs);
     return result;
@@ -172,7 +189,8 @@ static PyObject *diffusion_sample_step(DiffusionObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(out, err,
-               dfc_diffusion_sample_step(self->d, &mean, &var, &logvar, &grad, &noise, indices, &x_prev, &err));
+               dfc_diffusion_sample_step(self->d, self->be, &mean, &var, &logvar, &grad, &noise, indices, &x_prev,
+                                         &err));
 done:
     dfc_py_refs_release(&refs);
     return out;

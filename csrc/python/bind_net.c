@@ -1,11 +1,15 @@
-/* diffice._C.Network: one Python type for every dfc_net (SonoNet, ResNet features, segmenter, plane classifier).
- * Network-specific binding files create the C net from a config and hand it to dfc_py_wrap_net. */
+/* diffice._C.Network: one Python type for every dfc_net (SonoNet, ResNet features, segmenter, plane classifier,
+ * the UNet). Network-specific binding code creates the C net from a config and hands it to dfc_py_wrap_net; the
+ * UNet's factory (unet_create) is here. A conditioned network (the UNet) takes its conditioning input (the
+ * timesteps) as the last argument of forward, vjp, gradients and train_step. */
 #include "pyutil.h"
 
 #define NO_IMPORT_ARRAY
 #define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
+
+#include "../nets/unet.h"
 
 typedef struct {
     DfcWorkspaceObject base; /* the object head and the workspace */
@@ -62,17 +66,42 @@ static PyObject *network_parameter_count(NetworkObject *self, PyObject *noargs)
     return network_ready(self) ? PyLong_FromLongLong((long long)self->net->params.total) : NULL;
 }
 
-/* Parses (backend, x[, douts]) where douts is a tuple with one array or None per output. */
-static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_backend **be, dfc_tensor *x,
-                      dfc_tensor *douts, dfc_py_refs *refs, const char *op)
+/* The conditioning input (the UNet's timesteps): None (data NULL) or numbers of any dtype, one per sample, as
+ * float32 (original timesteps are exact in float32). Whether the network takes one is checked by dfc_net_forward. */
+static int parse_cond(PyObject *obj, const char *op, dfc_py_refs *refs, dfc_tensor *cond)
 {
-    PyObject *x_obj, *douts_obj = NULL;
+    cond->data = NULL;
+    if (!obj || obj == Py_None)
+        return 0;
+    PyObject *a = PyArray_FROMANY(obj, NPY_FLOAT32, 0, 0, NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST);
+    if (!a) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: cond must be an array of numbers (one per sample), got %s", op,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int rc = dfc_py_tensor(a, op, "cond", 1, 1, 1, refs, cond);
+    Py_DECREF(a);
+    return rc;
+}
+
+static const dfc_tensor *cond_or_null(const dfc_tensor *cond)
+{
+    return cond->data ? cond : NULL;
+}
+
+/* Parses (backend, x[, douts][, cond]) where douts is a tuple with one array or None per output and cond the
+ * conditioning input of a conditioned network. */
+static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_backend **be, dfc_tensor *x,
+                      dfc_tensor *douts, dfc_tensor *cond, dfc_py_refs *refs, const char *op)
+{
+    PyObject *x_obj, *douts_obj = NULL, *cond_obj = NULL;
     if (!network_ready(self))
         return -1;
-    if (with_douts ? !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, be, &x_obj, &douts_obj)
-                   : !PyArg_ParseTuple(args, "O&O", dfc_py_backend, be, &x_obj))
+    if (with_douts ? !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend, be, &x_obj, &douts_obj, &cond_obj)
+                   : !PyArg_ParseTuple(args, "O&O|O", dfc_py_backend, be, &x_obj, &cond_obj))
         return -1;
-    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, refs, x) < 0)
+    if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, refs, x) < 0 || parse_cond(cond_obj, op, refs, cond) < 0)
         return -1;
     if (x->shape[1] != self->net->in_channels) {
         PyErr_Format(PyExc_ValueError, "%s: x has %lld channels, the %s network takes %d", op, (long long)x->shape[1],
@@ -119,27 +148,21 @@ static PyObject *outputs_tuple(const dfc_net *net, const dfc_tensor *outputs)
     return result;
 }
 
-static dfc_status forward_call(const dfc_net *net, dfc_backend *be, dfc_py_arenas *w, const dfc_tensor *x,
-                               dfc_tensor *outputs, dfc_error *err)
-{
-    return net->vt->forward(net, be, w->main, w->scratch, x, NULL, outputs, err);
-}
-
-/* forward(backend, x) -> tuple of outputs (copied out of the arena) */
+/* forward(backend, x[, cond]) -> tuple of outputs (copied out of the arena) */
 static PyObject *network_forward(NetworkObject *self, PyObject *args)
 {
     dfc_backend *be;
-    dfc_tensor x, outputs[DFC_NET_MAX_OUTPUTS];
+    dfc_tensor x, cond, outputs[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
     PyObject *result = NULL;
-    if (parse_call(self, args, 0, &be, &x, NULL, &refs, "Network.forward") < 0)
+    if (parse_call(self, args, 0, &be, &x, NULL, &cond, &refs, "Network.forward") < 0)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &w);
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = forward_call(self->net, be, &w, &x, outputs, &err);
+    st = dfc_net_forward(self->net, be, w.main, w.scratch, &x, cond_or_null(&cond), NULL, outputs, &err);
     Py_END_ALLOW_THREADS
     if (st == DFC_OK)
         result = outputs_tuple(self->net, outputs);
@@ -152,11 +175,12 @@ done:
 }
 
 static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
-                                   const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
+                                   const dfc_tensor *cond, const dfc_tensor *douts, dfc_tensor *dx, float *grads,
+                                   dfc_error *err)
 {
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS];
     void *tape = NULL;
-    DFC_TRY(net->vt->forward(net, be, arena, NULL, x, &tape, outputs, err));
+    DFC_TRY(dfc_net_forward(net, be, arena, NULL, x, cond, &tape, outputs, err));
     for (int k = 0; k < net->num_outputs; k++) {
         if (douts[k].data)
             DFC_TRY(dfc_check_shape(&douts[k], "Network.vjp", net->output_names[k], outputs[k].ndim, outputs[k].shape,
@@ -165,14 +189,14 @@ static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_aren
     return net->vt->backward(net, be, arena, tape, douts, dx, grads, err);
 }
 
-/* vjp and gradients: (backend, x, douts) -> dx, or with_grads (dx, flat parameter gradients). */
+/* vjp and gradients: (backend, x, douts[, cond]) -> dx, or with_grads (dx, flat parameter gradients). */
 static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_grads, const char *op)
 {
     dfc_backend *be;
-    dfc_tensor x, dx, flat = {0}, douts[DFC_NET_MAX_OUTPUTS];
+    dfc_tensor x, cond, dx, flat = {0}, douts[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
     PyObject *result = NULL;
-    if (parse_call(self, args, 1, &be, &x, douts, &refs, op) < 0)
+    if (parse_call(self, args, 1, &be, &x, douts, &cond, &refs, op) < 0)
         goto done;
     int64_t total = self->net->params.total;
     result = with_grads ? dfc_py_new_tuple(2, (dfc_py_output[]){{4, x.shape, &dx}, {1, &total, &flat}})
@@ -182,36 +206,40 @@ static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_gra
     dfc_error err = {0};
     dfc_py_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &w);
-    DFC_PY_RUN(result, err, forward_backward(self->net, be, w.main, &x, douts, &dx, flat.data, &err));
+    DFC_PY_RUN(result, err,
+               forward_backward(self->net, be, w.main, &x, cond_or_null(&cond), douts, &dx, flat.data, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return result;
 }
 
-/* vjp(backend, x, douts) -> dx */
+/* vjp(backend, x, douts[, cond]) -> dx */
 static PyObject *network_vjp(NetworkObject *self, PyObject *args)
 {
     return backward_call(self, args, 0, "Network.vjp");
 }
 
-/* gradients(backend, x, douts) -> (dx, flat parameter gradients in registration order) */
+/* gradients(backend, x, douts[, cond]) -> (dx, flat parameter gradients in registration order) */
 static PyObject *network_gradients(NetworkObject *self, PyObject *args)
 {
     return backward_call(self, args, 1, "Network.gradients");
 }
 
-/* train_step(backend, x, grad_fn) -> (info, flat parameter gradients): one forward with a tape, then
- * grad_fn(outputs) -> (douts, info) in Python (the training loss), then the backward. */
+/* train_step(backend, x, grad_fn[, cond]) -> (info, flat parameter gradients): one forward with a tape, then
+ * grad_fn(outputs) -> (douts, info) in Python (the training loss), then the backward: one forward per training
+ * step instead of two. */
 static PyObject *network_train_step(NetworkObject *self, PyObject *args)
 {
     dfc_backend *be;
-    PyObject *x_obj, *grad_fn, *outputs_obj = NULL, *answer = NULL, *grads_obj = NULL, *result = NULL;
-    dfc_tensor x, flat, outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
+    PyObject *x_obj, *grad_fn, *cond_obj = NULL, *outputs_obj = NULL, *answer = NULL, *grads_obj = NULL;
+    PyObject *result = NULL;
+    dfc_tensor x, cond, flat, outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
-    if (!network_ready(self) || !PyArg_ParseTuple(args, "O&OO", dfc_py_backend, &be, &x_obj, &grad_fn))
+    if (!network_ready(self) || !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend, &be, &x_obj, &grad_fn, &cond_obj))
         return NULL;
-    if (dfc_py_tensor(x_obj, "Network.train_step", "x", 4, 4, 1, &refs, &x) < 0)
+    if (dfc_py_tensor(x_obj, "Network.train_step", "x", 4, 4, 1, &refs, &x) < 0 ||
+        parse_cond(cond_obj, "Network.train_step", &refs, &cond) < 0)
         goto done;
     int64_t total = self->net->params.total;
     if (!(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
@@ -222,7 +250,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
     void *tape = NULL;
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = self->net->vt->forward(self->net, be, w.main, NULL, &x, &tape, outputs, &err);
+    st = dfc_net_forward(self->net, be, w.main, NULL, &x, cond_or_null(&cond), &tape, outputs, &err);
     Py_END_ALLOW_THREADS
     if (st != DFC_OK) {
         dfc_py_raise(&err);
@@ -294,17 +322,24 @@ static PyObject *network_get_in_channels(NetworkObject *self, void *closure)
     return network_ready(self) ? PyLong_FromLong(self->net->in_channels) : NULL;
 }
 
+static PyObject *network_get_conditioned(NetworkObject *self, void *closure)
+{
+    (void)closure;
+    return network_ready(self) ? PyBool_FromLong(dfc_net_is_conditioned(self->net)) : NULL;
+}
+
 static PyMethodDef network_methods[] = {
     {"parameters", (PyCFunction)network_parameters, METH_NOARGS,
      "parameters() -> dict of writable float32 views, keyed by state_dict names, in order"},
     {"parameter_count", (PyCFunction)network_parameter_count, METH_NOARGS, "number of parameters (floats)"},
-    {"forward", (PyCFunction)network_forward, METH_VARARGS, "forward(backend, x) -> tuple of outputs"},
+    {"forward", (PyCFunction)network_forward, METH_VARARGS,
+     "forward(backend, x[, cond]) -> tuple of outputs; cond: the conditioning input of a conditioned network"},
     {"vjp", (PyCFunction)network_vjp, METH_VARARGS,
-     "vjp(backend, x, douts) -> dx; douts: one gradient (array or None) per output"},
+     "vjp(backend, x, douts[, cond]) -> dx; douts: one gradient (array or None) per output"},
     {"gradients", (PyCFunction)network_gradients, METH_VARARGS,
-     "gradients(backend, x, douts) -> (dx, flat parameter gradients in parameter order)"},
+     "gradients(backend, x, douts[, cond]) -> (dx, flat parameter gradients in parameter order)"},
     {"train_step", (PyCFunction)network_train_step, METH_VARARGS,
-     "train_step(backend, x, grad_fn) -> (info, flat gradients); grad_fn(outputs) -> (douts, info)"},
+     "train_step(backend, x, grad_fn[, cond]) -> (info, flat gradients); grad_fn(outputs) -> (douts, info)"},
     DFC_PY_WS_RELEASE_MEMORY_METHOD,
     {NULL, NULL, 0, NULL},
 };
@@ -313,6 +348,8 @@ static PyGetSetDef network_getset[] = {
     {"kind", (getter)network_get_kind, NULL, "network kind", NULL},
     {"output_names", (getter)network_get_output_names, NULL, "names of the forward's outputs", NULL},
     {"in_channels", (getter)network_get_in_channels, NULL, "input channels", NULL},
+    {"conditioned", (getter)network_get_conditioned, NULL,
+     "True when the network takes a conditioning input (the UNet: timesteps)", NULL},
     DFC_PY_WS_PEAK_GETSET,
     DFC_PY_WS_HELD_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
@@ -323,7 +360,7 @@ PyTypeObject DfcNetwork_Type = {
     .tp_name = "diffice._C.Network",
     .tp_basicsize = sizeof(NetworkObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A C image network (made by a factory such as sononet_create); forward, vjp, gradients.",
+    .tp_doc = "A C network (made by a factory such as sononet_create or unet_create); forward, vjp, gradients.",
     .tp_dealloc = (destructor)network_dealloc,
     .tp_methods = network_methods,
     .tp_getset = network_getset,
@@ -359,4 +396,56 @@ dfc_net *dfc_py_unwrap_net(PyObject *obj)
         return NULL;
     }
     return ((NetworkObject *)obj)->net;
+}
+
+/* ---- the UNet's factory ---- */
+
+/* unet_create(config: dict with in_channels, model_channels, out_channels, num_res_blocks, num_heads,
+ * num_head_channels, num_heads_upsample, legacy_attention, use_scale_shift_norm, resblock_updown, level_channels,
+ * attention (one 0/1 per level)) -> Network conditioned on the timesteps */
+static PyObject *unet_create(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *cfg_dict;
+    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
+        return NULL;
+    dfc_unet_config c;
+    memset(&c, 0, sizeof c);
+    int n_attention = 0;
+    const char *what = "UNet";
+    /* num_heads, num_head_channels, num_heads_upsample: -1 is guided-diffusion's "not set" */
+    if (dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "model_channels", 1, INT_MAX, &c.model_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "out_channels", 1, INT_MAX, &c.out_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_res_blocks", 1, INT_MAX, &c.num_res_blocks) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads", -1, INT_MAX, &c.num_heads) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_head_channels", -1, INT_MAX, &c.num_head_channels) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "num_heads_upsample", -1, INT_MAX, &c.num_heads_upsample) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "legacy_attention", 0, 1, &c.legacy_attention) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "use_scale_shift_norm", 0, 1, &c.use_scale_shift_norm) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "resblock_updown", 0, 1, &c.resblock_updown) < 0 ||
+        dfc_py_config_int_list(cfg_dict, what, "level_channels", 1, INT_MAX, DFC_UNET_MAX_LEVELS, c.level_channels,
+                               &c.num_levels) < 0 ||
+        dfc_py_config_int_list(cfg_dict, what, "attention", 0, 1, DFC_UNET_MAX_LEVELS, c.attention, &n_attention) < 0)
+        return NULL;
+    if (n_attention != c.num_levels) {
+        PyErr_Format(PyExc_ValueError, "UNet config: 'attention' has %d entries for %d levels", n_attention,
+                     c.num_levels);
+        return NULL;
+    }
+    dfc_error err = {0};
+    dfc_net *net = NULL;
+    dfc_status st = dfc_unet_create(&c, &net, &err);
+    return dfc_py_created_net(st, net, &err);
+}
+
+static PyMethodDef net_functions[] = {
+    {"unet_create", unet_create, METH_VARARGS,
+     "unet_create(config) -> Network: guided-diffusion's UNetModel; forward(backend, x, t) -> (model_output,)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int dfc_register_net(PyObject *module)
+{
+    return PyModule_AddFunctions(module, net_functions);
 }

@@ -242,19 +242,20 @@ static PyObject *zeros(int ndim, const npy_intp *dims, int type)
     return PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
 }
 
-/* sample(config, unet, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict */
+/* sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict; denoiser: a
+ * Network conditioned on the timesteps (the UNet) */
 static PyObject *py_sample(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *cfg_obj, *unet_obj, *diff_obj, *guidance_obj, *x_obj, *keys_obj, *progress = Py_None;
+    PyObject *cfg_obj, *denoiser_obj, *diff_obj, *guidance_obj, *x_obj, *keys_obj, *progress = Py_None;
     dfc_backend *be;
-    if (!PyArg_ParseTuple(args, "OOOOO&OO|O", &cfg_obj, &unet_obj, &diff_obj, &guidance_obj, dfc_py_backend, &be,
+    if (!PyArg_ParseTuple(args, "OOOOO&OO|O", &cfg_obj, &denoiser_obj, &diff_obj, &guidance_obj, dfc_py_backend, &be,
                           &x_obj, &keys_obj, &progress))
         return NULL;
     dfc_sampler_config cfg;
-    dfc_unet *unet = dfc_py_unwrap_unet(unet_obj);
-    dfc_diffusion *diffusion = unet ? dfc_py_unwrap_diffusion(diff_obj) : NULL;
-    if (!unet || !diffusion || parse_config(cfg_obj, &cfg) < 0)
+    dfc_net *denoiser = dfc_py_unwrap_net(denoiser_obj);
+    dfc_diffusion *diffusion = denoiser ? dfc_py_unwrap_diffusion(diff_obj) : NULL;
+    if (!denoiser || !diffusion || parse_config(cfg_obj, &cfg) < 0)
         return NULL;
     if (progress != Py_None && !PyCallable_Check(progress)) {
         PyErr_SetString(PyExc_TypeError, "sample: progress must be callable or None");
@@ -334,7 +335,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     }
     dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dfc_sampler_run(&cfg, unet, diffusion, &guidance, be, &x, PyArray_DATA(keys), py_progress, &bridge, &out,
+    st = dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, &x, PyArray_DATA(keys), py_progress, &bridge, &out,
                          &err);
     Py_END_ALLOW_THREADS
     if (bridge.exc_type) {
@@ -515,7 +516,7 @@ done:
 
 static PyMethodDef sampler_methods[] = {
     {"sample", py_sample, METH_VARARGS,
-     "sample(config, unet, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict of outputs"},
+     "sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict of outputs"},
     {"model_guidance", py_model_guidance, METH_VARARGS,
      "model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets) -> native guidance"},
     {"gaussian_noise", py_gaussian_noise, METH_VARARGS,

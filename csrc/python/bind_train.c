@@ -1,5 +1,5 @@
 /* Bindings for training: diffice._C.AdamW and diffice._C.EMA (optimiser state as numpy arrays, so a checkpoint
- * saves and restores it), grad_norm / clip_grad_norm, and diffice._C.TrainingLoss (guided-diffusion's
+ * saves and restores it), clip_grad_norm, and diffice._C.TrainingLoss (guided-diffusion's
  * training_losses on its own diffusion tables). */
 #include "pyutil.h"
 
@@ -111,6 +111,23 @@ static int flat_array(PyObject *obj, const char *op, const char *name, int64_t e
     return 0;
 }
 
+/* The backend a training call runs its ops on: backend_obj (a diffice._C.Backend) when given, else the default
+ * backend ('cpu') of num_threads threads made for this call and left in *owned for the caller to destroy. 0, or -1
+ * with an exception. */
+static int call_backend(PyObject *backend_obj, int num_threads, dfc_backend **be, dfc_backend **owned)
+{
+    *owned = NULL;
+    if (backend_obj && backend_obj != Py_None)
+        return dfc_py_backend(backend_obj, be) ? 0 : -1;
+    dfc_error err = {0};
+    if (dfc_backend_create(dfc_backend_registered(0), num_threads, owned, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        return -1;
+    }
+    *be = *owned;
+    return 0;
+}
+
 static PyArrayObject *zeros_float32(int64_t n)
 {
     npy_intp dims[1] = {(npy_intp)n};
@@ -124,7 +141,7 @@ typedef struct {
     dfc_adamw_config cfg;
     int64_t size;
     int64_t num_steps;
-    int num_threads;
+    int num_threads;  /* of the backend a step makes when it is given none */
     PyArrayObject *exp_avg, *exp_avg_sq;
 } AdamWObject;
 
@@ -167,11 +184,13 @@ static int adamw_ready(AdamWObject *self)
     return dfc_py_ready(self->exp_avg, "AdamW: not initialised");
 }
 
-/* step(params, grads): one AdamW step; params a sequence of writable float32 arrays, grads flat, same order. */
+/* step(params, grads, backend=None): one AdamW step; params a sequence of writable float32 arrays, grads flat,
+ * same order. */
 static PyObject *adamw_step(AdamWObject *self, PyObject *args)
 {
-    PyObject *params_obj, *grads_obj;
-    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "OO", &params_obj, &grads_obj))
+    dfc_backend *be, *owned;
+    PyObject *params_obj, *grads_obj, *backend_obj = NULL;
+    if (!adamw_ready(self) || !PyArg_ParseTuple(args, "OO|O", &params_obj, &grads_obj, &backend_obj))
         return NULL;
     segment_list params;
     PyArrayObject *grads;
@@ -183,22 +202,29 @@ static PyObject *adamw_step(AdamWObject *self, PyObject *args)
         segments_free(&params);
         return NULL;
     }
-    if (flat_array(grads_obj, "AdamW.step", "grads", self->size, 0, &grads) < 0) {
+    if (flat_array(grads_obj, "AdamW.step", "grads", self->size, 0, &grads) < 0 ||
+        call_backend(backend_obj, self->num_threads, &be, &owned) < 0) {
         segments_free(&params);
         return NULL;
     }
     const float *g = PyArray_DATA(grads);
     float *m = PyArray_DATA(self->exp_avg), *v = PyArray_DATA(self->exp_avg_sq);
-    int64_t step = ++self->num_steps;
+    int64_t step = self->num_steps + 1;
+    dfc_error err = {0};
+    dfc_status st = DFC_OK;
     Py_BEGIN_ALLOW_THREADS
     int64_t offset = 0;
-    for (int k = 0; k < params.count; k++) {
-        dfc_adamw_update(&self->cfg, step, params.items[k].data, g + offset, m + offset, v + offset,
-                         params.items[k].n, self->num_threads);
+    for (int k = 0; k < params.count && st == DFC_OK; k++) {
+        st = dfc_adamw_update(be, &self->cfg, step, params.items[k].data, g + offset, m + offset, v + offset,
+                              params.items[k].n, &err);
         offset += params.items[k].n;
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    dfc_backend_destroy(owned);
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
+    self->num_steps = step;
     Py_RETURN_NONE;
 }
 
@@ -264,7 +290,8 @@ static PyObject *adamw_get_array(AdamWObject *self, void *closure)
 
 static PyMethodDef adamw_methods[] = {
     {"step", (PyCFunction)adamw_step, METH_VARARGS,
-     "step(params, grads): one AdamW step; params: sequence of writable float32 arrays, grads: flat float32"},
+     "step(params, grads, backend=None): one AdamW step (on a 'cpu' backend of num_threads when backend is None); "
+     "params: sequence of writable float32 arrays, grads: flat float32"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -302,7 +329,7 @@ static PyTypeObject AdamW_Type = {
 typedef struct {
     PyObject_HEAD
     double rate;
-    int num_threads;
+    int num_threads;  /* of the backend an update makes when it is given none */
     PyArrayObject *values;
 } EMAObject;
 
@@ -364,11 +391,12 @@ static int ema_ready(EMAObject *self)
     return dfc_py_ready(self->values, "EMA: not initialised");
 }
 
-/* update(params): values = rate * values + (1 - rate) * params */
+/* update(params, backend=None): values = rate * values + (1 - rate) * params */
 static PyObject *ema_update(EMAObject *self, PyObject *args)
 {
-    PyObject *params_obj;
-    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O", &params_obj))
+    dfc_backend *be, *owned;
+    PyObject *params_obj, *backend_obj = NULL;
+    if (!ema_ready(self) || !PyArg_ParseTuple(args, "O|O", &params_obj, &backend_obj))
         return NULL;
     segment_list params;
     if (segments_from(params_obj, "EMA.update", "params", 0, &params) < 0)
@@ -380,14 +408,23 @@ static PyObject *ema_update(EMAObject *self, PyObject *args)
         segments_free(&params);
         return NULL;
     }
+    if (call_backend(backend_obj, self->num_threads, &be, &owned) < 0) {
+        segments_free(&params);
+        return NULL;
+    }
     float *ema = PyArray_DATA(self->values);
+    dfc_error err = {0};
+    dfc_status st = DFC_OK;
     Py_BEGIN_ALLOW_THREADS
-    for (int k = 0; k < params.count; k++) {
-        dfc_ema_update(ema, params.items[k].data, params.items[k].n, self->rate, self->num_threads);
+    for (int k = 0; k < params.count && st == DFC_OK; k++) {
+        st = dfc_ema_update(be, ema, params.items[k].data, params.items[k].n, self->rate, &err);
         ema += params.items[k].n;
     }
     Py_END_ALLOW_THREADS
     segments_free(&params);
+    dfc_backend_destroy(owned);
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -419,7 +456,9 @@ static PyObject *ema_get_values(EMAObject *self, void *closure)
 }
 
 static PyMethodDef ema_methods[] = {
-    {"update", (PyCFunction)ema_update, METH_VARARGS, "update(params): values = rate values + (1 - rate) params"},
+    {"update", (PyCFunction)ema_update, METH_VARARGS,
+     "update(params, backend=None): values = rate values + (1 - rate) params (on a 'cpu' backend of num_threads "
+     "when backend is None)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -447,27 +486,33 @@ static PyTypeObject EMA_Type = {
 static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *kwlist[] = {"grads", "max_norm", "num_threads", NULL};
-    PyObject *grads_obj;
+    static char *kwlist[] = {"grads", "max_norm", "num_threads", "backend", NULL};
+    dfc_backend *be, *owned;
+    PyObject *grads_obj, *backend_obj = NULL;
     double max_norm = 0.0;
     dfc_py_int_arg threads = {"clip_grad_norm: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dO&", kwlist, &grads_obj, &max_norm, dfc_py_int_converter,
-                                     &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|dO&O", kwlist, &grads_obj, &max_norm, dfc_py_int_converter,
+                                     &threads, &backend_obj))
         return NULL;
-    const int num_threads = threads.value;
     PyArrayObject *grads;
     int clip = max_norm > 0.0;
-    if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0)
+    if (flat_array(grads_obj, "clip_grad_norm", "grads", -1, clip, &grads) < 0 ||
+        call_backend(backend_obj, threads.value, &be, &owned) < 0)
         return NULL;
     float *g = PyArray_DATA(grads);
     int64_t n = (int64_t)PyArray_SIZE(grads);
-    double norm;
+    double sum_squares = 0.0, norm = 0.0;
+    dfc_error err = {0};
+    dfc_status st;
     Py_BEGIN_ALLOW_THREADS
-    norm = sqrt(dfc_sum_squares(g, n, num_threads));
-    double factor = dfc_clip_factor(norm, max_norm);
-    if (clip && factor < 1.0 && isfinite(norm))
-        dfc_scale(g, n, (float)factor, num_threads);
+    st = dfc_add_sum_squares(be, g, n, &sum_squares, &err);
+    norm = sqrt(sum_squares);
+    if (st == DFC_OK)
+        st = dfc_clip_scale(be, g, n, norm, max_norm, &err);
     Py_END_ALLOW_THREADS
+    dfc_backend_destroy(owned);
+    if (st != DFC_OK)
+        return dfc_py_raise(&err);
     return PyFloat_FromDouble(norm);
 }
 
@@ -477,6 +522,7 @@ typedef struct {
     PyObject_HEAD
     dfc_diffusion *d;
     dfc_loss_type type;
+    dfc_backend *be; /* runs the loss's ops: the reference kernels */
 } TrainingLossObject;
 
 static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
@@ -492,7 +538,8 @@ static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
                                      &respacing, dfc_py_int_converter, &variance_type, dfc_py_int_converter,
                                      &loss_type))
         return -1;
-    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0)
+    if (dfc_py_diffusion_reset(&self->d, steps.value, schedule, respacing, variance_type.value) < 0 ||
+        dfc_py_reference_backend(&self->be) < 0)
         return -1;
     self->type = (dfc_loss_type)loss_type.value;
     return 0;
@@ -501,6 +548,7 @@ static int loss_init(TrainingLossObject *self, PyObject *args, PyObject *kwargs)
 static void loss_dealloc(TrainingLossObject *self)
 {
     dfc_diffusion_destroy(self->d);
+    dfc_backend_destroy(self->be);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -537,8 +585,9 @@ static PyObject *loss_compute(TrainingLossObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     DFC_PY_RUN(result, err,
-               dfc_diffusion_training_losses(self->d, self->type, &x0, &xt, &noise, indices, &mo, weights.data,
-                                             loss.data, mse.data, vb.data, want_grad ? &dmo : NULL, &err));
+               dfc_diffusion_training_losses(self->d, self->be, self->type, &x0, &xt, &noise, indices, &mo,
+                                             weights.data, loss.data, mse.data, vb.data, want_grad ? &dmo : NULL,
+                                             &err));
 done:
     dfc_py_refs_release(&refs);
     return result;
@@ -578,7 +627,8 @@ static PyTypeObject TrainingLoss_Type = {
 
 static PyMethodDef train_functions[] = {
     {"clip_grad_norm", (PyCFunction)(void (*)(void))py_grad_norm, METH_VARARGS | METH_KEYWORDS,
-     "clip_grad_norm(grads, max_norm=0.0, num_threads=0) -> the global L2 norm before clipping; scales grads in "
+     "clip_grad_norm(grads, max_norm=0.0, num_threads=0, backend=None) -> the global L2 norm before clipping "
+     "(on backend, else a 'cpu' backend of num_threads); scales grads in "
      "place by min(1, max_norm / (norm + 1e-6)) when max_norm > 0 (torch.nn.utils.clip_grad_norm_)"},
     {NULL, NULL, 0, NULL},
 };

@@ -39,13 +39,13 @@ static PyObject *backend_repr(DfcBackendObject *self)
 {
     if (!self->be)
         return PyUnicode_FromString("Backend(<uninitialised>)");
-    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", self->be->name, self->be->num_threads);
+    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", dfc_backend_name(self->be), self->be->num_threads);
 }
 
 static PyObject *backend_get_name(DfcBackendObject *self, void *closure)
 {
     (void)closure;
-    return PyUnicode_FromString(self->be ? self->be->name : "");
+    return PyUnicode_FromString(self->be ? dfc_backend_name(self->be) : "");
 }
 
 static PyObject *backend_get_num_threads(DfcBackendObject *self, void *closure)
@@ -100,20 +100,19 @@ PyMODINIT_FUNC PyInit__C(void)
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
-    PyMethodDef *tables[] = {dfc_methods_elementwise, dfc_methods_conv, dfc_methods_norm, dfc_methods_spatial,
-                             dfc_methods_attention,   dfc_methods_loss, dfc_methods_io,
-                             dfc_methods_net_ops};
+    PyMethodDef *tables[] = {dfc_methods_ops, dfc_methods_io, dfc_methods_backend};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         if (PyModule_AddFunctions(m, tables[i]) < 0)
             goto fail;
     }
-    PyTypeObject *types[] = {&DfcBackend_Type, &DfcDiffusion_Type, &DfcUNet_Type, &DfcNetwork_Type};
-    const char *type_names[] = {"Backend", "Diffusion", "UNet", "Network"};
+    PyTypeObject *types[] = {&DfcBackend_Type, &DfcDiffusion_Type, &DfcNetwork_Type};
+    const char *type_names[] = {"Backend", "Diffusion", "Network"};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (dfc_py_add_type(m, types[i], type_names[i]) < 0)
             goto fail;
     int (*registrations[])(PyObject *) = {dfc_register_sononet, dfc_register_resnet, dfc_register_classifier,
-                                          dfc_register_sampler, dfc_register_train, dfc_register_inception};
+                                          dfc_register_sampler, dfc_register_train, dfc_register_inception,
+                                          dfc_register_net};
     for (size_t i = 0; i < sizeof registrations / sizeof registrations[0]; i++)
         if (registrations[i](m) < 0)
             goto fail;

@@ -37,7 +37,7 @@ int dfc_py_backend(PyObject *obj, void *out)
     if (b->owner != PyThread_get_thread_ident()) {
         PyErr_Format(PyExc_RuntimeError,
                      "backend: this Backend('%s') was created in another thread and holds that thread's state; "
-                     "use diffice.ops.get_backend() in each thread", b->be->name);
+                     "use diffice.ops.get_backend() in each thread", dfc_backend_name(b->be));
         return 0;
     }
     *(dfc_backend **)out = b->be;
@@ -440,27 +440,4 @@ PyObject *dfc_py_new_tuple(int n, const dfc_py_output *outs)
         PyTuple_SET_ITEM(tuple, i, item); /* steals */
     }
     return tuple;
-}
-
-PyObject *dfc_py_run_op1(dfc_backend *be, dfc_py_op1 op, const dfc_tensor *x, int ndim, const int64_t *shape)
-{
-    dfc_tensor y;
-    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
-    if (!out)
-        return NULL;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, op(be, x, &y, &err));
-    return out;
-}
-
-PyObject *dfc_py_run_op2(dfc_backend *be, dfc_py_op2 op, const dfc_tensor *a, const dfc_tensor *b, int ndim,
-                         const int64_t *shape)
-{
-    dfc_tensor y;
-    PyObject *out = dfc_py_new_tensor(ndim, shape, &y);
-    if (!out)
-        return NULL;
-    dfc_error err = {0};
-    DFC_PY_RUN(out, err, op(be, a, b, &y, &err));
-    return out;
 }

@@ -21,7 +21,6 @@ typedef struct {
 
 extern PyTypeObject DfcBackend_Type;
 extern PyTypeObject DfcDiffusion_Type;
-extern PyTypeObject DfcUNet_Type;
 
 /* Arrays borrowed for one call; released together (like a small arena of references). */
 #define DFC_PY_MAX_ARGS 24
@@ -158,14 +157,9 @@ PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
     {"held_bytes", dfc_py_ws_get_held, NULL, "activation memory kept for the next call (bytes)", NULL}
 
 /* Method tables of the binding files, added to the module in module.c. */
-extern PyMethodDef dfc_methods_elementwise[];
-extern PyMethodDef dfc_methods_conv[];
-extern PyMethodDef dfc_methods_norm[];
-extern PyMethodDef dfc_methods_spatial[];
-extern PyMethodDef dfc_methods_attention[];
-extern PyMethodDef dfc_methods_loss[];
+extern PyMethodDef dfc_methods_ops[]; /* bind_ops.c: every op of the table */
 extern PyMethodDef dfc_methods_io[];
-extern PyMethodDef dfc_methods_net_ops[];
+extern PyMethodDef dfc_methods_backend[]; /* bind_backend.c */
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an
  * exception); each file owns its part of the module. */
@@ -175,6 +169,7 @@ int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
 int dfc_register_train(PyObject *module);
 int dfc_register_inception(PyObject *module);
+int dfc_register_net(PyObject *module); /* unet_create */
 
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;
@@ -184,15 +179,16 @@ PyObject *dfc_py_created_net(dfc_status st, dfc_net *net, const dfc_error *err);
 /* The C network inside a diffice._C.Network (borrowed; NULL with TypeError otherwise). Composite networks that
  * take child networks must keep a reference to the child Python objects for as long as they live. */
 dfc_net *dfc_py_unwrap_net(PyObject *obj);
-/* The C objects inside diffice._C.UNet / diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
-struct dfc_unet;
+/* The C object inside a diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
 struct dfc_diffusion;
-struct dfc_unet *dfc_py_unwrap_unet(PyObject *obj);
 struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
 /* Replaces *d (destroyed first) by a new diffusion with guided-diffusion's tables for (steps, schedule, respacing,
  * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
 int dfc_py_diffusion_reset(struct dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
                            int variance_type);
+/* Creates *be as the "ref" backend (every core) unless it exists: 0, or -1 with the exception. For objects whose
+ * arithmetic runs through the op table without a backend argument (Diffusion, TrainingLoss). */
+int dfc_py_reference_backend(dfc_backend **be);
 
 /* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
@@ -200,7 +196,7 @@ PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);
 /* Adds a ready type to the module under its short name; -1 with an exception on failure. */
 int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name);
 
-/* ---- shapes most op bindings share ---- */
+/* ---- several outputs at once (the network bindings) ---- */
 
 /* One output of a binding that returns several: a new array of shape[0..ndim) viewed as *t, or None where shape is
  * NULL (t is then left as it is, e.g. {0} for an absent optional gradient). */
@@ -213,17 +209,5 @@ typedef struct {
 /* A tuple of new zero-filled arrays (or None) as outs[0..n) describe; NULL with an exception on failure.
  * Use: out = dfc_py_new_tuple(2, (dfc_py_output[]){{a.ndim, a.shape, &da}, {b.ndim, b.shape, &db}}); */
 PyObject *dfc_py_new_tuple(int n, const dfc_py_output *outs);
-
-/* Op-table entries with one tensor input (softmax, upsample, global pool, resize) or two (softmax_backward,
- * linear_backward_input, mse) and one output, no other arguments. */
-typedef dfc_status (*dfc_py_op1)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-typedef dfc_status (*dfc_py_op2)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
-                                 dfc_error *err);
-
-/* Runs such an op (GIL released) on checked inputs into a new array of shape[0..ndim), returned as a new reference;
- * NULL with the matching exception on failure. */
-PyObject *dfc_py_run_op1(dfc_backend *be, dfc_py_op1 op, const dfc_tensor *x, int ndim, const int64_t *shape);
-PyObject *dfc_py_run_op2(dfc_backend *be, dfc_py_op2 op, const dfc_tensor *a, const dfc_tensor *b, int ndim,
-                         const int64_t *shape);
 
 #endif

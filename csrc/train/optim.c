@@ -1,88 +1,38 @@
+/* Optimiser steps as op-table calls on flat segments: no arithmetic here beyond the scalar clip factor. */
 #include "optim.h"
 
 #include <math.h>
-#include <omp.h>
 
-/* Chunks of the deterministic sum of squares: their bounds depend on n only, not on the thread count. */
-#define SUM_CHUNKS 64
-
-static int threads(int num_threads)
+dfc_status dfc_adamw_update(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, float *param,
+                            const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n, dfc_error *err)
 {
-    return num_threads > 0 ? num_threads : omp_get_max_threads();
+    dfc_tensor p = dfc_tensor1(param, n), g = dfc_tensor1((float *)grad, n);
+    dfc_tensor m = dfc_tensor1(exp_avg, n), v = dfc_tensor1(exp_avg_sq, n);
+    return be->ops->adamw_step(be, cfg, step, &p, &g, &m, &v, err);
 }
 
-dfc_status dfc_adamw_check(const dfc_adamw_config *cfg, dfc_error *err)
+dfc_status dfc_ema_update(dfc_backend *be, float *ema, const float *param, int64_t n, double rate, dfc_error *err)
 {
-    if (!(cfg->lr >= 0.0) || !isfinite(cfg->lr))
-        return dfc_fail(err, DFC_ERR_VALUE, "AdamW: lr must be a finite number >= 0, got %g", cfg->lr);
-    if (!(cfg->eps >= 0.0) || !isfinite(cfg->eps))
-        return dfc_fail(err, DFC_ERR_VALUE, "AdamW: eps must be a finite number >= 0, got %g", cfg->eps);
-    if (!(cfg->beta1 >= 0.0 && cfg->beta1 < 1.0) || !(cfg->beta2 >= 0.0 && cfg->beta2 < 1.0))
-        return dfc_fail(err, DFC_ERR_VALUE, "AdamW: betas must be in [0, 1), got (%g, %g)", cfg->beta1, cfg->beta2);
-    if (!(cfg->weight_decay >= 0.0) || !isfinite(cfg->weight_decay))
-        return dfc_fail(err, DFC_ERR_VALUE, "AdamW: weight_decay must be a finite number >= 0, got %g",
-                        cfg->weight_decay);
+    dfc_tensor e = dfc_tensor1(ema, n), p = dfc_tensor1((float *)param, n);
+    return be->ops->ema_update(be, rate, &e, &p, err);
+}
+
+dfc_status dfc_add_sum_squares(dfc_backend *be, const float *x, int64_t n, double *sum_squares, dfc_error *err)
+{
+    dfc_tensor t = dfc_tensor1((float *)x, n);
+    double sum = 0.0;
+    DFC_TRY(be->ops->sum_squares(be, &t, &sum, err));
+    *sum_squares += sum;
     return DFC_OK;
 }
 
-void dfc_adamw_update(const dfc_adamw_config *cfg, int64_t step, float *param, const float *grad, float *exp_avg,
-                      float *exp_avg_sq, int64_t n, int num_threads)
+dfc_status dfc_clip_scale(dfc_backend *be, float *x, int64_t n, double norm, double max_norm, dfc_error *err)
 {
-    /* torch's _single_tensor_adamw: the scalars are Python floats (double), the tensor math is float32 */
-    const float decay = (float)(1.0 - cfg->lr * cfg->weight_decay);
-    const float one_minus_beta1 = (float)(1.0 - cfg->beta1);
-    const float beta2 = (float)cfg->beta2, one_minus_beta2 = (float)(1.0 - cfg->beta2);
-    const double bias_correction1 = 1.0 - pow(cfg->beta1, (double)step);
-    const double bias_correction2 = 1.0 - pow(cfg->beta2, (double)step);
-    const float neg_step_size = (float)(-cfg->lr / bias_correction1);
-    const float bias_correction2_sqrt = (float)sqrt(bias_correction2);
-    const float eps = (float)cfg->eps;
-    #pragma omp parallel for simd num_threads(threads(num_threads)) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float g = grad[i];
-        float p = param[i] * decay;                       /* decoupled weight decay */
-        float m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i]); /* lerp(m, g, 1 - beta1) */
-        float v = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g; /* addcmul: value * t1 * t2 */
-        float denom = sqrtf(v) / bias_correction2_sqrt + eps;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-        param[i] = p + neg_step_size * m / denom;                  /* addcdiv: value * t1 / t2 */
-    }
-}
-
-void dfc_ema_update(float *ema, const float *param, int64_t n, double rate, int num_threads)
-{
-    /* targ.mul_(rate).add_(src, alpha=1 - rate) */
-    const float keep = (float)rate, take = (float)(1.0 - rate);
-    #pragma omp parallel for simd num_threads(threads(num_threads)) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        ema[i] = ema[i] * keep + take * param[i];
-}
-
-double dfc_sum_squares(const float *x, int64_t n, int num_threads)
-{
-    /* a fixed number of chunks whose bounds depend on n only; partials added in chunk order */
-    double partial[SUM_CHUNKS];
-    #pragma omp parallel for num_threads(threads(num_threads)) schedule(static)
-    for (int c = 0; c < SUM_CHUNKS; c++) {
-        int64_t start = n * c / SUM_CHUNKS, end = n * (c + 1) / SUM_CHUNKS;
-        double sum = 0.0;
-        #pragma omp simd reduction(+ : sum)
-        for (int64_t i = start; i < end; i++)
-            sum += (double)x[i] * (double)x[i];
-        partial[c] = sum;
-    }
-    double total = 0.0;
-    for (int c = 0; c < SUM_CHUNKS; c++)
-        total += partial[c];
-    return total;
-}
-
-void dfc_scale(float *x, int64_t n, float factor, int num_threads)
-{
-    #pragma omp parallel for simd num_threads(threads(num_threads)) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= factor;
+    const double factor = dfc_clip_factor(norm, max_norm);
+    if (!(factor < 1.0) || !isfinite(norm))
+        return DFC_OK;
+    dfc_tensor t = dfc_tensor1(x, n);
+    return be->ops->scale(be, &t, (float)factor, err);
 }
 
 double dfc_clip_factor(double norm, double max_norm)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Tuple, Union
+from typing import Tuple, TypeVar, Union
 
 import numpy as np
 
 from .._native import _C
 
-BACKENDS = ("cpu", "ref")
+BACKENDS: Tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
 
@@ -42,3 +42,14 @@ def int_pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{op}: {name} must be an int or a pair of ints (h, w), got {value!r}")
+
+
+_Array = TypeVar("_Array")
+
+
+def fresh_copy(a: _Array) -> _Array:
+    """A fresh C-ordered copy of a float32 array, for an in-place op to update so the caller's array is left
+    unchanged; anything else is passed on for the op to refuse with its message (naming op and argument)."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32:
+        return a.copy(order="C")  # type: ignore[return-value]  # an ndarray stays one
+    return a

@@ -32,9 +32,9 @@ def conv2d(
     x: (N, Ci, H, W); weight: (Co, Ci, KH, KW); bias: (Co,) or None; stride, padding: int or (h, w).
     Returns y: (N, Co, Ho, Wo) with Ho = (H + 2 pad_h - KH) // stride_h + 1 (Wo likewise).
     """
-    sh, sw = int_pair(stride, "conv2d_forward", "stride")
-    ph, pw = int_pair(padding, "conv2d_forward", "padding")
-    return _C.conv2d_forward(get_backend(backend), x, weight, bias, sh, sw, ph, pw)
+    op = "conv2d_forward"
+    return _C.conv2d_forward(get_backend(backend), x, weight, bias, int_pair(stride, op, "stride"),
+                             int_pair(padding, op, "padding"))
 
 
 def conv2d_backward_input(
@@ -52,9 +52,9 @@ def conv2d_backward_input(
     input's shape (needed because several H map to one Ho when the stride is above 1).
     Returns dx: x_shape.
     """
-    sh, sw = int_pair(stride, "conv2d_backward_input", "stride")
-    ph, pw = int_pair(padding, "conv2d_backward_input", "padding")
-    return _C.conv2d_backward_input(get_backend(backend), dy, weight, tuple(x_shape), sh, sw, ph, pw)
+    op = "conv2d_backward_input"
+    return _C.conv2d_backward_input(get_backend(backend), dy, weight, tuple(x_shape), int_pair(stride, op, "stride"),
+                                    int_pair(padding, op, "padding"))
 
 
 def conv2d_backward_weight(
@@ -72,9 +72,9 @@ def conv2d_backward_weight(
     dy: (N, Co, Ho, Wo); x: (N, Ci, H, W), the forward input; weight_shape: (Co, Ci, KH, KW).
     Returns (dweight (Co, Ci, KH, KW), dbias (Co,)), or (dweight, None) when bias is False.
     """
-    sh, sw = int_pair(stride, "conv2d_backward_weight", "stride")
-    ph, pw = int_pair(padding, "conv2d_backward_weight", "padding")
-    return _C.conv2d_backward_weight(get_backend(backend), dy, x, tuple(weight_shape), bool(bias), sh, sw, ph, pw)
+    op = "conv2d_backward_weight"
+    return _C.conv2d_backward_weight(get_backend(backend), dy, x, tuple(weight_shape), bool(bias),
+                                     int_pair(stride, op, "stride"), int_pair(padding, op, "padding"))
 
 
 def _rows(a: np.ndarray, op: str, name: str) -> np.ndarray:

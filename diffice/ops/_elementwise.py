@@ -11,6 +11,7 @@ __all__ = [
     "softmax", "softmax_backward",
     "add", "add_backward", "mul", "mul_backward",
     "concat", "split", "concat_backward", "split_backward",
+    "scale_shift", "scale_shift_backward",
 ]
 
 
@@ -44,14 +45,14 @@ def sigmoid_backward(dy: np.ndarray, x: np.ndarray, *, backend: str = "cpu") -> 
     return _C.activation_backward(get_backend(backend), "sigmoid", dy, x)
 
 
-def softmax(x: np.ndarray, axis: int = -1, *, backend: str = "cpu") -> np.ndarray:
-    """Softmax over one axis (negative counts from the end; the max along it is subtracted first, so large inputs
-    do not overflow). x: 1-4 dims; axis=1 of (N, K, H, W) is the per-pixel class softmax."""
+def softmax(x: np.ndarray, *, axis: int = -1, backend: str = "cpu") -> np.ndarray:
+    """Softmax over ``axis`` (negative counts from the end; the max along it is subtracted first, so large inputs do
+    not overflow). x: 1-4 dims. Returns an array of x's shape."""
     return _C.softmax_forward(get_backend(backend), x, axis)
 
 
-def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1, *, backend: str = "cpu") -> np.ndarray:
-    """Gradient of softmax from its output y: dx = y (dy - sum(dy y, axis))."""
+def softmax_backward(dy: np.ndarray, y: np.ndarray, *, axis: int = -1, backend: str = "cpu") -> np.ndarray:
+    """Gradient of softmax over ``axis`` from its output y: dx = y (dy - sum(dy y, axis))."""
     return _C.softmax_backward(get_backend(backend), dy, y, axis)
 
 
@@ -120,3 +121,16 @@ def concat_backward(dy: np.ndarray, sizes: list, *, backend: str = "cpu") -> lis
 def split_backward(dys: list, *, backend: str = "cpu") -> np.ndarray:
     """Gradient of split: the parts' gradients joined along channels (= concat)."""
     return concat(dys, backend=backend)
+
+
+# ---- UNet ops (issue 15, unetnet) ----
+
+def scale_shift(x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
+    """guided-diffusion's scale-shift norm: x (N, C, ...) (2-4 dims), ss (N, 2C) = [scale | shift] per sample and
+    channel. Returns x * (1 + scale) + shift, x's shape."""
+    return _C.scale_shift_forward(get_backend(backend), x, ss)
+
+
+def scale_shift_backward(dy: np.ndarray, x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu"):
+    """Gradients of scale_shift: (dx = dy * (1 + scale), dss (N, 2C) = [sum dy * x | sum dy] over x's dims 2...)."""
+    return tuple(_C.scale_shift_backward(get_backend(backend), dy, x, ss))

@@ -1,9 +1,8 @@
-"""Network-side ops: the logit loss, binary cross-entropy with logits, the class-probability rule, per-plane
-standardisation, the normalised feature distance, pixel distances and fill. Per-sample losses (N,) in float32; the
-backward functions take the gradient dloss (N,) of those per-sample losses."""
+"""Network-side ops: the logit loss, binary cross-entropy with logits, per-plane standardisation, the normalised
+feature distance and fill. Per-sample losses (N,) in float32; the backward functions take the gradient dloss (N,) of
+those per-sample losses. (The flip decision is diffice.ops.target_probability; the pixel distances are
+distance_penalty and mse, composed by diffice.pixel_loss.)"""
 from __future__ import annotations
-
-from typing import Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -13,12 +12,9 @@ from ._backend import get_backend
 from ._loss import _targets
 
 __all__ = [
-    "logit_loss", "logit_loss_backward", "bce_with_logits", "bce_with_logits_backward", "class_probability",
-    "standardize", "standardize_backward", "normalized_distance", "normalized_distance_backward",
-    "pixel_loss", "pixel_loss_backward", "PIXEL_LOSSES", "fill",
+    "logit_loss", "logit_loss_backward", "bce_with_logits", "bce_with_logits_backward", "standardize",
+    "standardize_backward", "normalized_distance", "normalized_distance_backward", "fill",
 ]
-
-PIXEL_LOSSES = ("l1", "l2", "l2_channel_norm")
 
 
 def logit_loss(logits: np.ndarray, targets: ArrayLike, *, backend: str = "cpu") -> np.ndarray:
@@ -46,14 +42,6 @@ def bce_with_logits_backward(dloss: np.ndarray, logits: np.ndarray, targets: np.
     return _C.bce_with_logits_backward(get_backend(backend), dloss, logits, targets)
 
 
-def class_probability(logits: np.ndarray, targets: ArrayLike, *,
-                      backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
-    """The probability rule of diffice.probabilities through the op table: logits float32 (N, C), integer targets
-    (N,) in [0, max(C, 2)). Returns (p(target) (N,) float32, predicted class (N,) int64): softmax and argmax (the
-    first on ties) for C >= 2, sigmoid and z > 0 for one logit."""
-    return _C.class_probability(get_backend(backend), logits, _targets("class_probability", targets))
-
-
 def standardize(x: np.ndarray, scale: float = 1.0, *, backend: str = "cpu") -> np.ndarray:
     """scale (x - mean) / std over every (n, c) plane of x float32 (N, C, H, W), std with ddof 0; a constant plane
     raises ValueError. SonoNet uses scale 255."""
@@ -77,25 +65,8 @@ def normalized_distance_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray
     return _C.normalized_distance_backward(get_backend(backend), dloss, a, b)
 
 
-def _pixel_kind(kind: str) -> int:
-    if kind not in PIXEL_LOSSES:
-        raise ValueError(f"pixel_loss: kind must be one of {PIXEL_LOSSES}, got {kind!r}")
-    return PIXEL_LOSSES.index(kind)
-
-
-def pixel_loss(a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str = "cpu") -> np.ndarray:
-    """Per-sample pixel distance of a to b (float32 (N, C, ...), one shape): "l1" sum |a - b|, "l2" sum (a - b)^2,
-    "l2_channel_norm" the sum over positions of the norm over channels of a - b. Returns (N,) float32."""
-    return _C.pixel_loss_forward(get_backend(backend), _pixel_kind(kind), a, b)
-
-
-def pixel_loss_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray, kind: str = "l1", *,
-                            backend: str = "cpu") -> np.ndarray:
-    """da = dloss[n] times sign(a - b) ("l1"), 2 (a - b) ("l2") or (a - b) / norm ("l2_channel_norm", 0 where the
-    norm is 0)."""
-    return _C.pixel_loss_backward(get_backend(backend), _pixel_kind(kind), dloss, a, b)
-
-
 def fill(like: np.ndarray, value: float, *, backend: str = "cpu") -> np.ndarray:
     """A new float32 array of like's shape (1-4 dims) with every entry value (the op nets/ zero gradients with)."""
-    return _C.fill(get_backend(backend), like, float(value))
+    y = np.empty(np.shape(like), np.float32)
+    _C.fill(get_backend(backend), y, float(value))
+    return y

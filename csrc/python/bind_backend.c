@@ -1,0 +1,96 @@
+/* diffice._C.backend_names: the backend registry. diffice._C.arena_roundtrip: drives an arena of a backend's memory
+ * through that backend's memory functions, so tests can check that arenas get their memory from the backend (and
+ * what the memory interface does). */
+#include "pyutil.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+/* x -> backend (copy_from_host) -> a second backend tensor (copy) -> host (copy_to_host), plus a zero-filled
+ * backend tensor, all from one backend arena of the given chunk size and limit. */
+static dfc_status roundtrip(dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, dfc_tensor *copy,
+                            dfc_tensor *zeros, dfc_error *err)
+{
+    const size_t bytes = (size_t)dfc_numel(x) * sizeof(float);
+    dfc_tensor on_backend = dfc_arena_tensor(arena, x->ndim, x->shape, err);
+    if (!on_backend.data)
+        return err->code;
+    DFC_TRY(be->iface->copy_from_host(be, on_backend.data, x->data, bytes, err));
+    dfc_tensor second = dfc_arena_tensor(arena, x->ndim, x->shape, err);
+    if (!second.data)
+        return err->code;
+    DFC_TRY(be->iface->copy(be, second.data, on_backend.data, bytes, err));
+    dfc_tensor zero = dfc_arena_zeros(arena, x->ndim, x->shape, err);
+    if (!zero.data)
+        return err->code;
+    DFC_TRY(be->iface->copy_to_host(be, copy->data, second.data, bytes, err));
+    DFC_TRY(be->iface->copy_to_host(be, zeros->data, zero.data, bytes, err));
+    return be->iface->synchronize(be, err);
+}
+
+/* arena_roundtrip(backend, x, chunk_bytes, limit_bytes) -> (copy, zeros, num_chunks, capacity_bytes, peak_bytes) */
+static PyObject *py_arena_roundtrip(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *op = "arena_roundtrip";
+    dfc_backend *be;
+    PyObject *x_obj;
+    dfc_py_int64_arg chunk = {"arena_roundtrip: chunk_bytes", 0, INT64_MAX, 0};
+    dfc_py_int64_arg limit = {"arena_roundtrip: limit_bytes", 0, INT64_MAX, 0};
+    if (!PyArg_ParseTuple(args, "O&OO&O&", dfc_py_backend, &be, &x_obj, dfc_py_int64_converter, &chunk,
+                          dfc_py_int64_converter, &limit))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor x, copy, zeros;
+    PyObject *copy_arr = NULL, *zeros_arr = NULL, *result = NULL;
+    if (dfc_py_tensor(x_obj, op, "x", 1, DFC_MAX_DIMS, 0, &refs, &x) < 0 ||
+        !(copy_arr = dfc_py_new_tensor(x.ndim, x.shape, &copy)) ||
+        !(zeros_arr = dfc_py_new_tensor(x.ndim, x.shape, &zeros)))
+        goto done;
+    dfc_arena arena;
+    dfc_arena_init_backend(&arena, be, (size_t)chunk.value, (size_t)limit.value);
+    dfc_error err = {0};
+    dfc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = roundtrip(be, &arena, &x, &copy, &zeros, &err);
+    Py_END_ALLOW_THREADS
+    if (st == DFC_OK)
+        result = Py_BuildValue("(OOinn)", copy_arr, zeros_arr, arena.num_chunks,
+                               (Py_ssize_t)dfc_arena_capacity(&arena), (Py_ssize_t)arena.peak);
+    else
+        dfc_py_raise(&err);
+    dfc_arena_free(&arena);
+done:
+    Py_XDECREF(copy_arr);
+    Py_XDECREF(zeros_arr);
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
+/* backend_names() -> tuple of the registered backends' names, the default first */
+static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    PyObject *names = PyList_New(0);
+    for (int i = 0; names && dfc_backend_registered(i); i++) {
+        PyObject *name = PyUnicode_FromString(dfc_backend_registered(i));
+        if (!name || PyList_Append(names, name) < 0)
+            Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    PyObject *result = names ? PyList_AsTuple(names) : NULL;
+    Py_XDECREF(names);
+    return result;
+}
+
+PyMethodDef dfc_methods_backend[] = {
+    {"backend_names", py_backend_names, METH_NOARGS,
+     "backend_names() -> tuple of the backends this build has (the default first)"},
+    {"arena_roundtrip", py_arena_roundtrip, METH_VARARGS,
+     "arena_roundtrip(backend, x, chunk_bytes, limit_bytes) -> (copy, zeros, num_chunks, capacity_bytes, "
+     "peak_bytes): x through an arena of the backend's memory and back"},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,342 @@
+"""Reading and writing images: PNG, JPEG, TIFF (Pillow) and DICOM (when pydicom is installed).
+
+Images become float32 (1, H, W) arrays in [-1, 1] (grayscale: RGB is averaged, as the SonoNet authors do), resized
+bilinearly to the model's size; outputs are written back as 8-bit grayscale PNGs, atomically.
+
+Pixel values are brought to [0, 1] (then mapped to [-1, 1]) by one rule, chosen by the type of the stored pixels
+(see :func:`to_unit`):
+
+- integer pixels are divided by the largest value of their bit depth: 8-bit files (PNG, JPEG, BMP, 8-bit TIFF,
+  palette and RGB images) by 255, 16-bit PNG and TIFF by 65535, DICOM by 2**BitsStored - 1 (12-bit data in 16-bit
+  words: by 4095); signed integers are shifted by 2**(bits - 1) first. A 16-bit PNG/TIFF whose values only use
+  12 bits therefore comes out dark: the file declares 16 bits (save it as 8 bits, or as a float TIFF in [0, 1]);
+- floating-point pixels (32-bit float TIFF) are taken as they are when every value lies in [0, 1], divided by 255
+  when they lie in [0, 255], and otherwise stretched to [0, 1] by the image's own minimum and maximum;
+- NaN or infinite values make the file unreadable (:class:`ImageReadError` naming it).
+
+DICOM (pydicom) adds, in this order: a cine (NumberOfFrames > 1) gives its first frame; RGB (YBR arrives as RGB)
+is averaged to gray; signed pixels (PixelRepresentation 1) of BitsStored bits are shifted by 2**(BitsStored - 1)
+and divided by 2**BitsStored - 1; MONOCHROME1 is inverted (unit -> 1 - unit): its lowest value is displayed white.
+RescaleSlope / RescaleIntercept (the modality LUT) are linear, so the bit-depth scaling above gives the same image
+with or without them, except that a negative slope inverts it (with MONOCHROME1: twice, so not at all); a slope of
+0 is an ImageReadError naming RescaleSlope. Windowing (WindowCenter / WindowWidth, VOI LUTs) is not applied.
+PALETTE COLOR images are refused, naming PhotometricInterpretation.
+
+Resizing to the model's size that changes the aspect ratio (width / height) by more than a factor
+:data:`MAX_ASPECT_CHANGE` stretches the anatomy: :class:`AspectRatioWarning` names the file and both sizes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+
+# Images are decoded to float64 (24 bytes a pixel for RGB): a small compressed file claiming a huge canvas is
+# refused before decoding. 2^25 pixels (e.g. 8192 x 4096) is far above any ultrasound frame.
+MAX_IMAGE_PIXELS = 1 << 25
+
+
+# load_image warns when resizing changes the aspect ratio (width / height) by more than this factor either way.
+MAX_ASPECT_CHANGE = 1.1
+
+
+class ImageReadError(ValueError):
+    """An input image could not be read or converted; the message names the file and the reason."""
+
+
+class AspectRatioWarning(UserWarning):
+    """An image was resized to a size whose aspect ratio differs by more than MAX_ASPECT_CHANGE from its own (the
+    anatomy is stretched); the message names the file, its size and the size it was resized to."""
+
+
+def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files directly in `folder` (those whose lower-cased suffix is one of `suffixes`), sorted by name.
+    Raises if the folder is missing or has no images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise ValueError(f"no images ({', '.join(suffixes)}) in {folder}")
+    return files
+
+
+IntegerRange = Optional[tuple[float, float]]
+
+
+def _bits_range(bits: int, signed: bool) -> tuple[float, float]:
+    """The values an integer of `bits` bits holds: [0, 2**bits - 1], or [-2**(bits-1), 2**(bits-1) - 1] signed."""
+    return (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0) if signed else (0.0, 2.0 ** bits - 1.0)
+
+
+def _dtype_range(dtype: np.dtype) -> IntegerRange:
+    """An integer dtype's full range; None for floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return (0.0, 1.0)
+    if dtype.kind in "iu":
+        return _bits_range(8 * dtype.itemsize, dtype.kind == "i")
+    return None
+
+
+def _dicom_number(ds, key: str, default: float) -> float:
+    """A numeric DICOM attribute (DS, IS or US), default where absent or empty; ValueError naming it otherwise."""
+    value = getattr(ds, key, None)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{key} {value!r} is not a finite number")
+    return number
+
+
+def _decode_dicom(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
+    """A DICOM file's first frame in its stored type, its integer range (by BitsStored) and whether it is shown
+    inverted (MONOCHROME1, or a negative RescaleSlope): the DICOM rules of the module docstring."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install pydicom, or diffice[dicom])") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
+    try:
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise ValueError("no pixel data (PixelData)")
+        rows, columns = (int(_dicom_number(ds, key, 0)) for key in ("Rows", "Columns"))
+        frames = max(1, int(_dicom_number(ds, "NumberOfFrames", 1)))
+        samples = max(1, int(_dicom_number(ds, "SamplesPerPixel", 1)))
+        if rows * columns > MAX_IMAGE_PIXELS:
+            raise ValueError(f"image of {columns} x {rows} pixels is over the {MAX_IMAGE_PIXELS}-pixel limit")
+        photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
+        if photometric == "PALETTE COLOR":
+            raise ValueError("PhotometricInterpretation 'PALETTE COLOR' is not supported (convert the image to "
+                             "MONOCHROME2 or RGB)")
+        slope = _dicom_number(ds, "RescaleSlope", 1.0)
+        if slope == 0.0:
+            raise ValueError("RescaleSlope 0 maps every pixel to one value")
+        try:
+            from pydicom.pixels import pixel_array  # pydicom >= 3: decodes only the frame asked for
+        except ImportError:  # pydicom 2: every frame
+            if rows * columns * frames * samples > 4 * MAX_IMAGE_PIXELS:
+                raise ValueError(f"{frames} frames of {columns} x {rows} pixels is over the "
+                                 f"{4 * MAX_IMAGE_PIXELS}-value limit") from None
+            pixels = np.asarray(ds.pixel_array)
+            if frames > 1:
+                pixels = pixels[0]
+            if photometric.startswith("YBR_FULL") and not ds.file_meta.TransferSyntaxUID.is_compressed:
+                from pydicom.pixel_data_handlers.util import convert_color_space
+                pixels = convert_color_space(pixels, photometric, "RGB")
+        else:
+            pixels = np.asarray(pixel_array(ds, index=0) if frames > 1 else pixel_array(ds))  # YBR comes as RGB
+        value_range = _dtype_range(pixels.dtype)
+        bits = int(_dicom_number(ds, "BitsStored", 0))
+        if value_range is not None and 1 <= bits < 8 * pixels.dtype.itemsize:
+            value_range = _bits_range(bits, pixels.dtype.kind == "i")  # e.g. 12-bit data in 16-bit words
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM image ({exc})") from None
+    return pixels, value_range, (photometric == "MONOCHROME1") != (slope < 0.0)
+
+
+def _decode(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
+    """The file's pixels in their stored type ((H, W) or (H, W, 3|4)), for integer pixels the range of their
+    bit depth (None for floating-point pixels), and whether the image is shown inverted (its lowest value white:
+    DICOM MONOCHROME1)."""
+    if path.suffix.lower() == ".dcm":
+        return _decode_dicom(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImageReadError(f"{path}: reading images needs Pillow (pip install Pillow)") from None
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(f"{path}: image of {img.width} x {img.height} pixels is over the "
+                                     f"{MAX_IMAGE_PIXELS}-pixel limit")
+            img.load()
+            if img.mode == "F":
+                return np.asarray(img), None, False
+            if img.mode.startswith("I;16"):
+                pixels = np.asarray(img)
+                return pixels, _dtype_range(pixels.dtype), False
+            if img.mode == "I":  # 32-bit integers holding a 16-bit PNG (Pillow < 10) or an integer TIFF
+                if img.format == "PNG":
+                    value_range = _bits_range(16, False)
+                else:
+                    tags = getattr(img, "tag_v2", {})
+                    bits = tags.get(258, (32,))
+                    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+                    sample_format = tags.get(339, (1,))
+                    sample_format = int(sample_format[0] if isinstance(sample_format, tuple) else sample_format)
+                    value_range = _bits_range(min(max(bits, 1), 32), sample_format == 2)
+                return np.asarray(img), value_range, False
+            return np.asarray(img.convert("RGB")), _bits_range(8, False), False
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from None
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The file's pixels in their stored type, (H, W) or (H, W, 3|4) (a DICOM cine: its first frame)."""
+    return _decode(path)[0]
+
+
+def to_unit(pixels: np.ndarray, integer_range: IntegerRange = None) -> np.ndarray:
+    """Pixel values -> float64 in [0, 1] by the module's rule. integer_range: (lo, hi) of the stored integers' bit
+    depth, mapped to 0 and 1 (values outside are clipped); None for floating-point pixels, which are kept when
+    they lie in [0, 1], divided by 255 when they lie in [0, 255], else stretched by their own min and max (a
+    constant image becomes 0). Non-finite values are a ValueError."""
+    a = np.asarray(pixels, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{int(np.size(a) - np.count_nonzero(np.isfinite(a)))} non-finite pixel values "
+                         f"(NaN or infinity)")
+    if integer_range is not None:
+        lo, hi = integer_range
+        return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    if a.size == 0:
+        return a
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    if lo >= 0.0 and hi <= 255.0:
+        return a / 255.0
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def read_unit(path: PathLike) -> np.ndarray:
+    """One image file as grayscale float64 (H, W) in [0, 1] at its own size (RGB averaged; values by the module's
+    rule). Raises ImageReadError naming the file."""
+    path = Path(path)
+    pixels, integer_range, inverted = _decode(path)
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4) or pixels.ndim not in (2, 3):
+        raise ImageReadError(f"{path}: expected a 2-D grayscale or RGB image, got pixel array shape {pixels.shape}")
+    if pixels.size > MAX_IMAGE_PIXELS * 4:
+        raise ImageReadError(f"{path}: {pixels.size} pixel values is over the limit")
+    if pixels.size == 0:
+        raise ImageReadError(f"{path}: empty image")
+    try:
+        gray = to_gray(to_unit(pixels, integer_range))
+    except ValueError as exc:
+        raise ImageReadError(f"{path}: {exc}") from None
+    return 1.0 - gray if inverted else gray
+
+
+def warn_aspect_change(path: PathLike, shape: tuple[int, int], size: tuple[int, int]) -> None:
+    """AspectRatioWarning when resizing an image of shape (H, W) to size (H, W) changes its aspect ratio by more
+    than MAX_ASPECT_CHANGE."""
+    (h, w), (th, tw) = shape, size
+    if min(h, w, th, tw) <= 0:
+        return
+    change = (tw / th) / (w / h)
+    change = max(change, 1.0 / change)
+    if change > MAX_ASPECT_CHANGE:
+        warnings.warn(f"{os.fspath(path)}: resized from {h} x {w} to {th} x {tw} pixels (height x width), which "
+                      f"changes its aspect ratio by a factor of {change:.2f} and stretches the anatomy; crop or pad "
+                      f"it to the model's aspect ratio first", AspectRatioWarning, stacklevel=3)
+
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 3) or (H, W, 4) -> (H, W) float64, RGB averaged (alpha dropped)."""
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].mean(axis=2)
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    return pixels
+
+
+def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (Pillow's, with its antialiasing when shrinking) to size = (H, W)."""
+    from PIL import Image
+
+    h, w = size
+    if gray.shape == (h, w):
+        return gray
+    img = Image.fromarray(gray.astype(np.float32), mode="F")
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
+    """One image as float32 (1, H, W) in [-1, 1]: grayscale, resized bilinearly to size = (H, W).
+
+    Values are scaled by the type of the stored pixels (the module docstring has the rule): integers by their bit
+    depth (8-bit / 255, 16-bit / 65535, DICOM by BitsStored), floats as they are in [0, 1], / 255 in [0, 255],
+    else by the image's min and max. Raises ImageReadError naming the file (unreadable, not 2-D, NaN or infinite
+    values); warns (AspectRatioWarning) when the resize changes the aspect ratio by more than MAX_ASPECT_CHANGE.
+    """
+    path = Path(path)
+    unit = read_unit(path)
+    warn_aspect_change(path, unit.shape, size)
+    unit = np.clip(resize(unit, size), 0.0, 1.0)
+    return (unit * 2.0 - 1.0).astype(np.float32)[None]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[-1, 1] (1, H, W) or (H, W) -> uint8 (H, W), clipped."""
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0]
+    return np.round((np.clip(a, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Writes via a temporary file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 - umask
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_png(path: PathLike, image: np.ndarray) -> None:
+    """Writes a [-1, 1] image ((1, H, W), (H, W)) or a uint8 (H, W[, 3]) array as PNG, atomically."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = to_uint8(a)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def strip(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Images side by side (uint8 (H, W) each, or [-1, 1]) with a white gap: an iteration strip."""
+    tiles = [to_uint8(im) if np.asarray(im).dtype != np.uint8 else np.asarray(im) for im in images]
+    h = max(t.shape[0] for t in tiles)
+    out = np.full((h, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)), 255, np.uint8)
+    x = 0
+    for t in tiles:
+        out[: t.shape[0], x: x + t.shape[1]] = t
+        x += t.shape[1] + gap
+    return out

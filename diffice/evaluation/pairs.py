@@ -1,0 +1,196 @@
+"""The expert reading kit (`diffice pairs`): a blinded, randomised sheet of (input, counterfactual) pairs as one
+self-contained HTML page; a clinician clicks the better image of each pair and downloads the answers as CSV;
+``diffice pairs --score`` tallies them against the key (the paper: experts preferred the counterfactual in 41 of
+50 pairs).
+
+The HTML holds no hint of which side is the counterfactual: the key (per pair: which side is the counterfactual,
+which image and iteration) goes to a separate ``<sheet>.key.json`` that stays with the researcher. Both carry a
+random sheet id, and answers from another sheet are refused.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ..data.images import atomic_write_bytes
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+QUESTION = "Which image is the better standard plane (higher image quality)?"
+
+__all__ = ["make_sheet", "score_answers", "binomial_two_sided_p"]
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: bool) -> list[dict[str, Any]]:
+    records = sorted((results_dir / "records").glob("*.json"))
+    if not records:
+        raise ValueError(f"{results_dir}: no records/*.json (not a folder written by diffice explain / demo)")
+    pairs = []
+    for rec_path in records:
+        rec = json.loads(rec_path.read_text())
+        stem = rec_path.stem
+        iters = [r for r in rec["iterations"] if int(r["iteration"]) > 0]
+        if not iters:
+            continue
+        it = iters[-1] if iteration is None else next((r for r in iters if int(r["iteration"]) == iteration), None)
+        if it is None:
+            raise ValueError(f"{rec_path}: no iteration {iteration} (it has 1..{len(iters)})")
+        if flipped_only and not it["flipped"]:
+            continue
+        cf = results_dir / stem / f"iteration_{int(it['iteration'])}.png"
+        x = results_dir / stem / "input.png"
+        for p in (x, cf):
+            if not p.is_file():
+                raise ValueError(f"{results_dir}: record {stem} has no {p.name} ({p})")
+        pairs.append(dict(image=rec["image"], stem=stem, iteration=int(it["iteration"]), input=x, counterfactual=cf))
+    return pairs
+
+
+def make_sheet(results_dir: PathLike, out_html: PathLike, n: int = 50, seed: int | None = None,
+               iteration: int | None = None, flipped_only: bool = False, title: str = "Image quality reading",
+               scale: int = 4) -> dict[str, Any]:
+    """Writes out_html (the sheet) and out_html with suffix ``.key.json`` (the key). Pairs: up to n images of the
+    results folder (all if fewer), drawn at random; each pair's sides randomised. iteration: which counterfactual
+    (default: each image's last). Returns the key."""
+    results = Path(results_dir)
+    pairs = _candidate_pairs(results, iteration, flipped_only)
+    if not pairs:
+        raise ValueError(f"{results}: no pairs to show" + (" (no flipped counterfactuals)" if flipped_only else ""))
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed if seed is not None else secrets.randbits(63))
+    chosen = [pairs[i] for i in rng.permutation(len(pairs))[:n]]
+    sheet_id = secrets.token_hex(8)
+    key_pairs, items = [], []
+    for k, p in enumerate(chosen, start=1):
+        cf_side = "left" if rng.random() < 0.5 else "right"
+        left, right = (p["counterfactual"], p["input"]) if cf_side == "left" else (p["input"], p["counterfactual"])
+        items.append((k, _png_data_uri(left), _png_data_uri(right)))
+        key_pairs.append(dict(pair=k, image=p["image"], iteration=p["iteration"], counterfactual_side=cf_side))
+    key = dict(sheet_id=sheet_id, results_dir=str(results.resolve()), question=QUESTION, pairs=key_pairs)
+    out = Path(out_html)
+    atomic_write_bytes(out, _sheet_html(sheet_id, title, items, scale).encode("utf-8"))
+    atomic_write_bytes(key_path(out), (json.dumps(key, indent=1) + "\n").encode())
+    return key
+
+
+def key_path(out_html: PathLike) -> Path:
+    out = Path(out_html)
+    return out.with_name(out.stem + ".key.json")
+
+
+def _sheet_html(sheet_id: str, title: str, items, scale: int) -> str:
+    rows = []
+    for k, left, right in items:
+        rows.append(
+            f'<div class="pair" id="pair{k}"><div class="num">{k}</div>'
+            f'<img class="choice" id="p{k}-left" data-pair="{k}" data-side="left" src="{left}" alt="pair {k} left">'
+            f'<img class="choice" id="p{k}-right" data-pair="{k}" data-side="right" src="{right}" '
+            f'alt="pair {k} right"></div>')
+    n = len(items)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+.pair {{ display: flex; align-items: center; gap: 1em; margin: 0.8em 0; }}
+.num {{ width: 2.5em; text-align: right; font-weight: bold; }}
+img.choice {{ image-rendering: pixelated; border: 4px solid #ddd; cursor: pointer; zoom: {int(scale)}; }}
+img.chosen {{ border-color: #08519c; }}
+#bar {{ position: sticky; top: 0; background: #fff; padding: 0.5em 0; border-bottom: 1px solid #ccc; }}
+</style></head>
+<body>
+<div id="bar"><b>{html.escape(title)}</b> &mdash; {html.escape(QUESTION)} Click one image of each pair.
+<br>Reader: <input id="reader" size="20"> &nbsp; answered <span id="count">0</span> of {n}
+&nbsp; <button id="download">Download answers (CSV)</button></div>
+{''.join(rows)}
+<script>
+const sheetId = "{sheet_id}";
+const total = {n};
+const answers = {{}};
+function refresh() {{
+  document.getElementById("count").textContent = Object.keys(answers).length;
+}}
+for (const img of document.querySelectorAll("img.choice")) {{
+  img.addEventListener("click", () => {{
+    const k = img.dataset.pair;
+    answers[k] = img.dataset.side;
+    for (const side of ["left", "right"]) {{
+      document.getElementById("p" + k + "-" + side).classList.toggle("chosen", side === img.dataset.side);
+    }}
+    refresh();
+  }});
+}}
+function answersCsv() {{
+  const reader = document.getElementById("reader").value.replace(/[",\\n\\r]/g, " ");
+  let text = "sheet_id,reader,pair,choice\\n";
+  for (let k = 1; k <= total; k++) {{
+    text += sheetId + "," + reader + "," + k + "," + (answers[k] || "") + "\\n";
+  }}
+  return text;
+}}
+document.getElementById("download").addEventListener("click", () => {{
+  const blob = new Blob([answersCsv()], {{type: "text/csv"}});
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "answers-" + sheetId + ".csv";
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+}});
+</script>
+</body></html>
+"""
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """Exact two-sided binomial test of k successes in n against p = 1/2 (the sum of the probabilities of every
+    outcome no more likely than k)."""
+    if n == 0:
+        return 1.0
+    probs = [math.comb(n, i) / 2.0 ** n for i in range(n + 1)]
+    return float(min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-9))))
+
+
+def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
+    """Tallies one reader's CSV against the key: how often the counterfactual was preferred, with the exact
+    binomial p-value against chance. Unanswered pairs are counted apart."""
+    key = json.loads(Path(key_json).read_text())
+    by_pair = {int(p["pair"]): p for p in key["pairs"]}
+    with open(answers_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"sheet_id", "pair", "choice"}
+        if not need <= set(reader.fieldnames or []):
+            raise ValueError(f"{answers_csv}: expected columns {sorted(need)}, got {reader.fieldnames}")
+        rows = list(reader)
+    preferred = answered = 0
+    readers = set()
+    for r in rows:
+        if r["sheet_id"] != key["sheet_id"]:
+            raise ValueError(f"{answers_csv}: answers to sheet {r['sheet_id']!r}, but the key is for sheet "
+                             f"{key['sheet_id']!r}")
+        pair = int(r["pair"])
+        if pair not in by_pair:
+            raise ValueError(f"{answers_csv}: pair {pair} is not in the key (1..{len(by_pair)})")
+        readers.add(r.get("reader", ""))
+        if r["choice"] not in ("left", "right", ""):
+            raise ValueError(f"{answers_csv}: pair {pair}: choice must be left, right or empty, got {r['choice']!r}")
+        if r["choice"]:
+            answered += 1
+            preferred += r["choice"] == by_pair[pair]["counterfactual_side"]
+    return dict(pairs=len(by_pair), answered=answered, unanswered=len(by_pair) - answered,
+                counterfactual_preferred=preferred,
+                fraction=preferred / answered if answered else float("nan"),
+                p_value=binomial_two_sided_p(preferred, answered), readers=sorted(readers))

@@ -1,0 +1,316 @@
+"""Running units of work locally or on a Dask cluster (``--scheduler ADDRESS``, ``--cluster local:N|slurm|pbs``).
+
+A *unit* is one image batch explained with one method configuration. :func:`compute_unit` does it -- in this
+process, or on a Dask worker -- and returns plain numpy arrays; the caller (``diffice sweep``'s results store,
+``diffice explain``'s output folder) writes them. Design:
+
+- **Only the client process writes.** Workers return each unit's arrays through Dask; the client writes the whole
+  unit at once (one SQLite transaction for ``diffice sweep``, files + a record written last for ``diffice
+  explain``). SQLite's locking is unreliable on the network file systems clusters share (NFS, Lustre), many
+  writers would serialise on the database lock anyway, and a worker that dies mid-unit then cannot leave anything
+  half-written: its unit is simply re-run by Dask on another worker (a task whose worker is lost is rescheduled;
+  after ``distributed.scheduler.allowed-failures`` losses of the same unit Dask gives up with KilledWorker).
+- **Models are loaded once per worker process** (:func:`load_models`, cached by their description), so a unit
+  sends only its images and method settings.
+- **Units are fixed before anything runs** (consecutive batches of the sorted image list, per configuration):
+  which worker runs a unit, and in which order, cannot change its batch, and the sampler's noise follows each
+  image's pixels and the seed (:func:`diffice.explain.explainer.image_keys`), so the results are identical to a run on
+  one
+  machine -- bit for bit where the workers have the same CPU kind and thread count as that machine.
+- At most a few units per worker are queued at a time (each carries its images inline, so a lost worker loses
+  nothing that cannot be re-sent, and the scheduler's memory stays bounded whatever the grid size).
+
+Dask and dask-jobqueue are optional (``pip install diffice[distributed]``); without them everything runs locally
+and the cluster options raise :class:`DistributedUnavailable` with the install command.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["compute_unit", "load_models", "DistributedUnavailable", "LocalExecutor", "DaskExecutor",
+           "open_executor", "make_cluster", "CLUSTER_DEFAULTS", "cluster_options"]
+
+INSTALL_HINT = "pip install 'diffice[distributed]'  (or: pip install 'dask[distributed]' dask-jobqueue)"
+UNIT_RESOURCE = "diffice_unit"  # one unit at a time per worker process: a unit already uses every core (OpenMP)
+
+CLUSTER_DEFAULTS: dict[str, Any] = dict(
+    cores=1,                      # cores per job (SLURM --cpus-per-task, PBS ncpus)
+    memory="8GB",                 # memory per job
+    processes=1,                  # worker processes per job (each runs one unit at a time)
+    gpus=0,                       # GPUs per job (SLURM --gres=gpu:N, PBS ngpus=N)
+    queue=None,                   # partition / queue
+    account=None,                 # project to charge
+    walltime="04:00:00",          # per job
+    jobs=1,                       # number of jobs (workers = jobs x processes)
+    job_script_prologue=[],       # shell lines before the worker starts, e.g. ["source ~/venv/bin/activate"]
+    job_extra_directives=[],      # extra #SBATCH / #PBS lines, e.g. ["--constraint=avx512"]
+    python=None,                  # the python on the compute nodes (default: this one)
+    interface=None,               # network interface of the workers, e.g. "ib0"
+    local_directory=None,         # worker scratch space
+    log_directory=None,           # job logs
+    dashboard_address=":8787",    # the scheduler's dashboard (":0": any free port)
+)
+
+
+class DistributedUnavailable(RuntimeError):
+    """A cluster option was given but Dask (or dask-jobqueue) is not installed."""
+
+
+def _import_distributed():
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise DistributedUnavailable(
+            f"--scheduler / --cluster need Dask, which is not installed: {INSTALL_HINT}. Without these options "
+            f"the command runs on this machine.") from None
+    return Client, LocalCluster, as_completed
+
+
+# ---- the unit of work ----
+
+_MODELS: dict[str, tuple[Any, Any, Any, Any]] = {}
+_LOADS = 0  # how many times this process loaded models (tests: once per worker)
+
+
+def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict[str, Any]:
+    """A JSON-able description of a run's models that every worker can load: the [models] and [diffusion]
+    sections of a run config, or the demo models (demo: "bundled" or a folder with the demo file names; also
+    [models] preset = "demo", which is the bundled ones)."""
+    preset = cfg["models"].get("preset")
+    if demo is None and preset is not None:
+        if preset != "demo":
+            raise ValueError(f"models.preset must be \"demo\", got {preset!r}")
+        demo = "bundled"
+    if demo is not None:
+        return dict(source="demo", folder=None if demo == "bundled" else str(demo))
+    models = {k: v for k, v in cfg["models"].items() if k != "preset"}
+    return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
+
+
+def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    global _LOADS
+    _LOADS += 1
+    if spec["source"] == "demo":
+        from .demo import load_demo_models
+
+        m = load_demo_models(spec["folder"])
+        return m.unet, m.diffusion, m.classifier, m.perceptual
+    from ..models.files import load_run_models
+
+    return load_run_models(dict(models=spec["models"], diffusion=spec["diffusion"]))
+
+
+def load_models(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(unet, diffusion, classifier, perceptual) for a :func:`models_spec`, loaded once per (worker) process."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _MODELS:
+        _MODELS[key] = _load(spec)
+    return _MODELS[key]
+
+
+def compute_unit(task: dict[str, Any], models: tuple[Any, Any, Any, Any] | None = None,
+                 progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Explains one image batch with one configuration.
+
+    task: ``unit`` (an id, echoed back), ``models`` (a :func:`models_spec`; ignored when `models` is given),
+    ``method`` (ExplainerConfig fields), ``x`` (N, C, H, W) float32 in [-1, 1], ``target``, ``seed``.
+    Returns the unit id, ``worker`` (host:pid) and numpy arrays: counterfactuals (L, N, C, H, W) float32,
+    prob_target (L + 1, N), lambda_used (L, N), flipped (L, N) bool, nonfinite_step (L, N), input_is_target (N,)
+    bool (f's verdict on the input), first_step_target (N,) bool and first_step_prob (N,) (f on x0_hat at the first
+    guided step: diffice.explain.explainer.suspicious_run_message), iteration_seconds (L,); batch_seconds (wall time
+    of the
+    sampler), peak_bytes (the sampler's memory peak), unet_evaluations. The SuspiciousRunWarning check is left to
+    the caller, over the whole run.
+    """
+    from .explainer import Explainer
+
+    unet, diffusion, classifier, perceptual = models or load_models(task["models"])
+    explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])
+    x = np.require(task["x"], np.float32, ["C_CONTIGUOUS", "ALIGNED", "OWNDATA"])  # Dask may hand a view
+    target = int(task["target"])
+    t0 = time.perf_counter()
+    result = explainer.explain(x, target=target, seed=int(task["seed"]), progress=progress, warn=False)
+    seconds = time.perf_counter() - t0
+    return dict(unit=task["unit"], worker=f"{socket.gethostname()}:{os.getpid()}",
+                counterfactuals=result.counterfactuals, prob_target=result.prob_target,
+                lambda_used=result.lambda_used, flipped=result.flipped, nonfinite_step=result.nonfinite_step,
+                input_is_target=result.input_is_target, first_step_target=result.first_step_target,
+                first_step_prob=result.first_step_prob, iteration_seconds=np.asarray(result.iteration_seconds),
+                batch_seconds=seconds, peak_bytes=int(result.peak_bytes),
+                unet_evaluations=int(result.unet_evaluations))
+
+
+# ---- executors: where the units run ----
+
+class LocalExecutor:
+    """Runs units one after the other in this process with the models given, or those of the first task's spec
+    (loaded once, held by this executor only)."""
+
+    dashboard: str | None = None
+    description = "this machine"
+
+    def __init__(self, models: tuple[Any, Any, Any, Any] | None = None) -> None:
+        self.models = models
+
+    def run(self, tasks: Iterable[dict[str, Any]],
+            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Yields each task's :func:`compute_unit` result in task order. progress(task, *step_args) is called
+        after every reverse step of the sampler."""
+        for task in tasks:
+            if self.models is None:
+                self.models = _load(task["models"])
+            step = None if progress is None else (lambda *a, task=task: progress(task, *a))
+            yield compute_unit(task, models=self.models, progress=step)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """Runs units on a Dask cluster: at most `window` per worker in flight, results as they complete."""
+
+    def __init__(self, client: Any, cluster: Any = None, restrict: bool = False, window: int = 2) -> None:
+        self.client, self.cluster = client, cluster
+        self.restrict = restrict  # the workers were started with the UNIT_RESOURCE (one unit at a time each)
+        self.window = window
+        self.dashboard = getattr(client, "dashboard_link", None)
+        self.description = f"Dask scheduler {client.scheduler.address}"
+
+    def workers(self) -> int:
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def run(self, tasks: Iterable[dict[str, Any]],
+            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Yields each task's :func:`compute_unit` result as it completes (any order)."""
+        _, _, as_completed = _import_distributed()
+        pending = iter(tasks)
+        flying = as_completed()
+        count = 0
+
+        def top_up() -> None:
+            nonlocal count
+            limit = max(4, self.window * max(1, self.workers()))
+            while flying.count() < limit:
+                task = next(pending, None)
+                if task is None:
+                    return
+                kwargs = dict(resources={UNIT_RESOURCE: 1}) if self.restrict else {}
+                # pure=False: a unit re-submitted after a failed run is computed again, never taken from a cache
+                flying.add(self.client.submit(compute_unit, task, key=f"diffice-unit-{task['unit']}-{count}",
+                                              pure=False, **kwargs))
+                count += 1
+
+        top_up()
+        for future in flying:
+            result = future.result()  # re-raises a unit's exception (or KilledWorker) here
+            future.release()
+            top_up()
+            yield result
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def cluster_options(data: dict[str, Any] | None, source: str = "config") -> dict[str, Any]:
+    """The [cluster] section over CLUSTER_DEFAULTS; ValueError naming unknown keys."""
+    values = dict((data or {}).get("cluster", {}) or {})
+    unknown = set(values) - set(CLUSTER_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys in [cluster]: {sorted(unknown)}; known: {sorted(CLUSTER_DEFAULTS)}")
+    return dict(CLUSTER_DEFAULTS, **values)
+
+
+def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
+    """A Dask cluster object, not yet scaled: kind "local:N" (a LocalCluster of N worker processes, started) or
+    "slurm" / "pbs" (a dask-jobqueue cluster; its job script is ``cluster.job_script()``)."""
+    opts = dict(CLUSTER_DEFAULTS, **(options or {}))
+    Client, LocalCluster, _ = _import_distributed()
+    if kind.startswith("local"):
+        _, _, n = kind.partition(":")
+        try:
+            workers = int(n) if n else (os.cpu_count() or 1)
+        except ValueError:
+            raise ValueError(f"--cluster local:N needs a number of workers, got {kind!r}") from None
+        if workers < 1:
+            raise ValueError(f"--cluster local:N needs at least one worker, got {kind!r}")
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            dashboard_address=opts["dashboard_address"], resources={UNIT_RESOURCE: 1})
+    if kind not in ("slurm", "pbs"):
+        raise ValueError(f"--cluster must be local:N, slurm or pbs, got {kind!r}")
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise DistributedUnavailable(f"--cluster {kind} needs dask-jobqueue, which is not installed: "
+                                     f"{INSTALL_HINT}") from None
+    gpus = int(opts["gpus"] or 0)
+    directives = list(opts["job_extra_directives"] or [])
+    if kind == "slurm":
+        cls: Any = dask_jobqueue.SLURMCluster
+        if gpus:
+            directives.append(f"--gres=gpu:{gpus}")
+        resource_spec = {}
+    else:
+        cls = dask_jobqueue.PBSCluster
+        resource_spec = dict(resource_spec=f"select=1:ncpus={int(opts['cores'])}:mem={opts['memory']}"
+                                           + (f":ngpus={gpus}" if gpus else ""))
+    kwargs = dict(cores=int(opts["cores"]), memory=str(opts["memory"]), processes=int(opts["processes"]),
+                  queue=opts["queue"], account=opts["account"], walltime=opts["walltime"],
+                  job_script_prologue=list(opts["job_script_prologue"] or []), job_extra_directives=directives,
+                  worker_extra_args=["--resources", f"{UNIT_RESOURCE}=1"],
+                  scheduler_options=dict(dashboard_address=opts["dashboard_address"]), **resource_spec)
+    for key in ("python", "interface", "local_directory", "log_directory"):
+        if opts[key]:
+            kwargs[key] = opts[key]
+    return cls(**kwargs)
+
+
+def open_executor(scheduler: str | None = None, cluster: str | None = None,
+                  options: dict[str, Any] | None = None,
+                  models: tuple[Any, Any, Any, Any] | None = None) -> Any:
+    """A LocalExecutor (neither option), or a DaskExecutor connected to `scheduler` (an address such as
+    tcp://host:8786) or to a new `cluster` ("local:N", "slurm", "pbs"; jobs from options["jobs"])."""
+    if scheduler and cluster:
+        raise ValueError("give either --scheduler or --cluster, not both")
+    if not scheduler and not cluster:
+        return LocalExecutor(models)
+    if models is not None:
+        raise ValueError("models loaded in this process cannot be sent to a cluster; give them in the config")
+    Client, _, _ = _import_distributed()
+    if scheduler:
+        return DaskExecutor(Client(scheduler), restrict=False)
+    assert cluster, "open_executor: the one option left is cluster"
+    opts = dict(CLUSTER_DEFAULTS, **(options or {}))
+    made = make_cluster(cluster, opts)
+    try:
+        if not cluster.startswith("local"):
+            made.scale(jobs=int(opts["jobs"]))
+        client = Client(made)
+    except BaseException:
+        made.close()
+        raise
+    return DaskExecutor(client, made, restrict=True)
+
+
+def describe(executor: Any, stream: Any = None) -> None:
+    """One line on where the units run (and the dashboard) to `stream` (stderr)."""
+    stream = stream or sys.stderr
+    line = f"running on {executor.description}"
+    if getattr(executor, "dashboard", None):
+        line += f"; dashboard: {executor.dashboard}"
+    print(line, file=stream, flush=True)
+
+
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """Consecutive chunks of `size` (the last may be shorter): the units' image batches."""
+    size = max(1, int(size))
+    return [items[i:i + size] for i in range(0, len(items), size)]

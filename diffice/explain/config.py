@@ -1,0 +1,239 @@
+"""The run config of `diffice explain` (and the base of a sweep's): its sections, defaults, allowed values and
+help, read from TOML with command-line overrides.
+
+Every finished image gets its PNGs and a JSON record, each written atomically (temporary file + rename); the
+results table (results.csv) is rebuilt from the records after every batch. A run stopped at any moment (Ctrl-C, a
+crash, a killed job) restarts where it stopped: images with a record are skipped, nothing finished is redone or
+lost, nothing half-written is left behind. Images that cannot be read are listed in errors.csv and skipped.
+
+Config (TOML; every key is also a command-line flag, which wins):
+
+    [models]
+    # preset = "demo"                    # the bundled demo models instead of the files below (preset_defaults)
+    unet = "ddpm.safetensors"           # guided-diffusion UNet (.safetensors / .pt / .npz)
+    num_heads = 4                        # attention layout (not inferable from the weights)
+    num_head_channels = -1
+    use_new_attention_order = false
+    classifier = "classifier.safetensors"
+    classifier_kind = "plane"            # "plane" (segmenter + SonoNet), "sononet" (+ target_class)
+    target_class = 5                     # sononet: the class used as the standard plane (5 = Brain (Tv.))
+    perceptual = "resnet50.pt"           # optional
+    perceptual_kind = "resnet50-radimagenet"   # resnet50 | resnet18 | resnet50-radimagenet | resnet18-radimagenet
+                                         # | pixel-l1 | pixel-l2 (no file); lambda_p > 0 needs one of them
+    perceptual_variant = "mse"           # "mse" (DiME's form) or "normalized" (MONAI's)
+    perceptual_taps = ["layer4"]
+
+    [diffusion]
+    steps = 1000
+    schedule = "linear"
+    respacing = "400"
+
+    [method]                             # diffice.explain.explainer.ExplainerConfig
+    method = "diff-ice"
+    iterations = 5
+    tau = 120
+    lambda_c = [40, 60, 80]
+    lambda_p = 30
+
+    [run]
+    image_size = [224, 288]
+    batch_size = 10
+    seed = 0
+    target = 1                           # the class the counterfactuals move towards
+
+Every key's description and allowed values: CONFIG_HELP and CONFIG_CHOICES below (``diffice explain --help``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
+from .explainer import METHODS, ExplainerConfig
+
+RUN_DEFAULTS: dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
+MODEL_DEFAULTS: dict[str, Any] = dict(
+    preset=None, unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
+    classifier_kind="plane", target_class=5, perceptual=None, perceptual_kind="resnet50-radimagenet",
+    perceptual_variant="mse", perceptual_taps=["layer4"])
+DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
+SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RUN_DEFAULTS,
+            "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
+
+PIXEL_KINDS = ("pixel-l1", "pixel-l2")  # Lp without a network file (diffice.models.perceptual.PixelLoss)
+
+# The allowed values of the enumerated keys (argparse choices of `diffice explain`; checked by their readers).
+CONFIG_CHOICES: dict[str, list[Any]] = dict(
+    preset=["demo"],
+    classifier_kind=["plane", "sononet"],
+    perceptual_kind=["resnet50", "resnet18", "resnet50-radimagenet", "resnet18-radimagenet", *PIXEL_KINDS],
+    perceptual_variant=["mse", "normalized"],
+    perceptual_taps=["stem", "layer1", "layer2", "layer3", "layer4"],
+    schedule=["linear", "cosine"],
+    method=list(METHODS),
+    class_loss=["ce", "logit"],
+    grad_at=["current", "previous"],
+)
+
+# What every config key means: the help of its `diffice explain` flag (the default is appended there).
+CONFIG_HELP: dict[str, str] = dict(
+    # [models]
+    preset="'demo': the models bundled with diffice (the phantom DDPM, plane classifier f and the demo's pixel "
+           "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
+           "tau 30 of 100 respaced steps, lambda_c 40 60 80, lambda_p 3000, 64x80 images) become the defaults, "
+           "and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points it at another folder "
+           "of demo models",
+    unet="the guided-diffusion UNet, the denoiser (.safetensors / .pt / .npz); required unless --models demo",
+    num_heads="attention heads of the UNet (not inferable from its weights)",
+    num_head_channels="channels per attention head of the UNet (-1: use num_heads)",
+    use_new_attention_order="the UNet's attention splits qkv before the heads (guided-diffusion's option)",
+    classifier="the guiding classifier f (a diffice model file, or SonoNet weights with --classifier-kind "
+               "sononet); required unless --models demo",
+    classifier_kind="plane: diffice's standard-plane classifier f = l(s(x), x), 2 outputs (0 = non-standard, "
+                    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class",
+    target_class="only with --classifier-kind sononet: which of SonoNet's 14 classes counts as the standard "
+                 "plane (5 = 'Brain (Tv.)'); f then has 2 outputs, 0 = any other class, 1 = this one. Not the "
+                 "direction of the counterfactuals: that is --target",
+    perceptual="the perceptual network of Lp (ResNet weights); not needed for the pixel-l1/pixel-l2 kinds. With "
+               "no Lp, lambda_p must be 0",
+    perceptual_kind="the Lp: a ResNet's features (torchvision or Keras-converted RadImageNet layout; needs "
+                    "--perceptual) or the mean pixel distance to the input (pixel-l1, pixel-l2; no file)",
+    perceptual_variant="feature distance of a ResNet Lp: mse (DiME's) or normalized (MONAI's, unit-norm "
+                       "feature vectors)",
+    perceptual_taps="the ResNet stages whose features Lp compares",
+    # [diffusion]
+    steps="training diffusion steps T of the UNet",
+    schedule="the noise schedule the UNet was trained with",
+    respacing="sampling steps: 'K' (K evenly spaced, e.g. 400), 'a,b,...' (section counts), 'ddimK', or '' "
+              "(none); tau counts these steps",
+    # [method]
+    method="diff-ice (L iterations), diff-ice-1 (one), diff-ice-1-xt (gradient through the UNet), dime, "
+           "fastdime (with its mask)",
+    iterations="Diff-ICE's L: iterations, each starting from the previous output (1 for the other methods)",
+    tau="noise level each iteration starts from, in respaced steps (must be below the respacing)",
+    lambda_c="classifier-loss weights, tried in order until an image is classified as --target",
+    lambda_p="weight of Lp, the fidelity to the input; > 0 needs an Lp (--perceptual FILE, or --perceptual-kind "
+             "pixel-l2); 0: no fidelity term",
+    lambda_l1="DiME's l1 term on the noisy image (0: off)",
+    lambda_l2="DiME's l2 term on the noisy image (0: off)",
+    class_loss="ce: cross-entropy towards --target; logit: DiME's -logit of --target",
+    grad_at="the x0 estimate the guiding gradient is taken at: current (the paper) or previous (FastDiME's code)",
+    scale_grads="divide the guiding gradient by sqrt(alpha_bar) (always on for dime)",
+    clip="clamp the x0 estimate to [-1, 1]",
+    mask_dilation="fastdime: max-pool size (odd) that dilates its mask of the change from the input",
+    mask_threshold="fastdime: pixels whose dilated change (0..1 of the largest) is below this keep the input",
+    mask_warmup="fastdime: reverse steps before the mask is applied",
+    # [run]
+    image_size="every image is converted to grayscale and resized to this (the models' size)",
+    batch_size="images explained together (does not change the results)",
+    seed="sampler seed (each image's noise also follows its pixels)",
+    target="the class the counterfactuals move towards: an index of f's outputs. Both classifier kinds have 2 "
+           "(0 = not a standard plane, 1 = standard plane), so 1 asks what would make each image a standard plane. "
+           "Not a SonoNet class: that is --target-class",
+)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """A TOML file as a dict; FileNotFoundError / ValueError naming the file."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a valid TOML config ({exc})") from None
+
+
+# sections a run config may hold that other modules read (diffice.explain.cluster: [cluster]; diffice.explain.sweep:
+# the rest)
+OTHER_SECTIONS = ("cluster",)
+
+
+def preset_defaults(name: str) -> dict[str, dict[str, Any]]:
+    """The defaults a [models] preset puts over SECTIONS (the config file and flags still win).
+
+    "demo": the bundled demo models (diffice.explain.demo: the phantom DDPM, the plane classifier f and the pixel Lp,
+    64x80 images) with the demo's [method], [diffusion] and image size.
+    """
+    if name != "demo":
+        raise ValueError(f"models.preset must be one of {CONFIG_CHOICES['preset']}, got {name!r}")
+
+    return dict(models=dict(perceptual_kind="pixel-l2"), diffusion=dict(DEMO_DIFFUSION), method=dict(DEMO_METHOD),
+                run=dict(image_size=list(DEMO_SIZE)))
+
+
+def _merge(path: str | None, data: dict[str, Any] | None, overrides: dict[str, Any],
+           preset: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    cfg = {name: dict(defaults, **(preset or {}).get(name, {})) for name, defaults in SECTIONS.items()}
+    for section, values in (data or {}).items():
+        if section in OTHER_SECTIONS:
+            continue
+        if section not in cfg or not isinstance(values, dict):
+            raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(cfg)}")
+        unknown = set(values) - set(cfg[section])
+        if unknown:
+            raise ValueError(f"{path}: unknown keys in [{section}]: {sorted(unknown)}")
+        cfg[section].update(values)
+    if path:
+        base = Path(path).resolve().parent
+        for key in ("unet", "classifier", "perceptual"):  # model paths are relative to the config file
+            value = cfg["models"][key]
+            if value and not os.path.isabs(value):
+                cfg["models"][key] = str(base / value)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        for entries in cfg.values():
+            if key in entries:
+                entries[key] = value
+                break
+        else:
+            raise ValueError(f"unknown option {key}")
+    return cfg
+
+
+def load_config(path: str | None, overrides: dict[str, Any],
+                data: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
+
+    data: the file's parsed TOML when the caller has read it already (diffice.explain.sweep), else it is read from path.
+    Sections in OTHER_SECTIONS are left to their readers. With [models] preset (--models demo) the preset's
+    defaults (:func:`preset_defaults`) replace SECTIONS' and the other model keys must stay unset.
+    """
+    if path and data is None:
+        data = read_toml(path)
+    cfg = _merge(path, data, overrides)
+    name = cfg["models"]["preset"]
+    if name is None:
+        return cfg
+    preset = preset_defaults(name)
+    cfg = _merge(path, data, overrides, preset)
+    models = dict(MODEL_DEFAULTS, **preset["models"])
+    chosen = sorted(k for k, v in cfg["models"].items() if k != "preset" and v != models[k])
+    if chosen:
+        raise ValueError(f"models.preset = {name!r} chooses every model; remove models.{', models.'.join(chosen)} "
+                         f"(or the preset)")
+    changed = sorted(k for k, v in cfg["diffusion"].items() if str(v) != str(preset["diffusion"][k]))
+    if changed:
+        raise ValueError(f"models.preset = {name!r}: the bundled DDPM samples with the [diffusion] "
+                         f"{preset['diffusion']}; remove diffusion.{', diffusion.'.join(changed)}")
+    return cfg
+
+
+def check_lambda_p(models: dict[str, Any], lambda_p: float, source: str = "") -> None:
+    """ValueError when lambda_p > 0 but the [models] section configures no Lp (which would ignore lambda_p)."""
+    if not lambda_p > 0 or models.get("preset") or models["perceptual"] or models["perceptual_kind"] in PIXEL_KINDS:
+        return
+    where = f"{source}: " if source else ""
+    raise ValueError(f"{where}method.lambda_p = {lambda_p:g} but no perceptual loss Lp is configured "
+                     f"(models.perceptual is empty and models.perceptual_kind = {models['perceptual_kind']!r} "
+                     f"needs that file): give models.perceptual (--perceptual FILE), or set models.perceptual_kind "
+                     f"= \"pixel-l2\" (--perceptual-kind pixel-l2: the mean squared pixel distance, no file), or "
+                     f"method.lambda_p = 0 (--lambda-p 0: no fidelity term)")

@@ -1,0 +1,415 @@
+"""Diff-ICE counterfactual explanations and their baselines (the sampler runs in C).
+
+    explainer = Explainer(unet, diffusion, classifier, perceptual, method="diff-ice")
+    result = explainer.explain(x, target=1, seed=0)       # x: (N, 1, H, W) float32 in [-1, 1]
+    result.counterfactuals[-1]                              # (N, 1, H, W): the last iteration's counterfactuals
+
+Methods (docs/method.md sections 3-5; the paper's baselines use the same loss and hyperparameters):
+
+=================  =============================================================================================
+``diff-ice``       L iterations (default 5) of the guided reverse process, each starting from the previous output;
+                   the gradient of lambda_c Lc(f(x0_hat), y) + lambda_p Lp(x0_hat, x) at the one-step estimate
+                   x0_hat, with x always the original input.
+``diff-ice-1``     one iteration (FastDiME without its mask).
+``diff-ice-1-xt``  one iteration; the gradient of the same loss w.r.t. the noisy z, through the UNet.
+``dime``           DiME: the clean estimate from an unguided reverse chain at every step, 1/sqrt(abar) scaling.
+``fastdime``       FastDiME with its self-optimised mask (for localised changes).
+=================  =============================================================================================
+
+The classifier is any object with ``forward(x)`` returning logits (N, K) or a result with ``.logits`` (and
+optionally ``.segmentation``), and ``vjp(x, dlogits) -> dx``; K = 1 is one binary logit (classes 0 and 1, p(1) =
+sigmoid; diffice.models.probabilities holds the convention); the perceptual loss any object with
+``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
+so does a user's model wrapped in these two methods.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import math
+import numbers
+import threading
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .._native import _C
+from ..models.classifier import classification_loss
+from ..models.diffusion import GaussianDiffusion
+from ..models.probabilities import num_classes, predicted_class, probabilities
+from ..models.unet import UNet
+from ..ops._backend import BACKENDS, get_backend
+
+METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+
+
+def is_iterative(method: str) -> bool:
+    """Whether a method iterates: only Diff-ICE runs L > 1 iterations, each from the previous output (docs/method.md
+    section 4.2); every other method is a single pass, whatever its ``iterations`` setting."""
+    return method == "diff-ice"
+
+
+def iterations_run(method: str, iterations: int) -> int:
+    """L, the iterations `method` runs: `iterations` for Diff-ICE, 1 for a single-pass method (:func:`is_iterative`)."""
+    return int(iterations) if is_iterative(method) else 1
+
+
+class SuspiciousRunWarning(UserWarning):
+    """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
+
+    Emitted by :meth:`Explainer.explain` for its batch and by ``diffice explain`` / ``diffice sweep`` /
+    :func:`diffice.explain.run.run_explain` / :func:`diffice.explain.sweep.run_sweep` once for the whole run (the CLI
+    also prints it
+    to stderr and records it: ``warnings.json`` in the output folder, the ``warnings`` entry of the sweep store's
+    meta table and tables.md). It names the likely causes: wrong preprocessing, wrong target, wrong classifier file.
+    """
+
+
+SUSPICIOUS_CAUSES = ("likely causes: wrong preprocessing (the classifier built with other settings than it was "
+                     "trained with, e.g. a file loaded without its own metadata, or images scaled differently from "
+                     "its training images), the wrong target class ([run] target, [models] target_class), or the "
+                     "wrong classifier file ([models] classifier, classifier_kind); the flip ratio, MAD and BKL of "
+                     "such a run mean nothing")
+
+
+def suspicious_run_message(input_is_target: np.ndarray, first_step_target: np.ndarray | None = None,
+                           target: Any = None, lambda_c: float | None = None) -> str | None:
+    """Why a run looks wrong, or None. Two checks, over every image of the run:
+
+    1. every input is already classified as the target before any guidance (iteration 0: f's argmax on the
+       input is the target); there is nothing to explain;
+    2. every image is classified as the target at the first guided step of iteration 1's first lambda_c pass:
+       the one-step clean estimate x0_hat of the input noised to tau (the point the first guided gradient is taken
+       at, before guidance has changed anything) is f's target for all images (the sampler's
+       ``first_step_target``). A working classifier calls a barely denoised non-target input non-target.
+
+    input_is_target, first_step_target: bool arrays (N,) over the run's images (first_step_target None: check 1
+    only); target, lambda_c: named in the message.
+    """
+    inputs = np.asarray(input_is_target, dtype=bool).ravel()
+    n = inputs.size
+    if n == 0:
+        return None
+    cls = "" if target is None else f" {target}"
+    if inputs.all():
+        return (f"every input ({n} of {n}) is already classified as the target class{cls} before any guidance "
+                f"(iteration 0): every 'counterfactual' will count as flipped; {SUSPICIOUS_CAUSES}")
+    first = None if first_step_target is None else np.asarray(first_step_target, dtype=bool).ravel()
+    if first is not None and first.size == n and first.all():
+        lam = "" if lambda_c is None else f", lambda_c = {lambda_c:g}"
+        return (f"every image ({n} of {n}) is already classified as the target class{cls} at the first guided "
+                f"step of iteration 1 (the one-step estimate x0_hat of the noised input, before guidance had "
+                f"changed anything{lam}), although only {int(inputs.sum())} of the {n} inputs are: the images "
+                f"'flip' without being changed; {SUSPICIOUS_CAUSES}")
+    return None
+
+
+@dataclasses.dataclass
+class ExplainerConfig:
+    """Every parameter of the method (defaults: the paper's, docs/method.md section 9 where it is open)."""
+
+    method: str = "diff-ice"
+    iterations: int = 5                     # L; forced to 1 for the single-pass baselines
+    tau: int = 120                          # respaced noise level (of 400)
+    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)   # searched in order per iteration
+    lambda_p: float = 30.0
+    lambda_l1: float = 0.0                  # DiME's l1 term on the noisy image (0: off, as the paper)
+    lambda_l2: float = 0.0
+    class_loss: str = "ce"                  # "ce" (cross-entropy towards y) or "logit" (DiME's -logit_y)
+    grad_at: str = "current"                # "current" x0_hat (paper eq. 3) or "previous" (FastDiME's CelebA code)
+    scale_grads: bool = False               # divide by sqrt(abar) (always on for DiME)
+    clip: bool = True                       # clamp x0_hat to [-1, 1]
+    mask_dilation: int = 5                  # FastDiME mask
+    mask_threshold: float = 0.15
+    mask_warmup: int = 30
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.class_loss not in ("ce", "logit"):
+            raise ValueError(f"class_loss must be 'ce' or 'logit', got {self.class_loss!r}")
+        if self.grad_at not in ("current", "previous"):
+            raise ValueError(f"grad_at must be 'current' or 'previous', got {self.grad_at!r}")
+        if isinstance(self.lambda_c, (str, bytes)) or len(tuple(self.lambda_c)) == 0:
+            raise ValueError(f"lambda_c must list at least one value, got {self.lambda_c!r}")
+        for name in ("iterations", "tau", "mask_dilation", "mask_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.tau < 1:
+            raise ValueError(f"tau must be >= 1 (a respaced step count), got {self.tau}")
+        for i, v in enumerate(tuple(self.lambda_c)):
+            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"lambda_c[{i}] must be a finite number >= 0, got {v!r}")
+        for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+    def c_config(self, seed: int, record_steps: bool) -> dict:
+        return dict(
+            method=METHODS[self.method], iterations=iterations_run(self.method, self.iterations), tau=int(self.tau),
+            lambda_c=[float(v) for v in self.lambda_c], lambda_p=float(self.lambda_p),
+            lambda_l1=float(self.lambda_l1), lambda_l2=float(self.lambda_l2),
+            grad_at_previous=int(self.grad_at == "previous"), scale_grads=int(bool(self.scale_grads)),
+            clip=int(bool(self.clip)), mask_dilation=int(self.mask_dilation),
+            mask_threshold=float(self.mask_threshold), mask_warmup=int(self.mask_warmup), seed=int(seed) & (2**64 - 1),
+            record_steps=int(bool(record_steps)),
+        )
+
+
+@dataclasses.dataclass
+class ExplanationResult:
+    """Counterfactuals of one batch. L iterations, N images of shape (C, H, W).
+
+    counterfactuals: (L, N, C, H, W) in [-1, 1]-ish (the sampler does not clamp its output)
+    prob_target: (L + 1, N): the classifier's target probability for the input and each iteration
+    lambda_used: (L, N); flipped: (L, N) bool (classified as the target)
+    input_is_target: (N,) bool: the input is already classified as the target
+    first_step_prob, first_step_target: (N,): the target probability / classification of x0_hat at the first
+        guided step of iteration 1's first lambda_c pass (see :func:`suspicious_run_message`)
+    segmentation: (L + 1, N, H, W) predicted labels when the classifier segments, else None
+    nonfinite_step: (L, N): -1, or the reverse step where the image became non-finite
+    iteration_seconds: (L,); peak_bytes: the sampler's arena peak; steps_xt / steps_x0 when recorded
+    """
+
+    counterfactuals: np.ndarray
+    prob_target: np.ndarray
+    lambda_used: np.ndarray
+    flipped: np.ndarray
+    nonfinite_step: np.ndarray
+    iteration_seconds: np.ndarray
+    peak_bytes: int
+    unet_evaluations: int
+    input_is_target: np.ndarray | None = None
+    first_step_prob: np.ndarray | None = None
+    first_step_target: np.ndarray | None = None
+    segmentation: np.ndarray | None = None
+    steps_xt: np.ndarray | None = None
+    steps_x0: np.ndarray | None = None
+
+
+def image_keys(x: np.ndarray) -> np.ndarray:
+    """A 64-bit key per image from its pixels: the sampler's noise follows the image, not its batch position."""
+    return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).digest(),
+                                    "little") for img in x], dtype=np.uint64)
+
+
+def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
+    out = classifier.forward(x)
+    return np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float32)
+
+
+# A perceptual object keeps the reference images of its last set_reference() call: two explainers sharing one from
+# two threads must not compute a loss against the other's reference. Its set_reference + loss_and_grad pair runs
+# under this lock, and the reference is set again whenever another guidance set it last.
+_REFERENCE_LOCK = threading.Lock()
+_reference_owner: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_guidance_ids = itertools.count()
+
+
+class PythonGuidance:
+    """The guiding loss computed by calling the classifier and perceptual objects from the sampler (for any
+    classifier with forward/vjp, e.g. a user's model); diffice's own networks use the native guidance."""
+
+    def __init__(self, classifier: Any, perceptual: Any, x: np.ndarray, targets: np.ndarray, class_loss: str):
+        self.classifier, self.perceptual = classifier, perceptual
+        self.x, self.targets, self.kind = x, targets, class_loss
+        self._id = next(_guidance_ids)
+
+    def _perceptual_loss(self, x0: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(loss, grad) of the perceptual object against x[rows], setting the reference when it is not ours."""
+        with _REFERENCE_LOCK:
+            token = (self._id, rows.tobytes())
+            try:
+                current = _reference_owner.get(self.perceptual)
+            except TypeError:  # not weak-referenceable: always set the reference
+                current = None
+            if current != token:  # a pass keeps its rows: features of x are cached per pass
+                self.perceptual.set_reference(np.ascontiguousarray(self.x[rows]))
+                try:
+                    _reference_owner[self.perceptual] = token
+                except TypeError:
+                    pass
+            return self.perceptual.loss_and_grad(x0)
+
+    def loss_and_grad(self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray,
+                      lambda_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits = _logits(self.classifier, x0)
+        loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
+        grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
+        loss_p = np.zeros(len(rows), np.float32)
+        if self.perceptual is not None and lambda_p != 0.0:
+            loss_p, grad_p = self._perceptual_loss(x0, rows)
+            grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
+        return grad, loss_c, loss_p
+
+    def classify(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = _logits(self.classifier, x)
+        targets = self.targets[rows]
+        p = probabilities(logits, axis=1)[np.arange(len(rows)), targets]
+        return p.astype(np.float32), (predicted_class(logits, axis=1) == targets).astype(np.int32)
+
+
+ProgressFn = Callable[[int, int, int, int, int], Optional[bool]]
+
+_VARIANTS = ("mse", "normalized")
+
+
+def _native_parts(classifier: Any, perceptual: Any) -> tuple[Any, Any, int, float] | None:
+    """(classifier network, feature network or None, variant, weight) when both run in C, else None."""
+    net = getattr(classifier, "_c", None)
+    if not isinstance(net, _C.Network):
+        return None
+    if perceptual is None:
+        return net, None, 0, 1.0
+    features = getattr(getattr(perceptual, "features", None), "_c", None)
+    variant = getattr(perceptual, "variant", None)
+    if not isinstance(features, _C.Network) or variant not in _VARIANTS:
+        return None
+    return net, features, _VARIANTS.index(variant), float(getattr(perceptual, "weight", 1.0))
+
+
+class Explainer:
+    """Generates counterfactual explanations with Diff-ICE or a baseline.
+
+    Args:
+        unet: the denoiser (guided-diffusion UNet, learn_sigma or not).
+        diffusion: the Gaussian diffusion (its respacing defines tau's scale: tau=120 of "400").
+        classifier: f, see the module docstring; outputs logits over classes (or one binary logit), the target is
+            a class index.
+        perceptual: Lp, or None (then lambda_p must be 0: a weight on a missing loss is an error).
+        guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
+            (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
+        Remaining keyword arguments: ExplainerConfig fields.
+    """
+
+    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, classifier: Any, perceptual: Any = None,
+                 backend: str = "cpu", guidance: str = "auto", **config: Any) -> None:
+        if guidance not in ("auto", "native", "python"):
+            raise ValueError(f"guidance must be 'auto', 'native' or 'python', got {guidance!r}")
+        self._native = _native_parts(classifier, perceptual) if guidance != "python" else None
+        if guidance == "native" and self._native is None:
+            raise ValueError("guidance='native' needs diffice networks: a classifier running in C (PlaneClassifier, "
+                             "SonoNet, ...) and a PerceptualLoss (or None)")
+        self.unet, self.diffusion = unet, diffusion
+        self.classifier, self.perceptual = classifier, perceptual
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.config = ExplainerConfig(**config)
+        self.config.validate()
+        if self.config.tau >= diffusion.num_timesteps:
+            raise ValueError(f"tau={self.config.tau} must be below the {diffusion.num_timesteps} respaced steps")
+        if unet.config["learn_sigma"] != diffusion.learn_sigma:
+            raise ValueError(f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion "
+                             f"{diffusion.learn_sigma}")
+        if perceptual is None and self.config.lambda_p != 0.0:
+            raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
+                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to "
+                             f"guide by the classifier alone")
+
+    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray = 1, seed: int = 0,
+                keys: np.ndarray | None = None, record_steps: bool = False,
+                progress: ProgressFn | None = None, warn: bool = True) -> ExplanationResult:
+        """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
+
+        Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
+        its pixels (or `keys`), not on the batch it is in. progress(iteration, lambda_index, step, steps, active)
+        is called after every reverse step; returning True stops the run (KeyboardInterrupt also stops it
+        within one step). warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target
+        at iteration 0, or at the first guided step (:func:`suspicious_run_message`); the result carries what the
+        checks use (input_is_target, first_step_target) either way.
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise TypeError(f"x must be float32, got {x.dtype}")
+        if x.ndim != 4:
+            raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x contains non-finite values")
+        if len(x) == 0:
+            raise ValueError(f"x holds no images (shape {x.shape})")
+        if x.shape[1] != self.unet.config["in_channels"]:
+            raise ValueError(f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}")
+        if x.min() < -1.0 or x.max() > 1.0:
+            bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
+            raise ValueError(f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]")
+        x = np.ascontiguousarray(x)
+        n = len(x)
+        targets = self._check_targets(target, x)
+        if keys is None:
+            keys = image_keys(x)
+        else:
+            keys = np.asarray(keys)
+            if keys.shape != (n,) or not np.issubdtype(keys.dtype, np.integer):
+                raise ValueError(f"keys must be {n} integers (one per image), got {keys.dtype} {keys.shape}")
+            keys = keys.astype(np.uint64)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+        if self._native is not None:  # the whole loss in C: no Python in the step loop
+            net, features, variant, weight = self._native
+            guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets)
+        else:
+            guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
+        cfg = self.config.c_config(seed, record_steps)
+        cfg["classify_first_step"] = 1
+        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys,
+                        progress)
+        result = ExplanationResult(
+            counterfactuals=out["counterfactuals"], prob_target=out["prob_target"], lambda_used=out["lambda_used"],
+            flipped=out["flipped"].astype(bool), nonfinite_step=out["nonfinite_step"],
+            iteration_seconds=out["iteration_seconds"], peak_bytes=int(out["peak_bytes"]),
+            unet_evaluations=int(out["unet_evaluations"]), input_is_target=out["input_is_target"].astype(bool),
+            first_step_prob=out["first_step_prob"], first_step_target=out["first_step_target"].astype(bool),
+            steps_xt=out.get("steps_xt"), steps_x0=out.get("steps_x0"))
+        result.segmentation = self._segmentations(x, result.counterfactuals)
+        if warn:
+            message = suspicious_run_message(result.input_is_target, result.first_step_target,
+                                             target=int(targets[0]) if np.all(targets == targets[0]) else None,
+                                             lambda_c=float(tuple(self.config.lambda_c)[0]))
+            if message:
+                warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
+        return result
+
+    def _check_targets(self, target: Any, x: np.ndarray) -> np.ndarray:
+        """target as (N,) int64 after checking it is one class index, or one per image, of the classifier."""
+        t = np.asarray(target)
+        if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
+            raise TypeError(f"target must be an int class index or one per image, got {target!r}")
+        if t.ndim > 1 or (t.ndim == 1 and len(t) != len(x)):
+            raise ValueError(f"target must be an int or {len(x)} ints (one per image), got shape {t.shape}")
+        targets = np.broadcast_to(t.astype(np.int64), (len(x),)).copy()
+        outputs = self._num_outputs(x)
+        classes = None if outputs is None else num_classes(outputs)
+        bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))]
+        if len(bad):
+            what = ("class indices are >= 0" if classes is None else
+                    f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else ""))
+            raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
+        return targets
+
+    def _num_outputs(self, x: np.ndarray) -> int | None:
+        """The classifier's number of logits (one means two classes), from one forward of x[:1]."""
+        logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
+        return int(logits.shape[1]) if logits.ndim == 2 and logits.shape[1] >= 1 else None
+
+    def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> np.ndarray | None:
+        first = self.classifier.forward(x)
+        if not hasattr(first, "segmentation_labels") and not hasattr(first, "segmentation"):
+            return None
+
+        def labels(out: Any) -> np.ndarray:
+            if hasattr(out, "segmentation_labels"):
+                return np.asarray(out.segmentation_labels)
+            return np.asarray(out.segmentation).argmax(axis=1)
+
+        return np.stack([labels(first)] + [labels(self.classifier.forward(np.ascontiguousarray(cf))) for cf in cfs])

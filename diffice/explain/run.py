@@ -1,0 +1,309 @@
+"""`diffice explain`: counterfactuals for a folder of images, resumable.
+
+Every finished image gets its PNGs and a JSON record, each written atomically (temporary file + rename); the
+results table (results.csv) is rebuilt from the records after every batch. A run stopped at any moment (Ctrl-C, a
+crash, a killed job) restarts where it stopped: images with a record are skipped, nothing finished is redone or
+lost, nothing half-written is left behind. Images that cannot be read are listed in errors.csv and skipped.
+
+The run config (TOML sections [models], [diffusion], [method], [run]) is diffice.explain.config's.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
+from .config import check_lambda_p
+from .explainer import ExplainerConfig, iterations_run
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]
+
+
+def rebuild_results(out_dir: Path) -> list[dict[str, Any]]:
+    """results.csv from every finished image's record: one row per image and iteration (0 = the input)."""
+    rows = []
+    for record_path in sorted((out_dir / "records").glob("*.json")):
+        record = json.loads(record_path.read_text())
+        for it in record["iterations"]:
+            rows.append({"image": record["image"], **it})
+    _write_csv(out_dir / "results.csv", rows, RESULT_FIELDS)
+    return rows
+
+
+def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What decides a run's results (the batch size does not: each image's noise follows its pixels)."""
+    run = {k: v for k, v in cfg["run"].items() if k != "batch_size"}
+    return json.loads(json.dumps(dict(models=cfg["models"], diffusion=cfg["diffusion"], method=cfg["method"],
+                                      run=run), default=list))
+
+
+def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
+    """A resumed run must use the settings of the records already there (run_settings.json). Returns whether
+    there is no run_settings.json yet (the caller writes it once the run has started: :func:`_write_settings`)."""
+    path = out / "run_settings.json"
+    now = _settings(cfg)
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = [f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+                for section, values in now.items() for key, value in values.items()
+                if before.get(section, {}).get(key) != value]
+        if diff:
+            raise ValueError(f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
+                             f"output folder, or the same settings to resume")
+        return False
+    return True
+
+
+def _write_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> None:
+    atomic_write_bytes(out / "run_settings.json", (json.dumps(_settings(cfg), indent=1) + "\n").encode())
+
+
+class OutputFolderError(OSError):
+    """The output folder cannot be created or written (the message names it and the system's reason)."""
+
+
+def _output_error(out: Path, exc: OSError) -> OutputFolderError:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and Path(exc.filename) != out:
+        reason += f" ({exc.filename})"
+    return OutputFolderError(f"cannot write the output folder {out}: {reason}")
+
+
+def _make_output_folder(out: Path) -> list[Path]:
+    """Creates out/records (and out, and its missing parents); returns the folders created, outermost first.
+    OutputFolderError naming out and the reason when it cannot."""
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"cannot write the output folder {out}: it is a file, not a folder")
+    created: list[Path] = []
+    missing, p = [], out / "records"
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    except OSError as exc:
+        _remove_created(created)
+        raise _output_error(out, exc) from None
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Removes the folders this run created, innermost first, where they are still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
+    writing a temporary file and renaming it: never an output, only litter."""
+    for tmp in list(out.glob(".*.tmp")) + list(out.glob("*/.*.tmp")):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def run_explain(cfg: dict[str, dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
+                models: Any = None, executor: Any = None) -> dict[str, Any]:
+    """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
+
+    models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
+    executor: where the batches run (diffice.explain.cluster.open_executor: a Dask cluster); default this process.
+    Whatever runs them, only this process writes the outputs, one finished batch at a time.
+
+    When the images explained now look like a broken setup (every input already the target, or every image the
+    target at the first guided step: diffice.explain.explainer.suspicious_run_message), a SuspiciousRunWarning is
+    emitted,
+    appended to out_dir/warnings.json and listed in the summary's "warnings".
+    """
+    from .cluster import LocalExecutor, _load, models_spec
+    from .explainer import Explainer
+
+    # start-up: everything is checked (images, settings, models) before anything is written to out
+    out = Path(out_dir)
+    files = list_images(images_dir)
+    if len({f.stem for f in files}) != len(files):
+        raise ValueError(f"{images_dir}: two images share a file name stem; rename one (outputs are named by stem)")
+    run = cfg["run"]
+    size = tuple(int(v) for v in run["image_size"])
+    method = {k: v for k, v in cfg["method"].items()}
+    config = ExplainerConfig(**method)
+    config.validate()
+    if executor is not None and models is not None:
+        raise ValueError("run_explain: give models (loaded here) or an executor (models from cfg), not both")
+    if models is None:
+        check_lambda_p(cfg["models"], config.lambda_p)
+    new_settings = _check_same_settings(out, cfg) if out.is_dir() else True
+    done = {p.stem for p in (out / "records").glob("*.json")}
+    todo = [f for f in files if f.stem not in done]
+    spec = models_spec(cfg)
+    executor = executor or LocalExecutor(models)
+    if todo and isinstance(executor, LocalExecutor):  # load the models here and now: a bad file fails now
+        if executor.models is None:
+            executor.models = _load(spec)
+        Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
+    created = _make_output_folder(out)
+    try:
+        return _run(cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings)
+    except BaseException:
+        # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
+        if not any((out / "records").glob("*.json")):
+            if new_settings:
+                try:
+                    (out / "run_settings.json").unlink()
+                except OSError:
+                    pass
+            _remove_created(created)
+        raise
+
+
+def _run(cfg: dict[str, dict[str, Any]], out: Path, files: list[Path], todo: list[Path], method: dict[str, Any],
+         config: ExplainerConfig, size: Any, spec: dict[str, Any], executor: Any, progress: bool,
+         new_settings: bool) -> dict[str, Any]:
+    from ..progress import ProgressBar
+    from .cluster import batches, describe
+
+    if new_settings:
+        try:
+            _write_settings(out, cfg)
+        except OSError as exc:
+            raise _output_error(out, exc) from None
+    _remove_stale_temporaries(out)
+    run = cfg["run"]
+    iterations = iterations_run(config.method, config.iterations)
+    steps_per_image = iterations * config.tau
+    batch_size = max(1, int(run["batch_size"]))
+    errors: list[dict[str, Any]] = []
+    bar = ProgressBar(len(todo) * steps_per_image, label="explain", enabled=progress)
+    finished = 0
+    skipped = len(files) - len(todo)
+    t_start = time.monotonic()
+    pending: dict[str, Any] = {}
+    checks: list[dict[str, Any]] = []
+
+    def tasks():
+        for b, chunk in enumerate(batches(todo, batch_size)):
+            batch_files, batch = [], []
+            for f in chunk:
+                try:
+                    batch.append(load_image(f, size))
+                    batch_files.append(f)
+                except (ImageReadError, ValueError, OSError) as exc:
+                    errors.append({"image": f.name, "error": str(exc)})
+            if not batch:
+                continue
+            x = np.stack(batch).astype(np.float32)
+            pending[f"batch{b:05d}"] = (batch_files, x)
+            yield dict(unit=f"batch{b:05d}", models=spec, method=method, x=x, target=int(run["target"]),
+                       seed=int(run["seed"]))
+
+    def on_step(task, iteration, lambda_index, step, steps, active):
+        n = len(task["x"])
+        bar.update(finished * steps_per_image + n * (iteration * steps + step),
+                   note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
+                        f"step {step}/{steps} active {active}")
+
+    if todo and executor.description != "this machine":
+        describe(executor)
+    for result in executor.run(tasks(), progress=on_step if progress else None):
+        batch_files, x = pending.pop(result["unit"])
+        _write_batch(out, batch_files, x, result, int(run["target"]))
+        checks.append({k: result.get(k) for k in ("input_is_target", "first_step_target")})
+        finished += len(batch_files)
+        bar.update(finished * steps_per_image, note=f"images {finished}/{len(todo)}", force=True)
+        rebuild_results(out)
+    bar.close()
+    rows = rebuild_results(out)
+    if errors:
+        _write_csv(out / "errors.csv", errors, ["image", "error"])
+        for e in errors:
+            print(f"diffice explain: skipped {e['image']}: {e['error']}", file=sys.stderr)
+    found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]))
+    if found:
+        record_warning(out / WARNINGS_FILE, found, images=finished)
+    return dict(images=len(files), explained=finished, skipped_done=skipped, failed=len(errors), rows=len(rows),
+                seconds=time.monotonic() - t_start, warnings=[found] if found else [])
+
+
+WARNINGS_FILE = "warnings.json"
+
+
+def check_run(results: list[dict[str, Any]], target: int, lambda_c: float | None, label: str = "",
+              stacklevel: int = 3) -> str | None:
+    """diffice.explain.explainer.suspicious_run_message over every image of these unit results
+    (diffice.explain.cluster.compute_unit:
+    their input_is_target and first_step_target); emits it as a SuspiciousRunWarning (prefixed with label) and
+    returns it (None: nothing suspicious)."""
+    import warnings
+
+    from .explainer import SuspiciousRunWarning, suspicious_run_message
+
+    if not results:
+        return None
+    inputs = np.concatenate([np.asarray(r["input_is_target"], bool).ravel() for r in results])
+    first = None
+    if all(r.get("first_step_target") is not None for r in results):
+        first = np.concatenate([np.asarray(r["first_step_target"], bool).ravel() for r in results])
+    message = suspicious_run_message(inputs, first, target=target, lambda_c=lambda_c)
+    if message and label:
+        message = f"{label}: {message}"
+    if message:
+        warnings.warn(message, SuspiciousRunWarning, stacklevel=stacklevel)
+    return message
+
+
+def warning_entry(message: str, **details: Any) -> dict[str, Any]:
+    """A SuspiciousRunWarning as recorded with a run's results (warnings.json, the sweep store's meta)."""
+    return dict(warning="SuspiciousRunWarning", message=message,
+                at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details)
+
+
+def record_warning(path: Path, message: str, **details: Any) -> None:
+    """Appends a warning to a JSON list file (the run's warnings.json), atomically."""
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append(warning_entry(message, **details))
+    atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
+
+
+def _write_batch(out: Path, batch_files: list[Path], x: np.ndarray, result: dict[str, Any], target: int) -> None:
+    """Every image's PNGs, then its record (its presence means every file of this image is complete)."""
+    seconds = float(result["batch_seconds"])
+    for b, f in enumerate(batch_files):
+        img_dir = out / f.stem
+        cfs = result["counterfactuals"][:, b]
+        for l in range(len(cfs)):
+            save_png(img_dir / f"iteration_{l + 1}.png", cfs[l])
+        save_png(img_dir / "input.png", x[b])
+        save_png(img_dir / "strip.png", strip([x[b]] + list(cfs)))
+        iterations_rows = [dict(iteration=0, lambda_c="", prob_target=float(result["prob_target"][0, b]),
+                                flipped="", nonfinite_step="", seconds="")]
+        for l in range(len(cfs)):
+            iterations_rows.append(dict(
+                iteration=l + 1, lambda_c=float(result["lambda_used"][l, b]),
+                prob_target=float(result["prob_target"][l + 1, b]), flipped=bool(result["flipped"][l, b]),
+                nonfinite_step=int(result["nonfinite_step"][l, b]),
+                seconds=round(seconds / len(batch_files), 3)))
+        record = dict(image=f.name, target=target, iterations=iterations_rows)
+        atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())

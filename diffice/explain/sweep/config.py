@@ -1,0 +1,167 @@
+"""A sweep's config: the [sweep] section, the grid of method configurations (each with a stable id), Table 1's
+base setting, the models and the [cluster] options (the file format: diffice.explain.sweep)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cluster import cluster_options, models_spec
+from ..config import check_lambda_p, load_config, read_toml
+from ..explainer import ExplainerConfig, is_iterative, iterations_run
+
+STORE_NAME = "results.sqlite"
+SWEEP_DEFAULTS: dict[str, Any] = dict(models=None, demo_models=None, images=None, phantoms=None, phantom_seed=None,
+                                      out="sweep-results", store_format="png")
+METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
+TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
+
+
+# ---- the config ----
+
+@dataclasses.dataclass
+class SweepSpec:
+    """A loaded sweep config. cfg: the run config sections (diffice.explain.config.load_config); configs: every method
+    configuration (ExplainerConfig fields, deduplicated, in grid order); base: Table 1's (tau, lambda_c,
+    lambda_p); models: a diffice.explain.cluster.models_spec; cluster: the [cluster] options."""
+
+    cfg: dict[str, dict[str, Any]]
+    sweep: dict[str, Any]
+    configs: list[dict[str, Any]]
+    base: dict[str, Any]
+    models: dict[str, Any]
+    out: Path
+    cluster: dict[str, Any]
+    source: str = "config"
+
+    @property
+    def store_path(self) -> Path:
+        return self.out / STORE_NAME
+
+
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
+    p = {k: params[k] for k in METHOD_FIELDS}
+    p["lambda_c"] = [float(v) for v in p["lambda_c"]]
+    p["lambda_p"] = float(p["lambda_p"])
+    p["tau"] = int(p["tau"])
+    p["iterations"] = iterations_run(p["method"], p["iterations"])
+    return p
+
+
+def config_id(params: dict[str, Any]) -> str:
+    """A stable id of a configuration: a hash of its canonical parameters."""
+    text = json.dumps(_canonical(params), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def config_label(p: dict[str, Any]) -> str:
+    lc = "/".join(f"{v:g}" for v in p["lambda_c"])
+    it = f" L={p['iterations']}" if is_iterative(p["method"]) else ""
+    return f"{p['method']}{it} tau={p['tau']} lc={lc} lp={p['lambda_p']:g}"
+
+
+def _axis(name: str, value: Any, where: str) -> list[Any]:
+    if name not in METHOD_FIELDS:
+        raise ValueError(f"{where}: {name!r} is not a method setting; axes: {METHOD_FIELDS}")
+    if name == "lambda_c":
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{where}: lambda_c must be a list of numbers or a list of such lists, got {value!r}")
+        if all(isinstance(v, (int, float)) for v in value):
+            return [list(value)]
+        if not all(isinstance(v, list) and v and all(isinstance(u, (int, float)) for u in v) for v in value):
+            raise ValueError(f"{where}: lambda_c must be a list of numbers or a list of such lists, got {value!r}")
+        return [list(v) for v in value]
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError(f"{where}: {name} lists no value")
+    return values
+
+
+def _expand(axes: dict[str, list[Any]], method: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    names = list(axes)
+    out = []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        params = dict(method, **dict(zip(names, combo)))
+        try:
+            ExplainerConfig(**params).validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        out.append(_canonical(params))
+    return out
+
+
+def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
+               data: dict[str, Any] | None = None) -> SweepSpec:
+    """Reads a sweep config (the module docstring). overrides: flat keys over [sweep] and the run config (e.g.
+    out, batch_size); data: the parsed TOML instead of reading path (relative paths: from the working folder)."""
+
+    source = str(path) if path else "sweep config"
+    if data is None and not path:
+        raise ValueError("load_sweep: give the config's path or its parsed TOML (data)")
+    data = dict(read_toml(str(path)) if data is None else data)
+    sweep = dict(SWEEP_DEFAULTS)
+    axes_main: dict[str, list[Any]] = {}
+    for key, value in (data.pop("sweep", None) or {}).items():
+        if key in SWEEP_DEFAULTS:
+            sweep[key] = value
+        else:
+            axes_main[key] = _axis(key, value, f"{source} [sweep]")
+    grids = data.pop("grid", None) or []
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ValueError(f"{source}: grid must be an array of tables ([[grid]])")
+    overrides = dict(overrides or {})
+    out_given = overrides.get("out") is not None
+    for key in list(overrides):
+        if key in SWEEP_DEFAULTS:
+            value = overrides.pop(key)
+            if value is not None:
+                sweep[key] = value
+    base_dir = Path(path).resolve().parent if path else Path.cwd()
+    demo = None
+    if sweep["models"] is not None:
+        if sweep["models"] != "demo":
+            raise ValueError(f"{source}: [sweep] models must be \"demo\" (or leave it out and use [models])")
+        demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
+        # the demo models choose the model files: a [models] section would be ignored, so it is refused
+        if data.get("models"):
+            raise ValueError(f"{source}: [sweep] models = \"demo\" chooses every model; remove the [models] "
+                             f"section (or models = \"demo\")")
+        # as diffice explain --models demo: the demo's [method], [diffusion] and image size are the defaults, and
+        # [diffusion] values other than the bundled DDPM's are refused (diffice.explain.config.load_config)
+        data["models"] = dict(preset="demo")
+    cfg = load_config(path, overrides, data=data)
+    method = cfg["method"]
+    configs: list[dict[str, Any]] = []
+    configs += _expand(axes_main, method, f"{source} [sweep]")
+    for i, grid in enumerate(grids):
+        configs += _expand({k: _axis(k, v, f"{source} [[grid]] {i + 1}") for k, v in grid.items()}, method,
+                           f"{source} [[grid]] {i + 1}")
+    unique: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        unique.setdefault(config_id(c), c)
+    if demo is None:  # the demo models bring their pixel Lp
+        check_lambda_p(cfg["models"], max((float(c["lambda_p"]) for c in configs), default=0.0), source)
+    base = {}
+    for name in TABLE1_AXES:
+        value = _canonical(method)[name]
+        main = [_canonical(dict(method, **{name: v}))[name] for v in axes_main.get(name, [])]
+        base[name] = value if not main or value in main else main[0]
+    if sweep["images"] is None and sweep["phantoms"] is None:
+        raise ValueError(f"{source}: [sweep] needs images = \"FOLDER\" or phantoms = N")
+    if sweep["images"] is not None and sweep["phantoms"] is not None:
+        raise ValueError(f"{source}: [sweep] takes images or phantoms, not both")
+    if sweep["images"] is not None:
+        sweep["images"] = str(base_dir / sweep["images"])
+    if sweep["store_format"] not in ("png", "float16"):
+        raise ValueError(f"{source}: [sweep] store_format must be \"png\" or \"float16\", got "
+                         f"{sweep['store_format']!r}")
+
+    out = Path(sweep["out"])
+    out = out if out.is_absolute() or out_given else base_dir / out
+    return SweepSpec(cfg=cfg, sweep=sweep, configs=list(unique.values()), base=base,
+                     models=models_spec(cfg, demo), out=out, cluster=cluster_options(data, source), source=source)
+
+

@@ -1,0 +1,160 @@
+"""`diffice sweep`: every unit (one image batch x one configuration) not yet in the store, run on an executor
+(this machine or a Dask cluster), each written to the store in one transaction as it finishes."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from ...data.images import ImageReadError, list_images, load_image, resize
+from ...progress import ProgressBar
+from ..cluster import LocalExecutor, batches, describe
+from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
+from ..run import check_run
+from .config import SweepSpec, config_id, config_label
+from .store import SweepStore
+
+# ---- images ----
+
+def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[list[str], np.ndarray]:
+    """The image set: names (sorted) and pixels (N, 1, H, W) float32 in [-1, 1] at [run] image_size. Unreadable
+    files are reported on `stream` and left out."""
+    height, width = (int(v) for v in spec.cfg["run"]["image_size"])
+    size = (height, width)
+    if spec.sweep["phantoms"] is not None:
+        n = int(spec.sweep["phantoms"])
+        if n < 1:
+            raise ValueError(f"{spec.source}: [sweep] phantoms must be at least 1, got {n}")
+        seed = DEMO_PHANTOM_SEED if spec.sweep["phantom_seed"] is None else int(spec.sweep["phantom_seed"])
+        batch = demo_phantoms(n, seed)
+        images = batch.images
+        if images.shape[-2:] != size:
+            unit = [np.clip(resize((im[0].astype(np.float64) + 1) / 2, size), 0, 1) for im in images]
+            images = np.stack([(u * 2 - 1).astype(np.float32)[None] for u in unit])
+        names = [f"phantom_{i:03d}_{batch.params[i]['failure_mode']}" for i in range(n)]
+        return names, np.ascontiguousarray(images, dtype=np.float32)
+    files = list_images(spec.sweep["images"])
+    names, pixels = [], []
+    for f in files:
+        try:
+            pixels.append(load_image(f, size))
+            names.append(f.name)
+        except (ImageReadError, ValueError, OSError) as exc:
+            print(f"diffice sweep: skipped {f.name}: {exc}", file=stream or sys.stderr)
+    if not pixels:
+        raise ValueError(f"{spec.sweep['images']}: no readable image")
+    return names, np.stack(pixels).astype(np.float32)
+
+
+# ---- running ----
+
+def plan_units(configs: Sequence[dict[str, Any]], n_images: int, batch_size: int) -> list[dict[str, Any]]:
+    """Every unit of the sweep: per configuration (in order), consecutive batches of the sorted image set."""
+    chunks = batches(list(range(n_images)), batch_size)
+    return [dict(unit=f"{config_id(c)}-b{b:04d}", config_id=config_id(c), batch=b, image_ids=list(ids), method=c)
+            for c in configs for b, ids in enumerate(chunks)]
+
+
+class _StoreLock:
+    """An exclusive lock on the store's folder (one sweep writes a store at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> _StoreLock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise RuntimeError(f"{self.path.with_suffix('')}: another diffice sweep is writing this store") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, models: Any = None,
+              stream: TextIO | None = None, on_unit: Callable[[int, int, Any], None] | None = None
+              ) -> dict[str, Any]:
+    """Runs every unit of the sweep not yet in the store (spec.store_path) and returns a summary dict.
+
+    executor: where units run (diffice.explain.cluster.open_executor; default: this process, with `models` -- a loaded
+    (unet, diffusion, classifier, perceptual) -- or the spec's models loaded once). on_unit(done, total,
+    executor) is called after each unit is written (tests, notebooks).
+
+    When the units run now look like a broken setup (diffice.explain.explainer.suspicious_run_message: every input
+    already
+    the target, or, per configuration, every image the target at the first guided step), a SuspiciousRunWarning is
+    emitted, stored in the store's meta 'warnings' (printed with the tables) and listed in the summary's "warnings".
+    """
+    stream = stream or sys.stderr
+    executor = executor or LocalExecutor(models)
+    names, x = load_sweep_images(spec, stream)
+    run = spec.cfg["run"]
+    meta = dict(run=dict(image_size=[int(v) for v in run["image_size"]], batch_size=int(run["batch_size"]),
+                         seed=int(run["seed"]), target=int(run["target"])),
+                diffusion=spec.cfg["diffusion"], models=spec.models, store_format=spec.sweep["store_format"],
+                image_shape=list(x.shape[1:]), base=spec.base)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    with _StoreLock(spec.store_path), SweepStore(spec.store_path, create=True) as store:
+        store.initialise(meta, names, x, spec.configs)
+        units = plan_units(spec.configs, len(names), int(run["batch_size"]))
+        done = store.finished_units()
+        todo = [u for u in units if u["unit"] not in done]
+        by_id = {u["unit"]: u for u in todo}
+        tasks = (dict(unit=u["unit"], models=spec.models, method=u["method"], x=x[u["image_ids"]],
+                      target=int(run["target"]), seed=int(run["seed"])) for u in todo)
+        if todo and executor.description != "this machine":
+            describe(executor, stream)
+        bar = ProgressBar(len(todo), label="sweep", enabled=progress, stream=stream)
+        finished = 0
+        checks: dict[str, list[dict[str, Any]]] = {}
+
+        def on_step(task, iteration, lambda_index, step, steps, active):
+            u = by_id[task["unit"]]
+            bar.update(finished, note=f"{u['method']['method']} batch {u['batch'] + 1} it {iteration + 1} "
+                                      f"step {step}/{steps}")
+
+        for result in executor.run(tasks, progress=on_step if progress else None):
+            store.write_unit(by_id[result["unit"]], result)
+            checks.setdefault(by_id[result["unit"]]["config_id"], []).append(
+                {k: result.get(k) for k in ("input_is_target", "first_step_target")})
+            finished += 1
+            bar.update(finished, note=f"units (last: {result['worker']})", force=True)
+            if on_unit is not None:
+                on_unit(finished, len(todo), executor)
+        bar.close()
+        found = _check_sweep(checks, spec.configs, int(run["target"]))
+        for message in found:
+            store.add_warning(message)
+    return dict(units=len(units), ran=finished, skipped_done=len(units) - len(todo), images=len(names),
+                configs=len(spec.configs), seconds=time.monotonic() - t_start, store=str(spec.store_path),
+                warnings=found)
+
+
+def _check_sweep(checks: dict[str, list[dict[str, Any]]], configs: Sequence[dict[str, Any]],
+                 target: int) -> list[str]:
+    """The SuspiciousRunWarning checks over the units run now: every input already the target (once, over all
+    configurations), else every image the target at the first guided step (per configuration)."""
+    everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]
+    message = check_run(everything, target, None, stacklevel=4)
+    if message:
+        return [message]
+    found = []
+    for c in configs:
+        rs = checks.get(config_id(c))
+        message = check_run(rs or [], target, float(c["lambda_c"][0]), label=config_label(c), stacklevel=4)
+        if message:
+            found.append(message)
+    return found

@@ -1,0 +1,85 @@
+"""The description a diffice model file carries (safetensors metadata ``diffice_model``, JSON) and the UNet's
+attention layout (``diffice_config``): reading, checking and writing them.
+
+This module knows no network class: each describable class says what it is (``describe()``) and builds itself from
+its description (``from_description``); diffice.models.files dispatches over every class. So the classes, which
+rebuild themselves from a described file in their ``from_file``, and the loaders above them depend on this module
+only, never on each other in a circle.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+Description = dict[str, Any]
+Builder = Callable[[Description, str], Any]  # (description, backend) -> model, weights uninitialised
+
+CLASSIFIER_KINDS = {"plane": "PlaneClassifier", "sononet": "SonoNet"}  # [models] classifier_kind -> type
+
+
+def model_spec(model: Any) -> Description:
+    """A JSON-able description from which the model's class rebuilds its structure (TypeError: not describable)."""
+    describe = getattr(model, "describe", None)
+    if describe is None:
+        raise TypeError(f"model_spec: cannot describe a {type(model).__name__}")
+    return dict(describe())
+
+
+def model_metadata(model: Any) -> dict[str, str]:
+    return {"format": "diffice model", "diffice_model": json.dumps(model_spec(model))}
+
+
+def weights_of(model: Any) -> Any:
+    """The object holding the weights: a ConceptOracle's network, else the model."""
+    return model.network if type(model).__name__ == "ConceptOracle" else model
+
+
+def _type_name(spec: Any) -> str:
+    return spec.get("type", "?") if isinstance(spec, dict) else "?"
+
+
+def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, str], build: Builder,
+                           backend: str = "cpu", expect: None | str | Sequence[str] = None,
+                           what: str = "") -> Any:
+    """The model a file's 'diffice_model' metadata describes, built by `build`, with its weights. expect: the type
+    name(s) the caller needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and
+    `what` asked)."""
+    p = os.fspath(path)
+    try:
+        spec = json.loads(meta["diffice_model"])
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{p}: unreadable 'diffice_model' description in its metadata ({exc})") from None
+    wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
+    if wanted and _type_name(spec) not in wanted:
+        hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(_type_name(spec))
+        raise ValueError(f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
+                         f"{what or 'the caller'} needs a {' or '.join(wanted)}"
+                         + (f"; use classifier_kind = {hint!r} for this file" if hint else
+                            "; give the right file"))
+    try:
+        model = build(spec, backend)
+        weights_of(model).load_state_dict(state_dict)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{p}: {exc}") from None
+    return model
+
+
+def unet_layout(meta: Mapping[str, str], path: PathLike) -> dict[str, Any] | None:
+    """The attention layout a UNet file records in 'diffice_config' (JSON from diffice train ddpm, a Python dict
+    from UNet.save), or None."""
+    text = meta.get("diffice_config")
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        try:
+            config = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{os.fspath(path)}: unreadable 'diffice_config' in its metadata") from None
+    keys = ("num_heads", "num_head_channels", "use_new_attention_order", "num_heads_upsample")
+    return {k: config[k] for k in keys if isinstance(config, dict) and k in config}

@@ -1,0 +1,272 @@
+"""The checkpoint and resume bookkeeping shared by the training loops (:func:`diffice.train.ddpm.train_ddpm`,
+:func:`diffice.train.networks.train_network`).
+
+A run folder holds the model file(s) (safetensors, ``step`` in their metadata), ``train_state.npz`` (``step`` and
+whatever else a loop needs to continue bit for bit), ``loss.csv`` (one row per step) and ``loss.png``. A checkpoint
+writes the model files and the state under temporary names, then renames them together, so they stay consistent;
+a resume checks that they are from the same step and cuts the log back to it. Ctrl-C sets a flag the loops poll
+(the step in flight finishes, a checkpoint is saved); a non-finite loss stops a run with the last checkpoint kept.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, TextIO, Union
+
+import numpy as np
+
+from ..io import load_safetensors_metadata, save_safetensors
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# what a model file of a checkpoint holds: its tensors and its safetensors metadata (built only when written)
+ModelContents = Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, str]]]
+
+__all__ = ["StopFlag", "TrainingRun", "check_positive", "check_finite", "read_log", "plot_loss"]
+
+
+def check_positive(who: str, **values: int) -> None:
+    """Raises ValueError ("who: name must be >= 1, got value") for the first value below 1, in the given order."""
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"{who}: {name} must be >= 1, got {value}")
+
+
+def check_finite(who: str, loss: float, norm: float, step: int) -> None:
+    """Raises FloatingPointError when the loss or the gradient norm of step ``step + 1`` is not finite: the run
+    stops before the update, and the folder keeps its last checkpoint."""
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; "
+                                 f"the last checkpoint is kept")
+
+
+class StopFlag:
+    """Ctrl-C sets the flag (the step in flight finishes, a checkpoint is saved); a second Ctrl-C raises.
+
+    A context manager: the SIGINT handler is installed on entry (from the main thread only) and the previous one
+    restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.previous: Any = None
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class TrainingRun:
+    """A training run's folder: the files, and the bookkeeping of checkpoints and resume around a loop.
+
+    Args:
+        out_dir: the folder (created).
+        who: the name errors start with ("train_ddpm").
+        log_fields: the columns of ``loss.csv``.
+        model_files: the names of the model files a checkpoint writes (``model_paths``, in that order); the first
+            one tells whether anything was saved yet.
+        resume_hint: how to resume, in the error for a folder that already holds a run ("--resume").
+        continue_hint: how to continue, in the message after Ctrl-C ("run again with --resume").
+
+    A loop uses it as: :meth:`load` (the saved state on resume), :meth:`resumed_step`, :meth:`restart_log`;
+    then :meth:`logging` around the steps with :meth:`log` each step and :meth:`checkpoint_if_due`; at the end
+    :meth:`save_final`, :meth:`plot` and :meth:`say_interrupted`. Its ``save(step)`` calls :meth:`save`.
+    """
+
+    def __init__(self, out_dir: PathLike, who: str, log_fields: Sequence[str],
+                 model_files: Sequence[str] = ("model.safetensors",), resume_hint: str = "--resume",
+                 continue_hint: str = "run again with --resume") -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.who = who
+        self.log_fields = list(log_fields)
+        self.model_paths: list[Path] = [self.out / name for name in model_files]
+        self.state_path = self.out / "train_state.npz"
+        self.log_path, self.plot_path = self.out / "loss.csv", self.out / "loss.png"
+        self.resume_hint, self.continue_hint = resume_hint, continue_hint
+        self.start = 0  # the step the run continues from
+        self._log_file: TextIO | None = None
+        self._writer: csv.DictWriter | None = None
+
+    # ---- starting or resuming ----
+
+    def load(self, resume: bool) -> dict[str, np.ndarray] | None:
+        """The saved ``train_state.npz`` (resume) or None (a new run); refuses to resume an empty folder or to
+        start over a run."""
+        if resume and not self.state_path.exists():
+            raise FileNotFoundError(f"{self.who}: nothing to resume in {self.out} (no {self.state_path.name})")
+        if not resume and self.state_path.exists():
+            raise FileExistsError(f"{self.who}: {self.out} already holds a training run; resume it "
+                                  f"({self.resume_hint}) or choose another folder")
+        return dict(np.load(self.state_path, allow_pickle=False)) if resume else None
+
+    def resumed_step(self, saved: Mapping[str, np.ndarray]) -> int:
+        """The step of the saved state (kept as ``start``), after checking that every model file is from it."""
+        self.start = int(saved["step"])
+        for path in self.model_paths:
+            meta_step = load_safetensors_metadata(path).get("step")
+            if meta_step != str(self.start):
+                raise ValueError(f"{self.who}: {path.name} is from step {meta_step} but {self.state_path.name} from "
+                                 f"step {self.start}; the checkpoint is inconsistent")
+        return self.start
+
+    def restart_log(self, resumed: bool) -> None:
+        """Rewrites ``loss.csv``: its header and, on resume, the rows up to the checkpoint's step ``start`` (a
+        crashed run may have logged further); a new run starts it empty."""
+        rows = [r for r in read_log(self.log_path) if int(r["step"]) <= self.start] if resumed else []
+        with open(self.log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.log_fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    # ---- checkpoints ----
+
+    def save(self, step: int, models: Mapping[Path, ModelContents], state: Callable[[], Mapping[str, Any]]) -> None:
+        """Writes a checkpoint at ``step``: each model file (path -> its contents) and ``train_state.npz`` (``step``
+        then ``state()``), under temporary names first, then renamed together: the files stay consistent."""
+        tmp = {p: p.with_name("." + p.name + ".new") for p in [*models, self.state_path]}
+        for path, contents in models.items():
+            tensors, metadata = contents()
+            save_safetensors(tmp[path], tensors, metadata=metadata)
+        with open(tmp[self.state_path], "wb") as f:
+            np.savez(f, step=np.int64(step), **state())
+        for final, temp in tmp.items():
+            os.replace(temp, final)
+
+    def checkpoint_if_due(self, step: int, steps: int, checkpoint_every: int, save: Callable[[int], None]) -> None:
+        """Every ``checkpoint_every`` steps before the last: flushes the log, saves(step) and redraws the plot."""
+        if step % checkpoint_every == 0 and step < steps:
+            self.flush_log()
+            save(step)
+            self.plot()
+
+    def save_final(self, step: int, save: Callable[[int], None]) -> None:
+        """At the end of a run: saves(step) when steps were done now or nothing was saved yet."""
+        if step > self.start or not self.model_paths[0].exists():
+            save(step)
+
+    def plot(self) -> bool:
+        """``loss.png`` from ``loss.csv`` (see :func:`plot_loss`)."""
+        return plot_loss(self.log_path, self.plot_path)
+
+    def say_interrupted(self, step: int) -> None:
+        """The message on stderr after Ctrl-C: where the checkpoint is and how to continue."""
+        print(f"interrupted: checkpoint saved at step {step} in {self.out}; {self.continue_hint}", file=sys.stderr)
+
+    # ---- the per-step log ----
+
+    @contextmanager
+    def logging(self) -> Iterator[None]:
+        """``loss.csv`` open for appending (:meth:`log`, :meth:`flush_log`) inside ``with run.logging():``."""
+        with open(self.log_path, "a", newline="") as f:
+            self._log_file, self._writer = f, csv.DictWriter(f, fieldnames=self.log_fields)
+            try:
+                yield
+            finally:
+                self._log_file = self._writer = None
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """One step's row of ``loss.csv`` (inside :meth:`logging`)."""
+        assert self._writer is not None, "log() outside logging()"
+        self._writer.writerow(row)
+
+    def flush_log(self) -> None:
+        """Pushes the rows logged so far to the file."""
+        if self._log_file is not None:
+            self._log_file.flush()
+
+
+def read_log(path: Path) -> list[dict]:
+    """The rows of a ``loss.csv`` (dicts of strings); [] when there is none."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_loss(log_path: PathLike, png_path: PathLike) -> bool:
+    """Loss per step (and a moving average) from the CSV log as a PNG: matplotlib if installed, else Pillow.
+    Returns False when neither is available or the log is empty."""
+    rows = read_log(Path(log_path))
+    if not rows:
+        return False
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    smooth_steps = steps[window - 1:]
+    tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        ax.plot(steps, loss, color="#9ecae1", linewidth=0.8, label="loss")
+        ax.plot(smooth_steps, smooth, color="#08519c", linewidth=1.5, label=f"mean of {window}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        if np.all(loss > 0):
+            ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+    except ImportError:
+        try:
+            _plot_pillow(steps, loss, smooth_steps, smooth, tmp)
+        except ImportError:
+            return False
+    os.replace(tmp, png_path)
+    return True
+
+
+def _plot_pillow(steps, loss, smooth_steps, smooth, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 700, 400, 70, 20, 20, 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    log = bool(np.all(loss > 0))
+    ys = np.log10(loss) if log else loss
+    ys_smooth = np.log10(smooth) if log else smooth
+    lo, hi = float(ys.min()), float(ys.max())
+    hi = hi if hi > lo else lo + 1.0
+    s0, s1 = float(steps.min()), float(max(steps.max(), steps.min() + 1))
+
+    def xy(s, v):
+        return (left + (s - s0) / (s1 - s0) * (width - left - right),
+                top + (hi - v) / (hi - lo) * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for s, v, color, w in ((steps, ys, (158, 202, 225), 1), (smooth_steps, ys_smooth, (8, 81, 156), 2)):
+        points = [xy(a, b) for a, b in zip(s, v)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=w)
+    fmt = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.3g}")
+    draw.text((5, top), fmt(hi), fill="black")
+    draw.text((5, height - bottom - 10), fmt(lo), fill="black")
+    draw.text((left, height - bottom + 5), str(int(s0)), fill="black")
+    draw.text((width - right - 60, height - bottom + 5), str(int(s1)), fill="black")
+    draw.text((width // 2 - 40, height - bottom + 20), "step" + ("  (loss, log scale)" if log else "  (loss)"),
+              fill="black")
+    img.save(path, format="PNG")

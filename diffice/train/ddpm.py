@@ -1,0 +1,471 @@
+"""Training guided-diffusion's DDPM (the Diff-ICE denoiser) on the C core.
+
+The recipe is guided-diffusion's ``TrainLoop`` for the unconditional model: t uniform in [0, T) over the full
+(un-respaced) diffusion, x_t = q_sample(x_0, t, noise), the loss of ``GaussianDiffusion.training_losses``
+(mse of the predicted noise, plus the variational bound term with a frozen mean when the variance is learned),
+AdamW, an EMA of the weights. Unlike guided-diffusion the gradient is clipped by its global norm (grad_clip,
+0 turns it off). Images are float32 (N, 1, H, W) in [-1, 1].
+
+The optimiser state (AdamW moments, EMA) lives in numpy arrays owned by the C objects, so a checkpoint saves it
+as it is and ``resume=True`` continues bit for bit (same machine, same thread count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, TextIO, Union
+
+import numpy as np
+
+from .._native import _C
+from ..data.images import list_images, read_unit, warn_aspect_change
+from ..io import load_safetensors
+from ..models.diffusion import GaussianDiffusion
+from ..models.unet import UNet
+from ..ops._backend import get_backend
+from ..progress import ProgressBar
+from .checkpoints import (
+    StopFlag,
+    TrainingRun,
+    check_finite,
+    check_positive,
+    plot_loss,  # noqa: F401  (diffice.train.ddpm.plot_loss, where it was)
+)
+
+PathLike = Union[str, "os.PathLike[str]"]
+Params = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]  # a state_dict, or the arrays in order
+
+__all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss_and_gradients",
+           "init_guided_diffusion", "load_images", "train_ddpm", "TrainResult"]
+
+_LOSS_TYPES = {"mse": 0, "rescaled_mse": 1}
+_VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load_images reads (Pillow; no DICOM)
+
+
+# ---- optimiser state ----
+
+def _param_list(params: Params) -> list[np.ndarray]:
+    if isinstance(params, Mapping):
+        return list(params.values())
+    return list(params)
+
+
+class AdamW:
+    """torch.optim.AdamW over a list of parameter arrays (updated in place) and one flat gradient.
+
+    params: the network's parameter views (``unet._params``, a dict in registration order) or a list of writable
+    float32 arrays; grads: float32, ``sum(p.size)`` values in the same order (``UNet.gradients``' flat buffer).
+    State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
+    Each step runs the adamw_step op on ``get_backend(backend, num_threads)``.
+    """
+
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> None:
+        self.params = _param_list(params)
+        size = sum(p.size for p in self.params)
+        self._c = _C.AdamW(size, lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
+                           weight_decay=float(weight_decay))
+        self._backend = (backend, int(num_threads))
+        get_backend(*self._backend)  # an unknown name fails here, not at the first step
+
+    def step(self, grads: np.ndarray) -> None:
+        self._c.step(self.params, grads, get_backend(*self._backend))
+
+    lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
+    weight_decay = property(lambda self: self._c.weight_decay,
+                            lambda self, v: setattr(self._c, "weight_decay", v))
+    num_steps = property(lambda self: self._c.num_steps, lambda self, v: setattr(self._c, "num_steps", v))
+    exp_avg = property(lambda self: self._c.exp_avg)
+    exp_avg_sq = property(lambda self: self._c.exp_avg_sq)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"exp_avg": self._c.exp_avg.copy(), "exp_avg_sq": self._c.exp_avg_sq.copy(),
+                "num_steps": np.int64(self._c.num_steps)}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        for name in ("exp_avg", "exp_avg_sq"):
+            value = np.asarray(state[name])
+            if value.shape != self._c.exp_avg.shape:
+                raise ValueError(f"AdamW state '{name}' has shape {value.shape}, expected {self._c.exp_avg.shape}")
+            getattr(self._c, name)[...] = value
+        self._c.num_steps = int(state["num_steps"])
+
+
+class EMA:
+    """Exponential moving average of parameters (guided-diffusion's ``update_ema``), starting from a copy.
+
+    ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
+    Each update runs the ema_update op on ``get_backend(backend, num_threads)``.
+    """
+
+    def __init__(self, params: Params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
+        self.params = _param_list(params)
+        self._c = _C.EMA(self.params, float(rate))
+        self._backend = (backend, int(num_threads))
+        get_backend(*self._backend)
+
+    def update(self) -> None:
+        self._c.update(self.params, get_backend(*self._backend))
+
+    rate = property(lambda self: self._c.rate, lambda self, v: setattr(self._c, "rate", v))
+    values = property(lambda self: self._c.values)
+
+
+def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> float:
+    """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
+    min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ (the sum_squares and scale ops on
+    ``get_backend(backend, num_threads)``)."""
+    return float(_C.clip_grad_norm(grads, float(max_norm), backend=get_backend(backend, int(num_threads))))
+
+
+# ---- the loss ----
+
+class LossTerms(NamedTuple):
+    """Per-sample terms (N,) float32, and d(sum_b w_b loss_b)/d model_output (None when not asked for)."""
+
+    loss: np.ndarray
+    mse: np.ndarray
+    vb: np.ndarray
+    grad: np.ndarray | None
+
+
+class DiffusionLoss:
+    """guided-diffusion's ``training_losses`` (eps prediction, LossType.MSE or RESCALED_MSE) on the C core.
+
+    Args:
+        steps, schedule, respacing: the diffusion, as :class:`GaussianDiffusion` (training uses no respacing).
+        learn_sigma: model output (N, 2C, H, W) = (eps, v) and loss = mse + vb (vb: variational bound in bits per
+            dim with the mean frozen: KL for t > 0, discretized Gaussian decoder NLL at t = 0); otherwise
+            (N, C, H, W) and loss = mse.
+        loss_type: "mse" (vb as is; guided-diffusion's default) or "rescaled_mse" (vb * num_timesteps / 1000).
+    """
+
+    def __init__(self, steps: int = 1000, schedule: str = "linear", respacing: str = "", learn_sigma: bool = True,
+                 loss_type: str = "mse", fixed_variance: str = "large") -> None:
+        if loss_type not in _LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {sorted(_LOSS_TYPES)}, got {loss_type!r}")
+        self.diffusion = GaussianDiffusion(steps, schedule, respacing, learn_sigma, fixed_variance)
+        self.loss_type = loss_type
+        self._c = _C.TrainingLoss(int(steps), schedule, str(respacing),
+                                  _VARIANCE_TYPES[self.diffusion.variance_type], _LOSS_TYPES[loss_type])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.diffusion.num_timesteps
+
+    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t: np.ndarray, model_output: np.ndarray,
+                 weights: np.ndarray | None = None, grad: bool = True) -> LossTerms:
+        """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
+        idx = self.diffusion._indices(t, len(x_start))
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+        return LossTerms(*self._c.compute(x_start, x_t, noise, idx, model_output, w, bool(grad)))
+
+
+def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, t: np.ndarray,
+                       noise: np.ndarray) -> tuple[LossTerms, np.ndarray]:
+    """One training step's loss (batch mean) and the flat parameter gradient, in the UNet's parameter order.
+
+    x_start, noise (N, C, H, W) float32; t (N,) timesteps of the (un-respaced) training diffusion.
+    """
+    n = len(x_start)
+    x_t = loss_fn.diffusion.q_sample(x_start, t, noise)
+    t_model = loss_fn.diffusion.model_timesteps(t).astype(np.float32)
+
+    # called between the UNet's forward (kept on its tape) and its backward
+    def loss_gradient(outputs: list[np.ndarray]) -> tuple[tuple[np.ndarray | None], LossTerms]:
+        terms = loss_fn(x_start, x_t, noise, t, outputs[0], np.full(n, 1.0 / n, np.float32))
+        return (terms.grad,), terms
+
+    terms, flat = unet._c.train_step(get_backend(unet.backend), x_t, loss_gradient, t_model)
+    return terms, flat
+
+
+# ---- initialisation ----
+
+_ZERO_MODULES = re.compile(r"(out_layers\.3|proj_out|^out\.2)\.(weight|bias)$")
+
+
+def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
+    """guided-diffusion's initial weights: PyTorch's defaults (conv/linear U(+-1/sqrt(fan_in)), GroupNorm 1 and 0)
+    with the zero_module layers (each ResBlock's last conv, attention proj_out, the output conv) zeroed."""
+    rng = np.random.default_rng(seed)
+    params = unet._params
+    for name, p in params.items():
+        base = name.rsplit(".", 1)[0]
+        weight = params.get(base + ".weight")
+        if _ZERO_MODULES.search(name):
+            p[...] = 0.0
+        elif weight is not None and weight.ndim == 1:  # GroupNorm
+            p[...] = 1.0 if name.endswith(".weight") else 0.0
+        else:
+            fan_in = int(np.prod(weight.shape[1:])) if weight is not None else int(np.prod(p.shape[1:]))
+            bound = 1.0 / math.sqrt(fan_in)
+            p[...] = rng.uniform(-bound, bound, p.shape)
+
+
+# ---- data ----
+
+def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
+
+    Grayscale and pixel values as diffice.data.images.load_image (RGB averaged; integers scaled by their bit depth,
+    floats
+    by their range: the rule in diffice.data.images's docstring), so the DDPM trains on what ``diffice explain`` feeds
+    it.
+    size: (H, W) to resize to (bicubic; AspectRatioWarning when that stretches an image); None keeps the size,
+    which must then be the same for every image.
+    A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
+    """
+    path = Path(folder)
+    if path.is_file() and path.suffix == ".npy":
+        data = np.load(path, allow_pickle=False).astype(np.float32)
+        return _check_images(data[:, None] if data.ndim == 3 else data, str(path))
+    files = list_images(path, IMAGE_SUFFIXES)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("reading images needs Pillow (pip install pillow); or pass a .npy array") from None
+    images: list[np.ndarray] = []
+    for f in files:
+        a = read_unit(f).astype(np.float32)
+        if size is not None and a.shape != (size[0], size[1]):
+            warn_aspect_change(f, a.shape, size)
+            img = Image.fromarray(a).resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
+            a = np.asarray(img, dtype=np.float32)
+        if images and a.shape != images[0].shape:
+            raise ValueError(f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
+                             f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all")
+        images.append(a)
+    return np.clip(np.stack(images)[:, None] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def _check_images(images: np.ndarray, what: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"{what}: images must be (N, C, H, W), got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"{what}: images must be floats in [-1, 1], got dtype {images.dtype}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if not np.all(np.isfinite(images)) or images.min() < -1.0001 or images.max() > 1.0001:
+        raise ValueError(f"{what}: images must be finite and in [-1, 1], got [{images.min()}, {images.max()}]")
+    return images
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Random horizontal flips and shifts of up to max_shift pixels (edges reflected), per sample."""
+    n, _, h, w = x.shape
+    flips = np.asarray(rng.random(n) < 0.5)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2)) if max_shift > 0 else np.zeros((n, 2), int)
+    out = np.empty_like(x)
+    for b in range(n):
+        img = x[b, :, :, ::-1] if flips[b] else x[b]
+        dy, dx = int(shifts[b, 0]), int(shifts[b, 1])
+        if dy or dx:
+            padded = np.pad(img, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)), mode="reflect")
+            img = padded[:, max_shift - dy:max_shift - dy + h, max_shift - dx:max_shift - dx + w]
+        out[b] = img
+    return out
+
+
+class _Batches:
+    """Batches drawn epoch by epoch from random permutations (guided-diffusion's shuffled loader, no drop)."""
+
+    def __init__(self, n: int, rng: np.random.Generator, perm: np.ndarray | None = None, pos: int = 0) -> None:
+        self.n, self.rng = n, rng
+        self.perm = rng.permutation(n) if perm is None else np.asarray(perm, dtype=np.int64)
+        self.pos = int(pos)
+
+    def next(self, batch_size: int) -> np.ndarray:
+        out: list[int] = []
+        while len(out) < batch_size:
+            if self.pos == self.n:
+                self.perm, self.pos = self.rng.permutation(self.n), 0
+            take = min(batch_size - len(out), self.n - self.pos)
+            out.extend(self.perm[self.pos:self.pos + take])
+            self.pos += take
+        return np.asarray(out, dtype=np.int64)
+
+
+# ---- progress, log ----
+
+class _Progress(ProgressBar):
+    """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None,
+                 label: str = "train") -> None:
+        super().__init__(total, label=label, stream=stream, enabled=enabled, start=start)
+        self.log_every = max(1, log_every)
+        self.recent: list[float] = []
+
+    def step_done(self, step: int, loss: float) -> None:
+        self.recent = (self.recent + [loss])[-self.log_every:]
+        self.update(step, note=f"loss {np.mean(self.recent):.4f}")
+
+
+LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
+
+
+# ---- the training loop ----
+
+@dataclass
+class TrainResult:
+    """What a training run left behind."""
+
+    step: int             # steps done in total (including those before a resume)
+    interrupted: bool     # stopped by Ctrl-C (a checkpoint was saved)
+    last_loss: float
+    model_path: Path      # raw weights (guided-diffusion key names)
+    ema_path: Path        # EMA weights
+    state_path: Path      # optimiser state, RNG, data order (for resume)
+    log_path: Path        # CSV, one row per step
+    plot_path: Path | None
+
+
+def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for name, p in unet._params.items():
+        out[name] = flat[offset:offset + p.size].reshape(p.shape)
+        offset += p.size
+    return out
+
+
+def _config_json(config: Mapping) -> str:
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
+
+
+def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping | None = None,
+               steps: int = 300_000, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
+               ema_rate: float = 0.9999, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
+               checkpoint_every: int = 1000, log_every: int = 10, resume: bool = False, progress: bool = True,
+               size: tuple[int, int] | None = None, diffusion_steps: int = 1000, noise_schedule: str = "linear",
+               loss_type: str = "mse", max_shift: int | None = None, backend: str = "cpu") -> TrainResult:
+    """Trains guided-diffusion's UNet as an unconditional DDPM (Diff-ICE: 1000 steps, lr 1e-4, batch 16).
+
+    Args:
+        images: float32 (N, 1, H, W) in [-1, 1], or a folder of images / a .npy file (see :func:`load_images`,
+            resized to ``size``).
+        out_dir: where ``model.safetensors`` (raw weights), ``ema.safetensors``, ``train_state.npz`` (optimiser
+            moments, step, RNG and data order), ``loss.csv`` (one row per step) and ``loss.png`` go. Files are
+            written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
+        config: UNet config (:data:`diffice.models.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
+            learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
+            loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
+        steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.
+        weight_decay: AdamW's decoupled weight decay (the paper: 0.05). ema_rate: 0.9999 as guided-diffusion.
+        grad_clip: clip the global gradient norm to this (0: off). augment: random horizontal flips and shifts
+            of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
+        log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
+    """
+    run = TrainingRun(out_dir, "train_ddpm", LOG_FIELDS, ("model.safetensors", "ema.safetensors"),
+                      resume_hint="resume=True, --resume", continue_hint="continue with resume=True (--resume)")
+    model_path, ema_path = run.model_paths
+    if isinstance(images, np.ndarray):
+        data = _check_images(images, "train_ddpm")
+    else:
+        data = _check_images(load_images(images, size), os.fspath(images))
+    n, channels, h, w = data.shape
+    check_positive("train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every,
+                   log_every=log_every)
+
+    saved = run.load(resume)
+    if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
+        config = json.loads(str(saved["config"]))
+        hparams = json.loads(str(saved["hparams"]))
+        diffusion_steps = hparams["diffusion_steps"]
+        noise_schedule = hparams.get("noise_schedule", noise_schedule)
+        loss_type = hparams["loss_type"]
+    cfg = dict(config or {})
+    cfg.setdefault("in_channels", channels)
+    cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
+    unet = UNet(cfg, backend=backend)
+    if unet.config["in_channels"] != channels:
+        raise ValueError(f"train_ddpm: the UNet takes {unet.config['in_channels']} channel(s), the images have "
+                         f"{channels}")
+    multiple = 2 ** (len(unet.config["channel_mult"]) - 1)
+    if h % multiple or w % multiple:
+        raise ValueError(f"train_ddpm: image size {h}x{w} must be a multiple of {multiple} for "
+                         f"{len(unet.config['channel_mult'])} UNet levels")
+    loss_fn = DiffusionLoss(diffusion_steps, noise_schedule, "", unet.config["learn_sigma"], loss_type)
+    threads = get_backend(backend).num_threads
+    params = list(unet._params.values())
+    shift = max(1, min(h, w) // 32) if max_shift is None else int(max_shift)
+
+    if saved is None:
+        init_guided_diffusion(unet, seed)
+        rng = np.random.default_rng(seed)
+        batches = _Batches(n, rng)
+        start = 0
+    else:
+        start = run.resumed_step(saved)
+        unet.load_state_dict(load_safetensors(model_path))
+        if int(saved["num_images"]) != n:
+            raise ValueError(f"train_ddpm: the run was started with {int(saved['num_images'])} images, got {n}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(saved["rng_state"]))
+        batches = _Batches(n, rng, saved["perm"], int(saved["pos"]))
+    opt = AdamW(params, lr=lr, weight_decay=weight_decay, backend=backend)
+    ema = EMA(params, ema_rate, backend=backend)
+    if saved is not None:
+        opt.load_state_dict(saved)
+        ema_state = load_safetensors(ema_path)
+        ema.values[...] = np.concatenate([ema_state[k].ravel() for k in unet._params])
+    run.restart_log(saved is not None)
+
+    def save(step: int) -> None:
+        meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config),
+                "step": str(step)}
+        hparams = dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate, grad_clip=grad_clip,
+                       batch_size=batch_size, diffusion_steps=diffusion_steps, loss_type=loss_type,
+                       noise_schedule=noise_schedule)
+        run.save(step, {model_path: lambda: (unet.state_dict(), meta),
+                        ema_path: lambda: (_state_dict_from_flat(unet, ema.values),
+                                           dict(meta, ema_rate=repr(ema.rate)))},
+                 lambda: dict(config=np.str_(_config_json(unet.config)),
+                              rng_state=np.str_(json.dumps(rng.bit_generator.state)), perm=batches.perm,
+                              pos=np.int64(batches.pos), num_images=np.int64(n), hparams=np.str_(json.dumps(hparams)),
+                              **opt.state_dict()))
+
+    bar = _Progress(steps, start, progress, log_every)
+    step, last_loss, interrupted = start, float("nan"), False
+    try:
+        with run.logging(), StopFlag() as stop:
+            t0 = time.perf_counter()
+            while step < steps:
+                x0 = data[batches.next(batch_size)]
+                if augment:
+                    x0 = _augment(x0, rng, shift)
+                t = rng.integers(0, loss_fn.num_timesteps, size=batch_size)
+                noise = rng.standard_normal(x0.shape, dtype=np.float32)
+                terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
+                norm = clip_grad_norm(grads, grad_clip, num_threads=threads)
+                last_loss = float(np.mean(terms.loss))
+                check_finite("train_ddpm", last_loss, norm, step)
+                opt.step(grads)
+                ema.update()
+                step += 1
+                run.log(dict(step=step, loss=f"{last_loss:.6g}", mse=f"{float(np.mean(terms.mse)):.6g}",
+                             vb=f"{float(np.mean(terms.vb)):.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
+                             seconds=f"{time.perf_counter() - t0:.3f}"))
+                if step % log_every == 0:
+                    run.flush_log()
+                bar.step_done(step, last_loss)
+                if stop.stop:
+                    interrupted = True
+                    break
+                run.checkpoint_if_due(step, steps, checkpoint_every, save)
+    finally:
+        bar.close()
+    run.save_final(step, save)
+    if interrupted and progress:
+        run.say_interrupted(step)
+    plotted = run.plot()
+    return TrainResult(step=step, interrupted=interrupted, last_loss=last_loss, model_path=model_path,
+                       ema_path=ema_path, state_path=run.state_path, log_path=run.log_path,
+                       plot_path=run.plot_path if plotted else None)

@@ -1,0 +1,520 @@
+"""Supervised training of the image networks in C (forward, loss gradient, backward, AdamW): the segmenter
+(per-pixel cross-entropy), the standard-plane classifier f (cross-entropy on SP/NSP, segmenter frozen as in the
+paper) and a concept oracle (per-concept binary cross-entropy). Batches come from a callable, so the same loops
+train on phantoms (fresh images every step) or on a fixed data set."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .. import ops
+from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
+from ..io import load_safetensors
+from ..models.network import NetworkBase
+from ..ops._backend import get_backend
+from ..models.probabilities import predicted_class, sigmoid
+from .ddpm import AdamW, _Progress, clip_grad_norm
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+BatchFn = Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]
+
+
+def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
+    """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient (M, K); for a single logit
+    (K = 1, targets 0/1) the binary cross-entropy of diffice.models.probabilities' convention. The C cross_entropy op
+    (float32 per-sample losses, their mean in float64)."""
+    z = np.ascontiguousarray(logits, dtype=np.float32)
+    t = np.asarray(targets, dtype=np.int64)
+    return ops.cross_entropy(z, t, reduction="mean"), ops.cross_entropy_backward(z, t, reduction="mean")
+
+
+def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> Tuple[float, np.ndarray]:
+    """Mean per-pixel cross-entropy of logits (N, K, H, W) at labels (N, H, W), gradient (N, K, H, W)."""
+    n, k, h, w = logits.shape
+    flat = logits.transpose(0, 2, 3, 1).reshape(-1, k)
+    loss, grad = cross_entropy_grad(flat, labels.reshape(-1))
+    return loss, np.ascontiguousarray(grad.reshape(n, h, w, k).transpose(0, 3, 1, 2))
+
+
+def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
+    """Mean BCE-with-logits over every entry of logits (N, C) against 0/1 targets (N, C), and its gradient, by the
+    C bce_with_logits op (per-sample means of equal size, so their mean is the mean over every entry)."""
+    z = np.ascontiguousarray(logits, dtype=np.float32)
+    t = np.ascontiguousarray(targets, dtype=np.float32)
+    n = z.shape[0]
+    loss = float(ops.bce_with_logits(z, t).astype(np.float64).mean())
+    return loss, ops.bce_with_logits_backward(np.full(n, 1.0 / n, np.float32), z, t)
+
+
+SUPERVISED_LOG_FIELDS = ["step", "loss", "grad_norm", "lr", "seconds"]
+
+
+def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps: int, lr: float = 1e-3,
+                  grad_clip: float = 1.0, seed: int = 0, frozen_prefix: Optional[str] = None,
+                  progress: bool = True, label: str = "train", weight_decay: float = 0.0,
+                  out_dir: Optional[PathLike] = None, checkpoint_every: int = 500, resume: bool = False,
+                  metadata: Optional[Mapping[str, str]] = None, log_every: int = 10) -> Dict[str, Any]:
+    """Trains net in place for `steps` AdamW steps (cosine decay of lr to 10%).
+
+    batches(rng) -> (x, targets) draws a batch; loss_grad(outputs, targets) -> (loss, douts tuple); parameters
+    whose names start with frozen_prefix get no update (and no weight decay).
+
+    With out_dir, the run is saved there as ``model.safetensors`` (the network's state_dict, ``metadata`` added),
+    ``train_state.npz`` (step, AdamW moments, the RNG), ``loss.csv`` and ``loss.png``, every checkpoint_every
+    steps, at the end and on Ctrl-C, atomically; resume=True continues such a run bit for bit.
+    Returns {"loss": the losses of the steps run now, "step": steps done in total, "interrupted": bool}.
+    """
+    check_positive("train_network", steps=steps, checkpoint_every=checkpoint_every, log_every=log_every)
+    names = list(net._params)
+    frozen = None
+    if frozen_prefix:
+        sizes = [net._params[n].size for n in names]
+        offsets = np.cumsum([0] + sizes)
+        frozen = [(offsets[i], offsets[i + 1]) for i, n in enumerate(names) if n.startswith(frozen_prefix)]
+        if not frozen:
+            raise ValueError(f"train_network: no parameter name starts with the frozen prefix {frozen_prefix!r}")
+    be = get_backend(net.backend)
+    opt = AdamW(net._params, lr=lr, weight_decay=weight_decay, backend=net.backend)
+    rng = np.random.default_rng(seed)
+    run = TrainingRun(out_dir, "train_network", SUPERVISED_LOG_FIELDS) if out_dir is not None else None
+    start = 0
+    if run is not None:
+        saved = run.load(resume)
+        if saved is not None:
+            start = run.resumed_step(saved)
+            net.load_state_dict(load_safetensors(run.model_paths[0]))
+            opt.load_state_dict(saved)
+            rng.bit_generator.state = json.loads(str(saved["rng_state"]))
+        run.restart_log(saved is not None)
+
+    # frozen weights get zero gradients, so Adam never moves them; only AdamW's decay would: their values are
+    # put back after each step from this one copy (taken after a resume's load)
+    frozen_values = {n: v.copy() for n, v in net._params.items() if frozen and weight_decay and
+                     n.startswith(frozen_prefix)}
+
+    def save(step: int) -> None:
+        assert run is not None
+        run.save(step, {run.model_paths[0]: lambda: (net.state_dict(), dict(metadata or {}, step=str(step)))},
+                 lambda: dict(rng_state=np.str_(json.dumps(rng.bit_generator.state)), **opt.state_dict()))
+
+    bar = _Progress(steps, start, progress, log_every, label=label)
+    history: List[float] = []
+    step, interrupted = start, False
+    try:
+        with run.logging() if run is not None else nullcontext(), StopFlag() as stop:
+            t0 = time.perf_counter()
+            while step < steps:
+                x, targets = batches(rng)
+                opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
+                loss, flat = net._c.train_step(be, np.ascontiguousarray(x, np.float32),
+                                               lambda outputs: _swap(loss_grad(outputs, targets)))
+                if frozen:
+                    for a, b in frozen:
+                        flat[a:b] = 0.0
+                norm = clip_grad_norm(flat, grad_clip, num_threads=be.num_threads)
+                check_finite("train_network", loss, norm, step)
+                opt.step(flat)
+                for n, v in frozen_values.items():
+                    net._params[n][...] = v
+                step += 1
+                history.append(float(loss))
+                if run is not None:
+                    run.log(dict(step=step, loss=f"{loss:.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
+                                 seconds=f"{time.perf_counter() - t0:.3f}"))
+                bar.step_done(step, float(loss))
+                if stop.stop:
+                    interrupted = True
+                    break
+                if run is not None:
+                    run.checkpoint_if_due(step, steps, checkpoint_every, save)
+    finally:
+        bar.close()
+    if run is not None:
+        run.save_final(step, save)
+        run.plot()
+        if interrupted and progress:
+            run.say_interrupted(step)
+    return {"loss": history, "step": step, "interrupted": interrupted}
+
+
+def _swap(loss_and_douts):
+    loss, douts = loss_and_douts
+    return douts, loss
+
+
+def accuracy(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
+    """Fraction of x (in batches) whose predicted labels equal y."""
+    hits = 0
+    for i in range(0, len(x), batch):
+        hits += int(np.sum(predict(np.ascontiguousarray(x[i:i + batch])) == y[i:i + batch]))
+    return hits / len(x)
+
+
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    classes = np.unique(y)
+    return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
+
+
+def segmentation_labels(masks: np.ndarray, structure_names: Sequence[str],
+                        classes: Sequence[str]) -> np.ndarray:
+    """(N, S, H, W) structure masks -> (N, H, W) labels over `classes` (class 0 = background); later classes are
+    painted over earlier ones."""
+    index = {name: i for i, name in enumerate(structure_names)}
+    labels = np.zeros((masks.shape[0],) + masks.shape[2:], np.int64)
+    for c, name in enumerate(classes):
+        if c == 0:
+            continue
+        labels[masks[:, index[name]].astype(bool)] = c
+    return labels
+
+
+# ---- training sets on disk (the format `diffice phantoms` writes; a researcher's own data the same way) ----
+
+@dataclass
+class TrainingSet:
+    """Images with what the networks learn from them.
+
+    images: float32 (N, 1, H, W) in [-1, 1]; files: the image file names (N,);
+    masks: int64 (N, H, W) label maps over ``classes`` (None without --masks);
+    labels: int64 (N,) image labels, e.g. 1 = standard plane (None without a labels CSV);
+    concepts: float32 (N, C) 0/1 concept targets over ``concept_names`` (None unless asked for).
+    """
+
+    images: np.ndarray
+    files: List[str]
+    masks: Optional[np.ndarray] = None
+    classes: Optional[List[str]] = None
+    labels: Optional[np.ndarray] = None
+    concepts: Optional[np.ndarray] = None
+    concept_names: Optional[List[str]] = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def split(self, val_fraction: float, seed: int = 0) -> Tuple["TrainingSet", "TrainingSet"]:
+        """(train, validation): a seeded random split, at least one image in each."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        n = len(self)
+        if n < 2:
+            raise ValueError(f"a training set needs at least 2 images to split off a validation set, got {n}")
+        perm = np.random.default_rng(seed).permutation(n)
+        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+        return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+
+    def subset(self, index: np.ndarray) -> "TrainingSet":
+        take = (lambda a: None if a is None else a[index])
+        return TrainingSet(self.images[index], [self.files[i] for i in index], take(self.masks), self.classes,
+                           take(self.labels), take(self.concepts), self.concept_names)
+
+
+def _read_label_csv(path: Path) -> Tuple[List[str], Dict[str, Dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        if "file" not in fields:
+            raise ValueError(f"{path}: needs a 'file' column (the image file names), has {fields}")
+        rows = {}
+        for r in reader:
+            rows[r["file"]] = r
+    return fields, rows
+
+
+def load_training_set(images: PathLike, size: Optional[Tuple[int, int]] = None, masks: Optional[PathLike] = None,
+                      labels: Optional[PathLike] = None, label_column: str = "label",
+                      concept_columns: Sequence[str] = (), classes: Optional[Sequence[str]] = None,
+                      progress: bool = False) -> TrainingSet:
+    """Reads a training set.
+
+    images: a folder of images (PNG/JPEG/TIFF/BMP; 8-bit scaled by 255, others by their range) -> [-1, 1];
+    size: (H, W) to resize to (default: the first image's size; all must then match);
+    masks: a folder of label-map images with the same file names (values = class indices, resized with nearest
+        neighbour); classes: their names (default: ``classes.txt`` beside the mask folder, else class0..);
+    labels: a CSV with a ``file`` column; label_column (integers) and concept_columns (0/1) are read from it.
+    Every problem (a missing mask, a file without a CSV row, a bad value) is a ValueError naming the file.
+    """
+    from ..data.images import _read_pixels, list_images, load_image
+    from ..progress import ProgressBar
+
+    files = list_images(images)
+    if size is None:
+        first = _read_pixels(files[0])
+        size = (int(first.shape[0]), int(first.shape[1]))
+    size = (int(size[0]), int(size[1]))
+
+    bar = ProgressBar(len(files), label="loading", enabled=progress)
+    x = np.empty((len(files), 1) + size, np.float32)
+    for i, f in enumerate(files):
+        x[i] = load_image(f, size)
+        bar.update(i + 1)
+    bar.close()
+    ts = TrainingSet(images=x, files=[f.name for f in files])
+    if masks is not None:
+        ts.masks, ts.classes = _load_masks(Path(masks), files, size, classes)
+    if labels is not None:
+        path = Path(labels)
+        if not path.is_file():
+            raise FileNotFoundError(f"labels CSV not found: {path}")
+        fields, rows = _read_label_csv(path)
+        wanted = ([label_column] if label_column else []) + list(concept_columns)
+        missing = [c for c in wanted if c not in fields]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {missing}; it has {fields}")
+        absent = [f.name for f in files if f.name not in rows]
+        if absent:
+            raise ValueError(f"{path}: no row for {len(absent)} image(s), e.g. {absent[:3]}")
+
+        def column(name: str, binary: bool) -> np.ndarray:
+            values = []
+            for f in files:
+                text = rows[f.name][name]
+                try:
+                    v = int(text)
+                except ValueError:
+                    raise ValueError(f"{path}: {f.name}: column {name!r} must be an integer, got {text!r}") from None
+                if binary and v not in (0, 1):
+                    raise ValueError(f"{path}: {f.name}: column {name!r} must be 0 or 1, got {v}")
+                if v < 0:
+                    raise ValueError(f"{path}: {f.name}: column {name!r} must be >= 0, got {v}")
+                values.append(v)
+            return np.array(values, np.int64)
+
+        if label_column:
+            ts.labels = column(label_column, False)
+        if concept_columns:
+            ts.concepts = np.stack([column(c, True) for c in concept_columns], axis=1).astype(np.float32)
+            ts.concept_names = list(concept_columns)
+    return ts
+
+
+def _load_masks(folder: Path, files: Sequence[Path], size: Tuple[int, int],
+                classes: Optional[Sequence[str]]) -> Tuple[np.ndarray, List[str]]:
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"mask folder not found: {folder}")
+    if classes is None:
+        names_file = folder.parent / "classes.txt"
+        if names_file.is_file():
+            classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
+    out = np.empty((len(files),) + size, np.int64)
+    for i, f in enumerate(files):
+        path = folder / f.name
+        if not path.is_file():
+            raise ValueError(f"no mask for image {f.name}: {path} does not exist")
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("L", "P", "I", "I;16", "1"):
+                    raise ValueError(f"mode {img.mode}")
+                if img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
+                out[i] = np.asarray(img, dtype=np.int64)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a single-channel label map ({exc})") from None
+    top = int(out.max())
+    if classes is None:
+        classes = [f"class{c}" for c in range(top + 1)]
+    if top >= len(classes):
+        bad = next(f.name for f, m in zip(files, out) if m.max() >= len(classes))
+        raise ValueError(f"{folder / bad}: label {top} but only {len(classes)} classes ({list(classes)})")
+    return out, list(classes)
+
+
+# ---- the networks `diffice train segmenter|classifier|oracle` builds, and their saved form ----
+
+def init_for_training(net: NetworkBase, seed: int = 0) -> None:
+    """He-uniform conv/linear weights (ReLU/SiLU networks), zero biases, norm scales 1 and shifts 0; batch-norm
+    statistics at the identity (mean 0, variance 1), so BN-inference networks train as plain conv nets."""
+    rng = np.random.default_rng(seed)
+    for name, p in net._params.items():
+        if name.endswith("running_var"):
+            p[...] = 1.0
+        elif name.endswith("running_mean") or name.endswith(".bias"):
+            p[...] = 0.0
+        elif p.ndim == 1:  # GroupNorm / BatchNorm scale
+            p[...] = 1.0
+        else:
+            fan_in = int(np.prod(p.shape[1:]))
+            bound = math.sqrt(6.0 / fan_in)
+            p[...] = rng.uniform(-bound, bound, p.shape)
+
+
+def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool = True,
+                  max_shift: Optional[int] = None) -> BatchFn:
+    """batches(rng) -> (x, targets): batch_size images drawn with replacement, randomly flipped and shifted
+    (masks moved with their images). target: "masks", "labels" or "concepts"."""
+    from .ddpm import _augment
+
+    y_all = getattr(data, target)
+    if y_all is None:
+        raise ValueError(f"the training set has no {target}")
+    h, w = data.images.shape[2:]
+    shift = max(1, min(h, w) // 32) if max_shift is None else int(max_shift)
+
+    def batches(rng: np.random.Generator):
+        idx = rng.integers(0, len(data), size=batch_size)
+        x, y = data.images[idx], y_all[idx]
+        if augment and target == "masks":
+            both = _augment(np.concatenate([x, y[:, None].astype(np.float32)], axis=1), rng, shift)
+            return np.ascontiguousarray(both[:, :1]), both[:, 1].astype(np.int64)
+        if augment:
+            x = _augment(x, rng, shift)
+        return x, y
+    return batches
+
+
+# ---- `diffice train segmenter|classifier|oracle` ----
+
+SUPERVISED_KINDS = ("segmenter", "classifier", "oracle")
+
+
+def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([fn(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def evaluate(kind: str, model: Any, data: TrainingSet) -> Dict[str, Any]:
+    """Validation numbers: segmenter -- pixel accuracy and per-class Dice; classifier -- accuracy and balanced
+    accuracy; oracle -- per-concept accuracy and the accuracy of the standard-plane rule applied to its heads."""
+    if kind == "segmenter":
+        pred = _predict_in_batches(lambda x: np.argmax(model.forward(x), axis=1), data.images)
+        dice = {}
+        for c, name in enumerate(data.classes or []):
+            inter = np.sum((pred == c) & (data.masks == c))
+            total = np.sum(pred == c) + np.sum(data.masks == c)
+            dice[name] = float(2 * inter / total) if total else float("nan")
+        return dict(pixel_accuracy=float(np.mean(pred == data.masks)), dice=dice,
+                    mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None)
+    if kind == "classifier":
+        pred = _predict_in_batches(lambda x: predicted_class(model.logits(x), axis=1), data.images)
+        return dict(accuracy=float(np.mean(pred == data.labels)),
+                    balanced_accuracy=balanced_accuracy(pred, data.labels))
+    if kind == "oracle":
+        p = _predict_in_batches(lambda x: sigmoid(model.logits(x)), data.images)
+        hits = (p > 0.5) == (data.concepts > 0.5)
+        out: Dict[str, Any] = dict(concept_accuracy={c: float(hits[:, i].mean())
+                                                     for i, c in enumerate(data.concept_names)})
+        if data.labels is not None:
+            qs = np.ones(len(p))
+            for i, c in enumerate(data.concept_names):
+                qs *= (1.0 - p[:, i]) if c in model.negative else p[:, i]
+            out["rule_accuracy"] = float(np.mean((qs > 0.5) == (data.labels == 1)))
+        return out
+    raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
+
+
+def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Optional[PathLike] = None,
+                     labels: Optional[PathLike] = None, size: Optional[Tuple[int, int]] = None,
+                     segmenter: Optional[PathLike] = None, concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
+                     negative: Sequence[str] = ("FP",), width: int = 16, levels: int = 3, groups: int = 8,
+                     k: int = 8, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
+                     weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
+                     val_fraction: float = 0.1, checkpoint_every: int = 500, resume: bool = False,
+                     progress: bool = True) -> Dict[str, Any]:
+    """Trains one of the image networks on a folder and writes ``model.safetensors`` (loads with
+    :func:`diffice.models.files.load_model`), ``metrics.json`` (validation numbers), ``loss.csv``/``loss.png`` and
+    ``train_state.npz`` (for resume) to out_dir.
+
+    kind "segmenter": a :class:`Segmenter` (width, levels, groups) on ``masks`` (per-pixel cross-entropy);
+    kind "classifier": the plane classifier f = l(s(x), x), s the trained ``segmenter`` file (frozen), l a
+        SonoNet-k on [x, s's K probability maps] with a 2-logit head, cross-entropy on the ``labels`` CSV column
+        ``label`` (1 = standard plane);
+    kind "oracle": one logit per concept (binary cross-entropy on the CSV's concept columns), the independent
+        judge of :class:`diffice.models.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one trained
+        separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
+    A seeded val_fraction of the images is held out for the validation numbers.
+    """
+    from ..models.classifier import PlaneClassifier, Segmenter
+    from ..models.files import build_model, load_model, model_metadata
+    from ..models.oracle import ConceptOracle
+    from ..models.sononet import SonoNet
+
+    if kind not in SUPERVISED_KINDS:
+        raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
+    if kind == "segmenter" and masks is None:
+        raise ValueError("train segmenter: --masks (a folder of label maps) is required")
+    if kind in ("classifier", "oracle") and labels is None:
+        raise ValueError(f"train {kind}: --labels (a CSV with file and label/concept columns) is required")
+    if kind == "classifier" and segmenter is None:
+        raise ValueError("train classifier: --segmenter (a segmenter trained by 'diffice train segmenter') is "
+                         "required")
+    out = Path(out_dir)
+    data = load_training_set(images, size, masks=masks if kind == "segmenter" else None,
+                             labels=labels if kind != "segmenter" else None,
+                             label_column="label" if kind == "classifier" or kind == "oracle" else "",
+                             concept_columns=concepts if kind == "oracle" else (), progress=progress)
+    train_set, val_set = data.split(val_fraction, seed=seed + 1)
+    h, w = data.images.shape[2:]
+
+    if resume:  # the model's structure is the run's
+        saved = out / "model.safetensors"
+        if not saved.is_file():
+            raise FileNotFoundError(f"train {kind}: nothing to resume in {out} (no {saved.name})")
+        from ..io import load_safetensors_metadata
+
+        model = build_model(json.loads(load_safetensors_metadata(saved)["diffice_model"]))
+    elif kind == "segmenter":
+        model = Segmenter(classes=len(data.classes), width=width, levels=levels, groups=groups)
+        model.class_names = list(data.classes)
+    else:
+        seg = None
+        if segmenter is not None:
+            seg = load_model(segmenter)
+            if not isinstance(seg, Segmenter):
+                raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(seg).__name__})")
+        if kind == "classifier":
+            n_classes = int(data.labels.max()) + 1
+            if n_classes < 2:
+                raise ValueError(f"{labels}: the label column has a single class")
+            model = PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], n_classes, standardize=False))
+        elif seg is not None:
+            model = ConceptOracle(PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], len(concepts),
+                                                               standardize=False)), concepts, negative)
+        else:
+            model = ConceptOracle(SonoNet(k, 1, len(concepts), standardize=False), concepts, negative)
+    if not resume:
+        head = model.network if kind == "oracle" else model
+        init_for_training(head.classifier if isinstance(head, PlaneClassifier) else head, seed)
+
+    if kind == "segmenter":
+        net, target, frozen = model, "masks", None
+
+        def loss_grad(outputs, y):
+            loss, g = pixel_cross_entropy_grad(outputs[0], y)
+            return loss, (g,)
+    else:
+        plane = model if kind == "classifier" else model.network
+        if isinstance(plane, PlaneClassifier):  # s is frozen: no gradient through it while training
+            net, frozen = PlaneClassifier(plane.segmenter, plane.classifier, grad_through_segmenter=False), \
+                "segmenter."
+        else:
+            net, frozen = plane, None
+        target = "labels" if kind == "classifier" else "concepts"
+        loss_fn = cross_entropy_grad if kind == "classifier" else binary_cross_entropy_grad
+
+        def loss_grad(outputs, y):
+            loss, g = loss_fn(outputs[0], y)
+            return loss, (g,) + (None,) * (len(outputs) - 1)
+
+    if train_set.images.shape[0] < 1:
+        raise ValueError("no training images left after the validation split")
+    result = train_network(net, batch_sampler(train_set, batch_size, target, augment), loss_grad, steps, lr=lr,
+                           grad_clip=grad_clip, seed=seed, frozen_prefix=frozen, progress=progress,
+                           label=f"train {kind}", weight_decay=weight_decay, out_dir=out,
+                           checkpoint_every=checkpoint_every, resume=resume, metadata=model_metadata(model))
+    metrics = dict(kind=kind, step=result["step"], interrupted=result["interrupted"], image_size=[h, w],
+                   train_images=len(train_set), validation_images=len(val_set),
+                   validation=evaluate(kind, model, val_set))
+    from ..data.images import atomic_write_bytes
+
+    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    return metrics
