@@ -95,14 +95,15 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
     return dfc_py_created_net(st, net, &err);
 }
 
-/* classification_loss(logits, targets, kind, backend) -> (loss (N), dlogits (N, C)); kind "ce" or "logit" */
+/* classification_loss(logits, targets, kind[, backend]) -> (loss (N), dlogits (N, C)); kind "ce" or "logit";
+ * without a backend, the registry's default made for this call (one thread) */
 static PyObject *py_classification_loss(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *logits_obj, *targets_obj;
     const char *kind_name;
-    dfc_backend *be;
-    if (!PyArg_ParseTuple(args, "OOsO&", &logits_obj, &targets_obj, &kind_name, dfc_py_backend, &be))
+    dfc_backend *be = NULL, *owned = NULL;
+    if (!PyArg_ParseTuple(args, "OOs|O&", &logits_obj, &targets_obj, &kind_name, dfc_py_backend, &be))
         return NULL;
     const char *op = "classification_loss";
     dfc_class_loss_kind kind;
@@ -130,8 +131,14 @@ static PyObject *py_classification_loss(PyObject *self, PyObject *args)
     if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, logits.shape, &loss}, {2, logits.shape, &dlogits}})))
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(result, err, dfc_classification_loss(be, kind, &logits, targets, &loss, &dlogits, &err));
+    if (!be && dfc_backend_create(dfc_backend_registered(0), 1, &owned, &err) != DFC_OK) {
+        dfc_py_raise(&err);
+        Py_CLEAR(result);
+        goto done;
+    }
+    DFC_PY_RUN(result, err, dfc_classification_loss(be ? be : owned, kind, &logits, targets, &loss, &dlogits, &err));
 done:
+    dfc_backend_destroy(owned);
     dfc_py_refs_release(&refs);
     return result;
 }
@@ -147,7 +154,7 @@ static PyMethodDef classifier_methods[] = {
      "plane_classifier_create(segmenter, classifier, config) -> Network: f(x) = l(s(x), x) (config: "
      "grad_through_segmenter, seg_input); keeps both children alive"},
     {"classification_loss", py_classification_loss, METH_VARARGS,
-     "classification_loss(logits, targets, kind, backend) -> (per-sample loss, d(sum loss)/dlogits); kind 'ce' or "
+     "classification_loss(logits, targets, kind[, backend]) -> (per-sample loss, d(sum loss)/dlogits); kind 'ce' or "
      "'logit'"},
     {NULL, NULL, 0, NULL},
 };
