@@ -5,7 +5,7 @@ A quick way to see that an installation computes what it should (the test suite 
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Tuple
+from typing import Callable
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from . import ops
 from ._native import _C
 
 
-def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
+def _cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]]:
     def r(*shape):  # inputs are drawn once, before any op runs, so both backends see the same ones
         return rng.standard_normal(shape).astype(np.float32)
 
@@ -89,7 +89,7 @@ def _cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]
     ]
 
 
-def _diffusion_cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str], object]]]:
+def _diffusion_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]]:
     """The diffusion ops (q_sample, p_mean_variance, the reverse step, the sampler's per-row ops, the vb loss)."""
     def r(*shape):
         return rng.standard_normal(shape).astype(np.float32)
@@ -122,7 +122,7 @@ def _diffusion_cases(rng: np.random.Generator) -> List[Tuple[str, Callable[[str]
     ]
 
 
-def _flatten(result) -> List[np.ndarray]:
+def _flatten(result) -> list[np.ndarray]:
     if isinstance(result, (tuple, list)):
         return [np.asarray(a) for a in result if a is not None]
     return [np.asarray(result)]

@@ -112,7 +112,7 @@ class Reference:
 
 def _json(value: Any) -> Any:
     """value as JSON would return it (tuples -> lists, numpy scalars -> Python), or TypeError naming it."""
-    def default(o):
+    def default(o: object) -> Any:
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
@@ -347,6 +347,9 @@ class Comparison:
 
     def table(self) -> str:
         """One line per image and iteration: max and mean pixel |diff|, p_target |diff|, discrete fields."""
+        def mark(ok: bool | np.bool_) -> str:
+            return "same" if ok else "DIFF"
+
         L, N = self.lambda_equal.shape
         lines = [f"{'image':>5} {'iter':>4} {'max |diff|':>10} {'mean |diff|':>11} {'p |diff|':>9}  "
                  f"lambda flipped finite"]
@@ -355,7 +358,6 @@ class Comparison:
             for l in range(L):
                 px = "" if self.pixel_max is None else f"{self.pixel_max[l, n]:10.2e}"
                 pm = "" if self.pixel_mean is None else f"{self.pixel_mean[l, n]:11.2e}"
-                mark = lambda ok: "same" if ok else "DIFF"  # noqa: E731
                 lines.append(f"{n:5d} {l + 1:4d} {px:>10} {pm:>11} {self.prob_diff[l + 1, n]:9.2e}  "
                              f"{mark(self.lambda_equal[l, n]):>6} {mark(self.flipped_equal[l, n]):>7} "
                              f"{mark(self.nonfinite_equal[l, n]):>6}")
@@ -418,7 +420,7 @@ def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "
     L, N = new["counterfactuals"].shape[:2]
     out: list[Mismatch] = []
 
-    def excess(d, t):
+    def excess(d: float, t: float) -> float:
         return d / t if t > 0 else (math.inf if d > 0 else 0.0)
 
     if x is not None:

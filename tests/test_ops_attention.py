@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
-from conftest import BACKENDS, randn, rel_err, t64
 
 ATTN_TOL = 2e-5  # the brief allows 1e-4; measured: ref ~6e-8, cpu up to ~2e-6
 

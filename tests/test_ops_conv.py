@@ -3,11 +3,10 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
-from conftest import BACKENDS, randn, rel_err, t64
 
 TOL = 1e-5
 

@@ -3,11 +3,11 @@ batch > 1; and the C orchestration (Diffusion.q_sample / p_mean_variance / sampl
 import numpy as np
 import pytest
 import torch
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
 from diffice.models.probabilities import predicted_class, probabilities
-from conftest import BACKENDS, randn, rel_err, t64
 
 SHAPES = [(3, 3, 5, 7), (2, 1, 9, 4), (1, 5, 3, 3), (2, 3, 41, 37)]  # the last: rows of several blocks
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
-from conftest import BACKENDS, randn, rel_err, t64
 
 ACTIVATIONS = {
     "relu": (ops.relu, ops.relu_backward, torch.relu),

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
-from conftest import BACKENDS, randn, rel_err, t64
 
 REDUCTIONS = ["mean", "sum", "none"]
 

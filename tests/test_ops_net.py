@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops, pixel_loss
-from conftest import BACKENDS, randn, rel_err, t64
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
-from conftest import BACKENDS, randn, rel_err, t64
 
 GN_TOL = 1e-5  # tighter than the project's 1e-4 for group norm: measured errors are ~2e-7
 

@@ -3,10 +3,10 @@ reference vs fast kernel; and the backend's memory interface through an arena of
 import numpy as np
 import pytest
 import torch
+from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
-from conftest import BACKENDS, randn, rel_err, t64
 
 SHAPES = [(7,), (3, 5, 11), (2, 3, 13, 9), (100_003,)]
 

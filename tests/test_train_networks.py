@@ -1,11 +1,24 @@
 """Supervised training of the image networks: gradients of the losses, and the loss falls on phantoms."""
+import csv
+import json
+
 import numpy as np
+import pytest
 import torch
+from conftest import interrupt_training_step, randn, rel_err
 
 from diffice import Segmenter, phantoms
-from diffice.train.networks import (binary_cross_entropy_grad, pixel_cross_entropy_grad, segmentation_labels,
-                                    train_network)
-from conftest import interrupt_training_step, rel_err, randn
+from diffice.cli import main
+from diffice.models.files import load_model
+from diffice.models.oracle import ConceptOracle
+from diffice.train.networks import (
+    binary_cross_entropy_grad,
+    load_training_set,
+    pixel_cross_entropy_grad,
+    segmentation_labels,
+    train_network,
+    train_supervised,
+)
 
 CLASSES = ["background", "skull", "thalami", "csp", "posterior_fossa"]
 
@@ -42,15 +55,6 @@ def test_segmenter_loss_falls_on_phantoms():
 
 # ---- training from folders (`diffice train segmenter|classifier|oracle`), checkpoints, resume, model files ----
 
-import csv
-import json
-
-import pytest
-
-from diffice.cli import main
-from diffice.models.files import load_model
-from diffice.models.oracle import ConceptOracle
-from diffice.train.networks import load_training_set, train_supervised
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,8 @@ def test_classifier_on_a_frozen_segmenter_and_model_files(phantom_set, tmp_path)
     seg = load_model(tmp_path / "seg" / "model.safetensors")
     assert seg.class_names == list(phantoms.SEGMENTATION_CLASSES)
     before = seg.state_dict()
-    metrics = _supervised("classifier", phantom_set, tmp_path / "cls", 3, segmenter=tmp_path / "seg" / "model.safetensors",
+    metrics = _supervised("classifier", phantom_set, tmp_path / "cls", 3,
+                          segmenter=tmp_path / "seg" / "model.safetensors",
                           weight_decay=0.1)
     assert set(metrics["validation"]) == {"accuracy", "balanced_accuracy"}
     f = load_model(tmp_path / "cls" / "model.safetensors")
@@ -137,7 +142,8 @@ def test_classifier_on_a_frozen_segmenter_and_model_files(phantom_set, tmp_path)
     with pytest.raises(ValueError, match="not a segmenter"):
         _supervised("classifier", phantom_set, tmp_path / "cls2", 1, segmenter=tmp_path / "cls" / "model.safetensors")
     # an oracle may see its own (frozen) segmenter's maps too
-    metrics = _supervised("oracle", phantom_set, tmp_path / "oracle", 2, segmenter=tmp_path / "seg" / "model.safetensors")
+    metrics = _supervised("oracle", phantom_set, tmp_path / "oracle", 2,
+                          segmenter=tmp_path / "seg" / "model.safetensors")
     assert set(metrics["validation"]["concept_accuracy"]) == {"TH", "CSP", "FP", "sharp"}
     oracle = load_model(tmp_path / "oracle" / "model.safetensors")
     assert isinstance(oracle, ConceptOracle) and isinstance(oracle.network, type(f))

@@ -4,10 +4,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
-from diffice.models.unet import UNet, infer_config
 from conftest import randn, rel_err
 from gd_reference import UNetModel
+
+from diffice.models.unet import UNet, infer_config
 
 
 def small_config(scale_shift=True, updown=True, new_order=False, learn_sigma=True, in_channels=1, **over):
@@ -198,9 +198,10 @@ def test_from_file_errors_name_the_file(tmp_path):
 def test_one_network_interface_with_a_conditioning_input(rng):
     """The UNet is a diffice._C.Network conditioned on its timesteps; the classifiers take no conditioning input,
     and the sampler takes only a conditioned network as its denoiser."""
+    from conftest import tiny_plane_classifier
+
     from diffice import _C, Explainer, GaussianDiffusion, PixelLoss
     from diffice.ops import get_backend
-    from conftest import tiny_plane_classifier
 
     unet = UNet.random(small_config(), seed=3)
     be = get_backend("cpu")

@@ -11,13 +11,15 @@ import math
 import numbers
 import os
 import re
-from typing import Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._native import _C
-from .network import NetworkBase, config_bool, config_int
 from ..ops._backend import get_backend
+from .network import NetworkBase, config_bool, config_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,7 +41,7 @@ def _full_config(config: Mapping) -> dict:
     unknown = set(config) - set(DEFAULT_CONFIG) - {"learn_sigma"}
     if unknown:
         raise ValueError(f"UNet config: unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
-    cfg = dict(DEFAULT_CONFIG)
+    cfg: dict[str, Any] = dict(DEFAULT_CONFIG)
     cfg.update(config)
     for key in _INT_KEYS:
         cfg[key] = config_int(f"UNet config '{key}'", cfg[key])
@@ -96,7 +98,7 @@ def _c_config(cfg: dict) -> dict:
 def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_head_channels: int = -1,
                  use_new_attention_order: bool = False, num_heads_upsample: int = -1) -> dict:
     """The UNet config a guided-diffusion state_dict was built with (docs/method.md 1.2-1.5)."""
-    def shape(key):
+    def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
             raise ValueError(f"not a guided-diffusion UNet checkpoint: missing '{key}'")
         return tuple(np.shape(state_dict[key]))
@@ -108,7 +110,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_h
     n_in = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"input_blocks\.(\d+)\.", k)))
     n_out = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"output_blocks\.(\d+)\.", k)))
 
-    def has_up_layer(b):  # an Upsample conv, or a second ResBlock (up-ResBlock) in output block b
+    def has_up_layer(b: int) -> bool:  # an Upsample conv, or a second ResBlock (up-ResBlock) in output block b
         return any(re.match(rf"output_blocks\.{b}\.[12]\.(conv|in_layers)\.", k) for k in state_dict)
 
     up_blocks = [b for b in range(n_out) if has_up_layer(b)]
@@ -152,7 +154,7 @@ class UNet(NetworkBase):
 
     _what = "UNet"
 
-    def __init__(self, config: Optional[Mapping] = None, backend: str = "cpu") -> None:
+    def __init__(self, config: Mapping | None = None, backend: str = "cpu") -> None:
         self.config = _full_config(config or {})
         super().__init__(_C.unet_create(_c_config(self.config)), backend)
 
@@ -160,7 +162,7 @@ class UNet(NetworkBase):
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_head_channels: int = -1,
                         use_new_attention_order: bool = False, num_heads_upsample: int = -1,
-                        backend: str = "cpu") -> "UNet":
+                        backend: str = "cpu") -> UNet:
         cfg = infer_config(state_dict, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample)
         unet = cls(cfg, backend=backend)
         unet.load_state_dict(state_dict)
@@ -169,7 +171,7 @@ class UNet(NetworkBase):
     @classmethod
     def from_file(cls, path: PathLike, num_heads: int = 4, num_head_channels: int = -1,
                   use_new_attention_order: bool = False, num_heads_upsample: int = -1,
-                  backend: str = "cpu") -> "UNet":
+                  backend: str = "cpu") -> UNet:
         """Loads a .safetensors, .pt/.pth (zip or legacy, no torch needed) or .npz checkpoint.
 
         The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
@@ -178,7 +180,7 @@ class UNet(NetworkBase):
         from .description import unet_layout
 
         state_dict, meta = _load(path, "auto")
-        layout = dict(num_heads=num_heads, num_head_channels=num_head_channels,
+        layout: dict[str, Any] = dict(num_heads=num_heads, num_head_channels=num_head_channels,
                       use_new_attention_order=use_new_attention_order, num_heads_upsample=num_heads_upsample)
         layout.update(unet_layout(meta, path) or {})
         try:
@@ -187,7 +189,7 @@ class UNet(NetworkBase):
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     @classmethod
-    def random(cls, config: Optional[Mapping] = None, seed: int = 0, backend: str = "cpu") -> "UNet":
+    def random(cls, config: Mapping | None = None, seed: int = 0, backend: str = "cpu") -> UNet:
         """Random weights (uniform +-1/sqrt(fan_in), norms near 1): for tests and benchmarks.
 
         Unlike guided-diffusion's zero-initialised output convs, every weight is non-zero, so every path matters.
@@ -200,7 +202,7 @@ class UNet(NetworkBase):
         return dict(self.config)
 
     # ---- computation ----
-    def _timesteps(self, t, n: int) -> np.ndarray:
+    def _timesteps(self, t: ArrayLike, n: int) -> np.ndarray:
         t = np.asarray(t)
         if t.ndim == 0:
             t = np.full(n, t)
@@ -208,7 +210,7 @@ class UNet(NetworkBase):
             raise ValueError(f"t must be a scalar or have shape ({n},), got {t.shape}")
         return np.ascontiguousarray(t, dtype=np.float32)
 
-    def forward(self, x: np.ndarray, t) -> np.ndarray:
+    def forward(self, x: np.ndarray, t: ArrayLike) -> np.ndarray:
         """x (N, in_channels, H, W) float32, H and W divisible by 2^(levels-1); t original timesteps (N,).
 
         Returns (N, out_channels, H, W): eps (and the variance interpolation v with learn_sigma).
@@ -217,11 +219,11 @@ class UNet(NetworkBase):
 
     __call__ = forward
 
-    def vjp(self, x: np.ndarray, t, v: np.ndarray) -> np.ndarray:
+    def vjp(self, x: np.ndarray, t: ArrayLike, v: np.ndarray) -> np.ndarray:
         """d sum(v * forward(x, t)) / dx, shape of x (no gradient through t)."""
         return self._c.vjp(get_backend(self.backend), x, (v,), self._timesteps(t, len(x)))
 
-    def gradients(self, x: np.ndarray, t, v: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, t: ArrayLike, v: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: d sum(v * forward) / d param}) for training."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, (v,), self._timesteps(t, len(x)))
         return dx, self._grads_dict(flat)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._native import _C
 from ._backend import get_backend
@@ -33,7 +34,7 @@ def attention_backward(dy: np.ndarray, qkv: np.ndarray, heads: int, *, legacy_or
                                  bool(legacy_order))
 
 
-def timestep_embedding(t, dim: int, *, max_period: float = 10000.0, backend: str = "cpu") -> np.ndarray:
+def timestep_embedding(t: ArrayLike, dim: int, *, max_period: float = 10000.0, backend: str = "cpu") -> np.ndarray:
     """Sinusoidal embedding of timesteps as guided-diffusion's nn.timestep_embedding, in float32.
 
     t: integer or float array-like of shape (N,) (converted to float32 like torch's ``.float()``).

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import threading
-from typing import Tuple, TypeVar, Union
+from typing import TypeVar, Union
 
 import numpy as np
 
 from .._native import _C
 
-BACKENDS: Tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
+BACKENDS: tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
 
-def get_backend(name: str = "cpu", num_threads: int = 0) -> "_C.Backend":
+def get_backend(name: str = "cpu", num_threads: int = 0) -> _C.Backend:
     """The backend ``name`` ('cpu': oneDNN + OpenMP, 'ref': plain C reference kernels) for this Python thread.
 
     num_threads <= 0 uses every core. Backends hold per-thread state (oneDNN stream), so each Python thread gets
@@ -30,10 +30,10 @@ def get_backend(name: str = "cpu", num_threads: int = 0) -> "_C.Backend":
     return backend
 
 
-IntPair = Union[int, Tuple[int, int]]
+IntPair = Union[int, tuple[int, int]]
 
 
-def int_pair(value: IntPair, op: str, name: str) -> Tuple[int, int]:
+def int_pair(value: IntPair, op: str, name: str) -> tuple[int, int]:
     """An int or an (h, w) pair of ints as (h, w); TypeError naming op and argument otherwise."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value), int(value)
@@ -51,5 +51,5 @@ def fresh_copy(a: _Array) -> _Array:
     """A fresh C-ordered copy of a float32 array, for an in-place op to update so the caller's array is left
     unchanged; anything else is passed on for the op to refuse with its message (naming op and argument)."""
     if isinstance(a, np.ndarray) and a.dtype == np.float32:
-        return a.copy(order="C")  # type: ignore[return-value]  # an ndarray stays one
+        return a.copy(order="C")
     return a

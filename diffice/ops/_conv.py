@@ -1,7 +1,7 @@
 """Convolution and linear layers: conv2d (NCHW, groups=1) and linear (y = x W^T + b), forward and backward."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ __all__ = [
 def conv2d(
     x: np.ndarray,
     weight: np.ndarray,
-    bias: Optional[np.ndarray] = None,
+    bias: np.ndarray | None = None,
     *,
     stride: IntPair = 1,
     padding: IntPair = 0,
@@ -66,7 +66,7 @@ def conv2d_backward_weight(
     stride: IntPair = 1,
     padding: IntPair = 0,
     backend: str = "cpu",
-) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients of conv2d with respect to weight and bias.
 
     dy: (N, Co, Ho, Wo); x: (N, Ci, H, W), the forward input; weight_shape: (Co, Ci, KH, KW).
@@ -89,7 +89,7 @@ def _rows(a: np.ndarray, op: str, name: str) -> np.ndarray:
 
 
 def linear(
-    x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, *, backend: str = "cpu"
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, backend: str = "cpu"
 ) -> np.ndarray:
     """y = x W^T + b, as torch.nn.functional.linear.
 
@@ -110,7 +110,7 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, *, backend: str = 
 
 def linear_backward_weight(
     dy: np.ndarray, x: np.ndarray, *, bias: bool = True, backend: str = "cpu"
-) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients of linear with respect to weight and bias: dweight = dy^T x, dbias = dy summed over rows.
 
     dy: (..., Out); x: (..., In) with the same leading dims. Returns (dweight (Out, In), dbias (Out,)), or

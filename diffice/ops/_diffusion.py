@@ -9,9 +9,11 @@ the field order of these tuples (ops.h's dfc_posterior_coefs, dfc_vb_coefs), so 
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._native import _C
 from ._backend import fresh_copy, get_backend
@@ -53,7 +55,7 @@ class VbCoefs(NamedTuple):
     scale: float = 1.0
 
 
-def _fixed_variances(arrays: Mapping[str, np.ndarray], variance_type: int) -> Tuple[np.ndarray, np.ndarray]:
+def _fixed_variances(arrays: Mapping[str, np.ndarray], variance_type: int) -> tuple[np.ndarray, np.ndarray]:
     """(variance, log_variance) over all timesteps for variance_type 1 (fixed large) or 2 (fixed small)."""
     pv = arrays["posterior_variance"]
     if variance_type == 1:
@@ -62,7 +64,7 @@ def _fixed_variances(arrays: Mapping[str, np.ndarray], variance_type: int) -> Tu
     return pv, arrays["posterior_log_variance_clipped"]
 
 
-def posterior_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int],
+def posterior_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray,
                     variance_type: int = 0) -> PosteriorCoefs:
     """The float32 coefficients at respaced indices (N,) from Diffusion.arrays() (float64 tables), cast as
     guided-diffusion's _extract_into_tensor. variance_type: 0 learned range, 1 fixed large, 2 fixed small."""
@@ -74,19 +76,19 @@ def posterior_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int],
     return PosteriorCoefs(*(np.ascontiguousarray(t[idx], dtype=np.float32) for t in tables))
 
 
-def vb_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int], scale: float = 1.0) -> VbCoefs:
+def vb_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray, scale: float = 1.0) -> VbCoefs:
     """The float64 coefficients of the variational bound at respaced indices (N,) from Diffusion.arrays()."""
     idx = np.asarray(indices, dtype=np.int64)
     tables = [arrays["sqrt_recip_alphas_cumprod"], arrays["sqrt_recipm1_alphas_cumprod"],
               arrays["posterior_mean_coef1"], arrays["posterior_mean_coef2"],
               arrays["posterior_log_variance_clipped"], np.log(arrays["betas"])]
-    return VbCoefs(*(np.ascontiguousarray(t[idx], dtype=np.float64) for t in tables),
-                   decoder_nll=(idx == 0).astype(np.intc), scale=float(scale))
+    c = [np.ascontiguousarray(t[idx], dtype=np.float64) for t in tables]
+    return VbCoefs(c[0], c[1], c[2], c[3], c[4], c[5], decoder_nll=(idx == 0).astype(np.intc), scale=float(scale))
 
 
 def _rows(values: RowValues, n: int, dtype: type = np.float32) -> np.ndarray:
     """A per-row (n,) array: a scalar is repeated."""
-    a = np.asarray(values, dtype=dtype)
+    a: np.ndarray = np.asarray(values, dtype=dtype)
     return np.full(n, a, dtype=dtype) if a.ndim == 0 else np.ascontiguousarray(a)
 
 
@@ -98,7 +100,7 @@ def q_sample(x0: np.ndarray, noise: np.ndarray, sqrt_abar: RowValues, sqrt_one_m
 
 
 def p_mean_variance(model_output: np.ndarray, x_t: np.ndarray, coefs: PosteriorCoefs, *, learned: bool = True,
-                    clip: bool = True, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    clip: bool = True, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, variance, log_variance, pred_xstart), each shaped like x_t (N, C, ...), from model_output
     (N, 2C, ...) = (eps, v) when learned, else (N, C, ...) = eps; pred_xstart clamped to [-1, 1] when clip."""
     return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, *coefs, bool(learned), bool(clip))
@@ -106,13 +108,13 @@ def p_mean_variance(model_output: np.ndarray, x_t: np.ndarray, coefs: PosteriorC
 
 def p_mean_variance_backward(d_pred_xstart: np.ndarray, model_output: np.ndarray, x_t: np.ndarray,
                              coefs: PosteriorCoefs, *, learned: bool = True, clip: bool = True,
-                             backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+                             backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(dx_t, d_model_output) from d_pred_xstart, through the clip (zero where it clamped); the v channels get 0."""
     return _C.p_mean_variance_backward(get_backend(backend), d_pred_xstart, model_output, x_t, *coefs,
                                        bool(learned), bool(clip))
 
 
-def sample_step(mean: np.ndarray, variance: np.ndarray, log_variance: np.ndarray, grad: Optional[np.ndarray],
+def sample_step(mean: np.ndarray, variance: np.ndarray, log_variance: np.ndarray, grad: np.ndarray | None,
                 noise: np.ndarray, noise_weight: RowValues, *, backend: str = "cpu") -> np.ndarray:
     """x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (grad None: unguided);
     noise_weight is 1[i != 0] per row."""
@@ -157,13 +159,14 @@ def distance_penalty_backward(a: np.ndarray, b: np.ndarray, lambda_l1: float, la
                                         float(lambda_l2))
 
 
-def nonfinite_rows(x: np.ndarray, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+def nonfinite_rows(x: np.ndarray, *, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(a copy of x (N, ...) with every row holding a NaN or infinity set to 0, those rows as a bool (N,))."""
     y = np.array(x, dtype=np.float32, order="C")  # a copy: the op zeroes the rows in place
     return y, _C.nonfinite_rows(get_backend(backend), y).astype(bool)
 
 
-def target_probability(logits: np.ndarray, targets, *, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+def target_probability(logits: np.ndarray, targets: ArrayLike, *,
+                       backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(p(target) (N,) float32, argmax == target (N,) bool) for logits (N, K): softmax for K >= 2; for K == 1 one
     binary logit z with p(1) = sigmoid(z) and the predicted class z > 0 (diffice/probabilities.py's convention)."""
     prob, flags = _C.target_probability(get_backend(backend), logits, np.asarray(targets))

@@ -87,18 +87,21 @@ def mul(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
     return _C.binary_forward(get_backend(backend), "mul", a, _broadcast_b("mul", a, b))
 
 
-def _binary_backward(kind: str, dy: np.ndarray, a: np.ndarray, b: np.ndarray, backend: str):
+def _binary_backward(kind: str, dy: np.ndarray, a: np.ndarray, b: np.ndarray,
+                     backend: str) -> tuple[np.ndarray, np.ndarray]:
     b4 = _broadcast_b(kind + "_backward", a, b)
     da, db = _C.binary_backward(get_backend(backend), kind, dy, a, b4)
     return da, db.reshape(b.shape)
 
 
-def add_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *, backend: str = "cpu"):
+def add_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *,
+                 backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Gradients of add: (da = dy, db = dy summed over b's broadcast dims), db in b's own shape."""
     return _binary_backward("add", dy, a, b, backend)
 
 
-def mul_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *, backend: str = "cpu"):
+def mul_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *,
+                 backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Gradients of mul: (da = dy b, db = dy a summed over b's broadcast dims), db in b's own shape."""
     return _binary_backward("mul", dy, a, b, backend)
 
@@ -131,6 +134,7 @@ def scale_shift(x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu") -> np.nd
     return _C.scale_shift_forward(get_backend(backend), x, ss)
 
 
-def scale_shift_backward(dy: np.ndarray, x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu"):
+def scale_shift_backward(dy: np.ndarray, x: np.ndarray, ss: np.ndarray, *,
+                         backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Gradients of scale_shift: (dx = dy * (1 + scale), dss (N, 2C) = [sum dy * x | sum dy] over x's dims 2...)."""
     return tuple(_C.scale_shift_backward(get_backend(backend), dy, x, ss))

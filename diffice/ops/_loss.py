@@ -4,9 +4,8 @@ The C ops compute per-sample losses (N,); the reduction over the batch happens h
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._native import _C
 from ._backend import get_backend
@@ -21,14 +20,14 @@ def _check_reduction(op: str, reduction: str) -> None:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _reduce(loss: np.ndarray, reduction: str):
+def _reduce(loss: np.ndarray, reduction: str) -> float | np.ndarray:
     if reduction == "none":
         return loss
     total = loss.astype(np.float64).sum()
     return float(total / loss.shape[0] if reduction == "mean" else total)
 
 
-def _per_sample_dloss(op: str, dloss, n: int, reduction: str) -> np.ndarray:
+def _per_sample_dloss(op: str, dloss: float | np.ndarray, n: int, reduction: str) -> np.ndarray:
     """The gradient of the reduced loss with respect to each per-sample loss, as a float32 (N,) array."""
     if reduction == "none":
         d = np.asarray(dloss, dtype=np.float32)
@@ -41,7 +40,7 @@ def _per_sample_dloss(op: str, dloss, n: int, reduction: str) -> np.ndarray:
     return np.full(n, scale, dtype=np.float32)
 
 
-def _targets(op: str, targets) -> np.ndarray:
+def _targets(op: str, targets: ArrayLike) -> np.ndarray:
     t = np.asarray(targets)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: targets must hold integer class indices, got dtype {t.dtype}")
@@ -49,8 +48,8 @@ def _targets(op: str, targets) -> np.ndarray:
 
 
 def cross_entropy(
-    logits: np.ndarray, targets, *, reduction: str = "mean", backend: str = "cpu"
-) -> Union[float, np.ndarray]:
+    logits: np.ndarray, targets: ArrayLike, *, reduction: str = "mean", backend: str = "cpu"
+) -> float | np.ndarray:
     """Cross-entropy of log_softmax(logits) at integer targets (as torch.nn.functional.cross_entropy).
 
     logits: float32 (N, K); targets: integers (N,) in [0, K). Returns a float for 'mean'/'sum', or the per-sample
@@ -63,7 +62,8 @@ def cross_entropy(
 
 
 def cross_entropy_backward(
-    logits: np.ndarray, targets, *, reduction: str = "mean", dloss=1.0, backend: str = "cpu"
+    logits: np.ndarray, targets: ArrayLike, *, reduction: str = "mean", dloss: float | np.ndarray = 1.0,
+    backend: str = "cpu",
 ) -> np.ndarray:
     """dlogits (N, K) = dloss_n (softmax(logits) - onehot(targets)), with dloss_n = dloss / N ('mean'),
     dloss ('sum'; a scalar) or dloss[n] ('none'; an (N,) array)."""
@@ -74,7 +74,7 @@ def cross_entropy_backward(
     return _C.cross_entropy_backward(get_backend(backend), d, logits, _targets(op, targets))
 
 
-def mse(a: np.ndarray, b: np.ndarray, *, reduction: str = "mean", backend: str = "cpu") -> Union[float, np.ndarray]:
+def mse(a: np.ndarray, b: np.ndarray, *, reduction: str = "mean", backend: str = "cpu") -> float | np.ndarray:
     """Mean squared error between a and b (same shape (N, ...)).
 
     'none' gives the per-sample mean over the non-batch dims (N,) (unlike torch's elementwise 'none');
@@ -91,8 +91,8 @@ def mse(a: np.ndarray, b: np.ndarray, *, reduction: str = "mean", backend: str =
 
 
 def mse_backward(
-    a: np.ndarray, b: np.ndarray, *, reduction: str = "mean", dloss=1.0, backend: str = "cpu"
-):
+    a: np.ndarray, b: np.ndarray, *, reduction: str = "mean", dloss: float | np.ndarray = 1.0, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients (da, db) of mse(a, b, reduction=...) scaled by dloss (a scalar, or (N,) for 'none'); db = -da."""
     op = "mse_backward"
     _check_reduction(op, reduction)

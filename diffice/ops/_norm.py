@@ -1,7 +1,7 @@
 """Normalisation ops: group norm (per-sample statistics, as torch.nn.GroupNorm) and inference batch norm."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, overload
 
 import numpy as np
 
@@ -11,16 +11,55 @@ from ._backend import get_backend
 __all__ = ["group_norm", "group_norm_backward", "batch_norm", "batch_norm_backward"]
 
 
+@overload
 def group_norm(
     x: np.ndarray,
     groups: int,
-    gamma: Optional[np.ndarray] = None,
-    beta: Optional[np.ndarray] = None,
+    gamma: np.ndarray | None = ...,
+    beta: np.ndarray | None = ...,
+    *,
+    eps: float = ...,
+    backend: str = ...,
+    return_stats: Literal[False] = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def group_norm(
+    x: np.ndarray,
+    groups: int,
+    gamma: np.ndarray | None = ...,
+    beta: np.ndarray | None = ...,
+    *,
+    eps: float = ...,
+    backend: str = ...,
+    return_stats: Literal[True],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@overload
+def group_norm(
+    x: np.ndarray,
+    groups: int,
+    gamma: np.ndarray | None = ...,
+    beta: np.ndarray | None = ...,
+    *,
+    eps: float = ...,
+    backend: str = ...,
+    return_stats: bool = ...,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def group_norm(
+    x: np.ndarray,
+    groups: int,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
     *,
     eps: float = 1e-5,
     backend: str = "cpu",
     return_stats: bool = False,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group norm over x (N, C, ...) (images (N, C, H, W), sequences (N, C, T)); ``groups`` must divide C.
 
     Each (sample, group) block of C/groups channels is normalised by its mean and biased variance:
@@ -36,13 +75,13 @@ def group_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
     groups: int,
-    gamma: Optional[np.ndarray] = None,
+    gamma: np.ndarray | None = None,
     *,
     eps: float = 1e-5,
-    mean: Optional[np.ndarray] = None,
-    rstd: Optional[np.ndarray] = None,
+    mean: np.ndarray | None = None,
+    rstd: np.ndarray | None = None,
     backend: str = "cpu",
-):
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients of group_norm given dy (x's shape): returns (dx, dgamma, dbeta).
 
     dgamma, dbeta (C,) are None when gamma is None (no affine parameters). mean, rstd (N, groups): the saved
@@ -55,8 +94,8 @@ def batch_norm(
     x: np.ndarray,
     running_mean: np.ndarray,
     running_var: np.ndarray,
-    gamma: Optional[np.ndarray] = None,
-    beta: Optional[np.ndarray] = None,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
     *,
     eps: float = 1e-5,
     backend: str = "cpu",
@@ -71,11 +110,11 @@ def batch_norm_backward(
     x: np.ndarray,
     running_mean: np.ndarray,
     running_var: np.ndarray,
-    gamma: Optional[np.ndarray] = None,
+    gamma: np.ndarray | None = None,
     *,
     eps: float = 1e-5,
     backend: str = "cpu",
-):
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of batch_norm (running statistics are constants): returns (dx (x's shape), dgamma (C,),
     dbeta (C,)). dgamma is the gradient of the scale even when gamma is None (then taken as 1)."""
     return _C.batch_norm_backward(get_backend(backend), dy, x, running_mean, running_var, gamma, float(eps))

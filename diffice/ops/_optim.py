@@ -5,8 +5,6 @@ diffice.train.AdamW / EMA / clip_grad_norm run the same ops in place over a netw
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
 from .._native import _C
@@ -24,11 +22,11 @@ def adamw_step(
     step: int,
     *,
     lr: float = 1e-3,
-    betas: Tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     backend: str = "cpu",
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One torch.optim.AdamW step (decoupled weight decay, bias correction with the 1-based ``step``).
 
     param, grad, exp_avg, exp_avg_sq: float32 arrays of one shape (any, up to 4 dims); the moments are zero before

@@ -1,7 +1,7 @@
 """Spatial ops on NCHW float32 arrays: nearest x2 upsample, average / max / global pooling, bilinear resize."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,14 +22,14 @@ __all__ = [
 ]
 
 
-def _shape4(shape: Sequence[int], op: str, name: str = "x_shape") -> Tuple[int, int, int, int]:
+def _shape4(shape: Sequence[int], op: str, name: str = "x_shape") -> tuple[int, int, int, int]:
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {name} must be a sequence of 4 ints (N, C, H, W), got {shape!r}") from None
     if len(dims) != 4:
         raise ValueError(f"{op}: {name} must have 4 entries (N, C, H, W), got {shape!r}")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def upsample_nearest2x(x: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
@@ -103,7 +103,7 @@ def global_avg_pool_backward(dy: np.ndarray, x_shape: Sequence[int], *, backend:
     return _C.global_avg_pool_backward(get_backend(backend), dy, _shape4(x_shape, op))
 
 
-def resize_bilinear(x: np.ndarray, size: Tuple[int, int], *, backend: str = "cpu") -> np.ndarray:
+def resize_bilinear(x: np.ndarray, size: tuple[int, int], *, backend: str = "cpu") -> np.ndarray:
     """Bilinear resize to size=(H_out, W_out), align_corners=False, no antialiasing: exactly
     F.interpolate(x, size=size, mode="bilinear", align_corners=False). Up or down, any aspect ratio.
     x (N, C, H, W) -> (N, C, H_out, W_out)."""

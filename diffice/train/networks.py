@@ -9,36 +9,37 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from .. import ops
-from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
 from ..io import load_safetensors
 from ..models.network import NetworkBase
-from ..ops._backend import get_backend
 from ..models.probabilities import predicted_class, sigmoid
+from ..ops._backend import get_backend
+from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
 from .ddpm import AdamW, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-BatchFn = Callable[[np.random.Generator], Tuple[np.ndarray, np.ndarray]]
+BatchFn = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
-def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
+def cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of logits (M, K) at integer targets (M,) and its gradient (M, K); for a single logit
     (K = 1, targets 0/1) the binary cross-entropy of diffice.models.probabilities' convention. The C cross_entropy op
     (float32 per-sample losses, their mean in float64)."""
     z = np.ascontiguousarray(logits, dtype=np.float32)
     t = np.asarray(targets, dtype=np.int64)
-    return ops.cross_entropy(z, t, reduction="mean"), ops.cross_entropy_backward(z, t, reduction="mean")
+    return float(ops.cross_entropy(z, t, reduction="mean")), ops.cross_entropy_backward(z, t, reduction="mean")
 
 
-def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> Tuple[float, np.ndarray]:
+def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean per-pixel cross-entropy of logits (N, K, H, W) at labels (N, H, W), gradient (N, K, H, W)."""
     n, k, h, w = logits.shape
     flat = logits.transpose(0, 2, 3, 1).reshape(-1, k)
@@ -46,7 +47,7 @@ def pixel_cross_entropy_grad(logits: np.ndarray, labels: np.ndarray) -> Tuple[fl
     return loss, np.ascontiguousarray(grad.reshape(n, h, w, k).transpose(0, 3, 1, 2))
 
 
-def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]:
+def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean BCE-with-logits over every entry of logits (N, C) against 0/1 targets (N, C), and its gradient, by the
     C bce_with_logits op (per-sample means of equal size, so their mean is the mean over every entry)."""
     z = np.ascontiguousarray(logits, dtype=np.float32)
@@ -60,10 +61,10 @@ SUPERVISED_LOG_FIELDS = ["step", "loss", "grad_norm", "lr", "seconds"]
 
 
 def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps: int, lr: float = 1e-3,
-                  grad_clip: float = 1.0, seed: int = 0, frozen_prefix: Optional[str] = None,
+                  grad_clip: float = 1.0, seed: int = 0, frozen_prefix: str | None = None,
                   progress: bool = True, label: str = "train", weight_decay: float = 0.0,
-                  out_dir: Optional[PathLike] = None, checkpoint_every: int = 500, resume: bool = False,
-                  metadata: Optional[Mapping[str, str]] = None, log_every: int = 10) -> Dict[str, Any]:
+                  out_dir: PathLike | None = None, checkpoint_every: int = 500, resume: bool = False,
+                  metadata: Mapping[str, str] | None = None, log_every: int = 10) -> dict[str, Any]:
     """Trains net in place for `steps` AdamW steps (cosine decay of lr to 10%).
 
     batches(rng) -> (x, targets) draws a batch; loss_grad(outputs, targets) -> (loss, douts tuple); parameters
@@ -108,7 +109,7 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                  lambda: dict(rng_state=np.str_(json.dumps(rng.bit_generator.state)), **opt.state_dict()))
 
     bar = _Progress(steps, start, progress, log_every, label=label)
-    history: List[float] = []
+    history: list[float] = []
     step, interrupted = start, False
     try:
         with run.logging() if run is not None else nullcontext(), StopFlag() as stop:
@@ -117,7 +118,7 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                 x, targets = batches(rng)
                 opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
                 loss, flat = net._c.train_step(be, np.ascontiguousarray(x, np.float32),
-                                               lambda outputs: _swap(loss_grad(outputs, targets)))
+                                               lambda outputs, targets=targets: _swap(loss_grad(outputs, targets)))
                 if frozen:
                     for a, b in frozen:
                         flat[a:b] = 0.0
@@ -191,17 +192,17 @@ class TrainingSet:
     """
 
     images: np.ndarray
-    files: List[str]
-    masks: Optional[np.ndarray] = None
-    classes: Optional[List[str]] = None
-    labels: Optional[np.ndarray] = None
-    concepts: Optional[np.ndarray] = None
-    concept_names: Optional[List[str]] = None
+    files: list[str]
+    masks: np.ndarray | None = None
+    classes: list[str] | None = None
+    labels: np.ndarray | None = None
+    concepts: np.ndarray | None = None
+    concept_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def split(self, val_fraction: float, seed: int = 0) -> Tuple["TrainingSet", "TrainingSet"]:
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[TrainingSet, TrainingSet]:
         """(train, validation): a seeded random split, at least one image in each."""
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -212,13 +213,14 @@ class TrainingSet:
         n_val = min(n - 1, max(1, int(round(val_fraction * n))))
         return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
 
-    def subset(self, index: np.ndarray) -> "TrainingSet":
-        take = (lambda a: None if a is None else a[index])
+    def subset(self, index: np.ndarray) -> TrainingSet:
+        def take(a):
+            return (None if a is None else a[index])
         return TrainingSet(self.images[index], [self.files[i] for i in index], take(self.masks), self.classes,
                            take(self.labels), take(self.concepts), self.concept_names)
 
 
-def _read_label_csv(path: Path) -> Tuple[List[str], Dict[str, Dict[str, str]]]:
+def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
@@ -230,9 +232,9 @@ def _read_label_csv(path: Path) -> Tuple[List[str], Dict[str, Dict[str, str]]]:
     return fields, rows
 
 
-def load_training_set(images: PathLike, size: Optional[Tuple[int, int]] = None, masks: Optional[PathLike] = None,
-                      labels: Optional[PathLike] = None, label_column: str = "label",
-                      concept_columns: Sequence[str] = (), classes: Optional[Sequence[str]] = None,
+def load_training_set(images: PathLike, size: tuple[int, int] | None = None, masks: PathLike | None = None,
+                      labels: PathLike | None = None, label_column: str = "label",
+                      concept_columns: Sequence[str] = (), classes: Sequence[str] | None = None,
                       progress: bool = False) -> TrainingSet:
     """Reads a training set.
 
@@ -297,8 +299,8 @@ def load_training_set(images: PathLike, size: Optional[Tuple[int, int]] = None, 
     return ts
 
 
-def _load_masks(folder: Path, files: Sequence[Path], size: Tuple[int, int],
-                classes: Optional[Sequence[str]]) -> Tuple[np.ndarray, List[str]]:
+def _load_masks(folder: Path, files: Sequence[Path], size: tuple[int, int],
+                classes: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
     from PIL import Image
 
     if not folder.is_dir():
@@ -350,7 +352,7 @@ def init_for_training(net: NetworkBase, seed: int = 0) -> None:
 
 
 def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool = True,
-                  max_shift: Optional[int] = None) -> BatchFn:
+                  max_shift: int | None = None) -> BatchFn:
     """batches(rng) -> (x, targets): batch_size images drawn with replacement, randomly flipped and shifted
     (masks moved with their images). target: "masks", "labels" or "concepts"."""
     from .ddpm import _augment
@@ -382,7 +384,7 @@ def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, b
     return np.concatenate([fn(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
 
 
-def evaluate(kind: str, model: Any, data: TrainingSet) -> Dict[str, Any]:
+def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
     """Validation numbers: segmenter -- pixel accuracy and per-class Dice; classifier -- accuracy and balanced
     accuracy; oracle -- per-concept accuracy and the accuracy of the standard-plane rule applied to its heads."""
     if kind == "segmenter":
@@ -395,31 +397,33 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> Dict[str, Any]:
         return dict(pixel_accuracy=float(np.mean(pred == data.masks)), dice=dice,
                     mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None)
     if kind == "classifier":
+        assert data.labels is not None  # a classifier's training set has labels (load_training_set)
         pred = _predict_in_batches(lambda x: predicted_class(model.logits(x), axis=1), data.images)
         return dict(accuracy=float(np.mean(pred == data.labels)),
                     balanced_accuracy=balanced_accuracy(pred, data.labels))
     if kind == "oracle":
         p = _predict_in_batches(lambda x: sigmoid(model.logits(x)), data.images)
+        assert data.concepts is not None and data.concept_names is not None  # an oracle's set has concepts
         hits = (p > 0.5) == (data.concepts > 0.5)
-        out: Dict[str, Any] = dict(concept_accuracy={c: float(hits[:, i].mean())
+        out: dict[str, Any] = dict(concept_accuracy={c: float(hits[:, i].mean())
                                                      for i, c in enumerate(data.concept_names)})
         if data.labels is not None:
             qs = np.ones(len(p))
-            for i, c in enumerate(data.concept_names):
-                qs *= (1.0 - p[:, i]) if c in model.negative else p[:, i]
+            for i, concept in enumerate(data.concept_names):
+                qs *= (1.0 - p[:, i]) if concept in model.negative else p[:, i]
             out["rule_accuracy"] = float(np.mean((qs > 0.5) == (data.labels == 1)))
         return out
     raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
 
 
-def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Optional[PathLike] = None,
-                     labels: Optional[PathLike] = None, size: Optional[Tuple[int, int]] = None,
-                     segmenter: Optional[PathLike] = None, concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
+def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: PathLike | None = None,
+                     labels: PathLike | None = None, size: tuple[int, int] | None = None,
+                     segmenter: PathLike | None = None, concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
                      negative: Sequence[str] = ("FP",), width: int = 16, levels: int = 3, groups: int = 8,
                      k: int = 8, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
                      weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
                      val_fraction: float = 0.1, checkpoint_every: int = 500, resume: bool = False,
-                     progress: bool = True) -> Dict[str, Any]:
+                     progress: bool = True) -> dict[str, Any]:
     """Trains one of the image networks on a folder and writes ``model.safetensors`` (loads with
     :func:`diffice.models.files.load_model`), ``metrics.json`` (validation numbers), ``loss.csv``/``loss.png`` and
     ``train_state.npz`` (for resume) to out_dir.
@@ -429,8 +433,8 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
         SonoNet-k on [x, s's K probability maps] with a 2-logit head, cross-entropy on the ``labels`` CSV column
         ``label`` (1 = standard plane);
     kind "oracle": one logit per concept (binary cross-entropy on the CSV's concept columns), the independent
-        judge of :class:`diffice.models.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one trained
-        separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
+        judge of :class:`diffice.models.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one
+        trained separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
     A seeded val_fraction of the images is held out for the validation numbers.
     """
     from ..models.classifier import PlaneClassifier, Segmenter
@@ -463,6 +467,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
 
         model = build_model(json.loads(load_safetensors_metadata(saved)["diffice_model"]))
     elif kind == "segmenter":
+        assert data.classes is not None  # a segmenter's training set has its class names (load_training_set)
         model = Segmenter(classes=len(data.classes), width=width, levels=levels, groups=groups)
         model.class_names = list(data.classes)
     else:
@@ -472,6 +477,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Opti
             if not isinstance(seg, Segmenter):
                 raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(seg).__name__})")
         if kind == "classifier":
+            assert seg is not None and data.labels is not None  # both required above
             n_classes = int(data.labels.max()) + 1
             if n_classes < 2:
                 raise ValueError(f"{labels}: the label column has a single class")
