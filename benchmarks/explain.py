@@ -9,6 +9,7 @@ respaced to 100, tau 20. One lambda_c value so both implementations do exactly o
     python benchmarks/explain.py                      # every method, batch 4
     python benchmarks/explain.py --methods diff-ice-1 --batch 10 --images 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,22 @@ from harness import in_subprocess, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (56, 72)
-UNET = dict(in_channels=1, model_channels=64, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(4, 8),
-            learn_sigma=True, num_heads=4)
+UNET = dict(
+    in_channels=1,
+    model_channels=64,
+    num_res_blocks=2,
+    channel_mult=(1, 2, 2, 2),
+    attention_resolutions=(4, 8),
+    learn_sigma=True,
+    num_heads=4,
+)
 CLASSES = 4  # segmentation classes
-METHODS = {"diff-ice": ("diff-ice", 5), "diff-ice-1": ("diff-ice-1", 1), "diff-ice-1-xt": ("diff-ice-1-xt", 1),
-           "dime": ("dime", 1)}
+METHODS = {
+    "diff-ice": ("diff-ice", 5),
+    "diff-ice-1": ("diff-ice-1", 1),
+    "diff-ice-1-xt": ("diff-ice-1-xt", 1),
+    "dime": ("dime", 1),
+}
 
 
 def build_diffice(seed: int = 0):
@@ -65,8 +77,9 @@ def build_torch(unet, clf, perceptual):
     model = load(UNetModel(unet.config), unet.state_dict())
     seg = load(TorchSegmenter(**{k: v for k, v in clf.segmenter.config.items()}), clf.segmenter.state_dict())
     l = load(SonoNetReference(k=8, in_channels=1 + CLASSES, num_classes=2), clf.classifier.state_dict())
-    resnet = load(ResNet(depth=18, layout="torchvision", in_channels=1, taps=("layer2",)),
-                  perceptual.features.state_dict())
+    resnet = load(
+        ResNet(depth=18, layout="torchvision", in_channels=1, taps=("layer2",)), perceptual.features.state_dict()
+    )
 
     class PlaneClassifier(torch.nn.Module):
         def forward(self, x):
@@ -90,8 +103,17 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
     if impl == "diffice":
         from diffice.explain.explainer import Explainer
 
-        ex = Explainer(unet, diffusion, clf, perceptual, method=name, iterations=iterations, tau=tau,
-                       lambda_c=(60.0,), lambda_p=30.0)
+        ex = Explainer(
+            unet,
+            diffusion,
+            clf,
+            perceptual,
+            method=name,
+            iterations=iterations,
+            tau=tau,
+            lambda_c=(60.0,),
+            lambda_p=30.0,
+        )
         t0 = time.perf_counter()
         res = ex.explain(x, target=1, seed=0)
         seconds = time.perf_counter() - t0
@@ -108,12 +130,12 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
         xt = torch.from_numpy(x)
         kind = {"diff-ice": "diff-ice", "diff-ice-1": "diff-ice", "diff-ice-1-xt": "xt", "dime": "dime"}[method]
         t0 = time.perf_counter()
-        explain(model, td, tclf, tperc, xt, 1, iterations=iterations, tau=tau, lambdas=(60.0,), lambda_p=30.0,
-                method=kind)
+        explain(
+            model, td, tclf, tperc, xt, 1, iterations=iterations, tau=tau, lambdas=(60.0,), lambda_p=30.0, method=kind
+        )
         seconds = time.perf_counter() - t0
         arena = 0
-    return dict(seconds=seconds, peak_rss_mb=peak_rss_mb(),
-                arena_mb=arena / 2**20)
+    return dict(seconds=seconds, peak_rss_mb=peak_rss_mb(), arena_mb=arena / 2**20)
 
 
 def measure(impl, method, batch, tau, threads) -> dict:
@@ -132,8 +154,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=423, help="image-set size for the total-time column")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    print(f"{SIZE[0]}x{SIZE[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
-          f"{args.threads} threads; total time = batch time x {args.images} / batch\n")
+    print(
+        f"{SIZE[0]}x{SIZE[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
+        f"{args.threads} threads; total time = batch time x {args.images} / batch\n"
+    )
     print("| method | impl | batch time (s) | total time (h) | peak RSS (MB) | sampler arena (MB) | time ratio |")
     print("|---|---|---|---|---|---|---|")
     for method in args.methods:
@@ -146,8 +170,11 @@ def main() -> None:
             if impl == "diffice" and "seconds" in rows["torch"]:
                 ratio = f"{r['seconds'] / rows['torch']['seconds']:.2f}"
             total = r["seconds"] * args.images / args.batch / 3600
-            print(f"| {method} | {impl} | {r['seconds']:.1f} | {total:.2f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['arena_mb']:.0f} | {ratio} |", flush=True)
+            print(
+                f"| {method} | {impl} | {r['seconds']:.1f} | {total:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['arena_mb']:.0f} | {ratio} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

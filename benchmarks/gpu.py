@@ -17,6 +17,7 @@ DiME's nested loop costs tau guided steps plus tau (tau - 1) / 2 unguided UNet f
     python benchmarks/gpu.py --config small --device cpu --batch 2 --tau 4 --dime-tau 3   # a smoke test
     python benchmarks/gpu.py --jsonl results.jsonl        # also append each row as JSON as soon as it is measured
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,22 +31,39 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import in_subprocess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-UNET_BASE = dict(num_head_channels=-1, num_heads_upsample=-1, use_new_attention_order=False,
-                 use_scale_shift_norm=True, resblock_updown=True, learn_sigma=True, num_heads=4, in_channels=1,
-                 out_channels=2)
+UNET_BASE = dict(
+    num_head_channels=-1,
+    num_heads_upsample=-1,
+    use_new_attention_order=False,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    learn_sigma=True,
+    num_heads=4,
+    in_channels=1,
+    out_channels=2,
+)
 CONFIGS = {
     # docs/method.md 1.1-1.2; attention at 1/8 and 1/16 as benchmarks/unet.py's "paper" model
-    "paper": dict(size=(224, 288), unet=dict(UNET_BASE, model_channels=128, num_res_blocks=2,
-                                             channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16)),
-                  sononet_k=16, segmenter=dict(width=32, levels=4, groups=8), resnet_depth=50),
-    "small": dict(size=(32, 48), unet=dict(UNET_BASE, model_channels=32, num_res_blocks=1,
-                                           channel_mult=(1, 2), attention_resolutions=(2,)),
-                  sononet_k=4, segmenter=dict(width=8, levels=2, groups=4), resnet_depth=18),
+    "paper": dict(
+        size=(224, 288),
+        unet=dict(
+            UNET_BASE, model_channels=128, num_res_blocks=2, channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16)
+        ),
+        sononet_k=16,
+        segmenter=dict(width=32, levels=4, groups=8),
+        resnet_depth=50,
+    ),
+    "small": dict(
+        size=(32, 48),
+        unet=dict(UNET_BASE, model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,)),
+        sononet_k=4,
+        segmenter=dict(width=8, levels=2, groups=4),
+        resnet_depth=18,
+    ),
 }
 SEG_CLASSES = 4
 # method -> (torch_sampler method, iterations)
-METHODS = {"diff-ice": ("diff-ice", 5), "diff-ice-1": ("diff-ice", 1), "diff-ice-1-xt": ("xt", 1),
-           "dime": ("dime", 1)}
+METHODS = {"diff-ice": ("diff-ice", 5), "diff-ice-1": ("diff-ice", 1), "diff-ice-1-xt": ("xt", 1), "dime": ("dime", 1)}
 
 
 def build_torch(config: str, device: str):
@@ -118,17 +136,31 @@ def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int,
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = explain(unet, diffusion, clf, perc, x, 1, iterations=iterations, tau=tau, lambdas=(60.0,),
-                      lambda_p=30.0, method=kind)
+        out = explain(
+            unet,
+            diffusion,
+            clf,
+            perc,
+            x,
+            1,
+            iterations=iterations,
+            tau=tau,
+            lambdas=(60.0,),
+            lambda_p=30.0,
+            method=kind,
+        )
         sync()
         seconds = time.perf_counter() - t0
         if not torch.isfinite(out[-1]).all():
             return dict(error="non-finite output")
     row = dict(seconds=seconds)
     if cuda:
-        row.update(peak_allocated_gb=torch.cuda.max_memory_allocated() / 1e9,
-                   peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9,
-                   card=torch.cuda.get_device_name(), torch=torch.__version__)
+        row.update(
+            peak_allocated_gb=torch.cuda.max_memory_allocated() / 1e9,
+            peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9,
+            card=torch.cuda.get_device_name(),
+            torch=torch.__version__,
+        )
     return row
 
 
@@ -147,10 +179,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--tau", type=int, default=120)
     parser.add_argument("--dime-tau", type=int, default=20, help="tau at which DiME is timed (see above)")
-    parser.add_argument("--methods", nargs="+", default=["diff-ice-1", "diff-ice-1-xt", "dime", "diff-ice"],
-                        choices=list(METHODS))
-    parser.add_argument("--no-fp32", dest="fp32", action="store_false",
-                        help="skip the Diff-ICE_1 row with TF32 off")
+    parser.add_argument(
+        "--methods", nargs="+", default=["diff-ice-1", "diff-ice-1-xt", "dime", "diff-ice"], choices=list(METHODS)
+    )
+    parser.add_argument("--no-fp32", dest="fp32", action="store_false", help="skip the Diff-ICE_1 row with TF32 off")
     parser.add_argument("--jsonl", type=Path, help="append each row here as soon as it is measured")
     args = parser.parse_args()
 
@@ -163,8 +195,10 @@ def main() -> None:
             plan.append(("torch", "unet-forward", args.tau, 1))
 
     size = CONFIGS[args.config]["size"]
-    print(f"config {args.config} ({size[0]}x{size[1]}), batch {args.batch}, tau {args.tau} of 400 respaced steps "
-          f"(DiME timed at tau {args.dime_tau}), one lambda_c, device {args.device}")
+    print(
+        f"config {args.config} ({size[0]}x{size[1]}), batch {args.batch}, tau {args.tau} of 400 respaced steps "
+        f"(DiME timed at tau {args.dime_tau}), one lambda_c, device {args.device}"
+    )
     print("diffice: no CUDA backend yet (issue 8), so only the PyTorch eager rows exist\n")
     print("| method | impl | TF32 | tau | batch time (s) | peak allocated (GB) | peak reserved (GB) |")
     print("|---|---|---|---|---|---|---|")
@@ -180,18 +214,18 @@ def main() -> None:
         if "error" in r:
             print(f"| {method} | {label} | | {tau} | {r['error']} | | |", flush=True)
             continue
-        mem = (f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}" if "peak_allocated_gb" in r
-               else "- | -")
-        print(f"| {method} | {label} | {'on' if tf32 else 'off'} | {tau} | {r['seconds']:.2f} | {mem} |",
-              flush=True)
+        mem = f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}" if "peak_allocated_gb" in r else "- | -"
+        print(f"| {method} | {label} | {'on' if tf32 else 'off'} | {tau} | {r['seconds']:.2f} | {mem} |", flush=True)
 
     dime, fwd, one = (rows.get(("torch", k, 1)) for k in ("dime", "unet-forward", "diff-ice-1"))
     if dime and fwd and one and not any("error" in r for r in (dime, fwd, one)):
         guided_step = one["seconds"] / args.tau
         estimate = guided_step * args.tau + fwd["seconds"] * args.tau * (args.tau - 1) / 2
-        print(f"\nDiME at tau {args.tau}, ESTIMATED from the measured parts: {args.tau} guided steps x "
-              f"{guided_step:.3f} s + {args.tau * (args.tau - 1) // 2} UNet forwards x {fwd['seconds']:.4f} s "
-              f"= {estimate:.0f} s per batch")
+        print(
+            f"\nDiME at tau {args.tau}, ESTIMATED from the measured parts: {args.tau} guided steps x "
+            f"{guided_step:.3f} s + {args.tau * (args.tau - 1) // 2} UNet forwards x {fwd['seconds']:.4f} s "
+            f"= {estimate:.0f} s per batch"
+        )
         if args.jsonl:
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(dict(method="dime", impl="torch", estimate_seconds=estimate, tau=args.tau)) + "\n")

@@ -1,5 +1,6 @@
 """What every network benchmark shares: each measurement runs in a fresh process (its own peak RSS, its own
 thread count), the median of several timed runs after a warm-up."""
+
 from __future__ import annotations
 
 import json

@@ -19,6 +19,7 @@ What it does:
 
 Resumable: the DDPM training resumes from WORK/ddpm (--steps is the total).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,10 +86,27 @@ def main() -> int:
     print(f"HC18: {len(images)} images at {size[0]}x{size[1]}", flush=True)
     t0 = time.time()
     resume = (work / "ddpm" / "train_state.npz").exists()
-    config = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,),
-                  num_heads=4, learn_sigma=True)
-    result = train_ddpm(images, work / "ddpm", config, steps=args.steps, batch_size=8, lr=2e-4, weight_decay=0.05,
-                        ema_rate=0.999, checkpoint_every=250, resume=resume, seed=args.seed)
+    config = dict(
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_heads=4,
+        learn_sigma=True,
+    )
+    result = train_ddpm(
+        images,
+        work / "ddpm",
+        config,
+        steps=args.steps,
+        batch_size=8,
+        lr=2e-4,
+        weight_decay=0.05,
+        ema_rate=0.999,
+        checkpoint_every=250,
+        resume=resume,
+        seed=args.seed,
+    )
     train_seconds = time.time() - t0
     if result.interrupted:
         return 130
@@ -97,36 +115,62 @@ def main() -> int:
 
     sononet = SonoNet.from_file(SHARED / "weights" / "sononet" / "SonoNet16.npz")
     view = UpsampledClassifier(TargetClassView(sononet, BRAIN_TV), factor)
-    probs = np.concatenate([view.forward(images[i:i + 32]).probabilities[:, 1] for i in range(0, len(images), 32)])
+    probs = np.concatenate([view.forward(images[i : i + 32]).probabilities[:, 1] for i in range(0, len(images), 32)])
     candidates = np.where(probs < 0.5)[0]
     order = candidates[np.argsort(probs[candidates])]
     pick = np.sort(order[np.linspace(0, len(order) - 1, args.n).round().astype(int)]) if len(order) else order
-    print(f"SonoNet-16 on the downsized images: {np.mean(probs >= 0.5):.2%} classified Brain (Tv.); "
-          f"explaining {len(pick)} of the {len(candidates)} others", flush=True)
+    print(
+        f"SonoNet-16 on the downsized images: {np.mean(probs >= 0.5):.2%} classified Brain (Tv.); "
+        f"explaining {len(pick)} of the {len(candidates)} others",
+        flush=True,
+    )
     x = np.ascontiguousarray(images[pick])
-    explainer = Explainer(unet, diffusion, view, PixelLoss("l2"), method="diff-ice", iterations=5, tau=30,
-                          lambda_c=(40.0, 60.0, 80.0), lambda_p=args.lambda_p)
+    explainer = Explainer(
+        unet,
+        diffusion,
+        view,
+        PixelLoss("l2"),
+        method="diff-ice",
+        iterations=5,
+        tau=30,
+        lambda_c=(40.0, 60.0, 80.0),
+        lambda_p=args.lambda_p,
+    )
     t1 = time.time()
     res = explainer.explain(x, target=1, seed=args.seed)
     explain_seconds = time.time() - t1
     rows = []
     for l in range(res.counterfactuals.shape[0]):
-        rows.append(dict(iteration=l + 1, flip_ratio=float(res.flipped[l].mean()),
-                         mean_prob=float(res.prob_target[l + 1].mean()),
-                         mean_prob_change=float((res.prob_target[l + 1] - res.prob_target[0]).mean()),
-                         mean_l1_to_input=float(np.abs(res.counterfactuals[l] - x).mean())))
+        rows.append(
+            dict(
+                iteration=l + 1,
+                flip_ratio=float(res.flipped[l].mean()),
+                mean_prob=float(res.prob_target[l + 1].mean()),
+                mean_prob_change=float((res.prob_target[l + 1] - res.prob_target[0]).mean()),
+                mean_l1_to_input=float(np.abs(res.counterfactuals[l] - x).mean()),
+            )
+        )
     print(f"{'iteration':>9} {'flip ratio':>10} {'p(Brain Tv.)':>12} {'change':>8} {'L1 to x':>8}")
     print(f"{0:>9} {'':>10} {res.prob_target[0].mean():12.3f}")
     for r in rows:
-        print(f"{r['iteration']:>9} {r['flip_ratio']:10.2f} {r['mean_prob']:12.3f} {r['mean_prob_change']:+8.3f} "
-              f"{r['mean_l1_to_input']:8.3f}")
-    fig = path_figure(x, res.counterfactuals, res.prob_target, None,
-                      row_titles=[f"HC18 #{i}" for i in pick], scale=3)
+        print(
+            f"{r['iteration']:>9} {r['flip_ratio']:10.2f} {r['mean_prob']:12.3f} {r['mean_prob_change']:+8.3f} "
+            f"{r['mean_l1_to_input']:8.3f}"
+        )
+    fig = path_figure(x, res.counterfactuals, res.prob_target, None, row_titles=[f"HC18 #{i}" for i in pick], scale=3)
     save_png(work / f"hc18_figure{args.tag}.png", fig)
-    summary = dict(images=len(images), size=list(size), ddpm_steps=result.step, train_seconds=train_seconds,
-                   explain_seconds=explain_seconds, explained=[int(i) for i in pick],
-                   input_prob=float(res.prob_target[0].mean()), iterations=rows,
-                   classified_brain_tv=float(np.mean(probs >= 0.5)), lambda_p=args.lambda_p)
+    summary = dict(
+        images=len(images),
+        size=list(size),
+        ddpm_steps=result.step,
+        train_seconds=train_seconds,
+        explain_seconds=explain_seconds,
+        explained=[int(i) for i in pick],
+        input_prob=float(res.prob_target[0].mean()),
+        iterations=rows,
+        classified_brain_tv=float(np.mean(probs >= 0.5)),
+        lambda_p=args.lambda_p,
+    )
     (work / f"hc18_results{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {work / f'hc18_figure{args.tag}.png'} and {work / f'hc18_results{args.tag}.json'}")
     return 0

@@ -7,6 +7,7 @@ over inputs built once. Add an op by writing a function that returns Cases and l
     python benchmarks/ops.py                  # every suite, batch 1 and 10
     python benchmarks/ops.py --only conv2d --batches 1 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,10 @@ from diffice import ops  # noqa: E402
 
 @dataclass
 class Case:
-    op: str                              # "conv2d forward"
-    shape: str                           # "128->128 112x144 3x3"
+    op: str  # "conv2d forward"
+    shape: str  # "128->128 112x144 3x3"
     batch: int
-    flops: float                         # floating-point operations of one call (multiply-add = 2)
+    flops: float  # floating-point operations of one call (multiply-add = 2)
     diffice: Callable[[], object]
     torch: Callable[[], object]
 
@@ -54,13 +55,28 @@ def conv2d_cases(batch: int, rng: np.random.Generator) -> list[Case]:
         dy, dyt = _inputs(rng, batch, co, h, w)
         flops = 2.0 * batch * co * ci * 9 * h * w
         shape = f"{ci}->{co} {h}x{w} 3x3"
-        cases.append(Case("conv2d forward", shape, batch, flops,
-                          lambda x=x, wgt=wgt, b=b: ops.conv2d(x, wgt, b, padding=1),
-                          lambda xt=xt, wt=wt, bt=bt: F.conv2d(xt, wt, bt, padding=1)))
-        cases.append(Case("conv2d backward_input", shape, batch, flops,
-                          lambda dy=dy, wgt=wgt, s=x.shape: ops.conv2d_backward_input(dy, wgt, s, padding=1),
-                          lambda dyt=dyt, xt=xt, wt=wt: torch.ops.aten.convolution_backward(
-                              dyt, xt, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])))
+        cases.append(
+            Case(
+                "conv2d forward",
+                shape,
+                batch,
+                flops,
+                lambda x=x, wgt=wgt, b=b: ops.conv2d(x, wgt, b, padding=1),
+                lambda xt=xt, wt=wt, bt=bt: F.conv2d(xt, wt, bt, padding=1),
+            )
+        )
+        cases.append(
+            Case(
+                "conv2d backward_input",
+                shape,
+                batch,
+                flops,
+                lambda dy=dy, wgt=wgt, s=x.shape: ops.conv2d_backward_input(dy, wgt, s, padding=1),
+                lambda dyt=dyt, xt=xt, wt=wt: torch.ops.aten.convolution_backward(
+                    dyt, xt, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+                ),
+            )
+        )
     return cases
 
 
@@ -79,12 +95,26 @@ def linear_cases(batch: int, rng: np.random.Generator) -> list[Case]:
         dy, dyt = _inputs(rng, m, fout)
         flops = 2.0 * m * fin * fout
         shape = f"({m}, {fin}) -> {fout}"
-        cases.append(Case("linear forward", shape, batch, flops,
-                          lambda x=x, wgt=wgt, b=b: ops.linear(x, wgt, b),
-                          lambda xt=xt, wt=wt, bt=bt: F.linear(xt, wt, bt)))
-        cases.append(Case("linear backward_input", shape, batch, flops,
-                          lambda dy=dy, wgt=wgt: ops.linear_backward_input(dy, wgt),
-                          lambda dyt=dyt, wt=wt: torch.matmul(dyt, wt)))
+        cases.append(
+            Case(
+                "linear forward",
+                shape,
+                batch,
+                flops,
+                lambda x=x, wgt=wgt, b=b: ops.linear(x, wgt, b),
+                lambda xt=xt, wt=wt, bt=bt: F.linear(xt, wt, bt),
+            )
+        )
+        cases.append(
+            Case(
+                "linear backward_input",
+                shape,
+                batch,
+                flops,
+                lambda dy=dy, wgt=wgt: ops.linear_backward_input(dy, wgt),
+                lambda dyt=dyt, wt=wt: torch.matmul(dyt, wt),
+            )
+        )
     return cases
 
 
@@ -102,14 +132,30 @@ def group_norm_cases(batch: int, rng: np.random.Generator) -> list[Case]:
         _, mean, rstd = torch.ops.aten.native_group_norm(xt, gt, bt, batch, c, h * w, 32, 1e-5)
         flops = 8.0 * batch * c * h * w  # nominal: a few passes over the data; the op is memory bound
         shape = f"{c}x{h}x{w}, 32 groups"
-        cases.append(Case("group_norm forward", shape, batch, flops,
-                          lambda x=x, g=g, b=b: ops.group_norm(x, 32, g, b),
-                          lambda xt=xt, gt=gt, bt=bt: F.group_norm(xt, 32, gt, bt)))
-        cases.append(Case("group_norm backward", shape, batch, flops,
-                          lambda dy=dy, x=x, g=g: ops.group_norm_backward(dy, x, 32, g),
-                          lambda dyt=dyt, xt=xt, gt=gt, mean=mean, rstd=rstd, c=c, hw=h * w:
-                          torch.ops.aten.native_group_norm_backward(dyt, xt, mean, rstd, gt, batch, c, hw, 32,
-                                                                    [True, True, True])))
+        cases.append(
+            Case(
+                "group_norm forward",
+                shape,
+                batch,
+                flops,
+                lambda x=x, g=g, b=b: ops.group_norm(x, 32, g, b),
+                lambda xt=xt, gt=gt, bt=bt: F.group_norm(xt, 32, gt, bt),
+            )
+        )
+        cases.append(
+            Case(
+                "group_norm backward",
+                shape,
+                batch,
+                flops,
+                lambda dy=dy, x=x, g=g: ops.group_norm_backward(dy, x, 32, g),
+                lambda dyt=dyt, xt=xt, gt=gt, mean=mean, rstd=rstd, c=c, hw=h * w: (
+                    torch.ops.aten.native_group_norm_backward(
+                        dyt, xt, mean, rstd, gt, batch, c, hw, 32, [True, True, True]
+                    )
+                ),
+            )
+        )
     return cases
 
 
@@ -118,7 +164,7 @@ def _torch_legacy_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     bs, width, length = qkv.shape
     ch = width // (3 * heads)
     q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
-    scale = 1 / ch ** 0.25
+    scale = 1 / ch**0.25
     weight = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
     return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
 
@@ -138,15 +184,26 @@ def attention_cases(batch: int, rng: np.random.Generator) -> list[Case]:
             return q.grad
 
     return [
-        Case("attention forward", shape, batch, flops, lambda: ops.attention(qkv, heads),
-             lambda: _torch_legacy_attention(qkvt, heads)),
-        Case("attention backward", shape, batch, 2 * flops, lambda: ops.attention_backward(dy, qkv, heads),
-             torch_backward),
+        Case(
+            "attention forward",
+            shape,
+            batch,
+            flops,
+            lambda: ops.attention(qkv, heads),
+            lambda: _torch_legacy_attention(qkvt, heads),
+        ),
+        Case(
+            "attention backward",
+            shape,
+            batch,
+            2 * flops,
+            lambda: ops.attention_backward(dy, qkv, heads),
+            torch_backward,
+        ),
     ]
 
 
-SUITES = {"conv2d": conv2d_cases, "linear": linear_cases, "group_norm": group_norm_cases,
-          "attention": attention_cases}
+SUITES = {"conv2d": conv2d_cases, "linear": linear_cases, "group_norm": group_norm_cases, "attention": attention_cases}
 
 
 def time_case(case: Case, repeats: int, warmup: int) -> tuple:
@@ -178,17 +235,21 @@ def main() -> None:
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     rng = np.random.default_rng(0)
-    print(f"diffice cpu backend: {threads} threads; torch {torch.__version__}: {torch.get_num_threads()} threads; "
-          f"median of {args.repeats} after {args.warmup} warm-up calls\n")
+    print(
+        f"diffice cpu backend: {threads} threads; torch {torch.__version__}: {torch.get_num_threads()} threads; "
+        f"median of {args.repeats} after {args.warmup} warm-up calls\n"
+    )
     print("| op | shape | batch | diffice ms | torch ms | diffice/torch | diffice GFLOP/s | torch GFLOP/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for suite in args.only or list(SUITES):
         for batch in args.batches:
             for case in SUITES[suite](batch, rng):
                 ours, theirs = time_case(case, args.repeats, args.warmup)
-                print(f"| {case.op} | {case.shape} | {case.batch} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | "
-                      f"{ours / theirs:.2f} | {case.flops / ours / 1e9:.1f} | {case.flops / theirs / 1e9:.1f} |",
-                      flush=True)
+                print(
+                    f"| {case.op} | {case.shape} | {case.batch} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | "
+                    f"{ours / theirs:.2f} | {case.flops / ours / 1e9:.1f} | {case.flops / theirs / 1e9:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

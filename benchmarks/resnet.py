@@ -8,6 +8,7 @@ Every measurement runs in its own subprocess so that its peak memory (RSS) is it
 
 Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,7 @@ def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: 
             (model(xg)["layer4"] * vt).sum().backward()
             return xg.grad
     else:
+
         def run():
             return net.forward(x) if mode == "forward" else net.vjp(x, {"layer4": v})
 
@@ -60,7 +62,7 @@ def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: 
 
 
 def measure(impl, layout, batch, size, mode, repeats, threads) -> dict:
-    return in_subprocess(__file__, [impl, layout, batch, f"{size[0]}x{size[1]}", mode, repeats,threads], threads)
+    return in_subprocess(__file__, [impl, layout, batch, f"{size[0]}x{size[1]}", mode, repeats, threads], threads)
 
 
 def main() -> None:
@@ -78,10 +80,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     size = tuple(int(s) for s in args.size.split("x"))
-    print(f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; "
-          f"median of {args.repeats} after a warm-up; peak RSS per process\n")
-    print("| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB "
-          "| torch RSS MB |")
+    print(
+        f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; "
+        f"median of {args.repeats} after a warm-up; peak RSS per process\n"
+    )
+    print(
+        "| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for layout in args.layouts:
         for batch in args.batches:
@@ -91,9 +96,13 @@ def main() -> None:
 
                 def cell(r, key, fmt):
                     return r["error"] if "error" in r else format(r[key], fmt)
+
                 ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
-                print(f"| {layout} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | {cell(t, 'seconds', '.3f')} | "
-                      f"{ratio} | {cell(d, 'peak_rss_mb', '.0f')} | {cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+                print(
+                    f"| {layout} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | {cell(t, 'seconds', '.3f')} | "
+                    f"{ratio} | {cell(d, 'peak_rss_mb', '.0f')} | {cell(t, 'peak_rss_mb', '.0f')} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Every measurement runs in its own subprocess so that its peak memory (RSS) is it
 The input gradient is the sampler's call: d sum(dlogits * logits) / dx through the standardisation.
 Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ def worker(impl: str, k: int, batch: int, mode: str, repeats: int, threads: int)
             (model(xg)[0] * dt).sum().backward()
             return xg.grad
     else:
+
         def run():
             return net.forward(x) if mode == "forward" else net.vjp(x, dlogits=dlogits)
 
@@ -90,9 +92,12 @@ def main() -> None:
 
                 ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
                 call = "forward" if mode == "forward" else "input gradient"
-                print(f"| SonoNet-{k} {SIZE[0]}x{SIZE[1]} | {batch} | {call} | {cell(d, 'seconds', '.3f')} | "
-                      f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
-                      f"{cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+                print(
+                    f"| SonoNet-{k} {SIZE[0]}x{SIZE[1]} | {batch} | {call} | {cell(d, 'seconds', '.3f')} | "
+                    f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
+                    f"{cell(t, 'peak_rss_mb', '.0f')} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

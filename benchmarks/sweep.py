@@ -3,6 +3,7 @@ time of the units (cluster start-up timed separately), and a check that every st
 
     python benchmarks/sweep.py [--models DEMO_MODELS_DIR] [--phantoms 8] [--workers 1 2]
 """
+
 from __future__ import annotations
 
 import argparse

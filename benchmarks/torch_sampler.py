@@ -2,6 +2,7 @@
 benchmarks/explain.py and benchmarks/gpu.py): guided-diffusion's UNet (tests/gd_reference.py), a classifier module
 returning logits, a perceptual loss module, the same equations as diffice's C sampler (docs/method.md sections 3-5).
 The noise comes from torch's generator, so results differ from diffice's in their randomness, not in the work."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -61,10 +62,23 @@ def guidance_loss(classifier, perceptual, x0, x, target, lambda_c, lambda_p):
     return loss
 
 
-def guided_pass(model, diffusion: TorchDiffusion, classifier, perceptual, x_in, x, target, tau, lambda_c, lambda_p,
-                generator, method="diff-ice"):
+def guided_pass(
+    model,
+    diffusion: TorchDiffusion,
+    classifier,
+    perceptual,
+    x_in,
+    x,
+    target,
+    tau,
+    lambda_c,
+    lambda_p,
+    generator,
+    method="diff-ice",
+):
     """One guided reverse process from x_in; method 'diff-ice' (gradient at x0_hat), 'xt' (through the UNet) or
     'dime' (nested unguided chain, 1/sqrt(abar) scaling)."""
+
     def randn():  # on the images' device, from the generator of that device
         return torch.randn(x_in.shape, generator=generator, device=x_in.device)
 
@@ -97,9 +111,21 @@ def guided_pass(model, diffusion: TorchDiffusion, classifier, perceptual, x_in, 
     return z.detach()
 
 
-def explain(model, diffusion, classifier, perceptual, x, target, iterations=5, tau=120,
-            lambdas: Sequence[float] = (40, 60, 80), lambda_p=30.0, method="diff-ice", seed=0,
-            on_iteration: Callable[[int], None] = None):
+def explain(
+    model,
+    diffusion,
+    classifier,
+    perceptual,
+    x,
+    target,
+    iterations=5,
+    tau=120,
+    lambdas: Sequence[float] = (40, 60, 80),
+    lambda_p=30.0,
+    method="diff-ice",
+    seed=0,
+    on_iteration: Callable[[int], None] = None,
+):
     """Diff-ICE (method 'diff-ice', L iterations) or a single-pass baseline, with the per-iteration lambda_c search."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     target = torch.as_tensor(target, device=x.device).expand(len(x)).long()
@@ -109,8 +135,20 @@ def explain(model, diffusion, classifier, perceptual, x, target, iterations=5, t
         out = current.clone()
         active = torch.arange(len(x), device=x.device)
         for lam in lambdas:
-            cf = guided_pass(model, diffusion, classifier, perceptual, current[active], x[active], target[active], tau,
-                             lam, lambda_p, generator, method)
+            cf = guided_pass(
+                model,
+                diffusion,
+                classifier,
+                perceptual,
+                current[active],
+                x[active],
+                target[active],
+                tau,
+                lam,
+                lambda_p,
+                generator,
+                method,
+            )
             out[active] = cf
             with torch.no_grad():
                 flipped = classifier(cf).argmax(1) == target[active]

@@ -7,6 +7,7 @@ Every measurement runs in its own subprocess so that its peak memory (RSS) is it
 
 Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     # the DiME-size denoiser at the paper's image size (docs/method.md 1.1-1.2)
-    "paper": dict(size=(224, 288), unet=dict(in_channels=1, model_channels=128, num_res_blocks=2,
-                                             channel_mult=(1, 1, 2, 3, 4), attention_resolutions=(8, 16),
-                                             learn_sigma=True, num_heads=4)),
+    "paper": dict(
+        size=(224, 288),
+        unet=dict(
+            in_channels=1,
+            model_channels=128,
+            num_res_blocks=2,
+            channel_mult=(1, 1, 2, 3, 4),
+            attention_resolutions=(8, 16),
+            learn_sigma=True,
+            num_heads=4,
+        ),
+    ),
     # what a sampler test can afford
-    "small": dict(size=(56, 72), unet=dict(in_channels=1, model_channels=64, num_res_blocks=2,
-                                           channel_mult=(1, 2, 2, 2), attention_resolutions=(4, 8),
-                                           learn_sigma=True, num_heads=4)),
+    "small": dict(
+        size=(56, 72),
+        unet=dict(
+            in_channels=1,
+            model_channels=64,
+            num_res_blocks=2,
+            channel_mult=(1, 2, 2, 2),
+            attention_resolutions=(4, 8),
+            learn_sigma=True,
+            num_heads=4,
+        ),
+    ),
 }
 
 
@@ -70,6 +89,7 @@ def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads:
             (model(xg, tt) * vt).sum().backward()
             return xg.grad
     else:
+
         def run():
             return unet.forward(x, t) if mode == "forward" else unet.vjp(x, t, v)
 
@@ -100,13 +120,18 @@ def main() -> None:
             for mode in args.modes:
                 d = measure("diffice", config, batch, mode, args.repeats, args.threads)
                 t = measure("torch", config, batch, mode, args.repeats, args.threads)
+
                 def cell(r, key, fmt):
                     return r["error"] if "error" in r else format(r[key], fmt)
-                ratio = (f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-")
+
+                ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
                 h, w = CONFIGS[config]["size"]
-                print(f"| {config} {h}x{w} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | "
-                      f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
-                      f"{cell(t, 'peak_rss_mb', '.0f')} |", flush=True)
+                print(
+                    f"| {config} {h}x{w} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | "
+                    f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
+                    f"{cell(t, 'peak_rss_mb', '.0f')} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

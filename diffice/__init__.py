@@ -6,6 +6,7 @@ files), ``GaussianDiffusion`` (guided-diffusion's schedule and posterior), ``UNe
 denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classifier f = l(s(x), x)),
 ``Explainer`` (Diff-ICE and its baselines), ``phantoms`` (synthetic fetal-head images), ``train_ddpm``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,10 +26,29 @@ from .train.ddpm import train_ddpm
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "io", "phantoms", "GaussianDiffusion", "UNet", "build_info", "__version__",
-           "Segmenter", "PlaneClassifier", "classification_loss", "SonoNet", "TargetClassView",
-           "sononet_preprocess", "Explainer", "SuspiciousRunWarning", "train_ddpm", "ResNetFeatures",
-           "PerceptualLoss", "PixelLoss", "pixel_loss", "load_demo_models"]
+__all__ = [
+    "ops",
+    "io",
+    "phantoms",
+    "GaussianDiffusion",
+    "UNet",
+    "build_info",
+    "__version__",
+    "Segmenter",
+    "PlaneClassifier",
+    "classification_loss",
+    "SonoNet",
+    "TargetClassView",
+    "sononet_preprocess",
+    "Explainer",
+    "SuspiciousRunWarning",
+    "train_ddpm",
+    "ResNetFeatures",
+    "PerceptualLoss",
+    "PixelLoss",
+    "pixel_loss",
+    "load_demo_models",
+]
 
 
 def build_info() -> dict[str, Any]:

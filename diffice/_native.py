@@ -1,4 +1,5 @@
 """Loads the C extension, making sure the oneDNN shared library it links against is found first."""
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """The `diffice` command line (also `python -m diffice`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 shown = " ".join(str(v) for v in default)
             else:
                 shown = str(default).lower() if isinstance(default, bool) else default
-            kwargs: dict[str, Any] = dict(dest=key, default=None,
-                                          help=f"{text} (default: {shown}; [{section}] {key})")
+            kwargs: dict[str, Any] = dict(dest=key, default=None, help=f"{text} (default: {shown}; [{section}] {key})")
             if isinstance(default, bool):
                 kwargs["type"] = _bool
                 kwargs["metavar"] = "{true,false}"
@@ -120,9 +120,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except DistributedUnavailable as exc:
         print(f"diffice explain: error: {exc}", file=sys.stderr)
         return 2
-    print(f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
-          f"{summary['failed']} failed; results in {args.out}/results.csv"
-          + (f" (WARNING above, recorded in {args.out}/warnings.json)" if summary.get("warnings") else ""))
+    print(
+        f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
+        f"{summary['failed']} failed; results in {args.out}/results.csv"
+        + (f" (WARNING above, recorded in {args.out}/warnings.json)" if summary.get("warnings") else "")
+    )
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
 
 
@@ -148,8 +150,12 @@ class _executor:
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("running on a Dask cluster (pip install 'diffice[distributed]')")
     g.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
-    g.add_argument("--cluster", metavar="KIND", help="local:N (N worker processes here), slurm or pbs "
-                   "(dask-jobqueue; jobs, cores, memory, gpus, queue, walltime from the config's [cluster])")
+    g.add_argument(
+        "--cluster",
+        metavar="KIND",
+        help="local:N (N worker processes here), slurm or pbs "
+        "(dask-jobqueue; jobs, cores, memory, gpus, queue, walltime from the config's [cluster])",
+    )
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -161,9 +167,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if not args.tables_only:
             with _run_warnings("sweep"), _executor(args, spec.cluster) as executor:
                 summary = run_sweep(spec, executor=executor, progress=not args.quiet)
-            print(f"diffice sweep: {summary['ran']} units run, {summary['skipped_done']} already done "
-                  f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
-                  file=sys.stderr)
+            print(
+                f"diffice sweep: {summary['ran']} units run, {summary['skipped_done']} already done "
+                f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
+                file=sys.stderr,
+            )
         print_tables(spec.store_path)
     except (DistributedUnavailable, RuntimeError) as exc:
         print(f"diffice sweep: error: {exc}", file=sys.stderr)
@@ -178,8 +186,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     models = load_demo_models(args.models)
     overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
     with _run_warnings("demo"):
-        run_demo(args.out, images=args.images, n=DEMO_N if args.n is None else args.n, seed=args.seed,
-                 models=models, progress=not args.quiet, overrides=overrides)
+        run_demo(
+            args.out,
+            images=args.images,
+            n=DEMO_N if args.n is None else args.n,
+            seed=args.seed,
+            models=models,
+            progress=not args.quiet,
+            overrides=overrides,
+        )
     return 0
 
 
@@ -190,26 +205,34 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         if not args.key:
             raise ValueError("--score needs --key SHEET.key.json (written beside the sheet)")
         r = score_answers(args.score, args.key)
-        print(f"counterfactual preferred in {r['counterfactual_preferred']} of {r['answered']} answered pairs "
-              f"({r['unanswered']} unanswered); exact binomial p = {r['p_value']:.3g} against chance; "
-              f"readers: {', '.join(x or '(unnamed)' for x in r['readers'])}")
+        print(
+            f"counterfactual preferred in {r['counterfactual_preferred']} of {r['answered']} answered pairs "
+            f"({r['unanswered']} unanswered); exact binomial p = {r['p_value']:.3g} against chance; "
+            f"readers: {', '.join(x or '(unnamed)' for x in r['readers'])}"
+        )
         return 0
     if not args.results or not args.out:
         raise ValueError("give RESULTS_DIR and --out SHEET.html (or --score ANSWERS.csv --key KEY.json)")
-    key = make_sheet(args.results, args.out, n=args.n, seed=args.seed, iteration=args.iteration,
-                     flipped_only=args.flipped_only)
-    print(f"wrote {args.out} ({len(key['pairs'])} pairs; give it to the reader) and {key_path(args.out)} "
-          f"(the key: keep it)")
+    key = make_sheet(
+        args.results, args.out, n=args.n, seed=args.seed, iteration=args.iteration, flipped_only=args.flipped_only
+    )
+    print(
+        f"wrote {args.out} ({len(key['pairs'])} pairs; give it to the reader) and {key_path(args.out)} "
+        f"(the key: keep it)"
+    )
     return 0
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
     from .data.phantoms import write_dataset
 
-    counts = write_dataset(args.out, args.n, tuple(args.size), args.seed, args.standard_fraction,
-                           progress=not args.quiet)
-    print(f"diffice phantoms: {counts['standard']} standard and {counts['non_standard']} non-standard planes in "
-          f"{args.out} (images/, masks/, classes.txt, labels.csv)")
+    counts = write_dataset(
+        args.out, args.n, tuple(args.size), args.seed, args.standard_fraction, progress=not args.quiet
+    )
+    print(
+        f"diffice phantoms: {counts['standard']} standard and {counts['non_standard']} non-standard planes in "
+        f"{args.out} (images/, masks/, classes.txt, labels.csv)"
+    )
     return 0
 
 
@@ -223,8 +246,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     classifier = oracle = inception = sononet = None
     if (root / "warnings.json").is_file():  # diffice.explain.run.record_warning: the run itself looked wrong
         for w in json.loads((root / "warnings.json").read_text()):
-            print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}",
-                  file=sys.stderr)
+            print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)
     from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
     if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
         from .explain.demo import load_demo_models
@@ -246,8 +268,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         elif m.get("classifier") and Path(m["classifier"]).is_file():
             from .models.files import load_classifier
 
-            classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"],
-                                         m.get("target_class", 5))
+            classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"], m.get("target_class", 5))
             print(f"diffice metrics: classifier {m['classifier']} (from {settings})", file=sys.stderr)
     if args.classifier or args.oracle:
         from .models.files import load_model
@@ -279,20 +300,42 @@ def _int_list(text: str) -> list[int]:
 def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     from .train.ddpm import train_ddpm
 
-    config = dict(model_channels=args.model_channels, num_res_blocks=args.num_res_blocks,
-                  channel_mult=tuple(_int_list(args.channel_mult)),
-                  attention_resolutions=tuple(_int_list(args.attention_ds)), num_heads=args.num_heads,
-                  num_head_channels=args.num_head_channels, learn_sigma=args.learn_sigma,
-                  use_scale_shift_norm=True, resblock_updown=True)
-    result = train_ddpm(args.images, args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        weight_decay=args.weight_decay, ema_rate=args.ema_rate, grad_clip=args.grad_clip,
-                        seed=args.seed, augment=args.augment, checkpoint_every=args.checkpoint_every,
-                        log_every=args.log_every, resume=args.resume, progress=not args.quiet,
-                        size=tuple(args.size) if args.size else None, diffusion_steps=args.diffusion_steps,
-                        loss_type=args.loss_type)
+    config = dict(
+        model_channels=args.model_channels,
+        num_res_blocks=args.num_res_blocks,
+        channel_mult=tuple(_int_list(args.channel_mult)),
+        attention_resolutions=tuple(_int_list(args.attention_ds)),
+        num_heads=args.num_heads,
+        num_head_channels=args.num_head_channels,
+        learn_sigma=args.learn_sigma,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+    )
+    result = train_ddpm(
+        args.images,
+        args.out,
+        config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ema_rate=args.ema_rate,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        augment=args.augment,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        resume=args.resume,
+        progress=not args.quiet,
+        size=tuple(args.size) if args.size else None,
+        diffusion_steps=args.diffusion_steps,
+        loss_type=args.loss_type,
+    )
     if not args.quiet:
-        print(f"step {result.step}: loss {result.last_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "
-              f"{result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+        print(
+            f"step {result.step}: loss {result.last_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "
+            f"{result.log_path}" + (f", {result.plot_path}" if result.plot_path else "")
+        )
     return 130 if result.interrupted else 0
 
 
@@ -302,14 +345,31 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
     from .train.networks import train_supervised
 
     metrics = train_supervised(
-        args.model, args.images, args.out, masks=getattr(args, "masks", None), labels=getattr(args, "labels", None),
-        size=tuple(args.size) if args.size else None, segmenter=getattr(args, "segmenter", None),
+        args.model,
+        args.images,
+        args.out,
+        masks=getattr(args, "masks", None),
+        labels=getattr(args, "labels", None),
+        size=tuple(args.size) if args.size else None,
+        segmenter=getattr(args, "segmenter", None),
         concepts=[c for c in getattr(args, "concepts", "").split(",") if c],
-        negative=[c for c in getattr(args, "negative", "").split(",") if c], width=getattr(args, "width", 16),
-        levels=getattr(args, "levels", 3), groups=getattr(args, "groups", 8), k=getattr(args, "k", 8),
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip, seed=args.seed, augment=args.augment, val_fraction=args.val_fraction,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet)
+        negative=[c for c in getattr(args, "negative", "").split(",") if c],
+        width=getattr(args, "width", 16),
+        levels=getattr(args, "levels", 3),
+        groups=getattr(args, "groups", 8),
+        k=getattr(args, "k", 8),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        augment=args.augment,
+        val_fraction=args.val_fraction,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
     print(json.dumps(metrics["validation"], indent=2))
     print(f"wrote {args.out}/model.safetensors, metrics.json, loss.csv, loss.png")
     return 130 if metrics["interrupted"] else 0
@@ -336,26 +396,31 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffice", description="Diffusion-based iterative counterfactual "
-                                     "explanations (Diff-ICE) with a C core.")
+    parser = argparse.ArgumentParser(
+        prog="diffice", description="Diffusion-based iterative counterfactual explanations (Diff-ICE) with a C core."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="how the C core was built")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("check", help="run every op on the fast CPU backend and the reference kernels, compare")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("explain", help="counterfactual explanations for a folder of images (resumable)",
-                       description="Generates Diff-ICE counterfactuals (or a baseline) for every image in --images "
-                       "and writes PNGs, per-image records and results.csv to --out. Stopped runs resume. The "
-                       "models: --unet FILE --classifier FILE and an Lp (--perceptual FILE, or --perceptual-kind "
-                       "pixel-l2), or [models] in --config; or --models demo for the models bundled with diffice "
-                       "(64x80 fetal-head phantoms). Every config key is a flag below; flags win over the file.",
-                       epilog="--target vs --target-class: --target is the class the counterfactuals move towards, "
-                       "an index of f's outputs (1 = standard plane); --target-class is only for --classifier-kind "
-                       "sononet and picks which of SonoNet's 14 classes is the standard plane, which makes f a "
-                       "2-output classifier. Example: diffice explain --models demo --images scans/ --out results/")
-    p.add_argument("--config", help="TOML config (sections [models], [diffusion], [method], [run]; see "
-                   "diffice/explain/config.py)")
+    p = sub.add_parser(
+        "explain",
+        help="counterfactual explanations for a folder of images (resumable)",
+        description="Generates Diff-ICE counterfactuals (or a baseline) for every image in --images "
+        "and writes PNGs, per-image records and results.csv to --out. Stopped runs resume. The "
+        "models: --unet FILE --classifier FILE and an Lp (--perceptual FILE, or --perceptual-kind "
+        "pixel-l2), or [models] in --config; or --models demo for the models bundled with diffice "
+        "(64x80 fetal-head phantoms). Every config key is a flag below; flags win over the file.",
+        epilog="--target vs --target-class: --target is the class the counterfactuals move towards, "
+        "an index of f's outputs (1 = standard plane); --target-class is only for --classifier-kind "
+        "sononet and picks which of SonoNet's 14 classes is the standard plane, which makes f a "
+        "2-output classifier. Example: diffice explain --models demo --images scans/ --out results/",
+    )
+    p.add_argument(
+        "--config", help="TOML config (sections [models], [diffusion], [method], [run]; see diffice/explain/config.py)"
+    )
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -363,11 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("sweep", help="a grid of methods and settings over an image set, with the paper's tables",
-                       description="Runs every configuration of the grid in --config ([sweep], [[grid]]; see "
-                       "diffice.explain.sweep) over its image set into one SQLite results store (OUT/results.sqlite), "
-                       "resumably, then prints Table 1 (methods), Table 2 (Diff-ICE per iteration) and Table S3 "
-                       "(ablation) and writes them to OUT/tables.md.")
+    p = sub.add_parser(
+        "sweep",
+        help="a grid of methods and settings over an image set, with the paper's tables",
+        description="Runs every configuration of the grid in --config ([sweep], [[grid]]; see "
+        "diffice.explain.sweep) over its image set into one SQLite results store (OUT/results.sqlite), "
+        "resumably, then prints Table 1 (methods), Table 2 (Diff-ICE per iteration) and Table S3 "
+        "(ablation) and writes them to OUT/tables.md.",
+    )
     p.add_argument("--config", required=True, help="TOML sweep config")
     p.add_argument("--out", help="output folder (default: [sweep] out, relative to the config file)")
     p.add_argument("--batch-size", type=int, default=None, help="images per unit (default: [run] batch_size)")
@@ -376,13 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(p)
     p.set_defaults(func=_cmd_sweep)
 
-
-    p = sub.add_parser("demo", help="Diff-ICE on non-standard-plane phantoms with the bundled models (minutes)",
-                       description="Explains non-standard-plane fetal-head phantoms (or your --images, resized to "
-                                   "64x80) towards the standard plane with Diff-ICE and the models bundled in "
-                                   "the package; prints a per-iteration table (p(SP), flip ratio, oracle QS, "
-                                   "MQD with a 95% bootstrap interval) and writes figure.png (the paper's Figure "
-                                   "3, first 6 images) and results.csv to --out. Resumable.")
+    p = sub.add_parser(
+        "demo",
+        help="Diff-ICE on non-standard-plane phantoms with the bundled models (minutes)",
+        description="Explains non-standard-plane fetal-head phantoms (or your --images, resized to "
+        "64x80) towards the standard plane with Diff-ICE and the models bundled in "
+        "the package; prints a per-iteration table (p(SP), flip ratio, oracle QS, "
+        "MQD with a 95% bootstrap interval) and writes figure.png (the paper's Figure "
+        "3, first 6 images) and results.csv to --out. Resumable.",
+    )
     p.add_argument("--out", default="diffice-demo", help="output folder (default: ./diffice-demo)")
     p.add_argument("--images", default=None, help="explain the images in this folder instead of phantoms")
     p.add_argument("--n", type=int, default=None, help="number of phantoms (default 24: diffice.explain.demo.DEMO_N)")
@@ -393,30 +463,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("metrics", help="evaluation metrics (FID, FSD, SonoSim, MQD, BKL, MAD, FR, COUT) of a "
-                                       "results folder, per iteration",
-                       description="Computes the paper's metrics (docs/method.md section 7) for every iteration of a "
-                                   "folder written by 'diffice explain' or 'diffice demo', from its saved PNGs. "
-                                   "Each number is printed with the subset it was computed on; metrics whose "
-                                   "network is not given are reported as skipped, with the reason.")
+    p = sub.add_parser(
+        "metrics",
+        help="evaluation metrics (FID, FSD, SonoSim, MQD, BKL, MAD, FR, COUT) of a results folder, per iteration",
+        description="Computes the paper's metrics (docs/method.md section 7) for every iteration of a "
+        "folder written by 'diffice explain' or 'diffice demo', from its saved PNGs. "
+        "Each number is printed with the subset it was computed on; metrics whose "
+        "network is not given are reported as skipped, with the reason.",
+    )
     p.add_argument("results_dir", help="the --out folder of 'diffice explain' / 'diffice demo'")
-    p.add_argument("--classifier", help="the guiding classifier f (a diffice model file; default: the demo "
-                                        "classifier for demo results, else the run's own from run_settings.json)")
-    p.add_argument("--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo "
-                                    "oracle)")
+    p.add_argument(
+        "--classifier",
+        help="the guiding classifier f (a diffice model file; default: the demo "
+        "classifier for demo results, else the run's own from run_settings.json)",
+    )
+    p.add_argument(
+        "--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo oracle)"
+    )
     p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")
     p.add_argument("--inception", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for FID)")
-    p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and "
-                                     "SonoSim)")
+    p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and SonoSim)")
     p.add_argument("--no-cout", action="store_true", help="skip COUT (about 50 classifier calls per image)")
     p.add_argument("--json", help="also write the metrics, with their subsets, to this JSON file")
     p.set_defaults(func=_cmd_metrics)
 
-    p = sub.add_parser("pairs", help="blinded (input, counterfactual) reading sheet as HTML; --score tallies answers",
-                       description="Makes a self-contained HTML page of randomised (input, counterfactual) pairs "
-                                   "from a results folder (diffice explain / demo) where a reader clicks the "
-                                   "better image and downloads the answers as CSV; the key is written beside it. "
-                                   "--score ANSWERS.csv --key SHEET.key.json tallies the answers.")
+    p = sub.add_parser(
+        "pairs",
+        help="blinded (input, counterfactual) reading sheet as HTML; --score tallies answers",
+        description="Makes a self-contained HTML page of randomised (input, counterfactual) pairs "
+        "from a results folder (diffice explain / demo) where a reader clicks the "
+        "better image and downloads the answers as CSV; the key is written beside it. "
+        "--score ANSWERS.csv --key SHEET.key.json tallies the answers.",
+    )
     p.add_argument("results", nargs="?", help="results folder of diffice explain or diffice demo")
     p.add_argument("--out", help="the sheet to write (e.g. sheet.html); the key goes to sheet.key.json")
     p.add_argument("--n", type=int, default=50, help="number of pairs (default 50; all images if fewer)")
@@ -427,10 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="KEY.json", help="the sheet's key (with --score)")
     p.set_defaults(func=_cmd_pairs)
 
-    p = sub.add_parser("phantoms", help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
-                       description="Seeded procedural fetal-head phantoms (diffice.data.phantoms) written as 8-bit PNG "
-                                   "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
-                                   "the concepts TH, CSP, FP, sharp.")
+    p = sub.add_parser(
+        "phantoms",
+        help="write a training set of fetal-head phantoms (images, masks, labels.csv)",
+        description="Seeded procedural fetal-head phantoms (diffice.data.phantoms) written as 8-bit PNG "
+        "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
+        "the concepts TH, CSP, FP, sharp.",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of images")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
@@ -440,10 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_phantoms)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    p = train.add_parser("ddpm", help="the guided-diffusion UNet as an unconditional DDPM (the Diff-ICE denoiser)",
-                         description="Trains guided-diffusion's UNet on grayscale images (resized to --size, scaled "
-                         "to [-1, 1]). Writes model.safetensors, ema.safetensors, train_state.npz, loss.csv and "
-                         "loss.png into --out; Ctrl-C saves a checkpoint, --resume continues it.")
+    p = train.add_parser(
+        "ddpm",
+        help="the guided-diffusion UNet as an unconditional DDPM (the Diff-ICE denoiser)",
+        description="Trains guided-diffusion's UNet on grayscale images (resized to --size, scaled "
+        "to [-1, 1]). Writes model.safetensors, ema.safetensors, train_state.npz, loss.csv and "
+        "loss.png into --out; Ctrl-C saves a checkpoint, --resume continues it.",
+    )
     p.add_argument("--images", required=True, help="folder of PNG/JPEG images, or a .npy array (N, H, W) in [-1, 1]")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
@@ -465,22 +549,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-channels", type=int, default=128)
     g.add_argument("--num-res-blocks", type=int, default=2)
     g.add_argument("--channel-mult", default="1,1,2,3,4", help="comma-separated level multipliers")
-    g.add_argument("--attention-ds", default="8,16",
-                   help="downsample factors with attention, comma-separated (image_size // attention_resolutions)")
+    g.add_argument(
+        "--attention-ds",
+        default="8,16",
+        help="downsample factors with attention, comma-separated (image_size // attention_resolutions)",
+    )
     g.add_argument("--num-heads", type=int, default=4)
     g.add_argument("--num-head-channels", type=int, default=-1)
-    g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
-                   help="fixed variance: the model predicts eps only and the loss is the mse")
+    g.add_argument(
+        "--no-learn-sigma",
+        dest="learn_sigma",
+        action="store_false",
+        help="fixed variance: the model predicts eps only and the loss is the mse",
+    )
     p.set_defaults(func=_cmd_train_ddpm)
 
     p = _add_supervised_parser(train, "segmenter", "the segmentation network s (per-pixel cross-entropy)")
-    p.add_argument("--masks", required=True, help="folder of label maps with the images' file names (PNG, values "
-                                                  "= class indices; names from classes.txt beside it)")
+    p.add_argument(
+        "--masks",
+        required=True,
+        help="folder of label maps with the images' file names (PNG, values "
+        "= class indices; names from classes.txt beside it)",
+    )
     p.add_argument("--width", type=int, default=16, help="channels of the first level")
     p.add_argument("--levels", type=int, default=3, help="resolution levels")
     p.add_argument("--groups", type=int, default=8, help="GroupNorm groups (must divide --width)")
-    p = _add_supervised_parser(train, "classifier", "the standard-plane classifier f = l(s(x), x): s frozen, "
-                                                    "l a SonoNet-k on [x, s's maps] (cross-entropy on 'label')")
+    p = _add_supervised_parser(
+        train,
+        "classifier",
+        "the standard-plane classifier f = l(s(x), x): s frozen, "
+        "l a SonoNet-k on [x, s's maps] (cross-entropy on 'label')",
+    )
     p.add_argument("--labels", required=True, help="CSV with 'file' and 'label' (1 = standard plane) columns")
     p.add_argument("--segmenter", required=True, help="a segmenter from 'diffice train segmenter'")
     p.add_argument("--k", type=int, default=8, help="SonoNet width k")
@@ -488,8 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
     p.add_argument("--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
     p.add_argument("--negative", default="FP", help="concepts that must be absent in a standard plane")
-    p.add_argument("--segmenter", default=None, help="optional: a segmenter (trained apart from f's) whose maps "
-                                                     "the oracle sees beside the image; frozen")
+    p.add_argument(
+        "--segmenter",
+        default=None,
+        help="optional: a segmenter (trained apart from f's) whose maps the oracle sees beside the image; frozen",
+    )
     p.add_argument("--k", type=int, default=8, help="SonoNet width k")
     return parser
 

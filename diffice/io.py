@@ -9,6 +9,7 @@ globals ``torch.save`` writes for a state_dict and refuses any other by name. to
 Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError, a malformed file ValueError whose
 message starts with the path and names the problem.
 """
+
 from __future__ import annotations
 
 import errno
@@ -90,7 +91,9 @@ def load_torch(path: PathLike) -> dict[str, np.ndarray]:
 
 
 def save_safetensors(
-    path: PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
+    path: PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
     dtype: str = "float32",
 ) -> None:
     """Writes ``tensors`` as safetensors (header sorted by name, as the reference writer does).

@@ -1,5 +1,6 @@
 """A small progress bar for long runs (no dependency): one line on stderr, redrawn in place on a terminal and
 printed every few seconds otherwise (logs, notebooks)."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,15 @@ def format_seconds(seconds: float) -> str:
 class ProgressBar:
     """ProgressBar(total, label); update(done, note) redraws; close() ends the line."""
 
-    def __init__(self, total: int, label: str = "", stream: TextIO | None = None, enabled: bool = True,
-                 min_interval: float = 0.2, start: int = 0) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        min_interval: float = 0.2,
+        start: int = 0,
+    ) -> None:
         self.total = max(1, int(total))
         self.first = int(start)  # work done before this bar (a resumed run): not counted in the rate
         self.label = label
@@ -45,8 +53,10 @@ class ProgressBar:
         filled = int(width * self.done / self.total)
         bar = "#" * filled + "-" * (width - filled)
         eta_text = format_seconds(eta) if eta == eta else "--:--"
-        line = (f"{self.label} [{bar}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}% "
-                f"elapsed {format_seconds(elapsed)} eta {eta_text} {note}")
+        line = (
+            f"{self.label} [{bar}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}% "
+            f"elapsed {format_seconds(elapsed)} eta {eta_text} {note}"
+        )
         if self.interactive:
             self.stream.write("\r" + line[:200].ljust(100))
         else:

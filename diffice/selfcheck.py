@@ -2,6 +2,7 @@
 
 A quick way to see that an installation computes what it should (the test suite compares with PyTorch).
 """
+
 from __future__ import annotations
 
 import time
@@ -34,10 +35,14 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]
     binary_targets = rng.integers(0, 2, 6)
     return [
         ("conv2d", lambda be: ops.conv2d(x, w, b, stride=2, padding=1, backend=be)),
-        ("conv2d_backward_input", lambda be: ops.conv2d_backward_input(dy_conv, w, x.shape, stride=2, padding=1,
-                                                                       backend=be)),
-        ("conv2d_backward_weight", lambda be: ops.conv2d_backward_weight(dy_conv, x, w.shape, stride=2, padding=1,
-                                                                         backend=be)),
+        (
+            "conv2d_backward_input",
+            lambda be: ops.conv2d_backward_input(dy_conv, w, x.shape, stride=2, padding=1, backend=be),
+        ),
+        (
+            "conv2d_backward_weight",
+            lambda be: ops.conv2d_backward_weight(dy_conv, x, w.shape, stride=2, padding=1, backend=be),
+        ),
         ("linear", lambda be: ops.linear(m, lw, lb, backend=be)),
         ("linear_backward", lambda be: (ops.linear_backward_input(dy_linear, lw, backend=be),)),
         ("group_norm", lambda be: ops.group_norm(g, 32, gamma, beta, backend=be)),
@@ -45,8 +50,10 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]
         ("batch_norm", lambda be: ops.batch_norm(x, bn_mean, bn_var, bn_gamma, bn_beta, backend=be)),
         ("silu / backward", lambda be: (ops.silu(x, backend=be), ops.silu_backward(x, x, backend=be))),
         ("softmax / backward", lambda be: (ops.softmax(x, backend=be), ops.softmax_backward(x, x, backend=be))),
-        ("add / mul broadcast", lambda be: (ops.add(x, per_channel, backend=be),
-                                                  ops.mul(x, per_sample_channel, backend=be))),
+        (
+            "add / mul broadcast",
+            lambda be: (ops.add(x, per_channel, backend=be), ops.mul(x, per_sample_channel, backend=be)),
+        ),
         ("concat / split", lambda be: (ops.concat([x, x], backend=be), *ops.split(x, [3, 4], backend=be))),
         ("upsample_nearest2x", lambda be: ops.upsample_nearest2x(x, backend=be)),
         ("avg_pool2d", lambda be: ops.avg_pool2d(x, 2, backend=be)),
@@ -54,43 +61,83 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]
         ("global_avg_pool", lambda be: ops.global_avg_pool(x, backend=be)),
         ("resize_bilinear", lambda be: ops.resize_bilinear(x, (29, 7), backend=be)),
         ("attention (legacy)", lambda be: ops.attention(qkv, 4, backend=be)),
-        ("attention_backward", lambda be: ops.attention_backward(dy_attention, qkv, 4, legacy_order=False,
-                                                                 backend=be)),
+        ("attention_backward", lambda be: ops.attention_backward(dy_attention, qkv, 4, legacy_order=False, backend=be)),
         ("timestep_embedding", lambda be: ops.timestep_embedding(np.array([0, 298, 999]), 128, backend=be)),
-        ("cross_entropy / backward", lambda be: (np.float32(ops.cross_entropy(logits, targets, backend=be)),
-                                                 ops.cross_entropy_backward(logits, targets, backend=be))),
-        ("mse / backward", lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)),
-                                       *ops.mse_backward(x, x * 0.5, backend=be))),
+        (
+            "cross_entropy / backward",
+            lambda be: (
+                np.float32(ops.cross_entropy(logits, targets, backend=be)),
+                ops.cross_entropy_backward(logits, targets, backend=be),
+            ),
+        ),
+        (
+            "mse / backward",
+            lambda be: (np.float32(ops.mse(x, x * 0.5, backend=be)), *ops.mse_backward(x, x * 0.5, backend=be)),
+        ),
         # UNet ops (issue 15, unetnet)
-        ("scale_shift / backward", lambda be: (ops.scale_shift(x, scale_shift, backend=be),
-                                               *ops.scale_shift_backward(x, x, scale_shift, backend=be))),
+        (
+            "scale_shift / backward",
+            lambda be: (
+                ops.scale_shift(x, scale_shift, backend=be),
+                *ops.scale_shift_backward(x, x, scale_shift, backend=be),
+            ),
+        ),
         # optimizer ops
-        ("adamw_step / ema_update", lambda be: (*ops.adamw_step(x, grad, x * 0.1, x * x, 3, weight_decay=0.05,
-                                                                backend=be),
-                                                ops.ema_update(x, grad, 0.999, backend=be))),
-        ("sum_squares / scale", lambda be: (np.float32(ops.sum_squares(x, backend=be)),
-                                            ops.scale(x, 0.25, backend=be))),
+        (
+            "adamw_step / ema_update",
+            lambda be: (
+                *ops.adamw_step(x, grad, x * 0.1, x * x, 3, weight_decay=0.05, backend=be),
+                ops.ema_update(x, grad, 0.999, backend=be),
+            ),
+        ),
+        (
+            "sum_squares / scale",
+            lambda be: (np.float32(ops.sum_squares(x, backend=be)), ops.scale(x, 0.25, backend=be)),
+        ),
         # network ops (issue 15, netops)
-        ("softmax axis 1 / backward", lambda be: (ops.softmax(x, axis=1, backend=be),
-                                                  ops.softmax_backward(x, x, axis=1, backend=be))),
-        ("cross_entropy of one logit", lambda be: (
-            ops.cross_entropy(one_logit, binary_targets, reduction="none", backend=be),
-            ops.cross_entropy_backward(one_logit, binary_targets, backend=be))),
-        ("logit_loss / backward", lambda be: (ops.logit_loss(logits, targets, backend=be),
-                                              ops.logit_loss_backward(dloss6, logits, targets, backend=be))),
-        ("bce_with_logits / backward", lambda be: (ops.bce_with_logits(x, bce_targets, backend=be),
-                                                   ops.bce_with_logits_backward(dloss3, x, bce_targets, backend=be))),
-        ("standardize / backward", lambda be: (ops.standardize(x, 255.0, backend=be),
-                                               ops.standardize_backward(x, x, 255.0, backend=be))),
-        ("normalized_distance / bwd", lambda be: (
-            ops.normalized_distance(feats_a, feats_b, backend=be),
-            ops.normalized_distance_backward(dloss3, feats_a, feats_b, backend=be))),
+        (
+            "softmax axis 1 / backward",
+            lambda be: (ops.softmax(x, axis=1, backend=be), ops.softmax_backward(x, x, axis=1, backend=be)),
+        ),
+        (
+            "cross_entropy of one logit",
+            lambda be: (
+                ops.cross_entropy(one_logit, binary_targets, reduction="none", backend=be),
+                ops.cross_entropy_backward(one_logit, binary_targets, backend=be),
+            ),
+        ),
+        (
+            "logit_loss / backward",
+            lambda be: (
+                ops.logit_loss(logits, targets, backend=be),
+                ops.logit_loss_backward(dloss6, logits, targets, backend=be),
+            ),
+        ),
+        (
+            "bce_with_logits / backward",
+            lambda be: (
+                ops.bce_with_logits(x, bce_targets, backend=be),
+                ops.bce_with_logits_backward(dloss3, x, bce_targets, backend=be),
+            ),
+        ),
+        (
+            "standardize / backward",
+            lambda be: (ops.standardize(x, 255.0, backend=be), ops.standardize_backward(x, x, 255.0, backend=be)),
+        ),
+        (
+            "normalized_distance / bwd",
+            lambda be: (
+                ops.normalized_distance(feats_a, feats_b, backend=be),
+                ops.normalized_distance_backward(dloss3, feats_a, feats_b, backend=be),
+            ),
+        ),
         ("fill", lambda be: ops.fill(x, 0.25, backend=be)),
     ]
 
 
 def _diffusion_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]]:
     """The diffusion ops (q_sample, p_mean_variance, the reverse step, the sampler's per-row ops, the vb loss)."""
+
     def r(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
@@ -105,20 +152,44 @@ def _diffusion_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str]
     bad[1, 0, 2, 3] = np.nan
     return [
         ("q_sample", lambda be: ops.q_sample(x, noise, post.coef1, post.coef2, backend=be)),
-        ("p_mean_variance / backward", lambda be: (*ops.p_mean_variance(mo, x, post, backend=be),
-                                                   *ops.p_mean_variance_backward(g, mo, x, post, backend=be))),
+        (
+            "p_mean_variance / backward",
+            lambda be: (
+                *ops.p_mean_variance(mo, x, post, backend=be),
+                *ops.p_mean_variance_backward(g, mo, x, post, backend=be),
+            ),
+        ),
         ("sample_step", lambda be: ops.sample_step(x, np.abs(g), noise, g, x, [0, 1, 1], backend=be)),
-        ("row_scale / row_axpy", lambda be: (ops.row_scale(x, alpha, backend=be),
-                                             ops.row_axpy(alpha, x, g, backend=be))),
-        ("change_map / masked_blend", lambda be: (ops.change_map(x, g, backend=be),
-                                                  ops.masked_blend(x, g, np.abs(noise[:, :1]), 0.5, backend=be))),
-        ("distance_penalty / backward", lambda be: (ops.distance_penalty(x, g, 0.3, 0.7, backend=be),
-                                                    ops.distance_penalty_backward(x, g, 0.3, 0.7, backend=be))),
+        (
+            "row_scale / row_axpy",
+            lambda be: (ops.row_scale(x, alpha, backend=be), ops.row_axpy(alpha, x, g, backend=be)),
+        ),
+        (
+            "change_map / masked_blend",
+            lambda be: (
+                ops.change_map(x, g, backend=be),
+                ops.masked_blend(x, g, np.abs(noise[:, :1]), 0.5, backend=be),
+            ),
+        ),
+        (
+            "distance_penalty / backward",
+            lambda be: (
+                ops.distance_penalty(x, g, 0.3, 0.7, backend=be),
+                ops.distance_penalty_backward(x, g, 0.3, 0.7, backend=be),
+            ),
+        ),
         ("nonfinite_rows", lambda be: tuple(np.asarray(a, np.float32) for a in ops.nonfinite_rows(bad, backend=be))),
-        ("target_probability", lambda be: tuple(np.asarray(a, np.float32)
-                                                for a in ops.target_probability(logits, targets, backend=be))),
-        ("diffusion_vb / backward", lambda be: (ops.diffusion_vb(mo, x_pixels, x, vb, backend=be),
-                                                ops.diffusion_vb_backward(mo, x_pixels, x, vb, backend=be))),
+        (
+            "target_probability",
+            lambda be: tuple(np.asarray(a, np.float32) for a in ops.target_probability(logits, targets, backend=be)),
+        ),
+        (
+            "diffusion_vb / backward",
+            lambda be: (
+                ops.diffusion_vb(mo, x_pixels, x, vb, backend=be),
+                ops.diffusion_vb_backward(mo, x_pixels, x, vb, backend=be),
+            ),
+        ),
     ]
 
 

@@ -40,6 +40,7 @@ demo's 5 iterations at tau 30, pixels differ by up to 1.8 and p_target by 0.025 
 change. Across machines, keep reference runs short or compare with ``level="probabilities"`` (and a looser
 ``prob_atol``) or ``level="flips"``; on one machine, ``**EXACT`` asks for bitwise equality.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,19 +55,33 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["check_explainer_regression", "assert_matches_reference", "save_reference", "load_reference",
-           "compare_runs", "run_settings", "settings_differences", "environment", "Reference", "Comparison",
-           "Mismatch", "DEFAULT_TOLERANCES", "EXACT", "LEVELS", "UPDATE_ENV"]
+__all__ = [
+    "check_explainer_regression",
+    "assert_matches_reference",
+    "save_reference",
+    "load_reference",
+    "compare_runs",
+    "run_settings",
+    "settings_differences",
+    "environment",
+    "Reference",
+    "Comparison",
+    "Mismatch",
+    "DEFAULT_TOLERANCES",
+    "EXACT",
+    "LEVELS",
+    "UPDATE_ENV",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Defaults of every comparison (see the module docstring for how they were chosen).
 DEFAULT_TOLERANCES: dict[str, float] = dict(
-    atol=0.1,          # per pixel of a counterfactual: |new - ref| <= atol + rtol |ref|
+    atol=0.1,  # per pixel of a counterfactual: |new - ref| <= atol + rtol |ref|
     rtol=0.0,
-    mean_atol=0.005,   # mean |new - ref| over one counterfactual's pixels
-    prob_atol=1e-3,    # |new - ref| of the target probability, the input's (iteration 0) and every iteration's
-    input_atol=1e-4,   # per pixel of the inputs given vs the stored ones
+    mean_atol=0.005,  # mean |new - ref| over one counterfactual's pixels
+    prob_atol=1e-3,  # |new - ref| of the target probability, the input's (iteration 0) and every iteration's
+    input_atol=1e-4,  # per pixel of the inputs given vs the stored ones
 )
 #: Bitwise equality (same machine and build; a float32 reference file).
 EXACT: dict[str, float] = dict(atol=0.0, rtol=0.0, mean_atol=0.0, prob_atol=0.0, input_atol=0.0)
@@ -81,6 +96,7 @@ _FIELDS = ("counterfactuals", "prob_target", "lambda_used", "flipped", "nonfinit
 
 
 # ---- the file ----
+
 
 @dataclasses.dataclass
 class Reference:
@@ -112,12 +128,14 @@ class Reference:
 
 def _json(value: Any) -> Any:
     """value as JSON would return it (tuples -> lists, numpy scalars -> Python), or TypeError naming it."""
+
     def default(o: object) -> Any:
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
             return o.tolist()
         raise TypeError(f"settings must be JSON-serialisable, got {type(o).__name__}: {o!r}")
+
     return json.loads(json.dumps(value, default=default))
 
 
@@ -128,8 +146,9 @@ def _targets(target: Any, n: int) -> list[int]:
     return [int(v) for v in np.broadcast_to(t, (n,))]
 
 
-def run_settings(explainer: Any, x: np.ndarray, target: Any = 1, seed: int = 0,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_settings(
+    explainer: Any, x: np.ndarray, target: Any = 1, seed: int = 0, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """What defines a run of `explainer` on x: the method's parameters (ExplainerConfig), the diffusion's schedule,
     the inputs' shape, target (one per image), seed, and `extra` (your own JSON-able entries: a model version, a
     preprocessing option). check_explainer_regression stores these and fails when any differs."""
@@ -139,9 +158,13 @@ def run_settings(explainer: Any, x: np.ndarray, target: Any = 1, seed: int = 0,
     d = explainer.diffusion
     settings: dict[str, Any] = dict(
         method=method,
-        diffusion=dict(steps=int(d.steps), schedule=str(d.schedule), respacing=str(d.respacing),
-                       variance_type=str(d.variance_type)),
-        images=[int(s) for s in x.shape], target=_targets(target, len(x)), seed=int(seed))
+        diffusion=dict(
+            steps=int(d.steps), schedule=str(d.schedule), respacing=str(d.respacing), variance_type=str(d.variance_type)
+        ),
+        images=[int(s) for s in x.shape],
+        target=_targets(target, len(x)),
+        seed=int(seed),
+    )
     if extra:
         settings["extra"] = _json(dict(extra))
     return settings
@@ -164,8 +187,9 @@ def _cpu_flags() -> list[str]:
             for line in f:
                 if line.startswith(("flags", "Features")):
                     have = set(line.split(":", 1)[1].split())
-                    return [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma", "asimd", "sve")
-                            if f in have]
+                    return [
+                        f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma", "asimd", "sve") if f in have
+                    ]
     except OSError:
         pass
     return []
@@ -180,23 +204,34 @@ def environment(explainer: Any = None) -> dict[str, Any]:
         cpus = len(os.sched_getaffinity(0))  # the C core runs one thread per CPU the process may use
     except AttributeError:
         cpus = os.cpu_count() or 1
-    env: dict[str, Any] = dict(diffice=__version__, numpy=np.__version__, python=platform.python_version(),
-                               system=platform.system(), machine=platform.machine(), cpu=_cpu_model(),
-                               cpu_flags=_cpu_flags(), threads=cpus,
-                               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),
-                               ONEDNN_MAX_CPU_ISA=os.environ.get("ONEDNN_MAX_CPU_ISA"), build=dict(build_info()))
+    env: dict[str, Any] = dict(
+        diffice=__version__,
+        numpy=np.__version__,
+        python=platform.python_version(),
+        system=platform.system(),
+        machine=platform.machine(),
+        cpu=_cpu_model(),
+        cpu_flags=_cpu_flags(),
+        threads=cpus,
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),
+        ONEDNN_MAX_CPU_ISA=os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        build=dict(build_info()),
+    )
     if explainer is not None:
-        env.update(backend=getattr(explainer, "backend", None),
-                   guidance="native" if getattr(explainer, "_native", None) is not None else "python",
-                   models={k: type(getattr(explainer, k, None)).__name__
-                           for k in ("unet", "classifier", "perceptual")})
+        env.update(
+            backend=getattr(explainer, "backend", None),
+            guidance="native" if getattr(explainer, "_native", None) is not None else "python",
+            models={k: type(getattr(explainer, k, None)).__name__ for k in ("unet", "classifier", "perceptual")},
+        )
     return _json(env)
 
 
 def _describe_environment(env: Mapping[str, Any]) -> str:
     flags = ",".join(env.get("cpu_flags") or []) or "-"
-    text = (f"diffice {env.get('diffice')}, numpy {env.get('numpy')}, {env.get('machine')} {env.get('cpu')} "
-            f"({flags}), {env.get('threads')} threads")
+    text = (
+        f"diffice {env.get('diffice')}, numpy {env.get('numpy')}, {env.get('machine')} {env.get('cpu')} "
+        f"({flags}), {env.get('threads')} threads"
+    )
     extra = [f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA") if env.get(k)]
     if env.get("backend"):
         extra.append(f"backend {env['backend']}, {env.get('guidance')} guidance")
@@ -206,8 +241,9 @@ def _describe_environment(env: Mapping[str, Any]) -> str:
 def _as_arrays(run: Any) -> dict[str, np.ndarray]:
     missing = [f for f in _FIELDS if getattr(run, f, None) is None]
     if missing:
-        raise TypeError(f"expected an ExplanationResult (or a Reference), got {type(run).__name__} without "
-                        f"{', '.join(missing)}")
+        raise TypeError(
+            f"expected an ExplanationResult (or a Reference), got {type(run).__name__} without {', '.join(missing)}"
+        )
     out = {f: np.asarray(getattr(run, f)) for f in _FIELDS}
     cf = out["counterfactuals"]
     if cf.ndim != 5:
@@ -220,9 +256,19 @@ def _as_arrays(run: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Mapping[str, Any] | None = None, *,
-                   target: Any = 1, seed: int = 0, keys: np.ndarray | None = None, dtype: str = "float32",
-                   store_inputs: bool = True, explainer: Any = None) -> Path:
+def save_reference(
+    path: PathLike,
+    result: Any,
+    x: np.ndarray,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    target: Any = 1,
+    seed: int = 0,
+    keys: np.ndarray | None = None,
+    dtype: str = "float32",
+    store_inputs: bool = True,
+    explainer: Any = None,
+) -> Path:
     """Writes `result` (an ExplanationResult of x) as a reference file (safetensors; parent folders are made, the
     file is replaced atomically) and returns its path.
 
@@ -250,14 +296,24 @@ def save_reference(path: PathLike, result: Any, x: np.ndarray, settings: Mapping
     keys = image_keys(np.ascontiguousarray(x)) if keys is None else np.asarray(keys, dtype=np.uint64)
     if keys.shape != (N,):
         raise ValueError(f"keys must be {N} integers (one per image), got shape {keys.shape}")
-    tensors = {"counterfactuals": arrays["counterfactuals"].reshape((L * N,) + x.shape[1:]),
-               "prob_target": arrays["prob_target"], "lambda_used": arrays["lambda_used"],
-               "flipped": arrays["flipped"].astype(np.float32), "nonfinite_step": arrays["nonfinite_step"]}
+    tensors = {
+        "counterfactuals": arrays["counterfactuals"].reshape((L * N,) + x.shape[1:]),
+        "prob_target": arrays["prob_target"],
+        "lambda_used": arrays["lambda_used"],
+        "flipped": arrays["flipped"].astype(np.float32),
+        "nonfinite_step": arrays["nonfinite_step"],
+    }
     if store_inputs:
         tensors["x"] = x
-    meta = {_FORMAT_KEY: _FORMAT_VERSION, "iterations": str(L), "images": str(N), "dtype": dtype,
-            "keys": json.dumps([str(int(k)) for k in keys]), "settings": json.dumps(stored, sort_keys=True),
-            "environment": json.dumps(environment(explainer), sort_keys=True)}
+    meta = {
+        _FORMAT_KEY: _FORMAT_VERSION,
+        "iterations": str(L),
+        "images": str(N),
+        "dtype": dtype,
+        "keys": json.dumps([str(int(k)) for k in keys]),
+        "settings": json.dumps(stored, sort_keys=True),
+        "environment": json.dumps(environment(explainer), sort_keys=True),
+    }
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(p, tensors, metadata=meta, dtype=dtype)
@@ -271,8 +327,10 @@ def load_reference(path: PathLike) -> Reference:
     p = os.fspath(path)
     meta = load_safetensors_metadata(p)
     if meta.get(_FORMAT_KEY) != _FORMAT_VERSION:
-        raise ValueError(f"{p}: not a diffice reference run (no '{_FORMAT_KEY}': '{_FORMAT_VERSION}' metadata; "
-                         f"write one with diffice.testing.save_reference)")
+        raise ValueError(
+            f"{p}: not a diffice reference run (no '{_FORMAT_KEY}': '{_FORMAT_VERSION}' metadata; "
+            f"write one with diffice.testing.save_reference)"
+        )
     t = load_safetensors(p)
     try:
         L, N = int(meta["iterations"]), int(meta["images"])
@@ -280,19 +338,32 @@ def load_reference(path: PathLike) -> Reference:
         settings, env = json.loads(meta["settings"]), json.loads(meta["environment"])
         cf = t["counterfactuals"]
         cf = cf.reshape((L, N) + cf.shape[1:])
-        ref = Reference(path=p, counterfactuals=cf, prob_target=t["prob_target"], lambda_used=t["lambda_used"],
-                        flipped=t["flipped"] != 0, nonfinite_step=t["nonfinite_step"].astype(np.int64),
-                        x=t.get("x"), keys=keys, settings=settings, environment=env, dtype=meta.get("dtype", "float32"))
+        ref = Reference(
+            path=p,
+            counterfactuals=cf,
+            prob_target=t["prob_target"],
+            lambda_used=t["lambda_used"],
+            flipped=t["flipped"] != 0,
+            nonfinite_step=t["nonfinite_step"].astype(np.int64),
+            x=t.get("x"),
+            keys=keys,
+            settings=settings,
+            environment=env,
+            dtype=meta.get("dtype", "float32"),
+        )
         _as_arrays(ref)
         if keys.shape != (N,) or (ref.x is not None and ref.x.shape != cf.shape[1:]):
-            raise ValueError(f"keys {keys.shape} / inputs {None if ref.x is None else ref.x.shape} do not match "
-                             f"{N} images of shape {cf.shape[2:]}")
+            raise ValueError(
+                f"keys {keys.shape} / inputs {None if ref.x is None else ref.x.shape} do not match "
+                f"{N} images of shape {cf.shape[2:]}"
+            )
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{p}: malformed diffice reference run: {e}") from None
     return ref
 
 
 # ---- comparing ----
+
 
 def _quantum(ref: np.ndarray, dtype: str) -> np.ndarray:
     """Half a storage step of each stored value: what rounding to the file's dtype may have moved it."""
@@ -316,9 +387,9 @@ def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Mismatch:
     image: int
-    iteration: int      # 1..L; 0 for the input's probability
-    what: str           # "pixel", "mean", "p_target", "lambda_c", "flipped", "nonfinite_step", "input"
-    excess: float       # distance / tolerance (inf for discrete fields or a zero tolerance)
+    iteration: int  # 1..L; 0 for the input's probability
+    what: str  # "pixel", "mean", "p_target", "lambda_c", "flipped", "nonfinite_step", "input"
+    excess: float  # distance / tolerance (inf for discrete fields or a zero tolerance)
     text: str
 
 
@@ -347,20 +418,24 @@ class Comparison:
 
     def table(self) -> str:
         """One line per image and iteration: max and mean pixel |diff|, p_target |diff|, discrete fields."""
+
         def mark(ok: bool | np.bool_) -> str:
             return "same" if ok else "DIFF"
 
         L, N = self.lambda_equal.shape
-        lines = [f"{'image':>5} {'iter':>4} {'max |diff|':>10} {'mean |diff|':>11} {'p |diff|':>9}  "
-                 f"lambda flipped finite"]
+        lines = [
+            f"{'image':>5} {'iter':>4} {'max |diff|':>10} {'mean |diff|':>11} {'p |diff|':>9}  lambda flipped finite"
+        ]
         for n in range(N):
             lines.append(f"{n:5d} {0:4d} {'':>10} {'':>11} {self.prob_diff[0, n]:9.2e}")
             for l in range(L):
                 px = "" if self.pixel_max is None else f"{self.pixel_max[l, n]:10.2e}"
                 pm = "" if self.pixel_mean is None else f"{self.pixel_mean[l, n]:11.2e}"
-                lines.append(f"{n:5d} {l + 1:4d} {px:>10} {pm:>11} {self.prob_diff[l + 1, n]:9.2e}  "
-                             f"{mark(self.lambda_equal[l, n]):>6} {mark(self.flipped_equal[l, n]):>7} "
-                             f"{mark(self.nonfinite_equal[l, n]):>6}")
+                lines.append(
+                    f"{n:5d} {l + 1:4d} {px:>10} {pm:>11} {self.prob_diff[l + 1, n]:9.2e}  "
+                    f"{mark(self.lambda_equal[l, n]):>6} {mark(self.flipped_equal[l, n]):>7} "
+                    f"{mark(self.nonfinite_equal[l, n]):>6}"
+                )
         return "\n".join(lines)
 
 
@@ -394,17 +469,32 @@ def _input_mismatches(x: np.ndarray, ref: Reference, input_atol: float) -> list[
         k = int(np.argmax(d[n]))
         if d[n].flat[k] > input_atol:
             pix = np.unravel_index(k, d[n].shape)
-            out.append(Mismatch(n, 0, "input", math.inf,
-                                f"image {n}: input differs from the stored one by {d[n].flat[k]:.3g} at pixel "
-                                f"{tuple(int(i) for i in pix)} ({x[n][pix]:.6g} vs {ref.x[n][pix]:.6g}) > "
-                                f"input_atol {input_atol:g}"))
+            out.append(
+                Mismatch(
+                    n,
+                    0,
+                    "input",
+                    math.inf,
+                    f"image {n}: input differs from the stored one by {d[n].flat[k]:.3g} at pixel "
+                    f"{tuple(int(i) for i in pix)} ({x[n][pix]:.6g} vs {ref.x[n][pix]:.6g}) > "
+                    f"input_atol {input_atol:g}",
+                )
+            )
     return out
 
 
-def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "pixels",
-                 atol: float | None = None, rtol: float | None = None, mean_atol: float | None = None,
-                 prob_atol: float | None = None, x: np.ndarray | None = None,
-                 input_atol: float | None = None) -> Comparison:
+def compare_runs(
+    result: Any,
+    reference: PathLike | Reference,
+    *,
+    level: str = "pixels",
+    atol: float | None = None,
+    rtol: float | None = None,
+    mean_atol: float | None = None,
+    prob_atol: float | None = None,
+    x: np.ndarray | None = None,
+    input_atol: float | None = None,
+) -> Comparison:
     """Every distance between `result` (an ExplanationResult, or another Reference) and the reference, and the
     mismatches over the tolerances (defaults: DEFAULT_TOLERANCES). x: the inputs of `result`, checked against the
     stored ones. Raises nothing for a mismatch (see assert_matches_reference); ValueError when the shapes differ."""
@@ -415,8 +505,10 @@ def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "
     new, old = _as_arrays(result), _as_arrays(ref)
     if new["counterfactuals"].shape != old["counterfactuals"].shape:
         L, N = old["counterfactuals"].shape[:2]
-        raise ValueError(f"the run has counterfactuals of shape {new['counterfactuals'].shape} (L, N, C, H, W), the "
-                         f"reference {ref.path} {old['counterfactuals'].shape} ({L} iterations of {N} images)")
+        raise ValueError(
+            f"the run has counterfactuals of shape {new['counterfactuals'].shape} (L, N, C, H, W), the "
+            f"reference {ref.path} {old['counterfactuals'].shape} ({L} iterations of {N} images)"
+        )
     L, N = new["counterfactuals"].shape[:2]
     out: list[Mismatch] = []
 
@@ -442,16 +534,30 @@ def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "
                 if over[k] > 0:
                     pix = tuple(int(i) for i in np.unravel_index(k, d[l, n].shape))
                     dk, tk = d[l, n].flat[k], allowed[l, n].flat[k]
-                    out.append(Mismatch(n, l + 1, "pixel", excess(dk, tk),
-                                        f"image {n}, iteration {l + 1}: counterfactual |diff| {dk:.3g} at pixel "
-                                        f"{pix} ({a[l, n][pix]:.4f} vs reference {b[l, n][pix]:.4f}) > tolerance "
-                                        f"{tk:.3g} (max |diff| {pixel_max[l, n]:.3g}, "
-                                        f"{int(np.sum(over > 0))} pixels over)"))
+                    out.append(
+                        Mismatch(
+                            n,
+                            l + 1,
+                            "pixel",
+                            excess(dk, tk),
+                            f"image {n}, iteration {l + 1}: counterfactual |diff| {dk:.3g} at pixel "
+                            f"{pix} ({a[l, n][pix]:.4f} vs reference {b[l, n][pix]:.4f}) > tolerance "
+                            f"{tk:.3g} (max |diff| {pixel_max[l, n]:.3g}, "
+                            f"{int(np.sum(over > 0))} pixels over)",
+                        )
+                    )
                 mt = tol["mean_atol"] + qmean[l, n]
                 if pixel_mean[l, n] > mt:
-                    out.append(Mismatch(n, l + 1, "mean", excess(pixel_mean[l, n], mt),
-                                        f"image {n}, iteration {l + 1}: counterfactual mean |diff| "
-                                        f"{pixel_mean[l, n]:.3g} > mean_atol {mt:.3g}"))
+                    out.append(
+                        Mismatch(
+                            n,
+                            l + 1,
+                            "mean",
+                            excess(pixel_mean[l, n], mt),
+                            f"image {n}, iteration {l + 1}: counterfactual mean |diff| "
+                            f"{pixel_mean[l, n]:.3g} > mean_atol {mt:.3g}",
+                        )
+                    )
 
     pn, po = new["prob_target"], old["prob_target"]
     prob_diff = _abs_diff(pn, po)
@@ -459,30 +565,59 @@ def compare_runs(result: Any, reference: PathLike | Reference, *, level: str = "
         pt = tol["prob_atol"] + _quantum(po, ref.dtype)
         for l, n in zip(*np.nonzero(prob_diff > pt)):
             where = "input" if l == 0 else f"iteration {l}"
-            out.append(Mismatch(int(n), int(l), "p_target", excess(prob_diff[l, n], pt[l, n]),
-                                f"image {n}, {where}: p_target {pn[l, n]:.4f} vs reference {po[l, n]:.4f} "
-                                f"(|diff| {prob_diff[l, n]:.3g} > prob_atol {pt[l, n]:.3g})"))
+            out.append(
+                Mismatch(
+                    int(n),
+                    int(l),
+                    "p_target",
+                    excess(prob_diff[l, n], pt[l, n]),
+                    f"image {n}, {where}: p_target {pn[l, n]:.4f} vs reference {po[l, n]:.4f} "
+                    f"(|diff| {prob_diff[l, n]:.3g} > prob_atol {pt[l, n]:.3g})",
+                )
+            )
     cast = np.float16 if ref.dtype == "float16" else np.float32
     lambda_equal = new["lambda_used"].astype(cast).astype(np.float64) == old["lambda_used"].astype(np.float64)
     flipped_equal = new["flipped"].astype(bool) == old["flipped"].astype(bool)
     nonfinite_equal = new["nonfinite_step"].astype(np.int64) == old["nonfinite_step"].astype(np.int64)
     for l, n in zip(*np.nonzero(~nonfinite_equal)):
-        out.append(Mismatch(int(n), int(l) + 1, "nonfinite_step", math.inf,
-                            f"image {n}, iteration {l + 1}: non-finite from step "
-                            f"{_g(new['nonfinite_step'][l, n])} vs reference {_g(old['nonfinite_step'][l, n])}"))
+        out.append(
+            Mismatch(
+                int(n),
+                int(l) + 1,
+                "nonfinite_step",
+                math.inf,
+                f"image {n}, iteration {l + 1}: non-finite from step "
+                f"{_g(new['nonfinite_step'][l, n])} vs reference {_g(old['nonfinite_step'][l, n])}",
+            )
+        )
     for l, n in zip(*np.nonzero(~flipped_equal)):
-        out.append(Mismatch(int(n), int(l) + 1, "flipped", math.inf,
-                            f"image {n}, iteration {l + 1}: flipped {bool(new['flipped'][l, n])} vs reference "
-                            f"{bool(old['flipped'][l, n])} (p_target {pn[l + 1, n]:.4f} vs {po[l + 1, n]:.4f})"))
+        out.append(
+            Mismatch(
+                int(n),
+                int(l) + 1,
+                "flipped",
+                math.inf,
+                f"image {n}, iteration {l + 1}: flipped {bool(new['flipped'][l, n])} vs reference "
+                f"{bool(old['flipped'][l, n])} (p_target {pn[l + 1, n]:.4f} vs {po[l + 1, n]:.4f})",
+            )
+        )
     if level in ("pixels", "probabilities"):
         for l, n in zip(*np.nonzero(~lambda_equal)):
-            out.append(Mismatch(int(n), int(l) + 1, "lambda_c", math.inf,
-                                f"image {n}, iteration {l + 1}: lambda_c {new['lambda_used'][l, n]:g} vs reference "
-                                f"{old['lambda_used'][l, n]:g}"))
+            out.append(
+                Mismatch(
+                    int(n),
+                    int(l) + 1,
+                    "lambda_c",
+                    math.inf,
+                    f"image {n}, iteration {l + 1}: lambda_c {new['lambda_used'][l, n]:g} vs reference "
+                    f"{old['lambda_used'][l, n]:g}",
+                )
+            )
     order = {"input": 0, "nonfinite_step": 1, "flipped": 2, "lambda_c": 3, "pixel": 4, "mean": 5, "p_target": 6}
     out.sort(key=lambda m: (-m.excess, order[m.what], m.image, m.iteration))
-    return Comparison(ref, level, tol, pixel_max, pixel_mean, prob_diff, lambda_equal, flipped_equal,
-                      nonfinite_equal, out)
+    return Comparison(
+        ref, level, tol, pixel_max, pixel_mean, prob_diff, lambda_equal, flipped_equal, nonfinite_equal, out
+    )
 
 
 def _failure_message(c: Comparison, max_report: int, current_env: Mapping[str, Any] | None) -> str:
@@ -493,31 +628,46 @@ def _failure_message(c: Comparison, max_report: int, current_env: Mapping[str, A
     kinds: dict[str, int] = {}
     for m in c.mismatches:
         kinds[m.what] = kinds.get(m.what, 0) + 1
-    tol = {"pixels": f"atol {t['atol']:g} + rtol {t['rtol']:g} |ref| per pixel, mean_atol {t['mean_atol']:g}, "
-                     f"prob_atol {t['prob_atol']:g}",
-           "probabilities": f"prob_atol {t['prob_atol']:g}, lambda_c, flips",
-           "flips": "flips and non-finite steps"}[c.level]
+    tol = {
+        "pixels": f"atol {t['atol']:g} + rtol {t['rtol']:g} |ref| per pixel, mean_atol {t['mean_atol']:g}, "
+        f"prob_atol {t['prob_atol']:g}",
+        "probabilities": f"prob_atol {t['prob_atol']:g}, lambda_c, flips",
+        "flips": "flips and non-finite steps",
+    }[c.level]
     if ref.dtype == "float16":
         tol += ", each plus float16 rounding"
-    lines = [f"explanation run differs from the reference {ref.path} in {len(c.mismatches)} place"
-             f"{'s' if len(c.mismatches) != 1 else ''} ({', '.join(f'{v} {k}' for k, v in kinds.items())}; "
-             f"{N} images, {L} iterations; level {c.level!r}: {tol}); worst first:"]
+    lines = [
+        f"explanation run differs from the reference {ref.path} in {len(c.mismatches)} place"
+        f"{'s' if len(c.mismatches) != 1 else ''} ({', '.join(f'{v} {k}' for k, v in kinds.items())}; "
+        f"{N} images, {L} iterations; level {c.level!r}: {tol}); worst first:"
+    ]
     lines += ["  " + m.text for m in c.mismatches[:max_report]]
     if len(c.mismatches) > max_report:
         lines.append(f"  ... and {len(c.mismatches) - max_report} more")
     lines.append(f"reference made with: {_describe_environment(ref.environment)}")
     if current_env is not None:
         lines.append(f"this run:            {_describe_environment(current_env)}")
-    lines.append(f"(results match bitwise only on the same machine and build; if the change is intended, rerun with "
-                 f"{UPDATE_ENV}=1 to rewrite the reference)")
+    lines.append(
+        f"(results match bitwise only on the same machine and build; if the change is intended, rerun with "
+        f"{UPDATE_ENV}=1 to rewrite the reference)"
+    )
     return "\n".join(lines)
 
 
-def assert_matches_reference(result: Any, reference: PathLike | Reference, *, level: str = "pixels",
-                             atol: float | None = None, rtol: float | None = None,
-                             mean_atol: float | None = None, prob_atol: float | None = None,
-                             x: np.ndarray | None = None, input_atol: float | None = None,
-                             settings: Mapping[str, Any] | None = None, max_report: int = 8) -> Comparison:
+def assert_matches_reference(
+    result: Any,
+    reference: PathLike | Reference,
+    *,
+    level: str = "pixels",
+    atol: float | None = None,
+    rtol: float | None = None,
+    mean_atol: float | None = None,
+    prob_atol: float | None = None,
+    x: np.ndarray | None = None,
+    input_atol: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+    max_report: int = 8,
+) -> Comparison:
     """Raises AssertionError listing the worst differences (image, iteration, distance, tolerance) when `result`
     does not match the reference within the tolerances; returns the Comparison otherwise.
 
@@ -535,8 +685,17 @@ def assert_matches_reference(result: Any, reference: PathLike | Reference, *, le
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     if settings is not None:
         _assert_settings_match(settings, ref)
-    c = compare_runs(result, ref, level=level, atol=atol, rtol=rtol, mean_atol=mean_atol, prob_atol=prob_atol,
-                     x=x, input_atol=input_atol)
+    c = compare_runs(
+        result,
+        ref,
+        level=level,
+        atol=atol,
+        rtol=rtol,
+        mean_atol=mean_atol,
+        prob_atol=prob_atol,
+        x=x,
+        input_atol=input_atol,
+    )
     if c.mismatches:
         raise AssertionError(_failure_message(c, max_report, environment()))
     return c
@@ -560,8 +719,10 @@ def settings_differences(settings: Mapping[str, Any], reference: PathLike | Refe
     for k in sorted(set(now) | set(then)):
         a, b = now.get(k, missing), then.get(k, missing)
         if a != b:
-            out.append(f"{k}: {'(not set)' if a is missing else json.dumps(a)} "
-                       f"(reference: {'(not set)' if b is missing else json.dumps(b)})")
+            out.append(
+                f"{k}: {'(not set)' if a is missing else json.dumps(a)} "
+                f"(reference: {'(not set)' if b is missing else json.dumps(b)})"
+            )
     return out
 
 
@@ -569,12 +730,16 @@ def _assert_settings_match(settings: Mapping[str, Any], ref: Reference) -> None:
     __tracebackhide__ = True
     diffs = settings_differences(settings, ref)
     if diffs:
-        raise AssertionError(f"the run's settings differ from those of the reference {ref.path}, so its results "
-                             f"cannot be compared:\n" + "\n".join("  " + d for d in diffs) +
-                             f"\n(if the change is intended, rerun with {UPDATE_ENV}=1 to rewrite the reference)")
+        raise AssertionError(
+            f"the run's settings differ from those of the reference {ref.path}, so its results "
+            f"cannot be compared:\n"
+            + "\n".join("  " + d for d in diffs)
+            + f"\n(if the change is intended, rerun with {UPDATE_ENV}=1 to rewrite the reference)"
+        )
 
 
 # ---- the one-call check ----
+
 
 def _update_requested(update: bool | None) -> bool:
     if update is not None:
@@ -582,12 +747,25 @@ def _update_requested(update: bool | None) -> bool:
     return os.environ.get(UPDATE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def check_explainer_regression(explainer: Any, x: np.ndarray, reference: PathLike, *, target: Any = 1,
-                               seed: int = 0, level: str = "pixels", atol: float | None = None,
-                               rtol: float | None = None, mean_atol: float | None = None,
-                               prob_atol: float | None = None, input_atol: float | None = None,
-                               settings: Mapping[str, Any] | None = None, update: bool | None = None,
-                               dtype: str = "float32", store_inputs: bool = True, max_report: int = 8) -> Any:
+def check_explainer_regression(
+    explainer: Any,
+    x: np.ndarray,
+    reference: PathLike,
+    *,
+    target: Any = 1,
+    seed: int = 0,
+    level: str = "pixels",
+    atol: float | None = None,
+    rtol: float | None = None,
+    mean_atol: float | None = None,
+    prob_atol: float | None = None,
+    input_atol: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+    update: bool | None = None,
+    dtype: str = "float32",
+    store_inputs: bool = True,
+    max_report: int = 8,
+) -> Any:
     """Explains x with `explainer` and asserts the run matches the reference file; returns the ExplanationResult.
 
     - reference missing: the run is written there and the test fails ("wrote ...; look at it, commit it, run
@@ -608,24 +786,37 @@ def check_explainer_regression(explainer: Any, x: np.ndarray, reference: PathLik
     if _update_requested(update) or not path.exists():
         existed = path.exists()
         result = explainer.explain(x, target=target, seed=seed)
-        save_reference(path, result, x, current, target=target, seed=seed, dtype=dtype, store_inputs=store_inputs,
-                       explainer=explainer)
+        save_reference(
+            path,
+            result,
+            x,
+            current,
+            target=target,
+            seed=seed,
+            dtype=dtype,
+            store_inputs=store_inputs,
+            explainer=explainer,
+        )
         L, N = result.counterfactuals.shape[:2]
         what = f"{N} images, {L} iterations, {path.stat().st_size} bytes"
         if _update_requested(update):
             msg = f"{'rewrote' if existed else 'wrote'} the reference run {path} ({what}); nothing was compared"
             _skip(msg)
             return result
-        _fail(f"the reference run {path} did not exist; wrote it from this run ({what}): look at it "
-              f"(python -m diffice.testing show {path}), commit it, and run the test again")
+        _fail(
+            f"the reference run {path} did not exist; wrote it from this run ({what}): look at it "
+            f"(python -m diffice.testing show {path}), commit it, and run the test again"
+        )
         return result
     ref = load_reference(path)
     _assert_settings_match(current, ref)
     bad = _input_mismatches(x, ref, _tolerances(dict(input_atol=input_atol))["input_atol"])
     if bad:
-        raise AssertionError(f"the inputs differ from those stored in the reference {path}:\n" +
-                             "\n".join("  " + m.text for m in bad[:max_report]) +
-                             f"\n(if the change is intended, rerun with {UPDATE_ENV}=1 to rewrite the reference)")
+        raise AssertionError(
+            f"the inputs differ from those stored in the reference {path}:\n"
+            + "\n".join("  " + m.text for m in bad[:max_report])
+            + f"\n(if the change is intended, rerun with {UPDATE_ENV}=1 to rewrite the reference)"
+        )
     result = explainer.explain(x, target=target, seed=seed, keys=ref.keys)
     c = compare_runs(result, ref, level=level, atol=atol, rtol=rtol, mean_atol=mean_atol, prob_atol=prob_atol)
     if c.mismatches:
@@ -655,31 +846,38 @@ def _fail(msg: str) -> None:
 
 # ---- python -m diffice.testing ----
 
+
 def _show(ref: Reference) -> str:
     L, N = ref.counterfactuals.shape[:2]
-    lines = [f"{ref.path}: {N} images {tuple(ref.counterfactuals.shape[2:])}, {L} iterations, {ref.dtype}"
-             f"{', inputs stored' if ref.x is not None else ''}",
-             f"made with: {_describe_environment(ref.environment)}",
-             "settings: " + json.dumps(ref.settings, sort_keys=True),
-             f"{'image':>5} {'iter':>4} {'p_target':>9} {'lambda_c':>8} {'flipped':>7} {'nonfinite':>9}"]
+    lines = [
+        f"{ref.path}: {N} images {tuple(ref.counterfactuals.shape[2:])}, {L} iterations, {ref.dtype}"
+        f"{', inputs stored' if ref.x is not None else ''}",
+        f"made with: {_describe_environment(ref.environment)}",
+        "settings: " + json.dumps(ref.settings, sort_keys=True),
+        f"{'image':>5} {'iter':>4} {'p_target':>9} {'lambda_c':>8} {'flipped':>7} {'nonfinite':>9}",
+    ]
     for n in range(N):
         lines.append(f"{n:5d} {0:4d} {ref.prob_target[0, n]:9.4f}")
         for l in range(L):
-            lines.append(f"{n:5d} {l + 1:4d} {ref.prob_target[l + 1, n]:9.4f} {ref.lambda_used[l, n]:8g} "
-                         f"{str(bool(ref.flipped[l, n])):>7} {_g(ref.nonfinite_step[l, n]):>9}")
+            lines.append(
+                f"{n:5d} {l + 1:4d} {ref.prob_target[l + 1, n]:9.4f} {ref.lambda_used[l, n]:8g} "
+                f"{str(bool(ref.flipped[l, n])):>7} {_g(ref.nonfinite_step[l, n]):>9}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m diffice.testing",
-                                description="Show a reference run, or the distances between two of them.")
+    p = argparse.ArgumentParser(
+        prog="python -m diffice.testing", description="Show a reference run, or the distances between two of them."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("show", help="settings, machine and per-image results of a reference file")
     s.add_argument("reference")
-    c = sub.add_parser("compare", help="distances of RUN (another reference file) from REFERENCE; exit 1 when "
-                                       "over the tolerances")
+    c = sub.add_parser(
+        "compare", help="distances of RUN (another reference file) from REFERENCE; exit 1 when over the tolerances"
+    )
     c.add_argument("run")
     c.add_argument("reference")
     c.add_argument("--level", choices=LEVELS, default="pixels")
@@ -693,8 +891,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run, ref = load_reference(args.run), load_reference(args.reference)
     for d in settings_differences(run.settings, ref):
         print("setting differs: " + d)
-    comp = compare_runs(run, ref, level=args.level, atol=args.atol, rtol=args.rtol, mean_atol=args.mean_atol,
-                        prob_atol=args.prob_atol, x=run.x)
+    comp = compare_runs(
+        run,
+        ref,
+        level=args.level,
+        atol=args.atol,
+        rtol=args.rtol,
+        mean_atol=args.mean_atol,
+        prob_atol=args.prob_atol,
+        x=run.x,
+    )
     print(comp.table())
     if comp.mismatches:
         print(_failure_message(comp, 20, run.environment))

@@ -4,6 +4,7 @@
 
 The test suite executes every notebook (tests/test_notebooks.py) on the bundled demo models.
 """
+
 from pathlib import Path
 
 import nbformat
@@ -24,9 +25,11 @@ print(models.unet.config["model_channels"], "channels;", models.info["classifier
 
 NOTEBOOKS = {
     "01_quickstart.ipynb": [
-        new_markdown_cell("# Quickstart\n\nCounterfactual explanations with Diff-ICE on the bundled phantom models: "
-                          "non-standard-plane (NSP) fetal-head phantoms, moved towards the standard plane (SP) by an "
-                          "unconditional DDPM guided by the plane classifier f and a fidelity loss."),
+        new_markdown_cell(
+            "# Quickstart\n\nCounterfactual explanations with Diff-ICE on the bundled phantom models: "
+            "non-standard-plane (NSP) fetal-head phantoms, moved towards the standard plane (SP) by an "
+            "unconditional DDPM guided by the plane classifier f and a fidelity loss."
+        ),
         new_code_cell(SETUP),
         new_code_cell("""batch = demo_phantoms(3)                    # one tilted, one without CSP, one without thalami
 x = batch.images                             # (3, 1, 64, 80) float32 in [-1, 1]
@@ -52,8 +55,10 @@ print("oracle QS after :", np.round(qs_cf, 3))
 assert result.counterfactuals.shape == (3, 3, 1, 64, 80)"""),
     ],
     "02_iteration_paths.ipynb": [
-        new_markdown_cell("# Iteration paths (the paper's Figure 3)\n\nEach row: an NSP phantom and the output of "
-                          "each Diff-ICE iteration, with f's segmentation overlaid and f's p(SP) above."),
+        new_markdown_cell(
+            "# Iteration paths (the paper's Figure 3)\n\nEach row: an NSP phantom and the output of "
+            "each Diff-ICE iteration, with f's segmentation overlaid and f's p(SP) above."
+        ),
         new_code_cell(SETUP),
         new_code_cell("""batch = demo_phantoms(4)
 x = batch.images
@@ -77,10 +82,12 @@ plt.figure(figsize=(12, 6)); plt.imshow(grid); plt.axis("off")
 assert grid.ndim == 3 and grid.shape[2] == 3"""),
     ],
     "03_quality_vs_concepts.ipynb": [
-        new_markdown_cell("# Quality difference by input quality and concept (Figures 4 and S2)\n\n"
-                          "QD = QS_O(counterfactual) - QS_O(input), QS_O the oracle's quality score, against the "
-                          "input's QS_O, per failure mode (which concept the input lacks); MQD over the inputs with "
-                          "QS_O < 0.5."),
+        new_markdown_cell(
+            "# Quality difference by input quality and concept (Figures 4 and S2)\n\n"
+            "QD = QS_O(counterfactual) - QS_O(input), QS_O the oracle's quality score, against the "
+            "input's QS_O, per failure mode (which concept the input lacks); MQD over the inputs with "
+            "QS_O < 0.5."
+        ),
         new_code_cell(SETUP),
         new_code_cell("""from diffice import phantoms
 modes = ["tilted", "no_csp", "no_th", "blurred"]
@@ -112,8 +119,10 @@ fig.tight_layout()
 assert qd.shape == (2, 12)"""),
     ],
     "04_ablation_strip.ipynb": [
-        new_markdown_cell("# Ablation strip (Figure S1)\n\nOne input through Diff-ICE, its single-iteration "
-                          "variants and DiME, with and without the fidelity loss Lp."),
+        new_markdown_cell(
+            "# Ablation strip (Figure S1)\n\nOne input through Diff-ICE, its single-iteration "
+            "variants and DiME, with and without the fidelity loss Lp."
+        ),
         new_code_cell(SETUP),
         new_code_cell("""x = demo_phantoms(1).images
 variants = [("Diff-ICE (L=5)", dict(method="diff-ice")),
@@ -135,9 +144,11 @@ for name, _, p, l1 in outputs:
     print(f"{name:22s} p(SP) {p:.3f}  L1 to input {l1:.3f}")"""),
     ],
     "05_tables.ipynb": [
-        new_markdown_cell("# Tables (Tables 1 and 2)\n\nMethods side by side, and Diff-ICE per iteration, on "
-                          "non-standard-plane phantoms: flip ratio (FR), mean change of p(SP), mean oracle quality "
-                          "difference (MQD), L1 distance to the input, time per image."),
+        new_markdown_cell(
+            "# Tables (Tables 1 and 2)\n\nMethods side by side, and Diff-ICE per iteration, on "
+            "non-standard-plane phantoms: flip ratio (FR), mean change of p(SP), mean oracle quality "
+            "difference (MQD), L1 distance to the input, time per image."
+        ),
         new_code_cell(SETUP),
         new_code_cell("""import time
 x = demo_phantoms(4).images
@@ -170,8 +181,9 @@ assert len(rows) == 3"""),
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
-        nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"}})
+        nb = new_notebook(
+            cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+        )
         nbformat.write(nb, OUT / name)
         print("wrote", OUT / name)
 

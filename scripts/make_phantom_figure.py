@@ -6,6 +6,7 @@ Needs Pillow (only this script does; diffice.data.phantoms itself needs numpy al
 seeded batch in order: the first 8 standard planes, and non-standard planes filling a quota per failure mode
 (3 tilted, 2 no_csp, 1 no_th, 2 blurred) so that every mode is shown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from diffice import phantoms  # noqa: E402
 SIZE = (128, 160)
 COLUMNS = 8
 QUOTA = {"tilted": 3, "no_csp": 2, "no_th": 1, "blurred": 2}
-CAPTION = 30          # caption height under each image, pixels
+CAPTION = 30  # caption height under each image, pixels
 GAP = 4
 
 
@@ -47,8 +48,16 @@ def caption(batch, i) -> tuple:
     if batch.labels[i] == 1:
         return "SP (standard)", "TH CSP sharp"
     mode = batch.params[i]["failure_mode"]
-    why = [name for name, bad in (("FP seen", c["FP"]), ("no CSP", not c["CSP"]), ("no TH", not c["TH"]),
-                                  ("blurred", not c["sharp"])) if bad]
+    why = [
+        name
+        for name, bad in (
+            ("FP seen", c["FP"]),
+            ("no CSP", not c["CSP"]),
+            ("no TH", not c["TH"]),
+            ("blurred", not c["sharp"]),
+        )
+        if bad
+    ]
     return f"NSP: {mode}", ", ".join(why)
 
 

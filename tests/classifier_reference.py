@@ -4,6 +4,7 @@ Their module paths are the C networks' parameter names (csrc/nets/segmenter.h, p
 state_dict moves between them 1:1: ``Segmenter`` (the UNet-style segmenter s), ``SmallClassifier`` (the stand-in
 for l) and ``PlaneClassifier`` (f(x) = l(s(x), x), children under ``segmenter.`` and ``classifier.``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,12 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, cout),
+            nn.ReLU(),
         )
 
 
@@ -41,9 +46,11 @@ class Segmenter(nn.Module):
         widths = [width * 2**level for level in range(levels)]
         self.encoder = nn.ModuleList(
             DoubleConv(in_channels if level == 0 else widths[level - 1], widths[level], groups)
-            for level in range(levels))
-        self.decoder = nn.ModuleList(Up(widths[level + 1], widths[level], groups)
-                                     for level in reversed(range(levels - 1)))
+            for level in range(levels)
+        )
+        self.decoder = nn.ModuleList(
+            Up(widths[level + 1], widths[level], groups) for level in reversed(range(levels - 1))
+        )
         self.head = nn.Conv2d(width, classes, 1)
 
     def forward(self, x):
@@ -63,8 +70,11 @@ class SmallClassifier(nn.Module):
     def __init__(self, in_channels: int, width: int, num_classes: int):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
         )
         self.fc = nn.Linear(2 * width, num_classes)
 
@@ -76,8 +86,13 @@ class PlaneClassifier(nn.Module):
     """f(x) = l([x, maps]), maps = softmax over classes of s(x) (or s(x) itself); s detached when not
     grad_through_segmenter (as SASN runs it under no_grad). Returns (logits, segmentation logits)."""
 
-    def __init__(self, segmenter: nn.Module, classifier: nn.Module, grad_through_segmenter: bool = True,
-                 seg_input: str = "probabilities"):
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        classifier: nn.Module,
+        grad_through_segmenter: bool = True,
+        seg_input: str = "probabilities",
+    ):
         super().__init__()
         self.segmenter = segmenter
         self.classifier = classifier

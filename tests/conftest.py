@@ -1,4 +1,5 @@
 """Shared test helpers: fresh random inputs, relative error against float64 references, the shared/ folder."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,15 @@ SHARED = Path(os.environ.get("DIFFICE_SHARED", Path(__file__).resolve().parents[
 
 
 # The smallest real models the sampler tests share: a 2-level UNet and a plane classifier (segmenter + SonoNet-4).
-TINY_UNET_CONFIG = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1),
-                        attention_resolutions=(), learn_sigma=True, num_heads=1)
+TINY_UNET_CONFIG = dict(
+    in_channels=1,
+    model_channels=32,
+    num_res_blocks=1,
+    channel_mult=(1, 1),
+    attention_resolutions=(),
+    learn_sigma=True,
+    num_heads=1,
+)
 
 
 def tiny_unet():

@@ -2,6 +2,7 @@
 
 Written from the upstream module structure so that state_dict keys are identical; built from a diffice config dict.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels, emb_channels, out_channels, use_scale_shift_norm, up=False, down=False):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -77,9 +79,14 @@ class ResBlock(TimestepBlock):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(normalization(out_channels), nn.SiLU(), nn.Dropout(p=0.0),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=0.0),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
@@ -131,8 +138,11 @@ class QKVAttention(nn.Module):
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.chunk(3, dim=1)
         scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", (q * scale).view(bs * self.n_heads, ch, length),
-                              (k * scale).view(bs * self.n_heads, ch, length))
+        weight = torch.einsum(
+            "bct,bcs->bts",
+            (q * scale).view(bs * self.n_heads, ch, length),
+            (k * scale).view(bs * self.n_heads, ch, length),
+        )
         weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
         a = torch.einsum("bts,bcs->bct", weight, v.reshape(bs * self.n_heads, ch, length))
         return a.reshape(bs, -1, length)
@@ -181,13 +191,14 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(
-                    ResBlock(ch, ted, ch, ss, down=True) if updown else Downsample(ch, True)))
+                self.input_blocks.append(
+                    TimestepEmbedSequential(ResBlock(ch, ted, ch, ss, down=True) if updown else Downsample(ch, True))
+                )
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = TimestepEmbedSequential(ResBlock(ch, ted, ch, ss),
-                                                    AttentionBlock(ch, num_heads, nhc, new_order),
-                                                    ResBlock(ch, ted, ch, ss))
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, ted, ch, ss), AttentionBlock(ch, num_heads, nhc, new_order), ResBlock(ch, ted, ch, ss)
+        )
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(nrb + 1):

@@ -7,6 +7,7 @@ so state_dict keys equal those of pt_inception-2015-12-05-6726825d.pth (without 
 ``forward`` is pytorch-fid's InceptionV3 up to pool3: bilinear resize (align_corners=False), 2x - 1, the blocks,
 adaptive average pool to 1x1.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ it: biases on every conv, BatchNorm eps 1.001e-5, stride on the first 1x1 conv o
 block 0 of every stage. The input normalisation is torchvision's ImageNet mean/std or MONAI's
 RadImageNetPerceptualSimilarity (RGB -> BGR, caffe mean, no std), both from x in [-1, 1].
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,6 +28,8 @@ class ReLU(nn.Module):
         if ReLU.shift == 0.0:
             return torch.relu(v)
         return v * (v > ReLU.shift * v.detach().pow(2).mean().sqrt())
+
+
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
@@ -110,8 +113,10 @@ class ResNet(nn.Module):
                 st = stride if i == 0 else 1
                 downsample = None
                 if (keras and i == 0) or st != 1 or inplanes != planes * block.expansion:
-                    downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, st, bias=bias),
-                                               nn.BatchNorm2d(planes * block.expansion, eps=eps))
+                    downsample = nn.Sequential(
+                        nn.Conv2d(inplanes, planes * block.expansion, 1, st, bias=bias),
+                        nn.BatchNorm2d(planes * block.expansion, eps=eps),
+                    )
                 layers.append(block(inplanes, planes, st, downsample, bias, eps, keras))
                 inplanes = planes * block.expansion
             setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
@@ -150,6 +155,7 @@ def perceptual_loss(model, a, b, variant, weight):
         if variant == "mse":
             loss = loss + weight * ((fa[t] - fb[t]) ** 2).mean(dim=(1, 2, 3))
         else:
+
             def unit(f):
                 return f / (torch.sqrt(torch.sum(f**2, dim=1, keepdim=True)) + 1e-10)
 

@@ -10,6 +10,7 @@ network moves the input gradient by percents). forward(x, gates) therefore takes
 and pool argmax indices of the float32 forward under test, in network order, and applies them instead of deciding
 in float64; the gradient then is the float64 gradient of the same piecewise-linear branch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ import torch.nn as nn
 
 
 def conv_layer(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(cout, eps=1e-4), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout, eps=1e-4), nn.ReLU()
+    )
 
 
 class SonoNetReference(nn.Module):
@@ -36,8 +38,12 @@ class SonoNetReference(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*blocks)
         self.adaption = nn.Sequential(
-            nn.Conv2d(8 * k, 4 * k, 1, bias=False), nn.BatchNorm2d(4 * k, eps=1e-4), nn.ReLU(),
-            nn.Conv2d(4 * k, num_classes, 1, bias=False), nn.BatchNorm2d(num_classes, eps=1e-4))
+            nn.Conv2d(8 * k, 4 * k, 1, bias=False),
+            nn.BatchNorm2d(4 * k, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(4 * k, num_classes, 1, bias=False),
+            nn.BatchNorm2d(num_classes, eps=1e-4),
+        )
 
     def units(self):
         """The layers in order: conv/BN units as (conv, bn, relu or None), pools as the MaxPool2d module."""

@@ -3,6 +3,7 @@ the image readers (diffice.data.images.load_image / list_images, diffice.train.n
 weight
 loaders (diffice.io.load_weights, load_safetensors). Always a Python exception naming the file, never a crash or
 a hang; a crash in C would kill the test process (and show up as a failure of the whole run)."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,7 @@ import diffice.io as dio
 from diffice.data.images import MAX_IMAGE_PIXELS, ImageReadError, list_images, load_image
 from diffice.train.networks import load_training_set
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=False)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
 
 
 def _png(h=12, w=10, mode="L", seed=0) -> bytes:
@@ -64,7 +64,7 @@ def corrupted(draw, kind: str):
     data = bytearray(VALID[kind])
     how = draw(st.sampled_from(["truncate", "flip", "overwrite", "insert", "append"]))
     if how == "truncate":
-        return bytes(data[:draw(st.integers(0, len(data) - 1))])
+        return bytes(data[: draw(st.integers(0, len(data) - 1))])
     if how == "flip":
         for _ in range(draw(st.integers(1, 8))):
             i = draw(st.integers(0, len(data) - 1))
@@ -73,7 +73,7 @@ def corrupted(draw, kind: str):
     if how == "overwrite":
         i = draw(st.integers(0, len(data) - 1))
         chunk = draw(st.binary(min_size=1, max_size=16))
-        data[i:i + len(chunk)] = chunk
+        data[i : i + len(chunk)] = chunk
         return bytes(data)
     if how == "insert":
         i = draw(st.integers(0, len(data)))
@@ -82,8 +82,9 @@ def corrupted(draw, kind: str):
 
 
 def _check_named(exc: BaseException, path: Path) -> None:
-    assert str(path) in str(exc) or (isinstance(exc, OSError) and exc.filename == str(path)), \
+    assert str(path) in str(exc) or (isinstance(exc, OSError) and exc.filename == str(path)), (
         f"{type(exc).__name__} does not name {path}: {exc}"
+    )
 
 
 # One folder for every example's files, removed when the module's tests are done (at interpreter exit).
@@ -105,8 +106,10 @@ def _write(data: bytes, name: str) -> Path:
 
 
 @SETTINGS
-@given(data=st.one_of(st.binary(max_size=512), corrupted("png"), corrupted("png_rgb")),
-       suffix=st.sampled_from([".png", ".jpg", ".tif", ".bmp"]))
+@given(
+    data=st.one_of(st.binary(max_size=512), corrupted("png"), corrupted("png_rgb")),
+    suffix=st.sampled_from([".png", ".jpg", ".tif", ".bmp"]),
+)
 def test_load_image_random_and_corrupted(data, suffix):
     p = _write(data, "img" + suffix)
     try:
@@ -135,15 +138,17 @@ def test_load_image_refuses_a_huge_canvas_before_decoding(tmp_path):
 
 
 @SETTINGS
-@given(names=st.lists(st.text(st.characters(whitelist_categories=("Ll", "Nd")), min_size=1, max_size=8),
-                      max_size=5, unique=True),
-       suffixes=st.lists(st.sampled_from([".png", ".PNG", ".txt", ".jpeg", "", ".dcm"]), min_size=5, max_size=5))
+@given(
+    names=st.lists(
+        st.text(st.characters(whitelist_categories=("Ll", "Nd")), min_size=1, max_size=8), max_size=5, unique=True
+    ),
+    suffixes=st.lists(st.sampled_from([".png", ".PNG", ".txt", ".jpeg", "", ".dcm"]), min_size=5, max_size=5),
+)
 def test_list_images_any_folder(names, suffixes):
     d = _fresh_dir("list-")
     for name, suffix in zip(names, suffixes):
         (d / (name + suffix)).write_bytes(b"x")
-    expected = sorted(d / (n + s) for n, s in zip(names, suffixes)
-                      if s.lower() in (".png", ".jpeg", ".dcm"))
+    expected = sorted(d / (n + s) for n, s in zip(names, suffixes) if s.lower() in (".png", ".jpeg", ".dcm"))
     if expected:
         assert list_images(d) == expected
     else:
@@ -157,8 +162,11 @@ def test_list_images_missing_folder(tmp_path):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bad=st.one_of(st.binary(max_size=256), corrupted("png")), position=st.integers(0, 2),
-       csv_text=st.one_of(st.none(), st.text(max_size=80)))
+@given(
+    bad=st.one_of(st.binary(max_size=256), corrupted("png")),
+    position=st.integers(0, 2),
+    csv_text=st.one_of(st.none(), st.text(max_size=80)),
+)
 def test_load_training_set_with_a_bad_file(bad, position, csv_text):
     d = _fresh_dir("train-")
     images = d / "images"
@@ -172,8 +180,9 @@ def test_load_training_set_with_a_bad_file(bad, position, csv_text):
     try:
         ts = load_training_set(images, size=(8, 8), labels=labels)
     except ValueError as exc:
-        assert str(images / f"im{position}.png") in str(exc) or (labels is not None and str(labels) in str(exc)), \
-            str(exc)
+        assert str(images / f"im{position}.png") in str(exc) or (labels is not None and str(labels) in str(exc)), str(
+            exc
+        )
     else:
         assert ts.images.shape == (3, 1, 8, 8) and np.all(np.abs(ts.images) <= 1)
 
@@ -182,9 +191,15 @@ def test_load_training_set_with_a_bad_file(bad, position, csv_text):
 
 
 @SETTINGS
-@given(data=st.one_of(st.binary(max_size=1024), corrupted("safetensors"), corrupted("npz"),
-                      *([corrupted("pt")] if "pt" in VALID else [])),
-       loader=st.sampled_from(["load_weights", "load_safetensors"]))
+@given(
+    data=st.one_of(
+        st.binary(max_size=1024),
+        corrupted("safetensors"),
+        corrupted("npz"),
+        *([corrupted("pt")] if "pt" in VALID else []),
+    ),
+    loader=st.sampled_from(["load_weights", "load_safetensors"]),
+)
 def test_weight_loaders_random_and_corrupted(data, loader):
     p = _write(data, "model.bin")
     try:
@@ -223,12 +238,12 @@ def test_zip_member_claiming_a_terabyte(tmp_path):
         z.writestr("x.npy", b"\0" * 100)
     data = bytearray(buf.getvalue())
     cd = data.find(b"PK\x01\x02")
-    data[cd + 24:cd + 28] = struct.pack("<I", 0xFFFFFFFF)  # size -> ZIP64 extra field (absent): refused
+    data[cd + 24 : cd + 28] = struct.pack("<I", 0xFFFFFFFF)  # size -> ZIP64 extra field (absent): refused
     p = tmp_path / "bomb.npz"
     p.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=str(p)):
         dio.load_npz(p)
-    data[cd + 24:cd + 28] = struct.pack("<I", 0xFFFFFFF0)  # 4 GB from a few bytes: beyond deflate's ratio
+    data[cd + 24 : cd + 28] = struct.pack("<I", 0xFFFFFFF0)  # 4 GB from a few bytes: beyond deflate's ratio
     p.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="beyond deflate's limit|inflates to|size"):
         dio.load_npz(p)

@@ -1,5 +1,6 @@
 """The segmenter s, the plane classifier f(x) = l(s(x), x) and the classification loss against PyTorch references
 built from the same weights (tests/classifier_reference.py), in float64."""
+
 import gc
 import re
 
@@ -33,20 +34,17 @@ def kink_sparse(net, rng):
                 p[...] = rng.choice([-1.0, 1.0], p.shape)
 
 
-
 def torch_segmenter(seg: Segmenter) -> ref.Segmenter:
     c = seg.config
     model = ref.Segmenter(c["classes"], c["width"], c["levels"], c["groups"], c["in_channels"]).double()
-    model.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in seg.state_dict().items()},
-                          strict=True)
+    model.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in seg.state_dict().items()}, strict=True)
     return model
 
 
 def torch_small(net: SmallClassifier) -> ref.SmallClassifier:
     c = net.config
     model = ref.SmallClassifier(c["in_channels"], c["width"], c["num_classes"]).double()
-    model.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in net.state_dict().items()},
-                          strict=True)
+    model.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in net.state_dict().items()}, strict=True)
     return model
 
 
@@ -79,12 +77,14 @@ def retry(check, rng):
 
 # ---- segmenter ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("levels, size", [(4, (64, 80)), (3, (48, 96))])
 def test_segmenter_matches_pytorch(rng, backend, levels, size):
     def check(rng):
-        seg = Segmenter.random(classes=5, width=8, levels=levels, groups=4, seed=int(rng.integers(1 << 30)),
-                               backend=backend)
+        seg = Segmenter.random(
+            classes=5, width=8, levels=levels, groups=4, seed=int(rng.integers(1 << 30)), backend=backend
+        )
         kink_sparse(seg, rng)
         model = torch_segmenter(seg)
         x = randn(rng, 3, 1, *size)
@@ -93,8 +93,12 @@ def test_segmenter_matches_pytorch(rng, backend, levels, size):
         y = model(xt)
         (y * torch.from_numpy(v).double()).sum().backward()
         dx, grads = seg.gradients(x, v)
-        return [(rel_err(seg.forward(x), y), "forward"), (rel_err(dx, xt.grad), "dx"),
-                (rel_err(seg.vjp(x, v), xt.grad), "vjp"), module_gradient_error(grads, model)]
+        return [
+            (rel_err(seg.forward(x), y), "forward"),
+            (rel_err(dx, xt.grad), "dx"),
+            (rel_err(seg.vjp(x, v), xt.grad), "vjp"),
+            module_gradient_error(grads, model),
+        ]
 
     retry(check, rng)
 
@@ -169,22 +173,24 @@ def test_segmenter_bad_inputs():
 
 # ---- plane classifier ----
 
-def make_plane_classifier(rng, classes=4, grad_through=True, seg_input="probabilities", backend="cpu",
-                          n_classes=2):
-    seg = Segmenter.random(classes=classes, width=8, levels=3, groups=4, seed=int(rng.integers(1 << 30)),
-                           backend=backend)
+
+def make_plane_classifier(rng, classes=4, grad_through=True, seg_input="probabilities", backend="cpu", n_classes=2):
+    seg = Segmenter.random(
+        classes=classes, width=8, levels=3, groups=4, seed=int(rng.integers(1 << 30)), backend=backend
+    )
     kink_sparse(seg, rng)
-    cls = SmallClassifier.random(1 + classes, width=6, num_classes=n_classes, seed=int(rng.integers(1 << 30)),
-                                 backend=backend)
-    f = PlaneClassifier(seg, cls, grad_through_segmenter=grad_through, segmentation_input=seg_input,
-                        backend=backend)
+    cls = SmallClassifier.random(
+        1 + classes, width=6, num_classes=n_classes, seed=int(rng.integers(1 << 30)), backend=backend
+    )
+    f = PlaneClassifier(seg, cls, grad_through_segmenter=grad_through, segmentation_input=seg_input, backend=backend)
     model = ref.PlaneClassifier(torch_segmenter(seg), torch_small(cls), grad_through, seg_input)
     return f, model
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("grad_through, seg_input", [(True, "probabilities"), (False, "probabilities"),
-                                                     (True, "logits")])
+@pytest.mark.parametrize(
+    "grad_through, seg_input", [(True, "probabilities"), (False, "probabilities"), (True, "logits")]
+)
 def test_plane_classifier_matches_pytorch(rng, backend, grad_through, seg_input):
     def check(rng):
         f, model = make_plane_classifier(rng, grad_through=grad_through, seg_input=seg_input, backend=backend)
@@ -194,9 +200,12 @@ def test_plane_classifier_matches_pytorch(rng, backend, grad_through, seg_input)
         logits, seg = model(xt)
         (logits * torch.from_numpy(dlogits).double()).sum().backward()
         out = f.forward(x)
-        errors = [(rel_err(out.logits, logits), "logits"), (rel_err(out.segmentation, seg), "segmentation"),
-                  (rel_err(out.probabilities, logits.softmax(dim=1)), "probabilities"),
-                  (rel_err(f.vjp(x, dlogits), xt.grad), "dx")]
+        errors = [
+            (rel_err(out.logits, logits), "logits"),
+            (rel_err(out.segmentation, seg), "segmentation"),
+            (rel_err(out.probabilities, logits.softmax(dim=1)), "probabilities"),
+            (rel_err(f.vjp(x, dlogits), xt.grad), "dx"),
+        ]
         assert np.array_equal(out.segmentation_labels, out.segmentation.argmax(axis=1))
         dx, grads = f.gradients(x, dlogits, None)
         errors.append((rel_err(dx, xt.grad), "gradients dx"))
@@ -248,10 +257,10 @@ def test_plane_classifier_batch_independence(rng):
     x, d = randn(rng, 3, 1, 32, 48), randn(rng, 3, 2)
     out, dx = f.forward(x), f.vjp(x, d)
     for i in range(3):
-        one = f.forward(x[i:i + 1])
-        assert rel_err(one.logits, out.logits[i:i + 1]) <= 1e-5
-        assert rel_err(one.segmentation, out.segmentation[i:i + 1]) <= 1e-5
-        assert rel_err(f.vjp(x[i:i + 1], d[i:i + 1]), dx[i:i + 1]) <= 1e-5
+        one = f.forward(x[i : i + 1])
+        assert rel_err(one.logits, out.logits[i : i + 1]) <= 1e-5
+        assert rel_err(one.segmentation, out.segmentation[i : i + 1]) <= 1e-5
+        assert rel_err(f.vjp(x[i : i + 1], d[i : i + 1]), dx[i : i + 1]) <= 1e-5
 
 
 def test_plane_classifier_parameters_are_the_childrens(rng):
@@ -280,8 +289,9 @@ def test_plane_classifier_checkpoint_roundtrip(tmp_path, rng):
     f, model = make_plane_classifier(rng)
     x = randn(rng, 2, 1, 32, 32)
     f.save(tmp_path / "f.safetensors")
-    g = PlaneClassifier.from_file(tmp_path / "f.safetensors", classifier_factory=SmallClassifier.from_state_dict,
-                                  groups=4)
+    g = PlaneClassifier.from_file(
+        tmp_path / "f.safetensors", classifier_factory=SmallClassifier.from_state_dict, groups=4
+    )
     np.testing.assert_array_equal(g.forward(x).logits, f.forward(x).logits)
     torch.save(model.float().state_dict(), tmp_path / "f.pt")
     h = PlaneClassifier.from_file(tmp_path / "f.pt", classifier_factory=SmallClassifier.from_state_dict, groups=4)
@@ -324,6 +334,7 @@ def test_plane_classifier_bad_inputs(rng):
 
 
 # ---- classification loss ----
+
 
 def torch_loss(logits, targets, kind):
     z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
@@ -387,6 +398,7 @@ def test_classification_loss_bad_inputs(rng):
 
 def test_guidance_loop_pieces_fit_together(rng):
     """d sum Lc(f(x), y) / dx via classification_loss then PlaneClassifier.vjp equals the reference autograd."""
+
     def check(rng):
         f, model = make_plane_classifier(rng)
         x = randn(rng, 3, 1, 32, 32)

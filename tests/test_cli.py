@@ -1,5 +1,6 @@
 """The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of
 `diffice explain`."""
+
 import subprocess
 import sys
 
@@ -28,8 +29,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_unknown_command_is_a_usage_error():
-    done = subprocess.run([sys.executable, "-m", "diffice", "frobnicate"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-m", "diffice", "frobnicate"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "invalid choice" in done.stderr
 
 
@@ -50,11 +50,29 @@ def test_explain_help_describes_every_flag_and_its_allowed_values():
             text = actions[key].help
             assert not text.startswith("default:") and len(text.split("(default:")[0]) > 20, key
             assert f"[{section}] {key}" in text, key
-    choices = {k: actions[k].choices for k in ("classifier_kind", "perceptual_kind", "perceptual_variant", "method",
-                                               "schedule", "class_loss", "grad_at", "preset", "perceptual_taps")}
+    choices = {
+        k: actions[k].choices
+        for k in (
+            "classifier_kind",
+            "perceptual_kind",
+            "perceptual_variant",
+            "method",
+            "schedule",
+            "class_loss",
+            "grad_at",
+            "preset",
+            "perceptual_taps",
+        )
+    }
     assert choices["classifier_kind"] == ["plane", "sononet"]
-    assert choices["perceptual_kind"] == ["resnet50", "resnet18", "resnet50-radimagenet", "resnet18-radimagenet",
-                                          "pixel-l1", "pixel-l2"]
+    assert choices["perceptual_kind"] == [
+        "resnet50",
+        "resnet18",
+        "resnet50-radimagenet",
+        "resnet18-radimagenet",
+        "pixel-l1",
+        "pixel-l2",
+    ]
     assert choices["method"] == list(METHODS) and choices["preset"] == ["demo"]
     assert all(choices.values())
     assert actions["preset"].option_strings[0] == "--models"
@@ -69,8 +87,13 @@ def test_explain_help_describes_every_flag_and_its_allowed_values():
 
 def test_explain_flags_refuse_values_outside_their_choices(capsys):
     base = ["explain", "--images", "in", "--out", "out"]
-    for flag, value in (("--classifier-kind", "resnet"), ("--perceptual-kind", "vgg16"), ("--method", "dime2"),
-                        ("--clip", "maybe"), ("--models", "bundled")):
+    for flag, value in (
+        ("--classifier-kind", "resnet"),
+        ("--perceptual-kind", "vgg16"),
+        ("--method", "dime2"),
+        ("--clip", "maybe"),
+        ("--models", "bundled"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(base + [flag, value])
         assert exc.value.code == 2

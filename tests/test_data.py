@@ -1,4 +1,5 @@
 """Image reading and writing: formats, grayscale, resizing, ranges, clear errors."""
+
 import numpy as np
 import pytest
 from PIL import Image

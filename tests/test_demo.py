@@ -1,4 +1,5 @@
 """The bundled demo models and `diffice demo` (the README's main command)."""
+
 import csv
 import json
 
@@ -74,8 +75,9 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     qs_x = np.array([models.oracle.quality_score(_png(tmp_path / s / "input.png"))[0] for s in stems], np.float64)
     assert table[0]["mqd"] == "" and summary["iterations"][0]["mqd"] == ""
     for k in (1, 2):
-        qs_cf = np.array([models.oracle.quality_score(_png(tmp_path / s / f"iteration_{k}.png"))[0]
-                          for s in stems], np.float64)
+        qs_cf = np.array(
+            [models.oracle.quality_score(_png(tmp_path / s / f"iteration_{k}.png"))[0] for s in stems], np.float64
+        )
         terms = np.where(qs_x < 0.5, qs_cf - qs_x, 0.0)
         row = summary["iterations"][k]
         assert row["mqd"] == pytest.approx(terms.mean(), abs=1e-6)
@@ -117,13 +119,14 @@ def test_run_demo_figure_shows_the_first_six_images(models, tmp_path, capsys):
 def test_mqd_interval_is_the_percentile_bootstrap(rng):
     """Against scipy.stats.bootstrap (percentile method) of the paper's MQD terms."""
     stats = pytest.importorskip("scipy.stats")
-    qs_x = rng.uniform(0, 0.8, 30)          # some inputs at QS >= 0.5: their terms are 0
+    qs_x = rng.uniform(0, 0.8, 30)  # some inputs at QS >= 0.5: their terms are 0
     qs_cf = np.clip(qs_x + rng.normal(0.3, 0.3, 30), 0, 1)
     terms = np.where(qs_x < 0.5, qs_cf - qs_x, 0.0)
     m, low, high = mqd_interval(qs_x, qs_cf)
     assert m == pytest.approx(terms.mean(), abs=1e-12)
-    ref = stats.bootstrap((terms,), np.mean, confidence_level=0.95, n_resamples=20000, method="percentile",
-                          random_state=1).confidence_interval
+    ref = stats.bootstrap(
+        (terms,), np.mean, confidence_level=0.95, n_resamples=20000, method="percentile", random_state=1
+    ).confidence_interval
     se = terms.std(ddof=1) / np.sqrt(len(terms))
     assert low == pytest.approx(ref.low, abs=0.15 * se) and high == pytest.approx(ref.high, abs=0.15 * se)
     assert low < m < high
@@ -137,8 +140,12 @@ def test_cli_demo_on_own_images(tmp_path, capsys):
     src.mkdir()
     b = phantoms.generate(1, (100, 120), seed=5, standard_fraction=0.0)
     Image.fromarray(((b.images[0, 0] + 1) * 127.5).astype(np.uint8)).save(src / "scan.png")
-    assert main(["demo", "--images", str(src), "--out", str(tmp_path / "out"), "--iterations", "1", "--tau", "3",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["demo", "--images", str(src), "--out", str(tmp_path / "out"), "--iterations", "1", "--tau", "3", "--quiet"]
+        )
+        == 0
+    )
     assert "Diff-ICE on 1 image" in capsys.readouterr().out
     assert (tmp_path / "out" / "scan" / "iteration_1.png").exists()
     with Image.open(tmp_path / "out" / "scan" / "iteration_1.png") as im:

@@ -1,5 +1,6 @@
 """GaussianDiffusion against an independent numpy transcription of guided-diffusion, and the table of
 docs/method.md section 2.5."""
+
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ def reference_space_timesteps(num_timesteps, section_counts):
     """guided-diffusion respace.py space_timesteps, transcribed."""
     if isinstance(section_counts, str):
         if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
+            desired = int(section_counts[len("ddim") :])
             for i in range(1, num_timesteps):
                 if len(range(0, num_timesteps, i)) == desired:
                     return set(range(0, num_timesteps, i))
@@ -42,8 +43,10 @@ def reference_tables(steps, schedule, respacing):
         scale = 1000 / steps
         betas = np.linspace(scale * 0.0001, scale * 0.02, steps, dtype=np.float64)
     else:
+
         def f(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
         betas = np.array([min(1 - f((i + 1) / steps) / f(i / steps), 0.999) for i in range(steps)])
     use = reference_space_timesteps(steps, respacing) if respacing else set(range(steps))
     ac = np.cumprod(1.0 - betas)
@@ -58,20 +61,35 @@ def reference_tables(steps, schedule, respacing):
     prev = np.append(1.0, ac[:-1])
     pv = betas * (1.0 - prev) / (1.0 - ac)
     return dict(
-        betas=betas, alphas_cumprod=ac, alphas_cumprod_prev=prev, alphas_cumprod_next=np.append(ac[1:], 0.0),
-        sqrt_alphas_cumprod=np.sqrt(ac), sqrt_one_minus_alphas_cumprod=np.sqrt(1 - ac),
-        log_one_minus_alphas_cumprod=np.log(1 - ac), sqrt_recip_alphas_cumprod=np.sqrt(1 / ac),
-        sqrt_recipm1_alphas_cumprod=np.sqrt(1 / ac - 1), posterior_variance=pv,
+        betas=betas,
+        alphas_cumprod=ac,
+        alphas_cumprod_prev=prev,
+        alphas_cumprod_next=np.append(ac[1:], 0.0),
+        sqrt_alphas_cumprod=np.sqrt(ac),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1 - ac),
+        log_one_minus_alphas_cumprod=np.log(1 - ac),
+        sqrt_recip_alphas_cumprod=np.sqrt(1 / ac),
+        sqrt_recipm1_alphas_cumprod=np.sqrt(1 / ac - 1),
+        posterior_variance=pv,
         posterior_log_variance_clipped=np.log(np.append(pv[1], pv[1:])),
         posterior_mean_coef1=betas * np.sqrt(prev) / (1 - ac),
-        posterior_mean_coef2=(1 - prev) * np.sqrt(1 - betas) / (1 - ac), timestep_map=np.array(tmap),
+        posterior_mean_coef2=(1 - prev) * np.sqrt(1 - betas) / (1 - ac),
+        timestep_map=np.array(tmap),
     )
 
 
-@pytest.mark.parametrize("steps, schedule, respacing", [
-    (1000, "linear", "400"), (1000, "linear", ""), (500, "linear", "200"), (1000, "cosine", "250"),
-    (1000, "linear", "10,20,30"), (1000, "linear", "ddim50"), (100, "linear", "7"),
-])
+@pytest.mark.parametrize(
+    "steps, schedule, respacing",
+    [
+        (1000, "linear", "400"),
+        (1000, "linear", ""),
+        (500, "linear", "200"),
+        (1000, "cosine", "250"),
+        (1000, "linear", "10,20,30"),
+        (1000, "linear", "ddim50"),
+        (100, "linear", "7"),
+    ],
+)
 def test_tables_match_guided_diffusion(steps, schedule, respacing):
     d = GaussianDiffusion(steps, schedule, respacing)
     ref = reference_tables(steps, schedule, respacing)
@@ -92,8 +110,13 @@ def test_method_md_table():
     ]
     for i, t, beta, abar, sq, lpv, lb in rows:
         assert d.timestep_map[i] == t
-        for got, want in [(d.betas[i], beta), (d.alphas_cumprod[i], abar), (d.sqrt_alphas_cumprod[i], sq),
-                          (d.posterior_log_variance_clipped[i], lpv), (np.log(d.betas[i]), lb)]:
+        for got, want in [
+            (d.betas[i], beta),
+            (d.alphas_cumprod[i], abar),
+            (d.sqrt_alphas_cumprod[i], sq),
+            (d.posterior_log_variance_clipped[i], lpv),
+            (np.log(d.betas[i]), lb),
+        ]:
             # the table is printed to 6 significant digits
             assert abs(got - want) <= 5e-6 * abs(want) + 1e-10, (i, got, want)
     assert list(d.timestep_map[:6]) == [0, 3, 5, 8, 10, 13]
@@ -131,8 +154,9 @@ def test_p_mean_variance_matches_torch_float32(rng, learn_sigma, fixed):
         else:
             var, log_var = _extract(pv, idx), _extract(ref["posterior_log_variance_clipped"], idx)
         var, log_var = var.expand_as(xt), log_var.expand_as(xt)
-    x0 = (_extract(ref["sqrt_recip_alphas_cumprod"], idx) * xt
-          - _extract(ref["sqrt_recipm1_alphas_cumprod"], idx) * eps).clamp(-1, 1)
+    x0 = (
+        _extract(ref["sqrt_recip_alphas_cumprod"], idx) * xt - _extract(ref["sqrt_recipm1_alphas_cumprod"], idx) * eps
+    ).clamp(-1, 1)
     mean = _extract(ref["posterior_mean_coef1"], idx) * x0 + _extract(ref["posterior_mean_coef2"], idx) * xt
     for g, want in zip(got, (mean, var, log_var, x0)):
         np.testing.assert_allclose(g, want.numpy(), rtol=1e-6, atol=1e-7)
@@ -140,7 +164,8 @@ def test_p_mean_variance_matches_torch_float32(rng, learn_sigma, fixed):
     noise, grad = randn(rng, n, c, h, w), randn(rng, n, c, h, w)
     sample = d.p_sample(out, x_t, idx, noise, grad=grad)
     want = (mean - var * torch.from_numpy(grad)) + torch.tensor([0.0, 1.0, 1.0])[:, None, None, None] * torch.exp(
-        0.5 * log_var) * torch.from_numpy(noise)
+        0.5 * log_var
+    ) * torch.from_numpy(noise)
     np.testing.assert_allclose(sample, want.numpy(), rtol=1e-6, atol=1e-6)
 
 
@@ -149,8 +174,9 @@ def test_q_sample(rng):
     x0, noise = randn(rng, 3, 1, 8, 10), randn(rng, 3, 1, 8, 10)
     idx = np.array([5, 120, 399])
     got = d.q_sample(x0, idx, noise)
-    want = (_extract(d.sqrt_alphas_cumprod, idx) * torch.from_numpy(x0)
-            + _extract(d.sqrt_one_minus_alphas_cumprod, idx) * torch.from_numpy(noise))
+    want = _extract(d.sqrt_alphas_cumprod, idx) * torch.from_numpy(x0) + _extract(
+        d.sqrt_one_minus_alphas_cumprod, idx
+    ) * torch.from_numpy(noise)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(d.q_sample(x0, 120, noise)[1], got[1])
 

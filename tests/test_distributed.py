@@ -1,6 +1,7 @@
 """Dask scale-out (issue 10): a LocalCluster of 2 worker processes gives the local run's bytes, a worker killed
 mid-run loses and corrupts nothing, `diffice explain` on a cluster, the clear message without Dask, the SLURM and PBS
 job scripts (no SLURM here: dask-jobqueue's generated script is checked for the requested resources)."""
+
 import builtins
 import os
 import signal
@@ -12,8 +13,9 @@ from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spe
 from diffice.explain.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
 from diffice.explain.sweep import SweepStore, run_sweep
 
-distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install "
-                                                        "'diffice[distributed]')")
+distributed = pytest.importorskip(
+    "distributed", reason="dask[distributed] is not installed (pip install 'diffice[distributed]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,11 @@ def cluster():
 
 def stored(spec):
     with SweepStore(spec.store_path) as store:
-        return store.counterfactual_blobs(), store.db.execute(RESULT_ROWS).fetchall(), \
-            {r[0] for r in store.db.execute("SELECT worker FROM units")}
+        return (
+            store.counterfactual_blobs(),
+            store.db.execute(RESULT_ROWS).fetchall(),
+            {r[0] for r in store.db.execute("SELECT worker FROM units")},
+        )
 
 
 def test_local_cluster_gives_the_local_results(tmp_path, models_dir, reference, cluster):
@@ -81,17 +86,30 @@ def test_explain_on_a_cluster_matches_local(tmp_path, models_dir, cluster, rng):
     (tmp_path / "in").mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "in" / f"img{i}.png")
-    cfg = load_config(None, dict(unet=str(models_dir / "ddpm.safetensors"), num_heads=1,
-                                 classifier=str(models_dir / "f.safetensors"), perceptual_kind="pixel-l2",
-                                 respacing="10", image_size=[16, 24], batch_size=2, tau=3, iterations=2,
-                                 lambda_c=[5.0, 50.0], lambda_p=1.0))
+    cfg = load_config(
+        None,
+        dict(
+            unet=str(models_dir / "ddpm.safetensors"),
+            num_heads=1,
+            classifier=str(models_dir / "f.safetensors"),
+            perceptual_kind="pixel-l2",
+            respacing="10",
+            image_size=[16, 24],
+            batch_size=2,
+            tau=3,
+            iterations=2,
+            lambda_c=[5.0, 50.0],
+            lambda_p=1.0,
+        ),
+    )
     run_explain(cfg, tmp_path / "in", tmp_path / "local", progress=False)
     summary = run_explain(cfg, tmp_path / "in", tmp_path / "dask", progress=False, executor=cluster)
     assert summary["explained"] == 3
     for i in range(3):
         for name in ("iteration_1.png", "iteration_2.png", "input.png"):
-            assert (tmp_path / "dask" / f"img{i}" / name).read_bytes() == \
-                (tmp_path / "local" / f"img{i}" / name).read_bytes()
+            assert (tmp_path / "dask" / f"img{i}" / name).read_bytes() == (
+                tmp_path / "local" / f"img{i}" / name
+            ).read_bytes()
     assert (tmp_path / "dask" / "results.csv").read_text().count("\n") == 3 * 3 + 1
 
 
@@ -124,15 +142,31 @@ def test_without_dask_the_options_say_so(tmp_path, models_dir, monkeypatch, caps
 
 def test_slurm_and_pbs_job_scripts_request_the_resources():
     pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed")
-    options = dict(cores=8, memory="32GB", gpus=2, queue="gpu", account="proj42", walltime="02:30:00",
-                   job_script_prologue=["source ~/venv/bin/activate"], dashboard_address=":0")
+    options = dict(
+        cores=8,
+        memory="32GB",
+        gpus=2,
+        queue="gpu",
+        account="proj42",
+        walltime="02:30:00",
+        job_script_prologue=["source ~/venv/bin/activate"],
+        dashboard_address=":0",
+    )
     cluster = make_cluster("slurm", options)
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
-    for line in ("#SBATCH -p gpu", "#SBATCH -A proj42", "#SBATCH -n 1", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --mem=30G", "#SBATCH -t 02:30:00", "#SBATCH --gres=gpu:2", "source ~/venv/bin/activate"):
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A proj42",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=30G",
+        "#SBATCH -t 02:30:00",
+        "#SBATCH --gres=gpu:2",
+        "source ~/venv/bin/activate",
+    ):
         assert line in script, (line, script)
     assert "--resources diffice_unit=1" in script and "--memory-limit 29.80GiB" in script
     cluster = make_cluster("pbs", dict(options, gpus=1))
@@ -140,8 +174,12 @@ def test_slurm_and_pbs_job_scripts_request_the_resources():
         script = cluster.job_script()
     finally:
         cluster.close()
-    for line in ("#PBS -q gpu", "#PBS -A proj42", "#PBS -l select=1:ncpus=8:mem=32GB:ngpus=1",
-                 "#PBS -l walltime=02:30:00"):
+    for line in (
+        "#PBS -q gpu",
+        "#PBS -A proj42",
+        "#PBS -l select=1:ncpus=8:mem=32GB:ngpus=1",
+        "#PBS -l walltime=02:30:00",
+    ):
         assert line in script, (line, script)
     with pytest.raises(ValueError, match="local:N, slurm or pbs"):
         make_cluster("sge", options)

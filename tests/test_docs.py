@@ -1,5 +1,6 @@
 """The repository's documents cite only what is in the repository: every "docs/method.md section N" names a
 section that docs/method.md has, and nothing cites a METHOD.md outside it."""
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,9 @@ def test_citations_of_the_method_name_sections_that_exist():
     bad = []
     for name, text in _tracked_text_files():
         # "docs/method.md section 3.4", "docs/method.md sections 3-5 and 9", "docs/method.md 1.3-1.5"
-        for m in re.finditer(r"docs/method\.md(?:'s)?,?\s+(?:sections?\s+)?((?:\d+(?:\.\d+)?(?:\s*(?:-|,|and)\s*)?)+)",
-                             text):
+        for m in re.finditer(
+            r"docs/method\.md(?:'s)?,?\s+(?:sections?\s+)?((?:\d+(?:\.\d+)?(?:\s*(?:-|,|and)\s*)?)+)", text
+        ):
             for number in re.findall(r"\d+(?:\.\d+)?", m.group(1)):
                 if number not in sections:
                     bad.append(f"{name}: cites docs/method.md section {number}, which does not exist")
@@ -36,6 +38,10 @@ def test_citations_of_the_method_name_sections_that_exist():
 
 
 def test_nothing_cites_a_method_document_outside_the_repository():
-    stale = [f"{name}:{i + 1}" for name, text in _tracked_text_files() for i, line in enumerate(text.splitlines())
-             if re.search(r"(?<!docs/)METHOD\.md", line) and name != "tests/test_docs.py"]
+    stale = [
+        f"{name}:{i + 1}"
+        for name, text in _tracked_text_files()
+        for i, line in enumerate(text.splitlines())
+        if re.search(r"(?<!docs/)METHOD\.md", line) and name != "tests/test_docs.py"
+    ]
     assert stale == []

@@ -1,5 +1,6 @@
 """The C sampler: one guided step against a numpy reference, lambda_c search semantics, determinism, batch
 independence, the baselines' distinctive properties, bad inputs, interruption."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +38,7 @@ class PixelL2:
     def loss_and_grad(self, a):
         d = a - self.b
         m = d[0].size
-        return (d ** 2).reshape(len(a), -1).mean(axis=1).astype(np.float32), (2 * d / m).astype(np.float32)
+        return (d**2).reshape(len(a), -1).mean(axis=1).astype(np.float32), (2 * d / m).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,9 @@ def test_lambda_search_retries_only_unflipped_samples(tiny, rng):
     # iteration 1: pass 1 flips {0, 2}; pass 2 (rows 1, 3) flips {3}; pass 3 (row 1) flips nothing
     # iteration 2: pass 1 flips everything
     guidance = ScriptedGuidance([{0, 2}, {3}, set(), {0, 1, 2, 3}])
-    cfg = Explainer(unet, d, LinearClassifier(), lambda_p=0.0, method="diff-ice", iterations=2, tau=2,
-                    lambda_c=(1.0, 2.0, 3.0)).config.c_config(0, False)
+    cfg = Explainer(
+        unet, d, LinearClassifier(), lambda_p=0.0, method="diff-ice", iterations=2, tau=2, lambda_c=(1.0, 2.0, 3.0)
+    ).config.c_config(0, False)
     out = _C.sample(cfg, unet._c, d._c, guidance, get_backend("cpu"), x, image_keys(x))
     assert [p for p in guidance.passes] == [((0, 1, 2, 3), 1.0), ((1, 3), 2.0), ((1,), 3.0), ((0, 1, 2, 3), 1.0)]
     np.testing.assert_array_equal(out["lambda_used"], [[1, 3, 1, 2], [1, 1, 1, 1]])
@@ -116,8 +118,9 @@ def test_retry_uses_the_same_noise(tiny, rng):
     unet, d = tiny
     x = images(rng, 2)
     guidance = ScriptedGuidance([set(), set()])
-    cfg = Explainer(unet, d, LinearClassifier(), method="diff-ice-1", tau=3, lambda_c=(1.0, 2.0),
-                    lambda_p=0.0).config.c_config(5, False)
+    cfg = Explainer(
+        unet, d, LinearClassifier(), method="diff-ice-1", tau=3, lambda_c=(1.0, 2.0), lambda_p=0.0
+    ).config.c_config(5, False)
     out = _C.sample(cfg, unet._c, d._c, guidance, get_backend("cpu"), x, image_keys(x))
     cfg["lambda_c"] = [1.0]
     once = _C.sample(cfg, unet._c, d._c, ScriptedGuidance([set()]), get_backend("cpu"), x, image_keys(x))
@@ -127,8 +130,17 @@ def test_retry_uses_the_same_noise(tiny, rng):
 def test_deterministic_and_batch_independent(tiny, rng):
     unet, d = tiny
     x = images(rng, 3)
-    ex = Explainer(unet, d, LinearClassifier(), PixelL2(), method="diff-ice", iterations=2, tau=4,
-                   lambda_c=(5.0, 10.0), lambda_p=1.0)
+    ex = Explainer(
+        unet,
+        d,
+        LinearClassifier(),
+        PixelL2(),
+        method="diff-ice",
+        iterations=2,
+        tau=4,
+        lambda_c=(5.0, 10.0),
+        lambda_p=1.0,
+    )
     a = ex.explain(x, seed=3)
     b = ex.explain(x, seed=3)
     np.testing.assert_array_equal(a.counterfactuals, b.counterfactuals)
@@ -156,8 +168,9 @@ def test_dime_runs_its_nested_chain(tiny, rng):
     unet, d = tiny
     x = images(rng, 2)
     tau = 4
-    res = Explainer(unet, d, LinearClassifier(), PixelL2(), method="dime", tau=tau, lambda_c=(1e-3,),
-                    lambda_p=0.0).explain(x)
+    res = Explainer(
+        unet, d, LinearClassifier(), PixelL2(), method="dime", tau=tau, lambda_c=(1e-3,), lambda_p=0.0
+    ).explain(x)
     # tau guided steps plus an unguided chain to 0 after each step but the last: tau + tau (tau - 1) / 2 per image
     assert res.unet_evaluations == 2 * (tau + tau * (tau - 1) // 2)
     assert res.counterfactuals.shape[0] == 1
@@ -166,8 +179,18 @@ def test_dime_runs_its_nested_chain(tiny, rng):
 def test_fastdime_mask_keeps_unchanged_pixels(tiny, rng):
     unet, d = tiny
     x = images(rng, 2)
-    res = Explainer(unet, d, LinearClassifier(), PixelL2(), method="fastdime", tau=6, mask_warmup=0,
-                    mask_threshold=1.0, mask_dilation=3, lambda_c=(1.0,)).explain(x)
+    res = Explainer(
+        unet,
+        d,
+        LinearClassifier(),
+        PixelL2(),
+        method="fastdime",
+        tau=6,
+        mask_warmup=0,
+        mask_threshold=1.0,
+        mask_dilation=3,
+        lambda_c=(1.0,),
+    ).explain(x)
     # a threshold of 1 keeps every pixel whose dilated difference is below the per-image maximum
     kept = np.isclose(res.counterfactuals[0], x, atol=0)
     assert kept.mean() > 0.5
@@ -180,8 +203,9 @@ def test_xt_gradient_is_the_chain_rule_through_the_unet(tiny, rng):
     clf = LinearClassifier(seed=2)
     x = images(rng, 2)
     lam = 3.0
-    res = Explainer(unet, d, clf, None, method="diff-ice-1-xt", tau=1, lambda_c=(lam,), lambda_p=0.0,
-                    clip=False).explain(x, target=1, seed=1, record_steps=True)
+    res = Explainer(
+        unet, d, clf, None, method="diff-ice-1-xt", tau=1, lambda_c=(lam,), lambda_p=0.0, clip=False
+    ).explain(x, target=1, seed=1, record_steps=True)
     keys = image_keys(x)
     z = d.q_sample(x, 1, _C.gaussian_noise(1, keys, 1, 0, 0, 0, (1, H, W)))
     model = UNetModel(unet.config).double()
@@ -263,6 +287,7 @@ def test_native_guidance_matches_python_guidance(tiny, rng):
 
 
 # ---- single-logit (C = 1) and two-logit classifiers: one probability convention on both guidance paths ----
+
 
 def native_classifier(classes, x, scale=30.0):
     """A diffice network with `classes` logits (the native guidance runs it in C): a SonoNet-4 whose last batch

@@ -1,4 +1,5 @@
 """Path figures: shape, overlay colours, text rows."""
+
 import numpy as np
 
 from diffice.evaluation.figures import PALETTE, overlay, path_figure

@@ -5,6 +5,7 @@
 - Each libFuzzer harness (tests/fuzz/fuzz_*.c, ASan + UBSan) runs for a few seconds through tests/fuzz/run.sh when
   clang with libFuzzer is installed (.ci/run installs it); longer campaigns: `tests/fuzz/run.sh 3600`.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,7 @@ FUZZ = Path(__file__).resolve().parent / "fuzz"
 CORPUS = FUZZ / "corpus"
 HARNESSES = ("safetensors", "npz", "torch", "pickle")
 SECONDS_EACH = int(os.environ.get("DIFFICE_FUZZ_SECONDS", "7"))
-LOADER = {"safetensors": dio.load_safetensors, "npz": dio.load_npz, "torch": dio.load_torch,
-          "pickle": dio.load_weights}
+LOADER = {"safetensors": dio.load_safetensors, "npz": dio.load_npz, "torch": dio.load_torch, "pickle": dio.load_weights}
 
 
 def corpus_files(reader):
@@ -65,10 +65,14 @@ def _libfuzzer_available() -> str | None:
     cc = os.environ.get("CC", "clang")
     if not shutil.which(cc):
         return f"{cc} not installed (apt-get install clang)"
-    probe = subprocess.run([cc, "-fsanitize=fuzzer,address,undefined", "-x", "c", "-", "-o", os.devnull],
-                           input="#include <stdint.h>\n#include <stddef.h>\n"
-                                 "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n){(void)d;(void)n;return 0;}\n",
-                           capture_output=True, text=True, env=env_without_sanitizer_preload())
+    probe = subprocess.run(
+        [cc, "-fsanitize=fuzzer,address,undefined", "-x", "c", "-", "-o", os.devnull],
+        input="#include <stdint.h>\n#include <stddef.h>\n"
+        "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n){(void)d;(void)n;return 0;}\n",
+        capture_output=True,
+        text=True,
+        env=env_without_sanitizer_preload(),
+    )
     if probe.returncode != 0:
         return f"{cc} cannot link libFuzzer: {probe.stderr.strip()[:200]}"
     if not Path("/usr/include/zlib.h").exists():
@@ -87,7 +91,12 @@ def fuzz_out(tmp_path_factory):
 
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_libfuzzer_harness(harness, fuzz_out):
-    done = subprocess.run([str(FUZZ / "run.sh"), str(SECONDS_EACH), harness], capture_output=True, text=True,
-                          env=env_without_sanitizer_preload(FUZZ_OUT=str(fuzz_out)), timeout=SECONDS_EACH + 600)
+    done = subprocess.run(
+        [str(FUZZ / "run.sh"), str(SECONDS_EACH), harness],
+        capture_output=True,
+        text=True,
+        env=env_without_sanitizer_preload(FUZZ_OUT=str(fuzz_out)),
+        timeout=SECONDS_EACH + 600,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert f"fuzz_{harness}" in done.stdout and "ok:" in done.stdout, done.stdout

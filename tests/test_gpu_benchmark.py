@@ -2,6 +2,7 @@
 tensor created without a device (it lands on the CPU and the GPU run stops with a device mismatch). With the
 default device set to 'meta', every such tensor lands on 'meta' instead, and mixing it with the CPU inputs fails
 here the same way."""
+
 from __future__ import annotations
 
 import sys

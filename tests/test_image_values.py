@@ -1,6 +1,7 @@
 """Pixel values and sizes of input images (issue 14, item 5): one rule by the stored pixel type (integers by their
 bit depth, floats by their range, diffice.data.images's docstring), and a warning naming the image when resizing to the
 model's size stretches it."""
+
 import os
 import subprocess
 import sys
@@ -24,22 +25,25 @@ def _write(path: Path, values: np.ndarray, mode=None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, values, unit", [
-    # 8-bit: / 255
-    ("u8.png", np.array([0, 51, 102, 255], np.uint8), np.array([0, 51, 102, 255]) / 255),
-    ("u8.tif", np.array([0, 51, 102, 255], np.uint8), np.array([0, 51, 102, 255]) / 255),
-    # 16-bit: / 65535 (the values use 12 bits only: no stretching to the image's own range)
-    ("u16.tif", np.array([0, 1000, 2048, 4095], np.uint16), np.array([0, 1000, 2048, 4095]) / 65535),
-    ("u16.png", np.array([100, 1000, 30000, 40000], np.uint16), np.array([100, 1000, 30000, 40000]) / 65535),
-    # float in [0, 1]: as it is (it used to be divided by 255: nearly black)
-    ("f01.tif", UNIT.astype(np.float32), UNIT),
-    ("f01_dark.tif", (UNIT * 0.2).astype(np.float32), UNIT * 0.2),
-    # float in [0, 255]: / 255
-    ("f255.tif", (UNIT * 255).astype(np.float32), UNIT),
-    ("f255_dark.tif", np.array([0, 2, 40, 100], np.float32), np.array([0, 2, 40, 100]) / 255),
-    # float outside [0, 255]: the image's min and max
-    ("fwide.tif", np.array([-50, 25, 100, 250], np.float32), UNIT),
-])
+@pytest.mark.parametrize(
+    "name, values, unit",
+    [
+        # 8-bit: / 255
+        ("u8.png", np.array([0, 51, 102, 255], np.uint8), np.array([0, 51, 102, 255]) / 255),
+        ("u8.tif", np.array([0, 51, 102, 255], np.uint8), np.array([0, 51, 102, 255]) / 255),
+        # 16-bit: / 65535 (the values use 12 bits only: no stretching to the image's own range)
+        ("u16.tif", np.array([0, 1000, 2048, 4095], np.uint16), np.array([0, 1000, 2048, 4095]) / 65535),
+        ("u16.png", np.array([100, 1000, 30000, 40000], np.uint16), np.array([100, 1000, 30000, 40000]) / 65535),
+        # float in [0, 1]: as it is (it used to be divided by 255: nearly black)
+        ("f01.tif", UNIT.astype(np.float32), UNIT),
+        ("f01_dark.tif", (UNIT * 0.2).astype(np.float32), UNIT * 0.2),
+        # float in [0, 255]: / 255
+        ("f255.tif", (UNIT * 255).astype(np.float32), UNIT),
+        ("f255_dark.tif", np.array([0, 2, 40, 100], np.float32), np.array([0, 2, 40, 100]) / 255),
+        # float outside [0, 255]: the image's min and max
+        ("fwide.tif", np.array([-50, 25, 100, 250], np.float32), UNIT),
+    ],
+)
 def test_pixel_values_follow_the_stored_type(tmp_path, name, values, unit):
     path = _write(tmp_path / name, values)
     x = load_image(path, (4, 4))
@@ -98,9 +102,9 @@ def test_explain_shows_the_warning_once_per_image(tmp_path):
         Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(images / name)
     (tmp_path / "run.toml").write_text(f"""
 [models]
-unet = "{models / 'ddpm.safetensors'}"
+unet = "{models / "ddpm.safetensors"}"
 num_heads = 1
-classifier = "{models / 'f.safetensors'}"
+classifier = "{models / "f.safetensors"}"
 classifier_kind = "plane"
 [diffusion]
 respacing = "40"
@@ -115,9 +119,25 @@ batch_size = 1
 """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "diffice", "explain", "--config", str(tmp_path / "run.toml"),
-                           "--images", str(images), "--out", str(tmp_path / "out"), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffice",
+            "explain",
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if "AspectRatioWarning" in l]
     assert len(lines) == 2, proc.stderr
@@ -128,8 +148,10 @@ batch_size = 1
 
 # ---- DICOM (pydicom writes real files: file meta, Explicit VR Little Endian, an ultrasound SOP class) ----
 
-def _dicom(path: Path, pixels: np.ndarray, *, bits_stored=None, photometric="MONOCHROME2", frames=None,
-           **attributes) -> Path:
+
+def _dicom(
+    path: Path, pixels: np.ndarray, *, bits_stored=None, photometric="MONOCHROME2", frames=None, **attributes
+) -> Path:
     """Writes `pixels` ((rows, columns), (frames, rows, columns), RGB with a last axis of 3) as a DICOM file;
     PixelRepresentation follows the dtype (1 for signed), BitsAllocated its size, BitsStored defaults to it."""
     pydicom = pytest.importorskip("pydicom")
@@ -178,16 +200,19 @@ def _row(values, dtype) -> np.ndarray:
     return np.tile(np.array(values, dtype), (4, 1))  # 4 x 4, one value a column: no resize at (4, 4)
 
 
-@pytest.mark.parametrize("name, pixels, bits_stored, unit", [
-    ("u8", _row([0, 51, 102, 255], np.uint8), None, np.array([0, 51, 102, 255]) / 255),
-    # 12 bits in 16-bit words: / 4095, not / 65535 (and not the image's own max)
-    ("u12", _row([0, 1000, 2048, 4095], np.uint16), 12, np.array([0, 1000, 2048, 4095]) / 4095),
-    ("u12_dim", _row([0, 100, 200, 300], np.uint16), 12, np.array([0, 100, 200, 300]) / 4095),
-    ("u16", _row([0, 1000, 30000, 65535], np.uint16), None, np.array([0, 1000, 30000, 65535]) / 65535),
-    # signed: shifted by 2**(bits - 1), then / (2**bits - 1)
-    ("s16", _row([-32768, -16384, 0, 32767], np.int16), None, np.array([0, 16384, 32768, 65535]) / 65535),
-    ("s12", _row([-2048, -1000, 0, 2047], np.int16), 12, np.array([0, 1048, 2048, 4095]) / 4095),
-])
+@pytest.mark.parametrize(
+    "name, pixels, bits_stored, unit",
+    [
+        ("u8", _row([0, 51, 102, 255], np.uint8), None, np.array([0, 51, 102, 255]) / 255),
+        # 12 bits in 16-bit words: / 4095, not / 65535 (and not the image's own max)
+        ("u12", _row([0, 1000, 2048, 4095], np.uint16), 12, np.array([0, 1000, 2048, 4095]) / 4095),
+        ("u12_dim", _row([0, 100, 200, 300], np.uint16), 12, np.array([0, 100, 200, 300]) / 4095),
+        ("u16", _row([0, 1000, 30000, 65535], np.uint16), None, np.array([0, 1000, 30000, 65535]) / 65535),
+        # signed: shifted by 2**(bits - 1), then / (2**bits - 1)
+        ("s16", _row([-32768, -16384, 0, 32767], np.int16), None, np.array([0, 16384, 32768, 65535]) / 65535),
+        ("s12", _row([-2048, -1000, 0, 2047], np.int16), 12, np.array([0, 1048, 2048, 4095]) / 4095),
+    ],
+)
 def test_dicom_grayscale_by_bits_stored(tmp_path, name, pixels, bits_stored, unit):
     x = load_image(_dicom(tmp_path / f"{name}.dcm", pixels, bits_stored=bits_stored), (4, 4))
     assert x.shape == (1, 4, 4) and x.dtype == np.float32
@@ -218,21 +243,32 @@ def test_dicom_rgb_cine_gives_its_first_frame(tmp_path):
 
 def test_dicom_monochrome1_is_inverted(tmp_path):
     # MONOCHROME1: the lowest value is displayed white, so 0 -> 1 (then +1 in [-1, 1]) and the maximum -> 0
-    x = load_image(_dicom(tmp_path / "m1.dcm", _row([0, 51, 1000, 4095], np.uint16), bits_stored=12,
-                          photometric="MONOCHROME1"), (4, 4))
+    x = load_image(
+        _dicom(tmp_path / "m1.dcm", _row([0, 51, 1000, 4095], np.uint16), bits_stored=12, photometric="MONOCHROME1"),
+        (4, 4),
+    )
     np.testing.assert_allclose(x[0, 0], (1 - np.array([0, 51, 1000, 4095]) / 4095) * 2 - 1, atol=1e-6)
 
 
-@pytest.mark.parametrize("slope, intercept, photometric, inverted", [
-    ("2", "-100", "MONOCHROME2", False),     # a linear rescale keeps the image: the full range maps to [0, 1]
-    ("0.5", "1024", "MONOCHROME2", False),
-    ("-1", "4095", "MONOCHROME2", True),     # a negative slope turns high stored values dark
-    ("-1", "0", "MONOCHROME1", False),       # ... and MONOCHROME1 back
-])
+@pytest.mark.parametrize(
+    "slope, intercept, photometric, inverted",
+    [
+        ("2", "-100", "MONOCHROME2", False),  # a linear rescale keeps the image: the full range maps to [0, 1]
+        ("0.5", "1024", "MONOCHROME2", False),
+        ("-1", "4095", "MONOCHROME2", True),  # a negative slope turns high stored values dark
+        ("-1", "0", "MONOCHROME1", False),  # ... and MONOCHROME1 back
+    ],
+)
 def test_dicom_rescale_slope_and_intercept(tmp_path, slope, intercept, photometric, inverted):
     stored = np.array([0, 1000, 2048, 4095])
-    path = _dicom(tmp_path / "rescaled.dcm", _row(stored, np.uint16), bits_stored=12, photometric=photometric,
-                  RescaleSlope=slope, RescaleIntercept=intercept)
+    path = _dicom(
+        tmp_path / "rescaled.dcm",
+        _row(stored, np.uint16),
+        bits_stored=12,
+        photometric=photometric,
+        RescaleSlope=slope,
+        RescaleIntercept=intercept,
+    )
     unit = stored / 4095
     np.testing.assert_allclose(load_image(path, (4, 4))[0, 0], (1 - unit if inverted else unit) * 2 - 1, atol=1e-6)
 

@@ -6,6 +6,7 @@ the reader, who can no longer read the package bottom-up. The graph is read from
 a module's parent package (Python runs ``diffice/models/__init__.py`` before ``diffice/models/unet.py``) is not an
 edge, since every module would otherwise be in a circle with a package that re-exports it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -52,8 +53,10 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             else:
                 source = node.module or ""
             # `from package import name`: the submodule when there is one, else an attribute of the package
-            targets = [f"{source}.{alias.name}" if _is_module(f"{source}.{alias.name}", modules) else source
-                       for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if _is_module(f"{source}.{alias.name}", modules) else source
+                for alias in node.names
+            ]
         for target in targets:
             if target != "diffice" and not target.startswith("diffice."):
                 continue
@@ -76,7 +79,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -100,8 +103,11 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_no_import_cycle_among_diffice_modules():
     cycle = find_cycle(import_graph())
-    assert cycle is None, ("import cycle (function-local imports count): " + " -> ".join(cycle or []) +
-                           "; move what both sides need into a module below them")
+    assert cycle is None, (
+        "import cycle (function-local imports count): "
+        + " -> ".join(cycle or [])
+        + "; move what both sides need into a module below them"
+    )
 
 
 def test_the_detector_sees_function_local_and_relative_imports(tmp_path):
@@ -131,5 +137,8 @@ def test_the_orchestration_flows_one_way():
 
     assert not {"diffice.explain.run", "diffice.explain.demo_run"} & reaches("diffice.explain.cluster")
     assert not {m for m in reaches("diffice.explain.run") if m.startswith("diffice.explain.sweep")}
-    assert not {m for m in reaches("diffice.models.network") if m != "diffice.models.description"
-                and m.startswith("diffice.models.")}
+    assert not {
+        m
+        for m in reaches("diffice.models.network")
+        if m != "diffice.models.description" and m.startswith("diffice.models.")
+    }

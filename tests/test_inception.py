@@ -1,6 +1,7 @@
 """The FID Inception-v3 (diffice.models.inception, csrc/nets/inception.c) against a PyTorch float64 transcription of
 pytorch-fid's network (tests/inception_reference.py) with random weights, and its loading from a .pth file with
 pytorch-fid's key layout. Small inputs (>= 75 px, or a small resize) keep it fast."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,7 @@ TOL = 1e-4  # float32 through 94 conv layers vs float64
 
 def reference_for(net: InceptionV3) -> FIDInception:
     ref = FIDInception(resize=net.resize).double().eval()
-    ref.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in net.state_dict().items()},
-                        strict=False)
+    ref.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in net.state_dict().items()}, strict=False)
     return ref
 
 
@@ -91,7 +91,10 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="Mixed_7c.branch_pool.bn.running_var"):
         net.load_state_dict(sd)
     with pytest.raises(ValueError, match="forward only"):
-        net._c.vjp(__import__("diffice").ops._backend.get_backend("cpu"), np.zeros((1, 3, 80, 80), np.float32),
-                   (np.zeros((1, 2048), np.float32),))
+        net._c.vjp(
+            __import__("diffice").ops._backend.get_backend("cpu"),
+            np.zeros((1, 3, 80, 80), np.float32),
+            (np.zeros((1, 2048), np.float32),),
+        )
     with pytest.raises(FileNotFoundError):
         InceptionV3.from_file(tmp_path / "missing.pth")

@@ -1,6 +1,7 @@
 """Integer settings crossing from Python into C (issue 14, item 4): every one goes through one checked reader
 (dfc_py_int in csrc/python/pyutil.c), so a value past int32 or outside the setting's range is a ValueError naming
 the key, never a silent wrap-around (iterations = 2**32 + 5 used to run 5 iterations)."""
+
 import numpy as np
 import pytest
 from conftest import TINY_UNET_CONFIG, tiny_unet
@@ -37,16 +38,19 @@ def test_iterations_past_int32_is_refused(tiny):
         ex.explain(np.zeros((1, 1, H, W), np.float32))
 
 
-@pytest.mark.parametrize("key, value, lo, hi", [
-    ("iterations", 2**32 + 1, 1, 1000),
-    ("tau", 2**32 + 2, 1, 2**31 - 1),
-    ("method", 2**32, 0, 3),
-    ("clip", 2**32 + 1, 0, 1),
-    ("grad_at_previous", 2**33, 0, 1),
-    ("record_steps", -1, 0, 1),      # negative: no sense for a switch (it used to count as on)
-    ("mask_warmup", -1, 0, 2**31 - 1),
-    ("mask_dilation", -3, 0, 2**31 - 1),
-])
+@pytest.mark.parametrize(
+    "key, value, lo, hi",
+    [
+        ("iterations", 2**32 + 1, 1, 1000),
+        ("tau", 2**32 + 2, 1, 2**31 - 1),
+        ("method", 2**32, 0, 3),
+        ("clip", 2**32 + 1, 0, 1),
+        ("grad_at_previous", 2**33, 0, 1),
+        ("record_steps", -1, 0, 1),  # negative: no sense for a switch (it used to count as on)
+        ("mask_warmup", -1, 0, 2**31 - 1),
+        ("mask_dilation", -3, 0, 2**31 - 1),
+    ],
+)
 def test_sampler_config_ints_are_checked(tiny, monkeypatch, key, value, lo, hi):
     unet, d = tiny
     ex = Explainer(unet, d, ZeroClassifier(), lambda_p=0.0, method="diff-ice", iterations=1, tau=2, lambda_c=(1.0,))
@@ -70,22 +74,36 @@ def test_unet_channel_mult_past_int32_is_refused():
 
 
 def _c_unet_config(**over):
-    cfg = dict(in_channels=1, model_channels=32, out_channels=2, num_res_blocks=1, level_channels=[32, 32],
-               attention=[0, 0], num_heads=1, num_head_channels=-1, num_heads_upsample=-1, legacy_attention=1,
-               use_scale_shift_norm=1, resblock_updown=1)
+    cfg = dict(
+        in_channels=1,
+        model_channels=32,
+        out_channels=2,
+        num_res_blocks=1,
+        level_channels=[32, 32],
+        attention=[0, 0],
+        num_heads=1,
+        num_head_channels=-1,
+        num_heads_upsample=-1,
+        legacy_attention=1,
+        use_scale_shift_norm=1,
+        resblock_updown=1,
+    )
     cfg.update(over)
     return cfg
 
 
-@pytest.mark.parametrize("key, value, match", [
-    ("level_channels", [32, 2**32 + 32], expected(r"UNet config 'level_channels\[1\]'", 1, 2**31 - 1, 2**32 + 32)),
-    ("level_channels", [2**64 + 32, 32], expected(r"UNet config 'level_channels\[0\]'", 1, 2**31 - 1, 2**64 + 32)),
-    ("attention", [0, 2**32], expected(r"UNet config 'attention\[1\]'", 0, 1, 2**32)),
-    ("attention", [-1, 0], expected(r"UNet config 'attention\[0\]'", 0, 1, -1)),
-    ("legacy_attention", 2**32, expected("UNet config 'legacy_attention'", 0, 1, 2**32)),
-    ("resblock_updown", -1, expected("UNet config 'resblock_updown'", 0, 1, -1)),
-    ("num_heads_upsample", 2**32 - 1, expected("UNet config 'num_heads_upsample'", -1, 2**31 - 1, 2**32 - 1)),
-])
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("level_channels", [32, 2**32 + 32], expected(r"UNet config 'level_channels\[1\]'", 1, 2**31 - 1, 2**32 + 32)),
+        ("level_channels", [2**64 + 32, 32], expected(r"UNet config 'level_channels\[0\]'", 1, 2**31 - 1, 2**64 + 32)),
+        ("attention", [0, 2**32], expected(r"UNet config 'attention\[1\]'", 0, 1, 2**32)),
+        ("attention", [-1, 0], expected(r"UNet config 'attention\[0\]'", 0, 1, -1)),
+        ("legacy_attention", 2**32, expected("UNet config 'legacy_attention'", 0, 1, 2**32)),
+        ("resblock_updown", -1, expected("UNet config 'resblock_updown'", 0, 1, -1)),
+        ("num_heads_upsample", 2**32 - 1, expected("UNet config 'num_heads_upsample'", -1, 2**31 - 1, 2**32 - 1)),
+    ],
+)
 def test_c_unet_config_ints_are_checked(key, value, match):
     _C.unet_create(_c_unet_config())  # the base config is valid
     with pytest.raises(ValueError, match=match):
@@ -134,7 +152,7 @@ def test_keyword_settings():
     with pytest.raises(ValueError, match=expected("AdamW: num_steps", 0, 2**63 - 1, 2**64)):
         opt.num_steps = 2**64
     with pytest.raises(ValueError, match="clip_grad_norm: num_threads: expected an integer"):
-        _C.clip_grad_norm(np.ones(4, np.float32), 1.0, num_threads=-2**40)
+        _C.clip_grad_norm(np.ones(4, np.float32), 1.0, num_threads=-(2**40))
     features = _C.resnet_create(dict(depth=18, layout=0, in_channels=1, taps=[1]))
     with pytest.raises(ValueError, match=r"PerceptualLoss: variant \(0 mse, 1 normalized\): expected an integer"):
         _C.PerceptualLoss(features, 2**32, 1.0)
@@ -164,28 +182,45 @@ def test_integer_arrays_are_not_truncated():
 
 # ---- the Python side: settings converted before they reach C (issue 14: a float is not silently truncated) ----
 
-@pytest.mark.parametrize("key, value, match", [
-    ("model_channels", 32.7, r"UNet config 'model_channels': expected an integer, got 32\.7"),  # was 32 channels
-    ("num_res_blocks", 1.5, r"UNet config 'num_res_blocks': expected an integer, got 1\.5"),
-    ("num_heads", True, r"UNet config 'num_heads': expected an integer, got True"),
-    ("in_channels", "1", r"UNet config 'in_channels': expected an integer, got '1'"),
-    ("num_head_channels", float("nan"), r"UNet config 'num_head_channels': expected an integer, got nan"),
-    ("attention_resolutions", (2.5,), r"UNet config 'attention_resolutions\[0\]': expected an integer, got 2\.5"),
-    ("channel_mult", (1, 1.3), r"UNet config 'channel_mult\[1\]': 1\.3 x model_channels 32 = 41\.6 channels, not a "
-                               r"whole number"),
-    ("channel_mult", (1, None), r"UNet config 'channel_mult\[1\]': expected a number, got None"),
-    ("use_scale_shift_norm", "false", r"UNet config 'use_scale_shift_norm': expected true or false, got 'false'"),
-    ("resblock_updown", 2, r"UNet config 'resblock_updown': expected true or false, got 2"),
-    ("learn_sigma", "no", r"UNet config 'learn_sigma': expected true or false, got 'no'"),
-])
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("model_channels", 32.7, r"UNet config 'model_channels': expected an integer, got 32\.7"),  # was 32 channels
+        ("num_res_blocks", 1.5, r"UNet config 'num_res_blocks': expected an integer, got 1\.5"),
+        ("num_heads", True, r"UNet config 'num_heads': expected an integer, got True"),
+        ("in_channels", "1", r"UNet config 'in_channels': expected an integer, got '1'"),
+        ("num_head_channels", float("nan"), r"UNet config 'num_head_channels': expected an integer, got nan"),
+        ("attention_resolutions", (2.5,), r"UNet config 'attention_resolutions\[0\]': expected an integer, got 2\.5"),
+        (
+            "channel_mult",
+            (1, 1.3),
+            r"UNet config 'channel_mult\[1\]': 1\.3 x model_channels 32 = 41\.6 channels, not a "
+            r"whole number",
+        ),
+        ("channel_mult", (1, None), r"UNet config 'channel_mult\[1\]': expected a number, got None"),
+        ("use_scale_shift_norm", "false", r"UNet config 'use_scale_shift_norm': expected true or false, got 'false'"),
+        ("resblock_updown", 2, r"UNet config 'resblock_updown': expected true or false, got 2"),
+        ("learn_sigma", "no", r"UNet config 'learn_sigma': expected true or false, got 'no'"),
+    ],
+)
 def test_unet_python_config_is_not_truncated(key, value, match):
     with pytest.raises(ValueError, match=match):
         UNet(dict(TINY_UNET_CONFIG, **{key: value}))
 
 
 def test_unet_integral_floats_are_taken():
-    unet = UNet(dict(TINY_UNET_CONFIG, model_channels=64.0, num_res_blocks=np.float32(1), channel_mult=(1, 1.5),
-                     attention_resolutions=(2.0,), num_heads=np.int64(1), use_scale_shift_norm=np.bool_(False)))
+    unet = UNet(
+        dict(
+            TINY_UNET_CONFIG,
+            model_channels=64.0,
+            num_res_blocks=np.float32(1),
+            channel_mult=(1, 1.5),
+            attention_resolutions=(2.0,),
+            num_heads=np.int64(1),
+            use_scale_shift_norm=np.bool_(False),
+        )
+    )
     cfg = unet.config
     assert cfg["model_channels"] == 64 and type(cfg["model_channels"]) is int
     assert type(cfg["num_res_blocks"]) is int and cfg["attention_resolutions"] == (2,)
@@ -193,16 +228,25 @@ def test_unet_integral_floats_are_taken():
     assert unet.state_dict()["input_blocks.3.0.out_layers.3.weight"].shape[0] == 96  # 1.5 x 64 channels
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: Segmenter(classes=3, width=8.5, levels=2, groups=4), r"Segmenter config 'width': expected an integer, "
-                                                                  r"got 8\.5"),
-    (lambda: Segmenter(classes=3, width=8, levels=True, groups=4), "Segmenter config 'levels': expected an integer"),
-    (lambda: SmallClassifier(4.2), r"SmallClassifier config 'in_channels': expected an integer, got 4\.2"),
-    (lambda: InceptionV3(resize=299.5), r"Inception config 'resize': expected an integer, got 299\.5"),
-    (lambda: InceptionV3(in_channels=True), "InceptionV3: in_channels must be 1 or 3, got True"),
-    (lambda: ResNetFeatures(depth=18.5), r"ResNet depth must be one of .*, got 18\.5"),
-    (lambda: GaussianDiffusion(100.5, "linear", "10"), r"Diffusion: steps: expected an integer, got 100\.5"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda: Segmenter(classes=3, width=8.5, levels=2, groups=4),
+            r"Segmenter config 'width': expected an integer, "
+            r"got 8\.5",
+        ),
+        (
+            lambda: Segmenter(classes=3, width=8, levels=True, groups=4),
+            "Segmenter config 'levels': expected an integer",
+        ),
+        (lambda: SmallClassifier(4.2), r"SmallClassifier config 'in_channels': expected an integer, got 4\.2"),
+        (lambda: InceptionV3(resize=299.5), r"Inception config 'resize': expected an integer, got 299\.5"),
+        (lambda: InceptionV3(in_channels=True), "InceptionV3: in_channels must be 1 or 3, got True"),
+        (lambda: ResNetFeatures(depth=18.5), r"ResNet depth must be one of .*, got 18\.5"),
+        (lambda: GaussianDiffusion(100.5, "linear", "10"), r"Diffusion: steps: expected an integer, got 100\.5"),
+    ],
+)
 def test_network_python_configs_are_not_truncated(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -223,36 +267,58 @@ W4 = np.zeros((3, 2, 3, 3), np.float32)
 BIG = 2**40
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: ops.conv2d(X4, W4, stride=BIG), expected(r"conv2d_forward: stride\[0\]", 1, 2**31 - 1, BIG)),
-    (lambda: ops.conv2d(X4, W4, padding=(0, BIG)), expected(r"conv2d_forward: padding\[1\]", 0, 2**31 - 1, BIG)),
-    (lambda: ops.conv2d(X4, W4, padding=(-2**63, 0)), expected(r"conv2d_forward: padding\[0\]", 0, 2**31 - 1, -2**63)),
-    (lambda: ops.conv2d_backward_input(np.zeros((1, 3, 6, 6), np.float32), W4, X4.shape, stride=(1, 2**32 + 1)),
-     expected(r"conv2d_backward_input: stride\[1\]", 1, 2**31 - 1, 2**32 + 1)),  # +1 used to be a wrap-around risk
-    (lambda: ops.conv2d_backward_weight(np.zeros((1, 3, 6, 6), np.float32), X4, W4.shape, padding=2**64),
-     expected(r"conv2d_backward_weight: padding\[0\]", 0, 2**31 - 1, 2**64)),
-    (lambda: ops.group_norm(X4, 2**33), expected("group_norm: groups", 1, 2**31 - 1, 2**33)),
-    (lambda: ops.group_norm_backward(X4, X4, 2**33), expected("group_norm_backward: groups", 1, 2**31 - 1, 2**33)),
-    (lambda: ops.attention(np.zeros((1, 6, 4), np.float32), 2**40),
-     expected("attention: heads", 1, 2**31 - 1, 2**40)),
-    (lambda: ops.attention_backward(np.zeros((1, 2, 4), np.float32), np.zeros((1, 6, 4), np.float32), -2**40),
-     expected("attention_backward: heads", 1, 2**31 - 1, -2**40)),
-    (lambda: ops.timestep_embedding([1.0], 2**40), expected("timestep_embedding: dim", 2, 2**31 - 1, 2**40)),
-    (lambda: ops.avg_pool2d(X4, (2, BIG)), expected(r"avg_pool2d: kernel\[1\]", 1, 2**31 - 1, BIG)),
-    (lambda: ops.avg_pool2d(X4, 2, 2, BIG), expected(r"avg_pool2d: padding\[0\]", 0, 2**31 - 1, BIG)),
-    (lambda: ops.avg_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X4.shape, 2, BIG),
-     expected(r"avg_pool2d_backward: stride\[0\]", 1, 2**31 - 1, BIG)),
-    (lambda: ops.max_pool2d(X4, BIG), expected(r"max_pool2d: kernel\[0\]", 1, 2**31 - 1, BIG)),
-    (lambda: ops.max_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X4, 2, 2, (0, BIG)),
-     expected(r"max_pool2d_backward: padding\[1\]", 0, 2**31 - 1, BIG)),
-    (lambda: ops.resize_bilinear(X4, (BIG, 4)), expected(r"resize_bilinear: size\[0\]", 1, 2**31 - 1, BIG)),
-    (lambda: _C.pixel_loss(ops.get_backend(), 2**32, X4, X4, False),
-     expected(r"pixel_loss: kind \(0 l1, 1 l2, 2 l2 channel norm\)", 0, 2, 2**32)),
-    (lambda: _C.pixel_loss(ops.get_backend(), 3, X4, X4, False),  # used to reach the op: "unknown kind 3"
-     expected(r"pixel_loss: kind \(0 l1, 1 l2, 2 l2 channel norm\)", 0, 2, 3)),
-    (lambda: _C.AdamW(2**64), expected("AdamW: size", 1, 2**63 - 1, 2**64)),
-    (lambda: _C.AdamW(0), expected("AdamW: size", 1, 2**63 - 1, 0)),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ops.conv2d(X4, W4, stride=BIG), expected(r"conv2d_forward: stride\[0\]", 1, 2**31 - 1, BIG)),
+        (lambda: ops.conv2d(X4, W4, padding=(0, BIG)), expected(r"conv2d_forward: padding\[1\]", 0, 2**31 - 1, BIG)),
+        (
+            lambda: ops.conv2d(X4, W4, padding=(-(2**63), 0)),
+            expected(r"conv2d_forward: padding\[0\]", 0, 2**31 - 1, -(2**63)),
+        ),
+        (
+            lambda: ops.conv2d_backward_input(np.zeros((1, 3, 6, 6), np.float32), W4, X4.shape, stride=(1, 2**32 + 1)),
+            expected(r"conv2d_backward_input: stride\[1\]", 1, 2**31 - 1, 2**32 + 1),
+        ),  # +1 used to be a wrap-around risk
+        (
+            lambda: ops.conv2d_backward_weight(np.zeros((1, 3, 6, 6), np.float32), X4, W4.shape, padding=2**64),
+            expected(r"conv2d_backward_weight: padding\[0\]", 0, 2**31 - 1, 2**64),
+        ),
+        (lambda: ops.group_norm(X4, 2**33), expected("group_norm: groups", 1, 2**31 - 1, 2**33)),
+        (lambda: ops.group_norm_backward(X4, X4, 2**33), expected("group_norm_backward: groups", 1, 2**31 - 1, 2**33)),
+        (
+            lambda: ops.attention(np.zeros((1, 6, 4), np.float32), 2**40),
+            expected("attention: heads", 1, 2**31 - 1, 2**40),
+        ),
+        (
+            lambda: ops.attention_backward(np.zeros((1, 2, 4), np.float32), np.zeros((1, 6, 4), np.float32), -(2**40)),
+            expected("attention_backward: heads", 1, 2**31 - 1, -(2**40)),
+        ),
+        (lambda: ops.timestep_embedding([1.0], 2**40), expected("timestep_embedding: dim", 2, 2**31 - 1, 2**40)),
+        (lambda: ops.avg_pool2d(X4, (2, BIG)), expected(r"avg_pool2d: kernel\[1\]", 1, 2**31 - 1, BIG)),
+        (lambda: ops.avg_pool2d(X4, 2, 2, BIG), expected(r"avg_pool2d: padding\[0\]", 0, 2**31 - 1, BIG)),
+        (
+            lambda: ops.avg_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X4.shape, 2, BIG),
+            expected(r"avg_pool2d_backward: stride\[0\]", 1, 2**31 - 1, BIG),
+        ),
+        (lambda: ops.max_pool2d(X4, BIG), expected(r"max_pool2d: kernel\[0\]", 1, 2**31 - 1, BIG)),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 4, 4), np.float32), X4, 2, 2, (0, BIG)),
+            expected(r"max_pool2d_backward: padding\[1\]", 0, 2**31 - 1, BIG),
+        ),
+        (lambda: ops.resize_bilinear(X4, (BIG, 4)), expected(r"resize_bilinear: size\[0\]", 1, 2**31 - 1, BIG)),
+        (
+            lambda: _C.pixel_loss(ops.get_backend(), 2**32, X4, X4, False),
+            expected(r"pixel_loss: kind \(0 l1, 1 l2, 2 l2 channel norm\)", 0, 2, 2**32),
+        ),
+        (
+            lambda: _C.pixel_loss(ops.get_backend(), 3, X4, X4, False),  # used to reach the op: "unknown kind 3"
+            expected(r"pixel_loss: kind \(0 l1, 1 l2, 2 l2 channel norm\)", 0, 2, 3),
+        ),
+        (lambda: _C.AdamW(2**64), expected("AdamW: size", 1, 2**63 - 1, 2**64)),
+        (lambda: _C.AdamW(0), expected("AdamW: size", 1, 2**63 - 1, 0)),
+    ],
+)
 def test_op_int_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -278,8 +344,10 @@ def test_model_loading_settings_are_not_truncated(tmp_path):
         build_model(dict(type="SonoNet", k=8, in_channels=1, num_classes=2, standardize="false"))
     unet = tmp_path / "ddpm.safetensors"
     unet.write_bytes(b"")  # never read: the settings are checked first
-    for key, value, match in [("num_heads", 1.5, r"models\.num_heads: expected an integer, got 1\.5"),
-                              ("steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5")]:
+    for key, value, match in [
+        ("num_heads", 1.5, r"models\.num_heads: expected an integer, got 1\.5"),
+        ("steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5"),
+    ]:
         cfg = load_config(None, {key: value})
         cfg["models"]["unet"] = str(unet)
         with pytest.raises(ValueError, match=match):

@@ -1,5 +1,6 @@
 """`diffice explain` as a real process: SIGKILL mid-run leaves nothing corrupt and loses nothing finished;
 SIGINT (Ctrl-C) stops within a sampler step and exits 130 with the finished work saved."""
+
 from __future__ import annotations
 
 import csv
@@ -33,9 +34,9 @@ def write_run(tmp_path: Path, model_dir: Path, n_images: int, tau: int, iteratio
         Image.fromarray(rng.integers(0, 256, (H, W), dtype=np.uint8)).save(images / f"img{i:02d}.png")
     (tmp_path / "run.toml").write_text(f"""
 [models]
-unet = "{model_dir / 'ddpm.safetensors'}"
+unet = "{model_dir / "ddpm.safetensors"}"
 num_heads = 1
-classifier = "{model_dir / 'f.safetensors'}"
+classifier = "{model_dir / "f.safetensors"}"
 classifier_kind = "plane"
 [diffusion]
 respacing = "400"
@@ -48,17 +49,34 @@ lambda_p = 0.0
 image_size = [{H}, {W}]
 batch_size = 1
 """)
-    return [sys.executable, "-m", "diffice", "explain", "--config", str(tmp_path / "run.toml"), "--images",
-            str(images), "--out", str(tmp_path / "out"), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "diffice",
+        "explain",
+        "--config",
+        str(tmp_path / "run.toml"),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
 
 
 def start(cmd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     # SIGINT back to its default: a test runner started as a background job inherits it ignored, and Python then
     # installs no KeyboardInterrupt handler (as a user's `nohup diffice explain &` intends)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_records(out: Path, count: int, proc, timeout: float = 300.0) -> None:
@@ -118,8 +136,9 @@ def test_sigkill_mid_run_loses_nothing_finished(tmp_path, model_dir):
             for stem, files in killed_at[0].items():
                 assert finished[stem] == files
     assert len(killed_at[-1]) < 12, "the run finished before it was killed; nothing was tested"
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    done = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     final = check_outputs_intact(out)
     assert sorted(final) == [f"img{i:02d}" for i in range(12)]

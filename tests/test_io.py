@@ -4,6 +4,7 @@ Malformed files are generated here: every prefix of small files, single flipped 
 pickles. Each must raise ValueError (never crash, never run anything); missing files and directories raise
 FileNotFoundError / IsADirectoryError.
 """
+
 from __future__ import annotations
 
 import collections
@@ -77,8 +78,9 @@ def _pickle(obj, legacy: bool, protocol: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def torch_zip_file(path: Path, obj, records: dict[str, bytes], byteorder: bytes | None = b"little",
-                   pkl: bytes | None = None) -> Path:
+def torch_zip_file(
+    path: Path, obj, records: dict[str, bytes], byteorder: bytes | None = b"little", pkl: bytes | None = None
+) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", pkl if pkl is not None else _pickle(obj, legacy=False))
         if byteorder is not None:
@@ -92,12 +94,17 @@ LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
 SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
 
 
-def torch_legacy_file(path: Path, obj, storages: list[tuple[str, int, bytes]], body: bytes | None = None,
-                      sys_info: dict = SYS_INFO) -> Path:
+def torch_legacy_file(
+    path: Path, obj, storages: list[tuple[str, int, bytes]], body: bytes | None = None, sys_info: dict = SYS_INFO
+) -> Path:
     """storages: (key, element count written in the file, raw bytes) in file order."""
-    parts = [LEGACY_MAGIC, pickle.dumps(1001, protocol=2), pickle.dumps(sys_info, protocol=2),
-             body if body is not None else _pickle(obj, legacy=True),
-             pickle.dumps([k for k, _, _ in storages], protocol=2)]
+    parts = [
+        LEGACY_MAGIC,
+        pickle.dumps(1001, protocol=2),
+        pickle.dumps(sys_info, protocol=2),
+        body if body is not None else _pickle(obj, legacy=True),
+        pickle.dumps([k for k, _, _ in storages], protocol=2),
+    ]
     for _, count, data in storages:
         parts += [struct.pack("<q", count), data]
     path.write_bytes(b"".join(parts))
@@ -134,7 +141,7 @@ def random_tensors(rng, count=6) -> dict[str, np.ndarray]:
 
 def test_safetensors_roundtrip(tmp_path, rng):
     tensors = random_tensors(rng)
-    meta = {"format": "pt", "note": "ü \"quoted\" \\ \n\t\x01 ☃"}
+    meta = {"format": "pt", "note": 'ü "quoted" \\ \n\t\x01 ☃'}
     path = tmp_path / "model.safetensors"
     dio.save_safetensors(path, tensors, meta)
     got = dio.load_safetensors(path)
@@ -243,12 +250,21 @@ def test_safetensors_f64_and_ints(tmp_path):
 @pytest.mark.parametrize(
     "header, data, match",
     [
-        ({"w": {"dtype": "F32", "shape": [5, 7], "data_offsets": [0, 100]}}, bytes(100),
-         r"tensor 'w': data_offsets \[0, 100\] but shape \(5, 7\) float32 needs 140 bytes"),
+        (
+            {"w": {"dtype": "F32", "shape": [5, 7], "data_offsets": [0, 100]}},
+            bytes(100),
+            r"tensor 'w': data_offsets \[0, 100\] but shape \(5, 7\) float32 needs 140 bytes",
+        ),
         ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4), "beyond the 4-byte data section"),
         ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, bytes(8), "out of order"),
-        ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-          "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, bytes(24), "'a' and 'b' overlap"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+            },
+            bytes(24),
+            "'a' and 'b' overlap",
+        ),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8), "unused bytes before tensor 'a'"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8), "cover only 4"),
         ({"w": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}, bytes(1), "unsupported dtype 'F8_E4M3'"),
@@ -256,11 +272,11 @@ def test_safetensors_f64_and_ints(tmp_path):
         ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4), "shape entry 0"),
         ({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}, bytes(4), "shape entry 0"),
         ({"w": {"dtype": "F32", "shape": [2**62, 8], "data_offsets": [0, 4]}}, bytes(4), "too large"),
-        ({"w": {"dtype": "F32", "shape": [1]}}, bytes(4), "lacks \"data_offsets\""),
+        ({"w": {"dtype": "F32", "shape": [1]}}, bytes(4), 'lacks "data_offsets"'),
         ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, bytes(4), "unknown header field"),
         ({"w": [1, 2]}, b"", "not an object"),
         ({"__metadata__": {"k": 1}}, b"", "not a string"),
-        ({"__metadata__": "x"}, b"", "__metadata__\" is not an object"),
+        ({"__metadata__": "x"}, b"", '__metadata__" is not an object'),
     ],
 )
 def test_safetensors_rejects_bad_headers(tmp_path, header, data, match):
@@ -366,8 +382,10 @@ def test_npz_rejects_malformed_npy_headers(tmp_path):
         "extra": ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", "malformed"),
         "missing": ("{'descr': '<f4', 'shape': (2,), }", "malformed"),
         "notuple": ("{'descr': '<f4', 'fortran_order': False, 'shape': (2), }", "malformed"),
-        "size": ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
-                 "needs 12 bytes of data, the member has 8"),
+        "size": (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+            "needs 12 bytes of data, the member has 8",
+        ),
     }
     for name, (header, match) in cases.items():
         with zipfile.ZipFile(tmp_path / f"{name}.npz", "w") as z:
@@ -489,8 +507,10 @@ def test_torch_handmade_views(tmp_path):
     pkl = _pickle({"a": _Tensor(s, 0, (2,), (1,)), "b": _Tensor(s, 2, (2,), (1,))}, legacy=False)
     pkl = pkl.replace(b"X\x01\x00\x00\x00b", b"X\x01\x00\x00\x00a")
     must_fail(torch_zip_file(tmp_path / "dup.pt", None, {"0": data.tobytes()}, pkl=pkl), "tensor 'a' appears twice")
-    must_fail(torch_zip_file(tmp_path / "big.pt", {"w": _Tensor(s, 0, (2,), (1,))}, {"0": data.tobytes()},
-                             byteorder=b"big"), "only little-endian")
+    must_fail(
+        torch_zip_file(tmp_path / "big.pt", {"w": _Tensor(s, 0, (2,), (1,))}, {"0": data.tobytes()}, byteorder=b"big"),
+        "only little-endian",
+    )
 
 
 def test_torch_legacy_handmade(tmp_path):
@@ -520,8 +540,10 @@ def evil_pickles(marker: Path) -> dict[str, tuple[bytes, str]]:
     return {
         "os.system": (b"\x80\x02cos\nsystem\n" + binunicode + b"\x85R.", "refusing pickle global 'os.system'"),
         "posix.system": (b"\x80\x02cposix\nsystem\n" + binunicode + b"\x85R.", "refusing pickle global 'posix.system'"),
-        "stack_global": (b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93" + binunicode + b"\x85R.",
-                         "refusing pickle global 'builtins.eval'"),
+        "stack_global": (
+            b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93" + binunicode + b"\x85R.",
+            "refusing pickle global 'builtins.eval'",
+        ),
         "torch.load": (b"\x80\x02ctorch\nload\n.", "refusing pickle global 'torch.load'"),
         "unknown opcode": (b"\x80\x02}\xff.", r"unknown opcode 0xff at offset \d+"),
         "newobj": (b"\x80\x02ccollections\nOrderedDict\n)\x81.", "unsupported opcode NEWOBJ"),
@@ -647,11 +669,39 @@ def zip64_archive(members: dict[str, bytes]) -> bytes:
     for name, data in members.items():
         n, crc, offset = name.encode(), zlib.crc32(data), len(out)
         local_extra = struct.pack("<HHQQ", 1, 16, len(data), len(data))
-        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(n),
-                           len(local_extra)) + n + local_extra + data
+        out += (
+            struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(n), len(local_extra)
+            )
+            + n
+            + local_extra
+            + data
+        )
         extra = struct.pack("<HHQQQ", 1, 24, len(data), len(data), offset)
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
-                               len(n), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + n + extra
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                45,
+                45,
+                0,
+                0,
+                0,
+                0,
+                crc,
+                0xFFFFFFFF,
+                0xFFFFFFFF,
+                len(n),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                0xFFFFFFFF,
+            )
+            + n
+            + extra
+        )
     cd_offset = len(out)
     out += central
     end64 = len(out)

@@ -5,6 +5,7 @@
 
 Read from the sources (#include lines, and the functions each file names), so it needs no build.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,8 @@ def test_nothing_below_the_dispatcher_includes_its_header():
         if module_of(name) != "weights":
             assert DISPATCHER_HEADER not in included, (
                 f"csrc/io/{name} includes {DISPATCHER_HEADER} (directly or through another header): only the "
-                "loaders in weights.c may; the collection and the parsers must not know about them")
+                "loaders in weights.c may; the collection and the parsers must not know about them"
+            )
 
 
 def test_every_file_has_a_layer_and_includes_only_lower_ones():

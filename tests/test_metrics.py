@@ -3,6 +3,7 @@ distance,
 the PyTorch FID Inception transcription, scipy/numpy float64 for the validity and oracle metrics, a direct
 transcription of ACE's COUT loop; edge cases (one image, identical sets, singular covariances, no flipped
 counterfactuals); and `diffice metrics` on a results folder."""
+
 import json
 import warnings
 from pathlib import Path
@@ -47,6 +48,7 @@ def random_features(rng, n, d, shift=0.0):
 
 # ---- Fréchet distance ----
 
+
 @pytest.mark.parametrize("n1, n2, d", [(200, 150, 8), (120, 90, 32), (12, 20, 40), (5, 7, 64)])  # last two singular
 def test_frechet_distance_matches_scipy_sqrtm(rng, n1, n2, d):
     for _ in range(3):
@@ -72,8 +74,7 @@ def test_frechet_distance_identical_sets_and_scalars(rng):
     # 1-d: (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s
     assert metrics.frechet_distance(0.0, 1.0, 3.0, 4.0) == pytest.approx(9.0 + 1.0, rel=1e-12)
     # rank-0: all points equal
-    assert metrics.frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), np.zeros((3, 3))) == \
-        pytest.approx(3.0)
+    assert metrics.frechet_distance(np.zeros(3), np.zeros((3, 3)), np.ones(3), np.zeros((3, 3))) == pytest.approx(3.0)
 
 
 def test_frechet_distance_rejects_bad_input(rng):
@@ -92,11 +93,11 @@ def test_frechet_distance_rejects_bad_input(rng):
 
 # ---- FID, FSD, SonoSim ----
 
+
 def test_fid_matches_pytorch_pipeline(rng):
     net = InceptionV3.random(in_channels=3, resize=75, seed=int(rng.integers(1 << 30)))
     ref = FIDInception(resize=75).double().eval()
-    ref.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in net.state_dict().items()},
-                        strict=False)
+    ref.load_state_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in net.state_dict().items()}, strict=False)
     real = rng.uniform(-1, 1, (4, 1, 64, 80)).astype(np.float32)
     fake = np.clip(real[:3] + 0.5 * rng.standard_normal((3, 1, 64, 80)), -1, 1).astype(np.float32)
     with torch.no_grad():  # pytorch-fid: RGB in [0, 1], resized inside
@@ -106,8 +107,12 @@ def test_fid_matches_pytorch_pipeline(rng):
     a, b = [torch.tensor(f - f.mean(0)) for f in feats]
     tr_covmean = float(torch.linalg.svdvals(a @ b.T).sum()) / np.sqrt((len(a) - 1) * (len(b) - 1))
     mu_diff = feats[0].mean(0) - feats[1].mean(0)
-    want = (mu_diff @ mu_diff + np.trace(np.cov(feats[0], rowvar=False)) + np.trace(np.cov(feats[1], rowvar=False))
-            - 2 * tr_covmean)
+    want = (
+        mu_diff @ mu_diff
+        + np.trace(np.cov(feats[0], rowvar=False))
+        + np.trace(np.cov(feats[1], rowvar=False))
+        - 2 * tr_covmean
+    )
     got = metrics.fid(metrics.fid_images(real), metrics.fid_images(fake), net, batch_size=3)
     assert abs(got - want) <= 1e-3 * abs(want)
     assert abs(metrics.fid(metrics.fid_images(real), metrics.fid_images(real), net)) <= 1e-6 * abs(want)
@@ -130,6 +135,7 @@ def test_fsd_and_sonosim(rng):
 
 
 # ---- validity and oracle metrics ----
+
 
 class MeanClassifier:
     """logits (N, 2) = (-a mean(x), a mean(x)) + b: a deterministic classifier whose probabilities scipy can
@@ -190,7 +196,7 @@ def cout_reference(f, x, cf, target=None):
         mask = (ct[i] - xt[i]).abs().sum(0).flatten()
         mask = (mask - mask.min()) / (mask.max() - mask.min())
         order = torch.argsort(mask, descending=True, stable=True)
-        y0 = int(f.p1(x[i:i + 1])[0] > 0.5) if target is None else int(np.argmax(f.logits(x[i:i + 1])[0]))
+        y0 = int(f.p1(x[i : i + 1])[0] > 0.5) if target is None else int(np.argmax(f.logits(x[i : i + 1])[0]))
         scores, primes = [], []
         for k in list(range(0, h * w, step)) + [h * w]:
             m = torch.zeros(h * w, dtype=torch.float64)
@@ -258,6 +264,7 @@ def test_edge_cases_one_image_and_no_flips(rng):
 
 # ---- results folders and the CLI ----
 
+
 def write_results(root: Path, x, cfs, target=1, flipped=None, nonfinite_step=None):
     """The layout diffice explain writes (diffice/explain/run.py): records/<stem>.json, <stem>/input.png,
     iteration_k.png.
@@ -269,12 +276,19 @@ def write_results(root: Path, x, cfs, target=1, flipped=None, nonfinite_step=Non
         rows = [dict(iteration=0, lambda_c="", prob_target=0.1, flipped="", nonfinite_step="", seconds="")]
         for k in range(cfs.shape[0]):
             save_png(root / stem / f"iteration_{k + 1}.png", cfs[k, i])
-            rows.append(dict(iteration=k + 1, lambda_c=40.0, prob_target=0.6,
-                             flipped=bool(flipped[k, i]) if flipped is not None else True,
-                             nonfinite_step=int(nonfinite_step[k, i]) if nonfinite_step is not None else -1,
-                             seconds=1.0))
-        (root / "records" / f"{stem}.json").write_text(json.dumps(dict(image=stem + ".png", target=target,
-                                                                       iterations=rows)))
+            rows.append(
+                dict(
+                    iteration=k + 1,
+                    lambda_c=40.0,
+                    prob_target=0.6,
+                    flipped=bool(flipped[k, i]) if flipped is not None else True,
+                    nonfinite_step=int(nonfinite_step[k, i]) if nonfinite_step is not None else -1,
+                    seconds=1.0,
+                )
+            )
+        (root / "records" / f"{stem}.json").write_text(
+            json.dumps(dict(image=stem + ".png", target=target, iterations=rows))
+        )
 
 
 def test_metrics_command_on_results_folder(tmp_path, rng, capsys):
@@ -283,12 +297,25 @@ def test_metrics_command_on_results_folder(tmp_path, rng, capsys):
     write_results(tmp_path / "run", x, cfs)
     seg = Segmenter.random(classes=3, width=8, levels=2, groups=4)
     save_model(tmp_path / "f.safetensors", PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2)))
-    save_model(tmp_path / "o.safetensors",
-               ConceptOracle(SonoNet.random(k=4, num_classes=4, standardize=False), ["TH", "CSP", "FP", "sharp"]))
+    save_model(
+        tmp_path / "o.safetensors",
+        ConceptOracle(SonoNet.random(k=4, num_classes=4, standardize=False), ["TH", "CSP", "FP", "sharp"]),
+    )
     SonoNet.random(k=4).save(tmp_path / "sononet.safetensors")
-    code = main(["metrics", str(tmp_path / "run"), "--classifier", str(tmp_path / "f.safetensors"), "--oracle",
-                 str(tmp_path / "o.safetensors"), "--sononet", str(tmp_path / "sononet.safetensors"), "--json",
-                 str(tmp_path / "m.json")])
+    code = main(
+        [
+            "metrics",
+            str(tmp_path / "run"),
+            "--classifier",
+            str(tmp_path / "f.safetensors"),
+            "--oracle",
+            str(tmp_path / "o.safetensors"),
+            "--sononet",
+            str(tmp_path / "sononet.safetensors"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "FID: skipped: no Inception weights" in out and "MQD: all 3 inputs" in out
@@ -307,8 +334,9 @@ def test_metrics_command_on_results_folder(tmp_path, rng, capsys):
     from diffice.models.files import load_model
 
     assert np.abs(xs[0] - load_image(tmp_path / "run" / "img_00" / "input.png", (16, 16))).max() <= 1e-6
-    m2 = metrics.evaluate(xs, metrics.classifier_input(data["pixels"][2]), 1,
-                          oracle=load_model(tmp_path / "o.safetensors"))
+    m2 = metrics.evaluate(
+        xs, metrics.classifier_input(data["pixels"][2]), 1, oracle=load_model(tmp_path / "o.safetensors")
+    )
     assert report["iterations"][1]["metrics"]["MQD"]["value"] == pytest.approx(m2["MQD"]["value"], rel=1e-9)
 
 
@@ -436,8 +464,11 @@ def test_explain_results_default_to_the_run_classifier(tmp_path, rng, capsys):
     write_results(tmp_path / "run", x, x[None].copy())
     seg = Segmenter.random(classes=3, width=8, levels=2, groups=4)
     save_model(tmp_path / "f.safetensors", PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=2)))
-    (tmp_path / "run" / "run_settings.json").write_text(json.dumps(
-        {"models": {"classifier": str(tmp_path / "f.safetensors"), "classifier_kind": "plane", "target_class": 5}}))
+    (tmp_path / "run" / "run_settings.json").write_text(
+        json.dumps(
+            {"models": {"classifier": str(tmp_path / "f.safetensors"), "classifier_kind": "plane", "target_class": 5}}
+        )
+    )
     assert main(["metrics", str(tmp_path / "run"), "--no-cout"]) == 0
     captured = capsys.readouterr()
     assert "f.safetensors (from" in captured.err

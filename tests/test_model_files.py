@@ -8,6 +8,7 @@
 - SuspiciousRunWarning: every input already the target, or every image the target at the first guided step.
 Tiny runs: 64x80 phantoms, 20 respaced steps, tau 2, one iteration.
 """
+
 import csv
 import json
 import warnings
@@ -29,8 +30,8 @@ METHOD = dict(method="diff-ice", iterations=1, tau=2, lambda_c=[40.0], lambda_p=
 def run_toml(images=None, out=None, target=1, kind="plane", sweep=False):
     text = f"""
 [models]
-unet = "{MODELS_DIR / 'ddpm.safetensors'}"
-classifier = "{MODELS_DIR / 'classifier.safetensors'}"
+unet = "{MODELS_DIR / "ddpm.safetensors"}"
+classifier = "{MODELS_DIR / "classifier.safetensors"}"
 classifier_kind = "{kind}"
 perceptual_kind = "pixel-l2"
 [diffusion]
@@ -73,8 +74,7 @@ def pixels(folder, names):
 
 def api_explain(demo, x, target=1):
     diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
-    return Explainer(demo.unet, diffusion, demo.classifier, demo.perceptual, **METHOD).explain(x, target=target,
-                                                                                               seed=0)
+    return Explainer(demo.unet, diffusion, demo.classifier, demo.perceptual, **METHOD).explain(x, target=target, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +93,25 @@ def nsp_folder(folders, demo):
 
 # ---- (a) diffice explain == the API on the same pixels ----
 
+
 def test_cli_explain_with_bundled_model_files_matches_the_api(tmp_path, folders, demo, capsys):
     (tmp_path / "run.toml").write_text(run_toml())
     out = tmp_path / "out"
-    assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(folders / "images"),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--config",
+                str(tmp_path / "run.toml"),
+                "--images",
+                str(folders / "images"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     rows = list(csv.DictReader(open(out / "results.csv")))
     names = sorted({r["image"] for r in rows})
@@ -115,6 +129,7 @@ def test_cli_explain_with_bundled_model_files_matches_the_api(tmp_path, folders,
 
 # ---- (b) diffice sweep == the API on the same pixels ----
 
+
 def test_cli_sweep_with_bundled_model_files_matches_the_api(tmp_path, folders, demo, capsys):
     from diffice.explain.sweep import SweepStore
 
@@ -129,14 +144,14 @@ def test_cli_sweep_with_bundled_model_files_matches_the_api(tmp_path, folders, d
         assert store.meta("warnings") is None
     x = pixels(folders / "images", names)
     want = api_explain(demo, x)
-    np.testing.assert_allclose(r.prob_target[:, 0], demo.classifier.forward(x).probabilities[:, 1], rtol=0,
-                               atol=1e-4)
+    np.testing.assert_allclose(r.prob_target[:, 0], demo.classifier.forward(x).probabilities[:, 1], rtol=0, atol=1e-4)
     np.testing.assert_allclose(r.prob_target[:, 0], want.prob_target[0], rtol=0, atol=1e-4)
     np.testing.assert_allclose(r.prob_target[:, 1], want.prob_target[1], rtol=0, atol=1e-4)
     np.testing.assert_array_equal(r.input_is_target, want.input_is_target)
 
 
 # ---- (c) the guard ----
+
 
 class FlipsOnAnyChange:
     """A classifier that calls its reference images class 0 and anything else class 1 (a broken f: everything the
@@ -155,8 +170,11 @@ class FlipsOnAnyChange:
 
 def test_explainer_warns_when_every_input_is_already_the_target(nsp_folder, demo):
     x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
-    with pytest.warns(SuspiciousRunWarning, match=r"every input \(2 of 2\) is already classified as the target "
-                                                  r"class 0.*wrong preprocessing.*wrong target.*classifier file"):
+    with pytest.warns(
+        SuspiciousRunWarning,
+        match=r"every input \(2 of 2\) is already classified as the target "
+        r"class 0.*wrong preprocessing.*wrong target.*classifier file",
+    ):
         result = api_explain(demo, x, target=0)
     assert result.input_is_target.all()
 
@@ -165,8 +183,11 @@ def test_explainer_warns_when_every_image_flips_at_the_first_guided_step(nsp_fol
     x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
     diffusion = GaussianDiffusion(1000, "linear", "20", learn_sigma=True)
     explainer = Explainer(demo.unet, diffusion, FlipsOnAnyChange(x), None, **dict(METHOD, lambda_p=0.0))
-    with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\) is already classified as the target "
-                                                  r"class 1 at the first guided step.*lambda_c = 40.*wrong target"):
+    with pytest.warns(
+        SuspiciousRunWarning,
+        match=r"every image \(2 of 2\) is already classified as the target "
+        r"class 1 at the first guided step.*lambda_c = 40.*wrong target",
+    ):
         result = explainer.explain(x, target=1, seed=0)
     assert result.first_step_target.all() and not result.input_is_target.any()
     assert result.first_step_prob.shape == (2,) and (result.first_step_prob > 0.5).all()
@@ -186,8 +207,21 @@ def test_cli_explain_prints_and_records_the_warning(tmp_path, nsp_folder, capsys
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the command prints it whatever the filters say
-        assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(nsp_folder), "--out",
-                     str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    "--config",
+                    str(tmp_path / "run.toml"),
+                    "--images",
+                    str(nsp_folder),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     captured = capsys.readouterr()
     assert "diffice explain: WARNING: every input (2 of 2) is already classified as the target" in captured.err
     assert "warnings.json" in captured.out
@@ -227,6 +261,7 @@ def test_cli_sweep_prints_and_records_the_warning(tmp_path, nsp_folder, capsys):
 
 # ---- the loader ----
 
+
 def test_classifier_files_load_by_their_own_description(tmp_path, demo):
     x = demo_phantoms(2).images.astype(np.float32)
     want = demo.classifier.forward(x).logits
@@ -234,8 +269,11 @@ def test_classifier_files_load_by_their_own_description(tmp_path, demo):
     for loaded in (load_classifier("plane", str(path)), PlaneClassifier.from_file(path), load_model(path)):
         assert loaded.classifier.standardize is False
         np.testing.assert_array_equal(loaded.forward(x).logits, want)
-    with pytest.raises(ValueError, match=r"classifier.safetensors: the file holds a PlaneClassifier.*'sononet'.*"
-                                         r"classifier_kind = 'plane'"):
+    with pytest.raises(
+        ValueError,
+        match=r"classifier.safetensors: the file holds a PlaneClassifier.*'sononet'.*"
+        r"classifier_kind = 'plane'",
+    ):
         load_classifier("sononet", str(path))
     with pytest.raises(ValueError, match=r"oracle.safetensors: the file holds a ConceptOracle"):
         SonoNet.from_file(MODELS_DIR / "oracle.safetensors")
@@ -243,8 +281,21 @@ def test_classifier_files_load_by_their_own_description(tmp_path, demo):
 
 def test_cli_refuses_a_classifier_file_of_another_kind(tmp_path, folders, capsys):
     (tmp_path / "run.toml").write_text(run_toml(kind="sononet"))
-    assert main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(folders / "images"),
-                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--config",
+                str(tmp_path / "run.toml"),
+                "--images",
+                str(folders / "images"),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "classifier.safetensors: the file holds a PlaneClassifier" in capsys.readouterr().err
 
 
@@ -254,8 +305,10 @@ def test_sononet_save_keeps_standardize_and_third_party_files_still_load(tmp_pat
     net = SonoNet.random(4, 1, 14, standardize=False, seed=3)
     x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
     net.save(tmp_path / "s.safetensors")
-    for again in (SonoNet.from_file(tmp_path / "s.safetensors"),
-                  load_classifier("sononet", str(tmp_path / "s.safetensors"), 5).classifier):
+    for again in (
+        SonoNet.from_file(tmp_path / "s.safetensors"),
+        load_classifier("sononet", str(tmp_path / "s.safetensors"), 5).classifier,
+    ):
         assert again.standardize is False
         np.testing.assert_array_equal(again.forward(x).logits, net.forward(x).logits)
     # a state_dict without a description (the authors' weights, a PyTorch port): standardize=True as before
@@ -272,12 +325,31 @@ def test_unet_attention_layout_comes_from_the_file(tmp_path, rng):
     from diffice.io import save_safetensors
     from diffice.train.ddpm import _config_json
 
-    unet = UNet.random(dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-                            attention_resolutions=(2,), learn_sigma=True, num_heads=2), seed=1)
-    save_safetensors(tmp_path / "ddpm.safetensors", unet.state_dict(),
-                     metadata={"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config)})
-    cfg = load_config(None, dict(unet=str(tmp_path / "ddpm.safetensors"), classifier=str(MODELS_DIR /
-                                 "classifier.safetensors"), perceptual_kind="pixel-l2"))
+    unet = UNet.random(
+        dict(
+            in_channels=1,
+            model_channels=32,
+            num_res_blocks=1,
+            channel_mult=(1, 2),
+            attention_resolutions=(2,),
+            learn_sigma=True,
+            num_heads=2,
+        ),
+        seed=1,
+    )
+    save_safetensors(
+        tmp_path / "ddpm.safetensors",
+        unet.state_dict(),
+        metadata={"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config)},
+    )
+    cfg = load_config(
+        None,
+        dict(
+            unet=str(tmp_path / "ddpm.safetensors"),
+            classifier=str(MODELS_DIR / "classifier.safetensors"),
+            perceptual_kind="pixel-l2",
+        ),
+    )
     assert cfg["models"]["num_heads"] == 4
     loaded = load_run_models(cfg)[0]
     assert loaded.config["num_heads"] == 2

@@ -1,4 +1,5 @@
 """Every notebook in notebooks/ runs from top to bottom on the bundled demo models (so none of them rots)."""
+
 import os
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """QKV attention (both guided-diffusion orderings) and the timestep embedding against PyTorch transcriptions of
 guided-diffusion's code (attention in float64 with autograd; the embedding in float32, as guided-diffusion runs it)."""
+
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ ATTN_TOL = 2e-5  # the brief allows 1e-4; measured: ref ~6e-8, cpu up to ~2e-6
 
 
 # ---- float64 transcriptions of guided-diffusion unet.py (the .float() before the softmax dropped: all float64) ----
+
 
 def qkv_attention_legacy(qkv, n_heads):
     bs, width, length = qkv.shape
@@ -55,8 +57,8 @@ ATTN_SHAPES = [
     (3, 12, 35, 4),
     (3, 20, 13 * 19, 4),
     (2, 7, 9, 1),
-    (2, 12, 1, 4),         # a single token: weights are all 1
-    (1, 64, 28 * 36, 4),   # the UNet's middle-block token count
+    (2, 12, 1, 4),  # a single token: weights are all 1
+    (1, 64, 28 * 36, 4),  # the UNet's middle-block token count
 ]
 
 
@@ -103,16 +105,28 @@ QKV = np.zeros((2, 36, 10), np.float32)
         (lambda b: ops.attention(QKV, 5, backend=b), ValueError, ["attention", "heads", "12"]),
         (lambda b: ops.attention(QKV, 0, backend=b), ValueError, ["attention", "heads"]),
         (lambda b: ops.attention(QKV, 2.0, backend=b), TypeError, ["attention", "heads"]),
-        (lambda b: ops.attention(np.zeros((2, 35, 10), np.float32), 1, backend=b), ValueError,
-         ["attention", "qkv", "3 * C"]),
+        (
+            lambda b: ops.attention(np.zeros((2, 35, 10), np.float32), 1, backend=b),
+            ValueError,
+            ["attention", "qkv", "3 * C"],
+        ),
         (lambda b: ops.attention(QKV[0], 4, backend=b), ValueError, ["attention", "qkv", "dimensions"]),
         (lambda b: ops.attention(QKV.astype(np.float64), 4, backend=b), TypeError, ["attention", "qkv", "float32"]),
-        (lambda b: ops.attention_backward(np.zeros((2, 12, 9), np.float32), QKV, 4, backend=b), ValueError,
-         ["attention_backward", "dy", "(2, 12, 10)"]),
-        (lambda b: ops.attention_backward(np.zeros((2, 12, 10), np.float32), QKV, 5, backend=b), ValueError,
-         ["attention_backward", "heads"]),
-        (lambda b: ops.attention_backward(np.zeros((2, 12, 10), np.int32), QKV, 4, backend=b), TypeError,
-         ["attention_backward", "dy", "float32"]),
+        (
+            lambda b: ops.attention_backward(np.zeros((2, 12, 9), np.float32), QKV, 4, backend=b),
+            ValueError,
+            ["attention_backward", "dy", "(2, 12, 10)"],
+        ),
+        (
+            lambda b: ops.attention_backward(np.zeros((2, 12, 10), np.float32), QKV, 5, backend=b),
+            ValueError,
+            ["attention_backward", "heads"],
+        ),
+        (
+            lambda b: ops.attention_backward(np.zeros((2, 12, 10), np.int32), QKV, 4, backend=b),
+            TypeError,
+            ["attention_backward", "dy", "float32"],
+        ),
     ],
 )
 def test_attention_rejects_bad_input(backend, call, exc, words):
@@ -123,6 +137,7 @@ def test_attention_rejects_bad_input(backend, call, exc, words):
 
 
 # ---- timestep embedding ----
+
 
 def gd_timestep_embedding(timesteps, dim, max_period=10000, exact_exp=False):
     """guided-diffusion nn.timestep_embedding, verbatim (float32). exact_exp takes the float32 exp correctly

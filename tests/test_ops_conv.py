@@ -1,4 +1,5 @@
 """conv2d and linear, forward and backward, against PyTorch autograd (float64 reference)."""
+
 import threading
 
 import numpy as np
@@ -56,8 +57,9 @@ def test_conv2d_forward_backward(rng, backend, with_bias, case):
     assert rel_err(y, yt) <= TOL
     dx = ops.conv2d_backward_input(dy, weight, x.shape, stride=stride, padding=padding, backend=backend)
     assert rel_err(dx, dxt) <= TOL
-    dw, db = ops.conv2d_backward_weight(dy, x, weight.shape, bias=with_bias, stride=stride, padding=padding,
-                                        backend=backend)
+    dw, db = ops.conv2d_backward_weight(
+        dy, x, weight.shape, bias=with_bias, stride=stride, padding=padding, backend=backend
+    )
     assert rel_err(dw, dwt) <= TOL
     if with_bias:
         assert rel_err(db, dbt) <= TOL
@@ -151,67 +153,104 @@ def _nan_weight():
 
 
 BAD_CONV = {
-    "channel mismatch": (_conv(w=np.zeros((7, 6, 3, 3), np.float32)), ValueError,
-                         ["conv2d_forward", "weight has 6 input channels but x has 5"]),
+    "channel mismatch": (
+        _conv(w=np.zeros((7, 6, 3, 3), np.float32)),
+        ValueError,
+        ["conv2d_forward", "weight has 6 input channels but x has 5"],
+    ),
     "weight rank": (_conv(w=np.zeros((7, 5, 3), np.float32)), ValueError, ["conv2d_forward", "weight", "4 dim"]),
     "x rank": (_conv(x=np.zeros((5, 13, 19), np.float32)), ValueError, ["conv2d_forward", "x", "4 dim"]),
     "float64": (_conv(x=X.astype(np.float64)), TypeError, ["conv2d_forward", "x", "float32"]),
-    "non-contiguous": (_conv(x=np.zeros((3, 5, 13, 38), np.float32)[..., ::2]), ValueError,
-                       ["conv2d_forward", "x", "contiguous"]),
+    "non-contiguous": (
+        _conv(x=np.zeros((3, 5, 13, 38), np.float32)[..., ::2]),
+        ValueError,
+        ["conv2d_forward", "x", "contiguous"],
+    ),
     "nan": (_conv(w=_nan_weight()), ValueError, ["conv2d_forward", "weight", "non-finite"]),
-    "kernel too large": (_conv(x=np.zeros((1, 5, 4, 19), np.float32), w=np.zeros((7, 5, 7, 3), np.float32),
-                               padding=1), ValueError, ["conv2d_forward", "kernel height 7", "padded input height 6"]),
+    "kernel too large": (
+        _conv(x=np.zeros((1, 5, 4, 19), np.float32), w=np.zeros((7, 5, 7, 3), np.float32), padding=1),
+        ValueError,
+        ["conv2d_forward", "kernel height 7", "padded input height 6"],
+    ),
     "bias shape": (_conv(b=np.zeros(5, np.float32)), ValueError, ["conv2d_forward", "bias", "(7,)"]),
     "negative padding": (_conv(padding=(1, -1)), ValueError, ["conv2d_forward", "padding"]),
     "zero stride": (_conv(stride=0), ValueError, ["conv2d_forward", "stride"]),
     "float stride": (_conv(stride=1.5), TypeError, ["conv2d_forward", "stride"]),
     "backward_input dy inconsistent": (
-        lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 6, 10), np.float32), W, X.shape, stride=2, padding=1,
-                                             backend=be),
-        ValueError, ["conv2d_backward_input", "dy has shape (3, 7, 6, 10), expected (3, 7, 7, 10)"]),
+        lambda be: ops.conv2d_backward_input(
+            np.zeros((3, 7, 6, 10), np.float32), W, X.shape, stride=2, padding=1, backend=be
+        ),
+        ValueError,
+        ["conv2d_backward_input", "dy has shape (3, 7, 6, 10), expected (3, 7, 7, 10)"],
+    ),
     "backward_input channel mismatch": (
-        lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 13, 19), np.float32), W, (3, 4, 13, 19), padding=1,
-                                             backend=be),
-        ValueError, ["conv2d_backward_input", "weight has 5 input channels but dx has 4"]),
+        lambda be: ops.conv2d_backward_input(
+            np.zeros((3, 7, 13, 19), np.float32), W, (3, 4, 13, 19), padding=1, backend=be
+        ),
+        ValueError,
+        ["conv2d_backward_input", "weight has 5 input channels but dx has 4"],
+    ),
     "backward_input bad x_shape": (
         lambda be: ops.conv2d_backward_input(np.zeros((3, 7, 13, 19), np.float32), W, (3, 5, 13), backend=be),
-        ValueError, ["conv2d_backward_input", "x_shape"]),
+        ValueError,
+        ["conv2d_backward_input", "x_shape"],
+    ),
     "backward_weight channel mismatch": (
-        lambda be: ops.conv2d_backward_weight(np.zeros((3, 7, 13, 19), np.float32), X, (7, 6, 3, 3), padding=1,
-                                              backend=be),
-        ValueError, ["conv2d_backward_weight", "dweight has 6 input channels but x has 5"]),
+        lambda be: ops.conv2d_backward_weight(
+            np.zeros((3, 7, 13, 19), np.float32), X, (7, 6, 3, 3), padding=1, backend=be
+        ),
+        ValueError,
+        ["conv2d_backward_weight", "dweight has 6 input channels but x has 5"],
+    ),
     "backward_weight batch mismatch": (
-        lambda be: ops.conv2d_backward_weight(np.zeros((2, 7, 13, 19), np.float32), X, W.shape, padding=1,
-                                              backend=be),
-        ValueError, ["conv2d_backward_weight", "dy has shape (2, 7, 13, 19), expected (3, 7, 13, 19)"]),
+        lambda be: ops.conv2d_backward_weight(np.zeros((2, 7, 13, 19), np.float32), X, W.shape, padding=1, backend=be),
+        ValueError,
+        ["conv2d_backward_weight", "dy has shape (2, 7, 13, 19), expected (3, 7, 13, 19)"],
+    ),
     "linear feature mismatch": (
         lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 6), np.float32), backend=be),
-        ValueError, ["linear_forward", "weight has 6 input features but x has 5"]),
+        ValueError,
+        ["linear_forward", "weight has 6 input features but x has 5"],
+    ),
     "linear bias shape": (
-        lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 5), np.float32),
-                              np.zeros(5, np.float32), backend=be),
-        ValueError, ["linear_forward", "bias"]),
+        lambda be: ops.linear(
+            np.zeros((3, 5), np.float32), np.zeros((7, 5), np.float32), np.zeros(5, np.float32), backend=be
+        ),
+        ValueError,
+        ["linear_forward", "bias"],
+    ),
     "linear weight rank": (
         lambda be: ops.linear(np.zeros((3, 5), np.float32), np.zeros((7, 5, 1), np.float32), backend=be),
-        ValueError, ["linear_forward", "weight", "2 dim"]),
+        ValueError,
+        ["linear_forward", "weight", "2 dim"],
+    ),
     "linear float64": (
         lambda be: ops.linear(np.zeros((3, 5), np.float64), np.zeros((7, 5), np.float32), backend=be),
-        TypeError, ["linear_forward", "x", "float32"]),
+        TypeError,
+        ["linear_forward", "x", "float32"],
+    ),
     "linear non-contiguous": (
         lambda be: ops.linear(np.zeros((2, 3, 10), np.float32)[..., ::2], np.zeros((7, 5), np.float32), backend=be),
-        ValueError, ["linear_forward", "x", "contiguous"]),
+        ValueError,
+        ["linear_forward", "x", "contiguous"],
+    ),
     "linear backward_input mismatch": (
-        lambda be: ops.linear_backward_input(np.zeros((3, 6), np.float32), np.zeros((7, 5), np.float32),
-                                             backend=be),
-        ValueError, ["linear_backward_input", "dy has shape (3, 6), expected (3, 7)"]),
+        lambda be: ops.linear_backward_input(np.zeros((3, 6), np.float32), np.zeros((7, 5), np.float32), backend=be),
+        ValueError,
+        ["linear_backward_input", "dy has shape (3, 6), expected (3, 7)"],
+    ),
     "linear backward_weight rows": (
-        lambda be: ops.linear_backward_weight(np.zeros((4, 7), np.float32), np.zeros((3, 5), np.float32),
-                                              backend=be),
-        ValueError, ["linear_backward_weight", "dy"]),
+        lambda be: ops.linear_backward_weight(np.zeros((4, 7), np.float32), np.zeros((3, 5), np.float32), backend=be),
+        ValueError,
+        ["linear_backward_weight", "dy"],
+    ),
     "linear nan": (
-        lambda be: ops.linear_backward_weight(np.full((3, 7), np.inf, np.float32), np.zeros((3, 5), np.float32),
-                                              backend=be),
-        ValueError, ["linear_backward_weight", "dy", "non-finite"]),
+        lambda be: ops.linear_backward_weight(
+            np.full((3, 7), np.inf, np.float32), np.zeros((3, 5), np.float32), backend=be
+        ),
+        ValueError,
+        ["linear_backward_weight", "dy", "non-finite"],
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """The diffusion ops (ops.h's last block): reference vs fast kernels vs float64 numpy / PyTorch autograd, odd sizes,
 batch > 1; and the C orchestration (Diffusion.q_sample / p_mean_variance / sample_step) equal to the ops."""
+
 import numpy as np
 import pytest
 import torch
@@ -185,8 +186,11 @@ def test_target_probability(rng, k):
 
 def _torch_vb(mo, x0, xt, c):
     """guided-diffusion's _vb_terms_bpd (frozen mean) in float64, per sample, differentiable in v."""
-    col = {k: torch.tensor(np.asarray(v, np.float64)).reshape(-1, 1, 1, 1) for k, v in c._asdict().items()
-           if k not in ("decoder_nll", "scale")}
+    col = {
+        k: torch.tensor(np.asarray(v, np.float64)).reshape(-1, 1, 1, 1)
+        for k, v in c._asdict().items()
+        if k not in ("decoder_nll", "scale")
+    }
     ch = x0.shape[1]
     mo = t64(mo)
     eps, v = mo[:, :ch].detach(), mo[:, ch:].clone().requires_grad_(True)
@@ -195,11 +199,16 @@ def _torch_vb(mo, x0, xt, c):
     logvar = frac * col["max_log"] + (1 - frac) * col["min_log"]
     mean = col["coef1"] * (col["sqrt_recip_abar"] * xt - col["sqrt_recipm1_abar"] * eps) + col["coef2"] * xt
     true_mean = col["coef1"] * x0 + col["coef2"] * xt
-    kl = 0.5 * (-1.0 + logvar - col["min_log"] + torch.exp(col["min_log"] - logvar)
-                + (true_mean - mean) ** 2 * torch.exp(-logvar))
+    kl = 0.5 * (
+        -1.0
+        + logvar
+        - col["min_log"]
+        + torch.exp(col["min_log"] - logvar)
+        + (true_mean - mean) ** 2 * torch.exp(-logvar)
+    )
 
     def cdf(u):
-        return 0.5 * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (u + 0.044715 * u ** 3)))
+        return 0.5 * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (u + 0.044715 * u**3)))
 
     inv_stdv = torch.exp(-0.5 * logvar)
     cdf_plus, cdf_min = cdf(inv_stdv * (x0 - mean + 1 / 255)), cdf(inv_stdv * (x0 - mean - 1 / 255))
@@ -219,8 +228,10 @@ def test_diffusion_vb(rng, shape, scale):
     idx = _indices(rng, n)
     arrays = _schedule().arrays()
     bshape = (-1, 1, 1, 1)
-    xt = (arrays["sqrt_alphas_cumprod"][idx].reshape(bshape) * x0
-          + arrays["sqrt_one_minus_alphas_cumprod"][idx].reshape(bshape) * noise).astype(np.float32)
+    xt = (
+        arrays["sqrt_alphas_cumprod"][idx].reshape(bshape) * x0
+        + arrays["sqrt_one_minus_alphas_cumprod"][idx].reshape(bshape) * noise
+    ).astype(np.float32)
     mo = randn(rng, n, 2 * ch, *shape[2:], scale=0.5)
     coefs = ops.vb_coefs(arrays, idx, scale)
     dvb = randn(rng, n)

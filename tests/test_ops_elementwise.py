@@ -1,4 +1,5 @@
 """Elementwise ops against PyTorch autograd (float64 reference)."""
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_unknown_backend():
 
 
 # ---- softmax ----
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(17,), (7, 11), (3, 5, 29), (3, 4, 13, 19)])
@@ -153,8 +155,17 @@ def test_binary_broadcast(rng, backend, kind, b_name):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["add", "mul"])
-@pytest.mark.parametrize("a_shape, b_shape", [((7, 11), (7, 1)), ((7, 11), (11,)), ((17,), (17,)), ((17,), (1,)),
-                                              ((3, 7, 29), (1, 7, 1)), ((3, 7, 29), (3, 1, 29))])
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((7, 11), (7, 1)),
+        ((7, 11), (11,)),
+        ((17,), (17,)),
+        ((17,), (1,)),
+        ((3, 7, 29), (1, 7, 1)),
+        ((3, 7, 29), (3, 1, 29)),
+    ],
+)
 def test_binary_other_ranks(rng, backend, kind, a_shape, b_shape):
     a, b, dy = randn(rng, *a_shape), randn(rng, *b_shape), randn(rng, *a_shape)
     at, bt = t64(a, requires_grad=True), t64(b, requires_grad=True)
@@ -186,6 +197,7 @@ def test_binary_rejects_bad_broadcast(backend):
 
 
 # ---- channel concat / split ----
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tail", [(13, 19), (29,), ()])
@@ -229,6 +241,7 @@ def test_concat_split_bad_inputs(backend):
 
 
 # ---- UNet ops (issue 15, unetnet) ----
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (2, 7, 29), (4, 3)])

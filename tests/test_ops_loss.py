@@ -1,4 +1,5 @@
 """Cross-entropy and mean squared error against PyTorch autograd (float64 reference), all reductions."""
+
 import numpy as np
 import pytest
 import torch

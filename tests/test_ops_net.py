@@ -2,6 +2,7 @@
 logit, per-plane standardisation, the normalised feature distance, fill) and the pixel losses composed of
 distance_penalty and mse, against PyTorch autograd in float64, on both backends, and the fast kernels against the
 reference ones. (The flip decision, target_probability, is tested in test_ops_diffusion.py.)"""
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,18 @@ from diffice import ops, pixel_loss
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape, axis", [((3, 5, 13, 19), 1), ((3, 5, 13, 19), 0), ((3, 5, 13, 19), -2),
-                                         ((2, 7, 11), 1), ((5, 11), 0), ((7,), -1), ((3, 5, 13, 19), 3)])
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((3, 5, 13, 19), 1),
+        ((3, 5, 13, 19), 0),
+        ((3, 5, 13, 19), -2),
+        ((2, 7, 11), 1),
+        ((5, 11), 0),
+        ((7,), -1),
+        ((3, 5, 13, 19), 3),
+    ],
+)
 def test_softmax_over_any_axis(rng, backend, shape, axis):
     x, dy = randn(rng, *shape, scale=3.0), randn(rng, *shape)
     xt = t64(x, requires_grad=True)
@@ -111,6 +122,7 @@ def test_standardize_refuses_a_constant_plane(rng, backend):
 def torch_normalized_distance(a, b):
     def unit(f):
         return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+
     d = (unit(a) - unit(b)).pow(2).sum(dim=1)
     return d.reshape(d.shape[0], -1).mean(dim=1)
 
@@ -149,11 +161,14 @@ def test_pixel_loss_of_any_rank(rng, backend, kind, shape):
     assert rel_err(grad, at.grad) <= 1e-6
 
 
-@pytest.mark.parametrize("case", [
-    lambda be, r: ops.normalized_distance_backward(r(3), r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
-    lambda be, r: ops.normalized_distance(r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
-    lambda be, r: ops.softmax(r(3, 6, 17, 5), axis=1, backend=be),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda be, r: ops.normalized_distance_backward(r(3), r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
+        lambda be, r: ops.normalized_distance(r(3, 70, 5, 31), r(3, 70, 5, 31), backend=be),
+        lambda be, r: ops.softmax(r(3, 6, 17, 5), axis=1, backend=be),
+    ],
+)
 def test_fast_kernels_match_the_reference(rng, case):
     draws = []
 

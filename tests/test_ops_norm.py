@@ -1,4 +1,5 @@
 """Group norm and inference batch norm against PyTorch autograd (float64 reference)."""
+
 import numpy as np
 import pytest
 import torch
@@ -98,8 +99,10 @@ def test_group_norm_backends_agree(rng):
     y_ref = ops.group_norm(x, 32, gamma, beta, backend="ref")
     y_cpu = ops.group_norm(x, 32, gamma, beta, backend="cpu")
     assert rel_err(y_cpu, y_ref) <= 1e-6
-    for got, want in zip(ops.group_norm_backward(dy, x, 32, gamma, backend="cpu"),
-                         ops.group_norm_backward(dy, x, 32, gamma, backend="ref")):
+    for got, want in zip(
+        ops.group_norm_backward(dy, x, 32, gamma, backend="cpu"),
+        ops.group_norm_backward(dy, x, 32, gamma, backend="ref"),
+    ):
         assert rel_err(got, want) <= 1e-5
 
 
@@ -122,13 +125,15 @@ def test_group_norm_bad_inputs(backend):
     with pytest.raises(ValueError, match="group_norm_backward: dy"):
         ops.group_norm_backward(np.zeros((2, 35, 4, 5), np.float32), x, 5, backend=backend)
     with pytest.raises(ValueError, match="group_norm_backward: mean"):
-        ops.group_norm_backward(x, x, 5, mean=np.zeros((2, 7), np.float32), rstd=np.ones((2, 5), np.float32),
-                                backend=backend)
+        ops.group_norm_backward(
+            x, x, 5, mean=np.zeros((2, 7), np.float32), rstd=np.ones((2, 5), np.float32), backend=backend
+        )
     with pytest.raises(ValueError, match="mean and rstd"):
         ops.group_norm_backward(x, x, 5, mean=np.zeros((2, 5), np.float32), backend=backend)
 
 
 # ---- batch norm ----
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 7, 13, 19), (3, 11, 29), (5, 11)])

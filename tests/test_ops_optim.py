@@ -1,5 +1,6 @@
 """The optimizer ops (AdamW step, EMA, sum of squares, scale) against torch.optim.AdamW and the EMA formula,
 reference vs fast kernel; and the backend's memory interface through an arena of backend memory."""
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +102,7 @@ def test_sum_squares_does_not_depend_on_the_thread_count(rng):
 
 
 # ---- the backend's memory interface, through an arena of backend memory ----
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_arena_roundtrip(rng, backend):

@@ -1,4 +1,5 @@
 """Spatial ops (upsample, pooling, bilinear resize) against PyTorch autograd (float64 reference)."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,7 @@ def torch_forward_backward(fn, x, dy_shape_rng):
 
 # ---- nearest x2 upsample ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (1, 7, 1, 1), (2, 11, 7, 9)])
 def test_upsample_nearest2x(rng, backend, shape):
@@ -34,15 +36,16 @@ def test_upsample_nearest2x(rng, backend, shape):
 
 # ---- average pool ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "shape, kernel, stride",
     [
-        ((3, 5, 13, 19), 2, None),       # odd sizes: last row/col get zero gradient
-        ((3, 7, 13, 19), 3, 2),          # overlapping windows
+        ((3, 5, 13, 19), 2, None),  # odd sizes: last row/col get zero gradient
+        ((3, 7, 13, 19), 3, 2),  # overlapping windows
         ((2, 11, 7, 9), (2, 3), (1, 2)),
         ((3, 5, 12, 18), 2, 2),
-        ((1, 5, 7, 9), (7, 9), None),    # one window covering everything
+        ((1, 5, 7, 9), (7, 9), None),  # one window covering everything
     ],
 )
 def test_avg_pool2d(rng, backend, shape, kernel, stride):
@@ -59,16 +62,17 @@ def test_avg_pool2d(rng, backend, shape, kernel, stride):
 @pytest.mark.parametrize(
     "shape, kernel, stride, padding",
     [
-        ((2, 5, 9, 11), 3, 1, 1),        # FID Inception's branch_pool: 3x3/1, pad 1, count_include_pad=False
+        ((2, 5, 9, 11), 3, 1, 1),  # FID Inception's branch_pool: 3x3/1, pad 1, count_include_pad=False
         ((3, 4, 8, 7), 3, 2, 1),
         ((1, 3, 6, 9), (4, 3), (2, 1), (2, 1)),
-        ((2, 2, 1, 1), 3, 1, 1),          # a 1x1 image: every window holds the one pixel
+        ((2, 2, 1, 1), 3, 1, 1),  # a 1x1 image: every window holds the one pixel
     ],
 )
 def test_avg_pool2d_padding_not_counted(rng, backend, shape, kernel, stride, padding):
     x = randn(rng, *shape)
     yt, dy, dxt = torch_forward_backward(
-        lambda a: F.avg_pool2d(a, kernel, stride, padding, count_include_pad=False), x, rng)
+        lambda a: F.avg_pool2d(a, kernel, stride, padding, count_include_pad=False), x, rng
+    )
     assert rel_err(ops.avg_pool2d(x, kernel, stride, padding, backend=backend), yt) <= TOL
     assert rel_err(ops.avg_pool2d_backward(dy, x.shape, kernel, stride, padding, backend=backend), dxt) <= TOL
 
@@ -76,11 +80,11 @@ def test_avg_pool2d_padding_not_counted(rng, backend, shape, kernel, stride, pad
 # ---- max pool ----
 
 MAX_POOL_CASES = [
-    ((3, 5, 13, 19), 2, None, 0),         # SonoNet 2x2/2, odd sizes
-    ((3, 7, 13, 19), 3, 2, 1),            # ResNet stem 3x3/2 pad 1
+    ((3, 5, 13, 19), 2, None, 0),  # SonoNet 2x2/2, odd sizes
+    ((3, 7, 13, 19), 3, 2, 1),  # ResNet stem 3x3/2 pad 1
     ((2, 11, 7, 9), (3, 2), (2, 1), (1, 0)),
     ((2, 5, 8, 10), 3, 1, 1),
-    ((1, 3, 2, 2), 2, 2, 1),              # windows mostly padding
+    ((1, 3, 2, 2), 2, 2, 1),  # windows mostly padding
 ]
 
 
@@ -98,6 +102,7 @@ def test_max_pool2d(rng, backend, shape, kernel, stride, padding, ties):
 
 # ---- global average pool ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (2, 11, 7, 9), (3, 7, 1, 1)])
 def test_global_avg_pool(rng, backend, shape):
@@ -110,17 +115,18 @@ def test_global_avg_pool(rng, backend, shape):
 
 # ---- bilinear resize ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "shape, size",
     [
-        ((3, 5, 13, 19), (29, 7)),     # taller, narrower
-        ((3, 5, 13, 19), (5, 33)),     # shorter, wider
-        ((3, 7, 13, 19), (13, 19)),    # identity
-        ((2, 11, 7, 9), (56, 72)),     # 8x up
+        ((3, 5, 13, 19), (29, 7)),  # taller, narrower
+        ((3, 5, 13, 19), (5, 33)),  # shorter, wider
+        ((3, 7, 13, 19), (13, 19)),  # identity
+        ((2, 11, 7, 9), (56, 72)),  # 8x up
         ((2, 5, 13, 19), (1, 1)),
-        ((2, 5, 1, 9), (4, 3)),        # single input row
-        ((1, 3, 224, 288), (7, 9)),    # strong downsizing (no antialias)
+        ((2, 5, 1, 9), (4, 3)),  # single input row
+        ((1, 3, 224, 288), (7, 9)),  # strong downsizing (no antialias)
     ],
 )
 def test_resize_bilinear(rng, backend, shape, size):
@@ -164,31 +170,61 @@ X = np.zeros((2, 3, 13, 19), np.float32)
         (lambda: ops.avg_pool2d(X, 2, 0), ValueError, ["avg_pool2d", "stride"]),
         (lambda: ops.avg_pool2d(X, 2.5), TypeError, ["avg_pool2d", "kernel"]),
         (lambda: ops.avg_pool2d(X, (2, 2, 2)), TypeError, ["avg_pool2d", "kernel"]),
-        (lambda: ops.avg_pool2d_backward(np.zeros((2, 3, 6, 8), np.float32), X.shape, 2), ValueError,
-         ["avg_pool2d_backward", "dy", "(2, 3, 6, 9)"]),
-        (lambda: ops.avg_pool2d_backward(np.zeros((2, 4, 6, 9), np.float32), X.shape, 2), ValueError,
-         ["avg_pool2d_backward", "x_shape"]),
-        (lambda: ops.avg_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), (2, 3, 13), 2), ValueError,
-         ["avg_pool2d_backward", "x_shape"]),
+        (
+            lambda: ops.avg_pool2d_backward(np.zeros((2, 3, 6, 8), np.float32), X.shape, 2),
+            ValueError,
+            ["avg_pool2d_backward", "dy", "(2, 3, 6, 9)"],
+        ),
+        (
+            lambda: ops.avg_pool2d_backward(np.zeros((2, 4, 6, 9), np.float32), X.shape, 2),
+            ValueError,
+            ["avg_pool2d_backward", "x_shape"],
+        ),
+        (
+            lambda: ops.avg_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), (2, 3, 13), 2),
+            ValueError,
+            ["avg_pool2d_backward", "x_shape"],
+        ),
         (lambda: ops.max_pool2d(X, 3, 2, 2), ValueError, ["max_pool2d", "padding"]),
         (lambda: ops.max_pool2d(X, 3, 2, -1), ValueError, ["max_pool2d", "padding"]),
-        (lambda: ops.max_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), X, 3, 2, 1), ValueError,
-         ["max_pool2d_backward", "dy", "(2, 3, 7, 10)"]),
-        (lambda: ops.max_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), X.astype(np.float64), 2), TypeError,
-         ["max_pool2d_backward", "x", "float32"]),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), X, 3, 2, 1),
+            ValueError,
+            ["max_pool2d_backward", "dy", "(2, 3, 7, 10)"],
+        ),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((2, 3, 6, 9), np.float32), X.astype(np.float64), 2),
+            TypeError,
+            ["max_pool2d_backward", "x", "float32"],
+        ),
         (lambda: ops.global_avg_pool(np.zeros((2, 3, 4), np.float32)), ValueError, ["global_avg_pool", "x"]),
-        (lambda: ops.global_avg_pool_backward(np.zeros((2, 4), np.float32), X.shape), ValueError,
-         ["global_avg_pool_backward", "x_shape"]),
-        (lambda: ops.global_avg_pool_backward(np.zeros((2, 3, 1, 1), np.float32), X.shape), ValueError,
-         ["global_avg_pool_backward", "dy", "dimensions"]),
+        (
+            lambda: ops.global_avg_pool_backward(np.zeros((2, 4), np.float32), X.shape),
+            ValueError,
+            ["global_avg_pool_backward", "x_shape"],
+        ),
+        (
+            lambda: ops.global_avg_pool_backward(np.zeros((2, 3, 1, 1), np.float32), X.shape),
+            ValueError,
+            ["global_avg_pool_backward", "dy", "dimensions"],
+        ),
         (lambda: ops.resize_bilinear(X, (0, 5)), ValueError, ["resize_bilinear", "size"]),
         (lambda: ops.resize_bilinear(X, 5.0), TypeError, ["resize_bilinear", "size"]),
-        (lambda: ops.resize_bilinear(np.full((1, 1, 2, 2), np.inf, np.float32), (3, 3)), ValueError,
-         ["resize_bilinear", "x", "non-finite"]),
-        (lambda: ops.resize_bilinear_backward(np.zeros((2, 4, 5, 5), np.float32), X.shape), ValueError,
-         ["resize_bilinear_backward", "x_shape"]),
-        (lambda: ops.resize_bilinear_backward(np.zeros((2, 3, 5, 5), np.float32), (2, 3, -1, 4)), ValueError,
-         ["resize_bilinear_backward", "x_shape", "positive"]),
+        (
+            lambda: ops.resize_bilinear(np.full((1, 1, 2, 2), np.inf, np.float32), (3, 3)),
+            ValueError,
+            ["resize_bilinear", "x", "non-finite"],
+        ),
+        (
+            lambda: ops.resize_bilinear_backward(np.zeros((2, 4, 5, 5), np.float32), X.shape),
+            ValueError,
+            ["resize_bilinear_backward", "x_shape"],
+        ),
+        (
+            lambda: ops.resize_bilinear_backward(np.zeros((2, 3, 5, 5), np.float32), (2, 3, -1, 4)),
+            ValueError,
+            ["resize_bilinear_backward", "x_shape", "positive"],
+        ),
     ],
 )
 def test_spatial_rejects_bad_input(call, exc, words):

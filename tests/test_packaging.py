@@ -1,4 +1,5 @@
 """The package's build configuration: pyproject.toml gives setuptools nothing deprecated."""
+
 from __future__ import annotations
 
 import warnings
@@ -17,8 +18,9 @@ def test_pyproject_has_no_deprecated_setuptools_configuration(monkeypatch):
     from setuptools.dist import Distribution
     from setuptools.warnings import SetuptoolsDeprecationWarning
 
-    assert tuple(int(v) for v in setuptools.__version__.split(".")[:2]) >= (77, 0), \
+    assert tuple(int(v) for v in setuptools.__version__.split(".")[:2]) >= (77, 0), (
         "the test extra requires setuptools>=77 (the version pyproject.toml's build-system asks for)"
+    )
     monkeypatch.chdir(ROOT)  # readme and license-files are relative to the project
     with warnings.catch_warnings():
         warnings.simplefilter("error", SetuptoolsDeprecationWarning)
@@ -33,8 +35,11 @@ def test_no_build_or_test_output_is_tracked():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
-    bad = [f for f in tracked.stdout.splitlines()
-           if f.endswith((".whl", ".so", ".o", ".pyc", ".egg-info")) or f.startswith(("build/", "dist/"))]
+    bad = [
+        f
+        for f in tracked.stdout.splitlines()
+        if f.endswith((".whl", ".so", ".o", ".pyc", ".egg-info")) or f.startswith(("build/", "dist/"))
+    ]
     assert bad == []
 
 

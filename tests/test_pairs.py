@@ -1,4 +1,5 @@
 """`diffice pairs`: the blinded reading sheet, clicked in a real headless browser, and the scoring."""
+
 import csv
 import json
 import shutil
@@ -21,8 +22,9 @@ def results_folder(root, n, rng):
         save_png(root / stem / "input.png", x)
         for k in (1, 2):
             save_png(root / stem / f"iteration_{k}.png", x + 0.5 * k)
-        rows = [dict(iteration=0, prob_target=0.1)] + [dict(iteration=k, prob_target=0.9, flipped=k == 2 or i % 2,
-                                                            lambda_c=40.0) for k in (1, 2)]
+        rows = [dict(iteration=0, prob_target=0.1)] + [
+            dict(iteration=k, prob_target=0.9, flipped=k == 2 or i % 2, lambda_c=40.0) for k in (1, 2)
+        ]
         (root / "records").mkdir(parents=True, exist_ok=True)
         (root / "records" / f"{stem}.json").write_text(json.dumps(dict(image=f"{stem}.png", iterations=rows)))
     return root
@@ -33,7 +35,7 @@ def test_binomial_p_value_matches_a_direct_sum():
 
     for n in (1, 7, 50):
         for k in range(n + 1):
-            probs = [comb(n, i) / 2 ** n for i in range(n + 1)]
+            probs = [comb(n, i) / 2**n for i in range(n + 1)]
             want = min(1.0, sum(p for p in probs if p <= probs[k] + 1e-15))
             assert binomial_two_sided_p(k, n) == pytest.approx(want, rel=1e-12)
     assert binomial_two_sided_p(41, 50) < 1e-5  # the paper's 41 of 50 is far from chance
@@ -90,10 +92,12 @@ def _browser(download_dir):
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
-                                              "download.prompt_for_download": False})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver"), env=env_without_sanitizer_preload()),
-                            options=options)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(download_dir), "download.prompt_for_download": False}
+    )
+    return webdriver.Chrome(
+        service=Service(shutil.which("chromedriver"), env=env_without_sanitizer_preload()), options=options
+    )
 
 
 def test_reader_clicks_in_a_real_browser_and_downloads_the_csv(tmp_path, rng, capsys):
@@ -109,9 +113,12 @@ def test_reader_clicks_in_a_real_browser_and_downloads_the_csv(tmp_path, rng, ca
         driver.get((tmp_path / "sheet.html").as_uri())
         driver.find_element(By.ID, "reader").send_keys("Dr Test")
         for p in key["pairs"][:4]:  # prefers the counterfactual in pairs 1-3, the input in 4, skips 5
-            side = p["counterfactual_side"] if p["pair"] <= 3 else \
-                ("left" if p["counterfactual_side"] == "right" else "right")
-            driver.find_element(By.ID, f"p{p['pair']}-left").click()   # a change of mind is allowed
+            side = (
+                p["counterfactual_side"]
+                if p["pair"] <= 3
+                else ("left" if p["counterfactual_side"] == "right" else "right")
+            )
+            driver.find_element(By.ID, f"p{p['pair']}-left").click()  # a change of mind is allowed
             driver.find_element(By.ID, f"p{p['pair']}-{side}").click()
         assert driver.find_element(By.ID, "count").text == "4"
         chosen = driver.find_elements(By.CSS_SELECTOR, "img.chosen")

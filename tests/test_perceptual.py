@@ -1,4 +1,5 @@
 """Perceptual losses (DiME's mse, MONAI's normalized) and pixel losses against PyTorch autograd."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,12 +17,15 @@ def images(rng, n, c, h, w):
 
 
 @pytest.mark.parametrize("variant", ["mse", "normalized"])
-@pytest.mark.parametrize("depth, layout, in_channels, taps, backend", [
-    (50, "radimagenet", 1, ("layer4",), "cpu"),
-    (50, "torchvision", 3, ("layer1", "layer2", "layer3"), "cpu"),
-    (18, "radimagenet", 3, ("stem", "layer2", "layer4"), "ref"),
-    (18, "torchvision", 1, ("stem", "layer1", "layer3", "layer4"), "ref"),
-])
+@pytest.mark.parametrize(
+    "depth, layout, in_channels, taps, backend",
+    [
+        (50, "radimagenet", 1, ("layer4",), "cpu"),
+        (50, "torchvision", 3, ("layer1", "layer2", "layer3"), "cpu"),
+        (18, "radimagenet", 3, ("stem", "layer2", "layer4"), "ref"),
+        (18, "torchvision", 1, ("stem", "layer1", "layer3", "layer4"), "ref"),
+    ],
+)
 def test_loss_and_gradient_match_pytorch(rng, variant, depth, layout, in_channels, taps, backend):
     """Loss and gradient against autograd (inputs whose gradient is insensitive to ReLU round-off: test_resnet)."""
     net = ResNetFeatures.random(depth, layout, in_channels, taps, seed=int(rng.integers(1 << 30)), backend=backend)
@@ -58,18 +62,19 @@ def test_batch_independence(rng, variant):
 
     On the reference kernels, whose per-sample arithmetic does not depend on the batch (oneDNN's blocking does,
     at float32 round-off)."""
-    net = ResNetFeatures.random(18, "radimagenet", 1, ("layer2", "layer4"), seed=int(rng.integers(1 << 30)),
-                                backend="ref")
+    net = ResNetFeatures.random(
+        18, "radimagenet", 1, ("layer2", "layer4"), seed=int(rng.integers(1 << 30)), backend="ref"
+    )
     a, b = images(rng, 4, 1, 64, 72), images(rng, 4, 1, 64, 72)
     loss = PerceptualLoss(net, variant, weight=WEIGHT)
     loss.set_reference(b)
     value, grad = loss.loss_and_grad(a)
     for i in range(4):
         single = PerceptualLoss(net, variant, weight=WEIGHT)
-        single.set_reference(b[i:i + 1])
-        vi, gi = single.loss_and_grad(a[i:i + 1])
-        assert rel_err(vi, value[i:i + 1]) <= 1e-5
-        assert rel_err(gi, grad[i:i + 1]) <= 1e-5
+        single.set_reference(b[i : i + 1])
+        vi, gi = single.loss_and_grad(a[i : i + 1])
+        assert rel_err(vi, value[i : i + 1]) <= 1e-5
+        assert rel_err(gi, grad[i : i + 1]) <= 1e-5
     # changing the other samples leaves sample 0 alone
     a2 = a.copy()
     a2[1:] = images(rng, 3, 1, 64, 72)

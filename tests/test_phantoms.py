@@ -1,5 +1,6 @@
 """diffice.data.phantoms: determinism, shapes and ranges, the label rule, masks, the posterior-fossa signal, bad
 input."""
+
 import math
 
 import numpy as np
@@ -134,8 +135,7 @@ def test_standard_fraction(fraction, batch, seed):
     if fraction == 0.5:
         labels = batch.labels
     else:
-        labels = P.generate(120 if 0 < fraction < 1 else 20, size=SMALL, seed=seed,
-                            standard_fraction=fraction).labels
+        labels = P.generate(120 if 0 < fraction < 1 else 20, size=SMALL, seed=seed, standard_fraction=fraction).labels
     if fraction in (0.0, 1.0):
         assert (labels == fraction).all()
     else:
@@ -180,24 +180,27 @@ def test_overrides(seed):
     assert not g.concepts["TH"].any() and (g.labels == 0).all()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n=0), "n must be a positive integer"),
-    (dict(n=-3), "n must be a positive integer"),
-    (dict(n=2.5), "n must be a positive integer"),
-    (dict(n=2, size=(16, 40)), "too small"),
-    (dict(n=2, size=(40, 31)), "too small"),
-    (dict(n=2, size=(32,)), r"size must be \(height, width\)"),
-    (dict(n=2, size=(32.5, 40)), "two integers"),
-    (dict(n=2, standard_fraction=-0.1), r"standard_fraction must be in \[0, 1\]"),
-    (dict(n=2, standard_fraction=1.5), r"standard_fraction must be in \[0, 1\]"),
-    (dict(n=2, standard_fraction=float("nan")), r"standard_fraction must be in \[0, 1\]"),
-    (dict(n=2, standard_fraction="half"), "standard_fraction must be a number"),
-    (dict(n=2, seed=-1), "seed must be a non-negative integer"),
-    (dict(n=2, head_size=0.3), "unknown phantom parameters"),
-    (dict(n=2, failure_mode="upside_down"), "failure_mode must be"),
-    (dict(n=2, blur=-1.0), "blur must be"),
-    (dict(n=2, standard=True), "standard_fraction, not standard"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n=0), "n must be a positive integer"),
+        (dict(n=-3), "n must be a positive integer"),
+        (dict(n=2.5), "n must be a positive integer"),
+        (dict(n=2, size=(16, 40)), "too small"),
+        (dict(n=2, size=(40, 31)), "too small"),
+        (dict(n=2, size=(32,)), r"size must be \(height, width\)"),
+        (dict(n=2, size=(32.5, 40)), "two integers"),
+        (dict(n=2, standard_fraction=-0.1), r"standard_fraction must be in \[0, 1\]"),
+        (dict(n=2, standard_fraction=1.5), r"standard_fraction must be in \[0, 1\]"),
+        (dict(n=2, standard_fraction=float("nan")), r"standard_fraction must be in \[0, 1\]"),
+        (dict(n=2, standard_fraction="half"), "standard_fraction must be a number"),
+        (dict(n=2, seed=-1), "seed must be a non-negative integer"),
+        (dict(n=2, head_size=0.3), "unknown phantom parameters"),
+        (dict(n=2, failure_mode="upside_down"), "failure_mode must be"),
+        (dict(n=2, blur=-1.0), "blur must be"),
+        (dict(n=2, standard=True), "standard_fraction, not standard"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         P.generate(**kwargs)

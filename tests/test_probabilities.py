@@ -1,6 +1,7 @@
 """diffice.models.probabilities: the one logits -> probabilities convention (softmax for C >= 2, sigmoid for a single
 logit), against torch, and the places that use it: SonoNet / PlaneClassifier outputs, the classifier training
 loss and its validation, the sweep's 'input is the target', the metrics."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,8 +30,7 @@ def test_probabilities_and_predicted_class(rng, classes):
 def test_single_logit_edge_values():
     z = np.array([[0.0], [1e-3], [-1e-3], [40.0], [-800.0]], np.float32)
     p = probabilities(z)
-    np.testing.assert_allclose(p[:, 1], torch.sigmoid(torch.tensor(z[:, 0], dtype=torch.float64)).numpy(),
-                               rtol=1e-12)
+    np.testing.assert_allclose(p[:, 1], torch.sigmoid(torch.tensor(z[:, 0], dtype=torch.float64)).numpy(), rtol=1e-12)
     np.testing.assert_allclose(p[:, 0], 1 - p[:, 1], rtol=0, atol=0)
     np.testing.assert_array_equal(predicted_class(z), [0, 1, 0, 1, 0])  # l > 0: class 1; l = 0: class 0
     with np.errstate(over="raise", invalid="raise"):
@@ -45,8 +45,10 @@ def test_sononet_and_plane_classifier_outputs(rng, classes):
 
     x = np.clip(rng.standard_normal((3, 1, 16, 16)) * 0.5, -1, 1).astype(np.float32)
     net = SonoNet.random(k=4, in_channels=1, num_classes=classes, seed=3, standardize=False)
-    plane = PlaneClassifier(tiny_plane_classifier().segmenter,
-                            SonoNet.random(k=4, in_channels=4, num_classes=classes, seed=4, standardize=False))
+    plane = PlaneClassifier(
+        tiny_plane_classifier().segmenter,
+        SonoNet.random(k=4, in_channels=4, num_classes=classes, seed=4, standardize=False),
+    )
     for clf in (net, plane):
         out = clf.forward(x)
         want = torch_class_probabilities(out.logits)
@@ -105,12 +107,12 @@ def test_sweep_input_is_target_for_a_single_logit_classifier(rng):
     x = np.concatenate([np.full((2, 1, 16, 24), -0.3, np.float32), np.full((2, 1, 16, 24), 0.3, np.float32)])
     models = (tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True), OneLogit(), None)
     for target, want in ((1, [False, False, True, True]), (0, [True, True, False, False])):
-        task = dict(unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x,
-                    target=target, seed=0)
+        task = dict(
+            unit="u", method=dict(method="diff-ice-1", tau=1, lambda_c=[1.0], lambda_p=0.0), x=x, target=target, seed=0
+        )
         out = compute_unit(task, models=models)
         np.testing.assert_array_equal(out["input_is_target"], want)
-        np.testing.assert_allclose(out["prob_target"][0], probabilities(OneLogit().forward(x))[:, target],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(out["prob_target"][0], probabilities(OneLogit().forward(x))[:, target], rtol=1e-6)
 
 
 def test_metrics_single_logit_is_the_two_logit_classifier(rng):

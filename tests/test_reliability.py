@@ -1,5 +1,6 @@
 """Reliability (issue 9): argument checks where Python meets C, thread safety of shared models, and no memory
 growth across repeated forward/VJP and explain calls."""
+
 from __future__ import annotations
 
 import ctypes
@@ -35,25 +36,28 @@ KW = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0), lambda_p
 # ---------------------------------------------------------------- argument checks
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(tau=0), ValueError, "tau"),
-    (dict(tau=-3), ValueError, "tau"),
-    (dict(tau=40), ValueError, "tau"),
-    (dict(tau=2.5), TypeError, "tau"),
-    (dict(iterations=0), ValueError, "iterations"),
-    (dict(lambda_c=()), ValueError, "lambda_c"),
-    (dict(lambda_c="40"), ValueError, "lambda_c"),
-    (dict(lambda_c=(1.0, float("nan"))), ValueError, r"lambda_c\[1\]"),
-    (dict(lambda_c=(-1.0,)), ValueError, r"lambda_c\[0\]"),
-    (dict(lambda_p=float("inf")), ValueError, "lambda_p"),
-    (dict(lambda_p=-1.0), ValueError, "lambda_p"),
-    (dict(mask_threshold=-0.5), ValueError, "mask_threshold"),
-    (dict(method="dice"), ValueError, "method"),
-    (dict(class_loss="mse"), ValueError, "class_loss"),
-    (dict(grad_at="next"), ValueError, "grad_at"),
-    (dict(backend="cuda:7"), ValueError, "backend"),
-    (dict(guidance="magic"), ValueError, "guidance"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(tau=0), ValueError, "tau"),
+        (dict(tau=-3), ValueError, "tau"),
+        (dict(tau=40), ValueError, "tau"),
+        (dict(tau=2.5), TypeError, "tau"),
+        (dict(iterations=0), ValueError, "iterations"),
+        (dict(lambda_c=()), ValueError, "lambda_c"),
+        (dict(lambda_c="40"), ValueError, "lambda_c"),
+        (dict(lambda_c=(1.0, float("nan"))), ValueError, r"lambda_c\[1\]"),
+        (dict(lambda_c=(-1.0,)), ValueError, r"lambda_c\[0\]"),
+        (dict(lambda_p=float("inf")), ValueError, "lambda_p"),
+        (dict(lambda_p=-1.0), ValueError, "lambda_p"),
+        (dict(mask_threshold=-0.5), ValueError, "mask_threshold"),
+        (dict(method="dice"), ValueError, "method"),
+        (dict(class_loss="mse"), ValueError, "class_loss"),
+        (dict(grad_at="next"), ValueError, "grad_at"),
+        (dict(backend="cuda:7"), ValueError, "backend"),
+        (dict(guidance="magic"), ValueError, "guidance"),
+    ],
+)
 def test_explainer_config_errors_name_the_argument(tiny, kwargs, exc, match):
     unet, d = tiny
     with pytest.raises(exc, match=match):
@@ -181,6 +185,7 @@ def test_shared_perceptual_loss_from_threads(nets, rng):
                 perc.set_reference(refs[i])
                 worst = max(worst, float(np.abs(perc.loss(refs[(i + 1) % 4])).max()))
             return worst
+
         return run
 
     assert all(v >= 0 for v in _run_threads([hammer(i) for i in range(4)]))
@@ -198,9 +203,21 @@ def _c_heap_bytes() -> int:
         libc = ctypes.CDLL(None)
 
         class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in
-                        ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                         "fordblks", "keepcost")]
+            _fields_ = [
+                (n, ctypes.c_size_t)
+                for n in (
+                    "arena",
+                    "ordblks",
+                    "smblks",
+                    "hblks",
+                    "hblkhd",
+                    "usmblks",
+                    "fsmblks",
+                    "uordblks",
+                    "fordblks",
+                    "keepcost",
+                )
+            ]
 
         libc.mallinfo2.restype = MallInfo2
         info = libc.mallinfo2()

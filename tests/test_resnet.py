@@ -1,5 +1,6 @@
 """The C ResNet feature networks against a PyTorch transcription of torchvision's ResNet / RadImageNet's Keras
 conversion with the same weights: features, input gradients and weight gradients, every tap, both layouts."""
+
 import numpy as np
 import pytest
 import resnet_reference
@@ -62,8 +63,7 @@ def kink_insensitive(compute, kink, attempts=40):
                 results.append(compute(first=not results))
             finally:
                 resnet_reference.ReLU.shift = 0.0
-        if resnet_reference.MaxPool.min_gap > kink and \
-                all(rel_err(r[0], results[0][0]) <= 2e-5 for r in results[1:]):
+        if resnet_reference.MaxPool.min_gap > kink and all(rel_err(r[0], results[0][0]) <= 2e-5 for r in results[1:]):
             return results[0]
     raise AssertionError("no input with a gradient insensitive to ReLU and max-pool round-off found")
 
@@ -110,16 +110,29 @@ def check_against_torch(net, draw, rng, backend):
 # (depth, layout, in_channels, taps, backend): every ResNet-18 combination on both backends; ResNet-50 (slow in
 # float64 PyTorch) on a covering subset. The reference kernels run at the full test size; the fast backend's float32
 # round-off allows fewer ReLU inputs for a round-off-insensitive gradient (kink_insensitive), so it runs smaller.
-CASES = [(18, layout, c, taps, backend) for layout in ("torchvision", "radimagenet") for c in (1, 3)
-         for taps in TAP_SETS for backend in BACKENDS] + [
-    (50, "torchvision", 1, TAP_SETS[0], "ref"), (50, "radimagenet", 3, TAP_SETS[1], "ref"),
-    (50, "torchvision", 3, TAP_SETS[1], "cpu"), (50, "radimagenet", 1, TAP_SETS[0], "cpu"),
-    (50, "torchvision", 1, TAP_SETS[1], "cpu"), (50, "radimagenet", 3, TAP_SETS[0], "cpu")]
+CASES = [
+    (18, layout, c, taps, backend)
+    for layout in ("torchvision", "radimagenet")
+    for c in (1, 3)
+    for taps in TAP_SETS
+    for backend in BACKENDS
+] + [
+    (50, "torchvision", 1, TAP_SETS[0], "ref"),
+    (50, "radimagenet", 3, TAP_SETS[1], "ref"),
+    (50, "torchvision", 3, TAP_SETS[1], "cpu"),
+    (50, "radimagenet", 1, TAP_SETS[0], "cpu"),
+    (50, "torchvision", 1, TAP_SETS[1], "cpu"),
+    (50, "radimagenet", 3, TAP_SETS[0], "cpu"),
+]
 
 # (grayscale size, RGB size): the more ReLU inputs and the larger the round-off, the rarer a round-off-insensitive
 # gradient; ResNet-50 has ~4x ResNet-18's activations
-SIZES = {(18, "ref"): ((64, 80), (72, 56)), (18, "cpu"): ((32, 40), (40, 28)),
-         (50, "ref"): ((64, 80), (48, 40)), (50, "cpu"): ((24, 32), (32, 24))}
+SIZES = {
+    (18, "ref"): ((64, 80), (72, 56)),
+    (18, "cpu"): ((32, 40), (40, 28)),
+    (50, "ref"): ((64, 80), (48, 40)),
+    (50, "cpu"): ((24, 32), (32, 24)),
+}
 
 
 @pytest.mark.parametrize("depth, layout, in_channels, taps, backend", CASES)
@@ -154,24 +167,29 @@ def test_partial_output_gradients(rng):
         net.vjp(x, {"layer1": d4})
 
 
-@pytest.mark.parametrize("depth, layout, tensors, params", [
-    (50, "torchvision", 265, 23_561_152), (18, "torchvision", 100, 11_186_112),
-    (50, "radimagenet", 318, 23_587_712)])
+@pytest.mark.parametrize(
+    "depth, layout, tensors, params",
+    [(50, "torchvision", 265, 23_561_152), (18, "torchvision", 100, 11_186_112), (50, "radimagenet", 318, 23_587_712)],
+)
 def test_keys_in_state_dict_order(depth, layout, tensors, params):
     """Same keys, order and shapes as the PyTorch module (less num_batches_tracked and fc).
 
     Counts include the BatchNorm statistics: torchvision's 25,557,032 (R50) and 11,689,512 (R18) less fc plus the
     running statistics; 23,587,712 is what Keras reports for ResNet50(include_top=False)."""
     net = ResNetFeatures(depth, layout)
-    ref = {k: v for k, v in ResNet(depth, layout, with_fc=True).state_dict().items()
-           if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    ref = {
+        k: v
+        for k, v in ResNet(depth, layout, with_fc=True).state_dict().items()
+        if not k.endswith("num_batches_tracked") and not k.startswith("fc.")
+    }
     assert list(ref) == list(net.parameter_shapes())
     assert all(tuple(ref[k].shape) == s for k, s in net.parameter_shapes().items())
     assert (len(ref), net.num_parameters()) == (tensors, params)
 
 
-@pytest.mark.parametrize("depth, layout", [(50, "torchvision"), (18, "torchvision"), (50, "radimagenet"),
-                                           (18, "radimagenet")])
+@pytest.mark.parametrize(
+    "depth, layout", [(50, "torchvision"), (18, "torchvision"), (50, "radimagenet"), (18, "radimagenet")]
+)
 def test_checkpoint_files_load(tmp_path, rng, depth, layout):
     """A torch-saved full state_dict (fc, num_batches_tracked) and a safetensors file load and agree."""
     model = ResNet(depth, layout, with_fc=True)
@@ -206,8 +224,14 @@ def test_loading_errors(tmp_path):
     with pytest.raises(ValueError) as info:
         net.load_state_dict(sd)
     msg = str(info.value)
-    for key in ("layer2.0.bn1.running_var", "layer9.0.conv1.weight", "layer3.1.conv2.weight", "missing",
-                "unexpected", "mis-shaped"):
+    for key in (
+        "layer2.0.bn1.running_var",
+        "layer9.0.conv1.weight",
+        "layer3.1.conv2.weight",
+        "missing",
+        "unexpected",
+        "mis-shaped",
+    ):
         assert key in msg
     # a torchvision checkpoint forced into the Keras layout: every conv bias is missing
     with pytest.raises(ValueError, match=r"conv1\.bias"):

@@ -1,4 +1,5 @@
 """`diffice explain`'s runner: outputs, results table, unreadable images, interruption and resumption."""
+
 import csv
 import json
 from pathlib import Path
@@ -67,8 +68,9 @@ def test_interrupted_run_resumes_without_loss(tmp_path, rng, models, monkeypatch
 
     monkeypatch.setattr(explain_module.Explainer, "explain", counting_explain)
     with pytest.raises(KeyboardInterrupt):
-        run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False,
-                    models=(unet, diffusion, Interrupting(), perc))
+        run_explain(
+            config(), tmp_path / "in", tmp_path / "out", progress=False, models=(unet, diffusion, Interrupting(), perc)
+        )
     monkeypatch.undo()
     records = sorted(p.stem for p in (tmp_path / "out" / "records").glob("*.json"))
     assert records == ["img0", "img1"]
@@ -129,8 +131,20 @@ image_size = [{H}, {W}]
 batch_size = 2
 """)
     write_images(tmp_path / "in", rng, 3)
-    code = main(["explain", "--config", str(tmp_path / "run.toml"), "--images", str(tmp_path / "in"),
-                 "--out", str(tmp_path / "out"), "--quiet", "--tau", "2"])
+    code = main(
+        [
+            "explain",
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--images",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--tau",
+            "2",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == 3 * 3
@@ -141,8 +155,12 @@ def test_resuming_with_other_settings_is_refused(tmp_path, rng, models):
     write_images(tmp_path / "in", rng, 2)
     run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False, models=models)
     # the batch size does not change results: resuming with another one is fine
-    assert run_explain(config(batch_size=1), tmp_path / "in", tmp_path / "out", progress=False,
-                       models=models)["skipped_done"] == 2
+    assert (
+        run_explain(config(batch_size=1), tmp_path / "in", tmp_path / "out", progress=False, models=models)[
+            "skipped_done"
+        ]
+        == 2
+    )
     with pytest.raises(ValueError, match=r"other settings \(method.tau: 3 -> 4"):
         run_explain(config(tau=4), tmp_path / "in", tmp_path / "out", progress=False, models=models)
 
@@ -156,18 +174,50 @@ def model_files(tmp_path_factory):
 
 def file_flags(model_files, *extra):
     """`diffice explain` flags for the tiny model files, a pixel Lp and a short run."""
-    return ["--unet", str(model_files / "ddpm.safetensors"), "--num-heads", "1", "--classifier",
-            str(model_files / "f.safetensors"), "--perceptual-kind", "pixel-l2", "--respacing", "10", "--tau", "2",
-            "--iterations", "1", "--lambda-c", "5", "--lambda-p", "1", "--image-size", str(H), str(W), "--quiet",
-            *extra]
+    return [
+        "--unet",
+        str(model_files / "ddpm.safetensors"),
+        "--num-heads",
+        "1",
+        "--classifier",
+        str(model_files / "f.safetensors"),
+        "--perceptual-kind",
+        "pixel-l2",
+        "--respacing",
+        "10",
+        "--tau",
+        "2",
+        "--iterations",
+        "1",
+        "--lambda-c",
+        "5",
+        "--lambda-p",
+        "1",
+        "--image-size",
+        str(H),
+        str(W),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_lambda_p_without_a_perceptual_loss_is_an_error(tmp_path, rng, model_files):
     """lambda_p > 0 with no Lp file or pixel kind used to be ignored silently (the explainer drops lambda_p)."""
     write_images(tmp_path / "in", rng, 1)
-    cfg = load_config(None, dict(unet=str(model_files / "ddpm.safetensors"), num_heads=1,
-                                 classifier=str(model_files / "f.safetensors"), respacing="10", image_size=[H, W],
-                                 tau=2, iterations=1, lambda_c=[5.0], lambda_p=30.0))
+    cfg = load_config(
+        None,
+        dict(
+            unet=str(model_files / "ddpm.safetensors"),
+            num_heads=1,
+            classifier=str(model_files / "f.safetensors"),
+            respacing="10",
+            image_size=[H, W],
+            tau=2,
+            iterations=1,
+            lambda_c=[5.0],
+            lambda_p=30.0,
+        ),
+    )
     with pytest.raises(ValueError, match=r"method.lambda_p = 30 .*models.perceptual.*pixel-l2"):
         run_explain(cfg, tmp_path / "in", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
@@ -178,8 +228,11 @@ def test_lambda_p_without_a_perceptual_loss_is_an_error(tmp_path, rng, model_fil
     # the same for a sweep over files models
     from diffice.explain.sweep import load_sweep
 
-    data = {"models": {"unet": "u.safetensors", "classifier": "f.safetensors"}, "sweep": {"phantoms": 2},
-            "method": {"lambda_p": 0.0}}
+    data = {
+        "models": {"unet": "u.safetensors", "classifier": "f.safetensors"},
+        "sweep": {"phantoms": 2},
+        "method": {"lambda_p": 0.0},
+    }
     assert load_sweep(None, data=dict(data, sweep={"phantoms": 2, "lambda_p": [0.0]}))
     with pytest.raises(ValueError, match="lambda_p = 30"):
         load_sweep(None, data=dict(data, sweep={"phantoms": 2, "lambda_p": [0.0, 30.0]}))
@@ -190,8 +243,11 @@ def test_unwritable_out_is_a_one_line_error_naming_it(tmp_path, rng, model_files
 
     write_images(tmp_path / "in", rng, 1)
     (tmp_path / "afile").write_text("not a folder")
-    for out, reason in ((tmp_path / "afile" / "out", "Not a directory"), (tmp_path / "afile", "a file"),
-                        (Path("/proc/diffice-no-such-dir/out"), "No such file or directory")):
+    for out, reason in (
+        (tmp_path / "afile" / "out", "Not a directory"),
+        (tmp_path / "afile", "a file"),
+        (Path("/proc/diffice-no-such-dir/out"), "No such file or directory"),
+    ):
         assert main(["explain", "--images", str(tmp_path / "in"), "--out", str(out)] + file_flags(model_files)) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"diffice explain: error: cannot write the output folder {out}: ") and reason in err
@@ -207,11 +263,11 @@ def test_a_run_failing_at_start_up_leaves_nothing_behind(tmp_path, rng, model_fi
     images = ["--images", str(tmp_path / "in")]
     out = tmp_path / "results" / "run1"  # its parent does not exist either
     failing = [
-        file_flags(model_files, "--unet", str(tmp_path / "bad.safetensors")),   # a bad model file
+        file_flags(model_files, "--unet", str(tmp_path / "bad.safetensors")),  # a bad model file
         file_flags(model_files, "--classifier", str(tmp_path / "missing.safetensors")),
-        file_flags(model_files, "--tau", "0"),                                     # bad settings
-        file_flags(model_files, "--tau", "10"),                                    # tau >= the 10 respaced steps
-        file_flags(model_files, "--image-size", "4", "4"),                         # too small for the UNet
+        file_flags(model_files, "--tau", "0"),  # bad settings
+        file_flags(model_files, "--tau", "10"),  # tau >= the 10 respaced steps
+        file_flags(model_files, "--image-size", "4", "4"),  # too small for the UNet
     ]
     for flags in failing:
         assert main(["explain"] + images + ["--out", str(out)] + flags) == 2, flags
@@ -238,8 +294,9 @@ def test_a_run_failing_at_start_up_leaves_nothing_behind(tmp_path, rng, model_fi
             next(iter(tasks))
             raise RuntimeError("the workers cannot load the models")
 
-    cfg = load_config(None, dict(unet=str(tmp_path / "bad.safetensors"), classifier="f", lambda_p=0.0,
-                                 image_size=[H, W]))
+    cfg = load_config(
+        None, dict(unet=str(tmp_path / "bad.safetensors"), classifier="f", lambda_p=0.0, image_size=[H, W])
+    )
     with pytest.raises(RuntimeError, match="workers"):
         run_explain(cfg, tmp_path / "in", tmp_path / "cluster" / "out", progress=False, executor=FailingExecutor())
     assert not (tmp_path / "cluster").exists()
@@ -272,8 +329,25 @@ def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng
 
     write_images(tmp_path / "in", rng, 2)
     out = tmp_path / "out"
-    assert main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(out), "--quiet",
-                 "--iterations", "1", "--tau", "2"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--models",
+                "demo",
+                "--images",
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--iterations",
+                "1",
+                "--tau",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 * 2
     settings = json.loads((out / "run_settings.json").read_text())

@@ -1,5 +1,6 @@
 """SonoNet-k in C against an independent PyTorch SonoNet with the same weights; the released SonoNet-16 on the
 authors' 13 example frames; the target-class view; loading errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,14 +15,27 @@ from diffice.models.sononet import CLASSES, ClassifierOutput, SonoNet, TargetCla
 WEIGHTS = SHARED / "weights" / "sononet" / "SonoNet16.npz"
 REFERENCE = SHARED / "weights" / "sononet" / "reference_13_frames.npz"
 EXAMPLES = SHARED / "data" / "sononet_examples"
-needs_shared = pytest.mark.skipif(not WEIGHTS.exists() or not REFERENCE.exists(),
-                                  reason=f"SonoNet weights and example frames not found under {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not WEIGHTS.exists() or not REFERENCE.exists(),
+    reason=f"SonoNet weights and example frames not found under {SHARED}",
+)
 
 # file name -> class name (shared/data/sononet_examples/README.md)
-FILE_CLASS = {"3VV": "3VV", "4CH": "4CH", "ABDOMINAL": "Abdominal", "BRAIN-CB": "Brain (Cb.)",
-              "BRAIN-TV": "Brain (Tv.)", "FEMUR": "Femur", "KIDNEYS": "Kidneys", "LIPS": "Lips", "LVOT": "LVOT",
-              "PROFILE": "Profile", "RVOT": "RVOT", "SPINE-CORONAL": "Spine (cor.)",
-              "SPINE-SAGITTAL": "Spine (sag.)"}
+FILE_CLASS = {
+    "3VV": "3VV",
+    "4CH": "4CH",
+    "ABDOMINAL": "Abdominal",
+    "BRAIN-CB": "Brain (Cb.)",
+    "BRAIN-TV": "Brain (Tv.)",
+    "FEMUR": "Femur",
+    "KIDNEYS": "Kidneys",
+    "LIPS": "Lips",
+    "LVOT": "LVOT",
+    "PROFILE": "Profile",
+    "RVOT": "RVOT",
+    "SPINE-CORONAL": "Spine (cor.)",
+    "SPINE-SAGITTAL": "Spine (sag.)",
+}
 
 
 def torch_model(net: SonoNet) -> SonoNetReference:
@@ -36,9 +50,14 @@ def gates_of(net: SonoNet, model: SonoNetReference, x: np.ndarray):
     """The ReLU masks and pool indices of the float32 forward net computes (same ops, same backend)."""
     from functools import partial
 
-    return float32_gates(model, x, partial(diffice.ops.conv2d, backend=net.backend),
-                         partial(diffice.ops.batch_norm, backend=net.backend),
-                         partial(diffice.ops.max_pool2d, kernel=2, backend=net.backend), net.standardize)
+    return float32_gates(
+        model,
+        x,
+        partial(diffice.ops.conv2d, backend=net.backend),
+        partial(diffice.ops.batch_norm, backend=net.backend),
+        partial(diffice.ops.max_pool2d, kernel=2, backend=net.backend),
+        net.standardize,
+    )
 
 
 def worst_module_gradient_error(grads, model) -> float:
@@ -46,8 +65,10 @@ def worst_module_gradient_error(grads, model) -> float:
     modules = {}
     for name, p in model.named_parameters():
         modules.setdefault(name.rsplit(".", 1)[0], []).append((grads[name].ravel(), p.grad.numpy().ravel()))
-    errors = [(rel_err(np.concatenate([g for g, _ in pairs]), np.concatenate([w for _, w in pairs])), module)
-              for module, pairs in modules.items()]
+    errors = [
+        (rel_err(np.concatenate([g for g, _ in pairs]), np.concatenate([w for _, w in pairs])), module)
+        for module, pairs in modules.items()
+    ]
     worst = max(errors)
     assert worst[0] <= 1e-4, worst
     return worst[0]
@@ -95,8 +116,12 @@ def test_forward_vjp_and_weight_gradients_match_pytorch(rng, backend, k, cin, cl
             assert not np.any(g), f"{name} got a gradient"
 
     # each output alone, and all three
-    for douts in (dict(dlogits=dlogits), dict(dcam=dcam), dict(dfeatures=dfeatures),
-                  dict(dlogits=dlogits, dcam=dcam, dfeatures=dfeatures)):
+    for douts in (
+        dict(dlogits=dlogits),
+        dict(dcam=dcam),
+        dict(dfeatures=dfeatures),
+        dict(dlogits=dlogits, dcam=dcam, dfeatures=dfeatures),
+    ):
         xt.grad = None
         parts = dict(dlogits=logits, dcam=cam, dfeatures=features)
         total = sum((parts[name] * torch.from_numpy(d)).sum() for name, d in douts.items())
@@ -144,7 +169,7 @@ def test_target_class_view_matches_pytorch(rng):
     dl = randn(rng, 3, 2)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     logits = model(xt, gates_of(net, model, x))[0]
-    others = torch.cat([logits[:, :target], logits[:, target + 1:]], 1)
+    others = torch.cat([logits[:, :target], logits[:, target + 1 :]], 1)
     binary = torch.stack([torch.logsumexp(others, 1), logits[:, target]], 1)
     (binary * torch.from_numpy(dl)).sum().backward()
 
@@ -272,5 +297,5 @@ def test_real_weights_convert_inv_std_back_to_variance(real):
     arrays = np.load(WEIGHTS)
     var = net.state_dict()["features.0.0.1.running_var"].astype(np.float64)
     assert rel_err(1.0 / np.sqrt(var + 1e-4), arrays["arr_4"]) <= 1e-6
-    assert np.array_equal(net.state_dict()["features.0.0.1.bias"], arrays["arr_1"])    # beta
+    assert np.array_equal(net.state_dict()["features.0.0.1.bias"], arrays["arr_1"])  # beta
     assert np.array_equal(net.state_dict()["features.0.0.1.weight"], arrays["arr_2"])  # gamma

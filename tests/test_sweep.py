@@ -1,5 +1,6 @@
 """`diffice sweep`: the grid, the SQLite store (one transaction per unit), resumption, schedule independence,
 the tables, the command line. Tiny models from files (what a sweep config names), 3 images at 16x24."""
+
 import sqlite3
 
 import numpy as np
@@ -24,9 +25,9 @@ H, W = 16, 24
 def sweep_toml(models, out, extra="", sweep_extra=""):
     return f"""
 [models]
-unet = "{models / 'ddpm.safetensors'}"
+unet = "{models / "ddpm.safetensors"}"
 num_heads = 1
-classifier = "{models / 'f.safetensors'}"
+classifier = "{models / "f.safetensors"}"
 perceptual_kind = "pixel-l2"
 [diffusion]
 respacing = "10"
@@ -73,8 +74,10 @@ def reference(tmp_path_factory, models_dir):
     return _SHARED["reference"]
 
 
-RESULT_ROWS = ("SELECT config_id, image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM results "
-               "ORDER BY 1, 2, 3")
+RESULT_ROWS = (
+    "SELECT config_id, image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM results "
+    "ORDER BY 1, 2, 3"
+)
 
 
 def spec_for(tmp_path, models_dir, name="out", **kw):
@@ -98,25 +101,37 @@ def check_consistent(store_path):
 
 
 def test_grid_expansion_and_errors(tmp_path, models_dir):
-    spec = spec_for(tmp_path, models_dir, extra="""
+    spec = spec_for(
+        tmp_path,
+        models_dir,
+        extra="""
 [[grid]]
 method = "diff-ice-1"
 tau = [2, 3, 4]
 lambda_c = [[400]]
-""")
+""",
+    )
     labels = [f"{c['method']} {c['iterations']} {c['tau']} {c['lambda_c']} {c['lambda_p']}" for c in spec.configs]
     # main grid: 2 methods x 2 lambda_p; extra grid: 3 taus (lambda_p 1 from [method]); iterations forced to 1
-    assert labels == ["diff-ice 2 3 [5.0, 50.0] 1.0", "diff-ice 2 3 [5.0, 50.0] 0.0",
-                      "diff-ice-1 1 3 [5.0, 50.0] 1.0", "diff-ice-1 1 3 [5.0, 50.0] 0.0",
-                      "diff-ice-1 1 2 [400.0] 1.0", "diff-ice-1 1 3 [400.0] 1.0", "diff-ice-1 1 4 [400.0] 1.0"]
+    assert labels == [
+        "diff-ice 2 3 [5.0, 50.0] 1.0",
+        "diff-ice 2 3 [5.0, 50.0] 0.0",
+        "diff-ice-1 1 3 [5.0, 50.0] 1.0",
+        "diff-ice-1 1 3 [5.0, 50.0] 0.0",
+        "diff-ice-1 1 2 [400.0] 1.0",
+        "diff-ice-1 1 3 [400.0] 1.0",
+        "diff-ice-1 1 4 [400.0] 1.0",
+    ]
     assert spec.base == dict(tau=3, lambda_c=[5.0, 50.0], lambda_p=1.0)
     assert spec.models["source"] == "files" and spec.store_path == tmp_path / "out" / "results.sqlite"
     bad = tmp_path / "bad.toml"
     good = sweep_toml(models_dir, tmp_path / "bad")
-    for old, new, match in [("phantoms = 3", "phantoms = 3\ntauu = [1]", "tauu"),
-                            ('store_format = "float16"', 'store_format = "jpeg"', "store_format"),
-                            ("phantoms = 3", 'phantoms = 3\nimages = "x"', "not both"),
-                            ('"diff-ice-1"]', '"nope"]', "method must be one of")]:
+    for old, new, match in [
+        ("phantoms = 3", "phantoms = 3\ntauu = [1]", "tauu"),
+        ('store_format = "float16"', 'store_format = "jpeg"', "store_format"),
+        ("phantoms = 3", 'phantoms = 3\nimages = "x"', "not both"),
+        ('"diff-ice-1"]', '"nope"]', "method must be one of"),
+    ]:
         bad.write_text(good.replace(old, new))
         with pytest.raises(ValueError, match=match):
             load_sweep(str(bad))
@@ -126,8 +141,10 @@ def test_demo_sweep_refuses_model_settings_it_would_ignore(tmp_path):
     """[sweep] models = "demo" chooses the model files and their schedule: a [models] section or [diffusion]
     values in the same file would be ignored, so they are errors (they were silently ignored)."""
     base = '[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n'
-    for extra, match in [('[diffusion]\nrespacing = "10"\n', "diffusion.respacing"),
-                         ('[models]\nclassifier = "f.safetensors"\n', r"remove the \[models\] section")]:
+    for extra, match in [
+        ('[diffusion]\nrespacing = "10"\n', "diffusion.respacing"),
+        ('[models]\nclassifier = "f.safetensors"\n', r"remove the \[models\] section"),
+    ]:
         path = tmp_path / "demo.toml"
         path.write_text(base + extra)
         with pytest.raises(ValueError, match=match):
@@ -189,8 +206,7 @@ def test_results_do_not_depend_on_the_schedule(tmp_path, models_dir, reference):
         assert store.db.execute(RESULT_ROWS).fetchall() == reference[3]
 
 
-def test_interrupted_unit_is_never_half_written_and_resume_is_identical(tmp_path, models_dir, monkeypatch,
-                                                                         reference):
+def test_interrupted_unit_is_never_half_written_and_resume_is_identical(tmp_path, models_dir, monkeypatch, reference):
     _, _, want, want_rows = reference
     spec = spec_for(tmp_path, models_dir, name="cut")
     from diffice.explain.sweep import store as sweep_module
@@ -238,9 +254,11 @@ def test_cli_sweep_and_tables_only(tmp_path, models_dir, capsys):
     from diffice.cli import main
 
     path = tmp_path / "s.toml"
-    path.write_text(sweep_toml(models_dir, "cli-out").replace('method = ["diff-ice", "diff-ice-1"]',
-                                                                'method = ["dime", "diff-ice-1-xt"]')
-                    .replace("lambda_p = [1.0, 0]", "lambda_p = [1.0]"))
+    path.write_text(
+        sweep_toml(models_dir, "cli-out")
+        .replace('method = ["diff-ice", "diff-ice-1"]', 'method = ["dime", "diff-ice-1-xt"]')
+        .replace("lambda_p = [1.0, 0]", "lambda_p = [1.0]")
+    )
     assert main(["sweep", "--config", str(path), "--quiet", "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
     assert "Table 1" in out and "| dime " in out and "| diff-ice-1-xt " in out and "Table S3" in out
@@ -268,8 +286,13 @@ def test_sweep_killed_hard_resumes_identically(tmp_path, models_dir, reference):
     spec = spec_for(tmp_path, models_dir, name="killed")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.Popen([sys.executable, "-m", "diffice", "sweep", "--config", str(tmp_path / "killed.toml"),
-                             "--quiet"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffice", "sweep", "--config", str(tmp_path / "killed.toml"), "--quiet"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -304,12 +327,18 @@ def test_columns_exclude_nonfinite_counterfactuals():
 
     config = dict(config_id="c", label="c", method="diff-ice", iterations=2, tau=3, lambda_c=[5.0], lambda_p=1.0)
     results = ConfigResults(
-        config=config, store=None, image_ids=np.arange(5),
+        config=config,
+        store=None,
+        image_ids=np.arange(5),
         prob_target=np.array([[0.1, 0.9, 0.9], [0.2, 0.8, 0.7], [0.3, 0.4, 0.2], [0.1, 0.5, 0.3], [0.9, 0.9, 0.9]]),
         input_is_target=np.array([False, False, False, False, True]),
-        flipped=np.array([[1, 1], [1, 1], [0, 0], [0, 1], [1, 1]], bool), lambda_used=np.full((5, 2), 5.0),
+        flipped=np.array([[1, 1], [1, 1], [0, 0], [0, 1], [1, 1]], bool),
+        lambda_used=np.full((5, 2), 5.0),
         nonfinite_step=np.array([[-1, -1], [-1, -1], [-1, 2], [0, 0], [-1, 1]]),
-        batch_seconds=np.array([1.0]), iteration_seconds=np.array([[0.5, 0.5]]), peak_bytes=np.array([2**20]))
+        batch_seconds=np.array([1.0]),
+        iteration_seconds=np.array([[0.5, 0.5]]),
+        peak_bytes=np.array([2**20]),
+    )
 
     class Store:
         def meta(self, key):

@@ -4,6 +4,7 @@ switch, and the bundled demo models against the reference committed in tests/dat
 Regenerate that reference (after an intended change of the models or the sampler) with
 ``DIFFICE_UPDATE_REFERENCE=1 python -m pytest tests/test_testing.py -k bundled``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,13 @@ def models():
 
 def make_explainer(models, **kw):
     unet, diffusion, clf = models
-    return Explainer(unet, diffusion, clf, PixelLoss("l2"), **dict(dict(iterations=2, tau=3, lambda_c=(1.0, 2.0),
-                                                                         lambda_p=10.0), **kw))
+    return Explainer(
+        unet,
+        diffusion,
+        clf,
+        PixelLoss("l2"),
+        **dict(dict(iterations=2, tau=3, lambda_c=(1.0, 2.0), lambda_p=10.0), **kw),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +76,14 @@ def test_stored_run_matches_itself_bitwise_and_in_float16(run, inputs, models, t
     half = save_reference(tmp_path / "half.safetensors", run, inputs, dtype="float16")
     assert half.stat().st_size < 0.6 * path.stat().st_size
     c = assert_matches_reference(run, half, x=inputs)  # float16 rounding is added to each tolerance
-    assert 0 < c.pixel_max.max() <= 2 ** -11
+    assert 0 < c.pixel_max.max() <= 2**-11
 
 
 def test_perturbed_pixel_fails_naming_image_iteration_pixel_and_distance(run, inputs, tmp_path):
     path = save_reference(tmp_path / "ref.safetensors", run, inputs)
     cf = run.counterfactuals.copy()
-    cf[1, 2, 0, 5, 7] += 0.25    # iteration 2, image 2
-    cf[0, 0] += 0.01             # iteration 1, image 0: all pixels, within atol but over mean_atol
+    cf[1, 2, 0, 5, 7] += 0.25  # iteration 2, image 2
+    cf[0, 0] += 0.01  # iteration 1, image 0: all pixels, within atol but over mean_atol
     with pytest.raises(AssertionError) as e:
         assert_matches_reference(dataclasses.replace(run, counterfactuals=cf), path)
     msg = str(e.value)
@@ -97,8 +103,11 @@ def test_probability_lambda_flip_and_nonfinite_differences_are_named(run, inputs
     p = run.prob_target.copy()
     p[2, 1] = np.clip(p[2, 1] - 0.06, 0, 1) if p[2, 1] > 0.5 else p[2, 1] + 0.06
     changed = dataclasses.replace(run, prob_target=p)
-    with pytest.raises(AssertionError, match=r"image 1, iteration 2: p_target [0-9.]+ vs reference [0-9.]+ "
-                                             r"\(\|diff\| 0\.06 > prob_atol 0\.001\)"):
+    with pytest.raises(
+        AssertionError,
+        match=r"image 1, iteration 2: p_target [0-9.]+ vs reference [0-9.]+ "
+        r"\(\|diff\| 0\.06 > prob_atol 0\.001\)",
+    ):
         assert_matches_reference(changed, path)
     assert_matches_reference(changed, path, level="probabilities", prob_atol=0.1)
     assert_matches_reference(changed, path, level="flips")
@@ -184,8 +193,11 @@ def test_inputs_are_checked_and_last_bit_changes_keep_the_stored_noise(models, i
     save_reference(path, run, inputs, run_settings(ex, inputs))
     x = inputs.copy()
     x[1, 0, 3, 4] += 1e-3
-    with pytest.raises(AssertionError, match=r"inputs differ from those stored .*\n  image 1: input differs from "
-                                             r"the stored one by 0\.001 at pixel \(0, 3, 4\)"):
+    with pytest.raises(
+        AssertionError,
+        match=r"inputs differ from those stored .*\n  image 1: input differs from "
+        r"the stored one by 0\.001 at pixel \(0, 3, 4\)",
+    ):
         check_explainer_regression(ex, x, path)
     # a change in the last bits (another CPU's phantom generator, say) is within input_atol; the run then draws the
     # stored noise (a fresh image_keys(x) would draw other noise and give another counterfactual)
@@ -203,12 +215,21 @@ def test_bad_files_and_arguments(run, inputs, tmp_path):
         load_reference(other)
     path = save_reference(tmp_path / "ref.safetensors", run, inputs)
     with pytest.raises(ValueError, match=r"shape \(2, 2, 1, 16, 24\) .* \(2 iterations of 3 images\)"):
-        compare_runs(dataclasses.replace(run, **{f: getattr(run, f)[:, :2] for f in (
-            "counterfactuals", "prob_target", "lambda_used", "flipped", "nonfinite_step")}), path)
+        compare_runs(
+            dataclasses.replace(
+                run,
+                **{
+                    f: getattr(run, f)[:, :2]
+                    for f in ("counterfactuals", "prob_target", "lambda_used", "flipped", "nonfinite_step")
+                },
+            ),
+            path,
+        )
     with pytest.raises(ValueError, match="level must be one of"):
         compare_runs(run, path, level="bits")
     with pytest.raises(TypeError, match="unknown tolerance"):
         from diffice.testing import _tolerances
+
         _tolerances(dict(pixel_atol=1.0))
     with pytest.raises(ValueError, match="atol must be a finite number"):
         compare_runs(run, path, atol=-1)
@@ -239,7 +260,8 @@ def test_bundled_models_match_the_committed_reference():
     from diffice.explain.demo import demo_phantoms, load_demo_models
 
     explainer = load_demo_models().explainer(iterations=2, tau=10)
-    result = check_explainer_regression(explainer, demo_phantoms(4).images, DEMO_REFERENCE, target=1, seed=0,
-                                        dtype="float16")
+    result = check_explainer_regression(
+        explainer, demo_phantoms(4).images, DEMO_REFERENCE, target=1, seed=0, dtype="float16"
+    )
     assert result.flipped[-1].all()  # every phantom reaches the standard plane within 2 iterations
     assert DEMO_REFERENCE.stat().st_size < 300_000

@@ -1,6 +1,7 @@
 """DDPM training: the loss and its gradient vs a PyTorch transcription of guided-diffusion's training_losses,
 one step's parameter gradients vs PyTorch autograd through the reference UNet, AdamW / EMA / clipping vs torch,
 and the training loop (the loss falls, resume is bitwise, Ctrl-C saves, the CLI)."""
+
 import csv
 import signal
 
@@ -38,8 +39,11 @@ def images_in_range(rng, *shape):
 
 # ---- the loss ----
 
-@pytest.mark.parametrize("learn_sigma, loss_type, steps", [
-    (True, "mse", 1000), (False, "mse", 1000), (True, "rescaled_mse", 500), (False, "rescaled_mse", 1000)])
+
+@pytest.mark.parametrize(
+    "learn_sigma, loss_type, steps",
+    [(True, "mse", 1000), (False, "mse", 1000), (True, "rescaled_mse", 500), (False, "rescaled_mse", 1000)],
+)
 def test_training_loss_and_output_gradient_match_guided_diffusion(rng, learn_sigma, loss_type, steps):
     n, c, h, w = 6, 3, 7, 5
     x0 = images_in_range(rng, n, c, h, w)
@@ -92,7 +96,7 @@ def test_training_step_gradients_match_pytorch(rng, learn_sigma):
     named = {}
     offset = 0
     for name, p in unet._params.items():
-        named[name] = grads[offset:offset + p.size].reshape(p.shape)
+        named[name] = grads[offset : offset + p.size].reshape(p.shape)
         offset += p.size
     assert worst_module_gradient_error(named, model) <= 1e-4
 
@@ -114,13 +118,14 @@ def test_loss_bad_inputs(rng):
 
 # ---- optimiser ----
 
+
 def _params_in_one_buffer(rng):
     """Views of one buffer (merged into one segment) plus a separate array (a second segment)."""
     shapes = [(5, 7), (11,), (3, 4, 2)]
     buf = randn(rng, sum(int(np.prod(s)) for s in shapes))
     views, offset = [], 0
     for s in shapes:
-        views.append(buf[offset:offset + int(np.prod(s))].reshape(s))
+        views.append(buf[offset : offset + int(np.prod(s))].reshape(s))
         offset += int(np.prod(s))
     return views + [randn(rng, 13)]
 
@@ -224,6 +229,7 @@ def test_init_guided_diffusion_zeroes_the_output_layers():
 
 # ---- the loop ----
 
+
 def blobs(n=16, size=16, seed=0):
     """n images of two Gaussian blobs each, in [-1, 1]."""
     r = np.random.default_rng(seed)
@@ -245,8 +251,18 @@ def log_losses(path):
 
 def test_loss_falls_on_blobs(tmp_path):
     # 30 steps (seconds on a shared 2-core machine): from about 1 (a zero output) to well under half of it
-    result = train_ddpm(blobs(), tmp_path, TINY, steps=30, batch_size=4, lr=3e-3, ema_rate=0.99,
-                        checkpoint_every=1000, log_every=10, progress=False)
+    result = train_ddpm(
+        blobs(),
+        tmp_path,
+        TINY,
+        steps=30,
+        batch_size=4,
+        lr=3e-3,
+        ema_rate=0.99,
+        checkpoint_every=1000,
+        log_every=10,
+        progress=False,
+    )
     losses = log_losses(result.log_path)
     assert result.step == 30 and len(losses) == 30
     assert losses[-10:].mean() < 0.5 * losses[:5].mean(), (losses[:5].mean(), losses[-10:].mean())
@@ -303,9 +319,34 @@ def test_cli_trains_on_a_folder_of_pngs(tmp_path, capsys):
         Image.fromarray(r.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "run"
-    args = ["train", "ddpm", "--images", str(folder), "--out", str(out), "--size", "16", "16", "--steps", "2",
-            "--batch-size", "2", "--model-channels", "32", "--channel-mult", "1,1", "--num-res-blocks", "1",
-            "--attention-ds", "", "--num-heads", "1", "--checkpoint-every", "1", "--quiet"]
+    args = [
+        "train",
+        "ddpm",
+        "--images",
+        str(folder),
+        "--out",
+        str(out),
+        "--size",
+        "16",
+        "16",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--model-channels",
+        "32",
+        "--channel-mult",
+        "1,1",
+        "--num-res-blocks",
+        "1",
+        "--attention-ds",
+        "",
+        "--num-heads",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 0
     for name in ("model.safetensors", "ema.safetensors", "train_state.npz", "loss.csv", "loss.png"):
         assert (out / name).exists(), name

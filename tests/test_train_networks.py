@@ -1,4 +1,5 @@
 """Supervised training of the image networks: gradients of the losses, and the loss falls on phantoms."""
+
 import csv
 import json
 
@@ -48,13 +49,18 @@ def test_segmenter_loss_falls_on_phantoms():
         b = phantoms.generate(8, size=(32, 40), seed=int(rng.integers(1 << 30)))
         return b.images, segmentation_labels(b.masks, b.structure_names, CLASSES)
 
-    history = train_network(seg, batches, lambda outputs, y: (lambda l, g: (l, (g,)))(
-        *pixel_cross_entropy_grad(outputs[0], y)), steps=40, lr=5e-3, progress=False)["loss"]
+    history = train_network(
+        seg,
+        batches,
+        lambda outputs, y: (lambda l, g: (l, (g,)))(*pixel_cross_entropy_grad(outputs[0], y)),
+        steps=40,
+        lr=5e-3,
+        progress=False,
+    )["loss"]
     assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5])
 
 
 # ---- training from folders (`diffice train segmenter|classifier|oracle`), checkpoints, resume, model files ----
-
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +72,14 @@ def phantom_set(tmp_path_factory):
 
 def test_write_dataset_matches_generate(phantom_set):
     b = phantoms.generate(24, size=(32, 40), seed=11)
-    ts = load_training_set(phantom_set / "images", masks=phantom_set / "masks", labels=phantom_set / "labels.csv",
-                           concept_columns=["TH", "CSP", "FP", "sharp"])
+    ts = load_training_set(
+        phantom_set / "images",
+        masks=phantom_set / "masks",
+        labels=phantom_set / "labels.csv",
+        concept_columns=["TH", "CSP", "FP", "sharp"],
+    )
     assert ts.files == [f"{i:06d}.png" for i in range(24)]
-    assert np.abs(ts.images - b.images).max() <= 1.0 / 255 + 1e-6          # 8-bit PNG round trip
+    assert np.abs(ts.images - b.images).max() <= 1.0 / 255 + 1e-6  # 8-bit PNG round trip
     assert (ts.masks == phantoms.label_map(b.masks)).all()
     assert ts.classes == list(phantoms.SEGMENTATION_CLASSES)
     assert (ts.labels == b.labels).all()
@@ -94,8 +104,19 @@ def test_training_set_bad_inputs(phantom_set, tmp_path):
 
 
 def _supervised(kind, phantom_set, out, steps, **kw):
-    args = dict(masks=phantom_set / "masks", labels=phantom_set / "labels.csv", steps=steps, batch_size=4,
-                width=8, levels=2, groups=4, k=2, checkpoint_every=2, progress=False, val_fraction=0.25)
+    args = dict(
+        masks=phantom_set / "masks",
+        labels=phantom_set / "labels.csv",
+        steps=steps,
+        batch_size=4,
+        width=8,
+        levels=2,
+        groups=4,
+        k=2,
+        checkpoint_every=2,
+        progress=False,
+        val_fraction=0.25,
+    )
     args.update(kw)
     return train_supervised(kind, phantom_set / "images", out, **args)
 
@@ -128,13 +149,18 @@ def test_classifier_on_a_frozen_segmenter_and_model_files(phantom_set, tmp_path)
     seg = load_model(tmp_path / "seg" / "model.safetensors")
     assert seg.class_names == list(phantoms.SEGMENTATION_CLASSES)
     before = seg.state_dict()
-    metrics = _supervised("classifier", phantom_set, tmp_path / "cls", 3,
-                          segmenter=tmp_path / "seg" / "model.safetensors",
-                          weight_decay=0.1)
+    metrics = _supervised(
+        "classifier",
+        phantom_set,
+        tmp_path / "cls",
+        3,
+        segmenter=tmp_path / "seg" / "model.safetensors",
+        weight_decay=0.1,
+    )
     assert set(metrics["validation"]) == {"accuracy", "balanced_accuracy"}
     f = load_model(tmp_path / "cls" / "model.safetensors")
     assert f.grad_through_segmenter and f.classifier.in_channels == 1 + len(phantoms.SEGMENTATION_CLASSES)
-    after = {k[len("segmenter."):]: v for k, v in f.state_dict().items() if k.startswith("segmenter.")}
+    after = {k[len("segmenter.") :]: v for k, v in f.state_dict().items() if k.startswith("segmenter.")}
     assert all(np.array_equal(before[k], after[k]) for k in before), "the frozen segmenter changed"
     x = phantoms.generate(2, size=(32, 40), seed=3).images
     assert f.logits(x).shape == (2, 2)
@@ -142,12 +168,13 @@ def test_classifier_on_a_frozen_segmenter_and_model_files(phantom_set, tmp_path)
     with pytest.raises(ValueError, match="not a segmenter"):
         _supervised("classifier", phantom_set, tmp_path / "cls2", 1, segmenter=tmp_path / "cls" / "model.safetensors")
     # an oracle may see its own (frozen) segmenter's maps too
-    metrics = _supervised("oracle", phantom_set, tmp_path / "oracle", 2,
-                          segmenter=tmp_path / "seg" / "model.safetensors")
+    metrics = _supervised(
+        "oracle", phantom_set, tmp_path / "oracle", 2, segmenter=tmp_path / "seg" / "model.safetensors"
+    )
     assert set(metrics["validation"]["concept_accuracy"]) == {"TH", "CSP", "FP", "sharp"}
     oracle = load_model(tmp_path / "oracle" / "model.safetensors")
     assert isinstance(oracle, ConceptOracle) and isinstance(oracle.network, type(f))
-    after = {k[len("segmenter."):]: v for k, v in oracle.network.state_dict().items() if k.startswith("segmenter.")}
+    after = {k[len("segmenter.") :]: v for k, v in oracle.network.state_dict().items() if k.startswith("segmenter.")}
     assert all(np.array_equal(before[k], after[k]) for k in before), "the oracle's frozen segmenter changed"
     assert oracle.quality_score(x).shape == (2,)
 
@@ -181,11 +208,49 @@ def test_load_model_errors(tmp_path):
 def test_cli_phantoms_and_train(tmp_path, capsys):
     assert main(["phantoms", "--out", str(tmp_path / "set"), "--n", "12", "--size", "32", "40", "--quiet"]) == 0
     assert "standard" in capsys.readouterr().out
-    assert main(["train", "segmenter", "--images", str(tmp_path / "set" / "images"), "--masks",
-                 str(tmp_path / "set" / "masks"), "--out", str(tmp_path / "seg"), "--steps", "2", "--width", "8",
-                 "--levels", "2", "--groups", "4", "--batch-size", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "segmenter",
+                "--images",
+                str(tmp_path / "set" / "images"),
+                "--masks",
+                str(tmp_path / "set" / "masks"),
+                "--out",
+                str(tmp_path / "seg"),
+                "--steps",
+                "2",
+                "--width",
+                "8",
+                "--levels",
+                "2",
+                "--groups",
+                "4",
+                "--batch-size",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "pixel_accuracy" in capsys.readouterr().out
-    assert main(["train", "classifier", "--images", str(tmp_path / "set" / "images"), "--out",
-                 str(tmp_path / "c"), "--labels", str(tmp_path / "set" / "labels.csv"), "--quiet",
-                 "--segmenter", str(tmp_path / "missing.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "classifier",
+                "--images",
+                str(tmp_path / "set" / "images"),
+                "--out",
+                str(tmp_path / "c"),
+                "--labels",
+                str(tmp_path / "set" / "labels.csv"),
+                "--quiet",
+                "--segmenter",
+                str(tmp_path / "missing.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "model file not found" in capsys.readouterr().err

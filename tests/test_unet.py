@@ -1,4 +1,5 @@
 """The C UNet against a PyTorch transcription of guided-diffusion's UNetModel with the same weights."""
+
 import itertools
 
 import numpy as np
@@ -13,10 +14,20 @@ from diffice.models.unet import UNet, infer_config
 def small_config(scale_shift=True, updown=True, new_order=False, learn_sigma=True, in_channels=1, **over):
     # 64 channels: with 32 (one channel per GroupNorm group) some gradients are exactly zero, which fp32 only
     # reproduces to round-off, so nothing could be said about their relative error
-    cfg = dict(in_channels=in_channels, model_channels=64, num_res_blocks=1, channel_mult=(1, 2),
-               attention_resolutions=(2,), num_heads=2, num_head_channels=-1, num_heads_upsample=-1,
-               use_new_attention_order=new_order, use_scale_shift_norm=scale_shift, resblock_updown=updown,
-               learn_sigma=learn_sigma)
+    cfg = dict(
+        in_channels=in_channels,
+        model_channels=64,
+        num_res_blocks=1,
+        channel_mult=(1, 2),
+        attention_resolutions=(2,),
+        num_heads=2,
+        num_head_channels=-1,
+        num_heads_upsample=-1,
+        use_new_attention_order=new_order,
+        use_scale_shift_norm=scale_shift,
+        resblock_updown=updown,
+        learn_sigma=learn_sigma,
+    )
     cfg.update(over)
     return cfg
 
@@ -73,8 +84,14 @@ def worst_module_gradient_error(grads, model):
 
 
 def test_four_levels_non_square_and_head_channels(rng):
-    cfg = small_config(model_channels=32, channel_mult=(2, 2, 4, 4), attention_resolutions=(4, 8),
-                       num_head_channels=32, num_res_blocks=2, in_channels=1)
+    cfg = small_config(
+        model_channels=32,
+        channel_mult=(2, 2, 4, 4),
+        attention_resolutions=(4, 8),
+        num_head_channels=32,
+        num_res_blocks=2,
+        in_channels=1,
+    )
     unet = UNet.random(cfg, seed=3)
     model = torch_model(unet)
     x = randn(rng, 2, 1, 48, 64)
@@ -89,19 +106,32 @@ def test_four_levels_non_square_and_head_channels(rng):
     assert worst_module_gradient_error(grads, model) <= 1e-4
 
 
-@pytest.mark.parametrize("attention, tensors, params", [
-    ((4, 8, 16), 492, 105_198_598), ((8, 16), 462, 103_880_198), ((), 402, 95_661_318)])
+@pytest.mark.parametrize(
+    "attention, tensors, params", [((4, 8, 16), 492, 105_198_598), ((8, 16), 462, 103_880_198), ((), 402, 95_661_318)]
+)
 def test_method_md_tensor_counts(attention, tensors, params):
-    cfg = dict(in_channels=3, model_channels=128, num_res_blocks=2, channel_mult=(1, 1, 2, 3, 4),
-               attention_resolutions=attention, learn_sigma=True)
+    cfg = dict(
+        in_channels=3,
+        model_channels=128,
+        num_res_blocks=2,
+        channel_mult=(1, 1, 2, 3, 4),
+        attention_resolutions=attention,
+        learn_sigma=True,
+    )
     unet = UNet(cfg)
     assert len(unet.parameter_shapes()) == tensors
     assert unet.num_parameters() == params
 
 
 def test_six_level_count_and_keys_match_pytorch():
-    cfg = dict(in_channels=3, model_channels=128, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4),
-               attention_resolutions=(8, 16, 32), learn_sigma=True)
+    cfg = dict(
+        in_channels=3,
+        model_channels=128,
+        num_res_blocks=2,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        attention_resolutions=(8, 16, 32),
+        learn_sigma=True,
+    )
     unet = UNet(cfg)
     assert (len(unet.parameter_shapes()), unet.num_parameters()) == (566, 138_289_926)
     ref = UNetModel(unet.config).state_dict()
@@ -111,8 +141,9 @@ def test_six_level_count_and_keys_match_pytorch():
 
 @pytest.mark.parametrize("flags", FLAGS[::3])
 def test_infer_config_roundtrip(flags):
-    cfg = small_config(*flags, channel_mult=(1, 2, 3), attention_resolutions=(1, 4), num_res_blocks=2,
-                       model_channels=32)
+    cfg = small_config(
+        *flags, channel_mult=(1, 2, 3), attention_resolutions=(1, 4), num_res_blocks=2, model_channels=32
+    )
     unet = UNet(cfg)
     inferred = infer_config(unet.state_dict(), num_heads=2, use_new_attention_order=flags[2])
     assert inferred == unet.config
@@ -153,8 +184,7 @@ def test_checkpoint_files_give_identical_outputs(tmp_path, rng, legacy):
     model = UNetModel(unet.config)  # float32, as a researcher's checkpoint
     model.load_state_dict({k: torch.from_numpy(v) for k, v in unet.state_dict().items()})
     pt = tmp_path / "model.pt"
-    torch.save({"module." + k: v for k, v in model.state_dict().items()}, pt,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, pt, _use_new_zipfile_serialization=not legacy)
     st = tmp_path / "model.safetensors"
     unet.save(st)
 

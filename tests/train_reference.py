@@ -5,6 +5,7 @@ ModelVarType.LEARNED_RANGE or FIXED_*, _vb_terms_bpd, q_posterior_mean_variance,
 (normal_kl, approx_standard_normal_cdf, discretized_gaussian_log_likelihood), with the schedule built
 independently of diffice in float64 numpy. Everything runs at the dtype of the inputs (float64 in the tests).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
     log_cdf_plus = th.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = th.log((1.0 - cdf_min).clamp(min=1e-12))
     cdf_delta = cdf_plus - cdf_min
-    log_probs = th.where(x < -0.999, log_cdf_plus,
-                         th.where(x > 0.999, log_one_minus_cdf_min, th.log(cdf_delta.clamp(min=1e-12))))
+    log_probs = th.where(
+        x < -0.999, log_cdf_plus, th.where(x > 0.999, log_one_minus_cdf_min, th.log(cdf_delta.clamp(min=1e-12)))
+    )
     return log_probs
 
 
@@ -59,11 +61,9 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1],
-                                                               self.posterior_variance[1:]))
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas)
-                                     / (1.0 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
     @staticmethod
     def _extract(arr, timesteps, broadcast_shape, dtype):
@@ -74,13 +74,17 @@ class GaussianDiffusion:
 
     def q_sample(self, x_start, t, noise):
         e = self._extract
-        return (e(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
-                + e(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype) * noise)
+        return (
+            e(self.sqrt_alphas_cumprod, t, x_start.shape, x_start.dtype) * x_start
+            + e(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape, x_start.dtype) * noise
+        )
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         e, d = self._extract, x_t.dtype
-        mean = (e(self.posterior_mean_coef1, t, x_t.shape, d) * x_start
-                + e(self.posterior_mean_coef2, t, x_t.shape, d) * x_t)
+        mean = (
+            e(self.posterior_mean_coef1, t, x_t.shape, d) * x_start
+            + e(self.posterior_mean_coef2, t, x_t.shape, d) * x_t
+        )
         return mean, e(self.posterior_log_variance_clipped, t, x_t.shape, d)
 
     def p_mean_variance(self, model_output, x, t):
@@ -96,8 +100,10 @@ class GaussianDiffusion:
             model_log_variance = frac * max_log + (1 - frac) * min_log
         else:
             model_log_variance = e(np.log(np.append(self.posterior_variance[1], self.betas[1:])), t, x.shape, d)
-        pred_xstart = (e(self.sqrt_recip_alphas_cumprod, t, x.shape, d) * x
-                       - e(self.sqrt_recipm1_alphas_cumprod, t, x.shape, d) * model_output)
+        pred_xstart = (
+            e(self.sqrt_recip_alphas_cumprod, t, x.shape, d) * x
+            - e(self.sqrt_recipm1_alphas_cumprod, t, x.shape, d) * model_output
+        )
         model_mean, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         return model_mean, model_log_variance
 

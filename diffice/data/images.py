@@ -25,6 +25,7 @@ PALETTE COLOR images are refused, naming PhotometricInterpretation.
 Resizing to the model's size that changes the aspect ratio (width / height) by more than a factor
 :data:`MAX_ASPECT_CHANGE` stretches the anatomy: :class:`AspectRatioWarning` names the file and both sizes.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,7 +76,7 @@ IntegerRange = Optional[tuple[float, float]]
 
 def _bits_range(bits: int, signed: bool) -> tuple[float, float]:
     """The values an integer of `bits` bits holds: [0, 2**bits - 1], or [-2**(bits-1), 2**(bits-1) - 1] signed."""
-    return (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0) if signed else (0.0, 2.0 ** bits - 1.0)
+    return (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0) if signed else (0.0, 2.0**bits - 1.0)
 
 
 def _dtype_range(dtype: np.dtype) -> IntegerRange:
@@ -123,8 +124,9 @@ def _decode_dicom(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
             raise ValueError(f"image of {columns} x {rows} pixels is over the {MAX_IMAGE_PIXELS}-pixel limit")
         photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
         if photometric == "PALETTE COLOR":
-            raise ValueError("PhotometricInterpretation 'PALETTE COLOR' is not supported (convert the image to "
-                             "MONOCHROME2 or RGB)")
+            raise ValueError(
+                "PhotometricInterpretation 'PALETTE COLOR' is not supported (convert the image to MONOCHROME2 or RGB)"
+            )
         slope = _dicom_number(ds, "RescaleSlope", 1.0)
         if slope == 0.0:
             raise ValueError("RescaleSlope 0 maps every pixel to one value")
@@ -132,13 +134,15 @@ def _decode_dicom(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
             from pydicom.pixels import pixel_array  # pydicom >= 3: decodes only the frame asked for
         except ImportError:  # pydicom 2: every frame
             if rows * columns * frames * samples > 4 * MAX_IMAGE_PIXELS:
-                raise ValueError(f"{frames} frames of {columns} x {rows} pixels is over the "
-                                 f"{4 * MAX_IMAGE_PIXELS}-value limit") from None
+                raise ValueError(
+                    f"{frames} frames of {columns} x {rows} pixels is over the {4 * MAX_IMAGE_PIXELS}-value limit"
+                ) from None
             pixels = np.asarray(ds.pixel_array)
             if frames > 1:
                 pixels = pixels[0]
             if photometric.startswith("YBR_FULL") and not ds.file_meta.TransferSyntaxUID.is_compressed:
                 from pydicom.pixel_data_handlers.util import convert_color_space
+
                 pixels = convert_color_space(pixels, photometric, "RGB")
         else:
             pixels = np.asarray(pixel_array(ds, index=0) if frames > 1 else pixel_array(ds))  # YBR comes as RGB
@@ -164,8 +168,9 @@ def _decode(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise ImageReadError(f"{path}: image of {img.width} x {img.height} pixels is over the "
-                                     f"{MAX_IMAGE_PIXELS}-pixel limit")
+                raise ImageReadError(
+                    f"{path}: image of {img.width} x {img.height} pixels is over the {MAX_IMAGE_PIXELS}-pixel limit"
+                )
             img.load()
             if img.mode == "F":
                 return np.asarray(img), None, False
@@ -202,8 +207,9 @@ def to_unit(pixels: np.ndarray, integer_range: IntegerRange = None) -> np.ndarra
     constant image becomes 0). Non-finite values are a ValueError."""
     a = np.asarray(pixels, dtype=np.float64)
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{int(np.size(a) - np.count_nonzero(np.isfinite(a)))} non-finite pixel values "
-                         f"(NaN or infinity)")
+        raise ValueError(
+            f"{int(np.size(a) - np.count_nonzero(np.isfinite(a)))} non-finite pixel values (NaN or infinity)"
+        )
     if integer_range is not None:
         lo, hi = integer_range
         return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
@@ -244,9 +250,13 @@ def warn_aspect_change(path: PathLike, shape: tuple[int, int], size: tuple[int, 
     change = (tw / th) / (w / h)
     change = max(change, 1.0 / change)
     if change > MAX_ASPECT_CHANGE:
-        warnings.warn(f"{os.fspath(path)}: resized from {h} x {w} to {th} x {tw} pixels (height x width), which "
-                      f"changes its aspect ratio by a factor of {change:.2f} and stretches the anatomy; crop or pad "
-                      f"it to the model's aspect ratio first", AspectRatioWarning, stacklevel=3)
+        warnings.warn(
+            f"{os.fspath(path)}: resized from {h} x {w} to {th} x {tw} pixels (height x width), which "
+            f"changes its aspect ratio by a factor of {change:.2f} and stretches the anatomy; crop or pad "
+            f"it to the model's aspect ratio first",
+            AspectRatioWarning,
+            stacklevel=3,
+        )
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:
@@ -337,6 +347,6 @@ def strip(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     out = np.full((h, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)), 255, np.uint8)
     x = 0
     for t in tiles:
-        out[: t.shape[0], x: x + t.shape[1]] = t
+        out[: t.shape[0], x : x + t.shape[1]] = t
         x += t.shape[1] + gap
     return out

@@ -93,6 +93,7 @@ like the image and thresholded at 1/2.
 Reproducibility: ``generate(n, seed=s)`` gives image i a generator seeded with ``SeedSequence(s).spawn(n)[i]``, so
 image i depends only on (s, i), never on n.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,24 +103,37 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PhantomBatch", "Phantom", "generate", "generate_one", "standard_plane_rule", "field_of_view",
-           "STRUCTURES", "CONCEPTS", "FAILURE_MODES", "MIN_SIZE", "SEGMENTATION_CLASSES", "label_map",
-           "write_dataset"]
+__all__ = [
+    "PhantomBatch",
+    "Phantom",
+    "generate",
+    "generate_one",
+    "standard_plane_rule",
+    "field_of_view",
+    "STRUCTURES",
+    "CONCEPTS",
+    "FAILURE_MODES",
+    "MIN_SIZE",
+    "SEGMENTATION_CLASSES",
+    "label_map",
+    "write_dataset",
+]
 
 STRUCTURES: tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "posterior_fossa")
 CONCEPTS: tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
 FAILURE_MODES: dict[str, float] = {"tilted": 0.40, "no_csp": 0.20, "no_th": 0.15, "blurred": 0.25}
 MIN_SIZE = 32
-SHARP_MAX_BLUR = 0.6          # blur sigma (pixels at H = 64) above which an image is not sharp
-_EXTRA_BLUR_P = 0.15          # chance that a tilted / no_csp / no_th image is also blurred
-_SPECKLE_GRAIN = 96    # speckle cells per L (fixed physical grain, whatever the image size)
-_MAX_GRID = 112               # scan-line samples per L (caps the cost and the speckle grain of large images)
+SHARP_MAX_BLUR = 0.6  # blur sigma (pixels at H = 64) above which an image is not sharp
+_EXTRA_BLUR_P = 0.15  # chance that a tilted / no_csp / no_th image is also blurred
+_SPECKLE_GRAIN = 96  # speckle cells per L (fixed physical grain, whatever the image size)
+_MAX_GRID = 112  # scan-line samples per L (caps the cost and the speckle grain of large images)
 
 
 def standard_plane_rule(TH, CSP, FP, sharp):
     """The label rule: standard plane iff thalami and CSP visible, posterior fossa not visible, and sharp."""
-    return np.logical_and.reduce([np.asarray(TH, bool), np.asarray(CSP, bool),
-                                  ~np.asarray(FP, bool), np.asarray(sharp, bool)])
+    return np.logical_and.reduce(
+        [np.asarray(TH, bool), np.asarray(CSP, bool), ~np.asarray(FP, bool), np.asarray(sharp, bool)]
+    )
 
 
 @dataclass
@@ -153,6 +167,7 @@ class PhantomBatch:
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks
 
+
 def _check_size(size) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size)
@@ -169,8 +184,10 @@ def _check_size(size) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # Parameters
 
-def _sample_params(rng: np.random.Generator, size: tuple[int, int], standard: bool | None,
-                   overrides: dict[str, Any]) -> dict[str, Any]:
+
+def _sample_params(
+    rng: np.random.Generator, size: tuple[int, int], standard: bool | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """Draw every parameter (a fixed number of draws in a fixed order, so overriding one never shifts the others),
     then apply the overrides and derive the concepts."""
     u = rng.random(40)
@@ -205,8 +222,10 @@ def _sample_params(rng: np.random.Generator, size: tuple[int, int], standard: bo
     }
     unknown = set(overrides) - set(p) - set(CONCEPTS) - {"failure_mode", "blur"}
     if unknown:
-        raise ValueError(f"unknown phantom parameters {sorted(unknown)}; known: "
-                         f"{sorted(set(p) | set(CONCEPTS) | {'failure_mode', 'blur'})}")
+        raise ValueError(
+            f"unknown phantom parameters {sorted(unknown)}; known: "
+            f"{sorted(set(p) | set(CONCEPTS) | {'failure_mode', 'blur'})}"
+        )
 
     mode = overrides.get("failure_mode")
     if mode is not None:
@@ -269,6 +288,7 @@ def _plain(v):
 # ----------------------------------------------------------------------------------------------------------------
 # Geometry helpers (all lengths in units of L)
 
+
 class _Head:
     """Head-local frame: s along the midline (anterior +), t across it (+ = away from the probe), both
     normalised by the semi-axes a (along) and b (across)."""
@@ -279,8 +299,8 @@ class _Head:
         self.cx, self.cy = (float(v) for v in p["head_center"])
         th = math.radians(float(p["rotation_deg"]))
         sgn = 1.0 if p["anterior"] >= 0 else -1.0
-        self.m = (sgn * math.cos(th), sgn * math.sin(th))       # anterior direction
-        self.n = (-math.sin(th), math.cos(th))                   # across, pointing down (away from the probe)
+        self.m = (sgn * math.cos(th), sgn * math.sin(th))  # anterior direction
+        self.n = (-math.sin(th), math.cos(th))  # across, pointing down (away from the probe)
 
     def local(self, x, y):
         dx, dy = x - self.cx, y - self.cy
@@ -310,9 +330,21 @@ def _key_points(p: dict[str, Any]) -> np.ndarray:
     cs, (hl, hw) = float(p["csp_center"]), p["csp_size"]
     ts, tt = p["thalami_center"]
     tp, tq = p["thalami_size"]
-    pts = [(cs + hl, 0), (cs - hl, 0), (cs, hw), (cs, -hw),
-           (ts + tp, tt), (ts - tp, -tt), (ts, tt + tq), (ts, -tt - tq),
-           (-0.97, 0), (-0.58, 0.38), (-0.58, -0.38), (-0.45, 0), (0.9, 0)]
+    pts = [
+        (cs + hl, 0),
+        (cs - hl, 0),
+        (cs, hw),
+        (cs, -hw),
+        (ts + tp, tt),
+        (ts - tp, -tt),
+        (ts, tt + tq),
+        (ts, -tt - tq),
+        (-0.97, 0),
+        (-0.58, 0.38),
+        (-0.58, -0.38),
+        (-0.45, 0),
+        (0.9, 0),
+    ]
     return np.array(pts, float)
 
 
@@ -323,7 +355,7 @@ class _Fan:
         self.apex = float(p["fan_apex"])
         self.half = math.radians(float(p["fan_half_angle_deg"]))
         self.r0 = self.apex + float(p["fan_top"])
-        self.r1 = self.apex + depth + 0.02             # reaches just past the image bottom
+        self.r1 = self.apex + depth + 0.02  # reaches just past the image bottom
 
     def polar(self, x, y):
         yy = y + self.apex
@@ -331,8 +363,11 @@ class _Fan:
 
     def inside(self, x, y, margin: float = 0.0):
         r, phi = self.polar(x, y)
-        return ((r >= self.r0 + margin) & (r <= self.r1 - margin)
-                & (np.abs(phi) <= self.half - margin / np.maximum(r, 1e-6)))
+        return (
+            (r >= self.r0 + margin)
+            & (r <= self.r1 - margin)
+            & (np.abs(phi) <= self.half - margin / np.maximum(r, 1e-6))
+        )
 
 
 def _fit_head(p: dict[str, Any], fan: _Fan, depth: float, half_width: float) -> None:
@@ -343,8 +378,12 @@ def _fit_head(p: dict[str, Any], fan: _Fan, depth: float, half_width: float) -> 
     for _ in range(40):
         hd = _Head(p)
         x, y = hd.world(pts[:, 0], pts[:, 1])
-        if (fan.inside(x, y, 0.03).all() and (np.abs(x) <= half_width - 0.03).all()
-                and (y >= 0.03).all() and (y <= depth - 0.03).all()):
+        if (
+            fan.inside(x, y, 0.03).all()
+            and (np.abs(x) <= half_width - 0.03).all()
+            and (y >= 0.03).all()
+            and (y <= depth - 0.03).all()
+        ):
             return
         c = np.asarray(p["head_center"], float)
         p["head_center"] = tuple(float(v) for v in home + 0.8 * (c - home))
@@ -395,7 +434,7 @@ def _gaussian_blur(img, sigma: float):
         pad = np.pad(img, [(rad, rad) if ax == axis else (0, 0) for ax in (0, 1)], mode="edge")
         out = np.zeros_like(img)
         for j, kj in enumerate(k):
-            out += kj * (pad[j:j + n] if axis == 0 else pad[:, j:j + n])
+            out += kj * (pad[j : j + n] if axis == 0 else pad[:, j : j + n])
         img = out
     return img
 
@@ -474,11 +513,12 @@ class _ScanConverter:
 # ----------------------------------------------------------------------------------------------------------------
 # Rendering
 
+
 def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     """Image (1, H, W) float32 and masks (K, H, W) bool of the phantom with parameters p (p's head geometry is
     updated in place if it has to be pulled into the field of view)."""
     H, W = size
-    L = _unit(size)                        # pixels per unit length
+    L = _unit(size)  # pixels per unit length
     depth, half_width = H / L, W / (2 * L)
     fan = _Fan(p, depth)
     _fit_head(p, fan, depth, half_width)
@@ -497,23 +537,27 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     X = r * sin_phi
     Y = r * cos_phi - f32(fan.apex)
     s, t = hd.local(X, Y)
-    sa, tb = s * f32(a), t * f32(b)        # local coordinates in world units
-    arc = fan.half * (fan.r0 + fan.r1)     # length of the middle arc
+    sa, tb = s * f32(a), t * f32(b)  # local coordinates in world units
+    arc = fan.half * (fan.r0 + fan.r1)  # length of the middle arc
     coarse = _polar_noise(rng, nr, nphi, fan.r1 - fan.r0, arc, 0.20)
     medium = _polar_noise(rng, nr, nphi, fan.r1 - fan.r0, arc, 0.08)
     fine = _polar_noise(rng, nr, nphi, fan.r1 - fan.r0, arc, 0.035)
-    cover = {}                             # coverage of each mask structure on the scan lines
+    cover = {}  # coverage of each mask structure on the scan lines
 
     # maternal tissue, abdominal-wall layers near the probe
     Ldb = -25.0 + 4.5 * coarse + 2.0 * medium + 6.0 * np.clip(medium - 0.8, 0.0, 1.0)
 
-    def paint(w, level):                   # alpha-blend an echo level (dB) with coverage w
+    def paint(w, level):  # alpha-blend an echo level (dB) with coverage w
         nonlocal Ldb
         Ldb += w * (level - Ldb)
 
     for _ in range(3):
-        rb, wid, amp, ph0 = fan.r0 + 0.02 + 0.16 * rng.random(), 0.004 + 0.010 * rng.random(), \
-            6.0 + 8.0 * rng.random(), 6.0 * rng.random()
+        rb, wid, amp, ph0 = (
+            fan.r0 + 0.02 + 0.16 * rng.random(),
+            0.004 + 0.010 * rng.random(),
+            6.0 + 8.0 * rng.random(),
+            6.0 * rng.random(),
+        )
         Ldb += amp * np.exp(-0.5 * ((r - rb - 0.02 * np.sin(3 * phi + ph0)) * (1.0 / wid)) ** 2)
     # amniotic fluid: a wobbly ellipse around the head
     margin = float(p["fluid_margin"]) * (1.0 + 0.35 * coarse)
@@ -527,7 +571,7 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     beam_n = sin_phi * f32(hd.n[0]) + cos_phi * f32(hd.n[1])
     cos_inc = np.clip((gs * beam_m + gt * beam_n) / np.sqrt(gs * gs + gt * gt + 1e-12), -1.0, 1.0)  # < 0: probe side
     thick = float(p["skull_thickness"]) * (1.0 + 0.6 * np.clip(-cos_inc, 0.0, 1.0))
-    paint(_soft(sd_in - thick - 0.015, edge), -21.0 + 2.0 * fine)                # scalp
+    paint(_soft(sd_in - thick - 0.015, edge), -21.0 + 2.0 * fine)  # scalp
     brain = _soft(sd_in, edge)
     paint(brain, float(p["brain_db"]) + 2.0 * medium + 1.0 * fine + 6.0 * np.exp(np.minimum(sd_in, 0.0) * (1.0 / 0.02)))
 
@@ -542,8 +586,9 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     # choroid plexus in the far atrium, inside a thin anechoic ventricle
     ch_s, ch_t = -0.45 + 0.1 * rng.random(), 0.42 + 0.1 * rng.random()
     paint(_soft(_ellipse_sd(sa - ch_s * a, tb - ch_t * b, 0.22 * a, 0.12 * b), edge) * brain, -40.0)
-    paint(_soft(_ellipse_sd(sa - (ch_s + 0.02) * a, tb - ch_t * b, 0.17 * a, 0.085 * b), edge) * brain,
-          -16.0 + 4.0 * fine)
+    paint(
+        _soft(_ellipse_sd(sa - (ch_s + 0.02) * a, tb - ch_t * b, 0.17 * a, 0.085 * b), edge) * brain, -16.0 + 4.0 * fine
+    )
 
     # midline echo (falx): slightly broken, interrupted where the CSP and the posterior fossa are visible
     mid_w = 0.005 + 0.003 * rng.random()
@@ -554,8 +599,10 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     ts, tt = (float(v) for v in p["thalami_center"])
     tp, tq = (float(v) for v in p["thalami_size"])
     if p["FP"]:
-        hemi = np.minimum(_ellipse_sd(sa + 0.58 * a, tb - 0.21 * b, 0.13 * a, 0.17 * b),
-                          _ellipse_sd(sa + 0.58 * a, tb + 0.21 * b, 0.13 * a, 0.17 * b))
+        hemi = np.minimum(
+            _ellipse_sd(sa + 0.58 * a, tb - 0.21 * b, 0.13 * a, 0.17 * b),
+            _ellipse_sd(sa + 0.58 * a, tb + 0.21 * b, 0.13 * a, 0.17 * b),
+        )
         vermis = _ellipse_sd(sa + 0.60 * a, tb, 0.10 * a, 0.08 * b)
         cist = np.maximum(_ellipse_sd(sa + 0.84 * a, tb, 0.13 * a, 0.30 * b), sd_in + 0.004)
         keep = (1 - _soft(np.minimum(hemi, vermis) - 0.02, edge)) * (1 - _soft(cist, edge))
@@ -563,8 +610,9 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     paint(mid, -9.0 + 3.0 * fine)
 
     if p["TH"]:
-        th_sd = np.minimum(_ellipse_sd(sa - ts * a, tb - tt * b, tp * a, tq * b),
-                           _ellipse_sd(sa - ts * a, tb + tt * b, tp * a, tq * b))
+        th_sd = np.minimum(
+            _ellipse_sd(sa - ts * a, tb - tt * b, tp * a, tq * b), _ellipse_sd(sa - ts * a, tb + tt * b, tp * a, tq * b)
+        )
         # brighter deep grey matter around them, a faint echogenic outline, the hypoechoic thalami
         paint(_soft(th_sd - 0.35 * tq * b, 3 * edge) * brain, float(p["brain_db"]) + 7.0 + 2.0 * fine)
         paint(_soft(np.abs(th_sd) - 0.004, edge) * brain, float(p["brain_db"]) + 11.0 + 3.0 * fine)
@@ -576,8 +624,8 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
         cs, (hl, hw) = float(p["csp_center"]), (float(v) for v in p["csp_size"])
         P, Q = hl * a, hw * b
         x4, y4 = ((sa - cs * a) * (1.0 / P)) ** 2, (tb * (1.0 / Q)) ** 2
-        csp_sd = (np.sqrt(np.sqrt(x4 * x4 + y4 * y4)) - 1.0) * min(P, Q)           # rounded box (order 4)
-        paint(_soft(np.abs(csp_sd) - 0.006, edge) * brain, -12.0 + 3.0 * fine)        # its bright walls
+        csp_sd = (np.sqrt(np.sqrt(x4 * x4 + y4 * y4)) - 1.0) * min(P, Q)  # rounded box (order 4)
+        paint(_soft(np.abs(csp_sd) - 0.006, edge) * brain, -12.0 + 3.0 * fine)  # its bright walls
         cover["csp"] = _soft(csp_sd, edge) * brain
         paint(cover["csp"], float(p["csp_db"]))
         mid_line = mid_line * (1 - _soft(csp_sd - 0.006, edge))
@@ -585,7 +633,7 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
         cist_w = _soft(cist, edge) * brain
         paint(cist_w, -45.0)
         paint(_soft(hemi, edge), float(p["brain_db"]) + 4.0 + 3.0 * fine)
-        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 9.0 + 3.0 * fine)   # brighter rims
+        paint(_soft(np.abs(hemi) - 0.005, edge), float(p["brain_db"]) + 9.0 + 3.0 * fine)  # brighter rims
         paint(_soft(vermis, edge), -10.0 + 2.0 * fine)
         cover["posterior_fossa"] = np.maximum(_soft(np.minimum(hemi, vermis), edge), cist_w)
 
@@ -619,12 +667,13 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
     image = np.where(conv.fov, np.clip(2.0 * img - 1.0, -1.0, 1.0), -1.0).astype(np.float32)[None]
     masks = np.zeros((len(STRUCTURES), H, W), bool)
     present = [ch for ch, name in enumerate(STRUCTURES) if name in cover]
-    masks[present] = np.moveaxis(conv(np.stack([cover[STRUCTURES[ch]] for ch in present], axis=-1)) >= 0.5,
-                                 -1, 0) & conv.fov
+    masks[present] = (
+        np.moveaxis(conv(np.stack([cover[STRUCTURES[ch]] for ch in present], axis=-1)) >= 0.5, -1, 0) & conv.fov
+    )
     centres = {"thalami": (ts, tt), "csp": (p["csp_center"], 0.0), "posterior_fossa": (-0.6, 0.0)}
     for name, (ss, tt_) in centres.items():
         ch = STRUCTURES.index(name)
-        if name in cover and not masks[ch].any():      # sub-pixel structure at tiny sizes: keep its centre pixel
+        if name in cover and not masks[ch].any():  # sub-pixel structure at tiny sizes: keep its centre pixel
             cx, cy = hd.world(ss, tt_)
             masks[ch, min(int(cy * L), H - 1), min(max(int(cx * L + W / 2), 0), W - 1)] = True
     return image, masks
@@ -632,6 +681,7 @@ def _render(rng: np.random.Generator, p: dict[str, Any], size: tuple[int, int]):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
+
 
 def field_of_view(params: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: the pixels inside the fan of a phantom with these parameters (its ``params`` dict); the
@@ -641,8 +691,9 @@ def field_of_view(params: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
     return _pixel_polar(_Fan(params, size[0] / L), size, L)[2]
 
 
-def generate_one(rng: np.random.Generator, size: tuple[int, int] = (64, 80), standard: bool | None = None,
-                 **params: Any) -> Phantom:
+def generate_one(
+    rng: np.random.Generator, size: tuple[int, int] = (64, 80), standard: bool | None = None, **params: Any
+) -> Phantom:
     """One phantom drawn with `rng` (a ``numpy.random.Generator``).
 
     Args:
@@ -668,8 +719,14 @@ def generate_one(rng: np.random.Generator, size: tuple[int, int] = (64, 80), sta
     return Phantom(image=image, masks=masks, concepts=concepts, label=label, params=p)
 
 
-def generate(n: int, size: tuple[int, int] = (64, 80), seed: int = 0, standard_fraction: float = 0.5,
-             _first: int = 0, **params: Any) -> PhantomBatch:
+def generate(
+    n: int,
+    size: tuple[int, int] = (64, 80),
+    seed: int = 0,
+    standard_fraction: float = 0.5,
+    _first: int = 0,
+    **params: Any,
+) -> PhantomBatch:
     """n phantoms, fully determined by `seed`; image i depends only on (seed, i).
 
     Args:
@@ -710,14 +767,18 @@ def generate(n: int, size: tuple[int, int] = (64, 80), seed: int = 0, standard_f
     for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(_first + n)[_first:]):
         rng = np.random.default_rng(child)
         standard = bool(rng.random() < frac)
-        ph = generate_one(rng, size, standard, **params) if "failure_mode" not in params else \
-            generate_one(rng, size, None, **params)
+        ph = (
+            generate_one(rng, size, standard, **params)
+            if "failure_mode" not in params
+            else generate_one(rng, size, None, **params)
+        )
         images[i], masks[i], labels[i] = ph.image, ph.masks, ph.label
         for k in CONCEPTS:
             concepts[k][i] = ph.concepts[k]
         plist.append(ph.params)
-    return PhantomBatch(images=images, masks=masks, structure_names=STRUCTURES, concepts=concepts,
-                        labels=labels, params=plist)
+    return PhantomBatch(
+        images=images, masks=masks, structure_names=STRUCTURES, concepts=concepts, labels=labels, params=plist
+    )
 
 
 SEGMENTATION_CLASSES: tuple[str, ...] = ("background", "skull", "thalami", "csp", "posterior_fossa")
@@ -738,8 +799,14 @@ def label_map(masks: np.ndarray, classes: tuple[str, ...] = SEGMENTATION_CLASSES
     return labels
 
 
-def write_dataset(out_dir, n: int, size: tuple[int, int] = (64, 80), seed: int = 0,
-                  standard_fraction: float = 0.5, progress: bool = False) -> dict[str, int]:
+def write_dataset(
+    out_dir,
+    n: int,
+    size: tuple[int, int] = (64, 80),
+    seed: int = 0,
+    standard_fraction: float = 0.5,
+    progress: bool = False,
+) -> dict[str, int]:
     """Writes n phantoms as a training set in the formats diffice's training commands read (and a researcher's
     own data would use):
 
@@ -772,8 +839,14 @@ def write_dataset(out_dir, n: int, size: tuple[int, int] = (64, 80), seed: int =
             name = f"{i:0{width}d}.png"
             save_png(out / "images" / name, batch.images[j])
             save_png(out / "masks" / name, maps[j])
-            rows.append(dict(file=name, label=int(batch.labels[j]), failure_mode=batch.params[j]["failure_mode"],
-                             **{k: int(batch.concepts[k][j]) for k in CONCEPTS}))
+            rows.append(
+                dict(
+                    file=name,
+                    label=int(batch.labels[j]),
+                    failure_mode=batch.params[j]["failure_mode"],
+                    **{k: int(batch.concepts[k][j]) for k in CONCEPTS},
+                )
+            )
             bar.update(i + 1)
     bar.close()
     buf = io.StringIO()

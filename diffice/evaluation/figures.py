@@ -1,5 +1,6 @@
 """Figures of counterfactual paths (the paper's Figure 3): the input and every iteration, with the predicted
 segmentation overlaid and the classifier's target probability above each tile. Pillow only."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,12 +10,24 @@ import numpy as np
 from ..data.images import to_uint8
 
 # one colour per segmentation class (class 0 is the background and stays uncoloured)
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.float64)
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+    ],
+    dtype=np.float64,
+)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray | None = None, alpha: float = 0.35,
-            scale: int = 2) -> np.ndarray:
+def overlay(image: np.ndarray, labels: np.ndarray | None = None, alpha: float = 0.35, scale: int = 2) -> np.ndarray:
     """A [-1, 1] image (1, H, W) or (H, W) as RGB uint8, the label map (H, W) blended in, upscaled by `scale`."""
     gray = to_uint8(image).astype(np.float64)
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -27,9 +40,15 @@ def overlay(image: np.ndarray, labels: np.ndarray | None = None, alpha: float = 
     return rgb.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def path_figure(inputs: np.ndarray, counterfactuals: np.ndarray, prob_target: np.ndarray,
-                segmentation: np.ndarray | None = None, row_titles: Sequence[str] | None = None,
-                scale: int = 2, class_names: Sequence[str] | None = None) -> np.ndarray:
+def path_figure(
+    inputs: np.ndarray,
+    counterfactuals: np.ndarray,
+    prob_target: np.ndarray,
+    segmentation: np.ndarray | None = None,
+    row_titles: Sequence[str] | None = None,
+    scale: int = 2,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """RGB uint8 grid: one row per image, columns = input, iteration 1..L.
 
     inputs (N, 1, H, W); counterfactuals (L, N, 1, H, W); prob_target (L + 1, N); segmentation (L + 1, N, H, W)

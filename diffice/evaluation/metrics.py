@@ -30,6 +30,7 @@ Images: ``x`` and counterfactuals are float32 (N, 1, H, W) in [-1, 1] for the cl
 Inception takes (N, 3, H, W) in [0, 1] (:func:`fid_images`). Every metric of :func:`evaluate` is a dict
 ``{"value": float, "subset": "...", "n": int}`` or ``{"skipped": "reason"}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,29 +44,50 @@ from ..models.probabilities import probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["frechet_distance", "feature_statistics", "fid", "fid_images", "fsd", "sononet_features", "sonosim",
-           "class_probabilities", "flip_ratio", "flip_ratio_of", "mad", "bkl", "cout", "mqd", "evaluate",
-           "evaluate_results",
-           "load_results", "classifier_input", "inception_input", "format_report", "METRICS"]
+__all__ = [
+    "frechet_distance",
+    "feature_statistics",
+    "fid",
+    "fid_images",
+    "fsd",
+    "sononet_features",
+    "sonosim",
+    "class_probabilities",
+    "flip_ratio",
+    "flip_ratio_of",
+    "mad",
+    "bkl",
+    "cout",
+    "mqd",
+    "evaluate",
+    "evaluate_results",
+    "load_results",
+    "classifier_input",
+    "inception_input",
+    "format_report",
+    "METRICS",
+]
 
 METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", "FR", "COUT")
 
 # pytorch-fid fid_score.calculate_frechet_distance
-FD_EPS = 1e-6             # added to both covariances' diagonals when the result is not finite
-FD_IMAG_TOL = 1e-3        # a larger imaginary part of sqrtm's diagonal is an error
-QS_THRESHOLD = 0.5        # the paper's MQD: inputs the oracle judges low quality, QS(x) < 0.5
-COUT_STEPS = 50           # ACE cout_metrics: step = max(1, H W // 50)
-BATCH = 32                # images per network call
+FD_EPS = 1e-6  # added to both covariances' diagonals when the result is not finite
+FD_IMAG_TOL = 1e-3  # a larger imaginary part of sqrtm's diagonal is an error
+QS_THRESHOLD = 0.5  # the paper's MQD: inputs the oracle judges low quality, QS(x) < 0.5
+COUT_STEPS = 50  # ACE cout_metrics: step = max(1, H W // 50)
+BATCH = 32  # images per network call
 
 
 # ---- Fréchet distance ----
+
 
 def _as_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-        raise ValueError(f"frechet_distance: mu{name} must be (d,) and sigma{name} (d, d), got {mu.shape} and "
-                         f"{sigma.shape}")
+        raise ValueError(
+            f"frechet_distance: mu{name} must be (d,) and sigma{name} (d, d), got {mu.shape} and {sigma.shape}"
+        )
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         raise ValueError(f"frechet_distance: mu{name} / sigma{name} contain non-finite values")
     if not np.allclose(sigma, sigma.T, rtol=1e-8, atol=1e-12 * max(1.0, np.abs(sigma).max())):
@@ -96,13 +118,16 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     # pytorch-fid rejects above 1e-3; round-off (relative 1e-9) is not that
     worst = float(lam.min(initial=0.0))
     if worst < 0 and np.sqrt(-worst) > FD_IMAG_TOL and -worst > 1e-9 * scale:
-        raise ValueError(f"frechet_distance: the covariances are not positive semi-definite (sqrtm would have an "
-                         f"imaginary component {np.sqrt(-worst):.3g} > {FD_IMAG_TOL})")
+        raise ValueError(
+            f"frechet_distance: the covariances are not positive semi-definite (sqrtm would have an "
+            f"imaginary component {np.sqrt(-worst):.3g} > {FD_IMAG_TOL})"
+        )
     return float(np.sqrt(np.where(lam > _round_off_floor(lam), lam, 0.0)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = FD_EPS) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = FD_EPS
+) -> float:
     """d^2 = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2), as pytorch-fid's calculate_frechet_distance.
 
     mu (d,), sigma (d, d) symmetric positive semi-definite (singular is fine: N < d samples). tr sqrtm(S1 S2) comes
@@ -151,6 +176,7 @@ def _fd_of_features(real: np.ndarray, fake: np.ndarray) -> float:
 
 # ---- realism ----
 
+
 def fid_images(images: np.ndarray) -> np.ndarray:
     """diffice images (N, 1 or 3, H, W) in [-1, 1] -> Inception's input (N, 3, H, W) in [0, 1] (grayscale
     replicated, as PIL's convert('RGB'))."""
@@ -170,8 +196,12 @@ def fid(real_images: np.ndarray, cf_images: np.ndarray, inception: Any, batch_si
 def sononet_features(images: np.ndarray, sononet: Any) -> np.ndarray:
     """SonoNet-k's last conv block output (N, 8k, h, w), global average pooled -> (N, 8k) float64.
     images (N, 1, H, W) in [-1, 1] (SonoNet standardises each image itself)."""
-    out = [np.asarray(sononet.forward(np.ascontiguousarray(images[i:i + BATCH], np.float32)).features,
-                      dtype=np.float64).mean(axis=(2, 3)) for i in range(0, len(images), BATCH)]
+    out = [
+        np.asarray(
+            sononet.forward(np.ascontiguousarray(images[i : i + BATCH], np.float32)).features, dtype=np.float64
+        ).mean(axis=(2, 3))
+        for i in range(0, len(images), BATCH)
+    ]
     return np.concatenate(out)
 
 
@@ -189,6 +219,7 @@ def sonosim(images: np.ndarray, cf_images: np.ndarray, sononet: Any) -> np.ndarr
 
 # ---- validity ----
 
+
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
     if hasattr(classifier, "logits"):
         return np.asarray(classifier.logits(x), dtype=np.float64)
@@ -199,8 +230,12 @@ def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
     """f's class probabilities (N, max(C, 2)) float64 (diffice.models.probabilities.probabilities of its logits: softmax
     for C >= 2, for one logit l the two classes' (1 - sigmoid(l), sigmoid(l))). x (N, 1, H, W) in [-1, 1]."""
-    return np.concatenate([probabilities(_logits(classifier, np.ascontiguousarray(x[i:i + BATCH], np.float32)),
-                                         axis=1) for i in range(0, len(x), BATCH)])
+    return np.concatenate(
+        [
+            probabilities(_logits(classifier, np.ascontiguousarray(x[i : i + BATCH], np.float32)), axis=1)
+            for i in range(0, len(x), BATCH)
+        ]
+    )
 
 
 def flip_ratio(p_cf: np.ndarray, target: np.ndarray) -> float:
@@ -224,8 +259,9 @@ def bkl(p_target_cf: np.ndarray) -> float:
     return float(np.mean(1.0 - np.asarray(p_target_cf)))
 
 
-def cout(classifier: Any, x: np.ndarray, cf: np.ndarray, target: int | np.ndarray | None = None,
-         steps: int = COUT_STEPS) -> np.ndarray:
+def cout(
+    classifier: Any, x: np.ndarray, cf: np.ndarray, target: int | np.ndarray | None = None, steps: int = COUT_STEPS
+) -> np.ndarray:
     """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1].
 
     x, cf (N, C, H, W) in [-1, 1]. Per image: the mask sum_c |cf - x| (min-max normalised) orders the pixels,
@@ -275,6 +311,7 @@ def mqd(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) ->
 
 # ---- everything for one set of counterfactuals ----
 
+
 def _value(value: float, subset: str, n: int) -> dict[str, Any]:
     return {"value": float(value), "subset": subset, "n": int(n)}
 
@@ -283,11 +320,21 @@ def _skip(reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
-def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifier: Any = None,
-             oracle: Any = None, inception: Any = None, sononet: Any = None, flipped: np.ndarray | None = None,
-             fid_x: np.ndarray | None = None, fid_cfs: np.ndarray | None = None,
-             with_cout: bool = True, flipped_by: str = "f",
-             exclude: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def evaluate(
+    x: np.ndarray,
+    cfs: np.ndarray,
+    target: int | np.ndarray,
+    classifier: Any = None,
+    oracle: Any = None,
+    inception: Any = None,
+    sononet: Any = None,
+    flipped: np.ndarray | None = None,
+    fid_x: np.ndarray | None = None,
+    fid_cfs: np.ndarray | None = None,
+    with_cout: bool = True,
+    flipped_by: str = "f",
+    exclude: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
     """Every metric for inputs x (N, 1, H, W) and their counterfactuals cfs (N, 1, H, W), both in [-1, 1].
 
     target: the class the counterfactuals move towards (int or (N,)). flipped (N,) bool: which counterfactuals
@@ -300,8 +347,9 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
     x = np.asarray(x, dtype=np.float32)
     cfs = np.asarray(cfs, dtype=np.float32)
     if x.shape != cfs.shape or x.ndim != 4 or len(x) == 0:
-        raise ValueError(f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and "
-                         f"{cfs.shape}")
+        raise ValueError(
+            f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and {cfs.shape}"
+        )
     n_all = len(x)
     targets: np.ndarray = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
     if exclude is None:
@@ -329,8 +377,10 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
     elif classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
         if targets.min() < 0 or targets.max() >= p_x.shape[1]:
-            raise ValueError(f"evaluate: target classes {sorted(set(targets.tolist()))} are not all among the "
-                             f"classifier's {p_x.shape[1]} classes")
+            raise ValueError(
+                f"evaluate: target classes {sorted(set(targets.tolist()))} are not all among the "
+                f"classifier's {p_x.shape[1]} classes"
+            )
         rows = np.arange(n)
         pt_x, pt_cf = p_x[rows, targets], p_cf[rows, targets]
         if flipped is None:
@@ -345,8 +395,11 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
             m["FR"] = _value(flip_ratio(p_cf[sel], targets[sel]), what, k)
             m["MAD"] = _value(mad(pt_x[sel], pt_cf[sel]), what, k)
             m["BKL"] = _value(bkl(pt_cf[sel]), what, k)
-            m["COUT"] = (_value(float(np.mean(cout(classifier, x[sel], cfs[sel], targets[sel]))), what, k) if with_cout
-                         else _skip("not requested"))
+            m["COUT"] = (
+                _value(float(np.mean(cout(classifier, x[sel], cfs[sel], targets[sel]))), what, k)
+                if with_cout
+                else _skip("not requested")
+            )
     else:
         for name in ("FR", "MAD", "BKL", "COUT"):
             m[name] = _skip(no_f)
@@ -354,10 +407,12 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
     flipped_known = flipped is not None
     flipped = np.asarray(flipped, dtype=bool) if flipped_known else np.zeros(n, dtype=bool)
     nf = int(flipped.sum())
-    fake_what = (f"real: all {n_all} inputs; counterfactuals: the {nf} flipped ones (judged by {flipped_by})"
-                 f"{note}")
-    too_few = (f"needs at least 2 inputs and 2 flipped counterfactuals (have {n_all} and {nf}{note})"
-               if flipped_known else no_f + " to tell which counterfactuals flipped")
+    fake_what = f"real: all {n_all} inputs; counterfactuals: the {nf} flipped ones (judged by {flipped_by}){note}"
+    too_few = (
+        f"needs at least 2 inputs and 2 flipped counterfactuals (have {n_all} and {nf}{note})"
+        if flipped_known
+        else no_f + " to tell which counterfactuals flipped"
+    )
     enough = flipped_known and n_all >= 2 and nf >= 2
 
     if inception is None:
@@ -373,11 +428,13 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
         m["FSD"] = _skip("no SonoNet weights given (--sononet)")
         m["SonoSim"] = _skip("no SonoNet weights given (--sononet)")
     else:
-        m["FSD"] = (_value(fsd(real_x, cfs[flipped], sononet), fake_what, nf) if enough else _skip(too_few))
+        m["FSD"] = _value(fsd(real_x, cfs[flipped], sononet), fake_what, nf) if enough else _skip(too_few)
         if flipped_known and nf >= 1:
-            m["SonoSim"] = _value(float(np.mean(sonosim(x[flipped], cfs[flipped], sononet))),
-                                  f"pairs (input, flipped counterfactual) ({nf} of {n}; judged by {flipped_by}"
-                                  f"{note})", nf)
+            m["SonoSim"] = _value(
+                float(np.mean(sonosim(x[flipped], cfs[flipped], sononet))),
+                f"pairs (input, flipped counterfactual) ({nf} of {n}; judged by {flipped_by}{note})",
+                nf,
+            )
         else:
             m["SonoSim"] = _skip(too_few if not flipped_known else f"no flipped counterfactual (0 of {n}{note})")
 
@@ -388,19 +445,26 @@ def evaluate(x: np.ndarray, cfs: np.ndarray, target: int | np.ndarray, classifie
         for name in ("MQD", "QS_x", "QS_cf", "QD"):
             m[name] = _skip(f"every counterfactual is excluded (0 of {n_all}{note})")
     else:
-        qs_x = np.concatenate([oracle.quality_score(x[i:i + BATCH]) for i in range(0, n, BATCH)])
-        qs_cf = np.concatenate([oracle.quality_score(cfs[i:i + BATCH]) for i in range(0, n, BATCH)])
+        qs_x = np.concatenate([oracle.quality_score(x[i : i + BATCH]) for i in range(0, n, BATCH)])
+        qs_cf = np.concatenate([oracle.quality_score(cfs[i : i + BATCH]) for i in range(0, n, BATCH)])
         low = qs_x < QS_THRESHOLD
         m["MQD"] = _value(mqd(qs_x, qs_cf), f"all {n} inputs; terms where QS(x) < 0.5 ({int(low.sum())}){note}", n)
         m["QS_x"] = _value(qs_x.mean(), f"all {n} inputs{note}", n)
         m["QS_cf"] = _value(qs_cf.mean(), f"all {n} counterfactuals{note}", n)
-        m["QD"] = (_value(float(np.mean(qs_cf[low] - qs_x[low])), f"inputs with QS(x) < 0.5 ({int(low.sum())} of "
-                          f"{n}{note})", int(low.sum())) if low.any()
-                   else _skip(f"no input has QS(x) < 0.5 (0 of {n}{note})"))
+        m["QD"] = (
+            _value(
+                float(np.mean(qs_cf[low] - qs_x[low])),
+                f"inputs with QS(x) < 0.5 ({int(low.sum())} of {n}{note})",
+                int(low.sum()),
+            )
+            if low.any()
+            else _skip(f"no input has QS(x) < 0.5 (0 of {n}{note})")
+        )
     return {name: m[name] for name in METRICS}
 
 
 # ---- results folders (diffice explain / diffice demo) ----
+
 
 def _read_png(path: Path) -> np.ndarray:
     """An 8-bit image as pytorch-fid reads it: (1, H, W) uint8 for grayscale ('L'; PIL's convert('RGB') would
@@ -446,8 +510,10 @@ def load_results(results_dir: PathLike) -> dict[str, Any]:
     root = Path(results_dir)
     record_paths = sorted((root / "records").glob("*.json"))
     if not record_paths:
-        raise FileNotFoundError(f"{root}: no records/*.json (not a results folder of 'diffice explain' or "
-                                f"'diffice demo', or nothing has finished yet)")
+        raise FileNotFoundError(
+            f"{root}: no records/*.json (not a results folder of 'diffice explain' or "
+            f"'diffice demo', or nothing has finished yet)"
+        )
     names, targets, pixels, flipped, nonfinite = [], [], [], [], []
     num_iterations = None
     for rp in record_paths:
@@ -483,9 +549,13 @@ def load_results(results_dir: PathLike) -> dict[str, Any]:
         raise ValueError(f"{root}: the images differ in size or channels: {sorted(shapes)}")
     if not num_iterations:
         raise ValueError(f"{root}: the records hold no counterfactual iterations")
-    return dict(images=names, target=np.array(targets, dtype=np.int64), pixels=np.stack(pixels, axis=1),
-                recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T,
-                nonfinite=np.array(nonfinite, dtype=bool).reshape(len(names), num_iterations).T)
+    return dict(
+        images=names,
+        target=np.array(targets, dtype=np.int64),
+        pixels=np.stack(pixels, axis=1),
+        recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T,
+        nonfinite=np.array(nonfinite, dtype=bool).reshape(len(names), num_iterations).T,
+    )
 
 
 class _FeatureMemo:
@@ -503,8 +573,14 @@ class _FeatureMemo:
         return self.value
 
 
-def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any = None, inception: Any = None,
-                     sononet: Any = None, with_cout: bool = True) -> dict[str, Any]:
+def evaluate_results(
+    results_dir: PathLike,
+    classifier: Any = None,
+    oracle: Any = None,
+    inception: Any = None,
+    sononet: Any = None,
+    with_cout: bool = True,
+) -> dict[str, Any]:
     """Every metric for every iteration of a results folder (see load_results), from its saved 8-bit PNGs. Which
     counterfactuals flipped (for FID, FSD, SonoSim) is judged by the classifier on those PNGs; without a
     classifier the run's recorded verdict is used (and the subsets say so). Counterfactuals whose sampler step
@@ -524,12 +600,29 @@ def evaluate_results(results_dir: PathLike, classifier: Any = None, oracle: Any 
         cf01 = inception_input(pixels[k]) if inception is not None else None
         flipped = None if classifier is not None else data["recorded_flipped"][k - 1]
         excluded = data["nonfinite"][k - 1]
-        metrics = evaluate(x, cf, data["target"], classifier, oracle, memo, sononet, flipped=flipped, fid_x=x01,
-                           fid_cfs=cf01, with_cout=with_cout,
-                           flipped_by="f" if classifier is not None else "the run's record", exclude=excluded)
-        out.append({"iteration": k, "excluded_nonfinite": int(excluded.sum()),
-                    "excluded_images": [name for name, e in zip(data["images"], excluded) if e],
-                    "metrics": metrics})
+        metrics = evaluate(
+            x,
+            cf,
+            data["target"],
+            classifier,
+            oracle,
+            memo,
+            sononet,
+            flipped=flipped,
+            fid_x=x01,
+            fid_cfs=cf01,
+            with_cout=with_cout,
+            flipped_by="f" if classifier is not None else "the run's record",
+            exclude=excluded,
+        )
+        out.append(
+            {
+                "iteration": k,
+                "excluded_nonfinite": int(excluded.sum()),
+                "excluded_images": [name for name, e in zip(data["images"], excluded) if e],
+                "metrics": metrics,
+            }
+        )
     return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
 
 
@@ -542,13 +635,20 @@ def format_report(report: dict[str, Any]) -> str:
     header = f"{'iteration':>9}" + "".join(f"  {m:>8}" for m in shown)
     lines += [header]
     for it in its:
-        lines.append(f"{it['iteration']:>9}" + "".join(f"  {it['metrics'][m]['value']:8.4f}"
-                                                         if "value" in it["metrics"][m] else f"  {'-':>8}"
-                                                         for m in shown))
-    excluded = [f"[{it['iteration']}] {it.get('excluded_nonfinite', 0)}"
-                + (f" ({', '.join(it['excluded_images'])})" if it.get("excluded_images") else "") for it in its]
-    lines.append(f"excluded from every metric (the sampler's step went non-finite), per iteration: "
-                 f"{', '.join(excluded)}")
+        lines.append(
+            f"{it['iteration']:>9}"
+            + "".join(
+                f"  {it['metrics'][m]['value']:8.4f}" if "value" in it["metrics"][m] else f"  {'-':>8}" for m in shown
+            )
+        )
+    excluded = [
+        f"[{it['iteration']}] {it.get('excluded_nonfinite', 0)}"
+        + (f" ({', '.join(it['excluded_images'])})" if it.get("excluded_images") else "")
+        for it in its
+    ]
+    lines.append(
+        f"excluded from every metric (the sampler's step went non-finite), per iteration: {', '.join(excluded)}"
+    )
     lines.append("subsets (iteration: subset):")
     for m in METRICS:
         subsets = [(it["iteration"], it["metrics"][m]) for it in its]

@@ -7,6 +7,7 @@ The HTML holds no hint of which side is the counterfactual: the key (per pair: w
 which image and iteration) goes to a separate ``<sheet>.key.json`` that stays with the researcher. Both carry a
 random sheet id, and answers from another sheet are refused.
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,9 +60,16 @@ def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: boo
     return pairs
 
 
-def make_sheet(results_dir: PathLike, out_html: PathLike, n: int = 50, seed: int | None = None,
-               iteration: int | None = None, flipped_only: bool = False, title: str = "Image quality reading",
-               scale: int = 4) -> dict[str, Any]:
+def make_sheet(
+    results_dir: PathLike,
+    out_html: PathLike,
+    n: int = 50,
+    seed: int | None = None,
+    iteration: int | None = None,
+    flipped_only: bool = False,
+    title: str = "Image quality reading",
+    scale: int = 4,
+) -> dict[str, Any]:
     """Writes out_html (the sheet) and out_html with suffix ``.key.json`` (the key). Pairs: up to n images of the
     results folder (all if fewer), drawn at random; each pair's sides randomised. iteration: which counterfactual
     (default: each image's last). Returns the key."""
@@ -99,7 +107,8 @@ def _sheet_html(sheet_id: str, title: str, items, scale: int) -> str:
             f'<div class="pair" id="pair{k}"><div class="num">{k}</div>'
             f'<img class="choice" id="p{k}-left" data-pair="{k}" data-side="left" src="{left}" alt="pair {k} left">'
             f'<img class="choice" id="p{k}-right" data-pair="{k}" data-side="right" src="{right}" '
-            f'alt="pair {k} right"></div>')
+            f'alt="pair {k} right"></div>'
+        )
     n = len(items)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -115,7 +124,7 @@ img.chosen {{ border-color: #08519c; }}
 <div id="bar"><b>{html.escape(title)}</b> &mdash; {html.escape(QUESTION)} Click one image of each pair.
 <br>Reader: <input id="reader" size="20"> &nbsp; answered <span id="count">0</span> of {n}
 &nbsp; <button id="download">Download answers (CSV)</button></div>
-{''.join(rows)}
+{"".join(rows)}
 <script>
 const sheetId = "{sheet_id}";
 const total = {n};
@@ -160,7 +169,7 @@ def binomial_two_sided_p(k: int, n: int) -> float:
     outcome no more likely than k)."""
     if n == 0:
         return 1.0
-    probs = [math.comb(n, i) / 2.0 ** n for i in range(n + 1)]
+    probs = [math.comb(n, i) / 2.0**n for i in range(n + 1)]
     return float(min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-9))))
 
 
@@ -179,8 +188,9 @@ def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
     readers = set()
     for r in rows:
         if r["sheet_id"] != key["sheet_id"]:
-            raise ValueError(f"{answers_csv}: answers to sheet {r['sheet_id']!r}, but the key is for sheet "
-                             f"{key['sheet_id']!r}")
+            raise ValueError(
+                f"{answers_csv}: answers to sheet {r['sheet_id']!r}, but the key is for sheet {key['sheet_id']!r}"
+            )
         pair = int(r["pair"])
         if pair not in by_pair:
             raise ValueError(f"{answers_csv}: pair {pair} is not in the key (1..{len(by_pair)})")
@@ -190,7 +200,12 @@ def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
         if r["choice"]:
             answered += 1
             preferred += r["choice"] == by_pair[pair]["counterfactual_side"]
-    return dict(pairs=len(by_pair), answered=answered, unanswered=len(by_pair) - answered,
-                counterfactual_preferred=preferred,
-                fraction=preferred / answered if answered else float("nan"),
-                p_value=binomial_two_sided_p(preferred, answered), readers=sorted(readers))
+    return dict(
+        pairs=len(by_pair),
+        answered=answered,
+        unanswered=len(by_pair) - answered,
+        counterfactual_preferred=preferred,
+        fraction=preferred / answered if answered else float("nan"),
+        p_value=binomial_two_sided_p(preferred, answered),
+        readers=sorted(readers),
+    )

@@ -6,17 +6,27 @@ Explainer``, where it was before the subpackages).
 Layers, each using only those before it: explainer -> demo (the demo's models and settings) -> config -> cluster
 -> run -> sweep, demo_run.
 """
+
 from .explainer import (
-                        METHODS,
-                        Explainer,
-                        ExplainerConfig,
-                        ExplanationResult,
-                        SuspiciousRunWarning,
-                        image_keys,
-                        is_iterative,
-                        iterations_run,
-                        suspicious_run_message,
+    METHODS,
+    Explainer,
+    ExplainerConfig,
+    ExplanationResult,
+    SuspiciousRunWarning,
+    image_keys,
+    is_iterative,
+    iterations_run,
+    suspicious_run_message,
 )
 
-__all__ = ["Explainer", "ExplainerConfig", "ExplanationResult", "METHODS", "SuspiciousRunWarning",
-           "suspicious_run_message", "image_keys", "is_iterative", "iterations_run"]
+__all__ = [
+    "Explainer",
+    "ExplainerConfig",
+    "ExplanationResult",
+    "METHODS",
+    "SuspiciousRunWarning",
+    "suspicious_run_message",
+    "image_keys",
+    "is_iterative",
+    "iterations_run",
+]

@@ -23,6 +23,7 @@ process, or on a Dask worker -- and returns plain numpy arrays; the caller (``di
 Dask and dask-jobqueue are optional (``pip install diffice[distributed]``); without them everything runs locally
 and the cluster options raise :class:`DistributedUnavailable` with the install command.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,28 +36,37 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["compute_unit", "load_models", "DistributedUnavailable", "LocalExecutor", "DaskExecutor",
-           "open_executor", "make_cluster", "CLUSTER_DEFAULTS", "cluster_options"]
+__all__ = [
+    "compute_unit",
+    "load_models",
+    "DistributedUnavailable",
+    "LocalExecutor",
+    "DaskExecutor",
+    "open_executor",
+    "make_cluster",
+    "CLUSTER_DEFAULTS",
+    "cluster_options",
+]
 
 INSTALL_HINT = "pip install 'diffice[distributed]'  (or: pip install 'dask[distributed]' dask-jobqueue)"
 UNIT_RESOURCE = "diffice_unit"  # one unit at a time per worker process: a unit already uses every core (OpenMP)
 
 CLUSTER_DEFAULTS: dict[str, Any] = dict(
-    cores=1,                      # cores per job (SLURM --cpus-per-task, PBS ncpus)
-    memory="8GB",                 # memory per job
-    processes=1,                  # worker processes per job (each runs one unit at a time)
-    gpus=0,                       # GPUs per job (SLURM --gres=gpu:N, PBS ngpus=N)
-    queue=None,                   # partition / queue
-    account=None,                 # project to charge
-    walltime="04:00:00",          # per job
-    jobs=1,                       # number of jobs (workers = jobs x processes)
-    job_script_prologue=[],       # shell lines before the worker starts, e.g. ["source ~/venv/bin/activate"]
-    job_extra_directives=[],      # extra #SBATCH / #PBS lines, e.g. ["--constraint=avx512"]
-    python=None,                  # the python on the compute nodes (default: this one)
-    interface=None,               # network interface of the workers, e.g. "ib0"
-    local_directory=None,         # worker scratch space
-    log_directory=None,           # job logs
-    dashboard_address=":8787",    # the scheduler's dashboard (":0": any free port)
+    cores=1,  # cores per job (SLURM --cpus-per-task, PBS ncpus)
+    memory="8GB",  # memory per job
+    processes=1,  # worker processes per job (each runs one unit at a time)
+    gpus=0,  # GPUs per job (SLURM --gres=gpu:N, PBS ngpus=N)
+    queue=None,  # partition / queue
+    account=None,  # project to charge
+    walltime="04:00:00",  # per job
+    jobs=1,  # number of jobs (workers = jobs x processes)
+    job_script_prologue=[],  # shell lines before the worker starts, e.g. ["source ~/venv/bin/activate"]
+    job_extra_directives=[],  # extra #SBATCH / #PBS lines, e.g. ["--constraint=avx512"]
+    python=None,  # the python on the compute nodes (default: this one)
+    interface=None,  # network interface of the workers, e.g. "ib0"
+    local_directory=None,  # worker scratch space
+    log_directory=None,  # job logs
+    dashboard_address=":8787",  # the scheduler's dashboard (":0": any free port)
 )
 
 
@@ -70,7 +80,8 @@ def _import_distributed():
     except ImportError:
         raise DistributedUnavailable(
             f"--scheduler / --cluster need Dask, which is not installed: {INSTALL_HINT}. Without these options "
-            f"the command runs on this machine.") from None
+            f"the command runs on this machine."
+        ) from None
     return Client, LocalCluster, as_completed
 
 
@@ -87,7 +98,7 @@ def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict
     preset = cfg["models"].get("preset")
     if demo is None and preset is not None:
         if preset != "demo":
-            raise ValueError(f"models.preset must be \"demo\", got {preset!r}")
+            raise ValueError(f'models.preset must be "demo", got {preset!r}')
         demo = "bundled"
     if demo is not None:
         return dict(source="demo", folder=None if demo == "bundled" else str(demo))
@@ -116,8 +127,9 @@ def load_models(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     return _MODELS[key]
 
 
-def compute_unit(task: dict[str, Any], models: tuple[Any, Any, Any, Any] | None = None,
-                 progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+def compute_unit(
+    task: dict[str, Any], models: tuple[Any, Any, Any, Any] | None = None, progress: Callable[..., Any] | None = None
+) -> dict[str, Any]:
     """Explains one image batch with one configuration.
 
     task: ``unit`` (an id, echoed back), ``models`` (a :func:`models_spec`; ignored when `models` is given),
@@ -139,16 +151,26 @@ def compute_unit(task: dict[str, Any], models: tuple[Any, Any, Any, Any] | None 
     t0 = time.perf_counter()
     result = explainer.explain(x, target=target, seed=int(task["seed"]), progress=progress, warn=False)
     seconds = time.perf_counter() - t0
-    return dict(unit=task["unit"], worker=f"{socket.gethostname()}:{os.getpid()}",
-                counterfactuals=result.counterfactuals, prob_target=result.prob_target,
-                lambda_used=result.lambda_used, flipped=result.flipped, nonfinite_step=result.nonfinite_step,
-                input_is_target=result.input_is_target, first_step_target=result.first_step_target,
-                first_step_prob=result.first_step_prob, iteration_seconds=np.asarray(result.iteration_seconds),
-                batch_seconds=seconds, peak_bytes=int(result.peak_bytes),
-                unet_evaluations=int(result.unet_evaluations))
+    return dict(
+        unit=task["unit"],
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        counterfactuals=result.counterfactuals,
+        prob_target=result.prob_target,
+        lambda_used=result.lambda_used,
+        flipped=result.flipped,
+        nonfinite_step=result.nonfinite_step,
+        input_is_target=result.input_is_target,
+        first_step_target=result.first_step_target,
+        first_step_prob=result.first_step_prob,
+        iteration_seconds=np.asarray(result.iteration_seconds),
+        batch_seconds=seconds,
+        peak_bytes=int(result.peak_bytes),
+        unet_evaluations=int(result.unet_evaluations),
+    )
 
 
 # ---- executors: where the units run ----
+
 
 class LocalExecutor:
     """Runs units one after the other in this process with the models given, or those of the first task's spec
@@ -160,8 +182,9 @@ class LocalExecutor:
     def __init__(self, models: tuple[Any, Any, Any, Any] | None = None) -> None:
         self.models = models
 
-    def run(self, tasks: Iterable[dict[str, Any]],
-            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
+    def run(
+        self, tasks: Iterable[dict[str, Any]], progress: Callable[..., Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yields each task's :func:`compute_unit` result in task order. progress(task, *step_args) is called
         after every reverse step of the sampler."""
         for task in tasks:
@@ -187,8 +210,9 @@ class DaskExecutor:
     def workers(self) -> int:
         return len(self.client.scheduler_info().get("workers", {}))
 
-    def run(self, tasks: Iterable[dict[str, Any]],
-            progress: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
+    def run(
+        self, tasks: Iterable[dict[str, Any]], progress: Callable[..., Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yields each task's :func:`compute_unit` result as it completes (any order)."""
         _, _, as_completed = _import_distributed()
         pending = iter(tasks)
@@ -204,8 +228,11 @@ class DaskExecutor:
                     return
                 kwargs = dict(resources={UNIT_RESOURCE: 1}) if self.restrict else {}
                 # pure=False: a unit re-submitted after a failed run is computed again, never taken from a cache
-                flying.add(self.client.submit(compute_unit, task, key=f"diffice-unit-{task['unit']}-{count}",
-                                              pure=False, **kwargs))
+                flying.add(
+                    self.client.submit(
+                        compute_unit, task, key=f"diffice-unit-{task['unit']}-{count}", pure=False, **kwargs
+                    )
+                )
                 count += 1
 
         top_up()
@@ -243,15 +270,21 @@ def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
             raise ValueError(f"--cluster local:N needs a number of workers, got {kind!r}") from None
         if workers < 1:
             raise ValueError(f"--cluster local:N needs at least one worker, got {kind!r}")
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            dashboard_address=opts["dashboard_address"], resources={UNIT_RESOURCE: 1})
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=opts["dashboard_address"],
+            resources={UNIT_RESOURCE: 1},
+        )
     if kind not in ("slurm", "pbs"):
         raise ValueError(f"--cluster must be local:N, slurm or pbs, got {kind!r}")
     try:
         import dask_jobqueue
     except ImportError:
-        raise DistributedUnavailable(f"--cluster {kind} needs dask-jobqueue, which is not installed: "
-                                     f"{INSTALL_HINT}") from None
+        raise DistributedUnavailable(
+            f"--cluster {kind} needs dask-jobqueue, which is not installed: {INSTALL_HINT}"
+        ) from None
     gpus = int(opts["gpus"] or 0)
     directives = list(opts["job_extra_directives"] or [])
     if kind == "slurm":
@@ -261,22 +294,35 @@ def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
         resource_spec = {}
     else:
         cls = dask_jobqueue.PBSCluster
-        resource_spec = dict(resource_spec=f"select=1:ncpus={int(opts['cores'])}:mem={opts['memory']}"
-                                           + (f":ngpus={gpus}" if gpus else ""))
-    kwargs = dict(cores=int(opts["cores"]), memory=str(opts["memory"]), processes=int(opts["processes"]),
-                  queue=opts["queue"], account=opts["account"], walltime=opts["walltime"],
-                  job_script_prologue=list(opts["job_script_prologue"] or []), job_extra_directives=directives,
-                  worker_extra_args=["--resources", f"{UNIT_RESOURCE}=1"],
-                  scheduler_options=dict(dashboard_address=opts["dashboard_address"]), **resource_spec)
+        resource_spec = dict(
+            resource_spec=f"select=1:ncpus={int(opts['cores'])}:mem={opts['memory']}"
+            + (f":ngpus={gpus}" if gpus else "")
+        )
+    kwargs = dict(
+        cores=int(opts["cores"]),
+        memory=str(opts["memory"]),
+        processes=int(opts["processes"]),
+        queue=opts["queue"],
+        account=opts["account"],
+        walltime=opts["walltime"],
+        job_script_prologue=list(opts["job_script_prologue"] or []),
+        job_extra_directives=directives,
+        worker_extra_args=["--resources", f"{UNIT_RESOURCE}=1"],
+        scheduler_options=dict(dashboard_address=opts["dashboard_address"]),
+        **resource_spec,
+    )
     for key in ("python", "interface", "local_directory", "log_directory"):
         if opts[key]:
             kwargs[key] = opts[key]
     return cls(**kwargs)
 
 
-def open_executor(scheduler: str | None = None, cluster: str | None = None,
-                  options: dict[str, Any] | None = None,
-                  models: tuple[Any, Any, Any, Any] | None = None) -> Any:
+def open_executor(
+    scheduler: str | None = None,
+    cluster: str | None = None,
+    options: dict[str, Any] | None = None,
+    models: tuple[Any, Any, Any, Any] | None = None,
+) -> Any:
     """A LocalExecutor (neither option), or a DaskExecutor connected to `scheduler` (an address such as
     tcp://host:8786) or to a new `cluster` ("local:N", "slurm", "pbs"; jobs from options["jobs"])."""
     if scheduler and cluster:
@@ -313,4 +359,4 @@ def describe(executor: Any, stream: Any = None) -> None:
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """Consecutive chunks of `size` (the last may be shorter): the units' image batches."""
     size = max(1, int(size))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -43,6 +43,7 @@ Config (TOML; every key is also a command-line flag, which wins):
 
 Every key's description and allowed values: CONFIG_HELP and CONFIG_CHOICES below (``diffice explain --help``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,12 +57,26 @@ from .explainer import METHODS, ExplainerConfig
 
 RUN_DEFAULTS: dict[str, Any] = dict(image_size=[224, 288], batch_size=10, seed=0, target=1)
 MODEL_DEFAULTS: dict[str, Any] = dict(
-    preset=None, unet=None, num_heads=4, num_head_channels=-1, use_new_attention_order=False, classifier=None,
-    classifier_kind="plane", target_class=5, perceptual=None, perceptual_kind="resnet50-radimagenet",
-    perceptual_variant="mse", perceptual_taps=["layer4"])
+    preset=None,
+    unet=None,
+    num_heads=4,
+    num_head_channels=-1,
+    use_new_attention_order=False,
+    classifier=None,
+    classifier_kind="plane",
+    target_class=5,
+    perceptual=None,
+    perceptual_kind="resnet50-radimagenet",
+    perceptual_variant="mse",
+    perceptual_taps=["layer4"],
+)
 DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
-SECTIONS = {"models": MODEL_DEFAULTS, "diffusion": DIFFUSION_DEFAULTS, "run": RUN_DEFAULTS,
-            "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)}}
+SECTIONS = {
+    "models": MODEL_DEFAULTS,
+    "diffusion": DIFFUSION_DEFAULTS,
+    "run": RUN_DEFAULTS,
+    "method": {f.name: f.default for f in dataclasses.fields(ExplainerConfig)},
+}
 
 PIXEL_KINDS = ("pixel-l1", "pixel-l2")  # Lp without a network file (diffice.models.perceptual.PixelLoss)
 
@@ -82,41 +97,41 @@ CONFIG_CHOICES: dict[str, list[Any]] = dict(
 CONFIG_HELP: dict[str, str] = dict(
     # [models]
     preset="'demo': the models bundled with diffice (the phantom DDPM, plane classifier f and the demo's pixel "
-           "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
-           "tau 30 of 100 respaced steps, lambda_c 40 60 80, lambda_p 3000, 64x80 images) become the defaults, "
-           "and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points it at another folder "
-           "of demo models",
+    "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
+    "tau 30 of 100 respaced steps, lambda_c 40 60 80, lambda_p 3000, 64x80 images) become the defaults, "
+    "and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points it at another folder "
+    "of demo models",
     unet="the guided-diffusion UNet, the denoiser (.safetensors / .pt / .npz); required unless --models demo",
     num_heads="attention heads of the UNet (not inferable from its weights)",
     num_head_channels="channels per attention head of the UNet (-1: use num_heads)",
     use_new_attention_order="the UNet's attention splits qkv before the heads (guided-diffusion's option)",
     classifier="the guiding classifier f (a diffice model file, or SonoNet weights with --classifier-kind "
-               "sononet); required unless --models demo",
+    "sononet); required unless --models demo",
     classifier_kind="plane: diffice's standard-plane classifier f = l(s(x), x), 2 outputs (0 = non-standard, "
-                    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class",
+    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class",
     target_class="only with --classifier-kind sononet: which of SonoNet's 14 classes counts as the standard "
-                 "plane (5 = 'Brain (Tv.)'); f then has 2 outputs, 0 = any other class, 1 = this one. Not the "
-                 "direction of the counterfactuals: that is --target",
+    "plane (5 = 'Brain (Tv.)'); f then has 2 outputs, 0 = any other class, 1 = this one. Not the "
+    "direction of the counterfactuals: that is --target",
     perceptual="the perceptual network of Lp (ResNet weights); not needed for the pixel-l1/pixel-l2 kinds. With "
-               "no Lp, lambda_p must be 0",
+    "no Lp, lambda_p must be 0",
     perceptual_kind="the Lp: a ResNet's features (torchvision or Keras-converted RadImageNet layout; needs "
-                    "--perceptual) or the mean pixel distance to the input (pixel-l1, pixel-l2; no file)",
+    "--perceptual) or the mean pixel distance to the input (pixel-l1, pixel-l2; no file)",
     perceptual_variant="feature distance of a ResNet Lp: mse (DiME's) or normalized (MONAI's, unit-norm "
-                       "feature vectors)",
+    "feature vectors)",
     perceptual_taps="the ResNet stages whose features Lp compares",
     # [diffusion]
     steps="training diffusion steps T of the UNet",
     schedule="the noise schedule the UNet was trained with",
     respacing="sampling steps: 'K' (K evenly spaced, e.g. 400), 'a,b,...' (section counts), 'ddimK', or '' "
-              "(none); tau counts these steps",
+    "(none); tau counts these steps",
     # [method]
     method="diff-ice (L iterations), diff-ice-1 (one), diff-ice-1-xt (gradient through the UNet), dime, "
-           "fastdime (with its mask)",
+    "fastdime (with its mask)",
     iterations="Diff-ICE's L: iterations, each starting from the previous output (1 for the other methods)",
     tau="noise level each iteration starts from, in respaced steps (must be below the respacing)",
     lambda_c="classifier-loss weights, tried in order until an image is classified as --target",
     lambda_p="weight of Lp, the fidelity to the input; > 0 needs an Lp (--perceptual FILE, or --perceptual-kind "
-             "pixel-l2); 0: no fidelity term",
+    "pixel-l2); 0: no fidelity term",
     lambda_l1="DiME's l1 term on the noisy image (0: off)",
     lambda_l2="DiME's l2 term on the noisy image (0: off)",
     class_loss="ce: cross-entropy towards --target; logit: DiME's -logit of --target",
@@ -131,8 +146,8 @@ CONFIG_HELP: dict[str, str] = dict(
     batch_size="images explained together (does not change the results)",
     seed="sampler seed (each image's noise also follows its pixels)",
     target="the class the counterfactuals move towards: an index of f's outputs. Both classifier kinds have 2 "
-           "(0 = not a standard plane, 1 = standard plane), so 1 asks what would make each image a standard plane. "
-           "Not a SonoNet class: that is --target-class",
+    "(0 = not a standard plane, 1 = standard plane), so 1 asks what would make each image a standard plane. "
+    "Not a SonoNet class: that is --target-class",
 )
 
 
@@ -165,12 +180,20 @@ def preset_defaults(name: str) -> dict[str, dict[str, Any]]:
     if name != "demo":
         raise ValueError(f"models.preset must be one of {CONFIG_CHOICES['preset']}, got {name!r}")
 
-    return dict(models=dict(perceptual_kind="pixel-l2"), diffusion=dict(DEMO_DIFFUSION), method=dict(DEMO_METHOD),
-                run=dict(image_size=list(DEMO_SIZE)))
+    return dict(
+        models=dict(perceptual_kind="pixel-l2"),
+        diffusion=dict(DEMO_DIFFUSION),
+        method=dict(DEMO_METHOD),
+        run=dict(image_size=list(DEMO_SIZE)),
+    )
 
 
-def _merge(path: str | None, data: dict[str, Any] | None, overrides: dict[str, Any],
-           preset: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def _merge(
+    path: str | None,
+    data: dict[str, Any] | None,
+    overrides: dict[str, Any],
+    preset: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     cfg = {name: dict(defaults, **(preset or {}).get(name, {})) for name, defaults in SECTIONS.items()}
     for section, values in (data or {}).items():
         if section in OTHER_SECTIONS:
@@ -199,8 +222,9 @@ def _merge(path: str | None, data: dict[str, Any] | None, overrides: dict[str, A
     return cfg
 
 
-def load_config(path: str | None, overrides: dict[str, Any],
-                data: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def load_config(
+    path: str | None, overrides: dict[str, Any], data: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """The config file's sections over the defaults, then command-line overrides (flat keys) over both.
 
     data: the file's parsed TOML when the caller has read it already (diffice.explain.sweep), else it is read from path.
@@ -218,12 +242,15 @@ def load_config(path: str | None, overrides: dict[str, Any],
     models = dict(MODEL_DEFAULTS, **preset["models"])
     chosen = sorted(k for k, v in cfg["models"].items() if k != "preset" and v != models[k])
     if chosen:
-        raise ValueError(f"models.preset = {name!r} chooses every model; remove models.{', models.'.join(chosen)} "
-                         f"(or the preset)")
+        raise ValueError(
+            f"models.preset = {name!r} chooses every model; remove models.{', models.'.join(chosen)} (or the preset)"
+        )
     changed = sorted(k for k, v in cfg["diffusion"].items() if str(v) != str(preset["diffusion"][k]))
     if changed:
-        raise ValueError(f"models.preset = {name!r}: the bundled DDPM samples with the [diffusion] "
-                         f"{preset['diffusion']}; remove diffusion.{', diffusion.'.join(changed)}")
+        raise ValueError(
+            f"models.preset = {name!r}: the bundled DDPM samples with the [diffusion] "
+            f"{preset['diffusion']}; remove diffusion.{', diffusion.'.join(changed)}"
+        )
     return cfg
 
 
@@ -232,8 +259,10 @@ def check_lambda_p(models: dict[str, Any], lambda_p: float, source: str = "") ->
     if not lambda_p > 0 or models.get("preset") or models["perceptual"] or models["perceptual_kind"] in PIXEL_KINDS:
         return
     where = f"{source}: " if source else ""
-    raise ValueError(f"{where}method.lambda_p = {lambda_p:g} but no perceptual loss Lp is configured "
-                     f"(models.perceptual is empty and models.perceptual_kind = {models['perceptual_kind']!r} "
-                     f"needs that file): give models.perceptual (--perceptual FILE), or set models.perceptual_kind "
-                     f"= \"pixel-l2\" (--perceptual-kind pixel-l2: the mean squared pixel distance, no file), or "
-                     f"method.lambda_p = 0 (--lambda-p 0: no fidelity term)")
+    raise ValueError(
+        f"{where}method.lambda_p = {lambda_p:g} but no perceptual loss Lp is configured "
+        f"(models.perceptual is empty and models.perceptual_kind = {models['perceptual_kind']!r} "
+        f"needs that file): give models.perceptual (--perceptual FILE), or set models.perceptual_kind "
+        f'= "pixel-l2" (--perceptual-kind pixel-l2: the mean squared pixel distance, no file), or '
+        f"method.lambda_p = 0 (--lambda-p 0: no fidelity term)"
+    )

@@ -17,6 +17,7 @@ perceptual network can ship -- Lp the mean squared pixel distance to the input w
 By default DEMO_N = 24 phantoms, so that the per-iteration MQD (the paper's Table 2 column) comes with a 95%
 interval narrow enough to read (:func:`mqd_interval`).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,20 +40,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 MODELS_DIR = Path(__file__).resolve().parents[1] / "demo_models"
 DEMO_SIZE = (64, 80)
 DEMO_LAMBDA_P = 3000.0  # on the per-pixel mean squared distance: chosen on phantoms (README)
-DEMO_METHOD: dict[str, Any] = dict(method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0],
-                                   lambda_p=DEMO_LAMBDA_P)
+DEMO_METHOD: dict[str, Any] = dict(
+    method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0], lambda_p=DEMO_LAMBDA_P
+)
 DEMO_DIFFUSION: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
 DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training: seed 1)
-DEMO_N = 24             # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
-DEMO_BATCH = 8          # images per sampler call: a stopped demo keeps every finished batch (resumable)
-DEMO_FIGURE_ROWS = 6    # figure.png shows the first 6 images (the phantoms cycle through the 4 failure modes)
-CI_LEVEL = 0.95         # MQD's interval: percentile bootstrap over the images
+DEMO_N = 24  # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
+DEMO_BATCH = 8  # images per sampler call: a stopped demo keeps every finished batch (resumable)
+DEMO_FIGURE_ROWS = 6  # figure.png shows the first 6 images (the phantoms cycle through the 4 failure modes)
+CI_LEVEL = 0.95  # MQD's interval: percentile bootstrap over the images
 CI_RESAMPLES = 10_000
-CI_SEED = 0             # fixed: a resumed demo reports the same interval
+CI_SEED = 0  # fixed: a resumed demo reports the same interval
 FILES = ("ddpm.safetensors", "classifier.safetensors", "oracle.safetensors", "demo.json")
 
-__all__ = ["DemoModels", "load_demo_models", "demo_phantoms", "mqd_interval", "DEMO_METHOD",
-           "DEMO_DIFFUSION"]
+__all__ = ["DemoModels", "load_demo_models", "demo_phantoms", "mqd_interval", "DEMO_METHOD", "DEMO_DIFFUSION"]
 
 
 @dataclass
@@ -61,9 +62,9 @@ class DemoModels:
 
     unet: UNet
     diffusion: GaussianDiffusion
-    classifier: Any          # diffice.PlaneClassifier (class 1 = standard plane)
-    oracle: Any              # diffice.models.oracle.ConceptOracle
-    perceptual: Any          # diffice.models.perceptual.PixelLoss (the demo's Lp)
+    classifier: Any  # diffice.PlaneClassifier (class 1 = standard plane)
+    oracle: Any  # diffice.models.oracle.ConceptOracle
+    perceptual: Any  # diffice.models.perceptual.PixelLoss (the demo's Lp)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -72,8 +73,7 @@ class DemoModels:
 
     def explainer(self, **overrides: Any) -> Explainer:
         """A diffice.Explainer with the demo settings (DEMO_METHOD); keyword arguments override them."""
-        return Explainer(self.unet, self.diffusion, self.classifier, self.perceptual,
-                         **dict(DEMO_METHOD, **overrides))
+        return Explainer(self.unet, self.diffusion, self.classifier, self.perceptual, **dict(DEMO_METHOD, **overrides))
 
 
 def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> DemoModels:
@@ -85,15 +85,22 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
     root = Path(folder or os.environ.get("DIFFICE_DEMO_MODELS") or MODELS_DIR)
     missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"demo models missing in {root}: {missing} (train them with "
-                                f"scripts/train_demo_models.sh WORKDIR, then "
-                                f"'python -m diffice.explain.demo pack WORKDIR')")
+        raise FileNotFoundError(
+            f"demo models missing in {root}: {missing} (train them with "
+            f"scripts/train_demo_models.sh WORKDIR, then "
+            f"'python -m diffice.explain.demo pack WORKDIR')"
+        )
     info = json.loads((root / "demo.json").read_text())
     unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
-    diffusion = GaussianDiffusion(DEMO_DIFFUSION["steps"], DEMO_DIFFUSION["schedule"], DEMO_DIFFUSION["respacing"],
-                                  learn_sigma=unet.config["learn_sigma"])
-    classifier = load_model(root / "classifier.safetensors", backend, expect="PlaneClassifier",
-                            what="the demo's classifier")
+    diffusion = GaussianDiffusion(
+        DEMO_DIFFUSION["steps"],
+        DEMO_DIFFUSION["schedule"],
+        DEMO_DIFFUSION["respacing"],
+        learn_sigma=unet.config["learn_sigma"],
+    )
+    classifier = load_model(
+        root / "classifier.safetensors", backend, expect="PlaneClassifier", what="the demo's classifier"
+    )
     oracle = load_model(root / "oracle.safetensors", backend, expect="ConceptOracle", what="the demo's oracle")
     return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
 
@@ -101,12 +108,17 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
 def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED) -> PhantomBatch:
     """n non-standard-plane phantoms (64x80), one of each failure mode in turn (tilted, no_csp, no_th, blurred)."""
     modes = list(FAILURE_MODES)
-    parts = [generate(1, DEMO_SIZE, seed + i, standard_fraction=0.0, failure_mode=modes[i % len(modes)])
-             for i in range(n)]
-    return PhantomBatch(images=np.concatenate([p.images for p in parts]),
-                        masks=np.concatenate([p.masks for p in parts]), structure_names=parts[0].structure_names,
-                        concepts={k: np.concatenate([p.concepts[k] for p in parts]) for k in parts[0].concepts},
-                        labels=np.concatenate([p.labels for p in parts]), params=[p.params[0] for p in parts])
+    parts = [
+        generate(1, DEMO_SIZE, seed + i, standard_fraction=0.0, failure_mode=modes[i % len(modes)]) for i in range(n)
+    ]
+    return PhantomBatch(
+        images=np.concatenate([p.images for p in parts]),
+        masks=np.concatenate([p.masks for p in parts]),
+        structure_names=parts[0].structure_names,
+        concepts={k: np.concatenate([p.concepts[k] for p in parts]) for k in parts[0].concepts},
+        labels=np.concatenate([p.labels for p in parts]),
+        params=[p.params[0] for p in parts],
+    )
 
 
 def _mean(values: np.ndarray) -> float:
@@ -114,8 +126,9 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if np.size(values) else float("nan")
 
 
-def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
-                 seed: int = CI_SEED) -> tuple[float, float, float]:
+def mqd_interval(
+    qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = CI_SEED
+) -> tuple[float, float, float]:
     """(MQD, low, high): the paper's MQD of the N inputs (:func:`diffice.evaluation.metrics.mqd`) and its percentile
     bootstrap
     interval at `level`: mqd of `resamples` resamples of the N images with replacement (each image's QS(x) and
@@ -134,6 +147,7 @@ def mqd_interval(qs_x: np.ndarray, qs_cf: np.ndarray, level: float = CI_LEVEL, r
 
 # ---- packing freshly trained models into the package ----
 
+
 def pack(workdir: PathLike, dest: PathLike | None = None) -> dict[str, Any]:
     """Copies the models trained by scripts/train_demo_models.sh in workdir into diffice/demo_models (the DDPM's
     EMA weights), with demo.json: the training commands' settings and validation numbers."""
@@ -145,18 +159,26 @@ def pack(workdir: PathLike, dest: PathLike | None = None) -> dict[str, Any]:
     ema = work / "ddpm" / "ema.safetensors"
     meta = load_safetensors_metadata(ema)
     # float16 files: half the size; the networks compute in float32 (README: the shipped models' accuracy)
-    save_safetensors(dest / "ddpm.safetensors", load_safetensors(ema),
-                     metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")},
-                     dtype="float16")
-    info: dict[str, Any] = {"ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]),
-                                         ema_rate=meta.get("ema_rate"))}
+    save_safetensors(
+        dest / "ddpm.safetensors",
+        load_safetensors(ema),
+        metadata={k: v for k, v in meta.items() if k in ("format", "diffice_config", "step")},
+        dtype="float16",
+    )
+    info: dict[str, Any] = {
+        "ddpm": dict(config=json.loads(meta["diffice_config"]), step=int(meta["step"]), ema_rate=meta.get("ema_rate"))
+    }
     for part in ("classifier", "oracle", "segmenter", "oracle_segmenter"):
         metrics = json.loads((work / part / "metrics.json").read_text())
         info[part] = metrics
         if part in ("classifier", "oracle"):  # the segmenters are inside these files
             source = work / part / "model.safetensors"
-            save_safetensors(dest / f"{part}.safetensors", load_safetensors(source),
-                             metadata=load_safetensors_metadata(source), dtype="float16")
+            save_safetensors(
+                dest / f"{part}.safetensors",
+                load_safetensors(source),
+                metadata=load_safetensors_metadata(source),
+                dtype="float16",
+            )
     info["trained_by"] = "scripts/train_demo_models.sh"
     (dest / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

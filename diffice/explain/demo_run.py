@@ -1,5 +1,6 @@
 """`diffice demo`: Diff-ICE on the demo phantoms with the bundled models (diffice.explain.demo), the
 per-iteration table with MQD's bootstrap interval, and the paper's Figure 3."""
+
 from __future__ import annotations
 
 import csv
@@ -47,9 +48,16 @@ def _load_pngs(folder: Path, names: Sequence[str]) -> np.ndarray:
     return np.stack([load_image(folder / n, DEMO_SIZE) for n in names]).astype(np.float32)
 
 
-def run_demo(out_dir: PathLike = "diffice-demo", images: PathLike | None = None, n: int = DEMO_N, seed: int = 0,
-             models: DemoModels | None = None, progress: bool = True, stream: TextIO | None = None,
-             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: PathLike = "diffice-demo",
+    images: PathLike | None = None,
+    n: int = DEMO_N,
+    seed: int = 0,
+    models: DemoModels | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Explains n non-standard-plane phantoms (or every image in `images`, resized to 64x80) towards the standard
     plane and writes, to out_dir: ``inputs/`` (the phantoms), one folder per image (input, iterations, strip),
     ``results.csv`` (per image and iteration), ``iterations.csv`` (the table), ``figure.png`` (the paper's
@@ -85,55 +93,94 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: PathLike | None = None,
 
     # everything below reads the records: a resumed run reports the same as an uninterrupted one
     stems = [Path(nm).stem for nm in names]
-    records = [json.loads((out / "records" / f"{s}.json").read_text()) for s in stems
-               if (out / "records" / f"{s}.json").exists()]
+    records = [
+        json.loads((out / "records" / f"{s}.json").read_text())
+        for s in stems
+        if (out / "records" / f"{s}.json").exists()
+    ]
     done = [r["image"] for r in records]
     stems = [Path(nm).stem for nm in done]
     L = len(records[0]["iterations"]) - 1 if records else 0
     x = _load_pngs(folder, done)
-    cfs = np.stack([_load_pngs(out / s, [f"iteration_{l + 1}.png" for l in range(L)]) for s in stems], axis=1) \
-        if records else np.zeros((0,) + x.shape)
+    cfs = (
+        np.stack([_load_pngs(out / s, [f"iteration_{l + 1}.png" for l in range(L)]) for s in stems], axis=1)
+        if records
+        else np.zeros((0,) + x.shape)
+    )
     prob = np.array([[r["iterations"][l]["prob_target"] for r in records] for l in range(L + 1)])
     lambdas = np.array([[r["iterations"][l + 1]["lambda_c"] for r in records] for l in range(L)])
     flipped = np.array([[bool(r["iterations"][l + 1]["flipped"]) for r in records] for l in range(L)])
     # counterfactuals whose step went non-finite (the sampler zeroed them) are left out of their iteration's row,
     # as diffice.evaluation.metrics does
-    finite = ~np.array([[went_nonfinite(r["iterations"][l + 1]) for r in records] for l in range(L)],
-                       dtype=bool).reshape(L, len(records))
+    finite = ~np.array(
+        [[went_nonfinite(r["iterations"][l + 1]) for r in records] for l in range(L)], dtype=bool
+    ).reshape(L, len(records))
     # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
     distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
 
-    rows = [dict(iteration=0, mean_p_sp=float(prob[0].mean()), flip_ratio=float(np.mean(prob[0] > 0.5)),
-                 lambda_c="", mean_oracle_qs=float(qs[0].mean()), mqd="", mqd_ci_low="", mqd_ci_high="",
-                 mean_l1_to_input=0.0)]
+    rows = [
+        dict(
+            iteration=0,
+            mean_p_sp=float(prob[0].mean()),
+            flip_ratio=float(np.mean(prob[0] > 0.5)),
+            lambda_c="",
+            mean_oracle_qs=float(qs[0].mean()),
+            mqd="",
+            mqd_ci_low="",
+            mqd_ci_high="",
+            mean_l1_to_input=0.0,
+        )
+    ]
     for l in range(L):
         keep = finite[l]
         used = {float(v): int(np.sum(lambdas[l, keep] == v)) for v in sorted(set(lambdas[l, keep].tolist()))}
         m, low, high = mqd_interval(qs[0, keep], qs[l + 1, keep]) if keep.any() else (np.nan,) * 3
-        rows.append(dict(iteration=l + 1, mean_p_sp=_mean(prob[l + 1, keep]),
-                         flip_ratio=_mean(flipped[l, keep]),
-                         lambda_c=" ".join(f"{v:g}x{c}" for v, c in used.items()),
-                         mean_oracle_qs=_mean(qs[l + 1, keep]), mqd=m, mqd_ci_low=low, mqd_ci_high=high,
-                         mean_l1_to_input=_mean(distance[l, keep]), excluded_nonfinite=int((~keep).sum())))
+        rows.append(
+            dict(
+                iteration=l + 1,
+                mean_p_sp=_mean(prob[l + 1, keep]),
+                flip_ratio=_mean(flipped[l, keep]),
+                lambda_c=" ".join(f"{v:g}x{c}" for v, c in used.items()),
+                mean_oracle_qs=_mean(qs[l + 1, keep]),
+                mqd=m,
+                mqd_ci_low=low,
+                mqd_ci_high=high,
+                mean_l1_to_input=_mean(distance[l, keep]),
+                excluded_nonfinite=int((~keep).sum()),
+            )
+        )
     rows[0]["excluded_nonfinite"] = 0
-    print(f"Diff-ICE on {len(records)} image(s) towards the standard plane (class 1), "
-          f"L={L}, tau={cfg['method']['tau']}/{cfg['diffusion']['respacing']}, lambda_p={cfg['method']['lambda_p']}",
-          file=stream)
-    print(f"{'iteration':>9}  {'p(SP)':>6}  {'flip ratio':>10}  {'oracle QS':>9}  {'MQD [95% CI]':<23}  "
-          f"{'L1 to x':>7}  lambda_c used", file=stream)
+    print(
+        f"Diff-ICE on {len(records)} image(s) towards the standard plane (class 1), "
+        f"L={L}, tau={cfg['method']['tau']}/{cfg['diffusion']['respacing']}, lambda_p={cfg['method']['lambda_p']}",
+        file=stream,
+    )
+    print(
+        f"{'iteration':>9}  {'p(SP)':>6}  {'flip ratio':>10}  {'oracle QS':>9}  {'MQD [95% CI]':<23}  "
+        f"{'L1 to x':>7}  lambda_c used",
+        file=stream,
+    )
     for r in rows:
         interval = "" if r["mqd"] == "" else f"{r['mqd']:6.3f} [{r['mqd_ci_low']:6.3f}, {r['mqd_ci_high']:6.3f}]"
-        print(f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
-              f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}", file=stream)
+        print(
+            f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
+            f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}",
+            file=stream,
+        )
     excluded = [f"{r['iteration']}: {r['excluded_nonfinite']}" for r in rows if r["excluded_nonfinite"]]
     if excluded:
-        print(f"left out of their iteration's row (the sampler's step went non-finite; iteration: images): "
-              f"{', '.join(excluded)}", file=stream)
+        print(
+            f"left out of their iteration's row (the sampler's step went non-finite; iteration: images): "
+            f"{', '.join(excluded)}",
+            file=stream,
+        )
     if records:
-        print(f"MQD: the paper's, (1/N) sum 1[QS(x) < 0.5] (QS(cf) - QS(x)) over the N = {len(records)} images, "
-              f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples)",
-              file=stream)
+        print(
+            f"MQD: the paper's, (1/N) sum 1[QS(x) < 0.5] (QS(cf) - QS(x)) over the N = {len(records)} images, "
+            f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples)",
+            file=stream,
+        )
     with open(out / "iterations.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -141,19 +188,34 @@ def run_demo(out_dir: PathLike = "diffice-demo", images: PathLike | None = None,
 
     if records:
         k = min(DEMO_FIGURE_ROWS, len(records))  # the first k images: a rule, not a choice by hand
-        seg = np.stack([models.classifier.forward(x[:k]).segmentation_labels] +
-                       [models.classifier.forward(cfs[l, :k]).segmentation_labels for l in range(L)])
-        fig = path_figure(x[:k], cfs[:, :k], prob[:, :k], seg, row_titles=[s[:24] for s in stems[:k]],
-                          scale=2, class_names=models.segmentation_classes or None)
+        seg = np.stack(
+            [models.classifier.forward(x[:k]).segmentation_labels]
+            + [models.classifier.forward(cfs[l, :k]).segmentation_labels for l in range(L)]
+        )
+        fig = path_figure(
+            x[:k],
+            cfs[:, :k],
+            prob[:, :k],
+            seg,
+            row_titles=[s[:24] for s in stems[:k]],
+            scale=2,
+            class_names=models.segmentation_classes or None,
+        )
         save_png(out / "figure.png", fig)
-    summary = dict(images=len(records), explained_now=summary_run["explained"], iterations=rows,
-                   seconds=summary_run["seconds"], out=str(out), figure=str(out / "figure.png"),
-                   figure_rows=stems[:DEMO_FIGURE_ROWS],
-                   mqd_interval=f"{CI_LEVEL:.0%} percentile bootstrap over the images, {CI_RESAMPLES} resamples, "
-                                f"seed {CI_SEED}")
+    summary = dict(
+        images=len(records),
+        explained_now=summary_run["explained"],
+        iterations=rows,
+        seconds=summary_run["seconds"],
+        out=str(out),
+        figure=str(out / "figure.png"),
+        figure_rows=stems[:DEMO_FIGURE_ROWS],
+        mqd_interval=f"{CI_LEVEL:.0%} percentile bootstrap over the images, {CI_RESAMPLES} resamples, seed {CI_SEED}",
+    )
 
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    print(f"wrote {out / 'figure.png'}, {out / 'results.csv'}, {out / 'iterations.csv'} "
-          f"({summary_run['seconds']:.0f} s)", file=stream)
+    print(
+        f"wrote {out / 'figure.png'}, {out / 'results.csv'}, {out / 'iterations.csv'} ({summary_run['seconds']:.0f} s)",
+        file=stream,
+    )
     return summary
-

@@ -22,6 +22,7 @@ sigmoid; diffice.models.probabilities holds the convention); the perceptual loss
 ``set_reference(x)`` and ``loss_and_grad(a) -> (per-sample loss (N,), grad)``. diffice's own networks qualify, and
 so does a user's model wrapped in these two methods.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,15 +70,21 @@ class SuspiciousRunWarning(UserWarning):
     """
 
 
-SUSPICIOUS_CAUSES = ("likely causes: wrong preprocessing (the classifier built with other settings than it was "
-                     "trained with, e.g. a file loaded without its own metadata, or images scaled differently from "
-                     "its training images), the wrong target class ([run] target, [models] target_class), or the "
-                     "wrong classifier file ([models] classifier, classifier_kind); the flip ratio, MAD and BKL of "
-                     "such a run mean nothing")
+SUSPICIOUS_CAUSES = (
+    "likely causes: wrong preprocessing (the classifier built with other settings than it was "
+    "trained with, e.g. a file loaded without its own metadata, or images scaled differently from "
+    "its training images), the wrong target class ([run] target, [models] target_class), or the "
+    "wrong classifier file ([models] classifier, classifier_kind); the flip ratio, MAD and BKL of "
+    "such a run mean nothing"
+)
 
 
-def suspicious_run_message(input_is_target: np.ndarray, first_step_target: np.ndarray | None = None,
-                           target: Any = None, lambda_c: float | None = None) -> str | None:
+def suspicious_run_message(
+    input_is_target: np.ndarray,
+    first_step_target: np.ndarray | None = None,
+    target: Any = None,
+    lambda_c: float | None = None,
+) -> str | None:
     """Why a run looks wrong, or None. Two checks, over every image of the run:
 
     1. every input is already classified as the target before any guidance (iteration 0: f's argmax on the
@@ -96,15 +103,19 @@ def suspicious_run_message(input_is_target: np.ndarray, first_step_target: np.nd
         return None
     cls = "" if target is None else f" {target}"
     if inputs.all():
-        return (f"every input ({n} of {n}) is already classified as the target class{cls} before any guidance "
-                f"(iteration 0): every 'counterfactual' will count as flipped; {SUSPICIOUS_CAUSES}")
+        return (
+            f"every input ({n} of {n}) is already classified as the target class{cls} before any guidance "
+            f"(iteration 0): every 'counterfactual' will count as flipped; {SUSPICIOUS_CAUSES}"
+        )
     first = None if first_step_target is None else np.asarray(first_step_target, dtype=bool).ravel()
     if first is not None and first.size == n and first.all():
         lam = "" if lambda_c is None else f", lambda_c = {lambda_c:g}"
-        return (f"every image ({n} of {n}) is already classified as the target class{cls} at the first guided "
-                f"step of iteration 1 (the one-step estimate x0_hat of the noised input, before guidance had "
-                f"changed anything{lam}), although only {int(inputs.sum())} of the {n} inputs are: the images "
-                f"'flip' without being changed; {SUSPICIOUS_CAUSES}")
+        return (
+            f"every image ({n} of {n}) is already classified as the target class{cls} at the first guided "
+            f"step of iteration 1 (the one-step estimate x0_hat of the noised input, before guidance had "
+            f"changed anything{lam}), although only {int(inputs.sum())} of the {n} inputs are: the images "
+            f"'flip' without being changed; {SUSPICIOUS_CAUSES}"
+        )
     return None
 
 
@@ -113,17 +124,17 @@ class ExplainerConfig:
     """Every parameter of the method (defaults: the paper's, docs/method.md section 9 where it is open)."""
 
     method: str = "diff-ice"
-    iterations: int = 5                     # L; forced to 1 for the single-pass baselines
-    tau: int = 120                          # respaced noise level (of 400)
-    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)   # searched in order per iteration
+    iterations: int = 5  # L; forced to 1 for the single-pass baselines
+    tau: int = 120  # respaced noise level (of 400)
+    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)  # searched in order per iteration
     lambda_p: float = 30.0
-    lambda_l1: float = 0.0                  # DiME's l1 term on the noisy image (0: off, as the paper)
+    lambda_l1: float = 0.0  # DiME's l1 term on the noisy image (0: off, as the paper)
     lambda_l2: float = 0.0
-    class_loss: str = "ce"                  # "ce" (cross-entropy towards y) or "logit" (DiME's -logit_y)
-    grad_at: str = "current"                # "current" x0_hat (paper eq. 3) or "previous" (FastDiME's CelebA code)
-    scale_grads: bool = False               # divide by sqrt(abar) (always on for DiME)
-    clip: bool = True                       # clamp x0_hat to [-1, 1]
-    mask_dilation: int = 5                  # FastDiME mask
+    class_loss: str = "ce"  # "ce" (cross-entropy towards y) or "logit" (DiME's -logit_y)
+    grad_at: str = "current"  # "current" x0_hat (paper eq. 3) or "previous" (FastDiME's CelebA code)
+    scale_grads: bool = False  # divide by sqrt(abar) (always on for DiME)
+    clip: bool = True  # clamp x0_hat to [-1, 1]
+    mask_dilation: int = 5  # FastDiME mask
     mask_threshold: float = 0.15
     mask_warmup: int = 30
 
@@ -154,12 +165,20 @@ class ExplainerConfig:
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
         return dict(
-            method=METHODS[self.method], iterations=iterations_run(self.method, self.iterations), tau=int(self.tau),
-            lambda_c=[float(v) for v in self.lambda_c], lambda_p=float(self.lambda_p),
-            lambda_l1=float(self.lambda_l1), lambda_l2=float(self.lambda_l2),
-            grad_at_previous=int(self.grad_at == "previous"), scale_grads=int(bool(self.scale_grads)),
-            clip=int(bool(self.clip)), mask_dilation=int(self.mask_dilation),
-            mask_threshold=float(self.mask_threshold), mask_warmup=int(self.mask_warmup), seed=int(seed) & (2**64 - 1),
+            method=METHODS[self.method],
+            iterations=iterations_run(self.method, self.iterations),
+            tau=int(self.tau),
+            lambda_c=[float(v) for v in self.lambda_c],
+            lambda_p=float(self.lambda_p),
+            lambda_l1=float(self.lambda_l1),
+            lambda_l2=float(self.lambda_l2),
+            grad_at_previous=int(self.grad_at == "previous"),
+            scale_grads=int(bool(self.scale_grads)),
+            clip=int(bool(self.clip)),
+            mask_dilation=int(self.mask_dilation),
+            mask_threshold=float(self.mask_threshold),
+            mask_warmup=int(self.mask_warmup),
+            seed=int(seed) & (2**64 - 1),
             record_steps=int(bool(record_steps)),
         )
 
@@ -197,8 +216,13 @@ class ExplanationResult:
 
 def image_keys(x: np.ndarray) -> np.ndarray:
     """A 64-bit key per image from its pixels: the sampler's noise follows the image, not its batch position."""
-    return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).digest(),
-                                    "little") for img in x], dtype=np.uint64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).digest(), "little")
+            for img in x
+        ],
+        dtype=np.uint64,
+    )
 
 
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
@@ -239,8 +263,9 @@ class PythonGuidance:
                     pass
             return self.perceptual.loss_and_grad(x0)
 
-    def loss_and_grad(self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray,
-                      lambda_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def loss_and_grad(
+        self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray, lambda_p: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x0)
         loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
         grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
@@ -290,14 +315,24 @@ class Explainer:
         Remaining keyword arguments: ExplainerConfig fields.
     """
 
-    def __init__(self, unet: UNet, diffusion: GaussianDiffusion, classifier: Any, perceptual: Any = None,
-                 backend: str = "cpu", guidance: str = "auto", **config: Any) -> None:
+    def __init__(
+        self,
+        unet: UNet,
+        diffusion: GaussianDiffusion,
+        classifier: Any,
+        perceptual: Any = None,
+        backend: str = "cpu",
+        guidance: str = "auto",
+        **config: Any,
+    ) -> None:
         if guidance not in ("auto", "native", "python"):
             raise ValueError(f"guidance must be 'auto', 'native' or 'python', got {guidance!r}")
         self._native = _native_parts(classifier, perceptual) if guidance != "python" else None
         if guidance == "native" and self._native is None:
-            raise ValueError("guidance='native' needs diffice networks: a classifier running in C (PlaneClassifier, "
-                             "SonoNet, ...) and a PerceptualLoss (or None)")
+            raise ValueError(
+                "guidance='native' needs diffice networks: a classifier running in C (PlaneClassifier, "
+                "SonoNet, ...) and a PerceptualLoss (or None)"
+            )
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
         if backend not in BACKENDS:
@@ -308,16 +343,26 @@ class Explainer:
         if self.config.tau >= diffusion.num_timesteps:
             raise ValueError(f"tau={self.config.tau} must be below the {diffusion.num_timesteps} respaced steps")
         if unet.config["learn_sigma"] != diffusion.learn_sigma:
-            raise ValueError(f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion "
-                             f"{diffusion.learn_sigma}")
+            raise ValueError(
+                f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion {diffusion.learn_sigma}"
+            )
         if perceptual is None and self.config.lambda_p != 0.0:
-            raise ValueError(f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
-                             f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to "
-                             f"guide by the classifier alone")
+            raise ValueError(
+                f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
+                f"(diffice.models.perceptual.PixelLoss('l2'), a PerceptualLoss, ...) or lambda_p=0 to "
+                f"guide by the classifier alone"
+            )
 
-    def explain(self, x: np.ndarray, target: int | Sequence[int] | np.ndarray = 1, seed: int = 0,
-                keys: np.ndarray | None = None, record_steps: bool = False,
-                progress: ProgressFn | None = None, warn: bool = True) -> ExplanationResult:
+    def explain(
+        self,
+        x: np.ndarray,
+        target: int | Sequence[int] | np.ndarray = 1,
+        seed: int = 0,
+        keys: np.ndarray | None = None,
+        record_steps: bool = False,
+        progress: ProgressFn | None = None,
+        warn: bool = True,
+    ) -> ExplanationResult:
         """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
@@ -362,20 +407,30 @@ class Explainer:
             guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
         cfg["classify_first_step"] = 1
-        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys,
-                        progress)
+        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys, progress)
         result = ExplanationResult(
-            counterfactuals=out["counterfactuals"], prob_target=out["prob_target"], lambda_used=out["lambda_used"],
-            flipped=out["flipped"].astype(bool), nonfinite_step=out["nonfinite_step"],
-            iteration_seconds=out["iteration_seconds"], peak_bytes=int(out["peak_bytes"]),
-            unet_evaluations=int(out["unet_evaluations"]), input_is_target=out["input_is_target"].astype(bool),
-            first_step_prob=out["first_step_prob"], first_step_target=out["first_step_target"].astype(bool),
-            steps_xt=out.get("steps_xt"), steps_x0=out.get("steps_x0"))
+            counterfactuals=out["counterfactuals"],
+            prob_target=out["prob_target"],
+            lambda_used=out["lambda_used"],
+            flipped=out["flipped"].astype(bool),
+            nonfinite_step=out["nonfinite_step"],
+            iteration_seconds=out["iteration_seconds"],
+            peak_bytes=int(out["peak_bytes"]),
+            unet_evaluations=int(out["unet_evaluations"]),
+            input_is_target=out["input_is_target"].astype(bool),
+            first_step_prob=out["first_step_prob"],
+            first_step_target=out["first_step_target"].astype(bool),
+            steps_xt=out.get("steps_xt"),
+            steps_x0=out.get("steps_x0"),
+        )
         result.segmentation = self._segmentations(x, result.counterfactuals)
         if warn:
-            message = suspicious_run_message(result.input_is_target, result.first_step_target,
-                                             target=int(targets[0]) if np.all(targets == targets[0]) else None,
-                                             lambda_c=float(tuple(self.config.lambda_c)[0]))
+            message = suspicious_run_message(
+                result.input_is_target,
+                result.first_step_target,
+                target=int(targets[0]) if np.all(targets == targets[0]) else None,
+                lambda_c=float(tuple(self.config.lambda_c)[0]),
+            )
             if message:
                 warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
         return result
@@ -392,8 +447,11 @@ class Explainer:
         classes = None if outputs is None else num_classes(outputs)
         bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))]
         if len(bad):
-            what = ("class indices are >= 0" if classes is None else
-                    f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else ""))
+            what = (
+                "class indices are >= 0"
+                if classes is None
+                else f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else "")
+            )
             raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
         return targets
 

@@ -7,6 +7,7 @@ lost, nothing half-written is left behind. Images that cannot be read are listed
 
 The run config (TOML sections [models], [diffusion], [method], [run]) is diffice.explain.config's.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,9 @@ def rebuild_results(out_dir: Path) -> list[dict[str, Any]]:
 def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What decides a run's results (the batch size does not: each image's noise follows its pixels)."""
     run = {k: v for k, v in cfg["run"].items() if k != "batch_size"}
-    return json.loads(json.dumps(dict(models=cfg["models"], diffusion=cfg["diffusion"], method=cfg["method"],
-                                      run=run), default=list))
+    return json.loads(
+        json.dumps(dict(models=cfg["models"], diffusion=cfg["diffusion"], method=cfg["method"], run=run), default=list)
+    )
 
 
 def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
@@ -61,12 +63,17 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
     now = _settings(cfg)
     if path.exists():
         before = json.loads(path.read_text())
-        diff = [f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
-                for section, values in now.items() for key, value in values.items()
-                if before.get(section, {}).get(key) != value]
+        diff = [
+            f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+            for section, values in now.items()
+            for key, value in values.items()
+            if before.get(section, {}).get(key) != value
+        ]
         if diff:
-            raise ValueError(f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
-                             f"output folder, or the same settings to resume")
+            raise ValueError(
+                f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
+                f"output folder, or the same settings to resume"
+            )
         return False
     return True
 
@@ -125,8 +132,14 @@ def _remove_stale_temporaries(out: Path) -> None:
             pass
 
 
-def run_explain(cfg: dict[str, dict[str, Any]], images_dir: str, out_dir: str, progress: bool = True,
-                models: Any = None, executor: Any = None) -> dict[str, Any]:
+def run_explain(
+    cfg: dict[str, dict[str, Any]],
+    images_dir: str,
+    out_dir: str,
+    progress: bool = True,
+    models: Any = None,
+    executor: Any = None,
+) -> dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
 
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
@@ -179,9 +192,19 @@ def run_explain(cfg: dict[str, dict[str, Any]], images_dir: str, out_dir: str, p
         raise
 
 
-def _run(cfg: dict[str, dict[str, Any]], out: Path, files: list[Path], todo: list[Path], method: dict[str, Any],
-         config: ExplainerConfig, size: Any, spec: dict[str, Any], executor: Any, progress: bool,
-         new_settings: bool) -> dict[str, Any]:
+def _run(
+    cfg: dict[str, dict[str, Any]],
+    out: Path,
+    files: list[Path],
+    todo: list[Path],
+    method: dict[str, Any],
+    config: ExplainerConfig,
+    size: Any,
+    spec: dict[str, Any],
+    executor: Any,
+    progress: bool,
+    new_settings: bool,
+) -> dict[str, Any]:
     from ..progress import ProgressBar
     from .cluster import batches, describe
 
@@ -216,14 +239,17 @@ def _run(cfg: dict[str, dict[str, Any]], out: Path, files: list[Path], todo: lis
                 continue
             x = np.stack(batch).astype(np.float32)
             pending[f"batch{b:05d}"] = (batch_files, x)
-            yield dict(unit=f"batch{b:05d}", models=spec, method=method, x=x, target=int(run["target"]),
-                       seed=int(run["seed"]))
+            yield dict(
+                unit=f"batch{b:05d}", models=spec, method=method, x=x, target=int(run["target"]), seed=int(run["seed"])
+            )
 
     def on_step(task, iteration, lambda_index, step, steps, active):
         n = len(task["x"])
-        bar.update(finished * steps_per_image + n * (iteration * steps + step),
-                   note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
-                        f"step {step}/{steps} active {active}")
+        bar.update(
+            finished * steps_per_image + n * (iteration * steps + step),
+            note=f"images {finished}/{len(todo)} it {iteration + 1} lambda#{lambda_index + 1} "
+            f"step {step}/{steps} active {active}",
+        )
 
     if todo and executor.description != "this machine":
         describe(executor)
@@ -243,15 +269,23 @@ def _run(cfg: dict[str, dict[str, Any]], out: Path, files: list[Path], todo: lis
     found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]))
     if found:
         record_warning(out / WARNINGS_FILE, found, images=finished)
-    return dict(images=len(files), explained=finished, skipped_done=skipped, failed=len(errors), rows=len(rows),
-                seconds=time.monotonic() - t_start, warnings=[found] if found else [])
+    return dict(
+        images=len(files),
+        explained=finished,
+        skipped_done=skipped,
+        failed=len(errors),
+        rows=len(rows),
+        seconds=time.monotonic() - t_start,
+        warnings=[found] if found else [],
+    )
 
 
 WARNINGS_FILE = "warnings.json"
 
 
-def check_run(results: list[dict[str, Any]], target: int, lambda_c: float | None, label: str = "",
-              stacklevel: int = 3) -> str | None:
+def check_run(
+    results: list[dict[str, Any]], target: int, lambda_c: float | None, label: str = "", stacklevel: int = 3
+) -> str | None:
     """diffice.explain.explainer.suspicious_run_message over every image of these unit results
     (diffice.explain.cluster.compute_unit:
     their input_is_target and first_step_target); emits it as a SuspiciousRunWarning (prefixed with label) and
@@ -276,8 +310,12 @@ def check_run(results: list[dict[str, Any]], target: int, lambda_c: float | None
 
 def warning_entry(message: str, **details: Any) -> dict[str, Any]:
     """A SuspiciousRunWarning as recorded with a run's results (warnings.json, the sweep store's meta)."""
-    return dict(warning="SuspiciousRunWarning", message=message,
-                at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details)
+    return dict(
+        warning="SuspiciousRunWarning",
+        message=message,
+        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **details,
+    )
 
 
 def record_warning(path: Path, message: str, **details: Any) -> None:
@@ -297,13 +335,26 @@ def _write_batch(out: Path, batch_files: list[Path], x: np.ndarray, result: dict
             save_png(img_dir / f"iteration_{l + 1}.png", cfs[l])
         save_png(img_dir / "input.png", x[b])
         save_png(img_dir / "strip.png", strip([x[b]] + list(cfs)))
-        iterations_rows = [dict(iteration=0, lambda_c="", prob_target=float(result["prob_target"][0, b]),
-                                flipped="", nonfinite_step="", seconds="")]
+        iterations_rows = [
+            dict(
+                iteration=0,
+                lambda_c="",
+                prob_target=float(result["prob_target"][0, b]),
+                flipped="",
+                nonfinite_step="",
+                seconds="",
+            )
+        ]
         for l in range(len(cfs)):
-            iterations_rows.append(dict(
-                iteration=l + 1, lambda_c=float(result["lambda_used"][l, b]),
-                prob_target=float(result["prob_target"][l + 1, b]), flipped=bool(result["flipped"][l, b]),
-                nonfinite_step=int(result["nonfinite_step"][l, b]),
-                seconds=round(seconds / len(batch_files), 3)))
+            iterations_rows.append(
+                dict(
+                    iteration=l + 1,
+                    lambda_c=float(result["lambda_used"][l, b]),
+                    prob_target=float(result["prob_target"][l + 1, b]),
+                    flipped=bool(result["flipped"][l, b]),
+                    nonfinite_step=int(result["nonfinite_step"][l, b]),
+                    seconds=round(seconds / len(batch_files), 3),
+                )
+            )
         record = dict(image=f.name, target=target, iterations=iterations_rows)
         atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())

@@ -5,6 +5,7 @@ a file (diffice.models.files; ``load_model`` & co. are re-exported here, where t
 Layers, each using only those above it: network (the base class), description (what a diffice model file
 records) -> the network classes -> files (the loaders, which know every class).
 """
+
 from .files import load_classifier, load_model, load_perceptual, load_run_models, load_unet, save_model
 
 __all__ = ["load_model", "load_classifier", "load_unet", "load_perceptual", "load_run_models", "save_model"]

@@ -9,6 +9,7 @@
 
 All images are float32 (N, C, H, W) numpy arrays; the networks run in C (diffice._C.Network).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,9 @@ __all__ = ["Segmenter", "PlaneClassifier", "PlaneClassifierOutput", "SmallClassi
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def classification_loss(logits: np.ndarray, targets: int | np.ndarray, kind: str = "ce", *,
-                        backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def classification_loss(
+    logits: np.ndarray, targets: int | np.ndarray, kind: str = "ce", *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample classification loss towards targets, and the gradient of its sum over the batch.
 
     logits: float32 (N, C); targets: integer class indices (N,) in [0, C) ({0, 1} for a single binary logit).
@@ -58,8 +60,15 @@ class Segmenter(NetworkBase):
 
     _what = "Segmenter"
 
-    def __init__(self, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
-                 backend: str = "cpu") -> None:
+    def __init__(
+        self,
+        classes: int = 4,
+        width: int = 32,
+        levels: int = 4,
+        groups: int = 8,
+        in_channels: int = 1,
+        backend: str = "cpu",
+    ) -> None:
         given = dict(classes=classes, width=width, levels=levels, groups=groups, in_channels=in_channels)
         self.config = {key: config_int(f"Segmenter config '{key}'", value) for key, value in given.items()}
         self.class_names: list[str] | None = None  # the segmentation classes, when a training run named them
@@ -71,6 +80,7 @@ class Segmenter(NetworkBase):
     @staticmethod
     def infer_config(state_dict: Mapping[str, np.ndarray], groups: int = 8) -> dict[str, int]:
         """classes, width, levels and in_channels from the tensor shapes; groups (not stored) is given."""
+
         def shape(key: str) -> tuple[int, ...]:
             if key not in state_dict:
                 raise ValueError(f"not a segmenter checkpoint: missing '{key}'")
@@ -78,12 +88,10 @@ class Segmenter(NetworkBase):
 
         stem = shape("encoder.0.0.weight")
         levels = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.(\d+)\.", k)))
-        return dict(classes=shape("head.weight")[0], width=stem[0], levels=levels, groups=groups,
-                    in_channels=stem[1])
+        return dict(classes=shape("head.weight")[0], width=stem[0], levels=levels, groups=groups, in_channels=stem[1])
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], groups: int = 8,
-                        backend: str = "cpu") -> Segmenter:
+    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], groups: int = 8, backend: str = "cpu") -> Segmenter:
         seg = cls(**cls.infer_config(state_dict, groups), backend=backend)
         seg.load_state_dict(state_dict)
         return seg
@@ -104,16 +112,25 @@ class Segmenter(NetworkBase):
         diffice (a 'diffice_model' description in its metadata) is rebuilt from it, its groups included."""
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            return model_from_description(path, state_dict, meta, cls.from_description, backend,
-                                          expect="Segmenter", what="Segmenter.from_file")
+            return model_from_description(
+                path, state_dict, meta, cls.from_description, backend, expect="Segmenter", what="Segmenter.from_file"
+            )
         try:
             return cls.from_state_dict(state_dict, groups, backend)
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     @classmethod
-    def random(cls, classes: int = 4, width: int = 32, levels: int = 4, groups: int = 8, in_channels: int = 1,
-               seed: int = 0, backend: str = "cpu") -> Segmenter:
+    def random(
+        cls,
+        classes: int = 4,
+        width: int = 32,
+        levels: int = 4,
+        groups: int = 8,
+        in_channels: int = 1,
+        seed: int = 0,
+        backend: str = "cpu",
+    ) -> Segmenter:
         """Random weights, for tests and benchmarks."""
         seg = cls(classes, width, levels, groups, in_channels, backend)
         seg._randomize(seed)
@@ -153,8 +170,10 @@ class SmallClassifier(NetworkBase):
     _what = "SmallClassifier"
 
     def __init__(self, in_channels: int, width: int = 8, num_classes: int = 2, backend: str = "cpu") -> None:
-        self.config = {key: config_int(f"SmallClassifier config '{key}'", value) for key, value in
-                       dict(in_channels=in_channels, width=width, num_classes=num_classes).items()}
+        self.config = {
+            key: config_int(f"SmallClassifier config '{key}'", value)
+            for key, value in dict(in_channels=in_channels, width=width, num_classes=num_classes).items()
+        }
         super().__init__(_C.small_classifier_create(self.config), backend)
 
     def _config_repr(self) -> dict:
@@ -178,8 +197,9 @@ class SmallClassifier(NetworkBase):
         return net
 
     @classmethod
-    def random(cls, in_channels: int, width: int = 8, num_classes: int = 2, seed: int = 0,
-               backend: str = "cpu") -> SmallClassifier:
+    def random(
+        cls, in_channels: int, width: int = 8, num_classes: int = 2, seed: int = 0, backend: str = "cpu"
+    ) -> SmallClassifier:
         net = cls(in_channels, width, num_classes, backend)
         net._randomize(seed)
         return net
@@ -210,8 +230,10 @@ class PlaneClassifierOutput:
 def _network_of(obj: Any, what: str) -> _C.Network:
     c = getattr(obj, "_c", obj)
     if not isinstance(c, _C.Network):
-        raise TypeError(f"PlaneClassifier: the {what} must be a diffice network (an object with a "
-                        f"diffice._C.Network, such as Segmenter or SonoNet), got {type(obj).__name__}")
+        raise TypeError(
+            f"PlaneClassifier: the {what} must be a diffice network (an object with a "
+            f"diffice._C.Network, such as Segmenter or SonoNet), got {type(obj).__name__}"
+        )
     return c
 
 
@@ -236,36 +258,58 @@ class PlaneClassifier(NetworkBase):
 
     _what = "PlaneClassifier"
 
-    def __init__(self, segmenter: Segmenter, classifier: Any, grad_through_segmenter: bool = True,
-                 segmentation_input: str = "probabilities", backend: str = "cpu") -> None:
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        classifier: Any,
+        grad_through_segmenter: bool = True,
+        segmentation_input: str = "probabilities",
+        backend: str = "cpu",
+    ) -> None:
         if segmentation_input not in ("probabilities", "logits"):
-            raise ValueError(f"PlaneClassifier: segmentation_input must be 'probabilities' or 'logits', "
-                             f"got {segmentation_input!r}")
+            raise ValueError(
+                f"PlaneClassifier: segmentation_input must be 'probabilities' or 'logits', got {segmentation_input!r}"
+            )
         self.segmenter = segmenter
         self.classifier = classifier
         self.grad_through_segmenter = bool(grad_through_segmenter)
         self.segmentation_input = segmentation_input
-        config = dict(grad_through_segmenter=int(self.grad_through_segmenter),
-                      seg_input=0 if segmentation_input == "probabilities" else 1)
-        c = _C.plane_classifier_create(_network_of(segmenter, "segmenter"), _network_of(classifier, "classifier"),
-                                       config)
+        config = dict(
+            grad_through_segmenter=int(self.grad_through_segmenter),
+            seg_input=0 if segmentation_input == "probabilities" else 1,
+        )
+        c = _C.plane_classifier_create(
+            _network_of(segmenter, "segmenter"), _network_of(classifier, "classifier"), config
+        )
         super().__init__(c, backend)
 
     def _config_repr(self) -> dict:
-        return dict(segmenter=getattr(self.segmenter, "config", None),
-                    classifier=getattr(self.classifier, "config", None),
-                    grad_through_segmenter=self.grad_through_segmenter, segmentation_input=self.segmentation_input)
+        return dict(
+            segmenter=getattr(self.segmenter, "config", None),
+            classifier=getattr(self.classifier, "config", None),
+            grad_through_segmenter=self.grad_through_segmenter,
+            segmentation_input=self.segmentation_input,
+        )
 
     def describe(self) -> Description:
         """What rebuilds this network and both of its parts (diffice.models.description)."""
-        return dict(type="PlaneClassifier", segmenter=self.segmenter.describe(),
-                    classifier=self.classifier.describe(), grad_through_segmenter=self.grad_through_segmenter,
-                    segmentation_input=self.segmentation_input)
+        return dict(
+            type="PlaneClassifier",
+            segmenter=self.segmenter.describe(),
+            classifier=self.classifier.describe(),
+            grad_through_segmenter=self.grad_through_segmenter,
+            segmentation_input=self.segmentation_input,
+        )
 
     @classmethod
     def from_description(cls, spec: Description, backend: str = "cpu") -> PlaneClassifier:
-        return cls(build_network(spec["segmenter"], backend), build_network(spec["classifier"], backend),
-                   bool(spec["grad_through_segmenter"]), spec["segmentation_input"], backend)
+        return cls(
+            build_network(spec["segmenter"], backend),
+            build_network(spec["classifier"], backend),
+            bool(spec["grad_through_segmenter"]),
+            spec["segmentation_input"],
+            backend,
+        )
 
     # ---- construction ----
     @staticmethod
@@ -274,21 +318,28 @@ class PlaneClassifier(NetworkBase):
         seg, cls, other = {}, {}, []
         for k, v in state_dict.items():
             if k.startswith("segmenter."):
-                seg[k[len("segmenter."):]] = v
+                seg[k[len("segmenter.") :]] = v
             elif k.startswith("classifier."):
-                cls[k[len("classifier."):]] = v
+                cls[k[len("classifier.") :]] = v
             else:
                 other.append(k)
         if other:
-            raise ValueError(f"PlaneClassifier state_dict: unexpected keys ({len(other)}) without a 'segmenter.' or "
-                             f"'classifier.' prefix: {other}")
+            raise ValueError(
+                f"PlaneClassifier state_dict: unexpected keys ({len(other)}) without a 'segmenter.' or "
+                f"'classifier.' prefix: {other}"
+            )
         return seg, cls
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray],
-                        classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
-                        groups: int = 8, grad_through_segmenter: bool = True,
-                        segmentation_input: str = "probabilities", backend: str = "cpu") -> PlaneClassifier:
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, np.ndarray],
+        classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
+        groups: int = 8,
+        grad_through_segmenter: bool = True,
+        segmentation_input: str = "probabilities",
+        backend: str = "cpu",
+    ) -> PlaneClassifier:
         """Builds both networks from one state_dict (keys "segmenter.*" and "classifier.*").
 
         classifier_factory(classifier_state_dict) builds l (default: diffice.SonoNet.from_state_dict);
@@ -300,9 +351,15 @@ class PlaneClassifier(NetworkBase):
         return cls(segmenter, classifier, grad_through_segmenter, segmentation_input, backend)
 
     @classmethod
-    def from_file(cls, path: PathLike, classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
-                  groups: int = 8, grad_through_segmenter: bool = True, segmentation_input: str = "probabilities",
-                  backend: str = "cpu") -> PlaneClassifier:
+    def from_file(
+        cls,
+        path: PathLike,
+        classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
+        groups: int = 8,
+        grad_through_segmenter: bool = True,
+        segmentation_input: str = "probabilities",
+        backend: str = "cpu",
+    ) -> PlaneClassifier:
         """Loads a single .safetensors / .pt / .npz holding both networks under the prefixes.
 
         A file written by diffice (with a 'diffice_model' description in its metadata: diffice train classifier,
@@ -310,11 +367,19 @@ class PlaneClassifier(NetworkBase):
         files without one; diffice.models.files' loader rule); a description of another model type is a ValueError."""
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
-            return model_from_description(path, state_dict, meta, cls.from_description, backend,
-                                          expect="PlaneClassifier", what="PlaneClassifier.from_file")
+            return model_from_description(
+                path,
+                state_dict,
+                meta,
+                cls.from_description,
+                backend,
+                expect="PlaneClassifier",
+                what="PlaneClassifier.from_file",
+            )
         try:
-            return cls.from_state_dict(state_dict, classifier_factory, groups, grad_through_segmenter,
-                                       segmentation_input, backend)
+            return cls.from_state_dict(
+                state_dict, classifier_factory, groups, grad_through_segmenter, segmentation_input, backend
+            )
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
@@ -322,8 +387,9 @@ class PlaneClassifier(NetworkBase):
     def forward(self, x: np.ndarray) -> PlaneClassifierOutput:
         """x float32 (N, 1, H, W) in [-1, 1] -> logits, probabilities, segmentation logits and labels."""
         logits, seg = self._c.forward(get_backend(self.backend), x)
-        return PlaneClassifierOutput(logits, probabilities(logits, axis=1).astype(np.float32), seg,
-                                     np.argmax(seg, axis=1))
+        return PlaneClassifierOutput(
+            logits, probabilities(logits, axis=1).astype(np.float32), seg, np.argmax(seg, axis=1)
+        )
 
     __call__ = forward
 
@@ -338,25 +404,32 @@ class PlaneClassifier(NetworkBase):
         """
         return self._c.vjp(get_backend(self.backend), x, (dlogits, dsegmentation))
 
-    def gradients(self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def gradients(
+        self, x: np.ndarray, dlogits: np.ndarray, dsegmentation: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same scalar as vjp; without grad_through_segmenter the segmenter's
         parameter gradients are zero."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, (dlogits, dsegmentation))
         return dx, self._grads_dict(flat)
 
     def __repr__(self) -> str:
-        return (f"PlaneClassifier(segmenter={self.segmenter!r}, classifier={self.classifier!r}, "
-                f"grad_through_segmenter={self.grad_through_segmenter}, "
-                f"segmentation_input={self.segmentation_input!r})")
+        return (
+            f"PlaneClassifier(segmenter={self.segmenter!r}, classifier={self.classifier!r}, "
+            f"grad_through_segmenter={self.grad_through_segmenter}, "
+            f"segmentation_input={self.segmentation_input!r})"
+        )
 
 
 def build_network(spec: Description, backend: str = "cpu") -> Any:
     """The network a 'diffice_model' description describes (weights uninitialised): a Segmenter, SmallClassifier,
     SonoNet or PlaneClassifier."""
     kind = spec.get("type")
-    builders: dict[str, Any] = {"Segmenter": Segmenter, "SmallClassifier": SmallClassifier, "SonoNet": SonoNet,
-                "PlaneClassifier": PlaneClassifier}
+    builders: dict[str, Any] = {
+        "Segmenter": Segmenter,
+        "SmallClassifier": SmallClassifier,
+        "SonoNet": SonoNet,
+        "PlaneClassifier": PlaneClassifier,
+    }
     if kind not in builders:
         raise ValueError(f"unknown model type {kind!r} in a diffice_model description")
     return builders[kind].from_description(spec, backend)

@@ -6,6 +6,7 @@ its description (``from_description``); diffice.models.files dispatches over eve
 rebuild themselves from a described file in their ``from_file``, and the loaders above them depend on this module
 only, never on each other in a circle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,9 +43,15 @@ def _type_name(spec: Any) -> str:
     return spec.get("type", "?") if isinstance(spec, dict) else "?"
 
 
-def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, str], build: Builder,
-                           backend: str = "cpu", expect: None | str | Sequence[str] = None,
-                           what: str = "") -> Any:
+def model_from_description(
+    path: PathLike,
+    state_dict: Mapping[str, Any],
+    meta: Mapping[str, str],
+    build: Builder,
+    backend: str = "cpu",
+    expect: None | str | Sequence[str] = None,
+    what: str = "",
+) -> Any:
     """The model a file's 'diffice_model' metadata describes, built by `build`, with its weights. expect: the type
     name(s) the caller needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and
     `what` asked)."""
@@ -56,10 +63,11 @@ def model_from_description(path: PathLike, state_dict: Mapping[str, Any], meta: 
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
     if wanted and _type_name(spec) not in wanted:
         hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(_type_name(spec))
-        raise ValueError(f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
-                         f"{what or 'the caller'} needs a {' or '.join(wanted)}"
-                         + (f"; use classifier_kind = {hint!r} for this file" if hint else
-                            "; give the right file"))
+        raise ValueError(
+            f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
+            f"{what or 'the caller'} needs a {' or '.join(wanted)}"
+            + (f"; use classifier_kind = {hint!r} for this file" if hint else "; give the right file")
+        )
     try:
         model = build(spec, backend)
         weights_of(model).load_state_dict(state_dict)

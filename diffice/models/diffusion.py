@@ -3,6 +3,7 @@
 Indices ``i`` are *respaced* indices in [0, num_timesteps); the denoiser is given ``timestep_map[i]``, the
 original training timestep. Images are float32 (N, C, H, W) in [-1, 1].
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Union
@@ -41,8 +42,14 @@ class GaussianDiffusion:
     ``timestep_map`` are attributes (copies).
     """
 
-    def __init__(self, steps: int = 1000, schedule: str = "linear", respacing: str = "400",
-                 learn_sigma: bool = True, fixed_variance: str = "large") -> None:
+    def __init__(
+        self,
+        steps: int = 1000,
+        schedule: str = "linear",
+        respacing: str = "400",
+        learn_sigma: bool = True,
+        fixed_variance: str = "large",
+    ) -> None:
         if fixed_variance not in ("large", "small"):
             raise ValueError(f"fixed_variance must be 'large' or 'small', got {fixed_variance!r}")
         variance_type = "learned_range" if learn_sigma else "fixed_" + fixed_variance
@@ -63,8 +70,10 @@ class GaussianDiffusion:
         return self._c.num_timesteps
 
     def __repr__(self) -> str:
-        return (f"GaussianDiffusion(steps={self.steps}, schedule={self.schedule!r}, respacing={self.respacing!r}, "
-                f"learn_sigma={self.learn_sigma})")
+        return (
+            f"GaussianDiffusion(steps={self.steps}, schedule={self.schedule!r}, respacing={self.respacing!r}, "
+            f"learn_sigma={self.learn_sigma})"
+        )
 
     def _indices(self, i: IndexLike, n: int) -> np.ndarray:
         idx = np.asarray(i)
@@ -85,16 +94,24 @@ class GaussianDiffusion:
         """x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) noise. x0, noise (N, C, H, W) float32; i int or (N,)."""
         return self._c.q_sample(x0, self._indices(i, len(x0)), noise)
 
-    def p_mean_variance(self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike,
-                        clip: bool = True) -> MeanVariance:
+    def p_mean_variance(
+        self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike, clip: bool = True
+    ) -> MeanVariance:
         """Mean, variance, log-variance and clipped x0 estimate of p(x_{i-1} | x_i).
 
         model_output: (N, 2C, H, W) with learn_sigma (eps, v), else (N, C, H, W); x_t (N, C, H, W).
         """
         return MeanVariance(*self._c.p_mean_variance(model_output, x_t, self._indices(i, len(x_t)), bool(clip)))
 
-    def p_sample(self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike, noise: np.ndarray,
-                 clip: bool = True, grad: np.ndarray | None = None) -> np.ndarray:
+    def p_sample(
+        self,
+        model_output: np.ndarray,
+        x_t: np.ndarray,
+        i: IndexLike,
+        noise: np.ndarray,
+        clip: bool = True,
+        grad: np.ndarray | None = None,
+    ) -> np.ndarray:
         """One reverse step: mean - variance * grad + 1[i != 0] sigma noise (grad: the guidance loss gradient)."""
         idx = self._indices(i, len(x_t))
         out = self._c.p_mean_variance(model_output, x_t, idx, bool(clip))

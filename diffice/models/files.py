@@ -14,6 +14,7 @@ classes' ``from_file``):
 - a file whose description contradicts what the caller asked for (``classifier_kind = "sononet"`` and a plane
   classifier file) is a ValueError naming the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,20 @@ from .sononet import SonoNet, TargetClassView
 from .unet import UNet
 
 # model_spec, model_metadata, unet_layout: defined in diffice.models.description, still importable from here
-__all__ = ["load_classifier", "load_perceptual", "load_run_models", "build_model", "save_model", "read_model_file",
-           "load_unet", "load_model", "model_spec", "model_metadata", "unet_layout", "CLASSIFIER_KINDS"]
+__all__ = [
+    "load_classifier",
+    "load_perceptual",
+    "load_run_models",
+    "build_model",
+    "save_model",
+    "read_model_file",
+    "load_unet",
+    "load_model",
+    "model_spec",
+    "model_metadata",
+    "unet_layout",
+    "CLASSIFIER_KINDS",
+]
 
 
 def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = "cpu") -> Any:
@@ -71,8 +84,10 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str]) -> 
     name, _, layout = kind.partition("-")
     depths = {"resnet50": 50, "resnet18": 18}
     if name not in depths or layout not in ("", "radimagenet"):
-        raise ValueError(f"models.perceptual_kind must be resnet50, resnet18, resnet50-radimagenet, "
-                         f"resnet18-radimagenet, pixel-l1 or pixel-l2, got {kind!r}")
+        raise ValueError(
+            f"models.perceptual_kind must be resnet50, resnet18, resnet50-radimagenet, "
+            f"resnet18-radimagenet, pixel-l1 or pixel-l2, got {kind!r}"
+        )
     features = ResNetFeatures.from_file(path, layout=layout or "torchvision", taps=tuple(taps))
     if features.depth != depths[name]:
         raise ValueError(f"{path}: a ResNet-{features.depth}, but models.perceptual_kind says {kind!r}")
@@ -84,19 +99,20 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
     steps = config_int("diffusion.steps", d["steps"])  # every setting is checked before a file is read
-    unet = load_unet(m["unet"], num_heads=config_int("models.num_heads", m["num_heads"]),
-                     num_head_channels=config_int("models.num_head_channels", m["num_head_channels"]),
-                     use_new_attention_order=config_bool("models.use_new_attention_order",
-                                                         m["use_new_attention_order"]))
-    diffusion = GaussianDiffusion(steps, d["schedule"], str(d["respacing"]),
-                                  learn_sigma=unet.config["learn_sigma"])
+    unet = load_unet(
+        m["unet"],
+        num_heads=config_int("models.num_heads", m["num_heads"]),
+        num_head_channels=config_int("models.num_head_channels", m["num_head_channels"]),
+        use_new_attention_order=config_bool("models.use_new_attention_order", m["use_new_attention_order"]),
+    )
+    diffusion = GaussianDiffusion(steps, d["schedule"], str(d["respacing"]), learn_sigma=unet.config["learn_sigma"])
     classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"])
-    perceptual = load_perceptual(m["perceptual_kind"], m["perceptual"], m["perceptual_variant"],
-                                 m["perceptual_taps"])
+    perceptual = load_perceptual(m["perceptual_kind"], m["perceptual"], m["perceptual_variant"], m["perceptual_taps"])
     return unet, diffusion, classifier, perceptual
 
 
 # ---- any network diffice trains, saved with what rebuilds it (safetensors metadata "diffice_model") ----
+
 
 def build_model(spec: dict[str, Any], backend: str = "cpu") -> Any:
     """A model with the structure of spec (weights uninitialised): any network build_network knows, or a
@@ -122,16 +138,21 @@ def read_model_file(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     return _load(p, "auto")
 
 
-def load_unet(path: PathLike, num_heads: int = 4, num_head_channels: int = -1, use_new_attention_order: bool = False,
-              num_heads_upsample: int = -1, backend: str = "cpu") -> UNet:
+def load_unet(
+    path: PathLike,
+    num_heads: int = 4,
+    num_head_channels: int = -1,
+    use_new_attention_order: bool = False,
+    num_heads_upsample: int = -1,
+    backend: str = "cpu",
+) -> UNet:
     """A guided-diffusion UNet. The structure comes from the tensor shapes; the attention layout, which no shape
     shows, from the file's own 'diffice_config' (diffice train ddpm, UNet.save) when it has one, else from the
     arguments (third-party checkpoints). The same as UNet.from_file."""
     return UNet.from_file(path, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample, backend)
 
 
-def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequence[str] = None,
-               what: str = "") -> Any:
+def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequence[str] = None, what: str = "") -> Any:
     """Any model file, by the module docstring's rule: a diffice model from its 'diffice_model' description (saved by
     :func:`save_model`, ``.save()`` or ``diffice train segmenter|classifier|oracle``); a guided-diffusion UNet
     checkpoint as a :class:`diffice.UNet` (its own attention layout when it records one); with `expect` (type
@@ -146,8 +167,10 @@ def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequen
         return _FALLBACKS[wanted[0]](p, backend=backend)
     if meta.get("format") in ("guided-diffusion UNetModel", "diffice UNet") and (not wanted or "UNet" in wanted):
         return load_unet(p, backend=backend)
-    raise ValueError(f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
-                     f"training commands); load it with the model's class, e.g. Segmenter.from_file")
+    raise ValueError(
+        f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
+        f"training commands); load it with the model's class, e.g. Segmenter.from_file"
+    )
 
 
 _FALLBACKS: dict[str, Callable[..., Any]] = {"PlaneClassifier": PlaneClassifier.from_file, "SonoNet": SonoNet.from_file}

@@ -12,6 +12,7 @@ Input: float32 (N, in_channels, H, W) in [0, 1] -- pytorch-fid's ToTensor of a P
 resize to resize x resize (299 for FID; align_corners=False, no antialiasing), 2x - 1, the network. Output: the
 2048-d pool3 features (N, 2048).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,8 @@ __all__ = ["InceptionV3", "FID_WEIGHTS_NAME", "FID_RESIZE", "FEATURES"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID_WEIGHTS_URL file name
-FID_RESIZE = 299      # pytorch-fid InceptionV3(resize_input=True): F.interpolate to (299, 299)
-FEATURES = 2048       # pool3, pytorch-fid's default dims
+FID_RESIZE = 299  # pytorch-fid InceptionV3(resize_input=True): F.interpolate to (299, 299)
+FEATURES = 2048  # pool3, pytorch-fid's default dims
 _IGNORED_PREFIXES = ("fc.", "AuxLogits.")
 
 
@@ -39,7 +40,7 @@ def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndar
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
     out = {}
     for k, v in state_dict.items():
-        k = k[len(prefix):]
+        k = k[len(prefix) :]
         if k.endswith("num_batches_tracked") or k.startswith(_IGNORED_PREFIXES):
             continue
         out[k] = v
@@ -65,15 +66,17 @@ class InceptionV3(NetworkBase):
         super().__init__(_C.inception_create(dict(in_channels=self.in_channels, resize=self.resize)), backend)
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], in_channels: int = 3, resize: int = FID_RESIZE,
-                        backend: str = "cpu") -> InceptionV3:
+    def from_state_dict(
+        cls, state_dict: Mapping[str, np.ndarray], in_channels: int = 3, resize: int = FID_RESIZE, backend: str = "cpu"
+    ) -> InceptionV3:
         net = cls(in_channels, resize, backend)
         net.load_state_dict(state_dict)
         return net
 
     @classmethod
-    def from_file(cls, path: PathLike, in_channels: int = 3, resize: int = FID_RESIZE,
-                  backend: str = "cpu") -> InceptionV3:
+    def from_file(
+        cls, path: PathLike, in_channels: int = 3, resize: int = FID_RESIZE, backend: str = "cpu"
+    ) -> InceptionV3:
         """Loads pytorch-fid's pt_inception-2015-12-05-6726825d.pth (no torch needed) or the same keys in a
         .safetensors / .npz file."""
         from ..io import load_weights
@@ -85,8 +88,7 @@ class InceptionV3(NetworkBase):
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     @classmethod
-    def random(cls, in_channels: int = 3, resize: int = FID_RESIZE, seed: int = 0,
-               backend: str = "cpu") -> InceptionV3:
+    def random(cls, in_channels: int = 3, resize: int = FID_RESIZE, seed: int = 0, backend: str = "cpu") -> InceptionV3:
         """Random weights for tests: He-uniform convs, BatchNorm with non-trivial statistics, activations O(1)."""
         net = cls(in_channels, resize, backend)
         rng = np.random.default_rng(seed)
@@ -123,10 +125,13 @@ class InceptionV3(NetworkBase):
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or len(images) == 0:
             raise ValueError(f"InceptionV3.features: images must be (N, C, H, W) with N >= 1, got {images.shape}")
-        out = [self.forward(images[i:i + batch_size]).astype(np.float64)
-               for i in range(0, len(images), max(1, int(batch_size)))]
+        out = [
+            self.forward(images[i : i + batch_size]).astype(np.float64)
+            for i in range(0, len(images), max(1, int(batch_size)))
+        ]
         return np.concatenate(out)
 
     def __repr__(self) -> str:
-        return (f"InceptionV3(in_channels={self.in_channels}, resize={self.resize}, "
-                f"parameters={self.num_parameters():,})")
+        return (
+            f"InceptionV3(in_channels={self.in_channels}, resize={self.resize}, parameters={self.num_parameters():,})"
+        )

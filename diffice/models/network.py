@@ -1,4 +1,5 @@
 """The common base of diffice's network wrappers: parameters by PyTorch state_dict name, strict loading, saving."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def config_bool(name: str, value: Any) -> bool:
 def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> str | None:
     missing = [k for k in params if k not in state_dict]
     unexpected = [k for k in state_dict if k not in params]
-    misshaped = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
-                 for k, v in params.items() if k in state_dict and tuple(np.shape(state_dict[k])) != v.shape]
+    misshaped = [
+        f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {v.shape}"
+        for k, v in params.items()
+        if k in state_dict and tuple(np.shape(state_dict[k])) != v.shape
+    ]
     if not (missing or unexpected or misshaped):
         return None
     parts = []
@@ -105,7 +109,7 @@ class NetworkBase:
     def _grads_dict(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         grads, offset = {}, 0
         for name, p in self._params.items():
-            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
+            grads[name] = flat[offset : offset + p.size].reshape(p.shape)
             offset += p.size
         return grads
 

@@ -4,6 +4,7 @@ the phantoms), used to judge counterfactuals by something other than the classif
 Its quality score QS(x) = P(TH) P(CSP) (1 - P(FP)) P(sharp) is the probability, under independent heads, that x
 meets the standard-plane rule (diffice.data.phantoms.standard_plane_rule); ``negative`` concepts enter as 1 - P.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ class ConceptOracle:
     def __init__(self, network: Any, concepts: Sequence[str], negative: Sequence[str] = DEFAULT_NEGATIVE) -> None:
         n = getattr(network, "num_classes", None)
         if n is not None and n != len(concepts):
-            raise ValueError(f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts "
-                             f"{list(concepts)}")
+            raise ValueError(
+                f"ConceptOracle: the network has {n} outputs but {len(concepts)} concepts {list(concepts)}"
+            )
         unknown = [c for c in negative if c not in concepts]
         if unknown:
             raise ValueError(f"ConceptOracle: negative concepts {unknown} are not among {list(concepts)}")
@@ -37,8 +39,9 @@ class ConceptOracle:
 
     def describe(self) -> Description:
         """What rebuilds this oracle and its network (diffice.models.description)."""
-        return dict(type="ConceptOracle", network=self.network.describe(), concepts=self.concepts,
-                    negative=self.negative)
+        return dict(
+            type="ConceptOracle", network=self.network.describe(), concepts=self.concepts, negative=self.negative
+        )
 
     @classmethod
     def from_description(cls, spec: Description, backend: str = "cpu") -> ConceptOracle:

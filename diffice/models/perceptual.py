@@ -3,6 +3,7 @@
 Every loss is per sample, and gradients are those of the SUM of the per-sample losses, so a sample's gradient
 neither depends on the other samples of the batch nor shrinks with the batch size.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ class PerceptualLoss:
     the original image).
     """
 
-    def __init__(self, features: ResNetFeatures, variant: str = "mse", weight: float = 1.0,
-                 backend: str | None = None) -> None:
+    def __init__(
+        self, features: ResNetFeatures, variant: str = "mse", weight: float = 1.0, backend: str | None = None
+    ) -> None:
         if variant not in PERCEPTUAL_VARIANTS:
             raise ValueError(f"PerceptualLoss: variant must be one of {PERCEPTUAL_VARIANTS}, got {variant!r}")
         if not np.isfinite(weight):
@@ -70,8 +72,9 @@ class PerceptualLoss:
         return f"PerceptualLoss({self.features!r}, variant={self.variant!r}, weight={self.weight})"
 
 
-def pixel_loss(a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str = "cpu"
-               ) -> tuple[np.ndarray, np.ndarray]:
+def pixel_loss(
+    a: np.ndarray, b: np.ndarray, kind: str = "l1", *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample pixel distance of a to b (same shape (N, C, ...), float32) and d sum(loss) / da.
 
     kind:
@@ -111,8 +114,7 @@ class PixelLoss:
             raise ValueError("PixelLoss: set_reference(x) first")
         if np.shape(a) != self._reference.shape:
             raise ValueError(f"PixelLoss: a has shape {np.shape(a)}, the reference {self._reference.shape}")
-        loss, grad = pixel_loss(np.ascontiguousarray(a, np.float32), self._reference, self.kind,
-                                backend=self.backend)
+        loss, grad = pixel_loss(np.ascontiguousarray(a, np.float32), self._reference, self.kind, backend=self.backend)
         scale = self.weight / float(np.prod(self._reference.shape[1:]))
         return (loss * scale).astype(np.float32), (grad * scale).astype(np.float32)
 

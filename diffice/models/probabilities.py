@@ -10,6 +10,7 @@ A classifier's logits (N, C) over its classes:
 :func:`probabilities` therefore returns max(C, 2) columns. Multi-label heads (the concept oracle: one logit per
 concept, each present or absent on its own) use :func:`sigmoid` per entry instead.
 """
+
 from __future__ import annotations
 
 import numpy as np

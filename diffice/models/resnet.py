@@ -15,6 +15,7 @@ outputs are the features after any of the stages ``stem`` (after the max pool, 6
 (H/4), ``layer2`` (H/8), ``layer3`` (H/16), ``layer4`` (H/32; 2048 channels for ResNet-50). BatchNorm uses its
 running statistics; there is no avgpool or fc.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ def _clean_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndar
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
     out = {}
     for k, v in state_dict.items():
-        k = k[len(prefix):]
+        k = k[len(prefix) :]
         if k.endswith("num_batches_tracked") or k.startswith("fc."):
             continue
         out[k] = v
@@ -76,8 +77,9 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> tuple[int, str]:
         if blocks == tuple(counts) and (depth >= 50) == bottleneck:
             layout = "radimagenet" if "conv1.bias" in state_dict else "torchvision"
             return depth, layout
-    raise ValueError(f"cannot infer the ResNet depth: blocks per stage {counts}, "
-                     f"{'bottleneck' if bottleneck else 'basic'} blocks")
+    raise ValueError(
+        f"cannot infer the ResNet depth: blocks per stage {counts}, {'bottleneck' if bottleneck else 'basic'} blocks"
+    )
 
 
 class ResNetFeatures(NetworkBase):
@@ -90,8 +92,14 @@ class ResNetFeatures(NetworkBase):
         taps: the stages whose features are returned, in stage order.
     """
 
-    def __init__(self, depth: int = 50, layout: str = "torchvision", in_channels: int = 1,
-                 taps: str | Sequence[str] = ("layer4",), backend: str = "cpu") -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        layout: str = "torchvision",
+        in_channels: int = 1,
+        taps: str | Sequence[str] = ("layer4",),
+        backend: str = "cpu",
+    ) -> None:
         if isinstance(depth, (bool, np.bool_)) or depth not in _BLOCKS:
             raise ValueError(f"ResNet depth must be one of {tuple(_BLOCKS)}, got {depth!r}")
         if layout not in LAYOUTS:
@@ -101,15 +109,28 @@ class ResNetFeatures(NetworkBase):
         self.depth, self.layout, self.in_channels = int(depth), layout, int(in_channels)
         self.taps = _normalize_taps(taps)
         self._what = f"ResNet-{self.depth} ({layout})"
-        super().__init__(_C.resnet_create(dict(depth=self.depth, layout=LAYOUTS.index(layout),
-                                               in_channels=self.in_channels,
-                                               taps=[STAGES.index(t) for t in self.taps])), backend)
+        super().__init__(
+            _C.resnet_create(
+                dict(
+                    depth=self.depth,
+                    layout=LAYOUTS.index(layout),
+                    in_channels=self.in_channels,
+                    taps=[STAGES.index(t) for t in self.taps],
+                )
+            ),
+            backend,
+        )
 
     # ---- construction ----
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], layout: str | None = None,
-                        taps: str | Sequence[str] = ("layer4",), in_channels: int = 1,
-                        backend: str = "cpu") -> ResNetFeatures:
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, np.ndarray],
+        layout: str | None = None,
+        taps: str | Sequence[str] = ("layer4",),
+        in_channels: int = 1,
+        backend: str = "cpu",
+    ) -> ResNetFeatures:
         """Builds the network a state_dict describes (depth and, unless given, layout are inferred) and loads it.
 
         torchvision's ``fc.*`` and BatchNorm's ``num_batches_tracked`` are ignored.
@@ -121,8 +142,14 @@ class ResNetFeatures(NetworkBase):
         return net
 
     @classmethod
-    def from_file(cls, path: PathLike, layout: str | None = None, taps: str | Sequence[str] = ("layer4",),
-                  in_channels: int = 1, backend: str = "cpu") -> ResNetFeatures:
+    def from_file(
+        cls,
+        path: PathLike,
+        layout: str | None = None,
+        taps: str | Sequence[str] = ("layer4",),
+        in_channels: int = 1,
+        backend: str = "cpu",
+    ) -> ResNetFeatures:
         """Loads a .pt/.pth (zip or legacy, no torch needed), .safetensors or .npz state_dict."""
         from ..io import load_weights
 
@@ -133,8 +160,15 @@ class ResNetFeatures(NetworkBase):
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     @classmethod
-    def random(cls, depth: int = 50, layout: str = "torchvision", in_channels: int = 1,
-               taps: str | Sequence[str] = ("layer4",), seed: int = 0, backend: str = "cpu") -> ResNetFeatures:
+    def random(
+        cls,
+        depth: int = 50,
+        layout: str = "torchvision",
+        in_channels: int = 1,
+        taps: str | Sequence[str] = ("layer4",),
+        seed: int = 0,
+        backend: str = "cpu",
+    ) -> ResNetFeatures:
         """Random weights for tests and benchmarks: He-uniform convs, BatchNorm with non-trivial statistics.
 
         Each residual branch's last BatchNorm is scaled down (0.2) so activations stay O(1) through deep networks.
@@ -182,12 +216,13 @@ class ResNetFeatures(NetworkBase):
         """d sum_t sum(dfeatures[t] * forward(x)[t]) / dx, shape of x. Taps without a gradient contribute nothing."""
         return self._c.vjp(get_backend(self.backend), x, self._douts(dfeatures))
 
-    def gradients(self, x: np.ndarray, dfeatures: Mapping[str, np.ndarray]
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def gradients(self, x: np.ndarray, dfeatures: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same sum; BatchNorm statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dfeatures))
         return dx, self._grads_dict(flat)
 
     def __repr__(self) -> str:
-        return (f"ResNetFeatures(depth={self.depth}, layout={self.layout!r}, in_channels={self.in_channels}, "
-                f"taps={self.taps}, parameters={self.num_parameters():,})")
+        return (
+            f"ResNetFeatures(depth={self.depth}, layout={self.layout!r}, in_channels={self.in_channels}, "
+            f"taps={self.taps}, parameters={self.num_parameters():,})"
+        )

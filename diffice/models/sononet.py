@@ -22,6 +22,7 @@ A state_dict's ``num_batches_tracked`` entries are ignored.
 Weight files: the authors' ``SonoNet16.npz`` (arr_0 ... arr_74: per conv layer its weight, BN beta, gamma,
 running mean and inv_std = 1 / sqrt(var + 1e-4)) or a state_dict with the names above (.pt/.pth/.safetensors/.npz).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,20 @@ __all__ = ["SonoNet", "ClassifierOutput", "TargetClassView", "sononet_preprocess
 
 #: The 14 SonoNet classes, in output index order.
 CLASSES: tuple[str, ...] = (
-    "3VV", "4CH", "Abdominal", "Background", "Brain (Cb.)", "Brain (Tv.)", "Femur", "Kidneys", "Lips", "LVOT",
-    "Profile", "RVOT", "Spine (cor.)", "Spine (sag.)",
+    "3VV",
+    "4CH",
+    "Abdominal",
+    "Background",
+    "Brain (Cb.)",
+    "Brain (Tv.)",
+    "Femur",
+    "Kidneys",
+    "Lips",
+    "LVOT",
+    "Profile",
+    "RVOT",
+    "Spine (cor.)",
+    "Spine (sag.)",
 )
 
 BN_EPS = 1e-4
@@ -53,17 +66,18 @@ _BLOCK_LAYERS = (2, 2, 3, 3, 3)
 _BLOCK_WIDTH = (1, 2, 4, 8, 8)
 
 # the authors' preprocessing of a 975x735 scanner frame (SonoNet-weights example.py)
-FRAME_SIZE = (735, 975)                  # (H, W)
+FRAME_SIZE = (735, 975)  # (H, W)
 FRAME_CROP = (slice(115, 734), slice(81, 874))
-INPUT_SIZE = (224, 288)                  # (H, W)
+INPUT_SIZE = (224, 288)  # (H, W)
 
 
 class ClassifierOutput(NamedTuple):
     """What a classifier's forward returns. cam and features are None where a classifier has none."""
-    logits: np.ndarray          # (N, classes)
-    probabilities: np.ndarray   # (N, max(classes, 2)), diffice.models.probabilities.probabilities of the logits
-    predicted: np.ndarray       # (N,) int64, diffice.models.probabilities.predicted_class (argmax; l > 0 for one logit)
-    cam: np.ndarray | None = None       # (N, classes, h, w)
+
+    logits: np.ndarray  # (N, classes)
+    probabilities: np.ndarray  # (N, max(classes, 2)), diffice.models.probabilities.probabilities of the logits
+    predicted: np.ndarray  # (N,) int64, diffice.models.probabilities.predicted_class (argmax; l > 0 for one logit)
+    cam: np.ndarray | None = None  # (N, classes, h, w)
     features: np.ndarray | None = None  # (N, C, h, w)
 
 
@@ -94,24 +108,35 @@ class SonoNet:
 
     CLASSES = CLASSES
 
-    def __init__(self, k: int = 16, in_channels: int = 1, num_classes: int = 14, standardize: bool = True,
-                 backend: str = "cpu") -> None:
+    def __init__(
+        self, k: int = 16, in_channels: int = 1, num_classes: int = 14, standardize: bool = True, backend: str = "cpu"
+    ) -> None:
         for name, value in (("k", k), ("in_channels", in_channels), ("num_classes", num_classes)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SonoNet: {name} must be a positive int, got {value!r}")
         self.k, self.in_channels, self.num_classes = int(k), int(in_channels), int(num_classes)
         self.standardize = bool(standardize)
         self.backend = backend
-        self._c = _C.sononet_create(dict(k=self.k, in_channels=self.in_channels, num_classes=self.num_classes,
-                                         standardize=int(self.standardize)))
+        self._c = _C.sononet_create(
+            dict(
+                k=self.k, in_channels=self.in_channels, num_classes=self.num_classes, standardize=int(self.standardize)
+            )
+        )
         self._params = self._c.parameters()
         if self.num_classes != len(CLASSES):
             self.CLASSES = tuple(f"class {i}" for i in range(self.num_classes))
 
     # ---- construction ----
     @classmethod
-    def random(cls, k: int = 16, in_channels: int = 1, num_classes: int = 14, standardize: bool = True,
-               seed: int = 0, backend: str = "cpu") -> SonoNet:
+    def random(
+        cls,
+        k: int = 16,
+        in_channels: int = 1,
+        num_classes: int = 14,
+        standardize: bool = True,
+        seed: int = 0,
+        backend: str = "cpu",
+    ) -> SonoNet:
         """Random weights with non-trivial batch-norm statistics (for tests and benchmarks).
 
         Conv weights are He-uniform; BN gamma near 1, beta and running means small, running variances in
@@ -134,8 +159,9 @@ class SonoNet:
         return net
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], standardize: bool = True,
-                        backend: str = "cpu") -> SonoNet:
+    def from_state_dict(
+        cls, state_dict: Mapping[str, np.ndarray], standardize: bool = True, backend: str = "cpu"
+    ) -> SonoNet:
         """From a state_dict with the PyTorch-port names; k, in_channels and classes come from the shapes."""
         first, last = "features.0.0.0.weight", "adaption.3.weight"
         for key in (first, last):
@@ -149,15 +175,22 @@ class SonoNet:
 
     def describe(self) -> Description:
         """What rebuilds this network (diffice.models.description)."""
-        return dict(type="SonoNet", k=self.k, in_channels=self.in_channels, num_classes=self.num_classes,
-                    standardize=self.standardize)
+        return dict(
+            type="SonoNet",
+            k=self.k,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            standardize=self.standardize,
+        )
 
     @classmethod
     def from_description(cls, spec: Description, backend: str = "cpu") -> SonoNet:
-        k, in_channels, num_classes = (config_int(f"SonoNet description '{key}'", spec[key])
-                                       for key in ("k", "in_channels", "num_classes"))
-        return cls(k, in_channels, num_classes, config_bool("SonoNet description 'standardize'", spec["standardize"]),
-                   backend)
+        k, in_channels, num_classes = (
+            config_int(f"SonoNet description '{key}'", spec[key]) for key in ("k", "in_channels", "num_classes")
+        )
+        return cls(
+            k, in_channels, num_classes, config_bool("SonoNet description 'standardize'", spec["standardize"]), backend
+        )
 
     @classmethod
     def from_file(cls, path: PathLike, standardize: bool = True, backend: str = "cpu") -> SonoNet:
@@ -174,8 +207,9 @@ class SonoNet:
             msg = str(exc)
             raise ValueError(msg if os.fspath(path) in msg else f"{os.fspath(path)}: {msg}") from None
         if "diffice_model" in meta:
-            return model_from_description(path, arrays, meta, cls.from_description, backend, expect="SonoNet",
-                                          what="SonoNet.from_file")
+            return model_from_description(
+                path, arrays, meta, cls.from_description, backend, expect="SonoNet", what="SonoNet.from_file"
+            )
         try:
             if any(re.fullmatch(r"arr_\d+", name) for name in arrays):
                 return cls.from_state_dict(authors_npz_to_state_dict(arrays), standardize, backend)
@@ -196,8 +230,11 @@ class SonoNet:
         given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
         missing = [k for k in self._params if k not in given]
         unexpected = [k for k in given if k not in self._params]
-        misshaped = [f"{k}: file {tuple(np.shape(given[k]))}, model {v.shape}"
-                     for k, v in self._params.items() if k in given and tuple(np.shape(given[k])) != v.shape]
+        misshaped = [
+            f"{k}: file {tuple(np.shape(given[k]))}, model {v.shape}"
+            for k, v in self._params.items()
+            if k in given and tuple(np.shape(given[k])) != v.shape
+        ]
         if missing or unexpected or misshaped:
             parts = []
             if missing:
@@ -217,9 +254,17 @@ class SonoNet:
 
     def save(self, path: PathLike) -> None:
         """Writes safetensors with the PyTorch-port names (loads with SonoNet.from_file or into the port)."""
-        save_safetensors(path, self.state_dict(), metadata={
-            "format": "SonoNet", "k": str(self.k), "in_channels": str(self.in_channels),
-            "num_classes": str(self.num_classes), "diffice_model": model_metadata(self)["diffice_model"]})
+        save_safetensors(
+            path,
+            self.state_dict(),
+            metadata={
+                "format": "SonoNet",
+                "k": str(self.k),
+                "in_channels": str(self.in_channels),
+                "num_classes": str(self.num_classes),
+                "diffice_model": model_metadata(self)["diffice_model"],
+            },
+        )
 
     # ---- computation ----
     def forward(self, x: np.ndarray) -> ClassifierOutput:
@@ -237,25 +282,37 @@ class SonoNet:
         """(N, max(classes, 2)) class probabilities (see ClassifierOutput)."""
         return _probabilities(self.logits(x))
 
-    def _douts(self, dlogits: np.ndarray | None, dcam: np.ndarray | None,
-               dfeatures: np.ndarray | None) -> tuple[Any, ...]:
+    def _douts(
+        self, dlogits: np.ndarray | None, dcam: np.ndarray | None, dfeatures: np.ndarray | None
+    ) -> tuple[Any, ...]:
         if dlogits is None and dcam is None and dfeatures is None:
             raise ValueError("SonoNet.vjp: give at least one of dlogits, dcam, dfeatures")
-        return tuple(None if d is None else np.ascontiguousarray(d, dtype=np.float32)
-                     for d in (dlogits, dcam, dfeatures))
+        return tuple(
+            None if d is None else np.ascontiguousarray(d, dtype=np.float32) for d in (dlogits, dcam, dfeatures)
+        )
 
-    def vjp(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
-            dfeatures: np.ndarray | None = None) -> np.ndarray:
+    def vjp(
+        self,
+        x: np.ndarray,
+        dlogits: np.ndarray | None = None,
+        dcam: np.ndarray | None = None,
+        dfeatures: np.ndarray | None = None,
+    ) -> np.ndarray:
         """d/dx of sum(dlogits * logits) + sum(dcam * cam) + sum(dfeatures * features); shape of x."""
         return self._c.vjp(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
 
-    def gradients(self, x: np.ndarray, dlogits: np.ndarray | None = None, dcam: np.ndarray | None = None,
-                  dfeatures: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def gradients(
+        self,
+        x: np.ndarray,
+        dlogits: np.ndarray | None = None,
+        dcam: np.ndarray | None = None,
+        dfeatures: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(dx, {name: gradient}) of the same scalar as vjp; running statistics get zero gradients."""
         dx, flat = self._c.gradients(get_backend(self.backend), x, self._douts(dlogits, dcam, dfeatures))
         grads, offset = {}, 0
         for name, p in self._params.items():
-            grads[name] = flat[offset:offset + p.size].reshape(p.shape)
+            grads[name] = flat[offset : offset + p.size].reshape(p.shape)
             offset += p.size
         return dx, grads
 
@@ -269,8 +326,10 @@ class SonoNet:
         return int(self._c.last_peak_bytes)
 
     def __repr__(self) -> str:
-        return (f"SonoNet(k={self.k}, in_channels={self.in_channels}, num_classes={self.num_classes}, "
-                f"standardize={self.standardize}, parameters={self.num_parameters():,})")
+        return (
+            f"SonoNet(k={self.k}, in_channels={self.in_channels}, num_classes={self.num_classes}, "
+            f"standardize={self.standardize}, parameters={self.num_parameters():,})"
+        )
 
 
 def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,15 +343,20 @@ def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, np.
     missing = [k for k in keys if k not in arrays]
     extra = sorted(set(arrays) - set(keys))
     if missing or extra:
-        raise ValueError(f"not the authors' SonoNet .npz: it has {len(arrays)} arrays, expected arr_0 ... "
-                         f"arr_{want - 1}" + (f"; missing {missing[:5]}" if missing else "")
-                         + (f"; unexpected {extra[:5]}" if extra else ""))
+        raise ValueError(
+            f"not the authors' SonoNet .npz: it has {len(arrays)} arrays, expected arr_0 ... "
+            f"arr_{want - 1}"
+            + (f"; missing {missing[:5]}" if missing else "")
+            + (f"; unexpected {extra[:5]}" if extra else "")
+        )
     state: dict[str, np.ndarray] = {}
     for i, (conv, bn) in enumerate(names):
         w, beta, gamma, mean, inv_std = (np.asarray(arrays[keys[5 * i + j]], dtype=np.float64) for j in range(5))
         if w.ndim != 4 or any(a.shape != (w.shape[0],) for a in (beta, gamma, mean, inv_std)):
-            raise ValueError(f"not the authors' SonoNet .npz: layer {i} has shapes "
-                             f"{[np.shape(arrays[keys[5 * i + j]]) for j in range(5)]}")
+            raise ValueError(
+                f"not the authors' SonoNet .npz: layer {i} has shapes "
+                f"{[np.shape(arrays[keys[5 * i + j]]) for j in range(5)]}"
+            )
         if np.any(inv_std <= 0):
             raise ValueError(f"not the authors' SonoNet .npz: layer {i} has non-positive inv_std")
         state[f"{conv}.weight"] = w.astype(np.float32)
@@ -324,20 +388,32 @@ def sononet_preprocess(frame: np.ndarray, crop: bool = True) -> np.ndarray:
         raise TypeError(f"sononet_preprocess: frame must be uint8 or float, got {a.dtype}")
     if crop:
         if a.shape[:2] != FRAME_SIZE:
-            raise ValueError(f"sononet_preprocess: expected a {FRAME_SIZE[1]}x{FRAME_SIZE[0]} (W x H) scanner frame, "
-                             f"got {a.shape[1]}x{a.shape[0]}; pass crop=False for an already cropped image")
+            raise ValueError(
+                f"sononet_preprocess: expected a {FRAME_SIZE[1]}x{FRAME_SIZE[0]} (W x H) scanner frame, "
+                f"got {a.shape[1]}x{a.shape[0]}; pass crop=False for an already cropped image"
+            )
         a = a[FRAME_CROP]
     if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
         raise ValueError("sononet_preprocess: frame contains NaN or Inf")
-    size = (INPUT_SIZE[1], INPUT_SIZE[0])   # Pillow takes (W, H)
+    size = (INPUT_SIZE[1], INPUT_SIZE[0])  # Pillow takes (W, H)
     if a.dtype == np.uint8:
-        resized = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.Resampling.BILINEAR),
-                             np.float64)
+        resized = np.asarray(
+            Image.fromarray(np.ascontiguousarray(a)).resize(size, Image.Resampling.BILINEAR), np.float64
+        )
     else:
         channels = [a] if a.ndim == 2 else [a[:, :, c] for c in range(3)]
-        resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
-                                       .resize(size, Image.Resampling.BILINEAR), np.float64)
-                            for c in channels], axis=-1)
+        resized = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
+                        size, Image.Resampling.BILINEAR
+                    ),
+                    np.float64,
+                )
+                for c in channels
+            ],
+            axis=-1,
+        )
     gray = resized.mean(axis=2) if resized.ndim == 3 else resized
     std = gray.std()
     if not std > 0:
@@ -379,7 +455,7 @@ class TargetClassView:
         e = np.exp(z - m)
         e[:, self.target] = 0.0
         s = e.sum(axis=1, keepdims=True)
-        binary = np.concatenate([m + np.log(s), z[:, self.target:self.target + 1]], axis=1)
+        binary = np.concatenate([m + np.log(s), z[:, self.target : self.target + 1]], axis=1)
         return binary.astype(np.float32), e / s
 
     def forward(self, x: np.ndarray) -> ClassifierOutput:
@@ -404,8 +480,9 @@ class TargetClassView:
         logits = self.classifier.forward(x).logits
         dlogits = np.asarray(dlogits, dtype=np.float64)
         if dlogits.shape != (logits.shape[0], 2):
-            raise ValueError(f"TargetClassView.vjp: dlogits must have shape ({logits.shape[0]}, 2), "
-                             f"got {dlogits.shape}")
+            raise ValueError(
+                f"TargetClassView.vjp: dlogits must have shape ({logits.shape[0]}, 2), got {dlogits.shape}"
+            )
         _, others = self._binary(logits)
         d = dlogits[:, :1] * others
         d[:, self.target] = dlogits[:, 1]

@@ -5,6 +5,7 @@ multipliers, res blocks, attention placement, learn_sigma, scale-shift, up/down 
 tensor names and shapes; only the attention head layout, which no tensor shape reveals, is given by the caller.
 Images are float32 (N, C, H, W); timesteps are the ORIGINAL (un-respaced) integer timesteps.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,14 +25,30 @@ from .network import NetworkBase, config_bool, config_int
 PathLike = Union[str, "os.PathLike[str]"]
 
 DEFAULT_CONFIG = dict(
-    in_channels=1, model_channels=128, out_channels=2, num_res_blocks=2, channel_mult=(1, 1, 2, 3, 4),
-    attention_resolutions=(8, 16), num_heads=4, num_head_channels=-1, num_heads_upsample=-1,
-    use_new_attention_order=False, use_scale_shift_norm=True, resblock_updown=True,
+    in_channels=1,
+    model_channels=128,
+    out_channels=2,
+    num_res_blocks=2,
+    channel_mult=(1, 1, 2, 3, 4),
+    attention_resolutions=(8, 16),
+    num_heads=4,
+    num_head_channels=-1,
+    num_heads_upsample=-1,
+    use_new_attention_order=False,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
 )
 
 
-_INT_KEYS = ("in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads", "num_head_channels",
-             "num_heads_upsample")
+_INT_KEYS = (
+    "in_channels",
+    "model_channels",
+    "out_channels",
+    "num_res_blocks",
+    "num_heads",
+    "num_head_channels",
+    "num_heads_upsample",
+)
 _BOOL_KEYS = ("use_new_attention_order", "use_scale_shift_norm", "resblock_updown")
 
 
@@ -48,12 +65,17 @@ def _full_config(config: Mapping) -> dict:
     for key in _BOOL_KEYS:
         cfg[key] = config_bool(f"UNet config '{key}'", cfg[key])
     if "learn_sigma" in config:
-        cfg["out_channels"] = cfg["in_channels"] * (2 if config_bool("UNet config 'learn_sigma'",
-                                                                     config["learn_sigma"]) else 1)
+        cfg["out_channels"] = cfg["in_channels"] * (
+            2 if config_bool("UNet config 'learn_sigma'", config["learn_sigma"]) else 1
+        )
     cfg["channel_mult"] = tuple(cfg["channel_mult"])
     _level_channels(cfg)  # checked now
-    cfg["attention_resolutions"] = tuple(sorted(config_int(f"UNet config 'attention_resolutions[{i}]'", r)
-                                                for i, r in enumerate(cfg["attention_resolutions"])))
+    cfg["attention_resolutions"] = tuple(
+        sorted(
+            config_int(f"UNet config 'attention_resolutions[{i}]'", r)
+            for i, r in enumerate(cfg["attention_resolutions"])
+        )
+    )
     cfg["learn_sigma"] = cfg["out_channels"] == 2 * cfg["in_channels"]
     return cfg
 
@@ -84,20 +106,30 @@ def _c_config(cfg: dict) -> dict:
     mc = cfg["model_channels"]
     levels = len(cfg["channel_mult"])
     return dict(
-        in_channels=cfg["in_channels"], model_channels=mc, out_channels=cfg["out_channels"],
+        in_channels=cfg["in_channels"],
+        model_channels=mc,
+        out_channels=cfg["out_channels"],
         num_res_blocks=cfg["num_res_blocks"],
         level_channels=_level_channels(cfg),
         attention=[int(2**level in cfg["attention_resolutions"]) for level in range(levels)],
-        num_heads=cfg["num_heads"], num_head_channels=cfg["num_head_channels"],
+        num_heads=cfg["num_heads"],
+        num_head_channels=cfg["num_head_channels"],
         num_heads_upsample=cfg["num_heads_upsample"],
         legacy_attention=int(not cfg["use_new_attention_order"]),
-        use_scale_shift_norm=int(cfg["use_scale_shift_norm"]), resblock_updown=int(cfg["resblock_updown"]),
+        use_scale_shift_norm=int(cfg["use_scale_shift_norm"]),
+        resblock_updown=int(cfg["resblock_updown"]),
     )
 
 
-def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_head_channels: int = -1,
-                 use_new_attention_order: bool = False, num_heads_upsample: int = -1) -> dict:
+def infer_config(
+    state_dict: Mapping[str, np.ndarray],
+    num_heads: int = 4,
+    num_head_channels: int = -1,
+    use_new_attention_order: bool = False,
+    num_heads_upsample: int = -1,
+) -> dict:
     """The UNet config a guided-diffusion state_dict was built with (docs/method.md 1.2-1.5)."""
+
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
             raise ValueError(f"not a guided-diffusion UNet checkpoint: missing '{key}'")
@@ -128,18 +160,28 @@ def infer_config(state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_h
         if f"input_blocks.{first}.1.qkv.weight" in state_dict:
             attention.append(2**level)
     resblock_updown = bool(up_blocks) and any(
-        re.match(rf"output_blocks\.{up_blocks[0]}\.[12]\.in_layers\.", k) for k in state_dict)
+        re.match(rf"output_blocks\.{up_blocks[0]}\.[12]\.in_layers\.", k) for k in state_dict
+    )
     scale_shift = shape("input_blocks.1.0.emb_layers.1.weight")[0] == 2 * level_channels[0]
     mult = tuple(c // mc if c % mc == 0 else c / mc for c in level_channels)
     if ch0 != level_channels[0]:
         raise ValueError(f"stem has {ch0} channels but level 0 has {level_channels[0]}")
-    return _full_config(dict(
-        in_channels=in_channels, model_channels=mc, out_channels=out_channels, num_res_blocks=nrb,
-        channel_mult=mult, attention_resolutions=tuple(attention), num_heads=num_heads,
-        num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-        use_new_attention_order=use_new_attention_order, use_scale_shift_norm=scale_shift,
-        resblock_updown=resblock_updown,
-    ))
+    return _full_config(
+        dict(
+            in_channels=in_channels,
+            model_channels=mc,
+            out_channels=out_channels,
+            num_res_blocks=nrb,
+            channel_mult=mult,
+            attention_resolutions=tuple(attention),
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            num_heads_upsample=num_heads_upsample,
+            use_new_attention_order=use_new_attention_order,
+            use_scale_shift_norm=scale_shift,
+            resblock_updown=resblock_updown,
+        )
+    )
 
 
 class UNet(NetworkBase):
@@ -160,18 +202,30 @@ class UNet(NetworkBase):
 
     # ---- construction ----
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, np.ndarray], num_heads: int = 4, num_head_channels: int = -1,
-                        use_new_attention_order: bool = False, num_heads_upsample: int = -1,
-                        backend: str = "cpu") -> UNet:
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, np.ndarray],
+        num_heads: int = 4,
+        num_head_channels: int = -1,
+        use_new_attention_order: bool = False,
+        num_heads_upsample: int = -1,
+        backend: str = "cpu",
+    ) -> UNet:
         cfg = infer_config(state_dict, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample)
         unet = cls(cfg, backend=backend)
         unet.load_state_dict(state_dict)
         return unet
 
     @classmethod
-    def from_file(cls, path: PathLike, num_heads: int = 4, num_head_channels: int = -1,
-                  use_new_attention_order: bool = False, num_heads_upsample: int = -1,
-                  backend: str = "cpu") -> UNet:
+    def from_file(
+        cls,
+        path: PathLike,
+        num_heads: int = 4,
+        num_head_channels: int = -1,
+        use_new_attention_order: bool = False,
+        num_heads_upsample: int = -1,
+        backend: str = "cpu",
+    ) -> UNet:
         """Loads a .safetensors, .pt/.pth (zip or legacy, no torch needed) or .npz checkpoint.
 
         The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
@@ -180,8 +234,12 @@ class UNet(NetworkBase):
         from .description import unet_layout
 
         state_dict, meta = _load(path, "auto")
-        layout: dict[str, Any] = dict(num_heads=num_heads, num_head_channels=num_head_channels,
-                      use_new_attention_order=use_new_attention_order, num_heads_upsample=num_heads_upsample)
+        layout: dict[str, Any] = dict(
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            use_new_attention_order=use_new_attention_order,
+            num_heads_upsample=num_heads_upsample,
+        )
         layout.update(unet_layout(meta, path) or {})
         try:
             return cls.from_state_dict(state_dict, backend=backend, **layout)

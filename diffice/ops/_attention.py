@@ -1,4 +1,5 @@
 """guided-diffusion's QKV attention and sinusoidal timestep embedding."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +28,11 @@ def attention(qkv: np.ndarray, heads: int, *, legacy_order: bool = True, backend
     return _C.attention_forward(get_backend(backend), qkv, _heads(heads, "attention"), bool(legacy_order))
 
 
-def attention_backward(dy: np.ndarray, qkv: np.ndarray, heads: int, *, legacy_order: bool = True,
-                       backend: str = "cpu") -> np.ndarray:
+def attention_backward(
+    dy: np.ndarray, qkv: np.ndarray, heads: int, *, legacy_order: bool = True, backend: str = "cpu"
+) -> np.ndarray:
     """Gradient of attention w.r.t. qkv: dy (N, C, T), qkv (N, 3C, T) -> dqkv (N, 3C, T) (weights recomputed)."""
-    return _C.attention_backward(get_backend(backend), dy, qkv, _heads(heads, "attention_backward"),
-                                 bool(legacy_order))
+    return _C.attention_backward(get_backend(backend), dy, qkv, _heads(heads, "attention_backward"), bool(legacy_order))
 
 
 def timestep_embedding(t: ArrayLike, dim: int, *, max_period: float = 10000.0, backend: str = "cpu") -> np.ndarray:

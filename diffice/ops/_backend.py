@@ -1,4 +1,5 @@
 """Backend selection for the ops: one diffice._C.Backend per (name, thread count) and Python thread."""
+
 from __future__ import annotations
 
 import threading
@@ -37,8 +38,10 @@ def int_pair(value: IntPair, op: str, name: str) -> tuple[int, int]:
     """An int or an (h, w) pair of ints as (h, w); TypeError naming op and argument otherwise."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{op}: {name} must be an int or a pair of ints (h, w), got {value!r}")

@@ -1,4 +1,5 @@
 """Convolution and linear layers: conv2d (NCHW, groups=1) and linear (y = x W^T + b), forward and backward."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,8 +34,9 @@ def conv2d(
     Returns y: (N, Co, Ho, Wo) with Ho = (H + 2 pad_h - KH) // stride_h + 1 (Wo likewise).
     """
     op = "conv2d_forward"
-    return _C.conv2d_forward(get_backend(backend), x, weight, bias, int_pair(stride, op, "stride"),
-                             int_pair(padding, op, "padding"))
+    return _C.conv2d_forward(
+        get_backend(backend), x, weight, bias, int_pair(stride, op, "stride"), int_pair(padding, op, "padding")
+    )
 
 
 def conv2d_backward_input(
@@ -53,8 +55,14 @@ def conv2d_backward_input(
     Returns dx: x_shape.
     """
     op = "conv2d_backward_input"
-    return _C.conv2d_backward_input(get_backend(backend), dy, weight, tuple(x_shape), int_pair(stride, op, "stride"),
-                                    int_pair(padding, op, "padding"))
+    return _C.conv2d_backward_input(
+        get_backend(backend),
+        dy,
+        weight,
+        tuple(x_shape),
+        int_pair(stride, op, "stride"),
+        int_pair(padding, op, "padding"),
+    )
 
 
 def conv2d_backward_weight(
@@ -73,8 +81,15 @@ def conv2d_backward_weight(
     Returns (dweight (Co, Ci, KH, KW), dbias (Co,)), or (dweight, None) when bias is False.
     """
     op = "conv2d_backward_weight"
-    return _C.conv2d_backward_weight(get_backend(backend), dy, x, tuple(weight_shape), bool(bias),
-                                     int_pair(stride, op, "stride"), int_pair(padding, op, "padding"))
+    return _C.conv2d_backward_weight(
+        get_backend(backend),
+        dy,
+        x,
+        tuple(weight_shape),
+        bool(bias),
+        int_pair(stride, op, "stride"),
+        int_pair(padding, op, "padding"),
+    )
 
 
 def _rows(a: np.ndarray, op: str, name: str) -> np.ndarray:
@@ -88,9 +103,7 @@ def _rows(a: np.ndarray, op: str, name: str) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def linear(
-    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, backend: str = "cpu"
-) -> np.ndarray:
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, backend: str = "cpu") -> np.ndarray:
     """y = x W^T + b, as torch.nn.functional.linear.
 
     x: (..., In), any number of leading dims; weight: (Out, In); bias: (Out,) or None. Returns y: (..., Out).

@@ -7,6 +7,7 @@ Per-row coefficients are (N,) arrays gathered from the float64 schedule at each 
 sampler and training loss do (float32 for sampling, float64 for the loss). The ops take them as named vectors in
 the field order of these tuples (ops.h's dfc_posterior_coefs, dfc_vb_coefs), so ``*coefs`` is their argument list.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,23 @@ from .._native import _C
 from ._backend import fresh_copy, get_backend
 
 __all__ = [
-    "PosteriorCoefs", "VbCoefs", "posterior_coefs", "vb_coefs", "q_sample", "p_mean_variance",
-    "p_mean_variance_backward", "sample_step", "row_scale", "row_axpy", "change_map", "masked_blend",
-    "distance_penalty", "distance_penalty_backward", "nonfinite_rows", "target_probability", "diffusion_vb",
+    "PosteriorCoefs",
+    "VbCoefs",
+    "posterior_coefs",
+    "vb_coefs",
+    "q_sample",
+    "p_mean_variance",
+    "p_mean_variance_backward",
+    "sample_step",
+    "row_scale",
+    "row_axpy",
+    "change_map",
+    "masked_blend",
+    "distance_penalty",
+    "distance_penalty_backward",
+    "nonfinite_rows",
+    "target_probability",
+    "diffusion_vb",
     "diffusion_vb_backward",
 ]
 
@@ -35,9 +50,9 @@ class PosteriorCoefs(NamedTuple):
     sqrt_recipm1_abar: np.ndarray
     coef1: np.ndarray
     coef2: np.ndarray
-    min_log: np.ndarray       # learned range: log beta~ (clipped)
-    max_log: np.ndarray       # learned range: log beta
-    variance: np.ndarray      # fixed variance
+    min_log: np.ndarray  # learned range: log beta~ (clipped)
+    max_log: np.ndarray  # learned range: log beta
+    variance: np.ndarray  # fixed variance
     log_variance: np.ndarray  # its log
 
 
@@ -64,24 +79,37 @@ def _fixed_variances(arrays: Mapping[str, np.ndarray], variance_type: int) -> tu
     return pv, arrays["posterior_log_variance_clipped"]
 
 
-def posterior_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray,
-                    variance_type: int = 0) -> PosteriorCoefs:
+def posterior_coefs(
+    arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray, variance_type: int = 0
+) -> PosteriorCoefs:
     """The float32 coefficients at respaced indices (N,) from Diffusion.arrays() (float64 tables), cast as
     guided-diffusion's _extract_into_tensor. variance_type: 0 learned range, 1 fixed large, 2 fixed small."""
     idx = np.asarray(indices, dtype=np.int64)
     var, log_var = _fixed_variances(arrays, variance_type)
-    tables = [arrays["sqrt_recip_alphas_cumprod"], arrays["sqrt_recipm1_alphas_cumprod"],
-              arrays["posterior_mean_coef1"], arrays["posterior_mean_coef2"],
-              arrays["posterior_log_variance_clipped"], np.log(arrays["betas"]), var, log_var]
+    tables = [
+        arrays["sqrt_recip_alphas_cumprod"],
+        arrays["sqrt_recipm1_alphas_cumprod"],
+        arrays["posterior_mean_coef1"],
+        arrays["posterior_mean_coef2"],
+        arrays["posterior_log_variance_clipped"],
+        np.log(arrays["betas"]),
+        var,
+        log_var,
+    ]
     return PosteriorCoefs(*(np.ascontiguousarray(t[idx], dtype=np.float32) for t in tables))
 
 
 def vb_coefs(arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray, scale: float = 1.0) -> VbCoefs:
     """The float64 coefficients of the variational bound at respaced indices (N,) from Diffusion.arrays()."""
     idx = np.asarray(indices, dtype=np.int64)
-    tables = [arrays["sqrt_recip_alphas_cumprod"], arrays["sqrt_recipm1_alphas_cumprod"],
-              arrays["posterior_mean_coef1"], arrays["posterior_mean_coef2"],
-              arrays["posterior_log_variance_clipped"], np.log(arrays["betas"])]
+    tables = [
+        arrays["sqrt_recip_alphas_cumprod"],
+        arrays["sqrt_recipm1_alphas_cumprod"],
+        arrays["posterior_mean_coef1"],
+        arrays["posterior_mean_coef2"],
+        arrays["posterior_log_variance_clipped"],
+        np.log(arrays["betas"]),
+    ]
     c = [np.ascontiguousarray(t[idx], dtype=np.float64) for t in tables]
     return VbCoefs(c[0], c[1], c[2], c[3], c[4], c[5], decoder_nll=(idx == 0).astype(np.intc), scale=float(scale))
 
@@ -92,34 +120,59 @@ def _rows(values: RowValues, n: int, dtype: type = np.float32) -> np.ndarray:
     return np.full(n, a, dtype=dtype) if a.ndim == 0 else np.ascontiguousarray(a)
 
 
-def q_sample(x0: np.ndarray, noise: np.ndarray, sqrt_abar: RowValues, sqrt_one_minus_abar: RowValues, *,
-             backend: str = "cpu") -> np.ndarray:
+def q_sample(
+    x0: np.ndarray, noise: np.ndarray, sqrt_abar: RowValues, sqrt_one_minus_abar: RowValues, *, backend: str = "cpu"
+) -> np.ndarray:
     """x_t = sqrt_abar[b] x0 + sqrt_one_minus_abar[b] noise; x0, noise float32 (N, ...)."""
     n = x0.shape[0]
     return _C.q_sample(get_backend(backend), x0, noise, _rows(sqrt_abar, n), _rows(sqrt_one_minus_abar, n))
 
 
-def p_mean_variance(model_output: np.ndarray, x_t: np.ndarray, coefs: PosteriorCoefs, *, learned: bool = True,
-                    clip: bool = True, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def p_mean_variance(
+    model_output: np.ndarray,
+    x_t: np.ndarray,
+    coefs: PosteriorCoefs,
+    *,
+    learned: bool = True,
+    clip: bool = True,
+    backend: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, variance, log_variance, pred_xstart), each shaped like x_t (N, C, ...), from model_output
     (N, 2C, ...) = (eps, v) when learned, else (N, C, ...) = eps; pred_xstart clamped to [-1, 1] when clip."""
     return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, *coefs, bool(learned), bool(clip))
 
 
-def p_mean_variance_backward(d_pred_xstart: np.ndarray, model_output: np.ndarray, x_t: np.ndarray,
-                             coefs: PosteriorCoefs, *, learned: bool = True, clip: bool = True,
-                             backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def p_mean_variance_backward(
+    d_pred_xstart: np.ndarray,
+    model_output: np.ndarray,
+    x_t: np.ndarray,
+    coefs: PosteriorCoefs,
+    *,
+    learned: bool = True,
+    clip: bool = True,
+    backend: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """(dx_t, d_model_output) from d_pred_xstart, through the clip (zero where it clamped); the v channels get 0."""
-    return _C.p_mean_variance_backward(get_backend(backend), d_pred_xstart, model_output, x_t, *coefs,
-                                       bool(learned), bool(clip))
+    return _C.p_mean_variance_backward(
+        get_backend(backend), d_pred_xstart, model_output, x_t, *coefs, bool(learned), bool(clip)
+    )
 
 
-def sample_step(mean: np.ndarray, variance: np.ndarray, log_variance: np.ndarray, grad: np.ndarray | None,
-                noise: np.ndarray, noise_weight: RowValues, *, backend: str = "cpu") -> np.ndarray:
+def sample_step(
+    mean: np.ndarray,
+    variance: np.ndarray,
+    log_variance: np.ndarray,
+    grad: np.ndarray | None,
+    noise: np.ndarray,
+    noise_weight: RowValues,
+    *,
+    backend: str = "cpu",
+) -> np.ndarray:
     """x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (grad None: unguided);
     noise_weight is 1[i != 0] per row."""
-    return _C.sample_step(get_backend(backend), mean, variance, log_variance, grad, noise,
-                          _rows(noise_weight, mean.shape[0]))
+    return _C.sample_step(
+        get_backend(backend), mean, variance, log_variance, grad, noise, _rows(noise_weight, mean.shape[0])
+    )
 
 
 def row_scale(x: np.ndarray, alpha: RowValues, *, backend: str = "cpu") -> np.ndarray:
@@ -140,23 +193,27 @@ def change_map(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -> np.ndar
     return _C.change_map(get_backend(backend), a, b)
 
 
-def masked_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray, threshold: float, *,
-                 backend: str = "cpu") -> np.ndarray:
+def masked_blend(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray, threshold: float, *, backend: str = "cpu"
+) -> np.ndarray:
     """a (1 - keep) + keep b with keep = [mask < threshold], mask (N, 1, H, W) broadcast over the C of a, b."""
     return _C.masked_blend(get_backend(backend), a, b, mask, float(threshold))
 
 
-def distance_penalty(a: np.ndarray, b: np.ndarray, lambda_l1: float, lambda_l2: float, *,
-                     backend: str = "cpu") -> np.ndarray:
+def distance_penalty(
+    a: np.ndarray, b: np.ndarray, lambda_l1: float, lambda_l2: float, *, backend: str = "cpu"
+) -> np.ndarray:
     """Per-sample (N,) lambda_l1 sum |a - b| + lambda_l2 sum over pixels of the channel norm ||a - b||."""
     return _C.distance_penalty_forward(get_backend(backend), a, b, float(lambda_l1), float(lambda_l2))
 
 
-def distance_penalty_backward(a: np.ndarray, b: np.ndarray, lambda_l1: float, lambda_l2: float, *,
-                              dloss: RowValues = 1.0, backend: str = "cpu") -> np.ndarray:
+def distance_penalty_backward(
+    a: np.ndarray, b: np.ndarray, lambda_l1: float, lambda_l2: float, *, dloss: RowValues = 1.0, backend: str = "cpu"
+) -> np.ndarray:
     """da = dloss[b] (lambda_l1 sign(a - b) + lambda_l2 (a - b) / ||a - b||), 0 where the norm is 0."""
-    return _C.distance_penalty_backward(get_backend(backend), _rows(dloss, a.shape[0]), a, b, float(lambda_l1),
-                                        float(lambda_l2))
+    return _C.distance_penalty_backward(
+        get_backend(backend), _rows(dloss, a.shape[0]), a, b, float(lambda_l1), float(lambda_l2)
+    )
 
 
 def nonfinite_rows(x: np.ndarray, *, backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -165,23 +222,33 @@ def nonfinite_rows(x: np.ndarray, *, backend: str = "cpu") -> tuple[np.ndarray, 
     return y, _C.nonfinite_rows(get_backend(backend), y).astype(bool)
 
 
-def target_probability(logits: np.ndarray, targets: ArrayLike, *,
-                       backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def target_probability(
+    logits: np.ndarray, targets: ArrayLike, *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """(p(target) (N,) float32, argmax == target (N,) bool) for logits (N, K): softmax for K >= 2; for K == 1 one
     binary logit z with p(1) = sigmoid(z) and the predicted class z > 0 (diffice/probabilities.py's convention)."""
     prob, flags = _C.target_probability(get_backend(backend), logits, np.asarray(targets))
     return prob, flags.astype(bool)
 
 
-def diffusion_vb(model_output: np.ndarray, x_start: np.ndarray, x_t: np.ndarray, coefs: VbCoefs, *,
-                 backend: str = "cpu") -> np.ndarray:
+def diffusion_vb(
+    model_output: np.ndarray, x_start: np.ndarray, x_t: np.ndarray, coefs: VbCoefs, *, backend: str = "cpu"
+) -> np.ndarray:
     """guided-diffusion's vb term in bits per dimension with the mean frozen, per sample (N,), for model_output
     (N, 2C, ...) = (eps, v) and x_start, x_t (N, C, ...) in [-1, 1]."""
     return _C.diffusion_vb_forward(get_backend(backend), model_output, x_start, x_t, *coefs)
 
 
-def diffusion_vb_backward(model_output: np.ndarray, x_start: np.ndarray, x_t: np.ndarray, coefs: VbCoefs, *,
-                          dvb: RowValues = 1.0, backend: str = "cpu") -> np.ndarray:
+def diffusion_vb_backward(
+    model_output: np.ndarray,
+    x_start: np.ndarray,
+    x_t: np.ndarray,
+    coefs: VbCoefs,
+    *,
+    dvb: RowValues = 1.0,
+    backend: str = "cpu",
+) -> np.ndarray:
     """d (sum_b dvb[b] vb[b]) / d v, (N, C, ...): the gradient reaches the v channels only."""
-    return _C.diffusion_vb_backward(get_backend(backend), _rows(dvb, x_start.shape[0]), model_output, x_start, x_t,
-                                    *coefs)
+    return _C.diffusion_vb_backward(
+        get_backend(backend), _rows(dvb, x_start.shape[0]), model_output, x_start, x_t, *coefs
+    )

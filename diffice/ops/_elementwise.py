@@ -1,4 +1,5 @@
 """Elementwise ops: activations, softmax, broadcast add/mul, channel concat/split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +8,24 @@ from .._native import _C
 from ._backend import get_backend
 
 __all__ = [
-    "relu", "relu_backward", "silu", "silu_backward", "sigmoid", "sigmoid_backward",
-    "softmax", "softmax_backward",
-    "add", "add_backward", "mul", "mul_backward",
-    "concat", "split", "concat_backward", "split_backward",
-    "scale_shift", "scale_shift_backward",
+    "relu",
+    "relu_backward",
+    "silu",
+    "silu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
+    "add",
+    "add_backward",
+    "mul",
+    "mul_backward",
+    "concat",
+    "split",
+    "concat_backward",
+    "split_backward",
+    "scale_shift",
+    "scale_shift_backward",
 ]
 
 
@@ -87,21 +101,24 @@ def mul(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
     return _C.binary_forward(get_backend(backend), "mul", a, _broadcast_b("mul", a, b))
 
 
-def _binary_backward(kind: str, dy: np.ndarray, a: np.ndarray, b: np.ndarray,
-                     backend: str) -> tuple[np.ndarray, np.ndarray]:
+def _binary_backward(
+    kind: str, dy: np.ndarray, a: np.ndarray, b: np.ndarray, backend: str
+) -> tuple[np.ndarray, np.ndarray]:
     b4 = _broadcast_b(kind + "_backward", a, b)
     da, db = _C.binary_backward(get_backend(backend), kind, dy, a, b4)
     return da, db.reshape(b.shape)
 
 
-def add_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *,
-                 backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def add_backward(
+    dy: np.ndarray, a: np.ndarray, b: np.ndarray, *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of add: (da = dy, db = dy summed over b's broadcast dims), db in b's own shape."""
     return _binary_backward("add", dy, a, b, backend)
 
 
-def mul_backward(dy: np.ndarray, a: np.ndarray, b: np.ndarray, *,
-                 backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def mul_backward(
+    dy: np.ndarray, a: np.ndarray, b: np.ndarray, *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of mul: (da = dy b, db = dy a summed over b's broadcast dims), db in b's own shape."""
     return _binary_backward("mul", dy, a, b, backend)
 
@@ -128,13 +145,15 @@ def split_backward(dys: list, *, backend: str = "cpu") -> np.ndarray:
 
 # ---- UNet ops (issue 15, unetnet) ----
 
+
 def scale_shift(x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu") -> np.ndarray:
     """guided-diffusion's scale-shift norm: x (N, C, ...) (2-4 dims), ss (N, 2C) = [scale | shift] per sample and
     channel. Returns x * (1 + scale) + shift, x's shape."""
     return _C.scale_shift_forward(get_backend(backend), x, ss)
 
 
-def scale_shift_backward(dy: np.ndarray, x: np.ndarray, ss: np.ndarray, *,
-                         backend: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def scale_shift_backward(
+    dy: np.ndarray, x: np.ndarray, ss: np.ndarray, *, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of scale_shift: (dx = dy * (1 + scale), dss (N, 2C) = [sum dy * x | sum dy] over x's dims 2...)."""
     return tuple(_C.scale_shift_backward(get_backend(backend), dy, x, ss))

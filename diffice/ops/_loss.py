@@ -2,6 +2,7 @@
 
 The C ops compute per-sample losses (N,); the reduction over the batch happens here, in float64.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,7 +63,11 @@ def cross_entropy(
 
 
 def cross_entropy_backward(
-    logits: np.ndarray, targets: ArrayLike, *, reduction: str = "mean", dloss: float | np.ndarray = 1.0,
+    logits: np.ndarray,
+    targets: ArrayLike,
+    *,
+    reduction: str = "mean",
+    dloss: float | np.ndarray = 1.0,
     backend: str = "cpu",
 ) -> np.ndarray:
     """dlogits (N, K) = dloss_n (softmax(logits) - onehot(targets)), with dloss_n = dloss / N ('mean'),

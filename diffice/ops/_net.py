@@ -2,6 +2,7 @@
 feature distance and fill. Per-sample losses (N,) in float32; the backward functions take the gradient dloss (N,) of
 those per-sample losses. (The flip decision is diffice.ops.target_probability; the pixel distances are
 distance_penalty and mse, composed by diffice.pixel_loss.)"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,15 @@ from ._backend import get_backend
 from ._loss import _targets
 
 __all__ = [
-    "logit_loss", "logit_loss_backward", "bce_with_logits", "bce_with_logits_backward", "standardize",
-    "standardize_backward", "normalized_distance", "normalized_distance_backward", "fill",
+    "logit_loss",
+    "logit_loss_backward",
+    "bce_with_logits",
+    "bce_with_logits_backward",
+    "standardize",
+    "standardize_backward",
+    "normalized_distance",
+    "normalized_distance_backward",
+    "fill",
 ]
 
 
@@ -23,8 +31,9 @@ def logit_loss(logits: np.ndarray, targets: ArrayLike, *, backend: str = "cpu") 
     return _C.logit_loss_forward(get_backend(backend), logits, _targets("logit_loss", targets))
 
 
-def logit_loss_backward(dloss: np.ndarray, logits: np.ndarray, targets: ArrayLike, *,
-                        backend: str = "cpu") -> np.ndarray:
+def logit_loss_backward(
+    dloss: np.ndarray, logits: np.ndarray, targets: ArrayLike, *, backend: str = "cpu"
+) -> np.ndarray:
     """dlogits (N, C) = dloss[n] d(-l_y)/dlogits for dloss float32 (N,)."""
     return _C.logit_loss_backward(get_backend(backend), dloss, logits, _targets("logit_loss_backward", targets))
 
@@ -36,8 +45,9 @@ def bce_with_logits(logits: np.ndarray, targets: np.ndarray, *, backend: str = "
     return _C.bce_with_logits_forward(get_backend(backend), logits, targets)
 
 
-def bce_with_logits_backward(dloss: np.ndarray, logits: np.ndarray, targets: np.ndarray, *,
-                             backend: str = "cpu") -> np.ndarray:
+def bce_with_logits_backward(
+    dloss: np.ndarray, logits: np.ndarray, targets: np.ndarray, *, backend: str = "cpu"
+) -> np.ndarray:
     """dlogits (logits' shape) = dloss[n] (sigmoid(logits) - targets) / M, M the elements per sample."""
     return _C.bce_with_logits_backward(get_backend(backend), dloss, logits, targets)
 
@@ -59,8 +69,9 @@ def normalized_distance(a: np.ndarray, b: np.ndarray, *, backend: str = "cpu") -
     return _C.normalized_distance_forward(get_backend(backend), a, b)
 
 
-def normalized_distance_backward(dloss: np.ndarray, a: np.ndarray, b: np.ndarray, *,
-                                 backend: str = "cpu") -> np.ndarray:
+def normalized_distance_backward(
+    dloss: np.ndarray, a: np.ndarray, b: np.ndarray, *, backend: str = "cpu"
+) -> np.ndarray:
     """da (a's shape) = dloss[n] d normalized_distance[n] / da; b is a constant reference."""
     return _C.normalized_distance_backward(get_backend(backend), dloss, a, b)
 

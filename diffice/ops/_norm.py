@@ -1,4 +1,5 @@
 """Normalisation ops: group norm (per-sample statistics, as torch.nn.GroupNorm) and inference batch norm."""
+
 from __future__ import annotations
 
 from typing import Literal, overload

@@ -3,6 +3,7 @@
 The C ops update in place; these wrappers return new arrays (the inputs are left unchanged), like every op here.
 diffice.train.AdamW / EMA / clip_grad_norm run the same ops in place over a network's parameter buffer.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,19 @@ def adamw_step(
     the first step. lr, eps, weight_decay >= 0, betas in [0, 1). Returns (param, exp_avg, exp_avg_sq) after the step.
     """
     param, exp_avg, exp_avg_sq = _copy(param), _copy(exp_avg), _copy(exp_avg_sq)
-    _C.adamw_step(get_backend(backend), param, grad, exp_avg, exp_avg_sq, int(step), float(lr), float(betas[0]),
-                  float(betas[1]), float(eps), float(weight_decay))
+    _C.adamw_step(
+        get_backend(backend),
+        param,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        int(step),
+        float(lr),
+        float(betas[0]),
+        float(betas[1]),
+        float(eps),
+        float(weight_decay),
+    )
     return param, exp_avg, exp_avg_sq
 
 

@@ -1,4 +1,5 @@
 """Spatial ops on NCHW float32 arrays: nearest x2 upsample, average / max / global pooling, bilinear resize."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,8 +44,9 @@ def upsample_nearest2x_backward(dy: np.ndarray, *, backend: str = "cpu") -> np.n
     return _C.upsample_nearest2x_backward(get_backend(backend), dy)
 
 
-def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *,
-               backend: str = "cpu") -> np.ndarray:
+def avg_pool2d(
+    x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *, backend: str = "cpu"
+) -> np.ndarray:
     """Average pooling, floor mode (torch AvgPool2d(kernel, stride, padding, count_include_pad=False)).
 
     x (N, C, H, W) -> (N, C, (H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1). kernel, stride and padding are
@@ -57,8 +59,15 @@ def avg_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None
     return _C.avg_pool2d_forward(get_backend(backend), x, k, s, p)
 
 
-def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel: IntPair = 2, stride: IntPair | None = None,
-                        padding: IntPair = 0, *, backend: str = "cpu") -> np.ndarray:
+def avg_pool2d_backward(
+    dy: np.ndarray,
+    x_shape: Sequence[int],
+    kernel: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    *,
+    backend: str = "cpu",
+) -> np.ndarray:
     """Gradient of avg_pool2d: dy (N, C, Ho, Wo) -> dx of x_shape (N, C, H, W). Rows and columns no window covers
     (odd sizes) get zero."""
     op = "avg_pool2d_backward"
@@ -68,8 +77,9 @@ def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel: IntPair 
     return _C.avg_pool2d_backward(get_backend(backend), dy, _shape4(x_shape, op), k, s, p)
 
 
-def max_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *,
-               backend: str = "cpu") -> np.ndarray:
+def max_pool2d(
+    x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0, *, backend: str = "cpu"
+) -> np.ndarray:
     """Max pooling with implicit -inf padding, floor mode (torch MaxPool2d(kernel, stride, padding)).
 
     x (N, C, H, W) -> (N, C, (H + 2 ph - kh) // sh + 1, (W + 2 pw - kw) // sw + 1). stride defaults to kernel;
@@ -81,8 +91,15 @@ def max_pool2d(x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None
     return _C.max_pool2d_forward(get_backend(backend), x, k, s, p)
 
 
-def max_pool2d_backward(dy: np.ndarray, x: np.ndarray, kernel: IntPair = 2, stride: IntPair | None = None,
-                        padding: IntPair = 0, *, backend: str = "cpu") -> np.ndarray:
+def max_pool2d_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    kernel: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    *,
+    backend: str = "cpu",
+) -> np.ndarray:
     """Gradient of max_pool2d at x: each dy element goes to its window's first maximum in row-major scan order
     (PyTorch's rule), recomputed from x. Returns dx of x's shape."""
     op = "max_pool2d_backward"

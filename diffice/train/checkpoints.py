@@ -7,6 +7,7 @@ writes the model files and the state under temporary names, then renames them to
 a resume checks that they are from the same step and cuts the log back to it. Ctrl-C sets a flag the loops poll
 (the step in flight finishes, a checkpoint is saved); a non-finite loss stops a run with the last checkpoint kept.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,9 @@ def check_finite(who: str, loss: float, norm: float, step: int) -> None:
     """Raises FloatingPointError when the loss or the gradient norm of step ``step + 1`` is not finite: the run
     stops before the update, and the folder keeps its last checkpoint."""
     if not (math.isfinite(loss) and math.isfinite(norm)):
-        raise FloatingPointError(f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; "
-                                 f"the last checkpoint is kept")
+        raise FloatingPointError(
+            f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; the last checkpoint is kept"
+        )
 
 
 class StopFlag:
@@ -91,9 +93,15 @@ class TrainingRun:
     :meth:`save_final`, :meth:`plot` and :meth:`say_interrupted`. Its ``save(step)`` calls :meth:`save`.
     """
 
-    def __init__(self, out_dir: PathLike, who: str, log_fields: Sequence[str],
-                 model_files: Sequence[str] = ("model.safetensors",), resume_hint: str = "--resume",
-                 continue_hint: str = "run again with --resume") -> None:
+    def __init__(
+        self,
+        out_dir: PathLike,
+        who: str,
+        log_fields: Sequence[str],
+        model_files: Sequence[str] = ("model.safetensors",),
+        resume_hint: str = "--resume",
+        continue_hint: str = "run again with --resume",
+    ) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.who = who
@@ -114,8 +122,10 @@ class TrainingRun:
         if resume and not self.state_path.exists():
             raise FileNotFoundError(f"{self.who}: nothing to resume in {self.out} (no {self.state_path.name})")
         if not resume and self.state_path.exists():
-            raise FileExistsError(f"{self.who}: {self.out} already holds a training run; resume it "
-                                  f"({self.resume_hint}) or choose another folder")
+            raise FileExistsError(
+                f"{self.who}: {self.out} already holds a training run; resume it "
+                f"({self.resume_hint}) or choose another folder"
+            )
         return dict(np.load(self.state_path, allow_pickle=False)) if resume else None
 
     def resumed_step(self, saved: Mapping[str, np.ndarray]) -> int:
@@ -124,8 +134,10 @@ class TrainingRun:
         for path in self.model_paths:
             meta_step = load_safetensors_metadata(path).get("step")
             if meta_step != str(self.start):
-                raise ValueError(f"{self.who}: {path.name} is from step {meta_step} but {self.state_path.name} from "
-                                 f"step {self.start}; the checkpoint is inconsistent")
+                raise ValueError(
+                    f"{self.who}: {path.name} is from step {meta_step} but {self.state_path.name} from "
+                    f"step {self.start}; the checkpoint is inconsistent"
+                )
         return self.start
 
     def restart_log(self, resumed: bool) -> None:
@@ -212,7 +224,7 @@ def plot_loss(log_path: PathLike, png_path: PathLike) -> bool:
     loss = np.array([float(r["loss"]) for r in rows])
     window = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    smooth_steps = steps[window - 1:]
+    smooth_steps = steps[window - 1 :]
     tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp")
     try:
         import matplotlib
@@ -254,19 +266,22 @@ def _plot_pillow(steps, loss, smooth_steps, smooth, path: Path) -> None:
     s0, s1 = float(steps.min()), float(max(steps.max(), steps.min() + 1))
 
     def xy(s, v):
-        return (left + (s - s0) / (s1 - s0) * (width - left - right),
-                top + (hi - v) / (hi - lo) * (height - top - bottom))
+        return (
+            left + (s - s0) / (s1 - s0) * (width - left - right),
+            top + (hi - v) / (hi - lo) * (height - top - bottom),
+        )
 
     draw.rectangle([left, top, width - right, height - bottom], outline="black")
     for s, v, color, w in ((steps, ys, (158, 202, 225), 1), (smooth_steps, ys_smooth, (8, 81, 156), 2)):
         points = [xy(a, b) for a, b in zip(s, v)]
         if len(points) > 1:
             draw.line(points, fill=color, width=w)
-    fmt = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.3g}")
+    fmt = (lambda v: f"{10**v:.3g}") if log else (lambda v: f"{v:.3g}")
     draw.text((5, top), fmt(hi), fill="black")
     draw.text((5, height - bottom - 10), fmt(lo), fill="black")
     draw.text((left, height - bottom + 5), str(int(s0)), fill="black")
     draw.text((width - right - 60, height - bottom + 5), str(int(s1)), fill="black")
-    draw.text((width // 2 - 40, height - bottom + 20), "step" + ("  (loss, log scale)" if log else "  (loss)"),
-              fill="black")
+    draw.text(
+        (width // 2 - 40, height - bottom + 20), "step" + ("  (loss, log scale)" if log else "  (loss)"), fill="black"
+    )
     img.save(path, format="PNG")

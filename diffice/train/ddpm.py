@@ -9,6 +9,7 @@ AdamW, an EMA of the weights. Unlike guided-diffusion the gradient is clipped by
 The optimiser state (AdamW moments, EMA) lives in numpy arrays owned by the C objects, so a checkpoint saves it
 as it is and ``resume=True`` continues bit for bit (same machine, same thread count).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,18 @@ from .checkpoints import (
 PathLike = Union[str, "os.PathLike[str]"]
 Params = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]  # a state_dict, or the arrays in order
 
-__all__ = ["AdamW", "EMA", "clip_grad_norm", "DiffusionLoss", "LossTerms", "loss_and_gradients",
-           "init_guided_diffusion", "load_images", "train_ddpm", "TrainResult"]
+__all__ = [
+    "AdamW",
+    "EMA",
+    "clip_grad_norm",
+    "DiffusionLoss",
+    "LossTerms",
+    "loss_and_gradients",
+    "init_guided_diffusion",
+    "load_images",
+    "train_ddpm",
+    "TrainResult",
+]
 
 _LOSS_TYPES = {"mse": 0, "rescaled_mse": 1}
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
@@ -50,6 +61,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load
 
 
 # ---- optimiser state ----
+
 
 def _param_list(params: Params) -> list[np.ndarray]:
     if isinstance(params, Mapping):
@@ -66,12 +78,25 @@ class AdamW:
     Each step runs the adamw_step op on ``get_backend(backend, num_threads)``.
     """
 
-    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        num_threads: int = 0,
+        backend: str = "cpu",
+    ) -> None:
         self.params = _param_list(params)
         size = sum(p.size for p in self.params)
-        self._c = _C.AdamW(size, lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
-                           weight_decay=float(weight_decay))
+        self._c = _C.AdamW(
+            size,
+            lr=float(lr),
+            betas=(float(betas[0]), float(betas[1])),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+        )
         self._backend = (backend, int(num_threads))
         get_backend(*self._backend)  # an unknown name fails here, not at the first step
 
@@ -79,15 +104,17 @@ class AdamW:
         self._c.step(self.params, grads, get_backend(*self._backend))
 
     lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
-    weight_decay = property(lambda self: self._c.weight_decay,
-                            lambda self, v: setattr(self._c, "weight_decay", v))
+    weight_decay = property(lambda self: self._c.weight_decay, lambda self, v: setattr(self._c, "weight_decay", v))
     num_steps = property(lambda self: self._c.num_steps, lambda self, v: setattr(self._c, "num_steps", v))
     exp_avg = property(lambda self: self._c.exp_avg)
     exp_avg_sq = property(lambda self: self._c.exp_avg_sq)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"exp_avg": self._c.exp_avg.copy(), "exp_avg_sq": self._c.exp_avg_sq.copy(),
-                "num_steps": np.int64(self._c.num_steps)}
+        return {
+            "exp_avg": self._c.exp_avg.copy(),
+            "exp_avg_sq": self._c.exp_avg_sq.copy(),
+            "num_steps": np.int64(self._c.num_steps),
+        }
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         for name in ("exp_avg", "exp_avg_sq"):
@@ -127,6 +154,7 @@ def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 
 
 # ---- the loss ----
 
+
 class LossTerms(NamedTuple):
     """Per-sample terms (N,) float32, and d(sum_b w_b loss_b)/d model_output (None when not asked for)."""
 
@@ -147,29 +175,46 @@ class DiffusionLoss:
         loss_type: "mse" (vb as is; guided-diffusion's default) or "rescaled_mse" (vb * num_timesteps / 1000).
     """
 
-    def __init__(self, steps: int = 1000, schedule: str = "linear", respacing: str = "", learn_sigma: bool = True,
-                 loss_type: str = "mse", fixed_variance: str = "large") -> None:
+    def __init__(
+        self,
+        steps: int = 1000,
+        schedule: str = "linear",
+        respacing: str = "",
+        learn_sigma: bool = True,
+        loss_type: str = "mse",
+        fixed_variance: str = "large",
+    ) -> None:
         if loss_type not in _LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {sorted(_LOSS_TYPES)}, got {loss_type!r}")
         self.diffusion = GaussianDiffusion(steps, schedule, respacing, learn_sigma, fixed_variance)
         self.loss_type = loss_type
-        self._c = _C.TrainingLoss(int(steps), schedule, str(respacing),
-                                  _VARIANCE_TYPES[self.diffusion.variance_type], _LOSS_TYPES[loss_type])
+        self._c = _C.TrainingLoss(
+            int(steps), schedule, str(respacing), _VARIANCE_TYPES[self.diffusion.variance_type], _LOSS_TYPES[loss_type]
+        )
 
     @property
     def num_timesteps(self) -> int:
         return self.diffusion.num_timesteps
 
-    def __call__(self, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, t: np.ndarray, model_output: np.ndarray,
-                 weights: np.ndarray | None = None, grad: bool = True) -> LossTerms:
+    def __call__(
+        self,
+        x_start: np.ndarray,
+        x_t: np.ndarray,
+        noise: np.ndarray,
+        t: np.ndarray,
+        model_output: np.ndarray,
+        weights: np.ndarray | None = None,
+        grad: bool = True,
+    ) -> LossTerms:
         """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
         idx = self.diffusion._indices(t, len(x_start))
         w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
         return LossTerms(*self._c.compute(x_start, x_t, noise, idx, model_output, w, bool(grad)))
 
 
-def loss_and_gradients(unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, t: np.ndarray,
-                       noise: np.ndarray) -> tuple[LossTerms, np.ndarray]:
+def loss_and_gradients(
+    unet: UNet, loss_fn: DiffusionLoss, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray
+) -> tuple[LossTerms, np.ndarray]:
     """One training step's loss (batch mean) and the flat parameter gradient, in the UNet's parameter order.
 
     x_start, noise (N, C, H, W) float32; t (N,) timesteps of the (un-respaced) training diffusion.
@@ -212,6 +257,7 @@ def init_guided_diffusion(unet: UNet, seed: int = 0) -> None:
 
 # ---- data ----
 
+
 def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Every PNG/JPEG/BMP/TIFF image in folder (sorted by name) as grayscale float32 (N, 1, H, W) in [-1, 1].
 
@@ -240,8 +286,10 @@ def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.nda
             img = Image.fromarray(a).resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
             a = np.asarray(img, dtype=np.float32)
         if images and a.shape != images[0].shape:
-            raise ValueError(f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
-                             f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all")
+            raise ValueError(
+                f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all"
+            )
         images.append(a)
     return np.clip(np.stack(images)[:, None] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
 
@@ -269,7 +317,7 @@ def _augment(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndar
         dy, dx = int(shifts[b, 0]), int(shifts[b, 1])
         if dy or dx:
             padded = np.pad(img, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)), mode="reflect")
-            img = padded[:, max_shift - dy:max_shift - dy + h, max_shift - dx:max_shift - dx + w]
+            img = padded[:, max_shift - dy : max_shift - dy + h, max_shift - dx : max_shift - dx + w]
         out[b] = img
     return out
 
@@ -288,24 +336,26 @@ class _Batches:
             if self.pos == self.n:
                 self.perm, self.pos = self.rng.permutation(self.n), 0
             take = min(batch_size - len(out), self.n - self.pos)
-            out.extend(self.perm[self.pos:self.pos + take])
+            out.extend(self.perm[self.pos : self.pos + take])
             self.pos += take
         return np.asarray(out, dtype=np.int64)
 
 
 # ---- progress, log ----
 
+
 class _Progress(ProgressBar):
     """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
 
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None,
-                 label: str = "train") -> None:
+    def __init__(
+        self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None, label: str = "train"
+    ) -> None:
         super().__init__(total, label=label, stream=stream, enabled=enabled, start=start)
         self.log_every = max(1, log_every)
         self.recent: list[float] = []
 
     def step_done(self, step: int, loss: float) -> None:
-        self.recent = (self.recent + [loss])[-self.log_every:]
+        self.recent = (self.recent + [loss])[-self.log_every :]
         self.update(step, note=f"loss {np.mean(self.recent):.4f}")
 
 
@@ -314,24 +364,25 @@ LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
 
 # ---- the training loop ----
 
+
 @dataclass
 class TrainResult:
     """What a training run left behind."""
 
-    step: int             # steps done in total (including those before a resume)
-    interrupted: bool     # stopped by Ctrl-C (a checkpoint was saved)
+    step: int  # steps done in total (including those before a resume)
+    interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
     last_loss: float
-    model_path: Path      # raw weights (guided-diffusion key names)
-    ema_path: Path        # EMA weights
-    state_path: Path      # optimiser state, RNG, data order (for resume)
-    log_path: Path        # CSV, one row per step
+    model_path: Path  # raw weights (guided-diffusion key names)
+    ema_path: Path  # EMA weights
+    state_path: Path  # optimiser state, RNG, data order (for resume)
+    log_path: Path  # CSV, one row per step
     plot_path: Path | None
 
 
 def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for name, p in unet._params.items():
-        out[name] = flat[offset:offset + p.size].reshape(p.shape)
+        out[name] = flat[offset : offset + p.size].reshape(p.shape)
         offset += p.size
     return out
 
@@ -340,12 +391,29 @@ def _config_json(config: Mapping) -> str:
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
 
 
-def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping | None = None,
-               steps: int = 300_000, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
-               ema_rate: float = 0.9999, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
-               checkpoint_every: int = 1000, log_every: int = 10, resume: bool = False, progress: bool = True,
-               size: tuple[int, int] | None = None, diffusion_steps: int = 1000, noise_schedule: str = "linear",
-               loss_type: str = "mse", max_shift: int | None = None, backend: str = "cpu") -> TrainResult:
+def train_ddpm(
+    images: np.ndarray | PathLike,
+    out_dir: PathLike,
+    config: Mapping | None = None,
+    steps: int = 300_000,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    ema_rate: float = 0.9999,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    augment: bool = True,
+    checkpoint_every: int = 1000,
+    log_every: int = 10,
+    resume: bool = False,
+    progress: bool = True,
+    size: tuple[int, int] | None = None,
+    diffusion_steps: int = 1000,
+    noise_schedule: str = "linear",
+    loss_type: str = "mse",
+    max_shift: int | None = None,
+    backend: str = "cpu",
+) -> TrainResult:
     """Trains guided-diffusion's UNet as an unconditional DDPM (Diff-ICE: 1000 steps, lr 1e-4, batch 16).
 
     Args:
@@ -363,16 +431,23 @@ def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping
             of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
         log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
     """
-    run = TrainingRun(out_dir, "train_ddpm", LOG_FIELDS, ("model.safetensors", "ema.safetensors"),
-                      resume_hint="resume=True, --resume", continue_hint="continue with resume=True (--resume)")
+    run = TrainingRun(
+        out_dir,
+        "train_ddpm",
+        LOG_FIELDS,
+        ("model.safetensors", "ema.safetensors"),
+        resume_hint="resume=True, --resume",
+        continue_hint="continue with resume=True (--resume)",
+    )
     model_path, ema_path = run.model_paths
     if isinstance(images, np.ndarray):
         data = _check_images(images, "train_ddpm")
     else:
         data = _check_images(load_images(images, size), os.fspath(images))
     n, channels, h, w = data.shape
-    check_positive("train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every,
-                   log_every=log_every)
+    check_positive(
+        "train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, log_every=log_every
+    )
 
     saved = run.load(resume)
     if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
@@ -386,12 +461,15 @@ def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping
     cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
     unet = UNet(cfg, backend=backend)
     if unet.config["in_channels"] != channels:
-        raise ValueError(f"train_ddpm: the UNet takes {unet.config['in_channels']} channel(s), the images have "
-                         f"{channels}")
+        raise ValueError(
+            f"train_ddpm: the UNet takes {unet.config['in_channels']} channel(s), the images have {channels}"
+        )
     multiple = 2 ** (len(unet.config["channel_mult"]) - 1)
     if h % multiple or w % multiple:
-        raise ValueError(f"train_ddpm: image size {h}x{w} must be a multiple of {multiple} for "
-                         f"{len(unet.config['channel_mult'])} UNet levels")
+        raise ValueError(
+            f"train_ddpm: image size {h}x{w} must be a multiple of {multiple} for "
+            f"{len(unet.config['channel_mult'])} UNet levels"
+        )
     loss_fn = DiffusionLoss(diffusion_steps, noise_schedule, "", unet.config["learn_sigma"], loss_type)
     threads = get_backend(backend).num_threads
     params = list(unet._params.values())
@@ -419,18 +497,33 @@ def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping
     run.restart_log(saved is not None)
 
     def save(step: int) -> None:
-        meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config),
-                "step": str(step)}
-        hparams = dict(lr=opt.lr, weight_decay=opt.weight_decay, ema_rate=ema.rate, grad_clip=grad_clip,
-                       batch_size=batch_size, diffusion_steps=diffusion_steps, loss_type=loss_type,
-                       noise_schedule=noise_schedule)
-        run.save(step, {model_path: lambda: (unet.state_dict(), meta),
-                        ema_path: lambda: (_state_dict_from_flat(unet, ema.values),
-                                           dict(meta, ema_rate=repr(ema.rate)))},
-                 lambda: dict(config=np.str_(_config_json(unet.config)),
-                              rng_state=np.str_(json.dumps(rng.bit_generator.state)), perm=batches.perm,
-                              pos=np.int64(batches.pos), num_images=np.int64(n), hparams=np.str_(json.dumps(hparams)),
-                              **opt.state_dict()))
+        meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config), "step": str(step)}
+        hparams = dict(
+            lr=opt.lr,
+            weight_decay=opt.weight_decay,
+            ema_rate=ema.rate,
+            grad_clip=grad_clip,
+            batch_size=batch_size,
+            diffusion_steps=diffusion_steps,
+            loss_type=loss_type,
+            noise_schedule=noise_schedule,
+        )
+        run.save(
+            step,
+            {
+                model_path: lambda: (unet.state_dict(), meta),
+                ema_path: lambda: (_state_dict_from_flat(unet, ema.values), dict(meta, ema_rate=repr(ema.rate))),
+            },
+            lambda: dict(
+                config=np.str_(_config_json(unet.config)),
+                rng_state=np.str_(json.dumps(rng.bit_generator.state)),
+                perm=batches.perm,
+                pos=np.int64(batches.pos),
+                num_images=np.int64(n),
+                hparams=np.str_(json.dumps(hparams)),
+                **opt.state_dict(),
+            ),
+        )
 
     bar = _Progress(steps, start, progress, log_every)
     step, last_loss, interrupted = start, float("nan"), False
@@ -450,9 +543,17 @@ def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping
                 opt.step(grads)
                 ema.update()
                 step += 1
-                run.log(dict(step=step, loss=f"{last_loss:.6g}", mse=f"{float(np.mean(terms.mse)):.6g}",
-                             vb=f"{float(np.mean(terms.vb)):.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
-                             seconds=f"{time.perf_counter() - t0:.3f}"))
+                run.log(
+                    dict(
+                        step=step,
+                        loss=f"{last_loss:.6g}",
+                        mse=f"{float(np.mean(terms.mse)):.6g}",
+                        vb=f"{float(np.mean(terms.vb)):.6g}",
+                        grad_norm=f"{norm:.6g}",
+                        lr=f"{opt.lr:.6g}",
+                        seconds=f"{time.perf_counter() - t0:.3f}",
+                    )
+                )
                 if step % log_every == 0:
                     run.flush_log()
                 bar.step_done(step, last_loss)
@@ -466,6 +567,13 @@ def train_ddpm(images: np.ndarray | PathLike, out_dir: PathLike, config: Mapping
     if interrupted and progress:
         run.say_interrupted(step)
     plotted = run.plot()
-    return TrainResult(step=step, interrupted=interrupted, last_loss=last_loss, model_path=model_path,
-                       ema_path=ema_path, state_path=run.state_path, log_path=run.log_path,
-                       plot_path=run.plot_path if plotted else None)
+    return TrainResult(
+        step=step,
+        interrupted=interrupted,
+        last_loss=last_loss,
+        model_path=model_path,
+        ema_path=ema_path,
+        state_path=run.state_path,
+        log_path=run.log_path,
+        plot_path=run.plot_path if plotted else None,
+    )

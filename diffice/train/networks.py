@@ -2,6 +2,7 @@
 (per-pixel cross-entropy), the standard-plane classifier f (cross-entropy on SP/NSP, segmenter frozen as in the
 paper) and a concept oracle (per-concept binary cross-entropy). Batches come from a callable, so the same loops
 train on phantoms (fresh images every step) or on a fixed data set."""
+
 from __future__ import annotations
 
 import csv
@@ -60,11 +61,24 @@ def binary_cross_entropy_grad(logits: np.ndarray, targets: np.ndarray) -> tuple[
 SUPERVISED_LOG_FIELDS = ["step", "loss", "grad_norm", "lr", "seconds"]
 
 
-def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps: int, lr: float = 1e-3,
-                  grad_clip: float = 1.0, seed: int = 0, frozen_prefix: str | None = None,
-                  progress: bool = True, label: str = "train", weight_decay: float = 0.0,
-                  out_dir: PathLike | None = None, checkpoint_every: int = 500, resume: bool = False,
-                  metadata: Mapping[str, str] | None = None, log_every: int = 10) -> dict[str, Any]:
+def train_network(
+    net: NetworkBase,
+    batches: BatchFn,
+    loss_grad: Callable,
+    steps: int,
+    lr: float = 1e-3,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    frozen_prefix: str | None = None,
+    progress: bool = True,
+    label: str = "train",
+    weight_decay: float = 0.0,
+    out_dir: PathLike | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    log_every: int = 10,
+) -> dict[str, Any]:
     """Trains net in place for `steps` AdamW steps (cosine decay of lr to 10%).
 
     batches(rng) -> (x, targets) draws a batch; loss_grad(outputs, targets) -> (loss, douts tuple); parameters
@@ -100,13 +114,17 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
 
     # frozen weights get zero gradients, so Adam never moves them; only AdamW's decay would: their values are
     # put back after each step from this one copy (taken after a resume's load)
-    frozen_values = {n: v.copy() for n, v in net._params.items() if frozen and weight_decay and
-                     n.startswith(frozen_prefix)}
+    frozen_values = {
+        n: v.copy() for n, v in net._params.items() if frozen and weight_decay and n.startswith(frozen_prefix)
+    }
 
     def save(step: int) -> None:
         assert run is not None
-        run.save(step, {run.model_paths[0]: lambda: (net.state_dict(), dict(metadata or {}, step=str(step)))},
-                 lambda: dict(rng_state=np.str_(json.dumps(rng.bit_generator.state)), **opt.state_dict()))
+        run.save(
+            step,
+            {run.model_paths[0]: lambda: (net.state_dict(), dict(metadata or {}, step=str(step)))},
+            lambda: dict(rng_state=np.str_(json.dumps(rng.bit_generator.state)), **opt.state_dict()),
+        )
 
     bar = _Progress(steps, start, progress, log_every, label=label)
     history: list[float] = []
@@ -117,8 +135,11 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
             while step < steps:
                 x, targets = batches(rng)
                 opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
-                loss, flat = net._c.train_step(be, np.ascontiguousarray(x, np.float32),
-                                               lambda outputs, targets=targets: _swap(loss_grad(outputs, targets)))
+                loss, flat = net._c.train_step(
+                    be,
+                    np.ascontiguousarray(x, np.float32),
+                    lambda outputs, targets=targets: _swap(loss_grad(outputs, targets)),
+                )
                 if frozen:
                     for a, b in frozen:
                         flat[a:b] = 0.0
@@ -130,8 +151,15 @@ def train_network(net: NetworkBase, batches: BatchFn, loss_grad: Callable, steps
                 step += 1
                 history.append(float(loss))
                 if run is not None:
-                    run.log(dict(step=step, loss=f"{loss:.6g}", grad_norm=f"{norm:.6g}", lr=f"{opt.lr:.6g}",
-                                 seconds=f"{time.perf_counter() - t0:.3f}"))
+                    run.log(
+                        dict(
+                            step=step,
+                            loss=f"{loss:.6g}",
+                            grad_norm=f"{norm:.6g}",
+                            lr=f"{opt.lr:.6g}",
+                            seconds=f"{time.perf_counter() - t0:.3f}",
+                        )
+                    )
                 bar.step_done(step, float(loss))
                 if stop.stop:
                     interrupted = True
@@ -157,7 +185,7 @@ def accuracy(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.n
     """Fraction of x (in batches) whose predicted labels equal y."""
     hits = 0
     for i in range(0, len(x), batch):
-        hits += int(np.sum(predict(np.ascontiguousarray(x[i:i + batch])) == y[i:i + batch]))
+        hits += int(np.sum(predict(np.ascontiguousarray(x[i : i + batch])) == y[i : i + batch]))
     return hits / len(x)
 
 
@@ -166,8 +194,7 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
 
 
-def segmentation_labels(masks: np.ndarray, structure_names: Sequence[str],
-                        classes: Sequence[str]) -> np.ndarray:
+def segmentation_labels(masks: np.ndarray, structure_names: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """(N, S, H, W) structure masks -> (N, H, W) labels over `classes` (class 0 = background); later classes are
     painted over earlier ones."""
     index = {name: i for i, name in enumerate(structure_names)}
@@ -180,6 +207,7 @@ def segmentation_labels(masks: np.ndarray, structure_names: Sequence[str],
 
 
 # ---- training sets on disk (the format `diffice phantoms` writes; a researcher's own data the same way) ----
+
 
 @dataclass
 class TrainingSet:
@@ -215,9 +243,17 @@ class TrainingSet:
 
     def subset(self, index: np.ndarray) -> TrainingSet:
         def take(a):
-            return (None if a is None else a[index])
-        return TrainingSet(self.images[index], [self.files[i] for i in index], take(self.masks), self.classes,
-                           take(self.labels), take(self.concepts), self.concept_names)
+            return None if a is None else a[index]
+
+        return TrainingSet(
+            self.images[index],
+            [self.files[i] for i in index],
+            take(self.masks),
+            self.classes,
+            take(self.labels),
+            take(self.concepts),
+            self.concept_names,
+        )
 
 
 def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -232,10 +268,16 @@ def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     return fields, rows
 
 
-def load_training_set(images: PathLike, size: tuple[int, int] | None = None, masks: PathLike | None = None,
-                      labels: PathLike | None = None, label_column: str = "label",
-                      concept_columns: Sequence[str] = (), classes: Sequence[str] | None = None,
-                      progress: bool = False) -> TrainingSet:
+def load_training_set(
+    images: PathLike,
+    size: tuple[int, int] | None = None,
+    masks: PathLike | None = None,
+    labels: PathLike | None = None,
+    label_column: str = "label",
+    concept_columns: Sequence[str] = (),
+    classes: Sequence[str] | None = None,
+    progress: bool = False,
+) -> TrainingSet:
     """Reads a training set.
 
     images: a folder of images (PNG/JPEG/TIFF/BMP; 8-bit scaled by 255, others by their range) -> [-1, 1];
@@ -299,8 +341,9 @@ def load_training_set(images: PathLike, size: tuple[int, int] | None = None, mas
     return ts
 
 
-def _load_masks(folder: Path, files: Sequence[Path], size: tuple[int, int],
-                classes: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+def _load_masks(
+    folder: Path, files: Sequence[Path], size: tuple[int, int], classes: Sequence[str] | None
+) -> tuple[np.ndarray, list[str]]:
     from PIL import Image
 
     if not folder.is_dir():
@@ -334,6 +377,7 @@ def _load_masks(folder: Path, files: Sequence[Path], size: tuple[int, int],
 
 # ---- the networks `diffice train segmenter|classifier|oracle` builds, and their saved form ----
 
+
 def init_for_training(net: NetworkBase, seed: int = 0) -> None:
     """He-uniform conv/linear weights (ReLU/SiLU networks), zero biases, norm scales 1 and shifts 0; batch-norm
     statistics at the identity (mean 0, variance 1), so BN-inference networks train as plain conv nets."""
@@ -351,8 +395,9 @@ def init_for_training(net: NetworkBase, seed: int = 0) -> None:
             p[...] = rng.uniform(-bound, bound, p.shape)
 
 
-def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool = True,
-                  max_shift: int | None = None) -> BatchFn:
+def batch_sampler(
+    data: TrainingSet, batch_size: int, target: str, augment: bool = True, max_shift: int | None = None
+) -> BatchFn:
     """batches(rng) -> (x, targets): batch_size images drawn with replacement, randomly flipped and shifted
     (masks moved with their images). target: "masks", "labels" or "concepts"."""
     from .ddpm import _augment
@@ -372,6 +417,7 @@ def batch_sampler(data: TrainingSet, batch_size: int, target: str, augment: bool
         if augment:
             x = _augment(x, rng, shift)
         return x, y
+
     return batches
 
 
@@ -381,7 +427,7 @@ SUPERVISED_KINDS = ("segmenter", "classifier", "oracle")
 
 
 def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
-    return np.concatenate([fn(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
+    return np.concatenate([fn(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
 def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
@@ -394,19 +440,24 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
             inter = np.sum((pred == c) & (data.masks == c))
             total = np.sum(pred == c) + np.sum(data.masks == c)
             dice[name] = float(2 * inter / total) if total else float("nan")
-        return dict(pixel_accuracy=float(np.mean(pred == data.masks)), dice=dice,
-                    mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None)
+        return dict(
+            pixel_accuracy=float(np.mean(pred == data.masks)),
+            dice=dice,
+            mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None,
+        )
     if kind == "classifier":
         assert data.labels is not None  # a classifier's training set has labels (load_training_set)
         pred = _predict_in_batches(lambda x: predicted_class(model.logits(x), axis=1), data.images)
-        return dict(accuracy=float(np.mean(pred == data.labels)),
-                    balanced_accuracy=balanced_accuracy(pred, data.labels))
+        return dict(
+            accuracy=float(np.mean(pred == data.labels)), balanced_accuracy=balanced_accuracy(pred, data.labels)
+        )
     if kind == "oracle":
         p = _predict_in_batches(lambda x: sigmoid(model.logits(x)), data.images)
         assert data.concepts is not None and data.concept_names is not None  # an oracle's set has concepts
         hits = (p > 0.5) == (data.concepts > 0.5)
-        out: dict[str, Any] = dict(concept_accuracy={c: float(hits[:, i].mean())
-                                                     for i, c in enumerate(data.concept_names)})
+        out: dict[str, Any] = dict(
+            concept_accuracy={c: float(hits[:, i].mean()) for i, c in enumerate(data.concept_names)}
+        )
         if data.labels is not None:
             qs = np.ones(len(p))
             for i, concept in enumerate(data.concept_names):
@@ -416,14 +467,32 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
     raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
 
 
-def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: PathLike | None = None,
-                     labels: PathLike | None = None, size: tuple[int, int] | None = None,
-                     segmenter: PathLike | None = None, concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
-                     negative: Sequence[str] = ("FP",), width: int = 16, levels: int = 3, groups: int = 8,
-                     k: int = 8, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
-                     weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0, augment: bool = True,
-                     val_fraction: float = 0.1, checkpoint_every: int = 500, resume: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+def train_supervised(
+    kind: str,
+    images: PathLike,
+    out_dir: PathLike,
+    masks: PathLike | None = None,
+    labels: PathLike | None = None,
+    size: tuple[int, int] | None = None,
+    segmenter: PathLike | None = None,
+    concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
+    negative: Sequence[str] = ("FP",),
+    width: int = 16,
+    levels: int = 3,
+    groups: int = 8,
+    k: int = 8,
+    steps: int = 2000,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    augment: bool = True,
+    val_fraction: float = 0.1,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Trains one of the image networks on a folder and writes ``model.safetensors`` (loads with
     :func:`diffice.models.files.load_model`), ``metrics.json`` (validation numbers), ``loss.csv``/``loss.png`` and
     ``train_state.npz`` (for resume) to out_dir.
@@ -449,13 +518,17 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Path
     if kind in ("classifier", "oracle") and labels is None:
         raise ValueError(f"train {kind}: --labels (a CSV with file and label/concept columns) is required")
     if kind == "classifier" and segmenter is None:
-        raise ValueError("train classifier: --segmenter (a segmenter trained by 'diffice train segmenter') is "
-                         "required")
+        raise ValueError("train classifier: --segmenter (a segmenter trained by 'diffice train segmenter') is required")
     out = Path(out_dir)
-    data = load_training_set(images, size, masks=masks if kind == "segmenter" else None,
-                             labels=labels if kind != "segmenter" else None,
-                             label_column="label" if kind == "classifier" or kind == "oracle" else "",
-                             concept_columns=concepts if kind == "oracle" else (), progress=progress)
+    data = load_training_set(
+        images,
+        size,
+        masks=masks if kind == "segmenter" else None,
+        labels=labels if kind != "segmenter" else None,
+        label_column="label" if kind == "classifier" or kind == "oracle" else "",
+        concept_columns=concepts if kind == "oracle" else (),
+        progress=progress,
+    )
     train_set, val_set = data.split(val_fraction, seed=seed + 1)
     h, w = data.images.shape[2:]
 
@@ -483,8 +556,11 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Path
                 raise ValueError(f"{labels}: the label column has a single class")
             model = PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], n_classes, standardize=False))
         elif seg is not None:
-            model = ConceptOracle(PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], len(concepts),
-                                                               standardize=False)), concepts, negative)
+            model = ConceptOracle(
+                PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], len(concepts), standardize=False)),
+                concepts,
+                negative,
+            )
         else:
             model = ConceptOracle(SonoNet(k, 1, len(concepts), standardize=False), concepts, negative)
     if not resume:
@@ -500,8 +576,7 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Path
     else:
         plane = model if kind == "classifier" else model.network
         if isinstance(plane, PlaneClassifier):  # s is frozen: no gradient through it while training
-            net, frozen = PlaneClassifier(plane.segmenter, plane.classifier, grad_through_segmenter=False), \
-                "segmenter."
+            net, frozen = PlaneClassifier(plane.segmenter, plane.classifier, grad_through_segmenter=False), "segmenter."
         else:
             net, frozen = plane, None
         target = "labels" if kind == "classifier" else "concepts"
@@ -513,13 +588,32 @@ def train_supervised(kind: str, images: PathLike, out_dir: PathLike, masks: Path
 
     if train_set.images.shape[0] < 1:
         raise ValueError("no training images left after the validation split")
-    result = train_network(net, batch_sampler(train_set, batch_size, target, augment), loss_grad, steps, lr=lr,
-                           grad_clip=grad_clip, seed=seed, frozen_prefix=frozen, progress=progress,
-                           label=f"train {kind}", weight_decay=weight_decay, out_dir=out,
-                           checkpoint_every=checkpoint_every, resume=resume, metadata=model_metadata(model))
-    metrics = dict(kind=kind, step=result["step"], interrupted=result["interrupted"], image_size=[h, w],
-                   train_images=len(train_set), validation_images=len(val_set),
-                   validation=evaluate(kind, model, val_set))
+    result = train_network(
+        net,
+        batch_sampler(train_set, batch_size, target, augment),
+        loss_grad,
+        steps,
+        lr=lr,
+        grad_clip=grad_clip,
+        seed=seed,
+        frozen_prefix=frozen,
+        progress=progress,
+        label=f"train {kind}",
+        weight_decay=weight_decay,
+        out_dir=out,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        metadata=model_metadata(model),
+    )
+    metrics = dict(
+        kind=kind,
+        step=result["step"],
+        interrupted=result["interrupted"],
+        image_size=[h, w],
+        train_images=len(train_set),
+        validation_images=len(val_set),
+        validation=evaluate(kind, model, val_set),
+    )
     from ..data.images import atomic_write_bytes
 
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())

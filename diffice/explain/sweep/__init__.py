@@ -43,6 +43,7 @@ Store schema (read it with :class:`SweepStore`, or any SQLite client):
 - ``results(config_id, image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step, counterfactual)``:
   iteration 0 is the input (flipped = f classifies the input as the target), 1..L the iterations.
 """
+
 from __future__ import annotations
 
 from .config import STORE_NAME, SweepSpec, config_id, config_label, load_sweep
@@ -50,6 +51,23 @@ from .runner import load_sweep_images, plan_units, run_sweep
 from .store import ConfigResults, SweepStore, decode_image, encode_image
 from .tables import TABLE_COLUMNS, Column, compute_tables, format_tables, print_tables, register_column
 
-__all__ = ["SweepSpec", "load_sweep", "run_sweep", "SweepStore", "ConfigResults", "Column", "TABLE_COLUMNS",
-           "register_column", "compute_tables", "format_tables", "print_tables", "STORE_NAME", "config_id",
-           "config_label", "load_sweep_images", "plan_units", "encode_image", "decode_image"]
+__all__ = [
+    "SweepSpec",
+    "load_sweep",
+    "run_sweep",
+    "SweepStore",
+    "ConfigResults",
+    "Column",
+    "TABLE_COLUMNS",
+    "register_column",
+    "compute_tables",
+    "format_tables",
+    "print_tables",
+    "STORE_NAME",
+    "config_id",
+    "config_label",
+    "load_sweep_images",
+    "plan_units",
+    "encode_image",
+    "decode_image",
+]

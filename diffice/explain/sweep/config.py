@@ -1,5 +1,6 @@
 """A sweep's config: the [sweep] section, the grid of method configurations (each with a stable id), Table 1's
 base setting, the models and the [cluster] options (the file format: diffice.explain.sweep)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +15,21 @@ from ..config import check_lambda_p, load_config, read_toml
 from ..explainer import ExplainerConfig, is_iterative, iterations_run
 
 STORE_NAME = "results.sqlite"
-SWEEP_DEFAULTS: dict[str, Any] = dict(models=None, demo_models=None, images=None, phantoms=None, phantom_seed=None,
-                                      out="sweep-results", store_format="png")
+SWEEP_DEFAULTS: dict[str, Any] = dict(
+    models=None,
+    demo_models=None,
+    images=None,
+    phantoms=None,
+    phantom_seed=None,
+    out="sweep-results",
+    store_format="png",
+)
 METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
 TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
 
 
 # ---- the config ----
+
 
 @dataclasses.dataclass
 class SweepSpec:
@@ -93,8 +102,9 @@ def _expand(axes: dict[str, list[Any]], method: dict[str, Any], where: str) -> l
     return out
 
 
-def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
-               data: dict[str, Any] | None = None) -> SweepSpec:
+def load_sweep(
+    path: str | None, overrides: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+) -> SweepSpec:
     """Reads a sweep config (the module docstring). overrides: flat keys over [sweep] and the run config (e.g.
     out, batch_size); data: the parsed TOML instead of reading path (relative paths: from the working folder)."""
 
@@ -123,12 +133,14 @@ def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
     demo = None
     if sweep["models"] is not None:
         if sweep["models"] != "demo":
-            raise ValueError(f"{source}: [sweep] models must be \"demo\" (or leave it out and use [models])")
+            raise ValueError(f'{source}: [sweep] models must be "demo" (or leave it out and use [models])')
         demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
         # the demo models choose the model files: a [models] section would be ignored, so it is refused
         if data.get("models"):
-            raise ValueError(f"{source}: [sweep] models = \"demo\" chooses every model; remove the [models] "
-                             f"section (or models = \"demo\")")
+            raise ValueError(
+                f'{source}: [sweep] models = "demo" chooses every model; remove the [models] '
+                f'section (or models = "demo")'
+            )
         # as diffice explain --models demo: the demo's [method], [diffusion] and image size are the defaults, and
         # [diffusion] values other than the bundled DDPM's are refused (diffice.explain.config.load_config)
         data["models"] = dict(preset="demo")
@@ -137,8 +149,11 @@ def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
     configs: list[dict[str, Any]] = []
     configs += _expand(axes_main, method, f"{source} [sweep]")
     for i, grid in enumerate(grids):
-        configs += _expand({k: _axis(k, v, f"{source} [[grid]] {i + 1}") for k, v in grid.items()}, method,
-                           f"{source} [[grid]] {i + 1}")
+        configs += _expand(
+            {k: _axis(k, v, f"{source} [[grid]] {i + 1}") for k, v in grid.items()},
+            method,
+            f"{source} [[grid]] {i + 1}",
+        )
     unique: dict[str, dict[str, Any]] = {}
     for c in configs:
         unique.setdefault(config_id(c), c)
@@ -150,18 +165,23 @@ def load_sweep(path: str | None, overrides: dict[str, Any] | None = None,
         main = [_canonical(dict(method, **{name: v}))[name] for v in axes_main.get(name, [])]
         base[name] = value if not main or value in main else main[0]
     if sweep["images"] is None and sweep["phantoms"] is None:
-        raise ValueError(f"{source}: [sweep] needs images = \"FOLDER\" or phantoms = N")
+        raise ValueError(f'{source}: [sweep] needs images = "FOLDER" or phantoms = N')
     if sweep["images"] is not None and sweep["phantoms"] is not None:
         raise ValueError(f"{source}: [sweep] takes images or phantoms, not both")
     if sweep["images"] is not None:
         sweep["images"] = str(base_dir / sweep["images"])
     if sweep["store_format"] not in ("png", "float16"):
-        raise ValueError(f"{source}: [sweep] store_format must be \"png\" or \"float16\", got "
-                         f"{sweep['store_format']!r}")
+        raise ValueError(f'{source}: [sweep] store_format must be "png" or "float16", got {sweep["store_format"]!r}')
 
     out = Path(sweep["out"])
     out = out if out.is_absolute() or out_given else base_dir / out
-    return SweepSpec(cfg=cfg, sweep=sweep, configs=list(unique.values()), base=base,
-                     models=models_spec(cfg, demo), out=out, cluster=cluster_options(data, source), source=source)
-
-
+    return SweepSpec(
+        cfg=cfg,
+        sweep=sweep,
+        configs=list(unique.values()),
+        base=base,
+        models=models_spec(cfg, demo),
+        out=out,
+        cluster=cluster_options(data, source),
+        source=source,
+    )

@@ -1,5 +1,6 @@
 """`diffice sweep`: every unit (one image batch x one configuration) not yet in the store, run on an executor
 (this machine or a Dask cluster), each written to the store in one transaction as it finishes."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
 # ---- images ----
+
 
 def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[list[str], np.ndarray]:
     """The image set: names (sorted) and pixels (N, 1, H, W) float32 in [-1, 1] at [run] image_size. Unreadable
@@ -53,11 +55,15 @@ def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[li
 
 # ---- running ----
 
+
 def plan_units(configs: Sequence[dict[str, Any]], n_images: int, batch_size: int) -> list[dict[str, Any]]:
     """Every unit of the sweep: per configuration (in order), consecutive batches of the sorted image set."""
     chunks = batches(list(range(n_images)), batch_size)
-    return [dict(unit=f"{config_id(c)}-b{b:04d}", config_id=config_id(c), batch=b, image_ids=list(ids), method=c)
-            for c in configs for b, ids in enumerate(chunks)]
+    return [
+        dict(unit=f"{config_id(c)}-b{b:04d}", config_id=config_id(c), batch=b, image_ids=list(ids), method=c)
+        for c in configs
+        for b, ids in enumerate(chunks)
+    ]
 
 
 class _StoreLock:
@@ -83,9 +89,14 @@ class _StoreLock:
             os.close(self.fd)
 
 
-def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, models: Any = None,
-              stream: TextIO | None = None, on_unit: Callable[[int, int, Any], None] | None = None
-              ) -> dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec,
+    executor: Any = None,
+    progress: bool = True,
+    models: Any = None,
+    stream: TextIO | None = None,
+    on_unit: Callable[[int, int, Any], None] | None = None,
+) -> dict[str, Any]:
     """Runs every unit of the sweep not yet in the store (spec.store_path) and returns a summary dict.
 
     executor: where units run (diffice.explain.cluster.open_executor; default: this process, with `models` -- a loaded
@@ -101,10 +112,19 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
     executor = executor or LocalExecutor(models)
     names, x = load_sweep_images(spec, stream)
     run = spec.cfg["run"]
-    meta = dict(run=dict(image_size=[int(v) for v in run["image_size"]], batch_size=int(run["batch_size"]),
-                         seed=int(run["seed"]), target=int(run["target"])),
-                diffusion=spec.cfg["diffusion"], models=spec.models, store_format=spec.sweep["store_format"],
-                image_shape=list(x.shape[1:]), base=spec.base)
+    meta = dict(
+        run=dict(
+            image_size=[int(v) for v in run["image_size"]],
+            batch_size=int(run["batch_size"]),
+            seed=int(run["seed"]),
+            target=int(run["target"]),
+        ),
+        diffusion=spec.cfg["diffusion"],
+        models=spec.models,
+        store_format=spec.sweep["store_format"],
+        image_shape=list(x.shape[1:]),
+        base=spec.base,
+    )
     spec.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     with _StoreLock(spec.store_path), SweepStore(spec.store_path, create=True) as store:
@@ -113,8 +133,17 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
         done = store.finished_units()
         todo = [u for u in units if u["unit"] not in done]
         by_id = {u["unit"]: u for u in todo}
-        tasks = (dict(unit=u["unit"], models=spec.models, method=u["method"], x=x[u["image_ids"]],
-                      target=int(run["target"]), seed=int(run["seed"])) for u in todo)
+        tasks = (
+            dict(
+                unit=u["unit"],
+                models=spec.models,
+                method=u["method"],
+                x=x[u["image_ids"]],
+                target=int(run["target"]),
+                seed=int(run["seed"]),
+            )
+            for u in todo
+        )
         if todo and executor.description != "this machine":
             describe(executor, stream)
         bar = ProgressBar(len(todo), label="sweep", enabled=progress, stream=stream)
@@ -123,13 +152,15 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
 
         def on_step(task, iteration, lambda_index, step, steps, active):
             u = by_id[task["unit"]]
-            bar.update(finished, note=f"{u['method']['method']} batch {u['batch'] + 1} it {iteration + 1} "
-                                      f"step {step}/{steps}")
+            bar.update(
+                finished, note=f"{u['method']['method']} batch {u['batch'] + 1} it {iteration + 1} step {step}/{steps}"
+            )
 
         for result in executor.run(tasks, progress=on_step if progress else None):
             store.write_unit(by_id[result["unit"]], result)
             checks.setdefault(by_id[result["unit"]]["config_id"], []).append(
-                {k: result.get(k) for k in ("input_is_target", "first_step_target")})
+                {k: result.get(k) for k in ("input_is_target", "first_step_target")}
+            )
             finished += 1
             bar.update(finished, note=f"units (last: {result['worker']})", force=True)
             if on_unit is not None:
@@ -138,13 +169,19 @@ def run_sweep(spec: SweepSpec, executor: Any = None, progress: bool = True, mode
         found = _check_sweep(checks, spec.configs, int(run["target"]))
         for message in found:
             store.add_warning(message)
-    return dict(units=len(units), ran=finished, skipped_done=len(units) - len(todo), images=len(names),
-                configs=len(spec.configs), seconds=time.monotonic() - t_start, store=str(spec.store_path),
-                warnings=found)
+    return dict(
+        units=len(units),
+        ran=finished,
+        skipped_done=len(units) - len(todo),
+        images=len(names),
+        configs=len(spec.configs),
+        seconds=time.monotonic() - t_start,
+        store=str(spec.store_path),
+        warnings=found,
+    )
 
 
-def _check_sweep(checks: dict[str, list[dict[str, Any]]], configs: Sequence[dict[str, Any]],
-                 target: int) -> list[str]:
+def _check_sweep(checks: dict[str, list[dict[str, Any]]], configs: Sequence[dict[str, Any]], target: int) -> list[str]:
     """The SuspiciousRunWarning checks over the units run now: every input already the target (once, over all
     configurations), else every image the target at the first guided step (per configuration)."""
     everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]

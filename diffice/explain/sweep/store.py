@@ -1,5 +1,6 @@
 """The SQLite results store of a sweep (its schema: diffice.explain.sweep) and one configuration's results read
 back from it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ STORE_FORMAT = "diffice sweep store 1"
 
 
 # ---- the store ----
+
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
     """(C, H, W) float32 -> PNG bytes (8-bit, [-1, 1] mapped to 0..255) or raw little-endian float16 bytes."""
@@ -116,8 +118,9 @@ class SweepStore:
             return None
         return None if row is None else json.loads(row[0])
 
-    def initialise(self, meta: dict[str, Any], names: Sequence[str], x: np.ndarray,
-                   configs: Sequence[dict[str, Any]]) -> None:
+    def initialise(
+        self, meta: dict[str, Any], names: Sequence[str], x: np.ndarray, configs: Sequence[dict[str, Any]]
+    ) -> None:
         """Creates the store's meta, images and configs, or checks that they agree with an existing store
         (ValueError naming what changed; configurations may be added)."""
         fmt = meta["store_format"]
@@ -127,18 +130,27 @@ class SweepStore:
             if old:
                 for key in ("run", "diffusion", "store_format", "image_shape"):
                     if old.get(key) != meta[key]:
-                        raise ValueError(f"{self.path}: made with {key} = {old.get(key)!r}, now {meta[key]!r}; "
-                                         f"use the same settings or another --out")
+                        raise ValueError(
+                            f"{self.path}: made with {key} = {old.get(key)!r}, now {meta[key]!r}; "
+                            f"use the same settings or another --out"
+                        )
                 stored = [tuple(r) for r in db.execute("SELECT name, pixel_key FROM images ORDER BY image_id")]
                 if stored != list(zip(names, keys)):
-                    raise ValueError(f"{self.path}: made for another image set ({len(stored)} images, now "
-                                     f"{len(names)}, or their pixels changed); use another --out")
+                    raise ValueError(
+                        f"{self.path}: made for another image set ({len(stored)} images, now "
+                        f"{len(names)}, or their pixels changed); use another --out"
+                    )
                 if old.get("models") != meta["models"]:
-                    print(f"diffice sweep: note: the models' description differs from the one {self.path} was "
-                          f"made with; finished units are kept", file=sys.stderr)
+                    print(
+                        f"diffice sweep: note: the models' description differs from the one {self.path} was "
+                        f"made with; finished units are kept",
+                        file=sys.stderr,
+                    )
             else:
-                db.executemany("INSERT INTO images (image_id, name, pixel_key, input) VALUES (?, ?, ?, ?)",
-                               [(i, n, k, encode_image(x[i], fmt)) for i, (n, k) in enumerate(zip(names, keys))])
+                db.executemany(
+                    "INSERT INTO images (image_id, name, pixel_key, input) VALUES (?, ?, ?, ?)",
+                    [(i, n, k, encode_image(x[i], fmt)) for i, (n, k) in enumerate(zip(names, keys))],
+                )
             for key, value in meta.items():
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?)", (json.dumps(STORE_FORMAT),))
@@ -148,9 +160,20 @@ class SweepStore:
                 cid = config_id(c)
                 if cid in known:
                     continue
-                db.execute("INSERT INTO configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (cid, config_label(c), c["method"], c["iterations"], c["tau"], json.dumps(c["lambda_c"]),
-                            c["lambda_p"], json.dumps(c, sort_keys=True), position))
+                db.execute(
+                    "INSERT INTO configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cid,
+                        config_label(c),
+                        c["method"],
+                        c["iterations"],
+                        c["tau"],
+                        json.dumps(c["lambda_c"]),
+                        c["lambda_p"],
+                        json.dumps(c, sort_keys=True),
+                        position,
+                    ),
+                )
                 known.add(cid)
                 position += 1
 
@@ -173,22 +196,47 @@ class SweepStore:
 
         def rows():  # encoded inside the transaction: an interruption anywhere leaves no trace of the unit
             for b, image_id in enumerate(ids):
-                yield (cid, image_id, 0, float(result["prob_target"][0, b]), int(result["input_is_target"][b]),
-                       None, None, None)
+                yield (
+                    cid,
+                    image_id,
+                    0,
+                    float(result["prob_target"][0, b]),
+                    int(result["input_is_target"][b]),
+                    None,
+                    None,
+                    None,
+                )
                 for l in range(len(cfs)):
-                    yield (cid, image_id, l + 1, float(result["prob_target"][l + 1, b]),
-                           int(result["flipped"][l, b]), float(result["lambda_used"][l, b]),
-                           int(result["nonfinite_step"][l, b]), encode_image(cfs[l, b], fmt))
+                    yield (
+                        cid,
+                        image_id,
+                        l + 1,
+                        float(result["prob_target"][l + 1, b]),
+                        int(result["flipped"][l, b]),
+                        float(result["lambda_used"][l, b]),
+                        int(result["nonfinite_step"][l, b]),
+                        encode_image(cfs[l, b], fmt),
+                    )
 
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM units WHERE unit_id = ?", (unit["unit"],)).fetchone():
                 return False
             db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
-            db.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (unit["unit"], cid, unit["batch"], json.dumps(list(ids)), float(result["batch_seconds"]),
-                        json.dumps([float(v) for v in result["iteration_seconds"]]), int(result["peak_bytes"]),
-                        int(result["unet_evaluations"]), result.get("worker"),
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            db.execute(
+                "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    unit["unit"],
+                    cid,
+                    unit["batch"],
+                    json.dumps(list(ids)),
+                    float(result["batch_seconds"]),
+                    json.dumps([float(v) for v in result["iteration_seconds"]]),
+                    int(result["peak_bytes"]),
+                    int(result["unet_evaluations"]),
+                    result.get("worker"),
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                ),
+            )
         return True
 
     # -- reading --
@@ -207,30 +255,40 @@ class SweepStore:
         fmt, shape = self.meta("store_format"), self._shape()
         rows = dict(self.db.execute("SELECT image_id, input FROM images").fetchall())
         ids = sorted(rows) if image_ids is None else list(image_ids)
-        return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape,
-                                                                                                np.float32)
+        return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape, np.float32)
 
-    def counterfactuals(self, config: str, iteration: int,
-                        image_ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    def counterfactuals(
+        self, config: str, iteration: int, image_ids: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
         """The counterfactuals (N, C, H, W) float32 of one configuration and iteration (1..L), for the finished
         images in image_id order (or the given ids')."""
         fmt, shape = self.meta("store_format"), self._shape()
-        rows = dict(self.db.execute("SELECT image_id, counterfactual FROM results WHERE config_id = ? AND "
-                                    "iteration = ?", (config, int(iteration))).fetchall())
+        rows = dict(
+            self.db.execute(
+                "SELECT image_id, counterfactual FROM results WHERE config_id = ? AND iteration = ?",
+                (config, int(iteration)),
+            ).fetchall()
+        )
         ids = sorted(rows) if image_ids is None else list(image_ids)
-        return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape,
-                                                                                                np.float32)
+        return np.stack([decode_image(rows[i], fmt, shape) for i in ids]) if ids else np.zeros((0,) + shape, np.float32)
 
     def counterfactual_blobs(self) -> dict[tuple[str, int, int], bytes]:
         """Every stored counterfactual's bytes by (config_id, image_id, iteration) (bitwise comparisons)."""
-        return {(c, i, l): bytes(b) for c, i, l, b in self.db.execute(
-            "SELECT config_id, image_id, iteration, counterfactual FROM results WHERE iteration > 0")}
+        return {
+            (c, i, l): bytes(b)
+            for c, i, l, b in self.db.execute(
+                "SELECT config_id, image_id, iteration, counterfactual FROM results WHERE iteration > 0"
+            )
+        }
 
     def results(self, config: dict[str, Any]) -> ConfigResults:
         cid = config["config_id"]
         L = int(config["iterations"])
-        rows = self.db.execute("SELECT image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM "
-                               "results WHERE config_id = ? ORDER BY image_id, iteration", (cid,)).fetchall()
+        rows = self.db.execute(
+            "SELECT image_id, iteration, prob_target, flipped, lambda_used, nonfinite_step FROM "
+            "results WHERE config_id = ? ORDER BY image_id, iteration",
+            (cid,),
+        ).fetchall()
         ids = sorted({r[0] for r in rows})
         index = {i: k for k, i in enumerate(ids)}
         n = len(ids)
@@ -243,14 +301,22 @@ class SweepStore:
             prob[k, l], flipped[k, l] = p, bool(f)
             if l > 0:
                 lam[k, l - 1], nonfinite[k, l - 1] = lu, nf
-        units = self.db.execute("SELECT batch_seconds, iteration_seconds, peak_bytes FROM units WHERE config_id = ? "
-                                "ORDER BY batch", (cid,)).fetchall()
+        units = self.db.execute(
+            "SELECT batch_seconds, iteration_seconds, peak_bytes FROM units WHERE config_id = ? ORDER BY batch", (cid,)
+        ).fetchall()
         return ConfigResults(
-            config=config, store=self, image_ids=np.array(ids, np.int64), prob_target=prob,
-            input_is_target=flipped[:, 0], flipped=flipped[:, 1:], lambda_used=lam, nonfinite_step=nonfinite,
+            config=config,
+            store=self,
+            image_ids=np.array(ids, np.int64),
+            prob_target=prob,
+            input_is_target=flipped[:, 0],
+            flipped=flipped[:, 1:],
+            lambda_used=lam,
+            nonfinite_step=nonfinite,
             batch_seconds=np.array([u[0] for u in units], np.float64),
             iteration_seconds=np.array([json.loads(u[1]) for u in units], np.float64).reshape(len(units), L),
-            peak_bytes=np.array([u[2] for u in units], np.int64))
+            peak_bytes=np.array([u[2] for u in units], np.int64),
+        )
 
 
 @dataclasses.dataclass
@@ -290,5 +356,3 @@ class ConfigResults:
 
     def inputs(self) -> np.ndarray:
         return self.store.inputs(self.image_ids)
-
-

@@ -1,5 +1,6 @@
 """The paper's tables from a sweep's store: Table 1 (methods), Table 2 (Diff-ICE per iteration), Table S3
 (ablation), with metric columns a user can add (register_column)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ from .store import ConfigResults, SweepStore
 
 # ---- the tables ----
 
+
 @dataclasses.dataclass
 class Column:
     """A metric column of the tables: compute(results, iteration) -> a number (or None: not available).
@@ -35,17 +37,25 @@ def _on_validity(fn: Callable[[ConfigResults, int, np.ndarray], float]) -> Calla
     def compute(r: ConfigResults, l: int) -> float | None:
         s = r.validity & r.finite(l)
         return float(fn(r, l, s)) if s.any() else None
+
     return compute
 
 
-VALIDITY = ("inputs f does not classify as the target (the paper's subset), less those whose counterfactual went "
-            "non-finite")
+VALIDITY = (
+    "inputs f does not classify as the target (the paper's subset), less those whose counterfactual went non-finite"
+)
 TABLE_COLUMNS: list[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' definitions, on f's recorded verdicts
     Column("FR", _on_validity(lambda r, l, s: flip_ratio_of(r.flipped[s, l - 1])), subset=VALIDITY),
-    Column("dp", _on_validity(lambda r, l, s: (r.prob_target[s, l] - r.prob_target[s, 0]).mean()),
-           subset=VALIDITY + "; mean change of f's target probability"),
-    Column("MAD", _on_validity(lambda r, l, s: mad(r.prob_target[s, 0], r.prob_target[s, l])),
-           subset=VALIDITY + "; |p_target(x) - p_target(cf)| (= MAD for a two-class f)"),
+    Column(
+        "dp",
+        _on_validity(lambda r, l, s: (r.prob_target[s, l] - r.prob_target[s, 0]).mean()),
+        subset=VALIDITY + "; mean change of f's target probability",
+    ),
+    Column(
+        "MAD",
+        _on_validity(lambda r, l, s: mad(r.prob_target[s, 0], r.prob_target[s, l])),
+        subset=VALIDITY + "; |p_target(x) - p_target(cf)| (= MAD for a two-class f)",
+    ),
     Column("BKL", _on_validity(lambda r, l, s: bkl(r.prob_target[s, l])), subset=VALIDITY),
 ]
 
@@ -73,8 +83,11 @@ def _metrics(r: ConfigResults, l: int) -> list[str]:
 
 def _efficiency(r: ConfigResults) -> list[str]:
     total = float(r.batch_seconds.sum())
-    return [_mean_std(r.batch_seconds), format_seconds(total) if len(r.batch_seconds) else "-",
-            f"{r.peak_bytes.max() / 2**20:.0f}" if len(r.peak_bytes) else "-"]
+    return [
+        _mean_std(r.batch_seconds),
+        format_seconds(total) if len(r.batch_seconds) else "-",
+        f"{r.peak_bytes.max() / 2**20:.0f}" if len(r.peak_bytes) else "-",
+    ]
 
 
 def _lc(c: dict[str, Any]) -> str:
@@ -89,8 +102,7 @@ def _n(r: ConfigResults, l: int) -> str:
     """validity subset (finite counterfactuals) / images done, and how many went non-finite at iteration l."""
     finite = r.finite(l) if len(r.image_ids) else np.zeros(0, bool)
     excluded = int((~finite).sum())
-    return f"{int((r.validity & finite).sum())}/{len(r.image_ids)}" + (f" ({excluded} non-finite)" if excluded
-                                                                         else "")
+    return f"{int((r.validity & finite).sum())}/{len(r.image_ids)}" + (f" ({excluded} non-finite)" if excluded else "")
 
 
 def compute_tables(store: SweepStore) -> list[dict[str, Any]]:
@@ -104,13 +116,22 @@ def compute_tables(store: SweepStore) -> list[dict[str, Any]]:
     order = {m: i for i, m in enumerate(METHODS)}
     at_base = [c for c in configs if all(c[k] == base.get(k, c[k]) for k in TABLE1_AXES)]
     at_base.sort(key=lambda c: (order.get(c["method"], 99), c["iterations"]))
-    base_text = f"tau={base.get('tau')}, lambda_c={'/'.join(f'{v:g}' for v in base.get('lambda_c', []))}, " \
-                f"lambda_p={base.get('lambda_p', 0):g}" if base else ""
-    t1 = dict(title="Table 1: methods" + (f" ({base_text})" if base_text else ""),
-              header=["Method", "n"] + metric_names + eff,
-              rows=[[_method(c), _n(results[c["config_id"]], c["iterations"])]
-                    + _metrics(results[c["config_id"]], c["iterations"]) + _efficiency(results[c["config_id"]])
-                    for c in at_base])
+    base_text = (
+        f"tau={base.get('tau')}, lambda_c={'/'.join(f'{v:g}' for v in base.get('lambda_c', []))}, "
+        f"lambda_p={base.get('lambda_p', 0):g}"
+        if base
+        else ""
+    )
+    t1 = dict(
+        title="Table 1: methods" + (f" ({base_text})" if base_text else ""),
+        header=["Method", "n"] + metric_names + eff,
+        rows=[
+            [_method(c), _n(results[c["config_id"]], c["iterations"])]
+            + _metrics(results[c["config_id"]], c["iterations"])
+            + _efficiency(results[c["config_id"]])
+            for c in at_base
+        ],
+    )
     tables = [t1]
     for c in at_base:
         if not is_iterative(c["method"]):
@@ -119,25 +140,51 @@ def compute_tables(store: SweepStore) -> list[dict[str, Any]]:
         rows = []
         for l in range(1, c["iterations"] + 1):
             its = r.iteration_seconds[:, l - 1] if len(r.iteration_seconds) else np.zeros(0)
-            rows.append([str(l), _n(r, l)] + _metrics(r, l) +
-                        [_mean_std(its), format_seconds(float(its.sum())) if len(its) else "-"])
-        tables.append(dict(title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text})",
-                           header=["Iteration", "n"] + metric_names + ["Batch time (s)", "Iteration time"],
-                           rows=rows))
-    s3 = sorted(configs, key=lambda c: (order.get(c["method"], 99), c["iterations"], c["tau"], c["lambda_c"],
-                                        -c["lambda_p"]))
-    tables.append(dict(title="Table S3: ablation (every configuration, last iteration)",
-                       header=["Method", "tau", "Lp", "lambda_c", "n"] + metric_names + eff,
-                       rows=[[_method(c), str(c["tau"]), f"yes ({c['lambda_p']:g})" if c["lambda_p"] else "no",
-                              _lc(c), _n(results[c["config_id"]], c["iterations"])]
-                             + _metrics(results[c["config_id"]], c["iterations"])
-                             + _efficiency(results[c["config_id"]]) for c in s3]))
-    notes = [f"n: validity subset / images done, and (k non-finite): the images whose counterfactual went "
-             f"non-finite in the sampler (zeroed), excluded from every column. {c.name}: {c.subset}"
-             for c in TABLE_COLUMNS[:1]] + \
-            [f"{c.name}: {c.subset}" for c in TABLE_COLUMNS[1:]] + \
-            ["Batch time: the sampler's wall time per unit (one batch), mean +- std over units; Total time: their "
-             "sum; Peak MB: the sampler's memory peak (largest over units)."]
+            rows.append(
+                [str(l), _n(r, l)]
+                + _metrics(r, l)
+                + [_mean_std(its), format_seconds(float(its.sum())) if len(its) else "-"]
+            )
+        tables.append(
+            dict(
+                title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text})",
+                header=["Iteration", "n"] + metric_names + ["Batch time (s)", "Iteration time"],
+                rows=rows,
+            )
+        )
+    s3 = sorted(
+        configs, key=lambda c: (order.get(c["method"], 99), c["iterations"], c["tau"], c["lambda_c"], -c["lambda_p"])
+    )
+    tables.append(
+        dict(
+            title="Table S3: ablation (every configuration, last iteration)",
+            header=["Method", "tau", "Lp", "lambda_c", "n"] + metric_names + eff,
+            rows=[
+                [
+                    _method(c),
+                    str(c["tau"]),
+                    f"yes ({c['lambda_p']:g})" if c["lambda_p"] else "no",
+                    _lc(c),
+                    _n(results[c["config_id"]], c["iterations"]),
+                ]
+                + _metrics(results[c["config_id"]], c["iterations"])
+                + _efficiency(results[c["config_id"]])
+                for c in s3
+            ],
+        )
+    )
+    notes = (
+        [
+            f"n: validity subset / images done, and (k non-finite): the images whose counterfactual went "
+            f"non-finite in the sampler (zeroed), excluded from every column. {c.name}: {c.subset}"
+            for c in TABLE_COLUMNS[:1]
+        ]
+        + [f"{c.name}: {c.subset}" for c in TABLE_COLUMNS[1:]]
+        + [
+            "Batch time: the sampler's wall time per unit (one batch), mean +- std over units; Total time: their "
+            "sum; Peak MB: the sampler's memory peak (largest over units)."
+        ]
+    )
     for t in tables:
         t["notes"] = notes
     return tables
@@ -171,5 +218,3 @@ def print_tables(store_path: os.PathLike, stream: TextIO | None = None) -> str:
     atomic_write_bytes(Path(store_path).with_name("tables.md"), text.encode())
     print(text, file=stream or sys.stdout)
     return text
-
-
