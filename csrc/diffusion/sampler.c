@@ -252,7 +252,7 @@ static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_e
     return DFC_OK;
 }
 
-/* One guided reverse process from x_in_t (the rows of this pass) to z. */
+/* One guided reverse process from x_in (the rows of this pass) to z. */
 static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *x_in, dfc_tensor *z,
                            dfc_error *err)
 {
@@ -376,9 +376,10 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         out->nonfinite_step[j] = -1;
     out->unet_evaluations = 0;
 
-    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals */
+    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals;
+     * host: host-side staging (the noise before it is copied in, probabilities read back), never a tensor */
     dfc_arena persist, steps, scratch, host;
-    dfc_arena_init(&host, 0, dfc_default_memory_limit()); /* host-side staging, never a tensor */
+    dfc_arena_init(&host, 0, dfc_default_memory_limit());
     dfc_arena_init(&persist, 0, dfc_default_memory_limit());
     dfc_arena_init(&steps, 0, dfc_default_memory_limit());
     dfc_arena_init(&scratch, 0, dfc_default_memory_limit());
