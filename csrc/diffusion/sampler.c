@@ -64,20 +64,12 @@ static dfc_status copy_rows(const pass *p, row_copy_fn copy, float *dst, const i
     return DFC_OK;
 }
 
-static void fill_indices(const pass *p, int64_t i, int64_t *indices, float *timesteps)
-{
-    for (int64_t b = 0; b < p->n; b++) {
-        indices[b] = i;
-        timesteps[b] = (float)p->d->timestep_map[i];
-    }
-}
-
 /* The model's output at respaced index i and the posterior it implies. With tape non-NULL the UNet keeps its
  * activations for a VJP (the x_t-gradient baseline). */
 typedef struct step_state {
     dfc_tensor model_out, mean, variance, log_variance, x0;
-    int64_t *indices;
-    float *timesteps;
+    dfc_tensor timesteps;  /* (n) the denoiser's conditioning input: index i's original timestep, every row */
+    int64_t *indices;      /* (n) host: i, every row */
     void *tape;
 } step_state;
 
@@ -85,18 +77,19 @@ static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int kee
                           dfc_error *err)
 {
     s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
-    s->timesteps = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    s->timesteps = dfc_arena_tensor(p->steps, 1, &p->n, err);
     s->mean = dfc_alloc_like(p->steps, z, err);
     s->variance = dfc_alloc_like(p->steps, z, err);
     s->log_variance = dfc_alloc_like(p->steps, z, err);
     s->x0 = dfc_alloc_like(p->steps, z, err);
-    if (!s->indices || !s->timesteps || !s->mean.data || !s->variance.data ||
+    if (!s->indices || !s->timesteps.data || !s->mean.data || !s->variance.data ||
         !s->log_variance.data || !s->x0.data)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
-    fill_indices(p, i, s->indices, s->timesteps);
+    for (int64_t b = 0; b < p->n; b++)
+        s->indices[b] = i;
+    DFC_TRY(p->be->ops->fill(p->be, (float)p->d->timestep_map[i], &s->timesteps, err));
     s->tape = NULL;
-    dfc_tensor t = dfc_tensor1(s->timesteps, p->n);
-    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &t,
+    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &s->timesteps,
                             keep_tape ? &s->tape : NULL, &s->model_out, err));
     p->out->unet_evaluations += p->n;
     return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean,
