@@ -14,7 +14,7 @@ struct dfc_model_guidance {
     dfc_perceptual *perceptual;   /* borrowed, may be NULL */
     int64_t n, m;                 /* images and values per image of the original batch */
     int64_t shape[4];
-    float *x;                     /* copy of the original batch */
+    float *x;                     /* copy of the original batch, in host memory (as the caller's x) */
     int64_t *targets;             /* (n) */
     int64_t *reference_rows;      /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
@@ -67,8 +67,9 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
     free(g);
 }
 
-static dfc_status gather(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
-                         dfc_tensor *out, dfc_error *err)
+/* The original images of these rows, copied in from the host copy. */
+static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int64_t *rows, int64_t count,
+                         dfc_arena *arena, dfc_tensor *out, dfc_error *err)
 {
     int64_t shape[4] = {count, g->shape[1], g->shape[2], g->shape[3]};
     *out = dfc_arena_tensor(arena, 4, shape, err);
@@ -77,7 +78,8 @@ static dfc_status gather(const dfc_model_guidance *g, const int64_t *rows, int64
         if (rows[b] < 0 || rows[b] >= g->n)
             return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld",
                             (long long)rows[b], (long long)g->n);
-        memcpy(out->data + b * g->m, g->x + rows[b] * g->m, (size_t)g->m * sizeof(float));
+        DFC_TRY(be->iface->copy_from_host(be, out->data + b * g->m, g->x + rows[b] * g->m,
+                                          (size_t)g->m * sizeof(float), err));
     }
     return DFC_OK;
 }
@@ -90,7 +92,7 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
         return DFC_OK;
     dfc_arena_mark mark = dfc_arena_get_mark(arena);
     dfc_tensor b;
-    dfc_status st = gather(g, rows, count, arena, &b, err);
+    dfc_status st = gather(g, be, rows, count, arena, &b, err);
     if (st == DFC_OK)
         st = dfc_perceptual_set_reference(g->perceptual, be, &g->reference_arena, &g->reference_scratch, &b, err);
     dfc_arena_reset(arena, mark);
@@ -124,7 +126,7 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
     int64_t *targets;
     DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
     /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
-    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
+    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS] = {{0}};
     void *tape = NULL;
     DFC_TRY(dfc_net_forward(g->classifier, be, arena, NULL, x0, NULL, &tape, outputs, err));
     const dfc_tensor *logits = &outputs[0];
@@ -134,12 +136,10 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
     DFC_CHECK_ALLOC(dlogits);
     DFC_TRY(dfc_classification_loss(be, g->kind, logits, targets, &loss, &dlogits, err));
     DFC_TRY(be->ops->row_scale(be, &dlogits, lambda_c, &dlogits, err));
-    memset(douts, 0, sizeof douts);
     douts[0] = dlogits;
-    DFC_TRY(g->classifier->vt->backward(g->classifier, be, arena, tape, douts, grad, NULL, err));
+    DFC_TRY(dfc_net_backward(g->classifier, be, arena, tape, douts, grad, NULL, err));
     /* perceptual fidelity to the original images */
-    for (int64_t b = 0; b < n; b++)
-        loss_perceptual[b] = 0.0f;
+    DFC_TRY(be->iface->zero(be, loss_perceptual, (size_t)n * sizeof(float), err));
     if (g->perceptual && lambda_p != 0.0f) {
         DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
         dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);

@@ -11,7 +11,7 @@
 typedef struct dfc_model_guidance dfc_model_guidance;
 
 /* classifier and perceptual are borrowed (must outlive the guidance); x (N, C, H, W) the original images and
- * targets (N) are copied. */
+ * targets (N), both in host memory, are copied (the rows a pass needs are copied into backend memory). */
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
                                      const dfc_tensor *x, const int64_t *targets, dfc_model_guidance **out,
                                      dfc_error *err);

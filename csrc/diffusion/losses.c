@@ -1,7 +1,6 @@
 #include "losses.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 /* ---- training_losses ---- */
 
@@ -45,31 +44,32 @@ dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be
     const int want_grad = d_model_output && d_model_output->data;
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
 
-    /* scratch: eps_hat and v (the model output's halves), their gradients, per-row weights, vb, coefficients */
+    /* host: the per-row coefficients and flags; backend memory: per-row weights, vb, eps_hat and v (the model
+     * output's halves) and their gradients */
     const size_t tensors = learned ? (size_t)(n * m) * (want_grad ? 4 : 2) : 0;
     const size_t row_doubles = learned ? (size_t)n * 6 : 0;
-    double *rows = malloc(row_doubles * sizeof(double) + (size_t)n * sizeof(int) +
-                          (tensors + (size_t)n * 2) * sizeof(float) + sizeof(double));
+    double *rows = malloc(row_doubles * sizeof(double) + (size_t)n * sizeof(int) + sizeof(double));
     if (!rows)
         return dfc_fail(err, DFC_ERR_NOMEM, "%s: out of memory", op);
+    float *scratch = be->iface->alloc(be, (tensors + (size_t)n * 2) * sizeof(float), err);
+    if (!scratch) {
+        free(rows);
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    }
     int *decoder_nll = (int *)(rows + row_doubles);
-    float *scratch = (float *)(decoder_nll + n);
     dfc_tensor dweight = dfc_tensor1(scratch, n), vb_t = dfc_tensor1(scratch + n, n);
     dfc_tensor mse_t = dfc_tensor1(mse, n), eps_hat = *model_output, v = *model_output;
     dfc_tensor d_eps = {0}, d_v = {0};
-    for (int64_t b = 0; b < n; b++)
-        dweight.data[b] = weights ? weights[b] : 1.0f;
-    memset(vb_t.data, 0, (size_t)n * sizeof(float));
-    if (learned) { /* split the (eps_hat, v) channels */
+    dfc_status st = weights ? be->iface->copy_from_host(be, dweight.data, weights, (size_t)n * sizeof(float), err)
+                            : be->ops->fill(be, 1.0f, &dweight, err);
+    if (st == DFC_OK)
+        st = be->iface->zero(be, vb_t.data, (size_t)n * sizeof(float), err);
+    if (st == DFC_OK && learned) { /* split the (eps_hat, v) channels */
         eps_hat.data = scratch + 2 * n;
         v.data = eps_hat.data + n * m;
         eps_hat.shape[1] = v.shape[1] = x_start->shape[1];
         dfc_tensor *halves[2] = {&eps_hat, &v};
-        dfc_status st = be->ops->split_channels(be, model_output, halves, 2, err);
-        if (st != DFC_OK) {
-            free(rows);
-            return st;
-        }
+        st = be->ops->split_channels(be, model_output, halves, 2, err);
         d_eps = eps_hat;
         d_v = v;
         d_eps.data = v.data + n * m;
@@ -78,7 +78,8 @@ dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be
         d_eps = want_grad ? *d_model_output : d_eps;
     }
     /* target: the noise (ModelMeanType.EPSILON) */
-    dfc_status st = be->ops->mse_forward(be, &eps_hat, noise, &mse_t, err);
+    if (st == DFC_OK)
+        st = be->ops->mse_forward(be, &eps_hat, noise, &mse_t, err);
     if (st == DFC_OK && want_grad)
         st = be->ops->mse_backward(be, &dweight, &eps_hat, noise, &d_eps, NULL, err);
     if (st == DFC_OK && learned) {
@@ -105,7 +106,8 @@ dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be
         st = be->ops->binary_forward(be, DFC_BINARY_ADD, &mse_t, &vb_t, &loss_t, err);
     }
     if (st == DFC_OK && vb)
-        memcpy(vb, vb_t.data, (size_t)n * sizeof(float));
+        st = be->iface->copy(be, vb, vb_t.data, (size_t)n * sizeof(float), err);
+    be->iface->free(be, scratch);
     free(rows);
     return st;
 }

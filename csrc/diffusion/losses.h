@@ -18,7 +18,8 @@ typedef enum {
  * (eps_hat, v) for the learned range, (N, C, H, W) (eps_hat) for a fixed variance; indices (N) respaced indices.
  * Writes loss, mse and vb (N each; vb may be NULL, it is 0 for a fixed variance) and, when d_model_output is not
  * NULL (and its data not NULL), d (sum_b weights_b loss_b) / d model_output, shaped like model_output
- * (weights NULL: all 1). */
+ * (weights NULL: all 1). loss, mse and vb are backend memory (the ops write them); indices and weights are host
+ * arrays. */
 dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be, dfc_loss_type type,
                                          const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_tensor *noise,
                                          const int64_t *indices, const dfc_tensor *model_output,

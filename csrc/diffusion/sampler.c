@@ -26,6 +26,8 @@ typedef struct pass {
     void *progress_user;
     dfc_sampler_outputs *out;
     int64_t batch;            /* N */
+    float *noise_host;        /* (n, m) host memory: the generator's draws before they are copied in */
+    float *prob_host;         /* (n) host memory: target probabilities read back for the per-row bookkeeping */
 } pass;
 
 static double now_seconds(void)
@@ -35,41 +37,39 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void fill_noise(const pass *p, int stream, int step, int inner, float *out)
+/* The generator runs on the host (rng.h); its draws are copied into the backend's noise tensor. */
+static dfc_status fill_noise(const pass *p, int stream, int step, int inner, dfc_tensor *noise, dfc_error *err)
 {
     for (int64_t b = 0; b < p->n; b++) {
         dfc_noise_stream s = {p->cfg->seed, p->keys[p->rows[b]], (uint32_t)stream, (uint32_t)p->iteration,
                               (uint32_t)step, (uint32_t)inner};
-        dfc_gaussian_noise(&s, out + b * p->m, p->m);
+        dfc_gaussian_noise(&s, p->noise_host + b * p->m, p->m);
     }
+    return p->be->iface->copy_from_host(p->be, noise->data, p->noise_host, (size_t)(p->n * p->m) * sizeof(float),
+                                        err);
 }
 
-static dfc_tensor image_view(const pass *p, float *data)
-{
-    return dfc_tensor4(data, p->n, p->channels, p->height, p->width);
-}
+/* Moves whole rows of m floats: dst row dst_rows[b] <- src row src_rows[b] for b < n (a NULL rows array: b itself).
+ * copy is one of the backend's memory functions (copy, copy_from_host or copy_to_host: the same signature), which
+ * says on which side each of dst and src lives. */
+typedef dfc_status (*row_copy_fn)(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
 
-/* x_all's rows of this pass, gathered. */
-static void gather_rows(const pass *p, const float *all, float *out)
-{
-    for (int64_t b = 0; b < p->n; b++)
-        memcpy(out + b * p->m, all + p->rows[b] * p->m, (size_t)p->m * sizeof(float));
-}
-
-static void fill_indices(const pass *p, int64_t i, int64_t *indices, float *timesteps)
+static dfc_status copy_rows(const pass *p, row_copy_fn copy, float *dst, const int64_t *dst_rows, const float *src,
+                            const int64_t *src_rows, dfc_error *err)
 {
     for (int64_t b = 0; b < p->n; b++) {
-        indices[b] = i;
-        timesteps[b] = (float)p->d->timestep_map[i];
+        const int64_t to = dst_rows ? dst_rows[b] : b, from = src_rows ? src_rows[b] : b;
+        DFC_TRY(copy(p->be, dst + to * p->m, src + from * p->m, (size_t)p->m * sizeof(float), err));
     }
+    return DFC_OK;
 }
 
 /* The model's output at respaced index i and the posterior it implies. With tape non-NULL the UNet keeps its
  * activations for a VJP (the x_t-gradient baseline). */
 typedef struct step_state {
     dfc_tensor model_out, mean, variance, log_variance, x0;
-    int64_t *indices;
-    float *timesteps;
+    dfc_tensor timesteps;  /* (n) the denoiser's conditioning input: index i's original timestep, every row */
+    int64_t *indices;      /* (n) host: i, every row */
     void *tape;
 } step_state;
 
@@ -77,18 +77,19 @@ static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int kee
                           dfc_error *err)
 {
     s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
-    s->timesteps = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    s->timesteps = dfc_arena_tensor(p->steps, 1, &p->n, err);
     s->mean = dfc_alloc_like(p->steps, z, err);
     s->variance = dfc_alloc_like(p->steps, z, err);
     s->log_variance = dfc_alloc_like(p->steps, z, err);
     s->x0 = dfc_alloc_like(p->steps, z, err);
-    if (!s->indices || !s->timesteps || !s->mean.data || !s->variance.data ||
+    if (!s->indices || !s->timesteps.data || !s->mean.data || !s->variance.data ||
         !s->log_variance.data || !s->x0.data)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
-    fill_indices(p, i, s->indices, s->timesteps);
+    for (int64_t b = 0; b < p->n; b++)
+        s->indices[b] = i;
+    DFC_TRY(p->be->ops->fill(p->be, (float)p->d->timestep_map[i], &s->timesteps, err));
     s->tape = NULL;
-    dfc_tensor t = dfc_tensor1(s->timesteps, p->n);
-    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &t,
+    DFC_TRY(dfc_net_forward(p->denoiser, p->be, p->steps, keep_tape ? NULL : p->scratch, z, &s->timesteps,
                             keep_tape ? &s->tape : NULL, &s->model_out, err));
     p->out->unet_evaluations += p->n;
     return dfc_diffusion_p_mean_variance(p->d, p->be, &s->model_out, z, s->indices, p->cfg->clip, &s->mean,
@@ -101,7 +102,7 @@ static dfc_status reverse_step(const pass *p, const step_state *s, const dfc_ten
 {
     dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
     DFC_CHECK_ALLOC(noise);
-    fill_noise(p, stream, step, inner, noise.data);
+    DFC_TRY(fill_noise(p, stream, step, inner, &noise, err));
     return dfc_diffusion_sample_step(p->d, p->be, &s->mean, &s->variance, &s->log_variance, grad, &noise,
                                      s->indices, z, err);
 }
@@ -140,8 +141,7 @@ static dfc_status add_noisy_distance_terms(const pass *p, const dfc_tensor *z, c
     dfc_tensor ones = dfc_arena_tensor(p->steps, 1, &p->n, err), dz = dfc_alloc_like(p->steps, z, err);
     DFC_CHECK_ALLOC(ones);
     DFC_CHECK_ALLOC(dz);
-    for (int64_t b = 0; b < p->n; b++)
-        ones.data[b] = 1.0f;
+    DFC_TRY(p->be->ops->fill(p->be, 1.0f, &ones, err));
     DFC_TRY(p->be->ops->distance_penalty_backward(p->be, &ones, z, x_orig, l1, l2, &dz, err));
     return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
@@ -158,7 +158,7 @@ static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const s
     /* grad <- mask recip g (the direct path), v <- -mask recipm1 g (the eps channels; v's are 0) */
     DFC_TRY(dfc_diffusion_pred_xstart_backward(p->d, p->be, grad, &s->model_out, z, s->indices, p->cfg->clip, grad,
                                                &v, err));
-    DFC_TRY(p->denoiser->vt->backward(p->denoiser, p->be, p->steps, s->tape, &v, &dz, NULL, err));
+    DFC_TRY(dfc_net_backward(p->denoiser, p->be, p->steps, s->tape, &v, &dz, NULL, err));
     return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
 
@@ -186,7 +186,7 @@ static dfc_status blend_keep(const pass *p, dfc_tensor *a, const dfc_tensor *b, 
 static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int step, dfc_tensor *x_c,
                              dfc_error *err)
 {
-    memcpy(x_c->data, z->data, (size_t)dfc_numel(z) * sizeof(float));
+    DFC_TRY(dfc_copy_tensor(p->be, x_c, z, err));
     for (int64_t j = i - 1; j >= 0; j--) {
         dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
         step_state s;
@@ -213,15 +213,15 @@ static dfc_status check_finite(const pass *p, dfc_tensor *z, int step, dfc_error
     return DFC_OK;
 }
 
-static void record_step(const pass *p, int step, const dfc_tensor *z, const dfc_tensor *x0)
+/* z and x0 after this step, into the caller's (host) step records at this pass's rows. */
+static dfc_status record_step(const pass *p, int step, const dfc_tensor *z, const dfc_tensor *x0, dfc_error *err)
 {
     if (!p->out->steps_xt || !p->out->steps_x0)
-        return;
-    int64_t base = ((int64_t)p->iteration * p->cfg->tau + step) * p->batch;
-    for (int64_t b = 0; b < p->n; b++) {
-        memcpy(p->out->steps_xt + (base + p->rows[b]) * p->m, z->data + b * p->m, (size_t)p->m * sizeof(float));
-        memcpy(p->out->steps_x0 + (base + p->rows[b]) * p->m, x0->data + b * p->m, (size_t)p->m * sizeof(float));
-    }
+        return DFC_OK;
+    int64_t base = ((int64_t)p->iteration * p->cfg->tau + step) * p->batch * p->m;
+    row_copy_fn to_host = p->be->iface->copy_to_host;
+    DFC_TRY(copy_rows(p, to_host, p->out->steps_xt + base, p->rows, z->data, NULL, err));
+    return copy_rows(p, to_host, p->out->steps_x0 + base, p->rows, x0->data, NULL, err);
 }
 
 /* classify_first_step: the classifier's verdict on x0_hat at the first reverse step of iteration 1's first lambda_c
@@ -237,25 +237,26 @@ static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_e
     if (!prob || !is_target)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     DFC_TRY(p->g->classify(p->g->ctx, p->be, p->steps, x0, p->rows, prob, is_target, err));
+    DFC_TRY(p->be->iface->copy_to_host(p->be, p->prob_host, prob, (size_t)p->n * sizeof(float), err));
     for (int64_t b = 0; b < p->n; b++) {
-        p->out->first_step_prob[p->rows[b]] = prob[b];
+        p->out->first_step_prob[p->rows[b]] = p->prob_host[b];
         p->out->first_step_target[p->rows[b]] = is_target[b];
     }
     return DFC_OK;
 }
 
 /* One guided reverse process from x_in (the rows of this pass) to z. */
-static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in, dfc_tensor *z, dfc_error *err)
+static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *x_in, dfc_tensor *z,
+                           dfc_error *err)
 {
     const dfc_sampler_config *cfg = p->cfg;
     dfc_tensor x_c = dfc_alloc_like(persist, z, err), x_orig = dfc_alloc_like(persist, z, err);
-    dfc_tensor x_in_t = image_view(p, (float *)x_in);
     dfc_tensor dilated = dfc_alloc4(persist, p->n, 1, p->height, p->width, err); /* FastDiME's mask */
     DFC_CHECK_ALLOC(x_c);
     DFC_CHECK_ALLOC(x_orig);
     DFC_CHECK_ALLOC(dilated);
-    gather_rows(p, p->x_all->data, x_orig.data);
-    memcpy(x_c.data, x_in, (size_t)dfc_numel(z) * sizeof(float));
+    DFC_TRY(copy_rows(p, p->be->iface->copy, x_orig.data, NULL, p->x_all->data, p->rows, err));
+    DFC_TRY(dfc_copy_tensor(p->be, &x_c, x_in, err));
     int mask_active = 0;
 
     /* z_tau = q_sample(x_in, tau) */
@@ -266,10 +267,10 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
         DFC_CHECK_ALLOC(noise);
         if (!indices)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
-        fill_noise(p, STREAM_Q_SAMPLE, 0, 0, noise.data);
+        DFC_TRY(fill_noise(p, STREAM_Q_SAMPLE, 0, 0, &noise, err));
         for (int64_t b = 0; b < p->n; b++)
             indices[b] = cfg->tau;
-        DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, &x_in_t, indices, &noise, z, err));
+        DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, x_in, indices, &noise, z, err));
         dfc_arena_reset(p->steps, mark);
     }
     const int xt = cfg->method == DFC_METHOD_DIFF_ICE_XT;
@@ -292,22 +293,22 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
             if (i > 0)
                 DFC_TRY(dime_chain(p, z, i, step, &x_c, err));
         } else if (cfg->grad_at_previous) {
-            memcpy(x_c.data, s.x0.data, (size_t)dfc_numel(z) * sizeof(float));
+            DFC_TRY(dfc_copy_tensor(p->be, &x_c, &s.x0, err));
         }
         if (cfg->method == DFC_METHOD_FASTDIME && step >= cfg->mask_warmup) {
             /* q_sample at index i although z is now at i - 1: FastDiME's off-by-one, kept as upstream */
-            DFC_TRY(fastdime_mask(p, &s.x0, &x_in_t, &dilated, err));
+            DFC_TRY(fastdime_mask(p, &s.x0, x_in, &dilated, err));
             mask_active = 1;
             dfc_tensor noise = dfc_alloc_like(p->steps, z, err), x_noisy = dfc_alloc_like(p->steps, z, err);
             DFC_CHECK_ALLOC(noise);
             DFC_CHECK_ALLOC(x_noisy);
-            fill_noise(p, STREAM_MASK_Q_SAMPLE, step, 0, noise.data);
-            DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, &x_in_t, s.indices, &noise, &x_noisy, err));
-            DFC_TRY(blend_keep(p, &x_c, &x_in_t, &dilated, err));
+            DFC_TRY(fill_noise(p, STREAM_MASK_Q_SAMPLE, step, 0, &noise, err));
+            DFC_TRY(dfc_diffusion_q_sample(p->d, p->be, x_in, s.indices, &noise, &x_noisy, err));
+            DFC_TRY(blend_keep(p, &x_c, x_in, &dilated, err));
             DFC_TRY(blend_keep(p, z, &x_noisy, &dilated, err));
         }
         DFC_TRY(check_finite(p, z, step, err));
-        record_step(p, step, z, &s.x0);
+        DFC_TRY(record_step(p, step, z, &s.x0, err));
         dfc_arena_reset(p->steps, mark);
         if (p->progress &&
             p->progress(p->progress_user, p->iteration, p->lambda_index, step + 1, cfg->tau, (int)p->n))
@@ -315,7 +316,7 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const float *x_in,
                             p->iteration + 1, step + 1);
     }
     if (mask_active)
-        return blend_keep(p, z, &x_in_t, &dilated, err);
+        return blend_keep(p, z, x_in, &dilated, err);
     return DFC_OK;
 }
 
@@ -368,8 +369,10 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         out->nonfinite_step[j] = -1;
     out->unet_evaluations = 0;
 
-    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals */
-    dfc_arena persist, steps, scratch;
+    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals;
+     * host: host-side staging (the noise before it is copied in, probabilities read back), never a tensor */
+    dfc_arena persist, steps, scratch, host;
+    dfc_arena_init(&host, 0, dfc_default_memory_limit());
     dfc_arena_init(&persist, 0, dfc_default_memory_limit());
     dfc_arena_init(&steps, 0, dfc_default_memory_limit());
     dfc_arena_init(&scratch, 0, dfc_default_memory_limit());
@@ -378,8 +381,9 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
     int64_t *active = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
     float *prob = dfc_arena_alloc(&persist, (size_t)n * sizeof(float), err);
     int *is_target = dfc_arena_alloc(&persist, (size_t)n * sizeof(int), err);
-    float *pass_in = dfc_arena_alloc(&persist, (size_t)(n * m) * sizeof(float), err);
-    if (!all_rows || !active || !prob || !is_target || !pass_in) {
+    float *noise_host = dfc_arena_alloc(&host, (size_t)(n * m) * sizeof(float), err);
+    float *prob_host = dfc_arena_alloc(&host, (size_t)n * sizeof(float), err);
+    if (!all_rows || !active || !prob || !is_target || !noise_host || !prob_host) {
         st = err && err->code ? err->code : DFC_ERR_NOMEM;
         goto done;
     }
@@ -387,39 +391,45 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         all_rows[b] = b;
     if ((st = guidance->classify(guidance->ctx, be, &steps, x, all_rows, prob, is_target, err)) != DFC_OK)
         goto done;
-    memcpy(out->prob_target, prob, (size_t)n * sizeof(float));
+    if ((st = be->iface->copy_to_host(be, out->prob_target, prob, (size_t)n * sizeof(float), err)) != DFC_OK)
+        goto done;
     if (out->input_is_target)
         memcpy(out->input_is_target, is_target, (size_t)n * sizeof(int));
     dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
 
     for (int l = 0; l < L; l++) {
         double t0 = now_seconds();
+        /* the first iteration starts from x, the others from the previous one's result (in the caller's memory) */
         const float *iteration_in = l == 0 ? x->data : out->counterfactuals + (int64_t)(l - 1) * n * m;
+        row_copy_fn gather = l == 0 ? be->iface->copy : be->iface->copy_from_host;
         float *iteration_out = out->counterfactuals + (int64_t)l * n * m;
         int64_t num_active = n;
         for (int64_t b = 0; b < n; b++)
             active[b] = b;
         for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
             pass p = {cfg, denoiser, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
-                      x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n};
+                      x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n,
+                      noise_host, prob_host};
             dfc_arena_mark mark = dfc_arena_get_mark(&persist);
-            dfc_tensor z = dfc_arena_tensor(&persist, 4, (int64_t[]){num_active, x->shape[1], x->shape[2],
-                                                                        x->shape[3]}, err);
-            if (!z.data) {
+            const int64_t shape[4] = {num_active, x->shape[1], x->shape[2], x->shape[3]};
+            dfc_tensor z = dfc_arena_tensor(&persist, 4, shape, err);
+            dfc_tensor pass_in = dfc_arena_tensor(&persist, 4, shape, err);
+            if (!z.data || !pass_in.data) {
                 st = err && err->code ? err->code : DFC_ERR_NOMEM;
                 goto done;
             }
-            gather_rows(&p, iteration_in, pass_in);
-            if ((st = run_pass(&p, &persist, pass_in, &z, err)) != DFC_OK)
-                goto done;
-            if ((st = guidance->classify(guidance->ctx, be, &steps, &z, active, prob, is_target, err)) != DFC_OK)
+            if ((st = copy_rows(&p, gather, pass_in.data, NULL, iteration_in, active, err)) != DFC_OK ||
+                (st = run_pass(&p, &persist, &pass_in, &z, err)) != DFC_OK ||
+                (st = guidance->classify(guidance->ctx, be, &steps, &z, active, prob, is_target, err)) != DFC_OK ||
+                (st = copy_rows(&p, be->iface->copy_to_host, iteration_out, active, z.data, NULL, err)) != DFC_OK ||
+                (st = be->iface->copy_to_host(be, prob_host, prob, (size_t)num_active * sizeof(float), err)) !=
+                    DFC_OK)
                 goto done;
             dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
             int64_t still = 0;
             for (int64_t b = 0; b < num_active; b++) {
                 int64_t row = active[b];
-                memcpy(iteration_out + row * m, z.data + b * m, (size_t)m * sizeof(float));
-                out->prob_target[(int64_t)(l + 1) * n + row] = prob[b];
+                out->prob_target[(int64_t)(l + 1) * n + row] = prob_host[b];
                 out->lambda_used[(int64_t)l * n + row] = cfg->lambda_c[k];
                 out->flipped[(int64_t)l * n + row] = is_target[b];
                 if (!is_target[b])
@@ -435,5 +445,6 @@ done:
     dfc_arena_free(&persist);
     dfc_arena_free(&steps);
     dfc_arena_free(&scratch);
+    dfc_arena_free(&host);
     return st;
 }

@@ -66,6 +66,13 @@ static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, df
     return net->vt->forward_conditioned(net, be, arena, scratch, x, cond, tape, outputs, err);
 }
 
+/* The backward of any network, from the tape its forward kept: as the vtable's backward (conditioned or not). */
+static inline dfc_status dfc_net_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
+                                          const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
+{
+    return net->vt->backward(net, be, arena, tape, douts, dx, grads, err);
+}
+
 static inline void dfc_net_destroy(dfc_net *net)
 {
     if (net)

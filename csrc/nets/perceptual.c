@@ -159,7 +159,7 @@ dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_are
         st = add_layer(be, p->variant, &feats[k], &p->ref[k], &weight, &dweight, &layer_loss, loss, df, err);
     }
     if (st == DFC_OK && da)
-        st = net->vt->backward(net, be, arena, tape, dfeats, da, NULL, err);
+        st = dfc_net_backward(net, be, arena, tape, dfeats, da, NULL, err);
     reset_both(arena, am, scratch, sm);
     return st;
 }

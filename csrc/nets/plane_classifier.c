@@ -220,7 +220,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         cls_douts[0] = *dlogits;
         dfc_tensor dcat = dfc_alloc_like(arena, &tape->cat, err);
         DFC_CHECK_ALLOC(dcat);
-        DFC_TRY(f->cls->vt->backward(f->cls, be, arena, tape->cls_tape, cls_douts, &dcat, cls_grads, err));
+        DFC_TRY(dfc_net_backward(f->cls, be, arena, tape->cls_tape, cls_douts, &dcat, cls_grads, err));
         dx_img = dfc_alloc4(arena, n, cx, h, w, err);
         DFC_CHECK_ALLOC(dx_img);
         dmaps = dfc_alloc4(arena, n, k, h, w, err);
@@ -255,8 +255,8 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
             dx_seg = dfc_alloc_like(arena, &tape->x, err);
             DFC_CHECK_ALLOC(dx_seg);
         }
-        DFC_TRY(f->seg->vt->backward(f->seg, be, arena, tape->seg_tape, seg_douts, dx ? &dx_seg : NULL, seg_grads,
-                                     err));
+        DFC_TRY(dfc_net_backward(f->seg, be, arena, tape->seg_tape, seg_douts, dx ? &dx_seg : NULL, seg_grads,
+                                 err));
     } else {
         DFC_TRY(dfc_zero_floats(be, seg_grads, f->seg->params.total, err));
     }

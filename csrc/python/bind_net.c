@@ -186,7 +186,7 @@ static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_aren
             DFC_TRY(dfc_check_shape(&douts[k], "Network.vjp", net->output_names[k], outputs[k].ndim, outputs[k].shape,
                                     err));
     }
-    return net->vt->backward(net, be, arena, tape, douts, dx, grads, err);
+    return dfc_net_backward(net, be, arena, tape, douts, dx, grads, err);
 }
 
 /* vjp and gradients: (backend, x, douts[, cond]) -> dx, or with_grads (dx, flat parameter gradients). */
@@ -277,7 +277,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    st = self->net->vt->backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
+    st = dfc_net_backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
     Py_END_ALLOW_THREADS
     if (st != DFC_OK)
         dfc_py_raise(&err);
