@@ -28,11 +28,6 @@ static inline dfc_tensor dfc_tensor1(float *data, int64_t d0)
     dfc_tensor t = {data, 1, {d0, 1, 1, 1}};
     return t;
 }
-static inline dfc_tensor dfc_tensor2(float *data, int64_t d0, int64_t d1)
-{
-    dfc_tensor t = {data, 2, {d0, d1, 1, 1}};
-    return t;
-}
 static inline dfc_tensor dfc_tensor3(float *data, int64_t d0, int64_t d1, int64_t d2)
 {
     dfc_tensor t = {data, 3, {d0, d1, d2, 1}};

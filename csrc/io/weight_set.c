@@ -134,27 +134,6 @@ const dfc_weight *dfc_weights_find(const dfc_weights *w, const char *name)
     return s ? &w->items[s - 1] : NULL;
 }
 
-dfc_status dfc_weights_get(const dfc_weights *w, const char *name, int ndim, const int64_t *shape, dfc_tensor *out,
-                           dfc_error *err)
-{
-    const dfc_weight *t = dfc_weights_find(w, name);
-    if (!t)
-        return dfc_fail(err, DFC_ERR_SHAPE, "weights: no tensor named '%s'", name);
-    int same = t->ndim == ndim && t->data != NULL;
-    for (int i = 0; same && i < ndim; i++)
-        same = t->shape[i] == shape[i];
-    if (!same) {
-        char have[160], want[160];
-        return dfc_fail(err, DFC_ERR_SHAPE, "weights: '%s' has shape %s, expected %s", name,
-                        dfc_dims_str(t->ndim, t->shape, have, sizeof have), dfc_dims_str(ndim, shape, want, sizeof want));
-    }
-    out->data = t->data;
-    out->ndim = ndim;
-    for (int i = 0; i < DFC_MAX_DIMS; i++)
-        out->shape[i] = i < ndim ? shape[i] : 1;
-    return DFC_OK;
-}
-
 static char *copy_string(const char *s, size_t n)
 {
     char *c = malloc(n + 1);

@@ -50,11 +50,6 @@ dfc_status dfc_weights_add(dfc_weights *w, const char *name, size_t name_len, in
 /* NULL when absent. */
 const dfc_weight *dfc_weights_find(const dfc_weights *w, const char *name);
 
-/* The tensor `name` viewed as a dfc_tensor after checking it has exactly this shape; a missing name or another
- * shape fails with DFC_ERR_SHAPE naming both. The view borrows the collection's data. */
-dfc_status dfc_weights_get(const dfc_weights *w, const char *name, int ndim, const int64_t *shape, dfc_tensor *out,
-                           dfc_error *err);
-
 dfc_status dfc_weights_set_metadata(dfc_weights *w, const char *key, size_t key_len, const char *value,
                                     size_t value_len, dfc_error *err);
 

@@ -121,11 +121,6 @@ fail:
     return st;
 }
 
-const dfc_plane_classifier_config *dfc_plane_classifier_get_config(const dfc_net *net)
-{
-    return &((const plane_classifier *)net)->cfg;
-}
-
 static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                            const dfc_tensor *x, void **tape_out, dfc_tensor *outputs,
                                            dfc_error *err)

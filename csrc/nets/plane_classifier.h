@@ -35,7 +35,6 @@ dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, d
                                        dfc_net *classifier, void (*release)(void *ctx), void *release_ctx,
                                        dfc_net **out, dfc_error *err);
 
-const dfc_plane_classifier_config *dfc_plane_classifier_get_config(const dfc_net *net);
 
 /* A small convolutional classifier, the stand-in for l in tests (and a minimal baseline):
  *   features.0: conv3x3 in -> width (bias), ReLU, 2x2/2 max pool, features.3: conv3x3 width -> 2 width (bias),

@@ -32,11 +32,6 @@ typedef struct dfc_resnet {
 
 static const char *const STAGE_NAMES[DFC_RESNET_STAGES] = {"stem", "layer1", "layer2", "layer3", "layer4"};
 
-const char *dfc_resnet_stage_name(int stage)
-{
-    return stage >= 0 && stage < DFC_RESNET_STAGES ? STAGE_NAMES[stage] : "?";
-}
-
 /* Blocks per stage and block type of each depth (torchvision's resnet18 .. resnet152). */
 static int depth_layout(int depth, int counts[4], int *bottleneck)
 {

@@ -33,7 +33,5 @@ typedef struct dfc_resnet_config {
  * checkpoint always loads; stages after the last tap are not computed). */
 dfc_status dfc_resnet_create(const dfc_resnet_config *cfg, dfc_net **out, dfc_error *err);
 
-/* Stage names as output names: "stem", "layer1", ..., "layer4". */
-const char *dfc_resnet_stage_name(int stage);
 
 #endif
