@@ -63,8 +63,8 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
     size_t want = bytes > arena->chunk_size ? bytes : arena->chunk_size;
     size_t held = dfc_arena_capacity(arena) - (index < arena->num_chunks ? arena->chunks[index].capacity : 0);
     if (arena->limit && held + want > arena->limit) {
-        dfc_fail(err, DFC_ERR_NOMEM, "arena: %zu more bytes would pass the memory limit of %zu bytes (%zu held)",
-                 want, arena->limit, held);
+        dfc_fail(err, DFC_ERR_NOMEM, "arena: %zu more bytes would pass the memory limit of %zu bytes (%zu held)", want,
+                 arena->limit, held);
         return 0;
     }
     if (index >= arena->max_chunks) {

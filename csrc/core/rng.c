@@ -50,7 +50,7 @@ void dfc_gaussian_noise(const dfc_noise_stream *s, float *out, int64_t n)
         philox4x32_10(counter, key, bits);
         float z[4];
         for (int pair = 0; pair < 2; pair++) {
-            double u1 = ((double)bits[2 * pair] + 0.5) * inv_2_32;  /* in (0, 1): log is finite */
+            double u1 = ((double)bits[2 * pair] + 0.5) * inv_2_32; /* in (0, 1): log is finite */
             double u2 = ((double)bits[2 * pair + 1] + 0.5) * inv_2_32;
             double r = sqrt(-2.0 * log(u1));
             z[2 * pair] = (float)(r * cos(two_pi * u2));

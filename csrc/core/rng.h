@@ -9,8 +9,8 @@
 
 typedef struct dfc_noise_stream {
     uint64_t seed;
-    uint64_t sample_key;  /* identifies the image (e.g. a hash of its pixels), not its position in a batch */
-    uint32_t stream;      /* what the noise is for (q_sample, a reverse step, DiME's inner chain, ...) */
+    uint64_t sample_key; /* identifies the image (e.g. a hash of its pixels), not its position in a batch */
+    uint32_t stream;     /* what the noise is for (q_sample, a reverse step, DiME's inner chain, ...) */
     uint32_t iteration;
     uint32_t step;
     uint32_t inner_step;

@@ -11,12 +11,12 @@
 struct dfc_model_guidance {
     const dfc_net *classifier;
     dfc_class_loss_kind kind;
-    dfc_perceptual *perceptual;   /* borrowed, may be NULL */
-    int64_t n, m;                 /* images and values per image of the original batch */
+    dfc_perceptual *perceptual; /* borrowed, may be NULL */
+    int64_t n, m;               /* images and values per image of the original batch */
     int64_t shape[4];
-    float *x;                     /* copy of the original batch, in host memory (as the caller's x) */
-    int64_t *targets;             /* (n) */
-    int64_t *reference_rows;      /* the rows whose features the perceptual loss holds; count < 0: none */
+    float *x;                /* copy of the original batch, in host memory (as the caller's x) */
+    int64_t *targets;        /* (n) */
+    int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
     dfc_arena reference_arena, reference_scratch;
 };
@@ -76,10 +76,10 @@ static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int
     DFC_CHECK_ALLOC(*out);
     for (int64_t b = 0; b < count; b++) {
         if (rows[b] < 0 || rows[b] >= g->n)
-            return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld",
-                            (long long)rows[b], (long long)g->n);
-        DFC_TRY(be->iface->copy_from_host(be, out->data + b * g->m, g->x + rows[b] * g->m,
-                                          (size_t)g->m * sizeof(float), err));
+            return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld", (long long)rows[b],
+                            (long long)g->n);
+        DFC_TRY(be->iface->copy_from_host(be, out->data + b * g->m, g->x + rows[b] * g->m, (size_t)g->m * sizeof(float),
+                                          err));
     }
     return DFC_OK;
 }
@@ -118,8 +118,7 @@ static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *row
 
 dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0,
                                             const int64_t *rows, const float *lambda_c, float lambda_p,
-                                            dfc_tensor *grad, float *loss_class, float *loss_perceptual,
-                                            dfc_error *err)
+                                            dfc_tensor *grad, float *loss_class, float *loss_perceptual, dfc_error *err)
 {
     dfc_model_guidance *g = ctx;
     const int64_t n = x0->shape[0];
@@ -170,8 +169,10 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
     DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
     for (int64_t b = 0; b < n; b++)
         if (targets[b] < 0 || targets[b] >= (k == 1 ? 2 : k))
-            return dfc_fail(err, DFC_ERR_VALUE, "guidance: target %lld of image %lld is not a class of the "
-                            "classifier (%lld logits)", (long long)targets[b], (long long)rows[b], (long long)k);
+            return dfc_fail(err, DFC_ERR_VALUE,
+                            "guidance: target %lld of image %lld is not a class of the "
+                            "classifier (%lld logits)",
+                            (long long)targets[b], (long long)rows[b], (long long)k);
     dfc_tensor prob = dfc_tensor1(prob_target, n);
     return be->ops->target_probability(be, logits, targets, &prob, is_target, err);
 }

@@ -32,9 +32,8 @@ static dfc_status check_inputs(const dfc_diffusion *d, const dfc_tensor *x_start
 
 dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be, dfc_loss_type type,
                                          const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_tensor *noise,
-                                         const int64_t *indices, const dfc_tensor *model_output,
-                                         const float *weights, float *loss, float *mse, float *vb,
-                                         dfc_tensor *d_model_output, dfc_error *err)
+                                         const int64_t *indices, const dfc_tensor *model_output, const float *weights,
+                                         float *loss, float *mse, float *vb, dfc_tensor *d_model_output, dfc_error *err)
 {
     const char *op = "training_losses";
     if (type != DFC_LOSS_MSE && type != DFC_LOSS_RESCALED_MSE)
@@ -83,16 +82,17 @@ dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be
     if (st == DFC_OK && want_grad)
         st = be->ops->mse_backward(be, &dweight, &eps_hat, noise, &d_eps, NULL, err);
     if (st == DFC_OK && learned) {
-        double *tables[6] = {d->sqrt_recip_alphas_cumprod, d->sqrt_recipm1_alphas_cumprod, d->posterior_mean_coef1,
-                             d->posterior_mean_coef2, d->posterior_log_variance_clipped, d->log_betas};
+        double *tables[6] = {d->sqrt_recip_alphas_cumprod, d->sqrt_recipm1_alphas_cumprod,    d->posterior_mean_coef1,
+                             d->posterior_mean_coef2,      d->posterior_log_variance_clipped, d->log_betas};
         for (int k = 0; k < 6; k++)
             for (int64_t b = 0; b < n; b++)
                 rows[k * n + b] = tables[k][indices[b]];
         for (int64_t b = 0; b < n; b++)
             decoder_nll[b] = indices[b] == 0;
         /* RESCALED_MSE scales vb by num_timesteps / 1000; plain MSE leaves it as is */
-        const dfc_vb_coefs c = {rows, rows + n, rows + 2 * n, rows + 3 * n, rows + 4 * n, rows + 5 * n, decoder_nll,
-                                type == DFC_LOSS_RESCALED_MSE ? d->num_timesteps / 1000.0 : 1.0};
+        const dfc_vb_coefs c = {
+            rows,         rows + n,     rows + 2 * n, rows + 3 * n,
+            rows + 4 * n, rows + 5 * n, decoder_nll,  type == DFC_LOSS_RESCALED_MSE ? d->num_timesteps / 1000.0 : 1.0};
         st = be->ops->diffusion_vb_forward(be, model_output, x_start, x_t, &c, &vb_t, err);
         if (st == DFC_OK && want_grad)
             st = be->ops->diffusion_vb_backward(be, &dweight, model_output, x_start, x_t, &c, &d_v, err);

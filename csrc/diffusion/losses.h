@@ -22,8 +22,8 @@ typedef enum {
  * arrays. */
 dfc_status dfc_diffusion_training_losses(const dfc_diffusion *d, dfc_backend *be, dfc_loss_type type,
                                          const dfc_tensor *x_start, const dfc_tensor *x_t, const dfc_tensor *noise,
-                                         const int64_t *indices, const dfc_tensor *model_output,
-                                         const float *weights, float *loss, float *mse, float *vb,
-                                         dfc_tensor *d_model_output, dfc_error *err);
+                                         const int64_t *indices, const dfc_tensor *model_output, const float *weights,
+                                         float *loss, float *mse, float *vb, dfc_tensor *d_model_output,
+                                         dfc_error *err);
 
 #endif

@@ -9,25 +9,25 @@ enum { STREAM_Q_SAMPLE = 1, STREAM_STEP = 2, STREAM_DIME_CHAIN = 3, STREAM_MASK_
 
 typedef struct pass {
     const dfc_sampler_config *cfg;
-    const dfc_net *denoiser;  /* conditioned on the timesteps: the UNet */
+    const dfc_net *denoiser; /* conditioned on the timesteps: the UNet */
     const dfc_diffusion *d;
     const dfc_guidance *g;
     dfc_backend *be;
-    dfc_arena *steps;         /* reset after every reverse step */
-    dfc_arena *scratch;       /* UNet block intermediates */
-    const dfc_tensor *x_all;  /* the original inputs (N, C, H, W) */
-    const uint64_t *keys;     /* (N) */
+    dfc_arena *steps;        /* reset after every reverse step */
+    dfc_arena *scratch;      /* UNet block intermediates */
+    const dfc_tensor *x_all; /* the original inputs (N, C, H, W) */
+    const uint64_t *keys;    /* (N) */
     int iteration;
     int lambda_index;
-    int64_t n;                /* active rows in this pass */
-    const int64_t *rows;      /* their positions in the original batch */
+    int64_t n;           /* active rows in this pass */
+    const int64_t *rows; /* their positions in the original batch */
     int64_t channels, height, width, m;
     dfc_progress_fn progress;
     void *progress_user;
     dfc_sampler_outputs *out;
-    int64_t batch;            /* N */
-    float *noise_host;        /* (n, m) host memory: the generator's draws before they are copied in */
-    float *prob_host;         /* (n) host memory: target probabilities read back for the per-row bookkeeping */
+    int64_t batch;     /* N */
+    float *noise_host; /* (n, m) host memory: the generator's draws before they are copied in */
+    float *prob_host;  /* (n) host memory: target probabilities read back for the per-row bookkeeping */
 } pass;
 
 static double now_seconds(void)
@@ -41,12 +41,11 @@ static double now_seconds(void)
 static dfc_status fill_noise(const pass *p, int stream, int step, int inner, dfc_tensor *noise, dfc_error *err)
 {
     for (int64_t b = 0; b < p->n; b++) {
-        dfc_noise_stream s = {p->cfg->seed, p->keys[p->rows[b]], (uint32_t)stream, (uint32_t)p->iteration,
-                              (uint32_t)step, (uint32_t)inner};
+        dfc_noise_stream s = {p->cfg->seed,           p->keys[p->rows[b]], (uint32_t)stream,
+                              (uint32_t)p->iteration, (uint32_t)step,      (uint32_t)inner};
         dfc_gaussian_noise(&s, p->noise_host + b * p->m, p->m);
     }
-    return p->be->iface->copy_from_host(p->be, noise->data, p->noise_host, (size_t)(p->n * p->m) * sizeof(float),
-                                        err);
+    return p->be->iface->copy_from_host(p->be, noise->data, p->noise_host, (size_t)(p->n * p->m) * sizeof(float), err);
 }
 
 /* Moves whole rows of m floats: dst row dst_rows[b] <- src row src_rows[b] for b < n (a NULL rows array: b itself).
@@ -68,13 +67,12 @@ static dfc_status copy_rows(const pass *p, row_copy_fn copy, float *dst, const i
  * activations for a VJP (the x_t-gradient baseline). */
 typedef struct step_state {
     dfc_tensor model_out, mean, variance, log_variance, x0;
-    dfc_tensor timesteps;  /* (n) the denoiser's conditioning input: index i's original timestep, every row */
-    int64_t *indices;      /* (n) host: i, every row */
+    dfc_tensor timesteps; /* (n) the denoiser's conditioning input: index i's original timestep, every row */
+    int64_t *indices;     /* (n) host: i, every row */
     void *tape;
 } step_state;
 
-static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s,
-                          dfc_error *err)
+static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s, dfc_error *err)
 {
     s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
     s->timesteps = dfc_arena_tensor(p->steps, 1, &p->n, err);
@@ -82,8 +80,7 @@ static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int kee
     s->variance = dfc_alloc_like(p->steps, z, err);
     s->log_variance = dfc_alloc_like(p->steps, z, err);
     s->x0 = dfc_alloc_like(p->steps, z, err);
-    if (!s->indices || !s->timesteps.data || !s->mean.data || !s->variance.data ||
-        !s->log_variance.data || !s->x0.data)
+    if (!s->indices || !s->timesteps.data || !s->mean.data || !s->variance.data || !s->log_variance.data || !s->x0.data)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     for (int64_t b = 0; b < p->n; b++)
         s->indices[b] = i;
@@ -103,8 +100,8 @@ static dfc_status reverse_step(const pass *p, const step_state *s, const dfc_ten
     dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
     DFC_CHECK_ALLOC(noise);
     DFC_TRY(fill_noise(p, stream, step, inner, &noise, err));
-    return dfc_diffusion_sample_step(p->d, p->be, &s->mean, &s->variance, &s->log_variance, grad, &noise,
-                                     s->indices, z, err);
+    return dfc_diffusion_sample_step(p->d, p->be, &s->mean, &s->variance, &s->log_variance, grad, &noise, s->indices, z,
+                                     err);
 }
 
 /* The guiding gradient at x_for_grad (x0_hat, or FastDiME's previous estimate, or DiME's chain result). */
@@ -156,8 +153,8 @@ static dfc_status chain_through_unet(const pass *p, const dfc_tensor *z, const s
     DFC_CHECK_ALLOC(v);
     DFC_CHECK_ALLOC(dz);
     /* grad <- mask recip g (the direct path), v <- -mask recipm1 g (the eps channels; v's are 0) */
-    DFC_TRY(dfc_diffusion_pred_xstart_backward(p->d, p->be, grad, &s->model_out, z, s->indices, p->cfg->clip, grad,
-                                               &v, err));
+    DFC_TRY(dfc_diffusion_pred_xstart_backward(p->d, p->be, grad, &s->model_out, z, s->indices, p->cfg->clip, grad, &v,
+                                               err));
     DFC_TRY(dfc_net_backward(p->denoiser, p->be, p->steps, s->tape, &v, &dz, NULL, err));
     return p->be->ops->binary_forward(p->be, DFC_BINARY_ADD, grad, &dz, grad, err);
 }
@@ -183,8 +180,7 @@ static dfc_status blend_keep(const pass *p, dfc_tensor *a, const dfc_tensor *b, 
 }
 
 /* DiME's clean estimate: an unguided reverse chain from z (at index i - 1) to 0. */
-static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int step, dfc_tensor *x_c,
-                             dfc_error *err)
+static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int step, dfc_tensor *x_c, dfc_error *err)
 {
     DFC_TRY(dfc_copy_tensor(p->be, x_c, z, err));
     for (int64_t j = i - 1; j >= 0; j--) {
@@ -246,8 +242,7 @@ static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_e
 }
 
 /* One guided reverse process from x_in (the rows of this pass) to z. */
-static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *x_in, dfc_tensor *z,
-                           dfc_error *err)
+static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *x_in, dfc_tensor *z, dfc_error *err)
 {
     const dfc_sampler_config *cfg = p->cfg;
     dfc_tensor x_c = dfc_alloc_like(persist, z, err), x_orig = dfc_alloc_like(persist, z, err);
@@ -310,10 +305,9 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *
         DFC_TRY(check_finite(p, z, step, err));
         DFC_TRY(record_step(p, step, z, &s.x0, err));
         dfc_arena_reset(p->steps, mark);
-        if (p->progress &&
-            p->progress(p->progress_user, p->iteration, p->lambda_index, step + 1, cfg->tau, (int)p->n))
-            return dfc_fail(err, DFC_ERR_INTERRUPTED, "sampler: interrupted at iteration %d, step %d",
-                            p->iteration + 1, step + 1);
+        if (p->progress && p->progress(p->progress_user, p->iteration, p->lambda_index, step + 1, cfg->tau, (int)p->n))
+            return dfc_fail(err, DFC_ERR_INTERRUPTED, "sampler: interrupted at iteration %d, step %d", p->iteration + 1,
+                            step + 1);
     }
     if (mask_active)
         return blend_keep(p, z, x_in, &dilated, err);
@@ -326,8 +320,8 @@ dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusi
     if (cfg->method < DFC_METHOD_DIFF_ICE || cfg->method > DFC_METHOD_FASTDIME)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: unknown method %d", op, (int)cfg->method);
     if (cfg->iterations < 1 || cfg->iterations > DFC_SAMPLER_MAX_ITERATIONS)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: iterations must be in [1, %d], got %d", op,
-                        DFC_SAMPLER_MAX_ITERATIONS, cfg->iterations);
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: iterations must be in [1, %d], got %d", op, DFC_SAMPLER_MAX_ITERATIONS,
+                        cfg->iterations);
     if (cfg->tau < 1 || cfg->tau >= d->num_timesteps)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: tau must be in [1, %d) (the respaced steps), got %d", op,
                         d->num_timesteps, cfg->tau);
@@ -362,8 +356,8 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         return dfc_fail(err, DFC_ERR_VALUE, "sampler: the denoiser (%s) must take timesteps and give one output",
                         denoiser->vt->kind);
     if (x->shape[1] != denoiser->in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the %s takes %d",
-                        (long long)x->shape[1], denoiser->vt->kind, denoiser->in_channels);
+        return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the %s takes %d", (long long)x->shape[1],
+                        denoiser->vt->kind, denoiser->in_channels);
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1), L = cfg->iterations;
     for (int64_t j = 0; j < L * n; j++)
         out->nonfinite_step[j] = -1;
@@ -407,9 +401,10 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         for (int64_t b = 0; b < n; b++)
             active[b] = b;
         for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
-            pass p = {cfg, denoiser, d, guidance, be, &steps, &scratch, x, sample_keys, l, k, num_active, active,
-                      x->shape[1], x->shape[2], x->shape[3], m, progress, progress_user, out, n,
-                      noise_host, prob_host};
+            pass p = {cfg,           denoiser,    d,           guidance,    be,       &steps,
+                      &scratch,      x,           sample_keys, l,           k,        num_active,
+                      active,        x->shape[1], x->shape[2], x->shape[3], m,        progress,
+                      progress_user, out,         n,           noise_host,  prob_host};
             dfc_arena_mark mark = dfc_arena_get_mark(&persist);
             const int64_t shape[4] = {num_active, x->shape[1], x->shape[2], x->shape[3]};
             dfc_tensor z = dfc_arena_tensor(&persist, 4, shape, err);
@@ -422,8 +417,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
                 (st = run_pass(&p, &persist, &pass_in, &z, err)) != DFC_OK ||
                 (st = guidance->classify(guidance->ctx, be, &steps, &z, active, prob, is_target, err)) != DFC_OK ||
                 (st = copy_rows(&p, be->iface->copy_to_host, iteration_out, active, z.data, NULL, err)) != DFC_OK ||
-                (st = be->iface->copy_to_host(be, prob_host, prob, (size_t)num_active * sizeof(float), err)) !=
-                    DFC_OK)
+                (st = be->iface->copy_to_host(be, prob_host, prob, (size_t)num_active * sizeof(float), err)) != DFC_OK)
                 goto done;
             dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
             int64_t still = 0;

@@ -33,8 +33,8 @@ typedef enum {
 
 typedef struct dfc_sampler_config {
     dfc_sampler_method method;
-    int iterations;                  /* L: 5 for Diff-ICE, 1 for the single-pass baselines */
-    int tau;                         /* respaced noise level: q_sample at tau, first reverse step at tau - 1 */
+    int iterations; /* L: 5 for Diff-ICE, 1 for the single-pass baselines */
+    int tau;        /* respaced noise level: q_sample at tau, first reverse step at tau - 1 */
     int num_lambdas;
     float lambda_c[DFC_MAX_LAMBDAS]; /* searched in order, e.g. 40, 60, 80 */
     float lambda_p;                  /* perceptual weight (30) */
@@ -46,8 +46,8 @@ typedef struct dfc_sampler_config {
     float mask_threshold;            /* FastDiME mask: keep the original where the dilated mask is below this */
     int mask_warmup;                 /* FastDiME mask: first step index (counted from the start) using the mask */
     uint64_t seed;
-    int record_steps;                /* keep x_t and x0_hat of every step of the final pass (for figures) */
-    int classify_first_step;         /* classify x0_hat at the first reverse step of iteration 1's first lambda_c
+    int record_steps;        /* keep x_t and x0_hat of every step of the final pass (for figures) */
+    int classify_first_step; /* classify x0_hat at the first reverse step of iteration 1's first lambda_c
                                       * pass (outputs first_step_prob / first_step_target; one classifier call) */
 } dfc_sampler_config;
 
@@ -55,9 +55,9 @@ typedef struct dfc_sampler_config {
  * target); grad = d/dx0 of sum_b [lambda_c[b] Lc(f(x0_b), y_b) + lambda_p Lp(x0_b, x_rows[b])]. */
 typedef struct dfc_guidance {
     void *ctx;
-    dfc_status (*loss_and_grad)(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0,
-                                const int64_t *rows, const float *lambda_c, float lambda_p, dfc_tensor *grad,
-                                float *loss_class, float *loss_perceptual, dfc_error *err);
+    dfc_status (*loss_and_grad)(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0, const int64_t *rows,
+                                const float *lambda_c, float lambda_p, dfc_tensor *grad, float *loss_class,
+                                float *loss_perceptual, dfc_error *err);
     /* probability of the target class and whether the target is the predicted class, per row of x */
     dfc_status (*classify)(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, const int64_t *rows,
                            float *prob_target, int *is_target, dfc_error *err);
@@ -69,19 +69,19 @@ typedef int (*dfc_progress_fn)(void *user, int iteration, int lambda_index, int 
 
 /* Caller-allocated outputs (N images of shape (C, H, W), L iterations). */
 typedef struct dfc_sampler_outputs {
-    float *counterfactuals;   /* (L, N, C, H, W) */
-    float *prob_target;       /* (L + 1, N): the input, then each iteration's result */
-    float *lambda_used;       /* (L, N) */
-    int *flipped;             /* (L, N): the result is classified as the target */
-    int *nonfinite_step;      /* (L, N): -1, or the first step index where the sample became non-finite */
-    float *steps_xt;          /* record_steps: (L, tau, N, C, H, W) z after each step of the kept pass; or NULL */
-    float *steps_x0;          /* record_steps: (L, tau, N, C, H, W) x0_hat at each step; or NULL */
-    int *input_is_target;     /* (N) the input is classified as the target; or NULL */
-    float *first_step_prob;   /* classify_first_step: (N) target probability of x0_hat at the first reverse step
+    float *counterfactuals;    /* (L, N, C, H, W) */
+    float *prob_target;        /* (L + 1, N): the input, then each iteration's result */
+    float *lambda_used;        /* (L, N) */
+    int *flipped;              /* (L, N): the result is classified as the target */
+    int *nonfinite_step;       /* (L, N): -1, or the first step index where the sample became non-finite */
+    float *steps_xt;           /* record_steps: (L, tau, N, C, H, W) z after each step of the kept pass; or NULL */
+    float *steps_x0;           /* record_steps: (L, tau, N, C, H, W) x0_hat at each step; or NULL */
+    int *input_is_target;      /* (N) the input is classified as the target; or NULL */
+    float *first_step_prob;    /* classify_first_step: (N) target probability of x0_hat at the first reverse step
                                * of iteration 1's first lambda_c pass (before any guidance acted); or NULL */
-    int *first_step_target;   /* classify_first_step: (N) that x0_hat is classified as the target; or NULL */
-    double *iteration_seconds;/* (L) */
-    size_t peak_bytes;        /* arena peak over the whole call */
+    int *first_step_target;    /* classify_first_step: (N) that x0_hat is classified as the target; or NULL */
+    double *iteration_seconds; /* (L) */
+    size_t peak_bytes;         /* arena peak over the whole call */
     int64_t unet_evaluations;
 } dfc_sampler_outputs;
 

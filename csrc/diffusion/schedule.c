@@ -14,7 +14,7 @@ static void linear_betas(int steps, double *betas)
 {
     /* scale = 1000 / T keeps the schedule comparable across step counts */
     double scale = 1000.0 / steps, start = scale * 0.0001, end = scale * 0.02;
-    for (int i = 0; i < steps; i++)  /* np.linspace(start, end, steps) */
+    for (int i = 0; i < steps; i++) /* np.linspace(start, end, steps) */
         betas[i] = steps == 1 ? start : start + (end - start) * i / (double)(steps - 1);
     if (steps > 1)
         betas[steps - 1] = end;
@@ -109,19 +109,29 @@ void dfc_diffusion_destroy(dfc_diffusion *d)
     if (!d)
         return;
     free(d->timestep_map);
-    double **arrays[] = {&d->betas, &d->alphas_cumprod, &d->alphas_cumprod_prev, &d->alphas_cumprod_next,
-                         &d->sqrt_alphas_cumprod, &d->sqrt_one_minus_alphas_cumprod,
-                         &d->log_one_minus_alphas_cumprod, &d->sqrt_recip_alphas_cumprod,
-                         &d->sqrt_recipm1_alphas_cumprod, &d->posterior_variance,
-                         &d->posterior_log_variance_clipped, &d->posterior_mean_coef1, &d->posterior_mean_coef2,
-                         &d->log_betas, &d->fixed_variance, &d->fixed_log_variance};
+    double **arrays[] = {&d->betas,
+                         &d->alphas_cumprod,
+                         &d->alphas_cumprod_prev,
+                         &d->alphas_cumprod_next,
+                         &d->sqrt_alphas_cumprod,
+                         &d->sqrt_one_minus_alphas_cumprod,
+                         &d->log_one_minus_alphas_cumprod,
+                         &d->sqrt_recip_alphas_cumprod,
+                         &d->sqrt_recipm1_alphas_cumprod,
+                         &d->posterior_variance,
+                         &d->posterior_log_variance_clipped,
+                         &d->posterior_mean_coef1,
+                         &d->posterior_mean_coef2,
+                         &d->log_betas,
+                         &d->fixed_variance,
+                         &d->fixed_log_variance};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         free(*arrays[i]);
     free(d);
 }
 
-dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *respacing,
-                                dfc_variance_type variance_type, dfc_diffusion **out, dfc_error *err)
+dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *respacing, dfc_variance_type variance_type,
+                                dfc_diffusion **out, dfc_error *err)
 {
     *out = NULL;
     if (steps < 2 || steps > 1000000)
@@ -159,12 +169,22 @@ dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *res
     d->num_timesteps = k;
     d->variance_type = variance_type;
     d->timestep_map = malloc((size_t)k * sizeof(int64_t));
-    double **arrays[] = {&d->betas, &d->alphas_cumprod, &d->alphas_cumprod_prev, &d->alphas_cumprod_next,
-                         &d->sqrt_alphas_cumprod, &d->sqrt_one_minus_alphas_cumprod,
-                         &d->log_one_minus_alphas_cumprod, &d->sqrt_recip_alphas_cumprod,
-                         &d->sqrt_recipm1_alphas_cumprod, &d->posterior_variance,
-                         &d->posterior_log_variance_clipped, &d->posterior_mean_coef1, &d->posterior_mean_coef2,
-                         &d->log_betas, &d->fixed_variance, &d->fixed_log_variance};
+    double **arrays[] = {&d->betas,
+                         &d->alphas_cumprod,
+                         &d->alphas_cumprod_prev,
+                         &d->alphas_cumprod_next,
+                         &d->sqrt_alphas_cumprod,
+                         &d->sqrt_one_minus_alphas_cumprod,
+                         &d->log_one_minus_alphas_cumprod,
+                         &d->sqrt_recip_alphas_cumprod,
+                         &d->sqrt_recipm1_alphas_cumprod,
+                         &d->posterior_variance,
+                         &d->posterior_log_variance_clipped,
+                         &d->posterior_mean_coef1,
+                         &d->posterior_mean_coef2,
+                         &d->log_betas,
+                         &d->fixed_variance,
+                         &d->fixed_log_variance};
     int all_allocated = d->timestep_map != NULL;
     for (size_t a = 0; a < sizeof arrays / sizeof arrays[0]; a++) {
         *arrays[a] = malloc((size_t)k * sizeof(double));
@@ -254,8 +274,8 @@ static void gather_rows(const double *table, const int64_t *indices, int64_t n, 
         out[b] = (float)table[indices[b]];
 }
 
-dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *x0,
-                                  const int64_t *indices, const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err)
+dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *x0, const int64_t *indices,
+                                  const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err)
 {
     const char *op = "q_sample";
     DFC_TRY(dfc_check_ndim(x0, op, "x0", 1, DFC_MAX_DIMS, err));
@@ -274,13 +294,17 @@ dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const
 /* The coefficients p_mean_variance needs at each row's timestep, in `block` (8 n floats). */
 static dfc_posterior_coefs posterior_coefs(const dfc_diffusion *d, const int64_t *indices, int64_t n, float *block)
 {
-    const double *tables[8] = {d->sqrt_recip_alphas_cumprod, d->sqrt_recipm1_alphas_cumprod,
-                               d->posterior_mean_coef1, d->posterior_mean_coef2,
-                               d->posterior_log_variance_clipped, d->log_betas,
-                               d->fixed_variance, d->fixed_log_variance};
+    const double *tables[8] = {d->sqrt_recip_alphas_cumprod,
+                               d->sqrt_recipm1_alphas_cumprod,
+                               d->posterior_mean_coef1,
+                               d->posterior_mean_coef2,
+                               d->posterior_log_variance_clipped,
+                               d->log_betas,
+                               d->fixed_variance,
+                               d->fixed_log_variance};
     for (int k = 0; k < 8; k++)
         gather_rows(tables[k], indices, n, block + k * n);
-    dfc_posterior_coefs c = {block, block + n, block + 2 * n, block + 3 * n,
+    dfc_posterior_coefs c = {block,         block + n,     block + 2 * n, block + 3 * n,
                              block + 4 * n, block + 5 * n, block + 6 * n, block + 7 * n};
     return c;
 }
@@ -307,32 +331,32 @@ dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be
     float *block;
     dfc_posterior_coefs c;
     DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance", &block, &c, err));
-    dfc_status st = be->ops->p_mean_variance_forward(be, model_output, x_t, &c,
-                                                     d->variance_type == DFC_VAR_LEARNED_RANGE, clip, mean,
-                                                     variance, log_variance, pred_xstart, err);
+    dfc_status st =
+        be->ops->p_mean_variance_forward(be, model_output, x_t, &c, d->variance_type == DFC_VAR_LEARNED_RANGE, clip,
+                                         mean, variance, log_variance, pred_xstart, err);
     free(block);
     return st;
 }
 
-dfc_status dfc_diffusion_pred_xstart_backward(const dfc_diffusion *d, dfc_backend *be,
-                                              const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
-                                              const dfc_tensor *x_t, const int64_t *indices, int clip,
-                                              dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err)
+dfc_status dfc_diffusion_pred_xstart_backward(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *d_pred_xstart,
+                                              const dfc_tensor *model_output, const dfc_tensor *x_t,
+                                              const int64_t *indices, int clip, dfc_tensor *dx_t,
+                                              dfc_tensor *d_model_output, dfc_error *err)
 {
     float *block;
     dfc_posterior_coefs c;
     DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance_backward", &block, &c, err));
-    dfc_status st = be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c,
-                                                      d->variance_type == DFC_VAR_LEARNED_RANGE, clip, dx_t,
-                                                      d_model_output, err);
+    dfc_status st =
+        be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c,
+                                          d->variance_type == DFC_VAR_LEARNED_RANGE, clip, dx_t, d_model_output, err);
     free(block);
     return st;
 }
 
 dfc_status dfc_diffusion_sample_step(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *mean,
-                                     const dfc_tensor *variance, const dfc_tensor *log_variance,
-                                     const dfc_tensor *grad, const dfc_tensor *noise, const int64_t *indices,
-                                     dfc_tensor *x_prev, dfc_error *err)
+                                     const dfc_tensor *variance, const dfc_tensor *log_variance, const dfc_tensor *grad,
+                                     const dfc_tensor *noise, const int64_t *indices, dfc_tensor *x_prev,
+                                     dfc_error *err)
 {
     const char *op = "sample_step";
     DFC_TRY(dfc_check_ndim(mean, op, "mean", 2, DFC_MAX_DIMS, err));

@@ -15,8 +15,8 @@ typedef struct {
 
 static void skip_blank(cursor *c)
 {
-    while (c->pos < c->n && (c->s[c->pos] == ' ' || c->s[c->pos] == '\t' || c->s[c->pos] == '\n' ||
-                             c->s[c->pos] == '\r'))
+    while (c->pos < c->n &&
+           (c->s[c->pos] == ' ' || c->s[c->pos] == '\t' || c->s[c->pos] == '\n' || c->s[c->pos] == '\r'))
         c->pos++;
 }
 
@@ -205,8 +205,8 @@ static dfc_status parse_npy(const uint8_t *data, size_t size, const char *member
     uint64_t need = (uint64_t)numel * dfc_dtype_size(dt);
     if (need != size - data_start)
         return dfc_fail(err, DFC_ERR_FORMAT, "array '%s': shape %s %s needs %llu bytes of data, the member has %zu",
-                        key, dfc_dims_str(ndim, shape, dims, sizeof dims), dfc_dtype_name(dt),
-                        (unsigned long long)need, size - data_start);
+                        key, dfc_dims_str(ndim, shape, dims, sizeof dims), dfc_dtype_name(dt), (unsigned long long)need,
+                        size - data_start);
     float *out;
     DFC_TRY(dfc_weights_add(w, key, strlen(key), ndim, shape, &out, err));
     const uint8_t *src = data + data_start;

@@ -26,11 +26,11 @@ typedef enum { JSON_NULL, JSON_BOOL, JSON_INT, JSON_REAL, JSON_STRING, JSON_ARRA
 
 typedef struct json_value {
     json_type type;
-    int64_t integer;             /* JSON_BOOL, JSON_INT (a number without fraction or exponent that fits) */
-    char *string;                /* JSON_STRING: decoded UTF-8, NUL-terminated (NUL inside is refused) */
-    size_t length;               /* JSON_STRING: bytes; JSON_ARRAY/OBJECT: items */
-    struct json_value *items;    /* JSON_ARRAY/OBJECT */
-    char **keys;                 /* JSON_OBJECT, keys[i] names items[i] */
+    int64_t integer;          /* JSON_BOOL, JSON_INT (a number without fraction or exponent that fits) */
+    char *string;             /* JSON_STRING: decoded UTF-8, NUL-terminated (NUL inside is refused) */
+    size_t length;            /* JSON_STRING: bytes; JSON_ARRAY/OBJECT: items */
+    struct json_value *items; /* JSON_ARRAY/OBJECT */
+    char **keys;              /* JSON_OBJECT, keys[i] names items[i] */
     size_t *key_lengths;
     size_t capacity;
 } json_value;
@@ -64,8 +64,8 @@ static dfc_status json_error(json_parser *p, const char *what)
 
 static void skip_space(json_parser *p)
 {
-    while (p->pos < p->n && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' ||
-                             p->s[p->pos] == '\r'))
+    while (p->pos < p->n &&
+           (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' || p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
         p->pos++;
 }
 
@@ -388,9 +388,8 @@ static int parse_dtype(const char *s, dfc_dtype *dt)
         const char *name;
         dfc_dtype dt;
     } table[] = {
-        {"F32", DFC_DT_F32}, {"F16", DFC_DT_F16}, {"BF16", DFC_DT_BF16}, {"F64", DFC_DT_F64},
-        {"I64", DFC_DT_I64}, {"I32", DFC_DT_I32}, {"I16", DFC_DT_I16},   {"I8", DFC_DT_I8},
-        {"U8", DFC_DT_U8},   {"BOOL", DFC_DT_BOOL},
+        {"F32", DFC_DT_F32}, {"F16", DFC_DT_F16}, {"BF16", DFC_DT_BF16}, {"F64", DFC_DT_F64}, {"I64", DFC_DT_I64},
+        {"I32", DFC_DT_I32}, {"I16", DFC_DT_I16}, {"I8", DFC_DT_I8},     {"U8", DFC_DT_U8},   {"BOOL", DFC_DT_BOOL},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         if (strcmp(s, table[i].name) == 0) {
@@ -423,13 +422,16 @@ static dfc_status read_entry(const char *name, const json_value *info, tensor_en
                      *offsets = object_get(info, "data_offsets");
     if (!dtype || !shape || !offsets)
         return dfc_fail(err, DFC_ERR_FORMAT, "tensor '%s': header entry lacks \"%s\"", name,
-                        !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+                        !dtype   ? "dtype"
+                        : !shape ? "shape"
+                                 : "data_offsets");
     if (dtype->type != JSON_STRING)
         return dfc_fail(err, DFC_ERR_FORMAT, "tensor '%s': \"dtype\" is not a string", name);
     if (!parse_dtype(dtype->string, &t->dtype))
         return dfc_fail(err, DFC_ERR_FORMAT,
                         "tensor '%s': unsupported dtype '%.40s' (supported: F32, F16, BF16, F64, I64, I32, I16, I8, "
-                        "U8, BOOL)", name, dtype->string);
+                        "U8, BOOL)",
+                        name, dtype->string);
     if (shape->type != JSON_ARRAY)
         return dfc_fail(err, DFC_ERR_FORMAT, "tensor '%s': \"shape\" is not a list", name);
     if (shape->length > DFC_MAX_DIMS)
@@ -491,10 +493,10 @@ static dfc_status check_layout(tensor_entry *entries, size_t count, uint64_t dat
                           "tensor '%s': data_offsets [%llu, %llu] lie beyond the %llu-byte data section", t->name,
                           (unsigned long long)t->begin, (unsigned long long)t->end, (unsigned long long)data_size);
         else if (t->begin < covered)
-            st = dfc_fail(err, DFC_ERR_FORMAT, "tensors '%s' and '%s' overlap: data_offsets [%llu, %llu] and [%llu, %llu]",
-                          sorted[i - 1]->name, t->name, (unsigned long long)sorted[i - 1]->begin,
-                          (unsigned long long)sorted[i - 1]->end, (unsigned long long)t->begin,
-                          (unsigned long long)t->end);
+            st = dfc_fail(
+                err, DFC_ERR_FORMAT, "tensors '%s' and '%s' overlap: data_offsets [%llu, %llu] and [%llu, %llu]",
+                sorted[i - 1]->name, t->name, (unsigned long long)sorted[i - 1]->begin,
+                (unsigned long long)sorted[i - 1]->end, (unsigned long long)t->begin, (unsigned long long)t->end);
         else if (t->begin > covered)
             st = dfc_fail(err, DFC_ERR_FORMAT, "%llu unused bytes before tensor '%s' (data_offsets [%llu, %llu])",
                           (unsigned long long)(t->begin - covered), t->name, (unsigned long long)t->begin,
@@ -502,8 +504,9 @@ static dfc_status check_layout(tensor_entry *entries, size_t count, uint64_t dat
         covered = t->end;
     }
     if (st == DFC_OK && covered != data_size)
-        st = dfc_fail(err, DFC_ERR_FORMAT, "data section has %llu bytes but the tensors cover only %llu (truncated "
-                                           "header or trailing bytes)",
+        st = dfc_fail(err, DFC_ERR_FORMAT,
+                      "data section has %llu bytes but the tensors cover only %llu (truncated "
+                      "header or trailing bytes)",
                       (unsigned long long)data_size, (unsigned long long)covered);
     free(sorted);
     return st;
@@ -561,8 +564,8 @@ dfc_status dfc_safetensors_parse(const uint8_t *data, size_t size, dfc_weights *
             if (v->type != JSON_STRING)
                 st = dfc_fail(err, DFC_ERR_FORMAT, "\"__metadata__\" value of '%s' is not a string", metadata->keys[i]);
             else
-                st = dfc_weights_set_metadata(w, metadata->keys[i], metadata->key_lengths[i], v->string, v->length,
-                                              err);
+                st =
+                    dfc_weights_set_metadata(w, metadata->keys[i], metadata->key_lengths[i], v->string, v->length, err);
         }
         if (st != DFC_OK)
             goto done;
@@ -574,7 +577,8 @@ dfc_status dfc_safetensors_parse(const uint8_t *data, size_t size, dfc_weights *
         float *out;
         st = dfc_weights_add(w, t->name, strlen(t->name), t->ndim, t->shape, &out, err);
         if (st == DFC_OK)
-            dfc_convert_to_f32(out, section + t->begin, t->dtype, (int64_t)((t->end - t->begin) / dfc_dtype_size(t->dtype)));
+            dfc_convert_to_f32(out, section + t->begin, t->dtype,
+                               (int64_t)((t->end - t->begin) / dfc_dtype_size(t->dtype)));
     }
 done:
     free(entries);
@@ -688,9 +692,8 @@ static int open_temp(const char *path, char *tmp, size_t len)
     return -1;
 }
 
-dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count,
-                                const char *const *meta_keys, const char *const *meta_values, size_t meta_count,
-                                int half, dfc_error *err)
+dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count, const char *const *meta_keys,
+                                const char *const *meta_values, size_t meta_count, int half, dfc_error *err)
 {
     const size_t elem_size = half ? 2 : sizeof(float);
     text header = {0};
@@ -715,8 +718,10 @@ dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_
         }
         if (t->ndim < 0 || t->ndim > DFC_MAX_DIMS || !dfc_checked_numel(t->ndim, t->shape, &numel) ||
             (numel > 0 && !t->data)) {
-            st = dfc_fail(err, DFC_ERR_VALUE, "save_safetensors: tensor '%s' has %d dimensions or no data "
-                                              "(0 to %d dimensions supported)", t->name, t->ndim, DFC_MAX_DIMS);
+            st = dfc_fail(err, DFC_ERR_VALUE,
+                          "save_safetensors: tensor '%s' has %d dimensions or no data "
+                          "(0 to %d dimensions supported)",
+                          t->name, t->ndim, DFC_MAX_DIMS);
             goto done;
         }
         order[i] = t;

@@ -17,8 +17,7 @@ dfc_status dfc_safetensors_parse(const uint8_t *data, size_t size, dfc_weights *
  * (meta_count pairs, may be 0). Written to a temporary file in the same folder, then renamed.
  * half = 0: data holds numel float32 values (dtype F32); half = 1: numel IEEE binary16 values (dtype F16, half
  * the size; the caller rounds). */
-dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count,
-                                const char *const *meta_keys, const char *const *meta_values, size_t meta_count,
-                                int half, dfc_error *err);
+dfc_status dfc_save_safetensors(const char *path, const dfc_weight *items, size_t count, const char *const *meta_keys,
+                                const char *const *meta_values, size_t meta_count, int half, dfc_error *err);
 
 #endif

@@ -545,9 +545,7 @@ static dfc_status unpickle(unpickler *u, value **result)
                 return fail_at(u, at, "unsupported pickle protocol");
             u->pos++;
             break;
-        case 0x95: /* FRAME: a length hint only; the data is contiguous here */
-            DFC_TRY(read_length(u, 8, &len));
-            break;
+        case 0x95: /* FRAME: a length hint only; the data is contiguous here */ DFC_TRY(read_length(u, 8, &len)); break;
         case '.': /* STOP */
             if (u->sp != 1 || u->mark_count != 0)
                 return fail_at(u, at, "STOP with an unbalanced stack");
@@ -560,9 +558,7 @@ static dfc_status unpickle(unpickler *u, value **result)
                 return nomem(u);
             u->marks[u->mark_count++] = u->sp;
             break;
-        case '0': /* POP */
-            DFC_TRY(pop(u, &a));
-            break;
+        case '0': /* POP */ DFC_TRY(pop(u, &a)); break;
         case '1': /* POP_MARK */
             DFC_TRY(pop_mark(u, &first));
             u->sp = first;
@@ -647,7 +643,7 @@ static dfc_status unpickle(unpickler *u, value **result)
             DFC_TRY(push_string(u, V_BYTES, len));
             break;
         case ')': DFC_TRY(push(u, new_value(u, V_TUPLE))); break; /* EMPTY_TUPLE */
-        case 't': /* TUPLE */
+        case 't':                                                 /* TUPLE */
             DFC_TRY(pop_mark(u, &first));
             DFC_TRY(collect(u, V_TUPLE, first));
             break;
@@ -660,7 +656,7 @@ static dfc_status unpickle(unpickler *u, value **result)
             DFC_TRY(collect(u, V_TUPLE, u->sp - len));
             break;
         case ']': DFC_TRY(push(u, new_value(u, V_LIST))); break; /* EMPTY_LIST */
-        case 'l': /* LIST */
+        case 'l':                                                /* LIST */
             DFC_TRY(pop_mark(u, &first));
             DFC_TRY(collect(u, V_LIST, first));
             break;
@@ -678,7 +674,7 @@ static dfc_status unpickle(unpickler *u, value **result)
             DFC_TRY(append_items(u, u->stack[first - 1], first));
             break;
         case '}': DFC_TRY(push(u, new_value(u, V_DICT))); break; /* EMPTY_DICT */
-        case 'd': /* DICT */
+        case 'd':                                                /* DICT */
             DFC_TRY(pop_mark(u, &first));
             a = new_value(u, V_DICT);
             if (!a)
@@ -706,9 +702,7 @@ static dfc_status unpickle(unpickler *u, value **result)
             u->pos += 4;
             DFC_TRY(memo_put(u, dfc_rd32(u->data + u->pos - 4)));
             break;
-        case 0x94: /* MEMOIZE */
-            DFC_TRY(memo_put(u, u->memo_count));
-            break;
+        case 0x94: /* MEMOIZE */ DFC_TRY(memo_put(u, u->memo_count)); break;
         case 'h': /* BINGET */
             DFC_TRY(need(u, 1));
             DFC_TRY(memo_get(u, u->data[u->pos++]));
@@ -731,7 +725,7 @@ static dfc_status unpickle(unpickler *u, value **result)
             DFC_TRY(push_global(u, a->s, b->s));
             break;
         case 'R': DFC_TRY(reduce(u)); break; /* REDUCE */
-        case 'b': /* BUILD: object state (a state_dict's _metadata); not needed */
+        case 'b':                            /* BUILD: object state (a state_dict's _metadata); not needed */
             DFC_TRY(pop(u, &b));
             DFC_TRY(top(u, &a));
             break;
@@ -804,14 +798,15 @@ static dfc_status add_tensor(unpickler *u, const char *name, const value *t, dfc
             overflow |= __builtin_add_overflow(last, step, &last);
         }
         if (overflow || last >= (uint64_t)s->numel)
-            return dfc_fail(u->err, DFC_ERR_FORMAT,
-                            "tensor '%.200s' (shape %s, offset %lld) reaches past the %lld elements of storage '%.100s'",
-                            name, dfc_dims_str(t->ndim, t->shape, dims, sizeof dims), (long long)t->offset,
-                            (long long)s->numel, s->key);
+            return dfc_fail(
+                u->err, DFC_ERR_FORMAT,
+                "tensor '%.200s' (shape %s, offset %lld) reaches past the %lld elements of storage '%.100s'", name,
+                dfc_dims_str(t->ndim, t->shape, dims, sizeof dims), (long long)t->offset, (long long)s->numel, s->key);
         if (numel > s->numel)
             return dfc_fail(u->err, DFC_ERR_FORMAT,
                             "tensor '%.200s' has %lld elements but its storage only %lld (broadcast views are not "
-                            "supported)", name, (long long)numel, (long long)s->numel);
+                            "supported)",
+                            name, (long long)numel, (long long)s->numel);
     }
     DFC_TRY(resolve_storage(u, s));
     float *out;
@@ -860,11 +855,11 @@ static dfc_status load_state_dict(unpickler *u, const value *root, dfc_weights *
         keys[0] = '\0';
         for (size_t i = 0; i + 1 < root->count && pos < sizeof keys - 1; i += 2)
             if (root->items[i]->type == V_STR)
-                pos += (size_t)snprintf(keys + pos, sizeof keys - pos, "%s'%.60s'", pos ? ", " : "",
-                                        root->items[i]->s);
+                pos += (size_t)snprintf(keys + pos, sizeof keys - pos, "%s'%.60s'", pos ? ", " : "", root->items[i]->s);
         return dfc_fail(u->err, DFC_ERR_FORMAT,
                         "no tensors found at the top level or under 'state_dict', 'model' or 'ema' (top-level keys: "
-                        "%s)", pos ? keys : "none");
+                        "%s)",
+                        pos ? keys : "none");
     }
     size_t skip = prefixed == tensors ? 7 : 0; /* DistributedDataParallel's "module." on every key */
     for (size_t i = 0; i + 1 < sd->count; i += 2)
@@ -931,7 +926,8 @@ dfc_status dfc_torch_zip_parse(const dfc_zip *zip, const char *archive, dfc_weig
     return st;
 }
 
-static const uint8_t torch_magic[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19}; /* 0x1950a86a20f9469cfc6c */
+static const uint8_t torch_magic[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9,
+                                      0x20, 0x6a, 0xa8, 0x50, 0x19}; /* 0x1950a86a20f9469cfc6c */
 
 static dfc_status legacy_headers(unpickler *u)
 {
@@ -975,8 +971,10 @@ dfc_status dfc_torch_legacy_parse(const uint8_t *data, size_t size, dfc_weights 
             if (strcmp(u.storages[i].key, key->s) == 0)
                 s = &u.storages[i];
         if (!s || s->bytes) {
-            st = dfc_fail(err, DFC_ERR_FORMAT, "legacy checkpoint lists storage %zu, which no tensor uses or which "
-                                               "is listed twice", k);
+            st = dfc_fail(err, DFC_ERR_FORMAT,
+                          "legacy checkpoint lists storage %zu, which no tensor uses or which "
+                          "is listed twice",
+                          k);
             break;
         }
         if (size - u.pos < 8) {

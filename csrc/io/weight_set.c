@@ -80,8 +80,8 @@ dfc_status dfc_weights_add(dfc_weights *w, const char *name, size_t name_len, in
         return dfc_fail(err, DFC_ERR_FORMAT, "a tensor name is not valid UTF-8 or contains a NUL byte");
     int shown = name_len > 200 ? 200 : (int)name_len;
     if (ndim < 0 || ndim > DFC_MAX_DIMS)
-        return dfc_fail(err, DFC_ERR_FORMAT, "tensor '%.*s' has %d dimensions; at most %d are supported", shown,
-                        name, ndim, DFC_MAX_DIMS);
+        return dfc_fail(err, DFC_ERR_FORMAT, "tensor '%.*s' has %d dimensions; at most %d are supported", shown, name,
+                        ndim, DFC_MAX_DIMS);
     int64_t numel;
     if (!dfc_checked_numel(ndim, shape, &numel)) {
         char dims[160];
@@ -266,7 +266,8 @@ dfc_status dfc_read_file(const char *path, uint8_t **data, size_t *size, dfc_err
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return dfc_fail(err, DFC_ERR_IO, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
+        return dfc_fail(err, DFC_ERR_IO, "%s: %s", path,
+                        S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
     }
     size_t n = (size_t)st.st_size;
     uint8_t *buf = malloc(n ? n : 1);

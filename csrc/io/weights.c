@@ -17,7 +17,11 @@ static void sanitize_utf8(char *s)
     size_t n = strlen(s);
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        size_t len = c < 0x80                 ? 1
+                     : c >= 0xc2 && c <= 0xdf ? 2
+                     : c >= 0xe0 && c <= 0xef ? 3
+                     : c >= 0xf0 && c <= 0xf4 ? 4
+                                              : 0;
         if (len == 0 || len > n - i || !dfc_utf8_valid(s + i, len)) {
             s[i++] = '?';
             continue;
@@ -49,15 +53,17 @@ static dfc_status parse_zip(const uint8_t *data, size_t size, file_format format
     int is_torch = dfc_torch_zip_archive(&zip, archive, sizeof archive);
     if (format == FORMAT_TORCH || (format == FORMAT_AUTO && is_torch)) {
         if (!is_torch)
-            st = dfc_fail(err, DFC_ERR_FORMAT, "zip archive has no <archive>/data.pkl member, so it is not a "
-                                               "PyTorch checkpoint");
+            st = dfc_fail(err, DFC_ERR_FORMAT,
+                          "zip archive has no <archive>/data.pkl member, so it is not a "
+                          "PyTorch checkpoint");
         else
             st = dfc_torch_zip_parse(&zip, archive, w, err);
     } else if (format == FORMAT_NPZ || has_npy_member(&zip)) {
         st = dfc_npz_parse(&zip, w, err);
     } else {
-        st = dfc_fail(err, DFC_ERR_FORMAT, "zip archive holds neither <archive>/data.pkl (a PyTorch checkpoint) "
-                                           "nor .npy arrays (an npz)");
+        st = dfc_fail(err, DFC_ERR_FORMAT,
+                      "zip archive holds neither <archive>/data.pkl (a PyTorch checkpoint) "
+                      "nor .npy arrays (an npz)");
     }
     dfc_zip_close(&zip);
     return st;

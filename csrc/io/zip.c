@@ -50,10 +50,7 @@ static int find_end_record(const uint8_t *data, size_t size, size_t *pos)
     return 0;
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Sizes/offset of 0xffffffff live in the ZIP64 extra field (id 1), in this order, 8 bytes each. */
 static dfc_status read_zip64_extra(const uint8_t *extra, size_t len, dfc_zip_entry *e, uint64_t *local_offset,
@@ -118,8 +115,7 @@ dfc_status dfc_zip_open(dfc_zip *zip, const uint8_t *data, size_t size, dfc_erro
     if (disk != 0 || cd_disk != 0)
         return dfc_fail(err, DFC_ERR_FORMAT, "multi-disk zip archives are not supported");
     if (cd_offset > cd_limit || cd_size > cd_limit - cd_offset)
-        return dfc_fail(err, DFC_ERR_FORMAT,
-                        "zip central directory (offset %llu, %llu bytes) lies outside the archive",
+        return dfc_fail(err, DFC_ERR_FORMAT, "zip central directory (offset %llu, %llu bytes) lies outside the archive",
                         (unsigned long long)cd_offset, (unsigned long long)cd_size);
     if (count > cd_size / CENTRAL_SIZE)
         return dfc_fail(err, DFC_ERR_FORMAT, "zip archive claims %llu members in a %llu-byte central directory",
@@ -133,8 +129,7 @@ dfc_status dfc_zip_open(dfc_zip *zip, const uint8_t *data, size_t size, dfc_erro
     size_t p = 0;
     for (uint64_t i = 0; i < count; i++) {
         if (p + CENTRAL_SIZE > cd_size || dfc_rd32(cd + p) != SIG_CENTRAL) {
-            st = dfc_fail(err, DFC_ERR_FORMAT, "zip central directory entry %llu is malformed",
-                          (unsigned long long)i);
+            st = dfc_fail(err, DFC_ERR_FORMAT, "zip central directory entry %llu is malformed", (unsigned long long)i);
             goto fail;
         }
         const uint8_t *c = cd + p;
@@ -169,8 +164,8 @@ dfc_status dfc_zip_open(dfc_zip *zip, const uint8_t *data, size_t size, dfc_erro
         }
         if (method != 0 && method != 8) {
             st = dfc_fail(err, DFC_ERR_FORMAT,
-                          "zip member '%s' uses compression method %u (only stored and deflate are supported)",
-                          e->name, method);
+                          "zip member '%s' uses compression method %u (only stored and deflate are supported)", e->name,
+                          method);
             goto fail;
         }
         st = read_zip64_extra(c + CENTRAL_SIZE + name_len, extra_len, e, &local, err);
@@ -194,8 +189,8 @@ dfc_status dfc_zip_open(dfc_zip *zip, const uint8_t *data, size_t size, dfc_erro
             goto fail;
         }
         if (method == 0 && e->compressed_size != e->size) {
-            st = dfc_fail(err, DFC_ERR_FORMAT, "zip member '%s' is stored but its sizes differ (%llu vs %llu)",
-                          e->name, (unsigned long long)e->compressed_size, (unsigned long long)e->size);
+            st = dfc_fail(err, DFC_ERR_FORMAT, "zip member '%s' is stored but its sizes differ (%llu vs %llu)", e->name,
+                          (unsigned long long)e->compressed_size, (unsigned long long)e->size);
             goto fail;
         }
         p += CENTRAL_SIZE + name_len + extra_len + comment_len;
@@ -277,8 +272,9 @@ static dfc_status inflate_member(const dfc_zip_entry *e, const uint8_t *src, uin
     inflateEnd(&zs);
     if (rc != Z_STREAM_END)
         return dfc_fail(err, DFC_ERR_FORMAT, "zip member '%s': deflate data is corrupt or truncated (%s)", e->name,
-                        rc == Z_DATA_ERROR ? "invalid data" : produced >= e->size ? "longer than its stated size"
-                                                                                  : "ends early");
+                        rc == Z_DATA_ERROR    ? "invalid data"
+                        : produced >= e->size ? "longer than its stated size"
+                                              : "ends early");
     if (produced != e->size)
         return dfc_fail(err, DFC_ERR_FORMAT, "zip member '%s' inflates to %llu bytes, its header says %llu", e->name,
                         (unsigned long long)produced, (unsigned long long)e->size);

@@ -29,4 +29,3 @@ dfc_status dfc_classification_loss(dfc_backend *be, dfc_class_loss_kind kind, co
                                    const int64_t *targets, dfc_tensor *loss, dfc_tensor *dlogits, dfc_error *err);
 
 #endif
-

@@ -50,8 +50,8 @@ typedef struct dfc_inception {
 } dfc_inception;
 
 /* BasicConv2d(cin, cout, kernel (kh, kw), stride, padding (ph, pw)) named "<block>.<name>" (or "<name>"). */
-static basic_conv build_basic(dfc_param_builder *b, const char *block_name, const char *name, int cin, int cout,
-                              int kh, int kw, int stride, int ph, int pw)
+static basic_conv build_basic(dfc_param_builder *b, const char *block_name, const char *name, int cin, int cout, int kh,
+                              int kw, int stride, int ph, int pw)
 {
     char prefix[DFC_PARAM_NAME_LEN];
     if (block_name)
@@ -258,8 +258,8 @@ static dfc_status basic_forward(dfc_backend *be, const basic_conv *c, const dfc_
 }
 
 /* y may alias x (the input view is copied first). */
-static dfc_status pool_forward(dfc_backend *be, pool_kind kind, const dfc_tensor *x_in, dfc_arena *arena,
-                               dfc_tensor *y, dfc_error *err)
+static dfc_status pool_forward(dfc_backend *be, pool_kind kind, const dfc_tensor *x_in, dfc_arena *arena, dfc_tensor *y,
+                               dfc_error *err)
 {
     const dfc_tensor xv = *x_in, *x = &xv;
     dfc_pool2d_params p = {3, 3, 1, 1, 1, 1};
@@ -277,8 +277,8 @@ static dfc_status pool_forward(dfc_backend *be, pool_kind kind, const dfc_tensor
 }
 
 /* Every intermediate in tmp; the concatenated output too. */
-static dfc_status block_forward(dfc_backend *be, const block *blk, const dfc_tensor *x, dfc_arena *tmp,
-                                dfc_tensor *y, dfc_error *err)
+static dfc_status block_forward(dfc_backend *be, const block *blk, const dfc_tensor *x, dfc_arena *tmp, dfc_tensor *y,
+                                dfc_error *err)
 {
     dfc_tensor pieces[MAX_PIECES];
     const dfc_tensor *parts[MAX_PIECES];
@@ -328,10 +328,7 @@ static dfc_status keep_stage_output(dfc_backend *be, stage_memory *m, dfc_tensor
     return DFC_OK;
 }
 
-static dfc_tensor channel_vector(const float *v)
-{
-    return dfc_tensor4((float *)v, 1, 3, 1, 1);
-}
+static dfc_tensor channel_vector(const float *v) { return dfc_tensor4((float *)v, 1, 3, 1, 1); }
 
 /* x (N, 1 or 3, H, W) in [0, 1] -> 3 channels, resized, 2x - 1 (pytorch-fid InceptionV3.forward). */
 static dfc_status input_forward(dfc_backend *be, const dfc_inception *net, const dfc_tensor *x, dfc_arena *tmp,

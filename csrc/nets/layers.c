@@ -44,8 +44,8 @@ int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_e
     return index;
 }
 
-int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external,
-                                dfc_error *err, const char *fmt, ...)
+int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external, dfc_error *err,
+                                const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -64,8 +64,10 @@ dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shap
          * instead of reading past the registered parameters */
         if (b->next >= b->set->count || b->set->infos[b->next].ndim != ndim) {
             b->failed = 1;
-            dfc_fail(b->err, DFC_ERR_VALUE, "parameters: the binding pass differs from the registering pass at "
-                     "parameter %d of %d", b->next, b->set->count);
+            dfc_fail(b->err, DFC_ERR_VALUE,
+                     "parameters: the binding pass differs from the registering pass at "
+                     "parameter %d of %d",
+                     b->next, b->set->count);
             return t;
         }
         return dfc_param_view(b->set, b->next++);
@@ -151,8 +153,7 @@ dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err)
     return dfc_arena_tensor(arena, 2, shape, err);
 }
 
-dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels,
-                                 dfc_error *err)
+dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
     if (x->shape[1] != channels)
@@ -225,9 +226,8 @@ dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, cons
     return DFC_OK;
 }
 
-dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
-                                   const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
-                                   dfc_error *err)
+dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, const dfc_tensor *dy,
+                                   dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err)
 {
     dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x), dyi = as_image(dy);
     if (dx) {
@@ -246,8 +246,8 @@ dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, con
 
 /* ---- linear ---- */
 
-dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
-                                    dfc_arena *arena, dfc_tensor *y, dfc_error *err)
+dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x, dfc_arena *arena,
+                                    dfc_tensor *y, dfc_error *err)
 {
     *y = dfc_alloc2(arena, x->shape[0], l->weight.shape[0], err);
     DFC_CHECK_ALLOC(*y);
@@ -329,8 +329,8 @@ dfc_status dfc_activation_new(dfc_backend *be, dfc_activation kind, const dfc_te
     return be->ops->activation_forward(be, kind, x, y, err);
 }
 
-dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
-                                       const dfc_tensor *x, dfc_arena *arena, dfc_tensor *dx, dfc_error *err)
+dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy, const dfc_tensor *x,
+                                       dfc_arena *arena, dfc_tensor *dx, dfc_error *err)
 {
     *dx = dfc_alloc_like(arena, x, err);
     DFC_CHECK_ALLOC(*dx);

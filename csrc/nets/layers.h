@@ -16,15 +16,15 @@ typedef struct dfc_param_info {
     char name[DFC_PARAM_NAME_LEN];
     int ndim;
     int64_t shape[DFC_MAX_DIMS];
-    int64_t offset; /* in floats, into the parameter buffer (and the gradient buffer) */
+    int64_t offset;  /* in floats, into the parameter buffer (and the gradient buffer) */
     float *external; /* non-NULL: the values live elsewhere (a composite network's child), not in data */
 } dfc_param_info;
 
 typedef struct dfc_param_set {
     dfc_param_info *infos;
     int count, capacity;
-    int64_t total;   /* floats */
-    float *data;     /* the parameter buffer (allocated by dfc_param_set_allocate) */
+    int64_t total; /* floats */
+    float *data;   /* the parameter buffer (allocated by dfc_param_set_allocate) */
 } dfc_param_set;
 
 /* Registers a parameter (name formatted printf-style); records its offset; returns 0 on out-of-memory. */
@@ -32,8 +32,8 @@ int dfc_param_register(dfc_param_set *set, int ndim, const int64_t *shape, dfc_e
     __attribute__((format(printf, 5, 6)));
 /* Registers a parameter whose values another set owns (a child network of a composite): it takes an offset in
  * this set's layout, so gradients of the composite are one buffer, but no space in this set's data. */
-int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external,
-                                dfc_error *err, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+int dfc_param_register_external(dfc_param_set *set, int ndim, const int64_t *shape, float *external, dfc_error *err,
+                                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Where parameter `index`'s values are. */
 float *dfc_param_data(const dfc_param_set *set, int index);
 /* Networks are built twice with the same code: first registering each parameter (name, shape) in state_dict order,
@@ -41,10 +41,10 @@ float *dfc_param_data(const dfc_param_set *set, int index);
  * takes each parameter from dfc_builder_param; dfc_param_set_build runs it around the allocation. */
 typedef struct dfc_param_builder {
     dfc_param_set *set;
-    void *owner;    /* the network being built, for its build function */
-    int binding;    /* 0: registering names and shapes; 1: binding views to the allocated buffer */
-    int next;       /* binding: index of the next view */
-    int failed;     /* registering: a registration failed (err is set); later parameters are skipped */
+    void *owner; /* the network being built, for its build function */
+    int binding; /* 0: registering names and shapes; 1: binding views to the allocated buffer */
+    int next;    /* binding: index of the next view */
+    int failed;  /* registering: a registration failed (err is set); later parameters are skipped */
     dfc_error *err;
 } dfc_param_builder;
 
@@ -69,14 +69,14 @@ dfc_tensor dfc_param_grad(const dfc_param_set *set, const dfc_tensor *p, float *
 /* ---- layers ---- */
 
 typedef struct dfc_conv_layer {
-    dfc_tensor weight;  /* (Co, Ci, KH, KW); a 1-D conv's (Co, Ci, 1) weight is viewed with KW = 1 */
-    dfc_tensor bias;    /* (Co), data NULL when absent */
+    dfc_tensor weight; /* (Co, Ci, KH, KW); a 1-D conv's (Co, Ci, 1) weight is viewed with KW = 1 */
+    dfc_tensor bias;   /* (Co), data NULL when absent */
     dfc_conv2d_params p;
 } dfc_conv_layer;
 
 typedef struct dfc_linear_layer {
-    dfc_tensor weight;  /* (Out, In) */
-    dfc_tensor bias;    /* (Out) */
+    dfc_tensor weight; /* (Out, In) */
+    dfc_tensor bias;   /* (Out) */
 } dfc_linear_layer;
 
 typedef struct dfc_group_norm_layer {
@@ -100,13 +100,12 @@ typedef struct dfc_grad_target {
 dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
                                   dfc_tensor *y, dfc_error *err);
 /* dx may be NULL (no input gradient wanted). */
-dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
-                                   const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
-                                   dfc_error *err);
+dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, const dfc_tensor *dy,
+                                   dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err);
 
 /* x (M, In) -> y (M, Out). */
-dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
-                                    dfc_arena *arena, dfc_tensor *y, dfc_error *err);
+dfc_status dfc_linear_layer_forward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x, dfc_arena *arena,
+                                    dfc_tensor *y, dfc_error *err);
 dfc_status dfc_linear_layer_backward(dfc_backend *be, const dfc_linear_layer *l, const dfc_tensor *x,
                                      const dfc_tensor *dy, dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g,
                                      dfc_error *err);
@@ -129,8 +128,8 @@ dfc_status dfc_batch_norm_layer_backward(dfc_backend *be, const dfc_batch_norm_l
 /* y = act(x), allocated; backward from the forward's input x. */
 dfc_status dfc_activation_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_arena *arena,
                               dfc_tensor *y, dfc_error *err);
-dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
-                                       const dfc_tensor *x, dfc_arena *arena, dfc_tensor *dx, dfc_error *err);
+dfc_status dfc_activation_backward_new(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy, const dfc_tensor *x,
+                                       dfc_arena *arena, dfc_tensor *dx, dfc_error *err);
 
 /* Shape helpers: a tensor of x's shape with channels (dim 1) replaced, and an (N, C, H, W) of given sizes. */
 dfc_tensor dfc_alloc_like(dfc_arena *arena, const dfc_tensor *x, dfc_error *err);
@@ -138,8 +137,7 @@ dfc_tensor dfc_alloc4(dfc_arena *arena, int64_t n, int64_t c, int64_t h, int64_t
 dfc_tensor dfc_alloc2(dfc_arena *arena, int64_t n, int64_t c, dfc_error *err);
 
 /* x must be (N, channels, H, W); otherwise "<op>: x has C channels, the <what> takes <channels>". */
-dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels,
-                                 dfc_error *err);
+dfc_status dfc_check_image_input(const dfc_tensor *x, const char *op, const char *what, int channels, dfc_error *err);
 
 /* count floats at data (a gradient buffer, an absent gradient) set to zero by the backend's fill; nothing if data
  * is NULL or count 0. */
@@ -153,9 +151,9 @@ dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b
                        dfc_error *err);
 
 /* Fails with DFC_ERR_NOMEM if an arena allocation returned NULL data (err already set). */
-#define DFC_CHECK_ALLOC(t)                                 \
-    do {                                                   \
-        if (!(t).data)                                     \
+#define DFC_CHECK_ALLOC(t)                                       \
+    do {                                                         \
+        if (!(t).data)                                           \
             return err && err->code ? err->code : DFC_ERR_NOMEM; \
     } while (0)
 

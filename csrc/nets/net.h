@@ -33,22 +33,19 @@ typedef struct dfc_net_vtable {
 
 struct dfc_net {
     const dfc_net_vtable *vt;
-    dfc_param_set params;           /* every parameter (and buffer, e.g. BN running stats), by state_dict name */
+    dfc_param_set params; /* every parameter (and buffer, e.g. BN running stats), by state_dict name */
     int num_outputs;
     const char *output_names[DFC_NET_MAX_OUTPUTS];
     int in_channels;
 };
 
-static inline int dfc_net_is_conditioned(const dfc_net *net)
-{
-    return net->vt->forward_conditioned != NULL;
-}
+static inline int dfc_net_is_conditioned(const dfc_net *net) { return net->vt->forward_conditioned != NULL; }
 
 /* The forward of any network: cond is the conditioning input of a network that takes one ((N) float32, one per
  * sample of x), NULL for the others; either mismatch is an error naming the network. */
 static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                                         const dfc_tensor *x, const dfc_tensor *cond, void **tape,
-                                         dfc_tensor *outputs, dfc_error *err)
+                                         const dfc_tensor *x, const dfc_tensor *cond, void **tape, dfc_tensor *outputs,
+                                         dfc_error *err)
 {
     if (!dfc_net_is_conditioned(net)) {
         if (cond)
@@ -57,12 +54,15 @@ static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, df
         return net->vt->forward(net, be, arena, scratch, x, tape, outputs, err);
     }
     if (!cond)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s.forward: the network needs its conditioning input (one value per "
-                        "sample, e.g. timesteps)", net->vt->kind);
+        return dfc_fail(err, DFC_ERR_VALUE,
+                        "%s.forward: the network needs its conditioning input (one value per "
+                        "sample, e.g. timesteps)",
+                        net->vt->kind);
     if (cond->ndim != 1 || x->ndim < 1 || cond->shape[0] != x->shape[0])
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s.forward: the conditioning input must have shape (%lld,), one value "
-                        "per sample of x, got %d dims with %lld values", net->vt->kind,
-                        (long long)(x->ndim ? x->shape[0] : 0), cond->ndim, (long long)cond->shape[0]);
+        return dfc_fail(err, DFC_ERR_SHAPE,
+                        "%s.forward: the conditioning input must have shape (%lld,), one value "
+                        "per sample of x, got %d dims with %lld values",
+                        net->vt->kind, (long long)(x->ndim ? x->shape[0] : 0), cond->ndim, (long long)cond->shape[0]);
     return net->vt->forward_conditioned(net, be, arena, scratch, x, cond, tape, outputs, err);
 }
 

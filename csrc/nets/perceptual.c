@@ -9,13 +9,13 @@ struct dfc_perceptual {
     dfc_perceptual_variant variant;
     float weight;
     int has_reference;
-    int64_t ref_shape[4];                 /* the reference image's shape */
-    dfc_tensor ref[DFC_NET_MAX_OUTPUTS];  /* its features, in ref_data */
+    int64_t ref_shape[4];                /* the reference image's shape */
+    dfc_tensor ref[DFC_NET_MAX_OUTPUTS]; /* its features, in ref_data */
     float *ref_data;
 };
 
-dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight,
-                                 dfc_perceptual **out, dfc_error *err)
+dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight, dfc_perceptual **out,
+                                 dfc_error *err)
 {
     *out = NULL;
     if (variant != DFC_PERCEPTUAL_MSE && variant != DFC_PERCEPTUAL_NORMALIZED)
@@ -54,9 +54,9 @@ static dfc_status check_image(const dfc_perceptual *p, const dfc_tensor *x, cons
 
 /* One layer: loss += w layer_loss(fa, fb) per sample and, if df is set, df = w d layer_loss / dfa.
  * weight holds w (1) and dweight w (N): the backward's dloss. */
-static dfc_status add_layer(dfc_backend *be, dfc_perceptual_variant variant, const dfc_tensor *fa,
-                            const dfc_tensor *fb, const dfc_tensor *weight, const dfc_tensor *dweight,
-                            dfc_tensor *layer_loss, dfc_tensor *loss, dfc_tensor *df, dfc_error *err)
+static dfc_status add_layer(dfc_backend *be, dfc_perceptual_variant variant, const dfc_tensor *fa, const dfc_tensor *fb,
+                            const dfc_tensor *weight, const dfc_tensor *dweight, dfc_tensor *layer_loss,
+                            dfc_tensor *loss, dfc_tensor *df, dfc_error *err)
 {
     const int mse = variant == DFC_PERCEPTUAL_MSE;
     DFC_TRY(mse ? be->ops->mse_forward(be, fa, fb, layer_loss, err)
@@ -89,8 +89,8 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++)
         total += dfc_numel(&feats[k]);
     if (st == DFC_OK && !(data = malloc((size_t)(total > 0 ? total : 1) * sizeof(float))))
-        st = dfc_fail(err, DFC_ERR_NOMEM, "PerceptualLoss.set_reference: cannot allocate %lld floats",
-                      (long long)total);
+        st =
+            dfc_fail(err, DFC_ERR_NOMEM, "PerceptualLoss.set_reference: cannot allocate %lld floats", (long long)total);
     dfc_tensor ref[DFC_NET_MAX_OUTPUTS];
     int64_t offset = 0;
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++) {
@@ -136,8 +136,8 @@ dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_are
     const int64_t one = 1;
     dfc_tensor weight = dfc_arena_tensor(arena, 1, &one, err), dweight = dfc_arena_tensor(arena, 1, &n, err);
     dfc_tensor layer_loss = dfc_arena_tensor(arena, 1, &n, err);
-    dfc_status st = weight.data && dweight.data && layer_loss.data ? DFC_OK
-                                                                    : (err && err->code ? err->code : DFC_ERR_NOMEM);
+    dfc_status st =
+        weight.data && dweight.data && layer_loss.data ? DFC_OK : (err && err->code ? err->code : DFC_ERR_NOMEM);
     if (st == DFC_OK)
         st = be->ops->fill(be, p->weight, &weight, err);
     if (st == DFC_OK)

@@ -18,8 +18,8 @@ typedef enum { DFC_PERCEPTUAL_MSE = 0, DFC_PERCEPTUAL_NORMALIZED = 1 } dfc_perce
 typedef struct dfc_perceptual dfc_perceptual;
 
 /* net is borrowed: it must outlive the loss. */
-dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight,
-                                 dfc_perceptual **out, dfc_error *err);
+dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight, dfc_perceptual **out,
+                                 dfc_error *err);
 void dfc_perceptual_destroy(dfc_perceptual *p);
 
 /* Runs the network on b (N, in_channels, H, W) and keeps its features. arena and scratch are working memory,

@@ -12,7 +12,7 @@ typedef struct plane_classifier {
     dfc_net base; /* first member: the composite is a dfc_net */
     dfc_plane_classifier_config cfg;
     dfc_net *seg, *cls;
-    int64_t cls_offset;  /* where l's gradients start in the composite's gradient buffer */
+    int64_t cls_offset; /* where l's gradients start in the composite's gradient buffer */
     void (*release)(void *ctx);
     void *release_ctx;
 } plane_classifier;
@@ -58,8 +58,7 @@ static dfc_status register_child(dfc_param_set *set, const dfc_net *child, const
 static const dfc_net_vtable PLANE_CLASSIFIER_VT;
 
 dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, dfc_net *seg, dfc_net *cls,
-                                       void (*release)(void *ctx), void *release_ctx, dfc_net **out,
-                                       dfc_error *err)
+                                       void (*release)(void *ctx), void *release_ctx, dfc_net **out, dfc_error *err)
 {
     const char *op = "PlaneClassifier";
     dfc_status st = DFC_OK;
@@ -81,12 +80,13 @@ dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, d
         if (cls->in_channels != seg->in_channels + k) {
             st = dfc_fail(err, DFC_ERR_VALUE,
                           "%s: the classifier takes %d input channels; it must take %d (%d image + %d segmentation "
-                          "classes)", op, cls->in_channels, seg->in_channels + k, seg->in_channels, k);
+                          "classes)",
+                          op, cls->in_channels, seg->in_channels + k, seg->in_channels, k);
             goto fail;
         }
     } else if (cls->in_channels <= seg->in_channels) {
-        st = dfc_fail(err, DFC_ERR_VALUE, "%s: the classifier takes %d input channels, no more than the image's %d",
-                      op, cls->in_channels, seg->in_channels);
+        st = dfc_fail(err, DFC_ERR_VALUE, "%s: the classifier takes %d input channels, no more than the image's %d", op,
+                      cls->in_channels, seg->in_channels);
         goto fail;
     }
     plane_classifier *f = calloc(1, sizeof *f);
@@ -122,8 +122,7 @@ fail:
 }
 
 static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                                           const dfc_tensor *x, void **tape_out, dfc_tensor *outputs,
-                                           dfc_error *err)
+                                           const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const plane_classifier *f = (const plane_classifier *)net;
     const char *op = "PlaneClassifier.forward";
@@ -142,16 +141,17 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     }
     int through = f->cfg.grad_through_segmenter;
     dfc_tensor seg_out[DFC_NET_MAX_OUTPUTS], cls_out[DFC_NET_MAX_OUTPUTS];
-    DFC_TRY(dfc_net_forward(f->seg, be, arena, scratch, x, NULL, tape && through ? &tape->seg_tape : NULL, seg_out,
-                            err));
+    DFC_TRY(
+        dfc_net_forward(f->seg, be, arena, scratch, x, NULL, tape && through ? &tape->seg_tape : NULL, seg_out, err));
     const dfc_tensor *s = &seg_out[0];
     int64_t n = x->shape[0], h = x->shape[2], w = x->shape[3];
     if (s->ndim != 4 || s->shape[0] != n || s->shape[2] != h || s->shape[3] != w ||
         x->shape[1] + s->shape[1] != f->cls->in_channels)
         return dfc_fail(err, DFC_ERR_SHAPE,
                         "%s: the segmenter gives %lld maps of %lldx%lld for a %lldx%lld image; the classifier takes "
-                        "%d channels (image + maps)", op, (long long)s->shape[1], (long long)s->shape[2],
-                        (long long)s->shape[3], (long long)h, (long long)w, f->cls->in_channels);
+                        "%d channels (image + maps)",
+                        op, (long long)s->shape[1], (long long)s->shape[2], (long long)s->shape[3], (long long)h,
+                        (long long)w, f->cls->in_channels);
     /* without a tape, the maps and the classifier's input only live until l has run */
     dfc_arena *tmp = tape || !scratch ? arena : scratch;
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
@@ -170,8 +170,8 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
         dfc_arena_reset(scratch, mark);
     const dfc_tensor *logits = &cls_out[0];
     if (logits->ndim != 2 || logits->shape[0] != n)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: the classifier's first output must be logits (N, classes) for N = %lld",
-                        op, (long long)n);
+        return dfc_fail(err, DFC_ERR_SHAPE,
+                        "%s: the classifier's first output must be logits (N, classes) for N = %lld", op, (long long)n);
     outputs[0] = *logits;
     outputs[1] = *s;
     if (tape) {
@@ -183,9 +183,8 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
     return DFC_OK;
 }
 
-static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
-                                            const void *tape_ptr, const dfc_tensor *douts, dfc_tensor *dx,
-                                            float *grads, dfc_error *err)
+static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape_ptr,
+                                            const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
 {
     const plane_classifier *f = (const plane_classifier *)net;
     const plane_classifier_tape *tape = tape_ptr;
@@ -197,8 +196,10 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
         DFC_TRY(dfc_check_shape(dlogits, op, "dlogits", 2, tape->logits.shape, err));
     if (dseg->data) {
         if (!tape->seg_tape)
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: a gradient for the segmentation was given, but "
-                            "grad_through_segmenter is off (the segmenter is a constant)", op);
+            return dfc_fail(err, DFC_ERR_VALUE,
+                            "%s: a gradient for the segmentation was given, but "
+                            "grad_through_segmenter is off (the segmenter is a constant)",
+                            op);
         DFC_TRY(dfc_check_shape(dseg, op, "dsegmentation", 4, tape->seg_logits.shape, err));
     }
     if (dx)
@@ -250,8 +251,7 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
             dx_seg = dfc_alloc_like(arena, &tape->x, err);
             DFC_CHECK_ALLOC(dx_seg);
         }
-        DFC_TRY(dfc_net_backward(f->seg, be, arena, tape->seg_tape, seg_douts, dx ? &dx_seg : NULL, seg_grads,
-                                 err));
+        DFC_TRY(dfc_net_backward(f->seg, be, arena, tape->seg_tape, seg_douts, dx ? &dx_seg : NULL, seg_grads, err));
     } else {
         DFC_TRY(dfc_zero_floats(be, seg_grads, f->seg->params.total, err));
     }
@@ -267,7 +267,8 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
     return DFC_OK;
 }
 
-static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier", .forward = plane_classifier_forward,
+static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier",
+                                                   .forward = plane_classifier_forward,
                                                    .backward = plane_classifier_backward,
                                                    .destroy = plane_classifier_destroy};
 
@@ -299,8 +300,10 @@ dfc_status dfc_small_classifier_create(const dfc_small_classifier_config *cfg, d
 {
     *out = NULL;
     if (cfg->in_channels < 1 || cfg->width < 1 || cfg->num_classes < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "SmallClassifier config: in_channels (%d), width (%d) and num_classes "
-                        "(%d) must be positive", cfg->in_channels, cfg->width, cfg->num_classes);
+        return dfc_fail(err, DFC_ERR_VALUE,
+                        "SmallClassifier config: in_channels (%d), width (%d) and num_classes "
+                        "(%d) must be positive",
+                        cfg->in_channels, cfg->width, cfg->num_classes);
     small_classifier *c = calloc(1, sizeof *c);
     if (!c)
         return dfc_fail(err, DFC_ERR_NOMEM, "SmallClassifier: out of memory");
@@ -336,9 +339,8 @@ dfc_status dfc_small_classifier_create(const dfc_small_classifier_config *cfg, d
 }
 
 /* ReLUs run in place: relu(v) > 0 exactly when v > 0, so the output is the backward's mask. */
-static dfc_status small_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
-                                           dfc_arena *scratch, const dfc_tensor *x, void **tape_out,
-                                           dfc_tensor *outputs, dfc_error *err)
+static dfc_status small_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                           const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const small_classifier *c = (const small_classifier *)net;
     const char *op = "SmallClassifier.forward";
@@ -376,9 +378,8 @@ static dfc_status small_classifier_forward(const dfc_net *net, dfc_backend *be, 
     return DFC_OK;
 }
 
-static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
-                                            const void *tape_ptr, const dfc_tensor *douts, dfc_tensor *dx,
-                                            float *grads, dfc_error *err)
+static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape_ptr,
+                                            const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
 {
     const small_classifier *c = (const small_classifier *)net;
     const small_classifier_tape *t = tape_ptr;
@@ -409,6 +410,7 @@ static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be,
     return dx ? dfc_copy_tensor(be, dx, &dxi, err) : DFC_OK;
 }
 
-static const dfc_net_vtable SMALL_CLASSIFIER_VT = {.kind = "small_classifier", .forward = small_classifier_forward,
+static const dfc_net_vtable SMALL_CLASSIFIER_VT = {.kind = "small_classifier",
+                                                   .forward = small_classifier_forward,
                                                    .backward = small_classifier_backward,
                                                    .destroy = small_classifier_destroy};

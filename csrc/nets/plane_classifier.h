@@ -31,9 +31,8 @@ typedef struct dfc_plane_classifier_config {
  * channels. The composite takes ownership of both children: they are destroyed with it, and on failure.
  * release, when non-NULL, is called with release_ctx instead of destroying the children (a binding that keeps
  * the children alive elsewhere drops its references there); it is called on failure too. */
-dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, dfc_net *segmenter,
-                                       dfc_net *classifier, void (*release)(void *ctx), void *release_ctx,
-                                       dfc_net **out, dfc_error *err);
+dfc_status dfc_plane_classifier_create(const dfc_plane_classifier_config *cfg, dfc_net *segmenter, dfc_net *classifier,
+                                       void (*release)(void *ctx), void *release_ctx, dfc_net **out, dfc_error *err);
 
 
 /* A small convolutional classifier, the stand-in for l in tests (and a minimal baseline):

@@ -7,7 +7,7 @@
 /* ---- structure ---- */
 
 typedef struct block {
-    int bottleneck;             /* 3 convs (1x1, 3x3, 1x1 x4) instead of 2 (3x3, 3x3) */
+    int bottleneck; /* 3 convs (1x1, 3x3, 1x1 x4) instead of 2 (3x3, 3x3) */
     int has_downsample;
     dfc_conv_layer conv[3];
     dfc_batch_norm_layer bn[3];
@@ -16,7 +16,7 @@ typedef struct block {
 } block;
 
 typedef struct dfc_resnet {
-    dfc_net base;               /* first: a dfc_resnet is a dfc_net */
+    dfc_net base; /* first: a dfc_resnet is a dfc_net */
     dfc_resnet_config cfg;
     /* input normalisation: normalised channel c = in_scale[c] * x[in_src[c]] + in_shift[c] */
     float in_scale[3], in_shift[3];
@@ -26,7 +26,7 @@ typedef struct dfc_resnet {
     block *blocks;
     int num_blocks;
     int stage_first[DFC_RESNET_STAGES], stage_count[DFC_RESNET_STAGES]; /* blocks of layer1..4 (stem: none) */
-    int last_stage;             /* deepest tapped stage: nothing after it is computed */
+    int last_stage;                         /* deepest tapped stage: nothing after it is computed */
     int output_of_stage[DFC_RESNET_STAGES]; /* output index of a tapped stage, -1 otherwise */
 } dfc_resnet;
 
@@ -211,16 +211,16 @@ dfc_status dfc_resnet_create(const dfc_resnet_config *cfg, dfc_net **out, dfc_er
 /* ---- forward and backward ---- */
 
 typedef struct block_tape {
-    dfc_tensor x;               /* block input */
-    dfc_tensor h[3];            /* conv outputs (BN inputs) */
-    dfc_tensor a[3];            /* BN outputs after ReLU (a[last]: after the residual add, the block output) */
-    dfc_tensor hd;              /* downsample conv output */
+    dfc_tensor x;    /* block input */
+    dfc_tensor h[3]; /* conv outputs (BN inputs) */
+    dfc_tensor a[3]; /* BN outputs after ReLU (a[last]: after the residual add, the block output) */
+    dfc_tensor hd;   /* downsample conv output */
 } block_tape;
 
 typedef struct resnet_tape {
-    dfc_tensor x;               /* network input */
-    dfc_tensor xn;              /* normalised 3-channel input */
-    dfc_tensor h0, a0;          /* stem conv output, ReLU(BN(h0)) */
+    dfc_tensor x;      /* network input */
+    dfc_tensor xn;     /* normalised 3-channel input */
+    dfc_tensor h0, a0; /* stem conv output, ReLU(BN(h0)) */
     dfc_tensor stage_out[DFC_RESNET_STAGES];
     block_tape *blocks;
 } resnet_tape;
@@ -232,10 +232,7 @@ static dfc_status relu_inplace(dfc_backend *be, dfc_tensor *y, dfc_error *err)
     return be->ops->activation_forward(be, DFC_ACT_RELU, y, y, err);
 }
 
-static dfc_tensor channel_vector(const float *v)
-{
-    return dfc_tensor4((float *)v, 1, 3, 1, 1);
-}
+static dfc_tensor channel_vector(const float *v) { return dfc_tensor4((float *)v, 1, 3, 1, 1); }
 
 /* x (N, 1 or 3, H, W) in [-1, 1] -> the network's 3-channel normalised input. */
 static dfc_status normalize_forward(dfc_backend *be, const dfc_resnet *r, const dfc_tensor *x, dfc_arena *arena,

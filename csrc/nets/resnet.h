@@ -19,14 +19,20 @@
 typedef enum { DFC_RESNET_TORCHVISION = 0, DFC_RESNET_RADIMAGENET = 1 } dfc_resnet_layout;
 
 /* Stages that can be tapped: bit (1 << stage) of dfc_resnet_config.taps. */
-enum { DFC_RESNET_STEM = 0, DFC_RESNET_LAYER1, DFC_RESNET_LAYER2, DFC_RESNET_LAYER3, DFC_RESNET_LAYER4,
-       DFC_RESNET_STAGES };
+enum {
+    DFC_RESNET_STEM = 0,
+    DFC_RESNET_LAYER1,
+    DFC_RESNET_LAYER2,
+    DFC_RESNET_LAYER3,
+    DFC_RESNET_LAYER4,
+    DFC_RESNET_STAGES
+};
 
 typedef struct dfc_resnet_config {
-    int depth;                  /* 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck) */
+    int depth; /* 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck) */
     dfc_resnet_layout layout;
-    int in_channels;            /* 1 or 3 */
-    unsigned taps;              /* non-empty set of stages, at most DFC_NET_MAX_OUTPUTS; outputs in stage order */
+    int in_channels; /* 1 or 3 */
+    unsigned taps;   /* non-empty set of stages, at most DFC_NET_MAX_OUTPUTS; outputs in stage order */
 } dfc_resnet_config;
 
 /* Builds the network with zeroed parameters (every stage's parameters exist, whatever the taps, so a full

@@ -154,8 +154,8 @@ typedef struct segmenter_tape {
     dfc_tensor head_x;
 } segmenter_tape;
 
-static dfc_status norm_relu(dfc_backend *be, const dfc_group_norm_layer *norm, const dfc_tensor *x,
-                            dfc_arena *arena, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd, dfc_error *err)
+static dfc_status norm_relu(dfc_backend *be, const dfc_group_norm_layer *norm, const dfc_tensor *x, dfc_arena *arena,
+                            dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd, dfc_error *err)
 {
     DFC_TRY(dfc_group_norm_layer_forward(be, norm, x, arena, y, mean, rstd, err));
     return be->ops->activation_forward(be, DFC_ACT_RELU, y, y, err);
@@ -321,5 +321,5 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     return DFC_OK;
 }
 
-static const dfc_net_vtable SEGMENTER_VT = {.kind = "segmenter", .forward = segmenter_forward,
-                                            .backward = segmenter_backward, .destroy = segmenter_destroy};
+static const dfc_net_vtable SEGMENTER_VT = {
+    .kind = "segmenter", .forward = segmenter_forward, .backward = segmenter_backward, .destroy = segmenter_destroy};

@@ -26,11 +26,11 @@
 #define DFC_SEGMENTER_GN_EPS 1e-5f
 
 typedef struct dfc_segmenter_config {
-    int in_channels;  /* 1: grayscale ultrasound */
-    int classes;      /* K: output classes (background included) */
-    int width;        /* channels of level 0 */
-    int levels;       /* resolutions: levels - 1 poolings */
-    int groups;       /* GroupNorm groups; divides width */
+    int in_channels; /* 1: grayscale ultrasound */
+    int classes;     /* K: output classes (background included) */
+    int width;       /* channels of level 0 */
+    int levels;      /* resolutions: levels - 1 poolings */
+    int groups;      /* GroupNorm groups; divides width */
 } dfc_segmenter_config;
 
 /* Builds the network with zeroed parameters (set them through net->params before use). */

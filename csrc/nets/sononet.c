@@ -6,11 +6,11 @@
 #include <string.h>
 
 #define NUM_BLOCKS 5
-#define NUM_FEATURE_UNITS 13        /* conv + BN + ReLU units of the feature extractor */
-#define NUM_UNITS 15                /* ... and the two of the adaptation layer */
+#define NUM_FEATURE_UNITS 13 /* conv + BN + ReLU units of the feature extractor */
+#define NUM_UNITS 15         /* ... and the two of the adaptation layer */
 
 static const int BLOCK_LAYERS[NUM_BLOCKS] = {2, 2, 3, 3, 3};
-static const int BLOCK_WIDTH[NUM_BLOCKS] = {1, 2, 4, 8, 8};   /* times k */
+static const int BLOCK_WIDTH[NUM_BLOCKS] = {1, 2, 4, 8, 8}; /* times k */
 static const dfc_pool2d_params POOL2 = {2, 2, 2, 2, 0, 0};
 
 /* conv (no bias) -> batch norm -> [ReLU] -> [2x2/2 max pool] */
@@ -22,7 +22,7 @@ typedef struct conv_unit {
 } conv_unit;
 
 typedef struct sononet {
-    dfc_net base;                   /* first member: a sononet is a dfc_net */
+    dfc_net base; /* first member: a sononet is a dfc_net */
     dfc_sononet_config cfg;
     conv_unit units[NUM_UNITS];
 } sononet;
@@ -34,7 +34,7 @@ typedef struct unit_tape {
 } unit_tape;
 
 typedef struct sononet_tape {
-    dfc_tensor input;               /* the caller's x (standardisation backward) */
+    dfc_tensor input; /* the caller's x (standardisation backward) */
     dfc_tensor logits, cam, features;
     unit_tape units[NUM_UNITS];
 } sononet_tape;
@@ -91,14 +91,11 @@ static void build(dfc_param_builder *b)
 typedef struct flow {
     dfc_arena *arenas[2];
     dfc_arena_mark marks[2];
-    int cur;        /* the arena holding the current input */
+    int cur; /* the arena holding the current input */
     int release;
 } flow;
 
-static dfc_arena *flow_out(const flow *f)
-{
-    return f->release ? f->arenas[1 - f->cur] : f->arenas[0];
-}
+static dfc_arena *flow_out(const flow *f) { return f->release ? f->arenas[1 - f->cur] : f->arenas[0]; }
 
 static void flow_advance(flow *f)
 {
@@ -127,8 +124,8 @@ static dfc_status unit_forward(dfc_backend *be, const conv_unit *u, flow *f, dfc
     }
     *h = act;
     if (u->pool_after) {
-        dfc_tensor pooled = dfc_alloc4(flow_out(f), act.shape[0], act.shape[1], act.shape[2] / 2, act.shape[3] / 2,
-                                       err);
+        dfc_tensor pooled =
+            dfc_alloc4(flow_out(f), act.shape[0], act.shape[1], act.shape[2] / 2, act.shape[3] / 2, err);
         DFC_CHECK_ALLOC(pooled);
         DFC_TRY(be->ops->max_pool2d_forward(be, &act, POOL2, &pooled, err));
         flow_advance(f);
@@ -172,9 +169,10 @@ static dfc_status check_input(const sononet *s, const dfc_tensor *x, dfc_error *
     const char *op = "SonoNet.forward";
     DFC_TRY(dfc_check_image_input(x, op, "network", s->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 16 || x->shape[3] < 16)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lld images of %lldx%lld; SonoNet needs at least one image of "
-                        "16x16 or more (four 2x2 pools)", op, (long long)x->shape[0], (long long)x->shape[2],
-                        (long long)x->shape[3]);
+        return dfc_fail(err, DFC_ERR_SHAPE,
+                        "%s: x is %lld images of %lldx%lld; SonoNet needs at least one image of "
+                        "16x16 or more (four 2x2 pools)",
+                        op, (long long)x->shape[0], (long long)x->shape[2], (long long)x->shape[3]);
     return DFC_OK;
 }
 
@@ -185,7 +183,7 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
     DFC_TRY(check_input(s, x, err));
     sononet_tape *tape = NULL;
     if (tape_out) {
-        scratch = NULL;     /* the backward needs every intermediate */
+        scratch = NULL; /* the backward needs every intermediate */
         tape = dfc_arena_alloc(arena, sizeof *tape, err);
         if (!tape)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
@@ -193,9 +191,10 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
         tape->input = *x;
         *tape_out = tape;
     }
-    flow f = {{arena, scratch ? scratch : arena}, {dfc_arena_get_mark(arena), dfc_arena_get_mark(scratch ? scratch
-                                                                                                       : arena)},
-              1, scratch != NULL};
+    flow f = {{arena, scratch ? scratch : arena},
+              {dfc_arena_get_mark(arena), dfc_arena_get_mark(scratch ? scratch : arena)},
+              1,
+              scratch != NULL};
     dfc_tensor h = *x;
     if (s->cfg.standardize) {
         dfc_tensor y = dfc_alloc_like(flow_out(&f), x, err);
@@ -206,13 +205,13 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
     }
     for (int i = 0; i < NUM_FEATURE_UNITS; i++)
         DFC_TRY(unit_forward(be, &s->units[i], &f, &h, tape ? &tape->units[i] : NULL, err));
-    if (f.release && f.cur == 1) {  /* the features are an output: they must live in arena */
+    if (f.release && f.cur == 1) { /* the features are an output: they must live in arena */
         dfc_tensor kept = dfc_alloc_like(arena, &h, err);
         DFC_CHECK_ALLOC(kept);
         DFC_TRY(dfc_copy_tensor(be, &kept, &h, err));
         h = kept;
     }
-    f.release = 0;                  /* the adaptation layer is small: everything after this stays in arena */
+    f.release = 0; /* the adaptation layer is small: everything after this stays in arena */
     dfc_tensor features = h;
     for (int i = NUM_FEATURE_UNITS; i < NUM_UNITS; i++)
         DFC_TRY(unit_forward(be, &s->units[i], &f, &h, tape ? &tape->units[i] : NULL, err));
@@ -294,15 +293,17 @@ static void sononet_destroy(dfc_net *net)
     free(net);
 }
 
-static const dfc_net_vtable SONONET_VTABLE = {.kind = "sononet", .forward = sononet_forward,
-                                              .backward = sononet_backward, .destroy = sononet_destroy};
+static const dfc_net_vtable SONONET_VTABLE = {
+    .kind = "sononet", .forward = sononet_forward, .backward = sononet_backward, .destroy = sononet_destroy};
 
 dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_error *err)
 {
     *out = NULL;
     if (cfg->k < 1 || cfg->in_channels < 1 || cfg->num_classes < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "SonoNet config: k (%d), in_channels (%d) and num_classes (%d) must be "
-                        "positive", cfg->k, cfg->in_channels, cfg->num_classes);
+        return dfc_fail(err, DFC_ERR_VALUE,
+                        "SonoNet config: k (%d), in_channels (%d) and num_classes (%d) must be "
+                        "positive",
+                        cfg->k, cfg->in_channels, cfg->num_classes);
     if (cfg->k > (1 << 20) || cfg->in_channels > (1 << 20) || cfg->num_classes > (1 << 20))
         return dfc_fail(err, DFC_ERR_VALUE, "SonoNet config: k, in_channels and num_classes must be at most 2^20");
     sononet *s = calloc(1, sizeof *s);

@@ -23,10 +23,10 @@
 #define DFC_SONONET_BN_EPS 1e-4f
 
 typedef struct dfc_sononet_config {
-    int k;            /* width of the first block: 16, 32, 64 (any k >= 1) */
-    int in_channels;  /* 1: grayscale; the plane classifier feeds 1 + K segmentation channels */
-    int num_classes;  /* 14 standard-plane classes */
-    int standardize;  /* 1: x' = 255 (x - mean) / std per image and channel (std with ddof 0), inside the net */
+    int k;           /* width of the first block: 16, 32, 64 (any k >= 1) */
+    int in_channels; /* 1: grayscale; the plane classifier feeds 1 + K segmentation channels */
+    int num_classes; /* 14 standard-plane classes */
+    int standardize; /* 1: x' = 255 (x - mean) / std per image and channel (std with ddof 0), inside the net */
 } dfc_sononet_config;
 
 /* Builds the network with zeroed parameters (set them through net->params before use). */

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GN_GROUPS 32      /* guided-diffusion normalization(): GroupNorm32(32, C) */
-#define GN_EPS 1e-5f      /* PyTorch's GroupNorm default, which GroupNorm32 keeps */
+#define GN_GROUPS 32 /* guided-diffusion normalization(): GroupNorm32(32, C) */
+#define GN_EPS 1e-5f /* PyTorch's GroupNorm default, which GroupNorm32 keeps */
 #define MAX_LAYERS_PER_BLOCK 3
 
 /* ---- structure ---- */
@@ -14,7 +14,7 @@ typedef enum { LAYER_CONV, LAYER_RES, LAYER_ATTN, LAYER_DOWN, LAYER_UP } layer_k
 
 typedef struct resblock {
     int cin, cout;
-    int updown;                 /* -1: avg-pool down, +1: nearest up, 0: none */
+    int updown; /* -1: avg-pool down, +1: nearest up, 0: none */
     dfc_group_norm_layer in_norm;
     dfc_conv_layer in_conv;
     dfc_linear_layer emb;
@@ -32,18 +32,18 @@ typedef struct attnblock {
 
 typedef struct layer {
     layer_kind kind;
-    dfc_conv_layer conv;        /* LAYER_CONV (stem), LAYER_DOWN (3x3 stride 2), LAYER_UP (after nearest x2) */
+    dfc_conv_layer conv; /* LAYER_CONV (stem), LAYER_DOWN (3x3 stride 2), LAYER_UP (after nearest x2) */
     resblock res;
     attnblock attn;
 } layer;
 
 typedef struct block {
-    int first, count;           /* layers [first, first + count) */
-    int skip_channels;          /* output blocks: channels of the skip concatenated before the block */
+    int first, count;  /* layers [first, first + count) */
+    int skip_channels; /* output blocks: channels of the skip concatenated before the block */
 } block;
 
 typedef struct dfc_unet {
-    dfc_net base;               /* params, outputs, vtable */
+    dfc_net base; /* params, outputs, vtable */
     dfc_unet_config cfg;
     dfc_linear_layer time_linear1, time_linear2;
     layer *layers;
@@ -132,7 +132,7 @@ static void add_attention(dfc_param_builder *b, int channels, int num_heads, con
     snprintf(name, sizeof name, "%s.norm", prefix);
     a->norm = build_norm(b, channels, name);
     snprintf(name, sizeof name, "%s.qkv", prefix);
-    a->qkv = build_conv(b, channels, 3 * channels, 1, 1, 3, name);    /* Conv1d: weight (3C, C, 1) */
+    a->qkv = build_conv(b, channels, 3 * channels, 1, 1, 3, name); /* Conv1d: weight (3C, C, 1) */
     snprintf(name, sizeof name, "%s.proj_out", prefix);
     a->proj = build_conv(b, channels, channels, 1, 1, 3, name);
 }
@@ -308,7 +308,7 @@ dfc_status dfc_unet_create(const dfc_unet_config *cfg, dfc_net **out, dfc_error 
 
 /* What a layer's backward needs from its forward. */
 typedef struct layer_tape {
-    dfc_tensor x;                                       /* the layer's input */
+    dfc_tensor x; /* the layer's input */
     /* resblock */
     dfc_tensor in_mean, in_rstd, h1, a1r, xr, h2, e, out_mean, out_rstd, n2, h3, a3;
     /* attention: GN statistics and output hn, qkv, attention output a */
@@ -361,9 +361,9 @@ static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_t
 }
 
 /* Intermediates come from arena, the output from out_arena (the same arena when a tape keeps everything). */
-static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x,
-                                   const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena,
-                                   layer_tape *s, dfc_tensor *out, dfc_error *err)
+static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x, const dfc_tensor *emb_act,
+                                   dfc_arena *arena, dfc_arena *out_arena, layer_tape *s, dfc_tensor *out,
+                                   dfc_error *err)
 {
     dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, h4, skip;
     dfc_tensor in_mean, in_rstd, out_mean, out_rstd, n2 = {0};
@@ -390,7 +390,7 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
         dfc_tensor e4 = dfc_tensor4(e.data, n, c, 1, 1), h2e;
         DFC_TRY(dfc_add_new(be, &h2, &e4, arena, &h2e, err));
         DFC_TRY(dfc_group_norm_layer_forward(be, &r->out_norm, &h2e, arena, &h3, &out_mean, &out_rstd, err));
-        h2 = h2e;  /* the out norm's input, for the backward */
+        h2 = h2e; /* the out norm's input, for the backward */
     }
     DFC_TRY(silu_new(be, &h3, arena, &a3, err));
     DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &a3, arena, &h4, err));
@@ -433,19 +433,18 @@ static dfc_status resblock_backward(dfc_backend *be, const resblock *r, const la
         dfc_tensor dn2 = dfc_alloc_like(arena, &s->n2, err);
         DFC_CHECK_ALLOC(dn2);
         DFC_TRY(be->ops->scale_shift_backward(be, &dh3, &s->n2, &s->e, &dn2, &de, err));
-        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dn2, arena,
-                                              &dh2, g, err));
+        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dn2, arena, &dh2,
+                                              g, err));
     } else {
         /* h3 = GN(h2 + e): the gradient of the sum goes to both */
-        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dh3, arena,
-                                              &dh2, g, err));
+        DFC_TRY(dfc_group_norm_layer_backward(be, &r->out_norm, &s->h2, &s->out_mean, &s->out_rstd, &dh3, arena, &dh2,
+                                              g, err));
         dfc_tensor de4 = dfc_tensor4(de.data, n, c, 1, 1);
         DFC_TRY(be->ops->binary_backward(be, DFC_BINARY_ADD, &dh2, &s->h2, &de4, NULL, &de4, err));
     }
     if (g.grads || d_emb_act) {
         dfc_tensor d_emb_part;
-        DFC_TRY(dfc_linear_layer_backward(be, &r->emb, emb_act, &de, arena, d_emb_act ? &d_emb_part : NULL, g,
-                                          err));
+        DFC_TRY(dfc_linear_layer_backward(be, &r->emb, emb_act, &de, arena, d_emb_act ? &d_emb_part : NULL, g, err));
         if (d_emb_act)
             DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, d_emb_act, &d_emb_part, d_emb_act, err));
     }
@@ -455,8 +454,8 @@ static dfc_status resblock_backward(dfc_backend *be, const resblock *r, const la
     else
         da1 = da1r;
     DFC_TRY(silu_backward_new(be, &da1, &s->h1, arena, &dh1, err));
-    DFC_TRY(dfc_group_norm_layer_backward(be, &r->in_norm, &s->x, &s->in_mean, &s->in_rstd, &dh1, arena, &dx_norm,
-                                          g, err));
+    DFC_TRY(
+        dfc_group_norm_layer_backward(be, &r->in_norm, &s->x, &s->in_mean, &s->in_rstd, &dh1, arena, &dx_norm, g, err));
     /* skip path: d(skip(xr)) = dout */
     if (r->has_skip_conv)
         DFC_TRY(dfc_conv_layer_backward(be, &r->skip_conv, &s->xr, dout, arena, &dxr, g, err));
@@ -524,10 +523,8 @@ static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer 
                                 dfc_tensor *out, dfc_error *err)
 {
     switch (l->kind) {
-    case LAYER_RES:
-        return resblock_forward(be, &l->res, x, emb_act, arena, out_arena, s, out, err);
-    case LAYER_ATTN:
-        return attention_forward(be, u, &l->attn, x, arena, out_arena, s, out, err);
+    case LAYER_RES: return resblock_forward(be, &l->res, x, emb_act, arena, out_arena, s, out, err);
+    case LAYER_ATTN: return attention_forward(be, u, &l->attn, x, arena, out_arena, s, out, err);
     case LAYER_CONV:
     case LAYER_DOWN:
         if (s)
@@ -547,17 +544,14 @@ static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer 
 }
 
 static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer *l, const layer_tape *s,
-                                 const dfc_tensor *dout, const dfc_tensor *emb_act, dfc_arena *arena,
-                                 dfc_grad_target g, dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+                                 const dfc_tensor *dout, const dfc_tensor *emb_act, dfc_arena *arena, dfc_grad_target g,
+                                 dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
 {
     switch (l->kind) {
-    case LAYER_RES:
-        return resblock_backward(be, &l->res, s, dout, emb_act, arena, g, d_emb_act, dx, err);
-    case LAYER_ATTN:
-        return attention_backward(be, u, &l->attn, s, dout, arena, g, dx, err);
+    case LAYER_RES: return resblock_backward(be, &l->res, s, dout, emb_act, arena, g, d_emb_act, dx, err);
+    case LAYER_ATTN: return attention_backward(be, u, &l->attn, s, dout, arena, g, dx, err);
     case LAYER_CONV:
-    case LAYER_DOWN:
-        return dfc_conv_layer_backward(be, &l->conv, &s->x, dout, arena, dx, g, err);
+    case LAYER_DOWN: return dfc_conv_layer_backward(be, &l->conv, &s->x, dout, arena, dx, g, err);
     case LAYER_UP: {
         dfc_tensor dxu;
         DFC_TRY(dfc_conv_layer_backward(be, &l->conv, &s->xu, dout, arena, &dxu, g, err));
@@ -570,8 +564,8 @@ static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer
 /* Without a tape, a block's intermediates live in scratch, which is released when the block is done; only its
  * output goes to arena. With a tape (scratch NULL) everything stays in arena for the backward. */
 static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_tensor *x,
-                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *scratch,
-                                unet_tape *tape, dfc_tensor *out, dfc_error *err)
+                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *scratch, unet_tape *tape,
+                                dfc_tensor *out, dfc_error *err)
 {
     dfc_arena *tmp = scratch ? scratch : arena;
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
@@ -580,8 +574,8 @@ static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block 
     for (int i = blk->first; i < blk->first + blk->count && st == DFC_OK; i++) {
         dfc_arena *out_arena = i == blk->first + blk->count - 1 ? arena : tmp;
         dfc_tensor next;
-        st = layer_forward(be, u, &u->layers[i], &h, emb_act, tmp, out_arena, tape ? &tape->layers[i] : NULL,
-                           &next, err);
+        st = layer_forward(be, u, &u->layers[i], &h, emb_act, tmp, out_arena, tape ? &tape->layers[i] : NULL, &next,
+                           err);
         h = next;
     }
     if (scratch)
@@ -591,14 +585,14 @@ static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block 
 }
 
 static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block *blk, const unet_tape *tape,
-                                 const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g,
-                                 dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+                                 const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g, dfc_tensor *d_emb_act,
+                                 dfc_tensor *dx, dfc_error *err)
 {
     dfc_tensor dh = *dout;
     for (int i = blk->first + blk->count - 1; i >= blk->first; i--) {
         dfc_tensor next;
-        DFC_TRY(layer_backward(be, u, &u->layers[i], &tape->layers[i], &dh, &tape->emb_act, arena, g, d_emb_act,
-                               &next, err));
+        DFC_TRY(layer_backward(be, u, &u->layers[i], &tape->layers[i], &dh, &tape->emb_act, arena, g, d_emb_act, &next,
+                               err));
         dh = next;
     }
     *dx = dh;
@@ -611,17 +605,18 @@ static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error 
     DFC_TRY(dfc_check_image_input(x, op, "model", u->cfg.in_channels, err));
     int64_t divisor = (int64_t)1 << (u->cfg.num_levels - 1);
     if (x->shape[2] % divisor || x->shape[3] % divisor)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lldx%lld; with %d levels height and width must be multiples of "
-                        "%lld", op, (long long)x->shape[2], (long long)x->shape[3], u->cfg.num_levels,
-                        (long long)divisor);
+        return dfc_fail(err, DFC_ERR_SHAPE,
+                        "%s: x is %lldx%lld; with %d levels height and width must be multiples of "
+                        "%lld",
+                        op, (long long)x->shape[2], (long long)x->shape[3], u->cfg.num_levels, (long long)divisor);
     return DFC_OK;
 }
 
 /* outputs[0] = UNet(x, t): the model output (N, out_channels, H, W) from arena; block intermediates from scratch
  * unless a tape keeps everything in arena. t: the original timesteps (N). */
-static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, dfc_arena *arena,
-                                           dfc_arena *scratch, const dfc_tensor *x, const dfc_tensor *t,
-                                           void **tape_out, dfc_tensor *outputs, dfc_error *err)
+static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                           const dfc_tensor *x, const dfc_tensor *t, void **tape_out,
+                                           dfc_tensor *outputs, dfc_error *err)
 {
     const dfc_unet *u = (const dfc_unet *)net;
     if (tape_out)
@@ -761,5 +756,8 @@ static dfc_status unet_backward(const dfc_net *net, dfc_backend *be, dfc_arena *
     return DFC_OK;
 }
 
-static const dfc_net_vtable UNET_VTABLE = {.kind = "unet", .forward = unet_forward, .backward = unet_backward,
-                                           .destroy = unet_destroy, .forward_conditioned = unet_forward_conditioned};
+static const dfc_net_vtable UNET_VTABLE = {.kind = "unet",
+                                           .forward = unet_forward,
+                                           .backward = unet_backward,
+                                           .destroy = unet_destroy,
+                                           .forward_conditioned = unet_forward_conditioned};

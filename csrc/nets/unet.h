@@ -11,16 +11,16 @@
 
 typedef struct dfc_unet_config {
     int in_channels;
-    int model_channels;                        /* mc: the time embedding has mc -> 4 mc */
-    int out_channels;                          /* 2 in_channels with learn_sigma */
+    int model_channels; /* mc: the time embedding has mc -> 4 mc */
+    int out_channels;   /* 2 in_channels with learn_sigma */
     int num_res_blocks;
     int num_levels;
-    int level_channels[DFC_UNET_MAX_LEVELS];   /* int(channel_mult[l] * mc) */
-    int attention[DFC_UNET_MAX_LEVELS];        /* 1: attention blocks at level l (ds = 2^l in attention_resolutions) */
-    int num_heads;                             /* used when num_head_channels <= 0 */
-    int num_head_channels;                     /* > 0: heads = C / num_head_channels */
-    int num_heads_upsample;                    /* output blocks; <= 0: same as num_heads */
-    int legacy_attention;                      /* 1: QKVAttentionLegacy (use_new_attention_order=False) */
+    int level_channels[DFC_UNET_MAX_LEVELS]; /* int(channel_mult[l] * mc) */
+    int attention[DFC_UNET_MAX_LEVELS];      /* 1: attention blocks at level l (ds = 2^l in attention_resolutions) */
+    int num_heads;                           /* used when num_head_channels <= 0 */
+    int num_head_channels;                   /* > 0: heads = C / num_head_channels */
+    int num_heads_upsample;                  /* output blocks; <= 0: same as num_heads */
+    int legacy_attention;                    /* 1: QKVAttentionLegacy (use_new_attention_order=False) */
     int use_scale_shift_norm;
     int resblock_updown;
 } dfc_unet_config;

@@ -22,8 +22,8 @@ static inline int64_t dfc_attention_q_offset(const dfc_attention_layout *l, int6
 
 /* Validates qkv (N, 3C, T) and heads, fills the layout, and checks `out` (y, dy: (N, C, T)) by name. */
 static inline dfc_status dfc_attention_layout_init(const char *op, const dfc_tensor *qkv, int heads, int legacy_order,
-                                                   const dfc_tensor *out, const char *out_name,
-                                                   dfc_attention_layout *l, dfc_error *err)
+                                                   const dfc_tensor *out, const char *out_name, dfc_attention_layout *l,
+                                                   dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(qkv, op, "qkv", 3, 3, err));
     if (qkv->shape[1] % 3 != 0) {
@@ -35,8 +35,8 @@ static inline dfc_status dfc_attention_layout_init(const char *op, const dfc_ten
     l->C = qkv->shape[1] / 3;
     l->T = qkv->shape[2];
     if (heads < 1 || l->C % heads != 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: heads (%d) must be positive and divide the channel count C = %lld",
-                        op, heads, (long long)l->C);
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: heads (%d) must be positive and divide the channel count C = %lld", op,
+                        heads, (long long)l->C);
     l->heads = heads;
     l->ch = l->C / heads;
     l->head_stride = (legacy_order ? 3 * l->ch : l->ch) * l->T;

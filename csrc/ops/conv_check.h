@@ -16,12 +16,12 @@ static inline int64_t dfc_conv_out_size(int64_t in, int64_t kernel, int stride, 
 /* x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL, y (N, Co, Ho, Wo) must agree with p.
  * The names are the op's own ("dy", "dx", "dweight", ...), so messages match the caller's arguments. */
 dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name,
-                            const dfc_tensor *y, const char *y_name, dfc_conv2d_params p, dfc_error *err);
+                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
+                            const char *y_name, dfc_conv2d_params p, dfc_error *err);
 
 /* x (M, In), weight (Out, In), bias (Out) or NULL, y (M, Out), with names as above. */
 dfc_status dfc_linear_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name,
-                            const dfc_tensor *y, const char *y_name, dfc_error *err);
+                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
+                            const char *y_name, dfc_error *err);
 
 #endif

@@ -20,37 +20,36 @@ typedef struct dfc_matmul_operand {
     int64_t strides[3];
 } dfc_matmul_operand;
 
-dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, int64_t k,
-                           dfc_matmul_operand a, dfc_matmul_operand b, dfc_matmul_operand c, float alpha,
-                           float beta, dfc_error *err);
+dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, int64_t k, dfc_matmul_operand a,
+                           dfc_matmul_operand b, dfc_matmul_operand c, float alpha, float beta, dfc_error *err);
 
 /* The ops with a kernel of their own here (cpu_<op>); every other op runs its reference kernel, which is already
  * the fast one for the memory-bound elementwise ops (cpu_backend.c builds the table from this list). */
-#define DFC_CPU_FAST_OPS(X) \
-    X(conv2d_forward) \
-    X(conv2d_backward_input) \
-    X(conv2d_backward_weight) \
-    X(linear_forward) \
-    X(linear_backward_input) \
-    X(linear_backward_weight) \
-    X(group_norm_forward) \
-    X(group_norm_backward) \
-    X(activation_forward) \
-    X(activation_backward) \
-    X(softmax_forward) \
-    X(softmax_backward) \
-    X(attention_forward) \
-    X(attention_backward) \
-    /* diffusion arithmetic */ \
-    X(q_sample) \
-    X(p_mean_variance_forward) \
-    X(sample_step) \
-    /* optimizer ops */ \
-    X(adamw_step) \
-    X(ema_update) \
-    X(sum_squares) \
-    X(scale) \
-    /* network ops */ \
+#define DFC_CPU_FAST_OPS(X)        \
+    X(conv2d_forward)              \
+    X(conv2d_backward_input)       \
+    X(conv2d_backward_weight)      \
+    X(linear_forward)              \
+    X(linear_backward_input)       \
+    X(linear_backward_weight)      \
+    X(group_norm_forward)          \
+    X(group_norm_backward)         \
+    X(activation_forward)          \
+    X(activation_backward)         \
+    X(softmax_forward)             \
+    X(softmax_backward)            \
+    X(attention_forward)           \
+    X(attention_backward)          \
+    /* diffusion arithmetic */     \
+    X(q_sample)                    \
+    X(p_mean_variance_forward)     \
+    X(sample_step)                 \
+    /* optimizer ops */            \
+    X(adamw_step)                  \
+    X(ema_update)                  \
+    X(sum_squares)                 \
+    X(scale)                       \
+    /* network ops */              \
     X(normalized_distance_forward) \
     X(normalized_distance_backward)
 

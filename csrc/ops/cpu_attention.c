@@ -14,15 +14,15 @@
 DFC_VECTOR_CLONES
 static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t T)
 {
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         float *row = S + r * T;
         float max = row[0];
-        #pragma omp simd reduction(max : max)
+#pragma omp simd reduction(max : max)
         for (int64_t s = 1; s < T; s++)
             max = row[s] > max ? row[s] : max;
         float sum = 0.0f;
-        #pragma omp simd reduction(+ : sum)
+#pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < T; s++) {
             row[s] = dfc_expf_nonpositive(row[s] - max);
             sum += row[s];
@@ -37,12 +37,12 @@ static void softmax_rows(const dfc_backend *be, float *S, int64_t rows, int64_t 
 DFC_VECTOR_CLONES
 static void softmax_backward_rows(const dfc_backend *be, const float *P, float *dP, int64_t rows, int64_t T)
 {
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *p = P + r * T;
         float *d = dP + r * T;
         float dot = 0.0f;
-        #pragma omp simd reduction(+ : dot)
+#pragma omp simd reduction(+ : dot)
         for (int64_t s = 0; s < T; s++)
             dot += p[s] * d[s];
         for (int64_t s = 0; s < T; s++)
@@ -65,9 +65,9 @@ static dfc_status attention_weights(dfc_backend *be, const dfc_attention_layout 
 {
     const int64_t T = l->T, hs = l->head_stride;
     float *q = (float *)qkv + dfc_attention_q_offset(l, n, 0);
-    dfc_matmul_operand qt = {q, {hs, 1, T}};                /* (t, c) */
-    dfc_matmul_operand k = {q + l->kv_stride, {hs, T, 1}};  /* (c, s) */
-    dfc_matmul_operand s = {P, {T * T, T, 1}};              /* (t, s) */
+    dfc_matmul_operand qt = {q, {hs, 1, T}};               /* (t, c) */
+    dfc_matmul_operand k = {q + l->kv_stride, {hs, T, 1}}; /* (c, s) */
+    dfc_matmul_operand s = {P, {T * T, T, 1}};             /* (t, s) */
     const float scale = (float)(1.0 / sqrt((double)l->ch));
     DFC_TRY(dfc_dnnl_matmul(be, l->heads, T, T, l->ch, qt, k, s, scale, 0.0f, err));
     softmax_rows(be, P, l->heads * T, T);
@@ -89,8 +89,8 @@ dfc_status cpu_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int hea
             break;
         /* y_h (c, t) = sum_s v_h(c, s) P_h(t, s) */
         float *v = qkv->data + dfc_attention_q_offset(&l, n, 0) + 2 * l.kv_stride;
-        dfc_matmul_operand va = {v, {l.head_stride, T, 1}};     /* (c, s) */
-        dfc_matmul_operand pt = {P, {T * T, 1, T}};              /* (s, t) */
+        dfc_matmul_operand va = {v, {l.head_stride, T, 1}}; /* (c, s) */
+        dfc_matmul_operand pt = {P, {T * T, 1, T}};         /* (s, t) */
         dfc_matmul_operand yc = {y->data + n * l.C * T, {ch * T, T, 1}};
         st = dfc_dnnl_matmul(be, l.heads, ch, T, T, va, pt, yc, 1.0f, 0.0f, err);
     }
@@ -124,8 +124,8 @@ dfc_status cpu_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
         float *q = qkv->data + off, *k = q + kv, *v = k + kv;
         float *dq = dqkv->data + off, *dk = dq + kv, *dv = dk + kv;
         float *dyn = dy->data + n * l.C * T;
-        dfc_matmul_operand dy_ct = {dyn, {ch * T, T, 1}};  /* (c, t) */
-        dfc_matmul_operand dy_tc = {dyn, {ch * T, 1, T}};  /* (t, c) */
+        dfc_matmul_operand dy_ct = {dyn, {ch * T, T, 1}}; /* (c, t) */
+        dfc_matmul_operand dy_tc = {dyn, {ch * T, 1, T}}; /* (t, c) */
         dfc_matmul_operand p_ts = {P, {T * T, T, 1}};
         dfc_matmul_operand ds_ts = {dP, {T * T, T, 1}};
         dfc_matmul_operand ds_st = {dP, {T * T, 1, T}};

@@ -9,10 +9,7 @@
 /* The second initializer of a fast op overrides its reference default: intended, so the warning is off here. */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Woverride-init"
-const dfc_ops dfc_cpu_ops = {
-    DFC_OP_LIST(DFC_REF_ENTRY)
-    DFC_CPU_FAST_OPS(DFC_CPU_ENTRY)
-};
+const dfc_ops dfc_cpu_ops = {DFC_OP_LIST(DFC_REF_ENTRY) DFC_CPU_FAST_OPS(DFC_CPU_ENTRY)};
 #pragma GCC diagnostic pop
 #undef DFC_REF_ENTRY
 #undef DFC_CPU_ENTRY

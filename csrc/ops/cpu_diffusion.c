@@ -15,7 +15,7 @@ dfc_status cpu_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 {
     DFC_TRY(dfc_q_sample_check(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, err));
     const int64_t n = x0->shape[0], m = dfc_inner_size(x0, 1), blocks = blocks_of(m);
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t k = 0; k < blocks; k++)
             dfc_q_sample_span(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, b, m, k * BLOCK, block_end(k, m));
@@ -27,16 +27,16 @@ dfc_status cpu_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_
                                        dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                        dfc_error *err)
 {
-    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart,
-                                      err));
+    DFC_TRY(
+        dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart, err));
     float *var_out = dfc_optional_data(variance), *log_out = dfc_optional_data(log_variance);
     float *x0_out = dfc_optional_data(pred_xstart);
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), blocks = blocks_of(m);
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t k = 0; k < blocks; k++)
-            dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out,
-                                     b, m, k * BLOCK, block_end(k, m));
+            dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b,
+                                     m, k * BLOCK, block_end(k, m));
     return DFC_OK;
 }
 
@@ -46,7 +46,7 @@ dfc_status cpu_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_te
 {
     DFC_TRY(dfc_sample_step_check(mean, variance, log_variance, grad, noise, noise_weight, x_prev, err));
     const int64_t n = mean->shape[0], m = dfc_inner_size(mean, 1), blocks = blocks_of(m);
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t k = 0; k < blocks; k++)
             dfc_sample_step_span(mean, variance, log_variance, grad, noise, noise_weight, x_prev, b, m, k * BLOCK,

@@ -39,7 +39,7 @@ typedef struct prim_key {
 
 /* One tensor argument of a cached primitive. */
 typedef struct arg_slot {
-    int arg;                  /* DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, ... */
+    int arg; /* DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, ... */
     int is_output;
     dnnl_memory_t user;       /* the caller's dense row-major buffer; its handle is set on every call */
     dnnl_memory_t inner;      /* the layout the primitive chose, in the workspace; NULL when it is the caller's */
@@ -55,9 +55,9 @@ typedef struct prim_entry {
     dnnl_primitive_t prim;
     arg_slot slots[PRIM_MAX_SLOTS]; /* in the order the op passes its buffers to entry_execute */
     int nslots;
-    dnnl_memory_t scratchpad;       /* NULL when the primitive needs none */
+    dnnl_memory_t scratchpad; /* NULL when the primitive needs none */
     size_t scratchpad_offset;
-    size_t workspace_size;          /* bytes of workspace one execution needs */
+    size_t workspace_size; /* bytes of workspace one execution needs */
 } prim_entry;
 
 struct dfc_cpu_state {
@@ -80,17 +80,17 @@ static dfc_status dnnl_check(dnnl_status_t s, const char *what, dfc_error *err)
     return dfc_fail(err, DFC_ERR_BACKEND, "oneDNN: %s failed with status %d", what, (int)s);
 }
 
-#define DNNL_TRY(call, what)                                        \
-    do {                                                            \
-        if ((st = dnnl_check((call), (what), err)) != DFC_OK)       \
-            goto done;                                              \
+#define DNNL_TRY(call, what)                                  \
+    do {                                                      \
+        if ((st = dnnl_check((call), (what), err)) != DFC_OK) \
+            goto done;                                        \
     } while (0)
 
 /* DFC_TRY for functions with a cleanup label. */
-#define TRY_GOTO(expr)                      \
-    do {                                    \
-        if ((st = (expr)) != DFC_OK)        \
-            goto done;                      \
+#define TRY_GOTO(expr)               \
+    do {                             \
+        if ((st = (expr)) != DFC_OK) \
+            goto done;               \
     } while (0)
 
 static void entry_destroy(prim_entry *e);
@@ -137,24 +137,28 @@ static void set_threads(const dfc_backend *be)
 
 /* ---- the primitive cache ---- */
 
-static size_t round_up(size_t n, size_t to)
-{
-    return (n + to - 1) / to * to;
-}
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 static void entry_destroy(prim_entry *e)
 {
     if (!e)
         return;
     for (int i = 0; i < e->nslots; i++) {
-        if (e->slots[i].reorder) dnnl_primitive_destroy(e->slots[i].reorder);
-        if (e->slots[i].inner) dnnl_memory_destroy(e->slots[i].inner);
-        if (e->slots[i].user) dnnl_memory_destroy(e->slots[i].user);
+        if (e->slots[i].reorder)
+            dnnl_primitive_destroy(e->slots[i].reorder);
+        if (e->slots[i].inner)
+            dnnl_memory_destroy(e->slots[i].inner);
+        if (e->slots[i].user)
+            dnnl_memory_destroy(e->slots[i].user);
     }
-    if (e->scratchpad) dnnl_memory_destroy(e->scratchpad);
-    if (e->prim) dnnl_primitive_destroy(e->prim);
-    if (e->pd) dnnl_primitive_desc_destroy(e->pd);
-    if (e->hint_pd) dnnl_primitive_desc_destroy(e->hint_pd);
+    if (e->scratchpad)
+        dnnl_memory_destroy(e->scratchpad);
+    if (e->prim)
+        dnnl_primitive_destroy(e->prim);
+    if (e->pd)
+        dnnl_primitive_desc_destroy(e->pd);
+    if (e->hint_pd)
+        dnnl_primitive_desc_destroy(e->hint_pd);
     free(e);
 }
 
@@ -242,8 +246,7 @@ static dfc_status workspace_reserve(dfc_cpu_state *s, size_t size, dfc_error *er
 
 /* Runs e on the callers' buffers (one per slot, in slot order): reorders inputs into the primitive's layouts,
  * executes, reorders outputs back. Inputs are only read, despite the non-const handles oneDNN takes. */
-static dfc_status entry_execute(dfc_backend *be, prim_entry *e, float *const *buffers, const char *what,
-                                dfc_error *err)
+static dfc_status entry_execute(dfc_backend *be, prim_entry *e, float *const *buffers, const char *what, dfc_error *err)
 {
     dfc_cpu_state *s = be->impl;
     dfc_status st = DFC_OK;
@@ -369,12 +372,18 @@ done:
         e = NULL;
     }
     *out = e;
-    if (post_ops) dnnl_post_ops_destroy(post_ops);
-    if (attr) dnnl_primitive_attr_destroy(attr);
-    if (a_md) dnnl_memory_desc_destroy(a_md);
-    if (b_md) dnnl_memory_desc_destroy(b_md);
-    if (bias_md) dnnl_memory_desc_destroy(bias_md);
-    if (c_md) dnnl_memory_desc_destroy(c_md);
+    if (post_ops)
+        dnnl_post_ops_destroy(post_ops);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    if (a_md)
+        dnnl_memory_desc_destroy(a_md);
+    if (b_md)
+        dnnl_memory_desc_destroy(b_md);
+    if (bias_md)
+        dnnl_memory_desc_destroy(bias_md);
+    if (c_md)
+        dnnl_memory_desc_destroy(c_md);
     return st;
 }
 
@@ -389,16 +398,29 @@ static dfc_status matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, i
     int32_t alpha_bits, beta_bits;
     memcpy(&alpha_bits, &alpha, sizeof alpha_bits);
     memcpy(&beta_bits, &beta, sizeof beta_bits);
-    const int64_t v[] = {batch, m, n, k, a.strides[0], a.strides[1], a.strides[2], b.strides[0], b.strides[1],
-                         b.strides[2], c.strides[0], c.strides[1], c.strides[2], alpha_bits, beta_bits,
+    const int64_t v[] = {batch,
+                         m,
+                         n,
+                         k,
+                         a.strides[0],
+                         a.strides[1],
+                         a.strides[2],
+                         b.strides[0],
+                         b.strides[1],
+                         b.strides[2],
+                         c.strides[0],
+                         c.strides[1],
+                         c.strides[2],
+                         alpha_bits,
+                         beta_bits,
                          bias != NULL};
     key.kind = PRIM_MATMUL;
     memcpy(key.v, v, sizeof v);
     set_threads(be);
     prim_entry *e = cache_find(s, &key);
     if (!e) {
-        DFC_TRY(matmul_entry(be, &key, batch, m, n, k, a.strides, b.strides, c.strides, bias != NULL, alpha, beta,
-                             &e, err));
+        DFC_TRY(matmul_entry(be, &key, batch, m, n, k, a.strides, b.strides, c.strides, bias != NULL, alpha, beta, &e,
+                             err));
         cache_insert(s, e);
     }
     float *buffers[PRIM_MAX_SLOTS] = {a.data, b.data};
@@ -409,9 +431,8 @@ static dfc_status matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, i
     return entry_execute(be, e, buffers, "matmul", err);
 }
 
-dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, int64_t k,
-                           dfc_matmul_operand a, dfc_matmul_operand b, dfc_matmul_operand c, float alpha,
-                           float beta, dfc_error *err)
+dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, int64_t k, dfc_matmul_operand a,
+                           dfc_matmul_operand b, dfc_matmul_operand c, float alpha, float beta, dfc_error *err)
 {
     if (beta != 0.0f && beta != 1.0f)
         return dfc_fail(err, DFC_ERR_VALUE, "matmul: beta must be 0 or 1, got %g", (double)beta);
@@ -428,8 +449,7 @@ static dfc_status conv_entry(dfc_backend *be, const prim_key *key, prim_kind kin
 {
     dfc_cpu_state *s = be->impl;
     dfc_status st = DFC_OK;
-    dnnl_memory_desc_t x_any = NULL, w_any = NULL, y_any = NULL, x_md = NULL, w_md = NULL, y_md = NULL,
-                       bias_md = NULL;
+    dnnl_memory_desc_t x_any = NULL, w_any = NULL, y_any = NULL, x_md = NULL, w_md = NULL, y_md = NULL, bias_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     prim_entry *e = calloc(1, sizeof *e);
     if (!e)
@@ -457,8 +477,8 @@ static dfc_status conv_entry(dfc_backend *be, const prim_key *key, prim_kind kin
 
     if (kind == PRIM_CONV_FORWARD) {
         DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&e->pd, s->engine, dnnl_forward_inference,
-                                                                dnnl_convolution_direct, x_any, w_any, bias_md,
-                                                                y_any, strides, dilates, pad_l, pad_r, attr),
+                                                                dnnl_convolution_direct, x_any, w_any, bias_md, y_any,
+                                                                strides, dilates, pad_l, pad_r, attr),
                  "conv2d forward");
         TRY_GOTO(entry_finish(s, e, "conv2d forward", err));
         TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_SRC, 0, x_md, err));
@@ -469,22 +489,22 @@ static dfc_status conv_entry(dfc_backend *be, const prim_key *key, prim_kind kin
     } else {
         /* Backward descriptors need the forward one they belong to as a hint for their layouts. */
         DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&e->hint_pd, s->engine, dnnl_forward_training,
-                                                                dnnl_convolution_direct, x_any, w_any, bias_md,
-                                                                y_any, strides, dilates, pad_l, pad_r, NULL),
+                                                                dnnl_convolution_direct, x_any, w_any, bias_md, y_any,
+                                                                strides, dilates, pad_l, pad_r, NULL),
                  "conv2d backward (forward hint)");
         if (kind == PRIM_CONV_BACKWARD_DATA) {
-            DNNL_TRY(dnnl_convolution_backward_data_primitive_desc_create(
-                         &e->pd, s->engine, dnnl_convolution_direct, x_any, w_any, y_any, strides, dilates, pad_l,
-                         pad_r, e->hint_pd, attr),
+            DNNL_TRY(dnnl_convolution_backward_data_primitive_desc_create(&e->pd, s->engine, dnnl_convolution_direct,
+                                                                          x_any, w_any, y_any, strides, dilates, pad_l,
+                                                                          pad_r, e->hint_pd, attr),
                      "conv2d backward data");
             TRY_GOTO(entry_finish(s, e, "conv2d backward data", err));
             TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_DIFF_DST, 0, y_md, err));
             TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_WEIGHTS, 0, w_md, err));
             TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_DIFF_SRC, 1, x_md, err));
         } else {
-            DNNL_TRY(dnnl_convolution_backward_weights_primitive_desc_create(
-                         &e->pd, s->engine, dnnl_convolution_direct, x_any, w_any, bias_md, y_any, strides,
-                         dilates, pad_l, pad_r, e->hint_pd, attr),
+            DNNL_TRY(dnnl_convolution_backward_weights_primitive_desc_create(&e->pd, s->engine, dnnl_convolution_direct,
+                                                                             x_any, w_any, bias_md, y_any, strides,
+                                                                             dilates, pad_l, pad_r, e->hint_pd, attr),
                      "conv2d backward weights");
             TRY_GOTO(entry_finish(s, e, "conv2d backward weights", err));
             TRY_GOTO(entry_add_slot(s, e, DNNL_ARG_DIFF_DST, 0, y_md, err));
@@ -500,7 +520,8 @@ done:
         e = NULL;
     }
     *out = e;
-    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
     dnnl_memory_desc_t mds[] = {x_any, w_any, y_any, x_md, w_md, y_md, bias_md};
     for (size_t i = 0; i < sizeof mds / sizeof mds[0]; i++)
         if (mds[i])
@@ -563,11 +584,10 @@ dfc_status cpu_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
 {
     if (dbias && !dbias->data)
         dbias = NULL;
-    DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p,
-                             err));
+    DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
     float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL}; /* slot order */
-    return conv_run(be, PRIM_CONV_BACKWARD_WEIGHTS, x, dweight, dy, dbias != NULL, p, buffers,
-                    "conv2d_backward_weight", err);
+    return conv_run(be, PRIM_CONV_BACKWARD_WEIGHTS, x, dweight, dy, dbias != NULL, p, buffers, "conv2d_backward_weight",
+                    err);
 }
 
 /* ---- linear: matmuls on the row-major operands, transposes expressed as strides ---- */
@@ -613,7 +633,7 @@ dfc_status cpu_linear_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
     if (dbias) {
         const float *dys = dy->data;
         float *dbs = dbias->data;
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t o = 0; o < out; o++) {
             double sum = 0.0;
             for (int64_t r = 0; r < m; r++)

@@ -16,17 +16,17 @@ dfc_status cpu_activation_forward(dfc_backend *be, dfc_activation kind, const df
     float *ys = y->data;
     switch (kind) {
     case DFC_ACT_RELU:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++)
             ys[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
         break;
     case DFC_ACT_SILU:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++)
             ys[i] = xs[i] * dfc_sigmoidf(xs[i]);
         break;
     case DFC_ACT_SIGMOID:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++)
             ys[i] = dfc_sigmoidf(xs[i]);
         break;
@@ -45,19 +45,19 @@ dfc_status cpu_activation_backward(dfc_backend *be, dfc_activation kind, const d
     float *dxs = dx->data;
     switch (kind) {
     case DFC_ACT_RELU:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++)
             dxs[i] = xs[i] > 0.0f ? dys[i] : 0.0f;
         break;
     case DFC_ACT_SILU:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float s = dfc_sigmoidf(xs[i]);
             dxs[i] = dys[i] * s * (1.0f + xs[i] * (1.0f - s));
         }
         break;
     case DFC_ACT_SIGMOID:
-        #pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for simd num_threads(be->num_threads) schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float s = dfc_sigmoidf(xs[i]);
             dxs[i] = dys[i] * s * (1.0f - s);
@@ -83,7 +83,7 @@ dfc_status cpu_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, d
         return ref_softmax_forward(be, x, axis, y, err);
     DFC_TRY(dfc_check_same_shape(x, y, "softmax", "x", "y", err));
     const int64_t k = s.k, inner = s.inner, tiles = (inner + SOFTMAX_TILE - 1) / SOFTMAX_TILE;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t item = 0; item < s.outer * tiles; item++) {
         const int64_t q0 = (item % tiles) * SOFTMAX_TILE, width = inner - q0 < SOFTMAX_TILE ? inner - q0 : SOFTMAX_TILE;
         const float *xs = x->data + (item / tiles) * k * inner + q0;
@@ -98,7 +98,7 @@ dfc_status cpu_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, d
             for (int64_t q = 0; q < width; q++)
                 max[q] = xs[j * inner + q] > max[q] ? xs[j * inner + q] : max[q];
         for (int64_t j = 0; j < k; j++)
-            #pragma omp simd
+#pragma omp simd
             for (int64_t q = 0; q < width; q++) {
                 const float e = dfc_expf_nonpositive(xs[j * inner + q] - max[q]);
                 ys[j * inner + q] = e;
@@ -126,7 +126,7 @@ dfc_status cpu_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc
     DFC_TRY(dfc_check_same_shape(y, dy, op, "y", "dy", err));
     DFC_TRY(dfc_check_same_shape(y, dx, op, "y", "dx", err));
     const int64_t k = s.k, inner = s.inner, tiles = (inner + SOFTMAX_TILE - 1) / SOFTMAX_TILE;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t item = 0; item < s.outer * tiles; item++) {
         const int64_t q0 = (item % tiles) * SOFTMAX_TILE, width = inner - q0 < SOFTMAX_TILE ? inner - q0 : SOFTMAX_TILE;
         const int64_t base = (item / tiles) * k * inner + q0;

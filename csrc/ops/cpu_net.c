@@ -36,8 +36,8 @@ static void tile_norms(const float *f, int64_t c, int64_t hw, tile_span s, doubl
     }
 }
 
-dfc_status cpu_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
-                                           dfc_tensor *loss, dfc_error *err)
+dfc_status cpu_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
+                                           dfc_error *err)
 {
     const char *op = "normalized_distance";
     DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
@@ -48,7 +48,7 @@ dfc_status cpu_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a,
         double sum = 0.0, partial[CHUNK_TILES]; /* per-tile sums added in order: the same loss for any thread count */
         for (int64_t t0 = 0; t0 < tiles; t0 += CHUNK_TILES) {
             const int64_t t1 = t0 + CHUNK_TILES < tiles ? t0 + CHUNK_TILES : tiles;
-            #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
             for (int64_t t = t0; t < t1; t++) {
                 const tile_span s = tile_of(t, hw);
                 double na[TILE], ia[TILE], nb[TILE], ib[TILE], acc = 0.0;
@@ -78,7 +78,7 @@ dfc_status cpu_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2), tiles = (hw + TILE - 1) / TILE;
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t item = 0; item < n * tiles; item++) {
         const int64_t i = item / tiles;
         const tile_span s = tile_of(item % tiles, hw);
@@ -90,8 +90,8 @@ dfc_status cpu_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
         tile_norms(bp, c, hw, s, nb, ib);
         for (int64_t ch = 0; ch < c; ch++)
             for (int64_t q = s.q0; q < s.q1; q++)
-                dot[q - s.q0] += scale * (ap[ch * hw + q] * ia[q - s.q0] - bp[ch * hw + q] * ib[q - s.q0]) *
-                                 ap[ch * hw + q];
+                dot[q - s.q0] +=
+                    scale * (ap[ch * hw + q] * ia[q - s.q0] - bp[ch * hw + q] * ib[q - s.q0]) * ap[ch * hw + q];
         for (int64_t ch = 0; ch < c; ch++)
             for (int64_t q = s.q0; q < s.q1; q++) {
                 const int64_t j = q - s.q0;

@@ -17,7 +17,7 @@ static void block_stats(const float *xs, int64_t count, double eps, double *mean
 {
     const double shift = xs[0];
     double s1 = 0.0, s2 = 0.0;
-    #pragma omp simd reduction(+ : s1, s2)
+#pragma omp simd reduction(+ : s1, s2)
     for (int64_t i = 0; i < count; i++) {
         const double d = (double)xs[i] - shift;
         s1 += d;
@@ -31,9 +31,9 @@ static void block_stats(const float *xs, int64_t count, double eps, double *mean
 }
 
 DFC_VECTOR_CLONES
-dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
-                                  const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
-                                  dfc_tensor *rstd, dfc_error *err)
+dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
+                                  int groups, float eps, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd,
+                                  dfc_error *err)
 {
     const char *op = "group_norm";
     DFC_TRY(dfc_group_norm_check(op, x, gamma, beta, mean, rstd, groups, eps, err));
@@ -42,7 +42,7 @@ dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
     const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
     float *means = dfc_present(mean) ? mean->data : NULL, *rstds = dfc_present(rstd) ? rstd->data : NULL;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const float *xb = x->data + blk * count;
         float *yb = y->data + blk * count;
@@ -57,7 +57,7 @@ dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
             const float shift = (float)((bs ? bs[c0 + cc] : 0.0) + ((double)mf - m) * scale_d); /* mf's rounding */
             const float *xc = xb + cc * inner;
             float *yc = yb + cc * inner;
-            #pragma omp simd
+#pragma omp simd
             for (int64_t i = 0; i < inner; i++)
                 yc[i] = (xc[i] - mf) * scale + shift;
         }
@@ -75,10 +75,9 @@ dfc_status cpu_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
  * sum(g) and sum(g (x - m)) come from the per-channel sums S_dy[n, c] and S_dyx[n, c] = sum dy (x - m), which also
  * give dbeta_c = sum_n S_dy[n, c] and dgamma_c = sum_n r_n S_dyx[n, c]. */
 DFC_VECTOR_CLONES
-dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                   const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
-                                   int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta,
-                                   dfc_error *err)
+dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *gamma,
+                                   const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps,
+                                   dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err)
 {
     const char *op = "group_norm_backward";
     DFC_TRY(dfc_group_norm_check(op, x, gamma, NULL, mean, rstd, groups, eps, err));
@@ -98,7 +97,7 @@ dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
                         (long long)(2 * n * c + blocks));
     double *sum_dyx = sum_dy + n * c, *block_rstd = sum_dyx + n * c;
 
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const float *xb = x->data + blk * count, *dyb = dy->data + blk * count;
         double m, r;
@@ -114,7 +113,7 @@ dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
         for (int64_t cc = 0; cc < cpg; cc++) {
             const float *xc = xb + cc * inner, *dyc = dyb + cc * inner;
             double s_dy = 0.0, s_dyx = 0.0;
-            #pragma omp simd reduction(+ : s_dy, s_dyx)
+#pragma omp simd reduction(+ : s_dy, s_dyx)
             for (int64_t i = 0; i < inner; i++) {
                 s_dy += dyc[i];
                 s_dyx += (double)dyc[i] * ((double)xc[i] - m);
@@ -136,14 +135,14 @@ dfc_status cpu_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
             const float coef_dy = (float)(r * (gs ? gs[c0 + cc] : 1.0f));
             const float *xc = xb + cc * inner, *dyc = dyb + cc * inner;
             float *dxc = dxb + cc * inner;
-            #pragma omp simd
+#pragma omp simd
             for (int64_t i = 0; i < inner; i++)
                 dxc[i] = coef_dy * dyc[i] + coef_x * (xc[i] - mf) + coef_c;
         }
     }
 
     if (dgs || dbs) {
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t ch = 0; ch < c; ch++) {
             double dg = 0.0, db = 0.0;
             for (int64_t s = 0; s < n; s++) {

@@ -66,9 +66,9 @@ static inline void dfc_p_mean_variance_span(const dfc_tensor *model_output, cons
 
 /* grad NULL (or its data NULL): unguided */
 static inline void dfc_sample_step_span(const dfc_tensor *mean, const dfc_tensor *variance,
-                                        const dfc_tensor *log_variance, const dfc_tensor *grad,
-                                        const dfc_tensor *noise, const float *noise_weight, dfc_tensor *x_prev,
-                                        int64_t b, int64_t m, int64_t j0, int64_t j1)
+                                        const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
+                                        const float *noise_weight, dfc_tensor *x_prev, int64_t b, int64_t m, int64_t j0,
+                                        int64_t j1)
 {
     const int guided = grad && grad->data;
     const float w = noise_weight[b];
@@ -81,9 +81,6 @@ static inline void dfc_sample_step_span(const dfc_tensor *mean, const dfc_tensor
 }
 
 /* The data of an optional output, or NULL. */
-static inline float *dfc_optional_data(dfc_tensor *t)
-{
-    return t && t->data ? t->data : NULL;
-}
+static inline float *dfc_optional_data(dfc_tensor *t) { return t && t->data ? t->data : NULL; }
 
 #endif

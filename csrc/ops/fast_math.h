@@ -19,13 +19,16 @@
  * its bits, which for negative floats grow with |x|. */
 static inline float dfc_expf_nonpositive(float x)
 {
-    union { float f; uint32_t u; } in = {.f = x};
+    union {
+        float f;
+        uint32_t u;
+    } in = {.f = x};
     const uint32_t minus_87 = 0xc2ae0000u;
     in.u = in.u < minus_87 ? in.u : minus_87;
     x = in.f;
-    const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
     const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
-    float r = x - n * 0.693359375f;  /* ln 2 in two parts, the first exact in 9 bits */
+    float r = x - n * 0.693359375f; /* ln 2 in two parts, the first exact in 9 bits */
     r = r + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -34,7 +37,10 @@ static inline float dfc_expf_nonpositive(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    union {
+        uint32_t u;
+        float f;
+    } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
     return p * two_n.f;
 }
 
@@ -42,15 +48,18 @@ static inline float dfc_expf_nonpositive(float x)
  * (where the float result underflows anyway). Selections are done on the bits so the loops vectorise. */
 static inline float dfc_sigmoidf(float x)
 {
-    union { float f; uint32_t u; } v = {.f = x}, neg_abs = {.f = x}, e, factor, out;
+    union {
+        float f;
+        uint32_t u;
+    } v = {.f = x}, neg_abs = {.f = x}, e, factor, out;
     neg_abs.u |= 0x80000000u;
     e.f = dfc_expf_nonpositive(neg_abs.f);
     const float r = 1.0f / (1.0f + e.f);
-    const uint32_t negative = (uint32_t)((int32_t)v.u >> 31);        /* all ones when x < 0 */
+    const uint32_t negative = (uint32_t)((int32_t)v.u >> 31); /* all ones when x < 0 */
     const uint32_t one_bits = 0x3f800000u;
     factor.u = (e.u & negative) | (one_bits & ~negative);
     out.f = r * factor.f;
-    const uint32_t underflow = (0u - (uint32_t)(neg_abs.u > 0xc2ae0000u)) & negative;  /* x < -87 */
+    const uint32_t underflow = (0u - (uint32_t)(neg_abs.u > 0xc2ae0000u)) & negative; /* x < -87 */
     out.u &= ~underflow;
     return out.f;
 }

@@ -6,10 +6,7 @@
 #include "ops.h"
 
 /* An optional tensor is absent when the pointer or its data is NULL (the bindings pass data == NULL for None). */
-static inline int dfc_present(const dfc_tensor *t)
-{
-    return t && t->data;
-}
+static inline int dfc_present(const dfc_tensor *t) { return t && t->data; }
 
 /* x (N, C, ...), groups dividing C, finite eps >= 0; gamma, beta (C) each optional; mean, rstd (N, groups) both
  * or neither. */

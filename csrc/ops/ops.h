@@ -36,10 +36,10 @@ typedef enum { DFC_BINARY_ADD = 0, DFC_BINARY_MUL = 1 } dfc_binary;
 
 /* AdamW's hyperparameters (torch.optim.AdamW's; the scalars stay double as torch's Python floats). */
 typedef struct dfc_adamw_config {
-    double lr;            /* 1e-4 in the Diff-ICE paper */
-    double beta1, beta2;  /* torch defaults 0.9, 0.999 (guided-diffusion keeps them) */
-    double eps;           /* torch default 1e-8 */
-    double weight_decay;  /* decoupled: p *= 1 - lr * weight_decay before the Adam step (0.05 in the paper) */
+    double lr;           /* 1e-4 in the Diff-ICE paper */
+    double beta1, beta2; /* torch defaults 0.9, 0.999 (guided-diffusion keeps them) */
+    double eps;          /* torch default 1e-8 */
+    double weight_decay; /* decoupled: p *= 1 - lr * weight_decay before the Adam step (0.05 in the paper) */
 } dfc_adamw_config;
 
 /* Per-row coefficients of the posterior q(x_{t-1} | x_t, x_0) and the model's variance at each row's timestep, as
@@ -47,8 +47,8 @@ typedef struct dfc_adamw_config {
 typedef struct dfc_posterior_coefs {
     const float *sqrt_recip_abar, *sqrt_recipm1_abar; /* pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps */
     const float *coef1, *coef2;                       /* mean = coef1 pred_xstart + coef2 x_t */
-    const float *min_log, *max_log;   /* learned range: log beta~ (clipped) .. log beta */
-    const float *variance, *log_variance; /* fixed variances (unused for the learned range) */
+    const float *min_log, *max_log;                   /* learned range: log beta~ (clipped) .. log beta */
+    const float *variance, *log_variance;             /* fixed variances (unused for the learned range) */
 } dfc_posterior_coefs;
 
 /* The same coefficients in float64 for the training loss's variational bound (host arrays of N entries), plus
@@ -62,34 +62,33 @@ typedef struct dfc_vb_coefs {
 typedef struct dfc_ops {
     /* conv2d, groups = 1. x (N, Ci, H, W), weight (Co, Ci, KH, KW), bias (Co) or NULL -> y (N, Co, Ho, Wo),
      * Ho = (H + 2 pad_h - KH) / stride_h + 1. */
-    dfc_status (*conv2d_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight,
-                                 const dfc_tensor *bias, dfc_conv2d_params p, dfc_tensor *y, dfc_error *err);
+    dfc_status (*conv2d_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                                 dfc_conv2d_params p, dfc_tensor *y, dfc_error *err);
     /* dx (N, Ci, H, W) from dy; dx's shape gives H, W (several input sizes map to one output size at stride 2). */
     dfc_status (*conv2d_backward_input)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight,
                                         dfc_conv2d_params p, dfc_tensor *dx, dfc_error *err);
     /* dweight (Co, Ci, KH, KW) and dbias (Co) or NULL. */
     dfc_status (*conv2d_backward_weight)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                         dfc_conv2d_params p, dfc_tensor *dweight, dfc_tensor *dbias,
-                                         dfc_error *err);
+                                         dfc_conv2d_params p, dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err);
 
     /* linear: x (M, In), weight (Out, In), bias (Out) or NULL -> y (M, Out) = x W^T + b. */
-    dfc_status (*linear_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight,
-                                 const dfc_tensor *bias, dfc_tensor *y, dfc_error *err);
-    dfc_status (*linear_backward_input)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight,
-                                        dfc_tensor *dx, dfc_error *err);
+    dfc_status (*linear_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                                 dfc_tensor *y, dfc_error *err);
+    dfc_status (*linear_backward_input)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight, dfc_tensor *dx,
+                                        dfc_error *err);
     dfc_status (*linear_backward_weight)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
                                          dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err);
 
     /* group norm over (N, C, ...) with `groups` dividing C; gamma, beta (C) or both NULL.
      * mean, rstd (N, groups) are optional outputs (saved statistics). */
     dfc_status (*group_norm_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
-                                     const dfc_tensor *beta, int groups, float eps, dfc_tensor *y,
-                                     dfc_tensor *mean, dfc_tensor *rstd, dfc_error *err);
+                                     const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
+                                     dfc_tensor *rstd, dfc_error *err);
     /* mean, rstd: the saved statistics, or NULL to recompute them from x. dgamma, dbeta optional. */
     dfc_status (*group_norm_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
                                       const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
-                                      int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma,
-                                      dfc_tensor *dbeta, dfc_error *err);
+                                      int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta,
+                                      dfc_error *err);
 
     /* batch norm, inference form: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta, per channel of
      * (N, C, ...). gamma, beta may be NULL (1 and 0). */
@@ -98,19 +97,19 @@ typedef struct dfc_ops {
                                      const dfc_tensor *running_var, float eps, dfc_tensor *y, dfc_error *err);
     dfc_status (*batch_norm_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
                                       const dfc_tensor *gamma, const dfc_tensor *running_mean,
-                                      const dfc_tensor *running_var, float eps, dfc_tensor *dx,
-                                      dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err);
+                                      const dfc_tensor *running_var, float eps, dfc_tensor *dx, dfc_tensor *dgamma,
+                                      dfc_tensor *dbeta, dfc_error *err);
 
     /* elementwise activation, any shape; backward from the forward's input x. y may alias x, dx may alias dy. */
     dfc_status (*activation_forward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
                                      dfc_error *err);
-    dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy,
-                                      const dfc_tensor *x, dfc_tensor *dx, dfc_error *err);
+    dfc_status (*activation_backward)(dfc_backend *be, dfc_activation kind, const dfc_tensor *dy, const dfc_tensor *x,
+                                      dfc_tensor *dx, dfc_error *err);
 
     /* softmax over one axis (negative: counted from the end, -1 the last); backward from the forward's output y. */
     dfc_status (*softmax_forward)(dfc_backend *be, const dfc_tensor *x, int axis, dfc_tensor *y, dfc_error *err);
-    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis,
-                                   dfc_tensor *dx, dfc_error *err);
+    dfc_status (*softmax_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *y, int axis, dfc_tensor *dx,
+                                   dfc_error *err);
 
     /* y = a (op) b, b broadcast to a's shape: b has a's ndim and each of its dims is 1 or equal to a's
      * (per-channel (1,C,1,1), per-sample (N,1,1,1), per-sample-channel (N,C,1,1), full). y may alias a.
@@ -121,15 +120,12 @@ typedef struct dfc_ops {
                                   const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err);
 
     /* channel concat of n tensors (N, Ci, ...) into (N, sum Ci, ...); split is its inverse (and its backward). */
-    dfc_status (*concat_channels)(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y,
-                                  dfc_error *err);
-    dfc_status (*split_channels)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n,
-                                 dfc_error *err);
+    dfc_status (*concat_channels)(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y, dfc_error *err);
+    dfc_status (*split_channels)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n, dfc_error *err);
 
     /* nearest-neighbour upsample x2: (N, C, H, W) -> (N, C, 2H, 2W). */
     dfc_status (*upsample_nearest2x_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*upsample_nearest2x_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
-                                              dfc_error *err);
+    dfc_status (*upsample_nearest2x_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err);
 
     /* average pool, floor mode; padding (at most half the kernel) is not counted: each window averages the pixels
      * inside the image (PyTorch AvgPool2d(k, s, p, count_include_pad=False); with p = 0, AvgPool2d(k, s)). */
@@ -142,24 +138,22 @@ typedef struct dfc_ops {
      * argmax from x (first maximum in scan order wins, as PyTorch). */
     dfc_status (*max_pool2d_forward)(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                      dfc_error *err);
-    dfc_status (*max_pool2d_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                      dfc_pool2d_params p, dfc_tensor *dx, dfc_error *err);
+    dfc_status (*max_pool2d_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_pool2d_params p,
+                                      dfc_tensor *dx, dfc_error *err);
 
     /* global average pool: (N, C, H, W) -> (N, C). */
     dfc_status (*global_avg_pool_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*global_avg_pool_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
-                                           dfc_error *err);
+    dfc_status (*global_avg_pool_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err);
 
     /* bilinear resize, align_corners=False, no antialiasing; sizes from y (forward) and dx (backward). */
     dfc_status (*resize_bilinear_forward)(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
-    dfc_status (*resize_bilinear_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx,
-                                           dfc_error *err);
+    dfc_status (*resize_bilinear_backward)(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err);
 
     /* guided-diffusion QKV attention: qkv (N, 3C, T) -> y (N, C, T) with `heads` heads of ch = C / heads,
      * scaling 1/sqrt(ch), softmax over keys. legacy_order != 0: per head [q|k|v] interleaved
      * (QKVAttentionLegacy); 0: q, k, v blocks of C (QKVAttention). Backward recomputes the weights. */
-    dfc_status (*attention_forward)(dfc_backend *be, const dfc_tensor *qkv, int heads, int legacy_order,
-                                    dfc_tensor *y, dfc_error *err);
+    dfc_status (*attention_forward)(dfc_backend *be, const dfc_tensor *qkv, int heads, int legacy_order, dfc_tensor *y,
+                                    dfc_error *err);
     dfc_status (*attention_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *qkv, int heads,
                                      int legacy_order, dfc_tensor *dqkv, dfc_error *err);
 
@@ -204,23 +198,20 @@ typedef struct dfc_ops {
                                           dfc_error *err);
     dfc_status (*p_mean_variance_backward)(dfc_backend *be, const dfc_tensor *d_pred_xstart,
                                            const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                           const dfc_posterior_coefs *coefs, int learned, int clip,
-                                           dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err);
+                                           const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *dx_t,
+                                           dfc_tensor *d_model_output, dfc_error *err);
     /* a reverse step x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (noise_weight is
      * [i != 0]); grad NULL: unguided (variance unused). x_prev may alias mean. No backward (a sample). */
     dfc_status (*sample_step)(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
                               const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
                               const float *noise_weight, dfc_tensor *x_prev, dfc_error *err);
     /* y = alpha[b] x, any shape (N, ...); y may alias x. Linear, so its backward is itself (dx = alpha dy). */
-    dfc_status (*row_scale)(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y,
-                            dfc_error *err);
+    dfc_status (*row_scale)(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y, dfc_error *err);
     /* y += alpha[b] x. Backward: dx = alpha dy (row_scale), dy passes to the old y unchanged. */
-    dfc_status (*row_axpy)(dfc_backend *be, const float *alpha, const dfc_tensor *x, dfc_tensor *y,
-                           dfc_error *err);
+    dfc_status (*row_axpy)(dfc_backend *be, const float *alpha, const dfc_tensor *x, dfc_tensor *y, dfc_error *err);
     /* FastDiME's change map: a, b (N, C, H, W) in [-1, 1] -> y (N, 1, H, W) = sum over C of
      * |(a + 1) / 2 - (b + 1) / 2|, divided by its per-sample maximum when that is > 0. No backward (a mask). */
-    dfc_status (*change_map)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
-                             dfc_error *err);
+    dfc_status (*change_map)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y, dfc_error *err);
     /* FastDiME's masked blend: keep = [mask < threshold] per pixel, mask (N, 1, H, W) broadcast over C of a, b
      * (N, C, H, W); y = a (1 - keep) + keep b. y may alias a. No backward (the sampler does not differentiate it). */
     dfc_status (*masked_blend)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *mask,
@@ -229,8 +220,8 @@ typedef struct dfc_ops {
      * channel norm ||a - b|| (norms accumulated in double); weights (1, 0) and (0, 1) are also the perceptual pixel
      * losses l1 and l2_channel_norm (their squared l2 is mse). Backward: da = dloss[b] (lambda_l1 sign(a - b) +
      * lambda_l2 (a - b) / ||a - b||), 0 where the norm is 0. */
-    dfc_status (*distance_penalty_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
-                                           float lambda_l1, float lambda_l2, dfc_tensor *loss, dfc_error *err);
+    dfc_status (*distance_penalty_forward)(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, float lambda_l1,
+                                           float lambda_l2, dfc_tensor *loss, dfc_error *err);
     dfc_status (*distance_penalty_backward)(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a,
                                             const dfc_tensor *b, float lambda_l1, float lambda_l2, dfc_tensor *da,
                                             dfc_error *err);
@@ -259,8 +250,8 @@ typedef struct dfc_ops {
      * Backward: dx = dy (1 + scale) and dss = [sum dy x | sum dy] over x's non-(N, C) dims, either NULL. */
     dfc_status (*scale_shift_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
                                       dfc_error *err);
-    dfc_status (*scale_shift_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                       const dfc_tensor *ss, dfc_tensor *dx, dfc_tensor *dss, dfc_error *err);
+    dfc_status (*scale_shift_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *ss,
+                                       dfc_tensor *dx, dfc_tensor *dss, dfc_error *err);
 
     /* ---- optimizer ops (csrc/ops/ref_optim.c, cpu_optim.c): in place over same-shape tensors, no gradient ---- */
     /* One AdamW step (torch.optim.AdamW, single-tensor form): p *= 1 - lr wd; m = lerp(m, g, 1 - beta1);
@@ -269,8 +260,7 @@ typedef struct dfc_ops {
     dfc_status (*adamw_step)(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, dfc_tensor *param,
                              const dfc_tensor *grad, dfc_tensor *exp_avg, dfc_tensor *exp_avg_sq, dfc_error *err);
     /* ema = rate ema + (1 - rate) param, rate in [0, 1] (guided-diffusion's update_ema). */
-    dfc_status (*ema_update)(dfc_backend *be, double rate, dfc_tensor *ema, const dfc_tensor *param,
-                             dfc_error *err);
+    dfc_status (*ema_update)(dfc_backend *be, double rate, dfc_tensor *ema, const dfc_tensor *param, dfc_error *err);
     /* *sum = sum of x^2 over every element, accumulated in double; the same result for any thread count (training
      * resumes bit for bit). */
     dfc_status (*sum_squares)(dfc_backend *be, const dfc_tensor *x, double *sum, dfc_error *err);
@@ -297,8 +287,7 @@ typedef struct dfc_ops {
 
     /* per-plane standardisation of x (N, C, H, W): y = scale (x - mean) / std over each (n, c) plane, std with
      * ddof 0; a constant plane is an error. Backward from the forward's input x (layer-norm form). */
-    dfc_status (*standardize_forward)(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y,
-                                      dfc_error *err);
+    dfc_status (*standardize_forward)(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y, dfc_error *err);
     dfc_status (*standardize_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, float scale,
                                        dfc_tensor *dx, dfc_error *err);
 
@@ -317,74 +306,74 @@ typedef struct dfc_ops {
 
 /* Every op's name, in table order: lets the reference table and declarations be generated, so a backend table
  * cannot silently miss an op. */
-#define DFC_OP_LIST(X) \
-    X(conv2d_forward) \
-    X(conv2d_backward_input) \
-    X(conv2d_backward_weight) \
-    X(linear_forward) \
-    X(linear_backward_input) \
-    X(linear_backward_weight) \
-    X(group_norm_forward) \
-    X(group_norm_backward) \
-    X(batch_norm_forward) \
-    X(batch_norm_backward) \
-    X(activation_forward) \
-    X(activation_backward) \
-    X(softmax_forward) \
-    X(softmax_backward) \
-    X(binary_forward) \
-    X(binary_backward) \
-    X(concat_channels) \
-    X(split_channels) \
-    X(upsample_nearest2x_forward) \
-    X(upsample_nearest2x_backward) \
-    X(avg_pool2d_forward) \
-    X(avg_pool2d_backward) \
-    X(max_pool2d_forward) \
-    X(max_pool2d_backward) \
-    X(global_avg_pool_forward) \
-    X(global_avg_pool_backward) \
-    X(resize_bilinear_forward) \
-    X(resize_bilinear_backward) \
-    X(attention_forward) \
-    X(attention_backward) \
-    X(timestep_embedding) \
-    X(cross_entropy_forward) \
-    X(cross_entropy_backward) \
-    X(mse_forward) \
-    X(mse_backward) \
-    /* diffusion arithmetic */ \
-    X(q_sample) \
-    X(p_mean_variance_forward) \
-    X(p_mean_variance_backward) \
-    X(sample_step) \
-    X(row_scale) \
-    X(row_axpy) \
-    X(change_map) \
-    X(masked_blend) \
-    X(distance_penalty_forward) \
-    X(distance_penalty_backward) \
-    X(nonfinite_rows) \
-    X(target_probability) \
-    X(diffusion_vb_forward) \
-    X(diffusion_vb_backward) \
-    /* UNet ops (issue 15, unetnet) */ \
-    X(scale_shift_forward) \
-    X(scale_shift_backward) \
-    /* optimizer ops */ \
-    X(adamw_step) \
-    X(ema_update) \
-    X(sum_squares) \
-    X(scale) \
+#define DFC_OP_LIST(X)                   \
+    X(conv2d_forward)                    \
+    X(conv2d_backward_input)             \
+    X(conv2d_backward_weight)            \
+    X(linear_forward)                    \
+    X(linear_backward_input)             \
+    X(linear_backward_weight)            \
+    X(group_norm_forward)                \
+    X(group_norm_backward)               \
+    X(batch_norm_forward)                \
+    X(batch_norm_backward)               \
+    X(activation_forward)                \
+    X(activation_backward)               \
+    X(softmax_forward)                   \
+    X(softmax_backward)                  \
+    X(binary_forward)                    \
+    X(binary_backward)                   \
+    X(concat_channels)                   \
+    X(split_channels)                    \
+    X(upsample_nearest2x_forward)        \
+    X(upsample_nearest2x_backward)       \
+    X(avg_pool2d_forward)                \
+    X(avg_pool2d_backward)               \
+    X(max_pool2d_forward)                \
+    X(max_pool2d_backward)               \
+    X(global_avg_pool_forward)           \
+    X(global_avg_pool_backward)          \
+    X(resize_bilinear_forward)           \
+    X(resize_bilinear_backward)          \
+    X(attention_forward)                 \
+    X(attention_backward)                \
+    X(timestep_embedding)                \
+    X(cross_entropy_forward)             \
+    X(cross_entropy_backward)            \
+    X(mse_forward)                       \
+    X(mse_backward)                      \
+    /* diffusion arithmetic */           \
+    X(q_sample)                          \
+    X(p_mean_variance_forward)           \
+    X(p_mean_variance_backward)          \
+    X(sample_step)                       \
+    X(row_scale)                         \
+    X(row_axpy)                          \
+    X(change_map)                        \
+    X(masked_blend)                      \
+    X(distance_penalty_forward)          \
+    X(distance_penalty_backward)         \
+    X(nonfinite_rows)                    \
+    X(target_probability)                \
+    X(diffusion_vb_forward)              \
+    X(diffusion_vb_backward)             \
+    /* UNet ops (issue 15, unetnet) */   \
+    X(scale_shift_forward)               \
+    X(scale_shift_backward)              \
+    /* optimizer ops */                  \
+    X(adamw_step)                        \
+    X(ema_update)                        \
+    X(sum_squares)                       \
+    X(scale)                             \
     /* network ops (issue 15, netops) */ \
-    X(logit_loss_forward) \
-    X(logit_loss_backward) \
-    X(bce_with_logits_forward) \
-    X(bce_with_logits_backward) \
-    X(standardize_forward) \
-    X(standardize_backward) \
-    X(normalized_distance_forward) \
-    X(normalized_distance_backward) \
+    X(logit_loss_forward)                \
+    X(logit_loss_backward)               \
+    X(bce_with_logits_forward)           \
+    X(bce_with_logits_backward)          \
+    X(standardize_forward)               \
+    X(standardize_backward)              \
+    X(normalized_distance_forward)       \
+    X(normalized_distance_backward)      \
     X(fill)
 
 /* The number of ops; ops.h fails to compile when struct dfc_ops has a member DFC_OP_LIST lacks (or the
@@ -405,7 +394,7 @@ _Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
  * Memory functions move bytes between the host and backend memory (for the host backends they are malloc and
  * memcpy); ops take tensors whose data is backend memory. */
 typedef struct dfc_backend_iface {
-    const char *name;   /* "ref", "cpu", "cuda": the key dfc_backend_create looks up */
+    const char *name; /* "ref", "cpu", "cuda": the key dfc_backend_create looks up */
     const dfc_ops *ops;
     /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
     dfc_status (*create)(dfc_backend *be, dfc_error *err);
@@ -414,7 +403,7 @@ typedef struct dfc_backend_iface {
     dfc_status (*synchronize)(dfc_backend *be, dfc_error *err);
     /* bytes of backend memory, DFC_BACKEND_ALIGN-aligned and uninitialised; NULL with err set on failure. */
     void *(*alloc)(dfc_backend *be, size_t bytes, dfc_error *err);
-    void (*free)(dfc_backend *be, void *ptr);   /* ptr from alloc, or NULL */
+    void (*free)(dfc_backend *be, void *ptr); /* ptr from alloc, or NULL */
     dfc_status (*zero)(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err);
     dfc_status (*copy_from_host)(dfc_backend *be, void *dst, const void *host_src, size_t bytes, dfc_error *err);
     dfc_status (*copy_to_host)(dfc_backend *be, void *host_dst, const void *src, size_t bytes, dfc_error *err);
@@ -426,12 +415,19 @@ typedef struct dfc_backend_iface {
 /* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
  * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
  * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
-#define DFC_BACKEND_IFACE_(prefix, memory)                                                                        \
-    {                                                                                                             \
-        .name = #prefix, .ops = &dfc_##prefix##_ops, .create = prefix##_backend_create,                           \
-        .destroy = prefix##_backend_destroy, .synchronize = prefix##_backend_synchronize,                         \
-        .alloc = memory##_alloc, .free = memory##_free, .zero = memory##_zero,                                    \
-        .copy_from_host = memory##_copy_from_host, .copy_to_host = memory##_copy_to_host, .copy = memory##_copy,  \
+#define DFC_BACKEND_IFACE_(prefix, memory)           \
+    {                                                \
+        .name = #prefix,                             \
+        .ops = &dfc_##prefix##_ops,                  \
+        .create = prefix##_backend_create,           \
+        .destroy = prefix##_backend_destroy,         \
+        .synchronize = prefix##_backend_synchronize, \
+        .alloc = memory##_alloc,                     \
+        .free = memory##_free,                       \
+        .zero = memory##_zero,                       \
+        .copy_from_host = memory##_copy_from_host,   \
+        .copy_to_host = memory##_copy_to_host,       \
+        .copy = memory##_copy,                       \
     }
 
 /* Host memory (aligned_alloc, memset, memcpy): the memory functions of the ref and cpu backends. */
@@ -443,10 +439,10 @@ dfc_status dfc_host_copy_to_host(dfc_backend *be, void *host_dst, const void *sr
 dfc_status dfc_host_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
 
 struct dfc_backend {
-    const dfc_backend_iface *iface;  /* lifecycle, memory, name */
-    const dfc_ops *ops;              /* iface->ops, at hand for be->ops->name(be, ...) */
-    int num_threads;                 /* threads the backend's kernels may use: the one thread policy */
-    void *impl;                      /* backend-private state (oneDNN engine and stream, ...) */
+    const dfc_backend_iface *iface; /* lifecycle, memory, name */
+    const dfc_ops *ops;             /* iface->ops, at hand for be->ops->name(be, ...) */
+    int num_threads;                /* threads the backend's kernels may use: the one thread policy */
+    void *impl;                     /* backend-private state (oneDNN engine and stream, ...) */
 };
 
 /* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP), from the registry in

@@ -18,7 +18,7 @@ dfc_status dfc_ema_update_check(double rate, const dfc_tensor *ema, const dfc_te
 /* The float32 constants of one AdamW step, computed from the double hyperparameters as torch does (its scalars
  * are Python floats), so the reference and the fast kernel apply the same numbers. */
 typedef struct dfc_adamw_constants {
-    float decay;                 /* 1 - lr weight_decay */
+    float decay; /* 1 - lr weight_decay */
     float one_minus_beta1;
     float beta2, one_minus_beta2;
     float neg_step_size;         /* -lr / (1 - beta1^step) */
@@ -32,13 +32,13 @@ dfc_adamw_constants dfc_adamw_constants_of(const dfc_adamw_config *cfg, int64_t 
 static inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad, float *exp_avg,
                                      float *exp_avg_sq)
 {
-    float p = *param * c->decay;                                 /* decoupled weight decay */
-    float m = *exp_avg + c->one_minus_beta1 * (grad - *exp_avg); /* lerp(m, g, 1 - beta1) */
+    float p = *param * c->decay;                                         /* decoupled weight decay */
+    float m = *exp_avg + c->one_minus_beta1 * (grad - *exp_avg);         /* lerp(m, g, 1 - beta1) */
     float v = *exp_avg_sq * c->beta2 + c->one_minus_beta2 * grad * grad; /* addcmul: value * t1 * t2 */
     float denom = sqrtf(v) / c->bias_correction2_sqrt + c->eps;
     *exp_avg = m;
     *exp_avg_sq = v;
-    *param = p + c->neg_step_size * m / denom;                   /* addcdiv: value * t1 / t2 */
+    *param = p + c->neg_step_size * m / denom; /* addcdiv: value * t1 / t2 */
 }
 
 #endif

@@ -11,7 +11,7 @@
 static void attention_weights(const dfc_backend *be, const float *q, const float *k, int64_t ch, int64_t T,
                               double scale, double *P)
 {
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         double *row = P + t * T;
         double max = -INFINITY;
@@ -41,16 +41,16 @@ dfc_status ref_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int hea
     const int64_t T = l.T, ch = l.ch;
     double *P = malloc((size_t)(T * T) * sizeof *P);
     if (!P)
-        return dfc_fail(err, DFC_ERR_NOMEM, "attention: cannot allocate the %lld x %lld weight matrix",
-                        (long long)T, (long long)T);
+        return dfc_fail(err, DFC_ERR_NOMEM, "attention: cannot allocate the %lld x %lld weight matrix", (long long)T,
+                        (long long)T);
     const double scale = 1.0 / sqrt((double)ch);
     for (int64_t n = 0; n < l.N; n++) {
         for (int64_t h = 0; h < l.heads; h++) {
             const float *q = qkv->data + dfc_attention_q_offset(&l, n, h);
             const float *k = q + l.kv_stride, *v = k + l.kv_stride;
-            float *yh = y->data + (n * l.C + h * ch) * T;  /* head-major output channels */
+            float *yh = y->data + (n * l.C + h * ch) * T; /* head-major output channels */
             attention_weights(be, q, k, ch, T, scale, P);
-            #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
             for (int64_t c = 0; c < ch; c++) {
                 for (int64_t t = 0; t < T; t++) {
                     double sum = 0.0;
@@ -78,7 +78,7 @@ dfc_status ref_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
     dfc_status st = DFC_OK;
     double *P = malloc((size_t)(T * T) * sizeof *P);
     double *dS = malloc((size_t)(T * T) * sizeof *dS);
-    double *acc = malloc((size_t)(2 * ch * T) * sizeof *acc);  /* dv and dk rows, accumulated over t */
+    double *acc = malloc((size_t)(2 * ch * T) * sizeof *acc); /* dv and dk rows, accumulated over t */
     if (!P || !dS || !acc) {
         st = dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate the %lld x %lld weight matrices", op, (long long)T,
                       (long long)T);
@@ -93,7 +93,7 @@ dfc_status ref_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
             const float *dyh = dy->data + (n * l.C + h * ch) * T;
             attention_weights(be, q, k, ch, T, scale, P);
 
-            #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
             for (int64_t t = 0; t < T; t++) {
                 const double *p = P + t * T;
                 double *ds = dS + t * T;
@@ -109,7 +109,7 @@ dfc_status ref_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
                     ds[s] = p[s] * (ds[s] - dot_p_dp);
             }
 
-            #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
             for (int64_t c = 0; c < ch; c++) {
                 double *dv_acc = acc + c * T, *dk_acc = acc + (ch + c) * T;
                 memset(dv_acc, 0, (size_t)T * sizeof *dv_acc);
@@ -142,8 +142,7 @@ done:
  * freqs = exp(-ln(max_period) * arange(half) / half), args = t * freqs, y = [cos(args), sin(args), 0 if dim odd].
  * The exponent is rounded to float32 first like torch's, then exp is taken correctly rounded: torch's float32 exp
  * (MKL, Sleef) is within 1 ulp of that, which t up to 1000 magnifies to a few 1e-5 in the arguments. */
-dfc_status ref_timestep_embedding(dfc_backend *be, const dfc_tensor *t, float max_period, dfc_tensor *y,
-                                  dfc_error *err)
+dfc_status ref_timestep_embedding(dfc_backend *be, const dfc_tensor *t, float max_period, dfc_tensor *y, dfc_error *err)
 {
     (void)be;
     const char *op = "timestep_embedding";
@@ -158,7 +157,7 @@ dfc_status ref_timestep_embedding(dfc_backend *be, const dfc_tensor *t, float ma
         return dfc_fail(err, DFC_ERR_VALUE, "%s: max_period must be a finite number > 1, got %g", op,
                         (double)max_period);
     const int64_t N = y->shape[0], dim = y->shape[1], half = dim / 2;
-    if (dim < 2)  /* guided-diffusion gives (N, 0) for dim 1 */
+    if (dim < 2) /* guided-diffusion gives (N, 0) for dim 1 */
         return dfc_fail(err, DFC_ERR_VALUE, "%s: dim must be at least 2, got %lld", op, (long long)dim);
     /* torch multiplies the float32 arange by the Python double -ln(max_period) cast to float32. */
     const float neg_log_period = (float)(-log((double)max_period));

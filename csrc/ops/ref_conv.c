@@ -5,23 +5,19 @@
 #include "ref.h"
 
 /* An optional tensor is absent when the pointer or its data is NULL (the bindings pass data == NULL for None). */
-static const dfc_tensor *optional(const dfc_tensor *t)
-{
-    return t && t->data ? t : NULL;
-}
+static const dfc_tensor *optional(const dfc_tensor *t) { return t && t->data ? t : NULL; }
 
 /* ---- shape checks (shared with cpu_dnnl.c through conv_check.h) ---- */
 
 dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name,
-                            const dfc_tensor *y, const char *y_name, dfc_conv2d_params p, dfc_error *err)
+                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
+                            const char *y_name, dfc_conv2d_params p, dfc_error *err)
 {
     if (p.stride_h < 1 || p.stride_w < 1)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: stride must be >= 1, got stride_h=%d, stride_w=%d", op, p.stride_h,
                         p.stride_w);
     if (p.pad_h < 0 || p.pad_w < 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: padding must be >= 0, got pad_h=%d, pad_w=%d", op, p.pad_h,
-                        p.pad_w);
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: padding must be >= 0, got pad_h=%d, pad_w=%d", op, p.pad_h, p.pad_w);
     DFC_TRY(dfc_check_ndim(x, op, x_name, 4, 4, err));
     DFC_TRY(dfc_check_ndim(weight, op, weight_name, 4, 4, err));
     const int64_t n = x->shape[0], ci = x->shape[1], h = x->shape[2], w = x->shape[3];
@@ -32,13 +28,13 @@ dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, const char *x_n
     if (h + 2 * (int64_t)p.pad_h < kh)
         return dfc_fail(err, DFC_ERR_SHAPE,
                         "%s: kernel height %lld is larger than the padded input height %lld (%s height %lld + 2 * "
-                        "pad_h %d)", op, (long long)kh, (long long)(h + 2 * (int64_t)p.pad_h), x_name, (long long)h,
-                        p.pad_h);
+                        "pad_h %d)",
+                        op, (long long)kh, (long long)(h + 2 * (int64_t)p.pad_h), x_name, (long long)h, p.pad_h);
     if (w + 2 * (int64_t)p.pad_w < kw)
         return dfc_fail(err, DFC_ERR_SHAPE,
                         "%s: kernel width %lld is larger than the padded input width %lld (%s width %lld + 2 * "
-                        "pad_w %d)", op, (long long)kw, (long long)(w + 2 * (int64_t)p.pad_w), x_name, (long long)w,
-                        p.pad_w);
+                        "pad_w %d)",
+                        op, (long long)kw, (long long)(w + 2 * (int64_t)p.pad_w), x_name, (long long)w, p.pad_w);
     const int64_t y_shape[4] = {n, co, dfc_conv_out_size(h, kh, p.stride_h, p.pad_h),
                                 dfc_conv_out_size(w, kw, p.stride_w, p.pad_w)};
     DFC_TRY(dfc_check_shape(y, op, y_name, 4, y_shape, err));
@@ -48,8 +44,8 @@ dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, const char *x_n
 }
 
 dfc_status dfc_linear_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name,
-                            const dfc_tensor *y, const char *y_name, dfc_error *err)
+                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
+                            const char *y_name, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(x, op, x_name, 2, 2, err));
     DFC_TRY(dfc_check_ndim(weight, op, weight_name, 2, 2, err));
@@ -77,7 +73,7 @@ dfc_status ref_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     const int64_t ho_n = y->shape[2], wo_n = y->shape[3];
     const float *xs = x->data, *ws = weight->data, *bs = bias ? bias->data : NULL;
     float *ys = y->data;
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t n = 0; n < n_batch; n++) {
         for (int64_t co = 0; co < co_n; co++) {
             for (int64_t i = 0; i < ho_n; i++) {
@@ -117,7 +113,7 @@ dfc_status ref_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, cons
     const int64_t ho_n = dy->shape[2], wo_n = dy->shape[3];
     const float *dys = dy->data, *ws = weight->data;
     float *dxs = dx->data;
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t n = 0; n < n_batch; n++) {
         for (int64_t ci = 0; ci < ci_n; ci++) {
             for (int64_t ih = 0; ih < h; ih++) {
@@ -153,14 +149,13 @@ dfc_status ref_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
                                       dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err)
 {
     dbias = (dfc_tensor *)optional(dbias);
-    DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p,
-                             err));
+    DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
     const int64_t n_batch = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3];
     const int64_t co_n = dweight->shape[0], kh_n = dweight->shape[2], kw_n = dweight->shape[3];
     const int64_t ho_n = dy->shape[2], wo_n = dy->shape[3];
     const float *dys = dy->data, *xs = x->data;
     float *dws = dweight->data;
-    #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t co = 0; co < co_n; co++) {
         for (int64_t ci = 0; ci < ci_n; ci++) {
             for (int64_t kh = 0; kh < kh_n; kh++) {
@@ -188,7 +183,7 @@ dfc_status ref_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
     }
     if (dbias) {
         float *dbs = dbias->data;
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t co = 0; co < co_n; co++) {
             double sum = 0.0;
             for (int64_t n = 0; n < n_batch; n++) {
@@ -213,7 +208,7 @@ dfc_status ref_linear_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     const int64_t m_n = x->shape[0], in_n = x->shape[1], out_n = weight->shape[0];
     const float *xs = x->data, *ws = weight->data, *bs = bias ? bias->data : NULL;
     float *ys = y->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t m = 0; m < m_n; m++) {
         for (int64_t o = 0; o < out_n; o++) {
             double sum = bs ? bs[o] : 0.0;
@@ -233,7 +228,7 @@ dfc_status ref_linear_backward_input(dfc_backend *be, const dfc_tensor *dy, cons
     const int64_t m_n = dx->shape[0], in_n = dx->shape[1], out_n = weight->shape[0];
     const float *dys = dy->data, *ws = weight->data;
     float *dxs = dx->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t m = 0; m < m_n; m++) {
         for (int64_t i = 0; i < in_n; i++) {
             double sum = 0.0;
@@ -254,7 +249,7 @@ dfc_status ref_linear_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
     const int64_t m_n = x->shape[0], in_n = x->shape[1], out_n = dweight->shape[0];
     const float *dys = dy->data, *xs = x->data;
     float *dws = dweight->data, *dbs = dbias ? dbias->data : NULL;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t o = 0; o < out_n; o++) {
         for (int64_t i = 0; i < in_n; i++) {
             double sum = 0.0;

@@ -17,8 +17,8 @@ static dfc_status check_rows(const char *op, const char *name, const void *array
 }
 
 /* model_output must be (N, 2C, ...) for the learned range and (N, C, ...) otherwise, with x's other dims. */
-static dfc_status check_model_output(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
-                                     int learned, dfc_error *err)
+static dfc_status check_model_output(const char *op, const dfc_tensor *model_output, const dfc_tensor *x, int learned,
+                                     dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(x, op, "x_t", 2, DFC_MAX_DIMS, err));
     int64_t shape[DFC_MAX_DIMS];
@@ -52,7 +52,7 @@ dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 {
     DFC_TRY(dfc_q_sample_check(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, err));
     const int64_t n = x0->shape[0], m = dfc_inner_size(x0, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         dfc_q_sample_span(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, b, m, 0, m);
     return DFC_OK;
@@ -94,15 +94,15 @@ dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_
                                        dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                        dfc_error *err)
 {
-    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart,
-                                      err));
+    DFC_TRY(
+        dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart, err));
     float *var_out = dfc_optional_data(variance), *log_out = dfc_optional_data(log_variance);
     float *x0_out = dfc_optional_data(pred_xstart);
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
-        dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b, m,
-                                 0, m);
+        dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b, m, 0,
+                                 m);
     return DFC_OK;
 }
 
@@ -121,7 +121,7 @@ dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pre
     if (dmo)
         DFC_TRY(dfc_check_same_shape(model_output, d_model_output, op, "model_output", "d_model_output", err));
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (learned ? 2 : 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float recip = coefs->sqrt_recip_abar[b], recipm1 = coefs->sqrt_recipm1_abar[b];
         const float *eps = model_output->data + b * out_m;
@@ -166,7 +166,7 @@ dfc_status ref_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_te
 {
     DFC_TRY(dfc_sample_step_check(mean, variance, log_variance, grad, noise, noise_weight, x_prev, err));
     const int64_t n = mean->shape[0], m = dfc_inner_size(mean, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         dfc_sample_step_span(mean, variance, log_variance, grad, noise, noise_weight, x_prev, b, m, 0, m);
     return DFC_OK;
@@ -182,7 +182,7 @@ static dfc_status row_linear(dfc_backend *be, const char *op, const float *alpha
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     DFC_TRY(check_rows(op, "alpha", alpha, err));
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t j = b * m; j < (b + 1) * m; j++)
             y->data[j] = accumulate ? y->data[j] + alpha[b] * x->data[j] : x->data[j] * alpha[b];
@@ -215,7 +215,7 @@ dfc_status ref_change_map(dfc_backend *be, const dfc_tensor *a, const dfc_tensor
 {
     DFC_TRY(check_pixel_map("change_map", a, b, y, "y", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         float *out = y->data + r * hw, max = 0.0f;
         for (int64_t k = 0; k < hw; k++) {
@@ -241,7 +241,7 @@ dfc_status ref_masked_blend(dfc_backend *be, const dfc_tensor *a, const dfc_tens
     DFC_TRY(check_pixel_map(op, a, b, mask, "mask", err));
     DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++)
         for (int64_t ch = 0; ch < c; ch++)
             for (int64_t k = 0; k < hw; k++) {
@@ -278,7 +278,7 @@ dfc_status ref_distance_penalty_forward(dfc_backend *be, const dfc_tensor *a, co
 {
     DFC_TRY(check_distance("distance_penalty", a, b, loss, "loss", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         double l1 = 0.0, l2 = 0.0;
         for (int64_t k = 0; k < hw; k++) {
@@ -300,7 +300,7 @@ dfc_status ref_distance_penalty_backward(dfc_backend *be, const dfc_tensor *dlos
     DFC_TRY(check_distance(op, a, b, dloss, "dloss", err));
     DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         const float scale = dloss->data[r];
         for (int64_t k = 0; k < hw; k++) {
@@ -326,7 +326,7 @@ dfc_status ref_nonfinite_rows(dfc_backend *be, dfc_tensor *x, int *nonfinite, df
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
     DFC_TRY(check_rows(op, "nonfinite", nonfinite, err));
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         float *row = x->data + b * m;
         int bad = 0;
@@ -339,15 +339,15 @@ dfc_status ref_nonfinite_rows(dfc_backend *be, dfc_tensor *x, int *nonfinite, df
     return DFC_OK;
 }
 
-dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
-                                  dfc_tensor *prob, int *is_target, dfc_error *err)
+dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *prob,
+                                  int *is_target, dfc_error *err)
 {
     const char *op = "target_probability";
     DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     DFC_TRY(dfc_check_shape(prob, op, "prob", 1, &n, err));
     DFC_TRY(check_rows(op, "is_target", is_target, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *z = logits->data + b * k;
         prob->data[b] = (float)dfc_class_probability_row(z, k, targets[b]);
@@ -377,10 +377,10 @@ static inline double discretized_gaussian_log_likelihood(double x, double mean, 
     /* d plus_in / d ls = -plus_in, d min_in / d ls = -min_in */
     double d_cdf_plus = -pdf_plus * plus_in, d_cdf_min = -pdf_min * min_in;
     double p, dp;
-    if (x < -0.999) {         /* the lowest bin reaches to -inf */
+    if (x < -0.999) { /* the lowest bin reaches to -inf */
         p = cdf_plus;
         dp = d_cdf_plus;
-    } else if (x > 0.999) {   /* the highest bin reaches to +inf */
+    } else if (x > 0.999) { /* the highest bin reaches to +inf */
         p = 1.0 - cdf_min;
         dp = -d_cdf_min;
     } else {
@@ -418,7 +418,7 @@ static inline double vb_term(const dfc_vb_coefs *c, int64_t b, double eps, doubl
     if (!c->decoder_nll[b]) { /* KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), q's log variance is min_log */
         double true_mean = coef1 * x0 + coef2 * xt;
         term = normal_kl(true_mean, min_log, mean, logvar, &dterm);
-    } else {                  /* decoder NLL, log scale = logvar / 2 */
+    } else { /* decoder NLL, log scale = logvar / 2 */
         double dls;
         term = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar, &dls);
         dterm = -0.5 * dls;
@@ -434,22 +434,21 @@ static dfc_status check_vb(const char *op, const dfc_tensor *model_output, const
     DFC_TRY(dfc_check_same_shape(x_start, x_t, op, "x_start", "x_t", err));
     if (!c)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: coefs is missing", op);
-    const void *arrays[] = {c->sqrt_recip_abar, c->sqrt_recipm1_abar, c->coef1, c->coef2, c->min_log, c->max_log,
-                            c->decoder_nll};
+    const void *arrays[] = {c->sqrt_recip_abar, c->sqrt_recipm1_abar, c->coef1,      c->coef2,
+                            c->min_log,         c->max_log,           c->decoder_nll};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         DFC_TRY(check_rows(op, "of coefs", arrays[i], err));
     return DFC_OK;
 }
 
 dfc_status ref_diffusion_vb_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_start,
-                                    const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb,
-                                    dfc_error *err)
+                                    const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb, dfc_error *err)
 {
     const char *op = "diffusion_vb";
     DFC_TRY(check_vb(op, model_output, x_start, x_t, coefs, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
     DFC_TRY(dfc_check_shape(vb, op, "vb", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;
         const float *x0 = x_start->data + b * m, *xt = x_t->data + b * m;
@@ -470,13 +469,13 @@ dfc_status ref_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, con
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
     DFC_TRY(dfc_check_shape(dvb, op, "dvb", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;
         const float *x0 = x_start->data + b * m, *xt = x_t->data + b * m;
         /* mean over elements, / ln 2, d logvar / d v = (max - min) / 2 */
-        const double d_scale = (double)dvb->data[b] * coefs->scale * 0.5 * (coefs->max_log[b] - coefs->min_log[b]) /
-                               ((double)m * LN2);
+        const double d_scale =
+            (double)dvb->data[b] * coefs->scale * 0.5 * (coefs->max_log[b] - coefs->min_log[b]) / ((double)m * LN2);
         for (int64_t j = 0; j < m; j++) {
             double dterm;
             vb_term(coefs, b, eps[j], v[j], x0[j], xt[j], &dterm);

@@ -23,7 +23,7 @@ dfc_status ref_activation_forward(dfc_backend *be, dfc_activation kind, const df
     const int64_t n = dfc_numel(x);
     const float *xs = x->data;
     float *ys = y->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float v = xs[i];
         switch (kind) {
@@ -44,13 +44,19 @@ dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const d
     const int64_t n = dfc_numel(x);
     const float *xs = x->data, *dys = dy->data;
     float *dxs = dx->data;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float v = xs[i], s;
         switch (kind) {
         case DFC_ACT_RELU: dxs[i] = v > 0.0f ? dys[i] : 0.0f; break;
-        case DFC_ACT_SILU: s = sigmoidf(v); dxs[i] = dys[i] * s * (1.0f + v * (1.0f - s)); break;
-        case DFC_ACT_SIGMOID: s = sigmoidf(v); dxs[i] = dys[i] * s * (1.0f - s); break;
+        case DFC_ACT_SILU:
+            s = sigmoidf(v);
+            dxs[i] = dys[i] * s * (1.0f + v * (1.0f - s));
+            break;
+        case DFC_ACT_SIGMOID:
+            s = sigmoidf(v);
+            dxs[i] = dys[i] * s * (1.0f - s);
+            break;
         }
     }
     return DFC_OK;
@@ -65,7 +71,7 @@ dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, d
     DFC_TRY(dfc_softmax_layout(op, x, axis, &s, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t k = s.k, inner = s.inner;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < s.outer * inner; r++) {
         const int64_t base = (r / inner) * k * inner + r % inner;
         const float *xr = x->data + base;
@@ -99,7 +105,7 @@ dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc
     DFC_TRY(dfc_check_same_shape(y, dy, op, "y", "dy", err));
     DFC_TRY(dfc_check_same_shape(y, dx, op, "y", "dx", err));
     const int64_t k = s.k, inner = s.inner;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < s.outer * inner; r++) {
         const int64_t base = (r / inner) * k * inner + r % inner;
         const float *yr = y->data + base, *dyr = dy->data + base;
@@ -139,7 +145,8 @@ static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc
         char sa[96], sb[96];
         return dfc_fail(err, DFC_ERR_SHAPE,
                         "%s: b with shape %s cannot be broadcast to a's shape %s (b needs a's number of dimensions, "
-                        "each 1 or equal to a's)", op, dfc_shape_str(b, sb, sizeof sb), dfc_shape_str(a, sa, sizeof sa));
+                        "each 1 or equal to a's)",
+                        op, dfc_shape_str(b, sb, sizeof sb), dfc_shape_str(a, sa, sizeof sa));
     }
     const int lead = DFC_MAX_DIMS - a->ndim;
     for (int d = 0; d < DFC_MAX_DIMS; d++) {
@@ -169,8 +176,8 @@ static inline const float *b_row(const broadcast_dims *bd, const float *b, int64
     return b + i0 * bs[0] + i1 * bs[1] + i2 * bs[2];
 }
 
-dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b,
-                              dfc_tensor *y, dfc_error *err)
+dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
+                              dfc_error *err)
 {
     const char *op = binary_name(kind);
     broadcast_dims bd;
@@ -178,7 +185,7 @@ dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor
     DFC_TRY(check_broadcast(op, a, b, &bd, err));
     DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
     const int64_t rows = bd.a[0] * bd.a[1] * bd.a[2], cols = bd.a[3], step = bd.b_stride[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *ar = a->data + r * cols, *br = b_row(&bd, b->data, r);
         float *yr = y->data + r * cols;
@@ -213,7 +220,7 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
         for (int d = 0; d < DFC_MAX_DIMS; d++)
             rep[d] = bsh[d] == 1 ? sh[d] : 1;
         const int64_t nb = dfc_numel(b);
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t e = 0; e < nb; e++) {
             const int64_t j0 = e / (bsh[1] * bsh[2] * bsh[3]), j1 = (e / (bsh[2] * bsh[3])) % bsh[1];
             const int64_t j2 = (e / bsh[3]) % bsh[2], j3 = e % bsh[3];
@@ -231,7 +238,7 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
     }
     if (da && da->data) {
         const int64_t rows = sh[0] * sh[1] * sh[2], cols = sh[3], step = bd.b_stride[3];
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float *dyr = dy->data + r * cols, *br = b_row(&bd, b->data, r);
             float *dar = da->data + r * cols;
@@ -278,7 +285,7 @@ dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int
 {
     DFC_TRY(check_channel_parts("concat", "xs", "y", y, xs, n, err));
     const int64_t batch = y->shape[0], inner = dfc_inner_size(y, 2), y_sample = y->shape[1] * inner;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {
         int64_t offset = 0;
         for (int k = 0; k < n; k++) {
@@ -294,7 +301,7 @@ dfc_status ref_split_channels(dfc_backend *be, const dfc_tensor *x, dfc_tensor *
 {
     DFC_TRY(check_channel_parts("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
     const int64_t batch = x->shape[0], inner = dfc_inner_size(x, 2), x_sample = x->shape[1] * inner;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {
         int64_t offset = 0;
         for (int k = 0; k < n; k++) {

@@ -24,7 +24,7 @@ dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, 
     DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
         if (k == 1)
@@ -43,7 +43,7 @@ dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, 
     const int64_t n = logits->shape[0], k = logits->shape[1];
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
         float *drow = dlogits->data + i * k;
@@ -68,14 +68,13 @@ static dfc_status check_mse(const char *op, const dfc_tensor *a, const dfc_tenso
 }
 
 /* loss[n] = mean over the non-batch dims of (a - b)^2; a 1-D a has one value per sample. */
-dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
-                           dfc_error *err)
+dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "mse";
     DFC_TRY(check_mse(op, a, b, err));
     const int64_t n = a->shape[0], m = dfc_inner_size(a, 1);
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ar = a->data + i * m, *br = b->data + i * m;
         double sum = 0.0;
@@ -101,7 +100,7 @@ dfc_status ref_mse_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_
         DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
     if (dbs)
         DFC_TRY(dfc_check_same_shape(a, db, op, "a", "db", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const double scale = 2.0 * dloss->data[i] / (double)m;
         for (int64_t j = i * m; j < (i + 1) * m; j++) {

@@ -9,14 +9,14 @@
 
 /* ---- the logit loss: -l_y ---- */
 
-dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
-                                  dfc_tensor *loss, dfc_error *err)
+dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *loss,
+                                  dfc_error *err)
 {
     const char *op = "logit_loss";
     DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++)
         loss->data[i] = (float)-dfc_target_logit(logits->data + i * c, c, targets[i]);
     return DFC_OK;
@@ -31,7 +31,7 @@ dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, con
     const int64_t n = logits->shape[0], c = logits->shape[1];
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *d = dlogits->data + i * c;
         const float g = dloss->data[i];
@@ -64,7 +64,7 @@ dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits
     DFC_TRY(check_bce(op, logits, targets, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         double sum = 0.0;
         for (int64_t j = i * m; j < (i + 1) * m; j++) {
@@ -84,7 +84,7 @@ dfc_status ref_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dloss
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const double scale = dloss->data[i] / (double)m;
         for (int64_t j = i * m; j < (i + 1) * m; j++)
@@ -107,15 +107,14 @@ static void plane_moments(const float *x, int64_t m, double *mean, double *std)
     *std = sqrt(sq / (double)m);
 }
 
-dfc_status ref_standardize_forward(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y,
-                                   dfc_error *err)
+dfc_status ref_standardize_forward(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "standardize";
     DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
     int64_t constant = INT64_MAX; /* the first constant plane: the same message whatever the thread count */
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static) reduction(min : constant)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static) reduction(min : constant)
     for (int64_t p = 0; p < planes; p++) {
         const float *xs = x->data + p * m;
         float *ys = y->data + p * m;
@@ -144,7 +143,7 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
     DFC_TRY(dfc_check_same_shape(dy, x, op, "dy", "x", err));
     DFC_TRY(dfc_check_same_shape(dx, x, op, "dx", "x", err));
     const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *xs = x->data + p * m, *dys = dy->data + p * m;
         float *dxs = dx->data + p * m;
@@ -171,8 +170,7 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
 
 /* ---- normalised feature distance ---- */
 
-dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b,
-                                         dfc_error *err)
+dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 2, DFC_MAX_DIMS, err));
     return dfc_check_same_shape(a, b, op, "a", "b", err);
@@ -187,14 +185,14 @@ static double channel_norm(const float *f, int64_t c, int64_t hw, int64_t q)
     return sqrt(sq);
 }
 
-dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b,
-                                           dfc_tensor *loss, dfc_error *err)
+dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
+                                           dfc_error *err)
 {
     const char *op = "normalized_distance";
     DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         double sum = 0.0;
@@ -221,7 +219,7 @@ dfc_status ref_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         float *dp = da->data + i * c * hw;
@@ -248,7 +246,7 @@ dfc_status ref_fill(dfc_backend *be, float value, dfc_tensor *y, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(y, "fill", "y", 1, DFC_MAX_DIMS, err));
     const int64_t total = dfc_numel(y);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < total; i++)
         y->data[i] = value;
     return DFC_OK;

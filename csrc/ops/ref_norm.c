@@ -65,9 +65,9 @@ static void group_stats(const float *xs, int64_t count, double eps, double *mean
 }
 
 /* y = (x - mean_g) rstd_g gamma_c + beta_c over each (sample, group) block of C/groups channels. */
-dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
-                                  const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
-                                  dfc_tensor *rstd, dfc_error *err)
+dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
+                                  int groups, float eps, dfc_tensor *y, dfc_tensor *mean, dfc_tensor *rstd,
+                                  dfc_error *err)
 {
     const char *op = "group_norm";
     DFC_TRY(dfc_group_norm_check(op, x, gamma, beta, mean, rstd, groups, eps, err));
@@ -76,7 +76,7 @@ dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
     const int64_t cpg = c / groups, count = cpg * inner, blocks = n * groups;
     const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
     float *means = dfc_present(mean) ? mean->data : NULL, *rstds = dfc_present(rstd) ? rstd->data : NULL;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const float *xb = x->data + blk * count;
         float *yb = y->data + blk * count;
@@ -99,10 +99,9 @@ dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
 /* With xhat = (x - mean) rstd and g = dy gamma, over each group of M values:
  *   dx = rstd (g - mean(g) - xhat mean(g xhat)),  dgamma_c = sum dy xhat,  dbeta_c = sum dy.
  * Three plain loops: statistics per (sample, group), dx per (sample, group), dgamma/dbeta per channel. */
-dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                   const dfc_tensor *gamma, const dfc_tensor *mean, const dfc_tensor *rstd,
-                                   int groups, float eps, dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta,
-                                   dfc_error *err)
+dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *gamma,
+                                   const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps,
+                                   dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err)
 {
     const char *op = "group_norm_backward";
     DFC_TRY(dfc_group_norm_check(op, x, gamma, NULL, mean, rstd, groups, eps, err));
@@ -117,7 +116,7 @@ dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
     double *stats = malloc((size_t)blocks * 2 * sizeof *stats); /* mean, rstd per (sample, group) */
     if (!stats)
         return dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate %lld statistics", op, (long long)blocks * 2);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         if (dfc_present(mean)) {
             stats[2 * blk] = mean->data[blk];
@@ -128,7 +127,7 @@ dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
     }
 
     if (dxs) {
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t blk = 0; blk < blocks; blk++) {
             const float *xb = x->data + blk * count, *dyb = dy->data + blk * count;
             float *dxb = dxs + blk * count;
@@ -154,7 +153,7 @@ dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
     }
 
     if (dgs || dbs) {
-        #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
         for (int64_t ch = 0; ch < c; ch++) {
             double sum_dy = 0.0, sum_dy_xhat = 0.0;
             for (int64_t s = 0; s < n; s++) {
@@ -177,9 +176,9 @@ dfc_status ref_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
 
 /* ---- batch norm (inference) ---- */
 
-static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma,
-                                   const dfc_tensor *beta, const dfc_tensor *running_mean,
-                                   const dfc_tensor *running_var, float eps, dfc_error *err)
+static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
+                                   const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps,
+                                   dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
     const int64_t c = x->shape[1];
@@ -193,22 +192,22 @@ static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const df
         return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
     for (int64_t ch = 0; ch < c; ch++) {
         if (!((double)running_var->data[ch] + eps > 0.0))
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: running_var[%lld] + eps = %g must be positive", op,
-                            (long long)ch, (double)running_var->data[ch] + eps);
+            return dfc_fail(err, DFC_ERR_VALUE, "%s: running_var[%lld] + eps = %g must be positive", op, (long long)ch,
+                            (double)running_var->data[ch] + eps);
     }
     return DFC_OK;
 }
 
-dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
-                                  const dfc_tensor *beta, const dfc_tensor *running_mean,
-                                  const dfc_tensor *running_var, float eps, dfc_tensor *y, dfc_error *err)
+dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
+                                  const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps,
+                                  dfc_tensor *y, dfc_error *err)
 {
     const char *op = "batch_norm";
     DFC_TRY(check_batch_norm(op, x, gamma, beta, running_mean, running_var, eps, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t n = x->shape[0], c = x->shape[1], inner = dfc_inner_size(x, 2);
     const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t nc = 0; nc < n * c; nc++) {
         const int64_t ch = nc % c;
         const double inv = 1.0 / sqrt((double)running_var->data[ch] + eps);
@@ -222,10 +221,9 @@ dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
 }
 
 /* Running statistics are constants: dx = dy gamma inv, dgamma_c = sum dy (x - mean) inv, dbeta_c = sum dy. */
-dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                   const dfc_tensor *gamma, const dfc_tensor *running_mean,
-                                   const dfc_tensor *running_var, float eps, dfc_tensor *dx, dfc_tensor *dgamma,
-                                   dfc_tensor *dbeta, dfc_error *err)
+dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *gamma,
+                                   const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps,
+                                   dfc_tensor *dx, dfc_tensor *dgamma, dfc_tensor *dbeta, dfc_error *err)
 {
     const char *op = "batch_norm_backward";
     DFC_TRY(check_batch_norm(op, x, gamma, NULL, running_mean, running_var, eps, err));
@@ -235,7 +233,7 @@ dfc_status ref_batch_norm_backward(dfc_backend *be, const dfc_tensor *dy, const 
     const float *gs = dfc_present(gamma) ? gamma->data : NULL;
     float *dxs = dfc_present(dx) ? dx->data : NULL;
     float *dgs = dfc_present(dgamma) ? dgamma->data : NULL, *dbs = dfc_present(dbeta) ? dbeta->data : NULL;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t ch = 0; ch < c; ch++) {
         const double inv = 1.0 / sqrt((double)running_var->data[ch] + eps);
         const double g = gs ? gs[ch] : 1.0, m = running_mean->data[ch];

@@ -17,7 +17,7 @@ dfc_status ref_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const d
     DFC_TRY(check_scale_shift(op, x, ss, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t c = x->shape[1], planes = x->shape[0] * c, inner = dfc_inner_size(x, 2);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *ssr = ss->data + (p / c) * 2 * c;
         const float one_plus_scale = 1.0f + ssr[p % c], shift = ssr[c + p % c];
@@ -33,8 +33,8 @@ dfc_status ref_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const d
 
 /* The sums accumulate in double, in the order of binary_backward's broadcast sums (the same numbers). dx may alias
  * dy: each element is read before it is written. */
-dfc_status ref_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x,
-                                    const dfc_tensor *ss, dfc_tensor *dx, dfc_tensor *dss, dfc_error *err)
+dfc_status ref_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *ss,
+                                    dfc_tensor *dx, dfc_tensor *dss, dfc_error *err)
 {
     const char *op = "scale_shift_backward";
     DFC_TRY(check_scale_shift(op, x, ss, err));
@@ -45,7 +45,7 @@ dfc_status ref_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const
     if (want_dss)
         DFC_TRY(dfc_check_same_shape(ss, dss, op, "ss", "dss", err));
     const int64_t c = x->shape[1], planes = x->shape[0] * c, inner = dfc_inner_size(x, 2);
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const int64_t row = (p / c) * 2 * c, ch = p % c;
         const float one_plus_scale = 1.0f + ss->data[row + ch];

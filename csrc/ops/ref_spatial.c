@@ -15,7 +15,7 @@ dfc_status ref_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, 
     const int64_t want[4] = {N, C, 2 * H, 2 * W};
     DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *xp = x->data + p * H * W;
         float *yp = y->data + p * 4 * H * W;
@@ -35,7 +35,7 @@ dfc_status ref_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy
     const int64_t want[4] = {N, C, 2 * H, 2 * W};
     DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *dyp = dy->data + p * 4 * H * W;
         float *dxp = dx->data + p * H * W;
@@ -52,8 +52,8 @@ dfc_status ref_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy
 /* ---- pooling ---- */
 
 /* Checks kernel/stride/padding against PyTorch's rules and gives the floor-mode output size. */
-static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool2d_params p, int64_t *ho,
-                                   int64_t *wo, dfc_error *err)
+static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool2d_params p, int64_t *ho, int64_t *wo,
+                                   dfc_error *err)
 {
     if (p.kernel_h < 1 || p.kernel_w < 1)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: kernel must be positive, got %dx%d", op, p.kernel_h, p.kernel_w);
@@ -73,8 +73,7 @@ static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool
 
 /* in (N, C, H, W) at full resolution and out (N, C, Ho, Wo) pooled from it: checks both against p, gives Ho, Wo. */
 static dfc_status check_pool_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
-                                    const char *out_name, dfc_pool2d_params p, int64_t *Ho, int64_t *Wo,
-                                    dfc_error *err)
+                                    const char *out_name, dfc_pool2d_params p, int64_t *Ho, int64_t *Wo, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(in, op, in_name, 4, 4, err));
     DFC_TRY(pool_output_size(op, in, p, Ho, Wo, err));
@@ -101,7 +100,7 @@ dfc_status ref_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
     DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * H * W;
         float *yp = y->data + pl * Ho * Wo;
@@ -131,7 +130,7 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
     DFC_TRY(check_pool_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
     const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *dyp = dy->data + pl * Ho * Wo;
         float *dxp = dx->data + pl * H * W;
@@ -183,7 +182,7 @@ dfc_status ref_max_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
     DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * H * W;
         float *yp = y->data + pl * Ho * Wo;
@@ -203,7 +202,7 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
     DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * H * W;
         const float *dyp = dy->data + pl * Ho * Wo;
@@ -225,7 +224,7 @@ dfc_status ref_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc
     const int64_t want[2] = {x->shape[0], x->shape[1]};
     DFC_TRY(dfc_check_shape(y, op, "y", 2, want, err));
     const int64_t planes = want[0] * want[1], hw = x->shape[2] * x->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * hw;
         double sum = 0.0;
@@ -243,7 +242,7 @@ dfc_status ref_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, d
     const int64_t want[2] = {dx->shape[0], dx->shape[1]};
     DFC_TRY(dfc_check_shape(dy, op, "dy", 2, want, err));
     const int64_t planes = want[0] * want[1], hw = dx->shape[2] * dx->shape[3];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float g = (float)((double)dy->data[pl] / (double)hw);
         float *dxp = dx->data + pl * hw;
@@ -277,16 +276,15 @@ static inline lerp_taps bilinear_taps(int64_t o, int64_t in, int64_t out)
     return t;
 }
 
-static dfc_status check_resize_shapes(const char *op, const dfc_tensor *in, const char *in_name,
-                                      const dfc_tensor *out, const char *out_name, dfc_error *err)
+static dfc_status check_resize_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
+                                      const char *out_name, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(in, op, in_name, 4, 4, err));
     DFC_TRY(dfc_check_ndim(out, op, out_name, 4, 4, err));
     if (out->shape[0] != in->shape[0] || out->shape[1] != in->shape[1]) {
         char a[96], b[96];
         return dfc_fail(err, DFC_ERR_SHAPE, "%s: %s has shape %s and %s has shape %s; batch and channels must agree",
-                        op, in_name, dfc_shape_str(in, a, sizeof a), out_name,
-                        dfc_shape_str(out, b, sizeof b));
+                        op, in_name, dfc_shape_str(in, a, sizeof a), out_name, dfc_shape_str(out, b, sizeof b));
     }
     return DFC_OK;
 }
@@ -296,7 +294,7 @@ dfc_status ref_resize_bilinear_forward(dfc_backend *be, const dfc_tensor *x, dfc
     DFC_TRY(check_resize_shapes("resize_bilinear", x, "x", y, "y", err));
     const int64_t H = x->shape[2], W = x->shape[3], Ho = y->shape[2], Wo = y->shape[3];
     const int64_t planes = x->shape[0] * x->shape[1];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * H * W;
         float *yp = y->data + pl * Ho * Wo;
@@ -318,7 +316,7 @@ dfc_status ref_resize_bilinear_backward(dfc_backend *be, const dfc_tensor *dy, d
     DFC_TRY(check_resize_shapes("resize_bilinear_backward", dx, "dx", dy, "dy", err));
     const int64_t H = dx->shape[2], W = dx->shape[3], Ho = dy->shape[2], Wo = dy->shape[3];
     const int64_t planes = dx->shape[0] * dx->shape[1];
-    #pragma omp parallel for num_threads(be->num_threads) schedule(static)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *dyp = dy->data + pl * Ho * Wo;
         float *dxp = dx->data + pl * H * W;

@@ -10,8 +10,8 @@
 
 /* x -> backend (copy_from_host) -> a second backend tensor (copy) -> host (copy_to_host), plus a zero-filled
  * backend tensor, all from one backend arena of the given chunk size and limit. */
-static dfc_status roundtrip(dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, dfc_tensor *copy,
-                            dfc_tensor *zeros, dfc_error *err)
+static dfc_status roundtrip(dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, dfc_tensor *copy, dfc_tensor *zeros,
+                            dfc_error *err)
 {
     const size_t bytes = (size_t)dfc_numel(x) * sizeof(float);
     dfc_tensor on_backend = dfc_arena_tensor(arena, x->ndim, x->shape, err);
@@ -53,14 +53,11 @@ static PyObject *py_arena_roundtrip(PyObject *self, PyObject *args)
     dfc_arena_init_backend(&arena, be, (size_t)chunk.value, (size_t)limit.value);
     dfc_error err = {0};
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = roundtrip(be, &arena, &x, &copy, &zeros, &err);
-    Py_END_ALLOW_THREADS
-    if (st == DFC_OK)
-        result = Py_BuildValue("(OOinn)", copy_arr, zeros_arr, arena.num_chunks,
-                               (Py_ssize_t)dfc_arena_capacity(&arena), (Py_ssize_t)arena.peak);
-    else
-        dfc_py_raise(&err);
+    Py_BEGIN_ALLOW_THREADS st = roundtrip(be, &arena, &x, &copy, &zeros, &err);
+    Py_END_ALLOW_THREADS if (st == DFC_OK) result =
+        Py_BuildValue("(OOinn)", copy_arr, zeros_arr, arena.num_chunks, (Py_ssize_t)dfc_arena_capacity(&arena),
+                      (Py_ssize_t)arena.peak);
+    else dfc_py_raise(&err);
     dfc_arena_free(&arena);
 done:
     Py_XDECREF(copy_arr);

@@ -74,7 +74,8 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
     if (!seg || !cls)
         return NULL;
     if (seg_obj == cls_obj) {
-        PyErr_SetString(PyExc_ValueError, "PlaneClassifier: the segmenter and the classifier must be different networks");
+        PyErr_SetString(PyExc_ValueError,
+                        "PlaneClassifier: the segmenter and the classifier must be different networks");
         return NULL;
     }
     dfc_plane_classifier_config c;
@@ -159,7 +160,4 @@ static PyMethodDef classifier_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dfc_register_classifier(PyObject *module)
-{
-    return PyModule_AddFunctions(module, classifier_methods);
-}
+int dfc_register_classifier(PyObject *module) { return PyModule_AddFunctions(module, classifier_methods); }

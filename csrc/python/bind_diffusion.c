@@ -9,8 +9,7 @@
 #include "../diffusion/schedule.h"
 
 typedef struct {
-    PyObject_HEAD
-    dfc_diffusion *d;
+    PyObject_HEAD dfc_diffusion *d;
     dfc_backend *be; /* runs q_sample, p_mean_variance and sample_step: the reference kernels */
 } DiffusionObject;
 
@@ -41,8 +40,7 @@ int dfc_py_reference_backend(dfc_backend **be)
     return 0;
 }
 
-int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
-                           int variance_type)
+int dfc_py_diffusion_reset(dfc_diffusion **d, int steps, const char *schedule, const char *respacing, int variance_type)
 {
     dfc_diffusion_destroy(*d);
     *d = NULL;
@@ -75,7 +73,10 @@ static PyObject *diffusion_arrays(DiffusionObject *self, PyObject *noargs)
 {
     (void)noargs;
     const dfc_diffusion *d = self->d;
-    struct { const char *name; const double *data; } tables[] = {
+    struct {
+        const char *name;
+        const double *data;
+    } tables[] = {
         {"betas", d->betas},
         {"alphas_cumprod", d->alphas_cumprod},
         {"alphas_cumprod_prev", d->alphas_cumprod_prev},
@@ -156,13 +157,14 @@ static PyObject *diffusion_p_mean_variance(DiffusionObject *self, PyObject *args
         goto done;
     const int ndim = x_t.ndim;
     const int64_t *shape = x_t.shape;
-    if (!(result = dfc_py_new_tuple(4, (dfc_py_output[]){{ndim, shape, &mean}, {ndim, shape, &var},
-                                                          {ndim, shape, &logvar}, {ndim, shape, &x0}})))
+    if (!(result = dfc_py_new_tuple(
+              4, (dfc_py_output[]){
+                     {ndim, shape, &mean}, {ndim, shape, &var}, {ndim, shape, &logvar}, {ndim, shape, &x0}})))
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(result, err,
-               dfc_diffusion_p_mean_variance(self->d, self->be, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0,
-                                             &err));
+    DFC_PY_RUN(
+        result, err,
+        dfc_diffusion_p_mean_variance(self->d, self->be, &mo, &x_t, indices, clip, &mean, &var, &logvar, &x0, &err));
 done:
     dfc_py_refs_release(&refs);
     return result;
@@ -188,9 +190,9 @@ static PyObject *diffusion_sample_step(DiffusionObject *self, PyObject *args)
     if (!out)
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(out, err,
-               dfc_diffusion_sample_step(self->d, self->be, &mean, &var, &logvar, &grad, &noise, indices, &x_prev,
-                                         &err));
+    DFC_PY_RUN(
+        out, err,
+        dfc_diffusion_sample_step(self->d, self->be, &mean, &var, &logvar, &grad, &noise, indices, &x_prev, &err));
 done:
     dfc_py_refs_release(&refs);
     return out;
@@ -225,8 +227,7 @@ static PyGetSetDef diffusion_getset[] = {
 };
 
 PyTypeObject DfcDiffusion_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "diffice._C.Diffusion",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "diffice._C.Diffusion",
     .tp_basicsize = sizeof(DiffusionObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Diffusion(steps, schedule, respacing, variance_type): guided-diffusion's GaussianDiffusion in C.",

@@ -28,7 +28,4 @@ static PyMethodDef inception_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dfc_register_inception(PyObject *module)
-{
-    return PyModule_AddFunctions(module, inception_functions);
-}
+int dfc_register_inception(PyObject *module) { return PyModule_AddFunctions(module, inception_functions); }

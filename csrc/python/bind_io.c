@@ -95,10 +95,8 @@ static PyObject *py_load_weights(PyObject *self, PyObject *args)
     dfc_weights *w = NULL;
     dfc_error err = {0};
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = loader(path, &w, &err);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_bytes);
+    Py_BEGIN_ALLOW_THREADS st = loader(path, &w, &err);
+    Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
     if (st != DFC_OK)
         return dfc_py_raise(&err);
     PyObject *result = weights_to_python(w);
@@ -128,8 +126,8 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
     (void)self;
     PyObject *path_bytes = NULL, *names_obj, *arrays_obj, *meta_keys_obj, *meta_values_obj;
     int half = 0;
-    if (!PyArg_ParseTuple(args, "O&OOOO|p", PyUnicode_FSConverter, &path_bytes, &names_obj, &arrays_obj,
-                          &meta_keys_obj, &meta_values_obj, &half))
+    if (!PyArg_ParseTuple(args, "O&OOOO|p", PyUnicode_FSConverter, &path_bytes, &names_obj, &arrays_obj, &meta_keys_obj,
+                          &meta_values_obj, &half))
         return NULL;
     const int npy_type = half ? NPY_FLOAT16 : NPY_FLOAT32;
     PyObject *result = NULL;
@@ -160,8 +158,8 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
         PyObject *obj = PyTuple_GET_ITEM(arrays, i);
         if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != npy_type ||
             !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || !PyArray_ISALIGNED((PyArrayObject *)obj)) {
-            PyErr_Format(PyExc_TypeError, "save_safetensors: tensor '%s' must be a C-contiguous %s numpy array",
-                         name, half ? "float16" : "float32");
+            PyErr_Format(PyExc_TypeError, "save_safetensors: tensor '%s' must be a C-contiguous %s numpy array", name,
+                         half ? "float16" : "float32");
             goto done;
         }
         PyArrayObject *a = (PyArrayObject *)obj;
@@ -186,10 +184,10 @@ static PyObject *py_save_safetensors(PyObject *self, PyObject *args)
     const char *path = PyBytes_AS_STRING(path_bytes);
     dfc_error err = {0};
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dfc_save_safetensors(path, items, (size_t)count, mk, mv, (size_t)meta_count, half, &err);
-    Py_END_ALLOW_THREADS
-    if (st != DFC_OK) {
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_save_safetensors(path, items, (size_t)count, mk, mv, (size_t)meta_count, half, &err);
+    Py_END_ALLOW_THREADS if (st != DFC_OK)
+    {
         dfc_py_raise(&err);
         goto done;
     }

@@ -85,10 +85,7 @@ static int parse_cond(PyObject *obj, const char *op, dfc_py_refs *refs, dfc_tens
     return rc;
 }
 
-static const dfc_tensor *cond_or_null(const dfc_tensor *cond)
-{
-    return cond->data ? cond : NULL;
-}
+static const dfc_tensor *cond_or_null(const dfc_tensor *cond) { return cond->data ? cond : NULL; }
 
 /* Parses (backend, x[, douts][, cond]) where douts is a tuple with one array or None per output and cond the
  * conditioning input of a conditioned network. */
@@ -161,13 +158,10 @@ static PyObject *network_forward(NetworkObject *self, PyObject *args)
     dfc_py_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &w);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dfc_net_forward(self->net, be, w.main, w.scratch, &x, cond_or_null(&cond), NULL, outputs, &err);
-    Py_END_ALLOW_THREADS
-    if (st == DFC_OK)
-        result = outputs_tuple(self->net, outputs);
-    else
-        dfc_py_raise(&err);
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_net_forward(self->net, be, w.main, w.scratch, &x, cond_or_null(&cond), NULL, outputs, &err);
+    Py_END_ALLOW_THREADS if (st == DFC_OK) result = outputs_tuple(self->net, outputs);
+    else dfc_py_raise(&err);
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
@@ -249,10 +243,10 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
     dfc_py_workspace_acquire(&self->base.ws, &w);
     void *tape = NULL;
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dfc_net_forward(self->net, be, w.main, NULL, &x, cond_or_null(&cond), &tape, outputs, &err);
-    Py_END_ALLOW_THREADS
-    if (st != DFC_OK) {
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_net_forward(self->net, be, w.main, NULL, &x, cond_or_null(&cond), &tape, outputs, &err);
+    Py_END_ALLOW_THREADS if (st != DFC_OK)
+    {
         dfc_py_raise(&err);
         goto release;
     }
@@ -276,13 +270,9 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
             goto release;
         }
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = dfc_net_backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
-    Py_END_ALLOW_THREADS
-    if (st != DFC_OK)
-        dfc_py_raise(&err);
-    else
-        result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
+    Py_BEGIN_ALLOW_THREADS st = dfc_net_backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
+    Py_END_ALLOW_THREADS if (st != DFC_OK) dfc_py_raise(&err);
+    else result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
 release:
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
@@ -356,8 +346,7 @@ static PyGetSetDef network_getset[] = {
 };
 
 PyTypeObject DfcNetwork_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "diffice._C.Network",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "diffice._C.Network",
     .tp_basicsize = sizeof(NetworkObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A C network (made by a factory such as sononet_create or unet_create); forward, vjp, gradients.",
@@ -445,7 +434,4 @@ static PyMethodDef net_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dfc_register_net(PyObject *module)
-{
-    return PyModule_AddFunctions(module, net_functions);
-}
+int dfc_register_net(PyObject *module) { return PyModule_AddFunctions(module, net_functions); }

@@ -50,8 +50,23 @@
 
 #include "../ops/conv_check.h"
 
-enum arg_kind { A_END, A_TENSOR, A_OPTIONAL, A_INOUT, A_INOUT_NONFINITE, A_INT, A_INT64, A_FLOAT, A_BOOL, A_PAIR,
-                A_SHAPE, A_ROWS, A_KIND, A_TENSORS, A_OBJECT };
+enum arg_kind {
+    A_END,
+    A_TENSOR,
+    A_OPTIONAL,
+    A_INOUT,
+    A_INOUT_NONFINITE,
+    A_INT,
+    A_INT64,
+    A_FLOAT,
+    A_BOOL,
+    A_PAIR,
+    A_SHAPE,
+    A_ROWS,
+    A_KIND,
+    A_TENSORS,
+    A_OBJECT
+};
 
 typedef struct {
     enum arg_kind kind;
@@ -60,7 +75,7 @@ typedef struct {
     const char *choices; /* KIND: "relu|silu|sigmoid", index = the enum value */
 } arg_spec;
 
-#define MAX_ARGS 13 /* p_mean_variance_backward: 3 tensors, 8 coefficient vectors, 2 flags */
+#define MAX_ARGS 13                    /* p_mean_variance_backward: 3 tensors, 8 coefficient vectors, 2 flags */
 #define MAX_OUTS (DFC_PY_MAX_ARGS - 1) /* a split's parts; a concat's inputs take one reference slot each */
 
 typedef struct {
@@ -149,15 +164,15 @@ struct op_call {
 #define SCALAR(j) (set_out(c, j, 1, (const int64_t[]){1}), c->out_kind[j] = OUT_DOUBLE)
 #define DIMS(j, ...) \
     set_out(c, j, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__})
-#define TRY(x)              \
-    do {                    \
-        if ((x) < 0)        \
-            return -1;      \
+#define TRY(x)         \
+    do {               \
+        if ((x) < 0)   \
+            return -1; \
     } while (0)
-#define REQUIRE(cond, ...)                   \
-    do {                                     \
-        if (!(cond))                         \
-            return op_fail(c, __VA_ARGS__);  \
+#define REQUIRE(cond, ...)                  \
+    do {                                    \
+        if (!(cond))                        \
+            return op_fail(c, __VA_ARGS__); \
     } while (0)
 
 static void set_out(op_call *c, int j, int ndim, const int64_t *shape)
@@ -210,8 +225,8 @@ static int pool_out(op_call *c, int j, const int64_t *x, dfc_pool2d_params p)
             "padding (%d, %d) must be between 0 and half the kernel (%d, %d)", p.pad_h, p.pad_w, p.kernel_h,
             p.kernel_w);
     REQUIRE(x[2] + 2 * p.pad_h >= p.kernel_h && x[3] + 2 * p.pad_w >= p.kernel_w,
-            "input %lldx%lld (padded by %d, %d) is smaller than the kernel (%d, %d)", (long long)x[2],
-            (long long)x[3], p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
+            "input %lldx%lld (padded by %d, %d) is smaller than the kernel (%d, %d)", (long long)x[2], (long long)x[3],
+            p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
     if (j >= 0)
         DIMS(j, x[0], x[1], (x[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1,
              (x[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1);
@@ -219,10 +234,10 @@ static int pool_out(op_call *c, int j, const int64_t *x, dfc_pool2d_params p)
 }
 
 /* A backward's x_shape against its dy: the same batch and channels. */
-#define SAME_BATCH_CHANNELS(dy, x_shape)                                                                   \
-    REQUIRE(D(dy, 0) == D(x_shape, 0) && D(dy, 1) == D(x_shape, 1),                                        \
-            "dy has batch %lld and channels %lld but x_shape has %lld and %lld", D(dy, 0), D(dy, 1),       \
-            D(x_shape, 0), D(x_shape, 1))
+#define SAME_BATCH_CHANNELS(dy, x_shape)                                                                            \
+    REQUIRE(D(dy, 0) == D(x_shape, 0) && D(dy, 1) == D(x_shape, 1),                                                 \
+            "dy has batch %lld and channels %lld but x_shape has %lld and %lld", D(dy, 0), D(dy, 1), D(x_shape, 0), \
+            D(x_shape, 1))
 
 /* split's outputs: x (arg 0) cut along axis 1 into the channel counts of sizes (arg 1, a list of ints). */
 static int split_outs(op_call *c)
@@ -256,278 +271,277 @@ static int split_outs(op_call *c)
 /* ops.h's dfc_posterior_coefs: eight float32 vectors with one entry per row of argument i, as arguments k..k+7. */
 #define POSTERIOR_COEF_NAMES \
     "sqrt_recip_abar, sqrt_recipm1_abar, coef1, coef2, min_log, max_log, variance, log_variance"
-#define POSTERIOR_COEF_ARGS(i)                                                                                 \
-    FLOATS("sqrt_recip_abar", i), FLOATS("sqrt_recipm1_abar", i), FLOATS("coef1", i), FLOATS("coef2", i),      \
+#define POSTERIOR_COEF_ARGS(i)                                                                            \
+    FLOATS("sqrt_recip_abar", i), FLOATS("sqrt_recipm1_abar", i), FLOATS("coef1", i), FLOATS("coef2", i), \
         FLOATS("min_log", i), FLOATS("max_log", i), FLOATS("variance", i), FLOATS("log_variance", i)
-#define POSTERIOR_COEFS(k)                                                                                     \
+#define POSTERIOR_COEFS(k) \
     (&(dfc_posterior_coefs){VF(k), VF(k + 1), VF(k + 2), VF(k + 3), VF(k + 4), VF(k + 5), VF(k + 6), VF(k + 7)})
 
 /* ops.h's dfc_vb_coefs: six float64 vectors and decoder_nll (C ints) per row of argument i, then the scale. */
 #define VB_COEF_NAMES "sqrt_recip_abar, sqrt_recipm1_abar, coef1, coef2, min_log, max_log, decoder_nll, scale"
-#define VB_COEF_ARGS(i)                                                                                        \
-    DOUBLES("sqrt_recip_abar", i), DOUBLES("sqrt_recipm1_abar", i), DOUBLES("coef1", i), DOUBLES("coef2", i),  \
+#define VB_COEF_ARGS(i)                                                                                       \
+    DOUBLES("sqrt_recip_abar", i), DOUBLES("sqrt_recipm1_abar", i), DOUBLES("coef1", i), DOUBLES("coef2", i), \
         DOUBLES("min_log", i), DOUBLES("max_log", i), INTS("decoder_nll", i), FLOAT("scale")
 #define VB_COEFS(k) (&(dfc_vb_coefs){VD(k), VD(k + 1), VD(k + 2), VD(k + 3), VD(k + 4), VD(k + 5), VI(k + 6), F(k + 7)})
 
 /* ---- the table: one entry per op ---- */
 
-#define BOUND_OPS(X)                                                                                                 \
-    X(activation_forward, "%s", 1, "activation_forward(backend, kind, x) -> y; kind in relu/silu/sigmoid.",          \
-      ARGS(KIND("kind", "relu|silu|sigmoid"), TENSOR("x", 1, 4)), SHAPES(LIKE(0, 1)), CALL(I(0), T(1), O(0)))         \
-    X(activation_backward, "%s", 1, "activation_backward(backend, kind, dy, x) -> dx.",                              \
-      ARGS(KIND("kind", "relu|silu|sigmoid"), TENSOR("dy", 1, 4), TENSOR("x", 1, 4)), SHAPES(LIKE(0, 2)),            \
-      CALL(I(0), T(1), T(2), O(0)))                                                                                  \
-    X(softmax_forward, "softmax", 1, "softmax_forward(backend, x, axis) -> y; axis < 0 counts from the end.",        \
-      ARGS(TENSOR("x", 1, 4), INT("axis", -DFC_MAX_DIMS, DFC_MAX_DIMS - 1)), SHAPES(LIKE(0, 0)),                     \
-      CALL(T(0), I(1), O(0)))                                                                                        \
-    X(softmax_backward, "softmax_backward", 1, "softmax_backward(backend, dy, y, axis) -> dx.",                      \
-      ARGS(TENSOR("dy", 1, 4), TENSOR("y", 1, 4), INT("axis", -DFC_MAX_DIMS, DFC_MAX_DIMS - 1)),                     \
-      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), I(2), O(0)))                                                              \
-    X(binary_forward, "%s", 1,                                                                                       \
-      "binary_forward(backend, kind, a, b) -> y = a (+|*) b; kind in add/mul; b has a's ndim, dims 1 or equal.",     \
-      ARGS(KIND("kind", "add|mul"), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1)),                       \
-      CALL(I(0), T(1), T(2), O(0)))                                                                                  \
-    X(binary_backward, "%s_backward", 2,                                                                             \
-      "binary_backward(backend, kind, dy, a, b) -> (da, db); db summed over b's broadcast dims.",                    \
-      ARGS(KIND("kind", "add|mul"), TENSOR("dy", 1, 4), TENSOR("a", 1, 4), TENSOR("b", 1, 4)),                       \
-      SHAPES(LIKE(0, 2); LIKE(1, 3)), CALL(I(0), T(1), T(2), T(3), O(0), O(1)))                                      \
-    X(concat_channels, "concat", 1, "concat_channels(backend, xs) -> y: arrays (N, Ci, ...) joined along axis 1.",   \
-      ARGS(TENSORS("xs", 2, 4)),                                                                                     \
-      SHAPES(LIKE(0, 0); for (int k = 1; k < I(0); k++) c->out_shape[0][1] += c->parts[k].shape[1]),                \
-      CALL(LIST(0), O(0)))                                                                                           \
-    X(split_channels, "split", OUT_LIST,                                                                             \
-      "split_channels(backend, x, sizes) -> list of arrays (N, sizes[k], ...), the inverse of concat.",              \
-      ARGS(TENSOR("x", 2, 4), OBJECT("sizes")), SHAPES(TRY(split_outs(c))), CALL(T(0), OUTS))                        \
-    X(conv2d_forward, "conv2d_forward", 1,                                                                           \
-      "conv2d_forward(backend, x, weight, bias_or_None, (stride_h, stride_w), (pad_h, pad_w)) -> y.",                \
-      ARGS(TENSOR("x", 4, 4), TENSOR("weight", 4, 4), OPTIONAL("bias", 1, 1), PAIR("stride", 1, INT_MAX),            \
-           PAIR("padding", 0, INT_MAX)),                                                                             \
-      SHAPES(TRY(conv_out(c, 0, "x", T(0)->shape, T(1)->shape, CONV(3, 4)))),                                         \
-      CALL(T(0), T(1), OPT(2), CONV(3, 4), O(0)))                                                                    \
-    X(conv2d_backward_input, "conv2d_backward_input", 1,                                                             \
-      "conv2d_backward_input(backend, dy, weight, x_shape, (stride_h, stride_w), (pad_h, pad_w)) -> dx.",            \
-      ARGS(TENSOR("dy", 4, 4), TENSOR("weight", 4, 4), SHAPE("x_shape", 4), PAIR("stride", 1, INT_MAX),              \
-           PAIR("padding", 0, INT_MAX)),                                                                             \
-      SHAPES(TRY(conv_out(c, -1, "x_shape", T(2)->shape, T(1)->shape, CONV(3, 4))); LIKE(0, 2)),                      \
-      CALL(T(0), T(1), CONV(3, 4), O(0)))                                                                            \
-    X(conv2d_backward_weight, "conv2d_backward_weight", 2,                                                           \
-      "conv2d_backward_weight(backend, dy, x, weight_shape, has_bias, (stride_h, stride_w), (pad_h, pad_w))"         \
-      " -> (dweight, dbias or None).",                                                                               \
-      ARGS(TENSOR("dy", 4, 4), TENSOR("x", 4, 4), SHAPE("weight_shape", 4), BOOL("has_bias"),                        \
-           PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),                                                 \
-      SHAPES(TRY(conv_out(c, -1, "x", T(1)->shape, T(2)->shape, CONV(4, 5))); LIKE(0, 2);                            \
-             if (I(3)) DIMS(1, D(2, 0))),                                                                            \
-      CALL(T(0), T(1), CONV(4, 5), O(0), O(1)))                                                                      \
-    X(linear_forward, "linear_forward", 1, "linear_forward(backend, x, weight, bias_or_None) -> y.",                 \
-      ARGS(TENSOR("x", 2, 2), TENSOR("weight", 2, 2), OPTIONAL("bias", 1, 1)), SHAPES(DIMS(0, D(0, 0), D(1, 0))),   \
-      CALL(T(0), T(1), OPT(2), O(0)))                                                                                \
-    X(linear_backward_input, "linear_backward_input", 1, "linear_backward_input(backend, dy, weight) -> dx.",        \
-      ARGS(TENSOR("dy", 2, 2), TENSOR("weight", 2, 2)), SHAPES(DIMS(0, D(0, 0), D(1, 1))), CALL(T(0), T(1), O(0)))  \
-    X(linear_backward_weight, "linear_backward_weight", 2,                                                           \
-      "linear_backward_weight(backend, dy, x, has_bias) -> (dweight, dbias or None).",                               \
-      ARGS(TENSOR("dy", 2, 2), TENSOR("x", 2, 2), BOOL("has_bias")),                                                 \
-      SHAPES(DIMS(0, D(0, 1), D(1, 1)); if (I(2)) DIMS(1, D(0, 1))), CALL(T(0), T(1), O(0), O(1)))                   \
-    X(group_norm_forward, "group_norm", 3,                                                                           \
-      "group_norm_forward(backend, x, groups, gamma|None, beta|None, eps) -> (y, mean, rstd); mean, rstd "           \
-      "(N, groups).",                                                                                                \
-      ARGS(TENSOR("x", 2, 4), INT("groups", 1, INT_MAX), OPTIONAL("gamma", 1, 1), OPTIONAL("beta", 1, 1),            \
-           FLOAT("eps")),                                                                                            \
-      SHAPES(LIKE(0, 0); DIMS(1, D(0, 0), I(1)); DIMS(2, D(0, 0), I(1))),                                            \
-      CALL(T(0), OPT(2), OPT(3), I(1), F(4), O(0), O(1), O(2)))                                                      \
-    X(group_norm_backward, "group_norm_backward", 3,                                                                 \
-      "group_norm_backward(backend, dy, x, groups, gamma|None, mean|None, rstd|None, eps) -> (dx, dgamma, dbeta); "  \
-      "dgamma, dbeta are None when gamma is None; mean, rstd None recomputes the statistics.",                       \
-      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), INT("groups", 1, INT_MAX), OPTIONAL("gamma", 1, 1),                \
-           OPTIONAL("mean", 2, 2), OPTIONAL("rstd", 2, 2), FLOAT("eps")),                                            \
-      SHAPES(LIKE(0, 1); if (OPT(3)) { DIMS(1, D(1, 1)); DIMS(2, D(1, 1)); }),                                       \
-      CALL(T(0), T(1), OPT(3), OPT(4), OPT(5), I(2), F(6), O(0), O(1), O(2)))                                        \
-    X(batch_norm_forward, "batch_norm", 1,                                                                           \
-      "batch_norm_forward(backend, x, running_mean, running_var, gamma|None, beta|None, eps) -> y.",                 \
-      ARGS(TENSOR("x", 2, 4), TENSOR("running_mean", 1, 1), TENSOR("running_var", 1, 1), OPTIONAL("gamma", 1, 1),    \
-           OPTIONAL("beta", 1, 1), FLOAT("eps")),                                                                    \
-      SHAPES(LIKE(0, 0)), CALL(T(0), OPT(3), OPT(4), T(1), T(2), F(5), O(0)))                                        \
-    X(batch_norm_backward, "batch_norm_backward", 3,                                                                 \
-      "batch_norm_backward(backend, dy, x, running_mean, running_var, gamma|None, eps) -> (dx, dgamma, dbeta).",     \
-      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("running_mean", 1, 1), TENSOR("running_var", 1, 1),         \
-           OPTIONAL("gamma", 1, 1), FLOAT("eps")),                                                                   \
-      SHAPES(LIKE(0, 1); DIMS(1, D(1, 1)); DIMS(2, D(1, 1))),                                                        \
-      CALL(T(0), T(1), OPT(4), T(2), T(3), F(5), O(0), O(1), O(2)))                                                  \
-    X(upsample_nearest2x_forward, "upsample_nearest2x", 1,                                                           \
-      "upsample_nearest2x_forward(backend, x) -> y (N, C, 2H, 2W).", ARGS(TENSOR("x", 4, 4)),                        \
-      SHAPES(DIMS(0, D(0, 0), D(0, 1), 2 * D(0, 2), 2 * D(0, 3))), CALL(T(0), O(0)))                                 \
-    X(upsample_nearest2x_backward, "upsample_nearest2x_backward", 1,                                                 \
-      "upsample_nearest2x_backward(backend, dy) -> dx (N, C, H/2, W/2).", ARGS(TENSOR("dy", 4, 4)),                  \
-      SHAPES(REQUIRE(D(0, 2) % 2 == 0 && D(0, 3) % 2 == 0, "dy's height and width (%lld, %lld) must be even",        \
-                     D(0, 2), D(0, 3));                                                                              \
-             DIMS(0, D(0, 0), D(0, 1), D(0, 2) / 2, D(0, 3) / 2)),                                                   \
-      CALL(T(0), O(0)))                                                                                              \
-    X(avg_pool2d_forward, "avg_pool2d", 1,                                                                           \
-      "avg_pool2d_forward(backend, x, (kh, kw), (sh, sw), (ph, pw)) -> y; padding not counted in the average.",      \
-      ARGS(TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),  \
-      SHAPES(TRY(pool_out(c, 0, T(0)->shape, POOL(1, 2, 3)))), CALL(T(0), POOL(1, 2, 3), O(0)))                     \
-    X(avg_pool2d_backward, "avg_pool2d_backward", 1,                                                                 \
-      "avg_pool2d_backward(backend, dy, x_shape, (kh, kw), (sh, sw), (ph, pw)) -> dx.",                              \
-      ARGS(TENSOR("dy", 4, 4), SHAPE("x_shape", 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX),          \
-           PAIR("padding", 0, INT_MAX)),                                                                             \
-      SHAPES(SAME_BATCH_CHANNELS(0, 1); TRY(pool_out(c, -1, T(1)->shape, POOL(2, 3, 4))); LIKE(0, 1)),              \
-      CALL(T(0), POOL(2, 3, 4), O(0)))                                                                               \
-    X(max_pool2d_forward, "max_pool2d", 1, "max_pool2d_forward(backend, x, (kh, kw), (sh, sw), (ph, pw)) -> y.",     \
-      ARGS(TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),  \
-      SHAPES(TRY(pool_out(c, 0, T(0)->shape, POOL(1, 2, 3)))), CALL(T(0), POOL(1, 2, 3), O(0)))                     \
-    X(max_pool2d_backward, "max_pool2d_backward", 1,                                                                 \
-      "max_pool2d_backward(backend, dy, x, (kh, kw), (sh, sw), (ph, pw)) -> dx.",                                    \
-      ARGS(TENSOR("dy", 4, 4), TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX),            \
-           PAIR("padding", 0, INT_MAX)),                                                                             \
-      SHAPES(TRY(pool_out(c, -1, T(1)->shape, POOL(2, 3, 4))); LIKE(0, 1)),                                          \
-      CALL(T(0), T(1), POOL(2, 3, 4), O(0)))                                                                         \
-    X(global_avg_pool_forward, "global_avg_pool", 1, "global_avg_pool_forward(backend, x) -> y (N, C).",             \
-      ARGS(TENSOR("x", 4, 4)), SHAPES(DIMS(0, D(0, 0), D(0, 1))), CALL(T(0), O(0)))                                  \
-    X(global_avg_pool_backward, "global_avg_pool_backward", 1,                                                       \
-      "global_avg_pool_backward(backend, dy, x_shape) -> dx.", ARGS(TENSOR("dy", 2, 2), SHAPE("x_shape", 4)),        \
-      SHAPES(SAME_BATCH_CHANNELS(0, 1); LIKE(0, 1)), CALL(T(0), O(0)))                                               \
-    X(resize_bilinear_forward, "resize_bilinear", 1,                                                                 \
-      "resize_bilinear_forward(backend, x, (H, W)) -> y (N, C, H, W).",                                              \
-      ARGS(TENSOR("x", 4, 4), PAIR("size", 1, INT_MAX)), SHAPES(DIMS(0, D(0, 0), D(0, 1), P(1, 0), P(1, 1))),        \
-      CALL(T(0), O(0)))                                                                                              \
-    X(resize_bilinear_backward, "resize_bilinear_backward", 1,                                                       \
-      "resize_bilinear_backward(backend, dy, x_shape) -> dx.", ARGS(TENSOR("dy", 4, 4), SHAPE("x_shape", 4)),        \
-      SHAPES(SAME_BATCH_CHANNELS(0, 1); LIKE(0, 1)), CALL(T(0), O(0)))                                               \
-    X(attention_forward, "attention", 1,                                                                             \
-      "attention_forward(backend, qkv, heads, legacy_order) -> y (N, C, T) from qkv (N, 3C, T).",                    \
-      ARGS(TENSOR("qkv", 3, 3), INT("heads", 1, INT_MAX), BOOL("legacy_order")),                                     \
-      SHAPES(REQUIRE(D(0, 1) % 3 == 0, "qkv has %lld channels; expected 3 * C (q, k and v)", D(0, 1));               \
-             DIMS(0, D(0, 0), D(0, 1) / 3, D(0, 2))),                                                                \
-      CALL(T(0), I(1), I(2), O(0)))                                                                                  \
-    X(attention_backward, "attention_backward", 1,                                                                   \
-      "attention_backward(backend, dy, qkv, heads, legacy_order) -> dqkv (N, 3C, T).",                               \
-      ARGS(TENSOR("dy", 3, 3), TENSOR("qkv", 3, 3), INT("heads", 1, INT_MAX), BOOL("legacy_order")),                 \
-      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), I(2), I(3), O(0)))                                                        \
-    X(timestep_embedding, "timestep_embedding", 1,                                                                   \
-      "timestep_embedding(backend, t, dim, max_period) -> y (N, dim) from float32 t (N,).",                          \
-      ARGS(TENSOR("t", 1, 1), INT("dim", 2, INT_MAX), FLOAT("max_period")), SHAPES(DIMS(0, D(0, 0), I(1))),          \
-      CALL(T(0), F(2), O(0)))                                                                                        \
-    X(cross_entropy_forward, "cross_entropy", 1,                                                                     \
-      "cross_entropy_forward(backend, logits (N, K), targets (N,) ints in [0, K)) -> per-sample loss (N,).",         \
-      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), V(1), O(0)))          \
-    X(cross_entropy_backward, "cross_entropy_backward", 1,                                                           \
-      "cross_entropy_backward(backend, dloss (N,), logits, targets) -> dlogits (N, K).",                             \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 2, 2), INT64S("targets", 1)), SHAPES(LIKE(0, 1)),                 \
-      CALL(T(0), T(1), V(2), O(0)))                                                                                  \
-    X(mse_forward, "mse", 1, "mse_forward(backend, a, b) -> per-sample mean of (a - b)^2, shape (N,).",              \
-      ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                  \
-    X(mse_backward, "mse_backward", 2, "mse_backward(backend, dloss (N,), a, b) -> (da, db).",                       \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1); LIKE(1, 1)),             \
-      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                           \
-    X(scale_shift_forward, "scale_shift", 1,                                                                         \
-      "scale_shift_forward(backend, x, ss) -> y = x (1 + scale) + shift; x (N, C, ...), ss (N, 2C) = [scale|shift].", \
-      ARGS(TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 0)), CALL(T(0), T(1), O(0)))                        \
-    X(scale_shift_backward, "scale_shift_backward", 2,                                                               \
-      "scale_shift_backward(backend, dy, x, ss) -> (dx, dss); dss = [sum dy x | sum dy] over x's spatial dims.",     \
-      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 1); LIKE(1, 2)),                \
-      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                            \
-    /* diffusion ops: per-row factors and coefficients are host vectors, one entry per row of the images */          \
-    X(q_sample, "q_sample", 1,                                                                                       \
-      "q_sample(backend, x0, noise, sqrt_abar, sqrt_one_minus_abar) -> x_t = sqrt_abar[b] x0 + "                     \
-      "sqrt_one_minus_abar[b] noise; the factors float32 (N,).",                                                     \
-      ARGS(TENSOR("x0", 1, 4), TENSOR("noise", 1, 4), FLOATS("sqrt_abar", 0), FLOATS("sqrt_one_minus_abar", 0)),     \
-      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), VF(2), VF(3), O(0)))                                                      \
-    X(p_mean_variance_forward, "p_mean_variance", 4,                                                                 \
-      "p_mean_variance_forward(backend, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, clip) -> (mean, "      \
-      "variance, log_variance, pred_xstart); the coefficients float32 (N,) (ops.h's dfc_posterior_coefs).",          \
-      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(1), BOOL("learned"),               \
-           BOOL("clip")),                                                                                            \
-      SHAPES(LIKE(0, 1); LIKE(1, 1); LIKE(2, 1); LIKE(3, 1)),                                                        \
-      CALL(T(0), T(1), POSTERIOR_COEFS(2), I(10), I(11), O(0), O(1), O(2), O(3)))                                    \
-    X(p_mean_variance_backward, "p_mean_variance_backward", 2,                                                       \
-      "p_mean_variance_backward(backend, d_pred_xstart, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, "      \
-      "clip) -> (dx_t, d_model_output).",                                                                            \
-      ARGS(TENSOR("d_pred_xstart", 2, 4), TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(2), \
-           BOOL("learned"), BOOL("clip")),                                                                           \
-      SHAPES(LIKE(0, 2); LIKE(1, 1)), CALL(T(0), T(1), T(2), POSTERIOR_COEFS(3), I(11), I(12), O(0), O(1)))          \
-    X(sample_step, "sample_step", 1,                                                                                 \
-      "sample_step(backend, mean, variance, log_variance, grad_or_None, noise, noise_weight (N,)) -> x_prev.",       \
-      ARGS(TENSOR("mean", 1, 4), TENSOR("variance", 1, 4), TENSOR("log_variance", 1, 4), OPTIONAL("grad", 1, 4),     \
-           TENSOR("noise", 1, 4), FLOATS("noise_weight", 0)),                                                        \
-      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), T(2), OPT(3), T(4), VF(5), O(0)))                                         \
-    X(row_scale, "row_scale", 1, "row_scale(backend, x, alpha (N,)) -> alpha[b] x.",                                 \
-      ARGS(TENSOR("x", 1, 4), FLOATS("alpha", 0)), SHAPES(LIKE(0, 0)), CALL(T(0), VF(1), O(0)))                      \
-    X(row_axpy, "row_axpy", 0, "row_axpy(backend, alpha (N,), x, y): y += alpha[b] x, in place.",                    \
-      ARGS(FLOATS("alpha", 1), TENSOR("x", 1, 4), INOUT("y", 1, 4)), SHAPES(), CALL(VF(0), T(1), T(2)))              \
-    X(change_map, "change_map", 1, "change_map(backend, a, b) -> FastDiME's change map (N, 1, H, W).",               \
-      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4)), SHAPES(DIMS(0, D(0, 0), 1, D(0, 2), D(0, 3))),                     \
-      CALL(T(0), T(1), O(0)))                                                                                        \
-    X(masked_blend, "masked_blend", 1,                                                                               \
-      "masked_blend(backend, a, b, mask (N, 1, H, W), threshold) -> a (1 - keep) + keep b, keep = mask < threshold.",\
-      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), TENSOR("mask", 4, 4), FLOAT("threshold")), SHAPES(LIKE(0, 0)),      \
-      CALL(T(0), T(1), T(2), (float)F(3), O(0)))                                                                     \
-    X(distance_penalty_forward, "distance_penalty", 1,                                                               \
-      "distance_penalty_forward(backend, a, b, lambda_l1, lambda_l2) -> loss (N,).",                                 \
-      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")),                            \
-      SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), (float)F(2), (float)F(3), O(0)))                                    \
-    X(distance_penalty_backward, "distance_penalty_backward", 1,                                                     \
-      "distance_penalty_backward(backend, dloss (N,), a, b, lambda_l1, lambda_l2) -> da.",                           \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")),     \
-      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), T(2), (float)F(3), (float)F(4), O(0)))                                    \
-    X(nonfinite_rows, "nonfinite_rows", 1,                                                                           \
-      "nonfinite_rows(backend, x) -> flags (N,) int32: rows of x holding a NaN or infinity, set to 0 in place.",     \
-      ARGS(INOUT_NONFINITE("x", 1, 4)), SHAPES(INT_ROWS(0, 0)), CALL(T(0), OI(0)))                                   \
-    X(target_probability, "target_probability", 2,                                                                   \
-      "target_probability(backend, logits (N, K), targets (N,)) -> (p(target) (N,), argmax == target (N,) int32).",  \
-      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0)); INT_ROWS(1, 0)),                  \
-      CALL(T(0), V(1), O(0), OI(1)))                                                                                 \
-    X(diffusion_vb_forward, "diffusion_vb", 1,                                                                       \
-      "diffusion_vb_forward(backend, model_output, x_start, x_t, " VB_COEF_NAMES ") -> vb (N,); the coefficients "   \
-      "float64 (N,), decoder_nll int (N,) (ops.h's dfc_vb_coefs).",                                                  \
-      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4), VB_COEF_ARGS(1)),             \
-      SHAPES(DIMS(0, D(1, 0))), CALL(T(0), T(1), T(2), VB_COEFS(3), O(0)))                                           \
-    X(diffusion_vb_backward, "diffusion_vb_backward", 1,                                                             \
-      "diffusion_vb_backward(backend, dvb (N,), model_output, x_start, x_t, " VB_COEF_NAMES ") -> d_v.",             \
-      ARGS(TENSOR("dvb", 1, 1), TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4),          \
-           VB_COEF_ARGS(2)),                                                                                         \
-      SHAPES(LIKE(0, 2)), CALL(T(0), T(1), T(2), T(3), VB_COEFS(4), O(0)))                                           \
-    /* optimizer ops (in place but sum_squares) */                                                                   \
-    X(adamw_step, "adamw_step", 0,                                                                                   \
-      "adamw_step(backend, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay): one AdamW " \
-      "step, in place on param, exp_avg, exp_avg_sq.",                                                               \
-      ARGS(INOUT("param", 1, 4), TENSOR("grad", 1, 4), INOUT("exp_avg", 1, 4), INOUT("exp_avg_sq", 1, 4),            \
-           INT64("step", 1, INT64_MAX), FLOAT("lr"), FLOAT("beta1"), FLOAT("beta2"), FLOAT("eps"),                   \
-           FLOAT("weight_decay")),                                                                                   \
-      SHAPES(), CALL(&(dfc_adamw_config){F(5), F(6), F(7), F(8), F(9)}, L(4), T(0), T(1), T(2), T(3)))               \
-    X(ema_update, "ema_update", 0, "ema_update(backend, rate, ema, param): ema = rate ema + (1 - rate) param.",     \
-      ARGS(FLOAT("rate"), INOUT("ema", 1, 4), TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2)))              \
-    X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.",                                        \
-      ARGS(INOUT("x", 1, 4), FLOAT("factor")), SHAPES(), CALL(T(0), (float)F(1)))                               \
-    X(sum_squares, "sum_squares", 1, "sum_squares(backend, x) -> the sum of x^2 (a float, accumulated in double).", \
-      ARGS(TENSOR("x", 1, DFC_MAX_DIMS)), SHAPES(SCALAR(0)), CALL(T(0), OD(0)))                                      \
-    /* network ops (issue 15, netops): per-sample losses (N,), their backward from dloss (N,) */                     \
-    X(logit_loss_forward, "logit_loss", 1,                                                                           \
-      "logit_loss_forward(backend, logits (N, C), targets (N,)) -> per-sample -l_y (N,).",                           \
-      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), V(1), O(0)))          \
-    X(logit_loss_backward, "logit_loss_backward", 1,                                                                 \
-      "logit_loss_backward(backend, dloss (N,), logits, targets) -> dlogits (N, C).",                                \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 2, 2), INT64S("targets", 1)), SHAPES(LIKE(0, 1)),                 \
-      CALL(T(0), T(1), V(2), O(0)))                                                                                  \
-    X(bce_with_logits_forward, "bce_with_logits", 1,                                                                 \
-      "bce_with_logits_forward(backend, logits (N, ...), targets (logits' shape)) -> per-sample mean BCE (N,).",     \
-      ARGS(TENSOR("logits", 1, 4), TENSOR("targets", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))       \
-    X(bce_with_logits_backward, "bce_with_logits_backward", 1,                                                       \
-      "bce_with_logits_backward(backend, dloss (N,), logits, targets) -> dlogits.",                                  \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 1, 4), TENSOR("targets", 1, 4)), SHAPES(LIKE(0, 1)),              \
-      CALL(T(0), T(1), T(2), O(0)))                                                                                  \
-    X(standardize_forward, "standardize", 1,                                                                         \
-      "standardize_forward(backend, x (N, C, H, W), scale) -> scale (x - mean) / std per (n, c) plane.",             \
-      ARGS(TENSOR("x", 1, 4), FLOAT("scale")), SHAPES(LIKE(0, 0)), CALL(T(0), (float)F(1), O(0)))                    \
-    X(standardize_backward, "standardize_backward", 1, "standardize_backward(backend, dy, x, scale) -> dx.",         \
-      ARGS(TENSOR("dy", 1, 4), TENSOR("x", 1, 4), FLOAT("scale")), SHAPES(LIKE(0, 1)),                               \
-      CALL(T(0), T(1), (float)F(2), O(0)))                                                                           \
-    X(normalized_distance_forward, "normalized_distance", 1,                                                         \
-      "normalized_distance_forward(backend, a (N, C, ...), b) -> per-sample channel-normalised distance (N,).",      \
-      ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                  \
-    X(normalized_distance_backward, "normalized_distance_backward", 1,                                               \
-      "normalized_distance_backward(backend, dloss (N,), a, b) -> da.",                                              \
-      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1)),                         \
-      CALL(T(0), T(1), T(2), O(0)))                                                                                  \
-    X(fill, "fill", 0, "fill(backend, y, value): y = value everywhere, in place.",                                   \
+#define BOUND_OPS(X)                                                                                                   \
+    X(activation_forward, "%s", 1, "activation_forward(backend, kind, x) -> y; kind in relu/silu/sigmoid.",            \
+      ARGS(KIND("kind", "relu|silu|sigmoid"), TENSOR("x", 1, 4)), SHAPES(LIKE(0, 1)), CALL(I(0), T(1), O(0)))          \
+    X(activation_backward, "%s", 1, "activation_backward(backend, kind, dy, x) -> dx.",                                \
+      ARGS(KIND("kind", "relu|silu|sigmoid"), TENSOR("dy", 1, 4), TENSOR("x", 1, 4)), SHAPES(LIKE(0, 2)),              \
+      CALL(I(0), T(1), T(2), O(0)))                                                                                    \
+    X(softmax_forward, "softmax", 1, "softmax_forward(backend, x, axis) -> y; axis < 0 counts from the end.",          \
+      ARGS(TENSOR("x", 1, 4), INT("axis", -DFC_MAX_DIMS, DFC_MAX_DIMS - 1)), SHAPES(LIKE(0, 0)),                       \
+      CALL(T(0), I(1), O(0)))                                                                                          \
+    X(softmax_backward, "softmax_backward", 1, "softmax_backward(backend, dy, y, axis) -> dx.",                        \
+      ARGS(TENSOR("dy", 1, 4), TENSOR("y", 1, 4), INT("axis", -DFC_MAX_DIMS, DFC_MAX_DIMS - 1)), SHAPES(LIKE(0, 1)),   \
+      CALL(T(0), T(1), I(2), O(0)))                                                                                    \
+    X(binary_forward, "%s", 1,                                                                                         \
+      "binary_forward(backend, kind, a, b) -> y = a (+|*) b; kind in add/mul; b has a's ndim, dims 1 or equal.",       \
+      ARGS(KIND("kind", "add|mul"), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1)),                         \
+      CALL(I(0), T(1), T(2), O(0)))                                                                                    \
+    X(binary_backward, "%s_backward", 2,                                                                               \
+      "binary_backward(backend, kind, dy, a, b) -> (da, db); db summed over b's broadcast dims.",                      \
+      ARGS(KIND("kind", "add|mul"), TENSOR("dy", 1, 4), TENSOR("a", 1, 4), TENSOR("b", 1, 4)),                         \
+      SHAPES(LIKE(0, 2); LIKE(1, 3)), CALL(I(0), T(1), T(2), T(3), O(0), O(1)))                                        \
+    X(concat_channels, "concat", 1, "concat_channels(backend, xs) -> y: arrays (N, Ci, ...) joined along axis 1.",     \
+      ARGS(TENSORS("xs", 2, 4)),                                                                                       \
+      SHAPES(LIKE(0, 0); for (int k = 1; k < I(0); k++) c->out_shape[0][1] += c->parts[k].shape[1]),                   \
+      CALL(LIST(0), O(0)))                                                                                             \
+    X(split_channels, "split", OUT_LIST,                                                                               \
+      "split_channels(backend, x, sizes) -> list of arrays (N, sizes[k], ...), the inverse of concat.",                \
+      ARGS(TENSOR("x", 2, 4), OBJECT("sizes")), SHAPES(TRY(split_outs(c))), CALL(T(0), OUTS))                          \
+    X(conv2d_forward, "conv2d_forward", 1,                                                                             \
+      "conv2d_forward(backend, x, weight, bias_or_None, (stride_h, stride_w), (pad_h, pad_w)) -> y.",                  \
+      ARGS(TENSOR("x", 4, 4), TENSOR("weight", 4, 4), OPTIONAL("bias", 1, 1), PAIR("stride", 1, INT_MAX),              \
+           PAIR("padding", 0, INT_MAX)),                                                                               \
+      SHAPES(TRY(conv_out(c, 0, "x", T(0)->shape, T(1)->shape, CONV(3, 4)))),                                          \
+      CALL(T(0), T(1), OPT(2), CONV(3, 4), O(0)))                                                                      \
+    X(conv2d_backward_input, "conv2d_backward_input", 1,                                                               \
+      "conv2d_backward_input(backend, dy, weight, x_shape, (stride_h, stride_w), (pad_h, pad_w)) -> dx.",              \
+      ARGS(TENSOR("dy", 4, 4), TENSOR("weight", 4, 4), SHAPE("x_shape", 4), PAIR("stride", 1, INT_MAX),                \
+           PAIR("padding", 0, INT_MAX)),                                                                               \
+      SHAPES(TRY(conv_out(c, -1, "x_shape", T(2)->shape, T(1)->shape, CONV(3, 4))); LIKE(0, 2)),                       \
+      CALL(T(0), T(1), CONV(3, 4), O(0)))                                                                              \
+    X(conv2d_backward_weight, "conv2d_backward_weight", 2,                                                             \
+      "conv2d_backward_weight(backend, dy, x, weight_shape, has_bias, (stride_h, stride_w), (pad_h, pad_w))"           \
+      " -> (dweight, dbias or None).",                                                                                 \
+      ARGS(TENSOR("dy", 4, 4), TENSOR("x", 4, 4), SHAPE("weight_shape", 4), BOOL("has_bias"),                          \
+           PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),                                                   \
+      SHAPES(TRY(conv_out(c, -1, "x", T(1)->shape, T(2)->shape, CONV(4, 5))); LIKE(0, 2); if (I(3)) DIMS(1, D(2, 0))), \
+      CALL(T(0), T(1), CONV(4, 5), O(0), O(1)))                                                                        \
+    X(linear_forward, "linear_forward", 1, "linear_forward(backend, x, weight, bias_or_None) -> y.",                   \
+      ARGS(TENSOR("x", 2, 2), TENSOR("weight", 2, 2), OPTIONAL("bias", 1, 1)), SHAPES(DIMS(0, D(0, 0), D(1, 0))),      \
+      CALL(T(0), T(1), OPT(2), O(0)))                                                                                  \
+    X(linear_backward_input, "linear_backward_input", 1, "linear_backward_input(backend, dy, weight) -> dx.",          \
+      ARGS(TENSOR("dy", 2, 2), TENSOR("weight", 2, 2)), SHAPES(DIMS(0, D(0, 0), D(1, 1))), CALL(T(0), T(1), O(0)))     \
+    X(linear_backward_weight, "linear_backward_weight", 2,                                                             \
+      "linear_backward_weight(backend, dy, x, has_bias) -> (dweight, dbias or None).",                                 \
+      ARGS(TENSOR("dy", 2, 2), TENSOR("x", 2, 2), BOOL("has_bias")),                                                   \
+      SHAPES(DIMS(0, D(0, 1), D(1, 1)); if (I(2)) DIMS(1, D(0, 1))), CALL(T(0), T(1), O(0), O(1)))                     \
+    X(group_norm_forward, "group_norm", 3,                                                                             \
+      "group_norm_forward(backend, x, groups, gamma|None, beta|None, eps) -> (y, mean, rstd); mean, rstd "             \
+      "(N, groups).",                                                                                                  \
+      ARGS(TENSOR("x", 2, 4), INT("groups", 1, INT_MAX), OPTIONAL("gamma", 1, 1), OPTIONAL("beta", 1, 1),              \
+           FLOAT("eps")),                                                                                              \
+      SHAPES(LIKE(0, 0); DIMS(1, D(0, 0), I(1)); DIMS(2, D(0, 0), I(1))),                                              \
+      CALL(T(0), OPT(2), OPT(3), I(1), F(4), O(0), O(1), O(2)))                                                        \
+    X(group_norm_backward, "group_norm_backward", 3,                                                                   \
+      "group_norm_backward(backend, dy, x, groups, gamma|None, mean|None, rstd|None, eps) -> (dx, dgamma, dbeta); "    \
+      "dgamma, dbeta are None when gamma is None; mean, rstd None recomputes the statistics.",                         \
+      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), INT("groups", 1, INT_MAX), OPTIONAL("gamma", 1, 1),                  \
+           OPTIONAL("mean", 2, 2), OPTIONAL("rstd", 2, 2), FLOAT("eps")),                                              \
+      SHAPES(LIKE(0, 1); if (OPT(3)) {                                                                                 \
+          DIMS(1, D(1, 1));                                                                                            \
+          DIMS(2, D(1, 1));                                                                                            \
+      }),                                                                                                              \
+      CALL(T(0), T(1), OPT(3), OPT(4), OPT(5), I(2), F(6), O(0), O(1), O(2)))                                          \
+    X(batch_norm_forward, "batch_norm", 1,                                                                             \
+      "batch_norm_forward(backend, x, running_mean, running_var, gamma|None, beta|None, eps) -> y.",                   \
+      ARGS(TENSOR("x", 2, 4), TENSOR("running_mean", 1, 1), TENSOR("running_var", 1, 1), OPTIONAL("gamma", 1, 1),      \
+           OPTIONAL("beta", 1, 1), FLOAT("eps")),                                                                      \
+      SHAPES(LIKE(0, 0)), CALL(T(0), OPT(3), OPT(4), T(1), T(2), F(5), O(0)))                                          \
+    X(batch_norm_backward, "batch_norm_backward", 3,                                                                   \
+      "batch_norm_backward(backend, dy, x, running_mean, running_var, gamma|None, eps) -> (dx, dgamma, dbeta).",       \
+      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("running_mean", 1, 1), TENSOR("running_var", 1, 1),           \
+           OPTIONAL("gamma", 1, 1), FLOAT("eps")),                                                                     \
+      SHAPES(LIKE(0, 1); DIMS(1, D(1, 1)); DIMS(2, D(1, 1))),                                                          \
+      CALL(T(0), T(1), OPT(4), T(2), T(3), F(5), O(0), O(1), O(2)))                                                    \
+    X(upsample_nearest2x_forward, "upsample_nearest2x", 1,                                                             \
+      "upsample_nearest2x_forward(backend, x) -> y (N, C, 2H, 2W).", ARGS(TENSOR("x", 4, 4)),                          \
+      SHAPES(DIMS(0, D(0, 0), D(0, 1), 2 * D(0, 2), 2 * D(0, 3))), CALL(T(0), O(0)))                                   \
+    X(upsample_nearest2x_backward, "upsample_nearest2x_backward", 1,                                                   \
+      "upsample_nearest2x_backward(backend, dy) -> dx (N, C, H/2, W/2).", ARGS(TENSOR("dy", 4, 4)),                    \
+      SHAPES(REQUIRE(D(0, 2) % 2 == 0 && D(0, 3) % 2 == 0, "dy's height and width (%lld, %lld) must be even", D(0, 2), \
+                     D(0, 3));                                                                                         \
+             DIMS(0, D(0, 0), D(0, 1), D(0, 2) / 2, D(0, 3) / 2)),                                                     \
+      CALL(T(0), O(0)))                                                                                                \
+    X(avg_pool2d_forward, "avg_pool2d", 1,                                                                             \
+      "avg_pool2d_forward(backend, x, (kh, kw), (sh, sw), (ph, pw)) -> y; padding not counted in the average.",        \
+      ARGS(TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),    \
+      SHAPES(TRY(pool_out(c, 0, T(0)->shape, POOL(1, 2, 3)))), CALL(T(0), POOL(1, 2, 3), O(0)))                        \
+    X(avg_pool2d_backward, "avg_pool2d_backward", 1,                                                                   \
+      "avg_pool2d_backward(backend, dy, x_shape, (kh, kw), (sh, sw), (ph, pw)) -> dx.",                                \
+      ARGS(TENSOR("dy", 4, 4), SHAPE("x_shape", 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX),            \
+           PAIR("padding", 0, INT_MAX)),                                                                               \
+      SHAPES(SAME_BATCH_CHANNELS(0, 1); TRY(pool_out(c, -1, T(1)->shape, POOL(2, 3, 4))); LIKE(0, 1)),                 \
+      CALL(T(0), POOL(2, 3, 4), O(0)))                                                                                 \
+    X(max_pool2d_forward, "max_pool2d", 1, "max_pool2d_forward(backend, x, (kh, kw), (sh, sw), (ph, pw)) -> y.",       \
+      ARGS(TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX), PAIR("padding", 0, INT_MAX)),    \
+      SHAPES(TRY(pool_out(c, 0, T(0)->shape, POOL(1, 2, 3)))), CALL(T(0), POOL(1, 2, 3), O(0)))                        \
+    X(max_pool2d_backward, "max_pool2d_backward", 1,                                                                   \
+      "max_pool2d_backward(backend, dy, x, (kh, kw), (sh, sw), (ph, pw)) -> dx.",                                      \
+      ARGS(TENSOR("dy", 4, 4), TENSOR("x", 4, 4), PAIR("kernel", 1, INT_MAX), PAIR("stride", 1, INT_MAX),              \
+           PAIR("padding", 0, INT_MAX)),                                                                               \
+      SHAPES(TRY(pool_out(c, -1, T(1)->shape, POOL(2, 3, 4))); LIKE(0, 1)), CALL(T(0), T(1), POOL(2, 3, 4), O(0)))     \
+    X(global_avg_pool_forward, "global_avg_pool", 1, "global_avg_pool_forward(backend, x) -> y (N, C).",               \
+      ARGS(TENSOR("x", 4, 4)), SHAPES(DIMS(0, D(0, 0), D(0, 1))), CALL(T(0), O(0)))                                    \
+    X(global_avg_pool_backward, "global_avg_pool_backward", 1,                                                         \
+      "global_avg_pool_backward(backend, dy, x_shape) -> dx.", ARGS(TENSOR("dy", 2, 2), SHAPE("x_shape", 4)),          \
+      SHAPES(SAME_BATCH_CHANNELS(0, 1); LIKE(0, 1)), CALL(T(0), O(0)))                                                 \
+    X(resize_bilinear_forward, "resize_bilinear", 1, "resize_bilinear_forward(backend, x, (H, W)) -> y (N, C, H, W).", \
+      ARGS(TENSOR("x", 4, 4), PAIR("size", 1, INT_MAX)), SHAPES(DIMS(0, D(0, 0), D(0, 1), P(1, 0), P(1, 1))),          \
+      CALL(T(0), O(0)))                                                                                                \
+    X(resize_bilinear_backward, "resize_bilinear_backward", 1,                                                         \
+      "resize_bilinear_backward(backend, dy, x_shape) -> dx.", ARGS(TENSOR("dy", 4, 4), SHAPE("x_shape", 4)),          \
+      SHAPES(SAME_BATCH_CHANNELS(0, 1); LIKE(0, 1)), CALL(T(0), O(0)))                                                 \
+    X(attention_forward, "attention", 1,                                                                               \
+      "attention_forward(backend, qkv, heads, legacy_order) -> y (N, C, T) from qkv (N, 3C, T).",                      \
+      ARGS(TENSOR("qkv", 3, 3), INT("heads", 1, INT_MAX), BOOL("legacy_order")),                                       \
+      SHAPES(REQUIRE(D(0, 1) % 3 == 0, "qkv has %lld channels; expected 3 * C (q, k and v)", D(0, 1));                 \
+             DIMS(0, D(0, 0), D(0, 1) / 3, D(0, 2))),                                                                  \
+      CALL(T(0), I(1), I(2), O(0)))                                                                                    \
+    X(attention_backward, "attention_backward", 1,                                                                     \
+      "attention_backward(backend, dy, qkv, heads, legacy_order) -> dqkv (N, 3C, T).",                                 \
+      ARGS(TENSOR("dy", 3, 3), TENSOR("qkv", 3, 3), INT("heads", 1, INT_MAX), BOOL("legacy_order")),                   \
+      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), I(2), I(3), O(0)))                                                          \
+    X(timestep_embedding, "timestep_embedding", 1,                                                                     \
+      "timestep_embedding(backend, t, dim, max_period) -> y (N, dim) from float32 t (N,).",                            \
+      ARGS(TENSOR("t", 1, 1), INT("dim", 2, INT_MAX), FLOAT("max_period")), SHAPES(DIMS(0, D(0, 0), I(1))),            \
+      CALL(T(0), F(2), O(0)))                                                                                          \
+    X(cross_entropy_forward, "cross_entropy", 1,                                                                       \
+      "cross_entropy_forward(backend, logits (N, K), targets (N,) ints in [0, K)) -> per-sample loss (N,).",           \
+      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), V(1), O(0)))            \
+    X(cross_entropy_backward, "cross_entropy_backward", 1,                                                             \
+      "cross_entropy_backward(backend, dloss (N,), logits, targets) -> dlogits (N, K).",                               \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 2, 2), INT64S("targets", 1)), SHAPES(LIKE(0, 1)),                   \
+      CALL(T(0), T(1), V(2), O(0)))                                                                                    \
+    X(mse_forward, "mse", 1, "mse_forward(backend, a, b) -> per-sample mean of (a - b)^2, shape (N,).",                \
+      ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                    \
+    X(mse_backward, "mse_backward", 2, "mse_backward(backend, dloss (N,), a, b) -> (da, db).",                         \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1); LIKE(1, 1)),               \
+      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                              \
+    X(scale_shift_forward, "scale_shift", 1,                                                                           \
+      "scale_shift_forward(backend, x, ss) -> y = x (1 + scale) + shift; x (N, C, ...), ss (N, 2C) = [scale|shift].",  \
+      ARGS(TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 0)), CALL(T(0), T(1), O(0)))                         \
+    X(scale_shift_backward, "scale_shift_backward", 2,                                                                 \
+      "scale_shift_backward(backend, dy, x, ss) -> (dx, dss); dss = [sum dy x | sum dy] over x's spatial dims.",       \
+      ARGS(TENSOR("dy", 2, 4), TENSOR("x", 2, 4), TENSOR("ss", 2, 2)), SHAPES(LIKE(0, 1); LIKE(1, 2)),                 \
+      CALL(T(0), T(1), T(2), O(0), O(1)))                                                                              \
+    /* diffusion ops: per-row factors and coefficients are host vectors, one entry per row of the images */            \
+    X(q_sample, "q_sample", 1,                                                                                         \
+      "q_sample(backend, x0, noise, sqrt_abar, sqrt_one_minus_abar) -> x_t = sqrt_abar[b] x0 + "                       \
+      "sqrt_one_minus_abar[b] noise; the factors float32 (N,).",                                                       \
+      ARGS(TENSOR("x0", 1, 4), TENSOR("noise", 1, 4), FLOATS("sqrt_abar", 0), FLOATS("sqrt_one_minus_abar", 0)),       \
+      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), VF(2), VF(3), O(0)))                                                        \
+    X(p_mean_variance_forward, "p_mean_variance", 4,                                                                   \
+      "p_mean_variance_forward(backend, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, clip) -> (mean, "        \
+      "variance, log_variance, pred_xstart); the coefficients float32 (N,) (ops.h's dfc_posterior_coefs).",            \
+      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(1), BOOL("learned"), BOOL("clip")),  \
+      SHAPES(LIKE(0, 1); LIKE(1, 1); LIKE(2, 1); LIKE(3, 1)),                                                          \
+      CALL(T(0), T(1), POSTERIOR_COEFS(2), I(10), I(11), O(0), O(1), O(2), O(3)))                                      \
+    X(p_mean_variance_backward, "p_mean_variance_backward", 2,                                                         \
+      "p_mean_variance_backward(backend, d_pred_xstart, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, "        \
+      "clip) -> (dx_t, d_model_output).",                                                                              \
+      ARGS(TENSOR("d_pred_xstart", 2, 4), TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(2),   \
+           BOOL("learned"), BOOL("clip")),                                                                             \
+      SHAPES(LIKE(0, 2); LIKE(1, 1)), CALL(T(0), T(1), T(2), POSTERIOR_COEFS(3), I(11), I(12), O(0), O(1)))            \
+    X(sample_step, "sample_step", 1,                                                                                   \
+      "sample_step(backend, mean, variance, log_variance, grad_or_None, noise, noise_weight (N,)) -> x_prev.",         \
+      ARGS(TENSOR("mean", 1, 4), TENSOR("variance", 1, 4), TENSOR("log_variance", 1, 4), OPTIONAL("grad", 1, 4),       \
+           TENSOR("noise", 1, 4), FLOATS("noise_weight", 0)),                                                          \
+      SHAPES(LIKE(0, 0)), CALL(T(0), T(1), T(2), OPT(3), T(4), VF(5), O(0)))                                           \
+    X(row_scale, "row_scale", 1, "row_scale(backend, x, alpha (N,)) -> alpha[b] x.",                                   \
+      ARGS(TENSOR("x", 1, 4), FLOATS("alpha", 0)), SHAPES(LIKE(0, 0)), CALL(T(0), VF(1), O(0)))                        \
+    X(row_axpy, "row_axpy", 0, "row_axpy(backend, alpha (N,), x, y): y += alpha[b] x, in place.",                      \
+      ARGS(FLOATS("alpha", 1), TENSOR("x", 1, 4), INOUT("y", 1, 4)), SHAPES(), CALL(VF(0), T(1), T(2)))                \
+    X(change_map, "change_map", 1, "change_map(backend, a, b) -> FastDiME's change map (N, 1, H, W).",                 \
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4)), SHAPES(DIMS(0, D(0, 0), 1, D(0, 2), D(0, 3))),                       \
+      CALL(T(0), T(1), O(0)))                                                                                          \
+    X(masked_blend, "masked_blend", 1,                                                                                 \
+      "masked_blend(backend, a, b, mask (N, 1, H, W), threshold) -> a (1 - keep) + keep b, keep = mask < threshold.",  \
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), TENSOR("mask", 4, 4), FLOAT("threshold")), SHAPES(LIKE(0, 0)),        \
+      CALL(T(0), T(1), T(2), (float)F(3), O(0)))                                                                       \
+    X(distance_penalty_forward, "distance_penalty", 1,                                                                 \
+      "distance_penalty_forward(backend, a, b, lambda_l1, lambda_l2) -> loss (N,).",                                   \
+      ARGS(TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")), SHAPES(DIMS(0, D(0, 0))),    \
+      CALL(T(0), T(1), (float)F(2), (float)F(3), O(0)))                                                                \
+    X(distance_penalty_backward, "distance_penalty_backward", 1,                                                       \
+      "distance_penalty_backward(backend, dloss (N,), a, b, lambda_l1, lambda_l2) -> da.",                             \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 4, 4), TENSOR("b", 4, 4), FLOAT("lambda_l1"), FLOAT("lambda_l2")),       \
+      SHAPES(LIKE(0, 1)), CALL(T(0), T(1), T(2), (float)F(3), (float)F(4), O(0)))                                      \
+    X(nonfinite_rows, "nonfinite_rows", 1,                                                                             \
+      "nonfinite_rows(backend, x) -> flags (N,) int32: rows of x holding a NaN or infinity, set to 0 in place.",       \
+      ARGS(INOUT_NONFINITE("x", 1, 4)), SHAPES(INT_ROWS(0, 0)), CALL(T(0), OI(0)))                                     \
+    X(target_probability, "target_probability", 2,                                                                     \
+      "target_probability(backend, logits (N, K), targets (N,)) -> (p(target) (N,), argmax == target (N,) int32).",    \
+      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0)); INT_ROWS(1, 0)),                    \
+      CALL(T(0), V(1), O(0), OI(1)))                                                                                   \
+    X(diffusion_vb_forward, "diffusion_vb", 1,                                                                         \
+      "diffusion_vb_forward(backend, model_output, x_start, x_t, " VB_COEF_NAMES ") -> vb (N,); the coefficients "     \
+      "float64 (N,), decoder_nll int (N,) (ops.h's dfc_vb_coefs).",                                                    \
+      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4), VB_COEF_ARGS(1)),               \
+      SHAPES(DIMS(0, D(1, 0))), CALL(T(0), T(1), T(2), VB_COEFS(3), O(0)))                                             \
+    X(diffusion_vb_backward, "diffusion_vb_backward", 1,                                                               \
+      "diffusion_vb_backward(backend, dvb (N,), model_output, x_start, x_t, " VB_COEF_NAMES ") -> d_v.",               \
+      ARGS(TENSOR("dvb", 1, 1), TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4),            \
+           VB_COEF_ARGS(2)),                                                                                           \
+      SHAPES(LIKE(0, 2)), CALL(T(0), T(1), T(2), T(3), VB_COEFS(4), O(0)))                                             \
+    /* optimizer ops (in place but sum_squares) */                                                                     \
+    X(adamw_step, "adamw_step", 0,                                                                                     \
+      "adamw_step(backend, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay): one AdamW "   \
+      "step, in place on param, exp_avg, exp_avg_sq.",                                                                 \
+      ARGS(INOUT("param", 1, 4), TENSOR("grad", 1, 4), INOUT("exp_avg", 1, 4), INOUT("exp_avg_sq", 1, 4),              \
+           INT64("step", 1, INT64_MAX), FLOAT("lr"), FLOAT("beta1"), FLOAT("beta2"), FLOAT("eps"),                     \
+           FLOAT("weight_decay")),                                                                                     \
+      SHAPES(), CALL(&(dfc_adamw_config){F(5), F(6), F(7), F(8), F(9)}, L(4), T(0), T(1), T(2), T(3)))                 \
+    X(ema_update, "ema_update", 0, "ema_update(backend, rate, ema, param): ema = rate ema + (1 - rate) param.",        \
+      ARGS(FLOAT("rate"), INOUT("ema", 1, 4), TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2)))                \
+    X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.", ARGS(INOUT("x", 1, 4), FLOAT("factor")), \
+      SHAPES(), CALL(T(0), (float)F(1)))                                                                               \
+    X(sum_squares, "sum_squares", 1, "sum_squares(backend, x) -> the sum of x^2 (a float, accumulated in double).",    \
+      ARGS(TENSOR("x", 1, DFC_MAX_DIMS)), SHAPES(SCALAR(0)), CALL(T(0), OD(0)))                                        \
+    /* network ops (issue 15, netops): per-sample losses (N,), their backward from dloss (N,) */                       \
+    X(logit_loss_forward, "logit_loss", 1,                                                                             \
+      "logit_loss_forward(backend, logits (N, C), targets (N,)) -> per-sample -l_y (N,).",                             \
+      ARGS(TENSOR("logits", 2, 2), INT64S("targets", 0)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), V(1), O(0)))            \
+    X(logit_loss_backward, "logit_loss_backward", 1,                                                                   \
+      "logit_loss_backward(backend, dloss (N,), logits, targets) -> dlogits (N, C).",                                  \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 2, 2), INT64S("targets", 1)), SHAPES(LIKE(0, 1)),                   \
+      CALL(T(0), T(1), V(2), O(0)))                                                                                    \
+    X(bce_with_logits_forward, "bce_with_logits", 1,                                                                   \
+      "bce_with_logits_forward(backend, logits (N, ...), targets (logits' shape)) -> per-sample mean BCE (N,).",       \
+      ARGS(TENSOR("logits", 1, 4), TENSOR("targets", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))         \
+    X(bce_with_logits_backward, "bce_with_logits_backward", 1,                                                         \
+      "bce_with_logits_backward(backend, dloss (N,), logits, targets) -> dlogits.",                                    \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("logits", 1, 4), TENSOR("targets", 1, 4)), SHAPES(LIKE(0, 1)),                \
+      CALL(T(0), T(1), T(2), O(0)))                                                                                    \
+    X(standardize_forward, "standardize", 1,                                                                           \
+      "standardize_forward(backend, x (N, C, H, W), scale) -> scale (x - mean) / std per (n, c) plane.",               \
+      ARGS(TENSOR("x", 1, 4), FLOAT("scale")), SHAPES(LIKE(0, 0)), CALL(T(0), (float)F(1), O(0)))                      \
+    X(standardize_backward, "standardize_backward", 1, "standardize_backward(backend, dy, x, scale) -> dx.",           \
+      ARGS(TENSOR("dy", 1, 4), TENSOR("x", 1, 4), FLOAT("scale")), SHAPES(LIKE(0, 1)),                                 \
+      CALL(T(0), T(1), (float)F(2), O(0)))                                                                             \
+    X(normalized_distance_forward, "normalized_distance", 1,                                                           \
+      "normalized_distance_forward(backend, a (N, C, ...), b) -> per-sample channel-normalised distance (N,).",        \
+      ARGS(TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(DIMS(0, D(0, 0))), CALL(T(0), T(1), O(0)))                    \
+    X(normalized_distance_backward, "normalized_distance_backward", 1,                                                 \
+      "normalized_distance_backward(backend, dloss (N,), a, b) -> da.",                                                \
+      ARGS(TENSOR("dloss", 1, 1), TENSOR("a", 1, 4), TENSOR("b", 1, 4)), SHAPES(LIKE(0, 1)),                           \
+      CALL(T(0), T(1), T(2), O(0)))                                                                                    \
+    X(fill, "fill", 0, "fill(backend, y, value): y = value everywhere, in place.",                                     \
       ARGS(INOUT_NONFINITE("y", 1, 4), FLOAT("value")), SHAPES(), CALL((float)F(1), T(0)))
 
 /* ---- the one function every entry runs through ---- */
@@ -568,8 +582,9 @@ static int parse_shape(op_call *c, const arg_spec *s, PyObject *obj, dfc_tensor 
         return -1;
     }
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    int status = n == s->lo ? 0 : op_fail(c, "%s must be a sequence of %d positive ints, got %zd entries", s->name,
-                                          (int)s->lo, n);
+    int status = n == s->lo
+                     ? 0
+                     : op_fail(c, "%s must be a sequence of %d positive ints, got %zd entries", s->name, (int)s->lo, n);
     *t = (dfc_tensor){.ndim = (int)n};
     for (Py_ssize_t k = 0; status == 0 && k < n; k++) {
         char name[80];

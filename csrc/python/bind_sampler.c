@@ -20,7 +20,7 @@
 
 typedef struct {
     PyObject *object;
-    PyObject *progress;       /* callable or NULL */
+    PyObject *progress; /* callable or NULL */
     int64_t channels, height, width;
     /* the first Python exception raised inside a callback, re-raised after the run */
     PyObject *exc_type, *exc_value, *exc_tb;
@@ -56,12 +56,13 @@ static PyObject *copy_tensor(const dfc_tensor *t)
 /* Copies a float array-like of exactly `count` values into out. */
 static int read_floats(PyObject *obj, const char *what, float *out, int64_t count)
 {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 5, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    PyArrayObject *a =
+        (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 5, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     if (!a)
         return -1;
     if (PyArray_SIZE(a) != count) {
-        PyErr_Format(PyExc_ValueError, "guidance: %s has %lld values, expected %lld", what,
-                     (long long)PyArray_SIZE(a), (long long)count);
+        PyErr_Format(PyExc_ValueError, "guidance: %s has %lld values, expected %lld", what, (long long)PyArray_SIZE(a),
+                     (long long)count);
         Py_DECREF(a);
         return -1;
     }
@@ -106,8 +107,8 @@ static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena,
     return st;
 }
 
-static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
-                              const int64_t *rows, float *prob_target, int *is_target, dfc_error *err)
+static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, const int64_t *rows,
+                              float *prob_target, int *is_target, dfc_error *err)
 {
     (void)be;
     (void)arena;
@@ -153,8 +154,8 @@ static int py_progress(void *user, int iteration, int lambda_index, int step, in
         keep_exception(b);
         stop = 1;
     } else if (b->progress) {
-        PyObject *r = PyObject_CallFunction(b->progress, "iiiii", iteration, lambda_index, step, steps_per_pass,
-                                            active);
+        PyObject *r =
+            PyObject_CallFunction(b->progress, "iiiii", iteration, lambda_index, step, steps_per_pass, active);
         if (!r) {
             keep_exception(b);
             stop = 1;
@@ -324,7 +325,8 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     if (PyCapsule_IsValid(guidance_obj, GUIDANCE_CAPSULE)) {
         guidance = *(dfc_guidance *)PyCapsule_GetPointer(guidance_obj, GUIDANCE_CAPSULE);
     } else {
-        if (!PyObject_HasAttrString(guidance_obj, "loss_and_grad") || !PyObject_HasAttrString(guidance_obj, "classify")) {
+        if (!PyObject_HasAttrString(guidance_obj, "loss_and_grad") ||
+            !PyObject_HasAttrString(guidance_obj, "classify")) {
             PyErr_SetString(PyExc_TypeError, "sample: guidance must be a native guidance or have loss_and_grad() "
                                              "and classify() methods");
             goto done;
@@ -334,11 +336,10 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         guidance.classify = py_classify;
     }
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, &x, PyArray_DATA(keys), py_progress, &bridge, &out,
-                         &err);
-    Py_END_ALLOW_THREADS
-    if (bridge.exc_type) {
+    Py_BEGIN_ALLOW_THREADS st = dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, &x, PyArray_DATA(keys),
+                                                py_progress, &bridge, &out, &err);
+    Py_END_ALLOW_THREADS if (bridge.exc_type)
+    {
         /* a Python error inside a callback (or Ctrl-C) is the real cause: raise it */
         PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
         goto done;
@@ -347,18 +348,17 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         dfc_py_raise(&err);
         goto done;
     }
-    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:n,s:L}", "counterfactuals", arrays[0], "prob_target",
-                           arrays[1], "lambda_used", arrays[2], "flipped", arrays[3], "nonfinite_step", arrays[4],
-                           "iteration_seconds", arrays[5], "peak_bytes", (Py_ssize_t)out.peak_bytes,
-                           "unet_evaluations", (long long)out.unet_evaluations);
+    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:n,s:L}", "counterfactuals", arrays[0], "prob_target", arrays[1],
+                           "lambda_used", arrays[2], "flipped", arrays[3], "nonfinite_step", arrays[4],
+                           "iteration_seconds", arrays[5], "peak_bytes", (Py_ssize_t)out.peak_bytes, "unet_evaluations",
+                           (long long)out.unet_evaluations);
     if (result && cfg.record_steps &&
         (PyDict_SetItemString(result, "steps_xt", arrays[6]) < 0 ||
          PyDict_SetItemString(result, "steps_x0", arrays[7]) < 0))
         Py_CLEAR(result);
     if (result && (PyDict_SetItemString(result, "input_is_target", arrays[8]) < 0 ||
-                   (cfg.classify_first_step &&
-                    (PyDict_SetItemString(result, "first_step_prob", arrays[9]) < 0 ||
-                     PyDict_SetItemString(result, "first_step_target", arrays[10]) < 0))))
+                   (cfg.classify_first_step && (PyDict_SetItemString(result, "first_step_prob", arrays[9]) < 0 ||
+                                                PyDict_SetItemString(result, "first_step_target", arrays[10]) < 0))))
         Py_CLEAR(result);
 done:
     for (int i = 0; i < 11; i++)
@@ -410,8 +410,8 @@ static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
         dims[i + 1] = (npy_intp)v;
         per *= v;
     }
-    PyArrayObject *keys = (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1,
-                                                           NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    PyArrayObject *keys =
+        (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     if (!keys)
         return NULL;
     dims[0] = PyArray_SIZE(keys);
@@ -432,10 +432,10 @@ static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
 /* ---- native guidance: diffice's networks, no Python in the step loop ---- */
 
 typedef struct {
-    dfc_guidance iface;           /* what the sampler calls; ctx = the model guidance */
+    dfc_guidance iface; /* what the sampler calls; ctx = the model guidance */
     dfc_model_guidance *guidance;
-    dfc_perceptual *perceptual;   /* private to this guidance (its reference follows the sampler's passes) */
-    PyObject *classifier, *features;  /* the Network objects whose C nets are used, kept alive */
+    dfc_perceptual *perceptual;      /* private to this guidance (its reference follows the sampler's passes) */
+    PyObject *classifier, *features; /* the Network objects whose C nets are used, kept alive */
 } native_guidance;
 
 static void native_guidance_free(PyObject *capsule)
@@ -488,8 +488,8 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
         goto done;
     }
     dfc_error err = {0};
-    if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant.value, weight, &g->perceptual, &err) !=
-                         DFC_OK) ||
+    if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant.value, weight, &g->perceptual,
+                                           &err) != DFC_OK) ||
         dfc_model_guidance_create(classifier, kind, g->perceptual, &x, targets, &g->guidance, &err) != DFC_OK) {
         dfc_perceptual_destroy(g->perceptual);
         PyMem_Free(g);
@@ -524,7 +524,4 @@ static PyMethodDef sampler_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dfc_register_sampler(PyObject *module)
-{
-    return PyModule_AddFunctions(module, sampler_methods);
-}
+int dfc_register_sampler(PyObject *module) { return PyModule_AddFunctions(module, sampler_methods); }

@@ -30,7 +30,4 @@ static PyMethodDef sononet_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dfc_register_sononet(PyObject *module)
-{
-    return PyModule_AddFunctions(module, sononet_functions);
-}
+int dfc_register_sononet(PyObject *module) { return PyModule_AddFunctions(module, sononet_functions); }

@@ -61,8 +61,7 @@ static PyGetSetDef backend_getset[] = {
 };
 
 PyTypeObject DfcBackend_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "diffice._C.Backend",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "diffice._C.Backend",
     .tp_basicsize = sizeof(DfcBackendObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Backend(name='cpu', num_threads=0): an op table ('ref': plain C oracle; 'cpu': oneDNN + OpenMP).",
@@ -90,8 +89,15 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "diffice._C", "diffice's C core: op tables, networks, samplers, file readers.", -1,
-    module_methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "diffice._C",
+    "diffice's C core: op tables, networks, samplers, file readers.",
+    -1,
+    module_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__C(void)
@@ -111,7 +117,7 @@ PyMODINIT_FUNC PyInit__C(void)
         if (dfc_py_add_type(m, types[i], type_names[i]) < 0)
             goto fail;
     int (*registrations[])(PyObject *) = {dfc_register_sononet, dfc_register_resnet, dfc_register_classifier,
-                                          dfc_register_sampler, dfc_register_train, dfc_register_inception,
+                                          dfc_register_sampler, dfc_register_train,  dfc_register_inception,
                                           dfc_register_net};
     for (size_t i = 0; i < sizeof registrations / sizeof registrations[0]; i++)
         if (registrations[i](m) < 0)

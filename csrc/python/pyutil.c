@@ -37,7 +37,8 @@ int dfc_py_backend(PyObject *obj, void *out)
     if (b->owner != PyThread_get_thread_ident()) {
         PyErr_Format(PyExc_RuntimeError,
                      "backend: this Backend('%s') was created in another thread and holds that thread's state; "
-                     "use diffice.ops.get_backend() in each thread", dfc_backend_name(b->be));
+                     "use diffice.ops.get_backend() in each thread",
+                     dfc_backend_name(b->be));
         return 0;
     }
     *(dfc_backend **)out = b->be;
@@ -82,7 +83,8 @@ int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min,
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
         PyErr_Format(PyExc_ValueError,
                      "%s: %s must be C-contiguous and aligned (use numpy.ascontiguousarray), got strides of a "
-                     "view with shape %s", op, name, shape_string(a, shape, sizeof shape));
+                     "view with shape %s",
+                     op, name, shape_string(a, shape, sizeof shape));
         return -1;
     }
     if (PyArray_SIZE(a) == 0) {
@@ -107,8 +109,8 @@ int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min,
                 /* PyErr_Format has no %f: format the value first */
                 char value[32];
                 snprintf(value, sizeof value, "%g", (double)data[i]);
-                PyErr_Format(PyExc_ValueError, "%s: %s contains a non-finite value (%s at flat index %lld)", op,
-                             name, value, (long long)i);
+                PyErr_Format(PyExc_ValueError, "%s: %s contains a non-finite value (%s at flat index %lld)", op, name,
+                             value, (long long)i);
                 return -1;
             }
         }
@@ -165,13 +167,13 @@ int dfc_py_int64_vector(PyObject *obj, const char *op, const char *name, int64_t
     PyArrayObject *src = (PyArrayObject *)PyArray_FROM_O(obj);
     if (!src || (PyArray_SIZE(src) > 0 && !PyArray_ISINTEGER(src) && !PyArray_ISBOOL(src))) {
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of integers%s%s", op, name,
-                     src ? ", got dtype " : "", src ? PyArray_DESCR(src)->typeobj->tp_name : "");
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a 1-D array of integers%s%s", op, name, src ? ", got dtype " : "",
+                     src ? PyArray_DESCR(src)->typeobj->tp_name : "");
         Py_XDECREF(src);
         return -1;
     }
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY((PyObject *)src, NPY_INT64, 1, 1,
-                                                        NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    PyArrayObject *a =
+        (PyArrayObject *)PyArray_FROMANY((PyObject *)src, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     const int was_unsigned = PyArray_ISUNSIGNED(src);
     Py_DECREF(src);
     if (!a) {
@@ -288,8 +290,8 @@ int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key
     return dfc_py_config_int(dict, what, key, min, max, out);
 }
 
-int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count,
-                           int *out, int *count)
+int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count, int *out,
+                           int *count)
 {
     PyObject *v = PyDict_GetItemString(dict, key);
     if (!v) {

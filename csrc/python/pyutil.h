@@ -13,8 +13,7 @@
 
 /* The Python object wrapping a dfc_backend (diffice._C.Backend). */
 typedef struct {
-    PyObject_HEAD
-    dfc_backend *be;
+    PyObject_HEAD dfc_backend *be;
     unsigned long owner; /* PyThread_get_thread_ident() of the thread that created it: a backend holds per-thread
                           * state (oneDNN stream, primitive cache), so dfc_py_backend refuses it elsewhere */
 } DfcBackendObject;
@@ -96,21 +95,20 @@ int dfc_py_config_required_int(PyObject *dict, const char *what, const char *key
 
 /* dict[key] (required) as a sequence of at most max_count ints, each through dfc_py_int (named "<what> config
  * '<key>[i]'"), into out[0..*count). 0, or -1 with an exception. */
-int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count,
-                           int *out, int *count);
+int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, int min, int max, int max_count, int *out,
+                           int *count);
 
 /* Runs `call` (an op-table call that reports into `err`) with the GIL released; on failure drops `out` and sets
  * the matching exception. Use: dfc_error err = {0}; DFC_PY_RUN(out, err, be->ops->x(be, ..., &err)); */
-#define DFC_PY_RUN(out, err, call)              \
-    do {                                        \
-        dfc_status dfc_run_status_;             \
-        Py_BEGIN_ALLOW_THREADS                  \
-        dfc_run_status_ = (call);               \
-        Py_END_ALLOW_THREADS                    \
-        if (dfc_run_status_ != DFC_OK) {        \
-            Py_CLEAR(out);                      \
-            dfc_py_raise(&(err));               \
-        }                                       \
+#define DFC_PY_RUN(out, err, call)                          \
+    do {                                                    \
+        dfc_status dfc_run_status_;                         \
+        Py_BEGIN_ALLOW_THREADS dfc_run_status_ = (call);    \
+        Py_END_ALLOW_THREADS if (dfc_run_status_ != DFC_OK) \
+        {                                                   \
+            Py_CLEAR(out);                                  \
+            dfc_py_raise(&(err));                           \
+        }                                                   \
     } while (0)
 
 /* Activation memory a network object keeps between calls, so a steady loop neither mallocs nor page-faults.
@@ -118,7 +116,7 @@ int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, in
 typedef struct {
     dfc_arena main, scratch;
     PyThread_type_lock lock;
-    size_t last_peak_bytes;   /* arena peak of the last call */
+    size_t last_peak_bytes; /* arena peak of the last call */
 } dfc_py_workspace;
 
 typedef struct {
@@ -127,9 +125,9 @@ typedef struct {
     int shared;
 } dfc_py_arenas;
 
-int dfc_py_workspace_init(dfc_py_workspace *ws);          /* idempotent; -1 with MemoryError */
+int dfc_py_workspace_init(dfc_py_workspace *ws); /* idempotent; -1 with MemoryError */
 void dfc_py_workspace_free(dfc_py_workspace *ws);
-void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w);   /* without the GIL is fine */
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w); /* without the GIL is fine */
 void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w);
 void dfc_py_workspace_release_memory(dfc_py_workspace *ws);
 size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
@@ -137,8 +135,7 @@ size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
 /* The head of every Python object that keeps a workspace (diffice._C.Network, UNet, PerceptualLoss): their structs
  * start with a DfcWorkspaceObject member, so the method and getters below serve all of them. */
 typedef struct {
-    PyObject_HEAD
-    dfc_py_workspace ws;
+    PyObject_HEAD dfc_py_workspace ws;
 } DfcWorkspaceObject;
 
 /* release_memory() -> None: frees the activation memory kept between calls. */
@@ -148,12 +145,12 @@ PyObject *dfc_py_ws_get_peak(PyObject *self, void *closure);
 PyObject *dfc_py_ws_get_held(PyObject *self, void *closure);
 
 /* Their PyMethodDef / PyGetSetDef entries. */
-#define DFC_PY_WS_RELEASE_MEMORY_METHOD                                         \
-    {"release_memory", dfc_py_ws_release_memory, METH_NOARGS,                   \
+#define DFC_PY_WS_RELEASE_MEMORY_METHOD                       \
+    {"release_memory", dfc_py_ws_release_memory, METH_NOARGS, \
      "release_memory(): free the activation memory kept between calls"}
-#define DFC_PY_WS_PEAK_GETSET                                                   \
+#define DFC_PY_WS_PEAK_GETSET \
     {"last_peak_bytes", dfc_py_ws_get_peak, NULL, "activation memory peak of the last call (bytes)", NULL}
-#define DFC_PY_WS_HELD_GETSET                                                   \
+#define DFC_PY_WS_HELD_GETSET \
     {"held_bytes", dfc_py_ws_get_held, NULL, "activation memory kept for the next call (bytes)", NULL}
 
 /* Method tables of the binding files, added to the module in module.c. */

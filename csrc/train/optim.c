@@ -3,8 +3,8 @@
 
 #include <math.h>
 
-dfc_status dfc_adamw_update(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, float *param,
-                            const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n, dfc_error *err)
+dfc_status dfc_adamw_update(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, float *param, const float *grad,
+                            float *exp_avg, float *exp_avg_sq, int64_t n, dfc_error *err)
 {
     dfc_tensor p = dfc_tensor1(param, n), g = dfc_tensor1((float *)grad, n);
     dfc_tensor m = dfc_tensor1(exp_avg, n), v = dfc_tensor1(exp_avg_sq, n);

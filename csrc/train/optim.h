@@ -15,8 +15,8 @@
 
 /* One AdamW step on n parameters: step is the 1-based count of this step (bias correction 1 - beta^step).
  * exp_avg and exp_avg_sq are the moment buffers (zero before the first step), laid out like param. */
-dfc_status dfc_adamw_update(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, float *param,
-                            const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n, dfc_error *err);
+dfc_status dfc_adamw_update(dfc_backend *be, const dfc_adamw_config *cfg, int64_t step, float *param, const float *grad,
+                            float *exp_avg, float *exp_avg_sq, int64_t n, dfc_error *err);
 
 /* ema = rate * ema + (1 - rate) * param (guided-diffusion's update_ema). */
 dfc_status dfc_ema_update(dfc_backend *be, float *ema, const float *param, int64_t n, double rate, dfc_error *err);
