@@ -83,30 +83,34 @@ def _flat(array: object, who: str, name: str, writable: bool) -> np.ndarray:
 def _segments(params: list[np.ndarray], who: str, writable: bool) -> list[np.ndarray]:
     """params as 1-D views, those adjacent in memory merged into one view: a network's parameters are views of one
     buffer, so an update is one op call over the buffer instead of one per tensor."""
-    segments: list[np.ndarray] = []
-    end = -1  # the address just past the last segment
+    runs: list[list[np.ndarray]] = []
+    end = -1  # the address just past the last run
     for k, param in enumerate(params):
         flat = _flat(param, who, f"params[{k}]", writable)
         if flat.size == 0:
             continue
         start = flat.__array_interface__["data"][0]
         if start == end:
-            merged = segments[-1].size + flat.size
-            segments[-1] = np.lib.stride_tricks.as_strided(segments[-1], (merged,), (4,), writeable=writable)
+            runs[-1].append(flat)
         else:
-            segments.append(flat)
+            runs.append([flat])
         end = start + flat.nbytes
-    return segments
+    return [
+        np.lib.stride_tricks.as_strided(run[0], (sum(f.size for f in run),), (4,), writeable=writable)
+        if len(run) > 1
+        else run[0]
+        for run in runs
+    ]
 
 
 class AdamW:
     """torch.optim.AdamW over a list of parameter arrays (updated in place) and one flat gradient.
 
     params: the network's parameter views (``unet._params``, a dict in registration order) or a list of writable
-    float32 arrays; grads: float32, ``sum(p.size)`` values in the same order (``UNet.gradients``' flat buffer).
-    State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
-    Each step runs the adamw_step op in place on ``get_backend(backend, num_threads)``, once per contiguous run of
-    parameters.
+    float32 arrays, fixed at construction (checked then); grads: float32, ``sum(p.size)`` values in the same order
+    (``UNet.gradients``' flat buffer). State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved
+    by ``state_dict``. Each step runs the adamw_step op in place on ``get_backend(backend, num_threads)``, once per
+    run of parameters adjacent in memory (once for a network's parameter buffer).
     """
 
     def __init__(
@@ -120,7 +124,8 @@ class AdamW:
         backend: str = "cpu",
     ) -> None:
         self.params = _param_list(params)
-        size = sum(int(p.size) for p in self.params)
+        self._segments = _segments(self.params, "AdamW", writable=True)
+        size = sum(s.size for s in self._segments)
         if size < 1:
             raise ValueError("AdamW: params hold no values")
         self._backend = (backend, int(num_threads))
@@ -168,17 +173,13 @@ class AdamW:
         self._num_steps = int(value)
 
     def step(self, grads: np.ndarray) -> None:
-        segments = _segments(self.params, "AdamW.step", writable=True)
         size = self.exp_avg.size
-        total = sum(s.size for s in segments)
-        if total != size:
-            raise ValueError(f"AdamW.step: params hold {total} values, the optimiser was made for {size}")
         flat_grads = _flat(grads, "AdamW.step", "grads", writable=False)
         if flat_grads.size != size:
             raise ValueError(f"AdamW.step: grads has {flat_grads.size} values, expected {size} (one per parameter)")
         backend, step = get_backend(*self._backend), self._num_steps + 1
         offset = 0
-        for param in segments:
+        for param in self._segments:
             part = slice(offset, offset + param.size)
             _C.adamw_step(
                 backend,
@@ -215,8 +216,8 @@ class EMA:
     """Exponential moving average of parameters (guided-diffusion's ``update_ema``), starting from a copy.
 
     ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
-    Each update runs the ema_update op in place on ``get_backend(backend, num_threads)``, once per contiguous run
-    of parameters.
+    params are fixed at construction. Each update runs the ema_update op in place on
+    ``get_backend(backend, num_threads)``, once per run of parameters adjacent in memory.
     """
 
     def __init__(self, params: Params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
@@ -224,10 +225,10 @@ class EMA:
         self.rate = rate
         self._backend = (backend, int(num_threads))
         get_backend(*self._backend)
-        segments = _segments(self.params, "EMA", writable=False)
-        if not segments:
+        self._segments = _segments(self.params, "EMA", writable=False)
+        if not self._segments:
             raise ValueError("EMA: params are empty")
-        self._values = np.concatenate(segments)
+        self._values = np.concatenate(self._segments)
 
     @property
     def rate(self) -> float:
@@ -245,12 +246,8 @@ class EMA:
         return self._values
 
     def update(self) -> None:
-        segments = _segments(self.params, "EMA.update", writable=False)
-        size, total = self._values.size, sum(s.size for s in segments)
-        if total != size:
-            raise ValueError(f"EMA.update: params hold {total} values, the average has {size}")
         backend, offset = get_backend(*self._backend), 0
-        for param in segments:
+        for param in self._segments:
             _C.ema_update(backend, self._rate, self._values[offset : offset + param.size], param)
             offset += param.size
 
