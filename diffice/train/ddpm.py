@@ -132,34 +132,20 @@ class AdamW:
         get_backend(*self._backend)  # an unknown name fails here, not at the first step
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        self._lr = self._weight_decay = 0.0
-        self.lr, self.weight_decay = lr, weight_decay  # checked by the setters
+        self._set(lr, weight_decay)
         self.exp_avg = np.zeros(size, np.float32)
         self.exp_avg_sq = np.zeros(size, np.float32)
         self._num_steps = 0
 
-    def _check(self, lr: float, weight_decay: float) -> None:
-        """The op's own check of the hyperparameters (torch's ranges), on one scratch value."""
+    def _set(self, lr: float, weight_decay: float) -> None:
+        """Sets the hyperparameters after the op's own check of them (torch's ranges), on one scratch value."""
+        lr, weight_decay = float(lr), float(weight_decay)
         param, grad, exp_avg, exp_avg_sq = np.zeros((4, 1), np.float32)
         _C.adamw_step(get_backend("ref"), param, grad, exp_avg, exp_avg_sq, 1, lr, *self.betas, self.eps, weight_decay)
+        self._lr, self._weight_decay = lr, weight_decay
 
-    @property
-    def lr(self) -> float:
-        return self._lr
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self._check(float(value), self._weight_decay)
-        self._lr = float(value)
-
-    @property
-    def weight_decay(self) -> float:
-        return self._weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value: float) -> None:
-        self._check(self._lr, float(value))
-        self._weight_decay = float(value)
+    lr = property(lambda self: self._lr, lambda self, v: self._set(v, self._weight_decay))
+    weight_decay = property(lambda self: self._weight_decay, lambda self, v: self._set(self._lr, v))
 
     @property
     def num_steps(self) -> int:
