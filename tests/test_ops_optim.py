@@ -8,6 +8,7 @@ from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
+from diffice.train.ddpm import EMA, AdamW, clip_grad_norm
 
 SHAPES = [(7,), (3, 5, 11), (2, 3, 13, 9), (100_003,)]
 
@@ -130,17 +131,23 @@ def test_unknown_backend_names_the_registered_ones():
     assert [_C.Backend(name).name for name in ops.BACKENDS] == ["cpu", "ref"]
 
 
-def test_training_objects_without_a_backend_make_a_cpu_one(rng):
-    """diffice._C.AdamW / EMA / clip_grad_norm given no backend run on a 'cpu' backend of their num_threads."""
-    p, g = randn(rng, 257), randn(rng, 257)
+def test_training_objects_merge_adjacent_views(rng):
+    """diffice.train's AdamW / EMA run their op once per contiguous run of parameters: views of one buffer (one
+    call) give the same numbers as separate arrays (a call each), for any thread count."""
+    buffer, g = randn(rng, 257), randn(rng, 257)
     results = []
-    for backend in (None, ops.get_backend("cpu")):
-        q = p.copy()
-        opt, ema = _C.AdamW(q.size, num_threads=2), _C.EMA([q], 0.5, num_threads=1)
-        opt.step([q], g, backend)
-        ema.update([q], backend)
+    for threads, separate in ((1, False), (3, True)):
+        flat = buffer.copy()
+        params = [flat[:100], flat[100:101].reshape(1, 1), flat[101:].reshape(12, 13)]
+        if separate:
+            params = [p.copy() for p in params]
+        opt = AdamW(params, lr=1e-2, weight_decay=0.05, num_threads=threads)
+        ema = EMA(params, 0.5, num_threads=threads)
+        for _ in range(3):
+            opt.step(g)
+            ema.update()
         grads = g.copy()
-        norm = _C.clip_grad_norm(grads, 1.0, num_threads=3, backend=backend)
-        results.append((q, ema.values.copy(), grads, norm))
+        norm = clip_grad_norm(grads, 1.0, num_threads=threads)
+        results.append((np.concatenate([p.ravel() for p in params]), opt.exp_avg_sq, ema.values, grads, norm))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

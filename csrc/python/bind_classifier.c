@@ -1,6 +1,6 @@
-/* Bindings for the standard-plane classifier's networks and loss: factories that build a C net from a config dict
- * and hand it to diffice._C.Network (segmenter_create, small_classifier_create, plane_classifier_create), and
- * classification_loss.
+/* Bindings for the standard-plane classifier's networks: factories that build a C net from a config dict and hand
+ * it to diffice._C.Network (segmenter_create, small_classifier_create, plane_classifier_create). The
+ * classification loss is Python over the cross_entropy / logit_loss ops (diffice/models/classifier.py).
  *
  * plane_classifier_create(segmenter, classifier, config) takes two existing Network objects: the composite
  * borrows their C nets and holds a reference to both Python objects, dropped when the composite is destroyed, so
@@ -13,7 +13,6 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
-#include "../nets/class_loss.h"
 #include "../nets/plane_classifier.h"
 #include "../nets/segmenter.h"
 
@@ -96,54 +95,6 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
     return dfc_py_created_net(st, net, &err);
 }
 
-/* classification_loss(logits, targets, kind[, backend]) -> (loss (N), dlogits (N, C)); kind "ce" or "logit";
- * without a backend, the registry's default made for this call (one thread) */
-static PyObject *py_classification_loss(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *logits_obj, *targets_obj;
-    const char *kind_name;
-    dfc_backend *be = NULL, *owned = NULL;
-    if (!PyArg_ParseTuple(args, "OOs|O&", &logits_obj, &targets_obj, &kind_name, dfc_py_backend, &be))
-        return NULL;
-    const char *op = "classification_loss";
-    dfc_class_loss_kind kind;
-    if (strcmp(kind_name, "ce") == 0)
-        kind = DFC_CLASS_LOSS_CE;
-    else if (strcmp(kind_name, "logit") == 0)
-        kind = DFC_CLASS_LOSS_LOGIT;
-    else {
-        PyErr_Format(PyExc_ValueError, "%s: kind must be 'ce' or 'logit', got '%s'", op, kind_name);
-        return NULL;
-    }
-    dfc_py_refs refs = {0};
-    dfc_tensor logits, loss, dlogits;
-    const int64_t *targets;
-    PyObject *result = NULL;
-    if (dfc_py_tensor(logits_obj, op, "logits", 2, 2, 1, &refs, &logits) < 0)
-        goto done;
-    if (PyArray_Check(targets_obj) && !PyArray_ISINTEGER((PyArrayObject *)targets_obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: targets must hold integer class indices, got dtype %s", op,
-                     PyArray_DESCR((PyArrayObject *)targets_obj)->typeobj->tp_name);
-        goto done;
-    }
-    if (dfc_py_int64_vector(targets_obj, op, "targets", logits.shape[0], &refs, &targets) < 0)
-        goto done;
-    if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, logits.shape, &loss}, {2, logits.shape, &dlogits}})))
-        goto done;
-    dfc_error err = {0};
-    if (!be && dfc_backend_create(dfc_backend_registered(0), 1, &owned, &err) != DFC_OK) {
-        dfc_py_raise(&err);
-        Py_CLEAR(result);
-        goto done;
-    }
-    DFC_PY_RUN(result, err, dfc_classification_loss(be ? be : owned, kind, &logits, targets, &loss, &dlogits, &err));
-done:
-    dfc_backend_destroy(owned);
-    dfc_py_refs_release(&refs);
-    return result;
-}
-
 static PyMethodDef classifier_methods[] = {
     {"segmenter_create", py_segmenter_create, METH_VARARGS,
      "segmenter_create(config) -> Network: the UNet-style segmenter (config: in_channels, classes, width, levels, "
@@ -154,9 +105,6 @@ static PyMethodDef classifier_methods[] = {
     {"plane_classifier_create", py_plane_classifier_create, METH_VARARGS,
      "plane_classifier_create(segmenter, classifier, config) -> Network: f(x) = l(s(x), x) (config: "
      "grad_through_segmenter, seg_input); keeps both children alive"},
-    {"classification_loss", py_classification_loss, METH_VARARGS,
-     "classification_loss(logits, targets, kind[, backend]) -> (per-sample loss, d(sum loss)/dlogits); kind 'ce' or "
-     "'logit'"},
     {NULL, NULL, 0, NULL},
 };
 

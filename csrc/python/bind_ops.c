@@ -9,6 +9,8 @@
  *                      TENSOR(n, ndim_min, ndim_max)  float32 C-contiguous finite array; OPTIONAL(...) also None
  *                      INOUT(n, ndim_min, ndim_max)   as TENSOR, writable: the op updates it in place
  *                      INOUT_NONFINITE(n, ndim_min, ndim_max)  as INOUT, NaN and infinity allowed (the op finds them)
+ *                      TENSOR_NONFINITE(n, ndim_min, ndim_max) as TENSOR, NaN and infinity allowed (the optimizer ops:
+ *                                      no extra pass over a whole model's buffers; the trainer checks the norm)
  *                      INT(n, min, max)  INT64(n, min, max)  FLOAT(n) (a double)  BOOL(n)
  *                      PAIR(n, min, max) an (h, w) pair of ints
  *                      SHAPE(n, ndim)  a shape of positive ints
@@ -65,7 +67,8 @@ enum arg_kind {
     A_ROWS,
     A_KIND,
     A_TENSORS,
-    A_OBJECT
+    A_OBJECT,
+    A_TENSOR_NONFINITE
 };
 
 typedef struct {
@@ -117,6 +120,7 @@ struct op_call {
 /* ---- the vocabulary of the entries ---- */
 
 #define TENSOR(n, lo, hi) {A_TENSOR, n, lo, hi, NULL}
+#define TENSOR_NONFINITE(n, lo, hi) {A_TENSOR_NONFINITE, n, lo, hi, NULL}
 #define OPTIONAL(n, lo, hi) {A_OPTIONAL, n, lo, hi, NULL}
 #define INOUT(n, lo, hi) {A_INOUT, n, lo, hi, NULL}
 #define INOUT_NONFINITE(n, lo, hi) {A_INOUT_NONFINITE, n, lo, hi, NULL}
@@ -499,20 +503,21 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("dvb", 1, 1), TENSOR("model_output", 2, 4), TENSOR("x_start", 2, 4), TENSOR("x_t", 2, 4),            \
            VB_COEF_ARGS(2)),                                                                                           \
       SHAPES(LIKE(0, 2)), CALL(T(0), T(1), T(2), T(3), VB_COEFS(4), O(0)))                                             \
-    /* optimizer ops (in place but sum_squares) */                                                                     \
+    /* optimizer ops (in place but sum_squares; NaN passes: the trainer checks the gradient norm) */                   \
     X(adamw_step, "adamw_step", 0,                                                                                     \
       "adamw_step(backend, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay): one AdamW "   \
       "step, in place on param, exp_avg, exp_avg_sq.",                                                                 \
-      ARGS(INOUT("param", 1, 4), TENSOR("grad", 1, 4), INOUT("exp_avg", 1, 4), INOUT("exp_avg_sq", 1, 4),              \
-           INT64("step", 1, INT64_MAX), FLOAT("lr"), FLOAT("beta1"), FLOAT("beta2"), FLOAT("eps"),                     \
-           FLOAT("weight_decay")),                                                                                     \
+      ARGS(INOUT_NONFINITE("param", 1, 4), TENSOR_NONFINITE("grad", 1, 4), INOUT_NONFINITE("exp_avg", 1, 4),           \
+           INOUT_NONFINITE("exp_avg_sq", 1, 4), INT64("step", 1, INT64_MAX), FLOAT("lr"), FLOAT("beta1"),              \
+           FLOAT("beta2"), FLOAT("eps"), FLOAT("weight_decay")),                                                       \
       SHAPES(), CALL(&(dfc_adamw_config){F(5), F(6), F(7), F(8), F(9)}, L(4), T(0), T(1), T(2), T(3)))                 \
     X(ema_update, "ema_update", 0, "ema_update(backend, rate, ema, param): ema = rate ema + (1 - rate) param.",        \
-      ARGS(FLOAT("rate"), INOUT("ema", 1, 4), TENSOR("param", 1, 4)), SHAPES(), CALL(F(0), T(1), T(2)))                \
-    X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.", ARGS(INOUT("x", 1, 4), FLOAT("factor")), \
-      SHAPES(), CALL(T(0), (float)F(1)))                                                                               \
+      ARGS(FLOAT("rate"), INOUT_NONFINITE("ema", 1, 4), TENSOR_NONFINITE("param", 1, 4)), SHAPES(),                    \
+      CALL(F(0), T(1), T(2)))                                                                                          \
+    X(scale, "scale", 0, "scale(backend, x, factor): x *= factor, in place.",                                          \
+      ARGS(INOUT_NONFINITE("x", 1, 4), FLOAT("factor")), SHAPES(), CALL(T(0), (float)F(1)))                            \
     X(sum_squares, "sum_squares", 1, "sum_squares(backend, x) -> the sum of x^2 (a float, accumulated in double).",    \
-      ARGS(TENSOR("x", 1, DFC_MAX_DIMS)), SHAPES(SCALAR(0)), CALL(T(0), OD(0)))                                        \
+      ARGS(TENSOR_NONFINITE("x", 1, DFC_MAX_DIMS)), SHAPES(SCALAR(0)), CALL(T(0), OD(0)))                              \
     /* network ops (issue 15, netops): per-sample losses (N,), their backward from dloss (N,) */                       \
     X(logit_loss_forward, "logit_loss", 1,                                                                             \
       "logit_loss_forward(backend, logits (N, C), targets (N,)) -> per-sample -l_y (N,).",                             \
@@ -677,15 +682,18 @@ static int parse_arg(op_call *c, const op_desc *op, const arg_spec *s, PyObject 
         snprintf(name, sizeof name, "%s: %s", c->label, s->name);
     switch (s->kind) {
     case A_TENSOR:
+    case A_TENSOR_NONFINITE:
     case A_INOUT:
-    case A_INOUT_NONFINITE:
-        TRY(dfc_py_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, s->kind != A_INOUT_NONFINITE, &c->refs,
-                          &v->t));
-        if (s->kind != A_TENSOR && !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
+    case A_INOUT_NONFINITE: {
+        const int finite = s->kind == A_TENSOR || s->kind == A_INOUT;
+        const int writable = s->kind == A_INOUT || s->kind == A_INOUT_NONFINITE;
+        TRY(dfc_py_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, finite, &c->refs, &v->t));
+        if (writable && !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
             PyErr_Format(PyExc_ValueError, "%s: %s must be writable (it is updated in place)", c->label, s->name);
             return -1;
         }
         return 0;
+    }
     case A_OPTIONAL: return dfc_py_optional_tensor(obj, c->label, s->name, (int)s->lo, (int)s->hi, 1, &c->refs, &v->t);
     case A_INT: return dfc_py_int(obj, name, (int)s->lo, (int)s->hi, &v->i);
     case A_INT64: return dfc_py_int64(obj, name, s->lo, s->hi, &v->l);

@@ -23,11 +23,10 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
     const char *what = "ResNet";
     int taps[DFC_RESNET_STAGES], n_taps = 0;
     if (dfc_py_config_required_int(cfg_dict, what, "depth", 1, INT_MAX, &c.depth) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "layout", DFC_RESNET_TORCHVISION, DFC_RESNET_RADIMAGENET,
-                                   &layout) < 0 ||
+        dfc_py_config_required_int(cfg_dict, what, "layout", DFC_RESNET_TORCHVISION, DFC_RESNET_RADIMAGENET, &layout) <
+            0 ||
         dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
-        dfc_py_config_int_list(cfg_dict, what, "taps", 0, DFC_RESNET_STAGES - 1, DFC_RESNET_STAGES, taps,
-                               &n_taps) < 0)
+        dfc_py_config_int_list(cfg_dict, what, "taps", 0, DFC_RESNET_STAGES - 1, DFC_RESNET_STAGES, taps, &n_taps) < 0)
         return NULL;
     c.layout = (dfc_resnet_layout)layout;
     for (int i = 0; i < n_taps; i++)
@@ -43,7 +42,7 @@ static PyObject *py_resnet_create(PyObject *self, PyObject *args)
 typedef struct {
     DfcWorkspaceObject base; /* the object head and the workspace */
     dfc_perceptual *loss;
-    PyObject *network;   /* the diffice._C.Network the loss runs (kept alive) */
+    PyObject *network;             /* the diffice._C.Network the loss runs (kept alive) */
     PyThread_type_lock state_lock; /* held by set_reference (which replaces the reference features) and loss (which
                                     * reads them): calls from several threads take turns instead of racing */
 } PerceptualObject;
@@ -53,8 +52,7 @@ static void perceptual_lock(PyThread_type_lock lock)
 {
     if (PyThread_acquire_lock(lock, NOWAIT_LOCK))
         return;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(lock, WAIT_LOCK);
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(lock, WAIT_LOCK);
     Py_END_ALLOW_THREADS
 }
 
@@ -151,8 +149,8 @@ static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
     dfc_py_arenas w;
     perceptual_lock(self->state_lock);
     dfc_py_workspace_acquire(&self->base.ws, &w);
-    DFC_PY_RUN(result, err, dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss,
-                                                with_grad ? &da : NULL, &err));
+    DFC_PY_RUN(result, err,
+               dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss, with_grad ? &da : NULL, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:
@@ -192,8 +190,7 @@ static PyGetSetDef perceptual_getset[] = {
 };
 
 static PyTypeObject DfcPerceptual_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "diffice._C.PerceptualLoss",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "diffice._C.PerceptualLoss",
     .tp_basicsize = sizeof(PerceptualObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "PerceptualLoss(network, variant, weight): variant 0 = mse (DiME), 1 = normalized (MONAI).",
@@ -204,79 +201,10 @@ static PyTypeObject DfcPerceptual_Type = {
     .tp_getset = perceptual_getset,
 };
 
-/* ---- pixel losses ---- */
-
-enum { PIXEL_L1 = 0, PIXEL_L2 = 1, PIXEL_L2_CHANNEL_NORM = 2 };
-
-/* t (N, C, ...) viewed as (N, C, H, W), missing trailing dims 1 (distance_penalty takes images). */
-static dfc_tensor as_images(const dfc_tensor *t)
-{
-    dfc_tensor v = dfc_tensor4(t->data, t->shape[0], t->shape[1], 1, 1);
-    for (int d = 2; d < t->ndim; d++)
-        v.shape[d] = t->shape[d];
-    return v;
-}
-
-/* loss (N) and, if da is set, da = d sum(loss) / da, through the op table: l1 and l2_channel_norm are DiME's
- * distance_penalty with weights (1, 0) and (0, 1); l2, the sum of squares, is mse's per-sample mean times the m
- * values per sample. loss holds the backward's dloss (1, or m for the mean) until the forward overwrites it. */
-static dfc_status pixel_loss_and_grad(dfc_backend *be, int kind, const dfc_tensor *a, const dfc_tensor *b,
-                                      dfc_tensor *loss, dfc_tensor *da, dfc_error *err)
-{
-    DFC_TRY(dfc_check_same_shape(a, b, "pixel_loss", "a", "b", err));
-    if (kind == PIXEL_L2) {
-        const float m = (float)dfc_inner_size(a, 1);
-        if (da) {
-            DFC_TRY(be->ops->fill(be, m, loss, err));
-            DFC_TRY(be->ops->mse_backward(be, loss, a, b, da, NULL, err));
-        }
-        DFC_TRY(be->ops->mse_forward(be, a, b, loss, err));
-        return be->ops->scale(be, loss, m, err);
-    }
-    const float l1 = kind == PIXEL_L1 ? 1.0f : 0.0f, l2 = 1.0f - l1;
-    const dfc_tensor a4 = as_images(a), b4 = as_images(b);
-    if (da) {
-        dfc_tensor da4 = as_images(da);
-        DFC_TRY(be->ops->fill(be, 1.0f, loss, err));
-        DFC_TRY(be->ops->distance_penalty_backward(be, loss, &a4, &b4, l1, l2, &da4, err));
-    }
-    return be->ops->distance_penalty_forward(be, &a4, &b4, l1, l2, loss, err);
-}
-
-/* pixel_loss(backend, kind, a, b, with_grad) -> (loss (N,), da or None); kind 0 l1, 1 l2, 2 l2 channel norm */
-static PyObject *py_pixel_loss(PyObject *self, PyObject *args)
-{
-    (void)self;
-    dfc_backend *be;
-    dfc_py_int_arg kind = {"pixel_loss: kind (0 l1, 1 l2, 2 l2 channel norm)", 0, 2, 0};
-    int with_grad;
-    PyObject *a_obj, *b_obj;
-    if (!PyArg_ParseTuple(args, "O&O&OOp", dfc_py_backend, &be, dfc_py_int_converter, &kind, &a_obj, &b_obj,
-                          &with_grad))
-        return NULL;
-    const char *op = "pixel_loss";
-    dfc_py_refs refs = {0};
-    dfc_tensor a, b, loss, da = {0};
-    PyObject *result = NULL;
-    if (dfc_py_tensor(a_obj, op, "a", 2, 4, 1, &refs, &a) < 0 || dfc_py_tensor(b_obj, op, "b", 2, 4, 1, &refs, &b) < 0)
-        goto done;
-    const int64_t *da_shape = with_grad ? a.shape : NULL; /* da is None without the gradient */
-    if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {a.ndim, da_shape, &da}})))
-        goto done;
-    dfc_error err = {0};
-    DFC_PY_RUN(result, err, pixel_loss_and_grad(be, (int)kind.value, &a, &b, &loss,
-                                                with_grad ? &da : NULL, &err));
-done:
-    dfc_py_refs_release(&refs);
-    return result;
-}
-
 static PyMethodDef resnet_functions[] = {
     {"resnet_create", py_resnet_create, METH_VARARGS,
      "resnet_create(config) -> Network; config: depth, layout (0 torchvision, 1 radimagenet), in_channels, "
      "taps (stage indices: 0 stem, 1..4 layer1..4)"},
-    {"pixel_loss", py_pixel_loss, METH_VARARGS,
-     "pixel_loss(backend, kind, a, b, with_grad) -> (loss (N,), da or None); kind 0 l1, 1 l2, 2 l2 channel norm"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,8 +6,8 @@ The recipe is guided-diffusion's ``TrainLoop`` for the unconditional model: t un
 AdamW, an EMA of the weights. Unlike guided-diffusion the gradient is clipped by its global norm (grad_clip,
 0 turns it off). Images are float32 (N, 1, H, W) in [-1, 1].
 
-The optimiser state (AdamW moments, EMA) lives in numpy arrays owned by the C objects, so a checkpoint saves it
-as it is and ``resume=True`` continues bit for bit (same machine, same thread count).
+The optimiser state (AdamW moments, EMA) lives in numpy arrays that the C ops update in place, so a checkpoint
+saves it as it is and ``resume=True`` continues bit for bit (same machine, same thread count).
 """
 
 from __future__ import annotations
@@ -69,13 +69,48 @@ def _param_list(params: Params) -> list[np.ndarray]:
     return list(params)
 
 
+def _flat(array: object, who: str, name: str, writable: bool) -> np.ndarray:
+    """array as a 1-D view (no copy): a float32 numpy array, C-contiguous, aligned, writable where updated in place.
+    TypeError / ValueError naming who and name otherwise."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        got = array.dtype.type.__name__ if isinstance(array, np.ndarray) else type(array).__name__
+        raise TypeError(f"{who}: {name} must be a numpy.ndarray of float32, got {got}")
+    if not (array.flags.c_contiguous and array.flags.aligned and (array.flags.writeable or not writable)):
+        raise ValueError(f"{who}: {name} must be a C-contiguous, aligned{', writable' if writable else ''} array")
+    return array.reshape(-1)
+
+
+def _segments(params: list[np.ndarray], who: str, writable: bool) -> list[np.ndarray]:
+    """params as 1-D views, those adjacent in memory merged into one view: a network's parameters are views of one
+    buffer, so an update is one op call over the buffer instead of one per tensor."""
+    runs: list[list[np.ndarray]] = []
+    end = -1  # the address just past the last run
+    for k, param in enumerate(params):
+        flat = _flat(param, who, f"params[{k}]", writable)
+        if flat.size == 0:
+            continue
+        start = flat.__array_interface__["data"][0]
+        if start == end:
+            runs[-1].append(flat)
+        else:
+            runs.append([flat])
+        end = start + flat.nbytes
+    return [
+        np.lib.stride_tricks.as_strided(run[0], (sum(f.size for f in run),), (4,), writeable=writable)
+        if len(run) > 1
+        else run[0]
+        for run in runs
+    ]
+
+
 class AdamW:
     """torch.optim.AdamW over a list of parameter arrays (updated in place) and one flat gradient.
 
     params: the network's parameter views (``unet._params``, a dict in registration order) or a list of writable
-    float32 arrays; grads: float32, ``sum(p.size)`` values in the same order (``UNet.gradients``' flat buffer).
-    State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved by ``state_dict``.
-    Each step runs the adamw_step op on ``get_backend(backend, num_threads)``.
+    float32 arrays, fixed at construction (checked then); grads: float32, ``sum(p.size)`` values in the same order
+    (``UNet.gradients``' flat buffer). State: ``exp_avg``, ``exp_avg_sq`` (flat float32) and ``num_steps``, saved
+    by ``state_dict``. Each step runs the adamw_step op in place on ``get_backend(backend, num_threads)``, once per
+    run of parameters adjacent in memory (once for a network's parameter buffer).
     """
 
     def __init__(
@@ -89,67 +124,133 @@ class AdamW:
         backend: str = "cpu",
     ) -> None:
         self.params = _param_list(params)
-        size = sum(p.size for p in self.params)
-        self._c = _C.AdamW(
-            size,
-            lr=float(lr),
-            betas=(float(betas[0]), float(betas[1])),
-            eps=float(eps),
-            weight_decay=float(weight_decay),
-        )
+        self._segments = _segments(self.params, "AdamW", writable=True)
+        size = sum(s.size for s in self._segments)
+        if size < 1:
+            raise ValueError("AdamW: params hold no values")
         self._backend = (backend, int(num_threads))
         get_backend(*self._backend)  # an unknown name fails here, not at the first step
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self._set(lr, weight_decay)
+        self.exp_avg = np.zeros(size, np.float32)
+        self.exp_avg_sq = np.zeros(size, np.float32)
+        self._num_steps = 0
+
+    def _set(self, lr: float, weight_decay: float) -> None:
+        """Sets the hyperparameters after the op's own check of them (torch's ranges), on one scratch value."""
+        lr, weight_decay = float(lr), float(weight_decay)
+        param, grad, exp_avg, exp_avg_sq = np.zeros((4, 1), np.float32)
+        _C.adamw_step(get_backend("ref"), param, grad, exp_avg, exp_avg_sq, 1, lr, *self.betas, self.eps, weight_decay)
+        self._lr, self._weight_decay = lr, weight_decay
+
+    lr = property(lambda self: self._lr, lambda self, v: self._set(v, self._weight_decay))
+    weight_decay = property(lambda self: self._weight_decay, lambda self, v: self._set(self._lr, v))
+
+    @property
+    def num_steps(self) -> int:
+        """Steps taken (the bias correction's count)."""
+        return self._num_steps
+
+    @num_steps.setter
+    def num_steps(self, value: int) -> None:
+        if not 0 <= int(value) <= 2**63 - 1:
+            raise ValueError(f"AdamW: num_steps: expected an integer in [0, {2**63 - 1}], got {value}")
+        self._num_steps = int(value)
 
     def step(self, grads: np.ndarray) -> None:
-        self._c.step(self.params, grads, get_backend(*self._backend))
-
-    lr = property(lambda self: self._c.lr, lambda self, v: setattr(self._c, "lr", v))
-    weight_decay = property(lambda self: self._c.weight_decay, lambda self, v: setattr(self._c, "weight_decay", v))
-    num_steps = property(lambda self: self._c.num_steps, lambda self, v: setattr(self._c, "num_steps", v))
-    exp_avg = property(lambda self: self._c.exp_avg)
-    exp_avg_sq = property(lambda self: self._c.exp_avg_sq)
+        size = self.exp_avg.size
+        flat_grads = _flat(grads, "AdamW.step", "grads", writable=False)
+        if flat_grads.size != size:
+            raise ValueError(f"AdamW.step: grads has {flat_grads.size} values, expected {size} (one per parameter)")
+        backend, step = get_backend(*self._backend), self._num_steps + 1
+        offset = 0
+        for param in self._segments:
+            part = slice(offset, offset + param.size)
+            _C.adamw_step(
+                backend,
+                param,
+                flat_grads[part],
+                self.exp_avg[part],
+                self.exp_avg_sq[part],
+                step,
+                self._lr,
+                *self.betas,
+                self.eps,
+                self._weight_decay,
+            )
+            offset += param.size
+        self._num_steps = step
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {
-            "exp_avg": self._c.exp_avg.copy(),
-            "exp_avg_sq": self._c.exp_avg_sq.copy(),
-            "num_steps": np.int64(self._c.num_steps),
+            "exp_avg": self.exp_avg.copy(),
+            "exp_avg_sq": self.exp_avg_sq.copy(),
+            "num_steps": np.int64(self._num_steps),
         }
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         for name in ("exp_avg", "exp_avg_sq"):
             value = np.asarray(state[name])
-            if value.shape != self._c.exp_avg.shape:
-                raise ValueError(f"AdamW state '{name}' has shape {value.shape}, expected {self._c.exp_avg.shape}")
-            getattr(self._c, name)[...] = value
-        self._c.num_steps = int(state["num_steps"])
+            if value.shape != self.exp_avg.shape:
+                raise ValueError(f"AdamW state '{name}' has shape {value.shape}, expected {self.exp_avg.shape}")
+            getattr(self, name)[...] = value
+        self.num_steps = int(state["num_steps"])
 
 
 class EMA:
     """Exponential moving average of parameters (guided-diffusion's ``update_ema``), starting from a copy.
 
     ``values`` is the flat float32 average; ``state_dict(names_shapes)`` slices it back into named tensors.
-    Each update runs the ema_update op on ``get_backend(backend, num_threads)``.
+    params are fixed at construction. Each update runs the ema_update op in place on
+    ``get_backend(backend, num_threads)``, once per run of parameters adjacent in memory.
     """
 
     def __init__(self, params: Params, rate: float = 0.9999, num_threads: int = 0, backend: str = "cpu") -> None:
         self.params = _param_list(params)
-        self._c = _C.EMA(self.params, float(rate))
+        self.rate = rate
         self._backend = (backend, int(num_threads))
         get_backend(*self._backend)
+        self._segments = _segments(self.params, "EMA", writable=False)
+        if not self._segments:
+            raise ValueError("EMA: params are empty")
+        self._values = np.concatenate(self._segments)
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"EMA: rate must be in [0, 1], got {float(value):g}")
+        self._rate = float(value)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The averaged parameters (flat float32, writable: restore in place)."""
+        return self._values
 
     def update(self) -> None:
-        self._c.update(self.params, get_backend(*self._backend))
-
-    rate = property(lambda self: self._c.rate, lambda self, v: setattr(self._c, "rate", v))
-    values = property(lambda self: self._c.values)
+        backend, offset = get_backend(*self._backend), 0
+        for param in self._segments:
+            _C.ema_update(backend, self._rate, self._values[offset : offset + param.size], param)
+            offset += param.size
 
 
 def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> float:
     """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
     min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ (the sum_squares and scale ops on
-    ``get_backend(backend, num_threads)``)."""
-    return float(_C.clip_grad_norm(grads, float(max_norm), backend=get_backend(backend, int(num_threads))))
+    ``get_backend(backend, num_threads)``). A non-finite norm is returned, grads left as they are."""
+    max_norm = float(max_norm)
+    clip = max_norm > 0.0
+    flat_grads = _flat(grads, "clip_grad_norm", "grads", writable=clip)
+    be = get_backend(backend, int(num_threads))
+    norm = math.sqrt(_C.sum_squares(be, flat_grads))
+    factor = max_norm / (norm + 1e-6) if clip else 1.0
+    if factor < 1.0 and math.isfinite(norm):
+        _C.scale(be, flat_grads, factor)
+    return norm
 
 
 # ---- the loss ----
