@@ -104,27 +104,36 @@ static dfc_status space_timesteps(int steps, const char *respacing, unsigned cha
 
 /* ---- construction ---- */
 
+/* Every float64 table of d, for allocating and freeing them together. */
+#define DIFFUSION_TABLES 16
+static void diffusion_tables(dfc_diffusion *d, double **tables[DIFFUSION_TABLES])
+{
+    double **all[DIFFUSION_TABLES] = {&d->betas,
+                                      &d->alphas_cumprod,
+                                      &d->alphas_cumprod_prev,
+                                      &d->alphas_cumprod_next,
+                                      &d->sqrt_alphas_cumprod,
+                                      &d->sqrt_one_minus_alphas_cumprod,
+                                      &d->log_one_minus_alphas_cumprod,
+                                      &d->sqrt_recip_alphas_cumprod,
+                                      &d->sqrt_recipm1_alphas_cumprod,
+                                      &d->posterior_variance,
+                                      &d->posterior_log_variance_clipped,
+                                      &d->posterior_mean_coef1,
+                                      &d->posterior_mean_coef2,
+                                      &d->log_betas,
+                                      &d->fixed_variance,
+                                      &d->fixed_log_variance};
+    memcpy(tables, all, sizeof all);
+}
+
 void dfc_diffusion_destroy(dfc_diffusion *d)
 {
     if (!d)
         return;
     free(d->timestep_map);
-    double **arrays[] = {&d->betas,
-                         &d->alphas_cumprod,
-                         &d->alphas_cumprod_prev,
-                         &d->alphas_cumprod_next,
-                         &d->sqrt_alphas_cumprod,
-                         &d->sqrt_one_minus_alphas_cumprod,
-                         &d->log_one_minus_alphas_cumprod,
-                         &d->sqrt_recip_alphas_cumprod,
-                         &d->sqrt_recipm1_alphas_cumprod,
-                         &d->posterior_variance,
-                         &d->posterior_log_variance_clipped,
-                         &d->posterior_mean_coef1,
-                         &d->posterior_mean_coef2,
-                         &d->log_betas,
-                         &d->fixed_variance,
-                         &d->fixed_log_variance};
+    double **arrays[DIFFUSION_TABLES];
+    diffusion_tables(d, arrays);
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         free(*arrays[i]);
     free(d);
@@ -169,22 +178,8 @@ dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *res
     d->num_timesteps = k;
     d->variance_type = variance_type;
     d->timestep_map = malloc((size_t)k * sizeof(int64_t));
-    double **arrays[] = {&d->betas,
-                         &d->alphas_cumprod,
-                         &d->alphas_cumprod_prev,
-                         &d->alphas_cumprod_next,
-                         &d->sqrt_alphas_cumprod,
-                         &d->sqrt_one_minus_alphas_cumprod,
-                         &d->log_one_minus_alphas_cumprod,
-                         &d->sqrt_recip_alphas_cumprod,
-                         &d->sqrt_recipm1_alphas_cumprod,
-                         &d->posterior_variance,
-                         &d->posterior_log_variance_clipped,
-                         &d->posterior_mean_coef1,
-                         &d->posterior_mean_coef2,
-                         &d->log_betas,
-                         &d->fixed_variance,
-                         &d->fixed_log_variance};
+    double **arrays[DIFFUSION_TABLES];
+    diffusion_tables(d, arrays);
     int all_allocated = d->timestep_map != NULL;
     for (size_t a = 0; a < sizeof arrays / sizeof arrays[0]; a++) {
         *arrays[a] = malloc((size_t)k * sizeof(double));
