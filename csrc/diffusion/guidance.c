@@ -14,11 +14,19 @@ struct dfc_model_guidance {
     dfc_perceptual *perceptual; /* borrowed, may be NULL */
     int64_t n, m;               /* images and values per image of the original batch */
     int64_t shape[4];
-    float *x;                /* copy of the original batch, in host memory (as the caller's x) */
+    /* The original batch stays in host memory: the guidance is made before the sampler's backend is known (the
+     * Python API gives the backend at sample time), so the rows a pass needs are copied in per call. */
+    float *x;
     int64_t *targets;        /* (n) */
     int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
+    /* The perceptual reference's features (tensors): in the memory of the backend of the last call, which must
+     * stay alive while it holds them (until the next call with another backend, or destroy). */
+    dfc_backend *reference_backend;
     dfc_arena reference_arena, reference_scratch;
+    /* host scratch of a call (n entries each): the targets of its rows, lambda_p per row (the ops' host arrays) */
+    int64_t *row_targets;
+    float *lambda_p_rows;
 };
 
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
@@ -42,10 +50,12 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
     g->x = malloc((size_t)(g->n * g->m) * sizeof(float));
     g->targets = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
+    g->row_targets = malloc((size_t)g->n * sizeof(int64_t));
+    g->lambda_p_rows = malloc((size_t)g->n * sizeof(float));
     g->reference_count = -1;
-    dfc_arena_init(&g->reference_arena, 0, 0);
-    dfc_arena_init(&g->reference_scratch, 0, 0);
-    if (!g->x || !g->targets || !g->reference_rows) {
+    dfc_arena_init_backend(&g->reference_arena, NULL, 0, 0);
+    dfc_arena_init_backend(&g->reference_scratch, NULL, 0, 0);
+    if (!g->x || !g->targets || !g->reference_rows || !g->row_targets || !g->lambda_p_rows) {
         dfc_model_guidance_destroy(g);
         return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
     }
@@ -62,9 +72,23 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
     free(g->x);
     free(g->targets);
     free(g->reference_rows);
+    free(g->row_targets);
+    free(g->lambda_p_rows);
     dfc_arena_free(&g->reference_arena);
     dfc_arena_free(&g->reference_scratch);
     free(g);
+}
+
+void dfc_model_guidance_use_backend(dfc_model_guidance *g, dfc_backend *be)
+{
+    if (g->reference_backend == be)
+        return;
+    dfc_arena_free(&g->reference_arena);
+    dfc_arena_free(&g->reference_scratch);
+    dfc_arena_init_backend(&g->reference_arena, be, 0, 0);
+    dfc_arena_init_backend(&g->reference_scratch, be, 0, 0);
+    g->reference_backend = be;
+    g->reference_count = -1; /* the features are gone */
 }
 
 /* The original images of these rows, copied in from the host copy. */
@@ -88,6 +112,7 @@ static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int
 static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc_arena *arena, const int64_t *rows,
                                      int64_t count, dfc_error *err)
 {
+    dfc_model_guidance_use_backend(g, be);
     if (g->reference_count == count && memcmp(g->reference_rows, rows, (size_t)count * sizeof(int64_t)) == 0)
         return DFC_OK;
     dfc_arena_mark mark = dfc_arena_get_mark(arena);
@@ -105,14 +130,18 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
     return DFC_OK;
 }
 
-static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
-                                 int64_t **out, dfc_error *err)
+/* The targets of these rows, in the guidance's host scratch (the ops take targets as a host array). */
+static dfc_status gather_targets(dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_error *err)
 {
-    *out = dfc_arena_alloc(arena, (size_t)count * sizeof(int64_t), err);
-    if (!*out)
-        return err && err->code ? err->code : DFC_ERR_NOMEM;
-    for (int64_t b = 0; b < count; b++)
-        (*out)[b] = g->targets[rows[b]];
+    if (count > g->n)
+        return dfc_fail(err, DFC_ERR_SHAPE, "guidance: %lld rows, but the batch has %lld images", (long long)count,
+                        (long long)g->n);
+    for (int64_t b = 0; b < count; b++) {
+        if (rows[b] < 0 || rows[b] >= g->n)
+            return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld", (long long)rows[b],
+                            (long long)g->n);
+        g->row_targets[b] = g->targets[rows[b]];
+    }
     return DFC_OK;
 }
 
@@ -122,8 +151,8 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
 {
     dfc_model_guidance *g = ctx;
     const int64_t n = x0->shape[0];
-    int64_t *targets;
-    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
+    DFC_TRY(gather_targets(g, rows, n, err));
+    const int64_t *targets = g->row_targets;
     /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS] = {{0}};
     void *tape = NULL;
@@ -143,9 +172,7 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
         DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
         dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);
         DFC_CHECK_ALLOC(dp);
-        float *lambda_p_rows = dfc_arena_alloc(arena, (size_t)n * sizeof(float), err);
-        if (!lambda_p_rows)
-            return err && err->code ? err->code : DFC_ERR_NOMEM;
+        float *lambda_p_rows = g->lambda_p_rows; /* n <= g->n: gather_targets checked */
         for (int64_t b = 0; b < n; b++)
             lambda_p_rows[b] = lambda_p;
         DFC_TRY(dfc_perceptual_loss(g->perceptual, be, arena, NULL, x0, &lp, &dp, err));
@@ -165,8 +192,8 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
     if (logits->ndim != 2 || logits->shape[0] != n)
         return dfc_fail(err, DFC_ERR_SHAPE, "guidance: the classifier's first output must be logits (N, classes)");
     const int64_t k = logits->shape[1];
-    int64_t *targets;
-    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
+    DFC_TRY(gather_targets(g, rows, n, err));
+    const int64_t *targets = g->row_targets;
     for (int64_t b = 0; b < n; b++)
         if (targets[b] < 0 || targets[b] >= (k == 1 ? 2 : k))
             return dfc_fail(err, DFC_ERR_VALUE,
