@@ -14,19 +14,16 @@ struct dfc_model_guidance {
     dfc_perceptual *perceptual; /* borrowed, may be NULL */
     int64_t n, m;               /* images and values per image of the original batch */
     int64_t shape[4];
-    /* The original batch stays in host memory: the guidance is made before the sampler's backend is known (the
-     * Python API gives the backend at sample time), so the rows a pass needs are copied in per call. */
+    /* The original batch, in host memory: the guidance is made before the backend is known (the Python API gives
+     * it at sample time), so the rows a pass needs are copied in per call. */
     float *x;
     int64_t *targets;        /* (n) */
     int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
-    /* The perceptual reference's features (tensors): in the memory of the backend of the last call, which must
-     * stay alive while it holds them (until the next call with another backend, or destroy). */
+    /* The perceptual reference's features, kept between calls in the memory of the backend last used (NULL: host
+     * memory), which must stay alive until the next call with another backend, or destroy. */
     dfc_backend *reference_backend;
     dfc_arena reference_arena, reference_scratch;
-    /* host scratch of a call (n entries each): the targets of its rows, lambda_p per row (the ops' host arrays) */
-    int64_t *row_targets;
-    float *lambda_p_rows;
 };
 
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
@@ -50,12 +47,10 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
     g->x = malloc((size_t)(g->n * g->m) * sizeof(float));
     g->targets = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
-    g->row_targets = malloc((size_t)g->n * sizeof(int64_t));
-    g->lambda_p_rows = malloc((size_t)g->n * sizeof(float));
     g->reference_count = -1;
-    dfc_arena_init_backend(&g->reference_arena, NULL, 0, 0);
-    dfc_arena_init_backend(&g->reference_scratch, NULL, 0, 0);
-    if (!g->x || !g->targets || !g->reference_rows || !g->row_targets || !g->lambda_p_rows) {
+    dfc_arena_init(&g->reference_arena, 0, 0);
+    dfc_arena_init(&g->reference_scratch, 0, 0);
+    if (!g->x || !g->targets || !g->reference_rows) {
         dfc_model_guidance_destroy(g);
         return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
     }
@@ -72,8 +67,6 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
     free(g->x);
     free(g->targets);
     free(g->reference_rows);
-    free(g->row_targets);
-    free(g->lambda_p_rows);
     dfc_arena_free(&g->reference_arena);
     dfc_arena_free(&g->reference_scratch);
     free(g);
@@ -130,18 +123,14 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
     return DFC_OK;
 }
 
-/* The targets of these rows, in the guidance's host scratch (the ops take targets as a host array). */
-static dfc_status gather_targets(dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_error *err)
+static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
+                                 int64_t **out, dfc_error *err)
 {
-    if (count > g->n)
-        return dfc_fail(err, DFC_ERR_SHAPE, "guidance: %lld rows, but the batch has %lld images", (long long)count,
-                        (long long)g->n);
-    for (int64_t b = 0; b < count; b++) {
-        if (rows[b] < 0 || rows[b] >= g->n)
-            return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld", (long long)rows[b],
-                            (long long)g->n);
-        g->row_targets[b] = g->targets[rows[b]];
-    }
+    *out = dfc_arena_host_alloc(arena, (size_t)count * sizeof(int64_t), err);
+    if (!*out)
+        return err && err->code ? err->code : DFC_ERR_NOMEM;
+    for (int64_t b = 0; b < count; b++)
+        (*out)[b] = g->targets[rows[b]];
     return DFC_OK;
 }
 
@@ -151,8 +140,8 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
 {
     dfc_model_guidance *g = ctx;
     const int64_t n = x0->shape[0];
-    DFC_TRY(gather_targets(g, rows, n, err));
-    const int64_t *targets = g->row_targets;
+    int64_t *targets;
+    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
     /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS] = {{0}};
     void *tape = NULL;
@@ -172,7 +161,9 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
         DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
         dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);
         DFC_CHECK_ALLOC(dp);
-        float *lambda_p_rows = g->lambda_p_rows; /* n <= g->n: gather_targets checked */
+        float *lambda_p_rows = dfc_arena_host_alloc(arena, (size_t)n * sizeof(float), err);
+        if (!lambda_p_rows)
+            return err && err->code ? err->code : DFC_ERR_NOMEM;
         for (int64_t b = 0; b < n; b++)
             lambda_p_rows[b] = lambda_p;
         DFC_TRY(dfc_perceptual_loss(g->perceptual, be, arena, NULL, x0, &lp, &dp, err));
@@ -192,8 +183,8 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
     if (logits->ndim != 2 || logits->shape[0] != n)
         return dfc_fail(err, DFC_ERR_SHAPE, "guidance: the classifier's first output must be logits (N, classes)");
     const int64_t k = logits->shape[1];
-    DFC_TRY(gather_targets(g, rows, n, err));
-    const int64_t *targets = g->row_targets;
+    int64_t *targets;
+    DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
     for (int64_t b = 0; b < n; b++)
         if (targets[b] < 0 || targets[b] >= (k == 1 ? 2 : k))
             return dfc_fail(err, DFC_ERR_VALUE,
