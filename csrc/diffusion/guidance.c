@@ -20,10 +20,6 @@ struct dfc_model_guidance {
     int64_t *targets;        /* (n) */
     int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
-    /* The perceptual reference's features, kept between calls in the memory of the backend last used (NULL: host
-     * memory), which must stay alive until the next call with another backend, or destroy. */
-    dfc_backend *reference_backend;
-    dfc_arena reference_arena, reference_scratch;
 };
 
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
@@ -48,8 +44,6 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
     g->targets = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_count = -1;
-    dfc_arena_init(&g->reference_arena, 0, 0);
-    dfc_arena_init(&g->reference_scratch, 0, 0);
     if (!g->x || !g->targets || !g->reference_rows) {
         dfc_model_guidance_destroy(g);
         return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
@@ -67,21 +61,7 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
     free(g->x);
     free(g->targets);
     free(g->reference_rows);
-    dfc_arena_free(&g->reference_arena);
-    dfc_arena_free(&g->reference_scratch);
     free(g);
-}
-
-void dfc_model_guidance_use_backend(dfc_model_guidance *g, dfc_backend *be)
-{
-    if (g->reference_backend == be)
-        return;
-    dfc_arena_free(&g->reference_arena);
-    dfc_arena_free(&g->reference_scratch);
-    dfc_arena_init_backend(&g->reference_arena, be, 0, 0);
-    dfc_arena_init_backend(&g->reference_scratch, be, 0, 0);
-    g->reference_backend = be;
-    g->reference_count = -1; /* the features are gone */
 }
 
 /* The original images of these rows, copied in from the host copy. */
@@ -105,14 +85,13 @@ static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int
 static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc_arena *arena, const int64_t *rows,
                                      int64_t count, dfc_error *err)
 {
-    dfc_model_guidance_use_backend(g, be);
     if (g->reference_count == count && memcmp(g->reference_rows, rows, (size_t)count * sizeof(int64_t)) == 0)
         return DFC_OK;
     dfc_arena_mark mark = dfc_arena_get_mark(arena);
     dfc_tensor b;
     dfc_status st = gather(g, be, rows, count, arena, &b, err);
     if (st == DFC_OK)
-        st = dfc_perceptual_set_reference(g->perceptual, be, &g->reference_arena, &g->reference_scratch, &b, err);
+        st = dfc_perceptual_set_reference(g->perceptual, be, arena, NULL, &b, err); /* the features' working memory */
     dfc_arena_reset(arena, mark);
     if (st != DFC_OK) {
         g->reference_count = -1;

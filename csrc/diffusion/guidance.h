@@ -17,11 +17,6 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
                                      dfc_error *err);
 void dfc_model_guidance_destroy(dfc_model_guidance *g);
 
-/* Holds the guidance's backend memory (the perceptual reference's features, kept between calls) in be's memory
- * (NULL: host memory); what it held in the previous backend's memory is released there first, so that backend
- * must still be alive, as it must at destroy. Calls with another backend do this themselves. */
-void dfc_model_guidance_use_backend(dfc_model_guidance *g, dfc_backend *be);
-
 /* The interface the sampler calls (ctx = g). */
 dfc_guidance dfc_model_guidance_interface(dfc_model_guidance *g);
 

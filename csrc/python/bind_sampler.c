@@ -243,25 +243,15 @@ static PyObject *zeros(int ndim, const npy_intp *dims, int type)
     return PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
 }
 
-/* A native guidance, the capsule's pointer. */
-typedef struct {
-    dfc_guidance iface; /* what the sampler calls; ctx = the model guidance */
-    dfc_model_guidance *guidance;
-    dfc_perceptual *perceptual;      /* private to this guidance (its reference follows the sampler's passes) */
-    PyObject *classifier, *features; /* the Network objects whose C nets are used, kept alive */
-    PyObject *backend; /* the Backend whose memory holds the guidance's reference features, kept alive; or NULL */
-} native_guidance;
-
 /* sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict; denoiser: a
  * Network conditioned on the timesteps (the UNet) */
 static PyObject *py_sample(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *cfg_obj, *denoiser_obj, *diff_obj, *guidance_obj, *backend_obj, *x_obj, *keys_obj, *progress = Py_None;
+    PyObject *cfg_obj, *denoiser_obj, *diff_obj, *guidance_obj, *x_obj, *keys_obj, *progress = Py_None;
     dfc_backend *be;
-    if (!PyArg_ParseTuple(args, "OOOOOOO|O", &cfg_obj, &denoiser_obj, &diff_obj, &guidance_obj, &backend_obj, &x_obj,
-                          &keys_obj, &progress) ||
-        !dfc_py_backend(backend_obj, &be))
+    if (!PyArg_ParseTuple(args, "OOOOO&OO|O", &cfg_obj, &denoiser_obj, &diff_obj, &guidance_obj, dfc_py_backend, &be,
+                          &x_obj, &keys_obj, &progress))
         return NULL;
     dfc_sampler_config cfg;
     dfc_net *denoiser = dfc_py_unwrap_net(denoiser_obj);
@@ -333,16 +323,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     py_bridge bridge = {guidance_obj, progress == Py_None ? NULL : progress, C, H, W, NULL, NULL, NULL};
     dfc_guidance guidance;
     if (PyCapsule_IsValid(guidance_obj, GUIDANCE_CAPSULE)) {
-        native_guidance *native = PyCapsule_GetPointer(guidance_obj, GUIDANCE_CAPSULE);
-        guidance = native->iface;
-        if (native->backend != backend_obj) {
-            /* what the guidance holds in the previous backend's memory is released there (still alive: referenced) */
-            dfc_model_guidance_use_backend(native->guidance, be);
-            PyObject *previous = native->backend;
-            Py_INCREF(backend_obj);
-            native->backend = backend_obj;
-            Py_XDECREF(previous);
-        }
+        guidance = *(dfc_guidance *)PyCapsule_GetPointer(guidance_obj, GUIDANCE_CAPSULE);
     } else {
         if (!PyObject_HasAttrString(guidance_obj, "loss_and_grad") ||
             !PyObject_HasAttrString(guidance_obj, "classify")) {
@@ -450,6 +431,13 @@ static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
 
 /* ---- native guidance: diffice's networks, no Python in the step loop ---- */
 
+typedef struct {
+    dfc_guidance iface; /* what the sampler calls; ctx = the model guidance */
+    dfc_model_guidance *guidance;
+    dfc_perceptual *perceptual;      /* private to this guidance (its reference follows the sampler's passes) */
+    PyObject *classifier, *features; /* the Network objects whose C nets are used, kept alive */
+} native_guidance;
+
 static void native_guidance_free(PyObject *capsule)
 {
     native_guidance *g = PyCapsule_GetPointer(capsule, GUIDANCE_CAPSULE);
@@ -459,7 +447,6 @@ static void native_guidance_free(PyObject *capsule)
     dfc_perceptual_destroy(g->perceptual);
     Py_XDECREF(g->classifier);
     Py_XDECREF(g->features);
-    Py_XDECREF(g->backend); /* after the guidance, which frees its memory there */
     PyMem_Free(g);
 }
 
