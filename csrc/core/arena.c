@@ -44,6 +44,10 @@ void dfc_arena_free(dfc_arena *arena)
     for (int i = 0; i < arena->num_chunks; i++)
         chunk_free(arena, arena->chunks[i].base);
     free(arena->chunks);
+    if (arena->host) {
+        dfc_arena_free(arena->host);
+        free(arena->host);
+    }
     dfc_arena_init_backend(arena, arena->backend, arena->chunk_size, arena->limit);
 }
 
@@ -119,6 +123,21 @@ void *dfc_arena_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
     return p;
 }
 
+void *dfc_arena_host_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
+{
+    if (!arena->backend)
+        return dfc_arena_alloc(arena, bytes, err);
+    if (!arena->host) {
+        if (!(arena->host = malloc(sizeof *arena->host))) {
+            dfc_fail(err, DFC_ERR_NOMEM, "arena: out of memory");
+            return NULL;
+        }
+        /* small: index arrays and tapes (a larger request gets a chunk of its own size) */
+        dfc_arena_init(arena->host, (size_t)1 << 20, arena->limit);
+    }
+    return dfc_arena_alloc(arena->host, bytes, err);
+}
+
 dfc_tensor dfc_arena_tensor(dfc_arena *arena, int ndim, const int64_t *shape, dfc_error *err)
 {
     dfc_tensor t = {NULL, ndim, {1, 1, 1, 1}};
@@ -146,7 +165,12 @@ dfc_tensor dfc_arena_zeros(dfc_arena *arena, int ndim, const int64_t *shape, dfc
 
 dfc_arena_mark dfc_arena_get_mark(const dfc_arena *arena)
 {
-    dfc_arena_mark m = {arena->current, arena->offset, arena->in_use};
+    dfc_arena_mark m = {arena->current, arena->offset, arena->in_use, 0, 0, 0};
+    if (arena->host) {
+        m.host_chunk = arena->host->current;
+        m.host_offset = arena->host->offset;
+        m.host_in_use = arena->host->in_use;
+    }
     return m;
 }
 
@@ -155,6 +179,8 @@ void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark)
     arena->current = mark.chunk;
     arena->offset = mark.offset;
     arena->in_use = mark.in_use;
+    if (arena->host) /* made after the mark: its fields are 0, everything in it is released */
+        dfc_arena_reset(arena->host, (dfc_arena_mark){mark.host_chunk, mark.host_offset, mark.host_in_use, 0, 0, 0});
 }
 
 size_t dfc_default_memory_limit(void)

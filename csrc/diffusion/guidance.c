@@ -14,11 +14,12 @@ struct dfc_model_guidance {
     dfc_perceptual *perceptual; /* borrowed, may be NULL */
     int64_t n, m;               /* images and values per image of the original batch */
     int64_t shape[4];
-    float *x;                /* copy of the original batch, in host memory (as the caller's x) */
+    /* The original batch, in host memory: the guidance is made before the backend is known (the Python API gives
+     * it at sample time), so the rows a pass needs are copied in per call. */
+    float *x;
     int64_t *targets;        /* (n) */
     int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
-    dfc_arena reference_arena, reference_scratch;
 };
 
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
@@ -43,8 +44,6 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
     g->targets = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_count = -1;
-    dfc_arena_init(&g->reference_arena, 0, 0);
-    dfc_arena_init(&g->reference_scratch, 0, 0);
     if (!g->x || !g->targets || !g->reference_rows) {
         dfc_model_guidance_destroy(g);
         return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
@@ -62,8 +61,6 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
     free(g->x);
     free(g->targets);
     free(g->reference_rows);
-    dfc_arena_free(&g->reference_arena);
-    dfc_arena_free(&g->reference_scratch);
     free(g);
 }
 
@@ -94,7 +91,7 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
     dfc_tensor b;
     dfc_status st = gather(g, be, rows, count, arena, &b, err);
     if (st == DFC_OK)
-        st = dfc_perceptual_set_reference(g->perceptual, be, &g->reference_arena, &g->reference_scratch, &b, err);
+        st = dfc_perceptual_set_reference(g->perceptual, be, arena, NULL, &b, err); /* the features' working memory */
     dfc_arena_reset(arena, mark);
     if (st != DFC_OK) {
         g->reference_count = -1;
@@ -108,7 +105,7 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
 static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
                                  int64_t **out, dfc_error *err)
 {
-    *out = dfc_arena_alloc(arena, (size_t)count * sizeof(int64_t), err);
+    *out = dfc_arena_host_alloc(arena, (size_t)count * sizeof(int64_t), err);
     if (!*out)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     for (int64_t b = 0; b < count; b++)
@@ -143,7 +140,7 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
         DFC_TRY(use_reference_rows(g, be, arena, rows, n, err));
         dfc_tensor lp = dfc_tensor1(loss_perceptual, n), dp = dfc_alloc_like(arena, x0, err);
         DFC_CHECK_ALLOC(dp);
-        float *lambda_p_rows = dfc_arena_alloc(arena, (size_t)n * sizeof(float), err);
+        float *lambda_p_rows = dfc_arena_host_alloc(arena, (size_t)n * sizeof(float), err);
         if (!lambda_p_rows)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         for (int64_t b = 0; b < n; b++)

@@ -13,7 +13,7 @@ typedef struct pass {
     const dfc_diffusion *d;
     const dfc_guidance *g;
     dfc_backend *be;
-    dfc_arena *steps;        /* reset after every reverse step */
+    dfc_arena *steps;        /* reset after every reverse step (per-row host arrays on its host side) */
     dfc_arena *scratch;      /* UNet block intermediates */
     const dfc_tensor *x_all; /* the original inputs (N, C, H, W) */
     const uint64_t *keys;    /* (N) */
@@ -74,7 +74,7 @@ typedef struct step_state {
 
 static dfc_status denoise(const pass *p, const dfc_tensor *z, int64_t i, int keep_tape, step_state *s, dfc_error *err)
 {
-    s->indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
+    s->indices = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
     s->timesteps = dfc_arena_tensor(p->steps, 1, &p->n, err);
     s->mean = dfc_alloc_like(p->steps, z, err);
     s->variance = dfc_alloc_like(p->steps, z, err);
@@ -108,10 +108,11 @@ static dfc_status reverse_step(const pass *p, const step_state *s, const dfc_ten
 static dfc_status guidance_gradient(const pass *p, const dfc_tensor *x_for_grad, int64_t i, dfc_tensor *grad,
                                     dfc_error *err)
 {
-    float *lambda_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    float *lambda_c = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    /* loss_c, loss_p: the guidance's output tensors (backend memory) */
     float *loss_c = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
     float *loss_p = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
-    float *inv_sqrt_abar = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
+    float *inv_sqrt_abar = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(float), err);
     if (!lambda_c || !loss_c || !loss_p || !inv_sqrt_abar)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     for (int64_t b = 0; b < p->n; b++) {
@@ -197,7 +198,7 @@ static dfc_status dime_chain(const pass *p, const dfc_tensor *z, int64_t i, int 
  * other rows are untouched (every op works per sample). */
 static dfc_status check_finite(const pass *p, dfc_tensor *z, int step, dfc_error *err)
 {
-    int *bad = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int), err);
+    int *bad = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(int), err);
     if (!bad)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     DFC_TRY(p->be->ops->nonfinite_rows(p->be, z, bad, err));
@@ -229,7 +230,7 @@ static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_e
         !p->out->first_step_target)
         return DFC_OK;
     float *prob = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(float), err);
-    int *is_target = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int), err);
+    int *is_target = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(int), err);
     if (!prob || !is_target)
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     DFC_TRY(p->g->classify(p->g->ctx, p->be, p->steps, x0, p->rows, prob, is_target, err));
@@ -258,7 +259,7 @@ static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *
     {
         dfc_arena_mark mark = dfc_arena_get_mark(p->steps);
         dfc_tensor noise = dfc_alloc_like(p->steps, z, err);
-        int64_t *indices = dfc_arena_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
+        int64_t *indices = dfc_arena_host_alloc(p->steps, (size_t)p->n * sizeof(int64_t), err);
         DFC_CHECK_ALLOC(noise);
         if (!indices)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
@@ -363,20 +364,20 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         out->nonfinite_step[j] = -1;
     out->unet_evaluations = 0;
 
-    /* persist: the call's buffers; steps: one reverse step's work, reset after it; scratch: UNet internals;
-     * host: host-side staging (the noise before it is copied in, probabilities read back), never a tensor */
-    dfc_arena persist, steps, scratch, host;
-    dfc_arena_init(&host, 0, dfc_default_memory_limit());
-    dfc_arena_init(&persist, 0, dfc_default_memory_limit());
-    dfc_arena_init(&steps, 0, dfc_default_memory_limit());
-    dfc_arena_init(&scratch, 0, dfc_default_memory_limit());
+    /* In the backend's memory: persist, the call's buffers; steps, one reverse step's work, reset after it;
+     * scratch, UNet internals. On their host sides (dfc_arena_host_alloc): row lists, flags, per-row factors and
+     * the staging of noise before it is copied in and of probabilities read back. */
+    dfc_arena persist, steps, scratch;
+    dfc_arena_init_backend(&persist, be, 0, dfc_default_memory_limit());
+    dfc_arena_init_backend(&steps, be, 0, dfc_default_memory_limit());
+    dfc_arena_init_backend(&scratch, be, 0, dfc_default_memory_limit());
     dfc_status st = DFC_OK;
-    int64_t *all_rows = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
-    int64_t *active = dfc_arena_alloc(&persist, (size_t)n * sizeof(int64_t), err);
-    float *prob = dfc_arena_alloc(&persist, (size_t)n * sizeof(float), err);
-    int *is_target = dfc_arena_alloc(&persist, (size_t)n * sizeof(int), err);
-    float *noise_host = dfc_arena_alloc(&host, (size_t)(n * m) * sizeof(float), err);
-    float *prob_host = dfc_arena_alloc(&host, (size_t)n * sizeof(float), err);
+    float *prob = dfc_arena_alloc(&persist, (size_t)n * sizeof(float), err); /* the guidance's output tensor */
+    int64_t *all_rows = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int64_t), err);
+    int64_t *active = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int64_t), err);
+    int *is_target = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int), err);
+    float *noise_host = dfc_arena_host_alloc(&persist, (size_t)(n * m) * sizeof(float), err);
+    float *prob_host = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(float), err);
     if (!all_rows || !active || !prob || !is_target || !noise_host || !prob_host) {
         st = err && err->code ? err->code : DFC_ERR_NOMEM;
         goto done;
@@ -389,7 +390,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         goto done;
     if (out->input_is_target)
         memcpy(out->input_is_target, is_target, (size_t)n * sizeof(int));
-    dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
+    dfc_arena_reset(&steps, (dfc_arena_mark){0});
 
     for (int l = 0; l < L; l++) {
         double t0 = now_seconds();
@@ -419,7 +420,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
                 (st = copy_rows(&p, be->iface->copy_to_host, iteration_out, active, z.data, NULL, err)) != DFC_OK ||
                 (st = be->iface->copy_to_host(be, prob_host, prob, (size_t)num_active * sizeof(float), err)) != DFC_OK)
                 goto done;
-            dfc_arena_reset(&steps, (dfc_arena_mark){0, 0, 0});
+            dfc_arena_reset(&steps, (dfc_arena_mark){0});
             int64_t still = 0;
             for (int64_t b = 0; b < num_active; b++) {
                 int64_t row = active[b];
@@ -435,10 +436,9 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         out->iteration_seconds[l] = now_seconds() - t0;
     }
 done:
-    out->peak_bytes = persist.peak + steps.peak + scratch.peak;
+    out->peak_bytes = persist.peak + steps.peak + scratch.peak; /* backend memory (host sides not counted) */
     dfc_arena_free(&persist);
     dfc_arena_free(&steps);
     dfc_arena_free(&scratch);
-    dfc_arena_free(&host);
     return st;
 }

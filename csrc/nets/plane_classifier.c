@@ -132,7 +132,7 @@ static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, 
                         (long long)x->shape[1], net->in_channels);
     plane_classifier_tape *tape = NULL;
     if (tape_out) {
-        tape = dfc_arena_alloc(arena, sizeof *tape, err);
+        tape = dfc_arena_host_alloc(arena, sizeof *tape, err);
         if (!tape)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         memset(tape, 0, sizeof *tape);
@@ -366,7 +366,7 @@ static dfc_status small_classifier_forward(const dfc_net *net, dfc_backend *be, 
     DFC_TRY(be->ops->global_avg_pool_forward(be, &a2, &g, err));
     DFC_TRY(dfc_linear_layer_forward(be, &c->fc, &g, arena, &outputs[0], err));
     if (tape_out) {
-        small_classifier_tape *t = dfc_arena_alloc(arena, sizeof *t, err);
+        small_classifier_tape *t = dfc_arena_host_alloc(arena, sizeof *t, err);
         if (!t)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         small_classifier_tape saved = {*x, a1, p1, a2, g};

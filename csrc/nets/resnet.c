@@ -413,8 +413,8 @@ static dfc_status resnet_forward(const dfc_net *net, dfc_backend *be, dfc_arena 
     dfc_arena *tmp = tape_out || !scratch ? arena : scratch; /* the backward needs every intermediate */
     resnet_tape *t = NULL;
     if (tape_out) {
-        t = dfc_arena_alloc(arena, sizeof *t, err);
-        block_tape *blocks = dfc_arena_alloc(arena, (size_t)r->num_blocks * sizeof *blocks, err);
+        t = dfc_arena_host_alloc(arena, sizeof *t, err);
+        block_tape *blocks = dfc_arena_host_alloc(arena, (size_t)r->num_blocks * sizeof *blocks, err);
         if (!t || !blocks)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         memset(t, 0, sizeof *t);

@@ -184,7 +184,7 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
     sononet_tape *tape = NULL;
     if (tape_out) {
         scratch = NULL; /* the backward needs every intermediate */
-        tape = dfc_arena_alloc(arena, sizeof *tape, err);
+        tape = dfc_arena_host_alloc(arena, sizeof *tape, err);
         if (!tape)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         memset(tape, 0, sizeof *tape);

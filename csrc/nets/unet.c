@@ -625,8 +625,8 @@ static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, 
     int64_t n = x->shape[0];
     unet_tape *tape = NULL;
     if (tape_out) {
-        tape = dfc_arena_alloc(arena, sizeof *tape, err);
-        layer_tape *layers = dfc_arena_alloc(arena, (size_t)u->num_layers * sizeof *layers, err);
+        tape = dfc_arena_host_alloc(arena, sizeof *tape, err);
+        layer_tape *layers = dfc_arena_host_alloc(arena, (size_t)u->num_layers * sizeof *layers, err);
         if (!tape || !layers)
             return err && err->code ? err->code : DFC_ERR_NOMEM;
         memset(tape, 0, sizeof *tape);

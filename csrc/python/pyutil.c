@@ -372,7 +372,7 @@ void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w)
         w->main = &w->own_main;
         w->scratch = &w->own_scratch;
     }
-    dfc_arena_mark empty = {0, 0, 0};
+    dfc_arena_mark empty = {0};
     dfc_arena_reset(w->main, empty);
     dfc_arena_reset(w->scratch, empty);
     w->main->peak = w->scratch->peak = 0;
