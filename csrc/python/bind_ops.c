@@ -255,7 +255,7 @@ static int split_outs(op_call *c)
     if (n < 1 || n > MAX_OUTS)
         status = op_fail(c, "sizes must hold 1 to %d entries, got %zd", MAX_OUTS, n);
     for (Py_ssize_t k = 0; status == 0 && k < n; k++) {
-        char name[64];
+        char name[96]; /* label (< 48) + ": sizes[" + an index + "]" */
         snprintf(name, sizeof name, "%s: sizes[%zd]", c->label, k);
         long long size = 0;
         status = dfc_py_int64(PySequence_Fast_GET_ITEM(seq, k), name, 1, D(0, 1), &size);
