@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include "../ops/diffusion_rows.h"
+
 /* ---- training_losses ---- */
 
 static dfc_status check_inputs(const dfc_diffusion *d, const dfc_tensor *x_start, const dfc_tensor *x_t,
@@ -12,15 +14,8 @@ static dfc_status check_inputs(const dfc_diffusion *d, const dfc_tensor *x_start
     DFC_TRY(dfc_check_ndim(x_start, op, "x_start", 2, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x_start, x_t, op, "x_start", "x_t", err));
     DFC_TRY(dfc_check_same_shape(x_start, noise, op, "x_start", "noise", err));
-    int learned = d->variance_type == DFC_VAR_LEARNED_RANGE;
-    int64_t out_shape[DFC_MAX_DIMS];
-    for (int i = 0; i < x_start->ndim; i++)
-        out_shape[i] = x_start->shape[i];
-    out_shape[1] *= learned ? 2 : 1;
-    if (dfc_check_shape(model_output, op, "model_output", x_start->ndim, out_shape, err) != DFC_OK) {
-        dfc_error_prefix(err, "%s", learned ? "(learned sigma: 2C channels) " : "(fixed variance: C channels) ");
-        return err ? err->code : DFC_ERR_SHAPE;
-    }
+    DFC_TRY(
+        dfc_model_output_check(op, model_output, x_start, "x_start", d->variance_type == DFC_VAR_LEARNED_RANGE, err));
     if (d_model_output && d_model_output->data)
         DFC_TRY(dfc_check_same_shape(model_output, d_model_output, op, "model_output", "d_model_output", err));
     for (int64_t b = 0; b < x_start->shape[0]; b++)

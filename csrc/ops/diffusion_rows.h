@@ -9,6 +9,11 @@
 
 #include "ops.h"
 
+/* model_output must be (N, 2C, ...) for the learned range and (N, C, ...) otherwise, with x's other dims (x named
+ * x_name in the message); also the training loss's check (csrc/diffusion/losses.c). */
+dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
+                                  const char *x_name, int learned, dfc_error *err);
+
 dfc_status dfc_q_sample_check(const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
                               const float *sqrt_one_minus_abar, const dfc_tensor *x_t, dfc_error *err);
 

@@ -16,11 +16,10 @@ static dfc_status check_rows(const char *op, const char *name, const void *array
     return array ? DFC_OK : dfc_fail(err, DFC_ERR_VALUE, "%s: the per-row array %s is missing", op, name);
 }
 
-/* model_output must be (N, 2C, ...) for the learned range and (N, C, ...) otherwise, with x's other dims. */
-static dfc_status check_model_output(const char *op, const dfc_tensor *model_output, const dfc_tensor *x, int learned,
-                                     dfc_error *err)
+dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
+                                  const char *x_name, int learned, dfc_error *err)
 {
-    DFC_TRY(dfc_check_ndim(x, op, "x_t", 2, DFC_MAX_DIMS, err));
+    DFC_TRY(dfc_check_ndim(x, op, x_name, 2, DFC_MAX_DIMS, err));
     int64_t shape[DFC_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++)
         shape[i] = x->shape[i];
@@ -78,7 +77,7 @@ dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_t
                                      const dfc_tensor *pred_xstart, dfc_error *err)
 {
     const char *op = "p_mean_variance";
-    DFC_TRY(check_model_output(op, model_output, x_t, learned, err));
+    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
     DFC_TRY(check_posterior(op, coefs, learned, err));
     DFC_TRY(dfc_check_same_shape(x_t, mean, op, "x_t", "mean", err));
     const dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
@@ -112,7 +111,7 @@ dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pre
                                         dfc_tensor *d_model_output, dfc_error *err)
 {
     const char *op = "p_mean_variance_backward";
-    DFC_TRY(check_model_output(op, model_output, x_t, learned, err));
+    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
     DFC_TRY(check_posterior(op, coefs, learned, err));
     DFC_TRY(dfc_check_same_shape(x_t, d_pred_xstart, op, "x_t", "d_pred_xstart", err));
     float *dx = dfc_optional_data(dx_t), *dmo = dfc_optional_data(d_model_output);
@@ -430,7 +429,7 @@ static inline double vb_term(const dfc_vb_coefs *c, int64_t b, double eps, doubl
 static dfc_status check_vb(const char *op, const dfc_tensor *model_output, const dfc_tensor *x_start,
                            const dfc_tensor *x_t, const dfc_vb_coefs *c, dfc_error *err)
 {
-    DFC_TRY(check_model_output(op, model_output, x_start, 1, err));
+    DFC_TRY(dfc_model_output_check(op, model_output, x_start, "x_start", 1, err));
     DFC_TRY(dfc_check_same_shape(x_start, x_t, op, "x_start", "x_t", err));
     if (!c)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: coefs is missing", op);
