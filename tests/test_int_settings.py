@@ -10,7 +10,7 @@ from diffice import _C, GaussianDiffusion, ResNetFeatures, Segmenter, UNet, clas
 from diffice.explain.explainer import Explainer
 from diffice.models.classifier import SmallClassifier
 from diffice.models.inception import InceptionV3
-from diffice.train.ddpm import AdamW, clip_grad_norm
+from diffice.train.ddpm import AdamW, DiffusionLoss, clip_grad_norm
 
 H, W = 16, 24
 
@@ -143,8 +143,9 @@ def test_keyword_settings():
         _C.Diffusion(2**32 + 100)
     with pytest.raises(ValueError, match=expected("Diffusion: variance_type", 0, 2, 2**32)):
         _C.Diffusion(100, variance_type=2**32)
-    with pytest.raises(ValueError, match=r"TrainingLoss: loss_type \(0 mse, 1 rescaled_mse\): expected an integer"):
-        _C.TrainingLoss(100, loss_type=2**32)
+    # the training loss is Python over the ops: its loss type is a name, and a number is refused naming it
+    with pytest.raises(ValueError, match=r"loss_type must be one of \['mse', 'rescaled_mse'\], got 4294967296"):
+        DiffusionLoss(100, loss_type=2**32)
     with pytest.raises(ValueError, match="Backend: num_threads: expected an integer"):
         _C.Backend("cpu", 2**40)
     # the optimisers are Python over the optimizer ops: num_threads reaches the Backend, which names it

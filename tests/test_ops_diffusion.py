@@ -1,5 +1,6 @@
 """The diffusion ops (ops.h's last block): reference vs fast kernels vs float64 numpy / PyTorch autograd, odd sizes,
-batch > 1; and the C orchestration (Diffusion.q_sample / p_mean_variance / sample_step) equal to the ops."""
+batch > 1; and GaussianDiffusion's q_sample / p_mean_variance / p_sample (each row's coefficients gathered from the
+C tables) equal to the ops."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from conftest import BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
+from diffice.models.diffusion import GaussianDiffusion
 from diffice.models.probabilities import predicted_class, probabilities
 
 SHAPES = [(3, 3, 5, 7), (2, 1, 9, 4), (1, 5, 3, 3), (2, 3, 41, 37)]  # the last: rows of several blocks
@@ -245,14 +247,15 @@ def test_diffusion_vb(rng, shape, scale):
 
 @pytest.mark.parametrize("variance_type", [0, 1, 2])
 def test_the_diffusion_object_runs_these_ops(rng, variance_type):
-    """schedule.c gathers each row's coefficients from the float64 tables and calls the ops: the same numbers."""
-    d = _schedule(variance_type)
+    """GaussianDiffusion gathers each row's coefficients from the float64 tables (as schedule.c does for the
+    sampler) and calls the ops: the same numbers."""
     learned = variance_type == 0
+    d = GaussianDiffusion(1000, "linear", "100", learned, "large" if variance_type == 1 else "small")
     n, shape = 3, (3, 2, 5, 6)
     idx = _indices(rng, n)
     x, noise = randn(rng, *shape), randn(rng, *shape)
     mo = randn(rng, n, 2 * shape[1] if learned else shape[1], *shape[2:])
-    arrays = d.arrays()
+    arrays = _schedule(variance_type).arrays()
     sa = arrays["sqrt_alphas_cumprod"][idx].astype(np.float32)
     s1 = arrays["sqrt_one_minus_alphas_cumprod"][idx].astype(np.float32)
     assert np.array_equal(d.q_sample(x, idx, noise), ops.q_sample(x, noise, sa, s1))
@@ -262,7 +265,7 @@ def test_the_diffusion_object_runs_these_ops(rng, variance_type):
         assert np.array_equal(a, b)
     grad = randn(rng, *shape)
     want = ops.sample_step(out[0], out[1], out[2], grad, noise, (idx != 0).astype(np.float32))
-    assert np.array_equal(d.sample_step(out[0], out[1], out[2], grad, noise, idx), want)
+    assert np.array_equal(d.p_sample(mo, x, idx, noise, grad=grad), want)
 
 
 def test_bad_inputs_name_the_op_and_argument(rng):

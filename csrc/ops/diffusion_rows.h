@@ -10,7 +10,7 @@
 #include "ops.h"
 
 /* model_output must be (N, 2C, ...) for the learned range and (N, C, ...) otherwise, with x's other dims (x named
- * x_name in the message); also the training loss's check (csrc/diffusion/losses.c). */
+ * x_name in the message). */
 dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
                                   const char *x_name, int learned, dfc_error *err);
 

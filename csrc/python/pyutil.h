@@ -164,7 +164,6 @@ int dfc_register_sononet(PyObject *module);
 int dfc_register_resnet(PyObject *module);
 int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
-int dfc_register_train(PyObject *module);
 int dfc_register_inception(PyObject *module);
 int dfc_register_net(PyObject *module); /* unet_create */
 
@@ -179,13 +178,6 @@ dfc_net *dfc_py_unwrap_net(PyObject *obj);
 /* The C object inside a diffice._C.Diffusion (borrowed; NULL with an exception otherwise). */
 struct dfc_diffusion;
 struct dfc_diffusion *dfc_py_unwrap_diffusion(PyObject *obj);
-/* Replaces *d (destroyed first) by a new diffusion with guided-diffusion's tables for (steps, schedule, respacing,
- * variance_type): 0, or -1 with the matching exception and *d NULL. Used by diffice._C.Diffusion and TrainingLoss. */
-int dfc_py_diffusion_reset(struct dfc_diffusion **d, int steps, const char *schedule, const char *respacing,
-                           int variance_type);
-/* Creates *be as the "ref" backend (every core) unless it exists: 0, or -1 with the exception. For objects whose
- * arithmetic runs through the op table without a backend argument (Diffusion, TrainingLoss). */
-int dfc_py_reference_backend(dfc_backend **be);
 
 /* dict name -> writable numpy view of each parameter of set; each view keeps owner alive. */
 PyObject *dfc_py_params_dict(PyObject *owner, const dfc_param_set *set);

@@ -1,4 +1,5 @@
-"""The Gaussian diffusion of openai/guided-diffusion (schedule, respacing, posterior), computed in C.
+"""The Gaussian diffusion of openai/guided-diffusion (schedule, respacing, posterior): the float64 tables come from
+C (csrc/diffusion/schedule.c, the sampler's own), the per-row arithmetic runs in the op table's diffusion ops.
 
 Indices ``i`` are *respaced* indices in [0, num_timesteps); the denoiser is given ``timestep_map[i]``, the
 original training timestep. Images are float32 (N, C, H, W) in [-1, 1].
@@ -10,12 +11,15 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
+from .. import ops
 from .._native import _C
 from .network import config_int
 
 _VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
 
 IndexLike = Union[int, np.ndarray, list]
+
+_BE = "ref"  # the reference kernels (the oracle); schedule.c gathers the same float32 coefficients for the sampler
 
 
 class MeanVariance(NamedTuple):
@@ -60,14 +64,15 @@ class GaussianDiffusion:
         self.variance_type = variance_type
         self._c = _C.Diffusion(self.steps, schedule, self.respacing, _VARIANCE_TYPES[variance_type])
         self.timestep_map: np.ndarray  # set from the C tables below, with betas, alphas_cumprod, ...
-        for name, value in self._c.arrays().items():
+        self._arrays = self._c.arrays()
+        for name, value in self._arrays.items():
             value.setflags(write=False)
             setattr(self, name, value)
 
     @property
     def num_timesteps(self) -> int:
         """Respaced step count K; valid indices are 0..K-1."""
-        return self._c.num_timesteps
+        return len(self.timestep_map)
 
     def __repr__(self) -> str:
         return (
@@ -75,13 +80,25 @@ class GaussianDiffusion:
             f"learn_sigma={self.learn_sigma})"
         )
 
-    def _indices(self, i: IndexLike, n: int) -> np.ndarray:
+    def _indices(self, i: IndexLike, n: int, op: str = "indices") -> np.ndarray:
+        """(n,) int64 respaced indices from an int (every row) or (n,) integers in [0, num_timesteps)."""
         idx = np.asarray(i)
         if idx.ndim == 0:
             idx = np.full(n, int(idx), dtype=np.int64)
         if not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+            raise TypeError(f"{op}: indices must be integers, got dtype {idx.dtype}")
+        if idx.shape != (n,):
+            raise ValueError(f"{op}: indices must have shape ({n},) (one per row), got {idx.shape}")
+        bad = np.flatnonzero((idx < 0) | (idx >= self.num_timesteps))
+        if bad.size:
+            b = int(bad[0])
+            raise ValueError(f"{op}: timestep index {int(idx[b])} of sample {b} is outside [0, {self.num_timesteps})")
         return np.ascontiguousarray(idx, dtype=np.int64)
+
+    def _posterior(self, model_output: np.ndarray, x_t: np.ndarray, idx: np.ndarray, clip: bool) -> MeanVariance:
+        coefs = ops.posterior_coefs(self._arrays, idx, _VARIANCE_TYPES[self.variance_type])
+        learned = self.variance_type == "learned_range"
+        return MeanVariance(*ops.p_mean_variance(model_output, x_t, coefs, learned=learned, clip=clip, backend=_BE))
 
     def model_timesteps(self, i: IndexLike) -> np.ndarray:
         """The original timesteps the denoiser receives for respaced indices i."""
@@ -92,7 +109,10 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: np.ndarray, i: IndexLike, noise: np.ndarray) -> np.ndarray:
         """x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) noise. x0, noise (N, C, H, W) float32; i int or (N,)."""
-        return self._c.q_sample(x0, self._indices(i, len(x0)), noise)
+        idx = self._indices(i, len(x0), "q_sample")
+        tables = self._arrays["sqrt_alphas_cumprod"], self._arrays["sqrt_one_minus_alphas_cumprod"]
+        # each row's float64 entry cast to float32, as guided-diffusion's _extract_into_tensor
+        return ops.q_sample(x0, noise, *(t[idx].astype(np.float32) for t in tables), backend=_BE)
 
     def p_mean_variance(
         self, model_output: np.ndarray, x_t: np.ndarray, i: IndexLike, clip: bool = True
@@ -101,7 +121,7 @@ class GaussianDiffusion:
 
         model_output: (N, 2C, H, W) with learn_sigma (eps, v), else (N, C, H, W); x_t (N, C, H, W).
         """
-        return MeanVariance(*self._c.p_mean_variance(model_output, x_t, self._indices(i, len(x_t)), bool(clip)))
+        return self._posterior(model_output, x_t, self._indices(i, len(x_t), "p_mean_variance"), bool(clip))
 
     def p_sample(
         self,
@@ -113,6 +133,7 @@ class GaussianDiffusion:
         grad: np.ndarray | None = None,
     ) -> np.ndarray:
         """One reverse step: mean - variance * grad + 1[i != 0] sigma noise (grad: the guidance loss gradient)."""
-        idx = self._indices(i, len(x_t))
-        out = self._c.p_mean_variance(model_output, x_t, idx, bool(clip))
-        return self._c.sample_step(out[0], out[1], out[2], grad, noise, idx)
+        idx = self._indices(i, len(x_t), "p_sample")
+        out = self._posterior(model_output, x_t, idx, bool(clip))
+        noise_weight = (idx != 0).astype(np.float32)  # no noise at the last step
+        return ops.sample_step(out.mean, out.variance, out.log_variance, grad, noise, noise_weight, backend=_BE)

@@ -24,6 +24,7 @@ from typing import NamedTuple, TextIO, Union
 
 import numpy as np
 
+from .. import ops
 from .._native import _C
 from ..data.images import list_images, read_unit, warn_aspect_change
 from ..io import load_safetensors
@@ -55,8 +56,7 @@ __all__ = [
     "TrainResult",
 ]
 
-_LOSS_TYPES = {"mse": 0, "rescaled_mse": 1}
-_VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
+_LOSS_TYPES = ("mse", "rescaled_mse")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what load_images reads (Pillow; no DICOM)
 
 
@@ -266,7 +266,8 @@ class LossTerms(NamedTuple):
 
 
 class DiffusionLoss:
-    """guided-diffusion's ``training_losses`` (eps prediction, LossType.MSE or RESCALED_MSE) on the C core.
+    """guided-diffusion's ``training_losses`` (eps prediction, LossType.MSE or RESCALED_MSE) over the op table's
+    mse and diffusion_vb ops (reference kernels), forward and backward.
 
     Args:
         steps, schedule, respacing: the diffusion, as :class:`GaussianDiffusion` (training uses no respacing).
@@ -289,9 +290,8 @@ class DiffusionLoss:
             raise ValueError(f"loss_type must be one of {sorted(_LOSS_TYPES)}, got {loss_type!r}")
         self.diffusion = GaussianDiffusion(steps, schedule, respacing, learn_sigma, fixed_variance)
         self.loss_type = loss_type
-        self._c = _C.TrainingLoss(
-            int(steps), schedule, str(respacing), _VARIANCE_TYPES[self.diffusion.variance_type], _LOSS_TYPES[loss_type]
-        )
+        # RESCALED_MSE scales vb by num_timesteps / 1000; plain MSE leaves it as is
+        self._vb_scale = self.num_timesteps / 1000.0 if loss_type == "rescaled_mse" else 1.0
 
     @property
     def num_timesteps(self) -> int:
@@ -307,10 +307,50 @@ class DiffusionLoss:
         weights: np.ndarray | None = None,
         grad: bool = True,
     ) -> LossTerms:
-        """x_start, x_t, noise (N, C, H, W); t (N,) respaced indices; model_output at x_t; weights (N,) or None."""
-        idx = self.diffusion._indices(t, len(x_start))
-        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-        return LossTerms(*self._c.compute(x_start, x_t, noise, idx, model_output, w, bool(grad)))
+        """x_start, x_t, noise (N, C, H, W) float32 in [-1, 1] (x_t = q_sample(x_start, t, noise)); t (N,) respaced
+        indices; model_output at x_t, (N, 2C, H, W) = (eps, v) with learn_sigma, else (N, C, H, W); weights (N,) or
+        None (all 1) weigh each sample's loss in the gradient."""
+        op = "training_losses"
+        n = len(x_start)
+        idx = self.diffusion._indices(t, n, op)
+        learned = self.diffusion.learn_sigma
+        _check_loss_inputs(op, x_start, x_t, noise, model_output, learned)
+        w = np.ones(n, np.float32) if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+        if w.shape != (n,):
+            raise ValueError(f"{op}: weights must have {n} entries, got shape {w.shape}")
+        # target: the noise (ModelMeanType.EPSILON)
+        eps_hat = np.ascontiguousarray(model_output[:, : x_start.shape[1]]) if learned else model_output
+        mse = np.asarray(ops.mse(eps_hat, noise, reduction="none", backend="ref"))  # (N,)
+        d_out = ops.mse_backward(eps_hat, noise, reduction="none", dloss=w, backend="ref")[0] if grad else None
+        vb = np.zeros(n, np.float32)
+        if learned:
+            coefs = ops.vb_coefs(self.diffusion._arrays, idx, self._vb_scale)
+            vb = ops.diffusion_vb(model_output, x_start, x_t, coefs, backend="ref")
+            if d_out is not None:  # vb's gradient reaches the v channels only (the frozen mean)
+                d_v = ops.diffusion_vb_backward(model_output, x_start, x_t, coefs, dvb=w, backend="ref")
+                d_out = np.concatenate([d_out, d_v], axis=1)
+        return LossTerms(mse + vb, mse, vb, d_out)
+
+
+def _check_loss_inputs(
+    op: str, x_start: np.ndarray, x_t: np.ndarray, noise: np.ndarray, model_output: np.ndarray, learned: bool
+) -> None:
+    """TypeError / ValueError naming op and the argument unless all are float32 arrays, x_t and noise shaped like
+    x_start (N, C, ...), and model_output (N, 2C, ...) when learned, else (N, C, ...)."""
+    arrays = {"x_start": x_start, "x_t": x_t, "noise": noise, "model_output": model_output}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"{op}: {name} must be a float32 numpy array, got {getattr(a, 'dtype', type(a))}")
+    if x_start.ndim < 2:
+        raise ValueError(f"{op}: x_start must be (N, C, ...), got shape {x_start.shape}")
+    for name in ("x_t", "noise"):
+        if arrays[name].shape != x_start.shape:
+            raise ValueError(f"{op}: {name} must have x_start's shape {x_start.shape}, got {arrays[name].shape}")
+    c = x_start.shape[1]
+    want = (len(x_start), 2 * c if learned else c, *x_start.shape[2:])
+    if model_output.shape != want:
+        what = "learned sigma: 2C channels (eps, v)" if learned else "C channels (eps)"
+        raise ValueError(f"{op}: model_output must have shape {want} ({what}), got {model_output.shape}")
 
 
 def loss_and_gradients(
