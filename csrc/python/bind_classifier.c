@@ -1,6 +1,6 @@
-/* Bindings for the standard-plane classifier's networks: factories that build a C net from a config dict and hand
- * it to diffice._C.Network (segmenter_create, small_classifier_create, plane_classifier_create). The
- * classification loss is Python over the cross_entropy / logit_loss ops (diffice/models/classifier.py).
+/* Bindings for the standard-plane classifier: plane_classifier_create (segmenter_create and
+ * small_classifier_create are in bind_net.c's factory table). The classification loss is Python over the
+ * cross_entropy / logit_loss ops (diffice/models/classifier.py).
  *
  * plane_classifier_create(segmenter, classifier, config) takes two existing Network objects: the composite
  * borrows their C nets and holds a reference to both Python objects, dropped when the composite is destroyed, so
@@ -14,48 +14,6 @@
 #include <numpy/arrayobject.h>
 
 #include "../nets/plane_classifier.h"
-#include "../nets/segmenter.h"
-
-/* segmenter_create(config) -> Network; config: classes, width, levels, groups[, in_channels=1] */
-static PyObject *py_segmenter_create(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *d;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &d))
-        return NULL;
-    dfc_segmenter_config c;
-    const char *what = "Segmenter";
-    c.in_channels = 1;
-    if (dfc_py_config_int(d, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
-        dfc_py_config_required_int(d, what, "classes", 1, INT_MAX, &c.classes) < 0 ||
-        dfc_py_config_required_int(d, what, "width", 1, INT_MAX, &c.width) < 0 ||
-        dfc_py_config_required_int(d, what, "levels", 1, INT_MAX, &c.levels) < 0 ||
-        dfc_py_config_required_int(d, what, "groups", 1, INT_MAX, &c.groups) < 0)
-        return NULL;
-    dfc_error err = {0};
-    dfc_net *net = NULL;
-    dfc_status st = dfc_segmenter_create(&c, &net, &err);
-    return dfc_py_created_net(st, net, &err);
-}
-
-/* small_classifier_create(config) -> Network; config: in_channels, width, num_classes */
-static PyObject *py_small_classifier_create(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *d;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &d))
-        return NULL;
-    dfc_small_classifier_config c;
-    const char *what = "SmallClassifier";
-    if (dfc_py_config_required_int(d, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
-        dfc_py_config_required_int(d, what, "width", 1, INT_MAX, &c.width) < 0 ||
-        dfc_py_config_required_int(d, what, "num_classes", 1, INT_MAX, &c.num_classes) < 0)
-        return NULL;
-    dfc_error err = {0};
-    dfc_net *net = NULL;
-    dfc_status st = dfc_small_classifier_create(&c, &net, &err);
-    return dfc_py_created_net(st, net, &err);
-}
 
 /* The composite's release hook: drops its references to the child Network objects (called with the GIL held, from
  * the composite's dealloc or a failed create). */
@@ -96,12 +54,6 @@ static PyObject *py_plane_classifier_create(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef classifier_methods[] = {
-    {"segmenter_create", py_segmenter_create, METH_VARARGS,
-     "segmenter_create(config) -> Network: the UNet-style segmenter (config: in_channels, classes, width, levels, "
-     "groups)"},
-    {"small_classifier_create", py_small_classifier_create, METH_VARARGS,
-     "small_classifier_create(config) -> Network: a small conv classifier (config: in_channels, width, "
-     "num_classes)"},
     {"plane_classifier_create", py_plane_classifier_create, METH_VARARGS,
      "plane_classifier_create(segmenter, classifier, config) -> Network: f(x) = l(s(x), x) (config: "
      "grad_through_segmenter, seg_input); keeps both children alive"},

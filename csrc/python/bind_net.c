@@ -1,6 +1,7 @@
 /* diffice._C.Network: one Python type for every dfc_net (SonoNet, ResNet features, segmenter, plane classifier,
- * the UNet). Network-specific binding code creates the C net from a config and hands it to dfc_py_wrap_net; the
- * UNet's factory (unet_create) is here. A conditioned network (the UNet) takes its conditioning input (the
+ * the UNet), and the factories that make them from a config dict (one table: unet_create, resnet_create,
+ * sononet_create, inception_create, segmenter_create, small_classifier_create; plane_classifier_create, which takes
+ * two networks, is in bind_classifier.c). A conditioned network (the UNet) takes its conditioning input (the
  * timesteps) as the last argument of forward, vjp, gradients and train_step. */
 #include "pyutil.h"
 
@@ -9,6 +10,13 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <stddef.h>
+
+#include "../nets/inception.h"
+#include "../nets/plane_classifier.h"
+#include "../nets/resnet.h"
+#include "../nets/segmenter.h"
+#include "../nets/sononet.h"
 #include "../nets/unet.h"
 
 typedef struct {
@@ -387,51 +395,170 @@ dfc_net *dfc_py_unwrap_net(PyObject *obj)
     return ((NetworkObject *)obj)->net;
 }
 
-/* ---- the UNet's factory ---- */
+/* ---- the factories: <kind>_create(config dict) -> Network, from one table ---- */
 
-/* unet_create(config: dict with in_channels, model_channels, out_channels, num_res_blocks, num_heads,
- * num_head_channels, num_heads_upsample, legacy_attention, use_scale_shift_norm, resblock_updown, level_channels,
- * attention (one 0/1 per level)) -> Network conditioned on the timesteps */
-static PyObject *unet_create(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *cfg_dict;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
-        return NULL;
+/* A config value read into a factory's arguments at offset: an int (an absent optional key keeps the default) or
+ * a list of at most max_count ints, its length at count_offset. Messages name "<what> config '<key>'". */
+typedef struct {
+    const char *key;
+    size_t offset;
+    int min, max;
+    enum { OPTIONAL, REQUIRED, LIST } kind;
+    int max_count;
+    size_t count_offset;
+} config_field;
+
+/* the arguments of the factories whose C config is not read as is */
+struct unet_args {
     dfc_unet_config c;
-    memset(&c, 0, sizeof c);
-    int n_attention = 0;
-    const char *what = "UNet";
-    /* num_heads, num_head_channels, num_heads_upsample: -1 is guided-diffusion's "not set" */
-    if (dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "model_channels", 1, INT_MAX, &c.model_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "out_channels", 1, INT_MAX, &c.out_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_res_blocks", 1, INT_MAX, &c.num_res_blocks) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_heads", -1, INT_MAX, &c.num_heads) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_head_channels", -1, INT_MAX, &c.num_head_channels) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "num_heads_upsample", -1, INT_MAX, &c.num_heads_upsample) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "legacy_attention", 0, 1, &c.legacy_attention) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "use_scale_shift_norm", 0, 1, &c.use_scale_shift_norm) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "resblock_updown", 0, 1, &c.resblock_updown) < 0 ||
-        dfc_py_config_int_list(cfg_dict, what, "level_channels", 1, INT_MAX, DFC_UNET_MAX_LEVELS, c.level_channels,
-                               &c.num_levels) < 0 ||
-        dfc_py_config_int_list(cfg_dict, what, "attention", 0, 1, DFC_UNET_MAX_LEVELS, c.attention, &n_attention) < 0)
+    int n_attention; /* must equal c.num_levels */
+};
+struct resnet_args {
+    dfc_resnet_config c;
+    int layout, taps[DFC_RESNET_STAGES], n_taps; /* the enum and the stage set, as ints */
+};
+typedef union {
+    struct unet_args unet;
+    struct resnet_args resnet;
+    dfc_sononet_config sononet;
+    dfc_inception_config inception;
+    dfc_segmenter_config segmenter;
+    dfc_small_classifier_config small_classifier;
+} factory_args;
+
+static dfc_status create_unet(factory_args *a, dfc_net **out, dfc_error *err)
+{
+    if (a->unet.n_attention != a->unet.c.num_levels)
+        return dfc_fail(err, DFC_ERR_VALUE, "UNet config: 'attention' has %d entries for %d levels",
+                        a->unet.n_attention, a->unet.c.num_levels);
+    return dfc_unet_create(&a->unet.c, out, err);
+}
+
+static dfc_status create_resnet(factory_args *a, dfc_net **out, dfc_error *err)
+{
+    a->resnet.c.layout = (dfc_resnet_layout)a->resnet.layout;
+    for (int i = 0; i < a->resnet.n_taps; i++)
+        a->resnet.c.taps |= 1u << a->resnet.taps[i];
+    return dfc_resnet_create(&a->resnet.c, out, err);
+}
+
+/* the factories whose config is read as is */
+#define CREATE_AS_IS(kind)                                                          \
+    static dfc_status create_##kind(factory_args *a, dfc_net **out, dfc_error *err) \
+    {                                                                               \
+        return dfc_##kind##_create(&a->kind, out, err);                             \
+    }
+CREATE_AS_IS(sononet)
+CREATE_AS_IS(inception)
+CREATE_AS_IS(segmenter)
+CREATE_AS_IS(small_classifier)
+
+#define INT(args, member, min, max, kind) {#member, offsetof(args, member), min, max, kind, 0, 0}
+#define UNET(member, min, max) {#member, offsetof(struct unet_args, c.member), min, max, REQUIRED, 0, 0}
+#define RESNET_C(member, min, max) {#member, offsetof(struct resnet_args, c.member), min, max, REQUIRED, 0, 0}
+#define LIST_OF(args, key, member, min, max, max_count, count) \
+    {key, offsetof(args, member), min, max, LIST, max_count, offsetof(args, count)}
+
+static PyObject *net_create(PyObject *index, PyObject *args);
+
+static struct net_factory {
+    PyMethodDef def; /* the module function: its name and doc */
+    const char *what;
+    factory_args defaults;   /* the values of absent optional keys */
+    config_field fields[13]; /* ended by a NULL key */
+    dfc_status (*create)(factory_args *args, dfc_net **out, dfc_error *err);
+} factories[] = {
+    {{"unet_create", net_create, METH_VARARGS,
+      "unet_create(config) -> Network: guided-diffusion's UNetModel; forward(backend, x, t) -> (model_output,); "
+      "num_heads, num_head_channels, num_heads_upsample: -1 is guided-diffusion's \"not set\""},
+     "UNet",
+     {.unet = {.n_attention = 0}},
+     {UNET(in_channels, 1, INT_MAX), UNET(model_channels, 1, INT_MAX), UNET(out_channels, 1, INT_MAX),
+      UNET(num_res_blocks, 1, INT_MAX), UNET(num_heads, -1, INT_MAX), UNET(num_head_channels, -1, INT_MAX),
+      UNET(num_heads_upsample, -1, INT_MAX), UNET(legacy_attention, 0, 1), UNET(use_scale_shift_norm, 0, 1),
+      UNET(resblock_updown, 0, 1),
+      LIST_OF(struct unet_args, "level_channels", c.level_channels, 1, INT_MAX, DFC_UNET_MAX_LEVELS, c.num_levels),
+      LIST_OF(struct unet_args, "attention", c.attention, 0, 1, DFC_UNET_MAX_LEVELS, n_attention)},
+     create_unet},
+    {{"resnet_create", net_create, METH_VARARGS,
+      "resnet_create(config) -> Network; config: depth, layout (0 torchvision, 1 radimagenet), in_channels, "
+      "taps (stage indices: 0 stem, 1..4 layer1..4)"},
+     "ResNet",
+     {.resnet = {.n_taps = 0}},
+     {RESNET_C(depth, 1, INT_MAX),
+      INT(struct resnet_args, layout, DFC_RESNET_TORCHVISION, DFC_RESNET_RADIMAGENET, REQUIRED),
+      RESNET_C(in_channels, 1, INT_MAX),
+      LIST_OF(struct resnet_args, "taps", taps, 0, DFC_RESNET_STAGES - 1, DFC_RESNET_STAGES, n_taps)},
+     create_resnet},
+    {{"sononet_create", net_create, METH_VARARGS,
+      "sononet_create(config) -> Network: SonoNet-k (config keys k, in_channels, num_classes, standardize); "
+      "outputs logits, cam, features"},
+     "SonoNet",
+     {.sononet = {16, 1, 14, 1}},
+     {INT(dfc_sononet_config, k, 1, INT_MAX, OPTIONAL), INT(dfc_sononet_config, in_channels, 1, INT_MAX, OPTIONAL),
+      INT(dfc_sononet_config, num_classes, 1, INT_MAX, OPTIONAL), INT(dfc_sononet_config, standardize, 0, 1, OPTIONAL)},
+     create_sononet},
+    {{"inception_create", net_create, METH_VARARGS,
+      "inception_create(config) -> Network: the FID Inception-v3 (config keys in_channels, resize (0: none)); "
+      "input in [0, 1]; output pool3 (N, 2048); forward only"},
+     "Inception",
+     {.inception = {3, 299}},
+     {INT(dfc_inception_config, in_channels, 1, INT_MAX, OPTIONAL),
+      INT(dfc_inception_config, resize, 0, INT_MAX, OPTIONAL)},
+     create_inception},
+    {{"segmenter_create", net_create, METH_VARARGS,
+      "segmenter_create(config) -> Network: the UNet-style segmenter (config: in_channels, classes, width, levels, "
+      "groups)"},
+     "Segmenter",
+     {.segmenter = {.in_channels = 1}},
+     {INT(dfc_segmenter_config, in_channels, 1, INT_MAX, OPTIONAL),
+      INT(dfc_segmenter_config, classes, 1, INT_MAX, REQUIRED), INT(dfc_segmenter_config, width, 1, INT_MAX, REQUIRED),
+      INT(dfc_segmenter_config, levels, 1, INT_MAX, REQUIRED), INT(dfc_segmenter_config, groups, 1, INT_MAX, REQUIRED)},
+     create_segmenter},
+    {{"small_classifier_create", net_create, METH_VARARGS,
+      "small_classifier_create(config) -> Network: a small conv classifier (config: in_channels, width, "
+      "num_classes)"},
+     "SmallClassifier",
+     {.small_classifier = {0, 0, 0}},
+     {INT(dfc_small_classifier_config, in_channels, 1, INT_MAX, REQUIRED),
+      INT(dfc_small_classifier_config, width, 1, INT_MAX, REQUIRED),
+      INT(dfc_small_classifier_config, num_classes, 1, INT_MAX, REQUIRED)},
+     create_small_classifier},
+};
+
+/* <kind>_create(config): self is the factory's index in factories[] */
+static PyObject *net_create(PyObject *index, PyObject *args)
+{
+    struct net_factory *f = &factories[PyLong_AsSsize_t(index)];
+    PyObject *config;
+    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &config))
         return NULL;
-    if (n_attention != c.num_levels) {
-        PyErr_Format(PyExc_ValueError, "UNet config: 'attention' has %d entries for %d levels", n_attention,
-                     c.num_levels);
-        return NULL;
+    factory_args a = f->defaults;
+    for (const config_field *c = f->fields; c->key; c++) {
+        int *value = (int *)((char *)&a + c->offset);
+        int rc = c->kind == LIST ? dfc_py_config_int_list(config, f->what, c->key, c->min, c->max, c->max_count, value,
+                                                          (int *)((char *)&a + c->count_offset))
+                 : c->kind == REQUIRED ? dfc_py_config_required_int(config, f->what, c->key, c->min, c->max, value)
+                                       : dfc_py_config_int(config, f->what, c->key, c->min, c->max, value);
+        if (rc < 0)
+            return NULL;
     }
     dfc_error err = {0};
     dfc_net *net = NULL;
-    dfc_status st = dfc_unet_create(&c, &net, &err);
+    dfc_status st = f->create(&a, &net, &err);
     return dfc_py_created_net(st, net, &err);
 }
 
-static PyMethodDef net_functions[] = {
-    {"unet_create", unet_create, METH_VARARGS,
-     "unet_create(config) -> Network: guided-diffusion's UNetModel; forward(backend, x, t) -> (model_output,)"},
-    {NULL, NULL, 0, NULL},
-};
-
-int dfc_register_net(PyObject *module) { return PyModule_AddFunctions(module, net_functions); }
+int dfc_register_net(PyObject *module)
+{
+    for (size_t i = 0; i < sizeof factories / sizeof factories[0]; i++) {
+        PyObject *index = PyLong_FromSize_t(i);
+        PyObject *fn = index ? PyCFunction_NewEx(&factories[i].def, index, NULL) : NULL;
+        Py_XDECREF(index);
+        if (!fn || PyModule_AddObject(module, factories[i].def.ml_name, fn) < 0) {
+            Py_XDECREF(fn);
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -1,5 +1,5 @@
-/* Bindings for the ResNet feature networks (resnet_create -> diffice._C.Network), the perceptual loss
- * (diffice._C.PerceptualLoss, which runs a wrapped feature network) and the pixel losses (pixel_loss). */
+/* Bindings for the perceptual loss (diffice._C.PerceptualLoss), which runs a feature network (a diffice._C.Network
+ * from bind_net.c's resnet_create). */
 #include "pyutil.h"
 
 #define NO_IMPORT_ARRAY
@@ -8,34 +8,6 @@
 #include <numpy/arrayobject.h>
 
 #include "../nets/perceptual.h"
-#include "../nets/resnet.h"
-
-/* resnet_create({"depth", "layout": 0 torchvision / 1 radimagenet, "in_channels", "taps": [stage, ...]}) */
-static PyObject *py_resnet_create(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *cfg_dict;
-    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &cfg_dict))
-        return NULL;
-    dfc_resnet_config c;
-    memset(&c, 0, sizeof c);
-    int layout = 0;
-    const char *what = "ResNet";
-    int taps[DFC_RESNET_STAGES], n_taps = 0;
-    if (dfc_py_config_required_int(cfg_dict, what, "depth", 1, INT_MAX, &c.depth) < 0 ||
-        dfc_py_config_required_int(cfg_dict, what, "layout", DFC_RESNET_TORCHVISION, DFC_RESNET_RADIMAGENET, &layout) <
-            0 ||
-        dfc_py_config_required_int(cfg_dict, what, "in_channels", 1, INT_MAX, &c.in_channels) < 0 ||
-        dfc_py_config_int_list(cfg_dict, what, "taps", 0, DFC_RESNET_STAGES - 1, DFC_RESNET_STAGES, taps, &n_taps) < 0)
-        return NULL;
-    c.layout = (dfc_resnet_layout)layout;
-    for (int i = 0; i < n_taps; i++)
-        c.taps |= 1u << taps[i];
-    dfc_net *net = NULL;
-    dfc_error err = {0};
-    dfc_status st = dfc_resnet_create(&c, &net, &err);
-    return dfc_py_created_net(st, net, &err);
-}
 
 /* ---- PerceptualLoss ---- */
 
@@ -201,16 +173,4 @@ static PyTypeObject DfcPerceptual_Type = {
     .tp_getset = perceptual_getset,
 };
 
-static PyMethodDef resnet_functions[] = {
-    {"resnet_create", py_resnet_create, METH_VARARGS,
-     "resnet_create(config) -> Network; config: depth, layout (0 torchvision, 1 radimagenet), in_channels, "
-     "taps (stage indices: 0 stem, 1..4 layer1..4)"},
-    {NULL, NULL, 0, NULL},
-};
-
-int dfc_register_resnet(PyObject *module)
-{
-    if (PyModule_AddFunctions(module, resnet_functions) < 0)
-        return -1;
-    return dfc_py_add_type(module, &DfcPerceptual_Type, "PerceptualLoss");
-}
+int dfc_register_resnet(PyObject *module) { return dfc_py_add_type(module, &DfcPerceptual_Type, "PerceptualLoss"); }

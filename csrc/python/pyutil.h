@@ -160,12 +160,10 @@ extern PyMethodDef dfc_methods_backend[]; /* bind_backend.c */
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an
  * exception); each file owns its part of the module. */
-int dfc_register_sononet(PyObject *module);
 int dfc_register_resnet(PyObject *module);
 int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
-int dfc_register_inception(PyObject *module);
-int dfc_register_net(PyObject *module); /* unet_create */
+int dfc_register_net(PyObject *module); /* the network factories */
 
 /* diffice._C.Network: wraps a C network (takes ownership; on failure the net is destroyed and NULL returned). */
 extern PyTypeObject DfcNetwork_Type;
