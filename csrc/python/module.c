@@ -116,7 +116,7 @@ PyMODINIT_FUNC PyInit__C(void)
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (dfc_py_add_type(m, types[i], type_names[i]) < 0)
             goto fail;
-    int (*registrations[])(PyObject *) = {dfc_register_resnet, dfc_register_classifier, dfc_register_sampler,
+    int (*registrations[])(PyObject *) = {dfc_register_perceptual, dfc_register_classifier, dfc_register_sampler,
                                           dfc_register_net};
     for (size_t i = 0; i < sizeof registrations / sizeof registrations[0]; i++)
         if (registrations[i](m) < 0)

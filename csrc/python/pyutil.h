@@ -160,7 +160,7 @@ extern PyMethodDef dfc_methods_backend[]; /* bind_backend.c */
 
 /* Network binding files register their types and functions on the module (0 on success, -1 with an
  * exception); each file owns its part of the module. */
-int dfc_register_resnet(PyObject *module);
+int dfc_register_perceptual(PyObject *module);
 int dfc_register_classifier(PyObject *module);
 int dfc_register_sampler(PyObject *module);
 int dfc_register_net(PyObject *module); /* the network factories */

@@ -173,4 +173,4 @@ static PyTypeObject DfcPerceptual_Type = {
     .tp_getset = perceptual_getset,
 };
 
-int dfc_register_resnet(PyObject *module) { return dfc_py_add_type(module, &DfcPerceptual_Type, "PerceptualLoss"); }
+int dfc_register_perceptual(PyObject *module) { return dfc_py_add_type(module, &DfcPerceptual_Type, "PerceptualLoss"); }
