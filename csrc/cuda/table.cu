@@ -1,0 +1,109 @@
+/* The CUDA backend's op table, generated from DFC_OP_LIST: every op is either declared here from its kernel file
+ * (DFC_CUDA_OPS_DONE) or, until its kernel exists, answers NotImplementedError naming itself (DFC_CUDA_OPS_NOT_YET).
+ * An op in neither list, or in both, does not compile; when the second list is empty the template below goes. */
+#include "cuda_backend.cuh"
+
+#define DFC_CUDA_OPS_DONE(X) \
+    X(activation_forward)    \
+    X(activation_backward)   \
+    X(row_scale)             \
+    X(row_axpy)              \
+    X(scale)                 \
+    X(fill)
+
+#define DFC_CUDA_OPS_NOT_YET(X)    \
+    X(conv2d_forward)              \
+    X(conv2d_backward_input)       \
+    X(conv2d_backward_weight)      \
+    X(linear_forward)              \
+    X(linear_backward_input)       \
+    X(linear_backward_weight)      \
+    X(group_norm_forward)          \
+    X(group_norm_backward)         \
+    X(batch_norm_forward)          \
+    X(batch_norm_backward)         \
+    X(softmax_forward)             \
+    X(softmax_backward)            \
+    X(binary_forward)              \
+    X(binary_backward)             \
+    X(concat_channels)             \
+    X(split_channels)              \
+    X(upsample_nearest2x_forward)  \
+    X(upsample_nearest2x_backward) \
+    X(avg_pool2d_forward)          \
+    X(avg_pool2d_backward)         \
+    X(max_pool2d_forward)          \
+    X(max_pool2d_backward)         \
+    X(global_avg_pool_forward)     \
+    X(global_avg_pool_backward)    \
+    X(resize_bilinear_forward)     \
+    X(resize_bilinear_backward)    \
+    X(attention_forward)           \
+    X(attention_backward)          \
+    X(timestep_embedding)          \
+    X(cross_entropy_forward)       \
+    X(cross_entropy_backward)      \
+    X(mse_forward)                 \
+    X(mse_backward)                \
+    X(q_sample)                    \
+    X(p_mean_variance_forward)     \
+    X(p_mean_variance_backward)    \
+    X(sample_step)                 \
+    X(change_map)                  \
+    X(masked_blend)                \
+    X(distance_penalty_forward)    \
+    X(distance_penalty_backward)   \
+    X(nonfinite_rows)              \
+    X(target_probability)          \
+    X(diffusion_vb_forward)        \
+    X(diffusion_vb_backward)       \
+    X(scale_shift_forward)         \
+    X(scale_shift_backward)        \
+    X(adamw_step)                  \
+    X(ema_update)                  \
+    X(sum_squares)                 \
+    X(logit_loss_forward)          \
+    X(logit_loss_backward)         \
+    X(bce_with_logits_forward)     \
+    X(bce_with_logits_backward)    \
+    X(standardize_forward)         \
+    X(standardize_backward)        \
+    X(normalized_distance_forward) \
+    X(normalized_distance_backward)
+
+#define DFC_DECLARE_CUDA_OP(name) DFC_DECLARE_OP_(cuda, name)
+DFC_CUDA_OPS_DONE(DFC_DECLARE_CUDA_OP)
+#undef DFC_DECLARE_CUDA_OP
+
+/* The last argument of every op is its dfc_error *. */
+static inline dfc_error *dfc_last_error(dfc_error *, dfc_error *e) { return e; }
+template <class T> static inline dfc_error *dfc_last_error(dfc_error *current, T) { return current; }
+
+template <class Fn, class Name> struct dfc_cuda_not_yet;
+template <class... Args, class Name> struct dfc_cuda_not_yet<dfc_status(dfc_backend *, Args...), Name> {
+    static dfc_status run(dfc_backend *, Args... args)
+    {
+        dfc_error *err = nullptr;
+        ((err = dfc_last_error(err, args)), ...);
+        return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED, "%s: not implemented on the CUDA backend yet", Name::op);
+    }
+};
+
+#define DFC_CUDA_NOT_YET_ENTRY(name)             \
+    struct dfc_cuda_op_name_##name {             \
+        static constexpr const char *op = #name; \
+    };                                           \
+    static constexpr auto cuda_##name =          \
+        &dfc_cuda_not_yet<__typeof__(*((dfc_ops *)0)->name), dfc_cuda_op_name_##name>::run;
+DFC_CUDA_OPS_NOT_YET(DFC_CUDA_NOT_YET_ENTRY)
+#undef DFC_CUDA_NOT_YET_ENTRY
+
+#define DFC_CUDA_ENTRY(name) DFC_OP_ENTRY_(cuda, name)
+#ifdef DFC_CUDA_EMULATE
+extern "C" const dfc_ops dfc_cuda_emulated_ops;
+const dfc_ops dfc_cuda_emulated_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
+#else
+extern "C" const dfc_ops dfc_cuda_ops;
+const dfc_ops dfc_cuda_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
+#endif
+#undef DFC_CUDA_ENTRY
