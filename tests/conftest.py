@@ -113,6 +113,9 @@ def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
 
 
 BACKENDS = ["ref", "cpu"]
+# plus the CUDA kernels built for the host (csrc/cuda as "cuda_emulated"): the op tests of each family whose CUDA
+# kernels exist run on it too
+ALL_BACKENDS = BACKENDS + ["cuda_emulated"]
 
 
 def torch_class_probabilities(logits) -> np.ndarray:

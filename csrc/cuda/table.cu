@@ -3,73 +3,95 @@
  * An op in neither list, or in both, does not compile; when the second list is empty the template below goes. */
 #include "cuda_backend.cuh"
 
-#define DFC_CUDA_OPS_DONE(X) \
-    X(activation_forward)    \
-    X(activation_backward)   \
-    X(row_scale)             \
-    X(row_axpy)              \
-    X(scale)                 \
+/* Each family's ops, done (a kernel file defines cuda_<op>) and not yet; a family's two lists are edited together
+ * when its kernels land: elementwise.cu, norm.cu (norms, softmax, broadcast binary, timestep embedding), dense.cu
+ * (cuDNN convolutions, cuBLAS linear and attention), spatial.cu (channels, pooling, resizing, optimizer),
+ * diffusion.cu (diffusion arithmetic and losses). */
+#define DFC_CUDA_ELEMENTWISE_DONE(X) \
+    X(activation_forward)            \
+    X(activation_backward)           \
+    X(row_scale)                     \
+    X(row_axpy)                      \
+    X(scale)                         \
     X(fill)
+#define DFC_CUDA_ELEMENTWISE_NOT_YET(X)
 
-#define DFC_CUDA_OPS_NOT_YET(X)    \
-    X(conv2d_forward)              \
-    X(conv2d_backward_input)       \
-    X(conv2d_backward_weight)      \
-    X(linear_forward)              \
-    X(linear_backward_input)       \
-    X(linear_backward_weight)      \
-    X(group_norm_forward)          \
-    X(group_norm_backward)         \
-    X(batch_norm_forward)          \
-    X(batch_norm_backward)         \
-    X(softmax_forward)             \
-    X(softmax_backward)            \
-    X(binary_forward)              \
-    X(binary_backward)             \
-    X(concat_channels)             \
-    X(split_channels)              \
-    X(upsample_nearest2x_forward)  \
-    X(upsample_nearest2x_backward) \
-    X(avg_pool2d_forward)          \
-    X(avg_pool2d_backward)         \
-    X(max_pool2d_forward)          \
-    X(max_pool2d_backward)         \
-    X(global_avg_pool_forward)     \
-    X(global_avg_pool_backward)    \
-    X(resize_bilinear_forward)     \
-    X(resize_bilinear_backward)    \
-    X(attention_forward)           \
-    X(attention_backward)          \
-    X(timestep_embedding)          \
-    X(cross_entropy_forward)       \
-    X(cross_entropy_backward)      \
-    X(mse_forward)                 \
-    X(mse_backward)                \
-    X(q_sample)                    \
-    X(p_mean_variance_forward)     \
-    X(p_mean_variance_backward)    \
-    X(sample_step)                 \
-    X(change_map)                  \
-    X(masked_blend)                \
-    X(distance_penalty_forward)    \
-    X(distance_penalty_backward)   \
-    X(nonfinite_rows)              \
-    X(target_probability)          \
-    X(diffusion_vb_forward)        \
-    X(diffusion_vb_backward)       \
-    X(scale_shift_forward)         \
-    X(scale_shift_backward)        \
-    X(adamw_step)                  \
-    X(ema_update)                  \
-    X(sum_squares)                 \
-    X(logit_loss_forward)          \
-    X(logit_loss_backward)         \
-    X(bce_with_logits_forward)     \
-    X(bce_with_logits_backward)    \
-    X(standardize_forward)         \
-    X(standardize_backward)        \
-    X(normalized_distance_forward) \
+#define DFC_CUDA_NORM_DONE(X)
+#define DFC_CUDA_NORM_NOT_YET(X) \
+    X(group_norm_forward)        \
+    X(group_norm_backward)       \
+    X(batch_norm_forward)        \
+    X(batch_norm_backward)       \
+    X(scale_shift_forward)       \
+    X(scale_shift_backward)      \
+    X(standardize_forward)       \
+    X(standardize_backward)      \
+    X(softmax_forward)           \
+    X(softmax_backward)          \
+    X(binary_forward)            \
+    X(binary_backward)           \
+    X(timestep_embedding)
+
+#define DFC_CUDA_DENSE_DONE(X)
+#define DFC_CUDA_DENSE_NOT_YET(X) \
+    X(conv2d_forward)             \
+    X(conv2d_backward_input)      \
+    X(conv2d_backward_weight)     \
+    X(linear_forward)             \
+    X(linear_backward_input)      \
+    X(linear_backward_weight)     \
+    X(attention_forward)          \
+    X(attention_backward)
+
+#define DFC_CUDA_SPATIAL_DONE(X)
+#define DFC_CUDA_SPATIAL_NOT_YET(X) \
+    X(concat_channels)              \
+    X(split_channels)               \
+    X(upsample_nearest2x_forward)   \
+    X(upsample_nearest2x_backward)  \
+    X(avg_pool2d_forward)           \
+    X(avg_pool2d_backward)          \
+    X(max_pool2d_forward)           \
+    X(max_pool2d_backward)          \
+    X(global_avg_pool_forward)      \
+    X(global_avg_pool_backward)     \
+    X(resize_bilinear_forward)      \
+    X(resize_bilinear_backward)     \
+    X(adamw_step)                   \
+    X(ema_update)                   \
+    X(sum_squares)
+
+#define DFC_CUDA_DIFFUSION_DONE(X)
+#define DFC_CUDA_DIFFUSION_NOT_YET(X) \
+    X(q_sample)                       \
+    X(p_mean_variance_forward)        \
+    X(p_mean_variance_backward)       \
+    X(sample_step)                    \
+    X(change_map)                     \
+    X(masked_blend)                   \
+    X(distance_penalty_forward)       \
+    X(distance_penalty_backward)      \
+    X(nonfinite_rows)                 \
+    X(target_probability)             \
+    X(diffusion_vb_forward)           \
+    X(diffusion_vb_backward)          \
+    X(cross_entropy_forward)          \
+    X(cross_entropy_backward)         \
+    X(mse_forward)                    \
+    X(mse_backward)                   \
+    X(logit_loss_forward)             \
+    X(logit_loss_backward)            \
+    X(bce_with_logits_forward)        \
+    X(bce_with_logits_backward)       \
+    X(normalized_distance_forward)    \
     X(normalized_distance_backward)
+
+#define DFC_CUDA_OPS_DONE(X)     \
+    DFC_CUDA_ELEMENTWISE_DONE(X) \
+    DFC_CUDA_NORM_DONE(X) DFC_CUDA_DENSE_DONE(X) DFC_CUDA_SPATIAL_DONE(X) DFC_CUDA_DIFFUSION_DONE(X)
+#define DFC_CUDA_OPS_NOT_YET(X)     \
+    DFC_CUDA_ELEMENTWISE_NOT_YET(X) \
+    DFC_CUDA_NORM_NOT_YET(X) DFC_CUDA_DENSE_NOT_YET(X) DFC_CUDA_SPATIAL_NOT_YET(X) DFC_CUDA_DIFFUSION_NOT_YET(X)
 
 #define DFC_DECLARE_CUDA_OP(name) DFC_DECLARE_OP_(cuda, name)
 DFC_CUDA_OPS_DONE(DFC_DECLARE_CUDA_OP)
