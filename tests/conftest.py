@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402  test-only reference; .ci/run installs the CPU wheel
 
+import diffice  # noqa: E402
+
 torch.set_num_threads(2)
 
 SHARED = Path(os.environ.get("DIFFICE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -113,9 +115,9 @@ def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
 
 
 BACKENDS = ["ref", "cpu"]
-# plus the CUDA kernels built for the host (csrc/cuda as "cuda_emulated"): the op tests of each family whose CUDA
-# kernels exist run on it too
-ALL_BACKENDS = BACKENDS + ["cuda_emulated"]
+# plus the CUDA kernels built for the host (csrc/cuda as "cuda_emulated"), and the GPU itself where there is one: the
+# op tests of each family whose CUDA kernels exist run on them too
+ALL_BACKENDS = BACKENDS + ["cuda_emulated"] + (["cuda"] if diffice.cuda_available() else [])
 
 
 def torch_class_probabilities(logits) -> np.ndarray:
