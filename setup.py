@@ -107,6 +107,7 @@ class BuildExtWithCuda(build_ext):
     def build_extensions(self) -> None:
         ext = self.extensions[0]
         ext.extra_objects = cuda_build.compile_emulated(ROOT, Path(self.build_temp) / "cuda_emulated", _flags())
+        ext.depends = list(ext.depends) + list(ext.extra_objects)  # relink _C when an emulated object changed
         super().build_extensions()
         if cuda_build.want_cuda():
             target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME

@@ -9,6 +9,10 @@ from pathlib import Path
 # Before torch: the torch wheel's libgomp.so.1 is the one diffice then runs on, and libgomp reads its wait policy
 # once, when it loads; diffice's own PASSIVE default would come too late (README, "Threads").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The CUDA kernels' host build ("cuda_emulated") in its strict form: backend memory is inaccessible outside the
+# backend's own functions and every tensor an op gets must be backend memory, so what would touch a host pointer
+# on a GPU (or a device pointer on the host) fails here (csrc/cuda/backend.cu).
+os.environ.setdefault("DIFFICE_CUDA_EMULATE_STRICT", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

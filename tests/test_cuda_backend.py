@@ -86,3 +86,15 @@ def test_cuda_without_a_gpu_says_why():
         assert "no CUDA device" in message or "cannot load the CUDA plugin" in message
     else:
         assert "built without CUDA" in message
+
+
+
+def test_strict_emulation_refuses_host_tensors():
+    """An op handed a host array on the emulated GPU (conftest sets DIFFICE_CUDA_EMULATE_STRICT=1 for the suite):
+    an error naming the op, where a GPU would read a host pointer; the same call on a host backend works."""
+    x = np.zeros((2, 3), np.float32)
+    diffice._C.fill_unstaged(ops.get_backend("cpu"), x, 2.0)
+    assert (x == 2).all()
+    with pytest.raises(ValueError, match="fill: tensor argument 2 is not in the backend's memory"):
+        diffice._C.fill_unstaged(ops.get_backend(EMU), x, 3.0)
+    assert (x == 2).all()

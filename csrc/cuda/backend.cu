@@ -4,6 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef DFC_CUDA_EMULATE
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "cuda_backend.cuh"
 
 #define DFC_CUDA_STAGE_ALIGN 256
@@ -143,6 +148,16 @@ static dfc_status cuda_memory_copy(dfc_backend *be, void *dst, const void *src, 
 
 #else /* DFC_CUDA_EMULATE: host memory behind the same functions */
 
+/* The strict emulation (DIFFICE_CUDA_EMULATE_STRICT=1, set by the test suite): backend memory is mapped with no
+ * access except while an op or a memory function of this backend runs (dfc_cuda_window_open/close), so host code
+ * that touches tensor data it should reach only through the backend — what would read a device pointer on a GPU —
+ * faults at once instead of passing. Without it, backend memory is ordinary heap memory (AddressSanitizer sees it). */
+static int strict_requested(void)
+{
+    const char *v = getenv("DIFFICE_CUDA_EMULATE_STRICT");
+    return v && v[0] == '1';
+}
+
 static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
 {
     if (be->device != 0)
@@ -152,15 +167,115 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
     if (!state)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda_emulated: out of host memory");
     be->impl = state;
+    state->strict = strict_requested();
     return DFC_OK;
 }
+
+static void protect_all(dfc_cuda_state *state, int prot)
+{
+    for (int k = 0; k < state->num_mappings; k++)
+        mprotect(state->mappings[k].ptr, state->mappings[k].bytes, prot);
+}
+
+void dfc_cuda_window_open(dfc_backend *be)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (state->strict && state->window_depth++ == 0)
+        protect_all(state, PROT_READ | PROT_WRITE);
+}
+
+void dfc_cuda_window_close(dfc_backend *be)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (state->strict && --state->window_depth == 0)
+        protect_all(state, PROT_NONE);
+}
+
+int dfc_cuda_is_backend_memory(dfc_backend *be, const void *ptr)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (!state->strict)
+        return 1;
+    const char *p = (const char *)ptr;
+    for (int k = 0; k < state->num_mappings; k++) {
+        const char *base = (const char *)state->mappings[k].ptr;
+        if (p >= base && p < base + state->mappings[k].bytes)
+            return 1;
+    }
+    return 0;
+}
+
+static void *cuda_memory_alloc(dfc_backend *be, size_t bytes, dfc_error *err)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (!state->strict)
+        return dfc_host_alloc(be, bytes, err);
+    if (state->num_mappings == state->max_mappings) {
+        int grown = state->max_mappings ? 2 * state->max_mappings : 64;
+        void *fresh = realloc(state->mappings, (size_t)grown * sizeof *state->mappings);
+        if (!fresh) {
+            dfc_fail(err, DFC_ERR_NOMEM, "cuda_emulated: out of host memory");
+            return NULL;
+        }
+        state->mappings = (dfc_cuda_mapping *)fresh;
+        state->max_mappings = grown;
+    }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), rounded = (bytes + page - 1) / page * page;
+    void *ptr = mmap(NULL, rounded ? rounded : page, state->window_depth ? PROT_READ | PROT_WRITE : PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr == MAP_FAILED) {
+        dfc_fail(err, DFC_ERR_NOMEM, "cuda_emulated: cannot map %zu bytes", bytes);
+        return NULL;
+    }
+    state->mappings[state->num_mappings++] = (dfc_cuda_mapping){ptr, rounded ? rounded : page};
+    return ptr;
+}
+
+static void cuda_memory_free(dfc_backend *be, void *ptr)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (!ptr)
+        return;
+    if (!state->strict) {
+        dfc_host_free(be, ptr);
+        return;
+    }
+    for (int k = 0; k < state->num_mappings; k++)
+        if (state->mappings[k].ptr == ptr) {
+            munmap(ptr, state->mappings[k].bytes);
+            state->mappings[k] = state->mappings[--state->num_mappings];
+            return;
+        }
+}
+
+static dfc_status cuda_memory_zero(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err)
+{
+    dfc_cuda_window_open(be);
+    dfc_status st = dfc_host_zero(be, ptr, bytes, err);
+    dfc_cuda_window_close(be);
+    return st;
+}
+
+static dfc_status cuda_memory_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err)
+{
+    dfc_cuda_window_open(be);
+    dfc_status st = dfc_host_copy(be, dst, src, bytes, err);
+    dfc_cuda_window_close(be);
+    return st;
+}
+
+#define cuda_memory_copy_from_host cuda_memory_copy
+#define cuda_memory_copy_to_host cuda_memory_copy
 
 static void cuda_backend_destroy(dfc_backend *be)
 {
     dfc_cuda_state *state = dfc_cuda(be);
     if (!state)
         return;
-    free(state->scratch);
+    cuda_memory_free(be, state->scratch);
+    for (int k = 0; k < state->num_mappings; k++) /* what an owner did not free: the backend outlives no mapping */
+        munmap(state->mappings[k].ptr, state->mappings[k].bytes);
+    free(state->mappings);
     free(state);
     be->impl = NULL;
 }
@@ -171,13 +286,6 @@ static dfc_status cuda_backend_synchronize(dfc_backend *be, dfc_error *err)
     (void)err;
     return DFC_OK;
 }
-
-#define cuda_memory_alloc dfc_host_alloc
-#define cuda_memory_free dfc_host_free
-#define cuda_memory_zero dfc_host_zero
-#define cuda_memory_copy_from_host dfc_host_copy_from_host
-#define cuda_memory_copy_to_host dfc_host_copy_to_host
-#define cuda_memory_copy dfc_host_copy
 
 #endif
 

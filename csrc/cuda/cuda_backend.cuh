@@ -34,6 +34,13 @@ extern "C" {
 #define DFC_HOST_DEVICE __host__ __device__
 #endif
 
+#ifdef DFC_CUDA_EMULATE
+typedef struct dfc_cuda_mapping {
+    void *ptr;
+    size_t bytes;
+} dfc_cuda_mapping;
+#endif
+
 /* The backend's private state (be->impl). */
 typedef struct dfc_cuda_state {
     int device;          /* the CUDA device this backend runs on ("cuda:N") */
@@ -43,6 +50,11 @@ typedef struct dfc_cuda_state {
 #ifndef DFC_CUDA_EMULATE
     cudaStream_t stream; /* every op is issued on this stream, in order */
     cublasHandle_t cublas;
+#else
+    int strict;                 /* backend memory is inaccessible outside the backend's own functions */
+    int window_depth;           /* > 0: inside an op or memory function (nested ops count) */
+    dfc_cuda_mapping *mappings; /* strict: every live allocation, to open and close them together */
+    int num_mappings, max_mappings;
 #endif
 } dfc_cuda_state;
 
@@ -95,6 +107,15 @@ static inline dfc_status dfc_cuda_for_each(dfc_backend *be, int64_t n, const cha
 }
 
 /* ---- memory ---- */
+
+#ifdef DFC_CUDA_EMULATE
+/* The strict emulation's access window (backend.cu): every op of the emulated table and every memory function runs
+ * inside one; outside, backend memory cannot be touched. No-ops when not strict. */
+void dfc_cuda_window_open(dfc_backend *be);
+void dfc_cuda_window_close(dfc_backend *be);
+/* Whether ptr lies in memory this backend allocated (always true when not strict: then it cannot tell). */
+int dfc_cuda_is_backend_memory(dfc_backend *be, const void *ptr);
+#endif
 
 /* be's scratch, at least bytes long (grown, never shrunk; the old buffer is freed once the stream is idle). The
  * scratch is one buffer: an op that needs several pieces carves them from one call. */

@@ -120,11 +120,51 @@ template <class... Args, class Name> struct dfc_cuda_not_yet<dfc_status(dfc_back
 DFC_CUDA_OPS_NOT_YET(DFC_CUDA_NOT_YET_ENTRY)
 #undef DFC_CUDA_NOT_YET_ENTRY
 
-#define DFC_CUDA_ENTRY(name) DFC_OP_ENTRY_(cuda, name)
 #ifdef DFC_CUDA_EMULATE
+/* The emulated table runs every op inside the strict emulation's access window (cuda_backend.cuh), after checking
+ * that each tensor it is given lives in this backend's memory: on a GPU a host pointer there (a network's weights
+ * left in host memory, an array not staged) is a crash or garbage, here it is an error naming the op. */
+template <class T> static inline int dfc_host_tensor_arg(dfc_backend *, const T &) { return 0; }
+static inline int dfc_host_tensor_arg(dfc_backend *be, const dfc_tensor *t)
+{
+    return t && t->data && !dfc_cuda_is_backend_memory(be, t->data);
+}
+static inline int dfc_host_tensor_arg(dfc_backend *be, dfc_tensor *t)
+{
+    return dfc_host_tensor_arg(be, (const dfc_tensor *)t);
+}
+
+template <auto op, class Name> struct dfc_cuda_windowed;
+template <class... Args, dfc_status (*op)(dfc_backend *, Args...), class Name> struct dfc_cuda_windowed<op, Name> {
+    static dfc_status run(dfc_backend *be, Args... args)
+    {
+        int position = 0, host = 0;
+        ((++position, host = host ? host : (dfc_host_tensor_arg(be, args) ? position : 0)), ...);
+        if (host) {
+            dfc_error *err = nullptr;
+            ((err = dfc_last_error(err, args)), ...);
+            return dfc_fail(err, DFC_ERR_VALUE,
+                            "cuda_emulated: %s: tensor argument %d is not in the backend's memory (on a GPU this "
+                            "would read a host pointer)",
+                            Name::op, host);
+        }
+        dfc_cuda_window_open(be);
+        dfc_status st = op(be, args...);
+        dfc_cuda_window_close(be);
+        return st;
+    }
+};
+#define DFC_CUDA_ENTRY(name)                     \
+    struct dfc_cuda_entry_name_##name {          \
+        static constexpr const char *op = #name; \
+    };
+DFC_OP_LIST(DFC_CUDA_ENTRY)
+#undef DFC_CUDA_ENTRY
+#define DFC_CUDA_ENTRY(name) .name = &dfc_cuda_windowed<cuda_##name, dfc_cuda_entry_name_##name>::run,
 extern "C" const dfc_ops dfc_cuda_emulated_ops;
 const dfc_ops dfc_cuda_emulated_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
 #else
+#define DFC_CUDA_ENTRY(name) DFC_OP_ENTRY_(cuda, name)
 extern "C" const dfc_ops dfc_cuda_ops;
 const dfc_ops dfc_cuda_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
 #endif
