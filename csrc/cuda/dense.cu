@@ -73,7 +73,8 @@ static dfc_status bias_grad(dfc_backend *be, const char *op, const dfc_tensor *d
     });
 }
 
-static dfc_status zero(dfc_backend *be, const char *op, dfc_tensor *t, dfc_error *err)
+/* t = 0 (backward outputs are overwritten even when nothing flows into them). */
+static dfc_status fill_zero(dfc_backend *be, const char *op, dfc_tensor *t, dfc_error *err)
 {
     float *ts = t->data;
     return dfc_cuda_for_each(be, dfc_numel(t), op, err, [=] DFC_DEVICE(int64_t i) { ts[i] = 0.0f; });
@@ -325,7 +326,7 @@ dfc_status cuda_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_t
     if (dfc_numel(y) == 0)
         return DFC_OK;
     if (dfc_numel(x) == 0 || dfc_numel(weight) == 0) { /* no input channels: y is the bias alone */
-        DFC_TRY(zero(be, op, y, err));
+        DFC_TRY(fill_zero(be, op, y, err));
     } else {
         const conv_problem cp = {op, CONV_FORWARD, x, weight, y, p};
         DFC_TRY(conv_run(be, &cp, err));
@@ -342,7 +343,7 @@ dfc_status cuda_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, con
     if (dfc_numel(dx) == 0)
         return DFC_OK;
     if (dfc_numel(weight) == 0) /* no output channels: nothing flows back */
-        return zero(be, op, dx, err);
+        return fill_zero(be, op, dx, err);
     const conv_problem cp = {op, CONV_BACKWARD_DATA, dx, weight, dy, p};
     return conv_run(be, &cp, err);
 }
@@ -355,7 +356,7 @@ dfc_status cuda_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, co
     dbias = (dfc_tensor *)optional(dbias);
     DFC_TRY(dfc_conv2d_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
     if (dfc_numel(dweight) > 0 && dfc_numel(dy) == 0) { /* an empty batch */
-        DFC_TRY(zero(be, op, dweight, err));
+        DFC_TRY(fill_zero(be, op, dweight, err));
     } else if (dfc_numel(dweight) > 0) {
         const conv_problem cp = {op, CONV_BACKWARD_FILTER, x, dweight, dy, p};
         DFC_TRY(conv_run(be, &cp, err));
@@ -365,6 +366,21 @@ dfc_status cuda_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, co
 
 /* ---- linear (row-major products as cuBLAS's column-major ones; see dfc_cuda_gemm_args) ---- */
 
+/* One column-major product c (m, n) = op(a) (m, k) op(b) (k, n). */
+static dfc_status gemm(dfc_backend *be, const char *op, int transa, int transb, int64_t m, int64_t n, int64_t k,
+                       const float *a, int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, dfc_error *err)
+{
+    dfc_cuda_gemm_args g = {};
+    g.transa = transa, g.transb = transb;
+    g.m = m, g.n = n, g.k = k;
+    g.alpha = 1.0f;
+    g.a = a, g.lda = lda;
+    g.b = b, g.ldb = ldb;
+    g.c = c, g.ldc = ldc;
+    g.batch = 1;
+    return dfc_cuda_gemm(be, &g, op, err);
+}
+
 /* y (M, Out) = x (M, In) W^T + b: column-major y^T = W x^T (transa on W). */
 dfc_status cuda_linear_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
                                dfc_tensor *y, dfc_error *err)
@@ -373,15 +389,7 @@ dfc_status cuda_linear_forward(dfc_backend *be, const dfc_tensor *x, const dfc_t
     bias = optional(bias);
     DFC_TRY(dfc_linear_check(op, x, "x", weight, "weight", bias, "bias", y, "y", err));
     const int64_t rows = x->shape[0], in = x->shape[1], out = weight->shape[0];
-    dfc_cuda_gemm_args g = {};
-    g.transa = 1;
-    g.m = out, g.n = rows, g.k = in;
-    g.alpha = 1.0f;
-    g.a = weight->data, g.lda = in;
-    g.b = x->data, g.ldb = in;
-    g.c = y->data, g.ldc = out;
-    g.batch = 1;
-    DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+    DFC_TRY(gemm(be, op, 1, 0, out, rows, in, weight->data, in, x->data, in, y->data, out, err));
     return bias ? bias_add(be, op, bias->data, out, 1, y, err) : DFC_OK;
 }
 
@@ -392,14 +400,7 @@ dfc_status cuda_linear_backward_input(dfc_backend *be, const dfc_tensor *dy, con
     const char *op = "linear_backward_input";
     DFC_TRY(dfc_linear_check(op, dx, "dx", weight, "weight", NULL, NULL, dy, "dy", err));
     const int64_t rows = dx->shape[0], in = dx->shape[1], out = weight->shape[0];
-    dfc_cuda_gemm_args g = {};
-    g.m = in, g.n = rows, g.k = out;
-    g.alpha = 1.0f;
-    g.a = weight->data, g.lda = in;
-    g.b = dy->data, g.ldb = out;
-    g.c = dx->data, g.ldc = in;
-    g.batch = 1;
-    return dfc_cuda_gemm(be, &g, op, err);
+    return gemm(be, op, 0, 0, in, rows, out, weight->data, in, dy->data, out, dx->data, in, err);
 }
 
 /* dW (Out, In) = dy^T x: column-major dW^T = x^T dy (transb on dy); dbias[o] = sum over rows of dy[:, o]. */
@@ -410,15 +411,7 @@ dfc_status cuda_linear_backward_weight(dfc_backend *be, const dfc_tensor *dy, co
     dbias = (dfc_tensor *)optional(dbias);
     DFC_TRY(dfc_linear_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", err));
     const int64_t rows = x->shape[0], in = x->shape[1], out = dweight->shape[0];
-    dfc_cuda_gemm_args g = {};
-    g.transb = 1;
-    g.m = in, g.n = out, g.k = rows;
-    g.alpha = 1.0f;
-    g.a = x->data, g.lda = in;
-    g.b = dy->data, g.ldb = out;
-    g.c = dweight->data, g.ldc = in;
-    g.batch = 1;
-    DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+    DFC_TRY(gemm(be, op, 0, 1, in, out, rows, x->data, in, dy->data, out, dweight->data, in, err));
     return dbias ? bias_grad(be, op, dy, out, 1, dbias, err) : DFC_OK;
 }
 
