@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -62,7 +62,7 @@ ATTN_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("legacy_order", [True, False])
 @pytest.mark.parametrize("N, C, T, heads", ATTN_SHAPES)
 def test_attention_forward_backward(rng, backend, legacy_order, N, C, T, heads):
@@ -98,7 +98,7 @@ def test_attention_backends_agree(rng, legacy_order):
 QKV = np.zeros((2, 36, 10), np.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "call, exc, words",
     [

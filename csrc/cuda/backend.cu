@@ -32,6 +32,14 @@ dfc_status dfc_cublas_check(cublasStatus_t code, const char *call, dfc_error *er
                     "cuda: %s failed: %s (%s)", call, cublasGetStatusString(code), cublasGetStatusName(code));
 }
 
+dfc_status dfc_cudnn_check(cudnnStatus_t code, const char *call, dfc_error *err)
+{
+    if (code == CUDNN_STATUS_SUCCESS)
+        return DFC_OK;
+    return dfc_fail(err, code == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ? DFC_ERR_NOMEM : DFC_ERR_BACKEND,
+                    "cuda: %s failed: %s", call, cudnnGetErrorString(code));
+}
+
 dfc_status dfc_cuda_check_launch(const char *op, dfc_error *err)
 {
     cudaError_t code = cudaGetLastError();
@@ -63,6 +71,8 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
     DFC_CUBLAS_TRY(cublasSetStream(state->cublas, state->stream));
     /* parity with the CPU by default: no TF32 (cuBLAS's default math for fp32 is exact fp32 anyway) */
     DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, CUBLAS_DEFAULT_MATH));
+    DFC_CUDNN_TRY(cudnnCreate(&state->cudnn));
+    DFC_CUDNN_TRY(cudnnSetStream(state->cudnn, state->stream));
     return DFC_OK;
 }
 
@@ -76,6 +86,8 @@ static void cuda_backend_destroy(dfc_backend *be)
     if (state->stream)
         cudaStreamSynchronize(state->stream);
     cudaFree(state->scratch);
+    if (state->cudnn)
+        cudnnDestroy(state->cudnn);
     if (state->cublas)
         cublasDestroy(state->cublas);
     if (state->stream)

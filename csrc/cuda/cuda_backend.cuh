@@ -30,6 +30,7 @@ extern "C" {
 #else
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 #define DFC_DEVICE __device__
 #define DFC_HOST_DEVICE __host__ __device__
 #endif
@@ -41,15 +42,31 @@ typedef struct dfc_cuda_mapping {
 } dfc_cuda_mapping;
 #endif
 
+/* A convolution's cuDNN algorithm, chosen once per op, shapes, parameters and math mode and kept (dense.cu): the
+ * emulation keys and fills the same cache, so its lookups are tested without a GPU. */
+typedef struct dfc_cuda_conv_plan {
+    int op; /* 0: an empty slot; else dense.cu's conv kind */
+    int tf32;
+    int64_t x[4], w[4];
+    dfc_conv2d_params p;
+    int algo, math; /* cudnnConvolution*Algo_t and cudnnMathType_t */
+    size_t workspace;
+} dfc_cuda_conv_plan;
+
+enum { DFC_CUDA_CONV_PLANS = 64 };
+
 /* The backend's private state (be->impl). */
 typedef struct dfc_cuda_state {
     int device;          /* the CUDA device this backend runs on ("cuda:N") */
     int tf32;            /* 1: cuBLAS may use TF32 tensor cores for fp32 GEMMs (precision "tf32") */
     void *scratch;       /* backend memory for host vectors and partial results, grown on demand and kept */
     size_t scratch_size; /* its bytes */
+    dfc_cuda_conv_plan conv_plans[DFC_CUDA_CONV_PLANS]; /* round robin once full */
+    int conv_plans_next;
 #ifndef DFC_CUDA_EMULATE
     cudaStream_t stream; /* every op is issued on this stream, in order */
     cublasHandle_t cublas;
+    cudnnHandle_t cudnn; /* convolutions (dense.cu); its workspace is the scratch */
 #else
     int strict;                 /* backend memory is inaccessible outside the backend's own functions */
     int window_depth;           /* > 0: inside an op or memory function (nested ops count) */
@@ -66,8 +83,10 @@ static inline dfc_cuda_state *dfc_cuda(dfc_backend *be) { return (dfc_cuda_state
 /* A failed CUDA runtime call as a backend error naming the call; out of memory says how much is free. */
 dfc_status dfc_cuda_check(cudaError_t code, const char *call, dfc_error *err);
 dfc_status dfc_cublas_check(cublasStatus_t code, const char *call, dfc_error *err);
+dfc_status dfc_cudnn_check(cudnnStatus_t code, const char *call, dfc_error *err);
 #define DFC_CUDA_TRY(call) DFC_TRY(dfc_cuda_check((call), #call, err))
 #define DFC_CUBLAS_TRY(call) DFC_TRY(dfc_cublas_check((call), #call, err))
+#define DFC_CUDNN_TRY(call) DFC_TRY(dfc_cudnn_check((call), #call, err))
 #endif
 
 /* ---- the launcher ---- */

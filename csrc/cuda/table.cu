@@ -32,16 +32,16 @@
     X(binary_backward)           \
     X(timestep_embedding)
 
-#define DFC_CUDA_DENSE_DONE(X)
-#define DFC_CUDA_DENSE_NOT_YET(X) \
-    X(conv2d_forward)             \
-    X(conv2d_backward_input)      \
-    X(conv2d_backward_weight)     \
-    X(linear_forward)             \
-    X(linear_backward_input)      \
-    X(linear_backward_weight)     \
-    X(attention_forward)          \
+#define DFC_CUDA_DENSE_DONE(X) \
+    X(conv2d_forward)          \
+    X(conv2d_backward_input)   \
+    X(conv2d_backward_weight)  \
+    X(linear_forward)          \
+    X(linear_backward_input)   \
+    X(linear_backward_weight)  \
+    X(attention_forward)       \
     X(attention_backward)
+#define DFC_CUDA_DENSE_NOT_YET(X)
 
 #define DFC_CUDA_SPATIAL_DONE(X)
 #define DFC_CUDA_SPATIAL_NOT_YET(X) \
