@@ -62,6 +62,19 @@ static DFC_HOST_DEVICE inline void sum_chunks(const double *partials, int64_t ro
     *s1 = b;
 }
 
+/* Second pass, for both sums: means[2 row + {0, 1}] = the row's sums / count. */
+static dfc_status chunk_means(dfc_backend *be, const char *op, int64_t rows, int64_t count, const double *partials,
+                              double *means, dfc_error *err)
+{
+    const int64_t chunks = chunk_count(count);
+    return dfc_cuda_for_each(be, rows, op, err, [=] DFC_DEVICE(int64_t row) {
+        double s0, s1;
+        sum_chunks(partials, row, chunks, &s0, &s1);
+        means[2 * row] = s0 / (double)count;
+        means[2 * row + 1] = s1 / (double)count;
+    });
+}
+
 /* Mean and biased variance of `blocks` contiguous blocks of `count` values each, two passes in double as the
  * reference's group_stats / plane_moments: stats[2 b] = mean, stats[2 b + 1] = sum (x - mean)^2 / count.
  * partials: 2 blocks chunk_count(count) doubles. */
@@ -216,13 +229,7 @@ dfc_status cuda_group_norm_backward(dfc_backend *be, const dfc_tensor *dy, const
                            sum_g += dyv * gv;
                            sum_g_xhat += dyv * gv * (xv - m) * r;
                        }));
-    const int64_t chunks = chunk_count(count);
-    DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t blk) {
-        double sum_g, sum_g_xhat;
-        sum_chunks(partials, blk, chunks, &sum_g, &sum_g_xhat);
-        block_sums[2 * blk] = sum_g / (double)count;
-        block_sums[2 * blk + 1] = sum_g_xhat / (double)count;
-    }));
+    DFC_TRY(chunk_means(be, op, blocks, count, partials, block_sums, err));
     return dfc_cuda_for_each(be, blocks * count, op, err, [=] DFC_DEVICE(int64_t i) {
         const int64_t blk = i / count;
         const double gv = gs ? gs[(blk % g) * cpg + (i % count) / inner] : 1.0;
@@ -420,10 +427,10 @@ dfc_status cuda_standardize_backward(dfc_backend *be, const dfc_tensor *dy, cons
     DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
     DFC_TRY(dfc_check_same_shape(dy, x, op, "dy", "x", err));
     DFC_TRY(dfc_check_same_shape(dx, x, op, "dx", "x", err));
-    const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3], chunks = chunk_count(m);
+    const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
     /* plane_moments' stats, then per-plane means of dy and dy xh, then the partials */
     void *scratch;
-    DFC_TRY(dfc_cuda_scratch(be, (size_t)(4 * planes + 2 * planes * chunks) * sizeof(double), &scratch, err));
+    DFC_TRY(dfc_cuda_scratch(be, (size_t)(4 * planes + 2 * planes * chunk_count(m)) * sizeof(double), &scratch, err));
     double *stats = (double *)scratch, *plane_sums = stats + 2 * planes, *partials = plane_sums + 2 * planes;
     DFC_TRY(plane_moments(be, op, x, stats, partials, err));
     const float *xs = x->data, *dys = dy->data;
@@ -437,12 +444,7 @@ dfc_status cuda_standardize_backward(dfc_backend *be, const dfc_tensor *dy, cons
                            sum_dy += dys[p * m + i];
                            sum_dy_xh += dys[p * m + i] * ((double)xs[p * m + i] - stats[2 * p]) * rstd;
                        }));
-    DFC_TRY(dfc_cuda_for_each(be, planes, op, err, [=] DFC_DEVICE(int64_t p) {
-        double sum_dy, sum_dy_xh;
-        sum_chunks(partials, p, chunks, &sum_dy, &sum_dy_xh);
-        plane_sums[2 * p] = sum_dy / (double)m;
-        plane_sums[2 * p + 1] = sum_dy_xh / (double)m;
-    }));
+    DFC_TRY(chunk_means(be, op, planes, m, partials, plane_sums, err));
     return dfc_cuda_for_each(be, planes * m, op, err, [=] DFC_DEVICE(int64_t i) {
         const int64_t p = i / m;
         const double std = stats[2 * p + 1];
