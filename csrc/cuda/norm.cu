@@ -12,9 +12,12 @@
  *
  * Verified only on a GPU: the launches and their sizes, the scratch between kernels, the read-backs that feed the
  * host-side checks (batch norm's running_var, standardisation's constant planes), and the device maths: double
- * exp/sqrt are correctly rounded there too, but float cosf/sinf are within 2 ulp of the host's, and nvcc may fuse a
- * double multiply-add into an fma (a last-bit difference after rounding to float, at most). scale_shift's float
- * product is rounded with __fmul_rn, never fused, as PyTorch's mul-then-add. */
+ * sqrt is correctly rounded on both sides, but CUDA's double exp is within 1 ulp and float cosf/sinf within 2 ulp of
+ * the host's, and nvcc may fuse a double multiply-add into an fma (a last-bit difference after rounding to float,
+ * at most). scale_shift's float product is rounded with __fmul_rn, never fused, as PyTorch's mul-then-add.
+ * Not tuned yet: the one-index-per-output loops (scale-shift planes, broadcast sums) serialise H*W values per
+ * thread, which a GPU at 256x256 will feel; chunking them would change their rounding, which the scale-shift tests
+ * compare bit for bit with binary_backward's. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -31,8 +34,8 @@ extern "C" {
 
 static inline int64_t chunk_count(int64_t count) { return (count + DFC_NORM_CHUNK - 1) / DFC_NORM_CHUNK; }
 
-/* First pass: for each of `rows` rows of `count` values, two sums per chunk, partials[2 (row chunks + k) + {0, 1}],
- * with terms(row, i, s0, s1) adding value i of the row to both. */
+/* First pass: for each of `rows` rows of `count` values, two sums per chunk, partials[2 (row chunks + chunk) +
+ * {0, 1}], with terms(row, i, s0, s1) adding value i of the row to them. */
 template <class Terms>
 static dfc_status chunk_sums(dfc_backend *be, const char *op, int64_t rows, int64_t count, double *partials,
                              dfc_error *err, Terms terms)
