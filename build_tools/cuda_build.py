@@ -17,7 +17,7 @@ PLUGIN_NAME = "libdiffice_cuda.so"
 # The PyPI wheels that carry cuDNN 9 and cuBLAS (headers and libraries) for CUDA 13.
 CUDA_WHEELS = ["nvidia-cudnn-cu13>=9.0", "nvidia-cublas>=13.0"]
 # The C files of the core the plugin needs (errors, shape checks, the ops' shared argument checks).
-PLUGIN_C_SOURCES = ["csrc/core/error.c", "csrc/core/tensor.c"]
+PLUGIN_C_SOURCES = ["csrc/core/error.c", "csrc/core/tensor.c", "csrc/ops/norm_check.c"]
 
 
 def want_cuda() -> bool:

@@ -16,21 +16,21 @@
     X(fill)
 #define DFC_CUDA_ELEMENTWISE_NOT_YET(X)
 
-#define DFC_CUDA_NORM_DONE(X)
-#define DFC_CUDA_NORM_NOT_YET(X) \
-    X(group_norm_forward)        \
-    X(group_norm_backward)       \
-    X(batch_norm_forward)        \
-    X(batch_norm_backward)       \
-    X(scale_shift_forward)       \
-    X(scale_shift_backward)      \
-    X(standardize_forward)       \
-    X(standardize_backward)      \
-    X(softmax_forward)           \
-    X(softmax_backward)          \
-    X(binary_forward)            \
-    X(binary_backward)           \
+#define DFC_CUDA_NORM_DONE(X) \
+    X(group_norm_forward)     \
+    X(group_norm_backward)    \
+    X(batch_norm_forward)     \
+    X(batch_norm_backward)    \
+    X(scale_shift_forward)    \
+    X(scale_shift_backward)   \
+    X(standardize_forward)    \
+    X(standardize_backward)   \
+    X(softmax_forward)        \
+    X(softmax_backward)       \
+    X(binary_forward)         \
+    X(binary_backward)        \
     X(timestep_embedding)
+#define DFC_CUDA_NORM_NOT_YET(X)
 
 #define DFC_CUDA_DENSE_DONE(X) \
     X(conv2d_forward)          \
