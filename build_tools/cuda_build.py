@@ -18,6 +18,8 @@ PLUGIN_NAME = "libdiffice_cuda.so"
 CUDA_WHEELS = ["nvidia-cudnn-cu13>=9.0", "nvidia-cublas>=13.0"]
 # The C files of the core the plugin needs (errors, shape checks, the ops' shared argument checks).
 PLUGIN_C_SOURCES = ["csrc/core/error.c", "csrc/core/tensor.c"]
+# The spatial and optimizer ops' checks (csrc/cuda/spatial.cu, optim.cu).
+PLUGIN_C_SOURCES += ["csrc/ops/spatial_check.c", "csrc/ops/optim_check.c"]
 
 
 def want_cuda() -> bool:
