@@ -50,18 +50,31 @@ dfc_status cuda_split_channels(dfc_backend *be, const dfc_tensor *x, dfc_tensor 
     return copy_channel_parts(be, "split", x, parts, n, 0, err);
 }
 
+/* ---- the planes of the 4-d ops ---- */
+
+/* The sizes of an upsampling, pooling or resizing op: planes (N C) of H x W on the input side, Ho x Wo on the
+ * output side. */
+typedef struct plane_dims {
+    int64_t planes, H, W, Ho, Wo;
+} plane_dims;
+
+static plane_dims plane_dims_of(const dfc_tensor *in, const dfc_tensor *out)
+{
+    plane_dims d = {in->shape[0] * in->shape[1], in->shape[2], in->shape[3], out->shape[2], out->shape[3]};
+    return d;
+}
+
 /* ---- nearest-neighbour upsample x2 ---- */
 
 dfc_status cuda_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "upsample_nearest2x";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
+    DFC_TRY(dfc_upsample2x_check_shapes(op, x, "x", y, "y", err));
+    const plane_dims d = plane_dims_of(x, y);
+    const int64_t H = d.H, W = d.W;
     const float *xs = x->data;
     float *ys = y->data;
-    return dfc_cuda_for_each(be, N * C * 4 * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
+    return dfc_cuda_for_each(be, d.planes * d.Ho * d.Wo, op, err, [=] DFC_DEVICE(int64_t e) {
         const int64_t j = e % (2 * W), i = e / (2 * W) % (2 * H), plane = e / (4 * H * W);
         ys[e] = xs[plane * H * W + (i / 2) * W + j / 2];
     });
@@ -71,16 +84,15 @@ dfc_status cuda_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x,
 dfc_status cuda_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
     const char *op = "upsample_nearest2x_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
+    DFC_TRY(dfc_upsample2x_check_shapes(op, dx, "dx", dy, "dy", err));
+    const plane_dims d = plane_dims_of(dx, dy);
+    const int64_t H = d.H, W = d.W;
     const float *dys = dy->data;
     float *dxs = dx->data;
-    return dfc_cuda_for_each(be, N * C * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
+    return dfc_cuda_for_each(be, d.planes * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
         const int64_t j = e % W, i = e / W % H, plane = e / (H * W);
-        const float *d = dys + plane * 4 * H * W + 2 * i * 2 * W + 2 * j;
-        dxs[e] = (float)((double)d[0] + d[1] + d[2 * W] + d[2 * W + 1]);
+        const float *block = dys + plane * 4 * H * W + 2 * i * 2 * W + 2 * j;
+        dxs[e] = (float)((double)block[0] + block[1] + block[2 * W] + block[2 * W + 1]);
     });
 }
 
@@ -98,17 +110,25 @@ static DFC_HOST_DEVICE inline void windows_holding(int64_t h, int stride, int pa
         *last = count - 1;
 }
 
+/* dfc_pool_check_shapes on in (N, C, H, W) and out (N, C, Ho, Wo), then their sizes. */
+static dfc_status pool_dims_of(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
+                               const char *out_name, dfc_pool2d_params p, plane_dims *d, dfc_error *err)
+{
+    int64_t Ho, Wo;
+    DFC_TRY(dfc_pool_check_shapes(op, in, in_name, out, out_name, p, &Ho, &Wo, err));
+    *d = plane_dims_of(in, out);
+    return DFC_OK;
+}
+
 dfc_status cuda_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                    dfc_error *err)
 {
-    const char *op = "avg_pool2d";
-    int64_t Ho, Wo;
-    DFC_TRY(dfc_pool_check_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    plane_dims d;
+    DFC_TRY(pool_dims_of("avg_pool2d", x, "x", y, "y", p, &d, err));
     const float *xs = x->data;
     float *ys = y->data;
-    return dfc_cuda_for_each(be, N * C * Ho * Wo, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t j = e % Wo, i = e / Wo % Ho, plane = e / (Ho * Wo);
+    return dfc_cuda_for_each(be, d.planes * d.Ho * d.Wo, "avg_pool2d", err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t H = d.H, W = d.W, j = e % d.Wo, i = e / d.Wo % d.Ho, plane = e / (d.Ho * d.Wo);
         const float *xp = xs + plane * H * W;
         int64_t h0, h1, w0, w1;
         dfc_pool_window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
@@ -126,14 +146,12 @@ dfc_status cuda_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_poo
 dfc_status cuda_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_pool2d_params p, dfc_tensor *dx,
                                     dfc_error *err)
 {
-    const char *op = "avg_pool2d_backward";
-    int64_t Ho, Wo;
-    DFC_TRY(dfc_pool_check_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
-    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    plane_dims d;
+    DFC_TRY(pool_dims_of("avg_pool2d_backward", dx, "dx", dy, "dy", p, &d, err));
     const float *dys = dy->data;
     float *dxs = dx->data;
-    return dfc_cuda_for_each(be, N * C * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t w = e % W, h = e / W % H, plane = e / (H * W);
+    return dfc_cuda_for_each(be, d.planes * d.H * d.W, "avg_pool2d_backward", err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t H = d.H, W = d.W, Ho = d.Ho, Wo = d.Wo, w = e % W, h = e / W % H, plane = e / (H * W);
         const float *dyp = dys + plane * Ho * Wo;
         int64_t i0, i1, j0, j1;
         windows_holding(h, p.stride_h, p.pad_h, p.kernel_h, Ho, &i0, &i1);
@@ -155,16 +173,14 @@ dfc_status cuda_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_p
 dfc_status cuda_max_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                    dfc_error *err)
 {
-    const char *op = "max_pool2d";
-    int64_t Ho, Wo;
-    DFC_TRY(dfc_pool_check_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    plane_dims d;
+    DFC_TRY(pool_dims_of("max_pool2d", x, "x", y, "y", p, &d, err));
     const float *xs = x->data;
     float *ys = y->data;
-    return dfc_cuda_for_each(be, N * C * Ho * Wo, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t j = e % Wo, i = e / Wo % Ho, plane = e / (Ho * Wo);
-        const float *xp = xs + plane * H * W;
-        ys[e] = xp[dfc_max_pool_argmax(xp, H, W, p, i, j)];
+    return dfc_cuda_for_each(be, d.planes * d.Ho * d.Wo, "max_pool2d", err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t j = e % d.Wo, i = e / d.Wo % d.Ho, plane = e / (d.Ho * d.Wo);
+        const float *xp = xs + plane * d.H * d.W;
+        ys[e] = xp[dfc_max_pool_argmax(xp, d.H, d.W, p, i, j)];
     });
 }
 
@@ -173,14 +189,13 @@ dfc_status cuda_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const
                                     dfc_tensor *dx, dfc_error *err)
 {
     const char *op = "max_pool2d_backward";
-    int64_t Ho, Wo;
-    DFC_TRY(dfc_pool_check_shapes(op, x, "x", dy, "dy", p, &Ho, &Wo, err));
+    plane_dims d;
+    DFC_TRY(pool_dims_of(op, x, "x", dy, "dy", p, &d, err));
     DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const float *xs = x->data, *dys = dy->data;
     float *dxs = dx->data;
-    return dfc_cuda_for_each(be, N * C * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t w = e % W, h = e / W % H, plane = e / (H * W);
+    return dfc_cuda_for_each(be, d.planes * d.H * d.W, op, err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t H = d.H, W = d.W, Ho = d.Ho, Wo = d.Wo, w = e % W, h = e / W % H, plane = e / (H * W);
         const float *xp = xs + plane * H * W, *dyp = dys + plane * Ho * Wo;
         int64_t i0, i1, j0, j1;
         windows_holding(h, p.stride_h, p.pad_h, p.kernel_h, Ho, &i0, &i1);
@@ -199,14 +214,12 @@ dfc_status cuda_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const
 dfc_status cuda_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "global_avg_pool";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t want[2] = {x->shape[0], x->shape[1]};
-    DFC_TRY(dfc_check_shape(y, op, "y", 2, want, err));
+    DFC_TRY(dfc_global_pool_check_shapes(op, x, "x", y, "y", err));
     const int64_t hw = x->shape[2] * x->shape[3];
     const float *xs = x->data;
     float *ys = y->data;
-    /* one plane per index: the reference's serial double sum (at most a few hundred planes per sample) */
-    return dfc_cuda_for_each(be, want[0] * want[1], op, err, [=] DFC_DEVICE(int64_t plane) {
+    /* one plane per index, the reference's serial double sum: the networks pool their last, small feature maps */
+    return dfc_cuda_for_each(be, x->shape[0] * x->shape[1], op, err, [=] DFC_DEVICE(int64_t plane) {
         const float *xp = xs + plane * hw;
         double sum = 0.0;
         for (int64_t i = 0; i < hw; i++)
@@ -218,13 +231,11 @@ dfc_status cuda_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, df
 dfc_status cuda_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
     const char *op = "global_avg_pool_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t want[2] = {dx->shape[0], dx->shape[1]};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 2, want, err));
+    DFC_TRY(dfc_global_pool_check_shapes(op, dx, "dx", dy, "dy", err));
     const int64_t hw = dx->shape[2] * dx->shape[3];
     const float *dys = dy->data;
     float *dxs = dx->data;
-    return dfc_cuda_for_each(be, want[0] * want[1] * hw, op, err,
+    return dfc_cuda_for_each(be, dfc_numel(dx), op, err,
                              [=] DFC_DEVICE(int64_t e) { dxs[e] = (float)((double)dys[e / hw] / (double)hw); });
 }
 
@@ -232,13 +243,12 @@ dfc_status cuda_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, 
 
 dfc_status cuda_resize_bilinear_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "resize_bilinear";
-    DFC_TRY(dfc_resize_check_shapes(op, x, "x", y, "y", err));
-    const int64_t H = x->shape[2], W = x->shape[3], Ho = y->shape[2], Wo = y->shape[3];
+    DFC_TRY(dfc_resize_check_shapes("resize_bilinear", x, "x", y, "y", err));
+    const plane_dims d = plane_dims_of(x, y);
     const float *xs = x->data;
     float *ys = y->data;
-    return dfc_cuda_for_each(be, x->shape[0] * x->shape[1] * Ho * Wo, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t j = e % Wo, i = e / Wo % Ho, plane = e / (Ho * Wo);
+    return dfc_cuda_for_each(be, d.planes * d.Ho * d.Wo, "resize_bilinear", err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t H = d.H, W = d.W, Ho = d.Ho, Wo = d.Wo, j = e % Wo, i = e / Wo % Ho, plane = e / (Ho * Wo);
         const float *xp = xs + plane * H * W;
         const dfc_lerp_taps th = dfc_bilinear_taps(i, H, Ho), tw = dfc_bilinear_taps(j, W, Wo);
         const double v = th.w0 * (tw.w0 * xp[th.i0 * W + tw.i0] + tw.w1 * xp[th.i0 * W + tw.i1]) +
@@ -268,11 +278,11 @@ dfc_status cuda_resize_bilinear_backward(dfc_backend *be, const dfc_tensor *dy, 
 {
     const char *op = "resize_bilinear_backward";
     DFC_TRY(dfc_resize_check_shapes(op, dx, "dx", dy, "dy", err));
-    const int64_t H = dx->shape[2], W = dx->shape[3], Ho = dy->shape[2], Wo = dy->shape[3];
+    const plane_dims d = plane_dims_of(dx, dy);
     const float *dys = dy->data;
     float *dxs = dx->data;
-    return dfc_cuda_for_each(be, dx->shape[0] * dx->shape[1] * H * W, op, err, [=] DFC_DEVICE(int64_t e) {
-        const int64_t w = e % W, h = e / W % H, plane = e / (H * W);
+    return dfc_cuda_for_each(be, d.planes * d.H * d.W, op, err, [=] DFC_DEVICE(int64_t e) {
+        const int64_t H = d.H, W = d.W, Ho = d.Ho, Wo = d.Wo, w = e % W, h = e / W % H, plane = e / (H * W);
         const float *dyp = dys + plane * Ho * Wo;
         const int64_t j_first = first_output_reading(w, W, Wo);
         float acc = 0.0f;

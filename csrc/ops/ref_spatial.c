@@ -10,12 +10,8 @@
 
 dfc_status ref_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "upsample_nearest2x";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
-    const int64_t planes = N * C;
+    DFC_TRY(dfc_upsample2x_check_shapes("upsample_nearest2x", x, "x", y, "y", err));
+    const int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *xp = x->data + p * H * W;
@@ -30,12 +26,8 @@ dfc_status ref_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, 
 /* dx[i, j] = sum of the 2x2 block of dy it was copied to. */
 dfc_status ref_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
-    const char *op = "upsample_nearest2x_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
-    const int64_t planes = N * C;
+    DFC_TRY(dfc_upsample2x_check_shapes("upsample_nearest2x_backward", dx, "dx", dy, "dy", err));
+    const int64_t planes = dx->shape[0] * dx->shape[1], H = dx->shape[2], W = dx->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *dyp = dy->data + p * 4 * H * W;
@@ -159,11 +151,8 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
 
 dfc_status ref_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "global_avg_pool";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t want[2] = {x->shape[0], x->shape[1]};
-    DFC_TRY(dfc_check_shape(y, op, "y", 2, want, err));
-    const int64_t planes = want[0] * want[1], hw = x->shape[2] * x->shape[3];
+    DFC_TRY(dfc_global_pool_check_shapes("global_avg_pool", x, "x", y, "y", err));
+    const int64_t planes = x->shape[0] * x->shape[1], hw = x->shape[2] * x->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * hw;
@@ -177,11 +166,8 @@ dfc_status ref_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc
 
 dfc_status ref_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
-    const char *op = "global_avg_pool_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t want[2] = {dx->shape[0], dx->shape[1]};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 2, want, err));
-    const int64_t planes = want[0] * want[1], hw = dx->shape[2] * dx->shape[3];
+    DFC_TRY(dfc_global_pool_check_shapes("global_avg_pool_backward", dx, "dx", dy, "dy", err));
+    const int64_t planes = dx->shape[0] * dx->shape[1], hw = dx->shape[2] * dx->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float g = (float)((double)dy->data[pl] / (double)hw);

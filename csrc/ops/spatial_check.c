@@ -31,6 +31,14 @@ dfc_status dfc_channel_parts_check(const char *op, const char *part_name, const 
     return DFC_OK;
 }
 
+dfc_status dfc_upsample2x_check_shapes(const char *op, const dfc_tensor *small, const char *small_name,
+                                       const dfc_tensor *big, const char *big_name, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(small, op, small_name, 4, 4, err));
+    const int64_t want[4] = {small->shape[0], small->shape[1], 2 * small->shape[2], 2 * small->shape[3]};
+    return dfc_check_shape(big, op, big_name, 4, want, err);
+}
+
 /* Checks kernel/stride/padding against PyTorch's rules and gives the floor-mode output size. */
 static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool2d_params p, int64_t *ho, int64_t *wo,
                                    dfc_error *err)
@@ -58,6 +66,14 @@ dfc_status dfc_pool_check_shapes(const char *op, const dfc_tensor *in, const cha
     DFC_TRY(pool_output_size(op, in, p, Ho, Wo, err));
     const int64_t want[4] = {in->shape[0], in->shape[1], *Ho, *Wo};
     return dfc_check_shape(out, op, out_name, 4, want, err);
+}
+
+dfc_status dfc_global_pool_check_shapes(const char *op, const dfc_tensor *full, const char *full_name,
+                                        const dfc_tensor *pooled, const char *pooled_name, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(full, op, full_name, 4, 4, err));
+    const int64_t want[2] = {full->shape[0], full->shape[1]};
+    return dfc_check_shape(pooled, op, pooled_name, 2, want, err);
 }
 
 dfc_status dfc_resize_check_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,

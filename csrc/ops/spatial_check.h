@@ -14,10 +14,18 @@
 dfc_status dfc_channel_parts_check(const char *op, const char *part_name, const char *whole_name,
                                    const dfc_tensor *whole, const dfc_tensor *const *parts, int n, dfc_error *err);
 
+/* small (N, C, H, W) and big (N, C, 2H, 2W): a nearest x2 upsample's two sides. */
+dfc_status dfc_upsample2x_check_shapes(const char *op, const dfc_tensor *small, const char *small_name,
+                                       const dfc_tensor *big, const char *big_name, dfc_error *err);
+
 /* in (N, C, H, W) at full resolution and out (N, C, Ho, Wo) pooled from it: checks both against p (PyTorch's rules,
  * floor mode), gives Ho, Wo. */
 dfc_status dfc_pool_check_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
                                  const char *out_name, dfc_pool2d_params p, int64_t *Ho, int64_t *Wo, dfc_error *err);
+
+/* full (N, C, H, W) and pooled (N, C): a global average pool's two sides. */
+dfc_status dfc_global_pool_check_shapes(const char *op, const dfc_tensor *full, const char *full_name,
+                                        const dfc_tensor *pooled, const char *pooled_name, dfc_error *err);
 
 /* in and out 4-d with the same batch and channels (a bilinear resize's two sides). */
 dfc_status dfc_resize_check_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
