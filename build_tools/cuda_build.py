@@ -16,8 +16,15 @@ from pathlib import Path
 PLUGIN_NAME = "libdiffice_cuda.so"
 # The PyPI wheels that carry cuDNN 9 and cuBLAS (headers and libraries) for CUDA 13.
 CUDA_WHEELS = ["nvidia-cudnn-cu13>=9.0", "nvidia-cublas>=13.0"]
-# The C files of the core the plugin needs (errors, shape checks, the ops' shared argument checks).
-PLUGIN_C_SOURCES = ["csrc/core/error.c", "csrc/core/tensor.c", "csrc/ops/norm_check.c"]
+# The C files the plugin needs: the core (errors, tensors) and the argument checks the CUDA kernels share with the
+# reference kernels (so every backend rejects the same inputs with the same messages).
+PLUGIN_C_SOURCES = [
+    "csrc/core/error.c",
+    "csrc/core/tensor.c",
+    "csrc/ops/norm_check.c",
+    "csrc/ops/spatial_check.c",
+    "csrc/ops/optim_check.c",
+]
 
 
 def want_cuda() -> bool:

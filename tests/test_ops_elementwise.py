@@ -199,7 +199,7 @@ def test_binary_rejects_bad_broadcast(backend):
 # ---- channel concat / split ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("tail", [(13, 19), (29,), ()])
 @pytest.mark.parametrize("sizes", [[5, 7, 11], [3], [1, 2]])
 def test_concat_split(rng, backend, tail, sizes):
@@ -222,7 +222,7 @@ def test_concat_split(rng, backend, tail, sizes):
     assert rel_err(ops.split_backward(dys, backend=backend), st.grad) == 0.0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_concat_split_bad_inputs(backend):
     a = np.zeros((3, 5, 4, 4), np.float32)
     with pytest.raises(ValueError) as info:

@@ -43,23 +43,23 @@
     X(attention_backward)
 #define DFC_CUDA_DENSE_NOT_YET(X)
 
-#define DFC_CUDA_SPATIAL_DONE(X)
-#define DFC_CUDA_SPATIAL_NOT_YET(X) \
-    X(concat_channels)              \
-    X(split_channels)               \
-    X(upsample_nearest2x_forward)   \
-    X(upsample_nearest2x_backward)  \
-    X(avg_pool2d_forward)           \
-    X(avg_pool2d_backward)          \
-    X(max_pool2d_forward)           \
-    X(max_pool2d_backward)          \
-    X(global_avg_pool_forward)      \
-    X(global_avg_pool_backward)     \
-    X(resize_bilinear_forward)      \
-    X(resize_bilinear_backward)     \
-    X(adamw_step)                   \
-    X(ema_update)                   \
+#define DFC_CUDA_SPATIAL_DONE(X)   \
+    X(concat_channels)             \
+    X(split_channels)              \
+    X(upsample_nearest2x_forward)  \
+    X(upsample_nearest2x_backward) \
+    X(avg_pool2d_forward)          \
+    X(avg_pool2d_backward)         \
+    X(max_pool2d_forward)          \
+    X(max_pool2d_backward)         \
+    X(global_avg_pool_forward)     \
+    X(global_avg_pool_backward)    \
+    X(resize_bilinear_forward)     \
+    X(resize_bilinear_backward)    \
+    X(adamw_step)                  \
+    X(ema_update)                  \
     X(sum_squares)
+#define DFC_CUDA_SPATIAL_NOT_YET(X)
 
 #define DFC_CUDA_DIFFUSION_DONE(X)
 #define DFC_CUDA_DIFFUSION_NOT_YET(X) \

@@ -7,6 +7,7 @@
 #include "norm_check.h"
 #include "ref.h"
 #include "softmax_row.h"
+#include "spatial_check.h"
 
 /* Stable for large |x|: exp of a non-positive argument only. */
 static inline float sigmoidf(float x)
@@ -205,39 +206,9 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
 
 /* ---- channel concat / split ---- */
 
-/* Every part must match `whole` on all dims but the channel one (dim 1), and the channels must add up. */
-static dfc_status check_channel_parts(const char *op, const char *part_name, const char *whole_name,
-                                      const dfc_tensor *whole, const dfc_tensor *const *parts, int n, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(whole, op, whole_name, 2, DFC_MAX_DIMS, err));
-    if (n < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: needs at least one tensor in %s, got %d", op, part_name, n);
-    int64_t channels = 0;
-    for (int k = 0; k < n; k++) {
-        const dfc_tensor *t = parts[k];
-        if (!t || !t->data)
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: %s[%d] is missing", op, part_name, k);
-        int ok = t->ndim == whole->ndim;
-        for (int d = 0; ok && d < whole->ndim; d++)
-            ok = d == 1 || t->shape[d] == whole->shape[d];
-        if (!ok) {
-            char st[96], sw[96];
-            return dfc_fail(err, DFC_ERR_SHAPE,
-                            "%s: %s[%d] has shape %s, which differs from %s's shape %s outside the channel dim 1", op,
-                            part_name, k, dfc_shape_str(t, st, sizeof st), whole_name,
-                            dfc_shape_str(whole, sw, sizeof sw));
-        }
-        channels += t->shape[1];
-    }
-    if (channels != whole->shape[1])
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: the channels of %s add up to %lld, but %s has %lld", op, part_name,
-                        (long long)channels, whole_name, (long long)whole->shape[1]);
-    return DFC_OK;
-}
-
 dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y, dfc_error *err)
 {
-    DFC_TRY(check_channel_parts("concat", "xs", "y", y, xs, n, err));
+    DFC_TRY(dfc_channel_parts_check("concat", "xs", "y", y, xs, n, err));
     const int64_t batch = y->shape[0], inner = dfc_inner_size(y, 2), y_sample = y->shape[1] * inner;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {
@@ -253,7 +224,7 @@ dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int
 
 dfc_status ref_split_channels(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n, dfc_error *err)
 {
-    DFC_TRY(check_channel_parts("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
+    DFC_TRY(dfc_channel_parts_check("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
     const int64_t batch = x->shape[0], inner = dfc_inner_size(x, 2), x_sample = x->shape[1] * inner;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {
