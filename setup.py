@@ -109,13 +109,20 @@ class BuildExtWithCuda(build_ext):
         ext.extra_objects = cuda_build.compile_emulated(ROOT, Path(self.build_temp) / "cuda_emulated", _flags())
         ext.depends = list(ext.depends) + list(ext.extra_objects)  # relink _C when an emulated object changed
         super().build_extensions()
+        self._cuda_plugin = None
         if cuda_build.want_cuda():
             target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME
             cuda_build.build_plugin(ROOT, Path(self.build_temp) / "cuda", target, _flags())
-            if self.inplace:  # build_ext --inplace and editable installs copy _C into the source tree; the plugin too
-                package_dir = Path(self.get_finalized_command("build_py").get_package_dir("diffice")).resolve()
-                if target.resolve().parent != package_dir:
-                    self.copy_file(str(target), str(package_dir / cuda_build.PLUGIN_NAME))
+            self._cuda_plugin = target
+
+    def copy_extensions_to_source(self) -> None:
+        """build_ext --inplace and editable installs copy _C into the source tree; the plugin goes beside it."""
+        super().copy_extensions_to_source()
+        plugin = getattr(self, "_cuda_plugin", None)
+        if plugin is not None:
+            package_dir = Path(self.get_finalized_command("build_py").get_package_dir("diffice")).resolve()
+            if plugin.resolve().parent != package_dir:
+                self.copy_file(str(plugin), str(package_dir / cuda_build.PLUGIN_NAME))
 
 
 def _flags() -> dict[str, bool]:

@@ -110,6 +110,10 @@ def _find(dirs: list[str], name: str) -> bool:
 def build_plugin(root: Path, out_dir: Path, target: Path, flags: dict[str, bool]) -> None:
     """nvcc-compiles csrc/cuda into target (libdiffice_cuda.so), linking the CUDA runtime statically and cuBLAS and
     cuDNN from their wheels (found at run time through the rpath, or preloaded by diffice/_native.py)."""
+    inputs = [*cu_sources(root), *(root / "csrc").glob("**/*.h"), *(root / "csrc" / "cuda").glob("*.cuh")]
+    inputs += [root / src for src in PLUGIN_C_SOURCES]
+    if target.exists() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
+        return  # up to date: nvcc is the slow part of a rebuild
     includes, libs = _wheel_dirs()
     missing = [h for h in ("cudnn.h", "cublas_v2.h") if not _find(includes, h)]
     if missing:

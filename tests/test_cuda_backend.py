@@ -88,7 +88,6 @@ def test_cuda_without_a_gpu_says_why():
         assert "built without CUDA" in message
 
 
-
 def test_strict_emulation_refuses_host_tensors():
     """An op handed a host array on the emulated GPU (conftest sets DIFFICE_CUDA_EMULATE_STRICT=1 for the suite):
     an error naming the op, where a GPU would read a host pointer; the same call on a host backend works."""

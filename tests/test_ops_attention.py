@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_BACKENDS, BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 

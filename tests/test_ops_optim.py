@@ -126,10 +126,13 @@ def test_backend_arena_limit(rng, backend):
 
 
 def test_unknown_backend_names_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown backend 'gpu' \(expected one of 'cpu', 'ref'\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'gpu' \(expected one of 'cpu', 'ref', 'cuda_emulated', 'cuda'\)"
+    ):
         _C.Backend("gpu")
-    assert _C.backend_names() == ops.BACKENDS == ("cpu", "ref")
-    assert [_C.Backend(name).name for name in ops.BACKENDS] == ["cpu", "ref"]
+    assert _C.backend_names() == ops.BACKENDS == ("cpu", "ref", "cuda_emulated", "cuda")
+    hosts = [name for name in ops.BACKENDS if name != "cuda"]  # "cuda" needs a GPU (tests/test_cuda_backend.py)
+    assert [_C.Backend(name).name for name in hosts] == hosts
 
 
 def test_training_objects_merge_adjacent_views(rng):
