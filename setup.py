@@ -5,6 +5,15 @@ Environment switches:
   DIFFICE_SANITIZE=1      build with AddressSanitizer + UndefinedBehaviorSanitizer
   DIFFICE_DEBUG=1         -O0 -g
   DIFFICE_WERROR=1        compiler warnings are errors (.ci/run builds this way)
+  DIFFICE_CUDA=0          skip the CUDA plugin (built by default where nvcc is on PATH)
+  DIFFICE_CUDA_ARCHS      the GPU architectures the plugin is compiled for (default "80;90": A100, H100/H200)
+  DIFFICE_CUDA_LIBS       roots (colon-separated, each with include/ and lib/) of cuDNN and cuBLAS, instead of
+                          their PyPI wheels
+
+The CUDA sources (csrc/cuda/*.cu) are built twice: always by the host C++ compiler into _C as the "cuda_emulated"
+backend (the kernels as host loops, tested everywhere), and by nvcc into the plugin diffice/libdiffice_cuda.so
+where nvcc is found, linking cuBLAS and cuDNN from their PyPI wheels (build_tools/build_backend.py adds them to the
+build requirements then).
 """
 from __future__ import annotations
 
@@ -14,8 +23,11 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "build_tools"))
+import cuda_build  # noqa: E402  (build_tools/, beside this file)
 
 
 def _onednn_paths() -> tuple[str, str]:
@@ -89,4 +101,36 @@ def _extension() -> Extension:
     )
 
 
-setup(ext_modules=[_extension()])
+class BuildExtWithCuda(build_ext):
+    """Builds _C with the emulated CUDA kernels linked in, then the CUDA plugin beside it where nvcc is found."""
+
+    def build_extensions(self) -> None:
+        ext = self.extensions[0]
+        ext.extra_objects = cuda_build.compile_emulated(ROOT, Path(self.build_temp) / "cuda_emulated", _flags())
+        ext.depends = list(ext.depends) + list(ext.extra_objects)  # relink _C when an emulated object changed
+        super().build_extensions()
+        self._cuda_plugin = None
+        if cuda_build.want_cuda():
+            target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME
+            cuda_build.build_plugin(ROOT, Path(self.build_temp) / "cuda", target, _flags())
+            self._cuda_plugin = target
+
+    def copy_extensions_to_source(self) -> None:
+        """build_ext --inplace and editable installs copy _C into the source tree; the plugin goes beside it."""
+        super().copy_extensions_to_source()
+        plugin = getattr(self, "_cuda_plugin", None)
+        if plugin is not None:
+            package_dir = Path(self.get_finalized_command("build_py").get_package_dir("diffice")).resolve()
+            if plugin.resolve().parent != package_dir:
+                self.copy_file(str(plugin), str(package_dir / cuda_build.PLUGIN_NAME))
+
+
+def _flags() -> dict[str, bool]:
+    return {
+        "debug": os.environ.get("DIFFICE_DEBUG") == "1",
+        "werror": os.environ.get("DIFFICE_WERROR") == "1",
+        "sanitize": os.environ.get("DIFFICE_SANITIZE") == "1",
+    }
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtWithCuda})

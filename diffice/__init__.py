@@ -9,6 +9,7 @@ denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from . import io, ops
@@ -22,6 +23,7 @@ from .models.perceptual import PerceptualLoss, PixelLoss, pixel_loss
 from .models.resnet import ResNetFeatures
 from .models.sononet import SonoNet, TargetClassView, sononet_preprocess
 from .models.unet import UNet
+from .ops._backend import cuda_available
 from .train.ddpm import train_ddpm
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __all__ = [
     "GaussianDiffusion",
     "UNet",
     "build_info",
+    "cuda_available",
     "__version__",
     "Segmenter",
     "PlaneClassifier",
@@ -52,5 +55,9 @@ __all__ = [
 
 
 def build_info() -> dict[str, Any]:
-    """How the C core was built: oneDNN version, CUDA availability."""
-    return dict(_C.build_info())
+    """How the C core was built: oneDNN version; "cuda": "built" where the CUDA plugin (libdiffice_cuda.so) was
+    compiled (nvcc found at install), else "not built". Whether a GPU is usable here: cuda_available()."""
+    info = dict(_C.build_info())
+    plugin = Path(_C.__file__).parent / "libdiffice_cuda.so"
+    info["cuda"] = "built" if plugin.exists() else "not built"
+    return info

@@ -6,6 +6,7 @@ import ctypes
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -27,6 +28,25 @@ def _preload_onednn() -> None:
         if os.path.exists(path):
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             return
+
+
+def preload_cuda_libraries() -> None:
+    """Loads cuBLAS and cuDNN from their PyPI wheels (diffice[cuda]) by absolute path, so the CUDA plugin
+    (libdiffice_cuda.so) resolves them by soname also where its rpath does not reach them (editable installs).
+    Missing wheels are left for the plugin's loader to report."""
+    for dist_name, names in (
+        ("nvidia-cublas", ("libcublasLt.so.13", "libcublas.so.13")),
+        ("nvidia-cudnn-cu13", ("libcudnn.so.9",)),
+    ):
+        try:
+            from importlib import metadata
+
+            files = {Path(str(f)).name: f for f in metadata.distribution(dist_name).files or []}
+            for name in names:
+                if name in files:
+                    ctypes.CDLL(str(metadata.distribution(dist_name).locate_file(files[name])), mode=ctypes.RTLD_GLOBAL)
+        except Exception:  # not installed, or unloadable: the plugin's loader says which library is missing
+            continue
 
 
 # libgomp reads its settings when it loads: let threads sleep at barriers instead of spinning. Spinning wins a few

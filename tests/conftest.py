@@ -9,10 +9,16 @@ from pathlib import Path
 # Before torch: the torch wheel's libgomp.so.1 is the one diffice then runs on, and libgomp reads its wait policy
 # once, when it loads; diffice's own PASSIVE default would come too late (README, "Threads").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The CUDA kernels' host build ("cuda_emulated") in its strict form: backend memory is inaccessible outside the
+# backend's own functions and every tensor an op gets must be backend memory, so what would touch a host pointer
+# on a GPU (or a device pointer on the host) fails here (csrc/cuda/backend.cu).
+os.environ.setdefault("DIFFICE_CUDA_EMULATE_STRICT", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402  test-only reference; .ci/run installs the CPU wheel
+
+import diffice  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -113,6 +119,9 @@ def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
 
 
 BACKENDS = ["ref", "cpu"]
+# plus the CUDA kernels built for the host (csrc/cuda as "cuda_emulated"), and the GPU itself where there is one: the
+# op tests of each family whose CUDA kernels exist run on them too
+ALL_BACKENDS = BACKENDS + ["cuda_emulated"] + (["cuda"] if diffice.cuda_available() else [])
 
 
 def torch_class_probabilities(logits) -> np.ndarray:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -62,7 +62,7 @@ ATTN_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("legacy_order", [True, False])
 @pytest.mark.parametrize("N, C, T, heads", ATTN_SHAPES)
 def test_attention_forward_backward(rng, backend, legacy_order, N, C, T, heads):
@@ -98,7 +98,7 @@ def test_attention_backends_agree(rng, legacy_order):
 QKV = np.zeros((2, 36, 10), np.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "call, exc, words",
     [
@@ -155,7 +155,7 @@ def gd_timestep_embedding(timesteps, dim, max_period=10000, exact_exp=False):
 T_STEPS = [0, 1, 298, 300, 999]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dim", [128, 129, 320, 2, 3])
 def test_timestep_embedding(backend, dim):
     # Same float32 recipe, operation for operation: agrees to 1 ulp of cos/sin. (A float64 computation would be off
@@ -168,7 +168,7 @@ def test_timestep_embedding(backend, dim):
         assert np.all(got[:, -1] == 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dim", [128, 129, 320])
 def test_timestep_embedding_vs_torch_verbatim(backend, dim):
     # Against torch's own exp the frequencies may differ by 1 ulp, which t magnifies: |error| <= t * 2^-23 at most.
@@ -178,7 +178,7 @@ def test_timestep_embedding_vs_torch_verbatim(backend, dim):
     assert np.all(err <= 1e-6 + t * 2.0**-23), err
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_timestep_embedding_input_types(rng, backend):
     # int32 / float64 / uint16 arrays and Python lists all mean the same float32 timesteps; fractional t works too.
     want = gd_timestep_embedding(torch.tensor(T_STEPS), 128, exact_exp=True).numpy()

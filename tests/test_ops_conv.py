@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch.nn.functional as F
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -38,7 +38,7 @@ def _conv_reference(x, w, b, dy, stride, padding):
     return yt, xt.grad, wt.grad, bt.grad if bt is not None else None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)).replace(" ", ""))
 def test_conv2d_forward_backward(rng, backend, with_bias, case):
@@ -67,7 +67,7 @@ def test_conv2d_forward_backward(rng, backend, with_bias, case):
         assert db is None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_conv2d_repeated_calls_use_new_data(rng, backend):
     """The cpu backend caches primitives per shape: later calls, interleaved with other shapes, must see new data."""
     shapes = [(2, 5, 13, 19), (2, 5, 7, 9)]
@@ -104,7 +104,7 @@ def test_conv2d_backends_in_parallel_threads(rng):
 LINEAR_CASES = [((3,), 11, 7), ((13,), 5, 19), ((1,), 64, 3), ((3, 5), 7, 11), ((), 11, 5), ((2, 3, 4), 5, 7)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=str)
 def test_linear_forward_backward(rng, backend, with_bias, case):
@@ -254,7 +254,7 @@ BAD_CONV = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("name", BAD_CONV)
 def test_bad_inputs_raise_naming_op_and_argument(backend, name):
     call, exc, words = BAD_CONV[name]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -65,7 +65,7 @@ def test_unknown_backend():
 # ---- softmax ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(17,), (7, 11), (3, 5, 29), (3, 4, 13, 19)])
 def test_softmax_forward_backward(rng, backend, shape):
     x = randn(rng, *shape, scale=4.0)
@@ -82,7 +82,7 @@ def test_softmax_forward_backward(rng, backend, shape):
     assert rel_err(dx, xt.grad) <= 1e-4  # and end to end, including y's float32 rounding
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape, axis", [((3, 5, 13, 19), 1), ((3, 5, 13, 19), -3), ((7, 11), 0), ((3, 5, 29), -2)])
 def test_softmax_over_any_axis(rng, backend, shape, axis):
     x = randn(rng, *shape, scale=4.0)
@@ -93,7 +93,7 @@ def test_softmax_over_any_axis(rng, backend, shape, axis):
     assert rel_err(ops.softmax_backward(dy, y, axis=axis, backend=backend), want) <= 1e-6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_softmax_large_inputs_stay_finite(backend):
     x = np.array([[1e4, 0.0, -1e4], [88.0, 89.0, 90.0]], np.float32)
     y = ops.softmax(x, backend=backend)
@@ -134,7 +134,7 @@ def _torch_b_shape(b_shape):
     return b_shape
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("kind", ["add", "mul"])
 @pytest.mark.parametrize("b_name", B_SHAPES)
 def test_binary_broadcast(rng, backend, kind, b_name):
@@ -153,7 +153,7 @@ def test_binary_broadcast(rng, backend, kind, b_name):
     assert rel_err(db, bt.grad) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("kind", ["add", "mul"])
 @pytest.mark.parametrize(
     "a_shape, b_shape",
@@ -178,7 +178,7 @@ def test_binary_other_ranks(rng, backend, kind, a_shape, b_shape):
     assert rel_err(db, bt.grad) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_binary_rejects_bad_broadcast(backend):
     a = np.zeros((3, 5, 4, 4), np.float32)
     with pytest.raises(ValueError) as info:
@@ -199,7 +199,7 @@ def test_binary_rejects_bad_broadcast(backend):
 # ---- channel concat / split ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("tail", [(13, 19), (29,), ()])
 @pytest.mark.parametrize("sizes", [[5, 7, 11], [3], [1, 2]])
 def test_concat_split(rng, backend, tail, sizes):
@@ -222,7 +222,7 @@ def test_concat_split(rng, backend, tail, sizes):
     assert rel_err(ops.split_backward(dys, backend=backend), st.grad) == 0.0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_concat_split_bad_inputs(backend):
     a = np.zeros((3, 5, 4, 4), np.float32)
     with pytest.raises(ValueError) as info:
@@ -243,7 +243,7 @@ def test_concat_split_bad_inputs(backend):
 # ---- UNet ops (issue 15, unetnet) ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (2, 7, 29), (4, 3)])
 def test_scale_shift_forward_backward(rng, backend, shape):
     """guided-diffusion's out_norm(h) * (1 + scale) + shift with scale, shift = chunk(emb_out, 2, dim=1)."""
@@ -258,7 +258,7 @@ def test_scale_shift_forward_backward(rng, backend, shape):
     assert rel_err(dx, xt.grad) <= 1e-6 and rel_err(dss, sst.grad) <= 1e-6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_scale_shift_is_the_float32_mul_then_add(rng, backend):
     # the UNet's numbers before the op existed: binary mul by (1 + scale), then binary add of shift, in float32
     x, ss, dy = randn(rng, 2, 5, 7, 3), randn(rng, 2, 10), randn(rng, 2, 5, 7, 3)
@@ -273,7 +273,7 @@ def test_scale_shift_is_the_float32_mul_then_add(rng, backend):
     assert np.array_equal(dss, np.concatenate([dscale.reshape(2, 5), dshift.reshape(2, 5)], axis=1))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_scale_shift_bad_inputs(backend):
     x = np.zeros((2, 3, 4, 4), np.float32)
     with pytest.raises(ValueError, match=r"scale_shift: ss has shape \(2, 3\), expected \(2, 6\)"):

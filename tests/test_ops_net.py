@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, BACKENDS, randn, rel_err, t64
 
 from diffice import ops, pixel_loss
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "shape, axis",
     [
@@ -96,7 +96,7 @@ def test_bce_with_logits(rng, backend, shape):
     assert rel_err(ops.bce_with_logits_backward(dloss, logits, targets, backend=backend), zt.grad) <= 1e-6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 2, 13, 19), (1, 5, 8, 8)])
 def test_standardize(rng, backend, shape):
     x, dy = randn(rng, *shape, scale=2.0) + 3.0, randn(rng, *shape)
@@ -109,7 +109,7 @@ def test_standardize(rng, backend, shape):
     assert rel_err(ops.standardize_backward(dy, x, 255.0, backend=backend), xt.grad) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_standardize_refuses_a_constant_plane(rng, backend):
     x = randn(rng, 2, 3, 5, 5)
     x[1, 2] = 0.5

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -33,7 +33,7 @@ def _gn_reference(x, groups, gamma, beta, dy, eps=1e-5):
     return yt, xt.grad, gt.grad if gt is not None else None, bt.grad if bt is not None else None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape, groups", GN_CASES)
 def test_group_norm_affine(rng, backend, shape, groups):
     c = shape[1]
@@ -54,7 +54,7 @@ def test_group_norm_affine(rng, backend, shape, groups):
         assert rel_err(dbeta, dbt) <= GN_TOL
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_group_norm_without_affine(rng, backend):
     shape, groups = (3, 35, 13, 19), 7
     x, dy = randn(rng, *shape), randn(rng, *shape)
@@ -65,7 +65,7 @@ def test_group_norm_without_affine(rng, backend):
     assert rel_err(dx, dxt) <= GN_TOL
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_group_norm_large_mean_small_spread(rng, backend):
     # |mean| >> std: a naive E[x^2] - E[x]^2 in float would cancel catastrophically.
     shape, groups = (2, 64, 11, 13), 32
@@ -79,15 +79,17 @@ def test_group_norm_large_mean_small_spread(rng, backend):
     assert rel_err(dbeta, dbt) <= GN_TOL
 
 
-def test_group_norm_unet_like_size(rng):
-    # A UNet level's group size (4 channels x 56 x 72 = 16128 values per group): long sums must stay accurate.
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emulated"])
+def test_group_norm_unet_like_size(rng, backend):
+    # A UNet level's group size (4 channels x 56 x 72 = 16128 values per group): long sums must stay accurate
+    # (and span many chunks of the CUDA kernels' two-pass sums).
     shape, groups = (2, 128, 56, 72), 32
     x = randn(rng, *shape, scale=3.0) + np.float32(1.0)
     gamma, beta, dy = randn(rng, 128), randn(rng, 128), randn(rng, *shape)
     yt, dxt, dgt, dbt = _gn_reference(x, groups, gamma, beta, dy)
-    y, mean, rstd = ops.group_norm(x, groups, gamma, beta, backend="cpu", return_stats=True)
+    y, mean, rstd = ops.group_norm(x, groups, gamma, beta, backend=backend, return_stats=True)
     assert rel_err(y, yt) <= GN_TOL
-    dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, mean=mean, rstd=rstd, backend="cpu")
+    dx, dgamma, dbeta = ops.group_norm_backward(dy, x, groups, gamma, mean=mean, rstd=rstd, backend=backend)
     assert rel_err(dx, dxt) <= GN_TOL
     assert rel_err(dgamma, dgt) <= GN_TOL
     assert rel_err(dbeta, dbt) <= GN_TOL
@@ -106,7 +108,7 @@ def test_group_norm_backends_agree(rng):
         assert rel_err(got, want) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_group_norm_bad_inputs(backend):
     x = np.zeros((2, 35, 4, 4), np.float32)
     with pytest.raises(ValueError) as info:
@@ -135,7 +137,7 @@ def test_group_norm_bad_inputs(backend):
 # ---- batch norm ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 7, 13, 19), (3, 11, 29), (5, 11)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_batch_norm_inference(rng, backend, shape, affine):
@@ -158,7 +160,7 @@ def test_batch_norm_inference(rng, backend, shape, affine):
     assert rel_err(dbeta, bt.grad) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_batch_norm_bad_inputs(backend):
     x = np.zeros((2, 5, 4, 4), np.float32)
     ones = np.ones(5, np.float32)

@@ -4,7 +4,7 @@ reference vs fast kernel; and the backend's memory interface through an arena of
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
@@ -33,7 +33,7 @@ def test_adamw_step_matches_torch_over_several_steps(rng, shape, weight_decay):
     want32 = _adamw_torch(param, grads, kw, torch.float32)
     want64 = _adamw_torch(param, grads, kw, torch.float64)
     results = {}
-    for backend in BACKENDS:
+    for backend in ALL_BACKENDS:
         p, m, v = param.copy(), np.zeros_like(param), np.zeros_like(param)
         for step, g in enumerate(grads, start=1):  # bias correction counts from 1
             p, m, v = ops.adamw_step(p, g, m, v, step, backend=backend, **kw)
@@ -43,11 +43,12 @@ def test_adamw_step_matches_torch_over_several_steps(rng, shape, weight_decay):
         assert rel_err(p, want64[0]) <= 1e-5
         assert rel_err(m, want64[1]) <= 1e-5 and rel_err(v, want64[2]) <= 1e-5
         results[backend] = (p, m, v)
-    for a, b in zip(results["ref"], results["cpu"]):
-        np.testing.assert_array_equal(a, b)  # the same element formula: bit for bit
+    for other in ALL_BACKENDS[1:]:
+        for a, b in zip(results["ref"], results[other]):
+            np.testing.assert_array_equal(a, b)  # the same element formula: bit for bit
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_adamw_step_leaves_inputs_and_bad_inputs(rng, backend):
     p, g = randn(rng, 4, 5), randn(rng, 4, 5)
     m, v = np.zeros_like(p), np.zeros_like(p)
@@ -66,7 +67,7 @@ def test_adamw_step_leaves_inputs_and_bad_inputs(rng, backend):
         ops.adamw_step(p, g.astype(np.float64), m, v, 1, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("rate", [0.0, 0.9, 0.9999, 1.0])
 def test_ema_update_matches_the_formula(rng, backend, shape, rate):
@@ -78,7 +79,7 @@ def test_ema_update_matches_the_formula(rng, backend, shape, rate):
     np.testing.assert_array_equal(got, other)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_ema_update_bad_inputs(rng, backend):
     e = randn(rng, 3, 4)
     with pytest.raises(ValueError, match=r"ema_update: rate must be in \[0, 1\], got 1.5"):
@@ -87,7 +88,7 @@ def test_ema_update_bad_inputs(rng, backend):
         ops.ema_update(e, randn(rng, 4, 3), 0.5, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sum_squares_and_scale(rng, backend, shape):
     x = randn(rng, *shape, scale=3.0)
@@ -125,10 +126,13 @@ def test_backend_arena_limit(rng, backend):
 
 
 def test_unknown_backend_names_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown backend 'gpu' \(expected one of 'cpu', 'ref'\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'gpu' \(expected one of 'cpu', 'ref', 'cuda_emulated', 'cuda'\)"
+    ):
         _C.Backend("gpu")
-    assert _C.backend_names() == ops.BACKENDS == ("cpu", "ref")
-    assert [_C.Backend(name).name for name in ops.BACKENDS] == ["cpu", "ref"]
+    assert _C.backend_names() == ops.BACKENDS == ("cpu", "ref", "cuda_emulated", "cuda")
+    hosts = [name for name in ops.BACKENDS if name != "cuda"]  # "cuda" needs a GPU (tests/test_cuda_backend.py)
+    assert [_C.Backend(name).name for name in hosts] == hosts
 
 
 def test_training_objects_merge_adjacent_views(rng):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 
@@ -23,7 +23,7 @@ def torch_forward_backward(fn, x, dy_shape_rng):
 # ---- nearest x2 upsample ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (1, 7, 1, 1), (2, 11, 7, 9)])
 def test_upsample_nearest2x(rng, backend, shape):
     x = randn(rng, *shape)
@@ -37,7 +37,7 @@ def test_upsample_nearest2x(rng, backend, shape):
 # ---- average pool ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "shape, kernel, stride",
     [
@@ -58,7 +58,7 @@ def test_avg_pool2d(rng, backend, shape, kernel, stride):
         assert np.all(dx[:, :, 12, :] == 0) and np.all(dx[:, :, :, 18] == 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "shape, kernel, stride, padding",
     [
@@ -88,7 +88,7 @@ MAX_POOL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape, kernel, stride, padding", MAX_POOL_CASES)
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool2d(rng, backend, shape, kernel, stride, padding, ties):
@@ -103,7 +103,7 @@ def test_max_pool2d(rng, backend, shape, kernel, stride, padding, ties):
 # ---- global average pool ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(3, 5, 13, 19), (2, 11, 7, 9), (3, 7, 1, 1)])
 def test_global_avg_pool(rng, backend, shape):
     x = randn(rng, *shape, scale=2.0)
@@ -116,7 +116,7 @@ def test_global_avg_pool(rng, backend, shape):
 # ---- bilinear resize ----
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize(
     "shape, size",
     [
@@ -144,7 +144,7 @@ def test_resize_bilinear_matches_torch_float32(rng):
     assert rel_err(ops.resize_bilinear(x, (29, 7)), want) <= 5e-6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_backward_overwrites_output_and_is_linear(rng, backend):
     # Calling twice gives the same result (outputs are overwritten, not accumulated).
     x = randn(rng, 2, 5, 13, 19)
@@ -234,7 +234,7 @@ def test_spatial_rejects_bad_input(call, exc, words):
         assert word in str(info.value)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_c_ops_check_output_shapes(backend):
     # The C ops validate on their own (for C callers); reach them with a shape the binding passes through.
     with pytest.raises(ValueError, match="max_pool2d_backward: dy has shape"):

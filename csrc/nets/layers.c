@@ -82,6 +82,8 @@ dfc_tensor dfc_builder_param(dfc_param_builder *b, int ndim, const int64_t *shap
 
 dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, void *owner, dfc_error *err)
 {
+    set->build = build;
+    set->owner = owner;
     dfc_param_builder b = {set, owner, 0, 0, 0, err};
     build(&b);
     if (b.failed || dfc_param_set_allocate(set, err) != DFC_OK) /* either has reported into err */
@@ -93,7 +95,52 @@ dfc_status dfc_param_set_build(dfc_param_set *set, dfc_param_build_fn build, voi
     if (b.next != set->count)
         return dfc_fail(err, DFC_ERR_VALUE, "parameters: the binding pass visited %d of %d parameters", b.next,
                         set->count);
+    set->bound = set->data;
     return DFC_OK;
+}
+
+/* Re-runs the binding walk with the views based at target (same layout as data). */
+static dfc_status rebind_views(dfc_param_set *set, float *target, dfc_error *err)
+{
+    float *host = set->data;
+    set->data = target; /* dfc_param_view bases the views on set->data */
+    dfc_param_builder b = {set, set->owner, 1, 0, 0, err};
+    set->build(&b);
+    set->data = host;
+    if (b.failed)
+        return err && err->code ? err->code : DFC_ERR_VALUE;
+    set->bound = target;
+    return DFC_OK;
+}
+
+static void free_device_copy(dfc_param_set *set)
+{
+    if (set->device_data)
+        set->device->iface->free(set->device, set->device_data);
+    set->device_data = NULL;
+    set->device = NULL;
+}
+
+dfc_status dfc_param_set_bind(dfc_param_set *set, dfc_backend *be, int refresh, dfc_error *err)
+{
+    if (!set->build || !set->data)
+        return DFC_OK;
+    if (be->iface->host_memory)
+        return set->bound == set->data ? DFC_OK : rebind_views(set, set->data, err);
+    const size_t bytes = (size_t)(set->total > 0 ? set->total : 1) * sizeof(float);
+    if (set->device != be) {
+        if (set->bound == set->device_data)
+            DFC_TRY(rebind_views(set, set->data, err)); /* no view may outlive the copy it points into */
+        free_device_copy(set);
+        set->device_data = be->iface->alloc(be, bytes, err);
+        if (!set->device_data)
+            return err && err->code ? err->code : DFC_ERR_NOMEM;
+        set->device = be;
+        refresh = 1;
+    }
+    if (refresh)
+        DFC_TRY(be->iface->copy_from_host(be, set->device_data, set->data, bytes, err));
+    return set->bound == set->device_data ? DFC_OK : rebind_views(set, set->device_data, err);
 }
 
 float *dfc_param_data(const dfc_param_set *set, int index)
@@ -122,6 +169,7 @@ dfc_tensor dfc_param_view(const dfc_param_set *set, int index)
 
 void dfc_param_set_free(dfc_param_set *set)
 {
+    free_device_copy(set);
     free(set->infos);
     free(set->data);
     memset(set, 0, sizeof *set);

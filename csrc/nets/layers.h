@@ -20,11 +20,21 @@ typedef struct dfc_param_info {
     float *external; /* non-NULL: the values live elsewhere (a composite network's child), not in data */
 } dfc_param_info;
 
+typedef struct dfc_param_builder dfc_param_builder;
+typedef void (*dfc_param_build_fn)(dfc_param_builder *b);
+
 typedef struct dfc_param_set {
     dfc_param_info *infos;
     int count, capacity;
     int64_t total; /* floats */
-    float *data;   /* the parameter buffer (allocated by dfc_param_set_allocate) */
+    float *data;   /* the parameter buffer (allocated by dfc_param_set_allocate): host memory, what Python sees */
+    /* A backend whose memory is not host memory (a GPU) gets a copy of data in its memory, and the network's views
+     * are re-pointed at it while the network runs there (dfc_param_set_bind). */
+    dfc_param_build_fn build; /* recorded by dfc_param_set_build: the binding walk that re-points the views */
+    void *owner;
+    const float *bound;  /* the buffer the views point into now (data or device_data) */
+    dfc_backend *device; /* whose memory device_data is; not owned (its owner outlives the copy) */
+    float *device_data;
 } dfc_param_set;
 
 /* Registers a parameter (name formatted printf-style); records its offset; returns 0 on out-of-memory. */
@@ -39,16 +49,14 @@ float *dfc_param_data(const dfc_param_set *set, int index);
 /* Networks are built twice with the same code: first registering each parameter (name, shape) in state_dict order,
  * then, once the buffer exists, binding the views in the same order. A network's build walks its structure and
  * takes each parameter from dfc_builder_param; dfc_param_set_build runs it around the allocation. */
-typedef struct dfc_param_builder {
+struct dfc_param_builder {
     dfc_param_set *set;
     void *owner; /* the network being built, for its build function */
     int binding; /* 0: registering names and shapes; 1: binding views to the allocated buffer */
     int next;    /* binding: index of the next view */
     int failed;  /* registering: a registration failed (err is set); later parameters are skipped */
     dfc_error *err;
-} dfc_param_builder;
-
-typedef void (*dfc_param_build_fn)(dfc_param_builder *b);
+};
 
 /* Registering: registers the named parameter and returns an empty view (data NULL). Binding: returns the next
  * view. */
@@ -62,6 +70,11 @@ dfc_status dfc_param_set_allocate(dfc_param_set *set, dfc_error *err);
 /* The view of parameter `index` (its data valid once the buffer is allocated). */
 dfc_tensor dfc_param_view(const dfc_param_set *set, int index);
 void dfc_param_set_free(dfc_param_set *set);
+/* Points the views at the buffer be computes on: data for a host-memory backend; else a copy in be's memory, made
+ * on first use (or when be changed) and refreshed from data when refresh is set (the host values may have changed:
+ * every call from Python refreshes, the calls inside one run do not). A set without a build function (a composite
+ * whose values are its children's) has nothing to bind. */
+dfc_status dfc_param_set_bind(dfc_param_set *set, dfc_backend *be, int refresh, dfc_error *err);
 
 /* The gradient view of parameter view p, in a buffer laid out like set->data (NULL data if grads is NULL). */
 dfc_tensor dfc_param_grad(const dfc_param_set *set, const dfc_tensor *p, float *grads);

@@ -29,6 +29,8 @@ typedef struct dfc_net_vtable {
     dfc_status (*forward_conditioned)(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                       const dfc_tensor *x, const dfc_tensor *cond, void **tape, dfc_tensor *outputs,
                                       dfc_error *err);
+    /* A composite's child networks (NULL: none), so dfc_net_sync reaches their parameters too. */
+    int (*children)(const dfc_net *net, const dfc_net **out, int max);
 } dfc_net_vtable;
 
 struct dfc_net {
@@ -41,12 +43,35 @@ struct dfc_net {
 
 static inline int dfc_net_is_conditioned(const dfc_net *net) { return net->vt->forward_conditioned != NULL; }
 
+/* Points net's parameter views at be's copy (made on first use; dfc_param_set_bind). Called by every forward and
+ * backward, so a network runs on whichever backend it is given; the views are a cache of where the values are, not
+ * the values, hence the cast (a C++ `mutable`). */
+static inline dfc_status dfc_net_bind(const dfc_net *net, dfc_backend *be, dfc_error *err)
+{
+    return dfc_param_set_bind((dfc_param_set *)&net->params, be, 0, err);
+}
+
+/* Copies the host parameter values of net and of its children to be's copies: what a call from Python does first,
+ * since the host values may have changed since the last call (load_state_dict, a training step). */
+static inline dfc_status dfc_net_sync(const dfc_net *net, dfc_backend *be, dfc_error *err)
+{
+    DFC_TRY(dfc_param_set_bind((dfc_param_set *)&net->params, be, 1, err));
+    if (!net->vt->children)
+        return DFC_OK;
+    const dfc_net *kids[4];
+    int n = net->vt->children(net, kids, 4);
+    for (int i = 0; i < n; i++)
+        DFC_TRY(dfc_net_sync(kids[i], be, err));
+    return DFC_OK;
+}
+
 /* The forward of any network: cond is the conditioning input of a network that takes one ((N) float32, one per
  * sample of x), NULL for the others; either mismatch is an error naming the network. */
 static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                          const dfc_tensor *x, const dfc_tensor *cond, void **tape, dfc_tensor *outputs,
                                          dfc_error *err)
 {
+    DFC_TRY(dfc_net_bind(net, be, err));
     if (!dfc_net_is_conditioned(net)) {
         if (cond)
             return dfc_fail(err, DFC_ERR_VALUE, "%s.forward: got a conditioning input, but the network takes none",
@@ -70,6 +95,7 @@ static inline dfc_status dfc_net_forward(const dfc_net *net, dfc_backend *be, df
 static inline dfc_status dfc_net_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
                                           const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err)
 {
+    DFC_TRY(dfc_net_bind(net, be, err));
     return net->vt->backward(net, be, arena, tape, douts, dx, grads, err);
 }
 

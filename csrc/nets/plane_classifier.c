@@ -267,10 +267,21 @@ static dfc_status plane_classifier_backward(const dfc_net *net, dfc_backend *be,
     return DFC_OK;
 }
 
+static int plane_classifier_children(const dfc_net *net, const dfc_net **out, int max)
+{
+    const plane_classifier *f = (const plane_classifier *)net;
+    if (max < 2)
+        return 0;
+    out[0] = f->seg;
+    out[1] = f->cls;
+    return 2;
+}
+
 static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier",
                                                    .forward = plane_classifier_forward,
                                                    .backward = plane_classifier_backward,
-                                                   .destroy = plane_classifier_destroy};
+                                                   .destroy = plane_classifier_destroy,
+                                                   .children = plane_classifier_children};
 
 /* ---- the small stand-in classifier ---- */
 

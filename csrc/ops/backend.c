@@ -1,8 +1,11 @@
 /* The backend registry and the host memory functions. A backend is found by its interface's name and driven only
  * through its interface: nothing here knows what a particular backend does. */
+#define _GNU_SOURCE /* dladdr */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -10,8 +13,10 @@
 
 #include "ops.h"
 
-/* Every backend this build has, the default first; a CUDA build appends &dfc_cuda_backend_iface. */
-static const dfc_backend_iface *const registry[] = {&dfc_cpu_backend_iface, &dfc_ref_backend_iface};
+/* Every backend this build has, the default first. "cuda" is a loader: the GPU code lives in a plugin library
+ * beside _C, built where nvcc was found, so a CPU-only install needs no CUDA library at all. */
+static const dfc_backend_iface *const registry[] = {&dfc_cpu_backend_iface, &dfc_ref_backend_iface,
+                                                    &dfc_cuda_emulated_backend_iface, &dfc_cuda_loader_iface};
 #define REGISTRY_SIZE ((int)(sizeof registry / sizeof registry[0]))
 
 const char *dfc_backend_registered(int index)
@@ -34,10 +39,22 @@ static int default_threads(int num_threads)
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err)
 {
     *out = NULL;
+    /* "name" or "name:device" */
+    const char *colon = strchr(name, ':');
+    size_t key_len = colon ? (size_t)(colon - name) : strlen(name);
+    int device = 0;
+    if (colon) {
+        char *end = NULL;
+        long parsed = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end != '\0' || parsed < 0 || parsed > 1024)
+            return dfc_fail(err, DFC_ERR_VALUE,
+                            "backend: '%s' is not a backend name followed by ':' and a device number", name);
+        device = (int)parsed;
+    }
     const dfc_backend_iface *iface = NULL;
     for (int i = 0; i < REGISTRY_SIZE && !iface; i++)
-        if (strcmp(registry[i]->name, name) == 0) /* the registry's lookup by key; nothing dispatches on names */
-            iface = registry[i];
+        if (strlen(registry[i]->name) == key_len && strncmp(registry[i]->name, name, key_len) == 0)
+            iface = registry[i]; /* the registry's lookup by key; nothing dispatches on names */
     if (!iface) {
         char known[128] = "";
         for (int i = 0; i < REGISTRY_SIZE; i++) {
@@ -52,8 +69,10 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
     be->iface = iface;
     be->ops = iface->ops;
     be->num_threads = default_threads(num_threads);
+    be->device = device;
     dfc_status st = iface->create(be, err);
     if (st != DFC_OK) {
+        be->iface->destroy(be); /* releases what a create that failed half way obtained (the loader swaps iface) */
         free(be);
         return st;
     }
@@ -112,3 +131,100 @@ dfc_status dfc_host_copy(dfc_backend *be, void *dst, const void *src, size_t byt
     memmove(dst, src, bytes);
     return DFC_OK;
 }
+
+/* ---- "cuda": the loader of the CUDA plugin ----
+ * The plugin (libdiffice_cuda.so, next to _C's own library) is built by nvcc and links the CUDA runtime, cuBLAS
+ * and cuDNN. Creating a "cuda" backend loads it, then hands the backend to the plugin's interface: from then on
+ * be->iface is the plugin's, and the loader's other functions are never reached. The library stays loaded for the
+ * life of the process (unloading the CUDA runtime while the driver holds its state is not safe). */
+
+static dfc_status cuda_loader_create(dfc_backend *be, dfc_error *err)
+{
+    Dl_info self;
+    if (!dladdr((void *)&dfc_backend_create, &self) || !self.dli_fname)
+        return dfc_fail(err, DFC_ERR_BACKEND, "cuda: cannot locate diffice's C extension to find its CUDA plugin");
+    char path[4096];
+    const char *slash = strrchr(self.dli_fname, '/');
+    int dir_len = slash ? (int)(slash - self.dli_fname) : 1;
+    snprintf(path, sizeof path, "%.*s/libdiffice_cuda.so", dir_len, slash ? self.dli_fname : ".");
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED,
+                        "cuda: this diffice was built without CUDA (no %s): reinstall on a machine with nvcc on PATH "
+                        "and the cuDNN and cuBLAS wheels (pip install 'diffice[cuda]'), without DIFFICE_CUDA=0",
+                        path);
+    void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!library)
+        return dfc_fail(
+            err, DFC_ERR_BACKEND,
+            "cuda: cannot load the CUDA plugin: %s (the CUDA libraries come from pip install 'diffice[cuda]')",
+            dlerror());
+    typedef const dfc_backend_iface *(*plugin_entry)(void);
+    plugin_entry entry;
+    *(void **)&entry = dlsym(library, "dfc_cuda_plugin_iface"); /* POSIX's way to a function pointer */
+    if (!entry)
+        return dfc_fail(err, DFC_ERR_BACKEND, "cuda: %s has no dfc_cuda_plugin_iface: %s", path, dlerror());
+    const dfc_backend_iface *plugin = entry();
+    be->iface = plugin;
+    be->ops = plugin->ops;
+    return plugin->create(be, err);
+}
+
+static void cuda_loader_destroy(dfc_backend *be) { (void)be; }
+
+static dfc_status cuda_loader_unloaded(dfc_error *err)
+{
+    return dfc_fail(err, DFC_ERR_BACKEND, "cuda: the backend was not created");
+}
+
+static dfc_status cuda_loader_synchronize(dfc_backend *be, dfc_error *err)
+{
+    (void)be;
+    return cuda_loader_unloaded(err);
+}
+
+static void *cuda_loader_alloc(dfc_backend *be, size_t bytes, dfc_error *err)
+{
+    (void)be;
+    (void)bytes;
+    cuda_loader_unloaded(err);
+    return NULL;
+}
+
+static void cuda_loader_free(dfc_backend *be, void *ptr)
+{
+    (void)be;
+    (void)ptr;
+}
+
+static dfc_status cuda_loader_zero(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err)
+{
+    (void)be;
+    (void)ptr;
+    (void)bytes;
+    return cuda_loader_unloaded(err);
+}
+
+static dfc_status cuda_loader_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err)
+{
+    (void)be;
+    (void)dst;
+    (void)src;
+    (void)bytes;
+    return cuda_loader_unloaded(err);
+}
+
+const dfc_backend_iface dfc_cuda_loader_iface = {
+    .name = "cuda",
+    .ops = NULL, /* the plugin's, set by create */
+    .host_memory = 0,
+    .create = cuda_loader_create,
+    .destroy = cuda_loader_destroy,
+    .synchronize = cuda_loader_synchronize,
+    .alloc = cuda_loader_alloc,
+    .free = cuda_loader_free,
+    .zero = cuda_loader_zero,
+    .copy_from_host = cuda_loader_copy,
+    .copy_to_host = cuda_loader_copy,
+    .copy = cuda_loader_copy,
+};

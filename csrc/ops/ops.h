@@ -380,8 +380,13 @@ typedef struct dfc_ops {
  * reverse), so a table generated from the list is the whole table. */
 #define DFC_COUNT_OP_(name) +1
 enum { DFC_NUM_OPS = 0 DFC_OP_LIST(DFC_COUNT_OP_) };
+#ifdef __cplusplus /* the CUDA backend's sources include this header as C++ */
+static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
+              "struct dfc_ops and DFC_OP_LIST must name the same ops");
+#else
 _Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
                "struct dfc_ops and DFC_OP_LIST must name the same ops");
+#endif
 
 /* Declares prefix_name with exactly the table's signature: DFC_DECLARE_OP_(ref, conv2d_forward) declares
  * ref_conv2d_forward. */
@@ -396,6 +401,9 @@ _Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
 typedef struct dfc_backend_iface {
     const char *name; /* "ref", "cpu", "cuda": the key dfc_backend_create looks up */
     const dfc_ops *ops;
+    /* 1: backend memory is host memory, so host buffers (numpy arrays) may be handed to ops as they are; 0: the
+     * caller stages them through alloc and the copy functions. */
+    int host_memory;
     /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
     dfc_status (*create)(dfc_backend *be, dfc_error *err);
     void (*destroy)(dfc_backend *be);
@@ -415,10 +423,11 @@ typedef struct dfc_backend_iface {
 /* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
  * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
  * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
-#define DFC_BACKEND_IFACE_(prefix, memory)           \
+#define DFC_BACKEND_IFACE_(prefix, memory, is_host)  \
     {                                                \
         .name = #prefix,                             \
         .ops = &dfc_##prefix##_ops,                  \
+        .host_memory = is_host,                      \
         .create = prefix##_backend_create,           \
         .destroy = prefix##_backend_destroy,         \
         .synchronize = prefix##_backend_synchronize, \
@@ -442,11 +451,13 @@ struct dfc_backend {
     const dfc_backend_iface *iface; /* lifecycle, memory, name */
     const dfc_ops *ops;             /* iface->ops, at hand for be->ops->name(be, ...) */
     int num_threads;                /* threads the backend's kernels may use: the one thread policy */
+    int device;                     /* which device of a backend that has several ("cuda:1" -> 1), else 0 */
     void *impl;                     /* backend-private state (oneDNN engine and stream, ...) */
 };
 
-/* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP), from the registry in
- * backend.c. num_threads <= 0 uses every core. */
+/* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP; "cuda" or "cuda:N": the
+ * GPU; "cuda_emulated": the CUDA kernels run on the host, for tests), from the registry in backend.c.
+ * num_threads <= 0 uses every core. */
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
 void dfc_backend_destroy(dfc_backend *be);
 /* The name of the index-th backend in the registry (0: the default), NULL past the last. */
@@ -458,6 +469,8 @@ extern const dfc_ops dfc_ref_ops;
 extern const dfc_ops dfc_cpu_ops;
 extern const dfc_backend_iface dfc_ref_backend_iface;
 extern const dfc_backend_iface dfc_cpu_backend_iface;
+extern const dfc_backend_iface dfc_cuda_emulated_backend_iface; /* csrc/cuda built for the host */
+extern const dfc_backend_iface dfc_cuda_loader_iface;           /* "cuda": loads the plugin (backend.c) */
 
 /* AdamW's hyperparameter ranges as torch.optim.AdamW checks them (lr >= 0, eps >= 0, betas in [0, 1),
  * weight_decay >= 0), all finite; defined in ref_optim.c. */

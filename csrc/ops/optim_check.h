@@ -1,10 +1,12 @@
-/* Argument checks of the optimizer ops, shared by the reference kernels (ref_optim.c, which defines them) and the
- * fast ones (cpu_optim.c), so both backends reject the same inputs with the same messages. */
+/* Argument checks of the optimizer ops, shared by the reference kernels (ref_optim.c), the fast ones (cpu_optim.c)
+ * and the CUDA ones (csrc/cuda/optim.cu), so all backends reject the same inputs with the same messages. The checks
+ * live in optim_check.c, which the CUDA plugin links too. */
 #ifndef DIFFICE_OPTIM_CHECK_H
 #define DIFFICE_OPTIM_CHECK_H
 
 #include <math.h>
 
+#include "kernel_helper.h"
 #include "ops.h"
 
 /* cfg in range (dfc_adamw_check), step >= 1, grad and both moments of param's shape. */
@@ -28,9 +30,9 @@ typedef struct dfc_adamw_constants {
 
 dfc_adamw_constants dfc_adamw_constants_of(const dfc_adamw_config *cfg, int64_t step);
 
-/* The element update both kernels run (torch's _single_tensor_adamw, float32 tensor math). */
-static inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad, float *exp_avg,
-                                     float *exp_avg_sq)
+/* The element update every kernel runs, the CUDA one too (torch's _single_tensor_adamw, float32 tensor math). */
+static DFC_KERNEL_HELPER inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad,
+                                                       float *exp_avg, float *exp_avg_sq)
 {
     float p = *param * c->decay;                                         /* decoupled weight decay */
     float m = *exp_avg + c->one_minus_beta1 * (grad - *exp_avg);         /* lerp(m, g, 1 - beta1) */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "attention_layout.h"
+#include "norm_check.h"
 #include "ref.h"
 
 /* P[t, s] = softmax_s(scale * sum_c q[c, t] k[c, s]) for one head; q, k rows of length T, ch channels. */
@@ -145,20 +146,8 @@ done:
 dfc_status ref_timestep_embedding(dfc_backend *be, const dfc_tensor *t, float max_period, dfc_tensor *y, dfc_error *err)
 {
     (void)be;
-    const char *op = "timestep_embedding";
-    DFC_TRY(dfc_check_ndim(t, op, "t", 1, 1, err));
-    DFC_TRY(dfc_check_ndim(y, op, "y", 2, 2, err));
-    if (y->shape[0] != t->shape[0]) {
-        char a[96], b[96];
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: y has shape %s but t has shape %s; y must be (N, dim)", op,
-                        dfc_shape_str(y, a, sizeof a), dfc_shape_str(t, b, sizeof b));
-    }
-    if (!(max_period > 1.0f) || !isfinite(max_period))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: max_period must be a finite number > 1, got %g", op,
-                        (double)max_period);
+    DFC_TRY(dfc_timestep_embedding_check("timestep_embedding", t, max_period, y, err));
     const int64_t N = y->shape[0], dim = y->shape[1], half = dim / 2;
-    if (dim < 2) /* guided-diffusion gives (N, 0) for dim 1 */
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: dim must be at least 2, got %lld", op, (long long)dim);
     /* torch multiplies the float32 arange by the Python double -ln(max_period) cast to float32. */
     const float neg_log_period = (float)(-log((double)max_period));
     for (int64_t n = 0; n < N; n++) {

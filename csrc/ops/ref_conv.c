@@ -7,58 +7,6 @@
 /* An optional tensor is absent when the pointer or its data is NULL (the bindings pass data == NULL for None). */
 static const dfc_tensor *optional(const dfc_tensor *t) { return t && t->data ? t : NULL; }
 
-/* ---- shape checks (shared with cpu_dnnl.c through conv_check.h) ---- */
-
-dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
-                            const char *y_name, dfc_conv2d_params p, dfc_error *err)
-{
-    if (p.stride_h < 1 || p.stride_w < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: stride must be >= 1, got stride_h=%d, stride_w=%d", op, p.stride_h,
-                        p.stride_w);
-    if (p.pad_h < 0 || p.pad_w < 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: padding must be >= 0, got pad_h=%d, pad_w=%d", op, p.pad_h, p.pad_w);
-    DFC_TRY(dfc_check_ndim(x, op, x_name, 4, 4, err));
-    DFC_TRY(dfc_check_ndim(weight, op, weight_name, 4, 4, err));
-    const int64_t n = x->shape[0], ci = x->shape[1], h = x->shape[2], w = x->shape[3];
-    const int64_t co = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
-    if (weight->shape[1] != ci)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: %s has %lld input channels but %s has %lld", op, weight_name,
-                        (long long)weight->shape[1], x_name, (long long)ci);
-    if (h + 2 * (int64_t)p.pad_h < kh)
-        return dfc_fail(err, DFC_ERR_SHAPE,
-                        "%s: kernel height %lld is larger than the padded input height %lld (%s height %lld + 2 * "
-                        "pad_h %d)",
-                        op, (long long)kh, (long long)(h + 2 * (int64_t)p.pad_h), x_name, (long long)h, p.pad_h);
-    if (w + 2 * (int64_t)p.pad_w < kw)
-        return dfc_fail(err, DFC_ERR_SHAPE,
-                        "%s: kernel width %lld is larger than the padded input width %lld (%s width %lld + 2 * "
-                        "pad_w %d)",
-                        op, (long long)kw, (long long)(w + 2 * (int64_t)p.pad_w), x_name, (long long)w, p.pad_w);
-    const int64_t y_shape[4] = {n, co, dfc_conv_out_size(h, kh, p.stride_h, p.pad_h),
-                                dfc_conv_out_size(w, kw, p.stride_w, p.pad_w)};
-    DFC_TRY(dfc_check_shape(y, op, y_name, 4, y_shape, err));
-    if (bias)
-        DFC_TRY(dfc_check_shape(bias, op, bias_name, 1, &co, err));
-    return DFC_OK;
-}
-
-dfc_status dfc_linear_check(const char *op, const dfc_tensor *x, const char *x_name, const dfc_tensor *weight,
-                            const char *weight_name, const dfc_tensor *bias, const char *bias_name, const dfc_tensor *y,
-                            const char *y_name, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(x, op, x_name, 2, 2, err));
-    DFC_TRY(dfc_check_ndim(weight, op, weight_name, 2, 2, err));
-    if (weight->shape[1] != x->shape[1])
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: %s has %lld input features but %s has %lld", op, weight_name,
-                        (long long)weight->shape[1], x_name, (long long)x->shape[1]);
-    const int64_t y_shape[2] = {x->shape[0], weight->shape[0]};
-    DFC_TRY(dfc_check_shape(y, op, y_name, 2, y_shape, err));
-    if (bias)
-        DFC_TRY(dfc_check_shape(bias, op, bias_name, 1, &weight->shape[0], err));
-    return DFC_OK;
-}
-
 /* ---- conv2d ---- */
 
 /* y[n, co, i, j] = bias[co] + sum_{ci, kh, kw} x[n, ci, i s - p + kh, j s - p + kw] weight[co, ci, kh, kw],

@@ -4,8 +4,10 @@
 #include <string.h>
 
 #include "activation_check.h"
+#include "norm_check.h"
 #include "ref.h"
 #include "softmax_row.h"
+#include "spatial_check.h"
 
 /* Stable for large |x|: exp of a non-positive argument only. */
 static inline float sigmoidf(float x)
@@ -121,55 +123,8 @@ dfc_status ref_softmax_backward(dfc_backend *be, const dfc_tensor *dy, const dfc
 
 /* ---- broadcast add / mul ---- */
 
-static const char *binary_name(dfc_binary kind)
-{
-    return kind == DFC_BINARY_ADD ? "add" : kind == DFC_BINARY_MUL ? "mul" : "binary";
-}
-
-/* a's and b's shapes right-aligned to 4 dims (leading 1s, so the last real dim is the contiguous inner loop),
- * and b's element strides over them, 0 on broadcast dims. */
-typedef struct {
-    int64_t a[DFC_MAX_DIMS], b[DFC_MAX_DIMS], b_stride[DFC_MAX_DIMS];
-} broadcast_dims;
-
-/* b must have a's ndim with each dim 1 or equal to a's. */
-static dfc_status check_broadcast(const char *op, const dfc_tensor *a, const dfc_tensor *b, broadcast_dims *bd,
-                                  dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_ndim(b, op, "b", 1, DFC_MAX_DIMS, err));
-    int ok = a->ndim == b->ndim;
-    for (int d = 0; ok && d < a->ndim; d++)
-        ok = b->shape[d] == 1 || b->shape[d] == a->shape[d];
-    if (!ok) {
-        char sa[96], sb[96];
-        return dfc_fail(err, DFC_ERR_SHAPE,
-                        "%s: b with shape %s cannot be broadcast to a's shape %s (b needs a's number of dimensions, "
-                        "each 1 or equal to a's)",
-                        op, dfc_shape_str(b, sb, sizeof sb), dfc_shape_str(a, sa, sizeof sa));
-    }
-    const int lead = DFC_MAX_DIMS - a->ndim;
-    for (int d = 0; d < DFC_MAX_DIMS; d++) {
-        bd->a[d] = d < lead ? 1 : a->shape[d - lead];
-        bd->b[d] = d < lead ? 1 : b->shape[d - lead];
-    }
-    int64_t stride = 1;
-    for (int d = DFC_MAX_DIMS - 1; d >= 0; d--) {
-        bd->b_stride[d] = bd->b[d] == 1 ? 0 : stride;
-        stride *= bd->b[d];
-    }
-    return DFC_OK;
-}
-
-static dfc_status check_binary_kind(dfc_binary kind, dfc_error *err)
-{
-    if (kind != DFC_BINARY_ADD && kind != DFC_BINARY_MUL)
-        return dfc_fail(err, DFC_ERR_VALUE, "binary: unknown kind %d", (int)kind);
-    return DFC_OK;
-}
-
 /* Start of b's row for row r (dims 0..2) of a. */
-static inline const float *b_row(const broadcast_dims *bd, const float *b, int64_t r)
+static inline const float *b_row(const dfc_broadcast_dims *bd, const float *b, int64_t r)
 {
     const int64_t *sh = bd->a, *bs = bd->b_stride;
     const int64_t i0 = r / (sh[1] * sh[2]), i1 = (r / sh[2]) % sh[1], i2 = r % sh[2];
@@ -179,10 +134,10 @@ static inline const float *b_row(const broadcast_dims *bd, const float *b, int64
 dfc_status ref_binary_forward(dfc_backend *be, dfc_binary kind, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y,
                               dfc_error *err)
 {
-    const char *op = binary_name(kind);
-    broadcast_dims bd;
-    DFC_TRY(check_binary_kind(kind, err));
-    DFC_TRY(check_broadcast(op, a, b, &bd, err));
+    const char *op = dfc_binary_name(kind);
+    dfc_broadcast_dims bd;
+    DFC_TRY(dfc_binary_check_kind(kind, err));
+    DFC_TRY(dfc_binary_check_broadcast(op, a, b, &bd, err));
     DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
     const int64_t rows = bd.a[0] * bd.a[1] * bd.a[2], cols = bd.a[3], step = bd.b_stride[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -203,10 +158,10 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
                                const dfc_tensor *b, dfc_tensor *da, dfc_tensor *db, dfc_error *err)
 {
     char op[32];
-    snprintf(op, sizeof op, "%s_backward", binary_name(kind));
-    broadcast_dims bd;
-    DFC_TRY(check_binary_kind(kind, err));
-    DFC_TRY(check_broadcast(op, a, b, &bd, err));
+    snprintf(op, sizeof op, "%s_backward", dfc_binary_name(kind));
+    dfc_broadcast_dims bd;
+    DFC_TRY(dfc_binary_check_kind(kind, err));
+    DFC_TRY(dfc_binary_check_broadcast(op, a, b, &bd, err));
     DFC_TRY(dfc_check_same_shape(a, dy, op, "a", "dy", err));
     if (da && da->data)
         DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
@@ -251,39 +206,9 @@ dfc_status ref_binary_backward(dfc_backend *be, dfc_binary kind, const dfc_tenso
 
 /* ---- channel concat / split ---- */
 
-/* Every part must match `whole` on all dims but the channel one (dim 1), and the channels must add up. */
-static dfc_status check_channel_parts(const char *op, const char *part_name, const char *whole_name,
-                                      const dfc_tensor *whole, const dfc_tensor *const *parts, int n, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(whole, op, whole_name, 2, DFC_MAX_DIMS, err));
-    if (n < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: needs at least one tensor in %s, got %d", op, part_name, n);
-    int64_t channels = 0;
-    for (int k = 0; k < n; k++) {
-        const dfc_tensor *t = parts[k];
-        if (!t || !t->data)
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: %s[%d] is missing", op, part_name, k);
-        int ok = t->ndim == whole->ndim;
-        for (int d = 0; ok && d < whole->ndim; d++)
-            ok = d == 1 || t->shape[d] == whole->shape[d];
-        if (!ok) {
-            char st[96], sw[96];
-            return dfc_fail(err, DFC_ERR_SHAPE,
-                            "%s: %s[%d] has shape %s, which differs from %s's shape %s outside the channel dim 1", op,
-                            part_name, k, dfc_shape_str(t, st, sizeof st), whole_name,
-                            dfc_shape_str(whole, sw, sizeof sw));
-        }
-        channels += t->shape[1];
-    }
-    if (channels != whole->shape[1])
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: the channels of %s add up to %lld, but %s has %lld", op, part_name,
-                        (long long)channels, whole_name, (long long)whole->shape[1]);
-    return DFC_OK;
-}
-
 dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int n, dfc_tensor *y, dfc_error *err)
 {
-    DFC_TRY(check_channel_parts("concat", "xs", "y", y, xs, n, err));
+    DFC_TRY(dfc_channel_parts_check("concat", "xs", "y", y, xs, n, err));
     const int64_t batch = y->shape[0], inner = dfc_inner_size(y, 2), y_sample = y->shape[1] * inner;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {
@@ -299,7 +224,7 @@ dfc_status ref_concat_channels(dfc_backend *be, const dfc_tensor *const *xs, int
 
 dfc_status ref_split_channels(dfc_backend *be, const dfc_tensor *x, dfc_tensor *const *ys, int n, dfc_error *err)
 {
-    DFC_TRY(check_channel_parts("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
+    DFC_TRY(dfc_channel_parts_check("split", "ys", "x", x, (const dfc_tensor *const *)ys, n, err));
     const int64_t batch = x->shape[0], inner = dfc_inner_size(x, 2), x_sample = x->shape[1] * inner;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t s = 0; s < batch; s++) {

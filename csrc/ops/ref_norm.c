@@ -6,46 +6,6 @@
 #include "norm_check.h"
 #include "ref.h"
 
-/* ---- argument checks (shared with cpu_norm.c through norm_check.h) ---- */
-
-dfc_status dfc_group_norm_check(const char *op, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
-                                const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
-    const int64_t n = x->shape[0], c = x->shape[1];
-    if (groups <= 0 || c % groups != 0)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: groups (%d) must be positive and divide the channel count C (%lld)",
-                        op, groups, (long long)c);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
-    if (dfc_present(gamma))
-        DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
-    if (dfc_present(beta))
-        DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
-    if (dfc_present(mean) != dfc_present(rstd))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: mean and rstd must be given together (got only %s)", op,
-                        dfc_present(mean) ? "mean" : "rstd");
-    const int64_t stats_shape[2] = {n, groups};
-    if (dfc_present(mean)) {
-        DFC_TRY(dfc_check_shape(mean, op, "mean", 2, stats_shape, err));
-        DFC_TRY(dfc_check_shape(rstd, op, "rstd", 2, stats_shape, err));
-    }
-    return DFC_OK;
-}
-
-dfc_status dfc_norm_grads_check(const char *op, const dfc_tensor *x, const dfc_tensor *dx, const dfc_tensor *dgamma,
-                                const dfc_tensor *dbeta, dfc_error *err)
-{
-    const int64_t c = x->shape[1];
-    if (dfc_present(dx))
-        DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
-    if (dfc_present(dgamma))
-        DFC_TRY(dfc_check_shape(dgamma, op, "dgamma", 1, &c, err));
-    if (dfc_present(dbeta))
-        DFC_TRY(dfc_check_shape(dbeta, op, "dbeta", 1, &c, err));
-    return DFC_OK;
-}
-
 /* ---- group norm ---- */
 
 /* Mean and 1/sqrt(biased variance + eps) of `count` contiguous values, two passes in double. */
@@ -180,22 +140,8 @@ static dfc_status check_batch_norm(const char *op, const dfc_tensor *x, const df
                                    const dfc_tensor *running_mean, const dfc_tensor *running_var, float eps,
                                    dfc_error *err)
 {
-    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
-    const int64_t c = x->shape[1];
-    DFC_TRY(dfc_check_shape(running_mean, op, "running_mean", 1, &c, err));
-    DFC_TRY(dfc_check_shape(running_var, op, "running_var", 1, &c, err));
-    if (dfc_present(gamma))
-        DFC_TRY(dfc_check_shape(gamma, op, "gamma", 1, &c, err));
-    if (dfc_present(beta))
-        DFC_TRY(dfc_check_shape(beta, op, "beta", 1, &c, err));
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
-    for (int64_t ch = 0; ch < c; ch++) {
-        if (!((double)running_var->data[ch] + eps > 0.0))
-            return dfc_fail(err, DFC_ERR_VALUE, "%s: running_var[%lld] + eps = %g must be positive", op, (long long)ch,
-                            (double)running_var->data[ch] + eps);
-    }
-    return DFC_OK;
+    DFC_TRY(dfc_batch_norm_check_shapes(op, x, gamma, beta, running_mean, running_var, eps, err));
+    return dfc_batch_norm_check_var(op, running_var->data, x->shape[1], eps, err);
 }
 
 dfc_status ref_batch_norm_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,

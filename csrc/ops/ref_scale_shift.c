@@ -1,20 +1,13 @@
 /* Reference kernel of guided-diffusion's scale-shift norm (ops.h, UNet ops): one (n, c) plane at a time.
  * Memory-bound, so the CPU table uses it too. */
+#include "norm_check.h"
 #include "ref.h"
-
-/* x (N, C, ...) with at least 2 dims, ss (N, 2C). */
-static dfc_status check_scale_shift(const char *op, const dfc_tensor *x, const dfc_tensor *ss, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(x, op, "x", 2, DFC_MAX_DIMS, err));
-    const int64_t want[2] = {x->shape[0], 2 * x->shape[1]};
-    return dfc_check_shape(ss, op, "ss", 2, want, err);
-}
 
 dfc_status ref_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
                                    dfc_error *err)
 {
     const char *op = "scale_shift";
-    DFC_TRY(check_scale_shift(op, x, ss, err));
+    DFC_TRY(dfc_scale_shift_check(op, x, ss, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t c = x->shape[1], planes = x->shape[0] * c, inner = dfc_inner_size(x, 2);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -37,7 +30,7 @@ dfc_status ref_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const
                                     dfc_tensor *dx, dfc_tensor *dss, dfc_error *err)
 {
     const char *op = "scale_shift_backward";
-    DFC_TRY(check_scale_shift(op, x, ss, err));
+    DFC_TRY(dfc_scale_shift_check(op, x, ss, err));
     DFC_TRY(dfc_check_same_shape(x, dy, op, "x", "dy", err));
     const int want_dx = dx && dx->data, want_dss = dss && dss->data;
     if (want_dx)

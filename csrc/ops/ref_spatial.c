@@ -4,17 +4,14 @@
 #include <string.h>
 
 #include "ref.h"
+#include "spatial_check.h"
 
 /* ---- nearest-neighbour upsample x2 ---- */
 
 dfc_status ref_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "upsample_nearest2x";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(y, op, "y", 4, want, err));
-    const int64_t planes = N * C;
+    DFC_TRY(dfc_upsample2x_check_shapes("upsample_nearest2x", x, "x", y, "y", err));
+    const int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *xp = x->data + p * H * W;
@@ -29,12 +26,8 @@ dfc_status ref_upsample_nearest2x_forward(dfc_backend *be, const dfc_tensor *x, 
 /* dx[i, j] = sum of the 2x2 block of dy it was copied to. */
 dfc_status ref_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
-    const char *op = "upsample_nearest2x_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-    const int64_t want[4] = {N, C, 2 * H, 2 * W};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 4, want, err));
-    const int64_t planes = N * C;
+    DFC_TRY(dfc_upsample2x_check_shapes("upsample_nearest2x_backward", dx, "dx", dy, "dy", err));
+    const int64_t planes = dx->shape[0] * dx->shape[1], H = dx->shape[2], W = dx->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *dyp = dy->data + p * 4 * H * W;
@@ -51,44 +44,6 @@ dfc_status ref_upsample_nearest2x_backward(dfc_backend *be, const dfc_tensor *dy
 
 /* ---- pooling ---- */
 
-/* Checks kernel/stride/padding against PyTorch's rules and gives the floor-mode output size. */
-static dfc_status pool_output_size(const char *op, const dfc_tensor *x, dfc_pool2d_params p, int64_t *ho, int64_t *wo,
-                                   dfc_error *err)
-{
-    if (p.kernel_h < 1 || p.kernel_w < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: kernel must be positive, got %dx%d", op, p.kernel_h, p.kernel_w);
-    if (p.stride_h < 1 || p.stride_w < 1)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: stride must be positive, got %dx%d", op, p.stride_h, p.stride_w);
-    if (p.pad_h < 0 || p.pad_w < 0 || p.pad_h > p.kernel_h / 2 || p.pad_w > p.kernel_w / 2) /* no 2 * pad overflow */
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: padding %dx%d must be between 0 and half the kernel %dx%d", op,
-                        p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
-    const int64_t H = x->shape[2], W = x->shape[3];
-    if (H + 2 * p.pad_h < p.kernel_h || W + 2 * p.pad_w < p.kernel_w)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: input %lldx%lld (padded by %dx%d) is smaller than the kernel %dx%d",
-                        op, (long long)H, (long long)W, p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
-    *ho = (H + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1;
-    *wo = (W + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
-    return DFC_OK;
-}
-
-/* in (N, C, H, W) at full resolution and out (N, C, Ho, Wo) pooled from it: checks both against p, gives Ho, Wo. */
-static dfc_status check_pool_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
-                                    const char *out_name, dfc_pool2d_params p, int64_t *Ho, int64_t *Wo, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(in, op, in_name, 4, 4, err));
-    DFC_TRY(pool_output_size(op, in, p, Ho, Wo, err));
-    const int64_t want[4] = {in->shape[0], in->shape[1], *Ho, *Wo};
-    return dfc_check_shape(out, op, out_name, 4, want, err);
-}
-
-/* Rows [*lo, *hi) of the input that window i covers, clipped to the image (the padding holds no values). */
-static void window_range(int64_t i, int stride, int pad, int kernel, int64_t size, int64_t *lo, int64_t *hi)
-{
-    int64_t start = i * stride - pad, end = start + kernel;
-    *lo = start < 0 ? 0 : start;
-    *hi = end > size ? size : end;
-}
-
 /* Padding, where given, adds no values and no count: each window averages only the pixels inside the image
  * (PyTorch's count_include_pad=False, which pytorch-fid's FID Inception uses). Without padding every window is
  * inside, and the divisor is the kernel area. */
@@ -97,7 +52,7 @@ dfc_status ref_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
 {
     const char *op = "avg_pool2d";
     int64_t Ho, Wo;
-    DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
+    DFC_TRY(dfc_pool_check_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -106,10 +61,10 @@ dfc_status ref_avg_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
         float *yp = y->data + pl * Ho * Wo;
         for (int64_t i = 0; i < Ho; i++) {
             int64_t h0, h1;
-            window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
+            dfc_pool_window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
             for (int64_t j = 0; j < Wo; j++) {
                 int64_t w0, w1;
-                window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
+                dfc_pool_window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
                 double sum = 0.0;
                 for (int64_t h = h0; h < h1; h++)
                     for (int64_t w = w0; w < w1; w++)
@@ -127,7 +82,7 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
 {
     const char *op = "avg_pool2d_backward";
     int64_t Ho, Wo;
-    DFC_TRY(check_pool_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
+    DFC_TRY(dfc_pool_check_shapes(op, dx, "dx", dy, "dy", p, &Ho, &Wo, err));
     const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
     const int64_t planes = N * C;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -137,10 +92,10 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
         memset(dxp, 0, (size_t)(H * W) * sizeof *dxp);
         for (int64_t i = 0; i < Ho; i++) {
             int64_t h0, h1;
-            window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
+            dfc_pool_window_range(i, p.stride_h, p.pad_h, p.kernel_h, H, &h0, &h1);
             for (int64_t j = 0; j < Wo; j++) {
                 int64_t w0, w1;
-                window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
+                dfc_pool_window_range(j, p.stride_w, p.pad_w, p.kernel_w, W, &w0, &w1);
                 const float g = (float)(dyp[i * Wo + j] / (double)((h1 - h0) * (w1 - w0)));
                 for (int64_t h = h0; h < h1; h++)
                     for (int64_t w = w0; w < w1; w++)
@@ -151,35 +106,12 @@ dfc_status ref_avg_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, dfc_po
     return DFC_OK;
 }
 
-/* Flat index (within the plane) of the first maximum of window (i, j) in row-major scan order, skipping the
- * -inf padding; PyTorch's rule, so ties route the gradient to the same input. */
-static int64_t max_pool_argmax(const float *xp, int64_t H, int64_t W, dfc_pool2d_params p, int64_t i, int64_t j)
-{
-    const int64_t h0 = i * p.stride_h - p.pad_h, w0 = j * p.stride_w - p.pad_w;
-    int64_t best = -1;
-    float best_val = -INFINITY;
-    for (int64_t h = h0; h < h0 + p.kernel_h; h++) {
-        if (h < 0 || h >= H)
-            continue;
-        for (int64_t w = w0; w < w0 + p.kernel_w; w++) {
-            if (w < 0 || w >= W)
-                continue;
-            const float v = xp[h * W + w];
-            if (best < 0 || v > best_val) {
-                best = h * W + w;
-                best_val = v;
-            }
-        }
-    }
-    return best; /* never -1: padding <= kernel / 2 leaves every window an input element */
-}
-
 dfc_status ref_max_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool2d_params p, dfc_tensor *y,
                                   dfc_error *err)
 {
     const char *op = "max_pool2d";
     int64_t Ho, Wo;
-    DFC_TRY(check_pool_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
+    DFC_TRY(dfc_pool_check_shapes(op, x, "x", y, "y", p, &Ho, &Wo, err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -188,7 +120,7 @@ dfc_status ref_max_pool2d_forward(dfc_backend *be, const dfc_tensor *x, dfc_pool
         float *yp = y->data + pl * Ho * Wo;
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++)
-                yp[i * Wo + j] = xp[max_pool_argmax(xp, H, W, p, i, j)];
+                yp[i * Wo + j] = xp[dfc_max_pool_argmax(xp, H, W, p, i, j)];
     }
     return DFC_OK;
 }
@@ -198,7 +130,7 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
 {
     const char *op = "max_pool2d_backward";
     int64_t Ho, Wo;
-    DFC_TRY(check_pool_shapes(op, x, "x", dy, "dy", p, &Ho, &Wo, err));
+    DFC_TRY(dfc_pool_check_shapes(op, x, "x", dy, "dy", p, &Ho, &Wo, err));
     DFC_TRY(dfc_check_same_shape(x, dx, op, "x", "dx", err));
     const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     const int64_t planes = N * C;
@@ -210,7 +142,7 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
         memset(dxp, 0, (size_t)(H * W) * sizeof *dxp);
         for (int64_t i = 0; i < Ho; i++)
             for (int64_t j = 0; j < Wo; j++)
-                dxp[max_pool_argmax(xp, H, W, p, i, j)] += dyp[i * Wo + j];
+                dxp[dfc_max_pool_argmax(xp, H, W, p, i, j)] += dyp[i * Wo + j];
     }
     return DFC_OK;
 }
@@ -219,11 +151,8 @@ dfc_status ref_max_pool2d_backward(dfc_backend *be, const dfc_tensor *dy, const 
 
 dfc_status ref_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    const char *op = "global_avg_pool";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    const int64_t want[2] = {x->shape[0], x->shape[1]};
-    DFC_TRY(dfc_check_shape(y, op, "y", 2, want, err));
-    const int64_t planes = want[0] * want[1], hw = x->shape[2] * x->shape[3];
+    DFC_TRY(dfc_global_pool_check_shapes("global_avg_pool", x, "x", y, "y", err));
+    const int64_t planes = x->shape[0] * x->shape[1], hw = x->shape[2] * x->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *xp = x->data + pl * hw;
@@ -237,11 +166,8 @@ dfc_status ref_global_avg_pool_forward(dfc_backend *be, const dfc_tensor *x, dfc
 
 dfc_status ref_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
-    const char *op = "global_avg_pool_backward";
-    DFC_TRY(dfc_check_ndim(dx, op, "dx", 4, 4, err));
-    const int64_t want[2] = {dx->shape[0], dx->shape[1]};
-    DFC_TRY(dfc_check_shape(dy, op, "dy", 2, want, err));
-    const int64_t planes = want[0] * want[1], hw = dx->shape[2] * dx->shape[3];
+    DFC_TRY(dfc_global_pool_check_shapes("global_avg_pool_backward", dx, "dx", dy, "dy", err));
+    const int64_t planes = dx->shape[0] * dx->shape[1], hw = dx->shape[2] * dx->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const float g = (float)((double)dy->data[pl] / (double)hw);
@@ -254,44 +180,9 @@ dfc_status ref_global_avg_pool_backward(dfc_backend *be, const dfc_tensor *dy, d
 
 /* ---- bilinear resize, align_corners = False ---- */
 
-/* PyTorch's source coordinate for output index `o` when resizing `in` -> `out` given an output size:
- * src = (o + 0.5) * in / out - 0.5, clamped at 0; neighbours i0 and i1 = min(i0 + 1, in - 1), weight of i1 = frac. */
-typedef struct {
-    int64_t i0, i1;
-    double w0, w1;
-} lerp_taps;
-
-static inline lerp_taps bilinear_taps(int64_t o, int64_t in, int64_t out)
-{
-    double src = ((double)o + 0.5) * ((double)in / (double)out) - 0.5;
-    if (src < 0.0)
-        src = 0.0;
-    lerp_taps t;
-    t.i0 = (int64_t)src;
-    if (t.i0 > in - 1)
-        t.i0 = in - 1;
-    t.i1 = t.i0 < in - 1 ? t.i0 + 1 : t.i0;
-    t.w1 = src - (double)t.i0;
-    t.w0 = 1.0 - t.w1;
-    return t;
-}
-
-static dfc_status check_resize_shapes(const char *op, const dfc_tensor *in, const char *in_name, const dfc_tensor *out,
-                                      const char *out_name, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(in, op, in_name, 4, 4, err));
-    DFC_TRY(dfc_check_ndim(out, op, out_name, 4, 4, err));
-    if (out->shape[0] != in->shape[0] || out->shape[1] != in->shape[1]) {
-        char a[96], b[96];
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: %s has shape %s and %s has shape %s; batch and channels must agree",
-                        op, in_name, dfc_shape_str(in, a, sizeof a), out_name, dfc_shape_str(out, b, sizeof b));
-    }
-    return DFC_OK;
-}
-
 dfc_status ref_resize_bilinear_forward(dfc_backend *be, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
 {
-    DFC_TRY(check_resize_shapes("resize_bilinear", x, "x", y, "y", err));
+    DFC_TRY(dfc_resize_check_shapes("resize_bilinear", x, "x", y, "y", err));
     const int64_t H = x->shape[2], W = x->shape[3], Ho = y->shape[2], Wo = y->shape[3];
     const int64_t planes = x->shape[0] * x->shape[1];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -299,9 +190,9 @@ dfc_status ref_resize_bilinear_forward(dfc_backend *be, const dfc_tensor *x, dfc
         const float *xp = x->data + pl * H * W;
         float *yp = y->data + pl * Ho * Wo;
         for (int64_t i = 0; i < Ho; i++) {
-            const lerp_taps th = bilinear_taps(i, H, Ho);
+            const dfc_lerp_taps th = dfc_bilinear_taps(i, H, Ho);
             for (int64_t j = 0; j < Wo; j++) {
-                const lerp_taps tw = bilinear_taps(j, W, Wo);
+                const dfc_lerp_taps tw = dfc_bilinear_taps(j, W, Wo);
                 const double v = th.w0 * (tw.w0 * xp[th.i0 * W + tw.i0] + tw.w1 * xp[th.i0 * W + tw.i1]) +
                                  th.w1 * (tw.w0 * xp[th.i1 * W + tw.i0] + tw.w1 * xp[th.i1 * W + tw.i1]);
                 yp[i * Wo + j] = (float)v;
@@ -313,7 +204,7 @@ dfc_status ref_resize_bilinear_forward(dfc_backend *be, const dfc_tensor *x, dfc
 
 dfc_status ref_resize_bilinear_backward(dfc_backend *be, const dfc_tensor *dy, dfc_tensor *dx, dfc_error *err)
 {
-    DFC_TRY(check_resize_shapes("resize_bilinear_backward", dx, "dx", dy, "dy", err));
+    DFC_TRY(dfc_resize_check_shapes("resize_bilinear_backward", dx, "dx", dy, "dy", err));
     const int64_t H = dx->shape[2], W = dx->shape[3], Ho = dy->shape[2], Wo = dy->shape[3];
     const int64_t planes = dx->shape[0] * dx->shape[1];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -322,9 +213,9 @@ dfc_status ref_resize_bilinear_backward(dfc_backend *be, const dfc_tensor *dy, d
         float *dxp = dx->data + pl * H * W;
         memset(dxp, 0, (size_t)(H * W) * sizeof *dxp);
         for (int64_t i = 0; i < Ho; i++) {
-            const lerp_taps th = bilinear_taps(i, H, Ho);
+            const dfc_lerp_taps th = dfc_bilinear_taps(i, H, Ho);
             for (int64_t j = 0; j < Wo; j++) {
-                const lerp_taps tw = bilinear_taps(j, W, Wo);
+                const dfc_lerp_taps tw = dfc_bilinear_taps(j, W, Wo);
                 const double g = dyp[i * Wo + j];
                 dxp[th.i0 * W + tw.i0] += (float)(g * th.w0 * tw.w0);
                 dxp[th.i0 * W + tw.i1] += (float)(g * th.w0 * tw.w1);

@@ -66,6 +66,28 @@ done:
     return result;
 }
 
+/* fill_unstaged(backend, x, value): be->ops->fill on x's own host memory, NOT staged into backend memory — what
+ * bind_ops does for host-memory backends only. Tests use it to see the strict emulated GPU refuse a host tensor. */
+static PyObject *py_fill_unstaged(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    PyObject *x_obj;
+    double value;
+    if (!PyArg_ParseTuple(args, "O&Od", dfc_py_backend, &be, &x_obj, &value))
+        return NULL;
+    dfc_py_refs refs = {0};
+    dfc_tensor x;
+    PyObject *result = NULL;
+    if (dfc_py_tensor(x_obj, "fill_unstaged", "x", 1, DFC_MAX_DIMS, 0, &refs, &x) == 0) {
+        result = (Py_INCREF(Py_None), Py_None);
+        dfc_error err = {0};
+        DFC_PY_RUN(result, err, be->ops->fill(be, (float)value, &x, &err));
+    }
+    dfc_py_refs_release(&refs);
+    return result;
+}
+
 /* backend_names() -> tuple of the registered backends' names, the default first */
 static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
 {
@@ -86,6 +108,8 @@ static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
 PyMethodDef dfc_methods_backend[] = {
     {"backend_names", py_backend_names, METH_NOARGS,
      "backend_names() -> tuple of the backends this build has (the default first)"},
+    {"fill_unstaged", py_fill_unstaged, METH_VARARGS,
+     "fill_unstaged(backend, x, value): the fill op on x's host memory without staging (a test instrument)"},
     {"arena_roundtrip", py_arena_roundtrip, METH_VARARGS,
      "arena_roundtrip(backend, x, chunk_bytes, limit_bytes) -> (copy, zeros, num_chunks, capacity_bytes, "
      "peak_bytes): x through an arena of the backend's memory and back"},

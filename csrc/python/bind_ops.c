@@ -788,6 +788,58 @@ static PyObject *out_scalars(op_call *c, PyObject *out)
     return out;
 }
 
+/* The call on a backend whose memory is not host memory (a GPU): every float32 array (inputs, in-place arguments,
+ * outputs) is copied into backend memory, the op runs there, the arrays it writes are copied back, and the backend
+ * memory is freed. Host vectors and int outputs stay on the host: the op stages those itself. */
+static dfc_status call_staged(dfc_backend *be, const op_desc *op, op_call *c, int nargs, dfc_error *err)
+{
+    enum { MAX_STAGED = MAX_ARGS + 2 * MAX_OUTS };
+    struct {
+        dfc_tensor *t;
+        float *host;
+        int write_back;
+    } staged[MAX_STAGED];
+    int count = 0;
+    for (int k = 0; k < nargs; k++) {
+        enum arg_kind kind = op->args[k].kind;
+        int write_back = kind == A_INOUT || kind == A_INOUT_NONFINITE;
+        if (kind == A_TENSORS) {
+            for (int p = 0; p < c->a[k].i; p++)
+                staged[count++] = (__typeof__(staged[0])){&c->parts[p], c->parts[p].data, 0};
+        } else if ((kind == A_TENSOR || kind == A_OPTIONAL || kind == A_TENSOR_NONFINITE || write_back) &&
+                   c->a[k].t.data) {
+            staged[count++] = (__typeof__(staged[0])){&c->a[k].t, c->a[k].t.data, write_back};
+        }
+    }
+    for (int j = 0; j < c->nout; j++)
+        if (c->out_ndim[j] && c->out_kind[j] == OUT_FLOAT32)
+            staged[count++] = (__typeof__(staged[0])){&c->o[j], c->o[j].data, 1};
+    dfc_status st = DFC_OK;
+    int moved = 0;
+    for (; moved < count && st == DFC_OK; moved++) {
+        size_t bytes = (size_t)dfc_numel(staged[moved].t) * sizeof(float);
+        float *device = be->iface->alloc(be, bytes, err);
+        if (!device) {
+            st = err->code ? err->code : DFC_ERR_NOMEM;
+            break;
+        }
+        staged[moved].t->data = device;
+        st = be->iface->copy_from_host(be, device, staged[moved].host, bytes, err);
+    }
+    if (st == DFC_OK)
+        st = op->call(be, c, err);
+    for (int k = 0; k < moved; k++) {
+        size_t bytes = (size_t)dfc_numel(staged[k].t) * sizeof(float);
+        if (st == DFC_OK && staged[k].write_back)
+            st = be->iface->copy_to_host(be, staged[k].host, staged[k].t->data, bytes, err);
+    }
+    for (int k = 0; k < moved; k++) {
+        be->iface->free(be, staged[k].t->data);
+        staged[k].t->data = staged[k].host;
+    }
+    return st;
+}
+
 static PyObject *run_op(const op_desc *op, PyObject *args)
 {
     op_call c; /* not zero-filled whole: it is kilobytes, and every field is written before it is read */
@@ -815,7 +867,7 @@ static PyObject *run_op(const op_desc *op, PyObject *args)
     if (op->shapes(&c) < 0 || !(out = new_outputs(&c, op->nout, op->nout == OUT_LIST)))
         goto done;
     dfc_error err = {0};
-    DFC_PY_RUN(out, err, op->call(be, &c, &err));
+    DFC_PY_RUN(out, err, be->iface->host_memory ? op->call(be, &c, &err) : call_staged(be, op, &c, nargs, &err));
     out = out_scalars(&c, out);
 done:
     dfc_py_refs_release(&c.refs);

@@ -79,8 +79,7 @@ static PyObject *build_info(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     const dnnl_version_t *v = dnnl_version();
-    return Py_BuildValue("{s:s,s:i,s:s}", "onednn", v ? "available" : "missing", "onednn_major", v ? v->major : 0,
-                         "cuda", "not built");
+    return Py_BuildValue("{s:s,s:i}", "onednn", v ? "available" : "missing", "onednn_major", v ? v->major : 0);
 }
 
 static PyMethodDef module_methods[] = {

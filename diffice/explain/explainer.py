@@ -43,7 +43,7 @@ from ..models.classifier import classification_loss
 from ..models.diffusion import GaussianDiffusion
 from ..models.probabilities import num_classes, predicted_class, probabilities
 from ..models.unet import UNet
-from ..ops._backend import BACKENDS, get_backend
+from ..ops._backend import check_backend_name, get_backend
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
 
@@ -335,8 +335,7 @@ class Explainer:
             )
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend_name(backend)
         self.backend = backend
         self.config = ExplainerConfig(**config)
         self.config.validate()

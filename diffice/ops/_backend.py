@@ -7,28 +7,47 @@ from typing import TypeVar, Union
 
 import numpy as np
 
-from .._native import _C
+from .._native import _C, preload_cuda_libraries
 
 BACKENDS: tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
 
-def get_backend(name: str = "cpu", num_threads: int = 0) -> _C.Backend:
-    """The backend ``name`` ('cpu': oneDNN + OpenMP, 'ref': plain C reference kernels) for this Python thread.
+def check_backend_name(name: str) -> None:
+    """ValueError unless name is a registered backend, or "cuda:N" for a GPU index N."""
+    key, _, device = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if key not in BACKENDS or (device and (key != "cuda" or not device.isdigit())):
+        raise ValueError(f"backend must be one of {BACKENDS} or 'cuda:N', got {name!r}")
 
-    num_threads <= 0 uses every core. Backends hold per-thread state (oneDNN stream), so each Python thread gets
-    its own.
+
+def get_backend(name: str = "cpu", num_threads: int = 0) -> _C.Backend:
+    """The backend ``name`` for this Python thread: 'cpu' (oneDNN + OpenMP), 'ref' (plain C reference kernels),
+    'cuda' or 'cuda:N' (the GPU; RuntimeError/NotImplementedError saying why where there is none), 'cuda_emulated'
+    (the CUDA kernels run on the host: for tests).
+
+    num_threads <= 0 uses every core. Backends hold per-thread state (oneDNN stream, CUDA stream), so each Python
+    thread gets its own.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    check_backend_name(name)
     cache = getattr(_local, "backends", None)
     if cache is None:
         cache = _local.backends = {}
     key = (name, int(num_threads))
     backend = cache.get(key)
     if backend is None:
+        if name.partition(":")[0] == "cuda":
+            preload_cuda_libraries()
         backend = cache[key] = _C.Backend(name, int(num_threads))
     return backend
+
+
+def cuda_available() -> bool:
+    """True when diffice can run on a GPU here: the CUDA plugin was built, its libraries load, a device exists."""
+    try:
+        get_backend("cuda")
+    except (RuntimeError, NotImplementedError, OSError):
+        return False
+    return True
 
 
 IntPair = Union[int, tuple[int, int]]

@@ -1,0 +1,547 @@
+/* Dense ops on the CUDA backend: conv2d through cuDNN, linear and QKV attention through cuBLAS (dfc_cuda_gemm), with
+ * the bias, bias-gradient and softmax steps as for_each kernels. Read against ref_conv.c and ref_attention.c: the
+ * same checks (conv_check.h, attention_layout.h), the same operation order in the kernels written here.
+ *
+ * Convolutions: cuDNN's legacy convolution API on fp32 NCHW. The algorithm is chosen once per (op, shapes,
+ * parameters, math mode) with cudnnGet*Algorithm_v7, restricted to deterministic algorithms (the backend's contract:
+ * the same inputs give the same bytes), and kept in the state's plan cache; the workspace is the backend scratch.
+ * Math: CUDNN_FMA_MATH unless the state allows TF32 (CUDNN_DEFAULT_MATH would let cuDNN use TF32 tensor cores on
+ * Ampere and later, losing fp32 parity with the CPU). In the emulated build the descriptors and library calls are
+ * replaced by the reference kernels (ref_conv2d_*), after the same checks and the same plan-cache lookup, and the
+ * bias kernels run as written.
+ *
+ * Verified only on a GPU (the emulation cannot reach them): the cuDNN calls (descriptors, algorithm choice, math
+ * mode, workspace sizes, the convolution calls themselves), cuBLAS's handling of the GEMM arguments (the emulated
+ * GEMM follows its column-major convention), launch sizes, and timing. */
+#include <math.h>
+
+#include "cuda_backend.cuh"
+
+extern "C" {
+#include "../ops/attention_layout.h"
+#include "../ops/conv_check.h"
+#ifdef DFC_CUDA_EMULATE
+#include "../ops/ref.h"
+#endif
+}
+
+/* An optional tensor is absent when the pointer or its data is NULL (the bindings pass data == NULL for None). */
+static const dfc_tensor *optional(const dfc_tensor *t) { return t && t->data ? t : NULL; }
+
+/* ---- bias kernels (conv and linear: y viewed as (outer, channels, inner)) ---- */
+
+/* y[o, c, i] += bias[c]. */
+static dfc_status bias_add(dfc_backend *be, const char *op, const float *bias, int64_t channels, int64_t inner,
+                           dfc_tensor *y, dfc_error *err)
+{
+    float *ys = y->data;
+    return dfc_cuda_for_each(be, dfc_numel(y), op, err,
+                             [=] DFC_DEVICE(int64_t i) { ys[i] += bias[(i / inner) % channels]; });
+}
+
+/* dbias[c] = sum over o, i of dy[o, c, i], in double. With inner == 1 (linear) one index per column sums the rows
+ * in order; otherwise (conv, where a plane is long) two passes: one index per (o, c) sums its plane into the
+ * scratch, then one index per channel sums its planes in order. */
+static dfc_status bias_grad(dfc_backend *be, const char *op, const dfc_tensor *dy, int64_t channels, int64_t inner,
+                            dfc_tensor *dbias, dfc_error *err)
+{
+    const int64_t outer = channels > 0 && inner > 0 ? dfc_numel(dy) / (channels * inner) : 0;
+    const float *dys = dy->data;
+    float *dbs = dbias->data;
+    if (inner == 1)
+        return dfc_cuda_for_each(be, channels, op, err, [=] DFC_DEVICE(int64_t c) {
+            double sum = 0.0;
+            for (int64_t o = 0; o < outer; o++)
+                sum += dys[o * channels + c];
+            dbs[c] = (float)sum;
+        });
+    void *scratch = NULL;
+    DFC_TRY(dfc_cuda_scratch(be, (size_t)(outer * channels) * sizeof(double) + 1, &scratch, err));
+    double *planes = (double *)scratch;
+    DFC_TRY(dfc_cuda_for_each(be, outer * channels, op, err, [=] DFC_DEVICE(int64_t oc) {
+        const float *plane = dys + oc * inner;
+        double sum = 0.0;
+        for (int64_t i = 0; i < inner; i++)
+            sum += plane[i];
+        planes[oc] = sum;
+    }));
+    return dfc_cuda_for_each(be, channels, op, err, [=] DFC_DEVICE(int64_t c) {
+        double sum = 0.0;
+        for (int64_t o = 0; o < outer; o++)
+            sum += planes[o * channels + c];
+        dbs[c] = (float)sum;
+    });
+}
+
+/* t = 0 (backward outputs are overwritten even when nothing flows into them). */
+static dfc_status fill_zero(dfc_backend *be, const char *op, dfc_tensor *t, dfc_error *err)
+{
+    float *ts = t->data;
+    return dfc_cuda_for_each(be, dfc_numel(t), op, err, [=] DFC_DEVICE(int64_t i) { ts[i] = 0.0f; });
+}
+
+/* ---- conv2d ---- */
+
+enum conv_kind { CONV_FORWARD = 1, CONV_BACKWARD_DATA = 2, CONV_BACKWARD_FILTER = 3 };
+
+/* The cached plan of (kind, x shape, w shape, p, math mode), or NULL. */
+static dfc_cuda_conv_plan *conv_plan_find(dfc_cuda_state *state, int kind, const int64_t *x, const int64_t *w,
+                                          dfc_conv2d_params p)
+{
+    for (int k = 0; k < DFC_CUDA_CONV_PLANS; k++) {
+        dfc_cuda_conv_plan *plan = &state->conv_plans[k];
+        int same = plan->op == kind && plan->tf32 == state->tf32 && plan->p.stride_h == p.stride_h &&
+                   plan->p.stride_w == p.stride_w && plan->p.pad_h == p.pad_h && plan->p.pad_w == p.pad_w;
+        for (int d = 0; same && d < 4; d++)
+            same = plan->x[d] == x[d] && plan->w[d] == w[d];
+        if (same)
+            return plan;
+    }
+    return NULL;
+}
+
+/* A fresh slot for (kind, shapes, p), replacing the oldest plan once the cache is full. */
+static dfc_cuda_conv_plan *conv_plan_slot(dfc_cuda_state *state, int kind, const int64_t *x, const int64_t *w,
+                                          dfc_conv2d_params p)
+{
+    dfc_cuda_conv_plan *plan = &state->conv_plans[state->conv_plans_next];
+    state->conv_plans_next = (state->conv_plans_next + 1) % DFC_CUDA_CONV_PLANS;
+    *plan = dfc_cuda_conv_plan{};
+    plan->op = kind;
+    plan->tf32 = state->tf32;
+    plan->p = p;
+    for (int d = 0; d < 4; d++) {
+        plan->x[d] = x[d];
+        plan->w[d] = w[d];
+    }
+    return plan;
+}
+
+/* cuDNN takes int extents. */
+static dfc_status conv_check_int_sizes(const char *op, const dfc_tensor *x, const dfc_tensor *w, const dfc_tensor *y,
+                                       dfc_error *err)
+{
+    const dfc_tensor *ts[3] = {x, w, y};
+    for (int k = 0; k < 3; k++)
+        if (dfc_numel(ts[k]) > INT32_MAX)
+            return dfc_fail(err, DFC_ERR_VALUE, "cuda: %s: a tensor of %lld elements exceeds cuDNN's int sizes", op,
+                            (long long)dfc_numel(ts[k]));
+    return DFC_OK;
+}
+
+/* The tensors of one convolution in its forward direction: x (N, Ci, H, W) * w (Co, Ci, KH, KW) -> y. */
+typedef struct conv_problem {
+    const char *op;
+    int kind;
+    const dfc_tensor *x, *w, *y;
+    dfc_conv2d_params p;
+} conv_problem;
+
+#ifndef DFC_CUDA_EMULATE
+
+/* Descriptors of one call, created and destroyed around it. */
+typedef struct conv_descs {
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+} conv_descs;
+
+/* A failed cuDNN call as an error naming the op and the call. */
+static dfc_status cudnn_ok(cudnnStatus_t code, const char *op, const char *call, dfc_error *err)
+{
+    if (code == CUDNN_STATUS_SUCCESS)
+        return DFC_OK;
+    return dfc_fail(err, code == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ? DFC_ERR_NOMEM : DFC_ERR_BACKEND,
+                    "cuda: %s: %s failed: %s", op, call, cudnnGetErrorString(code));
+}
+#define CUDNN_CALL(fn, ...) DFC_TRY(cudnn_ok(fn(__VA_ARGS__), cp->op, #fn, err))
+
+static void conv_descs_destroy(conv_descs *d)
+{
+    if (d->x)
+        cudnnDestroyTensorDescriptor(d->x);
+    if (d->y)
+        cudnnDestroyTensorDescriptor(d->y);
+    if (d->w)
+        cudnnDestroyFilterDescriptor(d->w);
+    if (d->conv)
+        cudnnDestroyConvolutionDescriptor(d->conv);
+}
+
+static dfc_status conv_descs_init(const conv_problem *cp, int tf32, conv_descs *d, dfc_error *err)
+{
+    const int64_t *xs = cp->x->shape, *ws = cp->w->shape, *ys = cp->y->shape;
+    CUDNN_CALL(cudnnCreateTensorDescriptor, &d->x);
+    CUDNN_CALL(cudnnCreateTensorDescriptor, &d->y);
+    CUDNN_CALL(cudnnCreateFilterDescriptor, &d->w);
+    CUDNN_CALL(cudnnCreateConvolutionDescriptor, &d->conv);
+    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)xs[0], (int)xs[1],
+               (int)xs[2], (int)xs[3]);
+    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)ys[0], (int)ys[1],
+               (int)ys[2], (int)ys[3]);
+    CUDNN_CALL(cudnnSetFilter4dDescriptor, d->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, (int)ws[0], (int)ws[1],
+               (int)ws[2], (int)ws[3]);
+    /* cross-correlation, as torch's conv2d and the reference */
+    CUDNN_CALL(cudnnSetConvolution2dDescriptor, d->conv, cp->p.pad_h, cp->p.pad_w, cp->p.stride_h, cp->p.stride_w, 1, 1,
+               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT);
+    CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, tf32 ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : CUDNN_FMA_MATH);
+    return DFC_OK;
+}
+
+/* The first of cuDNN's ranked candidates that ran, is deterministic and keeps fp32 unless TF32 is allowed. */
+template <class Perf> static int conv_pick(const Perf *perf, int count, int tf32)
+{
+    for (int k = 0; k < count; k++) {
+        int reduced =
+            perf[k].mathType == CUDNN_TENSOR_OP_MATH || perf[k].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+        if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].determinism == CUDNN_DETERMINISTIC && (tf32 || !reduced))
+            return k;
+    }
+    return -1;
+}
+
+/* Chooses plan's algorithm and math mode for the descriptors d, and its workspace size. */
+static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp, const conv_descs *d,
+                                   dfc_cuda_conv_plan *plan, dfc_error *err)
+{
+    cudnnHandle_t h = state->cudnn;
+    int count = 0, pick = -1;
+    if (cp->kind == CONV_FORWARD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        CUDNN_CALL(cudnnGetConvolutionForwardAlgorithm_v7, h, d->x, d->w, d->conv, d->y,
+                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf);
+        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+            plan->algo = perf[pick].algo;
+            plan->math = perf[pick].mathType;
+        }
+    } else if (cp->kind == CONV_BACKWARD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        CUDNN_CALL(cudnnGetConvolutionBackwardDataAlgorithm_v7, h, d->w, d->y, d->conv, d->x,
+                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf);
+        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+            plan->algo = perf[pick].algo;
+            plan->math = perf[pick].mathType;
+        }
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        CUDNN_CALL(cudnnGetConvolutionBackwardFilterAlgorithm_v7, h, d->x, d->y, d->conv, d->w,
+                   CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf);
+        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+            plan->algo = perf[pick].algo;
+            plan->math = perf[pick].mathType;
+        }
+    }
+    if (pick < 0)
+        return dfc_fail(err, DFC_ERR_BACKEND,
+                        "cuda: %s: cuDNN offers no deterministic%s algorithm for x (%lld, %lld, %lld, %lld), weight "
+                        "(%lld, %lld, %lld, %lld)",
+                        cp->op, state->tf32 ? "" : " fp32", (long long)cp->x->shape[0], (long long)cp->x->shape[1],
+                        (long long)cp->x->shape[2], (long long)cp->x->shape[3], (long long)cp->w->shape[0],
+                        (long long)cp->w->shape[1], (long long)cp->w->shape[2], (long long)cp->w->shape[3]);
+    if (!state->tf32)
+        plan->math = CUDNN_FMA_MATH;
+    CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
+    size_t bytes = 0;
+    if (cp->kind == CONV_FORWARD)
+        CUDNN_CALL(cudnnGetConvolutionForwardWorkspaceSize, h, d->x, d->w, d->conv, d->y,
+                   (cudnnConvolutionFwdAlgo_t)plan->algo, &bytes);
+    else if (cp->kind == CONV_BACKWARD_DATA)
+        CUDNN_CALL(cudnnGetConvolutionBackwardDataWorkspaceSize, h, d->w, d->y, d->conv, d->x,
+                   (cudnnConvolutionBwdDataAlgo_t)plan->algo, &bytes);
+    else
+        CUDNN_CALL(cudnnGetConvolutionBackwardFilterWorkspaceSize, h, d->x, d->y, d->conv, d->w,
+                   (cudnnConvolutionBwdFilterAlgo_t)plan->algo, &bytes);
+    plan->workspace = bytes;
+    return DFC_OK;
+}
+
+/* Runs the convolution of cp with its (cached or fresh) plan: y = x * w, dx = dy *^T w, or dw = dy *^T x. */
+static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const conv_descs *d, dfc_error *err)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    dfc_cuda_conv_plan *plan = conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p);
+    if (!plan) {
+        dfc_cuda_conv_plan fresh = {};
+        DFC_TRY(conv_plan_choose(state, cp, d, &fresh, err));
+        plan = conv_plan_slot(state, cp->kind, cp->x->shape, cp->w->shape, cp->p);
+        plan->algo = fresh.algo;
+        plan->math = fresh.math;
+        plan->workspace = fresh.workspace;
+    } else {
+        CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
+    }
+    void *workspace = NULL;
+    if (plan->workspace)
+        DFC_TRY(dfc_cuda_scratch(be, plan->workspace, &workspace, err));
+    const float one = 1.0f, zero = 0.0f;
+    cudnnHandle_t h = state->cudnn;
+    if (cp->kind == CONV_FORWARD)
+        CUDNN_CALL(cudnnConvolutionForward, h, &one, d->x, cp->x->data, d->w, cp->w->data, d->conv,
+                   (cudnnConvolutionFwdAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->y, cp->y->data);
+    else if (cp->kind == CONV_BACKWARD_DATA)
+        CUDNN_CALL(cudnnConvolutionBackwardData, h, &one, d->w, cp->w->data, d->y, cp->y->data, d->conv,
+                   (cudnnConvolutionBwdDataAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->x, cp->x->data);
+    else
+        CUDNN_CALL(cudnnConvolutionBackwardFilter, h, &one, d->x, cp->x->data, d->y, cp->y->data, d->conv,
+                   (cudnnConvolutionBwdFilterAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->w, cp->w->data);
+    return DFC_OK;
+}
+
+static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
+{
+    DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
+    conv_descs d = {};
+    dfc_status st = conv_descs_init(cp, dfc_cuda(be)->tf32, &d, err);
+    if (st == DFC_OK)
+        st = conv_run_with(be, cp, &d, err);
+    conv_descs_destroy(&d); /* the descriptors are host objects, free to go once the calls are queued */
+    return st;
+}
+#undef CUDNN_CALL
+
+#else /* DFC_CUDA_EMULATE: the same cache lookup, then the reference kernel in place of cuDNN */
+
+static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
+{
+    DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
+    dfc_cuda_state *state = dfc_cuda(be);
+    if (!conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p))
+        conv_plan_slot(state, cp->kind, cp->x->shape, cp->w->shape, cp->p); /* algorithm 0, no workspace */
+    if (cp->kind == CONV_FORWARD)
+        return ref_conv2d_forward(be, cp->x, cp->w, NULL, cp->p, (dfc_tensor *)cp->y, err);
+    if (cp->kind == CONV_BACKWARD_DATA)
+        return ref_conv2d_backward_input(be, cp->y, cp->w, cp->p, (dfc_tensor *)cp->x, err);
+    return ref_conv2d_backward_weight(be, cp->y, cp->x, cp->p, (dfc_tensor *)cp->w, NULL, err);
+}
+
+#endif
+
+/* y = x * weight + bias: the convolution, then bias[co] added to each output plane. */
+dfc_status cuda_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                               dfc_conv2d_params p, dfc_tensor *y, dfc_error *err)
+{
+    const char *op = "conv2d_forward";
+    bias = optional(bias);
+    DFC_TRY(dfc_conv2d_check(op, x, "x", weight, "weight", bias, "bias", y, "y", p, err));
+    if (dfc_numel(y) == 0)
+        return DFC_OK;
+    if (dfc_numel(x) == 0 || dfc_numel(weight) == 0) { /* no input channels: y is the bias alone */
+        DFC_TRY(fill_zero(be, op, y, err));
+    } else {
+        const conv_problem cp = {op, CONV_FORWARD, x, weight, y, p};
+        DFC_TRY(conv_run(be, &cp, err));
+    }
+    return bias ? bias_add(be, op, bias->data, y->shape[1], y->shape[2] * y->shape[3], y, err) : DFC_OK;
+}
+
+/* dx = dy convolved back through weight (cuDNN's backward data). */
+dfc_status cuda_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight,
+                                      dfc_conv2d_params p, dfc_tensor *dx, dfc_error *err)
+{
+    const char *op = "conv2d_backward_input";
+    DFC_TRY(dfc_conv2d_check(op, dx, "dx", weight, "weight", NULL, NULL, dy, "dy", p, err));
+    if (dfc_numel(dx) == 0)
+        return DFC_OK;
+    if (dfc_numel(weight) == 0) /* no output channels: nothing flows back */
+        return fill_zero(be, op, dx, err);
+    const conv_problem cp = {op, CONV_BACKWARD_DATA, dx, weight, dy, p};
+    return conv_run(be, &cp, err);
+}
+
+/* dweight = sum over the batch of dy correlated with x (cuDNN's backward filter); dbias[co] = sum of dy's planes. */
+dfc_status cuda_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_conv2d_params p,
+                                       dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err)
+{
+    const char *op = "conv2d_backward_weight";
+    dbias = (dfc_tensor *)optional(dbias);
+    DFC_TRY(dfc_conv2d_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
+    if (dfc_numel(dweight) > 0 && dfc_numel(dy) == 0) { /* an empty batch */
+        DFC_TRY(fill_zero(be, op, dweight, err));
+    } else if (dfc_numel(dweight) > 0) {
+        const conv_problem cp = {op, CONV_BACKWARD_FILTER, x, dweight, dy, p};
+        DFC_TRY(conv_run(be, &cp, err));
+    }
+    return dbias ? bias_grad(be, op, dy, dy->shape[1], dy->shape[2] * dy->shape[3], dbias, err) : DFC_OK;
+}
+
+/* ---- linear (row-major products as cuBLAS's column-major ones; see dfc_cuda_gemm_args) ---- */
+
+/* One column-major product c (m, n) = op(a) (m, k) op(b) (k, n). */
+static dfc_status gemm(dfc_backend *be, const char *op, int transa, int transb, int64_t m, int64_t n, int64_t k,
+                       const float *a, int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, dfc_error *err)
+{
+    dfc_cuda_gemm_args g = {};
+    g.transa = transa, g.transb = transb;
+    g.m = m, g.n = n, g.k = k;
+    g.alpha = 1.0f;
+    g.a = a, g.lda = lda;
+    g.b = b, g.ldb = ldb;
+    g.c = c, g.ldc = ldc;
+    g.batch = 1;
+    return dfc_cuda_gemm(be, &g, op, err);
+}
+
+/* y (M, Out) = x (M, In) W^T + b: column-major y^T = W x^T (transa on W). */
+dfc_status cuda_linear_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                               dfc_tensor *y, dfc_error *err)
+{
+    const char *op = "linear_forward";
+    bias = optional(bias);
+    DFC_TRY(dfc_linear_check(op, x, "x", weight, "weight", bias, "bias", y, "y", err));
+    const int64_t rows = x->shape[0], in = x->shape[1], out = weight->shape[0];
+    DFC_TRY(gemm(be, op, 1, 0, out, rows, in, weight->data, in, x->data, in, y->data, out, err));
+    return bias ? bias_add(be, op, bias->data, out, 1, y, err) : DFC_OK;
+}
+
+/* dx (M, In) = dy (M, Out) W: column-major dx^T = W^T dy^T (W's buffer read column-major is W^T). */
+dfc_status cuda_linear_backward_input(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *weight, dfc_tensor *dx,
+                                      dfc_error *err)
+{
+    const char *op = "linear_backward_input";
+    DFC_TRY(dfc_linear_check(op, dx, "dx", weight, "weight", NULL, NULL, dy, "dy", err));
+    const int64_t rows = dx->shape[0], in = dx->shape[1], out = weight->shape[0];
+    return gemm(be, op, 0, 0, in, rows, out, weight->data, in, dy->data, out, dx->data, in, err);
+}
+
+/* dW (Out, In) = dy^T x: column-major dW^T = x^T dy (transb on dy); dbias[o] = sum over rows of dy[:, o]. */
+dfc_status cuda_linear_backward_weight(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, dfc_tensor *dweight,
+                                       dfc_tensor *dbias, dfc_error *err)
+{
+    const char *op = "linear_backward_weight";
+    dbias = (dfc_tensor *)optional(dbias);
+    DFC_TRY(dfc_linear_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", err));
+    const int64_t rows = x->shape[0], in = x->shape[1], out = dweight->shape[0];
+    DFC_TRY(gemm(be, op, 0, 1, in, out, rows, x->data, in, dy->data, out, dweight->data, in, err));
+    return dbias ? bias_grad(be, op, dy, out, 1, dbias, err) : DFC_OK;
+}
+
+/* ---- QKV attention ----
+ * One sample at a time, its heads as one strided batch: every head's q, k, v (and dq, dk, dv) is a (ch, T) block
+ * at a fixed stride (layout.head_stride) from the previous head's, and its (T, T) weights sit in the scratch.
+ * Column-major, a row-major (ch, T) block read with leading dimension T is its transpose (T, ch), and the row-major
+ * (T, T) weights P[t, s] read so are P^T. */
+
+/* S[t, s] = alpha sum_c a[c, t] b[c, s] for every head of sample n: column-major S^T = B^T A (b's block as is, a's
+ * transposed); the weights (alpha = 1/sqrt(ch), a = q, b = k) and the backward's dP (alpha = 1, a = dy, b = v). */
+static dfc_status attention_scores(dfc_backend *be, const char *op, const dfc_attention_layout *l, const float *a,
+                                   int64_t a_stride, const float *b, float alpha, float *S, dfc_error *err)
+{
+    dfc_cuda_gemm_args g = {};
+    g.transb = 1;
+    g.m = l->T, g.n = l->T, g.k = l->ch;
+    g.alpha = alpha;
+    g.a = b, g.lda = l->T, g.stride_a = l->head_stride;
+    g.b = a, g.ldb = l->T, g.stride_b = a_stride;
+    g.c = S, g.ldc = l->T, g.stride_c = l->T * l->T;
+    g.batch = l->heads;
+    return dfc_cuda_gemm(be, &g, op, err);
+}
+
+/* Row softmax of every head's scores in place, one index per row (t), as the reference: the max, the sum of exp in
+ * double, then each weight exp(s - max) / sum rounded once. */
+static dfc_status attention_softmax(dfc_backend *be, const char *op, int64_t rows, int64_t T, float *S, dfc_error *err)
+{
+    return dfc_cuda_for_each(be, rows, op, err, [=] DFC_DEVICE(int64_t r) {
+        float *row = S + r * T;
+        double max = -INFINITY;
+        for (int64_t s = 0; s < T; s++)
+            max = row[s] > max ? row[s] : max;
+        double sum = 0.0;
+        for (int64_t s = 0; s < T; s++)
+            sum += exp((double)row[s] - max);
+        for (int64_t s = 0; s < T; s++)
+            row[s] = (float)(exp((double)row[s] - max) / sum);
+    });
+}
+
+dfc_status cuda_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int heads, int legacy_order, dfc_tensor *y,
+                                  dfc_error *err)
+{
+    const char *op = "attention";
+    dfc_attention_layout l = {};
+    DFC_TRY(dfc_attention_layout_init(op, qkv, heads, legacy_order, y, "y", &l, err));
+    const int64_t T = l.T, ch = l.ch;
+    if (l.N == 0 || T == 0 || ch == 0)
+        return DFC_OK;
+    void *scratch = NULL;
+    DFC_TRY(dfc_cuda_scratch(be, (size_t)(l.heads * T * T) * sizeof(float), &scratch, err));
+    float *P = (float *)scratch;
+    const float scale = (float)(1.0 / sqrt((double)ch));
+    for (int64_t n = 0; n < l.N; n++) {
+        const float *q = qkv->data + dfc_attention_q_offset(&l, n, 0), *k = q + l.kv_stride, *v = k + l.kv_stride;
+        DFC_TRY(attention_scores(be, op, &l, q, l.head_stride, k, scale, P, err));
+        DFC_TRY(attention_softmax(be, op, l.heads * T, T, P, err));
+        /* y[c, t] = sum_s P[t, s] v[c, s]: column-major y^T = P v^T (P's buffer transposed, v's as is) */
+        dfc_cuda_gemm_args g = {};
+        g.transa = 1;
+        g.m = T, g.n = ch, g.k = T;
+        g.alpha = 1.0f;
+        g.a = P, g.lda = T, g.stride_a = T * T;
+        g.b = v, g.ldb = T, g.stride_b = l.head_stride;
+        g.c = y->data + n * l.C * T, g.ldc = T, g.stride_c = ch * T; /* head-major output channels */
+        g.batch = l.heads;
+        DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+    }
+    return DFC_OK;
+}
+
+/* With S = scale q^T k, P = softmax_rows(S), y = v P^T (the reference's derivation):
+ *   dv = dy P,  dP = dy^T v,  dS = P * (dP - rowsum(P * dP)),  dq = scale k dS^T,  dk = scale q dS. */
+dfc_status cuda_attention_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *qkv, int heads,
+                                   int legacy_order, dfc_tensor *dqkv, dfc_error *err)
+{
+    const char *op = "attention_backward";
+    dfc_attention_layout l = {};
+    DFC_TRY(dfc_attention_layout_init(op, qkv, heads, legacy_order, dy, "dy", &l, err));
+    DFC_TRY(dfc_check_same_shape(qkv, dqkv, op, "qkv", "dqkv", err));
+    const int64_t T = l.T, ch = l.ch;
+    if (l.N == 0 || T == 0 || ch == 0)
+        return DFC_OK;
+    const size_t weights = (size_t)(l.heads * T * T);
+    void *scratch = NULL;
+    DFC_TRY(dfc_cuda_scratch(be, 2 * weights * sizeof(float), &scratch, err));
+    float *P = (float *)scratch, *dS = P + weights;
+    const float scale = (float)(1.0 / sqrt((double)ch));
+    for (int64_t n = 0; n < l.N; n++) {
+        const int64_t off = dfc_attention_q_offset(&l, n, 0);
+        const float *q = qkv->data + off, *k = q + l.kv_stride, *v = k + l.kv_stride;
+        float *dq = dqkv->data + off, *dk = dq + l.kv_stride, *dv = dk + l.kv_stride;
+        const float *dyn = dy->data + n * l.C * T;
+        DFC_TRY(attention_scores(be, op, &l, q, l.head_stride, k, scale, P, err));
+        DFC_TRY(attention_softmax(be, op, l.heads * T, T, P, err));
+        DFC_TRY(attention_scores(be, op, &l, dyn, ch * T, v, 1.0f, dS, err)); /* dP, turned into dS in place */
+        DFC_TRY(dfc_cuda_for_each(be, l.heads * T, op, err, [=] DFC_DEVICE(int64_t r) {
+            const float *p = P + r * T;
+            float *ds = dS + r * T;
+            double dot_p_dp = 0.0;
+            for (int64_t s = 0; s < T; s++)
+                dot_p_dp += (double)p[s] * ds[s];
+            for (int64_t s = 0; s < T; s++)
+                ds[s] = (float)(p[s] * (ds[s] - dot_p_dp));
+        }));
+        dfc_cuda_gemm_args g = {};
+        g.m = T, g.n = ch, g.k = T;
+        g.batch = l.heads;
+        g.ldc = T, g.stride_c = l.head_stride;
+        g.lda = T, g.stride_a = T * T;
+        g.ldb = T;
+        /* dv[c, s] = sum_t P[t, s] dy[c, t]: column-major dv^T = P^T dy^T (both buffers as they are) */
+        g.alpha = 1.0f;
+        g.a = P;
+        g.b = dyn, g.stride_b = ch * T;
+        g.c = dv;
+        DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+        /* dk[c, s] = scale sum_t dS[t, s] q[c, t]: column-major dk^T = scale dS^T q^T (both as they are) */
+        g.alpha = scale;
+        g.a = dS;
+        g.b = q, g.stride_b = l.head_stride;
+        g.c = dk;
+        DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+        /* dq[c, t] = scale sum_s dS[t, s] k[c, s]: column-major dq^T = scale dS k^T (dS's buffer transposed) */
+        g.transa = 1;
+        g.b = k;
+        g.c = dq;
+        DFC_TRY(dfc_cuda_gemm(be, &g, op, err));
+    }
+    return DFC_OK;
+}
