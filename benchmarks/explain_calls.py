@@ -47,8 +47,7 @@ def build(config: str):
     from diffice.models.resnet import ResNetFeatures
 
     if config == "small":
-        from explain import build_diffice
-        from explain import SIZE
+        from explain import SIZE, build_diffice
 
         return (*build_diffice(), SIZE)
     unet = diffice.UNet.random(PAPER_UNET, seed=0)
