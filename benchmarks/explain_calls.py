@@ -112,7 +112,11 @@ def main() -> None:
             flush=True,
         )
         print("#", json.dumps(row), file=sys.stderr)
-    print(f"\npeak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    huge = [line.split()[1] for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages:")]
+    print(
+        f"\npeak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+        f"in transparent huge pages now: {int(huge[0]) / 1024 if huge else 0:.0f} MB"
+    )
 
 
 if __name__ == "__main__":
