@@ -28,15 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-PAPER_UNET = dict(
-    in_channels=1,
-    model_channels=128,
-    num_res_blocks=2,
-    channel_mult=(1, 1, 2, 3, 4),
-    attention_resolutions=(8, 16),
-    learn_sigma=True,
-    num_heads=4,
-)
 SEG_CLASSES = 4
 
 
@@ -50,7 +41,9 @@ def build(config: str):
         from explain import SIZE, build_diffice
 
         return (*build_diffice(), SIZE)
-    unet = diffice.UNet.random(PAPER_UNET, seed=0)
+    from unet import CONFIGS  # benchmarks/unet.py's "paper" denoiser
+
+    unet = diffice.UNet.random(CONFIGS["paper"]["unet"], seed=0)
     diffusion = diffice.GaussianDiffusion(1000, "linear", "100")
     seg = diffice.Segmenter(classes=SEG_CLASSES, width=32, levels=4, groups=8)
     seg._randomize(1)
