@@ -124,3 +124,19 @@ def test_a_progress_callback_using_the_same_unet_runs_beside_the_sampler(diffusi
     res = Explainer(unet, diffusion, *guides, **SETTINGS).explain(x, seed=1, warn=False, progress=progress)
     assert len(seen) >= 3 and all(np.array_equal(s, seen[0]) for s in seen)
     np.testing.assert_array_equal(res.counterfactuals, fresh_result(diffusion, guides, x).counterfactuals)
+
+
+@pytest.mark.parametrize("method", ["diff-ice-1-xt", "dime", "fastdime"])
+def test_every_method_reuses_the_memory(diffusion, guides, method):
+    """The x_t baseline (its VJP tape), DiME (its nested chain) and FastDiME (its mask) in kept memory."""
+    settings = dict(method=method, tau=3, lambda_c=(5.0,), mask_warmup=1)
+    unet = tiny_unet()
+    ex = Explainer(unet, diffusion, *guides, **dict(SETTINGS, **settings))
+    x = images(7, 2)
+    first = ex.explain(x, seed=1, warn=False)
+    held = ex.held_bytes
+    second = ex.explain(x, seed=1, warn=False)
+    assert ex.held_bytes == held and second.peak_bytes == first.peak_bytes
+    expected = fresh_result(diffusion, guides, x, **settings).counterfactuals
+    np.testing.assert_array_equal(first.counterfactuals, expected)
+    np.testing.assert_array_equal(second.counterfactuals, expected)
