@@ -190,3 +190,11 @@ size_t dfc_default_memory_limit(void)
         return 0; /* unknown: no limit */
     return (size_t)pages / 10 * 9 * (size_t)page;
 }
+
+int dfc_arena_usable_by(const dfc_arena *arena, const dfc_backend *be)
+{
+    if (arena->backend == be)
+        return 1;
+    const int arena_on_host = !arena->backend || arena->backend->iface->alloc == dfc_host_alloc;
+    return arena_on_host && be->iface->alloc == dfc_host_alloc;
+}

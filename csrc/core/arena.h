@@ -73,4 +73,7 @@ void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark);
 /* Bytes the arena holds from the system (its host side not counted, nor in peak). */
 size_t dfc_arena_capacity(const dfc_arena *arena);
 
+/* Whether be's ops may touch the arena's memory: it is be's, or host memory and be works in host memory. */
+int dfc_arena_usable_by(const dfc_arena *arena, const dfc_backend *be);
+
 #endif

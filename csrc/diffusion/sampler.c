@@ -13,7 +13,7 @@ typedef struct pass {
     const dfc_diffusion *d;
     const dfc_guidance *g;
     dfc_backend *be;
-    dfc_arena *steps;        /* reset after every reverse step (per-row host arrays on its host side) */
+    dfc_arena *steps;        /* the pass's buffers, then one step's, reset after it (per-row host arrays too) */
     dfc_arena *scratch;      /* UNet block intermediates */
     const dfc_tensor *x_all; /* the original inputs (N, C, H, W) */
     const uint64_t *keys;    /* (N) */
@@ -243,11 +243,12 @@ static dfc_status classify_first_step(const pass *p, const dfc_tensor *x0, dfc_e
 }
 
 /* One guided reverse process from x_in (the rows of this pass) to z. */
-static dfc_status run_pass(const pass *p, dfc_arena *persist, const dfc_tensor *x_in, dfc_tensor *z, dfc_error *err)
+static dfc_status run_pass(const pass *p, const dfc_tensor *x_in, dfc_tensor *z, dfc_error *err)
 {
     const dfc_sampler_config *cfg = p->cfg;
-    dfc_tensor x_c = dfc_alloc_like(persist, z, err), x_orig = dfc_alloc_like(persist, z, err);
-    dfc_tensor dilated = dfc_alloc4(persist, p->n, 1, p->height, p->width, err); /* FastDiME's mask */
+    /* the pass's buffers, below every step's mark */
+    dfc_tensor x_c = dfc_alloc_like(p->steps, z, err), x_orig = dfc_alloc_like(p->steps, z, err);
+    dfc_tensor dilated = dfc_alloc4(p->steps, p->n, 1, p->height, p->width, err); /* FastDiME's mask */
     DFC_CHECK_ALLOC(x_c);
     DFC_CHECK_ALLOC(x_orig);
     DFC_CHECK_ALLOC(dilated);
@@ -347,9 +348,9 @@ dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusi
 }
 
 dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
-                           const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
-                           const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
-                           dfc_sampler_outputs *out, dfc_error *err)
+                           const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
+                           const dfc_tensor *x, const uint64_t *sample_keys, dfc_progress_fn progress,
+                           void *progress_user, dfc_sampler_outputs *out, dfc_error *err)
 {
     DFC_TRY(dfc_sampler_validate(cfg, d, err));
     DFC_TRY(dfc_check_ndim(x, "sampler", "x", 4, 4, err));
@@ -359,38 +360,51 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
     if (x->shape[1] != denoiser->in_channels)
         return dfc_fail(err, DFC_ERR_SHAPE, "sampler: x has %lld channels, the %s takes %d", (long long)x->shape[1],
                         denoiser->vt->kind, denoiser->in_channels);
+    if ((work && !dfc_arena_usable_by(work, be)) || (scratch && !dfc_arena_usable_by(scratch, be)))
+        return dfc_fail(err, DFC_ERR_VALUE, "sampler: the arenas given hold memory the %s backend cannot use",
+                        dfc_backend_name(be));
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1), L = cfg->iterations;
     for (int64_t j = 0; j < L * n; j++)
         out->nonfinite_step[j] = -1;
     out->unet_evaluations = 0;
 
-    /* In the backend's memory: persist, the call's buffers; steps, one reverse step's work, reset after it;
-     * scratch, UNet internals. On their host sides (dfc_arena_host_alloc): row lists, flags, per-row factors and
-     * the staging of noise before it is copied in and of probabilities read back. */
-    dfc_arena persist, steps, scratch;
-    dfc_arena_init_backend(&persist, be, 0, dfc_default_memory_limit());
-    dfc_arena_init_backend(&steps, be, 0, dfc_default_memory_limit());
-    dfc_arena_init_backend(&scratch, be, 0, dfc_default_memory_limit());
+    /* In the backend's memory: work, the call's buffers at its bottom and above them one reverse step's tensors
+     * (reset after each); scratch, UNet internals. On their host sides (dfc_arena_host_alloc): row lists, flags,
+     * per-row factors and the staging of noise before it is copied in and of probabilities read back. The caller's
+     * arenas (kept between calls, so a call reuses the memory the last one obtained) are left as they were found;
+     * without them the call makes and frees its own. */
+    dfc_arena own_work, own_scratch;
+    const int own = !work || !scratch;
+    if (own) {
+        dfc_arena_init_backend(&own_work, be, 0, dfc_default_memory_limit());
+        dfc_arena_init_backend(&own_scratch, be, 0, dfc_default_memory_limit());
+        work = &own_work;
+        scratch = &own_scratch;
+    }
+    const dfc_arena_mark work_entry = dfc_arena_get_mark(work), scratch_entry = dfc_arena_get_mark(scratch);
+    work->peak = work->in_use;
+    scratch->peak = scratch->in_use;
     dfc_status st = DFC_OK;
-    float *prob = dfc_arena_alloc(&persist, (size_t)n * sizeof(float), err); /* the guidance's output tensor */
-    int64_t *all_rows = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int64_t), err);
-    int64_t *active = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int64_t), err);
-    int *is_target = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(int), err);
-    float *noise_host = dfc_arena_host_alloc(&persist, (size_t)(n * m) * sizeof(float), err);
-    float *prob_host = dfc_arena_host_alloc(&persist, (size_t)n * sizeof(float), err);
+    float *prob = dfc_arena_alloc(work, (size_t)n * sizeof(float), err); /* the guidance's output tensor */
+    int64_t *all_rows = dfc_arena_host_alloc(work, (size_t)n * sizeof(int64_t), err);
+    int64_t *active = dfc_arena_host_alloc(work, (size_t)n * sizeof(int64_t), err);
+    int *is_target = dfc_arena_host_alloc(work, (size_t)n * sizeof(int), err);
+    float *noise_host = dfc_arena_host_alloc(work, (size_t)(n * m) * sizeof(float), err);
+    float *prob_host = dfc_arena_host_alloc(work, (size_t)n * sizeof(float), err);
     if (!all_rows || !active || !prob || !is_target || !noise_host || !prob_host) {
         st = err && err->code ? err->code : DFC_ERR_NOMEM;
         goto done;
     }
+    const dfc_arena_mark call_buffers = dfc_arena_get_mark(work);
     for (int64_t b = 0; b < n; b++)
         all_rows[b] = b;
-    if ((st = guidance->classify(guidance->ctx, be, &steps, x, all_rows, prob, is_target, err)) != DFC_OK)
+    if ((st = guidance->classify(guidance->ctx, be, work, x, all_rows, prob, is_target, err)) != DFC_OK)
         goto done;
     if ((st = be->iface->copy_to_host(be, out->prob_target, prob, (size_t)n * sizeof(float), err)) != DFC_OK)
         goto done;
     if (out->input_is_target)
         memcpy(out->input_is_target, is_target, (size_t)n * sizeof(int));
-    dfc_arena_reset(&steps, (dfc_arena_mark){0});
+    dfc_arena_reset(work, call_buffers);
 
     for (int l = 0; l < L; l++) {
         double t0 = now_seconds();
@@ -402,25 +416,23 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
         for (int64_t b = 0; b < n; b++)
             active[b] = b;
         for (int k = 0; k < cfg->num_lambdas && num_active > 0; k++) {
-            pass p = {cfg,           denoiser,    d,           guidance,    be,       &steps,
-                      &scratch,      x,           sample_keys, l,           k,        num_active,
+            pass p = {cfg,           denoiser,    d,           guidance,    be,       work,
+                      scratch,       x,           sample_keys, l,           k,        num_active,
                       active,        x->shape[1], x->shape[2], x->shape[3], m,        progress,
                       progress_user, out,         n,           noise_host,  prob_host};
-            dfc_arena_mark mark = dfc_arena_get_mark(&persist);
             const int64_t shape[4] = {num_active, x->shape[1], x->shape[2], x->shape[3]};
-            dfc_tensor z = dfc_arena_tensor(&persist, 4, shape, err);
-            dfc_tensor pass_in = dfc_arena_tensor(&persist, 4, shape, err);
+            dfc_tensor z = dfc_arena_tensor(work, 4, shape, err);
+            dfc_tensor pass_in = dfc_arena_tensor(work, 4, shape, err);
             if (!z.data || !pass_in.data) {
                 st = err && err->code ? err->code : DFC_ERR_NOMEM;
                 goto done;
             }
             if ((st = copy_rows(&p, gather, pass_in.data, NULL, iteration_in, active, err)) != DFC_OK ||
-                (st = run_pass(&p, &persist, &pass_in, &z, err)) != DFC_OK ||
-                (st = guidance->classify(guidance->ctx, be, &steps, &z, active, prob, is_target, err)) != DFC_OK ||
+                (st = run_pass(&p, &pass_in, &z, err)) != DFC_OK ||
+                (st = guidance->classify(guidance->ctx, be, work, &z, active, prob, is_target, err)) != DFC_OK ||
                 (st = copy_rows(&p, be->iface->copy_to_host, iteration_out, active, z.data, NULL, err)) != DFC_OK ||
                 (st = be->iface->copy_to_host(be, prob_host, prob, (size_t)num_active * sizeof(float), err)) != DFC_OK)
                 goto done;
-            dfc_arena_reset(&steps, (dfc_arena_mark){0});
             int64_t still = 0;
             for (int64_t b = 0; b < num_active; b++) {
                 int64_t row = active[b];
@@ -431,14 +443,19 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
                     active[still++] = row;
             }
             num_active = still;
-            dfc_arena_reset(&persist, mark);
+            dfc_arena_reset(work, call_buffers);
         }
         out->iteration_seconds[l] = now_seconds() - t0;
     }
 done:
-    out->peak_bytes = persist.peak + steps.peak + scratch.peak; /* backend memory (host sides not counted) */
-    dfc_arena_free(&persist);
-    dfc_arena_free(&steps);
-    dfc_arena_free(&scratch);
+    /* backend memory (host sides not counted) */
+    out->peak_bytes = (work->peak - work_entry.in_use) + (scratch->peak - scratch_entry.in_use);
+    if (own) {
+        dfc_arena_free(work);
+        dfc_arena_free(scratch);
+    } else {
+        dfc_arena_reset(work, work_entry);
+        dfc_arena_reset(scratch, scratch_entry);
+    }
     return st;
 }

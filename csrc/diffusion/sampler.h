@@ -81,17 +81,21 @@ typedef struct dfc_sampler_outputs {
                                * of iteration 1's first lambda_c pass (before any guidance acted); or NULL */
     int *first_step_target;    /* classify_first_step: (N) that x0_hat is classified as the target; or NULL */
     double *iteration_seconds; /* (L) */
-    size_t peak_bytes;         /* arena peak over the whole call */
+    size_t peak_bytes;         /* arena peak over the whole call (above the arenas' marks at entry) */
     int64_t unet_evaluations;
 } dfc_sampler_outputs;
 
 dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusion *d, dfc_error *err);
 
 /* x (N, C, H, W) in [-1, 1]; sample_keys (N) identify the images for the noise. denoiser: any dfc_net conditioned
- * on the original timesteps with one output, the model output (N, C or 2C, H, W) (the UNet). */
+ * on the original timesteps with one output, the model output (N, C or 2C, H, W) (the UNet).
+ * work, scratch: arenas of memory be can use (be's, or host memory for a host backend) that the caller keeps between
+ * calls, so a call reuses the memory the previous one obtained (they grow when a call needs more); the run works
+ * above their marks at entry and resets them to those marks before it returns; their peaks restart at the call.
+ * NULL (either): the call makes arenas of its own and frees them before it returns. */
 dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
-                           const dfc_guidance *guidance, dfc_backend *be, const dfc_tensor *x,
-                           const uint64_t *sample_keys, dfc_progress_fn progress, void *progress_user,
-                           dfc_sampler_outputs *out, dfc_error *err);
+                           const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
+                           const dfc_tensor *x, const uint64_t *sample_keys, dfc_progress_fn progress,
+                           void *progress_user, dfc_sampler_outputs *out, dfc_error *err);
 
 #endif

@@ -335,11 +335,20 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         guidance.loss_and_grad = py_loss_and_grad;
         guidance.classify = py_classify;
     }
+    /* The run works in the denoiser's workspace: the memory stays with the model between calls (and between the
+     * Explainers that share it, one per unit of a sweep), so only a call that needs more than the last faults in
+     * fresh pages. A workspace another thread is using, or whose memory the backend cannot use, gives the run
+     * arenas of its own. */
+    dfc_py_workspace *ws = &((DfcWorkspaceObject *)denoiser_obj)->ws;
+    dfc_py_arenas w;
+    dfc_py_workspace_acquire(ws, &w);
+    const int kept = dfc_arena_usable_by(w.main, be) && dfc_arena_usable_by(w.scratch, be);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st = dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, &x, PyArray_DATA(keys),
-                                                py_progress, &bridge, &out, &err);
-    Py_END_ALLOW_THREADS if (bridge.exc_type)
-    {
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, kept ? w.main : NULL, kept ? w.scratch : NULL, &x,
+                        PyArray_DATA(keys), py_progress, &bridge, &out, &err);
+    Py_END_ALLOW_THREADS dfc_py_workspace_release(ws, &w);
+    if (bridge.exc_type) {
         /* a Python error inside a callback (or Ctrl-C) is the real cause: raise it */
         PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
         goto done;

@@ -434,6 +434,28 @@ class Explainer:
                 warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
         return result
 
+    @property
+    def held_bytes(self) -> int:
+        """Memory the sampler keeps between calls (bytes): it works in the UNet's workspace, which stays with the
+        UNet (so Explainers sharing a UNet, e.g. one per unit of a sweep, share it) and grows only when a call
+        needs more than every earlier one."""
+        return self.unet.held_bytes
+
+    def release_memory(self) -> None:
+        """Frees the working memory kept between calls: the sampler's (the UNet's workspace) and that of the
+        classifier and perceptual loss where they keep some. The next call obtains it again."""
+        for model in (self.unet, self.classifier, self.perceptual):
+            release = getattr(model, "release_memory", None)
+            if callable(release):
+                release()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Leaving a ``with Explainer(...) as ex:`` block gives the memory back (:meth:`release_memory`)."""
+        self.release_memory()
+
     def _check_targets(self, target: Any, x: np.ndarray) -> np.ndarray:
         """target as (N,) int64 after checking it is one class index, or one per image, of the classifier."""
         t = np.asarray(target)

@@ -135,3 +135,9 @@ class NetworkBase:
     def last_peak_bytes(self) -> int:
         """Activation memory (arena peak) of the last forward/vjp/gradients call."""
         return int(self._c.last_peak_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """Activation memory kept for the next call (bytes; the UNet's includes the memory of the Explainer calls
+        that used it as their denoiser), until :meth:`release_memory` or the network is freed."""
+        return int(self._c.held_bytes)

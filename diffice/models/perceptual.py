@@ -70,6 +70,10 @@ class PerceptualLoss:
         """Activation memory (arena peak) of the last call."""
         return int(self._c.last_peak_bytes)
 
+    def release_memory(self) -> None:
+        """Frees the activation memory kept between calls (it is taken again by the next call)."""
+        self._c.release_memory()
+
     def __repr__(self) -> str:
         return f"PerceptualLoss({self.features!r}, variant={self.variant!r}, weight={self.weight})"
 
