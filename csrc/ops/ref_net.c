@@ -26,11 +26,8 @@ dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, con
 dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                    const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    const char *op = "logit_loss_backward";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss_backward("logit_loss_backward", dloss, logits, targets, dlogits, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *d = dlogits->data + i * c;
@@ -51,7 +48,7 @@ dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, con
 
 /* ---- binary cross-entropy with logits, per sample ---- */
 
-static dfc_status check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, dfc_error *err)
+dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(logits, op, "logits", 1, DFC_MAX_DIMS, err));
     return dfc_check_same_shape(logits, targets, op, "logits", "targets", err);
@@ -61,7 +58,7 @@ dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits
                                        dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "bce_with_logits";
-    DFC_TRY(check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce(op, logits, targets, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -80,7 +77,7 @@ dfc_status ref_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dloss
                                         const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err)
 {
     const char *op = "bce_with_logits_backward";
-    DFC_TRY(check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce(op, logits, targets, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
     DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
@@ -176,15 +173,6 @@ dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, co
     return dfc_check_same_shape(a, b, op, "a", "b", err);
 }
 
-/* |f[:, q]| over the c channels of one sample, positions hw apart */
-static double channel_norm(const float *f, int64_t c, int64_t hw, int64_t q)
-{
-    double sq = 0.0;
-    for (int64_t ch = 0; ch < c; ch++)
-        sq += (double)f[ch * hw + q] * f[ch * hw + q];
-    return sqrt(sq);
-}
-
 dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
                                            dfc_error *err)
 {
@@ -197,8 +185,8 @@ dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a,
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         double sum = 0.0;
         for (int64_t q = 0; q < hw; q++) {
-            const double ra = channel_norm(ap, c, hw, q) + DFC_NORMALIZE_EPS;
-            const double rb = channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
+            const double ra = dfc_channel_norm(ap, c, hw, q) + DFC_NORMALIZE_EPS;
+            const double rb = dfc_channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
             for (int64_t ch = 0; ch < c; ch++) {
                 const double d = ap[ch * hw + q] / ra - bp[ch * hw + q] / rb;
                 sum += d * d;
@@ -224,18 +212,8 @@ dfc_status ref_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         float *dp = da->data + i * c * hw;
         const double scale = 2.0 * dloss->data[i] / (double)hw;
-        for (int64_t q = 0; q < hw; q++) {
-            const double r = channel_norm(ap, c, hw, q), re = r + DFC_NORMALIZE_EPS;
-            const double rb = channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
-            double dot = 0.0;
-            for (int64_t ch = 0; ch < c; ch++)
-                dot += scale * (ap[ch * hw + q] / re - bp[ch * hw + q] / rb) * ap[ch * hw + q];
-            for (int64_t ch = 0; ch < c; ch++) {
-                const double g = scale * (ap[ch * hw + q] / re - bp[ch * hw + q] / rb);
-                const double radial = r > 0.0 ? ap[ch * hw + q] * dot / (r * re * re) : 0.0;
-                dp[ch * hw + q] = (float)(g / re - radial);
-            }
-        }
+        for (int64_t q = 0; q < hw; q++)
+            dfc_normalized_distance_grad_at(ap, bp, dp, c, hw, q, scale);
     }
     return DFC_OK;
 }
