@@ -51,6 +51,9 @@ static inline dfc_status dfc_stage_with_scratch(dfc_backend *be, int count, cons
     if (count > 0)
         DFC_TRY(dfc_cuda_stage_host(be, count, pieces, sizes, device, err));
     *extra = (char *)base + staged;
+    for (int k = 0; k < count; k++) /* the layout assumed above, checked: no staged piece reaches into *extra */
+        if (device[k] && ((char *)device[k] < (char *)base || (char *)device[k] + sizes[k] > (char *)*extra))
+            return dfc_fail(err, DFC_ERR_BACKEND, "cuda: staged host array %d lies outside its scratch range", k);
     return DFC_OK;
 }
 
