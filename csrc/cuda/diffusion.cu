@@ -359,9 +359,8 @@ dfc_status cuda_diffusion_vb_forward(dfc_backend *be, const dfc_tensor *model_ou
                                      const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb, dfc_error *err)
 {
     const char *op = "diffusion_vb";
-    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, vb, "vb", NULL, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(vb, op, "vb", 1, &n, err));
     dfc_vb_coefs c;
     void *partials = NULL;
     DFC_TRY(stage_vb(be, coefs, n, &c, (size_t)(n * dfc_row_chunks(m)) * sizeof(double), &partials, err));
@@ -374,10 +373,8 @@ dfc_status cuda_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, co
                                       dfc_tensor *d_v, dfc_error *err)
 {
     const char *op = "diffusion_vb_backward";
-    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, dvb, "dvb", d_v, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(dvb, op, "dvb", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err));
     dfc_vb_coefs c;
     void *unused_scratch = NULL;
     DFC_TRY(stage_vb(be, coefs, n, &c, 0, &unused_scratch, err));

@@ -30,9 +30,8 @@ dfc_status cuda_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits,
                                       dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "cross_entropy";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss(op, logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     const int64_t *ys;
     void *unused;
     DFC_TRY(stage_targets(be, targets, n, &ys, 0, &unused, err));
@@ -55,7 +54,7 @@ dfc_status cuda_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss,
                                        const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
     const char *op = "cross_entropy_backward";
-    DFC_TRY(dfc_check_class_loss_backward(op, dloss, logits, targets, dlogits, err));
+    DFC_TRY(dfc_check_class_loss(op, logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     const int64_t *ys;
     void *extra;
@@ -131,9 +130,8 @@ dfc_status cuda_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, co
                                    dfc_error *err)
 {
     const char *op = "logit_loss";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss(op, logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     const int64_t *ys;
     void *unused;
     DFC_TRY(stage_targets(be, targets, n, &ys, 0, &unused, err));
@@ -148,7 +146,7 @@ dfc_status cuda_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, co
                                     const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
     const char *op = "logit_loss_backward";
-    DFC_TRY(dfc_check_class_loss_backward(op, dloss, logits, targets, dlogits, err));
+    DFC_TRY(dfc_check_class_loss(op, logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
     const int64_t *ys;
     void *unused;
@@ -186,9 +184,8 @@ dfc_status cuda_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logit
                                         dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "bce_with_logits";
-    DFC_TRY(dfc_check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce(op, logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     double *partials = NULL;
     DFC_TRY(dfc_cuda_scratch(be, (size_t)(n * dfc_row_chunks(m)) * sizeof(double), (void **)&partials, err));
     return dfc_row_sums(be, n, m, bce_term{logits->data, targets->data, m}, partials, 1.0, (double)m, loss->data, op,
@@ -199,10 +196,8 @@ dfc_status cuda_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dlos
                                          const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err)
 {
     const char *op = "bce_with_logits_backward";
-    DFC_TRY(dfc_check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce(op, logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
     const float *zs = logits->data, *ts = targets->data, *dl = dloss->data;
     float *dz = dlogits->data;
     return dfc_cuda_for_each(be, n * m, op, err, [=] DFC_DEVICE(int64_t j) {
@@ -234,9 +229,8 @@ dfc_status cuda_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a
                                             dfc_error *err)
 {
     const char *op = "normalized_distance";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, loss, "loss", NULL, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     double *partials = NULL;
     DFC_TRY(dfc_cuda_scratch(be, (size_t)(n * dfc_row_chunks(hw)) * sizeof(double), (void **)&partials, err));
     return dfc_row_sums(be, n, hw, normalized_difference{a->data, b->data, c, hw}, partials, 1.0, (double)hw,
@@ -248,10 +242,8 @@ dfc_status cuda_normalized_distance_backward(dfc_backend *be, const dfc_tensor *
                                              const dfc_tensor *b, dfc_tensor *da, dfc_error *err)
 {
     const char *op = "normalized_distance_backward";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, dloss, "dloss", da, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
     const float *as = a->data, *bs = b->data, *dl = dloss->data;
     float *das = da->data;
     return dfc_cuda_for_each(be, n * hw, op, err, [=] DFC_DEVICE(int64_t p) {

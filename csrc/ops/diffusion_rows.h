@@ -43,8 +43,10 @@ dfc_status dfc_check_distance(const char *op, const dfc_tensor *a, const dfc_ten
 dfc_status dfc_nonfinite_rows_check(const dfc_tensor *x, const int *nonfinite, dfc_error *err);
 dfc_status dfc_target_probability_check(const dfc_tensor *logits, const int64_t *targets, const dfc_tensor *prob,
                                         const int *is_target, dfc_error *err);
+/* also per_row (N) (vb or dvb) and d_v like x_start (the backward; NULL in the forward) */
 dfc_status dfc_check_vb(const char *op, const dfc_tensor *model_output, const dfc_tensor *x_start,
-                        const dfc_tensor *x_t, const dfc_vb_coefs *c, dfc_error *err);
+                        const dfc_tensor *x_t, const dfc_vb_coefs *c, const dfc_tensor *per_row,
+                        const char *per_row_name, const dfc_tensor *d_v, dfc_error *err);
 
 static inline void dfc_q_sample_span(const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
                                      const float *sqrt_one_minus_abar, dfc_tensor *x_t, int64_t b, int64_t m,

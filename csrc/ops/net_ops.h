@@ -79,14 +79,15 @@ static DFC_ALSO_DEVICE inline double dfc_channel_norm(const float *f, int64_t c,
     return sqrt(sq);
 }
 
-/* A class loss's backward arguments: logits and targets as dfc_check_class_targets, dloss (N), dlogits like logits. */
-static inline dfc_status dfc_check_class_loss_backward(const char *op, const dfc_tensor *dloss,
-                                                       const dfc_tensor *logits, const int64_t *targets,
-                                                       const dfc_tensor *dlogits, dfc_error *err)
+/* A per-sample class loss's arguments: logits and targets as dfc_check_class_targets, per_row (N) (loss, or dloss
+ * in the backward), and dlogits like logits (the backward; NULL in the forward). */
+static inline dfc_status dfc_check_class_loss(const char *op, const dfc_tensor *logits, const int64_t *targets,
+                                              const dfc_tensor *per_row, const char *per_row_name,
+                                              const dfc_tensor *dlogits, dfc_error *err)
 {
     DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, logits->shape, err));
-    return dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err);
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, logits->shape, err));
+    return dlogits ? dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err) : DFC_OK;
 }
 
 /* The normalised distance's gradient at position q of one sample (a, b, da at the sample; c channels hw apart):
@@ -107,14 +108,18 @@ static DFC_ALSO_DEVICE inline void dfc_normalized_distance_grad_at(const float *
     }
 }
 
-/* a, b (N, C, ...) of one shape. */
-dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err);
+/* a, b (N, C, ...) of one shape, per_row (N) (loss or dloss), da like a (the backward; NULL in the forward). */
+dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b,
+                                         const dfc_tensor *per_row, const char *per_row_name, const dfc_tensor *da,
+                                         dfc_error *err);
 
 /* mse's a, b: rank >= 1, one shape (ref_loss.c); bce_with_logits' logits, targets likewise (ref_net.c). */
 dfc_status dfc_check_mse(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err);
 /* mse_backward's: dloss (N), da, db (either NULL) shaped like a. */
 dfc_status dfc_check_mse_backward(const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                                   const dfc_tensor *da, const dfc_tensor *db, dfc_error *err);
-dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, dfc_error *err);
+/* bce_with_logits': also per_row (N) (loss or dloss) and dlogits like logits (NULL in the forward) */
+dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, const dfc_tensor *per_row,
+                         const char *per_row_name, const dfc_tensor *dlogits, dfc_error *err);
 
 #endif

@@ -366,7 +366,8 @@ dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, con
 /* ---- the training loss's variational bound (guided-diffusion losses.py), in double ---- */
 
 dfc_status dfc_check_vb(const char *op, const dfc_tensor *model_output, const dfc_tensor *x_start,
-                        const dfc_tensor *x_t, const dfc_vb_coefs *c, dfc_error *err)
+                        const dfc_tensor *x_t, const dfc_vb_coefs *c, const dfc_tensor *per_row,
+                        const char *per_row_name, const dfc_tensor *d_v, dfc_error *err)
 {
     DFC_TRY(dfc_model_output_check(op, model_output, x_start, "x_start", 1, err));
     DFC_TRY(dfc_check_same_shape(x_start, x_t, op, "x_start", "x_t", err));
@@ -376,16 +377,16 @@ dfc_status dfc_check_vb(const char *op, const dfc_tensor *model_output, const df
                             c->min_log,         c->max_log,           c->decoder_nll};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         DFC_TRY(dfc_check_rows(op, "of coefs", arrays[i], err));
-    return DFC_OK;
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, x_start->shape, err));
+    return d_v ? dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err) : DFC_OK;
 }
 
 dfc_status ref_diffusion_vb_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_start,
                                     const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb, dfc_error *err)
 {
     const char *op = "diffusion_vb";
-    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, vb, "vb", NULL, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(vb, op, "vb", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;
@@ -403,10 +404,8 @@ dfc_status ref_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, con
                                      dfc_tensor *d_v, dfc_error *err)
 {
     const char *op = "diffusion_vb_backward";
-    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, dvb, "dvb", d_v, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(dvb, op, "dvb", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;

@@ -20,10 +20,8 @@ static double log_sum_exp(const float *row, int64_t k)
 dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
                                      dfc_tensor *loss, dfc_error *err)
 {
-    const char *op = "cross_entropy";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("cross_entropy", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
@@ -38,7 +36,7 @@ dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, 
 dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                       const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    DFC_TRY(dfc_check_class_loss_backward("cross_entropy_backward", dloss, logits, targets, dlogits, err));
+    DFC_TRY(dfc_check_class_loss("cross_entropy_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {

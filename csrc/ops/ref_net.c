@@ -12,10 +12,8 @@
 dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *loss,
                                   dfc_error *err)
 {
-    const char *op = "logit_loss";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("logit_loss", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++)
         loss->data[i] = (float)-dfc_target_logit(logits->data + i * c, c, targets[i]);
@@ -26,7 +24,7 @@ dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, con
 dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                    const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    DFC_TRY(dfc_check_class_loss_backward("logit_loss_backward", dloss, logits, targets, dlogits, err));
+    DFC_TRY(dfc_check_class_loss("logit_loss_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
@@ -48,19 +46,20 @@ dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, con
 
 /* ---- binary cross-entropy with logits, per sample ---- */
 
-dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, dfc_error *err)
+dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, const dfc_tensor *per_row,
+                         const char *per_row_name, const dfc_tensor *dlogits, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(logits, op, "logits", 1, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(logits, targets, op, "logits", "targets", err);
+    DFC_TRY(dfc_check_same_shape(logits, targets, op, "logits", "targets", err));
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, logits->shape, err));
+    return dlogits ? dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err) : DFC_OK;
 }
 
 dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits, const dfc_tensor *targets,
                                        dfc_tensor *loss, dfc_error *err)
 {
-    const char *op = "bce_with_logits";
-    DFC_TRY(dfc_check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce("bce_with_logits", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         double sum = 0.0;
@@ -76,11 +75,8 @@ dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits
 dfc_status ref_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                         const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    const char *op = "bce_with_logits_backward";
-    DFC_TRY(dfc_check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce("bce_with_logits_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const double scale = dloss->data[i] / (double)m;
@@ -167,19 +163,22 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
 
 /* ---- normalised feature distance ---- */
 
-dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
+dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b,
+                                         const dfc_tensor *per_row, const char *per_row_name, const dfc_tensor *da,
+                                         dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 2, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(a, b, op, "a", "b", err);
+    DFC_TRY(dfc_check_same_shape(a, b, op, "a", "b", err));
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, a->shape, err));
+    return da ? dfc_check_same_shape(a, da, op, "a", "da", err) : DFC_OK;
 }
 
 dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
                                            dfc_error *err)
 {
     const char *op = "normalized_distance";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, loss, "loss", NULL, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
@@ -203,10 +202,8 @@ dfc_status ref_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
                                             const dfc_tensor *b, dfc_tensor *da, dfc_error *err)
 {
     const char *op = "normalized_distance_backward";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, dloss, "dloss", da, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
