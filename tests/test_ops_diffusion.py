@@ -5,7 +5,7 @@ C tables) equal to the ops."""
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, randn, rel_err, t64
+from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
@@ -26,10 +26,16 @@ def _indices(rng, n):
 
 
 def _both(fn):
-    """fn(backend) on both backends; the reference and fast kernels do the same arithmetic per element."""
-    ref, cpu = fn("ref"), fn("cpu")
-    for a, b in zip(ref if isinstance(ref, tuple) else (ref,), cpu if isinstance(cpu, tuple) else (cpu,)):
+    """fn(backend) on every backend; the reference and fast kernels do the same arithmetic per element, and so do
+    the CUDA kernels (to the last bit but for sums over rows of several chunks, added in another order)."""
+    ref, cpu, cuda = fn("ref"), fn("cpu"), fn("cuda_emulated")
+
+    def parts(out):
+        return out if isinstance(out, tuple) else (out,)
+
+    for a, b, c in zip(parts(ref), parts(cpu), parts(cuda)):
         assert np.array_equal(a, b)
+        assert rel_err(c, a) <= 1e-7
     return ref
 
 
@@ -159,7 +165,7 @@ def test_distance_penalty(rng, shape):
 def test_nonfinite_rows(rng):
     x = randn(rng, 4, 3, 5, 5)
     x[1, 2, 3, 4], x[3, 0, 0, 0] = np.nan, -np.inf
-    for be in BACKENDS:
+    for be in ALL_BACKENDS:
         y, bad = ops.nonfinite_rows(x, backend=be)
         assert bad.tolist() == [False, True, False, True]
         assert np.all(y[[1, 3]] == 0) and np.array_equal(y[[0, 2]], x[[0, 2]])
@@ -268,21 +274,22 @@ def test_the_diffusion_object_runs_these_ops(rng, variance_type):
     assert np.array_equal(d.p_sample(mo, x, idx, noise, grad=grad), want)
 
 
-def test_bad_inputs_name_the_op_and_argument(rng):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_bad_inputs_name_the_op_and_argument(rng, backend):
     x = randn(rng, 2, 3, 4, 4)
     with pytest.raises(ValueError, match="q_sample.*noise"):
-        ops.q_sample(x, randn(rng, 2, 3, 4, 5), 1.0, 0.0)
+        ops.q_sample(x, randn(rng, 2, 3, 4, 5), 1.0, 0.0, backend=backend)
     with pytest.raises(ValueError, match="sqrt_abar"):
-        ops.q_sample(x, x, np.ones(3, np.float32), np.ones(2, np.float32))
+        ops.q_sample(x, x, np.ones(3, np.float32), np.ones(2, np.float32), backend=backend)
     coefs = ops.posterior_coefs(_schedule().arrays(), [1, 2])
     with pytest.raises(ValueError, match="learned sigma: 2C channels"):
-        ops.p_mean_variance(x, x, coefs, learned=True)
+        ops.p_mean_variance(x, x, coefs, learned=True, backend=backend)
     with pytest.raises(ValueError, match="masked_blend.*mask"):
-        ops.masked_blend(x, x, x, 0.5)
+        ops.masked_blend(x, x, x, 0.5, backend=backend)
     with pytest.raises(ValueError, match="target_probability.*targets"):
-        ops.target_probability(randn(rng, 2, 3), [0, 3])
+        ops.target_probability(randn(rng, 2, 3), [0, 3], backend=backend)
     with pytest.raises(ValueError, match=r"target_probability: targets\[0\] = -1"):
-        ops.target_probability(randn(rng, 2, 1), [-1, 0])
+        ops.target_probability(randn(rng, 2, 1), [-1, 0], backend=backend)
 
 
 def test_binder_row_vectors_and_typed_outputs(rng):

@@ -54,7 +54,7 @@ def torch_logit_loss(z, y):
     return -ly
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("n, c", [(7, 1), (5, 2), (9, 13)])
 def test_logit_loss(rng, backend, n, c):
     logits, dloss = randn(rng, n, c, scale=3.0), randn(rng, n)
@@ -66,7 +66,7 @@ def test_logit_loss(rng, backend, n, c):
     assert rel_err(ops.logit_loss_backward(dloss, logits, targets, backend=backend), zt.grad) <= 1e-6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_cross_entropy_of_one_logit_is_binary(rng, backend):
     """One logit stands for two classes (the probability rule): BCE with logits towards targets 0/1."""
     logits, dloss = randn(rng, 9, 1, scale=3.0), randn(rng, 9)
@@ -83,7 +83,7 @@ def test_cross_entropy_of_one_logit_is_binary(rng, backend):
         ops.cross_entropy(logits, np.full(9, 2), backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5, 7), (5,)])
 def test_bce_with_logits(rng, backend, shape):
     logits, dloss = randn(rng, *shape, scale=4.0), randn(rng, shape[0])
@@ -127,7 +127,7 @@ def torch_normalized_distance(a, b):
     return d.reshape(d.shape[0], -1).mean(dim=1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("shape", [(2, 7, 13, 19), (3, 5, 1, 129), (1, 64, 3, 3), (2, 3, 11)])
 def test_normalized_distance(rng, backend, shape):
     a, b, dloss = randn(rng, *shape), randn(rng, *shape), randn(rng, shape[0])
@@ -147,7 +147,7 @@ def torch_pixel_loss(a, b, kind):
     return torch.norm(d, p=2, dim=1).reshape(d.shape[0], -1).sum(1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("kind", ["l1", "l2", "l2_channel_norm"])
 @pytest.mark.parametrize("shape", [(3, 2, 9, 13), (2, 5, 7), (4, 3)])
 def test_pixel_loss_of_any_rank(rng, backend, kind, shape):

@@ -61,30 +61,30 @@
     X(sum_squares)
 #define DFC_CUDA_SPATIAL_NOT_YET(X)
 
-#define DFC_CUDA_DIFFUSION_DONE(X)
-#define DFC_CUDA_DIFFUSION_NOT_YET(X) \
-    X(q_sample)                       \
-    X(p_mean_variance_forward)        \
-    X(p_mean_variance_backward)       \
-    X(sample_step)                    \
-    X(change_map)                     \
-    X(masked_blend)                   \
-    X(distance_penalty_forward)       \
-    X(distance_penalty_backward)      \
-    X(nonfinite_rows)                 \
-    X(target_probability)             \
-    X(diffusion_vb_forward)           \
-    X(diffusion_vb_backward)          \
-    X(cross_entropy_forward)          \
-    X(cross_entropy_backward)         \
-    X(mse_forward)                    \
-    X(mse_backward)                   \
-    X(logit_loss_forward)             \
-    X(logit_loss_backward)            \
-    X(bce_with_logits_forward)        \
-    X(bce_with_logits_backward)       \
-    X(normalized_distance_forward)    \
+#define DFC_CUDA_DIFFUSION_DONE(X) \
+    X(q_sample)                    \
+    X(p_mean_variance_forward)     \
+    X(p_mean_variance_backward)    \
+    X(sample_step)                 \
+    X(change_map)                  \
+    X(masked_blend)                \
+    X(distance_penalty_forward)    \
+    X(distance_penalty_backward)   \
+    X(nonfinite_rows)              \
+    X(target_probability)          \
+    X(diffusion_vb_forward)        \
+    X(diffusion_vb_backward)       \
+    X(cross_entropy_forward)       \
+    X(cross_entropy_backward)      \
+    X(mse_forward)                 \
+    X(mse_backward)                \
+    X(logit_loss_forward)          \
+    X(logit_loss_backward)         \
+    X(bce_with_logits_forward)     \
+    X(bce_with_logits_backward)    \
+    X(normalized_distance_forward) \
     X(normalized_distance_backward)
+#define DFC_CUDA_DIFFUSION_NOT_YET(X)
 
 #define DFC_CUDA_OPS_DONE(X)     \
     DFC_CUDA_ELEMENTWISE_DONE(X) \

@@ -40,9 +40,8 @@ dfc_status cpu_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a,
                                            dfc_error *err)
 {
     const char *op = "normalized_distance";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, loss, "loss", NULL, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2), tiles = (hw + TILE - 1) / TILE;
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         double sum = 0.0, partial[CHUNK_TILES]; /* per-tile sums added in order: the same loss for any thread count */
@@ -74,10 +73,8 @@ dfc_status cpu_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
                                             const dfc_tensor *b, dfc_tensor *da, dfc_error *err)
 {
     const char *op = "normalized_distance_backward";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, dloss, "dloss", da, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2), tiles = (hw + TILE - 1) / TILE;
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t item = 0; item < n * tiles; item++) {
         const int64_t i = item / tiles;

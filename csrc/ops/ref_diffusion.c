@@ -9,9 +9,8 @@
 #include "ref.h"
 
 #define LN2 0.69314718055994530942
-#define SQRT_2_OVER_PI 0.79788456080286535588
 
-static dfc_status check_rows(const char *op, const char *name, const void *array, dfc_error *err)
+dfc_status dfc_check_rows(const char *op, const char *name, const void *array, dfc_error *err)
 {
     return array ? DFC_OK : dfc_fail(err, DFC_ERR_VALUE, "%s: the per-row array %s is missing", op, name);
 }
@@ -42,8 +41,8 @@ dfc_status dfc_q_sample_check(const dfc_tensor *x0, const dfc_tensor *noise, con
     DFC_TRY(dfc_check_ndim(x0, op, "x0", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x0, noise, op, "x0", "noise", err));
     DFC_TRY(dfc_check_same_shape(x0, x_t, op, "x0", "x_t", err));
-    DFC_TRY(check_rows(op, "sqrt_abar", sqrt_abar, err));
-    return check_rows(op, "sqrt_one_minus_abar", sqrt_one_minus_abar, err);
+    DFC_TRY(dfc_check_rows(op, "sqrt_abar", sqrt_abar, err));
+    return dfc_check_rows(op, "sqrt_one_minus_abar", sqrt_one_minus_abar, err);
 }
 
 dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
@@ -59,16 +58,16 @@ dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 
 /* ---- p_mean_variance, forward and backward ---- */
 
-static dfc_status check_posterior(const char *op, const dfc_posterior_coefs *c, int learned, dfc_error *err)
+dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int learned, dfc_error *err)
 {
     if (!c)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: coefs is missing", op);
-    DFC_TRY(check_rows(op, "sqrt_recip_abar", c->sqrt_recip_abar, err));
-    DFC_TRY(check_rows(op, "sqrt_recipm1_abar", c->sqrt_recipm1_abar, err));
-    DFC_TRY(check_rows(op, "coef1", c->coef1, err));
-    DFC_TRY(check_rows(op, "coef2", c->coef2, err));
-    DFC_TRY(check_rows(op, learned ? "min_log" : "variance", learned ? c->min_log : c->variance, err));
-    return check_rows(op, learned ? "max_log" : "log_variance", learned ? c->max_log : c->log_variance, err);
+    DFC_TRY(dfc_check_rows(op, "sqrt_recip_abar", c->sqrt_recip_abar, err));
+    DFC_TRY(dfc_check_rows(op, "sqrt_recipm1_abar", c->sqrt_recipm1_abar, err));
+    DFC_TRY(dfc_check_rows(op, "coef1", c->coef1, err));
+    DFC_TRY(dfc_check_rows(op, "coef2", c->coef2, err));
+    DFC_TRY(dfc_check_rows(op, learned ? "min_log" : "variance", learned ? c->min_log : c->variance, err));
+    return dfc_check_rows(op, learned ? "max_log" : "log_variance", learned ? c->max_log : c->log_variance, err);
 }
 
 dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_tensor *x_t,
@@ -78,7 +77,7 @@ dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_t
 {
     const char *op = "p_mean_variance";
     DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
-    DFC_TRY(check_posterior(op, coefs, learned, err));
+    DFC_TRY(dfc_check_posterior(op, coefs, learned, err));
     DFC_TRY(dfc_check_same_shape(x_t, mean, op, "x_t", "mean", err));
     const dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
     const char *names[] = {"variance", "log_variance", "pred_xstart"};
@@ -105,20 +104,29 @@ dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_
     return DFC_OK;
 }
 
+dfc_status dfc_p_mean_variance_backward_check(const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
+                                              const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int learned,
+                                              const dfc_tensor *dx_t, const dfc_tensor *d_model_output, dfc_error *err)
+{
+    const char *op = "p_mean_variance_backward";
+    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
+    DFC_TRY(dfc_check_posterior(op, coefs, learned, err));
+    DFC_TRY(dfc_check_same_shape(x_t, d_pred_xstart, op, "x_t", "d_pred_xstart", err));
+    if (present(dx_t))
+        DFC_TRY(dfc_check_same_shape(x_t, dx_t, op, "x_t", "dx_t", err));
+    if (present(d_model_output))
+        DFC_TRY(dfc_check_same_shape(model_output, d_model_output, op, "model_output", "d_model_output", err));
+    return DFC_OK;
+}
+
 dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pred_xstart,
                                         const dfc_tensor *model_output, const dfc_tensor *x_t,
                                         const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *dx_t,
                                         dfc_tensor *d_model_output, dfc_error *err)
 {
-    const char *op = "p_mean_variance_backward";
-    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
-    DFC_TRY(check_posterior(op, coefs, learned, err));
-    DFC_TRY(dfc_check_same_shape(x_t, d_pred_xstart, op, "x_t", "d_pred_xstart", err));
+    DFC_TRY(dfc_p_mean_variance_backward_check(d_pred_xstart, model_output, x_t, coefs, learned, dx_t, d_model_output,
+                                               err));
     float *dx = dfc_optional_data(dx_t), *dmo = dfc_optional_data(d_model_output);
-    if (dx)
-        DFC_TRY(dfc_check_same_shape(x_t, dx_t, op, "x_t", "dx_t", err));
-    if (dmo)
-        DFC_TRY(dfc_check_same_shape(model_output, d_model_output, op, "model_output", "d_model_output", err));
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (learned ? 2 : 1);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
@@ -151,7 +159,7 @@ dfc_status dfc_sample_step_check(const dfc_tensor *mean, const dfc_tensor *varia
     DFC_TRY(dfc_check_same_shape(mean, log_variance, op, "mean", "log_variance", err));
     DFC_TRY(dfc_check_same_shape(mean, noise, op, "mean", "noise", err));
     DFC_TRY(dfc_check_same_shape(mean, x_prev, op, "mean", "x_prev", err));
-    DFC_TRY(check_rows(op, "noise_weight", noise_weight, err));
+    DFC_TRY(dfc_check_rows(op, "noise_weight", noise_weight, err));
     if (present(grad)) {
         DFC_TRY(dfc_check_same_shape(mean, grad, op, "mean", "grad", err));
         DFC_TRY(dfc_check_same_shape(mean, variance, op, "mean", "variance", err));
@@ -179,7 +187,7 @@ static dfc_status row_linear(dfc_backend *be, const char *op, const float *alpha
 {
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
-    DFC_TRY(check_rows(op, "alpha", alpha, err));
+    DFC_TRY(dfc_check_rows(op, "alpha", alpha, err));
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
@@ -201,8 +209,8 @@ dfc_status ref_row_axpy(dfc_backend *be, const float *alpha, const dfc_tensor *x
 /* ---- FastDiME's mask ---- */
 
 /* a, b (N, C, H, W) and a per-pixel map (N, 1, H, W). */
-static dfc_status check_pixel_map(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *map,
-                                  const char *map_name, dfc_error *err)
+dfc_status dfc_check_pixel_map(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *map,
+                               const char *map_name, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 4, 4, err));
     DFC_TRY(dfc_check_same_shape(a, b, op, "a", "b", err));
@@ -212,7 +220,7 @@ static dfc_status check_pixel_map(const char *op, const dfc_tensor *a, const dfc
 
 dfc_status ref_change_map(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *y, dfc_error *err)
 {
-    DFC_TRY(check_pixel_map("change_map", a, b, y, "y", err));
+    DFC_TRY(dfc_check_pixel_map("change_map", a, b, y, "y", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
@@ -237,7 +245,7 @@ dfc_status ref_masked_blend(dfc_backend *be, const dfc_tensor *a, const dfc_tens
                             float threshold, dfc_tensor *y, dfc_error *err)
 {
     const char *op = "masked_blend";
-    DFC_TRY(check_pixel_map(op, a, b, mask, "mask", err));
+    DFC_TRY(dfc_check_pixel_map(op, a, b, mask, "mask", err));
     DFC_TRY(dfc_check_same_shape(a, y, op, "a", "y", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -253,36 +261,25 @@ dfc_status ref_masked_blend(dfc_backend *be, const dfc_tensor *a, const dfc_tens
 
 /* ---- DiME's l1 / l2 distance terms ---- */
 
-static dfc_status check_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *per_row,
-                                 const char *per_row_name, dfc_error *err)
+dfc_status dfc_check_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *per_row,
+                              const char *per_row_name, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 4, 4, err));
     DFC_TRY(dfc_check_same_shape(a, b, op, "a", "b", err));
     return dfc_check_shape(per_row, op, per_row_name, 1, a->shape, err);
 }
 
-/* ||a - b|| over the channels of pixel k of row r, in double. */
-static double channel_norm(const float *a, const float *b, int64_t c, int64_t hw)
-{
-    double norm2 = 0.0;
-    for (int64_t ch = 0; ch < c; ch++) {
-        const double diff = (double)a[ch * hw] - b[ch * hw];
-        norm2 += diff * diff;
-    }
-    return sqrt(norm2);
-}
-
 dfc_status ref_distance_penalty_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, float lambda_l1,
                                         float lambda_l2, dfc_tensor *loss, dfc_error *err)
 {
-    DFC_TRY(check_distance("distance_penalty", a, b, loss, "loss", err));
+    DFC_TRY(dfc_check_distance("distance_penalty", a, b, loss, "loss", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         double l1 = 0.0, l2 = 0.0;
         for (int64_t k = 0; k < hw; k++) {
             const int64_t at = r * c * hw + k;
-            l2 += channel_norm(a->data + at, b->data + at, c, hw);
+            l2 += dfc_channel_diff_norm(a->data + at, b->data + at, c, hw);
             for (int64_t ch = 0; ch < c; ch++)
                 l1 += fabs((double)a->data[at + ch * hw] - b->data[at + ch * hw]);
         }
@@ -296,7 +293,7 @@ dfc_status ref_distance_penalty_backward(dfc_backend *be, const dfc_tensor *dlos
                                          dfc_error *err)
 {
     const char *op = "distance_penalty_backward";
-    DFC_TRY(check_distance(op, a, b, dloss, "dloss", err));
+    DFC_TRY(dfc_check_distance(op, a, b, dloss, "dloss", err));
     DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = a->shape[2] * a->shape[3];
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -304,7 +301,7 @@ dfc_status ref_distance_penalty_backward(dfc_backend *be, const dfc_tensor *dlos
         const float scale = dloss->data[r];
         for (int64_t k = 0; k < hw; k++) {
             const int64_t at = r * c * hw + k;
-            const double norm = channel_norm(a->data + at, b->data + at, c, hw);
+            const double norm = dfc_channel_diff_norm(a->data + at, b->data + at, c, hw);
             const float inv_norm = norm > 0.0 ? (float)(1.0 / norm) : 0.0f;
             for (int64_t ch = 0; ch < c; ch++) {
                 const int64_t j = at + ch * hw;
@@ -319,11 +316,16 @@ dfc_status ref_distance_penalty_backward(dfc_backend *be, const dfc_tensor *dlos
 
 /* ---- per-row checks: non-finite rows, the flip decision ---- */
 
-dfc_status ref_nonfinite_rows(dfc_backend *be, dfc_tensor *x, int *nonfinite, dfc_error *err)
+dfc_status dfc_nonfinite_rows_check(const dfc_tensor *x, const int *nonfinite, dfc_error *err)
 {
     const char *op = "nonfinite_rows";
     DFC_TRY(dfc_check_ndim(x, op, "x", 1, DFC_MAX_DIMS, err));
-    DFC_TRY(check_rows(op, "nonfinite", nonfinite, err));
+    return dfc_check_rows(op, "nonfinite", nonfinite, err);
+}
+
+dfc_status ref_nonfinite_rows(dfc_backend *be, dfc_tensor *x, int *nonfinite, dfc_error *err)
+{
+    DFC_TRY(dfc_nonfinite_rows_check(x, nonfinite, err));
     const int64_t n = x->shape[0], m = dfc_inner_size(x, 1);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
@@ -338,14 +340,20 @@ dfc_status ref_nonfinite_rows(dfc_backend *be, dfc_tensor *x, int *nonfinite, df
     return DFC_OK;
 }
 
-dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *prob,
-                                  int *is_target, dfc_error *err)
+dfc_status dfc_target_probability_check(const dfc_tensor *logits, const int64_t *targets, const dfc_tensor *prob,
+                                        const int *is_target, dfc_error *err)
 {
     const char *op = "target_probability";
     DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_shape(prob, op, "prob", 1, logits->shape, err));
+    return dfc_check_rows(op, "is_target", is_target, err);
+}
+
+dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *prob,
+                                  int *is_target, dfc_error *err)
+{
+    DFC_TRY(dfc_target_probability_check(logits, targets, prob, is_target, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
-    DFC_TRY(dfc_check_shape(prob, op, "prob", 1, &n, err));
-    DFC_TRY(check_rows(op, "is_target", is_target, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *z = logits->data + b * k;
@@ -357,77 +365,9 @@ dfc_status ref_target_probability(dfc_backend *be, const dfc_tensor *logits, con
 
 /* ---- the training loss's variational bound (guided-diffusion losses.py), in double ---- */
 
-/* approx_standard_normal_cdf: 0.5 (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))); *pdf gets its derivative */
-static inline double approx_cdf(double u, double *pdf)
-{
-    double th = tanh(SQRT_2_OVER_PI * (u + 0.044715 * u * u * u));
-    *pdf = 0.5 * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * u * u);
-    return 0.5 * (1.0 + th);
-}
-
-/* discretized_gaussian_log_likelihood for one pixel x in [-1, 1] (bins of width 2/255) under N(mean, exp(2 ls));
- * *dls gets d logp / d ls. log(clamp(p, 1e-12)) passes no gradient below the clamp, as torch's clamp. */
-static inline double discretized_gaussian_log_likelihood(double x, double mean, double ls, double *dls)
-{
-    double centered = x - mean, inv_stdv = exp(-ls);
-    double plus_in = inv_stdv * (centered + 1.0 / 255.0), min_in = inv_stdv * (centered - 1.0 / 255.0);
-    double pdf_plus, pdf_min;
-    double cdf_plus = approx_cdf(plus_in, &pdf_plus), cdf_min = approx_cdf(min_in, &pdf_min);
-    /* d plus_in / d ls = -plus_in, d min_in / d ls = -min_in */
-    double d_cdf_plus = -pdf_plus * plus_in, d_cdf_min = -pdf_min * min_in;
-    double p, dp;
-    if (x < -0.999) { /* the lowest bin reaches to -inf */
-        p = cdf_plus;
-        dp = d_cdf_plus;
-    } else if (x > 0.999) { /* the highest bin reaches to +inf */
-        p = 1.0 - cdf_min;
-        dp = -d_cdf_min;
-    } else {
-        p = cdf_plus - cdf_min;
-        dp = d_cdf_plus - d_cdf_min;
-    }
-    if (p >= 1e-12) {
-        *dls = dp / p;
-        return log(p);
-    }
-    *dls = 0.0;
-    return log(1e-12);
-}
-
-/* normal_kl(mean1, logvar1, mean2, logvar2); *dlogvar2 gets its derivative in logvar2 (the mean is frozen) */
-static inline double normal_kl(double mean1, double logvar1, double mean2, double logvar2, double *dlogvar2)
-{
-    double ratio = exp(logvar1 - logvar2), dist = (mean1 - mean2) * (mean1 - mean2) * exp(-logvar2);
-    *dlogvar2 = 0.5 * (1.0 - ratio - dist);
-    return 0.5 * (-1.0 + logvar2 - logvar1 + ratio + dist);
-}
-
-/* One element's vb term and its derivative in v (before the mean over elements and / ln 2). */
-static inline double vb_term(const dfc_vb_coefs *c, int64_t b, double eps, double v, double x0, double xt,
-                             double *dterm_dv)
-{
-    const double min_log = c->min_log[b], max_log = c->max_log[b];
-    const double coef1 = c->coef1[b], coef2 = c->coef2[b];
-    double frac = (v + 1.0) / 2.0; /* not clamped, as guided-diffusion */
-    double logvar = frac * max_log + (1.0 - frac) * min_log;
-    /* frozen mean: p_mean_variance of the detached eps_hat, clip_denoised=False */
-    double pred_x0 = c->sqrt_recip_abar[b] * xt - c->sqrt_recipm1_abar[b] * eps;
-    double mean = coef1 * pred_x0 + coef2 * xt;
-    double term, dterm;
-    if (!c->decoder_nll[b]) { /* KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), q's log variance is min_log */
-        double true_mean = coef1 * x0 + coef2 * xt;
-        term = normal_kl(true_mean, min_log, mean, logvar, &dterm);
-    } else { /* decoder NLL, log scale = logvar / 2 */
-        double dls;
-        term = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar, &dls);
-        dterm = -0.5 * dls;
-    }
-    *dterm_dv = dterm;
-    return term;
-}
-
-static dfc_status check_vb(const char *op, const dfc_tensor *model_output, const dfc_tensor *x_start,
-                           const dfc_tensor *x_t, const dfc_vb_coefs *c, dfc_error *err)
+dfc_status dfc_check_vb(const char *op, const dfc_tensor *model_output, const dfc_tensor *x_start,
+                        const dfc_tensor *x_t, const dfc_vb_coefs *c, const dfc_tensor *per_row,
+                        const char *per_row_name, const dfc_tensor *d_v, dfc_error *err)
 {
     DFC_TRY(dfc_model_output_check(op, model_output, x_start, "x_start", 1, err));
     DFC_TRY(dfc_check_same_shape(x_start, x_t, op, "x_start", "x_t", err));
@@ -436,24 +376,24 @@ static dfc_status check_vb(const char *op, const dfc_tensor *model_output, const
     const void *arrays[] = {c->sqrt_recip_abar, c->sqrt_recipm1_abar, c->coef1,      c->coef2,
                             c->min_log,         c->max_log,           c->decoder_nll};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
-        DFC_TRY(check_rows(op, "of coefs", arrays[i], err));
-    return DFC_OK;
+        DFC_TRY(dfc_check_rows(op, "of coefs", arrays[i], err));
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, x_start->shape, err));
+    return d_v ? dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err) : DFC_OK;
 }
 
 dfc_status ref_diffusion_vb_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_start,
                                     const dfc_tensor *x_t, const dfc_vb_coefs *coefs, dfc_tensor *vb, dfc_error *err)
 {
     const char *op = "diffusion_vb";
-    DFC_TRY(check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, vb, "vb", NULL, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(vb, op, "vb", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;
         const float *x0 = x_start->data + b * m, *xt = x_t->data + b * m;
         double sum = 0.0, unused;
         for (int64_t j = 0; j < m; j++)
-            sum += vb_term(coefs, b, eps[j], v[j], x0[j], xt[j], &unused);
+            sum += dfc_vb_term(coefs, b, eps[j], v[j], x0[j], xt[j], &unused);
         vb->data[b] = (float)(coefs->scale * sum / ((double)m * LN2));
     }
     return DFC_OK;
@@ -464,10 +404,8 @@ dfc_status ref_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, con
                                      dfc_tensor *d_v, dfc_error *err)
 {
     const char *op = "diffusion_vb_backward";
-    DFC_TRY(check_vb(op, model_output, x_start, x_t, coefs, err));
+    DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, dvb, "dvb", d_v, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
-    DFC_TRY(dfc_check_shape(dvb, op, "dvb", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(x_start, d_v, op, "x_start", "d_v", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float *eps = model_output->data + b * 2 * m, *v = eps + m;
@@ -477,7 +415,7 @@ dfc_status ref_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, con
             (double)dvb->data[b] * coefs->scale * 0.5 * (coefs->max_log[b] - coefs->min_log[b]) / ((double)m * LN2);
         for (int64_t j = 0; j < m; j++) {
             double dterm;
-            vb_term(coefs, b, eps[j], v[j], x0[j], xt[j], &dterm);
+            dfc_vb_term(coefs, b, eps[j], v[j], x0[j], xt[j], &dterm);
             d_v->data[b * m + j] = (float)(d_scale * dterm);
         }
     }

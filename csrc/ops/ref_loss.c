@@ -20,10 +20,8 @@ static double log_sum_exp(const float *row, int64_t k)
 dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets,
                                      dfc_tensor *loss, dfc_error *err)
 {
-    const char *op = "cross_entropy";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("cross_entropy", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
@@ -38,11 +36,8 @@ dfc_status ref_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits, 
 dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                       const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    const char *op = "cross_entropy_backward";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("cross_entropy_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits->data + i * k;
@@ -61,7 +56,7 @@ dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, 
 
 /* ---- mean squared error ---- */
 
-static dfc_status check_mse(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
+dfc_status dfc_check_mse(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
     return dfc_check_same_shape(a, b, op, "a", "b", err);
@@ -71,7 +66,7 @@ static dfc_status check_mse(const char *op, const dfc_tensor *a, const dfc_tenso
 dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss, dfc_error *err)
 {
     const char *op = "mse";
-    DFC_TRY(check_mse(op, a, b, err));
+    DFC_TRY(dfc_check_mse(op, a, b, err));
     const int64_t n = a->shape[0], m = dfc_inner_size(a, 1);
     DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
@@ -87,19 +82,26 @@ dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tenso
     return DFC_OK;
 }
 
+dfc_status dfc_check_mse_backward(const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
+                                  const dfc_tensor *da, const dfc_tensor *db, dfc_error *err)
+{
+    const char *op = "mse_backward";
+    DFC_TRY(dfc_check_mse(op, a, b, err));
+    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, a->shape, err));
+    if (da && da->data)
+        DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
+    if (db && db->data)
+        DFC_TRY(dfc_check_same_shape(a, db, op, "a", "db", err));
+    return DFC_OK;
+}
+
 /* da = dloss[n] 2 (a - b) / M, db = -da. */
 dfc_status ref_mse_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
                             dfc_tensor *da, dfc_tensor *db, dfc_error *err)
 {
-    const char *op = "mse_backward";
-    DFC_TRY(check_mse(op, a, b, err));
+    DFC_TRY(dfc_check_mse_backward(dloss, a, b, da, db, err));
     const int64_t n = a->shape[0], m = dfc_inner_size(a, 1);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
     float *das = da && da->data ? da->data : NULL, *dbs = db && db->data ? db->data : NULL;
-    if (das)
-        DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
-    if (dbs)
-        DFC_TRY(dfc_check_same_shape(a, db, op, "a", "db", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const double scale = 2.0 * dloss->data[i] / (double)m;

@@ -12,10 +12,8 @@
 dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, const int64_t *targets, dfc_tensor *loss,
                                   dfc_error *err)
 {
-    const char *op = "logit_loss";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("logit_loss", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++)
         loss->data[i] = (float)-dfc_target_logit(logits->data + i * c, c, targets[i]);
@@ -26,11 +24,8 @@ dfc_status ref_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, con
 dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                    const int64_t *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    const char *op = "logit_loss_backward";
-    DFC_TRY(dfc_check_class_targets(op, logits, targets, err));
+    DFC_TRY(dfc_check_class_loss("logit_loss_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *d = dlogits->data + i * c;
@@ -51,19 +46,20 @@ dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, con
 
 /* ---- binary cross-entropy with logits, per sample ---- */
 
-static dfc_status check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, dfc_error *err)
+dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, const dfc_tensor *per_row,
+                         const char *per_row_name, const dfc_tensor *dlogits, dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(logits, op, "logits", 1, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(logits, targets, op, "logits", "targets", err);
+    DFC_TRY(dfc_check_same_shape(logits, targets, op, "logits", "targets", err));
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, logits->shape, err));
+    return dlogits ? dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err) : DFC_OK;
 }
 
 dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits, const dfc_tensor *targets,
                                        dfc_tensor *loss, dfc_error *err)
 {
-    const char *op = "bce_with_logits";
-    DFC_TRY(check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce("bce_with_logits", logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         double sum = 0.0;
@@ -79,11 +75,8 @@ dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits
 dfc_status ref_bce_with_logits_backward(dfc_backend *be, const dfc_tensor *dloss, const dfc_tensor *logits,
                                         const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err)
 {
-    const char *op = "bce_with_logits_backward";
-    DFC_TRY(check_bce(op, logits, targets, err));
+    DFC_TRY(dfc_check_bce("bce_with_logits_backward", logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], m = dfc_inner_size(logits, 1);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const double scale = dloss->data[i] / (double)m;
@@ -170,35 +163,29 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
 
 /* ---- normalised feature distance ---- */
 
-dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
+dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b,
+                                         const dfc_tensor *per_row, const char *per_row_name, const dfc_tensor *da,
+                                         dfc_error *err)
 {
     DFC_TRY(dfc_check_ndim(a, op, "a", 2, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(a, b, op, "a", "b", err);
-}
-
-/* |f[:, q]| over the c channels of one sample, positions hw apart */
-static double channel_norm(const float *f, int64_t c, int64_t hw, int64_t q)
-{
-    double sq = 0.0;
-    for (int64_t ch = 0; ch < c; ch++)
-        sq += (double)f[ch * hw + q] * f[ch * hw + q];
-    return sqrt(sq);
+    DFC_TRY(dfc_check_same_shape(a, b, op, "a", "b", err));
+    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, a->shape, err));
+    return da ? dfc_check_same_shape(a, da, op, "a", "da", err) : DFC_OK;
 }
 
 dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
                                            dfc_error *err)
 {
     const char *op = "normalized_distance";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, loss, "loss", NULL, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(loss, op, "loss", 1, &n, err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         double sum = 0.0;
         for (int64_t q = 0; q < hw; q++) {
-            const double ra = channel_norm(ap, c, hw, q) + DFC_NORMALIZE_EPS;
-            const double rb = channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
+            const double ra = dfc_channel_norm(ap, c, hw, q) + DFC_NORMALIZE_EPS;
+            const double rb = dfc_channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
             for (int64_t ch = 0; ch < c; ch++) {
                 const double d = ap[ch * hw + q] / ra - bp[ch * hw + q] / rb;
                 sum += d * d;
@@ -215,27 +202,15 @@ dfc_status ref_normalized_distance_backward(dfc_backend *be, const dfc_tensor *d
                                             const dfc_tensor *b, dfc_tensor *da, dfc_error *err)
 {
     const char *op = "normalized_distance_backward";
-    DFC_TRY(dfc_check_normalized_distance(op, a, b, err));
+    DFC_TRY(dfc_check_normalized_distance(op, a, b, dloss, "dloss", da, err));
     const int64_t n = a->shape[0], c = a->shape[1], hw = dfc_inner_size(a, 2);
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, &n, err));
-    DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *ap = a->data + i * c * hw, *bp = b->data + i * c * hw;
         float *dp = da->data + i * c * hw;
         const double scale = 2.0 * dloss->data[i] / (double)hw;
-        for (int64_t q = 0; q < hw; q++) {
-            const double r = channel_norm(ap, c, hw, q), re = r + DFC_NORMALIZE_EPS;
-            const double rb = channel_norm(bp, c, hw, q) + DFC_NORMALIZE_EPS;
-            double dot = 0.0;
-            for (int64_t ch = 0; ch < c; ch++)
-                dot += scale * (ap[ch * hw + q] / re - bp[ch * hw + q] / rb) * ap[ch * hw + q];
-            for (int64_t ch = 0; ch < c; ch++) {
-                const double g = scale * (ap[ch * hw + q] / re - bp[ch * hw + q] / rb);
-                const double radial = r > 0.0 ? ap[ch * hw + q] * dot / (r * re * re) : 0.0;
-                dp[ch * hw + q] = (float)(g / re - radial);
-            }
-        }
+        for (int64_t q = 0; q < hw; q++)
+            dfc_normalized_distance_grad_at(ap, bp, dp, c, hw, q, scale);
     }
     return DFC_OK;
 }

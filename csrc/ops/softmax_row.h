@@ -7,10 +7,11 @@
 #include <stdint.h>
 
 #include "../core/tensor.h"
+#include "also_device.h"
 
 /* sum_j exp(row_j - max) in double, with max = max_j row_j stored in *max_out. Subtracting the row max keeps every
  * exp() argument <= 0: no overflow. */
-static inline double dfc_row_sum_exp(const float *row, int64_t k, float *max_out)
+static DFC_ALSO_DEVICE inline double dfc_row_sum_exp(const float *row, int64_t k, float *max_out)
 {
     float max = row[0];
     for (int64_t j = 1; j < k; j++)
