@@ -6,7 +6,7 @@
 
 #include <math.h>
 
-#include "kernel_helper.h"
+#include "also_device.h"
 #include "ops.h"
 
 /* cfg in range (dfc_adamw_check), step >= 1, grad and both moments of param's shape. */
@@ -31,7 +31,7 @@ typedef struct dfc_adamw_constants {
 dfc_adamw_constants dfc_adamw_constants_of(const dfc_adamw_config *cfg, int64_t step);
 
 /* The element update every kernel runs, the CUDA one too (torch's _single_tensor_adamw, float32 tensor math). */
-static DFC_KERNEL_HELPER inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad,
+static DFC_ALSO_DEVICE inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad,
                                                        float *exp_avg, float *exp_avg_sq)
 {
     float p = *param * c->decay;                                         /* decoupled weight decay */

@@ -56,12 +56,6 @@ dfc_status ref_cross_entropy_backward(dfc_backend *be, const dfc_tensor *dloss, 
 
 /* ---- mean squared error ---- */
 
-dfc_status dfc_check_mse(const char *op, const dfc_tensor *a, const dfc_tensor *b, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(a, op, "a", 1, DFC_MAX_DIMS, err));
-    return dfc_check_same_shape(a, b, op, "a", "b", err);
-}
-
 /* loss[n] = mean over the non-batch dims of (a - b)^2; a 1-D a has one value per sample. */
 dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss, dfc_error *err)
 {
@@ -79,19 +73,6 @@ dfc_status ref_mse_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tenso
         }
         loss->data[i] = (float)(sum / (double)m);
     }
-    return DFC_OK;
-}
-
-dfc_status dfc_check_mse_backward(const dfc_tensor *dloss, const dfc_tensor *a, const dfc_tensor *b,
-                                  const dfc_tensor *da, const dfc_tensor *db, dfc_error *err)
-{
-    const char *op = "mse_backward";
-    DFC_TRY(dfc_check_mse(op, a, b, err));
-    DFC_TRY(dfc_check_shape(dloss, op, "dloss", 1, a->shape, err));
-    if (da && da->data)
-        DFC_TRY(dfc_check_same_shape(a, da, op, "a", "da", err));
-    if (db && db->data)
-        DFC_TRY(dfc_check_same_shape(a, db, op, "a", "db", err));
     return DFC_OK;
 }
 

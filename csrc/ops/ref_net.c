@@ -46,15 +46,6 @@ dfc_status ref_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, con
 
 /* ---- binary cross-entropy with logits, per sample ---- */
 
-dfc_status dfc_check_bce(const char *op, const dfc_tensor *logits, const dfc_tensor *targets, const dfc_tensor *per_row,
-                         const char *per_row_name, const dfc_tensor *dlogits, dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(logits, op, "logits", 1, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(logits, targets, op, "logits", "targets", err));
-    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, logits->shape, err));
-    return dlogits ? dfc_check_same_shape(logits, dlogits, op, "logits", "dlogits", err) : DFC_OK;
-}
-
 dfc_status ref_bce_with_logits_forward(dfc_backend *be, const dfc_tensor *logits, const dfc_tensor *targets,
                                        dfc_tensor *loss, dfc_error *err)
 {
@@ -162,16 +153,6 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
 }
 
 /* ---- normalised feature distance ---- */
-
-dfc_status dfc_check_normalized_distance(const char *op, const dfc_tensor *a, const dfc_tensor *b,
-                                         const dfc_tensor *per_row, const char *per_row_name, const dfc_tensor *da,
-                                         dfc_error *err)
-{
-    DFC_TRY(dfc_check_ndim(a, op, "a", 2, DFC_MAX_DIMS, err));
-    DFC_TRY(dfc_check_same_shape(a, b, op, "a", "b", err));
-    DFC_TRY(dfc_check_shape(per_row, op, per_row_name, 1, a->shape, err));
-    return da ? dfc_check_same_shape(a, da, op, "a", "da", err) : DFC_OK;
-}
 
 dfc_status ref_normalized_distance_forward(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_tensor *loss,
                                            dfc_error *err)

@@ -7,7 +7,7 @@
 
 #include <math.h>
 
-#include "kernel_helper.h"
+#include "also_device.h"
 #include "ops.h"
 
 /* Every part must match `whole` on all dims but the channel one (dim 1), and the channels must add up. */
@@ -32,7 +32,7 @@ dfc_status dfc_resize_check_shapes(const char *op, const dfc_tensor *in, const c
                                    const char *out_name, dfc_error *err);
 
 /* Rows [*lo, *hi) of the input that window i covers, clipped to the image (the padding holds no values). */
-static DFC_KERNEL_HELPER inline void dfc_pool_window_range(int64_t i, int stride, int pad, int kernel, int64_t size,
+static DFC_ALSO_DEVICE inline void dfc_pool_window_range(int64_t i, int stride, int pad, int kernel, int64_t size,
                                                            int64_t *lo, int64_t *hi)
 {
     int64_t start = i * stride - pad, end = start + kernel;
@@ -42,7 +42,7 @@ static DFC_KERNEL_HELPER inline void dfc_pool_window_range(int64_t i, int stride
 
 /* Flat index (within the plane) of the first maximum of window (i, j) in row-major scan order, skipping the
  * -inf padding; PyTorch's rule, so ties route the gradient to the same input. */
-static DFC_KERNEL_HELPER inline int64_t dfc_max_pool_argmax(const float *xp, int64_t H, int64_t W, dfc_pool2d_params p,
+static DFC_ALSO_DEVICE inline int64_t dfc_max_pool_argmax(const float *xp, int64_t H, int64_t W, dfc_pool2d_params p,
                                                             int64_t i, int64_t j)
 {
     const int64_t h0 = i * p.stride_h - p.pad_h, w0 = j * p.stride_w - p.pad_w;
@@ -72,7 +72,7 @@ typedef struct dfc_lerp_taps {
     double w0, w1;
 } dfc_lerp_taps;
 
-static DFC_KERNEL_HELPER inline dfc_lerp_taps dfc_bilinear_taps(int64_t o, int64_t in, int64_t out)
+static DFC_ALSO_DEVICE inline dfc_lerp_taps dfc_bilinear_taps(int64_t o, int64_t in, int64_t out)
 {
     double src = ((double)o + 0.5) * ((double)in / (double)out) - 0.5;
     if (src < 0.0)
