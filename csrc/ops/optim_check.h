@@ -32,7 +32,7 @@ dfc_adamw_constants dfc_adamw_constants_of(const dfc_adamw_config *cfg, int64_t 
 
 /* The element update every kernel runs, the CUDA one too (torch's _single_tensor_adamw, float32 tensor math). */
 static DFC_ALSO_DEVICE inline void dfc_adamw_element(const dfc_adamw_constants *c, float *param, float grad,
-                                                       float *exp_avg, float *exp_avg_sq)
+                                                     float *exp_avg, float *exp_avg_sq)
 {
     float p = *param * c->decay;                                         /* decoupled weight decay */
     float m = *exp_avg + c->one_minus_beta1 * (grad - *exp_avg);         /* lerp(m, g, 1 - beta1) */

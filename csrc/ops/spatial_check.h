@@ -33,7 +33,7 @@ dfc_status dfc_resize_check_shapes(const char *op, const dfc_tensor *in, const c
 
 /* Rows [*lo, *hi) of the input that window i covers, clipped to the image (the padding holds no values). */
 static DFC_ALSO_DEVICE inline void dfc_pool_window_range(int64_t i, int stride, int pad, int kernel, int64_t size,
-                                                           int64_t *lo, int64_t *hi)
+                                                         int64_t *lo, int64_t *hi)
 {
     int64_t start = i * stride - pad, end = start + kernel;
     *lo = start < 0 ? 0 : start;
@@ -43,7 +43,7 @@ static DFC_ALSO_DEVICE inline void dfc_pool_window_range(int64_t i, int stride, 
 /* Flat index (within the plane) of the first maximum of window (i, j) in row-major scan order, skipping the
  * -inf padding; PyTorch's rule, so ties route the gradient to the same input. */
 static DFC_ALSO_DEVICE inline int64_t dfc_max_pool_argmax(const float *xp, int64_t H, int64_t W, dfc_pool2d_params p,
-                                                            int64_t i, int64_t j)
+                                                          int64_t i, int64_t j)
 {
     const int64_t h0 = i * p.stride_h - p.pad_h, w0 = j * p.stride_w - p.pad_w;
     int64_t best = -1;
