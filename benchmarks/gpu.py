@@ -6,8 +6,7 @@ iteration; random weights measure the work, not the explanations).
 
 Each method runs in its own process (its own peak GPU memory): PyTorch eager (benchmarks/torch_sampler.py, as a
 researcher writes it) with PyTorch's defaults (cuDNN convolutions in TF32) and, for Diff-ICE_1, with TF32 off (fp32
-throughout, the parity mode diffice's own CUDA backend will default to). diffice has no CUDA backend yet (issue 8):
-its rows say so instead of pretending.
+throughout), and diffice's CUDA backend (`backend="cuda"`, fp32 parity mode: TF32 off) on the same networks.
 
 DiME's nested loop costs tau guided steps plus tau (tau - 1) / 2 unguided UNet forwards; it is timed at a smaller
 --dime-tau and, separately, the cost at tau is estimated from the measured guided-step and UNet-forward times
@@ -26,6 +25,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import in_subprocess  # noqa: E402
@@ -97,7 +98,62 @@ def build_torch(config: str, device: str):
     return unet, PlaneClassifier(), perceptual_loss
 
 
+def build_diffice(config: str, device: str):
+    """The same networks in diffice, random weights, on `device` ("cuda", "cuda:N", or a CPU backend)."""
+    sys.path.insert(0, str(ROOT))
+    import diffice
+    from diffice.models.perceptual import PerceptualLoss
+    from diffice.models.resnet import ResNetFeatures
+
+    cfg = CONFIGS[config]
+    unet = diffice.UNet.random(cfg["unet"], seed=0, backend=device)
+    seg = diffice.Segmenter(classes=SEG_CLASSES, **cfg["segmenter"], backend=device)
+    seg._randomize(1)
+    sono = diffice.SonoNet.random(
+        k=cfg["sononet_k"], in_channels=1 + SEG_CLASSES, num_classes=2, seed=2, backend=device
+    )
+    clf = diffice.PlaneClassifier(seg, sono, backend=device)
+    feats = ResNetFeatures.random(
+        depth=cfg["resnet_depth"], layout="torchvision", in_channels=1, taps=("layer4",), seed=3, backend=device
+    )
+    return unet, diffice.GaussianDiffusion(1000, "linear", "400"), clf, PerceptualLoss(feats, variant="mse")
+
+
+def diffice_worker(config: str, method: str, batch: int, tau: int, device: str) -> dict:
+    from diffice.explain.explainer import Explainer
+
+    unet, diffusion, clf, perc = build_diffice(config, device)
+    size = CONFIGS[config]["size"]
+    x = np.random.default_rng(1).uniform(-1, 1, (batch, 1) + size).astype(np.float32)
+    kind, iterations = method, METHODS[method][1]
+
+    def run(t: int):
+        ex = Explainer(
+            unet,
+            diffusion,
+            clf,
+            perc,
+            backend=device,
+            method=kind,
+            iterations=iterations,
+            tau=t,
+            lambda_c=(60.0,),
+            lambda_p=30.0,
+        )
+        return ex.explain(x, target=1, seed=0)
+
+    run(2)  # warm-up: handles, algorithm choices, the kept workspace
+    t0 = time.perf_counter()
+    res = run(tau)
+    seconds = time.perf_counter() - t0
+    if not np.isfinite(res.counterfactuals).all():
+        return dict(error="non-finite output")
+    return dict(seconds=seconds, arena_gb=res.peak_bytes / 1e9)
+
+
 def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int, device: str) -> dict:
+    if impl == "diffice":
+        return diffice_worker(config, method, batch, tau, device)
     import torch
     from torch_sampler import TorchDiffusion, explain
 
@@ -184,10 +240,13 @@ def main() -> None:
     )
     parser.add_argument("--no-fp32", dest="fp32", action="store_false", help="skip the Diff-ICE_1 row with TF32 off")
     parser.add_argument("--jsonl", type=Path, help="append each row here as soon as it is measured")
+    parser.add_argument("--no-diffice", action="store_true", help="PyTorch rows only")
     args = parser.parse_args()
 
     plan = []
     for m in args.methods:
+        if not args.no_diffice:
+            plan.append(("diffice", m, args.dime_tau if m == "dime" else args.tau, 0))
         plan.append(("torch", m, args.dime_tau if m == "dime" else args.tau, 1))
         if m == "diff-ice-1" and args.fp32:
             plan.append(("torch", m, args.tau, 0))
@@ -199,7 +258,7 @@ def main() -> None:
         f"config {args.config} ({size[0]}x{size[1]}), batch {args.batch}, tau {args.tau} of 400 respaced steps "
         f"(DiME timed at tau {args.dime_tau}), one lambda_c, device {args.device}"
     )
-    print("diffice: no CUDA backend yet (issue 8), so only the PyTorch eager rows exist\n")
+    print("diffice rows: fp32 (TF32 off: cuDNN FMA math, cuBLAS default math); peak = the sampler's arena\n")
     print("| method | impl | TF32 | tau | batch time (s) | peak allocated (GB) | peak reserved (GB) |")
     print("|---|---|---|---|---|---|---|")
     rows = {}
@@ -210,11 +269,14 @@ def main() -> None:
         if args.jsonl:
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-        label = "torch eager"
+        label = "torch eager" if impl == "torch" else "diffice"
         if "error" in r:
             print(f"| {method} | {label} | | {tau} | {r['error']} | | |", flush=True)
             continue
-        mem = f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}" if "peak_allocated_gb" in r else "- | -"
+        if "peak_allocated_gb" in r:
+            mem = f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}"
+        else:
+            mem = f"{r['arena_gb']:.2f} (arena) | -" if "arena_gb" in r else "- | -"
         print(f"| {method} | {label} | {'on' if tf32 else 'off'} | {tau} | {r['seconds']:.2f} | {mem} |", flush=True)
 
     dime, fwd, one = (rows.get(("torch", k, 1)) for k in ("dime", "unet-forward", "diff-ice-1"))
