@@ -14,17 +14,16 @@ struct dfc_model_guidance {
     dfc_perceptual *perceptual; /* borrowed, may be NULL */
     int64_t n, m;               /* images and values per image of the original batch */
     int64_t shape[4];
-    /* The original batch, in host memory: the guidance is made before the backend is known (the Python API gives
-     * it at sample time), so the rows a pass needs are copied in per call. */
-    float *x;
+    dfc_backend *be;         /* borrowed: the one backend the guidance runs on, whose memory x is */
+    float *x;                /* the original batch (n, m), backend memory */
     int64_t *targets;        /* (n) */
     int64_t *reference_rows; /* the rows whose features the perceptual loss holds; count < 0: none */
     int64_t reference_count;
 };
 
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
-                                     const dfc_tensor *x, const int64_t *targets, dfc_model_guidance **out,
-                                     dfc_error *err)
+                                     dfc_backend *be, const dfc_tensor *x, const int64_t *targets,
+                                     dfc_model_guidance **out, dfc_error *err)
 {
     *out = NULL;
     DFC_TRY(dfc_check_ndim(x, "guidance", "x", 4, 4, err));
@@ -40,15 +39,25 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
     g->n = x->shape[0];
     g->m = dfc_inner_size(x, 1);
     memcpy(g->shape, x->shape, sizeof g->shape);
-    g->x = malloc((size_t)(g->n * g->m) * sizeof(float));
+    g->be = be;
     g->targets = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_rows = malloc((size_t)g->n * sizeof(int64_t));
     g->reference_count = -1;
-    if (!g->x || !g->targets || !g->reference_rows) {
+    if (!g->targets || !g->reference_rows) {
         dfc_model_guidance_destroy(g);
         return dfc_fail(err, DFC_ERR_NOMEM, "guidance: out of memory");
     }
-    memcpy(g->x, x->data, (size_t)(g->n * g->m) * sizeof(float));
+    const size_t bytes = (size_t)(g->n * g->m) * sizeof(float);
+    dfc_status st = DFC_ERR_NOMEM;
+    if ((g->x = be->iface->alloc(be, bytes, err)))
+        st = be->iface->copy_from_host(be, g->x, x->data, bytes, err);
+    else if (err && err->code)
+        st = err->code;
+    if (st != DFC_OK) {
+        dfc_error_prefix(err, "guidance: ");
+        dfc_model_guidance_destroy(g);
+        return st;
+    }
     memcpy(g->targets, targets, (size_t)g->n * sizeof(int64_t));
     *out = g;
     return DFC_OK;
@@ -58,13 +67,14 @@ void dfc_model_guidance_destroy(dfc_model_guidance *g)
 {
     if (!g)
         return;
-    free(g->x);
+    if (g->x)
+        g->be->iface->free(g->be, g->x);
     free(g->targets);
     free(g->reference_rows);
     free(g);
 }
 
-/* The original images of these rows, copied in from the host copy. */
+/* The original images of these rows. */
 static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int64_t *rows, int64_t count,
                          dfc_arena *arena, dfc_tensor *out, dfc_error *err)
 {
@@ -75,8 +85,7 @@ static dfc_status gather(const dfc_model_guidance *g, dfc_backend *be, const int
         if (rows[b] < 0 || rows[b] >= g->n)
             return dfc_fail(err, DFC_ERR_VALUE, "guidance: row %lld is outside the batch of %lld", (long long)rows[b],
                             (long long)g->n);
-        DFC_TRY(be->iface->copy_from_host(be, out->data + b * g->m, g->x + rows[b] * g->m, (size_t)g->m * sizeof(float),
-                                          err));
+        DFC_TRY(be->iface->copy(be, out->data + b * g->m, g->x + rows[b] * g->m, (size_t)g->m * sizeof(float), err));
     }
     return DFC_OK;
 }
@@ -102,6 +111,15 @@ static dfc_status use_reference_rows(dfc_model_guidance *g, dfc_backend *be, dfc
     return DFC_OK;
 }
 
+/* The guidance's memory (its images, the perceptual reference) is its backend's: it runs there only. */
+static dfc_status check_backend(const dfc_model_guidance *g, const dfc_backend *be, dfc_error *err)
+{
+    if (be != g->be)
+        return dfc_fail(err, DFC_ERR_VALUE, "guidance: made for backend '%s', called with another ('%s')",
+                        dfc_backend_name(g->be), dfc_backend_name(be));
+    return DFC_OK;
+}
+
 static dfc_status gather_targets(const dfc_model_guidance *g, const int64_t *rows, int64_t count, dfc_arena *arena,
                                  int64_t **out, dfc_error *err)
 {
@@ -118,6 +136,7 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
                                             dfc_tensor *grad, float *loss_class, float *loss_perceptual, dfc_error *err)
 {
     dfc_model_guidance *g = ctx;
+    DFC_TRY(check_backend(g, be, err));
     const int64_t n = x0->shape[0];
     int64_t *targets;
     DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
@@ -155,6 +174,7 @@ dfc_status dfc_model_guidance_classify(void *ctx, dfc_backend *be, dfc_arena *ar
                                        const int64_t *rows, float *prob_target, int *is_target, dfc_error *err)
 {
     dfc_model_guidance *g = ctx;
+    DFC_TRY(check_backend(g, be, err));
     const int64_t n = x->shape[0];
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS];
     DFC_TRY(dfc_net_forward(g->classifier, be, arena, NULL, x, NULL, NULL, outputs, err));

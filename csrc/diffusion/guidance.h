@@ -10,11 +10,12 @@
 
 typedef struct dfc_model_guidance dfc_model_guidance;
 
-/* classifier and perceptual are borrowed (must outlive the guidance); x (N, C, H, W) the original images and
- * targets (N), both in host memory, are copied (the rows a pass needs are copied into backend memory). */
+/* classifier, perceptual and be are borrowed (must outlive the guidance), and the guidance runs on be only (its
+ * images and the perceptual reference are in be's memory); x (N, C, H, W) the original images and targets (N),
+ * both in host memory, are copied (x into be's memory). */
 dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_kind kind, dfc_perceptual *perceptual,
-                                     const dfc_tensor *x, const int64_t *targets, dfc_model_guidance **out,
-                                     dfc_error *err);
+                                     dfc_backend *be, const dfc_tensor *x, const int64_t *targets,
+                                     dfc_model_guidance **out, dfc_error *err);
 void dfc_model_guidance_destroy(dfc_model_guidance *g);
 
 /* The interface the sampler calls (ctx = g). */

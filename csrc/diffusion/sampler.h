@@ -52,7 +52,8 @@ typedef struct dfc_sampler_config {
 } dfc_sampler_config;
 
 /* The guiding loss. rows[b] is the position in the ORIGINAL batch of row b of x0 (for its reference image and
- * target); grad = d/dx0 of sum_b [lambda_c[b] Lc(f(x0_b), y_b) + lambda_p Lp(x0_b, x_rows[b])]. */
+ * target); grad = d/dx0 of sum_b [lambda_c[b] Lc(f(x0_b), y_b) + lambda_p Lp(x0_b, x_rows[b])]. x0, x, grad,
+ * loss_class, loss_perceptual and prob_target are be's memory; rows, lambda_c and is_target host arrays. */
 typedef struct dfc_guidance {
     void *ctx;
     dfc_status (*loss_and_grad)(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0, const int64_t *rows,
@@ -87,12 +88,12 @@ typedef struct dfc_sampler_outputs {
 
 dfc_status dfc_sampler_validate(const dfc_sampler_config *cfg, const dfc_diffusion *d, dfc_error *err);
 
-/* x (N, C, H, W) in [-1, 1]; sample_keys (N) identify the images for the noise. denoiser: any dfc_net conditioned
- * on the original timesteps with one output, the model output (N, C or 2C, H, W) (the UNet).
- * work, scratch: arenas of memory be can use (be's, or host memory for a host backend) that the caller keeps between
- * calls, so a call reuses the memory the previous one obtained (they grow when a call needs more); the run works
- * above their marks at entry and resets them to those marks before it returns; their peaks restart at the call.
- * NULL (either): the call makes arenas of its own and frees them before it returns. */
+/* x (N, C, H, W) in [-1, 1], be's memory; sample_keys (N) identify the images for the noise; out: host memory.
+ * denoiser: any dfc_net conditioned on the original timesteps with one output, the model output (N, C or 2C, H, W)
+ * (the UNet). work, scratch: arenas of memory be can use (be's, or host memory for a host backend) that the caller
+ * keeps between calls, so a call reuses the memory the previous one obtained (they grow when a call needs more); the
+ * run works above their marks at entry and resets them to those marks before it returns; their peaks restart at the
+ * call. NULL (either): the call makes arenas of its own and frees them before it returns. */
 dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
                            const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
                            const dfc_tensor *x, const uint64_t *sample_keys, dfc_progress_fn progress,

@@ -328,8 +328,6 @@ static dfc_status keep_stage_output(dfc_backend *be, stage_memory *m, dfc_tensor
     return DFC_OK;
 }
 
-static dfc_tensor channel_vector(const float *v) { return dfc_tensor4((float *)v, 1, 3, 1, 1); }
-
 /* x (N, 1 or 3, H, W) in [0, 1] -> 3 channels, resized, 2x - 1 (pytorch-fid InceptionV3.forward). */
 static dfc_status input_forward(dfc_backend *be, const dfc_inception *net, const dfc_tensor *x, dfc_arena *tmp,
                                 dfc_tensor *xn, dfc_error *err)
@@ -352,7 +350,9 @@ static dfc_status input_forward(dfc_backend *be, const dfc_inception *net, const
     }
     *xn = dfc_alloc4(tmp, n, 3, xr.shape[2], xr.shape[3], err);
     DFC_CHECK_ALLOC(*xn);
-    dfc_tensor two = channel_vector(TWO), minus_one = channel_vector(MINUS_ONE);
+    dfc_tensor two, minus_one;
+    DFC_TRY(dfc_channel_constants(be, tmp, TWO, 3, &two, err));
+    DFC_TRY(dfc_channel_constants(be, tmp, MINUS_ONE, 3, &minus_one, err));
     DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_MUL, &xr, &two, xn, err));
     return be->ops->binary_forward(be, DFC_BINARY_ADD, xn, &minus_one, xn, err);
 }

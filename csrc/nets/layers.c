@@ -218,13 +218,41 @@ dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_erro
     return be->ops->fill(be, 0.0f, &t, err);
 }
 
-dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err)
+/* One of a backend's memory functions that move bytes: copy, copy_from_host, copy_to_host (the same signature). */
+typedef dfc_status (*memory_copy_fn)(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err);
+
+/* dst = src through copy. */
+static dfc_status copy_tensor_with(dfc_backend *be, memory_copy_fn copy, dfc_tensor *dst, const dfc_tensor *src,
+                                   dfc_error *err)
 {
     const int64_t n = dfc_numel(src);
     if (dfc_numel(dst) != n)
         return dfc_fail(err, DFC_ERR_SHAPE, "copy: the destination holds %lld values, the source %lld",
                         (long long)dfc_numel(dst), (long long)n);
-    return be->iface->copy(be, dst->data, src->data, (size_t)n * sizeof(float), err);
+    return copy(be, dst->data, src->data, (size_t)n * sizeof(float), err);
+}
+
+dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err)
+{
+    return copy_tensor_with(be, be->iface->copy, dst, src, err);
+}
+
+dfc_status dfc_copy_tensor_from_host(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *host_src, dfc_error *err)
+{
+    return copy_tensor_with(be, be->iface->copy_from_host, dst, host_src, err);
+}
+
+dfc_status dfc_copy_tensor_to_host(dfc_backend *be, dfc_tensor *host_dst, const dfc_tensor *src, dfc_error *err)
+{
+    return copy_tensor_with(be, be->iface->copy_to_host, host_dst, src, err);
+}
+
+dfc_status dfc_channel_constants(dfc_backend *be, dfc_arena *arena, const float *values, int64_t count, dfc_tensor *out,
+                                 dfc_error *err)
+{
+    *out = dfc_alloc4(arena, 1, count, 1, 1, err);
+    DFC_CHECK_ALLOC(*out);
+    return be->iface->copy_from_host(be, out->data, values, (size_t)count * sizeof(float), err);
 }
 
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,

@@ -158,6 +158,14 @@ dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_erro
 
 /* dst = src, tensors of one element count, through the backend's copy between its buffers (nets/ touch no element). */
 dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err);
+/* The same between host memory and backend memory: dst (backend) = host_src; host_dst = src (backend). */
+dfc_status dfc_copy_tensor_from_host(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *host_src, dfc_error *err);
+dfc_status dfc_copy_tensor_to_host(dfc_backend *be, dfc_tensor *host_dst, const dfc_tensor *src, dfc_error *err);
+
+/* A (1, count, 1, 1) tensor in arena (backend memory) holding count host values: per-channel constants for the
+ * broadcasting ops. */
+dfc_status dfc_channel_constants(dfc_backend *be, dfc_arena *arena, const float *values, int64_t count, dfc_tensor *out,
+                                 dfc_error *err);
 
 /* y = a + b (same shapes), allocated. */
 dfc_status dfc_add_new(dfc_backend *be, const dfc_tensor *a, const dfc_tensor *b, dfc_arena *arena, dfc_tensor *y,

@@ -11,8 +11,17 @@ struct dfc_perceptual {
     int has_reference;
     int64_t ref_shape[4];                /* the reference image's shape */
     dfc_tensor ref[DFC_NET_MAX_OUTPUTS]; /* its features, in ref_data */
-    float *ref_data;
+    float *ref_data;                     /* backend memory of ref_backend (NULL: no reference) */
+    dfc_backend *ref_backend;            /* the set_reference call's; borrowed */
 };
+
+static void free_reference(dfc_perceptual *p)
+{
+    if (p->ref_data)
+        p->ref_backend->iface->free(p->ref_backend, p->ref_data);
+    p->ref_data = NULL;
+    p->ref_backend = NULL;
+}
 
 dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant variant, float weight, dfc_perceptual **out,
                                  dfc_error *err)
@@ -36,7 +45,7 @@ void dfc_perceptual_destroy(dfc_perceptual *p)
 {
     if (!p)
         return;
-    free(p->ref_data);
+    free_reference(p);
     free(p);
 }
 
@@ -88,9 +97,10 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
     int64_t total = 0;
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++)
         total += dfc_numel(&feats[k]);
-    if (st == DFC_OK && !(data = malloc((size_t)(total > 0 ? total : 1) * sizeof(float))))
-        st =
-            dfc_fail(err, DFC_ERR_NOMEM, "PerceptualLoss.set_reference: cannot allocate %lld floats", (long long)total);
+    if (st == DFC_OK && !(data = be->iface->alloc(be, (size_t)(total > 0 ? total : 1) * sizeof(float), err))) {
+        st = err && err->code ? err->code : DFC_ERR_NOMEM;
+        dfc_error_prefix(err, "PerceptualLoss.set_reference: ");
+    }
     dfc_tensor ref[DFC_NET_MAX_OUTPUTS];
     int64_t offset = 0;
     for (int k = 0; st == DFC_OK && k < net->num_outputs; k++) {
@@ -101,11 +111,12 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
     }
     reset_both(arena, am, scratch, sm);
     if (st != DFC_OK) {
-        free(data);
+        be->iface->free(be, data);
         return st;
     }
-    free(p->ref_data);
+    free_reference(p);
     p->ref_data = data;
+    p->ref_backend = be;
     memcpy(p->ref, ref, sizeof ref);
     memcpy(p->ref_shape, b->shape, sizeof p->ref_shape);
     p->has_reference = 1;
@@ -118,6 +129,11 @@ dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_are
     const char *op = "PerceptualLoss.loss";
     if (!p->has_reference)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: no reference (call set_reference first)", op);
+    if (!dfc_backend_same_memory(p->ref_backend, be))
+        return dfc_fail(err, DFC_ERR_VALUE,
+                        "%s: the reference is in the memory of backend '%s', not '%s' (call "
+                        "set_reference with this backend)",
+                        op, dfc_backend_name(p->ref_backend), dfc_backend_name(be));
     DFC_TRY(check_image(p, a, op, "a", err));
     if (memcmp(a->shape, p->ref_shape, sizeof p->ref_shape) != 0) {
         char got[64], want[64];

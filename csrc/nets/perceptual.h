@@ -22,8 +22,9 @@ dfc_status dfc_perceptual_create(const dfc_net *net, dfc_perceptual_variant vari
                                  dfc_error *err);
 void dfc_perceptual_destroy(dfc_perceptual *p);
 
-/* Runs the network on b (N, in_channels, H, W) and keeps its features. arena and scratch are working memory,
- * left as found. */
+/* Runs the network on b (N, in_channels, H, W) and keeps its features, in be's memory: be must outlive them (until
+ * the next set_reference or dfc_perceptual_destroy), and a loss runs on a backend of the same memory. arena and
+ * scratch are working memory, left as found. */
 dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                         const dfc_tensor *b, dfc_error *err);
 int dfc_perceptual_has_reference(const dfc_perceptual *p);

@@ -18,7 +18,8 @@ typedef struct block {
 typedef struct dfc_resnet {
     dfc_net base; /* first: a dfc_resnet is a dfc_net */
     dfc_resnet_config cfg;
-    /* input normalisation: normalised channel c = in_scale[c] * x[in_src[c]] + in_shift[c] */
+    /* input normalisation: normalised channel c = in_scale[c] * x[in_src[c]] + in_shift[c] (host values, copied
+     * into backend memory by each call) */
     float in_scale[3], in_shift[3];
     int in_src[3];
     dfc_conv_layer conv1;
@@ -232,8 +233,6 @@ static dfc_status relu_inplace(dfc_backend *be, dfc_tensor *y, dfc_error *err)
     return be->ops->activation_forward(be, DFC_ACT_RELU, y, y, err);
 }
 
-static dfc_tensor channel_vector(const float *v) { return dfc_tensor4((float *)v, 1, 3, 1, 1); }
-
 /* x (N, 1 or 3, H, W) in [-1, 1] -> the network's 3-channel normalised input. */
 static dfc_status normalize_forward(dfc_backend *be, const dfc_resnet *r, const dfc_tensor *x, dfc_arena *arena,
                                     dfc_tensor *xn, dfc_error *err)
@@ -262,7 +261,9 @@ static dfc_status normalize_forward(dfc_backend *be, const dfc_resnet *r, const 
     }
     *xn = dfc_alloc4(arena, n, 3, h, w, err);
     DFC_CHECK_ALLOC(*xn);
-    dfc_tensor scale = channel_vector(r->in_scale), shift = channel_vector(r->in_shift);
+    dfc_tensor scale, shift;
+    DFC_TRY(dfc_channel_constants(be, arena, r->in_scale, 3, &scale, err));
+    DFC_TRY(dfc_channel_constants(be, arena, r->in_shift, 3, &shift, err));
     DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_MUL, &x3, &scale, xn, err));
     return be->ops->binary_forward(be, DFC_BINARY_ADD, xn, &shift, xn, err);
 }
@@ -272,7 +273,8 @@ static dfc_status normalize_backward(dfc_backend *be, const dfc_resnet *r, const
                                      dfc_tensor *dx, dfc_error *err)
 {
     int64_t n = dxn->shape[0], h = dxn->shape[2], w = dxn->shape[3];
-    dfc_tensor scale = channel_vector(r->in_scale);
+    dfc_tensor scale;
+    DFC_TRY(dfc_channel_constants(be, arena, r->in_scale, 3, &scale, err));
     int gather = dx->shape[1] == 1 || r->in_src[0] != 0;
     if (!gather)
         return be->ops->binary_forward(be, DFC_BINARY_MUL, dxn, &scale, dx, err);

@@ -476,4 +476,11 @@ extern const dfc_backend_iface dfc_cuda_loader_iface;           /* "cuda": loads
  * weight_decay >= 0), all finite; defined in ref_optim.c. */
 dfc_status dfc_adamw_check(const dfc_adamw_config *cfg, dfc_error *err);
 
+/* Whether b may use (and free) memory that a allocated: backends with the same memory functions share one memory
+ * (the host backends: host memory; a device backend: that device's memory, whichever thread's backend made it). */
+static inline int dfc_backend_same_memory(const dfc_backend *a, const dfc_backend *b)
+{
+    return a->iface->alloc == b->iface->alloc && a->iface->free == b->iface->free;
+}
+
 #endif

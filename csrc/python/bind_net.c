@@ -97,14 +97,14 @@ static const dfc_tensor *cond_or_null(const dfc_tensor *cond) { return cond->dat
 
 /* Parses (backend, x[, douts][, cond]) where douts is a tuple with one array or None per output and cond the
  * conditioning input of a conditioned network. */
-static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_backend **be, dfc_tensor *x,
+static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_py_backend_ref *be, dfc_tensor *x,
                       dfc_tensor *douts, dfc_tensor *cond, dfc_py_refs *refs, const char *op)
 {
     PyObject *x_obj, *douts_obj = NULL, *cond_obj = NULL;
     if (!network_ready(self))
         return -1;
-    if (with_douts ? !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend, be, &x_obj, &douts_obj, &cond_obj)
-                   : !PyArg_ParseTuple(args, "O&O|O", dfc_py_backend, be, &x_obj, &cond_obj))
+    if (with_douts ? !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend_ref_converter, be, &x_obj, &douts_obj, &cond_obj)
+                   : !PyArg_ParseTuple(args, "O&O|O", dfc_py_backend_ref_converter, be, &x_obj, &cond_obj))
         return -1;
     if (dfc_py_tensor(x_obj, op, "x", 4, 4, 1, refs, x) < 0 || parse_cond(cond_obj, op, refs, cond) < 0)
         return -1;
@@ -136,27 +136,41 @@ static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_b
     return 0;
 }
 
-/* The net's outputs copied out of the arena into a new tuple of arrays; NULL with an exception on failure. */
-static PyObject *outputs_tuple(const dfc_net *net, const dfc_tensor *outputs)
+/* The net's outputs copied out of the arena (backend memory) into a new tuple of arrays; NULL with an exception on
+ * failure. */
+static PyObject *outputs_tuple(const dfc_net *net, dfc_backend *be, const dfc_tensor *outputs)
 {
     PyObject *result = PyTuple_New(net->num_outputs);
     for (int k = 0; result && k < net->num_outputs; k++) {
         dfc_tensor copy;
+        dfc_error err = {0};
         PyObject *arr = dfc_py_new_tensor(outputs[k].ndim, outputs[k].shape, &copy);
+        if (arr && dfc_copy_tensor_to_host(be, &copy, &outputs[k], &err) != DFC_OK) {
+            dfc_py_raise(&err);
+            Py_CLEAR(arr);
+        }
         if (!arr) {
             Py_CLEAR(result);
             break;
         }
-        memcpy(copy.data, outputs[k].data, (size_t)dfc_numel(&copy) * sizeof(float));
         PyTuple_SET_ITEM(result, k, arr);
     }
     return result;
 }
 
+/* The forward of a call whose x and cond are numpy's: both copied into the arena (the backend's memory) first. */
+static dfc_status forward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                    dfc_tensor *x, dfc_tensor *cond, void **tape, dfc_tensor *outputs, dfc_error *err)
+{
+    DFC_TRY(dfc_py_to_backend(be, arena, x, err));
+    DFC_TRY(dfc_py_to_backend(be, arena, cond, err));
+    return dfc_net_forward(net, be, arena, scratch, x, cond_or_null(cond), tape, outputs, err);
+}
+
 /* forward(backend, x[, cond]) -> tuple of outputs (copied out of the arena) */
 static PyObject *network_forward(NetworkObject *self, PyObject *args)
 {
-    dfc_backend *be;
+    dfc_py_backend_ref be;
     dfc_tensor x, cond, outputs[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
     PyObject *result = NULL;
@@ -164,11 +178,10 @@ static PyObject *network_forward(NetworkObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->base.ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &be, &w);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st =
-        dfc_net_forward(self->net, be, w.main, w.scratch, &x, cond_or_null(&cond), NULL, outputs, &err);
-    Py_END_ALLOW_THREADS if (st == DFC_OK) result = outputs_tuple(self->net, outputs);
+    Py_BEGIN_ALLOW_THREADS st = forward_from_host(self->net, be.be, w.main, w.scratch, &x, &cond, NULL, outputs, &err);
+    Py_END_ALLOW_THREADS if (st == DFC_OK) result = outputs_tuple(self->net, be.be, outputs);
     else dfc_py_raise(&err);
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
@@ -176,25 +189,33 @@ done:
     return result;
 }
 
-static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x,
-                                   const dfc_tensor *cond, const dfc_tensor *douts, dfc_tensor *dx, float *grads,
+/* x, cond, douts: numpy's (copied into the arena here); dx and grads: numpy's (data NULL: not wanted), computed in
+ * the arena and copied out. */
+static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_tensor *x,
+                                   dfc_tensor *cond, dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads,
                                    dfc_error *err)
 {
-    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS];
+    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], dx_be, grads_be;
     void *tape = NULL;
-    DFC_TRY(dfc_net_forward(net, be, arena, NULL, x, cond, &tape, outputs, err));
+    for (int k = 0; k < net->num_outputs; k++)
+        DFC_TRY(dfc_py_to_backend(be, arena, &douts[k], err));
+    DFC_TRY(dfc_py_backend_output(arena, dx, &dx_be, err));
+    DFC_TRY(dfc_py_backend_output(arena, grads, &grads_be, err));
+    DFC_TRY(forward_from_host(net, be, arena, NULL, x, cond, &tape, outputs, err));
     for (int k = 0; k < net->num_outputs; k++) {
         if (douts[k].data)
             DFC_TRY(dfc_check_shape(&douts[k], "Network.vjp", net->output_names[k], outputs[k].ndim, outputs[k].shape,
                                     err));
     }
-    return dfc_net_backward(net, be, arena, tape, douts, dx, grads, err);
+    DFC_TRY(dfc_net_backward(net, be, arena, tape, douts, &dx_be, grads_be.data, err));
+    DFC_TRY(dfc_copy_tensor_to_host(be, dx, &dx_be, err));
+    return grads->data ? dfc_copy_tensor_to_host(be, grads, &grads_be, err) : DFC_OK;
 }
 
 /* vjp and gradients: (backend, x, douts[, cond]) -> dx, or with_grads (dx, flat parameter gradients). */
 static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_grads, const char *op)
 {
-    dfc_backend *be;
+    dfc_py_backend_ref be;
     dfc_tensor x, cond, dx, flat = {0}, douts[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
     PyObject *result = NULL;
@@ -207,9 +228,8 @@ static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_gra
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->base.ws, &w);
-    DFC_PY_RUN(result, err,
-               forward_backward(self->net, be, w.main, &x, cond_or_null(&cond), douts, &dx, flat.data, &err));
+    dfc_py_workspace_acquire(&self->base.ws, &be, &w);
+    DFC_PY_RUN(result, err, forward_backward(self->net, be.be, w.main, &x, &cond, douts, &dx, &flat, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
@@ -228,17 +248,31 @@ static PyObject *network_gradients(NetworkObject *self, PyObject *args)
     return backward_call(self, args, 1, "Network.gradients");
 }
 
+/* train_step's backward: douts (numpy's) copied in, the parameter gradients computed in the arena and copied out to
+ * grads (numpy's). */
+static dfc_status backward_to_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
+                                   dfc_tensor *douts, dfc_tensor *grads, dfc_error *err)
+{
+    dfc_tensor grads_be;
+    for (int k = 0; k < net->num_outputs; k++)
+        DFC_TRY(dfc_py_to_backend(be, arena, &douts[k], err));
+    DFC_TRY(dfc_py_backend_output(arena, grads, &grads_be, err));
+    DFC_TRY(dfc_net_backward(net, be, arena, tape, douts, NULL, grads_be.data, err));
+    return dfc_copy_tensor_to_host(be, grads, &grads_be, err);
+}
+
 /* train_step(backend, x, grad_fn[, cond]) -> (info, flat parameter gradients): one forward with a tape, then
  * grad_fn(outputs) -> (douts, info) in Python (the training loss), then the backward: one forward per training
  * step instead of two. */
 static PyObject *network_train_step(NetworkObject *self, PyObject *args)
 {
-    dfc_backend *be;
+    dfc_py_backend_ref be;
     PyObject *x_obj, *grad_fn, *cond_obj = NULL, *outputs_obj = NULL, *answer = NULL, *grads_obj = NULL;
     PyObject *result = NULL;
     dfc_tensor x, cond, flat, outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS];
     dfc_py_refs refs = {0};
-    if (!network_ready(self) || !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend, &be, &x_obj, &grad_fn, &cond_obj))
+    if (!network_ready(self) ||
+        !PyArg_ParseTuple(args, "O&OO|O", dfc_py_backend_ref_converter, &be, &x_obj, &grad_fn, &cond_obj))
         return NULL;
     if (dfc_py_tensor(x_obj, "Network.train_step", "x", 4, 4, 1, &refs, &x) < 0 ||
         parse_cond(cond_obj, "Network.train_step", &refs, &cond) < 0)
@@ -248,18 +282,17 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
         goto done;
     dfc_error err = {0};
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(&self->base.ws, &w);
+    dfc_py_workspace_acquire(&self->base.ws, &be, &w);
     void *tape = NULL;
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st =
-        dfc_net_forward(self->net, be, w.main, NULL, &x, cond_or_null(&cond), &tape, outputs, &err);
+    Py_BEGIN_ALLOW_THREADS st = forward_from_host(self->net, be.be, w.main, NULL, &x, &cond, &tape, outputs, &err);
     Py_END_ALLOW_THREADS if (st != DFC_OK)
     {
         dfc_py_raise(&err);
         goto release;
     }
     const int n = self->net->num_outputs;
-    if (!(outputs_obj = outputs_tuple(self->net, outputs)))
+    if (!(outputs_obj = outputs_tuple(self->net, be.be, outputs)))
         goto release;
     if (!(answer = PyObject_CallFunctionObjArgs(grad_fn, outputs_obj, NULL)))
         goto release;
@@ -278,7 +311,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
             goto release;
         }
     }
-    Py_BEGIN_ALLOW_THREADS st = dfc_net_backward(self->net, be, w.main, tape, douts, NULL, flat.data, &err);
+    Py_BEGIN_ALLOW_THREADS st = backward_to_host(self->net, be.be, w.main, tape, douts, &flat, &err);
     Py_END_ALLOW_THREADS if (st != DFC_OK) dfc_py_raise(&err);
     else result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
 release:

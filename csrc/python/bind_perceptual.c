@@ -15,6 +15,7 @@ typedef struct {
     DfcWorkspaceObject base; /* the object head and the workspace */
     dfc_perceptual *loss;
     PyObject *network;             /* the diffice._C.Network the loss runs (kept alive) */
+    PyObject *reference_backend;   /* the Backend whose memory holds the reference features (kept alive) */
     PyThread_type_lock state_lock; /* held by set_reference (which replaces the reference features) and loss (which
                                     * reads them): calls from several threads take turns instead of racing */
 } PerceptualObject;
@@ -63,6 +64,7 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
 static void perceptual_dealloc(PerceptualObject *self)
 {
     dfc_perceptual_destroy(self->loss);
+    Py_XDECREF(self->reference_backend); /* after the features in its memory are freed */
     Py_XDECREF(self->network);
     dfc_py_workspace_free(&self->base.ws);
     if (self->state_lock)
@@ -75,12 +77,38 @@ static int perceptual_ready(PerceptualObject *self)
     return dfc_py_ready(self->loss, "PerceptualLoss: not initialised");
 }
 
+/* The reference image copied into the arena (b: numpy's), then its features kept in be's memory. */
+static dfc_status set_reference_from_host(dfc_perceptual *loss, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                          dfc_tensor *b, dfc_error *err)
+{
+    dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_status st = dfc_py_to_backend(be, arena, b, err);
+    if (st == DFC_OK)
+        st = dfc_perceptual_set_reference(loss, be, arena, scratch, b, err);
+    dfc_arena_reset(arena, mark);
+    return st;
+}
+
+/* a (numpy's) copied into the arena; the loss and da computed there and copied out to loss and da (numpy's; da's
+ * data NULL: not wanted). */
+static dfc_status loss_from_host(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                 dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err)
+{
+    dfc_tensor loss_be, da_be;
+    DFC_TRY(dfc_py_to_backend(be, arena, a, err));
+    DFC_TRY(dfc_py_backend_output(arena, loss, &loss_be, err));
+    DFC_TRY(dfc_py_backend_output(arena, da, &da_be, err));
+    DFC_TRY(dfc_perceptual_loss(p, be, arena, scratch, a, &loss_be, da->data ? &da_be : NULL, err));
+    DFC_TRY(dfc_copy_tensor_to_host(be, loss, &loss_be, err));
+    return da->data ? dfc_copy_tensor_to_host(be, da, &da_be, err) : DFC_OK;
+}
+
 /* set_reference(backend, b) */
 static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args)
 {
-    dfc_backend *be;
+    dfc_py_backend_ref be;
     PyObject *b_obj;
-    if (!perceptual_ready(self) || !PyArg_ParseTuple(args, "O&O", dfc_py_backend, &be, &b_obj))
+    if (!perceptual_ready(self) || !PyArg_ParseTuple(args, "O&O", dfc_py_backend_ref_converter, &be, &b_obj))
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor b;
@@ -92,8 +120,12 @@ static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args
     dfc_error err = {0};
     dfc_py_arenas w;
     perceptual_lock(self->state_lock);
-    dfc_py_workspace_acquire(&self->base.ws, &w);
-    DFC_PY_RUN(out, err, dfc_perceptual_set_reference(self->loss, be, w.main, w.scratch, &b, &err));
+    dfc_py_workspace_acquire(&self->base.ws, &be, &w);
+    DFC_PY_RUN(out, err, set_reference_from_host(self->loss, be.be, w.main, w.scratch, &b, &err));
+    if (out) { /* the features are in be's memory now */
+        Py_INCREF(be.obj);
+        Py_XSETREF(self->reference_backend, be.obj);
+    }
     dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:
@@ -104,10 +136,11 @@ done:
 /* loss(backend, a, with_grad) -> (loss (N,), da or None) */
 static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
 {
-    dfc_backend *be;
+    dfc_py_backend_ref be;
     PyObject *a_obj;
     int with_grad;
-    if (!perceptual_ready(self) || !PyArg_ParseTuple(args, "O&Op", dfc_py_backend, &be, &a_obj, &with_grad))
+    if (!perceptual_ready(self) ||
+        !PyArg_ParseTuple(args, "O&Op", dfc_py_backend_ref_converter, &be, &a_obj, &with_grad))
         return NULL;
     dfc_py_refs refs = {0};
     dfc_tensor a, loss, da = {0};
@@ -120,9 +153,8 @@ static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
     dfc_error err = {0};
     dfc_py_arenas w;
     perceptual_lock(self->state_lock);
-    dfc_py_workspace_acquire(&self->base.ws, &w);
-    DFC_PY_RUN(result, err,
-               dfc_perceptual_loss(self->loss, be, w.main, w.scratch, &a, &loss, with_grad ? &da : NULL, &err));
+    dfc_py_workspace_acquire(&self->base.ws, &be, &w);
+    DFC_PY_RUN(result, err, loss_from_host(self->loss, be.be, w.main, w.scratch, &a, &loss, &da, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:

@@ -44,17 +44,23 @@ static PyObject *rows_array(const int64_t *rows, int64_t n)
     return a;
 }
 
-static PyObject *copy_tensor(const dfc_tensor *t)
+/* A new array holding t (backend memory); NULL with err set (and no Python exception pending) on failure. */
+static PyObject *copy_tensor(dfc_backend *be, const dfc_tensor *t, dfc_error *err)
 {
     dfc_tensor copy;
     PyObject *a = dfc_py_new_tensor(t->ndim, t->shape, &copy);
-    if (a)
-        memcpy(copy.data, t->data, (size_t)dfc_numel(t) * sizeof(float));
+    if (!a) {
+        PyErr_Clear();
+        dfc_fail(err, DFC_ERR_NOMEM, "sampler: out of memory for the guidance's input");
+    } else if (dfc_copy_tensor_to_host(be, &copy, t, err) != DFC_OK) {
+        Py_CLEAR(a);
+    }
     return a;
 }
 
-/* Copies a float array-like of exactly `count` values into out. */
-static int read_floats(PyObject *obj, const char *what, float *out, int64_t count)
+/* Copies a float array-like of exactly `count` values into out (be's memory); -1 with a Python exception, or with
+ * err set by the copy. */
+static int read_floats(PyObject *obj, const char *what, dfc_backend *be, float *out, int64_t count, dfc_error *err)
 {
     PyArrayObject *a =
         (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 5, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
@@ -66,38 +72,48 @@ static int read_floats(PyObject *obj, const char *what, float *out, int64_t coun
         Py_DECREF(a);
         return -1;
     }
-    memcpy(out, PyArray_DATA(a), (size_t)count * sizeof(float));
+    dfc_status st = be->iface->copy_from_host(be, out, PyArray_DATA(a), (size_t)count * sizeof(float), err);
     Py_DECREF(a);
-    return 0;
+    return st == DFC_OK ? 0 : -1;
+}
+
+/* A callback's answer could not be taken: its Python error is kept for the caller, or the copy into backend memory
+ * failed (err set). */
+static dfc_status bad_values(py_bridge *b, const char *callback, dfc_error *err)
+{
+    if (!PyErr_Occurred())
+        return err->code;
+    keep_exception(b);
+    return dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's %s returned bad values", callback);
 }
 
 static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x0,
                                    const int64_t *rows, const float *lambda_c, float lambda_p, dfc_tensor *grad,
                                    float *loss_class, float *loss_perceptual, dfc_error *err)
 {
-    (void)be;
     (void)arena;
     py_bridge *b = ctx;
     int64_t n = x0->shape[0];
     dfc_status st = DFC_OK;
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *x_obj = copy_tensor(x0), *rows_obj = rows_array(rows, n), *lam = NULL, *result = NULL;
+    PyObject *x_obj = copy_tensor(be, x0, err), *rows_obj = NULL, *lam = NULL, *result = NULL;
     dfc_tensor lam_t;
     int64_t lam_shape[1] = {n};
-    if (x_obj && rows_obj && (lam = dfc_py_new_tensor(1, lam_shape, &lam_t))) {
-        memcpy(lam_t.data, lambda_c, (size_t)n * sizeof(float));
+    if (x_obj && (rows_obj = rows_array(rows, n)) && (lam = dfc_py_new_tensor(1, lam_shape, &lam_t))) {
+        memcpy(lam_t.data, lambda_c, (size_t)n * sizeof(float)); /* lambda_c: a per-row host vector */
         result = PyObject_CallMethod(b->object, "loss_and_grad", "OOOd", x_obj, rows_obj, lam, (double)lambda_p);
     }
-    if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3) {
+    if (!x_obj) {
+        st = err->code; /* the copy out failed: no Python error */
+    } else if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 3) {
         if (result)
             PyErr_SetString(PyExc_TypeError, "guidance.loss_and_grad must return (grad, loss_class, loss_perceptual)");
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad failed");
-    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "grad", grad->data, dfc_numel(grad)) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 1), "loss_class", loss_class, n) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 2), "loss_perceptual", loss_perceptual, n) < 0) {
-        keep_exception(b);
-        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad returned bad values");
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "grad", be, grad->data, dfc_numel(grad), err) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 1), "loss_class", be, loss_class, n, err) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 2), "loss_perceptual", be, loss_perceptual, n, err) < 0) {
+        st = bad_values(b, "loss_and_grad", err);
     }
     Py_XDECREF(x_obj);
     Py_XDECREF(rows_obj);
@@ -110,31 +126,31 @@ static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena,
 static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, const dfc_tensor *x, const int64_t *rows,
                               float *prob_target, int *is_target, dfc_error *err)
 {
-    (void)be;
     (void)arena;
     py_bridge *b = ctx;
     int64_t n = x->shape[0];
     dfc_status st = DFC_OK;
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *x_obj = copy_tensor(x), *rows_obj = rows_array(rows, n), *result = NULL;
-    if (x_obj && rows_obj)
+    PyObject *x_obj = copy_tensor(be, x, err), *rows_obj = NULL, *result = NULL;
+    if (x_obj && (rows_obj = rows_array(rows, n)))
         result = PyObject_CallMethod(b->object, "classify", "OO", x_obj, rows_obj);
     PyArrayObject *flags = NULL;
-    if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
+    if (!x_obj) {
+        st = err->code; /* the copy out failed: no Python error */
+    } else if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
         if (result)
             PyErr_SetString(PyExc_TypeError, "guidance.classify must return (prob_target, is_target)");
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify failed");
-    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "prob_target", prob_target, n) < 0 ||
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "prob_target", be, prob_target, n, err) < 0 ||
                !(flags = (PyArrayObject *)PyArray_FROMANY(PyTuple_GET_ITEM(result, 1), NPY_INT32, 1, 1,
                                                           NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)) ||
                PyArray_SIZE(flags) != n) {
-        if (!PyErr_Occurred())
+        if (!PyErr_Occurred() && !err->code)
             PyErr_Format(PyExc_ValueError, "guidance: is_target must have %lld values", (long long)n);
-        keep_exception(b);
-        st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify returned bad values");
+        st = bad_values(b, "classify", err);
     } else {
-        memcpy(is_target, PyArray_DATA(flags), (size_t)n * sizeof(int));
+        memcpy(is_target, PyArray_DATA(flags), (size_t)n * sizeof(int)); /* is_target: a per-row host vector */
     }
     Py_XDECREF(flags);
     Py_XDECREF(x_obj);
@@ -243,15 +259,33 @@ static PyObject *zeros(int ndim, const npy_intp *dims, int type)
     return PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
 }
 
+/* dfc_sampler_run with the images (host memory) copied into be's memory for the call. */
+static dfc_status run_on_backend(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
+                                 const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
+                                 const dfc_tensor *x_host, const uint64_t *keys, py_bridge *bridge,
+                                 dfc_sampler_outputs *out, dfc_error *err)
+{
+    dfc_tensor x = *x_host;
+    if (!(x.data = be->iface->alloc(be, (size_t)dfc_numel(&x) * sizeof(float), err)))
+        return err->code;
+    dfc_status st = dfc_copy_tensor_from_host(be, &x, x_host, err);
+    if (st == DFC_OK)
+        st = dfc_sampler_run(cfg, denoiser, d, guidance, be, work, scratch, &x, keys, py_progress, bridge, out, err);
+    be->iface->free(be, x.data);
+    return st;
+}
+
 /* sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict; denoiser: a
  * Network conditioned on the timesteps (the UNet) */
 static PyObject *py_sample(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *cfg_obj, *denoiser_obj, *diff_obj, *guidance_obj, *x_obj, *keys_obj, *progress = Py_None;
+    PyObject *backend_obj;
     dfc_backend *be;
-    if (!PyArg_ParseTuple(args, "OOOOO&OO|O", &cfg_obj, &denoiser_obj, &diff_obj, &guidance_obj, dfc_py_backend, &be,
-                          &x_obj, &keys_obj, &progress))
+    if (!PyArg_ParseTuple(args, "OOOOOOO|O", &cfg_obj, &denoiser_obj, &diff_obj, &guidance_obj, &backend_obj, &x_obj,
+                          &keys_obj, &progress) ||
+        !dfc_py_backend(backend_obj, &be))
         return NULL;
     dfc_sampler_config cfg;
     dfc_net *denoiser = dfc_py_unwrap_net(denoiser_obj);
@@ -341,12 +375,11 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
      * arenas of its own. */
     dfc_py_workspace *ws = &((DfcWorkspaceObject *)denoiser_obj)->ws;
     dfc_py_arenas w;
-    dfc_py_workspace_acquire(ws, &w);
+    dfc_py_workspace_acquire(ws, &(dfc_py_backend_ref){backend_obj, be}, &w);
     const int kept = dfc_arena_usable_by(w.main, be) && dfc_arena_usable_by(w.scratch, be);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st =
-        dfc_sampler_run(&cfg, denoiser, diffusion, &guidance, be, kept ? w.main : NULL, kept ? w.scratch : NULL, &x,
-                        PyArray_DATA(keys), py_progress, &bridge, &out, &err);
+    Py_BEGIN_ALLOW_THREADS st = run_on_backend(&cfg, denoiser, diffusion, &guidance, be, kept ? w.main : NULL,
+                                               kept ? w.scratch : NULL, &x, PyArray_DATA(keys), &bridge, &out, &err);
     Py_END_ALLOW_THREADS dfc_py_workspace_release(ws, &w);
     if (bridge.exc_type) {
         /* a Python error inside a callback (or Ctrl-C) is the real cause: raise it */
@@ -445,6 +478,7 @@ typedef struct {
     dfc_model_guidance *guidance;
     dfc_perceptual *perceptual;      /* private to this guidance (its reference follows the sampler's passes) */
     PyObject *classifier, *features; /* the Network objects whose C nets are used, kept alive */
+    PyObject *backend;               /* the Backend it runs on and whose memory it holds, kept alive */
 } native_guidance;
 
 static void native_guidance_free(PyObject *capsule)
@@ -456,10 +490,12 @@ static void native_guidance_free(PyObject *capsule)
     dfc_perceptual_destroy(g->perceptual);
     Py_XDECREF(g->classifier);
     Py_XDECREF(g->features);
+    Py_XDECREF(g->backend); /* after the memory it holds is freed */
     PyMem_Free(g);
 }
 
-/* model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets) -> capsule */
+/* model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets, backend) -> capsule: runs on
+ * that backend only */
 static PyObject *py_model_guidance(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -468,8 +504,9 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
     dfc_py_int_arg variant = {"model_guidance: variant (0 mse, 1 normalized)", DFC_PERCEPTUAL_MSE,
                               DFC_PERCEPTUAL_NORMALIZED, 0};
     float weight;
-    if (!PyArg_ParseTuple(args, "OsOO&fOO", &clf_obj, &kind_name, &feat_obj, dfc_py_int_converter, &variant, &weight,
-                          &x_obj, &targets_obj))
+    dfc_py_backend_ref backend;
+    if (!PyArg_ParseTuple(args, "OsOO&fOOO&", &clf_obj, &kind_name, &feat_obj, dfc_py_int_converter, &variant, &weight,
+                          &x_obj, &targets_obj, dfc_py_backend_ref_converter, &backend))
         return NULL;
     dfc_class_loss_kind kind;
     if (strcmp(kind_name, "ce") == 0)
@@ -499,7 +536,8 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
     dfc_error err = {0};
     if ((features && dfc_perceptual_create(features, (dfc_perceptual_variant)variant.value, weight, &g->perceptual,
                                            &err) != DFC_OK) ||
-        dfc_model_guidance_create(classifier, kind, g->perceptual, &x, targets, &g->guidance, &err) != DFC_OK) {
+        dfc_model_guidance_create(classifier, kind, g->perceptual, backend.be, &x, targets, &g->guidance, &err) !=
+            DFC_OK) {
         dfc_perceptual_destroy(g->perceptual);
         PyMem_Free(g);
         dfc_py_raise(&err);
@@ -510,12 +548,15 @@ static PyObject *py_model_guidance(PyObject *self, PyObject *args)
     g->classifier = clf_obj;
     Py_XINCREF(features ? feat_obj : NULL);
     g->features = features ? feat_obj : NULL;
+    Py_INCREF(backend.obj);
+    g->backend = backend.obj;
     capsule = PyCapsule_New(g, GUIDANCE_CAPSULE, native_guidance_free);
     if (!capsule) {
         dfc_model_guidance_destroy(g->guidance);
         dfc_perceptual_destroy(g->perceptual);
         Py_XDECREF(g->classifier);
         Py_XDECREF(g->features);
+        Py_XDECREF(g->backend);
         PyMem_Free(g);
     }
 done:
@@ -527,7 +568,8 @@ static PyMethodDef sampler_methods[] = {
     {"sample", py_sample, METH_VARARGS,
      "sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict of outputs"},
     {"model_guidance", py_model_guidance, METH_VARARGS,
-     "model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets) -> native guidance"},
+     "model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets, backend) -> native "
+     "guidance for that backend"},
     {"gaussian_noise", py_gaussian_noise, METH_VARARGS,
      "gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> the sampler's noise"},
     {NULL, NULL, 0, NULL},

@@ -45,6 +45,15 @@ int dfc_py_backend(PyObject *obj, void *out)
     return 1;
 }
 
+int dfc_py_backend_ref_converter(PyObject *obj, void *out)
+{
+    dfc_py_backend_ref *ref = out;
+    if (!dfc_py_backend(obj, &ref->be))
+        return 0;
+    ref->obj = obj;
+    return 1;
+}
+
 static const char *shape_string(PyArrayObject *a, char *buf, size_t len)
 {
     size_t pos = (size_t)snprintf(buf, len, "(");
@@ -336,12 +345,27 @@ int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
 
 /* ---- network workspaces ---- */
 
+/* Empty arenas in be's memory. */
+static void init_arenas(dfc_arena *main, dfc_arena *scratch, dfc_backend *be)
+{
+    dfc_arena_init_backend(main, be, 0, dfc_default_memory_limit());
+    dfc_arena_init_backend(scratch, be, 0, dfc_default_memory_limit());
+}
+
+/* Frees the arenas' memory, then lets go of the Backend it belonged to (with the GIL). */
+static void free_arenas(dfc_py_workspace *ws)
+{
+    dfc_arena_free(&ws->main);
+    dfc_arena_free(&ws->scratch);
+    Py_CLEAR(ws->backend);
+}
+
 int dfc_py_workspace_init(dfc_py_workspace *ws)
 {
     if (ws->lock)
         return 0;
-    dfc_arena_init(&ws->main, 0, dfc_default_memory_limit());
-    dfc_arena_init(&ws->scratch, 0, dfc_default_memory_limit());
+    init_arenas(&ws->main, &ws->scratch, NULL); /* no memory until the first call says whose */
+    ws->backend = NULL;
     ws->last_peak_bytes = 0;
     if (!(ws->lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
@@ -354,21 +378,26 @@ void dfc_py_workspace_free(dfc_py_workspace *ws)
 {
     if (!ws->lock)
         return;
-    dfc_arena_free(&ws->main);
-    dfc_arena_free(&ws->scratch);
+    free_arenas(ws);
     PyThread_free_lock(ws->lock);
     ws->lock = NULL;
 }
 
-void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w)
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_py_arenas *w)
 {
     w->shared = ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK);
     if (w->shared) {
+        /* kept memory serves any backend that shares it (another thread's Backend of the same kind) */
+        if (!ws->backend || !dfc_backend_same_memory(((DfcBackendObject *)ws->backend)->be, backend->be)) {
+            free_arenas(ws);
+            init_arenas(&ws->main, &ws->scratch, backend->be);
+            Py_INCREF(backend->obj);
+            ws->backend = backend->obj;
+        }
         w->main = &ws->main;
         w->scratch = &ws->scratch;
     } else {
-        dfc_arena_init(&w->own_main, 0, dfc_default_memory_limit());
-        dfc_arena_init(&w->own_scratch, 0, dfc_default_memory_limit());
+        init_arenas(&w->own_main, &w->own_scratch, backend->be);
         w->main = &w->own_main;
         w->scratch = &w->own_scratch;
     }
@@ -392,8 +421,7 @@ void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w)
 void dfc_py_workspace_release_memory(dfc_py_workspace *ws)
 {
     if (ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK)) {
-        dfc_arena_free(&ws->main);
-        dfc_arena_free(&ws->scratch);
+        free_arenas(ws);
         PyThread_release_lock(ws->lock);
     }
 }
@@ -420,6 +448,27 @@ PyObject *dfc_py_ws_get_held(PyObject *self, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(dfc_py_workspace_held(&((DfcWorkspaceObject *)self)->ws));
+}
+
+dfc_status dfc_py_to_backend(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err)
+{
+    if (!t->data)
+        return DFC_OK;
+    dfc_tensor copy = dfc_arena_tensor(arena, t->ndim, t->shape, err);
+    DFC_CHECK_ALLOC(copy);
+    DFC_TRY(dfc_copy_tensor_from_host(be, &copy, t, err));
+    *t = copy;
+    return DFC_OK;
+}
+
+dfc_status dfc_py_backend_output(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err)
+{
+    *t = *host;
+    if (!host->data)
+        return DFC_OK;
+    *t = dfc_arena_zeros(arena, host->ndim, host->shape, err); /* as the zero-filled numpy output it stands for */
+    DFC_CHECK_ALLOC(*t);
+    return DFC_OK;
 }
 
 /* ---- shapes most op bindings share ---- */

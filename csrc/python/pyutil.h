@@ -36,6 +36,14 @@ int dfc_py_ready(const void *ptr, const char *message);
 /* "O&" converter: a diffice._C.Backend -> dfc_backend*. */
 int dfc_py_backend(PyObject *obj, void *out);
 
+/* The same with the Python object, for an owner that holds the backend's memory past the call and so keeps the
+ * Backend alive (Py_INCREF obj) until that memory is freed. */
+typedef struct {
+    PyObject *obj; /* borrowed from the arguments */
+    dfc_backend *be;
+} dfc_py_backend_ref;
+int dfc_py_backend_ref_converter(PyObject *obj, void *out);
+
 /* Views a numpy float32, C-contiguous, aligned array of ndim in [ndim_min, ndim_max] as a tensor.
  * check_finite rejects NaN/Inf. On failure sets TypeError/ValueError naming op and argument, returns -1. */
 int dfc_py_tensor(PyObject *obj, const char *op, const char *name, int ndim_min, int ndim_max, int check_finite,
@@ -112,9 +120,11 @@ int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, in
     } while (0)
 
 /* Activation memory a network object keeps between calls, so a steady loop neither mallocs nor page-faults.
- * A call that finds it in use by another thread runs with arenas of its own instead of waiting. */
+ * A call that finds it in use by another thread runs with arenas of its own instead of waiting. The arenas hold
+ * the memory of the backend of the call that filled them (a call on a backend of other memory replaces them). */
 typedef struct {
     dfc_arena main, scratch;
+    PyObject *backend; /* the Backend whose memory the arenas hold (a reference; NULL: none yet) */
     PyThread_type_lock lock;
     size_t last_peak_bytes; /* arena peak of the last call */
 } dfc_py_workspace;
@@ -127,9 +137,17 @@ typedef struct {
 
 int dfc_py_workspace_init(dfc_py_workspace *ws); /* idempotent; -1 with MemoryError */
 void dfc_py_workspace_free(dfc_py_workspace *ws);
-void dfc_py_workspace_acquire(dfc_py_workspace *ws, dfc_py_arenas *w); /* without the GIL is fine */
+/* Arenas in backend's memory for one call (with the GIL). */
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_py_arenas *w);
 void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w);
 void dfc_py_workspace_release_memory(dfc_py_workspace *ws);
+
+/* A call's input t (numpy's memory, from dfc_py_tensor) moved into arena, the backend's memory: t->data is replaced
+ * by the copy. data NULL (an absent optional input) stays NULL. Without the GIL. */
+dfc_status dfc_py_to_backend(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err);
+/* A call's output: a zero-filled tensor of host's shape in arena; once computed, dfc_copy_tensor_to_host(be, host,
+ * t) hands it back. host->data NULL gives data NULL (an output not wanted). */
+dfc_status dfc_py_backend_output(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err);
 size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
 
 /* The head of every Python object that keeps a workspace (diffice._C.Network, UNet, PerceptualLoss): their structs

@@ -399,14 +399,15 @@ class Explainer:
             raise TypeError(f"seed must be an int, got {seed!r}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+        backend = get_backend(self.backend)  # the native guidance holds its images in this backend's memory
         if self._native is not None:  # the whole loss in C: no Python in the step loop
             net, features, variant, weight = self._native
-            guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets)
+            guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets, backend)
         else:
             guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
         cfg["classify_first_step"] = 1
-        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, get_backend(self.backend), x, keys, progress)
+        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, backend, x, keys, progress)
         result = ExplanationResult(
             counterfactuals=out["counterfactuals"],
             prob_target=out["prob_target"],
