@@ -46,7 +46,7 @@ export DIFFICE_CUDA_ARCHS=90 DIFFICE_WERROR=1 OMP_NUM_THREADS=8
 stage build 150 python3 setup.py build_ext --inplace -j16 || { echo "build failed: see build.txt" | tee -a "$OUT/summary.txt"; exit 1; }
 stage available 20 python3 -c "import diffice; print(diffice.build_info(), diffice.cuda_available()); diffice.ops.get_backend('cuda')"
 stage op_tests 90 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
-stage gpu_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_gpu.py
+stage gpu_tests 60 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py
 stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
 stage bench 90 python3 benchmarks/gpu.py --jsonl "$OUT/bench.jsonl"
 cat "$OUT/summary.txt"

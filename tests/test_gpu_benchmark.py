@@ -33,3 +33,15 @@ def test_torch_sampler_creates_every_tensor_on_the_inputs_device(method):
     finally:
         torch.set_default_device(previous)
     assert out[-1].device.type == "cpu" and out[-1].shape == x.shape and torch.isfinite(out[-1]).all()
+
+
+def test_diffice_rows_run_on_the_cuda_backend_code():
+    """benchmarks/gpu.py's diffice rows, at the small configuration on the emulated GPU (the CUDA kernels on the
+    host, strict about memory): the code path the GPU run takes, short of the GPU."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    row = gpu.diffice_worker("small", "diff-ice-1", 2, 3, "cuda_emulated")
+    assert "error" not in row and row["seconds"] > 0 and row["arena_gb"] > 0

@@ -27,6 +27,7 @@ dfc_status dfc_model_guidance_create(const dfc_net *classifier, dfc_class_loss_k
 {
     *out = NULL;
     DFC_TRY(dfc_check_ndim(x, "guidance", "x", 4, 4, err));
+    DFC_TRY(dfc_net_sync(classifier, be, err)); /* the run's start: the classifier's current values, on be */
     if (x->shape[1] != classifier->in_channels)
         return dfc_fail(err, DFC_ERR_SHAPE, "guidance: images have %lld channels, the classifier takes %d",
                         (long long)x->shape[1], classifier->in_channels);

@@ -90,6 +90,7 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
 {
     DFC_TRY(check_image(p, b, "PerceptualLoss.set_reference", "b", err));
     const dfc_net *net = p->net;
+    DFC_TRY(dfc_net_sync(net, be, err)); /* the run's start: the network's current values, on be */
     dfc_arena_mark am = dfc_arena_get_mark(arena), sm = scratch ? dfc_arena_get_mark(scratch) : am;
     dfc_tensor feats[DFC_NET_MAX_OUTPUTS];
     float *data = NULL;

@@ -162,6 +162,7 @@ static PyObject *outputs_tuple(const dfc_net *net, dfc_backend *be, const dfc_te
 static dfc_status forward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                     dfc_tensor *x, dfc_tensor *cond, void **tape, dfc_tensor *outputs, dfc_error *err)
 {
+    DFC_TRY(dfc_net_sync(net, be, err)); /* a call from Python: the host values may have changed since the last */
     DFC_TRY(dfc_py_to_backend(be, arena, x, err));
     DFC_TRY(dfc_py_to_backend(be, arena, cond, err));
     return dfc_net_forward(net, be, arena, scratch, x, cond_or_null(cond), tape, outputs, err);

@@ -265,6 +265,7 @@ static dfc_status run_on_backend(const dfc_sampler_config *cfg, const dfc_net *d
                                  const dfc_tensor *x_host, const uint64_t *keys, py_bridge *bridge,
                                  dfc_sampler_outputs *out, dfc_error *err)
 {
+    DFC_TRY(dfc_net_sync(denoiser, be, err)); /* the run's start: the denoiser's current values, on be */
     dfc_tensor x = *x_host;
     if (!(x.data = be->iface->alloc(be, (size_t)dfc_numel(&x) * sizeof(float), err)))
         return err->code;
