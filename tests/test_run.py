@@ -101,8 +101,10 @@ def test_config_errors(tmp_path):
     assert cfg["method"]["tau"] == 60 and cfg["models"]["unet"] == str(tmp_path / "m.safetensors")
 
 
-def test_cli_explain_with_model_files(tmp_path, rng, models):
-    """`diffice explain` end to end: a UNet, a plane classifier and a perceptual ResNet from files."""
+@pytest.mark.parametrize("device", ["cpu", "cuda_emulated"])
+def test_cli_explain_with_model_files(tmp_path, rng, models, device):
+    """`diffice explain` end to end: a UNet, a plane classifier and a perceptual ResNet from files; --device runs
+    models and sampler on another backend (the emulated GPU: the same results as the CPU's, to fp32 rounding)."""
     from diffice import ResNetFeatures
     from diffice.cli import main
 
@@ -143,11 +145,22 @@ batch_size = 2
             "--quiet",
             "--tau",
             "2",
+            "--device",
+            device,
         ]
     )
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == 3 * 3
+    if device != "cpu":  # the same run on the CPU
+        cfg = ["--config", str(tmp_path / "run.toml"), "--images", str(tmp_path / "in"), "--quiet", "--tau", "2"]
+        assert main(["explain", *cfg, "--out", str(tmp_path / "out_cpu")]) == 0
+        cpu_rows = list(csv.DictReader(open(tmp_path / "out_cpu" / "results.csv")))
+        for a, b in zip(rows, cpu_rows):
+            assert abs(float(a["prob_target"]) - float(b["prob_target"])) < 1e-3, (a, b)
+            assert [a[k] for k in ("image", "iteration", "lambda_c", "flipped")] == [
+                b[k] for k in ("image", "iteration", "lambda_c", "flipped")
+            ]
     assert main(["explain", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
 
 
@@ -314,7 +327,7 @@ def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng
     assert {k: cfg["method"][k] for k in DEMO_METHOD} == DEMO_METHOD
     assert cfg["diffusion"] == DEMO_DIFFUSION and cfg["run"]["image_size"] == list(DEMO_SIZE)
     assert cfg["models"]["perceptual_kind"] == "pixel-l2"
-    assert models_spec(cfg) == dict(source="demo", folder=None)
+    assert models_spec(cfg) == dict(source="demo", folder=None, device="cpu")
     assert load_config(None, {"preset": "demo", "lambda_p": 300.0, "tau": 20})["method"]["lambda_p"] == 300.0
     toml = tmp_path / "demo.toml"
     toml.write_text('[models]\npreset = "demo"\n[method]\ntau = 20\n')

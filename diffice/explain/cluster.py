@@ -100,8 +100,9 @@ def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict
         if preset != "demo":
             raise ValueError(f'models.preset must be "demo", got {preset!r}')
         demo = "bundled"
+    device = cfg["models"].get("device", "cpu")
     if demo is not None:
-        return dict(source="demo", folder=None if demo == "bundled" else str(demo))
+        return dict(source="demo", folder=None if demo == "bundled" else str(demo), device=device)
     models = {k: v for k, v in cfg["models"].items() if k != "preset"}
     return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
 
@@ -112,7 +113,7 @@ def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     if spec["source"] == "demo":
         from .demo import load_demo_models
 
-        m = load_demo_models(spec["folder"])
+        m = load_demo_models(spec["folder"], backend=spec.get("device", "cpu"))
         return m.unet, m.diffusion, m.classifier, m.perceptual
     from ..models.files import load_run_models
 
@@ -145,7 +146,7 @@ def compute_unit(
     from .explainer import Explainer
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
-    explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])
+    explainer = Explainer(unet, diffusion, classifier, perceptual, backend=unet.backend, **task["method"])
     x = np.require(task["x"], np.float32, ["C_CONTIGUOUS", "ALIGNED", "OWNDATA"])  # Dask may hand a view
     target = int(task["target"])
     t0 = time.perf_counter()

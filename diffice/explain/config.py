@@ -69,6 +69,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     perceptual_kind="resnet50-radimagenet",
     perceptual_variant="mse",
     perceptual_taps=["layer4"],
+    device="cpu",
 )
 DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
 SECTIONS = {
@@ -119,6 +120,7 @@ CONFIG_HELP: dict[str, str] = dict(
     perceptual_variant="feature distance of a ResNet Lp: mse (DiME's) or normalized (MONAI's, unit-norm "
     "feature vectors)",
     perceptual_taps="the ResNet stages whose features Lp compares",
+    device="where the models and the sampler run: cpu, cuda, cuda:N (a GPU; see the README's CUDA section)",
     # [diffusion]
     steps="training diffusion steps T of the UNet",
     schedule="the noise schedule the UNet was trained with",
@@ -240,7 +242,7 @@ def load_config(
     preset = preset_defaults(name)
     cfg = _merge(path, data, overrides, preset)
     models = dict(MODEL_DEFAULTS, **preset["models"])
-    chosen = sorted(k for k, v in cfg["models"].items() if k != "preset" and v != models[k])
+    chosen = sorted(k for k, v in cfg["models"].items() if k not in ("preset", "device") and v != models[k])
     if chosen:
         raise ValueError(
             f"models.preset = {name!r} chooses every model; remove models.{', models.'.join(chosen)} (or the preset)"

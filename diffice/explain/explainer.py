@@ -310,6 +310,8 @@ class Explainer:
         classifier: f, see the module docstring; outputs logits over classes (or one binary logit), the target is
             a class index.
         perceptual: Lp, or None (then lambda_p must be 0: a weight on a missing loss is an error).
+        backend: where the sampler runs ("cpu", "cuda", "cuda:N", ...); None: the UNet's backend. Build the networks
+            on the same one (``UNet.random(..., backend="cuda")``, ``load_demo_models(backend="cuda")``).
         guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
             (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
         Remaining keyword arguments: ExplainerConfig fields.
@@ -321,7 +323,7 @@ class Explainer:
         diffusion: GaussianDiffusion,
         classifier: Any,
         perceptual: Any = None,
-        backend: str = "cpu",
+        backend: str | None = None,
         guidance: str = "auto",
         **config: Any,
     ) -> None:
@@ -335,6 +337,7 @@ class Explainer:
             )
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
+        backend = getattr(unet, "backend", "cpu") if backend is None else backend
         check_backend_name(backend)
         self.backend = backend
         self.config = ExplainerConfig(**config)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from ..io import _load, save_safetensors
+from ..ops._backend import check_backend_name
 from .classifier import PlaneClassifier, build_network
 from .description import (
     CLASSIFIER_KINDS,
@@ -73,12 +74,12 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     return model
 
 
-def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str]) -> Any:
+def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], backend: str = "cpu") -> Any:
     """Lp from a ResNet feature network: kind 'resnet50' / 'resnet18' (torchvision layout) or
     'resnet50-radimagenet' / 'resnet18-radimagenet' (Keras-converted RadImageNet layout); 'pixel-l1' /
     'pixel-l2': the mean pixel distance (no file; see diffice.models.perceptual.PixelLoss)."""
     if kind in ("pixel-l1", "pixel-l2"):
-        return PixelLoss(kind.split("-")[1])
+        return PixelLoss(kind.split("-")[1], backend=backend)
     if not path:
         return None
     name, _, layout = kind.partition("-")
@@ -88,7 +89,7 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str]) -> 
             f"models.perceptual_kind must be resnet50, resnet18, resnet50-radimagenet, "
             f"resnet18-radimagenet, pixel-l1 or pixel-l2, got {kind!r}"
         )
-    features = ResNetFeatures.from_file(path, layout=layout or "torchvision", taps=tuple(taps))
+    features = ResNetFeatures.from_file(path, layout=layout or "torchvision", taps=tuple(taps), backend=backend)
     if features.depth != depths[name]:
         raise ValueError(f"{path}: a ResNet-{features.depth}, but models.perceptual_kind says {kind!r}")
     return PerceptualLoss(features, variant=variant)
@@ -96,6 +97,8 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str]) -> 
 
 def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffusion, Any, Any]:
     m, d = cfg["models"], cfg["diffusion"]
+    backend = m.get("device", "cpu")
+    check_backend_name(backend)
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
     steps = config_int("diffusion.steps", d["steps"])  # every setting is checked before a file is read
@@ -104,10 +107,13 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
         num_heads=config_int("models.num_heads", m["num_heads"]),
         num_head_channels=config_int("models.num_head_channels", m["num_head_channels"]),
         use_new_attention_order=config_bool("models.use_new_attention_order", m["use_new_attention_order"]),
+        backend=backend,
     )
     diffusion = GaussianDiffusion(steps, d["schedule"], str(d["respacing"]), learn_sigma=unet.config["learn_sigma"])
-    classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"])
-    perceptual = load_perceptual(m["perceptual_kind"], m["perceptual"], m["perceptual_variant"], m["perceptual_taps"])
+    classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"], backend)
+    perceptual = load_perceptual(
+        m["perceptual_kind"], m["perceptual"], m["perceptual_variant"], m["perceptual_taps"], backend
+    )
     return unet, diffusion, classifier, perceptual
 
 
