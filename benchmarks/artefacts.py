@@ -18,6 +18,7 @@ Conditions (the demo's settings, diffice.explain.demo.DEMO_METHOD, unless a cond
     python benchmarks/artefacts.py --out /tmp/artefacts                  # every condition, 6 phantoms, seeds 0 1
     python benchmarks/artefacts.py --conditions default unguided --images 4 --seeds 0
     python benchmarks/artefacts.py --out /tmp/artefacts --table          # the table of the stored runs
+    python benchmarks/artefacts.py --variance-head                       # the DDPM's learned variance per step
 
 Each condition's counterfactuals go to OUT/<condition>_seed<k>.npz (a rerun skips them); the table (markdown) is
 printed: per iteration, the mean over images and seeds of the saturated-pixel rate and of the rate of pixels
@@ -139,6 +140,27 @@ def _png_values(images: np.ndarray) -> np.ndarray:
     return (u8 / np.float32(127.5) - np.float32(1.0)).reshape(images.shape)
 
 
+def variance_head(models: DemoModels, x: np.ndarray, seed: int = 0) -> str:
+    """What the DDPM's learned variance does at the sampler's steps: (v + 1) / 2 (0: log beta~, 1: log beta) over the
+    pixels of x noised to respaced index i, and the variance it gives against beta~."""
+    d, rng = models.diffusion, np.random.default_rng(seed)
+    lines = [
+        "| i | t | beta~ | beta | (v + 1) / 2 mean [5%, 95%] | learned variance / beta~ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in (0, 1, 2, 3, 5, 8, 12, 20, 29):
+        z = d.q_sample(x, i, rng.standard_normal(x.shape).astype(np.float32))
+        out = models.unet.forward(z, d.timestep_map[i])
+        frac = (out[:, x.shape[1] :] + 1.0) / 2.0
+        small = d.posterior_variance[max(i, 1)]  # beta~_0 = 0: index 0 uses beta~_1 (docs/method.md section 2.3)
+        variance = d.p_mean_variance(out, z, i).variance
+        lines.append(
+            f"| {i} | {d.timestep_map[i]} | {small:.2e} | {d.betas[i]:.2e} | {frac.mean():.3f} "
+            f"[{np.quantile(frac, 0.05):.2f}, {np.quantile(frac, 0.95):.2f}] | {variance.mean() / small:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(out: Path, conditions: list[str], x: np.ndarray, oracle: Any) -> str:
     rows = [
         "| condition | runs | "
@@ -189,11 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=6, help="the demo's first N phantoms (default: the figure's 6)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     p.add_argument("--table", action="store_true", help="only print the table of the stored runs")
+    p.add_argument("--variance-head", action="store_true", help="only print what the DDPM's learned variance does")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x = demo_inputs(args.images)
     models = load_demo_models()
+    if args.variance_head:
+        print(variance_head(models, x))
+        return 0
     if not args.table:
         for name in args.conditions:
             for seed in args.seeds:
