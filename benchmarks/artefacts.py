@@ -13,7 +13,9 @@ Conditions (the demo's settings, diffice.explain.demo.DEMO_METHOD, unless a cond
 - ``py_learned`` / ``py_fixed_small`` / ``py_fixed_large``: the same Diff-ICE steps written in numpy here (the
   learned variance, or the UNet's eps with guided-diffusion's fixed small (beta~) or large (beta) variance); their
   noise is numpy's, not the C sampler's, so ``py_learned`` against ``default`` shows what the noise alone changes;
-  ``py_small_last4``: the learned variance, but beta~ (fixed small) for the last four steps (i < 4).
+  ``py_small_last4``: the learned variance, but beta~ (fixed small) for the last four steps (i < 4);
+  ``py_clip_mean_only`` / ``py_clip_grad_only``: x0_hat clipped only in the step's mean / only where the guidance
+  is taken.
 
     python benchmarks/artefacts.py --out /tmp/artefacts                  # every condition, 6 phantoms, seeds 0 1
     python benchmarks/artefacts.py --conditions default unguided --images 4 --seeds 0
@@ -52,7 +54,14 @@ C_CONDITIONS: dict[str, dict[str, Any]] = {
     "lc_half": dict(lambda_c=[20.0, 30.0, 40.0]),
     "unconditional": dict(lambda_c=[0.0], lambda_p=0.0, tau=99, iterations=1),
 }
-PY_CONDITIONS = {"py_learned": None, "py_fixed_small": "small", "py_fixed_large": "large", "py_small_last4": "last4"}
+PY_CONDITIONS: dict[str, dict[str, Any]] = {
+    "py_learned": {},
+    "py_fixed_small": dict(fixed_variance="small"),
+    "py_fixed_large": dict(fixed_variance="large"),
+    "py_small_last4": dict(fixed_variance="last4"),
+    "py_clip_mean_only": dict(clip_grad=False),
+    "py_clip_grad_only": dict(clip_mean=False),
+}
 
 
 def demo_inputs(n: int) -> np.ndarray:
@@ -62,11 +71,18 @@ def demo_inputs(n: int) -> np.ndarray:
 
 
 def python_diff_ice(
-    models: DemoModels, x: np.ndarray, seed: int, fixed_variance: str | None, log: list[dict[str, Any]]
+    models: DemoModels,
+    x: np.ndarray,
+    seed: int,
+    log: list[dict[str, Any]],
+    fixed_variance: str | None = None,
+    clip_mean: bool = True,
+    clip_grad: bool = True,
 ) -> np.ndarray:
     """Diff-ICE as the C sampler computes it (docs/method.md section 4), in numpy: L iterations, lambda_c searched
     per iteration over the images not yet flipped. fixed_variance None: the learned range; "last4": the learned
-    range but beta~ for i < 4. Appends per-step
+    range but beta~ for i < 4. clip_mean / clip_grad: x0_hat clipped in the step's mean / where the guidance is
+    taken (the C sampler's clip does both). Appends per-step
     diagnostics to `log`. Returns the counterfactuals (L, N, 1, H, W)."""
     cfg = DEMO_METHOD
     unet = models.unet
@@ -93,12 +109,16 @@ def python_diff_ice(
                 model_out = unet.forward(z, d.timestep_map[i])
                 if fixed_variance in ("small", "large"):
                     model_out = np.ascontiguousarray(model_out[:, :1])
-                unclipped = d.p_mean_variance(model_out, z, i, clip=False).pred_xstart
+                raw = d.p_mean_variance(model_out, z, i, clip=False)
+                unclipped = raw.pred_xstart
                 mv = d.p_mean_variance(model_out, z, i, clip=True)
                 if fixed_variance == "last4" and i < 4:
                     mv = small.p_mean_variance(np.ascontiguousarray(model_out[:, :1]), z, i, clip=True)
+                at = mv.pred_xstart if clip_grad else unclipped
+                if not clip_mean:
+                    mv = mv._replace(mean=raw.mean, pred_xstart=unclipped)
                 lam_rows = np.full(len(active), lam, np.float32)
-                grad = guidance.loss_and_grad(mv.pred_xstart, active, lam_rows, float(cfg["lambda_p"]))[0]
+                grad = guidance.loss_and_grad(at, active, lam_rows, float(cfg["lambda_p"]))[0]
                 kick = mv.variance * grad
                 noise = rng.standard_normal(z.shape).astype(np.float32) if i > 0 else np.zeros_like(z)
                 z = (mv.mean - kick + np.exp(0.5 * mv.log_variance) * noise).astype(np.float32)
@@ -124,7 +144,7 @@ def run_condition(models: DemoModels, name: str, x: np.ndarray, seed: int) -> di
     t0 = time.time()
     log: list[dict[str, Any]] = []
     if name in PY_CONDITIONS:
-        cf = python_diff_ice(models, x, seed, PY_CONDITIONS[name], log)
+        cf = python_diff_ice(models, x, seed, log, **PY_CONDITIONS[name])
         prob = models.classifier.forward(cf.reshape((-1,) + x.shape[1:])).logits  # type: ignore[union-attr]
         flipped = (np.argmax(prob, axis=1) == 1).reshape(cf.shape[:2])
     else:
