@@ -9,6 +9,7 @@ from PIL import Image
 
 from diffice import PlaneClassifier, phantoms
 from diffice.cli import main
+from diffice.evaluation import metrics
 from diffice.explain.demo import DEMO_SIZE, MODELS_DIR, demo_phantoms, load_demo_models, mqd_interval
 from diffice.explain.demo_run import run_demo
 from diffice.models.oracle import ConceptOracle
@@ -84,6 +85,16 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
         assert (row["mqd_ci_low"], row["mqd_ci_high"]) == pytest.approx((terms.min(), terms.max()), abs=1e-6)
         assert float(table[k]["mqd"]) == pytest.approx(row["mqd"])
         assert f"{row['mqd']:6.3f} [{row['mqd_ci_low']:6.3f}, {row['mqd_ci_high']:6.3f}]" in out
+    # the saturated-pixel rates (docs/artefacts.md), from the same PNGs: 0 and 255 are the saturated values
+    x_u8 = np.stack([_png(tmp_path / s / "input.png") for s in stems])
+    assert summary["iterations"][0]["saturated_pct"] == pytest.approx(100 * np.mean(np.abs(x_u8) == 1.0), abs=1e-9)
+    for k in (1, 2):
+        cf_u8 = np.stack([_png(tmp_path / s / f"iteration_{k}.png") for s in stems])
+        row = summary["iterations"][k]
+        assert row["saturated_pct"] == pytest.approx(100 * np.mean(np.abs(cf_u8) == 1.0), abs=1e-9)
+        new = metrics.new_saturated_pixel_rate(cf_u8[:, 0], x_u8[:, 0])
+        assert row["new_saturated_pct"] == pytest.approx(100 * new.mean(), abs=1e-9)
+    assert "saturated pixels, % (within 1/255" in out
     again = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
     assert again["explained_now"] == 0 and again["iterations"] == summary["iterations"]
     assert json.loads((tmp_path / "summary.json").read_text())["images"] == n

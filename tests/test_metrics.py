@@ -473,3 +473,98 @@ def test_explain_results_default_to_the_run_classifier(tmp_path, rng, capsys):
     captured = capsys.readouterr()
     assert "f.safetensors (from" in captured.err
     assert "FR: skipped: no classifier" not in captured.out
+
+
+# ---- saturated pixels (docs/artefacts.md) ----
+
+
+def saturated_reference(images, threshold):
+    """Pixel by pixel in float64: within threshold of -1 or +1, or beyond."""
+    a = np.asarray(images, dtype=np.float64)
+    flat = a.reshape(len(a), -1)
+    return np.array([sum(1 for v in row if v <= -1.0 + threshold or v >= 1.0 - threshold) / len(row) for row in flat])
+
+
+def new_saturated_reference(images, inputs, threshold, radius):
+    """Pixel by pixel in float64: saturated in images, no saturated input pixel in the window (same channel)."""
+    a = np.asarray(images, dtype=np.float64)
+    b = np.asarray(inputs, dtype=np.float64)
+    a4 = a.reshape((len(a), -1) + a.shape[-2:])
+    b4 = b.reshape(a4.shape)
+    n, c, h, w = a4.shape
+    sat = lambda v: v <= -1.0 + threshold or v >= 1.0 - threshold  # noqa: E731
+    out = np.zeros(n)
+    for i in range(n):
+        count = 0
+        for ch in range(c):
+            for y in range(h):
+                for x in range(w):
+                    if not sat(a4[i, ch, y, x]):
+                        continue
+                    window = b4[i, ch, max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
+                    count += not any(sat(v) for v in window.ravel())
+        out[i] = count / (c * h * w)
+    return out
+
+
+def test_saturated_pixel_rate_hand_made():
+    img = np.zeros((3, 1, 4, 5), np.float32)
+    img[0, 0, 0, 0] = -1.0  # one of 20
+    img[0, 0, 1, 1] = 1.0 - 0.5 / 255  # within the default threshold
+    img[0, 0, 2, 2] = 1.0 - 2.0 / 255  # not
+    img[1] = -1.0  # all
+    img[2, 0, 3, :] = 1.5  # beyond the range counts (a PNG clips it): 5 of 20
+    got = metrics.saturated_pixel_rate(img)
+    np.testing.assert_allclose(got, [2 / 20, 1.0, 5 / 20])
+    np.testing.assert_allclose(got, saturated_reference(img, metrics.SATURATION_THRESHOLD))
+    # (N, H, W) and a larger threshold
+    np.testing.assert_allclose(metrics.saturated_pixel_rate(img[:, 0], threshold=0.01), [3 / 20, 1.0, 5 / 20])
+    assert got.dtype == np.float64 and got.shape == (3,)
+
+
+def test_new_saturated_pixel_rate_hand_made():
+    x = np.zeros((2, 1, 6, 7), np.float32)
+    x[:, 0, :, 0] = -1.0  # the input's own saturated column (a dark background edge)
+    cf = x.copy()
+    np.testing.assert_array_equal(metrics.new_saturated_pixel_rate(cf, x), [0.0, 0.0])
+    cf[0, 0, 2, 1] = -1.0  # next to the input's saturated column: not new at radius 1, new at radius 0
+    cf[0, 0, 3, 4] = 1.0  # new
+    cf[1, 0, 0:2, 5:7] = 1.0  # a new 2x2 clump in a corner
+    np.testing.assert_allclose(metrics.new_saturated_pixel_rate(cf, x), [1 / 42, 4 / 42])
+    np.testing.assert_allclose(metrics.new_saturated_pixel_rate(cf, x, radius=0), [2 / 42, 4 / 42])
+    # radius 4 reaches the column from everywhere but x = 5, 6
+    np.testing.assert_allclose(metrics.new_saturated_pixel_rate(cf, x, radius=4), [0.0, 4 / 42])
+    for radius in (0, 1, 2, 4):
+        np.testing.assert_allclose(
+            metrics.new_saturated_pixel_rate(cf, x, radius=radius),
+            new_saturated_reference(cf, x, metrics.SATURATION_THRESHOLD, radius),
+        )
+
+
+def test_saturated_rates_random_against_reference():
+    rng = np.random.default_rng(3)
+    # odd sizes, 2 channels, values spread over and beyond [-1, 1] so every case occurs
+    cf = np.clip(rng.normal(0, 0.8, size=(3, 2, 9, 11)), -1.2, 1.2).astype(np.float32)
+    x = np.clip(rng.normal(0, 0.8, size=(3, 2, 9, 11)), -1.0, 1.0).astype(np.float32)
+    for threshold in (0.0, 1 / 255, 0.05):
+        np.testing.assert_allclose(
+            metrics.saturated_pixel_rate(cf, threshold), saturated_reference(cf, threshold), rtol=1e-12
+        )
+        for radius in (0, 1, 3):
+            np.testing.assert_allclose(
+                metrics.new_saturated_pixel_rate(cf, x, threshold, radius),
+                new_saturated_reference(cf, x, threshold, radius),
+                rtol=1e-12,
+            )
+
+
+def test_saturated_rates_reject_bad_arguments():
+    x = np.zeros((2, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="threshold"):
+        metrics.saturated_pixel_rate(x, threshold=1.0)
+    with pytest.raises(ValueError, match="N >= 1"):
+        metrics.saturated_pixel_rate(np.zeros((0, 1, 4, 4)))
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.new_saturated_pixel_rate(x, x[:1])
+    with pytest.raises(ValueError, match="radius"):
+        metrics.new_saturated_pixel_rate(x, x, radius=-1)

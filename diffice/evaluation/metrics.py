@@ -20,6 +20,10 @@ Oracle validity (an independent concept oracle, :class:`diffice.models.oracle.Co
 1])
   - **QS(x)**, **QS(cf)**, **QD** = QS(cf) - QS(x) (mean over inputs with QS(x) < 0.5);
   - **MQD** = (1/N) sum_i 1[QS(x_i) < 0.5] (QS(cf_i) - QS(x_i)) over all N inputs.
+Artefacts (docs/artefacts.md)
+  - **saturated pixel rate**: per image, the fraction of pixels within 1/255 of -1 or +1 (stored as 0 or 255 in an
+    8-bit PNG): :func:`saturated_pixel_rate`; :func:`new_saturated_pixel_rate` counts only those where the input has
+    no saturated pixel within one pixel (the inputs' own black background and speckle excluded).
 
 Counterfactuals whose sampler step went non-finite (``nonfinite_step >= 0``: the sampler zeroed the image and went
 on) are no counterfactuals: they are excluded from every metric (``exclude`` of :func:`evaluate`; a results
@@ -59,6 +63,8 @@ __all__ = [
     "bkl",
     "cout",
     "mqd",
+    "saturated_pixel_rate",
+    "new_saturated_pixel_rate",
     "evaluate",
     "evaluate_results",
     "load_results",
@@ -76,6 +82,7 @@ FD_IMAG_TOL = 1e-3  # a larger imaginary part of sqrtm's diagonal is an error
 QS_THRESHOLD = 0.5  # the paper's MQD: inputs the oracle judges low quality, QS(x) < 0.5
 COUT_STEPS = 50  # ACE cout_metrics: step = max(1, H W // 50)
 BATCH = 32  # images per network call
+SATURATION_THRESHOLD = 1.0 / 255.0  # within one 8-bit level of -1 or +1: stored as 0 or 255 in a PNG
 
 
 # ---- Fréchet distance ----
@@ -307,6 +314,60 @@ def mqd(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) ->
     """(1/N) sum_i 1[QS(x_i) < threshold] (QS(cf_i) - QS(x_i)) over all N inputs."""
     qs_x, qs_cf = np.asarray(qs_x, dtype=np.float64), np.asarray(qs_cf, dtype=np.float64)
     return float(np.mean((qs_x < threshold) * (qs_cf - qs_x)))
+
+
+# ---- saturated pixels (artefacts: docs/artefacts.md) ----
+
+
+def _saturated(images: np.ndarray, threshold: float, name: str) -> np.ndarray:
+    """Boolean map of the pixels within `threshold` of -1 or +1 (or beyond), images (N, ...) with N >= 1."""
+    a = np.asarray(images)
+    if a.ndim < 2 or len(a) == 0:
+        raise ValueError(f"{name} must be (N, ...) with N >= 1 images, got shape {a.shape}")
+    if not (0.0 <= threshold < 1.0):
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    return (a <= -1.0 + threshold) | (a >= 1.0 - threshold)
+
+
+def saturated_pixel_rate(images: np.ndarray, threshold: float = SATURATION_THRESHOLD) -> np.ndarray:
+    """Per image, the fraction of pixels pinned at an end of the range: within `threshold` of -1 or +1, or beyond.
+
+    images: (N, C, H, W) or (N, H, W) in [-1, 1] (values outside count as saturated: a PNG clips them).
+    threshold: in [0, 1); the default 1/255 counts the pixels an 8-bit PNG stores as 0 or 255 (diffice's
+    :func:`diffice.data.images.to_uint8`, up to its round-half-to-even ties). Returns (N,) float64 in [0, 1].
+
+    Inputs can be legitimately saturated (the phantoms' black outside the ultrasound fan, 12-22% of the pixels):
+    compare a counterfactual with its input by :func:`new_saturated_pixel_rate`.
+    """
+    sat = _saturated(images, threshold, "images")
+    return sat.reshape(len(sat), -1).mean(axis=1, dtype=np.float64)
+
+
+def new_saturated_pixel_rate(
+    images: np.ndarray, inputs: np.ndarray, threshold: float = SATURATION_THRESHOLD, radius: int = 1
+) -> np.ndarray:
+    """Per image, the fraction of pixels saturated in `images` (:func:`saturated_pixel_rate`'s rule) where no pixel
+    of the paired input within `radius` (a (2 radius + 1)^2 window, same channel) is saturated: saturation that the
+    input does not have (the salt-and-pepper blotches of docs/artefacts.md), not the input's own dark background or
+    speckle moved by a pixel.
+
+    images, inputs: the same shape, (N, C, H, W) or (N, H, W), in [-1, 1]; radius >= 0. Returns (N,) float64 in
+    [0, 1]; 0 for an image identical to its input.
+    """
+    if np.shape(images) != np.shape(inputs):
+        raise ValueError(f"images and inputs must have the same shape, got {np.shape(images)} and {np.shape(inputs)}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+    sat = _saturated(images, threshold, "images")
+    near = _saturated(inputs, threshold, "inputs")
+    h, w = near.shape[-2:]
+    padded = np.pad(near, [(0, 0)] * (near.ndim - 2) + [(radius, radius)] * 2)
+    dilated = np.zeros_like(near)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            dilated |= padded[..., dy : dy + h, dx : dx + w]
+    new = sat & ~dilated
+    return new.reshape(len(new), -1).mean(axis=1, dtype=np.float64)
 
 
 # ---- everything for one set of counterfactuals ----

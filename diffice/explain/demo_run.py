@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.images import atomic_write_bytes, list_images, load_image, save_png
 from ..evaluation.figures import path_figure
-from ..evaluation.metrics import went_nonfinite
+from ..evaluation.metrics import new_saturated_pixel_rate, saturated_pixel_rate, went_nonfinite
 from .config import load_config
 from .demo import (
     CI_LEVEL,
@@ -118,6 +118,10 @@ def run_demo(
     # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
     distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
+    # pixels pinned at -1/+1 in the PNGs (docs/artefacts.md): all of them, and those the input has none of nearby
+    if records:
+        saturated = np.stack([saturated_pixel_rate(x)] + [saturated_pixel_rate(cfs[l]) for l in range(L)])
+        new_saturated = np.stack([new_saturated_pixel_rate(cfs[l], x) for l in range(L)])
 
     rows = [
         dict(
@@ -130,6 +134,8 @@ def run_demo(
             mqd_ci_low="",
             mqd_ci_high="",
             mean_l1_to_input=0.0,
+            saturated_pct=100 * _mean(saturated[0]) if records else float("nan"),
+            new_saturated_pct=0.0,
         )
     ]
     for l in range(L):
@@ -147,6 +153,8 @@ def run_demo(
                 mqd_ci_low=low,
                 mqd_ci_high=high,
                 mean_l1_to_input=_mean(distance[l, keep]),
+                saturated_pct=100 * _mean(saturated[l + 1, keep]),
+                new_saturated_pct=100 * _mean(new_saturated[l, keep]),
                 excluded_nonfinite=int((~keep).sum()),
             )
         )
@@ -166,6 +174,16 @@ def run_demo(
         print(
             f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
             f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}",
+            file=stream,
+        )
+    if records:
+        print(
+            "saturated pixels, % (within 1/255 of -1/+1; new: where the input has none within a pixel): "
+            + ", ".join(
+                f"{'input' if r['iteration'] == 0 else r['iteration']} {r['saturated_pct']:.2f}"
+                + ("" if r["iteration"] == 0 else f" (new {r['new_saturated_pct']:.2f})")
+                for r in rows
+            ),
             file=stream,
         )
     excluded = [f"{r['iteration']}: {r['excluded_nonfinite']}" for r in rows if r["excluded_nonfinite"]]
