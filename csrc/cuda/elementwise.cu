@@ -6,15 +6,6 @@ extern "C" {
 #include "../ops/activation_check.h"
 }
 
-/* Stable for large |x|: exp of a non-positive argument only (ref_elementwise.c's). */
-static DFC_HOST_DEVICE inline float dfc_sigmoidf(float x)
-{
-    if (x >= 0.0f)
-        return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
-}
-
 dfc_status cuda_activation_forward(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
                                    dfc_error *err)
 {
@@ -24,8 +15,8 @@ dfc_status cuda_activation_forward(dfc_backend *be, dfc_activation kind, const d
     return dfc_cuda_for_each(be, dfc_numel(x), dfc_activation_name(kind), err, [=] DFC_DEVICE(int64_t i) {
         float v = xs[i];
         ys[i] = kind == DFC_ACT_RELU   ? (v > 0.0f ? v : 0.0f)
-                : kind == DFC_ACT_SILU ? v * dfc_sigmoidf(v)
-                                       : dfc_sigmoidf(v);
+                : kind == DFC_ACT_SILU ? v * dfc_sigmoid_stable(v)
+                                       : dfc_sigmoid_stable(v);
     });
 }
 
@@ -42,7 +33,7 @@ dfc_status cuda_activation_backward(dfc_backend *be, dfc_activation kind, const 
         if (kind == DFC_ACT_RELU) {
             dxs[i] = v > 0.0f ? dys[i] : 0.0f;
         } else {
-            float s = dfc_sigmoidf(v);
+            float s = dfc_sigmoid_stable(v);
             dxs[i] = kind == DFC_ACT_SILU ? dys[i] * s * (1.0f + v * (1.0f - s)) : dys[i] * s * (1.0f - s);
         }
     });

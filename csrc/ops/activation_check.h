@@ -3,7 +3,20 @@
 #ifndef DIFFICE_ACTIVATION_CHECK_H
 #define DIFFICE_ACTIVATION_CHECK_H
 
+#include <math.h>
+
+#include "also_device.h"
 #include "ops.h"
+
+/* sigmoid, stable for large |x| (exp of a non-positive argument only): the reference kernels' and the CUDA
+ * kernels' (the fast CPU kernels use fast_math.h's vectorisable dfc_sigmoidf). */
+static DFC_ALSO_DEVICE inline float dfc_sigmoid_stable(float x)
+{
+    if (x >= 0.0f)
+        return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
 
 /* The op name in messages: the kind's own name. */
 static inline const char *dfc_activation_name(dfc_activation kind)

@@ -9,14 +9,6 @@
 #include "softmax_row.h"
 #include "spatial_check.h"
 
-/* Stable for large |x|: exp of a non-positive argument only. */
-static inline float sigmoidf(float x)
-{
-    if (x >= 0.0f)
-        return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
-}
 
 dfc_status ref_activation_forward(dfc_backend *be, dfc_activation kind, const dfc_tensor *x, dfc_tensor *y,
                                   dfc_error *err)
@@ -30,8 +22,8 @@ dfc_status ref_activation_forward(dfc_backend *be, dfc_activation kind, const df
         float v = xs[i];
         switch (kind) {
         case DFC_ACT_RELU: ys[i] = v > 0.0f ? v : 0.0f; break;
-        case DFC_ACT_SILU: ys[i] = v * sigmoidf(v); break;
-        case DFC_ACT_SIGMOID: ys[i] = sigmoidf(v); break;
+        case DFC_ACT_SILU: ys[i] = v * dfc_sigmoid_stable(v); break;
+        case DFC_ACT_SIGMOID: ys[i] = dfc_sigmoid_stable(v); break;
         }
     }
     return DFC_OK;
@@ -52,11 +44,11 @@ dfc_status ref_activation_backward(dfc_backend *be, dfc_activation kind, const d
         switch (kind) {
         case DFC_ACT_RELU: dxs[i] = v > 0.0f ? dys[i] : 0.0f; break;
         case DFC_ACT_SILU:
-            s = sigmoidf(v);
+            s = dfc_sigmoid_stable(v);
             dxs[i] = dys[i] * s * (1.0f + v * (1.0f - s));
             break;
         case DFC_ACT_SIGMOID:
-            s = sigmoidf(v);
+            s = dfc_sigmoid_stable(v);
             dxs[i] = dys[i] * s * (1.0f - s);
             break;
         }
