@@ -54,7 +54,7 @@ KW = dict(method="diff-ice", iterations=2, tau=3, lambda_c=(5.0, 50.0), lambda_p
         (dict(method="dice"), ValueError, "method"),
         (dict(class_loss="mse"), ValueError, "class_loss"),
         (dict(grad_at="next"), ValueError, "grad_at"),
-        (dict(backend="cuda:7"), ValueError, "backend"),
+        (dict(backend="tpu"), ValueError, "backend"),
         (dict(guidance="magic"), ValueError, "guidance"),
     ],
 )
