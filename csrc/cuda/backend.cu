@@ -98,6 +98,7 @@ static void cuda_backend_destroy(dfc_backend *be)
 
 static dfc_status cuda_backend_synchronize(dfc_backend *be, dfc_error *err)
 {
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     DFC_CUDA_TRY(cudaStreamSynchronize(dfc_cuda(be)->stream));
     return DFC_OK;
 }
@@ -107,6 +108,7 @@ static dfc_status cuda_backend_synchronize(dfc_backend *be, dfc_error *err)
 static void *cuda_memory_alloc(dfc_backend *be, size_t bytes, dfc_error *err)
 {
     void *ptr = NULL;
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     cudaError_t code = cudaMalloc(&ptr, bytes ? bytes : 1);
     if (code == cudaSuccess)
         return ptr;
@@ -125,12 +127,13 @@ static void cuda_memory_free(dfc_backend *be, void *ptr)
     if (!ptr)
         return;
     /* memory may still be read by queued kernels: cudaFree waits for the device, so this is stream-safe */
-    (void)be;
+    cudaSetDevice(dfc_cuda(be)->device);
     cudaFree(ptr);
 }
 
 static dfc_status cuda_memory_zero(dfc_backend *be, void *ptr, size_t bytes, dfc_error *err)
 {
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     DFC_CUDA_TRY(cudaMemsetAsync(ptr, 0, bytes, dfc_cuda(be)->stream));
     return DFC_OK;
 }
@@ -140,6 +143,7 @@ static dfc_status cuda_memory_zero(dfc_backend *be, void *ptr, size_t bytes, dfc
 static dfc_status cuda_memory_copy_from_host(dfc_backend *be, void *dst, const void *host_src, size_t bytes,
                                              dfc_error *err)
 {
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     DFC_CUDA_TRY(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, dfc_cuda(be)->stream));
     return DFC_OK;
 }
@@ -147,6 +151,7 @@ static dfc_status cuda_memory_copy_from_host(dfc_backend *be, void *dst, const v
 static dfc_status cuda_memory_copy_to_host(dfc_backend *be, void *host_dst, const void *src, size_t bytes,
                                            dfc_error *err)
 {
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     DFC_CUDA_TRY(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, dfc_cuda(be)->stream));
     DFC_CUDA_TRY(cudaStreamSynchronize(dfc_cuda(be)->stream));
     return DFC_OK;
@@ -154,6 +159,7 @@ static dfc_status cuda_memory_copy_to_host(dfc_backend *be, void *host_dst, cons
 
 static dfc_status cuda_memory_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err)
 {
+    cudaSetDevice(dfc_cuda(be)->device); /* the current device is per thread: make it this backend's */
     DFC_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, dfc_cuda(be)->stream));
     return DFC_OK;
 }

@@ -57,7 +57,18 @@ DFC_OP_LIST(DFC_CUDA_ENTRY)
 extern "C" const dfc_ops dfc_cuda_emulated_ops;
 const dfc_ops dfc_cuda_emulated_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
 #else
-#define DFC_CUDA_ENTRY(name) DFC_OP_ENTRY_(cuda, name)
+/* The GPU table makes the backend's device current before each op: the current device is per host thread, and a
+ * thread may hold backends of several devices ("cuda:0" and "cuda:1"), whose kernels and library calls must each
+ * run on their own. */
+template <auto op> struct dfc_cuda_on_device;
+template <class... Args, dfc_status (*op)(dfc_backend *, Args...)> struct dfc_cuda_on_device<op> {
+    static dfc_status run(dfc_backend *be, Args... args)
+    {
+        cudaSetDevice(dfc_cuda(be)->device); /* cannot fail for a device the backend was created on */
+        return op(be, args...);
+    }
+};
+#define DFC_CUDA_ENTRY(name) .name = &dfc_cuda_on_device<cuda_##name>::run,
 extern "C" const dfc_ops dfc_cuda_ops;
 const dfc_ops dfc_cuda_ops = {DFC_OP_LIST(DFC_CUDA_ENTRY)};
 #endif
