@@ -474,15 +474,7 @@ dfc_status cuda_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, 
     return dfc_cuda_for_each(be, s.outer * inner, op, err, [=] DFC_DEVICE(int64_t r) {
         const int64_t base = (r / inner) * k * inner + r % inner;
         const float *xr = xs + base;
-        float *yr = ys + base;
-        float max = xr[0];
-        for (int64_t j = 1; j < k; j++)
-            max = xr[j * inner] > max ? xr[j * inner] : max;
-        double sum = 0.0;
-        for (int64_t j = 0; j < k; j++)
-            sum += exp((double)xr[j * inner] - max);
-        for (int64_t j = 0; j < k; j++)
-            yr[j * inner] = (float)(exp((double)xr[j * inner] - max) / sum);
+        dfc_softmax_strided_row(xr, ys + base, k, inner);
     });
 }
 

@@ -77,14 +77,7 @@ dfc_status ref_softmax_forward(dfc_backend *be, const dfc_tensor *x, int axis, d
                 yr[j] = (float)(exp((double)xr[j] - max) / sum);
             continue;
         }
-        float max = xr[0];
-        for (int64_t j = 1; j < k; j++)
-            max = xr[j * inner] > max ? xr[j * inner] : max;
-        double sum = 0.0;
-        for (int64_t j = 0; j < k; j++)
-            sum += exp((double)xr[j * inner] - max);
-        for (int64_t j = 0; j < k; j++)
-            yr[j * inner] = (float)(exp((double)xr[j * inner] - max) / sum);
+        dfc_softmax_strided_row(xr, yr, k, inner);
     }
     return DFC_OK;
 }

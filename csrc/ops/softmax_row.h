@@ -23,6 +23,20 @@ static DFC_ALSO_DEVICE inline double dfc_row_sum_exp(const float *row, int64_t k
     return sum;
 }
 
+/* The softmax of k values `stride` apart, x into y: the max, the sum of exp in double, then each value (the reference
+ * kernel's order; the CUDA kernel runs the same for each of its rows). */
+static DFC_ALSO_DEVICE inline void dfc_softmax_strided_row(const float *x, float *y, int64_t k, int64_t stride)
+{
+    float max = x[0];
+    for (int64_t j = 1; j < k; j++)
+        max = x[j * stride] > max ? x[j * stride] : max;
+    double sum = 0.0;
+    for (int64_t j = 0; j < k; j++)
+        sum += exp((double)x[j * stride] - max);
+    for (int64_t j = 0; j < k; j++)
+        y[j * stride] = (float)(exp((double)x[j * stride] - max) / sum);
+}
+
 /* x viewed as (outer, k, inner) around the softmax axis (negative counts from the end). */
 typedef struct {
     int64_t outer, k, inner;
