@@ -42,7 +42,8 @@ if [ ! -f /usr/include/zlib.h ]; then
     mkdir -p /tmp/zlib/lib && ln -sf "$(ldconfig -p | awk '/libz.so.1 /{print $NF; exit}')" /tmp/zlib/lib/libz.so
     export CPATH=/tmp/zlib/usr/include LIBRARY_PATH=/tmp/zlib/lib
 fi
-export DIFFICE_CUDA_ARCHS=90 DIFFICE_WERROR=1 OMP_NUM_THREADS=8
+# no DIFFICE_WERROR here: CI enforces warnings; a newer host compiler on the GPU image must not cost the lease
+export DIFFICE_CUDA_ARCHS=90 OMP_NUM_THREADS=8
 stage build 150 python3 setup.py build_ext --inplace -j16 || { echo "build failed: see build.txt" | tee -a "$OUT/summary.txt"; exit 1; }
 stage available 20 python3 -c "import diffice; print(diffice.build_info(), diffice.cuda_available()); diffice.ops.get_backend('cuda')"
 stage op_tests 90 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
