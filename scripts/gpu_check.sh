@@ -49,5 +49,7 @@ stage available 20 python3 -c "import diffice; print(diffice.build_info(), diffi
 stage op_tests 90 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
 stage gpu_tests 60 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py
 stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
-stage bench 90 python3 benchmarks/gpu.py --jsonl "$OUT/bench.jsonl"
+# a first look at speed: Diff-ICE_1 at tau 20 (the paper's tau 120 costs 6x the guided steps); the full table is
+# `python3 benchmarks/gpu.py` once the kernels are known to be right
+stage bench 90 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
 cat "$OUT/summary.txt"
