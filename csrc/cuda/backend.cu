@@ -326,7 +326,7 @@ dfc_status dfc_cuda_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error
 }
 
 dfc_status dfc_cuda_stage_host(dfc_backend *be, int count, const void *const *pieces, const size_t *sizes,
-                               void **device, dfc_error *err)
+                               void **device, size_t extra_bytes, void **extra, dfc_error *err)
 {
     enum { MAX_PIECES = 8 };
     if (count < 0 || count > MAX_PIECES)
@@ -337,7 +337,9 @@ dfc_status dfc_cuda_stage_host(dfc_backend *be, int count, const void *const *pi
         total += (sizes[k] + DFC_CUDA_STAGE_ALIGN - 1) / DFC_CUDA_STAGE_ALIGN * DFC_CUDA_STAGE_ALIGN;
     }
     void *base = NULL;
-    DFC_TRY(dfc_cuda_scratch(be, total ? total : 1, &base, err));
+    DFC_TRY(dfc_cuda_scratch(be, total + extra_bytes ? total + extra_bytes : 1, &base, err));
+    if (extra)
+        *extra = extra_bytes ? (char *)base + total : NULL;
     for (int k = 0; k < count; k++) {
         device[k] = pieces[k] ? (char *)base + offsets[k] : NULL;
         if (pieces[k] && sizes[k])

@@ -141,9 +141,11 @@ int dfc_cuda_is_backend_memory(dfc_backend *be, const void *ptr);
 dfc_status dfc_cuda_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
 
 /* Copies host arrays (the ops' per-row coefficient vectors and targets) into be's scratch: pieces[k] of
- * sizes[k] bytes land at (*device)[k], each aligned to 256 bytes. At most 8 pieces; NULL pieces give NULL. */
+ * sizes[k] bytes land at (*device)[k], each aligned to 256 bytes. At most 8 pieces; NULL pieces give NULL. The op's
+ * own scratch comes from the same call, since the scratch is one buffer that a second request could move:
+ * extra_bytes after the pieces, at *extra (256-aligned; NULL when extra_bytes is 0; extra may be NULL then). */
 dfc_status dfc_cuda_stage_host(dfc_backend *be, int count, const void *const *pieces, const size_t *sizes,
-                               void **device, dfc_error *err);
+                               void **device, size_t extra_bytes, void **extra, dfc_error *err);
 
 /* Copies bytes from backend memory to the host after every op issued so far (the flags that nonfinite_rows and
  * target_probability return). */

@@ -26,7 +26,7 @@ dfc_status cuda_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor
     const void *pieces[2] = {sqrt_abar, sqrt_one_minus_abar};
     const size_t sizes[2] = {(size_t)n * sizeof(float), (size_t)n * sizeof(float)};
     void *staged[2];
-    DFC_TRY(dfc_cuda_stage_host(be, 2, pieces, sizes, staged, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 2, pieces, sizes, staged, 0, NULL, err));
     const float *a = (const float *)staged[0], *s = (const float *)staged[1];
     const float *x0s = x0->data, *noises = noise->data;
     float *xt = x_t->data;
@@ -53,7 +53,7 @@ static dfc_status stage_posterior(dfc_backend *be, const dfc_posterior_coefs *c,
     for (int k = 0; k < 8; k++)
         sizes[k] = (size_t)n * sizeof(float);
     void *staged[8];
-    DFC_TRY(dfc_cuda_stage_host(be, 8, pieces, sizes, staged, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 8, pieces, sizes, staged, 0, NULL, err));
     const float *const *f = (const float *const *)staged;
     *rows = posterior_rows{f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]};
     return DFC_OK;
@@ -137,7 +137,7 @@ dfc_status cuda_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_t
     const void *pieces[1] = {noise_weight};
     const size_t sizes[1] = {(size_t)n * sizeof(float)};
     void *staged[1];
-    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, 0, NULL, err));
     const float *w = (const float *)staged[0], *means = mean->data, *logs = log_variance->data, *noises = noise->data;
     const float *grads = grad && grad->data ? grad->data : NULL, *vars = grads ? variance->data : NULL;
     float *out = x_prev->data;
@@ -309,7 +309,7 @@ dfc_status cuda_target_probability(dfc_backend *be, const dfc_tensor *logits, co
     const void *pieces[1] = {targets};
     const size_t sizes[1] = {(size_t)n * sizeof(int64_t)};
     void *staged[1], *flags_mem = NULL;
-    DFC_TRY(dfc_stage_with_scratch(be, 1, pieces, sizes, staged, (size_t)n * sizeof(int), &flags_mem, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, (size_t)n * sizeof(int), &flags_mem, err));
     const int64_t *ys = (const int64_t *)staged[0];
     int *flags = (int *)flags_mem;
     const float *zs = logits->data;
@@ -336,7 +336,7 @@ static dfc_status stage_vb(dfc_backend *be, const dfc_vb_coefs *c, int64_t n, df
         sizes[k] = (size_t)n * sizeof(double);
     sizes[6] = (size_t)n * sizeof(int);
     void *staged[7];
-    DFC_TRY(dfc_stage_with_scratch(be, 7, pieces, sizes, staged, extra_bytes, extra, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 7, pieces, sizes, staged, extra_bytes, extra, err));
     const double *const *d = (const double *const *)staged;
     *device = dfc_vb_coefs{d[0], d[1], d[2], d[3], d[4], d[5], (const int *)staged[6], c->scale};
     return DFC_OK;
@@ -376,8 +376,7 @@ dfc_status cuda_diffusion_vb_backward(dfc_backend *be, const dfc_tensor *dvb, co
     DFC_TRY(dfc_check_vb(op, model_output, x_start, x_t, coefs, dvb, "dvb", d_v, err));
     const int64_t n = x_start->shape[0], m = dfc_inner_size(x_start, 1);
     dfc_vb_coefs c;
-    void *unused_scratch = NULL;
-    DFC_TRY(stage_vb(be, coefs, n, &c, 0, &unused_scratch, err));
+    DFC_TRY(stage_vb(be, coefs, n, &c, 0, NULL, err));
     const float *mo = model_output->data, *x0s = x_start->data, *xts = x_t->data, *dvbs = dvb->data;
     float *dvs = d_v->data;
     return dfc_cuda_for_each(be, n * m, op, err, [=] DFC_DEVICE(int64_t at) {

@@ -65,7 +65,7 @@ static dfc_status row_linear(dfc_backend *be, const char *op, const float *alpha
     const void *pieces[1] = {alpha};
     const size_t sizes[1] = {(size_t)n * sizeof(float)};
     void *staged[1];
-    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, 0, NULL, err));
     const float *a = (const float *)staged[0], *xs = x->data;
     float *ys = y->data;
     return dfc_cuda_for_each(be, n * m, op, err, [=] DFC_DEVICE(int64_t i) {

@@ -11,14 +11,14 @@ extern "C" {
 #include "../ops/net_ops.h"
 }
 
-/* Targets into scratch, with extra_bytes of scratch of one's own after them. */
+/* Targets into scratch, with extra_bytes of scratch of one's own after them (extra: NULL when none is wanted). */
 static dfc_status stage_targets(dfc_backend *be, const int64_t *targets, int64_t n, const int64_t **staged_targets,
                                 size_t extra_bytes, void **extra, dfc_error *err)
 {
     const void *pieces[1] = {targets};
     const size_t sizes[1] = {(size_t)n * sizeof(int64_t)};
     void *staged[1];
-    DFC_TRY(dfc_stage_with_scratch(be, 1, pieces, sizes, staged, extra_bytes, extra, err));
+    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, extra_bytes, extra, err));
     *staged_targets = (const int64_t *)staged[0];
     return DFC_OK;
 }
@@ -33,8 +33,7 @@ dfc_status cuda_cross_entropy_forward(dfc_backend *be, const dfc_tensor *logits,
     DFC_TRY(dfc_check_class_loss(op, logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], k = logits->shape[1];
     const int64_t *ys;
-    void *unused;
-    DFC_TRY(stage_targets(be, targets, n, &ys, 0, &unused, err));
+    DFC_TRY(stage_targets(be, targets, n, &ys, 0, NULL, err));
     const float *zs = logits->data;
     float *out = loss->data;
     return dfc_cuda_for_each(be, n, op, err, [=] DFC_DEVICE(int64_t i) {
@@ -133,8 +132,7 @@ dfc_status cuda_logit_loss_forward(dfc_backend *be, const dfc_tensor *logits, co
     DFC_TRY(dfc_check_class_loss(op, logits, targets, loss, "loss", NULL, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
     const int64_t *ys;
-    void *unused;
-    DFC_TRY(stage_targets(be, targets, n, &ys, 0, &unused, err));
+    DFC_TRY(stage_targets(be, targets, n, &ys, 0, NULL, err));
     const float *zs = logits->data;
     float *out = loss->data;
     return dfc_cuda_for_each(be, n, op, err,
@@ -149,8 +147,7 @@ dfc_status cuda_logit_loss_backward(dfc_backend *be, const dfc_tensor *dloss, co
     DFC_TRY(dfc_check_class_loss(op, logits, targets, dloss, "dloss", dlogits, err));
     const int64_t n = logits->shape[0], c = logits->shape[1];
     const int64_t *ys;
-    void *unused;
-    DFC_TRY(stage_targets(be, targets, n, &ys, 0, &unused, err));
+    DFC_TRY(stage_targets(be, targets, n, &ys, 0, NULL, err));
     const float *dl = dloss->data;
     float *dz = dlogits->data;
     return dfc_cuda_for_each(be, n * c, op, err, [=] DFC_DEVICE(int64_t at) {

@@ -35,28 +35,6 @@ static DFC_HOST_DEVICE inline double dfc_row_total(const double *partials, int64
     return sum;
 }
 
-/* Stages host pieces (dfc_cuda_stage_host) and carves extra_bytes of scratch after them into *extra: the scratch is
- * one buffer, so the op's own scratch must come from the same call (a second dfc_cuda_scratch could move it). The
- * staged layout is dfc_cuda_stage_host's: pieces from the start, each rounded up to 256 bytes. */
-static inline dfc_status dfc_stage_with_scratch(dfc_backend *be, int count, const void *const *pieces,
-                                                const size_t *sizes, void **device, size_t extra_bytes, void **extra,
-                                                dfc_error *err)
-{
-    const size_t align = 256;
-    size_t staged = 0;
-    for (int k = 0; k < count; k++)
-        staged += (sizes[k] + align - 1) / align * align;
-    void *base = NULL;
-    DFC_TRY(dfc_cuda_scratch(be, staged + extra_bytes + 1, &base, err)); /* big enough: staging will not grow it */
-    if (count > 0)
-        DFC_TRY(dfc_cuda_stage_host(be, count, pieces, sizes, device, err));
-    *extra = (char *)base + staged;
-    for (int k = 0; k < count; k++) /* the layout assumed above, checked: no staged piece reaches into *extra */
-        if (device[k] && ((char *)device[k] < (char *)base || (char *)device[k] + sizes[k] > (char *)*extra))
-            return dfc_fail(err, DFC_ERR_BACKEND, "cuda: staged host array %d lies outside its scratch range", k);
-    return DFC_OK;
-}
-
 /* The common case, out[r] = (float)(factor * sum / divisor) with sum row r's m terms added in order (term(r, j, &sum)
  * adds item j's, as the reference kernel's inner loop); partials: n * dfc_row_chunks(m) doubles of scratch. Term is
  * a functor struct, not a lambda: nvcc does not take a lambda's type as a template argument of the function that
