@@ -789,31 +789,34 @@ static PyObject *out_scalars(op_call *c, PyObject *out)
 }
 
 /* The call on a backend whose memory is not host memory (a GPU): every float32 array (inputs, in-place arguments,
- * outputs) is copied into backend memory, the op runs there, the arrays it writes are copied back, and the backend
- * memory is freed. Host vectors and int outputs stay on the host: the op stages those itself. */
+ * outputs) gets backend memory (inputs and in-place arguments copied in, outputs zeroed as numpy's are), the op runs
+ * there, the arrays it writes are copied back, and the backend memory is freed. Host vectors and int outputs stay on
+ * the host: the op stages those itself. */
+typedef struct {
+    dfc_tensor *t;
+    float *host;   /* the numpy array's data, put back into t when the call is over */
+    int copy_in;   /* 0: an output, zeroed instead */
+    int copy_back; /* the op writes it */
+} staged_array;
+
 static dfc_status call_staged(dfc_backend *be, const op_desc *op, op_call *c, int nargs, dfc_error *err)
 {
-    enum { MAX_STAGED = MAX_ARGS + 2 * MAX_OUTS };
-    struct {
-        dfc_tensor *t;
-        float *host;
-        int write_back;
-    } staged[MAX_STAGED];
+    staged_array staged[MAX_ARGS + 2 * MAX_OUTS];
     int count = 0;
     for (int k = 0; k < nargs; k++) {
         enum arg_kind kind = op->args[k].kind;
-        int write_back = kind == A_INOUT || kind == A_INOUT_NONFINITE;
+        int in_place = kind == A_INOUT || kind == A_INOUT_NONFINITE;
         if (kind == A_TENSORS) {
             for (int p = 0; p < c->a[k].i; p++)
-                staged[count++] = (__typeof__(staged[0])){&c->parts[p], c->parts[p].data, 0};
-        } else if ((kind == A_TENSOR || kind == A_OPTIONAL || kind == A_TENSOR_NONFINITE || write_back) &&
+                staged[count++] = (staged_array){&c->parts[p], c->parts[p].data, 1, 0};
+        } else if ((kind == A_TENSOR || kind == A_OPTIONAL || kind == A_TENSOR_NONFINITE || in_place) &&
                    c->a[k].t.data) {
-            staged[count++] = (__typeof__(staged[0])){&c->a[k].t, c->a[k].t.data, write_back};
+            staged[count++] = (staged_array){&c->a[k].t, c->a[k].t.data, 1, in_place};
         }
     }
     for (int j = 0; j < c->nout; j++)
         if (c->out_ndim[j] && c->out_kind[j] == OUT_FLOAT32)
-            staged[count++] = (__typeof__(staged[0])){&c->o[j], c->o[j].data, 1};
+            staged[count++] = (staged_array){&c->o[j], c->o[j].data, 0, 1};
     dfc_status st = DFC_OK;
     int moved = 0;
     for (; moved < count && st == DFC_OK; moved++) {
@@ -824,13 +827,14 @@ static dfc_status call_staged(dfc_backend *be, const op_desc *op, op_call *c, in
             break;
         }
         staged[moved].t->data = device;
-        st = be->iface->copy_from_host(be, device, staged[moved].host, bytes, err);
+        st = staged[moved].copy_in ? be->iface->copy_from_host(be, device, staged[moved].host, bytes, err)
+                                   : be->iface->zero(be, device, bytes, err);
     }
     if (st == DFC_OK)
         st = op->call(be, c, err);
     for (int k = 0; k < moved; k++) {
         size_t bytes = (size_t)dfc_numel(staged[k].t) * sizeof(float);
-        if (st == DFC_OK && staged[k].write_back)
+        if (st == DFC_OK && staged[k].copy_back)
             st = be->iface->copy_to_host(be, staged[k].host, staged[k].t->data, bytes, err);
     }
     for (int k = 0; k < moved; k++) {
