@@ -10,19 +10,23 @@ from pathlib import Path
 from typing import Any
 
 
-def _preload_onednn() -> None:
-    # libdnnl.so.3 lives in <prefix>/lib of whichever environment holds the onednn-cpu-gomp wheel, which is not
-    # on the loader path of a venv or an editable install; loading it by absolute path lets _C resolve it by soname.
-    candidates = []
+def _wheel_libraries(dist_name: str, names: tuple[str, ...]) -> list[str]:
+    """Absolute paths of the shared libraries `names` (in that order) inside the installed wheel dist_name; [] where
+    it is not installed."""
     try:
         from importlib import metadata
 
-        dist = metadata.distribution("onednn-cpu-gomp")
-        for f in dist.files or []:
-            if str(f).endswith("libdnnl.so.3"):
-                candidates.append(str(dist.locate_file(f)))
+        dist = metadata.distribution(dist_name)
     except Exception:
-        pass
+        return []
+    files = {Path(str(f)).name: f for f in dist.files or []}
+    return [str(dist.locate_file(files[name])) for name in names if name in files]
+
+
+def _preload_onednn() -> None:
+    # libdnnl.so.3 lives in <prefix>/lib of whichever environment holds the onednn-cpu-gomp wheel, which is not
+    # on the loader path of a venv or an editable install; loading it by absolute path lets _C resolve it by soname.
+    candidates = _wheel_libraries("onednn-cpu-gomp", ("libdnnl.so.3",))
     candidates.append(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))
     for path in candidates:
         if os.path.exists(path):
@@ -34,18 +38,12 @@ def preload_cuda_libraries() -> None:
     """Loads cuBLAS and cuDNN from their PyPI wheels (diffice[cuda]) by absolute path, so the CUDA plugin
     (libdiffice_cuda.so) resolves them by soname also where its rpath does not reach them (editable installs).
     Missing wheels are left for the plugin's loader to report."""
-    for dist_name, names in (
-        ("nvidia-cublas", ("libcublasLt.so.13", "libcublas.so.13")),
-        ("nvidia-cudnn-cu13", ("libcudnn.so.9",)),
-    ):
+    paths = _wheel_libraries("nvidia-cublas", ("libcublasLt.so.13", "libcublas.so.13"))
+    paths += _wheel_libraries("nvidia-cudnn-cu13", ("libcudnn.so.9",))
+    for path in paths:
         try:
-            from importlib import metadata
-
-            files = {Path(str(f)).name: f for f in metadata.distribution(dist_name).files or []}
-            for name in names:
-                if name in files:
-                    ctypes.CDLL(str(metadata.distribution(dist_name).locate_file(files[name])), mode=ctypes.RTLD_GLOBAL)
-        except Exception:  # not installed, or unloadable: the plugin's loader says which library is missing
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:  # unloadable: the plugin's loader says which library is missing
             continue
 
 
