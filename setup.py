@@ -106,13 +106,14 @@ class BuildExtWithCuda(build_ext):
 
     def build_extensions(self) -> None:
         ext = self.extensions[0]
-        ext.extra_objects = cuda_build.compile_emulated(ROOT, Path(self.build_temp) / "cuda_emulated", _flags())
+        objects_dir = Path(self.build_temp) / "cuda_emulated"
+        ext.extra_objects = cuda_build.compile_emulated(ROOT, objects_dir, _flags(), force=bool(self.force))
         ext.depends = list(ext.depends) + list(ext.extra_objects)  # relink _C when an emulated object changed
         super().build_extensions()
         self._cuda_plugin = None
         if cuda_build.want_cuda():
             target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME
-            cuda_build.build_plugin(ROOT, Path(self.build_temp) / "cuda", target, _flags())
+            cuda_build.build_plugin(ROOT, Path(self.build_temp) / "cuda", target, _flags(), force=bool(self.force))
             self._cuda_plugin = target
 
     def copy_extensions_to_source(self) -> None:

@@ -42,6 +42,19 @@ def cu_sources(root: Path) -> list[Path]:
     return sorted((root / "csrc" / "cuda").glob("*.cu"))
 
 
+def _headers(root: Path) -> list[Path]:
+    return [*(root / "csrc").glob("**/*.h"), *(root / "csrc" / "cuda").glob("*.cuh")]
+
+
+def _up_to_date(target: Path, inputs: list[Path], force: bool) -> bool:
+    """target exists and is newer than every input (a rebuild then skips it, as build_ext does for C sources;
+    --force rebuilds)."""
+    if force or not target.exists():
+        return False
+    built = target.stat().st_mtime
+    return all(p.stat().st_mtime <= built for p in inputs)
+
+
 def _run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -60,8 +73,9 @@ def _host_flags(flags: dict[str, bool]) -> list[str]:
     return out
 
 
-def compile_emulated(root: Path, out_dir: Path, flags: dict[str, bool]) -> list[str]:
-    """Compiles every csrc/cuda/*.cu as host C++ with DFC_CUDA_EMULATE; returns the object paths for _C."""
+def compile_emulated(root: Path, out_dir: Path, flags: dict[str, bool], force: bool = False) -> list[str]:
+    """Compiles every csrc/cuda/*.cu as host C++ with DFC_CUDA_EMULATE (those whose object is out of date);
+    returns the object paths for _C."""
     cxx = os.environ.get("CXX", "g++")
     out_dir.mkdir(parents=True, exist_ok=True)
     common = [
@@ -79,13 +93,16 @@ def compile_emulated(root: Path, out_dir: Path, flags: dict[str, bool]) -> list[
         "-Wextra",
         f"-I{root / 'csrc'}",
     ] + _host_flags(flags)
-    jobs = []
+    headers = _headers(root)
+    jobs, objects = [], []
     for src in cu_sources(root):
         obj = out_dir / (src.stem + ".o")
-        jobs.append((common + ["-c", str(src), "-o", str(obj)], obj))
+        objects.append(str(obj))
+        if not _up_to_date(obj, [src, *headers], force):
+            jobs.append(common + ["-c", str(src), "-o", str(obj)])
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda job: _run(job[0]), jobs))
-    return [str(obj) for _, obj in jobs]
+        list(pool.map(_run, jobs))
+    return objects
 
 
 def _wheel_dirs() -> tuple[list[str], list[str]]:
@@ -109,13 +126,11 @@ def _find(dirs: list[str], name: str) -> bool:
     return any((Path(d) / name).exists() for d in dirs)
 
 
-def build_plugin(root: Path, out_dir: Path, target: Path, flags: dict[str, bool]) -> None:
+def build_plugin(root: Path, out_dir: Path, target: Path, flags: dict[str, bool], force: bool = False) -> None:
     """nvcc-compiles csrc/cuda into target (libdiffice_cuda.so), linking the CUDA runtime statically and cuBLAS and
     cuDNN from their wheels (found at run time through the rpath, or preloaded by diffice/_native.py)."""
-    inputs = [*cu_sources(root), *(root / "csrc").glob("**/*.h"), *(root / "csrc" / "cuda").glob("*.cuh")]
-    inputs += [root / src for src in PLUGIN_C_SOURCES]
-    if target.exists() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs):
-        return  # up to date: nvcc is the slow part of a rebuild
+    if _up_to_date(target, [*cu_sources(root), *_headers(root), *(root / src for src in PLUGIN_C_SOURCES)], force):
+        return  # nvcc is the slow part of a rebuild
     includes, libs = _wheel_dirs()
     missing = [h for h in ("cudnn.h", "cublas_v2.h") if not _find(includes, h)]
     if missing:
