@@ -81,6 +81,8 @@ def test_cuda_backend_names():
         ops.get_backend("cuda:x")
     with pytest.raises(ValueError, match="cuda:N"):
         ops.get_backend("cpu:1")
+    with pytest.raises(ValueError, match="the cpu backend has no devices"):
+        diffice._C.Backend("cpu:1", 1)  # the C registry refuses it too, not only the Python check
     with pytest.raises(ValueError, match="device 3 does not exist"):
         diffice._C.Backend("cuda:3", 1) if diffice.cuda_available() else diffice._C.Backend("cuda_emulated:3", 1)
 

@@ -63,6 +63,9 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
         }
         return dfc_fail(err, DFC_ERR_VALUE, "backend: unknown backend '%s' (expected one of %s)", name, known);
     }
+    if (colon && iface->host_memory) /* the host backends run on the CPU, which has no device numbers */
+        return dfc_fail(err, DFC_ERR_VALUE, "backend: '%s': the %s backend has no devices to number", name,
+                        iface->name);
     dfc_backend *be = calloc(1, sizeof *be);
     if (!be)
         return dfc_fail(err, DFC_ERR_NOMEM, "backend: out of memory");
