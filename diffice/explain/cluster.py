@@ -146,7 +146,7 @@ def compute_unit(
     from .explainer import Explainer
 
     unet, diffusion, classifier, perceptual = models or load_models(task["models"])
-    explainer = Explainer(unet, diffusion, classifier, perceptual, backend=unet.backend, **task["method"])
+    explainer = Explainer(unet, diffusion, classifier, perceptual, **task["method"])  # runs where the UNet is
     x = np.require(task["x"], np.float32, ["C_CONTIGUOUS", "ALIGNED", "OWNDATA"])  # Dask may hand a view
     target = int(task["target"])
     t0 = time.perf_counter()
