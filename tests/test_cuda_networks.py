@@ -1,6 +1,7 @@
-"""Whole networks and whole Diff-ICE runs on the CUDA backend against the CPU backend: on "cuda_emulated" everywhere
-(strict: every tensor an op touches, the networks' weights included, must be in the backend's memory, so what runs
-here touches no host pointer on a GPU), and on the GPU itself ("cuda") where one is present.
+"""The CUDA backend: whole networks against the CPU backend and whole Diff-ICE runs against the reference backend,
+on "cuda_emulated" everywhere (strict: every tensor an op touches, the networks' weights included, must be in the
+backend's memory, so what runs here touches no host pointer on a GPU), and on the GPU itself ("cuda") where one is
+present.
 
 Tolerances: 1e-4 relative per network (fp32, several hundred ops), counterfactuals within 1e-3 (issue 16), and the
 same seed twice on one device gives the same bytes."""
@@ -82,7 +83,7 @@ def test_weights_changed_on_the_host_reach_the_device(rng, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["diff-ice", "diff-ice-1-xt", "dime"])
-def test_explanations_match_the_cpu_and_repeat_bit_for_bit(rng, device, method):
+def test_explanations_match_the_reference_and_repeat_bit_for_bit(rng, device, method):
     diffusion = diffice.GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
     settings = dict(method=method, tau=3, lambda_c=(7.0,), lambda_p=3.0)
     if method == "diff-ice":
@@ -95,9 +96,12 @@ def test_explanations_match_the_cpu_and_repeat_bit_for_bit(rng, device, method):
                        backend=backend, **settings)  # fmt: skip
         return ex, ex.explain(x, target=1, seed=5)
 
-    _, on_cpu = run("cpu")
+    # against the reference kernels, whose operation order the CUDA kernels follow: a guided run amplifies fp32
+    # rounding where a max-pool or clip decision flips, so even the fast CPU backend differs from the reference by
+    # up to ~3e-3 at a few pixels for some inputs (measured), while the CUDA kernels stay with the reference
+    _, on_ref = run("ref")
     ex, on_device = run(device)
-    assert np.abs(on_device.counterfactuals - on_cpu.counterfactuals).max() < 1e-3
-    np.testing.assert_allclose(on_device.prob_target, on_cpu.prob_target, atol=1e-4)
+    assert np.abs(on_device.counterfactuals - on_ref.counterfactuals).max() < 1e-3
+    np.testing.assert_allclose(on_device.prob_target, on_ref.prob_target, atol=1e-4)
     again = ex.explain(x, target=1, seed=5)
     assert again.counterfactuals.tobytes() == on_device.counterfactuals.tobytes()
