@@ -154,7 +154,7 @@ TABLE_COLUMNS: list[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' def
     Column(
         "MQD",
         _on_images(lambda c, j: Estimate(*mqd_interval(c["qs_x"], c["qs_cf"])), "oracle"),
-        subset=FINITE + f"; the paper's MQD, (1/n) sum 1[QS(x) < {QS_THRESHOLD}] (QS(cf) - QS(x)) "
+        subset=FINITE + f": the paper's MQD, (1/n) sum 1[QS(x) < {QS_THRESHOLD}] (QS(cf) - QS(x)) "
         "(diffice.evaluation.metrics.mqd) with the oracle's quality scores",
         interval=BOOTSTRAP + " (diffice.explain.demo.mqd_interval)",
     ),
