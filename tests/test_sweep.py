@@ -414,7 +414,8 @@ def test_image_columns_equal_the_metrics_of_the_stored_images(tmp_path, models_d
         tmp_path,
         models_dir,
         reference[0],
-        'oracle = "oracle.safetensors"\nfeatures = "sononet.safetensors"\nrealism_reference = {phantoms = 3, seed = 5}\n',
+        'oracle = "oracle.safetensors"\nfeatures = "sononet.safetensors"\n'
+        "realism_reference = {phantoms = 3, seed = 5}\n",
     )
     assert spec.tables["reference"] == dict(phantoms=3, seed=5) and spec.tables["oracle"].endswith("oracle.safetensors")
     from diffice.models.files import load_model
@@ -559,3 +560,35 @@ def test_cli_tables_only_prints_the_image_columns(tmp_path, models_dir, referenc
     assert row[header.index("MQD")] != "-" and row[header.index("FSD")] != "-"
     assert "the SonoNet-4 of a PlaneClassifier" in out and "Oracle (MQD, QS): the concept oracle" in out
     assert (reference[0].out / "tables.md").read_text().strip() == out.strip()
+
+
+def test_realism_reference_from_an_image_folder(tmp_path, models_dir, reference):
+    """realism_reference = {images = "FOLDER"}: the folder's images (read as diffice reads inputs) are the reference,
+    and a SonoNet file gives the features without any oracle (MQD and QS then show -)."""
+    from PIL import Image
+
+    from diffice.data.images import load_image, to_uint8
+    from diffice.data.phantoms import generate
+    from diffice.evaluation import metrics as M
+    from diffice.models.files import load_model
+
+    write_tiny_judges(tmp_path)
+    (tmp_path / "ref").mkdir()
+    for i, im in enumerate(generate(3, (32, 48), 9, standard_fraction=1.0).images):
+        Image.fromarray(to_uint8(im)).save(tmp_path / "ref" / f"sp_{i}.png")
+    spec = tables_spec(
+        tmp_path,
+        models_dir,
+        reference[0],
+        'oracle = "none"\nfeatures = "sononet.safetensors"\nrealism_reference = {images = "ref"}\n',
+    )
+    sononet = load_model(spec.tables["features"])
+    ref = np.stack([load_image(f, (H, W)) for f in sorted((tmp_path / "ref").glob("*.png"))])
+    ref = ref.astype(np.float16).astype(np.float32)
+    with SweepStore(spec.store_path) as store:
+        t1 = compute_tables(store, spec.tables)[0]
+        c = next(c for c in store.configs() if c["method"] == "diff-ice" and c["lambda_p"] == 1.0)
+        cf = store.counterfactuals(c["config_id"], c["iterations"])
+    want = M._fd_of_features(M.sononet_features(ref, sononet), M.sononet_features(cf, sononet))
+    assert cell(t1, 0, "FSD") == f"{want:.2f}" and cell(t1, 0, "MQD") == "-"
+    assert f"the 3 images of {tmp_path / 'ref'}" in "\n".join(t1["notes"])

@@ -158,9 +158,10 @@ class Judges:
             from ...data.images import list_images, load_image
 
             folder = Path(reference["images"])
-            images = np.stack([load_image(f, size) for f in list_images(folder)]) if list_images(folder) else None
-            if images is None or len(images) < 2:
+            files = list_images(folder)
+            if len(files) < 2:
                 raise ValueError(f"[tables] realism_reference.images: {folder} holds fewer than 2 images")
+            images = np.stack([load_image(f, size) for f in files])
             about = f"the {len(images)} images of {folder}"
         coded = np.stack([decode_image(encode_image(im, fmt), fmt, shape) for im in images.astype(np.float32)])
         return coded, about
