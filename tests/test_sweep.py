@@ -592,3 +592,23 @@ def test_realism_reference_from_an_image_folder(tmp_path, models_dir, reference)
     want = M._fd_of_features(M.sononet_features(ref, sononet), M.sononet_features(cf, sononet))
     assert cell(t1, 0, "FSD") == f"{want:.2f}" and cell(t1, 0, "MQD") == "-"
     assert f"the 3 images of {tmp_path / 'ref'}" in "\n".join(t1["notes"])
+
+
+def test_demo_sweeps_judge_with_the_demo_oracle_and_its_sononet(tmp_path, reference):
+    """[sweep] models = "demo": the demo's oracle (QS, MQD) and its SonoNet-12 (realism) against 100 standard-plane
+    phantoms of their own seed, by default; oracle = "demo" judges any store with them."""
+    from diffice.explain.demo import load_demo_models
+
+    path = tmp_path / "demo.toml"
+    path.write_text('[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n')
+    assert load_sweep(str(path)).tables == dict(
+        oracle="demo", features="oracle", reference=dict(phantoms=100, seed=20261207)
+    )
+    oracle = load_demo_models().oracle
+    with SweepStore(reference[0].store_path) as store:
+        t1 = compute_tables(store, dict(oracle="demo", features="oracle", reference=dict(phantoms=3, seed=5)))[0]
+        c = next(c for c in store.configs() if c["method"] == "diff-ice" and c["lambda_p"] == 1.0)
+        qs = oracle.quality_score(store.counterfactuals(c["config_id"], c["iterations"]))
+    assert float(cell(t1, 0, "QS")) == pytest.approx(qs.mean(), abs=5e-4 + 1e-5)
+    notes = "\n".join(t1["notes"])
+    assert "the demo's concept oracle" in notes and "SonoNet-12 of a PlaneClassifier" in notes and "96 values" in notes
