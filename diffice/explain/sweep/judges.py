@@ -94,8 +94,11 @@ class Judges:
                 from ..demo import load_demo_models
 
                 models = store.meta("models") or {}
-                self.oracle = load_demo_models(models.get("folder") if models.get("source") == "demo" else None).oracle
-                self.about["oracle"] = "the demo's concept oracle (diffice/demo_models/oracle.safetensors)"
+                folder = models.get("folder") if models.get("source") == "demo" else None
+                self.oracle = load_demo_models(folder).oracle
+                self.about["oracle"] = "the demo's concept oracle (oracle.safetensors of the demo models" + (
+                    f" in {folder})" if folder else ")"
+                )
             elif oracle_source:
                 self.oracle = _load(oracle_source, "ConceptOracle", "the tables' oracle")
                 self.about["oracle"] = f"the concept oracle {oracle_source}"
@@ -104,7 +107,8 @@ class Judges:
             self.about["oracle-missing"] = f"the oracle could not be loaded: {exc}"
         if self.oracle is None and "oracle-missing" not in self.about:
             self.about["oracle-missing"] = (
-                "no concept oracle (the sweep's models are not the demo's; give [tables] oracle = \"FILE\")"
+                'no concept oracle ([tables] oracle = "none", the default for models other than the demo\'s; '
+                'give oracle = "FILE")'
             )
         features = options.get("features", "oracle")
         if features == "oracle":
