@@ -169,7 +169,8 @@ TABLE_COLUMNS: list[Column] = [  # FR, MAD, BKL: diffice.evaluation.metrics' def
         _on_images(_fsd, "realism"),
         fmt="{:.2f}",
         subset=FINITE + ": Fréchet distance (diffice.evaluation.metrics, FSD-style) between the counterfactuals' "
-        "realism features and the reference's: no interval (not a mean); its n: the counterfactuals and the reference",
+        "realism features and the reference's: no interval (not a mean); its n: the counterfactuals and the reference "
+        "(a Fréchet distance grows as its sets shrink: compare rows of equal n)",
     ),
     Column(
         "SonoSim",
