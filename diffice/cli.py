@@ -172,7 +172,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
                 file=sys.stderr,
             )
-        print_tables(spec.store_path)
+        print_tables(spec.store_path, options=spec.tables)
     except (DistributedUnavailable, RuntimeError) as exc:
         print(f"diffice sweep: error: {exc}", file=sys.stderr)
         return 2

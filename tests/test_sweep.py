@@ -363,3 +363,252 @@ def test_columns_exclude_nonfinite_counterfactuals():
     assert it2[col["BKL"]] == f"{np.mean([0.1, 0.3]):.3f}"
     assert t1["rows"][0][t1["header"].index("n")] == "2/5 (3 non-finite)"  # the last iteration
     assert any("non-finite" in note for note in t1["notes"])
+
+
+# ---- the image columns (MQD, QS, realism, L1/L2, saturated pixels) and their intervals ----
+
+
+def write_tiny_judges(folder):
+    """A tiny concept oracle (a PlaneClassifier with 4 concept heads) and a tiny SonoNet (the realism features)."""
+    from diffice import PlaneClassifier, Segmenter, SonoNet
+    from diffice.models.files import save_model
+    from diffice.models.oracle import ConceptOracle
+
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(1)
+    oracle = ConceptOracle(
+        PlaneClassifier(seg, SonoNet.random(k=4, in_channels=4, num_classes=4, seed=3)), ["TH", "CSP", "FP", "sharp"]
+    )
+    save_model(str(folder / "oracle.safetensors"), oracle)
+    save_model(str(folder / "sononet.safetensors"), SonoNet.random(k=4, num_classes=2, seed=5))
+    return oracle
+
+
+def tables_spec(tmp_path, models_dir, reference_spec, tables):
+    """The reference sweep's config with a [tables] section, its out the reference store."""
+    path = tmp_path / "tables.toml"
+    path.write_text(sweep_toml(models_dir, reference_spec.out) + "\n[tables]\n" + tables)
+    return load_sweep(str(path))
+
+
+def cell(table, row, name):
+    return table["rows"][row][table["header"].index(name)]
+
+
+def interval(text):
+    low, high = text.strip("[]").split(", ")
+    return float(low), float(high)
+
+
+def test_image_columns_equal_the_metrics_of_the_stored_images(tmp_path, models_dir, reference):
+    """Every new column of every table is the diffice.evaluation.metrics function of the store's images: the oracle's
+    QS (MQD, QS), a SonoNet's pooled features against standard-plane phantoms (FSD) and the inputs (SonoSim), L1/L2,
+    saturated pixels; the intervals are the hand-computed Wilson and bootstrap ones."""
+    from diffice.data.phantoms import generate
+    from diffice.evaluation import metrics as M
+    from diffice.explain.demo import mqd_interval
+    from diffice.explain.sweep.runner import resize_phantoms
+
+    oracle = write_tiny_judges(tmp_path)
+    spec = tables_spec(
+        tmp_path,
+        models_dir,
+        reference[0],
+        'oracle = "oracle.safetensors"\nfeatures = "sononet.safetensors"\n'
+        "realism_reference = {phantoms = 3, seed = 5}\n",
+    )
+    assert spec.tables["reference"] == dict(phantoms=3, seed=5) and spec.tables["oracle"].endswith("oracle.safetensors")
+    from diffice.models.files import load_model
+
+    sononet = load_model(spec.tables["features"])
+    ref = resize_phantoms(generate(3, (64, 80), 5, standard_fraction=1.0).images, (H, W))
+    ref = ref.astype(np.float16).astype(np.float32)  # through the store's float16 encoding
+    with SweepStore(spec.store_path) as store:
+        tables = compute_tables(store, spec.tables)
+        configs = {c["label"]: c for c in store.configs()}
+        x_all = store.inputs()
+        t1, t2, s3 = tables
+        checked = 0
+        for table, rows in ((t1, t1["rows"]), (s3, s3["rows"]), (t2, t2["rows"])):
+            for k, row in enumerate(rows):
+                if table is t2:
+                    c, l = configs[next(lb for lb in configs if lb.startswith("diff-ice L=2") and "lp=1" in lb)], k + 1
+                else:
+                    method = row[0].split(" ")[0]
+                    lp = 1.0 if table is t1 or row[2].startswith("yes") else 0.0
+                    c = next(v for v in configs.values() if v["method"] == method and v["lambda_p"] == lp)
+                    l = c["iterations"]
+                r = store.results(c)
+                keep = r.finite(l)
+                x, cf = x_all[r.image_ids[keep]], store.counterfactuals(c["config_id"], l, r.image_ids[keep])
+                qs_x, qs_cf = oracle.quality_score(x), oracle.quality_score(cf)
+                n = len(x)
+                want = {
+                    "MQD": M.mqd(qs_x, qs_cf),
+                    "QS": qs_cf.mean(),
+                    "FSD": M.frechet_distance(
+                        *M.feature_statistics(M.sononet_features(ref, sononet)),
+                        *M.feature_statistics(M.sononet_features(cf, sononet)),
+                    ),
+                    "SonoSim": M.sonosim(x, cf, sononet).mean(),
+                    "L1": np.abs(cf - x).mean(axis=(1, 2, 3)).mean(),
+                    "L2": np.sqrt(np.square(cf - x).mean(axis=(1, 2, 3))).mean(),
+                    "Sat %": 100 * M.saturated_pixel_rate(cf).mean(),
+                    "New sat %": 100 * M.new_saturated_pixel_rate(cf, x).mean(),
+                }
+                for name, value in want.items():  # to the printed digits (QS: the oracle's SonoNet run apart, ~1e-6)
+                    text = cell(table, k, name)
+                    digits = len(text.split(".")[1])
+                    assert float(text) == pytest.approx(value, abs=0.5 * 10**-digits + 1e-5), name
+                # intervals: the bootstrap of the mean by hand, MQD's by the demo's function, FR's Wilson by formula
+                idx = np.random.default_rng(0).integers(0, n, size=(10_000, n))
+                l1 = np.abs(cf - x).mean(axis=(1, 2, 3))
+                assert interval(cell(table, k, "L1 CI")) == pytest.approx(
+                    np.quantile(l1[idx].mean(axis=1), [0.025, 0.975]), abs=1e-3
+                )
+                assert interval(cell(table, k, "MQD CI")) == pytest.approx(mqd_interval(qs_x, qs_cf)[1:], abs=2e-3)
+                s = r.validity & keep
+                f, m = r.flipped[s, l - 1].sum(), int(s.sum())
+                z = 1.959963984540054
+                centre = (f / m + z * z / (2 * m)) / (1 + z * z / m)
+                half = z / (1 + z * z / m) * np.sqrt(f / m * (1 - f / m) / m + z * z / (4 * m * m))
+                assert interval(cell(table, k, "FR CI")) == pytest.approx((centre - half, centre + half), abs=1e-3)
+                checked += 1
+    assert checked == 2 + 4 + 2
+    notes = "\n".join(t1["notes"])
+    assert "SonoNet-4" in notes and "3 standard-plane phantoms" in notes and "seed 5" in notes
+    assert f"Inputs (all {len(x_all)}): QS {oracle.quality_score(x_all).mean():.3f}" in notes
+
+
+def test_interval_helpers_match_known_values():
+    from diffice.explain.sweep.tables import mean_interval, wilson_interval
+
+    assert wilson_interval(2, 3) == pytest.approx((0.2077, 0.9385), abs=1e-4)  # the textbook Wilson interval
+    assert wilson_interval(0, 3) == pytest.approx((0.0, 0.5615), abs=1e-4)
+    v = np.array([0.1, 0.4, 0.2, 0.9, 0.5])
+    idx = np.random.default_rng(0).integers(0, 5, size=(10_000, 5))
+    assert mean_interval(v) == pytest.approx(tuple(np.quantile(v[idx].mean(axis=1), [0.025, 0.975])), rel=1e-12)
+
+
+def test_plane_classifier_features_are_its_sononets_on_the_composite_input():
+    """The realism features of a PlaneClassifier oracle come from its SonoNet on [x, softmax(segmenter(x))]: the
+    logits of that forward are the composite's own (what the oracle's QS is computed from)."""
+    from conftest import tiny_plane_classifier
+
+    from diffice.explain.sweep.judges import FeatureNetwork
+
+    net = tiny_plane_classifier()
+    x = np.random.default_rng(3).uniform(-1, 1, (3, 1, H, W)).astype(np.float32)
+    out = FeatureNetwork(net).forward(x)
+    np.testing.assert_allclose(out.logits, net.forward(x).logits, rtol=1e-4, atol=1e-5)
+    assert out.features.shape[:2] == (3, 32)
+
+
+def test_tables_without_an_oracle_show_a_dash_and_say_why(reference):
+    spec = reference[0]
+    assert spec.tables == dict(oracle=None, features="oracle", reference=dict(phantoms=100, seed=20261207))
+    with SweepStore(spec.store_path) as store:
+        t1 = compute_tables(store, spec.tables)[0]
+    for name in ("MQD", "MQD CI", "QS", "FSD", "SonoSim", "SonoSim CI"):
+        assert {row[t1["header"].index(name)] for row in t1["rows"]} == {"-"}, name
+    assert all(row[t1["header"].index("L1")] != "-" for row in t1["rows"])
+    notes = "\n".join(t1["notes"])
+    assert "MQD, QS shown as -: no concept oracle" in notes and "FSD, SonoSim shown as -" in notes
+
+
+def test_tables_config_errors(tmp_path, models_dir):
+    good = sweep_toml(models_dir, tmp_path / "out")
+    (tmp_path / "folder").mkdir()
+    path = tmp_path / "t.toml"
+    for tables, match in [
+        ("oracles = 1", r"\[tables\]: unknown keys \['oracles'\]"),
+        ("oracle = 3", r"\[tables\] oracle: expected 'demo' or 'none' or a model file, got 3"),
+        ('oracle = "missing.safetensors"', r"oracle: .* got 'missing.safetensors' \(.* is not a file\)"),
+        ("features = true", r"\[tables\] features: expected 'oracle' or a model file, got True"),
+        ("realism_reference = {phantoms = 1}", r"realism_reference.phantoms: expected an integer >= 2, got 1"),
+        ("realism_reference = {phantoms = 5, seed = -1}", r"realism_reference.seed: expected an integer >= 0, got -1"),
+        ('realism_reference = {images = "nope"}', r"realism_reference.images: expected an image folder, got 'nope'"),
+        ('realism_reference = {images = "folder", phantoms = 3}', r"realism_reference: expected \{phantoms"),
+        ('realism_reference = "all"', r"realism_reference: expected .* got 'all'"),
+        ("tables = 1", r"unknown keys"),
+    ]:
+        path.write_text(good + "\n[tables]\n" + tables + "\n")
+        with pytest.raises(ValueError, match=match):
+            load_sweep(str(path))
+    path.write_text(good + '\n[tables]\noracle = "none"\nrealism_reference = {images = "folder"}\n')
+    assert load_sweep(str(path)).tables == dict(
+        oracle=None, features="oracle", reference=dict(images=str(tmp_path / "folder"))
+    )
+
+
+def test_cli_tables_only_prints_the_image_columns(tmp_path, models_dir, reference, capsys):
+    from diffice.cli import main
+
+    write_tiny_judges(tmp_path)
+    path = tmp_path / "tables.toml"
+    path.write_text(
+        sweep_toml(models_dir, reference[0].out)
+        + '\n[tables]\noracle = "oracle.safetensors"\nrealism_reference = {phantoms = 3, seed = 5}\n'
+    )
+    assert main(["sweep", "--config", str(path), "--tables-only"]) == 0
+    out = capsys.readouterr().out
+    for name in ("FR CI", "MQD", "MQD CI", "QS", "FSD", "SonoSim", "L1", "L2", "Sat %", "New sat %", "Peak MB"):
+        assert f"| {name} " in out, name
+    t1 = out.split("### Table 2")[0].splitlines()
+    header = [h.strip() for h in next(line for line in t1 if line.startswith("| Method")).split("|")]
+    row = [v.strip() for v in next(line for line in t1 if line.startswith("| diff-ice (L=2)")).split("|")]
+    assert row[header.index("MQD")] != "-" and row[header.index("FSD")] != "-"
+    assert "the SonoNet-4 of a PlaneClassifier" in out and "Oracle (MQD, QS): the concept oracle" in out
+    assert (reference[0].out / "tables.md").read_text().strip() == out.strip()
+
+
+def test_realism_reference_from_an_image_folder(tmp_path, models_dir, reference):
+    """realism_reference = {images = "FOLDER"}: the folder's images (read as diffice reads inputs) are the reference,
+    and a SonoNet file gives the features without any oracle (MQD and QS then show -)."""
+    from PIL import Image
+
+    from diffice.data.images import load_image, to_uint8
+    from diffice.data.phantoms import generate
+    from diffice.evaluation import metrics as M
+    from diffice.models.files import load_model
+
+    write_tiny_judges(tmp_path)
+    (tmp_path / "ref").mkdir()
+    for i, im in enumerate(generate(3, (32, 48), 9, standard_fraction=1.0).images):
+        Image.fromarray(to_uint8(im)).save(tmp_path / "ref" / f"sp_{i}.png")
+    spec = tables_spec(
+        tmp_path,
+        models_dir,
+        reference[0],
+        'oracle = "none"\nfeatures = "sononet.safetensors"\nrealism_reference = {images = "ref"}\n',
+    )
+    sononet = load_model(spec.tables["features"])
+    ref = np.stack([load_image(f, (H, W)) for f in sorted((tmp_path / "ref").glob("*.png"))])
+    ref = ref.astype(np.float16).astype(np.float32)
+    with SweepStore(spec.store_path) as store:
+        t1 = compute_tables(store, spec.tables)[0]
+        c = next(c for c in store.configs() if c["method"] == "diff-ice" and c["lambda_p"] == 1.0)
+        cf = store.counterfactuals(c["config_id"], c["iterations"])
+    want = M._fd_of_features(M.sononet_features(ref, sononet), M.sononet_features(cf, sononet))
+    assert cell(t1, 0, "FSD") == f"{want:.2f}" and cell(t1, 0, "MQD") == "-"
+    assert f"the 3 images of {tmp_path / 'ref'}" in "\n".join(t1["notes"])
+
+
+def test_demo_sweeps_judge_with_the_demo_oracle_and_its_sononet(tmp_path, reference):
+    """[sweep] models = "demo": the demo's oracle (QS, MQD) and its SonoNet-12 (realism) against 100 standard-plane
+    phantoms of their own seed, by default; oracle = "demo" judges any store with them."""
+    from diffice.explain.demo import load_demo_models
+
+    path = tmp_path / "demo.toml"
+    path.write_text('[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n')
+    assert load_sweep(str(path)).tables == dict(
+        oracle="demo", features="oracle", reference=dict(phantoms=100, seed=20261207)
+    )
+    oracle = load_demo_models().oracle
+    with SweepStore(reference[0].store_path) as store:
+        t1 = compute_tables(store, dict(oracle="demo", features="oracle", reference=dict(phantoms=3, seed=5)))[0]
+        c = next(c for c in store.configs() if c["method"] == "diff-ice" and c["lambda_p"] == 1.0)
+        qs = oracle.quality_score(store.counterfactuals(c["config_id"], c["iterations"]))
+    assert float(cell(t1, 0, "QS")) == pytest.approx(qs.mean(), abs=5e-4 + 1e-5)
+    notes = "\n".join(t1["notes"])
+    assert "the demo's concept oracle" in notes and "SonoNet-12 of a PlaneClassifier" in notes and "96 values" in notes

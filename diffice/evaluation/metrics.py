@@ -56,6 +56,9 @@ __all__ = [
     "fsd",
     "sononet_features",
     "sonosim",
+    "cosine_similarity",
+    "l1_distance",
+    "l2_distance",
     "class_probabilities",
     "flip_ratio",
     "flip_ratio_of",
@@ -219,9 +222,37 @@ def fsd(real_images: np.ndarray, cf_images: np.ndarray, sononet: Any) -> float:
 
 def sonosim(images: np.ndarray, cf_images: np.ndarray, sononet: Any) -> np.ndarray:
     """Per pair cosine similarity (N,) in [-1, 1] of sononet_features(x_i) and sononet_features(cf_i)."""
-    a, b = sononet_features(images, sononet), sononet_features(cf_images, sononet)
+    return cosine_similarity(sononet_features(images, sononet), sononet_features(cf_images, sononet))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row cosine similarity (N,) in [-1, 1] of two feature arrays (N, d) (SonoSim on given features)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
     return (a * b).sum(axis=1) / norms
+
+
+# ---- distance to the input ----
+
+
+def l1_distance(images: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Per image mean |image - input| (N,) float64; images, inputs (N, C, H, W) of one shape, in [-1, 1]."""
+    d = _difference(images, inputs, "l1_distance")
+    return np.abs(d).reshape(len(d), -1).mean(axis=1)
+
+
+def l2_distance(images: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Per image root mean square of image - input (N,) float64; images, inputs (N, C, H, W), in [-1, 1]."""
+    d = _difference(images, inputs, "l2_distance")
+    return np.sqrt(np.square(d).reshape(len(d), -1).mean(axis=1))
+
+
+def _difference(images: np.ndarray, inputs: np.ndarray, name: str) -> np.ndarray:
+    if np.shape(images) != np.shape(inputs) or np.ndim(images) < 2:
+        raise ValueError(
+            f"{name}: images and inputs must be (N, ...) of one shape, got {np.shape(images)} and {np.shape(inputs)}"
+        )
+    return np.asarray(images, dtype=np.float64) - np.asarray(inputs, dtype=np.float64)
 
 
 # ---- validity ----

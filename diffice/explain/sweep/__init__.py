@@ -25,6 +25,11 @@ plus
 
     [cluster]                    # options of --cluster slurm|pbs (diffice.explain.cluster.CLUSTER_DEFAULTS)
 
+    [tables]                     # what the tables' image columns judge with (config.tables_options)
+    oracle = "demo"              # the concept oracle (MQD, QS): "demo", a model file or "none"
+    features = "oracle"          # the realism network: the oracle's SonoNet, or a model file
+    realism_reference = {phantoms = 100, seed = 20261207}   # or {images = "FOLDER"} or "none"
+
 Work is split into units (one image batch x one configuration); the batches are consecutive [run] batch_size
 chunks of the image set sorted by name, fixed before anything runs. Each finished unit is written to
 ``results.sqlite`` in one transaction (the unit row, and per image and iteration: prob_target, flipped, lambda_used,
@@ -46,10 +51,21 @@ Store schema (read it with :class:`SweepStore`, or any SQLite client):
 
 from __future__ import annotations
 
-from .config import STORE_NAME, SweepSpec, config_id, config_label, load_sweep
+from .config import STORE_NAME, SweepSpec, config_id, config_label, load_sweep, tables_options
+from .judges import FeatureNetwork, Judges
 from .runner import load_sweep_images, plan_units, run_sweep
 from .store import ConfigResults, SweepStore, decode_image, encode_image
-from .tables import TABLE_COLUMNS, Column, compute_tables, format_tables, print_tables, register_column
+from .tables import (
+    TABLE_COLUMNS,
+    Column,
+    Estimate,
+    compute_tables,
+    format_tables,
+    mean_interval,
+    print_tables,
+    register_column,
+    wilson_interval,
+)
 
 __all__ = [
     "SweepSpec",
@@ -60,6 +76,12 @@ __all__ = [
     "Column",
     "TABLE_COLUMNS",
     "register_column",
+    "Estimate",
+    "mean_interval",
+    "wilson_interval",
+    "tables_options",
+    "Judges",
+    "FeatureNetwork",
     "compute_tables",
     "format_tables",
     "print_tables",

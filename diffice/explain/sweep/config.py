@@ -24,6 +24,10 @@ SWEEP_DEFAULTS: dict[str, Any] = dict(
     out="sweep-results",
     store_format="png",
 )
+# the tables' judges (diffice.explain.sweep.judges): the concept oracle, the realism feature network and reference
+TABLES_KEYS = ("oracle", "features", "realism_reference")
+REFERENCE_PHANTOMS = 100  # standard-plane phantoms in the realism reference ...
+REFERENCE_SEED = 20261207  # ... drawn with a seed of their own (not training's 1 or 7, not the demo's or a sweep's)
 METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
 TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
 
@@ -45,6 +49,7 @@ class SweepSpec:
     out: Path
     cluster: dict[str, Any]
     source: str = "config"
+    tables: dict[str, Any] | None = None  # the [tables] options (tables_options); None: the store's defaults
 
     @property
     def store_path(self) -> Path:
@@ -119,6 +124,7 @@ def load_sweep(
             sweep[key] = value
         else:
             axes_main[key] = _axis(key, value, f"{source} [sweep]")
+    tables_section = data.pop("tables", None)
     grids = data.pop("grid", None) or []
     if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
         raise ValueError(f"{source}: grid must be an array of tables ([[grid]])")
@@ -184,4 +190,71 @@ def load_sweep(
         out=out,
         cluster=cluster_options(data, source),
         source=source,
+        tables=tables_options(tables_section, demo is not None, sweep["phantoms"] is not None, base_dir, source),
     )
+
+
+def tables_options(
+    section: Any, demo_models: bool, phantom_images: bool, base_dir: Path | None = None, source: str = "sweep config"
+) -> dict[str, Any]:
+    """The [tables] section with its defaults, paths resolved from base_dir (ValueError naming the key, what it
+    takes and what it got):
+
+        oracle = "demo"        # the concept oracle for MQD and QS: "demo" (default with [sweep] models = "demo"),
+                               # a model file (a ConceptOracle), or "none" (default otherwise)
+        features = "oracle"    # the realism network: "oracle" (the oracle's own SonoNet, default) or a model file
+                               # whose forward gives .features (a SonoNet, or a PlaneClassifier: its SonoNet)
+        realism_reference = {phantoms = 100, seed = 20261207}   # standard-plane phantoms (the default for
+                               # phantom sweeps and the demo models), {images = "FOLDER"}, or "none"
+
+    Returns dict(oracle="demo" | path | None, features="oracle" | path, reference=dict(phantoms, seed) |
+    dict(images=folder) | None)."""
+    where = f"{source} [tables]"
+    base = base_dir or Path.cwd()
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{source}: [tables] must be a table, got {section!r}")
+    unknown = sorted(set(section) - set(TABLES_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {list(TABLES_KEYS)}")
+
+    def model_file(key: str, value: Any, words: tuple[str, ...]) -> str | None:
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                f"{where} {key}: expected {' or '.join(repr(w) for w in words)} or a model file, got {value!r}"
+            )
+        if value in words:
+            return None if value == "none" else value
+        path = base / value
+        if not path.is_file():
+            raise ValueError(
+                f"{where} {key}: expected {' or '.join(repr(w) for w in words)} or a model file, got "
+                f"{value!r} ({path} is not a file)"
+            )
+        return str(path)
+
+    oracle = model_file("oracle", section.get("oracle", "demo" if demo_models else "none"), ("demo", "none"))
+    features = model_file("features", section.get("features", "oracle"), ("oracle",))
+    default_reference: Any = (
+        dict(phantoms=REFERENCE_PHANTOMS, seed=REFERENCE_SEED) if demo_models or phantom_images else "none"
+    )
+    ref = section.get("realism_reference", default_reference)
+    takes = 'expected {phantoms = N (>= 2), seed = S (>= 0)}, {images = "FOLDER"} or "none"'
+    reference: dict[str, Any] | None
+    if ref == "none":
+        reference = None
+    elif isinstance(ref, dict) and set(ref) <= {"phantoms", "seed"} and "phantoms" in ref:
+        n, seed = ref["phantoms"], ref.get("seed", REFERENCE_SEED)
+        for key, value, low in (("phantoms", n, 2), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{where} realism_reference.{key}: expected an integer >= {low}, got {value!r}")
+        reference = dict(phantoms=n, seed=seed)
+    elif isinstance(ref, dict) and set(ref) == {"images"}:
+        folder = ref["images"]
+        if not isinstance(folder, str) or not (base / folder).is_dir():
+            raise ValueError(f"{where} realism_reference.images: expected an image folder, got {folder!r}")
+        reference = dict(images=str(base / folder))
+    else:
+        raise ValueError(f"{where} realism_reference: {takes}, got {ref!r}")
+    return dict(oracle=oracle, features=features, reference=reference)

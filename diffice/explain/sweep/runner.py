@@ -34,10 +34,7 @@ def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[li
             raise ValueError(f"{spec.source}: [sweep] phantoms must be at least 1, got {n}")
         seed = DEMO_PHANTOM_SEED if spec.sweep["phantom_seed"] is None else int(spec.sweep["phantom_seed"])
         batch = demo_phantoms(n, seed)
-        images = batch.images
-        if images.shape[-2:] != size:
-            unit = [np.clip(resize((im[0].astype(np.float64) + 1) / 2, size), 0, 1) for im in images]
-            images = np.stack([(u * 2 - 1).astype(np.float32)[None] for u in unit])
+        images = resize_phantoms(batch.images, size)
         names = [f"phantom_{i:03d}_{batch.params[i]['failure_mode']}" for i in range(n)]
         return names, np.ascontiguousarray(images, dtype=np.float32)
     files = list_images(spec.sweep["images"])
@@ -51,6 +48,14 @@ def load_sweep_images(spec: SweepSpec, stream: TextIO | None = None) -> tuple[li
     if not pixels:
         raise ValueError(f"{spec.sweep['images']}: no readable image")
     return names, np.stack(pixels).astype(np.float32)
+
+
+def resize_phantoms(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Phantoms (N, 1, h, w) in [-1, 1] at `size` (H, W) (as they are when they already are that size)."""
+    if images.shape[-2:] == tuple(size):
+        return images
+    unit = [np.clip(resize((im[0].astype(np.float64) + 1) / 2, size), 0, 1) for im in images]
+    return np.stack([(u * 2 - 1).astype(np.float32)[None] for u in unit])
 
 
 # ---- running ----

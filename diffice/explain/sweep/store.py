@@ -328,7 +328,8 @@ class ConfigResults:
     peak_bytes (U,). ``validity`` is the paper's subset for FR / MAD / BKL: the inputs f does not already classify
     as the target. ``finite(l)``: the images whose counterfactual of iteration l is one (the sampler's step did not
     go non-finite; the others were zeroed and are excluded from every column, image metrics such as FID
-    included). counterfactuals(l) and inputs() load images from the store.
+    included). counterfactuals(l) and inputs() load images from the store; ``judges``: what the tables' image
+    columns judge with (set by compute_tables).
     """
 
     config: dict[str, Any]
@@ -342,6 +343,7 @@ class ConfigResults:
     batch_seconds: np.ndarray
     iteration_seconds: np.ndarray
     peak_bytes: np.ndarray
+    judges: Any = None  # the tables' oracle and realism network (diffice.explain.sweep.judges.Judges), or None
 
     @property
     def validity(self) -> np.ndarray:
