@@ -54,21 +54,21 @@ def method(**kw):
     return c
 
 
-def write_store(path, configs, ids=None, all_target=False):
+def write_store(path, configs, ids=None, all_target=False, size=(H, W)):
     """A store written directly (no model runs): 12 images named as a phantom sweep names them, input -0.5
     everywhere; each configuration's iteration l moves image i by DELTA[i] * l / L (+ 0.05 per configuration)."""
     from diffice.explain.sweep import SweepStore
 
-    n = len(DELTA)
-    x = np.full((n, 1, H, W), -0.5, np.float32)
+    n, (h, w) = len(DELTA), size
+    x = np.full((n, 1, h, w), -0.5, np.float32)
     x += np.arange(n, dtype=np.float32)[:, None, None, None] * 1e-3  # distinct pixels (the store keys them)
     names = [f"phantom_{i:03d}_{MODES[i % 4]}" for i in range(n)]
     meta = dict(
-        run=dict(image_size=[H, W], batch_size=n, seed=0, target=1),
+        run=dict(image_size=[h, w], batch_size=n, seed=0, target=1),
         diffusion={},
         models={},
         store_format="float16",
-        image_shape=[1, H, W],
+        image_shape=[1, h, w],
         base=dict(tau=3, lambda_c=[5.0], lambda_p=1.0),
     )
     store = SweepStore(path, create=True)
@@ -185,3 +185,22 @@ def test_strip_figure_bad_inputs(tmp_path):
         with pytest.raises(ValueError, match="no image in the validity subset"):
             strip_figure(store, MeanOracle(), tmp_path / "f.png")
     assert not (tmp_path / "f.png").exists()
+
+
+def test_paper_figure_script(tmp_path, capsys):
+    """benchmarks/paper_figure.py: the strips of a store with the bundled oracle; a clear error without a store."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_figure.py"
+    spec = importlib.util.spec_from_file_location("paper_figure", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    write_store(tmp_path / "r.sqlite", BASE_CONFIGS + ABLATION, size=(64, 80)).close()  # the oracle's size
+    out = tmp_path / "fig.png"
+    assert script.main(["--store", str(tmp_path / "r.sqlite"), "--out", str(out), "--no-extremes"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "fig_ablation.png").is_file()
+    assert printed.startswith("rule: ") and printed.count('"reason": "median gain of') == 4
+    assert script.main(["--store", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
+    assert "results store not found" in capsys.readouterr().err

@@ -70,9 +70,9 @@ def tile_grid(
     class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
     """RGB uint8 grid of equally sized RGB uint8 tiles (h, w, 3), tiles[r][c] (None: left white), with the column
-    titles above, a title above each tile (broken at its spaces where wider than the tile), the row titles on the left (titles may hold several lines, split
-    at "\\n") and a legend of the segmentation classes below. Returns the canvas (H, W, 3) and each tile's top-left
-    corner (x, y) by [row][column]."""
+    titles above, a title above each tile (broken at its spaces where wider than the tile), the row titles on the
+    left (titles may hold several lines, split at "\\n") and a legend of the segmentation classes below. Returns
+    the canvas (H, W, 3) and each tile's top-left corner (x, y) by [row][column]."""
     from PIL import Image, ImageDraw
 
     n_rows, n_cols = len(tiles), len(column_titles)
@@ -92,7 +92,7 @@ def tile_grid(
     draw = ImageDraw.Draw(canvas)
     for c, title in enumerate(column_titles):
         draw.multiline_text((left + pad + c * (w + pad), 1), title, fill=(0, 0, 0), spacing=0)
-    corners = []
+    corners: list[list[tuple[int, int]]] = []
     for r, row in enumerate(tiles):
         if len(row) != n_cols:
             raise ValueError(f"tile_grid: row {r} has {len(row)} tiles for {n_cols} column titles")
@@ -168,8 +168,8 @@ _PHANTOM_NAME = re.compile(r"^phantom_\d+_(.+)$")
 class StripFigure:
     """What :func:`strip_figure` wrote. picks: the chosen images (image_id, name, group, gain, reason), one per
     row in order; columns / ablation_columns: the column titles of each figure; corners / ablation_corners: each
-    tile's top-left pixel (x, y) by [row][column] in the PNG; tile: the tiles' (height, width); rule: the
-    selection rule in words."""
+    tile's top-left pixel (x, y) by [row][column] in the PNG; tile: the tiles' (height, width); reference: the
+    configuration the rows were chosen on (SweepStore.configs() entry); rule: the selection rule in words."""
 
     path: Path
     picks: list[dict[str, Any]]
@@ -179,6 +179,7 @@ class StripFigure:
     ablation_columns: list[str]
     ablation_corners: list[list[tuple[int, int]]]
     tile: tuple[int, int]
+    reference: dict[str, Any]
     rule: str = STRIP_RULE
 
 
@@ -289,7 +290,7 @@ def _strip(
     ids = [p["image_id"] for p in picks]
     x = store.inputs(ids)
     blank = np.full(overlay(x[0], scale=scale).shape, 200, np.uint8)
-    ref_prob = {}
+    ref_prob: dict[int, float] = {}
     images: list[list[np.ndarray | None]] = [[im] for im in x]
     titles: list[list[str]] = [[] for _ in ids]
     cache: dict[str, Any] = {}
@@ -308,8 +309,8 @@ def _strip(
     flat = [im for row in images for im in row if im is not None]
     qs = iter(oracle.quality_score(np.stack(flat)))
     for k, i in enumerate(ids):
-        p = ref_prob.get(i)
-        titles[k].insert(0, "" if p is None else f"p={p:.2f}")
+        p_input = ref_prob.get(i)  # f's p(target) of the input, as every configuration recorded it
+        titles[k].insert(0, "" if p_input is None else f"p={p_input:.2f}")
         titles[k] = [t + (f" QS={next(qs):.2f}" if im is not None else "") for t, im in zip(titles[k], images[k])]
     tiles: list[list[np.ndarray | None]] = []
     tile_titles: list[list[str]] = []
@@ -319,9 +320,9 @@ def _strip(
         tile_titles.append(titles[k])
         row_titles.append(f"{p['name']}\n{p['reason']}\ngain {p['gain']:+.2f}")
         if differences:
-            tiles.append(
-                [None] + [None if im is None else difference_map(im, x[k], scale=scale) for im in images[k][1:]]
-            )
+            differences_row: list[np.ndarray | None] = [None]
+            differences_row += [None if im is None else difference_map(im, x[k], scale=scale) for im in images[k][1:]]
+            tiles.append(differences_row)
             tile_titles.append(["cf-input"] + [""] * len(columns))
             row_titles.append("")
     column_titles = ["input"] + [t for t, _, _ in columns]
@@ -368,7 +369,9 @@ def strip_figure(
         (c for c in configs if not _at_base(c, base)),
         key=lambda c: (*_method_order(c), c["tau"], c["lambda_c"], -c["lambda_p"]),
     )
-    ab_path, ab_titles, ab_corners = None, [], []
+    ab_path: Path | None = None
+    ab_titles: list[str] = []
+    ab_corners: list[list[tuple[int, int]]] = []
     if ablation and ablated:
         ab_configs = []
         for m in dict.fromkeys(c["method"] for c in ablated):
@@ -380,7 +383,9 @@ def strip_figure(
         ab_path = Path(ablation_out) if ablation_out is not None else out.with_name(out.stem + "_ablation" + out.suffix)
         save_png(ab_path, ab_canvas)
     h, w = store.meta("image_shape")[-2:]
-    return StripFigure(out, picks, titles, corners, ab_path, ab_titles, ab_corners, (int(h) * scale, int(w) * scale))
+    return StripFigure(
+        out, picks, titles, corners, ab_path, ab_titles, ab_corners, (int(h) * scale, int(w) * scale), ref
+    )
 
 
 def _title(config: dict[str, Any], base: dict[str, Any]) -> str:
