@@ -203,8 +203,11 @@ def interval(cell):
 
 wanted = [c for c in ["FR", "dp", "MQD", "QS", "FSD", "SonoSim", "New sat %"] if c in header]
 iterations = [int(row[header.index("Iteration")]) for row in table2["rows"]]
-fig, axes = plt.subplots(1, len(wanted), figsize=(3 * len(wanted), 2.8), squeeze=False)
-for ax, name in zip(axes[0], wanted):
+cols = min(4, len(wanted))
+fig, axes = plt.subplots(-(-len(wanted) // cols), cols, figsize=(3 * cols, 2.6 * -(-len(wanted) // cols)), squeeze=False)
+for ax in axes.flat[len(wanted):]:
+    ax.axis("off")
+for ax, name in zip(axes.flat, wanted):
     values = np.array([number(row[header.index(name)]) for row in table2["rows"]])
     ax.plot(iterations, values, "o-")
     if f"{name} CI" in header:
