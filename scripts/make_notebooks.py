@@ -145,35 +145,97 @@ for name, _, p, l1 in outputs:
     ],
     "05_tables.ipynb": [
         new_markdown_cell(
-            "# Tables (Tables 1 and 2)\n\nMethods side by side, and Diff-ICE per iteration, on "
-            "non-standard-plane phantoms: flip ratio (FR), mean change of p(SP), mean oracle quality "
-            "difference (MQD), L1 distance to the input, time per image."
+            "# Tables (Tables 1, 2 and S3) and the strips (Figures 3 and S1)\n\n"
+            "Read from a `diffice sweep` results store: `$DIFFICE_TABLES_STORE`, else `paper-tables/results.sqlite` "
+            "in this checkout (what `diffice sweep --config benchmarks/paper_tables.toml` writes). Without one, a "
+            "tiny sweep runs first (8 phantoms, tau = 4, L = 2, the four methods and two ablation settings; about "
+            "a minute on 2 cores): its numbers show the layout, not the method's quality."
         ),
         new_code_cell(SETUP),
-        new_code_cell("""import time
-x = demo_phantoms(4).images
-qs_in = models.oracle.quality_score(x)
-rows = []
-runs = {}
-for method in ["diff-ice", "diff-ice-1", "diff-ice-1-xt"]:
-    t0 = time.perf_counter()
-    r = models.explainer(method=method, iterations=3).explain(x, target=1, seed=0)
-    seconds = time.perf_counter() - t0
-    runs[method] = r
-    cf = r.counterfactuals[-1]
-    qd = models.oracle.quality_score(cf) - qs_in
-    rows.append((method, r.flipped[-1].mean(), (r.prob_target[-1] - r.prob_target[0]).mean(),
-                 np.where(qs_in < 0.5, qd, 0).sum() / len(x), np.abs(cf - x).mean(), seconds / len(x)))
-print(f"{'method':14s} {'FR':>5s} {'dp(SP)':>7s} {'MQD':>7s} {'L1':>6s} {'s/img':>6s}")
-for m, fr, dp, mqd, l1, s in rows:
-    print(f"{m:14s} {fr:5.2f} {dp:+7.3f} {mqd:+7.3f} {l1:6.3f} {s:6.2f}")"""),
-        new_code_cell("""r = runs["diff-ice"]
-print(f"{'iteration':>9s} {'FR':>5s} {'p(SP)':>6s} {'MQD':>7s}")
-for l in range(r.counterfactuals.shape[0]):
-    qd = models.oracle.quality_score(r.counterfactuals[l]) - qs_in
-    print(f"{l + 1:9d} {r.flipped[l].mean():5.2f} {r.prob_target[l + 1].mean():6.3f} "
-          f"{np.where(qs_in < 0.5, qd, 0).sum() / len(x):+7.3f}")
-assert len(rows) == 3"""),
+        new_code_cell('''import os, tempfile
+from pathlib import Path
+from diffice.explain.sweep import SweepStore, compute_tables, format_tables, load_sweep, run_sweep
+
+checkout = Path(diffice.__file__).resolve().parents[1]
+store_path = Path(os.environ.get("DIFFICE_TABLES_STORE") or checkout / "paper-tables" / "results.sqlite")
+if store_path.is_file():
+    print("reading", store_path)
+else:
+    work = Path(tempfile.mkdtemp(prefix="diffice-tables-"))
+    print(f"no store at {store_path}: a tiny sweep into {work}")
+    (work / "sweep.toml").write_text("""
+[sweep]
+models = "demo"
+phantoms = 8
+out = "out"
+method = ["diff-ice", "diff-ice-1", "diff-ice-1-xt", "dime"]
+[[grid]]            # the ablation (Table S3): Lp off, a higher tau
+method = "diff-ice"
+lambda_p = [0]
+[[grid]]
+method = "diff-ice"
+tau = [8]
+[method]
+iterations = 2
+tau = 4
+[run]
+batch_size = 8
+""")
+    spec = load_sweep(str(work / "sweep.toml"))
+    print(run_sweep(spec, progress=False))
+    store_path = spec.store_path
+store = SweepStore(store_path)
+tables = compute_tables(store)
+print(format_tables(tables))'''),
+        new_code_cell("""# Table 2's columns per iteration, read by name (a column the tables do not have is left out)
+table2 = next(t for t in tables if t["title"].startswith("Table 2"))
+header = table2["header"]
+
+def number(cell):
+    try:
+        return float(cell)
+    except ValueError:
+        return float("nan")   # "-": not available
+
+def interval(cell):
+    low, _, high = cell.strip("[]").partition(",")
+    return number(low), number(high)
+
+wanted = [c for c in ["FR", "dp", "MQD", "QS", "FSD", "SonoSim", "New sat %"] if c in header]
+iterations = [int(row[header.index("Iteration")]) for row in table2["rows"]]
+cols = min(4, len(wanted))
+fig, axes = plt.subplots(-(-len(wanted) // cols), cols, figsize=(3 * cols, 2.6 * -(-len(wanted) // cols)), squeeze=False)
+for ax in axes.flat[len(wanted):]:
+    ax.axis("off")
+for ax, name in zip(axes.flat, wanted):
+    values = np.array([number(row[header.index(name)]) for row in table2["rows"]])
+    ax.plot(iterations, values, "o-")
+    if f"{name} CI" in header:
+        low, high = np.array([interval(row[header.index(f"{name} CI")]) for row in table2["rows"]]).T
+        ax.fill_between(iterations, low, high, alpha=0.25)
+    ax.set_title(name); ax.set_xlabel("iteration"); ax.set_xticks(iterations)
+fig.tight_layout()
+fr = np.array([number(row[header.index("FR")]) for row in table2["rows"]])
+assert [t["title"][:8] for t in tables] == ["Table 1:", "Table 2:", "Table S3"]
+assert iterations == list(range(1, len(iterations) + 1)) and ((fr >= 0) & (fr <= 1)).all()"""),
+        new_code_cell("""# Figures 3 / S1: rows chosen by a rule (printed), not by hand; tiles titled with f's p(SP) and the oracle's QS
+from PIL import Image
+from diffice.evaluation.figures import strip_figure
+
+strips = strip_figure(store, models.oracle, Path(tempfile.mkdtemp()) / "strip.png")
+print("rule:", strips.rule)
+for pick in strips.picks:
+    print(f"  {pick['name']:24s} {pick['reason']:28s} QS gain {pick['gain']:+.3f}")
+for path in [strips.path, strips.ablation_path]:
+    if path is not None:
+        strip = np.asarray(Image.open(path))
+        plt.figure(figsize=(strip.shape[1] / 90, strip.shape[0] / 90)); plt.imshow(strip); plt.axis("off")
+# every row is an image of the validity subset (finite counterfactuals), and every failure mode in it has its row
+reference = store.results(strips.reference)
+L = strips.reference["iterations"]
+subset = set(reference.image_ids[reference.validity & reference.finite(L)].tolist())
+modes = {n.split("_", 2)[2] for i, n in enumerate(store.image_names()) if i in subset}
+assert {p["image_id"] for p in strips.picks} <= subset and {p["group"] for p in strips.picks} == modes"""),
     ],
 }
 

@@ -1,6 +1,7 @@
 """Path figures: shape, overlay colours, text rows."""
 
 import numpy as np
+import pytest
 
 from diffice.evaluation.figures import PALETTE, overlay, path_figure
 
@@ -25,3 +26,181 @@ def test_path_figure_layout(rng):
     fig = path_figure(x, cfs, prob, seg, row_titles=["a", "b"], class_names=["bg", "TH", "CSP", "FP"])
     assert fig.ndim == 3 and fig.shape[2] == 3
     assert fig.shape[1] > (L + 1) * 2 * w and fig.shape[0] > n * 2 * h
+
+
+# ---- strips of a sweep's store ----
+
+MODES = ["tilted", "no_csp", "no_th", "blurred"]
+# cf - input of the reference's last iteration, per image: the oracle below scores QS = mean((x + 1) / 2), so the
+# gain of image i is DELTA[i] / 2
+DELTA = [0.1, 0.3, -0.2, 0.0, 0.5, 0.2, 0.4, 0.9, 0.6, -0.1, 0.1, 0.3]
+ALREADY_TARGET, NONFINITE = 8, 7  # out of the subset: they would otherwise be the largest gains
+H, W = 8, 10
+
+
+class MeanOracle:
+    def quality_score(self, x):
+        return ((np.asarray(x, np.float64) + 1) / 2).reshape(len(x), -1).mean(axis=1)
+
+
+def method(**kw):
+    import dataclasses
+
+    from diffice.explain.explainer import ExplainerConfig
+
+    c = dataclasses.asdict(ExplainerConfig())
+    c.update(dict(tau=3, lambda_c=[5.0], lambda_p=1.0), **kw)
+    c["iterations"] = c["iterations"] if c["method"] == "diff-ice" else 1
+    return c
+
+
+def write_store(path, configs, ids=None, all_target=False, size=(H, W)):
+    """A store written directly (no model runs): 12 images named as a phantom sweep names them, input -0.5
+    everywhere; each configuration's iteration l moves image i by DELTA[i] * l / L (+ 0.05 per configuration)."""
+    from diffice.explain.sweep import SweepStore
+
+    n, (h, w) = len(DELTA), size
+    x = np.full((n, 1, h, w), -0.5, np.float32)
+    x += np.arange(n, dtype=np.float32)[:, None, None, None] * 1e-3  # distinct pixels (the store keys them)
+    names = [f"phantom_{i:03d}_{MODES[i % 4]}" for i in range(n)]
+    meta = dict(
+        run=dict(image_size=[h, w], batch_size=n, seed=0, target=1),
+        diffusion={},
+        models={},
+        store_format="float16",
+        image_shape=[1, h, w],
+        base=dict(tau=3, lambda_c=[5.0], lambda_p=1.0),
+    )
+    store = SweepStore(path, create=True)
+    store.initialise(meta, names, x, configs)
+    for k, c in enumerate(store.configs()):
+        L = c["iterations"]
+        done = list(range(n)) if ids is None or k < len(configs) - 1 else ids
+        steps = np.array([[DELTA[i] * l / L + 0.05 * k for i in done] for l in range(1, L + 1)], np.float32)
+        cfs = x[done][None] + steps[:, :, None, None, None]
+        nonfinite = np.full((L, len(done)), -1)
+        if NONFINITE in done:
+            nonfinite[-1, done.index(NONFINITE)] = 2
+            cfs[-1, done.index(NONFINITE)] = 0
+        prob = np.linspace(0.1, 0.9, (L + 1) * len(done)).reshape(L + 1, len(done))
+        target = np.array([all_target or i == ALREADY_TARGET for i in done])
+        result = dict(
+            counterfactuals=cfs,
+            prob_target=prob,
+            input_is_target=target,
+            flipped=prob[1:] > 0.5,
+            lambda_used=np.full((L, len(done)), 5.0),
+            nonfinite_step=nonfinite,
+            batch_seconds=1.0,
+            iteration_seconds=[0.5] * L,
+            peak_bytes=1,
+            unet_evaluations=1,
+        )
+        store.write_unit(
+            dict(unit=f"{c['config_id']}-b0000", config_id=c["config_id"], batch=0, image_ids=done), result
+        )
+    return store
+
+
+BASE_CONFIGS = [method(method="diff-ice", iterations=2), method(method="diff-ice-1"), method(method="dime")]
+ABLATION = [method(method="diff-ice-1", lambda_p=0.0), method(method="diff-ice-1", tau=5)]
+
+
+def expected_picks():
+    """The rule computed here apart: per failure mode, the lower median of the subset's gains; then the extremes."""
+    subset = [i for i in range(len(DELTA)) if i not in (ALREADY_TARGET, NONFINITE)]
+    picks = []
+    for m in MODES:
+        members = sorted((DELTA[i], i) for i in subset if i % 4 == MODES.index(m))
+        picks.append(members[(len(members) - 1) // 2][1])
+    largest = max(subset, key=lambda i: DELTA[i])
+    smallest = min(subset, key=lambda i: DELTA[i])
+    return picks + [i for i in (largest, smallest) if i not in picks]
+
+
+def test_strip_rule_picks_what_it_says(tmp_path):
+    from diffice.evaluation.figures import choose_strip_images
+
+    with write_store(tmp_path / "r.sqlite", BASE_CONFIGS) as store:
+        ref, picks = choose_strip_images(store, MeanOracle())
+        assert ref["method"] == "diff-ice" and ref["iterations"] == 2
+        assert [p["image_id"] for p in picks] == expected_picks() == [0, 5, 10, 3, 4, 2]
+        assert [p["group"] for p in picks] == MODES + ["tilted", "no_th"]
+        assert picks[0]["reason"] == "median gain of 2 tilted" and picks[4]["reason"] == "largest gain of 10"
+        for p in picks:
+            assert p["gain"] == pytest.approx(DELTA[p["image_id"]] / 2, abs=2e-3)  # float16 storage
+        # another reference, named by label; without the extremes only the medians
+        _, medians = choose_strip_images(store, MeanOracle(), config=store.configs()[1]["label"], extremes=False)
+        assert len(medians) == 4
+
+
+def test_strip_figure_rows_columns_and_tiles(tmp_path):
+    from PIL import Image
+
+    from diffice.evaluation.figures import overlay, strip_figure
+
+    with write_store(tmp_path / "r.sqlite", BASE_CONFIGS + ABLATION, ids=[0, 1, 2, 3]) as store:
+        fig = strip_figure(store, MeanOracle(), tmp_path / "fig.png", differences=True)
+        ids = [p["image_id"] for p in fig.picks]
+        assert ids == expected_picks()
+        assert fig.columns == ["input", "Diff-ICE\nit 1", "Diff-ICE\nit 2", "Diff-ICE_1\nbase", "DiME\nbase"]
+        assert len(fig.corners) == 2 * len(ids) and all(len(r) == 5 for r in fig.corners)
+        png = np.asarray(Image.open(fig.path).convert("RGB"))
+        h, w = fig.tile
+
+        def tile(corners, r, c):
+            x, y = corners[r][c]
+            return png[y : y + h, x : x + w]
+
+        ref = store.configs()[0]["config_id"]
+        for r, i in enumerate(ids):
+            np.testing.assert_array_equal(tile(fig.corners, 2 * r, 0), overlay(store.inputs([i])[0]))
+            np.testing.assert_array_equal(tile(fig.corners, 2 * r, 2), overlay(store.counterfactuals(ref, 2, [i])[0]))
+        # the ablation figure: Diff-ICE_1 at the base setting, then its two ablations; the last one ran on
+        # images 0-3 only, so the others' tiles are grey ("not run")
+        assert fig.ablation_path.is_file()
+        assert fig.ablation_columns == ["input", "Diff-ICE_1\nbase", "Diff-ICE_1\nLp off", "Diff-ICE_1\ntau=5"]
+        png = np.asarray(Image.open(fig.ablation_path).convert("RGB"))
+        for r, i in enumerate(ids):
+            last = tile(fig.ablation_corners, 2 * r, 3)
+            assert (last == 200).all() == (i not in (0, 1, 2, 3))
+
+
+def test_strip_figure_bad_inputs(tmp_path):
+    from diffice.evaluation.figures import strip_figure
+    from diffice.explain.sweep import SweepStore
+
+    with pytest.raises(FileNotFoundError, match="results store not found"):
+        SweepStore(tmp_path / "none.sqlite")
+    with write_store(tmp_path / "empty.sqlite", []) as store:
+        with pytest.raises(ValueError, match="holds no configuration"):
+            strip_figure(store, MeanOracle(), tmp_path / "f.png")
+    with write_store(tmp_path / "r.sqlite", BASE_CONFIGS) as store:
+        with pytest.raises(ValueError, match="no configuration 'nope'; configurations: "):
+            strip_figure(store, MeanOracle(), tmp_path / "f.png", config="nope")
+    with write_store(tmp_path / "no-diffice.sqlite", BASE_CONFIGS[1:]) as store:
+        with pytest.raises(ValueError, match="no Diff-ICE configuration at the base setting"):
+            strip_figure(store, MeanOracle(), tmp_path / "f.png")
+    with write_store(tmp_path / "all-target.sqlite", BASE_CONFIGS, all_target=True) as store:
+        with pytest.raises(ValueError, match="no image in the validity subset"):
+            strip_figure(store, MeanOracle(), tmp_path / "f.png")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_paper_figure_script(tmp_path, capsys):
+    """benchmarks/paper_figure.py: the strips of a store with the bundled oracle; a clear error without a store."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_figure.py"
+    spec = importlib.util.spec_from_file_location("paper_figure", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    write_store(tmp_path / "r.sqlite", BASE_CONFIGS + ABLATION, size=(64, 80)).close()  # the oracle's size
+    out = tmp_path / "fig.png"
+    assert script.main(["--store", str(tmp_path / "r.sqlite"), "--out", str(out), "--no-extremes"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "fig_ablation.png").is_file()
+    assert printed.startswith("rule: ") and printed.count('"reason": "median gain of') == 4
+    assert script.main(["--store", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
+    assert "results store not found" in capsys.readouterr().err

@@ -21,6 +21,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # the kernel imports this checkout's diffice, whether installed or built in place
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # as in Jupyter: the notebooks choose the inline backend
+    # 05_tables reads a sweep's store; none here (whatever a checkout holds): it runs its tiny sweep
+    monkeypatch.setenv("DIFFICE_TABLES_STORE", str(tmp_path / "no-store" / "results.sqlite"))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
