@@ -21,6 +21,7 @@ Conditions (the demo's settings, diffice.explain.demo.DEMO_METHOD, unless a cond
     python benchmarks/artefacts.py --conditions default unguided --images 4 --seeds 0
     python benchmarks/artefacts.py --out /tmp/artefacts --table          # the table of the stored runs
     python benchmarks/artefacts.py --variance-head                       # the DDPM's learned variance per step
+    python benchmarks/artefacts.py --refit-variance-head respaced --steps 300   # the head refit on the VB alone
 
 Each condition's counterfactuals go to OUT/<condition>_seed<k>.npz (a rerun skips them); the table (markdown) is
 printed: per iteration, the mean over images and seeds of the saturated-pixel rate and of the rate of pixels
@@ -181,6 +182,79 @@ def variance_head(models: DemoModels, x: np.ndarray, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+def refit_variance_head(models: DemoModels, respacing: str, steps: int, lr: float = 3e-3, seed: int = 0) -> str:
+    """Refits only the variance half of the DDPM's output conv (out.2's v row: 32 x 3 x 3 weights and a bias) on the
+    variational-bound term, the rest of the network frozen: is the learned variance where the loss that trains it
+    wants it, given the trunk? respacing: "" (the 1000-step process training uses) or "100" (the demo sampler's).
+
+    The trunk's last features are read through a copy of the UNet whose output conv extracts every 3 x 3 patch
+    (out_channels = 32 * 9, identity weights), so the head is a linear map of them and one forward serves a step.
+    Returns (v + 1) / 2 per respaced index before and after, and the VB every 50 steps (Adam, batch 16)."""
+    from diffice.data import phantoms
+    from diffice.models.unet import UNet
+    from diffice.train.ddpm import DiffusionLoss
+
+    state = {k: v.copy() for k, v in models.unet.state_dict().items()}
+    weight, bias = state["out.2.weight"], state["out.2.bias"]  # (2, C, 3, 3): rows eps, v
+    c = weight.shape[1]
+    config = {k: v for k, v in models.unet.config.items() if k != "learn_sigma"}
+    patches_net = UNet(dict(config, out_channels=c * 9))
+    extract = np.zeros((c * 9, c, 3, 3), np.float32)
+    for k in range(c * 9):
+        extract[k, k // 9, (k % 9) // 3, k % 3] = 1.0
+    patches_net.load_state_dict(dict(state, **{"out.2.weight": extract, "out.2.bias": np.zeros(c * 9, np.float32)}))
+    loss = DiffusionLoss(1000, "linear", respacing, learn_sigma=True)
+    d = loss.diffusion
+    data = phantoms.generate(1016, (64, 80), seed=1).images  # the DDPM's training phantoms (seed 1)
+    train, held = data[:1000], data[1000:]
+    rng = np.random.default_rng(seed)
+    indices = [int(f * d.num_timesteps) for f in (0.0, 0.01, 0.02, 0.05, 0.1, 0.3, 0.9)]
+
+    def patches(x_t: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return patches_net.forward(x_t, d.model_timesteps(i))  # (N, C*9, H, W)
+
+    def frac_by_index(w: np.ndarray, b: float) -> list[float]:
+        r, out = np.random.default_rng(seed + 1), []
+        for index in indices:
+            i = np.full(len(held), index)
+            x_t = d.q_sample(held, i, r.standard_normal(held.shape).astype(np.float32))
+            out.append(float(((np.einsum("nkhw,k->nhw", patches(x_t, i), w) + b + 1) / 2).mean()))
+        return out
+
+    w, b = weight[1].reshape(-1).copy(), float(bias[1])
+    before = frac_by_index(w, b)
+    m_w, v_w, m_b, v_b, trace, vbs = np.zeros_like(w), np.zeros_like(w), 0.0, 0.0, [], []
+    for step in range(1, steps + 1):
+        x0 = train[rng.integers(0, len(train), 16)]
+        i = rng.integers(0, d.num_timesteps, 16)
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        x_t = d.q_sample(x0, i, noise)
+        p = patches(x_t, i)
+        eps = np.einsum("nkhw,k->nhw", p, weight[0].reshape(-1)) + bias[0]
+        v = np.einsum("nkhw,k->nhw", p, w) + b
+        terms = loss(x0, x_t, noise, i, np.ascontiguousarray(np.stack([eps, v], 1), dtype=np.float32))
+        d_v = terms.grad[:, 1] / len(x0)
+        g_w, g_b = np.einsum("nhw,nkhw->k", d_v, p), float(d_v.sum())
+        m_w, v_w = 0.9 * m_w + 0.1 * g_w, 0.999 * v_w + 0.001 * g_w * g_w
+        m_b, v_b = 0.9 * m_b + 0.1 * g_b, 0.999 * v_b + 0.001 * g_b * g_b
+        c1, c2 = 1 - 0.9**step, 1 - 0.999**step
+        w -= lr * (m_w / c1) / (np.sqrt(v_w / c2) + 1e-8)
+        b -= lr * (m_b / c1) / (np.sqrt(v_b / c2) + 1e-8)
+        vbs.append(float(terms.vb.mean()))
+        if step % 50 == 0:
+            trace.append(f"{step}: {np.mean(vbs[-50:]):.4f}")
+    after = frac_by_index(w, b)
+    lines = [
+        f"variance head refit on the VB ({'respaced ' + respacing if respacing else '1000 steps'}), {steps} steps",
+        f"| index i (of {d.num_timesteps}) | " + " | ".join(str(i) for i in indices) + " |",
+        "|---|" + "---|" * len(indices),
+        "| (v + 1) / 2 bundled | " + " | ".join(f"{v:.3f}" for v in before) + " |",
+        "| (v + 1) / 2 refit | " + " | ".join(f"{v:.3f}" for v in after) + " |",
+        "VB (bits/dim, mean of 50 steps): " + ", ".join(trace),
+    ]
+    return "\n".join(lines)
+
+
 def table(out: Path, conditions: list[str], x: np.ndarray, oracle: Any) -> str:
     rows = [
         "| condition | runs | "
@@ -232,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     p.add_argument("--table", action="store_true", help="only print the table of the stored runs")
     p.add_argument("--variance-head", action="store_true", help="only print what the DDPM's learned variance does")
+    p.add_argument(
+        "--refit-variance-head",
+        choices=["full", "respaced"],
+        help="only refit the DDPM's variance head on the VB (the 1000-step process or the demo's 100 steps)",
+    )
+    p.add_argument("--steps", type=int, default=300, help="--refit-variance-head's Adam steps")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     models = load_demo_models()
     if args.variance_head:
         print(variance_head(models, x))
+        return 0
+    if args.refit_variance_head:
+        print(refit_variance_head(models, "100" if args.refit_variance_head == "respaced" else "", args.steps))
         return 0
     if not args.table:
         for name in args.conditions:

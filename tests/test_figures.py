@@ -54,7 +54,7 @@ def method(**kw):
     return c
 
 
-def write_store(path, configs, ids=None, all_target=False, size=(H, W)):
+def write_store(path, configs, ids=None, all_target=False, size=(H, W), models=None):
     """A store written directly (no model runs): 12 images named as a phantom sweep names them, input -0.5
     everywhere; each configuration's iteration l moves image i by DELTA[i] * l / L (+ 0.05 per configuration)."""
     from diffice.explain.sweep import SweepStore
@@ -66,7 +66,7 @@ def write_store(path, configs, ids=None, all_target=False, size=(H, W)):
     meta = dict(
         run=dict(image_size=[h, w], batch_size=n, seed=0, target=1),
         diffusion={},
-        models={},
+        models=models or {},
         store_format="float16",
         image_shape=[1, h, w],
         base=dict(tau=3, lambda_c=[5.0], lambda_p=1.0),
@@ -204,3 +204,31 @@ def test_paper_figure_script(tmp_path, capsys):
     assert printed.startswith("rule: ") and printed.count('"reason": "median gain of') == 4
     assert script.main(["--store", str(tmp_path / "none.sqlite"), "--out", str(out)]) == 2
     assert "results store not found" in capsys.readouterr().err
+
+
+def test_paper_comparison_script(tmp_path, capsys):
+    """benchmarks/paper_comparison.py: paired differences on the images two configurations share, with the demo
+    oracle of a demo store; the L1 cell against the shifts write_store made."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_comparison.py"
+    spec = importlib.util.spec_from_file_location("paper_comparison", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    store = tmp_path / "r.sqlite"
+    write_store(store, BASE_CONFIGS + ABLATION, size=(64, 80), models=dict(source="demo")).close()
+    assert script.main(["--store", str(store)]) == 0
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert list(rows) == [
+        "Diff-ICE iteration 2 - Diff-ICE_1",
+        "Diff-ICE (L=2) - dime",
+        "Lp off - on (Diff-ICE_1 tau=3)",
+        "Diff-ICE_1 tau=5 lc=5 lp=1 - base",
+    ]
+    # Diff-ICE's iteration 2 moved image i by DELTA[i] (configuration 0), Diff-ICE_1 by DELTA[i] + 0.05 (1);
+    # the image that went non-finite is left out of both
+    both = [i for i in range(len(DELTA)) if i != NONFINITE]
+    expected = np.mean([abs(DELTA[i]) - abs(DELTA[i] + 0.05) for i in both])
+    l1 = rows["Diff-ICE iteration 2 - Diff-ICE_1"][script.TERMS.index("L1")]
+    assert float(l1.split()[0]) == pytest.approx(expected, abs=2e-3) and l1.endswith(f"(n={len(both)})")

@@ -1,0 +1,114 @@
+"""The paper's claims checked on a sweep's store (issue 18, item 3): paired differences between configurations on
+the same images, each a mean with its 95% percentile-bootstrap interval (diffice.explain.sweep.tables.
+mean_interval), so that "A beats B" is read from an interval that excludes 0, not from two overlapping ones.
+
+    python benchmarks/paper_comparison.py --store paper-tables/results.sqlite
+
+Per image: the MQD term 1[QS(x) < 0.5] (QS(cf) - QS(x)) (its mean is the paper's MQD), the BKL term 1 - p_target(cf)
+(over the validity subset, as the tables), SonoSim (cosine of the oracle-network features of cf and x), L1 to the
+input and the new-saturated pixel rate (%), with the oracle and realism network of the tables' defaults
+(diffice.explain.sweep.tables.default_options). FSD per configuration is the tables'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-place build in this checkout
+
+from diffice.evaluation.metrics import (  # noqa: E402
+    QS_THRESHOLD,
+    cosine_similarity,
+    l1_distance,
+    new_saturated_pixel_rate,
+)
+from diffice.explain.sweep import SweepStore  # noqa: E402
+from diffice.explain.sweep.judges import Judges  # noqa: E402
+from diffice.explain.sweep.tables import default_options, mean_interval  # noqa: E402
+
+TERMS = ("MQD term", "BKL term", "SonoSim", "L1", "New sat %")
+
+
+def per_image(results: Any, judges: Judges, iteration: int) -> dict[str, dict[int, float]]:
+    """{term: {image_id: value}} of one configuration's iteration (finite counterfactuals; BKL: validity subset)."""
+    cell = judges.cell(results, iteration)
+    keep = results.finite(iteration)
+    ids = results.image_ids[keep]
+    valid = results.validity[keep]
+    terms = {
+        "MQD term": np.where(cell["qs_x"] < QS_THRESHOLD, cell["qs_cf"] - cell["qs_x"], 0.0),
+        "SonoSim": cosine_similarity(cell["features_cf"], cell["features_x"]),
+        "L1": l1_distance(cell["cf"], cell["x"]),
+        "New sat %": 100 * new_saturated_pixel_rate(cell["cf"], cell["x"]),
+    }
+    out = {name: dict(zip(ids.tolist(), v.tolist())) for name, v in terms.items()}
+    bkl = 1.0 - results.prob_target[keep, iteration]
+    out["BKL term"] = {int(i): float(b) for i, b, ok in zip(ids, bkl, valid) if ok}
+    return out
+
+
+def paired(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> list[str]:
+    """Per term: mean of a - b over the images both have, [95% interval], n."""
+    cells = []
+    for name in TERMS:
+        common = sorted(set(a[name]) & set(b[name]))
+        d = np.array([a[name][i] - b[name][i] for i in common])
+        low, high = mean_interval(d)
+        mark = "" if low <= 0 <= high else " *"
+        cells.append(f"{d.mean():+.3f} [{low:+.3f}, {high:+.3f}]{mark} (n={len(common)})")
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", default="paper-tables/results.sqlite")
+    args = p.parse_args(argv)
+    with SweepStore(args.store) as store:
+        judges = Judges(store, default_options(store))
+        configs = {c["label"]: c for c in store.configs()}
+        results = {label: store.results(c) for label, c in configs.items()}
+
+        def terms(label: str, iteration: int | None = None) -> dict[str, dict[int, float]]:
+            r = results[label]
+            return per_image(r, judges, iteration or r.config["iterations"])
+
+        base = store.meta("base")
+        lc = "/".join(f"{v:g}" for v in base["lambda_c"])
+        lp = f"{base['lambda_p']:g}"
+        tau = base["tau"]
+        rows: list[tuple[str, list[str]]] = []
+        ice = next(label for label, c in configs.items() if c["method"] == "diff-ice" and c["tau"] == tau)
+        iterations = configs[ice]["iterations"]
+        one = f"diff-ice-1 tau={tau} lc={lc} lp={lp}"  # = Diff-ICE's iteration 1: the same noise per image
+        for l in range(2, iterations + 1):
+            rows.append((f"Diff-ICE iteration {l} - Diff-ICE_1", paired(terms(ice, l), terms(one))))
+        for method in ("diff-ice-1-xt", "dime"):
+            label = f"{method} tau={tau} lc={lc} lp={lp}"
+            if label in results and len(results[label].image_ids):
+                rows.append((f"Diff-ICE (L={iterations}) - {method}", paired(terms(ice), terms(label))))
+        for label, c in configs.items():  # the ablation: each Diff-ICE_1 change against the base Diff-ICE_1
+            if c["method"] != "diff-ice-1" or label == one or not len(results[label].image_ids):
+                continue
+            if c["lambda_p"] == 0:
+                on = label.replace(" lp=0", f" lp={lp}")
+                if on in results and len(results[on].image_ids):
+                    rows.append((f"Lp off - on (Diff-ICE_1 tau={c['tau']})", paired(terms(label), terms(on))))
+            else:
+                rows.append((f"{label.replace('diff-ice-1 ', 'Diff-ICE_1 ')} - base", paired(terms(label), terms(one))))
+    print(
+        f"Paired differences, mean [95% bootstrap interval] (n images); * the interval excludes 0. Store: {args.store}"
+    )
+    print("| comparison | " + " | ".join(TERMS) + " |")
+    print("|---|" + "---|" * len(TERMS))
+    for name, cells in rows:
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
