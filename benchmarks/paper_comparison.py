@@ -82,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         lp = f"{base['lambda_p']:g}"
         tau = base["tau"]
         rows: list[tuple[str, list[str]]] = []
-        ice = next(label for label, c in configs.items() if c["method"] == "diff-ice" and c["tau"] == tau)
+        at_base = {k: c for k, c in configs.items() if all(c[a] == base[a] for a in ("tau", "lambda_c", "lambda_p"))}
+        ice = next(label for label, c in at_base.items() if c["method"] == "diff-ice")
         iterations = configs[ice]["iterations"]
-        one = f"diff-ice-1 tau={tau} lc={lc} lp={lp}"  # = Diff-ICE's iteration 1: the same noise per image
+        one = f"diff-ice-1 tau={tau} lc={lc} lp={lp}"
+        # Diff-ICE_1 is Diff-ICE's iteration 1 (the same noise per image: the same bytes), where it was not run apart
+        first = terms(one) if one in results and len(results[one].image_ids) else terms(ice, 1)
         for l in range(2, iterations + 1):
-            rows.append((f"Diff-ICE iteration {l} - Diff-ICE_1", paired(terms(ice, l), terms(one))))
+            rows.append((f"Diff-ICE iteration {l} - Diff-ICE_1", paired(terms(ice, l), first)))
         for method in ("diff-ice-1-xt", "dime"):
             label = f"{method} tau={tau} lc={lc} lp={lp}"
             if label in results and len(results[label].image_ids):
