@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.images import atomic_write_bytes, list_images, load_image, save_png
 from ..evaluation.figures import path_figure
-from ..evaluation.metrics import new_saturated_pixel_rate, saturated_pixel_rate, went_nonfinite
+from ..evaluation.metrics import l1_distance, new_saturated_pixel_rate, saturated_pixel_rate, went_nonfinite
 from .config import load_config
 from .demo import (
     CI_LEVEL,
@@ -117,7 +117,7 @@ def run_demo(
     ).reshape(L, len(records))
     # the oracle (and below, the figure's segmentation) are re-computed on the saved 8-bit PNGs
     qs = np.stack([models.oracle.quality_score(x)] + [models.oracle.quality_score(cfs[l]) for l in range(L)])
-    distance = np.array([np.abs(cfs[l] - x).mean(axis=(1, 2, 3)) for l in range(L)])
+    distance = np.array([l1_distance(cfs[l], x) for l in range(L)])
     # pixels pinned at -1/+1 in the PNGs (docs/artefacts.md): all of them, and those the input has none of nearby
     if records:
         saturated = np.stack([saturated_pixel_rate(x)] + [saturated_pixel_rate(cfs[l]) for l in range(L)])
