@@ -1,5 +1,5 @@
 """The paper's claims checked on a sweep's store (issue 18, item 3): paired differences between configurations on
-the same images, each a mean with its 95% percentile-bootstrap interval (diffice.explain.sweep.tables.
+the same images, each a mean with its 95% percentile-bootstrap interval (diffice.evaluation.metrics.
 mean_interval), so that "A beats B" is read from an interval that excludes 0, not from two overlapping ones.
 
     python benchmarks/paper_comparison.py --store paper-tables/results.sqlite
@@ -22,14 +22,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-place build in this checkout
 
 from diffice.evaluation.metrics import (  # noqa: E402
-    QS_THRESHOLD,
     cosine_similarity,
     l1_distance,
+    mean_interval,
+    mqd_terms,
     new_saturated_pixel_rate,
 )
 from diffice.explain.sweep import SweepStore  # noqa: E402
 from diffice.explain.sweep.judges import Judges  # noqa: E402
-from diffice.explain.sweep.tables import default_options, mean_interval  # noqa: E402
+from diffice.explain.sweep.tables import default_options  # noqa: E402
 
 TERMS = ("MQD term", "BKL term", "SonoSim", "L1", "New sat %")
 
@@ -41,7 +42,7 @@ def per_image(results: Any, judges: Judges, iteration: int) -> dict[str, dict[in
     ids = results.image_ids[keep]
     valid = results.validity[keep]
     terms = {
-        "MQD term": np.where(cell["qs_x"] < QS_THRESHOLD, cell["qs_cf"] - cell["qs_x"], 0.0),
+        "MQD term": mqd_terms(cell["qs_x"], cell["qs_cf"]),
         "SonoSim": cosine_similarity(cell["features_cf"], cell["features_x"]),
         "L1": l1_distance(cell["cf"], cell["x"]),
         "New sat %": 100 * new_saturated_pixel_rate(cell["cf"], cell["x"]),

@@ -59,6 +59,8 @@ __all__ = [
     "cosine_similarity",
     "l1_distance",
     "l2_distance",
+    "mqd_terms",
+    "mean_interval",
     "class_probabilities",
     "flip_ratio",
     "flip_ratio_of",
@@ -82,6 +84,9 @@ METRICS = ("FID", "FSD", "SonoSim", "MQD", "QS_x", "QS_cf", "QD", "BKL", "MAD", 
 # pytorch-fid fid_score.calculate_frechet_distance
 FD_EPS = 1e-6  # added to both covariances' diagonals when the result is not finite
 FD_IMAG_TOL = 1e-3  # a larger imaginary part of sqrtm's diagonal is an error
+CI_LEVEL = 0.95  # the intervals of means (MQD's, the sweep tables'): percentile bootstrap over the images
+CI_RESAMPLES = 10_000
+CI_SEED = 0
 QS_THRESHOLD = 0.5  # the paper's MQD: inputs the oracle judges low quality, QS(x) < 0.5
 COUT_STEPS = 50  # ACE cout_metrics: step = max(1, H W // 50)
 BATCH = 32  # images per network call
@@ -341,10 +346,27 @@ def cout(
     return out
 
 
+def mqd_terms(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) -> np.ndarray:
+    """Per input 1[QS(x_i) < threshold] (QS(cf_i) - QS(x_i)) (N,) float64: MQD's terms (its mean is :func:`mqd`)."""
+    qs_x, qs_cf = np.asarray(qs_x, dtype=np.float64), np.asarray(qs_cf, dtype=np.float64)
+    return (qs_x < threshold) * (qs_cf - qs_x)
+
+
 def mqd(qs_x: np.ndarray, qs_cf: np.ndarray, threshold: float = QS_THRESHOLD) -> float:
     """(1/N) sum_i 1[QS(x_i) < threshold] (QS(cf_i) - QS(x_i)) over all N inputs."""
-    qs_x, qs_cf = np.asarray(qs_x, dtype=np.float64), np.asarray(qs_cf, dtype=np.float64)
-    return float(np.mean((qs_x < threshold) * (qs_cf - qs_x)))
+    return float(np.mean(mqd_terms(qs_x, qs_cf, threshold)))
+
+
+def mean_interval(
+    values: np.ndarray, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = CI_SEED
+) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of values (N,), N >= 1, at `level`: the means of `resamples`
+    resamples of the N values with replacement, their (1 - level) / 2 and (1 + level) / 2 quantiles. Seeded: the
+    same values give the same interval (a resumed run reports what it reported)."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+    low, high = np.quantile(v[idx].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 # ---- saturated pixels (artefacts: docs/artefacts.md) ----

@@ -31,6 +31,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
+from ..evaluation.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED, mean_interval, mqd, mqd_terms
 from ..models.diffusion import GaussianDiffusion
 from ..models.unet import UNet
 from .explainer import Explainer
@@ -48,9 +49,6 @@ DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training:
 DEMO_N = 24  # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
 DEMO_BATCH = 8  # images per sampler call: a stopped demo keeps every finished batch (resumable)
 DEMO_FIGURE_ROWS = 6  # figure.png shows the first 6 images (the phantoms cycle through the 4 failure modes)
-CI_LEVEL = 0.95  # MQD's interval: percentile bootstrap over the images
-CI_RESAMPLES = 10_000
-CI_SEED = 0  # fixed: a resumed demo reports the same interval
 FILES = ("ddpm.safetensors", "classifier.safetensors", "oracle.safetensors", "demo.json")
 
 __all__ = ["DemoModels", "load_demo_models", "demo_phantoms", "mqd_interval", "DEMO_METHOD", "DEMO_DIFFUSION"]
@@ -134,15 +132,10 @@ def mqd_interval(
     interval at `level`: mqd of `resamples` resamples of the N images with replacement (each image's QS(x) and
     QS(cf) together), their (1 - level) / 2 and (1 + level) / 2 quantiles. Seeded: the same QS give the same
     interval."""
-    from ..evaluation.metrics import mqd
-
     qs_x, qs_cf = np.asarray(qs_x, dtype=np.float64), np.asarray(qs_cf, dtype=np.float64)
     if qs_x.shape != qs_cf.shape or qs_x.ndim != 1 or len(qs_x) == 0:
         raise ValueError(f"mqd_interval: qs_x and qs_cf must be (N,) with N >= 1, got {qs_x.shape} and {qs_cf.shape}")
-    idx = np.random.default_rng(seed).integers(0, len(qs_x), size=(resamples, len(qs_x)))
-    boot = np.array([mqd(qs_x[i], qs_cf[i]) for i in idx])
-    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return mqd(qs_x, qs_cf), float(low), float(high)
+    return (mqd(qs_x, qs_cf), *mean_interval(mqd_terms(qs_x, qs_cf), level, resamples, seed))
 
 
 # ---- packing freshly trained models into the package ----

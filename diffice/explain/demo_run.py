@@ -14,12 +14,17 @@ import numpy as np
 
 from ..data.images import atomic_write_bytes, list_images, load_image, save_png
 from ..evaluation.figures import path_figure
-from ..evaluation.metrics import l1_distance, new_saturated_pixel_rate, saturated_pixel_rate, went_nonfinite
-from .config import load_config
-from .demo import (
+from ..evaluation.metrics import (
     CI_LEVEL,
     CI_RESAMPLES,
     CI_SEED,
+    l1_distance,
+    new_saturated_pixel_rate,
+    saturated_pixel_rate,
+    went_nonfinite,
+)
+from .config import load_config
+from .demo import (
     DEMO_BATCH,
     DEMO_DIFFUSION,
     DEMO_FIGURE_ROWS,

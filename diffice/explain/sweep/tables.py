@@ -18,6 +18,9 @@ import numpy as np
 
 from ...data.images import atomic_write_bytes
 from ...evaluation.metrics import (
+    CI_LEVEL,
+    CI_RESAMPLES,
+    CI_SEED,
     QS_THRESHOLD,
     _fd_of_features,
     bkl,
@@ -26,11 +29,12 @@ from ...evaluation.metrics import (
     l1_distance,
     l2_distance,
     mad,
+    mean_interval,
     new_saturated_pixel_rate,
     saturated_pixel_rate,
 )
 from ...progress import format_seconds
-from ..demo import CI_LEVEL, CI_RESAMPLES, CI_SEED, mqd_interval
+from ..demo import mqd_interval
 from ..explainer import METHODS, is_iterative
 from .config import TABLE1_AXES, tables_options
 from .judges import Judges
@@ -56,16 +60,6 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return float(centre - half), float(centre + half)
-
-
-def mean_interval(values: np.ndarray) -> tuple[float, float]:
-    """The percentile bootstrap interval of the mean of values (N,), N >= 1, at CI_LEVEL: the means of CI_RESAMPLES
-    resamples of the N values with replacement (seed CI_SEED), their (1 - level) / 2 and (1 + level) / 2 quantiles
-    (the demo's MQD interval, diffice.explain.demo.mqd_interval, on the mean of any per-image value)."""
-    v = np.asarray(values, dtype=np.float64)
-    idx = np.random.default_rng(CI_SEED).integers(0, len(v), size=(CI_RESAMPLES, len(v)))
-    low, high = np.quantile(v[idx].mean(axis=1), [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
-    return float(low), float(high)
 
 
 def _mean(values: np.ndarray, value: float | None = None) -> Estimate:
