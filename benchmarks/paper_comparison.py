@@ -29,6 +29,7 @@ from diffice.evaluation.metrics import (  # noqa: E402
     new_saturated_pixel_rate,
 )
 from diffice.explain.sweep import SweepStore  # noqa: E402
+from diffice.explain.sweep.config import at_base  # noqa: E402
 from diffice.explain.sweep.judges import Judges  # noqa: E402
 from diffice.explain.sweep.tables import default_options  # noqa: E402
 
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         lp = f"{base['lambda_p']:g}"
         tau = base["tau"]
         rows: list[tuple[str, list[str]]] = []
-        at_base = {k: c for k, c in configs.items() if all(c[a] == base[a] for a in ("tau", "lambda_c", "lambda_p"))}
-        ice = next(label for label, c in at_base.items() if c["method"] == "diff-ice")
+        ice = next(label for label, c in configs.items() if c["method"] == "diff-ice" and at_base(c, base))
         iterations = configs[ice]["iterations"]
         one = f"diff-ice-1 tau={tau} lc={lc} lp={lp}"
         # Diff-ICE_1 is Diff-ICE's iteration 1 (the same noise per image: the same bytes), where it was not run apart

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..data.images import save_png, to_uint8
 from ..data.phantoms import FAILURE_MODES
-from ..explain.explainer import METHODS, is_iterative
+from ..explain.explainer import is_iterative
+from ..explain.sweep.config import at_base, config_order
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -183,14 +184,6 @@ class StripFigure:
     rule: str = STRIP_RULE
 
 
-def _at_base(config: dict[str, Any], base: dict[str, Any]) -> bool:
-    return all(config[k] == v for k, v in base.items())
-
-
-def _method_order(config: dict[str, Any]) -> tuple[int, int]:
-    return list(METHODS).index(config["method"]) if config["method"] in METHODS else 99, int(config["iterations"])
-
-
 def _reference_config(store: Any, config: str | None) -> dict[str, Any]:
     """The configuration the rows are chosen on: `config` (an id or a label), else Diff-ICE at the base setting."""
     configs = store.configs()
@@ -205,7 +198,7 @@ def _reference_config(store: Any, config: str | None) -> dict[str, Any]:
             )
         return found[0]
     base = store.meta("base") or {}
-    found = [c for c in configs if c["method"] == "diff-ice" and _at_base(c, base)]
+    found = [c for c in configs if c["method"] == "diff-ice" and at_base(c, base)]
     if not found:
         raise ValueError(
             f"{store.path}: no Diff-ICE configuration at the base setting {base}; name the reference with config= "
@@ -359,24 +352,21 @@ def strip_figure(
     L = int(ref["iterations"])
     name = METHOD_NAMES.get(ref["method"], ref["method"])
     columns = [(f"{name}\nit {l}" if L > 1 else name, ref, l) for l in range(1, L + 1)]
-    others = sorted((c for c in configs if _at_base(c, base) and c["config_id"] != ref["config_id"]), key=_method_order)
+    others = sorted((c for c in configs if at_base(c, base) and c["config_id"] != ref["config_id"]), key=config_order)
     columns += [(_title(c, base), c, int(c["iterations"])) for c in others]
     canvas, corners, titles = _strip(store, oracle, picks, columns, differences, scale)
     out = Path(out)
     save_png(out, canvas)
-    # in Table S3's order (diffice.explain.sweep.tables)
-    ablated = sorted(
-        (c for c in configs if not _at_base(c, base)),
-        key=lambda c: (*_method_order(c), c["tau"], c["lambda_c"], -c["lambda_p"]),
-    )
+    # in Table S3's order (diffice.explain.sweep.config.config_order)
+    ablated = sorted((c for c in configs if not at_base(c, base)), key=config_order)
     ab_path: Path | None = None
     ab_titles: list[str] = []
     ab_corners: list[list[tuple[int, int]]] = []
     if ablation and ablated:
         ab_configs = []
         for m in dict.fromkeys(c["method"] for c in ablated):
-            at_base = [c for c in configs if c["method"] == m and _at_base(c, base)]
-            ab_configs += [max(at_base, key=lambda c: int(c["iterations"]))] if at_base else []
+            base_configs = [c for c in configs if c["method"] == m and at_base(c, base)]
+            ab_configs += [max(base_configs, key=lambda c: int(c["iterations"]))] if base_configs else []
             ab_configs += [c for c in ablated if c["method"] == m]
         ab_columns = [(_title(c, base), c, int(c["iterations"])) for c in ab_configs]
         ab_canvas, ab_corners, ab_titles = _strip(store, oracle, picks, ab_columns, differences, scale)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cluster import cluster_options, models_spec
 from ..config import check_lambda_p, load_config, read_toml
-from ..explainer import ExplainerConfig, is_iterative, iterations_run
+from ..explainer import METHODS, ExplainerConfig, is_iterative, iterations_run
 
 STORE_NAME = "results.sqlite"
 SWEEP_DEFAULTS: dict[str, Any] = dict(
@@ -30,6 +30,18 @@ REFERENCE_PHANTOMS = 100  # standard-plane phantoms in the realism reference ...
 REFERENCE_SEED = 20261207  # ... drawn with a seed of their own (not training's 1 or 7, not the demo's or a sweep's)
 METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
 TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
+
+
+def at_base(config: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether a configuration has Table 1's base setting (base: the store's meta "base", TABLE1_AXES' values)."""
+    return all(config[k] == base[k] for k in TABLE1_AXES if k in base)
+
+
+def config_order(config: dict[str, Any]) -> tuple[Any, ...]:
+    """Sort key of configurations in the tables' order: METHODS' order (unknown methods last), iterations, tau,
+    lambda_c, then Lp on before off."""
+    method = list(METHODS).index(config["method"]) if config["method"] in METHODS else len(METHODS)
+    return method, config["iterations"], config["tau"], config["lambda_c"], -config["lambda_p"]
 
 
 # ---- the config ----

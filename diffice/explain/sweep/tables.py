@@ -35,8 +35,8 @@ from ...evaluation.metrics import (
 )
 from ...progress import format_seconds
 from ..demo import mqd_interval
-from ..explainer import METHODS, is_iterative
-from .config import TABLE1_AXES, tables_options
+from ..explainer import is_iterative
+from .config import at_base, config_order, tables_options
 from .judges import Judges
 from .store import ConfigResults, SweepStore
 
@@ -292,9 +292,7 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
 
     metric_names = _metric_header()
     eff = ["Batch time (s)", "Total time", "Peak MB"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    at_base = [c for c in configs if all(c[k] == base.get(k, c[k]) for k in TABLE1_AXES)]
-    at_base.sort(key=lambda c: (order.get(c["method"], 99), c["iterations"]))
+    table1 = sorted((c for c in configs if at_base(c, base)), key=config_order)
     base_text = (
         f"tau={base.get('tau')}, lambda_c={'/'.join(f'{v:g}' for v in base.get('lambda_c', []))}, "
         f"lambda_p={base.get('lambda_p', 0):g}"
@@ -308,11 +306,11 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
             [_method(c), _n(results[c["config_id"]], c["iterations"])]
             + metrics(c, c["iterations"])
             + _efficiency(results[c["config_id"]])
-            for c in at_base
+            for c in table1
         ],
     )
     tables = [t1]
-    for c in at_base:
+    for c in table1:
         if not is_iterative(c["method"]):
             continue
         r = results[c["config_id"]]
@@ -331,9 +329,7 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
                 rows=rows,
             )
         )
-    s3 = sorted(
-        configs, key=lambda c: (order.get(c["method"], 99), c["iterations"], c["tau"], c["lambda_c"], -c["lambda_p"])
-    )
+    s3 = sorted(configs, key=config_order)
     tables.append(
         dict(
             title="Table S3: ablation (every configuration, last iteration)",
