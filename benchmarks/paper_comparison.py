@@ -72,38 +72,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with SweepStore(args.store) as store:
         judges = Judges(store, default_options(store))
-        configs = {c["label"]: c for c in store.configs()}
-        results = {label: store.results(c) for label, c in configs.items()}
-
-        def terms(label: str, iteration: int | None = None) -> dict[str, dict[int, float]]:
-            r = results[label]
-            return per_image(r, judges, iteration or r.config["iterations"])
-
         base = store.meta("base")
-        lc = "/".join(f"{v:g}" for v in base["lambda_c"])
-        lp = f"{base['lambda_p']:g}"
-        tau = base["tau"]
+        results = {c["config_id"]: store.results(c) for c in store.configs()}
+        done = [c for c in store.configs() if len(results[c["config_id"]].image_ids)]
+
+        def find(method: str, **setting: Any) -> dict[str, Any] | None:
+            """The configuration of `method` with `setting` (default: the base setting) that has results."""
+            want = dict(base, **setting)
+            return next((c for c in done if c["method"] == method and all(c[k] == v for k, v in want.items())), None)
+
+        def terms(config: dict[str, Any], iteration: int | None = None) -> dict[str, dict[int, float]]:
+            return per_image(results[config["config_id"]], judges, iteration or config["iterations"])
+
         rows: list[tuple[str, list[str]]] = []
-        ice = next(label for label, c in configs.items() if c["method"] == "diff-ice" and at_base(c, base))
-        iterations = configs[ice]["iterations"]
-        one = f"diff-ice-1 tau={tau} lc={lc} lp={lp}"
+        ice = find("diff-ice")
+        if ice is None:
+            raise SystemExit(f"{args.store}: no Diff-ICE configuration at the base setting {base} with results")
+        iterations = ice["iterations"]
+        one = find("diff-ice-1")
         # Diff-ICE_1 is Diff-ICE's iteration 1 (the same noise per image: the same bytes), where it was not run apart
-        first = terms(one) if one in results and len(results[one].image_ids) else terms(ice, 1)
+        first = terms(one) if one is not None else terms(ice, 1)
         for l in range(2, iterations + 1):
             rows.append((f"Diff-ICE iteration {l} - Diff-ICE_1", paired(terms(ice, l), first)))
         for method in ("diff-ice-1-xt", "dime"):
-            label = f"{method} tau={tau} lc={lc} lp={lp}"
-            if label in results and len(results[label].image_ids):
-                rows.append((f"Diff-ICE (L={iterations}) - {method}", paired(terms(ice), terms(label))))
-        for label, c in configs.items():  # the ablation: each Diff-ICE_1 change against the base Diff-ICE_1
-            if c["method"] != "diff-ice-1" or label == one or not len(results[label].image_ids):
+            other = find(method)
+            if other is not None:
+                rows.append((f"Diff-ICE (L={iterations}) - {method}", paired(terms(ice), terms(other))))
+        for c in done:  # the ablation: each Diff-ICE_1 change against the base Diff-ICE_1, Lp off against on
+            if c["method"] != "diff-ice-1" or at_base(c, base):
                 continue
             if c["lambda_p"] == 0:
-                on = label.replace(" lp=0", f" lp={lp}")
-                if on in results and len(results[on].image_ids):
-                    rows.append((f"Lp off - on (Diff-ICE_1 tau={c['tau']})", paired(terms(label), terms(on))))
+                on = find("diff-ice-1", tau=c["tau"], lambda_c=c["lambda_c"])
+                if on is not None:
+                    rows.append((f"Lp off - on (Diff-ICE_1 tau={c['tau']})", paired(terms(c), terms(on))))
             else:
-                rows.append((f"{label.replace('diff-ice-1 ', 'Diff-ICE_1 ')} - base", paired(terms(label), terms(one))))
+                rows.append((f"{c['label'].replace('diff-ice-1 ', 'Diff-ICE_1 ')} - base", paired(terms(c), first)))
     print(
         f"Paired differences, mean [95% bootstrap interval] (n images); * the interval excludes 0. Store: {args.store}"
     )
