@@ -95,12 +95,19 @@ def rel_err(got: np.ndarray, want) -> float:
     return float(np.abs(got - want).max() / scale)
 
 
-# Fresh random inputs every run; DIFFICE_TEST_SEED=<n> replays a failing run (the seed is in pytest's header).
+# Fresh random inputs every run; DIFFICE_TEST_SEED=<n> replays a failing run (the seed is in pytest's header, and
+# after the failures where -q hides the header).
 RUN_SEED = int(os.environ.get("DIFFICE_TEST_SEED", np.random.SeedSequence().entropy % (2**31)))
 
 
 def pytest_report_header(config):
     return f"diffice test seed: DIFFICE_TEST_SEED={RUN_SEED}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # pytest -q (CI, the README) hides the header: say the seed again where a failure is reported
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        terminalreporter.write_line(f"diffice test seed: DIFFICE_TEST_SEED={RUN_SEED} replays this run's inputs")
 
 
 @pytest.fixture
