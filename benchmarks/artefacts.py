@@ -3,7 +3,9 @@ models on the demo's first phantoms under variations of the sampler, the rate of
 
 Conditions (the demo's settings, diffice.explain.demo.DEMO_METHOD, unless a condition changes them):
 
-- ``default``: the demo (lambda_c searched in {40, 60, 80}, lambda_p 3000, x0_hat clipped to [-1, 1]);
+- ``default``: the demo (lambda_c searched in {40, 60, 80}, lambda_p 3000, x0_hat clipped to [-1, 1], beta~ as the
+  step's variance); ``learned``: the same with the DDPM's learned variance (the demo before docs/artefacts.md's
+  fix); the conditions below up to ``unconditional`` change ``learned``;
 - ``no_clip``: x0_hat not clipped (in the step's mean and where the guidance is taken);
 - ``unguided``: lambda_c = lambda_p = 0: the DDPM's own reconstruction from tau, five times over;
 - ``lp_only`` / ``lc_only``: lambda_c = 0 / lambda_p = 0;
@@ -12,10 +14,13 @@ Conditions (the demo's settings, diffice.explain.demo.DEMO_METHOD, unless a cond
 - ``unconditional``: one unguided pass from tau = 99 of 100 (the input is all but gone: the DDPM's samples);
 - ``py_learned`` / ``py_fixed_small`` / ``py_fixed_large``: the same Diff-ICE steps written in numpy here (the
   learned variance, or the UNet's eps with guided-diffusion's fixed small (beta~) or large (beta) variance); their
-  noise is numpy's, not the C sampler's, so ``py_learned`` against ``default`` shows what the noise alone changes;
+  noise is numpy's, not the C sampler's, so ``py_learned`` against ``learned`` shows what the noise alone changes;
   ``py_small_last4``: the learned variance, but beta~ (fixed small) for the last four steps (i < 4);
   ``py_clip_mean_only`` / ``py_clip_grad_only``: x0_hat clipped only in the step's mean / only where the guidance
-  is taken.
+  is taken;
+- ``respaced_400`` / ``respaced_200``: ``learned`` at 400 (the paper's) / 200 of 1000 steps, tau 120 / 60 (the same
+  noise level); ``fine_end_20`` / ``fine_end_10``: section counts with finer steps only below t = 100 / t = 20;
+- ``fixed_small`` / ``fixed_large``: the C sampler with beta~ / beta for the learned-sigma DDPM (its v ignored).
 
     python benchmarks/artefacts.py --out /tmp/artefacts                  # every condition, 6 phantoms, seeds 0 1
     python benchmarks/artefacts.py --conditions default unguided --images 4 --seeds 0
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +47,32 @@ import numpy as np
 
 from diffice.data.images import to_uint8
 from diffice.evaluation.metrics import mqd, new_saturated_pixel_rate, saturated_pixel_rate
-from diffice.explain.demo import DEMO_METHOD, DemoModels, demo_phantoms, load_demo_models
+from diffice.explain.demo import DEMO_DIFFUSION, DEMO_METHOD, DemoModels, demo_phantoms, load_demo_models
 from diffice.explain.explainer import PythonGuidance
-from diffice.models.diffusion import GaussianDiffusion
+from diffice.models.diffusion import GaussianDiffusion, fixed_variance_of
 
+# The conditions measured before the fix ran on the DDPM's learned variance (the demo's then); "default" is the demo
+# as it is (beta~, the fixed small variance, since docs/artefacts.md's fix). "diffusion": the demo's [diffusion]
+# keys changed for the same DDPM (respacing, variance).
+LEARNED = dict(variance="learned")
 C_CONDITIONS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no_clip": dict(clip=False),
-    "unguided": dict(lambda_c=[0.0], lambda_p=0.0),
-    "lp_only": dict(lambda_c=[0.0]),
-    "lc_only": dict(lambda_p=0.0),
-    "lc_x5": dict(lambda_c=[200.0, 300.0, 400.0]),
-    "lc_half": dict(lambda_c=[20.0, 30.0, 40.0]),
-    "unconditional": dict(lambda_c=[0.0], lambda_p=0.0, tau=99, iterations=1),
+    "learned": dict(diffusion=LEARNED),  # the demo before the fix
+    "no_clip": dict(clip=False, diffusion=LEARNED),
+    "unguided": dict(lambda_c=[0.0], lambda_p=0.0, diffusion=LEARNED),
+    "lp_only": dict(lambda_c=[0.0], diffusion=LEARNED),
+    "lc_only": dict(lambda_p=0.0, diffusion=LEARNED),
+    "lc_x5": dict(lambda_c=[200.0, 300.0, 400.0], diffusion=LEARNED),
+    "lc_half": dict(lambda_c=[20.0, 30.0, 40.0], diffusion=LEARNED),
+    "unconditional": dict(lambda_c=[0.0], lambda_p=0.0, tau=99, iterations=1, diffusion=LEARNED),
+    # the learned variance at the paper's respacing (1000 steps to 400, tau 120: the same t) and between; finer
+    # steps only below t = 100 (section counts); the fixed variances with the demo's respacing (v ignored)
+    "respaced_400": dict(diffusion=dict(LEARNED, respacing="400"), tau=120),
+    "respaced_200": dict(diffusion=dict(LEARNED, respacing="200"), tau=60),
+    "fine_end_20": dict(diffusion=dict(LEARNED, respacing="20," + ",".join(["10"] * 9)), tau=39),
+    "fine_end_10": dict(diffusion=dict(LEARNED, respacing="10," + ",".join(["2"] * 49)), tau=37),
+    "fixed_small": dict(diffusion=dict(variance="small")),
+    "fixed_large": dict(diffusion=dict(variance="large")),
 }
 PY_CONDITIONS: dict[str, dict[str, Any]] = {
     "py_learned": {},
@@ -88,7 +107,7 @@ def python_diff_ice(
     cfg = DEMO_METHOD
     unet = models.unet
     d = (
-        models.diffusion
+        GaussianDiffusion(1000, "linear", "100", learn_sigma=True)  # the learned range
         if fixed_variance in (None, "last4")
         else GaussianDiffusion(1000, "linear", "100", learn_sigma=False, fixed_variance=fixed_variance)
     )
@@ -149,7 +168,14 @@ def run_condition(models: DemoModels, name: str, x: np.ndarray, seed: int) -> di
         prob = models.classifier.forward(cf.reshape((-1,) + x.shape[1:])).logits  # type: ignore[union-attr]
         flipped = (np.argmax(prob, axis=1) == 1).reshape(cf.shape[:2])
     else:
-        result = models.explainer(**C_CONDITIONS[name]).explain(x, target=1, seed=seed, warn=False)
+        overrides = dict(C_CONDITIONS[name])
+        if "diffusion" in overrides:
+            d = dict(DEMO_DIFFUSION, **overrides.pop("diffusion"))
+            diffusion = GaussianDiffusion(
+                d["steps"], d["schedule"], d["respacing"], True, fixed_variance_of(d["variance"])
+            )
+            models = replace(models, diffusion=diffusion)
+        result = models.explainer(**overrides).explain(x, target=1, seed=seed, warn=False)
         cf, flipped = result.counterfactuals, result.flipped
     return dict(cf=cf, flipped=flipped, seconds=time.time() - t0, log=np.array([list(r.values()) for r in log]))
 
@@ -164,7 +190,7 @@ def _png_values(images: np.ndarray) -> np.ndarray:
 def variance_head(models: DemoModels, x: np.ndarray, seed: int = 0) -> str:
     """What the DDPM's learned variance does at the sampler's steps: (v + 1) / 2 (0: log beta~, 1: log beta) over the
     pixels of x noised to respaced index i, and the variance it gives against beta~."""
-    d, rng = models.diffusion, np.random.default_rng(seed)
+    d, rng = GaussianDiffusion(1000, "linear", "100", learn_sigma=True), np.random.default_rng(seed)
     lines = [
         "| i | t | beta~ | beta | (v + 1) / 2 mean [5%, 95%] | learned variance / beta~ |",
         "|---|---|---|---|---|---|",

@@ -3,6 +3,11 @@ the same images, each a mean with its 95% percentile-bootstrap interval (diffice
 mean_interval), so that "A beats B" is read from an interval that excludes 0, not from two overlapping ones.
 
     python benchmarks/paper_comparison.py --store paper-tables/results.sqlite
+    python benchmarks/paper_comparison.py --store paper-tables/results.sqlite --before OTHER/results.sqlite
+
+With --before: each configuration (and each Diff-ICE iteration) of the store against the same configuration in
+another store of the same images (e.g. the same sweep run with other models or another step variance): this store
+minus the other.
 
 Per image: the MQD term 1[QS(x) < 0.5] (QS(cf) - QS(x)) (its mean is the paper's MQD), the BKL term 1 - p_target(cf)
 (over the validity subset, as the tables), SonoSim (cosine of the oracle-network features of cf and x), L1 to the
@@ -69,8 +74,45 @@ def paired(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", default="paper-tables/results.sqlite")
+    p.add_argument("--before", help="another store of the same images: each configuration, this store minus that")
     args = p.parse_args(argv)
-    with SweepStore(args.store) as store:
+    if args.before:
+        rows = against_before(Path(args.store), Path(args.before))
+        title = f"Store {args.store} minus {args.before}, the same configuration and images"
+    else:
+        rows = within_store(Path(args.store))
+        title = f"Store: {args.store}"
+    print(f"Paired differences, mean [95% bootstrap interval] (n images); * the interval excludes 0. {title}")
+    print("| comparison | " + " | ".join(TERMS) + " |")
+    print("|---|" + "---|" * len(TERMS))
+    for name, cells in rows:
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+def against_before(path: Path, before_path: Path) -> list[tuple[str, list[str]]]:
+    """Per configuration both stores finished (every iteration of an iterating one): this minus before."""
+    with SweepStore(path) as store, SweepStore(before_path) as before:
+        if store.image_names() != before.image_names() or not np.array_equal(store.inputs(), before.inputs()):
+            raise SystemExit(f"{path} and {before_path} do not hold the same images")
+        judges = Judges(store, default_options(store))
+        rows: list[tuple[str, list[str]]] = []
+        others = {c["config_id"]: c for c in before.configs()}
+        for c in store.configs():
+            now, then = store.results(c), before.results(others[c["config_id"]]) if c["config_id"] in others else None
+            if then is None or not len(now.image_ids) or not len(then.image_ids):
+                continue
+            for l in range(1, c["iterations"] + 1):
+                name = c["label"] + (f", iteration {l}" if c["iterations"] > 1 else "")
+                rows.append((name, paired(per_image(now, judges, l), per_image(then, judges, l))))
+        if not rows:
+            raise SystemExit(f"{path} and {before_path} share no finished configuration")
+        return rows
+
+
+def within_store(path: Path) -> list[tuple[str, list[str]]]:
+    """The paper's comparisons inside one store (Diff-ICE's iterations, the baselines, the ablation)."""
+    with SweepStore(path) as store:
         judges = Judges(store, default_options(store))
         base = store.meta("base")
         results = {c["config_id"]: store.results(c) for c in store.configs()}
@@ -87,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, list[str]]] = []
         ice = find("diff-ice")
         if ice is None:
-            raise SystemExit(f"{args.store}: no Diff-ICE configuration at the base setting {base} with results")
+            raise SystemExit(f"{path}: no Diff-ICE configuration at the base setting {base} with results")
         iterations = ice["iterations"]
         one = find("diff-ice-1")
         # Diff-ICE_1 is Diff-ICE's iteration 1 (the same noise per image: the same bytes), where it was not run apart
@@ -107,14 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((f"Lp off - on (Diff-ICE_1 tau={c['tau']})", paired(terms(c), terms(on))))
             else:
                 rows.append((f"{c['label'].replace('diff-ice-1 ', 'Diff-ICE_1 ')} - base", paired(terms(c), first)))
-    print(
-        f"Paired differences, mean [95% bootstrap interval] (n images); * the interval excludes 0. Store: {args.store}"
-    )
-    print("| comparison | " + " | ".join(TERMS) + " |")
-    print("|---|" + "---|" * len(TERMS))
-    for name, cells in rows:
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    return 0
+        return rows
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def _diffusion_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str]
             lambda be: (
                 *ops.p_mean_variance(mo, x, post, backend=be),
                 *ops.p_mean_variance_backward(g, mo, x, post, backend=be),
+                *ops.p_mean_variance(mo, x, post, ignore_v=True, backend=be),  # a fixed variance, v ignored
             ),
         ),
         ("sample_step", lambda be: ops.sample_step(x, np.abs(g), noise, g, x, [0, 1, 1], backend=be)),

@@ -128,8 +128,13 @@ def _extract(arr, idx):
     return torch.from_numpy(np.array(arr))[torch.from_numpy(idx)].float()[:, None, None, None]
 
 
-@pytest.mark.parametrize("learn_sigma, fixed", [(True, "large"), (False, "large"), (False, "small")])
+@pytest.mark.parametrize(
+    "learn_sigma, fixed",
+    [(True, None), (False, None), (False, "large"), (False, "small"), (True, "large"), (True, "small")],
+)
 def test_p_mean_variance_matches_torch_float32(rng, learn_sigma, fixed):
+    """fixed None: the learned range with learn_sigma, fixed large without; a fixed variance with learn_sigma ignores
+    the model's v channels."""
     d = GaussianDiffusion(1000, "linear", "400", learn_sigma=learn_sigma, fixed_variance=fixed)
     ref = reference_tables(1000, "linear", "400")
     n, c, h, w = 3, 1, 13, 19
@@ -139,7 +144,7 @@ def test_p_mean_variance_matches_torch_float32(rng, learn_sigma, fixed):
     got = d.p_mean_variance(out, x_t, idx)
     xt, o = torch.from_numpy(x_t), torch.from_numpy(out)
     eps = o[:, :c]
-    if learn_sigma:
+    if learn_sigma and fixed is None:
         v = o[:, c:]
         min_log = _extract(ref["posterior_log_variance_clipped"], idx)
         max_log = _extract(np.log(ref["betas"]), idx)
@@ -148,7 +153,7 @@ def test_p_mean_variance_matches_torch_float32(rng, learn_sigma, fixed):
         var = torch.exp(log_var)
     else:
         pv = ref["posterior_variance"]
-        if fixed == "large":
+        if fixed in (None, "large"):
             table = np.append(pv[1], ref["betas"][1:])
             var, log_var = _extract(table, idx), _extract(np.log(table), idx)
         else:

@@ -232,3 +232,31 @@ def test_paper_comparison_script(tmp_path, capsys):
     expected = np.mean([abs(DELTA[i]) - abs(DELTA[i] + 0.05) for i in both])
     l1 = rows["Diff-ICE iteration 2 - Diff-ICE_1"][script.TERMS.index("L1")]
     assert float(l1.split()[0]) == pytest.approx(expected, abs=2e-3) and l1.endswith(f"(n={len(both)})")
+
+
+def test_paper_comparison_against_another_store(tmp_path, capsys):
+    """--before: every configuration (each Diff-ICE iteration) of one store against the same configuration of another
+    store of the same images; its L1 cell against the shifts write_store made; other images are refused."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_comparison.py"
+    spec = importlib.util.spec_from_file_location("paper_comparison", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    now, before = tmp_path / "now.sqlite", tmp_path / "before.sqlite"
+    write_store(now, BASE_CONFIGS + ABLATION, size=(64, 80), models=dict(source="demo")).close()
+    write_store(before, BASE_CONFIGS, size=(64, 80), models=dict(source="demo")).close()
+    assert script.main(["--store", str(now), "--before", str(before)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[3:]}
+    assert len(rows) == sum(c.get("iterations", 1) for c in BASE_CONFIGS) and "minus" in lines[0]
+    both = len(DELTA) - 1  # the image that went non-finite is left out
+    for cells in rows.values():  # the same configurations and images: no difference
+        assert cells[script.TERMS.index("L1")].startswith("+0.000 [+0.000, +0.000] (n=")
+    assert rows[next(iter(rows))][script.TERMS.index("L1")].endswith(f"(n={len(DELTA)})")
+    assert any(c[script.TERMS.index("L1")].endswith(f"(n={both})") for c in rows.values())
+    other = tmp_path / "other.sqlite"
+    write_store(other, BASE_CONFIGS, size=(32, 40), models=dict(source="demo")).close()
+    with pytest.raises(SystemExit, match="do not hold the same images"):
+        script.main(["--store", str(now), "--before", str(other)])

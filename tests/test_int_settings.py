@@ -141,7 +141,7 @@ def test_keyword_settings():
     # these raised OverflowError without the name before; now a ValueError naming the argument
     with pytest.raises(ValueError, match=expected("Diffusion: steps", 1, 2**31 - 1, 2**32 + 100)):
         _C.Diffusion(2**32 + 100)
-    with pytest.raises(ValueError, match=expected("Diffusion: variance_type", 0, 2, 2**32)):
+    with pytest.raises(ValueError, match=expected("Diffusion: variance_type", 0, 4, 2**32)):
         _C.Diffusion(100, variance_type=2**32)
     # the training loss is Python over the ops: its loss type is a name, and a number is refused naming it
     with pytest.raises(ValueError, match=r"loss_type must be one of \['mse', 'rescaled_mse'\], got 4294967296"):

@@ -9,7 +9,7 @@ from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
 from diffice._native import _C
-from diffice.models.diffusion import GaussianDiffusion
+from diffice.models.diffusion import _VARIANCE_TYPES, GaussianDiffusion
 from diffice.models.probabilities import predicted_class, probabilities
 
 SHAPES = [(3, 3, 5, 7), (2, 1, 9, 4), (1, 5, 3, 3), (2, 3, 41, 37)]  # the last: rows of several blocks
@@ -50,10 +50,13 @@ def test_q_sample(rng, shape):
 
 
 def _torch_p_mean_variance(mo, x, c, learned, clip):
-    """guided-diffusion's float32 p_mean_variance (eps prediction) on per-row coefficients."""
+    """guided-diffusion's float32 p_mean_variance (eps prediction) on per-row coefficients; learned "ignore_v": a
+    (eps, v) output whose v is dropped (the fixed variances)."""
     bshape = (-1,) + (1,) * (x.ndim - 1)
     col = {k: torch.tensor(v).reshape(bshape) for k, v in c._asdict().items()}
     mo, x = torch.tensor(mo), torch.tensor(x)
+    if learned == "ignore_v":
+        learned, mo = False, mo[:, : x.shape[1]]
     if learned:
         eps, v = torch.split(mo, x.shape[1], dim=1)
         frac = (v + 1) / 2
@@ -70,29 +73,40 @@ def _torch_p_mean_variance(mo, x, c, learned, clip):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("variance_type", [0, 1, 2])
+@pytest.mark.parametrize("variance_type", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("clip", [True, False])
 def test_p_mean_variance_matches_guided_diffusion(rng, shape, variance_type, clip):
-    learned = variance_type == 0
+    """Types 3 and 4: a learn_sigma model's (eps, v) with the fixed large / small variance, v ignored."""
+    learned, ignore_v = variance_type in (0, 3, 4), variance_type in (3, 4)
     n, c = shape[:2]
     x = randn(rng, *shape, scale=1.5)
     mo = randn(rng, n, c * (2 if learned else 1), *shape[2:])
     coefs = ops.posterior_coefs(_schedule(variance_type).arrays(), _indices(rng, n), variance_type)
-    got = _both(lambda be: ops.p_mean_variance(mo, x, coefs, learned=learned, clip=clip, backend=be))
-    for g, w in zip(got, _torch_p_mean_variance(mo, x, coefs, learned, clip)):
+    got = _both(lambda be: ops.p_mean_variance(mo, x, coefs, learned=learned, ignore_v=ignore_v, clip=clip, backend=be))
+    for g, w in zip(got, _torch_p_mean_variance(mo, x, coefs, "ignore_v" if ignore_v else learned, clip)):
         assert rel_err(g, w) <= 1e-6
+    if ignore_v:  # v does not reach any output
+        mo[:, c:] = randn(rng, n, c, *shape[2:], scale=100.0)
+        again = _both(lambda be: ops.p_mean_variance(mo, x, coefs, learned=True, ignore_v=True, clip=clip, backend=be))
+        assert all(np.array_equal(a, b) for a, b in zip(again, got))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("learned", [True, False])
+@pytest.mark.parametrize("learned", [True, False, "ignore_v"])
 @pytest.mark.parametrize("clip", [True, False])
 def test_p_mean_variance_backward_is_the_gradient_through_pred_xstart(rng, shape, learned, clip):
+    ignore_v, learned = learned == "ignore_v", bool(learned)
     n, c = shape[:2]
     x = randn(rng, *shape, scale=1.5)
     mo = randn(rng, n, c * (2 if learned else 1), *shape[2:])
-    coefs = ops.posterior_coefs(_schedule(0 if learned else 2).arrays(), _indices(rng, n), 0 if learned else 2)
+    vt = (4 if ignore_v else 0) if learned else 2
+    coefs = ops.posterior_coefs(_schedule(vt).arrays(), _indices(rng, n), vt)
     g = randn(rng, *shape)
-    dx, dmo = _both(lambda be: ops.p_mean_variance_backward(g, mo, x, coefs, learned=learned, clip=clip, backend=be))
+    dx, dmo = _both(
+        lambda be: ops.p_mean_variance_backward(
+            g, mo, x, coefs, learned=learned, ignore_v=ignore_v, clip=clip, backend=be
+        )
+    )
     xt, mot = t64(x, requires_grad=True), t64(mo, requires_grad=True)
     bshape = (-1,) + (1,) * (x.ndim - 1)
     eps = mot[:, :c]
@@ -251,12 +265,14 @@ def test_diffusion_vb(rng, shape, scale):
     assert rel_err(dv, v.grad) <= 1e-5
 
 
-@pytest.mark.parametrize("variance_type", [0, 1, 2])
+@pytest.mark.parametrize("variance_type", [0, 1, 2, 3, 4])
 def test_the_diffusion_object_runs_these_ops(rng, variance_type):
     """GaussianDiffusion gathers each row's coefficients from the float64 tables (as schedule.c does for the
     sampler) and calls the ops: the same numbers."""
-    learned = variance_type == 0
-    d = GaussianDiffusion(1000, "linear", "100", learned, "large" if variance_type == 1 else "small")
+    learned, ignore_v = variance_type in (0, 3, 4), variance_type in (3, 4)
+    fixed = {0: None, 1: "large", 2: "small", 3: "large", 4: "small"}[variance_type]
+    d = GaussianDiffusion(1000, "linear", "100", learned, fixed)
+    assert d.variance_type == [k for k, v in _VARIANCE_TYPES.items() if v == variance_type][0]
     n, shape = 3, (3, 2, 5, 6)
     idx = _indices(rng, n)
     x, noise = randn(rng, *shape), randn(rng, *shape)
@@ -267,7 +283,7 @@ def test_the_diffusion_object_runs_these_ops(rng, variance_type):
     assert np.array_equal(d.q_sample(x, idx, noise), ops.q_sample(x, noise, sa, s1))
     coefs = ops.posterior_coefs(arrays, idx, variance_type)
     out = d.p_mean_variance(mo, x, idx, True)
-    for a, b in zip(out, ops.p_mean_variance(mo, x, coefs, learned=learned)):
+    for a, b in zip(out, ops.p_mean_variance(mo, x, coefs, learned=learned, ignore_v=ignore_v)):
         assert np.array_equal(a, b)
     grad = randn(rng, *shape)
     want = ops.sample_step(out[0], out[1], out[2], grad, noise, (idx != 0).astype(np.float32))
@@ -284,6 +300,12 @@ def test_bad_inputs_name_the_op_and_argument(rng, backend):
     coefs = ops.posterior_coefs(_schedule().arrays(), [1, 2])
     with pytest.raises(ValueError, match="learned sigma: 2C channels"):
         ops.p_mean_variance(x, x, coefs, learned=True, backend=backend)
+    with pytest.raises(ValueError, match="learned sigma: 2C channels"):
+        ops.p_mean_variance(x, x, coefs, learned=True, ignore_v=True, backend=backend)
+    with pytest.raises(ValueError, match="ignore_v needs learned=True"):
+        ops.p_mean_variance(x, x, coefs, learned=False, ignore_v=True, backend=backend)
+    with pytest.raises(ValueError, match="output_kind.*got 3"):
+        _C.p_mean_variance_forward(ops.get_backend(backend), x, x, *coefs, 3, True)
     with pytest.raises(ValueError, match="masked_blend.*mask"):
         ops.masked_blend(x, x, x, 0.5, backend=backend)
     with pytest.raises(ValueError, match="target_probability.*targets"):

@@ -214,6 +214,35 @@ def file_flags(model_files, *extra):
     ]
 
 
+def test_diffusion_variance_chooses_the_reverse_steps_variance(tmp_path, rng, model_files):
+    """[diffusion] variance: the learned range of a learn_sigma UNet (default), or beta~ / beta with its v ignored;
+    the run's results differ, and a bad name is an error naming the key."""
+    from diffice.cli import main
+    from diffice.models.files import load_run_models
+
+    base = dict(unet=str(model_files / "ddpm.safetensors"), num_heads=1, classifier=str(model_files / "f.safetensors"))
+    kinds = {}
+    for variance, kind in [("learned", "learned_range"), ("small", "learned_output_fixed_small"), ("large", None)]:
+        cfg = load_config(None, dict(base, variance=variance))
+        assert cfg["diffusion"]["variance"] == variance
+        unet, diffusion = load_run_models(cfg)[:2]
+        assert unet.config["learn_sigma"] and diffusion.learn_sigma
+        kinds[variance] = diffusion.variance_type
+        assert kind is None or diffusion.variance_type == kind
+    assert kinds["large"] == "learned_output_fixed_large"
+    with pytest.raises(
+        ValueError, match=r"diffusion.variance must be one of \['learned', 'small', 'large'\], got 'tiny'"
+    ):
+        load_run_models(load_config(None, dict(base, variance="tiny")))
+    write_images(tmp_path / "in", rng, 1)
+    out = {}
+    for variance in ("learned", "small"):
+        flags = file_flags(model_files, "--images", str(tmp_path / "in"), "--out", str(tmp_path / variance))
+        assert main(["explain", *flags, "--variance", variance]) == 0
+        out[variance] = np.asarray(Image.open(next((tmp_path / variance).rglob("iteration_1.png"))))
+    assert not np.array_equal(out["learned"], out["small"])
+
+
 def test_lambda_p_without_a_perceptual_loss_is_an_error(tmp_path, rng, model_files):
     """lambda_p > 0 with no Lp file or pixel kind used to be ignored silently (the explainer drops lambda_p)."""
     write_images(tmp_path / "in", rng, 1)
@@ -337,6 +366,9 @@ def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng
         load_config(None, {"preset": "demo", "unet": "x.safetensors"})
     with pytest.raises(ValueError, match=r"remove diffusion.respacing"):
         load_config(None, {"preset": "demo", "respacing": "50"})
+    assert cfg["diffusion"]["variance"] == "small"  # beta~ at the demo's 100 steps (docs/artefacts.md)
+    with pytest.raises(ValueError, match=r"remove diffusion.variance"):
+        load_config(None, {"preset": "demo", "variance": "learned"})
     with pytest.raises(ValueError, match="preset"):
         load_config(None, {"preset": "other"})
 

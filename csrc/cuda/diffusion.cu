@@ -60,12 +60,12 @@ static dfc_status stage_posterior(dfc_backend *be, const dfc_posterior_coefs *c,
 }
 
 dfc_status cuda_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                        const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                        const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *mean,
                                         dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                         dfc_error *err)
 {
-    DFC_TRY(
-        dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart, err));
+    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, output_kind, mean, variance, log_variance, pred_xstart,
+                                      err));
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1);
     posterior_rows c;
     DFC_TRY(stage_posterior(be, coefs, n, &c, err));
@@ -75,9 +75,9 @@ dfc_status cuda_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model
     /* dfc_p_mean_variance_span's arithmetic for element j of row b */
     return dfc_cuda_for_each(be, n * m, "p_mean_variance", err, [=] DFC_DEVICE(int64_t at) {
         const int64_t b = at / m, j = at % m;
-        const float *eps = mo + b * m * (learned ? 2 : 1);
+        const float *eps = mo + b * m * (output_kind ? 2 : 1);
         float lv, var;
-        if (learned) {
+        if (output_kind == DFC_OUTPUT_EPS_V) {
             float frac = (eps[m + j] + 1.0f) / 2.0f; /* not clamped, as guided-diffusion */
             lv = frac * c.max_log[b] + (1.0f - frac) * c.min_log[b];
             var = expf(lv);
@@ -100,12 +100,12 @@ dfc_status cuda_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model
 
 dfc_status cuda_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pred_xstart,
                                          const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                         const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *dx_t,
+                                         const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *dx_t,
                                          dfc_tensor *d_model_output, dfc_error *err)
 {
-    DFC_TRY(dfc_p_mean_variance_backward_check(d_pred_xstart, model_output, x_t, coefs, learned, dx_t, d_model_output,
-                                               err));
-    const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (learned ? 2 : 1);
+    DFC_TRY(dfc_p_mean_variance_backward_check(d_pred_xstart, model_output, x_t, coefs, output_kind, dx_t,
+                                               d_model_output, err));
+    const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (output_kind ? 2 : 1);
     posterior_rows c;
     DFC_TRY(stage_posterior(be, coefs, n, &c, err));
     float *dx = dfc_optional_data(dx_t), *dmo = dfc_optional_data(d_model_output);
@@ -118,7 +118,7 @@ dfc_status cuda_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pr
         const float g = pass * g_in[at];
         if (dmo) {
             dmo[b * out_m + j] = -recipm1 * g;
-            if (learned) /* the variance channels do not reach pred_xstart */
+            if (output_kind) /* the variance channels do not reach pred_xstart */
                 dmo[b * out_m + m + j] = 0.0f;
         }
         if (dx)

@@ -145,8 +145,7 @@ dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *res
     *out = NULL;
     if (steps < 2 || steps > 1000000)
         return dfc_fail(err, DFC_ERR_VALUE, "diffusion: steps must be in [2, 1000000], got %d", steps);
-    if (variance_type != DFC_VAR_LEARNED_RANGE && variance_type != DFC_VAR_FIXED_LARGE &&
-        variance_type != DFC_VAR_FIXED_SMALL)
+    if ((int)variance_type < (int)DFC_VAR_LEARNED_RANGE || (int)variance_type > (int)DFC_VAR_LEARNED_OUTPUT_FIXED_SMALL)
         return dfc_fail(err, DFC_ERR_VALUE, "diffusion: unknown variance type %d", (int)variance_type);
     dfc_status st = DFC_OK;
     double *base_betas = malloc((size_t)steps * sizeof(double));
@@ -224,7 +223,7 @@ dfc_status dfc_diffusion_create(int steps, const char *schedule, const char *res
         /* beta~_0 = 0, so index 0 reuses beta~_1 ("clipped") */
         double pv = i == 0 ? d->posterior_variance[1] : d->posterior_variance[i];
         d->posterior_log_variance_clipped[i] = log(pv);
-        if (variance_type == DFC_VAR_FIXED_LARGE) {
+        if (variance_type == DFC_VAR_FIXED_LARGE || variance_type == DFC_VAR_LEARNED_OUTPUT_FIXED_LARGE) {
             d->fixed_variance[i] = i == 0 ? d->posterior_variance[1] : d->betas[i];
             d->fixed_log_variance[i] = log(d->fixed_variance[i]);
         } else {
@@ -286,6 +285,17 @@ dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const
     return st;
 }
 
+/* What the model outputs and which variance the step takes (ops.h's DFC_OUTPUT_*) */
+static int output_kind(const dfc_diffusion *d)
+{
+    switch (d->variance_type) {
+    case DFC_VAR_LEARNED_RANGE: return DFC_OUTPUT_EPS_V;
+    case DFC_VAR_LEARNED_OUTPUT_FIXED_LARGE:
+    case DFC_VAR_LEARNED_OUTPUT_FIXED_SMALL: return DFC_OUTPUT_EPS_V_FIXED;
+    default: return DFC_OUTPUT_EPS;
+    }
+}
+
 /* The coefficients p_mean_variance needs at each row's timestep, in `block` (8 n floats). */
 static dfc_posterior_coefs posterior_coefs(const dfc_diffusion *d, const int64_t *indices, int64_t n, float *block)
 {
@@ -326,9 +336,8 @@ dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be
     float *block;
     dfc_posterior_coefs c;
     DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance", &block, &c, err));
-    dfc_status st =
-        be->ops->p_mean_variance_forward(be, model_output, x_t, &c, d->variance_type == DFC_VAR_LEARNED_RANGE, clip,
-                                         mean, variance, log_variance, pred_xstart, err);
+    dfc_status st = be->ops->p_mean_variance_forward(be, model_output, x_t, &c, output_kind(d), clip, mean, variance,
+                                                     log_variance, pred_xstart, err);
     free(block);
     return st;
 }
@@ -341,9 +350,8 @@ dfc_status dfc_diffusion_pred_xstart_backward(const dfc_diffusion *d, dfc_backen
     float *block;
     dfc_posterior_coefs c;
     DFC_TRY(gather_posterior(d, x_t, indices, "p_mean_variance_backward", &block, &c, err));
-    dfc_status st =
-        be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c,
-                                          d->variance_type == DFC_VAR_LEARNED_RANGE, clip, dx_t, d_model_output, err);
+    dfc_status st = be->ops->p_mean_variance_backward(be, d_pred_xstart, model_output, x_t, &c, output_kind(d), clip,
+                                                      dx_t, d_model_output, err);
     free(block);
     return st;
 }

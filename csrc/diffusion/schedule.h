@@ -15,6 +15,10 @@ typedef enum {
     DFC_VAR_LEARNED_RANGE = 0, /* learn_sigma: the model's second half interpolates log beta~ .. log beta */
     DFC_VAR_FIXED_LARGE = 1,   /* [beta~_1, beta_1, ..., beta_{T-1}] (guided-diffusion's default without learn_sigma) */
     DFC_VAR_FIXED_SMALL = 2,   /* beta~ */
+    /* a learn_sigma model's (eps, v) sampled with a fixed variance, v ignored: at coarse respacings the learned
+     * range is wide at the last steps and guided samples get saturated blotches (docs/artefacts.md) */
+    DFC_VAR_LEARNED_OUTPUT_FIXED_LARGE = 3,
+    DFC_VAR_LEARNED_OUTPUT_FIXED_SMALL = 4,
 } dfc_variance_type;
 
 typedef struct dfc_diffusion {
@@ -43,7 +47,7 @@ dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const
                                   const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err);
 
 /* From the model output at respaced indices (N): mean, variance, log_variance, pred_xstart, all shaped like x_t.
- * model_output has 2C channels for the learned range (eps, v), C otherwise. clip clamps pred_xstart to [-1, 1]
+ * model_output has 2C channels for the learned range and the LEARNED_OUTPUT types (eps, v), C otherwise. clip clamps pred_xstart to [-1, 1]
  * before the posterior mean is formed. Any of the outputs but mean may be NULL. */
 dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *model_output,
                                          const dfc_tensor *x_t, const int64_t *indices, int clip, dfc_tensor *mean,

@@ -23,20 +23,20 @@ dfc_status cpu_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 }
 
 dfc_status cpu_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                       const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                       const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *mean,
                                        dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                        dfc_error *err)
 {
-    DFC_TRY(
-        dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart, err));
+    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, output_kind, mean, variance, log_variance, pred_xstart,
+                                      err));
     float *var_out = dfc_optional_data(variance), *log_out = dfc_optional_data(log_variance);
     float *x0_out = dfc_optional_data(pred_xstart);
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), blocks = blocks_of(m);
 #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         for (int64_t k = 0; k < blocks; k++)
-            dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b,
-                                     m, k * BLOCK, block_end(k, m));
+            dfc_p_mean_variance_span(model_output, x_t, coefs, output_kind, clip, mean->data, var_out, log_out, x0_out,
+                                     b, m, k * BLOCK, block_end(k, m));
     return DFC_OK;
 }
 

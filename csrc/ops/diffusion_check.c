@@ -10,15 +10,19 @@ dfc_status dfc_check_rows(const char *op, const char *name, const void *array, d
 }
 
 dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
-                                  const char *x_name, int learned, dfc_error *err)
+                                  const char *x_name, int output_kind, dfc_error *err)
 {
+    if (output_kind < DFC_OUTPUT_EPS || output_kind > DFC_OUTPUT_EPS_V_FIXED)
+        return dfc_fail(err, DFC_ERR_VALUE,
+                        "%s: output_kind must be 0 (eps), 1 (eps, v: learned) or 2 (eps, v: fixed), got %d", op,
+                        output_kind);
     DFC_TRY(dfc_check_ndim(x, op, x_name, 2, DFC_MAX_DIMS, err));
     int64_t shape[DFC_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++)
         shape[i] = x->shape[i];
-    shape[1] *= learned ? 2 : 1;
+    shape[1] *= output_kind ? 2 : 1;
     if (dfc_check_shape(model_output, op, "model_output", x->ndim, shape, err) != DFC_OK) {
-        dfc_error_prefix(err, "%s", learned ? "(learned sigma: 2C channels) " : "(fixed variance: C channels) ");
+        dfc_error_prefix(err, "%s", output_kind ? "(learned sigma: 2C channels) " : "(fixed variance: C channels) ");
         return err ? err->code : DFC_ERR_SHAPE;
     }
     return DFC_OK;
@@ -37,7 +41,7 @@ dfc_status dfc_q_sample_check(const dfc_tensor *x0, const dfc_tensor *noise, con
     return dfc_check_rows(op, "sqrt_one_minus_abar", sqrt_one_minus_abar, err);
 }
 
-dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int learned, dfc_error *err)
+dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int output_kind, dfc_error *err)
 {
     if (!c)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: coefs is missing", op);
@@ -45,18 +49,19 @@ dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int
     DFC_TRY(dfc_check_rows(op, "sqrt_recipm1_abar", c->sqrt_recipm1_abar, err));
     DFC_TRY(dfc_check_rows(op, "coef1", c->coef1, err));
     DFC_TRY(dfc_check_rows(op, "coef2", c->coef2, err));
+    const int learned = output_kind == DFC_OUTPUT_EPS_V;
     DFC_TRY(dfc_check_rows(op, learned ? "min_log" : "variance", learned ? c->min_log : c->variance, err));
     return dfc_check_rows(op, learned ? "max_log" : "log_variance", learned ? c->max_log : c->log_variance, err);
 }
 
 dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                     const dfc_posterior_coefs *coefs, int learned, const dfc_tensor *mean,
+                                     const dfc_posterior_coefs *coefs, int output_kind, const dfc_tensor *mean,
                                      const dfc_tensor *variance, const dfc_tensor *log_variance,
                                      const dfc_tensor *pred_xstart, dfc_error *err)
 {
     const char *op = "p_mean_variance";
-    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
-    DFC_TRY(dfc_check_posterior(op, coefs, learned, err));
+    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", output_kind, err));
+    DFC_TRY(dfc_check_posterior(op, coefs, output_kind, err));
     DFC_TRY(dfc_check_same_shape(x_t, mean, op, "x_t", "mean", err));
     const dfc_tensor *optional[] = {variance, log_variance, pred_xstart};
     const char *names[] = {"variance", "log_variance", "pred_xstart"};
@@ -67,12 +72,12 @@ dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_t
 }
 
 dfc_status dfc_p_mean_variance_backward_check(const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
-                                              const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int learned,
+                                              const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int output_kind,
                                               const dfc_tensor *dx_t, const dfc_tensor *d_model_output, dfc_error *err)
 {
     const char *op = "p_mean_variance_backward";
-    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", learned, err));
-    DFC_TRY(dfc_check_posterior(op, coefs, learned, err));
+    DFC_TRY(dfc_model_output_check(op, model_output, x_t, "x_t", output_kind, err));
+    DFC_TRY(dfc_check_posterior(op, coefs, output_kind, err));
     DFC_TRY(dfc_check_same_shape(x_t, d_pred_xstart, op, "x_t", "d_pred_xstart", err));
     if (present(dx_t))
         DFC_TRY(dfc_check_same_shape(x_t, dx_t, op, "x_t", "dx_t", err));

@@ -10,16 +10,16 @@
 #include "also_device.h"
 #include "ops.h"
 
-/* model_output must be (N, 2C, ...) for the learned range and (N, C, ...) otherwise, with x's other dims (x named
+/* model_output must be (N, 2C, ...) for the DFC_OUTPUT_EPS_V* kinds and (N, C, ...) for DFC_OUTPUT_EPS, with x's other dims (x named
  * x_name in the message). */
 dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
-                                  const char *x_name, int learned, dfc_error *err);
+                                  const char *x_name, int output_kind, dfc_error *err);
 
 dfc_status dfc_q_sample_check(const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
                               const float *sqrt_one_minus_abar, const dfc_tensor *x_t, dfc_error *err);
 
 dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                     const dfc_posterior_coefs *coefs, int learned, const dfc_tensor *mean,
+                                     const dfc_posterior_coefs *coefs, int output_kind, const dfc_tensor *mean,
                                      const dfc_tensor *variance, const dfc_tensor *log_variance,
                                      const dfc_tensor *pred_xstart, dfc_error *err);
 
@@ -28,12 +28,12 @@ dfc_status dfc_sample_step_check(const dfc_tensor *mean, const dfc_tensor *varia
                                  const dfc_tensor *x_prev, dfc_error *err);
 
 dfc_status dfc_p_mean_variance_backward_check(const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
-                                              const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int learned,
+                                              const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int output_kind,
                                               const dfc_tensor *dx_t, const dfc_tensor *d_model_output, dfc_error *err);
 
 /* The other diffusion ops' checks (ref_diffusion.c), shared with the CUDA kernels (csrc/cuda/diffusion.cu). */
 dfc_status dfc_check_rows(const char *op, const char *name, const void *array, dfc_error *err);
-dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int learned, dfc_error *err);
+dfc_status dfc_check_posterior(const char *op, const dfc_posterior_coefs *c, int output_kind, dfc_error *err);
 /* a, b (N, C, H, W) and a per-pixel map (N, 1, H, W) */
 dfc_status dfc_check_pixel_map(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *map,
                                const char *map_name, dfc_error *err);
@@ -59,18 +59,18 @@ static inline void dfc_q_sample_span(const dfc_tensor *x0, const dfc_tensor *noi
 
 /* variance, log_variance, pred_xstart: NULL when not wanted */
 static inline void dfc_p_mean_variance_span(const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                            const dfc_posterior_coefs *coefs, int learned, int clip, float *mean,
+                                            const dfc_posterior_coefs *coefs, int output_kind, int clip, float *mean,
                                             float *variance, float *log_variance, float *pred_xstart, int64_t b,
                                             int64_t m, int64_t j0, int64_t j1)
 {
-    const float *eps = model_output->data + b * m * (learned ? 2 : 1);
-    const float *v = learned ? eps + m : NULL;
+    const float *eps = model_output->data + b * m * (output_kind ? 2 : 1);
+    const float *v = output_kind == DFC_OUTPUT_EPS_V ? eps + m : NULL;
     const float *xs = x_t->data + b * m;
     const float recip = coefs->sqrt_recip_abar[b], recipm1 = coefs->sqrt_recipm1_abar[b];
     const float coef1 = coefs->coef1[b], coef2 = coefs->coef2[b];
     for (int64_t j = j0; j < j1; j++) {
         float lv, var;
-        if (learned) {
+        if (v) {
             float frac = (v[j] + 1.0f) / 2.0f; /* not clamped, as guided-diffusion */
             lv = frac * coefs->max_log[b] + (1.0f - frac) * coefs->min_log[b];
             var = expf(lv);

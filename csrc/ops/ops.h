@@ -51,6 +51,13 @@ typedef struct dfc_posterior_coefs {
     const float *variance, *log_variance;             /* fixed variances (unused for the learned range) */
 } dfc_posterior_coefs;
 
+/* What p_mean_variance's model output holds and which variance it takes (its output_kind) */
+enum {
+    DFC_OUTPUT_EPS = 0,         /* (N, C, ...) eps; the fixed variance of the coefficients */
+    DFC_OUTPUT_EPS_V = 1,       /* (N, 2C, ...) eps and v; the learned range (learn_sigma) */
+    DFC_OUTPUT_EPS_V_FIXED = 2, /* (N, 2C, ...) eps and v, v ignored; the fixed variance */
+};
+
 /* The same coefficients in float64 for the training loss's variational bound (host arrays of N entries), plus
  * which rows take the decoder NLL (timestep 0) instead of the KL, and the scale of vb (RESCALED_MSE: K / 1000). */
 typedef struct dfc_vb_coefs {
@@ -187,19 +194,20 @@ typedef struct dfc_ops {
     dfc_status (*q_sample)(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor *noise, const float *sqrt_abar,
                            const float *sqrt_one_minus_abar, dfc_tensor *x_t, dfc_error *err);
     /* guided-diffusion's p_mean_variance for eps prediction, float32 in its operation order: model_output
-     * (N, 2C, ...) = (eps, v) when learned (log_variance = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2,
-     * unclamped), (N, C, ...) = eps otherwise (the fixed variances); pred_xstart clamped to [-1, 1] when clip.
+     * (N, 2C, ...) = (eps, v) for DFC_OUTPUT_EPS_V (log_variance = frac max_log + (1 - frac) min_log, frac = (v + 1)
+     * / 2, unclamped) and DFC_OUTPUT_EPS_V_FIXED (v ignored: the fixed variances), (N, C, ...) = eps for
+     * DFC_OUTPUT_EPS (the fixed variances); pred_xstart clamped to [-1, 1] when clip.
      * mean, variance, log_variance, pred_xstart shaped like x_t; all but mean may be NULL.
      * Backward carries d pred_xstart only (the sampler's x_t-gradient): through the clip (zero where it clamped),
      * dx_t = sqrt_recip_abar g, d model_output = (-sqrt_recipm1_abar g, 0 for v); either output may be NULL. */
     dfc_status (*p_mean_variance_forward)(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                          const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                          const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *mean,
                                           dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                           dfc_error *err);
     dfc_status (*p_mean_variance_backward)(dfc_backend *be, const dfc_tensor *d_pred_xstart,
                                            const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                           const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *dx_t,
-                                           dfc_tensor *d_model_output, dfc_error *err);
+                                           const dfc_posterior_coefs *coefs, int output_kind, int clip,
+                                           dfc_tensor *dx_t, dfc_tensor *d_model_output, dfc_error *err);
     /* a reverse step x_prev = mean - variance grad + noise_weight[b] exp(log_variance / 2) noise (noise_weight is
      * [i != 0]); grad NULL: unguided (variance unused). x_prev may alias mean. No backward (a sample). */
     dfc_status (*sample_step)(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,

@@ -26,31 +26,31 @@ dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 /* ---- p_mean_variance, forward and backward ---- */
 
 dfc_status ref_p_mean_variance_forward(dfc_backend *be, const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                       const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *mean,
+                                       const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *mean,
                                        dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,
                                        dfc_error *err)
 {
-    DFC_TRY(
-        dfc_p_mean_variance_check(model_output, x_t, coefs, learned, mean, variance, log_variance, pred_xstart, err));
+    DFC_TRY(dfc_p_mean_variance_check(model_output, x_t, coefs, output_kind, mean, variance, log_variance, pred_xstart,
+                                      err));
     float *var_out = dfc_optional_data(variance), *log_out = dfc_optional_data(log_variance);
     float *x0_out = dfc_optional_data(pred_xstart);
     const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
-        dfc_p_mean_variance_span(model_output, x_t, coefs, learned, clip, mean->data, var_out, log_out, x0_out, b, m, 0,
-                                 m);
+        dfc_p_mean_variance_span(model_output, x_t, coefs, output_kind, clip, mean->data, var_out, log_out, x0_out, b,
+                                 m, 0, m);
     return DFC_OK;
 }
 
 dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pred_xstart,
                                         const dfc_tensor *model_output, const dfc_tensor *x_t,
-                                        const dfc_posterior_coefs *coefs, int learned, int clip, dfc_tensor *dx_t,
+                                        const dfc_posterior_coefs *coefs, int output_kind, int clip, dfc_tensor *dx_t,
                                         dfc_tensor *d_model_output, dfc_error *err)
 {
-    DFC_TRY(dfc_p_mean_variance_backward_check(d_pred_xstart, model_output, x_t, coefs, learned, dx_t, d_model_output,
-                                               err));
+    DFC_TRY(dfc_p_mean_variance_backward_check(d_pred_xstart, model_output, x_t, coefs, output_kind, dx_t,
+                                               d_model_output, err));
     float *dx = dfc_optional_data(dx_t), *dmo = dfc_optional_data(d_model_output);
-    const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (learned ? 2 : 1);
+    const int64_t n = x_t->shape[0], m = dfc_inner_size(x_t, 1), out_m = m * (output_kind ? 2 : 1);
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++) {
         const float recip = coefs->sqrt_recip_abar[b], recipm1 = coefs->sqrt_recipm1_abar[b];
@@ -65,7 +65,7 @@ dfc_status ref_p_mean_variance_backward(dfc_backend *be, const dfc_tensor *d_pre
             if (dx)
                 dx[at] = recip * g;
         }
-        if (dmo && learned) /* the variance channels do not reach pred_xstart */
+        if (dmo && output_kind) /* the variance channels do not reach pred_xstart */
             memset(dmo + b * out_m + m, 0, (size_t)m * sizeof(float));
     }
     return DFC_OK;

@@ -17,8 +17,8 @@ static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwarg
 {
     static char *kwlist[] = {"steps", "schedule", "respacing", "variance_type", NULL};
     dfc_py_int_arg steps = {"Diffusion: steps", 1, INT_MAX, 1000};
-    dfc_py_int_arg variance_type = {"Diffusion: variance_type", DFC_VAR_LEARNED_RANGE, DFC_VAR_FIXED_SMALL,
-                                    DFC_VAR_LEARNED_RANGE};
+    dfc_py_int_arg variance_type = {"Diffusion: variance_type", DFC_VAR_LEARNED_RANGE,
+                                    DFC_VAR_LEARNED_OUTPUT_FIXED_SMALL, DFC_VAR_LEARNED_RANGE};
     const char *schedule = "linear", *respacing = "";
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&ssO&", kwlist, dfc_py_int_converter, &steps, &schedule,
                                      &respacing, dfc_py_int_converter, &variance_type))

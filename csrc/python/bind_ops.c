@@ -451,16 +451,17 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("x0", 1, 4), TENSOR("noise", 1, 4), FLOATS("sqrt_abar", 0), FLOATS("sqrt_one_minus_abar", 0)),       \
       SHAPES(LIKE(0, 0)), CALL(T(0), T(1), VF(2), VF(3), O(0)))                                                        \
     X(p_mean_variance_forward, "p_mean_variance", 4,                                                                   \
-      "p_mean_variance_forward(backend, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, clip) -> (mean, "        \
+      "p_mean_variance_forward(backend, model_output, x_t, " POSTERIOR_COEF_NAMES ", output_kind, clip) -> (mean, "    \
       "variance, log_variance, pred_xstart); the coefficients float32 (N,) (ops.h's dfc_posterior_coefs).",            \
-      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(1), BOOL("learned"), BOOL("clip")),  \
+      ARGS(TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(1), INT("output_kind", 0, 2),        \
+           BOOL("clip")),                                                                                              \
       SHAPES(LIKE(0, 1); LIKE(1, 1); LIKE(2, 1); LIKE(3, 1)),                                                          \
       CALL(T(0), T(1), POSTERIOR_COEFS(2), I(10), I(11), O(0), O(1), O(2), O(3)))                                      \
     X(p_mean_variance_backward, "p_mean_variance_backward", 2,                                                         \
-      "p_mean_variance_backward(backend, d_pred_xstart, model_output, x_t, " POSTERIOR_COEF_NAMES ", learned, "        \
+      "p_mean_variance_backward(backend, d_pred_xstart, model_output, x_t, " POSTERIOR_COEF_NAMES ", output_kind, "    \
       "clip) -> (dx_t, d_model_output).",                                                                              \
       ARGS(TENSOR("d_pred_xstart", 2, 4), TENSOR("model_output", 2, 4), TENSOR("x_t", 2, 4), POSTERIOR_COEF_ARGS(2),   \
-           BOOL("learned"), BOOL("clip")),                                                                             \
+           INT("output_kind", 0, 2), BOOL("clip")),                                                                    \
       SHAPES(LIKE(0, 2); LIKE(1, 1)), CALL(T(0), T(1), T(2), POSTERIOR_COEFS(3), I(11), I(12), O(0), O(1)))            \
     X(sample_step, "sample_step", 1,                                                                                   \
       "sample_step(backend, mean, variance, log_variance, grad_or_None, noise, noise_weight (N,)) -> x_prev.",         \

@@ -27,6 +27,7 @@ Config (TOML; every key is also a command-line flag, which wins):
     steps = 1000
     schedule = "linear"
     respacing = "400"
+    variance = "learned"                 # learned | small | large
 
     [method]                             # diffice.explain.explainer.ExplainerConfig
     method = "diff-ice"
@@ -52,6 +53,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..models.diffusion import VARIANCES
 from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
 from .explainer import METHODS, ExplainerConfig
 
@@ -71,7 +73,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     perceptual_taps=["layer4"],
     device="cpu",
 )
-DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400")
+DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400", variance="learned")
 SECTIONS = {
     "models": MODEL_DEFAULTS,
     "diffusion": DIFFUSION_DEFAULTS,
@@ -89,6 +91,7 @@ CONFIG_CHOICES: dict[str, list[Any]] = dict(
     perceptual_variant=["mse", "normalized"],
     perceptual_taps=["stem", "layer1", "layer2", "layer3", "layer4"],
     schedule=["linear", "cosine"],
+    variance=list(VARIANCES),
     method=list(METHODS),
     class_loss=["ce", "logit"],
     grad_at=["current", "previous"],
@@ -99,8 +102,9 @@ CONFIG_HELP: dict[str, str] = dict(
     # [models]
     preset="'demo': the models bundled with diffice (the phantom DDPM, plane classifier f and the demo's pixel "
     "Lp, mean squared distance) instead of unet/classifier/perceptual files; the demo's settings (L=5, "
-    "tau 30 of 100 respaced steps, lambda_c 40 60 80, lambda_p 3000, 64x80 images) become the defaults, "
-    "and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points it at another folder "
+    "tau 30 of 100 respaced steps with beta~ as the step variance, lambda_c 40 60 80, lambda_p 3000, 64x80 "
+    "images) become the defaults, and other flags still override [method] and [run]. $DIFFICE_DEMO_MODELS points "
+    "it at another folder "
     "of demo models",
     unet="the guided-diffusion UNet, the denoiser (.safetensors / .pt / .npz); required unless --models demo",
     num_heads="attention heads of the UNet (not inferable from its weights)",
@@ -126,6 +130,10 @@ CONFIG_HELP: dict[str, str] = dict(
     schedule="the noise schedule the UNet was trained with",
     respacing="sampling steps: 'K' (K evenly spaced, e.g. 400), 'a,b,...' (section counts), 'ddimK', or '' "
     "(none); tau counts these steps",
+    variance="the reverse step's variance: learned (the UNet's learned range, as the paper; a UNet without "
+    "learn_sigma: fixed large), small (beta~) or large (beta), which ignore a learn_sigma UNet's v. The demo "
+    "uses small: at its 100 steps the learned range is wide at the last steps and the counterfactuals get "
+    "saturated blotches (docs/artefacts.md)",
     # [method]
     method="diff-ice (L iterations), diff-ice-1 (one), diff-ice-1-xt (gradient through the UNet), dime, "
     "fastdime (with its mask)",

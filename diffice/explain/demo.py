@@ -32,7 +32,7 @@ import numpy as np
 
 from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
 from ..evaluation.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED, mean_interval, mqd, mqd_terms
-from ..models.diffusion import GaussianDiffusion
+from ..models.diffusion import GaussianDiffusion, fixed_variance_of
 from ..models.unet import UNet
 from .explainer import Explainer
 
@@ -44,7 +44,9 @@ DEMO_LAMBDA_P = 3000.0  # on the per-pixel mean squared distance: chosen on phan
 DEMO_METHOD: dict[str, Any] = dict(
     method="diff-ice", iterations=5, tau=30, lambda_c=[40.0, 60.0, 80.0], lambda_p=DEMO_LAMBDA_P
 )
-DEMO_DIFFUSION: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100")
+# variance "small" (beta~), not the DDPM's learned range: at 100 of 1000 steps the learned variance of the last
+# steps is up to 9x beta~ and the guided counterfactuals get saturated blotches (docs/artefacts.md)
+DEMO_DIFFUSION: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="100", variance="small")
 DEMO_PHANTOM_SEED = 20261125  # not a seed the models were trained on (training: seed 1)
 DEMO_N = 24  # phantoms explained by default: enough for a per-iteration MQD interval (README), ~2 min
 DEMO_BATCH = 8  # images per sampler call: a stopped demo keeps every finished batch (resumable)
@@ -95,6 +97,7 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
         DEMO_DIFFUSION["schedule"],
         DEMO_DIFFUSION["respacing"],
         learn_sigma=unet.config["learn_sigma"],
+        fixed_variance=fixed_variance_of(DEMO_DIFFUSION["variance"]),
     )
     classifier = load_model(
         root / "classifier.safetensors", backend, expect="PlaneClassifier", what="the demo's classifier"

@@ -15,9 +15,26 @@ from .. import ops
 from .._native import _C
 from .network import config_int
 
-_VARIANCE_TYPES = {"learned_range": 0, "fixed_large": 1, "fixed_small": 2}
+_VARIANCE_TYPES = {
+    "learned_range": 0,
+    "fixed_large": 1,
+    "fixed_small": 2,
+    "learned_output_fixed_large": 3,  # a learn_sigma model whose v is ignored
+    "learned_output_fixed_small": 4,
+}
 
 IndexLike = Union[int, np.ndarray, list]
+
+# a run config's [diffusion] variance -> GaussianDiffusion's fixed_variance
+VARIANCES: dict[str, str | None] = {"learned": None, "small": "small", "large": "large"}
+
+
+def fixed_variance_of(variance: str, where: str = "diffusion.variance") -> str | None:
+    """GaussianDiffusion's fixed_variance for a config's variance name (ValueError naming `where` otherwise)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"{where} must be one of {list(VARIANCES)}, got {variance!r}")
+    return VARIANCES[variance]
+
 
 _BE = "ref"  # the reference kernels (the oracle); schedule.c gathers the same float32 coefficients for the sampler
 
@@ -39,8 +56,13 @@ class GaussianDiffusion:
         schedule: "linear" (beta from 1e-4 to 0.02, scaled by 1000/T) or "cosine".
         respacing: "" (no respacing), "K" (K evenly spaced steps, e.g. "400"), "a,b,..." (section counts) or
             "ddimK", exactly as guided-diffusion's ``space_timesteps``.
-        learn_sigma: the model outputs 2C channels (eps, v) and the variance interpolates log(beta~)..log(beta).
-        fixed_variance: without learn_sigma, "large" ([beta~_1, beta_1..]) or "small" (beta~).
+        learn_sigma: the model outputs 2C channels (eps, v); by default the variance interpolates
+            log(beta~)..log(beta) with v (the paper's learned variance).
+        fixed_variance: None (default): the learned range with learn_sigma, "large" without (guided-diffusion's
+            defaults); "large" ([beta~_1, beta_1..]) or "small" (beta~): that fixed variance, also for a
+            learn_sigma model, whose v is then ignored. At coarse respacings (e.g. 100 of 1000 steps) the learned
+            range at the last steps is wide and the guided counterfactuals get saturated blotches; "small" avoids
+            them at no cost (docs/artefacts.md).
 
     The float64 tables (``betas``, ``alphas_cumprod``, ``posterior_log_variance_clipped``, ...) and the int64
     ``timestep_map`` are attributes (copies).
@@ -52,16 +74,20 @@ class GaussianDiffusion:
         schedule: str = "linear",
         respacing: str = "400",
         learn_sigma: bool = True,
-        fixed_variance: str = "large",
+        fixed_variance: str | None = None,
     ) -> None:
-        if fixed_variance not in ("large", "small"):
-            raise ValueError(f"fixed_variance must be 'large' or 'small', got {fixed_variance!r}")
-        variance_type = "learned_range" if learn_sigma else "fixed_" + fixed_variance
+        if fixed_variance not in (None, "large", "small"):
+            raise ValueError(f"fixed_variance must be None, 'large' or 'small', got {fixed_variance!r}")
+        if fixed_variance is None:
+            variance_type = "learned_range" if learn_sigma else "fixed_large"
+        else:
+            variance_type = ("learned_output_" if learn_sigma else "") + "fixed_" + fixed_variance
         self.steps = config_int("Diffusion: steps", steps)  # 1000.5 is an error, not 1000 steps
         self.schedule = schedule
         self.respacing = str(respacing)
         self.learn_sigma = bool(learn_sigma)
         self.variance_type = variance_type
+        self.fixed_variance = fixed_variance
         self._c = _C.Diffusion(self.steps, schedule, self.respacing, _VARIANCE_TYPES[variance_type])
         self.timestep_map: np.ndarray  # set from the C tables below, with betas, alphas_cumprod, ...
         self._arrays = self._c.arrays()
@@ -77,7 +103,9 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         return (
             f"GaussianDiffusion(steps={self.steps}, schedule={self.schedule!r}, respacing={self.respacing!r}, "
-            f"learn_sigma={self.learn_sigma})"
+            f"learn_sigma={self.learn_sigma}"
+            + ("" if self.fixed_variance is None else f", fixed_variance={self.fixed_variance!r}")
+            + ")"
         )
 
     def _indices(self, i: IndexLike, n: int, op: str = "indices") -> np.ndarray:
@@ -97,8 +125,12 @@ class GaussianDiffusion:
 
     def _posterior(self, model_output: np.ndarray, x_t: np.ndarray, idx: np.ndarray, clip: bool) -> MeanVariance:
         coefs = ops.posterior_coefs(self._arrays, idx, _VARIANCE_TYPES[self.variance_type])
-        learned = self.variance_type == "learned_range"
-        return MeanVariance(*ops.p_mean_variance(model_output, x_t, coefs, learned=learned, clip=clip, backend=_BE))
+        ignore_v = self.variance_type.startswith("learned_output_")
+        return MeanVariance(
+            *ops.p_mean_variance(
+                model_output, x_t, coefs, learned=self.learn_sigma, ignore_v=ignore_v, clip=clip, backend=_BE
+            )
+        )
 
     def model_timesteps(self, i: IndexLike) -> np.ndarray:
         """The original timesteps the denoiser receives for respaced indices i."""

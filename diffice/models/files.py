@@ -33,7 +33,7 @@ from .description import (
     unet_layout,
     weights_of,
 )
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, fixed_variance_of
 from .network import config_bool, config_int
 from .oracle import ConceptOracle
 from .perceptual import PerceptualLoss, PixelLoss
@@ -109,7 +109,13 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
         use_new_attention_order=config_bool("models.use_new_attention_order", m["use_new_attention_order"]),
         backend=backend,
     )
-    diffusion = GaussianDiffusion(steps, d["schedule"], str(d["respacing"]), learn_sigma=unet.config["learn_sigma"])
+    diffusion = GaussianDiffusion(
+        steps,
+        d["schedule"],
+        str(d["respacing"]),
+        learn_sigma=unet.config["learn_sigma"],
+        fixed_variance=fixed_variance_of(d.get("variance", "learned")),
+    )
     classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"], backend)
     perceptual = load_perceptual(
         m["perceptual_kind"], m["perceptual"], m["perceptual_variant"], m["perceptual_taps"], backend

@@ -71,9 +71,9 @@ class VbCoefs(NamedTuple):
 
 
 def _fixed_variances(arrays: Mapping[str, np.ndarray], variance_type: int) -> tuple[np.ndarray, np.ndarray]:
-    """(variance, log_variance) over all timesteps for variance_type 1 (fixed large) or 2 (fixed small)."""
+    """(variance, log_variance) over all timesteps for variance_type 1 or 3 (fixed large), 2 or 4 (fixed small)."""
     pv = arrays["posterior_variance"]
-    if variance_type == 1:
+    if variance_type in (1, 3):
         var = np.concatenate([pv[1:2], arrays["betas"][1:]])
         return var, np.log(var)
     return pv, arrays["posterior_log_variance_clipped"]
@@ -83,7 +83,8 @@ def posterior_coefs(
     arrays: Mapping[str, np.ndarray], indices: Sequence[int] | np.ndarray, variance_type: int = 0
 ) -> PosteriorCoefs:
     """The float32 coefficients at respaced indices (N,) from Diffusion.arrays() (float64 tables), cast as
-    guided-diffusion's _extract_into_tensor. variance_type: 0 learned range, 1 fixed large, 2 fixed small."""
+    guided-diffusion's _extract_into_tensor. variance_type: 0 learned range, 1 fixed large, 2 fixed small (3 and 4:
+    fixed large and small for a learn_sigma model, as 1 and 2)."""
     idx = np.asarray(indices, dtype=np.int64)
     var, log_var = _fixed_variances(arrays, variance_type)
     tables = [
@@ -128,18 +129,29 @@ def q_sample(
     return _C.q_sample(get_backend(backend), x0, noise, _rows(sqrt_abar, n), _rows(sqrt_one_minus_abar, n))
 
 
+def _output_kind(learned: bool, ignore_v: bool) -> int:
+    """ops.h's DFC_OUTPUT_*: 0 eps, 1 (eps, v) with the learned range, 2 (eps, v) with the fixed variance."""
+    if ignore_v and not learned:
+        raise ValueError("p_mean_variance: ignore_v needs learned=True (a model output with v channels)")
+    return (2 if ignore_v else 1) if learned else 0
+
+
 def p_mean_variance(
     model_output: np.ndarray,
     x_t: np.ndarray,
     coefs: PosteriorCoefs,
     *,
     learned: bool = True,
+    ignore_v: bool = False,
     clip: bool = True,
     backend: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, variance, log_variance, pred_xstart), each shaped like x_t (N, C, ...), from model_output
-    (N, 2C, ...) = (eps, v) when learned, else (N, C, ...) = eps; pred_xstart clamped to [-1, 1] when clip."""
-    return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, *coefs, bool(learned), bool(clip))
+    (N, 2C, ...) = (eps, v) when learned, else (N, C, ...) = eps; pred_xstart clamped to [-1, 1] when clip. The
+    variance: the learned range with v, or with ignore_v (learned only) or without learned the coefficients' fixed
+    variance."""
+    kind = _output_kind(learned, ignore_v)
+    return _C.p_mean_variance_forward(get_backend(backend), model_output, x_t, *coefs, kind, bool(clip))
 
 
 def p_mean_variance_backward(
@@ -149,13 +161,13 @@ def p_mean_variance_backward(
     coefs: PosteriorCoefs,
     *,
     learned: bool = True,
+    ignore_v: bool = False,
     clip: bool = True,
     backend: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(dx_t, d_model_output) from d_pred_xstart, through the clip (zero where it clamped); the v channels get 0."""
-    return _C.p_mean_variance_backward(
-        get_backend(backend), d_pred_xstart, model_output, x_t, *coefs, bool(learned), bool(clip)
-    )
+    kind = _output_kind(learned, ignore_v)
+    return _C.p_mean_variance_backward(get_backend(backend), d_pred_xstart, model_output, x_t, *coefs, kind, bool(clip))
 
 
 def sample_step(

@@ -284,10 +284,14 @@ class DiffusionLoss:
         respacing: str = "",
         learn_sigma: bool = True,
         loss_type: str = "mse",
-        fixed_variance: str = "large",
+        fixed_variance: str | None = None,
     ) -> None:
         if loss_type not in _LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {sorted(_LOSS_TYPES)}, got {loss_type!r}")
+        if learn_sigma and fixed_variance is not None:
+            raise ValueError(
+                "DiffusionLoss: with learn_sigma the variational bound trains v; fixed_variance must be None"
+            )
         self.diffusion = GaussianDiffusion(steps, schedule, respacing, learn_sigma, fixed_variance)
         self.loss_type = loss_type
         # RESCALED_MSE scales vb by num_timesteps / 1000; plain MSE leaves it as is
