@@ -96,6 +96,7 @@ def against_before(path: Path, before_path: Path) -> list[tuple[str, list[str]]]
         if store.image_names() != before.image_names() or not np.array_equal(store.inputs(), before.inputs()):
             raise SystemExit(f"{path} and {before_path} do not hold the same images")
         judges = Judges(store, default_options(store))
+        judges_before = Judges(before, default_options(before))  # each store's images through its own judges
         rows: list[tuple[str, list[str]]] = []
         others = {c["config_id"]: c for c in before.configs()}
         for c in store.configs():
@@ -104,7 +105,7 @@ def against_before(path: Path, before_path: Path) -> list[tuple[str, list[str]]]
                 continue
             for l in range(1, c["iterations"] + 1):
                 name = c["label"] + (f", iteration {l}" if c["iterations"] > 1 else "")
-                rows.append((name, paired(per_image(now, judges, l), per_image(then, judges, l))))
+                rows.append((name, paired(per_image(now, judges, l), per_image(then, judges_before, l))))
         if not rows:
             raise SystemExit(f"{path} and {before_path} share no finished configuration")
         return rows

@@ -54,9 +54,10 @@ def method(**kw):
     return c
 
 
-def write_store(path, configs, ids=None, all_target=False, size=(H, W), models=None):
+def write_store(path, configs, ids=None, all_target=False, size=(H, W), models=None, offset=0.0):
     """A store written directly (no model runs): 12 images named as a phantom sweep names them, input -0.5
-    everywhere; each configuration's iteration l moves image i by DELTA[i] * l / L (+ 0.05 per configuration)."""
+    everywhere; each configuration's iteration l moves image i by DELTA[i] * l / L (+ 0.05 per configuration,
+    + offset)."""
     from diffice.explain.sweep import SweepStore
 
     n, (h, w) = len(DELTA), size
@@ -76,7 +77,7 @@ def write_store(path, configs, ids=None, all_target=False, size=(H, W), models=N
     for k, c in enumerate(store.configs()):
         L = c["iterations"]
         done = list(range(n)) if ids is None or k < len(configs) - 1 else ids
-        steps = np.array([[DELTA[i] * l / L + 0.05 * k for i in done] for l in range(1, L + 1)], np.float32)
+        steps = np.array([[DELTA[i] * l / L + 0.05 * k + offset for i in done] for l in range(1, L + 1)], np.float32)
         cfs = x[done][None] + steps[:, :, None, None, None]
         nonfinite = np.full((L, len(done)), -1)
         if NONFINITE in done:
@@ -246,15 +247,16 @@ def test_paper_comparison_against_another_store(tmp_path, capsys):
     spec.loader.exec_module(script)
     now, before = tmp_path / "now.sqlite", tmp_path / "before.sqlite"
     write_store(now, BASE_CONFIGS + ABLATION, size=(64, 80), models=dict(source="demo")).close()
-    write_store(before, BASE_CONFIGS, size=(64, 80), models=dict(source="demo")).close()
+    write_store(before, BASE_CONFIGS, size=(64, 80), models=dict(source="demo"), offset=0.02).close()
     assert script.main(["--store", str(now), "--before", str(before)]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[3:]}
     assert len(rows) == sum(c.get("iterations", 1) for c in BASE_CONFIGS) and "minus" in lines[0]
+    # Diff-ICE's iteration 1 (configuration 0, L = 2) moved image i by DELTA[i] / 2 here, DELTA[i] / 2 + 0.02 before
+    expected = np.mean([abs(DELTA[i] / 2) - abs(DELTA[i] / 2 + 0.02) for i in range(len(DELTA))])
+    first = rows[next(iter(rows))][script.TERMS.index("L1")]
+    assert float(first.split()[0]) == pytest.approx(expected, abs=2e-3) and first.endswith(f"(n={len(DELTA)})")
     both = len(DELTA) - 1  # the image that went non-finite is left out
-    for cells in rows.values():  # the same configurations and images: no difference
-        assert cells[script.TERMS.index("L1")].startswith("+0.000 [+0.000, +0.000] (n=")
-    assert rows[next(iter(rows))][script.TERMS.index("L1")].endswith(f"(n={len(DELTA)})")
     assert any(c[script.TERMS.index("L1")].endswith(f"(n={both})") for c in rows.values())
     other = tmp_path / "other.sqlite"
     write_store(other, BASE_CONFIGS, size=(32, 40), models=dict(source="demo")).close()
