@@ -49,7 +49,7 @@ from diffice.data.images import to_uint8
 from diffice.evaluation.metrics import mqd, new_saturated_pixel_rate, saturated_pixel_rate
 from diffice.explain.demo import DEMO_DIFFUSION, DEMO_METHOD, DemoModels, demo_phantoms, load_demo_models
 from diffice.explain.explainer import PythonGuidance
-from diffice.models.diffusion import GaussianDiffusion, fixed_variance_of
+from diffice.models.diffusion import GaussianDiffusion, diffusion_from_section
 
 # The conditions measured before the fix ran on the DDPM's learned variance (the demo's then); "default" is the demo
 # as it is (beta~, the fixed small variance, since docs/artefacts.md's fix). "diffusion": the demo's [diffusion]
@@ -107,7 +107,7 @@ def python_diff_ice(
     cfg = DEMO_METHOD
     unet = models.unet
     d = (
-        GaussianDiffusion(1000, "linear", "100", learn_sigma=True)  # the learned range
+        diffusion_from_section(dict(DEMO_DIFFUSION, **LEARNED), learn_sigma=True)
         if fixed_variance in (None, "last4")
         else GaussianDiffusion(1000, "linear", "100", learn_sigma=False, fixed_variance=fixed_variance)
     )
@@ -170,11 +170,8 @@ def run_condition(models: DemoModels, name: str, x: np.ndarray, seed: int) -> di
     else:
         overrides = dict(C_CONDITIONS[name])
         if "diffusion" in overrides:
-            d = dict(DEMO_DIFFUSION, **overrides.pop("diffusion"))
-            diffusion = GaussianDiffusion(
-                d["steps"], d["schedule"], d["respacing"], True, fixed_variance_of(d["variance"])
-            )
-            models = replace(models, diffusion=diffusion)
+            section = dict(DEMO_DIFFUSION, **overrides.pop("diffusion"))
+            models = replace(models, diffusion=diffusion_from_section(section, learn_sigma=True))
         result = models.explainer(**overrides).explain(x, target=1, seed=seed, warn=False)
         cf, flipped = result.counterfactuals, result.flipped
     return dict(cf=cf, flipped=flipped, seconds=time.time() - t0, log=np.array([list(r.values()) for r in log]))
@@ -190,7 +187,7 @@ def _png_values(images: np.ndarray) -> np.ndarray:
 def variance_head(models: DemoModels, x: np.ndarray, seed: int = 0) -> str:
     """What the DDPM's learned variance does at the sampler's steps: (v + 1) / 2 (0: log beta~, 1: log beta) over the
     pixels of x noised to respaced index i, and the variance it gives against beta~."""
-    d, rng = GaussianDiffusion(1000, "linear", "100", learn_sigma=True), np.random.default_rng(seed)
+    d, rng = diffusion_from_section(dict(DEMO_DIFFUSION, **LEARNED), learn_sigma=True), np.random.default_rng(seed)
     lines = [
         "| i | t | beta~ | beta | (v + 1) / 2 mean [5%, 95%] | learned variance / beta~ |",
         "|---|---|---|---|---|---|",

@@ -234,6 +234,8 @@ def test_diffusion_variance_chooses_the_reverse_steps_variance(tmp_path, rng, mo
         ValueError, match=r"diffusion.variance must be one of \['learned', 'small', 'large'\], got 'tiny'"
     ):
         load_run_models(load_config(None, dict(base, variance="tiny")))
+    with pytest.raises(ValueError, match="diffusion.variance"):  # checked before any model file is read
+        load_run_models(load_config(None, dict(base, unet="missing.safetensors", variance="tiny")))
     write_images(tmp_path / "in", rng, 1)
     out = {}
     for variance in ("learned", "small"):

@@ -47,8 +47,8 @@ dfc_status dfc_diffusion_q_sample(const dfc_diffusion *d, dfc_backend *be, const
                                   const dfc_tensor *noise, dfc_tensor *x_t, dfc_error *err);
 
 /* From the model output at respaced indices (N): mean, variance, log_variance, pred_xstart, all shaped like x_t.
- * model_output has 2C channels for the learned range and the LEARNED_OUTPUT types (eps, v), C otherwise. clip clamps pred_xstart to [-1, 1]
- * before the posterior mean is formed. Any of the outputs but mean may be NULL. */
+ * model_output has 2C channels (eps, v) for the learned range and the LEARNED_OUTPUT types, C otherwise. clip
+ * clamps pred_xstart to [-1, 1] before the posterior mean is formed. Any of the outputs but mean may be NULL. */
 dfc_status dfc_diffusion_p_mean_variance(const dfc_diffusion *d, dfc_backend *be, const dfc_tensor *model_output,
                                          const dfc_tensor *x_t, const int64_t *indices, int clip, dfc_tensor *mean,
                                          dfc_tensor *variance, dfc_tensor *log_variance, dfc_tensor *pred_xstart,

@@ -10,8 +10,8 @@
 #include "also_device.h"
 #include "ops.h"
 
-/* model_output must be (N, 2C, ...) for the DFC_OUTPUT_EPS_V* kinds and (N, C, ...) for DFC_OUTPUT_EPS, with x's other dims (x named
- * x_name in the message). */
+/* model_output must be (N, 2C, ...) for the DFC_OUTPUT_EPS_V* kinds and (N, C, ...) for DFC_OUTPUT_EPS, with x's
+ * other dims (x named x_name in the message). */
 dfc_status dfc_model_output_check(const char *op, const dfc_tensor *model_output, const dfc_tensor *x,
                                   const char *x_name, int output_kind, dfc_error *err);
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
 from ..evaluation.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED, mean_interval, mqd, mqd_terms
-from ..models.diffusion import GaussianDiffusion, fixed_variance_of
+from ..models.diffusion import GaussianDiffusion, diffusion_from_section
 from ..models.unet import UNet
 from .explainer import Explainer
 
@@ -92,13 +92,7 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
         )
     info = json.loads((root / "demo.json").read_text())
     unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
-    diffusion = GaussianDiffusion(
-        DEMO_DIFFUSION["steps"],
-        DEMO_DIFFUSION["schedule"],
-        DEMO_DIFFUSION["respacing"],
-        learn_sigma=unet.config["learn_sigma"],
-        fixed_variance=fixed_variance_of(DEMO_DIFFUSION["variance"]),
-    )
+    diffusion = diffusion_from_section(DEMO_DIFFUSION, unet.config["learn_sigma"])
     classifier = load_model(
         root / "classifier.safetensors", backend, expect="PlaneClassifier", what="the demo's classifier"
     )

@@ -7,7 +7,8 @@ original training timestep. Images are float32 (N, C, H, W) in [-1, 1].
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
@@ -27,13 +28,6 @@ IndexLike = Union[int, np.ndarray, list]
 
 # a run config's [diffusion] variance -> GaussianDiffusion's fixed_variance
 VARIANCES: dict[str, str | None] = {"learned": None, "small": "small", "large": "large"}
-
-
-def fixed_variance_of(variance: str, where: str = "diffusion.variance") -> str | None:
-    """GaussianDiffusion's fixed_variance for a config's variance name (ValueError naming `where` otherwise)."""
-    if variance not in VARIANCES:
-        raise ValueError(f"{where} must be one of {list(VARIANCES)}, got {variance!r}")
-    return VARIANCES[variance]
 
 
 _BE = "ref"  # the reference kernels (the oracle); schedule.c gathers the same float32 coefficients for the sampler
@@ -125,7 +119,7 @@ class GaussianDiffusion:
 
     def _posterior(self, model_output: np.ndarray, x_t: np.ndarray, idx: np.ndarray, clip: bool) -> MeanVariance:
         coefs = ops.posterior_coefs(self._arrays, idx, _VARIANCE_TYPES[self.variance_type])
-        ignore_v = self.variance_type.startswith("learned_output_")
+        ignore_v = self.learn_sigma and self.fixed_variance is not None
         return MeanVariance(
             *ops.p_mean_variance(
                 model_output, x_t, coefs, learned=self.learn_sigma, ignore_v=ignore_v, clip=clip, backend=_BE
@@ -169,3 +163,19 @@ class GaussianDiffusion:
         out = self._posterior(model_output, x_t, idx, bool(clip))
         noise_weight = (idx != 0).astype(np.float32)  # no noise at the last step
         return ops.sample_step(out.mean, out.variance, out.log_variance, grad, noise, noise_weight, backend=_BE)
+
+
+def check_diffusion_section(section: Mapping[str, Any]) -> tuple[int, str | None]:
+    """(steps, fixed_variance) of a run config's [diffusion] section (variance "learned" when absent), checked
+    without building anything (so a run can fail before it reads a model file); ValueError naming the key."""
+    variance = section.get("variance", "learned")
+    if variance not in VARIANCES:
+        raise ValueError(f"diffusion.variance must be one of {list(VARIANCES)}, got {variance!r}")
+    return config_int("diffusion.steps", section["steps"]), VARIANCES[variance]
+
+
+def diffusion_from_section(section: Mapping[str, Any], learn_sigma: bool) -> GaussianDiffusion:
+    """The GaussianDiffusion of a run config's [diffusion] section (steps, schedule, respacing, variance) for a UNet
+    with or without learn_sigma."""
+    steps, fixed_variance = check_diffusion_section(section)
+    return GaussianDiffusion(steps, section["schedule"], str(section["respacing"]), learn_sigma, fixed_variance)

@@ -33,7 +33,7 @@ from .description import (
     unet_layout,
     weights_of,
 )
-from .diffusion import GaussianDiffusion, fixed_variance_of
+from .diffusion import GaussianDiffusion, check_diffusion_section, diffusion_from_section
 from .network import config_bool, config_int
 from .oracle import ConceptOracle
 from .perceptual import PerceptualLoss, PixelLoss
@@ -101,7 +101,7 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
     check_backend_name(backend)
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
-    steps = config_int("diffusion.steps", d["steps"])  # every setting is checked before a file is read
+    check_diffusion_section(d)  # every setting is checked before a file is read
     unet = load_unet(
         m["unet"],
         num_heads=config_int("models.num_heads", m["num_heads"]),
@@ -109,13 +109,7 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
         use_new_attention_order=config_bool("models.use_new_attention_order", m["use_new_attention_order"]),
         backend=backend,
     )
-    diffusion = GaussianDiffusion(
-        steps,
-        d["schedule"],
-        str(d["respacing"]),
-        learn_sigma=unet.config["learn_sigma"],
-        fixed_variance=fixed_variance_of(d.get("variance", "learned")),
-    )
+    diffusion = diffusion_from_section(d, unet.config["learn_sigma"])
     classifier = load_classifier(m["classifier_kind"], m["classifier"], m["target_class"], backend)
     perceptual = load_perceptual(
         m["perceptual_kind"], m["perceptual"], m["perceptual_variant"], m["perceptual_taps"], backend
