@@ -64,7 +64,7 @@ def test_memory_grows_for_a_larger_call_and_is_kept_for_smaller_ones(diffusion, 
     settings = dict(method="diff-ice-1", tau=2, lambda_c=(5.0,))  # the memory does not depend on tau
     unet = tiny_unet()
     ex = Explainer(unet, diffusion, *guides, **dict(SETTINGS, **settings))
-    small, large, other_shape = images(1, 1), images(2, 5, 48, 64), images(3, 2, 24, 32)
+    small, large, other_shape = images(1, 1), images(2, 6, 96, 128), images(3, 2, 24, 32)
     ex.explain(small, seed=1, warn=False)
     held_small = ex.held_bytes
     large_result = ex.explain(large, seed=1, warn=False)

@@ -261,3 +261,19 @@ def test_one_network_interface_with_a_conditioning_input(rng):
 
     with pytest.raises(ValueError, match=r"the denoiser \(plane_classifier\) must take timesteps"):
         _C.sample(cfg, clf._c, d._c, NoGuidance(), be, np.clip(x, -1, 1), np.arange(2, dtype=np.uint64))
+
+
+@pytest.mark.parametrize("updown", [True, False])
+def test_forward_holds_the_skips_and_one_blocks_working_memory(rng, updown):
+    """Without a tape each activation is released after its last reader: the forward's workspace peak is the skips
+    (about 4.7 full-resolution activations of this model) and one block's working memory: 9.0 activations without and
+    11.3 with resampling ResBlocks, where keeping every block's output, concatenation and intermediates to the end of
+    the call (the design before) held 36.4 and 44.4."""
+    cfg = dict(small_config(updown=updown), num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_resolutions=(4, 8))
+    unet = UNet.random(cfg, seed=3)
+    n, h, w = 3, 40, 56
+    x = randn(rng, n, 1, h, w)
+    y = unet.forward(x, np.full(n, 7))
+    activation = n * cfg["model_channels"] * h * w * 4  # bytes of one model_channels activation at full resolution
+    assert unet.last_peak_bytes < 13 * activation, unet.last_peak_bytes / activation
+    assert rel_err(y, torch_model(unet)(torch.from_numpy(x).double(), torch.full((n,), 7)).detach().numpy()) < 1e-5

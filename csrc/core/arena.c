@@ -59,12 +59,26 @@ size_t dfc_arena_capacity(const dfc_arena *arena)
     return total;
 }
 
-/* Makes chunk `index` (after the current one: free by the bump discipline) at least `bytes` large. */
+/* Makes chunk `index` (after the current one: free by the bump discipline) at least `bytes` large. The chunks
+ * from `index` on are all free, so their order is nobody's business: the smallest one that fits is moved to `index`
+ * (a call whose tensors change size from phase to phase reuses what it holds instead of growing a new chunk for
+ * each phase); only when none fits is the chunk at `index` replaced by a larger one. */
 static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *err)
 {
-    if (index < arena->num_chunks && arena->chunks[index].capacity >= bytes)
+    int best = -1;
+    for (int i = index; i < arena->num_chunks; i++)
+        if (arena->chunks[i].capacity >= bytes &&
+            (best < 0 || arena->chunks[i].capacity < arena->chunks[best].capacity))
+            best = i;
+    if (best >= 0) {
+        dfc_arena_chunk fits = arena->chunks[best];
+        arena->chunks[best] = arena->chunks[index];
+        arena->chunks[index] = fits;
         return 1;
-    size_t want = bytes > arena->chunk_size ? bytes : arena->chunk_size;
+    }
+    /* a chunk made for one large tensor gets room for the small ones that follow it (a layer's bias-sized outputs),
+     * which would otherwise each open a default-size chunk */
+    size_t want = bytes > arena->chunk_size ? bytes + round_up(arena->chunk_size / 8) : arena->chunk_size;
     size_t held = dfc_arena_capacity(arena) - (index < arena->num_chunks ? arena->chunks[index].capacity : 0);
     if (arena->limit && held + want > arena->limit) {
         dfc_fail(err, DFC_ERR_NOMEM, "arena: %zu more bytes would pass the memory limit of %zu bytes (%zu held)", want,

@@ -288,10 +288,20 @@ static dfc_tensor as_image(const dfc_tensor *x)
 dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
                                   dfc_tensor *y, dfc_error *err)
 {
+    return dfc_conv_layer_forward_reusing(be, l, x, NULL, arena, y, err);
+}
+
+dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
+                                          const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
+{
     dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x);
     int64_t ho = (xi.shape[2] + 2 * l->p.pad_h - w.shape[2]) / l->p.stride_h + 1;
     int64_t wo = (xi.shape[3] + 2 * l->p.pad_w - w.shape[3]) / l->p.stride_w + 1;
-    dfc_tensor yi = dfc_alloc4(arena, xi.shape[0], w.shape[0], ho, wo, err);
+    dfc_tensor yi;
+    if (spare && dfc_numel(spare) >= xi.shape[0] * w.shape[0] * ho * wo)
+        yi = dfc_tensor4(spare->data, xi.shape[0], w.shape[0], ho, wo);
+    else
+        yi = dfc_alloc4(arena, xi.shape[0], w.shape[0], ho, wo, err);
     DFC_CHECK_ALLOC(yi);
     DFC_TRY(be->ops->conv2d_forward(be, &xi, &w, l->bias.data ? &l->bias : NULL, l->p, &yi, err));
     *y = yi;

@@ -112,6 +112,10 @@ typedef struct dfc_grad_target {
 
 dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
                                   dfc_tensor *y, dfc_error *err);
+/* The same with y in spare's memory when spare (a tensor the caller no longer needs, or NULL) holds enough
+ * elements, else from arena. */
+dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
+                                          const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y, dfc_error *err);
 /* dx may be NULL (no input gradient wanted). */
 dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, const dfc_tensor *dy,
                                    dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err);

@@ -7,6 +7,8 @@
 #define GN_GROUPS 32 /* guided-diffusion normalization(): GroupNorm32(32, C) */
 #define GN_EPS 1e-5f /* PyTorch's GroupNorm default, which GroupNorm32 keeps */
 #define MAX_LAYERS_PER_BLOCK 3
+#define MAX_RES_BLOCKS 16
+#define MAX_INPUT_BLOCKS (1 + DFC_UNET_MAX_LEVELS * (MAX_RES_BLOCKS + 1)) /* the stem, res blocks and downsamples */
 
 /* ---- structure ---- */
 
@@ -153,7 +155,7 @@ static void build(dfc_param_builder *b)
     u->time_linear1 = build_linear(b, mc, 4 * mc, "time_embed.0");
     u->time_linear2 = build_linear(b, 4 * mc, 4 * mc, "time_embed.2");
 
-    int skip_stack[4 * DFC_UNET_MAX_LEVELS * 16], depth = 0;
+    int skip_stack[MAX_INPUT_BLOCKS], depth = 0;
     int ch = c->level_channels[0], nb = 0;
     /* input blocks */
     u->input_blocks[nb].first = u->num_layers;
@@ -236,9 +238,9 @@ static dfc_status validate_config(const dfc_unet_config *c, dfc_error *err)
     const char *op = "UNet config";
     if (c->in_channels < 1 || c->out_channels < 1 || c->model_channels < 1 || c->num_res_blocks < 1)
         return dfc_fail(err, DFC_ERR_VALUE, "%s: in/out/model channels and num_res_blocks must be positive", op);
-    if (c->num_levels < 1 || c->num_levels > DFC_UNET_MAX_LEVELS || c->num_res_blocks > 16)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: %d levels (1..%d) and %d res blocks (1..16) per level", op,
-                        c->num_levels, DFC_UNET_MAX_LEVELS, c->num_res_blocks);
+    if (c->num_levels < 1 || c->num_levels > DFC_UNET_MAX_LEVELS || c->num_res_blocks > MAX_RES_BLOCKS)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: %d levels (1..%d) and %d res blocks (1..%d) per level", op,
+                        c->num_levels, DFC_UNET_MAX_LEVELS, c->num_res_blocks, MAX_RES_BLOCKS);
     for (int l = 0; l < c->num_levels; l++) {
         int ch = c->level_channels[l];
         if (ch < GN_GROUPS || ch % GN_GROUPS)
@@ -337,17 +339,22 @@ static dfc_status silu_backward_new(dfc_backend *be, const dfc_tensor *dy, const
 /* guided-diffusion's up/down resampling inside ResBlocks: nearest x2 or 2x2 average pooling. */
 static const dfc_pool2d_params POOL2 = {2, 2, 2, 2, 0, 0};
 
+/* y: (N, C, 2H, 2W) up, (N, C, H/2, W/2) down. */
+static dfc_status resample_into(dfc_backend *be, int updown, const dfc_tensor *x, dfc_tensor *y, dfc_error *err)
+{
+    if (updown > 0)
+        return be->ops->upsample_nearest2x_forward(be, x, y, err);
+    return be->ops->avg_pool2d_forward(be, x, POOL2, y, err);
+}
+
 static dfc_status resample_new(dfc_backend *be, int updown, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y,
                                dfc_error *err)
 {
-    if (updown > 0) {
-        *y = dfc_alloc4(arena, x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3], err);
-        DFC_CHECK_ALLOC(*y);
-        return be->ops->upsample_nearest2x_forward(be, x, y, err);
-    }
-    *y = dfc_alloc4(arena, x->shape[0], x->shape[1], x->shape[2] / 2, x->shape[3] / 2, err);
+    const int64_t h = updown > 0 ? 2 * x->shape[2] : x->shape[2] / 2,
+                  w = updown > 0 ? 2 * x->shape[3] : x->shape[3] / 2;
+    *y = dfc_alloc4(arena, x->shape[0], x->shape[1], h, w, err);
     DFC_CHECK_ALLOC(*y);
-    return be->ops->avg_pool2d_forward(be, x, POOL2, y, err);
+    return resample_into(be, updown, x, y, err);
 }
 
 static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_tensor *dy, const dfc_tensor *x,
@@ -360,11 +367,73 @@ static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_t
     return be->ops->avg_pool2d_backward(be, dy, POOL2, dx, err);
 }
 
-/* Intermediates come from arena, the output from out_arena (the same arena when a tape keeps everything). */
-static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x, const dfc_tensor *emb_act,
-                                   dfc_arena *arena, dfc_arena *out_arena, layer_tape *s, dfc_tensor *out,
-                                   dfc_error *err)
+/* GroupNorm without saving its statistics; y may be x (in place). */
+static dfc_status group_norm_unsaved(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x, dfc_tensor *y,
+                                     dfc_error *err)
 {
+    return be->ops->group_norm_forward(be, x, &l->weight, &l->bias, l->groups, l->eps, y, NULL, NULL, err);
+}
+
+/* Without a tape (s NULL) nothing is kept for a backward, so the block holds as few buffers as the order of its ops
+ * allows: the norms, SiLUs and scale-shift run in place, the second conv writes into the output (the residual sum is
+ * the same in either order), the skip conv into the normalised input once that is dead, and an input the caller no
+ * longer needs (consume_x: an output block's concatenation) feeds the skip conv first and is then normalised in
+ * place. The results are the same numbers as with a tape. */
+static dfc_status resblock_forward_no_tape(dfc_backend *be, const resblock *r, const dfc_tensor *x, int consume_x,
+                                           const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena,
+                                           dfc_tensor *out, dfc_error *err)
+{
+    consume_x = consume_x && r->has_skip_conv && !r->updown && r->cin >= r->cout;
+    dfc_tensor h1 = *x, a1r, xr = *x, h2, e, skip;
+    if (consume_x) {
+        DFC_TRY(dfc_conv_layer_forward(be, &r->skip_conv, x, out_arena, out, err));
+    } else {
+        h1 = dfc_alloc_like(arena, x, err);
+        DFC_CHECK_ALLOC(h1);
+    }
+    DFC_TRY(group_norm_unsaved(be, &r->in_norm, x, &h1, err));
+    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &h1, &h1, err));
+    if (r->updown)
+        DFC_TRY(resample_new(be, r->updown, &h1, arena, &a1r, err));
+    else
+        a1r = h1;
+    DFC_TRY(dfc_conv_layer_forward(be, &r->in_conv, &a1r, arena, &h2, err));
+    if (r->updown) { /* the resampled input takes the resampled activation's place, now that in_conv has read it */
+        xr = dfc_tensor4(a1r.data, x->shape[0], x->shape[1], a1r.shape[2], a1r.shape[3]);
+        DFC_TRY(resample_into(be, r->updown, x, &xr, err));
+    }
+    DFC_TRY(dfc_linear_layer_forward(be, &r->emb, emb_act, arena, &e, err));
+    int64_t n = h2.shape[0], c = r->cout;
+    if (r->emb.weight.shape[0] == 2 * c) {
+        DFC_TRY(group_norm_unsaved(be, &r->out_norm, &h2, &h2, err));
+        DFC_TRY(be->ops->scale_shift_forward(be, &h2, &e, &h2, err));
+    } else {
+        dfc_tensor e4 = dfc_tensor4(e.data, n, c, 1, 1);
+        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &h2, &e4, &h2, err));
+        DFC_TRY(group_norm_unsaved(be, &r->out_norm, &h2, &h2, err));
+    }
+    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &h2, &h2, err));
+    const dfc_tensor *spare = r->updown ? NULL : &h1; /* dead once in_conv has read it */
+    if (consume_x) {                                  /* out holds the skip: out = skip + out_conv(h2) */
+        dfc_tensor h4;
+        DFC_TRY(dfc_conv_layer_forward_reusing(be, &r->out_conv, &h2, spare, arena, &h4, err));
+        return be->ops->binary_forward(be, DFC_BINARY_ADD, out, &h4, out, err);
+    }
+    DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &h2, out_arena, out, err));
+    if (r->has_skip_conv)
+        DFC_TRY(dfc_conv_layer_forward_reusing(be, &r->skip_conv, &xr, spare, arena, &skip, err));
+    else
+        skip = xr;
+    return be->ops->binary_forward(be, DFC_BINARY_ADD, out, &skip, out, err);
+}
+
+/* Intermediates come from arena, the output from out_arena (the same arena when a tape keeps everything). */
+static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc_tensor *x, int consume_x,
+                                   const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena, layer_tape *s,
+                                   dfc_tensor *out, dfc_error *err)
+{
+    if (!s)
+        return resblock_forward_no_tape(be, r, x, consume_x, emb_act, arena, out_arena, out, err);
     dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, h4, skip;
     dfc_tensor in_mean, in_rstd, out_mean, out_rstd, n2 = {0};
     DFC_TRY(dfc_group_norm_layer_forward(be, &r->in_norm, x, arena, &h1, &in_mean, &in_rstd, err));
@@ -399,21 +468,19 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
     else
         skip = xr;
     DFC_TRY(dfc_add_new(be, &skip, &h4, out_arena, out, err));
-    if (s) {
-        s->x = *x;
-        s->in_mean = in_mean;
-        s->in_rstd = in_rstd;
-        s->h1 = h1;
-        s->a1r = a1r;
-        s->xr = xr;
-        s->h2 = h2;
-        s->e = e;
-        s->out_mean = out_mean;
-        s->out_rstd = out_rstd;
-        s->n2 = n2;
-        s->h3 = h3;
-        s->a3 = a3;
-    }
+    s->x = *x;
+    s->in_mean = in_mean;
+    s->in_rstd = in_rstd;
+    s->h1 = h1;
+    s->a1r = a1r;
+    s->xr = xr;
+    s->h2 = h2;
+    s->e = e;
+    s->out_mean = out_mean;
+    s->out_rstd = out_rstd;
+    s->n2 = n2;
+    s->h3 = h3;
+    s->a3 = a3;
     return DFC_OK;
 }
 
@@ -518,12 +585,13 @@ static dfc_status attention_backward(dfc_backend *be, const dfc_unet *u, const a
     return DFC_OK;
 }
 
-static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer *l, const dfc_tensor *x,
+/* consume_x: the caller no longer needs x, so a layer without a tape may overwrite it. */
+static dfc_status layer_forward(dfc_backend *be, const dfc_unet *u, const layer *l, const dfc_tensor *x, int consume_x,
                                 const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena, layer_tape *s,
                                 dfc_tensor *out, dfc_error *err)
 {
     switch (l->kind) {
-    case LAYER_RES: return resblock_forward(be, &l->res, x, emb_act, arena, out_arena, s, out, err);
+    case LAYER_RES: return resblock_forward(be, &l->res, x, consume_x, emb_act, arena, out_arena, s, out, err);
     case LAYER_ATTN: return attention_forward(be, u, &l->attn, x, arena, out_arena, s, out, err);
     case LAYER_CONV:
     case LAYER_DOWN:
@@ -561,25 +629,27 @@ static dfc_status layer_backward(dfc_backend *be, const dfc_unet *u, const layer
     return dfc_fail(err, DFC_ERR_VALUE, "UNet: unknown layer kind %d", (int)l->kind);
 }
 
-/* Without a tape, a block's intermediates live in scratch, which is released when the block is done; only its
- * output goes to arena. With a tape (scratch NULL) everything stays in arena for the backward. */
+/* A block's layers in order: the last one's output from out_arena, the other layers' outputs and every intermediate
+ * from work, released when the block is done; with work NULL (a tape, which keeps everything for the backward, or a
+ * caller without scratch) all from out_arena. consume_x: x is not needed after the block (an output block's
+ * concatenation); the inputs of its layers after the first never are. */
 static dfc_status block_forward(dfc_backend *be, const dfc_unet *u, const block *blk, const dfc_tensor *x,
-                                const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *scratch, unet_tape *tape,
-                                dfc_tensor *out, dfc_error *err)
+                                int consume_x, const dfc_tensor *emb_act, dfc_arena *out_arena, dfc_arena *work,
+                                unet_tape *tape, dfc_tensor *out, dfc_error *err)
 {
-    dfc_arena *tmp = scratch ? scratch : arena;
+    dfc_arena *tmp = work ? work : out_arena;
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
     dfc_tensor h = *x;
     dfc_status st = DFC_OK;
     for (int i = blk->first; i < blk->first + blk->count && st == DFC_OK; i++) {
-        dfc_arena *out_arena = i == blk->first + blk->count - 1 ? arena : tmp;
         dfc_tensor next;
-        st = layer_forward(be, u, &u->layers[i], &h, emb_act, tmp, out_arena, tape ? &tape->layers[i] : NULL, &next,
+        st = layer_forward(be, u, &u->layers[i], &h, consume_x || i > blk->first, emb_act, tmp,
+                           i == blk->first + blk->count - 1 ? out_arena : tmp, tape ? &tape->layers[i] : NULL, &next,
                            err);
         h = next;
     }
-    if (scratch)
-        dfc_arena_reset(scratch, mark);
+    if (work)
+        dfc_arena_reset(work, mark);
     *out = h;
     return st;
 }
@@ -612,8 +682,64 @@ static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error 
     return DFC_OK;
 }
 
-/* outputs[0] = UNet(x, t): the model output (N, out_channels, H, W) from arena; block intermediates from scratch
- * unless a tape keeps everything in arena. t: the original timesteps (N). */
+/* An output block's input: the running activation h and the skip of the matching input block, by channel. */
+static dfc_status concat_skip(dfc_backend *be, const dfc_tensor *h, const dfc_tensor *skip, dfc_arena *arena,
+                              dfc_tensor *cat, dfc_error *err)
+{
+    *cat = dfc_alloc4(arena, h->shape[0], h->shape[1] + skip->shape[1], h->shape[2], h->shape[3], err);
+    DFC_CHECK_ALLOC(*cat);
+    const dfc_tensor *parts[2] = {h, skip};
+    return be->ops->concat_channels(be, parts, 2, cat, err);
+}
+
+/* The head's last conv: a (N, model_channels, H, W) -> y (N, out_channels, H, W) from arena. */
+static dfc_status head_conv(dfc_backend *be, const dfc_unet *u, const dfc_tensor *a, dfc_arena *arena, dfc_tensor *y,
+                            dfc_error *err)
+{
+    *y = dfc_alloc4(arena, a->shape[0], u->cfg.out_channels, a->shape[2], a->shape[3], err);
+    DFC_CHECK_ALLOC(*y);
+    return be->ops->conv2d_forward(be, a, &u->out_conv.weight, &u->out_conv.bias, u->out_conv.p, y, err);
+}
+
+/* The blocks and the head without a tape, each buffer released after its last reader (as PyTorch's reference counts
+ * do): scratch holds the stack of skips, pushed by the input blocks and popped by the output blocks, with the
+ * running activation on top; arena, above the time embedding, holds one block's working memory at a time (an
+ * output block's concatenation and intermediates) and then y. Keeping every block's output to the end of the call
+ * held most of a forward's memory. y is the same numbers either way; scratch is back at its mark on return. */
+static dfc_status forward_no_tape(dfc_backend *be, const dfc_unet *u, const dfc_tensor *x, const dfc_tensor *emb_act,
+                                  dfc_arena *arena, dfc_arena *scratch, dfc_tensor *y, dfc_error *err)
+{
+    const dfc_arena_mark entry = dfc_arena_get_mark(scratch);
+    dfc_arena_mark below_skip[MAX_INPUT_BLOCKS];
+    dfc_tensor skips[MAX_INPUT_BLOCKS];
+    dfc_tensor h = *x;
+    for (int b = 0; b < u->num_input_blocks; b++) {
+        below_skip[b] = dfc_arena_get_mark(scratch);
+        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, 0, emb_act, scratch, arena, NULL, &h, err));
+        skips[b] = h;
+    }
+    DFC_TRY(block_forward(be, u, &u->middle, &h, 0, emb_act, scratch, arena, NULL, &h, err));
+    for (int b = 0; b < u->num_output_blocks; b++) {
+        const int k = u->num_input_blocks - 1 - b;
+        const dfc_arena_mark cat_mark = dfc_arena_get_mark(arena);
+        dfc_tensor cat;
+        DFC_TRY(concat_skip(be, &h, &skips[k], arena, &cat, err));
+        dfc_arena_reset(scratch, below_skip[k]); /* pops skip k and h, which live on in cat */
+        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, 1, emb_act, scratch, arena, NULL, &h, err));
+        dfc_arena_reset(arena, cat_mark);
+    }
+    dfc_tensor a = dfc_alloc_like(scratch, &h, err);
+    DFC_CHECK_ALLOC(a);
+    DFC_TRY(group_norm_unsaved(be, &u->out_norm, &h, &a, err));
+    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &a, &a, err));
+    dfc_status st = head_conv(be, u, &a, arena, y, err);
+    dfc_arena_reset(scratch, entry);
+    return st;
+}
+
+/* outputs[0] = UNet(x, t): the model output (N, out_channels, H, W) from arena. Without a tape, block intermediates
+ * and the decoder's running activation go to scratch (reset to its mark on return) when there is one; a tape keeps
+ * everything in arena. t: the original timesteps (N). */
 static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                            const dfc_tensor *x, const dfc_tensor *t, void **tape_out,
                                            dfc_tensor *outputs, dfc_error *err)
@@ -645,29 +771,27 @@ static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, 
     DFC_TRY(dfc_linear_layer_forward(be, &u->time_linear2, &l1_act, arena, &emb, err));
     DFC_TRY(silu_new(be, &emb, arena, &emb_act, err));
 
-    dfc_tensor skips[4 * DFC_UNET_MAX_LEVELS * 16];
+    dfc_tensor *y = &outputs[0];
+    if (scratch)
+        return forward_no_tape(be, u, x, &emb_act, arena, scratch, y, err);
+    dfc_tensor skips[MAX_INPUT_BLOCKS];
     dfc_tensor h = *x;
     for (int b = 0; b < u->num_input_blocks; b++) {
-        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, &emb_act, arena, scratch, tape, &h, err));
+        DFC_TRY(block_forward(be, u, &u->input_blocks[b], &h, 0, &emb_act, arena, NULL, tape, &h, err));
         skips[b] = h;
     }
-    DFC_TRY(block_forward(be, u, &u->middle, &h, &emb_act, arena, scratch, tape, &h, err));
+    DFC_TRY(block_forward(be, u, &u->middle, &h, 0, &emb_act, arena, NULL, tape, &h, err));
     for (int b = 0; b < u->num_output_blocks; b++) {
         const dfc_tensor *skip = &skips[u->num_input_blocks - 1 - b];
-        dfc_tensor cat = dfc_alloc4(arena, n, h.shape[1] + skip->shape[1], h.shape[2], h.shape[3], err);
-        DFC_CHECK_ALLOC(cat);
-        const dfc_tensor *parts[2] = {&h, skip};
-        DFC_TRY(be->ops->concat_channels(be, parts, 2, &cat, err));
-        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, &emb_act, arena, scratch, tape, &h, err));
+        dfc_tensor cat;
+        DFC_TRY(concat_skip(be, &h, skip, arena, &cat, err));
+        DFC_TRY(block_forward(be, u, &u->output_blocks[b], &cat, 0, &emb_act, arena, NULL, tape, &h, err));
     }
     /* head: GN, SiLU, conv */
     dfc_tensor hn, mean, rstd, a;
     DFC_TRY(dfc_group_norm_layer_forward(be, &u->out_norm, &h, arena, &hn, &mean, &rstd, err));
     DFC_TRY(silu_new(be, &hn, arena, &a, err));
-    dfc_tensor *y = &outputs[0];
-    *y = dfc_alloc4(arena, n, u->cfg.out_channels, x->shape[2], x->shape[3], err);
-    DFC_CHECK_ALLOC(*y);
-    DFC_TRY(be->ops->conv2d_forward(be, &a, &u->out_conv.weight, &u->out_conv.bias, u->out_conv.p, y, err));
+    DFC_TRY(head_conv(be, u, &a, arena, y, err));
     if (tape) {
         tape->temb = temb;
         tape->l1 = l1;

@@ -87,7 +87,8 @@ typedef struct dfc_ops {
                                          dfc_tensor *dweight, dfc_tensor *dbias, dfc_error *err);
 
     /* group norm over (N, C, ...) with `groups` dividing C; gamma, beta (C) or both NULL.
-     * mean, rstd (N, groups) are optional outputs (saved statistics). */
+     * mean, rstd (N, groups) are optional outputs (saved statistics). y may alias x (a group's statistics are
+     * complete before any of its outputs is written). */
     dfc_status (*group_norm_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *gamma,
                                      const dfc_tensor *beta, int groups, float eps, dfc_tensor *y, dfc_tensor *mean,
                                      dfc_tensor *rstd, dfc_error *err);
@@ -254,7 +255,8 @@ typedef struct dfc_ops {
 
     /* ---- UNet ops (issue 15, unetnet) ---- */
     /* guided-diffusion's scale-shift norm (use_scale_shift_norm), per sample and channel: x (N, C, ...),
-     * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch.
+     * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch;
+     * y may alias x.
      * Backward: dx = dy (1 + scale) and dss = [sum dy x | sum dy] over x's non-(N, C) dims, either NULL. */
     dfc_status (*scale_shift_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *ss, dfc_tensor *y,
                                       dfc_error *err);
