@@ -125,6 +125,40 @@ def test_backend_arena_limit(rng, backend):
         _C.arena_roundtrip(ops.get_backend(backend), x, 4096, 8192)
 
 
+MIB = 1 << 20
+SLACK = MIB // 8  # the room a chunk made for one large tensor gets for the small ones after it (chunk size / 8)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_arena_phases_of_different_sizes_share_one_chunk(backend):
+    """Two 3 MiB tensors in one phase, one 6 MiB tensor in the next (a UNet's input and output blocks): the second
+    phase merges the two free chunks into one instead of growing a third, and repeating both phases holds no more."""
+    a, b = [0, 3 * MIB, 3 * MIB, -1], [0, 6 * MIB, -1]
+    capacity, num_chunks, peak = _C.arena_replay(ops.get_backend(backend), a + b + a + b, MIB)
+    assert capacity[len(a) - 1] == 2 * (3 * MIB + SLACK)
+    assert num_chunks == 1 and capacity[-1] == 2 * (3 * MIB + SLACK)  # 6 MiB fit in the merged chunk
+    assert peak == 6 * MIB + SLACK  # the first chunk's unused end counted while the second was in use
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_arena_takes_the_smallest_free_chunk_that_fits(backend):
+    """After an 8 MiB and a 2 MiB chunk are freed, a 2 MiB request takes the 2 MiB chunk, so the 8 MiB one still
+    serves the next request: no growth."""
+    steps = [0, 8 * MIB, 2 * MIB, -1, 0, 2 * MIB, 8 * MIB, -1]
+    capacity, num_chunks, _ = _C.arena_replay(ops.get_backend(backend), steps, MIB)
+    assert num_chunks == 2 and capacity[-1] == capacity[3] == 10 * MIB + 2 * SLACK
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_arena_marks_inside_a_chunk_survive_the_policy(backend):
+    """Nested marks, small tensors sharing a chunk and a reset back into a chunk that is not empty."""
+    steps = [0, 1000, 0, 4 * MIB, 0, 10, -1, 3 * MIB, -1, 500, 2 * MIB, -1, 0, 5 * MIB, -1]
+    capacity, num_chunks, peak = _C.arena_replay(ops.get_backend(backend), steps, MIB)
+    assert capacity[-1] <= 4 * MIB + 3 * MIB + 2 * MIB + 3 * SLACK + MIB and peak >= 7 * MIB
+    with pytest.raises(ValueError, match=r"arena_replay: step 1 is -2"):
+        _C.arena_replay(ops.get_backend(backend), [0, -2], MIB)
+
+
 def test_unknown_backend_names_the_registered_ones():
     with pytest.raises(
         ValueError, match=r"unknown backend 'gpu' \(expected one of 'cpu', 'ref', 'cuda_emulated', 'cuda'\)"

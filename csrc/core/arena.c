@@ -61,15 +61,19 @@ size_t dfc_arena_capacity(const dfc_arena *arena)
 
 /* Makes chunk `index` (after the current one: free by the bump discipline) at least `bytes` large. The chunks
  * from `index` on are all free, so their order is nobody's business: the smallest one that fits is moved to `index`
- * (a call whose tensors change size from phase to phase reuses what it holds instead of growing a new chunk for
- * each phase); only when none fits is the chunk at `index` replaced by a larger one. */
+ * (a call whose tensors change size from phase to phase reuses what it holds). When none fits, they are given back
+ * and one chunk of at least their total size takes their place, so the arena grows by the shortfall only, not by a
+ * new chunk for each phase, and its memory is never held twice. */
 static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *err)
 {
     int best = -1;
-    for (int i = index; i < arena->num_chunks; i++)
+    size_t free_bytes = 0;
+    for (int i = index; i < arena->num_chunks; i++) {
+        free_bytes += arena->chunks[i].capacity;
         if (arena->chunks[i].capacity >= bytes &&
             (best < 0 || arena->chunks[i].capacity < arena->chunks[best].capacity))
             best = i;
+    }
     if (best >= 0) {
         dfc_arena_chunk fits = arena->chunks[best];
         arena->chunks[best] = arena->chunks[index];
@@ -78,8 +82,11 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
     }
     /* a chunk made for one large tensor gets room for the small ones that follow it (a layer's bias-sized outputs),
      * which would otherwise each open a default-size chunk */
-    size_t want = bytes > arena->chunk_size ? bytes + round_up(arena->chunk_size / 8) : arena->chunk_size;
-    size_t held = dfc_arena_capacity(arena) - (index < arena->num_chunks ? arena->chunks[index].capacity : 0);
+    const size_t needed = bytes > arena->chunk_size ? bytes + round_up(arena->chunk_size / 8) : arena->chunk_size;
+    const size_t held = dfc_arena_capacity(arena) - free_bytes;
+    size_t want = needed > free_bytes ? needed : free_bytes;
+    if (arena->limit && held + want > arena->limit)
+        want = needed;
     if (arena->limit && held + want > arena->limit) {
         dfc_fail(err, DFC_ERR_NOMEM, "arena: %zu more bytes would pass the memory limit of %zu bytes (%zu held)", want,
                  arena->limit, held);
@@ -87,6 +94,8 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
     }
     if (index >= arena->max_chunks) {
         int grown = arena->max_chunks ? 2 * arena->max_chunks : 8;
+        while (grown <= index)
+            grown *= 2;
         dfc_arena_chunk *chunks = realloc(arena->chunks, (size_t)grown * sizeof *chunks);
         if (!chunks) {
             dfc_fail(err, DFC_ERR_NOMEM, "arena: out of memory");
@@ -95,18 +104,17 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
         arena->chunks = chunks;
         arena->max_chunks = grown;
     }
+    for (int i = index; i < arena->num_chunks; i++)
+        chunk_free(arena, arena->chunks[i].base);
+    arena->num_chunks = index;
     unsigned char *base = chunk_alloc(arena, want, err);
     if (!base) {
         dfc_error_prefix(err, "arena: ");
         return 0;
     }
-    if (index < arena->num_chunks) {
-        chunk_free(arena, arena->chunks[index].base); /* too small for this request; unused: past the mark */
-    } else {
-        arena->num_chunks = index + 1;
-    }
     arena->chunks[index].base = base;
     arena->chunks[index].capacity = want;
+    arena->num_chunks = index + 1;
     return 1;
 }
 
@@ -119,8 +127,9 @@ void *dfc_arena_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
     }
     int index = arena->current;
     size_t offset = arena->offset;
-    if (arena->num_chunks == 0 || arena->chunks[index].capacity - offset < rounded) {
-        if (arena->num_chunks > 0)
+    /* an empty current chunk is as free as the ones after it: the smallest of them that fits is taken */
+    if (arena->num_chunks == 0 || offset == 0 || arena->chunks[index].capacity - offset < rounded) {
+        if (offset > 0)
             index++, offset = 0;
         if (!ensure_chunk(arena, index, rounded, err))
             return NULL;

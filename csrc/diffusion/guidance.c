@@ -141,7 +141,9 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
     const int64_t n = x0->shape[0];
     int64_t *targets;
     DFC_TRY(gather_targets(g, rows, n, arena, &targets, err));
-    /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c */
+    /* classifier: forward with a tape, Lc and its gradient per sample, scaled by that sample's lambda_c; its tape
+     * is released before the perceptual loss makes its own (the two never coexist, as in PyTorch's autograd) */
+    const dfc_arena_mark before_classifier = dfc_arena_get_mark(arena);
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], douts[DFC_NET_MAX_OUTPUTS] = {{0}};
     void *tape = NULL;
     DFC_TRY(dfc_net_forward(g->classifier, be, arena, NULL, x0, NULL, &tape, outputs, err));
@@ -154,6 +156,7 @@ dfc_status dfc_model_guidance_loss_and_grad(void *ctx, dfc_backend *be, dfc_aren
     DFC_TRY(be->ops->row_scale(be, &dlogits, lambda_c, &dlogits, err));
     douts[0] = dlogits;
     DFC_TRY(dfc_net_backward(g->classifier, be, arena, tape, douts, grad, NULL, err));
+    dfc_arena_reset(arena, before_classifier);
     /* perceptual fidelity to the original images */
     DFC_TRY(be->iface->zero(be, loss_perceptual, (size_t)n * sizeof(float), err));
     if (g->perceptual && lambda_p != 0.0f) {

@@ -279,44 +279,53 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     }
     DFC_TRY(dfc_check_shape(&douts[0], op, "dlogits", 4, want, err));
     dfc_grad_target g = {&net->params, grads};
+    /* Each block's input gradient goes to a buffer made before the block runs, so everything else the block makes
+     * is released when it is done (a mark and a reset) instead of piling up on the tape. */
     dfc_tensor dh;
     DFC_TRY(dfc_conv_layer_backward(be, &s->head, &tape->head_x, &douts[0], arena, &dh, g, err));
     /* decoder, last first; each splits its input gradient into the skip's and the up path's */
     dfc_tensor dskips[MAX_LEVELS];
     for (int j = c->levels - 2; j >= 0; j--) {
         const up_block *u = &s->decoder[j];
-        int l = c->levels - 2 - j;
-        dfc_tensor dcat, dup, dskip, dhu;
-        DFC_TRY(double_conv_backward(be, &u->block, &tape->dec[j], &dh, arena, g, &dcat, err));
-        int64_t w = dcat.shape[1] / 2;
-        dskip = dfc_alloc4(arena, n, w, dcat.shape[2], dcat.shape[3], err);
-        DFC_CHECK_ALLOC(dskip);
-        dup = dfc_alloc4(arena, n, w, dcat.shape[2], dcat.shape[3], err);
+        const dfc_tensor *cat = &tape->dec[j].x, *hu = &tape->dec_up[j];
+        const int l = c->levels - 2 - j;
+        const int64_t w = cat->shape[1] / 2;
+        dskips[l] = dfc_alloc4(arena, n, w, cat->shape[2], cat->shape[3], err);
+        DFC_CHECK_ALLOC(dskips[l]);
+        dfc_tensor dh_in = dfc_alloc4(arena, n, hu->shape[1], hu->shape[2] / 2, hu->shape[3] / 2, err);
+        DFC_CHECK_ALLOC(dh_in);
+        const dfc_arena_mark block = dfc_arena_get_mark(arena);
+        dfc_tensor dcat, dhu, dup = dfc_alloc4(arena, n, w, cat->shape[2], cat->shape[3], err);
         DFC_CHECK_ALLOC(dup);
-        dfc_tensor *parts[2] = {&dskip, &dup};
+        DFC_TRY(double_conv_backward(be, &u->block, &tape->dec[j], &dh, arena, g, &dcat, err));
+        dfc_tensor *parts[2] = {&dskips[l], &dup};
         DFC_TRY(be->ops->split_channels(be, &dcat, parts, 2, err));
-        dskips[l] = dskip;
-        DFC_TRY(dfc_conv_layer_backward(be, &u->conv, &tape->dec_up[j], &dup, arena, &dhu, g, err));
-        dh = dfc_alloc4(arena, n, dhu.shape[1], dhu.shape[2] / 2, dhu.shape[3] / 2, err);
-        DFC_CHECK_ALLOC(dh);
-        DFC_TRY(be->ops->upsample_nearest2x_backward(be, &dhu, &dh, err));
+        DFC_TRY(dfc_conv_layer_backward(be, &u->conv, hu, &dup, arena, &dhu, g, err));
+        DFC_TRY(be->ops->upsample_nearest2x_backward(be, &dhu, &dh_in, err));
+        dfc_arena_reset(arena, block);
+        dh = dh_in;
     }
     /* encoder, deepest first: level l's output fed level l + 1 (through the pool) and decoder level l (the skip) */
     for (int l = c->levels - 1; l >= 0; l--) {
-        dfc_tensor dout = dh, din;
+        dfc_tensor dout = dh, din, dh_in = {0};
+        if (l > 0) {
+            dh_in = dfc_alloc_like(arena, &tape->enc[l - 1].a2, err); /* level l - 1's output, the pool's input */
+            DFC_CHECK_ALLOC(dh_in);
+        }
+        const dfc_arena_mark block = dfc_arena_get_mark(arena);
         if (l < c->levels - 1)
             DFC_TRY(dfc_add_new(be, &dh, &dskips[l], arena, &dout, err));
         if (l == 0) {
             DFC_TRY(double_conv_backward(be, &s->encoder[0], &tape->enc[0], &dout, arena, g, dx ? &din : NULL, err));
             if (dx)
                 DFC_TRY(dfc_copy_tensor(be, dx, &din, err));
+            dfc_arena_reset(arena, block);
             break;
         }
         DFC_TRY(double_conv_backward(be, &s->encoder[l], &tape->enc[l], &dout, arena, g, &din, err));
-        const dfc_tensor *pool_in = &tape->enc[l - 1].a2; /* level l - 1's output */
-        dh = dfc_alloc_like(arena, pool_in, err);
-        DFC_CHECK_ALLOC(dh);
-        DFC_TRY(be->ops->max_pool2d_backward(be, &din, pool_in, POOL2, &dh, err));
+        DFC_TRY(be->ops->max_pool2d_backward(be, &din, &tape->enc[l - 1].a2, POOL2, &dh_in, err));
+        dfc_arena_reset(arena, block);
+        dh = dh_in;
     }
     return DFC_OK;
 }

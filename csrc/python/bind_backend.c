@@ -1,6 +1,6 @@
 /* diffice._C.backend_names: the backend registry. diffice._C.arena_roundtrip: drives an arena of a backend's memory
  * through that backend's memory functions, so tests can check that arenas get their memory from the backend (and
- * what the memory interface does). */
+ * what the memory interface does); arena_replay: a sequence of allocations and resets, for the chunk policy. */
 #include "pyutil.h"
 
 #define NO_IMPORT_ARRAY
@@ -66,6 +66,64 @@ done:
     return result;
 }
 
+/* The steps of arena_replay: n > 0 allocates n bytes (zero-filled through the backend, so a sanitizer sees every
+ * byte written), 0 takes a mark, -1 resets to the last mark taken and not yet reset to; capacity after each step. */
+static dfc_status replay(dfc_backend *be, dfc_arena *arena, const long long *steps, Py_ssize_t n, size_t *capacity,
+                         dfc_error *err)
+{
+    dfc_arena_mark marks[64];
+    int depth = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (steps[i] > 0) {
+            void *p = dfc_arena_alloc(arena, (size_t)steps[i], err);
+            if (!p)
+                return err->code;
+            DFC_TRY(be->iface->zero(be, p, (size_t)steps[i], err));
+        } else if (steps[i] == 0 && depth < 64) {
+            marks[depth++] = dfc_arena_get_mark(arena);
+        } else if (steps[i] == -1 && depth > 0) {
+            dfc_arena_reset(arena, marks[--depth]);
+        } else {
+            return dfc_fail(err, DFC_ERR_VALUE, "arena_replay: step %zd is %lld (a size, 0: mark, -1: reset)", i,
+                            steps[i]);
+        }
+        capacity[i] = dfc_arena_capacity(arena);
+    }
+    return DFC_OK;
+}
+
+/* arena_replay(backend, steps, chunk_bytes) -> (capacities after each step, num_chunks, peak_bytes) */
+static PyObject *py_arena_replay(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    PyObject *steps_obj;
+    dfc_py_int64_arg chunk = {"arena_replay: chunk_bytes", 0, INT64_MAX, 0};
+    if (!PyArg_ParseTuple(args, "O&OO&", dfc_py_backend, &be, &steps_obj, dfc_py_int64_converter, &chunk))
+        return NULL;
+    PyArrayObject *steps = (PyArrayObject *)PyArray_FROMANY(steps_obj, NPY_LONGLONG, 1, 1, NPY_ARRAY_IN_ARRAY);
+    if (!steps)
+        return NULL;
+    const Py_ssize_t n = PyArray_DIM(steps, 0);
+    npy_intp dims[1] = {n};
+    PyArrayObject *capacity = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_UINTP);
+    PyObject *result = NULL;
+    if (capacity) {
+        dfc_arena arena;
+        dfc_arena_init_backend(&arena, be, (size_t)chunk.value, 0);
+        dfc_error err = {0};
+        dfc_status st;
+        Py_BEGIN_ALLOW_THREADS st = replay(be, &arena, PyArray_DATA(steps), n, PyArray_DATA(capacity), &err);
+        Py_END_ALLOW_THREADS if (st == DFC_OK) result =
+            Py_BuildValue("(Oin)", capacity, arena.num_chunks, (Py_ssize_t)arena.peak);
+        else dfc_py_raise(&err);
+        dfc_arena_free(&arena);
+    }
+    Py_XDECREF(capacity);
+    Py_DECREF(steps);
+    return result;
+}
+
 /* fill_unstaged(backend, x, value): be->ops->fill on x's own host memory, NOT staged into backend memory — what
  * bind_ops does for host-memory backends only. Tests use it to see the strict emulated GPU refuse a host tensor. */
 static PyObject *py_fill_unstaged(PyObject *self, PyObject *args)
@@ -113,5 +171,8 @@ PyMethodDef dfc_methods_backend[] = {
     {"arena_roundtrip", py_arena_roundtrip, METH_VARARGS,
      "arena_roundtrip(backend, x, chunk_bytes, limit_bytes) -> (copy, zeros, num_chunks, capacity_bytes, "
      "peak_bytes): x through an arena of the backend's memory and back"},
+    {"arena_replay", py_arena_replay, METH_VARARGS,
+     "arena_replay(backend, steps, chunk_bytes) -> (capacity after each step, num_chunks, peak_bytes): steps are "
+     "allocation sizes, 0 (take a mark) and -1 (reset to the last mark)"},
     {NULL, NULL, 0, NULL},
 };
