@@ -669,6 +669,23 @@ static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block
     return DFC_OK;
 }
 
+/* block_backward with dx (the block input's gradient) in a new buffer and everything else the block's backward
+ * made released when it is done. */
+static dfc_status block_backward_released(dfc_backend *be, const dfc_unet *u, const block *blk, const unet_tape *tape,
+                                          const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g,
+                                          dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
+{
+    dfc_tensor result = dfc_alloc_like(arena, &tape->layers[blk->first].x, err), d;
+    DFC_CHECK_ALLOC(result);
+    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_status st = block_backward(be, u, blk, tape, dout, arena, g, d_emb_act, &d, err);
+    if (st == DFC_OK)
+        st = dfc_copy_tensor(be, &result, &d, err);
+    dfc_arena_reset(arena, mark);
+    *dx = result;
+    return st;
+}
+
 static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "UNet.forward";
@@ -844,28 +861,31 @@ static dfc_status unet_backward(const dfc_net *net, dfc_backend *be, dfc_arena *
     DFC_TRY(silu_backward_new(be, &da, &tape->head_n, arena, &dhn, err));
     DFC_TRY(dfc_group_norm_layer_backward(be, &u->out_norm, &tape->head_x, &tape->head_mean, &tape->head_rstd, &dhn,
                                           arena, &dh, g, err));
-    /* output blocks, last first; each splits its input gradient into h's and the skip's */
-    dfc_tensor dskips[4 * DFC_UNET_MAX_LEVELS * 16];
+    /* Blocks, last first. Each block's input gradient goes to buffers made before the block runs, so everything
+     * else its backward makes is released when it is done (a mark and a reset) instead of piling up on the tape.
+     * Output blocks split their input gradient into h's and the skip's. */
+    dfc_tensor dskips[MAX_INPUT_BLOCKS];
     for (int b = u->num_output_blocks - 1; b >= 0; b--) {
         const block *blk = &u->output_blocks[b];
-        dfc_tensor dcat, dpart, dskip;
-        DFC_TRY(block_backward(be, u, blk, tape, &dh, arena, g, d_emb, &dcat, err));
-        int64_t ch = dcat.shape[1] - blk->skip_channels;
-        dpart = dfc_alloc4(arena, n, ch, dcat.shape[2], dcat.shape[3], err);
+        const dfc_tensor *cat = &tape->layers[blk->first].x;
+        const int64_t ch = cat->shape[1] - blk->skip_channels;
+        dfc_tensor *dskip = &dskips[u->num_input_blocks - 1 - b];
+        dfc_tensor dpart = dfc_alloc4(arena, n, ch, cat->shape[2], cat->shape[3], err);
         DFC_CHECK_ALLOC(dpart);
-        dskip = dfc_alloc4(arena, n, blk->skip_channels, dcat.shape[2], dcat.shape[3], err);
-        DFC_CHECK_ALLOC(dskip);
-        dfc_tensor *parts[2] = {&dpart, &dskip};
+        *dskip = dfc_alloc4(arena, n, blk->skip_channels, cat->shape[2], cat->shape[3], err);
+        DFC_CHECK_ALLOC(*dskip);
+        const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+        dfc_tensor dcat, *parts[2] = {&dpart, dskip};
+        DFC_TRY(block_backward(be, u, blk, tape, &dh, arena, g, d_emb, &dcat, err));
         DFC_TRY(be->ops->split_channels(be, &dcat, parts, 2, err));
-        dskips[u->num_input_blocks - 1 - b] = dskip;
+        dfc_arena_reset(arena, mark);
         dh = dpart;
     }
-    DFC_TRY(block_backward(be, u, &u->middle, tape, &dh, arena, g, d_emb, &dh, err));
+    DFC_TRY(block_backward_released(be, u, &u->middle, tape, &dh, arena, g, d_emb, &dh, err));
     /* input blocks, last first: each output also fed an output block through the skip */
     for (int b = u->num_input_blocks - 1; b >= 0; b--) {
-        dfc_tensor total;
-        DFC_TRY(dfc_add_new(be, &dh, &dskips[b], arena, &total, err));
-        DFC_TRY(block_backward(be, u, &u->input_blocks[b], tape, &total, arena, g, d_emb, &dh, err));
+        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &dskips[b], &dh, &dskips[b], err)); /* dh + dskip */
+        DFC_TRY(block_backward_released(be, u, &u->input_blocks[b], tape, &dskips[b], arena, g, d_emb, &dh, err));
     }
     if (dx) /* a one-part concat: the copy goes through the op table, wherever the backend keeps the data */
         DFC_TRY(be->ops->concat_channels(be, (const dfc_tensor *const[]){&dh}, 1, dx, err));
