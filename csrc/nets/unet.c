@@ -434,7 +434,7 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
 {
     if (!s)
         return resblock_forward_no_tape(be, r, x, consume_x, emb_act, arena, out_arena, out, err);
-    dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, h4, skip;
+    dfc_tensor h1, a1, a1r, xr, h2, e, h3, a3, skip;
     dfc_tensor in_mean, in_rstd, out_mean, out_rstd, n2 = {0};
     DFC_TRY(dfc_group_norm_layer_forward(be, &r->in_norm, x, arena, &h1, &in_mean, &in_rstd, err));
     DFC_TRY(silu_new(be, &h1, arena, &a1, err));
@@ -462,12 +462,16 @@ static dfc_status resblock_forward(dfc_backend *be, const resblock *r, const dfc
         h2 = h2e; /* the out norm's input, for the backward */
     }
     DFC_TRY(silu_new(be, &h3, arena, &a3, err));
-    DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &a3, arena, &h4, err));
+    /* out = out_conv(a3) + skip, summed in out's memory: the backward needs neither term (the skip conv's output is
+     * released at once) */
+    DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &a3, out_arena, out, err));
+    const dfc_arena_mark before_skip = dfc_arena_get_mark(arena);
     if (r->has_skip_conv)
         DFC_TRY(dfc_conv_layer_forward(be, &r->skip_conv, &xr, arena, &skip, err));
     else
         skip = xr;
-    DFC_TRY(dfc_add_new(be, &skip, &h4, out_arena, out, err));
+    DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, out, &skip, out, err));
+    dfc_arena_reset(arena, before_skip);
     s->x = *x;
     s->in_mean = in_mean;
     s->in_rstd = in_rstd;
@@ -545,15 +549,15 @@ static dfc_status attention_forward(dfc_backend *be, const dfc_unet *u, const at
                                     dfc_arena *arena, dfc_arena *out_arena, layer_tape *s, dfc_tensor *out,
                                     dfc_error *err)
 {
-    dfc_tensor xs = as_sequence(x), hn, mean, rstd, qkv, a, h;
+    dfc_tensor xs = as_sequence(x), hn, mean, rstd, qkv, a;
     DFC_TRY(dfc_group_norm_layer_forward(be, &ab->norm, &xs, arena, &hn, &mean, &rstd, err));
     DFC_TRY(dfc_conv_layer_forward(be, &ab->qkv, &hn, arena, &qkv, err));
     a = dfc_alloc_like(arena, &xs, err);
     DFC_CHECK_ALLOC(a);
     DFC_TRY(be->ops->attention_forward(be, &qkv, ab->heads, u->cfg.legacy_attention, &a, err));
-    DFC_TRY(dfc_conv_layer_forward(be, &ab->proj, &a, arena, &h, err));
-    dfc_tensor y;
-    DFC_TRY(dfc_add_new(be, &xs, &h, out_arena, &y, err));
+    dfc_tensor y; /* x + proj(a), summed in y's memory: the backward needs neither term */
+    DFC_TRY(dfc_conv_layer_forward(be, &ab->proj, &a, out_arena, &y, err));
+    DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &y, &xs, &y, err));
     *out = *x;
     out->data = y.data;
     if (s) {
