@@ -14,7 +14,7 @@ typedef struct pass {
     const dfc_guidance *g;
     dfc_backend *be;
     dfc_arena *steps;        /* the pass's buffers, then one step's, reset after it (per-row host arrays too) */
-    dfc_arena *scratch;      /* UNet block intermediates */
+    dfc_arena *scratch;      /* the denoiser's skips and block intermediates, then the guidance's tapes */
     const dfc_tensor *x_all; /* the original inputs (N, C, H, W) */
     const uint64_t *keys;    /* (N) */
     int iteration;
@@ -119,8 +119,13 @@ static dfc_status guidance_gradient(const pass *p, const dfc_tensor *x_for_grad,
         lambda_c[b] = p->cfg->lambda_c[p->lambda_index];
         inv_sqrt_abar[b] = (float)(1.0 / p->d->sqrt_alphas_cumprod[i]);
     }
-    DFC_TRY(p->g->loss_and_grad(p->g->ctx, p->be, p->steps, x_for_grad, p->rows, lambda_c, p->cfg->lambda_p, grad,
-                                loss_c, loss_p, err));
+    /* The guidance's working memory (the classifier's and Lp's tapes) comes from scratch, which the denoiser's
+     * skips leave empty between its calls: the two share that memory instead of adding up. */
+    const dfc_arena_mark scratch_mark = dfc_arena_get_mark(p->scratch);
+    dfc_status st = p->g->loss_and_grad(p->g->ctx, p->be, p->scratch, x_for_grad, p->rows, lambda_c, p->cfg->lambda_p,
+                                        grad, loss_c, loss_p, err);
+    dfc_arena_reset(p->scratch, scratch_mark);
+    DFC_TRY(st);
     if (p->cfg->scale_grads || p->cfg->method == DFC_METHOD_DIME) {
         /* the gradient at the clean image stands in for the one at the noisy z: divide by sqrt(abar) */
         DFC_TRY(p->be->ops->row_scale(p->be, grad, inv_sqrt_abar, grad, err));
@@ -369,10 +374,10 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
     out->unet_evaluations = 0;
 
     /* In the backend's memory: work, the call's buffers at its bottom and above them one reverse step's tensors
-     * (reset after each); scratch, UNet internals. On their host sides (dfc_arena_host_alloc): row lists, flags,
-     * per-row factors and the staging of noise before it is copied in and of probabilities read back. The caller's
-     * arenas (kept between calls, so a call reuses the memory the last one obtained) are left as they were found;
-     * without them the call makes and frees its own. */
+     * (reset after each); scratch, the denoiser's and the guidance's working memory. On their host sides
+     * (dfc_arena_host_alloc): row lists, flags, per-row factors and the staging of noise before it is copied in and
+     * of probabilities read back. The caller's arenas (kept between calls, so a call reuses the memory the last one
+     * obtained) are left as they were found; without them the call makes and frees its own. */
     dfc_arena own_work, own_scratch;
     const int own = !work || !scratch;
     if (own) {
