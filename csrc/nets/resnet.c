@@ -398,6 +398,23 @@ static dfc_status block_backward(dfc_backend *be, const block *blk, const block_
     return DFC_OK;
 }
 
+/* block_backward with dx (the block input's gradient) in a buffer made before the block runs and everything else
+ * its backward made released when it is done, so the blocks' temporaries do not pile up on the tape. */
+static dfc_status block_backward_released(dfc_backend *be, const block *blk, const block_tape *s,
+                                          const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g, dfc_tensor *dx,
+                                          dfc_error *err)
+{
+    dfc_tensor result = dfc_alloc_like(arena, &s->x, err), d;
+    DFC_CHECK_ALLOC(result);
+    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_status st = block_backward(be, blk, s, dout, arena, g, &d, err);
+    if (st == DFC_OK)
+        st = dfc_copy_tensor(be, &result, &d, err);
+    dfc_arena_reset(arena, mark);
+    *dx = result;
+    return st;
+}
+
 static dfc_status check_input(const dfc_resnet *r, const dfc_tensor *x, dfc_error *err)
 {
     const char *op = "ResNet.forward";
@@ -479,7 +496,7 @@ static dfc_status resnet_backward(const dfc_net *net, dfc_backend *be, dfc_arena
         if (!dh.data)
             continue;
         for (int i = r->stage_first[stage] + r->stage_count[stage] - 1; stage > 0 && i >= r->stage_first[stage]; i--)
-            DFC_TRY(block_backward(be, &r->blocks[i], &t->blocks[i], &dh, arena, g, &dh, err));
+            DFC_TRY(block_backward_released(be, &r->blocks[i], &t->blocks[i], &dh, arena, g, &dh, err));
     }
     if (!dh.data) /* every output gradient was absent */
         return dx ? dfc_zero_floats(be, dx->data, dfc_numel(dx), err) : DFC_OK;
