@@ -162,6 +162,26 @@ static dfc_status unit_backward(dfc_backend *be, const conv_unit *u, const unit_
     return dfc_conv_layer_backward(be, &u->conv, &t->x, &dconv, arena, want_dx ? dx : NULL, g, err);
 }
 
+/* unit_backward with dx in a buffer made before the unit runs and everything else its backward made released when
+ * it is done, so the units' temporaries do not pile up on the tape. */
+static dfc_status unit_backward_released(dfc_backend *be, const conv_unit *u, const unit_tape *t,
+                                         const dfc_tensor *dout, int dout_owned, dfc_arena *arena, dfc_grad_target g,
+                                         int want_dx, dfc_tensor *dx, dfc_error *err)
+{
+    dfc_tensor result = {0}, d;
+    if (want_dx) {
+        result = dfc_alloc_like(arena, &t->x, err);
+        DFC_CHECK_ALLOC(result);
+    }
+    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_status st = unit_backward(be, u, t, dout, dout_owned, arena, g, want_dx, &d, err);
+    if (st == DFC_OK && want_dx)
+        st = dfc_copy_tensor(be, &result, &d, err);
+    dfc_arena_reset(arena, mark);
+    *dx = result;
+    return st;
+}
+
 /* ---- the network ---- */
 
 static dfc_status check_input(const sononet *s, const dfc_tensor *x, dfc_error *err)
@@ -265,7 +285,7 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
         }
         dh = dmap;
         for (int i = NUM_UNITS - 1; i >= NUM_FEATURE_UNITS; i--)
-            DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, 1, arena, g, 1, &dh, err));
+            DFC_TRY(unit_backward_released(be, &s->units[i], &tape->units[i], &dh, 1, arena, g, 1, &dh, err));
         if (dfeatures->data)
             DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &dh, dfeatures, &dh, err));
     } else if (dfeatures->data) {
@@ -275,7 +295,8 @@ static dfc_status sononet_backward(const dfc_net *net, dfc_backend *be, dfc_aren
         return dx ? dfc_zero_floats(be, dx->data, dfc_numel(dx), err) : DFC_OK;
     }
     for (int i = NUM_FEATURE_UNITS - 1; i >= 0; i--) {
-        DFC_TRY(unit_backward(be, &s->units[i], &tape->units[i], &dh, dh_owned, arena, g, i > 0 || dx, &dh, err));
+        DFC_TRY(
+            unit_backward_released(be, &s->units[i], &tape->units[i], &dh, dh_owned, arena, g, i > 0 || dx, &dh, err));
         dh_owned = 1;
     }
     if (!dx)
