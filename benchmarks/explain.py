@@ -8,6 +8,12 @@ respaced to 100, tau 20. One lambda_c value so both implementations do exactly o
 
     python benchmarks/explain.py                      # every method, batch 4
     python benchmarks/explain.py --methods diff-ice-1 --batch 10 --images 40
+
+`--config paper` runs the paper-size networks of benchmarks/explain_calls.py instead (the 128-channel UNet at
+224x288, f = SonoNet-16 on [image, 4-class segmenter probabilities], ResNet-50 layer4 Lp), both sides built from
+the same random weights:
+
+    python benchmarks/explain.py --config paper --methods diff-ice-1 --batch 4 --tau 2
 """
 
 from __future__ import annotations
@@ -44,24 +50,44 @@ METHODS = {
 }
 
 
-def build_diffice(seed: int = 0):
+# the networks of each configuration: UNet, image size, segmenter, SonoNet width, ResNet depth and tap
+SMALL = dict(unet=UNET, size=SIZE, seg=dict(width=16, levels=3, groups=8), k=8, depth=18, tap="layer2")
+
+
+def paper_config() -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from unet import CONFIGS  # benchmarks/unet.py's paper-size denoiser, as benchmarks/explain_calls.py uses
+
+    return dict(
+        unet=CONFIGS["paper"]["unet"],
+        size=CONFIGS["paper"]["size"],
+        seg=dict(width=32, levels=4, groups=8),
+        k=16,
+        depth=50,
+        tap="layer4",
+    )
+
+
+def build_diffice(seed: int = 0, cfg: dict = SMALL):
     sys.path.insert(0, str(ROOT))
     import diffice
     from diffice.models.perceptual import PerceptualLoss
     from diffice.models.resnet import ResNetFeatures
 
-    unet = diffice.UNet.random(UNET, seed=seed)
+    unet = diffice.UNet.random(cfg["unet"], seed=seed)
     diffusion = diffice.GaussianDiffusion(1000, "linear", "100")
-    seg = diffice.Segmenter(classes=CLASSES, width=16, levels=3, groups=8)
+    seg = diffice.Segmenter(classes=CLASSES, **cfg["seg"])
     seg._randomize(seed + 1)
-    l = diffice.SonoNet.random(k=8, in_channels=1 + CLASSES, num_classes=2, seed=seed + 2)
+    l = diffice.SonoNet.random(k=cfg["k"], in_channels=1 + CLASSES, num_classes=2, seed=seed + 2)
     clf = diffice.PlaneClassifier(seg, l)
-    feats = ResNetFeatures.random(depth=18, layout="torchvision", in_channels=1, taps=("layer2",), seed=seed + 3)
+    feats = ResNetFeatures.random(
+        depth=cfg["depth"], layout="torchvision", in_channels=1, taps=(cfg["tap"],), seed=seed + 3
+    )
     perceptual = PerceptualLoss(feats, variant="mse")
     return unet, diffusion, clf, perceptual
 
 
-def build_torch(unet, clf, perceptual):
+def build_torch(unet, clf, perceptual, cfg: dict = SMALL):
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -76,9 +102,10 @@ def build_torch(unet, clf, perceptual):
 
     model = load(UNetModel(unet.config), unet.state_dict())
     seg = load(TorchSegmenter(**{k: v for k, v in clf.segmenter.config.items()}), clf.segmenter.state_dict())
-    l = load(SonoNetReference(k=8, in_channels=1 + CLASSES, num_classes=2), clf.classifier.state_dict())
+    l = load(SonoNetReference(k=cfg["k"], in_channels=1 + CLASSES, num_classes=2), clf.classifier.state_dict())
+    tap = cfg["tap"]
     resnet = load(
-        ResNet(depth=18, layout="torchvision", in_channels=1, taps=("layer2",)), perceptual.features.state_dict()
+        ResNet(depth=cfg["depth"], layout="torchvision", in_channels=1, taps=(tap,)), perceptual.features.state_dict()
     )
 
     class PlaneClassifier(torch.nn.Module):
@@ -87,7 +114,7 @@ def build_torch(unet, clf, perceptual):
             return l(torch.cat([x, maps], dim=1))[0]
 
     def perceptual_loss(a, b):  # DiME's form: sum over the batch of the mean squared feature difference
-        fa, fb = resnet(a)["layer2"], resnet(b)["layer2"]
+        fa, fb = resnet(a)[tap], resnet(b)[tap]
         return ((fa - fb) ** 2).flatten(1).mean(dim=1).sum()
 
     for p in list(model.parameters()) + list(seg.parameters()) + list(l.parameters()) + list(resnet.parameters()):
@@ -95,11 +122,12 @@ def build_torch(unet, clf, perceptual):
     return model, PlaneClassifier(), perceptual_loss
 
 
-def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
+def worker(impl: str, method: str, batch: int, tau: int, threads: int, config: str = "small") -> dict:
     name, iterations = METHODS[method]
-    unet, diffusion, clf, perceptual = build_diffice()
+    cfg = paper_config() if config == "paper" else SMALL
+    unet, diffusion, clf, perceptual = build_diffice(cfg=cfg)
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch, 1) + SIZE).astype(np.float32)
+    x = rng.uniform(-1, 1, (batch, 1) + tuple(cfg["size"])).astype(np.float32)
     if impl == "diffice":
         from diffice.explain.explainer import Explainer
 
@@ -125,7 +153,7 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
         from torch_sampler import TorchDiffusion, explain
 
         torch.set_num_threads(threads)
-        model, tclf, tperc = build_torch(unet, clf, perceptual)
+        model, tclf, tperc = build_torch(unet, clf, perceptual, cfg)
         td = TorchDiffusion(1000, 100)
         xt = torch.from_numpy(x)
         kind = {"diff-ice": "diff-ice", "diff-ice-1": "diff-ice", "diff-ice-1-xt": "xt", "dime": "dime"}[method]
@@ -138,14 +166,14 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int) -> dict:
     return dict(seconds=seconds, peak_rss_mb=peak_rss_mb(), arena_mb=arena / 2**20)
 
 
-def measure(impl, method, batch, tau, threads) -> dict:
-    return in_subprocess(__file__, [impl, method, batch, tau, threads], threads)
+def measure(impl, method, batch, tau, threads, config="small") -> dict:
+    return in_subprocess(__file__, [impl, method, batch, tau, threads, config], threads)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        impl, method, batch, tau, threads = sys.argv[2:7]
-        print(json.dumps(worker(impl, method, int(batch), int(tau), int(threads))))
+        impl, method, batch, tau, threads, config = sys.argv[2:8]
+        print(json.dumps(worker(impl, method, int(batch), int(tau), int(threads), config)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -153,15 +181,20 @@ def main() -> None:
     parser.add_argument("--tau", type=int, default=20)
     parser.add_argument("--images", type=int, default=423, help="image-set size for the total-time column")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--config", choices=("small", "paper"), default="small")
     args = parser.parse_args()
+    size = paper_config()["size"] if args.config == "paper" else SIZE
     print(
-        f"{SIZE[0]}x{SIZE[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
+        f"{args.config}, {size[0]}x{size[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
         f"{args.threads} threads; total time = batch time x {args.images} / batch\n"
     )
     print("| method | impl | batch time (s) | total time (h) | peak RSS (MB) | sampler arena (MB) | time ratio |")
     print("|---|---|---|---|---|---|---|")
     for method in args.methods:
-        rows = {impl: measure(impl, method, args.batch, args.tau, args.threads) for impl in ("diffice", "torch")}
+        rows = {
+            impl: measure(impl, method, args.batch, args.tau, args.threads, args.config)
+            for impl in ("diffice", "torch")
+        }
         for impl, r in rows.items():
             if "error" in r:
                 print(f"| {method} | {impl} | {r['error']} | | | | |")

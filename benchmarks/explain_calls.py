@@ -28,29 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SEG_CLASSES = 4
-
 
 def build(config: str):
-    """(unet, diffusion, classifier, perceptual, image size) with random weights."""
-    import diffice
-    from diffice.models.perceptual import PerceptualLoss
-    from diffice.models.resnet import ResNetFeatures
+    """(unet, diffusion, classifier, perceptual, image size) with random weights: benchmarks/explain.py's networks."""
+    from explain import SMALL, build_diffice, paper_config
 
-    if config == "small":
-        from explain import SIZE, build_diffice
-
-        return (*build_diffice(), SIZE)
-    from unet import CONFIGS  # benchmarks/unet.py's "paper" denoiser
-
-    unet = diffice.UNet.random(CONFIGS["paper"]["unet"], seed=0)
-    diffusion = diffice.GaussianDiffusion(1000, "linear", "100")
-    seg = diffice.Segmenter(classes=SEG_CLASSES, width=32, levels=4, groups=8)
-    seg._randomize(1)
-    sono = diffice.SonoNet.random(k=16, in_channels=1 + SEG_CLASSES, num_classes=2, seed=2)
-    clf = diffice.PlaneClassifier(seg, sono)
-    feats = ResNetFeatures.random(depth=50, layout="torchvision", in_channels=1, taps=("layer4",), seed=3)
-    return unet, diffusion, clf, PerceptualLoss(feats, variant="mse"), (224, 288)
+    cfg = paper_config() if config == "paper" else SMALL
+    return (*build_diffice(cfg=cfg), tuple(cfg["size"]))
 
 
 def rss_mb() -> float:
