@@ -237,6 +237,28 @@ dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *s
     return copy_tensor_with(be, be->iface->copy, dst, src, err);
 }
 
+dfc_status dfc_result_scope_begin(dfc_arena *arena, const dfc_tensor *like, dfc_result_scope *scope, dfc_error *err)
+{
+    scope->result = (dfc_tensor){0};
+    if (like) {
+        scope->result = dfc_alloc_like(arena, like, err);
+        DFC_CHECK_ALLOC(scope->result);
+    }
+    scope->mark = dfc_arena_get_mark(arena);
+    return DFC_OK;
+}
+
+dfc_status dfc_result_scope_end(dfc_backend *be, dfc_arena *arena, const dfc_result_scope *scope, dfc_status st,
+                                const dfc_tensor *d, dfc_tensor *out, dfc_error *err)
+{
+    dfc_tensor result = scope->result;
+    if (st == DFC_OK && result.data)
+        st = dfc_copy_tensor(be, &result, d, err);
+    dfc_arena_reset(arena, scope->mark);
+    *out = result;
+    return st;
+}
+
 dfc_status dfc_copy_tensor_from_host(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *host_src, dfc_error *err)
 {
     return copy_tensor_with(be, be->iface->copy_from_host, dst, host_src, err);

@@ -162,6 +162,16 @@ dfc_status dfc_zero_floats(dfc_backend *be, float *data, int64_t count, dfc_erro
 
 /* dst = src, tensors of one element count, through the backend's copy between its buffers (nets/ touch no element). */
 dfc_status dfc_copy_tensor(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *src, dfc_error *err);
+/* A backward step whose temporaries go when it is done, so they do not pile up on the tape: begin makes the step's
+ * result buffer (like's shape; like NULL: no result) and takes the arena's mark; end copies the step's result d into
+ * that buffer (when st is DFC_OK), resets the arena to the mark, sets *out to the buffer and returns st. */
+typedef struct dfc_result_scope {
+    dfc_arena_mark mark;
+    dfc_tensor result;
+} dfc_result_scope;
+dfc_status dfc_result_scope_begin(dfc_arena *arena, const dfc_tensor *like, dfc_result_scope *scope, dfc_error *err);
+dfc_status dfc_result_scope_end(dfc_backend *be, dfc_arena *arena, const dfc_result_scope *scope, dfc_status st,
+                                const dfc_tensor *d, dfc_tensor *out, dfc_error *err);
 /* The same between host memory and backend memory: dst (backend) = host_src; host_dst = src (backend). */
 dfc_status dfc_copy_tensor_from_host(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *host_src, dfc_error *err);
 dfc_status dfc_copy_tensor_to_host(dfc_backend *be, dfc_tensor *host_dst, const dfc_tensor *src, dfc_error *err);

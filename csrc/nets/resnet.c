@@ -398,21 +398,16 @@ static dfc_status block_backward(dfc_backend *be, const block *blk, const block_
     return DFC_OK;
 }
 
-/* block_backward with dx (the block input's gradient) in a buffer made before the block runs and everything else
- * its backward made released when it is done, so the blocks' temporaries do not pile up on the tape. */
+/* block_backward in a dfc_result_scope: of what it makes only dx (the block input's gradient) stays. */
 static dfc_status block_backward_released(dfc_backend *be, const block *blk, const block_tape *s,
                                           const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g, dfc_tensor *dx,
                                           dfc_error *err)
 {
-    dfc_tensor result = dfc_alloc_like(arena, &s->x, err), d;
-    DFC_CHECK_ALLOC(result);
-    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_result_scope scope;
+    DFC_TRY(dfc_result_scope_begin(arena, &s->x, &scope, err));
+    dfc_tensor d;
     dfc_status st = block_backward(be, blk, s, dout, arena, g, &d, err);
-    if (st == DFC_OK)
-        st = dfc_copy_tensor(be, &result, &d, err);
-    dfc_arena_reset(arena, mark);
-    *dx = result;
-    return st;
+    return dfc_result_scope_end(be, arena, &scope, st, &d, dx, err);
 }
 
 static dfc_status check_input(const dfc_resnet *r, const dfc_tensor *x, dfc_error *err)

@@ -162,24 +162,16 @@ static dfc_status unit_backward(dfc_backend *be, const conv_unit *u, const unit_
     return dfc_conv_layer_backward(be, &u->conv, &t->x, &dconv, arena, want_dx ? dx : NULL, g, err);
 }
 
-/* unit_backward with dx in a buffer made before the unit runs and everything else its backward made released when
- * it is done, so the units' temporaries do not pile up on the tape. */
+/* unit_backward in a dfc_result_scope: of what it makes only dx (when wanted) stays. */
 static dfc_status unit_backward_released(dfc_backend *be, const conv_unit *u, const unit_tape *t,
                                          const dfc_tensor *dout, int dout_owned, dfc_arena *arena, dfc_grad_target g,
                                          int want_dx, dfc_tensor *dx, dfc_error *err)
 {
-    dfc_tensor result = {0}, d;
-    if (want_dx) {
-        result = dfc_alloc_like(arena, &t->x, err);
-        DFC_CHECK_ALLOC(result);
-    }
-    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_result_scope scope;
+    DFC_TRY(dfc_result_scope_begin(arena, want_dx ? &t->x : NULL, &scope, err));
+    dfc_tensor d;
     dfc_status st = unit_backward(be, u, t, dout, dout_owned, arena, g, want_dx, &d, err);
-    if (st == DFC_OK && want_dx)
-        st = dfc_copy_tensor(be, &result, &d, err);
-    dfc_arena_reset(arena, mark);
-    *dx = result;
-    return st;
+    return dfc_result_scope_end(be, arena, &scope, st, &d, dx, err);
 }
 
 /* ---- the network ---- */

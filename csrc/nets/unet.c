@@ -673,21 +673,16 @@ static dfc_status block_backward(dfc_backend *be, const dfc_unet *u, const block
     return DFC_OK;
 }
 
-/* block_backward with dx (the block input's gradient) in a new buffer and everything else the block's backward
- * made released when it is done. */
+/* block_backward in a dfc_result_scope: of what it makes only dx (the block input's gradient) stays. */
 static dfc_status block_backward_released(dfc_backend *be, const dfc_unet *u, const block *blk, const unet_tape *tape,
                                           const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g,
                                           dfc_tensor *d_emb_act, dfc_tensor *dx, dfc_error *err)
 {
-    dfc_tensor result = dfc_alloc_like(arena, &tape->layers[blk->first].x, err), d;
-    DFC_CHECK_ALLOC(result);
-    const dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_result_scope scope;
+    DFC_TRY(dfc_result_scope_begin(arena, &tape->layers[blk->first].x, &scope, err));
+    dfc_tensor d;
     dfc_status st = block_backward(be, u, blk, tape, dout, arena, g, d_emb_act, &d, err);
-    if (st == DFC_OK)
-        st = dfc_copy_tensor(be, &result, &d, err);
-    dfc_arena_reset(arena, mark);
-    *dx = result;
-    return st;
+    return dfc_result_scope_end(be, arena, &scope, st, &d, dx, err);
 }
 
 static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error *err)
