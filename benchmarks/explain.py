@@ -68,6 +68,11 @@ def paper_config() -> dict:
     )
 
 
+def config_of(name: str) -> dict:
+    """The networks of configuration `name` ("small" or "paper")."""
+    return paper_config() if name == "paper" else SMALL
+
+
 def build_diffice(seed: int = 0, cfg: dict = SMALL):
     sys.path.insert(0, str(ROOT))
     import diffice
@@ -124,7 +129,7 @@ def build_torch(unet, clf, perceptual, cfg: dict = SMALL):
 
 def worker(impl: str, method: str, batch: int, tau: int, threads: int, config: str = "small") -> dict:
     name, iterations = METHODS[method]
-    cfg = paper_config() if config == "paper" else SMALL
+    cfg = config_of(config)
     unet, diffusion, clf, perceptual = build_diffice(cfg=cfg)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, 1) + tuple(cfg["size"])).astype(np.float32)
@@ -183,7 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--config", choices=("small", "paper"), default="small")
     args = parser.parse_args()
-    size = paper_config()["size"] if args.config == "paper" else SIZE
+    size = config_of(args.config)["size"]
     print(
         f"{args.config}, {size[0]}x{size[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
         f"{args.threads} threads; total time = batch time x {args.images} / batch\n"

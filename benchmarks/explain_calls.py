@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def build(config: str):
     """(unet, diffusion, classifier, perceptual, image size) with random weights: benchmarks/explain.py's networks."""
-    from explain import SMALL, build_diffice, paper_config
+    from explain import build_diffice, config_of
 
-    cfg = paper_config() if config == "paper" else SMALL
+    cfg = config_of(config)
     return (*build_diffice(cfg=cfg), tuple(cfg["size"]))
 
 
