@@ -211,17 +211,20 @@ dfc_status dfc_resnet_create(const dfc_resnet_config *cfg, dfc_net **out, dfc_er
 
 /* ---- forward and backward ---- */
 
+/* A tape keeps each conv's output (its BN's input) but not the activation ReLU(BN(h)) made from it: the backward
+ * recomputes that (one elementwise pass) where it needs it, as the ReLU's mask and as the next conv's input for the
+ * weight gradient. The activations were a sixth of the taped memory, and the backward now holds only one block's. */
 typedef struct block_tape {
     dfc_tensor x;    /* block input */
     dfc_tensor h[3]; /* conv outputs (BN inputs) */
-    dfc_tensor a[3]; /* BN outputs after ReLU (a[last]: after the residual add, the block output) */
+    dfc_tensor out;  /* the block output: ReLU(BN(h[last]) + shortcut) */
     dfc_tensor hd;   /* downsample conv output */
 } block_tape;
 
 typedef struct resnet_tape {
-    dfc_tensor x;      /* network input */
-    dfc_tensor xn;     /* normalised 3-channel input */
-    dfc_tensor h0, a0; /* stem conv output, ReLU(BN(h0)) */
+    dfc_tensor x;  /* network input */
+    dfc_tensor xn; /* normalised 3-channel input */
+    dfc_tensor h0; /* stem conv output */
     dfc_tensor stage_out[DFC_RESNET_STAGES];
     block_tape *blocks;
 } resnet_tape;
@@ -299,25 +302,30 @@ static dfc_status normalize_backward(dfc_backend *be, const dfc_resnet *r, const
 
 static const dfc_pool2d_params STEM_POOL = {3, 3, 2, 2, 1, 1};
 
-/* conv1 7x7/2 + BN + ReLU + max pool 3x3/2: the stage "stem". */
+/* ReLU(BN(h)) into arena: the activation after a conv, made in the forward and remade in the backward. */
+static dfc_status bn_relu(dfc_backend *be, const dfc_batch_norm_layer *bn, const dfc_tensor *h, dfc_arena *arena,
+                          dfc_tensor *a, dfc_error *err)
+{
+    DFC_TRY(dfc_batch_norm_layer_forward(be, bn, h, arena, a, err));
+    return relu_inplace(be, a, err);
+}
+
+/* conv1 7x7/2 + BN + ReLU + max pool 3x3/2: the stage "stem". The output is made before the activation, so the
+ * activation is on top of tmp and released once the pool has read it (the tape keeps h0). */
 static dfc_status stem_forward(dfc_backend *be, const dfc_resnet *r, const dfc_tensor *xn, dfc_arena *arena,
                                dfc_arena *tmp, resnet_tape *t, dfc_tensor *out, dfc_error *err)
 {
-    dfc_arena_mark mark = dfc_arena_get_mark(tmp);
     dfc_tensor h0, a0;
     DFC_TRY(dfc_conv_layer_forward(be, &r->conv1, xn, tmp, &h0, err));
-    DFC_TRY(dfc_batch_norm_layer_forward(be, &r->bn1, &h0, tmp, &a0, err));
-    DFC_TRY(relu_inplace(be, &a0, err));
-    int64_t ho = (a0.shape[2] + 2 - 3) / 2 + 1, wo = (a0.shape[3] + 2 - 3) / 2 + 1;
-    *out = dfc_alloc4(arena, a0.shape[0], a0.shape[1], ho, wo, err);
+    int64_t ho = (h0.shape[2] + 2 - 3) / 2 + 1, wo = (h0.shape[3] + 2 - 3) / 2 + 1;
+    *out = dfc_alloc4(arena, h0.shape[0], h0.shape[1], ho, wo, err);
     DFC_CHECK_ALLOC(*out);
+    dfc_arena_mark activation = dfc_arena_get_mark(tmp);
+    DFC_TRY(bn_relu(be, &r->bn1, &h0, tmp, &a0, err));
     DFC_TRY(be->ops->max_pool2d_forward(be, &a0, STEM_POOL, out, err));
-    if (t) {
+    dfc_arena_reset(tmp, activation);
+    if (t)
         t->h0 = h0;
-        t->a0 = a0;
-    }
-    if (tmp != arena)
-        dfc_arena_reset(tmp, mark);
     return DFC_OK;
 }
 
@@ -325,47 +333,55 @@ static dfc_status stem_forward(dfc_backend *be, const dfc_resnet *r, const dfc_t
 static dfc_status stem_backward(dfc_backend *be, const dfc_resnet *r, const resnet_tape *t, const dfc_tensor *dout,
                                 dfc_arena *arena, dfc_grad_target g, dfc_tensor *dxn, dfc_error *err)
 {
-    dfc_tensor da0 = dfc_alloc_like(arena, &t->a0, err), dh0;
+    dfc_tensor a0, dh0;
+    DFC_TRY(bn_relu(be, &r->bn1, &t->h0, arena, &a0, err));
+    dfc_tensor da0 = dfc_alloc_like(arena, &a0, err);
     DFC_CHECK_ALLOC(da0);
-    DFC_TRY(be->ops->max_pool2d_backward(be, dout, &t->a0, STEM_POOL, &da0, err));
-    DFC_TRY(be->ops->activation_backward(be, DFC_ACT_RELU, &da0, &t->a0, &da0, err));
+    DFC_TRY(be->ops->max_pool2d_backward(be, dout, &a0, STEM_POOL, &da0, err));
+    DFC_TRY(be->ops->activation_backward(be, DFC_ACT_RELU, &da0, &a0, &da0, err));
     DFC_TRY(dfc_batch_norm_layer_backward(be, &r->bn1, &t->h0, &da0, arena, &dh0, g, err));
     return dfc_conv_layer_backward(be, &r->conv1, &t->xn, &dh0, arena, dxn, g, err);
 }
 
-/* Without a tape, a block's intermediates live in tmp (scratch, released after the block); its output goes to
- * arena. With a tape everything stays in arena. */
+/* The conv outputs h[i] go to keep (arena with a tape, tmp without), the block output to arena; each activation
+ * ReLU(BN(h[i])) and the shortcut's BN output live on top of tmp only while their one reader runs (the next conv's
+ * output is made before the activation it reads). Without a tape, tmp (scratch) is released after the block. */
 static dfc_status block_forward(dfc_backend *be, const block *blk, const dfc_tensor *x, dfc_arena *arena,
                                 dfc_arena *tmp, block_tape *s, dfc_tensor *out, dfc_error *err)
 {
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
+    dfc_arena *keep = s ? arena : tmp;
     int nconv = blk->bottleneck ? 3 : 2;
-    dfc_tensor h[3], a[3], hd = {0}, shortcut = *x;
-    const dfc_tensor *cur = x;
-    for (int i = 0; i < nconv; i++) {
-        int last = i == nconv - 1;
-        DFC_TRY(dfc_conv_layer_forward(be, &blk->conv[i], cur, tmp, &h[i], err));
-        DFC_TRY(dfc_batch_norm_layer_forward(be, &blk->bn[i], &h[i], last ? arena : tmp, &a[i], err));
-        if (!last)
-            DFC_TRY(relu_inplace(be, &a[i], err));
-        cur = &a[i];
+    dfc_tensor h[3], y, hd = {0};
+    DFC_TRY(dfc_conv_layer_forward(be, &blk->conv[0], x, keep, &h[0], err));
+    for (int i = 1; i < nconv; i++) {
+        dfc_tensor next, a;
+        DFC_TRY(dfc_conv_layer_output(&blk->conv[i], &h[i - 1], keep, &next, err));
+        dfc_arena_mark activation = dfc_arena_get_mark(tmp);
+        DFC_TRY(bn_relu(be, &blk->bn[i - 1], &h[i - 1], tmp, &a, err));
+        DFC_TRY(dfc_conv_layer_forward_reusing(be, &blk->conv[i], &a, &next, tmp, &h[i], err));
+        dfc_arena_reset(tmp, activation);
     }
+    DFC_TRY(dfc_batch_norm_layer_forward(be, &blk->bn[nconv - 1], &h[nconv - 1], arena, &y, err));
     if (blk->has_downsample) {
-        DFC_TRY(dfc_conv_layer_forward(be, &blk->ds_conv, x, tmp, &hd, err));
+        dfc_tensor shortcut;
+        DFC_TRY(dfc_conv_layer_forward(be, &blk->ds_conv, x, keep, &hd, err));
+        dfc_arena_mark activation = dfc_arena_get_mark(tmp);
         DFC_TRY(dfc_batch_norm_layer_forward(be, &blk->ds_bn, &hd, tmp, &shortcut, err));
+        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &y, &shortcut, &y, err));
+        dfc_arena_reset(tmp, activation);
+    } else {
+        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &y, x, &y, err));
     }
-    dfc_tensor *y = &a[nconv - 1];
-    DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, y, &shortcut, y, err));
-    DFC_TRY(relu_inplace(be, y, err));
+    DFC_TRY(relu_inplace(be, &y, err));
     if (s) {
         s->x = *x;
-        for (int i = 0; i < nconv; i++) {
+        for (int i = 0; i < nconv; i++)
             s->h[i] = h[i];
-            s->a[i] = a[i];
-        }
+        s->out = y;
         s->hd = hd;
     }
-    *out = *y;
+    *out = y;
     if (tmp != arena)
         dfc_arena_reset(tmp, mark);
     return DFC_OK;
@@ -375,16 +391,19 @@ static dfc_status block_backward(dfc_backend *be, const block *blk, const block_
                                  dfc_arena *arena, dfc_grad_target g, dfc_tensor *dx, dfc_error *err)
 {
     int nconv = blk->bottleneck ? 3 : 2;
+    dfc_tensor a[2]; /* the activations the tape did not keep */
+    for (int i = 0; i < nconv - 1; i++)
+        DFC_TRY(bn_relu(be, &blk->bn[i], &s->h[i], arena, &a[i], err));
     /* through the final ReLU: the sum's gradient goes to the main path and to the shortcut */
     dfc_tensor dsum;
-    DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, dout, &s->a[nconv - 1], arena, &dsum, err));
+    DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, dout, &s->out, arena, &dsum, err));
     dfc_tensor dcur = dsum;
     for (int i = nconv - 1; i >= 0; i--) {
         dfc_tensor dh, dinput;
         if (i < nconv - 1) /* through ReLU, in place: dcur is this block's own buffer */
-            DFC_TRY(be->ops->activation_backward(be, DFC_ACT_RELU, &dcur, &s->a[i], &dcur, err));
+            DFC_TRY(be->ops->activation_backward(be, DFC_ACT_RELU, &dcur, &a[i], &dcur, err));
         DFC_TRY(dfc_batch_norm_layer_backward(be, &blk->bn[i], &s->h[i], &dcur, arena, &dh, g, err));
-        DFC_TRY(dfc_conv_layer_backward(be, &blk->conv[i], i ? &s->a[i - 1] : &s->x, &dh, arena, &dinput, g, err));
+        DFC_TRY(dfc_conv_layer_backward(be, &blk->conv[i], i ? &a[i - 1] : &s->x, &dh, arena, &dinput, g, err));
         dcur = dinput;
     }
     dfc_tensor dshortcut = dsum;
