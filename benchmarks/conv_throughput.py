@@ -1,0 +1,171 @@
+"""What this processor can do: its measured fp32 3x3-convolution throughput, and how much of it the paper-size UNet
+forward reaches in diffice and in PyTorch eager.
+
+    python benchmarks/conv_throughput.py                        # batch 1, 3 repeats, all cores
+    python benchmarks/conv_throughput.py --batches 1 4 --repeats 5 --threads 2
+
+The machine's figure is the best GFLOP/s of one 3x3, stride-1 convolution over the UNet's four 3x3 shapes (batch
+1, 128 channels at 224x288 down to 512 at 28x36), each run three ways: diffice's conv2d op (oneDNN; NCHW in and
+out, so its reorders count), PyTorch's conv2d on NCHW tensors, and PyTorch's conv2d on channels_last tensors
+(oneDNN's native layout on most CPUs: no reorders, the fastest a library offers here). A convolution's FLOPs are
+2 * N * Co * Ho * Wo * Ci * KH * KW.
+
+The UNet's FLOPs per image are counted by PyTorch's FlopCounterMode on guided-diffusion's UNetModel (convolutions
+and matrix products; the norms and elementwise ops are not counted), so "% of the machine" is the share of the
+convolution throughput the whole forward reaches, its other work included. Every measurement is the median of
+`--repeats` (a single convolution: `--conv-repeats`) calls after a warm-up, each implementation in its own process;
+PyTorch runs with its own OpenMP settings, diffice with its default (OMP_WAIT_POLICY=PASSIVE, set when imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import in_subprocess, median_seconds  # noqa: E402
+from unet import CONFIGS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (channels, height, width) of the paper-size UNet's 3x3 convolutions with as many inputs as outputs
+CONV_SHAPES = [(128, 224, 288), (256, 112, 144), (384, 56, 72), (512, 28, 36)]
+
+
+def conv_flops(channels: int, h: int, w: int) -> float:
+    return 2.0 * channels * h * w * channels * 9
+
+
+def conv_worker(impl: str, channels: int, h: int, w: int, repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, channels, h, w)).astype(np.float32)
+    weight = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+    if impl == "diffice":
+        sys.path.insert(0, str(ROOT))
+        from diffice.ops import conv2d
+
+        return median_seconds(lambda: conv2d(x, weight, padding=1), repeats)
+    import torch
+
+    torch.set_num_threads(threads)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
+    if impl == "torch-channels-last":
+        xt, wt = xt.to(memory_format=torch.channels_last), wt.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return median_seconds(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), repeats)
+
+
+def unet_flops_per_image() -> float:
+    """FLOPs of one paper-size UNet forward on one image, counted by PyTorch on guided-diffusion's module."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gd_reference import UNetModel
+
+    from diffice.models.unet import UNet
+
+    spec = CONFIGS["paper"]
+    model = UNetModel(UNet.random(spec["unet"], seed=0).config).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros((1, 1) + spec["size"]), torch.full((1,), 300))
+    return float(counter.get_total_flops())
+
+
+def unet_worker(impl: str, batch: int, repeats: int, threads: int) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from diffice.models.unet import UNet
+
+    spec = CONFIGS["paper"]
+    h, w = spec["size"]
+    unet = UNet.random(spec["unet"], seed=0)
+    x = np.random.default_rng(0).standard_normal((batch, 1, h, w)).astype(np.float32)
+    t = np.full(batch, 300)
+    if impl == "diffice":
+        return median_seconds(lambda: unet.forward(x, t), repeats)
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gd_reference import UNetModel
+
+    torch.set_num_threads(threads)
+    model = UNetModel(unet.config).eval()
+    model.load_state_dict({k: torch.from_numpy(a) for k, a in unet.state_dict().items()})
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+    with torch.no_grad():
+        return median_seconds(lambda: model(xt, tt), repeats)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                flags = next(f for f in Path("/proc/cpuinfo").read_text().splitlines() if f.startswith("flags"))
+                isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+                return f"{name} ({isa}, {os.cpu_count()} logical CPUs)"
+    except (OSError, StopIteration):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        kind, impl, *rest = sys.argv[2:]
+        values = [int(v) for v in rest]
+        if kind == "conv":
+            print(json.dumps(conv_worker(impl, *values)))
+        elif kind == "unet":
+            print(json.dumps(unet_worker(impl, *values)))
+        else:
+            print(json.dumps(dict(flops=unet_flops_per_image())))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--conv-repeats", type=int, default=10, help="timed calls of each single convolution")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    print(f"machine: {cpu_name()}; threads {args.threads}\n")
+    print("| 3x3 conv, batch 1 | GFLOP | diffice GFLOP/s | torch NCHW GFLOP/s | torch channels_last GFLOP/s |")
+    print("|---|---|---|---|---|")
+    best = 0.0
+    for c, h, w in CONV_SHAPES:
+        flops = conv_flops(c, h, w)
+        rates = []
+        for impl in ("diffice", "torch", "torch-channels-last"):
+            r = in_subprocess(__file__, ["conv", impl, c, h, w, args.conv_repeats, args.threads], args.threads)
+            rates.append(flops / r["seconds"] / 1e9 if "seconds" in r else float("nan"))
+        best = max([best] + [r for r in rates if r == r])
+        print(f"| {c}->{c} at {h}x{w} | {flops / 1e9:.2f} | " + " | ".join(f"{r:.1f}" for r in rates) + " |")
+    print(f"\nthe machine's measured fp32 3x3-convolution throughput: **{best:.1f} GFLOP/s**\n")
+
+    flops = in_subprocess(__file__, ["flops", "torch"], args.threads)["flops"]
+    print(f"paper-size UNet forward: {flops / 1e9:.1f} GFLOP per image (PyTorch's FlopCounterMode)\n")
+    print("| UNet forward | diffice s | diffice GFLOP/s | % of machine | torch s | torch GFLOP/s | % of machine |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in args.batches:
+        cells = []
+        for impl in ("diffice", "torch"):
+            r = in_subprocess(__file__, ["unet", impl, batch, args.repeats, args.threads], args.threads)
+            if "seconds" not in r:
+                cells += [r.get("error", "failed"), "-", "-"]
+                continue
+            rate = flops * batch / r["seconds"] / 1e9
+            cells += [f"{r['seconds']:.3f}", f"{rate:.1f}", f"{100 * rate / best:.0f}%"]
+        print(f"| batch {batch} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
