@@ -125,6 +125,25 @@ def t64(a: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
     return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=requires_grad)
 
 
+def autograd_saved_bytes(model: torch.nn.Module, x: np.ndarray) -> int:
+    """Bytes of the activations PyTorch's autograd saves for the backward of model(x) with respect to x (float32,
+    weights frozen; the weights themselves not counted): the yardstick for a network's taped memory."""
+    model = model.float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.from_numpy(x).requires_grad_(True))
+    return sum(saved.values())
+
+
 BACKENDS = ["ref", "cpu"]
 # plus the CUDA kernels built for the host (csrc/cuda as "cuda_emulated"), and the GPU itself where there is one: the
 # op tests of each family whose CUDA kernels exist run on them too

@@ -27,6 +27,20 @@ def cluster():
     executor.close()
 
 
+def test_a_local_cluster_leaves_the_environment_as_it_was():
+    """Dask's nanny writes its workers' settings (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, ...) into the parent's
+    os.environ; diffice puts it back, so later subprocesses (a notebook's `!diffice ...`) keep their threads and the
+    phantoms keep their pixels (single-threaded OpenBLAS rounds their interpolation differently)."""
+    before = dict(os.environ)
+    executor = open_executor(cluster="local:1", options=dict(dashboard_address=":0"))
+    try:
+        executor.client.wait_for_workers(1, timeout=60)
+        assert dict(os.environ) == before
+    finally:
+        executor.close()
+    assert dict(os.environ) == before
+
+
 def stored(spec):
     with SweepStore(spec.store_path) as store:
         return (

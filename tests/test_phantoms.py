@@ -2,6 +2,9 @@
 input."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +42,31 @@ def test_deterministic_and_independent_of_n(seed):
     d = P.generate(3, seed=seed + 1)
     assert not np.array_equal(d.images, b.images)
     assert not np.array_equal(a.images[0], a.images[1])
+
+
+def test_same_pixels_whatever_the_threads_and_blas_kernel(seed):
+    """A phantom's pixels name its noise in the sampler and its rows in a sweep store, so they must not depend on
+    OpenBLAS's thread count or kernel (a BLAS product rounded them differently with OMP_NUM_THREADS=1, and with
+    OpenBLAS's Sandybridge kernel against its Haswell one: a sweep resumed so said 'made for another image set')."""
+    code = (
+        "import hashlib, sys; from diffice import phantoms as P; "
+        f"b = P.generate(6, size=(40, 56), seed={seed}); "
+        "sys.stdout.write(hashlib.sha1(b.images.tobytes() + b.masks.tobytes()).hexdigest())"
+    )
+    hashes = set()
+    for extra in ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}, {"OPENBLAS_CORETYPE": "Sandybridge"}):
+        env = dict(os.environ, **extra)
+        env.pop("OPENBLAS_NUM_THREADS", None)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        hashes.add(done.stdout)
+    assert len(hashes) == 1, hashes
+
+
+@pytest.mark.parametrize("n, m", [(64, 9), (80, 300), (224, 100), (5, 40)])
+def test_banded_product_is_the_matrix_product(rng, n, m):
+    for matrix in (P._interp_matrix(n, m - 1), P._resample_matrix(n, m)):
+        b = rng.standard_normal((matrix.shape[1], 7)).astype(np.float32)
+        np.testing.assert_allclose(P._product(matrix, b), matrix.astype(np.float64) @ b, rtol=0, atol=1e-6)
 
 
 def test_generate_one_is_a_function_of_the_generator(seed):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import resnet_reference
 import torch
-from conftest import BACKENDS, randn, rel_err
+from conftest import BACKENDS, autograd_saved_bytes, randn, rel_err
 from resnet_reference import STAGES, ResNet
 
 from diffice import ResNetFeatures
@@ -294,25 +294,10 @@ def test_vjp_memory_is_close_to_what_autograd_saves(rng, depth, layout):
     """The tape keeps each conv's output and each block's output, not the ReLU(BN(.)) activations (the backward
     recomputes them) nor the shortcut's BN output: the input VJP's whole workspace peak (tape, one block's backward,
     unused chunk ends) stays within 1.45x the activations PyTorch's autograd saves for the same network (measured
-    1.29x and 1.38x; keeping the activations on the tape, the design before, took 1.52x and 1.55x)."""
+    1.29x and 1.38x; keeping the activations on the tape, the design before, took 1.52x and 1.55x). The gradients
+    themselves are held to PyTorch by the tests above (on inputs whose gradients no round-off can flip)."""
     net = ResNetFeatures.random(depth, layout, 1, ("layer4",), seed=0)
-    model = torch_model(net).float()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    weights = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
-    saved = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     x = rng.uniform(-1, 1, (2, 1, 64, 96)).astype(np.float32)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.from_numpy(x).requires_grad_(True))
-    v = randn(rng, *net.forward(x)["layer4"].shape)
-    dx = net.vjp(x, {"layer4": v})
-    assert net.last_peak_bytes < 1.45 * sum(saved.values()), net.last_peak_bytes / sum(saved.values())
-    xt = torch.from_numpy(x).double().requires_grad_(True)
-    (torch_model(net)(xt)["layer4"] * torch.from_numpy(v).double()).sum().backward()
-    assert rel_err(dx, xt.grad.numpy()) < 1e-4
+    saved = autograd_saved_bytes(torch_model(net), x)
+    net.vjp(x, {"layer4": randn(rng, *net.forward(x)["layer4"].shape)})
+    assert net.last_peak_bytes < 1.45 * saved, net.last_peak_bytes / saved

@@ -313,28 +313,18 @@ dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, cons
     return dfc_conv_layer_forward_reusing(be, l, x, NULL, arena, y, err);
 }
 
-/* The (N, Co, Ho, Wo) output of l on an image x, at data (NULL: shape only). */
-static dfc_tensor conv_output(const dfc_conv_layer *l, const dfc_tensor *x, float *data)
+dfc_tensor dfc_conv_layer_output_shape(const dfc_conv_layer *l, const dfc_tensor *x)
 {
     dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x);
     int64_t ho = (xi.shape[2] + 2 * l->p.pad_h - w.shape[2]) / l->p.stride_h + 1;
     int64_t wo = (xi.shape[3] + 2 * l->p.pad_w - w.shape[3]) / l->p.stride_w + 1;
-    return dfc_tensor4(data, xi.shape[0], w.shape[0], ho, wo);
-}
-
-dfc_status dfc_conv_layer_output(const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y,
-                                 dfc_error *err)
-{
-    dfc_tensor shape = conv_output(l, x, NULL);
-    *y = dfc_alloc_like(arena, &shape, err);
-    DFC_CHECK_ALLOC(*y);
-    return DFC_OK;
+    return dfc_tensor4(NULL, xi.shape[0], w.shape[0], ho, wo);
 }
 
 dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
                                           const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
 {
-    dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x), yi = conv_output(l, x, NULL);
+    dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x), yi = dfc_conv_layer_output_shape(l, x);
     if (spare && dfc_numel(spare) >= dfc_numel(&yi))
         yi.data = spare->data;
     else

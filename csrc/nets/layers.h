@@ -112,9 +112,8 @@ typedef struct dfc_grad_target {
 
 dfc_status dfc_conv_layer_forward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena,
                                   dfc_tensor *y, dfc_error *err);
-/* An uninitialised tensor of l's output shape for input x, from arena (to be handed to ..._reusing as spare). */
-dfc_status dfc_conv_layer_output(const dfc_conv_layer *l, const dfc_tensor *x, dfc_arena *arena, dfc_tensor *y,
-                                 dfc_error *err);
+/* The (N, Co, Ho, Wo) shape of l's output for an image x (data NULL): a buffer made ahead for ..._reusing. */
+dfc_tensor dfc_conv_layer_output_shape(const dfc_conv_layer *l, const dfc_tensor *x);
 /* The same with y in spare's memory when spare (a tensor the caller no longer needs, or NULL) holds enough
  * elements, else from arena. */
 dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,

@@ -355,8 +355,9 @@ static dfc_status block_forward(dfc_backend *be, const block *blk, const dfc_ten
     dfc_tensor h[3], y, hd = {0};
     DFC_TRY(dfc_conv_layer_forward(be, &blk->conv[0], x, keep, &h[0], err));
     for (int i = 1; i < nconv; i++) {
-        dfc_tensor next, a;
-        DFC_TRY(dfc_conv_layer_output(&blk->conv[i], &h[i - 1], keep, &next, err));
+        dfc_tensor shape = dfc_conv_layer_output_shape(&blk->conv[i], &h[i - 1]), a;
+        dfc_tensor next = dfc_alloc_like(keep, &shape, err);
+        DFC_CHECK_ALLOC(next);
         dfc_arena_mark activation = dfc_arena_get_mark(tmp);
         DFC_TRY(bn_relu(be, &blk->bn[i - 1], &h[i - 1], tmp, &a, err));
         DFC_TRY(dfc_conv_layer_forward_reusing(be, &blk->conv[i], &a, &next, tmp, &h[i], err));

@@ -142,15 +142,17 @@ const dfc_segmenter_config *dfc_segmenter_get_config(const dfc_net *net) { retur
 /* ---- forward and backward ---- */
 
 /* What a DoubleConv's backward needs. ReLU is applied in place on the GroupNorm output: relu(v) > 0 exactly when
- * v > 0, so the ReLU's output serves as its backward's mask and the GroupNorm output need not be kept. */
+ * v > 0, so the ReLU's output serves as its backward's mask and the GroupNorm output need not be kept. The first
+ * activation a1 = ReLU(GN(c1)) is not kept either: the backward remakes it (with its statistics) from c1. */
 typedef struct double_conv_tape {
-    dfc_tensor x, c1, mean1, rstd1, a1, c2, mean2, rstd2, a2;
+    dfc_tensor x, c1, c2, mean2, rstd2, a2;
 } double_conv_tape;
 
+/* A decoder level's upsampled input and its up conv's output are not kept: the backward remakes the first from the
+ * level's input (on the tape as the level before's output), and the second lives on in the concatenation. */
 typedef struct segmenter_tape {
     dfc_tensor x;
     double_conv_tape enc[MAX_LEVELS], dec[MAX_LEVELS - 1];
-    dfc_tensor dec_up[MAX_LEVELS - 1]; /* decoder j's upsampled input (the up conv's input) */
     dfc_tensor head_x;
 } segmenter_tape;
 
@@ -161,17 +163,23 @@ static dfc_status norm_relu(dfc_backend *be, const dfc_group_norm_layer *norm, c
     return be->ops->activation_forward(be, DFC_ACT_RELU, y, y, err);
 }
 
-/* Intermediates come from arena, the output from out_arena. */
+/* Intermediates come from arena, the output from out_arena. c2 is made before a1, so a1 is on top of arena and
+ * released once conv2 has read it. */
 static dfc_status double_conv_forward(dfc_backend *be, const double_conv *d, const dfc_tensor *x, dfc_arena *arena,
                                       dfc_arena *out_arena, double_conv_tape *t, dfc_tensor *out, dfc_error *err)
 {
     dfc_tensor c1, mean1, rstd1, a1, c2, mean2, rstd2;
     DFC_TRY(dfc_conv_layer_forward(be, &d->conv1, x, arena, &c1, err));
+    dfc_tensor c2_shape = dfc_conv_layer_output_shape(&d->conv2, &c1);
+    dfc_tensor c2_buffer = dfc_alloc_like(arena, &c2_shape, err);
+    DFC_CHECK_ALLOC(c2_buffer);
+    const dfc_arena_mark activation = dfc_arena_get_mark(arena);
     DFC_TRY(norm_relu(be, &d->norm1, &c1, arena, &a1, &mean1, &rstd1, err));
-    DFC_TRY(dfc_conv_layer_forward(be, &d->conv2, &a1, arena, &c2, err));
+    DFC_TRY(dfc_conv_layer_forward_reusing(be, &d->conv2, &a1, &c2_buffer, arena, &c2, err));
+    dfc_arena_reset(arena, activation);
     DFC_TRY(norm_relu(be, &d->norm2, &c2, out_arena, out, &mean2, &rstd2, err));
     if (t) {
-        double_conv_tape saved = {*x, c1, mean1, rstd1, a1, c2, mean2, rstd2, *out};
+        double_conv_tape saved = {*x, c1, c2, mean2, rstd2, *out};
         *t = saved;
     }
     return DFC_OK;
@@ -182,12 +190,13 @@ static dfc_status double_conv_backward(dfc_backend *be, const double_conv *d, co
                                        const dfc_tensor *dout, dfc_arena *arena, dfc_grad_target g, dfc_tensor *dx,
                                        dfc_error *err)
 {
-    dfc_tensor dn2, dc2, da1, dn1, dc1;
+    dfc_tensor a1, mean1, rstd1, dn2, dc2, da1, dn1, dc1;
+    DFC_TRY(norm_relu(be, &d->norm1, &t->c1, arena, &a1, &mean1, &rstd1, err));
     DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, dout, &t->a2, arena, &dn2, err));
     DFC_TRY(dfc_group_norm_layer_backward(be, &d->norm2, &t->c2, &t->mean2, &t->rstd2, &dn2, arena, &dc2, g, err));
-    DFC_TRY(dfc_conv_layer_backward(be, &d->conv2, &t->a1, &dc2, arena, &da1, g, err));
-    DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, &da1, &t->a1, arena, &dn1, err));
-    DFC_TRY(dfc_group_norm_layer_backward(be, &d->norm1, &t->c1, &t->mean1, &t->rstd1, &dn1, arena, &dc1, g, err));
+    DFC_TRY(dfc_conv_layer_backward(be, &d->conv2, &a1, &dc2, arena, &da1, g, err));
+    DFC_TRY(dfc_activation_backward_new(be, DFC_ACT_RELU, &da1, &a1, arena, &dn1, err));
+    DFC_TRY(dfc_group_norm_layer_backward(be, &d->norm1, &t->c1, &mean1, &rstd1, &dn1, arena, &dc1, g, err));
     return dfc_conv_layer_backward(be, &d->conv1, &t->x, &dc1, arena, dx, g, err);
 }
 
@@ -240,17 +249,21 @@ static dfc_status segmenter_forward(const dfc_net *net, dfc_backend *be, dfc_are
         const up_block *u = &s->decoder[j];
         const dfc_tensor *skip = &skips[c->levels - 2 - j];
         dfc_arena_mark mark = dfc_arena_get_mark(tmp);
-        dfc_tensor hu = dfc_alloc4(tmp, h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3], err), up, cat;
+        /* the concatenation first: the upsampled input and the up conv's output above it go once it is made */
+        dfc_tensor hu = dfc_tensor4(NULL, h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]), up;
+        dfc_tensor up_shape = dfc_conv_layer_output_shape(&u->conv, &hu);
+        dfc_tensor cat = dfc_alloc4(tmp, up_shape.shape[0], skip->shape[1] + up_shape.shape[1], up_shape.shape[2],
+                                    up_shape.shape[3], err);
+        DFC_CHECK_ALLOC(cat);
+        const dfc_arena_mark up_path = dfc_arena_get_mark(tmp);
+        hu = dfc_alloc_like(tmp, &hu, err);
         DFC_CHECK_ALLOC(hu);
         DFC_TRY(be->ops->upsample_nearest2x_forward(be, &h, &hu, err));
         DFC_TRY(dfc_conv_layer_forward(be, &u->conv, &hu, tmp, &up, err));
-        cat = dfc_alloc4(tmp, up.shape[0], skip->shape[1] + up.shape[1], up.shape[2], up.shape[3], err);
-        DFC_CHECK_ALLOC(cat);
         const dfc_tensor *parts[2] = {skip, &up};
         DFC_TRY(be->ops->concat_channels(be, parts, 2, &cat, err));
+        dfc_arena_reset(tmp, up_path);
         DFC_TRY(double_conv_forward(be, &u->block, &cat, tmp, arena, tape ? &tape->dec[j] : NULL, &h, err));
-        if (tape)
-            tape->dec_up[j] = hu;
         if (scratch)
             dfc_arena_reset(scratch, mark);
     }
@@ -287,20 +300,24 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     dfc_tensor dskips[MAX_LEVELS];
     for (int j = c->levels - 2; j >= 0; j--) {
         const up_block *u = &s->decoder[j];
-        const dfc_tensor *cat = &tape->dec[j].x, *hu = &tape->dec_up[j];
+        const dfc_tensor *cat = &tape->dec[j].x;
+        const dfc_tensor *h_in = j > 0 ? &tape->dec[j - 1].a2 : &tape->enc[c->levels - 1].a2; /* the level's input */
         const int l = c->levels - 2 - j;
         const int64_t w = cat->shape[1] / 2;
         dskips[l] = dfc_alloc4(arena, n, w, cat->shape[2], cat->shape[3], err);
         DFC_CHECK_ALLOC(dskips[l]);
-        dfc_tensor dh_in = dfc_alloc4(arena, n, hu->shape[1], hu->shape[2] / 2, hu->shape[3] / 2, err);
+        dfc_tensor dh_in = dfc_alloc_like(arena, h_in, err);
         DFC_CHECK_ALLOC(dh_in);
         const dfc_arena_mark block = dfc_arena_get_mark(arena);
+        dfc_tensor hu = dfc_alloc4(arena, n, h_in->shape[1], 2 * h_in->shape[2], 2 * h_in->shape[3], err);
+        DFC_CHECK_ALLOC(hu);
+        DFC_TRY(be->ops->upsample_nearest2x_forward(be, h_in, &hu, err));
         dfc_tensor dcat, dhu, dup = dfc_alloc4(arena, n, w, cat->shape[2], cat->shape[3], err);
         DFC_CHECK_ALLOC(dup);
         DFC_TRY(double_conv_backward(be, &u->block, &tape->dec[j], &dh, arena, g, &dcat, err));
         dfc_tensor *parts[2] = {&dskips[l], &dup};
         DFC_TRY(be->ops->split_channels(be, &dcat, parts, 2, err));
-        DFC_TRY(dfc_conv_layer_backward(be, &u->conv, hu, &dup, arena, &dhu, g, err));
+        DFC_TRY(dfc_conv_layer_backward(be, &u->conv, &hu, &dup, arena, &dhu, g, err));
         DFC_TRY(be->ops->upsample_nearest2x_backward(be, &dhu, &dh_in, err));
         dfc_arena_reset(arena, block);
         dh = dh_in;

@@ -403,12 +403,30 @@ def _interp_matrix(n: int, cells: int) -> np.ndarray:
     return m
 
 
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (float32) for a banded a (each row's nonzero weights in consecutive columns, as the interpolation and
+    resampling matrices here have), in one fixed order of operations: over the band, left to right, each product
+    rounded to float32. BLAS kernels block and fuse (FMA) differently by CPU and thread count, and a phantom's
+    pixels name its noise in the sampler and its rows in a sweep store, so a BLAS product made the same seed give
+    other phantoms with OMP_NUM_THREADS=1 or another OpenBLAS kernel."""
+    nonzero = a != 0
+    first = nonzero.argmax(axis=1)
+    last = a.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1)
+    rows = np.arange(a.shape[0])
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for d in range(int((last - first).max()) + 1):
+        cols = np.minimum(first + d, a.shape[1] - 1)
+        weight = np.where(first + d <= last, a[rows, cols], np.float32(0))
+        out += weight[:, None] * b[cols]
+    return out
+
+
 def _polar_noise(rng: np.random.Generator, nr: int, nphi: int, length: float, arc: float, cell: float):
     """Smooth noise of roughly unit variance on the (nr, nphi) scan-line grid: a random lattice with spacing
     `cell` (world units: `length` along the lines, `arc` across them at mid depth), interpolated separably."""
     cr, cp = max(1, int(math.ceil(length / cell))), max(1, int(math.ceil(arc / cell)))
     lat = rng.standard_normal((cr + 1, cp + 1)).astype(np.float32) * np.float32(1.6)
-    return _interp_matrix(nr, cr) @ lat @ _interp_matrix(nphi, cp).T
+    return _product(_interp_matrix(nphi, cp), _product(_interp_matrix(nr, cr), lat).T).T
 
 
 def _smooth3(z, c: float, axis: int):
@@ -450,9 +468,11 @@ def _speckle_db(rng: np.random.Generator, size: tuple[int, int], density: float,
     looks = 1 if density > 1.0 else 2
     z = rng.standard_normal((2 * looks, gh, gw), dtype=np.float32)
     z = _smooth3(_smooth3(z, corr, 1), min(corr + 0.12, 0.33), 2)
-    inten = np.einsum("kij,kij->ij", z, z)
+    inten = z[0] * z[0]
+    for k in range(1, len(z)):  # in order, as _product
+        inten += z[k] * z[k]
     if (gh, gw) != (H, W):
-        inten = _resample_matrix(H, gh) @ inten @ _resample_matrix(W, gw).T
+        inten = _product(_resample_matrix(W, gw), _product(_resample_matrix(H, gh), inten).T).T
     return 10.0 * np.log10(np.maximum(inten * (1.0 / np.mean(inten)), 1e-6))
 
 

@@ -203,6 +203,7 @@ class DaskExecutor:
 
     def __init__(self, client: Any, cluster: Any = None, restrict: bool = False, window: int = 2) -> None:
         self.client, self.cluster = client, cluster
+        self.environ = dict(os.environ)  # a local cluster's nanny rewrites it when it restarts a worker
         self.restrict = restrict  # the workers were started with the UNIT_RESOURCE (one unit at a time each)
         self.window = window
         self.dashboard = getattr(client, "dashboard_link", None)
@@ -247,6 +248,7 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        restore_environ(self.environ)
 
 
 def cluster_options(data: dict[str, Any] | None, source: str = "config") -> dict[str, Any]:
@@ -256,6 +258,17 @@ def cluster_options(data: dict[str, Any] | None, source: str = "config") -> dict
     if unknown:
         raise ValueError(f"{source}: unknown keys in [cluster]: {sorted(unknown)}; known: {sorted(CLUSTER_DEFAULTS)}")
     return dict(CLUSTER_DEFAULTS, **values)
+
+
+def restore_environ(environ: dict[str, str]) -> None:
+    """Puts this process's environment back as it was. Dask's nanny writes its workers' settings
+    (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, PYTHONHASHSEED, ...) into the *parent's*
+    os.environ before spawning each worker and leaves them there: every later subprocess of the user's session (a
+    notebook's `!diffice explain`) would run single-threaded, and single-threaded OpenBLAS rounds the phantoms'
+    interpolation products differently, so their pixels (and a sweep store's image keys) would change."""
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
 
 
 def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
@@ -271,13 +284,17 @@ def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
             raise ValueError(f"--cluster local:N needs a number of workers, got {kind!r}") from None
         if workers < 1:
             raise ValueError(f"--cluster local:N needs at least one worker, got {kind!r}")
-        return LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=opts["dashboard_address"],
-            resources={UNIT_RESOURCE: 1},
-        )
+        environ = dict(os.environ)
+        try:
+            return LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=opts["dashboard_address"],
+                resources={UNIT_RESOURCE: 1},
+            )
+        finally:
+            restore_environ(environ)
     if kind not in ("slurm", "pbs"):
         raise ValueError(f"--cluster must be local:N, slurm or pbs, got {kind!r}")
     try:
