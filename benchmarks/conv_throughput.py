@@ -108,15 +108,13 @@ def unet_worker(impl: str, batch: int, repeats: int, threads: int) -> dict:
 
 def cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                flags = next(f for f in Path("/proc/cpuinfo").read_text().splitlines() if f.startswith("flags"))
-                isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-                return f"{name} ({isa}, {os.cpu_count()} logical CPUs)"
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line for line in lines if line.startswith("model name")).split(":", 1)[1].strip()
+        flags = next(line for line in lines if line.startswith("flags"))
     except (OSError, StopIteration):
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{name} ({isa}, {os.cpu_count()} logical CPUs)"
 
 
 def main() -> None:

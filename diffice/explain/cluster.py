@@ -201,9 +201,18 @@ class LocalExecutor:
 class DaskExecutor:
     """Runs units on a Dask cluster: at most `window` per worker in flight, results as they complete."""
 
-    def __init__(self, client: Any, cluster: Any = None, restrict: bool = False, window: int = 2) -> None:
+    def __init__(
+        self,
+        client: Any,
+        cluster: Any = None,
+        restrict: bool = False,
+        window: int = 2,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.client, self.cluster = client, cluster
-        self.environ = dict(os.environ)  # a local cluster's nanny rewrites it when it restarts a worker
+        # a local cluster's environment before it started: its nanny rewrites os.environ when it restarts a worker,
+        # so close() puts this back (None: a remote cluster or scheduler, which leaves os.environ alone)
+        self.environ = environ
         self.restrict = restrict  # the workers were started with the UNIT_RESOURCE (one unit at a time each)
         self.window = window
         self.dashboard = getattr(client, "dashboard_link", None)
@@ -248,7 +257,8 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
-        restore_environ(self.environ)
+        if self.environ is not None:
+            restore_environ(self.environ)
 
 
 def cluster_options(data: dict[str, Any] | None, source: str = "config") -> dict[str, Any]:
@@ -355,14 +365,15 @@ def open_executor(
     assert cluster, "open_executor: the one option left is cluster"
     opts = dict(CLUSTER_DEFAULTS, **(options or {}))
     made = make_cluster(cluster, opts)
+    local = cluster.startswith("local")
     try:
-        if not cluster.startswith("local"):
+        if not local:
             made.scale(jobs=int(opts["jobs"]))
         client = Client(made)
     except BaseException:
         made.close()
         raise
-    return DaskExecutor(client, made, restrict=True)
+    return DaskExecutor(client, made, restrict=True, environ=dict(os.environ) if local else None)
 
 
 def describe(executor: Any, stream: Any = None) -> None:
