@@ -4,10 +4,12 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from conftest import ALL_BACKENDS, randn, rel_err, t64
 
 from diffice import ops
+from diffice._native import _C
 
 TOL = 1e-5
 
@@ -134,6 +136,27 @@ def test_linear_cache_eviction(rng):
     for rows in list(range(1, 150)) + [1, 2]:
         x = randn(rng, rows, 4)
         assert rel_err(ops.linear(x, weight), F.linear(t64(x), t64(weight))) <= TOL
+
+
+def test_large_batch_runs_in_slices_with_a_bounded_workspace(rng):
+    """A convolution whose images would need more than 128 MiB of oneDNN copies runs in batch slices (here 2 + 1
+    images of ~50 MB each): the same numbers as PyTorch, and the backend keeps the slice's copies, not the batch's."""
+    backend = _C.Backend("cpu", 0)  # a fresh backend: its workspace holds only what this test ran
+    x = randn(rng, 3, 96, 250, 300)
+    weight, bias = randn(rng, 72, 96, 3, 3, scale=0.05), randn(rng, 72)
+    y = _C.conv2d_forward(backend, x, weight, bias, (1, 1), (1, 1))
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(weight)
+    yt = F.conv2d(xt, wt, torch.tensor(bias), padding=1)
+    assert rel_err(y, yt) <= TOL
+    dy = randn(rng, *y.shape)
+    dx = _C.conv2d_backward_input(backend, dy, weight, x.shape, (1, 1), (1, 1))
+    yt.backward(torch.tensor(dy))
+    assert rel_err(dx, xt.grad) <= TOL
+    per_image = (x[0].nbytes + y[0].nbytes) / 2**20
+    held = _C.onednn_workspace_bytes(backend) / 2**20
+    assert held <= 128 + 8, f"workspace {held:.0f} MiB for {per_image:.0f} MiB of copies per image"
+    with pytest.raises(ValueError, match="ref"):
+        _C.onednn_workspace_bytes(_C.Backend("ref", 0))
 
 
 # ---- bad inputs: each error names the op and the argument ----

@@ -10,6 +10,8 @@ typedef struct dfc_cpu_state dfc_cpu_state;
 
 dfc_status dfc_cpu_state_create(int num_threads, dfc_cpu_state **out, dfc_error *err);
 void dfc_cpu_state_destroy(dfc_cpu_state *state);
+/* Bytes the backend keeps for oneDNN: blocked copies of the largest call's arguments and its scratchpad. */
+size_t dfc_cpu_workspace_bytes(const dfc_cpu_state *state);
 
 /* Batched strided matrix product through oneDNN:
  *   C[b] = alpha * A[b] B[b] + beta * C[b],  A[b] (M, K), B[b] (K, N), C[b] (M, N), b < batch,

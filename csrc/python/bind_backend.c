@@ -3,6 +3,8 @@
  * what the memory interface does); arena_replay: a sequence of allocations and resets, for the chunk policy. */
 #include "pyutil.h"
 
+#include "../ops/cpu.h"
+
 #define NO_IMPORT_ARRAY
 #define PY_ARRAY_UNIQUE_SYMBOL diffice_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
@@ -146,6 +148,19 @@ static PyObject *py_fill_unstaged(PyObject *self, PyObject *args)
     return result;
 }
 
+/* onednn_workspace_bytes(backend) -> bytes the "cpu" backend keeps for oneDNN's copies and scratchpads */
+static PyObject *py_onednn_workspace_bytes(PyObject *self, PyObject *args)
+{
+    (void)self;
+    dfc_backend *be;
+    if (!PyArg_ParseTuple(args, "O&", dfc_py_backend, &be))
+        return NULL;
+    if (be->iface != &dfc_cpu_backend_iface)
+        return PyErr_Format(PyExc_ValueError, "onednn_workspace_bytes: the '%s' backend does not use oneDNN",
+                            be->iface->name);
+    return PyLong_FromSize_t(dfc_cpu_workspace_bytes(be->impl));
+}
+
 /* backend_names() -> tuple of the registered backends' names, the default first */
 static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
 {
@@ -166,6 +181,8 @@ static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
 PyMethodDef dfc_methods_backend[] = {
     {"backend_names", py_backend_names, METH_NOARGS,
      "backend_names() -> tuple of the backends this build has (the default first)"},
+    {"onednn_workspace_bytes", py_onednn_workspace_bytes, METH_VARARGS,
+     "onednn_workspace_bytes(backend) -> bytes the cpu backend keeps for oneDNN's blocked copies and scratchpads"},
     {"fill_unstaged", py_fill_unstaged, METH_VARARGS,
      "fill_unstaged(backend, x, value): the fill op on x's host memory without staging (a test instrument)"},
     {"arena_roundtrip", py_arena_roundtrip, METH_VARARGS,
