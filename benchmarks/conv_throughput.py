@@ -14,7 +14,7 @@ The UNet's FLOPs per image are counted by PyTorch's FlopCounterMode on guided-di
 and matrix products; the norms and elementwise ops are not counted), so "% of the machine" is the share of the
 convolution throughput the whole forward reaches, its other work included. Every measurement is the median of
 `--repeats` (a single convolution: `--conv-repeats`) calls after a warm-up, each implementation in its own process;
-PyTorch runs with its own OpenMP settings, diffice with its default (OMP_WAIT_POLICY=PASSIVE, set when imported).
+PyTorch runs with its own OpenMP settings, diffice with its default (GOMP_SPINCOUNT=1000, set when imported).
 """
 
 from __future__ import annotations

@@ -47,11 +47,14 @@ def preload_cuda_libraries() -> None:
             continue
 
 
-# libgomp reads its settings when it loads: let threads sleep at barriers instead of spinning. Spinning wins a few
-# percent on an idle machine but loses several-fold as soon as another process shares the cores (measured: a
-# training step 4.2 s -> 2.0 s under load). An explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT is respected.
+# libgomp reads its settings when it loads: threads waiting at a barrier spin 1000 times (tens of microseconds)
+# before they sleep. libgomp's own default (300000 spins) loses several-fold as soon as another process shares the
+# cores (a training step 4.2 s -> 2.0 s under load with sleeping threads); sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+# pays a futex wake-up on each of the thousands of parallel regions of a sampler call: 1.3x slower on an idle
+# machine, where the short spin costs under 10% beside a busy process (benchmarks/RESULTS.md, "Threads on this
+# machine"). An explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT is respected.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 _preload_onednn()
 

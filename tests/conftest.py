@@ -7,7 +7,8 @@ import zlib
 from pathlib import Path
 
 # Before torch: the torch wheel's libgomp.so.1 is the one diffice then runs on, and libgomp reads its wait policy
-# once, when it loads; diffice's own PASSIVE default would come too late (README, "Threads").
+# once, when it loads, so diffice's own default would come too late (README, "Threads"). PASSIVE, not diffice's
+# short spin: the suite shares the cores with the Dask workers and CLI processes it starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The CUDA kernels' host build ("cuda_emulated") in its strict form: backend memory is inaccessible outside the
 # backend's own functions and every tensor an op gets must be backend memory, so what would touch a host pointer

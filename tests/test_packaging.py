@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -57,3 +61,25 @@ def test_the_wheel_gets_every_subpackage_the_typing_marker_and_the_demo_models(m
     assert "diffice.demo_models" in dist.packages
     assert (ROOT / "diffice" / "py.typed").is_file() and "py.typed" in dist.package_data["diffice"]
     assert {"*.safetensors", "*.json"} <= set(dist.package_data["diffice.demo_models"])
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({}, {"GOMP_SPINCOUNT": "1000", "OMP_WAIT_POLICY": None}),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": None, "OMP_WAIT_POLICY": "PASSIVE"}),
+        ({"GOMP_SPINCOUNT": "50"}, {"GOMP_SPINCOUNT": "50", "OMP_WAIT_POLICY": None}),
+    ],
+    ids=["default", "wait-policy-kept", "spin-count-kept"],
+)
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose(given, expected):
+    """libgomp reads its wait settings once, when it loads: `import diffice` sets a short spin before loading the
+    C core (README, "Threads"), and leaves a setting of the user's alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = (
+        "import json, os, diffice; "
+        "print(json.dumps({k: os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
