@@ -534,7 +534,7 @@ done:
 /* A convolution whose images would need more than this many bytes of copies in the primitive's layout (input and
  * output, both reordered) runs in batch slices: the copies, which the backend keeps for the next call, shrink with
  * the slice, and each image's arithmetic is the same. At 224x288 a 256 -> 128 channel conv copies ~100 MB per image:
- * unsliced at batch 10 the workspace would hold ~1 GB, more than the UNet forward's own peak saves. */
+ * unsliced, a batch of 10 would leave up to ~1 GB of copies with the backend between calls. */
 #define CONV_SLICE_BYTES ((int64_t)128 << 20)
 
 /* Images per slice for a convolution of n images with x and y of these per-image sizes (elements). */
