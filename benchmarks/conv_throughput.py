@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import in_subprocess, median_seconds  # noqa: E402
 from unet import CONFIGS  # noqa: E402
+from unet import measure as measure_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,32 +81,6 @@ def unet_flops_per_image() -> float:
     return float(counter.get_total_flops())
 
 
-def unet_worker(impl: str, batch: int, repeats: int, threads: int) -> dict:
-    import numpy as np
-
-    sys.path.insert(0, str(ROOT))
-    from diffice.models.unet import UNet
-
-    spec = CONFIGS["paper"]
-    h, w = spec["size"]
-    unet = UNet.random(spec["unet"], seed=0)
-    x = np.random.default_rng(0).standard_normal((batch, 1, h, w)).astype(np.float32)
-    t = np.full(batch, 300)
-    if impl == "diffice":
-        return median_seconds(lambda: unet.forward(x, t), repeats)
-    import torch
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from gd_reference import UNetModel
-
-    torch.set_num_threads(threads)
-    model = UNetModel(unet.config).eval()
-    model.load_state_dict({k: torch.from_numpy(a) for k, a in unet.state_dict().items()})
-    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-    with torch.no_grad():
-        return median_seconds(lambda: model(xt, tt), repeats)
-
-
 def cpu_name() -> str:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -123,8 +98,6 @@ def main() -> None:
         values = [int(v) for v in rest]
         if kind == "conv":
             print(json.dumps(conv_worker(impl, *values)))
-        elif kind == "unet":
-            print(json.dumps(unet_worker(impl, *values)))
         else:
             print(json.dumps(dict(flops=unet_flops_per_image())))
         return
@@ -156,7 +129,7 @@ def main() -> None:
     for batch in args.batches:
         cells = []
         for impl in ("diffice", "torch"):
-            r = in_subprocess(__file__, ["unet", impl, batch, args.repeats, args.threads], args.threads)
+            r = measure_unet(impl, "paper", batch, "forward", args.repeats, args.threads)  # benchmarks/unet.py's worker
             if "seconds" not in r:
                 cells += [r.get("error", "failed"), "-", "-"]
                 continue
