@@ -144,7 +144,7 @@ def test_large_batch_runs_in_slices_with_a_bounded_workspace(rng):
     backend = _C.Backend("cpu", 0)  # a fresh backend: its workspace holds only what this test ran
     x = randn(rng, 3, 96, 250, 300)
     weight, bias = randn(rng, 72, 96, 3, 3, scale=0.05), randn(rng, 72)
-    y = _C.conv2d_forward(backend, x, weight, bias, (1, 1), (1, 1))
+    y = _C.conv2d_forward(backend, x, weight, bias, (1, 1), (1, 1), False, False)
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(weight)
     yt = F.conv2d(xt, wt, torch.tensor(bias), padding=1)
     assert rel_err(y, yt) <= TOL
@@ -157,6 +157,29 @@ def test_large_batch_runs_in_slices_with_a_bounded_workspace(rng):
     assert held <= 128 + 8, f"workspace {held:.0f} MiB for {per_image:.0f} MiB of copies per image"
     with pytest.raises(ValueError, match="ref"):
         _C.onednn_workspace_bytes(_C.Backend("ref", 0))
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+@pytest.mark.parametrize("x_layout, y_layout", [("nhwc", "nchw"), ("nchw", "nhwc"), ("nhwc", "nhwc")])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_takes_and_gives_channels_last(rng, backend, x_layout, y_layout, stride):
+    """An NHWC x or y ((N, H, W, C) arrays): the numbers of the NCHW convolution, in the other layout; on the cpu
+    backend the convolution then reads and writes oneDNN's own layout without a reorder."""
+    x, weight, bias = randn(rng, 3, 13, 11, 17), randn(rng, 9, 13, 3, 3), randn(rng, 9)
+    want = F.conv2d(t64(x), t64(weight), t64(bias), stride=stride, padding=1).numpy()
+    x_in = x.transpose(0, 2, 3, 1).copy() if x_layout == "nhwc" else x
+    y = ops.conv2d(x_in, weight, bias, stride=stride, padding=1, x_layout=x_layout, y_layout=y_layout, backend=backend)
+    assert y.shape == (want.transpose(0, 2, 3, 1).shape if y_layout == "nhwc" else want.shape)
+    assert rel_err(y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y, want) <= TOL
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_conv2d_layout_errors(backend):
+    with pytest.raises(ValueError, match="conv2d_forward: x_layout must be 'nchw' or 'nhwc'"):
+        ops.conv2d(X, W, x_layout="chw", backend=backend)  # type: ignore[arg-type]
+    if backend.startswith("cuda"):  # cuDNN's convolutions here take NCHW only
+        with pytest.raises(ValueError, match="conv2d_forward: x and y must be NCHW here"):
+            ops.conv2d(X, W, y_layout="nhwc", backend=backend)
 
 
 # ---- bad inputs: each error names the op and the argument ----

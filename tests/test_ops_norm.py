@@ -108,6 +108,82 @@ def test_group_norm_backends_agree(rng):
         assert rel_err(got, want) <= 1e-5
 
 
+def _gn_act_reference(x, groups, gamma, beta, add, ss, silu, eps=1e-5):
+    """PyTorch in float64: silu(group_norm(x + add) (1 + scale) + shift), as guided-diffusion's ResBlock."""
+    h = t64(x)
+    if add is not None:
+        h = h + t64(add)[:, :, None, None]
+    g = F.group_norm(h, groups, t64(gamma) if gamma is not None else None, t64(beta) if beta is not None else None, eps)
+    if ss is not None:
+        scale, shift = t64(ss)[:, :, None, None].chunk(2, dim=1)
+        g = g * (1 + scale) + shift
+    return F.silu(g) if silu else g
+
+
+def _to(layout, a):
+    return a.transpose(0, 2, 3, 1).copy() if layout == "nhwc" else a
+
+
+def _from(layout, a):
+    return a.transpose(0, 3, 1, 2) if layout == "nhwc" else a
+
+
+LAYOUTS = [("nchw", "nchw"), ("nchw", "nhwc"), ("nhwc", "nhwc"), ("nhwc", "nchw")]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("x_layout, y_layout", LAYOUTS)
+@pytest.mark.parametrize("steps", ["add", "scale_shift", "plain", "no_silu"])
+def test_group_norm_act(rng, backend, x_layout, y_layout, steps):
+    """GroupNorm + (time-embedding add | scale-shift) + SiLU in one pass, in each pair of layouts, against PyTorch's
+    unfused steps; CUDA takes NCHW only and says so."""
+    shape, groups = (3, 35, 13, 19), 7
+    x = randn(rng, *shape, scale=2.0) + np.float32(0.5)
+    gamma, beta = randn(rng, 35), randn(rng, 35)
+    add = randn(rng, 3, 35) if steps == "add" else None
+    ss = randn(rng, 3, 70, scale=0.5) if steps == "scale_shift" else None
+    silu = steps != "no_silu"
+    kw = dict(add=add, scale_shift=ss, silu=silu, x_layout=x_layout, y_layout=y_layout, backend=backend)
+    if backend.startswith("cuda") and "nhwc" in (x_layout, y_layout):
+        with pytest.raises(ValueError, match="group_norm_act: x and y must be NCHW here"):
+            ops.group_norm_act(_to(x_layout, x), groups, gamma, beta, **kw)
+        return
+    y = ops.group_norm_act(_to(x_layout, x), groups, gamma, beta, **kw)
+    assert y.shape == _to(y_layout, x).shape
+    assert rel_err(_from(y_layout, y), _gn_act_reference(x, groups, gamma, beta, add, ss, silu)) <= GN_TOL
+
+
+@pytest.mark.parametrize("x_layout, y_layout", LAYOUTS)
+def test_group_norm_act_unet_sizes_and_large_mean(rng, x_layout, y_layout):
+    """A UNet level's size (2 x 128 x 56 x 72, 4 channels per group; tiles of 32 pixels end inside a row), a
+    mean far above the spread (the statistics' shifted sums), no affine parameters: the fast kernel against
+    PyTorch and the reference kernel."""
+    shape, groups = (2, 128, 56, 71), 32
+    x = randn(rng, *shape, scale=0.05) + np.float32(40.0)
+    add = randn(rng, 2, 128)
+    want = _gn_act_reference(x, groups, None, None, add, None, True)
+    kw = dict(add=add, x_layout=x_layout, y_layout=y_layout)
+    got = _from(y_layout, ops.group_norm_act(_to(x_layout, x), groups, backend="cpu", **kw))
+    assert rel_err(got, want) <= GN_TOL
+    ref = _from(y_layout, ops.group_norm_act(_to(x_layout, x), groups, backend="ref", **kw))
+    assert rel_err(got, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_group_norm_act_bad_inputs(backend):
+    x = np.zeros((2, 35, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="group_norm_act: add has shape"):
+        ops.group_norm_act(x, 5, add=np.zeros((2, 34), np.float32), backend=backend)
+    with pytest.raises(ValueError, match="group_norm_act: ss has shape"):
+        ops.group_norm_act(x, 5, scale_shift=np.zeros((2, 35), np.float32), backend=backend)
+    with pytest.raises(ValueError, match="group_norm_act: groups"):
+        ops.group_norm_act(x, 4, backend=backend)
+    with pytest.raises(ValueError, match="group_norm_act: x"):
+        ops.group_norm_act(np.zeros((2, 35, 16), np.float32), 5, backend=backend)
+    with pytest.raises(ValueError, match="group_norm_act: y_layout must be 'nchw' or 'nhwc'"):
+        ops.group_norm_act(x, 5, y_layout="NHWC", backend=backend)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_group_norm_bad_inputs(backend):
     x = np.zeros((2, 35, 4, 4), np.float32)

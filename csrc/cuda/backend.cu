@@ -408,12 +408,14 @@ const dfc_backend_iface dfc_cuda_emulated_backend_iface = {
     .name = "cuda_emulated",
     .ops = &dfc_cuda_emulated_ops,
     .host_memory = 0, /* stage like a GPU, so the staging code is tested too */
+    .conv_nhwc = 0,   /* cuDNN's convolutions here take NCHW (csrc/cuda/dense.cu) */
 #else
 extern const dfc_ops dfc_cuda_ops;
 static const dfc_backend_iface cuda_backend_iface = {
     .name = "cuda",
     .ops = &dfc_cuda_ops,
     .host_memory = 0,
+    .conv_nhwc = 0,
 #endif
     .create = cuda_backend_create,
     .destroy = cuda_backend_destroy,

@@ -323,6 +323,7 @@ dfc_status cuda_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_t
     const char *op = "conv2d_forward";
     bias = optional(bias);
     DFC_TRY(dfc_conv2d_check(op, x, "x", weight, "weight", bias, "bias", y, "y", p, err));
+    DFC_TRY(dfc_conv2d_check_layout(op, p, 0, err));
     if (dfc_numel(y) == 0)
         return DFC_OK;
     if (dfc_numel(x) == 0 || dfc_numel(weight) == 0) { /* no input channels: y is the bias alone */
@@ -340,6 +341,7 @@ dfc_status cuda_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, con
 {
     const char *op = "conv2d_backward_input";
     DFC_TRY(dfc_conv2d_check(op, dx, "dx", weight, "weight", NULL, NULL, dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout(op, p, 0, err));
     if (dfc_numel(dx) == 0)
         return DFC_OK;
     if (dfc_numel(weight) == 0) /* no output channels: nothing flows back */
@@ -355,6 +357,7 @@ dfc_status cuda_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, co
     const char *op = "conv2d_backward_weight";
     dbias = (dfc_tensor *)optional(dbias);
     DFC_TRY(dfc_conv2d_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout(op, p, 0, err));
     if (dfc_numel(dweight) > 0 && dfc_numel(dy) == 0) { /* an empty batch */
         DFC_TRY(fill_zero(be, op, dweight, err));
     } else if (dfc_numel(dweight) > 0) {

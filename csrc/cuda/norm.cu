@@ -340,6 +340,35 @@ dfc_status cuda_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const 
 
 /* dss per (n, c) plane, one index each summing in the reference's order (the same numbers as binary_backward's
  * broadcast sums); then dx, which may alias dy. */
+/* GroupNorm, scale-shift and SiLU as the sequence of this file's kernels (binary add, group norm, scale-shift) and
+ * elementwise.cu's SiLU, in place on y: the same numbers as the UNet's unfused steps. NCHW only here; fusing them
+ * into one kernel (and NHWC, for cuDNN's channels-last convolutions) waits for a GPU to measure it on. */
+DFC_DECLARE_OP_(cuda, binary_forward)
+DFC_DECLARE_OP_(cuda, activation_forward)
+dfc_status cuda_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *add,
+                                       const dfc_tensor *gamma, const dfc_tensor *beta, const dfc_tensor *ss,
+                                       int groups, float eps, int silu, int x_nhwc, int y_nhwc, dfc_tensor *y,
+                                       dfc_error *err)
+{
+    const char *op = "group_norm_act";
+    DFC_TRY(dfc_group_norm_act_check(op, x, add, gamma, beta, ss, groups, eps, x_nhwc, y_nhwc, y, err));
+    if (x_nhwc || y_nhwc)
+        return dfc_fail(err, DFC_ERR_VALUE, "cuda: %s: x and y must be NCHW here (x_nhwc = y_nhwc = 0), got %d and %d",
+                        op, x_nhwc, y_nhwc);
+    const dfc_tensor *source = x;
+    if (dfc_present(add)) {
+        const dfc_tensor add4 = dfc_tensor4(add->data, x->shape[0], x->shape[1], 1, 1);
+        DFC_TRY(cuda_binary_forward(be, DFC_BINARY_ADD, x, &add4, y, err));
+        source = y;
+    }
+    DFC_TRY(cuda_group_norm_forward(be, source, gamma, beta, groups, eps, y, NULL, NULL, err));
+    if (dfc_present(ss))
+        DFC_TRY(cuda_scale_shift_forward(be, y, ss, y, err));
+    if (silu)
+        DFC_TRY(cuda_activation_forward(be, DFC_ACT_SILU, y, y, err));
+    return DFC_OK;
+}
+
 dfc_status cuda_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *ss,
                                      dfc_tensor *dx, dfc_tensor *dss, dfc_error *err)
 {

@@ -324,13 +324,23 @@ dfc_tensor dfc_conv_layer_output_shape(const dfc_conv_layer *l, const dfc_tensor
 dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
                                           const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y, dfc_error *err)
 {
+    return dfc_conv_layer_forward_layout(be, l, x, 0, 0, spare, arena, y, err);
+}
+
+dfc_status dfc_conv_layer_forward_layout(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, int x_nhwc,
+                                         int y_nhwc, const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y,
+                                         dfc_error *err)
+{
     dfc_tensor w = as_conv_weight(&l->weight), xi = as_image(x), yi = dfc_conv_layer_output_shape(l, x);
     if (spare && dfc_numel(spare) >= dfc_numel(&yi))
         yi.data = spare->data;
     else
         yi = dfc_alloc_like(arena, &yi, err);
     DFC_CHECK_ALLOC(yi);
-    DFC_TRY(be->ops->conv2d_forward(be, &xi, &w, l->bias.data ? &l->bias : NULL, l->p, &yi, err));
+    dfc_conv2d_params p = l->p;
+    p.x_nhwc = x_nhwc;
+    p.y_nhwc = y_nhwc;
+    DFC_TRY(be->ops->conv2d_forward(be, &xi, &w, l->bias.data ? &l->bias : NULL, p, &yi, err));
     *y = yi;
     if (x->ndim == 3) { /* keep (N, C, T) sequences as sequences */
         y->ndim = 3;

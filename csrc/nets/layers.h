@@ -118,6 +118,11 @@ dfc_tensor dfc_conv_layer_output_shape(const dfc_conv_layer *l, const dfc_tensor
  * elements, else from arena. */
 dfc_status dfc_conv_layer_forward_reusing(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x,
                                           const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y, dfc_error *err);
+/* The same with x and/or y stored NHWC under their (N, C, H, W) shapes (dfc_conv2d_params), for a backend whose
+ * iface->conv_nhwc says it takes them. */
+dfc_status dfc_conv_layer_forward_layout(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, int x_nhwc,
+                                         int y_nhwc, const dfc_tensor *spare, dfc_arena *arena, dfc_tensor *y,
+                                         dfc_error *err);
 /* dx may be NULL (no input gradient wanted). */
 dfc_status dfc_conv_layer_backward(dfc_backend *be, const dfc_conv_layer *l, const dfc_tensor *x, const dfc_tensor *dy,
                                    dfc_arena *arena, dfc_tensor *dx, dfc_grad_target g, dfc_error *err);

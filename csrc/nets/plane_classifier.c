@@ -336,7 +336,7 @@ dfc_status dfc_small_classifier_create(const dfc_small_classifier_config *cfg, d
         small_classifier_destroy(&c->base);
         return err && err->code ? err->code : DFC_ERR_NOMEM;
     }
-    dfc_conv2d_params same = {1, 1, 1, 1};
+    dfc_conv2d_params same = {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1};
     c->conv1.weight = dfc_param_view(ps, 0);
     c->conv1.bias = dfc_param_view(ps, 1);
     c->conv1.p = same;

@@ -51,7 +51,7 @@ static void build_unit(dfc_param_builder *b, conv_unit *u, int cin, int cout, in
     int64_t wshape[4] = {cout, cin, kernel, kernel}, cshape[1] = {cout};
     u->conv.weight = dfc_builder_param(b, 4, wshape, "%s.weight", conv_prefix);
     u->conv.bias = (dfc_tensor){NULL, 1, {cout, 1, 1, 1}};
-    u->conv.p = (dfc_conv2d_params){1, 1, kernel / 2, kernel / 2};
+    u->conv.p = (dfc_conv2d_params){.stride_h = 1, .stride_w = 1, .pad_h = kernel / 2, .pad_w = kernel / 2};
     u->bn.weight = dfc_builder_param(b, 1, cshape, "%s.weight", bn_prefix);
     u->bn.bias = dfc_builder_param(b, 1, cshape, "%s.bias", bn_prefix);
     u->bn.running_mean = dfc_builder_param(b, 1, cshape, "%s.running_mean", bn_prefix);

@@ -71,6 +71,7 @@ static dfc_conv_layer build_conv(dfc_param_builder *b, int cin, int cout, int ke
 {
     int64_t wshape[4] = {cout, cin, kernel, kernel}, bshape[1] = {cout};
     dfc_conv_layer l;
+    memset(&l, 0, sizeof l); /* NCHW: p.x_nhwc = p.y_nhwc = 0 */
     l.weight = dfc_builder_param(b, ndim, wshape, "%s.weight", prefix);
     l.bias = dfc_builder_param(b, 1, bshape, "%s.bias", prefix);
     l.p.stride_h = l.p.stride_w = stride;
@@ -367,23 +368,28 @@ static dfc_status resample_backward_new(dfc_backend *be, int updown, const dfc_t
     return be->ops->avg_pool2d_backward(be, dy, POOL2, dx, err);
 }
 
-/* GroupNorm without saving its statistics; y may be x (in place). */
-static dfc_status group_norm_unsaved(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x, dfc_tensor *y,
-                                     dfc_error *err)
+/* GroupNorm (+ add or scale-shift) + SiLU of x into y without saving statistics, x and y in the given layouts. */
+static dfc_status norm_act(dfc_backend *be, const dfc_group_norm_layer *l, const dfc_tensor *x, const dfc_tensor *add,
+                           const dfc_tensor *ss, int x_nhwc, int y_nhwc, dfc_tensor *y, dfc_error *err)
 {
-    return be->ops->group_norm_forward(be, x, &l->weight, &l->bias, l->groups, l->eps, y, NULL, NULL, err);
+    return be->ops->group_norm_act_forward(be, x, add, &l->weight, &l->bias, ss, l->groups, l->eps, 1, x_nhwc, y_nhwc,
+                                           y, err);
 }
 
 /* Without a tape (s NULL) nothing is kept for a backward, so the block holds as few buffers as the order of its ops
- * allows: the norms, SiLUs and scale-shift run in place, the second conv writes into the output (the residual sum is
- * the same in either order), the skip conv into the normalised input once that is dead, and an input the caller no
- * longer needs (consume_x: an output block's concatenation) feeds the skip conv first and is then normalised in
- * place. The results are the same numbers as with a tape. */
+ * allows: the norms (fused with the SiLUs and the embedding's add or scale-shift) run in place, the second conv
+ * writes into the output (the residual sum is the same in either order), the skip conv into the normalised input
+ * once that is dead, and an input the caller no longer needs (consume_x: an output block's concatenation) feeds the
+ * skip conv first and is then normalised in place. Where the backend's convolutions take NHWC (iface->conv_nhwc)
+ * the normalised activations are written NHWC for the conv that reads them and in_conv's output stays NHWC for
+ * out_norm: one layout change per block (out_conv's NCHW output) instead of a reorder around each conv's input and
+ * output. The results are the same numbers as with a tape, to rounding. */
 static dfc_status resblock_forward_no_tape(dfc_backend *be, const resblock *r, const dfc_tensor *x, int consume_x,
                                            const dfc_tensor *emb_act, dfc_arena *arena, dfc_arena *out_arena,
                                            dfc_tensor *out, dfc_error *err)
 {
     consume_x = consume_x && r->has_skip_conv && !r->updown && r->cin >= r->cout;
+    const int nhwc = be->iface->conv_nhwc, h1_nhwc = nhwc && !r->updown; /* resampling reads NCHW */
     dfc_tensor h1 = *x, a1r, xr = *x, h2, e, skip;
     if (consume_x) {
         DFC_TRY(dfc_conv_layer_forward(be, &r->skip_conv, x, out_arena, out, err));
@@ -391,35 +397,26 @@ static dfc_status resblock_forward_no_tape(dfc_backend *be, const resblock *r, c
         h1 = dfc_alloc_like(arena, x, err);
         DFC_CHECK_ALLOC(h1);
     }
-    DFC_TRY(group_norm_unsaved(be, &r->in_norm, x, &h1, err));
-    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &h1, &h1, err));
+    DFC_TRY(norm_act(be, &r->in_norm, x, NULL, NULL, 0, h1_nhwc, &h1, err));
     if (r->updown)
         DFC_TRY(resample_new(be, r->updown, &h1, arena, &a1r, err));
     else
         a1r = h1;
-    DFC_TRY(dfc_conv_layer_forward(be, &r->in_conv, &a1r, arena, &h2, err));
+    DFC_TRY(dfc_conv_layer_forward_layout(be, &r->in_conv, &a1r, h1_nhwc, nhwc, NULL, arena, &h2, err));
     if (r->updown) { /* the resampled input takes the resampled activation's place, now that in_conv has read it */
         xr = dfc_tensor4(a1r.data, x->shape[0], x->shape[1], a1r.shape[2], a1r.shape[3]);
         DFC_TRY(resample_into(be, r->updown, x, &xr, err));
     }
     DFC_TRY(dfc_linear_layer_forward(be, &r->emb, emb_act, arena, &e, err));
-    int64_t n = h2.shape[0], c = r->cout;
-    if (r->emb.weight.shape[0] == 2 * c) {
-        DFC_TRY(group_norm_unsaved(be, &r->out_norm, &h2, &h2, err));
-        DFC_TRY(be->ops->scale_shift_forward(be, &h2, &e, &h2, err));
-    } else {
-        dfc_tensor e4 = dfc_tensor4(e.data, n, c, 1, 1);
-        DFC_TRY(be->ops->binary_forward(be, DFC_BINARY_ADD, &h2, &e4, &h2, err));
-        DFC_TRY(group_norm_unsaved(be, &r->out_norm, &h2, &h2, err));
-    }
-    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &h2, &h2, err));
+    const int scale_shift = r->emb.weight.shape[0] == 2 * r->cout;
+    DFC_TRY(norm_act(be, &r->out_norm, &h2, scale_shift ? NULL : &e, scale_shift ? &e : NULL, nhwc, nhwc, &h2, err));
     const dfc_tensor *spare = r->updown ? NULL : &h1; /* dead once in_conv has read it */
     if (consume_x) {                                  /* out holds the skip: out = skip + out_conv(h2) */
         dfc_tensor h4;
-        DFC_TRY(dfc_conv_layer_forward_reusing(be, &r->out_conv, &h2, spare, arena, &h4, err));
+        DFC_TRY(dfc_conv_layer_forward_layout(be, &r->out_conv, &h2, nhwc, 0, spare, arena, &h4, err));
         return be->ops->binary_forward(be, DFC_BINARY_ADD, out, &h4, out, err);
     }
-    DFC_TRY(dfc_conv_layer_forward(be, &r->out_conv, &h2, out_arena, out, err));
+    DFC_TRY(dfc_conv_layer_forward_layout(be, &r->out_conv, &h2, nhwc, 0, NULL, out_arena, out, err));
     if (r->has_skip_conv)
         DFC_TRY(dfc_conv_layer_forward_reusing(be, &r->skip_conv, &xr, spare, arena, &skip, err));
     else
@@ -708,13 +705,16 @@ static dfc_status concat_skip(dfc_backend *be, const dfc_tensor *h, const dfc_te
     return be->ops->concat_channels(be, parts, 2, cat, err);
 }
 
-/* The head's last conv: a (N, model_channels, H, W) -> y (N, out_channels, H, W) from arena. */
-static dfc_status head_conv(dfc_backend *be, const dfc_unet *u, const dfc_tensor *a, dfc_arena *arena, dfc_tensor *y,
-                            dfc_error *err)
+/* The head's last conv: a (N, model_channels, H, W), stored NHWC if a_nhwc -> y (N, out_channels, H, W) from
+ * arena. */
+static dfc_status head_conv(dfc_backend *be, const dfc_unet *u, const dfc_tensor *a, int a_nhwc, dfc_arena *arena,
+                            dfc_tensor *y, dfc_error *err)
 {
     *y = dfc_alloc4(arena, a->shape[0], u->cfg.out_channels, a->shape[2], a->shape[3], err);
     DFC_CHECK_ALLOC(*y);
-    return be->ops->conv2d_forward(be, a, &u->out_conv.weight, &u->out_conv.bias, u->out_conv.p, y, err);
+    dfc_conv2d_params p = u->out_conv.p;
+    p.x_nhwc = a_nhwc;
+    return be->ops->conv2d_forward(be, a, &u->out_conv.weight, &u->out_conv.bias, p, y, err);
 }
 
 /* The blocks and the head without a tape, each buffer released after its last reader (as PyTorch's reference counts
@@ -746,9 +746,9 @@ static dfc_status forward_no_tape(dfc_backend *be, const dfc_unet *u, const dfc_
     }
     dfc_tensor a = dfc_alloc_like(scratch, &h, err);
     DFC_CHECK_ALLOC(a);
-    DFC_TRY(group_norm_unsaved(be, &u->out_norm, &h, &a, err));
-    DFC_TRY(be->ops->activation_forward(be, DFC_ACT_SILU, &a, &a, err));
-    dfc_status st = head_conv(be, u, &a, arena, y, err);
+    const int nhwc = be->iface->conv_nhwc;
+    DFC_TRY(norm_act(be, &u->out_norm, &h, NULL, NULL, 0, nhwc, &a, err));
+    dfc_status st = head_conv(be, u, &a, nhwc, arena, y, err);
     dfc_arena_reset(scratch, entry);
     return st;
 }
@@ -807,7 +807,7 @@ static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, 
     dfc_tensor hn, mean, rstd, a;
     DFC_TRY(dfc_group_norm_layer_forward(be, &u->out_norm, &h, arena, &hn, &mean, &rstd, err));
     DFC_TRY(silu_new(be, &hn, arena, &a, err));
-    DFC_TRY(head_conv(be, u, &a, arena, y, err));
+    DFC_TRY(head_conv(be, u, &a, 0, arena, y, err));
     if (tape) {
         tape->temb = temb;
         tape->l1 = l1;

@@ -51,6 +51,20 @@ static inline dfc_status dfc_conv2d_check(const char *op, const dfc_tensor *x, c
     return DFC_OK;
 }
 
+/* The convolutions that take NCHW x and y only (the backward ones, and every CUDA one) reject the layout flags, and
+ * conv2d_forward takes only 0 or 1 in them. */
+static inline dfc_status dfc_conv2d_check_layout(const char *op, dfc_conv2d_params p, int nhwc_allowed, dfc_error *err)
+{
+    const int ok = nhwc_allowed ? (p.x_nhwc == 0 || p.x_nhwc == 1) && (p.y_nhwc == 0 || p.y_nhwc == 1)
+                                : p.x_nhwc == 0 && p.y_nhwc == 0;
+    if (!ok)
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: %s, got x_nhwc=%d, y_nhwc=%d", op,
+                        nhwc_allowed ? "x_nhwc and y_nhwc must be 0 (NCHW) or 1 (NHWC)"
+                                     : "x and y must be NCHW here (x_nhwc = y_nhwc = 0)",
+                        p.x_nhwc, p.y_nhwc);
+    return DFC_OK;
+}
+
 /* x (M, In), weight (Out, In), bias (Out) or NULL, y (M, Out), with names as above. */
 static inline dfc_status dfc_linear_check(const char *op, const dfc_tensor *x, const char *x_name,
                                           const dfc_tensor *weight, const char *weight_name, const dfc_tensor *bias,

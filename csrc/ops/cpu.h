@@ -36,6 +36,7 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
     X(linear_backward_weight)      \
     X(group_norm_forward)          \
     X(group_norm_backward)         \
+    X(group_norm_act_forward)      \
     X(activation_forward)          \
     X(activation_backward)         \
     X(softmax_forward)             \

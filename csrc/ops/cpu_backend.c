@@ -31,4 +31,4 @@ static dfc_status cpu_backend_synchronize(dfc_backend *be, dfc_error *err)
     return DFC_OK; /* oneDNN runs on an in-order stream waited on by each call; OpenMP kernels join before return */
 }
 
-const dfc_backend_iface dfc_cpu_backend_iface = DFC_BACKEND_IFACE_(cpu, dfc_host, 1);
+const dfc_backend_iface dfc_cpu_backend_iface = DFC_BACKEND_IFACE_(cpu, dfc_host, 1, 1);

@@ -1,6 +1,7 @@
 /* Every oneDNN call in diffice lives in this file: the engine and stream of the "cpu" backend, matrix products,
- * convolutions and linear layers. Tensors stay NCHW at the interface; primitives pick their own layouts and we
- * reorder at the boundary.
+ * convolutions and linear layers. Tensors are NCHW at the interface (a forward convolution's x or y may be NHWC,
+ * dfc_conv2d_params); primitives pick their own layouts and we reorder at the boundary where they differ (oneDNN's
+ * convolutions on AVX2 and AVX-512 choose NHWC, so an NHWC x or y is passed as it is).
  *
  * Creating a oneDNN primitive descriptor costs far more than running a small primitive, so each backend keeps a
  * bounded cache of ready-to-run entries keyed by (op kind, shapes, params): the primitive, its descriptor, the
@@ -34,7 +35,7 @@ typedef enum {
 /* Compared with memcmp: always built from a zeroed struct, no padding (all int64). */
 typedef struct prim_key {
     int64_t kind;
-    int64_t v[17];
+    int64_t v[19];
 } prim_key;
 
 /* One tensor argument of a cached primitive. */
@@ -470,9 +471,9 @@ static dfc_status conv_entry(dfc_backend *be, const prim_key *key, prim_kind kin
     DNNL_TRY(dnnl_memory_desc_create_with_tag(&x_any, 4, x_dims, dnnl_f32, dnnl_format_tag_any), "conv2d");
     DNNL_TRY(dnnl_memory_desc_create_with_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any), "conv2d");
     DNNL_TRY(dnnl_memory_desc_create_with_tag(&y_any, 4, y_dims, dnnl_f32, dnnl_format_tag_any), "conv2d");
-    DNNL_TRY(dnnl_memory_desc_create_with_tag(&x_md, 4, x_dims, dnnl_f32, dnnl_nchw), "conv2d");
+    DNNL_TRY(dnnl_memory_desc_create_with_tag(&x_md, 4, x_dims, dnnl_f32, p.x_nhwc ? dnnl_nhwc : dnnl_nchw), "conv2d");
     DNNL_TRY(dnnl_memory_desc_create_with_tag(&w_md, 4, w_dims, dnnl_f32, dnnl_oihw), "conv2d");
-    DNNL_TRY(dnnl_memory_desc_create_with_tag(&y_md, 4, y_dims, dnnl_f32, dnnl_nchw), "conv2d");
+    DNNL_TRY(dnnl_memory_desc_create_with_tag(&y_md, 4, y_dims, dnnl_f32, p.y_nhwc ? dnnl_nhwc : dnnl_nchw), "conv2d");
     if (has_bias)
         DNNL_TRY(dnnl_memory_desc_create_with_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a), "conv2d");
     TRY_GOTO(user_scratchpad_attr(&attr, err));
@@ -579,6 +580,8 @@ static dfc_status conv_run(dfc_backend *be, prim_kind kind, const dfc_tensor *x,
         key.v[14] = p.pad_h;
         key.v[15] = p.pad_w;
         key.v[16] = has_bias;
+        key.v[17] = p.x_nhwc;
+        key.v[18] = p.y_nhwc;
         prim_entry *e = cache_find(s, &key);
         if (!e) {
             DFC_TRY(conv_entry(be, &key, kind, x_shape, weight->shape, y_shape, has_bias, p, &e, err));
@@ -598,6 +601,7 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     if (bias && !bias->data)
         bias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_forward", p, 1, err));
     float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};
     int64_t strides[PRIM_MAX_SLOTS] = {dfc_inner_size(x, 1), 0};
     int n = 2;
@@ -612,6 +616,7 @@ dfc_status cpu_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, cons
                                      dfc_conv2d_params p, dfc_tensor *dx, dfc_error *err)
 {
     DFC_TRY(dfc_conv2d_check("conv2d_backward_input", dx, "dx", weight, "weight", NULL, NULL, dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_backward_input", p, 0, err));
     float *buffers[PRIM_MAX_SLOTS] = {dy->data, weight->data, dx->data};
     const int64_t strides[PRIM_MAX_SLOTS] = {dfc_inner_size(dy, 1), 0, dfc_inner_size(dx, 1)};
     return conv_run(be, PRIM_CONV_BACKWARD_DATA, dx, weight, dy, 0, p, buffers, strides, 3, "conv2d_backward_input",
@@ -624,6 +629,7 @@ dfc_status cpu_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
     if (dbias && !dbias->data)
         dbias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_backward_weight", p, 0, err));
     float *buffers[PRIM_MAX_SLOTS] = {dy->data, x->data, dweight->data, dbias ? dbias->data : NULL}; /* slot order */
     return conv_run(be, PRIM_CONV_BACKWARD_WEIGHTS, x, dweight, dy, dbias != NULL, p, buffers, NULL, 4,
                     "conv2d_backward_weight", err);

@@ -31,6 +31,23 @@ dfc_status dfc_group_norm_check(const char *op, const dfc_tensor *x, const dfc_t
     return DFC_OK;
 }
 
+dfc_status dfc_group_norm_act_check(const char *op, const dfc_tensor *x, const dfc_tensor *add, const dfc_tensor *gamma,
+                                    const dfc_tensor *beta, const dfc_tensor *ss, int groups, float eps, int x_nhwc,
+                                    int y_nhwc, const dfc_tensor *y, dfc_error *err)
+{
+    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
+    DFC_TRY(dfc_group_norm_check(op, x, gamma, beta, NULL, NULL, groups, eps, err));
+    DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
+    const int64_t nc[2] = {x->shape[0], x->shape[1]};
+    if (dfc_present(add))
+        DFC_TRY(dfc_check_shape(add, op, "add", 2, nc, err));
+    if (dfc_present(ss))
+        DFC_TRY(dfc_scale_shift_check(op, x, ss, err));
+    if ((x_nhwc != 0 && x_nhwc != 1) || (y_nhwc != 0 && y_nhwc != 1))
+        return dfc_fail(err, DFC_ERR_VALUE, "%s: x_nhwc and y_nhwc must be 0 or 1, got %d and %d", op, x_nhwc, y_nhwc);
+    return DFC_OK;
+}
+
 dfc_status dfc_norm_grads_check(const char *op, const dfc_tensor *x, const dfc_tensor *dx, const dfc_tensor *dgamma,
                                 const dfc_tensor *dbeta, dfc_error *err)
 {

@@ -14,6 +14,12 @@ static inline int dfc_present(const dfc_tensor *t) { return t && t->data; }
 dfc_status dfc_group_norm_check(const char *op, const dfc_tensor *x, const dfc_tensor *gamma, const dfc_tensor *beta,
                                 const dfc_tensor *mean, const dfc_tensor *rstd, int groups, float eps, dfc_error *err);
 
+/* group_norm_act_forward: x (N, C, H, W) with the group norm's rules, y with x's shape, add (N, C) and ss (N, 2C) each
+ * optional, layouts 0 or 1. */
+dfc_status dfc_group_norm_act_check(const char *op, const dfc_tensor *x, const dfc_tensor *add, const dfc_tensor *gamma,
+                                    const dfc_tensor *beta, const dfc_tensor *ss, int groups, float eps, int x_nhwc,
+                                    int y_nhwc, const dfc_tensor *y, dfc_error *err);
+
 /* The gradients a norm backward writes, each optional: dx with x's shape, dgamma and dbeta (C). */
 dfc_status dfc_norm_grads_check(const char *op, const dfc_tensor *x, const dfc_tensor *dx, const dfc_tensor *dgamma,
                                 const dfc_tensor *dbeta, dfc_error *err);

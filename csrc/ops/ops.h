@@ -23,6 +23,10 @@ typedef struct dfc_backend dfc_backend;
 typedef struct dfc_conv2d_params {
     int stride_h, stride_w;
     int pad_h, pad_w;
+    /* conv2d_forward only: 1 when x (resp. y) is stored NHWC (channels last) under its (N, C, H, W) shape, which
+     * spares oneDNN's reorders where the neighbouring op writes or reads that layout (group_norm_act_forward);
+     * backends that take only NCHW (the backward convolutions, CUDA) reject it. Zero-initialise the struct. */
+    int x_nhwc, y_nhwc;
 } dfc_conv2d_params;
 
 typedef struct dfc_pool2d_params {
@@ -254,6 +258,15 @@ typedef struct dfc_ops {
                                         dfc_tensor *d_v, dfc_error *err);
 
     /* ---- UNet ops (issue 15, unetnet) ---- */
+    /* A UNet block's "GroupNorm, then (scale-shift), then SiLU" in one pass, for forwards that keep nothing for a
+     * backward: h = x + add[n, c] (add (N, C) or NULL), g = group_norm(h) gamma + beta, g = g (1 + scale) + shift
+     * (ss (N, 2C) = [scale | shift] or NULL), y = silu(g) if silu else g. x and y (N, C, H, W), each stored NCHW or
+     * NHWC (x_nhwc, y_nhwc); y may alias x, in the same layout or not (an input the caller no longer needs becomes
+     * the next convolution's NHWC input in place). */
+    dfc_status (*group_norm_act_forward)(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *add,
+                                         const dfc_tensor *gamma, const dfc_tensor *beta, const dfc_tensor *ss,
+                                         int groups, float eps, int silu, int x_nhwc, int y_nhwc, dfc_tensor *y,
+                                         dfc_error *err);
     /* guided-diffusion's scale-shift norm (use_scale_shift_norm), per sample and channel: x (N, C, ...),
      * ss (N, 2C) = [scale | shift] -> y = x (1 + scale) + shift, the product rounded before the sum as PyTorch;
      * y may alias x.
@@ -368,6 +381,7 @@ typedef struct dfc_ops {
     X(diffusion_vb_forward)              \
     X(diffusion_vb_backward)             \
     /* UNet ops (issue 15, unetnet) */   \
+    X(group_norm_act_forward)            \
     X(scale_shift_forward)               \
     X(scale_shift_backward)              \
     /* optimizer ops */                  \
@@ -414,6 +428,9 @@ typedef struct dfc_backend_iface {
     /* 1: backend memory is host memory, so host buffers (numpy arrays) may be handed to ops as they are; 0: the
      * caller stages them through alloc and the copy functions. */
     int host_memory;
+    /* 1: its forward convolutions are fastest on NHWC x and y (oneDNN's choice on x86), so networks hand them
+     * NHWC tensors where the neighbouring ops can write and read that layout (dfc_conv2d_params); 0: NCHW. */
+    int conv_nhwc;
     /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
     dfc_status (*create)(dfc_backend *be, dfc_error *err);
     void (*destroy)(dfc_backend *be);
@@ -433,20 +450,21 @@ typedef struct dfc_backend_iface {
 /* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
  * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
  * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
-#define DFC_BACKEND_IFACE_(prefix, memory, is_host)  \
-    {                                                \
-        .name = #prefix,                             \
-        .ops = &dfc_##prefix##_ops,                  \
-        .host_memory = is_host,                      \
-        .create = prefix##_backend_create,           \
-        .destroy = prefix##_backend_destroy,         \
-        .synchronize = prefix##_backend_synchronize, \
-        .alloc = memory##_alloc,                     \
-        .free = memory##_free,                       \
-        .zero = memory##_zero,                       \
-        .copy_from_host = memory##_copy_from_host,   \
-        .copy_to_host = memory##_copy_to_host,       \
-        .copy = memory##_copy,                       \
+#define DFC_BACKEND_IFACE_(prefix, memory, is_host, nhwc) \
+    {                                                     \
+        .name = #prefix,                                  \
+        .ops = &dfc_##prefix##_ops,                       \
+        .host_memory = is_host,                           \
+        .conv_nhwc = nhwc,                                \
+        .create = prefix##_backend_create,                \
+        .destroy = prefix##_backend_destroy,              \
+        .synchronize = prefix##_backend_synchronize,      \
+        .alloc = memory##_alloc,                          \
+        .free = memory##_free,                            \
+        .zero = memory##_zero,                            \
+        .copy_from_host = memory##_copy_from_host,        \
+        .copy_to_host = memory##_copy_to_host,            \
+        .copy = memory##_copy,                            \
     }
 
 /* Host memory (aligned_alloc, memset, memcpy): the memory functions of the ref and cpu backends. */

@@ -21,4 +21,4 @@ static dfc_status ref_backend_synchronize(dfc_backend *be, dfc_error *err)
     return DFC_OK; /* every op has finished when it returns */
 }
 
-const dfc_backend_iface dfc_ref_backend_iface = DFC_BACKEND_IFACE_(ref, dfc_host, 1);
+const dfc_backend_iface dfc_ref_backend_iface = DFC_BACKEND_IFACE_(ref, dfc_host, 1, 0);

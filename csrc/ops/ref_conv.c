@@ -16,6 +16,7 @@ dfc_status ref_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
 {
     bias = optional(bias);
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_forward", p, 1, err));
     const int64_t n_batch = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3];
     const int64_t co_n = weight->shape[0], kh_n = weight->shape[2], kw_n = weight->shape[3];
     const int64_t ho_n = y->shape[2], wo_n = y->shape[3];
@@ -28,7 +29,9 @@ dfc_status ref_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
                 for (int64_t j = 0; j < wo_n; j++) {
                     double sum = bs ? bs[co] : 0.0;
                     for (int64_t ci = 0; ci < ci_n; ci++) {
-                        const float *x_plane = xs + (n * ci_n + ci) * h * w;
+                        /* x[n, ci, ih, iw] at x_plane[(ih * w + iw) * x_step] */
+                        const float *x_plane = p.x_nhwc ? xs + n * h * w * ci_n + ci : xs + (n * ci_n + ci) * h * w;
+                        const int64_t x_step = p.x_nhwc ? ci_n : 1;
                         const float *w_kernel = ws + (co * ci_n + ci) * kh_n * kw_n;
                         for (int64_t kh = 0; kh < kh_n; kh++) {
                             const int64_t ih = i * p.stride_h - p.pad_h + kh;
@@ -38,11 +41,12 @@ dfc_status ref_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
                                 const int64_t iw = j * p.stride_w - p.pad_w + kw;
                                 if (iw < 0 || iw >= w)
                                     continue;
-                                sum += (double)x_plane[ih * w + iw] * w_kernel[kh * kw_n + kw];
+                                sum += (double)x_plane[(ih * w + iw) * x_step] * w_kernel[kh * kw_n + kw];
                             }
                         }
                     }
-                    ys[((n * co_n + co) * ho_n + i) * wo_n + j] = (float)sum;
+                    ys[p.y_nhwc ? ((n * ho_n + i) * wo_n + j) * co_n + co : ((n * co_n + co) * ho_n + i) * wo_n + j] =
+                        (float)sum;
                 }
             }
         }
@@ -56,6 +60,7 @@ dfc_status ref_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, cons
                                      dfc_conv2d_params p, dfc_tensor *dx, dfc_error *err)
 {
     DFC_TRY(dfc_conv2d_check("conv2d_backward_input", dx, "dx", weight, "weight", NULL, NULL, dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_backward_input", p, 0, err));
     const int64_t n_batch = dx->shape[0], ci_n = dx->shape[1], h = dx->shape[2], w = dx->shape[3];
     const int64_t co_n = weight->shape[0], kh_n = weight->shape[2], kw_n = weight->shape[3];
     const int64_t ho_n = dy->shape[2], wo_n = dy->shape[3];
@@ -98,6 +103,7 @@ dfc_status ref_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, con
 {
     dbias = (dfc_tensor *)optional(dbias);
     DFC_TRY(dfc_conv2d_check("conv2d_backward_weight", x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
+    DFC_TRY(dfc_conv2d_check_layout("conv2d_backward_weight", p, 0, err));
     const int64_t n_batch = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3];
     const int64_t co_n = dweight->shape[0], kh_n = dweight->shape[2], kw_n = dweight->shape[3];
     const int64_t ho_n = dy->shape[2], wo_n = dy->shape[3];

@@ -2,6 +2,7 @@
  * (inference form, running statistics). Statistics and reductions accumulate in double. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "norm_check.h"
 #include "ref.h"
@@ -53,6 +54,62 @@ dfc_status ref_group_norm_forward(dfc_backend *be, const dfc_tensor *x, const df
             rstds[blk] = (float)r;
         }
     }
+    return DFC_OK;
+}
+
+/* Offset of element (n, c, p) of an (N, C, P) image batch stored NCHW or NHWC. */
+static int64_t image_offset(int nhwc, int64_t n, int64_t c, int64_t p, int64_t channels, int64_t pixels)
+{
+    return nhwc ? (n * pixels + p) * channels + c : (n * channels + c) * pixels + p;
+}
+
+/* Per (sample, group): h = x + add, two-pass statistics in double, then each output from its own formula. */
+dfc_status ref_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *add,
+                                      const dfc_tensor *gamma, const dfc_tensor *beta, const dfc_tensor *ss, int groups,
+                                      float eps, int silu, int x_nhwc, int y_nhwc, dfc_tensor *y, dfc_error *err)
+{
+    const char *op = "group_norm_act";
+    DFC_TRY(dfc_group_norm_act_check(op, x, add, gamma, beta, ss, groups, eps, x_nhwc, y_nhwc, y, err));
+    const int64_t n = x->shape[0], c = x->shape[1], pixels = x->shape[2] * x->shape[3], cpg = c / groups;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
+    const float *adds = dfc_present(add) ? add->data : NULL, *sss = dfc_present(ss) ? ss->data : NULL;
+    float *copy = NULL; /* x's values, when y overwrites them in another layout */
+    if (x->data == y->data && x_nhwc != y_nhwc) {
+        copy = malloc((size_t)dfc_numel(x) * sizeof *copy);
+        if (!copy)
+            return dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate a copy of x", op);
+        memcpy(copy, x->data, (size_t)dfc_numel(x) * sizeof *copy);
+    }
+    const float *xs = copy ? copy : x->data;
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t blk = 0; blk < n * groups; blk++) {
+        const int64_t b = blk / groups, c0 = (blk % groups) * cpg;
+        double sum = 0.0, sq = 0.0;
+        for (int64_t cc = c0; cc < c0 + cpg; cc++)
+            for (int64_t p = 0; p < pixels; p++)
+                sum += (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f);
+        const double mean = sum / (double)(cpg * pixels);
+        for (int64_t cc = c0; cc < c0 + cpg; cc++)
+            for (int64_t p = 0; p < pixels; p++) {
+                const double d =
+                    (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f) - mean;
+                sq += d * d;
+            }
+        const double rstd = 1.0 / sqrt(sq / (double)(cpg * pixels) + eps);
+        for (int64_t cc = c0; cc < c0 + cpg; cc++) {
+            const double g = gs ? gs[cc] : 1.0, bt = bs ? bs[cc] : 0.0;
+            const double scale = sss ? sss[b * 2 * c + cc] : 0.0, shift = sss ? sss[b * 2 * c + c + cc] : 0.0;
+            for (int64_t p = 0; p < pixels; p++) {
+                const double h =
+                    (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f);
+                double v = ((h - mean) * rstd * g + bt) * (1.0 + scale) + shift;
+                if (silu)
+                    v = v / (1.0 + exp(-v));
+                y->data[image_offset(y_nhwc, b, cc, p, c, pixels)] = (float)v;
+            }
+        }
+    }
+    free(copy);
     return DFC_OK;
 }
 

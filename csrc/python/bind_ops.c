@@ -159,7 +159,15 @@ struct op_call {
 #define OI(j) (c->out_ints[j])
 #define OD(j) (&c->out_double[j])
 #define OUTS c->o_ptrs, c->nout
-#define CONV(stride, pad) ((dfc_conv2d_params){P(stride, 0), P(stride, 1), P(pad, 0), P(pad, 1)})
+#define CONV(stride, pad) \
+    ((dfc_conv2d_params){.stride_h = P(stride, 0), .stride_w = P(stride, 1), .pad_h = P(pad, 0), .pad_w = P(pad, 1)})
+#define CONV_LAYOUT(stride, pad, x_layout, y_layout) \
+    ((dfc_conv2d_params){.stride_h = P(stride, 0),   \
+                         .stride_w = P(stride, 1),   \
+                         .pad_h = P(pad, 0),         \
+                         .pad_w = P(pad, 1),         \
+                         .x_nhwc = I(x_layout),      \
+                         .y_nhwc = I(y_layout)})
 #define POOL(kernel, stride, pad) \
     ((dfc_pool2d_params){P(kernel, 0), P(kernel, 1), P(stride, 0), P(stride, 1), P(pad, 0), P(pad, 1)})
 
@@ -218,6 +226,26 @@ static int conv_out(op_call *c, int j, const char *x_name, const int64_t *x, con
     if (j >= 0)
         DIMS(j, x[0], w[0], hw[0], hw[1]);
     return 0;
+}
+
+/* An image operand stored NHWC is passed as its (N, H, W, C) array; the op takes it as the (N, C, H, W) tensor of
+ * that memory (dfc_conv2d_params, group_norm_act_forward). */
+static dfc_tensor nchw_view(const dfc_tensor *t, int nhwc)
+{
+    return nhwc ? dfc_tensor4(t->data, t->shape[0], t->shape[3], t->shape[1], t->shape[2]) : *t;
+}
+#define NCHW(t, nhwc) ((dfc_tensor[]){nchw_view((t), (nhwc))})
+
+/* Output j's (N, C, H, W) shape made the (N, H, W, C) of its array when it is stored NHWC. */
+static void out_as_nhwc(op_call *c, int j, int nhwc)
+{
+    if (!nhwc)
+        return;
+    int64_t *s = c->out_shape[j];
+    const int64_t channels = s[1];
+    s[1] = s[2];
+    s[2] = s[3];
+    s[3] = channels;
 }
 
 /* A pooling of x (N, C, H, W) with PyTorch's rules (floor mode): ValueError where it does not fit; else output j
@@ -318,11 +346,12 @@ static int split_outs(op_call *c)
       "split_channels(backend, x, sizes) -> list of arrays (N, sizes[k], ...), the inverse of concat.",                \
       ARGS(TENSOR("x", 2, 4), OBJECT("sizes")), SHAPES(TRY(split_outs(c))), CALL(T(0), OUTS))                          \
     X(conv2d_forward, "conv2d_forward", 1,                                                                             \
-      "conv2d_forward(backend, x, weight, bias_or_None, (stride_h, stride_w), (pad_h, pad_w)) -> y.",                  \
+      "conv2d_forward(backend, x, weight, bias_or_None, (stride_h, stride_w), (pad_h, pad_w), x_nhwc, y_nhwc) -> y; "  \
+      "an NHWC x or y is an (N, H, W, C) array.",                                                                      \
       ARGS(TENSOR("x", 4, 4), TENSOR("weight", 4, 4), OPTIONAL("bias", 1, 1), PAIR("stride", 1, INT_MAX),              \
-           PAIR("padding", 0, INT_MAX)),                                                                               \
-      SHAPES(TRY(conv_out(c, 0, "x", T(0)->shape, T(1)->shape, CONV(3, 4)))),                                          \
-      CALL(T(0), T(1), OPT(2), CONV(3, 4), O(0)))                                                                      \
+           PAIR("padding", 0, INT_MAX), BOOL("x_nhwc"), BOOL("y_nhwc")),                                               \
+      SHAPES(TRY(conv_out(c, 0, "x", NCHW(T(0), I(5))->shape, T(1)->shape, CONV(3, 4))); out_as_nhwc(c, 0, I(6))),     \
+      CALL(NCHW(T(0), I(5)), T(1), OPT(2), CONV_LAYOUT(3, 4, 5, 6), NCHW(O(0), I(6))))                                 \
     X(conv2d_backward_input, "conv2d_backward_input", 1,                                                               \
       "conv2d_backward_input(backend, dy, weight, x_shape, (stride_h, stride_w), (pad_h, pad_w)) -> dx.",              \
       ARGS(TENSOR("dy", 4, 4), TENSOR("weight", 4, 4), SHAPE("x_shape", 4), PAIR("stride", 1, INT_MAX),                \
@@ -352,6 +381,14 @@ static int split_outs(op_call *c)
            FLOAT("eps")),                                                                                              \
       SHAPES(LIKE(0, 0); DIMS(1, D(0, 0), I(1)); DIMS(2, D(0, 0), I(1))),                                              \
       CALL(T(0), OPT(2), OPT(3), I(1), F(4), O(0), O(1), O(2)))                                                        \
+    X(group_norm_act_forward, "group_norm_act", 1,                                                                     \
+      "group_norm_act_forward(backend, x, add|None, groups, gamma|None, beta|None, ss|None, eps, silu, x_nhwc, "       \
+      "y_nhwc) -> y = silu(group_norm(x + add) (1 + scale) + shift); an NHWC x or y is an (N, H, W, C) array.",        \
+      ARGS(TENSOR("x", 4, 4), OPTIONAL("add", 2, 2), INT("groups", 1, INT_MAX), OPTIONAL("gamma", 1, 1),               \
+           OPTIONAL("beta", 1, 1), OPTIONAL("ss", 2, 2), FLOAT("eps"), BOOL("silu"), BOOL("x_nhwc"), BOOL("y_nhwc")),  \
+      SHAPES(LIKE(0, 0); memcpy(c->out_shape[0], NCHW(T(0), I(8))->shape, sizeof c->out_shape[0]);                     \
+             out_as_nhwc(c, 0, I(9))),                                                                                 \
+      CALL(NCHW(T(0), I(8)), OPT(1), OPT(3), OPT(4), OPT(5), I(2), F(6), I(7), I(8), I(9), NCHW(O(0), I(9))))          \
     X(group_norm_backward, "group_norm_backward", 3,                                                                   \
       "group_norm_backward(backend, dy, x, groups, gamma|None, mean|None, rstd|None, eps) -> (dx, dgamma, dbeta); "    \
       "dgamma, dbeta are None when gamma is None; mean, rstd None recomputes the statistics.",                         \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import TypeVar, Union
+from typing import Literal, TypeVar, Union
 
 import numpy as np
 
@@ -51,6 +51,16 @@ def cuda_available() -> bool:
 
 
 IntPair = Union[int, tuple[int, int]]
+
+
+Layout = Literal["nchw", "nhwc"]
+
+
+def is_nhwc(layout: Layout, op: str, name: str) -> bool:
+    """True for "nhwc", False for "nchw"; ValueError naming op and argument otherwise."""
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"{op}: {name} must be 'nchw' or 'nhwc', got {layout!r}")
+    return layout == "nhwc"
 
 
 def int_pair(value: IntPair, op: str, name: str) -> tuple[int, int]:

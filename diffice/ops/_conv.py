@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._native import _C
-from ._backend import IntPair, get_backend, int_pair
+from ._backend import IntPair, Layout, get_backend, int_pair, is_nhwc
 
 __all__ = [
     "conv2d",
@@ -26,16 +26,27 @@ def conv2d(
     *,
     stride: IntPair = 1,
     padding: IntPair = 0,
+    x_layout: Layout = "nchw",
+    y_layout: Layout = "nchw",
     backend: str = "cpu",
 ) -> np.ndarray:
     """2-D convolution (cross-correlation, as torch.nn.functional.conv2d with groups=1, zero padding).
 
     x: (N, Ci, H, W); weight: (Co, Ci, KH, KW); bias: (Co,) or None; stride, padding: int or (h, w).
     Returns y: (N, Co, Ho, Wo) with Ho = (H + 2 pad_h - KH) // stride_h + 1 (Wo likewise).
+    x_layout / y_layout "nhwc": x is given, or y returned, channels last ((N, H, W, C)), the layout oneDNN's
+    convolutions work in on x86, so no reorder is made (the "ref" and "cpu" backends; "cuda" takes NCHW only).
     """
     op = "conv2d_forward"
     return _C.conv2d_forward(
-        get_backend(backend), x, weight, bias, int_pair(stride, op, "stride"), int_pair(padding, op, "padding")
+        get_backend(backend),
+        x,
+        weight,
+        bias,
+        int_pair(stride, op, "stride"),
+        int_pair(padding, op, "padding"),
+        is_nhwc(x_layout, op, "x_layout"),
+        is_nhwc(y_layout, op, "y_layout"),
     )
 
 

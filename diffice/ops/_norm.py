@@ -7,9 +7,9 @@ from typing import Literal, overload
 import numpy as np
 
 from .._native import _C
-from ._backend import get_backend
+from ._backend import Layout, get_backend, is_nhwc
 
-__all__ = ["group_norm", "group_norm_backward", "batch_norm", "batch_norm_backward"]
+__all__ = ["group_norm", "group_norm_act", "group_norm_backward", "batch_norm", "batch_norm_backward"]
 
 
 @overload
@@ -70,6 +70,44 @@ def group_norm(
     """
     y, mean, rstd = _C.group_norm_forward(get_backend(backend), x, groups, gamma, beta, float(eps))
     return (y, mean, rstd) if return_stats else y
+
+
+def group_norm_act(
+    x: np.ndarray,
+    groups: int,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    *,
+    eps: float = 1e-5,
+    add: np.ndarray | None = None,
+    scale_shift: np.ndarray | None = None,
+    silu: bool = True,
+    x_layout: Layout = "nchw",
+    y_layout: Layout = "nchw",
+    backend: str = "cpu",
+) -> np.ndarray:
+    """A UNet block's normalisation in one pass (forward only): y = silu(g (1 + scale) + shift) with
+    g = group_norm(x + add[n, c], groups) gamma + beta.
+
+    x: (N, C, H, W), or (N, H, W, C) with x_layout="nhwc"; add: (N, C) or None (the time embedding's projection);
+    scale_shift: (N, 2C) = [scale | shift] or None (use_scale_shift_norm); silu: False leaves the activation out.
+    Returns y with x's values in y_layout: (N, C, H, W), or (N, H, W, C) for "nhwc" (what the next convolution
+    reads without a reorder on the "cpu" backend; "cuda" takes NCHW only).
+    """
+    op = "group_norm_act"
+    return _C.group_norm_act_forward(
+        get_backend(backend),
+        x,
+        add,
+        groups,
+        gamma,
+        beta,
+        scale_shift,
+        float(eps),
+        bool(silu),
+        is_nhwc(x_layout, op, "x_layout"),
+        is_nhwc(y_layout, op, "y_layout"),
+    )
 
 
 def group_norm_backward(
