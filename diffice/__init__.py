@@ -23,7 +23,7 @@ from .models.perceptual import PerceptualLoss, PixelLoss, pixel_loss
 from .models.resnet import ResNetFeatures
 from .models.sononet import SonoNet, TargetClassView, sononet_preprocess
 from .models.unet import UNet
-from .ops._backend import cuda_available
+from .ops._backend import cuda_available, cuda_device_count
 from .train.ddpm import train_ddpm
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "UNet",
     "build_info",
     "cuda_available",
+    "cuda_device_count",
     "__version__",
     "Segmenter",
     "PlaneClassifier",

@@ -87,6 +87,19 @@ def test_cuda_backend_names():
         diffice._C.Backend("cuda:3", 1) if diffice.cuda_available() else diffice._C.Backend("cuda_emulated:3", 1)
 
 
+def test_device_count():
+    """diffice.cuda_device_count(): the GPUs a "cuda:N" may name, 0 where none can run (no plugin, driver or
+    device), without creating a backend; the host backends count their one CPU."""
+    count = diffice.cuda_device_count()
+    assert (count >= 1) == diffice.cuda_available()
+    assert diffice._C.device_count("cpu") == diffice._C.device_count("ref") == diffice._C.device_count(EMU) == 1
+    with pytest.raises(ValueError, match="device_count: unknown backend 'gpu'"):
+        diffice._C.device_count("gpu")
+    if count:  # the next number is the first that does not exist
+        with pytest.raises(ValueError, match=f"device {count} does not exist"):
+            diffice._C.Backend(f"cuda:{count}", 1)
+
+
 def test_cuda_without_a_gpu_says_why():
     if diffice.cuda_available():
         pytest.skip("a GPU is present: the error path is not reachable")

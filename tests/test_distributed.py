@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_sweep import RESULT_ROWS, check_consistent, models_dir, reference, spec_for  # noqa: F401
 
-from diffice.explain.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor
+from diffice.explain.cluster import DistributedUnavailable, LocalExecutor, make_cluster, open_executor, worker_device
 from diffice.explain.sweep import SweepStore, run_sweep
 
 distributed = pytest.importorskip(
@@ -125,6 +125,30 @@ def test_explain_on_a_cluster_matches_local(tmp_path, models_dir, cluster, rng):
                 tmp_path / "local" / f"img{i}" / name
             ).read_bytes()
     assert (tmp_path / "dask" / "results.csv").read_text().count("\n") == 3 * 3 + 1
+
+
+def test_each_worker_of_a_machine_takes_a_gpu_of_its_own(cluster):
+    """`--device cuda` on a cluster: "cuda" becomes cuda:(k mod GPUs) on the machine's k-th worker (LocalCluster
+    names 0..N-1, dask-jobqueue's processes "<job>-<process>"), so N workers share the GPUs out instead of all taking
+    cuda:0; an explicit "cuda:N", the CPU and a process that is no worker keep what they were given."""
+    assert [worker_device("cuda", k, gpus=2) for k in range(5)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert worker_device("cuda", "SLURMCluster-3-1", gpus=4) == "cuda:1"
+    assert worker_device("cuda", "3", gpus=2) == "cuda:1"
+    for name in ("SLURMCluster-3", "my-cluster-3", "tcp://10.0.0.2:4001", True):  # one process per job, by hand
+        assert worker_device("cuda", name, gpus=4) == "cuda"
+    assert worker_device("cuda", 1, gpus=0) == "cuda"  # no GPU: creating the backend says so
+    assert worker_device("cuda:1", 0, gpus=2) == "cuda:1" and worker_device("cpu", 1, gpus=2) == "cpu"
+    assert worker_device("cuda") == "cuda"  # this process is no Dask worker
+    # the LocalCluster's own worker names, looked up on the workers
+    got = executor_run(cluster, lambda: worker_device("cuda", gpus=2))
+    assert sorted(got) == ["cuda:0", "cuda:1"]
+
+
+def executor_run(executor, fn):
+    """fn() as a task on each worker of the executor's cluster (get_worker() answers in a task): their results."""
+    client = executor.client
+    workers = list(client.scheduler_info()["workers"])
+    return client.gather([client.submit(fn, pure=False, workers=[w]) for w in workers])
 
 
 def test_without_dask_the_options_say_so(tmp_path, models_dir, monkeypatch, capsys):

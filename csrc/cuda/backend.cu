@@ -49,6 +49,12 @@ dfc_status dfc_cuda_check_launch(const char *op, dfc_error *err)
                     cudaGetErrorName(code));
 }
 
+static int cuda_device_count(void)
+{
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
 static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
 {
     int count = 0;
@@ -175,6 +181,9 @@ static int strict_requested(void)
     const char *v = getenv("DIFFICE_CUDA_EMULATE_STRICT");
     return v && v[0] == '1';
 }
+
+/* One emulated device: "cuda_emulated" takes no device number. */
+static int dfc_cuda_emulated_device_count(void) { return 1; }
 
 static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
 {
@@ -409,6 +418,7 @@ const dfc_backend_iface dfc_cuda_emulated_backend_iface = {
     .ops = &dfc_cuda_emulated_ops,
     .host_memory = 0, /* stage like a GPU, so the staging code is tested too */
     .conv_nhwc = 0,   /* cuDNN's convolutions here take NCHW (csrc/cuda/dense.cu) */
+    .device_count = dfc_cuda_emulated_device_count,
 #else
 extern const dfc_ops dfc_cuda_ops;
 static const dfc_backend_iface cuda_backend_iface = {
@@ -416,6 +426,7 @@ static const dfc_backend_iface cuda_backend_iface = {
     .ops = &dfc_cuda_ops,
     .host_memory = 0,
     .conv_nhwc = 0,
+    .device_count = cuda_device_count,
 #endif
     .create = cuda_backend_create,
     .destroy = cuda_backend_destroy,

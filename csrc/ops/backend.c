@@ -36,6 +36,16 @@ static int default_threads(int num_threads)
 #endif
 }
 
+int dfc_backend_device_count(const char *name)
+{
+    for (int i = 0; i < REGISTRY_SIZE; i++)
+        if (strcmp(registry[i]->name, name) == 0)
+            return registry[i]->device_count();
+    return -1;
+}
+
+int dfc_host_device_count(void) { return 1; }
+
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err)
 {
     *out = NULL;
@@ -141,36 +151,58 @@ dfc_status dfc_host_copy(dfc_backend *be, void *dst, const void *src, size_t byt
  * be->iface is the plugin's, and the loader's other functions are never reached. The library stays loaded for the
  * life of the process (unloading the CUDA runtime while the driver holds its state is not safe). */
 
-static dfc_status cuda_loader_create(dfc_backend *be, dfc_error *err)
+/* The plugin's interface, loading the library on first use; NULL with err set when it cannot be had. */
+static const dfc_backend_iface *cuda_plugin(dfc_error *err)
 {
     Dl_info self;
-    if (!dladdr((void *)&dfc_backend_create, &self) || !self.dli_fname)
-        return dfc_fail(err, DFC_ERR_BACKEND, "cuda: cannot locate diffice's C extension to find its CUDA plugin");
+    if (!dladdr((void *)&dfc_backend_create, &self) || !self.dli_fname) {
+        dfc_fail(err, DFC_ERR_BACKEND, "cuda: cannot locate diffice's C extension to find its CUDA plugin");
+        return NULL;
+    }
     char path[4096];
     const char *slash = strrchr(self.dli_fname, '/');
     int dir_len = slash ? (int)(slash - self.dli_fname) : 1;
     snprintf(path, sizeof path, "%.*s/libdiffice_cuda.so", dir_len, slash ? self.dli_fname : ".");
     struct stat st;
-    if (stat(path, &st) != 0)
-        return dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED,
-                        "cuda: this diffice was built without CUDA (no %s): reinstall on a machine with nvcc on PATH "
-                        "and the cuDNN and cuBLAS wheels (pip install 'diffice[cuda]'), without DIFFICE_CUDA=0",
-                        path);
+    if (stat(path, &st) != 0) {
+        dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED,
+                 "cuda: this diffice was built without CUDA (no %s): reinstall on a machine with nvcc on PATH "
+                 "and the cuDNN and cuBLAS wheels (pip install 'diffice[cuda]'), without DIFFICE_CUDA=0",
+                 path);
+        return NULL;
+    }
     void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!library)
-        return dfc_fail(
-            err, DFC_ERR_BACKEND,
-            "cuda: cannot load the CUDA plugin: %s (the CUDA libraries come from pip install 'diffice[cuda]')",
-            dlerror());
+    if (!library) {
+        dfc_fail(err, DFC_ERR_BACKEND,
+                 "cuda: cannot load the CUDA plugin: %s (the CUDA libraries come from pip install 'diffice[cuda]')",
+                 dlerror());
+        return NULL;
+    }
     typedef const dfc_backend_iface *(*plugin_entry)(void);
     plugin_entry entry;
     *(void **)&entry = dlsym(library, "dfc_cuda_plugin_iface"); /* POSIX's way to a function pointer */
-    if (!entry)
-        return dfc_fail(err, DFC_ERR_BACKEND, "cuda: %s has no dfc_cuda_plugin_iface: %s", path, dlerror());
-    const dfc_backend_iface *plugin = entry();
+    if (!entry) {
+        dfc_fail(err, DFC_ERR_BACKEND, "cuda: %s has no dfc_cuda_plugin_iface: %s", path, dlerror());
+        return NULL;
+    }
+    return entry();
+}
+
+static dfc_status cuda_loader_create(dfc_backend *be, dfc_error *err)
+{
+    const dfc_backend_iface *plugin = cuda_plugin(err);
+    if (!plugin)
+        return err && err->code ? err->code : DFC_ERR_BACKEND;
     be->iface = plugin;
     be->ops = plugin->ops;
     return plugin->create(be, err);
+}
+
+static int cuda_loader_device_count(void)
+{
+    dfc_error ignored = {0};
+    const dfc_backend_iface *plugin = cuda_plugin(&ignored);
+    return plugin ? plugin->device_count() : 0;
 }
 
 static void cuda_loader_destroy(dfc_backend *be) { (void)be; }
@@ -221,6 +253,7 @@ const dfc_backend_iface dfc_cuda_loader_iface = {
     .name = "cuda",
     .ops = NULL, /* the plugin's, set by create */
     .host_memory = 0,
+    .device_count = cuda_loader_device_count,
     .create = cuda_loader_create,
     .destroy = cuda_loader_destroy,
     .synchronize = cuda_loader_synchronize,

@@ -431,6 +431,9 @@ typedef struct dfc_backend_iface {
     /* 1: its forward convolutions are fastest on NHWC x and y (oneDNN's choice on x86), so networks hand them
      * NHWC tensors where the neighbouring ops can write and read that layout (dfc_conv2d_params); 0: NCHW. */
     int conv_nhwc;
+    /* How many devices "name:N" may number (0..count-1): 1 for the host backends; the GPUs this process sees for
+     * "cuda" (0 without a plugin, driver or device). Needs no backend, so a caller can choose N first. */
+    int (*device_count)(void);
     /* Sets up be->impl (be->iface, be->ops and be->num_threads are set); destroy releases it. */
     dfc_status (*create)(dfc_backend *be, dfc_error *err);
     void (*destroy)(dfc_backend *be);
@@ -456,6 +459,7 @@ typedef struct dfc_backend_iface {
         .ops = &dfc_##prefix##_ops,                       \
         .host_memory = is_host,                           \
         .conv_nhwc = nhwc,                                \
+        .device_count = dfc_host_device_count,            \
         .create = prefix##_backend_create,                \
         .destroy = prefix##_backend_destroy,              \
         .synchronize = prefix##_backend_synchronize,      \
@@ -466,6 +470,9 @@ typedef struct dfc_backend_iface {
         .copy_to_host = memory##_copy_to_host,            \
         .copy = memory##_copy,                            \
     }
+
+/* The host backends' device_count: the one CPU they run on. */
+int dfc_host_device_count(void);
 
 /* Host memory (aligned_alloc, memset, memcpy): the memory functions of the ref and cpu backends. */
 void *dfc_host_alloc(dfc_backend *be, size_t bytes, dfc_error *err);
@@ -490,6 +497,8 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
 void dfc_backend_destroy(dfc_backend *be);
 /* The name of the index-th backend in the registry (0: the default), NULL past the last. */
 const char *dfc_backend_registered(int index);
+/* The device_count of the registered backend called name ("cuda", not "cuda:1"); -1 for an unknown name. */
+int dfc_backend_device_count(const char *name);
 static inline const char *dfc_backend_name(const dfc_backend *be) { return be->iface->name; }
 
 /* The tables and interfaces, defined in ref_backend.c and cpu_backend.c. */

@@ -178,7 +178,25 @@ static PyObject *py_backend_names(PyObject *self, PyObject *noargs)
     return result;
 }
 
+/* device_count(name) -> how many devices the registered backend `name` may number ("cuda": the GPUs seen here) */
+static PyObject *py_device_count(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:device_count", &name))
+        return NULL;
+    PyThreadState *saved = PyEval_SaveThread(); /* "cuda" may load the plugin and start the CUDA runtime */
+    const int count = dfc_backend_device_count(name);
+    PyEval_RestoreThread(saved);
+    if (count < 0)
+        return PyErr_Format(PyExc_ValueError, "device_count: unknown backend '%s'", name);
+    return PyLong_FromLong(count);
+}
+
 PyMethodDef dfc_methods_backend[] = {
+    {"device_count", py_device_count, METH_VARARGS,
+     "device_count(name) -> how many devices backend `name` may number, name:0 .. name:count-1 (\"cuda\": the GPUs "
+     "this process sees, 0 without a plugin or device; host backends 1)"},
     {"backend_names", py_backend_names, METH_NOARGS,
      "backend_names() -> tuple of the backends this build has (the default first)"},
     {"onednn_workspace_bytes", py_onednn_workspace_bytes, METH_VARARGS,

@@ -107,17 +107,60 @@ def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict
     return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
 
 
+def _worker_index(name: Any) -> int | None:
+    """A Dask worker's index on its machine: a LocalCluster names its workers 0..N-1; dask-jobqueue names the
+    processes of a job "<job>-<process>" (with --processes > 1: "SLURMCluster-3-0", "SLURMCluster-3-1"). None for
+    any other name (a worker started by hand)."""
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        return int(name)
+    if isinstance(name, str):
+        if name.isdigit():
+            return int(name)
+        parts = name.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            return int(parts[2])
+    return None
+
+
+def worker_device(device: str, worker_name: Any = None, gpus: int | None = None) -> str:
+    """The device a unit runs on in this process: on a Dask worker, "cuda" (no number) becomes cuda:(k mod G), k the
+    worker's index on its machine (:func:`_worker_index`) and G the GPUs it sees, so the workers of one machine
+    share its GPUs out one each instead of all taking cuda:0. "cuda:N", "cpu", a worker without an index and a
+    process that is no Dask worker keep the device as given. worker_name and gpus: the worker's name and
+    :func:`diffice.cuda_device_count` (looked up when None)."""
+    if device != "cuda":
+        return device
+    if worker_name is None:
+        try:
+            from distributed import get_worker
+
+            worker_name = get_worker().name
+        except (ImportError, ValueError):  # not a Dask worker
+            return device
+    index = _worker_index(worker_name)
+    if gpus is None:
+        from ..ops import cuda_device_count
+
+        gpus = cuda_device_count()
+    if index is None or gpus < 1:
+        return device  # creating the backend then says what is missing
+    return f"cuda:{index % gpus}"
+
+
 def _load(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     global _LOADS
     _LOADS += 1
     if spec["source"] == "demo":
         from .demo import load_demo_models
 
-        m = load_demo_models(spec["folder"], backend=spec.get("device", "cpu"))
+        m = load_demo_models(spec["folder"], backend=worker_device(spec.get("device", "cpu")))
         return m.unet, m.diffusion, m.classifier, m.perceptual
     from ..models.files import load_run_models
 
-    return load_run_models(dict(models=spec["models"], diffusion=spec["diffusion"]))
+    models = dict(spec["models"])
+    if "device" in models:
+        models["device"] = worker_device(str(models["device"]))
+    return load_run_models(dict(models=models, diffusion=spec["diffusion"]))
 
 
 def load_models(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:

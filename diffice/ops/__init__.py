@@ -8,7 +8,7 @@ TypeError/ValueError naming the argument. Backward functions return gradients wi
 
 from . import _attention, _conv, _diffusion, _elementwise, _loss, _net, _norm, _optim, _spatial
 from ._attention import *  # noqa: F401,F403
-from ._backend import BACKENDS, cuda_available, get_backend
+from ._backend import BACKENDS, cuda_available, cuda_device_count, get_backend
 from ._conv import *  # noqa: F401,F403
 from ._diffusion import *  # noqa: F401,F403
 from ._elementwise import *  # noqa: F401,F403
@@ -22,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "get_backend",
     "cuda_available",
+    "cuda_device_count",
     *_conv.__all__,
     *_elementwise.__all__,
     *_norm.__all__,

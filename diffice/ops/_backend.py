@@ -50,6 +50,12 @@ def cuda_available() -> bool:
     return True
 
 
+def cuda_device_count() -> int:
+    """How many GPUs diffice can use here ("cuda:0" .. "cuda:<count - 1>"); 0 without the CUDA plugin, a driver or
+    a device. Creates no backend."""
+    return int(_C.device_count("cuda"))
+
+
 IntPair = Union[int, tuple[int, int]]
 
 
