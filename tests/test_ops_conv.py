@@ -173,6 +173,32 @@ def test_conv2d_takes_and_gives_channels_last(rng, backend, x_layout, y_layout, 
     assert rel_err(y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y, want) <= TOL
 
 
+@pytest.mark.parametrize("y_layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
+    """The cpu backend's 3x3 / stride 1 / padding 1 convolutions of NHWC input with at least as many tiles as
+    channels run as Winograd F(2x2, 3x3) (csrc/ops/cpu_winograd.c): odd heights and widths (the last tiles stick
+    out of the image), batches, channel counts off the vector width, several blocks per image, NCHW or NHWC output.
+    Against PyTorch at the op tolerance, and not bit for bit the direct convolution (DIFFICE_NO_WINOGRAD=1), so
+    the Winograd path is the one tested."""
+    for n, ci, co, h, w in [(2, 13, 11, 9, 15), (3, 16, 9, 17, 6), (1, 20, 12, 13, 13), (1, 9, 33, 71, 69)]:
+        x, weight = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3)
+        bias = randn(rng, co) if with_bias else None
+        want = F.conv2d(t64(x), t64(weight), t64(bias) if with_bias else None, padding=1).numpy()
+        x_nhwc = x.transpose(0, 2, 3, 1).copy()
+
+        def conv():
+            y = ops.conv2d(x_nhwc, weight, bias, padding=1, x_layout="nhwc", y_layout=y_layout)
+            return y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y
+
+        got = conv()
+        assert rel_err(got, want) <= TOL, (n, ci, co, h, w)
+        monkeypatch.setenv("DIFFICE_NO_WINOGRAD", "1")
+        direct = conv()
+        monkeypatch.delenv("DIFFICE_NO_WINOGRAD")
+        assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_conv2d_layout_errors(backend):
     with pytest.raises(ValueError, match="conv2d_forward: x_layout must be 'nchw' or 'nhwc'"):

@@ -25,6 +25,17 @@ typedef struct dfc_matmul_operand {
 dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n, int64_t k, dfc_matmul_operand a,
                            dfc_matmul_operand b, dfc_matmul_operand c, float alpha, float beta, dfc_error *err);
 
+/* The backend's reusable workspace (the one oneDNN's copies use), at least `bytes` long, for a kernel that runs no
+ * oneDNN primitive meanwhile. */
+dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
+
+/* Winograd F(2x2, 3x3) convolutions (cpu_winograd.c): whether conv2d_forward takes that path (3x3, stride 1,
+ * padding 1, NHWC x, 8 or more channels in and out), the floats of workspace it needs, and the convolution. */
+int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p);
+int64_t dfc_winograd_thread_floats(int64_t ci_n, int64_t co_n);
+dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                               dfc_conv2d_params p, dfc_tensor *y, float *scratch, dfc_error *err);
+
 /* The ops with a kernel of their own here (cpu_<op>); every other op runs its reference kernel, which is already
  * the fast one for the memory-bound elementwise ops (cpu_backend.c builds the table from this list). */
 #define DFC_CPU_FAST_OPS(X)        \

@@ -128,6 +128,16 @@ void dfc_cpu_state_destroy(dfc_cpu_state *s)
 
 size_t dfc_cpu_workspace_bytes(const dfc_cpu_state *s) { return s->workspace_size; }
 
+static dfc_status workspace_reserve(dfc_cpu_state *s, size_t size, dfc_error *err);
+
+dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err)
+{
+    dfc_cpu_state *s = be->impl;
+    DFC_TRY(workspace_reserve(s, bytes, err));
+    *out = s->workspace;
+    return DFC_OK;
+}
+
 /* oneDNN's OpenMP runtime uses the calling thread's thread count (also when it generates kernels). */
 static void set_threads(const dfc_backend *be)
 {
@@ -602,6 +612,14 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
         bias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
     DFC_TRY(dfc_conv2d_check_layout("conv2d_forward", p, 1, err));
+    if (dfc_winograd_applies(x, weight, p) && !getenv("DIFFICE_NO_WINOGRAD")) {
+        const int threads = be->num_threads > 0 ? be->num_threads : 1;
+        const int64_t ci = x->shape[1], co = weight->shape[0];
+        void *scratch;
+        DFC_TRY(dfc_cpu_workspace(be, (size_t)(16 * ci * co + threads * dfc_winograd_thread_floats(ci, co)) * 4,
+                                  &scratch, err));
+        return dfc_winograd_conv2d(be, x, weight, bias, p, y, scratch, err);
+    }
     float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};
     int64_t strides[PRIM_MAX_SLOTS] = {dfc_inner_size(x, 1), 0};
     int n = 2;
