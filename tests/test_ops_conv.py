@@ -173,6 +173,12 @@ def test_conv2d_takes_and_gives_channels_last(rng, backend, x_layout, y_layout, 
     assert rel_err(y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y, want) <= TOL
 
 
+def _conv_nhwc(x_nhwc, weight, bias, y_layout):
+    """A 3x3, padding 1 conv2d of channels-last x on the cpu backend, returned NCHW."""
+    y = ops.conv2d(x_nhwc, weight, bias, padding=1, x_layout="nhwc", y_layout=y_layout)
+    return y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y
+
+
 @pytest.mark.parametrize("y_layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
@@ -185,16 +191,11 @@ def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
         x, weight = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3)
         bias = randn(rng, co) if with_bias else None
         want = F.conv2d(t64(x), t64(weight), t64(bias) if with_bias else None, padding=1).numpy()
-        x_nhwc = x.transpose(0, 2, 3, 1).copy()
-
-        def conv():
-            y = ops.conv2d(x_nhwc, weight, bias, padding=1, x_layout="nhwc", y_layout=y_layout)
-            return y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y
-
-        got = conv()
+        args = (x.transpose(0, 2, 3, 1).copy(), weight, bias)
+        got = _conv_nhwc(*args, y_layout)
         assert rel_err(got, want) <= TOL, (n, ci, co, h, w)
         monkeypatch.setenv("DIFFICE_NO_WINOGRAD", "1")
-        direct = conv()
+        direct = _conv_nhwc(*args, y_layout)
         monkeypatch.delenv("DIFFICE_NO_WINOGRAD")
         assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
 
