@@ -30,9 +30,10 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
 dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
 
 /* Winograd F(2x2, 3x3) convolutions (cpu_winograd.c): whether conv2d_forward takes that path (3x3, stride 1,
- * padding 1, NHWC x, 8 or more channels in and out), the floats of workspace it needs, and the convolution. */
+ * padding 1, 8 or more channels in and out, at least as many tiles as channels), the workspace it needs, and the
+ * convolution (scratch: that many bytes). */
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p);
-int64_t dfc_winograd_thread_floats(int64_t ci_n, int64_t co_n);
+size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p, int threads);
 dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
                                dfc_conv2d_params p, dfc_tensor *y, float *scratch, dfc_error *err);
 

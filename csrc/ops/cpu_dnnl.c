@@ -613,11 +613,9 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
     DFC_TRY(dfc_conv2d_check_layout("conv2d_forward", p, 1, err));
     if (dfc_winograd_applies(x, weight, p) && !getenv("DIFFICE_NO_WINOGRAD")) {
-        const int threads = be->num_threads > 0 ? be->num_threads : 1;
-        const int64_t ci = x->shape[1], co = weight->shape[0];
         void *scratch;
-        DFC_TRY(dfc_cpu_workspace(be, (size_t)(16 * ci * co + threads * dfc_winograd_thread_floats(ci, co)) * 4,
-                                  &scratch, err));
+        DFC_TRY(dfc_cpu_workspace(
+            be, dfc_winograd_scratch_bytes(x, weight, p, be->num_threads > 0 ? be->num_threads : 1), &scratch, err));
         return dfc_winograd_conv2d(be, x, weight, bias, p, y, scratch, err);
     }
     float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};

@@ -1,14 +1,15 @@
-/* 3x3 convolutions with stride 1 and padding 1 on channels-last input by Winograd's F(2x2, 3x3) (Lavin and Gray,
+/* 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3) (Lavin and Gray,
  * "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs comes from a 4x4 input tile
  * as Y = A^T [(G g G^T) . (B^T d B)] A, 16 products per output block and input-output channel pair where the direct
  * convolution makes 36, so the 16 matrix products (tiles x Ci) (Ci x Co) that carry the work are 2.25x smaller
  * than the direct convolution's. oneDNN 3.2 has no Winograd kernel for AVX2; these shapes are most of the UNet's
  * arithmetic.
  *
- * Per image, blocks of tiles run on one thread each, through three steps in that thread's cache-sized buffers:
+ * Blocks of tiles run on one thread each, through three steps in that thread's cache-sized buffers:
  * the input transform (additions only, vectorised over channels: NHWC keeps each pixel's channels contiguous), 16
  * single-threaded sgemm calls (oneDNN's, which run on the calling thread inside a parallel region), the output
- * transform plus bias into y, NCHW or NHWC. The weights' transform U = G g G^T is made once per call.
+ * transform plus bias into y, NCHW or NHWC. The weights' transform U = G g G^T is made once per call. An NCHW x
+ * goes image by image through an NHWC copy (the reorder oneDNN's direct kernel would make as well).
  * Accuracy: the transforms' constants are 0, +-1 and 1/2, so F(2x2, 3x3) stays within a few float roundings of
  * the direct sum (tests/test_ops_conv.py compares with PyTorch at the op tolerance). */
 #include <stdlib.h>
@@ -38,8 +39,8 @@ int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv
 {
     const int64_t ci = x->shape[1], co = weight->shape[0], h = x->shape[2], w = x->shape[3];
     const int64_t tiles = x->shape[0] * ((h + 1) / 2) * ((w + 1) / 2);
-    return p.x_nhwc && weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 &&
-           p.pad_h == 1 && p.pad_w == 1 && ci >= 8 && co >= 8 && h >= 2 && w >= 2 && tiles >= (ci > co ? ci : co);
+    return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
+           p.pad_w == 1 && ci >= 8 && co >= 8 && h >= 2 && w >= 2 && tiles >= (ci > co ? ci : co);
 }
 
 /* U[xi][ci][co] = (G g G^T)[i][j], xi = 4 i + j, g = weight[co, ci] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
@@ -150,29 +151,38 @@ static void transform_output(const float *m, const float *bias, int64_t h, int64
     }
 }
 
-int64_t dfc_winograd_thread_floats(int64_t ci_n, int64_t co_n)
+static int64_t thread_floats_of(int64_t ci_n, int64_t co_n)
 {
     const int64_t cap = block_cap(ci_n, co_n);
     return 16 * cap * (ci_n + co_n) + 4 * cap * co_n + ci_n;
 }
 
-dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
-                               dfc_conv2d_params p, dfc_tensor *y, float *scratch, dfc_error *err)
+/* image (C, P) -> out (P, C), in blocks that keep both sides' lines in cache. */
+static void transpose_to_nhwc(const float *image, int64_t c_n, int64_t pixels, float *out, int threads)
 {
-    const int64_t n = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3], co_n = weight->shape[0];
+    enum { BLOCK = 32 };
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t p0 = 0; p0 < pixels; p0 += BLOCK)
+        for (int64_t c0 = 0; c0 < c_n; c0 += BLOCK)
+            for (int64_t p = p0; p < p0 + BLOCK && p < pixels; p++)
+                for (int64_t c = c0; c < c0 + BLOCK && c < c_n; c++)
+                    out[p * c_n + c] = image[c * pixels + p];
+}
+
+/* Images [first, first + count) of x (NHWC at xs) through the three steps, their blocks shared by the threads. */
+static int winograd_images(const float *xs, int64_t first, int64_t count_images, int64_t h, int64_t w, int64_t ci_n,
+                           int64_t co_n, const float *u, const float *bias, int y_nhwc, float *ys, float *per_thread,
+                           int threads)
+{
     const int64_t tiles_w = (w + 1) / 2, tiles = ((h + 1) / 2) * tiles_w;
-    const int threads = be->num_threads > 0 ? be->num_threads : 1;
-    /* blocks of at most cap tiles, and at least two per thread over the batch for the balance */
+    /* blocks of at most cap tiles, and at least two per thread over the images for the balance */
     const int64_t cap = block_cap(ci_n, co_n);
     int64_t blocks = (tiles + cap - 1) / cap;
-    const int64_t wanted = (2 * threads + n - 1) / n;
+    const int64_t wanted = (2 * threads + count_images - 1) / count_images;
     blocks = blocks < wanted ? (wanted < tiles ? wanted : tiles) : blocks;
     const int64_t block_tiles = (tiles + blocks - 1) / blocks;
     blocks = (tiles + block_tiles - 1) / block_tiles;
-    float *u = scratch;
-    transform_weights(weight->data, co_n, ci_n, u, threads);
-    float *per_thread = u + 16 * ci_n * co_n;
-    const int64_t thread_floats = dfc_winograd_thread_floats(ci_n, co_n);
+    const int64_t thread_floats = thread_floats_of(ci_n, co_n);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -184,18 +194,46 @@ dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_t
         float *pixels = m + 16 * cap * co_n, *zeros = pixels + 4 * cap * co_n;
         memset(zeros, 0, (size_t)ci_n * sizeof *zeros);
 #pragma omp for schedule(dynamic)
-        for (int64_t job = 0; job < n * blocks; job++) {
+        for (int64_t job = 0; job < count_images * blocks; job++) {
             const int64_t b = job / blocks, t0 = (job % blocks) * block_tiles;
             const int64_t count = tiles - t0 < block_tiles ? tiles - t0 : block_tiles;
-            transform_input(x->data + b * h * w * ci_n, h, w, ci_n, tiles_w, t0, count, cap, zeros, v);
+            transform_input(xs + b * h * w * ci_n, h, w, ci_n, tiles_w, t0, count, cap, zeros, v);
             for (int xi = 0; xi < 16; xi++)
                 if (dnnl_sgemm('N', 'N', count, co_n, ci_n, 1.0f, v + xi * cap * ci_n, ci_n, u + xi * ci_n * co_n, co_n,
                                0.0f, m + xi * cap * co_n, co_n) != dnnl_success) {
 #pragma omp atomic write
                     failed = 1;
                 }
-            transform_output(m, bias ? bias->data : NULL, h, w, co_n, tiles_w, t0, count, cap, p.y_nhwc,
-                             y->data + b * h * w * co_n, pixels);
+            transform_output(m, bias, h, w, co_n, tiles_w, t0, count, cap, y_nhwc, ys + (first + b) * h * w * co_n,
+                             pixels);
+        }
+    }
+    return failed;
+}
+
+size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p, int threads)
+{
+    const int64_t ci = x->shape[1], co = weight->shape[0];
+    const int64_t copy = p.x_nhwc ? 0 : ci * x->shape[2] * x->shape[3]; /* one NCHW image made NHWC */
+    return (size_t)(16 * ci * co + threads * thread_floats_of(ci, co) + copy) * sizeof(float);
+}
+
+dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
+                               dfc_conv2d_params p, dfc_tensor *y, float *scratch, dfc_error *err)
+{
+    const int64_t n = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3], co_n = weight->shape[0];
+    const int threads = be->num_threads > 0 ? be->num_threads : 1;
+    float *u = scratch, *per_thread = u + 16 * ci_n * co_n;
+    transform_weights(weight->data, co_n, ci_n, u, threads);
+    const float *bs = bias ? bias->data : NULL;
+    int failed = 0;
+    if (p.x_nhwc) {
+        failed = winograd_images(x->data, 0, n, h, w, ci_n, co_n, u, bs, p.y_nhwc, y->data, per_thread, threads);
+    } else { /* image by image through an NHWC copy (the reorder a direct convolution would make too) */
+        float *copy = per_thread + threads * thread_floats_of(ci_n, co_n);
+        for (int64_t b = 0; b < n && !failed; b++) {
+            transpose_to_nhwc(x->data + b * ci_n * h * w, ci_n, h * w, copy, threads);
+            failed = winograd_images(copy, b, 1, h, w, ci_n, co_n, u, bs, p.y_nhwc, y->data, per_thread, threads);
         }
     }
     if (failed)
