@@ -200,6 +200,24 @@ def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
         assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
 
 
+@pytest.mark.parametrize("x_nhwc", [True, False])
+def test_winograd_results_do_not_depend_on_the_batch_or_the_threads(rng, x_nhwc):
+    """An image's Winograd convolution is the same bytes alone or in a batch, NCHW or NHWC in, on 1, 2 or 3 threads
+    (its tiles' blocks follow from the image's shape only, each sgemm runs on one thread), as the direct kernels'
+    results are: a metric over batches of 32 (diffice.evaluation.metrics) then equals the whole set's to the bit."""
+    n, ci, co, h, w = 3, 64, 48, 30, 35
+    x, weight = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3)
+    xs = x.transpose(0, 2, 3, 1).copy() if x_nhwc else x
+    outs = [_C.conv2d_forward(_C.Backend("cpu", k), xs, weight, None, (1, 1), (1, 1), x_nhwc, False) for k in (1, 2, 3)]
+    one_by_one = [
+        _C.conv2d_forward(_C.Backend("cpu", 2), xs[i : i + 1].copy(), weight, None, (1, 1), (1, 1), x_nhwc, False)
+        for i in range(n)
+    ]
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert np.array_equal(outs[0], np.concatenate(one_by_one))
+    assert rel_err(outs[0], F.conv2d(t64(x), t64(weight), padding=1)) <= TOL
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_conv2d_layout_errors(backend):
     with pytest.raises(ValueError, match="conv2d_forward: x_layout must be 'nchw' or 'nhwc'"):

@@ -32,13 +32,13 @@ static int64_t block_cap(int64_t ci_n, int64_t co_n)
     return cap < 64 ? 64 : cap > 1024 ? 1024 : cap;
 }
 
-/* Fewer tiles than channels (a deep level at batch 1: 252 tiles of 28x36, 512 channels) leave the matrix products
+/* Fewer tiles per image than channels (a deep level: 252 tiles of 28x36, 512 channels) leave the matrix products
  * too thin to pay for the weights' transform and the packing of U in every product: oneDNN's direct kernel is then
  * as fast or faster (measured, benchmarks/RESULTS.md). */
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p)
 {
     const int64_t ci = x->shape[1], co = weight->shape[0], h = x->shape[2], w = x->shape[3];
-    const int64_t tiles = x->shape[0] * ((h + 1) / 2) * ((w + 1) / 2);
+    const int64_t tiles = ((h + 1) / 2) * ((w + 1) / 2); /* per image: the path must not depend on the batch */
     return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
            p.pad_w == 1 && ci >= 8 && co >= 8 && h >= 2 && w >= 2 && tiles >= (ci > co ? ci : co);
 }
@@ -175,11 +175,12 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
                            int threads)
 {
     const int64_t tiles_w = (w + 1) / 2, tiles = ((h + 1) / 2) * tiles_w;
-    /* blocks of at most cap tiles, and at least two per thread over the images for the balance */
+    /* blocks of at most cap tiles and at least 4 per image (for the threads' balance at batch 1), from the image's
+     * shape alone: a tile's row in its sgemm, and so its rounding, is then the same at any batch size and thread
+     * count (an image's features do not depend on the batch it is in: tests/test_metrics.py) */
     const int64_t cap = block_cap(ci_n, co_n);
     int64_t blocks = (tiles + cap - 1) / cap;
-    const int64_t wanted = (2 * threads + count_images - 1) / count_images;
-    blocks = blocks < wanted ? (wanted < tiles ? wanted : tiles) : blocks;
+    blocks = blocks < 4 ? (tiles < 4 ? tiles : 4) : blocks;
     const int64_t block_tiles = (tiles + blocks - 1) / blocks;
     blocks = (tiles + block_tiles - 1) / block_tiles;
     const int64_t thread_floats = thread_floats_of(ci_n, co_n);
@@ -189,6 +190,9 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+        /* oneDNN's sgemm runs on the calling thread only inside an active parallel region; a team of one is not
+         * active, and a multi-threaded sgemm may split the sum over Ci: one thread, whatever the team's size */
+        omp_set_num_threads(1);
 #endif
         float *v = per_thread + tid * thread_floats, *m = v + 16 * cap * ci_n;
         float *pixels = m + 16 * cap * co_n, *zeros = pixels + 4 * cap * co_n;
