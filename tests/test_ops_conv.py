@@ -200,6 +200,22 @@ def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
         assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
 
 
+def test_winograd_input_gradient(rng, monkeypatch):
+    """conv2d_backward_input of a 3x3 / stride 1 / padding 1 convolution on the cpu backend is the Winograd
+    convolution of dy with the transposed, 180-degree-turned kernels (dx and dy swap the channel counts): against
+    PyTorch's autograd, and not bit for bit the direct kernel's."""
+    for n, ci, co, h, w in [(2, 11, 19, 9, 15), (1, 20, 12, 13, 13), (3, 9, 16, 30, 7)]:
+        x, weight, dy = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3), randn(rng, n, co, h, w)
+        xt = t64(x, requires_grad=True)
+        F.conv2d(xt, t64(weight), padding=1).backward(t64(dy))
+        got = ops.conv2d_backward_input(dy, weight, x.shape, padding=1)
+        assert rel_err(got, xt.grad) <= TOL, (n, ci, co, h, w)
+        monkeypatch.setenv("DIFFICE_NO_WINOGRAD", "1")
+        direct = ops.conv2d_backward_input(dy, weight, x.shape, padding=1)
+        monkeypatch.delenv("DIFFICE_NO_WINOGRAD")
+        assert rel_err(direct, xt.grad) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
+
+
 @pytest.mark.parametrize("x_nhwc", [True, False])
 def test_winograd_results_do_not_depend_on_the_batch_or_the_threads(rng, x_nhwc):
     """An image's Winograd convolution is the same bytes alone or in a batch, NCHW or NHWC in, on 1, 2 or 3 threads

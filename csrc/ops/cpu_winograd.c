@@ -35,21 +35,30 @@ static int64_t block_cap(int64_t ci_n, int64_t co_n)
 /* Fewer tiles per image than channels (a deep level: 252 tiles of 28x36, 512 channels) leave the matrix products
  * too thin to pay for the weights' transform and the packing of U in every product: oneDNN's direct kernel is then
  * as fast or faster (measured, benchmarks/RESULTS.md). */
-int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p)
+int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p)
 {
-    const int64_t ci = x->shape[1], co = weight->shape[0], h = x->shape[2], w = x->shape[3];
+    const int64_t ci = x->shape[1], co = y->shape[1], h = x->shape[2], w = x->shape[3];
     const int64_t tiles = ((h + 1) / 2) * ((w + 1) / 2); /* per image: the path must not depend on the batch */
     return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
-           p.pad_w == 1 && ci >= 8 && co >= 8 && h >= 2 && w >= 2 && tiles >= (ci > co ? ci : co);
+           p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w && ci >= 8 && co >= 8 && h >= 2 && w >= 2 &&
+           tiles >= (ci > co ? ci : co);
 }
 
-/* U[xi][ci][co] = (G g G^T)[i][j], xi = 4 i + j, g = weight[co, ci] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
-static void transform_weights(const float *w, int64_t co_n, int64_t ci_n, float *u, int threads)
+/* U[xi][i][o] = (G g G^T)[r][c], xi = 4 r + c, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], g the 3x3 kernel from
+ * input channel i to output channel o of the convolution computed: weight[o, i] for a forward one; for the input
+ * gradient (transposed), weight[i, o] turned by 180 degrees (dx = dy correlated with the flipped kernels). weight
+ * is (w_out, w_in, 3, 3). */
+static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, int threads)
 {
+    const int64_t ci_n = transposed ? w_out : w_in, co_n = transposed ? w_in : w_out;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t co = 0; co < co_n; co++)
-        for (int64_t ci = 0; ci < ci_n; ci++) {
-            const float *g = w + (co * ci_n + ci) * 9;
+    for (int64_t a = 0; a < w_out; a++)
+        for (int64_t b = 0; b < w_in; b++) {
+            const float *kernel = w + (a * w_in + b) * 9;
+            float g[9];
+            for (int k = 0; k < 9; k++)
+                g[k] = kernel[transposed ? 8 - k : k];
+            const int64_t i = transposed ? a : b, o = transposed ? b : a;
             float t[4][3]; /* G g */
             for (int c = 0; c < 3; c++) {
                 t[0][c] = g[c];
@@ -61,7 +70,7 @@ static void transform_weights(const float *w, int64_t co_n, int64_t ci_n, float 
                 const float v[4] = {t[r][0], 0.5f * (t[r][0] + t[r][1] + t[r][2]), 0.5f * (t[r][0] - t[r][1] + t[r][2]),
                                     t[r][2]};
                 for (int c = 0; c < 4; c++)
-                    u[((int64_t)(4 * r + c) * ci_n + ci) * co_n + co] = v[c];
+                    u[((int64_t)(4 * r + c) * ci_n + i) * co_n + o] = v[c];
             }
         }
 }
@@ -215,32 +224,34 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
     return failed;
 }
 
-size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *weight, dfc_conv2d_params p, int threads)
+size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *y, int x_nhwc, int threads)
 {
-    const int64_t ci = x->shape[1], co = weight->shape[0];
-    const int64_t copy = p.x_nhwc ? 0 : ci * x->shape[2] * x->shape[3]; /* one NCHW image made NHWC */
+    const int64_t ci = x->shape[1], co = y->shape[1];
+    const int64_t copy = x_nhwc ? 0 : ci * x->shape[2] * x->shape[3]; /* one NCHW image made NHWC */
     return (size_t)(16 * ci * co + threads * thread_floats_of(ci, co) + copy) * sizeof(float);
 }
 
-dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,
-                               dfc_conv2d_params p, dfc_tensor *y, float *scratch, dfc_error *err)
+dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, int transposed,
+                               const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, float *scratch,
+                               dfc_error *err)
 {
-    const int64_t n = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3], co_n = weight->shape[0];
+    const int64_t n = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3], co_n = y->shape[1];
     const int threads = be->num_threads > 0 ? be->num_threads : 1;
     float *u = scratch, *per_thread = u + 16 * ci_n * co_n;
-    transform_weights(weight->data, co_n, ci_n, u, threads);
+    transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, threads);
     const float *bs = bias ? bias->data : NULL;
     int failed = 0;
-    if (p.x_nhwc) {
-        failed = winograd_images(x->data, 0, n, h, w, ci_n, co_n, u, bs, p.y_nhwc, y->data, per_thread, threads);
+    if (x_nhwc) {
+        failed = winograd_images(x->data, 0, n, h, w, ci_n, co_n, u, bs, y_nhwc, y->data, per_thread, threads);
     } else { /* image by image through an NHWC copy (the reorder a direct convolution would make too) */
         float *copy = per_thread + threads * thread_floats_of(ci_n, co_n);
         for (int64_t b = 0; b < n && !failed; b++) {
             transpose_to_nhwc(x->data + b * ci_n * h * w, ci_n, h * w, copy, threads);
-            failed = winograd_images(copy, b, 1, h, w, ci_n, co_n, u, bs, p.y_nhwc, y->data, per_thread, threads);
+            failed = winograd_images(copy, b, 1, h, w, ci_n, co_n, u, bs, y_nhwc, y->data, per_thread, threads);
         }
     }
     if (failed)
-        return dfc_fail(err, DFC_ERR_BACKEND, "conv2d_forward: oneDNN's sgemm failed in the Winograd convolution");
+        return dfc_fail(err, DFC_ERR_BACKEND, "%s: oneDNN's sgemm failed in the Winograd convolution",
+                        transposed ? "conv2d_backward_input" : "conv2d_forward");
     return DFC_OK;
 }
