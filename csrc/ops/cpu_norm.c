@@ -12,9 +12,9 @@
 #include "norm_check.h"
 #include "ref.h"
 
-/* Mean and 1/sqrt(var + eps) in one vectorisable pass: sums of (x - x[0]) and its square in double. Shifting by a
+/* Mean and biased variance in one vectorisable pass: sums of (x - x[0]) and its square in double. Shifting by a
  * sample of the data keeps the shifted mean of the order of the std, so E[d^2] - E[d]^2 does not cancel. */
-static void block_stats(const float *xs, int64_t count, double eps, double *mean_out, double *rstd_out)
+static void shifted_moments(const float *xs, int64_t count, double *mean_out, double *var_out)
 {
     const double shift = xs[0];
     double s1 = 0.0, s2 = 0.0;
@@ -25,9 +25,16 @@ static void block_stats(const float *xs, int64_t count, double eps, double *mean
         s2 += d * d;
     }
     const double m1 = s1 / (double)count;
-    double var = s2 / (double)count - m1 * m1;
-    var = var > 0.0 ? var : 0.0;
+    const double var = s2 / (double)count - m1 * m1;
+    *var_out = var > 0.0 ? var : 0.0;
     *mean_out = shift + m1;
+}
+
+/* Mean and 1/sqrt(var + eps) of count contiguous values. */
+static void block_stats(const float *xs, int64_t count, double eps, double *mean_out, double *rstd_out)
+{
+    double var;
+    shifted_moments(xs, count, mean_out, &var);
     *rstd_out = 1.0 / sqrt(var + eps);
 }
 
@@ -176,20 +183,8 @@ static void channel_stats(const dfc_tensor *x, int x_nhwc, int threads, int64_t 
     const float *xs = x->data;
     if (!x_nhwc) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t nc = 0; nc < n * c; nc++) {
-            const float *xc = xs + nc * pixels;
-            const double shift = xc[0];
-            double s1 = 0.0, s2 = 0.0;
-#pragma omp simd reduction(+ : s1, s2)
-            for (int64_t i = 0; i < pixels; i++) {
-                const double d = (double)xc[i] - shift;
-                s1 += d;
-                s2 += d * d;
-            }
-            const double m1 = s1 / (double)pixels, var = s2 / (double)pixels - m1 * m1;
-            stats[2 * nc] = shift + m1;
-            stats[2 * nc + 1] = var > 0.0 ? var : 0.0;
-        }
+        for (int64_t nc = 0; nc < n * c; nc++)
+            shifted_moments(xs + nc * pixels, pixels, &stats[2 * nc], &stats[2 * nc + 1]);
         return;
     }
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
