@@ -338,8 +338,6 @@ dfc_status cuda_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const 
     });
 }
 
-/* dss per (n, c) plane, one index each summing in the reference's order (the same numbers as binary_backward's
- * broadcast sums); then dx, which may alias dy. */
 /* GroupNorm, scale-shift and SiLU as the sequence of this file's kernels (binary add, group norm, scale-shift) and
  * elementwise.cu's SiLU, in place on y: the same numbers as the UNet's unfused steps. NCHW only here; fusing them
  * into one kernel (and NHWC, for cuDNN's channels-last convolutions) waits for a GPU to measure it on. */
@@ -369,6 +367,8 @@ dfc_status cuda_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, con
     return DFC_OK;
 }
 
+/* dss per (n, c) plane, one index each summing in the reference's order (the same numbers as binary_backward's
+ * broadcast sums); then dx, which may alias dy. */
 dfc_status cuda_scale_shift_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, const dfc_tensor *ss,
                                      dfc_tensor *dx, dfc_tensor *dss, dfc_error *err)
 {

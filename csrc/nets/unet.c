@@ -705,18 +705,6 @@ static dfc_status concat_skip(dfc_backend *be, const dfc_tensor *h, const dfc_te
     return be->ops->concat_channels(be, parts, 2, cat, err);
 }
 
-/* The head's last conv: a (N, model_channels, H, W), stored NHWC if a_nhwc -> y (N, out_channels, H, W) from
- * arena. */
-static dfc_status head_conv(dfc_backend *be, const dfc_unet *u, const dfc_tensor *a, int a_nhwc, dfc_arena *arena,
-                            dfc_tensor *y, dfc_error *err)
-{
-    *y = dfc_alloc4(arena, a->shape[0], u->cfg.out_channels, a->shape[2], a->shape[3], err);
-    DFC_CHECK_ALLOC(*y);
-    dfc_conv2d_params p = u->out_conv.p;
-    p.x_nhwc = a_nhwc;
-    return be->ops->conv2d_forward(be, a, &u->out_conv.weight, &u->out_conv.bias, p, y, err);
-}
-
 /* The blocks and the head without a tape, each buffer released after its last reader (as PyTorch's reference counts
  * do): scratch holds the stack of skips, pushed by the input blocks and popped by the output blocks, with the
  * running activation on top; arena, above the time embedding, holds one block's working memory at a time (an
@@ -748,7 +736,8 @@ static dfc_status forward_no_tape(dfc_backend *be, const dfc_unet *u, const dfc_
     DFC_CHECK_ALLOC(a);
     const int nhwc = be->iface->conv_nhwc;
     DFC_TRY(norm_act(be, &u->out_norm, &h, NULL, NULL, 0, nhwc, &a, err));
-    dfc_status st = head_conv(be, u, &a, nhwc, arena, y, err);
+    /* the head's last conv, into arena */
+    dfc_status st = dfc_conv_layer_forward_layout(be, &u->out_conv, &a, nhwc, 0, NULL, arena, y, err);
     dfc_arena_reset(scratch, entry);
     return st;
 }
@@ -807,7 +796,7 @@ static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, 
     dfc_tensor hn, mean, rstd, a;
     DFC_TRY(dfc_group_norm_layer_forward(be, &u->out_norm, &h, arena, &hn, &mean, &rstd, err));
     DFC_TRY(silu_new(be, &hn, arena, &a, err));
-    DFC_TRY(head_conv(be, u, &a, 0, arena, y, err));
+    DFC_TRY(dfc_conv_layer_forward(be, &u->out_conv, &a, arena, y, err));
     if (tape) {
         tape->temb = temb;
         tape->l1 = l1;

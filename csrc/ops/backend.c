@@ -36,12 +36,19 @@ static int default_threads(int num_threads)
 #endif
 }
 
-int dfc_backend_device_count(const char *name)
+/* The registry's lookup by key (a name's first key_len characters); nothing dispatches on names. NULL if none. */
+static const dfc_backend_iface *registry_find(const char *key, size_t key_len)
 {
     for (int i = 0; i < REGISTRY_SIZE; i++)
-        if (strcmp(registry[i]->name, name) == 0)
-            return registry[i]->device_count();
-    return -1;
+        if (strlen(registry[i]->name) == key_len && strncmp(registry[i]->name, key, key_len) == 0)
+            return registry[i];
+    return NULL;
+}
+
+int dfc_backend_device_count(const char *name)
+{
+    const dfc_backend_iface *iface = registry_find(name, strlen(name));
+    return iface ? iface->device_count() : -1;
 }
 
 int dfc_host_device_count(void) { return 1; }
@@ -61,10 +68,7 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
                             "backend: '%s' is not a backend name followed by ':' and a device number", name);
         device = (int)parsed;
     }
-    const dfc_backend_iface *iface = NULL;
-    for (int i = 0; i < REGISTRY_SIZE && !iface; i++)
-        if (strlen(registry[i]->name) == key_len && strncmp(registry[i]->name, name, key_len) == 0)
-            iface = registry[i]; /* the registry's lookup by key; nothing dispatches on names */
+    const dfc_backend_iface *iface = registry_find(name, key_len);
     if (!iface) {
         char known[128] = "";
         for (int i = 0; i < REGISTRY_SIZE; i++) {

@@ -31,13 +31,11 @@ dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_erro
 
 /* Winograd F(2x2, 3x3) convolutions (cpu_winograd.c) of x (N, Ci, H, W) into y (N, Co, H, W): whether a
  * convolution takes that path (3x3, stride 1, padding 1, 8 or more channels in and out, at least as many 2x2 tiles
- * per image as channels), the workspace it needs, and the convolution (scratch: that many bytes). weight is
+ * per image as channels, DIFFICE_NO_WINOGRAD unset), and the convolution, in the backend's workspace. weight is
  * (Co, Ci, 3, 3), or (Ci, Co, 3, 3) with transposed = 1: the input gradient dx = y of dy = x. */
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p);
-size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *y, int x_nhwc, int threads);
 dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, int transposed,
-                               const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, float *scratch,
-                               dfc_error *err);
+                               const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, dfc_error *err);
 
 /* The ops with a kernel of their own here (cpu_<op>); every other op runs its reference kernel, which is already
  * the fast one for the memory-bound elementwise ops (cpu_backend.c builds the table from this list). */

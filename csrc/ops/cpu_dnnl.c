@@ -612,11 +612,8 @@ dfc_status cpu_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_te
         bias = NULL;
     DFC_TRY(dfc_conv2d_check("conv2d_forward", x, "x", weight, "weight", bias, "bias", y, "y", p, err));
     DFC_TRY(dfc_conv2d_check_layout("conv2d_forward", p, 1, err));
-    if (dfc_winograd_applies(x, weight, y, p) && !getenv("DIFFICE_NO_WINOGRAD")) {
-        void *scratch;
-        DFC_TRY(dfc_cpu_workspace(be, dfc_winograd_scratch_bytes(x, y, p.x_nhwc, be->num_threads), &scratch, err));
-        return dfc_winograd_conv2d(be, x, weight, 0, bias, p.x_nhwc, p.y_nhwc, y, scratch, err);
-    }
+    if (dfc_winograd_applies(x, weight, y, p))
+        return dfc_winograd_conv2d(be, x, weight, 0, bias, p.x_nhwc, p.y_nhwc, y, err);
     float *buffers[PRIM_MAX_SLOTS] = {x->data, weight->data};
     int64_t strides[PRIM_MAX_SLOTS] = {dfc_inner_size(x, 1), 0};
     int n = 2;
@@ -632,11 +629,8 @@ dfc_status cpu_conv2d_backward_input(dfc_backend *be, const dfc_tensor *dy, cons
 {
     DFC_TRY(dfc_conv2d_check("conv2d_backward_input", dx, "dx", weight, "weight", NULL, NULL, dy, "dy", p, err));
     DFC_TRY(dfc_conv2d_check_layout("conv2d_backward_input", p, 0, err));
-    if (dfc_winograd_applies(dy, weight, dx, p) && !getenv("DIFFICE_NO_WINOGRAD")) { /* dx = dy * flipped W^T */
-        void *scratch;
-        DFC_TRY(dfc_cpu_workspace(be, dfc_winograd_scratch_bytes(dy, dx, 0, be->num_threads), &scratch, err));
-        return dfc_winograd_conv2d(be, dy, weight, 1, NULL, 0, 0, dx, scratch, err);
-    }
+    if (dfc_winograd_applies(dy, weight, dx, p)) /* dx = dy * flipped W^T */
+        return dfc_winograd_conv2d(be, dy, weight, 1, NULL, 0, 0, dx, err);
     float *buffers[PRIM_MAX_SLOTS] = {dy->data, weight->data, dx->data};
     const int64_t strides[PRIM_MAX_SLOTS] = {dfc_inner_size(dy, 1), 0, dfc_inner_size(dx, 1)};
     return conv_run(be, PRIM_CONV_BACKWARD_DATA, dx, weight, dy, 0, p, buffers, strides, 3, "conv2d_backward_input",

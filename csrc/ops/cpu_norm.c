@@ -14,6 +14,16 @@
 
 /* Mean and biased variance in one vectorisable pass: sums of (x - x[0]) and its square in double. Shifting by a
  * sample of the data keeps the shifted mean of the order of the std, so E[d^2] - E[d]^2 does not cancel. */
+/* Mean and biased variance of count values from s1, s2: the sums of (x - shift) and its square. */
+static void moments_from_shifted_sums(double s1, double s2, int64_t count, double shift, double *mean_out,
+                                      double *var_out)
+{
+    const double m1 = s1 / (double)count;
+    const double var = s2 / (double)count - m1 * m1;
+    *var_out = var > 0.0 ? var : 0.0;
+    *mean_out = shift + m1;
+}
+
 static void shifted_moments(const float *xs, int64_t count, double *mean_out, double *var_out)
 {
     const double shift = xs[0];
@@ -24,10 +34,7 @@ static void shifted_moments(const float *xs, int64_t count, double *mean_out, do
         s1 += d;
         s2 += d * d;
     }
-    const double m1 = s1 / (double)count;
-    const double var = s2 / (double)count - m1 * m1;
-    *var_out = var > 0.0 ? var : 0.0;
-    *mean_out = shift + m1;
+    moments_from_shifted_sums(s1, s2, count, shift, mean_out, var_out);
 }
 
 /* Mean and 1/sqrt(var + eps) of count contiguous values. */
@@ -212,9 +219,7 @@ static void channel_stats(const dfc_tensor *x, int x_nhwc, int threads, int64_t 
             s1 += scratch[(b * parts + part) * 2 * c + ch];
             s2 += scratch[(b * parts + part) * 2 * c + c + ch];
         }
-        const double m1 = s1 / (double)pixels, var = s2 / (double)pixels - m1 * m1;
-        stats[2 * nc] = (double)xs[b * pixels * c + ch] + m1;
-        stats[2 * nc + 1] = var > 0.0 ? var : 0.0;
+        moments_from_shifted_sums(s1, s2, pixels, xs[b * pixels * c + ch], &stats[2 * nc], &stats[2 * nc + 1]);
     }
 }
 

@@ -39,6 +39,8 @@ int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const df
 {
     const int64_t ci = x->shape[1], co = y->shape[1], h = x->shape[2], w = x->shape[3];
     const int64_t tiles = ((h + 1) / 2) * ((w + 1) / 2); /* per image: the path must not depend on the batch */
+    if (getenv("DIFFICE_NO_WINOGRAD")) /* read at each call, so a run can compare both in one process */
+        return 0;
     return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
            p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w && ci >= 8 && co >= 8 && h >= 2 && w >= 2 &&
            tiles >= (ci > co ? ci : co);
@@ -224,19 +226,17 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
     return failed;
 }
 
-size_t dfc_winograd_scratch_bytes(const dfc_tensor *x, const dfc_tensor *y, int x_nhwc, int threads)
-{
-    const int64_t ci = x->shape[1], co = y->shape[1];
-    const int64_t copy = x_nhwc ? 0 : ci * x->shape[2] * x->shape[3]; /* one NCHW image made NHWC */
-    return (size_t)(16 * ci * co + threads * thread_floats_of(ci, co) + copy) * sizeof(float);
-}
-
 dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, int transposed,
-                               const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, float *scratch,
-                               dfc_error *err)
+                               const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, dfc_error *err)
 {
     const int64_t n = x->shape[0], ci_n = x->shape[1], h = x->shape[2], w = x->shape[3], co_n = y->shape[1];
     const int threads = be->num_threads > 0 ? be->num_threads : 1;
+    /* U, each thread's buffers, and one NCHW image made NHWC, in the backend's workspace */
+    const int64_t copy_floats = x_nhwc ? 0 : ci_n * h * w;
+    void *scratch;
+    DFC_TRY(dfc_cpu_workspace(
+        be, (size_t)(16 * ci_n * co_n + threads * thread_floats_of(ci_n, co_n) + copy_floats) * sizeof(float), &scratch,
+        err));
     float *u = scratch, *per_thread = u + 16 * ci_n * co_n;
     transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, threads);
     const float *bs = bias ? bias->data : NULL;

@@ -85,23 +85,25 @@ dfc_status ref_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, cons
     for (int64_t blk = 0; blk < n * groups; blk++) {
         const int64_t b = blk / groups, c0 = (blk % groups) * cpg;
         double sum = 0.0, sq = 0.0;
-        for (int64_t cc = c0; cc < c0 + cpg; cc++)
+        for (int64_t cc = c0; cc < c0 + cpg; cc++) {
+            const double a = adds ? adds[b * c + cc] : 0.0;
             for (int64_t p = 0; p < pixels; p++)
-                sum += (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f);
+                sum += (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + a;
+        }
         const double mean = sum / (double)(cpg * pixels);
-        for (int64_t cc = c0; cc < c0 + cpg; cc++)
+        for (int64_t cc = c0; cc < c0 + cpg; cc++) {
+            const double a = adds ? adds[b * c + cc] : 0.0;
             for (int64_t p = 0; p < pixels; p++) {
-                const double d =
-                    (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f) - mean;
+                const double d = (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + a - mean;
                 sq += d * d;
             }
+        }
         const double rstd = 1.0 / sqrt(sq / (double)(cpg * pixels) + eps);
         for (int64_t cc = c0; cc < c0 + cpg; cc++) {
-            const double g = gs ? gs[cc] : 1.0, bt = bs ? bs[cc] : 0.0;
+            const double a = adds ? adds[b * c + cc] : 0.0, g = gs ? gs[cc] : 1.0, bt = bs ? bs[cc] : 0.0;
             const double scale = sss ? sss[b * 2 * c + cc] : 0.0, shift = sss ? sss[b * 2 * c + c + cc] : 0.0;
             for (int64_t p = 0; p < pixels; p++) {
-                const double h =
-                    (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + (adds ? adds[b * c + cc] : 0.0f);
+                const double h = (double)xs[image_offset(x_nhwc, b, cc, p, c, pixels)] + a;
                 double v = ((h - mean) * rstd * g + bt) * (1.0 + scale) + shift;
                 if (silu)
                     v = v / (1.0 + exp(-v));

@@ -159,15 +159,15 @@ struct op_call {
 #define OI(j) (c->out_ints[j])
 #define OD(j) (&c->out_double[j])
 #define OUTS c->o_ptrs, c->nout
-#define CONV(stride, pad) \
-    ((dfc_conv2d_params){.stride_h = P(stride, 0), .stride_w = P(stride, 1), .pad_h = P(pad, 0), .pad_w = P(pad, 1)})
+/* conv params from PAIR args stride and pad, and the layout flags' values */
 #define CONV_LAYOUT(stride, pad, x_layout, y_layout) \
     ((dfc_conv2d_params){.stride_h = P(stride, 0),   \
                          .stride_w = P(stride, 1),   \
                          .pad_h = P(pad, 0),         \
                          .pad_w = P(pad, 1),         \
-                         .x_nhwc = I(x_layout),      \
-                         .y_nhwc = I(y_layout)})
+                         .x_nhwc = (x_layout),       \
+                         .y_nhwc = (y_layout)})
+#define CONV(stride, pad) CONV_LAYOUT(stride, pad, 0, 0)
 #define POOL(kernel, stride, pad) \
     ((dfc_pool2d_params){P(kernel, 0), P(kernel, 1), P(stride, 0), P(stride, 1), P(pad, 0), P(pad, 1)})
 
@@ -351,7 +351,7 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("x", 4, 4), TENSOR("weight", 4, 4), OPTIONAL("bias", 1, 1), PAIR("stride", 1, INT_MAX),              \
            PAIR("padding", 0, INT_MAX), BOOL("x_nhwc"), BOOL("y_nhwc")),                                               \
       SHAPES(TRY(conv_out(c, 0, "x", NCHW(T(0), I(5))->shape, T(1)->shape, CONV(3, 4))); out_as_nhwc(c, 0, I(6))),     \
-      CALL(NCHW(T(0), I(5)), T(1), OPT(2), CONV_LAYOUT(3, 4, 5, 6), NCHW(O(0), I(6))))                                 \
+      CALL(NCHW(T(0), I(5)), T(1), OPT(2), CONV_LAYOUT(3, 4, I(5), I(6)), NCHW(O(0), I(6))))                           \
     X(conv2d_backward_input, "conv2d_backward_input", 1,                                                               \
       "conv2d_backward_input(backend, dy, weight, x_shape, (stride_h, stride_w), (pad_h, pad_w)) -> dx.",              \
       ARGS(TENSOR("dy", 4, 4), TENSOR("weight", 4, 4), SHAPE("x_shape", 4), PAIR("stride", 1, INT_MAX),                \
