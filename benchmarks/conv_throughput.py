@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess, median_seconds  # noqa: E402
+from harness import in_subprocess, timed_calls  # noqa: E402
 from unet import CONFIGS  # noqa: E402
 from unet import measure as measure_unet  # noqa: E402
 
@@ -55,7 +55,7 @@ def conv_worker(impl: str, channels: int, h: int, w: int, repeats: int, threads:
         sys.path.insert(0, str(ROOT))
         from diffice.ops import conv2d
 
-        return median_seconds(lambda: conv2d(x, weight, padding=1), repeats)
+        return timed_calls(lambda: conv2d(x, weight, padding=1), repeats)
     import torch
 
     torch.set_num_threads(threads)
@@ -63,7 +63,7 @@ def conv_worker(impl: str, channels: int, h: int, w: int, repeats: int, threads:
     if impl == "torch-channels-last":
         xt, wt = xt.to(memory_format=torch.channels_last), wt.to(memory_format=torch.channels_last)
     with torch.no_grad():
-        return median_seconds(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), repeats)
+        return timed_calls(lambda: torch.nn.functional.conv2d(xt, wt, padding=1), repeats)
 
 
 def unet_flops_per_image() -> float:

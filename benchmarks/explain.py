@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess, peak_rss_mb  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, peak_rss_mb, table_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (56, 72)
@@ -168,7 +168,7 @@ def worker(impl: str, method: str, batch: int, tau: int, threads: int, config: s
         )
         seconds = time.perf_counter() - t0
         arena = 0
-    return dict(seconds=seconds, peak_rss_mb=peak_rss_mb(), arena_mb=arena / 2**20)
+    return dict(times=[seconds], peak_rss_mb=peak_rss_mb(), arena_mb=arena / 2**20)
 
 
 def measure(impl, method, batch, tau, threads, config="small") -> dict:
@@ -187,32 +187,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=423, help="image-set size for the total-time column")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--config", choices=("small", "paper"), default="small")
+    parser.add_argument("--rounds", type=int, default=1, help="processes (whole calls) per implementation, alternating")
     args = parser.parse_args()
     size = config_of(args.config)["size"]
     print(
         f"{args.config}, {size[0]}x{size[1]}, batch {args.batch}, tau {args.tau} of 100 respaced steps, one lambda_c, "
-        f"{args.threads} threads; total time = batch time x {args.images} / batch\n"
+        f"{args.threads} threads; each time is one process's whole first call (fixed costs included); "
+        f"{args.rounds} alternating processes per implementation; total time = diffice's median batch time x "
+        f"{args.images} / batch\n"
     )
-    print("| method | impl | batch time (s) | total time (h) | peak RSS (MB) | sampler arena (MB) | time ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(table_head(["method"], ["diffice sampler arena MB", "diffice total h"]))
     for method in args.methods:
-        rows = {
-            impl: measure(impl, method, args.batch, args.tau, args.threads, args.config)
-            for impl in ("diffice", "torch")
-        }
-        for impl, r in rows.items():
-            if "error" in r:
-                print(f"| {method} | {impl} | {r['error']} | | | | |")
-                continue
-            ratio = ""
-            if impl == "diffice" and "seconds" in rows["torch"]:
-                ratio = f"{r['seconds'] / rows['torch']['seconds']:.2f}"
-            total = r["seconds"] * args.images / args.batch / 3600
-            print(
-                f"| {method} | {impl} | {r['seconds']:.1f} | {total:.2f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['arena_mb']:.0f} | {ratio} |",
-                flush=True,
-            )
+        r = alternating(
+            lambda impl: measure(impl, method, args.batch, args.tau, args.threads, args.config),  # noqa: B023
+            args.rounds,
+        )
+        d = r["diffice"]
+        hours = "-" if "error" in d else f"{d['median'] * args.images / args.batch / 3600:.2f}"
+        extra = "-" if "error" in d else f"{d['arena_mb']:.0f}"
+        extra += f" | {hours}"
+        print(f"| {method} | {comparison_cells(d, r['torch'], digits=2)} | {extra} |", flush=True)
 
 
 if __name__ == "__main__":

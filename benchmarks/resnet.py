@@ -6,7 +6,8 @@ Every measurement runs in its own subprocess so that its peak memory (RSS) is it
     python benchmarks/resnet.py                          # 224x288, batch 10, both layouts
     python benchmarks/resnet.py --batches 1 10 --repeats 5
 
-Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
+Prints a markdown table: minimum and median seconds per call over the rounds (diffice's and PyTorch's processes
+alternate), the speed-up, the peak RSS of each implementation's largest process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess, median_seconds  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: 
         def run():
             return net.forward(x) if mode == "forward" else net.vjp(x, {"layer4": v})
 
-    return median_seconds(run, repeats)
+    return timed_calls(run, repeats)
 
 
 def measure(impl, layout, batch, size, mode, repeats, threads) -> dict:
@@ -76,33 +77,25 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[10])
     parser.add_argument("--size", default="224x288", help="HxW")
     parser.add_argument("--modes", nargs="+", default=["forward", "vjp"], choices=["forward", "vjp"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per process, after one warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per implementation, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     size = tuple(int(s) for s in args.size.split("x"))
     print(
-        f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; "
-        f"median of {args.repeats} after a warm-up; peak RSS per process\n"
+        f"ResNet-50, layer4 tap, grayscale {size[0]}x{size[1]}; threads: {args.threads}; {args.rounds} alternating "
+        f"processes per implementation, {args.repeats} timed calls each after a warm-up; peak RSS of the largest "
+        "process\n"
     )
-    print(
-        "| layout | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print(table_head(["layout", "batch", "call"]))
     for layout in args.layouts:
         for batch in args.batches:
             for mode in args.modes:
-                d = measure("diffice", layout, batch, size, mode, args.repeats, args.threads)
-                t = measure("torch", layout, batch, size, mode, args.repeats, args.threads)
-
-                def cell(r, key, fmt):
-                    return r["error"] if "error" in r else format(r[key], fmt)
-
-                ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
-                print(
-                    f"| {layout} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | {cell(t, 'seconds', '.3f')} | "
-                    f"{ratio} | {cell(d, 'peak_rss_mb', '.0f')} | {cell(t, 'peak_rss_mb', '.0f')} |",
-                    flush=True,
+                r = alternating(
+                    lambda impl: measure(impl, layout, batch, size, mode, args.repeats, args.threads),  # noqa: B023
+                    args.rounds,
                 )
+                print(f"| {layout} | {batch} | {mode} | {comparison_cells(r['diffice'], r['torch'])} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Every measurement runs in its own subprocess so that its peak memory (RSS) is its own.
 
     python benchmarks/unet.py                      # paper-size model at 224x288 and the small 64-channel model
-    python benchmarks/unet.py --configs small --batches 1 10 --repeats 3
+    python benchmarks/unet.py --configs small --batches 1 10 --repeats 3 --rounds 3
 
-Prints a markdown table: median seconds per call, diffice/torch time ratio, peak RSS of each process.
+Prints a markdown table: minimum and median seconds per call over the rounds (diffice's and PyTorch's processes
+alternate), the speed-up, the peak RSS of each implementation's largest process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess, median_seconds  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads:
         def run():
             return unet.forward(x, t) if mode == "forward" else unet.vjp(x, t, v)
 
-    return median_seconds(run, repeats)
+    return timed_calls(run, repeats)
 
 
 def measure(impl, config, batch, mode, repeats, threads) -> dict:
@@ -109,29 +110,25 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["small", "paper"], choices=sorted(CONFIGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--modes", nargs="+", default=["forward", "vjp"], choices=["forward", "vjp"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per process, after one warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per implementation, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    print(f"threads: {args.threads}; median of {args.repeats} after a warm-up; peak RSS per process\n")
-    print("| model | batch | call | diffice s | torch s | time ratio (diffice/torch) | diffice RSS MB | torch RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"threads: {args.threads}; {args.rounds} alternating processes per implementation, {args.repeats} timed calls "
+        "each after a warm-up; peak RSS of the largest process\n"
+    )
+    print(table_head(["model", "batch", "call"]))
     for config in args.configs:
         for batch in args.batches:
             for mode in args.modes:
-                d = measure("diffice", config, batch, mode, args.repeats, args.threads)
-                t = measure("torch", config, batch, mode, args.repeats, args.threads)
-
-                def cell(r, key, fmt):
-                    return r["error"] if "error" in r else format(r[key], fmt)
-
-                ratio = f"{d['seconds'] / t['seconds']:.2f}" if "seconds" in d and "seconds" in t else "-"
-                h, w = CONFIGS[config]["size"]
-                print(
-                    f"| {config} {h}x{w} | {batch} | {mode} | {cell(d, 'seconds', '.3f')} | "
-                    f"{cell(t, 'seconds', '.3f')} | {ratio} | {cell(d, 'peak_rss_mb', '.0f')} | "
-                    f"{cell(t, 'peak_rss_mb', '.0f')} |",
-                    flush=True,
+                r = alternating(
+                    lambda impl: measure(impl, config, batch, mode, args.repeats, args.threads),  # noqa: B023
+                    args.rounds,
                 )
+                h, w = CONFIGS[config]["size"]
+                cells = comparison_cells(r["diffice"], r["torch"])
+                print(f"| {config} {h}x{w} | {batch} | {mode} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":
