@@ -119,7 +119,7 @@ def build_diffice(config: str, device: str):
     return unet, diffice.GaussianDiffusion(1000, "linear", "400"), clf, PerceptualLoss(feats, variant="mse")
 
 
-def diffice_worker(config: str, method: str, batch: int, tau: int, device: str) -> dict:
+def diffice_worker(config: str, method: str, batch: int, tau: int, device: str, precision: str = "fp32") -> dict:
     from diffice.explain.explainer import Explainer
 
     unet, diffusion, clf, perc = build_diffice(config, device)
@@ -139,6 +139,7 @@ def diffice_worker(config: str, method: str, batch: int, tau: int, device: str) 
             tau=t,
             lambda_c=(60.0,),
             lambda_p=30.0,
+            precision=precision,
         )
         return ex.explain(x, target=1, seed=0)
 
@@ -153,7 +154,7 @@ def diffice_worker(config: str, method: str, batch: int, tau: int, device: str) 
 
 def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int, device: str) -> dict:
     if impl == "diffice":
-        return diffice_worker(config, method, batch, tau, device)
+        return diffice_worker(config, method, batch, tau, device, "tf32" if tf32 else "fp32")
     import torch
     from torch_sampler import TorchDiffusion, explain
 
@@ -247,6 +248,8 @@ def main() -> None:
     for m in args.methods:
         if not args.no_diffice:
             plan.append(("diffice", m, args.dime_tau if m == "dime" else args.tau, 0))
+            if m == "diff-ice-1":
+                plan.append(("diffice", m, args.tau, 1))
         plan.append(("torch", m, args.dime_tau if m == "dime" else args.tau, 1))
         if m == "diff-ice-1" and args.fp32:
             plan.append(("torch", m, args.tau, 0))
@@ -258,7 +261,10 @@ def main() -> None:
         f"config {args.config} ({size[0]}x{size[1]}), batch {args.batch}, tau {args.tau} of 400 respaced steps "
         f"(DiME timed at tau {args.dime_tau}), one lambda_c, device {args.device}"
     )
-    print("diffice rows: fp32 (TF32 off: cuDNN FMA math, cuBLAS default math); peak = the sampler's arena\n")
+    print(
+        "diffice rows: TF32 off = precision fp32 (cuDNN FMA math, cuBLAS default math), on = precision tf32; "
+        "peak = the sampler's arena\n"
+    )
     print("| method | impl | TF32 | tau | batch time (s) | peak allocated (GB) | peak reserved (GB) |")
     print("|---|---|---|---|---|---|---|")
     rows = {}

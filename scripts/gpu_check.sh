@@ -4,12 +4,12 @@
 #
 # 1. Here (PyPI reachable), once:  bash scripts/gpu_check.sh --prepare
 #    puts the oneDNN wheels and zlib's headers (what the device image lacks) into .gpu_carry/ (git-ignored, ~40 MB).
-# 2. On the device, one call:  run(command="bash scripts/gpu_check.sh", carry=[".gpu_carry"], timeout_s=560)
-#    (the stages' timeouts add up to 530 s; the lease is 15 minutes in all, its start included)
+# 2. On the device, one call:  run(command="bash scripts/gpu_check.sh", carry=[".gpu_carry"], timeout_s=580)
+#    (the stages' timeouts add up to 560 s; the lease is 15 minutes in all, its start included)
 #    It builds the extension and the plugin for sm_90, runs the op tests on the GPU (every test parametrized over
 #    ALL_BACKENDS gets a [cuda] case there) and the network/sampler CUDA tests, compute-sanitizer's memcheck over the
-#    CUDA op tests, and benchmarks/gpu.py; everything is logged to $OUT (one file per stage), each stage under its own
-#    timeout so a hang costs one stage, not the lease.
+#    CUDA op tests, benchmarks/gpu.py and benchmarks/precision.py (tf32 vs fp32); everything is logged to $OUT (one
+#    file per stage), each stage under its own timeout so a hang costs one stage, not the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +36,7 @@ stage() { # stage NAME SECONDS COMMAND...: runs COMMAND under a timeout, its out
 }
 
 stage machine 20 bash -c 'nvidia-smi; python3 -V; nvcc --version | tail -1; python3 -c "import numpy, torch; print(numpy.__version__, torch.__version__, torch.cuda.is_available())"'
-stage deps 40 python3 -m pip install --no-index --no-deps .gpu_carry/*.whl
+stage deps 30 python3 -m pip install --no-index --no-deps .gpu_carry/*.whl
 if [ ! -f /usr/include/zlib.h ]; then
     dpkg -x .gpu_carry/zlib1g-dev*.deb /tmp/zlib
     mkdir -p /tmp/zlib/lib && ln -sf "$(ldconfig -p | awk '/libz.so.1 /{print $NF; exit}')" /tmp/zlib/lib/libz.so
@@ -52,4 +52,6 @@ stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -
 # a first look at speed: Diff-ICE_1 at tau 20 (the paper's tau 120 costs 6x the guided steps); the full table is
 # `python3 benchmarks/gpu.py` once the kernels are known to be right
 stage bench 90 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
+# how far precision "tf32" moves the counterfactuals from fp32 (the README's CUDA section)
+stage precision 40 python3 benchmarks/precision.py --batch 4 --taus 1 5 --jsonl "$OUT/precision.jsonl"
 cat "$OUT/summary.txt"

@@ -4,6 +4,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from diffice.cli import main
@@ -93,9 +94,22 @@ def test_explain_flags_refuse_values_outside_their_choices(capsys):
         ("--method", "dime2"),
         ("--clip", "maybe"),
         ("--models", "bundled"),
+        ("--precision", "fp16"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(base + [flag, value])
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert flag in err and value in err
+
+
+def test_explain_with_a_precision_the_device_lacks_says_so(tmp_path, capsys):
+    """--precision tf32 on the CPU: exit 2 and the backend's reason, before any image is explained."""
+    from diffice.data.images import save_png
+
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    code = main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--precision", "tf32", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "the cpu backend does not offer precision 'tf32'" in err and "'cuda'" in err

@@ -100,6 +100,27 @@ def test_device_count():
             diffice._C.Backend(f"cuda:{count}", 1)
 
 
+def test_precision_is_offered_by_the_gpu_backends_only():
+    """precision="tf32" (TF32 tensor cores for convolutions and GEMMs) exists on "cuda" and its emulation; the host
+    backends compute in fp32 and refuse it, naming what they offer; "bf16" is reserved and no backend offers it."""
+    assert ops.get_backend("cpu").precision == "fp32"
+    tf32 = ops.get_backend(EMU, precision="tf32")
+    assert tf32.precision == "tf32" and tf32 is not ops.get_backend(EMU) and "precision='tf32'" in repr(tf32)
+    assert ops.get_backend(EMU, precision="tf32") is tf32  # cached per (name, threads, precision)
+    for name in ("cpu", "ref"):
+        refused = f"the {name} backend does not offer precision 'tf32' \\(it offers 'fp32'\\)"
+        with pytest.raises(ValueError, match=refused):
+            ops.get_backend(name, precision="tf32")
+    with pytest.raises(NotImplementedError, match="does not offer precision 'bf16' \\(it offers 'fp32', 'tf32'\\)"):
+        ops.get_backend(EMU, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ops.get_backend("cpu", precision="fp16")
+    with pytest.raises(ValueError, match="Backend: precision must be 'fp32', 'tf32' or 'bf16', got 'half'"):
+        diffice._C.Backend("cpu", 1, "half")
+    if diffice.cuda_available():
+        assert ops.get_backend("cuda", precision="tf32").precision == "tf32"
+
+
 def test_cuda_without_a_gpu_says_why():
     if diffice.cuda_available():
         pytest.skip("a GPU is present: the error path is not reachable")

@@ -115,3 +115,27 @@ def test_explanations_match_the_reference_and_repeat_bit_for_bit(rng, device, me
         np.testing.assert_allclose(on_device.prob_target, on_ref.prob_target, atol=1e-4)
     again = ex.explain(x, target=1, seed=5)
     assert again.counterfactuals.tobytes() == on_device.counterfactuals.tobytes()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_precision_runs_the_explainer(rng, device):
+    """Explainer(precision="tf32"): the sampler's backend lets cuDNN and cuBLAS use TF32. The emulation computes
+    exactly in either mode, so there the counterfactuals are fp32's to the byte (the setting reaches the backend and
+    nothing else changes); on a GPU they stay within TF32's rounding of fp32's. The CPU backend refuses it when
+    the Explainer is made, not at its first call."""
+    diffusion = diffice.GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+    unet = diffice.UNet.random(UNET, seed=3, backend=device)
+    parts = (unet, diffusion, plane_classifier(device), diffice.PixelLoss("l2", backend=device))
+    settings = dict(method="diff-ice-1", tau=3, lambda_c=(7.0,), lambda_p=3.0)
+    x = images(rng)
+    fp32 = Explainer(*parts, **settings).explain(x, target=1, seed=5)
+    tf32 = Explainer(*parts, precision="tf32", **settings).explain(x, target=1, seed=5)
+    if device == "cuda_emulated":
+        assert tf32.counterfactuals.tobytes() == fp32.counterfactuals.tobytes()
+    else:
+        assert float(np.abs(tf32.counterfactuals - fp32.counterfactuals).max()) < 0.1
+    cpu_unet = diffice.UNet.random(UNET, seed=3)
+    with pytest.raises(ValueError, match="the cpu backend does not offer precision 'tf32'"):
+        Explainer(cpu_unet, diffusion, plane_classifier("cpu"), diffice.PixelLoss("l2"), precision="tf32", **settings)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Explainer(*parts, precision="fp64", **settings)

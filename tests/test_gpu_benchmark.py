@@ -45,3 +45,16 @@ def test_diffice_rows_run_on_the_cuda_backend_code():
         sys.path.remove(str(BENCHMARKS))
     row = gpu.diffice_worker("small", "diff-ice-1", 2, 3, "cuda_emulated")
     assert "error" not in row and row["seconds"] > 0 and row["arena_gb"] > 0
+
+
+def test_precision_benchmark_runs_on_the_cuda_backend_code():
+    """benchmarks/precision.py (tf32 vs fp32, the README's deviation figures) on the emulated GPU, whose products
+    are exact in both modes: the same counterfactuals, so every deviation is 0."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import precision
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    row = precision.deviation("small", "cuda_emulated", 2, 1)
+    assert row["max_abs"] == row["rel_to_change"] == row["prob_max_abs"] == 0.0
+    assert row["flipped_fp32"] == row["flipped_tf32"]

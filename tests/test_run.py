@@ -176,6 +176,14 @@ def test_resuming_with_other_settings_is_refused(tmp_path, rng, models):
     )
     with pytest.raises(ValueError, match=r"other settings \(method.tau: 3 -> 4"):
         run_explain(config(tau=4), tmp_path / "in", tmp_path / "out", progress=False, models=models)
+    # a folder written before a setting existed (here: precision) resumes when the setting has its default
+    settings_path = tmp_path / "out" / "run_settings.json"
+    settings = json.loads(settings_path.read_text())
+    del settings["method"]["precision"]
+    settings_path.write_text(json.dumps(settings))
+    assert run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False, models=models)["skipped_done"] == 2
+    with pytest.raises(ValueError, match=r"other settings \(method.precision: 'fp32' -> 'tf32'"):
+        run_explain(config(precision="tf32"), tmp_path / "in", tmp_path / "out", progress=False, models=models)
 
 
 @pytest.fixture(scope="module")

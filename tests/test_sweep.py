@@ -637,3 +637,22 @@ def test_paper_tables_configs_load():
     weak = load_sweep(str(bench / "paper_tables_weak.toml"))
     assert weak.sweep["phantoms"] == spec.sweep["phantoms"] and weak.sweep["phantom_seed"] == spec.sweep["phantom_seed"]
     assert [(c["method"], c["iterations"], c["lambda_c"]) for c in weak.configs] == [("diff-ice", 5, [1.0])]
+
+
+def test_config_ids_outlive_new_settings(tmp_path, models_dir):
+    """A configuration's id (the store's key, how a sweep resumes) is a hash of its settings; a setting added later
+    (precision) leaves the ids of configurations at its default as they were, so stores made before resume. The new
+    setting is a sweep axis like the others."""
+    import dataclasses
+
+    from diffice.explain.explainer import ExplainerConfig
+    from diffice.explain.sweep.config import config_id
+
+    c = dataclasses.asdict(ExplainerConfig())
+    assert config_id(c) == "1887c4391f3d"  # the id before precision existed (commit f2ca9f0)
+    assert config_id(dict(c, precision="tf32")) != config_id(c)
+    toml = tmp_path / "s.toml"
+    toml.write_text(sweep_toml(models_dir, tmp_path / "out", sweep_extra='precision = ["fp32", "tf32"]'))
+    configs = load_sweep(str(toml)).configs
+    assert len(configs) == 8 and sorted({c.get("precision", "fp32") for c in configs}) == ["fp32", "tf32"]
+    assert len({config_id(c) for c in configs}) == 8

@@ -71,12 +71,13 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda: out of host memory");
     be->impl = state;
     state->device = be->device;
+    state->tf32 = be->precision == DFC_PRECISION_TF32;
     DFC_CUDA_TRY(cudaSetDevice(state->device));
     DFC_CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
     DFC_CUBLAS_TRY(cublasCreate(&state->cublas));
     DFC_CUBLAS_TRY(cublasSetStream(state->cublas, state->stream));
-    /* parity with the CPU by default: no TF32 (cuBLAS's default math for fp32 is exact fp32 anyway) */
-    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, CUBLAS_DEFAULT_MATH));
+    /* fp32 (parity with the CPU) unless precision "tf32": then cuBLAS's fp32 GEMMs may round inputs to TF32 */
+    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, state->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     DFC_CUDNN_TRY(cudnnCreate(&state->cudnn));
     DFC_CUDNN_TRY(cudnnSetStream(state->cudnn, state->stream));
     return DFC_OK;
@@ -195,6 +196,7 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda_emulated: out of host memory");
     be->impl = state;
     state->strict = strict_requested();
+    state->tf32 = be->precision == DFC_PRECISION_TF32;
     return DFC_OK;
 }
 
@@ -418,6 +420,8 @@ const dfc_backend_iface dfc_cuda_emulated_backend_iface = {
     .ops = &dfc_cuda_emulated_ops,
     .host_memory = 0, /* stage like a GPU, so the staging code is tested too */
     .conv_nhwc = 0,   /* cuDNN's convolutions here take NCHW (csrc/cuda/dense.cu) */
+    /* the emulation computes every product exactly whatever the precision; TF32 keys its plans like the GPU's */
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32),
     .device_count = dfc_cuda_emulated_device_count,
 #else
 extern const dfc_ops dfc_cuda_ops;
@@ -426,6 +430,7 @@ static const dfc_backend_iface cuda_backend_iface = {
     .ops = &dfc_cuda_ops,
     .host_memory = 0,
     .conv_nhwc = 0,
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32),
     .device_count = cuda_device_count,
 #endif
     .create = cuda_backend_create,

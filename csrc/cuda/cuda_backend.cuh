@@ -58,7 +58,7 @@ enum { DFC_CUDA_CONV_PLANS = 64 };
 /* The backend's private state (be->impl). */
 typedef struct dfc_cuda_state {
     int device;          /* the CUDA device this backend runs on ("cuda:N") */
-    int tf32;            /* 1: cuBLAS may use TF32 tensor cores for fp32 GEMMs (precision "tf32") */
+    int tf32;            /* 1: precision "tf32": cuDNN's convolutions and cuBLAS's GEMMs may use TF32 tensor cores */
     void *scratch;       /* backend memory for host vectors and partial results, grown on demand and kept */
     size_t scratch_size; /* its bytes */
     dfc_cuda_conv_plan conv_plans[DFC_CUDA_CONV_PLANS]; /* round robin once full */

@@ -53,7 +53,34 @@ int dfc_backend_device_count(const char *name)
 
 int dfc_host_device_count(void) { return 1; }
 
-dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err)
+const char *dfc_precision_name(int precision)
+{
+    static const char *const names[] = {"fp32", "tf32", "bf16"};
+    return precision >= 0 && precision < (int)(sizeof names / sizeof names[0]) ? names[precision] : NULL;
+}
+
+/* DFC_OK when iface offers precision; else why not, with the precisions it offers. */
+static dfc_status check_precision(const dfc_backend_iface *iface, dfc_precision precision, dfc_error *err)
+{
+    if (!dfc_precision_name((int)precision))
+        return dfc_fail(err, DFC_ERR_VALUE, "backend: precision %d is not one of fp32 (0), tf32 (1), bf16 (2)",
+                        (int)precision);
+    if (iface->precisions & DFC_PRECISION_BIT(precision))
+        return DFC_OK;
+    char offered[64] = "";
+    for (int p = 0; dfc_precision_name(p); p++)
+        if (iface->precisions & DFC_PRECISION_BIT(p)) {
+            size_t used = strlen(offered);
+            snprintf(offered + used, sizeof offered - used, "%s'%s'", used ? ", " : "", dfc_precision_name(p));
+        }
+    return dfc_fail(err, precision == DFC_PRECISION_BF16 ? DFC_ERR_NOT_IMPLEMENTED : DFC_ERR_VALUE,
+                    "backend: the %s backend does not offer precision '%s' (it offers %s)%s", iface->name,
+                    dfc_precision_name((int)precision), offered,
+                    precision == DFC_PRECISION_TF32 ? ": TF32 is a GPU tensor-core mode ('cuda')" : "");
+}
+
+dfc_status dfc_backend_create(const char *name, int num_threads, dfc_precision precision, dfc_backend **out,
+                              dfc_error *err)
 {
     *out = NULL;
     /* "name" or "name:device" */
@@ -80,6 +107,7 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
     if (colon && iface->host_memory) /* the host backends run on the CPU, which has no device numbers */
         return dfc_fail(err, DFC_ERR_VALUE, "backend: '%s': the %s backend has no devices to number", name,
                         iface->name);
+    DFC_TRY(check_precision(iface, precision, err));
     dfc_backend *be = calloc(1, sizeof *be);
     if (!be)
         return dfc_fail(err, DFC_ERR_NOMEM, "backend: out of memory");
@@ -87,6 +115,7 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **o
     be->ops = iface->ops;
     be->num_threads = default_threads(num_threads);
     be->device = device;
+    be->precision = precision;
     dfc_status st = iface->create(be, err);
     if (st != DFC_OK) {
         be->iface->destroy(be); /* releases what a create that failed half way obtained (the loader swaps iface) */
@@ -257,6 +286,7 @@ const dfc_backend_iface dfc_cuda_loader_iface = {
     .name = "cuda",
     .ops = NULL, /* the plugin's, set by create */
     .host_memory = 0,
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32), /* the plugin's */
     .device_count = cuda_loader_device_count,
     .create = cuda_loader_create,
     .destroy = cuda_loader_destroy,

@@ -419,6 +419,20 @@ _Static_assert(sizeof(dfc_ops) == DFC_NUM_OPS * sizeof(void (*)(void)),
  * as {DFC_OP_LIST(ENTRY)} with ENTRY(name) = DFC_OP_ENTRY_(prefix, name): a missing prefix_name does not link. */
 #define DFC_OP_ENTRY_(prefix, name) .name = prefix##_##name,
 
+/* The arithmetic a backend's convolutions and matrix products may use. FP32 (the default, parity with the CPU
+ * reference); TF32: fp32 data through tensor cores with 10-bit mantissas (cuDNN and cuBLAS); BF16: reserved for
+ * bf16 products with fp32 accumulation, which no backend offers yet. Everything else stays fp32 in every mode. */
+typedef enum dfc_precision {
+    DFC_PRECISION_FP32 = 0,
+    DFC_PRECISION_TF32 = 1,
+    DFC_PRECISION_BF16 = 2,
+} dfc_precision;
+
+#define DFC_PRECISION_BIT(p) (1u << (p))
+
+/* "fp32", "tf32", "bf16"; NULL past the last. */
+const char *dfc_precision_name(int precision);
+
 /* ---- the backend: the op table plus its lifecycle and memory (ggml's ggml_backend_i and buffer interface) ----
  * Memory functions move bytes between the host and backend memory (for the host backends they are malloc and
  * memcpy); ops take tensors whose data is backend memory. */
@@ -431,6 +445,8 @@ typedef struct dfc_backend_iface {
     /* 1: its forward convolutions are fastest on NHWC x and y (oneDNN's choice on x86), so networks hand them
      * NHWC tensors where the neighbouring ops can write and read that layout (dfc_conv2d_params); 0: NCHW. */
     int conv_nhwc;
+    /* The precisions it can run, DFC_PRECISION_BIT(p) for each p: dfc_backend_create refuses any other. */
+    unsigned precisions;
     /* How many devices "name:N" may number (0..count-1): 1 for the host backends; the GPUs this process sees for
      * "cuda" (0 without a plugin, driver or device). Needs no backend, so a caller can choose N first. */
     int (*device_count)(void);
@@ -453,22 +469,23 @@ typedef struct dfc_backend_iface {
 /* A backend's interface with every member named after its prefixes: lifecycle functions prefix_backend_create,
  * ..._destroy, ..._synchronize; memory functions memory_alloc, _free, _zero, _copy_from_host, _copy_to_host, _copy
  * (dfc_host for host memory); the table dfc_<prefix>_ops. A missing function does not build. */
-#define DFC_BACKEND_IFACE_(prefix, memory, is_host, nhwc) \
-    {                                                     \
-        .name = #prefix,                                  \
-        .ops = &dfc_##prefix##_ops,                       \
-        .host_memory = is_host,                           \
-        .conv_nhwc = nhwc,                                \
-        .device_count = dfc_host_device_count,            \
-        .create = prefix##_backend_create,                \
-        .destroy = prefix##_backend_destroy,              \
-        .synchronize = prefix##_backend_synchronize,      \
-        .alloc = memory##_alloc,                          \
-        .free = memory##_free,                            \
-        .zero = memory##_zero,                            \
-        .copy_from_host = memory##_copy_from_host,        \
-        .copy_to_host = memory##_copy_to_host,            \
-        .copy = memory##_copy,                            \
+#define DFC_BACKEND_IFACE_(prefix, memory, is_host, nhwc)    \
+    {                                                        \
+        .name = #prefix,                                     \
+        .ops = &dfc_##prefix##_ops,                          \
+        .host_memory = is_host,                              \
+        .conv_nhwc = nhwc,                                   \
+        .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32), \
+        .device_count = dfc_host_device_count,               \
+        .create = prefix##_backend_create,                   \
+        .destroy = prefix##_backend_destroy,                 \
+        .synchronize = prefix##_backend_synchronize,         \
+        .alloc = memory##_alloc,                             \
+        .free = memory##_free,                               \
+        .zero = memory##_zero,                               \
+        .copy_from_host = memory##_copy_from_host,           \
+        .copy_to_host = memory##_copy_to_host,               \
+        .copy = memory##_copy,                               \
     }
 
 /* The host backends' device_count: the one CPU they run on. */
@@ -487,13 +504,15 @@ struct dfc_backend {
     const dfc_ops *ops;             /* iface->ops, at hand for be->ops->name(be, ...) */
     int num_threads;                /* threads the backend's kernels may use: the one thread policy */
     int device;                     /* which device of a backend that has several ("cuda:1" -> 1), else 0 */
+    dfc_precision precision;        /* what its convolutions and matrix products may use (one of iface->precisions) */
     void *impl;                     /* backend-private state (oneDNN engine and stream, ...) */
 };
 
 /* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP; "cuda" or "cuda:N": the
  * GPU; "cuda_emulated": the CUDA kernels run on the host, for tests), from the registry in backend.c.
- * num_threads <= 0 uses every core. */
-dfc_status dfc_backend_create(const char *name, int num_threads, dfc_backend **out, dfc_error *err);
+ * num_threads <= 0 uses every core; precision must be one the backend offers (iface->precisions). */
+dfc_status dfc_backend_create(const char *name, int num_threads, dfc_precision precision, dfc_backend **out,
+                              dfc_error *err);
 void dfc_backend_destroy(dfc_backend *be);
 /* The name of the index-th backend in the registry (0: the default), NULL past the last. */
 const char *dfc_backend_registered(int index);

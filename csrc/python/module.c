@@ -11,17 +11,25 @@
 
 static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"name", "num_threads", NULL};
-    const char *name = "cpu";
+    static char *kwlist[] = {"name", "num_threads", "precision", NULL};
+    const char *name = "cpu", *precision_name = "fp32";
     dfc_py_int_arg num_threads = {"Backend: num_threads", INT_MIN, INT_MAX, 0}; /* <= 0: every core */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sO&", kwlist, &name, dfc_py_int_converter, &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|sO&s", kwlist, &name, dfc_py_int_converter, &num_threads,
+                                     &precision_name))
         return -1;
+    int precision = 0;
+    while (dfc_precision_name(precision) && strcmp(dfc_precision_name(precision), precision_name) != 0)
+        precision++;
+    if (!dfc_precision_name(precision)) {
+        PyErr_Format(PyExc_ValueError, "Backend: precision must be 'fp32', 'tf32' or 'bf16', got '%s'", precision_name);
+        return -1;
+    }
     if (self->be) {
         dfc_backend_destroy(self->be);
         self->be = NULL;
     }
     dfc_error err = {0};
-    if (dfc_backend_create(name, num_threads.value, &self->be, &err) != DFC_OK) {
+    if (dfc_backend_create(name, num_threads.value, (dfc_precision)precision, &self->be, &err) != DFC_OK) {
         dfc_py_raise(&err);
         return -1;
     }
@@ -39,7 +47,14 @@ static PyObject *backend_repr(DfcBackendObject *self)
 {
     if (!self->be)
         return PyUnicode_FromString("Backend(<uninitialised>)");
-    return PyUnicode_FromFormat("Backend('%s', num_threads=%d)", dfc_backend_name(self->be), self->be->num_threads);
+    return PyUnicode_FromFormat("Backend('%s', num_threads=%d, precision='%s')", dfc_backend_name(self->be),
+                                self->be->num_threads, dfc_precision_name(self->be->precision));
+}
+
+static PyObject *backend_get_precision(DfcBackendObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(self->be ? dfc_precision_name(self->be->precision) : "");
 }
 
 static PyObject *backend_get_name(DfcBackendObject *self, void *closure)
@@ -57,6 +72,8 @@ static PyObject *backend_get_num_threads(DfcBackendObject *self, void *closure)
 static PyGetSetDef backend_getset[] = {
     {"name", (getter)backend_get_name, NULL, "backend name ('ref' or 'cpu')", NULL},
     {"num_threads", (getter)backend_get_num_threads, NULL, "threads the backend's kernels use", NULL},
+    {"precision", (getter)backend_get_precision, NULL, "what its convolutions and products may use ('fp32', 'tf32')",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.diffusion import VARIANCES
+from ..ops._backend import PRECISIONS
 from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
 from .explainer import METHODS, ExplainerConfig
 
@@ -95,6 +96,7 @@ CONFIG_CHOICES: dict[str, list[Any]] = dict(
     method=list(METHODS),
     class_loss=["ce", "logit"],
     grad_at=["current", "previous"],
+    precision=list(PRECISIONS),
 )
 
 # What every config key means: the help of its `diffice explain` flag (the default is appended there).
@@ -151,6 +153,8 @@ CONFIG_HELP: dict[str, str] = dict(
     mask_dilation="fastdime: max-pool size (odd) that dilates its mask of the change from the input",
     mask_threshold="fastdime: pixels whose dilated change (0..1 of the largest) is below this keep the input",
     mask_warmup="fastdime: reverse steps before the mask is applied",
+    precision="what the sampler's convolutions and matrix products may use: fp32 (parity with the CPU), or tf32 "
+    "on a GPU (device cuda; TF32 tensor cores, everything else fp32; the README's CUDA section gives its deviation)",
     # [run]
     image_size="every image is converted to grayscale and resized to this (the models' size)",
     batch_size="images explained together (does not change the results)",

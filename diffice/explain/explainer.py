@@ -43,7 +43,7 @@ from ..models.classifier import classification_loss
 from ..models.diffusion import GaussianDiffusion
 from ..models.probabilities import num_classes, predicted_class, probabilities
 from ..models.unet import UNet
-from ..ops._backend import check_backend_name, get_backend
+from ..ops._backend import check_backend_name, check_precision, get_backend
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
 
@@ -137,6 +137,7 @@ class ExplainerConfig:
     mask_dilation: int = 5  # FastDiME mask
     mask_threshold: float = 0.15
     mask_warmup: int = 30
+    precision: str = "fp32"  # the sampler backend's convolutions and products: "fp32", or "tf32" on a GPU
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -145,6 +146,7 @@ class ExplainerConfig:
             raise ValueError(f"class_loss must be 'ce' or 'logit', got {self.class_loss!r}")
         if self.grad_at not in ("current", "previous"):
             raise ValueError(f"grad_at must be 'current' or 'previous', got {self.grad_at!r}")
+        check_precision(self.precision)
         if isinstance(self.lambda_c, (str, bytes)) or len(tuple(self.lambda_c)) == 0:
             raise ValueError(f"lambda_c must list at least one value, got {self.lambda_c!r}")
         for name in ("iterations", "tau", "mask_dilation", "mask_warmup"):
@@ -348,6 +350,8 @@ class Explainer:
             raise ValueError(
                 f"the UNet has learn_sigma={unet.config['learn_sigma']} but the diffusion {diffusion.learn_sigma}"
             )
+        if self.config.precision != "fp32":  # the backend says now, not at the first call, if it cannot
+            get_backend(self.backend, precision=self.config.precision)  # type: ignore[arg-type]
         if perceptual is None and self.config.lambda_p != 0.0:
             raise ValueError(
                 f"lambda_p={self.config.lambda_p:g} but no perceptual loss was given: pass perceptual= "
@@ -402,7 +406,8 @@ class Explainer:
             raise TypeError(f"seed must be an int, got {seed!r}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
-        backend = get_backend(self.backend)  # the native guidance holds its images in this backend's memory
+        # the native guidance holds its images in this backend's memory
+        backend = get_backend(self.backend, precision=self.config.precision)
         if self._native is not None:  # the whole loss in C: no Python in the step loop
             net, features, variant, weight = self._native
             guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets, backend)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
-from .config import check_lambda_p
+from .config import SECTIONS, check_lambda_p
 from .explainer import ExplainerConfig, iterations_run
 
 
@@ -63,11 +63,12 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
     now = _settings(cfg)
     if path.exists():
         before = json.loads(path.read_text())
+        # a key newer than the folder's settings counts as its default
         diff = [
-            f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+            f"{section}.{key}: {old!r} -> {value!r}"
             for section, values in now.items()
             for key, value in values.items()
-            if before.get(section, {}).get(key) != value
+            if (old := before.get(section, {}).get(key, SECTIONS[section].get(key))) != value
         ]
         if diff:
             raise ValueError(

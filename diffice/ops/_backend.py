@@ -1,4 +1,4 @@
-"""Backend selection for the ops: one diffice._C.Backend per (name, thread count) and Python thread."""
+"""Backend selection for the ops: one diffice._C.Backend per (name, thread count, precision) and Python thread."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from .._native import _C, preload_cuda_libraries
 BACKENDS: tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
+# What a backend's convolutions and matrix products may use: "fp32" everywhere (the default); "tf32" on "cuda"
+# (TF32 tensor cores; everything else stays fp32); "bf16" is reserved (no backend offers it yet).
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+Precision = Literal["fp32", "tf32", "bf16"]
+
+
+def check_precision(precision: str) -> None:
+    """ValueError unless precision is one of PRECISIONS (whether the backend offers it is its own check)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
 
 def check_backend_name(name: str) -> None:
     """ValueError unless name is a registered backend, or "cuda:N" for a GPU index N."""
@@ -20,24 +31,26 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS} or 'cuda:N', got {name!r}")
 
 
-def get_backend(name: str = "cpu", num_threads: int = 0) -> _C.Backend:
+def get_backend(name: str = "cpu", num_threads: int = 0, precision: Precision = "fp32") -> _C.Backend:
     """The backend ``name`` for this Python thread: 'cpu' (oneDNN + OpenMP), 'ref' (plain C reference kernels),
     'cuda' or 'cuda:N' (the GPU; RuntimeError/NotImplementedError saying why where there is none), 'cuda_emulated'
     (the CUDA kernels run on the host: for tests).
 
-    num_threads <= 0 uses every core. Backends hold per-thread state (oneDNN stream, CUDA stream), so each Python
-    thread gets its own.
+    num_threads <= 0 uses every core. precision: see PRECISIONS; a backend that does not offer it raises ValueError
+    (NotImplementedError for "bf16") saying which it offers. Backends hold per-thread state (oneDNN stream, CUDA
+    stream), so each Python thread gets its own.
     """
     check_backend_name(name)
+    check_precision(precision)
     cache = getattr(_local, "backends", None)
     if cache is None:
         cache = _local.backends = {}
-    key = (name, int(num_threads))
+    key = (name, int(num_threads), precision)
     backend = cache.get(key)
     if backend is None:
         if name.partition(":")[0] == "cuda":
             preload_cuda_libraries()
-        backend = cache[key] = _C.Backend(name, int(num_threads))
+        backend = cache[key] = _C.Backend(name, int(num_threads), precision)
     return backend
 
 

@@ -69,7 +69,9 @@ class SweepSpec:
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
-    p = {k: params[k] for k in METHOD_FIELDS}
+    p = {k: params[k] for k in METHOD_FIELDS if k != "precision"}
+    if params.get("precision", "fp32") != "fp32":  # the default is left out: ids made before the setting stay valid
+        p["precision"] = params["precision"]
     p["lambda_c"] = [float(v) for v in p["lambda_c"]]
     p["lambda_p"] = float(p["lambda_p"])
     p["tau"] = int(p["tau"])
