@@ -338,11 +338,32 @@ dfc_status cuda_scale_shift_forward(dfc_backend *be, const dfc_tensor *x, const 
     });
 }
 
-/* GroupNorm, scale-shift and SiLU as the sequence of this file's kernels (binary add, group norm, scale-shift) and
- * elementwise.cu's SiLU, in place on y: the same numbers as the UNet's unfused steps. NCHW only here; fusing them
- * into one kernel (and NHWC, for cuDNN's channels-last convolutions) waits for a GPU to measure it on. */
-DFC_DECLARE_OP_(cuda, binary_forward)
-DFC_DECLARE_OP_(cuda, activation_forward)
+/* Offset of element (n, c, p) of an (N, C, P) image batch stored NCHW or NHWC (ref_norm.c's image_offset). */
+static DFC_HOST_DEVICE inline int64_t image_offset(int nhwc, int64_t n, int64_t c, int64_t p, int64_t channels,
+                                                   int64_t pixels)
+{
+    return nhwc ? (n * pixels + p) * channels + c : (n * channels + c) * pixels + p;
+}
+
+/* The shape of a group_norm_act call, as its kernels need it. */
+typedef struct gn_act_shape {
+    int64_t groups, cpg, channels, pixels;
+    int x_nhwc;
+} gn_act_shape;
+
+/* h = x + add of value j (channel-major within the group, as the reference's loops) of (sample, group) block blk. */
+static DFC_HOST_DEVICE inline double gn_act_input(const float *xs, const float *adds, gn_act_shape s, int64_t blk,
+                                                  int64_t j)
+{
+    const int64_t b = blk / s.groups, ch = (blk % s.groups) * s.cpg + j / s.pixels;
+    const double a = adds ? adds[b * s.channels + ch] : 0.0;
+    return (double)xs[image_offset(s.x_nhwc, b, ch, j % s.pixels, s.channels, s.pixels)] + a;
+}
+
+/* GroupNorm + the time embedding's add or scale-shift + SiLU in one pass over y, NCHW or NHWC in and out, as
+ * ref_norm.c's ref_group_norm_act_forward: h = x + add; mean and variance of each (sample, group) block in double
+ * (two passes of chunk sums); each output from the double formula, rounded once. y may alias x; in place across
+ * layouts, x is first copied into the scratch. */
 dfc_status cuda_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *add,
                                        const dfc_tensor *gamma, const dfc_tensor *beta, const dfc_tensor *ss,
                                        int groups, float eps, int silu, int x_nhwc, int y_nhwc, dfc_tensor *y,
@@ -350,21 +371,55 @@ dfc_status cuda_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, con
 {
     const char *op = "group_norm_act";
     DFC_TRY(dfc_group_norm_act_check(op, x, add, gamma, beta, ss, groups, eps, x_nhwc, y_nhwc, y, err));
-    if (x_nhwc || y_nhwc)
-        return dfc_fail(err, DFC_ERR_VALUE, "cuda: %s: x and y must be NCHW here (x_nhwc = y_nhwc = 0), got %d and %d",
-                        op, x_nhwc, y_nhwc);
-    const dfc_tensor *source = x;
-    if (dfc_present(add)) {
-        const dfc_tensor add4 = dfc_tensor4(add->data, x->shape[0], x->shape[1], 1, 1);
-        DFC_TRY(cuda_binary_forward(be, DFC_BINARY_ADD, x, &add4, y, err));
-        source = y;
+    const int64_t n = x->shape[0], c = x->shape[1], pixels = x->shape[2] * x->shape[3];
+    const gn_act_shape shape = {groups, c / groups, c, pixels, x_nhwc};
+    const int64_t count = shape.cpg * pixels, blocks = n * groups, chunks = chunk_count(count);
+    const size_t copy_bytes = x->data == y->data && x_nhwc != y_nhwc ? (size_t)dfc_numel(x) * sizeof(float) : 0;
+    void *scratch;
+    DFC_TRY(
+        dfc_cuda_scratch(be, (size_t)(2 * blocks + 2 * blocks * chunks) * sizeof(double) + copy_bytes, &scratch, err));
+    double *stats = (double *)scratch, *partials = stats + 2 * blocks;
+    const float *xs = x->data;
+    if (copy_bytes) {
+        float *copy = (float *)(partials + 2 * blocks * chunks);
+        DFC_TRY(be->iface->copy(be, copy, x->data, copy_bytes, err));
+        xs = copy;
     }
-    DFC_TRY(cuda_group_norm_forward(be, source, gamma, beta, groups, eps, y, NULL, NULL, err));
-    if (dfc_present(ss))
-        DFC_TRY(cuda_scale_shift_forward(be, y, ss, y, err));
-    if (silu)
-        DFC_TRY(cuda_activation_forward(be, DFC_ACT_SILU, y, y, err));
-    return DFC_OK;
+    const float *adds = dfc_present(add) ? add->data : NULL, *sss = dfc_present(ss) ? ss->data : NULL;
+    const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
+    DFC_TRY(
+        chunk_sums(be, op, blocks, count, partials, err, [=] DFC_DEVICE(int64_t blk, int64_t j, double &sum, double &) {
+            sum += gn_act_input(xs, adds, shape, blk, j);
+        }));
+    DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t blk) {
+        double sum, unused;
+        sum_chunks(partials, blk, chunks, &sum, &unused);
+        stats[2 * blk] = sum / (double)count;
+    }));
+    DFC_TRY(
+        chunk_sums(be, op, blocks, count, partials, err, [=] DFC_DEVICE(int64_t blk, int64_t j, double &sq, double &) {
+            const double d = gn_act_input(xs, adds, shape, blk, j) - stats[2 * blk];
+            sq += d * d;
+        }));
+    DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t blk) {
+        double sq, unused;
+        sum_chunks(partials, blk, chunks, &sq, &unused);
+        stats[2 * blk + 1] = 1.0 / sqrt(sq / (double)count + eps);
+    }));
+    float *ys = y->data;
+    const int yn = y_nhwc;
+    return dfc_cuda_for_each(be, dfc_numel(x), op, err, [=] DFC_DEVICE(int64_t i) {
+        const int64_t image = c * pixels, b = i / image, rest = i % image;
+        const int64_t ch = yn ? rest % c : rest / pixels, p = yn ? rest / c : rest % pixels;
+        const int64_t blk = b * shape.groups + ch / shape.cpg;
+        const double a = adds ? adds[b * c + ch] : 0.0, g = gs ? gs[ch] : 1.0, bt = bs ? bs[ch] : 0.0;
+        const double scale = sss ? sss[b * 2 * c + ch] : 0.0, shift = sss ? sss[b * 2 * c + c + ch] : 0.0;
+        const double h = (double)xs[image_offset(shape.x_nhwc, b, ch, p, c, pixels)] + a;
+        double v = ((h - stats[2 * blk]) * stats[2 * blk + 1] * g + bt) * (1.0 + scale) + shift;
+        if (silu)
+            v = v / (1.0 + exp(-v));
+        ys[i] = (float)v;
+    });
 }
 
 /* dss per (n, c) plane, one index each summing in the reference's order (the same numbers as binary_backward's

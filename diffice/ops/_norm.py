@@ -92,7 +92,7 @@ def group_norm_act(
     x: (N, C, H, W), or (N, H, W, C) with x_layout="nhwc"; add: (N, C) or None (the time embedding's projection);
     scale_shift: (N, 2C) = [scale | shift] or None (use_scale_shift_norm); silu: False leaves the activation out.
     Returns y with x's values in y_layout: (N, C, H, W), or (N, H, W, C) for "nhwc" (what the next convolution
-    reads without a reorder on the "cpu" backend; "cuda" takes NCHW only).
+    reads without a reorder on the "cpu" backend).
     """
     op = "group_norm_act"
     return _C.group_norm_act_forward(
