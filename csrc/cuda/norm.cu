@@ -78,15 +78,16 @@ static dfc_status chunk_means(dfc_backend *be, const char *op, int64_t rows, int
     });
 }
 
-/* Mean and biased variance of `blocks` contiguous blocks of `count` values each, two passes in double as the
- * reference's group_stats / plane_moments: stats[2 b] = mean, stats[2 b + 1] = sum (x - mean)^2 / count.
- * partials: 2 blocks chunk_count(count) doubles. */
-static dfc_status block_moments(dfc_backend *be, const char *op, const float *xs, int64_t blocks, int64_t count,
-                                double *stats, double *partials, dfc_error *err)
+/* Mean and biased variance of `blocks` blocks of `count` values each, value(b, i) giving value i of block b (in
+ * double), two passes in double as the reference's group_stats / plane_moments: stats[2 b] = mean, stats[2 b + 1] =
+ * sum (value - mean)^2 / count. partials: 2 blocks chunk_count(count) doubles. */
+template <class Value>
+static dfc_status block_moments(dfc_backend *be, const char *op, int64_t blocks, int64_t count, double *stats,
+                                double *partials, dfc_error *err, Value value)
 {
     const int64_t chunks = chunk_count(count);
     DFC_TRY(chunk_sums(be, op, blocks, count, partials, err,
-                       [=] DFC_DEVICE(int64_t b, int64_t i, double &sum, double &) { sum += xs[b * count + i]; }));
+                       [=] DFC_DEVICE(int64_t b, int64_t i, double &sum, double &) { sum += value(b, i); }));
     DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t b) {
         double sum, unused;
         sum_chunks(partials, b, chunks, &sum, &unused);
@@ -94,7 +95,7 @@ static dfc_status block_moments(dfc_backend *be, const char *op, const float *xs
     }));
     DFC_TRY(
         chunk_sums(be, op, blocks, count, partials, err, [=] DFC_DEVICE(int64_t b, int64_t i, double &sq, double &) {
-            double d = xs[b * count + i] - stats[2 * b];
+            const double d = value(b, i) - stats[2 * b];
             sq += d * d;
         }));
     return dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t b) {
@@ -102,6 +103,14 @@ static dfc_status block_moments(dfc_backend *be, const char *op, const float *xs
         sum_chunks(partials, b, chunks, &sq, &unused);
         stats[2 * b + 1] = sq / (double)count;
     });
+}
+
+/* block_moments of contiguous blocks of x. */
+static dfc_status contiguous_moments(dfc_backend *be, const char *op, const float *xs, int64_t blocks, int64_t count,
+                                     double *stats, double *partials, dfc_error *err)
+{
+    return block_moments(be, op, blocks, count, stats, partials, err,
+                         [=] DFC_DEVICE(int64_t b, int64_t i) -> double { return xs[b * count + i]; });
 }
 
 /* dgamma_c = sum dy (x - m) r and dbeta_c = sum dy over the samples and positions of channel c, where
@@ -153,7 +162,7 @@ static dfc_status group_stats(dfc_backend *be, const char *op, const dfc_tensor 
             stats[2 * b + 1] = rs[b];
         });
     }
-    DFC_TRY(block_moments(be, op, x->data, blocks, count, stats, partials, err));
+    DFC_TRY(contiguous_moments(be, op, x->data, blocks, count, stats, partials, err));
     return dfc_cuda_for_each(be, blocks, op, err,
                              [=] DFC_DEVICE(int64_t b) { stats[2 * b + 1] = 1.0 / sqrt(stats[2 * b + 1] + eps); });
 }
@@ -387,24 +396,10 @@ dfc_status cuda_group_norm_act_forward(dfc_backend *be, const dfc_tensor *x, con
     }
     const float *adds = dfc_present(add) ? add->data : NULL, *sss = dfc_present(ss) ? ss->data : NULL;
     const float *gs = dfc_present(gamma) ? gamma->data : NULL, *bs = dfc_present(beta) ? beta->data : NULL;
-    DFC_TRY(
-        chunk_sums(be, op, blocks, count, partials, err, [=] DFC_DEVICE(int64_t blk, int64_t j, double &sum, double &) {
-            sum += gn_act_input(xs, adds, shape, blk, j);
-        }));
+    DFC_TRY(block_moments(be, op, blocks, count, stats, partials, err,
+                          [=] DFC_DEVICE(int64_t blk, int64_t j) { return gn_act_input(xs, adds, shape, blk, j); }));
     DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t blk) {
-        double sum, unused;
-        sum_chunks(partials, blk, chunks, &sum, &unused);
-        stats[2 * blk] = sum / (double)count;
-    }));
-    DFC_TRY(
-        chunk_sums(be, op, blocks, count, partials, err, [=] DFC_DEVICE(int64_t blk, int64_t j, double &sq, double &) {
-            const double d = gn_act_input(xs, adds, shape, blk, j) - stats[2 * blk];
-            sq += d * d;
-        }));
-    DFC_TRY(dfc_cuda_for_each(be, blocks, op, err, [=] DFC_DEVICE(int64_t blk) {
-        double sq, unused;
-        sum_chunks(partials, blk, chunks, &sq, &unused);
-        stats[2 * blk + 1] = 1.0 / sqrt(sq / (double)count + eps);
+        stats[2 * blk + 1] = 1.0 / sqrt(stats[2 * blk + 1] + eps);
     }));
     float *ys = y->data;
     const int yn = y_nhwc;
@@ -469,7 +464,7 @@ static dfc_status plane_moments(dfc_backend *be, const char *op, const dfc_tenso
                                 dfc_error *err)
 {
     const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
-    DFC_TRY(block_moments(be, op, x->data, planes, m, stats, partials, err));
+    DFC_TRY(contiguous_moments(be, op, x->data, planes, m, stats, partials, err));
     return dfc_cuda_for_each(be, planes, op, err,
                              [=] DFC_DEVICE(int64_t p) { stats[2 * p + 1] = sqrt(stats[2 * p + 1]); });
 }
