@@ -712,12 +712,16 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def settings_differences(settings: Mapping[str, Any], reference: PathLike | Reference) -> list[str]:
     """'name: value (reference: value)' for every setting that differs from the stored ones."""
+    from .explain.explainer import ExplainerConfig
+
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     now, then = _flatten(_json(dict(settings))), _flatten(ref.settings)
+    # a method setting newer than the reference (e.g. precision) counts as its default there
+    defaults = _flatten(_json(dict(method=dataclasses.asdict(ExplainerConfig()))))
     missing = object()
     out = []
     for k in sorted(set(now) | set(then)):
-        a, b = now.get(k, missing), then.get(k, missing)
+        a, b = now.get(k, missing), then.get(k, defaults.get(k, missing))
         if a != b:
             out.append(
                 f"{k}: {'(not set)' if a is missing else json.dumps(a)} "

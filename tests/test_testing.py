@@ -265,3 +265,16 @@ def test_bundled_models_match_the_committed_reference():
     )
     assert result.flipped[-1].all()  # every phantom reaches the standard plane within 2 iterations
     assert DEMO_REFERENCE.stat().st_size < 300_000
+
+
+def test_a_method_setting_newer_than_the_reference_counts_as_its_default():
+    """tests/data/demo_regression.safetensors predates the precision setting: fp32 (the default) matches it, any
+    other value is reported as a difference, as a changed setting would be."""
+    from diffice.testing import load_reference, settings_differences
+
+    ref = load_reference(DEMO_REFERENCE)
+    assert "precision" not in ref.settings["method"]
+    now = dict(ref.settings, method=dict(ref.settings["method"], precision="fp32"))
+    assert settings_differences(now, ref) == []
+    now["method"]["precision"] = "tf32"
+    assert settings_differences(now, ref) == ['method.precision: "tf32" (reference: "fp32")']
