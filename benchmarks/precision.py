@@ -41,8 +41,8 @@ def deviation(config: str, device: str, batch: int, tau: int) -> dict:
         max_abs=float(np.abs(b.counterfactuals - a.counterfactuals).max()),
         rel_to_change=float(np.linalg.norm(b.counterfactuals - a.counterfactuals)) / max(change, 1e-30),
         prob_max_abs=float(np.abs(b.prob_target - a.prob_target).max()),
-        flipped_fp32=int(a.flipped[-1].sum()) if a.flipped.ndim > 1 else int(a.flipped.sum()),
-        flipped_tf32=int(b.flipped[-1].sum()) if b.flipped.ndim > 1 else int(b.flipped.sum()),
+        flipped_fp32=int(a.flipped[-1].sum()),  # flipped: (L, N), the last iteration's
+        flipped_tf32=int(b.flipped[-1].sum()),
     )
 
 

@@ -29,6 +29,9 @@ TABLES_KEYS = ("oracle", "features", "realism_reference")
 REFERENCE_PHANTOMS = 100  # standard-plane phantoms in the realism reference ...
 REFERENCE_SEED = 20261207  # ... drawn with a seed of their own (not training's 1 or 7, not the demo's or a sweep's)
 METHOD_FIELDS = [f.name for f in dataclasses.fields(ExplainerConfig)]
+# method settings added after stores first keyed configurations by config_id, with their defaults: left out of the id
+# at the default, so the ids of stores made before them stay valid
+LATER_FIELDS: dict[str, Any] = dict(precision="fp32")
 TABLE1_AXES = ("tau", "lambda_c", "lambda_p")
 
 
@@ -69,9 +72,8 @@ class SweepSpec:
 
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
-    p = {k: params[k] for k in METHOD_FIELDS if k != "precision"}
-    if params.get("precision", "fp32") != "fp32":  # the default is left out: ids made before the setting stay valid
-        p["precision"] = params["precision"]
+    p = {k: params[k] for k in METHOD_FIELDS if k not in LATER_FIELDS}
+    p.update({k: params[k] for k, default in LATER_FIELDS.items() if params.get(k, default) != default})
     p["lambda_c"] = [float(v) for v in p["lambda_c"]]
     p["lambda_p"] = float(p["lambda_p"])
     p["tau"] = int(p["tau"])
