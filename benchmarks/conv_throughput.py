@@ -4,13 +4,15 @@ forward reaches in diffice and in PyTorch eager.
     python benchmarks/conv_throughput.py                        # batch 1, 3 repeats, all cores
     python benchmarks/conv_throughput.py --batches 1 4 --repeats 5 --threads 2
 
-The machine's figure is the best GFLOP/s of one direct 3x3, stride-1 convolution over the UNet's four 3x3 shapes
-(batch 1, 128 channels at 224x288 down to 512 at 28x36), each run three ways: diffice's conv2d op with
+The machine's figure is the best GFLOP/s of one direct 3x3, stride-1 convolution over the shapes below (batch 1: the
+paper-size UNet's five levels, 128 channels at 224x288 down to 512 at 14x18, and three deeper ones with 256-512
+channels at 112x144-28x36 that reach more of the processor), each run three ways: diffice's conv2d op with
 DIFFICE_NO_WINOGRAD=1 (oneDNN's direct kernel; NCHW in and out, so its reorders count), PyTorch's conv2d on NCHW
 tensors, and PyTorch's conv2d on channels_last tensors (oneDNN's native layout on most CPUs: no reorders, the
 fastest a library offers here). A convolution's FLOPs are 2 * N * Co * Ho * Wo * Ci * KH * KW. diffice's default
-conv2d (Winograd F(2x2, 3x3) where it applies, csrc/ops/cpu_winograd.c) is shown beside them in the same unit:
-those direct-convolution FLOPs per second ("effective"), though its products make 2.25x fewer multiplications.
+conv2d (Winograd F(4x4, 3x3) where it applies, csrc/ops/cpu_winograd.c: 64 or more channels and at least 160 4x4
+tiles per image; elsewhere it is the direct kernel) is shown beside them in the same unit: the direct
+convolution's FLOPs per second ("effective"), though its products make 4x fewer multiplications.
 
 The UNet's FLOPs per image are counted by PyTorch's FlopCounterMode on guided-diffusion's UNetModel (convolutions
 and matrix products; the norms and elementwise ops are not counted), so "% of the machine" is the share of the
@@ -35,8 +37,19 @@ from unet import measure as measure_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (channels, height, width) of the paper-size UNet's 3x3 convolutions with as many inputs as outputs
-CONV_SHAPES = [(128, 224, 288), (256, 112, 144), (384, 56, 72), (512, 28, 36)]
+# (channels, height, width) of the paper-size UNet's 3x3 convolutions with as many inputs as outputs, level by level,
+# then deeper ones at the same sizes (the machine's figure is the best direct cell of all)
+CONV_SHAPES = [
+    (128, 224, 288),
+    (128, 112, 144),
+    (256, 56, 72),
+    (384, 28, 36),
+    (512, 14, 18),
+    (256, 112, 144),
+    (384, 56, 72),
+    (512, 28, 36),
+]
+IMPLS = ("diffice", "diffice-direct", "torch", "torch-channels-last")
 
 
 def conv_flops(channels: int, h: int, w: int) -> float:
@@ -122,7 +135,7 @@ def main() -> None:
     for c, h, w in CONV_SHAPES:
         flops = conv_flops(c, h, w)
         rates = []
-        for impl in ("diffice", "diffice-direct", "torch", "torch-channels-last"):
+        for impl in IMPLS:
             r = in_subprocess(__file__, ["conv", impl, c, h, w, args.conv_repeats, args.threads], args.threads)
             rates.append(flops / r["seconds"] / 1e9 if "seconds" in r else float("nan"))
         best = max([best] + [r for r in rates[1:] if r == r])  # direct convolutions only

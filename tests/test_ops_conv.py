@@ -179,24 +179,30 @@ def _conv_nhwc(x_nhwc, weight, bias, y_layout):
     return y.transpose(0, 3, 1, 2) if y_layout == "nhwc" else y
 
 
+def _direct(monkeypatch, conv, *args, **kwargs):
+    """conv(*args, **kwargs) with the direct kernels (DIFFICE_NO_WINOGRAD=1), the environment restored afterwards."""
+    with monkeypatch.context() as m:
+        m.setenv("DIFFICE_NO_WINOGRAD", "1")
+        return conv(*args, **kwargs)
+
+
 @pytest.mark.parametrize("y_layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
-    """The cpu backend's 3x3 / stride 1 / padding 1 convolutions of NHWC input with at least as many tiles as
-    channels run as Winograd F(2x2, 3x3) (csrc/ops/cpu_winograd.c): odd heights and widths (the last tiles stick
-    out of the image), batches, channel counts off the vector width, several blocks per image, NCHW or NHWC output.
-    Against PyTorch at the op tolerance, and not bit for bit the direct convolution (DIFFICE_NO_WINOGRAD=1), so
-    the Winograd path is the one tested."""
-    for n, ci, co, h, w in [(2, 13, 11, 9, 15), (3, 16, 9, 17, 6), (1, 20, 12, 13, 13), (1, 9, 33, 71, 69)]:
+    """The cpu backend's 3x3 / stride 1 / padding 1 convolutions with 64 or more channels in and out and at least
+    160 4x4 tiles per image run as Winograd F(4x4, 3x3) (csrc/ops/cpu_winograd.c): heights and widths off the
+    tile (the last tiles stick out of the image by 1-3 pixels), batches, channel counts off the vector width,
+    several blocks per image, a deep sum (Ci = 150), NCHW or NHWC output. Against PyTorch in float64 at the op
+    tolerance, and not bit for bit the direct convolution (DIFFICE_NO_WINOGRAD=1), so the Winograd path is the
+    one tested."""
+    for n, ci, co, h, w in [(2, 64, 67, 45, 59), (3, 66, 80, 51, 50), (1, 150, 64, 49, 53), (1, 64, 64, 71, 69)]:
         x, weight = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3)
         bias = randn(rng, co) if with_bias else None
         want = F.conv2d(t64(x), t64(weight), t64(bias) if with_bias else None, padding=1).numpy()
         args = (x.transpose(0, 2, 3, 1).copy(), weight, bias)
         got = _conv_nhwc(*args, y_layout)
         assert rel_err(got, want) <= TOL, (n, ci, co, h, w)
-        monkeypatch.setenv("DIFFICE_NO_WINOGRAD", "1")
-        direct = _conv_nhwc(*args, y_layout)
-        monkeypatch.delenv("DIFFICE_NO_WINOGRAD")
+        direct = _direct(monkeypatch, _conv_nhwc, *args, y_layout)
         assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
 
 
@@ -204,16 +210,31 @@ def test_winograd_input_gradient(rng, monkeypatch):
     """conv2d_backward_input of a 3x3 / stride 1 / padding 1 convolution on the cpu backend is the Winograd
     convolution of dy with the transposed, 180-degree-turned kernels (dx and dy swap the channel counts): against
     PyTorch's autograd, and not bit for bit the direct kernel's."""
-    for n, ci, co, h, w in [(2, 11, 19, 9, 15), (1, 20, 12, 13, 13), (3, 9, 16, 30, 7)]:
+    for n, ci, co, h, w in [(2, 64, 75, 45, 59), (1, 130, 64, 49, 50), (3, 70, 66, 30, 87)]:
         x, weight, dy = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3), randn(rng, n, co, h, w)
         xt = t64(x, requires_grad=True)
         F.conv2d(xt, t64(weight), padding=1).backward(t64(dy))
         got = ops.conv2d_backward_input(dy, weight, x.shape, padding=1)
         assert rel_err(got, xt.grad) <= TOL, (n, ci, co, h, w)
-        monkeypatch.setenv("DIFFICE_NO_WINOGRAD", "1")
-        direct = ops.conv2d_backward_input(dy, weight, x.shape, padding=1)
-        monkeypatch.delenv("DIFFICE_NO_WINOGRAD")
+        direct = _direct(monkeypatch, ops.conv2d_backward_input, dy, weight, x.shape, padding=1)
         assert rel_err(direct, xt.grad) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
+
+
+def test_winograd_runs_only_where_it_pays(rng, monkeypatch):
+    """Winograd takes a 3x3 / stride 1 / padding 1 convolution with 64 or more channels in and out and 160 or more
+    4x4 tiles per image; any other runs the direct kernel, to the bit (csrc/ops/cpu_winograd.c says why)."""
+    cases = [  # (ci, co, h, w, stride, Winograd?)
+        (64, 64, 45, 56, 1, True),  # 12 x 14 = 168 tiles
+        (64, 64, 44, 56, 1, False),  # 11 x 14 = 154
+        (63, 96, 90, 90, 1, False),  # too few input channels
+        (96, 63, 90, 90, 1, False),  # too few output channels
+        (64, 64, 90, 90, 2, False),  # strided
+    ]
+    for ci, co, h, w, stride, winograd in cases:
+        x, weight = randn(rng, 1, ci, h, w), randn(rng, co, ci, 3, 3)
+        got = ops.conv2d(x, weight, stride=stride, padding=1)
+        direct = _direct(monkeypatch, ops.conv2d, x, weight, stride=stride, padding=1)
+        assert np.array_equal(got, direct) != winograd, (ci, co, h, w, stride)
 
 
 @pytest.mark.parametrize("x_nhwc", [True, False])
@@ -221,7 +242,7 @@ def test_winograd_results_do_not_depend_on_the_batch_or_the_threads(rng, x_nhwc)
     """An image's Winograd convolution is the same bytes alone or in a batch, NCHW or NHWC in, on 1, 2 or 3 threads
     (its tiles' blocks follow from the image's shape only, each sgemm runs on one thread), as the direct kernels'
     results are: a metric over batches of 32 (diffice.evaluation.metrics) then equals the whole set's to the bit."""
-    n, ci, co, h, w = 3, 64, 48, 30, 35
+    n, ci, co, h, w = 3, 64, 72, 45, 59
     x, weight = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3)
     xs = x.transpose(0, 2, 3, 1).copy() if x_nhwc else x
     outs = [_C.conv2d_forward(_C.Backend("cpu", k), xs, weight, None, (1, 1), (1, 1), x_nhwc, False) for k in (1, 2, 3)]

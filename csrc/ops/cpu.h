@@ -29,10 +29,10 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
  * oneDNN primitive meanwhile. */
 dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
 
-/* Winograd F(2x2, 3x3) convolutions (cpu_winograd.c) of x (N, Ci, H, W) into y (N, Co, H, W): whether a
- * convolution takes that path (3x3, stride 1, padding 1, 8 or more channels in and out, at least as many 2x2 tiles
- * per image as channels, DIFFICE_NO_WINOGRAD unset), and the convolution, in the backend's workspace. weight is
- * (Co, Ci, 3, 3), or (Ci, Co, 3, 3) with transposed = 1: the input gradient dx = y of dy = x. */
+/* Winograd F(4x4, 3x3) convolutions (cpu_winograd.c) of x (N, Ci, H, W) into y (N, Co, H, W): whether a
+ * convolution takes that path (3x3, stride 1, padding 1, 64 or more channels in and out, at least 160 4x4 tiles per
+ * image, DIFFICE_NO_WINOGRAD unset), and the convolution, in the backend's workspace. weight is (Co, Ci, 3, 3), or
+ * (Ci, Co, 3, 3) with transposed = 1: the input gradient dx = y of dy = x. */
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p);
 dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, int transposed,
                                const dfc_tensor *bias, int x_nhwc, int y_nhwc, dfc_tensor *y, dfc_error *err);

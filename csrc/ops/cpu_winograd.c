@@ -1,17 +1,23 @@
-/* 3x3 convolutions with stride 1 and padding 1 by Winograd's F(2x2, 3x3) (Lavin and Gray,
- * "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs comes from a 4x4 input tile
- * as Y = A^T [(G g G^T) . (B^T d B)] A, 16 products per output block and input-output channel pair where the direct
- * convolution makes 36, so the 16 matrix products (tiles x Ci) (Ci x Co) that carry the work are 2.25x smaller
- * than the direct convolution's. oneDNN 3.2 has no Winograd kernel for AVX2; these shapes are most of the UNet's
- * arithmetic.
+/* 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2016): each 4x4 block of outputs comes from a 6x6 input tile as
+ * Y = A^T [(G g G^T) . (B^T d B)] A, 36 products per output block and input-output channel pair where the direct
+ * convolution makes 144, so the 36 matrix products (tiles x Ci) (Ci x Co) that carry the work are 4x smaller than
+ * the direct convolution's. oneDNN 3.2 has no Winograd kernel for AVX2; these shapes are most of the UNet's
+ * arithmetic. (F(2x2, 3x3), 2.25x fewer products but 4 transformed values per output and channel where F(4x4)
+ * has 2.25, was slower than F(4x4) at every shape measured and slower than the direct kernel below 96 channels:
+ * benchmarks/RESULTS.md.)
  *
  * Blocks of tiles run on one thread each, through three steps in that thread's cache-sized buffers:
- * the input transform (additions only, vectorised over channels: NHWC keeps each pixel's channels contiguous), 16
+ * the input transform (vectorised over channels: NHWC keeps each pixel's channels contiguous), 36
  * single-threaded sgemm calls (oneDNN's, which run on the calling thread inside a parallel region), the output
  * transform plus bias into y, NCHW or NHWC. The weights' transform U = G g G^T is made once per call. An NCHW x
  * goes image by image through an NHWC copy (the reorder oneDNN's direct kernel would make as well).
- * Accuracy: the transforms' constants are 0, +-1 and 1/2, so F(2x2, 3x3) stays within a few float roundings of
- * the direct sum (tests/test_ops_conv.py compares with PyTorch at the op tolerance). */
+ *
+ * Accuracy: the interpolation points are 0, 1, -1, 1/2, -2 (and infinity) rather than Lavin and Gray's 0, +-1,
+ * +-2, which give about 3x less rounding error in fp32 (Barabasz et al., "Error analysis and improving the accuracy
+ * of Winograd convolution for deep neural networks", 2020); G's weights are transformed in double and rounded once.
+ * At the UNet's shapes the error is 2.5-4e-6 of the output's scale against 1.1-1.6e-6 for the direct kernel
+ * (tests/test_ops_conv.py holds both to 1e-5 of PyTorch in float64). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,130 +30,168 @@
 #include "cpu.h"
 #include "fast_math.h"
 
-/* Tiles per block: V (16 x tiles x Ci) and M (16 x tiles x Co) take about 8 MB per thread (they stay in the
+/* Tiles per block: V (36 x tiles x Ci) and M (36 x tiles x Co) take about 8 MB per thread (they stay in the
  * last-level cache), between 64 and 1024 tiles (longer matrix products amortise oneDNN's packing of U). */
 static int64_t block_cap(int64_t ci_n, int64_t co_n)
 {
-    const int64_t cap = ((int64_t)8 << 20) / (16 * 4 * (ci_n + co_n));
+    const int64_t cap = ((int64_t)8 << 20) / (36 * 4 * (ci_n + co_n));
     return cap < 64 ? 64 : cap > 1024 ? 1024 : cap;
 }
 
-/* Fewer tiles per image than channels (a deep level: 252 tiles of 28x36, 512 channels) leave the matrix products
- * too thin to pay for the weights' transform and the packing of U in every product: oneDNN's direct kernel is then
- * as fast or faster (measured, benchmarks/RESULTS.md). */
+/* Where F(4x4) pays (measured on 2 threads, benchmarks/RESULTS.md): 64 or more channels in and out (thinner
+ * matrix products cost more than the direct kernel: 1.2-1.6x its time at 32 channels, about the same at 48) and at
+ * least 160 tiles per image (a 44x56 image has 154: 0.9-1.1x the direct kernel's time; 28x36 has 63: 1.2-1.8x,
+ * the transforms and the packing of U for each product do not pay; from 56x72, 252 tiles: 0.7-0.9x). The choice
+ * follows from one image's shape: the path, and so the rounding, must not depend on the batch. */
+enum { MIN_CHANNELS = 64, MIN_TILES = 160 };
+
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p)
 {
     const int64_t ci = x->shape[1], co = y->shape[1], h = x->shape[2], w = x->shape[3];
-    const int64_t tiles = ((h + 1) / 2) * ((w + 1) / 2); /* per image: the path must not depend on the batch */
     if (getenv("DIFFICE_NO_WINOGRAD")) /* read at each call, so a run can compare both in one process */
         return 0;
     return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
-           p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w && ci >= 8 && co >= 8 && h >= 2 && w >= 2 &&
-           tiles >= (ci > co ? ci : co);
+           p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w && ci >= MIN_CHANNELS && co >= MIN_CHANNELS &&
+           ((h + 3) / 4) * ((w + 3) / 4) >= MIN_TILES;
 }
 
-/* U[xi][i][o] = (G g G^T)[r][c], xi = 4 r + c, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], g the 3x3 kernel from
- * input channel i to output channel o of the convolution computed: weight[o, i] for a forward one; for the input
- * gradient (transposed), weight[i, o] turned by 180 degrees (dx = dy correlated with the flipped kernels). weight
- * is (w_out, w_in, 3, 3). */
+/* U[xi][i][o] = (G g G^T)[r][c], xi = 6 r + c, g the 3x3 kernel from input channel i to output channel o of the
+ * convolution computed: weight[o, i] for a forward one; for the input gradient (transposed), weight[i, o] turned by
+ * 180 degrees (dx = dy correlated with the flipped kernels). weight is (w_out, w_in, 3, 3).
+ * G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1]. */
+static void g_times(const double g[3], double out[6])
+{
+    out[0] = g[0];
+    out[1] = (g[0] + g[1] + g[2]) / 3;
+    out[2] = (g[1] - g[0] - g[2]) / 3;
+    out[3] = -(16 * g[0] + 8 * g[1] + 4 * g[2]) / 15;
+    out[4] = (g[0] - 2 * g[1] + 4 * g[2]) / 15;
+    out[5] = g[2];
+}
+
 static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, int threads)
 {
     const int64_t ci_n = transposed ? w_out : w_in, co_n = transposed ? w_in : w_out;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t a = 0; a < w_out; a++)
-        for (int64_t b = 0; b < w_in; b++) {
-            const float *kernel = w + (a * w_in + b) * 9;
-            float g[9];
+    for (int64_t wo = 0; wo < w_out; wo++)
+        for (int64_t wi = 0; wi < w_in; wi++) {
+            const float *kernel = w + (wo * w_in + wi) * 9;
+            double g[9], t[6][3], column[6], row[6]; /* t = G g, column by column; then each row times G^T */
             for (int k = 0; k < 9; k++)
                 g[k] = kernel[transposed ? 8 - k : k];
-            const int64_t i = transposed ? a : b, o = transposed ? b : a;
-            float t[4][3]; /* G g */
             for (int c = 0; c < 3; c++) {
-                t[0][c] = g[c];
-                t[1][c] = 0.5f * (g[c] + g[3 + c] + g[6 + c]);
-                t[2][c] = 0.5f * (g[c] - g[3 + c] + g[6 + c]);
-                t[3][c] = g[6 + c];
+                g_times((const double[3]){g[c], g[3 + c], g[6 + c]}, column);
+                for (int r = 0; r < 6; r++)
+                    t[r][c] = column[r];
             }
-            for (int r = 0; r < 4; r++) {
-                const float v[4] = {t[r][0], 0.5f * (t[r][0] + t[r][1] + t[r][2]), 0.5f * (t[r][0] - t[r][1] + t[r][2]),
-                                    t[r][2]};
-                for (int c = 0; c < 4; c++)
-                    u[((int64_t)(4 * r + c) * ci_n + i) * co_n + o] = v[c];
+            const int64_t i = transposed ? wo : wi, o = transposed ? wi : wo;
+            for (int r = 0; r < 6; r++) {
+                g_times(t[r], row);
+                for (int c = 0; c < 6; c++)
+                    u[((int64_t)(6 * r + c) * ci_n + i) * co_n + o] = (float)row[c];
             }
         }
 }
 
-/* V[xi][k][ci] = (B^T d B)[i][j] for tile k of the block, d its 4x4 input patch (zero outside the image),
- * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
+/* V[xi][k][ci] = (B^T d B)[i][j] for tile k of the block, d its 6x6 input patch (zero outside the image),
+ * xi = 6 i + j, B^T = [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
+ * 0 1 -3/2 -2 3/2 1]. */
+static inline void bt_times(const float d[6], float out[6])
+{
+    out[0] = d[0] + d[4] - 2.0f * d[2] + 1.5f * (d[3] - d[1]);
+    out[1] = d[4] - d[1] + 0.5f * d[2] + 2.5f * d[3];
+    out[2] = d[1] + d[4] - 2.5f * d[2] + 0.5f * d[3];
+    out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
+    out[4] = d[4] - d[2] + 0.5f * (d[1] - d[3]);
+    out[5] = d[1] + d[5] - 2.0f * d[3] + 1.5f * (d[4] - d[2]);
+}
+
 DFC_VECTOR_CLONES
 static void transform_input(const float *xi, int64_t h, int64_t w, int64_t ci_n, int64_t tiles_w, int64_t t0,
                             int64_t count, int64_t cap, const float *zeros, float *v)
 {
-    const int64_t plane = cap * ci_n; /* V's stride between the 16 matrices */
+    const int64_t plane = cap * ci_n; /* V's stride between the 36 matrices */
     for (int64_t k = 0; k < count; k++) {
-        const int64_t tile = t0 + k, y0 = (tile / tiles_w) * 2 - 1, x0 = (tile % tiles_w) * 2 - 1;
-        const float *d[4][4];
-        for (int r = 0; r < 4; r++)
-            for (int c = 0; c < 4; c++) {
+        const int64_t tile = t0 + k, y0 = (tile / tiles_w) * 4 - 1, x0 = (tile % tiles_w) * 4 - 1;
+        const float *d[6][6];
+        for (int r = 0; r < 6; r++)
+            for (int c = 0; c < 6; c++) {
                 const int64_t yy = y0 + r, xx = x0 + c;
                 d[r][c] = yy >= 0 && yy < h && xx >= 0 && xx < w ? xi + (yy * w + xx) * ci_n : zeros;
             }
         float *out = v + k * ci_n;
 #pragma omp simd
         for (int64_t ci = 0; ci < ci_n; ci++) {
-            float t[4][4]; /* B^T d */
-            for (int c = 0; c < 4; c++) {
-                t[0][c] = d[0][c][ci] - d[2][c][ci];
-                t[1][c] = d[1][c][ci] + d[2][c][ci];
-                t[2][c] = d[2][c][ci] - d[1][c][ci];
-                t[3][c] = d[1][c][ci] - d[3][c][ci];
+            float t[6][6], column[6], row[6]; /* t = B^T d, column by column; then each row times B */
+            for (int c = 0; c < 6; c++) {
+                for (int r = 0; r < 6; r++)
+                    column[r] = d[r][c][ci];
+                bt_times(column, row);
+                for (int r = 0; r < 6; r++)
+                    t[r][c] = row[r];
             }
-            for (int r = 0; r < 4; r++) {
-                out[(4 * r + 0) * plane + ci] = t[r][0] - t[r][2];
-                out[(4 * r + 1) * plane + ci] = t[r][1] + t[r][2];
-                out[(4 * r + 2) * plane + ci] = t[r][2] - t[r][1];
-                out[(4 * r + 3) * plane + ci] = t[r][1] - t[r][3];
+            for (int r = 0; r < 6; r++) {
+                bt_times(t[r], row);
+                for (int c = 0; c < 6; c++)
+                    out[(6 * r + c) * plane + ci] = row[c];
             }
         }
     }
 }
 
-/* y's 2x2 block of each tile = A^T m A + bias, A^T = [1 1 1 0; 0 1 -1 -1], m[xi] = M[xi][k][co], first into
- * pixels: two rows of 2 count pixels (the block's tiles side by side), each pixel's channels contiguous; then into
- * y, keeping the pixels inside the image (the last row or column of tiles may stick out). NHWC: a copy per pixel;
- * NCHW: per channel, each row segment of a run of tiles in one tile row is written contiguously (storing a
- * pixel's channels one by one, a plane apart, costs a TLB miss per value). */
-DFC_VECTOR_CLONES
-static void transform_output(const float *m, const float *bias, int64_t h, int64_t w, int64_t co_n, int64_t tiles_w,
-                             int64_t t0, int64_t count, int64_t cap, int y_nhwc, float *yi, float *pixels)
+/* y's 4x4 block of each tile = A^T s A + bias, s[xi] = M[xi][k][co],
+ * A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1]. First into pixels: 4 rows of 4 count pixels
+ * (the block's tiles side by side), each pixel's channels contiguous; then into y (store_block). */
+static inline void at_times(const float s[6], float out[4])
 {
-    const int64_t plane = cap * co_n, row = 2 * count * co_n;
+    const float plus = s[1] + s[2], minus = s[1] - s[2];
+    out[0] = s[0] + plus + s[3] + s[4];
+    out[1] = minus + 0.5f * s[3] - 2.0f * s[4];
+    out[2] = plus + 0.25f * s[3] + 4.0f * s[4];
+    out[3] = minus + 0.125f * s[3] - 8.0f * s[4] + s[5];
+}
+
+DFC_VECTOR_CLONES
+static void transform_output(const float *s, const float *bias, int64_t co_n, int64_t count, int64_t cap, float *pixels)
+{
+    const int64_t plane = cap * co_n, row_floats = 4 * count * co_n;
     for (int64_t k = 0; k < count; k++) {
-        const float *in = m + k * co_n;
-        float *out = pixels + 2 * k * co_n;
+        const float *in = s + k * co_n;
+        float *out = pixels + 4 * k * co_n;
 #pragma omp simd
         for (int64_t co = 0; co < co_n; co++) {
-            float s[2][4]; /* A^T m */
-            for (int c = 0; c < 4; c++) {
-                const float m0 = in[c * plane + co], m1 = in[(4 + c) * plane + co];
-                const float m2 = in[(8 + c) * plane + co], m3 = in[(12 + c) * plane + co];
-                s[0][c] = m0 + m1 + m2;
-                s[1][c] = m1 - m2 - m3;
+            float t[4][6], column[6], row[4]; /* t = A^T s, column by column; then each row times A */
+            for (int c = 0; c < 6; c++) {
+                for (int r = 0; r < 6; r++)
+                    column[r] = in[(6 * r + c) * plane + co];
+                at_times(column, row);
+                for (int r = 0; r < 4; r++)
+                    t[r][c] = row[r];
             }
             const float b = bias ? bias[co] : 0.0f;
-            for (int r = 0; r < 2; r++) {
-                out[r * row + co] = s[r][0] + s[r][1] + s[r][2] + b;
-                out[r * row + co_n + co] = s[r][1] - s[r][2] - s[r][3] + b;
+            for (int r = 0; r < 4; r++) {
+                at_times(t[r], row);
+                for (int c = 0; c < 4; c++)
+                    out[r * row_floats + c * co_n + co] = row[c] + b;
             }
         }
     }
+}
+
+/* The block's pixels into y, keeping those inside the image (the last row or column of tiles may stick out).
+ * NHWC: a copy per pixel; NCHW: per channel, each row segment of a run of tiles in one tile row is written
+ * contiguously (storing a pixel's channels one by one, a plane apart, costs a TLB miss per value). */
+static void store_block(const float *pixels, int64_t h, int64_t w, int64_t co_n, int64_t tiles_w, int64_t t0,
+                        int64_t count, int y_nhwc, float *yi)
+{
+    const int64_t row_floats = 4 * count * co_n;
     for (int64_t k = 0; k < count;) { /* runs of tiles in one tile row */
         const int64_t tile = t0 + k, ty = tile / tiles_w, tx = tile % tiles_w;
         const int64_t run = tiles_w - tx < count - k ? tiles_w - tx : count - k;
-        const int64_t x0 = 2 * tx, width = 2 * run < w - x0 ? 2 * run : w - x0;
-        for (int r = 0; r < 2 && 2 * ty + r < h; r++) {
-            const float *src = pixels + r * row + 2 * k * co_n;
-            const int64_t at = (2 * ty + r) * w + x0;
+        const int64_t x0 = 4 * tx, width = 4 * run < w - x0 ? 4 * run : w - x0;
+        for (int r = 0; r < 4 && 4 * ty + r < h; r++) {
+            const float *src = pixels + r * row_floats + 4 * k * co_n;
+            const int64_t at = (4 * ty + r) * w + x0;
             if (y_nhwc) {
                 memcpy(yi + at * co_n, src, (size_t)(width * co_n) * sizeof *src);
             } else {
@@ -165,7 +209,7 @@ static void transform_output(const float *m, const float *bias, int64_t h, int64
 static int64_t thread_floats_of(int64_t ci_n, int64_t co_n)
 {
     const int64_t cap = block_cap(ci_n, co_n);
-    return 16 * cap * (ci_n + co_n) + 4 * cap * co_n + ci_n;
+    return 36 * cap * (ci_n + co_n) + 16 * cap * co_n + ci_n;
 }
 
 /* image (C, P) -> out (P, C), in blocks that keep both sides' lines in cache. */
@@ -185,7 +229,7 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
                            int64_t co_n, const float *u, const float *bias, int y_nhwc, float *ys, float *per_thread,
                            int threads)
 {
-    const int64_t tiles_w = (w + 1) / 2, tiles = ((h + 1) / 2) * tiles_w;
+    const int64_t tiles_w = (w + 3) / 4, tiles = ((h + 3) / 4) * tiles_w;
     /* blocks of at most cap tiles and at least 4 per image (for the threads' balance at batch 1), from the image's
      * shape alone: a tile's row in its sgemm, and so its rounding, is then the same at any batch size and thread
      * count (an image's features do not depend on the batch it is in: tests/test_metrics.py) */
@@ -205,22 +249,22 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
          * active, and a multi-threaded sgemm may split the sum over Ci: one thread, whatever the team's size */
         omp_set_num_threads(1);
 #endif
-        float *v = per_thread + tid * thread_floats, *m = v + 16 * cap * ci_n;
-        float *pixels = m + 16 * cap * co_n, *zeros = pixels + 4 * cap * co_n;
+        float *v = per_thread + tid * thread_floats, *m = v + 36 * cap * ci_n;
+        float *pixels = m + 36 * cap * co_n, *zeros = pixels + 16 * cap * co_n;
         memset(zeros, 0, (size_t)ci_n * sizeof *zeros);
 #pragma omp for schedule(dynamic)
         for (int64_t job = 0; job < count_images * blocks; job++) {
             const int64_t b = job / blocks, t0 = (job % blocks) * block_tiles;
             const int64_t count = tiles - t0 < block_tiles ? tiles - t0 : block_tiles;
             transform_input(xs + b * h * w * ci_n, h, w, ci_n, tiles_w, t0, count, cap, zeros, v);
-            for (int xi = 0; xi < 16; xi++)
+            for (int xi = 0; xi < 36; xi++)
                 if (dnnl_sgemm('N', 'N', count, co_n, ci_n, 1.0f, v + xi * cap * ci_n, ci_n, u + xi * ci_n * co_n, co_n,
                                0.0f, m + xi * cap * co_n, co_n) != dnnl_success) {
 #pragma omp atomic write
                     failed = 1;
                 }
-            transform_output(m, bias, h, w, co_n, tiles_w, t0, count, cap, y_nhwc, ys + (first + b) * h * w * co_n,
-                             pixels);
+            transform_output(m, bias, co_n, count, cap, pixels);
+            store_block(pixels, h, w, co_n, tiles_w, t0, count, y_nhwc, ys + (first + b) * h * w * co_n);
         }
     }
     return failed;
@@ -235,15 +279,15 @@ dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_t
     const int64_t copy_floats = x_nhwc ? 0 : ci_n * h * w;
     void *scratch;
     DFC_TRY(dfc_cpu_workspace(
-        be, (size_t)(16 * ci_n * co_n + threads * thread_floats_of(ci_n, co_n) + copy_floats) * sizeof(float), &scratch,
+        be, (size_t)(36 * ci_n * co_n + threads * thread_floats_of(ci_n, co_n) + copy_floats) * sizeof(float), &scratch,
         err));
-    float *u = scratch, *per_thread = u + 16 * ci_n * co_n;
+    float *u = scratch, *per_thread = u + 36 * ci_n * co_n;
     transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, threads);
     const float *bs = bias ? bias->data : NULL;
     int failed = 0;
     if (x_nhwc) {
         failed = winograd_images(x->data, 0, n, h, w, ci_n, co_n, u, bs, y_nhwc, y->data, per_thread, threads);
-    } else { /* image by image through an NHWC copy (the reorder a direct convolution would make too) */
+    } else { /* image by image through an NHWC copy (the reorder a direct convolution would make as well) */
         float *copy = per_thread + threads * thread_floats_of(ci_n, co_n);
         for (int64_t b = 0; b < n && !failed; b++) {
             transpose_to_nhwc(x->data + b * ci_n * h * w, ci_n, h * w, copy, threads);
