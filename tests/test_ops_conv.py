@@ -206,6 +206,23 @@ def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
         assert rel_err(direct, want) <= TOL and not np.array_equal(got, direct), (n, ci, co, h, w)
 
 
+def test_winograd_kernel_at_any_size(rng, monkeypatch):
+    """DIFFICE_WINOGRAD_ALWAYS=1 takes the Winograd kernel wherever the geometry allows (benchmarks/winograd.py
+    measures where it pays with it): images down to 1 pixel (fewer tiles than the 4 blocks an image is cut
+    into), 1-3 channels, forward and input gradient, against PyTorch in float64."""
+    monkeypatch.setenv("DIFFICE_WINOGRAD_ALWAYS", "1")
+    for n, ci, co, h, w in [(2, 13, 11, 9, 15), (1, 1, 3, 1, 1), (3, 2, 5, 1, 6), (1, 7, 1, 5, 2), (2, 9, 33, 17, 4)]:
+        x, weight, bias, dy = randn(rng, n, ci, h, w), randn(rng, co, ci, 3, 3), randn(rng, co), randn(rng, n, co, h, w)
+        xt = t64(x, requires_grad=True)
+        y = F.conv2d(xt, t64(weight), t64(bias), padding=1)
+        y.backward(t64(dy))
+        got = ops.conv2d(x, weight, bias, padding=1)
+        assert rel_err(got, y.detach()) <= TOL, (n, ci, co, h, w)
+        assert rel_err(ops.conv2d_backward_input(dy, weight, x.shape, padding=1), xt.grad) <= TOL, (n, ci, co, h, w)
+        if h * w > 1:  # one pixel: a single product either way
+            assert not np.array_equal(got, _direct(monkeypatch, ops.conv2d, x, weight, bias, padding=1))
+
+
 def test_winograd_input_gradient(rng, monkeypatch):
     """conv2d_backward_input of a 3x3 / stride 1 / padding 1 convolution on the cpu backend is the Winograd
     convolution of dy with the transposed, 180-degree-turned kernels (dx and dy swap the channel counts): against

@@ -16,8 +16,8 @@
  * Accuracy: the interpolation points are 0, 1, -1, 1/2, -2 (and infinity) rather than Lavin and Gray's 0, +-1,
  * +-2, which give about 3x less rounding error in fp32 (Barabasz et al., "Error analysis and improving the accuracy
  * of Winograd convolution for deep neural networks", 2020); G's weights are transformed in double and rounded once.
- * At the UNet's shapes the error is 2.5-4e-6 of the output's scale against 1.1-1.6e-6 for the direct kernel
- * (tests/test_ops_conv.py holds both to 1e-5 of PyTorch in float64). */
+ * With 64-512 channels the error is 2-5e-6 of the output's scale against 0.9-2.2e-6 for the direct kernel
+ * (benchmarks/winograd.py; tests/test_ops_conv.py holds both to 1e-5 of PyTorch in float64). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,21 +38,27 @@ static int64_t block_cap(int64_t ci_n, int64_t co_n)
     return cap < 64 ? 64 : cap > 1024 ? 1024 : cap;
 }
 
-/* Where F(4x4) pays (measured on 2 threads, benchmarks/RESULTS.md): 64 or more channels in and out (thinner
- * matrix products cost more than the direct kernel: 1.2-1.6x its time at 32 channels, about the same at 48) and at
- * least 160 tiles per image (a 44x56 image has 154: 0.9-1.1x the direct kernel's time; 28x36 has 63: 1.2-1.8x,
- * the transforms and the packing of U for each product do not pay; from 56x72, 252 tiles: 0.7-0.9x). The choice
- * follows from one image's shape: the path, and so the rounding, must not depend on the batch. */
+/* Where F(4x4) pays (benchmarks/winograd.py on 2 threads, batch 1; benchmarks/RESULTS.md): 64 or more channels in
+ * and out (thinner matrix products cost more than the direct kernel: 1.2-1.8x its time at 32 channels, about the
+ * same at 48) and at least 160 tiles per image (28x36, 63 tiles: 1.2-1.5x the direct kernel's time, the transforms
+ * and the packing of U for each product do not pay; 44x56, 154 tiles: 0.75-1.0x; from 48x64, 192 tiles:
+ * 0.6-0.95x). The choice
+ * follows from one image's shape: the path, and so the rounding, must not depend on the batch.
+ * DIFFICE_WINOGRAD_ALWAYS=1 takes Winograd wherever the geometry allows, to measure where it pays
+ * (benchmarks/winograd.py); DIFFICE_NO_WINOGRAD=1 never. Both are read at each call, so a run can compare the
+ * kernels in one process. */
 enum { MIN_CHANNELS = 64, MIN_TILES = 160 };
 
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p)
 {
     const int64_t ci = x->shape[1], co = y->shape[1], h = x->shape[2], w = x->shape[3];
-    if (getenv("DIFFICE_NO_WINOGRAD")) /* read at each call, so a run can compare both in one process */
+    if (getenv("DIFFICE_NO_WINOGRAD"))
         return 0;
-    return weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
-           p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w && ci >= MIN_CHANNELS && co >= MIN_CHANNELS &&
-           ((h + 3) / 4) * ((w + 3) / 4) >= MIN_TILES;
+    const int geometry = weight->shape[2] == 3 && weight->shape[3] == 3 && p.stride_h == 1 && p.stride_w == 1 &&
+                         p.pad_h == 1 && p.pad_w == 1 && y->shape[2] == h && y->shape[3] == w;
+    if (!geometry || getenv("DIFFICE_WINOGRAD_ALWAYS"))
+        return geometry;
+    return ci >= MIN_CHANNELS && co >= MIN_CHANNELS && ((h + 3) / 4) * ((w + 3) / 4) >= MIN_TILES;
 }
 
 /* U[xi][i][o] = (G g G^T)[r][c], xi = 6 r + c, g the 3x3 kernel from input channel i to output channel o of the
@@ -72,10 +78,12 @@ static void g_times(const double g[3], double out[6])
 static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, int threads)
 {
     const int64_t ci_n = transposed ? w_out : w_in, co_n = transposed ? w_in : w_out;
+    /* o innermost: each of U's 36 planes is written in runs along its rows (with i innermost every store would
+     * land on a line of its own, 36 lines per kernel) */
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t wo = 0; wo < w_out; wo++)
-        for (int64_t wi = 0; wi < w_in; wi++) {
-            const float *kernel = w + (wo * w_in + wi) * 9;
+    for (int64_t i = 0; i < ci_n; i++)
+        for (int64_t o = 0; o < co_n; o++) {
+            const float *kernel = transposed ? w + (i * w_in + o) * 9 : w + (o * w_in + i) * 9;
             double g[9], t[6][3], column[6], row[6]; /* t = G g, column by column; then each row times G^T */
             for (int k = 0; k < 9; k++)
                 g[k] = kernel[transposed ? 8 - k : k];
@@ -84,7 +92,6 @@ static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int t
                 for (int r = 0; r < 6; r++)
                     t[r][c] = column[r];
             }
-            const int64_t i = transposed ? wo : wi, o = transposed ? wi : wo;
             for (int r = 0; r < 6; r++) {
                 g_times(t[r], row);
                 for (int c = 0; c < 6; c++)
