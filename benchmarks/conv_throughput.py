@@ -6,13 +6,14 @@ forward reaches in diffice and in PyTorch eager.
 
 The machine's figure is the best GFLOP/s of one direct 3x3, stride-1 convolution over the shapes below (batch 1: the
 paper-size UNet's five levels, 128 channels at 224x288 down to 512 at 14x18, and three deeper ones with 256-512
-channels at 112x144-28x36 that reach more of the processor), each run three ways: diffice's conv2d op with
-DIFFICE_NO_WINOGRAD=1 (oneDNN's direct kernel; NCHW in and out, so its reorders count), PyTorch's conv2d on NCHW
-tensors, and PyTorch's conv2d on channels_last tensors (oneDNN's native layout on most CPUs: no reorders, the
-fastest a library offers here). A convolution's FLOPs are 2 * N * Co * Ho * Wo * Ci * KH * KW. diffice's default
-conv2d (Winograd F(4x4, 3x3) where it applies, csrc/ops/cpu_winograd.c: 64 or more channels and at least 160 4x4
-tiles per image; elsewhere it is the direct kernel) is shown beside them in the same unit: the direct
-convolution's FLOPs per second ("effective"), though its products make 4x fewer multiplications.
+channels at 112x144-28x36 that reach more of the processor), each run four ways: diffice's conv2d op with
+DIFFICE_NO_WINOGRAD=1 (oneDNN's direct kernel) on NCHW arrays (its reorders count) and on channels-last ones (NHWC
+in and out, as the UNet runs it: no reorders), PyTorch's conv2d on NCHW tensors, and PyTorch's conv2d on
+channels_last tensors (oneDNN's native layout on most CPUs). A convolution's FLOPs are
+2 * N * Co * Ho * Wo * Ci * KH * KW. diffice's default conv2d (Winograd F(4x4, 3x3) where it applies,
+csrc/ops/cpu_winograd.c: 64 or more channels and at least 160 4x4 tiles per image; elsewhere it is the direct
+kernel) is shown beside them in the same unit: the direct convolution's FLOPs per second ("effective"), though its
+products make 4x fewer multiplications.
 
 The UNet's FLOPs per image are counted by PyTorch's FlopCounterMode on guided-diffusion's UNetModel (convolutions
 and matrix products; the norms and elementwise ops are not counted), so "% of the machine" is the share of the
@@ -49,7 +50,7 @@ CONV_SHAPES = [
     (384, 56, 72),
     (512, 28, 36),
 ]
-IMPLS = ("diffice", "diffice-direct", "torch", "torch-channels-last")
+IMPLS = ("diffice", "diffice-direct", "diffice-direct-nhwc", "torch", "torch-channels-last")
 
 
 def conv_flops(channels: int, h: int, w: int) -> float:
@@ -63,11 +64,14 @@ def conv_worker(impl: str, channels: int, h: int, w: int, repeats: int, threads:
     x = rng.standard_normal((1, channels, h, w)).astype(np.float32)
     weight = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
     if impl.startswith("diffice"):
-        if impl == "diffice-direct":
+        if impl.startswith("diffice-direct"):
             os.environ["DIFFICE_NO_WINOGRAD"] = "1"  # read by the C core at each call
         sys.path.insert(0, str(ROOT))
         from diffice.ops import conv2d
 
+        if impl == "diffice-direct-nhwc":
+            x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            return timed_calls(lambda: conv2d(x_nhwc, weight, padding=1, x_layout="nhwc", y_layout="nhwc"), repeats)
         return timed_calls(lambda: conv2d(x, weight, padding=1), repeats)
     import torch
 
@@ -128,9 +132,9 @@ def main() -> None:
     print(f"machine: {cpu_name()}; threads {args.threads}\n")
     print(
         "| 3x3 conv, batch 1 | GFLOP | diffice (default) effective GFLOP/s | diffice direct GFLOP/s | "
-        "torch NCHW GFLOP/s | torch channels_last GFLOP/s |"
+        "diffice direct NHWC GFLOP/s | torch NCHW GFLOP/s | torch channels_last GFLOP/s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     best = 0.0
     for c, h, w in CONV_SHAPES:
         flops = conv_flops(c, h, w)

@@ -17,22 +17,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import timed_calls  # noqa: E402
 
 SIZES = [(28, 36), (36, 44), (44, 56), (48, 64), (56, 72), (112, 144), (224, 288)]
 
 
 def tiles(h: int, w: int) -> int:
     return ((h + 3) // 4) * ((w + 3) // 4)
-
-
-def default_is_winograd(channels: int, h: int, w: int) -> bool:
-    return channels >= 64 and tiles(h, w) >= 160
 
 
 def with_env(name: str, run):
@@ -44,13 +41,7 @@ def with_env(name: str, run):
 
 
 def best_seconds(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timed_calls(run, repeats)["times"])
 
 
 def reference_error(x: np.ndarray, weight: np.ndarray, y: np.ndarray) -> float:
@@ -91,7 +82,8 @@ def main() -> None:
 
             direct = with_env("DIFFICE_NO_WINOGRAD", lambda: best_seconds(conv, args.repeats))
             winograd = with_env("DIFFICE_WINOGRAD_ALWAYS", lambda: best_seconds(conv, args.repeats))
-            picked = "Winograd" if default_is_winograd(channels, h, w) else "direct"
+            # the rule's choice, read from the bits: the default's result is the direct kernel's or not
+            picked = "direct" if np.array_equal(conv(), with_env("DIFFICE_NO_WINOGRAD", conv)) else "Winograd"
             print(
                 f"| {channels} | {h}x{w} | {tiles(h, w)} | {1e3 * direct:.2f} | {1e3 * winograd:.2f} | "
                 f"{winograd / direct:.2f} | {picked} |",
