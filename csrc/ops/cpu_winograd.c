@@ -13,9 +13,9 @@
  * transform plus bias into y, NCHW or NHWC. The weights' transform U = G g G^T is made once per call. An NCHW x
  * goes image by image through an NHWC copy (the reorder oneDNN's direct kernel would make as well).
  *
- * Accuracy: the interpolation points are 0, 1, -1, 1/2, -2 (and infinity) rather than Lavin and Gray's 0, +-1,
- * +-2, which give about 3x less rounding error in fp32 (Barabasz et al., "Error analysis and improving the accuracy
- * of Winograd convolution for deep neural networks", 2020); G's weights are transformed in double and rounded once.
+ * Accuracy: the interpolation points 0, 1, -1, 1/2, -2 (and infinity) give about 3x less rounding error in fp32
+ * than Lavin and Gray's 0, +-1, +-2 (Barabasz et al., "Error analysis and improving the accuracy of Winograd
+ * convolution for deep neural networks", 2020); the weights' transform is computed in double and rounded once.
  * With 64-512 channels the error is 2-5e-6 of the output's scale against 0.9-2.2e-6 for the direct kernel
  * (benchmarks/winograd.py; tests/test_ops_conv.py holds both to 1e-5 of PyTorch in float64). */
 #include <stdlib.h>
@@ -42,8 +42,8 @@ static int64_t block_cap(int64_t ci_n, int64_t co_n)
  * and out (thinner matrix products cost more than the direct kernel: 1.2-1.8x its time at 32 channels, about the
  * same at 48) and at least 160 tiles per image (28x36, 63 tiles: 1.2-1.5x the direct kernel's time, the transforms
  * and the packing of U for each product do not pay; 44x56, 154 tiles: 0.75-1.0x; from 48x64, 192 tiles:
- * 0.6-0.95x). The choice
- * follows from one image's shape: the path, and so the rounding, must not depend on the batch.
+ * 0.6-0.95x). The choice follows from one image's shape: the path, and so the rounding, must not depend on the
+ * batch.
  * DIFFICE_WINOGRAD_ALWAYS=1 takes Winograd wherever the geometry allows, to measure where it pays
  * (benchmarks/winograd.py); DIFFICE_NO_WINOGRAD=1 never. Both are read at each call, so a run can compare the
  * kernels in one process. */
