@@ -82,8 +82,9 @@ def main() -> None:
 
             direct = with_env("DIFFICE_NO_WINOGRAD", lambda: best_seconds(conv, args.repeats))
             winograd = with_env("DIFFICE_WINOGRAD_ALWAYS", lambda: best_seconds(conv, args.repeats))
+            direct_y = with_env("DIFFICE_NO_WINOGRAD", conv)
             # the rule's choice, read from the bits: the default's result is the direct kernel's or not
-            picked = "direct" if np.array_equal(conv(), with_env("DIFFICE_NO_WINOGRAD", conv)) else "Winograd"
+            picked = "direct" if np.array_equal(conv(), direct_y) else "Winograd"
             print(
                 f"| {channels} | {h}x{w} | {tiles(h, w)} | {1e3 * direct:.2f} | {1e3 * winograd:.2f} | "
                 f"{winograd / direct:.2f} | {picked} |",
@@ -93,7 +94,7 @@ def main() -> None:
                 errors.append(
                     (
                         channels,
-                        reference_error(x, weight, with_env("DIFFICE_NO_WINOGRAD", conv)),
+                        reference_error(x, weight, direct_y),
                         reference_error(x, weight, with_env("DIFFICE_WINOGRAD_ALWAYS", conv)),
                     )
                 )

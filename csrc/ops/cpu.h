@@ -31,7 +31,8 @@ dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_erro
 
 /* Winograd F(4x4, 3x3) convolutions (cpu_winograd.c) of x (N, Ci, H, W) into y (N, Co, H, W): whether a
  * convolution takes that path (3x3, stride 1, padding 1, 64 or more channels in and out, at least 160 4x4 tiles per
- * image, DIFFICE_NO_WINOGRAD unset), and the convolution, in the backend's workspace. weight is (Co, Ci, 3, 3), or
+ * image - any size and channel count with DIFFICE_WINOGRAD_ALWAYS set -, DIFFICE_NO_WINOGRAD unset), and the
+ * convolution, in the backend's workspace. weight is (Co, Ci, 3, 3), or
  * (Ci, Co, 3, 3) with transposed = 1: the input gradient dx = y of dy = x. */
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p);
 dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, int transposed,
