@@ -65,52 +65,88 @@ int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const df
  * convolution computed: weight[o, i] for a forward one; for the input gradient (transposed), weight[i, o] turned by
  * 180 degrees (dx = dy correlated with the flipped kernels). weight is (w_out, w_in, 3, 3).
  * G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1]. */
-static void g_times(const double g[3], double out[6])
+/* out[r * out_stride + o] = (G g)[r] for o < n, g = (g0[o], g1[o], g2[o]): one column or row of n kernels. A loop
+ * over kernels with a pointer per value, which gcc vectorises (one kernel at a time, 9 loads 9 floats apart,
+ * stayed scalar). */
+static inline void g_step(const double *restrict g0, const double *restrict g1, const double *restrict g2,
+                          double *restrict out, int64_t out_stride, int64_t n)
 {
-    out[0] = g[0];
-    out[1] = (g[0] + g[1] + g[2]) / 3;
-    out[2] = (g[1] - g[0] - g[2]) / 3;
-    out[3] = -(16 * g[0] + 8 * g[1] + 4 * g[2]) / 15;
-    out[4] = (g[0] - 2 * g[1] + 4 * g[2]) / 15;
-    out[5] = g[2];
+#pragma GCC ivdep
+    for (int64_t o = 0; o < n; o++) {
+        out[o] = g0[o];
+        out[out_stride + o] = (g0[o] + g1[o] + g2[o]) / 3;
+        out[2 * out_stride + o] = (g1[o] - g0[o] - g2[o]) / 3;
+        out[3 * out_stride + o] = -(16 * g0[o] + 8 * g1[o] + 4 * g2[o]) / 15;
+        out[4 * out_stride + o] = (g0[o] - 2 * g1[o] + 4 * g2[o]) / 15;
+        out[5 * out_stride + o] = g2[o];
+    }
 }
 
-static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, int threads)
+/* U's rows for input channel i from taps[k * co_n + o] = tap k of the kernel from i to output channel o;
+ * t (18 co_n) and rows (6 co_n) are scratch */
+DFC_VECTOR_CLONES
+static void transform_kernels(const double *taps, int64_t ci_n, int64_t co_n, int64_t i, double *t, double *rows,
+                              float *u)
+{
+    for (int c = 0; c < 3; c++) /* columns: t[3 r + c] = (G g[., c])[r] */
+        g_step(taps + c * co_n, taps + (3 + c) * co_n, taps + (6 + c) * co_n, t + c * co_n, 3 * co_n, co_n);
+    for (int r = 0; r < 6; r++) { /* rows: U[6 r + c] = (t[r, .] G^T)[c], rounded once */
+        g_step(t + 3 * r * co_n, t + (3 * r + 1) * co_n, t + (3 * r + 2) * co_n, rows, co_n, co_n);
+        for (int c = 0; c < 6; c++) {
+            float *dst = u + ((int64_t)(6 * r + c) * ci_n + i) * co_n;
+            for (int64_t o = 0; o < co_n; o++)
+                dst[o] = (float)rows[c * co_n + o];
+        }
+    }
+}
+
+/* scratch: 33 co_n doubles per thread */
+static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, double *scratch,
+                              int threads)
 {
     const int64_t ci_n = transposed ? w_out : w_in, co_n = transposed ? w_in : w_out;
-    /* o innermost: each of U's 36 planes is written in runs along its rows (with i innermost every store would
-     * land on a line of its own, 36 lines per kernel) */
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < ci_n; i++)
-        for (int64_t o = 0; o < co_n; o++) {
-            const float *kernel = transposed ? w + (i * w_in + o) * 9 : w + (o * w_in + i) * 9;
-            double g[9], t[6][3], column[6], row[6]; /* t = G g, column by column; then each row times G^T */
-            for (int k = 0; k < 9; k++)
-                g[k] = kernel[transposed ? 8 - k : k];
-            for (int c = 0; c < 3; c++) {
-                g_times((const double[3]){g[c], g[3 + c], g[6 + c]}, column);
-                for (int r = 0; r < 6; r++)
-                    t[r][c] = column[r];
+    /* per input channel, its kernels' taps gathered tap-major (o innermost: U's 36 planes are then written in runs
+     * along their rows) */
+#pragma omp parallel num_threads(threads)
+    {
+        double *taps = scratch;
+#ifdef _OPENMP
+        taps += omp_get_thread_num() * 33 * co_n;
+#endif
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < ci_n; i++) {
+            for (int64_t o = 0; o < co_n; o++) {
+                const float *kernel = transposed ? w + (i * w_in + o) * 9 : w + (o * w_in + i) * 9;
+                for (int k = 0; k < 9; k++)
+                    taps[k * co_n + o] = kernel[transposed ? 8 - k : k];
             }
-            for (int r = 0; r < 6; r++) {
-                g_times(t[r], row);
-                for (int c = 0; c < 6; c++)
-                    u[((int64_t)(6 * r + c) * ci_n + i) * co_n + o] = (float)row[c];
-            }
+            transform_kernels(taps, ci_n, co_n, i, taps + 9 * co_n, taps + 27 * co_n, u);
         }
+    }
 }
 
 /* V[xi][k][ci] = (B^T d B)[i][j] for tile k of the block, d its 6x6 input patch (zero outside the image),
  * xi = 6 i + j, B^T = [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0; 0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0;
- * 0 1 -3/2 -2 3/2 1]. */
-static inline void bt_times(const float d[6], float out[6])
+ * 0 1 -3/2 -2 3/2 1].
+ * The transforms run as loops over channels, each step (six values to six, or to four) one loop with a pointer
+ * per value: gcc vectorises these, where a loop over channels around the whole 6x6 transform (36 temporaries per
+ * channel) stayed scalar. Same operations in the same order per value, so the same bits. */
+#define TRANSFORM_CHANNELS 64 /* channels per pass: the 36 intermediate rows (9 KB) stay in L1 */
+
+/* out[r * out_stride + i] = (B^T d)[r] for i < n, d = (d0[i], ..., d5[i]) */
+static inline void bt_step(const float *restrict d0, const float *restrict d1, const float *restrict d2,
+                           const float *restrict d3, const float *restrict d4, const float *restrict d5,
+                           float *restrict out, int64_t out_stride, int64_t n)
 {
-    out[0] = d[0] + d[4] - 2.0f * d[2] + 1.5f * (d[3] - d[1]);
-    out[1] = d[4] - d[1] + 0.5f * d[2] + 2.5f * d[3];
-    out[2] = d[1] + d[4] - 2.5f * d[2] + 0.5f * d[3];
-    out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
-    out[4] = d[4] - d[2] + 0.5f * (d[1] - d[3]);
-    out[5] = d[1] + d[5] - 2.0f * d[3] + 1.5f * (d[4] - d[2]);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = d0[i] + d4[i] - 2.0f * d2[i] + 1.5f * (d3[i] - d1[i]);
+        out[out_stride + i] = d4[i] - d1[i] + 0.5f * d2[i] + 2.5f * d3[i];
+        out[2 * out_stride + i] = d1[i] + d4[i] - 2.5f * d2[i] + 0.5f * d3[i];
+        out[3 * out_stride + i] = d4[i] - d2[i] + 2.0f * (d3[i] - d1[i]);
+        out[4 * out_stride + i] = d4[i] - d2[i] + 0.5f * (d1[i] - d3[i]);
+        out[5 * out_stride + i] = d1[i] + d5[i] - 2.0f * d3[i] + 1.5f * (d4[i] - d2[i]);
+    }
 }
 
 DFC_VECTOR_CLONES
@@ -118,6 +154,8 @@ static void transform_input(const float *xi, int64_t h, int64_t w, int64_t ci_n,
                             int64_t count, int64_t cap, const float *zeros, float *v)
 {
     const int64_t plane = cap * ci_n; /* V's stride between the 36 matrices */
+    float t[36 * TRANSFORM_CHANNELS]; /* t = B^T d: t[(6 r + c) * TRANSFORM_CHANNELS + channel] */
+    const int64_t tn = TRANSFORM_CHANNELS;
     for (int64_t k = 0; k < count; k++) {
         const int64_t tile = t0 + k, y0 = (tile / tiles_w) * 4 - 1, x0 = (tile % tiles_w) * 4 - 1;
         const float *d[6][6];
@@ -126,21 +164,16 @@ static void transform_input(const float *xi, int64_t h, int64_t w, int64_t ci_n,
                 const int64_t yy = y0 + r, xx = x0 + c;
                 d[r][c] = yy >= 0 && yy < h && xx >= 0 && xx < w ? xi + (yy * w + xx) * ci_n : zeros;
             }
-        float *out = v + k * ci_n;
-#pragma omp simd
-        for (int64_t ci = 0; ci < ci_n; ci++) {
-            float t[6][6], column[6], row[6]; /* t = B^T d, column by column; then each row times B */
-            for (int c = 0; c < 6; c++) {
-                for (int r = 0; r < 6; r++)
-                    column[r] = d[r][c][ci];
-                bt_times(column, row);
-                for (int r = 0; r < 6; r++)
-                    t[r][c] = row[r];
-            }
-            for (int r = 0; r < 6; r++) {
-                bt_times(t[r], row);
-                for (int c = 0; c < 6; c++)
-                    out[(6 * r + c) * plane + ci] = row[c];
+        for (int64_t c0 = 0; c0 < ci_n; c0 += tn) {
+            const int64_t n = ci_n - c0 < tn ? ci_n - c0 : tn;
+            for (int c = 0; c < 6; c++) /* columns: t[., c] = B^T d[., c] */
+                bt_step(d[0][c] + c0, d[1][c] + c0, d[2][c] + c0, d[3][c] + c0, d[4][c] + c0, d[5][c] + c0, t + c * tn,
+                        6 * tn, n);
+            float *out = v + k * ci_n + c0;
+            for (int r = 0; r < 6; r++) { /* rows: V[6 r + .] = t[r, .] B */
+                const float *row = t + 6 * r * tn;
+                bt_step(row, row + tn, row + 2 * tn, row + 3 * tn, row + 4 * tn, row + 5 * tn, out + 6 * r * plane,
+                        plane, n);
             }
         }
     }
@@ -149,37 +182,44 @@ static void transform_input(const float *xi, int64_t h, int64_t w, int64_t ci_n,
 /* y's 4x4 block of each tile = A^T s A + bias, s[xi] = M[xi][k][co],
  * A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1]. First into pixels: 4 rows of 4 count pixels
  * (the block's tiles side by side), each pixel's channels contiguous; then into y (store_block). */
-static inline void at_times(const float s[6], float out[4])
+
+/* out[r * out_stride + i] = (A^T s)[r] + add[i] for i < n, s = (s0[i], ..., s5[i]); add is the bias or zeros
+ * (one loop for both: with `bias ? bias[i] : 0` gcc makes a masked load, which took 3/4 of the time on AMD) */
+static inline void at_step(const float *restrict s0, const float *restrict s1, const float *restrict s2,
+                           const float *restrict s3, const float *restrict s4, const float *restrict s5,
+                           const float *restrict add, float *restrict out, int64_t out_stride, int64_t n)
 {
-    const float plus = s[1] + s[2], minus = s[1] - s[2];
-    out[0] = s[0] + plus + s[3] + s[4];
-    out[1] = minus + 0.5f * s[3] - 2.0f * s[4];
-    out[2] = plus + 0.25f * s[3] + 4.0f * s[4];
-    out[3] = minus + 0.125f * s[3] - 8.0f * s[4] + s[5];
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; i++) {
+        const float plus = s1[i] + s2[i], minus = s1[i] - s2[i];
+        out[i] = (s0[i] + plus + s3[i] + s4[i]) + add[i];
+        out[out_stride + i] = (minus + 0.5f * s3[i] - 2.0f * s4[i]) + add[i];
+        out[2 * out_stride + i] = (plus + 0.25f * s3[i] + 4.0f * s4[i]) + add[i];
+        out[3 * out_stride + i] = (minus + 0.125f * s3[i] - 8.0f * s4[i] + s5[i]) + add[i];
+    }
 }
 
+/* bias: co_n values or NULL; zeros: co_n zeros */
 DFC_VECTOR_CLONES
-static void transform_output(const float *s, const float *bias, int64_t co_n, int64_t count, int64_t cap, float *pixels)
+static void transform_output(const float *s, const float *bias, const float *zeros, int64_t co_n, int64_t count,
+                             int64_t cap, float *pixels)
 {
     const int64_t plane = cap * co_n, row_floats = 4 * count * co_n;
+    float t[24 * TRANSFORM_CHANNELS]; /* t = A^T s: t[(6 r + c) * TRANSFORM_CHANNELS + channel], r < 4 */
+    const int64_t tn = TRANSFORM_CHANNELS;
     for (int64_t k = 0; k < count; k++) {
-        const float *in = s + k * co_n;
-        float *out = pixels + 4 * k * co_n;
-#pragma omp simd
-        for (int64_t co = 0; co < co_n; co++) {
-            float t[4][6], column[6], row[4]; /* t = A^T s, column by column; then each row times A */
-            for (int c = 0; c < 6; c++) {
-                for (int r = 0; r < 6; r++)
-                    column[r] = in[(6 * r + c) * plane + co];
-                at_times(column, row);
-                for (int r = 0; r < 4; r++)
-                    t[r][c] = row[r];
-            }
-            const float b = bias ? bias[co] : 0.0f;
-            for (int r = 0; r < 4; r++) {
-                at_times(t[r], row);
-                for (int c = 0; c < 4; c++)
-                    out[r * row_floats + c * co_n + co] = row[c] + b;
+        for (int64_t c0 = 0; c0 < co_n; c0 += tn) {
+            const int64_t n = co_n - c0 < tn ? co_n - c0 : tn;
+            const float *in = s + k * co_n + c0;
+            for (int c = 0; c < 6; c++) /* columns: t[., c] = A^T s[., c] */
+                at_step(in + c * plane, in + (6 + c) * plane, in + (12 + c) * plane, in + (18 + c) * plane,
+                        in + (24 + c) * plane, in + (30 + c) * plane, zeros, t + c * tn, 6 * tn, n);
+            const float *add = (bias ? bias : zeros) + c0;
+            float *out = pixels + 4 * k * co_n + c0;
+            for (int r = 0; r < 4; r++) { /* rows: pixels of row r = t[r, .] A + bias */
+                const float *row = t + 6 * r * tn;
+                at_step(row, row + tn, row + 2 * tn, row + 3 * tn, row + 4 * tn, row + 5 * tn, add,
+                        out + r * row_floats, co_n, n);
             }
         }
     }
@@ -216,7 +256,7 @@ static void store_block(const float *pixels, int64_t h, int64_t w, int64_t co_n,
 static int64_t thread_floats_of(int64_t ci_n, int64_t co_n)
 {
     const int64_t cap = block_cap(ci_n, co_n);
-    return 36 * cap * (ci_n + co_n) + 16 * cap * co_n + ci_n;
+    return 36 * cap * (ci_n + co_n) + 16 * cap * co_n + (ci_n > co_n ? ci_n : co_n); /* V, M, pixels, zeros */
 }
 
 /* image (C, P) -> out (P, C), in blocks that keep both sides' lines in cache. */
@@ -258,7 +298,7 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
 #endif
         float *v = per_thread + tid * thread_floats, *m = v + 36 * cap * ci_n;
         float *pixels = m + 36 * cap * co_n, *zeros = pixels + 16 * cap * co_n;
-        memset(zeros, 0, (size_t)ci_n * sizeof *zeros);
+        memset(zeros, 0, (size_t)(ci_n > co_n ? ci_n : co_n) * sizeof *zeros);
 #pragma omp for schedule(dynamic)
         for (int64_t job = 0; job < count_images * blocks; job++) {
             const int64_t b = job / blocks, t0 = (job % blocks) * block_tiles;
@@ -270,7 +310,7 @@ static int winograd_images(const float *xs, int64_t first, int64_t count_images,
 #pragma omp atomic write
                     failed = 1;
                 }
-            transform_output(m, bias, co_n, count, cap, pixels);
+            transform_output(m, bias, zeros, co_n, count, cap, pixels);
             store_block(pixels, h, w, co_n, tiles_w, t0, count, y_nhwc, ys + (first + b) * h * w * co_n);
         }
     }
@@ -289,7 +329,9 @@ dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_t
         be, (size_t)(36 * ci_n * co_n + threads * thread_floats_of(ci_n, co_n) + copy_floats) * sizeof(float), &scratch,
         err));
     float *u = scratch, *per_thread = u + 36 * ci_n * co_n;
-    transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, threads);
+    /* the weights' transform works in the threads' block buffers (33 co_n doubles each), unused until the blocks
+     * start */
+    transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, (double *)per_thread, threads);
     const float *bs = bias ? bias->data : NULL;
     int failed = 0;
     if (x_nhwc) {
