@@ -11,7 +11,7 @@ DIFFICE_NO_WINOGRAD=1 (oneDNN's direct kernel) on NCHW arrays (its reorders coun
 in and out, as the UNet runs it: no reorders), PyTorch's conv2d on NCHW tensors, and PyTorch's conv2d on
 channels_last tensors (oneDNN's native layout on most CPUs). A convolution's FLOPs are
 2 * N * Co * Ho * Wo * Ci * KH * KW. diffice's default conv2d (Winograd F(4x4, 3x3) where it applies,
-csrc/ops/cpu_winograd.c: 64 or more channels and at least 160 4x4 tiles per image; elsewhere it is the direct
+csrc/ops/cpu_winograd.c: 32 or more channels and at least 60 4x4 tiles per image; elsewhere it is the direct
 kernel) is shown beside them in the same unit: the direct convolution's FLOPs per second ("effective"), though its
 products make 4x fewer multiplications.
 

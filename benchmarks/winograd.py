@@ -1,15 +1,16 @@
 """Where Winograd F(4x4, 3x3) pays on this machine: diffice's 3x3 / stride 1 / padding 1 convolution over a grid
 of channel counts and image sizes, timed with oneDNN's direct kernel (DIFFICE_NO_WINOGRAD=1) and with the
 Winograd kernel forced (DIFFICE_WINOGRAD_ALWAYS=1, wherever the geometry allows it), and which one diffice's
-default rule picks (csrc/ops/cpu_winograd.c: 64 or more channels in and out, at least 160 4x4 tiles per image).
+default rule picks (csrc/ops/cpu_winograd.c: 32 or more channels in and out, at least 60 4x4 tiles per image).
 
     python benchmarks/winograd.py                      # all cores, batch 1
     python benchmarks/winograd.py --threads 2 --repeats 9 --channels 32 64 128
+    python benchmarks/winograd.py --batch 4 --sizes 7x9 14x18 28x36   # the small UNet's lower levels, batch 4
 
-Batch 1, channels-last input and output (the UNet's layout between its norms and convolutions), as many input as
-output channels, the minimum of `--repeats` calls after a warm-up; both variants alternate in one process (the
-switches are read at each call). Also prints each variant's error against a float64 convolution (max |error| /
-max |reference|) for the first image size of each channel count.
+Batch 1 unless `--batch`, channels-last input and output (the UNet's layout between its norms and convolutions), as
+many input as output channels, the minimum of `--repeats` calls after a warm-up; both variants alternate in one
+process (the switches are read at each call). Also prints each variant's error against a float64 convolution
+(max |error| / max |reference|) for the first image size of each channel count.
 """
 
 from __future__ import annotations
@@ -60,21 +61,24 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 48, 64, 96, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], help="images, HxW")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--max-mb", type=float, default=40.0, help="skip inputs larger than this (MB)")
     args = parser.parse_args()
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes]
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     from diffice.ops import conv2d
 
-    print(f"threads: {args.threads}; batch 1, NHWC in and out, minimum of {args.repeats} calls\n")
+    print(f"threads: {args.threads}; batch {args.batch}, NHWC in and out, minimum of {args.repeats} calls\n")
     print("| channels | image | 4x4 tiles | direct ms | Winograd ms | Winograd / direct | default |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     errors = []
     for channels in args.channels:
-        for n, (h, w) in enumerate(SIZES):
-            if channels * h * w * 4 / 1e6 > args.max_mb:
+        for n, (h, w) in enumerate(sizes):
+            if args.batch * channels * h * w * 4 / 1e6 > args.max_mb:
                 continue
-            x = rng.standard_normal((1, h, w, channels)).astype(np.float32)
+            x = rng.standard_normal((args.batch, h, w, channels)).astype(np.float32)
             weight = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
 
             def conv(x=x, weight=weight):

@@ -29,7 +29,7 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str], object]]
     per_channel, per_sample_channel, dy_attention = r(7), r(3, 7, 1, 1), r(2, 64, 35)
     scale_shift = r(3, 14)
     gn_add, gn_ss = r(3, 64), r(3, 128)
-    # cpu: Winograd from 64 channels and 160 4x4 tiles per image (here 12 x 15)
+    # cpu: Winograd from 32 channels and 60 4x4 tiles per image (here 12 x 15)
     x_nhwc, w_winograd, b_winograd = r(2, 45, 59, 64), r(67, 64, 3, 3), r(67)
     grad = r(*x.shape)
     # network ops (issue 15, netops)

@@ -50,8 +50,10 @@ def test_demo_phantoms_are_non_standard_planes():
 
 
 def _png(path):
+    """An 8-bit PNG in [-1, 1], rounded as diffice.data.load_image rounds it (v / 255 * 2 - 1 in float64, then
+    float32): the oracle then sees the demo's very inputs (a 1-ulp difference moved its scores by 1e-6)."""
     with Image.open(path) as im:
-        return np.asarray(im, dtype=np.float32)[None, None] / 127.5 - 1.0
+        return (np.asarray(im, dtype=np.float64)[None, None] / 255.0 * 2.0 - 1.0).astype(np.float32)
 
 
 def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):

@@ -189,8 +189,8 @@ def _direct(monkeypatch, conv, *args, **kwargs):
 @pytest.mark.parametrize("y_layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_winograd_3x3_convolutions(rng, monkeypatch, y_layout, with_bias):
-    """The cpu backend's 3x3 / stride 1 / padding 1 convolutions with 64 or more channels in and out and at least
-    160 4x4 tiles per image run as Winograd F(4x4, 3x3) (csrc/ops/cpu_winograd.c): heights and widths off the
+    """The cpu backend's 3x3 / stride 1 / padding 1 convolutions with 32 or more channels in and out and at least
+    60 4x4 tiles per image run as Winograd F(4x4, 3x3) (csrc/ops/cpu_winograd.c): heights and widths off the
     tile (the last tiles stick out of the image by 1-3 pixels), batches, channel counts off the vector width,
     several blocks per image, a deep sum (Ci = 150), NCHW or NHWC output. Against PyTorch in float64 at the op
     tolerance, and not bit for bit the direct convolution (DIFFICE_NO_WINOGRAD=1), so the Winograd path is the
@@ -238,13 +238,13 @@ def test_winograd_input_gradient(rng, monkeypatch):
 
 
 def test_winograd_runs_only_where_it_pays(rng, monkeypatch):
-    """Winograd takes a 3x3 / stride 1 / padding 1 convolution with 64 or more channels in and out and 160 or more
+    """Winograd takes a 3x3 / stride 1 / padding 1 convolution with 32 or more channels in and out and 60 or more
     4x4 tiles per image; any other runs the direct kernel, to the bit (csrc/ops/cpu_winograd.c says why)."""
     cases = [  # (ci, co, h, w, stride, Winograd?)
-        (64, 64, 45, 56, 1, True),  # 12 x 14 = 168 tiles
-        (64, 64, 44, 56, 1, False),  # 11 x 14 = 154
-        (63, 96, 90, 90, 1, False),  # too few input channels
-        (96, 63, 90, 90, 1, False),  # too few output channels
+        (32, 32, 17, 48, 1, True),  # 5 x 12 = 60 tiles
+        (32, 32, 20, 44, 1, False),  # 5 x 11 = 55
+        (31, 96, 40, 40, 1, False),  # too few input channels
+        (96, 31, 40, 40, 1, False),  # too few output channels
         (64, 64, 90, 90, 2, False),  # strided
     ]
     for ci, co, h, w, stride, winograd in cases:

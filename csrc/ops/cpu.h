@@ -30,7 +30,7 @@ dfc_status dfc_dnnl_matmul(dfc_backend *be, int64_t batch, int64_t m, int64_t n,
 dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
 
 /* Winograd F(4x4, 3x3) convolutions (cpu_winograd.c) of x (N, Ci, H, W) into y (N, Co, H, W): whether a
- * convolution takes that path (3x3, stride 1, padding 1, 64 or more channels in and out, at least 160 4x4 tiles per
+ * convolution takes that path (3x3, stride 1, padding 1, 32 or more channels in and out, at least 60 4x4 tiles per
  * image - any size and channel count with DIFFICE_WINOGRAD_ALWAYS set -, DIFFICE_NO_WINOGRAD unset), and the
  * convolution, in the backend's workspace. weight is (Co, Ci, 3, 3), or
  * (Ci, Co, 3, 3) with transposed = 1: the input gradient dx = y of dy = x. */

@@ -30,24 +30,24 @@
 #include "cpu.h"
 #include "fast_math.h"
 
-/* Tiles per block: V (36 x tiles x Ci) and M (36 x tiles x Co) take about 8 MB per thread (they stay in the
- * last-level cache), between 64 and 1024 tiles (longer matrix products amortise oneDNN's packing of U). */
+/* Tiles per block: V (36 x tiles x Ci) and M (36 x tiles x Co) take about 2 MB per thread, between 64 and 1024
+ * tiles (longer matrix products amortise oneDNN's packing of U). 2 MB against 8 MB: 20-45% off at 32-128 channels
+ * and 224x288, the same at 256 (benchmarks/RESULTS.md, 2026-12-07). */
 static int64_t block_cap(int64_t ci_n, int64_t co_n)
 {
-    const int64_t cap = ((int64_t)8 << 20) / (36 * 4 * (ci_n + co_n));
+    const int64_t cap = ((int64_t)2 << 20) / (36 * 4 * (ci_n + co_n));
     return cap < 64 ? 64 : cap > 1024 ? 1024 : cap;
 }
 
-/* Where F(4x4) pays (benchmarks/winograd.py on 2 threads, batch 1; benchmarks/RESULTS.md): 64 or more channels in
- * and out (thinner matrix products cost more than the direct kernel: 1.2-1.8x its time at 32 channels, about the
- * same at 48) and at least 160 tiles per image (28x36, 63 tiles: 1.2-1.5x the direct kernel's time, the transforms
- * and the packing of U for each product do not pay; 44x56, 154 tiles: 0.75-1.0x; from 48x64, 192 tiles:
- * 0.6-0.95x). The choice follows from one image's shape: the path, and so the rounding, must not depend on the
- * batch.
+/* Where F(4x4) pays (benchmarks/winograd.py on 2 threads, batches 1 and 4; benchmarks/RESULTS.md, 2026-12-07):
+ * 32 or more channels in and out and at least 60 tiles per image (28x36, 63 tiles: 0.4-0.85x the direct kernel's
+ * time from 48 channels, 0.8-1.2x at 32; from 36x44, 99 tiles, 0.35-0.75x at 32-256 channels). Below: 16
+ * channels, 1.1-4x the direct kernel's time up to 112x144; 14x18 (20 tiles), 0.8-1.5x. The choice follows from one
+ * image's shape: the path, and so the rounding, must not depend on the batch.
  * DIFFICE_WINOGRAD_ALWAYS=1 takes Winograd wherever the geometry allows, to measure where it pays
  * (benchmarks/winograd.py); DIFFICE_NO_WINOGRAD=1 never. Both are read at each call, so a run can compare the
  * kernels in one process. */
-enum { MIN_CHANNELS = 64, MIN_TILES = 160 };
+enum { MIN_CHANNELS = 32, MIN_TILES = 60 };
 
 int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *y, dfc_conv2d_params p)
 {
