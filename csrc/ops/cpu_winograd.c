@@ -31,8 +31,8 @@
 #include "fast_math.h"
 
 /* Tiles per block: V (36 x tiles x Ci) and M (36 x tiles x Co) take about 2 MB per thread, between 64 and 1024
- * tiles (longer matrix products amortise oneDNN's packing of U). 2 MB against 8 MB: 20-45% off at 32-128 channels
- * and 224x288, the same at 256 (benchmarks/RESULTS.md, 2026-12-07). */
+ * tiles (longer matrix products amortise oneDNN's packing of U). 2 MB against 8 MB: 15-45% off at 32-128 channels
+ * and 224x288, about the same at 256 channels and 112x144 (benchmarks/RESULTS.md, 2026-12-07). */
 static int64_t block_cap(int64_t ci_n, int64_t co_n)
 {
     const int64_t cap = ((int64_t)2 << 20) / (36 * 4 * (ci_n + co_n));
