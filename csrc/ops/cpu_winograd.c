@@ -16,7 +16,7 @@
  * Accuracy: the interpolation points 0, 1, -1, 1/2, -2 (and infinity) give about 3x less rounding error in fp32
  * than Lavin and Gray's 0, +-1, +-2 (Barabasz et al., "Error analysis and improving the accuracy of Winograd
  * convolution for deep neural networks", 2020); the weights' transform is computed in double and rounded once.
- * With 64-512 channels the error is 2-5e-6 of the output's scale against 0.9-2.2e-6 for the direct kernel
+ * With 32-512 channels the error is 1.3-5e-6 of the output's scale against 0.5-2.2e-6 for the direct kernel
  * (benchmarks/winograd.py; tests/test_ops_conv.py holds both to 1e-5 of PyTorch in float64). */
 #include <stdlib.h>
 #include <string.h>
@@ -61,13 +61,9 @@ int dfc_winograd_applies(const dfc_tensor *x, const dfc_tensor *weight, const df
     return ci >= MIN_CHANNELS && co >= MIN_CHANNELS && ((h + 3) / 4) * ((w + 3) / 4) >= MIN_TILES;
 }
 
-/* U[xi][i][o] = (G g G^T)[r][c], xi = 6 r + c, g the 3x3 kernel from input channel i to output channel o of the
- * convolution computed: weight[o, i] for a forward one; for the input gradient (transposed), weight[i, o] turned by
- * 180 degrees (dx = dy correlated with the flipped kernels). weight is (w_out, w_in, 3, 3).
- * G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1]. */
-/* out[r * out_stride + o] = (G g)[r] for o < n, g = (g0[o], g1[o], g2[o]): one column or row of n kernels. A loop
- * over kernels with a pointer per value, which gcc vectorises (one kernel at a time, 9 loads 9 floats apart,
- * stayed scalar). */
+/* out[r * out_stride + o] = (G g)[r] for o < n, g = (g0[o], g1[o], g2[o]): one column or row of n kernels,
+ * G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1]. A loop over kernels with a
+ * pointer per value, which gcc vectorises (one kernel at a time, 9 loads 9 floats apart, stayed scalar). */
 static inline void g_step(const double *restrict g0, const double *restrict g1, const double *restrict g2,
                           double *restrict out, int64_t out_stride, int64_t n)
 {
@@ -81,6 +77,11 @@ static inline void g_step(const double *restrict g0, const double *restrict g1, 
         out[5 * out_stride + o] = g2[o];
     }
 }
+
+/* Per output channel, the weights' transform needs its 9 taps, t = G g (18 values) and one row of U (6), in
+ * double: co_n times this per thread. It fits in a thread's block buffers, which are at least 36 x 64 x co_n floats
+ * (block_cap) and unused until the blocks start. */
+enum { WEIGHT_SCRATCH_DOUBLES = 9 + 18 + 6 };
 
 /* U's rows for input channel i from taps[k * co_n + o] = tap k of the kernel from i to output channel o;
  * t (18 co_n) and rows (6 co_n) are scratch */
@@ -100,7 +101,10 @@ static void transform_kernels(const double *taps, int64_t ci_n, int64_t co_n, in
     }
 }
 
-/* scratch: 33 co_n doubles per thread */
+/* U[xi][i][o] = (G g G^T)[r][c], xi = 6 r + c, g the 3x3 kernel from input channel i to output channel o of the
+ * convolution computed: weight[o, i] for a forward one; for the input gradient (transposed), weight[i, o] turned by
+ * 180 degrees (dx = dy correlated with the flipped kernels). weight is (w_out, w_in, 3, 3); scratch holds
+ * WEIGHT_SCRATCH_DOUBLES co_n doubles per thread. */
 static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int transposed, float *u, double *scratch,
                               int threads)
 {
@@ -111,7 +115,7 @@ static void transform_weights(const float *w, int64_t w_out, int64_t w_in, int t
     {
         double *taps = scratch;
 #ifdef _OPENMP
-        taps += omp_get_thread_num() * 33 * co_n;
+        taps += omp_get_thread_num() * WEIGHT_SCRATCH_DOUBLES * co_n;
 #endif
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < ci_n; i++) {
@@ -329,8 +333,7 @@ dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_t
         be, (size_t)(36 * ci_n * co_n + threads * thread_floats_of(ci_n, co_n) + copy_floats) * sizeof(float), &scratch,
         err));
     float *u = scratch, *per_thread = u + 36 * ci_n * co_n;
-    /* the weights' transform works in the threads' block buffers (33 co_n doubles each), unused until the blocks
-     * start */
+    /* the block buffers are the weights' transform's scratch first (WEIGHT_SCRATCH_DOUBLES) */
     transform_weights(weight->data, weight->shape[0], weight->shape[1], transposed, u, (double *)per_thread, threads);
     const float *bs = bias ? bias->data : NULL;
     int failed = 0;
