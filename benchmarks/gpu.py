@@ -5,8 +5,9 @@ steps respaced to 400, tau = 120, batch 10, one lambda_c value (so every method 
 iteration; random weights measure the work, not the explanations).
 
 Each method runs in its own process (its own peak GPU memory): PyTorch eager (benchmarks/torch_sampler.py, as a
-researcher writes it) with PyTorch's defaults (cuDNN convolutions in TF32) and, for Diff-ICE_1, with TF32 off (fp32
-throughout), and diffice's CUDA backend (`backend="cuda"`, fp32 parity mode: TF32 off) on the same networks.
+researcher writes it) with TF32 on (cuDNN's default) and diffice's CUDA backend (`backend="cuda"`, fp32 parity mode)
+on the same networks; for Diff-ICE_1 also the other precisions of each: fp32 (TF32 off), tf32, and bf16 (PyTorch:
+`torch.autocast(dtype=torch.bfloat16)` around the sampler; diffice: `precision="bf16"`).
 
 DiME's nested loop costs tau guided steps plus tau (tau - 1) / 2 unguided UNet forwards; it is timed at a smaller
 --dime-tau and, separately, the cost at tau is estimated from the measured guided-step and UNet-forward times
@@ -152,15 +153,17 @@ def diffice_worker(config: str, method: str, batch: int, tau: int, device: str, 
     return dict(seconds=seconds, arena_gb=res.peak_bytes / 1e9)
 
 
-def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int, device: str) -> dict:
+def worker(impl: str, config: str, method: str, batch: int, tau: int, precision: str, device: str) -> dict:
     if impl == "diffice":
-        return diffice_worker(config, method, batch, tau, device, "tf32" if tf32 else "fp32")
+        return diffice_worker(config, method, batch, tau, device, precision)
     import torch
     from torch_sampler import TorchDiffusion, explain
 
-    torch.backends.cudnn.allow_tf32 = bool(tf32)
-    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     cuda = device.startswith("cuda")
+    # bf16: convolutions and matrix products on bf16 (autocast's list), everything else fp32, as diffice's bf16
+    autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     unet, clf, perc = build_torch(config, device)
     diffusion = TorchDiffusion(1000, 400, device=device)
     size = CONFIGS[config]["size"]
@@ -188,24 +191,26 @@ def worker(impl: str, config: str, method: str, batch: int, tau: int, tf32: int,
     else:
         kind, iterations = METHODS[method]
         # warm-up: cuDNN/cuBLAS handles and kernels, the allocator's pools (two steps of the same method)
-        explain(unet, diffusion, clf, perc, x, 1, iterations=1, tau=2, lambdas=(60.0,), lambda_p=30.0, method=kind)
+        with autocast:
+            explain(unet, diffusion, clf, perc, x, 1, iterations=1, tau=2, lambdas=(60.0,), lambda_p=30.0, method=kind)
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = explain(
-            unet,
-            diffusion,
-            clf,
-            perc,
-            x,
-            1,
-            iterations=iterations,
-            tau=tau,
-            lambdas=(60.0,),
-            lambda_p=30.0,
-            method=kind,
-        )
+        with autocast:
+            out = explain(
+                unet,
+                diffusion,
+                clf,
+                perc,
+                x,
+                1,
+                iterations=iterations,
+                tau=tau,
+                lambdas=(60.0,),
+                lambda_p=30.0,
+                method=kind,
+            )
         sync()
         seconds = time.perf_counter() - t0
         if not torch.isfinite(out[-1]).all():
@@ -227,8 +232,8 @@ def measure(*args) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        impl, config, method, batch, tau, tf32, device = sys.argv[2:9]
-        print(json.dumps(worker(impl, config, method, int(batch), int(tau), int(tf32), device)))
+        impl, config, method, batch, tau, precision, device = sys.argv[2:9]
+        print(json.dumps(worker(impl, config, method, int(batch), int(tau), precision, device)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="paper", choices=sorted(CONFIGS))
@@ -239,22 +244,27 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=["diff-ice-1", "diff-ice-1-xt", "dime", "diff-ice"], choices=list(METHODS)
     )
-    parser.add_argument("--no-fp32", dest="fp32", action="store_false", help="skip the Diff-ICE_1 row with TF32 off")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "tf32", "bf16"],
+        choices=["fp32", "tf32", "bf16"],
+        help="Diff-ICE_1's rows of each implementation (the other methods: diffice fp32, PyTorch tf32)",
+    )
     parser.add_argument("--jsonl", type=Path, help="append each row here as soon as it is measured")
     parser.add_argument("--no-diffice", action="store_true", help="PyTorch rows only")
     args = parser.parse_args()
 
     plan = []
     for m in args.methods:
-        if not args.no_diffice:
-            plan.append(("diffice", m, args.dime_tau if m == "dime" else args.tau, 0))
-            if m == "diff-ice-1":
-                plan.append(("diffice", m, args.tau, 1))
-        plan.append(("torch", m, args.dime_tau if m == "dime" else args.tau, 1))
-        if m == "diff-ice-1" and args.fp32:
-            plan.append(("torch", m, args.tau, 0))
+        tau = args.dime_tau if m == "dime" else args.tau
+        for impl, default in (("diffice", "fp32"), ("torch", "tf32")):
+            if impl == "diffice" and args.no_diffice:
+                continue
+            for precision in args.precisions if m == "diff-ice-1" else [default]:
+                plan.append((impl, m, tau, precision))
         if m == "dime":
-            plan.append(("torch", "unet-forward", args.tau, 1))
+            plan.append(("torch", "unet-forward", args.tau, "tf32"))
 
     size = CONFIGS[args.config]["size"]
     print(
@@ -262,16 +272,16 @@ def main() -> None:
         f"(DiME timed at tau {args.dime_tau}), one lambda_c, device {args.device}"
     )
     print(
-        "diffice rows: TF32 off = precision fp32 (cuDNN FMA math, cuBLAS default math), on = precision tf32; "
-        "peak = the sampler's arena\n"
+        "diffice rows: fp32 = cuDNN FMA math, cuBLAS default math; tf32 = TF32 tensor cores; bf16 = bf16 operands, "
+        "fp32 sums; peak = the sampler's arena\n"
     )
-    print("| method | impl | TF32 | tau | batch time (s) | peak allocated (GB) | peak reserved (GB) |")
+    print("| method | impl | precision | tau | batch time (s) | peak allocated (GB) | peak reserved (GB) |")
     print("|---|---|---|---|---|---|---|")
     rows = {}
-    for impl, method, tau, tf32 in plan:
-        r = measure(impl, args.config, method, args.batch, tau, tf32, args.device)
-        r.update(impl=impl, method=method, tau=tau, tf32=tf32, config=args.config, batch=args.batch)
-        rows[(impl, method, tf32)] = r
+    for impl, method, tau, precision in plan:
+        r = measure(impl, args.config, method, args.batch, tau, precision, args.device)
+        r.update(impl=impl, method=method, tau=tau, precision=precision, config=args.config, batch=args.batch)
+        rows[(impl, method, precision)] = r
         if args.jsonl:
             with args.jsonl.open("a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -283,9 +293,9 @@ def main() -> None:
             mem = f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}"
         else:
             mem = f"{r['arena_gb']:.2f} (arena) | -" if "arena_gb" in r else "- | -"
-        print(f"| {method} | {label} | {'on' if tf32 else 'off'} | {tau} | {r['seconds']:.2f} | {mem} |", flush=True)
+        print(f"| {method} | {label} | {precision} | {tau} | {r['seconds']:.2f} | {mem} |", flush=True)
 
-    dime, fwd, one = (rows.get(("torch", k, 1)) for k in ("dime", "unet-forward", "diff-ice-1"))
+    dime, fwd, one = (rows.get(("torch", k, "tf32")) for k in ("dime", "unet-forward", "diff-ice-1"))
     if dime and fwd and one and not any("error" in r for r in (dime, fwd, one)):
         guided_step = one["seconds"] / args.tau
         estimate = guided_step * args.tau + fwd["seconds"] * args.tau * (args.tau - 1) / 2

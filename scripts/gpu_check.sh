@@ -8,7 +8,7 @@
 #    (the stages' timeouts add up to 560 s; the lease is 15 minutes in all, its start included)
 #    It builds the extension and the plugin for sm_90, runs the op tests on the GPU (every test parametrized over
 #    ALL_BACKENDS gets a [cuda] case there) and the network/sampler CUDA tests, compute-sanitizer's memcheck over the
-#    CUDA op tests, benchmarks/gpu.py and benchmarks/precision.py (tf32 vs fp32); everything is logged to $OUT (one
+#    CUDA op tests, benchmarks/gpu.py and benchmarks/precision.py (tf32, bf16 vs fp32); everything is logged to $OUT (one
 #    file per stage), each stage under its own timeout so a hang costs one stage, not the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,13 +45,13 @@ fi
 # no DIFFICE_WERROR here: CI enforces warnings; a newer host compiler on the GPU image must not cost the lease
 export DIFFICE_CUDA_ARCHS=90 OMP_NUM_THREADS=8
 stage build 150 python3 setup.py build_ext --inplace -j16 || { echo "build failed: see build.txt" | tee -a "$OUT/summary.txt"; exit 1; }
-stage available 20 python3 -c "import diffice; print(diffice.build_info(), diffice.cuda_available()); diffice.ops.get_backend('cuda')"
-stage op_tests 90 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
-stage gpu_tests 60 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py
-stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
+stage available 15 python3 -c "import diffice; print(diffice.build_info(), diffice.cuda_available()); diffice.ops.get_backend('cuda')"
+stage op_tests 85 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
+stage gpu_tests 55 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py tests/test_cuda_bf16.py
+stage memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
 # a first look at speed: Diff-ICE_1 at tau 20 (the paper's tau 120 costs 6x the guided steps); the full table is
 # `python3 benchmarks/gpu.py` once the kernels are known to be right
-stage bench 90 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
-# how far precision "tf32" moves the counterfactuals from fp32 (the README's CUDA section)
-stage precision 40 python3 benchmarks/precision.py --batch 4 --taus 1 5 --jsonl "$OUT/precision.jsonl"
+stage bench 105 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
+# how far precisions "tf32" and "bf16" move the counterfactuals from fp32 (the README's CUDA section)
+stage precision 50 python3 benchmarks/precision.py --batch 4 --taus 1 5 --jsonl "$OUT/precision.jsonl"
 cat "$OUT/summary.txt"

@@ -103,13 +103,15 @@ def test_explain_flags_refuse_values_outside_their_choices(capsys):
         assert flag in err and value in err
 
 
-def test_explain_with_a_precision_the_device_lacks_says_so(tmp_path, capsys):
-    """--precision tf32 on the CPU: exit 2 and the backend's reason, before any image is explained."""
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_explain_with_a_precision_the_device_lacks_says_so(tmp_path, capsys, precision):
+    """--precision tf32 or bf16 on the CPU: exit 2 and the backend's reason, before any image is explained."""
     from diffice.data.images import save_png
 
     (tmp_path / "in").mkdir()
     save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
     code = main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                 "--precision", "tf32", "--quiet"])  # fmt: skip
+                 "--precision", precision, "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "the cpu backend does not offer precision 'tf32'" in err and "'cuda'" in err
+    assert code == 2 and f"the cpu backend does not offer precision '{precision}' (it offers 'fp32')" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))

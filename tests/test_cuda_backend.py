@@ -101,8 +101,8 @@ def test_device_count():
 
 
 def test_precision_is_offered_by_the_gpu_backends_only():
-    """precision="tf32" (TF32 tensor cores for convolutions and GEMMs) exists on "cuda" and its emulation; the host
-    backends compute in fp32 and refuse it, naming what they offer; "bf16" is reserved and no backend offers it."""
+    """precision="tf32" (TF32 tensor cores for convolutions and GEMMs) and "bf16" (bf16 operands, fp32 sums) exist on
+    "cuda" and its emulation; the host backends compute in fp32 and refuse both, naming what they offer."""
     assert ops.get_backend("cpu").precision == "fp32"
     tf32 = ops.get_backend(EMU, precision="tf32")
     assert tf32.precision == "tf32" and tf32 is not ops.get_backend(EMU) and "precision='tf32'" in repr(tf32)
@@ -111,8 +111,10 @@ def test_precision_is_offered_by_the_gpu_backends_only():
         refused = f"the {name} backend does not offer precision 'tf32' \\(it offers 'fp32'\\)"
         with pytest.raises(ValueError, match=refused):
             ops.get_backend(name, precision="tf32")
-    with pytest.raises(NotImplementedError, match="does not offer precision 'bf16' \\(it offers 'fp32', 'tf32'\\)"):
-        ops.get_backend(EMU, precision="bf16")
+    assert ops.get_backend(EMU, precision="bf16").precision == "bf16"
+    refused = "the cpu backend does not offer precision 'bf16' \\(it offers 'fp32'\\)"
+    with pytest.raises(ValueError, match=refused):
+        ops.get_backend("cpu", precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         ops.get_backend("cpu", precision="fp16")
     with pytest.raises(ValueError, match="Backend: precision must be 'fp32', 'tf32' or 'bf16', got 'half'"):

@@ -117,16 +117,22 @@ def test_explanations_match_the_reference_and_repeat_bit_for_bit(rng, device, me
     assert again.counterfactuals.tobytes() == on_device.counterfactuals.tobytes()
 
 
+def precision_case(device: str) -> tuple[tuple, dict]:
+    """The precision tests' Explainer arguments on device: (UNet, diffusion, f, Lp) and the method settings."""
+    diffusion = diffice.GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+    unet = diffice.UNet.random(UNET, seed=3, backend=device)
+    parts = (unet, diffusion, plane_classifier(device), diffice.PixelLoss("l2", backend=device))
+    return parts, dict(method="diff-ice-1", tau=3, lambda_c=(7.0,), lambda_p=3.0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_tf32_precision_runs_the_explainer(rng, device):
     """Explainer(precision="tf32"): the sampler's backend lets cuDNN and cuBLAS use TF32. The emulation computes
     exactly in either mode, so there the counterfactuals are fp32's to the byte (the setting reaches the backend and
     nothing else changes); on a GPU they stay within TF32's rounding of fp32's. The CPU backend refuses it when
     the Explainer is made, not at its first call."""
-    diffusion = diffice.GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
-    unet = diffice.UNet.random(UNET, seed=3, backend=device)
-    parts = (unet, diffusion, plane_classifier(device), diffice.PixelLoss("l2", backend=device))
-    settings = dict(method="diff-ice-1", tau=3, lambda_c=(7.0,), lambda_p=3.0)
+    parts, settings = precision_case(device)
+    diffusion = parts[1]
     x = images(rng)
     fp32 = Explainer(*parts, **settings).explain(x, target=1, seed=5)
     tf32 = Explainer(*parts, precision="tf32", **settings).explain(x, target=1, seed=5)

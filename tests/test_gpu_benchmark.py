@@ -35,7 +35,8 @@ def test_torch_sampler_creates_every_tensor_on_the_inputs_device(method):
     assert out[-1].device.type == "cpu" and out[-1].shape == x.shape and torch.isfinite(out[-1]).all()
 
 
-def test_diffice_rows_run_on_the_cuda_backend_code():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_diffice_rows_run_on_the_cuda_backend_code(precision):
     """benchmarks/gpu.py's diffice rows, at the small configuration on the emulated GPU (the CUDA kernels on the
     host, strict about memory): the code path the GPU run takes, short of the GPU."""
     sys.path.insert(0, str(BENCHMARKS))
@@ -43,18 +44,32 @@ def test_diffice_rows_run_on_the_cuda_backend_code():
         import gpu
     finally:
         sys.path.remove(str(BENCHMARKS))
-    row = gpu.diffice_worker("small", "diff-ice-1", 2, 3, "cuda_emulated")
+    row = gpu.worker("diffice", "small", "diff-ice-1", 2, 3, precision, "cuda_emulated")
     assert "error" not in row and row["seconds"] > 0 and row["arena_gb"] > 0
 
 
+def test_torch_bf16_rows_run_under_autocast():
+    """The PyTorch bf16 row: the sampler under torch.autocast(bfloat16) (here on the CPU) gives finite images."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    row = gpu.worker("torch", "small", "diff-ice-1", 2, 2, "bf16", "cpu")
+    assert "error" not in row and row["seconds"] > 0
+
+
 def test_precision_benchmark_runs_on_the_cuda_backend_code():
-    """benchmarks/precision.py (tf32 vs fp32, the README's deviation figures) on the emulated GPU, whose products
-    are exact in both modes: the same counterfactuals, so every deviation is 0."""
+    """benchmarks/precision.py (tf32 and bf16 vs fp32, the README's deviation figures) on the emulated GPU, whose fp32
+    products are exact in tf32 mode too: the same counterfactuals, so tf32's deviation is 0; bf16's operands are
+    rounded, so its deviation is not."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import precision
     finally:
         sys.path.remove(str(BENCHMARKS))
-    row = precision.deviation("small", "cuda_emulated", 2, 1)
-    assert row["max_abs"] == row["rel_to_change"] == row["prob_max_abs"] == 0.0
-    assert row["flipped_fp32"] == row["flipped_tf32"]
+    tf32, bf16 = precision.deviation("small", "cuda_emulated", 2, 1)
+    assert tf32["precision"] == "tf32" and bf16["precision"] == "bf16"
+    assert tf32["max_abs"] == tf32["rel_to_change"] == tf32["prob_max_abs"] == 0.0
+    assert tf32["flipped_fp32"] == tf32["flipped"]
+    assert 0.0 < bf16["max_abs"] and 0.0 < bf16["rel_to_change"] < 1.0

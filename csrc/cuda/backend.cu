@@ -71,13 +71,15 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda: out of host memory");
     be->impl = state;
     state->device = be->device;
-    state->tf32 = be->precision == DFC_PRECISION_TF32;
+    state->precision = be->precision;
     DFC_CUDA_TRY(cudaSetDevice(state->device));
     DFC_CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
     DFC_CUBLAS_TRY(cublasCreate(&state->cublas));
     DFC_CUBLAS_TRY(cublasSetStream(state->cublas, state->stream));
-    /* fp32 (parity with the CPU) unless precision "tf32": then cuBLAS's fp32 GEMMs may round inputs to TF32 */
-    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, state->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    /* fp32 (parity with the CPU) unless precision "tf32": then cuBLAS's fp32 GEMMs may round inputs to TF32 (bf16
+     * GEMMs take bf16 operands, dfc_cuda_gemm, and use tensor cores in the default mode) */
+    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, state->precision == DFC_PRECISION_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                                           : CUBLAS_DEFAULT_MATH));
     DFC_CUDNN_TRY(cudnnCreate(&state->cudnn));
     DFC_CUDNN_TRY(cudnnSetStream(state->cudnn, state->stream));
     return DFC_OK;
@@ -93,6 +95,7 @@ static void cuda_backend_destroy(dfc_backend *be)
     if (state->stream)
         cudaStreamSynchronize(state->stream);
     cudaFree(state->scratch);
+    cudaFree(state->bf16_scratch);
     if (state->cudnn)
         cudnnDestroy(state->cudnn);
     if (state->cublas)
@@ -196,7 +199,8 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda_emulated: out of host memory");
     be->impl = state;
     state->strict = strict_requested();
-    state->tf32 = be->precision == DFC_PRECISION_TF32;
+    be->private_memory = state->strict; /* its mappings open inside its own ops only */
+    state->precision = be->precision;
     return DFC_OK;
 }
 
@@ -302,6 +306,7 @@ static void cuda_backend_destroy(dfc_backend *be)
     if (!state)
         return;
     cuda_memory_free(be, state->scratch);
+    cuda_memory_free(be, state->bf16_scratch);
     for (int k = 0; k < state->num_mappings; k++) /* what an owner did not free: the backend outlives no mapping */
         munmap(state->mappings[k].ptr, state->mappings[k].bytes);
     free(state->mappings);
@@ -320,20 +325,43 @@ static dfc_status cuda_backend_synchronize(dfc_backend *be, dfc_error *err)
 
 /* ---- helpers shared by the ops ---- */
 
-dfc_status dfc_cuda_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err)
+/* *buffer, at least bytes long: grown (at least doubled) when short, never shrunk. */
+static dfc_status grow_buffer(dfc_backend *be, void **buffer, size_t *size, size_t bytes, void **out, dfc_error *err)
 {
-    dfc_cuda_state *state = dfc_cuda(be);
-    if (bytes > state->scratch_size) {
-        size_t grown = bytes > 2 * state->scratch_size ? bytes : 2 * state->scratch_size;
+    if (bytes > *size) {
+        size_t grown = bytes > 2 * *size ? bytes : 2 * *size;
         void *fresh = cuda_memory_alloc(be, grown, err);
         if (!fresh)
             return err ? err->code : DFC_ERR_NOMEM;
-        cuda_memory_free(be, state->scratch);
-        state->scratch = fresh;
-        state->scratch_size = grown;
+        cuda_memory_free(be, *buffer);
+        *buffer = fresh;
+        *size = grown;
     }
-    *out = state->scratch;
+    *out = *buffer;
     return DFC_OK;
+}
+
+dfc_status dfc_cuda_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    return grow_buffer(be, &state->scratch, &state->scratch_size, bytes, out, err);
+}
+
+dfc_status dfc_cuda_bf16_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err)
+{
+    dfc_cuda_state *state = dfc_cuda(be);
+    return grow_buffer(be, &state->bf16_scratch, &state->bf16_scratch_size, bytes, out, err);
+}
+
+dfc_status dfc_cuda_to_bf16(dfc_backend *be, const char *op, const float *src, int64_t n, uint16_t *dst, dfc_error *err)
+{
+    return dfc_cuda_for_each(be, n, op, err, [=] DFC_DEVICE(int64_t i) { dst[i] = dfc_bf16_from_float(src[i]); });
+}
+
+dfc_status dfc_cuda_from_bf16(dfc_backend *be, const char *op, const uint16_t *src, int64_t n, float *dst,
+                              dfc_error *err)
+{
+    return dfc_cuda_for_each(be, n, op, err, [=] DFC_DEVICE(int64_t i) { dst[i] = dfc_bf16_to_float(src[i]); });
 }
 
 dfc_status dfc_cuda_stage_host(dfc_backend *be, int count, const void *const *pieces, const size_t *sizes,
@@ -364,25 +392,54 @@ dfc_status dfc_cuda_read_back(dfc_backend *be, void *host_dst, const void *src, 
     return bytes ? cuda_memory_copy_to_host(be, host_dst, src, bytes, err) : DFC_OK;
 }
 
+/* The elements a strided batch of column-major (rows x cols) blocks reaches from its first: the length of its bf16
+ * copy. */
+static int64_t operand_span(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch)
+{
+    return (batch - 1) * stride + (cols - 1) * ld + rows;
+}
+
+/* Precision bf16: A and B copied as bf16 into the bf16 scratch, at the same offsets from their first element. */
+static dfc_status gemm_bf16_operands(dfc_backend *be, const dfc_cuda_gemm_args *g, const char *op, uint16_t **a16,
+                                     uint16_t **b16, dfc_error *err)
+{
+    const int64_t a_span =
+                      operand_span(g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda, g->stride_a, g->batch),
+                  b_span =
+                      operand_span(g->transb ? g->n : g->k, g->transb ? g->k : g->n, g->ldb, g->stride_b, g->batch);
+    const int64_t b_offset = (a_span + 127) / 128 * 128; /* 256-byte aligned */
+    void *copies = NULL;
+    DFC_TRY(dfc_cuda_bf16_scratch(be, (size_t)(b_offset + b_span) * sizeof(uint16_t), &copies, err));
+    *a16 = (uint16_t *)copies;
+    *b16 = *a16 + b_offset;
+    DFC_TRY(dfc_cuda_to_bf16(be, op, g->a, a_span, *a16, err));
+    return dfc_cuda_to_bf16(be, op, g->b, b_span, *b16, err);
+}
+
 dfc_status dfc_cuda_gemm(dfc_backend *be, const dfc_cuda_gemm_args *g, const char *op, dfc_error *err)
 {
     if (g->m <= 0 || g->n <= 0 || g->batch <= 0)
         return DFC_OK;
+    dfc_cuda_state *state = dfc_cuda(be);
+    const int bf16 = state->precision == DFC_PRECISION_BF16 && g->k > 0;
+    uint16_t *a16 = NULL, *b16 = NULL;
+    if (bf16)
+        DFC_TRY(gemm_bf16_operands(be, g, op, &a16, &b16, err));
 #ifdef DFC_CUDA_EMULATE
-    (void)op;
-    (void)err;
     /* cuBLAS's semantics in plain loops (column-major; A(i, l) of op(A) is a[i + l lda] or, transposed, a[l + i
-     * lda]), accumulated in double so the emulation is an oracle for the GPU's fp32 result */
+     * lda]), accumulated in double so the emulation is an oracle for the GPU's fp32 result; bf16 reads the copies */
 #pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < g->batch; b++)
         for (int64_t j = 0; j < g->n; j++) {
-            const float *a = g->a + b * g->stride_a, *bm = g->b + b * g->stride_b;
+            const int64_t a0 = b * g->stride_a, b0 = b * g->stride_b;
             float *c = g->c + b * g->stride_c;
             for (int64_t i = 0; i < g->m; i++) {
                 double acc = 0.0;
                 for (int64_t l = 0; l < g->k; l++) {
-                    float av = g->transa ? a[l + i * g->lda] : a[i + l * g->lda];
-                    float bv = g->transb ? bm[j + l * g->ldb] : bm[l + j * g->ldb];
+                    const int64_t ai = a0 + (g->transa ? l + i * g->lda : i + l * g->lda);
+                    const int64_t bi = b0 + (g->transb ? j + l * g->ldb : l + j * g->ldb);
+                    const float av = bf16 ? dfc_bf16_to_float(a16[ai]) : g->a[ai];
+                    const float bv = bf16 ? dfc_bf16_to_float(b16[bi]) : g->b[bi];
                     acc += (double)av * bv;
                 }
                 float prev = g->beta != 0.0f ? c[i + j * g->ldc] : 0.0f;
@@ -391,16 +448,18 @@ dfc_status dfc_cuda_gemm(dfc_backend *be, const dfc_cuda_gemm_args *g, const cha
         }
     return DFC_OK;
 #else
-    dfc_cuda_state *state = dfc_cuda(be);
     const int big = g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->batch > INT32_MAX;
     if (big)
         return dfc_fail(err, DFC_ERR_VALUE,
                         "cuda: %s: GEMM of %lld x %lld x %lld (batch %lld) exceeds cuBLAS's int sizes", op,
                         (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
-    cublasComputeType_t compute = state->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute =
+        state->precision == DFC_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const cudaDataType_t input_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const void *a = bf16 ? (const void *)a16 : g->a, *b = bf16 ? (const void *)b16 : g->b;
     cublasStatus_t code = cublasGemmStridedBatchedEx(
         state->cublas, g->transa ? CUBLAS_OP_T : CUBLAS_OP_N, g->transb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m,
-        (int)g->n, (int)g->k, &g->alpha, g->a, CUDA_R_32F, (int)g->lda, g->stride_a, g->b, CUDA_R_32F, (int)g->ldb,
+        (int)g->n, (int)g->k, &g->alpha, a, input_type, (int)g->lda, g->stride_a, b, input_type, (int)g->ldb,
         g->stride_b, &g->beta, g->c, CUDA_R_32F, (int)g->ldc, g->stride_c, (int)g->batch, compute, CUBLAS_GEMM_DEFAULT);
     if (code != CUBLAS_STATUS_SUCCESS)
         return dfc_fail(
@@ -420,8 +479,10 @@ const dfc_backend_iface dfc_cuda_emulated_backend_iface = {
     .ops = &dfc_cuda_emulated_ops,
     .host_memory = 0, /* stage like a GPU, so the staging code is tested too */
     .conv_nhwc = 0,   /* cuDNN's convolutions here take NCHW (csrc/cuda/dense.cu) */
-    /* the emulation computes every product exactly whatever the precision; TF32 keys its plans like the GPU's */
-    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32),
+    /* the emulation computes every fp32 product exactly (TF32 keys its plans like the GPU's); bf16 rounds the
+     * operands of convolutions and GEMMs as the GPU does */
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32) |
+                  DFC_PRECISION_BIT(DFC_PRECISION_BF16),
     .device_count = dfc_cuda_emulated_device_count,
 #else
 extern const dfc_ops dfc_cuda_ops;
@@ -430,7 +491,8 @@ static const dfc_backend_iface cuda_backend_iface = {
     .ops = &dfc_cuda_ops,
     .host_memory = 0,
     .conv_nhwc = 0,
-    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32),
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32) |
+                  DFC_PRECISION_BIT(DFC_PRECISION_BF16),
     .device_count = cuda_device_count,
 #endif
     .create = cuda_backend_create,

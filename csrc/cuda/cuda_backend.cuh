@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 extern "C" {
 #include "../ops/ops.h"
@@ -45,8 +46,8 @@ typedef struct dfc_cuda_mapping {
 /* A convolution's cuDNN algorithm, chosen once per op, shapes, parameters and math mode and kept (dense.cu): the
  * emulation keys and fills the same cache, so its lookups are tested without a GPU. */
 typedef struct dfc_cuda_conv_plan {
-    int op; /* 0: an empty slot; else dense.cu's conv kind */
-    int tf32;
+    int op;        /* 0: an empty slot; else dense.cu's conv kind */
+    int precision; /* dfc_precision: the math mode and, for bf16, the data type */
     int64_t x[4], w[4];
     dfc_conv2d_params p;
     int algo, math; /* cudnnConvolution*Algo_t and cudnnMathType_t */
@@ -58,9 +59,12 @@ enum { DFC_CUDA_CONV_PLANS = 64 };
 /* The backend's private state (be->impl). */
 typedef struct dfc_cuda_state {
     int device;          /* the CUDA device this backend runs on ("cuda:N") */
-    int tf32;            /* 1: precision "tf32": cuDNN's convolutions and cuBLAS's GEMMs may use TF32 tensor cores */
+    int precision;       /* dfc_precision: what cuDNN's convolutions and cuBLAS's GEMMs may use (tf32, bf16) */
     void *scratch;       /* backend memory for host vectors and partial results, grown on demand and kept */
     size_t scratch_size; /* its bytes */
+    void *bf16_scratch;  /* precision bf16: the bf16 copies of one library call's operands, apart from the scratch
+                            (which holds the call's workspace, or the caller's partial results, meanwhile) */
+    size_t bf16_scratch_size;
     dfc_cuda_conv_plan conv_plans[DFC_CUDA_CONV_PLANS]; /* round robin once full */
     int conv_plans_next;
 #ifndef DFC_CUDA_EMULATE
@@ -140,6 +144,37 @@ int dfc_cuda_is_backend_memory(dfc_backend *be, const void *ptr);
  * scratch is one buffer: an op that needs several pieces carves them from one call. */
 dfc_status dfc_cuda_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
 
+/* be's bf16 scratch, at least bytes long (grown like the scratch): for the bf16 copies of a convolution's or GEMM's
+ * operands, which must not move the scratch while a caller holds pieces of it. */
+dfc_status dfc_cuda_bf16_scratch(dfc_backend *be, size_t bytes, void **out, dfc_error *err);
+
+/* ---- bf16 (precision "bf16": convolutions and GEMMs on bf16 operands with fp32 accumulation) ----
+ * A bf16 is a float's upper 16 bits. Rounding is to nearest, ties to even (as __float2bfloat16 and torch's
+ * .bfloat16()); NaN stays NaN. The same bit arithmetic on both sides, so the emulation rounds exactly as the GPU. */
+DFC_HOST_DEVICE static inline uint16_t dfc_bf16_from_float(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u); /* a quiet NaN (rounding could carry a NaN into infinity) */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+DFC_HOST_DEVICE static inline float dfc_bf16_to_float(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* dst[i] = bf16(src[i]) and back: the operands of a bf16 library call and its bf16 result. */
+dfc_status dfc_cuda_to_bf16(dfc_backend *be, const char *op, const float *src, int64_t n, uint16_t *dst,
+                            dfc_error *err);
+dfc_status dfc_cuda_from_bf16(dfc_backend *be, const char *op, const uint16_t *src, int64_t n, float *dst,
+                              dfc_error *err);
+
 /* Copies host arrays (the ops' per-row coefficient vectors and targets) into be's scratch: pieces[k] of
  * sizes[k] bytes land at (*device)[k], each aligned to 256 bytes. At most 8 pieces; NULL pieces give NULL. The op's
  * own scratch comes from the same call, since the scratch is one buffer that a second request could move:
@@ -155,7 +190,8 @@ dfc_status dfc_cuda_read_back(dfc_backend *be, void *host_dst, const void *src, 
  * For each of batch problems b: C_b = alpha op(A_b) op(B_b) + beta C_b, with op(A) m x k, op(B) k x n, C m x n,
  * all column-major with leading dimensions lda, ldb, ldc, and A_b = A + b stride_a (likewise B, C). A row-major
  * product Y (M x N) = X (M x K) W^T (W is N x K) is the column-major Y^T = W X^T: transa = 1 on W, transb = 0 on
- * X, m = N, n = M, k = K. */
+ * X, m = N, n = M, k = K. In precision bf16, A and B are rounded to bf16 (copies in the bf16 scratch) and the
+ * products accumulate in fp32 into C (cuBLAS's CUDA_R_16BF inputs with CUBLAS_COMPUTE_32F). */
 typedef struct dfc_cuda_gemm_args {
     int transa, transb;
     int64_t m, n, k;

@@ -6,9 +6,11 @@
  * parameters, math mode) with cudnnGet*Algorithm_v7, restricted to deterministic algorithms (the backend's contract:
  * the same inputs give the same bytes), and kept in the state's plan cache; the workspace is the backend scratch.
  * Math: CUDNN_FMA_MATH unless the state allows TF32 (CUDNN_DEFAULT_MATH would let cuDNN use TF32 tensor cores on
- * Ampere and later, losing fp32 parity with the CPU). In the emulated build the descriptors and library calls are
- * replaced by the reference kernels (ref_conv2d_*), after the same checks and the same plan-cache lookup, and the
- * bias kernels run as written.
+ * Ampere and later, losing fp32 parity with the CPU). Precision bf16: the two operands a convolution reads are
+ * rounded into bf16 copies (the backend's bf16 scratch), cuDNN runs on bf16 tensors with fp32 accumulation and a
+ * bf16 result, which is widened into the fp32 output; the bias and everything around stays fp32. In the emulated
+ * build the descriptors and library calls are replaced by the reference kernels (ref_conv2d_*) on the widened bf16
+ * operands, after the same checks, copies and plan-cache lookup, and the bias kernels run as written.
  *
  * Verified only on a GPU (the emulation cannot reach them): the cuDNN calls (descriptors, algorithm choice, math
  * mode, workspace sizes, the convolution calls themselves), cuBLAS's handling of the GEMM arguments (the emulated
@@ -90,7 +92,7 @@ static dfc_cuda_conv_plan *conv_plan_find(dfc_cuda_state *state, int kind, const
 {
     for (int k = 0; k < DFC_CUDA_CONV_PLANS; k++) {
         dfc_cuda_conv_plan *plan = &state->conv_plans[k];
-        int same = plan->op == kind && plan->tf32 == state->tf32 && plan->p.stride_h == p.stride_h &&
+        int same = plan->op == kind && plan->precision == state->precision && plan->p.stride_h == p.stride_h &&
                    plan->p.stride_w == p.stride_w && plan->p.pad_h == p.pad_h && plan->p.pad_w == p.pad_w;
         for (int d = 0; same && d < 4; d++)
             same = plan->x[d] == x[d] && plan->w[d] == w[d];
@@ -108,7 +110,7 @@ static dfc_cuda_conv_plan *conv_plan_slot(dfc_cuda_state *state, int kind, const
     state->conv_plans_next = (state->conv_plans_next + 1) % DFC_CUDA_CONV_PLANS;
     *plan = dfc_cuda_conv_plan{};
     plan->op = kind;
-    plan->tf32 = state->tf32;
+    plan->precision = state->precision;
     plan->p = p;
     for (int d = 0; d < 4; d++) {
         plan->x[d] = x[d];
@@ -136,6 +138,16 @@ typedef struct conv_problem {
     const dfc_tensor *x, *w, *y;
     dfc_conv2d_params p;
 } conv_problem;
+
+/* Which of (x, w, y) a kind of convolution writes; it reads the other two. */
+static int conv_output_index(int kind) { return kind == CONV_FORWARD ? 2 : kind == CONV_BACKWARD_DATA ? 0 : 1; }
+
+/* The call's data: cp's x, w and y as fp32, or (precision bf16) as bf16 copies. */
+typedef struct conv_data {
+    const void *x, *w;
+    void *y;
+    int bf16;
+} conv_data;
 
 #ifndef DFC_CUDA_EMULATE
 
@@ -168,33 +180,45 @@ static void conv_descs_destroy(conv_descs *d)
         cudnnDestroyConvolutionDescriptor(d->conv);
 }
 
-static dfc_status conv_descs_init(const conv_problem *cp, int tf32, conv_descs *d, dfc_error *err)
+/* fp32: FMA math (no tensor cores, parity with the CPU); tf32: tensor cores on fp32 data; bf16: tensor cores on bf16
+ * data (x, w, y bf16, accumulation in fp32: cuDNN's PSEUDO_BFLOAT16 configuration). */
+static cudnnMathType_t conv_math(int precision)
+{
+    return precision == DFC_PRECISION_TF32   ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+           : precision == DFC_PRECISION_BF16 ? CUDNN_TENSOR_OP_MATH
+                                             : CUDNN_FMA_MATH;
+}
+
+static dfc_status conv_descs_init(const conv_problem *cp, int precision, conv_descs *d, dfc_error *err)
 {
     const int64_t *xs = cp->x->shape, *ws = cp->w->shape, *ys = cp->y->shape;
+    const cudnnDataType_t type = precision == DFC_PRECISION_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     CUDNN_CALL(cudnnCreateTensorDescriptor, &d->x);
     CUDNN_CALL(cudnnCreateTensorDescriptor, &d->y);
     CUDNN_CALL(cudnnCreateFilterDescriptor, &d->w);
     CUDNN_CALL(cudnnCreateConvolutionDescriptor, &d->conv);
-    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)xs[0], (int)xs[1],
-               (int)xs[2], (int)xs[3]);
-    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)ys[0], (int)ys[1],
-               (int)ys[2], (int)ys[3]);
-    CUDNN_CALL(cudnnSetFilter4dDescriptor, d->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, (int)ws[0], (int)ws[1],
-               (int)ws[2], (int)ws[3]);
-    /* cross-correlation, as torch's conv2d and the reference */
+    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->x, CUDNN_TENSOR_NCHW, type, (int)xs[0], (int)xs[1], (int)xs[2],
+               (int)xs[3]);
+    CUDNN_CALL(cudnnSetTensor4dDescriptor, d->y, CUDNN_TENSOR_NCHW, type, (int)ys[0], (int)ys[1], (int)ys[2],
+               (int)ys[3]);
+    CUDNN_CALL(cudnnSetFilter4dDescriptor, d->w, type, CUDNN_TENSOR_NCHW, (int)ws[0], (int)ws[1], (int)ws[2],
+               (int)ws[3]);
+    /* cross-correlation, as torch's conv2d and the reference; fp32 accumulation in every precision */
     CUDNN_CALL(cudnnSetConvolution2dDescriptor, d->conv, cp->p.pad_h, cp->p.pad_w, cp->p.stride_h, cp->p.stride_w, 1, 1,
                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT);
-    CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, tf32 ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : CUDNN_FMA_MATH);
+    CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, conv_math(precision));
     return DFC_OK;
 }
 
-/* The first of cuDNN's ranked candidates that ran, is deterministic and keeps fp32 unless TF32 is allowed. */
-template <class Perf> static int conv_pick(const Perf *perf, int count, int tf32)
+/* The first of cuDNN's ranked candidates that ran, is deterministic and keeps fp32 unless tensor cores are allowed
+ * (tf32, bf16). */
+template <class Perf> static int conv_pick(const Perf *perf, int count, int tensor_cores)
 {
     for (int k = 0; k < count; k++) {
         int reduced =
             perf[k].mathType == CUDNN_TENSOR_OP_MATH || perf[k].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
-        if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].determinism == CUDNN_DETERMINISTIC && (tf32 || !reduced))
+        if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].determinism == CUDNN_DETERMINISTIC &&
+            (tensor_cores || !reduced))
             return k;
     }
     return -1;
@@ -210,7 +234,7 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionForwardAlgorithm_v7, h, d->x, d->w, d->conv, d->y,
                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
@@ -218,7 +242,7 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardDataAlgorithm_v7, h, d->w, d->y, d->conv, d->x,
                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
@@ -226,19 +250,23 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardFilterAlgorithm_v7, h, d->x, d->y, d->conv, d->w,
                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->tf32)) >= 0) {
+        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
     }
     if (pick < 0)
         return dfc_fail(err, DFC_ERR_BACKEND,
-                        "cuda: %s: cuDNN offers no deterministic%s algorithm for x (%lld, %lld, %lld, %lld), weight "
+                        "cuda: %s: cuDNN offers no deterministic %s algorithm for x (%lld, %lld, %lld, %lld), weight "
                         "(%lld, %lld, %lld, %lld)",
-                        cp->op, state->tf32 ? "" : " fp32", (long long)cp->x->shape[0], (long long)cp->x->shape[1],
-                        (long long)cp->x->shape[2], (long long)cp->x->shape[3], (long long)cp->w->shape[0],
-                        (long long)cp->w->shape[1], (long long)cp->w->shape[2], (long long)cp->w->shape[3]);
-    if (!state->tf32)
+                        cp->op,
+                        state->precision == DFC_PRECISION_BF16   ? "bf16"
+                        : state->precision == DFC_PRECISION_TF32 ? "tf32"
+                                                                 : "fp32", /* the plugin does not link backend.c */
+                        (long long)cp->x->shape[0], (long long)cp->x->shape[1], (long long)cp->x->shape[2],
+                        (long long)cp->x->shape[3], (long long)cp->w->shape[0], (long long)cp->w->shape[1],
+                        (long long)cp->w->shape[2], (long long)cp->w->shape[3]);
+    if (state->precision == DFC_PRECISION_FP32)
         plan->math = CUDNN_FMA_MATH;
     CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
     size_t bytes = 0;
@@ -255,8 +283,9 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
     return DFC_OK;
 }
 
-/* Runs the convolution of cp with its (cached or fresh) plan: y = x * w, dx = dy *^T w, or dw = dy *^T x. */
-static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const conv_descs *d, dfc_error *err)
+/* Runs the convolution of cp on data with its (cached or fresh) plan: y = x * w, dx = dy *^T w, or dw = dy *^T x. */
+static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const conv_data *data, const conv_descs *d,
+                                dfc_error *err)
 {
     dfc_cuda_state *state = dfc_cuda(be);
     dfc_cuda_conv_plan *plan = conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p);
@@ -275,25 +304,27 @@ static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const c
         DFC_TRY(dfc_cuda_scratch(be, plan->workspace, &workspace, err));
     const float one = 1.0f, zero = 0.0f;
     cudnnHandle_t h = state->cudnn;
+    /* the kinds' roles: forward writes y from x and w; backward data writes x (dx) from y (dy) and w; backward
+     * filter writes w (dw) from x and y (dy) */
+    void *x = (void *)data->x, *w = (void *)data->w;
     if (cp->kind == CONV_FORWARD)
-        CUDNN_CALL(cudnnConvolutionForward, h, &one, d->x, cp->x->data, d->w, cp->w->data, d->conv,
-                   (cudnnConvolutionFwdAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->y, cp->y->data);
+        CUDNN_CALL(cudnnConvolutionForward, h, &one, d->x, x, d->w, w, d->conv, (cudnnConvolutionFwdAlgo_t)plan->algo,
+                   workspace, plan->workspace, &zero, d->y, data->y);
     else if (cp->kind == CONV_BACKWARD_DATA)
-        CUDNN_CALL(cudnnConvolutionBackwardData, h, &one, d->w, cp->w->data, d->y, cp->y->data, d->conv,
-                   (cudnnConvolutionBwdDataAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->x, cp->x->data);
+        CUDNN_CALL(cudnnConvolutionBackwardData, h, &one, d->w, w, d->y, data->y, d->conv,
+                   (cudnnConvolutionBwdDataAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->x, x);
     else
-        CUDNN_CALL(cudnnConvolutionBackwardFilter, h, &one, d->x, cp->x->data, d->y, cp->y->data, d->conv,
-                   (cudnnConvolutionBwdFilterAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->w, cp->w->data);
+        CUDNN_CALL(cudnnConvolutionBackwardFilter, h, &one, d->x, x, d->y, data->y, d->conv,
+                   (cudnnConvolutionBwdFilterAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->w, w);
     return DFC_OK;
 }
 
-static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
+static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_data *data, dfc_error *err)
 {
-    DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
     conv_descs d = {};
-    dfc_status st = conv_descs_init(cp, dfc_cuda(be)->tf32, &d, err);
+    dfc_status st = conv_descs_init(cp, dfc_cuda(be)->precision, &d, err);
     if (st == DFC_OK)
-        st = conv_run_with(be, cp, &d, err);
+        st = conv_run_with(be, cp, data, &d, err);
     conv_descs_destroy(&d); /* the descriptors are host objects, free to go once the calls are queued */
     return st;
 }
@@ -301,20 +332,82 @@ static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *e
 
 #else /* DFC_CUDA_EMULATE: the same cache lookup, then the reference kernel in place of cuDNN */
 
-static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
+/* bf16 data is widened into fp32 copies in the scratch, the reference kernel writes an fp32 result there, and the
+ * result is rounded into the bf16 output as cuDNN's bf16 output is. */
+static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_data *data, dfc_error *err)
 {
-    DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
     dfc_cuda_state *state = dfc_cuda(be);
     if (!conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p))
         conv_plan_slot(state, cp->kind, cp->x->shape, cp->w->shape, cp->p); /* algorithm 0, no workspace */
+    dfc_tensor t[3] = {*cp->x, *cp->w, *cp->y};
+    const int out = conv_output_index(cp->kind);
+    const void *bf16[3] = {data->x, data->w, data->y};
+    if (data->bf16) {
+        size_t offsets[3], total = 0;
+        for (int k = 0; k < 3; k++) {
+            offsets[k] = total;
+            total += ((size_t)dfc_numel(&t[k]) * sizeof(float) + 255) / 256 * 256;
+        }
+        void *wide = NULL;
+        DFC_TRY(dfc_cuda_scratch(be, total, &wide, err));
+        for (int k = 0; k < 3; k++) {
+            t[k].data = (float *)((char *)wide + offsets[k]);
+            if (k != out)
+                DFC_TRY(dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)bf16[k], dfc_numel(&t[k]), t[k].data, err));
+        }
+    }
+    dfc_status st;
     if (cp->kind == CONV_FORWARD)
-        return ref_conv2d_forward(be, cp->x, cp->w, NULL, cp->p, (dfc_tensor *)cp->y, err);
-    if (cp->kind == CONV_BACKWARD_DATA)
-        return ref_conv2d_backward_input(be, cp->y, cp->w, cp->p, (dfc_tensor *)cp->x, err);
-    return ref_conv2d_backward_weight(be, cp->y, cp->x, cp->p, (dfc_tensor *)cp->w, NULL, err);
+        st = ref_conv2d_forward(be, &t[0], &t[1], NULL, cp->p, &t[2], err);
+    else if (cp->kind == CONV_BACKWARD_DATA)
+        st = ref_conv2d_backward_input(be, &t[2], &t[1], cp->p, &t[0], err);
+    else
+        st = ref_conv2d_backward_weight(be, &t[2], &t[0], cp->p, &t[1], NULL, err);
+    if (st != DFC_OK || !data->bf16)
+        return st;
+    return dfc_cuda_to_bf16(be, cp->op, t[out].data, dfc_numel(&t[out]), (uint16_t *)bf16[out], err);
 }
 
 #endif
+
+/* Precision bf16: copies of x, w and y in the bf16 scratch (each 256-byte aligned), the two cp reads rounded from its
+ * fp32 tensors. */
+static dfc_status conv_bf16_data(dfc_backend *be, const conv_problem *cp, conv_data *data, dfc_error *err)
+{
+    const dfc_tensor *t[3] = {cp->x, cp->w, cp->y};
+    size_t offsets[3], total = 0;
+    for (int k = 0; k < 3; k++) {
+        offsets[k] = total;
+        total += ((size_t)dfc_numel(t[k]) * sizeof(uint16_t) + 255) / 256 * 256;
+    }
+    void *base = NULL;
+    DFC_TRY(dfc_cuda_bf16_scratch(be, total, &base, err));
+    uint16_t *copies[3];
+    for (int k = 0; k < 3; k++) {
+        copies[k] = (uint16_t *)((char *)base + offsets[k]);
+        if (k != conv_output_index(cp->kind))
+            DFC_TRY(dfc_cuda_to_bf16(be, cp->op, t[k]->data, dfc_numel(t[k]), copies[k], err));
+    }
+    *data = conv_data{copies[0], copies[1], copies[2], 1};
+    return DFC_OK;
+}
+
+/* The convolution of cp in the backend's precision; bf16 writes its bf16 result back into cp's fp32 output. */
+static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
+{
+    DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
+    if (dfc_cuda(be)->precision != DFC_PRECISION_BF16) {
+        const conv_data data = {cp->x->data, cp->w->data, cp->y->data, 0};
+        return conv_call(be, cp, &data, err);
+    }
+    conv_data data = {};
+    DFC_TRY(conv_bf16_data(be, cp, &data, err));
+    DFC_TRY(conv_call(be, cp, &data, err));
+    const int out = conv_output_index(cp->kind);
+    const dfc_tensor *t[3] = {cp->x, cp->w, cp->y};
+    const void *copies[3] = {data.x, data.w, data.y};
+    return dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)copies[out], dfc_numel(t[out]), t[out]->data, err);
+}
 
 /* y = x * weight + bias: the convolution, then bias[co] added to each output plane. */
 dfc_status cuda_conv2d_forward(dfc_backend *be, const dfc_tensor *x, const dfc_tensor *weight, const dfc_tensor *bias,

@@ -73,10 +73,9 @@ static dfc_status check_precision(const dfc_backend_iface *iface, dfc_precision 
             size_t used = strlen(offered);
             snprintf(offered + used, sizeof offered - used, "%s'%s'", used ? ", " : "", dfc_precision_name(p));
         }
-    return dfc_fail(err, precision == DFC_PRECISION_BF16 ? DFC_ERR_NOT_IMPLEMENTED : DFC_ERR_VALUE,
-                    "backend: the %s backend does not offer precision '%s' (it offers %s)%s", iface->name,
-                    dfc_precision_name((int)precision), offered,
-                    precision == DFC_PRECISION_TF32 ? ": TF32 is a GPU tensor-core mode ('cuda')" : "");
+    return dfc_fail(err, DFC_ERR_VALUE, "backend: the %s backend does not offer precision '%s' (it offers %s)%s",
+                    iface->name, dfc_precision_name((int)precision), offered,
+                    precision != DFC_PRECISION_FP32 ? ": a GPU tensor-core mode ('cuda')" : "");
 }
 
 dfc_status dfc_backend_create(const char *name, int num_threads, dfc_precision precision, dfc_backend **out,
@@ -286,7 +285,8 @@ const dfc_backend_iface dfc_cuda_loader_iface = {
     .name = "cuda",
     .ops = NULL, /* the plugin's, set by create */
     .host_memory = 0,
-    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32), /* the plugin's */
+    .precisions = DFC_PRECISION_BIT(DFC_PRECISION_FP32) | DFC_PRECISION_BIT(DFC_PRECISION_TF32) |
+                  DFC_PRECISION_BIT(DFC_PRECISION_BF16), /* the plugin's */
     .device_count = cuda_loader_device_count,
     .create = cuda_loader_create,
     .destroy = cuda_loader_destroy,

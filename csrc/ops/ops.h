@@ -505,6 +505,8 @@ struct dfc_backend {
     int num_threads;                /* threads the backend's kernels may use: the one thread policy */
     int device;                     /* which device of a backend that has several ("cuda:1" -> 1), else 0 */
     dfc_precision precision;        /* what its convolutions and matrix products may use (one of iface->precisions) */
+    int private_memory;             /* set by create: its memory is its own, never another backend's (the strict
+                                       emulation's mappings, readable inside this backend's ops only) */
     void *impl;                     /* backend-private state (oneDNN engine and stream, ...) */
 };
 
@@ -532,11 +534,13 @@ extern const dfc_backend_iface dfc_cuda_loader_iface;           /* "cuda": loads
  * weight_decay >= 0), all finite; defined in ref_optim.c. */
 dfc_status dfc_adamw_check(const dfc_adamw_config *cfg, dfc_error *err);
 
-/* Whether b may use (and free) memory that a allocated: backends with the same memory functions share one memory
- * (the host backends: host memory; a device backend: that device's memory, whichever thread's backend made it). */
+/* Whether b may use (and free) memory that a allocated: backends with the same memory functions on the same device
+ * share one memory (the host backends: host memory; a device backend: that device's memory, whichever thread's or
+ * precision's backend made it), unless one keeps its memory private. */
 static inline int dfc_backend_same_memory(const dfc_backend *a, const dfc_backend *b)
 {
-    return a->iface->alloc == b->iface->alloc && a->iface->free == b->iface->free;
+    return a == b || (a->iface->alloc == b->iface->alloc && a->iface->free == b->iface->free &&
+                      a->device == b->device && !a->private_memory && !b->private_memory);
 }
 
 #endif

@@ -153,8 +153,9 @@ CONFIG_HELP: dict[str, str] = dict(
     mask_dilation="fastdime: max-pool size (odd) that dilates its mask of the change from the input",
     mask_threshold="fastdime: pixels whose dilated change (0..1 of the largest) is below this keep the input",
     mask_warmup="fastdime: reverse steps before the mask is applied",
-    precision="what the sampler's convolutions and matrix products may use: fp32 (parity with the CPU), or tf32 "
-    "on a GPU (device cuda; TF32 tensor cores, everything else fp32; the README's CUDA section gives its deviation)",
+    precision="what the sampler's convolutions and matrix products may use: fp32 (parity with the CPU), or on a GPU "
+    "(device cuda) tf32 (TF32 tensor cores) or bf16 (bf16 operands, fp32 sums); everything else stays fp32 (the "
+    "README's CUDA section gives their deviation)",
     # [run]
     image_size="every image is converted to grayscale and resized to this (the models' size)",
     batch_size="images explained together (does not change the results)",

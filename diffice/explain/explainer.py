@@ -137,7 +137,7 @@ class ExplainerConfig:
     mask_dilation: int = 5  # FastDiME mask
     mask_threshold: float = 0.15
     mask_warmup: int = 30
-    precision: str = "fp32"  # the sampler backend's convolutions and products: "fp32", or "tf32" on a GPU
+    precision: str = "fp32"  # the sampler backend's convolutions and products: "fp32", or "tf32"/"bf16" on a GPU
 
     def validate(self) -> None:
         if self.method not in METHODS:

@@ -12,8 +12,8 @@ from .._native import _C, preload_cuda_libraries
 BACKENDS: tuple[str, ...] = _C.backend_names()  # the C registry's names, the default ('cpu') first
 _local = threading.local()
 
-# What a backend's convolutions and matrix products may use: "fp32" everywhere (the default); "tf32" on "cuda"
-# (TF32 tensor cores; everything else stays fp32); "bf16" is reserved (no backend offers it yet).
+# What a backend's convolutions and matrix products may use: "fp32" everywhere (the default); on "cuda" (and its
+# emulation) "tf32" (TF32 tensor cores) or "bf16" (operands rounded to bf16, sums in fp32); everything else stays fp32.
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -37,8 +37,8 @@ def get_backend(name: str = "cpu", num_threads: int = 0, precision: Precision = 
     (the CUDA kernels run on the host: for tests).
 
     num_threads <= 0 uses every core. precision: see PRECISIONS; a backend that does not offer it raises ValueError
-    (NotImplementedError for "bf16") saying which it offers. Backends hold per-thread state (oneDNN stream, CUDA
-    stream), so each Python thread gets its own.
+    saying which it offers. Backends hold per-thread state (oneDNN stream, CUDA stream), so each Python thread gets
+    its own.
     """
     check_backend_name(name)
     check_precision(precision)
