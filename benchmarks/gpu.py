@@ -258,11 +258,12 @@ def main() -> None:
     plan = []
     for m in args.methods:
         tau = args.dime_tau if m == "dime" else args.tau
-        for impl, default in (("diffice", "fp32"), ("torch", "tf32")):
-            if impl == "diffice" and args.no_diffice:
-                continue
-            for precision in args.precisions if m == "diff-ice-1" else [default]:
-                plan.append((impl, m, tau, precision))
+        # each diffice row beside its PyTorch row, so a run cut short still compares what it measured
+        pairs = [(p, p) for p in args.precisions] if m == "diff-ice-1" else [("fp32", "tf32")]
+        for ours, theirs in pairs:
+            if not args.no_diffice:
+                plan.append(("diffice", m, tau, ours))
+            plan.append(("torch", m, tau, theirs))
         if m == "dime":
             plan.append(("torch", "unet-forward", args.tau, "tf32"))
 
@@ -287,7 +288,7 @@ def main() -> None:
                 f.write(json.dumps(r) + "\n")
         label = "torch eager" if impl == "torch" else "diffice"
         if "error" in r:
-            print(f"| {method} | {label} | | {tau} | {r['error']} | | |", flush=True)
+            print(f"| {method} | {label} | {precision} | {tau} | {r['error']} | | |", flush=True)
             continue
         if "peak_allocated_gb" in r:
             mem = f"{r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f}"
