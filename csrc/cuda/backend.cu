@@ -11,8 +11,6 @@
 
 #include "cuda_backend.cuh"
 
-#define DFC_CUDA_STAGE_ALIGN 256
-
 #ifndef DFC_CUDA_EMULATE
 
 dfc_status dfc_cuda_check(cudaError_t code, const char *call, dfc_error *err)
@@ -71,15 +69,14 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda: out of host memory");
     be->impl = state;
     state->device = be->device;
-    state->precision = be->precision;
     DFC_CUDA_TRY(cudaSetDevice(state->device));
     DFC_CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
     DFC_CUBLAS_TRY(cublasCreate(&state->cublas));
     DFC_CUBLAS_TRY(cublasSetStream(state->cublas, state->stream));
     /* fp32 (parity with the CPU) unless precision "tf32": then cuBLAS's fp32 GEMMs may round inputs to TF32 (bf16
      * GEMMs take bf16 operands, dfc_cuda_gemm, and use tensor cores in the default mode) */
-    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, state->precision == DFC_PRECISION_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                                           : CUBLAS_DEFAULT_MATH));
+    DFC_CUBLAS_TRY(cublasSetMathMode(state->cublas, be->precision == DFC_PRECISION_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                                        : CUBLAS_DEFAULT_MATH));
     DFC_CUDNN_TRY(cudnnCreate(&state->cudnn));
     DFC_CUDNN_TRY(cudnnSetStream(state->cudnn, state->stream));
     return DFC_OK;
@@ -200,7 +197,6 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
     be->impl = state;
     state->strict = strict_requested();
     be->private_memory = state->strict; /* its mappings open inside its own ops only */
-    state->precision = be->precision;
     return DFC_OK;
 }
 
@@ -373,7 +369,7 @@ dfc_status dfc_cuda_stage_host(dfc_backend *be, int count, const void *const *pi
     size_t offsets[MAX_PIECES], total = 0;
     for (int k = 0; k < count; k++) {
         offsets[k] = total;
-        total += (sizes[k] + DFC_CUDA_STAGE_ALIGN - 1) / DFC_CUDA_STAGE_ALIGN * DFC_CUDA_STAGE_ALIGN;
+        total += dfc_cuda_aligned(sizes[k]);
     }
     void *base = NULL;
     DFC_TRY(dfc_cuda_scratch(be, total + extra_bytes ? total + extra_bytes : 1, &base, err));
@@ -407,11 +403,11 @@ static dfc_status gemm_bf16_operands(dfc_backend *be, const dfc_cuda_gemm_args *
                       operand_span(g->transa ? g->k : g->m, g->transa ? g->m : g->k, g->lda, g->stride_a, g->batch),
                   b_span =
                       operand_span(g->transb ? g->n : g->k, g->transb ? g->k : g->n, g->ldb, g->stride_b, g->batch);
-    const int64_t b_offset = (a_span + 127) / 128 * 128; /* 256-byte aligned */
+    const size_t b_offset = dfc_cuda_aligned((size_t)a_span * sizeof(uint16_t));
     void *copies = NULL;
-    DFC_TRY(dfc_cuda_bf16_scratch(be, (size_t)(b_offset + b_span) * sizeof(uint16_t), &copies, err));
+    DFC_TRY(dfc_cuda_bf16_scratch(be, b_offset + (size_t)b_span * sizeof(uint16_t), &copies, err));
     *a16 = (uint16_t *)copies;
-    *b16 = *a16 + b_offset;
+    *b16 = (uint16_t *)((char *)copies + b_offset);
     DFC_TRY(dfc_cuda_to_bf16(be, op, g->a, a_span, *a16, err));
     return dfc_cuda_to_bf16(be, op, g->b, b_span, *b16, err);
 }
@@ -420,8 +416,7 @@ dfc_status dfc_cuda_gemm(dfc_backend *be, const dfc_cuda_gemm_args *g, const cha
 {
     if (g->m <= 0 || g->n <= 0 || g->batch <= 0)
         return DFC_OK;
-    dfc_cuda_state *state = dfc_cuda(be);
-    const int bf16 = state->precision == DFC_PRECISION_BF16 && g->k > 0;
+    const int bf16 = be->precision == DFC_PRECISION_BF16 && g->k > 0;
     uint16_t *a16 = NULL, *b16 = NULL;
     if (bf16)
         DFC_TRY(gemm_bf16_operands(be, g, op, &a16, &b16, err));
@@ -448,13 +443,14 @@ dfc_status dfc_cuda_gemm(dfc_backend *be, const dfc_cuda_gemm_args *g, const cha
         }
     return DFC_OK;
 #else
+    dfc_cuda_state *state = dfc_cuda(be);
     const int big = g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->batch > INT32_MAX;
     if (big)
         return dfc_fail(err, DFC_ERR_VALUE,
                         "cuda: %s: GEMM of %lld x %lld x %lld (batch %lld) exceeds cuBLAS's int sizes", op,
                         (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
     cublasComputeType_t compute =
-        state->precision == DFC_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        be->precision == DFC_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const cudaDataType_t input_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     const void *a = bf16 ? (const void *)a16 : g->a, *b = bf16 ? (const void *)b16 : g->b;
     cublasStatus_t code = cublasGemmStridedBatchedEx(

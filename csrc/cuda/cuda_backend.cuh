@@ -59,7 +59,6 @@ enum { DFC_CUDA_CONV_PLANS = 64 };
 /* The backend's private state (be->impl). */
 typedef struct dfc_cuda_state {
     int device;          /* the CUDA device this backend runs on ("cuda:N") */
-    int precision;       /* dfc_precision: what cuDNN's convolutions and cuBLAS's GEMMs may use (tf32, bf16) */
     void *scratch;       /* backend memory for host vectors and partial results, grown on demand and kept */
     size_t scratch_size; /* its bytes */
     void *bf16_scratch;  /* precision bf16: the bf16 copies of one library call's operands, apart from the scratch
@@ -139,6 +138,9 @@ void dfc_cuda_window_close(dfc_backend *be);
 /* Whether ptr lies in memory this backend allocated (always true when not strict: then it cannot tell). */
 int dfc_cuda_is_backend_memory(dfc_backend *be, const void *ptr);
 #endif
+
+/* bytes rounded up to 256, the alignment of every piece carved from a scratch (cuBLAS's and cuDNN's preference). */
+static inline size_t dfc_cuda_aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 /* be's scratch, at least bytes long (grown, never shrunk; the old buffer is freed once the stream is idle). The
  * scratch is one buffer: an op that needs several pieces carves them from one call. */

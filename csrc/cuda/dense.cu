@@ -87,12 +87,12 @@ static dfc_status fill_zero(dfc_backend *be, const char *op, dfc_tensor *t, dfc_
 enum conv_kind { CONV_FORWARD = 1, CONV_BACKWARD_DATA = 2, CONV_BACKWARD_FILTER = 3 };
 
 /* The cached plan of (kind, x shape, w shape, p, math mode), or NULL. */
-static dfc_cuda_conv_plan *conv_plan_find(dfc_cuda_state *state, int kind, const int64_t *x, const int64_t *w,
+static dfc_cuda_conv_plan *conv_plan_find(dfc_backend *be, int kind, const int64_t *x, const int64_t *w,
                                           dfc_conv2d_params p)
 {
     for (int k = 0; k < DFC_CUDA_CONV_PLANS; k++) {
-        dfc_cuda_conv_plan *plan = &state->conv_plans[k];
-        int same = plan->op == kind && plan->precision == state->precision && plan->p.stride_h == p.stride_h &&
+        dfc_cuda_conv_plan *plan = &dfc_cuda(be)->conv_plans[k];
+        int same = plan->op == kind && plan->precision == (int)be->precision && plan->p.stride_h == p.stride_h &&
                    plan->p.stride_w == p.stride_w && plan->p.pad_h == p.pad_h && plan->p.pad_w == p.pad_w;
         for (int d = 0; same && d < 4; d++)
             same = plan->x[d] == x[d] && plan->w[d] == w[d];
@@ -103,14 +103,15 @@ static dfc_cuda_conv_plan *conv_plan_find(dfc_cuda_state *state, int kind, const
 }
 
 /* A fresh slot for (kind, shapes, p), replacing the oldest plan once the cache is full. */
-static dfc_cuda_conv_plan *conv_plan_slot(dfc_cuda_state *state, int kind, const int64_t *x, const int64_t *w,
+static dfc_cuda_conv_plan *conv_plan_slot(dfc_backend *be, int kind, const int64_t *x, const int64_t *w,
                                           dfc_conv2d_params p)
 {
+    dfc_cuda_state *state = dfc_cuda(be);
     dfc_cuda_conv_plan *plan = &state->conv_plans[state->conv_plans_next];
     state->conv_plans_next = (state->conv_plans_next + 1) % DFC_CUDA_CONV_PLANS;
     *plan = dfc_cuda_conv_plan{};
     plan->op = kind;
-    plan->precision = state->precision;
+    plan->precision = be->precision;
     plan->p = p;
     for (int d = 0; d < 4; d++) {
         plan->x[d] = x[d];
@@ -142,10 +143,21 @@ typedef struct conv_problem {
 /* Which of (x, w, y) a kind of convolution writes; it reads the other two. */
 static int conv_output_index(int kind) { return kind == CONV_FORWARD ? 2 : kind == CONV_BACKWARD_DATA ? 0 : 1; }
 
-/* The call's data: cp's x, w and y as fp32, or (precision bf16) as bf16 copies. */
+/* Copies of x, w and y (t, in that order) of element bytes each, carved from one buffer: each copy's offset, each
+ * 256-byte aligned, and the buffer's size. */
+static size_t conv_copies_layout(const dfc_tensor *const t[3], size_t element, size_t offsets[3])
+{
+    size_t total = 0;
+    for (int k = 0; k < 3; k++) {
+        offsets[k] = total;
+        total += dfc_cuda_aligned((size_t)dfc_numel(t[k]) * element);
+    }
+    return total;
+}
+
+/* The call's data, in the order (x, w, y): cp's fp32 tensors, or (precision bf16) their bf16 copies. */
 typedef struct conv_data {
-    const void *x, *w;
-    void *y;
+    void *t[3];
     int bf16;
 } conv_data;
 
@@ -225,16 +237,17 @@ template <class Perf> static int conv_pick(const Perf *perf, int count, int tens
 }
 
 /* Chooses plan's algorithm and math mode for the descriptors d, and its workspace size. */
-static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp, const conv_descs *d,
+static dfc_status conv_plan_choose(dfc_backend *be, const conv_problem *cp, const conv_descs *d,
                                    dfc_cuda_conv_plan *plan, dfc_error *err)
 {
-    cudnnHandle_t h = state->cudnn;
+    cudnnHandle_t h = dfc_cuda(be)->cudnn;
+    const int tensor_cores = be->precision != DFC_PRECISION_FP32;
     int count = 0, pick = -1;
     if (cp->kind == CONV_FORWARD) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionForwardAlgorithm_v7, h, d->x, d->w, d->conv, d->y,
                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
+        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
@@ -242,7 +255,7 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardDataAlgorithm_v7, h, d->w, d->y, d->conv, d->x,
                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
+        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
@@ -250,7 +263,7 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardFilterAlgorithm_v7, h, d->x, d->y, d->conv, d->w,
                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, state->precision != DFC_PRECISION_FP32)) >= 0) {
+        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
             plan->algo = perf[pick].algo;
             plan->math = perf[pick].mathType;
         }
@@ -259,14 +272,11 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
         return dfc_fail(err, DFC_ERR_BACKEND,
                         "cuda: %s: cuDNN offers no deterministic %s algorithm for x (%lld, %lld, %lld, %lld), weight "
                         "(%lld, %lld, %lld, %lld)",
-                        cp->op,
-                        state->precision == DFC_PRECISION_BF16   ? "bf16"
-                        : state->precision == DFC_PRECISION_TF32 ? "tf32"
-                                                                 : "fp32", /* the plugin does not link backend.c */
-                        (long long)cp->x->shape[0], (long long)cp->x->shape[1], (long long)cp->x->shape[2],
-                        (long long)cp->x->shape[3], (long long)cp->w->shape[0], (long long)cp->w->shape[1],
-                        (long long)cp->w->shape[2], (long long)cp->w->shape[3]);
-    if (state->precision == DFC_PRECISION_FP32)
+                        cp->op, dfc_precision_name(be->precision), (long long)cp->x->shape[0],
+                        (long long)cp->x->shape[1], (long long)cp->x->shape[2], (long long)cp->x->shape[3],
+                        (long long)cp->w->shape[0], (long long)cp->w->shape[1], (long long)cp->w->shape[2],
+                        (long long)cp->w->shape[3]);
+    if (!tensor_cores)
         plan->math = CUDNN_FMA_MATH;
     CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
     size_t bytes = 0;
@@ -287,12 +297,11 @@ static dfc_status conv_plan_choose(dfc_cuda_state *state, const conv_problem *cp
 static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const conv_data *data, const conv_descs *d,
                                 dfc_error *err)
 {
-    dfc_cuda_state *state = dfc_cuda(be);
-    dfc_cuda_conv_plan *plan = conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p);
+    dfc_cuda_conv_plan *plan = conv_plan_find(be, cp->kind, cp->x->shape, cp->w->shape, cp->p);
     if (!plan) {
         dfc_cuda_conv_plan fresh = {};
-        DFC_TRY(conv_plan_choose(state, cp, d, &fresh, err));
-        plan = conv_plan_slot(state, cp->kind, cp->x->shape, cp->w->shape, cp->p);
+        DFC_TRY(conv_plan_choose(be, cp, d, &fresh, err));
+        plan = conv_plan_slot(be, cp->kind, cp->x->shape, cp->w->shape, cp->p);
         plan->algo = fresh.algo;
         plan->math = fresh.math;
         plan->workspace = fresh.workspace;
@@ -303,18 +312,18 @@ static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const c
     if (plan->workspace)
         DFC_TRY(dfc_cuda_scratch(be, plan->workspace, &workspace, err));
     const float one = 1.0f, zero = 0.0f;
-    cudnnHandle_t h = state->cudnn;
+    cudnnHandle_t h = dfc_cuda(be)->cudnn;
     /* the kinds' roles: forward writes y from x and w; backward data writes x (dx) from y (dy) and w; backward
      * filter writes w (dw) from x and y (dy) */
-    void *x = (void *)data->x, *w = (void *)data->w;
+    void *x = data->t[0], *w = data->t[1], *y = data->t[2];
     if (cp->kind == CONV_FORWARD)
         CUDNN_CALL(cudnnConvolutionForward, h, &one, d->x, x, d->w, w, d->conv, (cudnnConvolutionFwdAlgo_t)plan->algo,
-                   workspace, plan->workspace, &zero, d->y, data->y);
+                   workspace, plan->workspace, &zero, d->y, y);
     else if (cp->kind == CONV_BACKWARD_DATA)
-        CUDNN_CALL(cudnnConvolutionBackwardData, h, &one, d->w, w, d->y, data->y, d->conv,
+        CUDNN_CALL(cudnnConvolutionBackwardData, h, &one, d->w, w, d->y, y, d->conv,
                    (cudnnConvolutionBwdDataAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->x, x);
     else
-        CUDNN_CALL(cudnnConvolutionBackwardFilter, h, &one, d->x, x, d->y, data->y, d->conv,
+        CUDNN_CALL(cudnnConvolutionBackwardFilter, h, &one, d->x, x, d->y, y, d->conv,
                    (cudnnConvolutionBwdFilterAlgo_t)plan->algo, workspace, plan->workspace, &zero, d->w, w);
     return DFC_OK;
 }
@@ -322,7 +331,7 @@ static dfc_status conv_run_with(dfc_backend *be, const conv_problem *cp, const c
 static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_data *data, dfc_error *err)
 {
     conv_descs d = {};
-    dfc_status st = conv_descs_init(cp, dfc_cuda(be)->precision, &d, err);
+    dfc_status st = conv_descs_init(cp, be->precision, &d, err);
     if (st == DFC_OK)
         st = conv_run_with(be, cp, data, &d, err);
     conv_descs_destroy(&d); /* the descriptors are host objects, free to go once the calls are queued */
@@ -336,24 +345,19 @@ static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_
  * result is rounded into the bf16 output as cuDNN's bf16 output is. */
 static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_data *data, dfc_error *err)
 {
-    dfc_cuda_state *state = dfc_cuda(be);
-    if (!conv_plan_find(state, cp->kind, cp->x->shape, cp->w->shape, cp->p))
-        conv_plan_slot(state, cp->kind, cp->x->shape, cp->w->shape, cp->p); /* algorithm 0, no workspace */
+    if (!conv_plan_find(be, cp->kind, cp->x->shape, cp->w->shape, cp->p))
+        conv_plan_slot(be, cp->kind, cp->x->shape, cp->w->shape, cp->p); /* algorithm 0, no workspace */
     dfc_tensor t[3] = {*cp->x, *cp->w, *cp->y};
     const int out = conv_output_index(cp->kind);
-    const void *bf16[3] = {data->x, data->w, data->y};
     if (data->bf16) {
-        size_t offsets[3], total = 0;
-        for (int k = 0; k < 3; k++) {
-            offsets[k] = total;
-            total += ((size_t)dfc_numel(&t[k]) * sizeof(float) + 255) / 256 * 256;
-        }
+        const dfc_tensor *const fp32[3] = {cp->x, cp->w, cp->y};
+        size_t offsets[3];
         void *wide = NULL;
-        DFC_TRY(dfc_cuda_scratch(be, total, &wide, err));
+        DFC_TRY(dfc_cuda_scratch(be, conv_copies_layout(fp32, sizeof(float), offsets), &wide, err));
         for (int k = 0; k < 3; k++) {
             t[k].data = (float *)((char *)wide + offsets[k]);
             if (k != out)
-                DFC_TRY(dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)bf16[k], dfc_numel(&t[k]), t[k].data, err));
+                DFC_TRY(dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)data->t[k], dfc_numel(&t[k]), t[k].data, err));
         }
     }
     dfc_status st;
@@ -365,48 +369,32 @@ static dfc_status conv_call(dfc_backend *be, const conv_problem *cp, const conv_
         st = ref_conv2d_backward_weight(be, &t[2], &t[0], cp->p, &t[1], NULL, err);
     if (st != DFC_OK || !data->bf16)
         return st;
-    return dfc_cuda_to_bf16(be, cp->op, t[out].data, dfc_numel(&t[out]), (uint16_t *)bf16[out], err);
+    return dfc_cuda_to_bf16(be, cp->op, t[out].data, dfc_numel(&t[out]), (uint16_t *)data->t[out], err);
 }
 
 #endif
 
-/* Precision bf16: copies of x, w and y in the bf16 scratch (each 256-byte aligned), the two cp reads rounded from its
- * fp32 tensors. */
-static dfc_status conv_bf16_data(dfc_backend *be, const conv_problem *cp, conv_data *data, dfc_error *err)
-{
-    const dfc_tensor *t[3] = {cp->x, cp->w, cp->y};
-    size_t offsets[3], total = 0;
-    for (int k = 0; k < 3; k++) {
-        offsets[k] = total;
-        total += ((size_t)dfc_numel(t[k]) * sizeof(uint16_t) + 255) / 256 * 256;
-    }
-    void *base = NULL;
-    DFC_TRY(dfc_cuda_bf16_scratch(be, total, &base, err));
-    uint16_t *copies[3];
-    for (int k = 0; k < 3; k++) {
-        copies[k] = (uint16_t *)((char *)base + offsets[k]);
-        if (k != conv_output_index(cp->kind))
-            DFC_TRY(dfc_cuda_to_bf16(be, cp->op, t[k]->data, dfc_numel(t[k]), copies[k], err));
-    }
-    *data = conv_data{copies[0], copies[1], copies[2], 1};
-    return DFC_OK;
-}
-
-/* The convolution of cp in the backend's precision; bf16 writes its bf16 result back into cp's fp32 output. */
+/* The convolution of cp in the backend's precision. bf16: x, w and y copied into the bf16 scratch (the two cp reads
+ * rounded from its fp32 tensors), and the bf16 result widened into cp's fp32 output. */
 static dfc_status conv_run(dfc_backend *be, const conv_problem *cp, dfc_error *err)
 {
     DFC_TRY(conv_check_int_sizes(cp->op, cp->x, cp->w, cp->y, err));
-    if (dfc_cuda(be)->precision != DFC_PRECISION_BF16) {
-        const conv_data data = {cp->x->data, cp->w->data, cp->y->data, 0};
+    const dfc_tensor *const t[3] = {cp->x, cp->w, cp->y};
+    conv_data data = {{t[0]->data, t[1]->data, t[2]->data}, 0};
+    if (be->precision != DFC_PRECISION_BF16)
         return conv_call(be, cp, &data, err);
-    }
-    conv_data data = {};
-    DFC_TRY(conv_bf16_data(be, cp, &data, err));
-    DFC_TRY(conv_call(be, cp, &data, err));
+    size_t offsets[3];
+    void *base = NULL;
+    DFC_TRY(dfc_cuda_bf16_scratch(be, conv_copies_layout(t, sizeof(uint16_t), offsets), &base, err));
     const int out = conv_output_index(cp->kind);
-    const dfc_tensor *t[3] = {cp->x, cp->w, cp->y};
-    const void *copies[3] = {data.x, data.w, data.y};
-    return dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)copies[out], dfc_numel(t[out]), t[out]->data, err);
+    data.bf16 = 1;
+    for (int k = 0; k < 3; k++) {
+        data.t[k] = (char *)base + offsets[k];
+        if (k != out)
+            DFC_TRY(dfc_cuda_to_bf16(be, cp->op, t[k]->data, dfc_numel(t[k]), (uint16_t *)data.t[k], err));
+    }
+    DFC_TRY(conv_call(be, cp, &data, err));
+    return dfc_cuda_from_bf16(be, cp->op, (const uint16_t *)data.t[out], dfc_numel(t[out]), t[out]->data, err);
 }
 
 /* y = x * weight + bias: the convolution, then bias[co] added to each output plane. */

@@ -53,12 +53,6 @@ int dfc_backend_device_count(const char *name)
 
 int dfc_host_device_count(void) { return 1; }
 
-const char *dfc_precision_name(int precision)
-{
-    static const char *const names[] = {"fp32", "tf32", "bf16"};
-    return precision >= 0 && precision < (int)(sizeof names / sizeof names[0]) ? names[precision] : NULL;
-}
-
 /* DFC_OK when iface offers precision; else why not, with the precisions it offers. */
 static dfc_status check_precision(const dfc_backend_iface *iface, dfc_precision precision, dfc_error *err)
 {

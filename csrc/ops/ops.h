@@ -430,8 +430,12 @@ typedef enum dfc_precision {
 
 #define DFC_PRECISION_BIT(p) (1u << (p))
 
-/* "fp32", "tf32", "bf16"; NULL past the last. */
-const char *dfc_precision_name(int precision);
+/* "fp32", "tf32", "bf16"; NULL past the last. Inline: the CUDA plugin names precisions too and links no backend.c. */
+static inline const char *dfc_precision_name(int precision)
+{
+    static const char *const names[] = {"fp32", "tf32", "bf16"};
+    return precision >= 0 && precision < (int)(sizeof names / sizeof names[0]) ? names[precision] : NULL;
+}
 
 /* ---- the backend: the op table plus its lifecycle and memory (ggml's ggml_backend_i and buffer interface) ----
  * Memory functions move bytes between the host and backend memory (for the host backends they are malloc and
