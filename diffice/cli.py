@@ -123,6 +123,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(
         f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
         f"{summary['failed']} failed; results in {args.out}/results.csv"
+        + (f", the failures and why in {args.out}/errors.csv" if summary["failed"] else "")
         + (f" (WARNING above, recorded in {args.out}/warnings.json)" if summary.get("warnings") else "")
     )
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1

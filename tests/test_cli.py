@@ -115,3 +115,19 @@ def test_explain_with_a_precision_the_device_lacks_says_so(tmp_path, capsys, pre
     err = capsys.readouterr().err
     assert code == 2 and f"the cpu backend does not offer precision '{precision}' (it offers 'fp32')" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+
+
+def test_explain_summary_points_at_the_failures(tmp_path, capsys):
+    """An unreadable image: the summary line says where the failures and their reasons are."""
+    from diffice.data.images import save_png
+
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(out),
+                 "--iterations", "1", "--tau", "2", "--lambda-c", "40", "--quiet"])  # fmt: skip
+    summary = capsys.readouterr().out
+    assert code == 0 and "1 explained" in summary and "1 failed" in summary
+    assert f"the failures and why in {out}/errors.csv" in summary
+    assert "broken.png" in (out / "errors.csv").read_text()

@@ -254,10 +254,13 @@ static int parse_config(PyObject *d, dfc_sampler_config *c)
     return 0;
 }
 
-static PyObject *zeros(int ndim, const npy_intp *dims, int type)
-{
-    return PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
-}
+/* One array of sample()'s result: its key in the dict, whether this call makes it, its numpy type and shape. */
+typedef struct {
+    const char *key;
+    int wanted, type, ndim;
+    npy_intp dims[6];
+} sample_output;
+enum { SAMPLE_OUTPUTS = 11 };
 
 /* dfc_sampler_run with the images (host memory) copied into be's memory for the call. */
 static dfc_status run_on_backend(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
@@ -303,7 +306,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
 
     dfc_py_refs refs = {0};
     dfc_tensor x;
-    PyObject *result = NULL, *arrays[11] = {NULL};
+    PyObject *result = NULL, *arrays[SAMPLE_OUTPUTS] = {NULL};
     PyArrayObject *keys = NULL;
     if (dfc_py_tensor(x_obj, "sample", "x", 4, 4, 1, &refs, &x) < 0)
         goto done;
@@ -322,39 +325,38 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         }
     }
     const npy_intp L = cfg.iterations, N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
-    npy_intp cf_dims[5] = {L, N, C, H, W}, prob_dims[2] = {L + 1, N}, ln_dims[2] = {L, N}, it_dims[1] = {L};
-    npy_intp step_dims[6] = {L, cfg.tau, N, C, H, W}, n_dims[1] = {N};
-    arrays[0] = zeros(5, cf_dims, NPY_FLOAT32);
-    arrays[1] = zeros(2, prob_dims, NPY_FLOAT32);
-    arrays[2] = zeros(2, ln_dims, NPY_FLOAT32);
-    arrays[3] = zeros(2, ln_dims, NPY_INT32);
-    arrays[4] = zeros(2, ln_dims, NPY_INT32);
-    arrays[5] = zeros(1, it_dims, NPY_FLOAT64);
-    if (cfg.record_steps) {
-        arrays[6] = zeros(6, step_dims, NPY_FLOAT32);
-        arrays[7] = zeros(6, step_dims, NPY_FLOAT32);
-    }
-    arrays[8] = zeros(1, n_dims, NPY_INT32);
-    if (cfg.classify_first_step) {
-        arrays[9] = zeros(1, n_dims, NPY_FLOAT32);
-        arrays[10] = zeros(1, n_dims, NPY_INT32);
-    }
-    for (int i = 0; i < 11; i++)
-        if (!arrays[i] && (i < 6 || i == 8 || (i < 8 ? cfg.record_steps : cfg.classify_first_step)))
-            goto done;
-    dfc_sampler_outputs out = {
-        .counterfactuals = PyArray_DATA((PyArrayObject *)arrays[0]),
-        .prob_target = PyArray_DATA((PyArrayObject *)arrays[1]),
-        .lambda_used = PyArray_DATA((PyArrayObject *)arrays[2]),
-        .flipped = PyArray_DATA((PyArrayObject *)arrays[3]),
-        .nonfinite_step = PyArray_DATA((PyArrayObject *)arrays[4]),
-        .iteration_seconds = PyArray_DATA((PyArrayObject *)arrays[5]),
-        .steps_xt = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[6]) : NULL,
-        .steps_x0 = cfg.record_steps ? PyArray_DATA((PyArrayObject *)arrays[7]) : NULL,
-        .input_is_target = PyArray_DATA((PyArrayObject *)arrays[8]),
-        .first_step_prob = cfg.classify_first_step ? PyArray_DATA((PyArrayObject *)arrays[9]) : NULL,
-        .first_step_target = cfg.classify_first_step ? PyArray_DATA((PyArrayObject *)arrays[10]) : NULL,
+    const int steps = cfg.record_steps, first = cfg.classify_first_step;
+    const sample_output outputs[SAMPLE_OUTPUTS] = {
+        {"counterfactuals", 1, NPY_FLOAT32, 5, {L, N, C, H, W}},
+        {"prob_target", 1, NPY_FLOAT32, 2, {L + 1, N}},
+        {"lambda_used", 1, NPY_FLOAT32, 2, {L, N}},
+        {"flipped", 1, NPY_INT32, 2, {L, N}},
+        {"nonfinite_step", 1, NPY_INT32, 2, {L, N}},
+        {"iteration_seconds", 1, NPY_FLOAT64, 1, {L}},
+        {"steps_xt", steps, NPY_FLOAT32, 6, {L, cfg.tau, N, C, H, W}},
+        {"steps_x0", steps, NPY_FLOAT32, 6, {L, cfg.tau, N, C, H, W}},
+        {"input_is_target", 1, NPY_INT32, 1, {N}},
+        {"first_step_prob", first, NPY_FLOAT32, 1, {N}},
+        {"first_step_target", first, NPY_INT32, 1, {N}},
     };
+    void *data[SAMPLE_OUTPUTS] = {NULL}; /* NULL: not wanted, which tells the sampler so */
+    for (int i = 0; i < SAMPLE_OUTPUTS; i++) {
+        const sample_output *o = &outputs[i];
+        if (o->wanted && !(arrays[i] = PyArray_ZEROS(o->ndim, (npy_intp *)o->dims, o->type, 0)))
+            goto done;
+        data[i] = o->wanted ? PyArray_DATA((PyArrayObject *)arrays[i]) : NULL;
+    }
+    dfc_sampler_outputs out = {.counterfactuals = data[0],
+                               .prob_target = data[1],
+                               .lambda_used = data[2],
+                               .flipped = data[3],
+                               .nonfinite_step = data[4],
+                               .iteration_seconds = data[5],
+                               .steps_xt = data[6],
+                               .steps_x0 = data[7],
+                               .input_is_target = data[8],
+                               .first_step_prob = data[9],
+                               .first_step_target = data[10]};
     py_bridge bridge = {guidance_obj, progress == Py_None ? NULL : progress, C, H, W, NULL, NULL, NULL};
     dfc_guidance guidance;
     if (PyCapsule_IsValid(guidance_obj, GUIDANCE_CAPSULE)) {
@@ -391,20 +393,13 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
         dfc_py_raise(&err);
         goto done;
     }
-    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:n,s:L}", "counterfactuals", arrays[0], "prob_target", arrays[1],
-                           "lambda_used", arrays[2], "flipped", arrays[3], "nonfinite_step", arrays[4],
-                           "iteration_seconds", arrays[5], "peak_bytes", (Py_ssize_t)out.peak_bytes, "unet_evaluations",
+    result = Py_BuildValue("{s:n,s:L}", "peak_bytes", (Py_ssize_t)out.peak_bytes, "unet_evaluations",
                            (long long)out.unet_evaluations);
-    if (result && cfg.record_steps &&
-        (PyDict_SetItemString(result, "steps_xt", arrays[6]) < 0 ||
-         PyDict_SetItemString(result, "steps_x0", arrays[7]) < 0))
-        Py_CLEAR(result);
-    if (result && (PyDict_SetItemString(result, "input_is_target", arrays[8]) < 0 ||
-                   (cfg.classify_first_step && (PyDict_SetItemString(result, "first_step_prob", arrays[9]) < 0 ||
-                                                PyDict_SetItemString(result, "first_step_target", arrays[10]) < 0))))
-        Py_CLEAR(result);
+    for (int i = 0; result && i < SAMPLE_OUTPUTS; i++)
+        if (arrays[i] && PyDict_SetItemString(result, outputs[i].key, arrays[i]) < 0)
+            Py_CLEAR(result);
 done:
-    for (int i = 0; i < 11; i++)
+    for (int i = 0; i < SAMPLE_OUTPUTS; i++)
         Py_XDECREF(arrays[i]);
     Py_XDECREF(keys);
     dfc_py_refs_release(&refs);
