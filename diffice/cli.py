@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", help="TOML config (sections [models], [diffusion], [method], [run]; see diffice/explain/config.py)"
     )
-    p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF (DICOM with pydicom) images")
+    p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF/BMP/.npy images (DICOM with pydicom)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cluster_flags(p)

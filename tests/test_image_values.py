@@ -312,3 +312,43 @@ def test_dicom_without_pydicom_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)  # `import pydicom` now raises ImportError
     with pytest.raises(ImageReadError, match=r"scan\.dcm: reading DICOM needs pydicom \(pip install pydicom"):
         load_image(path, (4, 4))
+
+
+def test_npy_images_in_diffices_own_range(tmp_path):
+    """.npy: floats as they are in [-1, 1] (any of the usual single-image shapes), integers by their bit depth;
+    values outside [-1, 1], stacks, strings and pickles are an ImageReadError naming the file."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-0.9, 0.7, (5, 7)).astype(np.float32)  # neither end reached: kept, not stretched
+    for i, shape in enumerate([(5, 7), (1, 5, 7), (1, 1, 5, 7)]):
+        np.save(tmp_path / f"f{i}.npy", image.reshape(shape))
+        np.testing.assert_allclose(load_image(tmp_path / f"f{i}.npy", (5, 7))[0], image, atol=1e-6)
+    np.save(tmp_path / "f64.npy", image.astype(np.float64))
+    np.testing.assert_allclose(load_image(tmp_path / "f64.npy", (5, 7))[0], image, atol=1e-6)
+    np.save(tmp_path / "u8.npy", np.array([[0, 51, 102, 255]], np.uint8))
+    np.testing.assert_allclose(load_image(tmp_path / "u8.npy", (1, 4))[0, 0], np.array([0, 51, 102, 255]) / 127.5 - 1,
+                               atol=1e-6)  # fmt: skip
+    np.save(tmp_path / "u16.npy", np.array([[0, 4095, 65535]], np.uint16))
+    np.testing.assert_allclose(load_image(tmp_path / "u16.npy", (1, 3))[0, 0], np.array([0, 4095, 65535]) / 32767.5 - 1,
+                               atol=1e-6)  # fmt: skip
+    rgb = np.stack([image] * 3, axis=-1)
+    np.save(tmp_path / "rgb.npy", rgb)
+    np.testing.assert_allclose(load_image(tmp_path / "rgb.npy", (5, 7))[0], image, atol=1e-6)
+
+    np.save(tmp_path / "wide.npy", image * 300)
+    with pytest.raises(ImageReadError, match=r"wide\.npy: a floating-point \.npy image must hold values in \[-1, 1\]"):
+        load_image(tmp_path / "wide.npy", (5, 7))
+    np.save(tmp_path / "stack.npy", np.stack([image[None]] * 3))
+    with pytest.raises(ImageReadError, match=r"stack\.npy: expected one image.*\(3, 1, 5, 7\).*one file per image"):
+        load_image(tmp_path / "stack.npy", (5, 7))
+    np.save(tmp_path / "nan.npy", np.where(image > 0, np.nan, image))
+    with pytest.raises(ImageReadError, match=r"nan\.npy: \d+ non-finite pixel values"):
+        load_image(tmp_path / "nan.npy", (5, 7))
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    with pytest.raises(ImageReadError, match=r"text\.npy: expected an array of numbers, got dtype <U1"):
+        load_image(tmp_path / "text.npy", (1, 2))
+    np.save(tmp_path / "objects.npy", np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageReadError, match=r"objects\.npy: not a readable \.npy array"):
+        load_image(tmp_path / "objects.npy", (1, 1))
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ImageReadError, match=r"junk\.npy: not a readable \.npy array"):
+        load_image(tmp_path / "junk.npy", (1, 1))

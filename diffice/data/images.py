@@ -1,4 +1,4 @@
-"""Reading and writing images: PNG, JPEG, TIFF (Pillow) and DICOM (when pydicom is installed).
+"""Reading and writing images: PNG, JPEG, TIFF (Pillow), DICOM (when pydicom is installed) and numpy .npy arrays.
 
 Images become float32 (1, H, W) arrays in [-1, 1] (grayscale: RGB is averaged, as the SonoNet authors do), resized
 bilinearly to the model's size; outputs are written back as 8-bit grayscale PNGs, atomically.
@@ -13,6 +13,11 @@ Pixel values are brought to [0, 1] (then mapped to [-1, 1]) by one rule, chosen 
 - floating-point pixels (32-bit float TIFF) are taken as they are when every value lies in [0, 1], divided by 255
   when they lie in [0, 255], and otherwise stretched to [0, 1] by the image's own minimum and maximum;
 - NaN or infinite values make the file unreadable (:class:`ImageReadError` naming it).
+
+A numpy ``.npy`` file holds one image, (H, W), (1, H, W) or (1, 1, H, W) (also (H, W, 3|4): RGB), in diffice's own
+convention: floating-point values are taken as they are in [-1, 1] (the range of the arrays diffice takes and
+returns), and a value outside [-1, 1] is an ImageReadError naming the file and the range found; integer arrays
+follow the bit-depth rule above (uint8 / 255, uint16 / 65535). It is read without pickle.
 
 DICOM (pydicom) adds, in this order: a cine (NumberOfFrames > 1) gives its first frame; RGB (YBR arrives as RGB)
 is averaged to gray; signed pixels (PixelRepresentation 1) of BitsStored bits are shifted by 2**(BitsStored - 1)
@@ -39,7 +44,7 @@ import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".npy")
 
 # Images are decoded to float64 (24 bytes a pixel for RGB): a small compressed file claiming a huge canvas is
 # refused before decoding. 2^25 pixels (e.g. 8192 x 4096) is far above any ultrasound frame.
@@ -155,12 +160,45 @@ def _decode_dicom(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
     return pixels, value_range, (photometric == "MONOCHROME1") != (slope < 0.0)
 
 
+def _decode_npy(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
+    """A .npy image (the module docstring's rule): its pixels (H, W) or (H, W, 3|4) and their range, floats in
+    [-1, 1] given the range (-1, 1) so that they are kept as they are."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: the shape is checked before reading
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable .npy array ({exc})") from None
+    shape = array.shape
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise ImageReadError(f"{path}: expected an array of numbers, got dtype {array.dtype}")
+    while array.ndim > 2 and array.shape[0] == 1 and not (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        array = array[0]  # (1, 1, H, W) and (1, H, W): one image
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageReadError(
+            f"{path}: expected one image, (H, W), (1, H, W), (1, 1, H, W) or (H, W, 3), got an array of shape {shape}"
+            + (" (a stack of images: save one file per image)" if len(shape) >= 3 and shape[0] > 1 else "")
+        )
+    if array.size > MAX_IMAGE_PIXELS * 4:
+        raise ImageReadError(f"{path}: an array of shape {shape} is over the {MAX_IMAGE_PIXELS}-pixel limit")
+    pixels = np.array(array)
+    if pixels.dtype.kind != "f":
+        return pixels, _dtype_range(pixels.dtype), False
+    finite = pixels[np.isfinite(pixels)]
+    if finite.size and (finite.min() < -1.0 or finite.max() > 1.0):
+        raise ImageReadError(
+            f"{path}: a floating-point .npy image must hold values in [-1, 1] (diffice's range), got "
+            f"[{finite.min():.6g}, {finite.max():.6g}]"
+        )
+    return pixels, (-1.0, 1.0), False  # NaN and infinity are refused by to_unit
+
+
 def _decode(path: Path) -> tuple[np.ndarray, IntegerRange, bool]:
     """The file's pixels in their stored type ((H, W) or (H, W, 3|4)), for integer pixels the range of their
-    bit depth (None for floating-point pixels), and whether the image is shown inverted (its lowest value white:
-    DICOM MONOCHROME1)."""
+    bit depth (None for floating-point pixels; (-1, 1) for a .npy's), and whether the image is shown inverted (its
+    lowest value white: DICOM MONOCHROME1)."""
     if path.suffix.lower() == ".dcm":
         return _decode_dicom(path)
+    if path.suffix.lower() == ".npy":
+        return _decode_npy(path)
     try:
         from PIL import Image
     except ImportError:
