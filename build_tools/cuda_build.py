@@ -147,6 +147,9 @@ def build_plugin(root: Path, out_dir: Path, target: Path, flags: dict[str, bool]
         "-std=c++20",
         "--extended-lambda",
         "-O3",
+        # no contraction of a * b + c into one fused multiply-add: the kernels round as the host code they are
+        # tested against (bit-equal results where the tests ask for them: the optimizer, EMA, resize backward)
+        "-fmad=false",
         "-Xcompiler",
         ",".join(["-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"] + host),
         f"-I{root / 'csrc'}",
@@ -155,6 +158,8 @@ def build_plugin(root: Path, out_dir: Path, target: Path, flags: dict[str, bool]
         nvcc += ["-Werror", "all-warnings"]
     for arch in archs:
         nvcc += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    if archs:  # PTX of the newest as well, which the driver compiles for GPUs newer than every listed one
+        nvcc += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
     jobs = []
     for src in cu_sources(root):
         obj = out_dir / (src.stem + ".o")

@@ -120,6 +120,10 @@ static void *cuda_memory_alloc(dfc_backend *be, size_t bytes, dfc_error *err)
     if (code == cudaSuccess)
         return ptr;
     (void)cudaGetLastError();
+    if (code != cudaErrorMemoryAllocation) { /* e.g. a sticky error left by a kernel that faulted earlier */
+        dfc_cuda_check(code, "cudaMalloc", err);
+        return NULL;
+    }
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
     dfc_fail(err, DFC_ERR_NOMEM,
@@ -287,6 +291,9 @@ static dfc_status cuda_memory_zero(dfc_backend *be, void *ptr, size_t bytes, dfc
 
 static dfc_status cuda_memory_copy(dfc_backend *be, void *dst, const void *src, size_t bytes, dfc_error *err)
 {
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (d != s && d < s + bytes && s < d + bytes) /* memmove would do; cudaMemcpyAsync's result is undefined */
+        return dfc_fail(err, DFC_ERR_BACKEND, "cuda: a copy of %zu bytes between overlapping ranges", bytes);
     dfc_cuda_window_open(be);
     dfc_status st = dfc_host_copy(be, dst, src, bytes, err);
     dfc_cuda_window_close(be);
@@ -329,6 +336,13 @@ static dfc_status grow_buffer(dfc_backend *be, void **buffer, size_t *size, size
         void *fresh = cuda_memory_alloc(be, grown, err);
         if (!fresh)
             return err ? err->code : DFC_ERR_NOMEM;
+        if (*buffer) { /* queued kernels may still read the old buffer (cudaFree waits too, but does not promise it) */
+            dfc_status st = cuda_backend_synchronize(be, err);
+            if (st != DFC_OK) {
+                cuda_memory_free(be, fresh);
+                return st;
+            }
+        }
         cuda_memory_free(be, *buffer);
         *buffer = fresh;
         *size = grown;
@@ -412,11 +426,35 @@ static dfc_status gemm_bf16_operands(dfc_backend *be, const dfc_cuda_gemm_args *
     return dfc_cuda_to_bf16(be, op, g->b, b_span, *b16, err);
 }
 
+/* C = beta C (0 where beta is 0, whatever C held): a product over k = 0, which cuBLAS would refuse (its leading
+ * dimensions must be at least 1). */
+static dfc_status gemm_empty_product(dfc_backend *be, const dfc_cuda_gemm_args *g, const char *op, dfc_error *err)
+{
+    const int64_t m = g->m, n = g->n, ldc = g->ldc, stride_c = g->stride_c;
+    const float beta = g->beta;
+    float *c = g->c;
+    return dfc_cuda_for_each(be, g->batch * n * m, op, err, [=] DFC_DEVICE(int64_t i) {
+        float *e = c + i / (n * m) * stride_c + i / m % n * ldc + i % m;
+        *e = beta != 0.0f ? beta * *e : 0.0f;
+    });
+}
+
 dfc_status dfc_cuda_gemm(dfc_backend *be, const dfc_cuda_gemm_args *g, const char *op, dfc_error *err)
 {
     if (g->m <= 0 || g->n <= 0 || g->batch <= 0)
         return DFC_OK;
-    const int bf16 = be->precision == DFC_PRECISION_BF16 && g->k > 0;
+    if (g->k <= 0)
+        return gemm_empty_product(be, g, op, err);
+    /* cuBLAS's rule (a leading dimension at least the rows of its column-major block), checked on both sides so that
+     * the emulation refuses what the GPU would */
+    const int64_t a_rows = g->transa ? g->k : g->m, b_rows = g->transb ? g->n : g->k;
+    if (g->lda < a_rows || g->ldb < b_rows || g->ldc < g->m)
+        return dfc_fail(err, DFC_ERR_BACKEND,
+                        "cuda: %s: GEMM leading dimensions (%lld, %lld, %lld) below the rows of A, B, C (%lld, %lld, "
+                        "%lld)",
+                        op, (long long)g->lda, (long long)g->ldb, (long long)g->ldc, (long long)a_rows,
+                        (long long)b_rows, (long long)g->m);
+    const int bf16 = be->precision == DFC_PRECISION_BF16;
     uint16_t *a16 = NULL, *b16 = NULL;
     if (bf16)
         DFC_TRY(gemm_bf16_operands(be, g, op, &a16, &b16, err));

@@ -192,11 +192,13 @@ static void conv_descs_destroy(conv_descs *d)
         cudnnDestroyConvolutionDescriptor(d->conv);
 }
 
-/* fp32: FMA math (no tensor cores, parity with the CPU); tf32: tensor cores on fp32 data; bf16: tensor cores on bf16
- * data (x, w, y bf16, accumulation in fp32: cuDNN's PSEUDO_BFLOAT16 configuration). */
+/* The math mode a descriptor asks for, as PyTorch sets it: fp32: FMA math (no tensor cores, parity with the CPU);
+ * tf32: the default math, which on sm80+ runs fp32 data on TF32 tensor cores (never TENSOR_OP_MATH_ALLOW_CONVERSION:
+ * that converts fp32 data to fp16); bf16: tensor cores on bf16 data (x, w, y bf16, accumulation in fp32: cuDNN's
+ * PSEUDO_BFLOAT16 configuration). */
 static cudnnMathType_t conv_math(int precision)
 {
-    return precision == DFC_PRECISION_TF32   ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+    return precision == DFC_PRECISION_TF32   ? CUDNN_DEFAULT_MATH
            : precision == DFC_PRECISION_BF16 ? CUDNN_TENSOR_OP_MATH
                                              : CUDNN_FMA_MATH;
 }
@@ -222,74 +224,96 @@ static dfc_status conv_descs_init(const conv_problem *cp, int precision, conv_de
     return DFC_OK;
 }
 
-/* The first of cuDNN's ranked candidates that ran, is deterministic and keeps fp32 unless tensor cores are allowed
- * (tf32, bf16). */
-template <class Perf> static int conv_pick(const Perf *perf, int count, int tensor_cores)
+/* An algorithm and math mode cuDNN ranked for a convolution. */
+typedef struct conv_candidate {
+    int algo, math;
+} conv_candidate;
+
+/* cuDNN's ranked candidates that ran and are deterministic, in rank order, with the math mode each would run in:
+ * fp32 forces FMA math on every candidate (as PyTorch does with TF32 off: a candidate's reported mode may be the
+ * default, which allows TF32) and drops those that need tensor cores; no precision takes a candidate that converts
+ * fp32 data to fp16. Returns how many. */
+template <class Perf> static int conv_candidates(const Perf *perf, int count, int precision, conv_candidate *out)
 {
+    int n = 0;
     for (int k = 0; k < count; k++) {
-        int reduced =
-            perf[k].mathType == CUDNN_TENSOR_OP_MATH || perf[k].mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
-        if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].determinism == CUDNN_DETERMINISTIC &&
-            (tensor_cores || !reduced))
-            return k;
+        const int math = perf[k].mathType;
+        if (perf[k].status != CUDNN_STATUS_SUCCESS || perf[k].determinism != CUDNN_DETERMINISTIC ||
+            math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION ||
+            (precision == DFC_PRECISION_FP32 && math == CUDNN_TENSOR_OP_MATH))
+            continue;
+        out[n++] = {(int)perf[k].algo, precision == DFC_PRECISION_FP32 ? (int)CUDNN_FMA_MATH : math};
     }
-    return -1;
+    return n;
 }
 
-/* Chooses plan's algorithm and math mode for the descriptors d, and its workspace size. */
+/* The workspace cp's kind of convolution needs with algo (the math mode already set on d->conv). */
+static cudnnStatus_t conv_workspace_size(cudnnHandle_t h, const conv_problem *cp, const conv_descs *d, int algo,
+                                         size_t *bytes)
+{
+    if (cp->kind == CONV_FORWARD)
+        return cudnnGetConvolutionForwardWorkspaceSize(h, d->x, d->w, d->conv, d->y, (cudnnConvolutionFwdAlgo_t)algo,
+                                                       bytes);
+    if (cp->kind == CONV_BACKWARD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d->w, d->y, d->conv, d->x,
+                                                            (cudnnConvolutionBwdDataAlgo_t)algo, bytes);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d->x, d->y, d->conv, d->w,
+                                                          (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
+}
+
+/* A workspace above this is taken only when no candidate needs less: the scratch that holds it is kept. */
+static const size_t CONV_WORKSPACE_CAP = (size_t)1 << 30;
+
+/* Chooses plan's algorithm and math mode for the descriptors d, and its workspace size: the first candidate (in
+ * cuDNN's rank order) whose mode cuDNN accepts and whose workspace it can size, within CONV_WORKSPACE_CAP where one
+ * is. */
 static dfc_status conv_plan_choose(dfc_backend *be, const conv_problem *cp, const conv_descs *d,
                                    dfc_cuda_conv_plan *plan, dfc_error *err)
 {
     cudnnHandle_t h = dfc_cuda(be)->cudnn;
-    const int tensor_cores = be->precision != DFC_PRECISION_FP32;
-    int count = 0, pick = -1;
+    conv_candidate candidates[(int)CUDNN_CONVOLUTION_FWD_ALGO_COUNT + (int)CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT +
+                              (int)CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int count = 0, n = 0;
     if (cp->kind == CONV_FORWARD) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionForwardAlgorithm_v7, h, d->x, d->w, d->conv, d->y,
                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
-            plan->algo = perf[pick].algo;
-            plan->math = perf[pick].mathType;
-        }
+        n = conv_candidates(perf, count, be->precision, candidates);
     } else if (cp->kind == CONV_BACKWARD_DATA) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardDataAlgorithm_v7, h, d->w, d->y, d->conv, d->x,
                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
-            plan->algo = perf[pick].algo;
-            plan->math = perf[pick].mathType;
-        }
+        n = conv_candidates(perf, count, be->precision, candidates);
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         CUDNN_CALL(cudnnGetConvolutionBackwardFilterAlgorithm_v7, h, d->x, d->y, d->conv, d->w,
                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf);
-        if ((pick = conv_pick(perf, count, tensor_cores)) >= 0) {
-            plan->algo = perf[pick].algo;
-            plan->math = perf[pick].mathType;
-        }
+        n = conv_candidates(perf, count, be->precision, candidates);
     }
-    if (pick < 0)
+    int chosen = -1;
+    for (int k = 0; k < n; k++) {
+        size_t bytes = 0;
+        if (cudnnSetConvolutionMathType(d->conv, (cudnnMathType_t)candidates[k].math) != CUDNN_STATUS_SUCCESS ||
+            conv_workspace_size(h, cp, d, candidates[k].algo, &bytes) != CUDNN_STATUS_SUCCESS)
+            continue;
+        if (chosen < 0 || bytes <= CONV_WORKSPACE_CAP) {
+            chosen = k;
+            plan->workspace = bytes;
+        }
+        if (bytes <= CONV_WORKSPACE_CAP)
+            break;
+    }
+    if (chosen < 0)
         return dfc_fail(err, DFC_ERR_BACKEND,
                         "cuda: %s: cuDNN offers no deterministic %s algorithm for x (%lld, %lld, %lld, %lld), weight "
-                        "(%lld, %lld, %lld, %lld)",
+                        "(%lld, %lld, %lld, %lld) (%d ranked, %d deterministic in that mode, none it could size)",
                         cp->op, dfc_precision_name(be->precision), (long long)cp->x->shape[0],
                         (long long)cp->x->shape[1], (long long)cp->x->shape[2], (long long)cp->x->shape[3],
                         (long long)cp->w->shape[0], (long long)cp->w->shape[1], (long long)cp->w->shape[2],
-                        (long long)cp->w->shape[3]);
-    if (!tensor_cores)
-        plan->math = CUDNN_FMA_MATH;
+                        (long long)cp->w->shape[3], count, n);
+    plan->algo = candidates[chosen].algo;
+    plan->math = candidates[chosen].math;
     CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
-    size_t bytes = 0;
-    if (cp->kind == CONV_FORWARD)
-        CUDNN_CALL(cudnnGetConvolutionForwardWorkspaceSize, h, d->x, d->w, d->conv, d->y,
-                   (cudnnConvolutionFwdAlgo_t)plan->algo, &bytes);
-    else if (cp->kind == CONV_BACKWARD_DATA)
-        CUDNN_CALL(cudnnGetConvolutionBackwardDataWorkspaceSize, h, d->w, d->y, d->conv, d->x,
-                   (cudnnConvolutionBwdDataAlgo_t)plan->algo, &bytes);
-    else
-        CUDNN_CALL(cudnnGetConvolutionBackwardFilterWorkspaceSize, h, d->x, d->y, d->conv, d->w,
-                   (cudnnConvolutionBwdFilterAlgo_t)plan->algo, &bytes);
-    plan->workspace = bytes;
     return DFC_OK;
 }
 
@@ -439,7 +463,8 @@ dfc_status cuda_conv2d_backward_weight(dfc_backend *be, const dfc_tensor *dy, co
     dbias = (dfc_tensor *)optional(dbias);
     DFC_TRY(dfc_conv2d_check(op, x, "x", dweight, "dweight", dbias, "dbias", dy, "dy", p, err));
     DFC_TRY(dfc_conv2d_check_layout(op, p, 0, err));
-    if (dfc_numel(dweight) > 0 && dfc_numel(dy) == 0) { /* an empty batch */
+    if (dfc_numel(dweight) > 0 && (dfc_numel(dy) == 0 || dfc_numel(x) == 0)) { /* an empty batch or input plane
+                                                                                  * (cuDNN refuses a 0 extent) */
         DFC_TRY(fill_zero(be, op, dweight, err));
     } else if (dfc_numel(dweight) > 0) {
         const conv_problem cp = {op, CONV_BACKWARD_FILTER, x, dweight, dy, p};

@@ -110,6 +110,10 @@ dfc_status dfc_perceptual_set_reference(dfc_perceptual *p, dfc_backend *be, dfc_
         offset += dfc_numel(&feats[k]);
         st = dfc_copy_tensor(be, &ref[k], &feats[k], err);
     }
+    /* finished before the reference and the arenas are handed on: a later call may run on another backend of the
+     * same memory (another stream), which nothing else orders after this one */
+    if (st == DFC_OK)
+        st = be->iface->synchronize(be, err);
     reset_both(arena, am, scratch, sm);
     if (st != DFC_OK) {
         be->iface->free(be, data);

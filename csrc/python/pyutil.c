@@ -388,11 +388,17 @@ void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *ba
     w->shared = ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK);
     if (w->shared) {
         /* kept memory serves any backend that shares it (another thread's Backend of the same kind) */
-        if (!ws->backend || !dfc_backend_same_memory(((DfcBackendObject *)ws->backend)->be, backend->be)) {
+        dfc_backend *holder = ws->backend ? ((DfcBackendObject *)ws->backend)->be : NULL;
+        if (!holder || !dfc_backend_same_memory(holder, backend->be)) {
             free_arenas(ws);
             init_arenas(&ws->main, &ws->scratch, backend->be);
             Py_INCREF(backend->obj);
             ws->backend = backend->obj;
+        } else if (holder != backend->be) {
+            /* another backend of that memory (another stream) takes the arenas: the holder's queued work on them
+             * finishes first (an error there is the holder's, reported by its next call) */
+            dfc_error ignored = {0};
+            (void)holder->iface->synchronize(holder, &ignored);
         }
         w->main = &ws->main;
         w->scratch = &ws->scratch;

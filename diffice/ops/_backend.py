@@ -66,6 +66,7 @@ def cuda_available() -> bool:
 def cuda_device_count() -> int:
     """How many GPUs diffice can use here ("cuda:0" .. "cuda:<count - 1>"); 0 without the CUDA plugin, a driver or
     a device. Creates no backend."""
+    preload_cuda_libraries()  # the plugin finds cuBLAS and cuDNN by soname only once they are loaded
     return int(_C.device_count("cuda"))
 
 
