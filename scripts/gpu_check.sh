@@ -46,8 +46,10 @@ fi
 export DIFFICE_CUDA_ARCHS=90 OMP_NUM_THREADS=8
 stage build 150 python3 setup.py build_ext --inplace -j16 || { echo "build failed: see build.txt" | tee -a "$OUT/summary.txt"; exit 1; }
 stage available 15 python3 -c "import diffice; print(diffice.build_info(), diffice.cuda_available()); diffice.ops.get_backend('cuda')"
-stage op_tests 85 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
-stage gpu_tests 55 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py tests/test_cuda_bf16.py
+# the tests launch synchronously: a kernel that faults is reported by its own op's launch check, not by a later
+# synchronize (the benchmarks below run asynchronously, as users do)
+stage op_tests 85 env CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_*.py tests/test_cuda_backend.py
+stage gpu_tests 55 env CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_cuda_networks.py tests/test_cuda_dense.py tests/test_cuda_bf16.py
 stage memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
 # a first look at speed: Diff-ICE_1 at tau 20 (the paper's tau 120 costs 6x the guided steps); the full table is
 # `python3 benchmarks/gpu.py` once the kernels are known to be right
