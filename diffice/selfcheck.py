@@ -179,6 +179,7 @@ def _diffusion_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[str]
             ),
         ),
         ("sample_step", lambda be: ops.sample_step(x, np.abs(g), noise, g, x, [0, 1, 1], backend=be)),
+        ("gaussian_noise", lambda be: ops.gaussian_noise((3, 13, 11), 5, [1, 2**63 + 7, 9], 2, 1, 7, 3, backend=be)),
         (
             "row_scale / row_axpy",
             lambda be: (ops.row_scale(x, alpha, backend=be), ops.row_axpy(alpha, x, g, backend=be)),

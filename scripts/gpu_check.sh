@@ -53,7 +53,8 @@ stage gpu_tests 55 env CUDA_LAUNCH_BLOCKING=1 python3 -m pytest -q -p no:cachepr
 stage memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not cuda_emulated" tests/test_ops_elementwise.py tests/test_ops_norm.py
 # a first look at speed: Diff-ICE_1 at tau 20 (the paper's tau 120 costs 6x the guided steps); the full table is
 # `python3 benchmarks/gpu.py` once the kernels are known to be right
-stage bench 105 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
+# DIFFICE_CUDA_LOG_PLANS: each convolution's cuDNN algorithm, math mode and workspace, once per shape, in bench.txt
+stage bench 105 env DIFFICE_CUDA_LOG_PLANS=1 python3 benchmarks/gpu.py --tau 20 --methods diff-ice-1 diff-ice-1-xt --jsonl "$OUT/bench.jsonl"
 # how far precisions "tf32" and "bf16" move the counterfactuals from fp32 (the README's CUDA section)
 stage precision 50 python3 benchmarks/precision.py --batch 4 --taus 1 5 --jsonl "$OUT/precision.jsonl"
 cat "$OUT/summary.txt"

@@ -80,3 +80,21 @@ def test_linear_and_attention_on_the_gpu(rng):
         assert rel_err(got, ops.attention(qkv, 4, legacy_order=legacy_order)) <= 2e-5
         got = ops.attention_backward(dy, qkv, 4, legacy_order=legacy_order, backend="cuda")
         assert rel_err(got, ops.attention_backward(dy, qkv, 4, legacy_order=legacy_order)) <= 2e-5
+
+
+@gpu
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_tf32_convolutions_keep_fp32s_range(rng, scale):
+    """precision "tf32" rounds a convolution's operands to 10-bit mantissas but keeps fp32's 8-bit exponent: values far
+    outside fp16's range (1e-6 is an fp16 subnormal with a few bits, 1e6 past its 65504) come out within TF32's
+    rounding (a mode that converted fp32 data to fp16, cuDNN's TENSOR_OP_MATH_ALLOW_CONVERSION, would flush or
+    overflow them)."""
+    be = ops.get_backend("cuda", precision="tf32")
+    x, w, dy = randn(rng, 2, 6, 11, 9) * scale, randn(rng, 5, 6, 3, 3), randn(rng, 2, 5, 11, 9) * scale
+    xt, wt = t64(x, requires_grad=True), t64(w, requires_grad=True)
+    yt = F.conv2d(xt, wt, padding=1)
+    yt.backward(t64(dy))
+    assert rel_err(diffice._C.conv2d_forward(be, x, w, None, (1, 1), (1, 1), False, False), yt) <= 5e-3
+    assert rel_err(diffice._C.conv2d_backward_input(be, dy, w, x.shape, (1, 1), (1, 1)), xt.grad) <= 5e-3
+    dw = diffice._C.conv2d_backward_weight(be, dy, x, w.shape, False, (1, 1), (1, 1))[0]
+    assert rel_err(dw, wt.grad) <= 5e-3

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_plane_classifier, tiny_unet, torch_class_probabilities
 from gd_reference import UNetModel
 
-from diffice import _C, GaussianDiffusion, classification_loss
+from diffice import _C, GaussianDiffusion, classification_loss, ops
 from diffice.explain.explainer import Explainer, image_keys
 from diffice.ops import get_backend
 
@@ -60,14 +60,14 @@ def test_one_guided_step_matches_numpy_reference(tiny, rng):
     ex = Explainer(unet, d, clf, perc, method="diff-ice-1", tau=2, lambda_c=(7.0,), lambda_p=3.0)
     res = ex.explain(x, target=1, seed=11, record_steps=True)
     keys = image_keys(x)
-    z = d.q_sample(x, 2, _C.gaussian_noise(11, keys, 1, 0, 0, 0, (1, H, W)))
+    z = d.q_sample(x, 2, ops.gaussian_noise((1, H, W), 11, keys, 1, 0, 0, 0))
     perc.set_reference(x)
     for step, i in enumerate([1, 0]):
         out = unet.forward(z, d.model_timesteps([i] * 3))
         mean, var, logvar, x0 = d.p_mean_variance(out, z, i)
         _, dlogits = classification_loss(clf.forward(x0).astype(np.float32), np.ones(3, np.int64))
         g = clf.vjp(x0, 7.0 * dlogits) + 3.0 * perc.loss_and_grad(x0)[1]
-        noise = _C.gaussian_noise(11, keys, 2, 0, step, 0, (1, H, W))
+        noise = ops.gaussian_noise((1, H, W), 11, keys, 2, 0, step, 0)
         z = mean - var * g + (i != 0) * np.exp(0.5 * logvar) * noise
         np.testing.assert_allclose(res.steps_x0[0, step], x0, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(res.steps_xt[0, step], z, rtol=1e-5, atol=1e-5)
@@ -207,7 +207,7 @@ def test_xt_gradient_is_the_chain_rule_through_the_unet(tiny, rng):
         unet, d, clf, None, method="diff-ice-1-xt", tau=1, lambda_c=(lam,), lambda_p=0.0, clip=False
     ).explain(x, target=1, seed=1, record_steps=True)
     keys = image_keys(x)
-    z = d.q_sample(x, 1, _C.gaussian_noise(1, keys, 1, 0, 0, 0, (1, H, W)))
+    z = d.q_sample(x, 1, ops.gaussian_noise((1, H, W), 1, keys, 1, 0, 0, 0))
     model = UNetModel(unet.config).double()
     model.load_state_dict({k: torch.from_numpy(v).double() for k, v in unet.state_dict().items()})
     zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)

@@ -165,12 +165,12 @@ def test_gaussian_noise_counters_do_not_wrap():
     keys = np.array([7], np.uint64)
     # stream 2**32 + 1 used to give stream 1's noise
     with pytest.raises(ValueError, match=expected("gaussian_noise: stream", 0, 2**32 - 1, 2**32 + 1)):
-        _C.gaussian_noise(1, keys, 2**32 + 1, 0, 0, 0, (2, 2))
+        ops.gaussian_noise((2, 2), 1, keys, 2**32 + 1)
     with pytest.raises(ValueError, match=expected("gaussian_noise: step", 0, 2**32 - 1, -1)):
-        _C.gaussian_noise(1, keys, 1, 0, -1, 0, (2, 2))
-    with pytest.raises(ValueError, match=expected(r"gaussian_noise: shape\[1\]", 1, 2**31 - 1, 0)):
-        _C.gaussian_noise(1, keys, 1, 0, 0, 0, (2, 0))
-    assert _C.gaussian_noise(1, keys, 2**32 - 1, 0, 0, 0, (2, 2)).shape == (1, 2, 2)
+        ops.gaussian_noise((2, 2), 1, keys, 1, 0, -1)
+    with pytest.raises(ValueError, match=r"gaussian_noise: shape\[1\] must be positive, got 0"):
+        ops.gaussian_noise((2, 0), 1, keys, 1)
+    assert ops.gaussian_noise((2, 2), 1, keys, 2**32 - 1).shape == (1, 2, 2)
 
 
 def test_integer_arrays_are_not_truncated():

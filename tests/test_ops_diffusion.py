@@ -338,3 +338,73 @@ def test_binder_row_vectors_and_typed_outputs(rng):
     assert flags.dtype == np.int32 and flags.tolist() == [0, 1] and not x[1].any()
     total = _C.sum_squares(be, x)
     assert type(total) is float and abs(total - float((x.astype(np.float64) ** 2).sum())) <= 1e-12 * total
+
+
+# ---- the sampler's noise: the op against an independent numpy Philox4x32-10 + splitmix64 + Box-Muller ----
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _numpy_noise(m: int, seed: int, key: int, stream: int, iteration: int, step: int, inner: int) -> np.ndarray:
+    """The generator's definition (csrc/core/rng.h) in numpy: Philox4x32-10 with counter (group low, group high,
+    step, inner step) and the key mixed by splitmix64 from (seed, sample key, stream, iteration); Box-Muller in
+    float64 on each counter's two pairs of 32-bit words, rounded to float32."""
+    k = _mix64(_mix64(_mix64(seed % 2**64) ^ key) ^ ((stream << 32) | iteration))
+    groups = np.arange((m + 3) // 4, dtype=np.uint64)
+    c = [groups & 0xFFFFFFFF, groups >> np.uint64(32), np.full_like(groups, step), np.full_like(groups, inner)]
+    k0, k1 = np.uint64(k & 0xFFFFFFFF), np.uint64(k >> 32)
+    mask = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+    u = [(w.astype(np.float64) + 0.5) / 2.0**32 for w in c]
+    out = np.empty((len(groups), 4))
+    for pair in range(2):
+        r = np.sqrt(-2.0 * np.log(u[2 * pair]))
+        out[:, 2 * pair] = r * np.cos(2 * np.pi * u[2 * pair + 1])
+        out[:, 2 * pair + 1] = r * np.sin(2 * np.pi * u[2 * pair + 1])
+    return out.reshape(-1)[:m].astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_gaussian_noise_is_the_generator_on_every_backend(rng, backend):
+    """Every row is its own stream (keys any uint64, the seed modulo 2**64), equal to the numpy definition (its
+    libm may differ in a double's last bit, which moves a float only at a rounding tie: <= 1 float ulp, rare), and
+    the CPU backends and the emulation give the same bits; rows of several blocks and a length not a multiple of 4
+    (the fast kernel's blocks and the last group's tail)."""
+    keys = np.array([0, 2**63 + 12345, int(rng.integers(0, 2**62)), 7], np.uint64)
+    shape, seed, counters = (3, 41, 37), -5, (2, 9, 119, 4)  # 4551 values a row: 2 blocks of 4096, a tail of 3
+    noise = ops.gaussian_noise(shape, seed, keys, *counters, backend=backend)
+    assert noise.shape == (4, *shape) and noise.dtype == np.float32
+    m = int(np.prod(shape))
+    for b, key in enumerate(keys):
+        expected = _numpy_noise(m, seed, int(key), *counters)
+        got = noise[b].reshape(-1)
+        np.testing.assert_allclose(got, expected, rtol=2e-7, atol=1e-7)
+        assert np.mean(got == expected) > 0.999
+    if backend != "cuda":
+        assert np.array_equal(noise, ops.gaussian_noise(shape, seed, keys, *counters, backend="ref"))
+    # a row does not depend on the others; another counter is another stream
+    one = ops.gaussian_noise(shape, seed, keys[1:2], *counters, backend=backend)
+    assert np.array_equal(one[0], noise[1])
+    assert not np.allclose(ops.gaussian_noise(shape, seed, keys, 2, 9, 119, 5, backend=backend), noise)
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1.0) < 0.05
+
+
+def test_gaussian_noise_refuses_bad_arguments():
+    with pytest.raises(ValueError, match=r"gaussian_noise: keys must be a non-empty 1-D array of integer"):
+        ops.gaussian_noise((2, 3), 0, np.array([], np.uint64), 1)
+    with pytest.raises(ValueError, match=r"gaussian_noise: keys must be .*got dtype float64"):
+        ops.gaussian_noise((2, 3), 0, np.array([1.5]), 1)
+    with pytest.raises(ValueError, match=r"gaussian_noise: shape must have at least one dimension"):
+        ops.gaussian_noise((), 0, np.array([1], np.uint64), 1)
+    with pytest.raises(TypeError):
+        ops.gaussian_noise((2, 2.5), 0, np.array([1], np.uint64), 1)

@@ -17,6 +17,9 @@
  * GEMM follows its column-major convention), launch sizes, and timing. */
 #include <math.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "cuda_backend.cuh"
 
 extern "C" {
@@ -313,6 +316,15 @@ static dfc_status conv_plan_choose(dfc_backend *be, const conv_problem *cp, cons
                         (long long)cp->w->shape[3], count, n);
     plan->algo = candidates[chosen].algo;
     plan->math = candidates[chosen].math;
+    if (getenv("DIFFICE_CUDA_LOG_PLANS")) /* what cuDNN chose, once per shape (scripts/gpu_check.sh) */
+        fprintf(stderr,
+                "diffice cuda plan: %s %s x (%lld, %lld, %lld, %lld) w (%lld, %lld, %lld, %lld) stride (%d, %d) pad "
+                "(%d, %d): algo %d, math %d, workspace %zu bytes, candidate %d of %d usable, %d ranked\n",
+                cp->op, dfc_precision_name(be->precision), (long long)cp->x->shape[0], (long long)cp->x->shape[1],
+                (long long)cp->x->shape[2], (long long)cp->x->shape[3], (long long)cp->w->shape[0],
+                (long long)cp->w->shape[1], (long long)cp->w->shape[2], (long long)cp->w->shape[3], cp->p.stride_h,
+                cp->p.stride_w, cp->p.pad_h, cp->p.pad_w, plan->algo, plan->math, plan->workspace, chosen + 1, n,
+                count);
     CUDNN_CALL(cudnnSetConvolutionMathType, d->conv, (cudnnMathType_t)plan->math);
     return DFC_OK;
 }

@@ -10,6 +10,7 @@
 #include "rows.cuh"
 
 extern "C" {
+#include "../core/rng.h"
 #include "../ops/diffusion_rows.h"
 #include "../ops/net_ops.h"
 }
@@ -147,6 +148,31 @@ dfc_status cuda_sample_step(dfc_backend *be, const dfc_tensor *mean, const dfc_t
         if (grads)
             mu = mu - vars[j] * grads[j]; /* DiME's condition_mean: descend the loss */
         out[j] = mu + w[j / m] * expf(0.5f * logs[j]) * noises[j];
+    });
+}
+
+/* ---- the sampler's noise ---- */
+
+/* One index per generator group of four normals (core/rng.h, the host generator's arithmetic): the keys are staged,
+ * each group writes its own four values of its row. */
+dfc_status cuda_gaussian_noise(dfc_backend *be, uint64_t seed, const uint64_t *keys, uint32_t stream,
+                               uint32_t iteration, uint32_t step, uint32_t inner_step, dfc_tensor *out, dfc_error *err)
+{
+    DFC_TRY(dfc_gaussian_noise_check(keys, out, err));
+    const int64_t n = out->shape[0], m = dfc_inner_size(out, 1), groups = (m + 3) / 4;
+    const void *pieces[1] = {keys};
+    const size_t sizes[1] = {(size_t)n * sizeof(uint64_t)};
+    void *staged[1];
+    DFC_TRY(dfc_cuda_stage_host(be, 1, pieces, sizes, staged, 0, NULL, err));
+    const uint64_t *row_keys = (const uint64_t *)staged[0];
+    float *data = out->data;
+    return dfc_cuda_for_each(be, n * groups, "gaussian_noise", err, [=] DFC_DEVICE(int64_t g) {
+        const int64_t b = g / groups, group = g % groups;
+        float z[4];
+        dfc_noise_group(dfc_noise_key(seed, row_keys[b], stream, iteration), group, step, inner_step, z);
+        float *row = data + b * m;
+        for (int64_t q = 0; q < 4 && 4 * group + q < m; q++)
+            row[4 * group + q] = z[q];
     });
 }
 

@@ -25,9 +25,9 @@ typedef struct pass {
     dfc_progress_fn progress;
     void *progress_user;
     dfc_sampler_outputs *out;
-    int64_t batch;     /* N */
-    float *noise_host; /* (n, m) host memory: the generator's draws before they are copied in */
-    float *prob_host;  /* (n) host memory: target probabilities read back for the per-row bookkeeping */
+    int64_t batch;      /* N */
+    uint64_t *row_keys; /* (n) host memory: the active rows' sample keys, for the noise */
+    float *prob_host;   /* (n) host memory: target probabilities read back for the per-row bookkeeping */
 } pass;
 
 static double now_seconds(void)
@@ -37,15 +37,14 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The generator runs on the host (rng.h); its draws are copied into the backend's noise tensor. */
+/* The noise of the active rows, drawn by the backend where the noise tensor lives (core/rng.h's generator, keyed
+ * by each row's sample key: a row's noise does not depend on the other rows). */
 static dfc_status fill_noise(const pass *p, int stream, int step, int inner, dfc_tensor *noise, dfc_error *err)
 {
-    for (int64_t b = 0; b < p->n; b++) {
-        dfc_noise_stream s = {p->cfg->seed,           p->keys[p->rows[b]], (uint32_t)stream,
-                              (uint32_t)p->iteration, (uint32_t)step,      (uint32_t)inner};
-        dfc_gaussian_noise(&s, p->noise_host + b * p->m, p->m);
-    }
-    return p->be->iface->copy_from_host(p->be, noise->data, p->noise_host, (size_t)(p->n * p->m) * sizeof(float), err);
+    for (int64_t b = 0; b < p->n; b++)
+        p->row_keys[b] = p->keys[p->rows[b]];
+    return p->be->ops->gaussian_noise(p->be, p->cfg->seed, p->row_keys, (uint32_t)stream, (uint32_t)p->iteration,
+                                      (uint32_t)step, (uint32_t)inner, noise, err);
 }
 
 /* Moves whole rows of m floats: dst row dst_rows[b] <- src row src_rows[b] for b < n (a NULL rows array: b itself).
@@ -394,9 +393,9 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
     int64_t *all_rows = dfc_arena_host_alloc(work, (size_t)n * sizeof(int64_t), err);
     int64_t *active = dfc_arena_host_alloc(work, (size_t)n * sizeof(int64_t), err);
     int *is_target = dfc_arena_host_alloc(work, (size_t)n * sizeof(int), err);
-    float *noise_host = dfc_arena_host_alloc(work, (size_t)(n * m) * sizeof(float), err);
+    uint64_t *row_keys = dfc_arena_host_alloc(work, (size_t)n * sizeof(uint64_t), err);
     float *prob_host = dfc_arena_host_alloc(work, (size_t)n * sizeof(float), err);
-    if (!all_rows || !active || !prob || !is_target || !noise_host || !prob_host) {
+    if (!all_rows || !active || !prob || !is_target || !row_keys || !prob_host) {
         st = err && err->code ? err->code : DFC_ERR_NOMEM;
         goto done;
     }
@@ -424,7 +423,7 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
             pass p = {cfg,           denoiser,    d,           guidance,    be,       work,
                       scratch,       x,           sample_keys, l,           k,        num_active,
                       active,        x->shape[1], x->shape[2], x->shape[3], m,        progress,
-                      progress_user, out,         n,           noise_host,  prob_host};
+                      progress_user, out,         n,           row_keys,    prob_host};
             const int64_t shape[4] = {num_active, x->shape[1], x->shape[2], x->shape[3]};
             dfc_tensor z = dfc_arena_tensor(work, 4, shape, err);
             dfc_tensor pass_in = dfc_arena_tensor(work, 4, shape, err);

@@ -5,7 +5,7 @@
 
 #include <math.h>
 
-#include "also_device.h"
+#include "../core/also_device.h"
 #include "ops.h"
 
 /* sigmoid, stable for large |x| (exp of a non-positive argument only): the reference kernels' and the CUDA

@@ -60,6 +60,7 @@ dfc_status dfc_winograd_conv2d(dfc_backend *be, const dfc_tensor *x, const dfc_t
     X(q_sample)                    \
     X(p_mean_variance_forward)     \
     X(sample_step)                 \
+    X(gaussian_noise)              \
     /* optimizer ops */            \
     X(adamw_step)                  \
     X(ema_update)                  \

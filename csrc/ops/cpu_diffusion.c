@@ -1,6 +1,7 @@
 /* Fast CPU kernels of the diffusion ops that touch every pixel of a step: the reference kernels parallelise over
  * rows (samples), which leaves cores idle for the sampler's small batches; these split each row into blocks too.
  * The per-element arithmetic is diffusion_rows.h's, shared with the reference, so the results are identical. */
+#include "../core/rng.h"
 #include "cpu.h"
 #include "diffusion_rows.h"
 
@@ -19,6 +20,21 @@ dfc_status cpu_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
     for (int64_t b = 0; b < n; b++)
         for (int64_t k = 0; k < blocks; k++)
             dfc_q_sample_span(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, b, m, k * BLOCK, block_end(k, m));
+    return DFC_OK;
+}
+
+/* BLOCK is a multiple of 4, so every block starts on a generator group. */
+dfc_status cpu_gaussian_noise(dfc_backend *be, uint64_t seed, const uint64_t *keys, uint32_t stream, uint32_t iteration,
+                              uint32_t step, uint32_t inner_step, dfc_tensor *out, dfc_error *err)
+{
+    DFC_TRY(dfc_gaussian_noise_check(keys, out, err));
+    const int64_t n = out->shape[0], m = dfc_inner_size(out, 1), blocks = blocks_of(m);
+#pragma omp parallel for collapse(2) num_threads(be->num_threads) schedule(static)
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t k = 0; k < blocks; k++) {
+            const dfc_noise_stream s = {seed, keys[b], stream, iteration, step, inner_step};
+            dfc_gaussian_noise_span(&s, out->data + b * m, k * BLOCK, block_end(k, m));
+        }
     return DFC_OK;
 }
 

@@ -103,6 +103,13 @@ dfc_status dfc_sample_step_check(const dfc_tensor *mean, const dfc_tensor *varia
     return DFC_OK;
 }
 
+dfc_status dfc_gaussian_noise_check(const uint64_t *keys, const dfc_tensor *out, dfc_error *err)
+{
+    const char *op = "gaussian_noise";
+    DFC_TRY(dfc_check_ndim(out, op, "out", 1, DFC_MAX_DIMS, err));
+    return dfc_check_rows(op, "keys", keys, err);
+}
+
 /* a, b (N, C, H, W) and a per-pixel map (N, 1, H, W). */
 dfc_status dfc_check_pixel_map(const char *op, const dfc_tensor *a, const dfc_tensor *b, const dfc_tensor *map,
                                const char *map_name, dfc_error *err)

@@ -7,7 +7,7 @@
 
 #include <math.h>
 
-#include "also_device.h"
+#include "../core/also_device.h"
 #include "ops.h"
 
 /* model_output must be (N, 2C, ...) for the DFC_OUTPUT_EPS_V* kinds and (N, C, ...) for DFC_OUTPUT_EPS, with x's
@@ -26,6 +26,9 @@ dfc_status dfc_p_mean_variance_check(const dfc_tensor *model_output, const dfc_t
 dfc_status dfc_sample_step_check(const dfc_tensor *mean, const dfc_tensor *variance, const dfc_tensor *log_variance,
                                  const dfc_tensor *grad, const dfc_tensor *noise, const float *noise_weight,
                                  const dfc_tensor *x_prev, dfc_error *err);
+
+/* out (N, ...) non-empty rows, keys present. */
+dfc_status dfc_gaussian_noise_check(const uint64_t *keys, const dfc_tensor *out, dfc_error *err);
 
 dfc_status dfc_p_mean_variance_backward_check(const dfc_tensor *d_pred_xstart, const dfc_tensor *model_output,
                                               const dfc_tensor *x_t, const dfc_posterior_coefs *coefs, int output_kind,

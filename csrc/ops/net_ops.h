@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "also_device.h"
+#include "../core/also_device.h"
 #include "ops.h"
 #include "softmax_row.h"
 

@@ -218,6 +218,14 @@ typedef struct dfc_ops {
     dfc_status (*sample_step)(dfc_backend *be, const dfc_tensor *mean, const dfc_tensor *variance,
                               const dfc_tensor *log_variance, const dfc_tensor *grad, const dfc_tensor *noise,
                               const float *noise_weight, dfc_tensor *x_prev, dfc_error *err);
+    /* out (N, ...): row b = the first numel / N standard normals of the counter-based stream (seed, keys[b], stream,
+     * iteration, step, inner_step) of core/rng.h (Philox4x32-10, Box-Muller in double, each normal rounded once),
+     * the sampler's noise drawn where its tensors live. keys: a HOST array of N entries. The CPU backends give the
+     * host generator's bits; a GPU's log, sqrt, sin and cos may differ from the host libm's in the last bit of a
+     * double, which moves the float only where it rounds at that bit. No backward (a sample). */
+    dfc_status (*gaussian_noise)(dfc_backend *be, uint64_t seed, const uint64_t *keys, uint32_t stream,
+                                 uint32_t iteration, uint32_t step, uint32_t inner_step, dfc_tensor *out,
+                                 dfc_error *err);
     /* y = alpha[b] x, any shape (N, ...); y may alias x. Linear, so its backward is itself (dx = alpha dy). */
     dfc_status (*row_scale)(dfc_backend *be, const dfc_tensor *x, const float *alpha, dfc_tensor *y, dfc_error *err);
     /* y += alpha[b] x. Backward: dx = alpha dy (row_scale), dy passes to the old y unchanged. */
@@ -370,6 +378,7 @@ typedef struct dfc_ops {
     X(p_mean_variance_forward)           \
     X(p_mean_variance_backward)          \
     X(sample_step)                       \
+    X(gaussian_noise)                    \
     X(row_scale)                         \
     X(row_axpy)                          \
     X(change_map)                        \

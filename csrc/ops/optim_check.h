@@ -6,7 +6,7 @@
 
 #include <math.h>
 
-#include "also_device.h"
+#include "../core/also_device.h"
 #include "ops.h"
 
 /* cfg in range (dfc_adamw_check), step >= 1, grad and both moments of param's shape. */

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../core/rng.h"
 #include "diffusion_rows.h"
 #include "net_ops.h"
 #include "ref.h"
@@ -20,6 +21,21 @@ dfc_status ref_q_sample(dfc_backend *be, const dfc_tensor *x0, const dfc_tensor 
 #pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t b = 0; b < n; b++)
         dfc_q_sample_span(x0, noise, sqrt_abar, sqrt_one_minus_abar, x_t, b, m, 0, m);
+    return DFC_OK;
+}
+
+/* ---- gaussian_noise ---- */
+
+dfc_status ref_gaussian_noise(dfc_backend *be, uint64_t seed, const uint64_t *keys, uint32_t stream, uint32_t iteration,
+                              uint32_t step, uint32_t inner_step, dfc_tensor *out, dfc_error *err)
+{
+    DFC_TRY(dfc_gaussian_noise_check(keys, out, err));
+    const int64_t n = out->shape[0], m = dfc_inner_size(out, 1);
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+        const dfc_noise_stream s = {seed, keys[b], stream, iteration, step, inner_step};
+        dfc_gaussian_noise(&s, out->data + b * m, m);
+    }
     return DFC_OK;
 }
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "../core/tensor.h"
-#include "also_device.h"
+#include "../core/also_device.h"
 
 /* sum_j exp(row_j - max) in double, with max = max_j row_j stored in *max_out. Subtracting the row max keeps every
  * exp() argument <= 0: no overflow. */

@@ -7,7 +7,7 @@
 
 #include <math.h>
 
-#include "also_device.h"
+#include "../core/also_device.h"
 #include "ops.h"
 
 /* Every part must match `whole` on all dims but the channel one (dim 1), and the channels must add up. */

@@ -505,6 +505,14 @@ static int split_outs(op_call *c)
       ARGS(TENSOR("mean", 1, 4), TENSOR("variance", 1, 4), TENSOR("log_variance", 1, 4), OPTIONAL("grad", 1, 4),       \
            TENSOR("noise", 1, 4), FLOATS("noise_weight", 0)),                                                          \
       SHAPES(LIKE(0, 0)), CALL(T(0), T(1), T(2), OPT(3), T(4), VF(5), O(0)))                                           \
+    X(gaussian_noise, "gaussian_noise", 1,                                                                             \
+      "gaussian_noise(backend, shape (N, m), seed, keys (N,), stream, iteration, step, inner_step) -> (N, m): row b "  \
+      "the standard normals of the sampler's stream (seed, keys[b], ...); seed and keys as int64 bit patterns.",       \
+      ARGS(SHAPE("shape", 2), INT64("seed", LLONG_MIN, LLONG_MAX), INT64S("keys", 0), INT64("stream", 0, UINT32_MAX),  \
+           INT64("iteration", 0, UINT32_MAX), INT64("step", 0, UINT32_MAX), INT64("inner_step", 0, UINT32_MAX)),       \
+      SHAPES(DIMS(0, D(0, 0), D(0, 1))),                                                                               \
+      CALL((uint64_t)L(1), (const uint64_t *)V(2), (uint32_t)L(3), (uint32_t)L(4), (uint32_t)L(5), (uint32_t)L(6),     \
+           O(0)))                                                                                                      \
     X(row_scale, "row_scale", 1, "row_scale(backend, x, alpha (N,)) -> alpha[b] x.",                                   \
       ARGS(TENSOR("x", 1, 4), FLOATS("alpha", 0)), SHAPES(LIKE(0, 0)), CALL(T(0), VF(1), O(0)))                        \
     X(row_axpy, "row_axpy", 0, "row_axpy(backend, alpha (N,), x, y): y += alpha[b] x, in place.",                      \

@@ -1,5 +1,5 @@
 /* Bindings for the sampler: diffice._C.sample (the whole guided reverse process in one call) and
- * diffice._C.gaussian_noise (the sampler's noise, so tests can reproduce a step bit for bit).
+ * diffice._C.model_guidance (the native guidance it runs). The sampler's noise is the op gaussian_noise.
  *
  * The guidance is either a native one (a capsule holding a dfc_guidance, made by the classifier/perceptual
  * bindings) or any Python object with loss_and_grad(x0, rows, lambda_c, lambda_p) -> (grad, loss_c, loss_p) and
@@ -406,67 +406,6 @@ done:
     return result;
 }
 
-/* gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> (N, *shape) float32 */
-static PyObject *py_gaussian_noise(PyObject *self, PyObject *args)
-{
-    (void)self;
-    unsigned long long seed; /* taken modulo 2**64, as the sampler config's seed */
-    PyObject *keys_obj, *shape_obj, *counter_objs[4];
-    if (!PyArg_ParseTuple(args, "KOOOOOO", &seed, &keys_obj, &counter_objs[0], &counter_objs[1], &counter_objs[2],
-                          &counter_objs[3], &shape_obj))
-        return NULL;
-    static const char *const counter_names[4] = {"gaussian_noise: stream", "gaussian_noise: iteration",
-                                                 "gaussian_noise: step", "gaussian_noise: inner_step"};
-    uint32_t counters[4];
-    for (int i = 0; i < 4; i++) {
-        long long v;
-        if (dfc_py_int64(counter_objs[i], counter_names[i], 0, UINT32_MAX, &v) < 0)
-            return NULL;
-        counters[i] = (uint32_t)v;
-    }
-    Py_ssize_t nd = PySequence_Check(shape_obj) ? PySequence_Size(shape_obj) : -1;
-    if (nd < 1 || nd > DFC_MAX_DIMS - 1) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape must have 1 to 3 dimensions");
-        return NULL;
-    }
-    npy_intp dims[DFC_MAX_DIMS];
-    int64_t per = 1;
-    for (Py_ssize_t i = 0; i < nd; i++) {
-        PyObject *item = PySequence_GetItem(shape_obj, i);
-        char name[64];
-        snprintf(name, sizeof name, "gaussian_noise: shape[%zd]", i);
-        long long v;
-        int bad = !item || dfc_py_int64(item, name, 1, INT32_MAX, &v) < 0;
-        Py_XDECREF(item);
-        if (bad)
-            return NULL;
-        if (per > INT64_MAX / v / (int64_t)sizeof(float)) {
-            PyErr_SetString(PyExc_ValueError, "gaussian_noise: shape is too large");
-            return NULL;
-        }
-        dims[i + 1] = (npy_intp)v;
-        per *= v;
-    }
-    PyArrayObject *keys =
-        (PyArrayObject *)PyArray_FROMANY(keys_obj, NPY_UINT64, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
-    if (!keys)
-        return NULL;
-    dims[0] = PyArray_SIZE(keys);
-    PyObject *out = PyArray_SimpleNew((int)nd + 1, dims, NPY_FLOAT32);
-    if (out) {
-        const uint64_t *k = PyArray_DATA(keys);
-        float *data = PyArray_DATA((PyArrayObject *)out);
-        for (npy_intp b = 0; b < dims[0]; b++) {
-            dfc_noise_stream s = {seed, k[b], counters[0], counters[1], counters[2], counters[3]};
-            dfc_gaussian_noise(&s, data + b * per, per);
-        }
-    }
-    Py_DECREF(keys);
-    return out;
-}
-
-
 /* ---- native guidance: diffice's networks, no Python in the step loop ---- */
 
 typedef struct {
@@ -566,8 +505,6 @@ static PyMethodDef sampler_methods[] = {
     {"model_guidance", py_model_guidance, METH_VARARGS,
      "model_guidance(classifier, class_loss, features_or_None, variant, weight, x, targets, backend) -> native "
      "guidance for that backend"},
-    {"gaussian_noise", py_gaussian_noise, METH_VARARGS,
-     "gaussian_noise(seed, sample_keys, stream, iteration, step, inner_step, shape) -> the sampler's noise"},
     {NULL, NULL, 0, NULL},
 };
 

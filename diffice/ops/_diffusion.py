@@ -1,6 +1,6 @@
 """The diffusion arithmetic: q_sample, p_mean_variance (and its gradient through pred_xstart), the guided reverse
-step, per-row scale/axpy, FastDiME's change map and masked blend, DiME's distance terms, non-finite rows, the flip
-decision and the training loss's variational bound (docs/method.md sections 2-5).
+step, the sampler's noise, per-row scale/axpy, FastDiME's change map and masked blend, DiME's distance terms,
+non-finite rows, the flip decision and the training loss's variational bound (docs/method.md sections 2-5).
 
 Per-row coefficients are (N,) arrays gathered from the float64 schedule at each row's timestep;
 :func:`posterior_coefs` and :func:`vb_coefs` gather them from ``diffice._C.Diffusion(...).arrays()`` as the C
@@ -10,6 +10,7 @@ the field order of these tuples (ops.h's dfc_posterior_coefs, dfc_vb_coefs), so 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Union
 
@@ -28,6 +29,7 @@ __all__ = [
     "p_mean_variance",
     "p_mean_variance_backward",
     "sample_step",
+    "gaussian_noise",
     "row_scale",
     "row_axpy",
     "change_map",
@@ -185,6 +187,51 @@ def sample_step(
     return _C.sample_step(
         get_backend(backend), mean, variance, log_variance, grad, noise, _rows(noise_weight, mean.shape[0])
     )
+
+
+def gaussian_noise(
+    shape: Sequence[int],
+    seed: int,
+    keys: np.ndarray | Sequence[int],
+    stream: int,
+    iteration: int = 0,
+    step: int = 0,
+    inner_step: int = 0,
+    *,
+    backend: str = "cpu",
+) -> np.ndarray:
+    """(N, *shape) float32 standard normals, N = len(keys): row b is the noise stream (seed, keys[b], stream,
+    iteration, step, inner_step) of the sampler's counter-based generator (Philox4x32-10 and Box-Muller,
+    csrc/core/rng.h), so any draw of a run can be reproduced. seed: any int, taken modulo 2**64 (as the sampler
+    config's); keys: the images' uint64 sample keys; stream, iteration, step, inner_step: ints in [0, 2**32)."""
+    if isinstance(keys, np.ndarray):
+        key_array = keys
+    else:  # a sequence of Python ints: each taken modulo 2**64, as uint64 (numpy would make 2**63 and up float64)
+        try:
+            key_array = np.array([operator.index(k) % 2**64 for k in keys], np.uint64)
+        except TypeError:
+            key_array = np.asarray(keys)
+    if key_array.ndim != 1 or key_array.dtype.kind not in "iu" or key_array.size == 0:
+        raise ValueError(
+            f"gaussian_noise: keys must be a non-empty 1-D array of integer sample keys, got dtype {key_array.dtype} "
+            f"and shape {key_array.shape}"
+        )
+    dims = []
+    for k, d in enumerate(shape):
+        d = operator.index(d)
+        if d < 1:
+            raise ValueError(f"gaussian_noise: shape[{k}] must be positive, got {d}")
+        dims.append(d)
+    if not dims:
+        raise ValueError("gaussian_noise: shape must have at least one dimension")
+    seed = operator.index(seed) % 2**64
+    signed_seed = seed - 2**64 if seed >= 2**63 else seed  # the op takes the seed's bits as an int64
+    keys_bits = key_array.astype(np.uint64).view(np.int64)
+    noise = _C.gaussian_noise(
+        get_backend(backend), (len(keys_bits), int(np.prod(dims))), signed_seed, keys_bits, stream, iteration, step,
+        inner_step,
+    )  # fmt: skip
+    return noise.reshape((len(keys_bits), *dims))
 
 
 def row_scale(x: np.ndarray, alpha: RowValues, *, backend: str = "cpu") -> np.ndarray:
