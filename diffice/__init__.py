@@ -7,10 +7,8 @@ denoiser), ``SonoNet`` / ``Segmenter`` / ``PlaneClassifier`` (the guiding classi
 ``Explainer`` (Diff-ICE and its baselines), ``phantoms`` (synthetic fetal-head images), ``train_ddpm``.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
+from pathlib import Path as _Path
+from typing import Any as _Any
 
 from . import io, ops
 from ._native import _C
@@ -55,10 +53,10 @@ __all__ = [
 ]
 
 
-def build_info() -> dict[str, Any]:
+def build_info() -> dict[str, _Any]:
     """How the C core was built: oneDNN version; "cuda": "built" where the CUDA plugin (libdiffice_cuda.so) was
     compiled (nvcc found at install), else "not built". Whether a GPU is usable here: cuda_available()."""
     info = dict(_C.build_info())
-    plugin = Path(_C.__file__).parent / "libdiffice_cuda.so"
+    plugin = _Path(_C.__file__).parent / "libdiffice_cuda.so"
     info["cuda"] = "built" if plugin.exists() else "not built"
     return info

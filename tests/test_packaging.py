@@ -83,3 +83,14 @@ def test_import_sets_a_short_openmp_spin_unless_the_user_chose(given, expected):
     done = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_the_package_namespace_is_its_api():
+    """`dir(diffice)` (a notebook's tab completion) shows the public API and the subpackages, no stray imports."""
+    import types
+
+    import diffice
+
+    public = {name for name in dir(diffice) if not name.startswith("_")}
+    modules = {name for name in public if isinstance(getattr(diffice, name), types.ModuleType)}
+    assert public - modules == {name for name in diffice.__all__ if not name.startswith("_")} - modules
