@@ -13,8 +13,8 @@
  * Verified only on a GPU: the launches and their sizes, the scratch between kernels, the read-backs that feed the
  * host-side checks (batch norm's running_var, standardisation's constant planes), and the device maths: double
  * sqrt is correctly rounded on both sides, but CUDA's double exp is within 1 ulp and float cosf/sinf within 2 ulp of
- * the host's, and nvcc may fuse a double multiply-add into an fma (a last-bit difference after rounding to float,
- * at most). scale_shift's float product is rounded with __fmul_rn, never fused, as PyTorch's mul-then-add.
+ * the host's (the plugin is built with -fmad=false, so no multiply-add is fused into an fma). scale_shift's float
+ * product is also rounded with __fmul_rn, as PyTorch's mul-then-add, whatever the build flags.
  * Not tuned yet: the one-index-per-output loops (scale-shift planes, broadcast sums) serialise H*W values per
  * thread, which a GPU at 256x256 will feel; chunking them would change their rounding, which the scale-shift tests
  * compare bit for bit with binary_backward's. */

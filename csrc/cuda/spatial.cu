@@ -5,8 +5,8 @@
  * scatter reaches it, and adds the same float32 terms, so ref, cpu and cuda_emulated give the same bytes.
  *
  * Verified only on a GPU: the launches themselves (grid-stride loops, one per op, or one per part for concat and
- * split), and the device's double arithmetic, where nvcc's FMA contraction may move a last bit of the bilinear
- * forward's double sum before it is rounded to float32. */
+ * split); the plugin is built with -fmad=false, so the device's double arithmetic (the bilinear taps) rounds as the
+ * host's. */
 #include "cuda_backend.cuh"
 
 extern "C" {
