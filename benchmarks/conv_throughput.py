@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess, timed_calls  # noqa: E402
+from harness import in_subprocess, timed_calls, use_checkout  # noqa: E402
 from unet import CONFIGS  # noqa: E402
 from unet import measure as measure_unet  # noqa: E402
 
@@ -66,7 +66,7 @@ def conv_worker(impl: str, channels: int, h: int, w: int, repeats: int, threads:
     if impl.startswith("diffice"):
         if impl.startswith("diffice-direct"):
             os.environ["DIFFICE_NO_WINOGRAD"] = "1"  # read by the C core at each call
-        sys.path.insert(0, str(ROOT))
+        use_checkout()
         from diffice.ops import conv2d
 
         if impl == "diffice-direct-nhwc":
@@ -88,7 +88,7 @@ def unet_flops_per_image() -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     sys.path.insert(0, str(ROOT / "tests"))
     from gd_reference import UNetModel
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import alternating, comparison_cells, in_subprocess, peak_rss_mb, table_head  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, peak_rss_mb, table_head, use_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (56, 72)
@@ -74,7 +74,7 @@ def config_of(name: str) -> dict:
 
 
 def build_diffice(seed: int = 0, cfg: dict = SMALL):
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     import diffice
     from diffice.models.perceptual import PerceptualLoss
     from diffice.models.resnet import ResNetFeatures

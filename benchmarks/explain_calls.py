@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 
 def build(config: str):

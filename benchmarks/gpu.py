@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import in_subprocess  # noqa: E402
+from harness import in_subprocess, use_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET_BASE = dict(
@@ -101,7 +101,7 @@ def build_torch(config: str, device: str):
 
 def build_diffice(config: str, device: str):
     """The same networks in diffice, random weights, on `device` ("cuda", "cuda:N", or a CPU backend)."""
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     import diffice
     from diffice.models.perceptual import PerceptualLoss
     from diffice.models.resnet import ResNetFeatures

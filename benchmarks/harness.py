@@ -5,6 +5,7 @@ median of every timed call of an implementation."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import resource
@@ -14,6 +15,15 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_checkout() -> None:
+    """Imports diffice from this checkout where it is built in place (`pip install -e .`, `python setup.py
+    build_ext --inplace`); else the diffice installed in the environment (`pip install .`) is the one used."""
+    if glob.glob(os.path.join(ROOT, "diffice", "_C*.so")) and ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
 
 
 def peak_rss_mb() -> float:

@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, beside this script
+from harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 from diffice import GaussianDiffusion, SonoNet, TargetClassView, UNet, train_ddpm  # noqa: E402
 from diffice.data.images import save_png  # noqa: E402

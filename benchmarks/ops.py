@@ -22,7 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-place build in this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, beside this script
+from harness import use_checkout  # noqa: E402
+
+use_checkout()
 from diffice import ops  # noqa: E402
 
 

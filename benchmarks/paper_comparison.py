@@ -24,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-place build in this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, beside this script
+from harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 from diffice.evaluation.metrics import (  # noqa: E402
     cosine_similarity,

@@ -13,7 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-place build in this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, beside this script
+from harness import use_checkout  # noqa: E402
+
+use_checkout()
 
 
 def main(argv: list[str] | None = None) -> int:

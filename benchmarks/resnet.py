@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls, use_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def worker(impl: str, layout: str, batch: int, size: tuple, mode: str, repeats: int, threads: int) -> dict:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     sys.path.insert(0, str(ROOT / "tests"))
     from diffice import ResNetFeatures
 

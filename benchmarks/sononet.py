@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls, use_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (224, 288)
@@ -28,7 +28,7 @@ SIZE = (224, 288)
 def worker(impl: str, k: int, batch: int, mode: str, repeats: int, threads: int) -> dict:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     sys.path.insert(0, str(ROOT / "tests"))
     from diffice.models.sononet import SonoNet
 

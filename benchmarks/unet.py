@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls  # noqa: E402
+from harness import alternating, comparison_cells, in_subprocess, table_head, timed_calls, use_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def worker(impl: str, config: str, batch: int, mode: str, repeats: int, threads:
     limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 9 // 10
     resource.setrlimit(resource.RLIMIT_AS, (limit + (8 << 30), limit + (8 << 30)))
 
-    sys.path.insert(0, str(ROOT))
+    use_checkout()
     sys.path.insert(0, str(ROOT / "tests"))
     from diffice.models.unet import UNet
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import timed_calls  # noqa: E402
+from harness import timed_calls, use_checkout  # noqa: E402
+
+use_checkout()
 
 SIZES = [(28, 36), (36, 44), (44, 56), (48, 64), (56, 72), (112, 144), (224, 288)]
 

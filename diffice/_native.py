@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import importlib
 import os
 import sys
@@ -61,6 +62,14 @@ _preload_onednn()
 try:
     _C: Any = importlib.import_module(f"{__package__}._C")  # untyped: its Python wrappers carry the types
 except ImportError as exc:  # pragma: no cover - depends on the install
+    _package = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(_package, "..", "setup.py")) and not glob.glob(os.path.join(_package, "_C*.so")):
+        # `python -c`, a notebook or a script started in a clone puts the clone first on sys.path
+        raise ImportError(
+            f"diffice was imported from the source checkout {_package}, which holds no built extension "
+            f"({exc}): Python looks in the current folder first. Run from another folder to use the diffice "
+            "you installed, or build this checkout in place: pip install -e ."
+        ) from exc
     raise ImportError(
         f"diffice's C extension could not be loaded ({exc}). Reinstall with `pip install .`; it needs the "
         "onednn-cpu-gomp wheel (oneDNN 3.2, GNU OpenMP) in the same environment."

@@ -76,7 +76,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 class _run_warnings:
     """`with _run_warnings("explain"):` prints every SuspiciousRunWarning raised inside plainly on stderr as
-    "diffice explain: WARNING: ..." (each one, whatever the warning filters say); other warnings show as usual."""
+    "diffice explain: WARNING: ..." (each one, whatever the warning filters say), diffice's other warnings (an
+    AspectRatioWarning naming the file, ...) as "diffice explain: warning: ...", each message once; warnings of
+    other packages show as usual."""
 
     def __init__(self, command: str) -> None:
         import warnings
@@ -98,9 +100,14 @@ class _run_warnings:
         from .explain.explainer import SuspiciousRunWarning
 
         self._catch.__exit__(*exc)
+        shown = set()
         for w in self.caught:
             if issubclass(w.category, SuspiciousRunWarning):
                 print(f"diffice {self.command}: WARNING: {w.message}", file=sys.stderr, flush=True)
+            elif w.category.__module__.split(".")[0] == "diffice":
+                if str(w.message) not in shown:  # a message says where, so a repeat says nothing new
+                    shown.add(str(w.message))
+                    print(f"diffice {self.command}: warning: {w.message}", file=sys.stderr, flush=True)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -163,7 +170,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .explain.cluster import DistributedUnavailable
     from .explain.sweep import load_sweep, print_tables, run_sweep
 
-    spec = load_sweep(args.config, dict(out=args.out, batch_size=args.batch_size))
+    spec = load_sweep(args.config, dict(out=args.out, batch_size=args.batch_size, device=args.device))
     try:
         if not args.tables_only:
             with _run_warnings("sweep"), _executor(args, spec.cluster) as executor:
@@ -440,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML sweep config")
     p.add_argument("--out", help="output folder (default: [sweep] out, relative to the config file)")
     p.add_argument("--batch-size", type=int, default=None, help="images per unit (default: [run] batch_size)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where the models and the sampler run: cpu, cuda, cuda:N (default: [models] device, else cpu)",
+    )
     p.add_argument("--tables-only", action="store_true", help="print the tables of the store; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cluster_flags(p)
@@ -604,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError) as exc:
+        # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...)
         print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

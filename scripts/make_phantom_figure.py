@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if list((ROOT / "diffice").glob("_C*.so")):  # built in place: this checkout's diffice; else the installed one
+    sys.path.insert(0, str(ROOT))
 from diffice import phantoms  # noqa: E402
 
 SIZE = (128, 160)

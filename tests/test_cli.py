@@ -117,6 +117,21 @@ def test_explain_with_a_precision_the_device_lacks_says_so(tmp_path, capsys, pre
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
 
 
+def test_explain_on_a_device_this_machine_lacks_says_why(tmp_path, capsys):
+    """--device cuda where CUDA cannot run: exit 2 and the backend's reason in one line, no traceback."""
+    import diffice
+    from diffice.data.images import save_png
+
+    if diffice.cuda_available():
+        pytest.skip("a GPU is present: the error path is not reachable")
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    code = main(["explain", "--models", "demo", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--device", "cuda", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("diffice explain: error: cuda: ") and "Traceback" not in err
+
+
 def test_explain_summary_points_at_the_failures(tmp_path, capsys):
     """An unreadable image: the summary line says where the failures and their reasons are."""
     from diffice.data.images import save_png

@@ -143,14 +143,18 @@ def test_demo_sweep_refuses_model_settings_it_would_ignore(tmp_path):
     base = '[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n'
     for extra, match in [
         ('[diffusion]\nrespacing = "10"\n', "diffusion.respacing"),
-        ('[models]\nclassifier = "f.safetensors"\n', r"remove the \[models\] section"),
+        ('[models]\nclassifier = "f.safetensors"\n', r"remove models.classifier \(only models.device may stay\)"),
     ]:
         path = tmp_path / "demo.toml"
         path.write_text(base + extra)
         with pytest.raises(ValueError, match=match):
             load_sweep(str(path))
     path.write_text(base + '[diffusion]\nrespacing = "100"\n')  # the demo's own value is fine
-    assert load_sweep(str(path)).models["source"] == "demo"
+    assert load_sweep(str(path)).models == dict(source="demo", folder=None, device="cpu")
+    # the device is the user's: [models] device, or diffice sweep --device over it
+    path.write_text(base + '[models]\ndevice = "cuda"\n')
+    assert load_sweep(str(path)).models["device"] == "cuda"
+    assert load_sweep(str(path), dict(device="cuda:1")).models["device"] == "cuda:1"
 
 
 class ReversedExecutor(LocalExecutor):

@@ -198,8 +198,8 @@ static const dfc_backend_iface *cuda_plugin(dfc_error *err)
         return NULL;
     }
     void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!library) {
-        dfc_fail(err, DFC_ERR_BACKEND,
+    if (!library) { /* as without a plugin or a device: this install cannot run CUDA here, and says why */
+        dfc_fail(err, DFC_ERR_NOT_IMPLEMENTED,
                  "cuda: cannot load the CUDA plugin: %s (the CUDA libraries come from pip install 'diffice[cuda]')",
                  dlerror());
         return NULL;

@@ -157,15 +157,18 @@ def load_sweep(
         if sweep["models"] != "demo":
             raise ValueError(f'{source}: [sweep] models must be "demo" (or leave it out and use [models])')
         demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
-        # the demo models choose the model files: a [models] section would be ignored, so it is refused
-        if data.get("models"):
+        # the demo models choose the model files: other [models] keys would be ignored, so they are refused; the
+        # device they run on is the user's (diffice sweep --device)
+        models = dict(data.get("models") or {})
+        chosen = sorted(k for k in models if k != "device")
+        if chosen:
             raise ValueError(
-                f'{source}: [sweep] models = "demo" chooses every model; remove the [models] '
-                f'section (or models = "demo")'
+                f'{source}: [sweep] models = "demo" chooses every model; remove models.'
+                f'{", models.".join(chosen)} (only models.device may stay), or models = "demo"'
             )
         # as diffice explain --models demo: the demo's [method], [diffusion] and image size are the defaults, and
         # [diffusion] values other than the bundled DDPM's are refused (diffice.explain.config.load_config)
-        data["models"] = dict(preset="demo")
+        data["models"] = dict(models, preset="demo")
     cfg = load_config(path, overrides, data=data)
     method = cfg["method"]
     configs: list[dict[str, Any]] = []
