@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -115,8 +116,10 @@ class _run_warnings:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain.cluster import DistributedUnavailable, cluster_options
     from .explain.config import SECTIONS, load_config, read_toml
-    from .explain.run import run_explain
+    from .explain.run import RunBusyError, run_explain
 
+    if not args.out.strip():
+        raise ValueError("--out is empty; name the output folder (it is created if missing)")
     keys = {k for defaults in SECTIONS.values() for k in defaults}
     overrides = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     cfg = load_config(args.config, overrides)
@@ -124,14 +127,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         options = cluster_options(read_toml(args.config) if args.config else None, args.config or "config")
         with _run_warnings("explain"), _executor(args, options) as executor:
             summary = run_explain(cfg, args.images, args.out, progress=not args.quiet, executor=executor)
-    except DistributedUnavailable as exc:
+    except (DistributedUnavailable, RunBusyError) as exc:
         print(f"diffice explain: error: {exc}", file=sys.stderr)
         return 2
+    out = Path(args.out)
     print(
         f"diffice explain: {summary['explained']} explained, {summary['skipped_done']} already done, "
-        f"{summary['failed']} failed; results in {args.out}/results.csv"
-        + (f", the failures and why in {args.out}/errors.csv" if summary["failed"] else "")
-        + (f" (WARNING above, recorded in {args.out}/warnings.json)" if summary.get("warnings") else "")
+        f"{summary['failed']} failed; results in {out / 'results.csv'}"
+        + (f", the failures and why in {out / 'errors.csv'}" if summary["failed"] else "")
+        + (f" (WARNING above, recorded in {out / 'warnings.json'})" if summary.get("warnings") else "")
     )
     return 0 if summary["failed"] == 0 or summary["explained"] > 0 else 1
 
@@ -191,6 +195,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .explain.demo import DEMO_N, load_demo_models
     from .explain.demo_run import run_demo
 
+    if args.images is not None and args.n is not None:
+        raise ValueError("--n is how many phantoms to make; with --images every image of the folder is explained")
     models = load_demo_models(args.models)
     overrides = {k: getattr(args, k) for k in ("iterations", "tau") if getattr(args, k) is not None}
     with _run_warnings("demo"):
@@ -383,17 +389,26 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
     return 130 if metrics["interrupted"] else 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help gives each option's default, except for switches and options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.ArgumentParser:
-    p = train.add_parser(kind, help=help_text, description=help_text)
+    p = train.add_parser(kind, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
     p.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/BMP)")
     p.add_argument("--out", required=True, help="output folder (model.safetensors, metrics.json, loss.csv/png)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (and masks) to H x W")
     p.add_argument("--steps", type=int, default=2000, help="AdamW steps")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and settings give the same run")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -528,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of images")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: image i depends only on (seed, i)")
     p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
@@ -536,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     p = train.add_parser(
         "ddpm",
+        formatter_class=_DefaultsFormatter,
         help="the guided-diffusion UNet as an unconditional DDPM (the Diff-ICE denoiser)",
         description="Trains guided-diffusion's UNet on grayscale images (resized to --size, scaled "
         "to [-1, 1]). Writes model.safetensors, ema.safetensors, train_state.npz, loss.csv and "
@@ -550,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
     p.add_argument("--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and settings give the same run")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")

@@ -31,7 +31,7 @@ class ProgressBar:
         self.first = int(start)  # work done before this bar (a resumed run): not counted in the rate
         self.label = label
         self.stream = stream or sys.stderr
-        self.enabled = enabled
+        self.enabled = enabled and int(total) > 0  # nothing to do (a finished run resumed): no bar
         self.start = time.monotonic()
         self.done = self.first
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()

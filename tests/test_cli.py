@@ -146,3 +146,21 @@ def test_explain_summary_points_at_the_failures(tmp_path, capsys):
     assert code == 0 and "1 explained" in summary and "1 failed" in summary
     assert f"the failures and why in {out}/errors.csv" in summary
     assert "broken.png" in (out / "errors.csv").read_text()
+
+
+def test_demo_and_explain_refuse_what_they_would_ignore(tmp_path, capsys):
+    """demo --n with --images (n counts phantoms), demo --n 0 and an empty --out are one-line errors, exit 2."""
+    assert main(["demo", "--images", str(tmp_path), "--n", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "--n is how many phantoms to make" in capsys.readouterr().err
+    assert main(["demo", "--n", "0", "--out", str(tmp_path / "d0"), "--quiet"]) == 2
+    assert "n (how many phantoms) must be an int >= 1, got 0" in capsys.readouterr().err
+    assert main(["explain", "--models", "demo", "--images", str(tmp_path), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+
+
+def test_train_help_gives_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "ddpm", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE batch size (paper: 16) (default: 16)" in text
+    assert "(default: True)" not in text  # switches say nothing

@@ -93,7 +93,8 @@ def test_aspect_ratio_warning(tmp_path):
 
 
 def test_explain_shows_the_warning_once_per_image(tmp_path):
-    """`diffice explain` (default warning filters): one line per stretched image on stderr, naming it."""
+    """`diffice explain` (default warning filters): one line per stretched image on stderr, naming it, as the
+    command's own warning line (not Python's file:line and source line)."""
     models = write_tiny_models(tmp_path / "models")
     images = tmp_path / "in"
     images.mkdir()
@@ -139,8 +140,9 @@ batch_size = 1
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if "AspectRatioWarning" in l]
-    assert len(lines) == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if "aspect ratio" in l]
+    assert len(lines) == 2 and all(l.startswith("diffice explain: warning: ") for l in lines), proc.stderr
+    assert "load_image(" not in proc.stderr and ".py:" not in proc.stderr
     for name in ("wide_a.png", "wide_b.png"):
         assert sum(str(images / name) in l and "8 x 48" in l and "16 x 24" in l for l in lines) == 1
     assert "fine.png" not in proc.stderr
@@ -352,3 +354,28 @@ def test_npy_images_in_diffices_own_range(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(ImageReadError, match=r"junk\.npy: not a readable \.npy array"):
         load_image(tmp_path / "junk.npy", (1, 1))
+
+
+def test_atomic_writes_name_the_file_on_every_failure(tmp_path, monkeypatch):
+    """Every output goes through atomic_write_bytes: a folder in the file's place, a file in a folder's place and a
+    full disk are errors naming the file written (not the temporary file), leaving no temporary file behind."""
+    import errno
+    import os
+
+    from diffice.data import images
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(IsADirectoryError, match=r"cannot write a file there: it is a folder: '.*folder'"):
+        images.atomic_write_bytes(tmp_path / "folder", b"x")
+    with pytest.raises(NotADirectoryError, match=r"file is a file, not a folder: '.*file/x\.html'"):
+        images.atomic_write_bytes(tmp_path / "file" / "x.html", b"x")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(images.os, "fsync", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device: '.*out\.bin'") as info:
+        images.atomic_write_bytes(tmp_path / "out.bin", b"x")
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(tmp_path)) == ["file", "folder"]

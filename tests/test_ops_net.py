@@ -110,13 +110,23 @@ def test_standardize(rng, backend, shape):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_standardize_refuses_a_constant_plane(rng, backend):
-    x = randn(rng, 2, 3, 5, 5)
+def test_standardize_divides_a_constant_plane_by_one(rng, backend):
+    """A constant plane (std 0) is divided by 1, as scikit-learn's StandardScaler does: zeros forward, and the
+    backward of y = scale (x - mean), scale (dy - mean(dy)); the other planes as usual (float64 numpy)."""
+    x, dy = randn(rng, 2, 3, 5, 7), randn(rng, 2, 3, 5, 7)
     x[1, 2] = 0.5
-    with pytest.raises(ValueError, match="standardize: image 1 channel 2 is constant"):
-        ops.standardize(x, backend=backend)
-    dx = ops.standardize_backward(randn(rng, 2, 3, 5, 5), x, backend=backend)
-    assert np.all(dx[1, 2] == 0) and np.all(np.isfinite(dx))
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    centred = x64 - x64.mean(axis=(2, 3), keepdims=True)
+    std = np.sqrt((centred**2).mean(axis=(2, 3), keepdims=True))
+    std[1, 2] = 1.0
+    xh = centred / std
+    want_y = 255.0 * xh
+    mean_dy = dy64.mean(axis=(2, 3), keepdims=True)
+    want_dx = 255.0 / std * (dy64 - mean_dy - xh * (dy64 * xh).mean(axis=(2, 3), keepdims=True))
+    y = ops.standardize(x, 255.0, backend=backend)
+    dx = ops.standardize_backward(dy, x, 255.0, backend=backend)
+    assert np.all(y[1, 2] == 0) and rel_err(y, want_y) <= 1e-6
+    assert rel_err(dx, want_dx) <= 1e-6 and rel_err(dx[1, 2], 255.0 * (dy64[1, 2] - dy64[1, 2].mean())) <= 1e-6
 
 
 def torch_normalized_distance(a, b):

@@ -414,3 +414,53 @@ def test_models_demo_uses_the_bundled_models_and_the_demo_settings(tmp_path, rng
     assert main(["metrics", str(out), "--no-cout"]) == 0
     report = capsys.readouterr().out
     assert "MQD: skipped" not in report and "FR: skipped" not in report
+
+
+def test_resuming_checks_each_image_is_still_the_one_explained(tmp_path, rng, models):
+    """A record remembers its image's file (name and sha256): a different image under the same stem is refused by
+    name, never given the old results; an image whose PNGs went missing is explained again."""
+    write_images(tmp_path / "in", rng, 2)
+    out = tmp_path / "out"
+    run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    record = json.loads((out / "records" / "img0.json").read_text())
+    assert len(record["input_sha256"]) == 64
+    (out / "img0" / "iteration_2.png").unlink()
+    summary = run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    assert summary["explained"] == 1 and summary["skipped_done"] == 1 and (out / "img0" / "iteration_2.png").is_file()
+    Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "in" / "img1.png")
+    with pytest.raises(ValueError, match=r"img1\.png: .*holds the results of another image \(has other bytes\)"):
+        run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    (tmp_path / "in" / "img1.png").rename(tmp_path / "in" / "img1.tif")
+    with pytest.raises(ValueError, match=r"another image \(was 'img1\.png'\); .*delete .*img1\.json"):
+        run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+
+
+def test_a_second_writer_of_the_same_folder_is_refused(tmp_path, rng, models):
+    """Two runs into one output folder: the second stops at once (RunBusyError naming the folder) instead of doing
+    the same work beside the first; the folder is left as the first has it."""
+    from diffice.explain.run import LOCK_FILE, RunBusyError, WriterLock
+
+    write_images(tmp_path / "in", rng, 1)
+    out = tmp_path / "out"
+    run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "in" / "new.png")
+    with WriterLock(out / LOCK_FILE, "held"):  # as another process's run would hold it
+        with pytest.raises(RunBusyError, match=f"{out}: another diffice explain is writing this folder"):
+            run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    assert sorted(p.stem for p in (out / "records").glob("*.json")) == ["img0"]
+
+
+def test_damaged_records_and_shared_stems_are_named(tmp_path, rng, models, capsys):
+    write_images(tmp_path / "in", rng, 1)
+    out = tmp_path / "out"
+    run_explain(config(), tmp_path / "in", out, progress=True, models=models)
+    capsys.readouterr()
+    summary = run_explain(config(), tmp_path / "in", out, progress=True, models=models)
+    assert summary["skipped_done"] == 1 and capsys.readouterr().err == ""  # nothing left to do: no progress bar
+    (out / "records" / "img0.json").write_text("{")
+    with pytest.raises(ValueError, match=r"img0\.json: not valid JSON"):
+        run_explain(config(), tmp_path / "in", out, progress=False, models=models)
+    (tmp_path / "in" / "img0.png").rename(tmp_path / "in" / "img0.tif")
+    write_images(tmp_path / "in", rng, 1)
+    with pytest.raises(ValueError, match=r"img0\.png and img0\.tif share the file name stem 'img0'"):
+        run_explain(config(), tmp_path / "in", tmp_path / "out2", progress=False, models=models)

@@ -24,6 +24,7 @@
 #include "cuda_backend.cuh"
 
 extern "C" {
+#include "../ops/net_ops.h"
 #include "../ops/norm_check.h"
 #include "../ops/softmax_row.h"
 }
@@ -479,29 +480,17 @@ dfc_status cuda_standardize_forward(dfc_backend *be, const dfc_tensor *x, float 
     DFC_TRY(dfc_cuda_scratch(be, (size_t)(2 * planes + 2 * planes * chunk_count(m)) * sizeof(double), &scratch, err));
     double *stats = (double *)scratch;
     DFC_TRY(plane_moments(be, op, x, stats, stats + 2 * planes, err));
-    /* the first constant plane, found on the host: the reference's message */
-    double *host = (double *)malloc((size_t)(planes > 0 ? 2 * planes : 1) * sizeof(double));
-    if (!host)
-        return dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate %lld statistics", op, (long long)(2 * planes));
-    dfc_status st = dfc_cuda_read_back(be, host, stats, (size_t)(2 * planes) * sizeof(double), err);
-    for (int64_t p = 0; st == DFC_OK && p < planes; p++) {
-        if (!(host[2 * p + 1] > 0.0))
-            st = dfc_fail(err, DFC_ERR_VALUE, "%s: image %lld channel %lld is constant (standard deviation 0)", op,
-                          (long long)(p / x->shape[1]), (long long)(p % x->shape[1]));
-    }
-    free(host);
-    DFC_TRY(st);
     const float *xs = x->data;
     float *ys = y->data;
     return dfc_cuda_for_each(be, planes * m, op, err, [=] DFC_DEVICE(int64_t i) {
         const int64_t p = i / m;
-        const double s = scale / stats[2 * p + 1];
+        const double s = scale / dfc_standardize_divisor(stats[2 * p + 1]);
         ys[i] = (float)(((double)xs[i] - stats[2 * p]) * s);
     });
 }
 
-/* With xh = (x - mean) / std: dx = (scale / std) (dy - mean(dy) - xh mean(dy xh)), as for a layer norm; zero on a
- * constant plane, which the forward refused. */
+/* With xh = (x - mean) / std: dx = (scale / std) (dy - mean(dy) - xh mean(dy xh)), as for a layer norm (std the
+ * divisor: 1 on a constant plane, where xh = 0). */
 dfc_status cuda_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, float scale,
                                      dfc_tensor *dx, dfc_error *err)
 {
@@ -519,22 +508,14 @@ dfc_status cuda_standardize_backward(dfc_backend *be, const dfc_tensor *dy, cons
     float *dxs = dx->data;
     DFC_TRY(chunk_sums(be, op, planes, m, partials, err,
                        [=] DFC_DEVICE(int64_t p, int64_t i, double &sum_dy, double &sum_dy_xh) {
-                           const double std = stats[2 * p + 1];
-                           if (!(std > 0.0))
-                               return;
-                           const double rstd = 1.0 / std;
+                           const double rstd = 1.0 / dfc_standardize_divisor(stats[2 * p + 1]);
                            sum_dy += dys[p * m + i];
                            sum_dy_xh += dys[p * m + i] * ((double)xs[p * m + i] - stats[2 * p]) * rstd;
                        }));
     DFC_TRY(chunk_means(be, op, planes, m, partials, plane_sums, err));
     return dfc_cuda_for_each(be, planes * m, op, err, [=] DFC_DEVICE(int64_t i) {
         const int64_t p = i / m;
-        const double std = stats[2 * p + 1];
-        if (!(std > 0.0)) {
-            dxs[i] = 0.0f;
-            return;
-        }
-        const double rstd = 1.0 / std, xh = ((double)xs[i] - stats[2 * p]) * rstd;
+        const double rstd = 1.0 / dfc_standardize_divisor(stats[2 * p + 1]), xh = ((double)xs[i] - stats[2 * p]) * rstd;
         dxs[i] = (float)(scale * rstd * ((double)dys[i] - plane_sums[2 * p] - xh * plane_sums[2 * p + 1]));
     });
 }

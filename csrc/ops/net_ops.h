@@ -12,6 +12,11 @@
 
 #define DFC_NORMALIZE_EPS 1e-10 /* MONAI's normalize_tensor */
 
+/* What standardize divides a plane by: its population std, or 1 where the plane is constant (std 0), as
+ * scikit-learn's StandardScaler does, so a constant plane becomes zeros and its gradient stays finite (a blank frame
+ * among a run's images, or an estimate that clipping made constant, must not stop the run). A NaN std stays NaN. */
+static DFC_ALSO_DEVICE inline double dfc_standardize_divisor(double std) { return std == 0.0 ? 1.0 : std; }
+
 /* Stable for either sign: exp of a non-positive argument only. */
 static DFC_ALSO_DEVICE inline double dfc_sigmoid(double v)
 {

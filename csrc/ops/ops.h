@@ -317,7 +317,8 @@ typedef struct dfc_ops {
                                            const dfc_tensor *targets, dfc_tensor *dlogits, dfc_error *err);
 
     /* per-plane standardisation of x (N, C, H, W): y = scale (x - mean) / std over each (n, c) plane, std with
-     * ddof 0; a constant plane is an error. Backward from the forward's input x (layer-norm form). */
+     * ddof 0; a constant plane is divided by 1 (it becomes zeros, as in scikit-learn's StandardScaler). Backward
+     * from the forward's input x (layer-norm form). */
     dfc_status (*standardize_forward)(dfc_backend *be, const dfc_tensor *x, float scale, dfc_tensor *y, dfc_error *err);
     dfc_status (*standardize_backward)(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, float scale,
                                        dfc_tensor *dx, dfc_error *err);

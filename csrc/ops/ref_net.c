@@ -2,7 +2,6 @@
  * normalised feature distance, fill. Sums in double. */
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "net_ops.h"
 #include "ref.h"
@@ -97,28 +96,21 @@ dfc_status ref_standardize_forward(dfc_backend *be, const dfc_tensor *x, float s
     DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
     DFC_TRY(dfc_check_same_shape(x, y, op, "x", "y", err));
     const int64_t planes = x->shape[0] * x->shape[1], m = x->shape[2] * x->shape[3];
-    int64_t constant = INT64_MAX; /* the first constant plane: the same message whatever the thread count */
-#pragma omp parallel for num_threads(be->num_threads) schedule(static) reduction(min : constant)
+#pragma omp parallel for num_threads(be->num_threads) schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         const float *xs = x->data + p * m;
         float *ys = y->data + p * m;
         double mean, std;
         plane_moments(xs, m, &mean, &std);
-        if (!(std > 0.0)) {
-            constant = p < constant ? p : constant;
-            continue;
-        }
-        const double s = scale / std;
+        const double s = scale / dfc_standardize_divisor(std);
         for (int64_t i = 0; i < m; i++)
             ys[i] = (float)(((double)xs[i] - mean) * s);
     }
-    if (constant != INT64_MAX)
-        return dfc_fail(err, DFC_ERR_VALUE, "%s: image %lld channel %lld is constant (standard deviation 0)", op,
-                        (long long)(constant / x->shape[1]), (long long)(constant % x->shape[1]));
     return DFC_OK;
 }
 
-/* With xh = (x - mean) / std: dx = (scale / std) (dy - mean(dy) - xh mean(dy xh)), as for a layer norm. */
+/* With xh = (x - mean) / std: dx = (scale / std) (dy - mean(dy) - xh mean(dy xh)), as for a layer norm (std the
+ * divisor: 1 on a constant plane, where xh = 0). */
 dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const dfc_tensor *x, float scale,
                                     dfc_tensor *dx, dfc_error *err)
 {
@@ -133,11 +125,7 @@ dfc_status ref_standardize_backward(dfc_backend *be, const dfc_tensor *dy, const
         float *dxs = dx->data + p * m;
         double mean, std;
         plane_moments(xs, m, &mean, &std);
-        if (!(std > 0.0)) { /* the forward refused this plane; keep the gradient finite */
-            memset(dxs, 0, (size_t)m * sizeof(float));
-            continue;
-        }
-        const double rstd = 1.0 / std;
+        const double rstd = 1.0 / dfc_standardize_divisor(std);
         double sum_dy = 0.0, sum_dy_xh = 0.0;
         for (int64_t i = 0; i < m; i++) {
             sum_dy += dys[i];

@@ -347,9 +347,20 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Writes via a temporary file in the same folder and a rename: readers never see half a file."""
+    """Writes via a temporary file in the same folder and a rename: readers never see half a file. Every OSError
+    names path (a full disk, a folder in its place), not the temporary file."""
+    import errno
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "cannot write a file there: it is a folder", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = exc.filename or path.parent
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot write a file there: {blocker} is a file, not a folder", str(path)
+        ) from None
     fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -358,9 +369,11 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 - umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 

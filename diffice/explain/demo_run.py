@@ -74,6 +74,8 @@ def run_demo(
     kept. Returns the summary dict.
     """
 
+    if images is None and not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"run_demo: n (how many phantoms) must be an int >= 1, got {n!r}")
     stream = stream or sys.stdout
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,9 @@ def run_demo(
     if overrides:
         cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})
     explainer_models = (models.unet, models.diffusion, models.classifier, models.perceptual)
-    summary_run = run_explain(cfg, str(folder), str(out), progress=progress, models=explainer_models)
+    summary_run = run_explain(
+        cfg, str(folder), str(out), progress=progress, models=explainer_models, command="diffice demo"
+    )
 
     # everything below reads the records: a resumed run reports the same as an uninterrupted one
     stems = [Path(nm).stem for nm in names]
@@ -174,8 +178,12 @@ def run_demo(
         f"{'L1 to x':>7}  lambda_c used",
         file=stream,
     )
+
+    def num(v: float) -> str:  # rounded first: a bound of -0.0002 prints as 0.000, not -0.000
+        return f"{round(v, 3) + 0.0:6.3f}"
+
     for r in rows:
-        interval = "" if r["mqd"] == "" else f"{r['mqd']:6.3f} [{r['mqd_ci_low']:6.3f}, {r['mqd_ci_high']:6.3f}]"
+        interval = "" if r["mqd"] == "" else f"{num(r['mqd'])} [{num(r['mqd_ci_low'])}, {num(r['mqd_ci_high'])}]"
         print(
             f"{r['iteration']:>9}  {r['mean_p_sp']:6.3f}  {r['flip_ratio']:10.2f}  {r['mean_oracle_qs']:9.3f}  "
             f"{interval:<23}  {r['mean_l1_to_input']:7.3f}  {r['lambda_c']}",

@@ -37,11 +37,20 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Non
 RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]
 
 
+def read_json(path: Path) -> Any:
+    """The JSON document in path; ValueError naming the file when it is not valid JSON (a file edited by hand, or a
+    disk that filled up under another program)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); restore it, or delete it") from None
+
+
 def rebuild_results(out_dir: Path) -> list[dict[str, Any]]:
     """results.csv from every finished image's record: one row per image and iteration (0 = the input)."""
     rows = []
     for record_path in sorted((out_dir / "records").glob("*.json")):
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path)
         for it in record["iterations"]:
             rows.append({"image": record["image"], **it})
     _write_csv(out_dir / "results.csv", rows, RESULT_FIELDS)
@@ -62,7 +71,7 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
     path = out / "run_settings.json"
     now = _settings(cfg)
     if path.exists():
-        before = json.loads(path.read_text())
+        before = read_json(path)
         # a key newer than the folder's settings counts as its default
         diff = [
             f"{section}.{key}: {old!r} -> {value!r}"
@@ -123,6 +132,76 @@ def _remove_created(created: list[Path]) -> None:
             return
 
 
+class RunBusyError(RuntimeError):
+    """Another process is writing the same results (a run folder, a sweep's store)."""
+
+
+class WriterLock:
+    """`with WriterLock(lock_path, busy):` holds an exclusive lock on lock_path (created if missing) while one process
+    writes a run's outputs: a second writer gets RunBusyError(busy) at once instead of redoing the same work beside
+    it. The system releases the lock when the process ends, however it ends; the file stays."""
+
+    def __init__(self, path: Path, busy: str) -> None:
+        self.path, self.busy = path, busy
+        self.fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise RunBusyError(self.busy) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+LOCK_FILE = ".diffice-explain.lock"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's bytes: what a record remembers of the image it explained."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _finished(out: Path, files: list[Path]) -> set[str]:
+    """The stems of the images out already holds complete results of: a record and every PNG it implies. An image
+    whose PNGs went missing is redone; one whose file is not the one explained (another file name or other bytes
+    under the same stem) is a ValueError: its results would be another image's."""
+    by_stem = {f.stem: f for f in files}
+    done = set()
+    for record_path in (out / "records").glob("*.json"):
+        f = by_stem.get(record_path.stem)
+        if f is None:
+            continue
+        record = read_json(record_path)
+        same_name = record.get("image") == f.name
+        if not same_name or ("input_sha256" in record and record["input_sha256"] != file_digest(f)):
+            what = f"was {record.get('image')!r}" if not same_name else "has other bytes"
+            raise ValueError(
+                f"{f}: {out / f.stem} holds the results of another image ({what}); explain into another output "
+                f"folder, or delete {record_path} to explain this one there"
+            )
+        iterations = len(record.get("iterations", [])) - 1
+        pngs = ["input.png", "strip.png"] + [f"iteration_{k}.png" for k in range(1, iterations + 1)]
+        if iterations >= 1 and all((out / f.stem / name).is_file() for name in pngs):
+            done.add(f.stem)
+    return done
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
     writing a temporary file and renaming it: never an output, only litter."""
@@ -140,8 +219,11 @@ def run_explain(
     progress: bool = True,
     models: Any = None,
     executor: Any = None,
+    command: str = "diffice explain",
 ) -> dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
+
+    command: what the lines printed about skipped images start with (the CLI command that runs this).
 
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
     executor: where the batches run (diffice.explain.cluster.open_executor: a Dask cluster); default this process.
@@ -158,8 +240,14 @@ def run_explain(
     # start-up: everything is checked (images, settings, models) before anything is written to out
     out = Path(out_dir)
     files = list_images(images_dir)
-    if len({f.stem for f in files}) != len(files):
-        raise ValueError(f"{images_dir}: two images share a file name stem; rename one (outputs are named by stem)")
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise ValueError(
+                f"{images_dir}: {stems[f.stem].name} and {f.name} share the file name stem {f.stem!r}; rename one "
+                "(outputs are named by stem)"
+            )
+        stems[f.stem] = f
     run = cfg["run"]
     size = tuple(int(v) for v in run["image_size"])
     method = {k: v for k, v in cfg["method"].items()}
@@ -170,23 +258,34 @@ def run_explain(
     if models is None:
         check_lambda_p(cfg["models"], config.lambda_p)
     new_settings = _check_same_settings(out, cfg) if out.is_dir() else True
-    done = {p.stem for p in (out / "records").glob("*.json")}
-    todo = [f for f in files if f.stem not in done]
+    todo = [f for f in files if f.stem not in _finished(out, files)]
     spec = models_spec(cfg)
     executor = executor or LocalExecutor(models)
     if todo and isinstance(executor, LocalExecutor):  # load the models here and now: a bad file fails now
         if executor.models is None:
+            from ..ops import get_backend
+
+            # a device this machine lacks (no GPU, no CUDA build) fails now, saying why
+            get_backend(str(spec.get("device") or spec.get("models", {}).get("device") or "cpu"))
             executor.models = _load(spec)
         Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
     created = _make_output_folder(out)
+    busy = f"{out}: another diffice explain is writing this folder; wait for it to finish, or use another output folder"
     try:
-        return _run(cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings)
-    except BaseException:
+        with WriterLock(out / LOCK_FILE, busy):
+            todo = [f for f in files if f.stem not in _finished(out, files)]  # what a writer before this one left
+            return _run(cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings, command)
+    except BaseException as exc:
         # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
-        if not any((out / "records").glob("*.json")):
+        if not isinstance(exc, RunBusyError) and not any((out / "records").glob("*.json")):
             if new_settings:
                 try:
                     (out / "run_settings.json").unlink()
+                except OSError:
+                    pass
+            if created:
+                try:
+                    (out / LOCK_FILE).unlink()
                 except OSError:
                     pass
             _remove_created(created)
@@ -205,6 +304,7 @@ def _run(
     executor: Any,
     progress: bool,
     new_settings: bool,
+    command: str,
 ) -> dict[str, Any]:
     from ..progress import ProgressBar
     from .cluster import batches, describe
@@ -225,6 +325,7 @@ def _run(
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
     pending: dict[str, Any] = {}
+    digests: dict[str, str] = {}  # each image's file_digest, for its record
     checks: list[dict[str, Any]] = []
 
     def tasks():
@@ -234,6 +335,7 @@ def _run(
                 try:
                     batch.append(load_image(f, size))
                     batch_files.append(f)
+                    digests[f.stem] = file_digest(f)
                 except (ImageReadError, ValueError, OSError) as exc:
                     errors.append({"image": f.name, "error": str(exc)})
             if not batch:
@@ -256,7 +358,7 @@ def _run(
         describe(executor)
     for result in executor.run(tasks(), progress=on_step if progress else None):
         batch_files, x = pending.pop(result["unit"])
-        _write_batch(out, batch_files, x, result, int(run["target"]))
+        _write_batch(out, batch_files, x, result, int(run["target"]), digests)
         checks.append({k: result.get(k) for k in ("input_is_target", "first_step_target")})
         finished += len(batch_files)
         bar.update(finished * steps_per_image, note=f"images {finished}/{len(todo)}", force=True)
@@ -266,7 +368,7 @@ def _run(
     if errors:
         _write_csv(out / "errors.csv", errors, ["image", "error"])
         for e in errors:
-            print(f"diffice explain: skipped {e['image']}: {e['error']}", file=sys.stderr)
+            print(f"{command}: skipped {e['image']}: {e['error']}", file=sys.stderr)
     found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]))
     if found:
         record_warning(out / WARNINGS_FILE, found, images=finished)
@@ -321,13 +423,16 @@ def warning_entry(message: str, **details: Any) -> dict[str, Any]:
 
 def record_warning(path: Path, message: str, **details: Any) -> None:
     """Appends a warning to a JSON list file (the run's warnings.json), atomically."""
-    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = read_json(path) if path.is_file() else []
     entries.append(warning_entry(message, **details))
     atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
 
 
-def _write_batch(out: Path, batch_files: list[Path], x: np.ndarray, result: dict[str, Any], target: int) -> None:
-    """Every image's PNGs, then its record (its presence means every file of this image is complete)."""
+def _write_batch(
+    out: Path, batch_files: list[Path], x: np.ndarray, result: dict[str, Any], target: int, digests: dict[str, str]
+) -> None:
+    """Every image's PNGs, then its record (its presence means every file of this image is complete); the record
+    keeps the sha256 of the image file (digests, by stem), so a resumed run knows the file is still the same."""
     seconds = float(result["batch_seconds"])
     for b, f in enumerate(batch_files):
         img_dir = out / f.stem
@@ -357,5 +462,5 @@ def _write_batch(out: Path, batch_files: list[Path], x: np.ndarray, result: dict
                     seconds=round(seconds / len(batch_files), 3),
                 )
             )
-        record = dict(image=f.name, target=target, iterations=iterations_rows)
+        record = dict(image=f.name, input_sha256=digests[f.stem], target=target, iterations=iterations_rows)
         atomic_write_bytes(out / "records" / f"{f.stem}.json", json.dumps(record, indent=1).encode())

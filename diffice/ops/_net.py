@@ -54,7 +54,8 @@ def bce_with_logits_backward(
 
 def standardize(x: np.ndarray, scale: float = 1.0, *, backend: str = "cpu") -> np.ndarray:
     """scale (x - mean) / std over every (n, c) plane of x float32 (N, C, H, W), std with ddof 0; a constant plane
-    raises ValueError. SonoNet uses scale 255."""
+    (std 0) is divided by 1, so it becomes zeros (scikit-learn's StandardScaler convention). SonoNet uses scale
+    255."""
     return _C.standardize_forward(get_backend(backend), x, float(scale))
 
 

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import numpy as np
@@ -16,7 +14,7 @@ from ...data.images import ImageReadError, list_images, load_image, resize
 from ...progress import ProgressBar
 from ..cluster import LocalExecutor, batches, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
-from ..run import check_run
+from ..run import WriterLock, check_run
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
@@ -71,29 +69,6 @@ def plan_units(configs: Sequence[dict[str, Any]], n_images: int, batch_size: int
     ]
 
 
-class _StoreLock:
-    """An exclusive lock on the store's folder (one sweep writes a store at a time)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + ".lock")
-        self.fd: int | None = None
-
-    def __enter__(self) -> _StoreLock:
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            raise RuntimeError(f"{self.path.with_suffix('')}: another diffice sweep is writing this store") from None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-
 def run_sweep(
     spec: SweepSpec,
     executor: Any = None,
@@ -132,7 +107,9 @@ def run_sweep(
     )
     spec.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    with _StoreLock(spec.store_path), SweepStore(spec.store_path, create=True) as store:
+    busy = f"{spec.store_path}: another diffice sweep is writing this store"
+    lock = spec.store_path.with_name(spec.store_path.name + ".lock")
+    with WriterLock(lock, busy), SweepStore(spec.store_path, create=True) as store:
         store.initialise(meta, names, x, spec.configs)
         units = plan_units(spec.configs, len(names), int(run["batch_size"]))
         done = store.finished_units()
