@@ -345,11 +345,16 @@ def test_model_loading_settings_are_not_truncated(tmp_path):
         build_model(dict(type="SonoNet", k=8, in_channels=1, num_classes=2, standardize="false"))
     unet = tmp_path / "ddpm.safetensors"
     unet.write_bytes(b"")  # never read: the settings are checked first
-    for key, value, match in [
-        ("num_heads", 1.5, r"models\.num_heads: expected an integer, got 1\.5"),
-        ("steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5"),
+    for section, key, value, match in [
+        ("models", "num_heads", 1.5, r"models\.num_heads: expected an integer, got 1\.5"),
+        ("diffusion", "steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5"),
     ]:
-        cfg = load_config(None, {key: value})
+        # the config loader refuses them first (tests/test_setting_values.py) ...
+        with pytest.raises(ValueError, match=rf"{section}\.{key} must be an integer >= 1, got {value}"):
+            load_config(None, {key: value})
+        # ... and the model loader still does for a config built or changed in code
+        cfg = load_config(None, {})
+        cfg[section][key] = value
         cfg["models"]["unet"] = str(unet)
         with pytest.raises(ValueError, match=match):
             load_run_models(cfg)

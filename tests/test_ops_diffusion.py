@@ -376,12 +376,13 @@ def _numpy_noise(m: int, seed: int, key: int, stream: int, iteration: int, step:
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_gaussian_noise_is_the_generator_on_every_backend(rng, backend):
-    """Every row is its own stream (keys any uint64, the seed modulo 2**64), equal to the numpy definition (its
+    """Every row is its own stream (keys any uint64, the seed any uint64), equal to the numpy definition (its
     libm may differ in a double's last bit, which moves a float only at a rounding tie: <= 1 float ulp, rare), and
     the CPU backends and the emulation give the same bits; rows of several blocks and a length not a multiple of 4
     (the fast kernel's blocks and the last group's tail)."""
     keys = np.array([0, 2**63 + 12345, int(rng.integers(0, 2**62)), 7], np.uint64)
-    shape, seed, counters = (3, 41, 37), -5, (2, 9, 119, 4)  # 4551 values a row: 2 blocks of 4096, a tail of 3
+    # 4551 values a row: 2 blocks of 4096, a tail of 3; a seed past 2**63 (the op takes its bits as an int64)
+    shape, seed, counters = (3, 41, 37), 2**64 - 5, (2, 9, 119, 4)
     noise = ops.gaussian_noise(shape, seed, keys, *counters, backend=backend)
     assert noise.shape == (4, *shape) and noise.dtype == np.float32
     m = int(np.prod(shape))

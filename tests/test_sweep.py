@@ -247,9 +247,9 @@ def test_store_refuses_other_settings_and_concurrent_writers(tmp_path, models_di
     changed.cfg["run"]["seed"] = 8
     with pytest.raises(ValueError, match="seed"):
         run_sweep(changed, progress=False)
-    from diffice.explain.sweep.runner import _StoreLock
+    from diffice.explain.run import WriterLock
 
-    with _StoreLock(spec.store_path):
+    with WriterLock(spec.store_path.with_name(spec.store_path.name + ".lock"), "held"):  # another sweep's lock
         with pytest.raises(RuntimeError, match="another diffice sweep"):
             run_sweep(spec, progress=False)
 

@@ -43,16 +43,26 @@ Config (TOML; every key is also a command-line flag, which wins):
     target = 1                           # the class the counterfactuals move towards
 
 Every key's description and allowed values: CONFIG_HELP and CONFIG_CHOICES below (``diffice explain --help``).
+Every value must be of its default's kind (CHECKS below): true/false settings take only true or false, integers
+only integers (2.0 and "2" are refused), lists only lists (lambda_c = [40], not 40); seeds are integers in
+[0, 2**64) (never taken modulo 2**64), image_size two integers >= 1 of at most 2**25 pixels in all, batch_size
+>= 1. A bad value is a ValueError "<file>: [section] key must be ..., got ..." when the config is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..data.images import MAX_IMAGE_PIXELS
 from ..models.diffusion import VARIANCES
 from ..ops._backend import PRECISIONS
 from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
@@ -203,21 +213,176 @@ def preset_defaults(name: str) -> dict[str, dict[str, Any]]:
     )
 
 
+# ---- every value's kind (checked as it enters: from the config file, naming the file, or as an override) ----
+
+SEED_LIMIT = 2**64  # seeds are the sampler's 64-bit seed: [0, 2**64), never taken modulo 2**64
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _int_at_least(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if _is_int(value) and value >= low else f"an integer >= {low}"
+
+    return check
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return _is_number(value) and math.isfinite(float(value))
+    except OverflowError:  # an integer past float's range
+        return False
+
+
+def _number(value: Any) -> str | None:
+    return None if _finite(value) and value >= 0 else "a finite number >= 0"
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, (bool, np.bool_)) else "true or false"
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _path(value: Any) -> str | None:
+    return None if value is None or isinstance(value, str) else "a file path (a string)"
+
+
+def _choice(key: str, optional: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if (optional and value is None) or (isinstance(value, str) and value in CONFIG_CHOICES[key]):
+            return None
+        return f"one of {CONFIG_CHOICES[key]}"
+
+    return check
+
+
+def _choices(key: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        if ok and all(isinstance(v, str) and v in CONFIG_CHOICES[key] for v in value):
+            return None
+        return f"a non-empty list of {CONFIG_CHOICES[key]}"
+
+    return check
+
+
+def _respacing(value: Any) -> str | None:
+    # diffice.models.diffusion reads it with str(): "400", "ddim50", "10,20" or the integer 400
+    return None if isinstance(value, str) or _is_int(value) else 'a string such as "400" or "ddim50" (or an integer)'
+
+
+def _head_channels(value: Any) -> str | None:
+    return None if _is_int(value) and (value == -1 or value >= 1) else "an integer: -1 (use num_heads) or >= 1"
+
+
+def _lambda_c(value: Any) -> str | None:
+    ok = isinstance(value, (list, tuple)) and len(value) > 0
+    if ok and all(_number(v) is None for v in value):
+        return None
+    return "a non-empty list of finite numbers >= 0, e.g. [40, 60, 80] (one weight: [40])"
+
+
+def _image_size(value: Any) -> str | None:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value)
+    if ok and int(value[0]) * int(value[1]) <= MAX_IMAGE_PIXELS:
+        return None
+    return f"two integers [height, width], each >= 1, at most {MAX_IMAGE_PIXELS} (2**25) pixels in all"
+
+
+def _seed(value: Any) -> str | None:
+    return None if _is_int(value) and 0 <= value < SEED_LIMIT else "an integer in [0, 2**64)"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = dict(
+    # [models]
+    preset=_choice("preset", optional=True),
+    unet=_path,
+    num_heads=_int_at_least(1),
+    num_head_channels=_head_channels,
+    use_new_attention_order=_bool,
+    classifier=_path,
+    classifier_kind=_choice("classifier_kind"),
+    target_class=_int_at_least(0),
+    perceptual=_path,
+    perceptual_kind=_choice("perceptual_kind"),
+    perceptual_variant=_choice("perceptual_variant"),
+    perceptual_taps=_choices("perceptual_taps"),
+    device=_string,
+    # [diffusion]
+    steps=_int_at_least(1),
+    schedule=_choice("schedule"),
+    respacing=_respacing,
+    variance=_choice("variance"),
+    # [method]
+    method=_choice("method"),
+    iterations=_int_at_least(1),
+    tau=_int_at_least(1),
+    lambda_c=_lambda_c,
+    lambda_p=_number,
+    lambda_l1=_number,
+    lambda_l2=_number,
+    class_loss=_choice("class_loss"),
+    grad_at=_choice("grad_at"),
+    scale_grads=_bool,
+    clip=_bool,
+    mask_dilation=_int_at_least(0),
+    mask_threshold=_number,
+    mask_warmup=_int_at_least(0),
+    precision=_choice("precision"),
+    # [run]
+    image_size=_image_size,
+    batch_size=_int_at_least(1),
+    seed=_seed,
+    target=_int_at_least(0),  # an index of f's outputs (its upper end: the classifier's, checked by the Explainer)
+)
+
+
+def check_value(section: str, key: str, value: Any, source: str | None = None) -> None:
+    """ValueError unless `value` is of the kind [section] key takes (CHECKS: the kind of its default, with its range):
+    "<source>: [section] key must be ..., got ..." for a value from a config file, "section.key must be ..., got ..."
+    for one given otherwise (a command-line flag, an override). Nothing is converted: 2.0 is not an integer, "false"
+    and 0 are not false, 2**64 is not a seed."""
+    what = CHECKS[key](value)
+    if what is not None:
+        where = f"{source}: [{section}] {key}" if source else f"{section}.{key}"
+        raise ValueError(f"{where} must be {what}, got {value!r}")
+
+
+def check_sections(cfg: dict[str, dict[str, Any]], source: str | None = None) -> None:
+    """:func:`check_value` over every key of a run config's sections (e.g. one built or changed in code)."""
+    for section, values in cfg.items():
+        for key, value in values.items():
+            if key in CHECKS:
+                check_value(section, key, value, source)
+
+
 def _merge(
     path: str | None,
     data: dict[str, Any] | None,
     overrides: dict[str, Any],
     preset: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    source = path or "config"
     cfg = {name: dict(defaults, **(preset or {}).get(name, {})) for name, defaults in SECTIONS.items()}
     for section, values in (data or {}).items():
         if section in OTHER_SECTIONS:
             continue
         if section not in cfg or not isinstance(values, dict):
-            raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(cfg)}")
+            raise ValueError(f"{source}: unknown section [{section}]; known: {sorted(cfg)}")
         unknown = set(values) - set(cfg[section])
         if unknown:
-            raise ValueError(f"{path}: unknown keys in [{section}]: {sorted(unknown)}")
+            raise ValueError(f"{source}: unknown keys in [{section}]: {sorted(unknown)}")
+        for key, value in values.items():
+            check_value(section, key, value, source)
         cfg[section].update(values)
     if path:
         base = Path(path).resolve().parent
@@ -228,8 +393,9 @@ def _merge(
     for key, value in overrides.items():
         if value is None:
             continue
-        for entries in cfg.values():
+        for section, entries in cfg.items():
             if key in entries:
+                check_value(section, key, value)
                 entries[key] = value
                 break
         else:
@@ -245,6 +411,10 @@ def load_config(
     data: the file's parsed TOML when the caller has read it already (diffice.explain.sweep), else it is read from path.
     Sections in OTHER_SECTIONS are left to their readers. With [models] preset (--models demo) the preset's
     defaults (:func:`preset_defaults`) replace SECTIONS' and the other model keys must stay unset.
+
+    Every value of the file and every override is checked as it is read (:func:`check_value`: the kind of the key's
+    default and its range, nothing converted), so a bad one is a ValueError naming the file (or the override), the
+    section and the key at start-up, never an internal error or a silently changed setting later.
     """
     if path and data is None:
         data = read_toml(path)

@@ -179,8 +179,8 @@ def run_demo(
         file=stream,
     )
 
-    def num(v: float) -> str:  # rounded first: a bound of -0.0002 prints as 0.000, not -0.000
-        return f"{round(v, 3) + 0.0:6.3f}"
+    def num(v: Any) -> str:  # rounded first: a bound of -0.0002 prints as 0.000, not -0.000
+        return f"{round(float(v), 3) + 0.0:6.3f}"
 
     for r in rows:
         interval = "" if r["mqd"] == "" else f"{num(r['mqd'])} [{num(r['mqd_ci_low'])}, {num(r['mqd_ci_high'])}]"

@@ -119,6 +119,31 @@ def suspicious_run_message(
     return None
 
 
+SEED_LIMIT = 2**64  # the sampler's seed is 64 bits: seeds are ints in [0, 2**64), never taken modulo 2**64
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """seed as an int after checking it: TypeError unless an int (a bool or 1.5 is not), ValueError outside
+    [0, 2**64) (-1 and 2**64 used to wrap silently to 2**64 - 1 and 0)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    value = int(seed)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
+def _finite_at_least_0(value: Any) -> bool:
+    """A real number (not a bool), finite and >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        return False
+    return math.isfinite(number) and number >= 0
+
+
 @dataclasses.dataclass
 class ExplainerConfig:
     """Every parameter of the method (defaults: the paper's, docs/method.md section 9 where it is open)."""
@@ -140,15 +165,29 @@ class ExplainerConfig:
     precision: str = "fp32"  # the sampler backend's convolutions and products: "fp32", or "tf32"/"bf16" on a GPU
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.class_loss not in ("ce", "logit"):
-            raise ValueError(f"class_loss must be 'ce' or 'logit', got {self.class_loss!r}")
-        if self.grad_at not in ("current", "previous"):
-            raise ValueError(f"grad_at must be 'current' or 'previous', got {self.grad_at!r}")
+        """ValueError (TypeError for an integer setting of another type) naming the field of a bad value; nothing
+        is converted: "false", 0 and 2 are not true or false, 40 is not a list of lambda_c weights."""
+        for name, allowed in (
+            ("method", sorted(METHODS)),
+            ("class_loss", ["ce", "logit"]),
+            ("grad_at", ["current", "previous"]),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not isinstance(self.precision, str):
+            raise ValueError(f"precision must be a string, got {self.precision!r}")
         check_precision(self.precision)
-        if isinstance(self.lambda_c, (str, bytes)) or len(tuple(self.lambda_c)) == 0:
-            raise ValueError(f"lambda_c must list at least one value, got {self.lambda_c!r}")
+        for name in ("scale_grads", "clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false (a bool), got {value!r}")
+        try:
+            lambda_c = tuple(self.lambda_c)
+        except TypeError:
+            lambda_c = ()
+        if isinstance(self.lambda_c, (str, bytes)) or len(lambda_c) == 0:
+            raise ValueError(f"lambda_c must list at least one value (e.g. [40.0]), got {self.lambda_c!r}")
         for name in ("iterations", "tau", "mask_dilation", "mask_warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -157,12 +196,12 @@ class ExplainerConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.tau < 1:
             raise ValueError(f"tau must be >= 1 (a respaced step count), got {self.tau}")
-        for i, v in enumerate(tuple(self.lambda_c)):
-            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+        for i, v in enumerate(lambda_c):
+            if not _finite_at_least_0(v):
                 raise ValueError(f"lambda_c[{i}] must be a finite number >= 0, got {v!r}")
         for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold"):
             v = getattr(self, name)
-            if not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            if not _finite_at_least_0(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
@@ -180,7 +219,7 @@ class ExplainerConfig:
             mask_dilation=int(self.mask_dilation),
             mask_threshold=float(self.mask_threshold),
             mask_warmup=int(self.mask_warmup),
-            seed=int(seed) & (2**64 - 1),
+            seed=check_seed(seed),
             record_steps=int(bool(record_steps)),
         )
 
@@ -401,13 +440,14 @@ class Explainer:
             keys = np.asarray(keys)
             if keys.shape != (n,) or not np.issubdtype(keys.dtype, np.integer):
                 raise ValueError(f"keys must be {n} integers (one per image), got {keys.dtype} {keys.shape}")
+            if keys.dtype.kind == "i" and (keys < 0).any():  # astype(uint64) would wrap -1 to 2**64 - 1
+                raise ValueError(f"keys must be integers in [0, 2**64), got {int(keys[keys < 0][0])}")
             keys = keys.astype(np.uint64)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        check_seed(seed)
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
-        # the native guidance holds its images in this backend's memory
-        backend = get_backend(self.backend, precision=self.config.precision)
+        # the native guidance holds its images in this backend's memory (precision: checked by validate())
+        backend = get_backend(self.backend, precision=self.config.precision)  # type: ignore[arg-type]
         if self._native is not None:  # the whole loss in C: no Python in the step loop
             net, features, variant, weight = self._native
             guidance = _C.model_guidance(net, self.config.class_loss, features, variant, weight, x, targets, backend)
@@ -416,6 +456,8 @@ class Explainer:
         cfg = self.config.c_config(seed, record_steps)
         cfg["classify_first_step"] = 1
         out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, backend, x, keys, progress)
+        input_is_target = out["input_is_target"].astype(bool)
+        first_step_target = out["first_step_target"].astype(bool)
         result = ExplanationResult(
             counterfactuals=out["counterfactuals"],
             prob_target=out["prob_target"],
@@ -425,17 +467,17 @@ class Explainer:
             iteration_seconds=out["iteration_seconds"],
             peak_bytes=int(out["peak_bytes"]),
             unet_evaluations=int(out["unet_evaluations"]),
-            input_is_target=out["input_is_target"].astype(bool),
+            input_is_target=input_is_target,
             first_step_prob=out["first_step_prob"],
-            first_step_target=out["first_step_target"].astype(bool),
+            first_step_target=first_step_target,
             steps_xt=out.get("steps_xt"),
             steps_x0=out.get("steps_x0"),
         )
         result.segmentation = self._segmentations(x, result.counterfactuals)
         if warn:
             message = suspicious_run_message(
-                result.input_is_target,
-                result.first_step_target,
+                input_is_target,
+                first_step_target,
                 target=int(targets[0]) if np.all(targets == targets[0]) else None,
                 lambda_c=float(tuple(self.config.lambda_c)[0]),
             )
@@ -468,6 +510,10 @@ class Explainer:
     def _check_targets(self, target: Any, x: np.ndarray) -> np.ndarray:
         """target as (N,) int64 after checking it is one class index, or one per image, of the classifier."""
         t = np.asarray(target)
+        if t.dtype in (object, np.uint64):  # ints past int64 (2**70, or 2**63 as uint64): no class, not wrapped
+            big = [v for v in t.flat if isinstance(v, numbers.Integral) and not -(2**63) <= int(v) < 2**63]
+            if big:
+                raise ValueError(f"target {int(big[0])} is not a class of the classifier (a class index, 0, 1, ...)")
         if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
             raise TypeError(f"target must be an int class index or one per image, got {target!r}")
         if t.ndim > 1 or (t.ndim == 1 and len(t) != len(x)):

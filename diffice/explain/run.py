@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
-from .config import SECTIONS, check_lambda_p
+from .config import SECTIONS, check_lambda_p, check_sections
 from .explainer import ExplainerConfig, iterations_run
 
 
@@ -239,6 +239,7 @@ def run_explain(
 
     # start-up: everything is checked (images, settings, models) before anything is written to out
     out = Path(out_dir)
+    check_sections(cfg)  # a config built or changed in code gets load_config's checks
     files = list_images(images_dir)
     stems: dict[str, Path] = {}
     for f in files:
@@ -318,7 +319,7 @@ def _run(
     run = cfg["run"]
     iterations = iterations_run(config.method, config.iterations)
     steps_per_image = iterations * config.tau
-    batch_size = max(1, int(run["batch_size"]))
+    batch_size = int(run["batch_size"])  # >= 1: check_sections
     errors: list[dict[str, Any]] = []
     bar = ProgressBar(len(todo) * steps_per_image, label="explain", enabled=progress)
     finished = 0

@@ -10,6 +10,7 @@ the field order of these tuples (ops.h's dfc_posterior_coefs, dfc_vb_coefs), so 
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Union
@@ -189,6 +190,13 @@ def sample_step(
     )
 
 
+def _index(value: object) -> int:
+    """An int key as a Python int (TypeError for a bool, a float or anything else)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"not an integer: {value!r}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def gaussian_noise(
     shape: Sequence[int],
     seed: int,
@@ -202,20 +210,28 @@ def gaussian_noise(
 ) -> np.ndarray:
     """(N, *shape) float32 standard normals, N = len(keys): row b is the noise stream (seed, keys[b], stream,
     iteration, step, inner_step) of the sampler's counter-based generator (Philox4x32-10 and Box-Muller,
-    csrc/core/rng.h), so any draw of a run can be reproduced. seed: any int, taken modulo 2**64 (as the sampler
-    config's); keys: the images' uint64 sample keys; stream, iteration, step, inner_step: ints in [0, 2**32)."""
+    csrc/core/rng.h), so any draw of a run can be reproduced. seed: an int in [0, 2**64) (the sampler config's);
+    keys: the images' sample keys, ints in [0, 2**64) (a uint64 array, or ints); stream, iteration, step,
+    inner_step: ints in [0, 2**32). A seed or key outside [0, 2**64) is a ValueError, never taken modulo 2**64."""
     if isinstance(keys, np.ndarray):
         key_array = keys
-    else:  # a sequence of Python ints: each taken modulo 2**64, as uint64 (numpy would make 2**63 and up float64)
+    else:  # a sequence of Python ints, as uint64 (numpy would make 2**63 and up float64)
         try:
-            key_array = np.array([operator.index(k) % 2**64 for k in keys], np.uint64)
+            ints = [_index(k) for k in keys]
         except TypeError:
             key_array = np.asarray(keys)
+        else:
+            bad = [k for k in ints if not 0 <= k < 2**64]
+            if bad:
+                raise ValueError(f"gaussian_noise: keys must be integers in [0, 2**64), got {bad[0]}")
+            key_array = np.array(ints, np.uint64)
     if key_array.ndim != 1 or key_array.dtype.kind not in "iu" or key_array.size == 0:
         raise ValueError(
             f"gaussian_noise: keys must be a non-empty 1-D array of integer sample keys, got dtype {key_array.dtype} "
             f"and shape {key_array.shape}"
         )
+    if key_array.dtype.kind == "i" and (key_array < 0).any():  # astype(uint64) would wrap -1 to 2**64 - 1
+        raise ValueError(f"gaussian_noise: keys must be integers in [0, 2**64), got {int(key_array.min())}")
     dims = []
     for k, d in enumerate(shape):
         d = operator.index(d)
@@ -224,7 +240,11 @@ def gaussian_noise(
         dims.append(d)
     if not dims:
         raise ValueError("gaussian_noise: shape must have at least one dimension")
-    seed = operator.index(seed) % 2**64
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"gaussian_noise: seed must be an int in [0, 2**64), got {seed!r}")
+    seed = operator.index(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"gaussian_noise: seed must be in [0, 2**64), got {seed}")
     signed_seed = seed - 2**64 if seed >= 2**63 else seed  # the op takes the seed's bits as an int64
     keys_bits = key_array.astype(np.uint64).view(np.int64)
     noise = _C.gaussian_noise(

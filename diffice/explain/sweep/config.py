@@ -7,12 +7,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
 from ..cluster import cluster_options, models_spec
 from ..config import check_lambda_p, load_config, read_toml
-from ..explainer import METHODS, ExplainerConfig, is_iterative, iterations_run
+from ..explainer import METHODS, SEED_LIMIT, ExplainerConfig, is_iterative, iterations_run
 
 STORE_NAME = "results.sqlite"
 SWEEP_DEFAULTS: dict[str, Any] = dict(
@@ -24,6 +25,9 @@ SWEEP_DEFAULTS: dict[str, Any] = dict(
     out="sweep-results",
     store_format="png",
 )
+# [sweep] phantoms: at most this many (generated one by one, ~5 ms each, all held in memory and in the store; 10000
+# at 64x80 is 200 MB). A larger image set: write it with `diffice phantoms` and sweep it with images = "FOLDER".
+MAX_PHANTOMS = 10_000
 # the tables' judges (diffice.explain.sweep.judges): the concept oracle, the realism feature network and reference
 TABLES_KEYS = ("oracle", "features", "realism_reference")
 REFERENCE_PHANTOMS = 100  # standard-plane phantoms in the realism reference ...
@@ -123,6 +127,30 @@ def _expand(axes: dict[str, list[Any]], method: dict[str, Any], where: str) -> l
     return out
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_sweep_value(key: str, value: Any, source: str | None = None) -> None:
+    """ValueError "<source>: [sweep] key must be ..., got ..." (an override: "sweep.key must be ...") unless
+    [sweep] key takes value (None: the key is unset)."""
+    if value is None:
+        return
+    if key == "phantoms":
+        ok, what = _is_int(value) and 1 <= value <= MAX_PHANTOMS, f"an integer in [1, {MAX_PHANTOMS}]"
+    elif key == "phantom_seed":
+        ok, what = _is_int(value) and 0 <= value < SEED_LIMIT, "an integer in [0, 2**64)"
+    elif key == "models":
+        ok, what = isinstance(value, str) and value == "demo", '"demo" (or leave it out and use [models])'
+    elif key == "store_format":
+        ok, what = isinstance(value, str) and value in ("png", "float16"), '"png" or "float16"'
+    else:  # demo_models, images, out: folders
+        ok, what = isinstance(value, str) and value != "", "a folder (a non-empty string)"
+    if not ok:
+        where = f"{source}: [sweep] {key}" if source else f"sweep.{key}"
+        raise ValueError(f"{where} must be {what}, got {value!r}")
+
+
 def load_sweep(
     path: str | None, overrides: dict[str, Any] | None = None, data: dict[str, Any] | None = None
 ) -> SweepSpec:
@@ -135,8 +163,12 @@ def load_sweep(
     data = dict(read_toml(str(path)) if data is None else data)
     sweep = dict(SWEEP_DEFAULTS)
     axes_main: dict[str, list[Any]] = {}
-    for key, value in (data.pop("sweep", None) or {}).items():
+    section = data.pop("sweep", None) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{source}: [sweep] must be a table, got {section!r}")
+    for key, value in section.items():
         if key in SWEEP_DEFAULTS:
+            _check_sweep_value(key, value, source)
             sweep[key] = value
         else:
             axes_main[key] = _axis(key, value, f"{source} [sweep]")
@@ -150,11 +182,12 @@ def load_sweep(
         if key in SWEEP_DEFAULTS:
             value = overrides.pop(key)
             if value is not None:
+                _check_sweep_value(key, value)
                 sweep[key] = value
     base_dir = Path(path).resolve().parent if path else Path.cwd()
     demo = None
     if sweep["models"] is not None:
-        if sweep["models"] != "demo":
+        if sweep["models"] != "demo":  # (checked above; kept for a SweepSpec built by hand)
             raise ValueError(f'{source}: [sweep] models must be "demo" (or leave it out and use [models])')
         demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
         # the demo models choose the model files: other [models] keys would be ignored, so they are refused; the
@@ -195,8 +228,6 @@ def load_sweep(
         raise ValueError(f"{source}: [sweep] takes images or phantoms, not both")
     if sweep["images"] is not None:
         sweep["images"] = str(base_dir / sweep["images"])
-    if sweep["store_format"] not in ("png", "float16"):
-        raise ValueError(f'{source}: [sweep] store_format must be "png" or "float16", got {sweep["store_format"]!r}')
 
     out = Path(sweep["out"])
     out = out if out.is_absolute() or out_given else base_dir / out
