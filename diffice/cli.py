@@ -347,7 +347,8 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(
-            f"step {result.step}: loss {result.last_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "
+            f"step {result.step}: last step's loss {result.last_loss:.4g}, mean of the last {result.mean_steps} "
+            f"steps {result.mean_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "
             f"{result.log_path}" + (f", {result.plot_path}" if result.plot_path else "")
         )
     return 130 if result.interrupted else 0
@@ -407,8 +408,8 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
     p.add_argument("--batch-size", type=int, default=16, help="images per step")
     p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and settings give the same run")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -561,12 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     p.add_argument("--steps", type=int, default=300_000, help="total training steps (paper: 300K)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size (paper: 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (paper: 16); at most the number of images")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
     p.add_argument("--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and settings give the same run")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
@@ -581,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--attention-ds",
         default="8,16",
-        help="downsample factors with attention, comma-separated (image_size // attention_resolutions)",
+        help="downsample factors with attention, comma-separated, each one the levels reach (1, 2, 4, ... "
+        "2**(levels - 1); '' for the middle block only; guided-diffusion's image_size // attention_resolutions)",
     )
     g.add_argument("--num-heads", type=int, default=4)
     g.add_argument("--num-head-channels", type=int, default=-1)

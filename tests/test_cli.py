@@ -162,5 +162,5 @@ def test_train_help_gives_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "ddpm", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--batch-size BATCH_SIZE batch size (paper: 16) (default: 16)" in text
+    assert "--batch-size BATCH_SIZE batch size (paper: 16); at most the number of images (default: 16)" in text
     assert "(default: True)" not in text  # switches say nothing

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 import signal
 import sys
@@ -30,7 +31,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 # what a model file of a checkpoint holds: its tensors and its safetensors metadata (built only when written)
 ModelContents = Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, str]]]
 
-__all__ = ["StopFlag", "TrainingRun", "check_positive", "check_finite", "read_log", "plot_loss"]
+__all__ = [
+    "StopFlag",
+    "TrainingRun",
+    "check_positive",
+    "check_grad_clip",
+    "check_seed",
+    "check_finite",
+    "read_log",
+    "plot_loss",
+]
 
 
 def check_positive(who: str, **values: int) -> None:
@@ -38,6 +48,24 @@ def check_positive(who: str, **values: int) -> None:
     for name, value in values.items():
         if int(value) < 1:
             raise ValueError(f"{who}: {name} must be >= 1, got {value}")
+
+
+def check_grad_clip(who: str, grad_clip: Any, name: str = "grad_clip") -> float:
+    """grad_clip as a float: a finite number >= 0 (0 turns clipping off). A negative, NaN or infinite value (which
+    would silently clip nothing) or a non-number is a ValueError naming the setting (``name``)."""
+    if not isinstance(grad_clip, (bool, np.bool_)) and isinstance(grad_clip, numbers.Real):
+        value = float(grad_clip)
+        if math.isfinite(value) and value >= 0.0:
+            return value
+    raise ValueError(f"{who}: {name} must be a finite number >= 0 (0: no clipping), got {grad_clip!r}")
+
+
+def check_seed(who: str, seed: Any) -> int:
+    """seed as an int: what numpy.random.default_rng takes, an integer >= 0 (any size); anything else (-1, 1.5, a
+    bool) is a ValueError naming the setting, not numpy's "expected non-negative integer"."""
+    if not isinstance(seed, (bool, np.bool_)) and isinstance(seed, numbers.Integral) and int(seed) >= 0:
+        return int(seed)
+    raise ValueError(f"{who}: seed must be an integer >= 0 (numpy's default_rng takes any of them), got {seed!r}")
 
 
 def check_finite(who: str, loss: float, norm: float, step: int) -> None:
@@ -111,6 +139,7 @@ class TrainingRun:
         self.log_path, self.plot_path = self.out / "loss.csv", self.out / "loss.png"
         self.resume_hint, self.continue_hint = resume_hint, continue_hint
         self.start = 0  # the step the run continues from
+        self.elapsed = 0.0  # the training seconds logged up to `start` (the `seconds` column continues from it)
         self._log_file: TextIO | None = None
         self._writer: csv.DictWriter | None = None
 
@@ -142,8 +171,18 @@ class TrainingRun:
 
     def restart_log(self, resumed: bool) -> None:
         """Rewrites ``loss.csv``: its header and, on resume, the rows up to the checkpoint's step ``start`` (a
-        crashed run may have logged further); a new run starts it empty."""
+        crashed run may have logged further); a new run starts it empty. ``elapsed`` becomes the last kept row's
+        ``seconds`` (0 for a new run): a loop logs its elapsed time from there, so the column keeps rising."""
         rows = [r for r in read_log(self.log_path) if int(r["step"]) <= self.start] if resumed else []
+        self.elapsed = 0.0
+        for row in reversed(rows):  # the last row with a number there (a log without the column: 0)
+            try:
+                seconds = float(row.get("seconds") or "nan")
+            except ValueError:
+                continue
+            if math.isfinite(seconds):
+                self.elapsed = max(0.0, seconds)
+                break
         with open(self.log_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.log_fields)
             writer.writeheader()

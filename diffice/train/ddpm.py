@@ -36,7 +36,9 @@ from .checkpoints import (
     StopFlag,
     TrainingRun,
     check_finite,
+    check_grad_clip,
     check_positive,
+    check_seed,
     plot_loss,  # noqa: F401  (diffice.train.ddpm.plot_loss, where it was)
 )
 
@@ -241,8 +243,9 @@ class EMA:
 def clip_grad_norm(grads: np.ndarray, max_norm: float = 0.0, num_threads: int = 0, backend: str = "cpu") -> float:
     """The global L2 norm of grads (before clipping); with max_norm > 0 scales grads in place by
     min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ (the sum_squares and scale ops on
-    ``get_backend(backend, num_threads)``). A non-finite norm is returned, grads left as they are."""
-    max_norm = float(max_norm)
+    ``get_backend(backend, num_threads)``). A non-finite norm is returned, grads left as they are. A negative or
+    non-finite max_norm (which would clip nothing) is a ValueError."""
+    max_norm = check_grad_clip("clip_grad_norm", max_norm, "max_norm")
     clip = max_norm > 0.0
     flat_grads = _flat(grads, "clip_grad_norm", "grads", writable=clip)
     be = get_backend(backend, int(num_threads))
@@ -490,7 +493,8 @@ class _Batches:
 
 
 class _Progress(ProgressBar):
-    """The training progress line: steps, the mean loss of the last log_every steps, rate and ETA."""
+    """The training progress line: steps, the mean loss of the last log_every steps (labelled so: "loss 0.8997
+    (mean of last 10 steps)"), rate and ETA. ``mean_loss``: that mean (NaN before the first step)."""
 
     def __init__(
         self, total: int, start: int, enabled: bool, log_every: int, stream: TextIO | None = None, label: str = "train"
@@ -499,9 +503,21 @@ class _Progress(ProgressBar):
         self.log_every = max(1, log_every)
         self.recent: list[float] = []
 
+    @property
+    def mean_loss(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else float("nan")
+
+    def note(self) -> str:
+        """What the bar shows of the loss, saying which loss it is."""
+        if not self.recent:
+            return ""
+        if len(self.recent) == 1:
+            return f"loss {self.mean_loss:.4f} (last step)"
+        return f"loss {self.mean_loss:.4f} (mean of last {len(self.recent)} steps)"
+
     def step_done(self, step: int, loss: float) -> None:
         self.recent = (self.recent + [loss])[-self.log_every :]
-        self.update(step, note=f"loss {np.mean(self.recent):.4f}")
+        self.update(step, note=self.note())
 
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "grad_norm", "lr", "seconds"]
@@ -516,12 +532,14 @@ class TrainResult:
 
     step: int  # steps done in total (including those before a resume)
     interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
-    last_loss: float
+    last_loss: float  # the loss of the last step (NaN when no step was run now)
     model_path: Path  # raw weights (guided-diffusion key names)
     ema_path: Path  # EMA weights
     state_path: Path  # optimiser state, RNG, data order (for resume)
     log_path: Path  # CSV, one row per step
     plot_path: Path | None
+    mean_loss: float = float("nan")  # the mean loss of the last ``mean_steps`` steps: what the progress bar ends on
+    mean_steps: int = 0  # how many steps mean_loss averages (log_every, fewer in a short run; 0: none run now)
 
 
 def _state_dict_from_flat(unet: UNet, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -572,10 +590,16 @@ def train_ddpm(
             loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
         steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.
         weight_decay: AdamW's decoupled weight decay (the paper: 0.05). ema_rate: 0.9999 as guided-diffusion.
-        grad_clip: clip the global gradient norm to this (0: off). augment: random horizontal flips and shifts
-            of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
+        grad_clip: clip the global gradient norm to this (a finite number >= 0; 0: off). augment: random
+            horizontal flips and shifts of up to ``max_shift`` pixels (default min(H, W) // 32, at least 1).
+        batch_size: images per step, at most the number of images (each epoch's shuffle is drawn without
+            replacement). seed: an integer >= 0.
+        config's attention_resolutions are downsample factors (guided-diffusion's image_size // resolution): each
+            must be one the UNet's levels reach, 1, 2, 4, ... 2**(len(channel_mult) - 1).
         log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
     """
+    grad_clip = check_grad_clip("train_ddpm", grad_clip)
+    seed = check_seed("train_ddpm", seed)
     run = TrainingRun(
         out_dir,
         "train_ddpm",
@@ -614,6 +638,13 @@ def train_ddpm(
         raise ValueError(
             f"train_ddpm: image size {h}x{w} must be a multiple of {multiple} for "
             f"{len(unet.config['channel_mult'])} UNet levels"
+        )
+    if saved is None:  # a resumed run keeps the layout it was started with
+        _check_attention("train_ddpm", unet.config)
+    if batch_size > n:
+        raise ValueError(
+            f"train_ddpm: batch_size (--batch-size) must be at most the number of training images, {n}, got "
+            f"{batch_size}: each epoch's shuffle is drawn without replacement, so a batch cannot hold more images"
         )
     loss_fn = DiffusionLoss(diffusion_steps, noise_schedule, "", unet.config["learn_sigma"], loss_type)
     threads = get_backend(backend).num_threads
@@ -674,14 +705,17 @@ def train_ddpm(
     step, last_loss, interrupted = start, float("nan"), False
     try:
         with run.logging(), StopFlag() as stop:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - run.elapsed  # the seconds column continues a resumed run's
             while step < steps:
-                x0 = data[batches.next(batch_size)]
-                if augment:
-                    x0 = _augment(x0, rng, shift)
-                t = rng.integers(0, loss_fn.num_timesteps, size=batch_size)
-                noise = rng.standard_normal(x0.shape, dtype=np.float32)
-                terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
+                try:
+                    x0 = data[batches.next(batch_size)]
+                    if augment:
+                        x0 = _augment(x0, rng, shift)
+                    t = rng.integers(0, loss_fn.num_timesteps, size=batch_size)
+                    noise = rng.standard_normal(x0.shape, dtype=np.float32)
+                    terms, grads = loss_and_gradients(unet, loss_fn, x0, t, noise)
+                except MemoryError as exc:
+                    raise MemoryError(_out_of_memory("train_ddpm", step, batch_size, (h, w), exc)) from None
                 norm = clip_grad_norm(grads, grad_clip, num_threads=threads)
                 last_loss = float(np.mean(terms.loss))
                 check_finite("train_ddpm", last_loss, norm, step)
@@ -721,4 +755,30 @@ def train_ddpm(
         state_path=run.state_path,
         log_path=run.log_path,
         plot_path=run.plot_path if plotted else None,
+        mean_loss=bar.mean_loss,
+        mean_steps=len(bar.recent),
+    )
+
+
+def _check_attention(who: str, config: Mapping) -> None:
+    """ValueError unless every attention_resolutions entry is a downsample factor the UNet's levels reach: 1, 2, 4,
+    ... 2**(levels - 1). Others (3; 8 with two levels) would silently give no attention block (only the middle
+    block's), as guided-diffusion's ``ds in attention_resolutions`` does."""
+    levels = len(config["channel_mult"])
+    valid = [2**level for level in range(levels)]
+    bad = [r for r in config["attention_resolutions"] if r not in valid]
+    if bad:
+        raise ValueError(
+            f"{who}: attention_resolutions (--attention-ds) {', '.join(map(str, bad))} never occur(s) with "
+            f"{levels} UNet levels (channel_mult {tuple(config['channel_mult'])}): the downsample factors are "
+            f"{', '.join(map(str, valid))}; give some of those, or none for attention in the middle block only "
+            "(they are downsample factors, guided-diffusion's image_size // attention_resolutions)"
+        )
+
+
+def _out_of_memory(who: str, step: int, batch_size: int, size: tuple[int, int], exc: MemoryError) -> str:
+    """The message for a training step that ran out of memory: the batch size and what was asked for."""
+    return (
+        f"{who}: step {step + 1} with batch_size (--batch-size) {batch_size} of {size[0]}x{size[1]} images ran out "
+        f"of memory ({exc}); use a smaller batch size"
     )

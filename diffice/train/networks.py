@@ -23,8 +23,8 @@ from ..io import load_safetensors
 from ..models.network import NetworkBase
 from ..models.probabilities import predicted_class, sigmoid
 from ..ops._backend import get_backend
-from .checkpoints import StopFlag, TrainingRun, check_finite, check_positive
-from .ddpm import AdamW, _Progress, clip_grad_norm
+from .checkpoints import StopFlag, TrainingRun, check_finite, check_grad_clip, check_positive, check_seed
+from .ddpm import AdamW, _out_of_memory, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -87,9 +87,12 @@ def train_network(
     With out_dir, the run is saved there as ``model.safetensors`` (the network's state_dict, ``metadata`` added),
     ``train_state.npz`` (step, AdamW moments, the RNG), ``loss.csv`` and ``loss.png``, every checkpoint_every
     steps, at the end and on Ctrl-C, atomically; resume=True continues such a run bit for bit.
+    grad_clip: clip the global gradient norm to this (a finite number >= 0; 0: off); seed: an integer >= 0.
     Returns {"loss": the losses of the steps run now, "step": steps done in total, "interrupted": bool}.
     """
     check_positive("train_network", steps=steps, checkpoint_every=checkpoint_every, log_every=log_every)
+    grad_clip = check_grad_clip("train_network", grad_clip)
+    seed = check_seed("train_network", seed)
     names = list(net._params)
     frozen = None
     if frozen_prefix:
@@ -131,15 +134,26 @@ def train_network(
     step, interrupted = start, False
     try:
         with run.logging() if run is not None else nullcontext(), StopFlag() as stop:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - (run.elapsed if run is not None else 0.0)  # seconds continue on resume
             while step < steps:
-                x, targets = batches(rng)
-                opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
-                loss, flat = net._c.train_step(
-                    be,
-                    np.ascontiguousarray(x, np.float32),
-                    lambda outputs, targets=targets: _swap(loss_grad(outputs, targets)),
-                )
+                x = None
+                try:
+                    x, targets = batches(rng)
+                    opt.lr = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
+                    loss, flat = net._c.train_step(
+                        be,
+                        np.ascontiguousarray(x, np.float32),
+                        lambda outputs, targets=targets: _swap(loss_grad(outputs, targets)),
+                    )
+                except MemoryError as exc:
+                    if x is None:  # drawing the batch itself ran out
+                        raise MemoryError(
+                            f"train_network: drawing the batch of step {step + 1} ran out of memory ({exc}); use a "
+                            "smaller batch size (--batch-size)"
+                        ) from None
+                    raise MemoryError(
+                        _out_of_memory("train_network", step, len(x), tuple(np.shape(x)[2:4]), exc)
+                    ) from None
                 if frozen:
                     for a, b in frozen:
                         flat[a:b] = 0.0
@@ -396,16 +410,35 @@ def init_for_training(net: NetworkBase, seed: int = 0) -> None:
 
 
 def batch_sampler(
-    data: TrainingSet, batch_size: int, target: str, augment: bool = True, max_shift: int | None = None
+    data: TrainingSet,
+    batch_size: int,
+    target: str,
+    augment: bool = True,
+    max_shift: int | None = None,
+    who: str = "batch_sampler",
 ) -> BatchFn:
     """batches(rng) -> (x, targets): batch_size images drawn with replacement, randomly flipped and shifted
-    (masks moved with their images). target: "masks", "labels" or "concepts"."""
+    (masks moved with their images). target: "masks", "labels" or "concepts".
+
+    A batch_size whose batches alone (the images, targets and the copies drawing and augmenting make, about
+    ``_BATCH_COPIES`` times the batch's arrays) would not fit the memory limit of the C core's arenas (90% of
+    the machine's RAM) is a ValueError here, before anything is allocated; errors start with ``who``."""
     from .ddpm import _augment
 
+    check_positive(who, batch_size=batch_size)
     y_all = getattr(data, target)
     if y_all is None:
         raise ValueError(f"the training set has no {target}")
     h, w = data.images.shape[2:]
+    per_image = (data.images[0].nbytes + np.asarray(y_all[0]).nbytes) if len(data) else 0
+    need, limit = _BATCH_COPIES * per_image * int(batch_size), _memory_limit()
+    if limit and need > limit:
+        raise ValueError(
+            f"{who}: batch_size (--batch-size) {batch_size} is too large: drawing a batch of {h}x{w} images "
+            f"takes about {need / 2**30:.1f} GiB before the network's own memory, more than the memory limit of "
+            f"{limit / 2**30:.1f} GiB (90% of this machine's RAM); even without the network's, at most "
+            f"{limit // (_BATCH_COPIES * per_image)} would fit"
+        )
     shift = max(1, min(h, w) // 32) if max_shift is None else int(max_shift)
 
     def batches(rng: np.random.Generator):
@@ -419,6 +452,18 @@ def batch_sampler(
         return x, y
 
     return batches
+
+
+_BATCH_COPIES = 4  # a drawn batch's arrays, counted with the copies batch_sampler's drawing and augmenting make
+
+
+def _memory_limit() -> int:
+    """The C arenas' memory limit (dfc_default_memory_limit: 90% of the physical memory); 0 when unknown."""
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not a POSIX system
+        return 0
+    return pages // 10 * 9 * page if pages > 0 and page > 0 else 0
 
 
 # ---- `diffice train segmenter|classifier|oracle` ----
@@ -504,7 +549,9 @@ def train_supervised(
     kind "oracle": one logit per concept (binary cross-entropy on the CSV's concept columns), the independent
         judge of :class:`diffice.models.oracle.ConceptOracle`: a SonoNet-k on x alone, or, with ``segmenter`` (one
         trained separately from f's), a SonoNet-k on [x, that segmenter's maps] with the segmenter frozen.
-    A seeded val_fraction of the images is held out for the validation numbers.
+    A seeded val_fraction of the images is held out for the validation numbers. Batches are drawn with
+    replacement (batch_size may exceed the number of images, up to what memory allows); grad_clip: a finite
+    number >= 0 (0: off); seed: an integer >= 0.
     """
     from ..models.classifier import PlaneClassifier, Segmenter
     from ..models.files import build_model, load_model, model_metadata
@@ -513,6 +560,10 @@ def train_supervised(
 
     if kind not in SUPERVISED_KINDS:
         raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
+    who = f"train {kind}"
+    check_positive(who, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    grad_clip = check_grad_clip(who, grad_clip)
+    seed = check_seed(who, seed)
     if kind == "segmenter" and masks is None:
         raise ValueError("train segmenter: --masks (a folder of label maps) is required")
     if kind in ("classifier", "oracle") and labels is None:
@@ -590,7 +641,7 @@ def train_supervised(
         raise ValueError("no training images left after the validation split")
     result = train_network(
         net,
-        batch_sampler(train_set, batch_size, target, augment),
+        batch_sampler(train_set, batch_size, target, augment, who=who),
         loss_grad,
         steps,
         lr=lr,

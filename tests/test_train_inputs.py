@@ -1,0 +1,187 @@
+"""The training settings a user gives (diffice train ddpm|segmenter|classifier|oracle and the Python API): bad ones
+are a ValueError naming the setting before anything trains, never a silent coercion; the log's seconds column and
+the reported losses say what they are."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import diffice.train.ddpm as train_mod
+import diffice.train.networks as networks_mod
+from diffice import Segmenter, phantoms
+from diffice.cli import main
+from diffice.train.checkpoints import check_grad_clip, check_seed
+from diffice.train.ddpm import _Progress, clip_grad_norm, train_ddpm
+from diffice.train.networks import pixel_cross_entropy_grad, train_network, train_supervised
+
+TINY = dict(model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_resolutions=(), num_heads=1)
+
+
+def images(n=4, size=16):
+    return np.random.default_rng(0).uniform(-1, 1, (n, 1, size, size)).astype(np.float32)
+
+
+def log_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def phantom_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantoms")
+    phantoms.write_dataset(folder, 6, size=(32, 40), seed=3)
+    return folder
+
+
+def supervised(phantom_set, out, **kw):
+    args = dict(masks=phantom_set / "masks", steps=1, batch_size=2, width=8, levels=2, groups=4, progress=False)
+    args.update(kw)
+    return train_supervised("segmenter", phantom_set / "images", out, **args)
+
+
+def tiny_segmenter_run(out, steps, resume=False):
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(0)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)
+    y = np.random.default_rng(2).integers(0, 3, (2, 16, 16))
+    return train_network(
+        seg,
+        lambda rng: (x, y),
+        lambda outputs, t: (lambda loss, g: (loss, (g,)))(*pixel_cross_entropy_grad(outputs[0], t)),
+        steps=steps,
+        progress=False,
+        out_dir=out,
+        resume=resume,
+        checkpoint_every=100,
+    )
+
+
+# ---- grad_clip: a finite number >= 0 (0: off) ----
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_bad_grad_clip_is_refused(value, tmp_path, phantom_set):
+    with pytest.raises(ValueError, match=r"train_ddpm: grad_clip must be a finite number >= 0 \(0: no clipping\)"):
+        train_ddpm(images(), tmp_path / "d", TINY, steps=1, batch_size=2, grad_clip=value, progress=False)
+    with pytest.raises(ValueError, match=r"train segmenter: grad_clip must be a finite number >= 0"):
+        supervised(phantom_set, tmp_path / "s", grad_clip=value)
+    with pytest.raises(ValueError, match=r"clip_grad_norm: max_norm must be a finite number >= 0"):
+        clip_grad_norm(np.ones(3, np.float32), value)
+    assert not (tmp_path / "d" / "train_state.npz").exists()
+
+
+def test_grad_clip_zero_and_positive_are_taken():
+    assert check_grad_clip("w", 0) == 0.0 and check_grad_clip("w", 2) == 2.0 and check_grad_clip("w", 1e6) == 1e6
+
+
+def test_cli_refuses_a_negative_grad_clip(tmp_path, capsys, phantom_set):
+    args = ["--out", str(tmp_path / "x"), "--steps", "1", "--grad-clip", "-1", "--quiet"]
+    assert main(["train", "segmenter", "--images", str(phantom_set / "images"), "--masks", "m", *args]) == 2
+    assert "grad_clip must be a finite number >= 0 (0: no clipping), got -1.0" in capsys.readouterr().err
+    ddpm = ["train", "ddpm", "--images", str(phantom_set / "images"), "--channel-mult", "1,2", "--attention-ds", "2"]
+    assert main([*ddpm, *args]) == 2
+    assert "train_ddpm: grad_clip must be a finite number >= 0 (0: no clipping), got -1.0" in capsys.readouterr().err
+
+
+# ---- attention_resolutions: downsample factors the UNet's levels reach ----
+
+
+@pytest.mark.parametrize("attention, channel_mult", [((3,), (1, 1)), ((4,), (1, 1)), ((2, 8, 16), (1, 2, 2))])
+def test_attention_factors_that_never_occur_are_refused(attention, channel_mult, tmp_path):
+    config = dict(TINY, attention_resolutions=attention, channel_mult=channel_mult)
+    valid = ", ".join(str(2**level) for level in range(len(channel_mult)))
+    with pytest.raises(
+        ValueError, match=rf"attention_resolutions \(--attention-ds\) .*the downsample factors are {valid};"
+    ):
+        train_ddpm(images(), tmp_path, config, steps=1, batch_size=2, progress=False)
+
+
+def test_attention_factors_the_levels_reach_are_taken(tmp_path):
+    config = dict(TINY, attention_resolutions=(1, 2))
+    assert train_ddpm(images(), tmp_path, config, steps=1, batch_size=2, progress=False).step == 1
+
+
+def test_cli_default_attention_ds_with_two_levels_is_refused(tmp_path, capsys, phantom_set):
+    args = ["train", "ddpm", "--images", str(phantom_set / "images"), "--out", str(tmp_path / "x"), "--quiet"]
+    assert main([*args, "--channel-mult", "1,2", "--steps", "1", "--batch-size", "2"]) == 2
+    assert "--attention-ds) 8, 16 never occur(s) with 2 UNet levels" in capsys.readouterr().err
+
+
+# ---- seed: an integer >= 0 ----
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "0"])
+def test_bad_seed_is_refused(value, tmp_path, phantom_set):
+    want = rf"seed must be an integer >= 0 \(numpy's default_rng takes any of them\), got {value!r}"
+    with pytest.raises(ValueError, match=r"train_ddpm: " + want.replace(".", r"\.")):
+        train_ddpm(images(), tmp_path / "d", TINY, steps=1, batch_size=2, seed=value, progress=False)
+    with pytest.raises(ValueError, match=r"train segmenter: seed must be an integer >= 0"):
+        supervised(phantom_set, tmp_path / "s", seed=value)
+
+
+def test_large_seeds_are_taken():
+    assert check_seed("w", 2**70) == 2**70 and check_seed("w", np.int64(3)) == 3
+
+
+# ---- batch_size ----
+
+
+def test_ddpm_batch_larger_than_the_images_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size \(--batch-size\) must be at most the number of training "):
+        train_ddpm(images(n=3), tmp_path, TINY, steps=1, batch_size=100_000, progress=False)
+    assert train_ddpm(images(n=3), tmp_path / "ok", TINY, steps=1, batch_size=3, progress=False).step == 1
+
+
+def test_supervised_batch_beyond_memory_is_refused_before_allocating(tmp_path, phantom_set):
+    with pytest.raises(ValueError, match=r"train segmenter: batch_size \(--batch-size\) 1000000000000 is too large"):
+        supervised(phantom_set, tmp_path, batch_size=10**12)
+    with pytest.raises(ValueError, match="train segmenter: batch_size must be >= 1, got 0"):
+        supervised(phantom_set, tmp_path / "zero", batch_size=0)
+
+
+def test_out_of_memory_in_a_step_names_the_batch_size(tmp_path, monkeypatch):
+    def no_memory(*args, **kw):
+        raise MemoryError("arena: 123 more bytes would pass the memory limit of 45 bytes (0 held)")
+
+    monkeypatch.setattr(train_mod, "loss_and_gradients", no_memory)
+    with pytest.raises(MemoryError, match=r"step 1 with batch_size \(--batch-size\) 2 of 16x16 images ran out of "):
+        train_ddpm(images(), tmp_path, TINY, steps=1, batch_size=2, progress=False)
+    with pytest.raises(MemoryError, match=r"\(arena: 123 more bytes would pass the memory limit of 45 bytes"):
+        train_ddpm(images(), tmp_path / "b", TINY, steps=1, batch_size=2, progress=False)
+
+    def no_batch(rng):
+        raise MemoryError("Unable to allocate 9 GiB")
+
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    with pytest.raises(MemoryError, match=r"drawing the batch of step 1 ran out of memory \(Unable to allocate 9 GiB"):
+        train_network(seg, no_batch, lambda o, t: (0.0, (None,)), steps=1, progress=False)
+    assert networks_mod._memory_limit() > 0
+
+
+# ---- the log and the reported losses ----
+
+
+def test_seconds_continue_across_a_resume(tmp_path):
+    train_ddpm(images(), tmp_path / "d", TINY, steps=10, batch_size=2, progress=False)
+    train_ddpm(images(), tmp_path / "d", TINY, steps=20, batch_size=2, progress=False, resume=True)
+    tiny_segmenter_run(tmp_path / "s", 10)
+    tiny_segmenter_run(tmp_path / "s", 20, resume=True)
+    for run in ("d", "s"):
+        rows = log_rows(tmp_path / run / "loss.csv")
+        assert [int(r["step"]) for r in rows] == list(range(1, 21))
+        seconds = [float(r["seconds"]) for r in rows]
+        assert seconds == sorted(seconds), (run, seconds)
+        assert seconds[10] >= seconds[9] > 0
+
+
+def test_reported_losses_say_which_they_are(tmp_path, capsys):
+    result = train_ddpm(images(), tmp_path, TINY, steps=5, batch_size=2, log_every=3, progress=True)
+    losses = [float(r["loss"]) for r in log_rows(result.log_path)]
+    assert result.last_loss == pytest.approx(losses[-1], rel=1e-5)
+    assert result.mean_steps == 3 and result.mean_loss == pytest.approx(np.mean(losses[-3:]), rel=1e-5)
+    assert f"loss {result.mean_loss:.4f} (mean of last 3 steps)" in capsys.readouterr().err
+    bar = _Progress(2, 0, False, 10)
+    assert bar.note() == "" and np.isnan(bar.mean_loss)
+    bar.step_done(1, 0.5)
+    assert bar.note() == "loss 0.5000 (last step)"
