@@ -254,41 +254,20 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .evaluation.metrics import evaluate_results, format_report
+    from .evaluation.metrics import evaluate_results, format_report, recorded_warnings
+    from .evaluation.run_judges import load_metrics_models
 
     root = Path(args.results_dir)
-    classifier = oracle = inception = sononet = None
-    if (root / "warnings.json").is_file():  # diffice.explain.run.record_warning: the run itself looked wrong
-        for w in json.loads((root / "warnings.json").read_text()):
-            print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)
-    from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
-    if from_demo and not (args.classifier and args.oracle):  # the demo's own models judge the demo's results
-        from .explain.demo import load_demo_models
-
-        try:
-            demo = load_demo_models(args.demo_models)
-            classifier, oracle = demo.classifier, demo.oracle
-        except FileNotFoundError as exc:
-            print(f"diffice metrics: {exc}; the metrics that need them are skipped", file=sys.stderr)
-    settings = root / "run_settings.json"
-    if not from_demo and not args.classifier and settings.is_file():  # the classifier that guided the run
-        m = json.loads(settings.read_text()).get("models", {})
-        if m.get("preset") == "demo":  # diffice explain --models demo: the demo's classifier and oracle
-            from .explain.demo import load_demo_models
-
-            demo = load_demo_models(args.demo_models)
-            classifier, oracle = demo.classifier, demo.oracle
-            print(f"diffice metrics: the demo models (from {settings})", file=sys.stderr)
-        elif m.get("classifier") and Path(m["classifier"]).is_file():
-            from .models.files import load_classifier
-
-            classifier = load_classifier(m.get("classifier_kind", "plane"), m["classifier"], m.get("target_class", 5))
-            print(f"diffice metrics: classifier {m['classifier']} (from {settings})", file=sys.stderr)
-    if args.classifier or args.oracle:
-        from .models.files import load_model
-
-        classifier = load_model(args.classifier) if args.classifier else classifier
-        oracle = load_model(args.oracle) if args.oracle else oracle
+    inception = sononet = None
+    for w in recorded_warnings(root):  # diffice.explain.run.record_warning: the run itself looked wrong
+        print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)
+    classifier, oracle = load_metrics_models(
+        root,
+        args.classifier,
+        args.oracle,
+        args.demo_models,
+        log=lambda message: print(f"diffice metrics: {message}", file=sys.stderr),
+    )
     if args.inception:
         from .models.inception import InceptionV3
 

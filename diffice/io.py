@@ -6,6 +6,9 @@ float16/bfloat16/float64 and integer tensors are converted to float32 (float16/b
 Nothing in a file is ever executed: PyTorch checkpoints are read by a restricted unpickler that only knows the
 globals ``torch.save`` writes for a state_dict and refuses any other by name. torch is not needed at runtime.
 
+read_json reads the JSON files of a results folder (records, run_settings.json, warnings.json), naming the file when
+one is damaged.
+
 Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError, a malformed file ValueError whose
 message starts with the path and names the problem.
 """
@@ -13,9 +16,11 @@ message starts with the path and names the problem.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Mapping
-from typing import Union
+from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 
@@ -28,6 +33,7 @@ __all__ = [
     "save_safetensors",
     "load_npz",
     "load_torch",
+    "read_json",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -138,3 +144,19 @@ def save_safetensors(
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"save_safetensors: metadata must map str -> str, got {k!r}: {v!r}")
     _C.save_safetensors(p, names, arrays, list(meta.keys()), list(meta.values()), dtype == "float16")
+
+
+def read_json(path: PathLike) -> Any:
+    """A JSON file a results folder holds (records/<image>.json, run_settings.json, warnings.json): an empty,
+    truncated or otherwise unparsable file is a ValueError "<path>: not valid JSON (...)"."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not valid JSON (not UTF-8 text: {exc})") from None
+    if not text.strip():
+        raise ValueError(f"{p}: not valid JSON (the file is empty)")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc})") from None

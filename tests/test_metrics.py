@@ -458,6 +458,35 @@ def test_target_outside_the_classifier_is_an_error(rng):
         metrics.evaluate(x, x[:1], 1)
 
 
+def test_record_errors_name_the_record(tmp_path, rng):
+    """A target the classifier does not have, and a corrupt or malformed records/<x>.json, name the record file."""
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    write_results(tmp_path / "run", x, x[None].copy())
+    rec = tmp_path / "run" / "records" / "img_01.json"
+    record = json.loads(rec.read_text())
+    rec.write_text(json.dumps(dict(record, target=7)))
+    with pytest.raises(ValueError) as info:
+        metrics.evaluate_results(tmp_path / "run", classifier=MeanClassifier())
+    msg = str(info.value)
+    assert f"{rec} (target 7)" in msg and "img_00" not in msg and "2 classes" in msg
+    for text, says in (("", "the file is empty"), ("{", "Expecting property name"), ("\xff", "not UTF-8")):
+        rec.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ValueError, match=rf"^{rec}: not valid JSON \(.*{says}"):
+            metrics.evaluate_results(tmp_path / "run")
+    for bad in ([], dict(record, iterations=5), dict(record, iterations=[]), dict(record, iterations=[1, 2])):
+        rec.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=rf"^{rec}: not a diffice record"):
+            metrics.load_results(tmp_path / "run")
+
+
+def test_metrics_command_names_a_corrupt_record(tmp_path, rng, capsys):
+    x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    write_results(tmp_path / "run", x, x[None].copy())
+    (tmp_path / "run" / "records" / "img_00.json").write_text("{")
+    assert main(["metrics", str(tmp_path / "run")]) == 2
+    assert "img_00.json: not valid JSON (Expecting property name" in capsys.readouterr().err
+
+
 def test_explain_results_default_to_the_run_classifier(tmp_path, rng, capsys):
     """`diffice explain` writes run_settings.json; its classifier judges the run when --classifier is not given."""
     x = rng.uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)

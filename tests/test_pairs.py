@@ -82,6 +82,45 @@ def test_bad_inputs(tmp_path, rng):
         make_sheet(res, tmp_path / "s.html")
 
 
+def test_unreadable_images_and_records_are_named(tmp_path, rng):
+    """A truncated or non-PNG counterfactual is an error naming it (diffice metrics refuses it too), not a broken
+    image on the reader's sheet; so is a corrupt record; nothing is written."""
+    from PIL import Image
+
+    res = results_folder(tmp_path / "res", 2, rng)
+    cf = res / "case_1" / "iteration_2.png"
+    good = cf.read_bytes()
+    cf.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=rf"^{cf}: cannot read the image"):
+        make_sheet(res, tmp_path / "s.html", n=2, seed=0)
+    assert not (tmp_path / "s.html").exists() and not key_path(tmp_path / "s.html").exists()
+    Image.new("L", (20, 16)).save(cf, format="JPEG")
+    with pytest.raises(ValueError, match=rf"^{cf}: expected a PNG image, got JPEG"):
+        make_sheet(res, tmp_path / "s.html", n=2, seed=0)
+    cf.write_bytes(good)
+    make_sheet(res, tmp_path / "s.html", n=2, seed=0)
+    rec = res / "records" / "case_0.json"
+    for text, says in (
+        ("", "not valid JSON \\(the file is empty"),
+        ("{", "not valid JSON"),
+        ("[]", "not a diffice record"),
+    ):
+        rec.write_text(text)
+        with pytest.raises(ValueError, match=rf"^{rec}: {says}"):
+            make_sheet(res, tmp_path / "t.html")
+    rec.write_text(json.dumps(dict(image="case_0.png", iterations=[dict(iteration="x")])))
+    with pytest.raises(ValueError, match=rf"^{rec}: not a diffice record"):
+        make_sheet(res, tmp_path / "t.html")
+
+
+def test_cli_pairs_names_a_truncated_image(tmp_path, rng, capsys):
+    res = results_folder(tmp_path / "res", 2, rng)
+    cf = res / "case_0" / "iteration_2.png"
+    cf.write_bytes(cf.read_bytes()[:60])
+    assert main(["pairs", str(res), "--out", str(tmp_path / "s.html")]) == 2
+    assert f"{cf}: cannot read the image" in capsys.readouterr().err
+
+
 def _browser(download_dir):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("chromium / chromedriver not installed (.ci/run installs them)")

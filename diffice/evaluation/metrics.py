@@ -37,13 +37,13 @@ Inception takes (N, 3, H, W) in [0, 1] (:func:`fid_images`). Every metric of :fu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
+from ..io import read_json
 from ..models.probabilities import probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,6 +73,11 @@ __all__ = [
     "evaluate",
     "evaluate_results",
     "load_results",
+    "load_metrics_classifier",
+    "load_metrics_oracle",
+    "recorded_warnings",
+    "check_judges",
+    "TargetRangeError",
     "classifier_input",
     "inception_input",
     "format_report",
@@ -265,9 +270,16 @@ def _difference(images: np.ndarray, inputs: np.ndarray, name: str) -> np.ndarray
 
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
     if hasattr(classifier, "logits"):
-        return np.asarray(classifier.logits(x), dtype=np.float64)
-    out = classifier.forward(x)
-    return np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float64)
+        logits = np.asarray(classifier.logits(x), dtype=np.float64)
+    else:
+        out = classifier.forward(x)
+        logits = np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float64)
+    if logits.ndim != 2 or len(logits) != len(x):
+        raise ValueError(
+            f"the classifier f ({type(classifier).__name__}) must give logits (N, classes) = ({len(x)}, C), got "
+            f"shape {logits.shape}: not a classifier (a segmenter's or a diffusion model's output?)"
+        )
+    return logits
 
 
 def class_probabilities(classifier: Any, x: np.ndarray) -> np.ndarray:
@@ -434,6 +446,38 @@ def _skip(reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
+class TargetRangeError(ValueError):
+    """The target classes given to :func:`evaluate` are not all classes of the classifier (``targets``: the
+    distinct targets, ``classes``: the classifier's class count); :func:`evaluate_results` names the records."""
+
+    def __init__(self, targets: list[int], classes: int) -> None:
+        self.targets, self.classes = targets, classes
+        super().__init__(
+            f"evaluate: target classes {targets} are not all among the classifier's {classes} classes "
+            f"(0..{classes - 1})"
+        )
+
+
+def _is_oracle(model: Any) -> bool:
+    return callable(getattr(model, "quality_score", None))
+
+
+def check_judges(classifier: Any, oracle: Any) -> None:
+    """ValueError when the guiding classifier f is a concept oracle (its concept heads would be taken for classes:
+    wrong numbers, not an error) or the oracle is not one (a model without quality_score)."""
+    if classifier is not None and _is_oracle(classifier):
+        raise ValueError(
+            f"the classifier f is a concept oracle ({type(classifier).__name__}: one logit per concept, not the "
+            f"classes the run was guided by); give the classifier that guided the run (a PlaneClassifier or SonoNet "
+            f"file) as --classifier and the oracle as --oracle"
+        )
+    if oracle is not None and not _is_oracle(oracle):
+        raise ValueError(
+            f"the oracle is a {type(oracle).__name__}, not a concept oracle (a ConceptOracle with quality_score, "
+            f"from diffice train oracle); give an oracle file as --oracle"
+        )
+
+
 def evaluate(
     x: np.ndarray,
     cfs: np.ndarray,
@@ -464,6 +508,7 @@ def evaluate(
         raise ValueError(
             f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and {cfs.shape}"
         )
+    check_judges(classifier, oracle)
     n_all = len(x)
     targets: np.ndarray = np.broadcast_to(np.asarray(target, dtype=np.int64), (n_all,))
     if exclude is None:
@@ -491,10 +536,7 @@ def evaluate(
     elif classifier is not None:
         p_x, p_cf = class_probabilities(classifier, x), class_probabilities(classifier, cfs)
         if targets.min() < 0 or targets.max() >= p_x.shape[1]:
-            raise ValueError(
-                f"evaluate: target classes {sorted(set(targets.tolist()))} are not all among the "
-                f"classifier's {p_x.shape[1]} classes"
-            )
+            raise TargetRangeError(sorted(set(targets.tolist())), p_x.shape[1])
         rows = np.arange(n)
         pt_x, pt_cf = p_x[rows, targets], p_cf[rows, targets]
         if flipped is None:
@@ -617,9 +659,10 @@ def went_nonfinite(row: dict[str, Any]) -> bool:
 def load_results(results_dir: PathLike) -> dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
-    Returns dict(images [names], target (N,) int64, pixels (L + 1, N, C, H, W) uint8 -- index 0 the inputs, k the
-    counterfactuals of iteration k, C = 1 for grayscale PNGs --, recorded_flipped (L, N) bool: the run's verdict,
-    nonfinite (L, N) bool: the record's nonfinite_step >= 0, the sampler zeroed that counterfactual).
+    Returns dict(images [names], records [their records/*.json paths], target (N,) int64, pixels (L + 1, N, C, H,
+    W) uint8 -- index 0 the inputs, k the counterfactuals of iteration k, C = 1 for grayscale PNGs --,
+    recorded_flipped (L, N) bool: the run's verdict, nonfinite (L, N) bool: the record's nonfinite_step >= 0, the
+    sampler zeroed that counterfactual).
     """
     root = Path(results_dir)
     record_paths = sorted((root / "records").glob("*.json"))
@@ -631,13 +674,15 @@ def load_results(results_dir: PathLike) -> dict[str, Any]:
     names, targets, pixels, flipped, nonfinite = [], [], [], [], []
     num_iterations = None
     for rp in record_paths:
+        record = read_json(rp)
         try:
-            record = json.loads(rp.read_text())
             rows = record["iterations"]
             target = int(record["target"])
             stem = Path(record["image"]).stem
+            if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"'iterations' must be a non-empty list of objects, got {_brief(rows)}")
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{rp}: not a diffice record ({exc})") from None
+            raise ValueError(f"{rp}: not a diffice record ({type(exc).__name__}: {exc})") from None
         L = len(rows) - 1
         if num_iterations is None:
             num_iterations = L
@@ -665,11 +710,75 @@ def load_results(results_dir: PathLike) -> dict[str, Any]:
         raise ValueError(f"{root}: the records hold no counterfactual iterations")
     return dict(
         images=names,
+        records=record_paths,
         target=np.array(targets, dtype=np.int64),
         pixels=np.stack(pixels, axis=1),
         recorded_flipped=np.array(flipped, dtype=bool).reshape(len(names), num_iterations).T,
         nonfinite=np.array(nonfinite, dtype=bool).reshape(len(names), num_iterations).T,
     )
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _run_models(settings: Path) -> dict[str, Any]:
+    """The ``models`` section of a run's run_settings.json ({} when it has none); ValueError naming the file."""
+    data = read_json(settings)
+    m = data.get("models", {}) if isinstance(data, dict) else None
+    if not isinstance(m, dict):
+        raise ValueError(f"{settings}: not a diffice run_settings.json (expected an object with a 'models' object)")
+    return m
+
+
+def load_metrics_classifier(path: PathLike, run_settings: PathLike | None = None, backend: str = "cpu") -> Any:
+    """The guiding classifier f for the metrics from a model file (``diffice metrics --classifier``): a
+    PlaneClassifier, or a SonoNet; a multi-class SonoNet is seen as "target class vs the rest" with the run's
+    ``target_class`` (as the run saw it) when the run's `run_settings` (run_settings.json) says classifier_kind =
+    "sononet", and is a ValueError otherwise (the records' targets are classes of the run's binary f). Any other
+    model (a concept oracle, a UNet, a segmenter) is a ValueError naming the file, what it holds and what is
+    expected."""
+    from ..models.description import CLASSIFIER_KINDS
+    from ..models.files import load_model
+    from ..models.network import config_int
+    from ..models.sononet import TargetClassView
+
+    what = "diffice metrics --classifier (the classifier f that guided the run)"
+    model = load_model(path, backend, expect=tuple(CLASSIFIER_KINDS.values()), what=what)
+    classes = getattr(model, "num_classes", None)
+    if type(model).__name__ == "SonoNet" and classes is not None and classes > 2:
+        settings = Path(run_settings) if run_settings is not None else None
+        m = _run_models(settings) if settings is not None and settings.is_file() else {}
+        if m.get("classifier_kind") != "sononet":
+            raise ValueError(
+                f"{os.fspath(path)}: a SonoNet with {classes} classes, but the records' targets are classes of the "
+                f"binary classifier f that guided the run (a SonoNet run records classifier_kind = 'sononet' and its "
+                f"target_class in run_settings.json, {'not found' if settings is None else settings}); give the run's "
+                f"classifier"
+            )
+        return TargetClassView(model, target=config_int("models.target_class", m.get("target_class", 5)))
+    return model
+
+
+def load_metrics_oracle(path: PathLike, backend: str = "cpu") -> Any:
+    """The concept oracle for the metrics from a model file (``diffice metrics --oracle``); any other model is a
+    ValueError naming the file, what it holds and what is expected."""
+    from ..models.files import load_model
+
+    return load_model(path, backend, expect="ConceptOracle", what="diffice metrics --oracle (a concept oracle)")
+
+
+def recorded_warnings(results_dir: PathLike) -> list[dict[str, Any]]:
+    """The warnings a run recorded in its results folder (warnings.json; [] when there is none); an unreadable
+    file is a ValueError naming it."""
+    path = Path(results_dir) / "warnings.json"
+    if not path.is_file():
+        return []
+    data = read_json(path)
+    if not isinstance(data, list) or not all(isinstance(w, dict) for w in data):
+        raise ValueError(f"{path}: not a diffice warnings.json (expected a list of objects)")
+    return data
 
 
 class _FeatureMemo:
@@ -714,21 +823,32 @@ def evaluate_results(
         cf01 = inception_input(pixels[k]) if inception is not None else None
         flipped = None if classifier is not None else data["recorded_flipped"][k - 1]
         excluded = data["nonfinite"][k - 1]
-        metrics = evaluate(
-            x,
-            cf,
-            data["target"],
-            classifier,
-            oracle,
-            memo,
-            sononet,
-            flipped=flipped,
-            fid_x=x01,
-            fid_cfs=cf01,
-            with_cout=with_cout,
-            flipped_by="f" if classifier is not None else "the run's record",
-            exclude=excluded,
-        )
+        try:
+            metrics = evaluate(
+                x,
+                cf,
+                data["target"],
+                classifier,
+                oracle,
+                memo,
+                sononet,
+                flipped=flipped,
+                fid_x=x01,
+                fid_cfs=cf01,
+                with_cout=with_cout,
+                flipped_by="f" if classifier is not None else "the run's record",
+                exclude=excluded,
+            )
+        except TargetRangeError as exc:
+            bad = [
+                f"{rp} (target {t})"
+                for rp, t in zip(data["records"], data["target"].tolist())
+                if not 0 <= t < exc.classes
+            ]
+            raise ValueError(
+                f"{'; '.join(bad)}: the target class is not among the classifier's {exc.classes} classes "
+                f"(0..{exc.classes - 1}); the records and the classifier do not belong together"
+            ) from None
         out.append(
             {
                 "iteration": k,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..data.images import atomic_write_bytes
+from ..io import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -32,7 +34,20 @@ __all__ = ["make_sheet", "score_answers", "binomial_two_sided_p"]
 
 
 def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    """The PNG as a data URI, after decoding it in full: a truncated or corrupt file (or one that is no PNG) is a
+    ValueError naming it, as diffice metrics refuses it, not a broken image on the reader's sheet."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            img.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: OSError (truncated), SyntaxError (bad chunk)
+        raise ValueError(f"{path}: cannot read the image ({exc}); it is not put on the reading sheet") from None
+    if fmt != "PNG":
+        raise ValueError(f"{path}: expected a PNG image, got {fmt or 'an unknown format'}")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: bool) -> list[dict[str, Any]]:
@@ -41,22 +56,28 @@ def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: boo
         raise ValueError(f"{results_dir}: no records/*.json (not a folder written by diffice explain / demo)")
     pairs = []
     for rec_path in records:
-        rec = json.loads(rec_path.read_text())
+        rec = read_json(rec_path)
         stem = rec_path.stem
-        iters = [r for r in rec["iterations"] if int(r["iteration"]) > 0]
-        if not iters:
-            continue
-        it = iters[-1] if iteration is None else next((r for r in iters if int(r["iteration"]) == iteration), None)
+        try:
+            iters = [r for r in rec["iterations"] if int(r["iteration"]) > 0]
+            image = str(rec["image"])
+            chosen = [r for r in iters if iteration is None or int(r["iteration"]) == iteration]
+            it = (chosen[-1] if iteration is None else chosen[0]) if chosen else None
+            skip = it is not None and flipped_only and not it["flipped"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{rec_path}: not a diffice record ({type(exc).__name__}: {exc})") from None
         if it is None:
-            raise ValueError(f"{rec_path}: no iteration {iteration} (it has 1..{len(iters)})")
-        if flipped_only and not it["flipped"]:
+            if iters:
+                raise ValueError(f"{rec_path}: no iteration {iteration} (it has 1..{len(iters)})")
+            continue
+        if skip:
             continue
         cf = results_dir / stem / f"iteration_{int(it['iteration'])}.png"
         x = results_dir / stem / "input.png"
         for p in (x, cf):
             if not p.is_file():
                 raise ValueError(f"{results_dir}: record {stem} has no {p.name} ({p})")
-        pairs.append(dict(image=rec["image"], stem=stem, iteration=int(it["iteration"]), input=x, counterfactual=cf))
+        pairs.append(dict(image=image, stem=stem, iteration=int(it["iteration"]), input=x, counterfactual=cf))
     return pairs
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
+from ..io import read_json
 from .config import SECTIONS, check_lambda_p, check_sections
 from .explainer import ExplainerConfig, iterations_run
 
@@ -35,15 +36,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Non
 
 
 RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]
-
-
-def read_json(path: Path) -> Any:
-    """The JSON document in path; ValueError naming the file when it is not valid JSON (a file edited by hand, or a
-    disk that filled up under another program)."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); restore it, or delete it") from None
 
 
 def rebuild_results(out_dir: Path) -> list[dict[str, Any]]:

@@ -362,7 +362,7 @@ class PlaneClassifier(NetworkBase):
         cls,
         path: PathLike,
         classifier_factory: Callable[[Mapping[str, np.ndarray]], Any] | None = None,
-        groups: int = 8,
+        groups: int | None = None,
         grad_through_segmenter: bool = True,
         segmentation_input: str = "probabilities",
         backend: str = "cpu",
@@ -371,7 +371,13 @@ class PlaneClassifier(NetworkBase):
 
         A file written by diffice (with a 'diffice_model' description in its metadata: diffice train classifier,
         save_model, .save()) is rebuilt from that description, its own settings included (the arguments are for
-        files without one; diffice.models.files' loader rule); a description of another model type is a ValueError."""
+        files without one; diffice.models.files' loader rule); a description of another model type is a ValueError.
+
+        A file without a description (a PyTorch state_dict, weights re-saved without metadata) does not show every
+        setting in its tensor shapes: l's network and its input standardisation (`classifier_factory`, e.g.
+        ``lambda sd: SonoNet.from_state_dict(sd, standardize=False)``) and the segmenter's GroupNorm `groups` must
+        then be given; without them such a file is a ValueError naming the file and what is missing (never a model
+        built with guessed settings). ``.save()`` the result to get a file that carries them."""
         state_dict, meta = _load(path, "auto")
         if "diffice_model" in meta:
             return model_from_description(
@@ -384,6 +390,28 @@ class PlaneClassifier(NetworkBase):
                 what="PlaneClassifier.from_file",
             )
         try:
+            if classifier_factory is None or groups is None:
+                cls.split_state_dict(state_dict)  # not a plane classifier at all: say that first
+                missing = [
+                    text
+                    for given, text in (
+                        (
+                            classifier_factory,
+                            "classifier_factory (l's network and its input standardisation, e.g. "
+                            "classifier_factory=lambda sd: SonoNet.from_state_dict(sd, standardize=False))",
+                        ),
+                        (groups, "groups (the segmenter's GroupNorm groups, e.g. groups=8)"),
+                    )
+                    if given is None
+                ]
+                raise ValueError(
+                    "a plane classifier file without diffice's 'diffice_model' description in its metadata: the "
+                    "settings its tensor shapes do not show cannot be inferred, and none is guessed; missing: "
+                    + "; ".join(missing)
+                    + ". Load it once with PlaneClassifier.from_file(path, classifier_factory=..., groups=...) and "
+                    "save it with .save(new_path) (or diffice.models.files.save_model), which records every "
+                    "setting, or use the model.safetensors that diffice train classifier wrote"
+                )
             return cls.from_state_dict(
                 state_dict, classifier_factory, groups, grad_through_segmenter, segmentation_input, backend
             )

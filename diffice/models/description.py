@@ -20,6 +20,8 @@ Description = dict[str, Any]
 Builder = Callable[[Description, str], Any]  # (description, backend) -> model, weights uninitialised
 
 CLASSIFIER_KINDS = {"plane": "PlaneClassifier", "sononet": "SonoNet"}  # [models] classifier_kind -> type
+#: the model types a 'diffice_model' description may name (diffice.models.files.build_model builds each)
+DESCRIBED_TYPES = ("Segmenter", "SmallClassifier", "SonoNet", "PlaneClassifier", "ConceptOracle")
 
 
 def model_spec(model: Any) -> Description:
@@ -39,8 +41,31 @@ def weights_of(model: Any) -> Any:
     return model.network if type(model).__name__ == "ConceptOracle" else model
 
 
-def _type_name(spec: Any) -> str:
-    return spec.get("type", "?") if isinstance(spec, dict) else "?"
+def read_description(path: PathLike, meta: Mapping[str, str]) -> Description:
+    """The parsed 'diffice_model' metadata of a file: a JSON object whose "type" is one of DESCRIBED_TYPES. Empty,
+    unparsable or otherwise invalid metadata is a ValueError naming the file, what it holds and what is expected."""
+    p = os.fspath(path)
+    text = meta.get("diffice_model")
+    expected = (
+        f'expected a JSON object {{"type": one of {", ".join(DESCRIBED_TYPES)}, ...}} as diffice\'s save_model / '
+        f".save() write it"
+    )
+    if text is None or not str(text).strip():
+        raise ValueError(f"{p}: its 'diffice_model' metadata is empty; {expected}")
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{p}: its 'diffice_model' metadata is not valid JSON ({exc}); {expected}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{p}: its 'diffice_model' metadata is invalid: {_short(text)} ({expected})")
+    if spec.get("type") not in DESCRIBED_TYPES:
+        got = f"type {spec['type']!r}" if "type" in spec else "no 'type'"
+        raise ValueError(f"{p}: its 'diffice_model' metadata is invalid: it has {got} ({expected})")
+    return spec
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def model_from_description(
@@ -56,22 +81,25 @@ def model_from_description(
     name(s) the caller needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and
     `what` asked)."""
     p = os.fspath(path)
-    try:
-        spec = json.loads(meta["diffice_model"])
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{p}: unreadable 'diffice_model' description in its metadata ({exc})") from None
+    spec = read_description(p, meta)
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
-    if wanted and _type_name(spec) not in wanted:
-        hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(_type_name(spec))
+    if wanted and spec["type"] not in wanted:
+        hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(spec["type"])
+        for_kind = hint and all(w in CLASSIFIER_KINDS.values() for w in wanted)
+        advice = f"use classifier_kind = {hint!r} for this file" if for_kind else "give the right file"
         raise ValueError(
-            f"{p}: the file holds a {_type_name(spec)} (its diffice_model metadata), but "
-            f"{what or 'the caller'} needs a {' or '.join(wanted)}"
-            + (f"; use classifier_kind = {hint!r} for this file" if hint else "; give the right file")
+            f"{p}: the file holds a {spec['type']} (its diffice_model metadata), but "
+            f"{what or 'the caller'} needs a {' or '.join(wanted)}; {advice}"
         )
     try:
         model = build(spec, backend)
         weights_of(model).load_state_dict(state_dict)
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise ValueError(
+            f"{p}: its diffice_model description of a {spec['type']} lacks the setting {exc} (the metadata is "
+            f"incomplete; save the model again with diffice's save_model or .save())"
+        ) from None
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{p}: {exc}") from None
     return model
 

@@ -10,7 +10,9 @@ classes' ``from_file``):
 - a UNet from ``diffice train ddpm`` carries its attention layout in ``diffice_config``, which wins over the
   layout arguments (``[models] num_heads`` ...);
 - only a third-party file without that metadata (the SonoNet authors' weights, a guided-diffusion / DiME
-  checkpoint, a PyTorch state_dict) is built by the class's ``from_file`` from the caller's settings;
+  checkpoint) is built by the class's ``from_file`` from the caller's settings; a plane classifier without it is
+  refused (its SonoNet's standardize and its segmenter's groups show in no tensor shape and are not guessed:
+  ``PlaneClassifier.from_file(path, classifier_factory=..., groups=...)`` then ``.save()`` makes a described file);
 - a file whose description contradicts what the caller asked for (``classifier_kind = "sononet"`` and a plane
   classifier file) is a ValueError naming the file.
 """
@@ -171,8 +173,23 @@ def load_model(path: PathLike, backend: str = "cpu", expect: None | str | Sequen
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
     if len(wanted) == 1 and wanted[0] in _FALLBACKS:  # a third-party file: the class builds it
         return _FALLBACKS[wanted[0]](p, backend=backend)
-    if meta.get("format") in ("guided-diffusion UNetModel", "diffice UNet") and (not wanted or "UNet" in wanted):
+    is_unet = meta.get("format") in ("guided-diffusion UNetModel", "diffice UNet")
+    if is_unet and (not wanted or "UNet" in wanted):
         return load_unet(p, backend=backend)
+    if wanted:
+        holds = (
+            f"holds a UNet (a diffusion model; its metadata 'format' is {meta['format']!r})"
+            if is_unet
+            else "has no 'diffice_model' description in its metadata (not written by diffice's training commands)"
+        )
+        raise ValueError(
+            f"{p}: the file {holds}, but {what or 'the caller'} needs a {' or '.join(wanted)}"
+            + (
+                " (a model file from diffice train classifier|segmenter|oracle, save_model or .save())"
+                if not is_unet
+                else "; give the right file"
+            )
+        )
     raise ValueError(
         f"{p}: no 'diffice_model' description in its metadata (not written by diffice's "
         f"training commands); load it with the model's class, e.g. Segmenter.from_file"

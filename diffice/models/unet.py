@@ -128,19 +128,38 @@ def infer_config(
     use_new_attention_order: bool = False,
     num_heads_upsample: int = -1,
 ) -> dict:
-    """The UNet config a guided-diffusion state_dict was built with (docs/method.md 1.2-1.5)."""
+    """The UNet config a guided-diffusion state_dict was built with (docs/method.md 1.2-1.5).
 
-    def shape(key: str) -> tuple[int, ...]:
+    Every tensor the config is read from is checked against the shape the architecture gives it (its ndim and the
+    dimensions the other tensors fix) first: a flattened or mis-shaped one is a ValueError naming it, its shape and
+    the expected one, never an IndexError or a model of absurd size allocated from a wrong dimension."""
+
+    def shape(key: str, expected: tuple[int | None, ...]) -> tuple[int, ...]:
+        """key's shape, checked against expected (None: any size; the ndim is always checked)."""
         if key not in state_dict:
             raise ValueError(f"not a guided-diffusion UNet checkpoint: missing '{key}'")
-        return tuple(np.shape(state_dict[key]))
+        got = tuple(int(d) for d in np.shape(state_dict[key]))
+        if len(got) != len(expected) or any(e is not None and g != e for g, e in zip(got, expected)):
+            want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "")
+            raise ValueError(
+                f"tensor '{key}' has shape {got} (ndim {len(got)}), but a guided-diffusion UNet needs "
+                f"{want}) (ndim {len(expected)}) there"
+            )
+        return got
 
-    mc = shape("time_embed.0.weight")[1]
-    stem = shape("input_blocks.0.0.weight")
-    in_channels, ch0 = stem[1], stem[0]
-    out_channels = shape("out.2.weight")[0]
-    n_in = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"input_blocks\.(\d+)\.", k)))
-    n_out = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"output_blocks\.(\d+)\.", k)))
+    def block_count(prefix: str) -> int:
+        found = [int(m.group(1)) for k in state_dict if (m := re.match(rf"{prefix}\.(\d+)\.", k))]
+        if not found:
+            raise ValueError(f"not a guided-diffusion UNet checkpoint: no '{prefix}.*' tensors")
+        return 1 + max(found)
+
+    mc = shape("time_embed.0.weight", (None, None))[1]
+    emb = 4 * mc  # guided-diffusion's time_embed_dim
+    shape("time_embed.0.weight", (emb, mc))
+    ch0, in_channels = shape("input_blocks.0.0.weight", (None, None, 3, 3))[:2]
+    out_channels = shape("out.2.weight", (None, ch0, 3, 3))[0]
+    n_in = block_count("input_blocks")
+    n_out = block_count("output_blocks")
 
     def has_up_layer(b: int) -> bool:  # an Upsample conv, or a second ResBlock (up-ResBlock) in output block b
         return any(re.match(rf"output_blocks\.{b}\.[12]\.(conv|in_layers)\.", k) for k in state_dict)
@@ -156,13 +175,21 @@ def infer_config(
     level_channels, attention = [], []
     for level in range(levels):
         first = 1 + level * (nrb + 1)
-        level_channels.append(shape(f"input_blocks.{first}.0.out_layers.3.weight")[0])
+        key = f"input_blocks.{first}.0.out_layers.3.weight"
+        c = shape(key, (None, None, 3, 3))[0]
+        level_channels.append(shape(key, (c, c, 3, 3))[0])
         if f"input_blocks.{first}.1.qkv.weight" in state_dict:
             attention.append(2**level)
     resblock_updown = bool(up_blocks) and any(
         re.match(rf"output_blocks\.{up_blocks[0]}\.[12]\.in_layers\.", k) for k in state_dict
     )
-    scale_shift = shape("input_blocks.1.0.emb_layers.1.weight")[0] == 2 * level_channels[0]
+    emb_out = shape("input_blocks.1.0.emb_layers.1.weight", (None, emb))[0]
+    if emb_out not in (level_channels[0], 2 * level_channels[0]):
+        raise ValueError(
+            f"tensor 'input_blocks.1.0.emb_layers.1.weight' has shape ({emb_out}, {emb}), but a guided-diffusion "
+            f"UNet needs ({level_channels[0]}, {emb}) or, with scale-shift norm, ({2 * level_channels[0]}, {emb}) there"
+        )
+    scale_shift = emb_out == 2 * level_channels[0]
     mult = tuple(c // mc if c % mc == 0 else c / mc for c in level_channels)
     if ch0 != level_channels[0]:
         raise ValueError(f"stem has {ch0} channels but level 0 has {level_channels[0]}")
@@ -212,7 +239,13 @@ class UNet(NetworkBase):
         backend: str = "cpu",
     ) -> UNet:
         cfg = infer_config(state_dict, num_heads, num_head_channels, use_new_attention_order, num_heads_upsample)
-        unet = cls(cfg, backend=backend)
+        try:
+            unet = cls(cfg, backend=backend)
+        except MemoryError as exc:
+            raise ValueError(
+                f"the tensor shapes describe a UNet too large to allocate (level channels "
+                f"{_level_channels(cfg)}, model_channels {cfg['model_channels']}): {exc}"
+            ) from None
         unet.load_state_dict(state_dict)
         return unet
 
