@@ -116,7 +116,7 @@ class _run_warnings:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain.cluster import DistributedUnavailable, cluster_options
     from .explain.config import SECTIONS, load_config, read_toml
-    from .explain.run import RunBusyError, run_explain
+    from .explain.run import run_explain
 
     if not args.out.strip():
         raise ValueError("--out is empty; name the output folder (it is created if missing)")
@@ -127,7 +127,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         options = cluster_options(read_toml(args.config) if args.config else None, args.config or "config")
         with _run_warnings("explain"), _executor(args, options) as executor:
             summary = run_explain(cfg, args.images, args.out, progress=not args.quiet, executor=executor)
-    except (DistributedUnavailable, RunBusyError) as exc:
+    except DistributedUnavailable as exc:
         print(f"diffice explain: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)

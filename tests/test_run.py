@@ -445,7 +445,7 @@ def test_a_second_writer_of_the_same_folder_is_refused(tmp_path, rng, models):
     run_explain(config(), tmp_path / "in", out, progress=False, models=models)
     Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "in" / "new.png")
     with WriterLock(out / LOCK_FILE, "held"):  # as another process's run would hold it
-        with pytest.raises(RunBusyError, match=f"{out}: another diffice explain is writing this folder"):
+        with pytest.raises(RunBusyError, match=f"{out}: another diffice run is writing this folder"):
             run_explain(config(), tmp_path / "in", out, progress=False, models=models)
     assert sorted(p.stem for p in (out / "records").glob("*.json")) == ["img0"]
 

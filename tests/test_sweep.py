@@ -157,6 +157,28 @@ def test_demo_sweep_refuses_model_settings_it_would_ignore(tmp_path):
     assert load_sweep(str(path), dict(device="cuda:1")).models["device"] == "cuda:1"
 
 
+def test_a_sweep_on_a_device_this_machine_lacks_writes_nothing(tmp_path):
+    import diffice
+
+    if diffice.cuda_available():
+        pytest.skip("a GPU is present: the error path is not reachable")
+    path = tmp_path / "demo.toml"
+    path.write_text('[sweep]\nmodels = "demo"\nphantoms = 2\nmethod = ["diff-ice-1"]\n[models]\ndevice = "cuda"\n')
+    spec = load_sweep(str(path), dict(out=str(tmp_path / "out")))
+    with pytest.raises(NotImplementedError, match="cuda: "):
+        run_sweep(spec, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_device_is_not_part_of_the_models_identity():
+    from diffice.explain.sweep.store import _without_device
+
+    cpu = dict(source="files", models=dict(unet="u.safetensors", device="cpu"), diffusion={})
+    cuda = dict(source="files", models=dict(unet="u.safetensors", device="cuda:1"), diffusion={})
+    assert _without_device(cpu) == _without_device(cuda) != _without_device(dict(cpu, models=dict(unet="v")))
+    assert _without_device(dict(source="demo", folder=None, device="cpu")) == dict(source="demo", folder=None)
+
+
 class ReversedExecutor(LocalExecutor):
     """Runs the units last first: a different schedule."""
 
@@ -247,10 +269,10 @@ def test_store_refuses_other_settings_and_concurrent_writers(tmp_path, models_di
     changed.cfg["run"]["seed"] = 8
     with pytest.raises(ValueError, match="seed"):
         run_sweep(changed, progress=False)
-    from diffice.explain.run import WriterLock
+    from diffice.explain.run import RunBusyError, WriterLock
 
     with WriterLock(spec.store_path.with_name(spec.store_path.name + ".lock"), "held"):  # another sweep's lock
-        with pytest.raises(RuntimeError, match="another diffice sweep"):
+        with pytest.raises(RunBusyError, match="another diffice sweep"):
             run_sweep(spec, progress=False)
 
 

@@ -107,6 +107,19 @@ def models_spec(cfg: dict[str, dict[str, Any]], demo: str | None = None) -> dict
     return dict(source="files", models=models, diffusion=dict(cfg["diffusion"]))
 
 
+def spec_device(spec: dict[str, Any]) -> str:
+    """The device a models_spec names ("cpu", "cuda", "cuda:N", ...)."""
+    return str(spec.get("device") or spec.get("models", {}).get("device") or "cpu")
+
+
+def check_device_here(spec: dict[str, Any]) -> None:
+    """Creates the backend of the spec's device in this process: a device this machine lacks (no GPU, no CUDA
+    build or libraries) is a NotImplementedError saying why, before a run writes anything."""
+    from ..ops import get_backend
+
+    get_backend(spec_device(spec))
+
+
 def _worker_index(name: Any) -> int | None:
     """A Dask worker's index on its machine: a LocalCluster names its workers 0..N-1; dask-jobqueue names the
     processes of a job "<job>-<process>" (with --processes > 1: "SLURMCluster-3-0", "SLURMCluster-3-1"). None for

@@ -23,7 +23,7 @@ from ..evaluation.metrics import (
     saturated_pixel_rate,
     went_nonfinite,
 )
-from .config import load_config
+from .config import check_sections, load_config
 from .demo import (
     DEMO_BATCH,
     DEMO_DIFFUSION,
@@ -76,6 +76,10 @@ def run_demo(
 
     if images is None and not (isinstance(n, int) and n >= 1):
         raise ValueError(f"run_demo: n (how many phantoms) must be an int >= 1, got {n!r}")
+    cfg = _demo_config(images_batch=DEMO_BATCH, seed=seed)
+    if overrides:
+        cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})
+    check_sections(cfg)  # a bad seed or override stops here, before anything is written
     stream = stream or sys.stdout
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +96,6 @@ def run_demo(
     else:
         folder = Path(images)
         names = [p.name for p in list_images(folder)]
-    cfg = _demo_config(images_batch=DEMO_BATCH, seed=seed)
-    if overrides:
-        cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})
     explainer_models = (models.unet, models.diffusion, models.classifier, models.perceptual)
     summary_run = run_explain(
         cfg, str(folder), str(out), progress=progress, models=explainer_models, command="diffice demo"

@@ -124,8 +124,9 @@ def _remove_created(created: list[Path]) -> None:
             return
 
 
-class RunBusyError(RuntimeError):
-    """Another process is writing the same results (a run folder, a sweep's store)."""
+class RunBusyError(BlockingIOError):
+    """Another process is writing the same results (a run folder, a sweep's store): the lock is taken. An OSError, so
+    every command reports it as one line."""
 
 
 class WriterLock:
@@ -226,7 +227,7 @@ def run_explain(
     emitted,
     appended to out_dir/warnings.json and listed in the summary's "warnings".
     """
-    from .cluster import LocalExecutor, _load, models_spec
+    from .cluster import LocalExecutor, _load, check_device_here, models_spec
     from .explainer import Explainer
 
     # start-up: everything is checked (images, settings, models) before anything is written to out
@@ -256,14 +257,11 @@ def run_explain(
     executor = executor or LocalExecutor(models)
     if todo and isinstance(executor, LocalExecutor):  # load the models here and now: a bad file fails now
         if executor.models is None:
-            from ..ops import get_backend
-
-            # a device this machine lacks (no GPU, no CUDA build) fails now, saying why
-            get_backend(str(spec.get("device") or spec.get("models", {}).get("device") or "cpu"))
+            check_device_here(spec)
             executor.models = _load(spec)
         Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
     created = _make_output_folder(out)
-    busy = f"{out}: another diffice explain is writing this folder; wait for it to finish, or use another output folder"
+    busy = f"{out}: another diffice run is writing this folder; wait for it to finish, or use another output folder"
     try:
         with WriterLock(out / LOCK_FILE, busy):
             todo = [f for f in files if f.stem not in _finished(out, files)]  # what a writer before this one left

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...data.images import ImageReadError, list_images, load_image, resize
 from ...progress import ProgressBar
-from ..cluster import LocalExecutor, batches, describe
+from ..cluster import LocalExecutor, batches, check_device_here, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
 from ..run import WriterLock, check_run
 from .config import SweepSpec, config_id, config_label
@@ -89,6 +89,8 @@ def run_sweep(
     emitted, stored in the store's meta 'warnings' (printed with the tables) and listed in the summary's "warnings".
     """
     stream = stream or sys.stderr
+    if executor is None and models is None:
+        check_device_here(spec.models)  # before the store is made: a device this machine lacks writes nothing
     executor = executor or LocalExecutor(models)
     names, x = load_sweep_images(spec, stream)
     run = spec.cfg["run"]

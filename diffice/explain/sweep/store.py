@@ -66,6 +66,16 @@ CREATE TABLE IF NOT EXISTS results (config_id TEXT NOT NULL REFERENCES configs,
 """
 
 
+def _without_device(models: Any) -> Any:
+    """A models description without where the models ran (the same models on another device are the same)."""
+    if not isinstance(models, dict):
+        return models
+    m = {k: v for k, v in models.items() if k != "device"}
+    if isinstance(m.get("models"), dict):
+        m["models"] = {k: v for k, v in m["models"].items() if k != "device"}
+    return m
+
+
 class SweepStore:
     """The SQLite results store of a sweep (schema: the module docstring). Writes happen in the process that opened
     it (the sweep's client); every write method is one transaction."""
@@ -140,7 +150,7 @@ class SweepStore:
                         f"{self.path}: made for another image set ({len(stored)} images, now "
                         f"{len(names)}, or their pixels changed); use another --out"
                     )
-                if old.get("models") != meta["models"]:
+                if _without_device(old.get("models")) != _without_device(meta["models"]):
                     print(
                         f"diffice sweep: note: the models' description differs from the one {self.path} was "
                         f"made with; finished units are kept",
