@@ -252,7 +252,6 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from .evaluation.metrics import evaluate_results, format_report, recorded_warnings
     from .evaluation.run_judges import load_metrics_models

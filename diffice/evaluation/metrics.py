@@ -76,6 +76,7 @@ __all__ = [
     "load_metrics_classifier",
     "load_metrics_oracle",
     "recorded_warnings",
+    "run_settings_models",
     "check_judges",
     "TargetRangeError",
     "classifier_input",
@@ -723,7 +724,7 @@ def _brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _run_models(settings: Path) -> dict[str, Any]:
+def run_settings_models(settings: Path) -> dict[str, Any]:
     """The ``models`` section of a run's run_settings.json ({} when it has none); ValueError naming the file."""
     data = read_json(settings)
     m = data.get("models", {}) if isinstance(data, dict) else None
@@ -749,7 +750,7 @@ def load_metrics_classifier(path: PathLike, run_settings: PathLike | None = None
     classes = getattr(model, "num_classes", None)
     if type(model).__name__ == "SonoNet" and classes is not None and classes > 2:
         settings = Path(run_settings) if run_settings is not None else None
-        m = _run_models(settings) if settings is not None and settings.is_file() else {}
+        m = run_settings_models(settings) if settings is not None and settings.is_file() else {}
         if m.get("classifier_kind") != "sononet":
             raise ValueError(
                 f"{os.fspath(path)}: a SonoNet with {classes} classes, but the records' targets are classes of the "

@@ -9,8 +9,7 @@ from typing import Any
 
 from ..explain import demo as demo_module  # looked up per call (tests replace load_demo_models)
 from ..models.files import load_classifier
-from .metrics import PathLike, load_metrics_classifier, load_metrics_oracle
-from .metrics import _run_models as run_models
+from .metrics import PathLike, load_metrics_classifier, load_metrics_oracle, run_settings_models
 
 __all__ = ["load_metrics_models"]
 
@@ -40,7 +39,7 @@ def load_metrics_models(
             say(f"{exc}; the metrics that need them are skipped")
     settings = root / "run_settings.json"
     if not from_demo and not classifier and settings.is_file():  # the classifier that guided the run
-        m = run_models(settings)
+        m = run_settings_models(settings)
         if m.get("preset") == "demo":  # diffice explain --models demo: the demo's classifier and oracle
             demo = demo_module.load_demo_models(demo_models)
             f, judge = demo.classifier, demo.oracle

@@ -52,7 +52,6 @@ only integers (2.0 and "2" are refused), lists only lists (lambda_c = [40], not 
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import os
 import sys
@@ -64,7 +63,9 @@ import numpy as np
 
 from ..data.images import MAX_IMAGE_PIXELS
 from ..models.diffusion import VARIANCES
+from ..models.network import is_finite_nonnegative
 from ..ops._backend import PRECISIONS
+from ..ops._diffusion import SEED_LIMIT
 from .demo import DEMO_DIFFUSION, DEMO_METHOD, DEMO_SIZE
 from .explainer import METHODS, ExplainerConfig
 
@@ -215,33 +216,21 @@ def preset_defaults(name: str) -> dict[str, dict[str, Any]]:
 
 # ---- every value's kind (checked as it enters: from the config file, naming the file, or as an override) ----
 
-SEED_LIMIT = 2**64  # seeds are the sampler's 64-bit seed: [0, 2**64), never taken modulo 2**64
 
-
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer setting's value: an int or numpy integer, not a bool (2.0 and "2" are not)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _int_at_least(low: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        return None if _is_int(value) and value >= low else f"an integer >= {low}"
+        return None if is_int(value) and value >= low else f"an integer >= {low}"
 
     return check
 
 
-def _finite(value: Any) -> bool:
-    try:
-        return _is_number(value) and math.isfinite(float(value))
-    except OverflowError:  # an integer past float's range
-        return False
-
-
 def _number(value: Any) -> str | None:
-    return None if _finite(value) and value >= 0 else "a finite number >= 0"
+    return None if is_finite_nonnegative(value) else "a finite number >= 0"
 
 
 def _bool(value: Any) -> str | None:
@@ -277,11 +266,11 @@ def _choices(key: str) -> Callable[[Any], str | None]:
 
 def _respacing(value: Any) -> str | None:
     # diffice.models.diffusion reads it with str(): "400", "ddim50", "10,20" or the integer 400
-    return None if isinstance(value, str) or _is_int(value) else 'a string such as "400" or "ddim50" (or an integer)'
+    return None if isinstance(value, str) or is_int(value) else 'a string such as "400" or "ddim50" (or an integer)'
 
 
 def _head_channels(value: Any) -> str | None:
-    return None if _is_int(value) and (value == -1 or value >= 1) else "an integer: -1 (use num_heads) or >= 1"
+    return None if is_int(value) and (value == -1 or value >= 1) else "an integer: -1 (use num_heads) or >= 1"
 
 
 def _lambda_c(value: Any) -> str | None:
@@ -292,14 +281,15 @@ def _lambda_c(value: Any) -> str | None:
 
 
 def _image_size(value: Any) -> str | None:
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value)
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) and v >= 1 for v in value)
     if ok and int(value[0]) * int(value[1]) <= MAX_IMAGE_PIXELS:
         return None
     return f"two integers [height, width], each >= 1, at most {MAX_IMAGE_PIXELS} (2**25) pixels in all"
 
 
-def _seed(value: Any) -> str | None:
-    return None if _is_int(value) and 0 <= value < SEED_LIMIT else "an integer in [0, 2**64)"
+def check_seed_value(value: Any) -> str | None:
+    """The seed rule (diffice.ops._diffusion.check_seed's) as a CHECKS entry: None, or what a seed must be."""
+    return None if is_int(value) and 0 <= value < SEED_LIMIT else "an integer in [0, 2**64)"
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = dict(
@@ -341,7 +331,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = dict(
     # [run]
     image_size=_image_size,
     batch_size=_int_at_least(1),
-    seed=_seed,
+    seed=check_seed_value,
     target=_int_at_least(0),  # an index of f's outputs (its upper end: the classifier's, checked by the Explainer)
 )
 

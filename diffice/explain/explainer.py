@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import math
 import numbers
 import threading
 import warnings
@@ -41,9 +40,11 @@ import numpy as np
 from .._native import _C
 from ..models.classifier import classification_loss
 from ..models.diffusion import GaussianDiffusion
+from ..models.network import is_finite_nonnegative
 from ..models.probabilities import num_classes, predicted_class, probabilities
 from ..models.unet import UNet
 from ..ops._backend import check_backend_name, check_precision, get_backend
+from ..ops._diffusion import check_seed
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
 
@@ -119,31 +120,6 @@ def suspicious_run_message(
     return None
 
 
-SEED_LIMIT = 2**64  # the sampler's seed is 64 bits: seeds are ints in [0, 2**64), never taken modulo 2**64
-
-
-def check_seed(seed: Any, name: str = "seed") -> int:
-    """seed as an int after checking it: TypeError unless an int (a bool or 1.5 is not), ValueError outside
-    [0, 2**64) (-1 and 2**64 used to wrap silently to 2**64 - 1 and 0)."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
-    value = int(seed)
-    if not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
-
-
-def _finite_at_least_0(value: Any) -> bool:
-    """A real number (not a bool), finite and >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        number = float(value)
-    except OverflowError:  # an int past float's range
-        return False
-    return math.isfinite(number) and number >= 0
-
-
 @dataclasses.dataclass
 class ExplainerConfig:
     """Every parameter of the method (defaults: the paper's, docs/method.md section 9 where it is open)."""
@@ -197,11 +173,11 @@ class ExplainerConfig:
         if self.tau < 1:
             raise ValueError(f"tau must be >= 1 (a respaced step count), got {self.tau}")
         for i, v in enumerate(lambda_c):
-            if not _finite_at_least_0(v):
+            if not is_finite_nonnegative(v):
                 raise ValueError(f"lambda_c[{i}] must be a finite number >= 0, got {v!r}")
         for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold"):
             v = getattr(self, name)
-            if not _finite_at_least_0(v):
+            if not is_finite_nonnegative(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def c_config(self, seed: int, record_steps: bool) -> dict:

@@ -170,10 +170,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _finished(out: Path, files: list[Path]) -> set[str]:
+def _finished(out: Path, files: list[Path], digests: dict[str, str]) -> set[str]:
     """The stems of the images out already holds complete results of: a record and every PNG it implies. An image
     whose PNGs went missing is redone; one whose file is not the one explained (another file name or other bytes
-    under the same stem) is a ValueError: its results would be another image's."""
+    under the same stem) is a ValueError: its results would be another image's. digests: the files' file_digest by
+    stem, filled here and reused (a file is hashed once per run)."""
     by_stem = {f.stem: f for f in files}
     done = set()
     for record_path in (out / "records").glob("*.json"):
@@ -182,7 +183,7 @@ def _finished(out: Path, files: list[Path]) -> set[str]:
             continue
         record = read_json(record_path)
         same_name = record.get("image") == f.name
-        if not same_name or ("input_sha256" in record and record["input_sha256"] != file_digest(f)):
+        if not same_name or ("input_sha256" in record and record["input_sha256"] != _digest(f, digests)):
             what = f"was {record.get('image')!r}" if not same_name else "has other bytes"
             raise ValueError(
                 f"{f}: {out / f.stem} holds the results of another image ({what}); explain into another output "
@@ -193,6 +194,12 @@ def _finished(out: Path, files: list[Path]) -> set[str]:
         if iterations >= 1 and all((out / f.stem / name).is_file() for name in pngs):
             done.add(f.stem)
     return done
+
+
+def _digest(f: Path, digests: dict[str, str]) -> str:
+    if f.stem not in digests:
+        digests[f.stem] = file_digest(f)
+    return digests[f.stem]
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -252,7 +259,8 @@ def run_explain(
     if models is None:
         check_lambda_p(cfg["models"], config.lambda_p)
     new_settings = _check_same_settings(out, cfg) if out.is_dir() else True
-    todo = [f for f in files if f.stem not in _finished(out, files)]
+    digests: dict[str, str] = {}  # each image's file_digest, for the resume checks and its record
+    todo = [f for f in files if f.stem not in _finished(out, files, digests)]
     spec = models_spec(cfg)
     executor = executor or LocalExecutor(models)
     if todo and isinstance(executor, LocalExecutor):  # load the models here and now: a bad file fails now
@@ -264,8 +272,10 @@ def run_explain(
     busy = f"{out}: another diffice run is writing this folder; wait for it to finish, or use another output folder"
     try:
         with WriterLock(out / LOCK_FILE, busy):
-            todo = [f for f in files if f.stem not in _finished(out, files)]  # what a writer before this one left
-            return _run(cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings, command)
+            todo = [f for f in files if f.stem not in _finished(out, files, digests)]  # what a writer before left
+            return _run(
+                cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings, command, digests
+            )
     except BaseException as exc:
         # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
         if not isinstance(exc, RunBusyError) and not any((out / "records").glob("*.json")):
@@ -296,6 +306,7 @@ def _run(
     progress: bool,
     new_settings: bool,
     command: str,
+    digests: dict[str, str],
 ) -> dict[str, Any]:
     from ..progress import ProgressBar
     from .cluster import batches, describe
@@ -316,7 +327,6 @@ def _run(
     skipped = len(files) - len(todo)
     t_start = time.monotonic()
     pending: dict[str, Any] = {}
-    digests: dict[str, str] = {}  # each image's file_digest, for its record
     checks: list[dict[str, Any]] = []
 
     def tasks():
@@ -326,7 +336,7 @@ def _run(
                 try:
                     batch.append(load_image(f, size))
                     batch_files.append(f)
-                    digests[f.stem] = file_digest(f)
+                    _digest(f, digests)
                 except (ImageReadError, ValueError, OSError) as exc:
                     errors.append({"image": f.name, "error": str(exc)})
             if not batch:

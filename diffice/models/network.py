@@ -27,6 +27,17 @@ def config_int(name: str, value: Any) -> int:
     raise ValueError(f"{name}: expected an integer, got {value!r}")
 
 
+def is_finite_nonnegative(value: Any) -> bool:
+    """Whether a user's setting is a real number (not a bool), finite and >= 0 (an int past float's range is not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number >= 0
+
+
 def config_bool(name: str, value: Any) -> bool:
     """A user's on/off setting: a bool, a numpy bool, or the integers 0 and 1; anything else (the string "false",
     which bool() takes as true, or 2) is a ValueError "<name>: expected true or false, got <value>"."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numbers
 import operator
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -190,6 +190,20 @@ def sample_step(
     )
 
 
+SEED_LIMIT = 2**64  # the sampler's seed is 64 bits: seeds are ints in [0, 2**64), never taken modulo 2**64
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """seed as an int after checking it: TypeError unless an int (a bool or 1.5 is not), ValueError outside
+    [0, 2**64) (-1 and 2**64 used to wrap silently to 2**64 - 1 and 0)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    value = int(seed)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
 def _index(value: object) -> int:
     """An int key as a Python int (TypeError for a bool, a float or anything else)."""
     if isinstance(value, (bool, np.bool_)):
@@ -221,7 +235,7 @@ def gaussian_noise(
         except TypeError:
             key_array = np.asarray(keys)
         else:
-            bad = [k for k in ints if not 0 <= k < 2**64]
+            bad = [k for k in ints if not 0 <= k < SEED_LIMIT]
             if bad:
                 raise ValueError(f"gaussian_noise: keys must be integers in [0, 2**64), got {bad[0]}")
             key_array = np.array(ints, np.uint64)
@@ -240,11 +254,7 @@ def gaussian_noise(
         dims.append(d)
     if not dims:
         raise ValueError("gaussian_noise: shape must have at least one dimension")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"gaussian_noise: seed must be an int in [0, 2**64), got {seed!r}")
-    seed = operator.index(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"gaussian_noise: seed must be in [0, 2**64), got {seed}")
+    seed = check_seed(seed, "gaussian_noise: seed")
     signed_seed = seed - 2**64 if seed >= 2**63 else seed  # the op takes the seed's bits as an int64
     keys_bits = key_array.astype(np.uint64).view(np.int64)
     noise = _C.gaussian_noise(

@@ -25,6 +25,7 @@ from typing import Any, Callable, TextIO, Union
 import numpy as np
 
 from ..io import load_safetensors_metadata, save_safetensors
+from ..models.network import is_finite_nonnegative
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,10 +54,8 @@ def check_positive(who: str, **values: int) -> None:
 def check_grad_clip(who: str, grad_clip: Any, name: str = "grad_clip") -> float:
     """grad_clip as a float: a finite number >= 0 (0 turns clipping off). A negative, NaN or infinite value (which
     would silently clip nothing) or a non-number is a ValueError naming the setting (``name``)."""
-    if not isinstance(grad_clip, (bool, np.bool_)) and isinstance(grad_clip, numbers.Real):
-        value = float(grad_clip)
-        if math.isfinite(value) and value >= 0.0:
-            return value
+    if is_finite_nonnegative(grad_clip):
+        return float(grad_clip)
     raise ValueError(f"{who}: {name} must be a finite number >= 0 (0: no clipping), got {grad_clip!r}")
 
 

@@ -7,13 +7,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import numbers
 from pathlib import Path
 from typing import Any
 
 from ..cluster import cluster_options, models_spec
-from ..config import check_lambda_p, load_config, read_toml
-from ..explainer import METHODS, SEED_LIMIT, ExplainerConfig, is_iterative, iterations_run
+from ..config import check_lambda_p, check_seed_value, is_int, load_config, read_toml
+from ..explainer import METHODS, ExplainerConfig, is_iterative, iterations_run
 
 STORE_NAME = "results.sqlite"
 SWEEP_DEFAULTS: dict[str, Any] = dict(
@@ -127,19 +126,16 @@ def _expand(axes: dict[str, list[Any]], method: dict[str, Any], where: str) -> l
     return out
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_sweep_value(key: str, value: Any, source: str | None = None) -> None:
     """ValueError "<source>: [sweep] key must be ..., got ..." (an override: "sweep.key must be ...") unless
     [sweep] key takes value (None: the key is unset)."""
     if value is None:
         return
     if key == "phantoms":
-        ok, what = _is_int(value) and 1 <= value <= MAX_PHANTOMS, f"an integer in [1, {MAX_PHANTOMS}]"
+        ok, what = is_int(value) and 1 <= value <= MAX_PHANTOMS, f"an integer in [1, {MAX_PHANTOMS}]"
     elif key == "phantom_seed":
-        ok, what = _is_int(value) and 0 <= value < SEED_LIMIT, "an integer in [0, 2**64)"
+        seed_rule = check_seed_value(value)
+        ok, what = seed_rule is None, seed_rule or ""
     elif key == "models":
         ok, what = isinstance(value, str) and value == "demo", '"demo" (or leave it out and use [models])'
     elif key == "store_format":
@@ -187,8 +183,6 @@ def load_sweep(
     base_dir = Path(path).resolve().parent if path else Path.cwd()
     demo = None
     if sweep["models"] is not None:
-        if sweep["models"] != "demo":  # (checked above; kept for a SweepSpec built by hand)
-            raise ValueError(f'{source}: [sweep] models must be "demo" (or leave it out and use [models])')
         demo = str(base_dir / sweep["demo_models"]) if sweep["demo_models"] else "bundled"
         # the demo models choose the model files: other [models] keys would be ignored, so they are refused; the
         # device they run on is the user's (diffice sweep --device)
