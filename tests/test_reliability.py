@@ -118,6 +118,20 @@ def test_backend_refuses_another_threads_state():
     assert caught and "another thread" in caught[0] and "get_backend" in caught[0]
 
 
+def test_backend_and_diffusion_refuse_a_second_init():
+    """__init__ again would free a Backend (or Diffusion) that arenas, copies of parameters or a running sampler
+    still use: refused, the object stays usable."""
+    be = _C.Backend("cpu")
+    with pytest.raises(RuntimeError, match=r"Backend: already initialised \(make a new Backend instead\)"):
+        be.__init__("ref")
+    assert be.name == "cpu"
+    assert _C.activation_forward(be, "relu", np.ones((2, 3), np.float32)).shape == (2, 3)
+    d = _C.Diffusion(steps=10)
+    with pytest.raises(RuntimeError, match="Diffusion: already initialised"):
+        d.__init__(steps=20)
+    assert d.arrays()["betas"].shape == (10,)
+
+
 # ---------------------------------------------------------------- concurrency
 
 

@@ -3,13 +3,14 @@ are a ValueError naming the setting before anything trains, never a silent coerc
 the reported losses say what they are."""
 
 import csv
+import os
 
 import numpy as np
 import pytest
 
 import diffice.train.ddpm as train_mod
-import diffice.train.networks as networks_mod
 from diffice import Segmenter, phantoms
+from diffice._native import _C
 from diffice.cli import main
 from diffice.train.checkpoints import check_grad_clip, check_seed
 from diffice.train.ddpm import _Progress, clip_grad_norm, train_ddpm
@@ -140,6 +141,12 @@ def test_supervised_batch_beyond_memory_is_refused_before_allocating(tmp_path, p
         supervised(phantom_set, tmp_path / "zero", batch_size=0)
 
 
+def test_the_batch_limit_is_the_c_arenas_limit():
+    # the guard asks the C core for its limit (one rule): 90% of the physical memory, as the arenas apply it
+    pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    assert _C.default_memory_limit() == pages // 10 * 9 * page > 0
+
+
 def test_out_of_memory_in_a_step_names_the_batch_size(tmp_path, monkeypatch):
     def no_memory(*args, **kw):
         raise MemoryError("arena: 123 more bytes would pass the memory limit of 45 bytes (0 held)")
@@ -156,7 +163,6 @@ def test_out_of_memory_in_a_step_names_the_batch_size(tmp_path, monkeypatch):
     seg = Segmenter(classes=3, width=8, levels=2, groups=4)
     with pytest.raises(MemoryError, match=r"drawing the batch of step 1 ran out of memory \(Unable to allocate 9 GiB"):
         train_network(seg, no_batch, lambda o, t: (0.0, (None,)), steps=1, progress=False)
-    assert networks_mod._memory_limit() > 0
 
 
 # ---- the log and the reported losses ----

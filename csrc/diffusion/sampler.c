@@ -463,3 +463,20 @@ done:
     }
     return st;
 }
+
+dfc_status dfc_sampler_run_from_host(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
+                                     const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
+                                     const dfc_tensor *x_host, const uint64_t *sample_keys, dfc_progress_fn progress,
+                                     void *progress_user, dfc_sampler_outputs *out, dfc_error *err)
+{
+    DFC_TRY(dfc_net_sync(denoiser, be, err));
+    dfc_tensor x = *x_host;
+    if (!(x.data = be->iface->alloc(be, (size_t)dfc_numel(&x) * sizeof(float), err)))
+        return err->code;
+    dfc_status st = dfc_copy_tensor_from_host(be, &x, x_host, err);
+    if (st == DFC_OK)
+        st = dfc_sampler_run(cfg, denoiser, d, guidance, be, work, scratch, &x, sample_keys, progress, progress_user,
+                             out, err);
+    be->iface->free(be, x.data);
+    return st;
+}

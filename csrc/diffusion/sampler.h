@@ -99,4 +99,12 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
                            const dfc_tensor *x, const uint64_t *sample_keys, dfc_progress_fn progress,
                            void *progress_user, dfc_sampler_outputs *out, dfc_error *err);
 
+/* dfc_sampler_run for a caller whose images are in host memory (the Python binding, a C program): x_host is copied
+ * into be's memory for the run, and the denoiser's host parameter values to be first (dfc_net_sync: they may have
+ * changed since the last run). */
+dfc_status dfc_sampler_run_from_host(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
+                                     const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
+                                     const dfc_tensor *x_host, const uint64_t *sample_keys, dfc_progress_fn progress,
+                                     void *progress_user, dfc_sampler_outputs *out, dfc_error *err);
+
 #endif

@@ -269,6 +269,59 @@ dfc_status dfc_copy_tensor_to_host(dfc_backend *be, dfc_tensor *host_dst, const 
     return copy_tensor_with(be, be->iface->copy_to_host, host_dst, src, err);
 }
 
+dfc_status dfc_input_into_arena(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err)
+{
+    if (!t->data)
+        return DFC_OK;
+    dfc_tensor copy = dfc_arena_tensor(arena, t->ndim, t->shape, err);
+    DFC_CHECK_ALLOC(copy);
+    DFC_TRY(dfc_copy_tensor_from_host(be, &copy, t, err));
+    *t = copy;
+    return DFC_OK;
+}
+
+dfc_status dfc_output_in_arena(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err)
+{
+    *t = *host;
+    if (!host->data)
+        return DFC_OK;
+    *t = dfc_arena_zeros(arena, host->ndim, host->shape, err); /* as the zero-filled host output it stands for */
+    DFC_CHECK_ALLOC(*t);
+    return DFC_OK;
+}
+
+dfc_status dfc_run_staged(dfc_backend *be, dfc_staged_tensor *tensors, int count,
+                          dfc_status (*run)(dfc_backend *be, void *ctx, dfc_error *err), void *ctx, dfc_error *err)
+{
+    dfc_status st = DFC_OK;
+    int moved = 0;
+    for (; moved < count && st == DFC_OK; moved++) {
+        dfc_tensor *t = tensors[moved].t;
+        const size_t bytes = (size_t)dfc_numel(t) * sizeof(float);
+        float *device = be->iface->alloc(be, bytes, err);
+        if (!device) {
+            st = err->code ? err->code : DFC_ERR_NOMEM;
+            break;
+        }
+        tensors[moved].host = t->data;
+        t->data = device;
+        st = tensors[moved].copy_in ? be->iface->copy_from_host(be, device, tensors[moved].host, bytes, err)
+                                    : be->iface->zero(be, device, bytes, err);
+    }
+    if (st == DFC_OK)
+        st = run(be, ctx, err);
+    for (int k = 0; k < moved; k++) {
+        dfc_tensor *t = tensors[k].t;
+        if (st == DFC_OK && tensors[k].copy_back)
+            st = be->iface->copy_to_host(be, tensors[k].host, t->data, (size_t)dfc_numel(t) * sizeof(float), err);
+    }
+    for (int k = 0; k < moved; k++) {
+        be->iface->free(be, tensors[k].t->data);
+        tensors[k].t->data = tensors[k].host;
+    }
+    return st;
+}
+
 dfc_status dfc_channel_constants(dfc_backend *be, dfc_arena *arena, const float *values, int64_t count, dfc_tensor *out,
                                  dfc_error *err)
 {

@@ -182,6 +182,24 @@ dfc_status dfc_result_scope_end(dfc_backend *be, dfc_arena *arena, const dfc_res
 /* The same between host memory and backend memory: dst (backend) = host_src; host_dst = src (backend). */
 dfc_status dfc_copy_tensor_from_host(dfc_backend *be, dfc_tensor *dst, const dfc_tensor *host_src, dfc_error *err);
 dfc_status dfc_copy_tensor_to_host(dfc_backend *be, dfc_tensor *host_dst, const dfc_tensor *src, dfc_error *err);
+/* For callers whose arrays are in host memory (the Python binding, a C program): an input t moved into arena (be's
+ * memory), t->data then pointing at the copy (data NULL, an absent optional input, stays NULL); and an output's
+ * zero-filled stand-in t in arena with host's shape (host->data NULL: not wanted, t->data NULL too), copied back
+ * with dfc_copy_tensor_to_host once computed. */
+dfc_status dfc_input_into_arena(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err);
+dfc_status dfc_output_in_arena(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err);
+
+/* One call of run(be, ctx, err) on host tensors, for a backend whose memory is not host memory: each tensor gets
+ * backend memory for the call (copied in from the host where copy_in, else zeroed as a fresh output is), run sees
+ * the backend copies in place of the host data, the tensors it writes (copy_back) are copied back, and the backend
+ * memory is freed; every t->data is the host's again on return. */
+typedef struct dfc_staged_tensor {
+    dfc_tensor *t;
+    int copy_in, copy_back;
+    float *host; /* t's host data during the call (set by dfc_run_staged) */
+} dfc_staged_tensor;
+dfc_status dfc_run_staged(dfc_backend *be, dfc_staged_tensor *tensors, int count,
+                          dfc_status (*run)(dfc_backend *be, void *ctx, dfc_error *err), void *ctx, dfc_error *err);
 
 /* A (1, count, 1, 1) tensor in arena (backend memory) holding count host values: per-channel constants for the
  * broadcasting ops. */

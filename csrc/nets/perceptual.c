@@ -184,3 +184,26 @@ dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_are
     reset_both(arena, am, scratch, sm);
     return st;
 }
+
+dfc_status dfc_perceptual_set_reference_from_host(dfc_perceptual *p, dfc_backend *be, dfc_arena *arena,
+                                                  dfc_arena *scratch, dfc_tensor *b, dfc_error *err)
+{
+    dfc_arena_mark mark = dfc_arena_get_mark(arena);
+    dfc_status st = dfc_input_into_arena(be, arena, b, err);
+    if (st == DFC_OK)
+        st = dfc_perceptual_set_reference(p, be, arena, scratch, b, err);
+    dfc_arena_reset(arena, mark);
+    return st;
+}
+
+dfc_status dfc_perceptual_loss_from_host(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                         dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err)
+{
+    dfc_tensor loss_be, da_be;
+    DFC_TRY(dfc_input_into_arena(be, arena, a, err));
+    DFC_TRY(dfc_output_in_arena(arena, loss, &loss_be, err));
+    DFC_TRY(dfc_output_in_arena(arena, da, &da_be, err));
+    DFC_TRY(dfc_perceptual_loss(p, be, arena, scratch, a, &loss_be, da->data ? &da_be : NULL, err));
+    DFC_TRY(dfc_copy_tensor_to_host(be, loss, &loss_be, err));
+    return da->data ? dfc_copy_tensor_to_host(be, da, &da_be, err) : DFC_OK;
+}

@@ -34,4 +34,11 @@ int dfc_perceptual_has_reference(const dfc_perceptual *p);
 dfc_status dfc_perceptual_loss(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                const dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
 
+/* The same two for a caller whose arrays are in host memory: b, a moved into arena (net.h's *_from_host), loss and
+ * da (data NULL: not wanted) computed there and copied back. arena is left as found by set_reference. */
+dfc_status dfc_perceptual_set_reference_from_host(dfc_perceptual *p, dfc_backend *be, dfc_arena *arena,
+                                                  dfc_arena *scratch, dfc_tensor *b, dfc_error *err);
+dfc_status dfc_perceptual_loss_from_host(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
+                                         dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err);
+
 #endif

@@ -23,8 +23,10 @@ static int diffusion_init(DiffusionObject *self, PyObject *args, PyObject *kwarg
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&ssO&", kwlist, dfc_py_int_converter, &steps, &schedule,
                                      &respacing, dfc_py_int_converter, &variance_type))
         return -1;
-    dfc_diffusion_destroy(self->d);
-    self->d = NULL;
+    if (self->d) { /* a sampler may be running on it in another thread */
+        PyErr_SetString(PyExc_RuntimeError, "Diffusion: already initialised (make a new Diffusion instead)");
+        return -1;
+    }
     dfc_error err = {0};
     if (dfc_diffusion_create(steps.value, schedule, respacing, (dfc_variance_type)variance_type.value, &self->d,
                              &err) != DFC_OK) {

@@ -93,8 +93,6 @@ static int parse_cond(PyObject *obj, const char *op, dfc_py_refs *refs, dfc_tens
     return rc;
 }
 
-static const dfc_tensor *cond_or_null(const dfc_tensor *cond) { return cond->data ? cond : NULL; }
-
 /* Parses (backend, x[, douts][, cond]) where douts is a tuple with one array or None per output and cond the
  * conditioning input of a conditioned network. */
 static int parse_call(NetworkObject *self, PyObject *args, int with_douts, dfc_py_backend_ref *be, dfc_tensor *x,
@@ -158,16 +156,6 @@ static PyObject *outputs_tuple(const dfc_net *net, dfc_backend *be, const dfc_te
     return result;
 }
 
-/* The forward of a call whose x and cond are numpy's: both copied into the arena (the backend's memory) first. */
-static dfc_status forward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                                    dfc_tensor *x, dfc_tensor *cond, void **tape, dfc_tensor *outputs, dfc_error *err)
-{
-    DFC_TRY(dfc_net_sync(net, be, err)); /* a call from Python: the host values may have changed since the last */
-    DFC_TRY(dfc_py_to_backend(be, arena, x, err));
-    DFC_TRY(dfc_py_to_backend(be, arena, cond, err));
-    return dfc_net_forward(net, be, arena, scratch, x, cond_or_null(cond), tape, outputs, err);
-}
-
 /* forward(backend, x[, cond]) -> tuple of outputs (copied out of the arena) */
 static PyObject *network_forward(NetworkObject *self, PyObject *args)
 {
@@ -178,39 +166,17 @@ static PyObject *network_forward(NetworkObject *self, PyObject *args)
     if (parse_call(self, args, 0, &be, &x, NULL, &cond, &refs, "Network.forward") < 0)
         goto done;
     dfc_error err = {0};
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st = forward_from_host(self->net, be.be, w.main, w.scratch, &x, &cond, NULL, outputs, &err);
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_net_forward_from_host(self->net, be.be, w.main, w.scratch, &x, &cond, NULL, outputs, &err);
     Py_END_ALLOW_THREADS if (st == DFC_OK) result = outputs_tuple(self->net, be.be, outputs);
     else dfc_py_raise(&err);
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
     return result;
-}
-
-/* x, cond, douts: numpy's (copied into the arena here); dx and grads: numpy's (data NULL: not wanted), computed in
- * the arena and copied out. */
-static dfc_status forward_backward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_tensor *x,
-                                   dfc_tensor *cond, dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads,
-                                   dfc_error *err)
-{
-    dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], dx_be, grads_be;
-    void *tape = NULL;
-    for (int k = 0; k < net->num_outputs; k++)
-        DFC_TRY(dfc_py_to_backend(be, arena, &douts[k], err));
-    DFC_TRY(dfc_py_backend_output(arena, dx, &dx_be, err));
-    DFC_TRY(dfc_py_backend_output(arena, grads, &grads_be, err));
-    DFC_TRY(forward_from_host(net, be, arena, NULL, x, cond, &tape, outputs, err));
-    for (int k = 0; k < net->num_outputs; k++) {
-        if (douts[k].data)
-            DFC_TRY(dfc_check_shape(&douts[k], "Network.vjp", net->output_names[k], outputs[k].ndim, outputs[k].shape,
-                                    err));
-    }
-    DFC_TRY(dfc_net_backward(net, be, arena, tape, douts, &dx_be, grads_be.data, err));
-    DFC_TRY(dfc_copy_tensor_to_host(be, dx, &dx_be, err));
-    return grads->data ? dfc_copy_tensor_to_host(be, grads, &grads_be, err) : DFC_OK;
 }
 
 /* vjp and gradients: (backend, x, douts[, cond]) -> dx, or with_grads (dx, flat parameter gradients). */
@@ -228,9 +194,9 @@ static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_gra
     if (!result)
         goto done;
     dfc_error err = {0};
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
-    DFC_PY_RUN(result, err, forward_backward(self->net, be.be, w.main, &x, &cond, douts, &dx, &flat, &err));
+    DFC_PY_RUN(result, err, dfc_net_vjp_from_host(self->net, be.be, w.main, &x, &cond, douts, &dx, &flat, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
@@ -247,19 +213,6 @@ static PyObject *network_vjp(NetworkObject *self, PyObject *args)
 static PyObject *network_gradients(NetworkObject *self, PyObject *args)
 {
     return backward_call(self, args, 1, "Network.gradients");
-}
-
-/* train_step's backward: douts (numpy's) copied in, the parameter gradients computed in the arena and copied out to
- * grads (numpy's). */
-static dfc_status backward_to_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
-                                   dfc_tensor *douts, dfc_tensor *grads, dfc_error *err)
-{
-    dfc_tensor grads_be;
-    for (int k = 0; k < net->num_outputs; k++)
-        DFC_TRY(dfc_py_to_backend(be, arena, &douts[k], err));
-    DFC_TRY(dfc_py_backend_output(arena, grads, &grads_be, err));
-    DFC_TRY(dfc_net_backward(net, be, arena, tape, douts, NULL, grads_be.data, err));
-    return dfc_copy_tensor_to_host(be, grads, &grads_be, err);
 }
 
 /* train_step(backend, x, grad_fn[, cond]) -> (info, flat parameter gradients): one forward with a tape, then
@@ -282,11 +235,12 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
     if (!(grads_obj = dfc_py_new_tensor(1, &total, &flat)))
         goto done;
     dfc_error err = {0};
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
     void *tape = NULL;
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st = forward_from_host(self->net, be.be, w.main, NULL, &x, &cond, &tape, outputs, &err);
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_net_forward_from_host(self->net, be.be, w.main, NULL, &x, &cond, &tape, outputs, &err);
     Py_END_ALLOW_THREADS if (st != DFC_OK)
     {
         dfc_py_raise(&err);
@@ -312,7 +266,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
             goto release;
         }
     }
-    Py_BEGIN_ALLOW_THREADS st = backward_to_host(self->net, be.be, w.main, tape, douts, &flat, &err);
+    Py_BEGIN_ALLOW_THREADS st = dfc_net_backward_from_host(self->net, be.be, w.main, tape, douts, &flat, &err);
     Py_END_ALLOW_THREADS if (st != DFC_OK) dfc_py_raise(&err);
     else result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
 release:
@@ -406,10 +360,7 @@ PyObject *dfc_py_wrap_net(dfc_net *net)
     }
     self->net = net;
     memset(&self->base.ws, 0, sizeof self->base.ws);
-    if (dfc_py_workspace_init(&self->base.ws) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
+    dfc_py_workspace_init(&self->base.ws);
     return (PyObject *)self;
 }
 

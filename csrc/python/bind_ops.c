@@ -835,59 +835,38 @@ static PyObject *out_scalars(op_call *c, PyObject *out)
 }
 
 /* The call on a backend whose memory is not host memory (a GPU): every float32 array (inputs, in-place arguments,
- * outputs) gets backend memory (inputs and in-place arguments copied in, outputs zeroed as numpy's are), the op runs
- * there, the arrays it writes are copied back, and the backend memory is freed. Host vectors and int outputs stay on
- * the host: the op stages those itself. */
+ * outputs) is staged into backend memory for the call (dfc_run_staged). Host vectors and int outputs stay on the
+ * host: the op stages those itself. */
 typedef struct {
-    dfc_tensor *t;
-    float *host;   /* the numpy array's data, put back into t when the call is over */
-    int copy_in;   /* 0: an output, zeroed instead */
-    int copy_back; /* the op writes it */
-} staged_array;
+    const op_desc *op;
+    op_call *c;
+} staged_op;
+
+static dfc_status run_staged_op(dfc_backend *be, void *ctx, dfc_error *err)
+{
+    staged_op *s = ctx;
+    return s->op->call(be, s->c, err);
+}
 
 static dfc_status call_staged(dfc_backend *be, const op_desc *op, op_call *c, int nargs, dfc_error *err)
 {
-    staged_array staged[MAX_ARGS + 2 * MAX_OUTS];
+    dfc_staged_tensor staged[MAX_ARGS + 2 * MAX_OUTS];
     int count = 0;
     for (int k = 0; k < nargs; k++) {
         enum arg_kind kind = op->args[k].kind;
         int in_place = kind == A_INOUT || kind == A_INOUT_NONFINITE;
         if (kind == A_TENSORS) {
             for (int p = 0; p < c->a[k].i; p++)
-                staged[count++] = (staged_array){&c->parts[p], c->parts[p].data, 1, 0};
+                staged[count++] = (dfc_staged_tensor){&c->parts[p], 1, 0, NULL};
         } else if ((kind == A_TENSOR || kind == A_OPTIONAL || kind == A_TENSOR_NONFINITE || in_place) &&
                    c->a[k].t.data) {
-            staged[count++] = (staged_array){&c->a[k].t, c->a[k].t.data, 1, in_place};
+            staged[count++] = (dfc_staged_tensor){&c->a[k].t, 1, in_place, NULL};
         }
     }
     for (int j = 0; j < c->nout; j++)
         if (c->out_ndim[j] && c->out_kind[j] == OUT_FLOAT32)
-            staged[count++] = (staged_array){&c->o[j], c->o[j].data, 0, 1};
-    dfc_status st = DFC_OK;
-    int moved = 0;
-    for (; moved < count && st == DFC_OK; moved++) {
-        size_t bytes = (size_t)dfc_numel(staged[moved].t) * sizeof(float);
-        float *device = be->iface->alloc(be, bytes, err);
-        if (!device) {
-            st = err->code ? err->code : DFC_ERR_NOMEM;
-            break;
-        }
-        staged[moved].t->data = device;
-        st = staged[moved].copy_in ? be->iface->copy_from_host(be, device, staged[moved].host, bytes, err)
-                                   : be->iface->zero(be, device, bytes, err);
-    }
-    if (st == DFC_OK)
-        st = op->call(be, c, err);
-    for (int k = 0; k < moved; k++) {
-        size_t bytes = (size_t)dfc_numel(staged[k].t) * sizeof(float);
-        if (st == DFC_OK && staged[k].copy_back)
-            st = be->iface->copy_to_host(be, staged[k].host, staged[k].t->data, bytes, err);
-    }
-    for (int k = 0; k < moved; k++) {
-        be->iface->free(be, staged[k].t->data);
-        staged[k].t->data = staged[k].host;
-    }
-    return st;
+            staged[count++] = (dfc_staged_tensor){&c->o[j], 0, 1, NULL};
+    return dfc_run_staged(be, staged, count, run_staged_op, &(staged_op){op, c}, err);
 }
 
 static PyObject *run_op(const op_desc *op, PyObject *args)

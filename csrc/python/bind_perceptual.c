@@ -45,8 +45,7 @@ static int perceptual_init(PerceptualObject *self, PyObject *args, PyObject *kwa
         PyErr_SetString(PyExc_RuntimeError, "PerceptualLoss: already initialised");
         return -1;
     }
-    if (dfc_py_workspace_init(&self->base.ws) < 0)
-        return -1;
+    dfc_py_workspace_init(&self->base.ws);
     if (!self->state_lock && !(self->state_lock = PyThread_allocate_lock())) {
         PyErr_NoMemory();
         return -1;
@@ -77,32 +76,6 @@ static int perceptual_ready(PerceptualObject *self)
     return dfc_py_ready(self->loss, "PerceptualLoss: not initialised");
 }
 
-/* The reference image copied into the arena (b: numpy's), then its features kept in be's memory. */
-static dfc_status set_reference_from_host(dfc_perceptual *loss, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                                          dfc_tensor *b, dfc_error *err)
-{
-    dfc_arena_mark mark = dfc_arena_get_mark(arena);
-    dfc_status st = dfc_py_to_backend(be, arena, b, err);
-    if (st == DFC_OK)
-        st = dfc_perceptual_set_reference(loss, be, arena, scratch, b, err);
-    dfc_arena_reset(arena, mark);
-    return st;
-}
-
-/* a (numpy's) copied into the arena; the loss and da computed there and copied out to loss and da (numpy's; da's
- * data NULL: not wanted). */
-static dfc_status loss_from_host(const dfc_perceptual *p, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
-                                 dfc_tensor *a, dfc_tensor *loss, dfc_tensor *da, dfc_error *err)
-{
-    dfc_tensor loss_be, da_be;
-    DFC_TRY(dfc_py_to_backend(be, arena, a, err));
-    DFC_TRY(dfc_py_backend_output(arena, loss, &loss_be, err));
-    DFC_TRY(dfc_py_backend_output(arena, da, &da_be, err));
-    DFC_TRY(dfc_perceptual_loss(p, be, arena, scratch, a, &loss_be, da->data ? &da_be : NULL, err));
-    DFC_TRY(dfc_copy_tensor_to_host(be, loss, &loss_be, err));
-    return da->data ? dfc_copy_tensor_to_host(be, da, &da_be, err) : DFC_OK;
-}
-
 /* set_reference(backend, b) */
 static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args)
 {
@@ -118,10 +91,10 @@ static PyObject *perceptual_set_reference(PerceptualObject *self, PyObject *args
     out = Py_None;
     Py_INCREF(out);
     dfc_error err = {0};
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     perceptual_lock(self->state_lock);
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
-    DFC_PY_RUN(out, err, set_reference_from_host(self->loss, be.be, w.main, w.scratch, &b, &err));
+    DFC_PY_RUN(out, err, dfc_perceptual_set_reference_from_host(self->loss, be.be, w.main, w.scratch, &b, &err));
     if (out) { /* the features are in be's memory now */
         Py_INCREF(be.obj);
         Py_XSETREF(self->reference_backend, be.obj);
@@ -151,10 +124,10 @@ static PyObject *perceptual_loss(PerceptualObject *self, PyObject *args)
     if (!(result = dfc_py_new_tuple(2, (dfc_py_output[]){{1, a.shape, &loss}, {4, da_shape, &da}})))
         goto done;
     dfc_error err = {0};
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     perceptual_lock(self->state_lock);
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
-    DFC_PY_RUN(result, err, loss_from_host(self->loss, be.be, w.main, w.scratch, &a, &loss, &da, &err));
+    DFC_PY_RUN(result, err, dfc_perceptual_loss_from_host(self->loss, be.be, w.main, w.scratch, &a, &loss, &da, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
     PyThread_release_lock(self->state_lock);
 done:

@@ -262,23 +262,6 @@ typedef struct {
 } sample_output;
 enum { SAMPLE_OUTPUTS = 11 };
 
-/* dfc_sampler_run with the images (host memory) copied into be's memory for the call. */
-static dfc_status run_on_backend(const dfc_sampler_config *cfg, const dfc_net *denoiser, const dfc_diffusion *d,
-                                 const dfc_guidance *guidance, dfc_backend *be, dfc_arena *work, dfc_arena *scratch,
-                                 const dfc_tensor *x_host, const uint64_t *keys, py_bridge *bridge,
-                                 dfc_sampler_outputs *out, dfc_error *err)
-{
-    DFC_TRY(dfc_net_sync(denoiser, be, err)); /* the run's start: the denoiser's current values, on be */
-    dfc_tensor x = *x_host;
-    if (!(x.data = be->iface->alloc(be, (size_t)dfc_numel(&x) * sizeof(float), err)))
-        return err->code;
-    dfc_status st = dfc_copy_tensor_from_host(be, &x, x_host, err);
-    if (st == DFC_OK)
-        st = dfc_sampler_run(cfg, denoiser, d, guidance, be, work, scratch, &x, keys, py_progress, bridge, out, err);
-    be->iface->free(be, x.data);
-    return st;
-}
-
 /* sample(config, denoiser, diffusion, guidance, backend, x, sample_keys, progress=None) -> dict; denoiser: a
  * Network conditioned on the timesteps (the UNet) */
 static PyObject *py_sample(PyObject *self, PyObject *args)
@@ -377,12 +360,13 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
      * fresh pages. A workspace another thread is using, or whose memory the backend cannot use, gives the run
      * arenas of its own. */
     dfc_py_workspace *ws = &((DfcWorkspaceObject *)denoiser_obj)->ws;
-    dfc_py_arenas w;
+    dfc_workspace_arenas w;
     dfc_py_workspace_acquire(ws, &(dfc_py_backend_ref){backend_obj, be}, &w);
     const int kept = dfc_arena_usable_by(w.main, be) && dfc_arena_usable_by(w.scratch, be);
     dfc_status st;
-    Py_BEGIN_ALLOW_THREADS st = run_on_backend(&cfg, denoiser, diffusion, &guidance, be, kept ? w.main : NULL,
-                                               kept ? w.scratch : NULL, &x, PyArray_DATA(keys), &bridge, &out, &err);
+    Py_BEGIN_ALLOW_THREADS st =
+        dfc_sampler_run_from_host(&cfg, denoiser, diffusion, &guidance, be, kept ? w.main : NULL,
+                                  kept ? w.scratch : NULL, &x, PyArray_DATA(keys), py_progress, &bridge, &out, &err);
     Py_END_ALLOW_THREADS dfc_py_workspace_release(ws, &w);
     if (bridge.exc_type) {
         /* a Python error inside a callback (or Ctrl-C) is the real cause: raise it */

@@ -24,9 +24,9 @@ static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs
         PyErr_Format(PyExc_ValueError, "Backend: precision must be 'fp32', 'tf32' or 'bf16', got '%s'", precision_name);
         return -1;
     }
-    if (self->be) {
-        dfc_backend_destroy(self->be);
-        self->be = NULL;
+    if (self->be) { /* arenas, workspaces and copies of parameters may hold its memory */
+        PyErr_SetString(PyExc_RuntimeError, "Backend: already initialised (make a new Backend instead)");
+        return -1;
     }
     dfc_error err = {0};
     if (dfc_backend_create(name, num_threads.value, (dfc_precision)precision, &self->be, &err) != DFC_OK) {
@@ -99,8 +99,18 @@ static PyObject *build_info(PyObject *self, PyObject *noargs)
     return Py_BuildValue("{s:s,s:i}", "onednn", v ? "available" : "missing", "onednn_major", v ? v->major : 0);
 }
 
+static PyObject *default_memory_limit(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromSize_t(dfc_default_memory_limit());
+}
+
 static PyMethodDef module_methods[] = {
     {"build_info", build_info, METH_NOARGS, "build_info() -> dict: how this extension was built."},
+    {"default_memory_limit", default_memory_limit, METH_NOARGS,
+     "default_memory_limit() -> int: the bytes the arenas that hold activations may take (90% of the physical "
+     "memory; 0: unknown, no limit)."},
     {NULL, NULL, 0, NULL},
 };
 

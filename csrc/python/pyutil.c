@@ -345,136 +345,54 @@ int dfc_py_add_type(PyObject *module, PyTypeObject *type, const char *name)
 
 /* ---- network workspaces ---- */
 
-/* Empty arenas in be's memory. */
-static void init_arenas(dfc_arena *main, dfc_arena *scratch, dfc_backend *be)
+void dfc_py_workspace_init(dfc_py_workspace *ws)
 {
-    dfc_arena_init_backend(main, be, 0, dfc_default_memory_limit());
-    dfc_arena_init_backend(scratch, be, 0, dfc_default_memory_limit());
-}
-
-/* Frees the arenas' memory, then lets go of the Backend it belonged to (with the GIL). */
-static void free_arenas(dfc_py_workspace *ws)
-{
-    dfc_arena_free(&ws->main);
-    dfc_arena_free(&ws->scratch);
-    Py_CLEAR(ws->backend);
-}
-
-int dfc_py_workspace_init(dfc_py_workspace *ws)
-{
-    if (ws->lock)
-        return 0;
-    init_arenas(&ws->main, &ws->scratch, NULL); /* no memory until the first call says whose */
+    if (ws->ready)
+        return;
+    dfc_workspace_init(&ws->ws);
     ws->backend = NULL;
-    ws->last_peak_bytes = 0;
-    if (!(ws->lock = PyThread_allocate_lock())) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
+    ws->ready = 1;
 }
 
 void dfc_py_workspace_free(dfc_py_workspace *ws)
 {
-    if (!ws->lock)
+    if (!ws->ready)
         return;
-    free_arenas(ws);
-    PyThread_free_lock(ws->lock);
-    ws->lock = NULL;
+    dfc_workspace_free(&ws->ws);
+    Py_CLEAR(ws->backend); /* after the memory it holds is freed */
+    ws->ready = 0;
 }
 
-void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_py_arenas *w)
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_workspace_arenas *w)
 {
-    w->shared = ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK);
-    if (w->shared) {
-        /* kept memory serves any backend that shares it (another thread's Backend of the same kind) */
-        dfc_backend *holder = ws->backend ? ((DfcBackendObject *)ws->backend)->be : NULL;
-        if (!holder || !dfc_backend_same_memory(holder, backend->be)) {
-            free_arenas(ws);
-            init_arenas(&ws->main, &ws->scratch, backend->be);
-            Py_INCREF(backend->obj);
-            ws->backend = backend->obj;
-        } else if (holder != backend->be) {
-            /* another backend of that memory (another stream) takes the arenas: the holder's queued work on them
-             * finishes first (an error there is the holder's, reported by its next call) */
-            dfc_error ignored = {0};
-            (void)holder->iface->synchronize(holder, &ignored);
-        }
-        w->main = &ws->main;
-        w->scratch = &ws->scratch;
-    } else {
-        init_arenas(&w->own_main, &w->own_scratch, backend->be);
-        w->main = &w->own_main;
-        w->scratch = &w->own_scratch;
-    }
-    dfc_arena_mark empty = {0};
-    dfc_arena_reset(w->main, empty);
-    dfc_arena_reset(w->scratch, empty);
-    w->main->peak = w->scratch->peak = 0;
-}
-
-void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w)
-{
-    ws->last_peak_bytes = w->main->peak + w->scratch->peak;
-    if (w->shared) {
-        PyThread_release_lock(ws->lock);
-    } else {
-        dfc_arena_free(&w->own_main);
-        dfc_arena_free(&w->own_scratch);
+    dfc_py_workspace_init(ws); /* a no-op once made: an object's memory is then freed with it */
+    if (dfc_workspace_acquire(&ws->ws, backend->be, w)) { /* the kept arenas now hold backend's memory */
+        Py_INCREF(backend->obj);
+        Py_XSETREF(ws->backend, backend->obj);
     }
 }
 
-void dfc_py_workspace_release_memory(dfc_py_workspace *ws)
-{
-    if (ws->lock && PyThread_acquire_lock(ws->lock, NOWAIT_LOCK)) {
-        free_arenas(ws);
-        PyThread_release_lock(ws->lock);
-    }
-}
-
-size_t dfc_py_workspace_held(const dfc_py_workspace *ws)
-{
-    return dfc_arena_capacity(&ws->main) + dfc_arena_capacity(&ws->scratch);
-}
+void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_workspace_arenas *w) { dfc_workspace_release(&ws->ws, w); }
 
 PyObject *dfc_py_ws_release_memory(PyObject *self, PyObject *noargs)
 {
     (void)noargs;
-    dfc_py_workspace_release_memory(&((DfcWorkspaceObject *)self)->ws);
+    dfc_py_workspace *ws = &((DfcWorkspaceObject *)self)->ws;
+    if (ws->ready && dfc_workspace_release_memory(&ws->ws))
+        Py_CLEAR(ws->backend);
     Py_RETURN_NONE;
 }
 
 PyObject *dfc_py_ws_get_peak(PyObject *self, void *closure)
 {
     (void)closure;
-    return PyLong_FromSize_t(((DfcWorkspaceObject *)self)->ws.last_peak_bytes);
+    return PyLong_FromSize_t(((DfcWorkspaceObject *)self)->ws.ws.last_peak_bytes);
 }
 
 PyObject *dfc_py_ws_get_held(PyObject *self, void *closure)
 {
     (void)closure;
-    return PyLong_FromSize_t(dfc_py_workspace_held(&((DfcWorkspaceObject *)self)->ws));
-}
-
-dfc_status dfc_py_to_backend(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err)
-{
-    if (!t->data)
-        return DFC_OK;
-    dfc_tensor copy = dfc_arena_tensor(arena, t->ndim, t->shape, err);
-    DFC_CHECK_ALLOC(copy);
-    DFC_TRY(dfc_copy_tensor_from_host(be, &copy, t, err));
-    *t = copy;
-    return DFC_OK;
-}
-
-dfc_status dfc_py_backend_output(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err)
-{
-    *t = *host;
-    if (!host->data)
-        return DFC_OK;
-    *t = dfc_arena_zeros(arena, host->ndim, host->shape, err); /* as the zero-filled numpy output it stands for */
-    DFC_CHECK_ALLOC(*t);
-    return DFC_OK;
+    return PyLong_FromSize_t(dfc_workspace_held(&((DfcWorkspaceObject *)self)->ws.ws));
 }
 
 /* ---- shapes most op bindings share ---- */

@@ -9,6 +9,7 @@
 
 #include "../core/arena.h"
 #include "../nets/net.h"
+#include "../nets/workspace.h"
 #include "../ops/ops.h"
 
 /* The Python object wrapping a dfc_backend (diffice._C.Backend). */
@@ -119,36 +120,18 @@ int dfc_py_config_int_list(PyObject *dict, const char *what, const char *key, in
         }                                                   \
     } while (0)
 
-/* Activation memory a network object keeps between calls, so a steady loop neither mallocs nor page-faults.
- * A call that finds it in use by another thread runs with arenas of its own instead of waiting. The arenas hold
- * the memory of the backend of the call that filled them (a call on a backend of other memory replaces them). */
+/* A network object's workspace (nets/workspace.h) and the Backend whose memory its arenas hold, kept alive for them
+ * (a reference; NULL: none yet). Called with the GIL. */
 typedef struct {
-    dfc_arena main, scratch;
-    PyObject *backend; /* the Backend whose memory the arenas hold (a reference; NULL: none yet) */
-    PyThread_type_lock lock;
-    size_t last_peak_bytes; /* arena peak of the last call */
+    dfc_workspace ws;
+    PyObject *backend;
+    int ready;
 } dfc_py_workspace;
 
-typedef struct {
-    dfc_arena *main, *scratch;
-    dfc_arena own_main, own_scratch;
-    int shared;
-} dfc_py_arenas;
-
-int dfc_py_workspace_init(dfc_py_workspace *ws); /* idempotent; -1 with MemoryError */
+void dfc_py_workspace_init(dfc_py_workspace *ws); /* idempotent */
 void dfc_py_workspace_free(dfc_py_workspace *ws);
-/* Arenas in backend's memory for one call (with the GIL). */
-void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_py_arenas *w);
-void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_py_arenas *w);
-void dfc_py_workspace_release_memory(dfc_py_workspace *ws);
-
-/* A call's input t (numpy's memory, from dfc_py_tensor) moved into arena, the backend's memory: t->data is replaced
- * by the copy. data NULL (an absent optional input) stays NULL. Without the GIL. */
-dfc_status dfc_py_to_backend(dfc_backend *be, dfc_arena *arena, dfc_tensor *t, dfc_error *err);
-/* A call's output: a zero-filled tensor of host's shape in arena; once computed, dfc_copy_tensor_to_host(be, host,
- * t) hands it back. host->data NULL gives data NULL (an output not wanted). */
-dfc_status dfc_py_backend_output(dfc_arena *arena, const dfc_tensor *host, dfc_tensor *t, dfc_error *err);
-size_t dfc_py_workspace_held(const dfc_py_workspace *ws);
+void dfc_py_workspace_acquire(dfc_py_workspace *ws, const dfc_py_backend_ref *backend, dfc_workspace_arenas *w);
+void dfc_py_workspace_release(dfc_py_workspace *ws, dfc_workspace_arenas *w);
 
 /* The head of every Python object that keeps a workspace (diffice._C.Network, UNet, PerceptualLoss): their structs
  * start with a DfcWorkspaceObject member, so the method and getters below serve all of them. */

@@ -19,6 +19,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from .. import ops
+from .._native import _C
 from ..io import load_safetensors
 from ..models.network import NetworkBase
 from ..models.probabilities import predicted_class, sigmoid
@@ -431,7 +432,7 @@ def batch_sampler(
         raise ValueError(f"the training set has no {target}")
     h, w = data.images.shape[2:]
     per_image = (data.images[0].nbytes + np.asarray(y_all[0]).nbytes) if len(data) else 0
-    need, limit = _BATCH_COPIES * per_image * int(batch_size), _memory_limit()
+    need, limit = _BATCH_COPIES * per_image * int(batch_size), _C.default_memory_limit()
     if limit and need > limit:
         raise ValueError(
             f"{who}: batch_size (--batch-size) {batch_size} is too large: drawing a batch of {h}x{w} images "
@@ -455,15 +456,6 @@ def batch_sampler(
 
 
 _BATCH_COPIES = 4  # a drawn batch's arrays, counted with the copies batch_sampler's drawing and augmenting make
-
-
-def _memory_limit() -> int:
-    """The C arenas' memory limit (dfc_default_memory_limit: 90% of the physical memory); 0 when unknown."""
-    try:
-        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - not a POSIX system
-        return 0
-    return pages // 10 * 9 * page if pages > 0 and page > 0 else 0
 
 
 # ---- `diffice train segmenter|classifier|oracle` ----
