@@ -304,3 +304,14 @@ def test_real_weights_convert_inv_std_back_to_variance(real):
     assert rel_err(1.0 / np.sqrt(var + 1e-4), arrays["arr_4"]) <= 1e-6
     assert np.array_equal(net.state_dict()["features.0.0.1.bias"], arrays["arr_1"])  # beta
     assert np.array_equal(net.state_dict()["features.0.0.1.weight"], arrays["arr_2"])  # gamma
+
+
+def test_a_mismatched_output_gradient_names_the_call(rng):
+    # the shape check runs in the core (dfc_net_vjp_from_host) for vjp and gradients alike, named by the caller
+    net = SonoNet.random(8, seed=1)
+    x = randn(rng, 2, 1, 32, 48)
+    for call in (net.vjp, net.gradients):
+        with pytest.raises(
+            ValueError, match=rf"Network.{call.__name__}: logits has shape \(2, 5\), expected \(2, 14\)"
+        ):
+            call(x, dlogits=randn(rng, 2, 5))

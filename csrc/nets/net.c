@@ -13,7 +13,7 @@ dfc_status dfc_net_forward_from_host(const dfc_net *net, dfc_backend *be, dfc_ar
 }
 
 dfc_status dfc_net_vjp_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_tensor *x, dfc_tensor *cond,
-                                 dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, dfc_error *err)
+                                 dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, const char *op, dfc_error *err)
 {
     dfc_tensor outputs[DFC_NET_MAX_OUTPUTS], dx_be, grads_be;
     void *tape = NULL;
@@ -24,8 +24,7 @@ dfc_status dfc_net_vjp_from_host(const dfc_net *net, dfc_backend *be, dfc_arena 
     DFC_TRY(dfc_net_forward_from_host(net, be, arena, NULL, x, cond, &tape, outputs, err));
     for (int k = 0; k < net->num_outputs; k++) {
         if (douts[k].data)
-            DFC_TRY(dfc_check_shape(&douts[k], "Network.vjp", net->output_names[k], outputs[k].ndim, outputs[k].shape,
-                                    err));
+            DFC_TRY(dfc_check_shape(&douts[k], op, net->output_names[k], outputs[k].ndim, outputs[k].shape, err));
     }
     DFC_TRY(dfc_net_backward(net, be, arena, tape, douts, dx->data ? &dx_be : NULL, grads_be.data, err));
     if (dx->data)

@@ -103,13 +103,14 @@ static inline dfc_status dfc_net_backward(const dfc_net *net, dfc_backend *be, d
  * forward: first copies the host parameter values to be (dfc_net_sync: they may have changed since the last call),
  * then moves x and cond (NULL or data NULL: none) into arena (dfc_input_into_arena); the outputs stay in arena.
  * vjp: the forward with a tape, then the backward from douts (host; data NULL: that output does not contribute, each
- * other of its output's shape, checked), dx and grads written to host memory (data NULL: not wanted).
+ * other of its output's shape, checked: a mismatch is an error that starts with op), dx and grads written to host
+ * memory (data NULL: not wanted).
  * backward: from the tape of a forward_from_host (which synced the parameters), grads (host, the parameter-buffer
  * layout; data NULL: not wanted) written. */
 dfc_status dfc_net_forward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                      dfc_tensor *x, dfc_tensor *cond, void **tape, dfc_tensor *outputs, dfc_error *err);
 dfc_status dfc_net_vjp_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_tensor *x, dfc_tensor *cond,
-                                 dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, dfc_error *err);
+                                 dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, const char *op, dfc_error *err);
 dfc_status dfc_net_backward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
                                       dfc_tensor *douts, dfc_tensor *grads, dfc_error *err);
 

@@ -196,7 +196,7 @@ static PyObject *backward_call(NetworkObject *self, PyObject *args, int with_gra
     dfc_error err = {0};
     dfc_workspace_arenas w;
     dfc_py_workspace_acquire(&self->base.ws, &be, &w);
-    DFC_PY_RUN(result, err, dfc_net_vjp_from_host(self->net, be.be, w.main, &x, &cond, douts, &dx, &flat, &err));
+    DFC_PY_RUN(result, err, dfc_net_vjp_from_host(self->net, be.be, w.main, &x, &cond, douts, &dx, &flat, op, &err));
     dfc_py_workspace_release(&self->base.ws, &w);
 done:
     dfc_py_refs_release(&refs);
