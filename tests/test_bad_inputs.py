@@ -106,6 +106,7 @@ def _write(data: bytes, name: str) -> Path:
 
 
 @SETTINGS
+@pytest.mark.filterwarnings("ignore::diffice.data.images.AspectRatioWarning")  # random images: odd shapes on purpose
 @given(
     data=st.one_of(st.binary(max_size=512), corrupted("png"), corrupted("png_rgb")),
     suffix=st.sampled_from([".png", ".jpg", ".tif", ".bmp"]),
@@ -162,6 +163,7 @@ def test_list_images_missing_folder(tmp_path):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.filterwarnings("ignore::diffice.data.images.AspectRatioWarning")  # random images: odd shapes on purpose
 @given(
     bad=st.one_of(st.binary(max_size=256), corrupted("png")),
     position=st.integers(0, 2),

@@ -11,6 +11,10 @@ from diffice import _C, GaussianDiffusion, classification_loss, ops
 from diffice.explain.explainer import Explainer, image_keys
 from diffice.ops import get_backend
 
+# Tiny random models often call every input the target already: the SuspiciousRunWarning that says so is
+# noise in tests about something else (the tests about the warning itself catch it with pytest.warns).
+pytestmark = pytest.mark.filterwarnings("ignore::diffice.SuspiciousRunWarning")
+
 H, W = 16, 24
 
 

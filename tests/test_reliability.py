@@ -17,6 +17,10 @@ from diffice import _C, GaussianDiffusion, PerceptualLoss, ResNetFeatures, Segme
 from diffice.explain.explainer import Explainer
 from diffice.ops import get_backend
 
+# Tiny random models often call every input the target already: the SuspiciousRunWarning that says so is
+# noise in tests about something else (the tests about the warning itself catch it with pytest.warns).
+pytestmark = pytest.mark.filterwarnings("ignore::diffice.SuspiciousRunWarning")
+
 
 @pytest.fixture(scope="module")
 def tiny():

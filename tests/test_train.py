@@ -310,6 +310,8 @@ def test_train_bad_inputs(tmp_path):
         train_ddpm(blobs(n=2), tmp_path / "c", TINY, steps=1, progress=False, resume=True)
 
 
+# the PNGs are resized to another shape on purpose
+@pytest.mark.filterwarnings("ignore::diffice.data.images.AspectRatioWarning")
 def test_cli_trains_on_a_folder_of_pngs(tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
     folder = tmp_path / "images"
