@@ -102,17 +102,17 @@ static inline dfc_status dfc_net_backward(const dfc_net *net, dfc_backend *be, d
 /* The same calls for a caller whose arrays are in host memory (the Python binding, a C program).
  * forward: first copies the host parameter values to be (dfc_net_sync: they may have changed since the last call),
  * then moves x and cond (NULL or data NULL: none) into arena (dfc_input_into_arena); the outputs stay in arena.
- * vjp: the forward with a tape, then the backward from douts (host; data NULL: that output does not contribute, each
- * other of its output's shape, checked: a mismatch is an error that starts with op), dx and grads written to host
- * memory (data NULL: not wanted).
- * backward: from the tape of a forward_from_host (which synced the parameters), grads (host, the parameter-buffer
- * layout; data NULL: not wanted) written. */
+ * backward: from the tape of a forward_from_host (which synced the parameters), douts (host; data NULL: that output
+ * does not contribute) moved into arena, dx (x's shape) and grads (the parameter-buffer layout) written to host
+ * memory (dx NULL, or either's data NULL: not wanted).
+ * vjp: forward_from_host with a tape, each given dout checked against its output's shape (a mismatch is an error
+ * that starts with op), then backward_from_host. */
 dfc_status dfc_net_forward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                      dfc_tensor *x, dfc_tensor *cond, void **tape, dfc_tensor *outputs, dfc_error *err);
 dfc_status dfc_net_vjp_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_tensor *x, dfc_tensor *cond,
                                  dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, const char *op, dfc_error *err);
 dfc_status dfc_net_backward_from_host(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
-                                      dfc_tensor *douts, dfc_tensor *grads, dfc_error *err);
+                                      dfc_tensor *douts, dfc_tensor *dx, dfc_tensor *grads, dfc_error *err);
 
 static inline void dfc_net_destroy(dfc_net *net)
 {

@@ -266,7 +266,7 @@ static PyObject *network_train_step(NetworkObject *self, PyObject *args)
             goto release;
         }
     }
-    Py_BEGIN_ALLOW_THREADS st = dfc_net_backward_from_host(self->net, be.be, w.main, tape, douts, &flat, &err);
+    Py_BEGIN_ALLOW_THREADS st = dfc_net_backward_from_host(self->net, be.be, w.main, tape, douts, NULL, &flat, &err);
     Py_END_ALLOW_THREADS if (st != DFC_OK) dfc_py_raise(&err);
     else result = PyTuple_Pack(2, PyTuple_GET_ITEM(answer, 1), grads_obj);
 release:
