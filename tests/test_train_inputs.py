@@ -141,10 +141,11 @@ def test_supervised_batch_beyond_memory_is_refused_before_allocating(tmp_path, p
         supervised(phantom_set, tmp_path / "zero", batch_size=0)
 
 
-def test_the_batch_limit_is_the_c_arenas_limit():
-    # the guard asks the C core for its limit (one rule): 90% of the physical memory, as the arenas apply it
+def test_the_batch_limit_is_the_c_backends_limit():
+    # the guard asks the C core for its limit (one rule), the one a backend applies to its arenas (the rule itself:
+    # tests/test_memory_budget.py)
     pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    assert _C.default_memory_limit() == pages // 10 * 9 * page > 0
+    assert 0 < _C.default_memory_limit() == _C.Backend("cpu", 1).memory_limit <= pages // 10 * 9 * page
 
 
 def test_out_of_memory_in_a_step_names_the_batch_size(tmp_path, monkeypatch):

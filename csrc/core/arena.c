@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../ops/ops.h"
 
@@ -10,20 +9,29 @@ _Static_assert(DFC_ARENA_ALIGN <= DFC_BACKEND_ALIGN, "backend memory must be ali
 
 static size_t round_up(size_t n) { return (n + DFC_ARENA_ALIGN - 1) / DFC_ARENA_ALIGN * DFC_ARENA_ALIGN; }
 
-/* A chunk's memory: the backend's, or the host's (the host functions take no backend). */
+/* A chunk's memory: the backend's, counted in its memory budget while the arena holds it; or the host's (the host
+ * functions take no backend). NULL with an "arena: " error on failure. */
 static void *chunk_alloc(dfc_arena *arena, size_t bytes, dfc_error *err)
 {
-    if (arena->backend)
-        return arena->backend->iface->alloc(arena->backend, bytes, err);
-    return dfc_host_alloc(NULL, bytes, err);
+    dfc_backend *be = arena->backend;
+    if (be && dfc_backend_reserve(be, bytes, "arena", err) != DFC_OK)
+        return NULL;
+    void *base = be ? be->iface->alloc(be, bytes, err) : dfc_host_alloc(NULL, bytes, err);
+    if (!base) {
+        dfc_backend_release(be, bytes);
+        dfc_error_prefix(err, "arena: ");
+    }
+    return base;
 }
 
-static void chunk_free(dfc_arena *arena, void *base)
+static void chunk_free(dfc_arena *arena, dfc_arena_chunk chunk)
 {
-    if (arena->backend)
-        arena->backend->iface->free(arena->backend, base);
-    else
-        dfc_host_free(NULL, base);
+    if (arena->backend) {
+        arena->backend->iface->free(arena->backend, chunk.base);
+        dfc_backend_release(arena->backend, chunk.capacity);
+    } else {
+        dfc_host_free(NULL, chunk.base);
+    }
 }
 
 void dfc_arena_init_backend(dfc_arena *arena, dfc_backend *be, size_t chunk_size, size_t limit)
@@ -42,7 +50,7 @@ void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit)
 void dfc_arena_free(dfc_arena *arena)
 {
     for (int i = 0; i < arena->num_chunks; i++)
-        chunk_free(arena, arena->chunks[i].base);
+        chunk_free(arena, arena->chunks[i]);
     free(arena->chunks);
     if (arena->host) {
         dfc_arena_free(arena->host);
@@ -104,14 +112,12 @@ static int ensure_chunk(dfc_arena *arena, int index, size_t bytes, dfc_error *er
         arena->chunks = chunks;
         arena->max_chunks = grown;
     }
-    for (int i = index; i < arena->num_chunks; i++)
-        chunk_free(arena, arena->chunks[i].base);
+    for (int i = index; i < arena->num_chunks; i++) /* before the new one is counted: never held twice */
+        chunk_free(arena, arena->chunks[i]);
     arena->num_chunks = index;
     unsigned char *base = chunk_alloc(arena, want, err);
-    if (!base) {
-        dfc_error_prefix(err, "arena: ");
+    if (!base)
         return 0;
-    }
     arena->chunks[index].base = base;
     arena->chunks[index].capacity = want;
     arena->num_chunks = index + 1;
@@ -204,14 +210,6 @@ void dfc_arena_reset(dfc_arena *arena, dfc_arena_mark mark)
     arena->in_use = mark.in_use;
     if (arena->host) /* made after the mark: its fields are 0, everything in it is released */
         dfc_arena_reset(arena->host, (dfc_arena_mark){mark.host_chunk, mark.host_offset, mark.host_in_use, 0, 0, 0});
-}
-
-size_t dfc_default_memory_limit(void)
-{
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (pages <= 0 || page <= 0)
-        return 0; /* unknown: no limit */
-    return (size_t)pages / 10 * 9 * (size_t)page;
 }
 
 int dfc_arena_usable_by(const dfc_arena *arena, const dfc_backend *be)

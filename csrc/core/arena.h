@@ -48,9 +48,6 @@ void dfc_arena_init(dfc_arena *arena, size_t chunk_size, size_t limit);
  * outlive the arena's chunks (dfc_arena_free). be NULL: host memory, as dfc_arena_init. */
 void dfc_arena_init_backend(dfc_arena *arena, dfc_backend *be, size_t chunk_size, size_t limit);
 
-/* 90% of the machine's physical memory: the limit of the arenas that hold activations, so a batch too large for
- * the machine fails with a clear error instead of being killed by the kernel's out-of-memory handler. */
-size_t dfc_default_memory_limit(void);
 void dfc_arena_free(dfc_arena *arena);
 
 /* 64-byte aligned, uninitialised, in the arena's memory (the backend's for a backend arena: for tensors, which

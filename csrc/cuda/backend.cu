@@ -68,6 +68,7 @@ static dfc_status cuda_backend_create(dfc_backend *be, dfc_error *err)
     if (!state)
         return dfc_fail(err, DFC_ERR_NOMEM, "cuda: out of host memory");
     be->impl = state;
+    be->memory_limit = 0; /* device memory: the allocator's out-of-memory error says what is free */
     state->device = be->device;
     DFC_CUDA_TRY(cudaSetDevice(state->device));
     DFC_CUDA_TRY(cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));

@@ -380,8 +380,8 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
     dfc_arena own_work, own_scratch;
     const int own = !work || !scratch;
     if (own) {
-        dfc_arena_init_backend(&own_work, be, 0, dfc_default_memory_limit());
-        dfc_arena_init_backend(&own_scratch, be, 0, dfc_default_memory_limit());
+        dfc_arena_init_backend(&own_work, be, 0, 0); /* be->memory_limit bounds them */
+        dfc_arena_init_backend(&own_scratch, be, 0, 0);
         work = &own_work;
         scratch = &own_scratch;
     }

@@ -4,8 +4,8 @@
 
 static void init_arenas(dfc_arena *main, dfc_arena *scratch, dfc_backend *be)
 {
-    dfc_arena_init_backend(main, be, 0, dfc_default_memory_limit());
-    dfc_arena_init_backend(scratch, be, 0, dfc_default_memory_limit());
+    dfc_arena_init_backend(main, be, 0, 0); /* be->memory_limit bounds them */
+    dfc_arena_init_backend(scratch, be, 0, 0);
 }
 
 static void free_arenas(dfc_workspace *ws)

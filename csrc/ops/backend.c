@@ -11,6 +11,7 @@
 #include <omp.h>
 #endif
 
+#include "../core/memory.h"
 #include "ops.h"
 
 /* Every backend this build has, the default first. "cuda" is a loader: the GPU code lives in a plugin library
@@ -109,6 +110,7 @@ dfc_status dfc_backend_create(const char *name, int num_threads, dfc_precision p
     be->num_threads = default_threads(num_threads);
     be->device = device;
     be->precision = precision;
+    be->memory_limit = dfc_default_memory_limit(); /* a GPU backend's create sets 0 */
     dfc_status st = iface->create(be, err);
     if (st != DFC_OK) {
         be->iface->destroy(be); /* releases what a create that failed half way obtained (the loader swaps iface) */
@@ -125,6 +127,56 @@ void dfc_backend_destroy(dfc_backend *be)
         return;
     be->iface->destroy(be);
     free(be);
+}
+
+/* ---- the memory budget ---- */
+
+/* "1.5 GiB", "12.3 MiB" */
+static const char *format_bytes(size_t bytes, char buf[32])
+{
+    const double gib = (double)bytes / (double)(1 << 30);
+    if (gib >= 1.0)
+        snprintf(buf, 32, "%.3g GiB", gib);
+    else
+        snprintf(buf, 32, "%.3g MiB", (double)bytes / (double)(1 << 20));
+    return buf;
+}
+
+dfc_status dfc_backend_reserve(dfc_backend *be, size_t bytes, const char *what, dfc_error *err)
+{
+    if (!be)
+        return DFC_OK;
+    const size_t held = __atomic_add_fetch(&be->memory_held, bytes, __ATOMIC_RELAXED);
+    const size_t limit = __atomic_load_n(&be->memory_limit, __ATOMIC_RELAXED); /* Python may set it */
+    if (!limit)
+        return DFC_OK;
+    const int over_limit = held < bytes || held > limit;
+    /* other processes' memory counts too: a buffer the kernel cannot give without swapping, with some room left
+     * for everything else (Python, numpy, the kernel), is refused here, not met by its out-of-memory handler later
+     * (checked for large buffers only: /proc is read for each) */
+    const size_t room = (size_t)256 << 20;
+    const size_t available = !over_limit && bytes >= ((size_t)64 << 20) ? dfc_available_memory() : 0;
+    if (!over_limit && (!available || bytes + room <= available))
+        return DFC_OK;
+    __atomic_sub_fetch(&be->memory_held, bytes, __ATOMIC_RELAXED);
+    char asked[32], allowed[32], held_before[32];
+    format_bytes(bytes, asked);
+    format_bytes(held - bytes, held_before);
+    if (over_limit)
+        return dfc_fail(err, DFC_ERR_NOMEM,
+                        "%s: %s more would pass the %s backend's memory limit of %s (%s held by its arenas and "
+                        "buffers; a smaller batch or image size needs less)",
+                        what, asked, be->iface->name, format_bytes(limit, allowed), held_before);
+    return dfc_fail(err, DFC_ERR_NOMEM,
+                    "%s: %s more, but the machine has only %s available now (256 MiB of it kept free; %s held by the "
+                    "%s backend's arenas and buffers; a smaller batch or image size needs less)",
+                    what, asked, format_bytes(available, allowed), held_before, be->iface->name);
+}
+
+void dfc_backend_release(dfc_backend *be, size_t bytes)
+{
+    if (be)
+        __atomic_sub_fetch(&be->memory_held, bytes, __ATOMIC_RELAXED);
 }
 
 /* ---- host memory ---- */

@@ -4,6 +4,7 @@
  * reference kernel for a transposed (column-strided) output, about 500x slower at T = 1008. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "attention_layout.h"
@@ -50,13 +51,29 @@ static void softmax_backward_rows(const dfc_backend *be, const float *P, float *
     }
 }
 
-static float *alloc_weights(const char *op, const dfc_attention_layout *l, dfc_error *err)
+static size_t weights_bytes(const dfc_attention_layout *l) { return (size_t)(l->heads * l->T * l->T) * sizeof(float); }
+
+/* One sample's attention weights (heads, T, T), counted in be's memory budget until free_weights. */
+static float *alloc_weights(dfc_backend *be, const char *op, const dfc_attention_layout *l, dfc_error *err)
 {
-    float *buf = malloc((size_t)(l->heads * l->T * l->T) * sizeof *buf);
-    if (!buf)
+    char what[64];
+    snprintf(what, sizeof what, "%s: the attention weights", op);
+    if (dfc_backend_reserve(be, weights_bytes(l), what, err) != DFC_OK)
+        return NULL;
+    float *buf = malloc(weights_bytes(l));
+    if (!buf) {
+        dfc_backend_release(be, weights_bytes(l));
         dfc_fail(err, DFC_ERR_NOMEM, "%s: cannot allocate the %lld x %lld x %lld weight buffer", op,
                  (long long)l->heads, (long long)l->T, (long long)l->T);
+    }
     return buf;
+}
+
+static void free_weights(dfc_backend *be, const dfc_attention_layout *l, float *buf)
+{
+    if (buf)
+        dfc_backend_release(be, weights_bytes(l));
+    free(buf);
 }
 
 /* P[h] = softmax(q_h^T k_h / sqrt(ch)) for every head of sample n, P (heads, T, T). */
@@ -80,7 +97,7 @@ dfc_status cpu_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int hea
     dfc_attention_layout l = {0};
     DFC_TRY(dfc_attention_layout_init("attention", qkv, heads, legacy_order, y, "y", &l, err));
     const int64_t T = l.T, ch = l.ch;
-    float *P = alloc_weights("attention", &l, err);
+    float *P = alloc_weights(be, "attention", &l, err);
     if (!P)
         return DFC_ERR_NOMEM;
     dfc_status st = DFC_OK;
@@ -94,7 +111,7 @@ dfc_status cpu_attention_forward(dfc_backend *be, const dfc_tensor *qkv, int hea
         dfc_matmul_operand yc = {y->data + n * l.C * T, {ch * T, T, 1}};
         st = dfc_dnnl_matmul(be, l.heads, ch, T, T, va, pt, yc, 1.0f, 0.0f, err);
     }
-    free(P);
+    free_weights(be, &l, P);
     return st;
 }
 
@@ -110,8 +127,8 @@ dfc_status cpu_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
     const int64_t T = l.T, ch = l.ch, hs = l.head_stride, kv = l.kv_stride;
     const float scale = (float)(1.0 / sqrt((double)ch));
     dfc_status st = DFC_OK;
-    float *P = alloc_weights(op, &l, err);
-    float *dP = P ? alloc_weights(op, &l, err) : NULL;
+    float *P = alloc_weights(be, op, &l, err);
+    float *dP = P ? alloc_weights(be, op, &l, err) : NULL;
     if (!P || !dP) {
         st = DFC_ERR_NOMEM;
         goto done;
@@ -141,7 +158,7 @@ dfc_status cpu_attention_backward(dfc_backend *be, const dfc_tensor *dy, const d
             goto done;
     }
 done:
-    free(P);
-    free(dP);
+    free_weights(be, &l, P);
+    free_weights(be, &l, dP);
     return st;
 }

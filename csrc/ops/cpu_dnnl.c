@@ -128,12 +128,12 @@ void dfc_cpu_state_destroy(dfc_cpu_state *s)
 
 size_t dfc_cpu_workspace_bytes(const dfc_cpu_state *s) { return s->workspace_size; }
 
-static dfc_status workspace_reserve(dfc_cpu_state *s, size_t size, dfc_error *err);
+static dfc_status workspace_reserve(dfc_backend *be, size_t size, dfc_error *err);
 
 dfc_status dfc_cpu_workspace(dfc_backend *be, size_t bytes, void **out, dfc_error *err)
 {
     dfc_cpu_state *s = be->impl;
-    DFC_TRY(workspace_reserve(s, bytes, err));
+    DFC_TRY(workspace_reserve(be, bytes, err));
     *out = s->workspace;
     return DFC_OK;
 }
@@ -244,16 +244,24 @@ done:
     return st;
 }
 
-static dfc_status workspace_reserve(dfc_cpu_state *s, size_t size, dfc_error *err)
+/* Grows the workspace to at least size bytes (counted in be's memory budget while it is held). */
+static dfc_status workspace_reserve(dfc_backend *be, size_t size, dfc_error *err)
 {
+    dfc_cpu_state *s = be->impl;
     if (size <= s->workspace_size)
         return DFC_OK;
     free(s->workspace);
+    s->workspace = NULL;
+    dfc_backend_release(be, s->workspace_size);
     s->workspace_size = 0;
-    s->workspace = aligned_alloc(WORKSPACE_ALIGN, round_up(size, WORKSPACE_ALIGN));
-    if (!s->workspace)
+    const size_t rounded = round_up(size, WORKSPACE_ALIGN);
+    DFC_TRY(dfc_backend_reserve(be, rounded, "cpu backend: the oneDNN workspace", err));
+    s->workspace = aligned_alloc(WORKSPACE_ALIGN, rounded);
+    if (!s->workspace) {
+        dfc_backend_release(be, rounded);
         return dfc_fail(err, DFC_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes of oneDNN workspace", size);
-    s->workspace_size = round_up(size, WORKSPACE_ALIGN);
+    }
+    s->workspace_size = rounded;
     return DFC_OK;
 }
 
@@ -263,7 +271,7 @@ static dfc_status entry_execute(dfc_backend *be, prim_entry *e, float *const *bu
 {
     dfc_cpu_state *s = be->impl;
     dfc_status st = DFC_OK;
-    DFC_TRY(workspace_reserve(s, e->workspace_size, err));
+    DFC_TRY(workspace_reserve(be, e->workspace_size, err));
     char *workspace = s->workspace;
     dnnl_exec_arg_t args[PRIM_MAX_SLOTS + 1];
     int nargs = 0;

@@ -522,6 +522,12 @@ struct dfc_backend {
     int private_memory;             /* set by create: its memory is its own, never another backend's (the strict
                                        emulation's mappings, readable inside this backend's ops only) */
     void *impl;                     /* backend-private state (oneDNN engine and stream, ...) */
+    /* Host memory the backend may hold at once, over every arena chunk and op scratch buffer of its host RAM
+     * (dfc_backend_reserve); 0: no limit (a GPU's memory: its allocator reports what is free). Set by create:
+     * dfc_default_memory_limit(). */
+    size_t memory_limit;
+    size_t memory_held; /* what dfc_backend_reserve counted and dfc_backend_release has not given back (atomic;
+                           counted without a limit too) */
 };
 
 /* Creates a backend by its interface's name ("ref": plain C oracle; "cpu": oneDNN + OpenMP; "cuda" or "cuda:N": the
@@ -535,6 +541,15 @@ const char *dfc_backend_registered(int index);
 /* The device_count of the registered backend called name ("cuda", not "cuda:1"); -1 for an unknown name. */
 int dfc_backend_device_count(const char *name);
 static inline const char *dfc_backend_name(const dfc_backend *be) { return be->iface->name; }
+
+/* Counts bytes about to be allocated for `what` against be->memory_limit, so the memory of all of a backend's
+ * arenas and scratch buffers together stays under one limit; a buffer of 64 MiB or more must also fit the memory
+ * the machine has available now (other processes' use), 256 MiB of it kept free. DFC_ERR_NOMEM (a MemoryError in Python) saying how much
+ * was asked, held and allowed, and nothing counted, when it does not fit. be NULL: nothing to count. Every
+ * reservation is given back by dfc_backend_release with the same bytes when the memory is freed. Without a limit
+ * it only counts. */
+dfc_status dfc_backend_reserve(dfc_backend *be, size_t bytes, const char *what, dfc_error *err);
+void dfc_backend_release(dfc_backend *be, size_t bytes);
 
 /* The tables and interfaces, defined in ref_backend.c and cpu_backend.c. */
 extern const dfc_ops dfc_ref_ops;

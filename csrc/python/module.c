@@ -7,6 +7,8 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "../core/memory.h"
+
 /* ---- Backend type ---- */
 
 static int backend_init(DfcBackendObject *self, PyObject *args, PyObject *kwargs)
@@ -69,11 +71,55 @@ static PyObject *backend_get_num_threads(DfcBackendObject *self, void *closure)
     return PyLong_FromLong(self->be ? self->be->num_threads : 0);
 }
 
+static PyObject *backend_get_memory_limit(DfcBackendObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->be ? __atomic_load_n(&self->be->memory_limit, __ATOMIC_RELAXED) : 0);
+}
+
+static int backend_set_memory_limit(DfcBackendObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "Backend: memory_limit cannot be deleted (0 means no limit)");
+        return -1;
+    }
+    if (!PyLong_Check(value) || PyBool_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "Backend: memory_limit must be an int (bytes; 0: no limit), got %s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    size_t bytes = PyLong_AsSize_t(value);
+    if (bytes == (size_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "Backend: memory_limit must be a number of bytes >= 0 (0: no limit)");
+        return -1;
+    }
+    if (!self->be) {
+        PyErr_SetString(PyExc_RuntimeError, "Backend: not initialised");
+        return -1;
+    }
+    __atomic_store_n(&self->be->memory_limit, bytes, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static PyObject *backend_get_memory_held(DfcBackendObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->be ? __atomic_load_n(&self->be->memory_held, __ATOMIC_RELAXED) : 0);
+}
+
 static PyGetSetDef backend_getset[] = {
     {"name", (getter)backend_get_name, NULL, "backend name ('ref' or 'cpu')", NULL},
     {"num_threads", (getter)backend_get_num_threads, NULL, "threads the backend's kernels use", NULL},
     {"precision", (getter)backend_get_precision, NULL, "what its convolutions and products may use ('fp32', 'tf32')",
      NULL},
+    {"memory_limit", (getter)backend_get_memory_limit, (setter)backend_set_memory_limit,
+     "bytes of host memory its arenas and scratch buffers may hold together (default: default_memory_limit(); 0: no "
+     "limit, a GPU backend's default); past it an allocation raises MemoryError",
+     NULL},
+    {"memory_held", (getter)backend_get_memory_held, NULL,
+     "bytes its arenas and scratch buffers hold now (what counts against memory_limit)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -109,8 +155,8 @@ static PyObject *default_memory_limit(PyObject *self, PyObject *noargs)
 static PyMethodDef module_methods[] = {
     {"build_info", build_info, METH_NOARGS, "build_info() -> dict: how this extension was built."},
     {"default_memory_limit", default_memory_limit, METH_NOARGS,
-     "default_memory_limit() -> int: the bytes the arenas that hold activations may take (90% of the physical "
-     "memory; 0: unknown, no limit)."},
+     "default_memory_limit() -> int: the bytes of host memory a new backend may hold (its arenas and scratch "
+     "buffers together): 90% of the physical memory or of the cgroup's limit where lower; 0: unknown, no limit."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -422,8 +422,9 @@ def batch_sampler(
     (masks moved with their images). target: "masks", "labels" or "concepts".
 
     A batch_size whose batches alone (the images, targets and the copies drawing and augmenting make, about
-    ``_BATCH_COPIES`` times the batch's arrays) would not fit the memory limit of the C core's arenas (90% of
-    the machine's RAM) is a ValueError here, before anything is allocated; errors start with ``who``."""
+    ``_BATCH_COPIES`` times the batch's arrays) would not fit the C core's memory limit for a backend
+    (``_C.default_memory_limit()``: 90% of the machine's RAM or of its cgroup's limit) is a ValueError here, before
+    anything is allocated; errors start with ``who``."""
     from .ddpm import _augment
 
     check_positive(who, batch_size=batch_size)
@@ -437,7 +438,7 @@ def batch_sampler(
         raise ValueError(
             f"{who}: batch_size (--batch-size) {batch_size} is too large: drawing a batch of {h}x{w} images "
             f"takes about {need / 2**30:.1f} GiB before the network's own memory, more than the memory limit of "
-            f"{limit / 2**30:.1f} GiB (90% of this machine's RAM); even without the network's, at most "
+            f"{limit / 2**30:.1f} GiB (90% of this machine's memory); even without the network's, at most "
             f"{limit // (_BATCH_COPIES * per_image)} would fit"
         )
     shift = max(1, min(h, w) // 32) if max_shift is None else int(max_shift)
