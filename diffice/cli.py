@@ -398,6 +398,8 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.phantoms import MAX_PHANTOMS
+
     parser = argparse.ArgumentParser(
         prog="diffice", description="Diffusion-based iterative counterfactual explanations (Diff-ICE) with a C core."
     )
@@ -457,12 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explains non-standard-plane fetal-head phantoms (or your --images, resized to "
         "64x80) towards the standard plane with Diff-ICE and the models bundled in "
         "the package; prints a per-iteration table (p(SP), flip ratio, oracle QS, "
-        "MQD with a 95% bootstrap interval) and writes figure.png (the paper's Figure "
-        "3, first 6 images) and results.csv to --out. Resumable.",
+        "MQD with a 95% bootstrap interval) and writes to --out: figure.png (the paper's Figure "
+        "3, first 6 images), results.csv (per image and iteration), iterations.csv (the table), "
+        "summary.json, inputs/ (the phantoms) and one folder per image (its input, iterations and strip). "
+        "Resumable.",
     )
     p.add_argument("--out", default="diffice-demo", help="output folder (default: ./diffice-demo)")
     p.add_argument("--images", default=None, help="explain the images in this folder instead of phantoms")
-    p.add_argument("--n", type=int, default=None, help="number of phantoms (default 24: diffice.explain.demo.DEMO_N)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"number of phantoms, 1 to {MAX_PHANTOMS} (default 24: diffice.explain.demo.DEMO_N; for more, write "
+        "them with diffice phantoms and give --images)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
@@ -520,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the concepts TH, CSP, FP, sharp.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=1000, help="number of images")
+    p.add_argument("--n", type=int, default=1000, help="number of images, >= 1 (written one at a time: no upper bound)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
     p.add_argument("--seed", type=int, default=0, help="random seed: image i depends only on (seed, i)")
     p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")

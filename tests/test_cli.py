@@ -166,3 +166,53 @@ def test_train_help_gives_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE batch size (paper: 16); at most the number of images (default: 16)" in text
     assert "(default: True)" not in text  # switches say nothing
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"diffice {command}: error: "), err
+    return lines[0]
+
+
+def test_demo_refuses_more_phantoms_than_it_can_hold_at_once(tmp_path, capsys, monkeypatch):
+    """demo --n above MAX_PHANTOMS (the sweep's bound too) stops at once with one line, before any phantom is made
+    (it once built all 100000000 in memory, silently)."""
+    from diffice.data.phantoms import MAX_PHANTOMS
+    from diffice.explain import demo_run
+
+    def no_phantoms(*args, **kwargs):
+        raise AssertionError("demo_phantoms called: the bound was not checked first")
+
+    monkeypatch.setattr(demo_run, "demo_phantoms", no_phantoms)
+    for n in (MAX_PHANTOMS + 1, 100_000_000):
+        assert main(["demo", "--n", str(n), "--out", str(tmp_path / "d"), "--quiet"]) == 2
+        line = _one_error_line(capsys.readouterr().err, "demo")
+        assert f"must be at most MAX_PHANTOMS = {MAX_PHANTOMS}, got {n}" in line and "diffice phantoms" in line
+    assert not (tmp_path / "d").exists()
+
+
+def _demo_parser():
+    from diffice.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["demo"]
+
+
+def test_demo_help_states_the_range_of_n_and_every_file_it_writes():
+    from diffice.data.phantoms import MAX_PHANTOMS
+
+    n_help = next(a for a in _demo_parser()._actions if a.dest == "n").help
+    assert f"1 to {MAX_PHANTOMS}" in n_help
+    text = " ".join(_demo_parser().format_help().split())
+    for name in ("figure.png", "results.csv", "iterations.csv", "summary.json", "inputs/"):
+        assert name in text, name
+
+
+def test_phantoms_refuses_n_below_one(tmp_path, capsys):
+    """--n 0 and --n -1 once exited 0 with an empty dataset; now one line, exit 2, nothing written."""
+    for n in ("0", "-1"):
+        out = tmp_path / f"set{n}"
+        assert main(["phantoms", "--out", str(out), "--n", n, "--quiet"]) == 2
+        line = _one_error_line(capsys.readouterr().err, "phantoms")
+        assert f"n must be a positive integer, got {n}" in line
+        assert not out.exists()

@@ -168,3 +168,15 @@ def test_cli_demo_on_own_images(tmp_path, capsys):
 def test_missing_models_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="demo models missing"):
         load_demo_models(tmp_path)
+
+
+def test_run_demo_bounds_n_by_the_sweeps_max_phantoms(tmp_path):
+    """One bound on phantoms made at once serves the demo and a sweep's [sweep] phantoms."""
+    from diffice.data.phantoms import MAX_PHANTOMS
+    from diffice.explain.sweep import config as sweep_config
+
+    assert sweep_config.MAX_PHANTOMS is MAX_PHANTOMS
+    want = rf"run_demo: n \(how many phantoms\) must be at most MAX_PHANTOMS = {MAX_PHANTOMS}, got {MAX_PHANTOMS + 1}"
+    with pytest.raises(ValueError, match=want):
+        run_demo(tmp_path / "d", n=MAX_PHANTOMS + 1, progress=False)
+    assert not (tmp_path / "d").exists()

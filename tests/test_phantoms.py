@@ -241,3 +241,10 @@ def test_bad_arguments_generate_one():
         P.generate_one(np.random.default_rng(0), (31, 64))
     with pytest.raises(ValueError, match="contradicts"):
         P.generate_one(np.random.default_rng(0), SMALL, standard=True, failure_mode="tilted")
+
+
+def test_write_dataset_refuses_n_below_one_before_writing(tmp_path):
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=rf"write_dataset: n must be a positive integer, got {n}"):
+            P.write_dataset(tmp_path / "set", n)
+        assert not (tmp_path / "set").exists()

@@ -114,6 +114,7 @@ __all__ = [
     "CONCEPTS",
     "FAILURE_MODES",
     "MIN_SIZE",
+    "MAX_PHANTOMS",
     "SEGMENTATION_CLASSES",
     "label_map",
     "write_dataset",
@@ -123,6 +124,10 @@ STRUCTURES: tuple[str, ...] = ("head", "skull", "midline", "thalami", "csp", "po
 CONCEPTS: tuple[str, ...] = ("TH", "CSP", "FP", "sharp")
 FAILURE_MODES: dict[str, float] = {"tilted": 0.40, "no_csp": 0.20, "no_th": 0.15, "blurred": 0.25}
 MIN_SIZE = 32
+# phantoms made at once and held in memory (diffice demo --n, a sweep's [sweep] phantoms): at most this many (~5 ms
+# each; 10000 at 64x80 is 200 MB). A larger set: write it with `diffice phantoms` (one image at a time, no bound)
+# and give its folder (--images, [sweep] images).
+MAX_PHANTOMS = 10_000
 SHARP_MAX_BLUR = 0.6  # blur sigma (pixels at H = 64) above which an image is not sharp
 _EXTRA_BLUR_P = 0.15  # chance that a tilted / no_csp / no_th image is also blurred
 _SPECKLE_GRAIN = 96  # speckle cells per L (fixed physical grain, whatever the image size)
@@ -739,6 +744,14 @@ def generate_one(
     return Phantom(image=image, masks=masks, concepts=concepts, label=label, params=p)
 
 
+def _check_n(n: Any, where: str = "") -> None:
+    """ValueError "<where>n must be a positive integer, got <n>" unless n (how many images to make) is an int >= 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"{where}n must be a positive integer, got {n!r}")
+    if n <= 0:
+        raise ValueError(f"{where}n must be a positive integer, got {n}")
+
+
 def generate(
     n: int,
     size: tuple[int, int] = (64, 80),
@@ -761,10 +774,7 @@ def generate(
         PhantomBatch with images (n, 1, H, W) float32, masks (n, K, H, W) bool, concepts (n,) bool each,
         labels (n,) int64 and the per-image parameter dicts.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n}")
+    _check_n(n)
     size = _check_size(size)
     if "standard" in params:
         raise ValueError("generate() takes standard_fraction, not standard (use generate_one for one image)")
@@ -827,7 +837,7 @@ def write_dataset(
     standard_fraction: float = 0.5,
     progress: bool = False,
 ) -> dict[str, int]:
-    """Writes n phantoms as a training set in the formats diffice's training commands read (and a researcher's
+    """Writes n (>= 1) phantoms as a training set in the formats diffice's training commands read (and a researcher's
     own data would use):
 
     - ``images/NNNNNN.png``: 8-bit grayscale images;
@@ -844,6 +854,7 @@ def write_dataset(
     from ..progress import ProgressBar
     from .images import atomic_write_bytes, save_png
 
+    _check_n(n, "write_dataset: ")  # before anything is written: n = 0 would leave an empty dataset
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..data.images import atomic_write_bytes, list_images, load_image, save_png
+from ..data.phantoms import MAX_PHANTOMS
 from ..evaluation.figures import path_figure
 from ..evaluation.metrics import (
     CI_LEVEL,
@@ -63,12 +64,13 @@ def run_demo(
     stream: TextIO | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Explains n non-standard-plane phantoms (or every image in `images`, resized to 64x80) towards the standard
-    plane and writes, to out_dir: ``inputs/`` (the phantoms), one folder per image (input, iterations, strip),
-    ``results.csv`` (per image and iteration), ``iterations.csv`` (the table), ``figure.png`` (the paper's
-    Figure 3 for the first DEMO_FIGURE_ROWS images: input and each iteration, segmentation overlaid, p(SP) above)
-    and ``summary.json``. Prints the per-iteration table to `stream`: f's p(SP) and flip ratio, the oracle's QS,
-    the paper's MQD with its 95% percentile bootstrap interval (:func:`mqd_interval`), the L1 change, lambda_c.
+    """Explains n non-standard-plane phantoms (1 to MAX_PHANTOMS; all are made before the first is explained) or
+    every image in `images` (resized to 64x80) towards the standard plane and writes, to out_dir: ``inputs/`` (the
+    phantoms), one folder per image (input, iterations, strip), ``results.csv`` (per image and iteration),
+    ``iterations.csv`` (the table), ``figure.png`` (the paper's Figure 3 for the first DEMO_FIGURE_ROWS images:
+    input and each iteration, segmentation overlaid, p(SP) above) and ``summary.json``. Prints the per-iteration
+    table to `stream`: f's p(SP) and flip ratio, the oracle's QS, the paper's MQD with its 95% percentile bootstrap
+    interval (:func:`mqd_interval`), the L1 change, lambda_c.
 
     Resumable like ``diffice explain``: images are explained DEMO_BATCH at a time and every finished batch is
     kept. Returns the summary dict.
@@ -76,6 +78,11 @@ def run_demo(
 
     if images is None and not (isinstance(n, int) and n >= 1):
         raise ValueError(f"run_demo: n (how many phantoms) must be an int >= 1, got {n!r}")
+    if images is None and n > MAX_PHANTOMS:  # all are made, and held, before the first is explained
+        raise ValueError(
+            f"run_demo: n (how many phantoms) must be at most MAX_PHANTOMS = {MAX_PHANTOMS}, got {n}; for more, write "
+            "them with `diffice phantoms` and give the folder as images (--images)"
+        )
     cfg = _demo_config(images_batch=DEMO_BATCH, seed=seed)
     if overrides:
         cfg["method"].update({k: v for k, v in overrides.items() if k in cfg["method"]})

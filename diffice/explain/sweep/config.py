@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...data.phantoms import MAX_PHANTOMS  # [sweep] phantoms: at most this many (also in the store)
 from ..cluster import cluster_options, models_spec
 from ..config import check_lambda_p, check_seed_value, is_int, load_config, read_toml
 from ..explainer import METHODS, ExplainerConfig, is_iterative, iterations_run
@@ -24,9 +25,6 @@ SWEEP_DEFAULTS: dict[str, Any] = dict(
     out="sweep-results",
     store_format="png",
 )
-# [sweep] phantoms: at most this many (generated one by one, ~5 ms each, all held in memory and in the store; 10000
-# at 64x80 is 200 MB). A larger image set: write it with `diffice phantoms` and sweep it with images = "FOLDER".
-MAX_PHANTOMS = 10_000
 # the tables' judges (diffice.explain.sweep.judges): the concept oracle, the realism feature network and reference
 TABLES_KEYS = ("oracle", "features", "realism_reference")
 REFERENCE_PHANTOMS = 100  # standard-plane phantoms in the realism reference ...
