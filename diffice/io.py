@@ -9,8 +9,8 @@ globals ``torch.save`` writes for a state_dict and refuses any other by name. to
 read_json reads the JSON files of a results folder (records, run_settings.json, warnings.json), naming the file when
 one is damaged.
 
-Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError, a malformed file ValueError whose
-message starts with the path and names the problem.
+Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError ("<path> is a folder, not a model
+file"), a malformed file ValueError whose message starts with the path and names the problem.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def _checked_path(path: PathLike) -> str:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     if not os.path.exists(p):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), p)
-    if os.path.isdir(p):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), p)
+    if os.path.isdir(p):  # every model loader reads through here: one message for a folder given as a model
+        raise IsADirectoryError(f"{p} is a folder, not a model file")
     return p
 
 

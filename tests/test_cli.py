@@ -216,3 +216,54 @@ def test_phantoms_refuses_n_below_one(tmp_path, capsys):
         line = _one_error_line(capsys.readouterr().err, "phantoms")
         assert f"n must be a positive integer, got {n}" in line
         assert not out.exists()
+
+
+def test_a_file_as_images_and_a_folder_as_model_file_are_named_as_such(tmp_path, capsys):
+    from diffice.data.images import save_png
+    from diffice.explain.demo import MODELS_DIR
+
+    (tmp_path / "one").mkdir()
+    save_png(tmp_path / "one" / "a.png", np.zeros((64, 80), np.float32))
+    png = tmp_path / "one" / "a.png"
+    assert main(["explain", "--models", "demo", "--images", str(png), "--out", str(tmp_path / "o1")]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert line.endswith(f"expected a folder of images, got the file {png}")
+    assert main(["demo", "--images", str(png), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert f"expected a folder of images, got the file {png}" in _one_error_line(capsys.readouterr().err, "demo")
+    # train ddpm --images also takes a .npy array: the message says so
+    assert main(["train", "ddpm", "--images", str(png), "--out", str(tmp_path / "o3"), "--quiet"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "train")
+    assert f"expected a folder of images or a .npy array (N, H, W), got the file {png}" in line
+    # a folder given as the classifier file
+    models = tmp_path / "somedir"
+    models.mkdir()
+    args = ["explain", "--unet", str(MODELS_DIR / "ddpm.safetensors"), "--classifier", str(models)]
+    args += ["--perceptual-kind", "pixel-l2", "--images", str(tmp_path / "one"), "--out", str(tmp_path / "o4")]
+    assert main(args + ["--quiet"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert line.endswith(f"{models} is a folder, not a model file") and "not found" not in line
+
+
+def test_explain_names_the_classifier_kind_and_target_class_flags(tmp_path, capsys):
+    """The SonoNet authors' .npz as a plane classifier: a short message that says to pass --classifier-kind sononet
+    (it once listed all 75 keys); a --target-class SonoNet does not have: the flag and the classes."""
+    from diffice import SonoNet
+    from diffice.data.images import save_png
+    from diffice.explain.demo import MODELS_DIR
+
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    authors = tmp_path / "SonoNet16.npz"
+    np.savez(authors, *[np.zeros(2, np.float32) for _ in range(75)])  # arr_0 ... arr_74, as the authors' file
+    sononet = tmp_path / "sononet8.safetensors"
+    SonoNet.random(8, seed=1).save(sononet)
+    base = ["explain", "--unet", str(MODELS_DIR / "ddpm.safetensors"), "--perceptual-kind", "pixel-l2"]
+    base += ["--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(base + ["--classifier", str(authors)]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert "... (75 in all)" in line and "this looks like SonoNet weights: pass --classifier-kind sononet" in line
+    assert len(line) < 400 and "arr_70" not in line
+    assert main(base + ["--classifier", str(sononet), "--classifier-kind", "sononet", "--target-class", "20"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert "--target-class" in line and "target 20 is not a class of a 14-class classifier" in line
+    assert "0..13" in line

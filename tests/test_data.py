@@ -41,3 +41,19 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         list_images(tmp_path / "empty")
+
+
+def test_a_file_where_a_folder_of_images_is_expected_is_named_as_a_file(tmp_path):
+    from diffice.train.ddpm import load_images
+
+    save_png(tmp_path / "a.png", np.zeros((8, 8), np.float32))
+    with pytest.raises(NotADirectoryError) as info:
+        list_images(tmp_path / "a.png")
+    assert str(info.value) == f"expected a folder of images, got the file {tmp_path / 'a.png'}"
+    with pytest.raises(
+        NotADirectoryError, match=r"expected a folder of images or a \.npy array \(N, H, W\), got the file"
+    ):
+        load_images(tmp_path / "a.png")
+    with open(tmp_path / "B.NPY", "wb") as f:  # a .npy array, whatever the case of its suffix
+        np.save(f, np.zeros((2, 8, 8), np.float32))
+    assert load_images(tmp_path / "B.NPY").shape == (2, 1, 8, 8)

@@ -269,3 +269,49 @@ def test_cli_metrics_refuses_models_of_the_wrong_kind(tmp_path, capsys):
     assert main(["metrics", str(root), "--no-cout", "--classifier", str(CLASSIFIER), "--oracle", str(ORACLE)]) == 0
     out = capsys.readouterr().out
     assert "FR: inputs f classifies" in out and "MQD: all 2 inputs" in out
+
+
+# ---- the wrong kind of file: short messages that say what to do ----
+
+
+def test_sononet_weights_as_a_plane_classifier_say_which_kind_to_pass(tmp_path):
+    """The authors' .npz (arr_0 ... arr_74) as classifier_kind 'plane': a few keys, how many, and the kind to pass
+    (it once listed all 75 keys in 906 characters); a stray file gets the short list and no such hint."""
+    np.savez(tmp_path / "SonoNet16.npz", *[np.zeros(2, np.float32) for _ in range(75)])
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(tmp_path / "SonoNet16.npz"))
+    msg = str(info.value)
+    assert msg.startswith(f"{tmp_path / 'SonoNet16.npz'}: PlaneClassifier state_dict: unexpected keys")
+    assert "... (75 in all)" in msg and msg.count("arr_") == 3 and len(msg) < 400
+    assert msg.endswith(
+        'this looks like SonoNet weights: pass --classifier-kind sononet (models.classifier_kind = "sononet")'
+    )
+    save_safetensors(tmp_path / "stray.safetensors", {f"w{i}": np.zeros(1, np.float32) for i in range(9)})
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(tmp_path / "stray.safetensors"))
+    msg = str(info.value)
+    assert "['w0', 'w1', 'w2'] ... (9 in all)" in msg and "SonoNet" not in msg
+
+
+def test_target_class_outside_sononets_classes_names_the_setting_and_the_classes(tmp_path):
+    SonoNet.random(8, seed=2).save(tmp_path / "s.safetensors")
+    with pytest.raises(ValueError) as info:
+        load_classifier("sononet", str(tmp_path / "s.safetensors"), target_class=20)
+    assert str(info.value) == (
+        "models.target_class (--target-class): target 20 is not a class of a 14-class classifier "
+        "(its classes are 0..13)"
+    )
+
+
+def test_a_folder_as_a_model_file_says_it_is_a_folder(tmp_path):
+    """Every loader (load_model and the classes' from_file, SonoNet's once a raw [Errno 21]) says the same."""
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    for load in (load_model, SonoNet.from_file, PlaneClassifier.from_file, Segmenter.from_file, UNet.from_file):
+        with pytest.raises(IsADirectoryError) as info:
+            load(folder)
+        assert str(info.value) == f"{folder} is a folder, not a model file", load
+    with pytest.raises(IsADirectoryError, match="is a folder, not a model file"):
+        load_classifier("plane", str(folder))
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "missing.safetensors")

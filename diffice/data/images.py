@@ -64,10 +64,15 @@ class AspectRatioWarning(UserWarning):
     anatomy is stretched); the message names the file, its size and the size it was resized to."""
 
 
-def list_images(folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+def list_images(
+    folder: PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES, expected: str = "a folder of images"
+) -> list[Path]:
     """The image files directly in `folder` (those whose lower-cased suffix is one of `suffixes`), sorted by name.
-    Raises if the folder is missing or has no images."""
+    Raises if the folder is missing, is a file (NotADirectoryError "expected <expected>, got the file ...": say
+    there what else the caller takes) or has no images."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"expected {expected}, got the file {folder}")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)

@@ -24,7 +24,7 @@ from .._native import _C
 from ..io import _load
 from ..ops._backend import get_backend
 from .description import Description, model_from_description
-from .network import NetworkBase, config_int
+from .network import NetworkBase, config_int, some_keys
 from .probabilities import probabilities
 from .sononet import SonoNet
 
@@ -332,8 +332,8 @@ class PlaneClassifier(NetworkBase):
                 other.append(k)
         if other:
             raise ValueError(
-                f"PlaneClassifier state_dict: unexpected keys ({len(other)}) without a 'segmenter.' or "
-                f"'classifier.' prefix: {other}"
+                f"PlaneClassifier state_dict: unexpected keys without a 'segmenter.' or 'classifier.' prefix: "
+                f"{some_keys(other)}"
             )
         return seg, cls
 

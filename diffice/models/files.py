@@ -40,7 +40,7 @@ from .network import config_bool, config_int
 from .oracle import ConceptOracle
 from .perceptual import PerceptualLoss, PixelLoss
 from .resnet import ResNetFeatures
-from .sononet import SonoNet, TargetClassView
+from .sononet import SonoNet, TargetClassView, looks_like_authors_npz
 from .unet import UNet
 
 # model_spec, model_metadata, unet_layout: defined in diffice.models.description, still importable from here
@@ -65,14 +65,26 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     'sononet': SonoNet-k with `target_class` viewed as the positive class of a binary classifier.
 
     A diffice file is built from its own description (the module docstring's rule); its type must be the kind's
-    (PlaneClassifier / SonoNet), else ValueError naming the file."""
+    (PlaneClassifier / SonoNet), else ValueError naming the file (for the SonoNet authors' .npz given as 'plane',
+    saying to pass kind 'sononet'). A target_class that is not one of SonoNet's classes is a ValueError naming
+    models.target_class (--target-class) and the classes."""
     if not path:
         raise ValueError("models.classifier: a classifier file is required")
     if kind not in CLASSIFIER_KINDS:
         raise ValueError(f"models.classifier_kind must be 'plane' or 'sononet', got {kind!r}")
-    model = load_model(path, backend, expect=CLASSIFIER_KINDS[kind], what=f"models.classifier_kind = {kind!r}")
+    try:
+        model = load_model(path, backend, expect=CLASSIFIER_KINDS[kind], what=f"models.classifier_kind = {kind!r}")
+    except ValueError as exc:
+        # the authors' SonoNet .npz, recognised as SonoNet.from_file does, given as a plane classifier
+        if kind == "plane" and looks_like_authors_npz(read_model_file(path)[0]):
+            raise ValueError(
+                f"{exc}; this looks like SonoNet weights: pass --classifier-kind sononet "
+                f'(models.classifier_kind = "sononet")'
+            ) from None
+        raise
     if kind == "sononet":
-        return TargetClassView(model, target=config_int("models.target_class", target_class))
+        target = config_int("models.target_class", target_class)
+        return TargetClassView(model, target=target, where="models.target_class (--target-class)")
     return model
 
 
@@ -139,9 +151,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def read_model_file(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensors, metadata) of any weights file (metadata {} for .pt/.npz); FileNotFoundError naming the file."""
+    """(tensors, metadata) of any weights file (metadata {} for .pt/.npz); FileNotFoundError naming the file, or
+    IsADirectoryError for a folder (diffice.io's, as every model loader)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file() and not p.is_dir():
         raise FileNotFoundError(f"model file not found: {p}")
     return _load(p, "auto")
 

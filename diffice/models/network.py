@@ -6,7 +6,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 import numpy as np
@@ -46,6 +46,13 @@ def config_bool(name: str, value: Any) -> bool:
     if isinstance(value, numbers.Integral) and int(value) in (0, 1):
         return bool(value)
     raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
+def some_keys(keys: Iterable[str], shown: int = 3) -> str:
+    """Keys for an error message, short whatever their number: all of them when at most `shown`, else the first
+    `shown`, then "... (N in all)"."""
+    keys = list(keys)
+    return str(keys) if len(keys) <= shown else f"{keys[:shown]} ... ({len(keys)} in all)"
 
 
 def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> str | None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Union
 
 import numpy as np
@@ -211,7 +211,7 @@ class SonoNet:
                 path, arrays, meta, cls.from_description, backend, expect="SonoNet", what="SonoNet.from_file"
             )
         try:
-            if any(re.fullmatch(r"arr_\d+", name) for name in arrays):
+            if looks_like_authors_npz(arrays):
                 return cls.from_state_dict(authors_npz_to_state_dict(arrays), standardize, backend)
             return cls.from_state_dict(arrays, standardize, backend)
         except ValueError as exc:
@@ -332,6 +332,12 @@ class SonoNet:
         )
 
 
+def looks_like_authors_npz(names: Iterable[str]) -> bool:
+    """Whether weights with these names are (meant as) the SonoNet authors' .npz (arr_0 ... arr_74): any np.savez
+    positional name arr_<i>. SonoNet.from_file reads such a file with authors_npz_to_state_dict."""
+    return any(re.fullmatch(r"arr_\d+", name) for name in names)
+
+
 def authors_npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The authors' 75 arrays (per conv: weight, BN beta, gamma, running mean, inv_std) as a PyTorch-port state_dict.
 
@@ -432,12 +438,15 @@ class TargetClassView:
 
     num_classes = 2
 
-    def __init__(self, classifier: Any, target: int = 5) -> None:
+    def __init__(self, classifier: Any, target: int = 5, where: str = "TargetClassView") -> None:
+        """where: what the errors name as the target's source, e.g. "models.target_class (--target-class)"."""
         n = getattr(classifier, "num_classes", None)
         if not isinstance(target, (int, np.integer)) or isinstance(target, bool):
-            raise TypeError(f"TargetClassView: target must be an int, got {type(target).__name__}")
+            raise TypeError(f"{where}: target must be an int, got {type(target).__name__}")
         if n is not None and not 0 <= target < n:
-            raise ValueError(f"TargetClassView: target {target} is not a class of a {n}-class classifier")
+            raise ValueError(
+                f"{where}: target {target} is not a class of a {n}-class classifier (its classes are 0..{n - 1})"
+            )
         self.classifier = classifier
         self.target = int(target)
         self.in_channels = getattr(classifier, "in_channels", None)

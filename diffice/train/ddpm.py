@@ -418,10 +418,10 @@ def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.nda
     A .npy file (N, H, W) or (N, 1, H, W) with values in [-1, 1] is loaded as it is. Needs Pillow for images.
     """
     path = Path(folder)
-    if path.is_file() and path.suffix == ".npy":
+    if path.is_file() and path.suffix.lower() == ".npy":
         data = np.load(path, allow_pickle=False).astype(np.float32)
         return _check_images(data[:, None] if data.ndim == 3 else data, str(path))
-    files = list_images(path, IMAGE_SUFFIXES)
+    files = list_images(path, IMAGE_SUFFIXES, expected="a folder of images or a .npy array (N, H, W)")
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - depends on the environment
