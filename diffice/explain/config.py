@@ -126,7 +126,8 @@ CONFIG_HELP: dict[str, str] = dict(
     classifier="the guiding classifier f (a diffice model file, or SonoNet weights with --classifier-kind "
     "sononet); required unless --models demo",
     classifier_kind="plane: diffice's standard-plane classifier f = l(s(x), x), 2 outputs (0 = non-standard, "
-    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class",
+    "1 = standard plane); sononet: a 14-class SonoNet made binary with --target-class (crop raw scanner frames "
+    "first, as diffice.sononet_preprocess does: README)",
     target_class="only with --classifier-kind sononet: which of SonoNet's 14 classes counts as the standard "
     "plane (5 = 'Brain (Tv.)'); f then has 2 outputs, 0 = any other class, 1 = this one. Not the "
     "direction of the counterfactuals: that is --target",
