@@ -15,6 +15,7 @@ backend (the kernels as host loops, tested everywhere), and by nvcc into the plu
 where nvcc is found, linking cuBLAS and cuDNN from their PyPI wheels (build_tools/build_backend.py adds them to the
 build requirements then).
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,8 @@ import cuda_build  # noqa: E402  (build_tools/, beside this file)
 
 
 def _onednn_paths() -> tuple[str, str]:
-    """(include dir, lib dir) of oneDNN v3: $DNNL_ROOT, else the PyPI onednn(-devel)-cpu-gomp wheels, else sys.prefix."""
+    """(include dir, lib dir) of oneDNN v3: $DNNL_ROOT, else the PyPI onednn(-devel)-cpu-gomp wheels, else
+    sys.prefix."""
     root = os.environ.get("DNNL_ROOT")
     if root:
         return os.path.join(root, "include"), os.path.join(root, "lib")
@@ -67,10 +69,7 @@ def _extension() -> Extension:
     import numpy
 
     dnnl_include, dnnl_lib = _onednn_paths()
-    sources = sorted(
-        os.path.relpath(p, ROOT)
-        for p in glob.glob(str(ROOT / "csrc" / "**" / "*.c"), recursive=True)
-    )
+    sources = sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "csrc" / "**" / "*.c"), recursive=True))
     cflags = ["-std=c11", "-Wall", "-Wextra", "-fopenmp", "-fvisibility=hidden"]
     ldflags = ["-fopenmp"]
     if os.environ.get("DIFFICE_DEBUG") == "1":
