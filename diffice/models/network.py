@@ -56,6 +56,9 @@ def some_keys(keys: Iterable[str], shown: int = 3) -> str:
 
 
 def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> str | None:
+    """None when state_dict has exactly params' keys and shapes, else "<what> state_dict does not match the model: "
+    and what is missing, unexpected or mis-shaped (counted, the first few named: a wrong checkpoint for a UNet would
+    list hundreds of keys)."""
     missing = [k for k in params if k not in state_dict]
     unexpected = [k for k in state_dict if k not in params]
     misshaped = [
@@ -67,11 +70,11 @@ def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Map
         return None
     parts = []
     if missing:
-        parts.append(f"missing keys ({len(missing)}): {missing}")
+        parts.append(f"missing keys: {some_keys(missing, 8)}")
     if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        parts.append(f"unexpected keys: {some_keys(unexpected, 8)}")
     if misshaped:
-        parts.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
+        parts.append(f"mis-shaped keys: {some_keys(misshaped, 8)}")
     return f"{what} state_dict does not match the model: " + "; ".join(parts)
 
 

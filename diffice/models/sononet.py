@@ -36,7 +36,7 @@ from .._native import _C
 from ..io import _load, save_safetensors
 from ..ops._backend import get_backend
 from .description import Description, model_from_description, model_metadata
-from .network import config_bool, config_int
+from .network import _mismatch_error, config_bool, config_int
 from .probabilities import predicted_class, probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -228,22 +228,9 @@ class SonoNet:
     def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
         """Copies weights in (``num_batches_tracked`` entries are ignored); any mismatch is listed in a ValueError."""
         given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-        missing = [k for k in self._params if k not in given]
-        unexpected = [k for k in given if k not in self._params]
-        misshaped = [
-            f"{k}: file {tuple(np.shape(given[k]))}, model {v.shape}"
-            for k, v in self._params.items()
-            if k in given and tuple(np.shape(given[k])) != v.shape
-        ]
-        if missing or unexpected or misshaped:
-            parts = []
-            if missing:
-                parts.append(f"missing ({len(missing)}): {missing}")
-            if unexpected:
-                parts.append(f"unexpected ({len(unexpected)}): {unexpected}")
-            if misshaped:
-                parts.append(f"mis-shaped ({len(misshaped)}): {misshaped}")
-            raise ValueError(f"SonoNet-{self.k} state_dict does not match the model: " + "; ".join(parts))
+        error = _mismatch_error(f"SonoNet-{self.k}", self._params, given)
+        if error:
+            raise ValueError(error)
         for k, v in self._params.items():
             value = np.asarray(given[k], dtype=np.float32)
             if not np.all(np.isfinite(value)):
