@@ -513,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--score ANSWERS.csv --key SHEET.key.json tallies the answers.",
     )
     p.add_argument("results", nargs="?", help="results folder of diffice explain or diffice demo")
-    p.add_argument("--out", help="the sheet to write (e.g. sheet.html); the key goes to sheet.key.json")
+    p.add_argument(
+        "--out", help="the sheet to write (e.g. sheet.html); the key goes to sheet.key.json (neither may exist)"
+    )
     p.add_argument("--n", type=int, default=50, help="number of pairs (default 50; all images if fewer)")
     p.add_argument("--seed", type=int, default=None, help="seed of the draw and the sides (default: random)")
     p.add_argument("--iteration", type=int, default=None, help="which iteration's counterfactual (default: last)")
@@ -529,10 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
         "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
         "the concepts TH, CSP, FP, sharp.",
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder: missing or empty (a dataset there is refused)")
     p.add_argument("--n", type=int, default=1000, help="number of images, >= 1 (written one at a time: no upper bound)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
-    p.add_argument("--seed", type=int, default=0, help="random seed: image i depends only on (seed, i)")
+    p.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i)")
     p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)

@@ -10,8 +10,8 @@ mkdir -p "$work"
 cd "$work"
 for part in $parts; do
   case $part in
-    data)
-      diffice phantoms --out train_set --n 6000 --size 64 80 --seed 1 --quiet ;;
+    data)  # diffice phantoms refuses a folder holding a dataset: a finished one (labels.csv) is kept
+      [ -e train_set/labels.csv ] || diffice phantoms --out train_set --n 6000 --size 64 80 --seed 1 --quiet ;;
     ddpm)  # guided-diffusion UNet, 1.37M parameters; learned sigma, 1000 linear steps
       diffice train ddpm --images train_set/images --out ddpm --steps 3000 --batch-size 8 --lr 2e-4 \
         --weight-decay 0.05 --ema-rate 0.999 --checkpoint-every 250 --model-channels 32 --channel-mult 1,2,2 \

@@ -218,6 +218,31 @@ def test_phantoms_refuses_n_below_one(tmp_path, capsys):
         assert not out.exists()
 
 
+def test_phantoms_refuses_an_out_that_holds_a_dataset(tmp_path, capsys):
+    """phantoms --n 3 over a dataset of 4 once exited 0, replacing images 0-2 and labels.csv (the 4th image then had
+    no row); now one line naming the folder, exit 2, nothing written."""
+    out = tmp_path / "ow"
+    assert main(["phantoms", "--out", str(out), "--n", "4", "--size", "32", "40", "--seed", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    labels = (out / "labels.csv").read_bytes()
+    assert main(["phantoms", "--out", str(out), "--n", "3", "--size", "32", "40", "--seed", "9", "--quiet"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "phantoms")
+    assert f"{out} already holds a dataset" in line and "use another --out or delete it" in line
+    assert (out / "labels.csv").read_bytes() == labels and len(list((out / "images").iterdir())) == 4
+
+
+def test_phantoms_refuses_a_seed_outside_0_to_2_pow_64(tmp_path, capsys):
+    """the README: seeds are never taken modulo 2**64; phantoms took 99999999999999999999999."""
+    for seed in ("99999999999999999999999", str(2**64), "-1"):
+        out = tmp_path / "set"
+        assert main(["phantoms", "--out", str(out), "--n", "1", "--seed", seed, "--quiet"]) == 2
+        line = _one_error_line(capsys.readouterr().err, "phantoms")
+        assert (
+            f"seed must be a non-negative integer below 2**64 (seeds are never taken modulo 2**64), got {seed}" in line
+        )
+        assert not out.exists()
+
+
 def test_a_file_as_images_and_a_folder_as_model_file_are_named_as_such(tmp_path, capsys):
     from diffice.data.images import save_png
     from diffice.explain.demo import MODELS_DIR

@@ -248,3 +248,47 @@ def test_write_dataset_refuses_n_below_one_before_writing(tmp_path):
         with pytest.raises(ValueError, match=rf"write_dataset: n must be a positive integer, got {n}"):
             P.write_dataset(tmp_path / "set", n)
         assert not (tmp_path / "set").exists()
+
+
+def test_write_dataset_refuses_a_folder_that_holds_a_dataset(tmp_path):
+    """Writing 3 phantoms over 20 once replaced images 0-2 and labels.csv, leaving 17 images without a row (the next
+    training failed on them); now the folder is named, with what to do, and nothing is written."""
+    out = tmp_path / "ow"
+    P.write_dataset(out, 4, SMALL, seed=1)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(FileExistsError, match=rf"^{out} already holds a dataset \(images/, masks/, labels\.csv"):
+        P.write_dataset(out, 2, SMALL, seed=9)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    for name in ("labels.csv", "classes.txt"):  # any part of a dataset
+        other = tmp_path / name.replace(".", "_")
+        other.mkdir()
+        (other / name).write_text("x\n")
+        with pytest.raises(FileExistsError, match="use another --out or delete it"):
+            P.write_dataset(other, 1, SMALL)
+        assert sorted(p.name for p in other.iterdir()) == [name]
+    # an empty folder, or one with empty images/ and masks/, is fine
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    P.write_dataset(tmp_path / "empty", 1, SMALL)
+    assert (tmp_path / "empty" / "labels.csv").read_text().count("\n") == 2
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError, match=r"afile: it is a file, not a folder"):
+        P.write_dataset(tmp_path / "afile", 1, SMALL)
+
+
+@pytest.mark.parametrize("seed", [2**64, 99999999999999999999999, -1, 1.5, True])
+def test_seeds_outside_0_to_2_pow_64_are_refused_before_anything_is_written(tmp_path, seed):
+    """seeds are never taken modulo 2**64 (the rule of every command's seed); 99999999999999999999999 was accepted."""
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer below 2\*\*64"):
+        P.generate(1, SMALL, seed=seed)
+    with pytest.raises(ValueError, match=rf"^write_dataset: seed must be .*, got {seed!r}"):
+        P.write_dataset(tmp_path / "set", 1, SMALL, seed=seed)
+    assert not (tmp_path / "set").exists()
+    P.generate(1, SMALL, seed=2**64 - 1)  # the largest seed
+
+
+def test_write_dataset_refuses_other_bad_arguments_before_writing(tmp_path):
+    for kwargs in (dict(size=(16, 40)), dict(standard_fraction=2.0)):
+        with pytest.raises(ValueError):
+            P.write_dataset(tmp_path / "set", 1, **kwargs)
+        assert not (tmp_path / "set").exists()

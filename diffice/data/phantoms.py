@@ -97,6 +97,7 @@ image i depends only on (s, i), never on n.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -752,6 +753,32 @@ def _check_n(n: Any, where: str = "") -> None:
         raise ValueError(f"{where}n must be a positive integer, got {n}")
 
 
+def _check_seed(seed: Any, where: str = "") -> None:
+    """ValueError unless seed is an integer in [0, 2**64), the rule of every command's seed (never taken modulo)."""
+    from ..explain.config import check_seed_value  # imported here: diffice.explain imports this module
+
+    if check_seed_value(seed) is not None:
+        raise ValueError(
+            f"{where}seed must be a non-negative integer below 2**64 (seeds are never taken modulo 2**64), got {seed!r}"
+        )
+
+
+def _check_arguments(
+    n: Any, size: Any, seed: Any, standard_fraction: Any, where: str = ""
+) -> tuple[tuple[int, int], float]:
+    """generate()'s arguments checked (ValueError "<where>..."): the size as (H, W) and the standard fraction."""
+    _check_n(n, where)
+    size = _check_size(size)
+    _check_seed(seed, where)
+    try:
+        frac = float(standard_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}standard_fraction must be a number in [0, 1], got {standard_fraction!r}") from None
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"{where}standard_fraction must be in [0, 1], got {standard_fraction!r}")
+    return size, frac
+
+
 def generate(
     n: int,
     size: tuple[int, int] = (64, 80),
@@ -774,19 +801,9 @@ def generate(
         PhantomBatch with images (n, 1, H, W) float32, masks (n, K, H, W) bool, concepts (n,) bool each,
         labels (n,) int64 and the per-image parameter dicts.
     """
-    _check_n(n)
-    size = _check_size(size)
     if "standard" in params:
         raise ValueError("generate() takes standard_fraction, not standard (use generate_one for one image)")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    try:
-        frac = float(standard_fraction)
-    except (TypeError, ValueError):
-        raise ValueError(f"standard_fraction must be a number in [0, 1], got {standard_fraction!r}") from None
-    if not 0.0 <= frac <= 1.0:
-        raise ValueError(f"standard_fraction must be in [0, 1], got {standard_fraction!r}")
-
+    size, frac = _check_arguments(n, size, seed, standard_fraction)
     H, W = size
     images = np.empty((n, 1, H, W), np.float32)
     masks = np.empty((n, len(STRUCTURES), H, W), bool)
@@ -829,6 +846,23 @@ def label_map(masks: np.ndarray, classes: tuple[str, ...] = SEGMENTATION_CLASSES
     return labels
 
 
+def _check_dataset_folder(out: Path) -> None:
+    """FileExistsError naming out when it is a file or already holds a dataset (writing over one would leave the
+    old images without a row in the new labels.csv); a missing or empty folder is fine."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise FileExistsError(f"cannot write the dataset to {out}: it is a file, not a folder")
+    held = [
+        name + ("/" if (out / name).is_dir() else "")
+        for name in ("images", "masks", "labels.csv", "classes.txt")
+        if os.path.lexists(out / name) and (not (out / name).is_dir() or any((out / name).iterdir()))
+    ]
+    if held:
+        raise FileExistsError(
+            f"{out} already holds a dataset ({', '.join(held)}); use another --out or delete it "
+            f"(writing over it would leave its images without labels)"
+        )
+
+
 def write_dataset(
     out_dir,
     n: int,
@@ -846,6 +880,9 @@ def write_dataset(
     - ``labels.csv``: file, label (1 = standard plane), the concepts TH, CSP, FP, sharp (0/1), failure_mode.
 
     The images are those of ``generate(n, size, seed, standard_fraction)``. Every file is written atomically.
+    out_dir may be missing or empty: a folder that already holds a dataset (images/ or masks/ with files,
+    labels.csv, classes.txt) is a FileExistsError, and so is every bad argument a ValueError, before anything is
+    written.
     Returns the number of standard and non-standard planes.
     """
     import csv
@@ -854,8 +891,10 @@ def write_dataset(
     from ..progress import ProgressBar
     from .images import atomic_write_bytes, save_png
 
-    _check_n(n, "write_dataset: ")  # before anything is written: n = 0 would leave an empty dataset
+    # before anything is written: n = 0 would leave an empty dataset, a bad seed an empty folder
+    _check_arguments(n, size, seed, standard_fraction, "write_dataset: ")
     out = Path(out_dir)
+    _check_dataset_folder(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "classes.txt", ("\n".join(SEGMENTATION_CLASSES) + "\n").encode())
