@@ -82,6 +82,71 @@ def test_bad_inputs(tmp_path, rng):
         make_sheet(res, tmp_path / "s.html")
 
 
+def _write_answers(path, rows, header=("sheet_id", "reader", "pair", "choice")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_a_reader_s_last_answer_counts_and_readers_are_counted_apart(tmp_path, rng):
+    """Two rows for one pair by one reader (left, then right) once counted as 2 answered pairs, and with several
+    readers "unanswered" was pairs minus every reader's answers together."""
+    res = results_folder(tmp_path / "res", 4, rng)
+    key = make_sheet(res, tmp_path / "sheet.html", n=4, seed=3)
+    sid, cf = key["sheet_id"], {p["pair"]: p["counterfactual_side"] for p in key["pairs"]}
+    other = {k: "left" if v == "right" else "right" for k, v in cf.items()}
+    rows = [[sid, "a", k, other[k]] for k in (1, 2, 3, 4)]  # a first prefers the input everywhere
+    rows += [[sid, "a", 1, cf[1]], [sid, "a", 2, ""]]  # then changes pair 1; an empty row changes nothing
+    rows += [[sid, "b", 1, cf[1]], [sid, "b", 2, ""]]  # b answers pair 1 only
+    _write_answers(tmp_path / "a.csv", rows)
+    r = score_answers(tmp_path / "a.csv", key_path(tmp_path / "sheet.html"))
+    assert (r["counterfactual_preferred"], r["answered"], r["unanswered"]) == (2, 5, 3)
+    assert r["readers"] == ["a", "b"] and r["p_value"] == pytest.approx(binomial_two_sided_p(2, 5))
+
+
+def test_a_file_that_is_not_a_key_and_a_bad_pair_are_named(tmp_path, rng, capsys):
+    """--key ans.csv once said only "Expecting value: line 1 column 1 (char 0)"; a pair "x" "invalid literal for
+    int()"."""
+    res = results_folder(tmp_path / "res", 2, rng)
+    key = make_sheet(res, tmp_path / "sheet.html", n=2, seed=0)
+    answers = tmp_path / "ans.csv"
+    _write_answers(answers, [[key["sheet_id"], "a", 1, "left"], [key["sheet_id"], "a", "x", "left"]])
+    with pytest.raises(ValueError, match=rf"^{answers}: not valid JSON .*; not a key file"):
+        score_answers(answers, answers)
+    assert main(["pairs", "--score", str(answers), "--key", str(answers)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"diffice pairs: error: {answers}: not valid JSON") and "not a key file" in err
+    assert len(err.splitlines()) == 1
+    (tmp_path / "other.json").write_text(json.dumps(dict(pairs=[1, 2])))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'other.json'}: not a key file"):
+        score_answers(answers, tmp_path / "other.json")
+    with pytest.raises(ValueError, match=rf"^{answers}: row 3, column pair: expected a pair number, got 'x'"):
+        score_answers(answers, key_path(tmp_path / "sheet.html"))
+    answers.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=rf"^{answers}: not a CSV of answers \(not UTF-8"):
+        score_answers(answers, key_path(tmp_path / "sheet.html"))
+
+
+def test_an_existing_sheet_or_key_is_not_overwritten(tmp_path, rng, capsys):
+    """Running pairs --out sheet.html again once replaced sheet.key.json silently: answers to the first sheet had no
+    key left."""
+    res = results_folder(tmp_path / "res", 2, rng)
+    sheet = tmp_path / "sheet.html"
+    assert main(["pairs", str(res), "--out", str(sheet), "--n", "2"]) == 0
+    capsys.readouterr()
+    before = sheet.read_bytes(), key_path(sheet).read_bytes()
+    assert main(["pairs", str(res), "--out", str(sheet), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("diffice pairs: error: ")
+    assert f"{sheet} and {key_path(sheet)} already exist" in err and "use another --out or delete them" in err
+    assert (sheet.read_bytes(), key_path(sheet).read_bytes()) == before
+    sheet.unlink()  # the key alone is refused too
+    with pytest.raises(FileExistsError, match=rf"^{key_path(sheet)} already exists"):
+        make_sheet(res, sheet, n=2)
+    assert not sheet.exists() and key_path(sheet).read_bytes() == before[1]
+
+
 def test_unreadable_images_and_records_are_named(tmp_path, rng):
     """A truncated or non-PNG counterfactual is an error naming it (diffice metrics refuses it too), not a broken
     image on the reader's sheet; so is a corrupt record; nothing is written."""

@@ -95,6 +95,13 @@ def make_sheet(
     results folder (all if fewer), drawn at random; each pair's sides randomised. iteration: which counterfactual
     (default: each image's last). Returns the key."""
     results = Path(results_dir)
+    out = Path(out_html)
+    taken = [str(q) for q in (out, key_path(out)) if os.path.lexists(q)]
+    if taken:  # answers to the old sheet would lose their key
+        raise FileExistsError(
+            f"{' and '.join(taken)} already exist{'s' if len(taken) == 1 else ''} (an earlier sheet and its key: "
+            f"answers to it need them); use another --out or delete them"
+        )
     pairs = _candidate_pairs(results, iteration, flipped_only)
     if not pairs:
         raise ValueError(f"{results}: no pairs to show" + (" (no flipped counterfactuals)" if flipped_only else ""))
@@ -110,7 +117,6 @@ def make_sheet(
         items.append((k, _png_data_uri(left), _png_data_uri(right)))
         key_pairs.append(dict(pair=k, image=p["image"], iteration=p["iteration"], counterfactual_side=cf_side))
     key = dict(sheet_id=sheet_id, results_dir=str(results.resolve()), question=QUESTION, pairs=key_pairs)
-    out = Path(out_html)
     atomic_write_bytes(out, _sheet_html(sheet_id, title, items, scale).encode("utf-8"))
     atomic_write_bytes(key_path(out), (json.dumps(key, indent=1) + "\n").encode())
     return key
@@ -194,37 +200,74 @@ def binomial_two_sided_p(k: int, n: int) -> float:
     return float(min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-9))))
 
 
+def _read_key(key_json: PathLike) -> dict[str, Any]:
+    """The key make_sheet wrote: anything else (not JSON, another JSON file) is a ValueError naming the file."""
+    hint = "not a key file (diffice pairs writes SHEET.key.json beside the sheet)"
+    try:
+        key = read_json(key_json)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {hint}") from None
+    try:
+        by_pair = {int(p["pair"]): p for p in key["pairs"]}
+        if not isinstance(key["sheet_id"], str) or not all(
+            p["counterfactual_side"] in ("left", "right") for p in by_pair.values()
+        ):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{key_json}: {hint}") from None
+    return dict(key, by_pair=by_pair)
+
+
+def _read_answers(answers_csv: PathLike) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a reader's CSV with their line numbers; a ValueError naming the file for anything unreadable."""
+    try:
+        with open(answers_csv, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            need = {"sheet_id", "pair", "choice"}
+            if not need <= set(reader.fieldnames or []):
+                raise ValueError(f"{answers_csv}: expected columns {sorted(need)}, got {reader.fieldnames}")
+            return [(reader.line_num, r) for r in reader]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{answers_csv}: not a CSV of answers (not UTF-8 text: {exc})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{answers_csv}: not a CSV of answers ({exc})") from None
+
+
 def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
-    """Tallies one reader's CSV against the key: how often the counterfactual was preferred, with the exact
-    binomial p-value against chance. Unanswered pairs are counted apart."""
-    key = json.loads(Path(key_json).read_text())
-    by_pair = {int(p["pair"]): p for p in key["pairs"]}
-    with open(answers_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"sheet_id", "pair", "choice"}
-        if not need <= set(reader.fieldnames or []):
-            raise ValueError(f"{answers_csv}: expected columns {sorted(need)}, got {reader.fieldnames}")
-        rows = list(reader)
-    preferred = answered = 0
+    """Tallies the readers' CSV against the key: how often the counterfactual was preferred, with the exact
+    binomial p-value against chance. Each reader's answer to each pair counts once: where a reader answered a pair
+    more than once (rows of several downloads put together), the last answer counts. Answered and unanswered count
+    (reader, pair) answers: with R readers, answered + unanswered = R x pairs."""
+    key = _read_key(key_json)
+    by_pair = key["by_pair"]
+    rows = _read_answers(answers_csv)
+    last: dict[tuple[str, int], str] = {}  # (reader, pair) -> the reader's last answer to it
     readers = set()
-    for r in rows:
+    for line, r in rows:
         if r["sheet_id"] != key["sheet_id"]:
             raise ValueError(
                 f"{answers_csv}: answers to sheet {r['sheet_id']!r}, but the key is for sheet {key['sheet_id']!r}"
             )
-        pair = int(r["pair"])
+        try:
+            pair = int(r["pair"])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{answers_csv}: row {line}, column pair: expected a pair number, got {r['pair']!r}"
+            ) from None
         if pair not in by_pair:
             raise ValueError(f"{answers_csv}: pair {pair} is not in the key (1..{len(by_pair)})")
-        readers.add(r.get("reader", ""))
+        reader = r.get("reader") or ""
+        readers.add(reader)
         if r["choice"] not in ("left", "right", ""):
             raise ValueError(f"{answers_csv}: pair {pair}: choice must be left, right or empty, got {r['choice']!r}")
         if r["choice"]:
-            answered += 1
-            preferred += r["choice"] == by_pair[pair]["counterfactual_side"]
+            last[(reader, pair)] = r["choice"]
+    answered = len(last)
+    preferred = sum(choice == by_pair[pair]["counterfactual_side"] for (_, pair), choice in last.items())
     return dict(
         pairs=len(by_pair),
         answered=answered,
-        unanswered=len(by_pair) - answered,
+        unanswered=max(len(readers), 1) * len(by_pair) - answered,
         counterfactual_preferred=preferred,
         fraction=preferred / answered if answered else float("nan"),
         p_value=binomial_two_sided_p(preferred, answered),
