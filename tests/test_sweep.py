@@ -682,3 +682,18 @@ def test_config_ids_outlive_new_settings(tmp_path, models_dir):
     configs = load_sweep(str(toml)).configs
     assert len(configs) == 8 and sorted({c.get("precision", "fp32") for c in configs}) == ["fp32", "tf32"]
     assert len({config_id(c) for c in configs}) == 8
+
+
+def test_an_out_that_is_a_file_is_named_as_such(tmp_path, models_dir, capsys):
+    """sweep --out afile once said only "[Errno 17] File exists: 'afile'"."""
+    from diffice.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text(sweep_toml(models_dir, tmp_path / "afile"))
+    (tmp_path / "afile").write_text("")
+    for args in (["--out", str(tmp_path / "afile")], ["--out", str(tmp_path / "afile"), "--tables-only"]):
+        assert main(["sweep", "--config", str(path), "--quiet", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"diffice sweep: error: --out {tmp_path / 'afile'} is a file, not a folder"
+    assert main(["sweep", "--config", str(path), "--quiet"]) == 2  # [sweep] out in the config
+    assert capsys.readouterr().err.strip().endswith(f"[sweep] out = '{tmp_path / 'afile'}' is a file, not a folder")

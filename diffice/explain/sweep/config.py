@@ -223,6 +223,9 @@ def load_sweep(
 
     out = Path(sweep["out"])
     out = out if out.is_absolute() or out_given else base_dir / out
+    if out.exists() and not out.is_dir():  # not "[Errno 17] File exists" when the sweep makes its folder
+        where = f"--out {sweep['out']}" if out_given else f"{source}: [sweep] out = {str(out)!r}"
+        raise ValueError(f"{where} is a file, not a folder")
     return SweepSpec(
         cfg=cfg,
         sweep=sweep,
