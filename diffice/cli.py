@@ -289,20 +289,36 @@ def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
 
 
+# `diffice train ddpm`'s UNet when not given (guided-diffusion's flags' defaults; their --help shows them)
+_DDPM_UNET_DEFAULTS: dict[str, Any] = dict(
+    model_channels=128,
+    num_res_blocks=2,
+    channel_mult=(1, 1, 2, 3, 4),
+    attention_resolutions=(8, 16),
+    num_heads=4,
+    num_head_channels=-1,
+    learn_sigma=True,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+)
+
+
 def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     from .train.ddpm import train_ddpm
 
-    config = dict(
+    given = dict(
         model_channels=args.model_channels,
         num_res_blocks=args.num_res_blocks,
-        channel_mult=tuple(_int_list(args.channel_mult)),
-        attention_resolutions=tuple(_int_list(args.attention_ds)),
+        channel_mult=None if args.channel_mult is None else tuple(_int_list(args.channel_mult)),
+        attention_resolutions=None if args.attention_ds is None else tuple(_int_list(args.attention_ds)),
         num_heads=args.num_heads,
         num_head_channels=args.num_head_channels,
         learn_sigma=args.learn_sigma,
-        use_scale_shift_norm=True,
-        resblock_updown=True,
     )
+    # a new run: the defaults for what is not given; --resume: only what is given (checked against the run's)
+    config = {k: v for k, v in given.items() if v is not None}
+    if not args.resume:
+        config = dict(_DDPM_UNET_DEFAULTS, **config)
     result = train_ddpm(
         args.images,
         args.out,
@@ -332,6 +348,11 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names (None: not given)."""
+    return None if text is None else [c for c in text.split(",") if c]
+
+
 def _cmd_train_supervised(args: argparse.Namespace) -> int:
     import json
 
@@ -345,12 +366,12 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
         labels=getattr(args, "labels", None),
         size=tuple(args.size) if args.size else None,
         segmenter=getattr(args, "segmenter", None),
-        concepts=[c for c in getattr(args, "concepts", "").split(",") if c],
-        negative=[c for c in getattr(args, "negative", "").split(",") if c],
-        width=getattr(args, "width", 16),
-        levels=getattr(args, "levels", 3),
-        groups=getattr(args, "groups", 8),
-        k=getattr(args, "k", 8),
+        concepts=_names(getattr(args, "concepts", None)),
+        negative=_names(getattr(args, "negative", None)),
+        width=getattr(args, "width", None),
+        levels=getattr(args, "levels", None),
+        groups=getattr(args, "groups", None),
+        k=getattr(args, "k", None),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -372,9 +393,20 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help gives each option's default, except for switches and options without one."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        shown = getattr(action, "shown_default", None)  # _tracked: default None, so a given value is told apart
+        if shown is not None:
+            return f"{action.help or ''} (default: {str(shown).replace('%', '%%')})".lstrip()
         if action.nargs == 0 or action.default is None or action.help is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def _tracked(parser: Any, *flags: str, default: Any, **kwargs: Any) -> argparse.Action:
+    """An option whose parsed value is None when it is not given (the training functions then take their default
+    for a new run and the run's own value on --resume); --help still shows ``default``."""
+    action = parser.add_argument(*flags, default=None, **kwargs)
+    vars(action)["shown_default"] = default
+    return action
 
 
 def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.ArgumentParser:
@@ -383,15 +415,21 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
     p.add_argument("--out", required=True, help="output folder (model.safetensors, metrics.json, loss.csv/png)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (and masks) to H x W")
     p.add_argument("--steps", type=int, default=2000, help="AdamW steps")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
+    _tracked(p, "--batch-size", type=int, default=16, help="images per step")
+    _tracked(p, "--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
+    _tracked(p, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    _tracked(p, "--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
+    _tracked(p, "--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
+    )
+    _tracked(p, "--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (settings not given are the run's; see README's Training)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_supervised)
     return p
@@ -552,35 +590,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     p.add_argument("--steps", type=int, default=300_000, help="total training steps (paper: 300K)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size (paper: 16); at most the number of images")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
-    p.add_argument("--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
+    _tracked(p, "--batch-size", type=int, default=16, help="batch size (paper: 16); at most the number of images")
+    _tracked(p, "--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    _tracked(p, "--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
+    _tracked(p, "--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
+    _tracked(p, "--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random flips and shifts")
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
+    )
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (its saved model config)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (its model config; settings not given are the run's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--diffusion-steps", type=int, default=1000, help="diffusion steps T (linear schedule)")
-    p.add_argument("--loss-type", choices=["mse", "rescaled_mse"], default="mse")
+    _tracked(p, "--diffusion-steps", type=int, default=1000, help="diffusion steps T (linear schedule)")
+    _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], default="mse")
     g = p.add_argument_group("UNet (guided-diffusion flags)")
-    g.add_argument("--model-channels", type=int, default=128)
-    g.add_argument("--num-res-blocks", type=int, default=2)
-    g.add_argument("--channel-mult", default="1,1,2,3,4", help="comma-separated level multipliers")
-    g.add_argument(
+    _tracked(g, "--model-channels", type=int, default=128)
+    _tracked(g, "--num-res-blocks", type=int, default=2)
+    _tracked(g, "--channel-mult", default="1,1,2,3,4", help="comma-separated level multipliers")
+    _tracked(
+        g,
         "--attention-ds",
         default="8,16",
         help="downsample factors with attention, comma-separated, each one the levels reach (1, 2, 4, ... "
         "2**(levels - 1); '' for the middle block only; guided-diffusion's image_size // attention_resolutions)",
     )
-    g.add_argument("--num-heads", type=int, default=4)
-    g.add_argument("--num-head-channels", type=int, default=-1)
+    _tracked(g, "--num-heads", type=int, default=4)
+    _tracked(g, "--num-head-channels", type=int, default=-1)
     g.add_argument(
         "--no-learn-sigma",
         dest="learn_sigma",
         action="store_false",
+        default=None,
         help="fixed variance: the model predicts eps only and the loss is the mse",
     )
     p.set_defaults(func=_cmd_train_ddpm)
@@ -592,9 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of label maps with the images' file names (PNG, values "
         "= class indices; names from classes.txt beside it)",
     )
-    p.add_argument("--width", type=int, default=16, help="channels of the first level")
-    p.add_argument("--levels", type=int, default=3, help="resolution levels")
-    p.add_argument("--groups", type=int, default=8, help="GroupNorm groups (must divide --width)")
+    _tracked(p, "--width", type=int, default=16, help="channels of the first level")
+    _tracked(p, "--levels", type=int, default=3, help="resolution levels")
+    _tracked(p, "--groups", type=int, default=8, help="GroupNorm groups (must divide --width)")
     p = _add_supervised_parser(
         train,
         "classifier",
@@ -603,17 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels", required=True, help="CSV with 'file' and 'label' (1 = standard plane) columns")
     p.add_argument("--segmenter", required=True, help="a segmenter from 'diffice train segmenter'")
-    p.add_argument("--k", type=int, default=8, help="SonoNet width k")
+    _tracked(p, "--k", type=int, default=8, help="SonoNet width k")
     p = _add_supervised_parser(train, "oracle", "the concept oracle: a SonoNet-k with one binary head per concept")
     p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
-    p.add_argument("--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
-    p.add_argument("--negative", default="FP", help="concepts that must be absent in a standard plane")
+    _tracked(p, "--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
+    _tracked(p, "--negative", default="FP", help="concepts that must be absent in a standard plane")
     p.add_argument(
         "--segmenter",
         default=None,
         help="optional: a segmenter (trained apart from f's) whose maps the oracle sees beside the image; frozen",
     )
-    p.add_argument("--k", type=int, default=8, help="SonoNet width k")
+    _tracked(p, "--k", type=int, default=8, help="SonoNet width k")
     return parser
 
 

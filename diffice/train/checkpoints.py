@@ -11,6 +11,7 @@ a resume checks that they are from the same step and cuts the log back to it. Ct
 from __future__ import annotations
 
 import csv
+import json
 import math
 import numbers
 import os
@@ -39,6 +40,9 @@ __all__ = [
     "check_grad_clip",
     "check_seed",
     "check_finite",
+    "run_kind",
+    "check_resumable",
+    "resume_settings",
     "read_log",
     "plot_loss",
 ]
@@ -74,6 +78,112 @@ def check_finite(who: str, loss: float, norm: float, step: int) -> None:
         raise FloatingPointError(
             f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; the last checkpoint is kept"
         )
+
+
+# what model.safetensors' 'diffice_model' type says about the run that wrote it
+_KIND_OF_TYPE = {"Segmenter": "segmenter", "PlaneClassifier": "classifier", "ConceptOracle": "oracle"}
+
+
+def run_kind(out_dir: PathLike) -> tuple[str, str] | None:
+    """(kind, what model.safetensors holds) of the training run in a folder -- kind "ddpm", "segmenter",
+    "classifier", "oracle" or "unknown" -- from its ``model.safetensors`` metadata (``diffice_model``'s type for the
+    supervised networks, guided-diffusion's UNet for a DDPM); None when the folder holds no model file."""
+    model = Path(out_dir) / "model.safetensors"
+    if not model.is_file():
+        return None
+    try:
+        meta = load_safetensors_metadata(model)
+    except (OSError, ValueError):
+        return "unknown", "not a readable safetensors file"
+    if "diffice_model" in meta:
+        try:
+            held = str(json.loads(meta["diffice_model"]).get("type"))
+        except (ValueError, AttributeError):
+            return "unknown", "a file with unreadable 'diffice_model' metadata"
+        return _KIND_OF_TYPE.get(held, "unknown"), held
+    if "diffice_config" in meta or meta.get("format") == "guided-diffusion UNetModel":
+        return "ddpm", "guided-diffusion UNet"
+    return "unknown", "a file without diffice's training metadata"
+
+
+def check_resumable(out_dir: PathLike, kind: str, who: str, steps: int | None = None) -> None:
+    """Before a resume loads or changes anything: the folder holds a run (``train_state.npz``) of this ``kind``
+    ("ddpm", "segmenter", "classifier", "oracle"; :func:`run_kind`) and, with ``steps``, one that has not done more
+    steps than that. Raises FileNotFoundError (nothing to resume) or ValueError naming the folder."""
+    out = Path(out_dir)
+    state = out / "train_state.npz"
+    if not state.is_file():
+        raise FileNotFoundError(f"{who}: nothing to resume in {out} (no {state.name})")
+    found = run_kind(out)
+    if found is None:
+        raise FileNotFoundError(f"{who}: nothing to resume in {out} (no model.safetensors)")
+    if found[0] != kind:
+        held = f"{_a(found[0])} training run" if found[0] != "unknown" else "no diffice training run it knows"
+        what = found[1] if found[0] == "unknown" else _a(found[1])
+        raise ValueError(f"{out}: holds {held} (model.safetensors is {what}), not {_a(kind)} run; use another --out")
+    if steps is not None:
+        try:
+            with np.load(state, allow_pickle=False) as saved:
+                done = int(saved["step"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{who}: {state} is not a training state ({exc})") from None
+        if int(steps) < done:
+            raise ValueError(
+                f"{who}: the run in {out} already has {done} steps, more than --steps {steps}; give --steps above "
+                f"{done} to train it further"
+            )
+
+
+def resume_settings(
+    who: str,
+    saved: Mapping[str, Any],
+    given: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    fixed: Sequence[str] = (),
+    flags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The settings a run goes on with: each of ``given`` (None: not given) against the run's ``saved`` ones (empty
+    for a new run). Not given: the run's value, else ``defaults``'. Given and different from the run's: a setting
+    named in ``fixed`` (the architecture, the data split) is a ValueError naming the option, the run's and the
+    given value; any other (the optimizer's) is taken, with a one-line note on stderr. ``flags``: the option a
+    setting is given by, where it is not ``--`` and its name with dashes."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        old = saved.get(name)
+        if value is None:
+            out[name] = old if old is not None else defaults[name]
+            continue
+        out[name] = value
+        if old is None or _same(old, value):
+            continue
+        flag = (flags or {}).get(name) or "--" + name.replace("_", "-")
+        if name in fixed:
+            raise ValueError(
+                f"{who}: {flag} {_show(value)} differs from the resumed run's {_show(old)}; a resumed run keeps "
+                f"its {flag}: leave it out, or start a new run in another --out"
+            )
+        print(
+            f"{who}: {flag} {_show(value)} differs from the run's {_show(old)}: continuing with {_show(value)}",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal once both are JSON values (a tuple equals its list)."""
+    return bool(json.loads(json.dumps(a)) == json.loads(json.dumps(b)))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 class StopFlag:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, TextIO, Union
+from typing import Any, NamedTuple, TextIO, Union
 
 import numpy as np
 
@@ -38,8 +38,10 @@ from .checkpoints import (
     check_finite,
     check_grad_clip,
     check_positive,
+    check_resumable,
     check_seed,
     plot_loss,  # noqa: F401  (diffice.train.ddpm.plot_loss, where it was)
+    resume_settings,
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -554,26 +556,42 @@ def _config_json(config: Mapping) -> str:
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
 
 
+# train_ddpm's settings when not given (a new run; a resumed run keeps its own)
+DDPM_DEFAULTS: dict = dict(
+    batch_size=16,
+    lr=1e-4,
+    weight_decay=0.0,
+    ema_rate=0.9999,
+    grad_clip=1.0,
+    augment=True,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+    loss_type="mse",
+)
+# the options of `diffice train ddpm` whose names are not their config key's
+_CONFIG_FLAGS = {"attention_resolutions": "--attention-ds", "learn_sigma": "learn_sigma (--no-learn-sigma)"}
+
+
 def train_ddpm(
     images: np.ndarray | PathLike,
     out_dir: PathLike,
     config: Mapping | None = None,
     steps: int = 300_000,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    weight_decay: float = 0.0,
-    ema_rate: float = 0.9999,
-    grad_clip: float = 1.0,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    ema_rate: float | None = None,
+    grad_clip: float | None = None,
     seed: int = 0,
-    augment: bool = True,
+    augment: bool | None = None,
     checkpoint_every: int = 1000,
     log_every: int = 10,
     resume: bool = False,
     progress: bool = True,
     size: tuple[int, int] | None = None,
-    diffusion_steps: int = 1000,
-    noise_schedule: str = "linear",
-    loss_type: str = "mse",
+    diffusion_steps: int | None = None,
+    noise_schedule: str | None = None,
+    loss_type: str | None = None,
     max_shift: int | None = None,
     backend: str = "cpu",
 ) -> TrainResult:
@@ -587,7 +605,8 @@ def train_ddpm(
             written at every ``checkpoint_every`` steps, at the end and on Ctrl-C, each atomically.
         config: UNet config (:data:`diffice.models.unet.DEFAULT_CONFIG` keys; in_channels follows the images,
             learn_sigma defaults to True). On resume the saved config, diffusion_steps, noise_schedule and
-            loss_type are used; lr, weight_decay, ema_rate, grad_clip, batch_size and augment are taken as given.
+            loss_type are used (given ones must match); lr, weight_decay, ema_rate, grad_clip, batch_size and
+            augment are the run's unless given.
         steps: total steps (a resumed run continues up to it). resume: continue the run in out_dir.
         weight_decay: AdamW's decoupled weight decay (the paper: 0.05). ema_rate: 0.9999 as guided-diffusion.
         grad_clip: clip the global gradient norm to this (a finite number >= 0; 0: off). augment: random
@@ -597,7 +616,32 @@ def train_ddpm(
         config's attention_resolutions are downsample factors (guided-diffusion's image_size // resolution): each
             must be one the UNet's levels reach, 1, 2, 4, ... 2**(len(channel_mult) - 1).
         log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
+
+    A setting left None takes its default (:data:`DDPM_DEFAULTS`) in a new run and the run's own value on resume.
+    On resume, config keys and diffusion_steps, noise_schedule, loss_type given with other values than the run's
+    are a ValueError; the optimizer's settings (lr, weight_decay, ema_rate, grad_clip, batch_size, augment) are
+    taken, with a note on stderr; steps below the steps the run has done, or a folder holding another kind of
+    run, is a ValueError.
     """
+    saved_hparams: dict = {}
+    if resume:  # before anything is read or written: a DDPM run, not past `steps`, the same UNet
+        check_resumable(out_dir, "ddpm", "train_ddpm", steps)
+        with np.load(Path(out_dir) / "train_state.npz", allow_pickle=False) as state:
+            saved_hparams = json.loads(str(state["hparams"]))
+            saved_config = json.loads(str(state["config"]))
+        resume_settings("train_ddpm", saved_config, dict(config or {}), {}, tuple(config or ()), _CONFIG_FLAGS)
+    given: dict[str, Any] = dict(
+        lr=lr, weight_decay=weight_decay, ema_rate=ema_rate, grad_clip=grad_clip, batch_size=batch_size
+    )
+    given.update(augment=augment, diffusion_steps=diffusion_steps, noise_schedule=noise_schedule, loss_type=loss_type)
+    settings = resume_settings(
+        "train_ddpm", saved_hparams, given, DDPM_DEFAULTS, ("diffusion_steps", "noise_schedule", "loss_type")
+    )
+    lr, weight_decay, ema_rate, batch_size = (settings[n] for n in ("lr", "weight_decay", "ema_rate", "batch_size"))
+    grad_clip, augment = settings["grad_clip"], settings["augment"]
+    diffusion_steps, noise_schedule, loss_type = (
+        settings[n] for n in ("diffusion_steps", "noise_schedule", "loss_type")
+    )
     grad_clip = check_grad_clip("train_ddpm", grad_clip)
     seed = check_seed("train_ddpm", seed)
     run = TrainingRun(
@@ -619,12 +663,8 @@ def train_ddpm(
     )
 
     saved = run.load(resume)
-    if saved is not None:  # the model and the diffusion are the run's; optimiser settings may change
+    if saved is not None:  # the model and the diffusion are the run's (resume_settings); optimiser settings may change
         config = json.loads(str(saved["config"]))
-        hparams = json.loads(str(saved["hparams"]))
-        diffusion_steps = hparams["diffusion_steps"]
-        noise_schedule = hparams.get("noise_schedule", noise_schedule)
-        loss_type = hparams["loss_type"]
     cfg = dict(config or {})
     cfg.setdefault("in_channels", channels)
     cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
@@ -680,6 +720,7 @@ def train_ddpm(
             ema_rate=ema.rate,
             grad_clip=grad_clip,
             batch_size=batch_size,
+            augment=augment,
             diffusion_steps=diffusion_steps,
             loss_type=loss_type,
             noise_schedule=noise_schedule,

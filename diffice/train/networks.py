@@ -24,7 +24,16 @@ from ..io import load_safetensors
 from ..models.network import NetworkBase
 from ..models.probabilities import predicted_class, sigmoid
 from ..ops._backend import get_backend
-from .checkpoints import StopFlag, TrainingRun, check_finite, check_grad_clip, check_positive, check_seed
+from .checkpoints import (
+    StopFlag,
+    TrainingRun,
+    check_finite,
+    check_grad_clip,
+    check_positive,
+    check_resumable,
+    check_seed,
+    resume_settings,
+)
 from .ddpm import AdamW, _out_of_memory, _Progress, clip_grad_norm
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -383,11 +392,39 @@ def _load_masks(
             raise ValueError(f"{path}: not a single-channel label map ({exc})") from None
     top = int(out.max())
     if classes is None:
-        classes = [f"class{c}" for c in range(top + 1)]
+        example = next(f.name for f, m in zip(files, out) if m.max() == top)
+        hint = (
+            f"e.g. {example} has {top}; a binary mask stored as 0/{top}? store it as 0/1, or give "
+            f"{folder.parent / 'classes.txt'}"
+        )
+        classes = [f"class{c}" for c in range(class_count(out, f"{folder}: masks", hint))]
     if top >= len(classes):
         bad = next(f.name for f, m in zip(files, out) if m.max() >= len(classes))
         raise ValueError(f"{folder / bad}: label {top} but only {len(classes)} classes ({list(classes)})")
     return out, list(classes)
+
+
+def class_count(values: np.ndarray, what: str, hint: str) -> int:
+    """The number of classes K of class indices used without a list of class names: max + 1, when every index
+    0..max occurs at least once; a gap (0/255 masks, a stray label 7 among 0/1) is a ValueError starting with
+    ``what`` (the file) that names the values used and ends with ``hint``."""
+    used = np.unique(values)
+    top = int(used[-1]) if used.size else -1
+    if used.size != top + 1:
+        shown = ", ".join(str(int(v)) for v in used[:12]) + (", ..." if used.size > 12 else "")
+        unused = sorted(set(range(top + 1)) - {int(v) for v in used})
+        gap = (
+            f"{unused[0]}"
+            if len(unused) == 1
+            else f"{unused[0]}..{unused[-1]}"
+            if len(unused) == unused[-1] - unused[0] + 1
+            else f"{len(unused)} of 0..{top}"
+        )
+        raise ValueError(
+            f"{what} use the values [{shown}], leaving class(es) {gap} unused: expected class indices 0..K-1, "
+            f"each used at least once ({hint})"
+        )
+    return top + 1
 
 
 # ---- the networks `diffice train segmenter|classifier|oracle` builds, and their saved form ----
@@ -463,6 +500,25 @@ _BATCH_COPIES = 4  # a drawn batch's arrays, counted with the copies batch_sampl
 
 SUPERVISED_KINDS = ("segmenter", "classifier", "oracle")
 
+# train_supervised's settings when not given (a new run; a resumed run keeps its own)
+SUPERVISED_DEFAULTS: dict[str, Any] = dict(
+    width=16,
+    levels=3,
+    groups=8,
+    k=8,
+    concepts=["TH", "CSP", "FP", "sharp"],
+    negative=["FP"],
+    batch_size=16,
+    lr=1e-3,
+    weight_decay=0.0,
+    grad_clip=1.0,
+    seed=0,
+    augment=True,
+    val_fraction=0.1,
+)
+# the settings a resumed run cannot change: the network's structure and the validation split
+FIXED_SETTINGS = ("width", "levels", "groups", "k", "concepts", "negative", "seed", "val_fraction")
+
 
 def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([fn(np.ascontiguousarray(x[i : i + batch])) for i in range(0, len(x), batch)])
@@ -513,20 +569,20 @@ def train_supervised(
     labels: PathLike | None = None,
     size: tuple[int, int] | None = None,
     segmenter: PathLike | None = None,
-    concepts: Sequence[str] = ("TH", "CSP", "FP", "sharp"),
-    negative: Sequence[str] = ("FP",),
-    width: int = 16,
-    levels: int = 3,
-    groups: int = 8,
-    k: int = 8,
+    concepts: Sequence[str] | None = None,
+    negative: Sequence[str] | None = None,
+    width: int | None = None,
+    levels: int | None = None,
+    groups: int | None = None,
+    k: int | None = None,
     steps: int = 2000,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    seed: int = 0,
-    augment: bool = True,
-    val_fraction: float = 0.1,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    grad_clip: float | None = None,
+    seed: int | None = None,
+    augment: bool | None = None,
+    val_fraction: float | None = None,
     checkpoint_every: int = 500,
     resume: bool = False,
     progress: bool = True,
@@ -545,6 +601,12 @@ def train_supervised(
     A seeded val_fraction of the images is held out for the validation numbers. Batches are drawn with
     replacement (batch_size may exceed the number of images, up to what memory allows); grad_clip: a finite
     number >= 0 (0: off); seed: an integer >= 0.
+
+    A setting left None takes its default (:data:`SUPERVISED_DEFAULTS`) in a new run and the run's own value on
+    resume (``diffice_training`` in model.safetensors' metadata records them). On resume, an architecture or data
+    split setting (:data:`FIXED_SETTINGS`) given with another value than the run's is a ValueError; an optimizer
+    setting (lr, weight_decay, grad_clip, batch_size, augment) is taken, with a note on stderr; steps below the
+    steps the run has done is a ValueError; a folder holding another kind of run is a ValueError.
     """
     from ..models.classifier import PlaneClassifier, Segmenter
     from ..models.files import build_model, load_model, model_metadata
@@ -554,6 +616,36 @@ def train_supervised(
     if kind not in SUPERVISED_KINDS:
         raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
     who = f"train {kind}"
+    out = Path(out_dir)
+    saved_settings: dict[str, Any] = {}
+    if resume:  # before anything is read or written: a run of this kind, not past `steps`
+        check_resumable(out, kind, who, steps)
+        from ..io import load_safetensors_metadata
+
+        saved_settings = json.loads(load_safetensors_metadata(out / "model.safetensors").get("diffice_training", "{}"))
+    given: dict[str, Any] = dict(
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
+    )
+    given.update(augment=augment, val_fraction=val_fraction)
+    if kind == "segmenter":
+        given.update(width=width, levels=levels, groups=groups)
+    else:
+        given.update(k=k)
+    if kind == "oracle":
+        given.update(
+            concepts=None if concepts is None else list(concepts), negative=None if negative is None else list(negative)
+        )
+    settings = resume_settings(who, saved_settings, given, SUPERVISED_DEFAULTS, FIXED_SETTINGS)
+    batch_size, lr, weight_decay = settings["batch_size"], settings["lr"], settings["weight_decay"]
+    grad_clip, seed, augment, val_fraction = (
+        settings["grad_clip"],
+        settings["seed"],
+        settings["augment"],
+        settings["val_fraction"],
+    )
+    width, levels, groups, k = (settings.get(n, SUPERVISED_DEFAULTS[n]) for n in ("width", "levels", "groups", "k"))
+    concepts = list(settings.get("concepts", SUPERVISED_DEFAULTS["concepts"]))
+    negative = list(settings.get("negative", SUPERVISED_DEFAULTS["negative"]))
     check_positive(who, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
     grad_clip = check_grad_clip(who, grad_clip)
     seed = check_seed(who, seed)
@@ -563,7 +655,6 @@ def train_supervised(
         raise ValueError(f"train {kind}: --labels (a CSV with file and label/concept columns) is required")
     if kind == "classifier" and segmenter is None:
         raise ValueError("train classifier: --segmenter (a segmenter trained by 'diffice train segmenter') is required")
-    out = Path(out_dir)
     data = load_training_set(
         images,
         size,
@@ -576,13 +667,13 @@ def train_supervised(
     train_set, val_set = data.split(val_fraction, seed=seed + 1)
     h, w = data.images.shape[2:]
 
-    if resume:  # the model's structure is the run's
-        saved = out / "model.safetensors"
-        if not saved.is_file():
-            raise FileNotFoundError(f"train {kind}: nothing to resume in {out} (no {saved.name})")
+    if kind == "classifier":
+        assert data.labels is not None  # a classifier's training set has labels (load_training_set)
+        n_classes = class_count(data.labels, f"{labels}: labels", "a typo?")
+    if resume:  # the model's structure is the run's (check_resumable: of this kind)
         from ..io import load_safetensors_metadata
 
-        model = build_model(json.loads(load_safetensors_metadata(saved)["diffice_model"]))
+        model = build_model(json.loads(load_safetensors_metadata(out / "model.safetensors")["diffice_model"]))
     elif kind == "segmenter":
         assert data.classes is not None  # a segmenter's training set has its class names (load_training_set)
         model = Segmenter(classes=len(data.classes), width=width, levels=levels, groups=groups)
@@ -594,8 +685,7 @@ def train_supervised(
             if not isinstance(seg, Segmenter):
                 raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(seg).__name__})")
         if kind == "classifier":
-            assert seg is not None and data.labels is not None  # both required above
-            n_classes = int(data.labels.max()) + 1
+            assert seg is not None  # required above
             if n_classes < 2:
                 raise ValueError(f"{labels}: the label column has a single class")
             model = PlaneClassifier(seg, SonoNet(k, 1 + seg.config["classes"], n_classes, standardize=False))
@@ -647,7 +737,7 @@ def train_supervised(
         out_dir=out,
         checkpoint_every=checkpoint_every,
         resume=resume,
-        metadata=model_metadata(model),
+        metadata=dict(model_metadata(model), diffice_training=json.dumps(settings, sort_keys=True)),
     )
     metrics = dict(
         kind=kind,

@@ -1,0 +1,144 @@
+"""What a new user runs into with `diffice train ... --resume` and with their own labels and masks: a folder of
+another kind of run, changed settings, and class indices with gaps are one-line errors (or a one-line note for an
+optimizer setting), never a traceback, a silent change or silent extra classes."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffice import phantoms
+from diffice.cli import main
+from diffice.io import load_safetensors_metadata
+from diffice.train.networks import load_training_set, train_supervised
+
+UNET = ["--model-channels", "32", "--channel-mult", "1,1", "--num-res-blocks", "1", "--attention-ds", ""]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A phantom set and one finished 2-step run of each kind (segmenter, classifier, oracle, ddpm)."""
+    root = tmp_path_factory.mktemp("runs")
+    phantoms.write_dataset(root / "set", 8, size=(32, 40), seed=5)
+    common = ["--images", str(root / "set" / "images"), "--steps", "2", "--batch-size", "2", "--quiet"]
+    labels = ["--labels", str(root / "set" / "labels.csv")]
+    seg = ["--masks", str(root / "set" / "masks"), "--width", "8", "--levels", "2", "--groups", "4"]
+    commands = {
+        "segmenter": ["train", "segmenter", *common, *seg],
+        "classifier": ["train", "classifier", *common, *labels, "--k", "2"],
+        "oracle": ["train", "oracle", *common, *labels, "--k", "2"],
+        "ddpm": ["train", "ddpm", *common, *UNET, "--num-heads", "1"],
+    }
+    commands["classifier"] += ["--segmenter", str(root / "segmenter" / "model.safetensors")]
+    for kind, args in commands.items():
+        assert main(args + ["--out", str(root / kind)]) == 0, kind
+    return root, commands
+
+
+def snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "kind, folder, held, type_name",
+    [
+        ("oracle", "segmenter", "a segmenter", "a Segmenter"),
+        ("classifier", "oracle", "an oracle", "a ConceptOracle"),
+        ("segmenter", "ddpm", "a ddpm", "a guided-diffusion UNet"),
+        ("ddpm", "segmenter", "a segmenter", "a Segmenter"),
+        ("segmenter", "classifier", "a classifier", "a PlaneClassifier"),
+    ],
+)
+def test_resume_into_another_kind_of_run_is_one_error_and_changes_nothing(runs, kind, folder, held, type_name, capsys):
+    root, commands = runs
+    out = root / folder
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(commands[kind] + ["--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    article = "an" if kind == "oracle" else "a"
+    assert err == [
+        f"diffice train: error: {out}: holds {held} training run (model.safetensors is {type_name}), not "
+        f"{article} {kind} run; use another --out"
+    ]
+    assert snapshot(out) == before
+
+
+def test_resume_with_another_architecture_is_an_error(runs, capsys):
+    root, commands = runs
+    for kind, option, saved, given in [
+        ("segmenter", "--width", "8", "16"),
+        ("oracle", "--k", "2", "4"),
+        ("ddpm", "--model-channels", "32", "64"),
+    ]:
+        out = root / kind
+        before = snapshot(out)
+        capsys.readouterr()
+        assert main(commands[kind] + ["--out", str(out), "--resume", "--steps", "3", option, given]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{option} {given} differs from the resumed run's {saved}" in err[0], err
+        assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "ddpm"])
+def test_resume_with_fewer_steps_than_done_is_an_error(runs, kind, capsys):
+    root, commands = runs
+    out = root / kind
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(commands[kind] + ["--out", str(out), "--resume", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has 2 steps, more than --steps 1" in err[0], err
+    assert snapshot(out) == before
+
+
+def test_resume_with_another_lr_says_so_and_keeps_it(runs, tmp_path, capsys):
+    root, _ = runs
+    kw = dict(masks=root / "set" / "masks", batch_size=2, width=8, levels=2, groups=4, progress=False)
+    train_supervised("segmenter", root / "set" / "images", tmp_path, steps=1, lr=0.01, **kw)
+    capsys.readouterr()
+    train_supervised("segmenter", root / "set" / "images", tmp_path, steps=2, lr=0.5, resume=True, **kw)
+    assert "train segmenter: --lr 0.5 differs from the run's 0.01: continuing with 0.5" in capsys.readouterr().err
+    kw.pop("batch_size")  # not given on resume: the run's own (2, not the default 16), as lr (0.5, not 1e-3)
+    train_supervised("segmenter", root / "set" / "images", tmp_path, steps=3, resume=True, **kw)
+    assert "differs" not in capsys.readouterr().err
+    settings = json.loads(load_safetensors_metadata(tmp_path / "model.safetensors")["diffice_training"])
+    assert settings["lr"] == 0.5 and settings["batch_size"] == 2 and settings["width"] == 8
+
+
+def test_masks_stored_as_0_255_without_classes_txt_are_refused(runs, tmp_path):
+    root, _ = runs
+    (tmp_path / "masks").mkdir()
+    for f in sorted((root / "set" / "images").iterdir()):
+        Image.fromarray(np.where(np.arange(40)[None, :] < 20, 0, 255).repeat(32, 0).astype(np.uint8)).save(
+            tmp_path / "masks" / f.name
+        )
+    with pytest.raises(ValueError, match=r"masks use the values \[0, 255\], leaving class\(es\) 1..254 unused") as e:
+        load_training_set(root / "set" / "images", masks=tmp_path / "masks")
+    assert "store it as 0/1, or give" in str(e.value) and "classes.txt" in str(e.value)
+    # 0/1 masks train as 2 classes
+    for f in (tmp_path / "masks").iterdir():
+        Image.fromarray((np.asarray(Image.open(f)) > 0).astype(np.uint8)).save(f)
+    assert load_training_set(root / "set" / "images", masks=tmp_path / "masks").classes == ["class0", "class1"]
+
+
+def test_labels_with_a_gap_are_refused(runs, tmp_path):
+    root, _ = runs
+    rows = (root / "set" / "labels.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("label")
+    first = rows[1].split(",")
+    first[col] = "7"
+    (tmp_path / "labels.csv").write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"labels.csv: labels use the values \[0, 1, 7\], leaving class\(es\) 2..6"):
+        train_supervised(
+            "classifier",
+            root / "set" / "images",
+            tmp_path / "out",
+            labels=tmp_path / "labels.csv",
+            segmenter=root / "segmenter" / "model.safetensors",
+            steps=1,
+            progress=False,
+        )
+    assert not (tmp_path / "out" / "model.safetensors").exists()
