@@ -213,6 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
+    from .evaluation.metrics import images_given, unfinished_note
     from .evaluation.pairs import key_path, make_sheet, score_answers
 
     if args.score:
@@ -230,9 +231,10 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     key = make_sheet(
         args.results, args.out, n=args.n, seed=args.seed, iteration=args.iteration, flipped_only=args.flipped_only
     )
+    explained = len(list((Path(args.results) / "records").glob("*.json")))
     print(
         f"wrote {args.out} ({len(key['pairs'])} pairs; give it to the reader) and {key_path(args.out)} "
-        f"(the key: keep it)"
+        f"(the key: keep it)" + unfinished_note(explained, images_given(args.results))
     )
     return 0
 
@@ -253,10 +255,11 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluation.metrics import evaluate_results, format_report, recorded_warnings
+    from .evaluation.metrics import check_results_folder, evaluate_results, format_report, recorded_warnings
     from .evaluation.run_judges import load_metrics_models
 
     root = Path(args.results_dir)
+    check_results_folder(root)
     inception = sononet = None
     for w in recorded_warnings(root):  # diffice.explain.run.record_warning: the run itself looked wrong
         print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)

@@ -29,7 +29,7 @@ for part in $parts; do
       diffice train oracle --images train_set/images --labels train_set/labels.csv --out oracle --k 12 \
         --segmenter oracle_segmenter/model.safetensors --steps 2000 --batch-size 16 --lr 1e-3 --seed 7 ;;
     pack)
-      python -m diffice.explain.demo pack . ;;
+      python -m diffice.explain.demo_pack . --replace-bundled ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

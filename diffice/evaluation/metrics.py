@@ -77,6 +77,9 @@ __all__ = [
     "load_metrics_oracle",
     "recorded_warnings",
     "run_settings_models",
+    "check_results_folder",
+    "images_given",
+    "unfinished_note",
     "check_judges",
     "TargetRangeError",
     "classifier_input",
@@ -657,6 +660,29 @@ def went_nonfinite(row: dict[str, Any]) -> bool:
     return row.get("nonfinite_step") not in (None, "") and int(row["nonfinite_step"]) >= 0
 
 
+def check_results_folder(results_dir: PathLike) -> None:
+    """FileNotFoundError / NotADirectoryError when results_dir is missing or not a folder (the message says which)."""
+    root = Path(results_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: not found (give the --out folder of 'diffice explain' or 'diffice demo')")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder (give the --out folder of 'diffice explain' or 'diffice demo')")
+
+
+def images_given(results_dir: PathLike) -> int | None:
+    """How many images the run of results_dir was given (its run_settings.json "images_given"); None when it
+    does not say (a folder of an older diffice)."""
+    settings = Path(results_dir) / "run_settings.json"
+    data = read_json(settings) if settings.is_file() else None
+    given = data.get("images_given") if isinstance(data, dict) else None
+    return given if isinstance(given, int) and not isinstance(given, bool) else None
+
+
+def unfinished_note(explained: int, given: int | None) -> str:
+    """' (run unfinished: 2 of 12 images explained)' when the run was given more images than it explained, else ''."""
+    return f" (run unfinished: {explained} of {given} images explained)" if given and given > explained else ""
+
+
 def load_results(results_dir: PathLike) -> dict[str, Any]:
     """Reads a results folder: records/<stem>.json, <stem>/input.png and <stem>/iteration_<k>.png.
 
@@ -666,6 +692,7 @@ def load_results(results_dir: PathLike) -> dict[str, Any]:
     sampler zeroed that counterfactual).
     """
     root = Path(results_dir)
+    check_results_folder(root)
     record_paths = sorted((root / "records").glob("*.json"))
     if not record_paths:
         raise FileNotFoundError(
@@ -858,13 +885,18 @@ def evaluate_results(
                 "metrics": metrics,
             }
         )
-    return {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
+    report = {"results_dir": str(results_dir), "images": len(data["images"]), "iterations": out}
+    given = images_given(results_dir)
+    if given is not None:
+        report["images_given"] = given
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A per-iteration table of the values, the counterfactuals excluded (non-finite), then each metric's subset
     (or why it was skipped)."""
-    lines = [f"metrics of {report['results_dir']} ({report['images']} images)"]
+    note = unfinished_note(report["images"], report.get("images_given"))
+    lines = [f"metrics of {report['results_dir']} ({report['images']} images){note}"]
     its = report["iterations"]
     shown = [m for m in METRICS if any("value" in it["metrics"][m] for it in its)]
     header = f"{'iteration':>9}" + "".join(f"  {m:>8}" for m in shown)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data.images import atomic_write_bytes
 from ..io import read_json
+from .metrics import check_results_folder
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -51,6 +52,7 @@ def _png_data_uri(path: Path) -> str:
 
 
 def _candidate_pairs(results_dir: Path, iteration: int | None, flipped_only: bool) -> list[dict[str, Any]]:
+    check_results_folder(results_dir)
     records = sorted((results_dir / "records").glob("*.json"))
     if not records:
         raise ValueError(f"{results_dir}: no records/*.json (not a folder written by diffice explain / demo)")

@@ -8,10 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from ..explain import demo as demo_module  # looked up per call (tests replace load_demo_models)
+from ..io import read_json
 from ..models.files import load_classifier
 from .metrics import PathLike, load_metrics_classifier, load_metrics_oracle, run_settings_models
 
-__all__ = ["load_metrics_models"]
+__all__ = ["load_metrics_models", "recorded_demo_models"]
+
+
+def recorded_demo_models(settings: Path) -> dict[str, Any] | None:
+    """The demo models a run recorded in its run_settings.json ("demo_models": folder, None for the bundled ones,
+    and the sha256 of the classifier and oracle files; diffice.explain.demo.models_record); None for a run that
+    recorded none (no demo models, or a folder of an older diffice)."""
+    if not settings.is_file():
+        return None
+    data = read_json(settings)
+    record = data.get("demo_models") if isinstance(data, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def _demo_folder(root: Path, record: dict[str, Any] | None, given: PathLike | None, say: Any) -> PathLike | None:
+    """The demo models folder that judges the run in root: `given` (--demo-models), else the one the run recorded
+    (else None: load_demo_models' default, as for a folder of an older diffice). A ValueError when those models are
+    gone or are not the ones that made the run (their recorded sha256), naming the run's models and the options."""
+    if record is None:
+        return given
+    folder = given if given is not None else (record.get("folder") or demo_module.MODELS_DIR)
+    why = demo_module.record_mismatch(record, folder)
+    if why is not None:
+        hashes = ", ".join(f"{k} {v[:12]}..." for k, v in record.items() if k.endswith("_sha256") and v)
+        raise ValueError(
+            f"{root} was made with {demo_module.describe_record(record)} ({hashes}), but {why}; give those models "
+            f"with --demo-models FOLDER, or judge the run with other models with --classifier FILE --oracle FILE"
+        )
+    say(f"{demo_module.describe_record(record)} that made the run (from {root / 'run_settings.json'})")
+    return folder
 
 
 def load_metrics_models(
@@ -30,18 +60,20 @@ def load_metrics_models(
     say = log or (lambda message: None)
     root = Path(results_dir)
     f = judge = None
+    settings = root / "run_settings.json"
+    record = recorded_demo_models(settings)
     from_demo = (root / "summary.json").is_file() and (root / "inputs").is_dir()
     if from_demo and not (classifier and oracle):  # the demo's own models judge the demo's results
+        folder = _demo_folder(root, record, demo_models, say)
         try:
-            demo = demo_module.load_demo_models(demo_models)
+            demo = demo_module.load_demo_models(folder)
             f, judge = demo.classifier, demo.oracle
         except FileNotFoundError as exc:
             say(f"{exc}; the metrics that need them are skipped")
-    settings = root / "run_settings.json"
     if not from_demo and not classifier and settings.is_file():  # the classifier that guided the run
         m = run_settings_models(settings)
         if m.get("preset") == "demo":  # diffice explain --models demo: the demo's classifier and oracle
-            demo = demo_module.load_demo_models(demo_models)
+            demo = demo_module.load_demo_models(_demo_folder(root, record, demo_models, say))
             f, judge = demo.classifier, demo.oracle
             say(f"the demo models (from {settings})")
         elif isinstance(m.get("classifier"), str) and m["classifier"] and Path(m["classifier"]).is_file():

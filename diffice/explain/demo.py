@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -66,6 +65,12 @@ class DemoModels:
     oracle: Any  # diffice.models.oracle.ConceptOracle
     perceptual: Any  # diffice.models.perceptual.PixelLoss (the demo's Lp)
     info: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None  # where they were loaded from (absolute); None: not from a folder
+
+    def record(self) -> dict[str, Any] | None:
+        """What a run records of these models (:func:`models_record`); None when they were not loaded from a
+        folder."""
+        return models_record(self.folder) if self.folder is not None else None
 
     @property
     def segmentation_classes(self) -> list[str]:
@@ -82,13 +87,13 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
     from ..models.files import load_model, load_unet
     from ..models.perceptual import PixelLoss
 
-    root = Path(folder or os.environ.get("DIFFICE_DEMO_MODELS") or MODELS_DIR)
+    root = models_folder(folder)
     missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
         raise FileNotFoundError(
             f"demo models missing in {root}: {missing} (train them with "
             f"scripts/train_demo_models.sh WORKDIR, then "
-            f"'python -m diffice.explain.demo pack WORKDIR')"
+            f"'python -m diffice.explain.demo_pack WORKDIR --dest {root}')"
         )
     info = json.loads((root / "demo.json").read_text())
     unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
@@ -97,7 +102,56 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
         root / "classifier.safetensors", backend, expect="PlaneClassifier", what="the demo's classifier"
     )
     oracle = load_model(root / "oracle.safetensors", backend, expect="ConceptOracle", what="the demo's oracle")
-    return DemoModels(unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info)
+    return DemoModels(
+        unet, diffusion, classifier, oracle, PixelLoss("l2", backend=backend), info, folder=root.resolve()
+    )
+
+
+def models_folder(folder: PathLike | None = None) -> Path:
+    """The folder :func:`load_demo_models` reads: `folder`, else $DIFFICE_DEMO_MODELS, else the bundled models."""
+    return Path(folder or os.environ.get("DIFFICE_DEMO_MODELS") or MODELS_DIR)
+
+
+# the demo models a run records (run_settings.json "demo_models"): the judges of `diffice metrics`, and the classifier
+RECORDED_FILES = ("classifier.safetensors", "oracle.safetensors")
+
+
+def models_record(folder: PathLike) -> dict[str, Any]:
+    """What a run records of the demo models in `folder` (run_settings.json "demo_models"): folder (its absolute
+    path; None for the models bundled with diffice) and the sha256 of classifier.safetensors and
+    oracle.safetensors (None for a missing file)."""
+    root = Path(folder).resolve()
+    bundled = root == MODELS_DIR.resolve()
+    record: dict[str, Any] = dict(folder=None if bundled else str(root))
+    for name in RECORDED_FILES:
+        record[name.split(".")[0] + "_sha256"] = _sha256(root / name) if (root / name).is_file() else None
+    return record
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """'the bundled demo models' or 'the demo models in FOLDER' (a run_settings.json "demo_models" record)."""
+    return "the bundled demo models" if record.get("folder") is None else f"the demo models in {record['folder']}"
+
+
+def record_mismatch(record: dict[str, Any], folder: PathLike) -> str | None:
+    """Why the demo models in `folder` are not those of `record` (run_settings.json "demo_models"): which file is
+    missing or differs; None when they are the same."""
+    now = models_record(folder)
+    for name in RECORDED_FILES:
+        key = name.split(".")[0] + "_sha256"
+        if record.get(key) is None:
+            continue
+        if now[key] is None:
+            return f"{Path(folder) / name} is missing"
+        if now[key] != record[key]:
+            return f"{Path(folder) / name} differs (sha256 {now[key][:12]}..., the run's {record[key][:12]}...)"
+    return None
 
 
 def demo_phantoms(n: int = DEMO_N, seed: int = DEMO_PHANTOM_SEED) -> PhantomBatch:
@@ -138,13 +192,20 @@ def mqd_interval(
 # ---- packing freshly trained models into the package ----
 
 
-def pack(workdir: PathLike, dest: PathLike | None = None) -> dict[str, Any]:
-    """Copies the models trained by scripts/train_demo_models.sh in workdir into diffice/demo_models (the DDPM's
-    EMA weights), with demo.json: the training commands' settings and validation numbers."""
+def pack(workdir: PathLike, dest: PathLike | None = None, replace_bundled: bool = False) -> dict[str, Any]:
+    """Copies the models trained by scripts/train_demo_models.sh in workdir into `dest` (the DDPM's EMA weights),
+    with demo.json: the training commands' settings and validation numbers. `dest` None is the package's own
+    diffice/demo_models: replacing the bundled models needs replace_bundled=True (a ValueError otherwise, before
+    anything is written)."""
     from ..io import load_safetensors, load_safetensors_metadata, save_safetensors
 
     work = Path(workdir)
     dest = Path(dest) if dest is not None else MODELS_DIR
+    if dest.resolve() == MODELS_DIR.resolve() and not replace_bundled:
+        raise ValueError(
+            f"{dest} holds the demo models bundled with diffice; give your own folder with --dest FOLDER (then "
+            f"diffice demo --models FOLDER), or --replace-bundled to overwrite the bundled models"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     ema = work / "ddpm" / "ema.safetensors"
     meta = load_safetensors_metadata(ema)
@@ -174,18 +235,10 @@ def pack(workdir: PathLike, dest: PathLike | None = None) -> dict[str, Any]:
     return info
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m diffice.explain.demo")
-    sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("pack", help="copy trained demo models from WORKDIR into the package")
-    q.add_argument("workdir")
-    q.add_argument("--dest", default=None)
-    args = p.parse_args(argv)
-    print(json.dumps(pack(args.workdir, args.dest), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
+if __name__ == "__main__":  # the old packing command: run as a module that `import diffice` has already imported
+    print(
+        "python -m diffice.explain.demo: the packing command is now 'python -m diffice.explain.demo_pack WORKDIR "
+        "--dest FOLDER'",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -105,7 +105,13 @@ def run_demo(
         names = [p.name for p in list_images(folder)]
     explainer_models = (models.unet, models.diffusion, models.classifier, models.perceptual)
     summary_run = run_explain(
-        cfg, str(folder), str(out), progress=progress, models=explainer_models, command="diffice demo"
+        cfg,
+        str(folder),
+        str(out),
+        progress=progress,
+        models=explainer_models,
+        command="diffice demo",
+        demo_models=models.record() if isinstance(models, DemoModels) else None,
     )
 
     # everything below reads the records: a resumed run reports the same as an uninterrupted one

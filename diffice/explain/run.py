@@ -24,6 +24,7 @@ import numpy as np
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
 from ..io import read_json
 from .config import SECTIONS, check_lambda_p, check_sections
+from .demo import MODELS_DIR, describe_record, models_folder, models_record, record_mismatch
 from .explainer import ExplainerConfig, iterations_run
 
 
@@ -57,13 +58,22 @@ def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
-    """A resumed run must use the settings of the records already there (run_settings.json). Returns whether
-    there is no run_settings.json yet (the caller writes it once the run has started: :func:`_write_settings`)."""
+def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]], demo_models: dict[str, Any] | None = None) -> bool:
+    """A resumed run must use the settings of the records already there (run_settings.json), and the same demo
+    models where it recorded them. Returns whether there is no run_settings.json yet (the caller writes it once the
+    run has started: :func:`_write_settings`)."""
     path = out / "run_settings.json"
     now = _settings(cfg)
     if path.exists():
         before = read_json(path)
+        old_models = before.get("demo_models") if isinstance(before, dict) else None
+        if isinstance(old_models, dict) and demo_models is not None:
+            why = record_mismatch(old_models, demo_models["folder"] or MODELS_DIR)
+            if why is not None or old_models.get("folder") != demo_models["folder"]:
+                raise ValueError(
+                    f"{out} holds results made with {describe_record(old_models)}, not {describe_record(demo_models)}"
+                    f"{f' ({why})' if why else ''}; use another output folder, or the same models to resume"
+                )
         # a key newer than the folder's settings counts as its default
         diff = [
             f"{section}.{key}: {old!r} -> {value!r}"
@@ -80,8 +90,18 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> bool:
     return True
 
 
-def _write_settings(out: Path, cfg: dict[str, dict[str, Any]]) -> None:
-    atomic_write_bytes(out / "run_settings.json", (json.dumps(_settings(cfg), indent=1) + "\n").encode())
+def _write_settings(
+    out: Path, cfg: dict[str, dict[str, Any]], demo_models: dict[str, Any] | None, images_given: int, new: bool
+) -> None:
+    """Writes run_settings.json: the settings (new: a run's first), the demo models that made it (demo_models:
+    diffice.explain.demo.models_record, where the run used demo models) and how many images this run was given
+    (images_given: a later `diffice metrics` / `pairs` says when fewer are explained)."""
+    path = out / "run_settings.json"
+    data = _settings(cfg) if new or not path.is_file() else read_json(path)
+    if demo_models is not None and new:  # a folder of an older diffice: which models made it is not known
+        data["demo_models"] = demo_models
+    data["images_given"] = images_given
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 class OutputFolderError(OSError):
@@ -220,10 +240,13 @@ def run_explain(
     models: Any = None,
     executor: Any = None,
     command: str = "diffice explain",
+    demo_models: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Explains every image in images_dir into out_dir (see the module docstring). Returns a summary dict.
 
     command: what the lines printed about skipped images start with (the CLI command that runs this).
+    demo_models: what run_settings.json records of the demo models given as `models`
+    (diffice.explain.demo.DemoModels.record(); with [models] preset = "demo" and no `models` it is found here).
 
     models: optional (unet, diffusion, classifier, perceptual) already loaded (tests, notebooks, the demo).
     executor: where the batches run (diffice.explain.cluster.open_executor: a Dask cluster); default this process.
@@ -258,7 +281,9 @@ def run_explain(
         raise ValueError("run_explain: give models (loaded here) or an executor (models from cfg), not both")
     if models is None:
         check_lambda_p(cfg["models"], config.lambda_p)
-    new_settings = _check_same_settings(out, cfg) if out.is_dir() else True
+    if demo_models is None and models is None and cfg["models"].get("preset") == "demo":
+        demo_models = models_record(models_folder(None))  # what load_demo_models(None) reads
+    new_settings = _check_same_settings(out, cfg, demo_models) if out.is_dir() else True
     digests: dict[str, str] = {}  # each image's file_digest, for the resume checks and its record
     todo = [f for f in files if f.stem not in _finished(out, files, digests)]
     spec = models_spec(cfg)
@@ -274,7 +299,20 @@ def run_explain(
         with WriterLock(out / LOCK_FILE, busy):
             todo = [f for f in files if f.stem not in _finished(out, files, digests)]  # what a writer before left
             return _run(
-                cfg, out, files, todo, method, config, size, spec, executor, progress, new_settings, command, digests
+                cfg,
+                out,
+                files,
+                todo,
+                method,
+                config,
+                size,
+                spec,
+                executor,
+                progress,
+                new_settings,
+                command,
+                digests,
+                demo_models,
             )
     except BaseException as exc:
         # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
@@ -307,15 +345,15 @@ def _run(
     new_settings: bool,
     command: str,
     digests: dict[str, str],
+    demo_models: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from ..progress import ProgressBar
     from .cluster import batches, describe
 
-    if new_settings:
-        try:
-            _write_settings(out, cfg)
-        except OSError as exc:
-            raise _output_error(out, exc) from None
+    try:
+        _write_settings(out, cfg, demo_models, len(files), new_settings)
+    except OSError as exc:
+        raise _output_error(out, exc) from None
     _remove_stale_temporaries(out)
     run = cfg["run"]
     iterations = iterations_run(config.method, config.iterations)
