@@ -131,9 +131,9 @@ def test_old_results_folders_still_use_the_default_models(demo_copy, asked):
 def test_unfinished_run_says_so(demo_copy, capsys):
     (demo_copy / "dm1" / "records" / "phantom_01_no_csp.json").unlink()
     assert main(["metrics", str(demo_copy / "dm1"), "--no-cout"]) == 0
-    assert "(1 images) (run unfinished: 1 of 2 images explained)" in capsys.readouterr().out
+    assert "(1 images) (not every image: 1 of 2 explained; a stopped run resumes" in capsys.readouterr().out
     assert main(["pairs", str(demo_copy / "dm1"), "--out", str(demo_copy / "sheet.html")]) == 0
-    assert "(run unfinished: 1 of 2 images explained)" in capsys.readouterr().out
+    assert "(not every image: 1 of 2 explained; a stopped run resumes" in capsys.readouterr().out
 
 
 def test_finished_run_says_nothing_more(demo_copy, capsys):

@@ -679,8 +679,14 @@ def images_given(results_dir: PathLike) -> int | None:
 
 
 def unfinished_note(explained: int, given: int | None) -> str:
-    """' (run unfinished: 2 of 12 images explained)' when the run was given more images than it explained, else ''."""
-    return f" (run unfinished: {explained} of {given} images explained)" if given and given > explained else ""
+    """' (not every image: 2 of 12 explained; ...)' when the run was given more images than it explained (it was
+    stopped, or some images failed), else ''."""
+    if not given or given <= explained:
+        return ""
+    return (
+        f" (not every image: {explained} of {given} explained; a stopped run resumes with the same command, "
+        f"failures are listed in errors.csv)"
+    )
 
 
 def load_results(results_dir: PathLike) -> dict[str, Any]:
