@@ -288,8 +288,12 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.replace(" ", "").split(",") if v]
+def _int_list(text: str, flag: str) -> list[int]:
+    """Comma-separated integers; ValueError naming the option otherwise."""
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
 # `diffice train ddpm`'s UNet when not given (guided-diffusion's flags' defaults; their --help shows them)
@@ -312,8 +316,10 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     given = dict(
         model_channels=args.model_channels,
         num_res_blocks=args.num_res_blocks,
-        channel_mult=None if args.channel_mult is None else tuple(_int_list(args.channel_mult)),
-        attention_resolutions=None if args.attention_ds is None else tuple(_int_list(args.attention_ds)),
+        channel_mult=None if args.channel_mult is None else tuple(_int_list(args.channel_mult, "--channel-mult")),
+        attention_resolutions=None
+        if args.attention_ds is None
+        else tuple(_int_list(args.attention_ds, "--attention-ds")),
         num_heads=args.num_heads,
         num_head_channels=args.num_head_channels,
         learn_sigma=args.learn_sigma,
@@ -351,9 +357,15 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _names(text: str | None) -> list[str] | None:
-    """A comma-separated list of names (None: not given)."""
-    return None if text is None else [c for c in text.split(",") if c]
+def _names(text: str | None, flag: str, allow_empty: bool = True) -> list[str] | None:
+    """A comma-separated list of names (None: not given); ValueError naming the option for an empty one unless
+    allow_empty."""
+    if text is None:
+        return None
+    names = [c for c in text.split(",") if c]
+    if not names and not allow_empty:
+        raise ValueError(f"{flag}: expected at least one comma-separated name, got {text!r}")
+    return names
 
 
 def _cmd_train_supervised(args: argparse.Namespace) -> int:
@@ -369,8 +381,8 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
         labels=getattr(args, "labels", None),
         size=tuple(args.size) if args.size else None,
         segmenter=getattr(args, "segmenter", None),
-        concepts=_names(getattr(args, "concepts", None)),
-        negative=_names(getattr(args, "negative", None)),
+        concepts=_names(getattr(args, "concepts", None), "--concepts", allow_empty=False),
+        negative=_names(getattr(args, "negative", None), "--negative"),
         width=getattr(args, "width", None),
         levels=getattr(args, "levels", None),
         groups=getattr(args, "groups", None),

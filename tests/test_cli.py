@@ -292,3 +292,28 @@ def test_explain_names_the_classifier_kind_and_target_class_flags(tmp_path, caps
     line = _one_error_line(capsys.readouterr().err, "explain")
     assert "--target-class" in line and "target 20 is not a class of a 14-class classifier" in line
     assert "0..13" in line
+
+
+def test_train_names_the_option_or_file_behind_a_malformed_value(tmp_path, capsys):
+    """--channel-mult a,b said "invalid literal for int()", --concepts "" spoke of SonoNet's num_classes, a binary
+    labels CSV of a utf-8 codec: each now names the option or the file."""
+    from diffice.data.phantoms import write_dataset
+
+    write_dataset(tmp_path / "set", 4, seed=0)
+    images = str(tmp_path / "set" / "images")
+    assert main(["train", "ddpm", "--images", images, "--out", str(tmp_path / "d"), "--steps", "1",
+                 "--channel-mult", "a,b", "--quiet"]) == 2  # fmt: skip
+    assert "--channel-mult: expected comma-separated integers, got 'a,b'" in _one_error_line(
+        capsys.readouterr().err, "train"
+    )
+    labels = str(tmp_path / "set" / "labels.csv")
+    assert main(["train", "oracle", "--images", images, "--labels", labels, "--out", str(tmp_path / "o"),
+                 "--steps", "1", "--concepts", "", "--quiet"]) == 2  # fmt: skip
+    assert "--concepts: expected at least one comma-separated name, got ''" in _one_error_line(
+        capsys.readouterr().err, "train"
+    )
+    binary = tmp_path / "labels.csv"
+    binary.write_bytes(b"\xff\xfe\x00file,label\n")
+    assert main(["train", "oracle", "--images", images, "--labels", str(binary), "--out", str(tmp_path / "b"),
+                 "--steps", "1", "--quiet"]) == 2  # fmt: skip
+    assert f"{binary}: not a CSV text file" in _one_error_line(capsys.readouterr().err, "train")

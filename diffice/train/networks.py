@@ -281,14 +281,17 @@ class TrainingSet:
 
 
 def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
-        if "file" not in fields:
-            raise ValueError(f"{path}: needs a 'file' column (the image file names), has {fields}")
-        rows = {}
-        for r in reader:
-            rows[r["file"]] = r
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            if "file" not in fields:
+                raise ValueError(f"{path}: needs a 'file' column (the image file names), has {fields}")
+            rows = {}
+            for r in reader:
+                rows[r["file"]] = r
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a CSV text file ({exc})") from None
     return fields, rows
 
 
