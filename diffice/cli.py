@@ -5,7 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from .models.unet import DEFAULT_CONFIG as UNET_DEFAULTS
+from .train.ddpm import DDPM_DEFAULTS
+from .train.networks import SUPERVISED_DEFAULTS
+
+# the UNet flags of `diffice train ddpm` (their config keys; --attention-ds is attention_resolutions)
+_UNET_FLAG_KEYS = (
+    "model_channels",
+    "num_res_blocks",
+    "channel_mult",
+    "attention_resolutions",
+    "num_heads",
+    "num_head_channels",
+)
+_DDPM_FLAG_DEFAULTS: dict[str, Any] = {
+    **DDPM_DEFAULTS,
+    **{k: UNET_DEFAULTS[k] for k in _UNET_FLAG_KEYS},
+    "attention_ds": UNET_DEFAULTS["attention_resolutions"],
+}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -296,18 +315,13 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
-# `diffice train ddpm`'s UNet when not given (guided-diffusion's flags' defaults; their --help shows them)
-_DDPM_UNET_DEFAULTS: dict[str, Any] = dict(
-    model_channels=128,
-    num_res_blocks=2,
-    channel_mult=(1, 1, 2, 3, 4),
-    attention_resolutions=(8, 16),
-    num_heads=4,
-    num_head_channels=-1,
-    learn_sigma=True,
-    use_scale_shift_norm=True,
-    resblock_updown=True,
-)
+# `diffice train ddpm`'s UNet when not given: the UNet's own defaults (guided-diffusion's flags'; --help shows them)
+_DDPM_UNET_DEFAULTS: dict[str, Any] = {
+    **{k: UNET_DEFAULTS[k] for k in _UNET_FLAG_KEYS},
+    "learn_sigma": UNET_DEFAULTS["out_channels"] == 2 * cast(int, UNET_DEFAULTS["in_channels"]),
+    "use_scale_shift_norm": UNET_DEFAULTS["use_scale_shift_norm"],
+    "resblock_updown": UNET_DEFAULTS["resblock_updown"],
+}
 
 
 def _cmd_train_ddpm(args: argparse.Namespace) -> int:
@@ -416,11 +430,13 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _tracked(parser: Any, *flags: str, default: Any, **kwargs: Any) -> argparse.Action:
+def _tracked(parser: Any, *flags: str, defaults: dict[str, Any], **kwargs: Any) -> argparse.Action:
     """An option whose parsed value is None when it is not given (the training functions then take their default
-    for a new run and the run's own value on --resume); --help still shows ``default``."""
+    for a new run and the run's own value on --resume); --help still shows the default, ``defaults[dest]`` (the
+    training function's own table, so the two cannot differ)."""
     action = parser.add_argument(*flags, default=None, **kwargs)
-    vars(action)["shown_default"] = default
+    value = defaults[action.dest]
+    vars(action)["shown_default"] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
     return action
 
 
@@ -430,15 +446,27 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
     p.add_argument("--out", required=True, help="output folder (model.safetensors, metrics.json, loss.csv/png)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (and masks) to H x W")
     p.add_argument("--steps", type=int, default=2000, help="AdamW steps")
-    _tracked(p, "--batch-size", type=int, default=16, help="images per step")
-    _tracked(p, "--lr", type=float, default=1e-3, help="initial learning rate (cosine decay to 10%%)")
-    _tracked(p, "--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    _tracked(p, "--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
-    _tracked(p, "--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
+    _tracked(p, "--batch-size", type=int, defaults=SUPERVISED_DEFAULTS, help="images per step")
+    _tracked(p, "--lr", type=float, defaults=SUPERVISED_DEFAULTS, help="initial learning rate (cosine decay to 10%%)")
+    _tracked(p, "--weight-decay", type=float, defaults=SUPERVISED_DEFAULTS, help="AdamW weight decay")
+    _tracked(
+        p,
+        "--grad-clip",
+        type=float,
+        defaults=SUPERVISED_DEFAULTS,
+        help="clip the global gradient norm to this (>= 0; 0: off)",
+    )
+    _tracked(
+        p,
+        "--seed",
+        type=int,
+        defaults=SUPERVISED_DEFAULTS,
+        help="random seed (>= 0): the same seed and settings, the same run",
+    )
     p.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
     )
-    _tracked(p, "--val-fraction", type=float, default=0.1, help="held-out fraction for metrics.json")
+    _tracked(p, "--val-fraction", type=float, defaults=SUPERVISED_DEFAULTS, help="held-out fraction for metrics.json")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument(
         "--resume",
@@ -605,11 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
     p.add_argument("--steps", type=int, default=300_000, help="total training steps (paper: 300K)")
-    _tracked(p, "--batch-size", type=int, default=16, help="batch size (paper: 16); at most the number of images")
-    _tracked(p, "--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
-    _tracked(p, "--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0.05)")
-    _tracked(p, "--ema-rate", type=float, default=0.9999, help="EMA rate (guided-diffusion: 0.9999)")
-    _tracked(p, "--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (>= 0; 0: off)")
+    _tracked(
+        p,
+        "--batch-size",
+        type=int,
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="batch size (paper: 16); at most the number of images",
+    )
+    _tracked(p, "--lr", type=float, defaults=_DDPM_FLAG_DEFAULTS, help="AdamW learning rate (paper: 1e-4)")
+    _tracked(p, "--weight-decay", type=float, defaults=_DDPM_FLAG_DEFAULTS, help="AdamW weight decay (paper: 0.05)")
+    _tracked(p, "--ema-rate", type=float, defaults=_DDPM_FLAG_DEFAULTS, help="EMA rate (guided-diffusion: 0.9999)")
+    _tracked(
+        p,
+        "--grad-clip",
+        type=float,
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="clip the global gradient norm to this (>= 0; 0: off)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
     p.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
@@ -622,21 +662,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out (its model config; settings not given are the run's)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _tracked(p, "--diffusion-steps", type=int, default=1000, help="diffusion steps T (linear schedule)")
-    _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], default="mse")
+    _tracked(p, "--diffusion-steps", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="diffusion steps T (linear schedule)")
+    _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], defaults=_DDPM_FLAG_DEFAULTS)
     g = p.add_argument_group("UNet (guided-diffusion flags)")
-    _tracked(g, "--model-channels", type=int, default=128)
-    _tracked(g, "--num-res-blocks", type=int, default=2)
-    _tracked(g, "--channel-mult", default="1,1,2,3,4", help="comma-separated level multipliers")
+    _tracked(g, "--model-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--num-res-blocks", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--channel-mult", defaults=_DDPM_FLAG_DEFAULTS, help="comma-separated level multipliers")
     _tracked(
         g,
         "--attention-ds",
-        default="8,16",
+        defaults=_DDPM_FLAG_DEFAULTS,
         help="downsample factors with attention, comma-separated, each one the levels reach (1, 2, 4, ... "
         "2**(levels - 1); '' for the middle block only; guided-diffusion's image_size // attention_resolutions)",
     )
-    _tracked(g, "--num-heads", type=int, default=4)
-    _tracked(g, "--num-head-channels", type=int, default=-1)
+    _tracked(g, "--num-heads", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--num-head-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
     g.add_argument(
         "--no-learn-sigma",
         dest="learn_sigma",
@@ -653,9 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of label maps with the images' file names (PNG, values "
         "= class indices; names from classes.txt beside it)",
     )
-    _tracked(p, "--width", type=int, default=16, help="channels of the first level")
-    _tracked(p, "--levels", type=int, default=3, help="resolution levels")
-    _tracked(p, "--groups", type=int, default=8, help="GroupNorm groups (must divide --width)")
+    _tracked(p, "--width", type=int, defaults=SUPERVISED_DEFAULTS, help="channels of the first level")
+    _tracked(p, "--levels", type=int, defaults=SUPERVISED_DEFAULTS, help="resolution levels")
+    _tracked(p, "--groups", type=int, defaults=SUPERVISED_DEFAULTS, help="GroupNorm groups (must divide --width)")
     p = _add_supervised_parser(
         train,
         "classifier",
@@ -664,17 +704,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels", required=True, help="CSV with 'file' and 'label' (1 = standard plane) columns")
     p.add_argument("--segmenter", required=True, help="a segmenter from 'diffice train segmenter'")
-    _tracked(p, "--k", type=int, default=8, help="SonoNet width k")
+    _tracked(p, "--k", type=int, defaults=SUPERVISED_DEFAULTS, help="SonoNet width k")
     p = _add_supervised_parser(train, "oracle", "the concept oracle: a SonoNet-k with one binary head per concept")
     p.add_argument("--labels", required=True, help="CSV with 'file', the concept columns and 'label'")
-    _tracked(p, "--concepts", default="TH,CSP,FP,sharp", help="comma-separated 0/1 concept columns")
-    _tracked(p, "--negative", default="FP", help="concepts that must be absent in a standard plane")
+    _tracked(p, "--concepts", defaults=SUPERVISED_DEFAULTS, help="comma-separated 0/1 concept columns")
+    _tracked(p, "--negative", defaults=SUPERVISED_DEFAULTS, help="concepts that must be absent in a standard plane")
     p.add_argument(
         "--segmenter",
         default=None,
         help="optional: a segmenter (trained apart from f's) whose maps the oracle sees beside the image; frozen",
     )
-    _tracked(p, "--k", type=int, default=8, help="SonoNet width k")
+    _tracked(p, "--k", type=int, defaults=SUPERVISED_DEFAULTS, help="SonoNet width k")
     return parser
 
 
