@@ -755,9 +755,9 @@ def _check_n(n: Any, where: str = "") -> None:
 
 def _check_seed(seed: Any, where: str = "") -> None:
     """ValueError unless seed is an integer in [0, 2**64), the rule of every command's seed (never taken modulo)."""
-    from ..explain.config import check_seed_value  # imported here: diffice.explain imports this module
+    from ..ops._diffusion import SEED_LIMIT
 
-    if check_seed_value(seed) is not None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(
             f"{where}seed must be a non-negative integer below 2**64 (seeds are never taken modulo 2**64), got {seed!r}"
         )
