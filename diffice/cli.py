@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -718,8 +719,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_empty_folder(path: str | None, existed: bool) -> Path | None:
+    """path when this run created it and left it empty (a refused run leaves nothing behind), else None."""
+    if not path or existed:
+        return None
+    folder = Path(path)
+    try:
+        return folder if folder.is_dir() and not any(folder.iterdir()) else None
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = getattr(args, "out", None)  # the output folder of the commands that have one
+    out = out if isinstance(out, str) else None
+    out_existed = out is not None and os.path.lexists(out)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -728,6 +743,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError) as exc:
         # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...)
         print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
+        empty = _new_empty_folder(out, out_existed)
+        if empty is not None:
+            empty.rmdir()
         return 2
 
 

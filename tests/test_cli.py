@@ -317,3 +317,20 @@ def test_train_names_the_option_or_file_behind_a_malformed_value(tmp_path, capsy
     assert main(["train", "oracle", "--images", images, "--labels", str(binary), "--out", str(tmp_path / "b"),
                  "--steps", "1", "--quiet"]) == 2  # fmt: skip
     assert f"{binary}: not a CSV text file" in _one_error_line(capsys.readouterr().err, "train")
+
+
+def test_a_refused_run_leaves_no_empty_output_folder_behind(tmp_path, capsys):
+    """train ddpm with a batch larger than the images was refused after making --out: the empty folder it made is
+    removed; a folder that was there before is left as it was."""
+    from diffice.data.phantoms import write_dataset
+
+    write_dataset(tmp_path / "set", 3, seed=0)
+    images = str(tmp_path / "set" / "images")
+    out = tmp_path / "new"
+    assert main(["train", "ddpm", "--images", images, "--out", str(out), "--steps", "1", "--quiet"]) == 2
+    assert "batch_size (--batch-size) must be at most the number of training images" in capsys.readouterr().err
+    assert not out.exists()
+    before = tmp_path / "mine"
+    before.mkdir()
+    assert main(["train", "ddpm", "--images", images, "--out", str(before), "--steps", "1", "--quiet"]) == 2
+    assert before.is_dir()
