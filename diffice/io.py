@@ -7,7 +7,7 @@ Nothing in a file is ever executed: PyTorch checkpoints are read by a restricted
 globals ``torch.save`` writes for a state_dict and refuses any other by name. torch is not needed at runtime.
 
 read_json reads the JSON files of a results folder (records, run_settings.json, warnings.json), naming the file when
-one is damaged.
+one is damaged; file_digest is the sha256 a results folder records of an input image or a demo model file.
 
 Errors: a missing path raises FileNotFoundError, a directory IsADirectoryError ("<path> is a folder, not a model
 file"), a malformed file ValueError whose message starts with the path and names the problem.
@@ -34,6 +34,7 @@ __all__ = [
     "load_npz",
     "load_torch",
     "read_json",
+    "file_digest",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,3 +161,15 @@ def read_json(path: PathLike) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc})") from None
+
+
+def file_digest(path: PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks: what a record remembers of the image it explained, and a
+    run of the demo models it used."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data.phantoms import FAILURE_MODES, PhantomBatch, generate
 from ..evaluation.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED, mean_interval, mqd, mqd_terms
+from ..io import file_digest
 from ..models.diffusion import GaussianDiffusion, diffusion_from_section
 from ..models.unet import UNet
 from .explainer import Explainer
@@ -124,14 +125,13 @@ def models_record(folder: PathLike) -> dict[str, Any]:
     bundled = root == MODELS_DIR.resolve()
     record: dict[str, Any] = dict(folder=None if bundled else str(root))
     for name in RECORDED_FILES:
-        record[name.split(".")[0] + "_sha256"] = _sha256(root / name) if (root / name).is_file() else None
+        record[_digest_key(name)] = file_digest(root / name) if (root / name).is_file() else None
     return record
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest_key(name: str) -> str:
+    """The record's key for a file's sha256: "classifier_sha256" for classifier.safetensors."""
+    return name.split(".")[0] + "_sha256"
 
 
 def describe_record(record: dict[str, Any]) -> str:
@@ -142,9 +142,14 @@ def describe_record(record: dict[str, Any]) -> str:
 def record_mismatch(record: dict[str, Any], folder: PathLike) -> str | None:
     """Why the demo models in `folder` are not those of `record` (run_settings.json "demo_models"): which file is
     missing or differs; None when they are the same."""
-    now = models_record(folder)
+    return records_differ(record, models_record(folder), folder)
+
+
+def records_differ(record: dict[str, Any], now: dict[str, Any], folder: PathLike) -> str | None:
+    """Why the models recorded in `now` (:func:`models_record` of `folder`) are not those of `record`: which file is
+    missing or differs; None when they are the same."""
     for name in RECORDED_FILES:
-        key = name.split(".")[0] + "_sha256"
+        key = _digest_key(name)
         if record.get(key) is None:
             continue
         if now[key] is None:

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
-from ..io import read_json
+from ..io import file_digest, read_json
 from .config import SECTIONS, check_lambda_p, check_sections
-from .demo import MODELS_DIR, describe_record, models_folder, models_record, record_mismatch
+from .demo import MODELS_DIR, describe_record, models_folder, models_record, records_differ
 from .explainer import ExplainerConfig, iterations_run
 
 
@@ -68,7 +68,7 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]], demo_models:
         before = read_json(path)
         old_models = before.get("demo_models") if isinstance(before, dict) else None
         if isinstance(old_models, dict) and demo_models is not None:
-            why = record_mismatch(old_models, demo_models["folder"] or MODELS_DIR)
+            why = records_differ(old_models, demo_models, demo_models["folder"] or MODELS_DIR)
             if why is not None or old_models.get("folder") != demo_models["folder"]:
                 raise ValueError(
                     f"{out} holds results made with {describe_record(old_models)}, not {describe_record(demo_models)}"
@@ -177,17 +177,6 @@ class WriterLock:
 
 
 LOCK_FILE = ".diffice-explain.lock"
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file's bytes: what a record remembers of the image it explained."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _finished(out: Path, files: list[Path], digests: dict[str, str]) -> set[str]:
