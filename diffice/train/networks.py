@@ -620,12 +620,13 @@ def train_supervised(
         raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
     who = f"train {kind}"
     out = Path(out_dir)
-    saved_settings: dict[str, Any] = {}
+    saved_meta: dict[str, str] = {}  # the resumed run's model.safetensors metadata
     if resume:  # before anything is read or written: a run of this kind, not past `steps`
         check_resumable(out, kind, who, steps)
         from ..io import load_safetensors_metadata
 
-        saved_settings = json.loads(load_safetensors_metadata(out / "model.safetensors").get("diffice_training", "{}"))
+        saved_meta = load_safetensors_metadata(out / "model.safetensors")
+    saved_settings = json.loads(saved_meta.get("diffice_training", "{}"))
     given: dict[str, Any] = dict(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
     )
@@ -674,9 +675,7 @@ def train_supervised(
         assert data.labels is not None  # a classifier's training set has labels (load_training_set)
         n_classes = class_count(data.labels, f"{labels}: labels", "a typo?")
     if resume:  # the model's structure is the run's (check_resumable: of this kind)
-        from ..io import load_safetensors_metadata
-
-        model = build_model(json.loads(load_safetensors_metadata(out / "model.safetensors")["diffice_model"]))
+        model = build_model(json.loads(saved_meta["diffice_model"]))
     elif kind == "segmenter":
         assert data.classes is not None  # a segmenter's training set has its class names (load_training_set)
         model = Segmenter(classes=len(data.classes), width=width, levels=levels, groups=groups)
