@@ -15,6 +15,7 @@ file"), a malformed file ValueError whose message starts with the path and names
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "load_npz",
     "load_torch",
     "read_json",
+    "read_csv",
     "file_digest",
 ]
 
@@ -161,6 +163,27 @@ def read_json(path: PathLike) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc})") from None
+
+
+CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row) for each row of a CSV file
+
+
+def read_csv(path: PathLike, required: tuple[str, ...], what: str) -> tuple[list[str], CsvRows]:
+    """A UTF-8 CSV file with a header row: its column names and its rows, each with its line number in the file.
+    ``what`` says what the file should be ("a CSV of answers"): text that is not UTF-8 or not CSV, and a header
+    without the ``required`` columns, are a ValueError naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in fields]
+            if missing:
+                raise ValueError(f"{path}: expected {what} with the columns {list(required)}; it has {fields}")
+            return fields, [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not {what} (not UTF-8 text: {exc})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not {what} ({exc})") from None
 
 
 def file_digest(path: PathLike) -> str:

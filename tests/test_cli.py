@@ -316,7 +316,7 @@ def test_train_names_the_option_or_file_behind_a_malformed_value(tmp_path, capsy
     binary.write_bytes(b"\xff\xfe\x00file,label\n")
     assert main(["train", "oracle", "--images", images, "--labels", str(binary), "--out", str(tmp_path / "b"),
                  "--steps", "1", "--quiet"]) == 2  # fmt: skip
-    assert f"{binary}: not a CSV text file" in _one_error_line(capsys.readouterr().err, "train")
+    assert f"{binary}: not a CSV of labels" in _one_error_line(capsys.readouterr().err, "train")
 
 
 def test_a_refused_run_leaves_no_empty_output_folder_behind(tmp_path, capsys):

@@ -8,6 +8,7 @@ FileNotFoundError / IsADirectoryError.
 from __future__ import annotations
 
 import collections
+import csv
 import io as pyio
 import json
 import os
@@ -809,3 +810,34 @@ def test_save_safetensors_float16_reads_back_in_every_reader(tmp_path, rng):
         dio.save_safetensors(tmp_path / "x.safetensors", {"big": np.array([1e6], np.float32)}, dtype="float16")
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
         dio.save_safetensors(tmp_path / "x.safetensors", tensors, dtype="bfloat16")
+
+
+def test_read_csv_rows_line_numbers_and_errors(tmp_path):
+    from diffice.io import read_csv
+
+    good = tmp_path / "labels.csv"
+    good.write_text('file,label\na.png,1\n"b\nc.png",2\nd.png,3\n', encoding="utf-8")
+    fields, rows = read_csv(good, ("file",), "a CSV of labels")
+    assert fields == ["file", "label"]
+    # the line number is where a row ends, so a quoted newline moves the next one down
+    assert rows == [
+        (2, {"file": "a.png", "label": "1"}),
+        (4, {"file": "b\nc.png", "label": "2"}),
+        (5, {"file": "d.png", "label": "3"}),
+    ]
+    missing = tmp_path / "missing.csv"
+    missing.write_text("name,label\na.png,1\n", encoding="utf-8")
+    with pytest.raises(
+        ValueError,
+        match=rf"^{missing}: expected a CSV of labels with the columns \['file'\]; "
+        r"it has \['name', 'label'\]$",
+    ):
+        read_csv(missing, ("file",), "a CSV of labels")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"file\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=rf"^{binary}: not a CSV of labels \(not UTF-8 text"):
+        read_csv(binary, ("file",), "a CSV of labels")
+    huge = tmp_path / "huge.csv"
+    huge.write_text("file\n" + "x" * (csv.field_size_limit() + 1) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{huge}: not a CSV of labels \(field larger than field limit"):
+        read_csv(huge, ("file",), "a CSV of labels")

@@ -11,7 +11,6 @@ random sheet id, and answers from another sheet are refused.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -24,7 +23,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..data.images import atomic_write_bytes
-from ..io import read_json
+from ..io import read_csv, read_json
 from .metrics import check_results_folder
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -222,17 +221,7 @@ def _read_key(key_json: PathLike) -> dict[str, Any]:
 
 def _read_answers(answers_csv: PathLike) -> list[tuple[int, dict[str, str]]]:
     """The rows of a reader's CSV with their line numbers; a ValueError naming the file for anything unreadable."""
-    try:
-        with open(answers_csv, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            need = {"sheet_id", "pair", "choice"}
-            if not need <= set(reader.fieldnames or []):
-                raise ValueError(f"{answers_csv}: expected columns {sorted(need)}, got {reader.fieldnames}")
-            return [(reader.line_num, r) for r in reader]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{answers_csv}: not a CSV of answers (not UTF-8 text: {exc})") from None
-    except csv.Error as exc:
-        raise ValueError(f"{answers_csv}: not a CSV of answers ({exc})") from None
+    return read_csv(answers_csv, ("sheet_id", "pair", "choice"), "a CSV of answers")[1]
 
 
 def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:

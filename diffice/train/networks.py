@@ -5,7 +5,6 @@ train on phantoms (fresh images every step) or on a fixed data set."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 
 from .. import ops
 from .._native import _C
-from ..io import load_safetensors
+from ..io import load_safetensors, read_csv
 from ..models.network import NetworkBase
 from ..models.probabilities import predicted_class, sigmoid
 from ..ops._backend import get_backend
@@ -281,18 +280,8 @@ class TrainingSet:
 
 
 def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or [])
-            if "file" not in fields:
-                raise ValueError(f"{path}: needs a 'file' column (the image file names), has {fields}")
-            rows = {}
-            for r in reader:
-                rows[r["file"]] = r
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: not a CSV text file ({exc})") from None
-    return fields, rows
+    fields, rows = read_csv(path, ("file",), "a CSV of labels (a 'file' column with the image file names)")
+    return fields, {r["file"]: r for _, r in rows}
 
 
 def load_training_set(
