@@ -96,41 +96,41 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 class _run_warnings:
-    """`with _run_warnings("explain"):` prints every SuspiciousRunWarning raised inside plainly on stderr as
-    "diffice explain: WARNING: ..." (each one, whatever the warning filters say), diffice's other warnings (an
-    AspectRatioWarning naming the file, ...) as "diffice explain: warning: ...", each message once; warnings of
-    other packages show as usual."""
+    """`with _run_warnings("explain"):` prints diffice's warnings on stderr as they are raised, one plain line each:
+    a SuspiciousRunWarning as "diffice explain: WARNING: ..." (every one, whatever the warning filters say), the
+    others (an AspectRatioWarning naming the file, ...) as "diffice explain: warning: ...", each message once (a
+    message says where, so a repeat says nothing new); warnings of other packages show as usual."""
 
     def __init__(self, command: str) -> None:
         import warnings
 
-        self.command, self._catch = command, warnings.catch_warnings(record=True)
+        self.command, self._catch, self._shown = command, warnings.catch_warnings(), set[str]()
 
     def __enter__(self) -> _run_warnings:
         import warnings
 
         from .explain.explainer import SuspiciousRunWarning
 
-        self.caught = self._catch.__enter__()
+        self._catch.__enter__()  # restores the filters and showwarning on exit
         warnings.simplefilter("always", SuspiciousRunWarning)
+        self._python_show = warnings.showwarning
+        warnings.showwarning = self._show
         return self
 
-    def __exit__(self, *exc) -> None:
-        import warnings
-
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
         from .explain.explainer import SuspiciousRunWarning
 
+        if issubclass(category, SuspiciousRunWarning):
+            print(f"diffice {self.command}: WARNING: {message}", file=sys.stderr, flush=True)
+        elif category.__module__.split(".")[0] == "diffice":
+            if str(message) not in self._shown:
+                self._shown.add(str(message))
+                print(f"diffice {self.command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            self._python_show(message, category, filename, lineno, file, line)
+
+    def __exit__(self, *exc) -> None:
         self._catch.__exit__(*exc)
-        shown = set()
-        for w in self.caught:
-            if issubclass(w.category, SuspiciousRunWarning):
-                print(f"diffice {self.command}: WARNING: {w.message}", file=sys.stderr, flush=True)
-            elif w.category.__module__.split(".")[0] == "diffice":
-                if str(w.message) not in shown:  # a message says where, so a repeat says nothing new
-                    shown.add(str(w.message))
-                    print(f"diffice {self.command}: warning: {w.message}", file=sys.stderr, flush=True)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -343,26 +343,27 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
     config = {k: v for k, v in given.items() if v is not None}
     if not args.resume:
         config = dict(_DDPM_UNET_DEFAULTS, **config)
-    result = train_ddpm(
-        args.images,
-        args.out,
-        config,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        ema_rate=args.ema_rate,
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        augment=args.augment,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        resume=args.resume,
-        progress=not args.quiet,
-        size=tuple(args.size) if args.size else None,
-        diffusion_steps=args.diffusion_steps,
-        loss_type=args.loss_type,
-    )
+    with _run_warnings("train ddpm"):
+        result = train_ddpm(
+            args.images,
+            args.out,
+            config,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            ema_rate=args.ema_rate,
+            grad_clip=args.grad_clip,
+            seed=args.seed,
+            augment=args.augment,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
+            resume=args.resume,
+            progress=not args.quiet,
+            size=tuple(args.size) if args.size else None,
+            diffusion_steps=args.diffusion_steps,
+            loss_type=args.loss_type,
+        )
     if not args.quiet:
         print(
             f"step {result.step}: last step's loss {result.last_loss:.4g}, mean of the last {result.mean_steps} "
@@ -388,32 +389,33 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
 
     from .train.networks import train_supervised
 
-    metrics = train_supervised(
-        args.model,
-        args.images,
-        args.out,
-        masks=getattr(args, "masks", None),
-        labels=getattr(args, "labels", None),
-        size=tuple(args.size) if args.size else None,
-        segmenter=getattr(args, "segmenter", None),
-        concepts=_names(getattr(args, "concepts", None), "--concepts", allow_empty=False),
-        negative=_names(getattr(args, "negative", None), "--negative"),
-        width=getattr(args, "width", None),
-        levels=getattr(args, "levels", None),
-        groups=getattr(args, "groups", None),
-        k=getattr(args, "k", None),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        augment=args.augment,
-        val_fraction=args.val_fraction,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    with _run_warnings(f"train {args.model}"):
+        metrics = train_supervised(
+            args.model,
+            args.images,
+            args.out,
+            masks=getattr(args, "masks", None),
+            labels=getattr(args, "labels", None),
+            size=tuple(args.size) if args.size else None,
+            segmenter=getattr(args, "segmenter", None),
+            concepts=_names(getattr(args, "concepts", None), "--concepts", allow_empty=False),
+            negative=_names(getattr(args, "negative", None), "--negative"),
+            width=getattr(args, "width", None),
+            levels=getattr(args, "levels", None),
+            groups=getattr(args, "groups", None),
+            k=getattr(args, "k", None),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            seed=args.seed,
+            augment=args.augment,
+            val_fraction=args.val_fraction,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     print(json.dumps(metrics["validation"], indent=2))
     print(f"wrote {args.out}/model.safetensors, metrics.json, loss.csv, loss.png")
     return 130 if metrics["interrupted"] else 0

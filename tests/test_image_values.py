@@ -379,3 +379,30 @@ def test_atomic_writes_name_the_file_on_every_failure(tmp_path, monkeypatch):
         images.atomic_write_bytes(tmp_path / "out.bin", b"x")
     assert info.value.errno == errno.ENOSPC
     assert sorted(os.listdir(tmp_path)) == ["file", "folder"]
+
+
+def test_train_ddpm_prints_the_aspect_warning_as_one_line_when_the_images_are_read(tmp_path):
+    """diffice train ddpm showed Python's raw two-line warning (file:line, source) for an image --size stretches;
+    now it is one "diffice train ddpm: warning:" line naming the file, shown before training starts (before the
+    progress bar's first line), not when the run ends."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, (h, w) in {"wide.png": (8, 48), "fine_a.png": (32, 48), "fine_b.png": (16, 24)}.items():
+        rng = np.random.default_rng(len(name))
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(images / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["OMP_NUM_THREADS"] = "1"
+    tiny = ["--model-channels", "32", "--num-res-blocks", "1", "--channel-mult", "1,1", "--attention-ds", "2",
+            "--num-heads", "1", "--diffusion-steps", "20"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffice", "train", "ddpm", "--images", str(images), "--out", str(tmp_path / "out"),
+         "--size", "16", "24", "--steps", "2", "--batch-size", "2", *tiny],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    warned = [i for i, l in enumerate(lines) if "aspect ratio" in l]
+    assert len(warned) == 1 and lines[warned[0]].startswith("diffice train ddpm: warning: "), proc.stderr
+    assert str(images / "wide.png") in lines[warned[0]] and ".py:" not in proc.stderr
+    bar = [i for i, l in enumerate(lines) if "[" in l and "]" in l and "/2" in l]
+    assert bar and warned[0] < bar[0], proc.stderr
