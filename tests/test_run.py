@@ -474,3 +474,33 @@ def test_damaged_records_and_shared_stems_are_named(tmp_path, rng, models, capsy
     write_images(tmp_path / "in", rng, 1)
     with pytest.raises(ValueError, match=r"img0\.png and img0\.tif share the file name stem 'img0'"):
         run_explain(config(), tmp_path / "in", tmp_path / "out2", progress=False, models=models)
+
+
+def test_resuming_with_a_changed_model_file_is_refused(tmp_path, rng, model_files, capsys):
+    """A run whose models come from its settings' files records each file's sha256 (run_settings.json
+    "model_files"); resuming it after the file at the same path changed (a retrained classifier) is refused, naming
+    the file, instead of mixing two models' results in one folder. The same file resumes."""
+    import shutil
+
+    from diffice.cli import main
+    from diffice.io import file_digest
+
+    models = tmp_path / "models"
+    shutil.copytree(model_files, models)
+    write_images(tmp_path / "in", rng, 2)
+    flags = file_flags(models, "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert main(["explain", *flags]) == 0
+    recorded = json.loads((tmp_path / "out" / "run_settings.json").read_text())["model_files"]
+    assert recorded == {
+        "unet": file_digest(models / "ddpm.safetensors"),
+        "classifier": file_digest(models / "f.safetensors"),
+    }
+    assert main(["explain", *flags]) == 0  # the same files: everything is done, nothing refused
+    capsys.readouterr()
+    clf = tiny_plane_classifier()
+    clf.segmenter._randomize(7)
+    clf.save(models / "f.safetensors")
+    assert main(["explain", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"holds results made with another classifier file: {models / 'f.safetensors'} has changed" in err
+    assert file_digest(models / "f.safetensors")[:12] in err and recorded["classifier"][:12] in err

@@ -85,6 +85,7 @@ MODEL_DEFAULTS: dict[str, Any] = dict(
     perceptual_taps=["layer4"],
     device="cpu",
 )
+MODEL_FILE_KEYS = ("unet", "classifier", "perceptual")  # the [models] keys that name files
 DIFFUSION_DEFAULTS: dict[str, Any] = dict(steps=1000, schedule="linear", respacing="400", variance="learned")
 SECTIONS = {
     "models": MODEL_DEFAULTS,
@@ -377,7 +378,7 @@ def _merge(
         cfg[section].update(values)
     if path:
         base = Path(path).resolve().parent
-        for key in ("unet", "classifier", "perceptual"):  # model paths are relative to the config file
+        for key in MODEL_FILE_KEYS:  # model paths are relative to the config file
             value = cfg["models"][key]
             if value and not os.path.isabs(value):
                 cfg["models"][key] = str(base / value)

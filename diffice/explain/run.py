@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_image, save_png, strip
 from ..io import file_digest, read_json
-from .config import SECTIONS, check_lambda_p, check_sections
+from .config import MODEL_FILE_KEYS, SECTIONS, check_lambda_p, check_sections
 from .demo import MODELS_DIR, describe_record, models_folder, models_record, records_differ
 from .explainer import ExplainerConfig, iterations_run
 
@@ -58,10 +58,23 @@ def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]], demo_models: dict[str, Any] | None = None) -> bool:
+def model_files_record(cfg: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """What a run records of the model files it loads from its settings (run_settings.json "model_files"): the
+    sha256 of each file [models] unet, classifier and perceptual name, so that a resumed run knows the files at
+    those paths are still the ones that made its results."""
+    models = cfg["models"]
+    return {key: file_digest(models[key]) for key in MODEL_FILE_KEYS if models[key] and Path(models[key]).is_file()}
+
+
+def _check_same_settings(
+    out: Path,
+    cfg: dict[str, dict[str, Any]],
+    demo_models: dict[str, Any] | None = None,
+    model_files: dict[str, str] | None = None,
+) -> bool:
     """A resumed run must use the settings of the records already there (run_settings.json), and the same demo
-    models where it recorded them. Returns whether there is no run_settings.json yet (the caller writes it once the
-    run has started: :func:`_write_settings`)."""
+    models or model files where it recorded them. Returns whether there is no run_settings.json yet (the caller
+    writes it once the run has started: :func:`_write_settings`)."""
     path = out / "run_settings.json"
     now = _settings(cfg)
     if path.exists():
@@ -86,20 +99,37 @@ def _check_same_settings(out: Path, cfg: dict[str, dict[str, Any]], demo_models:
                 f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
                 f"output folder, or the same settings to resume"
             )
+        old_files = before.get("model_files")
+        now_files = model_files or {}
+        for key, digest in old_files.items() if isinstance(old_files, dict) else ():
+            if key in now_files and now_files[key] != digest:
+                raise ValueError(
+                    f"{out} holds results made with another {key} file: {cfg['models'][key]} has changed since "
+                    f"(sha256 {now_files[key][:12]}..., the run's {str(digest)[:12]}...); use another output "
+                    "folder, or the same model file to resume"
+                )
         return False
     return True
 
 
 def _write_settings(
-    out: Path, cfg: dict[str, dict[str, Any]], demo_models: dict[str, Any] | None, images_given: int, new: bool
+    out: Path,
+    cfg: dict[str, dict[str, Any]],
+    demo_models: dict[str, Any] | None,
+    model_files: dict[str, str] | None,
+    images_given: int,
+    new: bool,
 ) -> None:
     """Writes run_settings.json: the settings (new: a run's first), the demo models that made it (demo_models:
-    diffice.explain.demo.models_record, where the run used demo models) and how many images this run was given
+    diffice.explain.demo.models_record, where the run used demo models) or the model files' sha256 (model_files:
+    :func:`model_files_record`, where the run loaded them from its settings) and how many images this run was given
     (images_given: a later `diffice metrics` / `pairs` says when fewer are explained)."""
     path = out / "run_settings.json"
     data = _settings(cfg) if new or not path.is_file() else read_json(path)
     if demo_models is not None and new:  # a folder of an older diffice: which models made it is not known
         data["demo_models"] = demo_models
+    if model_files is not None and new:
+        data["model_files"] = model_files
     data["images_given"] = images_given
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
@@ -272,7 +302,9 @@ def run_explain(
         check_lambda_p(cfg["models"], config.lambda_p)
     if demo_models is None and models is None and cfg["models"].get("preset") == "demo":
         demo_models = models_record(models_folder(None))  # what load_demo_models(None) reads
-    new_settings = _check_same_settings(out, cfg, demo_models) if out.is_dir() else True
+    # models loaded here from the settings' files: their sha256 is recorded (a resume checks the files are the same)
+    model_files = model_files_record(cfg) if models is None and demo_models is None else None
+    new_settings = _check_same_settings(out, cfg, demo_models, model_files) if out.is_dir() else True
     digests: dict[str, str] = {}  # each image's file_digest, for the resume checks and its record
     todo = [f for f in files if f.stem not in _finished(out, files, digests)]
     spec = models_spec(cfg)
@@ -302,6 +334,7 @@ def run_explain(
                 command,
                 digests,
                 demo_models,
+                model_files,
             )
     except BaseException as exc:
         # a run that failed before finishing any image leaves nothing of its own behind (never a previous run's)
@@ -335,12 +368,13 @@ def _run(
     command: str,
     digests: dict[str, str],
     demo_models: dict[str, Any] | None = None,
+    model_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from ..progress import ProgressBar
     from .cluster import batches, describe
 
     try:
-        _write_settings(out, cfg, demo_models, len(files), new_settings)
+        _write_settings(out, cfg, demo_models, model_files, len(files), new_settings)
     except OSError as exc:
         raise _output_error(out, exc) from None
     _remove_stale_temporaries(out)
