@@ -29,7 +29,7 @@ def _png(h=12, w=10, mode="L", seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     shape = (h, w) if mode == "L" else (h, w, 3)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, format="PNG")
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")  # uint8 (h, w, 3): RGB
     return buf.getvalue()
 
 

@@ -19,9 +19,9 @@ from diffice.data.images import AspectRatioWarning, ImageReadError, load_image
 UNIT = np.array([0.0, 0.25, 0.5, 1.0])
 
 
-def _write(path: Path, values: np.ndarray, mode=None) -> Path:
+def _write(path: Path, values: np.ndarray) -> Path:
     img = np.tile(values, (4, 1))  # 4 x 4: every value in one column, no resize
-    (Image.fromarray(img, mode=mode) if mode else Image.fromarray(img)).save(path)
+    Image.fromarray(img).save(path)
     return path
 
 

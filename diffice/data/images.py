@@ -318,7 +318,7 @@ def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if gray.shape == (h, w):
         return gray
-    img = Image.fromarray(gray.astype(np.float32), mode="F")
+    img = Image.fromarray(gray.astype(np.float32))  # mode "F" (passing mode= is deprecated in Pillow 11.3)
     return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
 
 

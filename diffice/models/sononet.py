@@ -398,9 +398,7 @@ def sononet_preprocess(frame: np.ndarray, crop: bool = True) -> np.ndarray:
         resized = np.stack(
             [
                 np.asarray(
-                    Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
-                        size, Image.Resampling.BILINEAR
-                    ),
+                    Image.fromarray(np.ascontiguousarray(c, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR),
                     np.float64,
                 )
                 for c in channels
