@@ -67,14 +67,92 @@ static int read_floats(PyObject *obj, const char *what, dfc_backend *be, float *
     if (!a)
         return -1;
     if (PyArray_SIZE(a) != count) {
-        PyErr_Format(PyExc_ValueError, "guidance: %s has %lld values, expected %lld", what, (long long)PyArray_SIZE(a),
-                     (long long)count);
+        PyErr_Format(PyExc_ValueError, "guidance: %s has %lld values, expected %lld (one per image)", what,
+                     (long long)PyArray_SIZE(a), (long long)count);
         Py_DECREF(a);
         return -1;
     }
     dfc_status st = be->iface->copy_from_host(be, out, PyArray_DATA(a), (size_t)count * sizeof(float), err);
     Py_DECREF(a);
     return st == DFC_OK ? 0 : -1;
+}
+
+/* The Python tuple of a tensor's shape (a new reference), NULL with a Python exception. */
+static PyObject *shape_tuple(const dfc_tensor *t)
+{
+    PyObject *shape = PyTuple_New(t->ndim);
+    for (int d = 0; shape && d < t->ndim; d++) {
+        PyObject *v = PyLong_FromLongLong((long long)t->shape[d]);
+        if (!v) {
+            Py_CLEAR(shape);
+            break;
+        }
+        PyTuple_SET_ITEM(shape, d, v);
+    }
+    return shape;
+}
+
+/* Copies the guidance's gradient into out (be's memory). It must have exactly x0's shape: one of another shape with
+ * as many values (transposed, flattened) would be read in the wrong order. -1 with a Python exception, or with err
+ * set by the copy. */
+static int read_grad(PyObject *obj, const dfc_tensor *x0, dfc_backend *be, float *out, dfc_error *err)
+{
+    PyArrayObject *a =
+        (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    int same = PyArray_NDIM(a) == x0->ndim;
+    for (int d = 0; same && d < x0->ndim; d++)
+        same = PyArray_DIM(a, d) == x0->shape[d];
+    if (!same) {
+        PyObject *got = PyObject_GetAttrString((PyObject *)a, "shape"), *expected = got ? shape_tuple(x0) : NULL;
+        if (expected)
+            PyErr_Format(PyExc_ValueError,
+                         "guidance: loss_and_grad returned a grad of shape %R, expected x0's shape %R", got, expected);
+        Py_XDECREF(got);
+        Py_XDECREF(expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    dfc_status st = be->iface->copy_from_host(be, out, PyArray_DATA(a), (size_t)dfc_numel(x0) * sizeof(float), err);
+    Py_DECREF(a);
+    return st == DFC_OK ? 0 : -1;
+}
+
+/* The guidance's is_target flags as 0/1 (a host vector of n): n values, each false/true (bools, or the numbers 0
+ * and 1); anything else (2, -1, 0.7, NaN) is a ValueError rather than a flip decision made by truncation. -1 with a
+ * Python exception. */
+static int read_flags(PyObject *obj, int *out, int64_t n)
+{
+    PyArrayObject *a =
+        (PyArrayObject *)PyArray_FROMANY(obj, NPY_DOUBLE, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    if (PyArray_SIZE(a) != n) {
+        PyErr_Format(PyExc_ValueError,
+                     "guidance: classify returned is_target with %lld values, expected %lld (one "
+                     "per image)",
+                     (long long)PyArray_SIZE(a), (long long)n);
+        Py_DECREF(a);
+        return -1;
+    }
+    const double *v = PyArray_DATA(a);
+    for (int64_t i = 0; i < n; i++) {
+        if (v[i] != 0.0 && v[i] != 1.0) {
+            PyObject *value = PyFloat_FromDouble(v[i]);
+            if (value)
+                PyErr_Format(PyExc_ValueError,
+                             "guidance: classify returned is_target[%lld] = %R, expected 0 or 1 "
+                             "(false or true)",
+                             (long long)i, value);
+            Py_XDECREF(value);
+            Py_DECREF(a);
+            return -1;
+        }
+        out[i] = v[i] != 0.0;
+    }
+    Py_DECREF(a);
+    return 0;
 }
 
 /* A callback's answer could not be taken: its Python error is kept for the caller, or the copy into backend memory
@@ -110,9 +188,10 @@ static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena,
             PyErr_SetString(PyExc_TypeError, "guidance.loss_and_grad must return (grad, loss_class, loss_perceptual)");
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad failed");
-    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "grad", be, grad->data, dfc_numel(grad), err) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 1), "loss_class", be, loss_class, n, err) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 2), "loss_perceptual", be, loss_perceptual, n, err) < 0) {
+    } else if (read_grad(PyTuple_GET_ITEM(result, 0), x0, be, grad->data, err) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 1), "loss_and_grad's loss_class", be, loss_class, n, err) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 2), "loss_and_grad's loss_perceptual", be, loss_perceptual, n,
+                           err) < 0) {
         st = bad_values(b, "loss_and_grad", err);
     }
     Py_XDECREF(x_obj);
@@ -134,7 +213,6 @@ static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, cons
     PyObject *x_obj = copy_tensor(be, x, err), *rows_obj = NULL, *result = NULL;
     if (x_obj && (rows_obj = rows_array(rows, n)))
         result = PyObject_CallMethod(b->object, "classify", "OO", x_obj, rows_obj);
-    PyArrayObject *flags = NULL;
     if (!x_obj) {
         st = err->code; /* the copy out failed: no Python error */
     } else if (!result || !PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
@@ -142,17 +220,10 @@ static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, cons
             PyErr_SetString(PyExc_TypeError, "guidance.classify must return (prob_target, is_target)");
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify failed");
-    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "prob_target", be, prob_target, n, err) < 0 ||
-               !(flags = (PyArrayObject *)PyArray_FROMANY(PyTuple_GET_ITEM(result, 1), NPY_INT32, 1, 1,
-                                                          NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)) ||
-               PyArray_SIZE(flags) != n) {
-        if (!PyErr_Occurred() && !err->code)
-            PyErr_Format(PyExc_ValueError, "guidance: is_target must have %lld values", (long long)n);
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "classify's prob_target", be, prob_target, n, err) < 0 ||
+               read_flags(PyTuple_GET_ITEM(result, 1), is_target, n) < 0) { /* is_target: a per-row host vector */
         st = bad_values(b, "classify", err);
-    } else {
-        memcpy(is_target, PyArray_DATA(flags), (size_t)n * sizeof(int)); /* is_target: a per-row host vector */
     }
-    Py_XDECREF(flags);
     Py_XDECREF(x_obj);
     Py_XDECREF(rows_obj);
     Py_XDECREF(result);
@@ -176,8 +247,11 @@ static int py_progress(void *user, int iteration, int lambda_index, int step, in
             keep_exception(b);
             stop = 1;
         } else {
-            stop = PyObject_IsTrue(r) == 1;
+            int truth = PyObject_IsTrue(r); /* -1: its truth value raised (a numpy array of several values) */
             Py_DECREF(r);
+            if (truth < 0)
+                keep_exception(b); /* raised after the run, never left pending while the C loop goes on */
+            stop = truth != 0;
         }
     }
     PyGILState_Release(gil);
