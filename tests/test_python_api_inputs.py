@@ -1,12 +1,14 @@
-"""The Python API given a researcher's own guidance object or progress callback answering wrongly: what it returns
-is checked where it enters the sampler (a gradient of another shape is refused, never read in the wrong order;
-is_target is 0 or 1, not truncated), and an exception raised by a progress answer's truth value is the run's."""
+"""The Python API given a researcher's own guidance object or progress callback answering wrongly, and plausible
+mistakes in its arguments: what a guidance object returns is checked where it enters the sampler (a gradient of
+another shape is refused, never read in the wrong order; is_target is 0 or 1, not truncated), an exception raised by
+a progress answer's truth value is the run's, diffusion indices are not truncated, learn_sigma="no" is not true, and
+loss weights are finite and >= 0."""
 
 import numpy as np
 import pytest
 from conftest import tiny_plane_classifier, tiny_unet
 
-from diffice import _C, GaussianDiffusion
+from diffice import _C, GaussianDiffusion, PerceptualLoss, PixelLoss, ResNetFeatures
 from diffice.explain.explainer import Explainer, ExplainerConfig, PythonGuidance, image_keys
 from diffice.ops import get_backend
 
@@ -88,3 +90,32 @@ def test_a_guidance_object_gradient_has_the_images_shape(tiny):
     x = images()
     with pytest.raises(ValueError, match=r"grad of shape \(3, 1, 24, 16\), expected x0's shape \(3, 1, 16, 24\)"):
         sample(tiny, Guidance(x, grad=lambda g: np.ascontiguousarray(g.transpose(0, 1, 3, 2))), x)
+
+
+def test_diffusion_indices_and_switches_are_not_truncated_or_guessed():
+    d = GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
+    x = images(2)
+    for call in (
+        lambda: d.q_sample(x, 1.5, x),  # was step 1
+        lambda: d.p_sample(np.zeros((2, 2, H, W), np.float32), x, np.float64(2.7), x),  # was step 2
+    ):
+        with pytest.raises(TypeError, match="indices must be integers, got"):
+            call()
+    with pytest.raises(TypeError, match="model_timesteps: respaced indices must be integers"):
+        d.model_timesteps(1.5)
+    assert d.q_sample(x, np.int64(1), x).shape == x.shape
+    with pytest.raises(ValueError, match="learn_sigma: expected true or false, got 'no'"):
+        GaussianDiffusion(1000, "linear", "40", learn_sigma="no")  # was learn_sigma=True
+    with pytest.raises(TypeError, match="schedule must be 'linear' or 'cosine', got None"):
+        GaussianDiffusion(1000, None, "40")
+
+
+def test_loss_weights_are_finite_and_nonnegative():
+    for weight in (float("nan"), -1.0, "1"):
+        with pytest.raises(ValueError, match="PixelLoss: weight must be a finite number >= 0"):
+            PixelLoss("l2", weight=weight)
+    features = ResNetFeatures.random(18, "torchvision", 1, ("layer1",), seed=1)
+    with pytest.raises(ValueError, match="PerceptualLoss: weight must be a finite number >= 0"):
+        PerceptualLoss(features, weight=-1.0)
+    with pytest.raises(TypeError, match="PerceptualLoss: features must be a diffice feature network .* got str"):
+        PerceptualLoss("resnet50")

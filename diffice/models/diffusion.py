@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import ops
 from .._native import _C
-from .network import config_int
+from .network import config_bool, config_int
 
 _VARIANCE_TYPES = {
     "learned_range": 0,
@@ -72,14 +72,17 @@ class GaussianDiffusion:
     ) -> None:
         if fixed_variance not in (None, "large", "small"):
             raise ValueError(f"fixed_variance must be None, 'large' or 'small', got {fixed_variance!r}")
+        learn_sigma = config_bool("Diffusion: learn_sigma", learn_sigma)  # "no" is an error, not True
         if fixed_variance is None:
             variance_type = "learned_range" if learn_sigma else "fixed_large"
         else:
             variance_type = ("learned_output_" if learn_sigma else "") + "fixed_" + fixed_variance
         self.steps = config_int("Diffusion: steps", steps)  # 1000.5 is an error, not 1000 steps
+        if not isinstance(schedule, str):
+            raise TypeError(f"Diffusion: schedule must be 'linear' or 'cosine', got {schedule!r}")
         self.schedule = schedule
         self.respacing = str(respacing)
-        self.learn_sigma = bool(learn_sigma)
+        self.learn_sigma = learn_sigma
         self.variance_type = variance_type
         self.fixed_variance = fixed_variance
         self._c = _C.Diffusion(self.steps, schedule, self.respacing, _VARIANCE_TYPES[variance_type])
@@ -105,10 +108,10 @@ class GaussianDiffusion:
     def _indices(self, i: IndexLike, n: int, op: str = "indices") -> np.ndarray:
         """(n,) int64 respaced indices from an int (every row) or (n,) integers in [0, num_timesteps)."""
         idx = np.asarray(i)
+        if not np.issubdtype(idx.dtype, np.integer):  # before int(): a scalar 1.5 is not step 1
+            raise TypeError(f"{op}: indices must be integers, got {i!r} (dtype {idx.dtype})")
         if idx.ndim == 0:
             idx = np.full(n, int(idx), dtype=np.int64)
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"{op}: indices must be integers, got dtype {idx.dtype}")
         if idx.shape != (n,):
             raise ValueError(f"{op}: indices must have shape ({n},) (one per row), got {idx.shape}")
         bad = np.flatnonzero((idx < 0) | (idx >= self.num_timesteps))
@@ -129,6 +132,8 @@ class GaussianDiffusion:
     def model_timesteps(self, i: IndexLike) -> np.ndarray:
         """The original timesteps the denoiser receives for respaced indices i."""
         idx = np.asarray(i)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"model_timesteps: respaced indices must be integers, got {i!r} (dtype {idx.dtype})")
         if np.any(idx < 0) or np.any(idx >= self.num_timesteps):
             raise ValueError(f"respaced index out of range [0, {self.num_timesteps}): {i}")
         return self.timestep_map[idx]

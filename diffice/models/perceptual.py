@@ -12,6 +12,7 @@ from .._native import _C
 from ..ops._backend import get_backend
 from ..ops._diffusion import distance_penalty, distance_penalty_backward
 from ..ops._loss import mse, mse_backward
+from .network import is_finite_nonnegative
 from .resnet import ResNetFeatures
 
 __all__ = ["PerceptualLoss", "pixel_loss", "PERCEPTUAL_VARIANTS", "PIXEL_LOSSES"]
@@ -37,10 +38,15 @@ class PerceptualLoss:
     def __init__(
         self, features: ResNetFeatures, variant: str = "mse", weight: float = 1.0, backend: str | None = None
     ) -> None:
+        if not isinstance(getattr(features, "_c", None), _C.Network):
+            raise TypeError(
+                f"PerceptualLoss: features must be a diffice feature network (ResNetFeatures.from_file(path), "
+                f"ResNetFeatures.random(...)), got {type(features).__name__}"
+            )
         if variant not in PERCEPTUAL_VARIANTS:
             raise ValueError(f"PerceptualLoss: variant must be one of {PERCEPTUAL_VARIANTS}, got {variant!r}")
-        if not np.isfinite(weight):
-            raise ValueError(f"PerceptualLoss: weight must be finite, got {weight!r}")
+        if not is_finite_nonnegative(weight):  # a negative weight would push counterfactuals away from x
+            raise ValueError(f"PerceptualLoss: weight must be a finite number >= 0, got {weight!r}")
         self.features = features
         self.variant = variant
         self.weight = float(weight)
@@ -118,6 +124,8 @@ class PixelLoss:
     def __init__(self, kind: str = "l2", weight: float = 1.0, backend: str = "cpu") -> None:
         if kind not in ("l1", "l2"):
             raise ValueError(f"PixelLoss: kind must be 'l1' or 'l2', got {kind!r}")
+        if not is_finite_nonnegative(weight):  # NaN would make every counterfactual non-finite
+            raise ValueError(f"PixelLoss: weight must be a finite number >= 0, got {weight!r}")
         self.kind, self.weight, self.backend = kind, float(weight), backend
         self._reference: np.ndarray | None = None
 
