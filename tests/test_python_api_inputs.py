@@ -1,15 +1,16 @@
-"""The Python API given a researcher's own guidance object or progress callback answering wrongly, and plausible
-mistakes in its arguments: what a guidance object returns is checked where it enters the sampler (a gradient of
-another shape is refused, never read in the wrong order; is_target is 0 or 1, not truncated), an exception raised by
-a progress answer's truth value is the run's, diffusion indices are not truncated, learn_sigma="no" is not true, and
-loss weights are finite and >= 0."""
+"""The Python API given a researcher's own models and plausible mistakes: what a user's classifier, perceptual
+loss, guidance object or progress callback returns is checked where it enters the sampler (a gradient of another
+shape is refused, never broadcast to every image or read in the wrong order), the Explainer's models are checked
+when it is made, and the settings and diffusion indices are refused rather than consumed, truncated or taken as
+true."""
 
 import numpy as np
 import pytest
 from conftest import tiny_plane_classifier, tiny_unet
 
-from diffice import _C, GaussianDiffusion, PerceptualLoss, PixelLoss, ResNetFeatures
+from diffice import _C, GaussianDiffusion, PerceptualLoss, PixelLoss, ResNetFeatures, TargetClassView
 from diffice.explain.explainer import Explainer, ExplainerConfig, PythonGuidance, image_keys
+from diffice.models.classifier import SmallClassifier
 from diffice.ops import get_backend
 
 pytestmark = pytest.mark.filterwarnings("ignore::diffice.SuspiciousRunWarning")
@@ -31,6 +32,37 @@ class UserClassifier:
         return np.einsum("nk,kchw->nchw", grad_logits, self.w).astype(np.float32)
 
 
+class Returning(UserClassifier):
+    """UserClassifier whose forward / vjp answers are passed through `logits` / `grad` first."""
+
+    def __init__(self, logits=None, grad=None):
+        super().__init__()
+        self.logits, self.grad = logits, grad
+
+    def forward(self, x):
+        out = super().forward(x)
+        return self.logits(out) if self.logits else out
+
+    def vjp(self, x, grad_logits):
+        out = super().vjp(x, grad_logits)
+        return self.grad(out) if self.grad else out
+
+
+class Perceptual:
+    """A user's perceptual loss (mean squared pixel distance) whose answer is passed through `answer` first."""
+
+    def __init__(self, answer=None):
+        self.answer = answer
+
+    def set_reference(self, b):
+        self.b = b.copy()
+
+    def loss_and_grad(self, a):
+        d = a - self.b
+        out = ((d**2).reshape(len(a), -1).mean(axis=1).astype(np.float32), (2 * d / d[0].size).astype(np.float32))
+        return self.answer(*out) if self.answer else out
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_unet(), GaussianDiffusion(1000, "linear", "40", learn_sigma=True)
@@ -45,6 +77,101 @@ def explain(tiny, classifier, perceptual=None, lambda_p=0.0, **kw):
     unet, d = tiny
     ex = Explainer(unet, d, classifier, perceptual, tau=2, iterations=1, lambda_c=(8.0,), lambda_p=lambda_p)
     return ex.explain(images(), target=1, **kw)
+
+
+@pytest.mark.parametrize(
+    "answer, got",
+    [
+        (lambda loss, g: (loss, g[:1]), r"\(1, 1, 16, 24\)"),  # the first image's gradient: was copied to all three
+        (lambda loss, g: (loss, g[0, 0]), r"\(16, 24\)"),
+        (lambda loss, g: (loss, np.float32(0.0)), r"\(\)"),
+        (lambda loss, g: (loss, g.transpose(0, 1, 3, 2)), r"\(3, 1, 24, 16\)"),
+    ],
+)
+def test_a_perceptual_gradient_of_another_shape_is_refused_not_broadcast(tiny, answer, got):
+    with pytest.raises(ValueError, match=rf"perceptual.loss_and_grad returned a gradient of shape {got}; expected "):
+        explain(tiny, UserClassifier(), Perceptual(answer), lambda_p=10.0)
+
+
+def test_perceptual_losses_are_one_per_image(tiny):
+    with pytest.raises(ValueError, match=r"perceptual.loss_and_grad returned losses of shape \(\); expected one per"):
+        explain(tiny, UserClassifier(), Perceptual(lambda loss, g: (loss.sum(), g)), lambda_p=10.0)
+    with pytest.raises(TypeError, match=r"perceptual.loss_and_grad must return .* got a tuple of 3"):
+        explain(tiny, UserClassifier(), Perceptual(lambda loss, g: (loss, g, 0)), lambda_p=10.0)
+    explain(tiny, UserClassifier(), Perceptual(lambda loss, g: (loss[:, None], g)), lambda_p=10.0)  # (N, 1): fine
+
+
+@pytest.mark.parametrize(
+    "grad, got",
+    [
+        (lambda g: np.ascontiguousarray(g.transpose(0, 1, 3, 2)), r"\(3, 1, 24, 16\)"),  # as many values, wrong order
+        (lambda g: g.ravel(), r"\(1152,\)"),
+        (lambda g: (g,), r"\(1, 3, 1, 16, 24\)"),
+        (lambda g: g[:1], r"\(1, 1, 16, 24\)"),
+        (lambda g: None, r"\(\)"),
+    ],
+)
+def test_a_classifier_gradient_of_another_shape_is_refused(tiny, grad, got):
+    with pytest.raises(ValueError, match=rf"classifier.vjp returned a gradient of shape {got}; expected the images' "):
+        explain(tiny, Returning(grad=grad))
+
+
+@pytest.mark.parametrize(
+    "logits, got",
+    [
+        (lambda z: z[:, 1] - z[:, 0], r"\(1,\) for 1 image; .*not \(N,\)"),  # one binary logit, squeezed
+        (lambda z: z[:, :, None], r"\(1, 2, 1\)"),
+        (lambda z: z.T, r"\(2, 1\)"),
+        (lambda z: {"logits": z}, None),
+    ],
+)
+def test_logits_of_another_shape_name_the_classifier(tiny, logits, got):
+    if got is None:
+        with pytest.raises(TypeError, match=r"classifier.forward must return logits \(1, K\).*got dict"):
+            explain(tiny, Returning(logits=logits))
+    else:
+        with pytest.raises(ValueError, match=rf"classifier.forward returned logits of shape {got}"):
+            explain(tiny, Returning(logits=logits))
+
+
+def test_logits_for_fewer_rows_than_images(tiny):
+    with pytest.raises(ValueError, match=r"logits of shape \(1, 2\) for 3 images; expected \(3, K\)"):
+        explain(tiny, Returning(logits=lambda z: z[:1]))
+
+
+def test_the_explainer_checks_its_models_when_made(tiny):
+    unet, d = tiny
+    kw = dict(tau=2, lambda_p=0.0)
+    with pytest.raises(TypeError, match="unet must be a diffice.UNet .* got str"):
+        Explainer("ddpm.safetensors", d, UserClassifier(), **kw)
+    with pytest.raises(TypeError, match="unet must be a diffice.UNet .* got GaussianDiffusion"):
+        Explainer(d, unet, UserClassifier(), **kw)  # swapped
+    with pytest.raises(TypeError, match="diffusion must be a diffice.GaussianDiffusion, got NoneType"):
+        Explainer(unet, None, UserClassifier(), **kw)
+    with pytest.raises(TypeError, match="classifier must have methods forward.*; object has no forward and no vjp"):
+        Explainer(unet, d, object(), **kw)
+    with pytest.raises(TypeError, match="perceptual must be None or have methods.*; str has no set_reference"):
+        Explainer(unet, d, UserClassifier(), "pixel-l2", tau=2, lambda_p=1.0)
+    # a C network without vjp is fine with the native guidance, but not when a PixelLoss sends it through Python
+    small = SmallClassifier.random(1, width=4, seed=1)
+    Explainer(unet, d, small, None, **kw)
+    with pytest.raises(TypeError, match="SmallClassifier has no vjp .*PixelLoss is not a diffice PerceptualLoss"):
+        Explainer(unet, d, small, PixelLoss("l2"), tau=2, lambda_p=1.0)
+
+
+def test_settings_are_checked_when_made_and_not_consumed(tiny):
+    unet, d = tiny
+    gen = Explainer(unet, d, UserClassifier(), tau=2, iterations=1, lambda_c=(v for v in (8.0, 9.0)), lambda_p=0.0)
+    assert tuple(gen.config.lambda_c) == (8.0, 9.0)  # was read empty by explain(): "lambda_c needs 1 to 8 values"
+    gen.explain(images(1))
+    for bad, message in [
+        (dict(lambda_c=list(range(1, 10))), "lambda_c lists at most 8 values"),
+        (dict(lambda_c=(1e39,)), r"lambda_c\[0\] = 1e\+39 is past float32's range"),  # was inf in the sampler
+        (dict(lambda_p=1e39), "lambda_p = 1e\\+39 is past float32's range"),
+        (dict(mask_threshold=5.0), r"mask_threshold must be in \[0, 1\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Explainer(unet, d, UserClassifier(), PixelLoss(), tau=2, **bad)
 
 
 @pytest.mark.parametrize("classifier", [UserClassifier, tiny_plane_classifier], ids=["python", "native"])
@@ -90,6 +217,28 @@ def test_a_guidance_object_gradient_has_the_images_shape(tiny):
     x = images()
     with pytest.raises(ValueError, match=r"grad of shape \(3, 1, 24, 16\), expected x0's shape \(3, 1, 16, 24\)"):
         sample(tiny, Guidance(x, grad=lambda g: np.ascontiguousarray(g.transpose(0, 1, 3, 2))), x)
+
+
+def test_target_class_view_wraps_a_users_classifier(tiny):
+    """The Explainer takes forward -> plain logits and any name for vjp's argument; so does TargetClassView."""
+
+    class ThreeClasses(UserClassifier):
+        def forward(self, x):
+            z = super().forward(x)
+            return np.concatenate([z, -z[:, :1]], axis=1)
+
+        def vjp(self, x, grad_logits):
+            g = grad_logits[:, :2].copy()
+            g[:, 0] -= grad_logits[:, 2]
+            return super().vjp(x, g)
+
+    view = TargetClassView(ThreeClasses(), 1)
+    assert view.forward(images()).logits.shape == (3, 2)
+    explain(tiny, view)
+    with pytest.raises(ValueError, match=r"target 7 is not a class of a 3-class classifier \(its classes are 0..2\)"):
+        TargetClassView(ThreeClasses(), 7).forward(images())
+    with pytest.raises(TypeError, match="classifier must have a forward"):
+        TargetClassView("SonoNet16.npz", 5)
 
 
 def test_diffusion_indices_and_switches_are_not_truncated_or_guessed():

@@ -47,6 +47,8 @@ from ..ops._backend import check_backend_name, check_precision, get_backend
 from ..ops._diffusion import check_seed
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
+MAX_LAMBDAS = 8  # the most lambda_c values the sampler searches (DFC_MAX_LAMBDAS, csrc/diffusion/sampler.h)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_iterative(method: str) -> bool:
@@ -164,6 +166,10 @@ class ExplainerConfig:
             lambda_c = ()
         if isinstance(self.lambda_c, (str, bytes)) or len(lambda_c) == 0:
             raise ValueError(f"lambda_c must list at least one value (e.g. [40.0]), got {self.lambda_c!r}")
+        if len(lambda_c) > MAX_LAMBDAS:
+            raise ValueError(f"lambda_c lists at most {MAX_LAMBDAS} values (searched in order), got {len(lambda_c)}")
+        if not isinstance(self.lambda_c, (list, tuple, np.ndarray)):
+            self.lambda_c = lambda_c  # a generator or other one-pass iterable: kept as read, not read again empty
         for name in ("iterations", "tau", "mask_dilation", "mask_warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -172,13 +178,17 @@ class ExplainerConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.tau < 1:
             raise ValueError(f"tau must be >= 1 (a respaced step count), got {self.tau}")
-        for i, v in enumerate(lambda_c):
-            if not is_finite_nonnegative(v):
-                raise ValueError(f"lambda_c[{i}] must be a finite number >= 0, got {v!r}")
-        for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold"):
-            v = getattr(self, name)
+        weights = [(f"lambda_c[{i}]", v) for i, v in enumerate(lambda_c)]
+        weights += [(name, getattr(self, name)) for name in ("lambda_p", "lambda_l1", "lambda_l2", "mask_threshold")]
+        for name, v in weights:
             if not is_finite_nonnegative(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+            if float(v) > FLOAT32_MAX:  # the sampler takes the weights as float32, where it would be inf
+                raise ValueError(f"{name} = {v!r} is past float32's range (at most {FLOAT32_MAX:.4g})")
+        if self.mask_threshold > 1:
+            raise ValueError(
+                f"mask_threshold must be in [0, 1] (FastDiME's change-map threshold), got {self.mask_threshold!r}"
+            )
 
     def c_config(self, seed: int, record_steps: bool) -> dict:
         return dict(
@@ -211,7 +221,8 @@ class ExplanationResult:
     first_step_prob, first_step_target: (N,): the target probability / classification of x0_hat at the first
         guided step of iteration 1's first lambda_c pass (see :func:`suspicious_run_message`)
     segmentation: (L + 1, N, H, W) predicted labels when the classifier segments, else None
-    nonfinite_step: (L, N): -1, or the reverse step where the image became non-finite
+    nonfinite_step: (L, N): -1, or the reverse step where the image became non-finite (the sampler then set it to 0
+        and went on, so its counterfactual is finite but meaningless: leave it out, as diffice metrics does)
     iteration_seconds: (L,); peak_bytes: the sampler's arena peak; steps_xt / steps_x0 when recorded
     """
 
@@ -242,9 +253,51 @@ def image_keys(x: np.ndarray) -> np.ndarray:
     )
 
 
+def _float_array(value: Any, what: str, expected: str) -> np.ndarray:
+    """value as a float32 array, or a TypeError naming what returned it and what was expected."""
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must return {expected}, got {type(value).__name__}: {exc}") from None
+
+
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
+    """classifier.forward(x)'s logits as float32 (N, K), N = len(x), K >= 1 (an array, or a result with .logits);
+    anything else is a TypeError / ValueError naming classifier.forward, the shape it returned and the one expected
+    (not an IndexError from deep inside the sampler)."""
     out = classifier.forward(x)
-    return np.asarray(out.logits if hasattr(out, "logits") else out, dtype=np.float32)
+    n = len(x)
+    logits = _float_array(
+        out.logits if hasattr(out, "logits") else out,
+        "classifier.forward",
+        f"logits ({n}, K) (an array, or a result with .logits)",
+    )
+    if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < 1:
+        hint = " (a single binary logit per image is shape (N, 1), not (N,))" if logits.shape == (n,) else ""
+        raise ValueError(
+            f"classifier.forward returned logits of shape {logits.shape} for {n} image{'s' * (n != 1)}; expected "
+            f"({n}, K), one row per image and K >= 1 classes{hint}"
+        )
+    return logits
+
+
+def _gradient(value: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A gradient with respect to the images as float32 of exactly `shape` (the images' own): one of another shape
+    with as many values (transposed, flattened) or one that numpy would broadcast (one image's, a scalar) is a
+    ValueError naming what returned it, never silently read in the wrong order or copied to every image."""
+    grad = _float_array(value, what, f"a gradient of the images' shape {shape}")
+    if grad.shape != shape:
+        raise ValueError(f"{what} returned a gradient of shape {grad.shape}; expected the images' shape {shape}")
+    return grad
+
+
+def _per_sample(value: Any, what: str, n: int) -> np.ndarray:
+    """Per-sample losses as float32 (n,): any array of n values ((n,), (n, 1)); a total (one value for n > 1 images)
+    is a ValueError naming what returned it."""
+    loss = _float_array(value, what, f"per-sample losses ({n},)")
+    if loss.size != n:
+        raise ValueError(f"{what} returned losses of shape {loss.shape}; expected one per image, ({n},)")
+    return loss.reshape(n)
 
 
 # A perceptual object keeps the reference images of its last set_reference() call: two explainers sharing one from
@@ -278,18 +331,25 @@ class PythonGuidance:
                     _reference_owner[self.perceptual] = token
                 except TypeError:
                     pass
-            return self.perceptual.loss_and_grad(x0)
+            out = self.perceptual.loss_and_grad(x0)
+        what = "perceptual.loss_and_grad"
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise TypeError(f"{what} must return (per-sample losses (N,), gradient), got {got}")
+        return _per_sample(out[0], what, len(x0)), _gradient(out[1], what, x0.shape)
 
     def loss_and_grad(
         self, x0: np.ndarray, rows: np.ndarray, lambda_c: np.ndarray, lambda_p: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits = _logits(self.classifier, x0)
         loss_c, dlogits = classification_loss(logits, self.targets[rows], kind=self.kind)
-        grad = np.asarray(self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), np.float32)
+        grad = _gradient(
+            self.classifier.vjp(x0, (dlogits * lambda_c[:, None]).astype(np.float32)), "classifier.vjp", x0.shape
+        )
         loss_p = np.zeros(len(rows), np.float32)
         if self.perceptual is not None and lambda_p != 0.0:
             loss_p, grad_p = self._perceptual_loss(x0, rows)
-            grad = grad + np.float32(lambda_p) * np.asarray(grad_p, np.float32)
+            grad = grad + np.float32(lambda_p) * grad_p
         return grad, loss_c, loss_p
 
     def classify(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,6 +376,38 @@ def _native_parts(classifier: Any, perceptual: Any) -> tuple[Any, Any, int, floa
     if not isinstance(features, _C.Network) or variant not in _VARIANTS:
         return None
     return net, features, _VARIANTS.index(variant), float(getattr(perceptual, "weight", 1.0))
+
+
+def _check_models(unet: Any, diffusion: Any, classifier: Any, perceptual: Any, python_guidance: bool) -> None:
+    """A TypeError naming the Explainer argument that is not what it must be, when the Explainer is made (not an
+    AttributeError from inside the sampler at the first step). python_guidance: the guiding loss will call the
+    classifier's and the perceptual loss's Python methods every step (so the classifier needs vjp)."""
+    if not isinstance(unet, UNet):
+        raise TypeError(
+            f"unet must be a diffice.UNet (UNet.from_file(path), UNet.random(config)), got {type(unet).__name__}"
+        )
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise TypeError(f"diffusion must be a diffice.GaussianDiffusion, got {type(diffusion).__name__}")
+    needed = ("forward", "vjp") if python_guidance else ("forward",)
+    missing = [name for name in needed if not callable(getattr(classifier, name, None))]
+    if missing:
+        why = ""
+        if missing == ["vjp"] and isinstance(getattr(classifier, "_c", None), _C.Network):
+            why = (
+                f" (the guidance runs in Python, calling vjp, because the perceptual loss "
+                f"{type(perceptual).__name__} is not a diffice PerceptualLoss)"
+            )
+        raise TypeError(
+            f"classifier must have methods forward(x) -> logits and vjp(x, dlogits) -> dx; "
+            f"{type(classifier).__name__} has no {' and no '.join(missing)}{why}"
+        )
+    if perceptual is not None:
+        missing = [name for name in ("set_reference", "loss_and_grad") if not callable(getattr(perceptual, name, None))]
+        if missing:
+            raise TypeError(
+                f"perceptual must be None or have methods set_reference(x) and loss_and_grad(a) -> (losses, grad) "
+                f"(PerceptualLoss, PixelLoss, ...); {type(perceptual).__name__} has no {' and no '.join(missing)}"
+            )
 
 
 class Explainer:
@@ -352,6 +444,7 @@ class Explainer:
                 "guidance='native' needs diffice networks: a classifier running in C (PlaneClassifier, "
                 "SonoNet, ...) and a PerceptualLoss (or None)"
             )
+        _check_models(unet, diffusion, classifier, perceptual, python_guidance=self._native is None)
         self.unet, self.diffusion = unet, diffusion
         self.classifier, self.perceptual = classifier, perceptual
         backend = getattr(unet, "backend", "cpu") if backend is None else backend
@@ -388,10 +481,11 @@ class Explainer:
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
         its pixels (or `keys`), not on the batch it is in. progress(iteration, lambda_index, step, steps, active)
-        is called after every reverse step; returning True stops the run (KeyboardInterrupt also stops it
-        within one step). warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target
-        at iteration 0, or at the first guided step (:func:`suspicious_run_message`); the result carries what the
-        checks use (input_is_target, first_step_target) either way.
+        is called after every reverse step; returning a true value stops the run by raising KeyboardInterrupt
+        ("sampler: interrupted at iteration l, step s"; no result is returned), as Ctrl-C does within one step.
+        warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target at iteration 0, or
+        at the first guided step (:func:`suspicious_run_message`); the result carries what the checks use
+        (input_is_target, first_step_target) either way.
         """
         x = np.asarray(x)
         if x.dtype != np.float32:
@@ -496,21 +590,17 @@ class Explainer:
             raise ValueError(f"target must be an int or {len(x)} ints (one per image), got shape {t.shape}")
         targets = np.broadcast_to(t.astype(np.int64), (len(x),)).copy()
         outputs = self._num_outputs(x)
-        classes = None if outputs is None else num_classes(outputs)
-        bad = targets[(targets < 0) | (targets >= (classes if classes is not None else np.inf))]
+        classes = num_classes(outputs)
+        bad = targets[(targets < 0) | (targets >= classes)]
         if len(bad):
-            what = (
-                "class indices are >= 0"
-                if classes is None
-                else f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else "")
-            )
+            what = f"{classes} classes, 0..{classes - 1}" + (" (a single logit)" if outputs == 1 else "")
             raise ValueError(f"target {int(bad[0])} is not a class of the classifier ({what})")
         return targets
 
-    def _num_outputs(self, x: np.ndarray) -> int | None:
-        """The classifier's number of logits (one means two classes), from one forward of x[:1]."""
-        logits = _logits(self.classifier, np.ascontiguousarray(x[:1]))
-        return int(logits.shape[1]) if logits.ndim == 2 and logits.shape[1] >= 1 else None
+    def _num_outputs(self, x: np.ndarray) -> int:
+        """The classifier's number of logits (one means two classes), from one forward of x[:1] (checked by
+        _logits: a forward that does not return (1, K) logits is an error naming it)."""
+        return int(_logits(self.classifier, np.ascontiguousarray(x[:1])).shape[1])
 
     def _segmentations(self, x: np.ndarray, cfs: np.ndarray) -> np.ndarray | None:
         first = self.classifier.forward(x)

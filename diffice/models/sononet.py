@@ -417,8 +417,9 @@ class TargetClassView:
 
     Binary logits [log sum_{j != target} exp(l_j), l_target], so the binary softmax's second entry is the full
     softmax's target probability. forward / probabilities / vjp are composed from the wrapped classifier's
-    forward and vjp(x, dlogits=...), so any classifier with those methods (SonoNet, a plane classifier, another
-    view) can be wrapped.
+    forward (logits (N, K), or a result with .logits) and vjp(x, dlogits) (its second argument given by position),
+    so any classifier the Explainer takes (SonoNet, a plane classifier, another view, a user's model) can be
+    wrapped.
     """
 
     num_classes = 2
@@ -435,6 +436,8 @@ class TargetClassView:
         self.classifier = classifier
         self.target = int(target)
         self.in_channels = getattr(classifier, "in_channels", None)
+        if not callable(getattr(classifier, "forward", None)):
+            raise TypeError(f"{where}: classifier must have a forward(x) method, got {type(classifier).__name__}")
         names = getattr(classifier, "CLASSES", None)
         name = names[self.target] if names is not None and len(names) > self.target else f"class {self.target}"
         self.CLASSES = (f"not {name}", name)
@@ -442,6 +445,11 @@ class TargetClassView:
     def _binary(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(binary logits (N, 2), softmax over the other classes (N, K) with 0 at the target)."""
         z = np.asarray(logits, dtype=np.float64)
+        if self.target >= z.shape[1]:
+            raise ValueError(
+                f"TargetClassView: target {self.target} is not a class of a {z.shape[1]}-class classifier (its "
+                f"classes are 0..{z.shape[1] - 1})"
+            )
         others = np.delete(z, self.target, axis=1)
         if others.shape[1] == 0:
             raise ValueError("TargetClassView: the classifier has a single class")
@@ -452,10 +460,21 @@ class TargetClassView:
         binary = np.concatenate([m + np.log(s), z[:, self.target : self.target + 1]], axis=1)
         return binary.astype(np.float32), e / s
 
+    def _wrapped_logits(self, out: Any) -> np.ndarray:
+        """The wrapped classifier's logits (N, K) from what its forward returned: a result with .logits (diffice's
+        networks) or the logits array itself (a user's model, as the Explainer takes it)."""
+        logits = np.asarray(out.logits if hasattr(out, "logits") else out)
+        if logits.ndim != 2:
+            raise ValueError(
+                f"TargetClassView: the wrapped classifier's forward returned logits of shape {logits.shape}; "
+                f"expected (N, K), one row per image and one column per class"
+            )
+        return logits
+
     def forward(self, x: np.ndarray) -> ClassifierOutput:
         """x as the wrapped classifier takes it -> ClassifierOutput with (N, 2) logits (cam/features passed on)."""
         out = self.classifier.forward(x)
-        logits, _ = self._binary(out.logits)
+        logits, _ = self._binary(self._wrapped_logits(out))
         cam = getattr(out, "cam", None)
         features = getattr(out, "features", None)
         return _output(logits, cam, features)
@@ -463,7 +482,7 @@ class TargetClassView:
     __call__ = forward
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._binary(self.classifier.forward(x).logits)[0]
+        return self._binary(self._wrapped_logits(self.classifier.forward(x)))[0]
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(N, 2): [1 - p_target, p_target] of the wrapped classifier."""
@@ -471,7 +490,7 @@ class TargetClassView:
 
     def vjp(self, x: np.ndarray, dlogits: np.ndarray) -> np.ndarray:
         """d sum(dlogits * binary_logits) / dx (dlogits (N, 2)), through the wrapped classifier's vjp."""
-        logits = self.classifier.forward(x).logits
+        logits = self._wrapped_logits(self.classifier.forward(x))
         dlogits = np.asarray(dlogits, dtype=np.float64)
         if dlogits.shape != (logits.shape[0], 2):
             raise ValueError(
@@ -480,7 +499,7 @@ class TargetClassView:
         _, others = self._binary(logits)
         d = dlogits[:, :1] * others
         d[:, self.target] = dlogits[:, 1]
-        return self.classifier.vjp(x, dlogits=d.astype(np.float32))
+        return self.classifier.vjp(x, d.astype(np.float32))  # positional: any name for the wrapped vjp's argument
 
     def __repr__(self) -> str:
         return f"TargetClassView({self.classifier!r}, target={self.target} {self.CLASSES[1]!r})"
