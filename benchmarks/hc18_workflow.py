@@ -1,10 +1,14 @@
 """The real-ultrasound workflow (not part of CI): train a small DDPM on HC18 with diffice, then explain images that
 SonoNet-16 does not see as a transventricular brain plane, towards SonoNet-16's Brain (Tv.) class.
 
-    python benchmarks/hc18_workflow.py --work /tmp/hc18 [--steps 3000] [--size 56 72] [--n 8]
+    python benchmarks/hc18_workflow.py --work /tmp/hc18 [--hc18 DIR] [--sononet FILE] [--steps 3000] [--size 56 72]
+        [--n 8]
 
-Data: ../shared/data/hc18 (999 real fetal head images, HC18 challenge, van den Heuvel et al., PLoS ONE 2018,
-CC BY 4.0) and ../shared/weights/sononet/SonoNet16.npz (Baumgartner et al., TMI 2017). Neither is committed.
+Data (neither is committed): --hc18, a folder with the HC18 images in images/ or the images themselves (999 real
+fetal head images, HC18 challenge, van den Heuvel et al., PLoS ONE 2018, CC BY 4.0; default
+../shared/data/hc18 beside the repository), and --sononet, SonoNet-16's weights (Baumgartner et al., TMI 2017; the
+authors' SonoNet16.npz or a state_dict; default ../shared/weights/sononet/SonoNet16.npz). Both are checked before
+anything is trained or written.
 
 What it does:
 1. trains guided-diffusion's UNet (the demo's small configuration) on all 999 images resized to --size
@@ -44,7 +48,32 @@ from diffice.models.perceptual import PixelLoss  # noqa: E402
 from diffice.train.ddpm import load_images  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
+DEFAULT_HC18 = SHARED / "data" / "hc18"
+DEFAULT_SONONET = SHARED / "weights" / "sononet" / "SonoNet16.npz"
 BRAIN_TV = 5
+
+
+def hc18_images_folder(hc18: Path) -> Path:
+    """The folder of HC18 images: hc18/images where it exists (the challenge's layout), else hc18 itself.
+    SystemExit naming the option and the path when neither exists."""
+    if (hc18 / "images").is_dir():
+        return hc18 / "images"
+    if hc18.is_dir():
+        return hc18
+    raise SystemExit(
+        f"--hc18 {hc18}: not found (give the folder of the HC18 images, or one holding them in images/; the data are "
+        "not part of diffice: README, 'Real ultrasound: the HC18 workflow')"
+    )
+
+
+def check_sononet(path: Path) -> Path:
+    """SystemExit naming the option and the path unless the SonoNet-16 weights file exists."""
+    if not path.is_file():
+        raise SystemExit(
+            f"--sononet {path}: not found (give SonoNet-16's weights, e.g. the authors' SonoNet16.npz; they are not "
+            "part of diffice: README, 'Real ultrasound: the HC18 workflow')"
+        )
+    return path
 
 
 class UpsampledClassifier:
@@ -71,6 +100,8 @@ class UpsampledClassifier:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True)
+    p.add_argument("--hc18", type=Path, default=DEFAULT_HC18, help="HC18 images: a folder, or one with images/")
+    p.add_argument("--sononet", type=Path, default=DEFAULT_SONONET, help="SonoNet-16 weights (SonoNet16.npz)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--size", type=int, nargs=2, default=[56, 72])
     p.add_argument("--n", type=int, default=8)
@@ -78,14 +109,16 @@ def main() -> int:
     p.add_argument("--lambda-p", type=float, default=30.0, help="weight of Lp (mean squared pixel distance)")
     p.add_argument("--tag", default="", help="suffix of the figure and results file names")
     args = p.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    image_folder = hc18_images_folder(args.hc18)
+    sononet_file = check_sononet(args.sononet)
     size = tuple(args.size)
     factor = 224 // size[0]
     if (size[0] * factor, size[1] * factor) != (224, 288):
         raise SystemExit(f"--size must divide 224x288 by an integer factor, got {size}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
 
-    images = load_images(SHARED / "data" / "hc18" / "images", size)
+    images = load_images(image_folder, size)
     print(f"HC18: {len(images)} images at {size[0]}x{size[1]}", flush=True)
     t0 = time.time()
     resume = (work / "ddpm" / "train_state.npz").exists()
@@ -116,7 +149,7 @@ def main() -> int:
     unet = UNet.from_file(work / "ddpm" / "ema.safetensors", num_heads=4)
     diffusion = GaussianDiffusion(1000, "linear", "100", learn_sigma=True)
 
-    sononet = SonoNet.from_file(SHARED / "weights" / "sononet" / "SonoNet16.npz")
+    sononet = SonoNet.from_file(sononet_file)
     view = UpsampledClassifier(TargetClassView(sononet, BRAIN_TV), factor)
     probs = np.concatenate([view.forward(images[i : i + 32]).probabilities[:, 1] for i in range(0, len(images), 32)])
     candidates = np.where(probs < 0.5)[0]
