@@ -92,6 +92,9 @@ def test_metrics_refuses_other_or_missing_models(demo_copy, asked, capsys, chang
     shutil.copytree(MODELS_DIR, demo_copy / "moved")
     assert main(["metrics", str(demo_copy / "dm1"), "--no-cout", "--demo-models", str(demo_copy / "moved")]) == 0
     assert asked == [str(demo_copy / "moved")]
+    # and the note names the folder they were loaded from, not only the one the run recorded
+    note = capsys.readouterr().err
+    assert f"the demo models in {demo_copy / 'moved'}: the same files as the demo models in {models.resolve()}" in note
 
 
 def test_explain_preset_demo_records_the_variables_models(tmp_path, monkeypatch, asked, capsys):

@@ -40,7 +40,9 @@ def _demo_folder(root: Path, record: dict[str, Any] | None, given: PathLike | No
             f"{root} was made with {demo_module.describe_record(record)} ({hashes}), but {why}; give those models "
             f"with --demo-models FOLDER, or judge the run with other models with --classifier FILE --oracle FILE"
         )
-    say(f"{demo_module.describe_record(record)} that made the run (from {root / 'run_settings.json'})")
+    made = f"{demo_module.describe_record(record)} that made the run (from {root / 'run_settings.json'})"
+    # models given with --demo-models are loaded from there: say so, not only where the run recorded them
+    say(made if given is None else f"the demo models in {given}: the same files as {made}")
     return folder
 
 
