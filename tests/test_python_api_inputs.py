@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_plane_classifier, tiny_unet
 
+import diffice
 from diffice import _C, GaussianDiffusion, PerceptualLoss, PixelLoss, ResNetFeatures, TargetClassView
 from diffice.explain.explainer import Explainer, ExplainerConfig, PythonGuidance, image_keys
 from diffice.models.classifier import SmallClassifier
@@ -268,3 +269,19 @@ def test_loss_weights_are_finite_and_nonnegative():
         PerceptualLoss(features, weight=-1.0)
     with pytest.raises(TypeError, match="PerceptualLoss: features must be a diffice feature network .* got str"):
         PerceptualLoss("resnet50")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: diffice.Segmenter(3, 8, 2, 4, 1, backend="tpu"),
+        lambda: diffice.SonoNet(k=4, backend="tpu"),
+        lambda: diffice.UNet.random(dict(model_channels=32, channel_mult=(1,), num_res_blocks=1), backend="tpu"),
+        lambda: diffice.PixelLoss("l2", backend="tpu"),
+        lambda: diffice.load_demo_models(backend="tpu"),
+    ],
+)
+def test_a_bad_backend_name_is_refused_when_the_model_is_made(make):
+    """A model made for a backend that does not exist was accepted and failed at its first forward."""
+    with pytest.raises(ValueError, match=r"backend must be one of .* or 'cuda:N', got 'tpu'"):
+        make()

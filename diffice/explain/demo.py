@@ -34,6 +34,7 @@ from ..evaluation.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED, mean_interval,
 from ..io import file_digest
 from ..models.diffusion import GaussianDiffusion, diffusion_from_section
 from ..models.unet import UNet
+from ..ops._backend import check_backend_name
 from .explainer import Explainer
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -97,6 +98,7 @@ def load_demo_models(folder: PathLike | None = None, backend: str = "cpu") -> De
             f"'python -m diffice.explain.demo_pack WORKDIR --dest {root}')"
         )
     info = json.loads((root / "demo.json").read_text())
+    check_backend_name(backend)  # before reading any file
     unet = load_unet(root / "ddpm.safetensors", num_heads=int(info["ddpm"]["config"]["num_heads"]), backend=backend)
     diffusion = diffusion_from_section(DEMO_DIFFUSION, unet.config["learn_sigma"])
     classifier = load_model(

@@ -11,6 +11,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..ops._backend import check_backend_name
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -85,6 +87,7 @@ class NetworkBase:
     _what = "network"
 
     def __init__(self, c: Any, backend: str = "cpu") -> None:
+        check_backend_name(backend)  # here, not at the first forward
         self._c = c
         self._params = c.parameters()
         self.backend = backend

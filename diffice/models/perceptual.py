@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import _C
-from ..ops._backend import get_backend
+from ..ops._backend import check_backend_name, get_backend
 from ..ops._diffusion import distance_penalty, distance_penalty_backward
 from ..ops._loss import mse, mse_backward
 from .network import is_finite_nonnegative
@@ -126,6 +126,7 @@ class PixelLoss:
             raise ValueError(f"PixelLoss: kind must be 'l1' or 'l2', got {kind!r}")
         if not is_finite_nonnegative(weight):  # NaN would make every counterfactual non-finite
             raise ValueError(f"PixelLoss: weight must be a finite number >= 0, got {weight!r}")
+        check_backend_name(backend)
         self.kind, self.weight, self.backend = kind, float(weight), backend
         self._reference: np.ndarray | None = None
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._native import _C
 from ..io import _load, save_safetensors
-from ..ops._backend import get_backend
+from ..ops._backend import check_backend_name, get_backend
 from .description import Description, model_from_description, model_metadata
 from .network import _mismatch_error, config_bool, config_int
 from .probabilities import predicted_class, probabilities
@@ -116,6 +116,7 @@ class SonoNet:
                 raise ValueError(f"SonoNet: {name} must be a positive int, got {value!r}")
         self.k, self.in_channels, self.num_classes = int(k), int(in_channels), int(num_classes)
         self.standardize = bool(standardize)
+        check_backend_name(backend)
         self.backend = backend
         self._c = _C.sononet_create(
             dict(
