@@ -732,6 +732,25 @@ def _new_empty_folder(path: str | None, existed: bool) -> Path | None:
         return None
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader went away (poll reports an error on its write end); if so, stdout is
+    pointed at /dev/null so that the interpreter's own flush at exit does not report the same error again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (a notebook, a test)
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = getattr(args, "out", None)  # the output folder of the commands that have one
@@ -742,6 +761,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
+            return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
+        print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError) as exc:
         # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...)
         print(f"diffice {args.command}: error: {exc}", file=sys.stderr)

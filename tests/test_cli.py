@@ -334,3 +334,56 @@ def test_a_refused_run_leaves_no_empty_output_folder_behind(tmp_path, capsys):
     before.mkdir()
     assert main(["train", "ddpm", "--images", images, "--out", str(before), "--steps", "1", "--quiet"]) == 2
     assert before.is_dir()
+
+
+_SPAM = """
+import argparse, sys
+import diffice.cli as cli
+
+def spam(args):
+    for i in range(100000):
+        print(f"line {i} " + "x" * 80)
+    return 0
+
+real_parse = argparse.ArgumentParser.parse_args
+
+def parse(self, argv=None, namespace=None):
+    args = real_parse(self, argv, namespace)
+    args.func = spam
+    return args
+
+argparse.ArgumentParser.parse_args = parse
+sys.exit(cli.main(["info"]))
+"""
+
+
+def test_a_closed_output_pipe_stops_quietly(tmp_path):
+    """`diffice metrics ... | head` printed "error: [Errno 32] Broken pipe" and exited 2: a reader that went away
+    now stops the command quietly with 141 (128 + SIGPIPE), as the shell's own tools do; everything up to there
+    was written."""
+    proc = subprocess.Popen([sys.executable, "-c", _SPAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(capsys, monkeypatch):
+    """A BrokenPipeError that is not stdout's (a connection of the command's own) stays a one-line error."""
+    import diffice.cli as cli
+
+    def fail(args):
+        raise BrokenPipeError(32, "Broken pipe (a worker's connection)")
+
+    real = cli.build_parser
+
+    def parser():
+        p = real()
+        for action in p._subparsers._group_actions:
+            action.choices["info"].set_defaults(func=fail)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(["info"]) == 2
+    assert "diffice info: error: [Errno 32] Broken pipe (a worker's connection)" in capsys.readouterr().err
