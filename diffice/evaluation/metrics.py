@@ -318,17 +318,33 @@ def bkl(p_target_cf: np.ndarray) -> float:
     return float(np.mean(1.0 - np.asarray(p_target_cf)))
 
 
+def _pixel_change(x: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """sum_c |cf - x| per pixel (H W,) float64 of one image pair (C, H, W). On the 8-bit grid (every value within
+    1e-3 of a step of u / 127.5 - 1, as saved PNGs read back) the change is counted in whole 8-bit steps, so that
+    equal 8-bit changes are equal numbers; otherwise the exact difference of the given values."""
+    ux = (x.astype(np.float64) + 1.0) * 127.5
+    uc = (cf.astype(np.float64) + 1.0) * 127.5
+    rx, rc = np.rint(ux), np.rint(uc)
+    if np.abs(ux - rx).max() <= 1e-3 and np.abs(uc - rc).max() <= 1e-3:
+        return np.abs(rc - rx).sum(axis=0).ravel() / 127.5
+    return np.abs(cf.astype(np.float64) - x.astype(np.float64)).sum(axis=0).ravel()
+
+
 def cout(
     classifier: Any, x: np.ndarray, cf: np.ndarray, target: int | np.ndarray | None = None, steps: int = COUT_STEPS
 ) -> np.ndarray:
-    """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1].
+    """Counterfactual transition (ACE's cout_metrics) per image, (N,) in [-1, 1] (up to ACE's last step, below).
 
     x, cf (N, C, H, W) in [-1, 1]. Per image: the mask sum_c |cf - x| (min-max normalised) orders the pixels,
     most changed first; with step = max(1, H W // steps), x_k = cf M_k + x (1 - M_k) where M_k holds the first
     min(k step, H W) pixels, k = 0 .. ceil(H W / step). c_k = p(x_k) of x's predicted class; c'_k = 1 - c_k for
     a binary classifier (ACE's binary form), p(x_k) of the target class (N,) for more classes (its multi-class
     form). AUC is the trapezoid rule (first/2 + middle + last/2) times step / (H W); COUT = AUC(c') - AUC(c).
+    As in ACE's code a last, shorter step (H W not a multiple of step) counts as a full one, so |COUT| can
+    exceed 1 by up to ceil(H W / step) step / (H W) - 1 (0.02 at 224 x 288).
     Pixels with equal change keep their row-major order (a stable sort; ACE's torch.argsort leaves ties open).
+    The change is computed exactly (float64); an image pair on the 8-bit grid (u / 127.5 - 1: the saved PNGs) is
+    compared in 8-bit steps, so pixels of equal 8-bit change are ties (float32 round-off would order them).
     """
     x = np.asarray(x, dtype=np.float32)
     cf = np.asarray(cf, dtype=np.float32)
@@ -341,7 +357,7 @@ def cout(
     ks = np.minimum(np.arange(0, -(-hw // step) + 1) * step, hw)
     out = np.empty(n)
     for i in range(n):
-        mask = np.abs(cf[i] - x[i]).sum(axis=0).ravel()
+        mask = _pixel_change(x[i], cf[i])
         span = mask.max() - mask.min()
         mask = (mask - mask.min()) / span if span > 0 else np.zeros_like(mask)
         order = np.argsort(-mask, kind="stable")
@@ -380,6 +396,12 @@ def mean_interval(
     resamples of the N values with replacement, their (1 - level) / 2 and (1 + level) / 2 quantiles. Seeded: the
     same values give the same interval (a resumed run reports what it reported)."""
     v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"mean_interval: values must be (N,) with N >= 1, got shape {v.shape}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"mean_interval: level must be in (0, 1), got {level!r}")
+    if resamples < 1:
+        raise ValueError(f"mean_interval: resamples must be >= 1, got {resamples!r}")
     idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
     low, high = np.quantile(v[idx].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
@@ -504,7 +526,8 @@ def evaluate(
     Inception inputs (N, 3, H, W) in [0, 1] (default: fid_images of x / cfs). A metric whose network is None, or
     whose subset is too small, is {"skipped": reason}. flipped_by: who judged `flipped`, for the subset texts.
     exclude (N,) bool: counterfactuals that are left out of every metric (those whose sampler step went
-    non-finite); their inputs stay in FID's and FSD's real set.
+    non-finite); their inputs stay in FID's and FSD's real set. A non-finite value in an input, or in a
+    counterfactual that is not excluded, is a ValueError naming the images.
     """
     x = np.asarray(x, dtype=np.float32)
     cfs = np.asarray(cfs, dtype=np.float32)
@@ -522,6 +545,14 @@ def evaluate(
         raise ValueError(f"evaluate: exclude must be ({n_all},) bool, got {exclude.dtype} {exclude.shape}")
     ne = int(exclude.sum())
     note = f"; {ne} excluded: their sampler step went non-finite" if ne else ""
+    for what, images, check in (("inputs", x, np.ones(n_all, dtype=bool)), ("counterfactuals", cfs, ~exclude)):
+        bad = np.flatnonzero(check & ~np.isfinite(images.reshape(n_all, -1)).all(axis=1))
+        if len(bad):
+            raise ValueError(
+                f"evaluate: {what} {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} are not finite "
+                f"(NaN or inf: every metric of them would be NaN or wrong); leave such counterfactuals out with "
+                f"exclude= (a run's records: nonfinite_step >= 0)"
+            )
     real_x, real_fid = x, fid_x  # the real set: every input
     keep = ~exclude
     x, cfs = x[keep], cfs[keep]
