@@ -61,6 +61,8 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     summary = run_demo(tmp_path, n=n, models=models, progress=False, overrides=QUICK)
     out = capsys.readouterr().out
     assert "flip ratio" in out and "oracle QS" in out and "MQD [95% CI]" in out and "bootstrap" in out
+    # the table's flip ratio is over all images, not the paper's FR subset: the output says so
+    assert "flip ratio: f's on the run's float images, over all N images" in out and "diffice metrics" in out
     assert summary["images"] == n and summary["explained_now"] == n and len(summary["iterations"]) == 3
     fig = np.asarray(Image.open(tmp_path / "figure.png"))
     assert fig.ndim == 3 and fig.shape[0] > n * DEMO_SIZE[0] and fig.shape[1] > 3 * DEMO_SIZE[1]

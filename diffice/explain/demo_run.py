@@ -223,7 +223,9 @@ def run_demo(
     if records:
         print(
             f"MQD: the paper's, (1/N) sum 1[QS(x) < 0.5] (QS(cf) - QS(x)) over the N = {len(records)} images, "
-            f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples)",
+            f"QS the oracle's;\n{CI_LEVEL:.0%} CI: percentile bootstrap over the images ({CI_RESAMPLES} resamples);\n"
+            f"p(SP), flip ratio: f's on the run's float images, over all N images (iteration 0: the inputs f already "
+            f"calls SP);\nthe paper's FR (only the inputs f calls NSP, judged on the PNGs): diffice metrics",
             file=stream,
         )
     with open(out / "iterations.csv", "w", newline="") as f:
