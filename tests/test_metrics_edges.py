@@ -93,7 +93,7 @@ def test_evaluate_rejects_non_finite_images_unless_excluded(rng):
         assert got[name].get("value") == want[name].get("value"), name
     xb = x.copy()
     xb[0, 0, 2, 3] = -np.inf
-    with pytest.raises(ValueError, match=r"inputs 0 .*not finite"):
+    with pytest.raises(ValueError, match=r"inputs 0 .*not finite.*inputs must be finite"):
         metrics.evaluate(xb, cf, 1, classifier=f, exclude=np.array([True, False, False, False, False]))
 
 

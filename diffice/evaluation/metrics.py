@@ -550,8 +550,12 @@ def evaluate(
         if len(bad):
             raise ValueError(
                 f"evaluate: {what} {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} are not finite "
-                f"(NaN or inf: every metric of them would be NaN or wrong); leave such counterfactuals out with "
-                f"exclude= (a run's records: nonfinite_step >= 0)"
+                f"(NaN or inf: every metric of them would be NaN or wrong); "
+                + (
+                    "leave such counterfactuals out with exclude= (a run's records: nonfinite_step >= 0)"
+                    if what == "counterfactuals"
+                    else "the inputs must be finite images in [-1, 1]"
+                )
             )
     real_x, real_fid = x, fid_x  # the real set: every input
     keep = ~exclude
