@@ -204,7 +204,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 f"({summary['configs']} configurations x {summary['images']} images); store {summary['store']}",
                 file=sys.stderr,
             )
-        print_tables(spec.store_path, options=spec.tables)
+        print_tables(spec.store_path, options=spec.tables, configs=spec.configs)
     except (DistributedUnavailable, RuntimeError) as exc:
         print(f"diffice sweep: error: {exc}", file=sys.stderr)
         return 2

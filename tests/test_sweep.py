@@ -697,3 +697,131 @@ def test_an_out_that_is_a_file_is_named_as_such(tmp_path, models_dir, capsys):
         assert err == f"diffice sweep: error: --out {tmp_path / 'afile'} is a file, not a folder"
     assert main(["sweep", "--config", str(path), "--quiet"]) == 2  # [sweep] out in the config
     assert capsys.readouterr().err.strip().endswith(f"[sweep] out = '{tmp_path / 'afile'}' is a file, not a folder")
+
+
+# ---- a damaged store, a changed config, rows apart in another setting, the warning's count ----
+
+
+def test_a_damaged_store_is_a_one_line_error(tmp_path, models_dir, reference, capsys):
+    """A results.sqlite that is damaged (truncated, overwritten) or no sweep store: one line naming the file and
+    what to do, exit 2 (it was a traceback of sqlite3.DatabaseError, exit 1), for the sweep and --tables-only."""
+    import shutil
+
+    from diffice.cli import main
+
+    spec = spec_for(tmp_path, models_dir, name="damaged")
+    spec.out.mkdir()
+    cases = {
+        "half": lambda p: p.write_bytes(reference[0].store_path.read_bytes()[: p.stat().st_size // 2]),
+        "garbage": lambda p: p.write_bytes(bytes(range(256)) * 64),
+        "another database": lambda p: (p.unlink(), sqlite3.connect(str(p)).execute("CREATE TABLE t (a)").close()),
+    }
+    for name, damage in cases.items():
+        shutil.copy(reference[0].store_path, spec.store_path)
+        damage(spec.store_path)
+        with pytest.raises(ValueError, match="not a readable diffice sweep store"):
+            SweepStore(spec.store_path)
+        for args in ([], ["--tables-only"]):
+            assert main(["sweep", "--config", str(tmp_path / "damaged.toml"), "--quiet", *args]) == 2, name
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"diffice sweep: error: {spec.store_path}: not a readable diffice sweep store (")
+            assert "move it aside" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_tables_leave_out_configurations_the_config_no_longer_has(tmp_path, models_dir, reference, capsys):
+    """A configuration changed (or removed) in the config after it ran stays in the store; the tables of that
+    config (after the run, --tables-only) show only its own configurations and name the others in a note (the
+    stale rows were in every table, a second Table 1 row and a second Table 2, without a word)."""
+    import shutil
+
+    from diffice.cli import main
+
+    path = tmp_path / "changed.toml"
+    path.write_text(sweep_toml(models_dir, tmp_path / "changed").replace("lambda_p = [1.0, 0]", "lambda_p = [1.0]"))
+    (tmp_path / "changed").mkdir()
+    shutil.copy(reference[0].store_path, tmp_path / "changed" / "results.sqlite")
+    assert main(["sweep", "--config", str(path), "--tables-only"]) == 0
+    out = capsys.readouterr().out
+    s3 = out.split("### Table S3")[1]
+    rows = [line for line in s3.splitlines() if line.startswith("| diff-ice")]
+    assert len(rows) == 2 and all("| yes (1) " in row for row in rows)
+    assert "Left out: 2 configuration(s) of the store" in out
+    assert "diff-ice L=2 tau=3 lc=5/50 lp=0; diff-ice-1 tau=3 lc=5/50 lp=0." in out
+    with SweepStore(reference[0].store_path) as store:  # from Python, without a config: every configuration
+        assert len(compute_tables(store)[-1]["rows"]) == 4
+
+
+def test_configurations_apart_in_another_setting_have_distinct_rows(tmp_path, models_dir):
+    """Two configurations that differ only in a setting no column shows (precision, mask_dilation, ...) had the
+    same Method cell in every table and the same Table 2 title; now the setting that sets them apart is named."""
+    from diffice.explain.sweep import ConfigResults
+    from diffice.explain.sweep.config import distinguishing_settings
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(sweep_toml(models_dir, tmp_path / "out", sweep_extra='precision = ["fp32", "tf32"]'))
+    configs = load_sweep(str(toml)).configs
+    for c in configs:
+        c["config_id"] = c["label"] = str(id(c))
+    extras = distinguishing_settings(configs)
+    assert sorted(extras.values()) == [""] * 4 + ["precision=tf32"] * 4
+    assert set(distinguishing_settings(configs[:1]).values()) == {""}
+
+    def results(c):
+        return ConfigResults(
+            config=c,
+            store=None,
+            image_ids=np.arange(2),
+            prob_target=np.full((2, c["iterations"] + 1), 0.5),
+            input_is_target=np.zeros(2, bool),
+            flipped=np.ones((2, c["iterations"]), bool),
+            lambda_used=np.full((2, c["iterations"]), 5.0),
+            nonfinite_step=np.full((2, c["iterations"]), -1),
+            batch_seconds=np.array([1.0]),
+            iteration_seconds=np.ones((1, c["iterations"])),
+            peak_bytes=np.array([2**20]),
+        )
+
+    class Store:
+        def meta(self, key):
+            return dict(tau=3, lambda_c=[5.0, 50.0], lambda_p=1.0) if key == "base" else None
+
+        def configs(self):
+            return configs
+
+        def results(self, c):
+            return results(c)
+
+    t1, t2a, t2b, s3 = compute_tables(Store())
+    assert [row[0] for row in t1["rows"]] == [
+        "diff-ice (L=2)",
+        "diff-ice (L=2, precision=tf32)",
+        "diff-ice-1",
+        "diff-ice-1 (precision=tf32)",
+    ]
+    assert t2a["title"] != t2b["title"] and t2b["title"].endswith(", precision=tf32)")
+    assert len({(row[0], row[2]) for row in s3["rows"]}) == 8  # no two S3 rows read the same
+
+
+def test_the_warning_counts_images_and_is_recorded_once(tmp_path, models_dir, reference):
+    """The warning "every input (k of k) is already the target" counted image x configuration (6 of 6 for 2 images and 3
+    configurations), and a resumed sweep recorded it over the units of its own run (4 of 4): it counts the distinct
+    images the store holds results of, and a rerun finding it again does not record it twice."""
+    import shutil
+    import warnings
+
+    from diffice.explain.sweep.runner import _check_sweep
+
+    checks = {f"c{k}": [dict(input_is_target=np.ones(2, bool), first_step_target=None)] for k in range(3)}
+    configs = [dict(method="diff-ice-1", lambda_c=[5.0], label=f"c{k}") for k in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        [message] = _check_sweep(checks, [], 1, np.ones(2, bool))
+        assert message.startswith("every input (2 of 2) is already classified as the target class 1")
+        assert _check_sweep(checks, configs[:0], 1, np.array([True, False])) == []
+    path = tmp_path / "store.sqlite"
+    shutil.copy(reference[0].store_path, path)
+    with SweepStore(path) as store:
+        assert store.input_verdicts().shape == (3,)
+        store.add_warning(message)
+        store.add_warning(message)
+        assert [w["message"] for w in store.meta("warnings")] == [message]

@@ -16,7 +16,7 @@ import numpy as np
 from ..data.images import save_png, to_uint8
 from ..data.phantoms import FAILURE_MODES
 from ..explain.explainer import is_iterative
-from ..explain.sweep.config import at_base, config_order
+from ..explain.sweep.config import at_base, config_order, distinguishing_settings
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -207,9 +207,14 @@ def _reference_config(store: Any, config: str | None) -> dict[str, Any]:
     return max(found, key=lambda c: int(c["iterations"]))
 
 
-def _group(name: str) -> str:
+def strip_group(name: str) -> str:
+    """The group (row set) of an image in the strip figure: the failure mode of a phantom named
+    phantom_NNN_<mode>, else "all images"."""
     m = _PHANTOM_NAME.match(name)
     return m.group(1) if m else "all images"
+
+
+_group = strip_group
 
 
 def choose_strip_images(
@@ -353,7 +358,8 @@ def strip_figure(
     name = METHOD_NAMES.get(ref["method"], ref["method"])
     columns = [(f"{name}\nit {l}" if L > 1 else name, ref, l) for l in range(1, L + 1)]
     others = sorted((c for c in configs if at_base(c, base) and c["config_id"] != ref["config_id"]), key=config_order)
-    columns += [(_title(c, base), c, int(c["iterations"])) for c in others]
+    extras = distinguishing_settings(configs)
+    columns += [(_title(c, base, extras[c["config_id"]]), c, int(c["iterations"])) for c in others]
     canvas, corners, titles = _strip(store, oracle, picks, columns, differences, scale)
     out = Path(out)
     save_png(out, canvas)
@@ -368,7 +374,7 @@ def strip_figure(
             base_configs = [c for c in configs if c["method"] == m and at_base(c, base)]
             ab_configs += [max(base_configs, key=lambda c: int(c["iterations"]))] if base_configs else []
             ab_configs += [c for c in ablated if c["method"] == m]
-        ab_columns = [(_title(c, base), c, int(c["iterations"])) for c in ab_configs]
+        ab_columns = [(_title(c, base, extras[c["config_id"]]), c, int(c["iterations"])) for c in ab_configs]
         ab_canvas, ab_corners, ab_titles = _strip(store, oracle, picks, ab_columns, differences, scale)
         ab_path = Path(ablation_out) if ablation_out is not None else out.with_name(out.stem + "_ablation" + out.suffix)
         save_png(ab_path, ab_canvas)
@@ -378,8 +384,13 @@ def strip_figure(
     )
 
 
-def _title(config: dict[str, Any], base: dict[str, Any]) -> str:
+def _title(config: dict[str, Any], base: dict[str, Any], extra: str = "") -> str:
+    """A column's title: the method (and L), then what it changes from the base setting and the settings that set
+    it apart from the other configurations (diffice.explain.sweep.config.distinguishing_settings)."""
     name = METHOD_NAMES.get(config["method"], config["method"])
     if is_iterative(config["method"]):
         name += f" L={config['iterations']}"
-    return f"{name}\n{_setting(config, base)}"
+    setting = _setting(config, base)
+    if extra:
+        setting = extra if setting == "base" else f"{setting}, {extra}"
+    return f"{name}\n{setting}"

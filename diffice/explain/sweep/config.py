@@ -41,6 +41,39 @@ def at_base(config: dict[str, Any], base: dict[str, Any]) -> bool:
     return all(config[k] == base[k] for k in TABLE1_AXES if k in base)
 
 
+# the settings every table and strip shows of a configuration (its method, L, tau, lambda_c, Lp)
+SHOWN_FIELDS = ("method", "iterations", "tau", "lambda_c", "lambda_p")
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "/".join(_show_value(v) for v in value)
+    return str(value)
+
+
+def distinguishing_settings(configs: list[dict[str, Any]]) -> dict[str, str]:
+    """Per config_id, the settings outside SHOWN_FIELDS that set a configuration apart from the others, e.g.
+    "mask_dilation=0" ("" for most): where the configurations disagree on such a setting (an ablation of
+    mask_dilation, class_loss, precision, ...), each one whose value is not the most common one (ties: the first
+    configuration's) names it, so that no two rows of a table read the same."""
+    fields = sorted({k for c in configs for k in c} - set(SHOWN_FIELDS) - {"config_id", "label"})
+    parts: dict[str, list[str]] = {c["config_id"]: [] for c in configs}
+    for field in fields:
+        values = [c.get(field, LATER_FIELDS.get(field)) for c in configs]
+        keys = [json.dumps(v, sort_keys=True) for v in values]
+        if len(set(keys)) < 2:
+            continue
+        common = max(dict.fromkeys(keys), key=keys.count)  # the most common; ties: the first seen
+        for c, key, value in zip(configs, keys, values):
+            if key != common:
+                parts[c["config_id"]].append(f"{field}={_show_value(value)}")
+    return {cid: ", ".join(p) for cid, p in parts.items()}
+
+
 def config_order(config: dict[str, Any]) -> tuple[Any, ...]:
     """Sort key of configurations in the tables' order: METHODS' order (unknown methods last), iterations, tau,
     lambda_c, then Lp on before off."""

@@ -150,7 +150,7 @@ def run_sweep(
             if on_unit is not None:
                 on_unit(finished, len(todo), executor)
         bar.close()
-        found = _check_sweep(checks, spec.configs, int(run["target"]))
+        found = _check_sweep(checks, spec.configs, int(run["target"]), store.input_verdicts())
         for message in found:
             store.add_warning(message)
     return dict(
@@ -165,10 +165,19 @@ def run_sweep(
     )
 
 
-def _check_sweep(checks: dict[str, list[dict[str, Any]]], configs: Sequence[dict[str, Any]], target: int) -> list[str]:
-    """The SuspiciousRunWarning checks over the units run now: every input already the target (once, over all
-    configurations), else every image the target at the first guided step (per configuration)."""
-    everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]
+def _check_sweep(
+    checks: dict[str, list[dict[str, Any]]],
+    configs: Sequence[dict[str, Any]],
+    target: int,
+    input_verdicts: np.ndarray | None = None,
+) -> list[str]:
+    """The SuspiciousRunWarning checks: every input already the target (once, over the distinct images the store
+    holds results of, `input_verdicts`: f's verdict per image, whichever run made them; else over the units run
+    now), else every image the target at the first guided step (per configuration, over the units run now)."""
+    if input_verdicts is not None and len(input_verdicts):
+        everything = [dict(input_is_target=input_verdicts)]
+    else:
+        everything = [dict(input_is_target=r["input_is_target"]) for rs in checks.values() for r in rs]
     message = check_run(everything, target, None, stacklevel=4)
     if message:
         return [message]

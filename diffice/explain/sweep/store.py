@@ -86,16 +86,42 @@ class SweepStore:
             raise FileNotFoundError(f"results store not found: {self.path} (run the sweep first)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=60)
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        if create:
-            self.db.executescript(_SCHEMA)
         try:
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            missing = self._missing_tables()
+            # read: every table must be there; write: a file with tables, none of them a sweep's, is another
+            # database (not one to add a sweep's tables to)
+            others = self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] > 0
+            if (missing and not create) or (len(missing) == len(self._TABLES) and others):
+                raise sqlite3.DatabaseError("no diffice sweep tables in it")
+            if create:
+                self.db.executescript(_SCHEMA)
             fmt = self.meta("format")
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path}: not a diffice sweep store ({exc})") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                self.db.close()
+                raise
+            self.db.close()
+            raise ValueError(self._damaged(exc)) from None
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one ("database disk image is malformed")
+            self.db.close()
+            raise ValueError(self._damaged(exc)) from None
         if fmt is not None and fmt != STORE_FORMAT:
+            self.db.close()
             raise ValueError(f"{self.path}: a {fmt!r} store, expected {STORE_FORMAT!r}")
+
+    _TABLES = ("meta", "images", "configs", "units", "results")
+
+    def _missing_tables(self) -> list[str]:
+        have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return [t for t in self._TABLES if t not in have]
+
+    def _damaged(self, exc: Exception) -> str:
+        return (
+            f"{self.path}: not a readable diffice sweep store ({exc}); it is damaged or another file: move it "
+            f"aside and run the sweep again (it starts over), or restore a copy"
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -188,12 +214,22 @@ class SweepStore:
                 position += 1
 
     def add_warning(self, message: str) -> None:
-        """Appends a warning about the run (diffice.explain.explainer.SuspiciousRunWarning) to meta 'warnings'."""
+        """Appends a warning about the run (diffice.explain.explainer.SuspiciousRunWarning) to meta 'warnings',
+        unless the same message is already there (a resumed or rerun sweep finds it again)."""
         with self._transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'warnings'").fetchone()
             entries = json.loads(row[0]) if row else []
+            if any(e.get("message") == message for e in entries):
+                return
             entries.append(warning_entry(message))
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('warnings', ?)", (json.dumps(entries),))
+
+    def input_verdicts(self) -> np.ndarray:
+        """(N,) bool over the distinct images with results: f classifies the input as the target (iteration 0)."""
+        rows = self.db.execute(
+            "SELECT image_id, MAX(flipped) FROM results WHERE iteration = 0 GROUP BY image_id ORDER BY image_id"
+        ).fetchall()
+        return np.array([bool(f) for _, f in rows], bool)
 
     def finished_units(self) -> set:
         return {r[0] for r in self.db.execute("SELECT unit_id FROM units")}

@@ -36,7 +36,7 @@ from ...evaluation.metrics import (
 from ...progress import format_seconds
 from ..demo import mqd_interval
 from ..explainer import is_iterative
-from .config import at_base, config_order, tables_options
+from .config import at_base, config_id, config_order, distinguishing_settings, tables_options
 from .judges import Judges
 from .store import ConfigResults, SweepStore
 
@@ -249,8 +249,10 @@ def _lc(c: dict[str, Any]) -> str:
     return "/".join(f"{v:g}" for v in c["lambda_c"])
 
 
-def _method(c: dict[str, Any]) -> str:
-    return f"{c['method']} (L={c['iterations']})" if is_iterative(c["method"]) else c["method"]
+def _method(c: dict[str, Any], extra: str = "") -> str:
+    """The Method cell: the method, Diff-ICE's L, and the settings that set it apart (distinguishing_settings)."""
+    inside = ([f"L={c['iterations']}"] if is_iterative(c["method"]) else []) + ([extra] if extra else [])
+    return f"{c['method']} ({', '.join(inside)})" if inside else c["method"]
 
 
 def _n(r: ConfigResults, l: int) -> str:
@@ -267,12 +269,23 @@ def default_options(store: Any) -> dict[str, Any]:
     return tables_options(None, demo, demo)
 
 
-def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def compute_tables(
+    store: SweepStore, options: dict[str, Any] | None = None, configs: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Table 1 (methods at the base setting), Table 2 (Diff-ICE per iteration), Table S3 (every configuration)
     as dicts: title, header (list), rows (lists of strings), notes. options: the [tables] options
-    (diffice.explain.sweep.config.tables_options; default: default_options of the store)."""
+    (diffice.explain.sweep.config.tables_options; default: default_options of the store). configs: the
+    configurations to tabulate (a sweep config's SweepSpec.configs; default: every configuration in the store);
+    the store's others are left out and named in the notes (a configuration changed or removed since they ran)."""
     base = store.meta("base") or {}
-    configs = store.configs()
+    stored = store.configs()
+    left_out: list[dict[str, Any]] = []
+    if configs is not None:
+        wanted = {config_id(c) for c in configs}
+        left_out = [c for c in stored if c["config_id"] not in wanted]
+        stored = [c for c in stored if c["config_id"] in wanted]
+    configs = stored
+    extras = distinguishing_settings(configs)
     # the image columns read the stored images: a SweepStore's (a stand-in without images gets "-")
     judges = (
         Judges(store, default_options(store) if options is None else options)
@@ -303,7 +316,7 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
         title="Table 1: methods" + (f" ({base_text})" if base_text else ""),
         header=["Method", "n"] + metric_names + eff,
         rows=[
-            [_method(c), _n(results[c["config_id"]], c["iterations"])]
+            [_method(c, extras[c["config_id"]]), _n(results[c["config_id"]], c["iterations"])]
             + metrics(c, c["iterations"])
             + _efficiency(results[c["config_id"]])
             for c in table1
@@ -324,7 +337,8 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
             )
         tables.append(
             dict(
-                title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text})",
+                title=f"Table 2: Diff-ICE per iteration (L={c['iterations']}, {base_text}"
+                + (f", {extras[c['config_id']]})" if extras[c["config_id"]] else ")"),
                 header=["Iteration", "n"] + metric_names + ["Batch time (s)", "Iteration time"],
                 rows=rows,
             )
@@ -336,7 +350,7 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
             header=["Method", "tau", "Lp", "lambda_c", "n"] + metric_names + eff,
             rows=[
                 [
-                    _method(c),
+                    _method(c, extras[c["config_id"]]),
                     str(c["tau"]),
                     f"yes ({c['lambda_p']:g})" if c["lambda_p"] else "no",
                     _lc(c),
@@ -349,6 +363,13 @@ def compute_tables(store: SweepStore, options: dict[str, Any] | None = None) -> 
         )
     )
     notes = _notes(store, judges)
+    if left_out:
+        notes.append(
+            f"Left out: {len(left_out)} configuration(s) of the store that the sweep config no longer has (changed "
+            f"or removed since they ran; their results stay in the store): "
+            + "; ".join(c["label"] for c in left_out)
+            + "."
+        )
     for t in tables:
         t["notes"] = notes
     return tables
@@ -428,11 +449,17 @@ def format_tables(tables: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def print_tables(store_path: os.PathLike, stream: TextIO | None = None, options: dict[str, Any] | None = None) -> str:
+def print_tables(
+    store_path: os.PathLike,
+    stream: TextIO | None = None,
+    options: dict[str, Any] | None = None,
+    configs: list[dict[str, Any]] | None = None,
+) -> str:
     """Prints the tables of a results store and writes them to tables.md beside it; returns the text. options: the
-    sweep config's [tables] (SweepSpec.tables; default: default_options of the store)."""
+    sweep config's [tables] (SweepSpec.tables; default: default_options of the store); configs: the sweep config's
+    configurations (SweepSpec.configs; default: every configuration in the store), as compute_tables."""
     with SweepStore(store_path) as store:
-        text = format_tables(compute_tables(store, options))
+        text = format_tables(compute_tables(store, options, configs))
         recorded = store.meta("warnings") or []
     if recorded:
         text += "\n" + "\n".join(f"- WARNING ({w['at']}): {w['message']}" for w in recorded) + "\n"
