@@ -56,8 +56,8 @@ assert result.counterfactuals.shape == (3, 3, 1, 64, 80)"""),
     ],
     "02_iteration_paths.ipynb": [
         new_markdown_cell(
-            "# Iteration paths (the paper's Figure 3)\n\nEach row: an NSP phantom and the output of "
-            "each Diff-ICE iteration, with f's segmentation overlaid and f's p(SP) above."
+            "# Iteration paths (the paper's Figure 3)\n\nEach row: an NSP phantom (its failure mode above the "
+            "input) and the output of each Diff-ICE iteration, with f's segmentation overlaid and f's p(SP) above."
         ),
         new_code_cell(SETUP),
         new_code_cell("""batch = demo_phantoms(4)
@@ -70,9 +70,9 @@ for i in range(len(x)):
     for j in range(L + 1):
         img = x[i] if j == 0 else result.counterfactuals[j - 1, i]
         axes[i, j].imshow(overlay(img, seg[j, i], scale=1))
-        axes[i, j].set_title(("input" if j == 0 else f"it {j}") + f" p={result.prob_target[j, i]:.2f}", fontsize=8)
-        axes[i, j].axis("off")
-    axes[i, 0].set_ylabel(batch.params[i]["failure_mode"])
+        name = f"input ({batch.params[i]['failure_mode']})" if j == 0 else f"it {j}"
+        axes[i, j].set_title(f"{name} p={result.prob_target[j, i]:.2f}", fontsize=8)
+        axes[i, j].axis("off")   # (so a set_ylabel would not show: the failure mode is in the input's title)
 fig.tight_layout()
 print("classes:", models.segmentation_classes)"""),
         new_code_cell("""# the same figure as diffice demo writes it (Pillow only)
@@ -85,8 +85,9 @@ assert grid.ndim == 3 and grid.shape[2] == 3"""),
         new_markdown_cell(
             "# Quality difference by input quality and concept (Figures 4 and S2)\n\n"
             "QD = QS_O(counterfactual) - QS_O(input), QS_O the oracle's quality score, against the "
-            "input's QS_O, per failure mode (which concept the input lacks); MQD over the inputs with "
-            "QS_O < 0.5."
+            "input's QS_O, per failure mode (which concept the input lacks); MQD, the paper's mean quality "
+            "difference: the mean over all inputs of QD, with QD counted as 0 for the inputs whose QS_O is 0.5 or "
+            "more."
         ),
         new_code_cell(SETUP),
         new_code_cell("""from diffice import phantoms
@@ -121,7 +122,7 @@ assert qd.shape == (2, 12)"""),
     "04_ablation_strip.ipynb": [
         new_markdown_cell(
             "# Ablation strip (Figure S1)\n\nOne input through Diff-ICE, its single-iteration "
-            "variants and DiME, with and without the fidelity loss Lp."
+            "variants and DiME (each with the fidelity loss Lp), and Diff-ICE without Lp (lambda_p = 0)."
         ),
         new_code_cell(SETUP),
         new_code_cell("""x = demo_phantoms(1).images
@@ -220,7 +221,7 @@ assert [t["title"][:8] for t in tables] == ["Table 1:", "Table 2:", "Table S3"]
 assert iterations == list(range(1, len(iterations) + 1)) and ((fr >= 0) & (fr <= 1)).all()"""),
         new_code_cell("""# Figures 3 / S1: rows chosen by a rule (printed), not by hand; tiles titled with f's p(SP) and the oracle's QS
 from PIL import Image
-from diffice.evaluation.figures import strip_figure
+from diffice.evaluation.figures import strip_figure, strip_group
 
 strips = strip_figure(store, models.oracle, Path(tempfile.mkdtemp()) / "strip.png")
 print("rule:", strips.rule)
@@ -234,7 +235,7 @@ for path in [strips.path, strips.ablation_path]:
 reference = store.results(strips.reference)
 L = strips.reference["iterations"]
 subset = set(reference.image_ids[reference.validity & reference.finite(L)].tolist())
-modes = {n.split("_", 2)[2] for i, n in enumerate(store.image_names()) if i in subset}
+modes = {strip_group(n) for i, n in enumerate(store.image_names()) if i in subset}
 assert {p["image_id"] for p in strips.picks} <= subset and {p["group"] for p in strips.picks} == modes"""),
     ],
 }
