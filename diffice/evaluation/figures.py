@@ -214,9 +214,6 @@ def strip_group(name: str) -> str:
     return m.group(1) if m else "all images"
 
 
-_group = strip_group
-
-
 def choose_strip_images(
     store: Any, oracle: Any, config: str | None = None, extremes: bool = True
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -241,7 +238,7 @@ def choose_strip_images(
         store.inputs(ids)
     )
     names = store.image_names()
-    groups = [_group(names[i]) for i in ids]
+    groups = [strip_group(names[i]) for i in ids]
     known = [m for m in FAILURE_MODES if m in groups]
     picks: list[dict[str, Any]] = []
 
