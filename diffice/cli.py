@@ -476,7 +476,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
         action="store_true",
         help="continue the run in --out (settings not given are the run's; see README's Training)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_supervised)
     return p
 
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF/BMP/.npy images (DICOM with pydicom)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_cluster_flags(p)
     _add_config_flags(p)
     p.set_defaults(func=_cmd_explain)
@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the models and the sampler run: cpu, cuda, cuda:N (default: [models] device, else cpu)",
     )
     p.add_argument("--tables-only", action="store_true", help="print the tables of the store; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_cluster_flags(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
     p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
     p.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i)")
     p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --out (its model config; settings not given are the run's)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _tracked(p, "--diffusion-steps", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="diffusion steps T (linear schedule)")
     _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], defaults=_DDPM_FLAG_DEFAULTS)
     g = p.add_argument_group("UNet (guided-diffusion flags)")

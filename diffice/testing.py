@@ -325,6 +325,8 @@ def load_reference(path: PathLike) -> Reference:
     from .io import load_safetensors, load_safetensors_metadata
 
     p = os.fspath(path)
+    if os.path.isdir(p):
+        raise IsADirectoryError(f"{p} is a folder, not a diffice reference run (the file save_reference wrote)")
     meta = load_safetensors_metadata(p)
     if meta.get(_FORMAT_KEY) != _FORMAT_VERSION:
         raise ValueError(

@@ -387,3 +387,17 @@ def test_a_broken_pipe_elsewhere_is_still_an_error(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", parser)
     assert cli.main(["info"]) == 2
     assert "diffice info: error: [Errno 32] Broken pipe (a worker's connection)" in capsys.readouterr().err
+
+
+def test_every_command_with_a_progress_bar_takes_dash_q():
+    from diffice.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    train = next(a for a in sub.choices["train"]._actions if a.dest == "model")
+    parsers = {name: p for name, p in sub.choices.items() if name != "train"}
+    parsers.update({f"train {name}": p for name, p in train.choices.items()})
+    with_bar = {name for name, p in parsers.items() if any(a.dest == "quiet" for a in p._actions)}
+    assert with_bar >= {"explain", "demo", "sweep", "phantoms", "train ddpm", "train classifier"}
+    for name in with_bar:
+        quiet = next(a for a in parsers[name]._actions if a.dest == "quiet")
+        assert quiet.option_strings == ["-q", "--quiet"], name

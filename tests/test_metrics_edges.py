@@ -108,3 +108,15 @@ def test_mean_interval_rejects_what_has_no_interval():
     with pytest.raises(ValueError, match="resamples"):
         metrics.mean_interval(v, resamples=0)
     assert metrics.mean_interval(np.array([0.25])) == (0.25, 0.25)
+
+
+def test_cosine_similarity_of_zero_rows_and_of_mismatched_shapes(rng):
+    a, b = rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    a[1] = 0.0
+    got = metrics.cosine_similarity(a, b)
+    want = [float(a[i] @ b[i] / (np.linalg.norm(a[i]) * np.linalg.norm(b[i]))) for i in (0, 2)]
+    np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-12)
+    assert got[1] == 0.0
+    for bad in (b[:2], b.T, b[None]):
+        with pytest.raises(ValueError, match="must be \\(N, d\\) of one shape"):
+            metrics.cosine_similarity(a, bad)

@@ -186,9 +186,9 @@ def test_a_progress_answer_whose_truth_value_raises(tiny, classifier):
 class Guidance:
     """A guidance object given to the sampler directly, its classify answer passed through `flags` first."""
 
-    def __init__(self, x, flags=None, grad=None):
+    def __init__(self, x, flags=None, grad=None, prob=None):
         self.inner = PythonGuidance(UserClassifier(), None, x, np.ones(len(x), np.int64), "ce")
-        self.flags, self.grad = flags, grad
+        self.flags, self.grad, self.prob = flags, grad, prob
 
     def loss_and_grad(self, x0, rows, lambda_c, lambda_p):
         grad, loss_c, loss_p = self.inner.loss_and_grad(x0, rows, lambda_c, lambda_p)
@@ -196,7 +196,7 @@ class Guidance:
 
     def classify(self, x, rows):
         p, flags = self.inner.classify(x, rows)
-        return p, (self.flags(flags) if self.flags else flags)
+        return (self.prob(p) if self.prob else p), (self.flags(flags) if self.flags else flags)
 
 
 def sample(tiny, guidance, x):
@@ -212,6 +212,16 @@ def test_a_guidance_object_is_target_is_0_or_1(tiny):
             sample(tiny, Guidance(x, flags=lambda f, flags=flags: flags(np.ones_like(f))), x)
     out = sample(tiny, Guidance(x, flags=lambda f: np.ones(len(f), bool)[:, None]), x)  # bools, (N, 1): fine
     assert out["flipped"].tolist() == [[1, 1, 1]]
+
+
+def test_a_guidance_object_prob_target_is_a_probability(tiny):
+    x = images()
+    bad = [(lambda p: p * np.nan, "nan"), (lambda p: p * 0 + 1.5, "1.5"), (lambda p: p * 0 - 0.25, "-0.25")]
+    for prob, shown in bad:
+        with pytest.raises(ValueError, match=rf"prob_target\[0\] = {shown}, expected a probability in \[0, 1\]"):
+            sample(tiny, Guidance(x, prob=prob), x)
+    out = sample(tiny, Guidance(x, prob=lambda p: p.astype(np.float64)), x)  # any float dtype: fine
+    assert out["prob_target"].shape == (2, 3)
 
 
 def test_a_guidance_object_gradient_has_the_images_shape(tiny):

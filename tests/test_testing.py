@@ -213,6 +213,8 @@ def test_bad_files_and_arguments(run, inputs, tmp_path):
     save_safetensors(other, {"w": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="not a diffice reference run"):
         load_reference(other)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a diffice reference run"):
+        load_reference(tmp_path)
     path = save_reference(tmp_path / "ref.safetensors", run, inputs)
     with pytest.raises(ValueError, match=r"shape \(2, 2, 1, 16, 24\) .* \(2 iterations of 3 images\)"):
         compare_runs(

@@ -58,9 +58,11 @@ static PyObject *copy_tensor(dfc_backend *be, const dfc_tensor *t, dfc_error *er
     return a;
 }
 
-/* Copies a float array-like of exactly `count` values into out (be's memory); -1 with a Python exception, or with
- * err set by the copy. */
-static int read_floats(PyObject *obj, const char *what, dfc_backend *be, float *out, int64_t count, dfc_error *err)
+/* Copies a float array-like of exactly `count` values into out (be's memory); with `probability`, each must lie in
+ * [0, 1] (a NaN or 1.3 would be reported as f's p(target) and steer no decision honestly). -1 with a Python
+ * exception, or with err set by the copy. */
+static int read_floats(PyObject *obj, const char *what, int probability, dfc_backend *be, float *out, int64_t count,
+                       dfc_error *err)
 {
     PyArrayObject *a =
         (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 5, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
@@ -71,6 +73,18 @@ static int read_floats(PyObject *obj, const char *what, dfc_backend *be, float *
                      (long long)PyArray_SIZE(a), (long long)count);
         Py_DECREF(a);
         return -1;
+    }
+    const float *v = PyArray_DATA(a);
+    for (int64_t i = 0; probability && i < count; i++) {
+        if (!(v[i] >= 0.0f && v[i] <= 1.0f)) {
+            PyObject *value = PyFloat_FromDouble((double)v[i]);
+            if (value)
+                PyErr_Format(PyExc_ValueError, "guidance: %s[%lld] = %R, expected a probability in [0, 1]", what,
+                             (long long)i, value);
+            Py_XDECREF(value);
+            Py_DECREF(a);
+            return -1;
+        }
     }
     dfc_status st = be->iface->copy_from_host(be, out, PyArray_DATA(a), (size_t)count * sizeof(float), err);
     Py_DECREF(a);
@@ -189,8 +203,8 @@ static dfc_status py_loss_and_grad(void *ctx, dfc_backend *be, dfc_arena *arena,
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's loss_and_grad failed");
     } else if (read_grad(PyTuple_GET_ITEM(result, 0), x0, be, grad->data, err) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 1), "loss_and_grad's loss_class", be, loss_class, n, err) < 0 ||
-               read_floats(PyTuple_GET_ITEM(result, 2), "loss_and_grad's loss_perceptual", be, loss_perceptual, n,
+               read_floats(PyTuple_GET_ITEM(result, 1), "loss_and_grad's loss_class", 0, be, loss_class, n, err) < 0 ||
+               read_floats(PyTuple_GET_ITEM(result, 2), "loss_and_grad's loss_perceptual", 0, be, loss_perceptual, n,
                            err) < 0) {
         st = bad_values(b, "loss_and_grad", err);
     }
@@ -220,7 +234,7 @@ static dfc_status py_classify(void *ctx, dfc_backend *be, dfc_arena *arena, cons
             PyErr_SetString(PyExc_TypeError, "guidance.classify must return (prob_target, is_target)");
         keep_exception(b);
         st = dfc_fail(err, DFC_ERR_BACKEND, "sampler: the guidance's classify failed");
-    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "classify's prob_target", be, prob_target, n, err) < 0 ||
+    } else if (read_floats(PyTuple_GET_ITEM(result, 0), "classify's prob_target", 1, be, prob_target, n, err) < 0 ||
                read_flags(PyTuple_GET_ITEM(result, 1), is_target, n) < 0) { /* is_target: a per-row host vector */
         st = bad_values(b, "classify", err);
     }

@@ -240,8 +240,11 @@ def sonosim(images: np.ndarray, cf_images: np.ndarray, sononet: Any) -> np.ndarr
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row cosine similarity (N,) in [-1, 1] of two feature arrays (N, d) (SonoSim on given features)."""
+    """Per row cosine similarity (N,) in [-1, 1] of two feature arrays (N, d) of one shape (SonoSim on given
+    features); a row that is all zeros (no direction) gives 0."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"cosine_similarity: a and b must be (N, d) of one shape, got {a.shape} and {b.shape}")
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
     return (a * b).sum(axis=1) / norms
 
