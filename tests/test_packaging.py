@@ -63,6 +63,35 @@ def test_the_wheel_gets_every_subpackage_the_typing_marker_and_the_demo_models(m
     assert {"*.safetensors", "*.json"} <= set(dist.package_data["diffice.demo_models"])
 
 
+def test_the_sdist_carries_every_file_its_build_needs():
+    """MANIFEST.in selects every C and CUDA source and header under csrc/ and the PEP 517 backend (pyproject.toml's
+    backend-path): setuptools' defaults leave out the headers, the .cu files and build_tools/, and an sdist without
+    them does not build (`pip install diffice-0.1.0.tar.gz`)."""
+    pytest.importorskip("setuptools")
+    from setuptools.command.egg_info import FileList
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    backend_path = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["backend-path"]
+    needed = sorted(
+        p.relative_to(ROOT).as_posix()
+        for folder in ["csrc", *backend_path]
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert any(f.endswith(".h") for f in needed) and any(f.endswith(".cu") for f in needed)
+    manifest = ROOT / "MANIFEST.in"
+    assert manifest.is_file(), "no MANIFEST.in: the sdist gets only setuptools' defaults"
+    selected = FileList()
+    selected.allfiles = list(needed)
+    for line in manifest.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            selected.process_template_line(line)
+    assert sorted(set(needed) - set(selected.files)) == []
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [
