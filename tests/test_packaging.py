@@ -92,6 +92,30 @@ def test_the_sdist_carries_every_file_its_build_needs():
     assert sorted(set(needed) - set(selected.files)) == []
 
 
+def test_the_test_extra_has_what_an_in_place_build_needs():
+    """README, "Developing diffice": after `pip install -e ".[test]"`, `python setup.py build_ext --inplace` builds in
+    that environment, not in pip's isolated one: every build requirement (setuptools, numpy, the oneDNN headers
+    wheel at the version build-system pins) must be in the test extra or the dependencies, or setup.py stops with
+    "oneDNN headers not found"."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    from packaging.requirements import Requirement  # pytest's own dependency
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    installed = [
+        Requirement(r) for r in project["project"]["dependencies"] + project["project"]["optional-dependencies"]["test"]
+    ]
+    for requirement in map(Requirement, project["build-system"]["requires"]):
+        if requirement.name == "wheel":  # setup.py itself needs no wheel
+            continue
+        candidates = [r for r in installed if r.name == requirement.name]
+        assert candidates, f"{requirement} (a build requirement) is in neither the dependencies nor the test extra"
+        if "==" in str(requirement.specifier):  # the headers must be those of the library the extension links
+            assert any(r.specifier == requirement.specifier for r in candidates), requirement
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [
