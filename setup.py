@@ -92,8 +92,10 @@ def _extension() -> Extension:
         library_dirs=[dnnl_lib],
         libraries=["dnnl", "z", "m"],
         # $ORIGIN/../../.. is <prefix>/lib for an install into <prefix>/lib/pythonX.Y/site-packages/diffice;
-        # diffice/_native.py also preloads libdnnl from the installed wheel, so editable installs work too.
-        runtime_library_dirs=["$ORIGIN/../../..", dnnl_lib],
+        # diffice/_native.py also preloads libdnnl from the installed wheel, so editable installs work too. The lib
+        # folder found here is named only where it is DNNL_ROOT's: the wheel's is in pip's build environment
+        # (/tmp/pip-build-env-*), deleted after the build, which any local user could create again and fill.
+        runtime_library_dirs=["$ORIGIN/../../.."] + ([dnnl_lib] if os.environ.get("DNNL_ROOT") else []),
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         define_macros=define_macros,

@@ -116,6 +116,30 @@ def test_the_test_extra_has_what_an_in_place_build_needs():
             assert any(r.specifier == requirement.specifier for r in candidates), requirement
 
 
+@pytest.mark.parametrize("dnnl_root", [None, "/opt/dnnl"], ids=["wheel", "DNNL_ROOT"])
+def test_the_extension_s_runpath_names_no_build_environment(dnnl_root):
+    """_C's RUNPATH is $ORIGIN/../../.. (the installed wheel's libdnnl; diffice/_native.py preloads it anyway), plus
+    DNNL_ROOT's lib/ where that is set; never the oneDNN wheel's folder as found at build time, which for
+    `pip install .` is pip's temporary build environment (/tmp/pip-build-env-*): gone after the build, a path any
+    local user could create again with a library of theirs in it."""
+    code = (
+        "import json, runpy, setuptools\n"
+        "captured = {}\n"
+        "setuptools.setup = lambda **kw: captured.update(kw)\n"
+        "runpy.run_path('setup.py', run_name='__main__')\n"
+        "print(json.dumps(captured['ext_modules'][0].runtime_library_dirs))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DNNL_ROOT"}
+    if dnnl_root:
+        env["DNNL_ROOT"] = dnnl_root
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0 and "oneDNN headers not found" in done.stderr:
+        pytest.skip("the oneDNN headers wheel is not installed here")
+    assert done.returncode == 0, done.stderr
+    runpath = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runpath == ["$ORIGIN/../../.."] + ([f"{dnnl_root}/lib"] if dnnl_root else [])
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [
