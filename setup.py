@@ -22,9 +22,11 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "build_tools"))
@@ -102,10 +104,35 @@ def _extension() -> Extension:
     )
 
 
+# The system headers the C core includes beyond the C library's, Python's, NumPy's and oneDNN's, and what provides
+# them (a build machine without them is common: build-essential does not bring zlib's).
+SYSTEM_HEADERS = {
+    "zlib.h": "zlib's development files (Debian/Ubuntu: apt install zlib1g-dev; Fedora/RHEL: dnf install "
+    "zlib-devel; conda: conda install zlib)",
+}
+
+
+def _require_headers(compiler: Any, scratch: Path, headers: dict[str, str] = SYSTEM_HEADERS) -> None:
+    """Stops the build with what to install where a header in `headers` is missing, rather than with the compiler's
+    "No such file or directory" deep in pip's log."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for header, provider in headers.items():
+        source = scratch / ("has_" + header.replace(".", "_").replace("/", "_") + ".c")
+        source.write_text(f"#include <{header}>\n")
+        try:
+            compiler.compile([str(source)], output_dir=str(scratch))
+        except CompileError:
+            missing.append(f"{header}: install {provider}")
+    if missing:
+        sys.exit("diffice: the C core needs headers this machine lacks:\n  " + "\n  ".join(missing))
+
+
 class BuildExtWithCuda(build_ext):
     """Builds _C with the emulated CUDA kernels linked in, then the CUDA plugin beside it where nvcc is found."""
 
     def build_extensions(self) -> None:
+        _require_headers(self.compiler, Path(self.build_temp) / "header_checks")
         ext = self.extensions[0]
         objects_dir = Path(self.build_temp) / "cuda_emulated"
         ext.extra_objects = cuda_build.compile_emulated(ROOT, objects_dir, _flags(), force=bool(self.force))

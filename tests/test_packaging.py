@@ -140,6 +140,33 @@ def test_the_extension_s_runpath_names_no_build_environment(dnnl_root):
     assert runpath == ["$ORIGIN/../../.."] + ([f"{dnnl_root}/lib"] if dnnl_root else [])
 
 
+def test_a_missing_system_header_stops_the_build_with_what_to_install(tmp_path):
+    """setup.py checks the system headers the C core includes (zlib.h: build-essential does not bring it) before
+    compiling, and names what provides a missing one, instead of gcc's error amid pip's log."""
+    code = (
+        "import runpy, sys, setuptools\n"
+        "from pathlib import Path\n"
+        "from distutils.ccompiler import new_compiler  # setuptools' distutils, as build_ext's compiler is\n"
+        "from distutils.sysconfig import customize_compiler\n"
+        "setuptools.setup = lambda **kw: None\n"
+        "ns = runpy.run_path('setup.py')\n"
+        "compiler = new_compiler()\n"
+        "customize_compiler(compiler)\n"
+        "headers = {**ns['SYSTEM_HEADERS'], 'diffice_no_such_header.h': 'the no-such-header package'}\n"
+        "ns['_require_headers'](compiler, Path(sys.argv[1]), headers)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DNNL_ROOT"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if "oneDNN headers not found" in done.stderr:
+        pytest.skip("the oneDNN headers wheel is not installed here")
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()
+    assert "diffice_no_such_header.h: install the no-such-header package" in message[-1]
+    assert not any(line.strip().startswith("zlib.h:") for line in message), "zlib.h is here (the C core built)"
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [
