@@ -139,10 +139,15 @@ class BuildExtWithCuda(build_ext):
         ext.depends = list(ext.depends) + list(ext.extra_objects)  # relink _C when an emulated object changed
         super().build_extensions()
         self._cuda_plugin = None
+        target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME
         if cuda_build.want_cuda():
-            target = Path(self.get_ext_fullpath(ext.name)).parent / cuda_build.PLUGIN_NAME
             cuda_build.build_plugin(ROOT, Path(self.build_temp) / "cuda", target, _flags(), force=bool(self.force))
             self._cuda_plugin = target
+        elif target.exists():
+            # a plugin an earlier build with nvcc left in build/ (pip builds in the source tree's build/ too): it
+            # would go into this wheel against DIFFICE_CUDA=0, built from other sources than the _C beside it
+            print(f"diffice: removing {target} (an earlier build's CUDA plugin; this build makes none)")
+            target.unlink()
 
     def copy_extensions_to_source(self) -> None:
         """build_ext --inplace and editable installs copy _C into the source tree; the plugin goes beside it."""

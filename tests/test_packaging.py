@@ -167,6 +167,41 @@ def test_a_missing_system_header_stops_the_build_with_what_to_install(tmp_path):
     assert not any(line.strip().startswith("zlib.h:") for line in message), "zlib.h is here (the C core built)"
 
 
+def test_a_build_without_the_cuda_plugin_drops_an_earlier_build_s_plugin(tmp_path):
+    """`DIFFICE_CUDA=0 pip install .` after a `pip install .` with nvcc: pip builds in the clone's build/ again,
+    where the earlier CUDA plugin still lies beside _C; it must not go into the new wheel (diffice info would say
+    "cuda: built", and the plugin was built from other sources than the _C beside it)."""
+    code = (
+        "import runpy, sys, setuptools\n"
+        "from pathlib import Path\n"
+        "from setuptools.command.build_ext import build_ext\n"
+        "setuptools.setup = lambda **kw: None\n"
+        "ns = runpy.run_path('setup.py')\n"
+        "cls = ns['BuildExtWithCuda']\n"
+        "build_ext.build_extensions = lambda self: None  # the compilers' part: not this test's\n"
+        "cls.build_extensions.__globals__['_require_headers'] = lambda *args: None\n"
+        "cls.build_extensions.__globals__['cuda_build'].compile_emulated = lambda *args, **kw: []\n"
+        "dist = setuptools.Distribution({'name': 'diffice', 'ext_modules': [ns['_extension']()]})\n"
+        "cmd = cls(dist)\n"
+        "cmd.build_lib, cmd.build_temp = sys.argv[1], sys.argv[1] + '/temp'\n"
+        "cmd.ensure_finalized()\n"
+        "plugin = Path(cmd.get_ext_fullpath('diffice._C')).parent / 'libdiffice_cuda.so'\n"
+        "plugin.parent.mkdir(parents=True, exist_ok=True)\n"
+        "plugin.write_text('an earlier build')\n"
+        "cmd.build_extensions()\n"
+        "print('plugin left:', plugin.exists())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DNNL_ROOT"}
+    env["DIFFICE_CUDA"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if "oneDNN headers not found" in done.stderr:
+        pytest.skip("the oneDNN headers wheel is not installed here")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "plugin left: False"
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [
