@@ -64,6 +64,9 @@ def test_run_demo_writes_table_and_figure_and_resumes(models, tmp_path, capsys):
     # the table's flip ratio is over all images, not the paper's FR subset: the output says so
     assert "flip ratio: f's on the run's float images, over all N images" in out and "diffice metrics" in out
     assert summary["images"] == n and summary["explained_now"] == n and len(summary["iterations"]) == 3
+    wrote = next(line for line in out.splitlines() if line.startswith("wrote "))
+    for name in ("figure.png", "results.csv", "iterations.csv", "summary.json"):  # every file it wrote, named
+        assert str(tmp_path / name) in wrote and (tmp_path / name).is_file()
     fig = np.asarray(Image.open(tmp_path / "figure.png"))
     assert fig.ndim == 3 and fig.shape[0] > n * DEMO_SIZE[0] and fig.shape[1] > 3 * DEMO_SIZE[1]
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))

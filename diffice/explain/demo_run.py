@@ -262,7 +262,8 @@ def run_demo(
 
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(
-        f"wrote {out / 'figure.png'}, {out / 'results.csv'}, {out / 'iterations.csv'} ({summary_run['seconds']:.0f} s)",
+        f"wrote {out / 'figure.png'}, {out / 'results.csv'}, {out / 'iterations.csv'}, {out / 'summary.json'} "
+        f"({summary_run['seconds']:.0f} s)",
         file=stream,
     )
     return summary
