@@ -766,8 +766,9 @@ def main(argv: list[str] | None = None) -> int:
             return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
         print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError) as exc:
-        # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...)
+    except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError, FloatingPointError) as exc:
+        # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...);
+        # FloatingPointError: a training run whose loss went non-finite (stopped, its last checkpoint kept)
         print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
         empty = _new_empty_folder(out, out_existed)
         if empty is not None:

@@ -192,3 +192,39 @@ def test_reported_losses_say_which_they_are(tmp_path, capsys):
     assert bar.note() == "" and np.isnan(bar.mean_loss)
     bar.step_done(1, 0.5)
     assert bar.note() == "loss 0.5000 (last step)"
+
+
+# ---- a loss that goes non-finite ----
+
+
+def test_non_finite_loss_names_the_checkpoint_kept(tmp_path):
+    seg = Segmenter(classes=3, width=8, levels=2, groups=4)
+    seg._randomize(0)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)
+    y = np.random.default_rng(2).integers(0, 3, (2, 16, 16))
+    calls = []
+
+    def loss_grad(outputs, t):
+        loss, g = pixel_cross_entropy_grad(outputs[0], t)
+        calls.append(1)
+        return (float("nan") if len(calls) == 3 else loss), (g,)
+
+    def run(out, checkpoint_every):
+        calls.clear()
+        kw = dict(steps=5, progress=False, out_dir=out, checkpoint_every=checkpoint_every)
+        return train_network(seg, lambda rng: (x, y), loss_grad, **kw)
+
+    with pytest.raises(FloatingPointError, match=r"at step 3; the checkpoint of step 2 in .* is kept; resume it"):
+        run(tmp_path / "a", 2)
+    with pytest.raises(FloatingPointError, match=r"at step 3; no checkpoint was saved yet \(nothing to resume in"):
+        run(tmp_path / "b", 4)
+    assert not (tmp_path / "b" / "train_state.npz").exists()
+
+
+def test_cli_non_finite_loss_is_one_line(tmp_path, capsys, phantom_set):
+    args = ["--images", str(phantom_set / "images"), "--masks", str(phantom_set / "masks"), "--out", str(tmp_path)]
+    args += ["--width", "8", "--levels", "2", "--groups", "4", "--batch-size", "2", "--steps", "20", "--quiet"]
+    assert main(["train", "segmenter", *args, "--lr", "1e30", "--grad-clip", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffice train: error: train_network: non-finite loss") and err.count("\n") == 1, err
+    assert "no checkpoint was saved yet" in err and "--lr" in err and "Traceback" not in err

@@ -71,12 +71,13 @@ def check_seed(who: str, seed: Any) -> int:
     raise ValueError(f"{who}: seed must be an integer >= 0 (numpy's default_rng takes any of them), got {seed!r}")
 
 
-def check_finite(who: str, loss: float, norm: float, step: int) -> None:
+def check_finite(who: str, loss: float, norm: float, step: int, kept: str = "the last checkpoint is kept") -> None:
     """Raises FloatingPointError when the loss or the gradient norm of step ``step + 1`` is not finite: the run
-    stops before the update, and the folder keeps its last checkpoint."""
+    stops before the update, and the folder keeps its last checkpoint. ``kept`` says what is left
+    (:meth:`TrainingRun.kept`: the step of the last checkpoint, or that none was saved)."""
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(
-            f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; the last checkpoint is kept"
+            f"{who}: non-finite loss ({loss}) or gradient norm ({norm}) at step {step + 1}; {kept}"
         )
 
 
@@ -249,6 +250,7 @@ class TrainingRun:
         self.resume_hint, self.continue_hint = resume_hint, continue_hint
         self.start = 0  # the step the run continues from
         self.elapsed = 0.0  # the training seconds logged up to `start` (the `seconds` column continues from it)
+        self.saved_step: int | None = None  # the step of the checkpoint in the folder (None: none yet)
         self._log_file: TextIO | None = None
         self._writer: csv.DictWriter | None = None
 
@@ -276,6 +278,7 @@ class TrainingRun:
                     f"{self.who}: {path.name} is from step {meta_step} but {self.state_path.name} from "
                     f"step {self.start}; the checkpoint is inconsistent"
                 )
+        self.saved_step = self.start
         return self.start
 
     def restart_log(self, resumed: bool) -> None:
@@ -310,6 +313,18 @@ class TrainingRun:
             np.savez(f, step=np.int64(step), **state())
         for final, temp in tmp.items():
             os.replace(temp, final)
+        self.saved_step = step
+
+    def kept(self) -> str:
+        """What the folder holds to go on from, for an error that stops the run: the last checkpoint's step, or
+        that none was saved yet."""
+        cure = "a lower learning rate (--lr) or gradient clipping (--grad-clip)"
+        if self.saved_step is None:
+            return f"no checkpoint was saved yet (nothing to resume in {self.out}); start again with {cure}"
+        return (
+            f"the checkpoint of step {self.saved_step} in {self.out} is kept; resume it ({self.resume_hint}) "
+            f"with {cure}"
+        )
 
     def checkpoint_if_due(self, step: int, steps: int, checkpoint_every: int, save: Callable[[int], None]) -> None:
         """Every ``checkpoint_every`` steps before the last: flushes the log, saves(step) and redraws the plot."""

@@ -759,7 +759,7 @@ def train_ddpm(
                     raise MemoryError(_out_of_memory("train_ddpm", step, batch_size, (h, w), exc)) from None
                 norm = clip_grad_norm(grads, grad_clip, num_threads=threads)
                 last_loss = float(np.mean(terms.loss))
-                check_finite("train_ddpm", last_loss, norm, step)
+                check_finite("train_ddpm", last_loss, norm, step, run.kept())
                 opt.step(grads)
                 ema.update()
                 step += 1

@@ -167,7 +167,13 @@ def train_network(
                     for a, b in frozen:
                         flat[a:b] = 0.0
                 norm = clip_grad_norm(flat, grad_clip, num_threads=be.num_threads)
-                check_finite("train_network", loss, norm, step)
+                check_finite(
+                    "train_network",
+                    loss,
+                    norm,
+                    step,
+                    run.kept() if run is not None else f"the network keeps the weights of step {step}",
+                )
                 opt.step(flat)
                 for n, v in frozen_values.items():
                     net._params[n][...] = v
