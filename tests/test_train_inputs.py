@@ -14,7 +14,7 @@ from diffice._native import _C
 from diffice.cli import main
 from diffice.train.checkpoints import check_grad_clip, check_seed
 from diffice.train.ddpm import _Progress, clip_grad_norm, train_ddpm
-from diffice.train.networks import pixel_cross_entropy_grad, train_network, train_supervised
+from diffice.train.networks import load_training_set, pixel_cross_entropy_grad, train_network, train_supervised
 
 TINY = dict(model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_resolutions=(), num_heads=1)
 
@@ -228,3 +228,27 @@ def test_cli_non_finite_loss_is_one_line(tmp_path, capsys, phantom_set):
     err = capsys.readouterr().err
     assert err.startswith("diffice train: error: train_network: non-finite loss") and err.count("\n") == 1, err
     assert "no checkpoint was saved yet" in err and "--lr" in err and "Traceback" not in err
+
+
+# ---- the labels CSV ----
+
+
+@pytest.mark.parametrize("case", ["duplicate", "short"])
+def test_bad_rows_of_the_labels_csv_are_one_error_naming_the_line(case, tmp_path, phantom_set):
+    lines = (phantom_set / "labels.csv").read_text().splitlines()
+    first = lines[1].split(",")[0]
+    if case == "duplicate":  # a second row for the first image, with the other label: was silently taken
+        cells = lines[1].split(",")
+        cells[1] = str(1 - int(cells[1]))
+        lines.append(",".join(cells))
+        expected = rf"lines 2 and {len(lines)} are both rows for '{first}'; give each image one row"
+    else:  # a row cut short: was a TypeError from int(None)
+        lines[1] = f"{first},1"
+        expected = rf"line 2 \({first}\) has no value in column 'TH': it has fewer fields than the header"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=expected):
+        load_training_set(phantom_set / "images", labels=labels, concept_columns=["TH", "CSP"])
+    with pytest.raises(ValueError, match=expected):
+        train_supervised("oracle", phantom_set / "images", tmp_path / "o", labels=labels, steps=1, progress=False)
+    assert not (tmp_path / "o" / "model.safetensors").exists()

@@ -285,9 +285,19 @@ class TrainingSet:
         )
 
 
-def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+def _read_label_csv(path: Path) -> tuple[list[str], dict[str, tuple[int, dict[str, str]]]]:
+    """The CSV's columns and its rows by file name, each with its line number. Two rows for one file (which would
+    silently leave the last one's labels) are a ValueError naming both lines."""
     fields, rows = read_csv(path, ("file",), "a CSV of labels (a 'file' column with the image file names)")
-    return fields, {r["file"]: r for _, r in rows}
+    by_file: dict[str, tuple[int, dict[str, str]]] = {}
+    for line, row in rows:
+        name = row["file"]
+        if name in by_file:
+            raise ValueError(
+                f"{path}: lines {by_file[name][0]} and {line} are both rows for {name!r}; give each image one row"
+            )
+        by_file[name] = (line, row)
+    return fields, by_file
 
 
 def load_training_set(
@@ -343,7 +353,13 @@ def load_training_set(
         def column(name: str, binary: bool) -> np.ndarray:
             values = []
             for f in files:
-                text = rows[f.name][name]
+                line, row = rows[f.name]
+                text = row[name]
+                if text is None:  # a row with fewer fields than the header
+                    raise ValueError(
+                        f"{path}: line {line} ({f.name}) has no value in column {name!r}: it has fewer fields than "
+                        "the header"
+                    )
                 try:
                     v = int(text)
                 except ValueError:
