@@ -252,3 +252,26 @@ def test_bad_rows_of_the_labels_csv_are_one_error_naming_the_line(case, tmp_path
     with pytest.raises(ValueError, match=expected):
         train_supervised("oracle", phantom_set / "images", tmp_path / "o", labels=labels, steps=1, progress=False)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+# ---- images of different sizes without a size ----
+
+
+def test_images_of_different_sizes_without_a_size_are_refused(tmp_path, phantom_set):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in sorted((phantom_set / "images").iterdir()):
+        (folder / f.name).write_bytes(f.read_bytes())
+    odd = sorted(folder.iterdir())[2]
+    with Image.open(odd) as img:
+        img.resize((48, 36)).save(odd)  # 1.07 times the aspect ratio: not even an AspectRatioWarning
+    expected = rf"{odd.name} is 36 x 48 pixels \(height x width\) but 000000.png is 32 x 40; give a size \(--size H W\)"
+    with pytest.raises(ValueError, match=expected):  # was silently resized to the first image's size
+        load_training_set(folder)
+    with pytest.raises(ValueError, match=expected):
+        train_supervised("segmenter", folder, tmp_path / "s", masks=phantom_set / "masks", steps=1, progress=False)
+    with pytest.raises(ValueError, match=expected):
+        train_ddpm(folder, tmp_path / "d", TINY, steps=1, batch_size=2, progress=False)
+    assert load_training_set(folder, size=(32, 40)).images.shape == (6, 1, 32, 40)

@@ -436,12 +436,19 @@ def load_images(folder: PathLike, size: tuple[int, int] | None = None) -> np.nda
             img = Image.fromarray(a).resize((int(size[1]), int(size[0])), Image.Resampling.BICUBIC)
             a = np.asarray(img, dtype=np.float32)
         if images and a.shape != images[0].shape:
-            raise ValueError(
-                f"{f.name} is {a.shape[1]}x{a.shape[0]} but {files[0].name} is "
-                f"{images[0].shape[1]}x{images[0].shape[0]}; give a size to resize them all"
-            )
+            raise ValueError(different_sizes(folder, f.name, a.shape, files[0].name, images[0].shape))
         images.append(a)
     return np.clip(np.stack(images)[:, None] * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def different_sizes(
+    folder: PathLike, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...]
+) -> str:
+    """The error for images of different sizes in a folder read without a size to resize them to."""
+    return (
+        f"{os.fspath(folder)}: {name} is {shape[0]} x {shape[1]} pixels (height x width) but {first} is "
+        f"{first_shape[0]} x {first_shape[1]}; give a size (--size H W) to resize them all"
+    )
 
 
 def _check_images(images: np.ndarray, what: str) -> np.ndarray:

@@ -33,7 +33,7 @@ from .checkpoints import (
     check_seed,
     resume_settings,
 )
-from .ddpm import AdamW, _out_of_memory, _Progress, clip_grad_norm
+from .ddpm import AdamW, _out_of_memory, _Progress, clip_grad_norm, different_sizes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -319,10 +319,11 @@ def load_training_set(
     labels: a CSV with a ``file`` column; label_column (integers) and concept_columns (0/1) are read from it.
     Every problem (a missing mask, a file without a CSV row, a bad value) is a ValueError naming the file.
     """
-    from ..data.images import _read_pixels, list_images, load_image
+    from ..data.images import _read_pixels, list_images, load_image, read_unit
     from ..progress import ProgressBar
 
     files = list_images(images)
+    resized = size is not None
     if size is None:
         first = _read_pixels(files[0])
         size = (int(first.shape[0]), int(first.shape[1]))
@@ -331,7 +332,13 @@ def load_training_set(
     bar = ProgressBar(len(files), label="loading", enabled=progress)
     x = np.empty((len(files), 1) + size, np.float32)
     for i, f in enumerate(files):
-        x[i] = load_image(f, size)
+        if resized:
+            x[i] = load_image(f, size)
+        else:  # every image at the first one's size, as it is (load_image at its own size: no resize)
+            unit = read_unit(f)
+            if unit.shape != size:
+                raise ValueError(different_sizes(images, f.name, unit.shape, files[0].name, size))
+            x[i] = (np.clip(unit, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)[None]
         bar.update(i + 1)
     bar.close()
     ts = TrainingSet(images=x, files=[f.name for f in files])
