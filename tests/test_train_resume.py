@@ -142,3 +142,38 @@ def test_labels_with_a_gap_are_refused(runs, tmp_path):
             progress=False,
         )
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["segmenter", "ddpm"])
+def test_resume_keeps_the_runs_size(runs, tmp_path, kind, capsys):
+    """A run started with --size goes on at that size when --size is left out (it went on at the images' own size,
+    silently), and another --size is an error, like the other settings that change what is trained on."""
+    root, commands = runs
+    out = tmp_path / kind
+    steps = commands[kind].index("--steps")
+    base = commands[kind][:steps] + commands[kind][steps + 2 :]
+    assert main(base + ["--out", str(out), "--steps", "1", "--size", "16", "20"]) == 0
+    assert main(base + ["--out", str(out), "--steps", "2", "--resume"]) == 0
+    if kind == "segmenter":
+        assert json.loads((out / "metrics.json").read_text())["image_size"] == [16, 20]
+    else:
+        with np.load(out / "train_state.npz") as state:
+            assert json.loads(str(state["hparams"]))["size"] == [16, 20]
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(base + ["--out", str(out), "--steps", "3", "--resume", "--size", "32", "40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--size 32,40 differs from the resumed run's 16,20" in err[0], err
+    assert snapshot(out) == before
+
+
+def test_ddpm_size_is_never_ignored_for_an_array(tmp_path):
+    from diffice.train.ddpm import train_ddpm
+
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((2, 16, 20), np.float32))
+    tiny = dict(model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_resolutions=(), num_heads=1)
+    with pytest.raises(ValueError, match=r"the images are 16 x 20 pixels \(height x width\), not the size \(--size\) "):
+        train_ddpm(npy, tmp_path / "d", tiny, steps=1, batch_size=2, size=(32, 40), progress=False)
+    assert not (tmp_path / "d" / "train_state.npz").exists()
+    train_ddpm(npy, tmp_path / "d", tiny, steps=1, batch_size=2, size=(16, 20), progress=False)

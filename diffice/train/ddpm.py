@@ -574,6 +574,7 @@ DDPM_DEFAULTS: dict = dict(
     diffusion_steps=1000,
     noise_schedule="linear",
     loss_type="mse",
+    size=None,  # the images' own size (recorded as the size trained at)
 )
 # the options of `diffice train ddpm` whose names are not their config key's
 _CONFIG_FLAGS = {"attention_resolutions": "--attention-ds", "learn_sigma": "learn_sigma (--no-learn-sigma)"}
@@ -625,10 +626,11 @@ def train_ddpm(
         log_every: progress/log flush cadence. loss_type: "mse" or "rescaled_mse" (see :class:`DiffusionLoss`).
 
     A setting left None takes its default (:data:`DDPM_DEFAULTS`) in a new run and the run's own value on resume.
-    On resume, config keys and diffusion_steps, noise_schedule, loss_type given with other values than the run's
-    are a ValueError; the optimizer's settings (lr, weight_decay, ema_rate, grad_clip, batch_size, augment) are
-    taken, with a note on stderr; steps below the steps the run has done, or a folder holding another kind of
-    run, is a ValueError.
+    On resume, config keys and diffusion_steps, noise_schedule, loss_type, size given with other values than the
+    run's are a ValueError (size not given: the run's, the size it trains at; an array is never resized, so a size
+    other than its own is a ValueError); the optimizer's settings (lr, weight_decay, ema_rate, grad_clip,
+    batch_size, augment) are taken, with a note on stderr; steps below the steps the run has done, or a folder
+    holding another kind of run, is a ValueError.
     """
     saved_hparams: dict = {}
     if resume:  # before anything is read or written: a DDPM run, not past `steps`, the same UNet
@@ -641,9 +643,11 @@ def train_ddpm(
         lr=lr, weight_decay=weight_decay, ema_rate=ema_rate, grad_clip=grad_clip, batch_size=batch_size
     )
     given.update(augment=augment, diffusion_steps=diffusion_steps, noise_schedule=noise_schedule, loss_type=loss_type)
+    given.update(size=None if size is None else [int(v) for v in size])
     settings = resume_settings(
-        "train_ddpm", saved_hparams, given, DDPM_DEFAULTS, ("diffusion_steps", "noise_schedule", "loss_type")
+        "train_ddpm", saved_hparams, given, DDPM_DEFAULTS, ("diffusion_steps", "noise_schedule", "loss_type", "size")
     )
+    size = None if settings["size"] is None else (int(settings["size"][0]), int(settings["size"][1]))
     lr, weight_decay, ema_rate, batch_size = (settings[n] for n in ("lr", "weight_decay", "ema_rate", "batch_size"))
     grad_clip, augment = settings["grad_clip"], settings["augment"]
     diffusion_steps, noise_schedule, loss_type = (
@@ -665,6 +669,12 @@ def train_ddpm(
     else:
         data = _check_images(load_images(images, size), os.fspath(images))
     n, channels, h, w = data.shape
+    if size is not None and (h, w) != size:  # an array (or .npy) is taken as it is, never resized
+        whose = "size (--size)" if given["size"] is not None else "resumed run's size"
+        raise ValueError(
+            f"train_ddpm: the images are {h} x {w} pixels (height x width), not the {whose} {size[0]} x {size[1]}: "
+            "an array or a .npy file is taken as it is, never resized; resize it first"
+        )
     check_positive(
         "train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, log_every=log_every
     )
@@ -731,6 +741,7 @@ def train_ddpm(
             diffusion_steps=diffusion_steps,
             loss_type=loss_type,
             noise_schedule=noise_schedule,
+            size=[h, w],
         )
         run.save(
             step,

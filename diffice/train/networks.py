@@ -536,9 +536,10 @@ SUPERVISED_DEFAULTS: dict[str, Any] = dict(
     seed=0,
     augment=True,
     val_fraction=0.1,
+    size=None,  # the images' own size (recorded as the size trained at)
 )
-# the settings a resumed run cannot change: the network's structure and the validation split
-FIXED_SETTINGS = ("width", "levels", "groups", "k", "concepts", "negative", "seed", "val_fraction")
+# the settings a resumed run cannot change: the network's structure, the validation split and the image size
+FIXED_SETTINGS = ("width", "levels", "groups", "k", "concepts", "negative", "seed", "val_fraction", "size")
 
 
 def _predict_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -624,10 +625,11 @@ def train_supervised(
     number >= 0 (0: off); seed: an integer >= 0.
 
     A setting left None takes its default (:data:`SUPERVISED_DEFAULTS`) in a new run and the run's own value on
-    resume (``diffice_training`` in model.safetensors' metadata records them). On resume, an architecture or data
-    split setting (:data:`FIXED_SETTINGS`) given with another value than the run's is a ValueError; an optimizer
-    setting (lr, weight_decay, grad_clip, batch_size, augment) is taken, with a note on stderr; steps below the
-    steps the run has done is a ValueError; a folder holding another kind of run is a ValueError.
+    resume (``diffice_training`` in model.safetensors' metadata records them, size as the size trained at). On
+    resume, an architecture, data split or size setting (:data:`FIXED_SETTINGS`) given with another value than the
+    run's is a ValueError; an optimizer setting (lr, weight_decay, grad_clip, batch_size, augment) is taken, with a
+    note on stderr; steps below the steps the run has done is a ValueError; a folder holding another kind of run is
+    a ValueError.
     """
     from ..models.classifier import PlaneClassifier, Segmenter
     from ..models.files import build_model, load_model, model_metadata
@@ -648,7 +650,7 @@ def train_supervised(
     given: dict[str, Any] = dict(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
     )
-    given.update(augment=augment, val_fraction=val_fraction)
+    given.update(augment=augment, val_fraction=val_fraction, size=None if size is None else [int(v) for v in size])
     if kind == "segmenter":
         given.update(width=width, levels=levels, groups=groups)
     else:
@@ -677,9 +679,10 @@ def train_supervised(
         raise ValueError(f"train {kind}: --labels (a CSV with file and label/concept columns) is required")
     if kind == "classifier" and segmenter is None:
         raise ValueError("train classifier: --segmenter (a segmenter trained by 'diffice train segmenter') is required")
+    size = settings["size"]  # given, else the resumed run's (None: a new run at the images' own size)
     data = load_training_set(
         images,
-        size,
+        None if size is None else (int(size[0]), int(size[1])),
         masks=masks if kind == "segmenter" else None,
         labels=labels if kind != "segmenter" else None,
         label_column="label" if kind == "classifier" or kind == "oracle" else "",
@@ -688,6 +691,7 @@ def train_supervised(
     )
     train_set, val_set = data.split(val_fraction, seed=seed + 1)
     h, w = data.images.shape[2:]
+    settings["size"] = [int(h), int(w)]  # what a resume without --size trains at
 
     if kind == "classifier":
         assert data.labels is not None  # a classifier's training set has labels (load_training_set)
