@@ -254,3 +254,22 @@ def test_cli_phantoms_and_train(tmp_path, capsys):
         == 2
     )
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_dice_of_a_class_absent_from_masks_and_predictions_is_null_in_metrics_json():
+    """A class the validation masks never show and the segmenter never predicts has no Dice: null, left out of the
+    mean (it was NaN, which json.dumps writes as the bare word NaN: metrics.json was no longer JSON)."""
+    from diffice.train.networks import TrainingSet, evaluate
+
+    masks = np.zeros((2, 8, 8), np.int64)
+    masks[:, 2:5, 2:5] = 1
+
+    class Perfect:  # predicts the masks: classes 0 and 1, never 2
+        def forward(self, x):
+            return np.stack([masks[: len(x)] == c for c in range(3)], axis=1).astype(np.float32)
+
+    data = TrainingSet(np.zeros((2, 1, 8, 8), np.float32), ["a.png", "b.png"], masks, ["bg", "skull", "fp"])
+    metrics = evaluate("segmenter", Perfect(), data)
+    assert metrics["dice"] == {"bg": 1.0, "skull": 1.0, "fp": None}
+    assert metrics["mean_foreground_dice"] == 1.0
+    assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics

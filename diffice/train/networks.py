@@ -551,15 +551,18 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
     accuracy; oracle -- per-concept accuracy and the accuracy of the standard-plane rule applied to its heads."""
     if kind == "segmenter":
         pred = _predict_in_batches(lambda x: np.argmax(model.forward(x), axis=1), data.images)
-        dice = {}
+        # a class neither in the masks nor predicted has no Dice: None (null in metrics.json, which must stay
+        # JSON: NaN is not), left out of the mean
+        dice: dict[str, float | None] = {}
         for c, name in enumerate(data.classes or []):
             inter = np.sum((pred == c) & (data.masks == c))
             total = np.sum(pred == c) + np.sum(data.masks == c)
-            dice[name] = float(2 * inter / total) if total else float("nan")
+            dice[name] = float(2 * inter / total) if total else None
+        foreground = [v for v in list(dice.values())[1:] if v is not None]
         return dict(
             pixel_accuracy=float(np.mean(pred == data.masks)),
             dice=dice,
-            mean_foreground_dice=float(np.nanmean(list(dice.values())[1:])) if len(dice) > 1 else None,
+            mean_foreground_dice=float(np.mean(foreground)) if foreground else None,
         )
     if kind == "classifier":
         assert data.labels is not None  # a classifier's training set has labels (load_training_set)
@@ -774,5 +777,5 @@ def train_supervised(
     )
     from ..data.images import atomic_write_bytes
 
-    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode())
     return metrics
