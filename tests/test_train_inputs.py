@@ -275,3 +275,24 @@ def test_images_of_different_sizes_without_a_size_are_refused(tmp_path, phantom_
     with pytest.raises(ValueError, match=expected):
         train_ddpm(folder, tmp_path / "d", TINY, steps=1, batch_size=2, progress=False)
     assert load_training_set(folder, size=(32, 40)).images.shape == (6, 1, 32, 40)
+
+
+# ---- --out ----
+
+
+def test_an_out_that_is_a_file_is_one_error_naming_it(tmp_path, capsys, phantom_set):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    common = ["--images", str(phantom_set / "images"), "--out", str(afile), "--steps", "1", "--quiet"]
+    ddpm = ["train", "ddpm", *common, "--channel-mult", "1,2", "--attention-ds", "2"]
+    seg = ["train", "segmenter", *common, "--masks", str(phantom_set / "masks")]
+    for args, who in [(ddpm, "train_ddpm"), (seg, "train segmenter")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        # was "diffice train: error: [Errno 17] File exists: '...'"
+        assert err == [
+            f"diffice train: error: {who}: the output folder {afile} is a file, not a folder; give another --out"
+        ]
+    assert afile.read_text() == "keep me"
+    assert main([*ddpm[:5], str(afile / "sub"), *ddpm[6:]]) == 2
+    assert f"cannot create the output folder {afile / 'sub'} (Not a directory)" in capsys.readouterr().err

@@ -37,6 +37,7 @@ __all__ = [
     "StopFlag",
     "TrainingRun",
     "check_positive",
+    "check_out_dir",
     "check_grad_clip",
     "check_seed",
     "check_finite",
@@ -53,6 +54,14 @@ def check_positive(who: str, **values: int) -> None:
     for name, value in values.items():
         if int(value) < 1:
             raise ValueError(f"{who}: {name} must be >= 1, got {value}")
+
+
+def check_out_dir(who: str, out_dir: PathLike) -> None:
+    """NotADirectoryError naming ``out_dir`` when it is a file (mkdir's own error said "[Errno 17] File exists")."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(
+            f"{who}: the output folder {os.fspath(out_dir)} is a file, not a folder; give another --out"
+        )
 
 
 def check_grad_clip(who: str, grad_clip: Any, name: str = "grad_clip") -> float:
@@ -241,7 +250,11 @@ class TrainingRun:
         continue_hint: str = "run again with --resume",
     ) -> None:
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_out_dir(who, self.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"{who}: cannot create the output folder {self.out} ({exc.strerror or exc})") from None
         self.who = who
         self.log_fields = list(log_fields)
         self.model_paths: list[Path] = [self.out / name for name in model_files]

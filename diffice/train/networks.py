@@ -28,6 +28,7 @@ from .checkpoints import (
     TrainingRun,
     check_finite,
     check_grad_clip,
+    check_out_dir,
     check_positive,
     check_resumable,
     check_seed,
@@ -643,6 +644,7 @@ def train_supervised(
         raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
     who = f"train {kind}"
     out = Path(out_dir)
+    check_out_dir(who, out)  # before the images are read
     saved_meta: dict[str, str] = {}  # the resumed run's model.safetensors metadata
     if resume:  # before anything is read or written: a run of this kind, not past `steps`
         check_resumable(out, kind, who, steps)
