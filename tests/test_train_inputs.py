@@ -296,3 +296,15 @@ def test_an_out_that_is_a_file_is_one_error_naming_it(tmp_path, capsys, phantom_
     assert afile.read_text() == "keep me"
     assert main([*ddpm[:5], str(afile / "sub"), *ddpm[6:]]) == 2
     assert f"cannot create the output folder {afile / 'sub'} (Not a directory)" in capsys.readouterr().err
+
+
+def test_a_size_the_network_cannot_take_names_the_size_before_writing(tmp_path, phantom_set):
+    # was the network's own error from inside the first step ("Segmenter.forward: x is 30x38; ..."), after
+    # loss.csv was written
+    out = tmp_path / "s"
+    with pytest.raises(ValueError, match=r"train segmenter: the images are 30 x 38 pixels \(height x width; --size"):
+        supervised(phantom_set, out, size=(30, 38), levels=3)
+    labels = phantom_set / "labels.csv"
+    with pytest.raises(ValueError, match=r"train oracle: the images are 8 x 8 pixels .*SonoNet needs at least one"):
+        train_supervised("oracle", phantom_set / "images", out, labels=labels, size=(8, 8), steps=1, progress=False)
+    assert not out.exists() or not any(out.iterdir())

@@ -751,6 +751,14 @@ def train_supervised(
 
     if train_set.images.shape[0] < 1:
         raise ValueError("no training images left after the validation split")
+    try:  # a size the network cannot take: an error naming the size, before the run's folder is written
+        net.forward(np.ascontiguousarray(train_set.images[:1]))
+    except ValueError as exc:
+        source = "the images' own size" if size is None else "--size, or the resumed run's size"
+        raise ValueError(
+            f"{who}: the images are {h} x {w} pixels (height x width; {source}), a size the network cannot take "
+            f"({exc}); give a --size it takes"
+        ) from None
     result = train_network(
         net,
         batch_sampler(train_set, batch_size, target, augment, who=who),
