@@ -308,3 +308,16 @@ def test_a_size_the_network_cannot_take_names_the_size_before_writing(tmp_path, 
     with pytest.raises(ValueError, match=r"train oracle: the images are 8 x 8 pixels .*SonoNet needs at least one"):
         train_supervised("oracle", phantom_set / "images", out, labels=labels, size=(8, 8), steps=1, progress=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_resuming_a_finished_ddpm_run_says_there_is_nothing_to_train(tmp_path, capsys, phantom_set):
+    args = ["train", "ddpm", "--images", str(phantom_set / "images"), "--out", str(tmp_path), "--steps", "1"]
+    args += ["--batch-size", "2", "--channel-mult", "1,2", "--attention-ds", "2", "--model-channels", "32"]
+    assert main(args) == 0
+    before = (tmp_path / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    # was "step 1: last step's loss nan, mean of the last 0 steps nan; wrote ..."
+    assert "nan" not in out and f"the run in {tmp_path} already has 1 steps, nothing to train" in out, out
+    assert (tmp_path / "model.safetensors").read_bytes() == before
