@@ -177,3 +177,25 @@ def test_ddpm_size_is_never_ignored_for_an_array(tmp_path):
         train_ddpm(npy, tmp_path / "d", tiny, steps=1, batch_size=2, size=(32, 40), progress=False)
     assert not (tmp_path / "d" / "train_state.npz").exists()
     train_ddpm(npy, tmp_path / "d", tiny, steps=1, batch_size=2, size=(16, 20), progress=False)
+
+
+def test_resume_with_another_segmenter_is_an_error(runs, tmp_path, capsys):
+    """A resumed classifier (or oracle) goes on with the segmenter frozen in the run: another --segmenter file was
+    silently not used; now it is an error, and the run's own file is taken."""
+    root, commands = runs
+    other = tmp_path / "other"
+    seg_args = commands["segmenter"][2:] + ["--out", str(other), "--seed", "7"]
+    assert main(["train", "segmenter", *seg_args]) == 0
+    classifier = commands["classifier"][:-1] + [str(other / "model.safetensors")]
+    out = root / "classifier"
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(classifier + ["--out", str(out), "--resume", "--steps", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--segmenter {other / 'model.safetensors'} is not the segmenter frozen in" in err[0], err
+    assert snapshot(out) == before
+    oracle = commands["oracle"] + ["--segmenter", str(root / "segmenter" / "model.safetensors")]
+    assert main(oracle + ["--out", str(root / "oracle"), "--resume", "--steps", "3"]) == 2
+    assert "sees the images alone, without a segmenter; leave --segmenter out" in capsys.readouterr().err
+    assert main(commands["classifier"] + ["--out", str(tmp_path / "c")]) == 0  # the run's own segmenter: taken
+    assert main(commands["classifier"] + ["--out", str(tmp_path / "c"), "--resume", "--steps", "3"]) == 0

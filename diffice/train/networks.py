@@ -587,6 +587,30 @@ def evaluate(kind: str, model: Any, data: TrainingSet) -> dict[str, Any]:
     raise ValueError(f"kind must be one of {SUPERVISED_KINDS}, got {kind!r}")
 
 
+def _check_resumed_segmenter(who: str, out: Path, kind: str, segmenter: PathLike) -> None:
+    """On resume, a --segmenter given must be the one frozen in the run (the run goes on with its own, which a
+    different file would silently not replace): ValueError naming the file otherwise."""
+    from ..models.classifier import PlaneClassifier, Segmenter
+    from ..models.files import load_model
+
+    given = load_model(segmenter)
+    if not isinstance(given, Segmenter):
+        raise ValueError(f"{segmenter}: not a segmenter (it holds a {type(given).__name__})")
+    run = load_model(out / "model.safetensors")
+    plane = run if kind == "classifier" else run.network
+    if not isinstance(plane, PlaneClassifier):
+        raise ValueError(
+            f"{who}: --segmenter {segmenter}: the run in {out} sees the images alone, without a segmenter; leave "
+            "--segmenter out, or start a new run in another --out"
+        )
+    held, new = plane.segmenter.state_dict(), given.state_dict()
+    if held.keys() != new.keys() or not all(np.array_equal(held[k], new[k]) for k in held):
+        raise ValueError(
+            f"{who}: --segmenter {segmenter} is not the segmenter frozen in the run in {out} (its weights differ); "
+            "a resumed run keeps its own: give that file, or start a new run in another --out"
+        )
+
+
 def train_supervised(
     kind: str,
     images: PathLike,
@@ -651,6 +675,8 @@ def train_supervised(
         from ..io import load_safetensors_metadata
 
         saved_meta = load_safetensors_metadata(out / "model.safetensors")
+        if segmenter is not None and kind != "segmenter":
+            _check_resumed_segmenter(who, out, kind, segmenter)
     saved_settings = json.loads(saved_meta.get("diffice_training", "{}"))
     given: dict[str, Any] = dict(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
