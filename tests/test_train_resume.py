@@ -199,3 +199,17 @@ def test_resume_with_another_segmenter_is_an_error(runs, tmp_path, capsys):
     assert "sees the images alone, without a segmenter; leave --segmenter out" in capsys.readouterr().err
     assert main(commands["classifier"] + ["--out", str(tmp_path / "c")]) == 0  # the run's own segmenter: taken
     assert main(commands["classifier"] + ["--out", str(tmp_path / "c"), "--resume", "--steps", "3"]) == 0
+
+
+def test_classes_txt_naming_classes_no_mask_uses_is_a_warning(runs, tmp_path):
+    from diffice.train.networks import TrainingDataWarning
+
+    root, _ = runs
+    (tmp_path / "masks").mkdir()
+    for f in (root / "set" / "masks").iterdir():
+        (tmp_path / "masks" / f.name).write_bytes(f.read_bytes())
+    names = (root / "set" / "classes.txt").read_text().split()
+    (tmp_path / "classes.txt").write_text("\n".join(names + ["extra"]) + "\n")
+    with pytest.warns(TrainingDataWarning, match=rf"no mask uses class\(es\) {len(names)} \(extra\) of the "):
+        data = load_training_set(root / "set" / "images", masks=tmp_path / "masks")
+    assert data.classes == names + ["extra"]

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -394,8 +395,10 @@ def _load_masks(
 
     if not folder.is_dir():
         raise FileNotFoundError(f"mask folder not found: {folder}")
+    named_by = "the classes given"
     if classes is None:
         names_file = folder.parent / "classes.txt"
+        named_by = str(names_file)
         if names_file.is_file():
             classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
     out = np.empty((len(files),) + size, np.int64)
@@ -423,7 +426,19 @@ def _load_masks(
     if top >= len(classes):
         bad = next(f.name for f, m in zip(files, out) if m.max() >= len(classes))
         raise ValueError(f"{folder / bad}: label {top} but only {len(classes)} classes ({list(classes)})")
+    unused = [f"{c} ({name})" for c, name in enumerate(classes) if not np.any(out == c)]
+    if unused:  # classes.txt from another data set? The segmenter gets outputs it never learns
+        warnings.warn(
+            f"{folder}: no mask uses class(es) {', '.join(unused)} of the {len(classes)} that {named_by} names; "
+            "the segmenter still gets an output for each",
+            TrainingDataWarning,
+            stacklevel=3,
+        )
     return out, list(classes)
+
+
+class TrainingDataWarning(UserWarning):
+    """Training data that trains, but likely not as meant (a class that classes.txt names and no mask uses)."""
 
 
 def class_count(values: np.ndarray, what: str, hint: str) -> int:
