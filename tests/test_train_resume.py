@@ -213,3 +213,34 @@ def test_classes_txt_naming_classes_no_mask_uses_is_a_warning(runs, tmp_path):
     with pytest.warns(TrainingDataWarning, match=rf"no mask uses class\(es\) {len(names)} \(extra\) of the "):
         data = load_training_set(root / "set" / "images", masks=tmp_path / "masks")
     assert data.classes == names + ["extra"]
+
+
+def test_resume_on_another_image_set_is_an_error(runs, tmp_path, capsys):
+    """The validation split is drawn over the image files: resuming on more, fewer or renamed images would move
+    images the run trained on into the held-out set (it went on silently)."""
+    root, commands = runs
+    out = tmp_path / "run"
+    seg = commands["segmenter"]
+    images = seg.index("--images") + 1
+    assert main(seg + ["--out", str(out)]) == 0
+    files = sorted((root / "set" / "images").iterdir())
+    for case in ("fewer", "renamed"):
+        folder = tmp_path / case / "images"
+        masks = tmp_path / case / "masks"
+        folder.mkdir(parents=True)
+        masks.mkdir()
+        for i, f in enumerate(files[:-1] if case == "fewer" else files):
+            name = "renamed.png" if case == "renamed" and i == 0 else f.name
+            (folder / name).write_bytes(f.read_bytes())
+            (masks / name).write_bytes((root / "set" / "masks" / f.name).read_bytes())
+        (tmp_path / case / "classes.txt").write_bytes((root / "set" / "classes.txt").read_bytes())
+        args = seg[:images] + [str(folder)] + seg[images + 1 :]
+        args[args.index("--masks") + 1] = str(masks)
+        before = snapshot(out)
+        capsys.readouterr()
+        assert main(args + ["--out", str(out), "--resume", "--steps", "3"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        held = f"{len(files) - 1} images, not the {len(files)}" if case == "fewer" else "images of other file names"
+        assert len(err) == 1 and f"{folder} holds {held}" in err[0], err
+        assert snapshot(out) == before
+    assert main(seg + ["--out", str(out), "--resume", "--steps", "3"]) == 0

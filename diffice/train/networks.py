@@ -5,6 +5,7 @@ train on phantoms (fresh images every step) or on a fixed data set."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -735,6 +736,17 @@ def train_supervised(
         concept_columns=concepts if kind == "oracle" else (),
         progress=progress,
     )
+    # the image set, by its file names: another one on resume would move images across the validation split
+    names = hashlib.sha256("\n".join(data.files).encode()).hexdigest()[:16]
+    if resume and "image_files" in saved_settings and saved_settings["image_files"] != names:
+        before = saved_settings.get("num_images")
+        other = f"{len(data)} images, not the {before}" if before != len(data) else "images of other file names than"
+        raise ValueError(
+            f"{who}: {images} holds {other} the run in {out} was started with: the held-out validation split "
+            "would change, taking in images it trained on; resume it on its own images, or start a new run in "
+            "another --out"
+        )
+    settings.update(num_images=len(data), image_files=names)
     train_set, val_set = data.split(val_fraction, seed=seed + 1)
     h, w = data.images.shape[2:]
     settings["size"] = [int(h), int(w)]  # what a resume without --size trains at
