@@ -764,7 +764,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        if args.command == "train":  # a second Ctrl-C: stopped mid-step, without a checkpoint of its own
+            print(
+                "interrupted: stopped without saving; the run's last checkpoint, if one was saved, goes on with "
+                "--resume (the same command again without --resume refuses a folder holding a run)",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
         if _stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly

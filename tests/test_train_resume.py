@@ -244,3 +244,38 @@ def test_resume_on_another_image_set_is_an_error(runs, tmp_path, capsys):
         assert len(err) == 1 and f"{folder} holds {held}" in err[0], err
         assert snapshot(out) == before
     assert main(seg + ["--out", str(out), "--resume", "--steps", "3"]) == 0
+
+
+def test_a_second_ctrl_c_says_how_to_go_on(runs, tmp_path, capsys, monkeypatch):
+    """A second Ctrl-C stops training mid-step without a checkpoint of its own: the message says --resume goes on
+    from the last one (it said "run the same command again", which refuses a folder holding a run)."""
+    import os
+    import signal
+
+    import diffice.train.networks as networks
+
+    root, commands = runs
+    clip, calls = networks.clip_grad_norm, []
+
+    def clip_and_interrupt_twice(grads, max_norm=0.0, num_threads=0):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return clip(grads, max_norm, num_threads)
+
+    monkeypatch.setattr(networks, "clip_grad_norm", clip_and_interrupt_twice)
+    seg = commands["segmenter"] + ["--out", str(tmp_path), "--checkpoint-every", "2"]
+    steps = seg.index("--steps") + 1
+    seg[steps] = "5"
+    assert main(seg) == 130
+    assert "interrupted: stopped without saving; the run's last checkpoint, if one was saved, goes on with " in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(networks, "clip_grad_norm", clip)
+    assert main(seg) == 2  # the same command refuses the folder
+    assert main(seg + ["--resume"]) == 0
+    with np.load(tmp_path / "train_state.npz") as state:
+        assert int(state["step"]) == 5
+    steps_logged = [line.split(",")[0] for line in (tmp_path / "loss.csv").read_text().splitlines()[1:]]
+    assert steps_logged == ["1", "2", "3", "4", "5"]  # step 3's row, logged before the stop, not kept twice
