@@ -305,8 +305,8 @@ def test_a_size_the_network_cannot_take_names_the_size_before_writing(tmp_path, 
     with pytest.raises(ValueError, match=r"train segmenter: the images are 30 x 38 pixels \(height x width; --size"):
         supervised(phantom_set, out, size=(30, 38), levels=3)
     labels = phantom_set / "labels.csv"
-    with pytest.raises(ValueError, match=r"train oracle: the images are 8 x 8 pixels .*SonoNet needs at least one"):
-        train_supervised("oracle", phantom_set / "images", out, labels=labels, size=(8, 8), steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"train oracle: the images are 8 x 10 pixels .*SonoNet needs at least one"):
+        train_supervised("oracle", phantom_set / "images", out, labels=labels, size=(8, 10), steps=1, progress=False)
     assert not out.exists() or not any(out.iterdir())
 
 
