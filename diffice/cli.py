@@ -448,6 +448,16 @@ def _tracked(parser: Any, *flags: str, defaults: dict[str, Any], **kwargs: Any) 
     return action
 
 
+def _augment_flags(parser: argparse.ArgumentParser) -> None:
+    """--augment / --no-augment (None when neither is given: a new run's default, on; a resumed run's own)."""
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random flips and shifts (a new run: on; --resume: the run's own, which either flag changes)",
+    )
+
+
 def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.ArgumentParser:
     p = train.add_parser(kind, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
     p.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/BMP)")
@@ -471,9 +481,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
         defaults=SUPERVISED_DEFAULTS,
         help="random seed (>= 0): the same seed and settings, the same run",
     )
-    p.add_argument(
-        "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
-    )
+    _augment_flags(p)
     _tracked(p, "--val-fraction", type=float, defaults=SUPERVISED_DEFAULTS, help="held-out fraction for metrics.json")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument(
@@ -659,9 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="clip the global gradient norm to this (>= 0; 0: off)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
-    p.add_argument(
-        "--no-augment", dest="augment", action="store_false", default=None, help="no random flips and shifts"
-    )
+    _augment_flags(p)
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
     p.add_argument(

@@ -401,3 +401,19 @@ def test_every_command_with_a_progress_bar_takes_dash_q():
     for name in with_bar:
         quiet = next(a for a in parsers[name]._actions if a.dest == "quiet")
         assert quiet.option_strings == ["-q", "--quiet"], name
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "segmenter", "classifier", "oracle"])
+def test_train_augmentation_can_be_turned_off_and_on_again(kind):
+    from diffice.cli import build_parser
+
+    required = {
+        "segmenter": ["--masks", "m"],
+        "classifier": ["--labels", "l", "--segmenter", "s"],
+        "oracle": ["--labels", "l"],
+    }
+    base = ["train", kind, "--images", "i", "--out", "o", *required.get(kind, [])]
+    parse = build_parser().parse_args
+    assert parse(base).augment is None  # neither: a new run's default, or the resumed run's own setting
+    assert parse([*base, "--no-augment"]).augment is False
+    assert parse([*base, "--augment"]).augment is True  # a run resumed with --no-augment can take it back

@@ -254,6 +254,19 @@ def test_bad_rows_of_the_labels_csv_are_one_error_naming_the_line(case, tmp_path
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
+def test_the_oracles_label_is_0_or_1(tmp_path, phantom_set):
+    lines = (phantom_set / "labels.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[header.index("label")] = "2"  # the classifier takes it (a third class); the oracle's rule cannot
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"{cells[0]}: column 'label' must be 0 or 1, got 2"):
+        train_supervised("oracle", phantom_set / "images", tmp_path / "o", labels=labels, steps=1, progress=False)
+    ts = load_training_set(phantom_set / "images", labels=labels)  # the classifier's reading: labels >= 0
+    assert ts.labels is not None and ts.labels[0] == 2
+
+
 # ---- images of different sizes without a size ----
 
 

@@ -312,6 +312,7 @@ def load_training_set(
     concept_columns: Sequence[str] = (),
     classes: Sequence[str] | None = None,
     progress: bool = False,
+    binary_label: bool = False,
 ) -> TrainingSet:
     """Reads a training set.
 
@@ -319,7 +320,8 @@ def load_training_set(
     size: (H, W) to resize to (default: the first image's size; all must then match);
     masks: a folder of label-map images with the same file names (values = class indices, resized with nearest
         neighbour); classes: their names (default: ``classes.txt`` beside the mask folder, else class0..);
-    labels: a CSV with a ``file`` column; label_column (integers) and concept_columns (0/1) are read from it.
+    labels: a CSV with a ``file`` column; label_column (integers >= 0; 0/1 with binary_label, the oracle's
+        standard-plane flag) and concept_columns (0/1) are read from it.
     Every problem (a missing mask, a file without a CSV row, a bad value) is a ValueError naming the file.
     """
     from ..data.images import _read_pixels, list_images, load_image, read_unit
@@ -382,7 +384,7 @@ def load_training_set(
             return np.array(values, np.int64)
 
         if label_column:
-            ts.labels = column(label_column, False)
+            ts.labels = column(label_column, binary_label)
         if concept_columns:
             ts.concepts = np.stack([column(c, True) for c in concept_columns], axis=1).astype(np.float32)
             ts.concept_names = list(concept_columns)
@@ -735,6 +737,7 @@ def train_supervised(
         label_column="label" if kind == "classifier" or kind == "oracle" else "",
         concept_columns=concepts if kind == "oracle" else (),
         progress=progress,
+        binary_label=kind == "oracle",  # standard plane or not: what its rule_accuracy is measured against
     )
     # the image set, by its file names: another one on resume would move images across the validation split
     names = hashlib.sha256("\n".join(data.files).encode()).hexdigest()[:16]
