@@ -4,6 +4,7 @@ the reported losses say what they are."""
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import diffice.train.ddpm as train_mod
 from diffice import Segmenter, phantoms
 from diffice._native import _C
 from diffice.cli import main
+from diffice.data.images import AspectRatioWarning
 from diffice.train.checkpoints import check_grad_clip, check_seed
 from diffice.train.ddpm import _Progress, clip_grad_norm, train_ddpm
 from diffice.train.networks import load_training_set, pixel_cross_entropy_grad, train_network, train_supervised
@@ -252,6 +254,29 @@ def test_bad_rows_of_the_labels_csv_are_one_error_naming_the_line(case, tmp_path
     with pytest.raises(ValueError, match=expected):
         train_supervised("oracle", phantom_set / "images", tmp_path / "o", labels=labels, steps=1, progress=False)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_a_mask_of_another_shape_than_its_image_is_refused(tmp_path, phantom_set):
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    shutil.copytree(phantom_set / "masks", masks)
+    (tmp_path / "classes.txt").write_bytes((phantom_set / "classes.txt").read_bytes())
+    files = sorted(masks.iterdir())
+    with Image.open(files[0]) as m:  # half the resolution, same aspect ratio: an annotation at another scale
+        m.resize((m.width // 2, m.height // 2), Image.Resampling.NEAREST).save(files[0])
+    with Image.open(files[1]) as m:  # already at the training size (48 x 48 here): fine
+        m.resize((48, 48), Image.Resampling.NEAREST).save(files[1])
+    with pytest.warns(AspectRatioWarning):
+        ts = load_training_set(phantom_set / "images", (48, 48), masks=masks)
+    assert ts.masks is not None and ts.masks.shape[1:] == (48, 48)
+    shutil.copy(phantom_set / "masks" / files[1].name, files[1])  # 48 x 48 fits only the size just used
+    with Image.open(files[2]) as m:  # transposed: the shape of neither its image nor the size
+        m.transpose(Image.Transpose.TRANSPOSE).save(files[2])
+    expected = rf"{files[2].name}: the mask is 40 x 32 pixels .* neither its image {files[2].name} \(32 x 40\)"
+    for size in (None, (64, 80)):
+        with pytest.raises(ValueError, match=expected):  # was silently resized (stretched) to fit
+            load_training_set(phantom_set / "images", size, masks=masks)
 
 
 def test_the_oracles_label_is_0_or_1(tmp_path, phantom_set):

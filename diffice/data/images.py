@@ -284,14 +284,21 @@ def read_unit(path: PathLike) -> np.ndarray:
     return 1.0 - gray if inverted else gray
 
 
+def aspect_change(shape: tuple[int, int], size: tuple[int, int]) -> float:
+    """The factor (>= 1) by which resizing (H, W) `shape` to (H, W) `size` changes the aspect ratio (1 for an empty
+    one)."""
+    (h, w), (th, tw) = shape, size
+    if min(h, w, th, tw) <= 0:
+        return 1.0
+    change = (tw / th) / (w / h)
+    return max(change, 1.0 / change)
+
+
 def warn_aspect_change(path: PathLike, shape: tuple[int, int], size: tuple[int, int]) -> None:
     """AspectRatioWarning when resizing an image of shape (H, W) to size (H, W) changes its aspect ratio by more
     than MAX_ASPECT_CHANGE."""
     (h, w), (th, tw) = shape, size
-    if min(h, w, th, tw) <= 0:
-        return
-    change = (tw / th) / (w / h)
-    change = max(change, 1.0 / change)
+    change = aspect_change(shape, size)
     if change > MAX_ASPECT_CHANGE:
         warnings.warn(
             f"{os.fspath(path)}: resized from {h} x {w} to {th} x {tw} pixels (height x width), which "
@@ -331,7 +338,12 @@ def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
     values); warns (AspectRatioWarning) when the resize changes the aspect ratio by more than MAX_ASPECT_CHANGE.
     """
     path = Path(path)
-    unit = read_unit(path)
+    return unit_to_input(path, read_unit(path), size)
+
+
+def unit_to_input(path: PathLike, unit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """load_image's second half: a read image (H0, W0) in [0, 1] (:func:`read_unit` of path) as float32 (1, H, W)
+    in [-1, 1], resized to size = (H, W) (warning when that changes the aspect ratio)."""
     warn_aspect_change(path, unit.shape, size)
     unit = np.clip(resize(unit, size), 0.0, 1.0)
     return (unit * 2.0 - 1.0).astype(np.float32)[None]

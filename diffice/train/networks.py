@@ -324,7 +324,7 @@ def load_training_set(
         standard-plane flag) and concept_columns (0/1) are read from it.
     Every problem (a missing mask, a file without a CSV row, a bad value) is a ValueError naming the file.
     """
-    from ..data.images import _read_pixels, list_images, load_image, read_unit
+    from ..data.images import _read_pixels, list_images, read_unit, unit_to_input
     from ..progress import ProgressBar
 
     files = list_images(images)
@@ -336,19 +336,18 @@ def load_training_set(
 
     bar = ProgressBar(len(files), label="loading", enabled=progress)
     x = np.empty((len(files), 1) + size, np.float32)
+    shapes = []  # each image's own (H, W), which its mask's must match
     for i, f in enumerate(files):
-        if resized:
-            x[i] = load_image(f, size)
-        else:  # every image at the first one's size, as it is (load_image at its own size: no resize)
-            unit = read_unit(f)
-            if unit.shape != size:
-                raise ValueError(different_sizes(images, f.name, unit.shape, files[0].name, size))
-            x[i] = (np.clip(unit, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)[None]
+        unit = read_unit(f)
+        if not resized and unit.shape != size:  # without a size, every image at the first one's, as it is
+            raise ValueError(different_sizes(images, f.name, unit.shape, files[0].name, size))
+        shapes.append(unit.shape)
+        x[i] = unit_to_input(f, unit, size)
         bar.update(i + 1)
     bar.close()
     ts = TrainingSet(images=x, files=[f.name for f in files])
     if masks is not None:
-        ts.masks, ts.classes = _load_masks(Path(masks), files, size, classes)
+        ts.masks, ts.classes = _load_masks(Path(masks), files, shapes, size, classes)
     if labels is not None:
         path = Path(labels)
         if not path.is_file():
@@ -392,9 +391,18 @@ def load_training_set(
 
 
 def _load_masks(
-    folder: Path, files: Sequence[Path], size: tuple[int, int], classes: Sequence[str] | None
+    folder: Path,
+    files: Sequence[Path],
+    shapes: Sequence[tuple[int, int]],
+    size: tuple[int, int],
+    classes: Sequence[str] | None,
 ) -> tuple[np.ndarray, list[str]]:
+    """The label maps of `files` (images of own sizes `shapes`) at `size`, resized with nearest neighbour, and the
+    class names. A mask whose aspect ratio is neither its image's nor `size`'s (drawn for another image, or
+    transposed) is a ValueError naming both; one at another resolution, or already at `size`, is resized."""
     from PIL import Image
+
+    from ..data.images import MAX_ASPECT_CHANGE, aspect_change
 
     if not folder.is_dir():
         raise FileNotFoundError(f"mask folder not found: {folder}")
@@ -413,11 +421,18 @@ def _load_masks(
             with Image.open(path) as img:
                 if img.mode not in ("L", "P", "I", "I;16", "1"):
                     raise ValueError(f"mode {img.mode}")
-                if img.size != (size[1], size[0]):
+                own = (img.height, img.width)
+                if own != size:
                     img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
                 out[i] = np.asarray(img, dtype=np.int64)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a single-channel label map ({exc})") from None
+        if min(aspect_change(own, shapes[i]), aspect_change(own, size)) > MAX_ASPECT_CHANGE:
+            raise ValueError(
+                f"{path}: the mask is {own[0]} x {own[1]} pixels (height x width), the shape of neither its image "
+                f"{f.name} ({shapes[i][0]} x {shapes[i][1]}) nor the training size ({size[0]} x {size[1]}): the "
+                "mask of another image, or transposed?"
+            )
     top = int(out.max())
     if classes is None:
         example = next(f.name for f, m in zip(files, out) if m.max() == top)
