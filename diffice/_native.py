@@ -24,12 +24,19 @@ def _wheel_libraries(dist_name: str, names: tuple[str, ...]) -> list[str]:
     return [str(dist.locate_file(files[name])) for name in names if name in files]
 
 
+def onednn_candidates() -> list[str]:
+    """Where libdnnl.so.3 is looked for, in order: $DNNL_ROOT/lib where DNNL_ROOT is set (the oneDNN a build with
+    DNNL_ROOT linked against: setup.py's switch), then the onednn-cpu-gomp wheel's, then <prefix>/lib."""
+    candidates = [os.path.join(os.environ["DNNL_ROOT"], "lib", "libdnnl.so.3")] if os.environ.get("DNNL_ROOT") else []
+    candidates += _wheel_libraries("onednn-cpu-gomp", ("libdnnl.so.3",))
+    candidates.append(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))
+    return candidates
+
+
 def _preload_onednn() -> None:
     # libdnnl.so.3 lives in <prefix>/lib of whichever environment holds the onednn-cpu-gomp wheel, which is not
     # on the loader path of a venv or an editable install; loading it by absolute path lets _C resolve it by soname.
-    candidates = _wheel_libraries("onednn-cpu-gomp", ("libdnnl.so.3",))
-    candidates.append(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))
-    for path in candidates:
+    for path in onednn_candidates():
         if os.path.exists(path):
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             return

@@ -233,3 +233,13 @@ def test_the_package_namespace_is_its_api():
     public = {name for name in dir(diffice) if not name.startswith("_")}
     modules = {name for name in public if isinstance(getattr(diffice, name), types.ModuleType)}
     assert public - modules == {name for name in diffice.__all__ if not name.startswith("_")} - modules
+
+
+def test_dnnl_root_at_import_time_comes_before_the_wheels_onednn(monkeypatch, tmp_path):
+    from diffice import _native
+
+    monkeypatch.delenv("DNNL_ROOT", raising=False)
+    plain = _native.onednn_candidates()
+    assert plain and all(p.endswith("libdnnl.so.3") for p in plain)
+    monkeypatch.setenv("DNNL_ROOT", str(tmp_path))  # the oneDNN a DNNL_ROOT build linked against: loaded first
+    assert _native.onednn_candidates() == [str(tmp_path / "lib" / "libdnnl.so.3"), *plain]
