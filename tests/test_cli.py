@@ -294,6 +294,32 @@ def test_explain_names_the_classifier_kind_and_target_class_flags(tmp_path, caps
     assert "0..13" in line
 
 
+def test_explain_a_target_f_does_not_have_names_the_flag_before_anything_is_written(tmp_path, capsys):
+    """--target 5 with --classifier-kind sononet (SonoNet's Brain (Tv.) number given as the direction, which is 0 or
+    1 of the binary f): one line naming --target and pointing at --target-class, exit 2, no output folder. It used to
+    be the sampler's "target 5 is not a class of the classifier", naming neither, after the first batch was read."""
+    from diffice import SonoNet
+    from diffice.data.images import save_png
+    from diffice.explain.demo import MODELS_DIR
+
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    sononet = tmp_path / "sononet8.safetensors"
+    SonoNet.random(8, seed=1).save(sononet)
+    base = ["explain", "--unet", str(MODELS_DIR / "ddpm.safetensors"), "--perceptual-kind", "pixel-l2"]
+    base += ["--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(base + ["--classifier", str(sononet), "--classifier-kind", "sononet", "--target", "5"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert "run.target (--target) 5 is not a class of the guiding classifier f (2 classes, 0..1)" in line
+    assert "--target-class ([models] target_class, now 5)" in line
+    assert not (tmp_path / "out").exists()
+    # a plane classifier f: the flag and its classes, no SonoNet hint
+    assert main(base + ["--classifier", str(MODELS_DIR / "classifier.safetensors"), "--target", "2"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "explain")
+    assert "run.target (--target) 2 is not a class of the guiding classifier f (2 classes, 0..1)" in line
+    assert "--target-class" not in line and not (tmp_path / "out").exists()
+
+
 def test_train_names_the_option_or_file_behind_a_malformed_value(tmp_path, capsys):
     """--channel-mult a,b said "invalid literal for int()", --concepts "" spoke of SonoNet's num_classes, a binary
     labels CSV of a utf-8 codec: each now names the option or the file."""

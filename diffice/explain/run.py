@@ -241,6 +241,36 @@ def _digest(f: Path, digests: dict[str, str]) -> str:
     return digests[f.stem]
 
 
+def _classifier_outputs(classifier: Any) -> int | None:
+    """The number of logits of a loaded guiding classifier f where it says so without a forward (num_classes of a
+    SonoNet, TargetClassView or ConceptOracle-like network; a PlaneClassifier's head), else None."""
+    n = getattr(classifier, "num_classes", None)
+    if n is None:
+        n = getattr(getattr(classifier, "classifier", None), "num_classes", None)
+    return int(n) if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 else None
+
+
+def check_run_target(target: int, classifier: Any, models: dict[str, Any]) -> None:
+    """ValueError naming [run] target (--target) and the classes of f when target is not one of them, at start-up
+    (the sampler's own check names neither the option nor, with SonoNet, the --target-class it is mixed up with)."""
+    outputs = _classifier_outputs(classifier)
+    if outputs is None:
+        return
+    classes = max(outputs, 2)  # a single logit is binary
+    if 0 <= target < classes:
+        return
+    message = (
+        f"run.target (--target) {target} is not a class of the guiding classifier f ({classes} classes, "
+        f"0..{classes - 1}); --target is the class the counterfactuals move towards"
+    )
+    if models.get("classifier_kind") == "sononet":
+        message += (
+            f" (1 = the standard plane, 0 = any other class); which of SonoNet's classes is the standard plane is "
+            f"--target-class ([models] target_class, now {models.get('target_class')})"
+        )
+    raise ValueError(message)
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
     writing a temporary file and renaming it: never an output, only litter."""
@@ -314,6 +344,7 @@ def run_explain(
             check_device_here(spec)
             executor.models = _load(spec)
         Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
+        check_run_target(int(run["target"]), executor.models[2], cfg["models"])
     created = _make_output_folder(out)
     busy = f"{out}: another diffice run is writing this folder; wait for it to finish, or use another output folder"
     try:
