@@ -315,3 +315,60 @@ def test_a_folder_as_a_model_file_says_it_is_a_folder(tmp_path):
         load_classifier("plane", str(folder))
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_metrics_takes_the_sononet_authors_npz_that_guided_the_run(tmp_path):
+    """diffice explain --classifier-kind sononet --classifier SonoNet16.npz (the authors' file, no diffice
+    description) made the run; diffice metrics judged it by default with that file but refused the same file given
+    as --classifier ("no 'diffice_model' description ... needs a PlaneClassifier or SonoNet")."""
+    from diffice.models.sononet import _conv_names
+
+    net = SonoNet.random(k=4, num_classes=14)
+    sd = net.state_dict()
+    arrays = []
+    for conv, bn in _conv_names():
+        var = sd[f"{bn}.running_var"].astype(np.float64)
+        arrays += [sd[f"{conv}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.weight"], sd[f"{bn}.running_mean"]]
+        arrays.append((1.0 / np.sqrt(var + 1e-4)).astype(np.float32))
+    path = tmp_path / "SonoNet4.npz"
+    np.savez(path, *arrays)  # arr_0 ... arr_74, the authors' layout
+    settings = tmp_path / "run_settings.json"
+    settings.write_text(json.dumps({"models": {"classifier_kind": "sononet", "target_class": 5}}))
+    view = metrics.load_metrics_classifier(path, settings)
+    assert isinstance(view, TargetClassView) and view.target == 5
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 32, 48)).astype(np.float32)
+    assert np.allclose(view.forward(x).logits, TargetClassView(net, 5).forward(x).logits, atol=1e-4)
+    # without a SonoNet run's settings a 14-class SonoNet is still refused, naming the file
+    with pytest.raises(ValueError, match=r"SonoNet4.npz: a SonoNet with 14 classes"):
+        metrics.load_metrics_classifier(path)
+    # and a file of another kind without a description keeps its error
+    np.savez(tmp_path / "other.npz", w=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"other.npz"):
+        metrics.load_metrics_classifier(tmp_path / "other.npz", settings)
+
+
+def test_metrics_says_when_the_classifier_is_not_the_one_that_guided_the_run(tmp_path):
+    """run_settings.json records the sha256 of the classifier that guided the run; a --classifier of other bytes
+    (or a file at the run's path that has changed since) judged FR, MAD, BKL and COUT silently: FR 0 on a run whose
+    every record flipped. It now says so (the run is still judged: judging with another f is allowed)."""
+    from diffice.io import file_digest
+
+    root = tmp_path / "run"
+    root.mkdir()
+    guided = tmp_path / "f.safetensors"
+    other = tmp_path / "g.safetensors"
+    save_model(guided, SonoNet.random(k=4, num_classes=2, standardize=False, seed=1))
+    save_model(other, SonoNet.random(k=4, num_classes=2, standardize=False, seed=2))
+    settings = {"models": {"classifier": str(guided), "classifier_kind": "sononet", "target_class": 1}}
+    settings["model_files"] = {"classifier": file_digest(guided)}
+    (root / "run_settings.json").write_text(json.dumps(settings))
+    said: list[str] = []
+    load_metrics_models(root, classifier=guided, log=said.append)
+    assert not any("NOT the classifier" in s for s in said)
+    load_metrics_models(root, classifier=other, log=said.append)
+    assert any(s.startswith(f"classifier {other} (--classifier): NOT the classifier that guided the run") for s in said)
+    # the run's own path, whose file changed after the run
+    said.clear()
+    other.replace(guided)
+    load_metrics_models(root, log=said.append)
+    assert len(said) == 1 and "NOT the classifier that guided the run" in said[0] and str(guided) in said[0]

@@ -806,18 +806,28 @@ def run_settings_models(settings: Path) -> dict[str, Any]:
 
 def load_metrics_classifier(path: PathLike, run_settings: PathLike | None = None, backend: str = "cpu") -> Any:
     """The guiding classifier f for the metrics from a model file (``diffice metrics --classifier``): a
-    PlaneClassifier, or a SonoNet; a multi-class SonoNet is seen as "target class vs the rest" with the run's
-    ``target_class`` (as the run saw it) when the run's `run_settings` (run_settings.json) says classifier_kind =
-    "sononet", and is a ValueError otherwise (the records' targets are classes of the run's binary f). Any other
-    model (a concept oracle, a UNet, a segmenter) is a ValueError naming the file, what it holds and what is
-    expected."""
+    PlaneClassifier, or a SonoNet (a diffice file or the authors' .npz); a multi-class SonoNet is seen as "target
+    class vs the rest" with the run's ``target_class`` (as the run saw it) when the run's `run_settings`
+    (run_settings.json) says classifier_kind = "sononet", and is a ValueError otherwise (the records' targets are
+    classes of the run's binary f). Any other model (a concept oracle, a UNet, a segmenter) is a ValueError naming
+    the file, what it holds and what is expected."""
     from ..models.description import CLASSIFIER_KINDS
-    from ..models.files import load_model
+    from ..models.files import load_model, read_model_file
     from ..models.network import config_int
-    from ..models.sononet import TargetClassView
+    from ..models.sononet import TargetClassView, looks_like_authors_npz
 
     what = "diffice metrics --classifier (the classifier f that guided the run)"
-    model = load_model(path, backend, expect=tuple(CLASSIFIER_KINDS.values()), what=what)
+    try:
+        model = load_model(path, backend, expect=tuple(CLASSIFIER_KINDS.values()), what=what)
+    except ValueError as exc:
+        # the SonoNet authors' .npz (no diffice description), as explain --classifier-kind sononet takes it
+        try:
+            authors = looks_like_authors_npz(read_model_file(path)[0])
+        except (ValueError, OSError):
+            authors = False
+        if not authors:
+            raise exc from None
+        model = load_model(path, backend, expect=CLASSIFIER_KINDS["sononet"], what=what)
     classes = getattr(model, "num_classes", None)
     if type(model).__name__ == "SonoNet" and classes is not None and classes > 2:
         settings = Path(run_settings) if run_settings is not None else None

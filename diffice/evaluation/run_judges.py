@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..explain import demo as demo_module  # looked up per call (tests replace load_demo_models)
-from ..io import read_json
+from ..io import file_digest, read_json
 from ..models.files import load_classifier
 from .metrics import PathLike, load_metrics_classifier, load_metrics_oracle, run_settings_models
 
@@ -24,6 +24,23 @@ def recorded_demo_models(settings: Path) -> dict[str, Any] | None:
     data = read_json(settings)
     record = data.get("demo_models") if isinstance(data, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def _not_the_run_classifier(path: PathLike, settings: Path) -> str:
+    """'' when the classifier file is the one that guided the run (the sha256 its run_settings.json records in
+    model_files, or no record to compare with), else a note saying the metrics of f judge the run with another
+    classifier than the one whose flips the records hold."""
+    if not settings.is_file():
+        return ""
+    data = read_json(settings)
+    files = data.get("model_files") if isinstance(data, dict) else None
+    recorded = files.get("classifier") if isinstance(files, dict) else None
+    if not isinstance(recorded, str) or not Path(path).is_file() or file_digest(path) == recorded:
+        return ""
+    return (
+        f": NOT the classifier that guided the run (its sha256 differs from the {recorded[:12]}... that "
+        f"{settings} records): FR, MAD, BKL and COUT judge the run with this file"
+    )
 
 
 def _demo_folder(root: Path, record: dict[str, Any] | None, given: PathLike | None, say: Any) -> PathLike | None:
@@ -80,9 +97,12 @@ def load_metrics_models(
             say(f"the demo models (from {settings})")
         elif isinstance(m.get("classifier"), str) and m["classifier"] and Path(m["classifier"]).is_file():
             f = load_classifier(m.get("classifier_kind", "plane"), m["classifier"], m.get("target_class", 5))
-            say(f"classifier {m['classifier']} (from {settings})")
+            say(f"classifier {m['classifier']} (from {settings})" + _not_the_run_classifier(m["classifier"], settings))
     if classifier:
         f = load_metrics_classifier(classifier, settings)
+        note = _not_the_run_classifier(classifier, settings)
+        if note:
+            say(f"classifier {classifier} (--classifier){note}")
     if oracle:
         judge = load_metrics_oracle(oracle)
     return f, judge
