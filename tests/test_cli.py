@@ -443,3 +443,43 @@ def test_train_augmentation_can_be_turned_off_and_on_again(kind):
     assert parse(base).augment is None  # neither: a new run's default, or the resumed run's own setting
     assert parse([*base, "--no-augment"]).augment is False
     assert parse([*base, "--augment"]).augment is True  # a run resumed with --no-augment can take it back
+
+
+def test_explain_warns_when_the_released_sononet_runs_at_another_size(tmp_path, capsys):
+    """The authors' SonoNet weights (trained on 224x288 frames) at --image-size 64 80 gave probabilities that are not
+    SonoNet's (the real SonoNet-16 called 3 of 4 HC18 heads Brain (Tv.) there) without a word; now a one-line warning
+    naming the file and the size. A SonoNet saved by diffice (its own size) and 224x288 are not warned about."""
+    import warnings
+
+    from diffice import SonoNet
+    from diffice.data.images import save_png
+    from diffice.explain.demo import MODELS_DIR
+    from diffice.explain.run import SonoNetSizeWarning, warn_sononet_size
+    from diffice.models.sononet import _conv_names
+
+    net = SonoNet.random(k=4, num_classes=14)
+    sd = net.state_dict()
+    arrays = []
+    for conv, bn in _conv_names():
+        var = sd[f"{bn}.running_var"].astype(np.float64)
+        arrays += [sd[f"{conv}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.weight"], sd[f"{bn}.running_mean"]]
+        arrays.append((1.0 / np.sqrt(var + 1e-4)).astype(np.float32))
+    authors = tmp_path / "SonoNet4.npz"
+    np.savez(authors, *arrays)  # the authors' layout, arr_0 ... arr_74
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
+    args = ["explain", "--unet", str(MODELS_DIR / "ddpm.safetensors"), "--perceptual-kind", "pixel-l2"]
+    args += ["--classifier", str(authors), "--classifier-kind", "sononet", "--image-size", "64", "80"]
+    args += ["--respacing", "10", "--tau", "1", "--iterations", "1", "--lambda-c", "1", "--lambda-p", "0"]
+    assert main(args + ["--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"diffice explain: warning: {authors}: SonoNet weights without a diffice description" in err
+    assert "run at --image-size 64 80" in err
+    saved = tmp_path / "sononet4.safetensors"
+    net.save(saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SonoNetSizeWarning)
+        warn_sononet_size({"classifier_kind": "sononet", "classifier": str(authors)}, (224, 288))
+        warn_sononet_size({"classifier_kind": "sononet", "classifier": str(saved)}, (64, 80))
+    with pytest.warns(SonoNetSizeWarning, match="SonoNet4.npz"):
+        warn_sononet_size({"classifier_kind": "sononet", "classifier": str(authors)}, (112, 144))

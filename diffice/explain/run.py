@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,39 @@ def check_run_target(target: int, classifier: Any, models: dict[str, Any]) -> No
     raise ValueError(message)
 
 
+class SonoNetSizeWarning(UserWarning):
+    """The released SonoNet weights (a file without diffice's description: the authors' .npz or a port of it) run
+    at another image size than the 224 x 288 they were trained on: their probabilities there are not SonoNet's."""
+
+
+SONONET_SIZE = (224, 288)
+
+
+def warn_sononet_size(models: dict[str, Any], size: tuple[int, ...]) -> None:
+    """SonoNetSizeWarning when [models] classifier_kind = "sononet" names a third-party SonoNet file (no diffice_model
+    metadata: the authors' weights, trained on 224 x 288 frames) and the run's image size is another: SonoNet is
+    convolutional and runs at any size, but at 64 x 80 the real SonoNet-16 calls 3 of 4 HC18 heads Brain (Tv.)."""
+    from ..models.files import read_model_file
+
+    path = models.get("classifier")
+    if models.get("classifier_kind") != "sononet" or not path or tuple(size) == SONONET_SIZE:
+        return
+    try:
+        metadata = read_model_file(path)[1]
+    except (ValueError, OSError):
+        return
+    if "diffice_model" in metadata:
+        return  # a SonoNet trained or saved by diffice: its size is its own
+    warnings.warn(
+        f"{path}: SonoNet weights without a diffice description (the authors' release, trained on "
+        f"{SONONET_SIZE[0]} x {SONONET_SIZE[1]} frames) run at --image-size {size[0]} {size[1]}; their probabilities "
+        f"at that size are not SonoNet's (the README's SonoNet section: explain at 224 288, or upsample as "
+        f"benchmarks/hc18_workflow.py does)",
+        SonoNetSizeWarning,
+        stacklevel=3,
+    )
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
     writing a temporary file and renaming it: never an output, only litter."""
@@ -345,6 +379,8 @@ def run_explain(
             executor.models = _load(spec)
         Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
         check_run_target(int(run["target"]), executor.models[2], cfg["models"])
+    if models is None:
+        warn_sononet_size(cfg["models"], size)
     created = _make_output_folder(out)
     busy = f"{out}: another diffice run is writing this folder; wait for it to finish, or use another output folder"
     try:
