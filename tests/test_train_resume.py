@@ -117,6 +117,12 @@ def test_masks_stored_as_0_255_without_classes_txt_are_refused(runs, tmp_path):
     with pytest.raises(ValueError, match=r"masks use the values \[0, 255\], leaving class\(es\) 1..254 unused") as e:
         load_training_set(root / "set" / "images", masks=tmp_path / "masks")
     assert "store it as 0/1, or give" in str(e.value) and "classes.txt" in str(e.value)
+    # with a classes.txt of two names beside the masks (what the error suggests), 0/255 masks are read as 0/1: they
+    # were refused with "label 255 but only 2 classes"
+    (tmp_path / "classes.txt").write_text("background\nhead\n")
+    data = load_training_set(root / "set" / "images", masks=tmp_path / "masks")
+    assert data.classes == ["background", "head"] and set(np.unique(data.masks).tolist()) == {0, 1}
+    (tmp_path / "classes.txt").unlink()
     # 0/1 masks train as 2 classes
     for f in (tmp_path / "masks").iterdir():
         Image.fromarray((np.asarray(Image.open(f)) > 0).astype(np.uint8)).save(f)

@@ -433,12 +433,14 @@ def _load_masks(
                 f"{f.name} ({shapes[i][0]} x {shapes[i][1]}) nor the training size ({size[0]} x {size[1]}): the "
                 "mask of another image, or transposed?"
             )
+    if classes is not None and len(classes) == 2 and out.max() == 255 and np.all((out == 0) | (out == 255)):
+        out[out == 255] = 1  # binary masks stored as 0/255 (HC18's, most annotation tools'), with two class names
     top = int(out.max())
     if classes is None:
         example = next(f.name for f, m in zip(files, out) if m.max() == top)
         hint = (
             f"e.g. {example} has {top}; a binary mask stored as 0/{top}? store it as 0/1, or give "
-            f"{folder.parent / 'classes.txt'}"
+            f"{folder.parent / 'classes.txt'} with two class names (0/255 masks are then read as 0/1)"
         )
         classes = [f"class{c}" for c in range(class_count(out, f"{folder}: masks", hint))]
     if top >= len(classes):
