@@ -15,9 +15,10 @@ What it does:
    (default 56x72, a quarter of 224x288: a CPU-sized DDPM);
 2. the guiding classifier is SonoNet-16 seen as binary "Brain (Tv.) or not" (diffice.TargetClassView), applied to
    the image upsampled 4x (nearest) to the 224x288 it was trained on; its VJP is the adjoint of that upsampling;
-3. picks the --n images whose (upsampled, downsized) version SonoNet-16 gives the lowest Brain (Tv.) probability
-   among those it does not classify as Brain (Tv.), and explains them with Diff-ICE (L=5, tau=30 of 100 respaced
-   steps, lambda_c in {40, 60, 80}; Lp = mean squared pixel distance, --lambda-p (30): no RadImageNet weights);
+3. picks --n images spread evenly (by rank of their Brain (Tv.) probability) over those whose (upsampled,
+   downsized) version SonoNet-16 does not classify as Brain (Tv.), and explains them with Diff-ICE (L=5, tau=30
+   of 100 respaced steps, lambda_c in {40, 60, 80}; Lp = mean squared pixel distance, --lambda-p (30): no
+   RadImageNet weights);
 4. reports per iteration the flip ratio and the mean change of the Brain (Tv.) probability, writes
    WORK/hc18_figure.png and WORK/hc18_results.json.
 
