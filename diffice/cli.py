@@ -767,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, "out", None)  # the output folder of the commands that have one
     out = out if isinstance(out, str) else None
     out_existed = out is not None and os.path.lexists(out)
+    command = f"train {args.model}" if args.command == "train" else args.command  # as its warnings are prefixed
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -782,12 +783,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError as exc:
         if _stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
             return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
-        print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
+        print(f"diffice {command}: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError, FloatingPointError) as exc:
         # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...);
         # FloatingPointError: a training run whose loss went non-finite (stopped, its last checkpoint kept)
-        print(f"diffice {args.command}: error: {exc}", file=sys.stderr)
+        print(f"diffice {command}: error: {exc}", file=sys.stderr)
         empty = _new_empty_folder(out, out_existed)
         if empty is not None:
             empty.rmdir()

@@ -257,7 +257,7 @@ def test_a_file_as_images_and_a_folder_as_model_file_are_named_as_such(tmp_path,
     assert f"expected a folder of images, got the file {png}" in _one_error_line(capsys.readouterr().err, "demo")
     # train ddpm --images also takes a .npy array: the message says so
     assert main(["train", "ddpm", "--images", str(png), "--out", str(tmp_path / "o3"), "--quiet"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "train")
+    line = _one_error_line(capsys.readouterr().err, "train ddpm")
     assert f"expected a folder of images or a .npy array (N, H, W), got the file {png}" in line
     # a folder given as the classifier file
     models = tmp_path / "somedir"
@@ -330,19 +330,19 @@ def test_train_names_the_option_or_file_behind_a_malformed_value(tmp_path, capsy
     assert main(["train", "ddpm", "--images", images, "--out", str(tmp_path / "d"), "--steps", "1",
                  "--channel-mult", "a,b", "--quiet"]) == 2  # fmt: skip
     assert "--channel-mult: expected comma-separated integers, got 'a,b'" in _one_error_line(
-        capsys.readouterr().err, "train"
+        capsys.readouterr().err, "train ddpm"
     )
     labels = str(tmp_path / "set" / "labels.csv")
     assert main(["train", "oracle", "--images", images, "--labels", labels, "--out", str(tmp_path / "o"),
                  "--steps", "1", "--concepts", "", "--quiet"]) == 2  # fmt: skip
     assert "--concepts: expected at least one comma-separated name, got ''" in _one_error_line(
-        capsys.readouterr().err, "train"
+        capsys.readouterr().err, "train oracle"
     )
     binary = tmp_path / "labels.csv"
     binary.write_bytes(b"\xff\xfe\x00file,label\n")
     assert main(["train", "oracle", "--images", images, "--labels", str(binary), "--out", str(tmp_path / "b"),
                  "--steps", "1", "--quiet"]) == 2  # fmt: skip
-    assert f"{binary}: not a CSV of labels" in _one_error_line(capsys.readouterr().err, "train")
+    assert f"{binary}: not a CSV of labels" in _one_error_line(capsys.readouterr().err, "train oracle")
 
 
 def test_a_refused_run_leaves_no_empty_output_folder_behind(tmp_path, capsys):

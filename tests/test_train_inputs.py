@@ -228,7 +228,8 @@ def test_cli_non_finite_loss_is_one_line(tmp_path, capsys, phantom_set):
     args += ["--width", "8", "--levels", "2", "--groups", "4", "--batch-size", "2", "--steps", "20", "--quiet"]
     assert main(["train", "segmenter", *args, "--lr", "1e30", "--grad-clip", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("diffice train: error: train_network: non-finite loss") and err.count("\n") == 1, err
+    assert err.startswith("diffice train segmenter: error: train_network: non-finite loss"), err
+    assert err.count("\n") == 1, err
     assert "no checkpoint was saved yet" in err and "--lr" in err and "Traceback" not in err
 
 
@@ -329,7 +330,8 @@ def test_an_out_that_is_a_file_is_one_error_naming_it(tmp_path, capsys, phantom_
         err = capsys.readouterr().err.strip().splitlines()
         # was "diffice train: error: [Errno 17] File exists: '...'"
         assert err == [
-            f"diffice train: error: {who}: the output folder {afile} is a file, not a folder; give another --out"
+            f"diffice train {args[1]}: error: {who}: the output folder {afile} is a file, not a folder; give another "
+            "--out"
         ]
     assert afile.read_text() == "keep me"
     assert main([*ddpm[:5], str(afile / "sub"), *ddpm[6:]]) == 2

@@ -59,7 +59,7 @@ def test_resume_into_another_kind_of_run_is_one_error_and_changes_nothing(runs, 
     err = capsys.readouterr().err.strip().splitlines()
     article = "an" if kind == "oracle" else "a"
     assert err == [
-        f"diffice train: error: {out}: holds {held} training run (model.safetensors is {type_name}), not "
+        f"diffice train {kind}: error: {out}: holds {held} training run (model.safetensors is {type_name}), not "
         f"{article} {kind} run; use another --out"
     ]
     assert snapshot(out) == before
