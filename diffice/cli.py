@@ -54,19 +54,18 @@ def _bool(text: str) -> bool:
 
 
 # flags named apart from their config key
-_FLAG_NAMES = {"preset": ["--models", "--preset"]}
 _FILE_KEYS = ("unet", "classifier", "perceptual")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config key (e.g. --lambda-c 40 60 80, --tau 120), with its description, allowed values and
     default (diffice.explain.config: CONFIG_HELP, CONFIG_CHOICES, SECTIONS)."""
-    from .explain.config import CONFIG_CHOICES, CONFIG_HELP, SECTIONS
+    from .explain.config import CONFIG_CHOICES, CONFIG_HELP, SECTIONS, config_flags
 
     for section, defaults in SECTIONS.items():
         group = parser.add_argument_group(f"[{section}] (config file section; flags override it)")
         for key, default in defaults.items():
-            flags = _FLAG_NAMES.get(key, ["--" + key.replace("_", "-")])
+            flags = config_flags(key)
             text = CONFIG_HELP[key].replace("%", "%%")
             if default is None:
                 shown = "none"

@@ -155,7 +155,7 @@ def test_demo_and_explain_refuse_what_they_would_ignore(tmp_path, capsys):
     assert main(["demo", "--n", "0", "--out", str(tmp_path / "d0"), "--quiet"]) == 2
     assert "n (how many phantoms) must be an int >= 1, got 0" in capsys.readouterr().err
     assert main(["demo", "--n", "2", "--seed", "-1", "--out", str(tmp_path / "d1"), "--quiet"]) == 2
-    assert "run.seed must be" in capsys.readouterr().err and not (tmp_path / "d1").exists()  # nothing written
+    assert "run.seed (--seed) must be" in capsys.readouterr().err and not (tmp_path / "d1").exists()  # nothing written
     assert main(["explain", "--models", "demo", "--images", str(tmp_path), "--out", ""]) == 2
     assert "--out is empty" in capsys.readouterr().err
 

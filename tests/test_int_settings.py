@@ -350,7 +350,8 @@ def test_model_loading_settings_are_not_truncated(tmp_path):
         ("diffusion", "steps", 1000.5, r"diffusion\.steps: expected an integer, got 1000\.5"),
     ]:
         # the config loader refuses them first (tests/test_setting_values.py) ...
-        with pytest.raises(ValueError, match=rf"{section}\.{key} must be an integer >= 1, got {value}"):
+        flag = "--" + key.replace("_", "-")
+        with pytest.raises(ValueError, match=rf"{section}\.{key} \({flag}\) must be an integer >= 1, got {value}"):
             load_config(None, {key: value})
         # ... and the model loader still does for a config built or changed in code
         cfg = load_config(None, {})

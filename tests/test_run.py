@@ -243,7 +243,8 @@ def test_diffusion_variance_chooses_the_reverse_steps_variance(tmp_path, rng, mo
         assert kind is None or diffusion.variance_type == kind
     assert kinds["large"] == "learned_output_fixed_large"
     with pytest.raises(
-        ValueError, match=r"diffusion.variance must be one of \['learned', 'small', 'large'\], got 'tiny'"
+        ValueError,
+        match=r"diffusion.variance \(--variance\) must be one of \['learned', 'small', 'large'\], got 'tiny'",
     ):
         load_run_models(load_config(None, dict(base, variance="tiny")))
     with pytest.raises(ValueError, match="diffusion.variance"):  # checked before any model file is read

@@ -105,23 +105,28 @@ def test_the_largest_toml_seed_is_taken(tmp_path):
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("clip", "false", r"method\.clip must be true or false, got 'false'"),
-        ("clip", 1, r"method\.clip must be true or false, got 1"),
-        ("scale_grads", "no", r"method\.scale_grads must be true or false, got 'no'"),
-        ("seed", 2**64, r"run\.seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
-        ("seed", 2**70, r"run\.seed must be an integer in \[0, 2\*\*64\)"),
-        ("seed", -1, r"run\.seed must be an integer in \[0, 2\*\*64\), got -1"),
-        ("seed", True, r"run\.seed must be .*, got True"),
-        ("seed", 1.5, r"run\.seed must be .*, got 1\.5"),
-        ("batch_size", 0, r"run\.batch_size must be an integer >= 1, got 0"),
-        ("batch_size", 2.5, r"run\.batch_size must be an integer >= 1, got 2\.5"),
-        ("image_size", [0, 0], r"run\.image_size must be two integers \[height, width\], each >= 1"),
-        ("image_size", (64, 80, 1), r"run\.image_size must be two integers"),
+        ("clip", "false", r"method\.clip \(--clip\) must be true or false, got 'false'"),
+        ("clip", 1, r"method\.clip \(--clip\) must be true or false, got 1"),
+        ("scale_grads", "no", r"method\.scale_grads \(--scale-grads\) must be true or false, got 'no'"),
+        ("seed", 2**64, r"run\.seed \(--seed\) must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
+        ("seed", 2**70, r"run\.seed \(--seed\) must be an integer in \[0, 2\*\*64\)"),
+        ("seed", -1, r"run\.seed \(--seed\) must be an integer in \[0, 2\*\*64\), got -1"),
+        ("seed", True, r"run\.seed \(--seed\) must be .*, got True"),
+        ("seed", 1.5, r"run\.seed \(--seed\) must be .*, got 1\.5"),
+        ("batch_size", 0, r"run\.batch_size \(--batch-size\) must be an integer >= 1, got 0"),
+        ("batch_size", 2.5, r"run\.batch_size \(--batch-size\) must be an integer >= 1, got 2\.5"),
+        ("image_size", [0, 0], r"run\.image_size \(--image-size\) must be two integers \[height, width\], each >= 1"),
+        ("image_size", (64, 80, 1), r"run\.image_size \(--image-size\) must be two integers"),
         ("image_size", [2, MAX_IMAGE_PIXELS // 2 + 1], r"at most 33554432 \(2\*\*25\) pixels in all"),
-        ("tau", 2.0, r"method\.tau must be an integer >= 1, got 2\.0"),
-        ("lambda_c", 40, r"method\.lambda_c must be a non-empty list of finite numbers >= 0.*got 40"),
-        ("method", ["diff-ice"], r"method\.method must be one of .*, got \['diff-ice'\]"),
-        ("variance", "tiny", r"diffusion\.variance must be one of \['learned', 'small', 'large'\], got 'tiny'"),
+        ("tau", 2.0, r"method\.tau \(--tau\) must be an integer >= 1, got 2\.0"),
+        ("lambda_c", 40, r"method\.lambda_c \(--lambda-c\) must be a non-empty list of finite numbers >= 0.*got 40"),
+        ("method", ["diff-ice"], r"method\.method \(--method\) must be one of .*, got \['diff-ice'\]"),
+        (
+            "variance",
+            "tiny",
+            r"diffusion\.variance \(--variance\) must be one of \['learned', 'small', 'large'\], "
+            "got 'tiny'",
+        ),
     ],
 )
 def test_bad_overrides_name_the_key(key, value, match):
@@ -147,12 +152,20 @@ def test_good_values_are_taken_as_written(tmp_path):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--seed", str(2**64)], r"run\.seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
-        (["--seed", "-1"], r"run\.seed must be an integer in \[0, 2\*\*64\), got -1"),
-        (["--batch-size", "0"], r"run\.batch_size must be an integer >= 1, got 0"),
-        (["--batch-size", "-1"], r"run\.batch_size must be an integer >= 1, got -1"),
-        (["--image-size", "0", "0"], r"run\.image_size must be two integers"),
-        (["--image-size", "64000", "80000"], r"run\.image_size must be two integers.*got \[64000, 80000\]"),
+        (
+            ["--seed", str(2**64)],
+            r"run\.seed \(--seed\) must be an integer in \[0, 2\*\*64\), "
+            "got 18446744073709551616",
+        ),
+        (["--seed", "-1"], r"run\.seed \(--seed\) must be an integer in \[0, 2\*\*64\), got -1"),
+        (["--batch-size", "0"], r"run\.batch_size \(--batch-size\) must be an integer >= 1, got 0"),
+        (["--batch-size", "-1"], r"run\.batch_size \(--batch-size\) must be an integer >= 1, got -1"),
+        (["--image-size", "0", "0"], r"run\.image_size \(--image-size\) must be two integers"),
+        (
+            ["--image-size", "64000", "80000"],
+            r"run\.image_size \(--image-size\) must be two integers"
+            r".*got \[64000, 80000\]",
+        ),
     ],
 )
 def test_cli_refuses_bad_flags_at_start_up(tmp_path, capsys, args, match):
@@ -210,7 +223,7 @@ def test_sweep_limits_and_overrides(tmp_path):
     path = write(tmp_path, SWEEP + f"phantoms = {MAX_PHANTOMS}\nphantom_seed = {2**63 - 1}\n", "s.toml")
     spec = load_sweep(path)  # nothing is generated while loading
     assert spec.sweep["phantoms"] == MAX_PHANTOMS and spec.sweep["phantom_seed"] == 2**63 - 1
-    with pytest.raises(ValueError, match=r"run\.batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"run\.batch_size \(--batch-size\) must be an integer >= 1, got 0"):
         load_sweep(path, dict(batch_size=0))
     with pytest.raises(ValueError, match=r"sweep\.out must be a folder"):
         load_sweep(path, dict(out=3))

@@ -338,14 +338,23 @@ CHECKS: dict[str, Callable[[Any], str | None]] = dict(
 )
 
 
+# the command-line flags of the config keys whose flag is not "--" + key with "-" for "_"
+_FLAG_NAMES = {"preset": ["--models", "--preset"]}
+
+
+def config_flags(key: str) -> list[str]:
+    """The `diffice explain` flags that set config key `key` (e.g. --target-class for target_class)."""
+    return _FLAG_NAMES.get(key, ["--" + key.replace("_", "-")])
+
+
 def check_value(section: str, key: str, value: Any, source: str | None = None) -> None:
     """ValueError unless `value` is of the kind [section] key takes (CHECKS: the kind of its default, with its range):
-    "<source>: [section] key must be ..., got ..." for a value from a config file, "section.key must be ..., got ..."
-    for one given otherwise (a command-line flag, an override). Nothing is converted: 2.0 is not an integer, "false"
-    and 0 are not false, 2**64 is not a seed."""
+    "<source>: [section] key must be ..., got ..." for a value from a config file, "section.key (--flag) must be ...,
+    got ..." for one given otherwise (a command-line flag, an override). Nothing is converted: 2.0 is not an integer,
+    "false" and 0 are not false, 2**64 is not a seed."""
     what = CHECKS[key](value)
     if what is not None:
-        where = f"{source}: [{section}] {key}" if source else f"{section}.{key}"
+        where = f"{source}: [{section}] {key}" if source else f"{section}.{key} ({config_flags(key)[0]})"
         raise ValueError(f"{where} must be {what}, got {value!r}")
 
 
