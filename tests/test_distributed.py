@@ -238,3 +238,112 @@ def test_cli_sweep_on_a_local_cluster(tmp_path, models_dir, reference, capsys):
     assert "sweep [" in captured.err and "8/8" in captured.err  # one progress bar over the cluster
     assert "Table 1" in captured.out
     assert stored(spec)[:2] == tuple(reference[2:])
+
+
+def _serve(reply: bytes):
+    """A TCP server on a free local port that accepts connections, sends `reply` (if any) and then holds them open
+    without a word more: what a service that is no Dask scheduler (a dashboard, a web server) looks like to Dask."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply:
+                conn.sendall(reply)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+@pytest.mark.parametrize("reply", [b"", b"HTTP/1.0 400 Bad request\r\n\r\n"], ids=["silent", "http"])
+def test_a_scheduler_address_that_is_no_scheduler_fails_in_bounded_time(monkeypatch, reply):
+    """--scheduler with the dashboard's port (or any service that is not a Dask scheduler) hung the Client forever
+    (silent), or read the reply as a frame length ("Unable to allocate 3.07 EiB"): now one clear error in bounded
+    time."""
+    import threading
+    import time
+
+    from diffice.explain import cluster as c
+
+    monkeypatch.setattr(c, "SCHEDULER_TIMEOUT", 2.0)
+    server, held = _serve(reply)
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    outcome = {}
+
+    def connect():
+        try:
+            outcome["executor"] = open_executor(scheduler=address)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(20)
+    try:
+        assert not thread.is_alive(), f"open_executor(scheduler={address!r}) still waiting after 20 s"
+        exc = outcome.get("error")
+        assert isinstance(exc, c.SchedulerUnreachable) and isinstance(exc, OSError), outcome
+        assert str(exc).startswith(f"--scheduler {address}: ") and "tcp://head-node:8786" in str(exc)
+        assert "EiB" not in str(exc) or "not a Dask scheduler" in str(exc)
+        assert time.monotonic() - t0 < 15
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_worker_that_is_no_scheduler_is_named(cluster):
+    worker = next(iter(cluster.client.scheduler_info()["workers"]))
+    with pytest.raises(ConnectionError, match="a Dask Worker answers there, not a scheduler"):
+        open_executor(scheduler=worker)
+
+
+class _FakeClient:
+    """A Dask client whose workers answer check_workers' probe with `answers` (an exception: it cannot import
+    diffice); submitting anything is an error (nothing may be sent to such workers)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.scheduler = type("S", (), {"address": "tcp://head-node:8786"})()
+        self.dashboard_link = None
+
+    def run(self, fn, *args, on_error="raise"):
+        assert on_error == "return"
+        return {w: a for w, a in self.answers.items()}
+
+    def scheduler_info(self):
+        return dict(workers={w: {} for w in self.answers})
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("a unit was sent to workers that cannot import diffice")
+
+
+def test_workers_without_diffice_are_named_before_any_unit_is_sent(cluster):
+    """A worker whose environment lacks diffice died on the first unit sent to it (unpickling the task), and the
+    client then waited forever for workers, saying nothing: the workers are now asked first."""
+    from diffice import __version__
+    from diffice.explain.cluster import DaskExecutor, WorkersLackDiffice, check_workers
+
+    assert set(check_workers(cluster.client).values()) == {__version__}  # a real cluster's workers pass
+    answers = {
+        "tcp://10.0.0.7:40001": ModuleNotFoundError("No module named 'diffice'"),
+        "tcp://10.0.0.8:40002": "0.1.0",
+    }
+    executor = DaskExecutor(_FakeClient(answers))
+    with pytest.raises(WorkersLackDiffice) as caught:
+        next(executor.run(iter([dict(unit="u0")])))
+    text = str(caught.value)
+    assert "1 of 2 Dask workers cannot import diffice (ModuleNotFoundError: No module named 'diffice')" in text
+    assert "tcp://10.0.0.7:40001" in text and "tcp://10.0.0.8:40002" not in text and "job_script_prologue" in text
+    assert isinstance(caught.value, DistributedUnavailable)  # the CLIs report it as one line, exit 2

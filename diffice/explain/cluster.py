@@ -40,6 +40,10 @@ __all__ = [
     "compute_unit",
     "load_models",
     "DistributedUnavailable",
+    "SchedulerUnreachable",
+    "WorkersLackDiffice",
+    "check_scheduler",
+    "check_workers",
     "LocalExecutor",
     "DaskExecutor",
     "open_executor",
@@ -72,6 +76,19 @@ CLUSTER_DEFAULTS: dict[str, Any] = dict(
 
 class DistributedUnavailable(RuntimeError):
     """A cluster option was given but Dask (or dask-jobqueue) is not installed."""
+
+
+class WorkersLackDiffice(DistributedUnavailable):
+    """Dask workers of the cluster cannot import diffice (their environment lacks it)."""
+
+
+class SchedulerUnreachable(ConnectionError):
+    """--scheduler names no Dask scheduler that answers: nothing listens there, or something that is not a Dask
+    scheduler (a dashboard, a worker, another service)."""
+
+
+#: How long --scheduler waits for the scheduler to answer (seconds).
+SCHEDULER_TIMEOUT = 30.0
 
 
 def _import_distributed():
@@ -302,6 +319,7 @@ class DaskExecutor:
                 )
                 count += 1
 
+        check_workers(self.client)
         top_up()
         for future in flying:
             result = future.result()  # re-raises a unit's exception (or KilledWorker) here
@@ -417,7 +435,8 @@ def open_executor(
         raise ValueError("models loaded in this process cannot be sent to a cluster; give them in the config")
     Client, _, _ = _import_distributed()
     if scheduler:
-        return DaskExecutor(Client(scheduler), restrict=False)
+        check_scheduler(scheduler)
+        return DaskExecutor(Client(scheduler, timeout=SCHEDULER_TIMEOUT), restrict=False)
     assert cluster, "open_executor: the one option left is cluster"
     opts = dict(CLUSTER_DEFAULTS, **(options or {}))
     made = make_cluster(cluster, opts)
@@ -430,6 +449,74 @@ def open_executor(
         made.close()
         raise
     return DaskExecutor(client, made, restrict=True, environ=dict(os.environ) if local else None)
+
+
+def check_scheduler(address: str, timeout: float | None = None) -> None:
+    """Asks `address` who it is and raises SchedulerUnreachable unless a Dask scheduler answers within `timeout`
+    seconds (default SCHEDULER_TIMEOUT). Dask's own connect timeout does not bound the handshake: a service that
+    accepts the connection but is no Dask scheduler (the dashboard's port, another server) hangs a Client forever,
+    or makes it read its reply as a frame length (``Unable to allocate 3.07 EiB``). Runs in a thread of its own, so
+    that it works under a running event loop (a notebook) too."""
+    import asyncio
+    import threading
+
+    from distributed.core import rpc
+
+    limit = SCHEDULER_TIMEOUT if timeout is None else float(timeout)
+    hint = "give the scheduler's address, e.g. tcp://head-node:8786 (not its dashboard's port)"
+    answer: dict[str, Any] = {}
+
+    async def ask() -> Any:
+        async with rpc(address, timeout=limit) as scheduler:
+            return await scheduler.identity()
+
+    def probe() -> None:
+        try:
+            answer["identity"] = asyncio.run(asyncio.wait_for(ask(), limit))
+        except BaseException as exc:  # reported by the caller, in its thread
+            answer["error"] = exc
+
+    thread = threading.Thread(target=probe, name="diffice-check-scheduler", daemon=True)
+    thread.start()
+    thread.join(limit + 5.0)
+    exc = answer.get("error")
+    if thread.is_alive() or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        raise SchedulerUnreachable(
+            f"--scheduler {address}: no answer from a Dask scheduler within {limit:g} s; {hint}"
+        ) from None
+    if isinstance(exc, OSError):
+        raise SchedulerUnreachable(f"--scheduler {address}: cannot connect ({exc}); {hint}") from None
+    if exc is not None:
+        raise SchedulerUnreachable(
+            f"--scheduler {address}: what answers there is not a Dask scheduler ({type(exc).__name__}: {exc}); {hint}"
+        ) from None
+    kind = answer["identity"].get("type") if isinstance(answer.get("identity"), dict) else None
+    if kind != "Scheduler":
+        raise SchedulerUnreachable(
+            f"--scheduler {address}: a Dask {kind or 'service'} answers there, not a scheduler; {hint}"
+        )
+
+
+#: Run on each worker by check_workers: imports diffice's unit code and returns diffice's version. (A builtin and a
+#: string, so that a worker without diffice can still unpickle it: a unit's task, which names diffice's functions,
+#: kills such a worker when it arrives, and Dask then waits forever for workers.)
+_WORKER_PROBE = "__import__('diffice.explain.cluster').__version__"
+
+
+def check_workers(client: Any) -> dict[str, str]:
+    """Checks that every worker connected now imports diffice; WorkersLackDiffice naming those that do not (and
+    why). Returns each worker's diffice version. Workers that join later (queued jobs) are not checked."""
+    found = client.run(eval, _WORKER_PROBE, on_error="return")
+    bad = {w: r for w, r in found.items() if isinstance(r, BaseException)}
+    if bad:
+        first = next(iter(bad.values()))
+        raise WorkersLackDiffice(
+            f"{len(bad)} of {len(found)} Dask workers cannot import diffice ({type(first).__name__}: {first}): "
+            f"{', '.join(sorted(bad))}. Install diffice in the workers' environment (the same version as here), "
+            f'e.g. [cluster] job_script_prologue = ["source ~/venvs/diffice/bin/activate"] or python = "..." '
+            f"for --cluster slurm|pbs, or start `dask worker` from that environment"
+        )
+    return {w: str(r) for w, r in found.items()}
 
 
 def describe(executor: Any, stream: Any = None) -> None:
