@@ -171,9 +171,10 @@ CsvRows = list[tuple[int, dict[str, str]]]  # (line number, row) for each row of
 def read_csv(path: PathLike, required: tuple[str, ...], what: str) -> tuple[list[str], CsvRows]:
     """A UTF-8 CSV file with a header row: its column names and its rows, each with its line number in the file.
     ``what`` says what the file should be ("a CSV of answers"): text that is not UTF-8 or not CSV, and a header
-    without the ``required`` columns, are a ValueError naming the file."""
+    without the ``required`` columns, are a ValueError naming the file. A leading byte order mark (a spreadsheet's
+    "CSV UTF-8") is not part of the first column's name."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = list(reader.fieldnames or [])
             missing = [c for c in required if c not in fields]

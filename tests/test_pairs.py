@@ -239,3 +239,98 @@ def test_reader_clicks_in_a_real_browser_and_downloads_the_csv(tmp_path, rng, ca
     assert main(["pairs", "--score", str(target), "--key", str(key_path(tmp_path / "sheet.html"))]) == 0
     out = capsys.readouterr().out
     assert "counterfactual preferred in 3 of 4 answered pairs (1 unanswered)" in out and "Dr Test" in out
+
+
+def test_unnamed_readers_are_not_merged_into_one(tmp_path, rng):
+    """Two readers who left the name empty once merged into one "(unnamed)" reader, the second's answers replacing
+    the first's: 0 of 4 answered instead of 4 of 8, silently. One unnamed download still scores."""
+    res = results_folder(tmp_path / "res", 4, rng)
+    key = make_sheet(res, tmp_path / "sheet.html", n=4, seed=3)
+    sid, cf = key["sheet_id"], {p["pair"]: p["counterfactual_side"] for p in key["pairs"]}
+    other = {k: "left" if v == "right" else "right" for k, v in cf.items()}
+    one = [[sid, "", k, cf[k]] for k in (1, 2, 3, 4)]
+    _write_answers(tmp_path / "one.csv", one)
+    r = score_answers(tmp_path / "one.csv", key_path(tmp_path / "sheet.html"))
+    assert (r["counterfactual_preferred"], r["answered"], r["unanswered"], r["readers"]) == (4, 4, 0, [""])
+    _write_answers(tmp_path / "two.csv", one + [[sid, " ", k, other[k]] for k in (1, 2, 3, 4)])
+    with pytest.raises(ValueError, match=r"two\.csv: rows 2 and 6 both answer pair 1 without a reader name"):
+        score_answers(tmp_path / "two.csv", key_path(tmp_path / "sheet.html"))
+
+
+def test_downloads_put_together_with_cat_and_a_spreadsheet_s_csv_score(tmp_path, rng):
+    """`cat a.csv b.csv` repeats the header line, which was read as answers to a sheet called 'sheet_id'; a CSV
+    saved by a spreadsheet starts with a byte order mark, which made its header lack 'sheet_id'; a file with no
+    answer row at all scored as 0 of 0 answered."""
+    res = results_folder(tmp_path / "res", 4, rng)
+    key = make_sheet(res, tmp_path / "sheet.html", n=4, seed=3)
+    sid, cf = key["sheet_id"], {p["pair"]: p["counterfactual_side"] for p in key["pairs"]}
+    _write_answers(tmp_path / "a.csv", [[sid, "a", k, cf[k]] for k in (1, 2, 3, 4)])
+    _write_answers(tmp_path / "b.csv", [[sid, "b", 1, cf[1]]])
+    (tmp_path / "ab.csv").write_bytes((tmp_path / "a.csv").read_bytes() + (tmp_path / "b.csv").read_bytes())
+    r = score_answers(tmp_path / "ab.csv", key_path(tmp_path / "sheet.html"))
+    assert (r["counterfactual_preferred"], r["answered"], r["unanswered"], r["readers"]) == (5, 5, 3, ["a", "b"])
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a.csv").read_bytes())
+    assert score_answers(tmp_path / "bom.csv", key_path(tmp_path / "sheet.html"))["answered"] == 4
+    _write_answers(tmp_path / "none.csv", [])
+    with pytest.raises(ValueError, match=r"none\.csv: no answers in it"):
+        score_answers(tmp_path / "none.csv", key_path(tmp_path / "sheet.html"))
+
+
+SHEET_HARNESS = r"""
+// runs the sheet's script on a stub DOM: argv sheet.html, reader name, clicks "1:left,2:right", out.csv
+const fs = require("fs");
+const [html, reader, clicks, out] = process.argv.slice(2);
+const src = fs.readFileSync(html, "utf8");
+const els = {}, on = {};
+const el = (id) => els[id] || (els[id] = {value: "", textContent: "", dataset: {}, classList: {toggle() {}},
+  focus() {}, addEventListener(t, f) { on[id] = f; }});
+const imgs = [];
+for (const m of src.matchAll(/<img class="choice" id="(p\d+-(?:left|right))" data-pair="(\d+)" data-side="(\w+)"/g)) {
+  el(m[1]).dataset = {pair: m[2], side: m[3]}; imgs.push(el(m[1]));
+}
+el("reader").value = reader;
+let text = null, alerted = null;
+global.alert = (m) => { alerted = m; };
+global.Blob = class { constructor(parts) { text = parts.join(""); } };
+global.URL = {createObjectURL: () => "blob:"};
+global.document = {getElementById: el, querySelectorAll: () => imgs, body: {appendChild() {}},
+  createElement: () => ({click() {}, remove() {}})};
+eval(src.split("<script>")[1].split("</script>")[0]);
+for (const c of clicks.split(",").filter(Boolean)) { const [k, s] = c.split(":"); on["p" + k + "-" + s](); }
+on["download"]();
+if (text !== null) fs.writeFileSync(out, text);
+console.log(JSON.stringify({downloaded: text !== null, alerted}));
+"""
+
+
+def test_the_sheet_asks_for_the_reader_s_name_before_the_download(tmp_path, rng):
+    """The sheet's own script (run under node on a stub DOM; the headless-browser test above needs chromium): with
+    no reader name it downloaded a CSV whose rows could not be told from another unnamed reader's; now it asks for
+    the name, and the downloaded CSV (name trimmed) scores."""
+    import subprocess
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed")
+    res = results_folder(tmp_path / "res", 3, rng)
+    key = make_sheet(res, tmp_path / "sheet.html", n=3, seed=5)
+    (tmp_path / "harness.js").write_text(SHEET_HARNESS)
+
+    def reader(name, clicks):
+        out = subprocess.run(
+            [node, str(tmp_path / "harness.js"), str(tmp_path / "sheet.html"), name, clicks, str(tmp_path / "a.csv")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(out.stdout)
+
+    asked = "Please enter your name (Reader) before downloading the answers."
+    assert reader("  ", "1:left") == dict(downloaded=False, alerted=asked)
+    got = reader(' Dr "A", B ', "1:left,2:left,3:right")
+    assert got["downloaded"] and (tmp_path / "a.csv").read_text().splitlines()[1].split(",")[1] == "Dr  A   B"
+    cf = {p["pair"]: p["counterfactual_side"] for p in key["pairs"]}
+    r = score_answers(tmp_path / "a.csv", key_path(tmp_path / "sheet.html"))
+    want = sum(cf[k] == s for k, s in ((1, "left"), (2, "left"), (3, "right")))
+    assert (r["counterfactual_preferred"], r["answered"], r["readers"]) == (want, 3, ["Dr  A   B"])

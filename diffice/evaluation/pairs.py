@@ -170,8 +170,11 @@ for (const img of document.querySelectorAll("img.choice")) {{
     refresh();
   }});
 }}
+function readerName() {{
+  return document.getElementById("reader").value.replace(/[",\\n\\r]/g, " ").trim();
+}}
 function answersCsv() {{
-  const reader = document.getElementById("reader").value.replace(/[",\\n\\r]/g, " ");
+  const reader = readerName();
   let text = "sheet_id,reader,pair,choice\\n";
   for (let k = 1; k <= total; k++) {{
     text += sheetId + "," + reader + "," + k + "," + (answers[k] || "") + "\\n";
@@ -179,6 +182,11 @@ function answersCsv() {{
   return text;
 }}
 document.getElementById("download").addEventListener("click", () => {{
+  if (!readerName()) {{  // several readers' answers without names could not be told apart when scored
+    alert("Please enter your name (Reader) before downloading the answers.");
+    document.getElementById("reader").focus();
+    return;
+  }}
   const blob = new Blob([answersCsv()], {{type: "text/csv"}});
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
@@ -220,19 +228,27 @@ def _read_key(key_json: PathLike) -> dict[str, Any]:
 
 
 def _read_answers(answers_csv: PathLike) -> list[tuple[int, dict[str, str]]]:
-    """The rows of a reader's CSV with their line numbers; a ValueError naming the file for anything unreadable."""
-    return read_csv(answers_csv, ("sheet_id", "pair", "choice"), "a CSV of answers")[1]
+    """The rows of a reader's CSV with their line numbers; a ValueError naming the file for anything unreadable.
+    Header lines repeated inside the file (downloads put together with ``cat``) are left out; a file without a
+    single answer row is an error."""
+    fields, rows = read_csv(answers_csv, ("sheet_id", "pair", "choice"), "a CSV of answers")
+    rows = [(line, r) for line, r in rows if [r.get(f) for f in fields] != fields]
+    if not rows:
+        raise ValueError(f"{answers_csv}: no answers in it (only the header line sheet_id,reader,pair,choice)")
+    return rows
 
 
 def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
     """Tallies the readers' CSV against the key: how often the counterfactual was preferred, with the exact
     binomial p-value against chance. Each reader's answer to each pair counts once: where a reader answered a pair
     more than once (rows of several downloads put together), the last answer counts. Answered and unanswered count
-    (reader, pair) answers: with R readers, answered + unanswered = R x pairs."""
+    (reader, pair) answers: with R readers, answered + unanswered = R x pairs. Rows without a reader name may give
+    each pair once (two such rows for one pair: a ValueError, since several unnamed readers would merge into one)."""
     key = _read_key(key_json)
     by_pair = key["by_pair"]
     rows = _read_answers(answers_csv)
     last: dict[tuple[str, int], str] = {}  # (reader, pair) -> the reader's last answer to it
+    unnamed: dict[int, int] = {}  # pair -> the line of its row without a reader name
     readers = set()
     for line, r in rows:
         if r["sheet_id"] != key["sheet_id"]:
@@ -247,7 +263,15 @@ def score_answers(answers_csv: PathLike, key_json: PathLike) -> dict[str, Any]:
             ) from None
         if pair not in by_pair:
             raise ValueError(f"{answers_csv}: pair {pair} is not in the key (1..{len(by_pair)})")
-        reader = r.get("reader") or ""
+        reader = (r.get("reader") or "").strip()  # as the sheet writes it
+        if not reader:
+            if pair in unnamed:  # one unnamed download has each pair once: two readers' rows cannot be told apart
+                raise ValueError(
+                    f"{answers_csv}: rows {unnamed[pair]} and {line} both answer pair {pair} without a reader name: "
+                    f"the answers of several unnamed readers (or downloads) cannot be told apart; put each reader's "
+                    f"name in the reader column of their rows"
+                )
+            unnamed[pair] = line
         readers.add(reader)
         if r["choice"] not in ("left", "right", ""):
             raise ValueError(f"{answers_csv}: pair {pair}: choice must be left, right or empty, got {r['choice']!r}")
