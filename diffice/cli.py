@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .models.unet import DEFAULT_CONFIG as UNET_DEFAULTS
+from .progress import stdout_closed
 from .train.ddpm import DDPM_DEFAULTS
 from .train.networks import SUPERVISED_DEFAULTS
 
@@ -742,25 +743,6 @@ def _new_empty_folder(path: str | None, existed: bool) -> Path | None:
         return None
 
 
-def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader went away (poll reports an error on its write end); if so, stdout is
-    pointed at /dev/null so that the interpreter's own flush at exit does not report the same error again."""
-    import select
-
-    try:
-        fd = sys.stdout.fileno()
-        poll = select.poll()
-        poll.register(fd, select.POLLOUT)
-        closed = any(events & select.POLLERR for _, events in poll.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (a notebook, a test)
-        return False
-    if closed:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-    return closed
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = getattr(args, "out", None)  # the output folder of the commands that have one
@@ -780,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
-        if _stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
+        if stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
             return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
         print(f"diffice {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ printed every few seconds otherwise (logs, notebooks)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -70,3 +71,23 @@ class ProgressBar:
             if self.interactive:
                 self.stream.write("\n")
                 self.stream.flush()
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader went away (poll reports an error on its write end); if so, stdout is
+    pointed at /dev/null so that the interpreter's own flush at exit does not report the same error again. The
+    command-line entry points stop quietly with 141 (128 + SIGPIPE) then, as the shell's own tools do."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (a notebook, a test)
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed

@@ -55,6 +55,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .progress import stdout_closed
+
 __all__ = [
     "check_explainer_regression",
     "assert_matches_reference",
@@ -891,6 +893,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if k != "input_atol":
             c.add_argument("--" + k.replace("_", "-"), type=float, default=v)
     args = p.parse_args(argv)
+    try:
+        return _run_command(args)
+    except BrokenPipeError as exc:
+        if stdout_closed():  # the reader of the output went away (... show ref | head): stop quietly
+            return 141
+        print(f"python -m diffice.testing {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:  # a missing or malformed reference file: one line naming it
+        print(f"python -m diffice.testing {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_command(args: Any) -> int:
     if args.command == "show":
         print(_show(load_reference(args.reference)))
         return 0

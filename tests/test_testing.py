@@ -255,6 +255,31 @@ def test_cli_show_and_compare(run, inputs, tmp_path, capsys):
     assert main(["compare", str(b), str(a), "--atol", "0.3", "--mean-atol", "0.3"]) == 0
 
 
+def test_cli_bad_files_are_one_line_and_a_closed_pipe_stops_quietly(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    for args in (["show", str(tmp_path / "missing.safetensors")], ["show", str(tmp_path)], ["show", str(damaged)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m diffice.testing show: error: "), err
+        assert args[1] in err[0]
+    # `python -m diffice.testing show ref | head` (a reader that goes away): 141 without a traceback
+    spam = (
+        "import sys, diffice.testing as t\n"
+        "t._show = lambda ref: '\\n'.join(f'line {i} ' + 'x' * 60 for i in range(200000))\n"
+        f"sys.exit(t.main(['show', {str(DEMO_REFERENCE)!r}]))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", spam], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
 def test_bundled_models_match_the_committed_reference():
     """The demo models, 4 phantoms (one of each failure mode), 2 iterations at tau 10 of 100, against
     tests/data/demo_regression.safetensors (float16, 124 KB): with the default tolerances, which cover the
