@@ -60,6 +60,21 @@ def write_tiny_models(folder: Path) -> Path:
     return folder
 
 
+def write_sononet_authors_npz(net, path: Path) -> Path:
+    """A SonoNet's weights in the SonoNet authors' .npz layout (arr_0 ... arr_74: per conv its weight, the BN's
+    beta, gamma, mean and 1 / sqrt(var + 1e-4)), the file a researcher has without diffice's description."""
+    from diffice.models.sononet import _conv_names
+
+    sd = net.state_dict()
+    arrays = []
+    for conv, bn in _conv_names():
+        var = sd[f"{bn}.running_var"].astype(np.float64)
+        arrays += [sd[f"{conv}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.weight"], sd[f"{bn}.running_mean"]]
+        arrays.append((1.0 / np.sqrt(var + 1e-4)).astype(np.float32))
+    np.savez(path, *arrays)
+    return path
+
+
 def interrupt_training_step(monkeypatch, module, step: int = 2):
     """Makes `module.clip_grad_norm` (called once per training step) send SIGINT to this process on its step-th
     call, as Ctrl-C during that step. Returns the original, to put back with monkeypatch.setattr."""

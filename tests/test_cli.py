@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import write_sononet_authors_npz
 
 from diffice.cli import main
 
@@ -455,17 +456,9 @@ def test_explain_warns_when_the_released_sononet_runs_at_another_size(tmp_path, 
     from diffice.data.images import save_png
     from diffice.explain.demo import MODELS_DIR
     from diffice.explain.run import SonoNetSizeWarning, warn_sononet_size
-    from diffice.models.sononet import _conv_names
 
     net = SonoNet.random(k=4, num_classes=14)
-    sd = net.state_dict()
-    arrays = []
-    for conv, bn in _conv_names():
-        var = sd[f"{bn}.running_var"].astype(np.float64)
-        arrays += [sd[f"{conv}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.weight"], sd[f"{bn}.running_mean"]]
-        arrays.append((1.0 / np.sqrt(var + 1e-4)).astype(np.float32))
-    authors = tmp_path / "SonoNet4.npz"
-    np.savez(authors, *arrays)  # the authors' layout, arr_0 ... arr_74
+    authors = write_sononet_authors_npz(net, tmp_path / "SonoNet4.npz")
     (tmp_path / "in").mkdir()
     save_png(tmp_path / "in" / "a.png", np.zeros((64, 80), np.float32))
     args = ["explain", "--unet", str(MODELS_DIR / "ddpm.safetensors"), "--perceptual-kind", "pixel-l2"]

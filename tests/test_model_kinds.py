@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_sononet_authors_npz
 
 from diffice import PlaneClassifier, Segmenter, SonoNet, UNet
 from diffice.evaluation import metrics
@@ -321,17 +322,8 @@ def test_metrics_takes_the_sononet_authors_npz_that_guided_the_run(tmp_path):
     """diffice explain --classifier-kind sononet --classifier SonoNet16.npz (the authors' file, no diffice
     description) made the run; diffice metrics judged it by default with that file but refused the same file given
     as --classifier ("no 'diffice_model' description ... needs a PlaneClassifier or SonoNet")."""
-    from diffice.models.sononet import _conv_names
-
     net = SonoNet.random(k=4, num_classes=14)
-    sd = net.state_dict()
-    arrays = []
-    for conv, bn in _conv_names():
-        var = sd[f"{bn}.running_var"].astype(np.float64)
-        arrays += [sd[f"{conv}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.weight"], sd[f"{bn}.running_mean"]]
-        arrays.append((1.0 / np.sqrt(var + 1e-4)).astype(np.float32))
-    path = tmp_path / "SonoNet4.npz"
-    np.savez(path, *arrays)  # arr_0 ... arr_74, the authors' layout
+    path = write_sononet_authors_npz(net, tmp_path / "SonoNet4.npz")
     settings = tmp_path / "run_settings.json"
     settings.write_text(json.dumps({"models": {"classifier_kind": "sononet", "target_class": 5}}))
     view = metrics.load_metrics_classifier(path, settings)
