@@ -75,6 +75,22 @@ def write_sononet_authors_npz(net, path: Path) -> Path:
     return path
 
 
+def read_first_line_and_close(script: str) -> tuple[int, bytes]:
+    """Runs `python -c script`, reads the first line of its output and closes the pipe, as `... | head -1` does:
+    (its exit status, its stderr). The script is expected to print lines starting "line 0 ", "line 1 ", ..."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"line 0 ")
+    proc.stdout.close()
+    status = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    return status, err
+
+
 def interrupt_training_step(monkeypatch, module, step: int = 2):
     """Makes `module.clip_grad_norm` (called once per training step) send SIGINT to this process on its step-th
     call, as Ctrl-C during that step. Returns the original, to put back with monkeypatch.setattr."""
