@@ -93,8 +93,11 @@ def load_torch(path: PathLike) -> dict[str, np.ndarray]:
     The state_dict is the saved dict itself, or, when the saved dict has one, its ``'state_dict'`` entry, else
     its ``'model'`` entry, else its ``'ema'`` entry (the first of these that is a dict). Entries that are not
     tensors (``_metadata``, epoch counters, ...) are skipped. When every tensor name starts with ``module.``
-    (DistributedDataParallel) that prefix is removed. Non-contiguous tensors come back dense with the same
-    values; int64 buffers such as ``num_batches_tracked`` come back as float32.
+    (DataParallel / DistributedDataParallel) or ``_orig_mod.`` (torch.compile) that prefix is removed (both, in
+    either order, when both wrap the model). A pickled object other than tensors and containers (a whole model
+    from ``torch.save(model)``) is refused by its class name, saying to save the state_dict. Non-contiguous
+    tensors come back dense with the same values; int64 buffers such as ``num_batches_tracked`` come back as
+    float32.
     """
     return _load(path, "torch")[0]
 

@@ -480,6 +480,29 @@ def test_torch_nested_and_ddp(tmp_path, legacy):
     must_fail(tmp_path / "h.pt", "tensor 'w' has 5 dimensions; at most 4 are supported")
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_compile_and_wrapper_prefixes_are_stripped(tmp_path, legacy):
+    """torch.compile's '_orig_mod.' is stripped like DDP's 'module.', in either order and nested; only when every
+    tensor key has it."""
+    sd = make_state_dict()
+    for i, prefix in enumerate(["_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module."]):
+        path = tmp_path / f"{i}.pt"
+        wrapped = collections.OrderedDict((prefix + k, v) for k, v in sd.items())
+        torch.save({"model": wrapped, "step": 3}, path, _use_new_zipfile_serialization=not legacy)
+        assert_same(dio.load_torch(path), sd)
+    mixed = collections.OrderedDict([("_orig_mod.a", torch.ones(1)), ("module.b", torch.zeros(1))])
+    torch.save(mixed, tmp_path / "m.pt", _use_new_zipfile_serialization=not legacy)
+    assert list(dio.load_torch(tmp_path / "m.pt")) == ["_orig_mod.a", "module.b"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_whole_pickled_module_is_refused_saying_to_save_the_state_dict(tmp_path, legacy):
+    path = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 3), path, _use_new_zipfile_serialization=not legacy)
+    err = must_fail(path, r"refusing pickle global 'torch\.nn\.modules\.linear\.Linear'")
+    assert "torch.save(model.state_dict(), path)" in str(err) and "\n" not in str(err)
+
+
 def test_torch_handmade_views(tmp_path):
     data = np.arange(24, dtype=np.float32)
     s = _Storage("0", torch.FloatStorage, 24)

@@ -307,7 +307,12 @@ static dfc_status push_global(unpickler *u, const char *module, const char *name
             return push(u, v);
         }
     }
-    return dfc_fail(u->err, DFC_ERR_FORMAT, "refusing pickle global '%.200s.%.200s'", module, name);
+    /* A whole pickled nn.Module (torch.save(model)) or any other Python object lands here: say what to save. */
+    return dfc_fail(u->err, DFC_ERR_FORMAT,
+                    "refusing pickle global '%.200s.%.200s': only state_dicts (tensors in dicts, lists and tuples) are "
+                    "read, never pickled objects such as a whole model from torch.save(model); in PyTorch, save "
+                    "the weights with torch.save(model.state_dict(), path)",
+                    module, name);
 }
 
 /* GLOBAL: "module\nname\n" */
@@ -842,13 +847,9 @@ static dfc_status load_state_dict(unpickler *u, const value *root, dfc_weights *
             break;
         }
     }
-    size_t tensors = 0, prefixed = 0;
-    for (size_t i = 0; i + 1 < sd->count; i += 2) {
-        if (sd->items[i]->type == V_STR && sd->items[i + 1]->type == V_TENSOR) {
-            tensors++;
-            prefixed += strncmp(sd->items[i]->s, "module.", 7) == 0;
-        }
-    }
+    size_t tensors = 0;
+    for (size_t i = 0; i + 1 < sd->count; i += 2)
+        tensors += sd->items[i]->type == V_STR && sd->items[i + 1]->type == V_TENSOR;
     if (tensors == 0) {
         char keys[400];
         size_t pos = 0;
@@ -861,7 +862,23 @@ static dfc_status load_state_dict(unpickler *u, const value *root, dfc_weights *
                         "%s)",
                         pos ? keys : "none");
     }
-    size_t skip = prefixed == tensors ? 7 : 0; /* DistributedDataParallel's "module." on every key */
+    /* The wrappers' prefixes on every key, in any order: DataParallel / DistributedDataParallel's "module.",
+     * torch.compile's "_orig_mod." (each strips at least 7 bytes, so this ends). */
+    static const char *const wrappers[] = {"module.", "_orig_mod."};
+    size_t skip = 0;
+    for (int stripped = 1; stripped;) {
+        stripped = 0;
+        for (size_t k = 0; k < sizeof wrappers / sizeof wrappers[0] && !stripped; k++) {
+            size_t n = strlen(wrappers[k]), prefixed = 0;
+            for (size_t i = 0; i + 1 < sd->count; i += 2)
+                if (sd->items[i]->type == V_STR && sd->items[i + 1]->type == V_TENSOR)
+                    prefixed += sd->items[i]->len >= skip + n && strncmp(sd->items[i]->s + skip, wrappers[k], n) == 0;
+            if (prefixed == tensors) {
+                skip += n;
+                stripped = 1;
+            }
+        }
+    }
     for (size_t i = 0; i + 1 < sd->count; i += 2)
         if (sd->items[i]->type == V_STR && sd->items[i + 1]->type == V_TENSOR)
             DFC_TRY(add_tensor(u, sd->items[i]->s + skip, sd->items[i + 1], w));
