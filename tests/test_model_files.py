@@ -355,3 +355,31 @@ def test_unet_attention_layout_comes_from_the_file(tmp_path, rng):
     assert loaded.config["num_heads"] == 2
     x = rng.standard_normal((1, 1, 16, 16)).astype(np.float32)
     np.testing.assert_array_equal(loaded.forward(x, [10]), unet.forward(x, [10]))
+
+
+TINY_UNET = dict(in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,))
+
+
+def test_a_network_saved_inside_another_module_is_refused_naming_its_prefix(tmp_path):
+    """A PyTorch Lightning .ckpt ('state_dict' of the LightningModule: 'model.*' keys beside the trainer's entries):
+    one line naming the key found and the state_dict to save, for the UNet and for SonoNet."""
+    torch = pytest.importorskip("torch")
+
+    def lightning_ckpt(name, attribute, state_dict):
+        sd = {f"{attribute}.{k}": torch.from_numpy(v) for k, v in state_dict.items()}
+        extra = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "2.4.0", "optimizer_states": []}
+        torch.save(dict(extra, state_dict=sd, hyper_parameters={"lr": 1e-4}), tmp_path / name)
+        return tmp_path / name
+
+    unet_file = lightning_ckpt("unet.ckpt", "model", UNet.random(TINY_UNET, seed=0).state_dict())
+    with pytest.raises(ValueError) as info:
+        UNet.from_file(unet_file, num_heads=2)
+    msg = str(info.value)
+    assert msg.startswith(f"{unet_file}: not a guided-diffusion UNet checkpoint: missing 'time_embed.0.weight'")
+    assert "the file has it as 'model.time_embed.0.weight'" in msg
+    assert "torch.save(lightning_module.model.state_dict(), path)" in msg and "\n" not in msg
+
+    sononet_file = lightning_ckpt("sononet.ckpt", "net", SonoNet.random(4, 1, 14, seed=0).state_dict())
+    with pytest.raises(ValueError, match=r"the file has it as 'net\.features\.0\.0\.0\.weight'.*lightning_module\.net"):
+        load_classifier("sononet", str(sononet_file))
+

@@ -57,6 +57,20 @@ def some_keys(keys: Iterable[str], shown: int = 3) -> str:
     return str(keys) if len(keys) <= shown else f"{keys[:shown]} ... ({len(keys)} in all)"
 
 
+def prefixed_key_hint(keys: Iterable[str], key: str) -> str:
+    """For a missing `key`: where the file has it under a prefix (a PyTorch Lightning checkpoint's 'model.', any
+    module wrapping the network), "; it is there as 'model.<key>' ..." saying what to save instead; else ""."""
+    prefixes = sorted({k[: -len(key)] for k in keys if k.endswith("." + key)})
+    if not prefixes:
+        return ""
+    found = " and ".join(repr(p + key) for p in prefixes[:3]) + (" ..." if len(prefixes) > 3 else "")
+    return (
+        f"; the file has it as {found}: the network is saved inside another module (a PyTorch Lightning "
+        f"checkpoint, a wrapper). Save the network's own state_dict, e.g. "
+        f"torch.save(lightning_module.{prefixes[0].rstrip('.')}.state_dict(), path)"
+    )
+
+
 def _mismatch_error(what: str, params: Mapping[str, np.ndarray], state_dict: Mapping[str, Any]) -> str | None:
     """None when state_dict has exactly params' keys and shapes, else "<what> state_dict does not match the model: "
     and what is missing, unexpected or mis-shaped (counted, the first few named: a wrong checkpoint for a UNet would

@@ -36,7 +36,7 @@ from .._native import _C
 from ..io import _load, save_safetensors
 from ..ops._backend import check_backend_name, get_backend
 from .description import Description, model_from_description, model_metadata
-from .network import _mismatch_error, config_bool, config_int
+from .network import _mismatch_error, config_bool, config_int, prefixed_key_hint
 from .probabilities import predicted_class, probabilities
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -167,7 +167,7 @@ class SonoNet:
         first, last = "features.0.0.0.weight", "adaption.3.weight"
         for key in (first, last):
             if key not in state_dict:
-                raise ValueError(f"not a SonoNet state_dict: missing '{key}'")
+                raise ValueError(f"not a SonoNet state_dict: missing '{key}'" + prefixed_key_hint(state_dict, key))
         k, in_channels = (int(d) for d in np.shape(state_dict[first])[:2])
         num_classes = int(np.shape(state_dict[last])[0])
         net = cls(k, in_channels, num_classes, standardize, backend)

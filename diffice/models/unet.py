@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from .._native import _C
 from ..ops._backend import get_backend
-from .network import NetworkBase, config_bool, config_int
+from .network import NetworkBase, config_bool, config_int, prefixed_key_hint
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -137,7 +137,9 @@ def infer_config(
     def shape(key: str, expected: tuple[int | None, ...]) -> tuple[int, ...]:
         """key's shape, checked against expected (None: any size; the ndim is always checked)."""
         if key not in state_dict:
-            raise ValueError(f"not a guided-diffusion UNet checkpoint: missing '{key}'")
+            raise ValueError(
+                f"not a guided-diffusion UNet checkpoint: missing '{key}'" + prefixed_key_hint(state_dict, key)
+            )
         got = tuple(int(d) for d in np.shape(state_dict[key]))
         if len(got) != len(expected) or any(e is not None and g != e for g, e in zip(got, expected)):
             want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "")
