@@ -383,3 +383,23 @@ def test_a_network_saved_inside_another_module_is_refused_naming_its_prefix(tmp_
     with pytest.raises(ValueError, match=r"the file has it as 'net\.features\.0\.0\.0\.weight'.*lightning_module\.net"):
         load_classifier("sononet", str(sononet_file))
 
+
+def test_a_classifier_state_dict_of_the_other_kind_says_which_kind_to_pass(tmp_path):
+    """A PyTorch-port SonoNet state_dict given as a plane classifier (the default kind) says to pass
+    --classifier-kind sononet, as the authors' .npz does; a plane classifier's state_dict given as sononet says
+    plane."""
+    torch = pytest.importorskip("torch")
+    sononet = {k: torch.from_numpy(v) for k, v in SonoNet.random(4, 1, 14, seed=0).state_dict().items()}
+    torch.save({"state_dict": sononet, "epoch": 1}, tmp_path / "sononet.pt")
+    with pytest.raises(ValueError, match=r"sononet\.pt: .*pass --classifier-kind sononet"):
+        load_classifier("plane", str(tmp_path / "sononet.pt"))
+    from diffice import Segmenter
+
+    plane = PlaneClassifier(Segmenter.random(4, 8, 2, 4, seed=0), SonoNet.random(4, 5, 2, seed=0))
+    torch.save({k: torch.from_numpy(v) for k, v in plane.state_dict().items()}, tmp_path / "plane.pt")
+    with pytest.raises(ValueError) as info:
+        load_classifier("sononet", str(tmp_path / "plane.pt"))
+    assert str(info.value) == (
+        f"{tmp_path / 'plane.pt'}: not SonoNet weights but, by its segmenter.* and classifier.* tensors, a plane "
+        'classifier f = l(s(x), x): pass --classifier-kind plane (models.classifier_kind = "plane")'
+    )

@@ -65,8 +65,9 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     'sononet': SonoNet-k with `target_class` viewed as the positive class of a binary classifier.
 
     A diffice file is built from its own description (the module docstring's rule); its type must be the kind's
-    (PlaneClassifier / SonoNet), else ValueError naming the file (for the SonoNet authors' .npz given as 'plane',
-    saying to pass kind 'sononet'). A target_class that is not one of SonoNet's classes is a ValueError naming
+    (PlaneClassifier / SonoNet), else ValueError naming the file (for SonoNet weights, the authors' .npz or a
+    PyTorch port's state_dict, given as 'plane', saying to pass kind 'sononet'; for a plane classifier's state_dict
+    given as 'sononet', kind 'plane'). A target_class that is not one of SonoNet's classes is a ValueError naming
     models.target_class (--target-class) and the classes."""
     if not path:
         raise ValueError("models.classifier: a classifier file is required")
@@ -75,11 +76,24 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
     try:
         model = load_model(path, backend, expect=CLASSIFIER_KINDS[kind], what=f"models.classifier_kind = {kind!r}")
     except ValueError as exc:
-        # the authors' SonoNet .npz, recognised as SonoNet.from_file does, given as a plane classifier
-        if kind == "plane" and looks_like_authors_npz(read_model_file(path)[0]):
+        # the authors' SonoNet .npz, recognised as SonoNet.from_file does, or a PyTorch port's state_dict (its first
+        # and last tensors' names), given as a plane classifier
+        try:
+            names, meta = read_model_file(path)
+        except (OSError, ValueError):
+            raise exc from None
+        sononet = looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names)
+        if kind == "plane" and sononet:
             raise ValueError(
                 f"{exc}; this looks like SonoNet weights: pass --classifier-kind sononet "
                 f'(models.classifier_kind = "sononet")'
+            ) from None
+        # a plane classifier's state_dict without a description (s and l under their prefixes) given as SonoNet
+        plane = "diffice_model" not in meta and {n.split(".")[0] for n in names} >= {"segmenter", "classifier"}
+        if kind == "sononet" and plane:
+            raise ValueError(
+                f"{os.fspath(path)}: not SonoNet weights but, by its segmenter.* and classifier.* tensors, a plane "
+                f'classifier f = l(s(x), x): pass --classifier-kind plane (models.classifier_kind = "plane")'
             ) from None
         raise
     if kind == "sononet":
