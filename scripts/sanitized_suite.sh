@@ -22,7 +22,7 @@ logs=$(mktemp -d /tmp/diffice-sanitizer-logs.XXXXXX)
 # nothing to call and aborts the first C++ extension that throws (matplotlib's font module)
 status=0
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
-ASAN_OPTIONS=detect_leaks=0:log_path=$logs/asan \
+ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:log_path=$logs/asan \
 UBSAN_OPTIONS=print_stacktrace=1:log_path=$logs/ubsan \
 DIFFICE_SHARED=${DIFFICE_SHARED:-$repo/../shared} \
     python -m pytest -q -p no:cacheprovider "${@:-tests}" || status=$?

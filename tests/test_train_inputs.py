@@ -65,9 +65,10 @@ def tiny_segmenter_run(out, steps, resume=False):
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1"])
 def test_bad_grad_clip_is_refused(value, tmp_path, phantom_set):
-    with pytest.raises(ValueError, match=r"train_ddpm: grad_clip must be a finite number >= 0 \(0: no clipping\)"):
+    want = r"grad_clip \(--grad-clip\) must be a finite number >= 0 \(0: no clipping\)"
+    with pytest.raises(ValueError, match=r"train_ddpm: " + want):
         train_ddpm(images(), tmp_path / "d", TINY, steps=1, batch_size=2, grad_clip=value, progress=False)
-    with pytest.raises(ValueError, match=r"train segmenter: grad_clip must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"train segmenter: grad_clip \(--grad-clip\) must be a finite number >= 0"):
         supervised(phantom_set, tmp_path / "s", grad_clip=value)
     with pytest.raises(ValueError, match=r"clip_grad_norm: max_norm must be a finite number >= 0"):
         clip_grad_norm(np.ones(3, np.float32), value)
@@ -81,10 +82,55 @@ def test_grad_clip_zero_and_positive_are_taken():
 def test_cli_refuses_a_negative_grad_clip(tmp_path, capsys, phantom_set):
     args = ["--out", str(tmp_path / "x"), "--steps", "1", "--grad-clip", "-1", "--quiet"]
     assert main(["train", "segmenter", "--images", str(phantom_set / "images"), "--masks", "m", *args]) == 2
-    assert "grad_clip must be a finite number >= 0 (0: no clipping), got -1.0" in capsys.readouterr().err
+    assert "grad_clip (--grad-clip) must be a finite number >= 0 (0: no clipping), got -1.0" in capsys.readouterr().err
     ddpm = ["train", "ddpm", "--images", str(phantom_set / "images"), "--channel-mult", "1,2", "--attention-ds", "2"]
     assert main([*ddpm, *args]) == 2
-    assert "train_ddpm: grad_clip must be a finite number >= 0 (0: no clipping), got -1.0" in capsys.readouterr().err
+    assert "train_ddpm: grad_clip (--grad-clip) must be a finite number >= 0 (0: no clipping), got -1.0" in (
+        capsys.readouterr().err
+    )
+
+
+# ---- every setting's error names its flag (what the user typed) ----
+
+
+@pytest.mark.parametrize(
+    "flag, value, want",
+    [
+        ("--lr", "-1", "lr (--lr) must be a finite number >= 0, got -1.0"),
+        ("--lr", "nan", "lr (--lr) must be a finite number >= 0, got nan"),
+        ("--weight-decay", "-1", "weight_decay (--weight-decay) must be a finite number >= 0, got -1.0"),
+        ("--val-fraction", "1.5", "val_fraction (--val-fraction) must be in (0, 1), got 1.5"),
+        ("--val-fraction", "0", "val_fraction (--val-fraction) must be in (0, 1), got 0.0"),
+        ("--steps", "0", "steps (--steps) must be >= 1, got 0"),
+        ("--checkpoint-every", "0", "checkpoint_every (--checkpoint-every) must be >= 1, got 0"),
+    ],
+)
+def test_supervised_setting_errors_name_the_flag(flag, value, want, tmp_path, capsys, phantom_set):
+    args = ["train", "segmenter", "--images", str(phantom_set / "images"), "--masks", str(phantom_set / "masks")]
+    assert main([*args, "--out", str(tmp_path / "x"), "--quiet", flag, value]) == 2
+    assert f"diffice train segmenter: error: train segmenter: {want}\n" == capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [
+        (["--lr", "-1"], "lr (--lr) must be a finite number >= 0, got -1.0"),
+        (["--weight-decay", "inf"], "weight_decay (--weight-decay) must be a finite number >= 0, got inf"),
+        (["--ema-rate", "2"], "ema_rate (--ema-rate) must be in [0, 1], got 2.0"),
+        (["--log-every", "0"], "log_every (--log-every) must be >= 1, got 0"),
+        (["--diffusion-steps", "0"], "diffusion_steps (--diffusion-steps) must be >= 1, got 0"),
+        (["--model-channels", "8"], "GroupNorm32 needs a multiple of 32 (the UNet's layout comes from --model-"),
+        (["--num-heads", "0"], "do not split into heads: 0 (the UNet's layout comes from --model-channels,"),
+    ],
+)
+def test_ddpm_setting_errors_name_the_flag(flags, want, tmp_path, capsys, phantom_set):
+    args = ["train", "ddpm", "--images", str(phantom_set / "images"), "--out", str(tmp_path / "x"), "--quiet"]
+    tiny = ["--model-channels", "32", "--channel-mult", "1,2", "--attention-ds", "2", "--steps", "1"]
+    assert main([*args, *tiny, "--batch-size", "2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffice train ddpm: error: train_ddpm: ") and want in err and err.count("\n") == 1
+    assert not (tmp_path / "x" / "train_state.npz").exists()
 
 
 # ---- attention_resolutions: downsample factors the UNet's levels reach ----
@@ -116,10 +162,10 @@ def test_cli_default_attention_ds_with_two_levels_is_refused(tmp_path, capsys, p
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "0"])
 def test_bad_seed_is_refused(value, tmp_path, phantom_set):
-    want = rf"seed must be an integer >= 0 \(numpy's default_rng takes any of them\), got {value!r}"
+    want = rf"seed \(--seed\) must be an integer >= 0 \(numpy's default_rng takes any of them\), got {value!r}"
     with pytest.raises(ValueError, match=r"train_ddpm: " + want.replace(".", r"\.")):
         train_ddpm(images(), tmp_path / "d", TINY, steps=1, batch_size=2, seed=value, progress=False)
-    with pytest.raises(ValueError, match=r"train segmenter: seed must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"train segmenter: seed \(--seed\) must be an integer >= 0"):
         supervised(phantom_set, tmp_path / "s", seed=value)
 
 
@@ -139,7 +185,7 @@ def test_ddpm_batch_larger_than_the_images_is_refused(tmp_path):
 def test_supervised_batch_beyond_memory_is_refused_before_allocating(tmp_path, phantom_set):
     with pytest.raises(ValueError, match=r"train segmenter: batch_size \(--batch-size\) 1000000000000 is too large"):
         supervised(phantom_set, tmp_path, batch_size=10**12)
-    with pytest.raises(ValueError, match="train segmenter: batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"train segmenter: batch_size \(--batch-size\) must be >= 1, got 0"):
         supervised(phantom_set, tmp_path / "zero", batch_size=0)
 
 

@@ -357,8 +357,9 @@ static dfc_status input_forward(dfc_backend *be, const dfc_inception *net, const
     return be->ops->binary_forward(be, DFC_BINARY_ADD, xn, &minus_one, xn, err);
 }
 
-static dfc_status check_input(const dfc_inception *net, const dfc_tensor *x, dfc_error *err)
+static dfc_status check_input(const dfc_net *base, const dfc_tensor *x, dfc_error *err)
 {
+    const dfc_inception *net = (const dfc_inception *)base;
     const char *op = "Inception.forward";
     DFC_TRY(dfc_check_image_input(x, op, "network", net->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 1 || x->shape[3] < 1)
@@ -376,7 +377,7 @@ static dfc_status inception_forward(const dfc_net *base, dfc_backend *be, dfc_ar
     const dfc_inception *net = (const dfc_inception *)base;
     if (tape)
         return dfc_fail(err, DFC_ERR_VALUE, "Inception: forward only (no tape, no gradients)");
-    DFC_TRY(check_input(net, x, err));
+    DFC_TRY(check_input(base, x, err));
     stage_memory m = {arena, scratch ? scratch : arena, dfc_arena_get_mark(arena), {0}};
     m.tmp_start = dfc_arena_get_mark(m.tmp);
     dfc_tensor h;
@@ -409,5 +410,6 @@ static const dfc_net_vtable INCEPTION_VTABLE = {
     .kind = "inception",
     .forward = inception_forward,
     .backward = inception_backward,
+    .check_input = check_input,
     .destroy = inception_destroy,
 };

@@ -22,6 +22,9 @@ typedef struct dfc_net_vtable {
      * dx (caller allocated, x's shape) and grads (parameter-buffer layout) are optional. */
     dfc_status (*backward)(const dfc_net *net, dfc_backend *be, dfc_arena *arena, const void *tape,
                            const dfc_tensor *douts, dfc_tensor *dx, float *grads, dfc_error *err);
+    /* Whether forward takes an input of x's shape (x's data is never read): an error naming the network and the
+     * rule otherwise, so a caller can check an image size before any work (or memory) is spent on it. */
+    dfc_status (*check_input)(const dfc_net *net, const dfc_tensor *x, dfc_error *err);
     void (*destroy)(dfc_net *net);
     /* Networks with a conditioning input set this (NULL: none) and a forward that refuses to run without it.
      * cond (N) float32, one value per sample (the UNet's original timesteps); otherwise as forward. The backward
@@ -63,6 +66,11 @@ static inline dfc_status dfc_net_sync(const dfc_net *net, dfc_backend *be, dfc_e
     for (int i = 0; i < n; i++)
         DFC_TRY(dfc_net_sync(kids[i], be, err));
     return DFC_OK;
+}
+
+static inline dfc_status dfc_net_check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
+{
+    return net->vt->check_input(net, x, err);
 }
 
 /* The forward of any network: cond is the conditioning input of a network that takes one ((N) float32, one per

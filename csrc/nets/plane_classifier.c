@@ -121,15 +121,23 @@ fail:
     return st;
 }
 
+/* x's shape (never its data): what s takes, and l at that size on [x, s's maps] */
+static dfc_status plane_classifier_check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
+{
+    const plane_classifier *f = (const plane_classifier *)net;
+    DFC_TRY(dfc_check_image_input(x, "PlaneClassifier.forward", "classifier", net->in_channels, err));
+    DFC_TRY(dfc_net_check_input(f->seg, x, err));
+    dfc_tensor cat = *x;
+    cat.shape[1] = f->cls->in_channels;
+    return dfc_net_check_input(f->cls, &cat, err);
+}
+
 static dfc_status plane_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                            const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const plane_classifier *f = (const plane_classifier *)net;
     const char *op = "PlaneClassifier.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != net->in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the classifier takes %d", op,
-                        (long long)x->shape[1], net->in_channels);
+    DFC_TRY(plane_classifier_check_input(net, x, err));
     plane_classifier_tape *tape = NULL;
     if (tape_out) {
         tape = dfc_arena_host_alloc(arena, sizeof *tape, err);
@@ -280,6 +288,7 @@ static int plane_classifier_children(const dfc_net *net, const dfc_net **out, in
 static const dfc_net_vtable PLANE_CLASSIFIER_VT = {.kind = "plane_classifier",
                                                    .forward = plane_classifier_forward,
                                                    .backward = plane_classifier_backward,
+                                                   .check_input = plane_classifier_check_input,
                                                    .destroy = plane_classifier_destroy,
                                                    .children = plane_classifier_children};
 
@@ -350,18 +359,21 @@ dfc_status dfc_small_classifier_create(const dfc_small_classifier_config *cfg, d
 }
 
 /* ReLUs run in place: relu(v) > 0 exactly when v > 0, so the output is the backward's mask. */
+static dfc_status small_classifier_check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
+{
+    const char *op = "SmallClassifier.forward";
+    DFC_TRY(dfc_check_image_input(x, op, "classifier", net->in_channels, err));
+    if (x->shape[2] < 2 || x->shape[3] < 2 || x->shape[2] % 2 || x->shape[3] % 2)
+        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lldx%lld; height and width must be even", op,
+                        (long long)x->shape[2], (long long)x->shape[3]);
+    return DFC_OK;
+}
+
 static dfc_status small_classifier_forward(const dfc_net *net, dfc_backend *be, dfc_arena *arena, dfc_arena *scratch,
                                            const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const small_classifier *c = (const small_classifier *)net;
-    const char *op = "SmallClassifier.forward";
-    DFC_TRY(dfc_check_ndim(x, op, "x", 4, 4, err));
-    if (x->shape[1] != c->cfg.in_channels)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x has %lld channels, the classifier takes %d", op,
-                        (long long)x->shape[1], c->cfg.in_channels);
-    if (x->shape[2] < 2 || x->shape[3] < 2 || x->shape[2] % 2 || x->shape[3] % 2)
-        return dfc_fail(err, DFC_ERR_SHAPE, "%s: x is %lldx%lld; height and width must be even", op,
-                        (long long)x->shape[2], (long long)x->shape[3]);
+    DFC_TRY(small_classifier_check_input(net, x, err));
     dfc_arena *tmp = tape_out || !scratch ? arena : scratch;
     dfc_arena_mark mark = dfc_arena_get_mark(tmp);
     dfc_tensor a1, p1, a2, g;
@@ -424,4 +436,5 @@ static dfc_status small_classifier_backward(const dfc_net *net, dfc_backend *be,
 static const dfc_net_vtable SMALL_CLASSIFIER_VT = {.kind = "small_classifier",
                                                    .forward = small_classifier_forward,
                                                    .backward = small_classifier_backward,
+                                                   .check_input = small_classifier_check_input,
                                                    .destroy = small_classifier_destroy};

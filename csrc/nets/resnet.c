@@ -430,8 +430,9 @@ static dfc_status block_backward_released(dfc_backend *be, const block *blk, con
     return dfc_result_scope_end(be, arena, &scope, st, &d, dx, err);
 }
 
-static dfc_status check_input(const dfc_resnet *r, const dfc_tensor *x, dfc_error *err)
+static dfc_status check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
 {
+    const dfc_resnet *r = (const dfc_resnet *)net;
     const char *op = "ResNet.forward";
     DFC_TRY(dfc_check_image_input(x, op, "network", r->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 1 || x->shape[3] < 1)
@@ -443,7 +444,7 @@ static dfc_status resnet_forward(const dfc_net *net, dfc_backend *be, dfc_arena 
                                  const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const dfc_resnet *r = (const dfc_resnet *)net;
-    DFC_TRY(check_input(r, x, err));
+    DFC_TRY(check_input(net, x, err));
     dfc_arena *tmp = tape_out || !scratch ? arena : scratch; /* the backward needs every intermediate */
     resnet_tape *t = NULL;
     if (tape_out) {
@@ -524,5 +525,6 @@ static const dfc_net_vtable RESNET_VTABLE = {
     .kind = "resnet",
     .forward = resnet_forward,
     .backward = resnet_backward,
+    .check_input = check_input,
     .destroy = resnet_destroy,
 };

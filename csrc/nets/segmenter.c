@@ -200,8 +200,9 @@ static dfc_status double_conv_backward(dfc_backend *be, const double_conv *d, co
     return dfc_conv_layer_backward(be, &d->conv1, &t->x, &dc1, arena, dx, g, err);
 }
 
-static dfc_status check_input(const segmenter *s, const dfc_tensor *x, dfc_error *err)
+static dfc_status check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
 {
+    const segmenter *s = (const segmenter *)net;
     const char *op = "Segmenter.forward";
     DFC_TRY(dfc_check_image_input(x, op, "segmenter", s->cfg.in_channels, err));
     int64_t divisor = (int64_t)1 << (s->cfg.levels - 1);
@@ -219,7 +220,7 @@ static dfc_status segmenter_forward(const dfc_net *net, dfc_backend *be, dfc_are
 {
     const segmenter *s = (const segmenter *)net;
     const dfc_segmenter_config *c = &s->cfg;
-    DFC_TRY(check_input(s, x, err));
+    DFC_TRY(check_input(net, x, err));
     segmenter_tape *tape = NULL;
     if (tape_out) {
         scratch = NULL; /* the backward needs every intermediate */
@@ -347,5 +348,8 @@ static dfc_status segmenter_backward(const dfc_net *net, dfc_backend *be, dfc_ar
     return DFC_OK;
 }
 
-static const dfc_net_vtable SEGMENTER_VT = {
-    .kind = "segmenter", .forward = segmenter_forward, .backward = segmenter_backward, .destroy = segmenter_destroy};
+static const dfc_net_vtable SEGMENTER_VT = {.kind = "segmenter",
+                                            .forward = segmenter_forward,
+                                            .backward = segmenter_backward,
+                                            .check_input = check_input,
+                                            .destroy = segmenter_destroy};

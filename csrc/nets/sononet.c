@@ -176,8 +176,9 @@ static dfc_status unit_backward_released(dfc_backend *be, const conv_unit *u, co
 
 /* ---- the network ---- */
 
-static dfc_status check_input(const sononet *s, const dfc_tensor *x, dfc_error *err)
+static dfc_status check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
 {
+    const sononet *s = (const sononet *)net;
     const char *op = "SonoNet.forward";
     DFC_TRY(dfc_check_image_input(x, op, "network", s->cfg.in_channels, err));
     if (x->shape[0] < 1 || x->shape[2] < 16 || x->shape[3] < 16)
@@ -192,7 +193,7 @@ static dfc_status sononet_forward(const dfc_net *net, dfc_backend *be, dfc_arena
                                   const dfc_tensor *x, void **tape_out, dfc_tensor *outputs, dfc_error *err)
 {
     const sononet *s = (const sononet *)net;
-    DFC_TRY(check_input(s, x, err));
+    DFC_TRY(check_input(net, x, err));
     sononet_tape *tape = NULL;
     if (tape_out) {
         scratch = NULL; /* the backward needs every intermediate */
@@ -306,8 +307,11 @@ static void sononet_destroy(dfc_net *net)
     free(net);
 }
 
-static const dfc_net_vtable SONONET_VTABLE = {
-    .kind = "sononet", .forward = sononet_forward, .backward = sononet_backward, .destroy = sononet_destroy};
+static const dfc_net_vtable SONONET_VTABLE = {.kind = "sononet",
+                                              .forward = sononet_forward,
+                                              .backward = sononet_backward,
+                                              .check_input = check_input,
+                                              .destroy = sononet_destroy};
 
 dfc_status dfc_sononet_create(const dfc_sononet_config *cfg, dfc_net **out, dfc_error *err)
 {

@@ -682,8 +682,9 @@ static dfc_status block_backward_released(dfc_backend *be, const dfc_unet *u, co
     return dfc_result_scope_end(be, arena, &scope, st, &d, dx, err);
 }
 
-static dfc_status check_input(const dfc_unet *u, const dfc_tensor *x, dfc_error *err)
+static dfc_status check_input(const dfc_net *net, const dfc_tensor *x, dfc_error *err)
 {
+    const dfc_unet *u = (const dfc_unet *)net;
     const char *op = "UNet.forward";
     DFC_TRY(dfc_check_image_input(x, op, "model", u->cfg.in_channels, err));
     int64_t divisor = (int64_t)1 << (u->cfg.num_levels - 1);
@@ -752,7 +753,7 @@ static dfc_status unet_forward_conditioned(const dfc_net *net, dfc_backend *be, 
     const dfc_unet *u = (const dfc_unet *)net;
     if (tape_out)
         scratch = NULL; /* the backward needs every intermediate */
-    DFC_TRY(check_input(u, x, err));
+    DFC_TRY(check_input(net, x, err));
     int64_t n = x->shape[0];
     unet_tape *tape = NULL;
     if (tape_out) {
@@ -891,5 +892,6 @@ static dfc_status unet_backward(const dfc_net *net, dfc_backend *be, dfc_arena *
 static const dfc_net_vtable UNET_VTABLE = {.kind = "unet",
                                            .forward = unet_forward,
                                            .backward = unet_backward,
+                                           .check_input = check_input,
                                            .destroy = unet_destroy,
                                            .forward_conditioned = unet_forward_conditioned};

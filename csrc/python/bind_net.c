@@ -314,6 +314,20 @@ static PyObject *network_get_conditioned(NetworkObject *self, void *closure)
     return network_ready(self) ? PyBool_FromLong(dfc_net_is_conditioned(self->net)) : NULL;
 }
 
+/* check_input((N, C, H, W)): None when forward takes inputs of that shape, else the forward's own error */
+static PyObject *network_check_input(NetworkObject *self, PyObject *args)
+{
+    long long n, c, h, w;
+    if (!network_ready(self) || !PyArg_ParseTuple(args, "(LLLL)", &n, &c, &h, &w))
+        return NULL;
+    float never_read = 0.0f; /* the checks look at the shape only, but a tensor without data is "missing" */
+    dfc_tensor x = {.data = &never_read, .ndim = 4, .shape = {n, c, h, w}};
+    dfc_error err = {0};
+    if (dfc_net_check_input(self->net, &x, &err) != DFC_OK)
+        return dfc_py_raise(&err);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef network_methods[] = {
     {"parameters", (PyCFunction)network_parameters, METH_NOARGS,
      "parameters() -> dict of writable float32 views, keyed by state_dict names, in order"},
@@ -326,6 +340,8 @@ static PyMethodDef network_methods[] = {
      "gradients(backend, x, douts[, cond]) -> (dx, flat parameter gradients in parameter order)"},
     {"train_step", (PyCFunction)network_train_step, METH_VARARGS,
      "train_step(backend, x, grad_fn[, cond]) -> (info, flat gradients); grad_fn(outputs) -> (douts, info)"},
+    {"check_input", (PyCFunction)network_check_input, METH_VARARGS,
+     "check_input((N, C, H, W)) -> None; raises forward's error when the network cannot take inputs of that shape"},
     DFC_PY_WS_RELEASE_MEMORY_METHOD,
     {NULL, NULL, 0, NULL},
 };

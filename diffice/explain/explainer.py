@@ -378,6 +378,31 @@ def _native_parts(classifier: Any, perceptual: Any) -> tuple[Any, Any, int, floa
     return net, features, _VARIANTS.index(variant), float(getattr(perceptual, "weight", 1.0))
 
 
+def _network_in(model: Any) -> Any:
+    """The C network (diffice._C.Network) a model runs its input through, or None for a user's own Python model:
+    the model's own (UNet, PlaneClassifier, SonoNet), a PerceptualLoss's feature network, or the classifier a
+    TargetClassView wraps."""
+    for obj in (model, getattr(model, "features", None), getattr(model, "classifier", None)):
+        net = getattr(obj, "_c", None)
+        if isinstance(net, _C.Network):
+            return net
+    return None
+
+
+def check_image_size(unet: Any, classifier: Any, perceptual: Any, height: int, width: int) -> None:
+    """Raises ValueError when a model cannot take height x width images, naming the model and its rule (the UNet
+    and the segmenter need multiples of 2**(levels - 1), SonoNet at least 16 x 16, ...), before any work is spent.
+    Models that are not diffice networks (a user's own classifier) are not checked here."""
+    for what, model in (("UNet", unet), ("classifier f", classifier), ("perceptual loss", perceptual)):
+        net = _network_in(model)
+        if net is None:
+            continue
+        try:
+            net.check_input((1, net.in_channels, int(height), int(width)))
+        except ValueError as exc:
+            raise ValueError(f"the {what} cannot take {height} x {width} images: {exc}") from None
+
+
 def _check_models(unet: Any, diffusion: Any, classifier: Any, perceptual: Any, python_guidance: bool) -> None:
     """A TypeError naming the Explainer argument that is not what it must be, when the Explainer is made (not an
     AttributeError from inside the sampler at the first step). python_guidance: the guiding loss will call the
@@ -498,6 +523,7 @@ class Explainer:
             raise ValueError(f"x holds no images (shape {x.shape})")
         if x.shape[1] != self.unet.config["in_channels"]:
             raise ValueError(f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}")
+        self.check_image_size(x.shape[2], x.shape[3])
         if x.min() < -1.0 or x.max() > 1.0:
             bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
             raise ValueError(f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]")
@@ -554,6 +580,10 @@ class Explainer:
             if message:
                 warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
         return result
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """:func:`check_image_size` for this Explainer's models."""
+        check_image_size(self.unet, self.classifier, self.perceptual, height, width)
 
     @property
     def held_bytes(self) -> int:

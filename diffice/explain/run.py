@@ -377,7 +377,11 @@ def run_explain(
         if executor.models is None:
             check_device_here(spec)
             executor.models = _load(spec)
-        Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
+        explainer = Explainer(*executor.models, **method)  # checks the models against the settings (e.g. tau)
+        try:
+            explainer.check_image_size(*size)
+        except ValueError as exc:
+            raise ValueError(f"run.image_size (--image-size): {exc}") from None
         check_run_target(int(run["target"]), executor.models[2], cfg["models"])
     if models is None:
         warn_sononet_size(cfg["models"], size)

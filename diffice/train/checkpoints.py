@@ -36,7 +36,10 @@ ModelContents = Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, str]]]
 __all__ = [
     "StopFlag",
     "TrainingRun",
+    "setting",
     "check_positive",
+    "check_optimizer",
+    "check_fraction",
     "check_out_dir",
     "check_grad_clip",
     "check_seed",
@@ -49,11 +52,39 @@ __all__ = [
 ]
 
 
+def setting(name: str) -> str:
+    """A training setting as both its keyword and the flag that sets it, ``"batch_size (--batch-size)"``: an error
+    then names what the user typed, on the command line or in Python."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
 def check_positive(who: str, **values: int) -> None:
-    """Raises ValueError ("who: name must be >= 1, got value") for the first value below 1, in the given order."""
+    """Raises ValueError ("who: name (--name) must be >= 1, got value") for the first value below 1, in the given
+    order."""
     for name, value in values.items():
         if int(value) < 1:
-            raise ValueError(f"{who}: {name} must be >= 1, got {value}")
+            raise ValueError(f"{who}: {setting(name)} must be >= 1, got {value}")
+
+
+def check_optimizer(who: str, lr: Any, weight_decay: Any, ema_rate: Any = None) -> None:
+    """The optimiser's settings before any image is read: lr and weight_decay finite numbers >= 0, ema_rate (when
+    given) in [0, 1]; otherwise a ValueError naming the setting and its flag."""
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if not is_finite_nonnegative(value):
+            raise ValueError(f"{who}: {setting(name)} must be a finite number >= 0, got {value!r}")
+    if ema_rate is not None and not (_real(ema_rate) and 0.0 <= float(ema_rate) <= 1.0):
+        raise ValueError(f"{who}: {setting('ema_rate')} must be in [0, 1], got {ema_rate!r}")
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_fraction(who: str, name: str, value: Any) -> float:
+    """value as a float strictly between 0 and 1, else a ValueError naming the setting and its flag."""
+    if _real(value) and 0.0 < float(value) < 1.0:
+        return float(value)
+    raise ValueError(f"{who}: {setting(name)} must be in (0, 1), got {value!r}")
 
 
 def check_out_dir(who: str, out_dir: PathLike) -> None:
@@ -64,7 +95,7 @@ def check_out_dir(who: str, out_dir: PathLike) -> None:
         )
 
 
-def check_grad_clip(who: str, grad_clip: Any, name: str = "grad_clip") -> float:
+def check_grad_clip(who: str, grad_clip: Any, name: str = setting("grad_clip")) -> float:
     """grad_clip as a float: a finite number >= 0 (0 turns clipping off). A negative, NaN or infinite value (which
     would silently clip nothing) or a non-number is a ValueError naming the setting (``name``)."""
     if is_finite_nonnegative(grad_clip):
@@ -77,7 +108,9 @@ def check_seed(who: str, seed: Any) -> int:
     bool) is a ValueError naming the setting, not numpy's "expected non-negative integer"."""
     if not isinstance(seed, (bool, np.bool_)) and isinstance(seed, numbers.Integral) and int(seed) >= 0:
         return int(seed)
-    raise ValueError(f"{who}: seed must be an integer >= 0 (numpy's default_rng takes any of them), got {seed!r}")
+    raise ValueError(
+        f"{who}: {setting('seed')} must be an integer >= 0 (numpy's default_rng takes any of them), got {seed!r}"
+    )
 
 
 def check_finite(who: str, loss: float, norm: float, step: int, kept: str = "the last checkpoint is kept") -> None:

@@ -37,6 +37,7 @@ from .checkpoints import (
     TrainingRun,
     check_finite,
     check_grad_clip,
+    check_optimizer,
     check_positive,
     check_resumable,
     check_seed,
@@ -655,6 +656,15 @@ def train_ddpm(
     )
     grad_clip = check_grad_clip("train_ddpm", grad_clip)
     seed = check_seed("train_ddpm", seed)
+    check_optimizer("train_ddpm", lr, weight_decay, ema_rate)
+    check_positive(
+        "train_ddpm",
+        steps=steps,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        diffusion_steps=diffusion_steps,
+    )
     run = TrainingRun(
         out_dir,
         "train_ddpm",
@@ -675,9 +685,6 @@ def train_ddpm(
             f"train_ddpm: the images are {h} x {w} pixels (height x width), not the {whose} {size[0]} x {size[1]}: "
             "an array or a .npy file is taken as it is, never resized; resize it first"
         )
-    check_positive(
-        "train_ddpm", steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, log_every=log_every
-    )
 
     saved = run.load(resume)
     if saved is not None:  # the model and the diffusion are the run's (resume_settings); optimiser settings may change
@@ -685,7 +692,13 @@ def train_ddpm(
     cfg = dict(config or {})
     cfg.setdefault("in_channels", channels)
     cfg.setdefault("learn_sigma", cfg.get("out_channels", 2 * channels) == 2 * cfg["in_channels"])
-    unet = UNet(cfg, backend=backend)
+    try:
+        unet = UNet(cfg, backend=backend)
+    except ValueError as exc:  # the C core names the config key; the user typed a flag
+        raise ValueError(
+            f"train_ddpm: {exc} (the UNet's layout comes from --model-channels, --channel-mult, --num-res-blocks, "
+            "--attention-ds, --num-heads and --num-head-channels)"
+        ) from None
     if unet.config["in_channels"] != channels:
         raise ValueError(
             f"train_ddpm: the UNet takes {unet.config['in_channels']} channel(s), the images have {channels}"

@@ -29,7 +29,9 @@ from .checkpoints import (
     StopFlag,
     TrainingRun,
     check_finite,
+    check_fraction,
     check_grad_clip,
+    check_optimizer,
     check_out_dir,
     check_positive,
     check_resumable,
@@ -737,6 +739,8 @@ def train_supervised(
     concepts = list(settings.get("concepts", SUPERVISED_DEFAULTS["concepts"]))
     negative = list(settings.get("negative", SUPERVISED_DEFAULTS["negative"]))
     check_positive(who, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    check_optimizer(who, lr, weight_decay)
+    val_fraction = check_fraction(who, "val_fraction", val_fraction)
     grad_clip = check_grad_clip(who, grad_clip)
     seed = check_seed(who, seed)
     if kind == "segmenter" and masks is None:

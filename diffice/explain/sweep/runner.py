@@ -12,8 +12,9 @@ import numpy as np
 
 from ...data.images import ImageReadError, list_images, load_image, resize
 from ...progress import ProgressBar
-from ..cluster import LocalExecutor, batches, check_device_here, describe
+from ..cluster import LocalExecutor, _load, batches, check_device_here, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
+from ..explainer import check_image_size
 from ..run import WriterLock, check_run
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
@@ -116,6 +117,14 @@ def run_sweep(
         units = plan_units(spec.configs, len(names), int(run["batch_size"]))
         done = store.finished_units()
         todo = [u for u in units if u["unit"] not in done]
+        if todo and isinstance(executor, LocalExecutor):  # the models here and now: a size they cannot take fails now
+            if executor.models is None:
+                executor.models = _load(spec.models)
+            unet, _, classifier, perceptual = executor.models
+            try:
+                check_image_size(unet, classifier, perceptual, *meta["run"]["image_size"])
+            except ValueError as exc:
+                raise ValueError(f"{spec.source}: [run] image_size: {exc}") from None
         by_id = {u["unit"]: u for u in todo}
         tasks = (
             dict(

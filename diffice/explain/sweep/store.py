@@ -158,10 +158,14 @@ class SweepStore:
         self, meta: dict[str, Any], names: Sequence[str], x: np.ndarray, configs: Sequence[dict[str, Any]]
     ) -> None:
         """Creates the store's meta, images and configs, or checks that they agree with an existing store
-        (ValueError naming what changed; configurations may be added)."""
+        (ValueError naming what changed; configurations may be added). A store without a finished unit (a sweep
+        that failed at its first unit, e.g. on a wrong image size) holds nothing to keep: it is made afresh."""
         fmt = meta["store_format"]
         keys = [f"{k:016x}" for k in image_keys(x)]
         with self._transaction() as db:
+            if db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 0:
+                for table in ("results", "configs", "images", "meta"):
+                    db.execute(f"DELETE FROM {table}")
             old = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
             if old:
                 for key in ("run", "diffusion", "store_format", "image_shape"):
