@@ -297,7 +297,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     if args.sononet:
         from .models.sononet import SonoNet
 
-        sononet = SonoNet.from_file(args.sononet)
+        try:
+            sononet = SonoNet.from_file(args.sononet)
+        except ValueError as exc:  # FSD and SonoSim's network: say which flag gave the file
+            raise ValueError(f"--sononet (for FSD and SonoSim): {exc}") from None
     report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
     print(format_report(report))
     if args.json:

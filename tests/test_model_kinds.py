@@ -267,6 +267,14 @@ def test_cli_metrics_refuses_models_of_the_wrong_kind(tmp_path, capsys):
     assert main(["metrics", str(root), "--no-cout", "--oracle", str(DDPM)]) == 2
     err = capsys.readouterr().err
     assert "UNet" in err and "concept oracle" in err and "Traceback" not in err
+    # --sononet (FSD, SonoSim) given another model: the flag and the weights it takes, no config setting to change
+    assert main(["metrics", str(root), "--no-cout", "--sononet", str(CLASSIFIER)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"diffice metrics: error: --sononet (for FSD and SonoSim): {CLASSIFIER}: the file holds a ")
+    assert err.endswith(
+        "give SonoNet weights (the authors' .npz, a SonoNet-k state_dict or a SonoNet saved by diffice)"
+    )
+    assert "classifier_kind" not in err
     assert main(["metrics", str(root), "--no-cout", "--classifier", str(CLASSIFIER), "--oracle", str(ORACLE)]) == 0
     out = capsys.readouterr().out
     assert "FR: inputs f classifies" in out and "MQD: all 2 inputs" in out

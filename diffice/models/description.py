@@ -76,17 +76,23 @@ def model_from_description(
     backend: str = "cpu",
     expect: None | str | Sequence[str] = None,
     what: str = "",
+    advice: str | None = None,
 ) -> Any:
     """The model a file's 'diffice_model' metadata describes, built by `build`, with its weights. expect: the type
     name(s) the caller needs ("PlaneClassifier", "SonoNet", ...); another type is a ValueError naming the file (and
-    `what` asked)."""
+    `what` asked), ending with `advice` (default: the classifier_kind that takes the file, where one does)."""
     p = os.fspath(path)
     spec = read_description(p, meta)
     wanted = (expect,) if isinstance(expect, str) else tuple(expect or ())
     if wanted and spec["type"] not in wanted:
         hint = {v: k for k, v in CLASSIFIER_KINDS.items()}.get(spec["type"])
         for_kind = hint and all(w in CLASSIFIER_KINDS.values() for w in wanted)
-        advice = f"use classifier_kind = {hint!r} for this file" if for_kind else "give the right file"
+        if advice is None:
+            advice = (
+                f"use classifier_kind = {hint!r} (--classifier-kind {hint}) for this file"
+                if for_kind
+                else "give the right file"
+            )
         raise ValueError(
             f"{p}: the file holds a {spec['type']} (its diffice_model metadata), but "
             f"{what or 'the caller'} needs a {' or '.join(wanted)}; {advice}"

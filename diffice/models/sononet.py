@@ -209,7 +209,14 @@ class SonoNet:
             raise ValueError(msg if os.fspath(path) in msg else f"{os.fspath(path)}: {msg}") from None
         if "diffice_model" in meta:
             return model_from_description(
-                path, arrays, meta, cls.from_description, backend, expect="SonoNet", what="SonoNet.from_file"
+                path,
+                arrays,
+                meta,
+                cls.from_description,
+                backend,
+                expect="SonoNet",
+                what="SonoNet.from_file",
+                advice="give SonoNet weights (the authors' .npz, a SonoNet-k state_dict or a SonoNet saved by diffice)",
             )
         try:
             if looks_like_authors_npz(arrays):
