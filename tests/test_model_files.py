@@ -259,6 +259,38 @@ def test_cli_sweep_prints_and_records_the_warning(tmp_path, nsp_folder, capsys):
     assert "WARNING" in (out / "tables.md").read_text() and "WARNING" in captured.out
 
 
+def test_a_resumed_sweep_checks_the_first_guided_step_over_every_finished_unit(tmp_path, nsp_folder, demo):
+    """The first-step check of a sweep stopped after its first unit and resumed covers both units' images (it once
+    covered only the units of the resumed invocation: "every image (1 of 1)")."""
+    from diffice.explain.sweep import SweepStore, load_sweep
+    from diffice.explain.sweep.runner import run_sweep
+
+    x = pixels(nsp_folder, sorted(p.name for p in nsp_folder.iterdir()))
+    out = tmp_path / "sweep"
+    text = run_toml(nsp_folder, out, sweep=True).replace("lambda_p = 3000", "lambda_p = 0")
+    (tmp_path / "sweep.toml").write_text(text.replace("batch_size = 2", "batch_size = 1"))
+    spec = load_sweep(str(tmp_path / "sweep.toml"))
+    models = (demo.unet, GaussianDiffusion(1000, "linear", "20", learn_sigma=True), FlipsOnAnyChange(x), None)
+
+    def stop(done, total, executor):
+        raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, progress=False, models=models, on_unit=stop)
+    with pytest.warns(SuspiciousRunWarning, match=r"every image \(2 of 2\).*first guided step"):
+        summary = run_sweep(spec, progress=False, models=models)
+    assert summary["ran"] == 1 and len(summary["warnings"]) == 1
+    with SweepStore(out / "results.sqlite") as store:
+        [entry] = store.meta("warnings")
+        [config] = store.configs()
+        verdicts = store.first_step_verdicts(config["config_id"])
+    assert "every image (2 of 2)" in entry["message"]
+    assert verdicts["first_step_target"].tolist() == [True, True]
+    assert verdicts["input_is_target"].tolist() == [False, False]
+
+
 # ---- the loader ----
 
 

@@ -159,7 +159,8 @@ def run_sweep(
             if on_unit is not None:
                 on_unit(finished, len(todo), executor)
         bar.close()
-        found = _check_sweep(checks, spec.configs, int(run["target"]), store.input_verdicts())
+        first_steps = {config_id(c): store.first_step_verdicts(config_id(c)) for c in spec.configs}
+        found = _check_sweep(checks, spec.configs, int(run["target"]), store.input_verdicts(), first_steps)
         for message in found:
             store.add_warning(message)
     return dict(
@@ -179,10 +180,13 @@ def _check_sweep(
     configs: Sequence[dict[str, Any]],
     target: int,
     input_verdicts: np.ndarray | None = None,
+    first_steps: dict[str, dict[str, np.ndarray] | None] | None = None,
 ) -> list[str]:
     """The SuspiciousRunWarning checks: every input already the target (once, over the distinct images the store
     holds results of, `input_verdicts`: f's verdict per image, whichever run made them; else over the units run
-    now), else every image the target at the first guided step (per configuration, over the units run now)."""
+    now), else every image the target at the first guided step (per configuration, over every finished unit that
+    recorded it, `first_steps` (SweepStore.first_step_verdicts), so a resumed sweep is judged whole; else over the
+    units run now)."""
     if input_verdicts is not None and len(input_verdicts):
         everything = [dict(input_is_target=input_verdicts)]
     else:
@@ -192,7 +196,8 @@ def _check_sweep(
         return [message]
     found = []
     for c in configs:
-        rs = checks.get(config_id(c))
+        stored = (first_steps or {}).get(config_id(c))
+        rs = [stored] if stored is not None else checks.get(config_id(c))
         message = check_run(rs or [], target, float(c["lambda_c"][0]), label=config_label(c), stacklevel=4)
         if message:
             found.append(message)

@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS configs (config_id TEXT PRIMARY KEY, label TEXT NOT N
 CREATE TABLE IF NOT EXISTS units (unit_id TEXT PRIMARY KEY, config_id TEXT NOT NULL REFERENCES configs,
     batch INTEGER NOT NULL, image_ids TEXT NOT NULL, batch_seconds REAL NOT NULL, iteration_seconds TEXT NOT NULL,
     peak_bytes INTEGER NOT NULL, unet_evaluations INTEGER NOT NULL, worker TEXT, finished_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS first_steps (config_id TEXT NOT NULL REFERENCES configs,
+    image_id INTEGER NOT NULL REFERENCES images, target INTEGER NOT NULL, PRIMARY KEY (config_id, image_id));
 CREATE TABLE IF NOT EXISTS results (config_id TEXT NOT NULL REFERENCES configs,
     image_id INTEGER NOT NULL REFERENCES images, iteration INTEGER NOT NULL, prob_target REAL NOT NULL,
     flipped INTEGER NOT NULL, lambda_used REAL, nonfinite_step INTEGER, counterfactual BLOB,
@@ -164,7 +166,7 @@ class SweepStore:
         keys = [f"{k:016x}" for k in image_keys(x)]
         with self._transaction() as db:
             if db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 0:
-                for table in ("results", "configs", "images", "meta"):
+                for table in ("results", "first_steps", "configs", "images", "meta"):
                     db.execute(f"DELETE FROM {table}")
             old = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
             if old:
@@ -235,6 +237,20 @@ class SweepStore:
         ).fetchall()
         return np.array([bool(f) for _, f in rows], bool)
 
+    def first_step_verdicts(self, config_id: str) -> dict[str, np.ndarray] | None:
+        """input_is_target and first_step_target, (N,) bool each, over the images of this configuration's finished
+        units that recorded f's verdict at the first guided step (stores before it was recorded: none); None when
+        there are none."""
+        rows = self.db.execute(
+            "SELECT r.flipped, f.target FROM first_steps f JOIN results r ON r.config_id = f.config_id AND "
+            "r.image_id = f.image_id AND r.iteration = 0 WHERE f.config_id = ? ORDER BY f.image_id",
+            (config_id,),
+        ).fetchall()
+        if not rows:
+            return None
+        verdicts = np.array(rows, bool)
+        return dict(input_is_target=verdicts[:, 0], first_step_target=verdicts[:, 1])
+
     def finished_units(self) -> set:
         return {r[0] for r in self.db.execute("SELECT unit_id FROM units")}
 
@@ -272,6 +288,11 @@ class SweepStore:
             if db.execute("SELECT 1 FROM units WHERE unit_id = ?", (unit["unit"],)).fetchone():
                 return False
             db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+            first = result.get("first_step_target")
+            if first is not None:  # f's verdict at the first guided step, for the sweep-wide check after resumes
+                db.executemany(
+                    "INSERT INTO first_steps VALUES (?, ?, ?)", [(cid, i, int(first[b])) for b, i in enumerate(ids)]
+                )
             db.execute(
                 "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
