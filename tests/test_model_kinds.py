@@ -21,6 +21,7 @@ from diffice.evaluation.run_judges import load_metrics_models
 from diffice.explain.demo import MODELS_DIR, demo_phantoms
 from diffice.io import load_safetensors_metadata, load_weights, save_safetensors
 from diffice.models.files import load_classifier, load_model, save_model
+from diffice.models.oracle import ConceptOracle
 from diffice.models.sononet import TargetClassView
 
 CLASSIFIER = MODELS_DIR / "classifier.safetensors"
@@ -292,6 +293,27 @@ def test_sononet_weights_as_a_plane_classifier_say_which_kind_to_pass(tmp_path):
         load_classifier("plane", str(tmp_path / "stray.safetensors"))
     msg = str(info.value)
     assert "['w0', 'w1', 'w2'] ... (9 in all)" in msg and "SonoNet" not in msg
+
+
+def test_a_concept_oracle_as_the_plane_classifier_is_not_called_sononet_weights(tmp_path):
+    """diffice explain --classifier oracle/model.safetensors (diffice train oracle without --segmenter: a
+    ConceptOracle, its SonoNet's tensors without prefix) said "this looks like SonoNet weights: pass
+    --classifier-kind sononet", which only led to another error; a diffice file says what it holds. A SonoNet saved
+    by diffice, given as a plane classifier, keeps the hint."""
+    path = tmp_path / "oracle.safetensors"
+    save_model(str(path), ConceptOracle(SonoNet.random(k=4, num_classes=4, seed=0), ["TH", "CSP", "FP", "sharp"]))
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(path))
+    msg = str(info.value)
+    assert "holds a ConceptOracle" in msg and "--classifier-kind" not in msg and "SonoNet weights" not in msg
+
+
+def test_a_sononet_saved_by_diffice_as_a_plane_classifier_says_to_pass_sononet(tmp_path):
+    path = tmp_path / "sononet.safetensors"
+    save_model(str(path), SonoNet.random(k=4, num_classes=14, seed=0))
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(path))
+    assert "holds a SonoNet" in str(info.value) and "pass --classifier-kind sononet" in str(info.value)
 
 
 def test_target_class_outside_sononets_classes_names_the_setting_and_the_classes(tmp_path):

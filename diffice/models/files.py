@@ -19,6 +19,7 @@ classes' ``from_file``):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,14 +83,19 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
             names, meta = read_model_file(path)
         except (OSError, ValueError):
             raise exc from None
-        sononet = looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names)
+        # (a diffice file says what it holds: a concept oracle's SonoNet tensors do not make it SonoNet weights)
+        described = "diffice_model" in meta
+        sononet = _described_type(meta) == "SonoNet" or (
+            not described
+            and (looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names))
+        )
         if kind == "plane" and sononet:
             raise ValueError(
                 f"{exc}; this looks like SonoNet weights: pass --classifier-kind sononet "
                 f'(models.classifier_kind = "sononet")'
             ) from None
         # a plane classifier's state_dict without a description (s and l under their prefixes) given as SonoNet
-        plane = "diffice_model" not in meta and {n.split(".")[0] for n in names} >= {"segmenter", "classifier"}
+        plane = not described and {n.split(".")[0] for n in names} >= {"segmenter", "classifier"}
         if kind == "sononet" and plane:
             raise ValueError(
                 f"{os.fspath(path)}: not SonoNet weights but, by its segmenter.* and classifier.* tensors, a plane "
@@ -100,6 +106,15 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
         target = config_int("models.target_class", target_class)
         return TargetClassView(model, target=target, where="models.target_class (--target-class)")
     return model
+
+
+def _described_type(meta: dict[str, str]) -> Any:
+    """The "type" of a file's diffice_model description (None without a readable one)."""
+    try:
+        spec = json.loads(meta.get("diffice_model") or "null")
+    except ValueError:
+        return None
+    return spec.get("type") if isinstance(spec, dict) else None
 
 
 def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], backend: str = "cpu") -> Any:
