@@ -386,3 +386,19 @@ def test_metrics_says_when_the_classifier_is_not_the_one_that_guided_the_run(tmp
     other.replace(guided)
     load_metrics_models(root, log=said.append)
     assert len(said) == 1 and "NOT the classifier that guided the run" in said[0] and str(guided) in said[0]
+
+
+def test_metrics_says_when_the_runs_classifier_is_not_found(tmp_path, monkeypatch):
+    """diffice explain --classifier f/model.safetensors records the path as typed; diffice metrics run from another
+    folder skipped FR, MAD, BKL and COUT as "no classifier given", without a word about the run's classifier."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "run_settings.json").write_text(json.dumps({"models": {"classifier": "f/model.safetensors"}}))
+    monkeypatch.chdir(tmp_path)
+    said: list[str] = []
+    f, oracle = load_metrics_models(root, log=said.append)
+    assert f is None and oracle is None
+    assert said == [
+        f"the run's classifier f/model.safetensors (from {root / 'run_settings.json'}) is not found from {tmp_path}: "
+        "the metrics of f are skipped; give it with --classifier FILE"
+    ]
