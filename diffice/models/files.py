@@ -52,6 +52,8 @@ __all__ = [
     "build_model",
     "save_model",
     "read_model_file",
+    "training_record",
+    "check_unet_diffusion",
     "load_unet",
     "load_model",
     "model_spec",
@@ -138,6 +140,40 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], bac
     return PerceptualLoss(features, variant=variant)
 
 
+def training_record(path: PathLike) -> dict[str, Any]:
+    """How a model file was trained, as diffice's training commands record it in its safetensors metadata
+    ('diffice_training': diffice train ddpm's diffusion_steps, noise_schedule and size; the supervised commands'
+    size, ...); {} for a file without one (a third-party checkpoint, .pt, .npz, an older diffice). Only the file's
+    header is read (advice for start-up checks: the loaders read and check the whole file)."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= 100 << 20:
+                return {}
+            header = json.loads(fh.read(n))
+        record = json.loads(header["__metadata__"]["diffice_training"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_unet_diffusion(path: PathLike, diffusion: dict[str, Any]) -> None:
+    """ValueError naming the file and the option when [diffusion] steps or schedule are not those the UNet file was
+    trained with (diffice train ddpm records them): its timesteps would not be the ones it learned, and every
+    counterfactual silently wrong. Third-party files record nothing and are not checked."""
+    record = training_record(path)
+    pairs = (("steps", "diffusion_steps", "--steps", "--diffusion-steps"), ("schedule", "noise_schedule", "--schedule"))
+    for key, trained_key, flag, *train_flag in pairs:
+        trained = record.get(trained_key)
+        if trained is not None and str(trained) != str(diffusion.get(key)):
+            how = f" (diffice train ddpm {train_flag[0]} {trained})" if train_flag else ""
+            raise ValueError(
+                f"{os.fspath(path)}: the UNet was trained with {trained_key.replace('_', ' ')} {trained}{how}, but "
+                f"diffusion.{key} ({flag}) is {diffusion.get(key)}: give {flag} {trained} ([diffusion] {key} = "
+                f"{json.dumps(trained)})"
+            )
+
+
 def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffusion, Any, Any]:
     m, d = cfg["models"], cfg["diffusion"]
     backend = m.get("device", "cpu")
@@ -145,6 +181,7 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
     check_diffusion_section(d)  # every setting is checked before a file is read
+    check_unet_diffusion(m["unet"], d)
     unet = load_unet(
         m["unet"],
         num_heads=config_int("models.num_heads", m["num_heads"]),

@@ -14,7 +14,7 @@ from ...data.images import ImageReadError, list_images, load_image, resize
 from ...progress import ProgressBar
 from ..cluster import LocalExecutor, batches, check_device_here, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
-from ..run import WriterLock, check_run
+from ..run import WriterLock, check_run, warn_training_size
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
@@ -94,6 +94,8 @@ def run_sweep(
     executor = executor or LocalExecutor(models)
     names, x = load_sweep_images(spec, stream)
     run = spec.cfg["run"]
+    if models is None and spec.models.get("source") == "files":
+        warn_training_size(spec.models["models"], tuple(run["image_size"]), "[run] image_size")
     meta = dict(
         run=dict(
             image_size=[int(v) for v in run["image_size"]],
