@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import TINY_UNET_CONFIG, tiny_plane_classifier
 
+from diffice import PlaneClassifier, SonoNet
 from diffice.cli import main
 from diffice.data.images import save_png
 from diffice.models.files import save_model, training_record
@@ -90,3 +91,56 @@ def test_explain_warns_when_own_models_run_at_another_size(own_models, tmp_path,
         warnings.simplefilter("error")
         assert _explain(own_models, tmp_path / "same", "--steps", "50", "--image-size", "16", "16") == 0
     assert "trained at" not in capsys.readouterr().err
+
+
+def _sweep_config(root: Path, size: int) -> Path:
+    config = root / f"sweep{size}.toml"
+    config.write_text(
+        f"""
+[sweep]
+images = "images"
+out = "sweep{size}"
+method = ["diff-ice-1"]
+lambda_p = [0]
+
+[models]
+unet = "ddpm/ema.safetensors"
+classifier = "f.safetensors"
+perceptual_kind = "pixel-l2"
+
+[diffusion]
+steps = 50
+respacing = "10"
+
+[method]
+tau = 2
+
+[run]
+image_size = [{size}, {size}]
+"""
+    )
+    return config
+
+
+def test_sweep_warns_at_another_size_and_refuses_a_changed_model_file_on_resume(own_models, tmp_path, capsys):
+    """A sweep's store recorded the model paths but not their contents: a classifier retrained at the same path
+    and a grid extended later mixed two classifiers' results in one table. Its store now keeps their sha256."""
+    import shutil
+
+    root = tmp_path / "own"
+    shutil.copytree(own_models, root)
+    assert main(["sweep", "--config", str(_sweep_config(root, 32)), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "f.safetensors: [models] classifier was trained at 16 x 16 pixels" in err
+    assert "runs at [run] image_size 32 32" in err
+    config = _sweep_config(root, 16)
+    assert main(["sweep", "--config", str(config), "-q"]) == 0
+    assert "trained at" not in capsys.readouterr().err
+    assert main(["sweep", "--config", str(config), "-q"]) == 0  # the same files: resumes
+    capsys.readouterr()
+    head = SonoNet.random(k=4, in_channels=4, num_classes=2, seed=9)
+    retrained = PlaneClassifier(tiny_plane_classifier().segmenter, head)
+    save_model(str(root / "f.safetensors"), retrained, {"diffice_training": '{"size": [16, 16]}'})
+    assert main(["sweep", "--config", str(config), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"made with another classifier file: {root / 'f.safetensors'} has changed since" in err

@@ -14,7 +14,7 @@ from ...data.images import ImageReadError, list_images, load_image, resize
 from ...progress import ProgressBar
 from ..cluster import LocalExecutor, batches, check_device_here, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
-from ..run import WriterLock, check_run, warn_training_size
+from ..run import WriterLock, check_run, model_files_record, warn_training_size
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
@@ -109,6 +109,8 @@ def run_sweep(
         image_shape=list(x.shape[1:]),
         base=spec.base,
     )
+    if spec.models.get("source") == "files":  # the sha256 of the model files: a resume checks they are the same
+        meta["model_files"] = model_files_record(dict(models=spec.models["models"]))
     spec.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     busy = f"{spec.store_path}: another diffice sweep is writing this store"
