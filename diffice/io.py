@@ -31,6 +31,7 @@ __all__ = [
     "load_weights",
     "load_safetensors",
     "load_safetensors_metadata",
+    "peek_safetensors_metadata",
     "save_safetensors",
     "load_npz",
     "load_torch",
@@ -76,6 +77,20 @@ def load_safetensors(path: PathLike) -> dict[str, np.ndarray]:
 def load_safetensors_metadata(path: PathLike) -> dict[str, str]:
     """The ``__metadata__`` string map of a .safetensors file ({} when it has none)."""
     return _load(path, "safetensors")[1]
+
+
+def peek_safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """The ``__metadata__`` map of a .safetensors file from its header alone (the tensors are not read, nor checked:
+    for advice at start-up about a file a loader reads whole later); {} for a file that is not one, or has none."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= 100 << 20:
+                return {}
+            metadata = json.loads(fh.read(n)).get("__metadata__")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def load_npz(path: PathLike) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from diffice.evaluation.run_judges import load_metrics_models
 from diffice.explain.demo import MODELS_DIR, demo_phantoms
 from diffice.io import load_safetensors_metadata, load_weights, save_safetensors
 from diffice.models.files import load_classifier, load_model, save_model
+from diffice.models.oracle import ConceptOracle
 from diffice.models.sononet import TargetClassView
 
 CLASSIFIER = MODELS_DIR / "classifier.safetensors"
@@ -302,6 +303,27 @@ def test_sononet_weights_as_a_plane_classifier_say_which_kind_to_pass(tmp_path):
     assert "['w0', 'w1', 'w2'] ... (9 in all)" in msg and "SonoNet" not in msg
 
 
+def test_a_concept_oracle_as_the_plane_classifier_is_not_called_sononet_weights(tmp_path):
+    """diffice explain --classifier oracle/model.safetensors (diffice train oracle without --segmenter: a
+    ConceptOracle, its SonoNet's tensors without prefix) said "this looks like SonoNet weights: pass
+    --classifier-kind sononet", which only led to another error; a diffice file says what it holds. A SonoNet saved
+    by diffice, given as a plane classifier, keeps the hint."""
+    path = tmp_path / "oracle.safetensors"
+    save_model(str(path), ConceptOracle(SonoNet.random(k=4, num_classes=4, seed=0), ["TH", "CSP", "FP", "sharp"]))
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(path))
+    msg = str(info.value)
+    assert "holds a ConceptOracle" in msg and "--classifier-kind" not in msg and "SonoNet weights" not in msg
+
+
+def test_a_sononet_saved_by_diffice_as_a_plane_classifier_says_to_pass_sononet(tmp_path):
+    path = tmp_path / "sononet.safetensors"
+    save_model(str(path), SonoNet.random(k=4, num_classes=14, seed=0))
+    with pytest.raises(ValueError) as info:
+        load_classifier("plane", str(path))
+    assert "holds a SonoNet" in str(info.value) and "pass --classifier-kind sononet" in str(info.value)
+
+
 def test_target_class_outside_sononets_classes_names_the_setting_and_the_classes(tmp_path):
     SonoNet.random(8, seed=2).save(tmp_path / "s.safetensors")
     with pytest.raises(ValueError) as info:
@@ -372,3 +394,19 @@ def test_metrics_says_when_the_classifier_is_not_the_one_that_guided_the_run(tmp
     other.replace(guided)
     load_metrics_models(root, log=said.append)
     assert len(said) == 1 and "NOT the classifier that guided the run" in said[0] and str(guided) in said[0]
+
+
+def test_metrics_says_when_the_runs_classifier_is_not_found(tmp_path, monkeypatch):
+    """diffice explain --classifier f/model.safetensors records the path as typed; diffice metrics run from another
+    folder skipped FR, MAD, BKL and COUT as "no classifier given", without a word about the run's classifier."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "run_settings.json").write_text(json.dumps({"models": {"classifier": "f/model.safetensors"}}))
+    monkeypatch.chdir(tmp_path)
+    said: list[str] = []
+    f, oracle = load_metrics_models(root, log=said.append)
+    assert f is None and oracle is None
+    assert said == [
+        f"the run's classifier f/model.safetensors (from {root / 'run_settings.json'}) is not found from {tmp_path}: "
+        "the metrics of f are skipped; give it with --classifier FILE"
+    ]

@@ -295,3 +295,17 @@ def test_a_bad_backend_name_is_refused_when_the_model_is_made(make):
     """A model made for a backend that does not exist was accepted and failed at its first forward."""
     with pytest.raises(ValueError, match=r"backend must be one of .* or 'cuda:N', got 'tpu'"):
         make()
+
+
+def test_counterfactuals_explained_again_say_how_to_clamp_them(tiny):
+    """The sampler does not clamp its output (ExplanationResult.counterfactuals: a few 1e-5 past -1 / +1 is usual);
+    a notebook that explains last iteration's counterfactuals again got "x must be in [-1, 1]" about diffice's own
+    output, without a word on why or what to do."""
+    unet, d = tiny
+    ex = Explainer(unet, d, UserClassifier(), None, tau=2, iterations=1, lambda_c=(8.0,), lambda_p=0.0)
+    cf = images()
+    cf[0, 0, 0, 0] = np.float32(1.0000157)
+    with pytest.raises(ValueError) as info:
+        ex.explain(cf)
+    assert "image 0 spans" in str(info.value) and "np.clip(cf, -1, 1)" in str(info.value)
+    assert ex.explain(np.clip(cf, -1, 1)).counterfactuals.shape == (1, 3, 1, H, W)

@@ -98,6 +98,12 @@ def load_metrics_models(
         elif isinstance(m.get("classifier"), str) and m["classifier"] and Path(m["classifier"]).is_file():
             f = load_classifier(m.get("classifier_kind", "plane"), m["classifier"], m.get("target_class", 5))
             say(f"classifier {m['classifier']} (from {settings})" + _not_the_run_classifier(m["classifier"], settings))
+        elif isinstance(m.get("classifier"), str) and m["classifier"]:  # moved, or a path relative to another folder
+            where = "" if Path(m["classifier"]).is_absolute() else f" from {Path.cwd()}"
+            say(
+                f"the run's classifier {m['classifier']} (from {settings}) is not found{where}: the metrics of f "
+                "are skipped; give it with --classifier FILE"
+            )
     if classifier:
         f = load_metrics_classifier(classifier, settings)
         note = _not_the_run_classifier(classifier, settings)

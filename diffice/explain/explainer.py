@@ -526,7 +526,11 @@ class Explainer:
         self.check_image_size(x.shape[2], x.shape[3])
         if x.min() < -1.0 or x.max() > 1.0:
             bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
-            raise ValueError(f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]")
+            raise ValueError(
+                f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}] (counterfactuals of a "
+                "previous run are not clamped, ExplanationResult.counterfactuals: explain them again as "
+                "np.clip(cf, -1, 1))"
+            )
         x = np.ascontiguousarray(x)
         n = len(x)
         targets = self._check_targets(target, x)

@@ -305,6 +305,32 @@ def warn_sononet_size(models: dict[str, Any], size: tuple[int, ...]) -> None:
     )
 
 
+class ModelSizeWarning(UserWarning):
+    """A model trained by diffice (its file records the size it was trained at) runs at another image size: the
+    networks are convolutional and run, but a DDPM or classifier at a size (a scale) it never saw gives other
+    counterfactuals and probabilities, without any error."""
+
+
+def warn_training_size(models: dict[str, Any], size: tuple[int, ...], option: str = "--image-size") -> None:
+    """ModelSizeWarning for each [models] unet / classifier file whose diffice training record
+    (diffice.models.files.training_record: diffice train ddpm | classifier record the size they trained at) names
+    another size than the run's (option: the setting that gave it, for the message)."""
+    from ..models.files import training_record
+
+    for key in ("unet", "classifier"):
+        path = models.get(key)
+        trained = training_record(path).get("size") if path else None
+        if not isinstance(trained, list) or len(trained) != 2 or tuple(trained) == tuple(size):
+            continue
+        warnings.warn(
+            f"{path}: [models] {key} was trained at {trained[0]} x {trained[1]} pixels (its diffice_training "
+            f"metadata), but runs at {option} {size[0]} {size[1]}: at a size it never saw its results are not the "
+            f"ones it learned; give {option} {trained[0]} {trained[1]}",
+            ModelSizeWarning,
+            stacklevel=3,
+        )
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Deletes the '.<name>*.tmp' files atomic_write_bytes leaves when a run is killed (SIGKILL, power loss) between
     writing a temporary file and renaming it: never an output, only litter."""
@@ -385,6 +411,7 @@ def run_explain(
         check_run_target(int(run["target"]), executor.models[2], cfg["models"])
     if models is None:
         warn_sononet_size(cfg["models"], size)
+        warn_training_size(cfg["models"], size)
     created = _make_output_folder(out)
     busy = f"{out}: another diffice run is writing this folder; wait for it to finish, or use another output folder"
     try:

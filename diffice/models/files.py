@@ -19,12 +19,13 @@ classes' ``from_file``):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..io import _load, save_safetensors
+from ..io import _load, peek_safetensors_metadata, save_safetensors
 from ..ops._backend import check_backend_name
 from .classifier import PlaneClassifier, build_network
 from .description import (
@@ -51,6 +52,8 @@ __all__ = [
     "build_model",
     "save_model",
     "read_model_file",
+    "training_record",
+    "check_unet_diffusion",
     "load_unet",
     "load_model",
     "model_spec",
@@ -82,14 +85,19 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
             names, meta = read_model_file(path)
         except (OSError, ValueError):
             raise exc from None
-        sononet = looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names)
+        # (a diffice file says what it holds: a concept oracle's SonoNet tensors do not make it SonoNet weights)
+        described = "diffice_model" in meta
+        sononet = _described_type(meta) == "SonoNet" or (
+            not described
+            and (looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names))
+        )
         if kind == "plane" and sononet:
             raise ValueError(
                 f"{exc}; this looks like SonoNet weights: pass --classifier-kind sononet "
                 f'(models.classifier_kind = "sononet")'
             ) from None
         # a plane classifier's state_dict without a description (s and l under their prefixes) given as SonoNet
-        plane = "diffice_model" not in meta and {n.split(".")[0] for n in names} >= {"segmenter", "classifier"}
+        plane = not described and {n.split(".")[0] for n in names} >= {"segmenter", "classifier"}
         if kind == "sononet" and plane:
             raise ValueError(
                 f"{os.fspath(path)}: not SonoNet weights but, by its segmenter.* and classifier.* tensors, a plane "
@@ -100,6 +108,15 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
         target = config_int("models.target_class", target_class)
         return TargetClassView(model, target=target, where="models.target_class (--target-class)")
     return model
+
+
+def _described_type(meta: dict[str, str]) -> Any:
+    """The "type" of a file's diffice_model description (None without a readable one)."""
+    try:
+        spec = json.loads(meta.get("diffice_model") or "null")
+    except ValueError:
+        return None
+    return spec.get("type") if isinstance(spec, dict) else None
 
 
 def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], backend: str = "cpu") -> Any:
@@ -123,6 +140,35 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], bac
     return PerceptualLoss(features, variant=variant)
 
 
+def training_record(path: PathLike) -> dict[str, Any]:
+    """How a model file was trained, as diffice's training commands record it in its safetensors metadata
+    ('diffice_training': diffice train ddpm's diffusion_steps, noise_schedule and size; the supervised commands'
+    size, ...); {} for a file without one (a third-party checkpoint, .pt, .npz, an older diffice). Only the file's
+    header is read (advice for start-up checks: the loaders read and check the whole file)."""
+    try:
+        record = json.loads(peek_safetensors_metadata(path).get("diffice_training") or "null")
+    except (ValueError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_unet_diffusion(path: PathLike, diffusion: dict[str, Any]) -> None:
+    """ValueError naming the file and the option when [diffusion] steps or schedule are not those the UNet file was
+    trained with (diffice train ddpm records them): its timesteps would not be the ones it learned, and every
+    counterfactual silently wrong. Third-party files record nothing and are not checked."""
+    record = training_record(path)
+    pairs = (("steps", "diffusion_steps", "--steps", "--diffusion-steps"), ("schedule", "noise_schedule", "--schedule"))
+    for key, trained_key, flag, *train_flag in pairs:
+        trained = record.get(trained_key)
+        if trained is not None and str(trained) != str(diffusion.get(key)):
+            how = f" (diffice train ddpm {train_flag[0]} {trained})" if train_flag else ""
+            raise ValueError(
+                f"{os.fspath(path)}: the UNet was trained with {trained_key.replace('_', ' ')} {trained}{how}, but "
+                f"diffusion.{key} ({flag}) is {diffusion.get(key)}: give {flag} {trained} ([diffusion] {key} = "
+                f"{json.dumps(trained)})"
+            )
+
+
 def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffusion, Any, Any]:
     m, d = cfg["models"], cfg["diffusion"]
     backend = m.get("device", "cpu")
@@ -130,6 +176,7 @@ def load_run_models(cfg: dict[str, dict[str, Any]]) -> tuple[UNet, GaussianDiffu
     if not m["unet"]:
         raise ValueError("models.unet: a diffusion model file is required (--unet PATH or [models] unet = ...)")
     check_diffusion_section(d)  # every setting is checked before a file is read
+    check_unet_diffusion(m["unet"], d)
     unet = load_unet(
         m["unet"],
         num_heads=config_int("models.num_heads", m["num_heads"]),

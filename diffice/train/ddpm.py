@@ -743,7 +743,6 @@ def train_ddpm(
     run.restart_log(saved is not None)
 
     def save(step: int) -> None:
-        meta = {"format": "guided-diffusion UNetModel", "diffice_config": _config_json(unet.config), "step": str(step)}
         hparams = dict(
             lr=opt.lr,
             weight_decay=opt.weight_decay,
@@ -756,6 +755,14 @@ def train_ddpm(
             noise_schedule=noise_schedule,
             size=[h, w],
         )
+        # the model files record how they were trained (diffusion steps, schedule, size): diffice explain and sweep
+        # check their [diffusion] steps / schedule and image size against it (diffice.models.files.training_record)
+        meta = {
+            "format": "guided-diffusion UNetModel",
+            "diffice_config": _config_json(unet.config),
+            "diffice_training": json.dumps(hparams, sort_keys=True),
+            "step": str(step),
+        }
         run.save(
             step,
             {

@@ -15,7 +15,7 @@ from ...progress import ProgressBar
 from ..cluster import LocalExecutor, _load, batches, check_device_here, describe
 from ..demo import DEMO_PHANTOM_SEED, demo_phantoms
 from ..explainer import check_image_size
-from ..run import WriterLock, check_run
+from ..run import WriterLock, check_run, model_files_record, warn_training_size
 from .config import SweepSpec, config_id, config_label
 from .store import SweepStore
 
@@ -95,6 +95,8 @@ def run_sweep(
     executor = executor or LocalExecutor(models)
     names, x = load_sweep_images(spec, stream)
     run = spec.cfg["run"]
+    if models is None and spec.models.get("source") == "files":
+        warn_training_size(spec.models["models"], tuple(run["image_size"]), "[run] image_size")
     meta = dict(
         run=dict(
             image_size=[int(v) for v in run["image_size"]],
@@ -108,6 +110,8 @@ def run_sweep(
         image_shape=list(x.shape[1:]),
         base=spec.base,
     )
+    if spec.models.get("source") == "files":  # the sha256 of the model files: a resume checks they are the same
+        meta["model_files"] = model_files_record(dict(models=spec.models["models"]))
     spec.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     busy = f"{spec.store_path}: another diffice sweep is writing this store"
