@@ -309,3 +309,23 @@ def test_counterfactuals_explained_again_say_how_to_clamp_them(tiny):
         ex.explain(cf)
     assert "image 0 spans" in str(info.value) and "np.clip(cf, -1, 1)" in str(info.value)
     assert ex.explain(np.clip(cf, -1, 1)).counterfactuals.shape == (1, 3, 1, H, W)
+
+
+def test_a_result_shows_a_summary_and_x_must_be_an_array(tiny):
+    """Showing an ExplanationResult in a notebook printed every pixel of every array; a list as x was refused as
+    "x must be float32, got float64" (numpy's conversion of it), not as what it is."""
+    unet, d = tiny
+    ex = Explainer(unet, d, UserClassifier(), None, tau=2, iterations=2, lambda_c=(8.0,), lambda_p=0.0)
+    result = ex.explain(images(2))
+    text = repr(result)
+    assert text.startswith(f"ExplanationResult(2 image(s) of 1 x {H} x {W}, L=2: ")
+    assert f"counterfactuals (2, 2, 1, {H}, {W})" in text and "prob_target (3, 2)" in text and len(text) < 600
+    with pytest.raises(TypeError, match=r"^x must be a numpy array \(N, C, H, W\) of float32 in \[-1, 1\], got list"):
+        ex.explain(images(1).tolist())
+
+
+def test_a_diffice_model_of_another_kind_as_the_unet_says_what_it_holds():
+    from diffice.explain.demo import MODELS_DIR
+
+    with pytest.raises(ValueError, match=r"classifier\.safetensors: the file holds a PlaneClassifier .*, not a UNet"):
+        diffice.UNet.from_file(MODELS_DIR / "classifier.safetensors")

@@ -241,6 +241,21 @@ class ExplanationResult:
     steps_xt: np.ndarray | None = None
     steps_x0: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """A summary and the arrays' shapes (a notebook cell showing the result once printed every pixel)."""
+        iterations, n = self.flipped.shape
+        size = " x ".join(str(v) for v in self.counterfactuals.shape[2:])
+        flipped = int(np.asarray(self.flipped[-1]).sum()) if iterations else 0
+        arrays = ", ".join(
+            f"{f.name} {tuple(getattr(self, f.name).shape)}"
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        )
+        return (
+            f"ExplanationResult({n} image(s) of {size}, L={iterations}: {flipped} of {n} flipped at the last "
+            f"iteration, {float(np.sum(self.iteration_seconds)):.1f} s; {arrays})"
+        )
+
 
 def image_keys(x: np.ndarray) -> np.ndarray:
     """A 64-bit key per image from its pixels: the sampler's noise follows the image, not its batch position."""
@@ -512,7 +527,8 @@ class Explainer:
         at the first guided step (:func:`suspicious_run_message`); the result carries what the checks use
         (input_is_target, first_step_target) either way.
         """
-        x = np.asarray(x)
+        if not isinstance(x, np.ndarray):  # a list would become float64 and be refused as such: say what x must be
+            raise TypeError(f"x must be a numpy array (N, C, H, W) of float32 in [-1, 1], got {type(x).__name__}")
         if x.dtype != np.float32:
             raise TypeError(f"x must be float32, got {x.dtype}")
         if x.ndim != 4:

@@ -64,6 +64,16 @@ def read_description(path: PathLike, meta: Mapping[str, str]) -> Description:
     return spec
 
 
+def described_type(meta: Mapping[str, str]) -> Any:
+    """The "type" of a file's diffice_model description (None without a readable one): for advice, where
+    read_description's errors would be in the way."""
+    try:
+        spec = json.loads(meta.get("diffice_model") or "null")
+    except ValueError:
+        return None
+    return spec.get("type") if isinstance(spec, dict) else None
+
+
 def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 

@@ -30,6 +30,7 @@ from ..ops._backend import check_backend_name
 from .classifier import PlaneClassifier, build_network
 from .description import (
     CLASSIFIER_KINDS,
+    described_type,
     model_from_description,
     model_metadata,
     model_spec,
@@ -87,7 +88,7 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
             raise exc from None
         # (a diffice file says what it holds: a concept oracle's SonoNet tensors do not make it SonoNet weights)
         described = "diffice_model" in meta
-        sononet = _described_type(meta) == "SonoNet" or (
+        sononet = described_type(meta) == "SonoNet" or (
             not described
             and (looks_like_authors_npz(names) or {"features.0.0.0.weight", "adaption.3.weight"} <= set(names))
         )
@@ -108,15 +109,6 @@ def load_classifier(kind: str, path: str, target_class: int = 5, backend: str = 
         target = config_int("models.target_class", target_class)
         return TargetClassView(model, target=target, where="models.target_class (--target-class)")
     return model
-
-
-def _described_type(meta: dict[str, str]) -> Any:
-    """The "type" of a file's diffice_model description (None without a readable one)."""
-    try:
-        spec = json.loads(meta.get("diffice_model") or "null")
-    except ValueError:
-        return None
-    return spec.get("type") if isinstance(spec, dict) else None
 
 
 def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], backend: str = "cpu") -> Any:

@@ -266,9 +266,15 @@ class UNet(NetworkBase):
         The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
         from diffice train ddpm or UNet.save records its own in 'diffice_config', which wins."""
         from ..io import _load
-        from .description import unet_layout
+        from .description import described_type, unet_layout
 
         state_dict, meta = _load(path, "auto")
+        held = described_type(meta)
+        if held is not None:  # a diffice model of another kind (diffice's UNet files have no diffice_model)
+            raise ValueError(
+                f"{os.fspath(path)}: the file holds a {held} (its diffice_model metadata), not a UNet; give the DDPM "
+                "(diffice train ddpm's model.safetensors or ema.safetensors, or a guided-diffusion checkpoint)"
+            )
         layout: dict[str, Any] = dict(
             num_heads=num_heads,
             num_head_channels=num_head_channels,
