@@ -463,3 +463,65 @@ def test_a_first_worker_without_diffice_that_arrives_after_the_start_is_named(tm
             process.kill()
             process.wait(30)
     assert finished_units(spec) == 0
+
+
+def test_a_run_waits_for_its_first_workers_but_not_forever_once_all_have_left(
+    tmp_path, models_dir, reference, monkeypatch
+):
+    """Every worker gone mid-run (jobs past their walltime, pre-empted, killed) left Dask waiting forever. Now the run
+    stops NO_WORKERS_GRACE s after the last one left, in one line that says the finished units are kept and a rerun
+    resumes (they are). A cluster that has had no worker yet (SLURM jobs still queued) is waited for as before."""
+    import threading
+    import time
+
+    from diffice.explain import cluster as c
+
+    monkeypatch.setattr(c, "NO_WORKERS_GRACE", 2.0)
+    monkeypatch.setattr(c, "WATCH_INTERVAL", 0.2)
+    executor = open_executor(cluster="local:1", options=dict(dashboard_address=":0"))
+    client = executor.client
+    spec = spec_for(tmp_path, models_dir, name="lost")
+
+    def scale(n):
+        executor.cluster.scale(n)
+        deadline = time.monotonic() + 60
+        while len(client.ncores()) != n:
+            assert time.monotonic() < deadline, f"the local cluster did not reach {n} workers"
+            time.sleep(0.1)
+
+    def all_workers_leave(done, total, ex):
+        if done == 1:
+            scale(0)
+
+    outcome = {}
+
+    def sweep():
+        try:
+            outcome["summary"] = run_sweep(spec, executor=executor, progress=False, on_unit=all_workers_leave)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    try:
+        scale(0)  # the run starts without workers, like jobs still in the queue
+        thread = threading.Thread(target=sweep, daemon=True)
+        thread.start()
+        time.sleep(3 * c.NO_WORKERS_GRACE)
+        assert thread.is_alive() and not outcome  # still waiting for its first worker: no error
+        scale(1)  # the queued job starts
+        thread.join(90)
+        assert not thread.is_alive(), "the run still waits 90 s after its last worker left"
+        exc = outcome.get("error")
+        assert isinstance(exc, c.WorkersLost) and isinstance(exc, DistributedUnavailable), outcome
+        done = finished_units(spec)
+        assert 1 <= done < reference[1]["units"]
+        check_consistent(spec.store_path)
+        text = str(exc)
+        assert "\n" not in text and text.startswith("all Dask workers left (tcp://")
+        assert "none joined within 2 s" in text and f"the {done} finished in this run are kept" in text
+        assert "rerun the same command to resume" in text
+        scale(1)
+        summary = run_sweep(spec, executor=executor, progress=False)
+        assert summary["skipped_done"] == done and summary["ran"] == reference[1]["units"] - done
+        assert stored(spec)[:2] == tuple(reference[2:])
+    finally:
+        executor.close()

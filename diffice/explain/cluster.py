@@ -20,7 +20,8 @@ process, or on a Dask worker -- and returns plain numpy arrays; the caller (``di
 - At most a few units per worker are queued at a time (each carries its images inline, so a lost worker loses
   nothing that cannot be re-sent, and the scheduler's memory stays bounded whatever the grid size).
 - **The client watches the workers** while it waits (every WATCH_INTERVAL s): a worker that joins mid-run is asked
-  to import diffice like those there at the start.
+  to import diffice like those there at the start, and a run whose workers have all left stops after
+  NO_WORKERS_GRACE s instead of waiting forever (workers that never arrived yet, queued jobs, are waited for).
 
 Dask and dask-jobqueue are optional (``pip install diffice[distributed]``); without them everything runs locally
 and the cluster options raise :class:`DistributedUnavailable` with the install command.
@@ -45,6 +46,7 @@ __all__ = [
     "DistributedUnavailable",
     "SchedulerUnreachable",
     "WorkersLackDiffice",
+    "WorkersLost",
     "check_scheduler",
     "check_workers",
     "LocalExecutor",
@@ -86,6 +88,10 @@ class WorkersLackDiffice(DistributedUnavailable):
     """Dask workers of the cluster cannot import diffice (their environment lacks it)."""
 
 
+class WorkersLost(DistributedUnavailable):
+    """Every Dask worker of a run left and none joined within NO_WORKERS_GRACE seconds."""
+
+
 class SchedulerUnreachable(ConnectionError):
     """--scheduler names no Dask scheduler that answers: nothing listens there, or something that is not a Dask
     scheduler (a dashboard, a worker, another service)."""
@@ -95,6 +101,10 @@ class SchedulerUnreachable(ConnectionError):
 SCHEDULER_TIMEOUT = 30.0
 #: How often a Dask run looks at the cluster's workers while it waits for units (seconds).
 WATCH_INTERVAL = 1.0
+#: How long a Dask run waits once all its workers have left before it stops with WorkersLost (seconds). Long enough
+#: for a nanny to restart its worker or a pre-empted job to be replaced at once; workers that have not arrived yet
+#: (jobs still queued at the start) are waited for without limit.
+NO_WORKERS_GRACE = 120.0
 
 
 def _import_distributed():
@@ -304,7 +314,8 @@ class DaskExecutor:
         self, tasks: Iterable[dict[str, Any]], progress: Callable[..., Any] | None = None
     ) -> Iterator[dict[str, Any]]:
         """Yields each task's :func:`compute_unit` result as it completes (any order). Every worker is asked to
-        import diffice before it can be sent a unit by this run (:class:`WorkerWatch`: WorkersLackDiffice)."""
+        import diffice before it can be sent a unit by this run (:class:`WorkerWatch`: WorkersLackDiffice), and a run
+        whose workers have all left stops after NO_WORKERS_GRACE s (WorkersLost)."""
         from distributed import wait
 
         pending = iter(tasks)
@@ -349,6 +360,7 @@ class DaskExecutor:
                         ) from None
                     raise
                 future.release()
+                watch.finished += 1
                 watch.check()  # before more units are sent: a worker that joined meanwhile is asked first
                 top_up()
                 yield result
@@ -561,13 +573,17 @@ def check_workers(client: Any, workers: Sequence[str] | None = None, late: bool 
 class WorkerWatch:
     """A run's view of its cluster's workers, refreshed by :meth:`check` (the DaskExecutor calls it at the start,
     every WATCH_INTERVAL s and before sending more units): workers not seen before are asked to import diffice
-    (:func:`check_workers`; WorkersLackDiffice)."""
+    (:func:`check_workers`; WorkersLackDiffice), and once every worker has left, WorkersLost after NO_WORKERS_GRACE
+    s without one. A cluster that has had no worker yet (jobs still queued) is waited for without limit."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.workers: set[str] = set()  # connected at the last check
         self.checked: set[str] = set()  # connected and answered the probe
+        self.last: set[str] = set()  # the workers before all left (empty: never had one)
+        self.empty_since: float | None = None
         self.checks = 0
+        self.finished = 0  # units this run finished (kept by the caller): for WorkersLost's message
 
     def check(self) -> None:
         try:
@@ -580,6 +596,22 @@ class WorkerWatch:
         new = workers - self.checked
         if new:
             self.checked |= set(check_workers(self.client, sorted(new), late=self.checks > 1))
+        if workers:
+            self.last, self.empty_since = workers, None
+            return
+        if not self.last:
+            return  # never had a worker: queued jobs may take hours to start
+        now = time.monotonic()
+        if self.empty_since is None:
+            self.empty_since = now
+        elif now - self.empty_since >= NO_WORKERS_GRACE:
+            names = sorted(self.last)
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise WorkersLost(
+                f"all Dask workers left ({shown}) and none joined within {NO_WORKERS_GRACE:g} s: the units they were "
+                f"running did not finish, the {self.finished} finished in this run are kept; start workers (or see "
+                f"why they stopped: their logs, the jobs' walltime) and rerun the same command to resume"
+            )
 
 
 def describe(executor: Any, stream: Any = None) -> None:
