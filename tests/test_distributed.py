@@ -318,9 +318,12 @@ class _FakeClient:
         self.scheduler = type("S", (), {"address": "tcp://head-node:8786"})()
         self.dashboard_link = None
 
-    def run(self, fn, *args, on_error="raise"):
+    def run(self, fn, *args, workers=None, on_error="raise"):
         assert on_error == "return"
-        return {w: a for w, a in self.answers.items()}
+        return {w: a for w, a in self.answers.items() if workers is None or w in workers}
+
+    def ncores(self):
+        return {w: 1 for w in self.answers}
 
     def scheduler_info(self):
         return dict(workers={w: {} for w in self.answers})
@@ -347,3 +350,178 @@ def test_workers_without_diffice_are_named_before_any_unit_is_sent(cluster):
     assert "1 of 2 Dask workers cannot import diffice (ModuleNotFoundError: No module named 'diffice')" in text
     assert "tcp://10.0.0.7:40001" in text and "tcp://10.0.0.8:40002" not in text and "job_script_prologue" in text
     assert isinstance(caught.value, DistributedUnavailable)  # the CLIs report it as one line, exit 2
+
+
+def start_worker_without_diffice(scheduler, folder):
+    """A `dask worker` process (no nanny: nothing restarts it) connected to `scheduler` whose Python cannot import
+    diffice, as in an environment that lacks it."""
+    import subprocess
+    import sys
+
+    script = folder / "worker_without_diffice.py"
+    script.write_text(
+        "import sys\n"
+        "sys.modules['diffice'] = None  # this environment lacks diffice\n"
+        "from distributed.cli.dask_worker import main\n"
+        "main()\n"
+    )
+    log = open(folder / "worker_without_diffice.log", "wb")
+    return subprocess.Popen(
+        [sys.executable, str(script), scheduler, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def finished_units(spec):
+    with SweepStore(spec.store_path) as store:
+        return len(store.finished_units())
+
+
+def test_a_worker_without_diffice_that_joins_mid_run_is_named(tmp_path, models_dir, reference):
+    """Only the workers there at the start were asked to import diffice: one that joined later (a job that left the
+    queue, a `dask worker` started by hand) got units and died on them, restarted by its nanny again and again. Now it
+    is asked when it joins, before more units are sent: the same one-line error, naming it; the units finished so far
+    are kept and a rerun resumes."""
+    from diffice.explain.cluster import WorkersLackDiffice
+
+    base = open_executor(cluster="local:1", options=dict(dashboard_address=":0"))  # a scheduler and a good worker
+    address = base.client.scheduler.address
+    spec = spec_for(tmp_path, models_dir, name="late")
+    late = []
+
+    def a_worker_without_diffice_joins(done, total, executor):
+        if not late:
+            before = set(executor.client.ncores())
+            late.append(start_worker_without_diffice(address, tmp_path))
+            executor.client.wait_for_workers(2, timeout=60)
+            late.extend(set(executor.client.ncores()) - before)
+
+    try:
+        executor = open_executor(scheduler=address)  # --scheduler: units may go to any worker
+        try:
+            with pytest.raises(WorkersLackDiffice) as caught:
+                run_sweep(spec, executor=executor, progress=False, on_unit=a_worker_without_diffice_joins)
+        finally:
+            executor.close()
+        process, worker = late
+        text = str(caught.value)
+        assert "\n" not in text and isinstance(caught.value, DistributedUnavailable)  # the CLIs: one line, exit 2
+        assert text.startswith("1 of 1 Dask workers that joined during the run cannot import diffice (ModuleNotFound")
+        assert worker in text and "job_script_prologue" in text and "rerun the same command to resume" in text
+        assert process.poll() is None  # a unit sent to it before it was asked failed there; it did not kill it
+        process.kill()
+        process.wait(30)
+        done = finished_units(spec)
+        assert 1 <= done < reference[1]["units"]
+        check_consistent(spec.store_path)
+        base.client.wait_for_workers(1, timeout=60)
+        summary = run_sweep(spec, executor=base, progress=False)  # the rerun resumes
+        assert summary["skipped_done"] == done and summary["ran"] == reference[1]["units"] - done
+        assert stored(spec)[:2] == tuple(reference[2:])
+    finally:
+        for p in late[:1]:
+            p.kill()
+        base.close()
+
+
+def test_a_first_worker_without_diffice_that_arrives_after_the_start_is_named(tmp_path, models_dir):
+    """SLURM jobs still queued at the start: no worker to ask then, and the first one to arrive is sent units at
+    once, before the client can ask it. Such a unit used to kill a worker lacking diffice (unpickling it), Dask
+    waited forever for workers; now the unit fails there (it names no diffice function until it runs) and the
+    client names the worker."""
+    import threading
+
+    from distributed import LocalCluster
+
+    from diffice.explain.cluster import WorkersLackDiffice
+
+    spec = spec_for(tmp_path, models_dir, name="queued")
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as queued:
+        executor = open_executor(scheduler=queued.scheduler_address)
+        process = start_worker_without_diffice(queued.scheduler_address, tmp_path)
+        outcome = {}
+
+        def sweep():
+            try:
+                outcome["summary"] = run_sweep(spec, executor=executor, progress=False)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=sweep, daemon=True)
+        try:
+            thread.start()
+            thread.join(90)
+            assert not thread.is_alive(), "the run still waits 90 s after a worker without diffice joined"
+            exc = outcome.get("error")
+            assert isinstance(exc, WorkersLackDiffice), outcome
+            assert str(exc).startswith("1 of 1 Dask workers that joined during the run cannot import diffice")
+            assert process.poll() is None  # alive: its units failed there instead of killing it
+        finally:
+            executor.close()
+            process.kill()
+            process.wait(30)
+    assert finished_units(spec) == 0
+
+
+def test_a_run_waits_for_its_first_workers_but_not_forever_once_all_have_left(
+    tmp_path, models_dir, reference, monkeypatch
+):
+    """Every worker gone mid-run (jobs past their walltime, pre-empted, killed) left Dask waiting forever. Now the run
+    stops NO_WORKERS_GRACE s after the last one left, in one line that says the finished units are kept and a rerun
+    resumes (they are). A cluster that has had no worker yet (SLURM jobs still queued) is waited for as before."""
+    import threading
+    import time
+
+    from diffice.explain import cluster as c
+
+    monkeypatch.setattr(c, "NO_WORKERS_GRACE", 2.0)
+    monkeypatch.setattr(c, "WATCH_INTERVAL", 0.2)
+    executor = open_executor(cluster="local:1", options=dict(dashboard_address=":0"))
+    client = executor.client
+    spec = spec_for(tmp_path, models_dir, name="lost")
+
+    def scale(n):
+        executor.cluster.scale(n)
+        deadline = time.monotonic() + 60
+        while len(client.ncores()) != n:
+            assert time.monotonic() < deadline, f"the local cluster did not reach {n} workers"
+            time.sleep(0.1)
+
+    def all_workers_leave(done, total, ex):
+        if done == 1:
+            scale(0)
+
+    outcome = {}
+
+    def sweep():
+        try:
+            outcome["summary"] = run_sweep(spec, executor=executor, progress=False, on_unit=all_workers_leave)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    try:
+        scale(0)  # the run starts without workers, like jobs still in the queue
+        thread = threading.Thread(target=sweep, daemon=True)
+        thread.start()
+        time.sleep(3 * c.NO_WORKERS_GRACE)
+        assert thread.is_alive() and not outcome  # still waiting for its first worker: no error
+        scale(1)  # the queued job starts
+        thread.join(90)
+        assert not thread.is_alive(), "the run still waits 90 s after its last worker left"
+        exc = outcome.get("error")
+        assert isinstance(exc, c.WorkersLost) and isinstance(exc, DistributedUnavailable), outcome
+        done = finished_units(spec)
+        assert 1 <= done < reference[1]["units"]
+        check_consistent(spec.store_path)
+        text = str(exc)
+        assert "\n" not in text and text.startswith("all Dask workers left (tcp://")
+        assert "none joined within 2 s" in text and f"the {done} finished in this run are kept" in text
+        assert "rerun the same command to resume" in text
+        scale(1)
+        summary = run_sweep(spec, executor=executor, progress=False)
+        assert summary["skipped_done"] == done and summary["ran"] == reference[1]["units"] - done
+        assert stored(spec)[:2] == tuple(reference[2:])
+    finally:
+        executor.close()

@@ -19,6 +19,9 @@ process, or on a Dask worker -- and returns plain numpy arrays; the caller (``di
   machine -- bit for bit where the workers have the same CPU kind and thread count as that machine.
 - At most a few units per worker are queued at a time (each carries its images inline, so a lost worker loses
   nothing that cannot be re-sent, and the scheduler's memory stays bounded whatever the grid size).
+- **The client watches the workers** while it waits (every WATCH_INTERVAL s): a worker that joins mid-run is asked
+  to import diffice like those there at the start, and a run whose workers have all left stops after
+  NO_WORKERS_GRACE s instead of waiting forever (workers that never arrived yet, queued jobs, are waited for).
 
 Dask and dask-jobqueue are optional (``pip install diffice[distributed]``); without them everything runs locally
 and the cluster options raise :class:`DistributedUnavailable` with the install command.
@@ -26,6 +29,7 @@ and the cluster options raise :class:`DistributedUnavailable` with the install c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -42,6 +46,7 @@ __all__ = [
     "DistributedUnavailable",
     "SchedulerUnreachable",
     "WorkersLackDiffice",
+    "WorkersLost",
     "check_scheduler",
     "check_workers",
     "LocalExecutor",
@@ -75,11 +80,16 @@ CLUSTER_DEFAULTS: dict[str, Any] = dict(
 
 
 class DistributedUnavailable(RuntimeError):
-    """A cluster option was given but Dask (or dask-jobqueue) is not installed."""
+    """A cluster option was given but Dask (or dask-jobqueue) is not installed; also the base of the cluster's own
+    failures that the commands report as one line, exit 2."""
 
 
 class WorkersLackDiffice(DistributedUnavailable):
     """Dask workers of the cluster cannot import diffice (their environment lacks it)."""
+
+
+class WorkersLost(DistributedUnavailable):
+    """Every Dask worker of a run left and none joined within NO_WORKERS_GRACE seconds."""
 
 
 class SchedulerUnreachable(ConnectionError):
@@ -89,6 +99,12 @@ class SchedulerUnreachable(ConnectionError):
 
 #: How long --scheduler waits for the scheduler to answer (seconds).
 SCHEDULER_TIMEOUT = 30.0
+#: How often a Dask run looks at the cluster's workers while it waits for units (seconds).
+WATCH_INTERVAL = 1.0
+#: How long a Dask run waits once all its workers have left before it stops with WorkersLost (seconds). Long enough
+#: for a nanny to restart its worker or a pre-empted job to be replaced at once; workers that have not arrived yet
+#: (jobs still queued at the start) are waited for without limit.
+NO_WORKERS_GRACE = 120.0
 
 
 def _import_distributed():
@@ -297,35 +313,57 @@ class DaskExecutor:
     def run(
         self, tasks: Iterable[dict[str, Any]], progress: Callable[..., Any] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Yields each task's :func:`compute_unit` result as it completes (any order)."""
-        _, _, as_completed = _import_distributed()
+        """Yields each task's :func:`compute_unit` result as it completes (any order). Every worker is asked to
+        import diffice before it can be sent a unit by this run (:class:`WorkerWatch`: WorkersLackDiffice), and a run
+        whose workers have all left stops after NO_WORKERS_GRACE s (WorkersLost)."""
+        from distributed import wait
+
         pending = iter(tasks)
-        flying = as_completed()
+        flying: set[Any] = set()
         count = 0
+        watch = WorkerWatch(self.client)
 
         def top_up() -> None:
             nonlocal count
-            limit = max(4, self.window * max(1, self.workers()))
-            while flying.count() < limit:
+            limit = max(4, self.window * max(1, len(watch.workers)))
+            while len(flying) < limit:
                 task = next(pending, None)
                 if task is None:
                     return
                 kwargs = dict(resources={UNIT_RESOURCE: 1}) if self.restrict else {}
                 # pure=False: a unit re-submitted after a failed run is computed again, never taken from a cache
-                flying.add(
-                    self.client.submit(
-                        compute_unit, task, key=f"diffice-unit-{task['unit']}-{count}", pure=False, **kwargs
-                    )
+                future = self.client.submit(
+                    eval, _UNIT_CALL, dict(task=task), key=f"diffice-unit-{task['unit']}-{count}", pure=False, **kwargs
                 )
+                flying.add(future)
                 count += 1
 
-        check_workers(self.client)
+        watch.check()
         top_up()
-        for future in flying:
-            result = future.result()  # re-raises a unit's exception (or KilledWorker) here
-            future.release()
-            top_up()
-            yield result
+        while flying:
+            try:
+                done, _ = wait(list(flying), timeout=WATCH_INTERVAL, return_when="FIRST_COMPLETED")
+            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+                watch.check()
+                continue
+            for future in done:
+                flying.discard(future)
+                try:
+                    result = future.result()  # re-raises a unit's exception (or KilledWorker) here
+                except Exception as exc:
+                    watch.check()  # a unit that failed on a late worker lacking diffice: name the worker instead
+                    if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] == "diffice":
+                        raise WorkersLackDiffice(  # that worker has left since
+                            f"a unit failed on a Dask worker that cannot import diffice ({type(exc).__name__}: {exc})"
+                            f" and has left since. {_INSTALL_ON_WORKERS}; the units finished so far are kept: rerun "
+                            f"the same command to resume"
+                        ) from None
+                    raise
+                future.release()
+                watch.finished += 1
+                watch.check()  # before more units are sent: a worker that joined meanwhile is asked first
+                top_up()
+                yield result
 
     def close(self) -> None:
         self.client.close()
@@ -501,22 +539,79 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
 #: string, so that a worker without diffice can still unpickle it: a unit's task, which names diffice's functions,
 #: kills such a worker when it arrives, and Dask then waits forever for workers.)
 _WORKER_PROBE = "__import__('diffice.explain.cluster').__version__"
+#: A unit's task, run as eval(_UNIT_CALL, {"task": task}), for the same reason: a worker lacking diffice that is sent
+#: a unit before WorkerWatch has asked it (it joined just then) fails the unit with ModuleNotFoundError, which the
+#: client can explain, instead of dying on it and being restarted by its nanny, again and again.
+_UNIT_CALL = "__import__('diffice.explain.cluster').explain.cluster.compute_unit(task)"
+_INSTALL_ON_WORKERS = (
+    "Install diffice in the workers' environment (the same version as here), e.g. [cluster] job_script_prologue = "
+    '["source ~/venvs/diffice/bin/activate"] or python = "..." for --cluster slurm|pbs, or start `dask worker` from '
+    "that environment"
+)
 
 
-def check_workers(client: Any) -> dict[str, str]:
-    """Checks that every worker connected now imports diffice; WorkersLackDiffice naming those that do not (and
-    why). Returns each worker's diffice version. Workers that join later (queued jobs) are not checked."""
-    found = client.run(eval, _WORKER_PROBE, on_error="return")
-    bad = {w: r for w, r in found.items() if isinstance(r, BaseException)}
+def check_workers(client: Any, workers: Sequence[str] | None = None, late: bool = False) -> dict[str, str]:
+    """Checks that every worker connected now (or those named) imports diffice; WorkersLackDiffice naming those that
+    do not (and why; late: they joined during the run, whose finished units are kept). Returns the diffice version
+    of each worker that answered; one that could not be asked (it left meanwhile: a connection error) is left out.
+    A run checks the workers that join later too (WorkerWatch)."""
+    found = client.run(eval, _WORKER_PROBE, workers=None if workers is None else list(workers), on_error="return")
+    # an OSError (CommClosedError, a connect timeout) is no answer from the worker, not its import failing
+    asked = {w: r for w, r in found.items() if not isinstance(r, OSError)}
+    bad = {w: r for w, r in asked.items() if isinstance(r, BaseException)}
     if bad:
         first = next(iter(bad.values()))
+        when = " that joined during the run" if late else ""
+        after = "; the units finished so far are kept: rerun the same command to resume" if late else ""
         raise WorkersLackDiffice(
-            f"{len(bad)} of {len(found)} Dask workers cannot import diffice ({type(first).__name__}: {first}): "
-            f"{', '.join(sorted(bad))}. Install diffice in the workers' environment (the same version as here), "
-            f'e.g. [cluster] job_script_prologue = ["source ~/venvs/diffice/bin/activate"] or python = "..." '
-            f"for --cluster slurm|pbs, or start `dask worker` from that environment"
+            f"{len(bad)} of {len(asked)} Dask workers{when} cannot import diffice ({type(first).__name__}: {first}): "
+            f"{', '.join(sorted(bad))}. {_INSTALL_ON_WORKERS}{after}"
         )
-    return {w: str(r) for w, r in found.items()}
+    return {w: str(r) for w, r in asked.items()}
+
+
+class WorkerWatch:
+    """A run's view of its cluster's workers, refreshed by :meth:`check` (the DaskExecutor calls it at the start,
+    every WATCH_INTERVAL s and before sending more units): workers not seen before are asked to import diffice
+    (:func:`check_workers`; WorkersLackDiffice), and once every worker has left, WorkersLost after NO_WORKERS_GRACE
+    s without one. A cluster that has had no worker yet (jobs still queued) is waited for without limit."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.workers: set[str] = set()  # connected at the last check
+        self.checked: set[str] = set()  # connected and answered the probe
+        self.last: set[str] = set()  # the workers before all left (empty: never had one)
+        self.empty_since: float | None = None
+        self.checks = 0
+        self.finished = 0  # units this run finished (kept by the caller): for WorkersLost's message
+
+    def check(self) -> None:
+        try:
+            workers = set(self.client.ncores())
+        except OSError:  # the scheduler does not answer now: Dask's client reconnects (or cancels the units)
+            return
+        self.checks += 1
+        self.workers = workers
+        self.checked &= workers  # one that left and comes back at the same address is asked again
+        new = workers - self.checked
+        if new:
+            self.checked |= set(check_workers(self.client, sorted(new), late=self.checks > 1))
+        if workers:
+            self.last, self.empty_since = workers, None
+            return
+        if not self.last:
+            return  # never had a worker: queued jobs may take hours to start
+        now = time.monotonic()
+        if self.empty_since is None:
+            self.empty_since = now
+        elif now - self.empty_since >= NO_WORKERS_GRACE:
+            names = sorted(self.last)
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise WorkersLost(
+                f"all Dask workers left ({shown}) and none joined within {NO_WORKERS_GRACE:g} s: the units they were "
+                f"running did not finish, the {self.finished} finished in this run are kept; start workers (or see "
+                f"why they stopped: their logs, the jobs' walltime) and rerun the same command to resume"
+            )
 
 
 def describe(executor: Any, stream: Any = None) -> None:
