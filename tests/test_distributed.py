@@ -352,6 +352,22 @@ def test_workers_without_diffice_are_named_before_any_unit_is_sent(cluster):
     assert isinstance(caught.value, DistributedUnavailable)  # the CLIs report it as one line, exit 2
 
 
+def test_workers_with_another_diffice_version_are_named():
+    """The install advice says "the same version as here", and a worker of another version would mix its results
+    with this one's: such workers are named before any unit is sent."""
+    from diffice import __version__
+    from diffice.explain.cluster import DaskExecutor, WorkersLackDiffice
+
+    answers = {"tcp://10.0.0.7:40001": "0.0.9", "tcp://10.0.0.8:40002": __version__}
+    with pytest.raises(WorkersLackDiffice) as caught:
+        next(DaskExecutor(_FakeClient(answers)).run(iter([dict(unit="u0")])))
+    text = str(caught.value)
+    assert (
+        f"1 of 2 Dask workers run diffice 0.0.9, not {__version__} as this machine does: tcp://10.0.0.7:40001" in text
+    )
+    assert "tcp://10.0.0.8:40002" not in text
+
+
 def start_worker_without_diffice(scheduler, folder):
     """A `dask worker` process (no nanny: nothing restarts it) connected to `scheduler` whose Python cannot import
     diffice, as in an environment that lacks it."""

@@ -559,15 +559,24 @@ def check_workers(client: Any, workers: Sequence[str] | None = None, late: bool 
     # an OSError (CommClosedError, a connect timeout) is no answer from the worker, not its import failing
     asked = {w: r for w, r in found.items() if not isinstance(r, OSError)}
     bad = {w: r for w, r in asked.items() if isinstance(r, BaseException)}
+    when = " that joined during the run" if late else ""
+    after = "; the units finished so far are kept: rerun the same command to resume" if late else ""
     if bad:
         first = next(iter(bad.values()))
-        when = " that joined during the run" if late else ""
-        after = "; the units finished so far are kept: rerun the same command to resume" if late else ""
         raise WorkersLackDiffice(
             f"{len(bad)} of {len(asked)} Dask workers{when} cannot import diffice ({type(first).__name__}: {first}): "
             f"{', '.join(sorted(bad))}. {_INSTALL_ON_WORKERS}{after}"
         )
-    return {w: str(r) for w, r in asked.items()}
+    from .. import __version__ as here
+
+    versions = {w: str(r) for w, r in asked.items()}
+    other = sorted(w for w, v in versions.items() if v != here)
+    if other:  # another version's units would be mixed with this one's in the same results
+        raise WorkersLackDiffice(
+            f"{len(other)} of {len(asked)} Dask workers{when} run diffice {versions[other[0]]}, not {here} as this "
+            f"machine does: {', '.join(other)}. {_INSTALL_ON_WORKERS}{after}"
+        )
+    return versions
 
 
 class WorkerWatch:
