@@ -505,3 +505,32 @@ def test_resuming_with_a_changed_model_file_is_refused(tmp_path, rng, model_file
     err = capsys.readouterr().err
     assert f"holds results made with another classifier file: {models / 'f.safetensors'} has changed" in err
     assert file_digest(models / "f.safetensors")[:12] in err and recorded["classifier"][:12] in err
+
+
+def test_model_paths_from_flags_are_recorded_absolute_and_old_relative_records_still_resume(tmp_path, monkeypatch):
+    """explain --classifier f/model.safetensors recorded the path as typed, so diffice metrics run from another folder
+    did not find the run's classifier; a folder recorded that way by an older diffice still resumes from where the
+    path names the same file."""
+    from diffice.cli import main
+    from diffice.explain.demo import MODELS_DIR
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("ddpm", "classifier"):
+        (models / f"{name}.safetensors").write_bytes((MODELS_DIR / f"{name}.safetensors").read_bytes())
+    images = tmp_path / "images"
+    images.mkdir()
+    np.save(images / "a.npy", np.zeros((64, 80), np.float32))
+    monkeypatch.chdir(tmp_path)
+    args = ["explain", "--unet", "models/ddpm.safetensors", "--classifier", "models/classifier.safetensors"]
+    args += ["--perceptual-kind", "pixel-l2", "--lambda-p", "3000", "--image-size", "64", "80", "--steps", "1000"]
+    args += ["--respacing", "20", "--iterations", "1", "--tau", "2", "--images", "images", "--out", "out", "-q"]
+    assert main(args) == 0
+    settings = json.loads((tmp_path / "out" / "run_settings.json").read_text())
+    assert settings["models"]["classifier"] == str(models / "classifier.safetensors")
+    # the same folder as an older diffice wrote it: relative paths
+    settings["models"].update(unet="models/ddpm.safetensors", classifier="models/classifier.safetensors")
+    (tmp_path / "out" / "run_settings.json").write_text(json.dumps(settings))
+    np.save(images / "b.npy", np.full((64, 80), 0.5, np.float32))
+    assert main(args) == 0  # resumed: b explained, a kept
+    assert len(list((tmp_path / "out" / "records").glob("*.json"))) == 2

@@ -397,6 +397,8 @@ def _merge(
         for section, entries in cfg.items():
             if key in entries:
                 check_value(section, key, value)
+                if key in MODEL_FILE_KEYS and value and not os.path.isabs(value):
+                    value = os.path.abspath(value)  # recorded as found now: metrics and resumes run from elsewhere
                 entries[key] = value
                 break
         else:

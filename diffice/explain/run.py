@@ -59,6 +59,10 @@ def _settings(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def _same_path(old: Any, now: Any) -> bool:
+    return isinstance(old, str) and isinstance(now, str) and bool(old) and os.path.abspath(old) == now
+
+
 def model_files_record(cfg: dict[str, dict[str, Any]]) -> dict[str, str]:
     """What a run records of the model files it loads from its settings (run_settings.json "model_files"): the
     sha256 of each file [models] unet, classifier and perceptual name, so that a resumed run knows the files at
@@ -88,12 +92,14 @@ def _check_same_settings(
                     f"{out} holds results made with {describe_record(old_models)}, not {describe_record(demo_models)}"
                     f"{f' ({why})' if why else ''}; use another output folder, or the same models to resume"
                 )
-        # a key newer than the folder's settings counts as its default
+        # a key newer than the folder's settings counts as its default; a model path recorded relative (by an older
+        # diffice, from a flag) is the file it names from here, where the resume runs
         diff = [
             f"{section}.{key}: {old!r} -> {value!r}"
             for section, values in now.items()
             for key, value in values.items()
             if (old := before.get(section, {}).get(key, SECTIONS[section].get(key))) != value
+            and not (section == "models" and key in MODEL_FILE_KEYS and _same_path(old, value))
         ]
         if diff:
             raise ValueError(
