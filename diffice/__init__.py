@@ -14,7 +14,7 @@ from . import io, ops
 from ._native import _C
 from .data import phantoms
 from .explain.demo import load_demo_models
-from .explain.explainer import Explainer, SuspiciousRunWarning
+from .explain.explainer import Explainer, ModelSizeWarning, SuspiciousRunWarning
 from .models.classifier import PlaneClassifier, Segmenter, classification_loss
 from .models.diffusion import GaussianDiffusion
 from .models.perceptual import PerceptualLoss, PixelLoss, pixel_loss
@@ -44,6 +44,7 @@ __all__ = [
     "sononet_preprocess",
     "Explainer",
     "SuspiciousRunWarning",
+    "ModelSizeWarning",
     "train_ddpm",
     "ResNetFeatures",
     "PerceptualLoss",

@@ -62,6 +62,13 @@ def iterations_run(method: str, iterations: int) -> int:
     return int(iterations) if is_iterative(method) else 1
 
 
+class ModelSizeWarning(UserWarning):
+    """A model trained by diffice (its file records the size it was trained at) runs at another image size: the
+    networks are convolutional and run, but a DDPM or classifier at a size (a scale) it never saw gives other
+    counterfactuals and probabilities, without any error. Emitted by :meth:`Explainer.explain` (a UNet loaded from
+    such a file: ``UNet.trained_size``) and by ``diffice explain`` / ``sweep`` at start-up."""
+
+
 class SuspiciousRunWarning(UserWarning):
     """A run whose numbers are probably meaningless (:func:`suspicious_run_message` says when).
 
@@ -524,7 +531,8 @@ class Explainer:
         is called after every reverse step; returning a true value stops the run by raising KeyboardInterrupt
         ("sampler: interrupted at iteration l, step s"; no result is returned), as Ctrl-C does within one step.
         warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target at iteration 0, or
-        at the first guided step (:func:`suspicious_run_message`); the result carries what the checks use
+        at the first guided step (:func:`suspicious_run_message`), and a :class:`ModelSizeWarning` when x's size is
+        not the one the UNet was trained at (``UNet.trained_size``); the result carries what the checks use
         (input_is_target, first_step_target) either way.
         """
         if not isinstance(x, np.ndarray):  # a list would become float64 and be refused as such: say what x must be
@@ -540,6 +548,15 @@ class Explainer:
         if x.shape[1] != self.unet.config["in_channels"]:
             raise ValueError(f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}")
         self.check_image_size(x.shape[2], x.shape[3])
+        trained = getattr(self.unet, "trained_size", None)
+        if warn and trained is not None and tuple(x.shape[2:]) != tuple(trained):
+            warnings.warn(
+                f"the UNet was trained at {trained[0]} x {trained[1]} pixels (its file's diffice_training metadata), "
+                f"but x is {x.shape[2]} x {x.shape[3]}: at a size it never saw its counterfactuals are not the ones "
+                f"it learned; resize x to {trained[0]} x {trained[1]}",
+                ModelSizeWarning,
+                stacklevel=2,
+            )
         if x.min() < -1.0 or x.max() > 1.0:
             bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
             raise ValueError(

@@ -26,7 +26,7 @@ from ..data.images import ImageReadError, atomic_write_bytes, list_images, load_
 from ..io import file_digest, read_json
 from .config import MODEL_FILE_KEYS, SECTIONS, check_lambda_p, check_sections
 from .demo import MODELS_DIR, describe_record, models_folder, models_record, records_differ
-from .explainer import ExplainerConfig, iterations_run
+from .explainer import ExplainerConfig, ModelSizeWarning, iterations_run
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
@@ -311,22 +311,17 @@ def warn_sononet_size(models: dict[str, Any], size: tuple[int, ...]) -> None:
     )
 
 
-class ModelSizeWarning(UserWarning):
-    """A model trained by diffice (its file records the size it was trained at) runs at another image size: the
-    networks are convolutional and run, but a DDPM or classifier at a size (a scale) it never saw gives other
-    counterfactuals and probabilities, without any error."""
-
-
 def warn_training_size(models: dict[str, Any], size: tuple[int, ...], option: str = "--image-size") -> None:
     """ModelSizeWarning for each [models] unet / classifier file whose diffice training record
     (diffice.models.files.training_record: diffice train ddpm | classifier record the size they trained at) names
     another size than the run's (option: the setting that gave it, for the message)."""
-    from ..models.files import training_record
+    from ..io import peek_safetensors_metadata
+    from ..models.description import trained_size
 
     for key in ("unet", "classifier"):
         path = models.get(key)
-        trained = training_record(path).get("size") if path else None
-        if not isinstance(trained, list) or len(trained) != 2 or tuple(trained) == tuple(size):
+        trained = trained_size(peek_safetensors_metadata(path)) if path else None
+        if trained is None or trained == tuple(size):
             continue
         warnings.warn(
             f"{path}: [models] {key} was trained at {trained[0]} x {trained[1]} pixels (its diffice_training "

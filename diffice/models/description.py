@@ -74,6 +74,25 @@ def described_type(meta: Mapping[str, str]) -> Any:
     return spec.get("type") if isinstance(spec, dict) else None
 
 
+def training_settings(meta: Mapping[str, str]) -> dict[str, Any]:
+    """How a model file was trained: its 'diffice_training' metadata (diffice train ddpm's diffusion_steps,
+    noise_schedule and size; the supervised commands' size, ...); {} without a readable one (a third-party
+    checkpoint, .pt, .npz, an older diffice)."""
+    try:
+        record = json.loads(meta.get("diffice_training") or "null")
+    except (ValueError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def trained_size(meta: Mapping[str, str]) -> tuple[int, int] | None:
+    """(height, width) the file's model was trained at (training_settings' size), None when it does not say."""
+    size = training_settings(meta).get("size")
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
 def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 

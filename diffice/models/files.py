@@ -34,6 +34,7 @@ from .description import (
     model_from_description,
     model_metadata,
     model_spec,
+    training_settings,
     unet_layout,
     weights_of,
 )
@@ -133,15 +134,9 @@ def load_perceptual(kind: str, path: str, variant: str, taps: Sequence[str], bac
 
 
 def training_record(path: PathLike) -> dict[str, Any]:
-    """How a model file was trained, as diffice's training commands record it in its safetensors metadata
-    ('diffice_training': diffice train ddpm's diffusion_steps, noise_schedule and size; the supervised commands'
-    size, ...); {} for a file without one (a third-party checkpoint, .pt, .npz, an older diffice). Only the file's
-    header is read (advice for start-up checks: the loaders read and check the whole file)."""
-    try:
-        record = json.loads(peek_safetensors_metadata(path).get("diffice_training") or "null")
-    except (ValueError, TypeError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    """description.training_settings of a model file, from its header alone (advice for start-up checks: the
+    loaders read and check the whole file)."""
+    return training_settings(peek_safetensors_metadata(path))
 
 
 def check_unet_diffusion(path: PathLike, diffusion: dict[str, Any]) -> None:

@@ -228,6 +228,8 @@ class UNet(NetworkBase):
     def __init__(self, config: Mapping | None = None, backend: str = "cpu") -> None:
         self.config = _full_config(config or {})
         super().__init__(_C.unet_create(_c_config(self.config)), backend)
+        #: (height, width) the weights were trained at, from a file diffice train ddpm wrote (from_file); else None
+        self.trained_size: tuple[int, int] | None = None
 
     # ---- construction ----
     @classmethod
@@ -266,7 +268,7 @@ class UNet(NetworkBase):
         The attention layout arguments are for checkpoints that do not record one (guided-diffusion, DiME); a file
         from diffice train ddpm or UNet.save records its own in 'diffice_config', which wins."""
         from ..io import _load
-        from .description import described_type, unet_layout
+        from .description import described_type, trained_size, unet_layout
 
         state_dict, meta = _load(path, "auto")
         held = described_type(meta)
@@ -283,9 +285,11 @@ class UNet(NetworkBase):
         )
         layout.update(unet_layout(meta, path) or {})
         try:
-            return cls.from_state_dict(state_dict, backend=backend, **layout)
+            unet = cls.from_state_dict(state_dict, backend=backend, **layout)
         except ValueError as exc:
             raise ValueError(f"{os.fspath(path)}: {exc}") from None
+        unet.trained_size = trained_size(meta)
+        return unet
 
     @classmethod
     def random(cls, config: Mapping | None = None, seed: int = 0, backend: str = "cpu") -> UNet:
