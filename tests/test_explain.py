@@ -393,3 +393,17 @@ def test_target_out_of_range_names_the_value_and_the_classes(tiny, rng, guidance
             ex.explain(x, target=[1, 0, bad])  # the bad value, not the first target past the logit count
         with pytest.raises(ValueError, match=rf"target -1 is not a class .*{want}"):
             ex.explain(x, target=[1, -1, 0])
+
+
+def test_the_nonfinite_flag_describes_the_result_kept_for_each_image():
+    """nonfinite_step[l, b] stayed set by an earlier lambda_c pass that blew up even when a later pass's finite,
+    flipped result was the one kept, so metrics and sweeps left valid counterfactuals out (method review)."""
+    from diffice.explain.demo import demo_phantoms, load_demo_models
+
+    x = demo_phantoms(2).images.astype(np.float32)
+    r = load_demo_models().explainer(iterations=1, tau=6, lambda_c=[3e38, 40.0]).explain(x, seed=0, warn=False)
+    assert (r.lambda_used[0] == 40.0).all() and np.isfinite(r.counterfactuals).all()
+    np.testing.assert_array_equal(r.nonfinite_step, -1)
+    # a result that is kept non-finite is still marked: the largest lambda_c last
+    r = load_demo_models().explainer(iterations=1, tau=6, lambda_c=[3e38]).explain(x, seed=0, warn=False)
+    assert (r.nonfinite_step[0] >= 0).all()

@@ -431,6 +431,10 @@ dfc_status dfc_sampler_run(const dfc_sampler_config *cfg, const dfc_net *denoise
                 st = err && err->code ? err->code : DFC_ERR_NOMEM;
                 goto done;
             }
+            /* a row's mark describes the result kept for it, this pass's: an earlier lambda's non-finite pass is
+             * replaced by this one (its valid counterfactual must not be left out as non-finite) */
+            for (int64_t b = 0; b < num_active; b++)
+                out->nonfinite_step[(int64_t)l * n + active[b]] = -1;
             if ((st = copy_rows(&p, gather, pass_in.data, NULL, iteration_in, active, err)) != DFC_OK ||
                 (st = run_pass(&p, &pass_in, &z, err)) != DFC_OK ||
                 (st = guidance->classify(guidance->ctx, be, work, &z, active, prob, is_target, err)) != DFC_OK ||

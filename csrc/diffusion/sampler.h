@@ -70,14 +70,14 @@ typedef int (*dfc_progress_fn)(void *user, int iteration, int lambda_index, int 
 
 /* Caller-allocated outputs (N images of shape (C, H, W), L iterations). */
 typedef struct dfc_sampler_outputs {
-    float *counterfactuals;    /* (L, N, C, H, W) */
-    float *prob_target;        /* (L + 1, N): the input, then each iteration's result */
-    float *lambda_used;        /* (L, N) */
-    int *flipped;              /* (L, N): the result is classified as the target */
-    int *nonfinite_step;       /* (L, N): -1, or the first step index where the sample became non-finite */
-    float *steps_xt;           /* record_steps: (L, tau, N, C, H, W) z after each step of the kept pass; or NULL */
-    float *steps_x0;           /* record_steps: (L, tau, N, C, H, W) x0_hat at each step; or NULL */
-    int *input_is_target;      /* (N) the input is classified as the target; or NULL */
+    float *counterfactuals; /* (L, N, C, H, W) */
+    float *prob_target;     /* (L + 1, N): the input, then each iteration's result */
+    float *lambda_used;     /* (L, N) */
+    int *flipped;           /* (L, N): the result is classified as the target */
+    int *nonfinite_step;  /* (L, N): -1, or the first step where the kept result (its last lambda's) went non-finite */
+    float *steps_xt;      /* record_steps: (L, tau, N, C, H, W) z after each step of the kept pass; or NULL */
+    float *steps_x0;      /* record_steps: (L, tau, N, C, H, W) x0_hat at each step; or NULL */
+    int *input_is_target; /* (N) the input is classified as the target; or NULL */
     float *first_step_prob;    /* classify_first_step: (N) target probability of x0_hat at the first reverse step
                                * of iteration 1's first lambda_c pass (before any guidance acted); or NULL */
     int *first_step_target;    /* classify_first_step: (N) that x0_hat is classified as the target; or NULL */
