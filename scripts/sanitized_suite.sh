@@ -26,9 +26,12 @@ ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:log_path=$logs/asan \
 UBSAN_OPTIONS=print_stacktrace=1:log_path=$logs/ubsan \
 DIFFICE_SHARED=${DIFFICE_SHARED:-$repo/../shared} \
     python -m pytest -q -p no:cacheprovider "${@:-tests}" || status=$?
-if compgen -G "$logs/*" >/dev/null; then
+# allocator_may_return_null=1 lets a deliberate huge request fail as it does without ASan (numpy raises MemoryError:
+# Dask reading "HTTP/1.0" from a non-Dask service as a frame length), and ASan notes each such request: not a report
+reports=$(for f in "$logs"/*; do [ -e "$f" ] && grep -q -v -e "WARNING: AddressSanitizer failed to allocate" -e '^$' "$f" && echo "$f"; done || true)
+if [ -n "$reports" ]; then
     echo "sanitizer reports in $logs:" >&2
-    ls "$logs" >&2
+    echo "$reports" >&2
     exit 1
 fi
 echo "no sanitizer report (logs: $logs)"
