@@ -147,3 +147,15 @@ def test_dir_lists_the_public_names():
     assert set(diffice.__all__) <= set(names) and {"explain", "evaluation", "models"} <= set(names)
     assert [n for n in names if n.startswith("_") and not n.startswith("__")] == []
     assert diffice._C is not None and "__version__" in names
+
+
+def test_help_of_the_explainer_names_every_setting():
+    """help(diffice.Explainer) said "Remaining keyword arguments: ExplainerConfig fields" without naming one: a
+    notebook user had to find ExplainerConfig to learn that tau or lambda_c are settings."""
+    import dataclasses
+
+    from diffice.explain.explainer import ExplainerConfig
+
+    doc = diffice.Explainer.__doc__
+    assert [f.name for f in dataclasses.fields(ExplainerConfig) if f.name not in doc] == []
+    assert "(N, C, H, W) float32 in [-1, 1]" in doc

@@ -464,7 +464,14 @@ class Explainer:
             on the same one (``UNet.random(..., backend="cuda")``, ``load_demo_models(backend="cuda")``).
         guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
             (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
-        Remaining keyword arguments: ExplainerConfig fields.
+        Remaining keyword arguments: :class:`ExplainerConfig` fields (defaults: the paper's) -- method
+            ("diff-ice", "diff-ice-1", "diff-ice-1-xt", "dime", "fastdime"), iterations (L, 5), tau (120, in
+            respaced steps), lambda_c (searched in order, (40, 60, 80)), lambda_p (30), lambda_l1, lambda_l2 (0),
+            class_loss ("ce" | "logit"), grad_at ("current" | "previous"), scale_grads (False), clip (True),
+            mask_dilation, mask_threshold, mask_warmup (FastDiME's mask), precision ("fp32"; "tf32" / "bf16" on a
+            GPU).
+
+    ``explain(x)`` takes x (N, C, H, W) float32 in [-1, 1] and returns an :class:`ExplanationResult`.
     """
 
     def __init__(
