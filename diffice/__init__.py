@@ -54,6 +54,12 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """What dir(diffice) and a notebook's tab completion list: the public names and the subpackages, not the helpers
+    this module imports for itself (_Any, _Path, _C, _native)."""
+    return sorted(name for name in globals() if not name.startswith("_") or name.startswith("__"))
+
+
 def build_info() -> dict[str, _Any]:
     """How the C core was built: oneDNN version; "cuda": "built" where the CUDA plugin (libdiffice_cuda.so) was
     compiled (nvcc found at install), else "not built". Whether a GPU is usable here: cuda_available()."""

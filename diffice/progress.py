@@ -1,5 +1,5 @@
-"""A small progress bar for long runs (no dependency): one line on stderr, redrawn in place on a terminal and
-printed every few seconds otherwise (logs, notebooks)."""
+"""A small progress bar for long runs (no dependency): one line on stderr, redrawn in place on a terminal and in a
+Jupyter notebook, printed every few seconds otherwise (logs)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def redraws_in_place(stream: TextIO) -> bool:
+    """Whether a line written to `stream` can be redrawn with a carriage return: a terminal, or the output stream of
+    a Jupyter kernel (ipykernel's, which is no tty; the notebook shows the text after the last "\\r", so a bar
+    there stays one line instead of a new line every few seconds)."""
+    if hasattr(stream, "isatty") and stream.isatty():
+        return True
+    return type(stream).__module__.split(".")[0] == "ipykernel"
 
 
 class ProgressBar:
@@ -35,7 +44,7 @@ class ProgressBar:
         self.enabled = enabled and int(total) > 0  # nothing to do (a finished run resumed): no bar
         self.start = time.monotonic()
         self.done = self.first
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interactive = redraws_in_place(self.stream)
         self.min_interval = min_interval if self.interactive else 5.0
         self._last = 0.0
         self._printed = -1  # the `done` of the last line drawn

@@ -62,3 +62,36 @@ def test_tables_notebook_reads_a_store_of_an_image_folder(tmp_path, monkeypatch)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f"reading {spec.store_path}" in text and "median gain of" in text and "all images" in text
+
+
+def _run_cells(sources, tmp_path, monkeypatch):
+    """The notebook of these code cells, executed in a fresh kernel (this checkout's diffice), with its outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert nbformat.validate(nb) is None
+    return nb.cells
+
+
+def test_progress_bar_in_a_notebook_is_one_line(tmp_path, monkeypatch):
+    """A kernel's stderr is no tty: the bar printed a new line every 5 s and at every finished batch (hundreds of
+    lines for a sweep); there it is redrawn in place with "\\r", as on a terminal, and ends with one newline."""
+    (cell,) = _run_cells(
+        [
+            "from diffice.progress import ProgressBar\n"
+            "bar = ProgressBar(40, label='explain')\n"
+            "for i in range(40):\n"
+            "    bar.update(i + 1, note=f'images {i + 1}/40', force=True)\n"
+            "bar.close()"
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    text = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stderr")
+    assert text.count("\r") >= 40 and text.count("\n") == 1, text[:300]
+    assert text.rsplit("\r", 1)[1].startswith("explain [########################] 40/40 100.0%")

@@ -155,10 +155,10 @@ def test_the_python_api_warns_when_the_unet_runs_at_another_size(own_models):
     assert unet.trained_size == SIZE and UNet.random(TINY_UNET_CONFIG).trained_size is None
     diffusion = GaussianDiffusion(50, "linear", "10", learn_sigma=unet.config["learn_sigma"])
     ex = Explainer(unet, diffusion, tiny_plane_classifier(), PixelLoss("l2"), iterations=1, tau=2, lambda_p=1.0)
-    x = np.zeros((1, 1, 32, 32), np.float32)
+    x = np.full((1, 1, 32, 32), -0.5, np.float32)
     with pytest.warns(ModelSizeWarning, match=r"^the UNet was trained at 16 x 16 pixels .* but x is 32 x 32: "):
         ex.explain(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ModelSizeWarning)
         ex.explain(x, warn=False)
-        ex.explain(np.zeros((1, 1, *SIZE), np.float32))
+        ex.explain(np.full((1, 1, *SIZE), -0.5, np.float32))

@@ -418,3 +418,52 @@ def strip(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
         out[: t.shape[0], x : x + t.shape[1]] = t
         x += t.shape[1] + gap
     return out
+
+
+IMAGES = "(N, C, H, W) float32 in [-1, 1]"  # what the networks, the Explainer and the metrics take
+
+
+def images_hint(x: object) -> str:
+    """Why x is likely not images in diffice's convention (IMAGES) and how to make it so, as " (...)" for an error
+    message, "" when none of the usual mistakes shows: a torch tensor, integer pixels, [0, 255] or [0, 1] floats, one
+    image without its batch (and channel) axis, channels last."""
+    if type(x).__module__.split(".")[0] == "torch":
+        return " (a torch tensor: pass x.detach().cpu().numpy())"
+    if not isinstance(x, np.ndarray):
+        return " (np.stack(images) makes one array of a list of (C, H, W) images)" if isinstance(x, list) else ""
+    if x.dtype == bool or np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(np.int8 if x.dtype == bool else x.dtype)
+        if info.min < 0:
+            return f" ({x.dtype} pixel levels, not values in [-1, 1]: scale them to [-1, 1])"
+        return f" ({x.dtype} pixel levels 0..{info.max}: x.astype(np.float32) / {info.max / 2:g} - 1 gives [-1, 1])"
+    if x.ndim == 2:
+        return " (one (H, W) image: x[None, None] is a batch of one)"
+    if x.ndim == 3:
+        return " (one (C, H, W) image: x[None]; N (H, W) images: x[:, None])"
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return " (channels last? x.transpose(0, 3, 1, 2) is (N, C, H, W))"
+    if x.size and np.issubdtype(x.dtype, np.floating) and np.all(np.isfinite(x)) and x.min() >= 0:
+        if 1 < x.max() <= 255:
+            return " (values in [0, 255]: x / 127.5 - 1 gives [-1, 1])"
+        if x.max() <= 1:
+            return " (values in [0, 1]: 2 * x - 1 gives [-1, 1])"
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        return " (x.astype(np.float32))"
+    return ""
+
+
+def judged_images(x: object, what: str) -> np.ndarray:
+    """x as float32 images for a judge (the concept oracle, diffice.evaluation.metrics.evaluate), which takes
+    counterfactuals as the sampler left them (not clamped: a few 1e-5 past [-1, 1]). Integer pixels are a TypeError
+    and finite values past [-2, 2] (pixel levels 0..255 as floats, say) a ValueError, each naming `what` and the
+    fix (:func:`images_hint`): they used to be judged as they were, giving meaningless scores without an error."""
+    a = np.asarray(x)
+    if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{what}: images must be {IMAGES}, got {a.dtype}{images_hint(a)}")
+    a = a.astype(np.float32, copy=False)
+    finite = np.isfinite(a)
+    low = float(np.min(a, where=finite, initial=np.inf))
+    high = float(np.max(a, where=finite, initial=-np.inf))
+    if low < -2.0 or high > 2.0:
+        raise ValueError(f"{what}: images must be in [-1, 1], got values in [{low:g}, {high:g}]{images_hint(a)}")
+    return a

@@ -169,6 +169,19 @@ class PhantomBatch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __repr__(self) -> str:
+        """A summary and the arrays' shapes (a notebook cell showing the batch printed every image and mask)."""
+        modes: dict[str, int] = {}
+        for p in self.params:
+            mode = str(p.get("failure_mode", "?"))
+            modes[mode] = modes.get(mode, 0) + 1
+        size = " x ".join(str(v) for v in self.images.shape[2:])
+        return (
+            f"PhantomBatch({len(self)} phantom(s) of {size}, {int(np.sum(self.labels == 1))} standard plane(s); "
+            f"failure modes {modes}; images {self.images.shape} {self.images.dtype}, masks {self.masks.shape} "
+            f"({', '.join(self.structure_names)}), concepts {list(self.concepts)}, labels {self.labels.shape})"
+        )
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks

@@ -43,6 +43,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..data.images import judged_images
 from ..io import read_json
 from ..models.probabilities import probabilities
 
@@ -532,8 +533,8 @@ def evaluate(
     non-finite); their inputs stay in FID's and FSD's real set. A non-finite value in an input, or in a
     counterfactual that is not excluded, is a ValueError naming the images.
     """
-    x = np.asarray(x, dtype=np.float32)
-    cfs = np.asarray(cfs, dtype=np.float32)
+    x = judged_images(x, "evaluate: x")
+    cfs = judged_images(cfs, "evaluate: cfs")
     if x.shape != cfs.shape or x.ndim != 4 or len(x) == 0:
         raise ValueError(
             f"evaluate: x and cfs must be (N, C, H, W) of one shape with N >= 1, got {x.shape} and {cfs.shape}"

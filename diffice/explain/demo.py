@@ -69,6 +69,14 @@ class DemoModels:
     info: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = None  # where they were loaded from (absolute); None: not from a folder
 
+    def __repr__(self) -> str:
+        """One line per model and the keys of ``info`` (the dataclass's repr printed every training record)."""
+        where = "not from a folder" if self.folder is None else str(self.folder)
+        lines = [f"DemoModels({where}; info: {', '.join(self.info)})"]
+        lines += [f"  {name}: {getattr(self, name)!r}" for name in ("unet", "diffusion", "classifier", "oracle")]
+        lines.append(f"  perceptual: {self.perceptual!r}")
+        return "\n".join(lines)
+
     def record(self) -> dict[str, Any] | None:
         """What a run records of these models (:func:`models_record`); None when they were not loaded from a
         folder."""

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .._native import _C
+from ..data.images import images_hint
 from ..models.classifier import classification_loss
 from ..models.diffusion import GaussianDiffusion
 from ..models.network import is_finite_nonnegative
@@ -470,7 +471,14 @@ class Explainer:
             on the same one (``UNet.random(..., backend="cuda")``, ``load_demo_models(backend="cuda")``).
         guidance: "auto" runs the guiding loss in C when the classifier and perceptual loss are diffice networks
             (else it calls their Python methods every step); "native" requires C; "python" forces the bridge.
-        Remaining keyword arguments: ExplainerConfig fields.
+        Remaining keyword arguments: :class:`ExplainerConfig` fields (defaults: the paper's) -- method
+            ("diff-ice", "diff-ice-1", "diff-ice-1-xt", "dime", "fastdime"), iterations (L, 5), tau (120, in
+            respaced steps), lambda_c (searched in order, (40, 60, 80)), lambda_p (30), lambda_l1, lambda_l2 (0),
+            class_loss ("ce" | "logit"), grad_at ("current" | "previous"), scale_grads (False), clip (True),
+            mask_dilation, mask_threshold, mask_warmup (FastDiME's mask), precision ("fp32"; "tf32" / "bf16" on a
+            GPU).
+
+    ``explain(x)`` takes x (N, C, H, W) float32 in [-1, 1] and returns an :class:`ExplanationResult`.
     """
 
     def __init__(
@@ -531,22 +539,27 @@ class Explainer:
         is called after every reverse step; returning a true value stops the run by raising KeyboardInterrupt
         ("sampler: interrupted at iteration l, step s"; no result is returned), as Ctrl-C does within one step.
         warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target at iteration 0, or
-        at the first guided step (:func:`suspicious_run_message`), and a :class:`ModelSizeWarning` when x's size is
-        not the one the UNet was trained at (``UNet.trained_size``); the result carries what the checks use
+        at the first guided step (:func:`suspicious_run_message`), or when no pixel of x is below 0 (images in
+        [0, 1], not [-1, 1]), and a :class:`ModelSizeWarning` when x's size is not the one the UNet was trained at
+        (``UNet.trained_size``); the result carries what the checks use
         (input_is_target, first_step_target) either way.
         """
         if not isinstance(x, np.ndarray):  # a list would become float64 and be refused as such: say what x must be
-            raise TypeError(f"x must be a numpy array (N, C, H, W) of float32 in [-1, 1], got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise TypeError(f"x must be float32, got {x.dtype}")
+            raise TypeError(
+                f"x must be a numpy array (N, C, H, W) of float32 in [-1, 1], got {type(x).__name__}{images_hint(x)}"
+            )
+        if x.dtype != np.float32:  # the hint says how: 8-bit pixels scaled, float64 converted, ...
+            raise TypeError(f"x must be float32 in [-1, 1], got {x.dtype}{images_hint(x)}")
         if x.ndim != 4:
-            raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
+            raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}{images_hint(x)}")
         if not np.all(np.isfinite(x)):
             raise ValueError("x contains non-finite values")
         if len(x) == 0:
             raise ValueError(f"x holds no images (shape {x.shape})")
         if x.shape[1] != self.unet.config["in_channels"]:
-            raise ValueError(f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}")
+            raise ValueError(
+                f"x has {x.shape[1]} channels, the UNet takes {self.unet.config['in_channels']}{images_hint(x)}"
+            )
         self.check_image_size(x.shape[2], x.shape[3])
         trained = getattr(self.unet, "trained_size", None)
         if warn and trained is not None and tuple(x.shape[2:]) != tuple(trained):
@@ -560,9 +573,20 @@ class Explainer:
         if x.min() < -1.0 or x.max() > 1.0:
             bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
             raise ValueError(
-                f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}] (counterfactuals of a "
-                "previous run are not clamped, ExplanationResult.counterfactuals: explain them again as "
-                "np.clip(cf, -1, 1))"
+                f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]"
+                + (
+                    images_hint(x)
+                    or " (counterfactuals of a previous run are not clamped, ExplanationResult.counterfactuals: "
+                    "explain them again as np.clip(cf, -1, 1))"
+                )
+            )
+        if warn and x.min() >= 0.0:  # in [-1, 1] but no pixel below mid-gray: almost surely scaled to [0, 1]
+            warnings.warn(
+                "every image of x is in [0, 1] (no pixel below 0), but diffice's images are in [-1, 1] with black "
+                "at -1: images scaled to [0, 1] are explained as washed-out gray ones; 2 * x - 1 gives [-1, 1] "
+                "(warn=False if they are meant so)",
+                SuspiciousRunWarning,
+                stacklevel=2,
             )
         x = np.ascontiguousarray(x)
         n = len(x)
@@ -617,6 +641,25 @@ class Explainer:
             if message:
                 warnings.warn(message, SuspiciousRunWarning, stacklevel=2)
         return result
+
+    def __repr__(self) -> str:
+        """The method's settings (those off their defaults too) and the models' kinds (a notebook cell showing the
+        Explainer printed its address)."""
+        c, default = self.config, ExplainerConfig()
+        shown = ("method", "iterations", "tau", "lambda_c", "lambda_p")
+        others = [
+            f"{f.name}={getattr(c, f.name)!r}"
+            for f in dataclasses.fields(c)
+            if f.name not in shown and getattr(c, f.name) != getattr(default, f.name)
+        ]
+        kinds = [("classifier", self.classifier), ("perceptual", self.perceptual)]
+        models = ", ".join(f"{k}={type(v).__name__ if v is not None else None}" for k, v in kinds)
+        return (
+            f"Explainer(method={c.method!r}, L={iterations_run(c.method, c.iterations)}, tau={c.tau} of "
+            f"{self.diffusion.num_timesteps} steps, lambda_c={[float(v) for v in c.lambda_c]}, "
+            f"lambda_p={float(c.lambda_p):g}, " + "".join(f"{o}, " for o in others) + f"{models}, "
+            f"guidance={'native' if self._native is not None else 'python'!r}, backend={self.backend!r})"
+        )
 
     def check_image_size(self, height: int, width: int) -> None:
         """:func:`check_image_size` for this Explainer's models."""

@@ -530,7 +530,8 @@ def _run(
         _write_csv(out / "errors.csv", errors, ["image", "error"])
         for e in errors:
             print(f"{command}: skipped {e['image']}: {e['error']}", file=sys.stderr)
-    found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]))
+    # stacklevel 4: the warning names the line that called run_explain (a notebook cell), not run_explain's own
+    found = check_run(checks, int(run["target"]), float(tuple(config.lambda_c)[0]), stacklevel=4)
     if found:
         record_warning(out / WARNINGS_FILE, found, images=finished)
     return dict(

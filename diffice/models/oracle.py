@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import judged_images
 from .classifier import build_network
 from .description import Description
 from .probabilities import sigmoid
@@ -48,8 +49,9 @@ class ConceptOracle:
         return cls(build_network(spec["network"], backend), spec["concepts"], spec["negative"])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C)."""
-        out = self.network.forward(np.ascontiguousarray(x, np.float32))
+        """x float32 (N, 1, H, W) in [-1, 1] -> concept logits (N, C). Integer pixels or values past [-2, 2] are an
+        error saying how to scale them (:func:`diffice.data.images.judged_images`)."""
+        out = self.network.forward(np.ascontiguousarray(judged_images(x, "ConceptOracle")))
         return np.asarray(out.logits if hasattr(out, "logits") else out[0])
 
     def concept_probabilities(self, x: np.ndarray) -> dict[str, np.ndarray]:
