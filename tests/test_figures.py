@@ -146,6 +146,9 @@ def test_strip_figure_rows_columns_and_tiles(tmp_path):
         assert ids == expected_picks()
         assert fig.columns == ["input", "Diff-ICE\nit 1", "Diff-ICE\nit 2", "Diff-ICE_1\nbase", "DiME\nbase"]
         assert len(fig.corners) == 2 * len(ids) and all(len(r) == 5 for r in fig.corners)
+        # a notebook cell shows the strip itself, and a short repr (not every pick and corner)
+        assert fig._repr_png_() == fig.path.read_bytes() and fig._repr_png_().startswith(b"\x89PNG")
+        assert repr(fig).startswith(f"StripFigure({fig.path}: {len(ids)} images x 5 columns; ablation ")
         png = np.asarray(Image.open(fig.path).convert("RGB"))
         h, w = fig.tile
 

@@ -159,3 +159,13 @@ def test_help_of_the_explainer_names_every_setting():
     doc = diffice.Explainer.__doc__
     assert [f.name for f in dataclasses.fields(ExplainerConfig) if f.name not in doc] == []
     assert "(N, C, H, W) float32 in [-1, 1]" in doc
+
+
+def test_a_sweep_spec_shows_a_summary(tmp_path):
+    """A loaded sweep config printed every configuration's settings (about 2 KB for a small grid)."""
+    from diffice.explain.sweep import load_sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('[sweep]\nmodels = "demo"\nphantoms = 2\nout = "o"\nmethod = ["diff-ice", "dime"]\n')
+    text = repr(load_sweep(str(path)))
+    assert text.startswith(f"SweepSpec({path}: 2 configurations, models demo, out ") and len(text) < 300

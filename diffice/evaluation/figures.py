@@ -183,6 +183,16 @@ class StripFigure:
     reference: dict[str, Any]
     rule: str = STRIP_RULE
 
+    def __repr__(self) -> str:
+        ablation = (
+            f"; ablation {self.ablation_path}, {len(self.ablation_columns)} columns" if self.ablation_path else ""
+        )
+        return f"StripFigure({self.path}: {len(self.picks)} images x {len(self.columns)} columns{ablation})"
+
+    def _repr_png_(self) -> bytes:
+        """A notebook cell showing the result shows the strip (the PNG written to path)."""
+        return Path(self.path).read_bytes()
+
 
 def _reference_config(store: Any, config: str | None) -> dict[str, Any]:
     """The configuration the rows are chosen on: `config` (an id or a label), else Diff-ICE at the base setting."""

@@ -104,6 +104,10 @@ class SweepSpec:
     def store_path(self) -> Path:
         return self.out / STORE_NAME
 
+    def __repr__(self) -> str:  # the dataclass's repr printed every configuration's settings
+        source = self.models.get("source")
+        return f"SweepSpec({self.source}: {len(self.configs)} configurations, models {source}, out {self.out})"
+
 
 def _canonical(params: dict[str, Any]) -> dict[str, Any]:
     p = {k: params[k] for k in METHOD_FIELDS if k not in LATER_FIELDS}
