@@ -169,3 +169,23 @@ def test_a_sweep_spec_shows_a_summary(tmp_path):
     path.write_text('[sweep]\nmodels = "demo"\nphantoms = 2\nout = "o"\nmethod = ["diff-ice", "dime"]\n')
     text = repr(load_sweep(str(path)))
     assert text.startswith(f"SweepSpec({path}: 2 configurations, models demo, out ") and len(text) < 300
+
+
+def test_explain_shows_a_progress_bar_where_it_can_be_redrawn(explainer, capsys, monkeypatch):
+    """A 2-minute explain() cell showed nothing until it finished: progress=True draws a bar on stderr, and the
+    default "auto" does so on a terminal or in a notebook, not in a log or under pytest's capture."""
+    import diffice.explain.explainer as explainer_module
+
+    x = np.full((1, 1, 16, 24), -0.5, np.float32)
+    explainer.explain(x)
+    assert capsys.readouterr().err == ""  # "auto" with a captured (non-tty) stderr
+    explainer.explain(x, progress=True)
+    err = capsys.readouterr().err
+    assert "explain [" in err and "iteration 1/1" in err and "2/2 100.0%" in err
+    monkeypatch.setattr(explainer_module, "redraws_in_place", lambda stream: True)  # a terminal or a notebook
+    explainer.explain(x)
+    assert "explain [" in capsys.readouterr().err
+    explainer.explain(x, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match=r"progress must be True, False, 'auto', None or a callable, got 'yes'"):
+        explainer.explain(x, progress="yes")

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import itertools
 import numbers
+import sys
 import threading
 import warnings
 import weakref
@@ -46,6 +47,7 @@ from ..models.probabilities import num_classes, predicted_class, probabilities
 from ..models.unet import UNet
 from ..ops._backend import check_backend_name, check_precision, get_backend
 from ..ops._diffusion import check_seed
+from ..progress import ProgressBar, redraws_in_place
 
 METHODS = {"diff-ice": 0, "diff-ice-1": 0, "diff-ice-1-xt": 1, "dime": 2, "fastdime": 3}
 MAX_LAMBDAS = 8  # the most lambda_c values the sampler searches (DFC_MAX_LAMBDAS, csrc/diffusion/sampler.h)
@@ -529,15 +531,18 @@ class Explainer:
         seed: int = 0,
         keys: np.ndarray | None = None,
         record_steps: bool = False,
-        progress: ProgressFn | None = None,
+        progress: ProgressFn | bool | str | None = "auto",
         warn: bool = True,
     ) -> ExplanationResult:
         """Counterfactuals of x (N, C, H, W) float32 in [-1, 1] towards class `target` (int or one per image).
 
         Same seed and inputs give bitwise identical outputs on the same machine; each image's noise depends on
-        its pixels (or `keys`), not on the batch it is in. progress(iteration, lambda_index, step, steps, active)
-        is called after every reverse step; returning a true value stops the run by raising KeyboardInterrupt
-        ("sampler: interrupted at iteration l, step s"; no result is returned), as Ctrl-C does within one step.
+        its pixels (or `keys`), not on the batch it is in. progress: True shows a progress bar on stderr (one line
+        redrawn in place), "auto" (the default) does so where stderr is a terminal or a notebook (not in logs or
+        under pytest), False / None shows none; a callable progress(iteration, lambda_index, step, steps, active)
+        is called after every reverse step instead, and returning a true value stops the run by raising
+        KeyboardInterrupt ("sampler: interrupted at iteration l, step s"; no result is returned), as Ctrl-C does
+        within one step.
         warn: emit a :class:`SuspiciousRunWarning` when every image of x is already the target at iteration 0, or
         at the first guided step (:func:`suspicious_run_message`), or when no pixel of x is below 0 (images in
         [0, 1], not [-1, 1]), and a :class:`ModelSizeWarning` when x's size is not the one the UNet was trained at
@@ -601,8 +606,9 @@ class Explainer:
                 raise ValueError(f"keys must be integers in [0, 2**64), got {int(keys[keys < 0][0])}")
             keys = keys.astype(np.uint64)
         check_seed(seed)
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+        if not (progress is None or isinstance(progress, bool) or progress == "auto" or callable(progress)):
+            raise TypeError(f"progress must be True, False, 'auto', None or a callable, got {progress!r}")
+        bar, progress = self._progress_bar(progress)
         # the native guidance holds its images in this backend's memory (precision: checked by validate())
         backend = get_backend(self.backend, precision=self.config.precision)  # type: ignore[arg-type]
         if self._native is not None:  # the whole loss in C: no Python in the step loop
@@ -612,7 +618,11 @@ class Explainer:
             guidance = PythonGuidance(self.classifier, self.perceptual, x, targets, self.config.class_loss)
         cfg = self.config.c_config(seed, record_steps)
         cfg["classify_first_step"] = 1
-        out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, backend, x, keys, progress)
+        try:
+            out = _C.sample(cfg, self.unet._c, self.diffusion._c, guidance, backend, x, keys, progress)
+        finally:
+            if bar is not None:
+                bar.close()
         input_is_target = out["input_is_target"].astype(bool)
         first_step_target = out["first_step_target"].astype(bool)
         result = ExplanationResult(
@@ -660,6 +670,22 @@ class Explainer:
             f"lambda_p={float(c.lambda_p):g}, " + "".join(f"{o}, " for o in others) + f"{models}, "
             f"guidance={'native' if self._native is not None else 'python'!r}, backend={self.backend!r})"
         )
+
+    def _progress_bar(self, progress: Any) -> tuple[ProgressBar | None, ProgressFn | None]:
+        """(the bar to close, the sampler's callback) for explain's progress argument."""
+        if progress == "auto":
+            progress = redraws_in_place(sys.stderr)
+        if progress is not True:
+            return None, progress or None
+        L, tau, lambdas = self.config.iterations, self.config.tau, tuple(self.config.lambda_c)
+        bar = ProgressBar(L * tau, label="explain")
+
+        def report(iteration: int, lambda_index: int, step: int, steps: int, active: int) -> bool:
+            retry = f", lambda_c {lambdas[lambda_index]:g}" if len(lambdas) > 1 else ""
+            bar.update(iteration * steps + step, note=f"iteration {iteration + 1}/{L}{retry}, {active} image(s)")
+            return False
+
+        return bar, report
 
     def check_image_size(self, height: int, width: int) -> None:
         """:func:`check_image_size` for this Explainer's models."""
