@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .models.unet import DEFAULT_CONFIG as UNET_DEFAULTS
-from .progress import stdout_closed
+from .progress import pipe_closed, stdout_closed
 from .train.ddpm import DDPM_DEFAULTS
 from .train.networks import SUPERVISED_DEFAULTS
 
@@ -765,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
-        if stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
+        # the reader of the output or of the progress bar went away (diffice metrics ... | head): stop quietly
+        if stdout_closed() or pipe_closed(sys.stderr):
             return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
         print(f"diffice {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -74,17 +74,23 @@ class ProgressBar:
 
 
 def stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader went away (poll reports an error on its write end); if so, stdout is
-    pointed at /dev/null so that the interpreter's own flush at exit does not report the same error again. The
-    command-line entry points stop quietly with 141 (128 + SIGPIPE) then, as the shell's own tools do."""
+    """Whether stdout is a pipe whose reader went away (:func:`pipe_closed`). The command-line entry points stop
+    quietly with 141 (128 + SIGPIPE) then, as the shell's own tools do."""
+    return pipe_closed(sys.stdout)
+
+
+def pipe_closed(stream: TextIO) -> bool:
+    """Whether stream (stdout, or stderr: the progress bar's, in ``diffice explain ... 2>&1 >/dev/null | head``) is
+    a pipe whose reader went away (poll reports an error on its write end); if so, the stream is pointed at
+    /dev/null so that the interpreter's own flush at exit does not report the same error again."""
     import select
 
     try:
-        fd = sys.stdout.fileno()
+        fd = stream.fileno()
         poll = select.poll()
         poll.register(fd, select.POLLOUT)
         closed = any(events & select.POLLERR for _, events in poll.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (a notebook, a test)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or the stream is no file (a notebook, a test)
         return False
     if closed:
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -471,3 +471,34 @@ def test_explain_warns_when_the_released_sononet_runs_at_another_size(tmp_path, 
         warn_sononet_size({"classifier_kind": "sononet", "classifier": str(saved)}, (64, 80))
     with pytest.warns(SonoNetSizeWarning, match="SonoNet4.npz"):
         warn_sononet_size({"classifier_kind": "sononet", "classifier": str(authors)}, (112, 144))
+
+
+_SPAM_STDERR = """
+import argparse, sys
+import diffice.cli as cli
+
+def spam(args):  # a progress bar's lines: stderr
+    for i in range(100000):
+        print(f"line {i} " + "x" * 80, file=sys.stderr)
+    return 0
+
+real_parse = argparse.ArgumentParser.parse_args
+
+def parse(self, argv=None, namespace=None):
+    args = real_parse(self, argv, namespace)
+    args.func = spam
+    return args
+
+argparse.ArgumentParser.parse_args = parse
+sys.exit(cli.main(["info"]))
+"""
+
+
+def test_a_closed_pipe_on_stderr_stops_quietly_too():
+    """`diffice explain ... 2>&1 >/dev/null | head -1` (the progress bar's reader went away) exited 1 after a
+    traceback nobody could read; now it stops with 141 as with stdout."""
+    proc = subprocess.Popen([sys.executable, "-c", _SPAM_STDERR], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stderr.readline().startswith(b"line 0 ")
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+
