@@ -746,8 +746,27 @@ def _new_empty_folder(path: str | None, existed: bool) -> Path | None:
         return None
 
 
+# what a command stopped by Ctrl-C keeps, and how it goes on ({out}: its --out); the others write nothing before
+# they finish (metrics' --json, pairs' sheet) or nothing at all
+_KEPT_AFTER_INTERRUPT = {
+    "explain": "the finished images are kept in {out}; run the same command again to resume",
+    "demo": "the finished images are kept in {out}; run the same command again to resume",
+    "sweep": "the finished units are kept in the sweep's results.sqlite; run the same command again to resume",
+    "phantoms": "the phantoms written so far are kept in {out}; run the same command again to finish the dataset",
+}
+
+
+def _interrupted_note(command: str, out: str | None) -> str:
+    """After Ctrl-C: what was kept and how to resume, or that nothing was written."""
+    return _KEPT_AFTER_INTERRUPT.get(command, "nothing was written").format(out=out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command began (the parser imports the training modules)
+        print(f"interrupted: {_interrupted_note('', None)}", file=sys.stderr)
+        return 130
     out = getattr(args, "out", None)  # the output folder of the commands that have one
     out = out if isinstance(out, str) else None
     out_existed = out is not None and os.path.lexists(out)
@@ -762,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         else:
-            print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+            print(f"interrupted: {_interrupted_note(args.command, out)}", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
         # the reader of the output or of the progress bar went away (diffice metrics ... | head): stop quietly

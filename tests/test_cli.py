@@ -502,3 +502,52 @@ def test_a_closed_pipe_on_stderr_stops_quietly_too():
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141
 
+
+@pytest.mark.parametrize(
+    "command, said",
+    [
+        (["check"], "interrupted: nothing was written"),
+        (["metrics", "results"], "interrupted: nothing was written"),
+        (
+            ["explain", "--models", "demo", "--images", "in", "--out", "res"],
+            "interrupted: the finished images are kept in res; run the same command again to resume",
+        ),
+        (
+            ["sweep", "--config", "s.toml"],
+            "interrupted: the finished units are kept in the sweep's results.sqlite; run the same command again "
+            "to resume",
+        ),
+    ],
+)
+def test_ctrl_c_says_what_was_kept(command, said, capsys, monkeypatch):
+    """Ctrl-C said "finished work is saved; run the same command again to resume" after every command, also
+    after `diffice check` and `diffice metrics`, which keep nothing and have nothing to resume."""
+    import diffice.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    real = cli.build_parser
+
+    def parser():
+        p = real()
+        for action in p._subparsers._group_actions:
+            action.choices[command[0]].set_defaults(func=interrupted)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [said]
+
+
+def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):
+    """Ctrl-C in the first seconds of a command (building the parser imports the training modules) printed a
+    traceback."""
+    import diffice.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing was written"]
