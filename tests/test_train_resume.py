@@ -332,3 +332,22 @@ def test_a_second_ctrl_c_while_a_checkpoint_is_saved_leaves_it_whole_and_no_litt
     run.load(resume=True)
     assert not list(tmp_path.glob(".*.new"))
 
+
+def test_an_image_name_that_is_not_utf8_trains_and_resumes(runs, tmp_path):
+    """The supervised runs digest their image set's file names; a Latin-1 name (read with surrogate escapes) made
+    that digest fail: "'utf-8' codec can't encode character '\\udcf6'" before the first step."""
+    import os
+
+    root, commands = runs
+    for sub in ("images", "masks"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+        for i, f in enumerate(sorted((root / "set" / sub).iterdir())):
+            name = os.fsdecode(b"f\xf6tus.png") if i == 0 else f.name
+            (tmp_path / "set" / sub / name).write_bytes(f.read_bytes())
+    (tmp_path / "set" / "classes.txt").write_bytes((root / "set" / "classes.txt").read_bytes())
+    seg = commands["segmenter"] + ["--out", str(tmp_path / "seg")]
+    seg[seg.index("--images") + 1] = str(tmp_path / "set" / "images")
+    seg[seg.index("--masks") + 1] = str(tmp_path / "set" / "masks")
+    assert main(seg) == 0
+    seg[seg.index("--steps") + 1] = "3"
+    assert main(seg + ["--resume"]) == 0
