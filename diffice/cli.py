@@ -275,11 +275,14 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
 
+    from .data.images import atomic_write_bytes, check_writable_file
     from .evaluation.metrics import check_results_folder, evaluate_results, format_report, recorded_warnings
     from .evaluation.run_judges import load_metrics_models
 
     root = Path(args.results_dir)
     check_results_folder(root)
+    if args.json:  # before minutes of work, not after
+        check_writable_file(args.json)
     inception = sononet = None
     for w in recorded_warnings(root):  # diffice.explain.run.record_warning: the run itself looked wrong
         print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)
@@ -304,8 +307,6 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
     print(format_report(report))
     if args.json:
-        from .data.images import atomic_write_bytes
-
         atomic_write_bytes(args.json, (json.dumps(report, indent=1) + "\n").encode())
         print(f"wrote {args.json}")
     return 0
