@@ -487,7 +487,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
     )
     _augment_flags(p)
     _tracked(p, "--val-fraction", type=float, defaults=SUPERVISED_DEFAULTS, help="held-out fraction for metrics.json")
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of phantoms, 1 to {MAX_PHANTOMS} (default 24: diffice.explain.demo.DEMO_N; for more, write "
         "them with diffice phantoms and give --images)",
     )
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
     p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
@@ -598,7 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo oracle)"
     )
-    p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")
+    p.add_argument(
+        "--demo-models",
+        default=None,
+        help="the demo models folder (default: those that made the run, as run_settings.json records them; the "
+        "bundled models for a folder of a diffice that did not record them)",
+    )
     p.add_argument("--inception", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for FID)")
     p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and SonoSim)")
     p.add_argument("--no-cout", action="store_true", help="skip COUT (about 50 classifier calls per image)")
@@ -632,11 +637,23 @@ def build_parser() -> argparse.ArgumentParser:
         "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
         "the concepts TH, CSP, FP, sharp.",
     )
-    p.add_argument("--out", required=True, help="output folder: missing or empty (a dataset there is refused)")
-    p.add_argument("--n", type=int, default=1000, help="number of images, >= 1 (written one at a time: no upper bound)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
-    p.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i)")
-    p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: missing or empty (a dataset there is refused; one this command began and did not "
+        "finish, with the same settings, is finished)",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1000,
+        help="number of images, >= 1 (written one at a time: no upper bound; default 1000)",
+    )
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size (default 64 80)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i) (default 0)"
+    )
+    p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
 
@@ -673,7 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
     _augment_flags(p)
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="steps the progress bar's mean loss spans, and between flushes of loss.csv",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -681,10 +703,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _tracked(p, "--diffusion-steps", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="diffusion steps T (linear schedule)")
-    _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(
+        p,
+        "--loss-type",
+        choices=["mse", "rescaled_mse"],
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="mse: eps MSE plus the VB term as is (guided-diffusion's default); rescaled_mse: the VB term x T / 1000",
+    )
     g = p.add_argument_group("UNet (guided-diffusion flags)")
-    _tracked(g, "--model-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
-    _tracked(g, "--num-res-blocks", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--model-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="channels of the first level")
+    _tracked(g, "--num-res-blocks", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="residual blocks per level")
     _tracked(g, "--channel-mult", defaults=_DDPM_FLAG_DEFAULTS, help="comma-separated level multipliers")
     _tracked(
         g,
@@ -693,8 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="downsample factors with attention, comma-separated, each one the levels reach (1, 2, 4, ... "
         "2**(levels - 1); '' for the middle block only; guided-diffusion's image_size // attention_resolutions)",
     )
-    _tracked(g, "--num-heads", type=int, defaults=_DDPM_FLAG_DEFAULTS)
-    _tracked(g, "--num-head-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--num-heads", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="attention heads")
+    _tracked(
+        g,
+        "--num-head-channels",
+        type=int,
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="channels per attention head (-1: --num-heads sets the heads)",
+    )
     g.add_argument(
         "--no-learn-sigma",
         dest="learn_sigma",

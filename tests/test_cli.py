@@ -1,6 +1,7 @@
 """The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of
 `diffice explain`."""
 
+import argparse
 import subprocess
 import sys
 
@@ -551,3 +552,47 @@ def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["info"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+def _help_entries(command: list[str], capsys) -> dict[str, str]:
+    """--help of a command as {option: its text, whitespace folded}."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main(command + ["--help"])
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    entries: dict[str, str] = {}
+    for block in re.split(r"\n(?=  -)", text):
+        words = " ".join(block.split())
+        if words:
+            entries[words.split()[0].rstrip(",")] = words
+    return entries
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train", "ddpm"], ["train", "segmenter"], ["train", "classifier"], ["train", "oracle"], ["phantoms"], ["demo"]],
+)
+def test_every_option_with_a_default_shows_it_in_help(command, capsys):
+    """--model-channels, --num-res-blocks, --num-heads, --num-head-channels and --loss-type (ddpm),
+    --checkpoint-every (the supervised commands), phantoms' --size, --seed, --standard-fraction and demo's --seed
+    showed no default (an option without help text gets none from argparse)."""
+    from diffice.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    entries = _help_entries(command, capsys)
+    for action in parser._actions:
+        shown = getattr(action, "shown_default", action.default)
+        if action.nargs == 0 or shown is None or action.default == argparse.SUPPRESS:
+            continue  # switches, and options whose absence means "not given"
+        text = entries[action.option_strings[0]]
+        assert "default" in text, text
+
+
+def test_demo_models_help_names_the_run_s_own_models(capsys):
+    """`diffice metrics --demo-models` said "(default: the bundled models)"; the default is the demo models that
+    made the run, as run_settings.json records them."""
+    text = _help_entries(["metrics"], capsys)["--demo-models"]
+    assert "those that made the run" in text and "run_settings.json" in text
