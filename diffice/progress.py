@@ -39,9 +39,11 @@ class ProgressBar:
         self.min_interval = min_interval if self.interactive else 5.0
         self._last = 0.0
         self._printed = -1  # the `done` of the last line drawn
+        self._note = ""  # the last note given: the closing line repeats it
 
     def update(self, done: int, note: str = "", force: bool = False) -> None:
         self.done = min(int(done), self.total)
+        self._note = note = note or self._note
         now = time.monotonic()
         if not self.enabled or (not force and now - self._last < self.min_interval and self.done < self.total):
             return

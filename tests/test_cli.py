@@ -596,3 +596,20 @@ def test_demo_models_help_names_the_run_s_own_models(capsys):
     made the run, as run_settings.json records them."""
     text = _help_entries(["metrics"], capsys)["--demo-models"]
     assert "those that made the run" in text and "run_settings.json" in text
+
+
+def test_the_closing_progress_line_keeps_the_last_note():
+    """In a log (not a terminal) the closing line of a training run read "train [###...] 32/200 16.0% elapsed 00:05
+    eta 00:29 " without the loss the lines before it showed."""
+    import io
+
+    from diffice.progress import ProgressBar
+
+    log = io.StringIO()
+    bar = ProgressBar(10, label="train", stream=log)
+    bar.update(1, note="loss 0.9000")
+    bar.update(2, note="loss 0.8000")  # within the 5 s between lines: not printed
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert lines[1].startswith("train [") and " 2/10 " in lines[1] and lines[1].endswith("loss 0.8000")
