@@ -60,11 +60,20 @@ class ProgressBar:
             f"{self.label} [{bar}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}% "
             f"elapsed {format_seconds(elapsed)} eta {eta_text} {note}"
         )
-        if self.interactive:
-            self.stream.write("\r" + line[:200].ljust(100))
+        if self.interactive:  # one terminal row: a longer line wraps, and each redraw would leave a row behind
+            columns = self._columns()
+            width = 200 if columns is None else max(20, columns) - 1
+            self.stream.write("\r" + line[:width].ljust(100 if columns is None else width))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _columns(self) -> int | None:
+        """The width of the terminal the bar is drawn on; None where there is none to ask."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return None
 
     def close(self) -> None:
         if self.enabled:

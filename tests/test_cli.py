@@ -613,3 +613,29 @@ def test_the_closing_progress_line_keeps_the_last_note():
     lines = log.getvalue().splitlines()
     assert len(lines) == 2 and "\r" not in log.getvalue()
     assert lines[1].startswith("train [") and " 2/10 " in lines[1] and lines[1].endswith("loss 0.8000")
+
+
+def test_the_progress_bar_on_a_terminal_fits_its_width(monkeypatch):
+    """The bar is redrawn with a carriage return, which only goes back to the start of the terminal's last row:
+    explain's line (110 characters, padded to at least 100) wrapped in an 80-column terminal and every redraw left
+    a row behind."""
+    import io
+    import os
+
+    import diffice.progress as progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
+    term = Terminal()
+    bar = progress.ProgressBar(80, label="explain", stream=term, min_interval=0.0)
+    for done in range(1, 81, 8):
+        bar.update(done, note=f"images 0/8 it 1 lambda#1 step {done}/5 active 8")
+    bar.close()
+    rows = term.getvalue().rstrip("\n").split("\r")[1:]
+    assert len(rows) >= 10 and all(len(row) < 80 for row in rows), max(map(len, rows))
