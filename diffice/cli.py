@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from .models.unet import DEFAULT_CONFIG as UNET_DEFAULTS
 from .progress import pipe_closed, stdout_closed
@@ -430,6 +430,14 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
     return 130 if metrics["interrupted"] else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr, `diffice explain: error: ... (diffice explain --help lists the
+    options)`, exit 2: argparse's own printed the whole usage first (25 lines for explain) into a job's log."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help gives each option's default, except for switches and options without one."""
 
@@ -501,7 +509,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
 def build_parser() -> argparse.ArgumentParser:
     from .data.phantoms import MAX_PHANTOMS
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="diffice", description="Diffusion-based iterative counterfactual explanations (Diff-ICE) with a C core."
     )
     sub = parser.add_subparsers(dest="command", required=True)

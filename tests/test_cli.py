@@ -639,3 +639,21 @@ def test_the_progress_bar_on_a_terminal_fits_its_width(monkeypatch):
     bar.close()
     rows = term.getvalue().rstrip("\n").split("\r")[1:]
     assert len(rows) >= 10 and all(len(row) < 80 for row in rows), max(map(len, rows))
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["explain", "--images", "in", "--out", "o", "--tau", "abc"], "diffice explain: error: argument --tau"),
+        (["train", "ddpm", "--images", "in"], "diffice train ddpm: error: the following arguments are required"),
+        (["phantoms", "--out", "o", "--n", "x"], "diffice phantoms: error: argument --n"),
+        ([], "diffice: error: the following arguments are required: command"),
+    ],
+)
+def test_a_usage_error_is_one_line(argv, said, capsys):
+    """argparse printed the whole usage before its error line: 25 lines for explain, in every job's log."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said) and err[0].endswith("--help lists the options)"), err
