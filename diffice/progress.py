@@ -29,7 +29,7 @@ class ProgressBar:
         start: int = 0,
     ) -> None:
         self.total = max(1, int(total))
-        self.first = int(start)  # work done before this bar (a resumed run): not counted in the rate
+        self.first = int(start)  # work done before this bar (a resumed run)
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled and int(total) > 0  # nothing to do (a finished run resumed): no bar
@@ -40,17 +40,21 @@ class ProgressBar:
         self._last = 0.0
         self._printed = -1  # the `done` of the last line drawn
         self._note = ""  # the last note given: the closing line repeats it
+        self._origin: tuple[float, int] | None = None  # (time, done) at the first update: where the rate starts
 
     def update(self, done: int, note: str = "", force: bool = False) -> None:
         self.done = min(int(done), self.total)
         self._note = note = note or self._note
         now = time.monotonic()
+        if self._origin is None:  # the rate counts from the first update: the setup before it (the first chunk of
+            self._origin = (now, self.done)  # phantoms, a model's first call) made the first lines' ETA hours
         if not self.enabled or (not force and now - self._last < self.min_interval and self.done < self.total):
             return
         self._last = now
         self._printed = self.done
         elapsed = now - self.start
-        rate = (self.done - self.first) / elapsed if elapsed > 0 else 0.0
+        since, done_then = self._origin
+        rate = (self.done - done_then) / (now - since) if now > since else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         width = 24
         filled = int(width * self.done / self.total)

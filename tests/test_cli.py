@@ -657,3 +657,24 @@ def test_a_usage_error_is_one_line(argv, said, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(said) and err[0].endswith("--help lists the options)"), err
+
+
+def test_the_first_progress_line_has_no_eta_from_the_setup(monkeypatch):
+    """The rate counted from the bar's creation, so setup before the first unit made the first line of a log say
+    `phantoms [---] 1/3000 0.0% elapsed 00:03 eta 3:05:12` for a one-minute job; it now counts from the first
+    update (no estimate until there is a second)."""
+    import io
+
+    import diffice.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    bar = progress.ProgressBar(3000, label="phantoms", stream=log)
+    clock[0] += 3.0  # generating the first chunk
+    bar.update(1)
+    clock[0] += 6.0  # then 500 images in 6 s
+    bar.update(501)
+    first, second = log.getvalue().splitlines()
+    assert "elapsed 00:03 eta --:--" in first
+    assert "elapsed 00:09 eta 00:29" in second  # 2499 images at 500 per 6 s: 29.99 s
