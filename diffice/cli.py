@@ -800,7 +800,10 @@ _KEPT_AFTER_INTERRUPT = {
 
 
 def _interrupted_note(command: str, out: str | None) -> str:
-    """After Ctrl-C: what was kept and how to resume, or that nothing was written."""
+    """After Ctrl-C: what was kept and how to resume, or that nothing was written (also where a run stopped before
+    its first result removed the --out it made)."""
+    if out is not None and not os.path.isdir(out):
+        return "nothing was written"
     return _KEPT_AFTER_INTERRUPT.get(command, "nothing was written").format(out=out)
 
 

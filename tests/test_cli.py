@@ -520,10 +520,14 @@ def test_a_closed_pipe_on_stderr_stops_quietly_too():
         ),
     ],
 )
-def test_ctrl_c_says_what_was_kept(command, said, capsys, monkeypatch):
+def test_ctrl_c_says_what_was_kept(command, said, capsys, monkeypatch, tmp_path):
     """Ctrl-C said "finished work is saved; run the same command again to resume" after every command, also
-    after `diffice check` and `diffice metrics`, which keep nothing and have nothing to resume."""
+    after `diffice check` and `diffice metrics`, which keep nothing and have nothing to resume, and after an
+    explain stopped while its models loaded, which leaves no folder."""
     import diffice.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "res").mkdir()
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -539,6 +543,10 @@ def test_ctrl_c_says_what_was_kept(command, said, capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", parser)
     assert cli.main(command) == 130
     assert capsys.readouterr().err.strip().splitlines() == [said]
+    if "--out" in command:  # stopped before its first result: the run removed the folder it made
+        (tmp_path / "res").rmdir()
+        assert cli.main(command) == 130
+        assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing was written"]
 
 
 def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):
