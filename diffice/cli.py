@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from .models.unet import DEFAULT_CONFIG as UNET_DEFAULTS
-from .progress import stdout_closed
+from .progress import pipe_closed, stdout_closed
 from .train.ddpm import DDPM_DEFAULTS
 from .train.networks import SUPERVISED_DEFAULTS
 
@@ -275,11 +275,14 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
 
+    from .data.images import atomic_write_bytes, check_writable_file
     from .evaluation.metrics import check_results_folder, evaluate_results, format_report, recorded_warnings
     from .evaluation.run_judges import load_metrics_models
 
     root = Path(args.results_dir)
     check_results_folder(root)
+    if args.json:  # before minutes of work, not after
+        check_writable_file(args.json)
     inception = sononet = None
     for w in recorded_warnings(root):  # diffice.explain.run.record_warning: the run itself looked wrong
         print(f"diffice metrics: WARNING recorded by the run ({w.get('at')}): {w.get('message')}", file=sys.stderr)
@@ -304,8 +307,6 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     report = evaluate_results(root, classifier, oracle, inception, sononet, with_cout=not args.no_cout)
     print(format_report(report))
     if args.json:
-        from .data.images import atomic_write_bytes
-
         atomic_write_bytes(args.json, (json.dumps(report, indent=1) + "\n").encode())
         print(f"wrote {args.json}")
     return 0
@@ -429,6 +430,14 @@ def _cmd_train_supervised(args: argparse.Namespace) -> int:
     return 130 if metrics["interrupted"] else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr, `diffice explain: error: ... (diffice explain --help lists the
+    options)`, exit 2: argparse's own printed the whole usage first (25 lines for explain) into a job's log."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help gives each option's default, except for switches and options without one."""
 
@@ -486,7 +495,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
     )
     _augment_flags(p)
     _tracked(p, "--val-fraction", type=float, defaults=SUPERVISED_DEFAULTS, help="held-out fraction for metrics.json")
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -500,7 +509,7 @@ def _add_supervised_parser(train, kind: str, help_text: str) -> argparse.Argumen
 def build_parser() -> argparse.ArgumentParser:
     from .data.phantoms import MAX_PHANTOMS
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="diffice", description="Diffusion-based iterative counterfactual explanations (Diff-ICE) with a C core."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -573,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of phantoms, 1 to {MAX_PHANTOMS} (default 24: diffice.explain.demo.DEMO_N; for more, write "
         "them with diffice phantoms and give --images)",
     )
-    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--models", default=None, help="a folder with demo models of your own (same file names)")
     p.add_argument("--iterations", type=int, default=None, help="Diff-ICE iterations L (default 5)")
     p.add_argument("--tau", type=int, default=None, help="noise level, of 100 respaced steps (default 30)")
@@ -597,7 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle", help="the concept oracle (a diffice model file; default for demo results: the demo oracle)"
     )
-    p.add_argument("--demo-models", default=None, help="the demo models folder (default: the bundled models)")
+    p.add_argument(
+        "--demo-models",
+        default=None,
+        help="the demo models folder (default: those that made the run, as run_settings.json records them; the "
+        "bundled models for a folder of a diffice that did not record them)",
+    )
     p.add_argument("--inception", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for FID)")
     p.add_argument("--sononet", help="SonoNet weights (SonoNet-k state_dict or the authors' npz; for FSD and SonoSim)")
     p.add_argument("--no-cout", action="store_true", help="skip COUT (about 50 classifier calls per image)")
@@ -631,11 +645,23 @@ def build_parser() -> argparse.ArgumentParser:
         "images, PNG label maps (classes.txt) and labels.csv with the SP/NSP label and "
         "the concepts TH, CSP, FP, sharp.",
     )
-    p.add_argument("--out", required=True, help="output folder: missing or empty (a dataset there is refused)")
-    p.add_argument("--n", type=int, default=1000, help="number of images, >= 1 (written one at a time: no upper bound)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size")
-    p.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i)")
-    p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: missing or empty (a dataset there is refused; one this command began and did not "
+        "finish, with the same settings, is finished)",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1000,
+        help="number of images, >= 1 (written one at a time: no upper bound; default 1000)",
+    )
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[64, 80], help="image size (default 64 80)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed in [0, 2**64): image i depends only on (seed, i) (default 0)"
+    )
+    p.add_argument("--standard-fraction", type=float, default=0.5, help="probability of a standard plane (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
 
@@ -672,7 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (>= 0): the same seed and settings, the same run")
     _augment_flags(p)
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log flushes / progress lines")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        help="steps the progress bar's mean loss spans, and between flushes of loss.csv",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -680,10 +711,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _tracked(p, "--diffusion-steps", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="diffusion steps T (linear schedule)")
-    _tracked(p, "--loss-type", choices=["mse", "rescaled_mse"], defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(
+        p,
+        "--loss-type",
+        choices=["mse", "rescaled_mse"],
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="mse: eps MSE plus the VB term as is (guided-diffusion's default); rescaled_mse: the VB term x T / 1000",
+    )
     g = p.add_argument_group("UNet (guided-diffusion flags)")
-    _tracked(g, "--model-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
-    _tracked(g, "--num-res-blocks", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--model-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="channels of the first level")
+    _tracked(g, "--num-res-blocks", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="residual blocks per level")
     _tracked(g, "--channel-mult", defaults=_DDPM_FLAG_DEFAULTS, help="comma-separated level multipliers")
     _tracked(
         g,
@@ -692,8 +729,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="downsample factors with attention, comma-separated, each one the levels reach (1, 2, 4, ... "
         "2**(levels - 1); '' for the middle block only; guided-diffusion's image_size // attention_resolutions)",
     )
-    _tracked(g, "--num-heads", type=int, defaults=_DDPM_FLAG_DEFAULTS)
-    _tracked(g, "--num-head-channels", type=int, defaults=_DDPM_FLAG_DEFAULTS)
+    _tracked(g, "--num-heads", type=int, defaults=_DDPM_FLAG_DEFAULTS, help="attention heads")
+    _tracked(
+        g,
+        "--num-head-channels",
+        type=int,
+        defaults=_DDPM_FLAG_DEFAULTS,
+        help="channels per attention head (-1: --num-heads sets the heads)",
+    )
     g.add_argument(
         "--no-learn-sigma",
         dest="learn_sigma",
@@ -746,8 +789,30 @@ def _new_empty_folder(path: str | None, existed: bool) -> Path | None:
         return None
 
 
+# what a command stopped by Ctrl-C keeps, and how it goes on ({out}: its --out); the others write nothing before
+# they finish (metrics' --json, pairs' sheet) or nothing at all
+_KEPT_AFTER_INTERRUPT = {
+    "explain": "the finished images are kept in {out}; run the same command again to resume",
+    "demo": "the finished images are kept in {out}; run the same command again to resume",
+    "sweep": "the finished units are kept in the sweep's results.sqlite; run the same command again to resume",
+    "phantoms": "the phantoms written so far are kept in {out}; run the same command again to finish the dataset",
+}
+
+
+def _interrupted_note(command: str, out: str | None) -> str:
+    """After Ctrl-C: what was kept and how to resume, or that nothing was written (also where a run stopped before
+    its first result removed the --out it made)."""
+    if out is not None and not os.path.isdir(out):
+        return "nothing was written"
+    return _KEPT_AFTER_INTERRUPT.get(command, "nothing was written").format(out=out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command began (the parser imports the training modules)
+        print(f"interrupted: {_interrupted_note('', None)}", file=sys.stderr)
+        return 130
     out = getattr(args, "out", None)  # the output folder of the commands that have one
     out = out if isinstance(out, str) else None
     out_existed = out is not None and os.path.lexists(out)
@@ -762,10 +827,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         else:
-            print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+            print(f"interrupted: {_interrupted_note(args.command, out)}", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
-        if stdout_closed():  # the reader of the output went away (diffice metrics ... | head): stop quietly
+        # the reader of the output or of the progress bar went away (diffice metrics ... | head): stop quietly
+        if stdout_closed() or pipe_closed(sys.stderr):
             return 141  # 128 + SIGPIPE, what the shell reports for a command stopped this way
         print(f"diffice {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The command line: `diffice info`, `diffice check` (every op, fast backend vs reference kernels) and the flags of
 `diffice explain`."""
 
+import argparse
 import subprocess
 import sys
 
@@ -471,3 +472,217 @@ def test_explain_warns_when_the_released_sononet_runs_at_another_size(tmp_path, 
         warn_sononet_size({"classifier_kind": "sononet", "classifier": str(saved)}, (64, 80))
     with pytest.warns(SonoNetSizeWarning, match="SonoNet4.npz"):
         warn_sononet_size({"classifier_kind": "sononet", "classifier": str(authors)}, (112, 144))
+
+
+_SPAM_STDERR = """
+import argparse, sys
+import diffice.cli as cli
+
+def spam(args):  # a progress bar's lines: stderr
+    for i in range(100000):
+        print(f"line {i} " + "x" * 80, file=sys.stderr)
+    return 0
+
+real_parse = argparse.ArgumentParser.parse_args
+
+def parse(self, argv=None, namespace=None):
+    args = real_parse(self, argv, namespace)
+    args.func = spam
+    return args
+
+argparse.ArgumentParser.parse_args = parse
+sys.exit(cli.main(["info"]))
+"""
+
+
+def test_a_closed_pipe_on_stderr_stops_quietly_too():
+    """`diffice explain ... 2>&1 >/dev/null | head -1` (the progress bar's reader went away) exited 1 after a
+    traceback nobody could read; now it stops with 141 as with stdout."""
+    proc = subprocess.Popen([sys.executable, "-c", _SPAM_STDERR], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stderr.readline().startswith(b"line 0 ")
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+
+
+@pytest.mark.parametrize(
+    "command, said",
+    [
+        (["check"], "interrupted: nothing was written"),
+        (["metrics", "results"], "interrupted: nothing was written"),
+        (
+            ["explain", "--models", "demo", "--images", "in", "--out", "res"],
+            "interrupted: the finished images are kept in res; run the same command again to resume",
+        ),
+        (
+            ["sweep", "--config", "s.toml"],
+            "interrupted: the finished units are kept in the sweep's results.sqlite; run the same command again "
+            "to resume",
+        ),
+    ],
+)
+def test_ctrl_c_says_what_was_kept(command, said, capsys, monkeypatch, tmp_path):
+    """Ctrl-C said "finished work is saved; run the same command again to resume" after every command, also
+    after `diffice check` and `diffice metrics`, which keep nothing and have nothing to resume, and after an
+    explain stopped while its models loaded, which leaves no folder."""
+    import diffice.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "res").mkdir()
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    real = cli.build_parser
+
+    def parser():
+        p = real()
+        for action in p._subparsers._group_actions:
+            action.choices[command[0]].set_defaults(func=interrupted)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [said]
+    if "--out" in command:  # stopped before its first result: the run removed the folder it made
+        (tmp_path / "res").rmdir()
+        assert cli.main(command) == 130
+        assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+def test_ctrl_c_while_the_arguments_are_read_is_one_line(capsys, monkeypatch):
+    """Ctrl-C in the first seconds of a command (building the parser imports the training modules) printed a
+    traceback."""
+    import diffice.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing was written"]
+
+
+def _help_entries(command: list[str], capsys) -> dict[str, str]:
+    """--help of a command as {option: its text, whitespace folded}."""
+    import re
+
+    with pytest.raises(SystemExit):
+        main(command + ["--help"])
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    entries: dict[str, str] = {}
+    for block in re.split(r"\n(?=  -)", text):
+        words = " ".join(block.split())
+        if words:
+            entries[words.split()[0].rstrip(",")] = words
+    return entries
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train", "ddpm"], ["train", "segmenter"], ["train", "classifier"], ["train", "oracle"], ["phantoms"], ["demo"]],
+)
+def test_every_option_with_a_default_shows_it_in_help(command, capsys):
+    """--model-channels, --num-res-blocks, --num-heads, --num-head-channels and --loss-type (ddpm),
+    --checkpoint-every (the supervised commands), phantoms' --size, --seed, --standard-fraction and demo's --seed
+    showed no default (an option without help text gets none from argparse)."""
+    from diffice.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    entries = _help_entries(command, capsys)
+    for action in parser._actions:
+        shown = getattr(action, "shown_default", action.default)
+        if action.nargs == 0 or shown is None or action.default == argparse.SUPPRESS:
+            continue  # switches, and options whose absence means "not given"
+        text = entries[action.option_strings[0]]
+        assert "default" in text, text
+
+
+def test_demo_models_help_names_the_run_s_own_models(capsys):
+    """`diffice metrics --demo-models` said "(default: the bundled models)"; the default is the demo models that
+    made the run, as run_settings.json records them."""
+    text = _help_entries(["metrics"], capsys)["--demo-models"]
+    assert "those that made the run" in text and "run_settings.json" in text
+
+
+def test_the_closing_progress_line_keeps_the_last_note():
+    """In a log (not a terminal) the closing line of a training run read "train [###...] 32/200 16.0% elapsed 00:05
+    eta 00:29 " without the loss the lines before it showed."""
+    import io
+
+    from diffice.progress import ProgressBar
+
+    log = io.StringIO()
+    bar = ProgressBar(10, label="train", stream=log)
+    bar.update(1, note="loss 0.9000")
+    bar.update(2, note="loss 0.8000")  # within the 5 s between lines: not printed
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert lines[1].startswith("train [") and " 2/10 " in lines[1] and lines[1].endswith("loss 0.8000")
+
+
+def test_the_progress_bar_on_a_terminal_fits_its_width(monkeypatch):
+    """The bar is redrawn with a carriage return, which only goes back to the start of the terminal's last row:
+    explain's line (110 characters, padded to at least 100) wrapped in an 80-column terminal and every redraw left
+    a row behind."""
+    import io
+    import os
+
+    import diffice.progress as progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
+    term = Terminal()
+    bar = progress.ProgressBar(80, label="explain", stream=term, min_interval=0.0)
+    for done in range(1, 81, 8):
+        bar.update(done, note=f"images 0/8 it 1 lambda#1 step {done}/5 active 8")
+    bar.close()
+    rows = term.getvalue().rstrip("\n").split("\r")[1:]
+    assert len(rows) >= 10 and all(len(row) < 80 for row in rows), max(map(len, rows))
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["explain", "--images", "in", "--out", "o", "--tau", "abc"], "diffice explain: error: argument --tau"),
+        (["train", "ddpm", "--images", "in"], "diffice train ddpm: error: the following arguments are required"),
+        (["phantoms", "--out", "o", "--n", "x"], "diffice phantoms: error: argument --n"),
+        ([], "diffice: error: the following arguments are required: command"),
+    ],
+)
+def test_a_usage_error_is_one_line(argv, said, capsys):
+    """argparse printed the whole usage before its error line: 25 lines for explain, in every job's log."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said) and err[0].endswith("--help lists the options)"), err
+
+
+def test_the_first_progress_line_has_no_eta_from_the_setup(monkeypatch):
+    """The rate counted from the bar's creation, so setup before the first unit made the first line of a log say
+    `phantoms [---] 1/3000 0.0% elapsed 00:03 eta 3:05:12` for a one-minute job; it now counts from the first
+    update (no estimate until there is a second)."""
+    import io
+
+    import diffice.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    bar = progress.ProgressBar(3000, label="phantoms", stream=log)
+    clock[0] += 3.0  # generating the first chunk
+    bar.update(1)
+    clock[0] += 6.0  # then 500 images in 6 s
+    bar.update(501)
+    first, second = log.getvalue().splitlines()
+    assert "elapsed 00:03 eta --:--" in first
+    assert "elapsed 00:09 eta 00:29" in second  # 2499 images at 500 per 6 s: 29.99 s

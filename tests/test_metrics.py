@@ -597,3 +597,23 @@ def test_saturated_rates_reject_bad_arguments():
         metrics.new_saturated_pixel_rate(x, x[:1])
     with pytest.raises(ValueError, match="radius"):
         metrics.new_saturated_pixel_rate(x, x, radius=-1)
+
+
+def test_metrics_refuses_a_json_it_cannot_write_before_any_work(tmp_path, rng, monkeypatch, capsys):
+    """`--json results/m.json` under a file, or naming a folder, failed after the whole report was computed
+    (minutes with FID and COUT); now it is a one-line error before a model is loaded."""
+    import diffice.evaluation.run_judges as run_judges
+
+    x = rng.uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32)
+    write_results(tmp_path / "run", x, np.clip(x[None] + 0.5, -1, 1))
+    (tmp_path / "afile").write_text("")
+    loaded = []
+    monkeypatch.setattr(run_judges, "load_metrics_models", lambda *a, **k: loaded.append(1))
+    for target, reason in (
+        (tmp_path / "afile" / "m.json", f"cannot write a file there: {tmp_path / 'afile'} is a file, not a folder"),
+        (tmp_path / "run", "cannot write a file there: it is a folder"),
+    ):
+        assert main(["metrics", str(tmp_path / "run"), "--json", str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("diffice metrics: error: ") and reason in err[0], err
+    assert not loaded

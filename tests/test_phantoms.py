@@ -292,3 +292,44 @@ def test_write_dataset_refuses_other_bad_arguments_before_writing(tmp_path):
         with pytest.raises(ValueError):
             P.write_dataset(tmp_path / "set", 1, **kwargs)
         assert not (tmp_path / "set").exists()
+
+
+def test_diffice_phantoms_stopped_by_ctrl_c_finishes_when_run_again(tmp_path, capsys, monkeypatch):
+    """Ctrl-C said "run the same command again to resume", and the same command then refused the folder as one that
+    holds a dataset; now it finishes the dataset (the images written before kept, the result the same as a run
+    never stopped) and other settings are refused, naming those of the unfinished dataset."""
+    import diffice.data.images as images
+    from diffice.cli import main
+
+    save, saved = images.save_png, []
+
+    def save_then_interrupt(path, image):
+        save(path, image)
+        saved.append(path)
+        if len(saved) == 7:  # image 3 written, its mask not
+            raise KeyboardInterrupt
+
+    out = tmp_path / "set"
+    cmd = ["phantoms", "--out", str(out), "--n", "6", "--size", "32", "40", "--seed", "3", "-q"]
+    monkeypatch.setattr(images, "save_png", save_then_interrupt)
+    assert main(cmd) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"interrupted: the phantoms written so far are kept in {out}; run the same command again to finish the dataset"
+    ]
+    assert not (out / "labels.csv").exists() and len(list((out / "images").iterdir())) == 4
+    kept = (out / "images" / "000000.png").stat().st_mtime_ns
+    monkeypatch.setattr(images, "save_png", save)
+    assert main(cmd[:-2] + ["4", "-q"]) == 2  # another seed
+    err = capsys.readouterr().err
+    assert (
+        f"{out} holds an unfinished dataset of other settings (n 6, size 32x40, seed 3, standard_fraction 0.5;" in err
+    )
+    assert main(cmd) == 0
+    assert (out / "images" / "000000.png").stat().st_mtime_ns == kept  # not written again
+    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "images", "labels.csv", "masks"]
+    P.write_dataset(tmp_path / "whole", 6, SMALL, seed=3)
+    for p in sorted((tmp_path / "whole").rglob("*")):
+        if p.is_file():
+            assert (out / p.relative_to(tmp_path / "whole")).read_bytes() == p.read_bytes(), p
+    assert main(cmd) == 2  # a finished dataset is refused as before

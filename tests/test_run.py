@@ -534,3 +534,21 @@ def test_model_paths_from_flags_are_recorded_absolute_and_old_relative_records_s
     np.save(images / "b.npy", np.full((64, 80), 0.5, np.float32))
     assert main(args) == 0  # resumed: b explained, a kept
     assert len(list((tmp_path / "out" / "records").glob("*.json"))) == 2
+
+
+def test_image_names_that_are_not_utf8_are_kept_as_their_bytes(tmp_path, rng, models):
+    """A Latin-1 file name (an old scanner export, LANG=C), which Python reads with surrogate escapes, failed the
+    run after every image was explained ("'utf-8' codec can't encode character '\\udcf6'", no results.csv, the
+    same on every rerun); results.csv and errors.csv now hold the name's bytes, as the file system has them."""
+    import os
+
+    write_images(tmp_path / "in", rng, 1)
+    name = os.fsdecode(b"f\xf6tus.png")
+    (tmp_path / "in" / "img0.png").rename(tmp_path / "in" / name)
+    (tmp_path / "in" / os.fsdecode(b"br\xfbken.png")).write_bytes(b"garbage")
+    summary = run_explain(config(), tmp_path / "in", tmp_path / "out", progress=False, models=models)
+    assert summary["explained"] == 1 and summary["failed"] == 1
+    rows = (tmp_path / "out" / "results.csv").read_bytes().splitlines()
+    assert len(rows) == 4 and all(r.startswith(b"f\xf6tus.png,") for r in rows[1:])
+    assert b"br\xfbken.png" in (tmp_path / "out" / "errors.csv").read_bytes()
+    assert (tmp_path / "out" / name[:-4] / "strip.png").is_file()

@@ -825,3 +825,31 @@ def test_the_warning_counts_images_and_is_recorded_once(tmp_path, models_dir, re
         store.add_warning(message)
         store.add_warning(message)
         assert [w["message"] for w in store.meta("warnings")] == [message]
+
+
+def test_a_full_disk_is_said_so_and_keeps_the_store(tmp_path):
+    """A unit that did not fit on the disk ended the sweep with a traceback (sqlite3.OperationalError: database or
+    disk is full, exit 1), and a store that could not be made was called "damaged ... move it aside and run the
+    sweep again (it starts over)", which loses every finished unit. Now both are an OSError (ENOSPC) naming the
+    store and saying that what it holds is kept."""
+    import errno
+
+    from diffice.explain.sweep.store import SweepStore
+
+    path = tmp_path / "results.sqlite"
+    with SweepStore(path, create=True) as store:
+        with store._transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('kept', '1')")
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full: SQLite's SQLITE_FULL
+        with pytest.raises(OSError, match="the units finished before are kept in the store") as info:
+            with store._transaction() as db:
+                db.execute("INSERT INTO meta VALUES ('big', ?)", ("x" * 100_000,))
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+        assert store.meta("kept") == 1 and store.meta("big") is None
+        with pytest.raises(ValueError, match="not a diffice"):  # another error is not taken for a full disk
+            with store._transaction() as db:
+                raise ValueError("not a diffice error")
+    full = sqlite3.OperationalError("database or disk is full")
+    assert SweepStore._disk_full(store, full).errno == errno.ENOSPC
+    assert SweepStore._disk_full(store, sqlite3.OperationalError("no such table: x")) is None

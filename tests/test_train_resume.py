@@ -285,3 +285,69 @@ def test_a_second_ctrl_c_says_how_to_go_on(runs, tmp_path, capsys, monkeypatch):
         assert int(state["step"]) == 5
     steps_logged = [line.split(",")[0] for line in (tmp_path / "loss.csv").read_text().splitlines()[1:]]
     assert steps_logged == ["1", "2", "3", "4", "5"]  # step 3's row, logged before the stop, not kept twice
+
+
+def test_a_second_ctrl_c_while_a_checkpoint_is_saved_leaves_it_whole_and_no_litter(runs, tmp_path, monkeypatch):
+    """Ctrl-C, then a second one while the checkpoint's files are renamed into place: the renames all happen (the
+    files stay of one step, so --resume works; they were split between two steps), the KeyboardInterrupt comes
+    after them, and no temporary '.<name>.new' file is left (they were, forever)."""
+    import os
+    import signal
+
+    import diffice.train.checkpoints as checkpoints
+
+    root, commands = runs
+    seg = commands["segmenter"] + ["--out", str(tmp_path), "--checkpoint-every", "2"]
+    seg[seg.index("--steps") + 1] = "4"
+    assert main(seg) == 0
+    replace, renamed = os.replace, []
+
+    def replace_and_interrupt(src, dst):
+        replace(src, dst)
+        renamed.append(dst)
+        if len(renamed) == 1:  # between the model file's rename and train_state.npz's
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(checkpoints.os, "replace", replace_and_interrupt)
+    run = checkpoints.TrainingRun(tmp_path, "test", ["step"])
+    model = tmp_path / "model.safetensors"
+    contents = {model: lambda: ({"w": np.zeros(2, np.float32)}, {"step": "9"})}
+    with pytest.raises(KeyboardInterrupt):
+        run.save(9, contents, lambda: {})
+    assert len(renamed) == 2 and run.saved_step is None
+    with np.load(tmp_path / "train_state.npz") as state:
+        assert int(state["step"]) == 9  # with the model file's step
+    assert load_safetensors_metadata(model)["step"] == "9"
+    assert not list(tmp_path.glob(".*.new"))
+
+    def fail_after_writing(path, tensors, metadata=None):  # a second Ctrl-C (or a full disk) while writing
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save_safetensors", fail_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        run.save(10, contents, lambda: {})
+    assert not list(tmp_path.glob(".*.new")) and load_safetensors_metadata(model)["step"] == "9"
+    (tmp_path / ".model.safetensors.new").write_bytes(b"left by a run killed with SIGKILL")
+    run.load(resume=True)
+    assert not list(tmp_path.glob(".*.new"))
+
+
+def test_an_image_name_that_is_not_utf8_trains_and_resumes(runs, tmp_path):
+    """The supervised runs digest their image set's file names; a Latin-1 name (read with surrogate escapes) made
+    that digest fail: "'utf-8' codec can't encode character '\\udcf6'" before the first step."""
+    import os
+
+    root, commands = runs
+    for sub in ("images", "masks"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+        for i, f in enumerate(sorted((root / "set" / sub).iterdir())):
+            name = os.fsdecode(b"f\xf6tus.png") if i == 0 else f.name
+            (tmp_path / "set" / sub / name).write_bytes(f.read_bytes())
+    (tmp_path / "set" / "classes.txt").write_bytes((root / "set" / "classes.txt").read_bytes())
+    seg = commands["segmenter"] + ["--out", str(tmp_path / "seg")]
+    seg[seg.index("--images") + 1] = str(tmp_path / "set" / "images")
+    seg[seg.index("--masks") + 1] = str(tmp_path / "set" / "masks")
+    assert main(seg) == 0
+    seg[seg.index("--steps") + 1] = "3"
+    assert main(seg + ["--resume"]) == 0

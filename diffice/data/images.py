@@ -394,6 +394,26 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         raise
 
 
+def check_writable_file(path: PathLike) -> None:
+    """The OSError :func:`atomic_write_bytes` would raise for path, raised before the work whose result goes there
+    (``diffice metrics --json``): a folder in its place, a file where one of its folders should be, a folder that
+    cannot be written. Creates nothing."""
+    import errno
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "cannot write a file there: it is a folder", str(path))
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:  # the nearest folder that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot write a file there: {folder} is a file, not a folder", str(path)
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write a file there: {folder} is not writable", str(path))
+
+
 def save_png(path: PathLike, image: np.ndarray) -> None:
     """Writes a [-1, 1] image ((1, H, W), (H, W)) or a uint8 (H, W[, 3]) array as PNG, atomically."""
     import io

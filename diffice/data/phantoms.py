@@ -859,6 +859,33 @@ def label_map(masks: np.ndarray, classes: tuple[str, ...] = SEGMENTATION_CLASSES
     return labels
 
 
+UNFINISHED_DATASET = ".diffice-phantoms.json"  # the settings of a dataset being written; removed with labels.csv
+
+
+def _unfinished_dataset(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether out holds a dataset that write_dataset began with these settings and did not finish (stopped by
+    Ctrl-C or killed before labels.csv): it is then finished, not refused. An unfinished one of other settings is a
+    FileExistsError naming them."""
+    import json
+
+    marker = out / UNFINISHED_DATASET
+    if not marker.is_file() or os.path.lexists(out / "labels.csv"):
+        return False
+    try:
+        started = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        started = None
+    if started == settings:
+        return True
+    shown = "settings unreadable"
+    if isinstance(started, dict):
+        shown = ", ".join(f"{k} {'x'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in started.items())
+    raise FileExistsError(
+        f"{out} holds an unfinished dataset of other settings ({shown}; stopped before labels.csv): give those "
+        "settings to finish it, or use another --out or delete it"
+    )
+
+
 def _check_dataset_folder(out: Path) -> None:
     """FileExistsError naming out when it is a file or already holds a dataset (writing over one would leave the
     old images without a row in the new labels.csv); a missing or empty folder is fine."""
@@ -895,21 +922,28 @@ def write_dataset(
     The images are those of ``generate(n, size, seed, standard_fraction)``. Every file is written atomically.
     out_dir may be missing or empty: a folder that already holds a dataset (images/ or masks/ with files,
     labels.csv, classes.txt) is a FileExistsError, and so is every bad argument a ValueError, before anything is
-    written.
+    written. A dataset this function began with the same arguments and did not finish (Ctrl-C, a killed job: no
+    labels.csv yet; its settings are in :data:`UNFINISHED_DATASET`) is finished instead, the images written
+    before kept.
     Returns the number of standard and non-standard planes.
     """
     import csv
     import io
+    import json
 
     from ..progress import ProgressBar
     from .images import atomic_write_bytes, save_png
 
     # before anything is written: n = 0 would leave an empty dataset, a bad seed an empty folder
-    _check_arguments(n, size, seed, standard_fraction, "write_dataset: ")
+    size, frac = _check_arguments(n, size, seed, standard_fraction, "write_dataset: ")
     out = Path(out_dir)
-    _check_dataset_folder(out)
+    settings = dict(n=int(n), size=list(size), seed=int(seed), standard_fraction=frac)
+    resumed = _unfinished_dataset(out, settings)
+    if not resumed:
+        _check_dataset_folder(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / UNFINISHED_DATASET, (json.dumps(settings) + "\n").encode())
     atomic_write_bytes(out / "classes.txt", ("\n".join(SEGMENTATION_CLASSES) + "\n").encode())
     width = max(6, len(str(n - 1)))
     rows: list[dict[str, Any]] = []
@@ -920,8 +954,9 @@ def write_dataset(
         for j in range(len(batch)):
             i = start + j
             name = f"{i:0{width}d}.png"
-            save_png(out / "images" / name, batch.images[j])
-            save_png(out / "masks" / name, maps[j])
+            if not (resumed and (out / "images" / name).is_file() and (out / "masks" / name).is_file()):
+                save_png(out / "images" / name, batch.images[j])
+                save_png(out / "masks" / name, maps[j])
             rows.append(
                 dict(
                     file=name,
@@ -937,5 +972,6 @@ def write_dataset(
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    (out / UNFINISHED_DATASET).unlink()
     labels = np.array([r["label"] for r in rows])
     return {"standard": int(labels.sum()), "non_standard": int(len(labels) - labels.sum())}

@@ -30,11 +30,13 @@ from .explainer import ExplainerConfig, ModelSizeWarning, iterations_run
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """rows as CSV; an image name that is not UTF-8 (a Latin-1 name under LANG=C, which Python reads with
+    surrogate escapes) is written as the bytes of the file's name, as os.fsencode gives them."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode(errors="surrogateescape"))
 
 
 RESULT_FIELDS = ["image", "iteration", "lambda_c", "prob_target", "flipped", "nonfinite_step", "seconds"]

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TextIO, Union
@@ -256,6 +256,26 @@ class StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C inside the block is held and acted on at its end, as the SIGINT handler in place would have: for
+    steps that must all happen or none (renaming a checkpoint's files). Only on the main thread, where Python's
+    handlers run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, held[0])
+        elif held and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
 class TrainingRun:
     """A training run's folder: the files, and the bookkeeping of checkpoints and resume around a loop.
 
@@ -305,6 +325,7 @@ class TrainingRun:
     def load(self, resume: bool) -> dict[str, np.ndarray] | None:
         """The saved ``train_state.npz`` (resume) or None (a new run); refuses to resume an empty folder or to
         start over a run."""
+        _remove_temporaries(self.out.glob(".*.new"))  # a checkpoint a killed run (SIGKILL) was writing
         if resume and not self.state_path.exists():
             raise FileNotFoundError(f"{self.who}: nothing to resume in {self.out} (no {self.state_path.name})")
         if not resume and self.state_path.exists():
@@ -352,13 +373,17 @@ class TrainingRun:
         """Writes a checkpoint at ``step``: each model file (path -> its contents) and ``train_state.npz`` (``step``
         then ``state()``), under temporary names first, then renamed together: the files stay consistent."""
         tmp = {p: p.with_name("." + p.name + ".new") for p in [*models, self.state_path]}
-        for path, contents in models.items():
-            tensors, metadata = contents()
-            save_safetensors(tmp[path], tensors, metadata=metadata)
-        with open(tmp[self.state_path], "wb") as f:
-            np.savez(f, step=np.int64(step), **state())
-        for final, temp in tmp.items():
-            os.replace(temp, final)
+        try:
+            for path, contents in models.items():
+                tensors, metadata = contents()
+                save_safetensors(tmp[path], tensors, metadata=metadata)
+            with open(tmp[self.state_path], "wb") as f:
+                np.savez(f, step=np.int64(step), **state())
+            with interrupts_held():  # a second Ctrl-C between two renames would leave files of two steps
+                for final, temp in tmp.items():
+                    os.replace(temp, final)
+        finally:  # stopped while writing (a second Ctrl-C, a full disk): the last checkpoint stays, no litter
+            _remove_temporaries(tmp.values())
         self.saved_step = step
 
     def kept(self) -> str:
@@ -413,6 +438,15 @@ class TrainingRun:
         """Pushes the rows logged so far to the file."""
         if self._log_file is not None:
             self._log_file.flush()
+
+
+def _remove_temporaries(paths: Iterable[Path]) -> None:
+    """Deletes those of a checkpoint's temporary files (``.<name>.new``) that exist."""
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def read_log(path: Path) -> list[dict]:

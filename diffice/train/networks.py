@@ -761,7 +761,8 @@ def train_supervised(
         binary_label=kind == "oracle",  # standard plane or not: what its rule_accuracy is measured against
     )
     # the image set, by its file names: another one on resume would move images across the validation split
-    names = hashlib.sha256("\n".join(data.files).encode()).hexdigest()[:16]
+    # (the names' bytes: a name that is not UTF-8, read with surrogate escapes, digests as the file system has it)
+    names = hashlib.sha256("\n".join(data.files).encode(errors="surrogateescape")).hexdigest()[:16]
     if resume and "image_files" in saved_settings and saved_settings["image_files"] != names:
         before = saved_settings.get("num_images")
         other = f"{len(data)} images, not the {before}" if before != len(data) else "images of other file names than"

@@ -3,7 +3,9 @@ back from it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -105,6 +107,9 @@ class SweepStore:
                 self.db.close()
                 raise
             self.db.close()
+            full = self._disk_full(exc)  # not a damaged store: moving it aside would lose its units for nothing
+            if full is not None:
+                raise full from None
             raise ValueError(self._damaged(exc)) from None
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one ("database disk image is malformed")
             self.db.close()
@@ -123,6 +128,17 @@ class SweepStore:
         return (
             f"{self.path}: not a readable diffice sweep store ({exc}); it is damaged or another file: move it "
             f"aside and run the sweep again (it starts over), or restore a copy"
+        )
+
+    def _disk_full(self, exc: BaseException | None) -> OSError | None:
+        """The OSError to raise for SQLite's "database or disk is full" (None for another error)."""
+        if not isinstance(exc, sqlite3.OperationalError) or "full" not in str(exc):
+            return None
+        return OSError(
+            errno.ENOSPC,
+            f"No space left on device ({exc}): the units finished before are kept in the store; free some space "
+            "and run the same command again to resume",
+            str(self.path),
         )
 
     def close(self) -> None:
@@ -144,7 +160,17 @@ class SweepStore:
                 return store.db
 
             def __exit__(self, kind, value, tb):
-                store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+                try:
+                    store.db.execute("COMMIT" if kind is None else "ROLLBACK")
+                except sqlite3.OperationalError as exc:  # a COMMIT that did not fit on the disk, say
+                    with contextlib.suppress(sqlite3.Error):
+                        store.db.execute("ROLLBACK")
+                    value = value if kind is not None else exc
+                    if kind is None and store._disk_full(exc) is None:
+                        raise
+                full = store._disk_full(value)  # the unit is not written; those before are whole
+                if full is not None:
+                    raise full from None
                 return False
 
         return _Tx()
