@@ -351,3 +351,34 @@ def test_an_image_name_that_is_not_utf8_trains_and_resumes(runs, tmp_path):
     assert main(seg) == 0
     seg[seg.index("--steps") + 1] = "3"
     assert main(seg + ["--resume"]) == 0
+
+
+def test_sigterm_saves_a_checkpoint_as_ctrl_c_does(runs, tmp_path, capsys, monkeypatch):
+    """SLURM's scancel and a job's walltime send SIGTERM (SIGKILL follows after KillWait): training stopped at once
+    and lost every step since its last checkpoint; it now finishes the step, saves, and --resume goes on."""
+    import os
+    import signal
+
+    import diffice.train.networks as networks
+
+    root, commands = runs
+    clip, calls = networks.clip_grad_norm, []
+
+    def clip_and_terminate(grads, max_norm=0.0, num_threads=0):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clip(grads, max_norm, num_threads)
+
+    monkeypatch.setattr(networks, "clip_grad_norm", clip_and_terminate)
+    seg = commands["segmenter"] + ["--out", str(tmp_path), "--checkpoint-every", "100"]
+    seg[seg.index("--steps") + 1] = "5"
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(seg) == 130
+    assert signal.getsignal(signal.SIGTERM) is previous  # restored after the run
+    with np.load(tmp_path / "train_state.npz") as state:
+        assert int(state["step"]) == 3  # the step in flight finished and was saved
+    monkeypatch.setattr(networks, "clip_grad_norm", clip)
+    assert main(seg + ["--resume"]) == 0
+    with np.load(tmp_path / "train_state.npz") as state:
+        assert int(state["step"]) == 5

@@ -229,21 +229,28 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-class StopFlag:
-    """Ctrl-C sets the flag (the step in flight finishes, a checkpoint is saved); a second Ctrl-C raises.
+#: The signals a training run stops on with a checkpoint: Ctrl-C, and SIGTERM, which SLURM's scancel and a job's
+#: walltime send (before SIGKILL after the cluster's KillWait, 30 s by default) and `kill` sends by default.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    A context manager: the SIGINT handler is installed on entry (from the main thread only) and the previous one
+
+class StopFlag:
+    """Ctrl-C (or SIGTERM) sets the flag (the step in flight finishes, a checkpoint is saved); a second one raises
+    KeyboardInterrupt.
+
+    A context manager: the handlers are installed on entry (from the main thread only) and the previous ones
     restored on exit.
     """
 
     def __init__(self) -> None:
         self.stop = False
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -252,28 +259,34 @@ class StopFlag:
         self.stop = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
 
 
 @contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Ctrl-C inside the block is held and acted on at its end, as the SIGINT handler in place would have: for
+    """Ctrl-C (or SIGTERM) inside the block is held and acted on at its end, as the handler in place would have: for
     steps that must all happen or none (renaming a checkpoint's files). Only on the main thread, where Python's
     handlers run."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    held: list[tuple[int, Any]] = []
+    previous: dict[int, Any] = {
+        signum: signal.signal(signum, lambda n, frame: held.append((n, frame))) for signum in STOP_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):
-            previous(signal.SIGINT, held[0])
-        elif held and previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            first, frame = held[0]
+            if callable(previous[first]):
+                previous[first](first, frame)
+            elif previous[first] == signal.SIG_DFL:
+                signal.raise_signal(first)
 
 
 class TrainingRun:
