@@ -376,6 +376,7 @@ def test_sigterm_saves_a_checkpoint_as_ctrl_c_does(runs, tmp_path, capsys, monke
     previous = signal.getsignal(signal.SIGTERM)
     assert main(seg) == 130
     assert signal.getsignal(signal.SIGTERM) is previous  # restored after the run
+    assert f"interrupted: checkpoint saved at step 3 in {tmp_path}" in capsys.readouterr().err  # -q too
     with np.load(tmp_path / "train_state.npz") as state:
         assert int(state["step"]) == 3  # the step in flight finished and was saved
     monkeypatch.setattr(networks, "clip_grad_norm", clip)

@@ -822,7 +822,7 @@ def train_ddpm(
     finally:
         bar.close()
     run.save_final(step, save)
-    if interrupted and progress:
+    if interrupted:  # quiet or not: where the checkpoint is and how to go on
         run.say_interrupted(step)
     plotted = run.plot()
     return TrainResult(

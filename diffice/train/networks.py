@@ -205,7 +205,7 @@ def train_network(
     if run is not None:
         run.save_final(step, save)
         run.plot()
-        if interrupted and progress:
+        if interrupted:  # quiet or not: where the checkpoint is and how to go on
             run.say_interrupted(step)
     return {"loss": history, "step": step, "interrupted": interrupted}
 
