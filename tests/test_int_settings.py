@@ -36,7 +36,7 @@ def test_iterations_past_int32_is_refused(tiny):
     unet, d = tiny
     ex = Explainer(unet, d, ZeroClassifier(), lambda_p=0.0, iterations=2**32 + 5, tau=2, lambda_c=(1.0,))
     with pytest.raises(ValueError, match=expected("sampler config 'iterations'", 1, 1000, 2**32 + 5)):
-        ex.explain(np.zeros((1, 1, H, W), np.float32))
+        ex.explain(np.full((1, 1, H, W), -0.5, np.float32))
 
 
 @pytest.mark.parametrize(
@@ -58,14 +58,14 @@ def test_sampler_config_ints_are_checked(tiny, monkeypatch, key, value, lo, hi):
     c_config = ex.config.c_config
     monkeypatch.setattr(ex.config, "c_config", lambda seed, record: {**c_config(seed, record), key: value})
     with pytest.raises(ValueError, match=expected(f"sampler config '{key}'", lo, hi, value)):
-        ex.explain(np.zeros((1, 1, H, W), np.float32))
+        ex.explain(np.full((1, 1, H, W), -0.5, np.float32))
 
 
 def test_fastdime_negative_mask_warmup_is_refused(tiny):
     unet, d = tiny
     ex = Explainer(unet, d, ZeroClassifier(), lambda_p=0.0, method="fastdime", tau=2, lambda_c=(1.0,), mask_warmup=-1)
     with pytest.raises(ValueError, match="sampler config 'mask_warmup'"):
-        ex.explain(np.zeros((1, 1, H, W), np.float32))
+        ex.explain(np.full((1, 1, H, W), -0.5, np.float32))
 
 
 def test_unet_channel_mult_past_int32_is_refused():
