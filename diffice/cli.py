@@ -368,12 +368,13 @@ def _cmd_train_ddpm(args: argparse.Namespace) -> int:
             diffusion_steps=args.diffusion_steps,
             loss_type=args.loss_type,
         )
-    if not args.quiet and result.mean_steps == 0:  # a resume of a finished run: no step, no loss (was "loss nan")
+    # the closing line is printed with -q too (-q drops the progress bar), as the supervised commands print theirs
+    if result.mean_steps == 0:  # a resume of a finished run: no step, no loss (was "loss nan")
         print(
             f"step {result.step}: the run in {args.out} already has {result.step} steps, nothing to train (give a "
             "larger --steps to go on)"
         )
-    elif not args.quiet:
+    else:
         print(
             f"step {result.step}: last step's loss {result.last_loss:.4g}, mean of the last {result.mean_steps} "
             f"steps {result.mean_loss:.4g}; wrote {result.model_path}, {result.ema_path}, "

@@ -350,6 +350,8 @@ def test_cli_trains_on_a_folder_of_pngs(tmp_path, capsys):
         "--quiet",
     ]
     assert main(args) == 0
+    # -q drops the progress bar, not the closing line (it printed nothing, the supervised commands their metrics)
+    assert capsys.readouterr().out.startswith("step 2: last step's loss ")
     for name in ("model.safetensors", "ema.safetensors", "train_state.npz", "loss.csv", "loss.png"):
         assert (out / name).exists(), name
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
