@@ -808,6 +808,17 @@ def _interrupted_note(command: str, out: str | None) -> str:
     return _KEPT_AFTER_INTERRUPT.get(command, "nothing was written").format(out=out)
 
 
+def _error_text(exc: BaseException, out: str | None) -> str:
+    """An error's line: an OSError of the system's own form ("[Errno 20] Not a directory: 'x/y'") says which file,
+    and names --out when it is the output folder (or inside it), as diffice explain's own message does."""
+    if not isinstance(exc, OSError) or not exc.strerror or exc.filename is None:
+        return str(exc)
+    name = os.fspath(exc.filename)
+    if out is not None and (name == out or name.startswith(out.rstrip(os.sep) + os.sep)):
+        return f"cannot write the output folder {out}: {exc.strerror}" + ("" if name == out else f" ({name})")
+    return f"{name}: {exc.strerror}"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -839,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, MemoryError, FloatingPointError) as exc:
         # NotImplementedError: a device this install cannot run on here (--device cuda without a GPU, ...);
         # FloatingPointError: a training run whose loss went non-finite (stopped, its last checkpoint kept)
-        print(f"diffice {command}: error: {exc}", file=sys.stderr)
+        print(f"diffice {command}: error: {_error_text(exc, out)}", file=sys.stderr)
         empty = _new_empty_folder(out, out_existed)
         if empty is not None:
             empty.rmdir()

@@ -686,3 +686,22 @@ def test_the_first_progress_line_has_no_eta_from_the_setup(monkeypatch):
     first, second = log.getvalue().splitlines()
     assert "elapsed 00:03 eta --:--" in first
     assert "elapsed 00:09 eta 00:29" in second  # 2499 images at 500 per 6 s: 29.99 s
+
+
+@pytest.mark.parametrize("command", ["demo", "phantoms", "sweep"])
+def test_an_output_folder_under_a_file_is_named_as_explain_names_it(command, tmp_path, capsys):
+    """demo, phantoms and sweep said "[Errno 20] Not a directory: '...'" where explain says which --out it cannot
+    write."""
+    (tmp_path / "afile").write_text("")
+    out = str(tmp_path / "afile" / "x")
+    config = tmp_path / "sweep.toml"
+    config.write_text('[sweep]\nmodels = "demo"\nphantoms = 1\nout = "o"\nmethod = ["diff-ice"]\n')
+    args = {
+        "demo": ["demo", "--out", out],
+        "phantoms": ["phantoms", "--out", out, "--n", "1"],
+        "sweep": ["sweep", "--config", str(config), "--out", out],
+    }[command]
+    assert main([*args, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffice {command}: error: cannot write the output folder {out}: Not a directory")
+    assert "Errno" not in err and err.count("\n") == 1
