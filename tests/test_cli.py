@@ -568,7 +568,7 @@ def _help_entries(command: list[str], capsys) -> dict[str, str]:
 
     with pytest.raises(SystemExit):
         main(command + ["--help"])
-    text = capsys.readouterr().out.split("options:", 1)[1]
+    text = re.split(r"\n(?:options|optional arguments):\n", capsys.readouterr().out, maxsplit=1)[1]  # 3.9: optional
     entries: dict[str, str] = {}
     for block in re.split(r"\n(?=  -)", text):
         words = " ".join(block.split())
