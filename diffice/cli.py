@@ -815,7 +815,9 @@ def _error_text(exc: BaseException, out: str | None) -> str:
         return str(exc)
     name = os.fspath(exc.filename)
     if out is not None and (name == out or name.startswith(out.rstrip(os.sep) + os.sep)):
-        return f"cannot write the output folder {out}: {exc.strerror}" + ("" if name == out else f" ({name})")
+        from .explain.run import output_folder_error
+
+        return str(output_folder_error(Path(out), exc))
     return f"{name}: {exc.strerror}"
 
 

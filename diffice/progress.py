@@ -38,12 +38,11 @@ class ProgressBar:
         start: int = 0,
     ) -> None:
         self.total = max(1, int(total))
-        self.first = int(start)  # work done before this bar (a resumed run)
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled and int(total) > 0  # nothing to do (a finished run resumed): no bar
         self.start = time.monotonic()
-        self.done = self.first
+        self.done = int(start)  # work done before this bar (a resumed run)
         self.interactive = redraws_in_place(self.stream)
         self.min_interval = min_interval if self.interactive else 5.0
         self._last = 0.0

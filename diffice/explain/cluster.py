@@ -307,9 +307,6 @@ class DaskExecutor:
         self.dashboard = getattr(client, "dashboard_link", None)
         self.description = f"Dask scheduler {client.scheduler.address}"
 
-    def workers(self) -> int:
-        return len(self.client.scheduler_info().get("workers", {}))
-
     def run(
         self, tasks: Iterable[dict[str, Any]], progress: Callable[..., Any] | None = None
     ) -> Iterator[dict[str, Any]]:

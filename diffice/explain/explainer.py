@@ -575,7 +575,8 @@ class Explainer:
                 ModelSizeWarning,
                 stacklevel=2,
             )
-        if x.min() < -1.0 or x.max() > 1.0:
+        low, high = float(x.min()), float(x.max())
+        if low < -1.0 or high > 1.0:
             bad = int(np.argmax(np.any((x < -1.0) | (x > 1.0), axis=(1, 2, 3))))
             raise ValueError(
                 f"x must be in [-1, 1]; image {bad} spans [{x[bad].min():g}, {x[bad].max():g}]"
@@ -585,7 +586,7 @@ class Explainer:
                     "explain them again as np.clip(cf, -1, 1))"
                 )
             )
-        if warn and x.min() >= 0.0:  # in [-1, 1] but no pixel below mid-gray: almost surely scaled to [0, 1]
+        if warn and low >= 0.0:  # in [-1, 1] but no pixel below mid-gray: almost surely scaled to [0, 1]
             warnings.warn(
                 "every image of x is in [0, 1] (no pixel below 0), but diffice's images are in [-1, 1] with black "
                 "at -1: images scaled to [0, 1] are explained as washed-out gray ones; 2 * x - 1 gives [-1, 1] "

@@ -65,6 +65,16 @@ def _same_path(old: Any, now: Any) -> bool:
     return isinstance(old, str) and isinstance(now, str) and bool(old) and os.path.abspath(old) == now
 
 
+def changed_model_file(recorded: Any, now: dict[str, str] | None) -> tuple[str, str, str] | None:
+    """(key, recorded sha256, sha256 now) of the first model file whose contents changed since a run recorded them
+    (model_files_record; both a results folder and a sweep store keep one), None when none did."""
+    now = now or {}
+    for key, digest in recorded.items() if isinstance(recorded, dict) else ():
+        if key in now and now[key] != digest:
+            return key, str(digest), now[key]
+    return None
+
+
 def model_files_record(cfg: dict[str, dict[str, Any]]) -> dict[str, str]:
     """What a run records of the model files it loads from its settings (run_settings.json "model_files"): the
     sha256 of each file [models] unet, classifier and perceptual name, so that a resumed run knows the files at
@@ -108,15 +118,14 @@ def _check_same_settings(
                 f"{out} holds results made with other settings ({'; '.join(diff)}); use another "
                 f"output folder, or the same settings to resume"
             )
-        old_files = before.get("model_files")
-        now_files = model_files or {}
-        for key, digest in old_files.items() if isinstance(old_files, dict) else ():
-            if key in now_files and now_files[key] != digest:
-                raise ValueError(
-                    f"{out} holds results made with another {key} file: {cfg['models'][key]} has changed since "
-                    f"(sha256 {now_files[key][:12]}..., the run's {str(digest)[:12]}...); use another output "
-                    "folder, or the same model file to resume"
-                )
+        changed = changed_model_file(before.get("model_files"), model_files)
+        if changed is not None:
+            key, then, digest = changed
+            raise ValueError(
+                f"{out} holds results made with another {key} file: {cfg['models'][key]} has changed since "
+                f"(sha256 {digest[:12]}..., the run's {then[:12]}...); use another output folder, or the same model "
+                "file to resume"
+            )
         return False
     return True
 
@@ -147,7 +156,7 @@ class OutputFolderError(OSError):
     """The output folder cannot be created or written (the message names it and the system's reason)."""
 
 
-def _output_error(out: Path, exc: OSError) -> OutputFolderError:
+def output_folder_error(out: Path, exc: OSError) -> OutputFolderError:
     reason = exc.strerror or str(exc)
     if exc.filename is not None and Path(exc.filename) != out:
         reason += f" ({exc.filename})"
@@ -170,7 +179,7 @@ def _make_output_folder(out: Path) -> list[Path]:
             created.append(folder)
     except OSError as exc:
         _remove_created(created)
-        raise _output_error(out, exc) from None
+        raise output_folder_error(out, exc) from None
     return created
 
 
@@ -477,7 +486,7 @@ def _run(
     try:
         _write_settings(out, cfg, demo_models, model_files, len(files), new_settings)
     except OSError as exc:
-        raise _output_error(out, exc) from None
+        raise output_folder_error(out, exc) from None
     _remove_stale_temporaries(out)
     run = cfg["run"]
     iterations = iterations_run(config.method, config.iterations)

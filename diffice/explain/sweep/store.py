@@ -20,7 +20,7 @@ import numpy as np
 
 from ...data.images import to_uint8
 from ..explainer import image_keys
-from ..run import warning_entry
+from ..run import changed_model_file, warning_entry
 from .config import config_id, config_label
 
 STORE_FORMAT = "diffice sweep store 1"
@@ -208,15 +208,15 @@ class SweepStore:
                         f"{self.path}: made for another image set ({len(stored)} images, now "
                         f"{len(names)}, or their pixels changed); use another --out"
                     )
-                old_files, now_files = old.get("model_files") or {}, meta.get("model_files") or {}
-                for key, digest in old_files.items():  # a retrained model at the same path: not the same models
-                    if key in now_files and now_files[key] != digest:
-                        path = (meta["models"].get("models") or {}).get(key)
-                        raise ValueError(
-                            f"{self.path}: made with another {key} file: {path} has changed since (sha256 "
-                            f"{now_files[key][:12]}..., the store's {str(digest)[:12]}...); use another --out, or the "
-                            "same model file to resume"
-                        )
+                # a retrained model at the same path: not the same models
+                changed = changed_model_file(old.get("model_files"), meta.get("model_files"))
+                if changed is not None:
+                    key, then, now = changed
+                    path = (meta["models"].get("models") or {}).get(key)
+                    raise ValueError(
+                        f"{self.path}: made with another {key} file: {path} has changed since (sha256 {now[:12]}..., "
+                        f"the store's {then[:12]}...); use another --out, or the same model file to resume"
+                    )
                 if _without_device(old.get("models")) != _without_device(meta["models"]):
                     print(
                         f"diffice sweep: note: the models' description differs from the one {self.path} was "
