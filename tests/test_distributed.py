@@ -3,8 +3,11 @@ mid-run loses and corrupts nothing, `diffice explain` on a cluster, the clear me
 job scripts (no SLURM here: dask-jobqueue's generated script is checked for the requested resources)."""
 
 import builtins
+import importlib.util
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -178,8 +181,30 @@ def test_without_dask_the_options_say_so(tmp_path, models_dir, monkeypatch, caps
     assert not spec.store_path.exists()
 
 
+def needs_jobqueue() -> None:
+    """Skips without dask-jobqueue; never imports it here (its import would set this process's SIGINT handler to
+    sys.exit() for every later test: diffice imports it through import_jobqueue)."""
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        pytest.skip("dask-jobqueue is not installed")
+
+
+def test_importing_dask_jobqueue_keeps_ctrl_c_a_keyboardinterrupt():
+    """dask_jobqueue's runner module sets SIGINT to sys.exit() when imported: Ctrl-C of a --cluster slurm sweep ended
+    with exit code 0 and no word of what was kept (and every later test saw SystemExit for SIGINT)."""
+    needs_jobqueue()
+    code = (
+        "import signal, sys\n"
+        "sys.modules.pop('dask_jobqueue.runner', None)\n"
+        "from diffice.explain.cluster import import_jobqueue\n"
+        "import_jobqueue()\n"
+        "assert 'dask_jobqueue.runner' in sys.modules\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_slurm_and_pbs_job_scripts_request_the_resources():
-    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed")
+    needs_jobqueue()
     options = dict(
         cores=8,
         memory="32GB",

@@ -390,6 +390,27 @@ def restore_environ(environ: dict[str, str]) -> None:
     os.environ.update(environ)
 
 
+def import_jobqueue(kind: str = "slurm") -> Any:
+    """dask_jobqueue, imported without its side effect on this process: its runner module replaces the SIGINT
+    handler with sys.exit(), which made Ctrl-C of `diffice sweep --cluster slurm` end silently with exit code 0
+    (no KeyboardInterrupt: nothing said what was kept). DistributedUnavailable when it is not installed."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise DistributedUnavailable(
+            f"--cluster {kind} needs dask-jobqueue, which is not installed: {INSTALL_HINT}"
+        ) from None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
 def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
     """A Dask cluster object, not yet scaled: kind "local:N" (a LocalCluster of N worker processes, started) or
     "slurm" / "pbs" (a dask-jobqueue cluster; its job script is ``cluster.job_script()``)."""
@@ -416,12 +437,7 @@ def make_cluster(kind: str, options: dict[str, Any] | None = None) -> Any:
             restore_environ(environ)
     if kind not in ("slurm", "pbs"):
         raise ValueError(f"--cluster must be local:N, slurm or pbs, got {kind!r}")
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise DistributedUnavailable(
-            f"--cluster {kind} needs dask-jobqueue, which is not installed: {INSTALL_HINT}"
-        ) from None
+    dask_jobqueue = import_jobqueue(kind)
     gpus = int(opts["gpus"] or 0)
     directives = list(opts["job_extra_directives"] or [])
     if kind == "slurm":
