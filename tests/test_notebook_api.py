@@ -189,3 +189,9 @@ def test_explain_shows_a_progress_bar_where_it_can_be_redrawn(explainer, capsys,
     assert capsys.readouterr().err == ""
     with pytest.raises(TypeError, match=r"progress must be True, False, 'auto', None or a callable, got 'yes'"):
         explainer.explain(x, progress="yes")
+    # a method that runs one iteration whatever `iterations` says: the bar counts that one (it stopped at 33%)
+    one = Explainer(explainer.unet, explainer.diffusion, Linear(), None, method="diff-ice-1", iterations=3, tau=2,
+                    lambda_p=0.0)  # fmt: skip
+    one.explain(x, progress=True)
+    err = capsys.readouterr().err
+    assert "2/2 100.0%" in err and "iteration 1/1" in err

@@ -678,7 +678,8 @@ class Explainer:
             progress = redraws_in_place(sys.stderr)
         if progress is not True:
             return None, progress or None
-        L, tau, lambdas = self.config.iterations, self.config.tau, tuple(self.config.lambda_c)
+        c = self.config
+        L, tau, lambdas = iterations_run(c.method, c.iterations), c.tau, tuple(c.lambda_c)  # diff-ice-1, dime: 1
         bar = ProgressBar(L * tau, label="explain")
 
         def report(iteration: int, lambda_index: int, step: int, steps: int, active: int) -> bool:
